@@ -1,0 +1,1 @@
+//! JSON configuration. PLACEHOLDER until the config issue lands.

@@ -1,0 +1,20 @@
+//! LAppS: a Lua Application Server over WebSockets.
+//!
+//! Layers, bottom-up (see ARCHITECTURE in the README):
+//! - [`simd`]: unmasking and UTF-8 validation kernels (scalar, SSSE3, AVX2) behind one dispatch.
+//! - [`ws`]: RFC 6455, sans-IO: handshake parsing, frame parsing, message assembly, close rules.
+//! - [`sync`]: the Vyukov bounded MPMC queue used for hand-offs between threads.
+//! - [`net`]: listeners, balancer, pinned IOWorkers over edge-triggered epoll.
+//! - [`service`]: the services connections are routed to (built-in and Lua).
+//! - [`config`]: the JSON configuration with defaults and precise errors.
+
+pub mod config;
+pub mod log;
+pub mod net;
+pub mod service;
+pub mod simd;
+pub mod sync;
+pub mod ws;
+
+/// The SIMD variant this binary was built for (`auto`, `ssse3` or `avx2`), fixed by `build.rs`.
+pub const BUILD_VARIANT: &str = env!("LAPPS_SIMD_VARIANT");

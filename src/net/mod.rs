@@ -1,0 +1,1 @@
+//! Listeners, balancer and IOWorkers. PLACEHOLDER.

@@ -1,0 +1,1 @@
+//! Services connections are routed to. PLACEHOLDER.

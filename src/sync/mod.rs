@@ -1,0 +1,2 @@
+//! Synchronisation primitives shared by the runtime.
+pub mod mpmc;

@@ -1,0 +1,1 @@
+//! Message assembly and close rules. PLACEHOLDER until the protocol core lands.

@@ -1,0 +1,1 @@
+//! Frame header parsing and encoding. PLACEHOLDER until the protocol core lands.
