@@ -1,1 +1,62 @@
-//! Services connections are routed to. PLACEHOLDER.
+//! Services: what a connection is routed to by its request target.
+//!
+//! The IOWorker calls a [`Service`] on its own thread and never waits on it: a service either
+//! answers at once (the built-in [`echo`]) or hands the work to its own threads (the Lua
+//! instances) and answers later through the [`Hub`](crate::net::hub::Hub).
+
+pub mod echo;
+
+use crate::net::handle::ConnId;
+use crate::ws::Opcode;
+
+/// What the worker does with the connection after `on_message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// The service's queue is above its high-water mark: stop reading this connection until
+    /// the service posts `Command::Resume` for it. Nothing is lost: the message was taken.
+    Pause,
+    /// Close the connection with this close code.
+    Close(u16),
+}
+
+/// Worker-side context handed to a service during a callback.
+pub trait WorkerCtx {
+    /// Index of the calling worker.
+    fn worker(&self) -> usize;
+    /// Queues a message on a connection of *this* worker (an immediate reply). The worker frames
+    /// it (auto-fragmenting when configured). Returns false when `conn` is not open here.
+    fn send(&mut self, conn: ConnId, opcode: Opcode, payload: &[u8]) -> bool;
+}
+
+/// A service as the IOWorkers see it. All methods are called on worker threads, must not
+/// block, and must not panic on any input.
+pub trait Service: Send + Sync + 'static {
+    /// The service name (for logs).
+    fn name(&self) -> &str;
+    /// Largest message the service accepts; larger ones close the connection with 1009.
+    fn max_message_size(&self) -> usize;
+    /// The subprotocol to answer with (`proto_alias`), if any.
+    fn subprotocol(&self) -> Option<&str> {
+        None
+    }
+    /// Extra header lines for the 101 answer (`extra_headers`).
+    fn extra_headers(&self) -> &[(String, String)] {
+        &[]
+    }
+    /// The upgrade was accepted and `conn` is open.
+    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId);
+    /// One complete text (valid UTF-8) or binary message.
+    fn on_message(
+        &self,
+        ctx: &mut dyn WorkerCtx,
+        conn: ConnId,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Flow;
+    /// `conn` is gone, however it ended. Called exactly once for each `on_open`.
+    fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId);
+    /// End of one worker loop iteration: hand over whatever was batched (one wake-up per batch).
+    fn flush(&self, _worker: usize) {}
+}

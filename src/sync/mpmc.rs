@@ -12,7 +12,10 @@ pub struct ArrayQueue<T> {
 impl<T> ArrayQueue<T> {
     pub fn new(cap: usize) -> Self {
         assert!(cap > 0);
-        Self { inner: Mutex::new(VecDeque::with_capacity(cap)), cap }
+        Self {
+            inner: Mutex::new(VecDeque::with_capacity(cap)),
+            cap,
+        }
     }
     pub fn push(&self, v: T) -> Result<(), T> {
         let mut q = self.inner.lock().unwrap();

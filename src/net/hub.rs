@@ -1,0 +1,272 @@
+//! How other threads reach the IOWorkers: one [`Port`] per worker.
+//!
+//! A port holds the worker's two inboxes (new connections from the balancer, command batches
+//! from service instances), its eventfd, the liveness table of its connections and the load
+//! figures the balancer reads. Inboxes are bounded Vyukov queues: a full inbox is
+//! back-pressure for the sender (it waits), never growth and never a drop.
+//!
+//! Wake-up protocol (no hand-off is ever lost): before it sleeps in `epoll_wait` a worker sets
+//! `sleeping` and then looks at its inboxes once more; a sender pushes and then swaps
+//! `sleeping` to false, writing the eventfd only when it was true. Both sides use SeqCst, so
+//! either the worker sees the item or the sender sees the flag.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::handle::ConnId;
+use crate::sync::mpmc::ArrayQueue;
+
+/// Bytes to write, already framed (server frames are unmasked, so one encoding of a broadcast
+/// frame serves every recipient: `Shared`).
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a service instance asks of a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Queue these framed bytes on the connection.
+    Send { conn: ConnId, frame: Chunk },
+    /// Start the close handshake with this code (1000 normal, 1011 internal error, ...).
+    Close { conn: ConnId, code: u16 },
+    /// The service can take more input from this connection again (it was paused).
+    Resume { conn: ConnId },
+}
+
+/// A connection accepted by a listener, on its way to a worker.
+#[derive(Debug)]
+pub struct NewConn {
+    pub fd: OwnedFd,
+    pub peer: std::net::SocketAddr,
+    /// Index of the listening endpoint that accepted it (its TLS and ACL settings).
+    pub listener: usize,
+}
+
+const LIVE: u32 = 1 << 31;
+
+/// One worker's side of the hub.
+pub struct Port {
+    pub accepts: ArrayQueue<NewConn>,
+    pub commands: ArrayQueue<Vec<Command>>,
+    wake: OwnedFd,
+    sleeping: AtomicBool,
+    /// `generation | LIVE` per slab slot while a connection is open there, 0 otherwise.
+    live: Box<[AtomicU32]>,
+    /// Open connections (published by the worker for the balancer).
+    pub connections: AtomicUsize,
+    /// Bytes waiting in outbound queues (published by the worker for the balancer).
+    pub queued_bytes: AtomicUsize,
+    pub max_connections: usize,
+}
+
+impl Port {
+    fn new(max_connections: usize, accept_capacity: usize) -> std::io::Result<Port> {
+        // SAFETY: eventfd has no memory preconditions; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Port {
+            accepts: ArrayQueue::new(accept_capacity),
+            commands: ArrayQueue::new(1024),
+            wake,
+            sleeping: AtomicBool::new(false),
+            live: zeroed_atomics(max_connections),
+            connections: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            max_connections,
+        })
+    }
+
+    /// The eventfd the worker registers in its epoll set.
+    pub fn wake_fd(&self) -> i32 {
+        self.wake.as_raw_fd()
+    }
+
+    /// Wakes the worker if it is (about to be) asleep.
+    pub fn notify(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. EAGAIN (counter
+            // saturated) means a wake-up is already pending, which is all we need.
+            unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        }
+    }
+
+    /// Worker side: announce sleep; returns false when work arrived meanwhile (do not sleep).
+    pub fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if !self.accepts.is_empty() || !self.commands.is_empty() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Worker side: after waking (drains the eventfd counter).
+    pub fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+        let mut buf: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.wake.as_raw_fd(), &mut buf as *mut u64 as *mut _, 8) };
+    }
+
+    /// Worker side: the slot `index` now holds a live connection of this generation.
+    pub fn set_live(&self, index: u32, generation: u32) {
+        self.live[index as usize].store((generation & ConnId::GEN_MASK) | LIVE, Ordering::Release);
+    }
+
+    /// Worker side: the slot `index` is free again.
+    pub fn set_dead(&self, index: u32) {
+        self.live[index as usize].store(0, Ordering::Release);
+    }
+
+    fn is_live(&self, conn: ConnId) -> bool {
+        self.live
+            .get(conn.index() as usize)
+            .is_some_and(|g| g.load(Ordering::Acquire) == (conn.generation() | LIVE))
+    }
+}
+
+/// A zero-initialised table that costs no memory until a slot is first written: `vec![0; n]`
+/// is calloc, whose untouched pages stay unmapped.
+fn zeroed_atomics(n: usize) -> Box<[AtomicU32]> {
+    let v: Box<[u32]> = vec![0u32; n].into_boxed_slice();
+    let len = v.len();
+    let ptr = Box::into_raw(v) as *mut AtomicU32;
+    // SAFETY: AtomicU32 has the same size and alignment as u32 and 0 is a valid value; the
+    // allocation came from a Box<[u32]> of `len` elements and is handed back to one Box.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) }
+}
+
+/// Why a command could not be posted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubError {
+    /// The handle names a connection that is gone (or never was).
+    Closed,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+/// All ports; shared by listeners, services and workers.
+pub struct Hub {
+    ports: Vec<Port>,
+    shutting_down: AtomicBool,
+}
+
+impl Hub {
+    pub fn new(workers: usize, max_connections: usize) -> std::io::Result<Hub> {
+        assert!(workers > 0 && workers <= ConnId::MAX_WORKERS);
+        let ports = (0..workers)
+            .map(|_| Port::new(max_connections, 4096))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Hub {
+            ports,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn port(&self, worker: usize) -> &Port {
+        &self.ports[worker]
+    }
+
+    /// True while `conn` names an open connection.
+    pub fn is_live(&self, conn: ConnId) -> bool {
+        self.ports
+            .get(conn.worker())
+            .is_some_and(|p| p.is_live(conn))
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for p in &self.ports {
+            p.notify_force();
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Hands a batch of commands to `worker` with one wake-up. Waits while the worker's inbox
+    /// is full (back-pressure on the calling service thread; workers never call this).
+    pub fn post(&self, worker: usize, batch: Vec<Command>) -> Result<(), HubError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let port = self.ports.get(worker).ok_or(HubError::Closed)?;
+        let mut batch = batch;
+        let mut spins = 0u32;
+        loop {
+            match port.commands.push(batch) {
+                Ok(()) => {
+                    port.notify();
+                    return Ok(());
+                }
+                Err(back) => {
+                    if self.is_shutting_down() {
+                        return Err(HubError::ShuttingDown);
+                    }
+                    batch = back;
+                    port.notify();
+                    spins += 1;
+                    if spins < 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Posts one command for the connection's own worker, after checking the handle is live.
+    pub fn send(&self, cmd: Command) -> Result<(), HubError> {
+        let conn = match &cmd {
+            Command::Send { conn, .. } | Command::Close { conn, .. } | Command::Resume { conn } => {
+                *conn
+            }
+        };
+        if !self.is_live(conn) {
+            return Err(HubError::Closed);
+        }
+        self.post(conn.worker(), vec![cmd])
+    }
+}
+
+impl Port {
+    fn notify_force(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: as in `notify`.
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    }
+}
+
+/// Shared ownership of the hub.
+pub type HubRef = Arc<Hub>;

@@ -1,0 +1,41 @@
+//! The built-in echo service: answers every message on the worker thread itself.
+//! It serves as the baseline the Lua services are measured against, and for protocol tests.
+
+use super::{Flow, Service, WorkerCtx};
+use crate::net::handle::ConnId;
+use crate::ws::Opcode;
+
+pub struct Echo {
+    name: String,
+    max_message_size: usize,
+}
+
+impl Echo {
+    pub fn new(name: impl Into<String>, max_message_size: usize) -> Echo {
+        Echo {
+            name: name.into(),
+            max_message_size,
+        }
+    }
+}
+
+impl Service for Echo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+    fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) {}
+    fn on_message(
+        &self,
+        ctx: &mut dyn WorkerCtx,
+        conn: ConnId,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Flow {
+        ctx.send(conn, opcode, payload);
+        Flow::Continue
+    }
+    fn on_close(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) {}
+}
