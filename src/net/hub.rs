@@ -46,6 +46,11 @@ impl Chunk {
 pub enum Command {
     /// Queue these framed bytes on the connection.
     Send { conn: ConnId, frame: Chunk },
+    /// Queue one shared frame on many connections of this worker (a broadcast: encoded once).
+    SendMany {
+        conns: Vec<ConnId>,
+        frame: Arc<[u8]>,
+    },
     /// Start the close handshake with this code (1000 normal, 1011 internal error, ...).
     Close { conn: ConnId, code: u16 },
     /// The service can take more input from this connection again (it was paused).

@@ -26,7 +26,9 @@ impl Service for Echo {
     fn max_message_size(&self) -> usize {
         self.max_message_size
     }
-    fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) {}
+    fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) -> u32 {
+        0
+    }
     fn on_message(
         &self,
         ctx: &mut dyn WorkerCtx,
@@ -37,5 +39,5 @@ impl Service for Echo {
         ctx.send(conn, opcode, payload);
         Flow::Continue
     }
-    fn on_close(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) {}
+    fn on_close(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId, _tag: u32) {}
 }
