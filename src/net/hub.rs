@@ -256,6 +256,10 @@ impl Hub {
             Command::Send { conn, .. } | Command::Close { conn, .. } | Command::Resume { conn } => {
                 *conn
             }
+            Command::SendMany { conns, .. } => match conns.first() {
+                Some(c) => *c,
+                None => return Ok(()),
+            },
         };
         if !self.is_live(conn) {
             return Err(HubError::Closed);

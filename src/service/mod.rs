@@ -45,18 +45,20 @@ pub trait Service: Send + Sync + 'static {
     fn extra_headers(&self) -> &[(String, String)] {
         &[]
     }
-    /// The upgrade was accepted and `conn` is open.
-    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId);
+    /// The upgrade was accepted and `conn` is open. The returned tag is stored with the
+    /// connection and passed back to `on_message`/`on_close` (e.g. the instance it is bound to).
+    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32;
     /// One complete text (valid UTF-8) or binary message.
     fn on_message(
         &self,
         ctx: &mut dyn WorkerCtx,
         conn: ConnId,
+        tag: u32,
         opcode: Opcode,
         payload: &[u8],
     ) -> Flow;
     /// `conn` is gone, however it ended. Called exactly once for each `on_open`.
-    fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId);
+    fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32);
     /// End of one worker loop iteration: hand over whatever was batched (one wake-up per batch).
     fn flush(&self, _worker: usize) {}
 }
