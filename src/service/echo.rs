@@ -33,6 +33,7 @@ impl Service for Echo {
         &self,
         ctx: &mut dyn WorkerCtx,
         conn: ConnId,
+        _tag: u32,
         opcode: Opcode,
         payload: &[u8],
     ) -> Flow {
