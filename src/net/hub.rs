@@ -64,6 +64,9 @@ pub struct NewConn {
     pub peer: std::net::SocketAddr,
     /// Index of the listening endpoint that accepted it (its TLS and ACL settings).
     pub listener: usize,
+    /// Every worker is at `max_connections`: answer HTTP 503 and close (done by a worker so
+    /// that the answer is written and the close is orderly).
+    pub reject_full: bool,
 }
 
 const LIVE: u32 = 1 << 31;
@@ -135,6 +138,11 @@ impl Port {
         let mut buf: u64 = 0;
         // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
         unsafe { libc::read(self.wake.as_raw_fd(), &mut buf as *mut u64 as *mut _, 8) };
+    }
+
+    /// Worker side: awake again after `epoll_wait` (the eventfd is drained only when it fired).
+    pub fn woke_quiet(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
     }
 
     /// Worker side: the slot `index` now holds a live connection of this generation.

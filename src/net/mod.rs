@@ -1,7 +1,20 @@
 //! The runtime: listeners accept, the balancer picks an IOWorker, IOWorkers do all socket I/O.
 //!
-//! - [`handle`]: `ConnId`, the identity of a connection across threads.
+//! - [`server`]: starts and stops everything.
+//! - [`listener`], [`balancer`]: accept, ACL at accept, hand-off through the worker's inbox.
+//! - [`worker`]: the edge-triggered epoll loop over a [`slab`] of [`conn`]ections.
 //! - [`hub`]: how other threads (service instances) reach a worker's connections.
+//! - [`handle`]: `ConnId`, the identity of a connection across threads.
+//! - [`epoll`], [`sys`], [`outq`]: the selector, raw syscalls, outbound queues.
 
+pub mod balancer;
+pub mod conn;
+pub mod epoll;
 pub mod handle;
 pub mod hub;
+pub mod listener;
+pub mod outq;
+pub mod server;
+pub mod slab;
+pub mod sys;
+pub mod worker;

@@ -1,0 +1,63 @@
+//! The Balancer: gives each accepted connection to the least-loaded IOWorker.
+//!
+//! Load is what the workers publish (open connections, queued outbound bytes) plus what is
+//! already waiting in their accept inboxes, so a burst of accepts spreads out before the
+//! workers had a chance to publish new figures.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::hub::{Hub, NewConn};
+
+pub struct Balancer {
+    hub: Arc<Hub>,
+    connection_weight: f64,
+}
+
+impl Balancer {
+    pub fn new(hub: Arc<Hub>, connection_weight: f64) -> Balancer {
+        Balancer { hub, connection_weight }
+    }
+
+    fn score(&self, worker: usize) -> Option<f64> {
+        let port = self.hub.port(worker);
+        let conns = port.connections.load(Ordering::Relaxed) + port.accepts.len();
+        if conns >= port.max_connections {
+            return None;
+        }
+        let queued = port.queued_bytes.load(Ordering::Relaxed) as f64 / 65536.0;
+        Some(conns as f64 * self.connection_weight + queued)
+    }
+
+    /// Hands the connection to a worker and wakes it; gives it back when every worker is full.
+    pub fn dispatch(&self, conn: NewConn) -> Result<usize, NewConn> {
+        let mut order: Vec<(f64, usize)> =
+            (0..self.hub.workers()).filter_map(|w| self.score(w).map(|s| (s, w))).collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut conn = conn;
+        for (_, w) in order {
+            let port = self.hub.port(w);
+            match port.accepts.push(conn) {
+                Ok(()) => {
+                    port.notify();
+                    return Ok(w);
+                }
+                Err(back) => conn = back,
+            }
+        }
+        Err(conn)
+    }
+
+    /// Every worker is full: let the least busy one answer 503 (ignoring the limit for this
+    /// short-lived connection). Gives the connection back if even the inboxes are full.
+    pub fn reject_full(&self, mut conn: NewConn) -> Result<(), NewConn> {
+        conn.reject_full = true;
+        let w = (0..self.hub.workers())
+            .min_by_key(|&w| self.hub.port(w).accepts.len())
+            .unwrap_or(0);
+        let port = self.hub.port(w);
+        port.accepts.push(conn)?;
+        port.notify();
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! One connection as its IOWorker holds it.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::outq::OutQueue;
+use crate::service::Service;
+use crate::ws::codec::Decoder;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// WebSocket open: messages flow both ways.
+    Open,
+    /// We sent a Close frame and wait for the peer's (or the close timeout).
+    Closing,
+    /// Our last bytes are queued; once written, we shut down our side of TCP.
+    Finishing,
+    /// Our side of TCP is shut; reading and discarding until the peer's EOF (or the timeout),
+    /// so that closing never turns into a reset that could destroy our last frame.
+    Draining,
+}
+
+pub struct Conn {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    /// Set once the upgrade succeeded; `on_close` is owed exactly when this is Some.
+    pub service: Option<Arc<dyn Service>>,
+    pub tag: u32,
+    pub decoder: Option<Decoder>,
+    /// Unconsumed input (a partial header, control frame or HTTP request); empty when idle.
+    pub inbuf: Vec<u8>,
+    pub out: OutQueue,
+    /// The service asked us to stop reading (its queue is full).
+    pub service_paused: bool,
+    /// Our outbound queue is above the high-water mark: stop reading until it drains.
+    pub out_paused: bool,
+    /// Input may be waiting in the socket (edge-triggered: we must come back for it).
+    pub read_pending: bool,
+    /// Waiting for EPOLLOUT.
+    pub write_blocked: bool,
+    /// Queued in the worker's dirty list for a flush this iteration.
+    pub dirty: bool,
+    /// In the worker's pending-read list.
+    pub in_pending: bool,
+    pub deadline: Option<Instant>,
+    pub last_activity: Instant,
+    pub ping_outstanding: bool,
+}
+
+impl Conn {
+    pub fn new(fd: OwnedFd, peer: SocketAddr, now: Instant) -> Conn {
+        Conn {
+            fd,
+            peer,
+            phase: Phase::Handshake,
+            service: None,
+            tag: 0,
+            decoder: None,
+            inbuf: Vec::new(),
+            out: OutQueue::default(),
+            service_paused: false,
+            out_paused: false,
+            read_pending: false,
+            write_blocked: false,
+            dirty: false,
+            in_pending: false,
+            deadline: None,
+            last_activity: now,
+            ping_outstanding: false,
+        }
+    }
+
+    pub fn read_paused(&self) -> bool {
+        self.service_paused || self.out_paused
+    }
+}

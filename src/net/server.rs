@@ -1,0 +1,147 @@
+//! Assembles the runtime: binds the endpoints, starts the pinned IOWorkers and the listener
+//! threads, and stops them in order.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::balancer::Balancer;
+use super::hub::Hub;
+use super::listener::{self, AclFn};
+use super::worker::{Router, Worker, WorkerOptions};
+use crate::{info, syscall, warn};
+
+/// One listening address.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub endpoints: Vec<Endpoint>,
+    /// Accepting threads per endpoint.
+    pub listeners: usize,
+    pub workers: usize,
+    /// Connections per worker.
+    pub max_connections: usize,
+    pub backlog: i32,
+    pub connection_weight: f64,
+    /// Pin worker i to core i (modulo the cores available).
+    pub pin_workers: bool,
+    pub worker: WorkerOptions,
+    pub acl: Option<AclFn>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            endpoints: vec![Endpoint { addr: "127.0.0.1:0".parse().expect("literal"), tls: false }],
+            listeners: 1,
+            workers: 1,
+            max_connections: 100_000,
+            backlog: 1024,
+            connection_weight: 1.0,
+            pin_workers: false,
+            worker: WorkerOptions::default(),
+            acl: None,
+        }
+    }
+}
+
+pub struct Server {
+    hub: Arc<Hub>,
+    local_addrs: Vec<SocketAddr>,
+    workers: Vec<JoinHandle<()>>,
+    listeners: Vec<JoinHandle<()>>,
+    stop_listeners: OwnedFd,
+}
+
+impl Server {
+    /// The hub the server's workers will use: create it first when services need it before
+    /// the server starts (they post their replies through it).
+    pub fn new_hub(opts: &ServerOptions) -> io::Result<Arc<Hub>> {
+        let workers = opts.workers.clamp(1, super::handle::ConnId::MAX_WORKERS);
+        Ok(Arc::new(Hub::new(workers, opts.max_connections)?))
+    }
+
+    /// Binds every endpoint and starts the workers and listeners. `hub` comes from `new_hub`
+    /// with the same options.
+    pub fn start(opts: ServerOptions, hub: Arc<Hub>, router: Arc<dyn Router>) -> io::Result<Server> {
+        let workers = hub.workers();
+        let bound: Vec<Arc<TcpListener>> = opts
+            .endpoints
+            .iter()
+            .map(|e| {
+                listener::bind(e.addr, opts.backlog)
+                    .map(Arc::new)
+                    .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {}: {err}", e.addr)))
+            })
+            .collect::<io::Result<_>>()?;
+        let local_addrs = bound.iter().map(|l| l.local_addr()).collect::<io::Result<Vec<_>>>()?;
+
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut worker_threads = Vec::new();
+        for id in 0..workers {
+            let mut wopts = opts.worker.clone();
+            if opts.pin_workers && !cores.is_empty() {
+                wopts.core = Some(cores[id % cores.len()]);
+            }
+            let w = Worker::new(id, hub.clone(), router.clone(), wopts)?;
+            worker_threads.push(
+                std::thread::Builder::new().name(format!("lapps-io-{id}")).spawn(move || w.run())?,
+            );
+        }
+
+        let stop = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+        // SAFETY: a fresh eventfd nothing else owns.
+        let stop_listeners = unsafe { OwnedFd::from_raw_fd(stop) };
+        let balancer = Arc::new(Balancer::new(hub.clone(), opts.connection_weight));
+        let mut listener_threads = Vec::new();
+        for (endpoint, l) in bound.iter().enumerate() {
+            for n in 0..opts.listeners.max(1) {
+                let (l, b, acl, fd) = (l.clone(), balancer.clone(), opts.acl.clone(), stop_listeners.as_raw_fd());
+                listener_threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("lapps-accept-{endpoint}.{n}"))
+                        .spawn(move || listener::run(l, endpoint, b, acl, fd))?,
+                );
+            }
+        }
+        for a in &local_addrs {
+            info!("listening on {a} ({} workers)", workers);
+        }
+        Ok(Server { hub, local_addrs, workers: worker_threads, listeners: listener_threads, stop_listeners })
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Stops accepting, closes every connection with 1001 and waits for the workers (bounded).
+    pub fn shutdown(self) {
+        let started = Instant::now();
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
+        unsafe { libc::write(self.stop_listeners.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        for l in self.listeners {
+            let _ = l.join();
+        }
+        self.hub.begin_shutdown();
+        for w in self.workers {
+            let _ = w.join();
+        }
+        let took = started.elapsed();
+        if took > Duration::from_secs(5) {
+            warn!("shutdown took {took:?}");
+        }
+    }
+}

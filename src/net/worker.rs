@@ -1,0 +1,835 @@
+//! The IOWorker: one pinned thread, one epoll set, one slab of connections.
+//!
+//! It owns the sockets and never runs Lua or blocks: services are called through the
+//! [`Service`] trait and answer later through the worker's [`Port`](super::hub::Port).
+//!
+//! Edge-triggered rule: after a readiness event a socket is read until `WouldBlock` (or the
+//! per-connection read budget `max_inbounds_skip` is spent, in which case the connection goes
+//! on the pending list and is read again next iteration without waiting for a new event), and
+//! written until `WouldBlock` (then we wait for EPOLLOUT). Forgetting either loses the socket.
+//!
+//! One loop iteration: wait for events; read and decode every ready connection (replies are
+//! appended to outbound queues, not written); take new connections and service commands from
+//! the inboxes; run timers; let each service hand over its batch; then write every connection
+//! that has output once (one `send`/`sendmsg` per connection per iteration).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{Conn, Phase};
+use super::epoll::{Events, Selector};
+use super::handle::ConnId;
+use super::hub::{Command, Hub, NewConn};
+use super::outq::{BufPool, Flushed, OutQueue};
+use super::slab::Slab;
+use super::sys;
+use crate::service::{Flow, Service, WorkerCtx};
+use crate::ws::codec::{self, Decoder, Event, Role};
+use crate::ws::handshake::{self, Request};
+use crate::ws::{close, Opcode};
+use crate::{debug, info, warn};
+
+const WAKE_TOKEN: u64 = 0;
+
+/// Decides which service a request goes to, or the HTTP status that refuses it.
+pub trait Router: Send + Sync + 'static {
+    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, u16>;
+}
+
+/// Settings of one worker (from ws.json).
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub read_buffer: usize,
+    pub auto_fragment: Option<usize>,
+    pub max_poll_events: usize,
+    pub max_poll_wait: Duration,
+    pub max_inbounds_skip: usize,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_request_bytes: usize,
+    pub max_headers: usize,
+    pub outbound_high_water: usize,
+    /// CPU to pin to, if any.
+    pub core: Option<core_affinity::CoreId>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            read_buffer: 64 * 1024,
+            auto_fragment: None,
+            max_poll_events: 256,
+            max_poll_wait: Duration::from_millis(10),
+            max_inbounds_skip: 50,
+            handshake_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(3),
+            idle_timeout: None,
+            max_request_bytes: 8192,
+            max_headers: 64,
+            outbound_high_water: 4 << 20,
+            core: None,
+        }
+    }
+}
+
+/// How long a shutdown may take before the remaining connections are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
+
+pub struct Worker {
+    id: usize,
+    hub: Arc<Hub>,
+    router: Arc<dyn Router>,
+    opts: WorkerOptions,
+    selector: Selector,
+    conns: Slab<Conn>,
+    scratch: Vec<u8>,
+    pool: BufPool,
+    /// Connections with output queued this iteration.
+    dirty: Vec<u32>,
+    /// Connections with unread input that are not paused.
+    pending: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Services that received messages this iteration (to `flush`).
+    touched: Vec<Arc<dyn Service>>,
+    /// Messages a service sent to another connection of this worker during a callback.
+    deferred: Vec<(ConnId, Vec<u8>)>,
+    shutdown_since: Option<Instant>,
+    handshake_limits: handshake::Limits,
+}
+
+/// What a service sees of the worker during a callback.
+struct Ctx<'a> {
+    worker: usize,
+    current: ConnId,
+    out: &'a mut OutQueue,
+    pool: &'a mut BufPool,
+    fragment: Option<usize>,
+    deferred: &'a mut Vec<(ConnId, Vec<u8>)>,
+}
+
+impl WorkerCtx for Ctx<'_> {
+    fn worker(&self) -> usize {
+        self.worker
+    }
+
+    fn send(&mut self, conn: ConnId, opcode: Opcode, payload: &[u8]) -> bool {
+        if conn.worker() != self.worker {
+            return false;
+        }
+        let fragment = self.fragment;
+        if conn == self.current {
+            self.out.append_with(self.pool, |b| {
+                codec::encode_message(b, Role::Server, opcode, payload, fragment, [0; 4])
+            });
+        } else {
+            let mut b = Vec::with_capacity(payload.len() + 10);
+            codec::encode_message(&mut b, Role::Server, opcode, payload, fragment, [0; 4]);
+            self.deferred.push((conn, b));
+        }
+        true
+    }
+}
+
+/// Why a connection ends (for the log).
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    PeerClosed,
+    Error,
+    Done,
+    Timeout(&'static str),
+    Shutdown,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        hub: Arc<Hub>,
+        router: Arc<dyn Router>,
+        opts: WorkerOptions,
+    ) -> io::Result<Worker> {
+        let selector = Selector::new()?;
+        selector.register_level(hub.port(id).wake_fd(), WAKE_TOKEN)?;
+        let handshake_limits = handshake::Limits {
+            max_request_bytes: opts.max_request_bytes,
+            max_headers: opts.max_headers,
+        };
+        Ok(Worker {
+            id,
+            hub,
+            router,
+            selector,
+            conns: Slab::default(),
+            scratch: vec![0; opts.read_buffer.max(opts.max_request_bytes + 1).max(4096)],
+            pool: BufPool::new(256),
+            dirty: Vec::new(),
+            pending: Vec::new(),
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
+            deferred: Vec::new(),
+            shutdown_since: None,
+            handshake_limits,
+            opts,
+        })
+    }
+
+    /// Runs until shutdown completes.
+    pub fn run(mut self) {
+        if let Some(core) = self.opts.core {
+            if !core_affinity::set_for_current(core) {
+                warn!("worker {}: could not pin to core {}", self.id, core.id);
+            }
+        }
+        let mut events = Events::with_capacity(self.opts.max_poll_events);
+        loop {
+            let busy = !self.pending.is_empty() || !self.deferred.is_empty();
+            let mut timeout = if busy { Duration::ZERO } else { self.next_timeout() };
+            let port = self.hub.port(self.id);
+            if !timeout.is_zero() && !port.prepare_sleep() {
+                timeout = Duration::ZERO;
+            }
+            if let Err(e) = self.selector.select(&mut events, Some(timeout)) {
+                warn!("worker {}: epoll_wait failed: {e}", self.id);
+            }
+            port.woke_quiet();
+            for ev in events.iter() {
+                if ev.token == WAKE_TOKEN {
+                    self.hub.port(self.id).woke();
+                    continue;
+                }
+                let index = (ev.token - 1) as u32;
+                if ev.writable {
+                    self.on_writable(index);
+                }
+                if ev.readable || ev.hangup {
+                    self.on_readable(index);
+                }
+            }
+            self.run_pending();
+            self.take_new_connections();
+            self.take_commands();
+            self.apply_deferred();
+            self.run_timers();
+            self.check_shutdown();
+            for s in self.touched.drain(..) {
+                s.flush(self.id);
+            }
+            self.flush_dirty();
+            self.publish_load();
+            if self.shutdown_since.is_some() && self.conns.is_empty() {
+                break;
+            }
+        }
+        debug!("worker {} stopped", self.id);
+    }
+
+    fn next_timeout(&self) -> Duration {
+        let wait = self.opts.max_poll_wait;
+        match self.timers.peek() {
+            Some(Reverse((t, _, _))) => t.saturating_duration_since(Instant::now()).min(wait),
+            None => wait,
+        }
+    }
+
+    fn conn_id(&self, index: u32, generation: u32) -> ConnId {
+        ConnId::new(self.id, index, generation)
+    }
+
+    // ---- accepting -------------------------------------------------------------------------
+
+    fn take_new_connections(&mut self) {
+        while let Some(nc) = self.hub.port(self.id).accepts.pop() {
+            if self.shutdown_since.is_some() {
+                continue; // dropping the fd closes it
+            }
+            self.add_connection(nc);
+        }
+    }
+
+    fn add_connection(&mut self, nc: NewConn) {
+        let fd = nc.fd.as_raw_fd();
+        if let Err(e) = sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1) {
+            debug!("worker {}: TCP_NODELAY on {}: {e}", self.id, nc.peer);
+        }
+        let now = Instant::now();
+        let reject_full = nc.reject_full;
+        let (index, generation) = self.conns.insert(Conn::new(nc.fd, nc.peer, now));
+        if let Err(e) = self.selector.register(fd, index as u64 + 1) {
+            // A failed registration must not leave a slot behind (monoio does the same).
+            warn!("worker {}: cannot register connection from {}: {e}", self.id, nc.peer);
+            self.conns.remove(index);
+            return;
+        }
+        self.hub.port(self.id).set_live(index, generation);
+        if reject_full {
+            self.answer_and_finish(index, handshake::error_response(503, "server full"));
+            return;
+        }
+        self.set_deadline(index, now + self.opts.handshake_timeout);
+        // The client may have sent its request already: edge-triggered registration reports
+        // data that was there before, but reading right away saves a wake-up.
+        self.on_readable(index);
+    }
+
+    fn set_deadline(&mut self, index: u32, at: Instant) {
+        let Some(generation) = self.conns.generation(index) else { return };
+        if let Some(c) = self.conns.get_mut(index) {
+            c.deadline = Some(at);
+            self.timers.push(Reverse((at, index, generation)));
+        }
+    }
+
+    // ---- reading ---------------------------------------------------------------------------
+
+    fn on_readable(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        c.read_pending = true;
+        self.read_some(index);
+    }
+
+    fn run_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for index in pending {
+            if let Some(c) = self.conns.get_mut(index) {
+                c.in_pending = false;
+                if c.read_pending {
+                    self.read_some(index);
+                }
+            }
+        }
+    }
+
+    /// Reads and processes up to `max_inbounds_skip` chunks from one connection.
+    fn read_some(&mut self, index: u32) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for _ in 0..self.opts.max_inbounds_skip.max(1) {
+            let Some(c) = self.conns.get_mut(index) else { break };
+            if !c.read_pending || c.read_paused() {
+                break;
+            }
+            let kept = c.inbuf.len();
+            if kept >= scratch.len() {
+                // Cannot happen: leftovers are bounded by the request limit and control frames.
+                debug_assert!(false, "leftover larger than the read buffer");
+                self.end(index, Ending::Error);
+                break;
+            }
+            scratch[..kept].copy_from_slice(&c.inbuf);
+            match sys::recv(c.fd.as_raw_fd(), &mut scratch[kept..]) {
+                Ok(0) => {
+                    c.read_pending = false;
+                    let ending = if c.phase == Phase::Draining { Ending::Done } else { Ending::PeerClosed };
+                    self.end(index, ending);
+                    break;
+                }
+                Ok(n) => {
+                    c.inbuf = Vec::new();
+                    c.last_activity = Instant::now();
+                    let total = kept + n;
+                    let consumed = self.process(index, &mut scratch[..total]);
+                    if let Some(c) = self.conns.get_mut(index) {
+                        if consumed < total {
+                            c.inbuf = scratch[consumed..total].to_vec();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.read_pending = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("worker {}: read from {}: {e}", self.id, c.peer);
+                    c.read_pending = false;
+                    self.end(index, Ending::Error);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+        // Budget spent with input left: come back next iteration, after the others had a turn.
+        if let Some(c) = self.conns.get_mut(index) {
+            if c.read_pending && !c.read_paused() && !c.in_pending {
+                c.in_pending = true;
+                self.pending.push(index);
+            }
+        }
+    }
+
+    /// Processes input bytes; returns how many were consumed.
+    fn process(&mut self, index: u32, buf: &mut [u8]) -> usize {
+        let Some(c) = self.conns.get_mut(index) else { return buf.len() };
+        match c.phase {
+            Phase::Handshake => self.process_handshake(index, buf),
+            Phase::Open | Phase::Closing => self.process_frames(index, buf),
+            Phase::Finishing | Phase::Draining => buf.len(),
+        }
+    }
+
+    fn process_handshake(&mut self, index: u32, buf: &mut [u8]) -> usize {
+        let peer = match self.conns.get_mut(index) {
+            Some(c) => c.peer,
+            None => return buf.len(),
+        };
+        let (req, head_len) = match handshake::parse(buf, &self.handshake_limits) {
+            Ok(None) => return 0,
+            Ok(Some(done)) => done,
+            Err(e) => {
+                info!("rejected {peer}: HTTP {} {}", e.status, e.reason);
+                self.answer_and_finish(index, e.response());
+                return buf.len();
+            }
+        };
+        if self.shutdown_since.is_some() {
+            self.answer_and_finish(index, handshake::error_response(503, "shutting down"));
+            return buf.len();
+        }
+        let service = match self.router.route(&req, peer.ip()) {
+            Ok(s) => s,
+            Err(status) => {
+                info!("rejected {peer}: HTTP {status} for {}", req.path);
+                let reason = match status {
+                    404 => "no service at this path",
+                    403 => "forbidden",
+                    _ => "refused",
+                };
+                self.answer_and_finish(index, handshake::error_response(status, reason));
+                return buf.len();
+            }
+        };
+        let response = handshake::response_101(&req, service.subprotocol(), service.extra_headers());
+        let generation = self.conns.generation(index).unwrap_or(0);
+        let id = self.conn_id(index, generation);
+        let Some(c) = self.conns.get_mut(index) else { return buf.len() };
+        c.out.append_with(&mut self.pool, |b| b.extend_from_slice(&response));
+        c.phase = Phase::Open;
+        c.deadline = None;
+        c.decoder = Some(Decoder::new(Role::Server, service.max_message_size()));
+        let mut ctx = Ctx {
+            worker: self.id,
+            current: id,
+            out: &mut c.out,
+            pool: &mut self.pool,
+            fragment: self.opts.auto_fragment,
+            deferred: &mut self.deferred,
+        };
+        c.tag = service.on_open(&mut ctx, id);
+        c.service = Some(service.clone());
+        self.touched_push(&service);
+        self.mark_dirty(index);
+        if let Some(idle) = self.opts.idle_timeout {
+            self.set_deadline(index, Instant::now() + idle);
+        }
+        debug!("worker {}: {peer} opened {}", self.id, req.path);
+        head_len + self.process_frames(index, &mut buf[head_len..])
+    }
+
+    fn touched_push(&mut self, s: &Arc<dyn Service>) {
+        if !self.touched.iter().any(|t| Arc::ptr_eq(t, s)) {
+            self.touched.push(s.clone());
+        }
+    }
+
+    fn process_frames(&mut self, index: u32, buf: &mut [u8]) -> usize {
+        let generation = self.conns.generation(index).unwrap_or(0);
+        let id = self.conn_id(index, generation);
+        let worker = self.id;
+        let fragment = self.opts.auto_fragment;
+        let Some(c) = self.conns.get_mut(index) else { return buf.len() };
+        let Some(service) = c.service.clone() else { return buf.len() };
+        let Some(mut decoder) = c.decoder.take() else { return buf.len() };
+        let phase = c.phase;
+        let tag = c.tag;
+        let mut close_with: Option<u16> = None;
+        let mut paused = false;
+        let mut peer_close: Option<Option<u16>> = None;
+        let mut delivered = false;
+        let result = {
+            let out = &mut c.out;
+            let pool = &mut self.pool;
+            let deferred = &mut self.deferred;
+            let ping_outstanding = &mut c.ping_outstanding;
+            decoder.decode(buf, &mut |ev| match ev {
+                Event::Text(p) | Event::Binary(p) => {
+                    // After we started closing, data is read and dropped (RFC 6455 5.5.1).
+                    if phase != Phase::Open || close_with.is_some() {
+                        return;
+                    }
+                    let opcode = if matches!(ev, Event::Text(_)) { Opcode::Text } else { Opcode::Binary };
+                    let mut ctx = Ctx { worker, current: id, out, pool, fragment, deferred };
+                    delivered = true;
+                    match service.on_message(&mut ctx, id, tag, opcode, p) {
+                        Flow::Continue => {}
+                        Flow::Pause => paused = true,
+                        Flow::Close(code) => close_with = Some(code),
+                    }
+                }
+                Event::Ping(p) => {
+                    out.append_with(pool, |b| codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4]))
+                }
+                Event::Pong(_) => *ping_outstanding = false,
+                Event::Close { code, .. } => peer_close = Some(code),
+            })
+        };
+        c.decoder = Some(decoder);
+        if delivered {
+            self.touched_push(&service);
+        }
+        self.mark_dirty(index);
+        if paused {
+            if let Some(c) = self.conns.get_mut(index) {
+                c.service_paused = true;
+            }
+        }
+        match result {
+            Err(e) => {
+                let peer = self.conns.get_mut(index).map(|c| c.peer);
+                info!(
+                    "closing {}: protocol violation ({}), close code {}",
+                    peer.map_or_else(String::new, |p| p.to_string()),
+                    e.reason,
+                    e.code
+                );
+                self.fail(index, e.code);
+                buf.len()
+            }
+            Ok(consumed) => {
+                if let Some(code) = peer_close {
+                    self.on_peer_close(index, code);
+                    return buf.len();
+                }
+                if let Some(code) = close_with {
+                    self.start_close(index, code);
+                }
+                consumed
+            }
+        }
+    }
+
+    // ---- closing ---------------------------------------------------------------------------
+
+    /// The peer sent Close: echo it (if we had not sent ours) and finish the TCP connection.
+    fn on_peer_close(&mut self, index: u32, code: Option<u16>) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        if c.phase == Phase::Open {
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(b, Role::Server, code, b"", [0; 4])
+            });
+        }
+        self.finish_after_flush(index);
+    }
+
+    /// We start the close handshake (service request, idle timeout, shutdown).
+    fn start_close(&mut self, index: u32, code: u16) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        if c.phase != Phase::Open {
+            return;
+        }
+        c.out.append_with(&mut self.pool, |b| {
+            codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
+        });
+        c.phase = Phase::Closing;
+        self.mark_dirty(index);
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
+    }
+
+    /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
+    fn fail(&mut self, index: u32, code: u16) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        // In Closing our Close frame is already out; a second one is not allowed.
+        if c.phase == Phase::Open {
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
+            });
+        }
+        self.finish_after_flush(index);
+    }
+
+    /// Our last bytes are queued: shut TCP down once they are written (bounded by the close
+    /// timeout, so a peer that never reads cannot hold the connection).
+    fn finish_after_flush(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        c.phase = Phase::Finishing;
+        self.mark_dirty(index);
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
+    }
+
+    /// Queues an HTTP answer and finishes the connection after it.
+    fn answer_and_finish(&mut self, index: u32, response: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        c.out.append_with(&mut self.pool, |b| b.extend_from_slice(&response));
+        self.finish_after_flush(index);
+    }
+
+    /// Everything is written: shut our side down and wait (bounded) for the peer's EOF.
+    fn finish(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else { return };
+        // SAFETY: shutdown on a descriptor we own; failure only means the peer is gone.
+        unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
+        c.phase = Phase::Draining;
+        c.read_pending = true;
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
+        self.read_some(index);
+    }
+
+    /// Removes the connection; calls the service's `on_close` if it was opened.
+    fn end(&mut self, index: u32, why: Ending) {
+        let generation = self.conns.generation(index).unwrap_or(0);
+        let Some(mut c) = self.conns.remove(index) else { return };
+        let _ = self.selector.deregister(c.fd.as_raw_fd());
+        self.hub.port(self.id).set_dead(index);
+        c.out.clear(&mut self.pool);
+        if let Some(service) = c.service.take() {
+            let id = self.conn_id(index, generation);
+            let mut scratch_out = OutQueue::default();
+            let mut ctx = Ctx {
+                worker: self.id,
+                current: id,
+                out: &mut scratch_out,
+                pool: &mut self.pool,
+                fragment: None,
+                deferred: &mut self.deferred,
+            };
+            service.on_close(&mut ctx, id, c.tag);
+            scratch_out.clear(&mut self.pool);
+            self.touched_push(&service);
+        }
+        match why {
+            Ending::Timeout(what) => info!("closed {}: {what} timeout", c.peer),
+            other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
+        }
+        // Dropping `c` closes the socket.
+    }
+
+    // ---- writing ---------------------------------------------------------------------------
+
+    fn mark_dirty(&mut self, index: u32) {
+        if let Some(c) = self.conns.get_mut(index) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(index);
+            }
+        }
+    }
+
+    fn on_writable(&mut self, index: u32) {
+        if let Some(c) = self.conns.get_mut(index) {
+            c.write_blocked = false;
+        }
+        self.flush_conn(index);
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &index in &dirty {
+            if let Some(c) = self.conns.get_mut(index) {
+                c.dirty = false;
+                if !c.write_blocked {
+                    self.flush_conn(index);
+                }
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush_conn(&mut self, index: u32) {
+        let high = self.opts.outbound_high_water;
+        let Some(c) = self.conns.get_mut(index) else { return };
+        let fd: RawFd = c.fd.as_raw_fd();
+        match c.out.flush(fd, &mut self.pool) {
+            Ok(Flushed::All) => {
+                c.write_blocked = false;
+                if c.out_paused {
+                    c.out_paused = false;
+                    self.resume_reading(index);
+                }
+                if let Some(c) = self.conns.get_mut(index) {
+                    if c.phase == Phase::Finishing {
+                        self.finish(index);
+                    }
+                }
+            }
+            Ok(Flushed::Blocked) => {
+                c.write_blocked = true;
+                if c.out.bytes() > high {
+                    c.out_paused = true;
+                } else if c.out_paused && c.out.bytes() <= high / 2 {
+                    c.out_paused = false;
+                    self.resume_reading(index);
+                }
+            }
+            Err(e) => {
+                debug!("worker {}: write to {}: {e}", self.id, c.peer);
+                self.end(index, Ending::Error);
+            }
+        }
+    }
+
+    fn resume_reading(&mut self, index: u32) {
+        if let Some(c) = self.conns.get_mut(index) {
+            if c.read_pending && !c.read_paused() && !c.in_pending {
+                c.in_pending = true;
+                self.pending.push(index);
+            }
+        }
+    }
+
+    // ---- commands from services -------------------------------------------------------------
+
+    fn take_commands(&mut self) {
+        while let Some(batch) = self.hub.port(self.id).commands.pop() {
+            for cmd in batch {
+                self.apply(cmd);
+            }
+        }
+    }
+
+    /// The live connection for `id` if it is ours and current.
+    fn live_index(&mut self, id: ConnId) -> Option<u32> {
+        if id.worker() != self.id {
+            return None;
+        }
+        self.conns.get_gen_mut(id.index(), id.generation()).map(|_| id.index())
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { conn, frame } => {
+                if let Some(i) = self.live_index(conn) {
+                    self.queue_frame(i, |q, pool| q.push_chunk(pool, frame));
+                }
+            }
+            Command::SendMany { conns, frame } => {
+                for conn in conns {
+                    if let Some(i) = self.live_index(conn) {
+                        let f = frame.clone();
+                        self.queue_frame(i, |q, _| q.push_shared(f));
+                    }
+                }
+            }
+            Command::Close { conn, code } => {
+                if let Some(i) = self.live_index(conn) {
+                    self.start_close(i, code);
+                }
+            }
+            Command::Resume { conn } => {
+                if let Some(i) = self.live_index(conn) {
+                    if let Some(c) = self.conns.get_mut(i) {
+                        c.service_paused = false;
+                    }
+                    self.resume_reading(i);
+                }
+            }
+        }
+    }
+
+    /// Queues outbound data on an open connection, pausing its reads above the high-water mark.
+    fn queue_frame(&mut self, index: u32, push: impl FnOnce(&mut OutQueue, &mut BufPool)) {
+        let high = self.opts.outbound_high_water;
+        let Some(c) = self.conns.get_mut(index) else { return };
+        if c.phase != Phase::Open {
+            return; // after our Close no data frame may follow (RFC 6455 5.5.1)
+        }
+        push(&mut c.out, &mut self.pool);
+        if c.out.bytes() > high {
+            c.out_paused = true;
+        }
+        self.mark_dirty(index);
+    }
+
+    fn apply_deferred(&mut self) {
+        for (conn, frame) in std::mem::take(&mut self.deferred) {
+            if let Some(i) = self.live_index(conn) {
+                self.queue_frame(i, |q, pool| q.push_chunk(pool, super::hub::Chunk::Owned(frame)));
+            }
+        }
+    }
+
+    // ---- timers and shutdown ----------------------------------------------------------------
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_gen_mut(index, generation) else { continue };
+            // Lazy deletion: only the connection's current deadline counts.
+            if c.deadline != Some(at) {
+                continue;
+            }
+            c.deadline = None;
+            match c.phase {
+                Phase::Handshake => self.end(index, Ending::Timeout("handshake")),
+                Phase::Closing | Phase::Finishing | Phase::Draining => {
+                    self.end(index, Ending::Timeout("close"))
+                }
+                Phase::Open => self.idle_check(index, now),
+            }
+        }
+    }
+
+    fn idle_check(&mut self, index: u32, now: Instant) {
+        let Some(idle) = self.opts.idle_timeout else { return };
+        let Some(c) = self.conns.get_mut(index) else { return };
+        let quiet = now.saturating_duration_since(c.last_activity);
+        if quiet < idle {
+            let at = c.last_activity + idle;
+            self.set_deadline(index, at);
+        } else if c.ping_outstanding {
+            info!("closing {}: idle timeout (no answer to ping)", c.peer);
+            self.start_close(index, close::GOING_AWAY);
+        } else {
+            c.ping_outstanding = true;
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_control(b, Role::Server, Opcode::Ping, b"", [0; 4])
+            });
+            self.mark_dirty(index);
+            self.set_deadline(index, now + idle);
+        }
+    }
+
+    fn check_shutdown(&mut self) {
+        if !self.hub.is_shutting_down() {
+            return;
+        }
+        let now = Instant::now();
+        match self.shutdown_since {
+            None => {
+                self.shutdown_since = Some(now);
+                for index in self.conns.indices() {
+                    let phase = self.conns.get_mut(index).map(|c| c.phase);
+                    match phase {
+                        Some(Phase::Open) => self.start_close(index, close::GOING_AWAY),
+                        Some(Phase::Handshake) => self.end(index, Ending::Shutdown),
+                        _ => {}
+                    }
+                }
+            }
+            Some(since) if now.duration_since(since) > SHUTDOWN_GRACE => {
+                for index in self.conns.indices() {
+                    self.end(index, Ending::Shutdown);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn publish_load(&mut self) {
+        let port = self.hub.port(self.id);
+        port.connections.store(self.conns.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+}

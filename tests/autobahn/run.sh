@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the Autobahn TestSuite (cases 1-10, as the original LAppS published) against the real
+# `lapps` binary: once against the Lua echo app (/echo) and once against the built-in Rust echo
+# (/echo_builtin). Installs wstest from PyPI on first use (../shared/tools/autobahn/install.sh).
+# Exits non-zero on any FAILED or UNIMPLEMENTED case.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+SHARED=${LAPPS_SHARED:-$ROOT/../shared}
+TOOLS=$SHARED/tools/autobahn
+PREFIX=${AUTOBAHN_PREFIX:-/opt/autobahn}
+PORT=${AUTOBAHN_PORT:-5099}
+
+if [ ! -d "$TOOLS" ]; then
+    echo "autobahn: $TOOLS not found (set LAPPS_SHARED)" >&2
+    exit 2
+fi
+bash "$TOOLS/install.sh" "$PREFIX" >/dev/null
+cargo build --release --bin lapps
+
+WORK=$(mktemp -d /tmp/lapps-autobahn.XXXXXX)
+mkdir -p "$WORK/etc"
+sed "s/\"port\": *[0-9]*/\"port\": $PORT/" tests/autobahn/etc/ws.json > "$WORK/etc/ws.json"
+sed "s#\"applications\": *\"[^\"]*\"#\"applications\": \"$ROOT/lua/apps\"#" tests/autobahn/etc/lapps.json > "$WORK/etc/lapps.json"
+
+LOG=$WORK/lapps.log
+target/release/lapps -c "$WORK/etc" >"$LOG" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# Wait for the listening socket (bounded), not a fixed sleep.
+for _ in $(seq 1 300); do
+    if grep -q "listening on" "$LOG"; then break; fi
+    if ! kill -0 $PID 2>/dev/null; then cat "$LOG" >&2; exit 2; fi
+    sleep 0.1
+done
+grep -q "listening on" "$LOG" || { echo "autobahn: server did not start" >&2; cat "$LOG" >&2; exit 2; }
+
+rc=0
+for path in ${AUTOBAHN_PATHS:-/echo /echo_builtin}; do
+    echo "autobahn: ws://127.0.0.1:$PORT$path"
+    AUTOBAHN_AGENT="lapps$path" bash "$TOOLS/run.sh" "ws://127.0.0.1:$PORT$path" "$WORK/report${path//\//_}" || rc=$?
+done
+if ! kill -0 $PID 2>/dev/null; then
+    echo "autobahn: the server died during the run" >&2
+    tail -20 "$LOG" >&2
+    exit 2
+fi
+exit $rc

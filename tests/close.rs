@@ -1,0 +1,136 @@
+//! Every close path: normal close handshake, protocol violations and their codes, TCP drops.
+mod common;
+use common::*;
+use std::io::Write;
+
+fn violation(bytes: &[u8]) -> Option<u16> {
+    let srv = start_echo(|o| o.worker.read_buffer = 4096);
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    s.write_all(bytes).unwrap();
+    let code = expect_close(&mut s);
+    assert!(closed_by_server(&mut s), "TCP must be closed after the close frame");
+    code
+}
+
+#[test]
+fn client_close_is_echoed_with_its_code_then_tcp_closes() {
+    let srv = start_echo(|_| {});
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    let mut body = 1000u16.to_be_bytes().to_vec();
+    body.extend_from_slice(b"bye");
+    s.write_all(&frame(true, 0, 0x8, &body, true)).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1000));
+    assert!(closed_by_server(&mut s));
+}
+
+#[test]
+fn empty_close_is_answered_with_an_empty_close() {
+    let srv = start_echo(|_| {});
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    s.write_all(&frame(true, 0, 0x8, b"", true)).unwrap();
+    assert_eq!(expect_close(&mut s), None);
+}
+
+#[test]
+fn tungstenite_close_handshake_completes() {
+    let srv = start_echo(|_| {});
+    let mut ws = connect(srv.addr, "/echo");
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+}
+
+#[test]
+fn unmasked_client_frame_closes_with_1002() {
+    assert_eq!(violation(&frame(true, 0, 0x1, b"hi", false)), Some(1002));
+}
+
+#[test]
+fn nonzero_rsv_closes_with_1002() {
+    assert_eq!(violation(&frame(true, 0b100, 0x1, b"hi", true)), Some(1002));
+}
+
+#[test]
+fn reserved_opcodes_close_with_1002_not_1003() {
+    for op in [0x3, 0x7, 0xB, 0xF] {
+        assert_eq!(violation(&frame(true, 0, op, b"", true)), Some(1002), "opcode {op:#x}");
+    }
+}
+
+#[test]
+fn fragmented_control_frame_closes_with_1002() {
+    assert_eq!(violation(&frame(false, 0, 0x9, b"", true)), Some(1002));
+}
+
+#[test]
+fn oversized_control_frame_closes_with_1002() {
+    assert_eq!(violation(&frame(true, 0, 0x9, &[0u8; 126], true)), Some(1002));
+}
+
+#[test]
+fn continuation_without_a_message_closes_with_1002() {
+    assert_eq!(violation(&frame(true, 0, 0x0, b"x", true)), Some(1002));
+}
+
+#[test]
+fn new_message_inside_a_fragmented_one_closes_with_1002() {
+    let mut b = frame(false, 0, 0x1, b"a", true);
+    b.extend(frame(true, 0, 0x1, b"b", true));
+    assert_eq!(violation(&b), Some(1002));
+}
+
+#[test]
+fn invalid_utf8_text_closes_with_1007() {
+    assert_eq!(violation(&frame(true, 0, 0x1, &[0xce, 0xba, 0xff], true)), Some(1007));
+}
+
+#[test]
+fn invalid_close_code_closes_with_1002() {
+    assert_eq!(violation(&frame(true, 0, 0x8, &1005u16.to_be_bytes(), true)), Some(1002));
+    assert_eq!(violation(&frame(true, 0, 0x8, &[0x03], true)), Some(1002));
+}
+
+#[test]
+fn invalid_utf8_close_reason_closes_with_1007() {
+    let mut body = 1000u16.to_be_bytes().to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    assert_eq!(violation(&frame(true, 0, 0x8, &body, true)), Some(1007));
+}
+
+#[test]
+fn message_over_the_limit_closes_with_1009_before_the_payload_arrives() {
+    let srv = start_with(|_| {}, std::sync::Arc::new(EchoRouter::new(1000)));
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    // Only the header of a 1 MiB frame: the server must refuse on the declared length.
+    let f = frame(true, 0, 0x2, &vec![0u8; 1 << 20], true);
+    s.write_all(&f[..14]).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1009));
+}
+
+#[test]
+fn ping_is_answered_with_the_same_payload_and_pong_is_ignored() {
+    let srv = start_echo(|_| {});
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    s.write_all(&frame(true, 0, 0xA, b"unsolicited", true)).unwrap();
+    s.write_all(&frame(true, 0, 0x9, b"abc", true)).unwrap();
+    let f = read_frame(&mut s).unwrap();
+    assert_eq!((f.opcode, f.payload.as_slice()), (0xA, &b"abc"[..]));
+}
+
+#[test]
+fn tcp_drop_without_close_leaves_the_server_serving() {
+    let srv = start_echo(|_| {});
+    for _ in 0..20 {
+        let mut s = raw_upgraded(srv.addr, "/echo");
+        s.write_all(&frame(false, 0, 0x2, b"half a message", true)).unwrap();
+        drop(s);
+    }
+    let mut ws = connect(srv.addr, "/echo");
+    ws.send(tungstenite::Message::text("ok")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("ok"));
+}

@@ -1,0 +1,229 @@
+//! Test helpers: start the real server in-process on an ephemeral port, connect real clients,
+//! and build raw frames for the protocol-violation tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapps::net::server::{Server, ServerOptions};
+use lapps::net::worker::Router;
+use lapps::service::echo::Echo;
+use lapps::service::Service;
+use lapps::ws::handshake::Request;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes `/echo` to the built-in echo service; everything else is 404.
+pub struct EchoRouter {
+    echo: Arc<dyn Service>,
+}
+
+impl EchoRouter {
+    pub fn new(max_message_size: usize) -> EchoRouter {
+        EchoRouter { echo: Arc::new(Echo::new("echo", max_message_size)) }
+    }
+}
+
+impl Router for EchoRouter {
+    fn route(&self, req: &Request, _peer: IpAddr) -> Result<Arc<dyn Service>, u16> {
+        if req.path == "/echo" {
+            Ok(self.echo.clone())
+        } else {
+            Err(404)
+        }
+    }
+}
+
+pub struct TestServer {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn hub(&self) -> Arc<lapps::net::hub::Hub> {
+        self.server.as_ref().expect("running").hub().clone()
+    }
+
+    pub fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+        t.elapsed()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// Starts the runtime with the built-in echo at `/echo` (16 MiB message limit by default).
+pub fn start_echo(configure: impl FnOnce(&mut ServerOptions)) -> TestServer {
+    start_with(configure, Arc::new(EchoRouter::new(16 << 20)))
+}
+
+pub fn start_with(configure: impl FnOnce(&mut ServerOptions), router: Arc<dyn Router>) -> TestServer {
+    let mut opts = ServerOptions { workers: 2, ..ServerOptions::default() };
+    configure(&mut opts);
+    let hub = Server::new_hub(&opts).expect("hub");
+    let server = Server::start(opts, hub, router).expect("server starts");
+    let addr = server.local_addrs()[0];
+    TestServer { server: Some(server), addr }
+}
+
+pub type Client = tungstenite::WebSocket<TcpStream>;
+
+/// A tungstenite client connected to `path`, with I/O timeouts as guards.
+pub fn connect(addr: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (ws, _) = tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(config))
+        .expect("websocket handshake");
+    ws
+}
+
+/// A raw TCP connection that has completed the upgrade handshake by hand.
+pub fn raw_upgraded(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("tcp connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "expected 101, got {head}");
+    s
+}
+
+/// Sends a raw HTTP request and returns the whole response (until the server closes).
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("tcp connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads up to the end of an HTTP head.
+pub fn read_http_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A client frame built by hand (masked unless `masked` is false), for malformed input.
+pub fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | (rsv << 4) | opcode];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    if masked {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A server frame as read from the socket.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Reads one server frame (unmasked), or None at EOF.
+pub fn read_frame(s: &mut TcpStream) -> Option<ServerFrame> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    Some(ServerFrame { fin: h[0] & 0x80 != 0, opcode: h[0] & 0x0f, payload })
+}
+
+/// Reads frames until a Close frame; returns its code (None for an empty Close body).
+pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let f = read_frame(s).expect("a close frame before EOF");
+        if f.opcode == 0x8 {
+            return (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+        }
+    }
+}
+
+/// True when the server closes the TCP connection (EOF or reset) before the timeout guard.
+pub fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1024];
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while Instant::now() < deadline {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Polls `cond` until it holds or the guard expires.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        // Polling interval of a condition wait, not a synchronisation sleep.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

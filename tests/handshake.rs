@@ -1,0 +1,83 @@
+//! The upgrade handshake through the real server: accepted and refused requests.
+mod common;
+use common::*;
+
+fn request(addr: std::net::SocketAddr, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+#[test]
+fn valid_upgrade_gets_101_with_the_rfc_accept_key() {
+    let srv = start_echo(|_| {});
+    let resp = http_exchange_until_head(srv.addr, &request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n"));
+    assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{resp}");
+    assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{resp}");
+}
+
+fn http_exchange_until_head(addr: std::net::SocketAddr, req: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    read_http_head(&mut s)
+}
+
+#[test]
+fn unknown_request_target_gets_404_and_the_server_carries_on() {
+    let srv = start_echo(|_| {});
+    for _ in 0..3 {
+        let resp = http_exchange(srv.addr, request(srv.addr, "/nope", "Sec-WebSocket-Version: 13\r\n").as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    }
+    let mut ws = connect(srv.addr, "/echo");
+    ws.send(tungstenite::Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("still here"));
+}
+
+#[test]
+fn query_string_is_ignored_for_routing() {
+    let srv = start_echo(|_| {});
+    let mut ws = connect(srv.addr, "/echo?room=1");
+    ws.send(tungstenite::Message::text("q")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("q"));
+}
+
+#[test]
+fn wrong_version_gets_426_with_the_supported_version() {
+    let srv = start_echo(|_| {});
+    let resp = http_exchange(srv.addr, request(srv.addr, "/echo", "Sec-WebSocket-Version: 8\r\n").as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+    assert!(resp.contains("Sec-WebSocket-Version: 13\r\n"), "{resp}");
+}
+
+#[test]
+fn malformed_request_gets_400() {
+    let srv = start_echo(|_| {});
+    let resp = http_exchange(srv.addr, b"GET /echo HTTP/1.1\r\nHost x\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = http_exchange(srv.addr, request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n").replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=").as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+}
+
+#[test]
+fn oversized_head_gets_431() {
+    let srv = start_echo(|o| o.worker.max_request_bytes = 1024);
+    let big = format!("X-Big: {}\r\n", "a".repeat(4000));
+    let resp = http_exchange(srv.addr, request(srv.addr, "/echo", &big).as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+}
+
+#[test]
+fn slowloris_is_cut_by_the_handshake_timeout() {
+    use std::io::Write;
+    let srv = start_echo(|o| o.worker.handshake_timeout = std::time::Duration::from_millis(300));
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = std::time::Instant::now();
+    assert!(closed_by_server(&mut s), "server must drop a request that never completes");
+    assert!(t.elapsed() < IO_TIMEOUT);
+}

@@ -1,0 +1,126 @@
+//! Many connections, connection limits, back-pressure and shutdown.
+mod common;
+use common::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(65536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_connections_spread_over_workers() {
+    raise_nofile();
+    let srv = start_echo(|o| o.workers = 2);
+    let mut clients: Vec<Client> = (0..1000).map(|_| connect(srv.addr, "/echo")).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(Message::text(format!("hello {i}"))).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.read().unwrap(), Message::text(format!("hello {i}")));
+    }
+    let hub = srv_hub(&srv);
+    let per_worker: Vec<usize> = (0..2).map(|w| hub.port(w).connections.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    assert_eq!(per_worker.iter().sum::<usize>(), 1000, "{per_worker:?}");
+    assert!(per_worker.iter().all(|&n| n >= 400), "balancer must spread connections: {per_worker:?}");
+}
+
+fn srv_hub(srv: &TestServer) -> std::sync::Arc<lapps::net::hub::Hub> {
+    srv.hub()
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503() {
+    let srv = start_echo(|o| {
+        o.workers = 2;
+        o.max_connections = 3;
+    });
+    let mut held: Vec<Client> = (0..6).map(|_| connect(srv.addr, "/echo")).collect();
+    let srv_addr = srv.addr;
+    let hub = srv.hub();
+    wait_for("six connections registered", IO_TIMEOUT, || {
+        (0..2).map(|w| hub.port(w).connections.load(std::sync::atomic::Ordering::Relaxed)).sum::<usize>() == 6
+    });
+    let resp = http_exchange(
+        srv_addr,
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    // The held connections are unaffected.
+    held[0].send(Message::text("x")).unwrap();
+    assert_eq!(held[0].read().unwrap(), Message::text("x"));
+}
+
+#[test]
+fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
+    let srv = start_echo(|o| o.worker.outbound_high_water = 64 * 1024);
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    s.set_nonblocking(true).unwrap();
+    let msg = frame(true, 0, 0x2, &vec![0xabu8; 16 * 1024], true);
+    let mut sent_msgs = 0usize;
+    let mut blocked_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Write without reading until the server stops taking input (our writes block for a while).
+    let mut pending: &[u8] = &msg;
+    loop {
+        assert!(Instant::now() < deadline, "server never applied back-pressure");
+        match s.write(pending) {
+            Ok(n) => {
+                pending = &pending[n..];
+                blocked_since = None;
+                if pending.is_empty() {
+                    sent_msgs += 1;
+                    pending = &msg;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10)); // polling interval
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    // Bounded: kernel buffers (a few MiB each way) plus the high-water mark, not unbounded growth.
+    assert!(sent_msgs * 16 * 1024 < 64 << 20, "server kept reading: {sent_msgs} messages");
+    // Now read everything back: every complete message we sent is echoed, in order.
+    s.set_nonblocking(false).unwrap();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        let rest = pending.to_vec();
+        std::thread::spawn(move || s.write_all(&rest).unwrap())
+    };
+    for _ in 0..sent_msgs + 1 {
+        let f = read_frame(&mut s).expect("echo after unblocking");
+        assert_eq!(f.payload.len(), 16 * 1024);
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn shutdown_sends_1001_to_every_connection_and_finishes_within_5_seconds() {
+    let srv = start_echo(|_| {});
+    let mut socks: Vec<_> = (0..20).map(|_| raw_upgraded(srv.addr, "/echo")).collect();
+    let readers: Vec<_> = socks
+        .drain(..)
+        .map(|mut s| std::thread::spawn(move || expect_close(&mut s)))
+        .collect();
+    let took = srv.stop();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    for r in readers {
+        assert_eq!(r.join().unwrap(), Some(1001));
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests, the loom model of the MPMC queue, and
+# the Autobahn TestSuite against the real server. Installs what it needs (Autobahn) itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+echo "== cargo test"
+cargo test
+
+if [ -f tests/loom_mpmc.rs ]; then
+    echo "== loom model of the MPMC queue"
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_mpmc
+fi
+
+echo "== Autobahn TestSuite"
+bash tests/autobahn/run.sh
