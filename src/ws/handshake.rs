@@ -1,1 +1,576 @@
-//! HTTP/1.1 upgrade handshake. PLACEHOLDER until the protocol core lands.
+//! The HTTP/1.1 upgrade handshake of RFC 6455 (sections 4.2.1 and 4.2.2), sans-IO.
+//!
+//! Owns: parsing the client's opening handshake from a byte slice (incrementally: call again with
+//! more bytes until it is complete), the `Sec-WebSocket-Accept` computation, and the bytes of the
+//! `101 Switching Protocols` answer and of every error answer.
+//!
+//! Must never: touch a socket, block, keep state between calls, or panic on any input. The peer
+//! controls every byte given to [`parse`]; all access is through checked slicing and iterators.
+//!
+//! Status codes chosen where the RFC leaves the choice to us:
+//! - a method other than `GET` gets `405` with `Allow: GET` (the resource exists, the method not);
+//! - `HTTP/1.0` (or any malformed version) gets `400`; a major version of 2 or more gets `505`;
+//! - a missing `Upgrade` header gets `426` with `Sec-WebSocket-Version: 13`: that is a plain HTTP
+//!   request to a WebSocket endpoint, and 426 tells its sender what to do;
+//! - a head longer than [`Limits::max_request_bytes`] (detected while still incomplete) or with more
+//!   than [`Limits::max_headers`] header lines gets `431`;
+//! - a request announcing a body (`Content-Length` other than 0, or any `Transfer-Encoding`) gets
+//!   `400`: bytes after the head are WebSocket frames, so a body would be mistaken for frames.
+
+use memchr::memmem;
+
+/// The GUID of RFC 6455 section 1.3, appended to the key before hashing.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Bounds on what a peer may make us buffer and store before the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted request head, terminating empty line included.
+    pub max_request_bytes: usize,
+    /// Largest accepted number of header lines.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 8192,
+            max_headers: 64,
+        }
+    }
+}
+
+/// A validated opening handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Request target path (before `?`); percent-decoding is not applied. For an absolute-form
+    /// target (`http://host/p`) this is the path part (`/p`, or `/` when empty).
+    pub path: String,
+    /// The query after `?`, without it.
+    pub query: Option<String>,
+    /// The `Host` header's value.
+    pub host: String,
+    pub origin: Option<String>,
+    /// `Sec-WebSocket-Protocol` tokens in the order sent, over all such headers.
+    pub protocols: Vec<String>,
+    /// `Sec-WebSocket-Key` as sent (validated: base64 of exactly 16 bytes).
+    pub key: String,
+    /// Every header in order, names as sent, values without surrounding whitespace.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The value of the first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a handshake is refused, and the status to refuse it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeError {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+impl HandshakeError {
+    const fn new(status: u16, reason: &'static str) -> Self {
+        HandshakeError { status, reason }
+    }
+
+    /// The full HTTP response to send before closing the connection.
+    pub fn response(&self) -> Vec<u8> {
+        error_response(self.status, self.reason)
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+fn bad(reason: &'static str) -> HandshakeError {
+    HandshakeError::new(400, reason)
+}
+
+/// Parses the client's opening handshake from the start of `buf`.
+///
+/// - `Ok(None)`: incomplete; call again with more bytes (nothing is consumed).
+/// - `Ok(Some((req, n)))`: complete; `n` is the length of the request head, and the bytes after it
+///   already belong to the WebSocket stream.
+/// - `Err(e)`: refuse with `e.status` (see [`HandshakeError::response`]).
+///
+/// A decision is final: once a prefix of a stream yields `Some` or `Err`, every longer prefix yields
+/// the same. That is why only checks that stay true as bytes arrive (size, bare LF) are made on an
+/// incomplete head, and why they are made first, over the same bytes, on a complete one.
+pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HandshakeError> {
+    let max = limits.max_request_bytes;
+    // A head that fits ends within the first `max` bytes, so never scan past them.
+    let window = buf.get(..max).unwrap_or(buf);
+    match memmem::find(window, b"\r\n\r\n") {
+        Some(pos) => {
+            let n = pos + 4;
+            let head = buf.get(..n).unwrap_or(buf);
+            check_line_ends(head)?;
+            // Keep the CRLF of the last header line so that every line ends with one.
+            let lines = head.get(..pos + 2).unwrap_or(head);
+            let req = parse_head(lines, limits)?;
+            Ok(Some((req, n)))
+        }
+        None => {
+            check_line_ends(window)?;
+            if buf.len() > max {
+                Err(HandshakeError::new(431, "request head too large"))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 lines end with CRLF; a bare LF is refused rather than tolerated, so that we never parse
+/// a request differently from a proxy in front of us.
+fn check_line_ends(bytes: &[u8]) -> Result<(), HandshakeError> {
+    for i in memchr::memchr_iter(b'\n', bytes) {
+        if i == 0 || bytes.get(i - 1) != Some(&b'\r') {
+            return Err(bad("line not terminated by CRLF"));
+        }
+    }
+    Ok(())
+}
+
+/// What one pass over the header lines remembers besides the header list.
+#[derive(Default)]
+struct Seen {
+    host: Option<usize>,
+    origin: Option<usize>,
+    key: Option<usize>,
+    version: Option<usize>,
+    upgrade: bool,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+}
+
+/// `lines`: the head up to and including the CRLF of its last line (every line ends in CRLF, no
+/// bare LF anywhere).
+fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> {
+    let mut rest = lines;
+    let request_line = next_line(&mut rest).ok_or_else(|| bad("empty request"))?;
+    let (path, query) = parse_request_line(request_line)?;
+
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
+    let mut protocols = Vec::new();
+    let mut seen = Seen::default();
+    while let Some(line) = next_line(&mut rest) {
+        if headers.len() == limits.max_headers {
+            return Err(HandshakeError::new(431, "too many header fields"));
+        }
+        let (name, value) = split_header(line)?;
+        let index = headers.len();
+        // RFC 6455 4.2.1: each of these MUST be present (at most) once to be meaningful.
+        let single = |slot: &mut Option<usize>, why: &'static str| match slot {
+            Some(_) => Err(bad(why)),
+            None => {
+                *slot = Some(index);
+                Ok(())
+            }
+        };
+        if name.eq_ignore_ascii_case(b"host") {
+            single(&mut seen.host, "duplicate Host header")?;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            // RFC 6455 4.2.1 item 3: "An |Upgrade| header field containing the value
+            // "websocket", treated as an ASCII case-insensitive value."
+            seen.upgrade = true;
+            seen.upgrade_websocket |= list_contains(value, b"websocket");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            // Item 4: "A |Connection| header field that includes the token "Upgrade", treated as
+            // an ASCII case-insensitive value."
+            seen.connection_upgrade |= list_contains(value, b"upgrade");
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
+            single(&mut seen.key, "duplicate Sec-WebSocket-Key header")?;
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
+            single(&mut seen.version, "duplicate Sec-WebSocket-Version header")?;
+        } else if name.eq_ignore_ascii_case(b"origin") {
+            single(&mut seen.origin, "duplicate Origin header")?;
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
+            // Item 8: a list of subprotocols in order of preference; several headers are one list.
+            for token in list_items(value) {
+                if !is_token(token) {
+                    return Err(bad("invalid Sec-WebSocket-Protocol token"));
+                }
+                protocols.push(ascii_string(token));
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (name.eq_ignore_ascii_case(b"content-length") && value != b"0")
+        {
+            return Err(bad("request body not allowed"));
+        }
+        headers.push((
+            ascii_string(name),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+    }
+
+    if !seen.upgrade {
+        // A plain HTTP request to a WebSocket endpoint: tell it which protocol to upgrade to.
+        return Err(HandshakeError::new(426, "WebSocket upgrade required"));
+    }
+    if !seen.upgrade_websocket {
+        return Err(bad("Upgrade header does not contain websocket"));
+    }
+    if !seen.connection_upgrade {
+        return Err(bad("Connection header does not contain Upgrade"));
+    }
+    // Item 2: "A |Host| header field containing the server's authority."
+    let host = value_at(&headers, seen.host).ok_or_else(|| bad("missing Host header"))?;
+    if host.is_empty() {
+        return Err(bad("empty Host header"));
+    }
+    // Item 6: "A |Sec-WebSocket-Version| header field, with a value of 13." Section 4.4: otherwise
+    // answer with the versions we speak (426 + `Sec-WebSocket-Version: 13`, see error_response).
+    if value_at(&headers, seen.version) != Some("13") {
+        return Err(HandshakeError::new(
+            426,
+            "unsupported Sec-WebSocket-Version",
+        ));
+    }
+    // Item 5: "A |Sec-WebSocket-Key| header field with a base64-encoded value that, when decoded,
+    // is 16 bytes in length."
+    let key =
+        value_at(&headers, seen.key).ok_or_else(|| bad("missing Sec-WebSocket-Key header"))?;
+    if !is_base64_of_16_bytes(key.as_bytes()) {
+        return Err(bad("invalid Sec-WebSocket-Key"));
+    }
+
+    Ok(Request {
+        path,
+        query,
+        host: host.to_owned(),
+        origin: value_at(&headers, seen.origin).map(str::to_owned),
+        protocols,
+        key: key.to_owned(),
+        headers,
+    })
+}
+
+fn value_at(headers: &[(String, String)], index: Option<usize>) -> Option<&str> {
+    headers.get(index?).map(|(_, v)| v.as_str())
+}
+
+/// Takes the next CRLF-terminated line off `rest`, without its CRLF.
+fn next_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let lf = memchr::memchr(b'\n', rest)?;
+    let (line, after) = rest.split_at(lf);
+    *rest = after.get(1..).unwrap_or(&[]);
+    // check_line_ends guarantees the CR; strip it only if present, so a broken caller cannot panic.
+    Some(line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// `method SP request-target SP HTTP-version`, single spaces (RFC 9112 section 3).
+/// Returns (path, query).
+fn parse_request_line(line: &[u8]) -> Result<(String, Option<String>), HandshakeError> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("malformed request line"));
+    };
+    if !is_token(method) {
+        return Err(bad("malformed request method"));
+    }
+    check_version(version)?;
+    // Item 1: "An HTTP/1.1 or higher GET request".
+    if method != b"GET" {
+        return Err(HandshakeError::new(405, "method not allowed"));
+    }
+    parse_target(target)
+}
+
+/// Item 1 asks for "HTTP/1.1 or higher"; HTTP/1.x with x >= 1 is answered as 1.1 (RFC 9110 2.5).
+fn check_version(version: &[u8]) -> Result<(), HandshakeError> {
+    let Some(&[major, b'.', minor]) = version.strip_prefix(b"HTTP/") else {
+        return Err(bad("malformed HTTP version"));
+    };
+    if !major.is_ascii_digit() || !minor.is_ascii_digit() {
+        return Err(bad("malformed HTTP version"));
+    }
+    match major {
+        b'0' => Err(bad("HTTP/1.1 or higher required")),
+        b'1' if minor == b'0' => Err(bad("HTTP/1.1 or higher required")),
+        b'1' => Ok(()),
+        _ => Err(HandshakeError::new(505, "HTTP version not supported")),
+    }
+}
+
+/// Origin-form (`/path?query`) or absolute-form (`ws://host/path?query`, RFC 6455 item 1 allows
+/// "an absolute HTTP/HTTPS URI"). The authority of an absolute-form target is not compared with
+/// `Host`: routing uses the path only.
+fn parse_target(target: &[u8]) -> Result<(String, Option<String>), HandshakeError> {
+    if target.is_empty() || !target.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("malformed request target"));
+    }
+    if target.contains(&b'#') {
+        return Err(bad("fragment in request target"));
+    }
+    let origin_form = if target.first() == Some(&b'/') {
+        target
+    } else {
+        let sep = memmem::find(target, b"://").ok_or_else(|| bad("malformed request target"))?;
+        let scheme = target.get(..sep).unwrap_or(&[]);
+        if !["http", "https", "ws", "wss"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s.as_bytes()))
+        {
+            return Err(bad("unsupported request target scheme"));
+        }
+        let after = target.get(sep + 3..).unwrap_or(&[]);
+        let path_start = after
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(after.len());
+        if path_start == 0 {
+            return Err(bad("missing authority in request target"));
+        }
+        after.get(path_start..).unwrap_or(&[])
+    };
+    let (path, query) = match memchr::memchr(b'?', origin_form) {
+        Some(q) => (
+            origin_form.get(..q).unwrap_or(&[]),
+            Some(ascii_string(origin_form.get(q + 1..).unwrap_or(&[]))),
+        ),
+        None => (origin_form, None),
+    };
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        ascii_string(path)
+    };
+    Ok((path, query))
+}
+
+/// `field-name ":" OWS field-value OWS` (RFC 9112 section 5). Returns (name, trimmed value).
+fn split_header(line: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
+        // RFC 9112 5.2: obs-fold MUST be rejected with 400 outside message/http.
+        return Err(bad("obsolete line folding"));
+    }
+    let colon = memchr::memchr(b':', line).ok_or_else(|| bad("header line without colon"))?;
+    let name = line.get(..colon).unwrap_or(&[]);
+    if !is_token(name) {
+        return Err(bad("invalid header name"));
+    }
+    let value = trim_ows(line.get(colon + 1..).unwrap_or(&[]));
+    // RFC 9110 5.5: "Field values containing CR, LF, or NUL characters are invalid and dangerous".
+    if value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n')) {
+        return Err(bad("invalid character in header value"));
+    }
+    Ok((name, value))
+}
+
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Items of a comma-separated list (RFC 9110 5.6.1), trimmed, empty items skipped.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|item| !item.is_empty())
+}
+
+fn list_contains(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|item| item.eq_ignore_ascii_case(token))
+}
+
+/// `token = 1*tchar` (RFC 9110 5.6.2).
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Only called on bytes already checked to be ASCII (tokens, request target).
+fn ascii_string(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn is_base64_of_16_bytes(key: &[u8]) -> bool {
+    base64_decode(key).is_some_and(|bytes| bytes.len() == 16)
+}
+
+/// `base64(SHA-1(key + GUID))`, the `Sec-WebSocket-Accept` value (RFC 6455 section 4.2.2 item 5).
+pub fn accept_key(key: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(WS_GUID.as_bytes());
+    base64_encode(ctx.finish().as_ref())
+}
+
+/// The `101 Switching Protocols` answer. `protocol` is the subprotocol chosen among
+/// `req.protocols` (none is announced when `None`); `extra_headers` are appended as given and must
+/// not contain CR or LF (they come from our configuration, not from the peer).
+pub fn response_101(
+    req: &Request,
+    protocol: Option<&str>,
+    extra_headers: &[(String, String)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
+    push_header(&mut out, "Sec-WebSocket-Accept", &accept_key(&req.key));
+    if let Some(p) = protocol {
+        push_header(&mut out, "Sec-WebSocket-Protocol", p);
+    }
+    for (name, value) in extra_headers {
+        push_header(&mut out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    debug_assert!(
+        !name.contains(['\r', '\n']) && !value.contains(['\r', '\n']),
+        "header injection: {name:?}: {value:?}"
+    );
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The standard reason phrase of the statuses we answer with.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// A complete error response; the connection is to be closed after it. `reason` becomes the
+/// plain-text body. 426 carries `Sec-WebSocket-Version: 13` (RFC 6455 section 4.4) and 405
+/// carries `Allow: GET` (RFC 9110 15.5.6).
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    let phrase = reason_phrase(status);
+    let body_len = reason.len() + 1;
+    let mut out = Vec::with_capacity(128 + body_len);
+    out.extend_from_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
+    out.extend_from_slice(b"Connection: close\r\nContent-Type: text/plain\r\n");
+    out.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
+    match status {
+        426 => out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n"),
+        405 => out.extend_from_slice(b"Allow: GET\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(reason.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648 section 4).
+pub(crate) fn base64_encode(input: &[u8]) -> String {
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    let sextet = |v: u32, shift: u32| char::from(B64[((v >> shift) & 63) as usize]);
+    for chunk in input.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let v = (b(0) << 16) | (b(1) << 8) | b(2);
+        out.push(sextet(v, 18));
+        out.push(sextet(v, 12));
+        out.push(if chunk.len() > 1 { sextet(v, 6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(v, 0) } else { '=' });
+    }
+    out
+}
+
+fn b64_value(c: u8) -> Option<u32> {
+    Some(u32::from(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    }))
+}
+
+/// Strict standard base64 with padding: `None` on a wrong length, a foreign character, misplaced
+/// padding, or non-zero padding bits (so each byte string has exactly one accepted encoding).
+pub(crate) fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    if input.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let last = input.len() / 4;
+    for (i, quad) in input.chunks_exact(4).enumerate() {
+        let &[a, b, c, d] = quad else { return None };
+        let pad = match (c, d) {
+            (b'=', b'=') => 2,
+            (_, b'=') => 1,
+            _ => 0,
+        };
+        if pad > 0 && i + 1 != last {
+            return None;
+        }
+        // Padding was recognised above; anything else must be a base64 digit.
+        let c = if pad == 2 { 0 } else { b64_value(c)? };
+        let d = if pad >= 1 { 0 } else { b64_value(d)? };
+        let n = (b64_value(a)? << 18) | (b64_value(b)? << 12) | (c << 6) | d;
+        let [_, x, y, z] = n.to_be_bytes();
+        match pad {
+            0 => out.extend_from_slice(&[x, y, z]),
+            1 if z == 0 => out.extend_from_slice(&[x, y]),
+            2 if y == 0 && z == 0 => out.push(x),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
