@@ -8,7 +8,10 @@ fn violation(bytes: &[u8]) -> Option<u16> {
     let mut s = raw_upgraded(srv.addr, "/echo");
     s.write_all(bytes).unwrap();
     let code = expect_close(&mut s);
-    assert!(closed_by_server(&mut s), "TCP must be closed after the close frame");
+    assert!(
+        closed_by_server(&mut s),
+        "TCP must be closed after the close frame"
+    );
     code
 }
 
@@ -58,7 +61,11 @@ fn nonzero_rsv_closes_with_1002() {
 #[test]
 fn reserved_opcodes_close_with_1002_not_1003() {
     for op in [0x3, 0x7, 0xB, 0xF] {
-        assert_eq!(violation(&frame(true, 0, op, b"", true)), Some(1002), "opcode {op:#x}");
+        assert_eq!(
+            violation(&frame(true, 0, op, b"", true)),
+            Some(1002),
+            "opcode {op:#x}"
+        );
     }
 }
 
@@ -69,7 +76,10 @@ fn fragmented_control_frame_closes_with_1002() {
 
 #[test]
 fn oversized_control_frame_closes_with_1002() {
-    assert_eq!(violation(&frame(true, 0, 0x9, &[0u8; 126], true)), Some(1002));
+    assert_eq!(
+        violation(&frame(true, 0, 0x9, &[0u8; 126], true)),
+        Some(1002)
+    );
 }
 
 #[test]
@@ -86,12 +96,18 @@ fn new_message_inside_a_fragmented_one_closes_with_1002() {
 
 #[test]
 fn invalid_utf8_text_closes_with_1007() {
-    assert_eq!(violation(&frame(true, 0, 0x1, &[0xce, 0xba, 0xff], true)), Some(1007));
+    assert_eq!(
+        violation(&frame(true, 0, 0x1, &[0xce, 0xba, 0xff], true)),
+        Some(1007)
+    );
 }
 
 #[test]
 fn invalid_close_code_closes_with_1002() {
-    assert_eq!(violation(&frame(true, 0, 0x8, &1005u16.to_be_bytes(), true)), Some(1002));
+    assert_eq!(
+        violation(&frame(true, 0, 0x8, &1005u16.to_be_bytes(), true)),
+        Some(1002)
+    );
     assert_eq!(violation(&frame(true, 0, 0x8, &[0x03], true)), Some(1002));
 }
 
@@ -116,7 +132,8 @@ fn message_over_the_limit_closes_with_1009_before_the_payload_arrives() {
 fn ping_is_answered_with_the_same_payload_and_pong_is_ignored() {
     let srv = start_echo(|_| {});
     let mut s = raw_upgraded(srv.addr, "/echo");
-    s.write_all(&frame(true, 0, 0xA, b"unsolicited", true)).unwrap();
+    s.write_all(&frame(true, 0, 0xA, b"unsolicited", true))
+        .unwrap();
     s.write_all(&frame(true, 0, 0x9, b"abc", true)).unwrap();
     let f = read_frame(&mut s).unwrap();
     assert_eq!((f.opcode, f.payload.as_slice()), (0xA, &b"abc"[..]));
@@ -127,7 +144,8 @@ fn tcp_drop_without_close_leaves_the_server_serving() {
     let srv = start_echo(|_| {});
     for _ in 0..20 {
         let mut s = raw_upgraded(srv.addr, "/echo");
-        s.write_all(&frame(false, 0, 0x2, b"half a message", true)).unwrap();
+        s.write_all(&frame(false, 0, 0x2, b"half a message", true))
+            .unwrap();
         drop(s);
     }
     let mut ws = connect(srv.addr, "/echo");

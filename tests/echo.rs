@@ -11,10 +11,20 @@ fn echoes_text_and_binary_from_0_bytes_to_16_mib() {
     for size in [0usize, 1, 125, 126, 127, 65535, 65536, 1 << 20, 16 << 20] {
         let bin: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         ws.send(Message::binary(bin.clone())).unwrap();
-        assert_eq!(ws.read().unwrap(), Message::binary(bin), "binary of {size} bytes");
-        let text: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        assert_eq!(
+            ws.read().unwrap(),
+            Message::binary(bin),
+            "binary of {size} bytes"
+        );
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         ws.send(Message::text(text.clone())).unwrap();
-        assert_eq!(ws.read().unwrap(), Message::text(text), "text of {size} bytes");
+        assert_eq!(
+            ws.read().unwrap(),
+            Message::text(text),
+            "text of {size} bytes"
+        );
     }
 }
 
@@ -73,12 +83,16 @@ fn many_pipelined_messages_in_one_burst_are_all_answered_in_order() {
 fn auto_fragment_splits_outbound_messages() {
     let srv = start_echo(|o| o.worker.auto_fragment = Some(1000));
     let mut s = raw_upgraded(srv.addr, "/echo");
-    s.write_all(&frame(true, 0, 0x2, &vec![7u8; 2500], true)).unwrap();
+    s.write_all(&frame(true, 0, 0x2, &vec![7u8; 2500], true))
+        .unwrap();
     let sizes: Vec<(bool, u8, usize)> = (0..3)
         .map(|_| read_frame(&mut s).unwrap())
         .map(|f| (f.fin, f.opcode, f.payload.len()))
         .collect();
-    assert_eq!(sizes, vec![(false, 0x2, 1000), (false, 0x0, 1000), (true, 0x0, 500)]);
+    assert_eq!(
+        sizes,
+        vec![(false, 0x2, 1000), (false, 0x0, 1000), (true, 0x0, 500)]
+    );
     // And a real client reassembles it.
     let mut ws = connect(srv.addr, "/echo");
     ws.send(Message::binary(vec![9u8; 5000])).unwrap();

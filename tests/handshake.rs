@@ -12,9 +12,18 @@ fn request(addr: std::net::SocketAddr, path: &str, extra: &str) -> String {
 #[test]
 fn valid_upgrade_gets_101_with_the_rfc_accept_key() {
     let srv = start_echo(|_| {});
-    let resp = http_exchange_until_head(srv.addr, &request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n"));
-    assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{resp}");
-    assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{resp}");
+    let resp = http_exchange_until_head(
+        srv.addr,
+        &request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n"),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{resp}"
+    );
 }
 
 fn http_exchange_until_head(addr: std::net::SocketAddr, req: &str) -> String {
@@ -29,7 +38,10 @@ fn http_exchange_until_head(addr: std::net::SocketAddr, req: &str) -> String {
 fn unknown_request_target_gets_404_and_the_server_carries_on() {
     let srv = start_echo(|_| {});
     for _ in 0..3 {
-        let resp = http_exchange(srv.addr, request(srv.addr, "/nope", "Sec-WebSocket-Version: 13\r\n").as_bytes());
+        let resp = http_exchange(
+            srv.addr,
+            request(srv.addr, "/nope", "Sec-WebSocket-Version: 13\r\n").as_bytes(),
+        );
         assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     }
     let mut ws = connect(srv.addr, "/echo");
@@ -48,7 +60,10 @@ fn query_string_is_ignored_for_routing() {
 #[test]
 fn wrong_version_gets_426_with_the_supported_version() {
     let srv = start_echo(|_| {});
-    let resp = http_exchange(srv.addr, request(srv.addr, "/echo", "Sec-WebSocket-Version: 8\r\n").as_bytes());
+    let resp = http_exchange(
+        srv.addr,
+        request(srv.addr, "/echo", "Sec-WebSocket-Version: 8\r\n").as_bytes(),
+    );
     assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
     assert!(resp.contains("Sec-WebSocket-Version: 13\r\n"), "{resp}");
 }
@@ -58,7 +73,12 @@ fn malformed_request_gets_400() {
     let srv = start_echo(|_| {});
     let resp = http_exchange(srv.addr, b"GET /echo HTTP/1.1\r\nHost x\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    let resp = http_exchange(srv.addr, request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n").replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=").as_bytes());
+    let resp = http_exchange(
+        srv.addr,
+        request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n")
+            .replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")
+            .as_bytes(),
+    );
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
 }
 
@@ -78,6 +98,9 @@ fn slowloris_is_cut_by_the_handshake_timeout() {
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").unwrap();
     let t = std::time::Instant::now();
-    assert!(closed_by_server(&mut s), "server must drop a request that never completes");
+    assert!(
+        closed_by_server(&mut s),
+        "server must drop a request that never completes"
+    );
     assert!(t.elapsed() < IO_TIMEOUT);
 }

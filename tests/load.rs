@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 fn raise_nofile() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
@@ -27,9 +30,18 @@ fn a_thousand_concurrent_connections_spread_over_workers() {
         assert_eq!(c.read().unwrap(), Message::text(format!("hello {i}")));
     }
     let hub = srv_hub(&srv);
-    let per_worker: Vec<usize> = (0..2).map(|w| hub.port(w).connections.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    let per_worker: Vec<usize> = (0..2)
+        .map(|w| {
+            hub.port(w)
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .collect();
     assert_eq!(per_worker.iter().sum::<usize>(), 1000, "{per_worker:?}");
-    assert!(per_worker.iter().all(|&n| n >= 400), "balancer must spread connections: {per_worker:?}");
+    assert!(
+        per_worker.iter().all(|&n| n >= 400),
+        "balancer must spread connections: {per_worker:?}"
+    );
 }
 
 fn srv_hub(srv: &TestServer) -> std::sync::Arc<lapps::net::hub::Hub> {
@@ -46,15 +58,19 @@ fn connections_beyond_the_limit_get_503() {
     let srv_addr = srv.addr;
     let hub = srv.hub();
     wait_for("six connections registered", IO_TIMEOUT, || {
-        (0..2).map(|w| hub.port(w).connections.load(std::sync::atomic::Ordering::Relaxed)).sum::<usize>() == 6
+        (0..2)
+            .map(|w| {
+                hub.port(w)
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<usize>()
+            == 6
     });
     let resp = http_exchange(
         srv_addr,
-        format!(
-            "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     );
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     // The held connections are unaffected.
@@ -74,7 +90,10 @@ fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
     // Write without reading until the server stops taking input (our writes block for a while).
     let mut pending: &[u8] = &msg;
     loop {
-        assert!(Instant::now() < deadline, "server never applied back-pressure");
+        assert!(
+            Instant::now() < deadline,
+            "server never applied back-pressure"
+        );
         match s.write(pending) {
             Ok(n) => {
                 pending = &pending[n..];
@@ -95,7 +114,10 @@ fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
         }
     }
     // Bounded: kernel buffers (a few MiB each way) plus the high-water mark, not unbounded growth.
-    assert!(sent_msgs * 16 * 1024 < 64 << 20, "server kept reading: {sent_msgs} messages");
+    assert!(
+        sent_msgs * 16 * 1024 < 64 << 20,
+        "server kept reading: {sent_msgs} messages"
+    );
     // Now read everything back: every complete message we sent is echoed, in order.
     s.set_nonblocking(false).unwrap();
     let writer = {

@@ -16,7 +16,10 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(hub: Arc<Hub>, connection_weight: f64) -> Balancer {
-        Balancer { hub, connection_weight }
+        Balancer {
+            hub,
+            connection_weight,
+        }
     }
 
     fn score(&self, worker: usize) -> Option<f64> {
@@ -31,8 +34,9 @@ impl Balancer {
 
     /// Hands the connection to a worker and wakes it; gives it back when every worker is full.
     pub fn dispatch(&self, conn: NewConn) -> Result<usize, NewConn> {
-        let mut order: Vec<(f64, usize)> =
-            (0..self.hub.workers()).filter_map(|w| self.score(w).map(|s| (s, w))).collect();
+        let mut order: Vec<(f64, usize)> = (0..self.hub.workers())
+            .filter_map(|w| self.score(w).map(|s| (s, w)))
+            .collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut conn = conn;
         for (_, w) in order {

@@ -36,9 +36,12 @@ fn interest_flags(edge: bool) -> u32 {
 
 impl Selector {
     pub fn new() -> io::Result<Selector> {
-        let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+        // SAFETY: plain integer arguments; no memory is passed.
+        let fd = syscall!(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` is a fresh descriptor owned by nothing else.
-        Ok(Selector { ep: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Selector {
+            ep: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Registers a connection socket: readable + writable, edge-triggered.
@@ -54,27 +57,30 @@ impl Selector {
     pub fn deregister(&self, fd: RawFd) -> io::Result<()> {
         // A non-null event pointer keeps kernels before 2.6.9 happy; the content is ignored.
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // `ev` is a valid epoll_event for the duration of the call.
-        syscall!(epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev)).map(|_| ())
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        syscall!(unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) })
+            .map(|_| ())
     }
 
     fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
-        // `ev` is a valid epoll_event for the duration of the call.
-        syscall!(epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev)).map(|_| ())
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        syscall!(unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) }).map(|_| ())
     }
 
     /// Waits for events (EINTR is reported as zero events).
     pub fn select(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
         events.len = 0;
-        // `events.buf` has room for `capacity` entries; the kernel writes at most that many.
-        match syscall!(epoll_wait(
-            self.ep.as_raw_fd(),
-            events.buf.as_mut_ptr(),
-            events.buf.len() as i32,
-            ms
-        )) {
+        // SAFETY: `events.buf` has room for `capacity` entries; the kernel writes at most that many.
+        match syscall!(unsafe {
+            libc::epoll_wait(
+                self.ep.as_raw_fd(),
+                events.buf.as_mut_ptr(),
+                events.buf.len() as i32,
+                ms,
+            )
+        }) {
             Ok(n) => {
                 events.len = n as usize;
                 Ok(())
@@ -92,7 +98,10 @@ pub struct Events {
 
 impl Events {
     pub fn with_capacity(n: usize) -> Events {
-        Events { buf: vec![libc::epoll_event { events: 0, u64: 0 }; n.max(1)], len: 0 }
+        Events {
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; n.max(1)],
+            len: 0,
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {

@@ -100,7 +100,8 @@ impl Port {
             commands: ArrayQueue::new(1024),
             wake,
             sleeping: AtomicBool::new(false),
-            live: zeroed_atomics(max_connections),
+            // Room for refused (503) connections that briefly hold slab slots too.
+            live: zeroed_atomics(max_connections.saturating_mul(2).saturating_add(1024)),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             max_connections,
@@ -147,12 +148,17 @@ impl Port {
 
     /// Worker side: the slot `index` now holds a live connection of this generation.
     pub fn set_live(&self, index: u32, generation: u32) {
-        self.live[index as usize].store((generation & ConnId::GEN_MASK) | LIVE, Ordering::Release);
+        // Slots past the table only hold connections being refused with 503 (never live).
+        if let Some(slot) = self.live.get(index as usize) {
+            slot.store((generation & ConnId::GEN_MASK) | LIVE, Ordering::Release);
+        }
     }
 
     /// Worker side: the slot `index` is free again.
     pub fn set_dead(&self, index: u32) {
-        self.live[index as usize].store(0, Ordering::Release);
+        if let Some(slot) = self.live.get(index as usize) {
+            slot.store(0, Ordering::Release);
+        }
     }
 
     fn is_live(&self, conn: ConnId) -> bool {

@@ -20,21 +20,35 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     // std sets SO_REUSEADDR and CLOEXEC; listen() again to apply our backlog.
     let l = TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
-    // Calling listen() again on a listening socket only changes the backlog (Linux).
-    syscall!(listen(l.as_raw_fd(), backlog))?;
+    // SAFETY: Calling listen() again on a listening socket only changes the backlog (Linux).
+    syscall!(unsafe { libc::listen(l.as_raw_fd(), backlog) })?;
     Ok(l)
 }
 
 /// The accepting loop of one listener thread. Returns when `stop_fd` becomes readable.
-pub fn run(listener: Arc<TcpListener>, endpoint: usize, balancer: Arc<Balancer>, acl: Option<AclFn>, stop_fd: RawFd) {
+pub fn run(
+    listener: Arc<TcpListener>,
+    endpoint: usize,
+    balancer: Arc<Balancer>,
+    acl: Option<AclFn>,
+    stop_fd: RawFd,
+) {
     let lfd = listener.as_raw_fd();
     loop {
         let mut fds = [
-            libc::pollfd { fd: lfd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: lfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // `fds` is a valid array of two pollfd for the duration of the call.
-        match syscall!(poll(fds.as_mut_ptr(), 2, -1)) {
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        match syscall!(unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) }) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -54,19 +68,22 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
         // SAFETY: sockaddr_storage is plain data; zeroed is valid and large enough for any family.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // `storage`/`len` describe a writable buffer of the right size.
-        let res = syscall!(accept4(
-            lfd,
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
-        ));
+        // SAFETY: `storage`/`len` describe a writable buffer of the right size.
+        let res = syscall!(unsafe {
+            libc::accept4(
+                lfd,
+                &mut storage as *mut _ as *mut libc::sockaddr,
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        });
         let fd = match res {
             Ok(fd) => fd,
             Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN) => return,
                 Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
-                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                | Some(libc::ENOMEM) => {
                     warn!("listener: accept failed: {e} (raise LimitNOFILE / max_connections)");
                     return;
                 }
@@ -78,14 +95,21 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
         };
         // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let Some(peer) = to_socket_addr(&storage) else { continue };
+        let Some(peer) = to_socket_addr(&storage) else {
+            continue;
+        };
         if let Some(acl) = acl {
             if !acl(peer.ip()) {
                 info!("rejected {peer}: denied by the server ACL");
                 continue; // dropping `fd` closes it before anything was read
             }
         }
-        let conn = NewConn { fd, peer, listener: endpoint, reject_full: false };
+        let conn = NewConn {
+            fd,
+            peer,
+            listener: endpoint,
+            reject_full: false,
+        };
         if let Err(back) = balancer.dispatch(conn) {
             info!("rejected {peer}: every worker is at max_connections (HTTP 503)");
             if let Err(back) = balancer.reject_full(back) {

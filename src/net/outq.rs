@@ -46,7 +46,8 @@ impl OutQueue {
 
     /// Appends bytes produced by `fill` to the owned tail buffer (taking one from `pool` if needed).
     pub fn append_with(&mut self, pool: &mut BufPool, fill: impl FnOnce(&mut Vec<u8>)) {
-        let needs_new = !matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.len() < TAIL_LIMIT);
+        let needs_new =
+            !matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.len() < TAIL_LIMIT);
         if needs_new {
             self.chunks.push_back(Chunk::Owned(pool.take()));
         }
@@ -70,7 +71,9 @@ impl OutQueue {
     pub fn push_chunk(&mut self, pool: &mut BufPool, chunk: Chunk) {
         match chunk {
             Chunk::Shared(a) => self.push_shared(a),
-            Chunk::Owned(v) if v.len() <= 4096 => self.append_with(pool, |b| b.extend_from_slice(&v)),
+            Chunk::Owned(v) if v.len() <= 4096 => {
+                self.append_with(pool, |b| b.extend_from_slice(&v))
+            }
             Chunk::Owned(v) => {
                 if !v.is_empty() {
                     self.bytes += v.len();
@@ -83,12 +86,21 @@ impl OutQueue {
     /// Writes as much as the socket takes.
     pub fn flush(&mut self, fd: RawFd, pool: &mut BufPool) -> io::Result<Flushed> {
         while self.bytes > 0 {
-            let mut iov: [libc::iovec; MAX_IOV] =
-                [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
+            let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_IOV];
             let mut n = 0;
             for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
-                let s = if i == 0 { &c.as_slice()[self.front_written..] } else { c.as_slice() };
-                iov[n] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
+                let s = if i == 0 {
+                    &c.as_slice()[self.front_written..]
+                } else {
+                    c.as_slice()
+                };
+                iov[n] = libc::iovec {
+                    iov_base: s.as_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                };
                 n += 1;
             }
             let res = if n == 1 {
@@ -110,7 +122,9 @@ impl OutQueue {
     fn consume(&mut self, mut written: usize, pool: &mut BufPool) {
         self.bytes -= written;
         while written > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let left = front.len() - self.front_written;
             if written >= left {
                 written -= left;
@@ -150,7 +164,10 @@ pub struct BufPool {
 
 impl BufPool {
     pub fn new(keep: usize) -> BufPool {
-        BufPool { free: Vec::new(), keep }
+        BufPool {
+            free: Vec::new(),
+            keep,
+        }
     }
 
     pub fn take(&mut self) -> Vec<u8> {

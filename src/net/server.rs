@@ -40,7 +40,10 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            endpoints: vec![Endpoint { addr: "127.0.0.1:0".parse().expect("literal"), tls: false }],
+            endpoints: vec![Endpoint {
+                addr: "127.0.0.1:0".parse().expect("literal"),
+                tls: false,
+            }],
             listeners: 1,
             workers: 1,
             max_connections: 100_000,
@@ -71,7 +74,11 @@ impl Server {
 
     /// Binds every endpoint and starts the workers and listeners. `hub` comes from `new_hub`
     /// with the same options.
-    pub fn start(opts: ServerOptions, hub: Arc<Hub>, router: Arc<dyn Router>) -> io::Result<Server> {
+    pub fn start(
+        opts: ServerOptions,
+        hub: Arc<Hub>,
+        router: Arc<dyn Router>,
+    ) -> io::Result<Server> {
         let workers = hub.workers();
         let bound: Vec<Arc<TcpListener>> = opts
             .endpoints
@@ -79,10 +86,15 @@ impl Server {
             .map(|e| {
                 listener::bind(e.addr, opts.backlog)
                     .map(Arc::new)
-                    .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {}: {err}", e.addr)))
+                    .map_err(|err| {
+                        io::Error::new(err.kind(), format!("cannot listen on {}: {err}", e.addr))
+                    })
             })
             .collect::<io::Result<_>>()?;
-        let local_addrs = bound.iter().map(|l| l.local_addr()).collect::<io::Result<Vec<_>>>()?;
+        let local_addrs = bound
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<io::Result<Vec<_>>>()?;
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut worker_threads = Vec::new();
@@ -93,18 +105,26 @@ impl Server {
             }
             let w = Worker::new(id, hub.clone(), router.clone(), wopts)?;
             worker_threads.push(
-                std::thread::Builder::new().name(format!("lapps-io-{id}")).spawn(move || w.run())?,
+                std::thread::Builder::new()
+                    .name(format!("lapps-io-{id}"))
+                    .spawn(move || w.run())?,
             );
         }
 
-        let stop = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+        // SAFETY: plain integer arguments; no memory is passed.
+        let stop = syscall!(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         // SAFETY: a fresh eventfd nothing else owns.
         let stop_listeners = unsafe { OwnedFd::from_raw_fd(stop) };
         let balancer = Arc::new(Balancer::new(hub.clone(), opts.connection_weight));
         let mut listener_threads = Vec::new();
         for (endpoint, l) in bound.iter().enumerate() {
             for n in 0..opts.listeners.max(1) {
-                let (l, b, acl, fd) = (l.clone(), balancer.clone(), opts.acl.clone(), stop_listeners.as_raw_fd());
+                let (l, b, acl, fd) = (
+                    l.clone(),
+                    balancer.clone(),
+                    opts.acl.clone(),
+                    stop_listeners.as_raw_fd(),
+                );
                 listener_threads.push(
                     std::thread::Builder::new()
                         .name(format!("lapps-accept-{endpoint}.{n}"))
@@ -115,7 +135,13 @@ impl Server {
         for a in &local_addrs {
             info!("listening on {a} ({} workers)", workers);
         }
-        Ok(Server { hub, local_addrs, workers: worker_threads, listeners: listener_threads, stop_listeners })
+        Ok(Server {
+            hub,
+            local_addrs,
+            workers: worker_threads,
+            listeners: listener_threads,
+            stop_listeners,
+        })
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -131,7 +157,13 @@ impl Server {
         let started = Instant::now();
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
-        unsafe { libc::write(self.stop_listeners.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        unsafe {
+            libc::write(
+                self.stop_listeners.as_raw_fd(),
+                &one as *const u64 as *const _,
+                8,
+            )
+        };
         for l in self.listeners {
             let _ = l.join();
         }

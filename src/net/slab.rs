@@ -15,7 +15,11 @@ struct Slot<T> {
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -33,11 +37,15 @@ impl<T> Slab<T> {
         self.len += 1;
         if let Some(i) = self.free.pop() {
             let slot = &mut self.slots[i as usize];
-            slot.generation = slot.generation.wrapping_add(1) & crate::net::handle::ConnId::GEN_MASK;
+            slot.generation =
+                slot.generation.wrapping_add(1) & crate::net::handle::ConnId::GEN_MASK;
             slot.value = Some(Box::new(value));
             (i, slot.generation)
         } else {
-            self.slots.push(Slot { generation: 0, value: Some(Box::new(value)) });
+            self.slots.push(Slot {
+                generation: 0,
+                value: Some(Box::new(value)),
+            });
             ((self.slots.len() - 1) as u32, 0)
         }
     }
@@ -68,7 +76,9 @@ impl<T> Slab<T> {
 
     /// Indices of all occupied slots (for shutdown sweeps).
     pub fn indices(&self) -> Vec<u32> {
-        (0..self.slots.len() as u32).filter(|&i| self.slots[i as usize].value.is_some()).collect()
+        (0..self.slots.len() as u32)
+            .filter(|&i| self.slots[i as usize].value.is_some())
+            .collect()
     }
 }
 

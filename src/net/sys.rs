@@ -3,13 +3,12 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Calls a libc function and turns -1 into the last OS error (mio's `syscall!`).
+/// Evaluates a libc call (written `syscall!(unsafe { libc::f(..) })` at the call site, with
+/// its `// SAFETY:` note there) and turns -1 into the last OS error (mio's `syscall!`).
 #[macro_export]
 macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: the caller passes arguments valid for this libc function (each call site
-        // states why); the return value is checked for -1 below.
-        let res = unsafe { libc::$fn($($arg),*) };
+    ($call:expr) => {{
+        let res = $call;
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -20,22 +19,31 @@ macro_rules! syscall {
 
 /// Sets an int socket option.
 pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // `value` outlives the call and its size is passed alongside.
-    syscall!(setsockopt(
-        fd,
-        level,
-        name,
-        &value as *const i32 as *const libc::c_void,
-        std::mem::size_of::<i32>() as libc::socklen_t
-    ))
+    // SAFETY: `value` outlives the call and its size is passed alongside.
+    syscall!(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })
     .map(|_| ())
 }
 
 /// Sends with MSG_NOSIGNAL: a peer that went away yields EPIPE, never SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // `buf` is a valid slice for its length.
-    syscall!(send(fd, buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_NOSIGNAL))
-        .map(|n| n as usize)
+    // SAFETY: `buf` is a valid slice for its length.
+    syscall!(unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    })
+    .map(|n| n as usize)
 }
 
 /// Vectored send with MSG_NOSIGNAL (writev has no flags argument, sendmsg does).
@@ -44,12 +52,13 @@ pub fn sendv(fd: RawFd, bufs: &[libc::iovec]) -> io::Result<usize> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = bufs.len() as _;
-    // `msg` points at `bufs`, whose iovecs point into live buffers owned by the caller.
-    syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL)).map(|n| n as usize)
+    // SAFETY: `msg` points at `bufs`, whose iovecs point into live buffers owned by the caller.
+    syscall!(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }).map(|n| n as usize)
 }
 
 /// Reads into `buf`.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // `buf` is a valid, writable slice for its length.
-    syscall!(recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)).map(|n| n as usize)
+    // SAFETY: `buf` is a valid, writable slice for its length.
+    syscall!(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) })
+        .map(|n| n as usize)
 }

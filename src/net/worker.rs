@@ -188,7 +188,11 @@ impl Worker {
         let mut events = Events::with_capacity(self.opts.max_poll_events);
         loop {
             let busy = !self.pending.is_empty() || !self.deferred.is_empty();
-            let mut timeout = if busy { Duration::ZERO } else { self.next_timeout() };
+            let mut timeout = if busy {
+                Duration::ZERO
+            } else {
+                self.next_timeout()
+            };
             let port = self.hub.port(self.id);
             if !timeout.is_zero() && !port.prepare_sleep() {
                 timeout = Duration::ZERO;
@@ -261,15 +265,18 @@ impl Worker {
         let (index, generation) = self.conns.insert(Conn::new(nc.fd, nc.peer, now));
         if let Err(e) = self.selector.register(fd, index as u64 + 1) {
             // A failed registration must not leave a slot behind (monoio does the same).
-            warn!("worker {}: cannot register connection from {}: {e}", self.id, nc.peer);
+            warn!(
+                "worker {}: cannot register connection from {}: {e}",
+                self.id, nc.peer
+            );
             self.conns.remove(index);
             return;
         }
-        self.hub.port(self.id).set_live(index, generation);
         if reject_full {
             self.answer_and_finish(index, handshake::error_response(503, "server full"));
             return;
         }
+        self.hub.port(self.id).set_live(index, generation);
         self.set_deadline(index, now + self.opts.handshake_timeout);
         // The client may have sent its request already: edge-triggered registration reports
         // data that was there before, but reading right away saves a wake-up.
@@ -277,7 +284,9 @@ impl Worker {
     }
 
     fn set_deadline(&mut self, index: u32, at: Instant) {
-        let Some(generation) = self.conns.generation(index) else { return };
+        let Some(generation) = self.conns.generation(index) else {
+            return;
+        };
         if let Some(c) = self.conns.get_mut(index) {
             c.deadline = Some(at);
             self.timers.push(Reverse((at, index, generation)));
@@ -287,7 +296,9 @@ impl Worker {
     // ---- reading ---------------------------------------------------------------------------
 
     fn on_readable(&mut self, index: u32) {
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         c.read_pending = true;
         self.read_some(index);
     }
@@ -308,7 +319,9 @@ impl Worker {
     fn read_some(&mut self, index: u32) {
         let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..self.opts.max_inbounds_skip.max(1) {
-            let Some(c) = self.conns.get_mut(index) else { break };
+            let Some(c) = self.conns.get_mut(index) else {
+                break;
+            };
             if !c.read_pending || c.read_paused() {
                 break;
             }
@@ -323,7 +336,11 @@ impl Worker {
             match sys::recv(c.fd.as_raw_fd(), &mut scratch[kept..]) {
                 Ok(0) => {
                     c.read_pending = false;
-                    let ending = if c.phase == Phase::Draining { Ending::Done } else { Ending::PeerClosed };
+                    let ending = if c.phase == Phase::Draining {
+                        Ending::Done
+                    } else {
+                        Ending::PeerClosed
+                    };
                     self.end(index, ending);
                     break;
                 }
@@ -363,7 +380,9 @@ impl Worker {
 
     /// Processes input bytes; returns how many were consumed.
     fn process(&mut self, index: u32, buf: &mut [u8]) -> usize {
-        let Some(c) = self.conns.get_mut(index) else { return buf.len() };
+        let Some(c) = self.conns.get_mut(index) else {
+            return buf.len();
+        };
         match c.phase {
             Phase::Handshake => self.process_handshake(index, buf),
             Phase::Open | Phase::Closing => self.process_frames(index, buf),
@@ -402,11 +421,15 @@ impl Worker {
                 return buf.len();
             }
         };
-        let response = handshake::response_101(&req, service.subprotocol(), service.extra_headers());
+        let response =
+            handshake::response_101(&req, service.subprotocol(), service.extra_headers());
         let generation = self.conns.generation(index).unwrap_or(0);
         let id = self.conn_id(index, generation);
-        let Some(c) = self.conns.get_mut(index) else { return buf.len() };
-        c.out.append_with(&mut self.pool, |b| b.extend_from_slice(&response));
+        let Some(c) = self.conns.get_mut(index) else {
+            return buf.len();
+        };
+        c.out
+            .append_with(&mut self.pool, |b| b.extend_from_slice(&response));
         c.phase = Phase::Open;
         c.deadline = None;
         c.decoder = Some(Decoder::new(Role::Server, service.max_message_size()));
@@ -440,9 +463,15 @@ impl Worker {
         let id = self.conn_id(index, generation);
         let worker = self.id;
         let fragment = self.opts.auto_fragment;
-        let Some(c) = self.conns.get_mut(index) else { return buf.len() };
-        let Some(service) = c.service.clone() else { return buf.len() };
-        let Some(mut decoder) = c.decoder.take() else { return buf.len() };
+        let Some(c) = self.conns.get_mut(index) else {
+            return buf.len();
+        };
+        let Some(service) = c.service.clone() else {
+            return buf.len();
+        };
+        let Some(mut decoder) = c.decoder.take() else {
+            return buf.len();
+        };
         let phase = c.phase;
         let tag = c.tag;
         let mut close_with: Option<u16> = None;
@@ -460,8 +489,19 @@ impl Worker {
                     if phase != Phase::Open || close_with.is_some() {
                         return;
                     }
-                    let opcode = if matches!(ev, Event::Text(_)) { Opcode::Text } else { Opcode::Binary };
-                    let mut ctx = Ctx { worker, current: id, out, pool, fragment, deferred };
+                    let opcode = if matches!(ev, Event::Text(_)) {
+                        Opcode::Text
+                    } else {
+                        Opcode::Binary
+                    };
+                    let mut ctx = Ctx {
+                        worker,
+                        current: id,
+                        out,
+                        pool,
+                        fragment,
+                        deferred,
+                    };
                     delivered = true;
                     match service.on_message(&mut ctx, id, tag, opcode, p) {
                         Flow::Continue => {}
@@ -469,9 +509,9 @@ impl Worker {
                         Flow::Close(code) => close_with = Some(code),
                     }
                 }
-                Event::Ping(p) => {
-                    out.append_with(pool, |b| codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4]))
-                }
+                Event::Ping(p) => out.append_with(pool, |b| {
+                    codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4])
+                }),
                 Event::Pong(_) => *ping_outstanding = false,
                 Event::Close { code, .. } => peer_close = Some(code),
             })
@@ -515,7 +555,9 @@ impl Worker {
 
     /// The peer sent Close: echo it (if we had not sent ours) and finish the TCP connection.
     fn on_peer_close(&mut self, index: u32, code: Option<u16>) {
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         if c.phase == Phase::Open {
             c.out.append_with(&mut self.pool, |b| {
                 codec::encode_close(b, Role::Server, code, b"", [0; 4])
@@ -526,7 +568,9 @@ impl Worker {
 
     /// We start the close handshake (service request, idle timeout, shutdown).
     fn start_close(&mut self, index: u32, code: u16) {
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         if c.phase != Phase::Open {
             return;
         }
@@ -541,7 +585,9 @@ impl Worker {
 
     /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
     fn fail(&mut self, index: u32, code: u16) {
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         // In Closing our Close frame is already out; a second one is not allowed.
         if c.phase == Phase::Open {
             c.out.append_with(&mut self.pool, |b| {
@@ -554,7 +600,9 @@ impl Worker {
     /// Our last bytes are queued: shut TCP down once they are written (bounded by the close
     /// timeout, so a peer that never reads cannot hold the connection).
     fn finish_after_flush(&mut self, index: u32) {
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         c.phase = Phase::Finishing;
         self.mark_dirty(index);
         let at = Instant::now() + self.opts.close_timeout;
@@ -563,14 +611,19 @@ impl Worker {
 
     /// Queues an HTTP answer and finishes the connection after it.
     fn answer_and_finish(&mut self, index: u32, response: Vec<u8>) {
-        let Some(c) = self.conns.get_mut(index) else { return };
-        c.out.append_with(&mut self.pool, |b| b.extend_from_slice(&response));
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        c.out
+            .append_with(&mut self.pool, |b| b.extend_from_slice(&response));
         self.finish_after_flush(index);
     }
 
     /// Everything is written: shut our side down and wait (bounded) for the peer's EOF.
     fn finish(&mut self, index: u32) {
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         // SAFETY: shutdown on a descriptor we own; failure only means the peer is gone.
         unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
         c.phase = Phase::Draining;
@@ -583,7 +636,9 @@ impl Worker {
     /// Removes the connection; calls the service's `on_close` if it was opened.
     fn end(&mut self, index: u32, why: Ending) {
         let generation = self.conns.generation(index).unwrap_or(0);
-        let Some(mut c) = self.conns.remove(index) else { return };
+        let Some(mut c) = self.conns.remove(index) else {
+            return;
+        };
         let _ = self.selector.deregister(c.fd.as_raw_fd());
         self.hub.port(self.id).set_dead(index);
         c.out.clear(&mut self.pool);
@@ -646,7 +701,9 @@ impl Worker {
 
     fn flush_conn(&mut self, index: u32) {
         let high = self.opts.outbound_high_water;
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         let fd: RawFd = c.fd.as_raw_fd();
         match c.out.flush(fd, &mut self.pool) {
             Ok(Flushed::All) => {
@@ -701,7 +758,9 @@ impl Worker {
         if id.worker() != self.id {
             return None;
         }
-        self.conns.get_gen_mut(id.index(), id.generation()).map(|_| id.index())
+        self.conns
+            .get_gen_mut(id.index(), id.generation())
+            .map(|_| id.index())
     }
 
     fn apply(&mut self, cmd: Command) {
@@ -738,7 +797,9 @@ impl Worker {
     /// Queues outbound data on an open connection, pausing its reads above the high-water mark.
     fn queue_frame(&mut self, index: u32, push: impl FnOnce(&mut OutQueue, &mut BufPool)) {
         let high = self.opts.outbound_high_water;
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         if c.phase != Phase::Open {
             return; // after our Close no data frame may follow (RFC 6455 5.5.1)
         }
@@ -752,7 +813,9 @@ impl Worker {
     fn apply_deferred(&mut self) {
         for (conn, frame) in std::mem::take(&mut self.deferred) {
             if let Some(i) = self.live_index(conn) {
-                self.queue_frame(i, |q, pool| q.push_chunk(pool, super::hub::Chunk::Owned(frame)));
+                self.queue_frame(i, |q, pool| {
+                    q.push_chunk(pool, super::hub::Chunk::Owned(frame))
+                });
             }
         }
     }
@@ -766,7 +829,9 @@ impl Worker {
                 break;
             }
             self.timers.pop();
-            let Some(c) = self.conns.get_gen_mut(index, generation) else { continue };
+            let Some(c) = self.conns.get_gen_mut(index, generation) else {
+                continue;
+            };
             // Lazy deletion: only the connection's current deadline counts.
             if c.deadline != Some(at) {
                 continue;
@@ -783,8 +848,12 @@ impl Worker {
     }
 
     fn idle_check(&mut self, index: u32, now: Instant) {
-        let Some(idle) = self.opts.idle_timeout else { return };
-        let Some(c) = self.conns.get_mut(index) else { return };
+        let Some(idle) = self.opts.idle_timeout else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         let quiet = now.saturating_duration_since(c.last_activity);
         if quiet < idle {
             let at = c.last_activity + idle;
@@ -830,6 +899,7 @@ impl Worker {
 
     fn publish_load(&mut self) {
         let port = self.hub.port(self.id);
-        port.connections.store(self.conns.len(), std::sync::atomic::Ordering::Relaxed);
+        port.connections
+            .store(self.conns.len(), std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -22,7 +22,9 @@ pub struct EchoRouter {
 
 impl EchoRouter {
     pub fn new(max_message_size: usize) -> EchoRouter {
-        EchoRouter { echo: Arc::new(Echo::new("echo", max_message_size)) }
+        EchoRouter {
+            echo: Arc::new(Echo::new("echo", max_message_size)),
+        }
     }
 }
 
@@ -72,13 +74,22 @@ pub fn start_echo(configure: impl FnOnce(&mut ServerOptions)) -> TestServer {
     start_with(configure, Arc::new(EchoRouter::new(16 << 20)))
 }
 
-pub fn start_with(configure: impl FnOnce(&mut ServerOptions), router: Arc<dyn Router>) -> TestServer {
-    let mut opts = ServerOptions { workers: 2, ..ServerOptions::default() };
+pub fn start_with(
+    configure: impl FnOnce(&mut ServerOptions),
+    router: Arc<dyn Router>,
+) -> TestServer {
+    let mut opts = ServerOptions {
+        workers: 2,
+        ..ServerOptions::default()
+    };
     configure(&mut opts);
     let hub = Server::new_hub(&opts).expect("hub");
     let server = Server::start(opts, hub, router).expect("server starts");
     let addr = server.local_addrs()[0];
-    TestServer { server: Some(server), addr }
+    TestServer {
+        server: Some(server),
+        addr,
+    }
 }
 
 pub type Client = tungstenite::WebSocket<TcpStream>;
@@ -92,8 +103,9 @@ pub fn connect(addr: SocketAddr, path: &str) -> Client {
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
-    let (ws, _) = tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(config))
-        .expect("websocket handshake");
+    let (ws, _) =
+        tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(config))
+            .expect("websocket handshake");
     ws
 }
 
@@ -188,7 +200,11 @@ pub fn read_frame(s: &mut TcpStream) -> Option<ServerFrame> {
     };
     let mut payload = vec![0u8; len];
     s.read_exact(&mut payload).ok()?;
-    Some(ServerFrame { fin: h[0] & 0x80 != 0, opcode: h[0] & 0x0f, payload })
+    Some(ServerFrame {
+        fin: h[0] & 0x80 != 0,
+        opcode: h[0] & 0x0f,
+        payload,
+    })
 }
 
 /// Reads frames until a Close frame; returns its code (None for an empty Close body).
@@ -196,7 +212,8 @@ pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
     loop {
         let f = read_frame(s).expect("a close frame before EOF");
         if f.opcode == 0x8 {
-            return (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+            return (f.payload.len() >= 2)
+                .then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
         }
     }
 }
@@ -209,7 +226,10 @@ pub fn closed_by_server(s: &mut TcpStream) -> bool {
         match s.read(&mut b) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false
             }
             Err(_) => return true,
