@@ -1,1 +1,196 @@
-//! JSON configuration. PLACEHOLDER until the config issue lands.
+//! The JSON configuration: `ws.json` (the WebSocket server) and `lapps.json` (directories and
+//! services) in one configuration directory.
+//!
+//! Owns finding the directory ([`resolve_dir`]), reading and validating both files
+//! ([`Config::load`], the one call the binary makes) and the typed model with every default.
+//! Every problem is reported with its file, key path, what was expected and what was found;
+//! unknown keys are errors. Must never start anything or touch the files the config points to
+//! (apps, certificates): later stages do, with the paths resolved here.
+//!
+//! Relative paths inside the files (directories, certificates) are resolved against the current
+//! working directory at load time, so `cargo run` from the repository root finds `./lua/apps`.
+
+mod acl;
+mod error;
+mod lapps;
+mod reader;
+mod ws;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+pub use acl::{Acl, IpNet, Policy};
+pub use error::{ConfigError, Problem, ProblemKind};
+pub use lapps::{Directories, LappsConfig, Protocol, ServiceConfig};
+pub use ws::{Endpoint, TlsCertificates, Workers, WsConfig, DEFAULT_PORT};
+
+use reader::Reader;
+
+/// Default file names inside the configuration directory.
+pub const WS_FILE: &str = "ws.json";
+pub const LAPPS_FILE: &str = "lapps.json";
+/// Where the installed package keeps its configuration.
+pub const SYSTEM_DIR: &str = "/etc/lapps";
+/// The repository's own configuration, used when running from a checkout.
+pub const REPO_DIR: &str = "./etc/lapps";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The directory both files were read from.
+    pub dir: PathBuf,
+    pub ws: WsConfig,
+    pub lapps: LappsConfig,
+}
+
+impl Config {
+    /// Reads and checks `dir/ws.json` and `dir/lapps.json` (names overridable by the `WS_CONFIG`
+    /// and `LAPPS_CONFIG` environment variables; an absolute override ignores `dir`).
+    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+        let ws_name = std::env::var_os("WS_CONFIG");
+        let lapps_name = std::env::var_os("LAPPS_CONFIG");
+        let cwd = std::env::current_dir().map_err(|e| {
+            ConfigError::single(
+                ProblemKind::Io,
+                WS_FILE,
+                "",
+                format!("cannot determine the working directory: {e}"),
+            )
+        })?;
+        Config::load_from(dir, ws_name.as_deref(), lapps_name.as_deref(), &cwd)
+    }
+
+    /// [`Config::load`] with the environment passed in: file-name overrides and the directory
+    /// relative paths are resolved against.
+    pub fn load_from(
+        dir: &Path,
+        ws_name: Option<&OsStr>,
+        lapps_name: Option<&OsStr>,
+        cwd: &Path,
+    ) -> Result<Config, ConfigError> {
+        let ws_name = file_name(ws_name, WS_FILE);
+        let lapps_name = file_name(lapps_name, LAPPS_FILE);
+        let ws_text = read(dir, &ws_name);
+        let lapps_text = read(dir, &lapps_name);
+        match (ws_text, lapps_text) {
+            (Ok(w), Ok(l)) => Config::from_strs(dir, (&ws_name, &w), (&lapps_name, &l), cwd),
+            (w, l) => {
+                let problems = [w.err(), l.err()].into_iter().flatten().collect();
+                Err(ConfigError { problems })
+            }
+        }
+    }
+
+    /// Parses and checks both files from text; `(label, text)` pairs, the label naming the file
+    /// in messages.
+    pub fn from_strs(
+        dir: &Path,
+        ws: (&str, &str),
+        lapps: (&str, &str),
+        cwd: &Path,
+    ) -> Result<Config, ConfigError> {
+        let ws_result = WsConfig::from_json_str(ws.0, ws.1, cwd);
+        let lapps_result = LappsConfig::from_json_str(lapps.0, lapps.1, cwd);
+        match (ws_result, lapps_result) {
+            (Ok(ws), Ok(lapps)) => Ok(Config {
+                dir: dir.to_path_buf(),
+                ws,
+                lapps,
+            }),
+            (w, l) => {
+                let problems = [w.err(), l.err()]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| e.problems)
+                    .collect();
+                Err(ConfigError { problems })
+            }
+        }
+    }
+}
+
+impl WsConfig {
+    /// Parses ws.json text; `label` names the file in messages.
+    pub fn from_json_str(label: &str, text: &str, cwd: &Path) -> Result<WsConfig, ConfigError> {
+        let root = parse(label, text)?;
+        let mut r = Reader::new(label);
+        let cfg = WsConfig::read(&mut r, &root, cwd);
+        ConfigError::from_problems(r.problems).map(|()| cfg)
+    }
+}
+
+impl LappsConfig {
+    /// Parses lapps.json text; `label` names the file in messages.
+    pub fn from_json_str(label: &str, text: &str, cwd: &Path) -> Result<LappsConfig, ConfigError> {
+        let root = parse(label, text)?;
+        let mut r = Reader::new(label);
+        let cfg = LappsConfig::read(&mut r, &root, cwd);
+        ConfigError::from_problems(r.problems).map(|()| cfg)
+    }
+}
+
+fn parse(label: &str, text: &str) -> Result<serde_json::Value, ConfigError> {
+    serde_json::from_str(text).map_err(|e| {
+        // serde_json's Display appends " at line L column C"; keep only the reason.
+        let full = e.to_string();
+        let reason = full
+            .rsplit_once(" at line ")
+            .map_or(full.as_str(), |(reason, _)| reason);
+        ConfigError::single(
+            ProblemKind::Syntax,
+            label,
+            "",
+            format!(
+                "invalid JSON at line {}, column {}: {reason}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+fn file_name(overridden: Option<&OsStr>, default: &str) -> String {
+    match overridden {
+        Some(name) if !name.is_empty() => name.to_string_lossy().into_owned(),
+        _ => default.to_string(),
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Result<String, Problem> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).map_err(|e| Problem {
+        kind: ProblemKind::Io,
+        file: name.to_string(),
+        path: String::new(),
+        message: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+/// The configuration directory: `-c DIR` wins, then `LAPPS_CONF_DIR`, then `./etc/lapps` when
+/// it exists (running from the repository), else `/etc/lapps`.
+pub fn resolve_dir(cli: Option<&Path>) -> PathBuf {
+    let env = std::env::var_os("LAPPS_CONF_DIR");
+    resolve_dir_from(cli, env.as_deref(), Path::new(REPO_DIR).is_dir())
+}
+
+/// [`resolve_dir`] with the environment passed in.
+pub fn resolve_dir_from(
+    cli: Option<&Path>,
+    env_dir: Option<&OsStr>,
+    repo_dir_exists: bool,
+) -> PathBuf {
+    if let Some(dir) = cli {
+        return dir.to_path_buf();
+    }
+    if let Some(dir) = env_dir.filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if repo_dir_exists {
+        PathBuf::from(REPO_DIR)
+    } else {
+        PathBuf::from(SYSTEM_DIR)
+    }
+}

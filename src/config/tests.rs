@@ -1,0 +1,555 @@
+//! Loading, defaults and every kind of error message.
+
+use super::*;
+use std::ffi::OsStr;
+use std::net::IpAddr;
+use std::path::Path;
+
+const CWD: &str = "/srv/lapps";
+
+fn ws(text: &str) -> Result<WsConfig, ConfigError> {
+    WsConfig::from_json_str("ws.json", text, Path::new(CWD))
+}
+
+fn lapps(text: &str) -> Result<LappsConfig, ConfigError> {
+    LappsConfig::from_json_str("lapps.json", text, Path::new(CWD))
+}
+
+/// The error's lines, for exact assertions.
+fn lines<T: std::fmt::Debug>(r: Result<T, ConfigError>) -> Vec<String> {
+    r.expect_err("expected a config error")
+        .to_string()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---- defaults ----
+
+#[test]
+fn empty_ws_json_gives_every_default() {
+    let c = ws("{}").unwrap();
+    assert_eq!(c.ip, "0.0.0.0");
+    assert_eq!(c.port, 5083);
+    assert_eq!(c.listeners, 1);
+    assert_eq!(c.connection_weight, 1.0);
+    assert!(c.acl.allows_everyone());
+    assert!(!c.tls);
+    assert_eq!(c.tls_certificates, None);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.workers.workers, cores);
+    assert_eq!(c.workers.max_connections, 100_000);
+    assert_eq!(c.workers.auto_fragment, None);
+    assert_eq!(c.workers.input_buffer_size, 2048);
+    assert_eq!(c.workers.max_poll_events, 256);
+    assert_eq!(c.workers.max_poll_wait_ms, 10);
+    assert_eq!(c.workers.max_inbounds_skip, 50);
+    assert_eq!(c.handshake_timeout_ms, 5000);
+    assert_eq!(c.close_timeout_ms, 3000);
+    assert_eq!(c.idle_timeout_ms, 0);
+    assert_eq!(c.backlog, 1024);
+    assert_eq!(c.max_request_bytes, 8192);
+    assert_eq!(c.max_headers, 64);
+    assert_eq!(c.outbound_high_water, 4 << 20);
+    assert!(c.endpoints.is_empty());
+    assert_eq!(c, WsConfig::default());
+}
+
+#[test]
+fn empty_service_gets_every_default() {
+    let c = lapps(r#"{"services": {"svc": {}}}"#).unwrap();
+    let s = &c.services["svc"];
+    assert_eq!(s, &ServiceConfig::with_defaults("svc"));
+    assert!(s.auto_start);
+    assert_eq!(s.instances, 1);
+    assert!(!s.standalone);
+    assert_eq!(s.protocol, Protocol::Raw);
+    assert_eq!(s.request_target, "/svc");
+    assert_eq!(s.max_inbound_message_size, 16_777_216);
+    assert!(s.preload.is_empty() && s.depends.is_empty() && s.extra_headers.is_empty());
+    assert_eq!(s.acl, None);
+    assert_eq!(s.proto_alias, None);
+    assert_eq!(s.allowed_origins, None);
+    assert_eq!(s.memory_limit, 64 << 20);
+    assert_eq!(s.instruction_budget, 100_000_000);
+    assert!(!s.allow_ffi && !s.allow_debug && !s.allow_os_execute);
+    assert_eq!(s.queue_capacity, 1024);
+    assert_eq!(s.mqr_capacity, 1024);
+    assert_eq!(
+        c.directories.applications,
+        Path::new("/usr/share/lapps/apps")
+    );
+    assert_eq!(c.directories.lib, Path::new("/usr/share/lapps/lib"));
+    assert_eq!(c.directories.deploy, Path::new("/var/lib/lapps/deploy"));
+}
+
+#[test]
+fn relative_directories_resolve_against_the_working_directory() {
+    let c = lapps(r#"{"directories": {"applications": "./lua/apps", "workdir": "/abs"}}"#).unwrap();
+    assert_eq!(c.directories.applications, Path::new("/srv/lapps/lua/apps"));
+    assert_eq!(c.directories.lib, Path::new("/srv/lapps/lua/lib"));
+    assert_eq!(c.directories.workdir, Path::new("/abs"));
+    assert_eq!(c.directories.deploy, Path::new("/abs/deploy"));
+}
+
+#[test]
+fn auto_fragment_accepts_false_true_or_a_size() {
+    let f = |v: &str| {
+        ws(&format!(
+            r#"{{"workers": {{"auto_fragment": {v}, "input_buffer_size": 4096}}}}"#
+        ))
+    };
+    assert_eq!(f("false").unwrap().workers.auto_fragment, None);
+    assert_eq!(f("true").unwrap().workers.auto_fragment, Some(4096));
+    assert_eq!(f("1000").unwrap().workers.auto_fragment, Some(1000));
+    assert_eq!(
+        lines(f("0")),
+        ["ws.json: workers.auto_fragment: expected false, true or a frame size >= 1, got 0"]
+    );
+}
+
+#[test]
+fn protocol_is_case_insensitive_and_internal_is_an_alias() {
+    let c = lapps(
+        r#"{"services": {"a": {"protocol": "lapps"}, "b": {"protocol": "RAW", "internal": true}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.services["a"].protocol, Protocol::LAppS);
+    assert_eq!(c.services["b"].protocol, Protocol::Raw);
+    assert!(c.services["b"].standalone);
+    assert_eq!(
+        lines(lapps(r#"{"services": {"a": {"protocol": "rpc"}}}"#)),
+        [r#"lapps.json: services.a.protocol: expected "raw" or "LAppS", got "rpc""#]
+    );
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"standalone": true, "internal": true}}}"#
+        )),
+        ["lapps.json: services.a.internal: give either standalone or its alias internal, not both"]
+    );
+}
+
+#[test]
+fn extra_headers_as_map_or_pairs_and_checked() {
+    let c = lapps(
+        r#"{"services": {
+            "a": {"extra_headers": {"X-One": "1"}},
+            "b": {"extra_headers": [["X-Two", "2"], ["X-Three", "3"]]}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.services["a"].extra_headers,
+        [("X-One".into(), "1".into())]
+    );
+    assert_eq!(
+        c.services["b"].extra_headers,
+        [
+            ("X-Two".to_string(), "2".to_string()),
+            ("X-Three".to_string(), "3".to_string())
+        ]
+    );
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"extra_headers": {"X-A": "x\r\nSet-Cookie: y", "Bad Name": "v", "Upgrade": "h2c"}}}}"#
+        )),
+        [
+            "lapps.json: services.a.extra_headers.Bad Name: invalid header name",
+            "lapps.json: services.a.extra_headers.Upgrade: set by the server itself (use proto_alias for Sec-WebSocket-Protocol)",
+            "lapps.json: services.a.extra_headers.X-A: header value must not contain CR, LF or NUL",
+        ]
+    );
+    assert_eq!(
+        lines(lapps(r#"{"services": {"a": {"extra_headers": [["X"]]}}}"#)),
+        ["lapps.json: services.a.extra_headers[0]: expected a [name, value] pair, got an array"]
+    );
+}
+
+#[test]
+fn endpoints_list_extra_listening_addresses() {
+    let c = ws(r#"{"ip": "127.0.0.1", "port": 0,
+        "endpoints": [{"port": 5084}, {"ip": "::1", "port": 5085}]}"#)
+    .unwrap();
+    let all = c.listen_endpoints();
+    let addrs: Vec<String> = all.iter().map(|e| e.socket_addr().to_string()).collect();
+    assert_eq!(addrs, ["127.0.0.1:0", "127.0.0.1:5084", "[::1]:5085"]);
+    assert_eq!(
+        lines(ws(
+            r#"{"ip": "127.0.0.1", "endpoints": [{"port": 5083}, {"ip": "::1"}]}"#
+        )),
+        [
+            "ws.json: endpoints[1].port: missing (each extra endpoint needs its port)",
+            "ws.json: endpoints[0]: 127.0.0.1:5083 is listed twice",
+        ]
+    );
+}
+
+#[test]
+fn acl_in_ws_json_is_parsed_to_a_matcher() {
+    let c = ws(r#"{"acl": {"policy": "deny", "exclude": ["127.0.0.0/8", "::1"]}}"#).unwrap();
+    assert!(c.acl.allows("127.0.0.5".parse::<IpAddr>().unwrap()));
+    assert!(c.acl.allows("::ffff:127.0.0.5".parse::<IpAddr>().unwrap()));
+    assert!(c.acl.allows("::1".parse::<IpAddr>().unwrap()));
+    assert!(!c.acl.allows("10.0.0.1".parse::<IpAddr>().unwrap()));
+}
+
+// ---- error kinds ----
+
+#[test]
+fn unknown_keys_are_errors_naming_their_path() {
+    let e = ws(r#"{"workers": {"max_conections": 5}, "prot": 1}"#).unwrap_err();
+    assert!(e.has(ProblemKind::UnknownKey));
+    let text: Vec<String> = e.to_string().lines().map(String::from).collect();
+    assert_eq!(
+        text,
+        [
+            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, endpoints)",
+            "ws.json: workers.max_conections: unknown key (known: workers, max_connections, auto_fragment, input_buffer_size, max_poll_events, max_poll_wait_ms, max_inbounds_skip)",
+        ]
+    );
+    assert_eq!(
+        lines(lapps(r#"{"services": {"echo": {"instance": 2}}}"#))[0]
+            .split(" (known")
+            .next(),
+        Some("lapps.json: services.echo.instance: unknown key")
+    );
+    assert_eq!(
+        lines(lapps(r#"{"directories": {"apps": "x"}}"#)),
+        ["lapps.json: directories.apps: unknown key (known: applications, lib, app_conf_dir, workdir, tmp, deploy)"]
+    );
+}
+
+#[test]
+fn wrong_types_name_file_path_expected_and_got() {
+    assert_eq!(
+        lines(ws(r#"{"port": "abc"}"#)),
+        [r#"ws.json: port: expected a number 0-65535, got "abc""#]
+    );
+    assert_eq!(
+        lines(ws(
+            r#"{"tls": "yes", "listeners": 0, "connection_weight": -1, "workers": 4, "ip": "localhost"}"#
+        )),
+        [
+            r#"ws.json: ip: expected an IPv4 or IPv6 address, got "localhost""#,
+            r#"ws.json: tls: expected true or false, got "yes""#,
+            "ws.json: workers: expected an object, got 4",
+            "ws.json: listeners: expected a whole number >= 1, got 0",
+            "ws.json: connection_weight: expected a number >= 0, got -1",
+        ]
+    );
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"preload": "bcast", "depends": [1]}}}"#
+        )),
+        [
+            r#"lapps.json: services.a.preload: expected an array of strings, got "bcast""#,
+            "lapps.json: services.a.depends[0]: expected a string, got 1",
+        ]
+    );
+    assert_eq!(
+        lines(lapps(r#"{"services": []}"#)),
+        ["lapps.json: services: expected an object, got an array"]
+    );
+    assert_eq!(
+        lines(ws("[]")),
+        ["ws.json: expected an object, got an array"]
+    );
+}
+
+#[test]
+fn syntax_errors_give_file_line_and_column() {
+    let e = ws("{\n  \"port\": 5083,\n  \"ip\": \n}").unwrap_err();
+    assert!(e.has(ProblemKind::Syntax));
+    assert_eq!(
+        e.to_string(),
+        "ws.json: invalid JSON at line 4, column 1: expected value"
+    );
+    assert_eq!(
+        lines(lapps("{\"services\": {},}")),
+        ["lapps.json: invalid JSON at line 1, column 17: trailing comma"]
+    );
+}
+
+#[test]
+fn zero_instances_is_an_error() {
+    assert_eq!(
+        lines(lapps(r#"{"services": {"echo": {"instances": 0}}}"#)),
+        ["lapps.json: services.echo.instances: expected a whole number >= 1, got 0"]
+    );
+}
+
+#[test]
+fn invalid_acl_entries_are_errors() {
+    assert_eq!(
+        lines(ws(
+            r#"{"acl": {"policy": "maybe", "exclude": ["10.0.0.0/33", "1.2.3.4", "fe80::zz"]}}"#
+        )),
+        [
+            r#"ws.json: acl.policy: expected "allow" or "deny", got "maybe""#,
+            r#"ws.json: acl.exclude[0]: invalid IP address or CIDR "10.0.0.0/33""#,
+            r#"ws.json: acl.exclude[2]: invalid IP address or CIDR "fe80::zz""#,
+        ]
+    );
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"acl": {"exclude": ["nope"], "mode": 1}}}}"#
+        )),
+        [
+            "lapps.json: services.a.acl.mode: unknown key (known: policy, exclude)",
+            r#"lapps.json: services.a.acl.exclude[0]: invalid IP address or CIDR "nope""#,
+        ]
+    );
+}
+
+#[test]
+fn tls_without_certificates_is_an_error() {
+    let e = ws(r#"{"tls": true}"#).unwrap_err();
+    assert!(e.has(ProblemKind::Semantic));
+    assert_eq!(
+        e.to_string(),
+        "ws.json: tls: tls is true but tls_certificates (cert, key) is missing"
+    );
+    assert_eq!(
+        lines(ws(r#"{"endpoints": [{"port": 1, "tls": true}]}"#)),
+        ["ws.json: endpoints[0].tls: tls is true but tls_certificates (cert, key) is missing"]
+    );
+    assert_eq!(
+        lines(ws(
+            r#"{"tls": true, "tls_certificates": {"cert": "c.pem"}}"#
+        )),
+        ["ws.json: tls_certificates.key: missing (a PEM file path)"]
+    );
+    let c = ws(
+        r#"{"tls": true, "tls_certificates": {"cert": "c.pem", "key": "/k.pem", "ca": "ca.pem"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.tls_certificates,
+        Some(TlsCertificates {
+            cert: "/srv/lapps/c.pem".into(),
+            key: "/k.pem".into(),
+            ca: Some("/srv/lapps/ca.pem".into()),
+        })
+    );
+}
+
+#[test]
+fn duplicate_request_targets_among_network_services_are_errors() {
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"request_target": "/x"}, "b": {"request_target": "/x"},
+                "c": {"standalone": true, "request_target": "/x"}}}"#
+        )),
+        [r#"lapps.json: services.b.request_target: "/x" is also the request_target of service a"#]
+    );
+    assert_eq!(
+        lines(lapps(r#"{"services": {"a": {"request_target": "x?y"}}}"#)),
+        [
+            r#"lapps.json: services.a.request_target: expected a path starting with '/' (no query, fragment or spaces), got "x?y""#
+        ]
+    );
+}
+
+#[test]
+fn depends_on_unknown_disabled_or_self_are_errors() {
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"depends": ["ghost", "off", "a"]}, "off": {"auto_start": false}}}"#
+        )),
+        [
+            r#"lapps.json: services.a.depends[0]: unknown service "ghost""#,
+            "lapps.json: services.a.depends[1]: off has auto_start false, so it would never start before a",
+            "lapps.json: services.a.depends[2]: a service cannot depend on itself",
+        ]
+    );
+}
+
+#[test]
+fn dependency_cycles_are_named() {
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"depends": ["b"]}, "b": {"depends": ["c"]}, "c": {"depends": ["a"]},
+                "d": {"depends": ["a"]}}}"#
+        )),
+        ["lapps.json: services: dependency cycle: a -> b -> c -> a"]
+    );
+}
+
+#[test]
+fn invalid_service_names_are_errors() {
+    assert_eq!(
+        lines(lapps(r#"{"services": {"../etc": {}}}"#)),
+        ["lapps.json: services.../etc: invalid service name (letters, digits, '_', '-', '.'; not starting with '.')"]
+    );
+}
+
+#[test]
+fn several_problems_across_both_files_are_reported_together() {
+    let e = Config::from_strs(
+        Path::new("/c"),
+        ("ws.json", r#"{"port": -1}"#),
+        ("lapps.json", r#"{"services": {"a": {"instances": "2"}}}"#),
+        Path::new(CWD),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ws.json: port: expected a number 0-65535, got -1\n\
+         lapps.json: services.a.instances: expected a whole number >= 1, got \"2\""
+    );
+    assert_eq!(e.problems.len(), 2);
+}
+
+// ---- start order ----
+
+#[test]
+fn start_order_follows_depends_then_names_and_skips_disabled() {
+    let c = lapps(
+        r#"{"services": {
+            "z": {}, "web": {"depends": ["db", "cache"]}, "db": {}, "cache": {"depends": ["db"]},
+            "off": {"auto_start": false, "depends": ["z"]}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.start_order().unwrap(), ["db", "cache", "web", "z"]);
+}
+
+#[test]
+fn start_order_reports_a_cycle_in_a_hand_built_config() {
+    let mut c = LappsConfig::default();
+    for (name, dep) in [("a", "b"), ("b", "a")] {
+        let mut s = ServiceConfig::with_defaults(name);
+        s.depends = vec![dep.to_string()];
+        c.services.insert(name.to_string(), s);
+    }
+    assert_eq!(
+        c.start_order().unwrap_err().to_string(),
+        "lapps.json: services: dependency cycle: a -> b -> a"
+    );
+}
+
+// ---- files, env overrides, directory resolution ----
+
+#[test]
+fn resolve_dir_precedence_cli_then_env_then_repo_then_system() {
+    let cli = Path::new("/from/cli");
+    let env = OsStr::new("/from/env");
+    assert_eq!(resolve_dir_from(Some(cli), Some(env), true), cli);
+    assert_eq!(
+        resolve_dir_from(None, Some(env), true),
+        Path::new("/from/env")
+    );
+    assert_eq!(
+        resolve_dir_from(None, Some(OsStr::new("")), true),
+        Path::new(REPO_DIR)
+    );
+    assert_eq!(resolve_dir_from(None, None, true), Path::new("./etc/lapps"));
+    assert_eq!(resolve_dir_from(None, None, false), Path::new("/etc/lapps"));
+}
+
+#[test]
+fn committed_repo_configs_load() {
+    let dir = repo_root().join("etc/lapps");
+    let c = Config::load_from(&dir, None, None, repo_root()).unwrap();
+    assert_eq!(c.dir, dir);
+    assert_eq!(c.ws.ip, "127.0.0.1");
+    assert_eq!(c.ws.port, 5083);
+    assert_eq!(
+        c.lapps.directories.applications,
+        repo_root().join("lua/apps")
+    );
+    let names: Vec<&str> = c.lapps.services.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "benchmark",
+            "chat",
+            "echo",
+            "echo_lapps",
+            "mqr_receiver",
+            "mqr_sender",
+            "time_broadcast"
+        ]
+    );
+    let s = &c.lapps.services;
+    assert_eq!(
+        (s["echo"].protocol, s["echo"].request_target.as_str()),
+        (Protocol::Raw, "/echo")
+    );
+    assert_eq!(
+        (
+            s["echo_lapps"].protocol,
+            s["echo_lapps"].request_target.as_str()
+        ),
+        (Protocol::LAppS, "/echo_lapps")
+    );
+    assert_eq!(s["chat"].request_target, "/chat");
+    assert!(s["time_broadcast"].standalone && s["mqr_sender"].standalone);
+    assert!(s["mqr_receiver"].standalone && s["benchmark"].standalone);
+    assert!(!s["benchmark"].auto_start);
+    let order = c.lapps.start_order().unwrap();
+    assert!(!order.contains(&"benchmark".to_string()));
+    let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
+    assert!(pos("time_broadcast") < pos("echo_lapps"));
+    assert!(pos("mqr_receiver") < pos("mqr_sender"));
+    assert_eq!(
+        s["echo"].app_file(&c.lapps.directories),
+        repo_root().join("lua/apps/echo/echo.lua")
+    );
+}
+
+/// A scratch directory under target/ removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = repo_root()
+            .join("target/config-tests")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn file_names_can_be_overridden_and_missing_files_are_reported() {
+    let dir = Scratch::new("override");
+    std::fs::write(dir.0.join("alt-ws.json"), r#"{"port": 6000}"#).unwrap();
+    std::fs::write(dir.0.join("alt-lapps.json"), r#"{"services": {}}"#).unwrap();
+    let c = Config::load_from(
+        &dir.0,
+        Some(OsStr::new("alt-ws.json")),
+        Some(OsStr::new("alt-lapps.json")),
+        Path::new(CWD),
+    )
+    .unwrap();
+    assert_eq!(c.ws.port, 6000);
+    assert!(c.lapps.services.is_empty());
+
+    let e = Config::load_from(
+        &dir.0,
+        None,
+        Some(OsStr::new("alt-lapps.json")),
+        Path::new(CWD),
+    )
+    .unwrap_err();
+    assert!(e.has(ProblemKind::Io));
+    assert_eq!(e.problems.len(), 1);
+    let line = e.to_string();
+    assert!(
+        line.starts_with(&format!(
+            "ws.json: cannot read {}: ",
+            dir.0.join("ws.json").display()
+        )),
+        "{line}"
+    );
+}

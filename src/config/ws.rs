@@ -1,0 +1,336 @@
+//! `ws.json`: the WebSocket server (listening endpoints, TLS, ACL, workers, limits, timeouts).
+//!
+//! Owns the schema of ws.json, its defaults and its checks. Must never open sockets or read the
+//! certificate files: it only says where they are (the TLS layer loads them).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::acl::Acl;
+use super::error::ProblemKind;
+use super::reader::{Obj, Reader};
+
+/// PEM files for wss://.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertificates {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When present, clients must present a certificate signed by this CA.
+    pub ca: Option<PathBuf>,
+}
+
+/// The IOWorker settings (`workers` object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workers {
+    /// IOWorker threads (default: the number of cores).
+    pub workers: usize,
+    /// Connections per worker; beyond, new connections get HTTP 503.
+    pub max_connections: usize,
+    /// Outbound frame size for splitting large messages (`None`: never split).
+    pub auto_fragment: Option<usize>,
+    /// Read chunk per connection, bytes.
+    pub input_buffer_size: usize,
+    /// `epoll_wait` batch.
+    pub max_poll_events: usize,
+    /// `epoll_wait` timeout.
+    pub max_poll_wait_ms: u64,
+    /// Inbound messages a worker processes before serving other work.
+    pub max_inbounds_skip: usize,
+}
+
+/// One listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// 0 lets the kernel pick a free port (tests).
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Endpoint {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// Everything in ws.json.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsConfig {
+    /// Listen address of the first endpoint (an IPv4 or IPv6 literal, checked at load).
+    pub ip: String,
+    pub port: u16,
+    /// Accepting threads.
+    pub listeners: usize,
+    /// Weight of one connection in the balancer's load score.
+    pub connection_weight: f64,
+    /// Server-wide ACL, checked at accept (before any byte is read).
+    pub acl: Acl,
+    /// Whether the first endpoint serves wss://.
+    pub tls: bool,
+    /// Required when any endpoint has `tls`.
+    pub tls_certificates: Option<TlsCertificates>,
+    pub workers: Workers,
+    /// A connection that has not completed its HTTP upgrade by then is dropped.
+    pub handshake_timeout_ms: u64,
+    /// How long the server waits for the peer's Close reply (or TCP close) after sending Close.
+    pub close_timeout_ms: u64,
+    /// 0 = off. Otherwise an idle connection is pinged after this long, and closed if it stays
+    /// silent for as long again.
+    pub idle_timeout_ms: u64,
+    /// `listen(2)` backlog.
+    pub backlog: u32,
+    /// Largest HTTP upgrade request (request line + headers), bytes; larger gets 431.
+    pub max_request_bytes: usize,
+    /// Most header lines in the upgrade request; more gets 431.
+    pub max_headers: usize,
+    /// Stop reading a connection whose outbound queue holds more than this many bytes, until
+    /// the peer has drained it (back-pressure, not buffering).
+    pub outbound_high_water: usize,
+    /// Endpoints beyond the first (the first is `ip`/`port`/`tls`).
+    pub endpoints: Vec<Endpoint>,
+}
+
+const KEYS: &[&str] = &[
+    "ip",
+    "port",
+    "listeners",
+    "connection_weight",
+    "acl",
+    "tls",
+    "tls_certificates",
+    "workers",
+    "handshake_timeout_ms",
+    "close_timeout_ms",
+    "idle_timeout_ms",
+    "backlog",
+    "max_request_bytes",
+    "max_headers",
+    "outbound_high_water",
+    "endpoints",
+];
+
+const WORKER_KEYS: &[&str] = &[
+    "workers",
+    "max_connections",
+    "auto_fragment",
+    "input_buffer_size",
+    "max_poll_events",
+    "max_poll_wait_ms",
+    "max_inbounds_skip",
+];
+
+const ENDPOINT_KEYS: &[&str] = &["ip", "port", "tls"];
+const TLS_KEYS: &[&str] = &["cert", "key", "ca"];
+
+pub const DEFAULT_PORT: u16 = 5083;
+const DEFAULT_INPUT_BUFFER: usize = 2048;
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        let mut r = Reader::new("ws.json");
+        let cfg = WsConfig::read(&mut r, &Value::Object(Default::default()), Path::new("/"));
+        debug_assert!(r.problems.is_empty(), "{:?}", r.problems);
+        cfg
+    }
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        WsConfig::default().workers
+    }
+}
+
+impl WsConfig {
+    /// Every listening endpoint, the top-level one first.
+    pub fn listen_endpoints(&self) -> Vec<Endpoint> {
+        let first = Endpoint {
+            ip: self.ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            port: self.port,
+            tls: self.tls,
+        };
+        std::iter::once(first)
+            .chain(self.endpoints.iter().copied())
+            .collect()
+    }
+
+    /// Reads ws.json's root value; problems go to `r`, defaults stand in for bad values.
+    pub(crate) fn read(r: &mut Reader, root: &Value, cwd: &Path) -> WsConfig {
+        let empty = serde_json::Map::new();
+        let obj = r.object(root, "", KEYS).unwrap_or(Obj {
+            map: &empty,
+            path: String::new(),
+        });
+
+        let ip = obj.string(r, "ip", "0.0.0.0");
+        if ip.parse::<IpAddr>().is_err() {
+            r.problem(
+                ProblemKind::Type,
+                "ip",
+                format!("expected an IPv4 or IPv6 address, got {:?}", ip),
+            );
+        }
+        let port = read_port(r, &obj);
+        let tls = obj.bool(r, "tls", false);
+        let acl = obj
+            .object(r, "acl", Acl::KEYS)
+            .map(|a| Acl::read(r, &a))
+            .unwrap_or_default();
+
+        let tls_certificates = obj.object(r, "tls_certificates", TLS_KEYS).map(|t| {
+            let mut required = |key: &str| match t.get(key) {
+                Some(_) => t.path(r, key, Path::new(""), cwd),
+                None => {
+                    r.problem(
+                        ProblemKind::Semantic,
+                        &t.path_of(key),
+                        "missing (a PEM file path)",
+                    );
+                    PathBuf::new()
+                }
+            };
+            let cert = required("cert");
+            let key = required("key");
+            let ca = t.get("ca").map(|_| t.path(r, "ca", Path::new(""), cwd));
+            TlsCertificates { cert, key, ca }
+        });
+
+        let workers = read_workers(r, &obj);
+
+        let endpoints = read_endpoints(r, &obj, &ip);
+
+        let cfg = WsConfig {
+            ip,
+            port,
+            listeners: obj.usize(r, "listeners", 1, 1),
+            connection_weight: obj.float(r, "connection_weight", 1.0, 0.0),
+            acl,
+            tls,
+            tls_certificates,
+            workers,
+            handshake_timeout_ms: obj.uint(r, "handshake_timeout_ms", 5000, 1, u64::MAX),
+            close_timeout_ms: obj.uint(r, "close_timeout_ms", 3000, 1, u64::MAX),
+            idle_timeout_ms: obj.uint(r, "idle_timeout_ms", 0, 0, u64::MAX),
+            backlog: obj.uint(r, "backlog", 1024, 1, i32::MAX as u64) as u32,
+            max_request_bytes: obj.usize(r, "max_request_bytes", 8192, 256),
+            max_headers: obj.usize(r, "max_headers", 64, 8),
+            outbound_high_water: obj.usize(r, "outbound_high_water", 4 << 20, 1),
+            endpoints,
+        };
+        cfg.check(r);
+        cfg
+    }
+
+    /// Checks between keys.
+    fn check(&self, r: &mut Reader) {
+        if self.tls_certificates.is_none() {
+            if self.tls {
+                r.problem(
+                    ProblemKind::Semantic,
+                    "tls",
+                    "tls is true but tls_certificates (cert, key) is missing",
+                );
+            }
+            if let Some(i) = self.endpoints.iter().position(|e| e.tls) {
+                r.problem(
+                    ProblemKind::Semantic,
+                    &format!("endpoints[{i}].tls"),
+                    "tls is true but tls_certificates (cert, key) is missing",
+                );
+            }
+        }
+        let all = self.listen_endpoints();
+        for (i, e) in all.iter().enumerate().skip(1) {
+            let clash = all[..i]
+                .iter()
+                .any(|p| p.port == e.port && p.port != 0 && p.ip == e.ip);
+            if clash {
+                r.problem(
+                    ProblemKind::Semantic,
+                    &format!("endpoints[{}]", i - 1),
+                    format!("{} is listed twice", e.socket_addr()),
+                );
+            }
+        }
+    }
+}
+
+fn read_port(r: &mut Reader, obj: &Obj<'_>) -> u16 {
+    obj.uint(r, "port", u64::from(DEFAULT_PORT), 0, 65535) as u16
+}
+
+fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
+    let empty = serde_json::Map::new();
+    let w = obj.object(r, "workers", WORKER_KEYS).unwrap_or(Obj {
+        map: &empty,
+        path: "workers".to_string(),
+    });
+    let input_buffer_size = w.usize(r, "input_buffer_size", DEFAULT_INPUT_BUFFER, 1);
+    let auto_fragment = match w.get("auto_fragment") {
+        None | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(input_buffer_size),
+        Some(v) => match v.as_u64().filter(|n| *n >= 1) {
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => {
+                r.type_error(
+                    &w.path_of("auto_fragment"),
+                    "false, true or a frame size >= 1",
+                    v,
+                );
+                None
+            }
+        },
+    };
+    Workers {
+        workers: w.usize(r, "workers", default_workers(), 1),
+        max_connections: w.usize(r, "max_connections", 100_000, 1),
+        auto_fragment,
+        input_buffer_size,
+        max_poll_events: w.usize(r, "max_poll_events", 256, 1),
+        max_poll_wait_ms: w.uint(r, "max_poll_wait_ms", 10, 0, i32::MAX as u64),
+        max_inbounds_skip: w.usize(r, "max_inbounds_skip", 50, 1),
+    }
+}
+
+/// Extra endpoints; `ip` defaults to the top-level one, `port` is required.
+fn read_endpoints(r: &mut Reader, obj: &Obj<'_>, default_ip: &str) -> Vec<Endpoint> {
+    let Some(value) = obj.get("endpoints") else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        r.type_error("endpoints", "an array of {ip, port, tls} objects", value);
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        let Some(e) = r.object(item, &path, ENDPOINT_KEYS) else {
+            continue;
+        };
+        let ip_text = e.string(r, "ip", default_ip);
+        if e.get("port").is_none() {
+            r.problem(
+                ProblemKind::Semantic,
+                &e.path_of("port"),
+                "missing (each extra endpoint needs its port)",
+            );
+            continue;
+        }
+        let port = read_port(r, &e);
+        let tls = e.bool(r, "tls", false);
+        match ip_text.parse::<IpAddr>() {
+            Ok(ip) => out.push(Endpoint { ip, port, tls }),
+            Err(_) => r.problem(
+                ProblemKind::Type,
+                &e.path_of("ip"),
+                format!("expected an IPv4 or IPv6 address, got {ip_text:?}"),
+            ),
+        }
+    }
+    out
+}
