@@ -8,10 +8,12 @@
 //! - [`service`]: the services connections are routed to (built-in and Lua).
 //! - [`config`]: the JSON configuration with defaults and precise errors.
 
+pub mod app;
 pub mod config;
 pub mod log;
 pub mod net;
 pub mod service;
+pub mod signals;
 pub mod simd;
 pub mod sync;
 pub mod ws;

@@ -1,10 +1,104 @@
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--version") {
-        println!(
-            "lapps {} ({})",
-            env!("CARGO_PKG_VERSION"),
-            lapps::BUILD_VARIANT
-        );
+//! `lapps`: the server binary.
+//!
+//! ```text
+//! lapps [-c DIR] [--check-config] [--version] [--help]
+//! ```
+//! The configuration directory is `-c DIR`, else `$LAPPS_CONF_DIR`, else `./etc/lapps` when
+//! run from the repository, else `/etc/lapps`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use lapps::config::{self, Config};
+use lapps::{error, info};
+
+const USAGE: &str = "usage: lapps [-c DIR] [--check-config] [--version] [--help]
+  -c DIR          configuration directory (ws.json, lapps.json)
+  --check-config  validate the configuration and exit (non-zero on errors)
+  --version       print the version and the SIMD build variant";
+
+struct Args {
+    dir: Option<PathBuf>,
+    check: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = std::env::args().skip(1);
+    let mut out = Args { dir: None, check: false };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "--config" => {
+                out.dir = Some(args.next().ok_or("-c needs a directory")?.into());
+            }
+            "--check-config" => out.check = true,
+            "--version" | "-V" => {
+                println!(
+                    "lapps {} (simd build: {}, kernels in use: {})",
+                    env!("CARGO_PKG_VERSION"),
+                    lapps::BUILD_VARIANT,
+                    lapps::simd::variant()
+                );
+                return Ok(None);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
     }
+    Ok(Some(out))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lapps: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = config::resolve_dir(args.dir.as_deref());
+    let cfg = match Config::load(&dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lapps: configuration in {} is invalid:\n{e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        println!("configuration in {} is valid", dir.display());
+        return ExitCode::SUCCESS;
+    }
+    // Signals are taken by sigwait on this thread only: block them before any thread starts.
+    let signals = lapps::signals::Signals::block();
+    info!(
+        "lapps {} starting (simd build {}, kernels {}), configuration {}",
+        env!("CARGO_PKG_VERSION"),
+        lapps::BUILD_VARIANT,
+        lapps::simd::variant(),
+        dir.display()
+    );
+    let app = match lapps::app::App::start(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("start-up failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    lapps::signals::notify_systemd("READY=1");
+    loop {
+        match signals.wait() {
+            lapps::signals::Signal::Reload => info!("SIGHUP received: nothing to reload yet"),
+            lapps::signals::Signal::Stop(name) => {
+                info!("{name} received: shutting down");
+                break;
+            }
+        }
+    }
+    lapps::signals::notify_systemd("STOPPING=1");
+    app.shutdown();
+    info!("stopped");
+    ExitCode::SUCCESS
 }

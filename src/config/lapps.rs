@@ -80,6 +80,9 @@ pub struct ServiceConfig {
     /// Capacity of each `mqr` queue this service creates; a post to a full queue fails with an
     /// error returned to Lua.
     pub mqr_capacity: usize,
+    /// A service implemented in Rust instead of Lua (`"echo"`: the built-in echo, the
+    /// baseline the Lua services are benchmarked against). No Lua file is loaded for it.
+    pub builtin: Option<String>,
 }
 
 /// Everything in lapps.json.
@@ -120,6 +123,7 @@ const SERVICE_KEYS: &[&str] = &[
     "allow_os_execute",
     "queue_capacity",
     "mqr_capacity",
+    "builtin",
 ];
 
 /// Headers the handshake writes itself; a service may not add a second copy.
@@ -270,6 +274,17 @@ impl ServiceConfig {
             allow_os_execute: s.bool(r, "allow_os_execute", false),
             queue_capacity: s.usize(r, "queue_capacity", 1024, 1),
             mqr_capacity: s.usize(r, "mqr_capacity", 1024, 1),
+            builtin: {
+                let b = s.opt_string(r, "builtin");
+                if let Some(name) = b.as_deref().filter(|b| *b != "echo") {
+                    r.problem(
+                        ProblemKind::Semantic,
+                        &s.path_of("builtin"),
+                        format!("expected \"echo\" (the only built-in service), got {name:?}"),
+                    );
+                }
+                b
+            },
         }
     }
 }

@@ -1,0 +1,127 @@
+//! The composition root: turns the configuration into server options and a router, starts
+//! the services and the runtime, and stops them in order.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Acl, Config};
+use crate::net::server::{Endpoint, Server, ServerOptions};
+use crate::net::worker::{Router, WorkerOptions};
+use crate::service::echo::Echo;
+use crate::service::Service;
+use crate::ws::handshake::Request;
+
+/// The runtime settings that ws.json describes.
+pub fn server_options(cfg: &Config) -> ServerOptions {
+    let ws = &cfg.ws;
+    let w = &ws.workers;
+    let acl = ws.acl.clone();
+    ServerOptions {
+        endpoints: ws
+            .listen_endpoints()
+            .iter()
+            .map(|e| Endpoint { addr: SocketAddr::new(e.ip, e.port), tls: e.tls })
+            .collect(),
+        listeners: ws.listeners,
+        workers: w.workers,
+        max_connections: w.max_connections,
+        backlog: ws.backlog.min(i32::MAX as u32) as i32,
+        connection_weight: ws.connection_weight,
+        pin_workers: true,
+        worker: WorkerOptions {
+            // input_buffer_size is the smallest read; the shared per-worker read buffer is
+            // larger so that big messages need few syscalls (idle connections do not pay).
+            read_buffer: w.input_buffer_size.max(64 * 1024),
+            auto_fragment: w.auto_fragment,
+            max_poll_events: w.max_poll_events,
+            max_poll_wait: Duration::from_millis(w.max_poll_wait_ms),
+            max_inbounds_skip: w.max_inbounds_skip,
+            handshake_timeout: Duration::from_millis(ws.handshake_timeout_ms),
+            close_timeout: Duration::from_millis(ws.close_timeout_ms),
+            idle_timeout: (ws.idle_timeout_ms > 0).then(|| Duration::from_millis(ws.idle_timeout_ms)),
+            max_request_bytes: ws.max_request_bytes,
+            max_headers: ws.max_headers,
+            outbound_high_water: ws.outbound_high_water,
+            core: None,
+        },
+        acl: (!acl.allows_everyone()).then(|| Arc::new(move |ip: IpAddr| acl.allows(ip)) as _),
+    }
+}
+
+/// One routable service with its handshake-time checks.
+struct Route {
+    service: Arc<dyn Service>,
+    acl: Option<Acl>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+/// Routes by exact request-target path (the query string is ignored), then applies the
+/// service's ACL and Origin list: 404 for an unknown path, 403 for a refused peer or origin.
+pub struct AppRouter {
+    routes: HashMap<String, Route>,
+}
+
+impl Router for AppRouter {
+    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, u16> {
+        let route = self.routes.get(&req.path).ok_or(404u16)?;
+        if let Some(acl) = &route.acl {
+            if !acl.allows(peer) {
+                return Err(403);
+            }
+        }
+        if let Some(origins) = &route.allowed_origins {
+            match &req.origin {
+                Some(o) if origins.iter().any(|a| a == o) => {}
+                _ => return Err(403),
+            }
+        }
+        Ok(route.service.clone())
+    }
+}
+
+/// A running server with its services.
+pub struct App {
+    server: Server,
+}
+
+impl App {
+    /// Starts the services, then the network runtime.
+    pub fn start(cfg: &Config) -> Result<App, String> {
+        let opts = server_options(cfg);
+        let hub = Server::new_hub(&opts).map_err(|e| format!("cannot create the worker hub: {e}"))?;
+        let mut routes = HashMap::new();
+        let order = cfg.lapps.start_order().map_err(|e| e.to_string())?;
+        for name in order {
+            let sc = &cfg.lapps.services[&name];
+            if !sc.is_network() {
+                continue;
+            }
+            let service: Arc<dyn Service> = match sc.builtin.as_deref() {
+                Some("echo") => Arc::new(Echo::new(name.clone(), sc.max_inbound_message_size)),
+                _ => {
+                    crate::warn!("service {name}: Lua services are not wired yet; skipped");
+                    continue;
+                }
+            };
+            crate::info!("service {name} at {}", sc.request_target);
+            routes.insert(
+                sc.request_target.clone(),
+                Route { service, acl: sc.acl.clone(), allowed_origins: sc.allowed_origins.clone() },
+            );
+        }
+        let router = Arc::new(AppRouter { routes });
+        let server = Server::start(opts, hub, router).map_err(|e| e.to_string())?;
+        Ok(App { server })
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.server.local_addrs()
+    }
+
+    /// Graceful stop: no new connections, close 1001 to every connection, services last.
+    pub fn shutdown(self) {
+        self.server.shutdown();
+    }
+}
