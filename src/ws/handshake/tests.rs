@@ -679,3 +679,22 @@ proptest! {
         prop_assert_eq!(parse_default(&bytes[..cut]), Ok(None));
     }
 }
+
+/// The committed fuzz seeds say in their name whether they are valid; keep them honest.
+#[test]
+fn fuzz_seeds_match_their_names() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/handshake");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        match parse_default(&bytes) {
+            Ok(Some(_)) => assert!(name.starts_with("valid_"), "{name} parses"),
+            Err(_) => assert!(name.starts_with("invalid_"), "{name} is refused"),
+            Ok(None) => panic!("{name} is incomplete"),
+        }
+        count += 1;
+    }
+    assert!(count >= 4);
+}
