@@ -22,7 +22,10 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
         endpoints: ws
             .listen_endpoints()
             .iter()
-            .map(|e| Endpoint { addr: SocketAddr::new(e.ip, e.port), tls: e.tls })
+            .map(|e| Endpoint {
+                addr: SocketAddr::new(e.ip, e.port),
+                tls: e.tls,
+            })
             .collect(),
         listeners: ws.listeners,
         workers: w.workers,
@@ -40,7 +43,8 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
             max_inbounds_skip: w.max_inbounds_skip,
             handshake_timeout: Duration::from_millis(ws.handshake_timeout_ms),
             close_timeout: Duration::from_millis(ws.close_timeout_ms),
-            idle_timeout: (ws.idle_timeout_ms > 0).then(|| Duration::from_millis(ws.idle_timeout_ms)),
+            idle_timeout: (ws.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(ws.idle_timeout_ms)),
             max_request_bytes: ws.max_request_bytes,
             max_headers: ws.max_headers,
             outbound_high_water: ws.outbound_high_water,
@@ -90,7 +94,8 @@ impl App {
     /// Starts the services, then the network runtime.
     pub fn start(cfg: &Config) -> Result<App, String> {
         let opts = server_options(cfg);
-        let hub = Server::new_hub(&opts).map_err(|e| format!("cannot create the worker hub: {e}"))?;
+        let hub =
+            Server::new_hub(&opts).map_err(|e| format!("cannot create the worker hub: {e}"))?;
         let mut routes = HashMap::new();
         let order = cfg.lapps.start_order().map_err(|e| e.to_string())?;
         for name in order {
@@ -108,7 +113,11 @@ impl App {
             crate::info!("service {name} at {}", sc.request_target);
             routes.insert(
                 sc.request_target.clone(),
-                Route { service, acl: sc.acl.clone(), allowed_origins: sc.allowed_origins.clone() },
+                Route {
+                    service,
+                    acl: sc.acl.clone(),
+                    allowed_origins: sc.allowed_origins.clone(),
+                },
             );
         }
         let router = Arc::new(AppRouter { routes });

@@ -24,7 +24,10 @@ struct Args {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = std::env::args().skip(1);
-    let mut out = Args { dir: None, check: false };
+    let mut out = Args {
+        dir: None,
+        check: false,
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
             "-c" | "--config" => {
