@@ -24,7 +24,9 @@ fn write_config(dir: &Path, ws: &str, lapps: &str) {
 const BUILTIN_ONLY: &str = r#"{ "directories": { "applications": "./lua/apps" },
   "services": { "echo_builtin": { "builtin": "echo", "request_target": "/echo" } } }"#;
 
-/// Starts the binary and returns it with the address it reports listening on.
+/// Starts the binary and returns it with the address it reports listening on. The caller
+/// waits for the child; a failed start panics the test, which kills the process group anyway.
+#[allow(clippy::zombie_processes)]
 fn spawn(dir: &Path) -> (Child, std::net::SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(LAPPS)
         .arg("-c")
