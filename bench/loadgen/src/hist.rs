@@ -8,6 +8,7 @@ const BUCKETS: usize = 64 * SUB as usize;
 pub struct Hist {
     counts: Vec<u64>,
     total: u64,
+    sum: u128,
     max: u64,
 }
 
@@ -16,6 +17,7 @@ impl Default for Hist {
         Hist {
             counts: vec![0; BUCKETS],
             total: 0,
+            sum: 0,
             max: 0,
         }
     }
@@ -43,6 +45,7 @@ impl Hist {
     pub fn record(&mut self, v: u64, n: u64) {
         self.counts[index(v)] += n;
         self.total += n;
+        self.sum += v as u128 * n as u128;
         self.max = self.max.max(v);
     }
 
@@ -51,6 +54,7 @@ impl Hist {
             *a += b;
         }
         self.total += o.total;
+        self.sum += o.sum;
         self.max = self.max.max(o.max);
     }
 
@@ -65,6 +69,11 @@ impl Hist {
             }
         }
         self.max
+    }
+
+    /// Exact mean; with Little's law it must match connections x depth / rate.
+    pub fn mean(&self) -> u64 {
+        (self.sum / u128::from(self.total.max(1))) as u64
     }
 
     pub fn max(&self) -> u64 {
@@ -107,5 +116,6 @@ mod tests {
         let p99 = h.quantile(0.99) as f64;
         assert!((p99 - 9.9e6).abs() / 9.9e6 < 0.04, "p99 {p99}");
         assert_eq!(h.max(), 10_000_000);
+        assert_eq!(h.mean(), 5_000_500);
     }
 }

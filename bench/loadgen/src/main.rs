@@ -123,15 +123,19 @@ fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
         us(t.hist.quantile(0.99)),
         us(t.hist.max()),
     );
+    let mean = us(t.hist.mean());
+    // CPU time per echo: unlike msgs/s, it barely moves when other processes share the core.
+    let cost = |pct: Option<f64>| pct.filter(|_| t.msgs > 0).map(|p| p / 100.0 / rate * 1e6);
+    let opt3 = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
     let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
     if a.json {
         println!(
             "{{\"url\":\"{}\",\"connections\":{},\"size\":{},\"depth\":{},\"binary\":{},\"duration_s\":{},\
-             \"msgs\":{},\"msgs_per_s\":{rate:.0},\"mb_per_s\":{mbps:.3},\"rtt_p50_us\":{p50:.1},\
+             \"msgs\":{},\"msgs_per_s\":{rate:.0},\"mb_per_s\":{mbps:.3},\"rtt_mean_us\":{mean:.1},\"rtt_p50_us\":{p50:.1},\
              \"rtt_p99_us\":{p99:.1},\"rtt_max_us\":{max:.1},\"server_cpu_pct\":{},\"client_cpu_pct\":{},\
-             \"errors\":{}}}",
+             \"server_us_per_msg\":{},\"client_us_per_msg\":{},\"errors\":{}}}",
             a.url, a.connections, a.size, a.depth, a.binary, a.duration, t.msgs, opt(srv), opt(cli),
-            t.errors.len()
+            opt3(cost(srv)), opt3(cost(cli)), t.errors.len()
         );
     } else {
         println!(
@@ -145,11 +149,13 @@ fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
             a.warmup,
             a.threads
         );
-        println!("  {rate:.0} msgs/s  {mbps:.2} MB/s  RTT p50 {p50:.0} us  p99 {p99:.0} us  max {max:.0} us");
+        println!("  {rate:.0} msgs/s  {mbps:.2} MB/s  RTT mean {mean:.0} us  p50 {p50:.0} us  p99 {p99:.0} us  max {max:.0} us");
         println!(
-            "  server CPU {}%  client CPU {}%  errors {}",
+            "  server CPU {}% ({} us/msg)  client CPU {}% ({} us/msg)  errors {}",
             opt(srv),
+            opt3(cost(srv)),
             opt(cli),
+            opt3(cost(cli)),
             t.errors.len()
         );
     }
