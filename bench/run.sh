@@ -127,7 +127,7 @@ echo "== medians of $REPEAT runs ($(date -u +%FT%TZ), load average $(cut -d' ' -
                 "$(med "$n" "$l" server_us_per_msg)" "$(med "$n" "$l" client_cpu_pct)"
         done
     done
-    echo "ratios (msgs/s: higher is better for lapps; server CPU per message: lower is better)"
+    [[ $SKIP_LAPPS == 1 ]] || echo "ratios (msgs/s: higher is better for lapps; server CPU per message: lower is better)"
     for sc in "${SCENARIOS[@]}"; do
         n=${sc%%:*}
         for t in "${TARGETS[@]}"; do
