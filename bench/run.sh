@@ -47,6 +47,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+field() { sed -n "s/.*\"$1\":\([0-9.a-z]*\).*/\1/p"; }   # one JSON number (or null)
 accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start() {  # start SERVER, wait (bounded) until its port accepts
@@ -85,13 +86,13 @@ for s in "${SERVERS[@]}"; do start "$s"; done
 for r in $(seq "$REPEAT"); do
     for sc in "${SCENARIOS[@]}"; do
         for t in "${TARGETS[@]}"; do
-            IFS== read -r label server path <<<"$t"
+            IFS='=' read -r label server path <<<"$t"
             # shellcheck disable=SC2086
             line=$("$LOADGEN" --url "ws://127.0.0.1:${PORT[$server]}$path" ${sc#*:} --duration "$DURATION" \
                 --warmup "$WARMUP" --server-pid "${PID[$server]}" --pin "$CLIENT_CPU" --json) \
                 || die "loadgen failed against $label (${sc%%:*}, run $r)"
             echo "${sc%%:*} $label $line" >>"$OUT/raw.txt"
-            echo "   run $r ${sc%%:*} $label: $(sed 's/.*"msgs_per_s":\([0-9]*\).*/\1/' <<<"$line") msgs/s"
+            echo "   run $r ${sc%%:*} $label: $(field msgs_per_s <<<"$line") msgs/s"
         done
     done
 done
@@ -99,7 +100,7 @@ for s in "${SERVERS[@]}"; do stop "$s"; done
 
 # --- Idle memory: a fresh server each, so earlier runs' freed memory cannot be reused.
 for t in "${TARGETS[@]}"; do
-    IFS== read -r label server path <<<"$t"
+    IFS='=' read -r label server path <<<"$t"
     [[ -n ${IDLED[$server]:-} ]] && continue   # one idle run per server process is enough
     IDLED[$server]=1
     start "$server"
@@ -110,7 +111,6 @@ for t in "${TARGETS[@]}"; do
 done
 
 # --- Tables of medians (the lower middle value for an even REPEAT). ---
-field() { sed -n "s/.*\"$1\":\([0-9.a-z]*\).*/\1/p"; }
 median() { sort -n | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "n/a"}'; }
 med() { grep "^$1 $2 " "$OUT/raw.txt" | field "$3" | median; }
 row() { printf '%-10s %-18s %9s %9s %9s %9s %8s %9s %8s\n' "$@"; }
