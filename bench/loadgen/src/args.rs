@@ -1,0 +1,113 @@
+//! The command line. Owns option names, defaults and validation; never touches the network.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+pub const USAGE: &str = "\
+usage: loadgen --url ws://HOST:PORT/PATH [options]
+  --connections N   connections (default 100)
+  --size S          payload bytes per message (default 16)
+  --depth D         messages in flight per connection, 1 = ping-pong (default 1)
+  --duration SECS   measured interval (default 10)
+  --warmup SECS     unmeasured run before it (default 2)
+  --binary | --text message type (default binary)
+  --threads T       client threads, connections split among them (default 1)
+  --pin CPU[,CPU..] pin client thread i to the i-th CPU of the list (round robin)
+  --server-pid PID  report that process's CPU% (throughput) or VmRSS (idle)
+  --idle N --hold SECS   open N idle connections, hold them, report server RSS per connection
+  --json            print one JSON line instead of text";
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub addr: SocketAddr,
+    pub host_header: String,
+    pub path: String,
+    pub connections: usize,
+    pub size: usize,
+    pub depth: usize,
+    pub duration: f64,
+    pub warmup: f64,
+    pub binary: bool,
+    pub threads: usize,
+    pub pin: Vec<usize>,
+    pub server_pid: Option<u32>,
+    pub idle: Option<usize>,
+    pub hold: f64,
+    pub json: bool,
+    pub url: String,
+}
+
+pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut url = None;
+    let mut a = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        host_header: String::new(),
+        path: String::new(),
+        connections: 100,
+        size: 16,
+        depth: 1,
+        duration: 10.0,
+        warmup: 2.0,
+        binary: true,
+        threads: 1,
+        pin: Vec::new(),
+        server_pid: None,
+        idle: None,
+        hold: 5.0,
+        json: false,
+        url: String::new(),
+    };
+    let mut it = argv;
+    while let Some(opt) = it.next() {
+        let mut val = || it.next().ok_or(format!("{opt} needs a value"));
+        match opt.as_str() {
+            "--url" => url = Some(val()?),
+            "--connections" => a.connections = num(&opt, &val()?)?,
+            "--size" => a.size = num(&opt, &val()?)?,
+            "--depth" => a.depth = num(&opt, &val()?)?,
+            "--duration" => a.duration = num(&opt, &val()?)?,
+            "--warmup" => a.warmup = num(&opt, &val()?)?,
+            "--threads" => a.threads = num(&opt, &val()?)?,
+            "--server-pid" => a.server_pid = Some(num(&opt, &val()?)?),
+            "--idle" => a.idle = Some(num(&opt, &val()?)?),
+            "--hold" => a.hold = num(&opt, &val()?)?,
+            "--pin" => {
+                a.pin = val()?
+                    .split(',')
+                    .map(|c| num(&opt, c))
+                    .collect::<Result<_, _>>()?
+            }
+            "--binary" => a.binary = true,
+            "--text" => a.binary = false,
+            "--json" => a.json = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            _ => return Err(format!("unknown option {opt}\n{USAGE}")),
+        }
+    }
+    let url = url.ok_or(format!("--url is required\n{USAGE}"))?;
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("only ws:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    a.addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or(format!("{authority}: no address"))?;
+    a.host_header = authority.to_string();
+    a.path = path.to_string();
+    a.url = url;
+    if a.connections == 0 || a.depth == 0 || a.threads == 0 {
+        return Err("--connections, --depth and --threads must be at least 1".into());
+    }
+    if a.duration <= 0.0 || a.warmup < 0.0 || a.hold < 0.0 {
+        return Err("--duration must be positive, --warmup and --hold not negative".into());
+    }
+    Ok(a)
+}
+
+fn num<T: std::str::FromStr>(opt: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{opt}: bad value {v:?}"))
+}

@@ -1,0 +1,50 @@
+//! Opening a WebSocket connection: TCP connect and the HTTP/1.1 upgrade, blocking with timeouts,
+//! done before any measurement starts. Verifies the 101 status and the accept key.
+
+use crate::args::Args;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+// RFC 6455's sample key and its accept value: a fixed key is fine for a benchmark client and
+// lets the reply be checked without SHA-1.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn open(a: &Args) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&a.addr, TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        a.path, a.host_header
+    );
+    s.write_all(req.as_bytes())?;
+    // The server sends nothing after the 101 until we send a message, so reading in chunks
+    // cannot swallow frame bytes.
+    let mut resp = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    while !resp.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 || resp.len() > 16 * 1024 {
+            return Err(io::Error::other("connection closed during the handshake"));
+        }
+        resp.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&resp);
+    let status = text.lines().next().unwrap_or("");
+    if !status.starts_with("HTTP/1.1 101") {
+        return Err(io::Error::other(format!("upgrade refused: {status}")));
+    }
+    if !text.contains(ACCEPT) || !text.ends_with("\r\n\r\n") {
+        return Err(io::Error::other(
+            "bad Sec-WebSocket-Accept or extra bytes after the 101",
+        ));
+    }
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(s)
+}

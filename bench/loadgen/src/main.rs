@@ -1,0 +1,162 @@
+//! loadgen: a WebSocket echo load generator for the LAppS benchmarks. See bench/README.md.
+//! Connections are opened up front (blocking handshakes), then driven by `--threads` epoll
+//! threads; the main thread only samples CPU time at the edges of the measured interval.
+
+mod args;
+mod driver;
+mod frame;
+mod handshake;
+mod hist;
+mod idle;
+mod sys;
+
+use std::time::{Duration, Instant};
+
+fn main() {
+    let a = match args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let outcome = match a.idle {
+        Some(n) => idle::run(&a, n),
+        None => throughput(&a),
+    };
+    if let Err(e) = outcome {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn payload(size: usize, binary: bool) -> Vec<u8> {
+    // Varied bytes so that an echo with any byte moved or changed is caught.
+    let mut x: u32 = 0x9e37_79b9;
+    (0..size)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if binary {
+                x as u8
+            } else {
+                b"abcdefghijklmnopqrstuvwxyz0123456789"[i * 7 % 36]
+            }
+        })
+        .collect()
+}
+
+fn throughput(a: &args::Args) -> Result<(), String> {
+    sys::raise_nofile(a.connections as u64 + 64).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let mut shares: Vec<Vec<_>> = (0..a.threads).map(|_| Vec::new()).collect();
+    for i in 0..a.connections {
+        let s = handshake::open(a).map_err(|e| format!("connection {i}: {e}"))?;
+        shares[i % a.threads].push(s);
+    }
+    let opcode = if a.binary {
+        frame::OP_BINARY
+    } else {
+        frame::OP_TEXT
+    };
+    let payload = payload(a.size, a.binary);
+    let one = frame::client_frame(opcode, &payload);
+    let start = Instant::now();
+    let warm_end = start + Duration::from_secs_f64(a.warmup);
+    let plan = driver::Plan {
+        opcode,
+        frame_len: one.len(),
+        burst: one.repeat(a.depth + 1),
+        close_frame: frame::client_frame(frame::OP_CLOSE, &1000u16.to_be_bytes()),
+        payload,
+        depth: a.depth,
+        warm_end,
+        end: warm_end + Duration::from_secs_f64(a.duration),
+    };
+    let server = a.server_pid.map(|p| p.to_string());
+    let cpu = |pid: &Option<String>| pid.as_deref().and_then(|p| sys::cpu_seconds(p).ok());
+    let me = Some("self".to_string());
+    let (stats, cpu0, cpu1) = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, share)| {
+                let pin = (!a.pin.is_empty()).then(|| a.pin[i % a.pin.len()]);
+                let plan = &plan;
+                scope.spawn(move || driver::run(share, plan, pin))
+            })
+            .collect();
+        std::thread::sleep(plan.warm_end.saturating_duration_since(Instant::now()));
+        let cpu0 = (cpu(&server), cpu(&me));
+        std::thread::sleep(plan.end.saturating_duration_since(Instant::now()));
+        let cpu1 = (cpu(&server), cpu(&me));
+        let stats: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        (stats, cpu0, cpu1)
+    });
+    let mut total = driver::Stats::default();
+    for s in stats {
+        let s = s.map_err(|_| "a client thread panicked".to_string())?;
+        total.msgs += s.msgs;
+        total.hist.merge(&s.hist);
+        total.errors.extend(s.errors);
+    }
+    report(a, &total, cpu0, cpu1);
+    if !total.errors.is_empty() {
+        for e in total.errors.iter().take(5) {
+            eprintln!("error: {e}");
+        }
+        return Err(format!("{} errors", total.errors.len()));
+    }
+    Ok(())
+}
+
+type CpuSample = (Option<f64>, Option<f64>);
+
+fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
+    let rate = t.msgs as f64 / a.duration;
+    let mbps = rate * a.size as f64 / 1e6;
+    let pct = |b: Option<f64>, e: Option<f64>| b.zip(e).map(|(b, e)| (e - b) / a.duration * 100.0);
+    let (srv, cli) = (pct(cpu0.0, cpu1.0), pct(cpu0.1, cpu1.1));
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let (p50, p99, max) = (
+        us(t.hist.quantile(0.5)),
+        us(t.hist.quantile(0.99)),
+        us(t.hist.max()),
+    );
+    let mean = us(t.hist.mean());
+    // CPU time per echo: unlike msgs/s, it barely moves when other processes share the core.
+    let cost = |pct: Option<f64>| pct.filter(|_| t.msgs > 0).map(|p| p / 100.0 / rate * 1e6);
+    let opt3 = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
+    let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
+    if a.json {
+        println!(
+            "{{\"url\":\"{}\",\"connections\":{},\"size\":{},\"depth\":{},\"binary\":{},\"duration_s\":{},\
+             \"msgs\":{},\"msgs_per_s\":{rate:.0},\"mb_per_s\":{mbps:.3},\"rtt_mean_us\":{mean:.1},\"rtt_p50_us\":{p50:.1},\
+             \"rtt_p99_us\":{p99:.1},\"rtt_max_us\":{max:.1},\"server_cpu_pct\":{},\"client_cpu_pct\":{},\
+             \"server_us_per_msg\":{},\"client_us_per_msg\":{},\"errors\":{}}}",
+            a.url, a.connections, a.size, a.depth, a.binary, a.duration, t.msgs, opt(srv), opt(cli),
+            opt3(cost(srv)), opt3(cost(cli)), t.errors.len()
+        );
+    } else {
+        println!(
+            "{}  {} conns x depth {} x {} B {}, {} s (+{} s warmup), {} client thread(s)",
+            a.url,
+            a.connections,
+            a.depth,
+            a.size,
+            if a.binary { "binary" } else { "text" },
+            a.duration,
+            a.warmup,
+            a.threads
+        );
+        println!("  {rate:.0} msgs/s  {mbps:.2} MB/s  RTT mean {mean:.0} us  p50 {p50:.0} us  p99 {p99:.0} us  max {max:.0} us");
+        println!(
+            "  server CPU {}% ({} us/msg)  client CPU {}% ({} us/msg)  errors {}",
+            opt(srv),
+            opt3(cost(srv)),
+            opt(cli),
+            opt3(cost(cli)),
+            t.errors.len()
+        );
+    }
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# LAppS vs tokio-tungstenite vs fastwebsockets: echo throughput, RTT and idle memory, one run.
+# Every server is pinned to SERVER_CPU, the load generator to CLIENT_CPU. See bench/README.md.
+# Usage: bench/run.sh            (all; env vars below override, e.g. DURATION=3 REPEAT=1 SKIP_LAPPS=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- What changes as lapps evolves: how to start it and which endpoints to measure. ---
+LAPPS_BUILD=${LAPPS_BUILD:-"cargo build -q --release"}
+LAPPS_CMD=${LAPPS_CMD:-"target/release/lapps -c bench/etc"}
+LAPPS_PORT=${LAPPS_PORT:-5090}                  # must match bench/etc/ws.json
+LAPPS_URLS=${LAPPS_URLS:-"lapps-lua=/echo"}     # space-separated NAME=PATH, e.g. add "lapps-rust=/PATH"
+SKIP_LAPPS=${SKIP_LAPPS:-0}                     # 1: measure the peers only
+
+TT_PORT=${TT_PORT:-5091}
+FW_PORT=${FW_PORT:-5092}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+REPEAT=${REPEAT:-3}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_HOLD=${IDLE_HOLD:-3}
+SCENARIOS=("pingpong:--connections 100 --size 16 --depth 1"
+           "pipelined:--connections 100 --size 16 --depth 32")
+OUT=${OUT:-bench/results/$(date +%Y%m%d-%H%M%S)-$$}
+
+LOADGEN=bench/loadgen/target/release/loadgen
+PEERS=bench/peers/target/release
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+# --- Servers: NAME -> start command, port, paths. Started pinned, killed on any exit. ---
+declare -A CMD PORT PID IDLED
+CMD[tokio-tungstenite]="$PEERS/tokio-tungstenite-echo $TT_PORT"; PORT[tokio-tungstenite]=$TT_PORT
+CMD[fastwebsockets]="$PEERS/fastwebsockets-echo $FW_PORT";       PORT[fastwebsockets]=$FW_PORT
+TARGETS=("tokio-tungstenite=tokio-tungstenite=/" "fastwebsockets=fastwebsockets=/")  # label=server=path
+SERVERS=(tokio-tungstenite fastwebsockets)
+if [[ $SKIP_LAPPS != 1 ]]; then
+    CMD[lapps]=$LAPPS_CMD; PORT[lapps]=$LAPPS_PORT; SERVERS+=(lapps)
+    for u in $LAPPS_URLS; do TARGETS+=("${u%%=*}=lapps=${u#*=}"); done
+fi
+
+cleanup() {
+    for s in "${!PID[@]}"; do kill "${PID[$s]}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+field() { sed -n "s/.*\"$1\":\([0-9.a-z]*\).*/\1/p"; }   # one JSON number (or null)
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start() {  # start SERVER, wait (bounded) until its port accepts
+    local s=$1 port=${PORT[$1]}
+    accepts "$port" && die "port $port (for $s) is already in use"
+    # shellcheck disable=SC2086  # the command is a word list on purpose
+    WORKERS=1 taskset -c "$SERVER_CPU" ${CMD[$s]} >>"$OUT/$s.log" 2>&1 &
+    PID[$s]=$!
+    for _ in $(seq 200); do
+        accepts "$port" && return 0
+        kill -0 "${PID[$s]}" 2>/dev/null || die "$s exited at start; see $OUT/$s.log:
+$(tail -5 "$OUT/$s.log")"
+        sleep 0.1
+    done
+    die "$s did not accept on port $port within 20 s; see $OUT/$s.log (SKIP_LAPPS=1 runs the peers alone)"
+}
+
+stop() {
+    kill "${PID[$1]}" 2>/dev/null || true
+    wait "${PID[$1]}" 2>/dev/null || true
+    unset "PID[$1]"
+}
+
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"   # 10,000 idle connections need descriptors on both sides
+echo "== building (release)"
+cargo build -q --release --manifest-path bench/loadgen/Cargo.toml
+cargo build -q --release --manifest-path bench/peers/Cargo.toml
+[[ $SKIP_LAPPS == 1 ]] || $LAPPS_BUILD
+echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "   servers on CPU $SERVER_CPU, loadgen on CPU $CLIENT_CPU; ${DURATION} s runs (+${WARMUP} s warmup) x $REPEAT; raw: $OUT"
+
+# --- Throughput: all servers up at once (idle ones cost nothing), runs interleaved so that a
+# change in background load hits every server alike.
+for s in "${SERVERS[@]}"; do start "$s"; done
+for r in $(seq "$REPEAT"); do
+    for sc in "${SCENARIOS[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            IFS='=' read -r label server path <<<"$t"
+            # shellcheck disable=SC2086
+            line=$("$LOADGEN" --url "ws://127.0.0.1:${PORT[$server]}$path" ${sc#*:} --duration "$DURATION" \
+                --warmup "$WARMUP" --server-pid "${PID[$server]}" --pin "$CLIENT_CPU" --json) \
+                || die "loadgen failed against $label (${sc%%:*}, run $r)"
+            echo "${sc%%:*} $label $line" >>"$OUT/raw.txt"
+            echo "   run $r ${sc%%:*} $label: $(field msgs_per_s <<<"$line") msgs/s"
+        done
+    done
+done
+for s in "${SERVERS[@]}"; do stop "$s"; done
+
+# --- Idle memory: a fresh server each, so earlier runs' freed memory cannot be reused.
+for t in "${TARGETS[@]}"; do
+    IFS='=' read -r label server path <<<"$t"
+    [[ -n ${IDLED[$server]:-} ]] && continue   # one idle run per server process is enough
+    IDLED[$server]=1
+    start "$server"
+    line=$("$LOADGEN" --url "ws://127.0.0.1:${PORT[$server]}$path" --idle "$IDLE_CONNS" --hold "$IDLE_HOLD" \
+        --server-pid "${PID[$server]}" --pin "$CLIENT_CPU" --json) || die "idle run failed against $label"
+    echo "idle $label $line" >>"$OUT/raw.txt"
+    stop "$server"
+done
+
+# --- Tables of medians (the lower middle value for an even REPEAT). ---
+median() { sort -n | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "n/a"}'; }
+med() { grep "^$1 $2 " "$OUT/raw.txt" | field "$3" | median; }
+row() { printf '%-10s %-18s %9s %9s %9s %9s %8s %9s %8s\n' "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+echo
+echo "== medians of $REPEAT runs ($(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg))" | tee "$OUT/table.txt"
+{
+    row scenario server msgs/s mean_us p50_us p99_us srvCPU% srv_us/msg cliCPU%
+    for sc in "${SCENARIOS[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            n=${sc%%:*} l=${t%%=*}
+            row "$n" "$l" "$(med "$n" "$l" msgs_per_s)" "$(med "$n" "$l" rtt_mean_us)" \
+                "$(med "$n" "$l" rtt_p50_us)" "$(med "$n" "$l" rtt_p99_us)" "$(med "$n" "$l" server_cpu_pct)" \
+                "$(med "$n" "$l" server_us_per_msg)" "$(med "$n" "$l" client_cpu_pct)"
+        done
+    done
+    [[ $SKIP_LAPPS == 1 ]] || echo "ratios (msgs/s: higher is better for lapps; server CPU per message: lower is better)"
+    for sc in "${SCENARIOS[@]}"; do
+        n=${sc%%:*}
+        for t in "${TARGETS[@]}"; do
+            [[ $t == *=lapps=* ]] || continue
+            l=${t%%=*}
+            for peer in fastwebsockets tokio-tungstenite; do
+                printf '%-10s %s/%s: msgs/s %s, us/msg %s\n' "$n" "$l" "$peer" \
+                    "$(ratio "$(med "$n" "$l" msgs_per_s)" "$(med "$n" "$peer" msgs_per_s)")" \
+                    "$(ratio "$(med "$n" "$l" server_us_per_msg)" "$(med "$n" "$peer" server_us_per_msg)")"
+            done
+        done
+    done
+    printf '%-10s %-18s %14s\n' idle server bytes/conn
+    for t in "${TARGETS[@]}"; do
+        l=${t%%=*}
+        grep -q "^idle $l " "$OUT/raw.txt" || continue
+        printf '%-10s %-18s %14s\n' "$IDLE_CONNS" "$l" "$(grep "^idle $l " "$OUT/raw.txt" | field bytes_per_conn)"
+    done
+} | tee -a "$OUT/table.txt"
