@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 LAPPS_BUILD=${LAPPS_BUILD:-"cargo build -q --release"}
 LAPPS_CMD=${LAPPS_CMD:-"target/release/lapps -c bench/etc"}
 LAPPS_PORT=${LAPPS_PORT:-5090}                  # must match bench/etc/ws.json
-LAPPS_URLS=${LAPPS_URLS:-"lapps-lua=/echo"}     # space-separated NAME=PATH, e.g. add "lapps-rust=/PATH"
+LAPPS_URLS=${LAPPS_URLS:-"lapps-rust=/echo_builtin lapps-lua=/echo"}     # space-separated NAME=PATH
 SKIP_LAPPS=${SKIP_LAPPS:-0}                     # 1: measure the peers only
 
 TT_PORT=${TT_PORT:-5091}
