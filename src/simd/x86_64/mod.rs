@@ -55,10 +55,18 @@ pub(crate) trait Vector: Copy {
 pub(crate) unsafe fn unmask<V: Vector>(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let len = buf.len();
     let p = buf.as_mut_ptr();
-    let k = scalar::rotate_key(key, offset);
+    // Stores that straddle cache lines cost twice: bring long buffers to vector alignment first.
+    let mut i = if len >= 4 * V::BYTES {
+        p.align_offset(V::BYTES).min(len)
+    } else {
+        0
+    };
+    if let Some(head) = buf.get_mut(..i) {
+        scalar::unmask_words(head, key, offset);
+    }
+    let k = scalar::rotate_key(key, offset.wrapping_add(i));
     // SAFETY: the caller guarantees the CPU feature (contract of this function).
     let kv = unsafe { V::splat_u32(u32::from_ne_bytes(k)) };
-    let mut i = 0;
     while i + 4 * V::BYTES <= len {
         // SAFETY: i + 4 * BYTES <= len, so all four unaligned loads and stores are inside `buf`.
         unsafe {
@@ -250,12 +258,25 @@ pub(crate) unsafe fn validate_utf8<V: Vector>(bytes: &[u8]) -> bool {
             // The tail is padded with zeros (ASCII): a code point cut by the end of input then
             // meets an ASCII byte and is flagged as TOO_SHORT.
             let mut tmp = [0u8; 64];
-            if let (Some(dst), Some(src)) = (tmp.get_mut(..len - i), bytes.get(i..)) {
-                dst.copy_from_slice(src);
-            }
+            copy_short(&mut tmp, bytes.get(i..).unwrap_or_default());
             st.check_block(tmp.as_ptr());
         }
         st.error = st.error.or(st.incomplete);
         !st.error.any()
+    }
+}
+
+/// Copy fewer than 64 bytes with fixed-size moves: a `memcpy` call for the tail costs more than
+/// validating a whole block when inputs are short.
+#[inline(always)]
+fn copy_short(dst: &mut [u8; 64], src: &[u8]) {
+    let mut i = 0;
+    for size in [32, 16, 8, 4, 2, 1] {
+        if src.len() - i >= size {
+            if let (Some(d), Some(s)) = (dst.get_mut(i..i + size), src.get(i..i + size)) {
+                d.copy_from_slice(s);
+            }
+            i += size;
+        }
     }
 }
