@@ -28,12 +28,15 @@ compile_error!("LAPPS_SIMD=avx2 must be built with RUSTFLAGS=\"-C target-feature
 compile_error!("LAPPS_SIMD=ssse3 must be built with RUSTFLAGS=\"-C target-feature=+ssse3\"");
 
 /// A kernel level.
+// Only the runtime-detecting build constructs every level.
+#[cfg_attr(
+    not(all(target_arch = "x86_64", lapps_simd = "auto")),
+    allow(dead_code)
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {
     Scalar,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Ssse3,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx2,
 }
 
