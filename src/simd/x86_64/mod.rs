@@ -47,46 +47,48 @@ pub(crate) trait Vector: Copy {
     unsafe fn any(self) -> bool;
 }
 
-/// XOR `buf` with `key` starting at key position `offset`, four vectors per iteration.
+/// XOR `buf` with `key` starting at key position `offset`, eight vectors per iteration.
 ///
 /// # Safety
 /// The CPU must support `V`'s instruction set and the caller must be compiled with it.
 #[inline(always)]
 pub(crate) unsafe fn unmask<V: Vector>(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    const UNROLL: usize = 8;
     let len = buf.len();
-    let p = buf.as_mut_ptr();
-    // Stores that straddle cache lines cost twice: bring long buffers to vector alignment first.
-    let mut i = if len >= 4 * V::BYTES {
-        p.align_offset(V::BYTES).min(len)
+    // Stores that straddle cache lines cost twice, and two stores to one line can retire
+    // together: bring long buffers to cache-line alignment first.
+    let head = if len >= UNROLL * V::BYTES {
+        buf.as_ptr().align_offset(64).min(len)
     } else {
         0
     };
-    if let Some(head) = buf.get_mut(..i) {
-        scalar::unmask_words(head, key, offset);
+    if let Some(h) = buf.get_mut(..head) {
+        scalar::unmask_words(h, key, offset);
     }
-    let k = scalar::rotate_key(key, offset.wrapping_add(i));
+    let k = scalar::rotate_key(key, offset.wrapping_add(head));
     // SAFETY: the caller guarantees the CPU feature (contract of this function).
     let kv = unsafe { V::splat_u32(u32::from_ne_bytes(k)) };
-    while i + 4 * V::BYTES <= len {
-        // SAFETY: i + 4 * BYTES <= len, so all four unaligned loads and stores are inside `buf`.
+    let p = buf.as_mut_ptr();
+    let mut i = head;
+    while i + UNROLL * V::BYTES <= len {
+        // SAFETY: i + UNROLL * BYTES <= len, so every unaligned load and store is inside `buf`.
         unsafe {
-            let a = V::load(p.add(i)).xor(kv);
-            let b = V::load(p.add(i + V::BYTES)).xor(kv);
-            let c = V::load(p.add(i + 2 * V::BYTES)).xor(kv);
-            let d = V::load(p.add(i + 3 * V::BYTES)).xor(kv);
-            a.store(p.add(i));
-            b.store(p.add(i + V::BYTES));
-            c.store(p.add(i + 2 * V::BYTES));
-            d.store(p.add(i + 3 * V::BYTES));
+            let mut v = [kv; UNROLL];
+            for (j, x) in v.iter_mut().enumerate() {
+                *x = V::load(p.add(i + j * V::BYTES)).xor(kv);
+            }
+            for (j, x) in v.iter().enumerate() {
+                x.store(p.add(i + j * V::BYTES));
+            }
         }
-        i += 4 * V::BYTES;
+        i += UNROLL * V::BYTES;
     }
     while i + V::BYTES <= len {
         // SAFETY: i + BYTES <= len.
         unsafe { V::load(p.add(i)).xor(kv).store(p.add(i)) };
         i += V::BYTES;
     }
-    // i is a multiple of 4, so the tail keeps the key phase of `k`.
+    // `i - head` is a multiple of the vector width, so the tail keeps the key phase of `k`.
     if let Some(tail) = buf.get_mut(i..) {
         scalar::unmask_words(tail, k, 0);
     }
