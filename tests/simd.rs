@@ -113,6 +113,36 @@ fn unmask_kernels_equal_byte_loop_over_lengths_alignments_and_key_phases() {
 }
 
 #[test]
+fn unmask_kernels_equal_byte_loop_on_long_buffers_at_every_cache_line_alignment() {
+    // The vector kernels first unmask up to a 64-byte boundary, then 8 vectors per iteration:
+    // lengths around those steps, at every alignment within a cache line.
+    let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+    let mut src = vec![0u8; 4200];
+    rng.fill(&mut src);
+    let key = (rng.next() as u32).to_le_bytes();
+    let mut storage = vec![0u8; 4200 + 128];
+    let base = (64 - storage.as_ptr() as usize % 64) % 64;
+    for (name, kernel) in unmask_kernels() {
+        for len in [255, 256, 257, 300, 511, 512, 513, 1000, 4099] {
+            for align in 0..64 {
+                for key_offset in 0..4 {
+                    let mut expected = src[..len].to_vec();
+                    kernels::unmask_bytes(&mut expected, key, key_offset);
+                    let start = base + align;
+                    storage[start..start + len].copy_from_slice(&src[..len]);
+                    kernel(&mut storage[start..start + len], key, key_offset);
+                    assert_eq!(
+                        &storage[start..start + len],
+                        &expected[..],
+                        "{name}: len {len} align {align} offset {key_offset}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn unmask_large_offset_uses_offset_mod_4() {
     for (name, kernel) in unmask_kernels() {
         let mut a = vec![0u8; 100];

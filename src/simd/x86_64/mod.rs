@@ -47,38 +47,48 @@ pub(crate) trait Vector: Copy {
     unsafe fn any(self) -> bool;
 }
 
-/// XOR `buf` with `key` starting at key position `offset`, four vectors per iteration.
+/// XOR `buf` with `key` starting at key position `offset`, eight vectors per iteration.
 ///
 /// # Safety
 /// The CPU must support `V`'s instruction set and the caller must be compiled with it.
 #[inline(always)]
 pub(crate) unsafe fn unmask<V: Vector>(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    const UNROLL: usize = 8;
     let len = buf.len();
-    let p = buf.as_mut_ptr();
-    let k = scalar::rotate_key(key, offset);
+    // Stores that straddle cache lines cost twice, and two stores to one line can retire
+    // together: bring long buffers to cache-line alignment first.
+    let head = if len >= UNROLL * V::BYTES {
+        buf.as_ptr().align_offset(64).min(len)
+    } else {
+        0
+    };
+    if let Some(h) = buf.get_mut(..head) {
+        scalar::unmask_words(h, key, offset);
+    }
+    let k = scalar::rotate_key(key, offset.wrapping_add(head));
     // SAFETY: the caller guarantees the CPU feature (contract of this function).
     let kv = unsafe { V::splat_u32(u32::from_ne_bytes(k)) };
-    let mut i = 0;
-    while i + 4 * V::BYTES <= len {
-        // SAFETY: i + 4 * BYTES <= len, so all four unaligned loads and stores are inside `buf`.
+    let p = buf.as_mut_ptr();
+    let mut i = head;
+    while i + UNROLL * V::BYTES <= len {
+        // SAFETY: i + UNROLL * BYTES <= len, so every unaligned load and store is inside `buf`.
         unsafe {
-            let a = V::load(p.add(i)).xor(kv);
-            let b = V::load(p.add(i + V::BYTES)).xor(kv);
-            let c = V::load(p.add(i + 2 * V::BYTES)).xor(kv);
-            let d = V::load(p.add(i + 3 * V::BYTES)).xor(kv);
-            a.store(p.add(i));
-            b.store(p.add(i + V::BYTES));
-            c.store(p.add(i + 2 * V::BYTES));
-            d.store(p.add(i + 3 * V::BYTES));
+            let mut v = [kv; UNROLL];
+            for (j, x) in v.iter_mut().enumerate() {
+                *x = V::load(p.add(i + j * V::BYTES)).xor(kv);
+            }
+            for (j, x) in v.iter().enumerate() {
+                x.store(p.add(i + j * V::BYTES));
+            }
         }
-        i += 4 * V::BYTES;
+        i += UNROLL * V::BYTES;
     }
     while i + V::BYTES <= len {
         // SAFETY: i + BYTES <= len.
         unsafe { V::load(p.add(i)).xor(kv).store(p.add(i)) };
         i += V::BYTES;
     }
-    // i is a multiple of 4, so the tail keeps the key phase of `k`.
+    // `i - head` is a multiple of the vector width, so the tail keeps the key phase of `k`.
     if let Some(tail) = buf.get_mut(i..) {
         scalar::unmask_words(tail, k, 0);
     }
@@ -250,12 +260,25 @@ pub(crate) unsafe fn validate_utf8<V: Vector>(bytes: &[u8]) -> bool {
             // The tail is padded with zeros (ASCII): a code point cut by the end of input then
             // meets an ASCII byte and is flagged as TOO_SHORT.
             let mut tmp = [0u8; 64];
-            if let (Some(dst), Some(src)) = (tmp.get_mut(..len - i), bytes.get(i..)) {
-                dst.copy_from_slice(src);
-            }
+            copy_short(&mut tmp, bytes.get(i..).unwrap_or_default());
             st.check_block(tmp.as_ptr());
         }
         st.error = st.error.or(st.incomplete);
         !st.error.any()
+    }
+}
+
+/// Copy fewer than 64 bytes with fixed-size moves: a `memcpy` call for the tail costs more than
+/// validating a whole block when inputs are short.
+#[inline(always)]
+fn copy_short(dst: &mut [u8; 64], src: &[u8]) {
+    let mut i = 0;
+    for size in [32, 16, 8, 4, 2, 1] {
+        if src.len() - i >= size {
+            if let (Some(d), Some(s)) = (dst.get_mut(i..i + size), src.get(i..i + size)) {
+                d.copy_from_slice(s);
+            }
+            i += size;
+        }
     }
 }
