@@ -822,3 +822,105 @@ proptest! {
         let _ = feed(&mut dec, &wire, &cuts);
     }
 }
+
+// ---- Oracle: tungstenite on the other end ----
+
+/// An in-memory socket for tungstenite: reads from `input` (WouldBlock when drained), writes
+/// to `output`.
+struct Pipe {
+    input: std::io::Cursor<Vec<u8>>,
+    output: Vec<u8>,
+}
+
+impl std::io::Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.input.read(buf)? {
+            0 if !buf.is_empty() => Err(std::io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+}
+
+impl std::io::Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tungstenite_peer(input: Vec<u8>) -> tungstenite::WebSocket<Pipe> {
+    let pipe = Pipe {
+        input: std::io::Cursor::new(input),
+        output: Vec::new(),
+    };
+    tungstenite::WebSocket::from_raw_socket(pipe, tungstenite::protocol::Role::Client, None)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn tungstenite_client_frames_decode(
+        msgs in proptest::collection::vec(msg_strategy(), 1..6),
+        cuts in proptest::collection::vec(0usize..4000, 0..10),
+    ) {
+        use tungstenite::Message;
+        let mut ws = tungstenite_peer(Vec::new());
+        let mut expected = Vec::new();
+        for m in &msgs {
+            let (msg, owned) = match m {
+                Msg::Text(s) => (Message::text(s.clone()), Owned::Text(s.as_bytes().to_vec())),
+                Msg::Binary(b) => (Message::binary(b.clone()), Owned::Binary(b.clone())),
+                Msg::Ping(p) => (Message::Ping(p.clone().into()), Owned::Ping(p.clone())),
+            };
+            ws.send(msg).unwrap();
+            expected.push(owned);
+        }
+        let wire = std::mem::take(&mut ws.get_mut().output);
+        let mut dec = server();
+        let (events, r) = feed(&mut dec, &wire, &cuts);
+        prop_assert_eq!(r, Ok(()));
+        prop_assert_eq!(events, expected);
+    }
+
+    #[test]
+    fn server_encoding_is_read_by_tungstenite(
+        msgs in proptest::collection::vec(msg_strategy(), 1..6),
+        fragment in proptest::option::of(1usize..64),
+    ) {
+        use tungstenite::Message;
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for m in &msgs {
+            match m {
+                Msg::Text(s) => {
+                    encode_message(&mut wire, Role::Server, Opcode::Text, s.as_bytes(), fragment, KEY);
+                    expected.push(Message::text(s.clone()));
+                }
+                Msg::Binary(b) => {
+                    encode_message(&mut wire, Role::Server, Opcode::Binary, b, fragment, KEY);
+                    expected.push(Message::binary(b.clone()));
+                }
+                Msg::Ping(p) => {
+                    encode_control(&mut wire, Role::Server, Opcode::Ping, p, KEY);
+                    expected.push(Message::Ping(p.clone().into()));
+                }
+            }
+        }
+        encode_close(&mut wire, Role::Server, Some(POLICY), b"acl", KEY);
+        let mut ws = tungstenite_peer(wire);
+        for want in expected {
+            prop_assert_eq!(ws.read().unwrap(), want);
+        }
+        match ws.read().unwrap() {
+            Message::Close(Some(frame)) => {
+                prop_assert_eq!(u16::from(frame.code), POLICY);
+                prop_assert_eq!(frame.reason.as_str(), "acl");
+            }
+            other => prop_assert!(false, "expected a close, got {:?}", other),
+        }
+    }
+}
