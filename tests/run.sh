@@ -8,10 +8,8 @@ export CARGO_TERM_COLOR=never
 echo "== cargo test"
 cargo test
 
-if [ -f tests/loom_mpmc.rs ]; then
-    echo "== loom model of the MPMC queue"
-    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom_mpmc
-fi
+echo "== loom model of the MPMC queue"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --lib sync::mpmc
 
 echo "== Autobahn TestSuite"
 bash tests/autobahn/run.sh

@@ -467,6 +467,7 @@ fn committed_repo_configs_load() {
             "benchmark",
             "chat",
             "echo",
+            "echo_builtin",
             "echo_lapps",
             "mqr_receiver",
             "mqr_sender",

@@ -348,6 +348,11 @@ impl Worker {
                     c.inbuf = Vec::new();
                     c.last_activity = Instant::now();
                     let total = kept + n;
+                    // A short read drained the socket: anything arriving later is a new edge,
+                    // so the extra read that would only return EAGAIN is skipped (as tokio does).
+                    if total < scratch.len() {
+                        c.read_pending = false;
+                    }
                     let consumed = self.process(index, &mut scratch[..total]);
                     if let Some(c) = self.conns.get_mut(index) {
                         if consumed < total {
