@@ -146,3 +146,34 @@ fn shutdown_sends_1001_to_every_connection_and_finishes_within_5_seconds() {
         assert_eq!(r.join().unwrap(), Some(1001));
     }
 }
+
+#[test]
+fn idle_connection_is_pinged_then_closed_with_1001() {
+    let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_millis(200)));
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    let ping = read_frame(&mut s).expect("a ping after the idle timeout");
+    assert_eq!(ping.opcode, 0x9);
+    // No pong: the server gives up with 1001 after one more idle period.
+    assert_eq!(expect_close(&mut s), Some(1001));
+}
+
+#[test]
+fn idle_connection_that_answers_pings_stays_open() {
+    let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_millis(100)));
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    for _ in 0..3 {
+        let ping = read_frame(&mut s).expect("ping");
+        assert_eq!(ping.opcode, 0x9);
+        s.write_all(&frame(true, 0, 0xA, &ping.payload, true))
+            .unwrap();
+    }
+    s.write_all(&frame(true, 0, 0x1, b"alive", true)).unwrap();
+    loop {
+        let f = read_frame(&mut s).expect("echo");
+        if f.opcode == 0x1 {
+            assert_eq!(f.payload, b"alive");
+            break;
+        }
+        assert_eq!(f.opcode, 0x9, "only pings may come before the echo");
+    }
+}

@@ -54,29 +54,33 @@ impl OutQueue {
         if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
             let before = v.len();
             fill(v);
-            self.bytes += v.len() - before;
+            let added = v.len() - before;
+            self.bytes += added;
+            pool.queued_bytes += added;
         }
     }
 
     /// Queues a shared frame without copying it.
-    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+    pub fn push_shared(&mut self, pool: &mut BufPool, frame: Arc<[u8]>) {
         if frame.is_empty() {
             return;
         }
         self.bytes += frame.len();
+        pool.queued_bytes += frame.len();
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
     /// Queues a chunk (owned chunks are appended to the tail when small).
     pub fn push_chunk(&mut self, pool: &mut BufPool, chunk: Chunk) {
         match chunk {
-            Chunk::Shared(a) => self.push_shared(a),
+            Chunk::Shared(a) => self.push_shared(pool, a),
             Chunk::Owned(v) if v.len() <= 4096 => {
                 self.append_with(pool, |b| b.extend_from_slice(&v))
             }
             Chunk::Owned(v) => {
                 if !v.is_empty() {
                     self.bytes += v.len();
+                    pool.queued_bytes += v.len();
                     self.chunks.push_back(Chunk::Owned(v));
                 }
             }
@@ -121,6 +125,7 @@ impl OutQueue {
 
     fn consume(&mut self, mut written: usize, pool: &mut BufPool) {
         self.bytes -= written;
+        pool.queued_bytes -= written;
         while written > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
@@ -145,6 +150,7 @@ impl OutQueue {
 
     /// Drops everything queued (the connection is gone).
     pub fn clear(&mut self, pool: &mut BufPool) {
+        pool.queued_bytes -= self.bytes;
         for c in self.chunks.drain(..) {
             if let Chunk::Owned(v) = c {
                 pool.give(v);
@@ -157,9 +163,11 @@ impl OutQueue {
 }
 
 /// A worker's pool of reusable write buffers, so a reply does not cost a malloc/free pair.
+/// It also keeps the worker's total of queued outbound bytes (published for the balancer).
 pub struct BufPool {
     free: Vec<Vec<u8>>,
     keep: usize,
+    pub queued_bytes: usize,
 }
 
 impl BufPool {
@@ -167,6 +175,7 @@ impl BufPool {
         BufPool {
             free: Vec::new(),
             keep,
+            queued_bytes: 0,
         }
     }
 

@@ -779,7 +779,7 @@ impl Worker {
                 for conn in conns {
                     if let Some(i) = self.live_index(conn) {
                         let f = frame.clone();
-                        self.queue_frame(i, |q, _| q.push_shared(f));
+                        self.queue_frame(i, |q, pool| q.push_shared(pool, f));
                     }
                 }
             }
