@@ -5,6 +5,8 @@
 //! instances) and answers later through the [`Hub`](crate::net::hub::Hub).
 
 pub mod echo;
+pub mod lua;
+pub mod registry;
 
 use crate::net::handle::ConnId;
 use crate::ws::Opcode;
