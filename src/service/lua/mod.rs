@@ -36,7 +36,9 @@ use crate::net::handle::ConnId;
 use crate::net::hub::Hub;
 use crate::ws::Opcode;
 
-/// Batches an instance queue holds per worker before a flush has to retry.
+/// Batch slots per worker on top of one slot per message of the high-water mark: every batch
+/// holds at least one event and messages above the mark pause their reader, so a full queue
+/// (the flush keeps the batch and retries) takes more open/close events than a worker sees.
 const BATCHES_PER_WORKER: usize = 8;
 
 /// One running Lua service (network or standalone).
@@ -71,7 +73,7 @@ impl LuaService {
             (0..spec.instances)
                 .map(|_| {
                     Arc::new(Inbox::new(
-                        workers * BATCHES_PER_WORKER,
+                        spec.queue_capacity + workers * BATCHES_PER_WORKER,
                         spec.queue_capacity,
                         spec.queue_bytes,
                     ))
@@ -220,6 +222,10 @@ impl Service for LuaService {
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Close));
     }
 
+    fn has_pending(&self, worker: usize) -> bool {
+        LuaService::has_pending(self, worker)
+    }
+
     fn flush(&self, worker: usize) {
         let Some(pending) = self.pending.get(worker) else {
             return;
@@ -235,6 +241,19 @@ impl Service for LuaService {
                 *batch = back;
             }
         }
+    }
+}
+
+impl LuaService {
+    /// True when `worker` holds events a flush could not hand over (the instance queue was
+    /// full): the worker must call `flush` again soon rather than sleep indefinitely.
+    pub fn has_pending(&self, worker: usize) -> bool {
+        self.pending.get(worker).is_some_and(|p| {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|b| !b.is_empty())
+        })
     }
 }
 

@@ -36,11 +36,11 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
     if spec.memory_limit > 0 {
         lua.set_memory_limit(spec.memory_limit)?;
     }
-    strip_globals(&lua, spec)?;
-    set_package_path(&lua, spec)?;
     if let Some(budget) = spec.instruction_budget {
         install_budget(&lua, host, budget)?;
     }
+    strip_globals(&lua, spec)?;
+    set_package_path(&lua, spec)?;
     Ok(lua)
 }
 
