@@ -69,6 +69,12 @@ impl RawApp {
             Ok(Value::Boolean(true)) => return,
             Ok(_) => 1000,
             Err(err) => {
+                if matches!(err, mlua::Error::MemoryError(_)) {
+                    // What the failed callback built is garbage now; without a full cycle the
+                    // next callback would start at the limit and fail as well.
+                    let _ = lua.gc_collect();
+                    let _ = lua.gc_collect();
+                }
                 crate::error!(
                     "{} onMessage failed, closing {:#x} with 1011: {}",
                     host.tag(),

@@ -84,12 +84,17 @@ fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()
     let host = Rc::clone(host);
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(step as u32),
-        move |_, _| {
+        move |_, debug| {
             let left = host.budget_left.get();
             if left <= step {
                 // Stay exhausted: a pcall that catches this error fails again at the next hook.
                 host.budget_left.set(0);
-                return Err(mlua::Error::runtime("instruction budget exceeded"));
+                let src = debug.source();
+                let at = src.short_src.as_deref().unwrap_or("?");
+                return Err(mlua::Error::runtime(format!(
+                    "{at}:{}: instruction budget of {budget} exceeded",
+                    debug.curr_line()
+                )));
             }
             host.budget_left.set(left - step);
             Ok(VmState::Continue)
