@@ -91,9 +91,9 @@ fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()
                 host.budget_left.set(0);
                 let src = debug.source();
                 let at = src.short_src.as_deref().unwrap_or("?");
+                let line = debug.current_line().unwrap_or(0);
                 return Err(mlua::Error::runtime(format!(
-                    "{at}:{}: instruction budget of {budget} exceeded",
-                    debug.curr_line()
+                    "{at}:{line}: instruction budget of {budget} exceeded"
                 )));
             }
             host.budget_left.set(left - step);

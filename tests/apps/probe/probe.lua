@@ -1,5 +1,5 @@
 -- probe: a RAW test app. Text commands (anything else is echoed):
---   "sub <ch>" / "unsub <ch>"  bcast (un)subscribe this connection; replies "ok" or "nil <err>"
+--   "sub <ch>" / "unsub <ch>"  (<ch>: a number or a name) bcast (un)subscribe this connection; replies "ok" or "nil <err>"
 --   "bsend <ch> <text>"        bcast:send; replies "n=<recipients>"
 --   "error"                    raises a Lua error
 --   "loop"                     runs forever
@@ -30,11 +30,11 @@ probe.onMessage = function(handler, opcode, message)
   end
   local cmd, rest = message:match("^(%S*)%s*(.*)$")
   if cmd == "sub" or cmd == "unsub" then
-    local ok, err = bcast[cmd == "sub" and "subscribe" or "unsubscribe"](bcast, rest, handler)
+    local ok, err = bcast[cmd == "sub" and "subscribe" or "unsubscribe"](bcast, tonumber(rest) or rest, handler)
     reply(handler, ok and "ok" or ("nil " .. err))
   elseif cmd == "bsend" then
     local ch, text = rest:match("^(%S+)%s(.*)$")
-    local n, err = bcast:send(ch, 1, text)
+    local n, err = bcast:send(tonumber(ch) or ch, 1, text)
     reply(handler, n and ("n=" .. n) or ("nil " .. err))
   elseif cmd == "error" then
     error("boom")
