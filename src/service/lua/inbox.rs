@@ -176,8 +176,14 @@ impl Inbox {
     /// Consumer: a batch of `msgs`/`bytes` is done. Returns the paused connections to resume
     /// once the queue is below half its high-water mark.
     pub fn done(&self, msgs: usize, bytes: usize) -> Vec<ConnId> {
-        let m = self.queued_msgs.fetch_sub(msgs, Ordering::Relaxed) - msgs;
-        let b = self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        let m = self
+            .queued_msgs
+            .fetch_sub(msgs, Ordering::Relaxed)
+            .saturating_sub(msgs);
+        let b = self
+            .queued_bytes
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .saturating_sub(bytes);
         if !self.has_paused.load(Ordering::SeqCst)
             || m > self.high_msgs / 2
             || b > self.high_bytes / 2
@@ -187,5 +193,91 @@ impl Inbox {
         let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         self.has_paused.store(false, Ordering::SeqCst);
         std::mem::take(&mut *p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn every_message_of_every_producer_arrives_once_without_lost_wake_ups() {
+        const PRODUCERS: usize = 3;
+        const PER: u32 = 20_000;
+        let inbox = Arc::new(Inbox::new(4, usize::MAX / 2, usize::MAX / 2));
+        let (tx, rx) = channel();
+        let consumer = {
+            let inbox = Arc::clone(&inbox);
+            std::thread::spawn(move || {
+                let mut seen = vec![vec![false; PER as usize]; PRODUCERS];
+                let mut n = 0usize;
+                while let Some(b) = inbox.next() {
+                    for e in &b.events {
+                        let w = e.conn.worker();
+                        let i = u32::from_le_bytes(b.payload(e).try_into().unwrap());
+                        assert!(!seen[w][i as usize], "duplicate");
+                        seen[w][i as usize] = true;
+                        n += 1;
+                    }
+                    inbox.done(b.messages, b.byte_len());
+                }
+                tx.send(n).unwrap();
+            })
+        };
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|w| {
+                let inbox = Arc::clone(&inbox);
+                std::thread::spawn(move || {
+                    let mut batch = Batch::default();
+                    for i in 0..PER {
+                        batch.push_message(ConnId::new(w, 0, 0), 2, &i.to_le_bytes());
+                        // Small, irregular batches; a full queue hands the batch back.
+                        if i % (w as u32 + 2) == 0 {
+                            while let Err(back) = inbox.push(std::mem::take(&mut batch)) {
+                                batch = back;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                    while !batch.is_empty() {
+                        match inbox.push(std::mem::take(&mut batch)) {
+                            Ok(()) => {}
+                            Err(back) => {
+                                batch = back;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        inbox.stop();
+        let n = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("consumer hung");
+        consumer.join().unwrap();
+        assert_eq!(n, PRODUCERS * PER as usize);
+    }
+
+    #[test]
+    fn paused_connections_are_resumed_once_below_half_the_mark() {
+        let inbox = Inbox::new(8, 4, 1 << 20);
+        let c = ConnId::new(0, 1, 1);
+        let mut b = Batch::default();
+        for _ in 0..5 {
+            b.push_message(c, 1, b"x");
+        }
+        assert!(inbox.over_high_water(b.messages, b.byte_len()));
+        inbox.pause(c);
+        assert!(inbox.push(b).is_ok());
+        let got = inbox.next().unwrap();
+        assert_eq!(inbox.done(got.messages, got.byte_len()), vec![c]);
+        assert!(inbox.done(0, 0).is_empty(), "resumed once");
     }
 }
