@@ -163,3 +163,35 @@ fn a_missing_on_message_or_a_bad_module_is_a_start_error() {
     .unwrap();
     assert!(e.message.contains("throws.lua:2:"), "{e}");
 }
+
+/// The measurement behind "a budget turns the JIT off": LuaJIT does not run count hooks inside
+/// compiled traces. If a future LuaJIT does, this fails and the trade-off can be revisited.
+#[test]
+fn jit_traces_skip_count_hooks_which_is_why_a_budget_turns_the_jit_off() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let hooks_in = |jit: bool| {
+        let lua = mlua::Lua::new();
+        if !jit {
+            lua.load("jit.off()").exec().unwrap();
+        }
+        let n = Rc::new(Cell::new(0u64));
+        let n2 = Rc::clone(&n);
+        lua.set_hook(
+            mlua::HookTriggers::new().every_nth_instruction(1000),
+            move |_, _| {
+                n2.set(n2.get() + 1);
+                Ok(mlua::VmState::Continue)
+            },
+        )
+        .unwrap();
+        lua.load("local s = 0 for i = 1, 2000000 do s = s + i % 7 end")
+            .exec()
+            .unwrap();
+        n.get()
+    };
+    let interpreted = hooks_in(false);
+    let compiled = hooks_in(true);
+    assert!(interpreted > 5000, "interpreter: {interpreted} hook calls");
+    assert!(compiled < 10, "JIT: {compiled} hook calls");
+}
