@@ -5,6 +5,8 @@
 //! instances) and answers later through the [`Hub`](crate::net::hub::Hub).
 
 pub mod echo;
+pub mod lua;
+pub mod registry;
 
 use crate::net::handle::ConnId;
 use crate::ws::Opcode;
@@ -61,4 +63,9 @@ pub trait Service: Send + Sync + 'static {
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32);
     /// End of one worker loop iteration: hand over whatever was batched (one wake-up per batch).
     fn flush(&self, _worker: usize) {}
+    /// True when a `flush` left work behind (the service's queue was full): call `flush`
+    /// again within the next loop iteration instead of sleeping without a timeout.
+    fn has_pending(&self, _worker: usize) -> bool {
+        false
+    }
 }

@@ -1,0 +1,241 @@
+//! `bcast`: process-wide broadcast channels.
+//!
+//! Owns the channel table and each channel's subscriber set. A broadcast is framed once into
+//! an `Arc<[u8]>` and posted as one `SendMany` per worker (subscribers are kept sorted by
+//! handle, whose top bits are the worker, so grouping is one pass). Each subscriber live at
+//! the time of `bcast:send` gets the message exactly once; sends of one instance arrive in the
+//! order they were made. Subscriptions die with their connection (`drop_conn` on close); a
+//! handle that went stale in between is skipped by the liveness check and pruned.
+
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use mlua::{Lua, Value};
+
+use super::{fail, handler, ok, Ret};
+use crate::net::handle::ConnId;
+use crate::net::hub::Command;
+use crate::service::lua::frame::frame;
+use crate::service::lua::host::HostCtx;
+
+/// A channel id: the original's unsigned integers, or a name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChannelId {
+    Num(u64),
+    Name(String),
+}
+
+impl ChannelId {
+    fn from_lua(v: &Value) -> Option<ChannelId> {
+        match v {
+            Value::Integer(i) => u64::try_from(*i).ok().map(ChannelId::Num),
+            Value::Number(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 9007199254740992.0 => {
+                Some(ChannelId::Num(*f as u64))
+            }
+            Value::String(s) => Some(ChannelId::Name(s.to_string_lossy())),
+            _ => None,
+        }
+    }
+}
+
+type Channel = Mutex<BTreeSet<ConnId>>;
+
+/// All channels of the process (one per registry).
+#[derive(Default)]
+pub struct Bcast {
+    channels: RwLock<HashMap<ChannelId, Arc<Channel>>>,
+    by_conn: Mutex<HashMap<ConnId, Vec<ChannelId>>>,
+}
+
+impl Bcast {
+    fn channel(&self, id: &ChannelId) -> Option<Arc<Channel>> {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Creates the channel; true when it is new (creating an existing one is not an error,
+    /// so every instance may create the channels it uses in `onStart`).
+    pub fn create(&self, id: ChannelId) -> bool {
+        let mut ch = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        if ch.contains_key(&id) {
+            return false;
+        }
+        ch.insert(id, Arc::default());
+        true
+    }
+
+    /// Adds `conn`; false when the channel does not exist.
+    pub fn subscribe(&self, id: &ChannelId, conn: ConnId) -> bool {
+        let Some(ch) = self.channel(id) else {
+            return false;
+        };
+        let new = ch.lock().unwrap_or_else(|e| e.into_inner()).insert(conn);
+        if new {
+            let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+            by.entry(conn).or_default().push(id.clone());
+        }
+        true
+    }
+
+    /// Removes `conn`; false when the channel does not exist.
+    pub fn unsubscribe(&self, id: &ChannelId, conn: ConnId) -> bool {
+        let Some(ch) = self.channel(id) else {
+            return false;
+        };
+        ch.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
+        let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = by.get_mut(&conn) {
+            list.retain(|c| c != id);
+            if list.is_empty() {
+                by.remove(&conn);
+            }
+        }
+        true
+    }
+
+    /// The connection is gone: it leaves every channel.
+    pub fn drop_conn(&self, conn: ConnId) {
+        let ids = self
+            .by_conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&conn);
+        for id in ids.into_iter().flatten() {
+            if let Some(ch) = self.channel(&id) {
+                ch.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
+            }
+        }
+    }
+
+    /// Live subscribers grouped by worker (`None`: no such channel). Stale ones are pruned.
+    pub fn recipients(
+        &self,
+        id: &ChannelId,
+        is_live: impl Fn(ConnId) -> bool,
+    ) -> Option<Vec<Vec<ConnId>>> {
+        let ch = self.channel(id)?;
+        let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|c| is_live(*c));
+        let mut groups: Vec<Vec<ConnId>> = Vec::new();
+        for c in subs.iter() {
+            match groups.last_mut() {
+                Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
+                _ => groups.push(vec![*c]),
+            }
+        }
+        Some(groups)
+    }
+}
+
+pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    let h = Rc::clone(host);
+    t.set(
+        "create",
+        lua.create_function(move |_, (_this, id): (Value, Value)| -> mlua::Result<Ret> {
+            let Some(id) = ChannelId::from_lua(&id) else {
+                return fail("bad channel id");
+            };
+            h.bcast.create(id);
+            ok(Value::Boolean(true))
+        })?,
+    )?;
+    for (name, subscribe) in [("subscribe", true), ("unsubscribe", false)] {
+        let h = Rc::clone(host);
+        t.set(
+            name,
+            lua.create_function(
+                move |_, (_this, id, conn): (Value, Value, Value)| -> mlua::Result<Ret> {
+                    let Some(id) = ChannelId::from_lua(&id) else {
+                        return fail("bad channel id");
+                    };
+                    let Some(conn) = handler(&conn) else {
+                        return fail("bad handler");
+                    };
+                    if subscribe && !h.hub.is_live(conn) {
+                        return fail("closed");
+                    }
+                    let done = if subscribe {
+                        h.bcast.subscribe(&id, conn)
+                    } else {
+                        h.bcast.unsubscribe(&id, conn)
+                    };
+                    if done {
+                        ok(Value::Boolean(true))
+                    } else {
+                        fail("no such channel")
+                    }
+                },
+            )?,
+        )?;
+    }
+    let h = Rc::clone(host);
+    t.set(
+        "send",
+        lua.create_function(
+            move |_,
+                  (_this, id, opcode, msg): (Value, Value, i64, mlua::String)|
+                  -> mlua::Result<Ret> {
+                let Some(id) = ChannelId::from_lua(&id) else {
+                    return fail("bad channel id");
+                };
+                let bytes = msg.as_bytes();
+                match opcode {
+                    1 if std::str::from_utf8(&bytes).is_err() => return fail("invalid UTF-8"),
+                    1 | 2 => {}
+                    _ => return fail("bad opcode"),
+                }
+                let Some(groups) = h.bcast.recipients(&id, |c| h.hub.is_live(c)) else {
+                    return fail("no such channel");
+                };
+                let mut n = 0usize;
+                if !groups.is_empty() {
+                    let framed: Arc<[u8]> = frame(opcode as u8, &bytes, h.auto_fragment).into();
+                    for conns in groups {
+                        n += conns.len();
+                        let Some(&first) = conns.first() else {
+                            continue;
+                        };
+                        h.push(
+                            first,
+                            Command::SendMany {
+                                conns,
+                                frame: Arc::clone(&framed),
+                            },
+                        );
+                    }
+                }
+                ok(Value::Number(n as f64))
+            },
+        )?,
+    )?;
+    lua.globals().set("bcast", t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_are_grouped_by_worker_and_leave_with_their_connection() {
+        let b = Bcast::default();
+        let id = ChannelId::Name("room".into());
+        assert!(!b.subscribe(&id, ConnId::new(0, 1, 1)));
+        assert!(b.create(id.clone()));
+        assert!(!b.create(id.clone()));
+        for (w, i) in [(1, 5), (0, 1), (1, 2), (0, 3)] {
+            assert!(b.subscribe(&id, ConnId::new(w, i, 1)));
+        }
+        let g = b.recipients(&id, |_| true).unwrap();
+        assert_eq!(g.len(), 2);
+        assert!(g[0].iter().all(|c| c.worker() == 0) && g[0].len() == 2);
+        assert!(g[1].iter().all(|c| c.worker() == 1) && g[1].len() == 2);
+        b.drop_conn(ConnId::new(1, 5, 1));
+        let g = b.recipients(&id, |c| c.index() != 3).unwrap();
+        assert_eq!(g.concat(), vec![ConnId::new(0, 1, 1), ConnId::new(1, 2, 1)]);
+    }
+}

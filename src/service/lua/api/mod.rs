@@ -1,0 +1,77 @@
+//! The Lua-facing host modules (documented in docs/lua-api.md).
+//!
+//! Each submodule owns one global table. Runtime conditions (a closed handler, an unknown
+//! channel) are returned as `nil, "message"`; only programming errors (wrong argument types)
+//! raise. No function here blocks except `nap:sleep`.
+
+pub mod bcast;
+pub(crate) mod nap;
+pub(crate) mod time;
+pub(crate) mod ws;
+
+use std::rc::Rc;
+
+use mlua::{Lua, MultiValue, Value, Variadic};
+
+use super::host::HostCtx;
+use crate::net::handle::ConnId;
+
+/// `value` on success, `nil, "message"` on a runtime failure.
+pub(crate) type Ret = (Value, Option<&'static str>);
+
+pub(crate) fn ok(v: Value) -> mlua::Result<Ret> {
+    Ok((v, None))
+}
+
+pub(crate) fn fail(msg: &'static str) -> mlua::Result<Ret> {
+    Ok((Value::Nil, Some(msg)))
+}
+
+/// A Lua `handler` back to a connection handle (`None` when it cannot name one).
+pub(crate) fn handler(v: &Value) -> Option<ConnId> {
+    let n = match *v {
+        Value::Integer(i) => u64::try_from(i).ok()?,
+        Value::Number(f) if f >= 0.0 && f.fract() == 0.0 && f < 9007199254740992.0 => f as u64,
+        _ => return None,
+    };
+    ConnId::from_u64(n)
+}
+
+/// The Lua form of a handle (exact: handles fit in 53 bits).
+pub(crate) fn handler_value(conn: ConnId) -> Value {
+    Value::Number(conn.as_u64() as f64)
+}
+
+/// Globals every state gets: `print` (to the server log), `must_stop()`, `instance_id`.
+pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
+    let g = lua.globals();
+    let h = Rc::clone(host);
+    let tostring: mlua::Function = g.get("tostring")?;
+    g.set(
+        "print",
+        lua.create_function(move |_, args: Variadic<Value>| {
+            let mut line = String::new();
+            for (i, v) in args.into_iter().enumerate() {
+                if i > 0 {
+                    line.push('\t');
+                }
+                let s: mlua::String = tostring.call(v)?;
+                line.push_str(&s.to_string_lossy());
+            }
+            crate::info!("{} {}", h.tag(), line.replace('\n', " | "));
+            Ok(())
+        })?,
+    )?;
+    let h = Rc::clone(host);
+    g.set(
+        "must_stop",
+        lua.create_function(move |_, _: MultiValue| {
+            // A polling point of a standalone loop: hand over what it sent, new budget slice.
+            h.flush();
+            h.reset_budget();
+            Ok(h.stop.is_set())
+        })?,
+    )?;
+    g.set("instance_id", host.instance as i64)?;
+    Ok(())
+}

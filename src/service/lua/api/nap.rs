@@ -1,0 +1,40 @@
+//! `nap`: sleeping in a standalone service, woken early by shutdown.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use mlua::{Lua, UserData, UserDataMethods, Value};
+
+use super::{fail, ok, Ret};
+use crate::service::lua::host::HostCtx;
+
+struct Nap(Rc<HostCtx>);
+
+impl UserData for Nap {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("sleep", |_, this, secs: f64| -> mlua::Result<Ret> {
+            if !secs.is_finite() || secs < 0.0 {
+                return fail("bad duration");
+            }
+            // Whatever was sent before the nap leaves now, not after it.
+            this.0.flush();
+            let slept = this.0.stop.sleep(Duration::from_secs_f64(secs.min(1e9)));
+            this.0.reset_budget();
+            if slept {
+                ok(Value::Boolean(true))
+            } else {
+                fail("stopping")
+            }
+        });
+    }
+}
+
+pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    let h = Rc::clone(host);
+    t.set(
+        "new",
+        lua.create_function(move |_, _this: Value| Ok(Nap(Rc::clone(&h))))?,
+    )?;
+    lua.globals().set("nap", t)
+}

@@ -1,0 +1,155 @@
+//! Per-instance host state shared by the Lua-facing functions of one state.
+//!
+//! Owns the outbox (commands gathered per worker and posted once per batch), the stop signal
+//! and the instruction budget counter. Lives on the instance thread only (`Rc`, not `Send`);
+//! it never touches a socket: everything outbound goes through the [`Hub`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::api::bcast::Bcast;
+use crate::net::handle::ConnId;
+use crate::net::hub::{Command, Hub};
+
+/// Commands per worker after which the outbox posts without waiting for the end of the batch
+/// (keeps memory bounded when one callback sends a lot).
+const EARLY_POST: usize = 1024;
+
+/// The stop signal of one service: `must_stop()` reads it, `nap` sleeps on it.
+#[derive(Default)]
+pub struct Stop {
+    flag: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Stop {
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.flag.store(true, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+
+    /// Sleeps up to `d`; returns false when woken by `set` (checked under the lock, so a `set`
+    /// racing with the start of the sleep is never missed).
+    pub fn sleep(&self, d: Duration) -> bool {
+        let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (_g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |_| !self.flag.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+        !self.is_set()
+    }
+}
+
+/// Outbound commands of one instance, grouped by destination worker.
+pub(crate) struct Outbox {
+    per_worker: Vec<Vec<Command>>,
+}
+
+impl Outbox {
+    fn new(workers: usize) -> Outbox {
+        Outbox {
+            per_worker: (0..workers).map(|_| Vec::new()).collect(),
+        }
+    }
+}
+
+pub(crate) struct HostCtx {
+    pub service: Arc<str>,
+    pub instance: usize,
+    pub hub: Arc<Hub>,
+    pub bcast: Arc<Bcast>,
+    pub stop: Arc<Stop>,
+    pub auto_fragment: Option<usize>,
+    outbox: RefCell<Outbox>,
+    /// Instructions left in the current callback (only used when a budget is set).
+    pub budget_left: Cell<u64>,
+    pub budget: Option<u64>,
+    /// Connections of this instance it asked to close: their queued messages are skipped.
+    pub closing: RefCell<HashSet<ConnId>>,
+}
+
+impl HostCtx {
+    pub fn new(
+        service: Arc<str>,
+        instance: usize,
+        hub: Arc<Hub>,
+        bcast: Arc<Bcast>,
+        stop: Arc<Stop>,
+        auto_fragment: Option<usize>,
+        budget: Option<u64>,
+    ) -> HostCtx {
+        let workers = hub.workers();
+        HostCtx {
+            service,
+            instance,
+            hub,
+            bcast,
+            stop,
+            auto_fragment,
+            outbox: RefCell::new(Outbox::new(workers)),
+            budget_left: Cell::new(budget.unwrap_or(u64::MAX)),
+            budget,
+            closing: RefCell::new(HashSet::new()),
+        }
+    }
+
+    /// Queues a command for `conn`'s worker; posted by `flush` (or early when many pile up).
+    pub fn push(&self, conn: ConnId, cmd: Command) {
+        let w = conn.worker();
+        let full = {
+            let mut ob = self.outbox.borrow_mut();
+            let Some(list) = ob.per_worker.get_mut(w) else {
+                return;
+            };
+            list.push(cmd);
+            list.len() >= EARLY_POST
+        };
+        if full {
+            self.post(w);
+        }
+    }
+
+    /// Posts every worker's commands with one wake-up each.
+    pub fn flush(&self) {
+        for w in 0..self.hub.workers() {
+            self.post(w);
+        }
+    }
+
+    fn post(&self, w: usize) {
+        let batch = match self.outbox.borrow_mut().per_worker.get_mut(w) {
+            Some(list) if !list.is_empty() => std::mem::take(list),
+            _ => return,
+        };
+        // Err means the server is shutting down: the connections are closing anyway.
+        let _ = self.hub.post(w, batch);
+    }
+
+    /// Starts a new budget slice (each callback, and each `must_stop()`/`nap` in `run()`).
+    pub fn reset_budget(&self) {
+        self.budget_left.set(self.budget.unwrap_or(u64::MAX));
+    }
+
+    pub fn tag(&self) -> String {
+        format!("[{}#{}]", self.service, self.instance)
+    }
+}
+
+/// Collapses a multi-line Lua error (message plus traceback) into one log line.
+pub(crate) fn one_line(e: &mlua::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}

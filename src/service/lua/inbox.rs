@@ -1,0 +1,283 @@
+//! The hand-off from IOWorkers to one Lua instance: batches, one wake-up per batch, and the
+//! back-pressure counters.
+//!
+//! Owns the instance's bounded queue of [`Batch`]es, the parking protocol of the instance
+//! thread and the list of connections paused because the queue was above its high-water mark.
+//! It never runs Lua and never blocks a producer: a full queue hands the batch back.
+//!
+//! Wake-up protocol (no hand-off is lost): the consumer sets `sleeping`, looks at the queue
+//! once more and only then parks; a producer pushes and then swaps `sleeping` to false,
+//! unparking only when it was true. Both use SeqCst, so either the consumer sees the batch or
+//! the producer sees the flag; `unpark` before `park` makes `park` return at once.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+
+use crate::net::handle::ConnId;
+use crate::sync::mpmc::ArrayQueue;
+
+/// What happened on a connection, in the order the worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Open,
+    /// A message with this opcode; its payload is `bytes[start..start + len]` of the batch.
+    Message(u8),
+    Close,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Event {
+    pub conn: ConnId,
+    pub kind: Kind,
+    start: usize,
+    len: usize,
+}
+
+/// Events of one worker for one instance, gathered during one worker loop iteration. All
+/// payloads share one arena, so a batch costs one allocation however many messages it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub events: Vec<Event>,
+    bytes: Vec<u8>,
+    pub messages: usize,
+}
+
+impl Batch {
+    pub fn push_message(&mut self, conn: ConnId, opcode: u8, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.events.push(Event {
+            conn,
+            kind: Kind::Message(opcode),
+            start,
+            len: payload.len(),
+        });
+        self.messages += 1;
+    }
+
+    pub fn push(&mut self, conn: ConnId, kind: Kind) {
+        self.events.push(Event {
+            conn,
+            kind,
+            start: 0,
+            len: 0,
+        });
+    }
+
+    pub fn payload(&self, e: &Event) -> &[u8] {
+        self.bytes.get(e.start..e.start + e.len).unwrap_or(&[])
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+pub(crate) struct Inbox {
+    queue: ArrayQueue<Batch>,
+    consumer: OnceLock<Thread>,
+    sleeping: AtomicBool,
+    stop: AtomicBool,
+    /// Messages and payload bytes handed over and not yet processed.
+    queued_msgs: AtomicUsize,
+    queued_bytes: AtomicUsize,
+    high_msgs: usize,
+    high_bytes: usize,
+    paused: Mutex<Vec<ConnId>>,
+    has_paused: AtomicBool,
+}
+
+impl Inbox {
+    pub fn new(batches: usize, high_msgs: usize, high_bytes: usize) -> Inbox {
+        Inbox {
+            queue: ArrayQueue::new(batches.max(1)),
+            consumer: OnceLock::new(),
+            sleeping: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            queued_msgs: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            high_msgs: high_msgs.max(1),
+            high_bytes: high_bytes.max(1),
+            paused: Mutex::new(Vec::new()),
+            has_paused: AtomicBool::new(false),
+        }
+    }
+
+    /// Producer: would the queue be above its high-water mark with `msgs`/`bytes` more?
+    pub fn over_high_water(&self, msgs: usize, bytes: usize) -> bool {
+        self.queued_msgs.load(Ordering::Relaxed) + msgs > self.high_msgs
+            || self.queued_bytes.load(Ordering::Relaxed) + bytes > self.high_bytes
+    }
+
+    /// Producer: remember a connection the worker stopped reading; it gets a Resume later.
+    pub fn pause(&self, conn: ConnId) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        p.push(conn);
+        self.has_paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Producer: hand a batch over with at most one wake-up; gives it back when the queue is full.
+    pub fn push(&self, batch: Batch) -> Result<(), Batch> {
+        let (msgs, bytes) = (batch.messages, batch.byte_len());
+        // Count before publishing so that the consumer's decrement can never come first.
+        self.queued_msgs.fetch_add(msgs, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Err(back) = self.queue.push(batch) {
+            self.queued_msgs.fetch_sub(msgs, Ordering::Relaxed);
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(back);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.consumer.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Asks the consumer to finish: it drains what is queued, then `next` returns `None`.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.sleeping.store(false, Ordering::SeqCst);
+        if let Some(t) = self.consumer.get() {
+            t.unpark();
+        }
+    }
+
+    /// Consumer: the next batch, parking while there is none; `None` once stopped and drained.
+    pub fn next(&self) -> Option<Batch> {
+        let _ = self.consumer.set(std::thread::current());
+        loop {
+            if let Some(b) = self.queue.pop() {
+                return Some(b);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return self.queue.pop();
+            }
+            self.sleeping.store(true, Ordering::SeqCst);
+            if !self.queue.is_empty() || self.stop.load(Ordering::SeqCst) {
+                self.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            std::thread::park();
+            self.sleeping.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Consumer: a batch of `msgs`/`bytes` is done. Returns the paused connections to resume
+    /// once the queue is below half its high-water mark.
+    pub fn done(&self, msgs: usize, bytes: usize) -> Vec<ConnId> {
+        let m = self
+            .queued_msgs
+            .fetch_sub(msgs, Ordering::Relaxed)
+            .saturating_sub(msgs);
+        let b = self
+            .queued_bytes
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .saturating_sub(bytes);
+        if !self.has_paused.load(Ordering::SeqCst)
+            || m > self.high_msgs / 2
+            || b > self.high_bytes / 2
+        {
+            return Vec::new();
+        }
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        self.has_paused.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn every_message_of_every_producer_arrives_once_without_lost_wake_ups() {
+        const PRODUCERS: usize = 3;
+        const PER: u32 = 20_000;
+        let inbox = Arc::new(Inbox::new(4, usize::MAX / 2, usize::MAX / 2));
+        let (tx, rx) = channel();
+        let consumer = {
+            let inbox = Arc::clone(&inbox);
+            std::thread::spawn(move || {
+                let mut seen = vec![vec![false; PER as usize]; PRODUCERS];
+                let mut n = 0usize;
+                while let Some(b) = inbox.next() {
+                    for e in &b.events {
+                        let w = e.conn.worker();
+                        let i = u32::from_le_bytes(b.payload(e).try_into().unwrap());
+                        assert!(!seen[w][i as usize], "duplicate");
+                        seen[w][i as usize] = true;
+                        n += 1;
+                    }
+                    inbox.done(b.messages, b.byte_len());
+                }
+                tx.send(n).unwrap();
+            })
+        };
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|w| {
+                let inbox = Arc::clone(&inbox);
+                std::thread::spawn(move || {
+                    let mut batch = Batch::default();
+                    for i in 0..PER {
+                        batch.push_message(ConnId::new(w, 0, 0), 2, &i.to_le_bytes());
+                        // Small, irregular batches; a full queue hands the batch back.
+                        if i % (w as u32 + 2) == 0 {
+                            while let Err(back) = inbox.push(std::mem::take(&mut batch)) {
+                                batch = back;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                    while !batch.is_empty() {
+                        match inbox.push(std::mem::take(&mut batch)) {
+                            Ok(()) => {}
+                            Err(back) => {
+                                batch = back;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        inbox.stop();
+        let n = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("consumer hung");
+        consumer.join().unwrap();
+        assert_eq!(n, PRODUCERS * PER as usize);
+    }
+
+    #[test]
+    fn paused_connections_are_resumed_once_below_half_the_mark() {
+        let inbox = Inbox::new(8, 4, 1 << 20);
+        let c = ConnId::new(0, 1, 1);
+        let mut b = Batch::default();
+        for _ in 0..5 {
+            b.push_message(c, 1, b"x");
+        }
+        assert!(inbox.over_high_water(b.messages, b.byte_len()));
+        inbox.pause(c);
+        assert!(inbox.push(b).is_ok());
+        let got = inbox.next().unwrap();
+        assert_eq!(inbox.done(got.messages, got.byte_len()), vec![c]);
+        assert!(inbox.done(0, 0).is_empty(), "resumed once");
+    }
+}

@@ -1,0 +1,175 @@
+//! One instance: an OS thread that owns one LuaJIT state.
+//!
+//! Owns the life of the state: create it (sandbox), install the host modules, load the app
+//! file, run `onStart` (or `init`), report success or a start-up error (with file and line) to
+//! the starter, then serve batches from its inbox (or run `run()`) until stopped, and finally
+//! call `onShutdown`. The state never leaves this thread; nothing here touches a socket.
+
+use std::rc::Rc;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mlua::{Lua, Table, Value};
+
+use super::api;
+use super::host::{one_line, HostCtx, Stop};
+use super::inbox::Inbox;
+use super::raw::RawApp;
+use super::spec::ServiceSpec;
+use super::standalone::StandaloneApp;
+use crate::net::hub::{Command, Hub};
+
+/// Host modules this build provides; other names in `preload` are `require`d as Lua modules.
+const NOT_YET: [&str; 4] = ["cws", "mqr", "murmur", "nljson"];
+
+/// What the starter keeps of a running instance.
+pub(crate) struct InstanceHandle {
+    pub thread: Option<JoinHandle<()>>,
+    /// Receives once the thread is about to end (for a shutdown with a deadline).
+    pub finished: Receiver<()>,
+}
+
+pub(crate) struct Shared {
+    pub hub: Arc<Hub>,
+    pub bcast: Arc<api::bcast::Bcast>,
+    pub stop: Arc<Stop>,
+}
+
+/// Starts instance `index` and waits until it is serving; `Err` carries the reason.
+pub(crate) fn spawn(
+    spec: Arc<ServiceSpec>,
+    index: usize,
+    shared: &Shared,
+    inbox: Option<Arc<Inbox>>,
+) -> Result<InstanceHandle, String> {
+    let (ready_tx, ready_rx) = sync_channel::<Result<(), String>>(1);
+    let (fin_tx, fin_rx) = sync_channel::<()>(1);
+    let hub = Arc::clone(&shared.hub);
+    let bcast = Arc::clone(&shared.bcast);
+    let stop = Arc::clone(&shared.stop);
+    let thread = std::thread::Builder::new()
+        .name(format!("lua-{}#{index}", spec.name))
+        .spawn(move || {
+            let host = Rc::new(HostCtx::new(
+                spec.name.as_str().into(),
+                index,
+                hub,
+                bcast,
+                stop,
+                spec.auto_fragment,
+                spec.instruction_budget,
+            ));
+            match load(&spec, &host) {
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+                Ok((lua, module, app)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(&lua, &host, &module, app, inbox.as_deref());
+                }
+            }
+            let _ = fin_tx.send(());
+        })
+        .map_err(|e| format!("cannot spawn the instance thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(InstanceHandle {
+            thread: Some(thread),
+            finished: fin_rx,
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err("the instance thread died while starting".into())
+        }
+    }
+}
+
+enum App {
+    Raw(RawApp),
+    Standalone(StandaloneApp),
+}
+
+fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), String> {
+    let lua = super::sandbox::new_state(spec, host).map_err(|e| one_line(&e))?;
+    install_modules(&lua, spec, host)?;
+    let path = spec.app_file.display().to_string();
+    let source = std::fs::read(&spec.app_file).map_err(|e| format!("{path}: {e}"))?;
+    host.reset_budget();
+    // "@path" names the chunk after its file, so errors read "path:line: message".
+    let module: Value = lua
+        .load(source)
+        .set_name(format!("@{path}"))
+        .eval()
+        .map_err(|e| one_line(&e))?;
+    let Value::Table(module) = module else {
+        return Err(format!("{path}: the app must return its module table"));
+    };
+    let app = if spec.standalone {
+        let app = StandaloneApp::new(&module).map_err(|e| format!("{path}: {e}"))?;
+        app.init(host).map_err(|e| format!("{path}: {e}"))?;
+        App::Standalone(app)
+    } else {
+        let app = RawApp::new(&module).map_err(|e| format!("{path}: {e}"))?;
+        if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
+            host.reset_budget();
+            f.call::<()>(())
+                .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
+        }
+        host.flush();
+        App::Raw(app)
+    };
+    Ok((lua, module, app))
+}
+
+fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(), String> {
+    let lua_err = |e: mlua::Error| one_line(&e);
+    api::install_globals(lua, host).map_err(lua_err)?;
+    // `ws` is always there: any service may send to a handler it was given.
+    api::ws::install(lua, host).map_err(lua_err)?;
+    for name in &spec.preload {
+        match name.as_str() {
+            "time" => api::time::install(lua).map_err(lua_err)?,
+            "nap" => api::nap::install(lua, host).map_err(lua_err)?,
+            "bcast" => api::bcast::install(lua, host).map_err(lua_err)?,
+            "ws" => {}
+            n if NOT_YET.contains(&n) => {
+                crate::warn!("{} preload: module {n} is not available yet", host.tag())
+            }
+            n => {
+                let m: Value = lua
+                    .load(format!("return require({n:?})"))
+                    .eval()
+                    .map_err(|e| format!("preload {n}: {}", one_line(&e)))?;
+                lua.globals().set(n, m).map_err(lua_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inbox>) {
+    match (&app, inbox) {
+        (App::Raw(raw), Some(inbox)) => {
+            while let Some(batch) = inbox.next() {
+                raw.handle(lua, host, &batch);
+                for conn in inbox.done(batch.messages, batch.byte_len()) {
+                    host.push(conn, Command::Resume { conn });
+                }
+                host.flush();
+            }
+        }
+        (App::Standalone(sa), _) => sa.run(host),
+        (App::Raw(_), None) => {}
+    }
+    if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
+        host.reset_budget();
+        if let Err(e) = f.call::<()>(()) {
+            crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
+        }
+    }
+    host.flush();
+}

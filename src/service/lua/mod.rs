@@ -1,0 +1,264 @@
+//! The Lua application host: services whose logic is a Lua app run by LuaJIT instances.
+//!
+//! Owns the hand-off between IOWorkers and instance threads (see docs/threading.md): each
+//! worker gathers the events of one loop iteration in its own per-instance batches (no
+//! contention: only that worker touches them) and `flush` hands each non-empty batch over with
+//! one wake-up. A worker never runs Lua and never waits on an instance: above the high-water
+//! mark `on_message` answers `Flow::Pause`, and the instance posts `Command::Resume` once it
+//! has drained below half of it. Nothing is dropped.
+//!
+//! - [`spec`]: the input (`ServiceSpec`).
+//! - `inbox`: batches, parking, back-pressure counters.
+//! - `instance`: the thread that owns one state; `sandbox`: its limits; `raw`/`standalone`:
+//!   the callbacks; `api`: the Lua-facing modules; `frame`: server framing.
+
+pub mod api;
+mod frame;
+mod host;
+mod inbox;
+mod instance;
+mod raw;
+mod sandbox;
+pub mod spec;
+mod standalone;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use host::Stop;
+pub use spec::{Protocol, ServiceSpec};
+
+use self::inbox::{Batch, Inbox, Kind};
+use self::instance::{InstanceHandle, Shared};
+use super::{Flow, Service, WorkerCtx};
+use crate::net::handle::ConnId;
+use crate::net::hub::Hub;
+use crate::ws::Opcode;
+
+/// Batch slots per worker on top of one slot per message of the high-water mark: every batch
+/// holds at least one event and messages above the mark pause their reader, so a full queue
+/// (the flush keeps the batch and retries) takes more open/close events than a worker sees.
+const BATCHES_PER_WORKER: usize = 8;
+
+/// One running Lua service (network or standalone).
+pub struct LuaService {
+    spec: Arc<ServiceSpec>,
+    inboxes: Vec<Arc<Inbox>>,
+    /// `pending[worker][instance]`: the batch that worker is filling for that instance.
+    pending: Box<[Mutex<Vec<Batch>>]>,
+    next_instance: AtomicUsize,
+    instances: Mutex<Vec<InstanceHandle>>,
+    stop: Arc<Stop>,
+}
+
+impl LuaService {
+    /// Starts every instance of `spec`; on the first failure the started ones are stopped.
+    pub fn start(
+        spec: ServiceSpec,
+        hub: Arc<Hub>,
+        bcast: Arc<api::bcast::Bcast>,
+    ) -> Result<LuaService, String> {
+        if spec.instances == 0 {
+            return Err("instances must be at least 1".into());
+        }
+        if spec.protocol != Protocol::Raw && !spec.standalone {
+            return Err("the LAppS protocol is not served by this build yet".into());
+        }
+        let workers = hub.workers();
+        let spec = Arc::new(spec);
+        let inboxes: Vec<Arc<Inbox>> = if spec.standalone {
+            Vec::new()
+        } else {
+            (0..spec.instances)
+                .map(|_| {
+                    Arc::new(Inbox::new(
+                        spec.queue_capacity + workers * BATCHES_PER_WORKER,
+                        spec.queue_capacity,
+                        spec.queue_bytes,
+                    ))
+                })
+                .collect()
+        };
+        let pending = (0..workers)
+            .map(|_| Mutex::new((0..inboxes.len()).map(|_| Batch::default()).collect()))
+            .collect();
+        let svc = LuaService {
+            spec: Arc::clone(&spec),
+            inboxes,
+            pending,
+            next_instance: AtomicUsize::new(0),
+            instances: Mutex::new(Vec::new()),
+            stop: Arc::new(Stop::default()),
+        };
+        let shared = Shared {
+            hub,
+            bcast,
+            stop: Arc::clone(&svc.stop),
+        };
+        for i in 0..spec.instances {
+            let inbox = svc.inboxes.get(i).cloned();
+            match instance::spawn(Arc::clone(&spec), i, &shared, inbox) {
+                Ok(h) => svc.lock_instances().push(h),
+                Err(e) => {
+                    svc.shutdown(Duration::from_secs(5));
+                    return Err(format!("instance {i}: {e}"));
+                }
+            }
+        }
+        crate::info!(
+            "service {} started: {} instance(s){}",
+            spec.name,
+            spec.instances,
+            if spec.standalone {
+                " (standalone)".to_string()
+            } else {
+                format!(" at {}", spec.request_target)
+            }
+        );
+        Ok(svc)
+    }
+
+    pub fn spec(&self) -> &ServiceSpec {
+        &self.spec
+    }
+
+    fn lock_instances(&self) -> std::sync::MutexGuard<'_, Vec<InstanceHandle>> {
+        self.instances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `must_stop()` becomes true, naps wake, each network instance drains its queue and runs
+    /// `onShutdown`; threads are joined until `grace` has passed (a `run()` that never polls
+    /// `must_stop()` is left behind with a warning). Idempotent.
+    pub fn shutdown(&self, grace: Duration) {
+        self.stop.set();
+        for inbox in &self.inboxes {
+            inbox.stop();
+        }
+        let deadline = Instant::now() + grace;
+        for (i, h) in self.lock_instances().iter_mut().enumerate() {
+            let Some(thread) = h.thread.take() else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if h.finished.recv_timeout(left).is_ok() {
+                let _ = thread.join();
+            } else {
+                crate::warn!(
+                    "service {} instance {i} did not stop within {grace:?}",
+                    self.spec.name
+                );
+            }
+        }
+    }
+
+    fn instance_of(&self, tag: u32) -> usize {
+        (tag as usize) % self.inboxes.len().max(1)
+    }
+
+    fn with_batch<R>(
+        &self,
+        worker: usize,
+        tag: u32,
+        f: impl FnOnce(&mut Batch, &Inbox) -> R,
+    ) -> Option<R> {
+        let i = self.instance_of(tag);
+        let inbox = self.inboxes.get(i)?;
+        let mut pending = self
+            .pending
+            .get(worker)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let batch = pending.get_mut(i)?;
+        Some(f(batch, inbox))
+    }
+}
+
+impl Service for LuaService {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.spec.max_inbound_message_size
+    }
+
+    fn subprotocol(&self) -> Option<&str> {
+        self.spec.proto_alias.as_deref()
+    }
+
+    fn extra_headers(&self) -> &[(String, String)] {
+        &self.spec.extra_headers
+    }
+
+    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32 {
+        let n = self.inboxes.len().max(1);
+        let tag = (self.next_instance.fetch_add(1, Ordering::Relaxed) % n) as u32;
+        self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Open));
+        tag
+    }
+
+    fn on_message(
+        &self,
+        ctx: &mut dyn WorkerCtx,
+        conn: ConnId,
+        tag: u32,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Flow {
+        let r = self.with_batch(ctx.worker(), tag, |b, inbox| {
+            b.push_message(conn, opcode as u8, payload);
+            if inbox.over_high_water(b.messages, b.byte_len()) {
+                inbox.pause(conn);
+                Flow::Pause
+            } else {
+                Flow::Continue
+            }
+        });
+        r.unwrap_or(Flow::Close(1011))
+    }
+
+    fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32) {
+        self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Close));
+    }
+
+    fn has_pending(&self, worker: usize) -> bool {
+        LuaService::has_pending(self, worker)
+    }
+
+    fn flush(&self, worker: usize) {
+        let Some(pending) = self.pending.get(worker) else {
+            return;
+        };
+        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (batch, inbox) in pending.iter_mut().zip(&self.inboxes) {
+            if batch.is_empty() {
+                continue;
+            }
+            // A full queue gives the batch back; it is retried at the next flush (its
+            // messages already count toward the high-water mark, so readers get paused).
+            if let Err(back) = inbox.push(std::mem::take(batch)) {
+                *batch = back;
+            }
+        }
+    }
+}
+
+impl LuaService {
+    /// True when `worker` holds events a flush could not hand over (the instance queue was
+    /// full): the worker must call `flush` again soon rather than sleep indefinitely.
+    pub fn has_pending(&self, worker: usize) -> bool {
+        self.pending.get(worker).is_some_and(|p| {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|b| !b.is_empty())
+        })
+    }
+}
+
+impl Drop for LuaService {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(1));
+    }
+}

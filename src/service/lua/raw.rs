@@ -1,0 +1,90 @@
+//! RAW protocol dispatch: a batch of connection events into the app's callbacks.
+//!
+//! Owns the rules of a network service's callbacks: `onMessage` returning anything but `true`
+//! closes that connection with 1000; a Lua error is logged with its traceback and closes that
+//! connection with 1011; `onDisconnect` runs once per connection, after its last `onMessage`.
+//! It never blocks and never posts itself: commands go to the instance's outbox.
+
+use mlua::{Function, Lua, Table, Value};
+
+use super::api::handler_value;
+use super::host::{one_line, HostCtx};
+use super::inbox::{Batch, Kind};
+use crate::net::handle::ConnId;
+use crate::net::hub::Command;
+
+pub(crate) struct RawApp {
+    on_message: Function,
+    on_disconnect: Option<Function>,
+}
+
+impl RawApp {
+    /// Checks the module table has what a RAW service needs.
+    pub fn new(module: &Table) -> Result<RawApp, String> {
+        let on_message = match module.get::<Value>("onMessage") {
+            Ok(Value::Function(f)) => f,
+            _ => return Err("the module has no onMessage function".into()),
+        };
+        let on_disconnect = match module.get::<Value>("onDisconnect") {
+            Ok(Value::Function(f)) => Some(f),
+            _ => None,
+        };
+        Ok(RawApp {
+            on_message,
+            on_disconnect,
+        })
+    }
+
+    pub fn handle(&self, lua: &Lua, host: &HostCtx, batch: &Batch) {
+        for e in &batch.events {
+            match e.kind {
+                Kind::Open => {}
+                Kind::Message(opcode) => {
+                    if host.closing.borrow().contains(&e.conn) {
+                        continue;
+                    }
+                    self.message(lua, host, e.conn, opcode, batch.payload(e));
+                }
+                Kind::Close => {
+                    host.closing.borrow_mut().remove(&e.conn);
+                    host.bcast.drop_conn(e.conn);
+                    if let Some(f) = &self.on_disconnect {
+                        host.reset_budget();
+                        if let Err(err) = f.call::<()>(handler_value(e.conn)) {
+                            crate::error!("{} onDisconnect: {}", host.tag(), one_line(&err));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn message(&self, lua: &Lua, host: &HostCtx, conn: ConnId, opcode: u8, payload: &[u8]) {
+        host.reset_budget();
+        let result = lua.create_string(payload).and_then(|msg| {
+            self.on_message
+                .call::<Value>((handler_value(conn), opcode as i64, msg))
+        });
+        let code = match result {
+            Ok(Value::Boolean(true)) => return,
+            Ok(_) => 1000,
+            Err(err) => {
+                if matches!(err, mlua::Error::MemoryError(_)) {
+                    // What the failed callback built is garbage now; without a full cycle the
+                    // next callback would start at the limit and fail as well.
+                    let _ = lua.gc_collect();
+                    let _ = lua.gc_collect();
+                }
+                crate::error!(
+                    "{} onMessage failed, closing {:#x} with 1011: {}",
+                    host.tag(),
+                    conn.as_u64(),
+                    one_line(&err)
+                );
+                1011
+            }
+        };
+        host.closing.borrow_mut().insert(conn);
+        host.push(conn, Command::Close { conn, code });
+    }
+}

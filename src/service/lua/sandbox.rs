@@ -1,0 +1,103 @@
+//! Creating one LuaJIT state with the service's safety settings.
+//!
+//! Owns which standard libraries a state gets, the memory limit, the instruction budget hook
+//! and the JIT mode that the budget requires. It never loads the app (see `instance`).
+//!
+//! Measured with the vendored LuaJIT (see docs/lua-api.md, "Limits"): a count hook is never
+//! called inside a compiled trace, so `while true do end` cannot be stopped with the JIT on.
+//! A service with an instruction budget therefore runs interpreter-only; a service without
+//! one (`instruction_budget: None`) keeps the JIT and has only the memory limit.
+
+use std::rc::Rc;
+
+use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Value, VmState};
+
+use super::host::HostCtx;
+use super::spec::ServiceSpec;
+
+/// The count hook fires every this many VM instructions (or the budget, when smaller).
+const HOOK_STEP: u64 = 1000;
+
+pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<Lua> {
+    let mut libs = StdLib::ALL_SAFE;
+    if spec.allow_ffi {
+        libs |= StdLib::FFI;
+    }
+    if spec.allow_debug {
+        libs |= StdLib::DEBUG;
+    }
+    let lua = if spec.allow_ffi || spec.allow_debug {
+        // SAFETY: the operator allowed ffi/debug for this service in its config; those
+        // libraries can break memory safety by design, which is what the setting accepts.
+        unsafe { Lua::unsafe_new_with(libs, LuaOptions::default()) }
+    } else {
+        Lua::new_with(libs, LuaOptions::default())?
+    };
+    if spec.memory_limit > 0 {
+        lua.set_memory_limit(spec.memory_limit)?;
+    }
+    if let Some(budget) = spec.instruction_budget {
+        install_budget(&lua, host, budget)?;
+    }
+    strip_globals(&lua, spec)?;
+    set_package_path(&lua, spec)?;
+    Ok(lua)
+}
+
+fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
+    let g = lua.globals();
+    // os.exit would take the whole server down, whatever the config says.
+    if let Ok(os) = g.get::<mlua::Table>("os") {
+        os.set("exit", Value::Nil)?;
+        if !spec.allow_os_execute {
+            os.set("execute", Value::Nil)?;
+        }
+    }
+    if !spec.allow_os_execute {
+        if let Ok(io) = g.get::<mlua::Table>("io") {
+            io.set("popen", Value::Nil)?;
+        }
+    }
+    if spec.instruction_budget.is_some() {
+        // jit.on() would re-enable traces that never run the budget hook.
+        g.set("jit", Value::Nil)?;
+    }
+    Ok(())
+}
+
+fn set_package_path(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
+    let package: mlua::Table = lua.globals().get("package")?;
+    let mut path = String::new();
+    for dir in &spec.package_paths {
+        let d = dir.display();
+        path.push_str(&format!("{d}/?.lua;{d}/?/init.lua;"));
+    }
+    let old: String = package.get("path").unwrap_or_default();
+    path.push_str(&old);
+    package.set("path", path)
+}
+
+fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()> {
+    // Interpreter only: compiled traces never call the count hook (see the module doc).
+    lua.load("jit.off() jit.flush()").exec()?;
+    let step = budget.clamp(1, HOOK_STEP);
+    let host = Rc::clone(host);
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(step as u32),
+        move |_, debug| {
+            let left = host.budget_left.get();
+            if left <= step {
+                // Stay exhausted: a pcall that catches this error fails again at the next hook.
+                host.budget_left.set(0);
+                let src = debug.source();
+                let at = src.short_src.as_deref().unwrap_or("?");
+                let line = debug.current_line().unwrap_or(0);
+                return Err(mlua::Error::runtime(format!(
+                    "{at}:{line}: instruction budget of {budget} exceeded"
+                )));
+            }
+            host.budget_left.set(left - step);
+            Ok(VmState::Continue)
+        },
+    )
+}

@@ -1,0 +1,293 @@
+//! The service registry: which services run, in which order, and where requests go.
+//!
+//! Owns the start order (dependencies first; unknown or cyclic `depends` are config errors),
+//! the routing table from request target to network service, and shutdown. It never parses
+//! config files (it takes [`ServiceSpec`]s) and never runs Lua itself.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use super::lua::api::bcast::Bcast;
+use super::lua::{LuaService, ServiceSpec};
+use super::Service;
+use crate::net::hub::Hub;
+
+/// How long `shutdown` waits for each service's instances.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A service could not be started (or the service set is inconsistent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    pub service: String,
+    /// For Lua load errors: `file:line: message`.
+    pub message: String,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "service {}: {}", self.service, self.message)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn err(service: &str, message: impl Into<String>) -> StartError {
+    StartError {
+        service: service.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What `services()` reports for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub request_target: Option<String>,
+    pub instances: usize,
+    pub running: bool,
+}
+
+/// Orders `specs` so that every service comes after what it depends on (stable otherwise).
+pub fn start_order(specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, StartError> {
+    let index: HashMap<&str, usize> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    if index.len() != specs.len() {
+        let dup = specs
+            .iter()
+            .find(|s| specs.iter().filter(|t| t.name == s.name).count() > 1)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        return Err(err(&dup, "defined twice"));
+    }
+    // 0 unvisited, 1 on the current path, 2 placed.
+    let mut state = vec![0u8; specs.len()];
+    let mut order = Vec::with_capacity(specs.len());
+    fn visit(
+        i: usize,
+        specs: &[ServiceSpec],
+        index: &HashMap<&str, usize>,
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+        path: &mut Vec<String>,
+    ) -> Result<(), StartError> {
+        match state[i] {
+            2 => return Ok(()),
+            1 => {
+                path.push(specs[i].name.clone());
+                return Err(err(
+                    &specs[i].name,
+                    format!("dependency cycle: {}", path.join(" -> ")),
+                ));
+            }
+            _ => {}
+        }
+        state[i] = 1;
+        path.push(specs[i].name.clone());
+        for d in &specs[i].depends {
+            let Some(&j) = index.get(d.as_str()) else {
+                return Err(err(
+                    &specs[i].name,
+                    format!("depends on unknown service {d}"),
+                ));
+            };
+            visit(j, specs, index, state, order, path)?;
+        }
+        path.pop();
+        state[i] = 2;
+        order.push(i);
+        Ok(())
+    }
+    for i in 0..specs.len() {
+        visit(i, &specs, &index, &mut state, &mut order, &mut Vec::new())?;
+    }
+    let mut slots: Vec<Option<ServiceSpec>> = specs.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// The running services.
+pub struct Registry {
+    hub: Arc<Hub>,
+    bcast: Arc<Bcast>,
+    routes: RwLock<HashMap<String, Arc<LuaService>>>,
+    running: Mutex<Vec<Arc<LuaService>>>,
+    /// Services with `auto_start: false`, startable later with `start_service`.
+    idle: Mutex<Vec<ServiceSpec>>,
+}
+
+impl Registry {
+    /// Starts every `auto_start` service, dependencies first. Any failure stops what was
+    /// started and is returned: the server must refuse to start.
+    pub fn start(specs: Vec<ServiceSpec>, hub: Arc<Hub>) -> Result<Registry, StartError> {
+        let specs = start_order(specs)?;
+        let mut targets: HashMap<&str, &str> = HashMap::new();
+        for s in specs.iter().filter(|s| !s.standalone) {
+            if let Some(other) = targets.insert(&s.request_target, &s.name) {
+                return Err(err(
+                    &s.name,
+                    format!(
+                        "request_target {} is also used by {other}",
+                        s.request_target
+                    ),
+                ));
+            }
+        }
+        let auto: HashMap<&str, bool> = specs
+            .iter()
+            .map(|s| (s.name.as_str(), s.auto_start))
+            .collect();
+        for s in specs.iter().filter(|s| s.auto_start) {
+            if let Some(d) = s
+                .depends
+                .iter()
+                .find(|d| auto.get(d.as_str()) == Some(&false))
+            {
+                return Err(err(
+                    &s.name,
+                    format!("depends on {d}, which has auto_start false"),
+                ));
+            }
+        }
+        let reg = Registry {
+            hub,
+            bcast: Arc::new(Bcast::default()),
+            routes: RwLock::new(HashMap::new()),
+            running: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::new()),
+        };
+        for spec in specs {
+            if !spec.auto_start {
+                reg.lock_idle().push(spec);
+                continue;
+            }
+            if let Err(e) = reg.launch(spec) {
+                reg.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(reg)
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ServiceSpec>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, Vec<Arc<LuaService>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn launch(&self, spec: ServiceSpec) -> Result<(), StartError> {
+        let name = spec.name.clone();
+        let svc = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
+            .map_err(|m| err(&name, m))?;
+        let svc = Arc::new(svc);
+        if !svc.spec().standalone {
+            self.routes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(svc.spec().request_target.clone(), Arc::clone(&svc));
+        }
+        self.lock_running().push(svc);
+        Ok(())
+    }
+
+    /// Starts a service that has `auto_start: false`. A failure refuses only that service.
+    pub fn start_service(&self, name: &str) -> Result<(), StartError> {
+        let spec = {
+            let mut idle = self.lock_idle();
+            let Some(pos) = idle.iter().position(|s| s.name == name) else {
+                return Err(err(name, "no such idle service"));
+            };
+            idle.remove(pos)
+        };
+        let running: Vec<String> = self
+            .lock_running()
+            .iter()
+            .map(|s| s.spec().name.clone())
+            .collect();
+        if let Some(d) = spec.depends.iter().find(|d| !running.contains(d)) {
+            let e = err(name, format!("depends on {d}, which is not running"));
+            self.lock_idle().push(spec);
+            return Err(e);
+        }
+        let keep = spec.clone();
+        self.launch(spec)
+            .inspect_err(|_| self.lock_idle().push(keep))
+    }
+
+    /// The network service at exactly `path` (query string already stripped).
+    pub fn route(&self, path: &str) -> Option<Arc<dyn Service>> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.get(path).map(|s| Arc::clone(s) as Arc<dyn Service>)
+    }
+
+    /// Stops every service in reverse start order (`onShutdown` on each instance, threads
+    /// joined, `must_stop()` true for standalone ones). Idempotent.
+    pub fn shutdown(&self) {
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let running: Vec<_> = self.lock_running().drain(..).collect();
+        for svc in running.iter().rev() {
+            svc.shutdown(SHUTDOWN_GRACE);
+        }
+    }
+
+    /// Every configured service and whether it runs.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        let info = |s: &ServiceSpec, running| ServiceInfo {
+            name: s.name.clone(),
+            request_target: (!s.standalone).then(|| s.request_target.clone()),
+            instances: s.instances,
+            running,
+        };
+        let mut v: Vec<_> = self
+            .lock_running()
+            .iter()
+            .map(|s| info(s.spec(), true))
+            .collect();
+        v.extend(self.lock_idle().iter().map(|s| info(s, false)));
+        v
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
+        let mut s = ServiceSpec::new(name, format!("/nonexistent/{name}.lua"));
+        s.depends = deps.iter().map(|d| d.to_string()).collect();
+        s
+    }
+
+    #[test]
+    fn dependencies_start_first() {
+        let order =
+            start_order(vec![spec("a", &["c"]), spec("b", &[]), spec("c", &["b"])]).unwrap();
+        let names: Vec<_> = order.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn cycles_and_unknown_dependencies_are_errors() {
+        let e = start_order(vec![spec("a", &["b"]), spec("b", &["a"])]).unwrap_err();
+        assert!(e.message.contains("cycle: a -> b -> a"), "{e}");
+        let e = start_order(vec![spec("a", &["zz"])]).unwrap_err();
+        assert_eq!(e.service, "a");
+        assert!(e.message.contains("unknown service zz"), "{e}");
+        let e = start_order(vec![spec("a", &[]), spec("a", &[])]).unwrap_err();
+        assert!(e.message.contains("twice"));
+    }
+}

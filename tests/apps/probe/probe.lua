@@ -1,0 +1,65 @@
+-- probe: a RAW test app. Text commands (anything else is echoed):
+--   "sub <ch>" / "unsub <ch>"  (<ch>: a number or a name) bcast (un)subscribe this connection; replies "ok" or "nil <err>"
+--   "bsend <ch> <text>"        bcast:send; replies "n=<recipients>"
+--   "error"                    raises a Lua error
+--   "loop"                     runs forever
+--   "bomb"                     allocates without bound
+--   "close"                    returns false
+--   "stale <handler>"          ws:send to that handler; replies "<value> <err>"
+--   "stats"                    replies "disc=<onDisconnect calls> dup=<repeated ones>
+--                              late=<messages after onDisconnect> msgs=<messages seen>"
+local probe = {}
+
+local seen_disc, dup = {}, 0
+local total_disc, late, msgs = 0, 0, 0
+
+probe.onStart = function()
+  bcast:create("c")
+end
+
+local function reply(h, s)
+  ws:send(h, 1, s)
+end
+
+probe.onMessage = function(handler, opcode, message)
+  msgs = msgs + 1
+  if seen_disc[handler] then late = late + 1 end
+  if opcode ~= 1 then
+    ws:send(handler, opcode, message)
+    return true
+  end
+  local cmd, rest = message:match("^(%S*)%s*(.*)$")
+  if cmd == "sub" or cmd == "unsub" then
+    local ok, err = bcast[cmd == "sub" and "subscribe" or "unsubscribe"](bcast, tonumber(rest) or rest, handler)
+    reply(handler, ok and "ok" or ("nil " .. err))
+  elseif cmd == "bsend" then
+    local ch, text = rest:match("^(%S+)%s(.*)$")
+    local n, err = bcast:send(tonumber(ch) or ch, 1, text)
+    reply(handler, n and ("n=" .. n) or ("nil " .. err))
+  elseif cmd == "error" then
+    error("boom")
+  elseif cmd == "loop" then
+    while true do end
+  elseif cmd == "bomb" then
+    local t = {}
+    while true do t[#t + 1] = string.rep("x", 64) .. #t end
+  elseif cmd == "close" then
+    return false
+  elseif cmd == "stale" then
+    local v, err = ws:send(tonumber(rest), 1, "to a stale handler")
+    reply(handler, tostring(v) .. " " .. tostring(err))
+  elseif cmd == "stats" then
+    reply(handler, string.format("disc=%d dup=%d late=%d msgs=%d", total_disc, dup, late, msgs))
+  else
+    ws:send(handler, opcode, message)
+  end
+  return true
+end
+
+probe.onDisconnect = function(handler)
+  total_disc = total_disc + 1
+  if seen_disc[handler] then dup = dup + 1 end
+  seen_disc[handler] = true
+end
+
+return probe

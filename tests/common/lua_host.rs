@@ -1,0 +1,199 @@
+//! Helpers for the Lua host tests: the real Hub and Registry, a worker stand-in that calls the
+//! `Service` methods as an IOWorker does, and a reader of what the instances post.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapps::net::handle::ConnId;
+use lapps::net::hub::{Command, Hub};
+use lapps::service::lua::ServiceSpec;
+use lapps::service::{Flow, Service, WorkerCtx};
+use lapps::ws::Opcode;
+
+pub struct Worker(pub usize);
+
+impl WorkerCtx for Worker {
+    fn worker(&self) -> usize {
+        self.0
+    }
+    fn send(&mut self, _conn: ConnId, _opcode: Opcode, _payload: &[u8]) -> bool {
+        false
+    }
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A spec for `dir/name/name.lua` with the app dir and lua/lib on package.path.
+pub fn spec(dir: &Path, name: &str) -> ServiceSpec {
+    let app_dir = dir.join(name);
+    let mut s = ServiceSpec::new(name, app_dir.join(format!("{name}.lua")));
+    s.package_paths = vec![app_dir, root().join("lua/lib")];
+    s
+}
+
+pub fn test_app(name: &str) -> ServiceSpec {
+    spec(&root().join("tests/apps"), name)
+}
+
+/// The probe test app with the host modules it uses.
+pub fn probe() -> ServiceSpec {
+    let mut s = test_app("probe");
+    s.preload = vec!["bcast".into(), "time".into()];
+    s
+}
+
+pub fn example_app(name: &str) -> ServiceSpec {
+    spec(&root().join("lua/apps"), name)
+}
+
+/// A live connection on worker `w`, opened on `svc` the way a worker does it.
+pub struct Conn {
+    pub id: ConnId,
+    pub tag: u32,
+}
+
+pub fn open(hub: &Hub, svc: &dyn Service, w: usize, index: u32, generation: u32) -> Conn {
+    hub.port(w).set_live(index, generation);
+    let id = ConnId::new(w, index, generation);
+    let tag = svc.on_open(&mut Worker(w), id);
+    Conn { id, tag }
+}
+
+pub fn message(svc: &dyn Service, c: &Conn, opcode: Opcode, payload: &[u8]) -> Flow {
+    svc.on_message(&mut Worker(c.id.worker()), c.id, c.tag, opcode, payload)
+}
+
+pub fn text(svc: &dyn Service, c: &Conn, s: &str) -> Flow {
+    let f = message(svc, c, Opcode::Text, s.as_bytes());
+    svc.flush(c.id.worker());
+    f
+}
+
+pub fn close(hub: &Hub, svc: &dyn Service, c: &Conn) {
+    hub.port(c.id.worker()).set_dead(c.id.index());
+    svc.on_close(&mut Worker(c.id.worker()), c.id, c.tag);
+    svc.flush(c.id.worker());
+}
+
+/// What reached the workers, flattened: one entry per connection a frame was queued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    Msg {
+        conn: ConnId,
+        opcode: u8,
+        payload: Vec<u8>,
+        shared: bool,
+    },
+    Close {
+        conn: ConnId,
+        code: u16,
+    },
+    Resume {
+        conn: ConnId,
+    },
+}
+
+/// Decodes one unfragmented, unmasked server frame.
+pub fn unframe(f: &[u8]) -> (u8, Vec<u8>) {
+    assert!(f.len() >= 2, "short frame");
+    assert_eq!(f[0] & 0x80, 0x80, "FIN expected");
+    assert_eq!(f[1] & 0x80, 0, "server frames are unmasked");
+    let (len, at) = match f[1] & 0x7F {
+        126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    assert_eq!(f.len(), at + len, "one frame per command");
+    (f[0] & 0x0F, f[at..].to_vec())
+}
+
+/// Pops every worker's command inbox until `done(all so far)` holds or 20 s pass.
+pub fn collect_until(hub: &Hub, mut done: impl FnMut(&[Out]) -> bool) -> Vec<Out> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut all = Vec::new();
+    loop {
+        if done(&all) {
+            return all;
+        }
+        let mut got = false;
+        for w in 0..hub.workers() {
+            while let Some(batch) = hub.port(w).commands.pop() {
+                got = true;
+                for cmd in batch {
+                    match cmd {
+                        Command::Send { conn, frame } => {
+                            assert_eq!(conn.worker(), w, "command posted to the wrong worker");
+                            let (opcode, payload) = unframe(frame.as_slice());
+                            all.push(Out::Msg {
+                                conn,
+                                opcode,
+                                payload,
+                                shared: false,
+                            });
+                        }
+                        Command::SendMany { conns, frame } => {
+                            let (opcode, payload) = unframe(&frame);
+                            for conn in conns {
+                                assert_eq!(conn.worker(), w, "broadcast grouped wrongly");
+                                all.push(Out::Msg {
+                                    conn,
+                                    opcode,
+                                    payload: payload.clone(),
+                                    shared: true,
+                                });
+                            }
+                        }
+                        Command::Close { conn, code } => all.push(Out::Close { conn, code }),
+                        Command::Resume { conn } => all.push(Out::Resume { conn }),
+                    }
+                }
+            }
+        }
+        if !got {
+            assert!(
+                Instant::now() < deadline,
+                "timed out; got so far: {:?}",
+                all.iter().map(short).collect::<Vec<_>>()
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn short(o: &Out) -> String {
+    match o {
+        Out::Msg { conn, payload, .. } => format!(
+            "msg {:x} {:?}",
+            conn.as_u64(),
+            String::from_utf8_lossy(&payload[..payload.len().min(40)])
+        ),
+        o => format!("{o:?}"),
+    }
+}
+
+/// The text messages queued for `conn`, in order.
+pub fn texts_for(all: &[Out], conn: ConnId) -> Vec<String> {
+    all.iter()
+        .filter_map(|o| match o {
+            Out::Msg {
+                conn: c, payload, ..
+            } if *c == conn => Some(String::from_utf8_lossy(payload).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn count(all: &[Out], pred: impl Fn(&Out) -> bool) -> usize {
+    all.iter().filter(|o| pred(o)).count()
+}
+
+pub fn hub(workers: usize) -> Arc<Hub> {
+    Arc::new(Hub::new(workers, 1024).expect("hub"))
+}
