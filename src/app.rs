@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Acl, Config};
+use crate::config::{Protocol, ServiceConfig};
 use crate::net::server::{Endpoint, Server, ServerOptions};
 use crate::net::worker::{Router, WorkerOptions};
 use crate::service::echo::Echo;
+use crate::service::lua::{self, ServiceSpec};
+use crate::service::registry::Registry;
 use crate::service::Service;
 use crate::ws::handshake::Request;
 
@@ -85,9 +88,44 @@ impl Router for AppRouter {
     }
 }
 
+/// The Lua host's view of one configured service.
+fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
+    let dirs = &cfg.lapps.directories;
+    let app_file = sc.app_file(dirs);
+    let mut spec = ServiceSpec::new(sc.name.clone(), app_file.clone());
+    spec.package_paths = app_file
+        .parent()
+        .map(|d| d.to_path_buf())
+        .into_iter()
+        .chain([dirs.lib.clone()])
+        .collect();
+    spec.instances = sc.instances;
+    spec.standalone = sc.standalone;
+    spec.auto_start = sc.auto_start;
+    spec.protocol = match sc.protocol {
+        Protocol::Raw => lua::Protocol::Raw,
+        Protocol::LAppS => lua::Protocol::LAppS,
+    };
+    spec.request_target = sc.request_target.clone();
+    spec.max_inbound_message_size = sc.max_inbound_message_size;
+    spec.preload = sc.preload.clone();
+    spec.depends = sc.depends.clone();
+    spec.memory_limit = sc.memory_limit;
+    spec.instruction_budget = (sc.instruction_budget > 0).then_some(sc.instruction_budget);
+    spec.allow_ffi = sc.allow_ffi;
+    spec.allow_debug = sc.allow_debug;
+    spec.allow_os_execute = sc.allow_os_execute;
+    spec.queue_capacity = sc.queue_capacity;
+    spec.auto_fragment = cfg.ws.workers.auto_fragment;
+    spec.extra_headers = sc.extra_headers.clone();
+    spec.proto_alias = sc.proto_alias.clone();
+    spec
+}
+
 /// A running server with its services.
 pub struct App {
     server: Server,
+    registry: Registry,
 }
 
 impl App {
@@ -96,19 +134,36 @@ impl App {
         let opts = server_options(cfg);
         let hub =
             Server::new_hub(&opts).map_err(|e| format!("cannot create the worker hub: {e}"))?;
-        let mut routes = HashMap::new();
         let order = cfg.lapps.start_order().map_err(|e| e.to_string())?;
+        let specs: Vec<ServiceSpec> = order
+            .iter()
+            .map(|name| &cfg.lapps.services[name])
+            .filter(|sc| sc.builtin.is_none())
+            .filter(|sc| {
+                let served = sc.protocol == Protocol::Raw || sc.standalone;
+                if !served {
+                    crate::warn!(
+                        "service {}: the LAppS protocol is not available yet; skipped",
+                        sc.name
+                    );
+                }
+                served
+            })
+            .map(|sc| lua_spec(cfg, sc))
+            .collect();
+        let registry = Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?;
+        let mut routes = HashMap::new();
         for name in order {
             let sc = &cfg.lapps.services[&name];
-            if !sc.is_network() {
+            if !sc.is_network() || !sc.auto_start {
                 continue;
             }
             let service: Arc<dyn Service> = match sc.builtin.as_deref() {
-                Some("echo") => Arc::new(Echo::new(name.clone(), sc.max_inbound_message_size)),
-                _ => {
-                    crate::warn!("service {name}: Lua services are not wired yet; skipped");
-                    continue;
-                }
+                Some(_) => Arc::new(Echo::new(name.clone(), sc.max_inbound_message_size)),
+                None => match registry.route(&sc.request_target) {
+                    Some(s) => s,
+                    None => continue,
+                },
             };
             crate::info!("service {name} at {}", sc.request_target);
             routes.insert(
@@ -121,8 +176,14 @@ impl App {
             );
         }
         let router = Arc::new(AppRouter { routes });
-        let server = Server::start(opts, hub, router).map_err(|e| e.to_string())?;
-        Ok(App { server })
+        let server = match Server::start(opts, hub, router) {
+            Ok(s) => s,
+            Err(e) => {
+                registry.shutdown();
+                return Err(e.to_string());
+            }
+        };
+        Ok(App { server, registry })
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -132,5 +193,6 @@ impl App {
     /// Graceful stop: no new connections, close 1001 to every connection, services last.
     pub fn shutdown(self) {
         self.server.shutdown();
+        self.registry.shutdown();
     }
 }

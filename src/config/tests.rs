@@ -469,8 +469,6 @@ fn committed_repo_configs_load() {
             "echo",
             "echo_builtin",
             "echo_lapps",
-            "mqr_receiver",
-            "mqr_sender",
             "time_broadcast"
         ]
     );
@@ -487,14 +485,12 @@ fn committed_repo_configs_load() {
         (Protocol::LAppS, "/echo_lapps")
     );
     assert_eq!(s["chat"].request_target, "/chat");
-    assert!(s["time_broadcast"].standalone && s["mqr_sender"].standalone);
-    assert!(s["mqr_receiver"].standalone && s["benchmark"].standalone);
+    assert!(s["time_broadcast"].standalone && s["benchmark"].standalone);
     assert!(!s["benchmark"].auto_start);
     let order = c.lapps.start_order().unwrap();
     assert!(!order.contains(&"benchmark".to_string()));
     let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
     assert!(pos("time_broadcast") < pos("echo_lapps"));
-    assert!(pos("mqr_receiver") < pos("mqr_sender"));
     assert_eq!(
         s["echo"].app_file(&c.lapps.directories),
         repo_root().join("lua/apps/echo/echo.lua")

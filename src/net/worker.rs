@@ -97,6 +97,8 @@ pub struct Worker {
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Services that received messages this iteration (to `flush`).
     touched: Vec<Arc<dyn Service>>,
+    /// Services whose last `flush` left a batch behind (their queue was full).
+    retry_flush: Vec<Arc<dyn Service>>,
     /// Messages a service sent to another connection of this worker during a callback.
     deferred: Vec<(ConnId, Vec<u8>)>,
     shutdown_since: Option<Instant>,
@@ -171,6 +173,7 @@ impl Worker {
             pending: Vec::new(),
             timers: BinaryHeap::new(),
             touched: Vec::new(),
+            retry_flush: Vec::new(),
             deferred: Vec::new(),
             shutdown_since: None,
             handshake_limits,
@@ -220,9 +223,7 @@ impl Worker {
             self.apply_deferred();
             self.run_timers();
             self.check_shutdown();
-            for s in self.touched.drain(..) {
-                s.flush(self.id);
-            }
+            self.flush_services();
             self.flush_dirty();
             self.publish_load();
             if self.shutdown_since.is_some() && self.conns.is_empty() {
@@ -455,6 +456,20 @@ impl Worker {
         }
         debug!("worker {}: {peer} opened {}", self.id, req.path);
         head_len + self.process_frames(index, &mut buf[head_len..])
+    }
+
+    /// Lets every service that got work this iteration hand its batch over (one wake-up per
+    /// batch); those whose queue was full are retried next iteration.
+    fn flush_services(&mut self) {
+        for s in std::mem::take(&mut self.retry_flush) {
+            self.touched_push(&s);
+        }
+        for s in std::mem::take(&mut self.touched) {
+            s.flush(self.id);
+            if s.has_pending(self.id) {
+                self.retry_flush.push(s);
+            }
+        }
     }
 
     fn touched_push(&mut self, s: &Arc<dyn Service>) {

@@ -1,44 +1,20 @@
 //! Server-side framing of the messages Lua sends (unmasked, RFC 6455 section 5.2).
 //!
 //! The one place the Lua host turns a payload into wire bytes; it never parses input.
-// TODO(merge): use ws::codec::encode_message once the protocol core lands.
+
+use crate::ws::codec::{encode_message, Role};
+use crate::ws::Opcode;
 
 /// Frames `payload` as one message of `opcode` (1 text, 2 binary), split into frames of at
 /// most `fragment` payload bytes when set (continuation frames carry opcode 0).
 pub(crate) fn frame(opcode: u8, payload: &[u8], fragment: Option<usize>) -> Vec<u8> {
-    let size = match fragment {
-        Some(n) if n > 0 && payload.len() > n => n,
-        _ => {
-            return frame_one(
-                opcode,
-                true,
-                payload,
-                Vec::with_capacity(payload.len() + 10),
-            )
-        }
-    };
-    let frames = payload.len().div_ceil(size);
-    let mut out = Vec::with_capacity(payload.len() + frames * 10);
-    for (i, part) in payload.chunks(size).enumerate() {
-        let op = if i == 0 { opcode } else { 0 };
-        out = frame_one(op, i + 1 == frames, part, out);
-    }
-    out
-}
-
-fn frame_one(opcode: u8, fin: bool, payload: &[u8], mut out: Vec<u8>) -> Vec<u8> {
-    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
-    let len = payload.len();
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
+    let opcode = if opcode == 1 {
+        Opcode::Text
     } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(payload);
+        Opcode::Binary
+    };
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    encode_message(&mut out, Role::Server, opcode, payload, fragment, [0; 4]);
     out
 }
 
