@@ -54,6 +54,9 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
+    // First, before anything the build's SIMD target features may have compiled: refuse cleanly
+    // (status 1) on a CPU that lacks them instead of dying later with SIGILL.
+    lapps::cpu::exit_unless_supported();
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,
