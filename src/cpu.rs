@@ -5,17 +5,21 @@
 //! On a CPU without them the process would die with SIGILL at some arbitrary later point; `main`
 //! calls [`exit_unless_supported`] first, which refuses with one clear line and status 1.
 //!
+//! Where it runs: an ELF constructor (`.init_array.00090`, installed by `src/main.rs`) calls
+//! [`exit_unless_supported`] before anything else of ours or of std's runs; `main` calls it
+//! again first thing, for targets without that section. The constructor is needed because with
+//! `lto = "fat"` std's own start-up code (the C `main`, `lang_start`, std's argv constructor at
+//! `.init_array.00099`) is code-generated together with ours, with the build's target features:
+//! in the avx2 package it holds VEX instructions (`vmovups %ymm0, ...`) that run before Rust's
+//! `main` is reached. Lower priorities run first, so ours precedes std's.
+//!
 //! Why the check itself cannot trip over the instructions it guards against:
-//! - it runs after std's runtime set-up, which lives in the precompiled std built for baseline
-//!   x86-64: RUSTFLAGS do not recompile std (we do not use `-Z build-std`);
-//! - `is_x86_feature_detected!` reads std_detect's cache, filled by cpuid/xgetbv code that is
-//!   also part of that baseline std;
-//! - our part only compares small integers (an enum and bools) and hands back a pointer and a
-//!   length in registers; the refusal writes a static string with write(2) and leaves through
-//!   `std::process::exit`. Nothing is allocated, formatted or copied through vector registers.
-//! - [`check_build_variant`] and [`exit_unless_supported`] are `#[inline(never)]`: merged into
-//!   `main`, LLVM could hoist `main`'s later vector work (struct copies that `+avx` encodes with
-//!   VEX) above the check. tests/packaging.sh disassembles both and the head of `main` in the
+//! - the probe is CPUID and XGETBV plus bit tests on the integer registers they fill, over a
+//!   small enum; the answer is a pointer and a length in registers;
+//! - the refusal writes a static string with write(2) and leaves with `_exit(2)`: no Rust
+//!   runtime code, nothing allocated, formatted or copied through vector registers;
+//! - [`check_build_variant`] and [`exit_unless_supported`] are `#[inline(never)]`, so LLVM
+//!   cannot merge vector work of a caller into them. tests/packaging.sh disassembles both in the
 //!   avx2 package and fails if any vector register appears there.
 //!
 //! Owns: the CPU features each variant requires and the refusal message. Must never allocate,
@@ -91,16 +95,74 @@ pub fn check(variant: &Variant, probe: impl Fn(Feature) -> bool) -> Result<(), &
     Ok(())
 }
 
-/// Whether the running CPU (and OS, for AVX state) supports `f`.
+/// Whether the running CPU (and OS, for AVX state) supports `f`, asked of CPUID itself.
+///
+/// Not `is_x86_feature_detected!`: that macro answers `true` at compile time for every feature
+/// the build enables with `-C target-feature`, which would fold this whole check away in
+/// exactly the builds it exists for.
 #[cfg(target_arch = "x86_64")]
 pub fn detected(f: Feature) -> bool {
+    let ids = CpuIds::read();
     match f {
-        Feature::Sse3 => std::arch::is_x86_feature_detected!("sse3"),
-        Feature::Ssse3 => std::arch::is_x86_feature_detected!("ssse3"),
-        Feature::Sse41 => std::arch::is_x86_feature_detected!("sse4.1"),
-        Feature::Sse42 => std::arch::is_x86_feature_detected!("sse4.2"),
-        Feature::Avx => std::arch::is_x86_feature_detected!("avx"),
-        Feature::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+        Feature::Sse3 => bit(ids.leaf1_ecx, 0),
+        Feature::Ssse3 => bit(ids.leaf1_ecx, 9),
+        Feature::Sse41 => bit(ids.leaf1_ecx, 19),
+        Feature::Sse42 => bit(ids.leaf1_ecx, 20),
+        Feature::Avx => ids.avx_usable(),
+        Feature::Avx2 => ids.avx_usable() && bit(ids.leaf7_ebx, 5),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn bit(reg: u32, n: u32) -> bool {
+    reg & (1 << n) != 0
+}
+
+/// The CPUID words the variants' features live in.
+#[cfg(target_arch = "x86_64")]
+struct CpuIds {
+    leaf1_ecx: u32,
+    leaf7_ebx: u32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CpuIds {
+    fn read() -> CpuIds {
+        use std::arch::x86_64::__cpuid_count;
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 0 reports the highest leaf, and leaf 7
+        // is only asked for when it is within range. (`unsafe` for Rust < 1.87, where the
+        // intrinsic was not yet a safe function.)
+        #[allow(unused_unsafe)]
+        let (leaf1_ecx, leaf7_ebx) = unsafe {
+            let max = __cpuid_count(0, 0).eax;
+            let l1 = if max >= 1 { __cpuid_count(1, 0).ecx } else { 0 };
+            let l7 = if max >= 7 { __cpuid_count(7, 0).ebx } else { 0 };
+            (l1, l7)
+        };
+        CpuIds {
+            leaf1_ecx,
+            leaf7_ebx,
+        }
+    }
+
+    /// AVX needs the CPU bit and the OS saving the YMM state (OSXSAVE, then XCR0 bits 1 and 2).
+    fn avx_usable(&self) -> bool {
+        if !(bit(self.leaf1_ecx, 28) && bit(self.leaf1_ecx, 27)) {
+            return false;
+        }
+        let (lo, _hi): (u32, u32);
+        // SAFETY: CPUID.1:ECX.OSXSAVE (bit 27) is set, so the OS has enabled XGETBV; XCR0 is
+        // register 0. The instruction only reads XCR0 into EDX:EAX.
+        unsafe {
+            std::arch::asm!(
+                "xgetbv",
+                in("ecx") 0u32,
+                out("eax") lo,
+                out("edx") _hi,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        lo & 0b110 == 0b110
     }
 }
 
@@ -113,21 +175,26 @@ pub fn detected(_f: Feature) -> bool {
 
 /// Checks the running CPU against this binary's variant ([`BUILD`]).
 #[inline(never)]
+#[export_name = "lapps_cpu_check_build_variant"]
 pub fn check_build_variant() -> Result<(), &'static str> {
     check(&BUILD, detected)
 }
 
-/// The first call in `main`: prints the refusal to stderr and exits with status 1 when this
-/// CPU cannot run this build.
+/// Prints the refusal to stderr and exits with status 1 when this CPU cannot run this build.
+/// Called by the ELF constructor before std's start-up, and first thing in `main`; exported
+/// under a fixed name so that tests/packaging.sh can find and disassemble it.
 #[inline(never)]
-pub fn exit_unless_supported() {
+#[export_name = "lapps_cpu_exit_unless_supported"]
+pub extern "C" fn exit_unless_supported() {
     if let Err(line) = check_build_variant() {
         // SAFETY: `line` is a valid static string of `line.len()` bytes; fd 2 may be closed, in
-        // which case write fails harmlessly and the exit status still tells.
+        // which case write fails harmlessly and the exit status still tells. `_exit` ends the
+        // process without running any Rust or atexit code, none of which has anything to flush
+        // this early.
         unsafe {
             libc::write(2, line.as_ptr().cast(), line.len());
+            libc::_exit(1);
         }
-        std::process::exit(1);
     }
 }
 
@@ -179,6 +246,25 @@ mod tests {
     #[test]
     fn build_variant_matches_build_rs() {
         assert_eq!(BUILD.name, crate::BUILD_VARIANT);
+    }
+
+    /// In the test build the SIMD features are not enabled at compile time, so std's macro
+    /// really asks the CPU: an oracle for our CPUID reading.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn cpuid_probe_agrees_with_std() {
+        use std::arch::is_x86_feature_detected as std_has;
+        let pairs = [
+            (Feature::Sse3, std_has!("sse3")),
+            (Feature::Ssse3, std_has!("ssse3")),
+            (Feature::Sse41, std_has!("sse4.1")),
+            (Feature::Sse42, std_has!("sse4.2")),
+            (Feature::Avx, std_has!("avx")),
+            (Feature::Avx2, std_has!("avx2")),
+        ];
+        for (f, expected) in pairs {
+            assert_eq!(detected(f), expected, "{f:?}");
+        }
     }
 
     /// The tests run on the machine that built them, so the real probe must accept the build.
