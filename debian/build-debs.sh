@@ -104,6 +104,10 @@ for name in ("ws.json", "lapps.json"):
 PY
 }
 
+# Conflicts/Replaces name the other variant only: a Conflicts on the virtual "lapps" that both
+# provide would make plain `dpkg -i` refuse the swap (the installed package's conflict is not
+# resolved by removal), while naming the real package lets dpkg remove the one it replaces.
+
 # libc6/libgcc-s1 lower bounds from the symbols the binary uses, as ${shlibs:Depends} would.
 shlib_depends() {
     local bin=$1 dir line
@@ -184,8 +188,8 @@ Maintainer: $MAINTAINER
 Installed-Size: $size
 Depends: $depends
 Provides: lapps
-Conflicts: lapps, lapps-$other
-Replaces: lapps, lapps-$other
+Conflicts: lapps-$other
+Replaces: lapps-$other
 Section: net
 Priority: optional
 Description: Lua Application Server over WebSockets ($v build)

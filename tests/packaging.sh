@@ -10,6 +10,7 @@
 #     survives a reinstall, dpkg -P removes everything.
 # Installs lintian (and systemd) with apt-get when missing. Cleans up after itself; safe to run
 # again. Closing line: "packaging: N passed, N failed".
+# shellcheck disable=SC2317 # functions are called through check "..." CMD, which it cannot see
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never LC_ALL=C.UTF-8
@@ -23,6 +24,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 pass() { echo "ok: $*"; passed=$((passed + 1)); }
+indent() { sed 's/^/    /'; }
 fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
 check() { # check DESCRIPTION COMMAND...
     local what=$1
@@ -66,14 +68,14 @@ for v in ssse3 avx2; do
     done
     check "lapps-$v contains the installed layout${missing:+ (missing:$missing)}" \
         test -z "$missing"
-    dpkg-deb --contents "$(deb "$v")" | grep -E ' \./(usr/bin|etc|lib/systemd)/' | sed 's/^/    /'
+    dpkg-deb --contents "$(deb "$v")" | grep -E ' \./(usr/bin|etc|lib/systemd)/' | indent
 
     info=$(dpkg-deb --field "$(deb "$v")" Package Provides Conflicts Replaces Architecture)
-    check "lapps-$v: Provides lapps, Conflicts/Replaces lapps and lapps-$other, amd64" \
+    check "lapps-$v: Provides lapps, Conflicts/Replaces lapps-$other, amd64" \
         grep -qzE "Package: lapps-$v
 Provides: lapps
-Conflicts: lapps, lapps-$other
-Replaces: lapps, lapps-$other
+Conflicts: lapps-$other
+Replaces: lapps-$other
 Architecture: amd64" <<<"$info"
     conffiles=$(dpkg-deb --info "$(deb "$v")" conffiles)
     check "lapps-$v: /etc/lapps/ws.json and lapps.json are conffiles" \
@@ -101,10 +103,13 @@ done
 echo "== CPU check in the avx2 binary (unstripped build output)"
 bin=target/deb-avx2/x86_64-unknown-linux-gnu/release/lapps
 disasm() { objdump -d --no-show-raw-insn --disassemble="$1" "$bin"; }
+scalar_only() { # scalar_only SYMBOL: the function exists and touches no vector register
+    local code
+    code=$(disasm "$1")
+    grep -q "^[0-9a-f]* <$1>:" <<<"$code" && ! grep -qE '%[xyz]mm' <<<"$code"
+}
 for fn in lapps_cpu_exit_unless_supported lapps_cpu_check_build_variant; do
-    check "$fn exists and uses no vector register" \
-        bash -c '[ "$(grep -c "^[0-9a-f]* <'"$fn"'>:" <<<"$1")" = 1 ] &&
-            ! grep -qE "%[xyz]mm" <<<"$1"' _ "$(disasm "$fn")"
+    check "$fn exists and uses no vector register" scalar_only "$fn"
 done
 check "lapps_cpu_check_build_variant asks CPUID itself (not folded at compile time)" \
     grep -q cpuid <<<"$(disasm lapps_cpu_check_build_variant)"
@@ -120,10 +125,11 @@ check "the CPU check is the first .init_array constructor (before std's start-up
 echo "== lintian"
 command -v lintian >/dev/null || apt_install lintian
 for v in ssse3 avx2; do
-    out=$(lintian --info --display-info "$(deb "$v")" 2>&1 | grep -v 'running with root privileges' || true)
+    out=$(lintian --display-info "$(deb "$v")" 2>&1 | grep -v 'running with root privileges' || true)
     echo "lintian $(deb "$v"):"
-    echo "${out:-    (no output)}" | sed 's/^/    /'
-    check "lintian: no errors in lapps-$v" bash -c '! grep -q "^E: " <<<"$1"' _ "$out"
+    echo "${out:-(no output)}" | indent
+    no_errors() { ! grep -q '^E: ' <<<"$out"; }
+    check "lintian: no errors in lapps-$v" no_errors
 done
 
 echo "== systemd-analyze"
@@ -137,11 +143,11 @@ cp -a /lib/systemd/system/. "$root/lib/systemd/system/"
 cp /bin/kill "$root/bin/kill"
 verify=$(systemd-analyze verify --root="$root" lapps.service 2>&1 || echo "(exit status $?)")
 echo "systemd-analyze verify lapps.service:"
-echo "${verify:-    (no output)}" | sed 's/^/    /'
+echo "${verify:-(no output)}" | indent
 check "systemd-analyze verify prints nothing" test -z "$verify"
 security=$(systemd-analyze security --offline=yes systemd/lapps.service 2>&1 || true)
 echo "systemd-analyze security --offline=yes systemd/lapps.service:"
-sed 's/^/    /' <<<"$security"
+indent <<<"$security"
 score=$(sed -n 's/.*Overall exposure level for lapps.service: \([0-9.]*\).*/\1/p' <<<"$security")
 check "exposure score ${score:-missing} <= $MAX_EXPOSURE" \
     awk -v s="${score:-99}" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }'
@@ -152,25 +158,41 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 echo "== install, run, replace, reinstall, purge (root)"
+# dpkg has no lock timeout of its own; another apt/dpkg run on the machine holds the lock for a
+# while at most. Retries only that error, for up to 5 minutes.
+dpkg_locked() { # dpkg_locked ARGS...: dpkg ARGS, waiting for the dpkg lock
+    local deadline=$((SECONDS + 300)) out
+    while :; do
+        if out=$(dpkg "$@" </dev/null 2>&1); then
+            echo "$out" | indent
+            return 0
+        fi
+        if ! grep -q "lock was locked by another process" <<<"$out" || [ $SECONDS -ge $deadline ]; then
+            echo "$out" | indent
+            return 1
+        fi
+        sleep 2
+    done
+}
 purge_all() {
     local p
     for p in lapps-ssse3 lapps-avx2; do
         if dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^[a-z][a-z]'; then
-            dpkg -P "$p" >/dev/null
+            dpkg_locked -P "$p" >/dev/null
         fi
     done
 }
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 purge_all # a previous interrupted run
 
-dpkg -i "$(deb avx2)" </dev/null
+dpkg_locked -i "$(deb avx2)"
 check "lapps-avx2 installed" installed lapps-avx2
 check "lapps system user and group exist" \
     bash -c 'getent passwd lapps >/dev/null && getent group lapps >/dev/null'
 check "/var/lib/lapps belongs to lapps" test "$(stat -c %U:%G /var/lib/lapps)" = lapps:lapps
 check "/usr/bin/lapps is the avx2 build" grep -q "simd build: avx2," <<<"$(/usr/bin/lapps --version)"
 check "without -c, outside a checkout, the packaged binary reads /etc/lapps" \
-    grep -qx "configuration in /etc/lapps is valid" <<<"$(cd / && /usr/bin/lapps --check-config)"
+    grep -qx "configuration in /etc/lapps is valid" <<<"$(cd "$tmp" && /usr/bin/lapps --check-config)"
 check "systemd-analyze verify of the installed unit prints nothing" \
     test -z "$(systemd-analyze verify /lib/systemd/system/lapps.service 2>&1)"
 
@@ -178,14 +200,14 @@ echo "-- running the installed server as lapps (tests/packaging_smoke.py)"
 # In a network namespace of its own when possible, so that nothing else on the machine can hold
 # port $PORT; the server still listens on the installed 127.0.0.1:$PORT.
 if unshare --net true 2>/dev/null && command -v ip >/dev/null; then
-    smoke=(unshare --net sh -c 'ip link set lo up && exec python3 "$@"' _)
+    smoke=(unshare --net sh -c 'ip link set lo up && exec "$@"' _)
 else
     smoke=()
 fi
 check "installed lapps: READY=1, echo over WebSocket, SIGTERM -> STOPPING=1" \
     "${smoke[@]}" python3 tests/packaging_smoke.py "$PORT"
 
-dpkg -i "$(deb ssse3)" </dev/null
+dpkg_locked -i "$(deb ssse3)"
 replaced() { installed lapps-ssse3 && ! installed lapps-avx2; }
 check "lapps-ssse3 replaced lapps-avx2" replaced
 check "/usr/bin/lapps is now the ssse3 build" \
@@ -201,7 +223,7 @@ w = json.load(open(p))
 w["backlog"] = 777
 open(p, "w").write(json.dumps(w, indent=2) + "\n")
 PY
-dpkg -i "$(deb ssse3)" </dev/null
+dpkg_locked -i "$(deb ssse3)"
 check "an edit of /etc/lapps/ws.json survives a reinstall" grep -q '"backlog": 777' /etc/lapps/ws.json
 check "the edited configuration is valid" /usr/bin/lapps -c /etc/lapps --check-config
 
