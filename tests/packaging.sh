@@ -134,14 +134,16 @@ done
 
 echo "== systemd-analyze"
 command -v systemd-analyze >/dev/null || apt_install systemd
-# verify checks ExecStart= binaries and the targets the unit names: give it a root holding the
-# extracted package plus the host's units and /bin/kill.
+# verify checks ExecStart= binaries, the targets the unit names and its man: documentation: give
+# it a root holding the extracted package plus the host's units and /bin/kill, and the
+# package's man pages.
 root="$tmp/root"
 mkdir -p "$root/bin" "$root/lib/systemd"
 dpkg-deb --extract "$(deb avx2)" "$root"
 cp -a /lib/systemd/system/. "$root/lib/systemd/system/"
 cp /bin/kill "$root/bin/kill"
-verify=$(systemd-analyze verify --root="$root" lapps.service 2>&1 || echo "(exit status $?)")
+verify=$(MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" lapps.service 2>&1 ||
+    echo "(exit status $?)")
 echo "systemd-analyze verify lapps.service:"
 echo "${verify:-(no output)}" | indent
 check "systemd-analyze verify prints nothing" test -z "$verify"
