@@ -145,8 +145,7 @@ def main():
             else:
                 failures.append(f"/echo (Lua) echoed {got!r}")
         except (Failure, OSError) as e:
-            # Lua services were being wired while this test was written: soft until then.
-            print(f"SOFT-FAIL: /echo (Lua echo app) not answering yet: {e}")
+            failures.append(f"/echo (Lua echo app) did not answer: {e}")
 
         child.send_signal(signal.SIGTERM)
         stopping = wait_for_state(notify, "STOPPING=1", time.monotonic() + STOP_TIMEOUT, seen)
