@@ -328,3 +328,30 @@ fn outbound_shapes_are_checked_and_canonicalised() {
         assert!(!e.unwrap_err().is_empty());
     }
 }
+
+#[test]
+fn committed_fuzz_seeds_mean_what_their_names_say() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cbor");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = crate::lapps_proto::cbor::decode(&bytes);
+        if name.starts_with("valid_") {
+            assert!(
+                parse_inbound(&bytes).is_ok(),
+                "{name}: {:?}",
+                parse_inbound(&bytes)
+            );
+        } else if name.starts_with("response_") || name == "oon" {
+            assert!(validate_outbound(&decoded.unwrap()).is_ok(), "{name}");
+        } else if name.starts_with("garbage_") || name == "deep" {
+            assert!(decoded.is_err(), "{name}");
+        } else {
+            assert!(decoded.is_ok(), "{name}: {decoded:?}");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 10);
+}
