@@ -119,6 +119,7 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec.auto_fragment = cfg.ws.workers.auto_fragment;
     spec.extra_headers = sc.extra_headers.clone();
     spec.proto_alias = sc.proto_alias.clone();
+    spec.max_protocol_errors = sc.max_protocol_errors;
     spec
 }
 
@@ -139,16 +140,6 @@ impl App {
             .iter()
             .map(|name| &cfg.lapps.services[name])
             .filter(|sc| sc.builtin.is_none())
-            .filter(|sc| {
-                let served = sc.protocol == Protocol::Raw || sc.standalone;
-                if !served {
-                    crate::warn!(
-                        "service {}: the LAppS protocol is not available yet; skipped",
-                        sc.name
-                    );
-                }
-                served
-            })
             .map(|sc| lua_spec(cfg, sc))
             .collect();
         let registry = Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?;

@@ -51,6 +51,8 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     pub last_activity: Instant,
     pub ping_outstanding: bool,
+    /// Accepted only to be answered 503: holds no connection slot of the worker.
+    pub refused: bool,
 }
 
 impl Conn {
@@ -73,6 +75,7 @@ impl Conn {
             deadline: None,
             last_activity: now,
             ping_outstanding: false,
+            refused: false,
         }
     }
 

@@ -250,6 +250,9 @@ impl Worker {
     fn take_new_connections(&mut self) {
         while let Some(nc) = self.hub.port(self.id).accepts.pop() {
             if self.shutdown_since.is_some() {
+                if !nc.reject_full {
+                    self.hub.port(self.id).release_slot();
+                }
                 continue; // dropping the fd closes it
             }
             self.add_connection(nc);
@@ -263,7 +266,9 @@ impl Worker {
         }
         let now = Instant::now();
         let reject_full = nc.reject_full;
-        let (index, generation) = self.conns.insert(Conn::new(nc.fd, nc.peer, now));
+        let mut conn = Conn::new(nc.fd, nc.peer, now);
+        conn.refused = reject_full;
+        let (index, generation) = self.conns.insert(conn);
         if let Err(e) = self.selector.register(fd, index as u64 + 1) {
             // A failed registration must not leave a slot behind (monoio does the same).
             warn!(
@@ -666,7 +671,11 @@ impl Worker {
             return;
         };
         let _ = self.selector.deregister(c.fd.as_raw_fd());
-        self.hub.port(self.id).set_dead(index);
+        let port = self.hub.port(self.id);
+        port.set_dead(index);
+        if !c.refused {
+            port.release_slot();
+        }
         c.out.clear(&mut self.pool);
         if let Some(service) = c.service.take() {
             let id = self.conn_id(index, generation);
@@ -923,9 +932,11 @@ impl Worker {
         }
     }
 
+    /// Publishes the queued outbound bytes for the balancer (the connection count is kept
+    /// exact by slot reservation, see `Port::reserve_slot`).
     fn publish_load(&mut self) {
         let port = self.hub.port(self.id);
-        port.connections
-            .store(self.conns.len(), std::sync::atomic::Ordering::Relaxed);
+        port.queued_bytes
+            .store(self.pool.queued_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -55,6 +55,8 @@ pub struct ServiceSpec {
     pub extra_headers: Vec<(String, String)>,
     /// `Sec-WebSocket-Protocol` to answer with.
     pub proto_alias: Option<String>,
+    /// LAppS protocol: consecutive malformed messages before the connection is closed (1003).
+    pub max_protocol_errors: u32,
 }
 
 impl ServiceSpec {
@@ -88,6 +90,7 @@ impl ServiceSpec {
             auto_fragment: None,
             extra_headers: Vec::new(),
             proto_alias: None,
+            max_protocol_errors: 10,
         }
     }
 }
