@@ -6,6 +6,7 @@
 
 pub mod echo;
 pub mod lua;
+pub mod mqr;
 pub mod registry;
 
 use crate::net::handle::ConnId;
