@@ -21,7 +21,7 @@ use super::standalone::StandaloneApp;
 use crate::net::hub::{Command, Hub};
 
 /// Host modules this build provides; other names in `preload` are `require`d as Lua modules.
-const NOT_YET: [&str; 3] = ["cws", "murmur", "nljson"];
+const NOT_YET: [&str; 2] = ["murmur", "nljson"];
 
 /// What the starter keeps of a running instance.
 pub(crate) struct InstanceHandle {
@@ -135,6 +135,7 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
             "time" => api::time::install(lua).map_err(lua_err)?,
             "nap" => api::nap::install(lua, host).map_err(lua_err)?,
             "bcast" => api::bcast::install(lua, host).map_err(lua_err)?,
+            "cws" => api::cws::install(lua, host).map_err(lua_err)?,
             "mqr" => api::mqr::install(lua, host, spec.mqr_capacity).map_err(lua_err)?,
             "ws" => {}
             n if NOT_YET.contains(&n) => {

@@ -5,6 +5,7 @@
 //! raise. No function here blocks except `nap:sleep` and the blocking forms of `mqr`.
 
 pub mod bcast;
+pub(crate) mod cws;
 pub(crate) mod mqr;
 pub(crate) mod nap;
 pub(crate) mod time;
