@@ -1,5 +1,7 @@
 //! cws through the real parts: the benchmark example against the server's Lua echo, and a
 //! wss:// round trip against a rustls + tungstenite server with an rcgen certificate.
+#[path = "common/mod.rs"]
+mod common;
 #[path = "common/lua_host.rs"]
 mod host;
 
@@ -200,4 +202,87 @@ fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
         got.insert(line);
     }
     reg.shutdown();
+}
+
+/// One frame from the client: (opcode, masked, unmasked payload).
+fn read_client_frame(s: &mut std::net::TcpStream) -> (u8, bool, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert!(h[1] & 0x7f < 126, "short test frames only");
+    let mut mask = [0u8; 4];
+    let masked = h[1] & 0x80 != 0;
+    if masked {
+        s.read_exact(&mut mask).unwrap();
+    }
+    let mut p = vec![0u8; usize::from(h[1] & 0x7f)];
+    s.read_exact(&mut p).unwrap();
+    for (i, b) in p.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    (h[0] & 0x0f, masked, p)
+}
+
+#[test]
+fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = common::read_http_head(&mut s);
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            lapps::ws::handshake::accept_key(&key)
+        )
+        .unwrap();
+        s.write_all(&[0x89, 3, b'a', b'b', b'c']).unwrap();
+        let pong = read_client_frame(&mut s);
+        s.write_all(&[0x81, 2, b'h', b'i']).unwrap();
+        let reply = read_client_frame(&mut s);
+        s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+        let close = read_client_frame(&mut s);
+        (pong, reply, close)
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut replied = false;
+    while !c.is_done() {
+        assert!(Instant::now() < deadline, "events so far: {events:?}");
+        let mut pfd = libc::pollfd {
+            fd: c.fd(),
+            events: c.interest(),
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, exclusively borrowed for the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        c.ready(pfd.revents, &mut keys, &mut |ev| {
+            events.push(format!("{ev:?}"))
+        });
+        if !replied && events.iter().any(|e| e.starts_with("Message")) {
+            c.send(lapps::ws::Opcode::Text, b"yo", &mut keys).unwrap();
+            c.flush().unwrap();
+            replied = true;
+        }
+    }
+    assert_eq!(
+        events,
+        ["Open", "Message([104, 105], Text)", "Closed(1000)"]
+    );
+    let (pong, reply, close) = server.join().unwrap();
+    assert_eq!(pong, (0xA, true, b"abc".to_vec()));
+    assert_eq!(reply, (0x1, true, b"yo".to_vec()));
+    assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
 }
