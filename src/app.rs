@@ -116,6 +116,7 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec.allow_debug = sc.allow_debug;
     spec.allow_os_execute = sc.allow_os_execute;
     spec.queue_capacity = sc.queue_capacity;
+    spec.mqr_capacity = sc.mqr_capacity;
     spec.auto_fragment = cfg.ws.workers.auto_fragment;
     spec.extra_headers = sc.extra_headers.clone();
     spec.proto_alias = sc.proto_alias.clone();

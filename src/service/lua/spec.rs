@@ -49,6 +49,8 @@ pub struct ServiceSpec {
     pub queue_capacity: usize,
     /// High-water mark, in payload bytes, of an instance's queue.
     pub queue_bytes: usize,
+    /// Capacity of an `mqr` queue this service creates without naming one.
+    pub mqr_capacity: usize,
     /// Split outbound messages into frames of at most this many payload bytes.
     pub auto_fragment: Option<usize>,
     /// Extra header lines for the 101 answer.
@@ -87,6 +89,7 @@ impl ServiceSpec {
             allow_os_execute: false,
             queue_capacity: 4096,
             queue_bytes: 64 * 1024 * 1024,
+            mqr_capacity: 1024,
             auto_fragment: None,
             extra_headers: Vec::new(),
             proto_alias: None,
