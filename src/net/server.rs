@@ -88,7 +88,10 @@ impl Server {
             if let Some(e) = opts.endpoints.iter().find(|e| e.tls) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("{} serves wss:// but no TLS configuration was given", e.addr),
+                    format!(
+                        "{} serves wss:// but no TLS configuration was given",
+                        e.addr
+                    ),
                 ));
             }
         }

@@ -113,7 +113,8 @@ struct Loaded {
 /// exist and parse, the key matches the certificate, the CA file holds usable certificates.
 pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError> {
     let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, pem_reason(e)))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, pem_reason(e)))?;
     let info = CertInfo::of(&certs[0]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -351,7 +352,9 @@ mod der {
             }
             let (bytes, rest) = (b.get(..n)?, b.get(n..)?);
             b = rest;
-            bytes.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
+            bytes
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
         };
         Some((tag, b.get(..len)?, b.get(len..)?))
     }
@@ -428,7 +431,10 @@ mod der {
         fn civil_days() {
             assert_eq!(super::days_from_civil(1970, 1, 1), 0);
             assert_eq!(super::days_from_civil(2000, 3, 1), 11017);
-            assert_eq!(super::time(0x17, b"491231235959Z").map(|t| t.0), Some(2524607999));
+            assert_eq!(
+                super::time(0x17, b"491231235959Z").map(|t| t.0),
+                Some(2524607999)
+            );
         }
 
         #[test]

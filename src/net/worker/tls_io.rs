@@ -31,7 +31,10 @@ impl Worker {
     /// current now (a reload only affects later connections).
     pub(super) fn new_tls_session(&self) -> Option<Box<TlsSession>> {
         let Some(ctx) = self.opts.tls.as_ref() else {
-            warn!("worker {}: a TLS endpoint without a TLS configuration", self.id);
+            warn!(
+                "worker {}: a TLS endpoint without a TLS configuration",
+                self.id
+            );
             return None;
         };
         match TlsSession::new(ctx.config()) {
@@ -168,11 +171,7 @@ impl Worker {
                 return Step::Stop;
             }
             if self.tls_deliver(index, scratch) == Step::Stop {
-                if let Some(t) = self
-                    .conns
-                    .get_mut(index)
-                    .and_then(|c| c.tls.as_deref_mut())
-                {
+                if let Some(t) = self.conns.get_mut(index).and_then(|c| c.tls.as_deref_mut()) {
                     t.stash.extend_from_slice(&bytes[pos..]);
                 }
                 return Step::Stop;
