@@ -256,15 +256,19 @@ impl Write for FdWriter {
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        // IoSlice is guaranteed ABI-compatible with iovec on Unix.
-        let iov: Vec<libc::iovec> = bufs
-            .iter()
-            .map(|b| libc::iovec {
+        // rustls passes at most 64 chunks per call; more would be written by the next call.
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 64];
+        let n = bufs.len().min(iov.len());
+        for (slot, b) in iov.iter_mut().zip(bufs) {
+            *slot = libc::iovec {
                 iov_base: b.as_ptr() as *mut libc::c_void,
                 iov_len: b.len(),
-            })
-            .collect();
-        sys::sendv(self.0, &iov)
+            };
+        }
+        sys::sendv(self.0, &iov[..n])
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -5,10 +5,10 @@
 
 use crate::frame::EchoChecker;
 use crate::hist::Hist;
+use crate::stream::Stream;
 use crate::sys::Epoll;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use crate::stream::Stream;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::time::Instant;

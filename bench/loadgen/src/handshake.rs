@@ -2,8 +2,8 @@
 //! done before any measurement starts. Verifies the 101 status and the accept key.
 
 use crate::args::Args;
-use std::io::{self, Read, Write};
 use crate::stream::Stream;
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
