@@ -11,5 +11,8 @@ cargo test
 echo "== loom model of the MPMC queue"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --lib sync::mpmc
 
-echo "== Autobahn TestSuite"
+echo "== wss:// interop with Python websockets"
+bash tests/interop/run.sh
+
+echo "== Autobahn TestSuite (ws:// and wss://)"
 bash tests/autobahn/run.sh
