@@ -57,10 +57,14 @@ fn tally_services(guard: Option<&str>) -> String {
     )
 }
 
+/// The next data message, which must be text (pings are answered by tungstenite and skipped).
 fn text(ws: &mut Client) -> String {
-    match ws.read().expect("a message before the guard") {
-        Message::Text(t) => t.to_string(),
-        other => panic!("expected a text message, got {other:?}"),
+    loop {
+        match ws.read().expect("a message before the guard") {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
     }
 }
 
@@ -366,7 +370,8 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
         finish_close(&mut ws);
     }
 
-    // Server-side closes decided by the worker: too big (1009), protocol error (1002).
+    // Server-side closes decided by the worker: too big (1009), protocol errors (1002),
+    // invalid UTF-8 in a text message (1007).
     let mut ws = connect(app.addr, "/tally");
     ended.push(("too big", id(&mut ws)));
     ws.send(Message::binary(vec![0u8; 2000])).unwrap();
@@ -383,6 +388,17 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     s.write_all(&frame(true, 0, 0x1, b"unmasked", false))
         .unwrap();
     assert_eq!(expect_close(&mut s), Some(1002));
+    drop(s);
+
+    let mut s = raw_upgraded(app.addr, "/tally");
+    s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let h = read_frame(&mut s).expect("the id reply");
+    ended.push((
+        "bad utf-8",
+        String::from_utf8(h.payload).unwrap().parse().unwrap(),
+    ));
+    s.write_all(&frame(true, 0, 0x1, b"ok \xff", true)).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1007));
     drop(s);
 
     w.until("an onDisconnect for every ended connection", |w| {
@@ -757,4 +773,175 @@ fn shutdown_closes_open_lua_connections_with_1001() {
     finish_close(&mut a);
     finish_close(&mut b);
     stopper.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown, standalone services, large sends, fragmentation
+
+#[test]
+fn on_disconnect_runs_once_for_every_connection_still_open_at_shutdown() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "close_timeout_ms": 300 }"#;
+    let app = start_app(
+        ws,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 1, "preload": ["bcast"] } }"#,
+        ),
+    );
+    let dir = ScratchDir::new("shutdown");
+    let dump = dir.0.join("tally.txt");
+    let mut a = connect(app.addr, "/tally");
+    let mut b = connect(app.addr, "/tally");
+    assert_eq!(ask(&mut a, &format!("dump {}", dump.display())), "dumping");
+    let (ha, hb) = (id(&mut a), id(&mut b));
+    // c never answers the server's Close: it ends by the close timeout.
+    let mut c = raw_upgraded(app.addr, "/tally");
+    c.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let hc: u64 = String::from_utf8(read_frame(&mut c).expect("id").payload)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stopper = std::thread::spawn(move || drop(app));
+    for ws in [&mut a, &mut b] {
+        assert_eq!(ws_close_code(ws), 1001);
+        finish_close(ws);
+    }
+    stopper.join().expect("shutdown completes");
+    let text = std::fs::read_to_string(&dump).expect("onShutdown wrote the dump");
+    let discs: HashMap<u64, u32> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    for (name, h) in [("a", ha), ("b", hb), ("c (no close answer)", hc)] {
+        assert_eq!(discs.get(&h), Some(&1), "{name}: {text}");
+    }
+    drop(c);
+}
+
+#[test]
+fn a_standalone_service_broadcasts_reach_a_network_client_once_each_in_order() {
+    let app = start_app(
+        &ws_json(2),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "standalone_probe": { "standalone": true, "preload": ["bcast", "nap", "time"] },
+                 "probe": { "preload": ["bcast"], "depends": ["standalone_probe"] } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/probe");
+    send(&mut ws, "sub 7");
+    let mut ticks = Vec::new();
+    while ticks.len() < 10 {
+        let m = text(&mut ws);
+        if m == "ok" {
+            continue;
+        }
+        let n: u64 = m
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{m:?}"));
+        ticks.push(n);
+    }
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "every tick once, in order: {ticks:?}"
+    );
+    // The standalone run() polls must_stop(): shutdown does not wait for a grace period.
+    let t = Instant::now();
+    drop(app);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[test]
+fn one_callback_sending_twenty_thousand_messages_delivers_all_in_order() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut ws = connect(app.addr, "/tally");
+    send(&mut ws, "spam 20000");
+    for i in 1..=20000 {
+        assert_eq!(text(&mut ws), format!("s{i}"));
+    }
+    assert_eq!(text(&mut ws), "spammed");
+}
+
+#[test]
+fn auto_fragment_splits_what_lua_sends() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0,
+                  "workers": { "workers": 2, "auto_fragment": 1000 } }"#;
+    let app = start_app(ws, &example_services());
+    let mut s = raw_upgraded(app.addr, "/echo");
+    let msg: Vec<u8> = (0..2500).map(|i| b'a' + (i % 26) as u8).collect();
+    s.write_all(&frame(true, 0, 0x1, &msg, true)).unwrap();
+    let frames: Vec<(bool, u8, usize)> = (0..3)
+        .map(|_| {
+            let f = read_frame(&mut s).expect("a fragment");
+            (f.fin, f.opcode, f.payload.len())
+        })
+        .collect();
+    assert_eq!(
+        frames,
+        [(false, 0x1, 1000), (false, 0x0, 1000), (true, 0x0, 500)]
+    );
+    // A client reassembles it.
+    let mut ws = connect(app.addr, "/echo");
+    let t = "ü".repeat(1500);
+    assert_eq!(ask(&mut ws, &t), t);
+}
+
+#[test]
+fn a_stale_handler_never_reaches_the_connection_that_reuses_its_slot() {
+    let app = start_app(&ws_json(1), &tally_services(None));
+    let mut sender = connect(app.addr, "/tally");
+    let mut old = connect(app.addr, "/tally");
+    let old_id = id(&mut old);
+    old.close(None).unwrap();
+    finish_close(&mut old);
+    drop(old);
+    wait_for("the old handler to be stale", GUARD, || {
+        let r = ask(&mut sender, &format!("to {old_id} not for you"));
+        assert!(r == "sent" || r == "nil closed", "{r}");
+        r == "nil closed"
+    });
+    // One worker: the freed slot is the next one handed out (same index, next generation).
+    let slot = |h: u64| h & 0xFFFF_FFFF;
+    let mut new = connect(app.addr, "/tally");
+    let new_id = id(&mut new);
+    assert_eq!(slot(new_id), slot(old_id), "the slot is reused");
+    assert_ne!(new_id, old_id, "a reused slot gets a new handler");
+    assert_eq!(
+        ask(&mut sender, &format!("to {old_id} not for you")),
+        "nil closed"
+    );
+    assert_eq!(ask(&mut sender, &format!("to {new_id} for you")), "sent");
+    assert_eq!(
+        text(&mut new),
+        "for you",
+        "nothing addressed to the old handler came first"
+    );
+}
+
+#[test]
+fn the_idle_timeout_ends_a_silent_lua_connection_with_one_on_disconnect() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "idle_timeout_ms": 300, "close_timeout_ms": 300 }"#;
+    let app = start_app(ws, &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    // Never answers the ping nor the Close: ping, 1001, then the close timeout.
+    let mut s = raw_upgraded(app.addr, "/tally");
+    s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The watcher reads (and so answers pings) while it waits.
+    w.until("the idle connection's onDisconnect", |w| {
+        w.discs.contains_key(&h)
+    });
+    assert_eq!(w.discs[&h], [1]);
+    let ping = read_frame(&mut s).expect("a ping");
+    assert_eq!(ping.opcode, 0x9);
+    assert_eq!(expect_close(&mut s), Some(1001));
 }
