@@ -214,7 +214,7 @@ impl Worker {
                     self.on_writable(index);
                 }
                 if ev.readable || ev.hangup {
-                    self.on_readable(index);
+                    self.on_readable(index, ev.hangup);
                 }
             }
             self.run_pending();
@@ -281,7 +281,7 @@ impl Worker {
         self.set_deadline(index, now + self.opts.handshake_timeout);
         // The client may have sent its request already: edge-triggered registration reports
         // data that was there before, but reading right away saves a wake-up.
-        self.on_readable(index);
+        self.on_readable(index, false);
     }
 
     fn set_deadline(&mut self, index: u32, at: Instant) {
@@ -296,11 +296,12 @@ impl Worker {
 
     // ---- reading ---------------------------------------------------------------------------
 
-    fn on_readable(&mut self, index: u32) {
+    fn on_readable(&mut self, index: u32, hangup: bool) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
         c.read_pending = true;
+        c.peer_hup |= hangup;
         self.read_some(index);
     }
 
@@ -351,7 +352,8 @@ impl Worker {
                     let total = kept + n;
                     // A short read drained the socket: anything arriving later is a new edge,
                     // so the extra read that would only return EAGAIN is skipped (as tokio does).
-                    if total < scratch.len() {
+                    // Not after a hang-up: the EOF is already there and no edge will follow.
+                    if total < scratch.len() && !c.peer_hup {
                         c.read_pending = false;
                     }
                     let consumed = self.process(index, &mut scratch[..total]);
