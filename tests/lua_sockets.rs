@@ -85,8 +85,9 @@ fn ws_close_code(ws: &mut Client) -> u16 {
     }
 }
 
-/// Answers the server's Close and waits for the TCP end, so nothing is left half-closed.
-fn finish_close(ws: &mut Client) {
+/// Answers the server's Close, waits for its TCP FIN, then closes the socket as a real client
+/// does (the server waits, up to its close timeout, for our FIN before the connection ends).
+fn finish_close(mut ws: Client) {
     loop {
         match ws.read() {
             Ok(_) => continue,
@@ -183,7 +184,7 @@ fn two_hundred_pipelining_connections_over_four_instances_keep_their_order() {
                         assert_eq!(text(ws), format!("t{t} c{c} m{m}"));
                     }
                 }
-                for ws in &mut clients {
+                for mut ws in clients {
                     ws.close(None).unwrap();
                     finish_close(ws);
                 }
@@ -323,7 +324,12 @@ impl Watcher {
         let deadline = Instant::now() + GUARD;
         while !done(self) {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            let ev = text(&mut self.ws);
+            let ev = match self.ws.read() {
+                Ok(Message::Text(t)) => t.to_string(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("unexpected message {other:?}"),
+                Err(e) => panic!("timed out waiting for {what} ({e})"),
+            };
             let f: Vec<&str> = ev.split(' ').collect();
             let num = |i: usize| -> u64 { f[i].parse().unwrap_or_else(|_| panic!("{ev:?}")) };
             match f[0] {
@@ -349,7 +355,7 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     let mut ws = connect(app.addr, "/tally");
     ended.push(("client close", id(&mut ws)));
     ws.close(None).unwrap();
-    finish_close(&mut ws);
+    finish_close(ws);
 
     // TCP drop without a Close frame.
     let mut ws = connect(app.addr, "/tally");
@@ -367,7 +373,7 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
         ended.push((how, id(&mut ws)));
         send(&mut ws, cmd);
         assert_eq!(ws_close_code(&mut ws), code, "{how}");
-        finish_close(&mut ws);
+        finish_close(ws);
     }
 
     // Server-side closes decided by the worker: too big (1009), protocol errors (1002),
@@ -376,7 +382,7 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     ended.push(("too big", id(&mut ws)));
     ws.send(Message::binary(vec![0u8; 2000])).unwrap();
     assert_eq!(ws_close_code(&mut ws), 1009);
-    finish_close(&mut ws);
+    finish_close(ws);
 
     let mut s = raw_upgraded(app.addr, "/tally");
     s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
@@ -435,7 +441,7 @@ fn stopped_with_1011_and_others_keep_working(cmd: &str) {
     let mut victim = connect(app.addr, "/probe");
     send(&mut victim, cmd);
     assert_eq!(ws_close_code(&mut victim), 1011, "{cmd}");
-    finish_close(&mut victim);
+    finish_close(victim);
     // The same (only) instance serves the open connection and a new one.
     for i in 0..3 {
         assert_eq!(ask(&mut other, &format!("after {i}")), format!("after {i}"));
@@ -592,7 +598,7 @@ fn a_service_acl_denying_loopback_gives_403_and_runs_no_lua() {
     let mut ws = connect(app.addr, "/tally");
     let h = id(&mut ws);
     ws.close(None).unwrap();
-    finish_close(&mut ws);
+    finish_close(ws);
     w.until("the control connection's events", |w| {
         w.discs.contains_key(&h)
     });
@@ -615,7 +621,7 @@ fn allowed_origins_gives_403_for_a_wrong_or_missing_origin() {
     let mut ws = connect_with_origin(app.addr, "/guard", "https://good.example");
     let h = id(&mut ws);
     ws.close(None).unwrap();
-    finish_close(&mut ws);
+    finish_close(ws);
     w.until("the allowed connection's events", |w| {
         w.discs.contains_key(&h)
     });
@@ -646,7 +652,7 @@ fn ws_send_to_other_handlers_reaches_them_across_instances_and_workers() {
     let mut gone = c.pop().unwrap();
     let gone_id = ids[7];
     gone.close(None).unwrap();
-    finish_close(&mut gone);
+    finish_close(gone);
     wait_for("the closed handler to become stale", GUARD, || {
         let r = ask(&mut c[1], &format!("to {gone_id} late"));
         assert!(r == "sent" || r == "nil closed", "{r}");
@@ -707,6 +713,11 @@ fn messages_behind_a_closing_callback_never_reach_on_message() {
     }
     s.write_all(&burst).unwrap();
     assert_eq!(expect_close(&mut s), Some(1000));
+    // Answer the Close, as a client does, so the connection ends without the close timeout.
+    s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    assert!(closed_by_server(&mut s));
+    drop(s);
     w.until("the onDisconnect", |w| w.discs.contains_key(&h));
     assert_eq!(w.discs[&h], [1]);
     assert_eq!(
@@ -770,8 +781,8 @@ fn shutdown_closes_open_lua_connections_with_1001() {
     let stopper = std::thread::spawn(move || drop(app));
     assert_eq!(ws_close_code(&mut a), 1001);
     assert_eq!(ws_close_code(&mut b), 1001);
-    finish_close(&mut a);
-    finish_close(&mut b);
+    finish_close(a);
+    finish_close(b);
     stopper.join().unwrap();
 }
 
@@ -803,8 +814,8 @@ fn on_disconnect_runs_once_for_every_connection_still_open_at_shutdown() {
         .parse()
         .unwrap();
     let stopper = std::thread::spawn(move || drop(app));
-    for ws in [&mut a, &mut b] {
-        assert_eq!(ws_close_code(ws), 1001);
+    for mut ws in [a, b] {
+        assert_eq!(ws_close_code(&mut ws), 1001);
         finish_close(ws);
     }
     stopper.join().expect("shutdown completes");
@@ -850,10 +861,23 @@ fn a_standalone_service_broadcasts_reach_a_network_client_once_each_in_order() {
         ticks.windows(2).all(|w| w[1] == w[0] + 1),
         "every tick once, in order: {ticks:?}"
     );
-    // The standalone run() polls must_stop(): shutdown does not wait for a grace period.
+    // The standalone run() polls must_stop(): shutdown takes no grace period (the client
+    // answers the server's Close, so the close timeout plays no part either).
     let t = Instant::now();
-    drop(app);
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    let stopper = std::thread::spawn(move || drop(app));
+    loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1001));
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no Close at shutdown: {e}"),
+        }
+    }
+    finish_close(ws);
+    stopper.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 #[test]
@@ -898,8 +922,7 @@ fn a_stale_handler_never_reaches_the_connection_that_reuses_its_slot() {
     let mut old = connect(app.addr, "/tally");
     let old_id = id(&mut old);
     old.close(None).unwrap();
-    finish_close(&mut old);
-    drop(old);
+    finish_close(old);
     wait_for("the old handler to be stale", GUARD, || {
         let r = ask(&mut sender, &format!("to {old_id} not for you"));
         assert!(r == "sent" || r == "nil closed", "{r}");
@@ -944,4 +967,37 @@ fn the_idle_timeout_ends_a_silent_lua_connection_with_one_on_disconnect() {
     let ping = read_frame(&mut s).expect("a ping");
     assert_eq!(ping.opcode, 0x9);
     assert_eq!(expect_close(&mut s), Some(1001));
+}
+
+#[test]
+fn a_last_message_and_the_fin_arriving_together_still_end_the_connection() {
+    // Regression: a short read used to be taken as "socket drained" even when the same
+    // readiness event carried the peer's FIN, so an EOF queued behind the last message was
+    // never read and the connection (and its onDisconnect) waited forever.
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    let mut ended = Vec::new();
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let mut s = raw_upgraded(app.addr, "/tally");
+        s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+        let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        ended.push(h);
+        socks.push(s);
+    }
+    for s in &mut socks {
+        s.write_all(&frame(true, 0, 0x1, b"last words", true))
+            .unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    w.until("an onDisconnect for every half-closed connection", |w| {
+        ended.iter().all(|h| w.discs.contains_key(h))
+    });
+    for h in &ended {
+        assert_eq!(w.discs[h], [1]);
+        assert_eq!(w.msgs[h], [0, 0], "the last message was delivered first");
+    }
 }
