@@ -226,11 +226,30 @@ impl Worker {
             self.flush_services();
             self.flush_dirty();
             self.publish_load();
-            if self.shutdown_since.is_some() && self.conns.is_empty() {
+            if self.shutdown_since.is_some() && self.conns.is_empty() && self.flushed_or_gave_up() {
                 break;
             }
         }
         debug!("worker {} stopped", self.id);
+    }
+
+    /// At shutdown, the last close events (a service's `on_close`) may still sit in a batch
+    /// its full queue refused: stay (retrying each poll interval) until they are handed over,
+    /// or the grace period is over, so that every `on_open` gets its `onDisconnect`.
+    fn flushed_or_gave_up(&self) -> bool {
+        if self.retry_flush.is_empty() {
+            return true;
+        }
+        let expired = self
+            .shutdown_since
+            .is_some_and(|since| since.elapsed() > SHUTDOWN_GRACE);
+        if expired {
+            warn!(
+                "worker {}: stopping with events a service's full queue never took",
+                self.id
+            );
+        }
+        expired
     }
 
     fn next_timeout(&self) -> Duration {
