@@ -1001,3 +1001,52 @@ fn a_last_message_and_the_fin_arriving_together_still_end_the_connection() {
         assert_eq!(w.msgs[h], [0, 0], "the last message was delivered first");
     }
 }
+
+#[test]
+fn close_events_still_queued_in_a_worker_at_shutdown_reach_on_disconnect() {
+    // The only instance is busy (a long loop) while connections end: their close events
+    // wait in the workers because the instance queue is full, and then the server stops.
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "close_timeout_ms": 300 }"#;
+    let app = start_app(
+        ws,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 1, "preload": ["bcast"], "queue_capacity": 1,
+                            "instruction_budget": 1000000000 } }"#,
+        ),
+    );
+    let dir = ScratchDir::new("queued-at-shutdown");
+    let dump = dir.0.join("tally.txt");
+    let mut a = connect(app.addr, "/tally");
+    assert_eq!(ask(&mut a, &format!("dump {}", dump.display())), "dumping");
+    let mut conns: Vec<(Client, u64)> = (0..100)
+        .map(|_| {
+            let mut ws = connect(app.addr, "/tally");
+            let h = id(&mut ws);
+            (ws, h)
+        })
+        .collect();
+    send(&mut a, "loop");
+    for (ws, _) in &mut conns {
+        send(ws, "queued");
+    }
+    let ids: Vec<u64> = conns.iter().map(|(_, h)| *h).collect();
+    for (ws, _) in conns {
+        ws.get_ref().shutdown(Shutdown::Both).unwrap();
+    }
+    drop(app);
+    let text = std::fs::read_to_string(&dump).expect("onShutdown wrote the dump");
+    let discs: HashMap<u64, u32> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    let missing: Vec<_> = ids.iter().filter(|h| discs.get(h) != Some(&1)).collect();
+    assert!(
+        missing.is_empty(),
+        "no single onDisconnect for {missing:?}\n{text}"
+    );
+}
