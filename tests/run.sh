@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests, the loom model of the MPMC queue, and
-# the Autobahn TestSuite against the real server. Installs what it needs (Autobahn) itself.
+# the Autobahn TestSuite against the real server, the JS client's unit tests (node), the LAppS
+# protocol from Python and from headless Chromium. Installs what it needs (Autobahn, a Python venv,
+# chromium) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -13,3 +15,16 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --lib sync::mpmc
 
 echo "== Autobahn TestSuite"
 bash tests/autobahn/run.sh
+
+echo "== JS client unit tests (node --test)"
+if command -v node >/dev/null; then
+    node --test clients/js/test/
+else
+    echo "node not installed: JS client unit tests SKIPPED"
+fi
+
+echo "== LAppS protocol interop (Python cbor2 + websockets)"
+bash tests/interop/run.sh
+
+echo "== browser client in headless Chromium"
+bash tests/browser/run.sh
