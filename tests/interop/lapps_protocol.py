@@ -15,7 +15,7 @@ import time
 
 import cbor2
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 TIMEOUT = 5.0  # seconds any single answer may take
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
@@ -90,7 +90,7 @@ async def check(name, url, body):
             note = await body(Conn(ws))
         results["passed"] += 1
         print(f"PASS {name}" + (f" ({note})" if note else ""))
-    except (CheckFailed, TimeoutError, asyncio.TimeoutError, ConnectionClosed, OSError,
+    except (CheckFailed, TimeoutError, asyncio.TimeoutError, WebSocketException, OSError,
             cbor2.CBORDecodeError) as e:
         results["failed"] += 1
         print(f"FAIL {name}: {type(e).__name__}: {e or 'no answer in time'}")
@@ -120,6 +120,13 @@ async def main():
     ap.add_argument("--channel", type=int, default=1000, help="time_broadcast's OON channel")
     args = ap.parse_args()
     url = args.url
+    try:  # one clear message instead of every check failing the same way
+        async with connect(url, open_timeout=TIMEOUT):
+            pass
+    except (WebSocketException, OSError, TimeoutError) as e:
+        print(f"FAIL cannot open {url}: {type(e).__name__}: {e}")
+        print("0 passed, 1 failed")
+        return 1
 
     async def echo_with_params(conn):
         params = ["hello", 42, [1, 2], {"k": "v", "n": None}, 1.5, True, False, -7,
