@@ -7,9 +7,11 @@
 //! - [`net`]: listeners, balancer, pinned IOWorkers over edge-triggered epoll.
 //! - [`service`]: the services connections are routed to (built-in and Lua).
 //! - [`config`]: the JSON configuration with defaults and precise errors.
+//! - [`cpu`]: the start-up check that the CPU runs this build's SIMD variant.
 
 pub mod app;
 pub mod config;
+pub mod cpu;
 pub mod log;
 pub mod net;
 pub mod service;

@@ -53,7 +53,17 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(out))
 }
 
+/// Runs the CPU check before std's start-up code, which fat LTO compiles with the build's
+/// target features; priority 00090 precedes std's own constructor at 00099.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array.00090"]
+static CPU_CHECK: extern "C" fn() = lapps::cpu::exit_unless_supported;
+
 fn main() -> ExitCode {
+    // Refuse cleanly (status 1) on a CPU without the build's SIMD features; the constructor
+    // above already did on Linux, before std's start-up (see src/cpu.rs).
+    lapps::cpu::exit_unless_supported();
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,

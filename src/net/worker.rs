@@ -375,12 +375,18 @@ impl Worker {
             }
         }
         self.scratch = scratch;
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
         // Budget spent with input left: come back next iteration, after the others had a turn.
-        if let Some(c) = self.conns.get_mut(index) {
-            if c.read_pending && !c.read_paused() && !c.in_pending {
-                c.in_pending = true;
-                self.pending.push(index);
-            }
+        if c.read_pending && !c.read_paused() && !c.in_pending {
+            c.in_pending = true;
+            self.pending.push(index);
+        }
+        // Answer now: everything this read produced leaves in one send, and the reply does not
+        // wait for the rest of the batch (that wait is pure latency in a ping-pong).
+        if !c.out.is_empty() && !c.write_blocked {
+            self.flush_conn(index);
         }
     }
 

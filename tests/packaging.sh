@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Packaging tests (issue 6): builds lapps-ssse3 and lapps-avx2 with debian/build-debs.sh, then
+#  1. the layout (dpkg-deb --contents / --info), the installed configuration, the variants;
+#  2. the start-up CPU check in the avx2 binary: runs first (.init_array) and uses no vector
+#     register (disassembly);
+#  3. lintian: no errors (output printed);
+#  4. systemd-analyze verify prints nothing; systemd-analyze security --offline=yes <= 2.5;
+#  5. as root only: dpkg -i avx2, run it as the lapps user with a test NOTIFY_SOCKET and
+#     WebSocket echoes (tests/packaging_smoke.py), dpkg -i ssse3 over it, a conffile edit
+#     survives a reinstall, dpkg -P removes everything.
+# Installs lintian (and systemd) with apt-get when missing. Cleans up after itself; safe to run
+# again. Closing line: "packaging: N passed, N failed".
+# shellcheck disable=SC2317 # functions are called through check "..." CMD, which it cannot see
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never LC_ALL=C.UTF-8
+
+readonly DEBS=target/debian
+readonly MAX_EXPOSURE=2.5
+readonly PORT=5083
+passed=0
+failed=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+pass() { echo "ok: $*"; passed=$((passed + 1)); }
+indent() { sed 's/^/    /'; }
+fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
+check() { # check DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@"; then pass "$what"; else fail "$what"; fi
+}
+
+apt_install() { # apt_install PACKAGE... (update once, only when the plain install fails)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 || {
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    }
+}
+
+finish() {
+    echo "packaging: $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+
+echo "== build both packages (debian/build-debs.sh)"
+bash debian/build-debs.sh
+version=$(sed -n '1s/^lapps (\([^)]*\)).*/\1/p' debian/changelog)
+deb() { echo "$DEBS/lapps-$1_${version}_amd64.deb"; }
+
+echo "== layout"
+for v in ssse3 avx2; do
+    other=ssse3
+    [ "$v" = ssse3 ] && other=avx2
+    contents=$(dpkg-deb --contents "$(deb "$v")" | awk '{print $6}')
+    missing=""
+    for path in ./usr/bin/lapps ./etc/lapps/ws.json ./etc/lapps/lapps.json ./etc/lapps/apps/ \
+        ./usr/share/lapps/apps/ ./usr/share/lapps/lib/ ./lib/systemd/system/lapps.service \
+        "./usr/share/doc/lapps-$v/changelog.Debian.gz" "./usr/share/doc/lapps-$v/copyright" \
+        ./usr/share/man/man1/lapps.1.gz; do
+        grep -qxF "$path" <<<"$contents" || missing="$missing $path"
+    done
+    # Every app and shared module of the tree at build time is packaged.
+    for f in $(cd lua 2>/dev/null && find apps lib -type f 2>/dev/null); do
+        grep -qxF "./usr/share/lapps/$f" <<<"$contents" || missing="$missing ./usr/share/lapps/$f"
+    done
+    check "lapps-$v contains the installed layout${missing:+ (missing:$missing)}" \
+        test -z "$missing"
+    dpkg-deb --contents "$(deb "$v")" | grep -E ' \./(usr/bin|etc|lib/systemd)/' | indent
+
+    info=$(dpkg-deb --field "$(deb "$v")" Package Provides Conflicts Replaces Architecture)
+    check "lapps-$v: Provides lapps, Conflicts/Replaces lapps-$other, amd64" \
+        grep -qzE "Package: lapps-$v
+Provides: lapps
+Conflicts: lapps-$other
+Replaces: lapps-$other
+Architecture: amd64" <<<"$info"
+    conffiles=$(dpkg-deb --info "$(deb "$v")" conffiles)
+    check "lapps-$v: /etc/lapps/ws.json and lapps.json are conffiles" \
+        test "$conffiles" = "$(printf '/etc/lapps/lapps.json\n/etc/lapps/ws.json')"
+
+    rm -rf "$tmp/x" && mkdir -p "$tmp/x" && dpkg-deb --extract "$(deb "$v")" "$tmp/x"
+    check "lapps-$v: lapps --version names the $v build" \
+        grep -q "simd build: $v," <<<"$("$tmp/x/usr/bin/lapps" --version)"
+    check "lapps-$v: installed lapps.json points at /usr/share/lapps and /var/lib/lapps" \
+        python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))["directories"]
+want = {"applications": "/usr/share/lapps/apps", "lib": "/usr/share/lapps/lib",
+        "app_conf_dir": "/etc/lapps/apps", "workdir": "/var/lib/lapps",
+        "tmp": "/var/lib/lapps/tmp"}
+sys.exit(0 if all(d.get(k) == v for k, v in want.items()) else 1)' "$tmp/x/etc/lapps/lapps.json"
+    check "lapps-$v: installed ws.json listens on 127.0.0.1:$PORT" \
+        python3 -c '
+import json, sys
+w = json.load(open(sys.argv[1]))
+sys.exit(0 if (w["ip"], w["port"]) == ("127.0.0.1", int(sys.argv[2])) else 1)' \
+        "$tmp/x/etc/lapps/ws.json" "$PORT"
+done
+
+echo "== CPU check in the avx2 binary (unstripped build output)"
+bin=target/deb-avx2/x86_64-unknown-linux-gnu/release/lapps
+disasm() { objdump -d --no-show-raw-insn --disassemble="$1" "$bin"; }
+scalar_only() { # scalar_only SYMBOL: the function exists and touches no vector register
+    local code
+    code=$(disasm "$1")
+    grep -q "^[0-9a-f]* <$1>:" <<<"$code" && ! grep -qE '%[xyz]mm' <<<"$code"
+}
+for fn in lapps_cpu_exit_unless_supported lapps_cpu_check_build_variant; do
+    check "$fn exists and uses no vector register" scalar_only "$fn"
+done
+check "lapps_cpu_check_build_variant asks CPUID itself (not folded at compile time)" \
+    grep -q cpuid <<<"$(disasm lapps_cpu_check_build_variant)"
+check "the refusal message is in the binary" \
+    grep -q "this build needs a CPU with AVX2 (variant avx2); install the lapps-ssse3 package" \
+    <<<"$(strings "$bin")"
+init_start=$(readelf -SW "$bin" | sed -n 's/.* \.init_array *INIT_ARRAY *\([0-9a-f]*\) .*/\1/p')
+first_ctor=$(readelf -rW "$bin" | awk -v a="$init_start" '$1 == a {print $4}')
+check_addr=$(nm "$bin" | awk '$3 == "lapps_cpu_exit_unless_supported" {print $1}')
+check "the CPU check is the first .init_array constructor (before std's start-up)" \
+    test -n "$first_ctor" -a "$((16#$first_ctor))" = "$((16#${check_addr:-0}))"
+
+echo "== lintian"
+command -v lintian >/dev/null || apt_install lintian
+for v in ssse3 avx2; do
+    out=$(lintian --display-info "$(deb "$v")" 2>&1 | grep -v 'running with root privileges' || true)
+    echo "lintian $(deb "$v"):"
+    echo "${out:-(no output)}" | indent
+    no_errors() { ! grep -q '^E: ' <<<"$out"; }
+    check "lintian: no errors in lapps-$v" no_errors
+done
+
+echo "== systemd-analyze"
+command -v systemd-analyze >/dev/null || apt_install systemd
+# verify checks ExecStart= binaries, the targets the unit names and its man: documentation: give
+# it a root holding the extracted package plus the host's units and /bin/kill, and the
+# package's man pages.
+root="$tmp/root"
+mkdir -p "$root/bin" "$root/lib/systemd"
+dpkg-deb --extract "$(deb avx2)" "$root"
+cp -a /lib/systemd/system/. "$root/lib/systemd/system/"
+cp /bin/kill "$root/bin/kill"
+verify=$(MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" lapps.service 2>&1 ||
+    echo "(exit status $?)")
+echo "systemd-analyze verify lapps.service:"
+echo "${verify:-(no output)}" | indent
+check "systemd-analyze verify prints nothing" test -z "$verify"
+security=$(systemd-analyze security --offline=yes systemd/lapps.service 2>&1 || true)
+echo "systemd-analyze security --offline=yes systemd/lapps.service:"
+indent <<<"$security"
+score=$(sed -n 's/.*Overall exposure level for lapps.service: \([0-9.]*\).*/\1/p' <<<"$security")
+check "exposure score ${score:-missing} <= $MAX_EXPOSURE" \
+    awk -v s="${score:-99}" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }'
+
+if [ "$(id -u)" != 0 ]; then
+    echo "SKIP: install/run/replace/purge tests need root (dpkg -i, a system user); run as root"
+    finish
+fi
+
+echo "== install, run, replace, reinstall, purge (root)"
+# dpkg has no lock timeout of its own; another apt/dpkg run on the machine holds the lock for a
+# while at most. Retries only that error, for up to 5 minutes.
+dpkg_locked() { # dpkg_locked ARGS...: dpkg ARGS, waiting for the dpkg lock
+    local deadline=$((SECONDS + 300)) out
+    while :; do
+        if out=$(dpkg "$@" </dev/null 2>&1); then
+            echo "$out" | indent
+            return 0
+        fi
+        if ! grep -q "lock was locked by another process" <<<"$out" || [ $SECONDS -ge $deadline ]; then
+            echo "$out" | indent
+            return 1
+        fi
+        sleep 2
+    done
+}
+purge_all() {
+    local p
+    for p in lapps-ssse3 lapps-avx2; do
+        if dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^[a-z][a-z]'; then
+            dpkg_locked -P "$p" >/dev/null
+        fi
+    done
+}
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+purge_all # a previous interrupted run
+
+dpkg_locked -i "$(deb avx2)"
+check "lapps-avx2 installed" installed lapps-avx2
+check "lapps system user and group exist" \
+    bash -c 'getent passwd lapps >/dev/null && getent group lapps >/dev/null'
+check "/var/lib/lapps belongs to lapps" test "$(stat -c %U:%G /var/lib/lapps)" = lapps:lapps
+check "/usr/bin/lapps is the avx2 build" grep -q "simd build: avx2," <<<"$(/usr/bin/lapps --version)"
+check "without -c, outside a checkout, the packaged binary reads /etc/lapps" \
+    grep -qx "configuration in /etc/lapps is valid" <<<"$(cd "$tmp" && /usr/bin/lapps --check-config)"
+check "systemd-analyze verify of the installed unit prints nothing" \
+    test -z "$(systemd-analyze verify /lib/systemd/system/lapps.service 2>&1)"
+
+echo "-- running the installed server as lapps (tests/packaging_smoke.py)"
+# In a network namespace of its own when possible, so that nothing else on the machine can hold
+# port $PORT; the server still listens on the installed 127.0.0.1:$PORT.
+if unshare --net true 2>/dev/null && command -v ip >/dev/null; then
+    smoke=(unshare --net sh -c 'ip link set lo up && exec "$@"' _)
+else
+    smoke=()
+fi
+check "installed lapps: READY=1, echo over WebSocket, SIGTERM -> STOPPING=1" \
+    "${smoke[@]}" python3 tests/packaging_smoke.py "$PORT"
+
+dpkg_locked -i "$(deb ssse3)"
+replaced() { installed lapps-ssse3 && ! installed lapps-avx2; }
+check "lapps-ssse3 replaced lapps-avx2" replaced
+check "/usr/bin/lapps is now the ssse3 build" \
+    grep -q "simd build: ssse3," <<<"$(/usr/bin/lapps --version)"
+check "configuration and user kept across the replacement" \
+    bash -c 'test -f /etc/lapps/ws.json && test -f /etc/lapps/lapps.json &&
+        getent passwd lapps >/dev/null'
+
+python3 - <<'PY'
+import json
+p = "/etc/lapps/ws.json"
+w = json.load(open(p))
+w["backlog"] = 777
+open(p, "w").write(json.dumps(w, indent=2) + "\n")
+PY
+dpkg_locked -i "$(deb ssse3)"
+check "an edit of /etc/lapps/ws.json survives a reinstall" grep -q '"backlog": 777' /etc/lapps/ws.json
+check "the edited configuration is valid" /usr/bin/lapps -c /etc/lapps --check-config
+
+purge_all
+gone=""
+for path in /usr/bin/lapps /etc/lapps /usr/share/lapps /lib/systemd/system/lapps.service \
+    /var/lib/lapps /usr/share/doc/lapps-ssse3 /usr/share/doc/lapps-avx2 \
+    /etc/systemd/system/multi-user.target.wants/lapps.service /etc/systemd/system/lapps.service; do
+    if [ -e "$path" ] || [ -L "$path" ]; then gone="$gone $path"; fi
+done
+check "dpkg -P removes every file${gone:+ (left:$gone)}" test -z "$gone"
+check "dpkg -P removes the lapps user and group" \
+    bash -c '! getent passwd lapps >/dev/null && ! getent group lapps >/dev/null'
+check "dpkg no longer knows either package" \
+    bash -c '! dpkg-query -W lapps-ssse3 lapps-avx2 >/dev/null 2>&1'
+
+finish
