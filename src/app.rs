@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::config::{Acl, Config};
 use crate::config::{Protocol, ServiceConfig};
 use crate::net::server::{Endpoint, Server, ServerOptions};
+use crate::net::tls::{TlsContext, TlsFiles};
 use crate::net::worker::{Router, WorkerOptions};
 use crate::service::echo::Echo;
 use crate::service::lua::{self, ServiceSpec};
@@ -52,7 +53,10 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
             max_headers: ws.max_headers,
             outbound_high_water: ws.outbound_high_water,
             core: None,
+            tls: None,
+            tls_endpoints: Vec::new(),
         },
+        tls: None,
         acl: (!acl.allows_everyone()).then(|| Arc::new(move |ip: IpAddr| acl.allows(ip)) as _),
     }
 }
@@ -116,22 +120,47 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec.allow_debug = sc.allow_debug;
     spec.allow_os_execute = sc.allow_os_execute;
     spec.queue_capacity = sc.queue_capacity;
+    spec.mqr_capacity = sc.mqr_capacity;
     spec.auto_fragment = cfg.ws.workers.auto_fragment;
     spec.extra_headers = sc.extra_headers.clone();
     spec.proto_alias = sc.proto_alias.clone();
+    spec.max_protocol_errors = sc.max_protocol_errors;
     spec
+}
+
+/// The PEM files of ws.json, when some endpoint serves wss://.
+pub fn tls_files(cfg: &Config) -> Option<TlsFiles> {
+    let any_tls = cfg.ws.listen_endpoints().iter().any(|e| e.tls);
+    let t = cfg.ws.tls_certificates.as_ref().filter(|_| any_tls)?;
+    Some(TlsFiles {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        ca: t.ca.clone(),
+    })
 }
 
 /// A running server with its services.
 pub struct App {
     server: Server,
     registry: Registry,
+    tls: Option<Arc<TlsContext>>,
 }
 
 impl App {
     /// Starts the services, then the network runtime.
     pub fn start(cfg: &Config) -> Result<App, String> {
-        let opts = server_options(cfg);
+        let mut opts = server_options(cfg);
+        // Certificates first: a bad file stops the start before any service runs.
+        let tls = match tls_files(cfg) {
+            Some(files) => Some(Arc::new(
+                TlsContext::load(files).map_err(|e| format!("TLS: {e}"))?,
+            )),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            crate::info!("tls: serving {}", t.info());
+        }
+        opts.tls = tls.clone();
         let hub =
             Server::new_hub(&opts).map_err(|e| format!("cannot create the worker hub: {e}"))?;
         let order = cfg.lapps.start_order().map_err(|e| e.to_string())?;
@@ -139,16 +168,6 @@ impl App {
             .iter()
             .map(|name| &cfg.lapps.services[name])
             .filter(|sc| sc.builtin.is_none())
-            .filter(|sc| {
-                let served = sc.protocol == Protocol::Raw || sc.standalone;
-                if !served {
-                    crate::warn!(
-                        "service {}: the LAppS protocol is not available yet; skipped",
-                        sc.name
-                    );
-                }
-                served
-            })
             .map(|sc| lua_spec(cfg, sc))
             .collect();
         let registry = Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?;
@@ -183,7 +202,24 @@ impl App {
                 return Err(e.to_string());
             }
         };
-        Ok(App { server, registry })
+        Ok(App {
+            server,
+            registry,
+            tls,
+        })
+    }
+
+    /// SIGHUP: re-reads the certificate and key for new connections (existing ones keep
+    /// theirs) and logs what changed; on error the old ones stay in use.
+    pub fn reload(&self) {
+        let Some(tls) = &self.tls else {
+            crate::info!("reload: no TLS endpoint, nothing to reload");
+            return;
+        };
+        match tls.reload() {
+            Ok(change) => crate::info!("reload: {change}"),
+            Err(e) => crate::error!("reload failed, keeping the current certificate: {e}"),
+        }
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {

@@ -6,12 +6,14 @@
 //! - [`sync`]: the Vyukov bounded MPMC queue used for hand-offs between threads.
 //! - [`net`]: listeners, balancer, pinned IOWorkers over edge-triggered epoll.
 //! - [`service`]: the services connections are routed to (built-in and Lua).
+//! - [`lapps_proto`]: the LAppS protocol codec (CBOR) and the `nljson` Lua module.
 //! - [`config`]: the JSON configuration with defaults and precise errors.
 //! - [`cpu`]: the start-up check that the CPU runs this build's SIMD variant.
 
 pub mod app;
 pub mod config;
 pub mod cpu;
+pub mod lapps_proto;
 pub mod log;
 pub mod net;
 pub mod service;

@@ -81,6 +81,23 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        if let Some(files) = lapps::app::tls_files(&cfg) {
+            match lapps::net::tls::check(&files) {
+                Ok((info, warning)) => {
+                    println!("tls: {info}");
+                    if let Some(w) = warning {
+                        println!("warning: {w}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!(
+                        "lapps: configuration in {} is invalid:\nTLS: {e}",
+                        dir.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         println!("configuration in {} is valid", dir.display());
         return ExitCode::SUCCESS;
     }
@@ -103,7 +120,10 @@ fn main() -> ExitCode {
     lapps::signals::notify_systemd("READY=1");
     loop {
         match signals.wait() {
-            lapps::signals::Signal::Reload => info!("SIGHUP received: nothing to reload yet"),
+            lapps::signals::Signal::Reload => {
+                info!("SIGHUP received: reloading the TLS certificate");
+                app.reload();
+            }
             lapps::signals::Signal::Stop(name) => {
                 info!("{name} received: shutting down");
                 break;

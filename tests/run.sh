@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests, the loom model of the MPMC queue, and
-# the Autobahn TestSuite against the real server, the JS client's unit tests (node), the LAppS
-# protocol from Python and from headless Chromium. Installs what it needs (Autobahn, a Python venv,
-# chromium) itself.
+# The whole test suite: unit and integration tests, the loom model of the MPMC queue, wss://
+# interop, the Autobahn TestSuite against the real server, the JS client's unit tests (node), the
+# LAppS protocol from Python and from headless Chromium. Installs what it needs (Autobahn, a Python
+# venv, chromium) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -13,7 +13,10 @@ cargo test
 echo "== loom model of the MPMC queue"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --lib sync::mpmc
 
-echo "== Autobahn TestSuite"
+echo "== wss:// interop with Python websockets"
+bash tests/interop/run.sh
+
+echo "== Autobahn TestSuite (ws:// and wss://)"
 bash tests/autobahn/run.sh
 
 echo "== JS client unit tests (node --test)"
@@ -24,7 +27,7 @@ else
 fi
 
 echo "== LAppS protocol interop (Python cbor2 + websockets)"
-bash tests/interop/run.sh
+bash tests/interop/lapps.sh
 
 echo "== browser client in headless Chromium"
 bash tests/browser/run.sh

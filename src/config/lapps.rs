@@ -83,6 +83,8 @@ pub struct ServiceConfig {
     /// A service implemented in Rust instead of Lua (`"echo"`: the built-in echo, the
     /// baseline the Lua services are benchmarked against). No Lua file is loaded for it.
     pub builtin: Option<String>,
+    /// LAppS protocol: malformed messages in a row before the connection is closed with 1003.
+    pub max_protocol_errors: u32,
 }
 
 /// Everything in lapps.json.
@@ -124,6 +126,7 @@ const SERVICE_KEYS: &[&str] = &[
     "queue_capacity",
     "mqr_capacity",
     "builtin",
+    "max_protocol_errors",
 ];
 
 /// Headers the handshake writes itself; a service may not add a second copy.
@@ -274,6 +277,7 @@ impl ServiceConfig {
             allow_os_execute: s.bool(r, "allow_os_execute", false),
             queue_capacity: s.usize(r, "queue_capacity", 1024, 1),
             mqr_capacity: s.usize(r, "mqr_capacity", 1024, 1),
+            max_protocol_errors: s.uint(r, "max_protocol_errors", 10, 1, u32::MAX as u64) as u32,
             builtin: {
                 let b = s.opt_string(r, "builtin");
                 if let Some(name) = b.as_deref().filter(|b| *b != "echo") {

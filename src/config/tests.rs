@@ -469,6 +469,8 @@ fn committed_repo_configs_load() {
             "echo",
             "echo_builtin",
             "echo_lapps",
+            "mqr_receiver",
+            "mqr_sender",
             "time_broadcast"
         ]
     );
@@ -491,6 +493,8 @@ fn committed_repo_configs_load() {
     assert!(!order.contains(&"benchmark".to_string()));
     let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
     assert!(pos("time_broadcast") < pos("echo_lapps"));
+    assert!(pos("mqr_receiver") < pos("mqr_sender"));
+    assert!(s["mqr_sender"].preload.contains(&"mqr".to_string()));
     assert_eq!(
         s["echo"].app_file(&c.lapps.directories),
         repo_root().join("lua/apps/echo/echo.lua")

@@ -1,8 +1,7 @@
 //! The Balancer: gives each accepted connection to the least-loaded IOWorker.
 //!
-//! Load is what the workers publish (open connections, queued outbound bytes) plus what is
-//! already waiting in their accept inboxes, so a burst of accepts spreads out before the
-//! workers had a chance to publish new figures.
+//! Load is the workers' connection count (exact: a slot is reserved before the hand-off) and
+//! the outbound bytes they publish, so a burst of accepts spreads out at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ impl Balancer {
 
     fn score(&self, worker: usize) -> Option<f64> {
         let port = self.hub.port(worker);
-        let conns = port.connections.load(Ordering::Relaxed) + port.accepts.len();
+        let conns = port.connections.load(Ordering::Relaxed);
         if conns >= port.max_connections {
             return None;
         }
@@ -41,12 +40,18 @@ impl Balancer {
         let mut conn = conn;
         for (_, w) in order {
             let port = self.hub.port(w);
+            if !port.reserve_slot() {
+                continue; // another listener took the last slot meanwhile
+            }
             match port.accepts.push(conn) {
                 Ok(()) => {
                     port.notify();
                     return Ok(w);
                 }
-                Err(back) => conn = back,
+                Err(back) => {
+                    port.release_slot();
+                    conn = back;
+                }
             }
         }
         Err(conn)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::outq::OutQueue;
+use super::tls::TlsSession;
 use crate::service::Service;
 use crate::ws::codec::Decoder;
 
@@ -51,6 +52,11 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     pub last_activity: Instant,
     pub ping_outstanding: bool,
+    /// Accepted only to be answered 503: holds no connection slot of the worker.
+    pub refused: bool,
+    /// The transport: `None` is plaintext TCP (the hot path pays this one check), `Some` a
+    /// wss:// connection whose bytes pass through rustls (see `worker/tls.rs`).
+    pub tls: Option<Box<TlsSession>>,
 }
 
 impl Conn {
@@ -73,6 +79,8 @@ impl Conn {
             deadline: None,
             last_activity: now,
             ping_outstanding: false,
+            refused: false,
+            tls: None,
         }
     }
 

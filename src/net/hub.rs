@@ -79,7 +79,9 @@ pub struct Port {
     sleeping: AtomicBool,
     /// `generation | LIVE` per slab slot while a connection is open there, 0 otherwise.
     live: Box<[AtomicU32]>,
-    /// Open connections (published by the worker for the balancer).
+    /// Connections handed to this worker and not yet ended: the balancer reserves a slot
+    /// (compare-and-swap against `max_connections`) before the hand-off, the worker releases
+    /// it when the connection ends, so the limit holds exactly even across listener threads.
     pub connections: AtomicUsize,
     /// Bytes waiting in outbound queues (published by the worker for the balancer).
     pub queued_bytes: AtomicUsize,
@@ -139,6 +141,20 @@ impl Port {
         let mut buf: u64 = 0;
         // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
         unsafe { libc::read(self.wake.as_raw_fd(), &mut buf as *mut u64 as *mut _, 8) };
+    }
+
+    /// Balancer side: takes one connection slot; false when the worker is full.
+    pub fn reserve_slot(&self) -> bool {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < self.max_connections).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by `reserve_slot` (the connection ended or never arrived).
+    pub fn release_slot(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Worker side: awake again after `epoll_wait` (the eventfd is drained only when it fired).

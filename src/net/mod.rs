@@ -6,6 +6,7 @@
 //! - [`hub`]: how other threads (service instances) reach a worker's connections.
 //! - [`handle`]: `ConnId`, the identity of a connection across threads.
 //! - [`epoll`], [`sys`], [`outq`]: the selector, raw syscalls, outbound queues.
+//! - [`tls`]: wss:// (rustls configuration, reload, a connection's session).
 
 pub mod balancer;
 pub mod conn;
@@ -17,4 +18,5 @@ pub mod outq;
 pub mod server;
 pub mod slab;
 pub mod sys;
+pub mod tls;
 pub mod worker;

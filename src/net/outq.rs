@@ -33,6 +33,9 @@ pub enum Flushed {
     All,
     /// The socket is full (EAGAIN); wait for EPOLLOUT.
     Blocked,
+    /// Bytes are queued but cannot be written yet (a TLS handshake is still in progress);
+    /// the connection's next input brings it back. Never returned for plaintext.
+    Waiting,
 }
 
 impl OutQueue {
@@ -121,6 +124,19 @@ impl OutQueue {
             }
         }
         Ok(Flushed::All)
+    }
+
+    /// The unwritten part of the front chunk (for a writer that copies, such as TLS).
+    pub fn front(&self) -> Option<&[u8]> {
+        self.chunks
+            .front()
+            .map(|c| &c.as_slice()[self.front_written..])
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Marks `n` bytes from the front as written (at most `self.bytes()`).
+    pub fn consume_front(&mut self, n: usize, pool: &mut BufPool) {
+        self.consume(n.min(self.bytes), pool);
     }
 
     fn consume(&mut self, mut written: usize, pool: &mut BufPool) {

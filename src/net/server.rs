@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::balancer::Balancer;
 use super::hub::Hub;
 use super::listener::{self, AclFn};
+use super::tls::TlsContext;
 use super::worker::{Router, Worker, WorkerOptions};
 use crate::{info, syscall, warn};
 
@@ -35,6 +36,8 @@ pub struct ServerOptions {
     pub pin_workers: bool,
     pub worker: WorkerOptions,
     pub acl: Option<AclFn>,
+    /// Required when an endpoint has `tls`; shared with the workers (and reloadable).
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl Default for ServerOptions {
@@ -52,6 +55,7 @@ impl Default for ServerOptions {
             pin_workers: false,
             worker: WorkerOptions::default(),
             acl: None,
+            tls: None,
         }
     }
 }
@@ -80,6 +84,17 @@ impl Server {
         router: Arc<dyn Router>,
     ) -> io::Result<Server> {
         let workers = hub.workers();
+        if opts.tls.is_none() {
+            if let Some(e) = opts.endpoints.iter().find(|e| e.tls) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} serves wss:// but no TLS configuration was given",
+                        e.addr
+                    ),
+                ));
+            }
+        }
         let bound: Vec<Arc<TcpListener>> = opts
             .endpoints
             .iter()
@@ -100,6 +115,8 @@ impl Server {
         let mut worker_threads = Vec::new();
         for id in 0..workers {
             let mut wopts = opts.worker.clone();
+            wopts.tls = opts.tls.clone();
+            wopts.tls_endpoints = opts.endpoints.iter().map(|e| e.tls).collect();
             if opts.pin_workers && !cores.is_empty() {
                 wopts.core = Some(cores[id % cores.len()]);
             }
@@ -132,8 +149,9 @@ impl Server {
                 );
             }
         }
-        for a in &local_addrs {
-            info!("listening on {a} ({} workers)", workers);
+        for (a, e) in local_addrs.iter().zip(&opts.endpoints) {
+            let scheme = if e.tls { "wss" } else { "ws" };
+            info!("listening on {a} ({scheme}, {workers} workers)");
         }
         Ok(Server {
             hub,

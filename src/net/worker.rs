@@ -34,6 +34,8 @@ use crate::ws::handshake::{self, Request};
 use crate::ws::{close, Opcode};
 use crate::{debug, info, warn};
 
+mod tls_io;
+
 const WAKE_TOKEN: u64 = 0;
 
 /// Decides which service a request goes to, or the HTTP status that refuses it.
@@ -57,6 +59,10 @@ pub struct WorkerOptions {
     pub outbound_high_water: usize,
     /// CPU to pin to, if any.
     pub core: Option<core_affinity::CoreId>,
+    /// The TLS configuration for endpoints that serve wss://.
+    pub tls: Option<Arc<super::tls::TlsContext>>,
+    /// Per listening endpoint (`NewConn::listener`): whether it serves wss://.
+    pub tls_endpoints: Vec<bool>,
 }
 
 impl Default for WorkerOptions {
@@ -74,6 +80,8 @@ impl Default for WorkerOptions {
             max_headers: 64,
             outbound_high_water: 4 << 20,
             core: None,
+            tls: None,
+            tls_endpoints: Vec::new(),
         }
     }
 }
@@ -89,6 +97,8 @@ pub struct Worker {
     selector: Selector,
     conns: Slab<Conn>,
     scratch: Vec<u8>,
+    /// Ciphertext read buffer of TLS connections (allocated with the first one).
+    cipher: Vec<u8>,
     pool: BufPool,
     /// Connections with output queued this iteration.
     dirty: Vec<u32>,
@@ -168,6 +178,7 @@ impl Worker {
             selector,
             conns: Slab::default(),
             scratch: vec![0; opts.read_buffer.max(opts.max_request_bytes + 1).max(4096)],
+            cipher: Vec::new(),
             pool: BufPool::new(256),
             dirty: Vec::new(),
             pending: Vec::new(),
@@ -250,6 +261,9 @@ impl Worker {
     fn take_new_connections(&mut self) {
         while let Some(nc) = self.hub.port(self.id).accepts.pop() {
             if self.shutdown_since.is_some() {
+                if !nc.reject_full {
+                    self.hub.port(self.id).release_slot();
+                }
                 continue; // dropping the fd closes it
             }
             self.add_connection(nc);
@@ -263,7 +277,21 @@ impl Worker {
         }
         let now = Instant::now();
         let reject_full = nc.reject_full;
-        let (index, generation) = self.conns.insert(Conn::new(nc.fd, nc.peer, now));
+        let mut conn = Conn::new(nc.fd, nc.peer, now);
+        conn.refused = reject_full;
+        if self.opts.tls_endpoints.get(nc.listener).copied() == Some(true) {
+            match self.new_tls_session() {
+                Some(s) => conn.tls = Some(s),
+                None => {
+                    // Logged; dropping `conn` closes the socket.
+                    if !reject_full {
+                        self.hub.port(self.id).release_slot();
+                    }
+                    return;
+                }
+            }
+        }
+        let (index, generation) = self.conns.insert(conn);
         if let Err(e) = self.selector.register(fd, index as u64 + 1) {
             // A failed registration must not leave a slot behind (monoio does the same).
             warn!(
@@ -271,6 +299,9 @@ impl Worker {
                 self.id, nc.peer
             );
             self.conns.remove(index);
+            if !reject_full {
+                self.hub.port(self.id).release_slot();
+            }
             return;
         }
         if reject_full {
@@ -318,6 +349,9 @@ impl Worker {
 
     /// Reads and processes up to `max_inbounds_skip` chunks from one connection.
     fn read_some(&mut self, index: u32) {
+        if self.conns.get_mut(index).is_some_and(|c| c.tls.is_some()) {
+            return self.read_some_tls(index);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..self.opts.max_inbounds_skip.max(1) {
             let Some(c) = self.conns.get_mut(index) else {
@@ -666,7 +700,11 @@ impl Worker {
             return;
         };
         let _ = self.selector.deregister(c.fd.as_raw_fd());
-        self.hub.port(self.id).set_dead(index);
+        let port = self.hub.port(self.id);
+        port.set_dead(index);
+        if !c.refused {
+            port.release_slot();
+        }
         c.out.clear(&mut self.pool);
         if let Some(service) = c.service.take() {
             let id = self.conn_id(index, generation);
@@ -731,7 +769,12 @@ impl Worker {
             return;
         };
         let fd: RawFd = c.fd.as_raw_fd();
-        match c.out.flush(fd, &mut self.pool) {
+        let flushed = match c.tls.as_deref_mut() {
+            None => c.out.flush(fd, &mut self.pool),
+            Some(t) => t.flush(&mut c.out, fd, &mut self.pool, c.phase == Phase::Finishing),
+        };
+        match flushed {
+            Ok(Flushed::Waiting) => c.write_blocked = false,
             Ok(Flushed::All) => {
                 c.write_blocked = false;
                 if c.out_paused {
@@ -923,9 +966,11 @@ impl Worker {
         }
     }
 
+    /// Publishes the queued outbound bytes for the balancer (the connection count is kept
+    /// exact by slot reservation, see `Port::reserve_slot`).
     fn publish_load(&mut self) {
         let port = self.hub.port(self.id);
-        port.connections
-            .store(self.conns.len(), std::sync::atomic::Ordering::Relaxed);
+        port.queued_bytes
+            .store(self.pool.queued_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }

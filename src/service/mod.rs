@@ -4,8 +4,10 @@
 //! answers at once (the built-in [`echo`]) or hands the work to its own threads (the Lua
 //! instances) and answers later through the [`Hub`](crate::net::hub::Hub).
 
+pub mod cws;
 pub mod echo;
 pub mod lua;
+pub mod mqr;
 pub mod registry;
 
 use crate::net::handle::ConnId;

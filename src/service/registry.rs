@@ -236,6 +236,9 @@ impl Registry {
         for svc in running.iter().rev() {
             svc.shutdown(SHUTDOWN_GRACE);
         }
+        if !running.is_empty() {
+            crate::service::mqr::registry().log_leftovers();
+        }
     }
 
     /// Every configured service and whether it runs.

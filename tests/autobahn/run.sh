@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the Autobahn TestSuite (cases 1-10, as the original LAppS published) against the real
 # `lapps` binary: once against the Lua echo app (/echo) and once against the built-in Rust echo
-# (/echo_builtin). Installs wstest from PyPI on first use (../shared/tools/autobahn/install.sh).
+# (/echo_builtin), over ws:// and over wss:// (a second endpoint on PORT+1 with a certificate
+# generated here by the openssl CLI; no key is ever committed). Installs wstest from PyPI on
+# first use (../shared/tools/autobahn/install.sh). AUTOBAHN_SCHEMES="ws wss" picks the runs.
 # Exits non-zero on any FAILED or UNIMPLEMENTED case.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +22,14 @@ cargo build --release --bin lapps
 
 WORK=$(mktemp -d /tmp/lapps-autobahn.XXXXXX)
 mkdir -p "$WORK/etc"
-sed "s/\"port\": *[0-9]*/\"port\": $PORT/" tests/autobahn/etc/ws.json > "$WORK/etc/ws.json"
+TLS_PORT=$((PORT + 1))
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$WORK/etc/server.key" -out "$WORK/etc/server.crt" 2>/dev/null
+# The plain endpoint stays as configured; the wss:// one is added next to it.
+sed -e "s/\"port\": *[0-9]*/\"port\": $PORT/" \
+    -e "s#\"tls\": *false#\"tls\": false, \"endpoints\": [{ \"ip\": \"127.0.0.1\", \"port\": $TLS_PORT, \"tls\": true }], \"tls_certificates\": { \"cert\": \"$WORK/etc/server.crt\", \"key\": \"$WORK/etc/server.key\" }#" \
+    tests/autobahn/etc/ws.json > "$WORK/etc/ws.json"
 sed "s#\"applications\": *\"[^\"]*\"#\"applications\": \"$ROOT/lua/apps\"#" tests/autobahn/etc/lapps.json > "$WORK/etc/lapps.json"
 
 LOG=$WORK/lapps.log
@@ -37,9 +46,14 @@ done
 grep -q "listening on" "$LOG" || { echo "autobahn: server did not start" >&2; cat "$LOG" >&2; exit 2; }
 
 rc=0
-for path in ${AUTOBAHN_PATHS:-/echo /echo_builtin}; do
-    echo "autobahn: ws://127.0.0.1:$PORT$path"
-    AUTOBAHN_AGENT="lapps$path" bash "$TOOLS/run.sh" "ws://127.0.0.1:$PORT$path" "$WORK/report${path//\//_}" || rc=$?
+for scheme in ${AUTOBAHN_SCHEMES:-ws wss}; do
+    port=$PORT
+    [ "$scheme" = wss ] && port=$TLS_PORT
+    for path in ${AUTOBAHN_PATHS:-/echo /echo_builtin}; do
+        url="$scheme://127.0.0.1:$port$path"
+        echo "autobahn: $url"
+        AUTOBAHN_AGENT="lapps-$scheme$path" bash "$TOOLS/run.sh" "$url" "$WORK/report-$scheme${path//\//_}" || rc=$?
+    done
 done
 if ! kill -0 $PID 2>/dev/null; then
     echo "autobahn: the server died during the run" >&2

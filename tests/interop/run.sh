@@ -1,24 +1,45 @@
 #!/usr/bin/env bash
-# The LAppS protocol from a second, independent client (Python cbor2 + websockets from PyPI, in
-# target/interop-venv) against the real server's echo_lapps: see lapps_protocol.py.
-# LAPPS_URL=ws://host:port/echo_lapps uses a running server instead of starting one.
+# Interop: Python `websockets` (standard ssl) against the real `lapps` binary over wss://.
+# Creates a venv under target/ (PyPI) on first use, a CA and server certificate with the
+# openssl CLI in a temp dir (never committed), starts target/release/lapps with a TLS endpoint
+# and the Lua echo app, runs wss_client.py. Exits non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source tests/interop/common.sh
-trap cleanup EXIT
+ROOT=$(pwd)
+PORT=${INTEROP_PORT:-5197}
+VENV=$ROOT/target/interop-venv
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q 'websockets>=13'
+fi
+cargo build --release --bin lapps
 
-interop_venv
-if [ -n "${LAPPS_URL:-}" ]; then
-    WS_URL=$LAPPS_URL
-else
-    start_lapps_server
-    WS_URL=ws://127.0.0.1:$LAPPS_PORT/echo_lapps
-fi
-echo "interop: $WS_URL ($("$PY" -c 'import importlib.metadata as m; print("cbor2", m.version("cbor2"), "websockets", m.version("websockets"))'))"
-rc=0
-"$PY" tests/interop/lapps_protocol.py "$WS_URL" --channel "${LAPPS_CHANNEL:-1000}" || rc=$?
-if [ $rc -ne 0 ] && [ -n "${LAPPS_LOG:-}" ]; then
-    echo "interop: server log (last lines):" >&2
-    tail -30 "$LAPPS_LOG" >&2
-fi
-exit $rc
+WORK=$(mktemp -d /tmp/lapps-interop.XXXXXX)
+LOG=$WORK/lapps.log
+PID=
+trap '[ -n "$PID" ] && kill $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+    -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$WORK/ext"
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+    -days 2 -extfile "$WORK/ext" -out "$WORK/server.crt" 2>/dev/null
+cat > "$WORK/ws.json" <<JSON
+{ "ip": "127.0.0.1", "port": $PORT, "tls": true, "workers": { "workers": 2 },
+  "tls_certificates": { "cert": "$WORK/server.crt", "key": "$WORK/server.key" } }
+JSON
+cat > "$WORK/lapps.json" <<JSON
+{ "directories": { "applications": "$ROOT/lua/apps", "lib": "$ROOT/lua/lib" },
+  "services": { "echo": { "protocol": "raw", "request_target": "/echo" } } }
+JSON
+target/release/lapps -c "$WORK" >"$LOG" 2>&1 &
+PID=$!
+for _ in $(seq 1 300); do
+    grep -q "listening on" "$LOG" && break
+    kill -0 $PID 2>/dev/null || { cat "$LOG" >&2; exit 2; }
+    sleep 0.1
+done
+grep -q "listening on" "$LOG" || { echo "interop: server did not start" >&2; cat "$LOG" >&2; exit 2; }
+"$VENV/bin/python" tests/interop/wss_client.py "$PORT" "$WORK/ca.crt"

@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 
 pub const USAGE: &str = "\
-usage: loadgen --url ws://HOST:PORT/PATH [options]
+usage: loadgen --url ws://HOST:PORT/PATH | wss://HOST:PORT/PATH [options]
   --connections N   connections (default 100)
   --size S          payload bytes per message (default 16)
   --depth D         messages in flight per connection, 1 = ping-pong (default 1)
@@ -14,7 +14,9 @@ usage: loadgen --url ws://HOST:PORT/PATH [options]
   --pin CPU[,CPU..] pin client thread i to the i-th CPU of the list (round robin)
   --server-pid PID  report that process's CPU% (throughput) or VmRSS (idle)
   --idle N --hold SECS   open N idle connections, hold them, report server RSS per connection
-  --json            print one JSON line instead of text";
+  --json            print one JSON line instead of text
+  --ca FILE         wss://: trust this PEM CA (the server name checked is \"localhost\")
+  --tls-insecure    wss://: accept any server certificate (benchmarks on loopback only)";
 
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -34,6 +36,8 @@ pub struct Args {
     pub hold: f64,
     pub json: bool,
     pub url: String,
+    /// wss:// when set.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -55,7 +59,10 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         hold: 5.0,
         json: false,
         url: String::new(),
+        tls: None,
     };
+    let mut ca = None;
+    let mut insecure = false;
     let mut it = argv;
     while let Some(opt) = it.next() {
         let mut val = || it.next().ok_or(format!("{opt} needs a value"));
@@ -79,14 +86,26 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--binary" => a.binary = true,
             "--text" => a.binary = false,
             "--json" => a.json = true,
+            "--ca" => ca = Some(val()?),
+            "--tls-insecure" => insecure = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             _ => return Err(format!("unknown option {opt}\n{USAGE}")),
         }
     }
     let url = url.ok_or(format!("--url is required\n{USAGE}"))?;
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or("only ws:// URLs are supported")?;
+    let rest = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => r,
+        (None, Some(r)) => {
+            let trust = match (ca, insecure) {
+                (Some(f), false) => crate::stream::TlsTrust::Ca(f.into()),
+                (None, true) => crate::stream::TlsTrust::Insecure,
+                _ => return Err("wss:// needs exactly one of --ca FILE or --tls-insecure".into()),
+            };
+            a.tls = Some(crate::stream::client_config(&trust)?);
+            r
+        }
+        _ => return Err("only ws:// and wss:// URLs are supported".into()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),

@@ -5,10 +5,11 @@
 
 use crate::frame::EchoChecker;
 use crate::hist::Hist;
+use crate::stream::Stream;
 use crate::sys::Epoll;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -34,20 +35,22 @@ pub struct Stats {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     checker: EchoChecker,
     sent_at: VecDeque<Instant>,
     owed: usize,
     off: usize,
     want_out: bool,
     dead: bool,
+    /// The last read would block.
+    blocked: bool,
     token: u64,
 }
 
 const IN: u32 = libc::EPOLLIN as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
 
-pub fn run(streams: Vec<TcpStream>, plan: &Plan, pin: Option<usize>) -> Stats {
+pub fn run(streams: Vec<Stream>, plan: &Plan, pin: Option<usize>) -> Stats {
     let mut st = Stats::default();
     if let Some(cpu) = pin {
         if let Err(e) = crate::sys::pin_to(cpu) {
@@ -77,6 +80,7 @@ pub fn run(streams: Vec<TcpStream>, plan: &Plan, pin: Option<usize>) -> Stats {
             off: 0,
             want_out: false,
             dead: false,
+            blocked: false,
             token: i as u64,
         });
     }
@@ -144,10 +148,32 @@ fn on_readable(
     measuring: bool,
     st: &mut Stats,
 ) {
+    // TLS may hold decrypted bytes that the socket no longer signals: read until WouldBlock.
+    let tls = c.stream.is_tls();
+    loop {
+        on_read(c, plan, buf, now, measuring, st);
+        if !tls || c.dead || c.blocked {
+            c.blocked = false;
+            return;
+        }
+    }
+}
+
+fn on_read(
+    c: &mut Conn,
+    plan: &Plan,
+    buf: &mut [u8],
+    now: Instant,
+    measuring: bool,
+    st: &mut Stats,
+) {
     let n = match c.stream.read(buf) {
         Ok(0) => return fail(c, st, "server closed the connection".into()),
         Ok(n) => n,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => return,
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+            c.blocked = true;
+            return;
+        }
         Err(e) => return fail(c, st, format!("read: {e}")),
     };
     let echoed = match c.checker.feed(&buf[..n], plan.opcode, &plan.payload) {
@@ -173,7 +199,12 @@ fn queue(c: &mut Conn, plan: &Plan, frames: usize, now: Instant) {
 }
 
 fn flush(c: &mut Conn, plan: &Plan, ep: &Epoll, st: &mut Stats) {
-    while c.owed > 0 {
+    match c.stream.write_pending() {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+        Err(e) => return fail(c, st, format!("write: {e}")),
+    }
+    while c.owed > 0 && !c.stream.wants_write() {
         // owed <= depth frames (they are all in flight) and off < frame_len: within `burst`.
         match c.stream.write(&plan.burst[c.off..c.off + c.owed]) {
             Ok(n) => {
@@ -185,7 +216,7 @@ fn flush(c: &mut Conn, plan: &Plan, ep: &Epoll, st: &mut Stats) {
             Err(e) => return fail(c, st, format!("write: {e}")),
         }
     }
-    let want_out = c.owed > 0;
+    let want_out = c.owed > 0 || c.stream.wants_write();
     if want_out != c.want_out {
         c.want_out = want_out;
         let ev = if want_out { IN | OUT } else { IN };

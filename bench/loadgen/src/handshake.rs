@@ -2,6 +2,7 @@
 //! done before any measurement starts. Verifies the 101 status and the accept key.
 
 use crate::args::Args;
+use crate::stream::Stream;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -12,11 +13,12 @@ const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn open(a: &Args) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect_timeout(&a.addr, TIMEOUT)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
+pub fn open(a: &Args) -> io::Result<Stream> {
+    let tcp = TcpStream::connect_timeout(&a.addr, TIMEOUT)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(TIMEOUT))?;
+    tcp.set_write_timeout(Some(TIMEOUT))?;
+    let mut s = Stream::new(tcp, a.tls.as_ref())?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -44,7 +46,7 @@ pub fn open(a: &Args) -> io::Result<TcpStream> {
             "bad Sec-WebSocket-Accept or extra bytes after the 101",
         ));
     }
-    s.set_read_timeout(None)?;
-    s.set_write_timeout(None)?;
+    s.tcp().set_read_timeout(None)?;
+    s.tcp().set_write_timeout(None)?;
     Ok(s)
 }

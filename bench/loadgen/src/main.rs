@@ -8,6 +8,7 @@ mod frame;
 mod handshake;
 mod hist;
 mod idle;
+mod stream;
 mod sys;
 
 use std::time::{Duration, Instant};

@@ -1,19 +1,24 @@
--- time_broadcast (standalone): once a second, broadcasts the current time on bcast channel 1000.
--- Needs preload = ["bcast", "nap", "time"]. Network services subscribe their clients to
--- channel 1000 (see chat's "/time" command) and every subscriber receives each tick once.
+-- time_broadcast (standalone): once a second, broadcasts the current time
+--   * on bcast channel 1000 as a JSON text frame, for RAW clients (chat's "/time" command);
+--   * on bcast channel 1001 as a LAppS OON {cid = 1001, message = {<ms>}} (echo_lapps clients).
+-- Needs preload = ["bcast", "nap", "time"]. Every subscriber receives each tick once.
 local time_broadcast = {}
 time_broadcast.__index = time_broadcast
 
 time_broadcast.channel = 1000
+time_broadcast.oon_channel = 1001
 
 time_broadcast.init = function()
   bcast:create(time_broadcast.channel)
+  bcast:create(time_broadcast.oon_channel)
 end
 
 time_broadcast.run = function()
   local n = nap:new()
   while not must_stop() do
-    bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', time.now()))
+    local now = time.now()
+    bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', now))
+    bcast:send(time_broadcast.oon_channel, { cid = time_broadcast.oon_channel, message = { now } })
     n:sleep(1)
   end
 end

@@ -32,9 +32,13 @@ impl Stop {
     }
 
     pub fn set(&self) {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.flag.store(true, Ordering::SeqCst);
-        self.cv.notify_all();
+        {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.flag.store(true, Ordering::SeqCst);
+            self.cv.notify_all();
+        }
+        // Blocked mqr calls wait on their queue, not on `cv`: make them re-check the flag.
+        crate::service::mqr::registry().wake_all();
     }
 
     /// Sleeps up to `d`; returns false when woken by `set` (checked under the lock, so a `set`

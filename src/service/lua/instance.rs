@@ -21,7 +21,7 @@ use super::standalone::StandaloneApp;
 use crate::net::hub::{Command, Hub};
 
 /// Host modules this build provides; other names in `preload` are `require`d as Lua modules.
-const NOT_YET: [&str; 4] = ["cws", "mqr", "murmur", "nljson"];
+const NOT_YET: [&str; 1] = ["murmur"];
 
 /// What the starter keeps of a running instance.
 pub(crate) struct InstanceHandle {
@@ -113,7 +113,9 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         app.init(host).map_err(|e| format!("{path}: {e}"))?;
         App::Standalone(app)
     } else {
-        let app = RawApp::new(&module).map_err(|e| format!("{path}: {e}"))?;
+        let lapps = (spec.protocol == super::spec::Protocol::LAppS)
+            .then(|| super::lapps::LappsState::new(spec.max_protocol_errors));
+        let app = RawApp::new(&module, lapps).map_err(|e| format!("{path}: {e}"))?;
         if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
             host.reset_budget();
             f.call::<()>(())
@@ -128,6 +130,8 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
 fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(), String> {
     let lua_err = |e: mlua::Error| one_line(&e);
     api::install_globals(lua, host).map_err(lua_err)?;
+    // Every state gets nljson, as in the original, so that its apps keep working.
+    crate::lapps_proto::nljson::install(lua).map_err(lua_err)?;
     // `ws` is always there: any service may send to a handler it was given.
     api::ws::install(lua, host).map_err(lua_err)?;
     for name in &spec.preload {
@@ -135,7 +139,9 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
             "time" => api::time::install(lua).map_err(lua_err)?,
             "nap" => api::nap::install(lua, host).map_err(lua_err)?,
             "bcast" => api::bcast::install(lua, host).map_err(lua_err)?,
-            "ws" => {}
+            "cws" => api::cws::install(lua, host).map_err(lua_err)?,
+            "mqr" => api::mqr::install(lua, host, spec.mqr_capacity).map_err(lua_err)?,
+            "ws" | "nljson" => {}
             n if NOT_YET.contains(&n) => {
                 crate::warn!("{} preload: module {n} is not available yet", host.tag())
             }

@@ -17,6 +17,7 @@ mod frame;
 mod host;
 mod inbox;
 mod instance;
+mod lapps;
 mod raw;
 mod sandbox;
 pub mod spec;
@@ -61,9 +62,6 @@ impl LuaService {
     ) -> Result<LuaService, String> {
         if spec.instances == 0 {
             return Err("instances must be at least 1".into());
-        }
-        if spec.protocol != Protocol::Raw && !spec.standalone {
-            return Err("the LAppS protocol is not served by this build yet".into());
         }
         let workers = hub.workers();
         let spec = Arc::new(spec);

@@ -1,8 +1,10 @@
-//! RAW protocol dispatch: a batch of connection events into the app's callbacks.
+//! Network-service dispatch: a batch of connection events into the app's callbacks, for the
+//! RAW protocol (the message as it came) and the LAppS protocol (see [`super::lapps`]).
 //!
 //! Owns the rules of a network service's callbacks: `onMessage` returning anything but `true`
 //! closes that connection with 1000; a Lua error is logged with its traceback and closes that
-//! connection with 1011; `onDisconnect` runs once per connection, after its last `onMessage`.
+//! connection with 1011 (RAW) or is answered with -32603 (LAppS requests); `onDisconnect` runs
+//! once per connection, after its last `onMessage`.
 //! It never blocks and never posts itself: commands go to the instance's outbox.
 
 use mlua::{Function, Lua, Table, Value};
@@ -16,11 +18,13 @@ use crate::net::hub::Command;
 pub(crate) struct RawApp {
     on_message: Function,
     on_disconnect: Option<Function>,
+    /// Set for LAppS-protocol services.
+    lapps: Option<super::lapps::LappsState>,
 }
 
 impl RawApp {
     /// Checks the module table has what a RAW service needs.
-    pub fn new(module: &Table) -> Result<RawApp, String> {
+    pub fn new(module: &Table, lapps: Option<super::lapps::LappsState>) -> Result<RawApp, String> {
         let on_message = match module.get::<Value>("onMessage") {
             Ok(Value::Function(f)) => f,
             _ => return Err("the module has no onMessage function".into()),
@@ -32,6 +36,7 @@ impl RawApp {
         Ok(RawApp {
             on_message,
             on_disconnect,
+            lapps,
         })
     }
 
@@ -47,6 +52,9 @@ impl RawApp {
                 }
                 Kind::Close => {
                     host.closing.borrow_mut().remove(&e.conn);
+                    if let Some(l) = &self.lapps {
+                        l.forget(e.conn);
+                    }
                     host.bcast.drop_conn(e.conn);
                     if let Some(f) = &self.on_disconnect {
                         host.reset_budget();
@@ -61,10 +69,17 @@ impl RawApp {
 
     fn message(&self, lua: &Lua, host: &HostCtx, conn: ConnId, opcode: u8, payload: &[u8]) {
         host.reset_budget();
-        let result = lua.create_string(payload).and_then(|msg| {
-            self.on_message
-                .call::<Value>((handler_value(conn), opcode as i64, msg))
-        });
+        let result = match &self.lapps {
+            None => lua.create_string(payload).and_then(|msg| {
+                self.on_message
+                    .call::<Value>((handler_value(conn), opcode as i64, msg))
+            }),
+            Some(l) => match l.call(lua, host, &self.on_message, conn, opcode, payload) {
+                super::lapps::Outcome::Returned(r) => r,
+                super::lapps::Outcome::Answered => return,
+                super::lapps::Outcome::Close(code) => return close(host, conn, code),
+            },
+        };
         let code = match result {
             Ok(Value::Boolean(true)) => return,
             Ok(_) => 1000,
@@ -84,7 +99,12 @@ impl RawApp {
                 1011
             }
         };
-        host.closing.borrow_mut().insert(conn);
-        host.push(conn, Command::Close { conn, code });
+        close(host, conn, code);
     }
+}
+
+/// Closes `conn` with `code`; its messages still queued are skipped from now on.
+fn close(host: &HostCtx, conn: ConnId, code: u16) {
+    host.closing.borrow_mut().insert(conn);
+    host.push(conn, Command::Close { conn, code });
 }

@@ -49,12 +49,16 @@ pub struct ServiceSpec {
     pub queue_capacity: usize,
     /// High-water mark, in payload bytes, of an instance's queue.
     pub queue_bytes: usize,
+    /// Capacity of an `mqr` queue this service creates without naming one.
+    pub mqr_capacity: usize,
     /// Split outbound messages into frames of at most this many payload bytes.
     pub auto_fragment: Option<usize>,
     /// Extra header lines for the 101 answer.
     pub extra_headers: Vec<(String, String)>,
     /// `Sec-WebSocket-Protocol` to answer with.
     pub proto_alias: Option<String>,
+    /// LAppS protocol: consecutive malformed messages before the connection is closed (1003).
+    pub max_protocol_errors: u32,
 }
 
 impl ServiceSpec {
@@ -85,9 +89,11 @@ impl ServiceSpec {
             allow_os_execute: false,
             queue_capacity: 4096,
             queue_bytes: 64 * 1024 * 1024,
+            mqr_capacity: 1024,
             auto_fragment: None,
             extra_headers: Vec::new(),
             proto_alias: None,
+            max_protocol_errors: 10,
         }
     }
 }

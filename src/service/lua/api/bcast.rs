@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use mlua::{Lua, Value};
 
 use super::{fail, handler, ok, Ret};
+use crate::lapps_proto::lua::from_lua;
+use crate::lapps_proto::protocol;
+use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
 use crate::service::lua::frame::frame;
@@ -178,23 +181,45 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "send",
         lua.create_function(
             move |_,
-                  (_this, id, opcode, msg): (Value, Value, i64, mlua::String)|
+                  (_this, id, a, b): (Value, Value, Value, Option<mlua::String>)|
                   -> mlua::Result<Ret> {
                 let Some(id) = ChannelId::from_lua(&id) else {
                     return fail("bad channel id");
                 };
-                let bytes = msg.as_bytes();
-                match opcode {
-                    1 if std::str::from_utf8(&bytes).is_err() => return fail("invalid UTF-8"),
-                    1 | 2 => {}
-                    _ => return fail("bad opcode"),
-                }
+                // Encode once, before knowing the recipients: every one gets these bytes.
+                let framed: Vec<u8> = match (a, b) {
+                    (Value::Integer(op), Some(msg)) => {
+                        match raw_frame(op, &msg.as_bytes(), h.auto_fragment) {
+                            Some(f) => f,
+                            None => return fail("bad message"),
+                        }
+                    }
+                    (Value::Number(op), Some(msg)) if op.fract() == 0.0 => {
+                        match raw_frame(op as i64, &msg.as_bytes(), h.auto_fragment) {
+                            Some(f) => f,
+                            None => return fail("bad message"),
+                        }
+                    }
+                    // The LAppS form: bcast:send(id, oon) with `{cid = N, message = {...}}`.
+                    (value @ (Value::Table(_) | Value::UserData(_)), None) => {
+                        let cbor = from_lua(&value)
+                            .and_then(|v| {
+                                oon_only(&v).then_some(v).ok_or_else(|| {
+                                    "expected an OON (cid ~= 0 and a message array)".to_string()
+                                })
+                            })
+                            .and_then(|v| protocol::validate_outbound(&v))
+                            .map_err(|e| mlua::Error::runtime(format!("bcast:send: {e}")))?;
+                        frame(2, &cbor, h.auto_fragment)
+                    }
+                    _ => return fail("bad message"),
+                };
                 let Some(groups) = h.bcast.recipients(&id, |c| h.hub.is_live(c)) else {
                     return fail("no such channel");
                 };
                 let mut n = 0usize;
                 if !groups.is_empty() {
-                    let framed: Arc<[u8]> = frame(opcode as u8, &bytes, h.auto_fragment).into();
+                    let framed: Arc<[u8]> = framed.into();
                     for conns in groups {
                         n += conns.len();
                         let Some(&first) = conns.first() else {
@@ -214,6 +239,27 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         )?,
     )?;
     lua.globals().set("bcast", t)
+}
+
+/// A RAW broadcast frame (`None` for a bad opcode or invalid UTF-8 text).
+fn raw_frame(opcode: i64, bytes: &[u8], fragment: Option<usize>) -> Option<Vec<u8>> {
+    match opcode {
+        1 if std::str::from_utf8(bytes).is_err() => None,
+        1 | 2 => Some(frame(opcode as u8, bytes, fragment)),
+        _ => None,
+    }
+}
+
+/// True for a value shaped as an OON (a map with a non-zero `cid`); responses are per request
+/// and never broadcast.
+fn oon_only(v: &CborValue) -> bool {
+    let CborValue::Map(members) = v else {
+        return false;
+    };
+    members.iter().any(|(k, v)| {
+        matches!(k, CborValue::Text(t) if t == "cid")
+            && (matches!(v, CborValue::Int(n) if *n != 0) || matches!(v, CborValue::UInt(_)))
+    })
 }
 
 #[cfg(test)]

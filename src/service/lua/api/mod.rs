@@ -2,9 +2,11 @@
 //!
 //! Each submodule owns one global table. Runtime conditions (a closed handler, an unknown
 //! channel) are returned as `nil, "message"`; only programming errors (wrong argument types)
-//! raise. No function here blocks except `nap:sleep`.
+//! raise. No function here blocks except `nap:sleep` and the blocking forms of `mqr`.
 
 pub mod bcast;
+pub(crate) mod cws;
+pub(crate) mod mqr;
 pub(crate) mod nap;
 pub(crate) mod time;
 pub(crate) mod ws;

@@ -8,10 +8,17 @@ use std::rc::Rc;
 
 use mlua::{Lua, Value};
 
+use std::num::NonZeroU64;
+
 use super::{fail, handler, ok, Ret};
+use crate::lapps_proto::lua::from_lua;
+use crate::lapps_proto::protocol;
+use crate::lapps_proto::value::Value as CborValue;
+use crate::net::handle::ConnId;
 use crate::net::hub::{Chunk, Command};
 use crate::service::lua::frame::frame;
 use crate::service::lua::host::HostCtx;
+use crate::service::lua::lapps::send_cbor;
 
 /// Close codes an application may send (RFC 6455 section 7.4).
 pub(crate) fn valid_close_code(code: i64) -> bool {
@@ -25,7 +32,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "send",
         lua.create_function(
             move |_,
-                  (_this, conn, opcode, msg): (Value, Value, i64, mlua::String)|
+                  (_this, conn, a, b): (Value, Value, Value, Option<mlua::String>)|
                   -> mlua::Result<Ret> {
                 let Some(conn) = handler(&conn) else {
                     return fail("bad handler");
@@ -33,6 +40,18 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 if !h.hub.is_live(conn) {
                     return fail("closed");
                 }
+                let opcode = match a {
+                    Value::Integer(i) => i,
+                    Value::Number(n) if n.fract() == 0.0 => n as i64,
+                    // The original's LAppS form: ws:send(handler, value).
+                    value @ (Value::Table(_) | Value::UserData(_)) => {
+                        return send_value(&h, conn, &value)
+                    }
+                    _ => return fail("bad opcode"),
+                };
+                let Some(msg) = b else {
+                    return fail("no message");
+                };
                 let bytes = msg.as_bytes();
                 match opcode {
                     1 if std::str::from_utf8(&bytes).is_err() => return fail("invalid UTF-8"),
@@ -47,6 +66,72 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                         frame: Chunk::Owned(f),
                     },
                 );
+                ok(Value::Boolean(true))
+            },
+        )?,
+    )?;
+    let h = Rc::clone(host);
+    t.set(
+        "send_response",
+        lua.create_function(
+            move |_, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
+                let Some(conn) = live(&h, &conn) else {
+                    return fail("closed");
+                };
+                let result = match array_of(&result) {
+                    Ok(r) => r,
+                    Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
+                };
+                send_cbor(&h, conn, &protocol::encode_response_ok(&result));
+                ok(Value::Boolean(true))
+            },
+        )?,
+    )?;
+    let h = Rc::clone(host);
+    t.set(
+        "send_error",
+        lua.create_function(
+            move |_,
+                  (_this, conn, code, message, data): (Value, Value, i64, mlua::String, Value)|
+                  -> mlua::Result<Ret> {
+                let Some(conn) = live(&h, &conn) else {
+                    return fail("closed");
+                };
+                let data = match data {
+                    Value::Nil => None,
+                    v => Some(
+                        from_lua(&v)
+                            .map_err(|e| mlua::Error::runtime(format!("send_error: {e}")))?,
+                    ),
+                };
+                let answer = protocol::encode_response_error(
+                    code,
+                    &message.to_string_lossy(),
+                    data.as_ref(),
+                );
+                send_cbor(&h, conn, &answer);
+                ok(Value::Boolean(true))
+            },
+        )?,
+    )?;
+    let h = Rc::clone(host);
+    t.set(
+        "send_oon",
+        lua.create_function(
+            move |_,
+                  (_this, conn, cid, message): (Value, Value, u64, Value)|
+                  -> mlua::Result<Ret> {
+                let Some(conn) = live(&h, &conn) else {
+                    return fail("closed");
+                };
+                let Some(cid) = NonZeroU64::new(cid) else {
+                    return Err(mlua::Error::runtime(
+                        "send_oon: channel 0 is the command channel",
+                    ));
+                };
+                let message = array_of(&message)
+                    .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
+                send_cbor(&h, conn, &protocol::encode_oon(cid, &message));
                 ok(Value::Boolean(true))
             },
         )?,
@@ -78,4 +163,31 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         )?,
     )?;
     lua.globals().set("ws", t)
+}
+
+/// The live connection a Lua handler names.
+fn live(h: &HostCtx, v: &Value) -> Option<ConnId> {
+    handler(v).filter(|c| h.hub.is_live(*c))
+}
+
+/// A Lua array (table or nljson array) as CBOR values.
+fn array_of(v: &Value) -> Result<Vec<CborValue>, String> {
+    match from_lua(v)? {
+        CborValue::Array(items) => Ok(items),
+        // `{}` converts to an empty object: as a result it means "no values".
+        CborValue::Map(m) if m.is_empty() => Ok(Vec::new()),
+        _ => Err("expected an array".into()),
+    }
+}
+
+/// `ws:send(handler, value)`: a response or OON checked, CBOR-encoded and sent as one frame.
+fn send_value(h: &HostCtx, conn: ConnId, value: &Value) -> mlua::Result<Ret> {
+    let encoded = from_lua(value).and_then(|v| protocol::validate_outbound(&v));
+    match encoded {
+        Ok(cbor) => {
+            send_cbor(h, conn, &cbor);
+            ok(Value::Boolean(true))
+        }
+        Err(e) => Err(mlua::Error::runtime(format!("ws:send: {e}"))),
+    }
 }

@@ -1,0 +1,29 @@
+//! Fuzzes the CBOR decoder and the LAppS rules on top of it: no input may panic; whatever
+//! decodes re-encodes to bytes that decode to the same value; the protocol check and the
+//! outbound check give an answer (never a panic) on every decoded value, and what the outbound
+//! check accepts is itself a decodable map.
+#![no_main]
+
+use lapps::lapps_proto::{cbor, json, protocol};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(value) = cbor::decode(data) else {
+        assert!(protocol::parse_inbound(data).is_err());
+        return;
+    };
+    let again = cbor::decode(&cbor::encode(&value));
+    assert_eq!(again.as_ref(), Ok(&value), "encode/decode changed the value");
+
+    match protocol::check_inbound(value.clone()) {
+        Ok(msg) => {
+            assert!(!msg.method().is_empty() && !msg.method().contains('.'));
+            assert_eq!(msg.msg_type().is_notification(), msg.cid().is_some());
+        }
+        Err(e) => assert!((-32768..=-32000).contains(&e.code), "{e:?}"),
+    }
+    if let Ok(bytes) = protocol::validate_outbound(&value) {
+        assert!(matches!(cbor::decode(&bytes), Ok(lapps::lapps_proto::Value::Map(_))));
+    }
+    let _ = json::encode(&value);
+});

@@ -1,0 +1,198 @@
+//! Conversion between [`Value`] and mlua values, for the host and for `nljson`.
+//!
+//! Lua to `Value` (`from_lua`):
+//! - nil and `nljson.null` become null; booleans stay booleans;
+//! - numbers (LuaJIT has only `f64`): integral ones within ±2^53 become `Int`, all others
+//!   `Float` (beyond 2^53 an `f64` no longer holds every integer, so it is not claimed as one);
+//! - strings become text when they are UTF-8, byte strings otherwise;
+//! - a table whose keys are exactly `1..n` (n >= 1) becomes an array, any other table an object
+//!   (so `{}` is an empty object: use `nljson.array()` for an empty array); object keys that are
+//!   numbers take their string form, other non-string keys are an error; members of an object
+//!   built from a table are sorted by key, since a Lua table has no order of its own;
+//! - nljson values are deep-copied; functions, threads and other userdata are an error;
+//! - nesting is bounded (default 64): that also stops tables that contain themselves.
+//!
+//! `Value` to Lua (`to_lua`): null is `nljson.null`, numbers are Lua numbers (integers beyond
+//! ±2^53 lose precision, as in any LuaJIT code), text and byte strings are Lua strings, and
+//! arrays and maps become nljson values so that they keep their kind and key types.
+//!
+//! This module converts; it must never call Lua code (no metamethods: tables are read raw).
+
+use mlua::{LightUserData, Lua, Value as LuaValue};
+
+use super::nljson::Json;
+use super::node::Node;
+use super::value::{Limits, Value};
+
+/// Largest integer below which every integer is an exact `f64`.
+const EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
+
+/// The `nljson.null` sentinel: a NULL light userdata, the same in every state.
+pub fn null() -> LuaValue {
+    LuaValue::LightUserData(LightUserData(std::ptr::null_mut()))
+}
+
+/// Whether `v` is `nljson.null`.
+pub fn is_null(v: &LuaValue) -> bool {
+    matches!(v, LuaValue::LightUserData(p) if p.0.is_null())
+}
+
+/// A Lua value for `value`: scalars as plain Lua values, containers as nljson values.
+pub fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
+    into_lua(lua, value.clone())
+}
+
+/// Like [`to_lua`], moving the value (no copy of a decoded message).
+pub fn into_lua(lua: &Lua, value: Value) -> mlua::Result<LuaValue> {
+    node_to_lua(lua, Node::from_value(value))
+}
+
+pub(crate) fn node_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> {
+    match node {
+        Node::Scalar(v) => scalar_to_lua(lua, &v),
+        container => Ok(LuaValue::UserData(lua.create_userdata(Json(container))?)),
+    }
+}
+
+fn scalar_to_lua(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
+    Ok(match v {
+        Value::Null => null(),
+        Value::Bool(b) => LuaValue::Boolean(*b),
+        Value::Int(i) => LuaValue::Number(*i as f64),
+        Value::UInt(u) => LuaValue::Number(*u as f64),
+        Value::Float(f) => LuaValue::Number(*f),
+        Value::Text(s) => LuaValue::String(lua.create_string(s)?),
+        Value::Bytes(b) => LuaValue::String(lua.create_string(b)?),
+        // Containers never reach here (Node::from_value keeps them apart); an empty one is a
+        // safe answer anyway.
+        Value::Array(_) | Value::Map(_) => null(),
+    })
+}
+
+/// A Lua number as a value (see the module doc for the 2^53 rule).
+pub(crate) fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() <= EXACT_F64_INT && !(n == 0.0 && n.is_sign_negative()) {
+        Value::Int(n as i64)
+    } else {
+        Value::Float(n)
+    }
+}
+
+/// A Lua value as a [`Value`] with the default nesting bound.
+pub fn from_lua(v: &LuaValue) -> Result<Value, String> {
+    from_lua_with(v, &Limits::default())
+}
+
+/// A Lua value as a [`Value`], nesting bounded by `limits.max_depth`.
+pub fn from_lua_with(v: &LuaValue, limits: &Limits) -> Result<Value, String> {
+    convert(v, limits.max_depth)
+}
+
+/// A table key while its table's kind is not known yet.
+enum RawKey {
+    Index(i64),
+    Text(Value),
+}
+
+fn convert(v: &LuaValue, depth_left: usize) -> Result<Value, String> {
+    Ok(match v {
+        LuaValue::Nil => Value::Null,
+        LuaValue::Boolean(b) => Value::Bool(*b),
+        LuaValue::Integer(i) => number(*i as f64),
+        LuaValue::Number(n) => number(*n),
+        LuaValue::String(s) => {
+            let b = s.as_bytes();
+            match std::str::from_utf8(&b) {
+                Ok(t) => Value::text(t),
+                Err(_) => Value::Bytes(b.to_vec()),
+            }
+        }
+        v if is_null(v) => Value::Null,
+        LuaValue::UserData(ud) => {
+            let node = ud
+                .borrow::<Json>()
+                .map_err(|_| "a userdata that is not an nljson value has no JSON/CBOR form")?
+                .0
+                .clone();
+            node.to_value(depth_left)?
+        }
+        LuaValue::Table(t) => {
+            let inner = depth_left
+                .checked_sub(1)
+                .ok_or("tables nested too deep (or a table that contains itself)".to_string())?;
+            let mut entries: Vec<(RawKey, Value)> = Vec::new();
+            // for_each reads raw (lua_next) and converts each pair at once, so no more than a
+            // few Lua references are alive however large the table is.
+            let mut failure = None;
+            t.for_each(|k: LuaValue, v: LuaValue| {
+                let key = match &k {
+                    LuaValue::Integer(i) => RawKey::Index(*i),
+                    LuaValue::Number(n) => {
+                        RawKey::Text(Value::Text(super::node::number_key_text(*n)))
+                    }
+                    LuaValue::String(_) => match convert(&k, 0) {
+                        Ok(key) => RawKey::Text(key),
+                        Err(e) => {
+                            failure = Some(e);
+                            return Err(mlua::Error::runtime("stop"));
+                        }
+                    },
+                    other => {
+                        failure = Some(format!(
+                            "a table key of type {} has no JSON/CBOR form",
+                            other.type_name()
+                        ));
+                        return Err(mlua::Error::runtime("stop"));
+                    }
+                };
+                match convert(&v, inner) {
+                    Ok(v) => {
+                        entries.push((key, v));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        Err(mlua::Error::runtime("stop"))
+                    }
+                }
+            })
+            .map_err(|e| failure.take().unwrap_or_else(|| e.to_string()))?;
+            table_value(entries)
+        }
+        other => return Err(format!("a {} has no JSON/CBOR form", other.type_name())),
+    })
+}
+
+/// Array when the keys are exactly 1..n, object otherwise.
+fn table_value(mut entries: Vec<(RawKey, Value)>) -> Value {
+    let n = entries.len() as i64;
+    let is_array = n > 0
+        && entries
+            .iter()
+            .all(|(k, _)| matches!(k, RawKey::Index(i) if (1..=n).contains(i)));
+    if is_array {
+        // Keys are distinct (table keys are) and all in 1..=n, so this is a permutation.
+        entries.sort_by_key(|(k, _)| match k {
+            RawKey::Index(i) => *i,
+            RawKey::Text(_) => 0,
+        });
+        return Value::Array(entries.into_iter().map(|(_, v)| v).collect());
+    }
+    let mut members: Vec<(Value, Value)> = entries
+        .into_iter()
+        .map(|(k, v)| match k {
+            RawKey::Index(i) => (Value::Text(i.to_string()), v),
+            RawKey::Text(k) => (k, v),
+        })
+        .collect();
+    members.sort_by(|(a, _), (b, _)| key_bytes(a).cmp(key_bytes(b)));
+    Value::Map(members)
+}
+
+fn key_bytes(k: &Value) -> &[u8] {
+    match k {
+        Value::Text(s) => s.as_bytes(),
+        Value::Bytes(b) => b,
+        _ => &[],
+    }
+}

@@ -1,0 +1,394 @@
+//! The `nljson` Lua module (SPEC section 2, API in `docs/nljson.md`) and the userdata that
+//! decoded objects and arrays live in.
+//!
+//! Every function returns its value, or `nil, "error message"` for bad input: an app's mistake
+//! or a bad document never raises. The metamethods of nljson values (`v[k] = x` with a key that
+//! cannot be stored, for instance) raise, as Lua's own operators do, since they cannot return an
+//! error.
+//!
+//! This module owns the Lua surface; it must never hold a borrow of a tree while it calls a Lua
+//! function (see `node`).
+
+use mlua::{Function, Lua, MetaMethod, MultiValue, UserData, UserDataMethods, Value as LuaValue};
+
+use super::lua::{from_lua_with, into_lua, is_null, node_to_lua, null};
+use super::node::{Key, Node};
+use super::value::{Limits, Value};
+use super::{cbor, json};
+
+/// An nljson object or array: a handle on a shared container (never a scalar).
+#[derive(Clone, Debug)]
+pub struct Json(pub(crate) Node);
+
+impl Json {
+    /// A deep copy of the container as a [`Value`].
+    pub fn to_value(&self) -> Result<Value, String> {
+        self.0.to_value(Limits::default().max_depth)
+    }
+}
+
+/// A Lua key as a lookup key; `None` for keys nljson containers cannot have.
+fn key_of(k: &LuaValue) -> Option<KeyBuf> {
+    match k {
+        LuaValue::Integer(i) => Some(KeyBuf::Num(*i as f64)),
+        LuaValue::Number(n) => Some(KeyBuf::Num(*n)),
+        LuaValue::String(s) => Some(KeyBuf::Str(s.as_bytes().to_vec())),
+        _ => None,
+    }
+}
+
+/// An owned [`Key`] (Lua string bytes are borrowed from the state only briefly).
+enum KeyBuf {
+    Str(Vec<u8>),
+    Num(f64),
+}
+
+impl KeyBuf {
+    fn key(&self) -> Key<'_> {
+        match self {
+            KeyBuf::Str(b) => Key::Str(b),
+            KeyBuf::Num(n) => Key::Num(*n),
+        }
+    }
+}
+
+fn type_name(node: &Node) -> &'static str {
+    match node {
+        Node::Array(_) => "array",
+        Node::Object(_) => "object",
+        Node::Scalar(v) => v.type_name(),
+    }
+}
+
+impl UserData for Json {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::Index, |lua, this, k: LuaValue| {
+            match key_of(&k).and_then(|k| this.0.get(k.key())) {
+                Some(n) => node_to_lua(lua, n),
+                None => Ok(LuaValue::Nil),
+            }
+        });
+        methods.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, this, (k, v): (LuaValue, LuaValue)| {
+                let key = key_of(&k).ok_or_else(|| {
+                    mlua::Error::runtime(format!(
+                        "nljson: a key of type {} cannot index a {}",
+                        k.type_name(),
+                        type_name(&this.0)
+                    ))
+                })?;
+                let value = match v {
+                    LuaValue::Nil => None,
+                    v => Some(Node::from_value(
+                        from_lua_with(&v, &Limits::default())
+                            .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?,
+                    )),
+                };
+                this.0
+                    .set(key.key(), value)
+                    .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
+            },
+        );
+        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.0.len()));
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            let style = json::Style {
+                indent: None,
+                lossy: true,
+            };
+            this.0
+                .to_value(Limits::default().max_depth)
+                .and_then(|v| json::encode_with(&v, style))
+                .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
+        });
+        methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (LuaValue, LuaValue)| {
+            Ok(match (as_json(&a), as_json(&b)) {
+                (Some(a), Some(b)) => a.same(&b),
+                _ => false,
+            })
+        });
+    }
+}
+
+/// The container behind an nljson value.
+fn as_json(v: &LuaValue) -> Option<Node> {
+    match v {
+        LuaValue::UserData(ud) => ud.borrow::<Json>().ok().map(|j| j.0.clone()),
+        _ => None,
+    }
+}
+
+fn ok(v: LuaValue) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from(vec![v]))
+}
+
+fn fail(lua: &Lua, msg: impl AsRef<str>) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from(vec![
+        LuaValue::Nil,
+        LuaValue::String(lua.create_string(msg.as_ref())?),
+    ]))
+}
+
+/// `Ok(value)` as `value`, `Err(msg)` as `nil, "nljson.<name>: msg"`.
+fn answer(lua: &Lua, name: &str, r: Result<LuaValue, String>) -> mlua::Result<MultiValue> {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => fail(lua, format!("nljson.{name}: {e}")),
+    }
+}
+
+fn string_arg(v: &LuaValue, what: &str) -> Result<Vec<u8>, String> {
+    match v {
+        LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
+        other => Err(format!("expects {what}, got {}", other.type_name())),
+    }
+}
+
+fn container_arg(v: &LuaValue) -> Result<Node, String> {
+    as_json(v).ok_or_else(|| {
+        format!(
+            "expects an nljson object or array, got {}",
+            if is_null(v) { "null" } else { v.type_name() }
+        )
+    })
+}
+
+/// Registers the global `nljson` with the default [`Limits`].
+pub fn install(lua: &Lua) -> mlua::Result<()> {
+    install_with(lua, Limits::default())
+}
+
+/// Registers the global `nljson`, decoding within `limits`.
+pub fn install_with(lua: &Lua, limits: Limits) -> mlua::Result<()> {
+    let module = create(lua, limits)?;
+    lua.globals().set("nljson", module)
+}
+
+/// Builds the `nljson` table without registering it.
+pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
+    let m = lua.create_table()?;
+    m.set("null", null())?;
+
+    m.set(
+        "decode",
+        lua.create_function(move |lua, s: LuaValue| {
+            let r = string_arg(&s, "a JSON string")
+                .and_then(|b| json::decode_with(&b, &limits))
+                .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
+            answer(lua, "decode", r)
+        })?,
+    )?;
+
+    m.set(
+        "decode_file",
+        lua.create_function(move |lua, p: LuaValue| {
+            let r = string_arg(&p, "a file name")
+                .and_then(|p| read_file(&p, &limits))
+                .and_then(|b| json::decode_with(&b, &limits))
+                .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
+            answer(lua, "decode_file", r)
+        })?,
+    )?;
+
+    m.set(
+        "encode",
+        lua.create_function(move |lua, v: LuaValue| {
+            let r = from_lua_with(&v, &limits)
+                .and_then(|v| json::encode(&v))
+                .and_then(|s| lua.create_string(s).map_err(|e| e.to_string()))
+                .map(LuaValue::String);
+            answer(lua, "encode", r)
+        })?,
+    )?;
+
+    m.set(
+        "encode_pretty",
+        lua.create_function(move |lua, (v, indent): (LuaValue, Option<f64>)| {
+            let indent = indent.unwrap_or(2.0);
+            let r = if !(0.0..=64.0).contains(&indent) || indent.fract() != 0.0 {
+                Err("indent must be an integer in 0..64".to_string())
+            } else {
+                let style = json::Style {
+                    indent: (indent > 0.0).then_some(indent as usize),
+                    lossy: false,
+                };
+                from_lua_with(&v, &limits)
+                    .and_then(|v| json::encode_with(&v, style))
+                    .and_then(|s| lua.create_string(s).map_err(|e| e.to_string()))
+                    .map(LuaValue::String)
+            };
+            answer(lua, "encode_pretty", r)
+        })?,
+    )?;
+
+    m.set(
+        "to_cbor",
+        lua.create_function(move |lua, v: LuaValue| {
+            let r = from_lua_with(&v, &limits)
+                .map(|v| cbor::encode(&v))
+                .and_then(|b| lua.create_string(b).map_err(|e| e.to_string()))
+                .map(LuaValue::String);
+            answer(lua, "to_cbor", r)
+        })?,
+    )?;
+
+    m.set(
+        "from_cbor",
+        lua.create_function(move |lua, s: LuaValue| {
+            let r = string_arg(&s, "a string of CBOR bytes")
+                .and_then(|b| cbor::decode_with(&b, &limits).map_err(|e| e.to_string()))
+                .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
+            answer(lua, "from_cbor", r)
+        })?,
+    )?;
+
+    m.set(
+        "find",
+        lua.create_function(|lua, (v, k): (LuaValue, LuaValue)| {
+            let node = match container_arg(&v) {
+                Ok(n) => n,
+                Err(e) => return fail(lua, format!("nljson.find: {e}")),
+            };
+            let Some(key) = key_of(&k) else {
+                return fail(
+                    lua,
+                    format!(
+                        "nljson.find: a key is a string or number, got {}",
+                        k.type_name()
+                    ),
+                );
+            };
+            match node.get(key.key()) {
+                Some(n) => ok(node_to_lua(lua, n)?),
+                None => ok(LuaValue::Nil),
+            }
+        })?,
+    )?;
+
+    m.set(
+        "erase",
+        lua.create_function(|lua, (v, k): (LuaValue, LuaValue)| {
+            let node = match container_arg(&v) {
+                Ok(n) => n,
+                Err(e) => return fail(lua, format!("nljson.erase: {e}")),
+            };
+            let erased = key_of(&k).is_some_and(|k| node.erase(k.key()));
+            ok(LuaValue::Boolean(erased))
+        })?,
+    )?;
+
+    m.set(
+        "empty",
+        lua.create_function(|lua, v: LuaValue| {
+            let empty = match &v {
+                LuaValue::Nil => true,
+                v if is_null(v) => true,
+                LuaValue::Table(t) => t.is_empty(),
+                LuaValue::UserData(_) => match container_arg(&v) {
+                    Ok(n) => n.len() == 0,
+                    Err(e) => return fail(lua, format!("nljson.empty: {e}")),
+                },
+                _ => false,
+            };
+            ok(LuaValue::Boolean(empty))
+        })?,
+    )?;
+
+    m.set(
+        "typename",
+        lua.create_function(move |lua, v: LuaValue| {
+            let name = match &v {
+                LuaValue::UserData(_) => container_arg(&v).map(|n| type_name(&n)),
+                LuaValue::Table(_) => from_lua_with(&v, &limits).map(|v| v.type_name()),
+                LuaValue::Nil => Ok("null"),
+                v if is_null(v) => Ok("null"),
+                LuaValue::Boolean(_) => Ok("boolean"),
+                LuaValue::Integer(_) | LuaValue::Number(_) => Ok("number"),
+                LuaValue::String(_) => Ok("string"),
+                other => Err(format!("a {} has no JSON type", other.type_name())),
+            };
+            let r = name.and_then(|n| {
+                lua.create_string(n)
+                    .map(LuaValue::String)
+                    .map_err(|e| e.to_string())
+            });
+            answer(lua, "typename", r)
+        })?,
+    )?;
+
+    m.set(
+        "foreach",
+        lua.create_function(|lua, (v, f): (LuaValue, LuaValue)| {
+            let node = match container_arg(&v) {
+                Ok(n) => n,
+                Err(e) => return fail(lua, format!("nljson.foreach: {e}")),
+            };
+            let LuaValue::Function(f) = f else {
+                return fail(
+                    lua,
+                    "nljson.foreach: expects a function as its second argument",
+                );
+            };
+            // A snapshot: the callback may change the container while we walk it.
+            for (k, n) in node.entries() {
+                let k = into_lua(lua, k)?;
+                let v = node_to_lua(lua, n)?;
+                match f.call::<LuaValue>((k, v)) {
+                    Ok(LuaValue::Boolean(false)) => break,
+                    Ok(_) => {}
+                    Err(e) => return fail(lua, format!("nljson.foreach: callback failed: {e}")),
+                }
+            }
+            ok(LuaValue::Boolean(true))
+        })?,
+    )?;
+
+    m.set("array", constructor(lua, limits, true)?)?;
+    m.set("object", constructor(lua, limits, false)?)?;
+    Ok(m)
+}
+
+/// `nljson.array([t])` / `nljson.object([t])`: an empty container of that kind, or `t`
+/// converted and forced to that kind (an empty table or `{}`-shaped input).
+fn constructor(lua: &Lua, limits: Limits, array: bool) -> mlua::Result<Function> {
+    let name = if array { "array" } else { "object" };
+    lua.create_function(move |lua, t: Option<LuaValue>| {
+        let v = match t {
+            None | Some(LuaValue::Nil) => Ok(Value::Map(Vec::new())),
+            Some(t @ (LuaValue::Table(_) | LuaValue::UserData(_))) => from_lua_with(&t, &limits),
+            Some(other) => Err(format!("expects a table, got {}", other.type_name())),
+        };
+        let v = v.and_then(|v| match (v, array) {
+            (Value::Map(m), true) if m.is_empty() => Ok(Value::Array(Vec::new())),
+            (Value::Array(a), false) if a.is_empty() => Ok(Value::Map(Vec::new())),
+            (v @ Value::Array(_), true) | (v @ Value::Map(_), false) => Ok(v),
+            (v, _) => Err(format!(
+                "a table shaped as an {} is not an {name}",
+                v.type_name()
+            )),
+        });
+        let r = v.and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
+        answer(lua, name, r)
+    })
+}
+
+/// Reads a whole file, refusing ones larger than the input limit before reading them.
+fn read_file(path: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let cap = limits.max_input as u64;
+    file.take(cap + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if out.len() as u64 > cap {
+        return Err(format!(
+            "{}: larger than the limit of {} bytes",
+            path.display(),
+            limits.max_input
+        ));
+    }
+    Ok(out)
+}

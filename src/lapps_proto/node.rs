@@ -1,0 +1,233 @@
+//! The shared, mutable tree behind nljson userdata: containers are reference-counted cells so
+//! that `v.a.b = 1` changes the tree `v` belongs to, and a value taken out (`local a = v.a`)
+//! stays valid and shared, as Lua tables behave.
+//!
+//! It owns lookups by Lua key and the assignment rules. Things put into a tree are always deep
+//! copies, so a tree can never contain itself (no cycles, no leaks, finite encodings). It must
+//! never hold a `RefCell` borrow across a call into Lua (callbacks may touch the same tree).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::value::Value;
+
+pub(crate) type ArrayRef = Rc<RefCell<Vec<Node>>>;
+pub(crate) type ObjectRef = Rc<RefCell<Vec<(Value, Node)>>>;
+
+/// A value inside a tree: scalars by value, containers shared.
+#[derive(Clone, Debug)]
+pub(crate) enum Node {
+    /// Never `Value::Array` or `Value::Map`.
+    Scalar(Value),
+    Array(ArrayRef),
+    Object(ObjectRef),
+}
+
+/// A Lua key for lookups: a string (as bytes) or a number.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Key<'a> {
+    Str(&'a [u8]),
+    Num(f64),
+}
+
+/// The string form of a number key (`1` -> "1", `1.5` -> "1.5"), as Lua's `tostring` gives for
+/// integers; non-integral numbers use Rust's shortest round-trip form.
+pub(crate) fn number_key_text(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+/// Whether an object key answers to a Lua key: text or bytes by their bytes; a number to a
+/// numeric key of the same value or to its string form.
+fn key_matches(k: &Value, key: Key<'_>) -> bool {
+    match (k, key) {
+        (Value::Text(s), Key::Str(b)) => s.as_bytes() == b,
+        (Value::Bytes(s), Key::Str(b)) => s.as_slice() == b,
+        (Value::Int(i), Key::Num(n)) => *i as f64 == n,
+        (Value::UInt(u), Key::Num(n)) => *u as f64 == n,
+        (Value::Float(f), Key::Num(n)) => *f == n,
+        (Value::Text(s), Key::Num(n)) => *s == number_key_text(n),
+        _ => false,
+    }
+}
+
+/// The key stored for a new member: text when the bytes are UTF-8, the string form for numbers.
+fn stored_key(key: Key<'_>) -> Value {
+    match key {
+        Key::Str(b) => match std::str::from_utf8(b) {
+            Ok(s) => Value::text(s),
+            Err(_) => Value::Bytes(b.to_vec()),
+        },
+        Key::Num(n) => Value::Text(number_key_text(n)),
+    }
+}
+
+/// A 1-based Lua index as a 0-based position, if it is a positive integer.
+fn position(n: f64) -> Option<usize> {
+    if n.fract() == 0.0 && n >= 1.0 && n <= usize::MAX as f64 {
+        Some(n as usize - 1)
+    } else {
+        None
+    }
+}
+
+impl Node {
+    /// Moves a value into a fresh tree.
+    pub(crate) fn from_value(v: Value) -> Node {
+        match v {
+            Value::Array(a) => Node::Array(Rc::new(RefCell::new(
+                a.into_iter().map(Node::from_value).collect(),
+            ))),
+            Value::Map(m) => Node::Object(Rc::new(RefCell::new(
+                m.into_iter()
+                    .map(|(k, v)| (k, Node::from_value(v)))
+                    .collect(),
+            ))),
+            scalar => Node::Scalar(scalar),
+        }
+    }
+
+    /// A deep copy as a [`Value`]; fails beyond `depth_left` nested containers (trees built by
+    /// repeated assignment can be deeper than any decoder would accept).
+    pub(crate) fn to_value(&self, depth_left: usize) -> Result<Value, String> {
+        let inner = |d: usize| d.checked_sub(1).ok_or("nesting too deep to convert");
+        Ok(match self {
+            Node::Scalar(v) => v.clone(),
+            Node::Array(a) => {
+                let d = inner(depth_left)?;
+                let a = a.try_borrow().map_err(|_| "array is being modified")?;
+                Value::Array(a.iter().map(|n| n.to_value(d)).collect::<Result<_, _>>()?)
+            }
+            Node::Object(o) => {
+                let d = inner(depth_left)?;
+                let o = o.try_borrow().map_err(|_| "object is being modified")?;
+                Value::Map(
+                    o.iter()
+                        .map(|(k, n)| Ok((k.clone(), n.to_value(d)?)))
+                        .collect::<Result<_, String>>()?,
+                )
+            }
+        })
+    }
+
+    /// Same container (for `==` on userdata).
+    pub(crate) fn same(&self, other: &Node) -> bool {
+        match (self, other) {
+            (Node::Array(a), Node::Array(b)) => Rc::ptr_eq(a, b),
+            (Node::Object(a), Node::Object(b)) => Rc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Elements or members; 0 for scalars.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Node::Scalar(_) => 0,
+            Node::Array(a) => a.borrow().len(),
+            Node::Object(o) => o.borrow().len(),
+        }
+    }
+
+    /// `v[key]`: an array takes 1-based numbers, an object strings and numbers.
+    pub(crate) fn get(&self, key: Key<'_>) -> Option<Node> {
+        match (self, key) {
+            (Node::Array(a), Key::Num(n)) => position(n).and_then(|i| a.borrow().get(i).cloned()),
+            (Node::Object(o), key) => o
+                .borrow()
+                .iter()
+                .find(|(k, _)| key_matches(k, key))
+                .map(|(_, n)| n.clone()),
+            _ => None,
+        }
+    }
+
+    /// `v[key] = value` (`None` for nil). Arrays: positions 1..=n replace (nil stores null, so
+    /// the length never changes under the app's feet), n+1 appends (nil appends nothing).
+    /// Objects: replace the first matching member, or append one; nil removes it.
+    pub(crate) fn set(&self, key: Key<'_>, value: Option<Node>) -> Result<(), String> {
+        match self {
+            Node::Array(a) => {
+                let Key::Num(n) = key else {
+                    return Err("an array is indexed by integers (1-based)".into());
+                };
+                let mut a = a.try_borrow_mut().map_err(|_| "array is in use")?;
+                let len = a.len();
+                match position(n) {
+                    Some(i) if i < len => a[i] = value.unwrap_or(Node::Scalar(Value::Null)),
+                    Some(i) if i == len => a.extend(value),
+                    _ => {
+                        return Err(format!(
+                            "array index {} out of range 1..{}",
+                            number_key_text(n),
+                            len + 1
+                        ))
+                    }
+                }
+                Ok(())
+            }
+            Node::Object(o) => {
+                let mut o = o.try_borrow_mut().map_err(|_| "object is in use")?;
+                let at = o.iter().position(|(k, _)| key_matches(k, key));
+                match (at, value) {
+                    (Some(i), Some(v)) => o[i].1 = v,
+                    (Some(i), None) => {
+                        o.remove(i);
+                    }
+                    (None, Some(v)) => o.push((stored_key(key), v)),
+                    (None, None) => {}
+                }
+                Ok(())
+            }
+            Node::Scalar(_) => Err("not an object or array".into()),
+        }
+    }
+
+    /// Removes an array element (shifting the rest) or an object member; whether one was there.
+    pub(crate) fn erase(&self, key: Key<'_>) -> bool {
+        match (self, key) {
+            (Node::Array(a), Key::Num(n)) => {
+                let Ok(mut a) = a.try_borrow_mut() else {
+                    return false;
+                };
+                match position(n) {
+                    Some(i) if i < a.len() => {
+                        a.remove(i);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (Node::Object(o), key) => {
+                let Ok(mut o) = o.try_borrow_mut() else {
+                    return false;
+                };
+                match o.iter().position(|(k, _)| key_matches(k, key)) {
+                    Some(i) => {
+                        o.remove(i);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// A snapshot of the entries (keys as values; array keys are 1-based indices), so that
+    /// iteration can call into Lua while the tree changes.
+    pub(crate) fn entries(&self) -> Vec<(Value, Node)> {
+        match self {
+            Node::Scalar(_) => Vec::new(),
+            Node::Array(a) => a
+                .borrow()
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (Value::from_u64(i as u64 + 1), n.clone()))
+                .collect(),
+            Node::Object(o) => o.borrow().clone(),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The LAppS protocol (SPEC section 4, the original's `LAppS_Protocol_Specification.md`):
+//! what a client may send, what the server answers, and the check of what a Lua app hands to
+//! `ws:send(handler, value)`.
+//!
+//! Inbound rules, each with its JSON-RPC code:
+//! - -32700 parse error: the message is not one CBOR item, or the item is not a map;
+//! - -32600 invalid request:
+//!   - `lapps` missing, or not `1` (the integer, an integral float, or the text `"1"`: the
+//!     original's text says `"1"`, its examples and code use the number);
+//!   - `method` missing, not text, empty, or containing `.`;
+//!   - `params` present and not an array;
+//!   - `cid` present and not an integer in `1..=2^64-1` (channel 0 is the command channel, a
+//!     client notification must name another one);
+//!   - one of those members present twice (ambiguous);
+//! - -32601 method not found: names starting with `_` are reserved for extensions, and this
+//!   server implements none, so such a method exists nowhere.
+//!
+//! Members other than these are allowed and reach the app untouched (the original did the same).
+//! A request has no `cid`; a client notification has one and gets no response.
+//! `msg_type` follows the original: an empty `params` array counts as "without params".
+//!
+//! This module owns the rules; it must never decide what to do with a bad message (answer,
+//! ignore, close): the host does, with the code given here.
+
+use std::fmt;
+use std::num::NonZeroU64;
+
+use super::cbor;
+use super::value::{Limits, Value};
+
+/// JSON-RPC 2.0 codes used by LAppS.
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+
+/// A message that breaks the protocol, with the code to answer it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl ProtocolError {
+    fn new(code: i64, message: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The `msg_type` argument of a LAppS `onMessage`, numbered as in the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MsgType {
+    /// Client notification without params.
+    Notification = 1,
+    /// Client notification with a non-empty `params` array.
+    NotificationWithParams = 2,
+    /// Request without params.
+    Request = 3,
+    /// Request with a non-empty `params` array.
+    RequestWithParams = 4,
+}
+
+impl MsgType {
+    pub fn is_notification(self) -> bool {
+        matches!(
+            self,
+            MsgType::Notification | MsgType::NotificationWithParams
+        )
+    }
+}
+
+/// A valid inbound message: its kind, the fields the host needs, and the whole decoded map
+/// (what `onMessage` receives as `message`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    msg_type: MsgType,
+    method: String,
+    cid: Option<NonZeroU64>,
+    message: Value,
+}
+
+impl Inbound {
+    pub fn msg_type(&self) -> MsgType {
+        self.msg_type
+    }
+
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The channel of a client notification; `None` for a request (answered on CCH).
+    pub fn cid(&self) -> Option<NonZeroU64> {
+        self.cid
+    }
+
+    /// The `params` array, if present.
+    pub fn params(&self) -> Option<&[Value]> {
+        self.message.get("params").and_then(Value::as_array)
+    }
+
+    /// The whole request map.
+    pub fn message(&self) -> &Value {
+        &self.message
+    }
+
+    pub fn into_message(self) -> Value {
+        self.message
+    }
+}
+
+/// Decodes and checks one inbound binary message with the default limits.
+pub fn parse_inbound(bytes: &[u8]) -> Result<Inbound, ProtocolError> {
+    parse_inbound_with(bytes, &Limits::default())
+}
+
+/// Decodes and checks one inbound binary message within `limits`.
+pub fn parse_inbound_with(bytes: &[u8], limits: &Limits) -> Result<Inbound, ProtocolError> {
+    let message = cbor::decode_with(bytes, limits)
+        .map_err(|e| ProtocolError::new(PARSE_ERROR, format!("parse error: {e}")))?;
+    check_inbound(message)
+}
+
+/// Applies the request rules to an already decoded value.
+pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
+    let Value::Map(members) = &message else {
+        return Err(ProtocolError::new(
+            PARSE_ERROR,
+            "parse error: a LAppS message is a CBOR map",
+        ));
+    };
+    let member = |name: &str| -> Result<Option<&Value>, ProtocolError> {
+        let mut found = members.iter().filter(|(k, _)| k.as_str() == Some(name));
+        let first = found.next().map(|(_, v)| v);
+        if found.next().is_some() {
+            return Err(ProtocolError::new(
+                INVALID_REQUEST,
+                format!("invalid request: member '{name}' appears twice"),
+            ));
+        }
+        Ok(first)
+    };
+    let invalid =
+        |why: &str| ProtocolError::new(INVALID_REQUEST, format!("invalid request: {why}"));
+
+    match member("lapps")? {
+        None => return Err(invalid("member 'lapps' is missing")),
+        Some(v) if v.as_i64() == Some(1) || v.as_str() == Some("1") => {}
+        Some(_) => return Err(invalid("member 'lapps' must be 1")),
+    }
+    let method = match member("method")? {
+        None => return Err(invalid("member 'method' is missing")),
+        Some(Value::Text(m)) => m,
+        Some(_) => return Err(invalid("member 'method' must be a string")),
+    };
+    if method.is_empty() {
+        return Err(invalid("member 'method' is empty"));
+    }
+    if method.contains('.') {
+        return Err(invalid("method names contain no '.'"));
+    }
+    if method.starts_with('_') {
+        return Err(ProtocolError::new(
+            METHOD_NOT_FOUND,
+            format!("method not found: '{method}' (names starting with '_' are reserved)"),
+        ));
+    }
+    let has_params = match member("params")? {
+        None => false,
+        Some(Value::Array(p)) => !p.is_empty(),
+        Some(_) => return Err(invalid("member 'params' must be an array")),
+    };
+    let cid = match member("cid")? {
+        None => None,
+        Some(v) => {
+            let cid = match v {
+                Value::UInt(u) => Some(*u),
+                v => v.as_i64().and_then(|i| u64::try_from(i).ok()),
+            };
+            match cid.and_then(NonZeroU64::new) {
+                Some(c) => Some(c),
+                None => {
+                    return Err(invalid(
+                        "member 'cid' of a client notification must be a positive integer",
+                    ))
+                }
+            }
+        }
+    };
+    let msg_type = match (cid.is_some(), has_params) {
+        (true, false) => MsgType::Notification,
+        (true, true) => MsgType::NotificationWithParams,
+        (false, false) => MsgType::Request,
+        (false, true) => MsgType::RequestWithParams,
+    };
+    let method = method.clone();
+    Ok(Inbound {
+        msg_type,
+        method,
+        cid,
+        message,
+    })
+}
+
+fn k(s: &str) -> Value {
+    Value::text(s)
+}
+
+/// `{"status": 1, "cid": 0, "result": [...]}`.
+pub fn encode_response_ok(result: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    cbor::head(&mut out, 5, 3);
+    cbor::encode_into(&k("status"), &mut out);
+    cbor::encode_into(&Value::Int(1), &mut out);
+    cbor::encode_into(&k("cid"), &mut out);
+    cbor::encode_into(&Value::Int(0), &mut out);
+    cbor::encode_into(&k("result"), &mut out);
+    cbor::head(&mut out, 4, result.len() as u64);
+    for v in result {
+        cbor::encode_into(v, &mut out);
+    }
+    out
+}
+
+/// `{"status": 0, "cid": 0, "error": {"code": N, "message": "...", "data": ...}}`, `data` only
+/// when given.
+pub fn encode_response_error(code: i64, message: &str, data: Option<&Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + message.len());
+    cbor::head(&mut out, 5, 3);
+    cbor::encode_into(&k("status"), &mut out);
+    cbor::encode_into(&Value::Int(0), &mut out);
+    cbor::encode_into(&k("cid"), &mut out);
+    cbor::encode_into(&Value::Int(0), &mut out);
+    cbor::encode_into(&k("error"), &mut out);
+    cbor::head(&mut out, 5, if data.is_some() { 3 } else { 2 });
+    cbor::encode_into(&k("code"), &mut out);
+    cbor::encode_into(&Value::Int(code), &mut out);
+    cbor::encode_into(&k("message"), &mut out);
+    cbor::encode_into(&k(message), &mut out);
+    if let Some(d) = data {
+        cbor::encode_into(&k("data"), &mut out);
+        cbor::encode_into(d, &mut out);
+    }
+    out
+}
+
+/// An out-of-order notification `{"cid": N, "message": [...]}`.
+pub fn encode_oon(cid: NonZeroU64, message: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    cbor::head(&mut out, 5, 2);
+    cbor::encode_into(&k("cid"), &mut out);
+    cbor::encode_into(&Value::from_u64(cid.get()), &mut out);
+    cbor::encode_into(&k("message"), &mut out);
+    cbor::head(&mut out, 4, message.len() as u64);
+    for v in message {
+        cbor::encode_into(v, &mut out);
+    }
+    out
+}
+
+/// Checks that `value` (what a Lua app passed to `ws:send(handler, value)` or
+/// `bcast:send(id, value)`) is a LAppS response or OON, and encodes it in the canonical member
+/// order. Accepted shapes:
+/// - `{cid = 0, status = 1, result = {...}}`;
+/// - `{cid = 0, status = 0, error = {code = N, message = "...", data = any?}}`;
+/// - `{cid = N ~= 0, message = {...}}`.
+///
+/// `result` and `message` must be arrays (an empty Lua table counts as one here); `cid`,
+/// `status` and `code` integers (integral floats accepted); `lapps` is tolerated and dropped
+/// (responses do not carry it); any other member is an error, so a typo does not go unnoticed.
+pub fn validate_outbound(value: &Value) -> Result<Vec<u8>, String> {
+    let Value::Map(members) = value else {
+        return Err(format!(
+            "a LAppS message is a table, not a {}",
+            value.type_name()
+        ));
+    };
+    let mut cid = None;
+    let mut status = None;
+    let mut result = None;
+    let mut error = None;
+    let mut message = None;
+    for (key, v) in members {
+        let slot = match key.as_str() {
+            Some("cid") => &mut cid,
+            Some("status") => &mut status,
+            Some("result") => &mut result,
+            Some("error") => &mut error,
+            Some("message") => &mut message,
+            Some("lapps") => continue,
+            Some(other) => return Err(format!("unexpected member '{other}' in a LAppS message")),
+            None => return Err("a LAppS message has only string keys".into()),
+        };
+        if slot.replace(v).is_some() {
+            return Err(format!(
+                "member '{}' appears twice",
+                key.as_str().unwrap_or_default()
+            ));
+        }
+    }
+    let cid = match cid {
+        None => return Err("member 'cid' is missing (0 for a response, N for an OON)".into()),
+        Some(v) => match v {
+            Value::UInt(u) => *u,
+            v => v
+                .as_i64()
+                .and_then(|i| u64::try_from(i).ok())
+                .ok_or("member 'cid' must be a non-negative integer")?,
+        },
+    };
+    if let Some(cid) = NonZeroU64::new(cid) {
+        if status.is_some() || result.is_some() || error.is_some() {
+            return Err("an OON (cid ~= 0) carries only 'cid' and 'message'".into());
+        }
+        let message = message.ok_or("member 'message' of an OON is missing")?;
+        let message = as_array(message).ok_or("member 'message' of an OON must be an array")?;
+        return Ok(encode_oon(cid, message));
+    }
+    if message.is_some() {
+        return Err("a response (cid 0) carries no 'message'; OONs use a cid other than 0".into());
+    }
+    match status.and_then(Value::as_i64) {
+        Some(1) => {
+            if error.is_some() {
+                return Err("a response with status 1 carries no 'error'".into());
+            }
+            let result = result.ok_or("member 'result' of a status 1 response is missing")?;
+            let result = as_array(result).ok_or("member 'result' must be an array")?;
+            Ok(encode_response_ok(result))
+        }
+        Some(0) => {
+            if result.is_some() {
+                return Err("a response with status 0 carries no 'result'".into());
+            }
+            let error = error.ok_or("member 'error' of a status 0 response is missing")?;
+            let Value::Map(fields) = error else {
+                return Err("member 'error' must be a table with 'code' and 'message'".into());
+            };
+            let (mut code, mut text, mut data) = (None, None, None);
+            for (key, v) in fields {
+                let slot = match key.as_str() {
+                    Some("code") => &mut code,
+                    Some("message") => &mut text,
+                    Some("data") => &mut data,
+                    _ => return Err("member 'error' has only 'code', 'message' and 'data'".into()),
+                };
+                if slot.replace(v).is_some() {
+                    return Err("a member of 'error' appears twice".into());
+                }
+            }
+            let code = code
+                .and_then(Value::as_i64)
+                .ok_or("member 'error.code' must be an integer")?;
+            let text = text
+                .and_then(Value::as_str)
+                .ok_or("member 'error.message' must be a string")?;
+            Ok(encode_response_error(code, text, data))
+        }
+        _ => Err("member 'status' of a response must be 0 or 1".into()),
+    }
+}
+
+/// An array, or an empty map (an empty Lua table converts to an empty map).
+fn as_array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) => Some(a),
+        Value::Map(m) if m.is_empty() => Some(&[]),
+        _ => None,
+    }
+}

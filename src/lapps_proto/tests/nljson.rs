@@ -1,0 +1,266 @@
+use mlua::Lua;
+
+use crate::lapps_proto::lua::{from_lua, into_lua};
+use crate::lapps_proto::nljson::install;
+use crate::lapps_proto::protocol::parse_inbound;
+use crate::lapps_proto::{cbor, Value};
+
+fn state() -> Lua {
+    let lua = Lua::new();
+    install(&lua).unwrap();
+    lua
+}
+
+/// Runs a chunk whose `assert`s are the test.
+fn run(code: &str) {
+    let lua = state();
+    if let Err(e) = lua.load(code).exec() {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn decode_index_and_encode_round_trip() {
+    run(r#"
+        local v = nljson.decode('{"b": [1, 2.5, "s", true, null], "a": {"x": {}}, "e": []}')
+        assert(nljson.typename(v) == "object")
+        assert(#v == 3)
+        assert(v.b[1] == 1 and v.b[2] == 2.5 and v.b[3] == "s" and v.b[4] == true)
+        assert(v.b[5] == nljson.null)
+        assert(v.b[6] == nil and v.b[0] == nil and v.missing == nil)
+        assert(v["a"].x ~= nil and nljson.typename(v.a.x) == "object")
+        assert(nljson.typename(v.e) == "array")
+        assert(tostring(v) == '{"b":[1,2.5,"s",true,null],"a":{"x":{}},"e":[]}', tostring(v))
+        assert(nljson.encode(v) == tostring(v))
+    "#);
+}
+
+#[test]
+fn empty_object_and_array_stay_distinct() {
+    run(r#"
+        local v = nljson.decode('[{}, []]')
+        assert(nljson.typename(v[1]) == "object" and nljson.typename(v[2]) == "array")
+        assert(nljson.empty(v[1]) and nljson.empty(v[2]) and not nljson.empty(v))
+        assert(nljson.encode(v) == '[{},[]]')
+        local back = nljson.from_cbor(nljson.to_cbor(v))
+        assert(nljson.encode(back) == '[{},[]]')
+        -- plain tables: {} is an object unless made with nljson.array()
+        assert(nljson.encode({}) == '{}')
+        assert(nljson.encode(nljson.array()) == '[]')
+        assert(nljson.encode({nljson.array(), nljson.object()}) == '[[],{}]')
+        assert(nljson.typename({1, 2}) == "array" and nljson.typename({a = 1}) == "object")
+    "#);
+}
+
+#[test]
+fn nested_assignment_changes_the_tree() {
+    run(r#"
+        local v = nljson.decode('{"arr": [1, 2, 3], "o": {"deep": {"n": 1}}}')
+        v.x = 1
+        v.arr[2] = "s"
+        v.arr[4] = {k = "t"}          -- append at n+1, a table converted
+        v.o.deep.n = nil              -- removes the member
+        v.o.deep.list = {10, 20}
+        v.arr[4].k2 = false
+        assert(nljson.encode(v) ==
+            '{"arr":[1,"s",3,{"k":"t","k2":false}],"o":{"deep":{"list":[10,20]}},"x":1}',
+            nljson.encode(v))
+        -- a value taken out is shared with the tree
+        local a = v.arr
+        a[1] = 100
+        assert(v.arr[1] == 100)
+        assert(a == v.arr)
+        -- assigning an nljson value copies it: no cycles
+        v.self = v
+        v.self.x = 2
+        assert(v.x == 1 and v.self.x == 2)
+        -- out of range and bad keys raise (they are operators)
+        assert(not pcall(function() v.arr[7] = 1 end))
+        assert(not pcall(function() v.arr.k = 1 end))
+        assert(not pcall(function() v[true] = 1 end))
+        assert(not pcall(function() v.f = print end))
+        -- nil in an array stores null
+        v.arr[1] = nil
+        assert(v.arr[1] == nljson.null and #v.arr == 4)
+    "#);
+}
+
+#[test]
+fn null_handling() {
+    run(r#"
+        assert(nljson.decode('null') == nljson.null)
+        assert(nljson.typename(nljson.null) == "null" and nljson.typename(nil) == "null")
+        assert(nljson.encode({a = nljson.null}) == '{"a":null}')
+        assert(nljson.encode(nljson.null) == 'null')
+        local v = nljson.decode('{"a": null}')
+        assert(v.a == nljson.null and nljson.find(v, "a") == nljson.null)
+        assert(nljson.empty(nljson.null))
+    "#);
+}
+
+#[test]
+fn foreach_visits_in_order_and_can_stop() {
+    run(r#"
+        local v = nljson.decode('{"z": 1, "a": 2, "m": {"q": 3}}')
+        local keys = {}
+        assert(nljson.foreach(v, function(k, x) keys[#keys + 1] = k end) == true)
+        assert(table.concat(keys, ",") == "z,a,m")
+        local arr = nljson.decode('[10, 20, 30]')
+        local sum, idx = 0, {}
+        nljson.foreach(arr, function(i, x) idx[#idx + 1] = i; sum = sum + x end)
+        assert(sum == 60 and table.concat(idx, ",") == "1,2,3")
+        local seen = 0
+        nljson.foreach(arr, function(i, x) seen = seen + 1; return false end)
+        assert(seen == 1)
+        -- the callback may change the container: it walks a snapshot
+        nljson.foreach(arr, function(i, x) arr[#arr + 1] = x end)
+        assert(#arr == 6)
+        local ok, err = nljson.foreach(arr, function() error("boom") end)
+        assert(ok == nil and err:find("boom"), err)
+        local ok2, err2 = nljson.foreach({}, print)
+        assert(ok2 == nil and err2:find("nljson.foreach"))
+    "#);
+}
+
+#[test]
+fn find_with_numeric_keys_and_erase() {
+    run(r#"
+        local v = nljson.decode('{"1": "one", "2.5": "x", "k": [5, 6, 7]}')
+        assert(nljson.find(v, 1) == "one" and v[1] == "one")
+        assert(nljson.find(v, 2.5) == "x")
+        assert(nljson.find(v, "k")[3] == 7 and nljson.find(v.k, 1) == 5)
+        assert(nljson.find(v, "nope") == nil)
+        v[3] = "three"
+        assert(v["3"] == "three")
+        assert(nljson.erase(v, 1) == true and v["1"] == nil)
+        assert(nljson.erase(v, "nope") == false)
+        assert(nljson.erase(v.k, 2) == true and nljson.encode(v.k) == '[5,7]')
+        assert(nljson.erase(v.k, 9) == false)
+        local r, e = nljson.find("str", "k")
+        assert(r == nil and type(e) == "string")
+    "#);
+}
+
+#[test]
+fn bad_input_returns_nil_and_a_message() {
+    run(r#"
+        local function fails(f, ...)
+            local v, e = f(...)
+            assert(v == nil and type(e) == "string" and #e > 0, tostring(e))
+            return e
+        end
+        fails(nljson.decode, '{"a": ')
+        fails(nljson.decode, 42)
+        fails(nljson.decode, '[1] 2')
+        fails(nljson.decode_file, '/nonexistent/file.json')
+        fails(nljson.from_cbor, '\255')
+        fails(nljson.encode, {f = print})
+        fails(nljson.encode, {[true] = 1})
+        local t = {}; t.t = t
+        fails(nljson.encode, t)
+        fails(nljson.encode, '\255')      -- binary has no JSON form
+        fails(nljson.encode_pretty, {}, -1)
+        fails(nljson.typename, print)
+        fails(nljson.array, {a = 1})
+        assert(nljson.erase(1, 1) == nil)
+        -- binary survives CBOR and keeps its bytes
+        local b = nljson.from_cbor(nljson.to_cbor({bin = '\255\0\1'}))
+        assert(b.bin == '\255\0\1')
+    "#);
+}
+
+#[test]
+fn pretty_and_files() {
+    let dir = std::env::temp_dir().join(format!("nljson-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("conf.json");
+    std::fs::write(&path, br#"{"services": {"echo": {"instances": 2}}}"#).unwrap();
+    let lua = state();
+    lua.globals().set("path", path.to_str().unwrap()).unwrap();
+    let r = lua
+        .load(
+            r#"
+        local c = assert(nljson.decode_file(path))
+        assert(c.services.echo.instances == 2)
+        assert(nljson.encode_pretty(c.services) == '{\n  "echo": {\n    "instances": 2\n  }\n}')
+        assert(nljson.encode_pretty(c.services, 0) == '{"echo":{"instances":2}}')
+        assert(nljson.encode_pretty(c.services, 4):find('\n        "instances"'))
+    "#,
+        )
+        .exec();
+    std::fs::remove_dir_all(&dir).unwrap();
+    r.unwrap();
+}
+
+#[test]
+fn numbers_beyond_2_pow_53_become_floats() {
+    let lua = state();
+    let v: mlua::Value = lua.load("return {2^53, 2^53 + 2, -3, 0.5}").eval().unwrap();
+    assert_eq!(
+        from_lua(&v).unwrap(),
+        Value::Array(vec![
+            Value::Int(1 << 53),
+            Value::Float(9007199254740994.0),
+            Value::Int(-3),
+            Value::Float(0.5),
+        ])
+    );
+}
+
+#[test]
+fn a_decoded_request_reaches_lua_as_an_nljson_value() {
+    let lua = state();
+    let msg = parse_inbound(&cbor::encode(&Value::Map(vec![
+        (Value::text("lapps"), Value::Int(1)),
+        (Value::text("method"), Value::text("echo")),
+        (
+            Value::text("params"),
+            Value::Array(vec![Value::text("hi"), Value::Map(vec![])]),
+        ),
+    ])))
+    .unwrap();
+    let message = into_lua(&lua, msg.into_message()).unwrap();
+    let f: mlua::Function = lua
+        .load(
+            r#"
+        return function(message)
+            assert(message.method == "echo" and message.lapps == 1)
+            assert(message.params[1] == "hi" and #message.params == 2)
+            assert(nljson.typename(message.params[2]) == "object")
+            message.params[1] = "changed"
+            -- what an app hands back to ws:send
+            return {cid = 0, status = 1, result = message.params}
+        end
+    "#,
+        )
+        .eval()
+        .unwrap();
+    let out: mlua::Value = f.call(message).unwrap();
+    let out = from_lua(&out).unwrap();
+    assert_eq!(
+        crate::lapps_proto::protocol::validate_outbound(&out),
+        Ok(crate::lapps_proto::protocol::encode_response_ok(&[
+            Value::text("changed"),
+            Value::Map(vec![])
+        ]))
+    );
+}
+
+#[test]
+fn lua_tables_convert_by_shape() {
+    let lua = state();
+    let v: mlua::Value = lua
+        .load(r#"return {b = 1, a = {1, 2}, [3] = "n", s = {[1] = "x", [3] = "y"}}"#)
+        .eval()
+        .unwrap();
+    let t = Value::text;
+    assert_eq!(
+        from_lua(&v).unwrap(),
+        Value::Map(vec![
+            (t("3"), t("n")),
+            (t("a"), Value::Array(vec![Value::Int(1), Value::Int(2)])),
+            (t("b"), Value::Int(1)),
+            (t("s"), Value::Map(vec![(t("1"), t("x")), (t("3"), t("y"))])),
+        ])
+    );
+}

@@ -1,0 +1,450 @@
+//! wss://: the rustls server configuration (ring provider, TLS 1.2 and 1.3, ALPN http/1.1,
+//! optional client-certificate verification), its reload on SIGHUP, and one connection's TLS
+//! session as an IOWorker drives it.
+//!
+//! Owns the PEM files' loading and checking (file + reason on every error), the reloadable
+//! holder (read once per accepted connection; a failed reload keeps the old configuration) and
+//! the encrypt-and-write step of a TLS connection. Must never block or read a socket itself:
+//! the worker feeds it ciphertext it has read (see `worker/tls.rs`) and gives it the socket
+//! only to write to, non-blocking.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+
+use super::outq::{BufPool, Flushed, OutQueue};
+use super::sys;
+
+/// Where the PEM files are (ws.json `tls_certificates`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by one of these CAs when set.
+    pub ca: Option<PathBuf>,
+}
+
+/// A certificate or key that cannot be used: which file and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.reason)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn err(file: &Path, reason: impl Into<String>) -> TlsError {
+    TlsError {
+        file: file.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// What an operator wants to see of the served certificate in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject's common name, if it has one.
+    pub subject: Option<String>,
+    /// SHA-256 of the DER certificate, hex.
+    pub fingerprint: String,
+    /// Validity end, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub not_after: Option<String>,
+    /// Validity end as seconds since the epoch (for the "expired" warning).
+    pub not_after_unix: Option<i64>,
+}
+
+impl CertInfo {
+    pub fn of(der: &[u8]) -> CertInfo {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let fingerprint = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let (validity, subject) = der::validity_and_subject(der).unwrap_or((None, None));
+        CertInfo {
+            subject,
+            fingerprint,
+            not_after_unix: validity.as_ref().map(|v| v.0),
+            not_after: validity.map(|(_, text)| text),
+        }
+    }
+
+    /// True when the certificate's validity ended before `now` (seconds since the epoch).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.not_after_unix.is_some_and(|t| t < now)
+    }
+}
+
+impl fmt::Display for CertInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CN={} sha256={} not_after={}",
+            self.subject.as_deref().unwrap_or("-"),
+            self.fingerprint,
+            self.not_after.as_deref().unwrap_or("?")
+        )
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A loaded configuration and what it serves.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    info: CertInfo,
+}
+
+/// Reads and checks the PEM files and builds the server configuration. Checks: the files
+/// exist and parse, the key matches the certificate, the CA file holds usable certificates.
+pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, pem_reason(e)))?;
+    let info = CertInfo::of(&certs[0]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| err(&files.cert, e.to_string()))?;
+    let builder = match &files.ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| err(ca, format!("unusable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| err(ca, format!("cannot verify clients with it: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        let file = match e {
+            rustls::Error::InconsistentKeys(_) => &files.key,
+            _ => &files.cert,
+        };
+        err(file, format!("cannot use the certificate and key: {e}"))
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), info))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(path, pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(path, pem_reason(e)))?;
+    if certs.is_empty() {
+        return Err(err(path, "no CERTIFICATE block in the PEM file"));
+    }
+    Ok(certs)
+}
+
+fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::Io(io) => format!("cannot read: {io}"),
+        E::NoItemsFound => "no usable PEM block (expected a private key)".to_string(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
+
+/// Checks the files as `--check-config` does: the result names the served certificate.
+/// An expired certificate is reported in the returned warning, not as an error (a server may
+/// be started to serve it anyway, e.g. while the renewal is on its way).
+pub fn check(files: &TlsFiles) -> Result<(CertInfo, Option<String>), TlsError> {
+    let (_, info) = load(files)?;
+    let warning = info.expired_at(now_unix()).then(|| {
+        format!(
+            "{}: the certificate expired at {}",
+            files.cert.display(),
+            info.not_after.as_deref().unwrap_or("?")
+        )
+    });
+    Ok((info, warning))
+}
+
+/// The server's TLS configuration, replaceable while running (SIGHUP). Each accepted
+/// connection takes the configuration current at that moment and keeps it for its life, so a
+/// reload never touches existing connections.
+pub struct TlsContext {
+    files: TlsFiles,
+    current: RwLock<Loaded>,
+}
+
+impl fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl TlsContext {
+    pub fn load(files: TlsFiles) -> Result<TlsContext, TlsError> {
+        let (config, info) = load(&files)?;
+        if info.expired_at(now_unix()) {
+            crate::warn!(
+                "tls: {} expired at {}; clients will refuse it",
+                files.cert.display(),
+                info.not_after.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(TlsContext {
+            files,
+            current: RwLock::new(Loaded { config, info }),
+        })
+    }
+
+    /// The configuration for a connection accepted now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(l) => l.config.clone(),
+            Err(poisoned) => poisoned.into_inner().config.clone(),
+        }
+    }
+
+    pub fn info(&self) -> CertInfo {
+        match self.current.read() {
+            Ok(l) => l.info.clone(),
+            Err(poisoned) => poisoned.into_inner().info.clone(),
+        }
+    }
+
+    /// Reads the files again. On success new connections get the new configuration and the
+    /// answer says what changed; on error the old configuration stays in use.
+    pub fn reload(&self) -> Result<String, TlsError> {
+        let (config, info) = load(&self.files)?;
+        let mut cur = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let change = if cur.info == info {
+            format!("certificate unchanged ({info})")
+        } else {
+            format!("certificate was {}, now {info}", cur.info)
+        };
+        *cur = Loaded { config, info };
+        Ok(change)
+    }
+}
+
+/// Writes to a non-blocking socket with MSG_NOSIGNAL; rustls hands it all its queued records
+/// at once (a vectored write), so one batch of frames leaves in one `sendmsg`.
+struct FdWriter(RawFd);
+
+impl Write for FdWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sys::send(self.0, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // rustls passes at most 64 chunks per call; more would be written by the next call.
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 64];
+        let n = bufs.len().min(iov.len());
+        for (slot, b) in iov.iter_mut().zip(bufs) {
+            *slot = libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            };
+        }
+        sys::sendv(self.0, &iov[..n])
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection's TLS state, owned by its IOWorker.
+pub struct TlsSession {
+    pub conn: ServerConnection,
+    /// Ciphertext read from the socket but not yet given to rustls (the service paused us
+    /// mid-read); empty, without heap, otherwise.
+    pub stash: Vec<u8>,
+    /// The session failed (bad record, handshake failure, a plaintext client): only the alert
+    /// rustls queued may still go out; input is discarded.
+    pub failed: bool,
+    close_sent: bool,
+}
+
+impl TlsSession {
+    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: ServerConnection::new(config)?,
+            stash: Vec::new(),
+            failed: false,
+            close_sent: false,
+        })
+    }
+
+    /// Encrypts what `out` holds (as much as rustls buffers: its limit is our back-pressure,
+    /// the rest stays in `out`) and writes the records until the socket is full. With
+    /// `finishing`, a close_notify follows the last byte.
+    pub fn flush(
+        &mut self,
+        out: &mut OutQueue,
+        fd: RawFd,
+        pool: &mut BufPool,
+        finishing: bool,
+    ) -> io::Result<Flushed> {
+        loop {
+            if self.failed {
+                out.clear(pool);
+            } else if !self.conn.is_handshaking() {
+                while let Some(front) = out.front() {
+                    let n = self.conn.writer().write(front)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.consume_front(n, pool);
+                }
+                if finishing && out.is_empty() && !self.close_sent {
+                    self.conn.send_close_notify();
+                    self.close_sent = true;
+                }
+            }
+            if !self.conn.wants_write() {
+                if out.is_empty() {
+                    return Ok(Flushed::All);
+                }
+                // Plaintext waits for the handshake to finish; reading will bring us back.
+                return Ok(Flushed::Waiting);
+            }
+            match self.conn.write_tls(&mut FdWriter(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Just enough DER to read a certificate's validity end and subject CN for the log.
+mod der {
+    /// Splits one TLV off `b`: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, mut b) = b.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let (bytes, rest) = (b.get(..n)?, b.get(n..)?);
+            b = rest;
+            bytes
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
+        };
+        Some((tag, b.get(..len)?, b.get(len..)?))
+    }
+
+    type Validity = Option<(i64, String)>;
+
+    pub fn validity_and_subject(cert: &[u8]) -> Option<(Validity, Option<String>)> {
+        let (_, cert, _) = tlv(cert)?;
+        let (_, tbs, _) = tlv(cert)?;
+        let mut rest = tbs;
+        let (tag, _, r) = tlv(rest)?;
+        if tag == 0xa0 {
+            rest = r; // explicit version
+        }
+        let (_, _, r) = tlv(rest)?; // serial
+        let (_, _, r) = tlv(r)?; // signature algorithm
+        let (_, _, r) = tlv(r)?; // issuer
+        let (_, validity, r) = tlv(r)?;
+        let (_, subject, _) = tlv(r)?;
+        let (_, _, v) = tlv(validity)?; // not before
+        let (tag, not_after, _) = tlv(v)?;
+        Some((time(tag, not_after), common_name(subject)))
+    }
+
+    fn common_name(mut name: &[u8]) -> Option<String> {
+        const CN: &[u8] = &[0x55, 0x04, 0x03];
+        while let Some((_, set, rest)) = tlv(name) {
+            name = rest;
+            let (_, atv, _) = tlv(set)?;
+            let (_, oid, value) = tlv(atv)?;
+            if oid == CN {
+                let (_, text, _) = tlv(value)?;
+                return Some(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+        None
+    }
+
+    /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ).
+    fn time(tag: u8, b: &[u8]) -> Option<(i64, String)> {
+        let s = std::str::from_utf8(b).ok()?;
+        let s = s.strip_suffix('Z')?;
+        let (year, s) = match tag {
+            0x17 => {
+                let yy: i64 = s.get(..2)?.parse().ok()?;
+                (if yy < 50 { 2000 + yy } else { 1900 + yy }, s.get(2..)?)
+            }
+            0x18 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
+            _ => return None,
+        };
+        let field = |i: usize| -> Option<i64> { s.get(i..i + 2)?.parse().ok() };
+        let (mo, d, h, mi, se) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+        let unix = days_from_civil(year, mo, d) * 86400 + h * 3600 + mi * 60 + se;
+        Some((
+            unix,
+            format!("{year:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02} UTC"),
+        ))
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146097 + doe - 719468
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn civil_days() {
+            assert_eq!(super::days_from_civil(1970, 1, 1), 0);
+            assert_eq!(super::days_from_civil(2000, 3, 1), 11017);
+            assert_eq!(
+                super::time(0x17, b"491231235959Z").map(|t| t.0),
+                Some(2524607999)
+            );
+        }
+
+        #[test]
+        fn truncated_input_is_none() {
+            assert!(super::validity_and_subject(&[0x30, 0x82, 0xff]).is_none());
+            assert!(super::validity_and_subject(&[]).is_none());
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The read side of wss:// connections in the IOWorker: ciphertext read from the socket is
+//! fed to rustls, and the plaintext it yields goes through the same `process()` as the bytes of
+//! a plaintext connection (leftovers to `inbuf`, pauses and budgets alike).
+//!
+//! Owns only this path; encrypting and writing is `TlsSession::flush`. Must never block:
+//! rustls only ever sees bytes already read, and never gets an empty read (which it would
+//! take for the peer's EOF).
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::{Ending, Worker};
+use crate::net::conn::Phase;
+use crate::net::sys;
+use crate::net::tls::TlsSession;
+use crate::{debug, info, warn};
+
+/// Ciphertext read per `recv`: several full TLS records.
+const CIPHER_READ: usize = 64 * 1024;
+
+/// Whether the caller may go on with this connection.
+#[derive(PartialEq, Eq)]
+enum Step {
+    More,
+    Stop,
+}
+
+impl Worker {
+    /// A TLS session for a connection accepted on a wss:// endpoint, with the configuration
+    /// current now (a reload only affects later connections).
+    pub(super) fn new_tls_session(&self) -> Option<Box<TlsSession>> {
+        let Some(ctx) = self.opts.tls.as_ref() else {
+            warn!(
+                "worker {}: a TLS endpoint without a TLS configuration",
+                self.id
+            );
+            return None;
+        };
+        match TlsSession::new(ctx.config()) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                warn!("worker {}: cannot start a TLS session: {e}", self.id);
+                None
+            }
+        }
+    }
+
+    /// `read_some` for a TLS connection: up to `max_inbounds_skip` reads from the socket.
+    pub(super) fn read_some_tls(&mut self, index: u32) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut cipher = std::mem::take(&mut self.cipher);
+        if cipher.len() < CIPHER_READ {
+            cipher = vec![0; CIPHER_READ];
+        }
+        let budget = self.opts.max_inbounds_skip.max(1);
+        let mut reads = 0;
+        loop {
+            // Plaintext rustls already holds goes first (left there by a pause).
+            if self.tls_deliver(index, &mut scratch) == Step::Stop {
+                break;
+            }
+            let Some(c) = self.conns.get_mut(index) else {
+                break;
+            };
+            let Some(t) = c.tls.as_deref_mut() else {
+                break;
+            };
+            if !t.stash.is_empty() {
+                let stash = std::mem::take(&mut t.stash);
+                if self.tls_feed(index, &stash, &mut scratch) == Step::Stop {
+                    break;
+                }
+                continue;
+            }
+            if !c.read_pending || reads == budget {
+                break;
+            }
+            reads += 1;
+            match sys::recv(c.fd.as_raw_fd(), &mut cipher) {
+                Ok(0) => {
+                    c.read_pending = false;
+                    let ending = if c.phase == Phase::Draining {
+                        Ending::Done
+                    } else {
+                        Ending::PeerClosed
+                    };
+                    self.end(index, ending);
+                    break;
+                }
+                Ok(n) => {
+                    c.last_activity = Instant::now();
+                    if n < cipher.len() {
+                        c.read_pending = false;
+                    }
+                    if t.failed {
+                        continue; // only the alert may go out now; input is dropped
+                    }
+                    if self.tls_feed(index, &cipher[..n], &mut scratch) == Step::Stop {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.read_pending = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("worker {}: read from {}: {e}", self.id, c.peer);
+                    c.read_pending = false;
+                    self.end(index, Ending::Error);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+        self.cipher = cipher;
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        // Handshake records, alerts, tickets, or plaintext that waited for the handshake.
+        let wants_write = c
+            .tls
+            .as_deref()
+            .is_some_and(|t| t.conn.wants_write() || !c.out.is_empty());
+        let again = c.read_pending && !c.read_paused() && !c.in_pending;
+        if again {
+            c.in_pending = true;
+            self.pending.push(index);
+        }
+        if wants_write {
+            self.mark_dirty(index);
+        }
+    }
+
+    /// Gives `bytes` (ciphertext) to rustls, processing the plaintext as it comes. What a
+    /// pause leaves unread is stashed on the connection for `read_some_tls` to resume with.
+    fn tls_feed(&mut self, index: u32, bytes: &[u8], scratch: &mut [u8]) -> Step {
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some(c) = self.conns.get_mut(index) else {
+                return Step::Stop;
+            };
+            let peer = c.peer;
+            let paused = c.read_paused();
+            let Some(t) = c.tls.as_deref_mut() else {
+                return Step::Stop;
+            };
+            if t.failed {
+                return Step::More;
+            }
+            if paused {
+                t.stash.extend_from_slice(&bytes[pos..]);
+                c.read_pending = true; // come back for the stash on resume
+                return Step::Stop;
+            }
+            let mut rest = &bytes[pos..];
+            let result = match t.conn.read_tls(&mut rest) {
+                Ok(0) => Err("rustls took no bytes".to_string()),
+                Ok(k) => {
+                    pos += k;
+                    t.conn.process_new_packets().map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+            .map(|_| ());
+            if let Err(e) = result {
+                info!("closing {peer}: TLS error: {e}");
+                t.failed = true;
+                self.finish_after_flush(index);
+                return Step::Stop;
+            }
+            if self.tls_deliver(index, scratch) == Step::Stop {
+                if let Some(t) = self.conns.get_mut(index).and_then(|c| c.tls.as_deref_mut()) {
+                    t.stash.extend_from_slice(&bytes[pos..]);
+                }
+                return Step::Stop;
+            }
+        }
+        Step::More
+    }
+
+    /// Processes the plaintext rustls holds, in `scratch`-sized pieces after the connection's
+    /// leftover input. `Stop`: the connection paused, ended or saw the peer's close_notify.
+    fn tls_deliver(&mut self, index: u32, scratch: &mut [u8]) -> Step {
+        loop {
+            let Some(c) = self.conns.get_mut(index) else {
+                return Step::Stop;
+            };
+            if c.read_paused() {
+                c.read_pending = true; // plaintext may still wait inside rustls
+                return Step::Stop;
+            }
+            let kept = c.inbuf.len();
+            if kept >= scratch.len() {
+                // Cannot happen: leftovers are bounded by the request limit and control frames.
+                debug_assert!(false, "leftover larger than the read buffer");
+                self.end(index, Ending::Error);
+                return Step::Stop;
+            }
+            scratch[..kept].copy_from_slice(&c.inbuf);
+            let Some(t) = c.tls.as_deref_mut() else {
+                return Step::Stop;
+            };
+            match t.conn.reader().read(&mut scratch[kept..]) {
+                Ok(0) => {
+                    // close_notify: the peer sends nothing more. A reply we queued (our Close
+                    // frame) is still written first; the drain that follows ends it.
+                    match c.phase {
+                        Phase::Finishing => {
+                            c.read_pending = false;
+                            return Step::Stop;
+                        }
+                        Phase::Draining => self.end(index, Ending::Done),
+                        _ => self.end(index, Ending::PeerClosed),
+                    }
+                    return Step::Stop;
+                }
+                Ok(n) => {
+                    c.inbuf = Vec::new();
+                    c.last_activity = Instant::now();
+                    let total = kept + n;
+                    let consumed = self.process(index, &mut scratch[..total]);
+                    if let Some(c) = self.conns.get_mut(index) {
+                        if consumed < total {
+                            c.inbuf = scratch[consumed..total].to_vec();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::More,
+                Err(e) => {
+                    debug!("worker {}: TLS read from {}: {e}", self.id, c.peer);
+                    self.end(index, Ending::Error);
+                    return Step::Stop;
+                }
+            }
+        }
+    }
+}

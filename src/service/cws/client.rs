@@ -1,0 +1,510 @@
+//! One client connection: state machine, socket I/O, framing.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+
+use super::upgrade;
+use super::url::Url;
+use crate::ws::codec::{self, Decoder, Role};
+use crate::ws::Opcode;
+
+/// Connect + TLS + upgrade must be done within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After our Close, the server has this long to answer before the socket is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unsent bytes above which `send` refuses more (back-pressure instead of unbounded memory).
+pub const MAX_BACKLOG: usize = 16 * 1024 * 1024;
+/// Bytes read from one socket per readiness report (fairness between connections).
+const READ_BUDGET: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What a connection reports. `Closed` comes exactly once, last; `Error` (if any) right before.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    Open,
+    Message(&'a [u8], Opcode),
+    Error(String),
+    /// The close code received (1005 when the Close had none), the code of the protocol
+    /// error we closed with, or 1006 when the connection ended without a close handshake.
+    Closed(u16),
+}
+
+/// Random bytes for masking keys and handshake nonces, fetched from the OS in blocks.
+pub struct KeyPool {
+    rng: SystemRandom,
+    buf: [u8; 256],
+    pos: usize,
+}
+
+impl Default for KeyPool {
+    fn default() -> Self {
+        KeyPool {
+            rng: SystemRandom::new(),
+            buf: [0; 256],
+            pos: 256,
+        }
+    }
+}
+
+impl KeyPool {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        if self.pos + N > self.buf.len() {
+            if self.rng.fill(&mut self.buf).is_err() {
+                crate::warn!("cws: the system random source failed; masking keys repeat");
+            }
+            self.pos = 0;
+        }
+        let mut out = [0u8; N];
+        if let Some(src) = self.buf.get(self.pos..self.pos + N) {
+            out.copy_from_slice(src);
+        }
+        self.pos += N;
+        out
+    }
+
+    /// A fresh masking key.
+    pub fn key(&mut self) -> [u8; 4] {
+        self.take()
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// The TCP connect is in progress; `out` already holds the upgrade request.
+    Connecting {
+        accept: String,
+    },
+    Upgrading {
+        accept: String,
+    },
+    Open,
+    Closing,
+    Done,
+}
+
+pub struct Client {
+    sock: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+    phase: Phase,
+    input: Vec<u8>,
+    /// Plain bytes waiting for the socket (or for rustls).
+    out: Vec<u8>,
+    /// Frames sent before the upgrade completed; they follow it.
+    early: Vec<u8>,
+    decoder: Decoder,
+    deadline: Option<Instant>,
+    close_sent: bool,
+}
+
+fn resolve(url: &Url) -> Result<SocketAddr, String> {
+    (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {}", url.host))
+}
+
+/// A non-blocking connect: `Ok((stream, connected_already))`.
+fn start_connect(addr: SocketAddr) -> Result<(TcpStream, bool), String> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let done = match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) => true,
+        Err(Errno::EINPROGRESS) | Err(Errno::EINTR) => false,
+        Err(e) => return Err(format!("connect to {addr}: {e}")),
+    };
+    let sock = TcpStream::from(fd);
+    let _ = sock.set_nodelay(true);
+    Ok((sock, done))
+}
+
+impl Client {
+    /// Starts connecting to `url` (`tls` must be given for `wss://`). Fails at once only for
+    /// local reasons (resolution, socket creation, an unreachable address).
+    pub fn connect(
+        url: &Url,
+        tls: Option<Arc<ClientConfig>>,
+        keys: &mut KeyPool,
+        max_message_size: usize,
+    ) -> Result<Client, String> {
+        let addr = resolve(url)?;
+        let tls = match (url.tls, tls) {
+            (false, _) => None,
+            (true, None) => return Err("wss:// needs a TLS configuration".into()),
+            (true, Some(cfg)) => {
+                let name = ServerName::try_from(url.host.clone())
+                    .map_err(|_| format!("bad TLS server name {}", url.host))?;
+                let conn = ClientConnection::new(cfg, name).map_err(|e| format!("tls: {e}"))?;
+                Some(Box::new(conn))
+            }
+        };
+        let (sock, connected) = start_connect(addr)?;
+        let (request, accept) = upgrade::request(url, &keys.take());
+        Ok(Client {
+            sock,
+            tls,
+            phase: if connected {
+                Phase::Upgrading { accept }
+            } else {
+                Phase::Connecting { accept }
+            },
+            input: Vec::new(),
+            out: request,
+            early: Vec::new(),
+            decoder: Decoder::new(Role::Client, max_message_size),
+            deadline: Some(Instant::now() + CONNECT_TIMEOUT),
+            close_sent: false,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Bytes not yet handed to the socket.
+    pub fn backlog(&self) -> usize {
+        self.out.len() + self.early.len()
+    }
+
+    /// The poll(2) events this connection waits for.
+    pub fn interest(&self) -> i16 {
+        match self.phase {
+            Phase::Done => 0,
+            Phase::Connecting { .. } => libc::POLLOUT,
+            _ => {
+                let tls_out = self.tls.as_ref().is_some_and(|t| t.wants_write());
+                if tls_out || !self.out.is_empty() {
+                    libc::POLLIN | libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                }
+            }
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Queues one message (masked, fresh key per frame). Before the upgrade completes it is
+    /// kept and sent right after it.
+    pub fn send(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+        keys: &mut KeyPool,
+    ) -> Result<(), &'static str> {
+        let target = match self.phase {
+            Phase::Open => &mut self.out,
+            Phase::Connecting { .. } | Phase::Upgrading { .. } => &mut self.early,
+            Phase::Closing | Phase::Done => return Err("closed"),
+        };
+        if target.len() + payload.len() > MAX_BACKLOG {
+            return Err("backlog");
+        }
+        codec::encode_message_with_keys(target, Role::Client, opcode, payload, None, &mut || {
+            keys.key()
+        });
+        Ok(())
+    }
+
+    /// Starts the close handshake; before the upgrade completes the attempt is dropped.
+    pub fn close(
+        &mut self,
+        code: u16,
+        keys: &mut KeyPool,
+        sink: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), &'static str> {
+        match self.phase {
+            Phase::Open => {
+                codec::encode_close(&mut self.out, Role::Client, Some(code), b"", keys.key());
+                self.close_sent = true;
+                self.phase = Phase::Closing;
+                self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                let _ = self.flush();
+                Ok(())
+            }
+            Phase::Connecting { .. } | Phase::Upgrading { .. } => {
+                self.phase = Phase::Done;
+                sink(Event::Closed(1006));
+                Ok(())
+            }
+            Phase::Closing | Phase::Done => Err("closed"),
+        }
+    }
+
+    /// Ends the connection because of a failure.
+    fn fail(&mut self, why: String, code: u16, sink: &mut dyn FnMut(Event<'_>)) {
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        self.phase = Phase::Done;
+        let _ = self.flush();
+        sink(Event::Error(why));
+        sink(Event::Closed(code));
+    }
+
+    /// Deadlines: connect/upgrade and close handshake.
+    pub fn tick(&mut self, now: Instant, sink: &mut dyn FnMut(Event<'_>)) {
+        let Some(d) = self.deadline else { return };
+        if now < d {
+            return;
+        }
+        match self.phase {
+            Phase::Connecting { .. } | Phase::Upgrading { .. } => {
+                self.fail("timeout while connecting".into(), 1006, sink)
+            }
+            Phase::Closing => {
+                self.phase = Phase::Done;
+                sink(Event::Closed(1006));
+            }
+            Phase::Open | Phase::Done => self.deadline = None,
+        }
+    }
+
+    /// Handles a readiness report from poll(2).
+    pub fn ready(&mut self, revents: i16, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
+        if let Phase::Connecting { accept } = &mut self.phase {
+            if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
+                return;
+            }
+            match self.sock.take_error() {
+                Ok(None) => {
+                    let accept = std::mem::take(accept);
+                    self.phase = Phase::Upgrading { accept };
+                }
+                Ok(Some(e)) | Err(e) => return self.fail(format!("connect: {e}"), 1006, sink),
+            }
+        }
+        let mut eof = false;
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            match self.read_some() {
+                Ok(e) => eof = e,
+                Err(e) => return self.fail(e, 1006, sink),
+            }
+        }
+        self.process(keys, sink);
+        if eof && !self.is_done() {
+            if let Phase::Closing = self.phase {
+                self.phase = Phase::Done;
+                sink(Event::Closed(1006));
+            } else {
+                self.fail(
+                    "the server closed the connection without a close frame".into(),
+                    1006,
+                    sink,
+                );
+            }
+            return;
+        }
+        if let Err(e) = self.flush() {
+            self.fail(e, 1006, sink);
+        }
+    }
+
+    /// Reads what is available (up to a budget); `Ok(true)` at end of stream.
+    fn read_some(&mut self) -> Result<bool, String> {
+        let mut total = 0;
+        while total < READ_BUDGET {
+            match &mut self.tls {
+                None => {
+                    let len = self.input.len();
+                    self.input.resize(len + READ_CHUNK, 0);
+                    let r = self.sock.read(&mut self.input[len..]);
+                    let n = *r.as_ref().unwrap_or(&0);
+                    self.input.truncate(len + n);
+                    match r {
+                        Ok(0) => return Ok(true),
+                        Ok(n) => total += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                }
+                Some(tls) => {
+                    let got = match tls.read_tls(&mut self.sock) {
+                        Ok(0) => return Ok(true),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(format!("read: {e}")),
+                    };
+                    total += got;
+                    if let Err(e) = tls.process_new_packets() {
+                        // Send the alert rustls prepared, then give up.
+                        let _ = tls.write_tls(&mut self.sock);
+                        return Err(format!("tls: {e}"));
+                    }
+                    loop {
+                        let len = self.input.len();
+                        self.input.resize(len + READ_CHUNK, 0);
+                        let r = tls.reader().read(&mut self.input[len..]);
+                        let n = *r.as_ref().unwrap_or(&0);
+                        self.input.truncate(len + n);
+                        match r {
+                            Ok(0) => return Ok(true),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+                            Err(e) => return Err(format!("tls read: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Upgrade answer, then frames.
+    fn process(&mut self, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
+        if let Phase::Upgrading { accept } = &self.phase {
+            match upgrade::check_response(&self.input, accept) {
+                Ok(None) => return,
+                Ok(Some(n)) => {
+                    self.input.drain(..n);
+                    self.phase = Phase::Open;
+                    self.deadline = None;
+                    self.out.append(&mut self.early);
+                    sink(Event::Open);
+                }
+                Err(e) => return self.fail(e, 1006, sink),
+            }
+        }
+        if !matches!(self.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        let deliver = matches!(self.phase, Phase::Open);
+        let mut close: Option<Option<u16>> = None;
+        let mut consumed = 0;
+        let result = {
+            let Client {
+                decoder,
+                input,
+                out,
+                ..
+            } = self;
+            loop {
+                let Some(rest) = input.get_mut(consumed..) else {
+                    break Ok(());
+                };
+                if rest.is_empty() {
+                    break Ok(());
+                }
+                let r = decoder.decode(rest, &mut |ev| match ev {
+                    codec::Event::Text(p) if deliver => sink(Event::Message(p, Opcode::Text)),
+                    codec::Event::Binary(p) if deliver => sink(Event::Message(p, Opcode::Binary)),
+                    codec::Event::Ping(p) => {
+                        codec::encode_control(out, Role::Client, Opcode::Pong, p, keys.key())
+                    }
+                    codec::Event::Close { code, .. } => close = Some(code),
+                    _ => {}
+                });
+                match r {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        consumed += n;
+                        if close.is_some() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        self.input.drain(..consumed.min(self.input.len()));
+        match result {
+            Err(e) => {
+                codec::encode_close(&mut self.out, Role::Client, Some(e.code), b"", keys.key());
+                self.fail(e.reason.to_string(), e.code, sink);
+            }
+            Ok(()) => {
+                if let Some(code) = close {
+                    if !self.close_sent {
+                        codec::encode_close(&mut self.out, Role::Client, code, b"", keys.key());
+                        self.close_sent = true;
+                    }
+                    if let Some(tls) = &mut self.tls {
+                        tls.send_close_notify();
+                    }
+                    let _ = self.flush();
+                    self.phase = Phase::Done;
+                    sink(Event::Closed(code.unwrap_or(1005)));
+                }
+            }
+        }
+    }
+
+    /// Writes what the socket takes now. Never waits.
+    pub fn flush(&mut self) -> Result<(), String> {
+        if let Phase::Connecting { .. } = self.phase {
+            return Ok(());
+        }
+        match &mut self.tls {
+            None => {
+                while !self.out.is_empty() {
+                    match self.sock.write(&self.out) {
+                        Ok(0) => return Err("write: connection closed".into()),
+                        Ok(n) => {
+                            self.out.drain(..n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("write: {e}")),
+                    }
+                }
+            }
+            Some(tls) => loop {
+                let mut took = 0;
+                if !self.out.is_empty() {
+                    took = tls
+                        .writer()
+                        .write(&self.out)
+                        .map_err(|e| format!("tls write: {e}"))?;
+                    self.out.drain(..took);
+                }
+                let mut blocked = false;
+                while tls.wants_write() {
+                    match tls.write_tls(&mut self.sock) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("write: {e}")),
+                    }
+                }
+                if blocked || self.out.is_empty() || took == 0 {
+                    break;
+                }
+            },
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The client side of the HTTP/1.1 upgrade (RFC 6455 section 4.1).
+//!
+//! Owns the request text and the checks on the server's answer: status 101, `Upgrade:
+//! websocket`, `Connection: Upgrade`, the `Sec-WebSocket-Accept` matching our key, and no
+//! extension or subprotocol we did not ask for. It never does I/O; all input is the peer's
+//! and is only searched and compared, never indexed blindly.
+
+use super::url::Url;
+use crate::ws::handshake::{accept_key, base64_encode};
+
+/// Largest upgrade answer accepted.
+pub const MAX_RESPONSE: usize = 16 * 1024;
+
+/// The request and the `Sec-WebSocket-Accept` value it must be answered with.
+pub fn request(url: &Url, nonce: &[u8; 16]) -> (Vec<u8>, String) {
+    let key = base64_encode(nonce);
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         User-Agent: lapps-cws\r\n\r\n",
+        url.target, url.authority
+    );
+    (req.into_bytes(), accept_key(&key))
+}
+
+/// `Ok(None)`: the answer is not complete yet. `Ok(Some(n))`: valid, `n` bytes long (what
+/// follows is WebSocket data). `Err`: the upgrade failed, with a reason for `onerror`.
+pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String> {
+    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+        if buf.len() > MAX_RESPONSE {
+            return Err("upgrade answer too large".into());
+        }
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let status = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") || status != "101" {
+        return Err(format!(
+            "upgrade refused: {}",
+            status_line.chars().take(80).collect::<String>()
+        ));
+    }
+    let (mut upgrade, mut connection, mut accepted) = (false, false, false);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err("malformed header in the upgrade answer".into());
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
+            "connection" => {
+                connection = value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            }
+            "sec-websocket-accept" => accepted = value == accept,
+            "sec-websocket-extensions" => {
+                return Err("the server chose an extension that was not offered".into())
+            }
+            "sec-websocket-protocol" => {
+                return Err("the server chose a subprotocol that was not offered".into())
+            }
+            _ => {}
+        }
+    }
+    if !upgrade || !connection {
+        return Err("the answer lacks Upgrade: websocket / Connection: Upgrade".into());
+    }
+    if !accepted {
+        return Err("wrong Sec-WebSocket-Accept".into());
+    }
+    Ok(Some(end + 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_must_match_the_key_and_be_a_websocket_upgrade() {
+        let url = super::super::url::parse("ws://127.0.0.1:9/p").unwrap();
+        let (req, accept) = request(&url, b"the sample nonce");
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.starts_with("GET /p HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"));
+        // RFC 6455 section 1.3's example key and answer.
+        assert!(req.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let good = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\n\
+             Connection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\nXY"
+        );
+        let n = good.len() - 2;
+        assert_eq!(check_response(good.as_bytes(), &accept), Ok(Some(n)));
+        assert_eq!(check_response(&good.as_bytes()[..n - 1], &accept), Ok(None));
+        let wrong = good.replace(&accept, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        assert!(check_response(wrong.as_bytes(), &accept).is_err());
+        let refused = "HTTP/1.1 404 Not Found\r\n\r\n";
+        let e = check_response(refused.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("404"), "{e}");
+        let ext = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: x\r\n\r\n");
+        assert!(check_response(ext.as_bytes(), &accept).is_err());
+        assert!(check_response(&vec![b'a'; MAX_RESPONSE + 1], &accept).is_err());
+    }
+}

@@ -1,0 +1,446 @@
+//! `cws`: WebSocket client connections of one instance, driven by `cws:eventLoop()`.
+//!
+//! Owns the instance's client connections (by handler number), their Lua callbacks and the
+//! poll(2) round over their sockets. Everything runs on the instance thread: `eventLoop`
+//! polls, lets each ready connection ([`crate::service::cws::Client`]) turn bytes into events,
+//! and only then calls the callbacks, with no borrow held, so a callback may use `cws` freely.
+//! It never blocks longer than the timeout it was given (in slices, so that shutdown is seen)
+//! and never lets a callback's Lua error escape the round: it is logged and the round goes on.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, Table, Value};
+use rustls::ClientConfig;
+
+use super::ws::valid_close_code;
+use super::{fail, ok, Ret};
+use crate::service::cws::{client_config, url, Client, Event, KeyPool, TlsOptions};
+use crate::service::lua::host::{one_line, HostCtx};
+use crate::ws::Opcode;
+
+/// Client connections one instance may hold.
+const MAX_CLIENTS: usize = 4096;
+/// `eventLoop` without a timeout waits at most this long.
+const DEFAULT_WAIT: Duration = Duration::from_millis(100);
+/// Longest single poll(2) wait, so that a stopping service is noticed.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(Default)]
+struct Callbacks {
+    onopen: Option<Function>,
+    onmessage: Option<Function>,
+    onerror: Option<Function>,
+    onclose: Option<Function>,
+}
+
+struct Entry {
+    client: Client,
+    cb: Rc<Callbacks>,
+}
+
+enum Ev {
+    Open,
+    Message(mlua::String, Opcode),
+    Error(String),
+    Closed(u16),
+}
+
+struct Cws {
+    host: Rc<HostCtx>,
+    conns: RefCell<BTreeMap<u64, Entry>>,
+    keys: RefCell<KeyPool>,
+    next: Cell<u64>,
+    configs: RefCell<HashMap<TlsOptions, Arc<ClientConfig>>>,
+    /// Events raised outside a round (a close before the upgrade), delivered by the next one.
+    deferred: RefCell<Vec<(u64, Rc<Callbacks>, Ev)>>,
+}
+
+fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
+    match opts.get::<Value>(name)? {
+        Value::Nil => Ok(None),
+        Value::Function(f) => Ok(Some(f)),
+        other => Err(mlua::Error::runtime(format!(
+            "cws:new: {name} must be a function, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn handler_id(v: &Value) -> Option<u64> {
+    match *v {
+        Value::Integer(i) => u64::try_from(i).ok(),
+        Value::Number(f) if f >= 1.0 && f.fract() == 0.0 && f < 9007199254740992.0 => {
+            Some(f as u64)
+        }
+        _ => None,
+    }
+}
+
+/// `cws:new` reports dynamic reasons (the address, the OS error).
+type RetS = (Value, Option<String>);
+
+fn failed(why: &str) -> mlua::Result<RetS> {
+    Ok((Value::Nil, Some(why.to_string())))
+}
+
+/// Drops the `cws` table of `cws:f(...)`.
+fn skip_self(mut a: mlua::MultiValue) -> mlua::MultiValue {
+    if matches!(a.front(), Some(Value::Table(_))) {
+        a.pop_front();
+    }
+    a
+}
+
+impl Cws {
+    fn tls_config(&self, opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
+        if let Some(c) = self.configs.borrow().get(opts) {
+            return Ok(Arc::clone(c));
+        }
+        let c = client_config(opts)?;
+        self.configs
+            .borrow_mut()
+            .insert(opts.clone(), Arc::clone(&c));
+        Ok(c)
+    }
+
+    fn new_client(&self, url_text: &str, opts: Option<Table>) -> mlua::Result<RetS> {
+        let url = match url::parse(url_text) {
+            Ok(u) => u,
+            Err(e) => return Ok((Value::Nil, Some(e.to_string()))),
+        };
+        let mut cb = Callbacks::default();
+        let mut tls = TlsOptions::default();
+        let mut max_message = DEFAULT_MAX_MESSAGE;
+        if let Some(o) = &opts {
+            cb.onopen = callback(o, "onopen")?;
+            cb.onmessage = callback(o, "onmessage")?;
+            cb.onerror = callback(o, "onerror")?;
+            cb.onclose = callback(o, "onclose")?;
+            tls.ca_file = o.get::<Option<String>>("ca_file")?;
+            tls.insecure = o.get::<Option<bool>>("insecure")?.unwrap_or(false);
+            if let Some(n) = o.get::<Option<f64>>("max_message_size")? {
+                if !(n >= 1.0 && n <= usize::MAX as f64) {
+                    return failed("bad max_message_size");
+                }
+                max_message = n as usize;
+            }
+        }
+        let Ok(mut conns) = self.conns.try_borrow_mut() else {
+            return failed("busy");
+        };
+        if conns.len() >= MAX_CLIENTS {
+            return failed("too many connections");
+        }
+        let config = if url.tls {
+            match self.tls_config(&tls) {
+                Ok(c) => Some(c),
+                Err(e) => return Ok((Value::Nil, Some(e))),
+            }
+        } else {
+            None
+        };
+        let Ok(mut keys) = self.keys.try_borrow_mut() else {
+            return failed("busy");
+        };
+        let client = match Client::connect(&url, config, &mut keys, max_message) {
+            Ok(c) => c,
+            Err(e) => return Ok((Value::Nil, Some(e))),
+        };
+        let id = self.next.get();
+        self.next.set(id + 1);
+        conns.insert(
+            id,
+            Entry {
+                client,
+                cb: Rc::new(cb),
+            },
+        );
+        Ok((Value::Number(id as f64), None))
+    }
+
+    fn send(&self, a: mlua::MultiValue) -> mlua::Result<Ret> {
+        let Some(id) = a.front().and_then(handler_id) else {
+            return fail("bad handler");
+        };
+        let msg = match a.get(1) {
+            Some(Value::String(s)) => s.clone(),
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "cws:send: message must be a string, got {}",
+                    other.map_or("no value", Value::type_name)
+                )))
+            }
+        };
+        let opcode = match a.get(2) {
+            None | Some(Value::Nil) => Opcode::Text,
+            Some(Value::Integer(1)) => Opcode::Text,
+            Some(Value::Number(n)) if *n == 1.0 => Opcode::Text,
+            Some(Value::Integer(2)) => Opcode::Binary,
+            Some(Value::Number(n)) if *n == 2.0 => Opcode::Binary,
+            Some(_) => return fail("bad opcode"),
+        };
+        let bytes = msg.as_bytes();
+        if opcode == Opcode::Text && std::str::from_utf8(&bytes).is_err() {
+            return fail("invalid UTF-8");
+        }
+        let (Ok(mut conns), Ok(mut keys)) =
+            (self.conns.try_borrow_mut(), self.keys.try_borrow_mut())
+        else {
+            return fail("busy");
+        };
+        let Some(e) = conns.get_mut(&id) else {
+            return fail("closed");
+        };
+        match e.client.send(opcode, &bytes, &mut keys) {
+            Ok(()) => ok(Value::Boolean(true)),
+            Err(why) => fail(why),
+        }
+    }
+
+    fn close(&self, a: mlua::MultiValue) -> mlua::Result<Ret> {
+        let Some(id) = a.front().and_then(handler_id) else {
+            return fail("bad handler");
+        };
+        let code = match a.get(1) {
+            None | Some(Value::Nil) => 1000,
+            Some(Value::Integer(i)) => *i,
+            Some(Value::Number(n)) if n.fract() == 0.0 => *n as i64,
+            Some(_) => return fail("bad close code"),
+        };
+        if !valid_close_code(code) {
+            return fail("bad close code");
+        }
+        let (Ok(mut conns), Ok(mut keys)) =
+            (self.conns.try_borrow_mut(), self.keys.try_borrow_mut())
+        else {
+            return fail("busy");
+        };
+        let Some(e) = conns.get_mut(&id) else {
+            return fail("closed");
+        };
+        let mut raised = Vec::new();
+        let r = e.client.close(code as u16, &mut keys, &mut |ev| {
+            if let Event::Closed(c) = ev {
+                raised.push(Ev::Closed(c));
+            }
+        });
+        let cb = Rc::clone(&e.cb);
+        if e.client.is_done() {
+            conns.remove(&id);
+        }
+        drop(conns);
+        let mut deferred = self.deferred.borrow_mut();
+        deferred.extend(raised.into_iter().map(|ev| (id, Rc::clone(&cb), ev)));
+        match r {
+            Ok(()) => ok(Value::Boolean(true)),
+            Err(why) => fail(why),
+        }
+    }
+
+    /// One round: poll, turn readiness into events, run the callbacks. Returns the number of
+    /// callbacks run.
+    fn event_loop(&self, lua: &Lua, wait: Duration) -> mlua::Result<usize> {
+        // A polling point of the standalone loop, like must_stop().
+        self.host.flush();
+        self.host.reset_budget();
+        let mut events: Vec<(u64, Rc<Callbacks>, Ev)> = self.deferred.take();
+        {
+            let Ok(mut conns) = self.conns.try_borrow_mut() else {
+                return Err(mlua::Error::runtime(
+                    "cws:eventLoop called from a cws callback",
+                ));
+            };
+            let mut keys = self.keys.borrow_mut();
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len());
+            let mut ids: Vec<u64> = Vec::with_capacity(conns.len());
+            let mut next_deadline: Option<Instant> = None;
+            for (id, e) in conns.iter_mut() {
+                if let Err(why) = e.client.flush() {
+                    crate::debug!("cws {id}: {why}");
+                }
+                fds.push(libc::pollfd {
+                    fd: e.client.fd(),
+                    events: e.client.interest(),
+                    revents: 0,
+                });
+                ids.push(*id);
+                if let Some(d) = e.client.deadline() {
+                    next_deadline = Some(next_deadline.map_or(d, |n: Instant| n.min(d)));
+                }
+            }
+            let start = Instant::now();
+            let mut until = start
+                + if events.is_empty() {
+                    wait
+                } else {
+                    Duration::ZERO
+                };
+            if let Some(d) = next_deadline {
+                until = until.min(d.max(start));
+            }
+            loop {
+                let left = until
+                    .saturating_duration_since(Instant::now())
+                    .min(POLL_SLICE);
+                let n = poll(&mut fds, left);
+                if n > 0 || Instant::now() >= until || self.host.stop.is_set() {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            for (pfd, id) in fds.iter().zip(&ids) {
+                let Some(e) = conns.get_mut(id) else { continue };
+                let cb = &e.cb;
+                let mut sink = |ev: Event<'_>| {
+                    let ev = match ev {
+                        Event::Open => Ev::Open,
+                        Event::Message(p, op) => match lua.create_string(p) {
+                            Ok(s) => Ev::Message(s, op),
+                            Err(err) => Ev::Error(format!("message dropped: {err}")),
+                        },
+                        Event::Error(s) => Ev::Error(s),
+                        Event::Closed(c) => Ev::Closed(c),
+                    };
+                    events.push((*id, Rc::clone(cb), ev));
+                };
+                if pfd.revents != 0 {
+                    e.client.ready(pfd.revents, &mut keys, &mut sink);
+                }
+                e.client.tick(now, &mut sink);
+            }
+            conns.retain(|_, e| !e.client.is_done());
+        }
+        let mut ran = 0;
+        for (id, cb, ev) in events {
+            // Messages for a connection the app closed earlier in this round are not delivered.
+            if matches!(ev, Ev::Message(..))
+                && !self
+                    .conns
+                    .borrow()
+                    .get(&id)
+                    .is_some_and(|e| e.client.is_open())
+            {
+                continue;
+            }
+            let h = Value::Number(id as f64);
+            let (name, f, r) = match ev {
+                Ev::Open => ("onopen", &cb.onopen, call(&cb.onopen, h)),
+                Ev::Message(s, op) => (
+                    "onmessage",
+                    &cb.onmessage,
+                    call(&cb.onmessage, (h, s, op as u8)),
+                ),
+                Ev::Error(s) => ("onerror", &cb.onerror, call(&cb.onerror, (h, s))),
+                Ev::Closed(c) => ("onclose", &cb.onclose, call(&cb.onclose, (h, c))),
+            };
+            if f.is_some() {
+                ran += 1;
+            }
+            if let Err(e) = r {
+                crate::error!("{} cws {name}: {}", self.host.tag(), one_line(&e));
+            }
+        }
+        // What the callbacks sent leaves now rather than after the next poll.
+        if let Ok(mut conns) = self.conns.try_borrow_mut() {
+            for e in conns.values_mut() {
+                let _ = e.client.flush();
+            }
+        }
+        Ok(ran)
+    }
+}
+
+fn call(f: &Option<Function>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()> {
+    match f {
+        Some(f) => f.call::<()>(args),
+        None => Ok(()),
+    }
+}
+
+/// poll(2) on `fds`; the number of ready entries (0 on timeout or EINTR).
+fn poll(fds: &mut [libc::pollfd], wait: Duration) -> usize {
+    let ms = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of `pollfd` and its length is passed
+    // with it; poll(2) writes only the `revents` fields within it.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
+    let cws = Rc::new(Cws {
+        host: Rc::clone(host),
+        conns: RefCell::new(BTreeMap::new()),
+        keys: RefCell::new(KeyPool::default()),
+        next: Cell::new(1),
+        configs: RefCell::new(HashMap::new()),
+        deferred: RefCell::new(Vec::new()),
+    });
+    let t = lua.create_table()?;
+    let c = Rc::clone(&cws);
+    t.set(
+        "new",
+        lua.create_function(move |_, a: mlua::MultiValue| {
+            let a = skip_self(a);
+            let url = match a.front() {
+                Some(Value::String(s)) => s.to_string_lossy(),
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "cws:new: url must be a string, got {}",
+                        other.map_or("no value", Value::type_name)
+                    )))
+                }
+            };
+            let opts = match a.get(1) {
+                None | Some(Value::Nil) => None,
+                Some(Value::Table(t)) => Some(t.clone()),
+                Some(other) => {
+                    return Err(mlua::Error::runtime(format!(
+                        "cws:new: options must be a table, got {}",
+                        other.type_name()
+                    )))
+                }
+            };
+            c.new_client(&url, opts)
+        })?,
+    )?;
+    let c = Rc::clone(&cws);
+    t.set(
+        "send",
+        lua.create_function(move |_, a: mlua::MultiValue| c.send(skip_self(a)))?,
+    )?;
+    let c = Rc::clone(&cws);
+    t.set(
+        "close",
+        lua.create_function(move |_, a: mlua::MultiValue| c.close(skip_self(a)))?,
+    )?;
+    let c = Rc::clone(&cws);
+    t.set(
+        "eventLoop",
+        lua.create_function(move |lua, a: mlua::MultiValue| -> mlua::Result<Ret> {
+            let a = skip_self(a);
+            let wait = match a.front() {
+                None | Some(Value::Nil) => DEFAULT_WAIT,
+                Some(Value::Integer(i)) if *i >= 0 => Duration::from_secs(*i as u64),
+                Some(Value::Number(f)) if f.is_finite() && *f >= 0.0 => {
+                    Duration::from_secs_f64(f.min(1e9))
+                }
+                Some(_) => return fail("bad timeout"),
+            };
+            let n = c.event_loop(lua, wait)?;
+            ok(Value::Number(n as f64))
+        })?,
+    )?;
+    let c = Rc::clone(&cws);
+    t.set(
+        "count",
+        lua.create_function(move |_, _: mlua::MultiValue| {
+            Ok(c.conns.try_borrow().map_or(0, |m| m.len()))
+        })?,
+    )?;
+    lua.globals().set("cws", t)
+}

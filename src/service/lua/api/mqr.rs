@@ -1,0 +1,271 @@
+//! `mqr`: the Lua face of the process-wide message queues ([`crate::service::mqr`]).
+//!
+//! Owns argument checking and the translation of queue outcomes into `value` or
+//! `nil, "message"`. A posted Lua string is copied once into an owned buffer that moves through
+//! the queue; the receiver turns that buffer into its own Lua string (the one copy into the
+//! receiving state). Blocking calls hand over what the instance sent before they wait, never
+//! wait once the service is stopping, and start a new instruction-budget slice afterwards.
+//! Nothing here drops a message: a post that is not accepted says so.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
+
+use super::{fail, ok, Ret};
+use crate::service::lua::host::HostCtx;
+use crate::service::mqr::{registry, Queue, Wait, MAX_CAPACITY};
+
+/// Longest accepted queue name, in bytes.
+const MAX_NAME: usize = 256;
+
+/// What one state knows: its host and the queues it already looked up.
+struct Ctx {
+    host: Rc<HostCtx>,
+    default_capacity: usize,
+    known: RefCell<HashMap<String, Arc<Queue>>>,
+}
+
+impl Ctx {
+    fn queue(&self, name: &str, capacity: usize) -> Arc<Queue> {
+        if let Some(q) = self.known.borrow().get(name) {
+            return Arc::clone(q);
+        }
+        let q = registry().open(name, capacity);
+        self.known
+            .borrow_mut()
+            .insert(name.to_string(), Arc::clone(&q));
+        q
+    }
+
+    fn post(&self, q: &Queue, msg: &mlua::String, timeout: Option<Duration>) -> Ret {
+        let owned: Box<[u8]> = (*msg.as_bytes()).into();
+        let Some(timeout) = timeout else {
+            return match q.try_post(owned) {
+                Ok(()) => (Value::Boolean(true), None),
+                Err(_) => (Value::Nil, Some("full")),
+            };
+        };
+        self.host.flush();
+        let stop = &self.host.stop;
+        let r = q.post(owned, timeout, &|| stop.is_set());
+        self.host.reset_budget();
+        match r {
+            Ok(()) => (Value::Boolean(true), None),
+            Err((_, Wait::Timeout)) => (Value::Nil, Some("full")),
+            Err((_, Wait::Stopped)) => (Value::Nil, Some("stopped")),
+        }
+    }
+
+    fn receive(&self, lua: &Lua, q: &Queue, timeout: Option<Duration>) -> mlua::Result<Ret> {
+        if let Some(m) = q.poll() {
+            return ok(Value::String(lua.create_string(&*m)?));
+        }
+        self.host.flush();
+        let stop = &self.host.stop;
+        // No timeout: wait until a message comes or the service stops.
+        let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());
+        self.host.reset_budget();
+        match r {
+            Ok(m) => ok(Value::String(lua.create_string(&*m)?)),
+            Err(Wait::Timeout) => fail("timeout"),
+            Err(Wait::Stopped) => fail("stopped"),
+        }
+    }
+}
+
+/// The object `mqr:create` returns: the same operations bound to one queue.
+struct LuaQueue {
+    ctx: Rc<Ctx>,
+    queue: Arc<Queue>,
+}
+
+impl UserData for LuaQueue {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method(
+            "post",
+            |_, this, (msg, timeout): (mlua::String, Value)| -> mlua::Result<Ret> {
+                let Ok(timeout) = timeout_arg(&timeout) else {
+                    return fail("bad timeout");
+                };
+                Ok(this.ctx.post(&this.queue, &msg, timeout))
+            },
+        );
+        for name in ["receive", "recv"] {
+            m.add_method(name, |lua, this, timeout: Value| -> mlua::Result<Ret> {
+                let Ok(timeout) = timeout_arg(&timeout) else {
+                    return fail("bad timeout");
+                };
+                this.ctx.receive(lua, &this.queue, timeout)
+            });
+        }
+        m.add_method("poll", |lua, this, ()| -> mlua::Result<Value> {
+            match this.queue.poll() {
+                Some(msg) => Ok(Value::String(lua.create_string(&*msg)?)),
+                None => Ok(Value::Nil),
+            }
+        });
+        m.add_method("size", |_, this, ()| Ok(this.queue.len()));
+        m.add_method("capacity", |_, this, ()| Ok(this.queue.capacity()));
+        m.add_method("name", |_, this, ()| Ok(this.queue.name().to_string()));
+    }
+}
+
+/// `nil` (no timeout) or a finite non-negative number of seconds.
+fn timeout_arg(v: &Value) -> Result<Option<Duration>, ()> {
+    let secs = match *v {
+        Value::Nil => return Ok(None),
+        Value::Integer(i) => i as f64,
+        Value::Number(f) => f,
+        _ => return Err(()),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(());
+    }
+    Ok(Some(Duration::from_secs_f64(secs.min(1e9))))
+}
+
+/// Accepts both `mqr:f(...)` and `mqr.f(...)` (the original's examples use the dot form).
+fn args(mut a: MultiValue) -> MultiValue {
+    if matches!(a.front(), Some(Value::Table(_))) {
+        a.pop_front();
+    }
+    a
+}
+
+fn name_arg(v: Option<&Value>) -> mlua::Result<Option<String>> {
+    match v {
+        Some(Value::String(s)) => {
+            let Ok(s) = s.to_str() else {
+                return Ok(None);
+            };
+            Ok((!s.is_empty() && s.len() <= MAX_NAME).then(|| s.to_string()))
+        }
+        other => Err(mlua::Error::runtime(format!(
+            "bad argument: queue name expected, got {}",
+            other.map_or("no value", Value::type_name)
+        ))),
+    }
+}
+
+fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<mlua::String> {
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(n @ (Value::Integer(_) | Value::Number(_))) => lua
+            .coerce_string(n.clone())?
+            .ok_or_else(|| mlua::Error::runtime("bad argument: message")),
+        other => Err(mlua::Error::runtime(format!(
+            "bad argument: message must be a string, got {}",
+            other.map_or("no value", Value::type_name)
+        ))),
+    }
+}
+
+pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) -> mlua::Result<()> {
+    let ctx = Rc::new(Ctx {
+        host: Rc::clone(host),
+        default_capacity: default_capacity.clamp(1, MAX_CAPACITY),
+        known: RefCell::new(HashMap::new()),
+    });
+    let t = lua.create_table()?;
+
+    let c = Rc::clone(&ctx);
+    t.set(
+        "create",
+        lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
+            let a = args(a);
+            let Some(name) = name_arg(a.front())? else {
+                return fail("bad queue name");
+            };
+            let capacity = match a.get(1) {
+                None | Some(Value::Nil) => c.default_capacity,
+                Some(Value::Integer(n)) if (1..=MAX_CAPACITY as i64).contains(n) => *n as usize,
+                Some(Value::Number(n))
+                    if n.fract() == 0.0 && *n >= 1.0 && *n <= MAX_CAPACITY as f64 =>
+                {
+                    *n as usize
+                }
+                Some(_) => return fail("bad capacity"),
+            };
+            let queue = c.queue(&name, capacity);
+            let obj = LuaQueue {
+                ctx: Rc::clone(&c),
+                queue,
+            };
+            ok(Value::UserData(lua.create_userdata(obj)?))
+        })?,
+    )?;
+
+    let c = Rc::clone(&ctx);
+    t.set(
+        "post",
+        lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
+            let a = args(a);
+            let Some(name) = name_arg(a.front())? else {
+                return fail("bad queue name");
+            };
+            let msg = message_arg(lua, a.get(1))?;
+            let Ok(timeout) = timeout_arg(a.get(2).unwrap_or(&Value::Nil)) else {
+                return fail("bad timeout");
+            };
+            let q = c.queue(&name, c.default_capacity);
+            Ok(c.post(&q, &msg, timeout))
+        })?,
+    )?;
+
+    for fname in ["receive", "recv"] {
+        let c = Rc::clone(&ctx);
+        t.set(
+            fname,
+            lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
+                let a = args(a);
+                let Some(name) = name_arg(a.front())? else {
+                    return fail("bad queue name");
+                };
+                let Ok(timeout) = timeout_arg(a.get(1).unwrap_or(&Value::Nil)) else {
+                    return fail("bad timeout");
+                };
+                let q = c.queue(&name, c.default_capacity);
+                c.receive(lua, &q, timeout)
+            })?,
+        )?;
+    }
+
+    let c = Rc::clone(&ctx);
+    t.set(
+        "poll",
+        lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
+            let a = args(a);
+            let Some(name) = name_arg(a.front())? else {
+                return fail("bad queue name");
+            };
+            let q = c.queue(&name, c.default_capacity);
+            match q.poll() {
+                Some(m) => ok(Value::String(lua.create_string(&*m)?)),
+                None => ok(Value::Nil),
+            }
+        })?,
+    )?;
+
+    let c = Rc::clone(&ctx);
+    t.set(
+        "size",
+        lua.create_function(move |_, a: MultiValue| -> mlua::Result<Ret> {
+            let a = args(a);
+            let Some(name) = name_arg(a.front())? else {
+                return fail("bad queue name");
+            };
+            // Asking does not create: an unknown queue is empty.
+            let n = match c.known.borrow().get(&name) {
+                Some(q) => q.len(),
+                None => registry().get(&name).map_or(0, |q| q.len()),
+            };
+            ok(Value::Integer(n as i64))
+        })?,
+    )?;
+
+    lua.globals().set("mqr", t)
+}

@@ -1,0 +1,398 @@
+//! MQR: named, bounded message queues between the services of one process.
+//!
+//! Owns the process-wide table of queues (created on first use, never removed, so a service
+//! restarted in place finds its queue and what was left in it) and the blocking protocol of
+//! each queue. A message is an owned `Box<[u8]>`: posting moves it into the ring and receiving
+//! moves it out, so the payload is never copied between the two Lua states except into the
+//! receiving state's own string. It must never grow a queue past its capacity, drop or
+//! duplicate a message, or spin while waiting: a full queue is reported to the poster and
+//! blocking calls sleep on a condition variable.
+//!
+//! Wake-up protocol (no lost wake-ups): a waiter takes the queue's lock, announces itself in
+//! `recv_waiters`/`post_waiters`, retries the ring once, and only then waits (which releases
+//! the lock). The other side changes the ring first and then reads the waiter count; both
+//! sides put a SeqCst fence between the two steps, so either the waiter's retry sees the
+//! change or the other side sees the waiter and notifies it under the lock (the waiter holds
+//! the lock until it is actually waiting). Shutdown (`wake_all`) notifies every waiter under
+//! the lock after the stop flag is set, and waiters check their stop flag under the lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::sync::mpmc::ArrayQueue;
+
+/// Largest capacity a queue may have: the ring allocates every slot up front.
+pub const MAX_CAPACITY: usize = 1 << 20;
+
+/// Why a blocking call ended without a message / without posting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The queue stayed full (post) or empty (receive) for the whole timeout.
+    Timeout,
+    /// The calling service is shutting down (and, for receive, the queue is empty).
+    Stopped,
+}
+
+/// One named queue. Many posters and many receivers; each message is received exactly once,
+/// and the messages of one poster are received in the order it posted them.
+pub struct Queue {
+    name: Arc<str>,
+    ring: ArrayQueue<Box<[u8]>>,
+    lock: Mutex<()>,
+    not_empty: Condvar,
+    not_full: Condvar,
+    recv_waiters: AtomicUsize,
+    post_waiters: AtomicUsize,
+}
+
+impl Queue {
+    fn new(name: Arc<str>, capacity: usize) -> Queue {
+        Queue {
+            name,
+            ring: ArrayQueue::new(capacity.clamp(1, MAX_CAPACITY)),
+            lock: Mutex::new(()),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+            recv_waiters: AtomicUsize::new(0),
+            post_waiters: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity()
+    }
+
+    /// Messages waiting (a snapshot).
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Appends `msg`, or hands it back when the queue is full. Never blocks.
+    pub fn try_post(&self, msg: Box<[u8]>) -> Result<(), Box<[u8]>> {
+        self.ring.push(msg)?;
+        self.wake(&self.recv_waiters, &self.not_empty);
+        Ok(())
+    }
+
+    /// Takes the oldest message, if any. Never blocks.
+    pub fn poll(&self) -> Option<Box<[u8]>> {
+        let m = self.ring.pop()?;
+        self.wake(&self.post_waiters, &self.not_full);
+        Some(m)
+    }
+
+    /// Appends `msg`, waiting up to `timeout` for room. `stopping` is checked before every
+    /// wait (under the lock); a stopping caller does not wait. On failure the message is
+    /// handed back: it was not accepted.
+    pub fn post(
+        &self,
+        msg: Box<[u8]>,
+        timeout: Duration,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), (Box<[u8]>, Wait)> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut msg = match self.try_post(msg) {
+            Ok(()) => return Ok(()),
+            Err(m) => m,
+        };
+        loop {
+            let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.post_waiters.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            msg = match self.ring.push(msg) {
+                Ok(()) => {
+                    self.post_waiters.fetch_sub(1, Ordering::SeqCst);
+                    drop(g);
+                    self.wake(&self.recv_waiters, &self.not_empty);
+                    return Ok(());
+                }
+                Err(m) => m,
+            };
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let why = if stopping() {
+                Some(Wait::Stopped)
+            } else if left == Some(Duration::ZERO) {
+                Some(Wait::Timeout)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.post_waiters.fetch_sub(1, Ordering::SeqCst);
+                return Err((msg, why));
+            }
+            // `None`: a timeout too large for an Instant; wait in long slices.
+            let left = left.unwrap_or(Duration::from_secs(3600));
+            let (g, _) = self
+                .not_full
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner());
+            self.post_waiters.fetch_sub(1, Ordering::SeqCst);
+            drop(g);
+        }
+    }
+
+    /// Takes the oldest message, waiting up to `timeout` for one. A stopping caller still
+    /// gets what is queued (so it can drain) but never waits: `Err(Stopped)` means stopping
+    /// *and* empty.
+    pub fn receive(
+        &self,
+        timeout: Duration,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<Box<[u8]>, Wait> {
+        let deadline = Instant::now().checked_add(timeout);
+        if let Some(m) = self.poll() {
+            return Ok(m);
+        }
+        loop {
+            let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.recv_waiters.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if let Some(m) = self.ring.pop() {
+                self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
+                drop(g);
+                self.wake(&self.post_waiters, &self.not_full);
+                return Ok(m);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let why = if stopping() {
+                Some(Wait::Stopped)
+            } else if left == Some(Duration::ZERO) {
+                Some(Wait::Timeout)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
+                return Err(why);
+            }
+            let left = left.unwrap_or(Duration::from_secs(3600));
+            let (g, _) = self
+                .not_empty
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner());
+            self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
+            drop(g);
+        }
+    }
+
+    /// After changing the ring: notify one waiter of the other side, if there is one.
+    fn wake(&self, waiters: &AtomicUsize, cv: &Condvar) {
+        fence(Ordering::SeqCst);
+        if waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            cv.notify_one();
+        }
+    }
+
+    /// Wakes every waiter so that it re-checks its stop flag.
+    fn wake_all(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.not_empty.notify_all();
+        self.not_full.notify_all();
+    }
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// The queues of the process, by name.
+#[derive(Default)]
+pub struct Mqr {
+    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+}
+
+/// The process-wide table every service shares.
+pub fn registry() -> &'static Mqr {
+    static MQR: OnceLock<Mqr> = OnceLock::new();
+    MQR.get_or_init(Mqr::default)
+}
+
+impl Mqr {
+    /// The queue `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The queue `name`, created with `capacity` (clamped to 1..=[`MAX_CAPACITY`]) if it does
+    /// not exist yet. An existing queue keeps its capacity.
+    pub fn open(&self, name: &str, capacity: usize) -> Arc<Queue> {
+        if let Some(q) = self.get(name) {
+            return q;
+        }
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        let q = queues
+            .entry(name.into())
+            .or_insert_with(|| Arc::new(Queue::new(name.into(), capacity)));
+        Arc::clone(q)
+    }
+
+    /// Every non-empty queue with its message count, by name.
+    pub fn leftovers(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|q| !q.is_empty())
+            .map(|q| (q.name().to_string(), q.len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Logs what is still queued (at server shutdown): accepted messages nobody received are
+    /// reported, never lost silently.
+    pub fn log_leftovers(&self) {
+        for (name, n) in self.leftovers() {
+            crate::warn!("mqr: {n} message(s) left in queue {name} (accepted, never received)");
+        }
+    }
+
+    /// Wakes every blocked post/receive so that it re-checks its service's stop flag.
+    pub fn wake_all(&self) {
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            q.wake_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn msg(s: &str) -> Box<[u8]> {
+        s.as_bytes().into()
+    }
+
+    #[test]
+    fn a_full_queue_hands_the_message_back_and_keeps_order() {
+        let m = Mqr::default();
+        let q = m.open("t", 2);
+        assert!(Arc::ptr_eq(&q, &m.open("t", 99)));
+        assert_eq!(q.capacity(), 2);
+        q.try_post(msg("a")).unwrap();
+        q.try_post(msg("b")).unwrap();
+        assert_eq!(&*q.try_post(msg("c")).unwrap_err(), b"c");
+        let never = || false;
+        let (back, why) = q
+            .post(msg("c"), Duration::from_millis(20), &never)
+            .unwrap_err();
+        assert_eq!((&*back, why), (&b"c"[..], Wait::Timeout));
+        assert_eq!(m.leftovers(), vec![("t".to_string(), 2)]);
+        assert_eq!(&*q.poll().unwrap(), b"a");
+        assert_eq!(&*q.receive(Duration::ZERO, &never).unwrap(), b"b");
+        assert_eq!(
+            q.receive(Duration::from_millis(10), &never),
+            Err(Wait::Timeout)
+        );
+        assert!(m.leftovers().is_empty());
+    }
+
+    #[test]
+    fn a_stopping_receiver_drains_first_and_a_blocked_one_wakes_on_stop() {
+        let q = Arc::new(Queue::new("s".into(), 4));
+        q.try_post(msg("x")).unwrap();
+        let yes = || true;
+        assert_eq!(&*q.receive(Duration::from_secs(60), &yes).unwrap(), b"x");
+        assert_eq!(q.receive(Duration::from_secs(60), &yes), Err(Wait::Stopped));
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q2, s2) = (Arc::clone(&q), Arc::clone(&stop));
+        let t = std::thread::spawn(move || {
+            q2.receive(Duration::from_secs(60), &|| s2.load(Ordering::SeqCst))
+        });
+        // Wait until the receiver is announced, then stop it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.recv_waiters.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "receiver never waited");
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        q.wake_all();
+        assert_eq!(t.join().unwrap(), Err(Wait::Stopped));
+    }
+
+    #[test]
+    fn blocking_post_and_receive_move_every_message_exactly_once() {
+        let q = Arc::new(Queue::new("p".into(), 3));
+        let producers: Vec<_> = (0..4u32)
+            .map(|p| {
+                let q = Arc::clone(&q);
+                std::thread::spawn(move || {
+                    for i in 0..2000u32 {
+                        let m: Box<[u8]> = [p.to_le_bytes(), i.to_le_bytes()].concat().into();
+                        q.post(m, Duration::from_secs(30), &|| false).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let total = Arc::new(AtomicUsize::new(0));
+        let consumers: Vec<_> = (0..4)
+            .map(|_| {
+                let (q, total) = (Arc::clone(&q), Arc::clone(&total));
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let all_in = || total.load(Ordering::SeqCst) == 8000;
+                    loop {
+                        match q.receive(Duration::from_millis(200), &all_in) {
+                            Ok(m) => {
+                                let p = u32::from_le_bytes(m[..4].try_into().unwrap());
+                                let i = u32::from_le_bytes(m[4..].try_into().unwrap());
+                                got.push((p, i));
+                                total.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(Wait::Stopped) => return got,
+                            Err(Wait::Timeout) => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut all = Vec::new();
+        for c in consumers {
+            let got = c.join().unwrap();
+            for p in 0..4 {
+                let seq: Vec<u32> = got.iter().filter(|g| g.0 == p).map(|g| g.1).collect();
+                assert!(seq.windows(2).all(|w| w[0] < w[1]), "order of producer {p}");
+            }
+            all.extend(got);
+        }
+        all.sort();
+        let want: Vec<(u32, u32)> = (0..4)
+            .flat_map(|p| (0..2000).map(move |i| (p, i)))
+            .collect();
+        assert_eq!(all, want);
+    }
+}

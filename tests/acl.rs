@@ -1,0 +1,168 @@
+//! IP ACLs and allowed origins through the real server (config files): a server-wide refusal
+//! closes the socket right after accept (no HTTP answer at all), a service refusal is a 403 in
+//! the handshake; IPv4 and IPv6, single addresses and CIDR ranges.
+
+mod common;
+#[path = "common/tls.rs"]
+mod tls_common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::IO_TIMEOUT;
+use tls_common::{start_app, temp_dir, write_config};
+
+fn upgrade_request(path: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{origin}\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// The server's first answer line, or "" when it closed without answering (a refusal at
+/// accept may also show as a reset).
+fn first_line(addr: SocketAddr, path: &str, origin: Option<&str>) -> String {
+    let mut s = TcpStream::connect(addr).expect("the kernel accepts the TCP connection");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = s.write_all(upgrade_request(path, origin).as_bytes());
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got.extend_from_slice(&b[..n]);
+                if got.windows(2).any(|w| w == b"\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn server_acl(name: &str, acl: &str, v6: bool) -> (lapps::app::App, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let endpoints = if v6 {
+        r#", "endpoints": [{ "ip": "::1", "port": 0 }]"#
+    } else {
+        ""
+    };
+    write_config(&dir, &format!(r#", "acl": {acl}{endpoints}"#), "");
+    (start_app(&dir), dir)
+}
+
+#[test]
+fn server_acl_deny_with_an_excluded_address_admits_only_that_address() {
+    let (app, _) = server_acl(
+        "deny-ex",
+        r#"{ "policy": "deny", "exclude": ["127.0.0.1"] }"#,
+        false,
+    );
+    let addr = app.local_addrs()[0];
+    assert!(first_line(addr, "/echo_builtin", None).starts_with("HTTP/1.1 101"));
+    app.shutdown();
+
+    let (app, _) = server_acl(
+        "deny-other",
+        r#"{ "policy": "deny", "exclude": ["10.0.0.0/8", "::1"] }"#,
+        false,
+    );
+    assert_eq!(first_line(app.local_addrs()[0], "/echo_builtin", None), "");
+    app.shutdown();
+}
+
+#[test]
+fn server_acl_allow_with_an_excluded_range_closes_right_after_accept() {
+    let (app, _) = server_acl(
+        "allow-ex",
+        r#"{ "policy": "allow", "exclude": ["127.0.0.0/8"] }"#,
+        false,
+    );
+    assert_eq!(
+        first_line(app.local_addrs()[0], "/echo_builtin", None),
+        "",
+        "no HTTP answer at all: closed at accept"
+    );
+    app.shutdown();
+}
+
+fn has_ipv6_loopback() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+#[test]
+fn server_acl_ipv6_address_and_prefix() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let (app, _) = server_acl(
+        "v6-deny",
+        r#"{ "policy": "deny", "exclude": ["::1"] }"#,
+        true,
+    );
+    let (v4, v6) = (app.local_addrs()[0], app.local_addrs()[1]);
+    assert!(v6.is_ipv6());
+    assert!(first_line(v6, "/echo_builtin", None).starts_with("HTTP/1.1 101"));
+    assert_eq!(first_line(v4, "/echo_builtin", None), "");
+    app.shutdown();
+
+    let (app, _) = server_acl(
+        "v6-allow",
+        r#"{ "policy": "allow", "exclude": ["::1/128"] }"#,
+        true,
+    );
+    let (v4, v6) = (app.local_addrs()[0], app.local_addrs()[1]);
+    assert_eq!(first_line(v6, "/echo_builtin", None), "");
+    assert!(first_line(v4, "/echo_builtin", None).starts_with("HTTP/1.1 101"));
+    app.shutdown();
+}
+
+#[test]
+fn service_acl_refuses_with_403_and_admits_excluded_ranges() {
+    let dir = temp_dir("service-acl");
+    write_config(
+        &dir,
+        "",
+        r#", "closed": { "builtin": "echo", "request_target": "/closed",
+                         "acl": { "policy": "deny", "exclude": ["10.0.0.0/8", "fd00::/8"] } },
+             "local": { "builtin": "echo", "request_target": "/local",
+                        "acl": { "policy": "deny", "exclude": ["127.0.0.0/8"] } },
+             "v4only": { "builtin": "echo", "request_target": "/v4only",
+                         "acl": { "policy": "allow", "exclude": ["::1/128"] } }"#,
+    );
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    assert!(first_line(addr, "/closed", None).starts_with("HTTP/1.1 403"));
+    assert!(first_line(addr, "/local", None).starts_with("HTTP/1.1 101"));
+    assert!(first_line(addr, "/v4only", None).starts_with("HTTP/1.1 101"));
+    // Other services are unaffected by one service's ACL.
+    assert!(first_line(addr, "/echo_builtin", None).starts_with("HTTP/1.1 101"));
+    app.shutdown();
+}
+
+#[test]
+fn allowed_origins_refuse_other_and_missing_origins_with_403() {
+    let dir = temp_dir("origins");
+    write_config(
+        &dir,
+        "",
+        r#", "browser": { "builtin": "echo", "request_target": "/browser",
+                          "allowed_origins": ["https://app.example"] }"#,
+    );
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let good = first_line(addr, "/browser", Some("https://app.example"));
+    assert!(good.starts_with("HTTP/1.1 101"), "{good}");
+    let bad = first_line(addr, "/browser", Some("https://evil.example"));
+    assert!(bad.starts_with("HTTP/1.1 403"), "{bad}");
+    assert!(first_line(addr, "/browser", None).starts_with("HTTP/1.1 403"));
+    // A service without the list takes any origin.
+    assert!(
+        first_line(addr, "/echo_builtin", Some("https://evil.example")).starts_with("HTTP/1.1 101")
+    );
+    app.shutdown();
+}

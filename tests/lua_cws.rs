@@ -1,0 +1,288 @@
+//! cws through the real parts: the benchmark example against the server's Lua echo, and a
+//! wss:// round trip against a rustls + tungstenite server with an rcgen certificate.
+#[path = "common/mod.rs"]
+mod common;
+#[path = "common/lua_host.rs"]
+mod host;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use host::*;
+use lapps::app::App;
+use lapps::config::Config;
+use lapps::service::lua::ServiceSpec;
+use lapps::service::mqr::{registry, Queue};
+use lapps::service::registry::Registry;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lapps-cws-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A standalone service `name` whose app file is `src`, with cws, mqr, nap and time.
+fn app_in(dir: &Path, name: &str, src: &str) -> ServiceSpec {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    let mut f = std::fs::File::create(dir.join(name).join(format!("{name}.lua"))).unwrap();
+    f.write_all(src.as_bytes()).unwrap();
+    let mut s = spec(dir, name);
+    s.standalone = true;
+    s.preload = vec!["cws".into(), "mqr".into(), "nap".into(), "time".into()];
+    s
+}
+
+fn lua_str(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// The server with the Lua echo at /echo, on an ephemeral port.
+fn echo_app() -> App {
+    let r = root();
+    let ws = r#"{"ip": "127.0.0.1", "port": 0, "workers": {"workers": 1}}"#;
+    let lapps = format!(
+        r#"{{"directories": {{"applications": {}, "lib": {}}},
+            "services": {{"echo": {{"protocol": "raw", "request_target": "/echo"}}}}}}"#,
+        lua_str(&r.join("lua/apps").display().to_string()),
+        lua_str(&r.join("lua/lib").display().to_string())
+    );
+    let cfg = Config::from_strs(&r, ("ws.json", ws), ("lapps.json", &lapps), &r).unwrap();
+    App::start(&cfg).unwrap()
+}
+
+fn next(q: &Queue) -> String {
+    match q.receive(Duration::from_secs(20), &|| false) {
+        Ok(m) => String::from_utf8(m.into_vec()).unwrap(),
+        Err(w) => panic!("queue {}: nothing within 20 s ({w:?})", q.name()),
+    }
+}
+
+#[test]
+fn the_benchmark_app_reports_a_non_zero_rate_against_the_lua_echo() {
+    let app = echo_app();
+    let addr = app.local_addrs()[0];
+    let dir = scratch("bench");
+    let bench = root().join("lua/apps/benchmark/benchmark.lua");
+    let src = format!(
+        "benchmark_config = {{ url = {}, connections = 8, report_queue = \"bench.rate\" }}\n\
+         return dofile({})\n",
+        lua_str(&format!("ws://{addr}/echo")),
+        lua_str(&bench.display().to_string())
+    );
+    let rate = registry().open("bench.rate", 64);
+    let reg = Registry::start(vec![app_in(&dir, "bench", &src)], hub(1)).unwrap();
+    // The first report covers the connection set-up; the second one a full second of echoes.
+    let rates: Vec<f64> = (0..2).map(|_| next(&rate).parse().unwrap()).collect();
+    assert!(rates[1] > 0.0, "rates {rates:?}");
+    println!("benchmark rates (messages/s, debug build): {rates:?}");
+    let t = Instant::now();
+    reg.shutdown();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the benchmark stops on must_stop()"
+    );
+    app.shutdown();
+}
+
+/// A TLS echo server (rustls + tungstenite) with a fresh self-signed certificate for
+/// 127.0.0.1; returns its address and the certificate's PEM file.
+fn tls_echo_server(dir: &Path) -> (SocketAddr, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let pem = dir.join("ca.pem");
+    std::fs::write(&pem, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let cfg = Arc::new(cfg);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let cfg = Arc::clone(&cfg);
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let Ok(mut ws) = tungstenite::accept(rustls::StreamOwned::new(conn, tcp)) else {
+                    return;
+                };
+                while let Ok(m) = ws.read() {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, pem)
+}
+
+const WSS_PROBE: &str = r#"
+local out = "cws.wss"
+local function report(s) assert(mqr:post(out, s)) end
+local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+local p = {}
+p.run = function()
+  local seen = 0
+  local h, err = cws:new(URL, {
+    ca_file = CA,
+    onopen = function(h)
+      report("open")
+      assert(cws:send(h, "hello"))
+      assert(cws:send(h, "\0\1\2\255", 2))
+      local ok, e = cws:send(h, "\255", 1)
+      report("text check " .. tostring(ok) .. " " .. tostring(e))
+    end,
+    onmessage = function(h, m, op)
+      seen = seen + 1
+      report("message " .. op .. " " .. (op == 1 and m or hex(m)))
+      if seen == 2 then assert(cws:close(h, 1000)) end
+    end,
+    onerror = function(h, e) report("error " .. e) end,
+    onclose = function(h, code)
+      report("close " .. code)
+      local ok, e = cws:send(h, "late")
+      report("after close " .. tostring(ok) .. " " .. tostring(e))
+    end,
+  })
+  if not h then report("new failed " .. err) end
+  -- Not trusted: no ca_file means the system bundle (or none at all), not our certificate.
+  local h2 = cws:new(URL, {
+    onerror = function() report("untrusted refused") end,
+    onclose = function(_, code) report("untrusted close " .. code) end,
+  })
+  if not h2 then report("untrusted refused") report("untrusted close 1006") end
+  local b, berr = cws:new("http://example/", {})
+  report("bad url " .. tostring(b) .. " " .. berr)
+  while not must_stop() do cws:eventLoop(0.1) end
+end
+return p
+"#;
+
+#[test]
+fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
+    let dir = scratch("wss");
+    let (addr, pem) = tls_echo_server(&dir);
+    let src = format!(
+        "URL = {}\nCA = {}\n{WSS_PROBE}",
+        lua_str(&format!("wss://{addr}/")),
+        lua_str(&pem.display().to_string())
+    );
+    let out = registry().open("cws.wss", 64);
+    let reg = Registry::start(vec![app_in(&dir, "wss_probe", &src)], hub(1)).unwrap();
+    let want: BTreeSet<String> = [
+        "open",
+        "text check nil invalid UTF-8",
+        "message 1 hello",
+        "message 2 000102ff",
+        "close 1000",
+        "after close nil closed",
+        "untrusted refused",
+        "untrusted close 1006",
+        "bad url nil the URL must start with ws:// or wss://",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut got = BTreeSet::new();
+    while got.len() < want.len() {
+        let line = next(&out);
+        assert!(
+            want.contains(&line),
+            "unexpected report {line:?} (so far {got:?})"
+        );
+        got.insert(line);
+    }
+    reg.shutdown();
+}
+
+/// One frame from the client: (opcode, masked, unmasked payload).
+fn read_client_frame(s: &mut std::net::TcpStream) -> (u8, bool, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert!(h[1] & 0x7f < 126, "short test frames only");
+    let mut mask = [0u8; 4];
+    let masked = h[1] & 0x80 != 0;
+    if masked {
+        s.read_exact(&mut mask).unwrap();
+    }
+    let mut p = vec![0u8; usize::from(h[1] & 0x7f)];
+    s.read_exact(&mut p).unwrap();
+    for (i, b) in p.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    (h[0] & 0x0f, masked, p)
+}
+
+#[test]
+fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = common::read_http_head(&mut s);
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            lapps::ws::handshake::accept_key(&key)
+        )
+        .unwrap();
+        s.write_all(&[0x89, 3, b'a', b'b', b'c']).unwrap();
+        let pong = read_client_frame(&mut s);
+        s.write_all(&[0x81, 2, b'h', b'i']).unwrap();
+        let reply = read_client_frame(&mut s);
+        s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+        let close = read_client_frame(&mut s);
+        (pong, reply, close)
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut replied = false;
+    while !c.is_done() {
+        assert!(Instant::now() < deadline, "events so far: {events:?}");
+        let mut pfd = libc::pollfd {
+            fd: c.fd(),
+            events: c.interest(),
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, exclusively borrowed for the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        c.ready(pfd.revents, &mut keys, &mut |ev| {
+            events.push(format!("{ev:?}"))
+        });
+        if !replied && events.iter().any(|e| e.starts_with("Message")) {
+            c.send(lapps::ws::Opcode::Text, b"yo", &mut keys).unwrap();
+            c.flush().unwrap();
+            replied = true;
+        }
+    }
+    assert_eq!(
+        events,
+        ["Open", "Message([104, 105], Text)", "Closed(1000)"]
+    );
+    let (pong, reply, close) = server.join().unwrap();
+    assert_eq!(pong, (0xA, true, b"abc".to_vec()));
+    assert_eq!(reply, (0x1, true, b"yo".to_vec()));
+    assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
+}

@@ -1,0 +1,137 @@
+//! mqr through the real host: standalone Lua services post and receive on process-wide queues;
+//! the test reads and writes the same queues through `lapps::service::mqr`.
+#[path = "common/lua_host.rs"]
+mod host;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use host::*;
+use lapps::service::lua::ServiceSpec;
+use lapps::service::mqr::{registry, Queue, Wait};
+use lapps::service::registry::Registry;
+
+fn standalone(name: &str, instances: usize) -> ServiceSpec {
+    let mut s = test_app(name);
+    s.standalone = true;
+    s.instances = instances;
+    s.preload = vec!["mqr".into(), "nap".into(), "time".into()];
+    s
+}
+
+/// The next message of `q` as text, failing the test after 20 s.
+fn next(q: &Queue) -> String {
+    match q.receive(Duration::from_secs(20), &|| false) {
+        Ok(m) => String::from_utf8(m.into_vec()).unwrap(),
+        Err(w) => panic!("queue {}: nothing within 20 s ({w:?})", q.name()),
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn four_senders_and_four_receivers_deliver_every_message_exactly_once_in_sender_order() {
+    let out = registry().open("fanin.out", 16_384);
+    let mut sender = standalone("mqr_fanin_sender", 4);
+    sender.depends = vec!["mqr_fanin_receiver".into()];
+    let receiver = standalone("mqr_fanin_receiver", 4);
+    let reg = Registry::start(vec![sender, receiver], hub(1)).unwrap();
+
+    // (receiver, sender) -> sequence numbers in the order that receiver got them.
+    let mut by_pair: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    let mut seen = HashMap::new();
+    for _ in 0..4 * 2000 {
+        let line = next(&out);
+        assert!(!line.starts_with("error"), "{line}");
+        let f: Vec<u32> = line.split(':').map(|x| x.parse().unwrap()).collect();
+        let [r, s, seq] = f[..] else {
+            panic!("bad line {line}")
+        };
+        *seen.entry((s, seq)).or_insert(0) += 1;
+        by_pair.entry((r, s)).or_default().push(seq);
+    }
+    for s in 0..4 {
+        for seq in 1..=2000 {
+            assert_eq!(seen.get(&(s, seq)), Some(&1), "sender {s} message {seq}");
+        }
+    }
+    for ((r, s), seqs) in &by_pair {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "receiver {r} got sender {s}'s messages out of order"
+        );
+    }
+    reg.shutdown();
+    assert_eq!(out.poll(), None, "a message was delivered twice");
+    assert!(registry().get("fanin").unwrap().is_empty());
+}
+
+#[test]
+fn a_full_queue_refuses_a_post_and_a_blocking_post_succeeds_once_drained() {
+    let report = registry().open("bp.report", 64);
+    let reg = Registry::start(vec![standalone("mqr_bp", 1)], hub(1)).unwrap();
+    assert_eq!(next(&report), "checks ok");
+    assert_eq!(next(&report), "full nil full");
+    assert_eq!(next(&report), "timeout nil full");
+    let bp = registry().get("bp").unwrap();
+    // The long blocking post cannot have succeeded: the queue is still full.
+    assert_eq!((bp.len(), bp.capacity()), (2, 2));
+    assert!(report.is_empty());
+    assert_eq!(
+        bp.try_post(b"from rust".to_vec().into()).map_err(|_| ()),
+        Err(())
+    );
+
+    assert_eq!(&*bp.poll().unwrap(), b"a");
+    assert_eq!(next(&report), "posted true nil");
+    assert_eq!(&*bp.poll().unwrap(), b"b");
+    assert_eq!(&*bp.poll().unwrap(), b"c");
+    assert_eq!(bp.poll(), None);
+    reg.shutdown();
+}
+
+#[test]
+fn shutdown_with_messages_in_flight_loses_none_that_were_accepted() {
+    let report = registry().open("sd.report", 64);
+    let progress = registry().open("sd.progress", 100_000);
+    let mut sender = standalone("mqr_sd_sender", 4);
+    sender.depends = vec!["mqr_sd_receiver".into()];
+    let receiver = standalone("mqr_sd_receiver", 4);
+    let reg = Registry::start(vec![sender, receiver], hub(1)).unwrap();
+    let sd = registry().get("sd").unwrap();
+    // Senders fill the queue while the receivers wait for "go": messages are in flight.
+    wait_for("a full queue", || sd.len() == sd.capacity());
+    let go = registry().open("sd.go", 8);
+    for _ in 0..4 {
+        go.try_post(b"go".to_vec().into()).unwrap();
+    }
+    // Receivers and senders now run together; stop in the middle of it.
+    assert_eq!(next(&progress), "progress");
+    reg.shutdown();
+
+    let (mut accepted, mut received) = (0u64, 0u64);
+    for _ in 0..8 {
+        let line = next(&report);
+        let (what, n) = line.split_once(' ').unwrap();
+        let n: u64 = n.parse().unwrap();
+        match what {
+            "accepted" => accepted += n,
+            "received" => received += n,
+            _ => panic!("{line}"),
+        }
+    }
+    assert!(accepted >= 32, "accepted {accepted}");
+    assert_eq!(
+        received, accepted,
+        "receivers drain the queue before they stop"
+    );
+    assert!(sd.is_empty());
+    assert!(!registry().leftovers().iter().any(|(n, _)| n == "sd"));
+    assert_eq!(sd.receive(Duration::ZERO, &|| true), Err(Wait::Stopped));
+}

@@ -1,0 +1,354 @@
+//! wss:// end to end: the real server (config files, Lua echo) with rustls clients.
+
+mod common;
+#[path = "common/tls.rs"]
+mod tls_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::IO_TIMEOUT;
+use tls_common::*;
+use tungstenite::Message;
+
+fn echo_round(ws: &mut WssClient, payload: Vec<u8>) {
+    let n = payload.len();
+    ws.send(Message::Binary(payload.clone().into())).unwrap();
+    match ws.read().unwrap() {
+        Message::Binary(b) => assert!(b[..] == payload[..], "echo of {n} bytes differs"),
+        other => panic!("expected binary, got {other:?}"),
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[test]
+fn wss_echo_through_the_lua_app_from_0_bytes_to_16_mib_beside_a_plain_endpoint() {
+    let dir = temp_dir("echo");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    let extra = format!(
+        r#"{}, "endpoints": [{{ "ip": "127.0.0.1", "port": 0, "tls": false }}]"#,
+        tls_json(&cert, &key, None)
+    );
+    write_config(&dir, &extra, "");
+    let app = start_app(&dir);
+    let (tls_addr, plain_addr) = (app.local_addrs()[0], app.local_addrs()[1]);
+    let cfg = client_config(&ca.pair.cert_der, None);
+
+    let mut ws = wss_connect(tls_addr, "/echo", cfg.clone()).expect("wss connect");
+    for n in [0, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20] {
+        echo_round(&mut ws, pattern(n));
+    }
+    ws.send(Message::Text("hello over tls".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("hello over tls".into()));
+    // Pipelined: many messages written before any is read.
+    for i in 0..200u32 {
+        ws.send(Message::Binary(i.to_be_bytes().to_vec().into()))
+            .unwrap();
+    }
+    for i in 0..200u32 {
+        assert_eq!(
+            ws.read().unwrap(),
+            Message::Binary(i.to_be_bytes().to_vec().into())
+        );
+    }
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("clean close expected, got {e}"),
+        }
+    }
+
+    // The plaintext endpoint of the same process still speaks ws://.
+    let mut plain = common::connect(plain_addr, "/echo");
+    plain.send(Message::Text("plain".into())).unwrap();
+    assert_eq!(plain.read().unwrap(), Message::Text("plain".into()));
+    app.shutdown();
+}
+
+#[test]
+fn shutdown_closes_wss_connections_with_1001_and_close_notify() {
+    let dir = temp_dir("shutdown");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut ws = wss_connect(app.local_addrs()[0], "/echo_builtin", cfg).unwrap();
+    echo_round(&mut ws, b"x".to_vec());
+    let stopper = std::thread::spawn(move || app.shutdown());
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    // After the Close exchange the TLS stream ends with close_notify (a clean EOF), which
+    // tungstenite reports as ConnectionClosed; a truncation would be an I/O error.
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("expected a clean TLS close, got {e}"),
+        }
+    }
+    stopper.join().unwrap();
+}
+
+#[test]
+fn client_certificate_required_accepted_and_rejected() {
+    let dir = temp_dir("mtls");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca.pair.cert_pem).unwrap();
+    write_config(&dir, &tls_json(&cert, &key, Some(&ca_file)), "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+
+    let good = ca.client("alice", false);
+    let mut ws = wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, Some(&good)))
+        .expect("a client with a certificate from the CA is served");
+    echo_round(&mut ws, b"mtls".to_vec());
+
+    // No certificate, an expired one, one from another CA: all refused before any HTTP.
+    let other_ca = Ca::new("other CA");
+    let refused = [
+        ("none", client_config(&ca.pair.cert_der, None)),
+        (
+            "expired",
+            client_config(&ca.pair.cert_der, Some(&ca.client("bob", true))),
+        ),
+        (
+            "foreign",
+            client_config(&ca.pair.cert_der, Some(&other_ca.client("eve", false))),
+        ),
+    ];
+    for (what, cfg) in refused {
+        let res = wss_connect(addr, "/echo", cfg);
+        assert!(res.is_err(), "client cert {what}: must be refused");
+    }
+    // The good client is unaffected.
+    echo_round(&mut ws, b"still here".to_vec());
+    app.shutdown();
+}
+
+#[test]
+fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
+    let dir = temp_dir("expired");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.expired_server("old"));
+    let files = lapps::net::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: None,
+    };
+    let (info, warning) = lapps::net::tls::check(&files).expect("an expired cert still parses");
+    assert_eq!(info.subject.as_deref(), Some("old"));
+    assert_eq!(info.not_after.as_deref(), Some("2001-01-01 00:00:00 UTC"));
+    assert!(warning.expect("a warning").contains("expired"));
+
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let Err(err) = wss_connect(
+        app.local_addrs()[0],
+        "/echo",
+        client_config(&ca.pair.cert_der, None),
+    ) else {
+        panic!("a verifying client refuses an expired certificate");
+    };
+    assert!(err.contains("Expired") || err.contains("expired"), "{err}");
+    app.shutdown();
+}
+
+#[test]
+fn self_signed_server_certificate_works_for_a_client_that_trusts_it() {
+    let dir = temp_dir("selfsigned");
+    let own = self_signed_server("self");
+    let (cert, key) = write_pair(&dir, "server", &own);
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let mut ws = wss_connect(addr, "/echo", client_config(&own.cert_der, None)).unwrap();
+    echo_round(&mut ws, b"self".to_vec());
+    // A client trusting some CA instead refuses it.
+    let stranger = Ca::new("unrelated");
+    assert!(wss_connect(addr, "/echo", client_config(&stranger.pair.cert_der, None)).is_err());
+    app.shutdown();
+}
+
+/// Reads until EOF; Ok(bytes) for an orderly close, Err for a reset or a timeout.
+fn read_until_eof(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn a_plaintext_client_on_the_tls_port_is_closed_cleanly() {
+    let dir = temp_dir("plain-on-tls");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let started = Instant::now();
+    s.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let got = read_until_eof(&mut s).expect("an orderly close (FIN), not a reset or a hang");
+    assert!(!got.starts_with(b"HTTP/"), "no HTTP answer in plaintext");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed at once");
+    // The server is still fine for TLS clients.
+    let mut ws = wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, None)).unwrap();
+    echo_round(&mut ws, b"ok".to_vec());
+    app.shutdown();
+}
+
+/// A ClientHello offering only TLS 1.0 or 1.1 (legacy_version, no supported_versions).
+fn old_client_hello(minor: u8) -> Vec<u8> {
+    let mut body = vec![3, minor];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 4, 0xc0, 0x13, 0x00, 0x2f]); // ECDHE-RSA-AES128-SHA, AES128-SHA
+    body.extend_from_slice(&[1, 0]); // null compression
+                                     // What a real old client sends, so that the version is what gets refused: signature
+                                     // algorithms (ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256), groups
+                                     // (x25519, secp256r1), point formats (uncompressed).
+    let ext: &[u8] = &[
+        0x00, 0x0d, 0, 8, 0, 6, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, //
+        0x00, 0x0a, 0, 6, 0, 4, 0x00, 0x1d, 0x00, 0x17, //
+        0x00, 0x0b, 0, 2, 1, 0,
+    ];
+    body.extend_from_slice(&[0, ext.len() as u8]);
+    body.extend_from_slice(ext);
+    let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn tls_1_0_and_1_1_are_refused_with_a_protocol_version_alert() {
+    let dir = temp_dir("oldtls");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    for minor in [1u8, 2] {
+        let mut s = TcpStream::connect(app.local_addrs()[0]).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(&old_client_hello(minor)).unwrap();
+        let got = read_until_eof(&mut s).expect("orderly close");
+        // One alert record: type 21, level fatal (2), protocol_version (70).
+        assert!(got.len() >= 7, "TLS 1.{}: got {got:?}", minor - 1);
+        assert_eq!(got[0], 21, "an alert record");
+        assert_eq!(&got[5..7], &[2, 70], "fatal protocol_version");
+    }
+    app.shutdown();
+}
+
+fn peer_fingerprint(ws: &WssClient) -> String {
+    let der = ws.get_ref().conn.peer_certificates().unwrap()[0].clone();
+    lapps::net::tls::CertInfo::of(&der).fingerprint
+}
+
+#[test]
+fn sighup_reload_serves_the_new_certificate_to_new_connections_only() {
+    let dir = temp_dir("reload");
+    let ca = Ca::new("test CA");
+    let one = ca.server("one");
+    let (cert, key) = write_pair(&dir, "server", &one);
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut old = wss_connect(addr, "/echo", cfg.clone()).unwrap();
+    let fp_one = lapps::net::tls::CertInfo::of(&one.cert_der).fingerprint;
+    assert_eq!(peer_fingerprint(&old), fp_one);
+
+    let two = ca.server("two");
+    write_pair(&dir, "server", &two);
+    app.reload();
+    let fp_two = lapps::net::tls::CertInfo::of(&two.cert_der).fingerprint;
+    let mut new = wss_connect(addr, "/echo", cfg.clone()).unwrap();
+    assert_eq!(
+        peer_fingerprint(&new),
+        fp_two,
+        "new connections see the new cert"
+    );
+    echo_round(&mut old, b"old connection keeps working".to_vec());
+    echo_round(&mut new, b"new connection works".to_vec());
+
+    // A broken key keeps the current certificate in service.
+    std::fs::write(&key, "not a key").unwrap();
+    app.reload();
+    let third = wss_connect(addr, "/echo", cfg).unwrap();
+    assert_eq!(peer_fingerprint(&third), fp_two);
+    app.shutdown();
+}
+
+#[test]
+fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
+    let dir = temp_dir("badfiles");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    let (_, other_key) = write_pair(&dir, "other", &ca.server("other"));
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "hello").unwrap();
+    let missing = dir.join("missing.pem");
+    let check = |cert: &std::path::Path, key: &std::path::Path| {
+        lapps::net::tls::check(&lapps::net::tls::TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            ca: None,
+        })
+        .expect_err("refused")
+    };
+    let e = check(&missing, &key);
+    assert_eq!(e.file, missing);
+    assert!(e.reason.contains("cannot read"), "{e}");
+    let e = check(&garbage, &key);
+    assert_eq!(e.file, garbage);
+    assert!(e.reason.contains("no CERTIFICATE"), "{e}");
+    let e = check(&cert, &garbage);
+    assert_eq!(e.file, garbage);
+    let e = check(&cert, &other_key);
+    assert_eq!(
+        e.file, other_key,
+        "a key that does not match the certificate: {e}"
+    );
+
+    // --check-config says the same and fails.
+    write_config(&dir, &tls_json(&cert, &other_key, None), "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+        .args(["--check-config", "-c"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("other.key"), "{stderr}");
+    // And accepts the matching pair, naming the certificate.
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+        .args(["--check-config", "-c"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CN=server"));
+}
