@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests, the loom model of the MPMC queue, and
-# the Autobahn TestSuite against the real server. Installs what it needs (Autobahn) itself.
+# The whole test suite: unit and integration tests, the loom model of the MPMC queue, wss://
+# interop, the Autobahn TestSuite against the real server, the JS client's unit tests (node), the
+# LAppS protocol from Python and from headless Chromium. Installs what it needs (Autobahn, a Python
+# venv, chromium) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -16,3 +18,16 @@ bash tests/interop/run.sh
 
 echo "== Autobahn TestSuite (ws:// and wss://)"
 bash tests/autobahn/run.sh
+
+echo "== JS client unit tests (node --test)"
+if command -v node >/dev/null; then
+    node --test clients/js/test/
+else
+    echo "node not installed: JS client unit tests SKIPPED"
+fi
+
+echo "== LAppS protocol interop (Python cbor2 + websockets)"
+bash tests/interop/lapps.sh
+
+echo "== browser client in headless Chromium"
+bash tests/browser/run.sh

@@ -1,0 +1,44 @@
+// The example page: calls echo on every (re)connection and lists the time_broadcast OONs.
+// Query parameters: `ws` (server URL), `channel` (the broadcast channel, time_broadcast's 1000).
+import { connect } from "./lapps.mjs";
+
+const query = new URLSearchParams(location.search);
+const url = query.get("ws") ?? `ws://${location.hostname || "127.0.0.1"}:5083/echo_lapps`;
+const channel = Number(query.get("channel") ?? 1000);
+const KEEP = 100; // OONs kept on the page; older ones scroll away
+
+const $ = (id) => document.getElementById(id);
+// JSON.stringify rejects BigInt, which the decoder returns for integers beyond 2^53.
+const show = (v) => JSON.stringify(v, (_, x) => (typeof x === "bigint" ? x.toString() : x));
+
+function setStatus(text) {
+  $("status").textContent = text;
+  document.title = `LAppS example: ${text}`;
+}
+
+$("url").textContent = url;
+$("channel").textContent = channel;
+
+const client = connect(url);
+
+client.onopen = async () => {
+  setStatus("open");
+  try {
+    // The server starts pushing OONs after the first exchange, so call right away.
+    $("echo-result").textContent = show(await client.call("echo", "hello", 42, [1, 2]));
+  } catch (err) {
+    $("echo-result").textContent = `error ${err.code}: ${err.message}`;
+  }
+};
+
+client.onclose = ({ code, reconnectIn }) => {
+  setStatus(reconnectIn === null ? `closed (${code})` : `closed (${code}), retrying in ${reconnectIn} ms`);
+};
+
+client.on(channel, (message) => {
+  const list = $("oon-list");
+  const item = document.createElement("li");
+  item.textContent = show(message);
+  list.append(item);
+  while (list.children.length > KEEP) list.firstElementChild.remove();
+});

@@ -1,0 +1,544 @@
+/**
+ * LAppS protocol client for browsers (and any runtime with a standard `WebSocket`).
+ *
+ * Owns: a minimal CBOR codec (RFC 8949) and the client side of the LAppS protocol: requests on the
+ * command channel (cid 0) matched to responses in order, client notifications, OON dispatch by
+ * channel, reconnection with exponential back-off.
+ * Never: guesses which request a response belongs to other than by order (the protocol answers
+ * requests in order), or resends a call after a disconnect (the server may already have run it).
+ *
+ * No dependencies, no build step: `import { connect } from "./lapps.mjs"`.
+ *
+ * @example
+ *   const client = connect("ws://127.0.0.1:5083/echo_lapps");
+ *   client.on(1000, (message) => console.log("tick", message));
+ *   const result = await client.call("echo", "hello", 42); // ["hello", 42]
+ */
+
+// ---------------------------------------------------------------------------------------------
+// CBOR
+// ---------------------------------------------------------------------------------------------
+
+/** Thrown by `decode` on malformed or unsupported input and by `encode` on unencodable values. */
+export class CborError extends Error {}
+
+const MAX_DEPTH = 256; // bounds recursion on hostile input (a stack overflow is not an error message)
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Encodes a value as CBOR. Integers (Number.isSafeInteger or BigInt) become CBOR integers, other
+ * numbers float64; strings text; Uint8Array/ArrayBuffer byte strings; arrays arrays; Map and plain
+ * objects maps; true/false/null/undefined their simple values.
+ * @param {*} value
+ * @returns {Uint8Array}
+ */
+export function encode(value) {
+  const out = { buf: new Uint8Array(64), len: 0 };
+  encodeItem(out, value, 0);
+  return out.buf.slice(0, out.len);
+}
+
+function reserve(out, n) {
+  if (out.len + n <= out.buf.length) return;
+  let size = out.buf.length * 2;
+  while (size < out.len + n) size *= 2;
+  const bigger = new Uint8Array(size);
+  bigger.set(out.buf.subarray(0, out.len));
+  out.buf = bigger;
+}
+
+function writeBytes(out, bytes) {
+  reserve(out, bytes.length);
+  out.buf.set(bytes, out.len);
+  out.len += bytes.length;
+}
+
+/** Writes a major type with its argument in the shortest form (preferred serialisation). */
+function writeHead(out, major, n) {
+  reserve(out, 9);
+  const view = new DataView(out.buf.buffer);
+  const m = major << 5;
+  if (typeof n === "bigint" && n <= 0xffffffffn) n = Number(n);
+  if (typeof n === "bigint") {
+    out.buf[out.len] = m | 27;
+    view.setBigUint64(out.len + 1, n);
+    out.len += 9;
+  } else if (n < 24) {
+    out.buf[out.len++] = m | n;
+  } else if (n < 0x100) {
+    out.buf[out.len++] = m | 24;
+    out.buf[out.len++] = n;
+  } else if (n < 0x10000) {
+    out.buf[out.len] = m | 25;
+    view.setUint16(out.len + 1, n);
+    out.len += 3;
+  } else if (n < 0x100000000) {
+    out.buf[out.len] = m | 26;
+    view.setUint32(out.len + 1, n);
+    out.len += 5;
+  } else {
+    out.buf[out.len] = m | 27;
+    view.setBigUint64(out.len + 1, BigInt(n));
+    out.len += 9;
+  }
+}
+
+function encodeInteger(out, n) {
+  const big = typeof n === "bigint";
+  if (n >= 0) {
+    if (big && n > 0xffffffffffffffffn) throw new CborError("integer too large for CBOR");
+    writeHead(out, 0, n);
+  } else {
+    const magnitude = big ? -1n - n : -1 - n;
+    if (big && magnitude > 0xffffffffffffffffn) throw new CborError("integer too small for CBOR");
+    writeHead(out, 1, magnitude);
+  }
+}
+
+function encodeItem(out, v, depth) {
+  if (depth > MAX_DEPTH) throw new CborError("value nested too deeply");
+  switch (typeof v) {
+    case "undefined":
+      writeBytes(out, [0xf7]);
+      return;
+    case "boolean":
+      writeBytes(out, [v ? 0xf5 : 0xf4]);
+      return;
+    case "bigint":
+      encodeInteger(out, v);
+      return;
+    case "number":
+      if (Number.isSafeInteger(v) && !Object.is(v, -0)) {
+        encodeInteger(out, v);
+      } else {
+        reserve(out, 9);
+        out.buf[out.len] = 0xfb;
+        new DataView(out.buf.buffer).setFloat64(out.len + 1, v);
+        out.len += 9;
+      }
+      return;
+    case "string": {
+      const bytes = utf8Encoder.encode(v);
+      writeHead(out, 3, bytes.length);
+      writeBytes(out, bytes);
+      return;
+    }
+    case "object":
+      break;
+    default:
+      throw new CborError(`cannot encode a ${typeof v}`);
+  }
+  if (v === null) {
+    writeBytes(out, [0xf6]);
+  } else if (v instanceof Uint8Array || v instanceof ArrayBuffer || ArrayBuffer.isView(v)) {
+    const bytes = v instanceof ArrayBuffer ? new Uint8Array(v) : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    writeHead(out, 2, bytes.length);
+    writeBytes(out, bytes);
+  } else if (Array.isArray(v)) {
+    writeHead(out, 4, v.length);
+    for (const item of v) encodeItem(out, item, depth + 1);
+  } else if (v instanceof Map) {
+    writeHead(out, 5, v.size);
+    for (const [key, item] of v) {
+      encodeItem(out, key, depth + 1);
+      encodeItem(out, item, depth + 1);
+    }
+  } else {
+    const keys = Object.keys(v);
+    writeHead(out, 5, keys.length);
+    for (const key of keys) {
+      encodeItem(out, key, depth + 1);
+      encodeItem(out, v[key], depth + 1);
+    }
+  }
+}
+
+/**
+ * Decodes exactly one CBOR item. Maps become plain objects (keys converted to strings), integers
+ * beyond 2^53 become BigInt, tags are skipped (their content is returned), indefinite lengths are
+ * accepted.
+ * @param {Uint8Array|ArrayBuffer} bytes
+ * @returns {*}
+ * @throws {CborError} on malformed input or trailing bytes
+ */
+export function decode(bytes) {
+  const u8 = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const reader = { u8, view: new DataView(u8.buffer, u8.byteOffset, u8.byteLength), pos: 0 };
+  const value = decodeItem(reader, 0);
+  if (reader.pos !== u8.length) throw new CborError("trailing bytes after the CBOR item");
+  return value;
+}
+
+const BREAK = Symbol("break");
+
+function need(r, n) {
+  if (r.pos + n > r.u8.length) throw new CborError("unexpected end of CBOR input");
+}
+
+/** Reads an argument of `ai`: a Number, a BigInt beyond 2^53, or -1 for "indefinite". */
+function readArgument(r, ai) {
+  if (ai < 24) return ai;
+  if (ai === 31) return -1;
+  const size = { 24: 1, 25: 2, 26: 4, 27: 8 }[ai];
+  if (size === undefined) throw new CborError(`reserved additional information ${ai}`);
+  need(r, size);
+  const at = r.pos;
+  r.pos += size;
+  if (size === 1) return r.view.getUint8(at);
+  if (size === 2) return r.view.getUint16(at);
+  if (size === 4) return r.view.getUint32(at);
+  const n = r.view.getBigUint64(at);
+  return n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n;
+}
+
+/** A length must fit in what is left of the input: refuse before allocating. */
+function checkLength(r, n, minItemSize) {
+  if (typeof n === "bigint" || n * minItemSize > r.u8.length - r.pos) {
+    throw new CborError("declared length exceeds the input");
+  }
+}
+
+function readChunks(r, major, depth) {
+  const chunks = [];
+  for (;;) {
+    need(r, 1);
+    const ib = r.u8[r.pos];
+    if (ib === 0xff) {
+      r.pos += 1;
+      return chunks;
+    }
+    // RFC 8949 3.2.3: chunks are definite-length strings of the same major type.
+    if (ib >> 5 !== major || (ib & 31) === 31) throw new CborError("bad chunk in an indefinite string");
+    chunks.push(decodeItem(r, depth + 1));
+  }
+}
+
+function halfToNumber(h) {
+  const exp = (h >> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  const sign = h & 0x8000 ? -1 : 1;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 31) return mant ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+
+function decodeItem(r, depth, breakAllowed = false) {
+  if (depth > MAX_DEPTH) throw new CborError("CBOR nested too deeply");
+  need(r, 1);
+  const ib = r.u8[r.pos++];
+  const major = ib >> 5;
+  const ai = ib & 31;
+  if (major === 7) return decodeSimple(r, ai, breakAllowed);
+  const n = readArgument(r, ai);
+  if (n === -1 && major < 2) throw new CborError("indefinite length on an integer");
+  if (n === -1 && major === 6) throw new CborError("indefinite length on a tag");
+  switch (major) {
+    case 0:
+      return n;
+    case 1: {
+      if (typeof n === "bigint") return -1n - n;
+      const neg = -1 - n;
+      return Number.isSafeInteger(neg) ? neg : -1n - BigInt(n);
+    }
+    case 2: {
+      if (n === -1) {
+        const chunks = readChunks(r, 2, depth);
+        const all = new Uint8Array(chunks.reduce((s, c) => s + c.length, 0));
+        let at = 0;
+        for (const c of chunks) {
+          all.set(c, at);
+          at += c.length;
+        }
+        return all;
+      }
+      checkLength(r, n, 1);
+      r.pos += n;
+      return r.u8.slice(r.pos - n, r.pos);
+    }
+    case 3: {
+      if (n === -1) return readChunks(r, 3, depth).join("");
+      checkLength(r, n, 1);
+      r.pos += n;
+      try {
+        return utf8Decoder.decode(r.u8.subarray(r.pos - n, r.pos));
+      } catch {
+        throw new CborError("invalid UTF-8 in a text string");
+      }
+    }
+    case 4: {
+      const items = [];
+      if (n !== -1) checkLength(r, n, 1);
+      for (let i = 0; n === -1 || i < n; i++) {
+        const item = decodeItem(r, depth + 1, n === -1);
+        if (item === BREAK) break;
+        items.push(item);
+      }
+      return items;
+    }
+    case 5: {
+      const obj = {};
+      if (n !== -1) checkLength(r, n, 2);
+      for (let i = 0; n === -1 || i < n; i++) {
+        const key = decodeItem(r, depth + 1, n === -1);
+        if (key === BREAK) break;
+        if (typeof key === "object" && key !== null) throw new CborError("map keys must be scalars");
+        // defineProperty: a "__proto__" key is data, not a prototype change.
+        Object.defineProperty(obj, String(key), {
+          value: decodeItem(r, depth + 1),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      }
+      return obj;
+    }
+    default: // 6: a tag; its number is not interpreted
+      return decodeItem(r, depth + 1);
+  }
+}
+
+function decodeSimple(r, ai, breakAllowed) {
+  switch (ai) {
+    case 20:
+      return false;
+    case 21:
+      return true;
+    case 22:
+      return null;
+    case 23:
+      return undefined;
+    case 24:
+      need(r, 1);
+      r.pos += 1;
+      return undefined; // unassigned simple value: nothing in LAppS uses one
+    case 25:
+      need(r, 2);
+      r.pos += 2;
+      return halfToNumber(r.view.getUint16(r.pos - 2));
+    case 26:
+      need(r, 4);
+      r.pos += 4;
+      return r.view.getFloat32(r.pos - 4);
+    case 27:
+      need(r, 8);
+      r.pos += 8;
+      return r.view.getFloat64(r.pos - 8);
+    case 31:
+      if (!breakAllowed) throw new CborError("unexpected break");
+      return BREAK;
+    default:
+      if (ai < 20) return undefined; // unassigned simple values 0..19
+      throw new CborError(`reserved simple value encoding ${ai}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LAppS protocol client
+// ---------------------------------------------------------------------------------------------
+
+/** A call answered with `status: 0`, or failed because the connection went away (code 0). */
+export class LappsError extends Error {
+  /**
+   * @param {number} code JSON-RPC style error code (-32700..-32000), or 0 for a transport failure
+   * @param {string} message
+   * @param {*} [data]
+   */
+  constructor(code, message, data) {
+    super(message);
+    this.name = "LappsError";
+    this.code = code;
+    if (data !== undefined) this.data = data;
+  }
+}
+
+/**
+ * Opens a LAppS connection.
+ * @param {string} url e.g. "ws://127.0.0.1:5083/echo_lapps"
+ * @param {object} [options]
+ * @param {boolean} [options.reconnect=true] reconnect after the connection closes
+ * @param {number} [options.minDelay=250] first reconnection delay in ms
+ * @param {number} [options.maxDelay=10000] cap of the exponentially growing delay in ms
+ * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: the global one)
+ * @returns {LappsClient}
+ */
+export function connect(url, options = {}) {
+  return new LappsClient(url, options);
+}
+
+export class LappsClient {
+  /** @param {string} url @param {object} [options] see `connect` */
+  constructor(url, { reconnect = true, minDelay = 250, maxDelay = 10000, WebSocket: WS = globalThis.WebSocket } = {}) {
+    this.url = url;
+    this.options = { reconnect, minDelay, maxDelay };
+    this.WS = WS;
+    /** @type {?function(LappsClient):void} called after each (re)connection */
+    this.onopen = null;
+    /** @type {?function({code:number, reason:string, reconnectIn:?number}):void} called after each close */
+    this.onclose = null;
+    /** @type {?function(Error):void} undecodable or unexpected frames; default: console.warn */
+    this.onerror = (err) => console.warn("lapps:", err.message);
+    this.pending = []; // calls awaiting a response, in the order their requests were sent
+    this.outbox = []; // encoded frames waiting for the socket to open (with their calls, if any)
+    this.handlers = new Map(); // channel -> Set of OON handlers
+    this.attempt = 0;
+    this.stopped = false;
+    this.timer = null;
+    this.ws = null;
+    this.open();
+  }
+
+  /** @returns {boolean} whether the socket is open now */
+  get connected() {
+    return this.ws !== null && this.ws.readyState === 1;
+  }
+
+  /**
+   * Calls a method; resolves with the `result` array, rejects with a LappsError carrying
+   * code/message/data. Calls made while (re)connecting are sent once the socket opens; calls
+   * still unanswered when the connection closes are rejected (code 0).
+   * @param {string} method
+   * @param {...*} params omitted from the request when there are none
+   * @returns {Promise<Array>}
+   */
+  call(method, ...params) {
+    const request = { lapps: 1, method };
+    if (params.length > 0) request.params = params;
+    return new Promise((resolve, reject) => this.send(encode(request), { resolve, reject, method }));
+  }
+
+  /**
+   * Sends a client notification on channel `cid` (≠ 0); the server does not answer it.
+   * @param {number} cid
+   * @param {string} method
+   * @param {...*} params
+   */
+  notify(cid, method, ...params) {
+    if (!Number.isInteger(cid) || cid === 0) throw new RangeError("a notification needs a cid other than 0");
+    const request = { lapps: 1, method, cid };
+    if (params.length > 0) request.params = params;
+    this.send(encode(request), null);
+  }
+
+  /**
+   * Registers a handler for OONs (server pushes) on `channel`; `handler(message, channel)` gets
+   * the OON's `message` array. Returns a function that removes the handler.
+   * @param {number} channel
+   * @param {function(Array, number):void} handler
+   * @returns {function():void}
+   */
+  on(channel, handler) {
+    if (!this.handlers.has(channel)) this.handlers.set(channel, new Set());
+    this.handlers.get(channel).add(handler);
+    return () => this.handlers.get(channel)?.delete(handler);
+  }
+
+  /** Closes the connection for good: no reconnection, pending calls are rejected. */
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    this.failPending("client closed");
+  }
+
+  // --- internals -------------------------------------------------------------------------
+
+  open() {
+    const ws = new this.WS(this.url);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      const queued = this.outbox;
+      this.outbox = [];
+      for (const { frame, call } of queued) this.transmit(frame, call);
+      if (this.onopen) this.onopen(this);
+    };
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = (event) => this.closed(ws, event);
+    // An error is always followed by a close event; the close carries the useful information.
+    ws.onerror = () => {};
+  }
+
+  send(frame, call) {
+    if (this.stopped) {
+      if (call) call.reject(new LappsError(0, "client closed"));
+      return;
+    }
+    if (this.connected) this.transmit(frame, call);
+    else this.outbox.push({ frame, call });
+  }
+
+  transmit(frame, call) {
+    // Pushed before sending: the response cannot overtake its own entry in the FIFO.
+    if (call) this.pending.push(call);
+    this.ws.send(frame);
+  }
+
+  receive(data) {
+    if (typeof data === "string") {
+      this.onerror?.(new Error("unexpected text frame from the server"));
+      return;
+    }
+    let msg;
+    try {
+      msg = decode(data);
+    } catch (err) {
+      this.onerror?.(err);
+      return;
+    }
+    if (typeof msg !== "object" || msg === null || Array.isArray(msg)) {
+      this.onerror?.(new Error("server message is not a CBOR map"));
+    } else if (msg.cid === 0) {
+      this.response(msg);
+    } else if (msg.cid !== undefined && Array.isArray(msg.message)) {
+      const channel = Number(msg.cid);
+      for (const handler of this.handlers.get(channel) ?? []) {
+        try {
+          handler(msg.message, channel);
+        } catch (err) {
+          this.onerror?.(err);
+        }
+      }
+    } else {
+      this.onerror?.(new Error("server message is neither a response nor an OON"));
+    }
+  }
+
+  response(msg) {
+    const call = this.pending.shift();
+    if (!call) {
+      this.onerror?.(new Error("response without a pending call"));
+    } else if (msg.status === 1) {
+      call.resolve(Array.isArray(msg.result) ? msg.result : []);
+    } else {
+      const e = msg.error ?? {};
+      const text = typeof e.message === "string" ? e.message : "error without a message";
+      call.reject(new LappsError(Number(e.code ?? -32603), text, e.data));
+    }
+  }
+
+  closed(ws, event) {
+    if (ws !== this.ws) return; // a socket we already gave up on
+    this.ws = null;
+    this.failPending(`connection closed (${event.code})`);
+    let reconnectIn = null;
+    if (!this.stopped && this.options.reconnect) {
+      // Exponential back-off with "equal jitter": half fixed, half random, so that many clients
+      // dropped together (a server restart) do not all come back in the same instant.
+      const { minDelay, maxDelay } = this.options;
+      const base = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempt, 30));
+      reconnectIn = Math.round(base / 2 + (Math.random() * base) / 2);
+      this.attempt += 1;
+      this.timer = setTimeout(() => this.open(), reconnectIn);
+    }
+    if (this.onclose) this.onclose({ code: event.code, reason: event.reason ?? "", reconnectIn });
+  }
+
+  failPending(why) {
+    const calls = this.pending.concat(this.outbox.map((q) => q.call).filter(Boolean));
+    this.pending = [];
+    this.outbox = [];
+    for (const call of calls) call.reject(new LappsError(0, `${call.method}: ${why}`));
+  }
+}

@@ -1,0 +1,153 @@
+// The LAppS client of lapps.mjs over a scripted stand-in for the browser's WebSocket API (the
+// runtime's, not ours): responses matched in order, OON dispatch, notifications, rejection of
+// pending calls on disconnect, reconnection with back-off. The real server is exercised by
+// tests/browser/ and tests/interop/.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect, encode, decode, LappsError } from "../lapps.mjs";
+
+/** Records every socket created; the test plays the server side by hand. */
+function socketFactory() {
+  const sockets = [];
+  class ScriptedSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      sockets.push(this);
+    }
+    send(frame) {
+      assert.equal(this.readyState, 1, "send on a socket that is not open");
+      this.sent.push(decode(frame));
+    }
+    close(code = 1000) {
+      this.serverClose(code);
+    }
+    serverOpen() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    serverSend(value) {
+      this.onmessage?.({ data: encode(value).buffer });
+    }
+    serverClose(code = 1006) {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      this.onclose?.({ code, reason: "" });
+    }
+  }
+  return { sockets, WebSocket: ScriptedSocket };
+}
+
+const until = async (cond, what, ms = 2000) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+test("calls are queued until open and answered in request order", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/echo_lapps", { WebSocket, reconnect: false });
+  assert.equal(sockets[0].binaryType, "arraybuffer");
+  const a = client.call("echo", "hello", 42, [1, 2]);
+  const b = client.call("nothing");
+  const c = client.call("boom", 1);
+  assert.equal(sockets[0].sent.length, 0);
+  sockets[0].serverOpen();
+  assert.deepEqual(sockets[0].sent, [
+    { lapps: 1, method: "echo", params: ["hello", 42, [1, 2]] },
+    { lapps: 1, method: "nothing" },
+    { lapps: 1, method: "boom", params: [1] },
+  ]);
+  sockets[0].serverSend({ status: 1, cid: 0, result: ["hello", 42, [1, 2]] });
+  sockets[0].serverSend({ cid: 7, message: ["interleaved"] }); // an OON does not consume a call
+  sockets[0].serverSend({ status: 1, cid: 0, result: [] });
+  sockets[0].serverSend({ status: 0, cid: 0, error: { code: -32602, message: "invalid params", data: { why: 1 } } });
+  assert.deepEqual(await a, ["hello", 42, [1, 2]]);
+  assert.deepEqual(await b, []);
+  await assert.rejects(c, (e) => e instanceof LappsError && e.code === -32602 && e.message === "invalid params" && e.data.why === 1);
+  client.close();
+});
+
+test("OONs reach the handlers of their channel only; notifications expect no response", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const got = [];
+  const off = client.on(1000, (message, channel) => got.push([channel, message]));
+  client.on(5, () => got.push("wrong channel"));
+  sockets[0].serverOpen();
+  client.notify(3, "note", "x");
+  const call = client.call("echo", 1);
+  assert.deepEqual(sockets[0].sent[0], { lapps: 1, method: "note", cid: 3, params: ["x"] });
+  sockets[0].serverSend({ cid: 1000, message: [{ time: 1 }] });
+  sockets[0].serverSend({ status: 1, cid: 0, result: [1] });
+  assert.deepEqual(await call, [1]); // the notification did not take the call's response
+  off();
+  sockets[0].serverSend({ cid: 1000, message: [{ time: 2 }] });
+  assert.deepEqual(got, [[1000, [{ time: 1 }]]]);
+  assert.throws(() => client.notify(0, "x"), RangeError);
+  client.close();
+});
+
+test("a disconnect rejects pending calls, then the client reconnects with growing delays", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  let opens = 0;
+  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 40 });
+  client.onclose = (info) => closes.push(info);
+  client.onopen = () => opens++;
+  sockets[0].serverOpen();
+  const lost = client.call("echo", 1);
+  sockets[0].serverClose(1006);
+  await assert.rejects(lost, (e) => e instanceof LappsError && e.code === 0);
+  assert.equal(closes[0].code, 1006);
+  assert.ok(closes[0].reconnectIn >= 5 && closes[0].reconnectIn <= 10, `first delay ${closes[0].reconnectIn}`);
+
+  // Failed attempts: the delay doubles up to maxDelay (with jitter between half and all of it).
+  for (let i = 1; i <= 4; i++) {
+    await until(() => sockets.length === i + 1, `reconnection attempt ${i}`);
+    sockets[i].serverClose(1006);
+  }
+  const delays = closes.map((c) => c.reconnectIn);
+  assert.ok(delays[1] >= 10 && delays[1] <= 20, `delays ${delays}`);
+  assert.ok(delays[2] >= 20 && delays[2] <= 40, `delays ${delays}`);
+  assert.ok(delays[4] >= 20 && delays[4] <= 40, `capped delays ${delays}`);
+
+  await until(() => sockets.length === 6, "the last attempt");
+  const next = client.call("echo", 2); // made while connecting: sent once open
+  sockets[5].serverOpen();
+  assert.equal(opens, 2);
+  sockets[5].serverSend({ status: 1, cid: 0, result: [2] });
+  assert.deepEqual(await next, [2]);
+  sockets[5].serverClose(1006);
+  assert.ok(closes.at(-1).reconnectIn <= 10, "a successful open resets the back-off");
+  client.close();
+  await assert.rejects(client.call("late"), LappsError);
+});
+
+test("close() stops reconnecting and rejects queued calls", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, minDelay: 1 });
+  const queued = client.call("echo");
+  client.close();
+  await assert.rejects(queued, LappsError);
+  await new Promise((r) => setTimeout(r, 20)); // nothing may happen here: no new socket
+  assert.equal(sockets.length, 1);
+});
+
+test("unexpected frames are reported, not thrown", () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const errors = [];
+  client.onerror = (e) => errors.push(e.message);
+  sockets[0].serverOpen();
+  sockets[0].onmessage({ data: "text" });
+  sockets[0].onmessage({ data: new Uint8Array([0xff]).buffer });
+  sockets[0].serverSend([1, 2]);
+  sockets[0].serverSend({ status: 1, cid: 0, result: [] }); // no call pending
+  sockets[0].serverSend({ cid: 4 });
+  assert.equal(errors.length, 5, errors.join("; "));
+  client.close();
+});

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The browser client (clients/js) against the real server, in headless Chromium: the example page
+# calls echo and lists time_broadcast OONs; tests/browser/cdp.py reads the page's DOM through the
+# DevTools protocol until the echo result is there and at least three OONs arrived.
+# Installs Debian's chromium when missing (as root); skips with a message when it cannot.
+# LAPPS_URL=ws://host:port/echo_lapps uses a running server instead of starting one.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source tests/interop/common.sh
+trap cleanup EXIT
+
+CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+if [ -z "$CHROMIUM" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "browser: SKIPPED: chromium is not installed and installing it needs root (apt-get install chromium)"
+        exit 0
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    CHROMIUM=$(command -v chromium)
+fi
+echo "browser: $("$CHROMIUM" --version 2>/dev/null | head -1)"
+
+interop_venv
+if [ -n "${LAPPS_URL:-}" ]; then
+    WS_URL=$LAPPS_URL
+else
+    start_lapps_server
+    WS_URL=ws://127.0.0.1:$LAPPS_PORT/echo_lapps
+fi
+
+HTTP_PORT=$(free_port)
+python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory clients/js >/dev/null 2>&1 &
+CLEANUP_PIDS+=($!)
+wait_port "$HTTP_PORT" $! || { echo "browser: the static http server did not start" >&2; exit 2; }
+
+PROFILE=$(mktemp -d /tmp/lapps-chromium.XXXXXX)
+CLEANUP_DIRS+=("$PROFILE")
+PAGE="http://127.0.0.1:$HTTP_PORT/example.html?ws=$WS_URL&channel=${LAPPS_CHANNEL:-1000}"
+"$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run \
+    --user-data-dir="$PROFILE" --remote-debugging-port=0 "$PAGE" >"$PROFILE.log" 2>&1 &
+CLEANUP_PIDS+=($!)
+CLEANUP_DIRS+=("$PROFILE.log")
+
+rc=0
+"$PY" tests/browser/cdp.py --user-data-dir "$PROFILE" --expect-echo '["hello",42,[1,2]]' \
+    --min-oons 3 --timeout "${BROWSER_TIMEOUT:-30}" || rc=$?
+if [ $rc -ne 0 ]; then
+    echo "browser: chromium log (last lines):" >&2
+    grep -v -i dbus "$PROFILE.log" | tail -20 >&2 || true
+    if [ -n "${LAPPS_LOG:-}" ]; then echo "browser: server log:" >&2; tail -20 "$LAPPS_LOG" >&2; fi
+fi
+exit $rc

@@ -1,0 +1,64 @@
+# Shared by tests/interop/lapps.sh and tests/browser/run.sh (sourced, from the repository root):
+# a Python venv with cbor2 + websockets, free loopback ports, and the real `lapps` server on a
+# temporary copy of etc/lapps with its port changed. Callers set a trap that runs `cleanup`.
+
+CLEANUP_PIDS=()
+CLEANUP_DIRS=()
+
+cleanup() {
+    local pid
+    for pid in "${CLEANUP_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ ${#CLEANUP_DIRS[@]} -gt 0 ]; then rm -rf "${CLEANUP_DIRS[@]}"; fi
+}
+
+# Creates (once) target/interop-venv with the two PyPI packages; sets PY to its python.
+interop_venv() {
+    local venv=target/interop-venv
+    if ! "$venv/bin/python" -c 'import cbor2, websockets.asyncio.client' 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check 'cbor2>=5.6' 'websockets>=13'
+    fi
+    PY=$PWD/$venv/bin/python
+}
+
+# Prints a TCP port that was free on 127.0.0.1 a moment ago.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (bounded) until something accepts TCP connections on 127.0.0.1:$1; $2 = pid to watch.
+wait_port() {
+    local port=$1 pid=$2 i
+    for i in $(seq 1 300); do
+        if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2).close()" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Builds and starts target/release/lapps on a free port; sets LAPPS_PORT and LAPPS_LOG.
+start_lapps_server() {
+    cargo build --release --bin lapps
+    local work
+    work=$(mktemp -d /tmp/lapps-interop.XXXXXX)
+    CLEANUP_DIRS+=("$work")
+    mkdir -p "$work/etc"
+    LAPPS_PORT=$(free_port)
+    LAPPS_LOG=$work/lapps.log
+    sed "s/\"port\": *[0-9]*/\"port\": $LAPPS_PORT/" etc/lapps/ws.json > "$work/etc/ws.json"
+    # Paths in lapps.json are relative to the repository: make them absolute.
+    sed "s#\"\\./#\"$PWD/#g" etc/lapps/lapps.json > "$work/etc/lapps.json"
+    target/release/lapps -c "$work/etc" > "$LAPPS_LOG" 2>&1 &
+    CLEANUP_PIDS+=($!)
+    if ! wait_port "$LAPPS_PORT" $!; then
+        echo "lapps did not start listening on port $LAPPS_PORT:" >&2
+        cat "$LAPPS_LOG" >&2
+        return 1
+    fi
+}
