@@ -929,7 +929,7 @@ fn a_stale_handler_never_reaches_the_connection_that_reuses_its_slot() {
         r == "nil closed"
     });
     // One worker: the freed slot is the next one handed out (same index, next generation).
-    let slot = |h: u64| h & 0xFFFF_FFFF;
+    let slot = |h: u64| h & u64::from(lapps::net::handle::ConnId::MAX_INDEX);
     let mut new = connect(app.addr, "/tally");
     let new_id = id(&mut new);
     assert_eq!(slot(new_id), slot(old_id), "the slot is reused");
@@ -1013,7 +1013,7 @@ fn close_events_still_queued_in_a_worker_at_shutdown_reach_on_disconnect() {
         &lapps_json(
             "./tests/apps",
             r#"{ "tally": { "instances": 1, "preload": ["bcast"], "queue_capacity": 1,
-                            "instruction_budget": 1000000000 } }"#,
+                            "instruction_budget": 200000000 } }"#,
         ),
     );
     let dir = ScratchDir::new("queued-at-shutdown");

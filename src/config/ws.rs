@@ -288,7 +288,8 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
     };
     Workers {
         workers: w.usize(r, "workers", default_workers(), 1),
-        max_connections: w.usize(r, "max_connections", 100_000, 1),
+        // Handles address at most 2^24 slots per worker (src/net/handle.rs).
+        max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 23) as usize,
         auto_fragment,
         input_buffer_size,
         max_poll_events: w.usize(r, "max_poll_events", 256, 1),
