@@ -43,6 +43,10 @@ pub struct Conn {
     pub out_paused: bool,
     /// Input may be waiting in the socket (edge-triggered: we must come back for it).
     pub read_pending: bool,
+    /// A readiness event reported the peer's FIN or an error. From then on a short read does
+    /// not mean the socket is drained: the EOF came with the same edge as the data before it,
+    /// and no later edge will report it.
+    pub peer_hup: bool,
     /// Waiting for EPOLLOUT.
     pub write_blocked: bool,
     /// Queued in the worker's dirty list for a flush this iteration.
@@ -73,6 +77,7 @@ impl Conn {
             service_paused: false,
             out_paused: false,
             read_pending: false,
+            peer_hup: false,
             write_blocked: false,
             dirty: false,
             in_pending: false,

@@ -225,7 +225,7 @@ impl Worker {
                     self.on_writable(index);
                 }
                 if ev.readable || ev.hangup {
-                    self.on_readable(index);
+                    self.on_readable(index, ev.hangup);
                 }
             }
             self.run_pending();
@@ -237,11 +237,30 @@ impl Worker {
             self.flush_services();
             self.flush_dirty();
             self.publish_load();
-            if self.shutdown_since.is_some() && self.conns.is_empty() {
+            if self.shutdown_since.is_some() && self.conns.is_empty() && self.flushed_or_gave_up() {
                 break;
             }
         }
         debug!("worker {} stopped", self.id);
+    }
+
+    /// At shutdown, the last close events (a service's `on_close`) may still sit in a batch
+    /// its full queue refused: stay (retrying each poll interval) until they are handed over,
+    /// or the grace period is over, so that every `on_open` gets its `onDisconnect`.
+    fn flushed_or_gave_up(&self) -> bool {
+        if self.retry_flush.is_empty() {
+            return true;
+        }
+        let expired = self
+            .shutdown_since
+            .is_some_and(|since| since.elapsed() > SHUTDOWN_GRACE);
+        if expired {
+            warn!(
+                "worker {}: stopping with events a service's full queue never took",
+                self.id
+            );
+        }
+        expired
     }
 
     fn next_timeout(&self) -> Duration {
@@ -312,7 +331,7 @@ impl Worker {
         self.set_deadline(index, now + self.opts.handshake_timeout);
         // The client may have sent its request already: edge-triggered registration reports
         // data that was there before, but reading right away saves a wake-up.
-        self.on_readable(index);
+        self.on_readable(index, false);
     }
 
     fn set_deadline(&mut self, index: u32, at: Instant) {
@@ -327,11 +346,12 @@ impl Worker {
 
     // ---- reading ---------------------------------------------------------------------------
 
-    fn on_readable(&mut self, index: u32) {
+    fn on_readable(&mut self, index: u32, hangup: bool) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
         c.read_pending = true;
+        c.peer_hup |= hangup;
         self.read_some(index);
     }
 
@@ -385,7 +405,8 @@ impl Worker {
                     let total = kept + n;
                     // A short read drained the socket: anything arriving later is a new edge,
                     // so the extra read that would only return EAGAIN is skipped (as tokio does).
-                    if total < scratch.len() {
+                    // Not after a hang-up: the EOF is already there and no edge will follow.
+                    if total < scratch.len() && !c.peer_hup {
                         c.read_pending = false;
                     }
                     let consumed = self.process(index, &mut scratch[..total]);

@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lapps::app::App;
+use lapps::config::Config;
 use lapps::net::server::{Server, ServerOptions};
 use lapps::net::worker::Router;
 use lapps::service::echo::Echo;
@@ -90,6 +92,71 @@ pub fn start_with(
         server: Some(server),
         addr,
     }
+}
+
+/// A whole `lapps::app::App` (services from lapps.json, runtime from ws.json) running in this
+/// process; shut down on drop.
+pub struct TestApp {
+    app: Option<App>,
+    pub addr: SocketAddr,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(a) = self.app.take() {
+            a.shutdown();
+        }
+    }
+}
+
+/// The repository root: relative paths in the test configs resolve against it.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the App from ws.json and lapps.json text (relative directories are taken from the
+/// repository root), or returns the start-up error.
+pub fn try_start_app(ws_json: &str, lapps_json: &str) -> Result<TestApp, String> {
+    let root = repo_root();
+    let cfg = Config::from_strs(
+        &root,
+        ("ws.json", ws_json),
+        ("lapps.json", lapps_json),
+        &root,
+    )
+    .map_err(|e| format!("invalid test configuration: {e}"))?;
+    let app = App::start(&cfg)?;
+    let addr = app.local_addrs()[0];
+    Ok(TestApp {
+        app: Some(app),
+        addr,
+    })
+}
+
+/// [`try_start_app`] that must succeed.
+pub fn start_app(ws_json: &str, lapps_json: &str) -> TestApp {
+    try_start_app(ws_json, lapps_json).unwrap_or_else(|e| panic!("the app must start: {e}"))
+}
+
+/// ws.json for the tests: loopback, a free port, `workers` IOWorkers, everything else default.
+pub fn ws_json(workers: usize) -> String {
+    format!(r#"{{ "ip": "127.0.0.1", "port": 0, "workers": {{ "workers": {workers} }} }}"#)
+}
+
+/// lapps.json with `applications` (relative to the repository root), the shared `lua/lib`,
+/// and `services` (the text of the services object).
+pub fn lapps_json(applications: &str, services: &str) -> String {
+    format!(
+        r#"{{ "directories": {{ "applications": "{applications}", "lib": "./lua/lib",
+             "workdir": "./target/lapps-test", "tmp": "./target/lapps-test/tmp" }},
+             "services": {services} }}"#
+    )
 }
 
 pub type Client = tungstenite::WebSocket<TcpStream>;

@@ -1,0 +1,82 @@
+-- tally: a RAW test app that reports its own callbacks, for the socket tests. Needs
+-- preload = ["bcast"]. Every onMessage and onDisconnect, of every instance and of every
+-- service running this file (tally_guard is a link to it), is published on the bcast
+-- channel "tally" as one text message:
+--   "msg <h> <messages seen for h> <onDisconnect calls for h so far>"
+--   "disc <h> <onDisconnect calls for h>"
+-- so a watcher sees a duplicate onDisconnect (count 2) or a message after it (third field 1).
+-- Text commands (anything else is echoed):
+--   "id"            replies with this connection's handler
+--   "watch"         subscribes this connection to "tally" (this one message is not reported)
+--   "to <h> <text>" ws:send(<h>, 1, <text>); replies "sent" or "nil <err>"
+--   "spam <n>"      sends "s1" .. "s<n>" to this connection from one callback, then "spammed"
+--   "dump <path>"   at onShutdown, write "<h> <messages> <onDisconnect calls>" per handler seen
+--                   to <path> (what happens at shutdown cannot be seen through a socket)
+--   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false
+local tally = {}
+
+local msgs, discs = {}, {}
+local dump_path
+
+local function hs(h)
+  return string.format("%.0f", h)
+end
+
+tally.onStart = function()
+  bcast:create("tally")
+end
+
+tally.onMessage = function(handler, opcode, message)
+  if opcode == 1 and message == "watch" then
+    local ok, err = bcast:subscribe("tally", handler)
+    ws:send(handler, 1, ok and "watching" or ("nil " .. err))
+    return true
+  end
+  msgs[handler] = (msgs[handler] or 0) + 1
+  bcast:send("tally", 1, string.format("msg %s %d %d", hs(handler), msgs[handler], discs[handler] or 0))
+  if opcode ~= 1 then
+    ws:send(handler, opcode, message)
+    return true
+  end
+  local cmd, rest = message:match("^(%S*)%s*(.*)$")
+  if cmd == "id" then
+    ws:send(handler, 1, hs(handler))
+  elseif cmd == "to" then
+    local h, text = rest:match("^(%S+)%s(.*)$")
+    local ok, err = ws:send(tonumber(h), 1, text)
+    ws:send(handler, 1, ok and "sent" or ("nil " .. tostring(err)))
+  elseif cmd == "spam" then
+    for i = 1, tonumber(rest) do
+      ws:send(handler, 1, "s" .. i)
+    end
+    ws:send(handler, 1, "spammed")
+  elseif cmd == "dump" then
+    dump_path = rest
+    ws:send(handler, 1, "dumping")
+  elseif cmd == "error" then
+    error("tally: asked to fail")
+  elseif cmd == "loop" then
+    while true do end
+  elseif cmd == "close" then
+    return false
+  else
+    ws:send(handler, opcode, message)
+  end
+  return true
+end
+
+tally.onDisconnect = function(handler)
+  discs[handler] = (discs[handler] or 0) + 1
+  bcast:send("tally", 1, string.format("disc %s %d", hs(handler), discs[handler]))
+end
+
+tally.onShutdown = function()
+  if not dump_path then return end
+  local f = assert(io.open(dump_path, "w"))
+  for h, n in pairs(msgs) do
+    f:write(string.format("%s %d %d\n", hs(h), n, discs[h] or 0))
+  end
+  f:close()
+end
+
+return tally

@@ -1,0 +1,1052 @@
+//! The Lua services end to end: `lapps::app::App` started from config text on a free port,
+//! every assertion made through a real client (tungstenite) or a raw socket. What the Hub-level
+//! tests (tests/lua_*.rs) cannot see is covered here: the handshake routing (404, ACL, Origin),
+//! the workers' close paths reaching `onDisconnect`, and the bytes on the wire.
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+const GUARD: Duration = Duration::from_secs(10);
+
+/// The example apps of lua/apps at their usual targets; echo takes 16 MiB messages.
+fn example_services() -> String {
+    lapps_json(
+        "./lua/apps",
+        r#"{
+            "echo": { "request_target": "/echo", "instances": 2,
+                      "max_inbound_message_size": 16777216 },
+            "chat": { "request_target": "/chat", "instances": 2, "preload": ["bcast"] }
+        }"#,
+    )
+}
+
+/// The probe test app on one instance (so a failed callback and the next ones share a state),
+/// with a small budget and memory limit so the runaway cases end quickly.
+fn probe_services(instances: usize) -> String {
+    lapps_json(
+        "./tests/apps",
+        &format!(
+            r#"{{ "probe": {{ "instances": {instances}, "preload": ["bcast"],
+                             "instruction_budget": 5000000, "memory_limit": 33554432 }} }}"#
+        ),
+    )
+}
+
+/// The tally test app (`/tally`) plus, when given, its linked copy `tally_guard` at `/guard`
+/// with the given extra service keys.
+fn tally_services(guard: Option<&str>) -> String {
+    let guard = guard.map_or(String::new(), |extra| {
+        format!(
+            r#", "tally_guard": {{ "request_target": "/guard", "preload": ["bcast"] {extra} }}"#
+        )
+    });
+    lapps_json(
+        "./tests/apps",
+        &format!(
+            r#"{{ "tally": {{ "instances": 2, "preload": ["bcast"], "instruction_budget": 5000000,
+                             "max_inbound_message_size": 1024 }} {guard} }}"#
+        ),
+    )
+}
+
+/// The next data message, which must be text (pings are answered by tungstenite and skipped).
+fn text(ws: &mut Client) -> String {
+    loop {
+        match ws.read().expect("a message before the guard") {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+fn send(ws: &mut Client, s: &str) {
+    ws.send(Message::text(s)).expect("send");
+}
+
+fn ask(ws: &mut Client, s: &str) -> String {
+    send(ws, s);
+    text(ws)
+}
+
+/// Reads until the server's Close frame and returns its code; data messages before it fail.
+fn ws_close_code(ws: &mut Client) -> u16 {
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => u16::from(f.code),
+        other => panic!("expected a close frame with a code, got {other:?}"),
+    }
+}
+
+/// Answers the server's Close, waits for its TCP FIN, then closes the socket as a real client
+/// does (the server waits, up to its close timeout, for our FIN before the connection ends).
+fn finish_close(mut ws: Client) {
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return
+            }
+            Err(e) => panic!("unexpected error while closing: {e}"),
+        }
+    }
+}
+
+/// Status code of an upgrade request for `path` with `extra` header lines.
+fn upgrade_status(addr: SocketAddr, path: &str, extra: &str) -> u16 {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    let mut s = TcpStream::connect(addr).expect("tcp connect");
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_http_head(&mut s);
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+fn connect_with_origin(addr: SocketAddr, path: &str, origin: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    let req = tungstenite::ClientRequestBuilder::new(format!("ws://{addr}{path}").parse().unwrap())
+        .with_header("Origin", origin);
+    tungstenite::client::client(req, stream)
+        .expect("handshake with an allowed origin")
+        .0
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. echo through lua/apps/echo
+
+#[test]
+fn lua_echo_round_trips_text_and_binary_from_0_b_to_16_mib() {
+    let app = start_app(&ws_json(2), &example_services());
+    let mut ws = connect(app.addr, "/echo");
+    for size in [0usize, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20] {
+        let bin: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        ws.send(Message::binary(bin.clone())).unwrap();
+        assert!(
+            ws.read().unwrap() == Message::binary(bin),
+            "binary of {size} bytes comes back as sent"
+        );
+        let t: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        ws.send(Message::text(t.clone())).unwrap();
+        assert!(
+            ws.read().unwrap() == Message::text(t),
+            "text of {size} bytes comes back as sent"
+        );
+    }
+    // Multi-byte UTF-8 stays text and intact.
+    let t = "κόσμε ✓ 𝄞 ".repeat(1000);
+    assert_eq!(ask(&mut ws, &t), t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. many connections over several instances keep their order
+
+#[test]
+fn two_hundred_pipelining_connections_over_four_instances_keep_their_order() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 50;
+    const MESSAGES: usize = 50;
+    let app = lapps_json(
+        "./lua/apps",
+        r#"{ "echo": { "request_target": "/echo", "instances": 4 } }"#,
+    );
+    let app = start_app(&ws_json(2), &app);
+    let addr = app.addr;
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut clients: Vec<Client> =
+                    (0..PER_THREAD).map(|_| connect(addr, "/echo")).collect();
+                // Every connection has all its messages in flight before any answer is read.
+                for (c, ws) in clients.iter_mut().enumerate() {
+                    for m in 0..MESSAGES {
+                        ws.write(Message::text(format!("t{t} c{c} m{m}"))).unwrap();
+                    }
+                    ws.flush().unwrap();
+                }
+                for (c, ws) in clients.iter_mut().enumerate() {
+                    for m in 0..MESSAGES {
+                        assert_eq!(text(ws), format!("t{t} c{c} m{m}"));
+                    }
+                }
+                for mut ws in clients {
+                    ws.close(None).unwrap();
+                    finish_close(ws);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. bcast: every subscriber exactly once, nothing after leaving
+
+fn chat_text(msg: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(msg).ok()?;
+    v.get("text")?.as_str().map(str::to_string)
+}
+
+/// Reads the next message of `ws`, which must be a chat line with `want` as its text.
+fn expect_chat(ws: &mut Client, want: &str, who: usize) {
+    let got = text(ws);
+    assert_eq!(
+        chat_text(&got).as_deref(),
+        Some(want),
+        "client {who} got {got:?}"
+    );
+}
+
+#[test]
+fn chat_room_messages_reach_each_member_once_and_stop_after_leave_or_disconnect() {
+    let app = start_app(&ws_json(2), &example_services());
+    let mut c: Vec<Client> = (0..6).map(|_| connect(app.addr, "/chat")).collect();
+    for ws in &mut c {
+        assert_eq!(ask(ws, "/join r1"), "joined r1");
+    }
+    // The sender is a member too: chat broadcasts to the whole room, sender included.
+    send(&mut c[0], "hello 1");
+    send(&mut c[0], "marker 1");
+    for (i, ws) in c.iter_mut().enumerate() {
+        // Both come from c0's instance in call order: a duplicate "hello 1" would sit between.
+        expect_chat(ws, "hello 1", i);
+        expect_chat(ws, "marker 1", i);
+    }
+    // c1 leaves the room, c2 drops its TCP connection without a Close.
+    assert_eq!(ask(&mut c[1], "/leave"), "left r1");
+    let dropped = c.remove(2);
+    dropped.get_ref().shutdown(Shutdown::Both).unwrap();
+    drop(dropped);
+    let mut left = c.remove(1);
+    // Now c = [c0, c3, c4, c5].
+    send(&mut c[0], "hello 2");
+    send(&mut c[0], "marker 2");
+    for (i, ws) in c.iter_mut().enumerate() {
+        expect_chat(ws, "hello 2", i);
+        expect_chat(ws, "marker 2", i);
+    }
+    // The leaver got nothing of it: its next message is the answer to its own command.
+    assert_eq!(ask(&mut left, "/nick late"), "nick late");
+    // Rejoining works and delivers from then on, once.
+    assert_eq!(ask(&mut left, "/join r1"), "joined r1");
+    send(&mut c[0], "hello 3");
+    send(&mut c[0], "marker 3");
+    c.push(left);
+    for (i, ws) in c.iter_mut().enumerate() {
+        expect_chat(ws, "hello 3", i);
+        expect_chat(ws, "marker 3", i);
+    }
+}
+
+#[test]
+fn bcast_recipient_count_drops_after_unsubscribe_and_after_disconnect() {
+    let app = start_app(&ws_json(2), &probe_services(2));
+    let mut p: Vec<Client> = (0..4).map(|_| connect(app.addr, "/probe")).collect();
+    for ws in &mut p {
+        assert_eq!(ask(ws, "sub c"), "ok");
+    }
+    send(&mut p[0], "bsend c x");
+    // p0's own copy is queued before its reply: the broadcast runs first in the callback.
+    assert_eq!(text(&mut p[0]), "x");
+    assert_eq!(text(&mut p[0]), "n=4");
+    for ws in &mut p[1..] {
+        assert_eq!(text(ws), "x");
+    }
+    assert_eq!(ask(&mut p[1], "unsub c"), "ok");
+    let dropped = p.remove(2);
+    dropped.get_ref().shutdown(Shutdown::Both).unwrap();
+    drop(dropped);
+    let mut unsubscribed = p.remove(1);
+    // Now p = [p0, p3]. The unsubscribe is immediate; the dropped peer goes once its worker
+    // has seen the EOF, so poll the recipient count.
+    let mut sent = Vec::new();
+    wait_for("the dropped subscriber to leave the channel", GUARD, || {
+        let m = format!("poll {}", sent.len());
+        send(&mut p[0], &format!("bsend c {m}"));
+        assert_eq!(text(&mut p[0]), m);
+        let n = text(&mut p[0]);
+        sent.push(m);
+        assert!(n == "n=3" || n == "n=2", "{n}");
+        n == "n=2"
+    });
+    for m in &sent {
+        assert_eq!(
+            text(&mut p[1]),
+            *m,
+            "p3 gets every broadcast once, in order"
+        );
+    }
+    assert_eq!(ask(&mut unsubscribed, "plain"), "plain");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. onDisconnect exactly once, however the connection ends
+
+/// A tally watcher: a connection subscribed to the "tally" channel.
+struct Watcher {
+    ws: Client,
+    /// handler -> counts carried by its "disc" events, in arrival order.
+    discs: HashMap<u64, Vec<u32>>,
+    /// handler -> the onDisconnect count carried by each of its "msg" events.
+    msgs: HashMap<u64, Vec<u32>>,
+}
+
+impl Watcher {
+    fn new(addr: SocketAddr) -> Watcher {
+        let mut ws = connect(addr, "/tally");
+        assert_eq!(ask(&mut ws, "watch"), "watching");
+        Watcher {
+            ws,
+            discs: HashMap::new(),
+            msgs: HashMap::new(),
+        }
+    }
+
+    /// Reads events until `done` holds; the socket's read timeout is the guard.
+    fn until(&mut self, what: &str, mut done: impl FnMut(&Watcher) -> bool) {
+        let deadline = Instant::now() + GUARD;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            let ev = match self.ws.read() {
+                Ok(Message::Text(t)) => t.to_string(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("unexpected message {other:?}"),
+                Err(e) => panic!("timed out waiting for {what} ({e})"),
+            };
+            let f: Vec<&str> = ev.split(' ').collect();
+            let num = |i: usize| -> u64 { f[i].parse().unwrap_or_else(|_| panic!("{ev:?}")) };
+            match f[0] {
+                "msg" => self.msgs.entry(num(1)).or_default().push(num(3) as u32),
+                "disc" => self.discs.entry(num(1)).or_default().push(num(2) as u32),
+                _ => panic!("unexpected event {ev:?}"),
+            }
+        }
+    }
+}
+
+fn id(ws: &mut Client) -> u64 {
+    ask(ws, "id").parse().expect("a handler number")
+}
+
+#[test]
+fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    let mut ended: Vec<(&str, u64)> = Vec::new();
+
+    // Client Close handshake.
+    let mut ws = connect(app.addr, "/tally");
+    ended.push(("client close", id(&mut ws)));
+    ws.close(None).unwrap();
+    finish_close(ws);
+
+    // TCP drop without a Close frame.
+    let mut ws = connect(app.addr, "/tally");
+    ended.push(("tcp drop", id(&mut ws)));
+    ws.get_ref().shutdown(Shutdown::Both).unwrap();
+    drop(ws);
+
+    // Server-side closes decided by Lua.
+    for (how, cmd, code) in [
+        ("lua error", "error", 1011),
+        ("onMessage false", "close", 1000),
+        ("runaway loop", "loop", 1011),
+    ] {
+        let mut ws = connect(app.addr, "/tally");
+        ended.push((how, id(&mut ws)));
+        send(&mut ws, cmd);
+        assert_eq!(ws_close_code(&mut ws), code, "{how}");
+        finish_close(ws);
+    }
+
+    // Server-side closes decided by the worker: too big (1009), protocol errors (1002),
+    // invalid UTF-8 in a text message (1007).
+    let mut ws = connect(app.addr, "/tally");
+    ended.push(("too big", id(&mut ws)));
+    ws.send(Message::binary(vec![0u8; 2000])).unwrap();
+    assert_eq!(ws_close_code(&mut ws), 1009);
+    finish_close(ws);
+
+    let mut s = raw_upgraded(app.addr, "/tally");
+    s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let h = read_frame(&mut s).expect("the id reply");
+    ended.push((
+        "protocol error",
+        String::from_utf8(h.payload).unwrap().parse().unwrap(),
+    ));
+    s.write_all(&frame(true, 0, 0x1, b"unmasked", false))
+        .unwrap();
+    assert_eq!(expect_close(&mut s), Some(1002));
+    drop(s);
+
+    let mut s = raw_upgraded(app.addr, "/tally");
+    s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let h = read_frame(&mut s).expect("the id reply");
+    ended.push((
+        "bad utf-8",
+        String::from_utf8(h.payload).unwrap().parse().unwrap(),
+    ));
+    s.write_all(&frame(true, 0, 0x1, b"ok \xff", true)).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1007));
+    drop(s);
+
+    w.until("an onDisconnect for every ended connection", |w| {
+        ended.iter().all(|(_, h)| w.discs.contains_key(h))
+    });
+    // Late duplicates: each instance reports in order, so once a fresh connection on every
+    // instance (round-robin binding) has been reported, whatever those instances had to say
+    // about the ended connections has been said.
+    let mut fresh: Vec<Client> = (0..2).map(|_| connect(app.addr, "/tally")).collect();
+    let fresh_ids: Vec<u64> = fresh.iter_mut().map(id).collect();
+    w.until("the fresh connections' messages", |w| {
+        fresh_ids.iter().all(|h| w.msgs.contains_key(h))
+    });
+    for (how, h) in &ended {
+        assert_eq!(w.discs[h], [1], "{how}: onDisconnect calls for {h}");
+        assert!(
+            w.msgs[h].iter().all(|&d| d == 0),
+            "{how}: a message reached onMessage after onDisconnect"
+        );
+    }
+    assert!(
+        fresh_ids.iter().all(|h| !w.discs.contains_key(h)),
+        "open connections got no onDisconnect"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5 and 6. a failing callback closes only its connection with 1011
+
+fn stopped_with_1011_and_others_keep_working(cmd: &str) {
+    let app = start_app(&ws_json(2), &probe_services(1));
+    let mut other = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut other, "before"), "before");
+    let mut victim = connect(app.addr, "/probe");
+    send(&mut victim, cmd);
+    assert_eq!(ws_close_code(&mut victim), 1011, "{cmd}");
+    finish_close(victim);
+    // The same (only) instance serves the open connection and a new one.
+    for i in 0..3 {
+        assert_eq!(ask(&mut other, &format!("after {i}")), format!("after {i}"));
+    }
+    let mut next = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut next, "next"), "next");
+    let big = "y".repeat(100_000);
+    assert_eq!(
+        ask(&mut next, &big),
+        big,
+        "{cmd}: the state is usable again"
+    );
+}
+
+#[test]
+fn a_lua_error_in_on_message_closes_with_1011_and_the_service_keeps_serving() {
+    stopped_with_1011_and_others_keep_working("error");
+}
+
+#[test]
+fn a_runaway_loop_is_stopped_with_1011_and_the_service_keeps_serving() {
+    stopped_with_1011_and_others_keep_working("loop");
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_with_1011_and_the_service_keeps_serving() {
+    stopped_with_1011_and_others_keep_working("bomb");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. a syntax error refuses to start, naming file and line
+
+fn broken_services() -> String {
+    lapps_json(
+        "./tests/apps",
+        r#"{ "echo_builtin": { "builtin": "echo", "request_target": "/e" }, "broken": {} }"#,
+    )
+}
+
+#[test]
+fn a_syntax_error_fails_app_start_with_file_and_line() {
+    let e = try_start_app(&ws_json(1), &broken_services())
+        .err()
+        .expect("App::start must fail");
+    assert!(e.contains("tests/apps/broken/broken.lua:4:"), "{e}");
+}
+
+/// A scratch directory under target/ removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(name: &str) -> ScratchDir {
+        let dir = repo_root()
+            .join("target")
+            .join(format!("lua_sockets-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_binary_exits_1_and_names_the_broken_file_and_line() {
+    let dir = ScratchDir::new("broken");
+    let apps = repo_root().join("tests/apps");
+    std::fs::write(dir.0.join("ws.json"), ws_json(1)).unwrap();
+    let lapps = serde_json::json!({
+        "directories": {
+            "applications": apps,
+            "lib": repo_root().join("lua/lib"),
+            "workdir": dir.0.join("work"),
+            "tmp": dir.0.join("tmp"),
+        },
+        "services": { "broken": {} }
+    });
+    std::fs::write(dir.0.join("lapps.json"), lapps.to_string()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lapps"))
+        .arg("-c")
+        .arg(&dir.0)
+        .env_remove("WS_CONFIG")
+        .env_remove("LAPPS_CONFIG")
+        .env_remove("LAPPS_CONF_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lapps");
+    let mut status = None;
+    let waited = Instant::now();
+    while status.is_none() && waited.elapsed() < GUARD {
+        status = child.try_wait().unwrap();
+        if status.is_none() {
+            // Polling interval of a condition wait (the process exit), not synchronisation.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("lapps kept running with a broken app");
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("broken/broken.lua:4:"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. unknown target
+
+#[test]
+fn an_unknown_target_gets_404_and_the_lua_service_still_answers() {
+    let app = start_app(&ws_json(2), &example_services());
+    for path in ["/nope", "/echo/", "/ech", "/chat/x"] {
+        assert_eq!(upgrade_status(app.addr, path, ""), 404, "{path}");
+    }
+    let reply = http_exchange(
+        app.addr,
+        b"GET /missing HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    // The query string is not part of the route.
+    let mut ws = connect(app.addr, "/echo?x=1");
+    assert_eq!(ask(&mut ws, "still here"), "still here");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. acl and allowed_origins refuse at the handshake, before any Lua runs
+
+#[test]
+fn a_service_acl_denying_loopback_gives_403_and_runs_no_lua() {
+    let app = start_app(
+        &ws_json(2),
+        &tally_services(Some(
+            r#", "acl": { "policy": "allow", "exclude": ["127.0.0.1"] }"#,
+        )),
+    );
+    let mut w = Watcher::new(app.addr);
+    for _ in 0..3 {
+        assert_eq!(upgrade_status(app.addr, "/guard", ""), 403);
+    }
+    // A control connection on the unguarded copy: its events are the only ones reported.
+    let mut ws = connect(app.addr, "/tally");
+    let h = id(&mut ws);
+    ws.close(None).unwrap();
+    finish_close(ws);
+    w.until("the control connection's events", |w| {
+        w.discs.contains_key(&h)
+    });
+    assert_eq!(w.msgs.keys().collect::<Vec<_>>(), [&h], "{:?}", w.msgs);
+    assert_eq!(w.discs.keys().collect::<Vec<_>>(), [&h], "{:?}", w.discs);
+}
+
+#[test]
+fn allowed_origins_gives_403_for_a_wrong_or_missing_origin() {
+    let app = start_app(
+        &ws_json(2),
+        &tally_services(Some(r#", "allowed_origins": ["https://good.example"]"#)),
+    );
+    let mut w = Watcher::new(app.addr);
+    assert_eq!(
+        upgrade_status(app.addr, "/guard", "Origin: https://evil.example\r\n"),
+        403
+    );
+    assert_eq!(upgrade_status(app.addr, "/guard", ""), 403);
+    let mut ws = connect_with_origin(app.addr, "/guard", "https://good.example");
+    let h = id(&mut ws);
+    ws.close(None).unwrap();
+    finish_close(ws);
+    w.until("the allowed connection's events", |w| {
+        w.discs.contains_key(&h)
+    });
+    assert_eq!(w.msgs.keys().collect::<Vec<_>>(), [&h], "{:?}", w.msgs);
+    assert_eq!(w.discs[&h], [1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. ws:send to another connection's handler
+
+#[test]
+fn ws_send_to_other_handlers_reaches_them_across_instances_and_workers() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut c: Vec<Client> = (0..8).map(|_| connect(app.addr, "/tally")).collect();
+    let ids: Vec<u64> = c.iter_mut().map(id).collect();
+    // One instance (c0's) fans out to every handler, its own included; c0's own copy is
+    // queued before the reply of the same callback.
+    send(&mut c[0], &format!("to {} for 0", ids[0]));
+    assert_eq!(text(&mut c[0]), "for 0");
+    assert_eq!(text(&mut c[0]), "sent");
+    for (i, h) in ids.iter().enumerate().skip(1) {
+        assert_eq!(ask(&mut c[0], &format!("to {h} for {i}")), "sent");
+    }
+    for (i, ws) in c.iter_mut().enumerate().skip(1) {
+        assert_eq!(text(ws), format!("for {i}"));
+    }
+    // A handler whose connection is gone answers "closed" once the server has seen it end.
+    let mut gone = c.pop().unwrap();
+    let gone_id = ids[7];
+    gone.close(None).unwrap();
+    finish_close(gone);
+    wait_for("the closed handler to become stale", GUARD, || {
+        let r = ask(&mut c[1], &format!("to {gone_id} late"));
+        assert!(r == "sent" || r == "nil closed", "{r}");
+        r == "nil closed"
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-pressure and close ordering through the real workers
+
+#[test]
+fn a_tiny_instance_queue_pauses_readers_without_losing_or_reordering_messages() {
+    const N: u32 = 3000;
+    let app = start_app(
+        &ws_json(2),
+        &lapps_json(
+            "./lua/apps",
+            r#"{ "echo": { "request_target": "/echo", "instances": 1, "queue_capacity": 4 } }"#,
+        ),
+    );
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = raw_upgraded(app.addr, "/echo");
+            let mut burst = Vec::new();
+            for i in 0..N {
+                burst.extend(frame(true, 0, 0x2, &i.to_be_bytes(), true));
+            }
+            let mut w = s.try_clone().unwrap();
+            let writer = std::thread::spawn(move || w.write_all(&burst).unwrap());
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    let f = read_frame(&mut s).expect("an echo before EOF");
+                    assert_eq!((f.opcode, f.payload), (0x2, i.to_be_bytes().to_vec()));
+                }
+                writer.join().unwrap();
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("every message back, in order");
+    }
+}
+
+#[test]
+fn messages_behind_a_closing_callback_never_reach_on_message() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    let mut s = raw_upgraded(app.addr, "/tally");
+    s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One write: the worker hands "close" and what follows to the instance together.
+    let mut burst = frame(true, 0, 0x1, b"close", true);
+    for i in 0..50 {
+        burst.extend(frame(true, 0, 0x1, format!("after {i}").as_bytes(), true));
+    }
+    s.write_all(&burst).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1000));
+    // Answer the Close, as a client does, so the connection ends without the close timeout.
+    s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    assert!(closed_by_server(&mut s));
+    drop(s);
+    w.until("the onDisconnect", |w| w.discs.contains_key(&h));
+    assert_eq!(w.discs[&h], [1]);
+    assert_eq!(
+        w.msgs[&h],
+        [0, 0],
+        "only \"id\" and \"close\" reach onMessage"
+    );
+}
+
+#[test]
+fn a_paused_connection_that_drops_gets_one_on_disconnect_after_its_last_message() {
+    let app = start_app(
+        &ws_json(2),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 1, "preload": ["bcast"], "queue_capacity": 2 } }"#,
+        ),
+    );
+    let mut w = Watcher::new(app.addr);
+    let mut victims = Vec::new();
+    for _ in 0..4 {
+        let mut s = raw_upgraded(app.addr, "/tally");
+        s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+        let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut burst = Vec::new();
+        for i in 0..500 {
+            burst.extend(frame(true, 0, 0x1, format!("m{i}").as_bytes(), true));
+        }
+        s.write_all(&burst).unwrap();
+        // Gone without a Close, most of the burst unread by the (paused) server.
+        s.shutdown(Shutdown::Both).unwrap();
+        victims.push(h);
+    }
+    w.until("an onDisconnect for every dropped connection", |w| {
+        victims.iter().all(|h| w.discs.contains_key(h))
+    });
+    let mut fresh = connect(app.addr, "/tally");
+    let fresh_id = id(&mut fresh);
+    w.until("a later message of the same instance", |w| {
+        w.msgs.contains_key(&fresh_id)
+    });
+    for h in &victims {
+        assert_eq!(w.discs[h], [1], "{h}");
+        assert!(
+            w.msgs[h].iter().all(|&d| d == 0),
+            "{h}: message after onDisconnect"
+        );
+    }
+}
+
+#[test]
+fn shutdown_closes_open_lua_connections_with_1001() {
+    let app = start_app(&ws_json(2), &example_services());
+    let mut a = connect(app.addr, "/echo");
+    let mut b = connect(app.addr, "/chat");
+    assert_eq!(ask(&mut a, "x"), "x");
+    assert_eq!(ask(&mut b, "/join r"), "joined r");
+    let stopper = std::thread::spawn(move || drop(app));
+    assert_eq!(ws_close_code(&mut a), 1001);
+    assert_eq!(ws_close_code(&mut b), 1001);
+    finish_close(a);
+    finish_close(b);
+    stopper.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown, standalone services, large sends, fragmentation
+
+#[test]
+fn on_disconnect_runs_once_for_every_connection_still_open_at_shutdown() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "close_timeout_ms": 300 }"#;
+    let app = start_app(
+        ws,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 1, "preload": ["bcast"] } }"#,
+        ),
+    );
+    let dir = ScratchDir::new("shutdown");
+    let dump = dir.0.join("tally.txt");
+    let mut a = connect(app.addr, "/tally");
+    let mut b = connect(app.addr, "/tally");
+    assert_eq!(ask(&mut a, &format!("dump {}", dump.display())), "dumping");
+    let (ha, hb) = (id(&mut a), id(&mut b));
+    // c never answers the server's Close: it ends by the close timeout.
+    let mut c = raw_upgraded(app.addr, "/tally");
+    c.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let hc: u64 = String::from_utf8(read_frame(&mut c).expect("id").payload)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stopper = std::thread::spawn(move || drop(app));
+    for mut ws in [a, b] {
+        assert_eq!(ws_close_code(&mut ws), 1001);
+        finish_close(ws);
+    }
+    stopper.join().expect("shutdown completes");
+    let text = std::fs::read_to_string(&dump).expect("onShutdown wrote the dump");
+    let discs: HashMap<u64, u32> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    for (name, h) in [("a", ha), ("b", hb), ("c (no close answer)", hc)] {
+        assert_eq!(discs.get(&h), Some(&1), "{name}: {text}");
+    }
+    drop(c);
+}
+
+#[test]
+fn a_standalone_service_broadcasts_reach_a_network_client_once_each_in_order() {
+    let app = start_app(
+        &ws_json(2),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "standalone_probe": { "standalone": true, "preload": ["bcast", "nap", "time"] },
+                 "probe": { "preload": ["bcast"], "depends": ["standalone_probe"] } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/probe");
+    send(&mut ws, "sub 7");
+    let mut ticks = Vec::new();
+    while ticks.len() < 10 {
+        let m = text(&mut ws);
+        if m == "ok" {
+            continue;
+        }
+        let n: u64 = m
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{m:?}"));
+        ticks.push(n);
+    }
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "every tick once, in order: {ticks:?}"
+    );
+    // The standalone run() polls must_stop(): shutdown takes no grace period (the client
+    // answers the server's Close, so the close timeout plays no part either).
+    let t = Instant::now();
+    let stopper = std::thread::spawn(move || drop(app));
+    loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1001));
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no Close at shutdown: {e}"),
+        }
+    }
+    finish_close(ws);
+    stopper.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn one_callback_sending_twenty_thousand_messages_delivers_all_in_order() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut ws = connect(app.addr, "/tally");
+    send(&mut ws, "spam 20000");
+    for i in 1..=20000 {
+        assert_eq!(text(&mut ws), format!("s{i}"));
+    }
+    assert_eq!(text(&mut ws), "spammed");
+}
+
+#[test]
+fn auto_fragment_splits_what_lua_sends() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0,
+                  "workers": { "workers": 2, "auto_fragment": 1000 } }"#;
+    let app = start_app(ws, &example_services());
+    let mut s = raw_upgraded(app.addr, "/echo");
+    let msg: Vec<u8> = (0..2500).map(|i| b'a' + (i % 26) as u8).collect();
+    s.write_all(&frame(true, 0, 0x1, &msg, true)).unwrap();
+    let frames: Vec<(bool, u8, usize)> = (0..3)
+        .map(|_| {
+            let f = read_frame(&mut s).expect("a fragment");
+            (f.fin, f.opcode, f.payload.len())
+        })
+        .collect();
+    assert_eq!(
+        frames,
+        [(false, 0x1, 1000), (false, 0x0, 1000), (true, 0x0, 500)]
+    );
+    // A client reassembles it.
+    let mut ws = connect(app.addr, "/echo");
+    let t = "ü".repeat(1500);
+    assert_eq!(ask(&mut ws, &t), t);
+}
+
+#[test]
+fn a_stale_handler_never_reaches_the_connection_that_reuses_its_slot() {
+    let app = start_app(&ws_json(1), &tally_services(None));
+    let mut sender = connect(app.addr, "/tally");
+    let mut old = connect(app.addr, "/tally");
+    let old_id = id(&mut old);
+    old.close(None).unwrap();
+    finish_close(old);
+    wait_for("the old handler to be stale", GUARD, || {
+        let r = ask(&mut sender, &format!("to {old_id} not for you"));
+        assert!(r == "sent" || r == "nil closed", "{r}");
+        r == "nil closed"
+    });
+    // One worker: the freed slot is the next one handed out (same index, next generation).
+    let slot = |h: u64| h & 0xFFFF_FFFF;
+    let mut new = connect(app.addr, "/tally");
+    let new_id = id(&mut new);
+    assert_eq!(slot(new_id), slot(old_id), "the slot is reused");
+    assert_ne!(new_id, old_id, "a reused slot gets a new handler");
+    assert_eq!(
+        ask(&mut sender, &format!("to {old_id} not for you")),
+        "nil closed"
+    );
+    assert_eq!(ask(&mut sender, &format!("to {new_id} for you")), "sent");
+    assert_eq!(
+        text(&mut new),
+        "for you",
+        "nothing addressed to the old handler came first"
+    );
+}
+
+#[test]
+fn the_idle_timeout_ends_a_silent_lua_connection_with_one_on_disconnect() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "idle_timeout_ms": 300, "close_timeout_ms": 300 }"#;
+    let app = start_app(ws, &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    // Never answers the ping nor the Close: ping, 1001, then the close timeout.
+    let mut s = raw_upgraded(app.addr, "/tally");
+    s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The watcher reads (and so answers pings) while it waits.
+    w.until("the idle connection's onDisconnect", |w| {
+        w.discs.contains_key(&h)
+    });
+    assert_eq!(w.discs[&h], [1]);
+    let ping = read_frame(&mut s).expect("a ping");
+    assert_eq!(ping.opcode, 0x9);
+    assert_eq!(expect_close(&mut s), Some(1001));
+}
+
+#[test]
+fn a_last_message_and_the_fin_arriving_together_still_end_the_connection() {
+    // Regression: a short read used to be taken as "socket drained" even when the same
+    // readiness event carried the peer's FIN, so an EOF queued behind the last message was
+    // never read and the connection (and its onDisconnect) waited forever.
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    let mut ended = Vec::new();
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let mut s = raw_upgraded(app.addr, "/tally");
+        s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+        let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        ended.push(h);
+        socks.push(s);
+    }
+    for s in &mut socks {
+        s.write_all(&frame(true, 0, 0x1, b"last words", true))
+            .unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    w.until("an onDisconnect for every half-closed connection", |w| {
+        ended.iter().all(|h| w.discs.contains_key(h))
+    });
+    for h in &ended {
+        assert_eq!(w.discs[h], [1]);
+        assert_eq!(w.msgs[h], [0, 0], "the last message was delivered first");
+    }
+}
+
+#[test]
+fn close_events_still_queued_in_a_worker_at_shutdown_reach_on_disconnect() {
+    // The only instance is busy (a long loop) while connections end: their close events
+    // wait in the workers because the instance queue is full, and then the server stops.
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "close_timeout_ms": 300 }"#;
+    let app = start_app(
+        ws,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 1, "preload": ["bcast"], "queue_capacity": 1,
+                            "instruction_budget": 1000000000 } }"#,
+        ),
+    );
+    let dir = ScratchDir::new("queued-at-shutdown");
+    let dump = dir.0.join("tally.txt");
+    let mut a = connect(app.addr, "/tally");
+    assert_eq!(ask(&mut a, &format!("dump {}", dump.display())), "dumping");
+    let mut conns: Vec<(Client, u64)> = (0..100)
+        .map(|_| {
+            let mut ws = connect(app.addr, "/tally");
+            let h = id(&mut ws);
+            (ws, h)
+        })
+        .collect();
+    send(&mut a, "loop");
+    for (ws, _) in &mut conns {
+        send(ws, "queued");
+    }
+    let ids: Vec<u64> = conns.iter().map(|(_, h)| *h).collect();
+    for (ws, _) in conns {
+        ws.get_ref().shutdown(Shutdown::Both).unwrap();
+    }
+    drop(app);
+    let text = std::fs::read_to_string(&dump).expect("onShutdown wrote the dump");
+    let discs: HashMap<u64, u32> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    let missing: Vec<_> = ids.iter().filter(|h| discs.get(h) != Some(&1)).collect();
+    assert!(
+        missing.is_empty(),
+        "no single onDisconnect for {missing:?}\n{text}"
+    );
+}
