@@ -1,10 +1,10 @@
 // The example page: calls echo on every (re)connection and lists the time_broadcast OONs.
-// Query parameters: `ws` (server URL), `channel` (the broadcast channel, time_broadcast's 1000).
+// Query parameters: `ws` (server URL), `channel` (the broadcast channel, time_broadcast's 1001).
 import { connect } from "./lapps.mjs";
 
 const query = new URLSearchParams(location.search);
 const url = query.get("ws") ?? `ws://${location.hostname || "127.0.0.1"}:5083/echo_lapps`;
-const channel = Number(query.get("channel") ?? 1000);
+const channel = Number(query.get("channel") ?? 1001);
 const KEEP = 100; // OONs kept on the page; older ones scroll away
 
 const $ = (id) => document.getElementById(id);

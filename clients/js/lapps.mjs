@@ -11,7 +11,7 @@
  *
  * @example
  *   const client = connect("ws://127.0.0.1:5083/echo_lapps");
- *   client.on(1000, (message) => console.log("tick", message));
+ *   client.on(1001, (message) => console.log("tick", message));
  *   const result = await client.call("echo", "hello", 42); // ["hello", 42]
  */
 

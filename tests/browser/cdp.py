@@ -19,6 +19,7 @@ import time
 import urllib.request
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 PROBE = """JSON.stringify({
   status: document.querySelector('#status')?.textContent,
@@ -59,14 +60,7 @@ def page_target(port, url_part):
     return None
 
 
-async def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--user-data-dir", required=True, type=pathlib.Path)
-    ap.add_argument("--page", default="example.html", help="part of the page URL to attach to")
-    ap.add_argument("--expect-echo", required=True, help="expected text of #echo-result")
-    ap.add_argument("--min-oons", type=int, default=3)
-    ap.add_argument("--timeout", type=float, default=30.0)
-    args = ap.parse_args()
+async def watch(args):
     deadline = time.monotonic() + args.timeout
 
     try:
@@ -121,6 +115,36 @@ async def main():
             f"echo {state['echo']}, {len(state['oons'])} OONs, first {state['oons'][0]}, title {state['title']!r}"
         )
         return 0
+
+
+async def close_browser(profile):
+    """Asks Chromium to quit, so that it and its helper processes are gone before the caller
+    removes the profile (killing the main process alone leaves helpers writing to it)."""
+    port = devtools_port(profile)
+    if port is None:
+        return
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=2) as r:
+            url = json.load(r)["webSocketDebuggerUrl"]
+        async with connect(url, max_size=None, open_timeout=5) as ws:
+            await ws.send(json.dumps({"id": 1, "method": "Browser.close"}))
+            await asyncio.wait_for(ws.wait_closed(), 5)
+    except (OSError, KeyError, ValueError, TimeoutError, asyncio.TimeoutError, WebSocketException):
+        pass  # the caller's kill is the fallback
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--user-data-dir", required=True, type=pathlib.Path)
+    ap.add_argument("--page", default="example.html", help="part of the page URL to attach to")
+    ap.add_argument("--expect-echo", required=True, help="expected text of #echo-result")
+    ap.add_argument("--min-oons", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    args = ap.parse_args()
+    try:
+        return await watch(args)
+    finally:
+        await close_browser(args.user_data_dir)
 
 
 if __name__ == "__main__":

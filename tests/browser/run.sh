@@ -36,7 +36,7 @@ wait_port "$HTTP_PORT" $! || { echo "browser: the static http server did not sta
 
 PROFILE=$(mktemp -d /tmp/lapps-chromium.XXXXXX)
 CLEANUP_DIRS+=("$PROFILE")
-PAGE="http://127.0.0.1:$HTTP_PORT/example.html?ws=$WS_URL&channel=${LAPPS_CHANNEL:-1000}"
+PAGE="http://127.0.0.1:$HTTP_PORT/example.html?ws=$WS_URL&channel=${LAPPS_CHANNEL:-1001}"
 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run \
     --user-data-dir="$PROFILE" --remote-debugging-port=0 "$PAGE" >"$PROFILE.log" 2>&1 &
 CLEANUP_PIDS+=($!)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tests/interop/lapps.sh and tests/browser/run.sh (sourced, from the repository root):
 # a Python venv with cbor2 + websockets, free loopback ports, and the real `lapps` server on a
 # temporary copy of etc/lapps with its port changed. Callers set a trap that runs `cleanup`.
@@ -21,6 +22,7 @@ interop_venv() {
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check 'cbor2>=5.6' 'websockets>=13'
     fi
+    # shellcheck disable=SC2034 # read by the scripts that source this file
     PY=$PWD/$venv/bin/python
 }
 
@@ -31,8 +33,8 @@ free_port() {
 
 # Waits (bounded) until something accepts TCP connections on 127.0.0.1:$1; $2 = pid to watch.
 wait_port() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 300); do
+    local port=$1 pid=$2 _
+    for _ in $(seq 1 300); do
         if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2).close()" 2>/dev/null; then
             return 0
         fi

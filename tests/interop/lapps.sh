@@ -16,7 +16,7 @@ else
 fi
 echo "interop: $WS_URL ($("$PY" -c 'import importlib.metadata as m; print("cbor2", m.version("cbor2"), "websockets", m.version("websockets"))'))"
 rc=0
-"$PY" tests/interop/lapps_protocol.py "$WS_URL" --channel "${LAPPS_CHANNEL:-1000}" || rc=$?
+"$PY" tests/interop/lapps_protocol.py "$WS_URL" --channel "${LAPPS_CHANNEL:-1001}" || rc=$?
 if [ $rc -ne 0 ] && [ -n "${LAPPS_LOG:-}" ]; then
     echo "interop: server log (last lines):" >&2
     tail -30 "$LAPPS_LOG" >&2

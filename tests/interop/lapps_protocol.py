@@ -2,10 +2,11 @@
 
 Checks against a running server's echo_lapps service: echo requests with and without params,
 pipelined requests answered in order, a client notification that gets no response, every error
-code the protocol defines, and time_broadcast OONs interleaved with responses.
+code the protocol defines (-32602 and -32603 through echo_lapps' `add` and `fail`), and
+time_broadcast OONs interleaved with responses.
 Prints one line per check and `N passed, M failed`; exits 1 on any failure.
 
-    python lapps_protocol.py ws://127.0.0.1:5083/echo_lapps [--channel 1000]
+    python lapps_protocol.py ws://127.0.0.1:5083/echo_lapps [--channel 1001]
 """
 
 import argparse
@@ -109,15 +110,17 @@ async def still_serving(conn):
 def error_case(request, codes):
     async def body(conn):
         await conn.send(request)
-        expect_error(await conn.response(), codes)
-        return await still_serving(conn)
+        resp = await conn.response()
+        expect_error(resp, codes)
+        kept = await still_serving(conn)
+        return f"code {resp['error']['code']}, {kept}" if isinstance(codes, tuple) else kept
     return body
 
 
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
-    ap.add_argument("--channel", type=int, default=1000, help="time_broadcast's OON channel")
+    ap.add_argument("--channel", type=int, default=1001, help="time_broadcast's OON channel")
     args = ap.parse_args()
     url = args.url
     try:  # one clear message instead of every check failing the same way
@@ -177,6 +180,17 @@ async def main():
                 error_case({"lapps": 1, "method": "_x"}, (INVALID_REQUEST, METHOD_NOT_FOUND)))
     await check("-32601 for an unknown method", url,
                 error_case({"lapps": 1, "method": "no_such_method", "params": [1]}, METHOD_NOT_FOUND))
+
+    async def add(conn):
+        expect_result(await conn.call("add", 2, 40), [42])
+        expect_result(await conn.call("add", 1.5, -0.25), [1.25])
+    await check("add(a, b) returns [a + b]", url, add)
+    await check("-32602 for add with a text param", url,
+                error_case({"lapps": 1, "method": "add", "params": [1, "x"]}, INVALID_PARAMS))
+    await check("-32602 for add without params", url,
+                error_case({"lapps": 1, "method": "add"}, INVALID_PARAMS))
+    await check("-32603 when the Lua handler raises (fail)", url,
+                error_case({"lapps": 1, "method": "fail", "params": []}, INTERNAL_ERROR))
 
     async def oons_interleaved(conn):
         expect_result(await conn.call("echo", "subscribe"), ["subscribe"])
