@@ -1050,3 +1050,42 @@ fn close_events_still_queued_in_a_worker_at_shutdown_reach_on_disconnect() {
         "no single onDisconnect for {missing:?}\n{text}"
     );
 }
+
+#[test]
+fn pings_are_answered_by_the_worker_while_the_lua_instance_is_busy() {
+    // SPEC 8: the original made pongs wait behind a busy Lua instance. Here the worker answers
+    // control frames itself: a ping to a connection whose only instance is stuck in a loop
+    // gets its pong while that loop is still running (the looping connection has no answer yet).
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 1, "preload": ["bcast"], "instruction_budget": 300000000 } }"#,
+        ),
+    );
+    let mut busy = raw_upgraded(app.addr, "/tally");
+    let mut other = raw_upgraded(app.addr, "/tally");
+    busy.write_all(&frame(true, 0, 0x1, b"loop", true)).unwrap();
+    other
+        .write_all(&frame(true, 0, 0x9, b"still there?", true))
+        .unwrap();
+    let pong = read_frame(&mut other).expect("a pong");
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (0xA, &b"still there?"[..])
+    );
+    busy.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let still_looping =
+        matches!(busy.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    assert!(
+        still_looping,
+        "the pong should not have waited for the Lua loop to end"
+    );
+    busy.set_nonblocking(false).unwrap();
+    assert_eq!(
+        expect_close(&mut busy),
+        Some(1011),
+        "the loop is stopped by the budget"
+    );
+}
