@@ -85,8 +85,10 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
     let payload = app_payload(a.size);
     let server = a.server_pid.map(|p| p.to_string());
     let cpu = || server.as_deref().and_then(|p| sys::cpu_seconds(p).ok());
+    let me = || sys::cpu_seconds("self").ok();
     // Round 0 warms both paths up (Lua strings, buffers, the first trace) and is not counted.
-    let (mut times, mut cpu_s) = ([Vec::new(), Vec::new()], [Some(0.0), Some(0.0)]);
+    let mut times = [Vec::new(), Vec::new()];
+    let (mut cpu_s, mut me_s) = ([Some(0.0); 2], [Some(0.0); 2]);
     for round in 0..=a.rounds {
         let order = if round % 2 == 0 {
             [Mode::Bcast, Mode::Loop]
@@ -94,20 +96,22 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
             [Mode::Loop, Mode::Bcast]
         };
         for mode in order {
-            let cpu0 = cpu();
+            let (cpu0, me0) = (cpu(), me());
             let cmd = format!("{} {round}", mode.command());
             let t0 = Instant::now();
             command(&mut trigger, &cmd)?;
             let last = deliver(&ep, &mut subs, frame::OP_BINARY, &payload)
                 .map_err(|e| format!("round {round} ({}): {e}", mode.command()))?;
             expect_text(&mut trigger, &format!("sent {round} {n}"))?;
-            let cpu1 = cpu();
+            let (cpu1, me1) = (cpu(), me());
             if round > 0 {
                 let m = mode as usize;
                 times[m].push(last.duration_since(t0).as_secs_f64() * 1e3);
-                cpu_s[m] = cpu_s[m]
-                    .zip(cpu0.zip(cpu1))
-                    .map(|(acc, (b, e))| acc + e - b);
+                let add = |acc: Option<f64>, b: Option<f64>, e: Option<f64>| {
+                    acc.zip(b.zip(e)).map(|(acc, (b, e))| acc + e - b)
+                };
+                cpu_s[m] = add(cpu_s[m], cpu0, cpu1);
+                me_s[m] = add(me_s[m], me0, me1);
             }
         }
     }
@@ -124,7 +128,7 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
     if late > 0 {
         return Err("a subscriber received a message after the last round".into());
     }
-    report(a, n, setup_s, &mut times, cpu_s);
+    report(a, n, setup_s, &mut times, cpu_s, me_s);
     Ok(())
 }
 
@@ -217,7 +221,16 @@ fn expect_text(s: &mut Stream, want: &str) -> Result<(), String> {
     }
 }
 
-fn report(a: &Args, n: usize, setup_s: f64, times: &mut [Vec<f64>; 2], cpu_s: [Option<f64>; 2]) {
+/// Server and client CPU are summed over the counted rounds (clock ticks of 10 ms: the
+/// per-round mean is exact to about 10 ms / rounds).
+fn report(
+    a: &Args,
+    n: usize,
+    setup_s: f64,
+    times: &mut [Vec<f64>; 2],
+    cpu_s: [Option<f64>; 2],
+    me_s: [Option<f64>; 2],
+) {
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[(v.len() - 1) / 2], v[0])
@@ -226,6 +239,7 @@ fn report(a: &Args, n: usize, setup_s: f64, times: &mut [Vec<f64>; 2], cpu_s: [O
     let (l_med, l_min) = stat(&mut times[Mode::Loop as usize]);
     let rounds = a.rounds as f64;
     let cpu_ms = |m: Mode| cpu_s[m as usize].map(|s| s * 1e3 / rounds);
+    let me_ms = |m: Mode| me_s[m as usize].map(|s| s * 1e3 / rounds);
     let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
     let ratio = l_med / b_med;
     let rate = n as f64 / (b_med / 1e3);
@@ -234,12 +248,15 @@ fn report(a: &Args, n: usize, setup_s: f64, times: &mut [Vec<f64>; 2], cpu_s: [O
             "{{\"mode\":\"fanout\",\"url\":\"{}\",\"subscribers\":{n},\"size\":{},\"rounds\":{},\"setup_s\":{setup_s:.2},\
              \"bcast_ms_median\":{b_med:.2},\"bcast_ms_min\":{b_min:.2},\"loop_ms_median\":{l_med:.2},\
              \"loop_ms_min\":{l_min:.2},\"loop_over_bcast\":{ratio:.2},\"bcast_deliveries_per_s\":{rate:.0},\
-             \"bcast_server_cpu_ms\":{},\"loop_server_cpu_ms\":{},\"errors\":0}}",
+             \"bcast_server_cpu_ms\":{},\"loop_server_cpu_ms\":{},\"bcast_client_cpu_ms\":{},\
+             \"loop_client_cpu_ms\":{},\"errors\":0}}",
             a.url,
             a.size,
             a.rounds,
             opt(cpu_ms(Mode::Bcast)),
-            opt(cpu_ms(Mode::Loop))
+            opt(cpu_ms(Mode::Loop)),
+            opt(me_ms(Mode::Bcast)),
+            opt(me_ms(Mode::Loop))
         );
     } else {
         println!(
@@ -247,12 +264,15 @@ fn report(a: &Args, n: usize, setup_s: f64, times: &mut [Vec<f64>; 2], cpu_s: [O
             a.url, a.size, a.rounds
         );
         println!(
-            "  bcast:send      median {b_med:.2} ms  min {b_min:.2} ms  ({rate:.0} deliveries/s)  server CPU {} ms/round",
-            opt(cpu_ms(Mode::Bcast))
+            "  bcast:send      median {b_med:.2} ms  min {b_min:.2} ms  ({rate:.0} deliveries/s)  \
+             CPU per round: server {} ms, client {} ms",
+            opt(cpu_ms(Mode::Bcast)),
+            opt(me_ms(Mode::Bcast))
         );
         println!(
-            "  ws:send loop    median {l_med:.2} ms  min {l_min:.2} ms  server CPU {} ms/round",
-            opt(cpu_ms(Mode::Loop))
+            "  ws:send loop    median {l_med:.2} ms  min {l_min:.2} ms  CPU per round: server {} ms, client {} ms",
+            opt(cpu_ms(Mode::Loop)),
+            opt(me_ms(Mode::Loop))
         );
         println!(
             "  loop/bcast {ratio:.2} (medians); every subscriber got each message exactly once"
