@@ -13,7 +13,12 @@ usage: loadgen --url ws://HOST:PORT/PATH | wss://HOST:PORT/PATH [options]
   --threads T       client threads, connections split among them (default 1)
   --pin CPU[,CPU..] pin client thread i to the i-th CPU of the list (round robin)
   --server-pid PID  report that process's CPU% (throughput) or VmRSS (idle)
+  --lapps          LAppS protocol: each message is the CBOR request {lapps:1, method:echo,
+                    params:[<S bytes>]}, each reply must be {status:1, cid:0, result:[<same>]}
+                    (OONs in between are skipped); --size is the byte string's length
   --idle N --hold SECS   open N idle connections, hold them, report server RSS per connection
+  --fanout N --rounds R  N subscribers to bench/apps/fanout (the URL's service): per round,
+                    time one bcast:send and one ws:send loop of a --size message to all of them
   --json            print one JSON line instead of text
   --ca FILE         wss://: trust this PEM CA (the server name checked is \"localhost\")
   --tls-insecure    wss://: accept any server certificate (benchmarks on loopback only)";
@@ -35,6 +40,9 @@ pub struct Args {
     pub idle: Option<usize>,
     pub hold: f64,
     pub json: bool,
+    pub lapps: bool,
+    pub fanout: Option<usize>,
+    pub rounds: usize,
     pub url: String,
     /// wss:// when set.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -58,6 +66,9 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         idle: None,
         hold: 5.0,
         json: false,
+        lapps: false,
+        fanout: None,
+        rounds: 10,
         url: String::new(),
         tls: None,
     };
@@ -77,6 +88,9 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--server-pid" => a.server_pid = Some(num(&opt, &val()?)?),
             "--idle" => a.idle = Some(num(&opt, &val()?)?),
             "--hold" => a.hold = num(&opt, &val()?)?,
+            "--fanout" => a.fanout = Some(num(&opt, &val()?)?),
+            "--rounds" => a.rounds = num(&opt, &val()?)?,
+            "--lapps" => a.lapps = true,
             "--pin" => {
                 a.pin = val()?
                     .split(',')
@@ -118,8 +132,14 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     a.host_header = authority.to_string();
     a.path = path.to_string();
     a.url = url;
-    if a.connections == 0 || a.depth == 0 || a.threads == 0 {
-        return Err("--connections, --depth and --threads must be at least 1".into());
+    if a.connections == 0 || a.depth == 0 || a.threads == 0 || a.rounds == 0 {
+        return Err("--connections, --depth, --threads and --rounds must be at least 1".into());
+    }
+    if a.fanout == Some(0) {
+        return Err("--fanout needs at least 1 subscriber".into());
+    }
+    if a.lapps && !a.binary {
+        return Err("--lapps messages are CBOR: binary only".into());
     }
     if a.duration <= 0.0 || a.warmup < 0.0 || a.hold < 0.0 {
         return Err("--duration must be positive, --warmup and --hold not negative".into());

@@ -16,7 +16,10 @@ use std::time::Instant;
 /// What every thread sends and when it measures.
 pub struct Plan {
     pub opcode: u8,
-    pub payload: Vec<u8>,
+    /// What every reply must be: the payload (RAW echo) or the CBOR response (`--lapps`).
+    pub expected: Vec<u8>,
+    /// Skip LAppS OONs between the replies.
+    pub lapps: bool,
     pub frame_len: usize,
     /// The masked frame repeated depth+1 times: any run of up to `depth` frames starting at any
     /// offset within a frame is one contiguous slice of it.
@@ -74,7 +77,11 @@ pub fn run(streams: Vec<Stream>, plan: &Plan, pin: Option<usize>) -> Stats {
         }
         conns.push(Conn {
             stream,
-            checker: EchoChecker::default(),
+            checker: if plan.lapps {
+                EchoChecker::tolerating_oons()
+            } else {
+                EchoChecker::default()
+            },
             sent_at: VecDeque::with_capacity(plan.depth),
             owed: 0,
             off: 0,
@@ -176,7 +183,7 @@ fn on_read(
         }
         Err(e) => return fail(c, st, format!("read: {e}")),
     };
-    let echoed = match c.checker.feed(&buf[..n], plan.opcode, &plan.payload) {
+    let echoed = match c.checker.feed(&buf[..n], plan.opcode, &plan.expected) {
         Ok(k) => k,
         Err(e) => return fail(c, st, e),
     };

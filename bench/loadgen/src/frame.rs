@@ -29,6 +29,9 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// An OON longer than this is an error rather than memory the server can make us hold.
+const MAX_OTHER: usize = 1 << 20;
+
 /// Incremental checker of the server's echo stream for one connection.
 #[derive(Default)]
 pub struct EchoChecker {
@@ -39,9 +42,20 @@ pub struct EchoChecker {
     frame_fin: bool,
     in_message: bool,
     msg_off: usize,
+    /// `--lapps`: a message that stops matching is collected (rare) and must be an OON.
+    tolerate_oon: bool,
+    other: Option<Vec<u8>>,
 }
 
 impl EchoChecker {
+    /// A checker that skips LAppS out-of-order notifications between the expected messages.
+    pub fn tolerating_oons() -> EchoChecker {
+        EchoChecker {
+            tolerate_oon: true,
+            ..EchoChecker::default()
+        }
+    }
+
     /// Consumes `data` from the server and returns how many complete echoes it finished. Each
     /// echo must be of type `opcode` and equal to `expected` (fragmentation is allowed).
     pub fn feed(&mut self, data: &[u8], opcode: u8, expected: &[u8]) -> Result<usize, String> {
@@ -54,7 +68,7 @@ impl EchoChecker {
                 self.hdr_have += take;
                 rest = &rest[take..];
                 if self.hdr_have == self.header_len() {
-                    self.start_frame(opcode, expected.len())?;
+                    self.start_frame(opcode, expected)?;
                     if self.payload_left == 0 {
                         done += self.end_frame(expected.len())?;
                     }
@@ -63,9 +77,19 @@ impl EchoChecker {
             }
             let take = self.payload_left.min(rest.len() as u64) as usize;
             if self.frame_is_data {
-                let want = expected.get(self.msg_off..self.msg_off + take);
-                if want != Some(&rest[..take]) {
-                    return Err(format!("echo differs near byte {}", self.msg_off));
+                let got = &rest[..take];
+                if let Some(other) = &mut self.other {
+                    if other.len() + take > MAX_OTHER {
+                        return Err("unexpected message longer than 1 MiB".into());
+                    }
+                    other.extend_from_slice(got);
+                } else if expected.get(self.msg_off..self.msg_off + take) != Some(got) {
+                    if !self.tolerate_oon {
+                        return Err(format!("echo differs near byte {}", self.msg_off));
+                    }
+                    let mut other = expected.get(..self.msg_off).unwrap_or(&[]).to_vec();
+                    other.extend_from_slice(got);
+                    self.other = Some(other);
                 }
                 self.msg_off += take;
             }
@@ -91,7 +115,7 @@ impl EchoChecker {
         }
     }
 
-    fn start_frame(&mut self, opcode: u8, size: usize) -> Result<(), String> {
+    fn start_frame(&mut self, opcode: u8, expected: &[u8]) -> Result<(), String> {
         let (b0, b1) = (self.hdr[0], self.hdr[1]);
         self.hdr_have = 0;
         if b1 & 0x80 != 0 {
@@ -117,8 +141,14 @@ impl EchoChecker {
             9 | 10 => {} // ping/pong payloads are skipped; an echo server has no reason to ping
             _ => return Err(format!("bad opcode {op}")),
         }
-        if self.frame_is_data && self.msg_off as u64 + len > size as u64 {
-            return Err("echo longer than the message sent".into());
+        if self.frame_is_data
+            && self.other.is_none()
+            && self.msg_off as u64 + len > expected.len() as u64
+        {
+            if !self.tolerate_oon {
+                return Err("echo longer than the message sent".into());
+            }
+            self.other = Some(expected.get(..self.msg_off).unwrap_or(&[]).to_vec());
         }
         self.payload_left = len;
         Ok(())
@@ -132,13 +162,31 @@ impl EchoChecker {
             self.in_message = true;
             return Ok(0);
         }
-        if self.msg_off != size {
-            return Err(format!("echo of {} bytes, sent {size}", self.msg_off));
-        }
         self.in_message = false;
-        self.msg_off = 0;
+        let len = std::mem::take(&mut self.msg_off);
+        if let Some(other) = self.other.take() {
+            return if crate::lapps::is_oon(&other) {
+                Ok(0)
+            } else {
+                Err(format!(
+                    "a message of {len} bytes that is neither the expected one nor an OON: {}",
+                    hex_prefix(&other)
+                ))
+            };
+        }
+        if len != size {
+            return Err(format!("echo of {len} bytes, sent {size}"));
+        }
         Ok(1)
     }
+}
+
+fn hex_prefix(b: &[u8]) -> String {
+    let mut s: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
+    if b.len() > 32 {
+        s.push_str("..");
+    }
+    s
 }
 
 #[cfg(test)]
@@ -193,5 +241,66 @@ mod tests {
         assert_eq!(client_frame(2, &[0; 70000]).len(), 10 + 4 + 70000);
         let f = client_frame(1, b"a");
         assert_eq!(f[6] ^ f[2], b'a');
+    }
+}
+
+#[cfg(test)]
+mod oon_tests {
+    use super::*;
+
+    fn server_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![b0];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn oons_between_responses_are_skipped_at_any_split() {
+        let expected = crate::lapps::echo_response(&[0xab; 16]);
+        let short_oon =
+            b"\xa2\x63cid\x19\x03\xe9\x67message\x81\x1b\x00\x00\x01\x9a\x00\x00\x00\x00";
+        let long_oon = [
+            &b"\xa2\x63cid\x05\x67message\x81\x59\x01\x00"[..],
+            &[1; 256],
+        ]
+        .concat();
+        let mut s = server_frame(0x82, &expected);
+        s.extend(server_frame(0x82, short_oon));
+        s.extend(server_frame(0x82, &expected));
+        s.extend(server_frame(0x82, &long_oon));
+        s.extend(server_frame(0x82, &expected));
+        for cut in 0..s.len() {
+            let mut c = EchoChecker::tolerating_oons();
+            let a = c.feed(&s[..cut], OP_BINARY, &expected).unwrap();
+            let b = c.feed(&s[cut..], OP_BINARY, &expected).unwrap();
+            assert_eq!(a + b, 3, "cut at {cut}");
+        }
+        // Without tolerance the same stream is an error.
+        assert!(EchoChecker::default()
+            .feed(&s, OP_BINARY, &expected)
+            .is_err());
+    }
+
+    #[test]
+    fn a_wrong_response_is_still_an_error_when_oons_are_tolerated() {
+        let expected = crate::lapps::echo_response(&[0xab; 16]);
+        let mut wrong = expected.clone();
+        wrong[30] ^= 1;
+        let s = server_frame(0x82, &wrong);
+        assert!(EchoChecker::tolerating_oons()
+            .feed(&s, OP_BINARY, &expected)
+            .is_err());
+        let error_response = b"\xa3\x66status\x00\x63cid\x00\x65error\xa0";
+        let s = server_frame(0x82, error_response);
+        assert!(EchoChecker::tolerating_oons()
+            .feed(&s, OP_BINARY, &expected)
+            .is_err());
     }
 }

@@ -4,10 +4,12 @@
 
 mod args;
 mod driver;
+mod fanout;
 mod frame;
 mod handshake;
 mod hist;
 mod idle;
+mod lapps;
 mod stream;
 mod sys;
 
@@ -21,9 +23,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let outcome = match a.idle {
-        Some(n) => idle::run(&a, n),
-        None => throughput(&a),
+    let outcome = match (a.idle, a.fanout) {
+        (Some(n), _) => idle::run(&a, n),
+        (None, Some(n)) => fanout::run(&a, n),
+        (None, None) => throughput(&a),
     };
     if let Err(e) = outcome {
         eprintln!("loadgen: {e}");
@@ -31,7 +34,7 @@ fn main() {
     }
 }
 
-fn payload(size: usize, binary: bool) -> Vec<u8> {
+pub fn payload(size: usize, binary: bool) -> Vec<u8> {
     // Varied bytes so that an echo with any byte moved or changed is caught.
     let mut x: u32 = 0x9e37_79b9;
     (0..size)
@@ -61,7 +64,13 @@ fn throughput(a: &args::Args) -> Result<(), String> {
         frame::OP_TEXT
     };
     let payload = payload(a.size, a.binary);
-    let one = frame::client_frame(opcode, &payload);
+    // --lapps: the frame carries the CBOR request, and what must come back is the response.
+    let (one, expected) = if a.lapps {
+        let one = frame::client_frame(opcode, &lapps::echo_request(&payload));
+        (one, lapps::echo_response(&payload))
+    } else {
+        (frame::client_frame(opcode, &payload), payload)
+    };
     let start = Instant::now();
     let warm_end = start + Duration::from_secs_f64(a.warmup);
     let plan = driver::Plan {
@@ -69,7 +78,8 @@ fn throughput(a: &args::Args) -> Result<(), String> {
         frame_len: one.len(),
         burst: one.repeat(a.depth + 1),
         close_frame: frame::client_frame(frame::OP_CLOSE, &1000u16.to_be_bytes()),
-        payload,
+        expected,
+        lapps: a.lapps,
         depth: a.depth,
         warm_end,
         end: warm_end + Duration::from_secs_f64(a.duration),
@@ -131,21 +141,22 @@ fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
     let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
     if a.json {
         println!(
-            "{{\"url\":\"{}\",\"connections\":{},\"size\":{},\"depth\":{},\"binary\":{},\"duration_s\":{},\
+            "{{\"url\":\"{}\",\"lapps\":{},\"connections\":{},\"size\":{},\"depth\":{},\"binary\":{},\"duration_s\":{},\
              \"msgs\":{},\"msgs_per_s\":{rate:.0},\"mb_per_s\":{mbps:.3},\"rtt_mean_us\":{mean:.1},\"rtt_p50_us\":{p50:.1},\
              \"rtt_p99_us\":{p99:.1},\"rtt_max_us\":{max:.1},\"server_cpu_pct\":{},\"client_cpu_pct\":{},\
              \"server_us_per_msg\":{},\"client_us_per_msg\":{},\"errors\":{}}}",
-            a.url, a.connections, a.size, a.depth, a.binary, a.duration, t.msgs, opt(srv), opt(cli),
+            a.url, a.lapps, a.connections, a.size, a.depth, a.binary, a.duration, t.msgs, opt(srv), opt(cli),
             opt3(cost(srv)), opt3(cost(cli)), t.errors.len()
         );
     } else {
         println!(
-            "{}  {} conns x depth {} x {} B {}, {} s (+{} s warmup), {} client thread(s)",
+            "{}  {} conns x depth {} x {} B {}{}, {} s (+{} s warmup), {} client thread(s)",
             a.url,
             a.connections,
             a.depth,
             a.size,
             if a.binary { "binary" } else { "text" },
+            if a.lapps { " (LAppS echo calls)" } else { "" },
             a.duration,
             a.warmup,
             a.threads
