@@ -90,7 +90,9 @@ impl Worker {
                 }
                 Ok(n) => {
                     c.last_activity = Instant::now();
-                    if n < cipher.len() {
+                    // As for plaintext: a short read drained the socket, unless the peer hung up
+                    // (then the EOF is waiting and no new edge will announce it).
+                    if n < cipher.len() && !c.peer_hup {
                         c.read_pending = false;
                     }
                     if t.failed {

@@ -18,6 +18,20 @@ pub(crate) fn frame(opcode: u8, payload: &[u8], fragment: Option<usize>) -> Vec<
     out
 }
 
+/// Frames a message a Lua app sends with an explicit opcode (1 text, 2 binary), checking
+/// what RFC 6455 requires of it; the `nil, "reason"` text when it cannot be sent.
+pub(crate) fn frame_checked(
+    opcode: i64,
+    payload: &[u8],
+    fragment: Option<usize>,
+) -> Result<Vec<u8>, &'static str> {
+    match opcode {
+        1 if !crate::simd::validate_utf8(payload) => Err("invalid UTF-8"),
+        1 | 2 => Ok(frame(opcode as u8, payload, fragment)),
+        _ => Err("bad opcode"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::frame;

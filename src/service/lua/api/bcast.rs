@@ -19,7 +19,7 @@ use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
-use crate::service::lua::frame::frame;
+use crate::service::lua::frame::{frame, frame_checked};
 use crate::service::lua::host::HostCtx;
 
 /// A channel id: the original's unsigned integers, or a name.
@@ -189,15 +189,15 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 // Encode once, before knowing the recipients: every one gets these bytes.
                 let framed: Vec<u8> = match (a, b) {
                     (Value::Integer(op), Some(msg)) => {
-                        match raw_frame(op, &msg.as_bytes(), h.auto_fragment) {
-                            Some(f) => f,
-                            None => return fail("bad message"),
+                        match frame_checked(op, &msg.as_bytes(), h.auto_fragment) {
+                            Ok(f) => f,
+                            Err(reason) => return fail(reason),
                         }
                     }
                     (Value::Number(op), Some(msg)) if op.fract() == 0.0 => {
-                        match raw_frame(op as i64, &msg.as_bytes(), h.auto_fragment) {
-                            Some(f) => f,
-                            None => return fail("bad message"),
+                        match frame_checked(op as i64, &msg.as_bytes(), h.auto_fragment) {
+                            Ok(f) => f,
+                            Err(reason) => return fail(reason),
                         }
                     }
                     // The LAppS form: bcast:send(id, oon) with `{cid = N, message = {...}}`.
@@ -239,15 +239,6 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         )?,
     )?;
     lua.globals().set("bcast", t)
-}
-
-/// A RAW broadcast frame (`None` for a bad opcode or invalid UTF-8 text).
-fn raw_frame(opcode: i64, bytes: &[u8], fragment: Option<usize>) -> Option<Vec<u8>> {
-    match opcode {
-        1 if std::str::from_utf8(bytes).is_err() => None,
-        1 | 2 => Some(frame(opcode as u8, bytes, fragment)),
-        _ => None,
-    }
 }
 
 /// True for a value shaped as an OON (a map with a non-zero `cid`); responses are per request

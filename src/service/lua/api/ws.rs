@@ -16,7 +16,7 @@ use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::{Chunk, Command};
-use crate::service::lua::frame::frame;
+use crate::service::lua::frame::frame_checked;
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
 
@@ -52,13 +52,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 let Some(msg) = b else {
                     return fail("no message");
                 };
-                let bytes = msg.as_bytes();
-                match opcode {
-                    1 if std::str::from_utf8(&bytes).is_err() => return fail("invalid UTF-8"),
-                    1 | 2 => {}
-                    _ => return fail("bad opcode"),
-                }
-                let f = frame(opcode as u8, &bytes, h.auto_fragment);
+                let f = match frame_checked(opcode, &msg.as_bytes(), h.auto_fragment) {
+                    Ok(f) => f,
+                    Err(reason) => return fail(reason),
+                };
                 h.push(
                     conn,
                     Command::Send {
