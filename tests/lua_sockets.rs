@@ -1089,3 +1089,45 @@ fn pings_are_answered_by_the_worker_while_the_lua_instance_is_busy() {
         "the loop is stopped by the budget"
     );
 }
+
+#[test]
+fn a_slow_broadcast_recipient_is_dropped_with_1008_and_the_others_keep_receiving() {
+    // Issue 5: a slow recipient cannot stall the others. It stops being read at the high-water
+    // mark and is closed with 1008 once its queue passes four times that (plus one message).
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "outbound_high_water": 65536 }"#;
+    let services = lapps_json(
+        "./lua/apps",
+        r#"{ "chat": { "request_target": "/chat", "preload": ["bcast"],
+                       "max_inbound_message_size": 65536 } }"#,
+    );
+    let app = start_app(ws, &services);
+    let mut slow = raw_upgraded(app.addr, "/chat");
+    slow.write_all(&frame(true, 0, 0x1, b"/join lobby", true))
+        .unwrap();
+    let joined = read_frame(&mut slow).expect("joined");
+    assert_eq!(joined.payload, b"joined lobby");
+    let mut fast = connect(app.addr, "/chat");
+    send(&mut fast, "/join lobby");
+    assert_eq!(text(&mut fast), "joined lobby");
+    // The slow member reads nothing while ~24 MB are broadcast to the room.
+    let line = "x".repeat(60_000);
+    for _ in 0..400 {
+        send(&mut fast, &line);
+        let got = text(&mut fast);
+        assert!(got.contains(&line), "the fast member gets every broadcast");
+    }
+    let mut data_frames = 0usize;
+    let code = loop {
+        let f = read_frame(&mut slow).expect("frames, then a close frame");
+        match f.opcode {
+            0x8 => break u16::from_be_bytes([f.payload[0], f.payload[1]]),
+            _ => data_frames += 1,
+        }
+    };
+    assert_eq!(code, 1008);
+    assert!(
+        data_frames < 400,
+        "the slow member was dropped, not fed everything"
+    );
+}

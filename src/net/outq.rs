@@ -164,6 +164,25 @@ impl OutQueue {
         }
     }
 
+    /// Drops what was not started yet, keeping the rest of a partly written front chunk (chunks
+    /// hold whole frames, so the stream stays well-formed for a Close queued after this).
+    pub fn drop_unstarted(&mut self, pool: &mut BufPool) {
+        let keep = usize::from(self.front_written > 0);
+        while self.chunks.len() > keep {
+            if let Some(c) = self.chunks.pop_back() {
+                let len = c.len();
+                self.bytes -= len;
+                pool.queued_bytes -= len;
+                if let Chunk::Owned(v) = c {
+                    pool.give(v);
+                }
+            }
+        }
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// Drops everything queued (the connection is gone).
     pub fn clear(&mut self, pool: &mut BufPool) {
         pool.queued_bytes -= self.bytes;

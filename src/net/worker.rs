@@ -86,6 +86,11 @@ impl Default for WorkerOptions {
     }
 }
 
+/// A connection whose outbound queue passes `outbound_high_water` times this (plus one
+/// message of the service's maximum size) is a slow consumer and is closed with 1008
+/// (reading it already stopped at the high-water mark).
+const SLOW_CONSUMER_FACTOR: usize = 4;
+
 /// How long a shutdown may take before the remaining connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
 
@@ -896,6 +901,33 @@ impl Worker {
         push(&mut c.out, &mut self.pool);
         if c.out.bytes() > high {
             c.out_paused = true;
+        }
+        // One largest message always fits on top, so a big reply alone never trips it.
+        let max_message = c.service.as_ref().map_or(0, |s| s.max_message_size());
+        let limit = high
+            .saturating_mul(SLOW_CONSUMER_FACTOR)
+            .saturating_add(max_message);
+        if c.out.bytes() > limit {
+            // A peer that does not read while services keep sending to it (broadcasts, pushes)
+            // would grow its queue without bound: it is dropped with 1008, the others never
+            // wait for it.
+            info!(
+                "closing {}: slow consumer ({} bytes queued), close code 1008",
+                c.peer,
+                c.out.bytes()
+            );
+            c.out.drop_unstarted(&mut self.pool);
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(
+                    b,
+                    Role::Server,
+                    Some(close::POLICY),
+                    b"slow consumer",
+                    [0; 4],
+                )
+            });
+            self.finish_after_flush(index);
+            return;
         }
         self.mark_dirty(index);
     }
