@@ -352,3 +352,91 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("CN=server"));
 }
+
+/// The binary with `-c dir`, its address from the "listening on" line, and its log lines.
+fn spawn_binary(
+    dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+        .arg("-c")
+        .arg(dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn lapps");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = wait_line(&rx, "listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    (child, addr.parse().unwrap(), rx)
+}
+
+/// The first log line containing `what` (bounded wait).
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no log line containing {what:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
+    let dir = temp_dir("sighup-binary");
+    let ca = Ca::new("test CA");
+    let one = ca.server("one");
+    let (cert, key) = write_pair(&dir, "server", &one);
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let (mut child, addr, log) = spawn_binary(&dir);
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut old = wss_connect(addr, "/echo_builtin", cfg.clone()).unwrap();
+    assert_eq!(
+        peer_fingerprint(&old),
+        lapps::net::tls::CertInfo::of(&one.cert_der).fingerprint
+    );
+
+    let two = ca.server("two");
+    write_pair(&dir, "server", &two);
+    // SAFETY: kill with our own child's pid and a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    // "reload: <what changed>" is logged once the new certificate is in service.
+    let line = wait_line(&log, "reload: ");
+    assert!(line.contains("two"), "{line}");
+    let mut new = wss_connect(addr, "/echo_builtin", cfg).unwrap();
+    assert_eq!(
+        peer_fingerprint(&new),
+        lapps::net::tls::CertInfo::of(&two.cert_der).fingerprint
+    );
+    echo_round(&mut old, b"old connection keeps working".to_vec());
+    echo_round(&mut new, b"new connection works".to_vec());
+    drop((old, new));
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
