@@ -423,7 +423,7 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     let two = ca.server("two");
     write_pair(&dir, "server", &two);
     // SAFETY: kill with our own child's pid and a valid signal number.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
     // "reload: <what changed>" is logged once the new certificate is in service.
     let line = wait_line(&log, "reload: ");
     assert!(line.contains("two"), "{line}");
@@ -436,7 +436,7 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     echo_round(&mut new, b"new connection works".to_vec());
     drop((old, new));
     // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
