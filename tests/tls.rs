@@ -354,10 +354,22 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
 }
 
 /// The binary with `-c dir`, its address from the "listening on" line, and its log lines.
+/// Kills the server if the test fails before it stopped it.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn spawn_binary(
     dir: &std::path::Path,
 ) -> (
-    std::process::Child,
+    Reaper,
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<String>,
 ) {
@@ -370,6 +382,7 @@ fn spawn_binary(
         .spawn()
         .expect("spawn lapps");
     let stderr = child.stderr.take().unwrap();
+    let child = Reaper(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
