@@ -118,20 +118,13 @@ impl Queue {
                 }
                 Err(m) => m,
             };
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let why = if stopping() {
-                Some(Wait::Stopped)
-            } else if left == Some(Duration::ZERO) {
-                Some(Wait::Timeout)
-            } else {
-                None
+            let left = match wait_left(deadline, stopping) {
+                Ok(left) => left,
+                Err(why) => {
+                    self.post_waiters.fetch_sub(1, Ordering::SeqCst);
+                    return Err((msg, why));
+                }
             };
-            if let Some(why) = why {
-                self.post_waiters.fetch_sub(1, Ordering::SeqCst);
-                return Err((msg, why));
-            }
-            // `None`: a timeout too large for an Instant; wait in long slices.
-            let left = left.unwrap_or(Duration::from_secs(3600));
             let (g, _) = self
                 .not_full
                 .wait_timeout(g, left)
@@ -163,19 +156,13 @@ impl Queue {
                 self.wake(&self.post_waiters, &self.not_full);
                 return Ok(m);
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let why = if stopping() {
-                Some(Wait::Stopped)
-            } else if left == Some(Duration::ZERO) {
-                Some(Wait::Timeout)
-            } else {
-                None
+            let left = match wait_left(deadline, stopping) {
+                Ok(left) => left,
+                Err(why) => {
+                    self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
+                    return Err(why);
+                }
             };
-            if let Some(why) = why {
-                self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
-                return Err(why);
-            }
-            let left = left.unwrap_or(Duration::from_secs(3600));
             let (g, _) = self
                 .not_empty
                 .wait_timeout(g, left)
@@ -281,6 +268,20 @@ impl Mqr {
         for q in queues {
             q.wake_all();
         }
+    }
+}
+
+/// How long a blocked `post`/`receive` may still wait, or why it must return now. A caller
+/// that is stopping never waits; `None` deadlines (a timeout too large for an `Instant`) wait
+/// in long slices.
+fn wait_left(deadline: Option<Instant>, stopping: &dyn Fn() -> bool) -> Result<Duration, Wait> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    if stopping() {
+        Err(Wait::Stopped)
+    } else if left == Some(Duration::ZERO) {
+        Err(Wait::Timeout)
+    } else {
+        Ok(left.unwrap_or(Duration::from_secs(3600)))
     }
 }
 
