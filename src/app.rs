@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use crate::config::{Acl, Config};
@@ -63,20 +64,46 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
 
 /// One routable service with its handshake-time checks.
 struct Route {
-    service: Arc<dyn Service>,
+    target: Target,
     acl: Option<Acl>,
     allowed_origins: Option<Vec<String>>,
 }
 
+enum Target {
+    /// A Rust service (`"builtin"`).
+    Builtin(Arc<dyn Service>),
+    /// A Lua service, looked up in the registry at each handshake (a redeploy swaps it).
+    Lua,
+}
+
 /// Routes by exact request-target path (the query string is ignored), then applies the
 /// service's ACL and Origin list: 404 for an unknown path, 403 for a refused peer or origin.
+/// The table changes when services are deployed, replaced or removed (SIGHUP).
 pub struct AppRouter {
-    routes: HashMap<String, Route>,
+    routes: RwLock<HashMap<String, Route>>,
+    registry: Arc<Registry>,
+}
+
+impl AppRouter {
+    fn set(&self, path: String, route: Route) {
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path, route);
+    }
+
+    fn unset(&self, path: &str) {
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+    }
 }
 
 impl Router for AppRouter {
     fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, u16> {
-        let route = self.routes.get(&req.path).ok_or(404u16)?;
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let route = routes.get(&req.path).ok_or(404u16)?;
         if let Some(acl) = &route.acl {
             if !acl.allows(peer) {
                 return Err(403);
@@ -88,7 +115,44 @@ impl Router for AppRouter {
                 _ => return Err(403),
             }
         }
-        Ok(route.service.clone())
+        match &route.target {
+            Target::Builtin(s) => Ok(s.clone()),
+            Target::Lua => self.registry.route(&req.path).ok_or(404),
+        }
+    }
+}
+
+fn route_of(sc: &ServiceConfig) -> Route {
+    let target = match sc.builtin.as_deref() {
+        Some(_) => Target::Builtin(Arc::new(Echo::new(
+            sc.name.clone(),
+            sc.max_inbound_message_size,
+        ))),
+        None => Target::Lua,
+    };
+    Route {
+        target,
+        acl: sc.acl.clone(),
+        allowed_origins: sc.allowed_origins.clone(),
+    }
+}
+
+/// What a deploy compares: the service's configuration and its app file's content.
+#[derive(PartialEq)]
+struct Deployed {
+    config: ServiceConfig,
+    app_hash: u64,
+}
+
+fn deployed(cfg: &Config, sc: &ServiceConfig) -> Deployed {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(sc.app_file(&cfg.lapps.directories))
+        .ok()
+        .hash(&mut h);
+    Deployed {
+        config: sc.clone(),
+        app_hash: h.finish(),
     }
 }
 
@@ -142,8 +206,12 @@ pub fn tls_files(cfg: &Config) -> Option<TlsFiles> {
 /// A running server with its services.
 pub struct App {
     server: Server,
-    registry: Registry,
+    registry: Arc<Registry>,
+    router: Arc<AppRouter>,
     tls: Option<Arc<TlsContext>>,
+    dir: std::path::PathBuf,
+    /// The Lua services as last deployed (for SIGHUP redeploys).
+    deployed: Mutex<HashMap<String, Deployed>>,
 }
 
 impl App {
@@ -170,32 +238,25 @@ impl App {
             .filter(|sc| sc.builtin.is_none())
             .map(|sc| lua_spec(cfg, sc))
             .collect();
-        let registry = Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?;
-        let mut routes = HashMap::new();
+        let registry = Arc::new(Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?);
+        let router = Arc::new(AppRouter {
+            routes: RwLock::new(HashMap::new()),
+            registry: Arc::clone(&registry),
+        });
+        let running = registry.running();
+        let mut deployed_now = HashMap::new();
         for name in order {
             let sc = &cfg.lapps.services[&name];
+            if sc.builtin.is_none() && running.contains(&name) {
+                deployed_now.insert(name.clone(), deployed(cfg, sc));
+            }
             if !sc.is_network() || !sc.auto_start {
                 continue;
             }
-            let service: Arc<dyn Service> = match sc.builtin.as_deref() {
-                Some(_) => Arc::new(Echo::new(name.clone(), sc.max_inbound_message_size)),
-                None => match registry.route(&sc.request_target) {
-                    Some(s) => s,
-                    None => continue,
-                },
-            };
             crate::info!("service {name} at {}", sc.request_target);
-            routes.insert(
-                sc.request_target.clone(),
-                Route {
-                    service,
-                    acl: sc.acl.clone(),
-                    allowed_origins: sc.allowed_origins.clone(),
-                },
-            );
+            router.set(sc.request_target.clone(), route_of(sc));
         }
-        let router = Arc::new(AppRouter { routes });
-        let server = match Server::start(opts, hub, router) {
+        let server = match Server::start(opts, hub, router.clone()) {
             Ok(s) => s,
             Err(e) => {
                 registry.shutdown();
@@ -205,13 +266,89 @@ impl App {
         Ok(App {
             server,
             registry,
+            router,
             tls,
+            dir: cfg.dir.clone(),
+            deployed: Mutex::new(deployed_now),
         })
     }
 
-    /// SIGHUP: re-reads the certificate and key for new connections (existing ones keep
-    /// theirs) and logs what changed; on error the old ones stay in use.
+    /// SIGHUP: reloads the TLS certificate (see `reload_tls`) and redeploys the Lua services
+    /// of lapps.json that changed (see `redeploy`).
     pub fn reload(&self) {
+        self.reload_tls();
+        match Config::load(&self.dir) {
+            Ok(cfg) => self.redeploy(&cfg),
+            Err(e) => crate::error!("deploy: configuration invalid, nothing changed:\n{e}"),
+        }
+    }
+
+    /// Brings the running Lua services in line with `cfg`, one service at a time, while the
+    /// others keep serving: a new service is started, a service whose configuration or app
+    /// file changed is replaced (its clients are closed with 1001 and reconnect to the new
+    /// version), a service no longer configured is stopped. A version that fails to load is
+    /// reported and the running one stays. ws.json and builtin services need a restart.
+    pub fn redeploy(&self, cfg: &Config) {
+        let order = match cfg.lapps.start_order() {
+            Ok(o) => o,
+            Err(e) => return crate::error!("deploy: {e}"),
+        };
+        let mut deployed_map = self.deployed.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted: Vec<&ServiceConfig> = order
+            .iter()
+            .map(|n| &cfg.lapps.services[n])
+            .filter(|sc| sc.builtin.is_none())
+            .collect();
+        for sc in &wanted {
+            let now = deployed(cfg, sc);
+            let result = match deployed_map.get(&sc.name) {
+                Some(before) if *before == now => continue,
+                Some(before) => {
+                    if before.config.request_target != sc.request_target {
+                        self.router.unset(&before.config.request_target);
+                    }
+                    self.registry.replace(lua_spec(cfg, sc)).map(|n| {
+                        format!(
+                            "replaced service {} ({n} connection(s) asked to reconnect)",
+                            sc.name
+                        )
+                    })
+                }
+                None => self
+                    .registry
+                    .add(lua_spec(cfg, sc))
+                    .map(|()| format!("started service {}", sc.name)),
+            };
+            match result {
+                Ok(what) => {
+                    crate::info!("deploy: {what}");
+                    if sc.is_network() {
+                        self.router.set(sc.request_target.clone(), route_of(sc));
+                    }
+                    deployed_map.insert(sc.name.clone(), now);
+                }
+                Err(e) => crate::error!("deploy: {e}; the running version (if any) keeps serving"),
+            }
+        }
+        let gone: Vec<String> = deployed_map
+            .keys()
+            .filter(|n| !wanted.iter().any(|sc| &sc.name == *n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(before) = deployed_map.remove(&name) {
+                if before.config.is_network() {
+                    self.router.unset(&before.config.request_target);
+                }
+                let n = self.registry.remove(&name);
+                crate::info!("deploy: stopped service {name} ({n} connection(s) closed)");
+            }
+        }
+    }
+
+    /// Re-reads the certificate and key for new connections (existing ones keep theirs) and
+    /// logs what changed; on error the old ones stay in use.
+    pub fn reload_tls(&self) {
         let Some(tls) = &self.tls else {
             crate::info!("reload: no TLS endpoint, nothing to reload");
             return;

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
     loop {
         match signals.wait() {
             lapps::signals::Signal::Reload => {
-                info!("SIGHUP received: reloading the TLS certificate");
+                info!("SIGHUP received: reloading certificates, redeploying changed services");
                 app.reload();
             }
             lapps::signals::Signal::Stop(name) => {

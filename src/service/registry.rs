@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::lua::api::bcast::Bcast;
 use super::lua::{LuaService, ServiceSpec};
 use super::Service;
-use crate::net::hub::Hub;
+use crate::net::hub::{Command, Hub};
 
 /// How long `shutdown` waits for each service's instances.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -217,6 +217,106 @@ impl Registry {
         let keep = spec.clone();
         self.launch(spec)
             .inspect_err(|_| self.lock_idle().push(keep))
+    }
+
+    /// Names of the running services.
+    pub fn running(&self) -> Vec<String> {
+        self.lock_running()
+            .iter()
+            .map(|s| s.spec().name.clone())
+            .collect()
+    }
+
+    /// Starts a service that is not running yet (a deploy of a new service).
+    pub fn add(&self, spec: ServiceSpec) -> Result<(), StartError> {
+        if self
+            .lock_running()
+            .iter()
+            .any(|s| s.spec().name == spec.name)
+        {
+            return Err(err(&spec.name, "already running"));
+        }
+        self.lock_idle().retain(|s| s.name != spec.name);
+        self.launch(spec)
+    }
+
+    /// Replaces a running service by a new version without touching the others. The new
+    /// version is started first: if it fails to load, the old one keeps serving and the error
+    /// is returned. New connections then reach the new version; the old one's connections are
+    /// closed with 1001 (going away), so their clients reconnect to it, and the old instances
+    /// stop once those connections are gone (bounded by the shutdown grace). A standalone
+    /// service is stopped before its new version starts (two copies could fight over queues).
+    /// Returns how many connections were asked to reconnect.
+    pub fn replace(&self, spec: ServiceSpec) -> Result<usize, StartError> {
+        let name = spec.name.clone();
+        let old = {
+            let running = self.lock_running();
+            running.iter().find(|s| s.spec().name == name).cloned()
+        };
+        let Some(old) = old else {
+            return self.add(spec).map(|()| 0);
+        };
+        if spec.standalone {
+            self.remove(&name);
+            return self.add(spec).map(|()| 0);
+        }
+        let new = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
+            .map_err(|m| err(&name, m))?;
+        let new = Arc::new(new);
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            routes.retain(|_, s| !Arc::ptr_eq(s, &old));
+            routes.insert(new.spec().request_target.clone(), Arc::clone(&new));
+        }
+        {
+            let mut running = self.lock_running();
+            running.retain(|s| !Arc::ptr_eq(s, &old));
+            running.push(new);
+        }
+        Ok(self.retire(old))
+    }
+
+    /// Stops a running service (a deploy that removed it): unrouted at once, its connections
+    /// closed with 1001, its instances stopped when they are gone.
+    pub fn remove(&self, name: &str) -> usize {
+        let old = {
+            let mut running = self.lock_running();
+            let pos = running.iter().position(|s| s.spec().name == name);
+            pos.map(|p| running.remove(p))
+        };
+        let Some(old) = old else { return 0 };
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, s| !Arc::ptr_eq(s, &old));
+        self.retire(old)
+    }
+
+    /// Asks the connections of a replaced or removed service to go away, then stops it in
+    /// the background once they are gone (their `onDisconnect` runs in the old version).
+    fn retire(&self, old: Arc<LuaService>) -> usize {
+        let conns = old.connections();
+        let n = conns.len();
+        for conn in conns {
+            let _ = self.hub.send(Command::Close { conn, code: 1001 });
+        }
+        let spawned = std::thread::Builder::new()
+            .name(format!("retire-{}", old.spec().name))
+            .spawn({
+                let old = Arc::clone(&old);
+                move || {
+                    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+                    while !old.connections().is_empty() && std::time::Instant::now() < deadline {
+                        // Polling interval while the workers finish the close handshakes.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    old.shutdown(SHUTDOWN_GRACE);
+                }
+            });
+        if spawned.is_err() {
+            old.shutdown(SHUTDOWN_GRACE);
+        }
+        n
     }
 
     /// The network service at exactly `path` (query string already stripped).

@@ -51,6 +51,8 @@ pub struct LuaService {
     next_instance: AtomicUsize,
     instances: Mutex<Vec<InstanceHandle>>,
     stop: Arc<Stop>,
+    /// Open connections (for a redeploy, which asks them to reconnect to the new version).
+    conns: Mutex<std::collections::HashSet<ConnId>>,
 }
 
 impl LuaService {
@@ -88,6 +90,7 @@ impl LuaService {
             next_instance: AtomicUsize::new(0),
             instances: Mutex::new(Vec::new()),
             stop: Arc::new(Stop::default()),
+            conns: Mutex::new(std::collections::HashSet::new()),
         };
         let shared = Shared {
             hub,
@@ -150,6 +153,15 @@ impl LuaService {
         }
     }
 
+    /// The connections currently bound to this service.
+    pub fn connections(&self) -> Vec<ConnId> {
+        self.lock_conns().iter().copied().collect()
+    }
+
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ConnId>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn instance_of(&self, tag: u32) -> usize {
         (tag as usize) % self.inboxes.len().max(1)
     }
@@ -192,6 +204,7 @@ impl Service for LuaService {
     fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32 {
         let n = self.inboxes.len().max(1);
         let tag = (self.next_instance.fetch_add(1, Ordering::Relaxed) % n) as u32;
+        self.lock_conns().insert(conn);
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Open));
         tag
     }
@@ -217,6 +230,7 @@ impl Service for LuaService {
     }
 
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32) {
+        self.lock_conns().remove(&conn);
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Close));
     }
 

@@ -1,0 +1,170 @@
+//! Deploying without a restart (SPEC 7): on SIGHUP (`App::reload`) lapps.json and the app files
+//! are read again; a new service starts, a changed one is replaced while the others keep
+//! serving, a removed one stops, and a version that fails to load leaves the running one alone.
+mod common;
+use common::*;
+use std::path::PathBuf;
+use tungstenite::Message;
+
+struct Site {
+    dir: PathBuf,
+}
+
+impl Site {
+    fn new(name: &str) -> Site {
+        let dir = std::env::temp_dir().join(format!("lapps-deploy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("apps")).unwrap();
+        std::fs::write(
+            dir.join("ws.json"),
+            r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 }, "close_timeout_ms": 1000 }"#,
+        )
+        .unwrap();
+        Site { dir }
+    }
+
+    /// Writes app `name` answering every message with `"<tag> <message>"`.
+    fn app(&self, name: &str, tag: &str) {
+        let d = self.dir.join("apps").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join(format!("{name}.lua")),
+            format!(
+                "local m = {{}}\nm.onMessage = function(h, op, msg)\n  ws:send(h, 1, {tag:?} .. ' ' .. msg)\n  return true\nend\nreturn m\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    fn broken_app(&self, name: &str) {
+        let f = self.dir.join("apps").join(name).join(format!("{name}.lua"));
+        std::fs::write(f, "local m = {\nreturn m\n").unwrap();
+    }
+
+    /// lapps.json with these Lua services (name → path) plus the builtin echo at /echo.
+    fn services(&self, lua: &[&str]) {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut s = String::from(r#""echo": { "builtin": "echo", "request_target": "/echo" }"#);
+        for name in lua {
+            s.push_str(&format!(r#", "{name}": {{ "request_target": "/{name}" }}"#));
+        }
+        std::fs::write(
+            self.dir.join("lapps.json"),
+            format!(
+                r#"{{ "directories": {{ "applications": "{}", "lib": "{root}/lua/lib" }}, "services": {{ {s} }} }}"#,
+                self.dir.join("apps").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn start(&self) -> lapps::app::App {
+        let cfg = lapps::config::Config::load(&self.dir).expect("config");
+        lapps::app::App::start(&cfg).expect("app starts")
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ask(ws: &mut Client, s: &str) -> String {
+    ws.send(Message::text(s)).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn close_code(ws: &mut Client) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
+fn status_of(addr: std::net::SocketAddr, path: &str) -> String {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let resp = http_exchange_head(addr, &req);
+    resp.lines().next().unwrap_or_default().to_string()
+}
+
+fn http_exchange_head(addr: std::net::SocketAddr, req: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    read_http_head(&mut s)
+}
+
+#[test]
+fn a_changed_app_is_replaced_while_the_others_keep_serving() {
+    let site = Site::new("replace");
+    site.app("svc", "v1");
+    site.services(&["svc"]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut old = connect(addr, "/svc");
+    let mut other = connect(addr, "/echo");
+    assert_eq!(ask(&mut old, "hi"), "v1 hi");
+
+    site.app("svc", "v2");
+    app.reload();
+    assert_eq!(
+        close_code(&mut old),
+        Some(1001),
+        "clients of the old version are asked to reconnect"
+    );
+    let mut new = connect(addr, "/svc");
+    assert_eq!(ask(&mut new, "hi"), "v2 hi");
+    other.send(Message::text("still here")).unwrap();
+    assert_eq!(other.read().unwrap(), Message::text("still here"));
+
+    // A version that does not load is reported; the running one keeps serving.
+    site.broken_app("svc");
+    app.reload();
+    assert_eq!(ask(&mut new, "again"), "v2 again");
+    let mut after = connect(addr, "/svc");
+    assert_eq!(ask(&mut after, "x"), "v2 x");
+    app.shutdown();
+}
+
+#[test]
+fn services_are_added_and_removed_by_editing_lapps_json() {
+    let site = Site::new("add-remove");
+    site.app("one", "one");
+    site.app("two", "two");
+    site.services(&["one"]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    assert!(status_of(addr, "/two").contains("404"));
+    let mut one = connect(addr, "/one");
+
+    site.services(&["one", "two"]);
+    app.reload();
+    let mut two = connect(addr, "/two");
+    assert_eq!(ask(&mut two, "a"), "two a");
+    assert_eq!(
+        ask(&mut one, "b"),
+        "one b",
+        "an unchanged service is not touched"
+    );
+
+    site.services(&["two"]);
+    app.reload();
+    assert_eq!(close_code(&mut one), Some(1001));
+    assert!(status_of(addr, "/one").contains("404"));
+    assert_eq!(ask(&mut two, "c"), "two c");
+    app.shutdown();
+}
