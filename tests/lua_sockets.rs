@@ -1013,7 +1013,7 @@ fn close_events_still_queued_in_a_worker_at_shutdown_reach_on_disconnect() {
         &lapps_json(
             "./tests/apps",
             r#"{ "tally": { "instances": 1, "preload": ["bcast"], "queue_capacity": 1,
-                            "instruction_budget": 200000000 } }"#,
+                            "instruction_budget": 50000000 } }"#,
         ),
     );
     let dir = ScratchDir::new("queued-at-shutdown");

@@ -206,7 +206,8 @@ impl Worker {
         }
         let mut events = Events::with_capacity(self.opts.max_poll_events);
         loop {
-            let busy = !self.pending.is_empty() || !self.deferred.is_empty();
+            let busy =
+                !self.pending.is_empty() || !self.deferred.is_empty() || !self.touched.is_empty();
             let mut timeout = if busy {
                 Duration::ZERO
             } else {
@@ -242,7 +243,13 @@ impl Worker {
             self.flush_services();
             self.flush_dirty();
             self.publish_load();
-            if self.shutdown_since.is_some() && self.conns.is_empty() && self.flushed_or_gave_up() {
+            // `touched` is not empty when a connection ended after `flush_services` (in
+            // `flush_dirty`): its close event still has to reach the service.
+            if self.shutdown_since.is_some()
+                && self.conns.is_empty()
+                && self.touched.is_empty()
+                && self.flushed_or_gave_up()
+            {
                 break;
             }
         }
