@@ -12,6 +12,9 @@
 //! appended to outbound queues, not written); take new connections and service commands from
 //! the inboxes; run timers; let each service hand over its batch; then write every connection
 //! that has output once (one `send`/`sendmsg` per connection per iteration).
+//!
+//! Submodules extend `Worker`: `closing` (close handshakes, failing, the final removal),
+//! `commands` (what service threads ask for), `timers` (deadlines, shutdown), `tls_io` (wss://).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,16 +27,19 @@ use std::time::{Duration, Instant};
 use super::conn::{Conn, Phase};
 use super::epoll::{Events, Selector};
 use super::handle::ConnId;
-use super::hub::{Command, Hub, NewConn};
+use super::hub::{Hub, NewConn};
 use super::outq::{BufPool, Flushed, OutQueue};
 use super::slab::Slab;
 use super::sys;
 use crate::service::{Flow, Service, WorkerCtx};
 use crate::ws::codec::{self, Decoder, Event, Role};
 use crate::ws::handshake::{self, Request};
-use crate::ws::{close, Opcode};
+use crate::ws::Opcode;
 use crate::{debug, info, warn};
 
+mod closing;
+mod commands;
+mod timers;
 mod tls_io;
 
 const WAKE_TOKEN: u64 = 0;
@@ -644,123 +650,6 @@ impl Worker {
         }
     }
 
-    // ---- closing ---------------------------------------------------------------------------
-
-    /// The peer sent Close: echo it (if we had not sent ours) and finish the TCP connection.
-    fn on_peer_close(&mut self, index: u32, code: Option<u16>) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        if c.phase == Phase::Open {
-            c.out.append_with(&mut self.pool, |b| {
-                codec::encode_close(b, Role::Server, code, b"", [0; 4])
-            });
-        }
-        self.finish_after_flush(index);
-    }
-
-    /// We start the close handshake (service request, idle timeout, shutdown).
-    fn start_close(&mut self, index: u32, code: u16) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        if c.phase != Phase::Open {
-            return;
-        }
-        c.out.append_with(&mut self.pool, |b| {
-            codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
-        });
-        c.phase = Phase::Closing;
-        self.mark_dirty(index);
-        let at = Instant::now() + self.opts.close_timeout;
-        self.set_deadline(index, at);
-    }
-
-    /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
-    fn fail(&mut self, index: u32, code: u16) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        // In Closing our Close frame is already out; a second one is not allowed.
-        if c.phase == Phase::Open {
-            c.out.append_with(&mut self.pool, |b| {
-                codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
-            });
-        }
-        self.finish_after_flush(index);
-    }
-
-    /// Our last bytes are queued: shut TCP down once they are written (bounded by the close
-    /// timeout, so a peer that never reads cannot hold the connection).
-    fn finish_after_flush(&mut self, index: u32) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        c.phase = Phase::Finishing;
-        self.mark_dirty(index);
-        let at = Instant::now() + self.opts.close_timeout;
-        self.set_deadline(index, at);
-    }
-
-    /// Queues an HTTP answer and finishes the connection after it.
-    fn answer_and_finish(&mut self, index: u32, response: Vec<u8>) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        c.out
-            .append_with(&mut self.pool, |b| b.extend_from_slice(&response));
-        self.finish_after_flush(index);
-    }
-
-    /// Everything is written: shut our side down and wait (bounded) for the peer's EOF.
-    fn finish(&mut self, index: u32) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        // SAFETY: shutdown on a descriptor we own; failure only means the peer is gone.
-        unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
-        c.phase = Phase::Draining;
-        c.read_pending = true;
-        let at = Instant::now() + self.opts.close_timeout;
-        self.set_deadline(index, at);
-        self.read_some(index);
-    }
-
-    /// Removes the connection; calls the service's `on_close` if it was opened.
-    fn end(&mut self, index: u32, why: Ending) {
-        let generation = self.conns.generation(index).unwrap_or(0);
-        let Some(mut c) = self.conns.remove(index) else {
-            return;
-        };
-        let _ = self.selector.deregister(c.fd.as_raw_fd());
-        let port = self.hub.port(self.id);
-        port.set_dead(index);
-        if !c.refused {
-            port.release_slot();
-        }
-        c.out.clear(&mut self.pool);
-        if let Some(service) = c.service.take() {
-            let id = self.conn_id(index, generation);
-            let mut scratch_out = OutQueue::default();
-            let mut ctx = Ctx {
-                worker: self.id,
-                current: id,
-                out: &mut scratch_out,
-                pool: &mut self.pool,
-                fragment: None,
-                deferred: &mut self.deferred,
-            };
-            service.on_close(&mut ctx, id, c.tag);
-            scratch_out.clear(&mut self.pool);
-            self.touched_push(&service);
-        }
-        match why {
-            Ending::Timeout(what) => info!("closed {}: {what} timeout", c.peer),
-            other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
-        }
-        // Dropping `c` closes the socket.
-    }
-
     // ---- writing ---------------------------------------------------------------------------
 
     fn mark_dirty(&mut self, index: u32) {
@@ -843,194 +732,5 @@ impl Worker {
                 self.pending.push(index);
             }
         }
-    }
-
-    // ---- commands from services -------------------------------------------------------------
-
-    fn take_commands(&mut self) {
-        while let Some(batch) = self.hub.port(self.id).commands.pop() {
-            for cmd in batch {
-                self.apply(cmd);
-            }
-        }
-    }
-
-    /// The live connection for `id` if it is ours and current.
-    fn live_index(&mut self, id: ConnId) -> Option<u32> {
-        if id.worker() != self.id {
-            return None;
-        }
-        self.conns
-            .get_gen_mut(id.index(), id.generation())
-            .map(|_| id.index())
-    }
-
-    fn apply(&mut self, cmd: Command) {
-        match cmd {
-            Command::Send { conn, frame } => {
-                if let Some(i) = self.live_index(conn) {
-                    self.queue_frame(i, |q, pool| q.push_chunk(pool, frame));
-                }
-            }
-            Command::SendMany { conns, frame } => {
-                for conn in conns {
-                    if let Some(i) = self.live_index(conn) {
-                        let f = frame.clone();
-                        self.queue_frame(i, |q, pool| q.push_shared(pool, f));
-                    }
-                }
-            }
-            Command::Close { conn, code } => {
-                if let Some(i) = self.live_index(conn) {
-                    self.start_close(i, code);
-                }
-            }
-            Command::Resume { conn } => {
-                if let Some(i) = self.live_index(conn) {
-                    if let Some(c) = self.conns.get_mut(i) {
-                        c.service_paused = false;
-                    }
-                    self.resume_reading(i);
-                }
-            }
-        }
-    }
-
-    /// Queues outbound data on an open connection, pausing its reads above the high-water mark.
-    fn queue_frame(&mut self, index: u32, push: impl FnOnce(&mut OutQueue, &mut BufPool)) {
-        let high = self.opts.outbound_high_water;
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        if c.phase != Phase::Open {
-            return; // after our Close no data frame may follow (RFC 6455 5.5.1)
-        }
-        push(&mut c.out, &mut self.pool);
-        if c.out.bytes() > high {
-            c.out_paused = true;
-        }
-        // One largest message always fits on top, so a big reply alone never trips it.
-        let max_message = c.service.as_ref().map_or(0, |s| s.max_message_size());
-        let limit = high
-            .saturating_mul(SLOW_CONSUMER_FACTOR)
-            .saturating_add(max_message);
-        if c.out.bytes() > limit {
-            // A peer that does not read while services keep sending to it (broadcasts, pushes)
-            // would grow its queue without bound: it is dropped with 1008, the others never
-            // wait for it.
-            info!(
-                "closing {}: slow consumer ({} bytes queued), close code 1008",
-                c.peer,
-                c.out.bytes()
-            );
-            c.out.drop_unstarted(&mut self.pool);
-            c.out.append_with(&mut self.pool, |b| {
-                codec::encode_close(
-                    b,
-                    Role::Server,
-                    Some(close::POLICY),
-                    b"slow consumer",
-                    [0; 4],
-                )
-            });
-            self.finish_after_flush(index);
-            return;
-        }
-        self.mark_dirty(index);
-    }
-
-    fn apply_deferred(&mut self) {
-        for (conn, frame) in std::mem::take(&mut self.deferred) {
-            if let Some(i) = self.live_index(conn) {
-                self.queue_frame(i, |q, pool| {
-                    q.push_chunk(pool, super::hub::Chunk::Owned(frame))
-                });
-            }
-        }
-    }
-
-    // ---- timers and shutdown ----------------------------------------------------------------
-
-    fn run_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(c) = self.conns.get_gen_mut(index, generation) else {
-                continue;
-            };
-            // Lazy deletion: only the connection's current deadline counts.
-            if c.deadline != Some(at) {
-                continue;
-            }
-            c.deadline = None;
-            match c.phase {
-                Phase::Handshake => self.end(index, Ending::Timeout("handshake")),
-                Phase::Closing | Phase::Finishing | Phase::Draining => {
-                    self.end(index, Ending::Timeout("close"))
-                }
-                Phase::Open => self.idle_check(index, now),
-            }
-        }
-    }
-
-    fn idle_check(&mut self, index: u32, now: Instant) {
-        let Some(idle) = self.opts.idle_timeout else {
-            return;
-        };
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        let quiet = now.saturating_duration_since(c.last_activity);
-        if quiet < idle {
-            let at = c.last_activity + idle;
-            self.set_deadline(index, at);
-        } else if c.ping_outstanding {
-            info!("closing {}: idle timeout (no answer to ping)", c.peer);
-            self.start_close(index, close::GOING_AWAY);
-        } else {
-            c.ping_outstanding = true;
-            c.out.append_with(&mut self.pool, |b| {
-                codec::encode_control(b, Role::Server, Opcode::Ping, b"", [0; 4])
-            });
-            self.mark_dirty(index);
-            self.set_deadline(index, now + idle);
-        }
-    }
-
-    fn check_shutdown(&mut self) {
-        if !self.hub.is_shutting_down() {
-            return;
-        }
-        let now = Instant::now();
-        match self.shutdown_since {
-            None => {
-                self.shutdown_since = Some(now);
-                for index in self.conns.indices() {
-                    let phase = self.conns.get_mut(index).map(|c| c.phase);
-                    match phase {
-                        Some(Phase::Open) => self.start_close(index, close::GOING_AWAY),
-                        Some(Phase::Handshake) => self.end(index, Ending::Shutdown),
-                        _ => {}
-                    }
-                }
-            }
-            Some(since) if now.duration_since(since) > SHUTDOWN_GRACE => {
-                for index in self.conns.indices() {
-                    self.end(index, Ending::Shutdown);
-                }
-            }
-            Some(_) => {}
-        }
-    }
-
-    /// Publishes the queued outbound bytes for the balancer (the connection count is kept
-    /// exact by slot reservation, see `Port::reserve_slot`).
-    fn publish_load(&mut self) {
-        let port = self.hub.port(self.id);
-        port.queued_bytes
-            .store(self.pool.queued_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }

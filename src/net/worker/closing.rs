@@ -1,0 +1,129 @@
+//! Ending connections: the close handshake (ours and the peer's), failing a connection with a
+//! close code, HTTP answers that end a connection, the lingering TCP shutdown, and the final
+//! removal that owes the service its `on_close`.
+
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::{Ctx, Ending, Worker};
+use crate::net::conn::Phase;
+use crate::net::outq::OutQueue;
+use crate::ws::codec::{self, Role};
+use crate::{debug, info};
+
+impl Worker {
+    /// The peer sent Close: echo it (if we had not sent ours) and finish the TCP connection.
+    pub(super) fn on_peer_close(&mut self, index: u32, code: Option<u16>) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        if c.phase == Phase::Open {
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(b, Role::Server, code, b"", [0; 4])
+            });
+        }
+        self.finish_after_flush(index);
+    }
+
+    /// We start the close handshake (service request, idle timeout, shutdown).
+    pub(super) fn start_close(&mut self, index: u32, code: u16) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        if c.phase != Phase::Open {
+            return;
+        }
+        c.out.append_with(&mut self.pool, |b| {
+            codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
+        });
+        c.phase = Phase::Closing;
+        self.mark_dirty(index);
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
+    }
+
+    /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
+    pub(super) fn fail(&mut self, index: u32, code: u16) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        // In Closing our Close frame is already out; a second one is not allowed.
+        if c.phase == Phase::Open {
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
+            });
+        }
+        self.finish_after_flush(index);
+    }
+
+    /// Our last bytes are queued: shut TCP down once they are written (bounded by the close
+    /// timeout, so a peer that never reads cannot hold the connection).
+    pub(super) fn finish_after_flush(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        c.phase = Phase::Finishing;
+        self.mark_dirty(index);
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
+    }
+
+    /// Queues an HTTP answer and finishes the connection after it.
+    pub(super) fn answer_and_finish(&mut self, index: u32, response: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        c.out
+            .append_with(&mut self.pool, |b| b.extend_from_slice(&response));
+        self.finish_after_flush(index);
+    }
+
+    /// Everything is written: shut our side down and wait (bounded) for the peer's EOF.
+    pub(super) fn finish(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        // SAFETY: shutdown on a descriptor we own; failure only means the peer is gone.
+        unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
+        c.phase = Phase::Draining;
+        c.read_pending = true;
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
+        self.read_some(index);
+    }
+
+    /// Removes the connection; calls the service's `on_close` if it was opened.
+    pub(super) fn end(&mut self, index: u32, why: Ending) {
+        let generation = self.conns.generation(index).unwrap_or(0);
+        let Some(mut c) = self.conns.remove(index) else {
+            return;
+        };
+        let _ = self.selector.deregister(c.fd.as_raw_fd());
+        let port = self.hub.port(self.id);
+        port.set_dead(index);
+        if !c.refused {
+            port.release_slot();
+        }
+        c.out.clear(&mut self.pool);
+        if let Some(service) = c.service.take() {
+            let id = self.conn_id(index, generation);
+            let mut scratch_out = OutQueue::default();
+            let mut ctx = Ctx {
+                worker: self.id,
+                current: id,
+                out: &mut scratch_out,
+                pool: &mut self.pool,
+                fragment: None,
+                deferred: &mut self.deferred,
+            };
+            service.on_close(&mut ctx, id, c.tag);
+            scratch_out.clear(&mut self.pool);
+            self.touched_push(&service);
+        }
+        match why {
+            Ending::Timeout(what) => info!("closed {}: {what} timeout", c.peer),
+            other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
+        }
+        // Dropping `c` closes the socket.
+    }
+}

@@ -1,0 +1,118 @@
+//! What service threads ask of the worker (`Command`s from the hub): queue frames, close,
+//! resume reading; plus slow-consumer detection on the queues those commands fill.
+
+use super::Worker;
+use super::SLOW_CONSUMER_FACTOR;
+use crate::info;
+use crate::net::conn::Phase;
+use crate::net::handle::ConnId;
+use crate::net::hub::{Chunk, Command};
+use crate::net::outq::{BufPool, OutQueue};
+use crate::ws::close;
+use crate::ws::codec::{self, Role};
+
+impl Worker {
+    pub(super) fn take_commands(&mut self) {
+        while let Some(batch) = self.hub.port(self.id).commands.pop() {
+            for cmd in batch {
+                self.apply(cmd);
+            }
+        }
+    }
+
+    /// The live connection for `id` if it is ours and current.
+    pub(super) fn live_index(&mut self, id: ConnId) -> Option<u32> {
+        if id.worker() != self.id {
+            return None;
+        }
+        self.conns
+            .get_gen_mut(id.index(), id.generation())
+            .map(|_| id.index())
+    }
+
+    pub(super) fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { conn, frame } => {
+                if let Some(i) = self.live_index(conn) {
+                    self.queue_frame(i, |q, pool| q.push_chunk(pool, frame));
+                }
+            }
+            Command::SendMany { conns, frame } => {
+                for conn in conns {
+                    if let Some(i) = self.live_index(conn) {
+                        let f = frame.clone();
+                        self.queue_frame(i, |q, pool| q.push_shared(pool, f));
+                    }
+                }
+            }
+            Command::Close { conn, code } => {
+                if let Some(i) = self.live_index(conn) {
+                    self.start_close(i, code);
+                }
+            }
+            Command::Resume { conn } => {
+                if let Some(i) = self.live_index(conn) {
+                    if let Some(c) = self.conns.get_mut(i) {
+                        c.service_paused = false;
+                    }
+                    self.resume_reading(i);
+                }
+            }
+        }
+    }
+
+    /// Queues outbound data on an open connection, pausing its reads above the high-water mark.
+    pub(super) fn queue_frame(
+        &mut self,
+        index: u32,
+        push: impl FnOnce(&mut OutQueue, &mut BufPool),
+    ) {
+        let high = self.opts.outbound_high_water;
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        if c.phase != Phase::Open {
+            return; // after our Close no data frame may follow (RFC 6455 5.5.1)
+        }
+        push(&mut c.out, &mut self.pool);
+        if c.out.bytes() > high {
+            c.out_paused = true;
+        }
+        // One largest message always fits on top, so a big reply alone never trips it.
+        let max_message = c.service.as_ref().map_or(0, |s| s.max_message_size());
+        let limit = high
+            .saturating_mul(SLOW_CONSUMER_FACTOR)
+            .saturating_add(max_message);
+        if c.out.bytes() > limit {
+            // A peer that does not read while services keep sending to it (broadcasts, pushes)
+            // would grow its queue without bound: it is dropped with 1008, the others never
+            // wait for it.
+            info!(
+                "closing {}: slow consumer ({} bytes queued), close code 1008",
+                c.peer,
+                c.out.bytes()
+            );
+            c.out.drop_unstarted(&mut self.pool);
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(
+                    b,
+                    Role::Server,
+                    Some(close::POLICY),
+                    b"slow consumer",
+                    [0; 4],
+                )
+            });
+            self.finish_after_flush(index);
+            return;
+        }
+        self.mark_dirty(index);
+    }
+
+    pub(super) fn apply_deferred(&mut self) {
+        for (conn, frame) in std::mem::take(&mut self.deferred) {
+            if let Some(i) = self.live_index(conn) {
+                self.queue_frame(i, |q, pool| q.push_chunk(pool, Chunk::Owned(frame)));
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Deadlines (handshake, close, idle ping) and the graceful shutdown sweep.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use super::{Ending, Worker, SHUTDOWN_GRACE};
+use crate::info;
+use crate::net::conn::Phase;
+use crate::ws::codec::{self, Role};
+use crate::ws::{close, Opcode};
+
+impl Worker {
+    pub(super) fn run_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_gen_mut(index, generation) else {
+                continue;
+            };
+            // Lazy deletion: only the connection's current deadline counts.
+            if c.deadline != Some(at) {
+                continue;
+            }
+            c.deadline = None;
+            match c.phase {
+                Phase::Handshake => self.end(index, Ending::Timeout("handshake")),
+                Phase::Closing | Phase::Finishing | Phase::Draining => {
+                    self.end(index, Ending::Timeout("close"))
+                }
+                Phase::Open => self.idle_check(index, now),
+            }
+        }
+    }
+
+    pub(super) fn idle_check(&mut self, index: u32, now: Instant) {
+        let Some(idle) = self.opts.idle_timeout else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        let quiet = now.saturating_duration_since(c.last_activity);
+        if quiet < idle {
+            let at = c.last_activity + idle;
+            self.set_deadline(index, at);
+        } else if c.ping_outstanding {
+            info!("closing {}: idle timeout (no answer to ping)", c.peer);
+            self.start_close(index, close::GOING_AWAY);
+        } else {
+            c.ping_outstanding = true;
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_control(b, Role::Server, Opcode::Ping, b"", [0; 4])
+            });
+            self.mark_dirty(index);
+            self.set_deadline(index, now + idle);
+        }
+    }
+
+    pub(super) fn check_shutdown(&mut self) {
+        if !self.hub.is_shutting_down() {
+            return;
+        }
+        let now = Instant::now();
+        match self.shutdown_since {
+            None => {
+                self.shutdown_since = Some(now);
+                for index in self.conns.indices() {
+                    let phase = self.conns.get_mut(index).map(|c| c.phase);
+                    match phase {
+                        Some(Phase::Open) => self.start_close(index, close::GOING_AWAY),
+                        Some(Phase::Handshake) => self.end(index, Ending::Shutdown),
+                        _ => {}
+                    }
+                }
+            }
+            Some(since) if now.duration_since(since) > SHUTDOWN_GRACE => {
+                for index in self.conns.indices() {
+                    self.end(index, Ending::Shutdown);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Publishes the queued outbound bytes for the balancer (the connection count is kept
+    /// exact by slot reservation, see `Port::reserve_slot`).
+    pub(super) fn publish_load(&mut self) {
+        let port = self.hub.port(self.id);
+        port.queued_bytes
+            .store(self.pool.queued_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
