@@ -46,6 +46,13 @@ impl Chunk {
 pub enum Command {
     /// Queue these framed bytes on the connection.
     Send { conn: ConnId, frame: Chunk },
+    /// Many small frames for connections of this worker, framed back to back into one buffer
+    /// (`sends` gives each frame's connection and length, in order): one allocation for a
+    /// whole batch of replies instead of one per reply.
+    SendBatch {
+        buf: Vec<u8>,
+        sends: Vec<(ConnId, u32)>,
+    },
     /// Queue one shared frame on many connections of this worker (a broadcast: encoded once).
     SendMany {
         conns: Vec<ConnId>,
@@ -286,6 +293,10 @@ impl Hub {
             Command::Send { conn, .. } | Command::Close { conn, .. } | Command::Resume { conn } => {
                 *conn
             }
+            Command::SendBatch { sends, .. } => match sends.first() {
+                Some((c, _)) => *c,
+                None => return Ok(()),
+            },
             Command::SendMany { conns, .. } => match conns.first() {
                 Some(c) => *c,
                 None => return Ok(()),

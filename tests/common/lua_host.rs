@@ -138,6 +138,22 @@ pub fn collect_until(hub: &Hub, mut done: impl FnMut(&[Out]) -> bool) -> Vec<Out
                                 shared: false,
                             });
                         }
+                        Command::SendBatch { buf, sends } => {
+                            let mut at = 0usize;
+                            for (conn, len) in sends {
+                                assert_eq!(conn.worker(), w, "command posted to the wrong worker");
+                                let end = at + len as usize;
+                                let (opcode, payload) = unframe(&buf[at..end]);
+                                at = end;
+                                all.push(Out::Msg {
+                                    conn,
+                                    opcode,
+                                    payload,
+                                    shared: false,
+                                });
+                            }
+                            assert_eq!(at, buf.len(), "the batch holds exactly its frames");
+                        }
                         Command::SendMany { conns, frame } => {
                             let (opcode, payload) = unframe(&frame);
                             for conn in conns {

@@ -37,6 +37,19 @@ impl Worker {
                     self.queue_frame(i, |q, pool| q.push_chunk(pool, frame));
                 }
             }
+            Command::SendBatch { buf, sends } => {
+                let mut at = 0usize;
+                for (conn, len) in sends {
+                    let end = at + len as usize;
+                    let Some(frame) = buf.get(at..end) else { break };
+                    at = end;
+                    if let Some(i) = self.live_index(conn) {
+                        self.queue_frame(i, |q, pool| {
+                            q.append_with(pool, |b| b.extend_from_slice(frame))
+                        });
+                    }
+                }
+            }
             Command::SendMany { conns, frame } => {
                 for conn in conns {
                     if let Some(i) = self.live_index(conn) {

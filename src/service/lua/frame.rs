@@ -2,6 +2,9 @@
 //!
 //! The one place the Lua host turns a payload into wire bytes; it never parses input.
 
+use super::host::HostCtx;
+use crate::net::handle::ConnId;
+use crate::net::hub::{Chunk, Command};
 use crate::ws::codec::{encode_message, Role};
 use crate::ws::Opcode;
 
@@ -18,17 +21,45 @@ pub(crate) fn frame(opcode: u8, payload: &[u8], fragment: Option<usize>) -> Vec<
     out
 }
 
-/// Frames a message a Lua app sends with an explicit opcode (1 text, 2 binary), checking
-/// what RFC 6455 requires of it; the `nil, "reason"` text when it cannot be sent.
+/// Checks a message a Lua app sends with an explicit opcode (1 text, 2 binary) against what
+/// RFC 6455 requires of it; the `nil, "reason"` text when it cannot be sent.
+pub(crate) fn checked_opcode(opcode: i64, payload: &[u8]) -> Result<Opcode, &'static str> {
+    match opcode {
+        1 if !crate::simd::validate_utf8(payload) => Err("invalid UTF-8"),
+        1 => Ok(Opcode::Text),
+        2 => Ok(Opcode::Binary),
+        _ => Err("bad opcode"),
+    }
+}
+
+/// [`checked_opcode`], then the framed message.
 pub(crate) fn frame_checked(
     opcode: i64,
     payload: &[u8],
     fragment: Option<usize>,
 ) -> Result<Vec<u8>, &'static str> {
-    match opcode {
-        1 if !crate::simd::validate_utf8(payload) => Err("invalid UTF-8"),
-        1 | 2 => Ok(frame(opcode as u8, payload, fragment)),
-        _ => Err("bad opcode"),
+    checked_opcode(opcode, payload).map(|op| frame(op as u8, payload, fragment))
+}
+
+/// Messages up to this size are framed into the worker's batch buffer (`HostCtx::send_small`);
+/// larger ones get a buffer of their own that the worker queues without copying.
+pub(crate) const SMALL_MESSAGE: usize = 4096;
+
+/// Queues a message for `conn` (framed, auto-fragmented as configured).
+pub(crate) fn send_message(host: &HostCtx, conn: ConnId, opcode: Opcode, payload: &[u8]) {
+    if payload.len() <= SMALL_MESSAGE {
+        host.send_small(conn, |b| {
+            encode_message(b, Role::Server, opcode, payload, host.auto_fragment, [0; 4])
+        });
+    } else {
+        let f = frame(opcode as u8, payload, host.auto_fragment);
+        host.push(
+            conn,
+            Command::Send {
+                conn,
+                frame: Chunk::Owned(f),
+            },
+        );
     }
 }
 

@@ -17,6 +17,8 @@ use crate::net::hub::{Command, Hub};
 /// Commands per worker after which the outbox posts without waiting for the end of the batch
 /// (keeps memory bounded when one callback sends a lot).
 const EARLY_POST: usize = 1024;
+/// ... or once a batch of small frames holds this many bytes.
+const EARLY_POST_BYTES: usize = 256 * 1024;
 
 /// The stop signal of one service: `must_stop()` reads it, `nap` sleeps on it.
 #[derive(Default)]
@@ -116,6 +118,36 @@ impl HostCtx {
             };
             list.push(cmd);
             list.len() >= EARLY_POST
+        };
+        if full {
+            self.post(w);
+        }
+    }
+
+    /// Queues one small frame for `conn`, written by `encode` straight into the batch buffer
+    /// of `conn`'s worker (extending the last `SendBatch` when it is the last command, so the
+    /// order with closes and other commands is kept). No allocation per message.
+    pub fn send_small(&self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>)) {
+        let w = conn.worker();
+        let full = {
+            let mut ob = self.outbox.borrow_mut();
+            let Some(list) = ob.per_worker.get_mut(w) else {
+                return;
+            };
+            if !matches!(list.last(), Some(Command::SendBatch { .. })) {
+                list.push(Command::SendBatch {
+                    buf: Vec::with_capacity(4096),
+                    sends: Vec::new(),
+                });
+            }
+            let mut big = false;
+            if let Some(Command::SendBatch { buf, sends }) = list.last_mut() {
+                let before = buf.len();
+                encode(buf);
+                sends.push((conn, (buf.len() - before) as u32));
+                big = buf.len() >= EARLY_POST_BYTES;
+            }
+            big || list.len() >= EARLY_POST
         };
         if full {
             self.post(w);

@@ -13,12 +13,11 @@ use std::collections::HashMap;
 use mlua::{Function, Lua, Value};
 
 use super::api::handler_value;
-use super::frame::frame;
+use super::frame::send_message;
 use super::host::{one_line, HostCtx};
 use crate::lapps_proto::lua::into_lua;
 use crate::lapps_proto::protocol::{self, encode_response_error, ProtocolError};
 use crate::net::handle::ConnId;
-use crate::net::hub::{Chunk, Command};
 
 /// What happened to one inbound message.
 pub(crate) enum Outcome {
@@ -120,12 +119,5 @@ impl LappsState {
 
 /// Queues one CBOR message as a binary frame on `conn`.
 pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) {
-    let f = frame(2, cbor, host.auto_fragment);
-    host.push(
-        conn,
-        Command::Send {
-            conn,
-            frame: Chunk::Owned(f),
-        },
-    );
+    send_message(host, conn, crate::ws::Opcode::Binary, cbor);
 }

@@ -15,8 +15,8 @@ use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
-use crate::net::hub::{Chunk, Command};
-use crate::service::lua::frame::frame_checked;
+use crate::net::hub::Command;
+use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
 
@@ -52,17 +52,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 let Some(msg) = b else {
                     return fail("no message");
                 };
-                let f = match frame_checked(opcode, &msg.as_bytes(), h.auto_fragment) {
-                    Ok(f) => f,
+                let bytes = msg.as_bytes();
+                match checked_opcode(opcode, &bytes) {
+                    Ok(op) => send_message(&h, conn, op, &bytes),
                     Err(reason) => return fail(reason),
-                };
-                h.push(
-                    conn,
-                    Command::Send {
-                        conn,
-                        frame: Chunk::Owned(f),
-                    },
-                );
+                }
                 ok(Value::Boolean(true))
             },
         )?,
