@@ -434,16 +434,10 @@ impl Worker {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.read_pending = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("worker {}: read from {}: {e}", self.id, c.peer);
-                    c.read_pending = false;
-                    self.end(index, Ending::Error);
-                    break;
+                    if !self.read_failed(index, e) {
+                        break;
+                    }
                 }
             }
         }
@@ -461,6 +455,23 @@ impl Worker {
         if !c.out.is_empty() && !c.write_blocked {
             self.flush_conn(index);
         }
+    }
+
+    /// A failed read (plaintext or TLS): `true` to read again (EINTR); otherwise reading this
+    /// connection stops, for now (EAGAIN: wait for the next edge) or for good (an error ends it).
+    fn read_failed(&mut self, index: u32, e: io::Error) -> bool {
+        if e.kind() == io::ErrorKind::Interrupted {
+            return true;
+        }
+        let Some(c) = self.conns.get_mut(index) else {
+            return false;
+        };
+        c.read_pending = false;
+        if e.kind() != io::ErrorKind::WouldBlock {
+            debug!("worker {}: read from {}: {e}", self.id, c.peer);
+            self.end(index, Ending::Error);
+        }
+        false
     }
 
     /// Processes input bytes; returns how many were consumed.

@@ -102,16 +102,10 @@ impl Worker {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.read_pending = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("worker {}: read from {}: {e}", self.id, c.peer);
-                    c.read_pending = false;
-                    self.end(index, Ending::Error);
-                    break;
+                    if !self.read_failed(index, e) {
+                        break;
+                    }
                 }
             }
         }
