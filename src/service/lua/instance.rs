@@ -115,7 +115,7 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     } else {
         let lapps = (spec.protocol == super::spec::Protocol::LAppS)
             .then(|| super::lapps::LappsState::new(spec.max_protocol_errors));
-        let app = RawApp::new(&module, lapps).map_err(|e| format!("{path}: {e}"))?;
+        let app = RawApp::new(&lua, &module, lapps).map_err(|e| format!("{path}: {e}"))?;
         if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
             host.reset_budget();
             f.call::<()>(())

@@ -13,6 +13,7 @@
 //!   the callbacks; `api`: the Lua-facing modules; `frame`: server framing.
 
 pub mod api;
+mod fastpath;
 mod frame;
 mod host;
 mod inbox;

@@ -10,21 +10,28 @@
 use mlua::{Function, Lua, Table, Value};
 
 use super::api::handler_value;
+use super::fastpath::{call_messages, Failed};
 use super::host::{one_line, HostCtx};
-use super::inbox::{Batch, Kind};
+use super::inbox::{Batch, Event, Kind};
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
 
 pub(crate) struct RawApp {
     on_message: Function,
     on_disconnect: Option<Function>,
+    /// The message handler of the RAW fast path (see [`super::fastpath`]).
+    traceback: Function,
     /// Set for LAppS-protocol services.
     lapps: Option<super::lapps::LappsState>,
 }
 
 impl RawApp {
     /// Checks the module table has what a RAW service needs.
-    pub fn new(module: &Table, lapps: Option<super::lapps::LappsState>) -> Result<RawApp, String> {
+    pub fn new(
+        lua: &Lua,
+        module: &Table,
+        lapps: Option<super::lapps::LappsState>,
+    ) -> Result<RawApp, String> {
         let on_message = match module.get::<Value>("onMessage") {
             Ok(Value::Function(f)) => f,
             _ => return Err("the module has no onMessage function".into()),
@@ -33,15 +40,95 @@ impl RawApp {
             Ok(Value::Function(f)) => Some(f),
             _ => None,
         };
+        let traceback = super::fastpath::traceback_function(lua).map_err(|e| e.to_string())?;
         Ok(RawApp {
             on_message,
             on_disconnect,
+            traceback,
             lapps,
         })
     }
 
     pub fn handle(&self, lua: &Lua, host: &HostCtx, batch: &Batch) {
-        for e in &batch.events {
+        if self.lapps.is_some() {
+            return self.handle_events(lua, host, batch, &batch.events);
+        }
+        // RAW: runs of messages go through the fast path, opens and closes one by one.
+        let mut rest = &batch.events[..];
+        while !rest.is_empty() {
+            let run = rest
+                .iter()
+                .position(|e| !matches!(e.kind, Kind::Message(_)))
+                .unwrap_or(rest.len());
+            if run == 0 {
+                self.handle_events(lua, host, batch, &rest[..1]);
+                rest = &rest[1..];
+                continue;
+            }
+            self.raw_messages(lua, host, batch, &rest[..run]);
+            rest = &rest[run..];
+        }
+    }
+
+    fn raw_messages(&self, lua: &Lua, host: &HostCtx, batch: &Batch, run: &[Event]) {
+        let failed = {
+            let closing = host.closing.borrow();
+            let skip = |c: ConnId| !closing.is_empty() && closing.contains(&c);
+            call_messages(
+                lua,
+                host,
+                &self.on_message,
+                &self.traceback,
+                batch,
+                run,
+                skip,
+            )
+        };
+        let failed = match failed {
+            Ok(f) => f,
+            Err(err) => {
+                // Only a push that ran out of memory gets here: the run is abandoned; close
+                // its connections rather than leave their messages unanswered.
+                let _ = lua.gc_collect();
+                let _ = lua.gc_collect();
+                crate::error!("{} onMessage: {}", host.tag(), one_line(&err));
+                let mut seen = std::collections::HashSet::new();
+                run.iter()
+                    .filter(|e| seen.insert(e.conn))
+                    .map(|e| Failed::Raised {
+                        conn: e.conn,
+                        error: one_line(&err),
+                    })
+                    .collect()
+            }
+        };
+        for f in failed {
+            match f {
+                Failed::Returned(conn) => close(host, conn, 1000),
+                Failed::Raised { conn, error, .. } => {
+                    if host.closing.borrow().contains(&conn) {
+                        continue;
+                    }
+                    let error = error
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" | ");
+                    crate::error!(
+                        "{} onMessage failed, closing {:#x} with 1011: {}",
+                        host.tag(),
+                        conn.as_u64(),
+                        error
+                    );
+                    close(host, conn, 1011);
+                }
+            }
+        }
+    }
+
+    fn handle_events(&self, lua: &Lua, host: &HostCtx, batch: &Batch, events: &[Event]) {
+        for e in events {
             match e.kind {
                 Kind::Open => {}
                 Kind::Message(opcode) => {

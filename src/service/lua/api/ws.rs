@@ -16,6 +16,7 @@ use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
+use crate::service::lua::fastpath;
 use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
@@ -28,39 +29,38 @@ pub(crate) fn valid_close_code(code: i64) -> bool {
 pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let t = lua.create_table()?;
     let h = Rc::clone(host);
-    t.set(
-        "send",
-        lua.create_function(
-            move |_,
-                  (_this, conn, a, b): (Value, Value, Value, Option<mlua::String>)|
-                  -> mlua::Result<Ret> {
-                let Some(conn) = handler(&conn) else {
-                    return fail("bad handler");
-                };
-                if !h.hub.is_live(conn) {
-                    return fail("closed");
+    let slow_send = lua.create_function(
+        move |_,
+              (_this, conn, a, b): (Value, Value, Value, Option<mlua::String>)|
+              -> mlua::Result<Ret> {
+            let Some(conn) = handler(&conn) else {
+                return fail("bad handler");
+            };
+            if !h.hub.is_live(conn) {
+                return fail("closed");
+            }
+            let opcode = match a {
+                Value::Integer(i) => i,
+                Value::Number(n) if n.fract() == 0.0 => n as i64,
+                // The original's LAppS form: ws:send(handler, value).
+                value @ (Value::Table(_) | Value::UserData(_)) => {
+                    return send_value(&h, conn, &value)
                 }
-                let opcode = match a {
-                    Value::Integer(i) => i,
-                    Value::Number(n) if n.fract() == 0.0 => n as i64,
-                    // The original's LAppS form: ws:send(handler, value).
-                    value @ (Value::Table(_) | Value::UserData(_)) => {
-                        return send_value(&h, conn, &value)
-                    }
-                    _ => return fail("bad opcode"),
-                };
-                let Some(msg) = b else {
-                    return fail("no message");
-                };
-                let bytes = msg.as_bytes();
-                match checked_opcode(opcode, &bytes) {
-                    Ok(op) => send_message(&h, conn, op, &bytes),
-                    Err(reason) => return fail(reason),
-                }
-                ok(Value::Boolean(true))
-            },
-        )?,
+                _ => return fail("bad opcode"),
+            };
+            let Some(msg) = b else {
+                return fail("no message");
+            };
+            let bytes = msg.as_bytes();
+            match checked_opcode(opcode, &bytes) {
+                Ok(op) => send_message(&h, conn, op, &bytes),
+                Err(reason) => return fail(reason),
+            }
+            ok(Value::Boolean(true))
+        },
     )?;
+    // The common shape (number opcode, string message) is served without mlua's conversions.
+    t.set("send", fastpath::send_function(lua, host, slow_send)?)?;
     let h = Rc::clone(host);
     t.set(
         "send_response",

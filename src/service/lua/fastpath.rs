@@ -1,0 +1,238 @@
+//! The two per-message crossings between Rust and Lua, written against the Lua C API: calling
+//! `onMessage` for a run of RAW messages, and `ws:send(handler, opcode, string)`.
+//!
+//! Owns nothing but these two hot paths; everything else goes through mlua. Measured reason
+//! (docs/threading.md): through mlua each crossing converts every argument into a `Value`
+//! (a registry reference each), pushes a fresh traceback closure and checks the stack, which
+//! cost more than the echo itself. Here a message costs four pushes and one `lua_pcall`, and a
+//! send reads its arguments in place (the payload is not copied before it is framed).
+//!
+//! Error discipline: Lua errors are caught by our own `lua_pcall` (never unwind through Rust),
+//! so the only Lua calls outside it are pushes, which can fail only when out of memory; mlua's
+//! `exec_raw` catches that around the whole run. Nothing here panics into Lua: `fast_send`
+//! runs its Rust part under `catch_unwind`.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+use mlua::{ffi, Function, Lua};
+
+use super::api::handler;
+use super::frame::{checked_opcode, send_message};
+use super::host::HostCtx;
+use super::inbox::{Batch, Event, Kind};
+use crate::net::handle::ConnId;
+
+/// How one `onMessage` call ended, when it did not return `true`.
+pub(crate) enum Failed {
+    /// Returned something else: close with 1000.
+    Returned(ConnId),
+    /// Raised: the message with its traceback.
+    Raised { conn: ConnId, error: String },
+}
+
+/// Calls `on_message(handler, opcode, payload)` for every `Message` event of `events` (the
+/// caller passes a run without opens or closes), skipping connections `skip` names and those
+/// whose call already failed in this run. Returns the calls that did not return `true`, in
+/// order. `traceback` is [`traceback_function`].
+pub(crate) fn call_messages(
+    lua: &Lua,
+    host: &HostCtx,
+    on_message: &Function,
+    traceback: &Function,
+    batch: &Batch,
+    events: &[Event],
+    skip: impl Fn(ConnId) -> bool,
+) -> mlua::Result<Vec<Failed>> {
+    let mut failed = Vec::new();
+    // SAFETY: the closure only uses the Lua C API on the state mlua hands it, keeps the stack
+    // balanced (settop back to the two arguments after each call) and calls Lua code only
+    // through lua_pcall with our message handler, so Lua errors never unwind through it. A
+    // push that runs out of memory raises, which exec_raw's protected call turns into Err.
+    unsafe {
+        lua.exec_raw::<()>((traceback, on_message), |l| {
+            for e in events {
+                let Kind::Message(opcode) = e.kind else {
+                    continue;
+                };
+                if skip(e.conn) || failed.iter().any(|f: &Failed| f.conn() == e.conn) {
+                    continue;
+                }
+                host.reset_budget();
+                let payload = batch.payload(e);
+                ffi::lua_pushvalue(l, 2);
+                ffi::lua_pushnumber(l, e.conn.as_u64() as f64);
+                ffi::lua_pushinteger(l, opcode as ffi::lua_Integer);
+                ffi::lua_pushlstring(l, payload.as_ptr().cast(), payload.len());
+                match ffi::lua_pcall(l, 3, 1, 1) {
+                    0 => {
+                        if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
+                            || ffi::lua_toboolean(l, -1) == 0
+                        {
+                            failed.push(Failed::Returned(e.conn));
+                        }
+                    }
+                    status => {
+                        failed.push(Failed::Raised {
+                            conn: e.conn,
+                            error: string_at(l, -1),
+                        });
+                        if status == ffi::LUA_ERRMEM {
+                            // What the failed call built is garbage now; without a full cycle
+                            // the next call would start at the limit and fail as well.
+                            ffi::lua_settop(l, 2);
+                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                        }
+                    }
+                }
+                ffi::lua_settop(l, 2);
+            }
+        })?;
+    }
+    Ok(failed)
+}
+
+impl Failed {
+    fn conn(&self) -> ConnId {
+        match self {
+            Failed::Returned(c) | Failed::Raised { conn: c, .. } => *c,
+        }
+    }
+}
+
+/// The message handler [`call_messages`] needs, created once per state.
+pub(crate) fn traceback_function(lua: &Lua) -> mlua::Result<Function> {
+    // SAFETY: `traceback` follows the lua_CFunction contract (see its body).
+    unsafe { lua.create_c_function(traceback) }
+}
+
+/// The `ws:send` function: `fast_send` with the host and the general implementation `slow`
+/// as upvalues.
+pub(crate) fn send_function(
+    lua: &Lua,
+    host: &Rc<HostCtx>,
+    slow: Function,
+) -> mlua::Result<Function> {
+    let host_ptr = Rc::as_ptr(host) as *mut c_void;
+    // The state keeps the host alive for as long as the closure can run.
+    lua.set_app_data(Rc::clone(host));
+    // SAFETY: pushes a light userdata and a closure over it and `slow`; exec_raw returns the
+    // one value left. The pointer stays valid: the state owns an Rc of the host (above).
+    unsafe {
+        lua.exec_raw(slow, |l| {
+            ffi::lua_pushlightuserdata(l, host_ptr);
+            ffi::lua_insert(l, 1);
+            ffi::lua_pushcclosure(l, fast_send, 2);
+        })
+    }
+}
+
+/// `ws:send(handler, opcode, message)` with a number opcode and a string message, framed
+/// straight from the Lua string; any other shape is passed on to the general function.
+unsafe extern "C-unwind" fn fast_send(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY (whole function): `l` is the running state; indices are checked with lua_type
+    // before use; the payload pointer stays valid while the string is on the stack (index 4)
+    // and is used only before this function returns.
+    unsafe {
+        let fast = ffi::lua_gettop(l) == 4
+            && ffi::lua_type(l, 3) == ffi::LUA_TNUMBER
+            && ffi::lua_type(l, 4) == ffi::LUA_TSTRING;
+        if !fast {
+            // The general path (the LAppS value form, wrong arguments): a tail call. No Rust
+            // value with a destructor is alive here, so its errors may unwind through us.
+            let n = ffi::lua_gettop(l);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+            ffi::lua_insert(l, 1);
+            ffi::lua_call(l, n, ffi::LUA_MULTRET);
+            return ffi::lua_gettop(l);
+        }
+        let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
+        let conn = match ffi::lua_type(l, 2) {
+            ffi::LUA_TNUMBER => handler(&mlua::Value::Number(ffi::lua_tonumber(l, 2))),
+            _ => None,
+        };
+        let opcode = ffi::lua_tonumber(l, 3);
+        let mut len = 0usize;
+        let ptr = ffi::lua_tolstring(l, 4, &mut len);
+        let payload = std::slice::from_raw_parts(ptr.cast::<u8>(), len);
+        let sent = catch_unwind(AssertUnwindSafe(|| send(host, conn, opcode, payload)));
+        match sent {
+            Ok(Ok(())) => {
+                ffi::lua_pushboolean(l, 1);
+                1
+            }
+            Ok(Err(reason)) => fail(l, reason),
+            Err(_) => fail(l, c"internal error"),
+        }
+    }
+}
+
+fn send(
+    host: &HostCtx,
+    conn: Option<ConnId>,
+    opcode: f64,
+    payload: &[u8],
+) -> Result<(), &'static CStr> {
+    let Some(conn) = conn else {
+        return Err(c"bad handler");
+    };
+    if !host.hub.is_live(conn) {
+        return Err(c"closed");
+    }
+    if opcode.fract() != 0.0 {
+        return Err(c"bad opcode");
+    }
+    match checked_opcode(opcode as i64, payload) {
+        Ok(op) => {
+            send_message(host, conn, op, payload);
+            Ok(())
+        }
+        Err("invalid UTF-8") => Err(c"invalid UTF-8"),
+        Err(_) => Err(c"bad opcode"),
+    }
+}
+
+/// Returns `nil, reason`.
+unsafe fn fail(l: *mut ffi::lua_State, reason: &CStr) -> c_int {
+    // SAFETY: two pushes on the running state (a C function has LUA_MINSTACK slots).
+    unsafe {
+        ffi::lua_pushnil(l);
+        ffi::lua_pushstring(l, reason.as_ptr());
+    }
+    2
+}
+
+/// Message handler of [`call_messages`]: the error (a string, or anything with `__tostring`,
+/// such as mlua's wrapped errors) followed by the Lua traceback.
+unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the handler gets the error object at index 1; luaL_traceback copies `msg`
+    // before anything it points into could be collected (the string stays on the stack).
+    unsafe {
+        let msg = if ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
+            ffi::lua_tostring(l, 1)
+        } else if ffi::luaL_callmeta(l, 1, c"__tostring".as_ptr()) != 0
+            && ffi::lua_isstring(l, -1) != 0
+        {
+            ffi::lua_tostring(l, -1)
+        } else {
+            c"(error object is not a string)".as_ptr()
+        };
+        ffi::luaL_traceback(l, l, msg, 1);
+    }
+    1
+}
+
+/// The string at `idx` (lossy), for an error message.
+unsafe fn string_at(l: *mut ffi::lua_State, idx: c_int) -> String {
+    // SAFETY: lua_tolstring on a valid index; the bytes are copied before the value can go.
+    unsafe {
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(l, idx, &mut len);
+        if p.is_null() {
+            return "(error object is not a string)".into();
+        }
+        String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len)).into_owned()
+    }
+}
