@@ -18,7 +18,6 @@ use std::rc::Rc;
 
 use mlua::{ffi, Function, Lua};
 
-use super::api::handler;
 use super::frame::{checked_opcode, send_message};
 use super::host::HostCtx;
 use super::inbox::{Batch, Event, Kind};
@@ -150,7 +149,7 @@ unsafe extern "C-unwind" fn fast_send(l: *mut ffi::lua_State) -> c_int {
         }
         let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
         let conn = match ffi::lua_type(l, 2) {
-            ffi::LUA_TNUMBER => handler(&mlua::Value::Number(ffi::lua_tonumber(l, 2))),
+            ffi::LUA_TNUMBER => handler_of(ffi::lua_tonumber(l, 2)),
             _ => None,
         };
         let opcode = ffi::lua_tonumber(l, 3);
@@ -181,10 +180,13 @@ fn send(
     if !host.hub.is_live(conn) {
         return Err(c"closed");
     }
-    if opcode.fract() != 0.0 {
-        return Err(c"bad opcode");
-    }
-    match checked_opcode(opcode as i64, payload) {
+    // 1.0 and 2.0 are the only opcodes; anything else (fractions included) is refused.
+    let opcode = if opcode == 1.0 || opcode == 2.0 {
+        opcode as i64
+    } else {
+        0
+    };
+    match checked_opcode(opcode, payload) {
         Ok(op) => {
             send_message(host, conn, op, payload);
             Ok(())
@@ -192,6 +194,15 @@ fn send(
         Err("invalid UTF-8") => Err(c"invalid UTF-8"),
         Err(_) => Err(c"bad opcode"),
     }
+}
+
+/// A handler from its number form, as `api::handler` does for a `Value` (without `fract`, which
+/// is a libm call on baseline x86-64).
+fn handler_of(n: f64) -> Option<ConnId> {
+    if !(0.0..9_007_199_254_740_992.0).contains(&n) || (n as u64) as f64 != n {
+        return None;
+    }
+    ConnId::from_u64(n as u64)
 }
 
 /// Returns `nil, reason`.

@@ -41,6 +41,9 @@ pub(crate) struct Batch {
     pub events: Vec<Event>,
     bytes: Vec<u8>,
     pub messages: usize,
+    /// Connections the worker stopped reading while this batch was gathered; registered by
+    /// [`Inbox::push`] before the batch is published, so its `done` resumes them.
+    to_pause: Vec<ConnId>,
 }
 
 impl Batch {
@@ -63,6 +66,13 @@ impl Batch {
             start: 0,
             len: 0,
         });
+    }
+
+    /// Producer: `conn` is paused (once per run of its messages; repeats are dropped here).
+    pub fn pause(&mut self, conn: ConnId) {
+        if self.to_pause.last() != Some(&conn) {
+            self.to_pause.push(conn);
+        }
     }
 
     pub fn payload(&self, e: &Event) -> &[u8] {
@@ -114,15 +124,14 @@ impl Inbox {
             || self.queued_bytes.load(Ordering::Relaxed) + bytes > self.high_bytes
     }
 
-    /// Producer: remember a connection the worker stopped reading; it gets a Resume later.
-    pub fn pause(&self, conn: ConnId) {
-        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        p.push(conn);
-        self.has_paused.store(true, Ordering::SeqCst);
-    }
-
     /// Producer: hand a batch over with at most one wake-up; gives it back when the queue is full.
-    pub fn push(&self, batch: Batch) -> Result<(), Batch> {
+    /// The connections it paused are remembered first: each gets a Resume later.
+    pub fn push(&self, mut batch: Batch) -> Result<(), Batch> {
+        if !batch.to_pause.is_empty() {
+            let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+            p.append(&mut batch.to_pause);
+            self.has_paused.store(true, Ordering::SeqCst);
+        }
         let (msgs, bytes) = (batch.messages, batch.byte_len());
         // Count before publishing so that the consumer's decrement can never come first.
         self.queued_msgs.fetch_add(msgs, Ordering::Relaxed);
@@ -274,7 +283,8 @@ mod tests {
             b.push_message(c, 1, b"x");
         }
         assert!(inbox.over_high_water(b.messages, b.byte_len()));
-        inbox.pause(c);
+        b.pause(c);
+        b.pause(c);
         assert!(inbox.push(b).is_ok());
         let got = inbox.next().unwrap();
         assert_eq!(inbox.done(got.messages, got.byte_len()), vec![c]);

@@ -221,7 +221,7 @@ impl Service for LuaService {
         let r = self.with_batch(ctx.worker(), tag, |b, inbox| {
             b.push_message(conn, opcode as u8, payload);
             if inbox.over_high_water(b.messages, b.byte_len()) {
-                inbox.pause(conn);
+                b.pause(conn);
                 Flow::Pause
             } else {
                 Flow::Continue
