@@ -247,6 +247,9 @@ impl Worker {
             self.run_timers();
             self.check_shutdown();
             self.flush_services();
+            // On one core the instance woken by that flush usually runs at once (it preempts
+            // us) and has answered by now: send its replies in this iteration, not the next.
+            self.take_commands();
             self.flush_dirty();
             self.publish_load();
             // `touched` is not empty when a connection ended after `flush_services` (in
