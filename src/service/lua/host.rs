@@ -144,7 +144,13 @@ impl HostCtx {
             if let Some(Command::SendBatch { buf, sends }) = list.last_mut() {
                 let before = buf.len();
                 encode(buf);
-                sends.push((conn, (buf.len() - before) as u32));
+                let len = (buf.len() - before) as u32;
+                // Consecutive replies to one connection (a pipelined client's run) become one
+                // entry: the worker looks the connection up and appends once for all of them.
+                match sends.last_mut() {
+                    Some((c, l)) if *c == conn && l.checked_add(len).is_some() => *l += len,
+                    _ => sends.push((conn, len)),
+                }
                 big = buf.len() >= EARLY_POST_BYTES;
             }
             big || list.len() >= EARLY_POST
