@@ -99,6 +99,13 @@ pub enum Out {
 
 /// Decodes one unfragmented, unmasked server frame.
 pub fn unframe(f: &[u8]) -> (u8, Vec<u8>) {
+    let (opcode, payload, used) = unframe_first(f);
+    assert_eq!(used, f.len(), "one frame per command");
+    (opcode, payload)
+}
+
+/// Decodes the first unfragmented, unmasked server frame of `f`; also returns its length.
+pub fn unframe_first(f: &[u8]) -> (u8, Vec<u8>, usize) {
     assert!(f.len() >= 2, "short frame");
     assert_eq!(f[0] & 0x80, 0x80, "FIN expected");
     assert_eq!(f[1] & 0x80, 0, "server frames are unmasked");
@@ -110,8 +117,8 @@ pub fn unframe(f: &[u8]) -> (u8, Vec<u8>) {
         ),
         n => (n as usize, 2),
     };
-    assert_eq!(f.len(), at + len, "one frame per command");
-    (f[0] & 0x0F, f[at..].to_vec())
+    assert!(f.len() >= at + len, "truncated frame");
+    (f[0] & 0x0F, f[at..at + len].to_vec(), at + len)
 }
 
 /// Pops every worker's command inbox until `done(all so far)` holds or 20 s pass.
@@ -142,15 +149,18 @@ pub fn collect_until(hub: &Hub, mut done: impl FnMut(&[Out]) -> bool) -> Vec<Out
                             let mut at = 0usize;
                             for (conn, len) in sends {
                                 assert_eq!(conn.worker(), w, "command posted to the wrong worker");
+                                // One entry is a run of frames to one connection.
                                 let end = at + len as usize;
-                                let (opcode, payload) = unframe(&buf[at..end]);
-                                at = end;
-                                all.push(Out::Msg {
-                                    conn,
-                                    opcode,
-                                    payload,
-                                    shared: false,
-                                });
+                                while at < end {
+                                    let (opcode, payload, used) = unframe_first(&buf[at..end]);
+                                    at += used;
+                                    all.push(Out::Msg {
+                                        conn,
+                                        opcode,
+                                        payload,
+                                        shared: false,
+                                    });
+                                }
                             }
                             assert_eq!(at, buf.len(), "the batch holds exactly its frames");
                         }
