@@ -78,10 +78,38 @@ pub struct NewConn {
 
 const LIVE: u32 = 1 << 31;
 
+/// Spare reply buffers kept per worker (a few per instance feeding it is plenty).
+const SPARE_BATCHES: usize = 64;
+/// A buffer that grew beyond this is freed rather than kept as a spare.
+const SPARE_MAX_BYTES: usize = 1 << 20;
+
+/// The two buffers of an emptied [`Command::SendBatch`].
+#[derive(Debug, Default)]
+pub struct SpareBatch {
+    pub buf: Vec<u8>,
+    pub sends: Vec<(ConnId, u32)>,
+}
+
+impl Port {
+    /// Worker side: keeps the emptied buffers of a `SendBatch` for reuse (drops big or
+    /// surplus ones).
+    pub fn give_back(&self, mut buf: Vec<u8>, mut sends: Vec<(ConnId, u32)>) {
+        if buf.capacity() > SPARE_MAX_BYTES {
+            return;
+        }
+        buf.clear();
+        sends.clear();
+        let _ = self.spare.push(SpareBatch { buf, sends });
+    }
+}
+
 /// One worker's side of the hub.
 pub struct Port {
     pub accepts: ArrayQueue<NewConn>,
     pub commands: ArrayQueue<Vec<Command>>,
+    /// Emptied `SendBatch` buffers the worker hands back for the instances to fill again, so
+    /// that a steady stream of replies allocates nothing (see [`SpareBatch`]).
+    pub spare: ArrayQueue<SpareBatch>,
     wake: OwnedFd,
     sleeping: AtomicBool,
     /// `generation | LIVE` per slab slot while a connection is open there, 0 otherwise.
@@ -107,6 +135,7 @@ impl Port {
         Ok(Port {
             accepts: ArrayQueue::new(accept_capacity),
             commands: ArrayQueue::new(1024),
+            spare: ArrayQueue::new(SPARE_BATCHES),
             wake,
             sleeping: AtomicBool::new(false),
             // Room for refused (503) connections that briefly hold slab slots too.

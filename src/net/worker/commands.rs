@@ -39,7 +39,7 @@ impl Worker {
             }
             Command::SendBatch { buf, sends } => {
                 let mut at = 0usize;
-                for (conn, len) in sends {
+                for &(conn, len) in &sends {
                     let end = at + len as usize;
                     let Some(frame) = buf.get(at..end) else { break };
                     at = end;
@@ -49,6 +49,7 @@ impl Worker {
                         });
                     }
                 }
+                self.hub.port(self.id).give_back(buf, sends);
             }
             Command::SendMany { conns, frame } => {
                 for conn in conns {

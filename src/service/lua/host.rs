@@ -135,9 +135,12 @@ impl HostCtx {
                 return;
             };
             if !matches!(list.last(), Some(Command::SendBatch { .. })) {
+                // Buffers the worker emptied come back through its port: no allocation in a
+                // steady stream of replies.
+                let spare = self.hub.port(w).spare.pop().unwrap_or_default();
                 list.push(Command::SendBatch {
-                    buf: Vec::with_capacity(4096),
-                    sends: Vec::new(),
+                    buf: spare.buf,
+                    sends: spare.sends,
                 });
             }
             let mut big = false;

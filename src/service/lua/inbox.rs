@@ -86,10 +86,25 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
+
+    /// Empties the batch, keeping its buffers.
+    fn clear(&mut self) {
+        self.events.clear();
+        self.bytes.clear();
+        self.messages = 0;
+        self.to_pause.clear();
+    }
 }
+
+/// Processed batches kept for the workers to fill again.
+const SPARE_BATCHES: usize = 16;
+/// A batch whose arena grew beyond this is freed rather than kept.
+const SPARE_MAX_BYTES: usize = 1 << 20;
 
 pub(crate) struct Inbox {
     queue: ArrayQueue<Batch>,
+    /// Processed batches on their way back to the workers (buffers reused, not reallocated).
+    spare: ArrayQueue<Batch>,
     consumer: OnceLock<Thread>,
     sleeping: AtomicBool,
     stop: AtomicBool,
@@ -106,6 +121,7 @@ impl Inbox {
     pub fn new(batches: usize, high_msgs: usize, high_bytes: usize) -> Inbox {
         Inbox {
             queue: ArrayQueue::new(batches.max(1)),
+            spare: ArrayQueue::new(SPARE_BATCHES),
             consumer: OnceLock::new(),
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -180,6 +196,20 @@ impl Inbox {
             std::thread::park();
             self.sleeping.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// Producer: an empty batch to gather the next one in (a processed one when available).
+    pub fn fresh_batch(&self) -> Batch {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Consumer: hands a processed batch back for reuse (its contents are dropped).
+    pub fn recycle(&self, mut batch: Batch) {
+        if batch.bytes.capacity() > SPARE_MAX_BYTES {
+            return;
+        }
+        batch.clear();
+        let _ = self.spare.push(batch);
     }
 
     /// Consumer: a batch of `msgs`/`bytes` is done. Returns the paused connections to resume

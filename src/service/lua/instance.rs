@@ -165,6 +165,7 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
                 for conn in inbox.done(batch.messages, batch.byte_len()) {
                     host.push(conn, Command::Resume { conn });
                 }
+                inbox.recycle(batch);
                 host.flush();
             }
         }

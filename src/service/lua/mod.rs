@@ -250,7 +250,7 @@ impl Service for LuaService {
             }
             // A full queue gives the batch back; it is retried at the next flush (its
             // messages already count toward the high-water mark, so readers get paused).
-            if let Err(back) = inbox.push(std::mem::take(batch)) {
+            if let Err(back) = inbox.push(std::mem::replace(batch, inbox.fresh_batch())) {
                 *batch = back;
             }
         }
