@@ -2,7 +2,9 @@
 //!
 //! Small frames are appended to one owned tail buffer (so a batch of replies leaves in one
 //! `send`); shared broadcast frames are queued by reference and written with the rest in one
-//! vectored `sendmsg`. An empty queue holds no heap memory: idle connections cost nothing here.
+//! vectored `sendmsg`. An empty queue holds no heap memory: idle connections cost nothing here,
+//! and the first chunk is kept inline, so the common queue of one chunk (a batch of replies, one
+//! broadcast frame) allocates no deque either.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,6 +21,9 @@ const MAX_IOV: usize = 64;
 
 #[derive(Default)]
 pub struct OutQueue {
+    /// The front chunk; `None` only when the queue is empty.
+    head: Option<Chunk>,
+    /// The chunks after `head`, in order.
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
@@ -49,12 +54,11 @@ impl OutQueue {
 
     /// Appends bytes produced by `fill` to the owned tail buffer (taking one from `pool` if needed).
     pub fn append_with(&mut self, pool: &mut BufPool, fill: impl FnOnce(&mut Vec<u8>)) {
-        let needs_new =
-            !matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.len() < TAIL_LIMIT);
+        let needs_new = !matches!(self.back(), Some(Chunk::Owned(v)) if v.len() < TAIL_LIMIT);
         if needs_new {
-            self.chunks.push_back(Chunk::Owned(pool.take()));
+            self.push_back(Chunk::Owned(pool.take()));
         }
-        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+        if let Some(Chunk::Owned(v)) = self.back_mut() {
             let before = v.len();
             fill(v);
             let added = v.len() - before;
@@ -70,7 +74,7 @@ impl OutQueue {
         }
         self.bytes += frame.len();
         pool.queued_bytes += frame.len();
-        self.chunks.push_back(Chunk::Shared(frame));
+        self.push_back(Chunk::Shared(frame));
     }
 
     /// Queues a chunk (owned chunks are appended to the tail when small).
@@ -84,7 +88,7 @@ impl OutQueue {
                 if !v.is_empty() {
                     self.bytes += v.len();
                     pool.queued_bytes += v.len();
-                    self.chunks.push_back(Chunk::Owned(v));
+                    self.push_back(Chunk::Owned(v));
                 }
             }
         }
@@ -93,27 +97,30 @@ impl OutQueue {
     /// Writes as much as the socket takes.
     pub fn flush(&mut self, fd: RawFd, pool: &mut BufPool) -> io::Result<Flushed> {
         while self.bytes > 0 {
-            let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOV];
-            let mut n = 0;
-            for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
-                let s = if i == 0 {
-                    &c.as_slice()[self.front_written..]
-                } else {
-                    c.as_slice()
-                };
-                iov[n] = libc::iovec {
-                    iov_base: s.as_ptr() as *mut libc::c_void,
-                    iov_len: s.len(),
-                };
-                n += 1;
-            }
-            let res = if n == 1 {
-                let c = &self.chunks[0].as_slice()[self.front_written..];
-                sys::send(fd, c)
+            let res = if self.chunks.is_empty() {
+                // One chunk (the common case): a plain send, no iovec array to build.
+                match &self.head {
+                    Some(c) => sys::send(fd, &c.as_slice()[self.front_written..]),
+                    None => break,
+                }
             } else {
+                let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOV];
+                let mut n = 0;
+                for (i, c) in self.iter().take(MAX_IOV).enumerate() {
+                    let s = if i == 0 {
+                        &c.as_slice()[self.front_written..]
+                    } else {
+                        c.as_slice()
+                    };
+                    iov[n] = libc::iovec {
+                        iov_base: s.as_ptr() as *mut libc::c_void,
+                        iov_len: s.len(),
+                    };
+                    n += 1;
+                }
                 sys::sendv(fd, &iov[..n])
             };
             match res {
@@ -128,8 +135,8 @@ impl OutQueue {
 
     /// The unwritten part of the front chunk (for a writer that copies, such as TLS).
     pub fn front(&self) -> Option<&[u8]> {
-        self.chunks
-            .front()
+        self.head
+            .as_ref()
             .map(|c| &c.as_slice()[self.front_written..])
             .filter(|s| !s.is_empty())
     }
@@ -143,14 +150,14 @@ impl OutQueue {
         self.bytes -= written;
         pool.queued_bytes -= written;
         while written > 0 {
-            let Some(front) = self.chunks.front() else {
+            let Some(front) = &self.head else {
                 break;
             };
             let left = front.len() - self.front_written;
             if written >= left {
                 written -= left;
                 self.front_written = 0;
-                if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                if let Some(Chunk::Owned(v)) = self.pop_front() {
                     pool.give(v);
                 }
             } else {
@@ -159,7 +166,14 @@ impl OutQueue {
             }
         }
         if self.bytes == 0 {
-            // Release the deque's own storage too: idle connections hold no heap.
+            // Release the deque's own storage too (and any empty tail buffer): idle
+            // connections hold no heap.
+            self.front_written = 0;
+            for c in self.head.take().into_iter().chain(self.chunks.drain(..)) {
+                if let Chunk::Owned(v) = c {
+                    pool.give(v);
+                }
+            }
             self.chunks = VecDeque::new();
         }
     }
@@ -168,8 +182,8 @@ impl OutQueue {
     /// hold whole frames, so the stream stays well-formed for a Close queued after this).
     pub fn drop_unstarted(&mut self, pool: &mut BufPool) {
         let keep = usize::from(self.front_written > 0);
-        while self.chunks.len() > keep {
-            if let Some(c) = self.chunks.pop_back() {
+        while self.len() > keep {
+            if let Some(c) = self.pop_back() {
                 let len = c.len();
                 self.bytes -= len;
                 pool.queued_bytes -= len;
@@ -183,10 +197,49 @@ impl OutQueue {
         }
     }
 
+    // ---- the chunk sequence: `head`, then `chunks` ----
+
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.chunks.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Chunk> {
+        self.head.iter().chain(self.chunks.iter())
+    }
+
+    fn back(&self) -> Option<&Chunk> {
+        self.chunks.back().or(self.head.as_ref())
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Chunk> {
+        match self.chunks.back_mut() {
+            Some(c) => Some(c),
+            None => self.head.as_mut(),
+        }
+    }
+
+    fn push_back(&mut self, c: Chunk) {
+        if self.head.is_none() {
+            self.head = Some(c);
+        } else {
+            self.chunks.push_back(c);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Chunk> {
+        let front = self.head.take();
+        self.head = self.chunks.pop_front();
+        front
+    }
+
+    fn pop_back(&mut self) -> Option<Chunk> {
+        self.chunks.pop_back().or_else(|| self.head.take())
+    }
+
     /// Drops everything queued (the connection is gone).
     pub fn clear(&mut self, pool: &mut BufPool) {
         pool.queued_bytes -= self.bytes;
-        for c in self.chunks.drain(..) {
+        for c in self.head.take().into_iter().chain(self.chunks.drain(..)) {
             if let Chunk::Owned(v) = c {
                 pool.give(v);
             }
@@ -224,5 +277,95 @@ impl BufPool {
             v.clear();
             self.free.push(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    fn read_all(b: &mut UnixStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        b.read_exact(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn owned_and_shared_chunks_leave_in_order_and_the_queue_ends_empty() {
+        let (a, mut b) = pair();
+        let mut pool = BufPool::new(4);
+        let mut q = OutQueue::default();
+        q.append_with(&mut pool, |v| v.extend_from_slice(b"one "));
+        q.push_shared(&mut pool, Arc::from(&b"two "[..]));
+        q.append_with(&mut pool, |v| v.extend_from_slice(b"three "));
+        q.push_chunk(&mut pool, Chunk::Owned(vec![b'x'; 5000]));
+        let total = 4 + 4 + 6 + 5000;
+        assert_eq!((q.bytes(), pool.queued_bytes), (total, total));
+        assert_eq!(q.flush(a.as_raw_fd(), &mut pool).unwrap(), Flushed::All);
+        let got = read_all(&mut b, total);
+        assert_eq!(&got[..14], b"one two three ");
+        assert!(got[14..].iter().all(|&c| c == b'x'));
+        assert!(q.is_empty() && q.head.is_none() && q.chunks.capacity() == 0);
+        assert_eq!(pool.queued_bytes, 0);
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_and_a_later_flush_finishes_it() {
+        let (a, mut b) = pair();
+        let mut pool = BufPool::new(4);
+        let mut q = OutQueue::default();
+        let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        q.push_shared(&mut pool, Arc::from(&big[..]));
+        q.append_with(&mut pool, |v| v.extend_from_slice(b"tail"));
+        assert_eq!(q.flush(a.as_raw_fd(), &mut pool).unwrap(), Flushed::Blocked);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while got.len() < big.len() + 4 {
+            if q.bytes() > 0 {
+                let _ = q.flush(a.as_raw_fd(), &mut pool).unwrap();
+            }
+            let n = b.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[..big.len()], &big[..]);
+        assert_eq!(&got[big.len()..], b"tail");
+        assert!(q.is_empty() && q.head.is_none());
+    }
+
+    #[test]
+    fn drop_unstarted_keeps_a_partly_written_front_chunk_only() {
+        let (a, mut b) = pair();
+        let mut pool = BufPool::new(4);
+        let mut q = OutQueue::default();
+        let big = vec![7u8; 4_000_000];
+        q.push_shared(&mut pool, Arc::from(&big[..]));
+        q.append_with(&mut pool, |v| v.extend_from_slice(b"dropped"));
+        assert_eq!(q.flush(a.as_raw_fd(), &mut pool).unwrap(), Flushed::Blocked);
+        let left = q.bytes();
+        q.drop_unstarted(&mut pool);
+        assert_eq!(q.bytes(), left - 7, "only the unstarted chunk went");
+        q.append_with(&mut pool, |v| v.extend_from_slice(b"close"));
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while got.len() < big.len() + 5 {
+            if q.bytes() > 0 {
+                let _ = q.flush(a.as_raw_fd(), &mut pool).unwrap();
+            }
+            let n = b.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got[..big.len()].iter().all(|&c| c == 7));
+        assert_eq!(&got[big.len()..], b"close");
+        q.clear(&mut pool);
+        assert_eq!(pool.queued_bytes, 0);
     }
 }
