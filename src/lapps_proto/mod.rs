@@ -14,6 +14,7 @@
 pub mod cbor;
 mod de;
 pub mod json;
+mod json_ud;
 pub mod lua;
 pub mod nljson;
 mod node;
