@@ -14,10 +14,10 @@
 pub mod cbor;
 mod de;
 pub mod json;
-mod json_ud;
+pub(crate) mod json_ud;
 pub mod lua;
 pub mod nljson;
-mod node;
+pub(crate) mod node;
 pub mod protocol;
 pub mod value;
 

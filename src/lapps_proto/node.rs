@@ -113,6 +113,33 @@ impl Node {
         })
     }
 
+    /// Appends the CBOR encoding, as `cbor::encode_into(&self.to_value(depth_left)?)` would,
+    /// without building the copy.
+    pub(crate) fn encode_cbor(&self, out: &mut Vec<u8>, depth_left: usize) -> Result<(), String> {
+        let inner = |d: usize| d.checked_sub(1).ok_or("nesting too deep to convert");
+        match self {
+            Node::Scalar(v) => super::cbor::encode_into(v, out),
+            Node::Array(a) => {
+                let d = inner(depth_left)?;
+                let a = a.try_borrow().map_err(|_| "array is being modified")?;
+                super::cbor::head(out, 4, a.len() as u64);
+                for n in a.iter() {
+                    n.encode_cbor(out, d)?;
+                }
+            }
+            Node::Object(o) => {
+                let d = inner(depth_left)?;
+                let o = o.try_borrow().map_err(|_| "object is being modified")?;
+                super::cbor::head(out, 5, o.len() as u64);
+                for (k, n) in o.iter() {
+                    super::cbor::encode_into(k, out);
+                    n.encode_cbor(out, d)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Same container (for `==` on userdata).
     pub(crate) fn same(&self, other: &Node) -> bool {
         match (self, other) {

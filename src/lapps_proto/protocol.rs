@@ -119,6 +119,11 @@ impl Inbound {
     pub fn into_message(self) -> Value {
         self.message
     }
+
+    /// Its kind, method and whole map, without copying them.
+    pub fn into_parts(self) -> (MsgType, String, Value) {
+        (self.msg_type, self.method, self.message)
+    }
 }
 
 /// Decodes and checks one inbound binary message with the default limits.
@@ -221,17 +226,19 @@ fn k(s: &str) -> Value {
 /// `{"status": 1, "cid": 0, "result": [...]}`.
 pub fn encode_response_ok(result: &[Value]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
-    cbor::head(&mut out, 5, 3);
-    cbor::encode_into(&k("status"), &mut out);
-    cbor::encode_into(&Value::Int(1), &mut out);
-    cbor::encode_into(&k("cid"), &mut out);
-    cbor::encode_into(&Value::Int(0), &mut out);
-    cbor::encode_into(&k("result"), &mut out);
-    cbor::head(&mut out, 4, result.len() as u64);
+    begin_response_ok(&mut out, result.len());
     for v in result {
         cbor::encode_into(v, &mut out);
     }
     out
+}
+
+/// Appends everything of a status 1 response up to its `items` result values, which the
+/// caller appends as CBOR items.
+pub fn begin_response_ok(out: &mut Vec<u8>, items: usize) {
+    // {"status": 1, "cid": 0, "result": [ (map of 3, shortest heads)
+    out.extend_from_slice(b"\xa3\x66status\x01\x63cid\x00\x66result");
+    cbor::head(out, 4, items as u64);
 }
 
 /// `{"status": 0, "cid": 0, "error": {"code": N, "message": "...", "data": ...}}`, `data` only

@@ -16,10 +16,10 @@ use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
-use crate::service::lua::fastpath;
 use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
+use crate::service::lua::{fastpath, lapps_fast};
 
 /// Close codes an application may send (RFC 6455 section 7.4).
 pub(crate) fn valid_close_code(code: i64) -> bool {
@@ -62,21 +62,23 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     // The common shape (number opcode, string message) is served without mlua's conversions.
     t.set("send", fastpath::send_function(lua, host, slow_send)?)?;
     let h = Rc::clone(host);
+    let slow_response = lua.create_function(
+        move |lua, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
+            let Some(conn) = live(&h, &conn) else {
+                return fail("closed");
+            };
+            let result = match array_of(lua, &result) {
+                Ok(r) => r,
+                Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
+            };
+            send_cbor(&h, conn, &protocol::encode_response_ok(&result));
+            ok(Value::Boolean(true))
+        },
+    )?;
+    // An nljson array result is encoded straight from its tree, without mlua's conversions.
     t.set(
         "send_response",
-        lua.create_function(
-            move |lua, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
-                let Some(conn) = live(&h, &conn) else {
-                    return fail("closed");
-                };
-                let result = match array_of(lua, &result) {
-                    Ok(r) => r,
-                    Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
-                };
-                send_cbor(&h, conn, &protocol::encode_response_ok(&result));
-                ok(Value::Boolean(true))
-            },
-        )?,
+        lapps_fast::send_response_function(lua, host, slow_response)?,
     )?;
     let h = Rc::clone(host);
     t.set(
