@@ -12,6 +12,7 @@
 //! per message. The Lua host (`service::lua`) calls it.
 
 pub mod cbor;
+mod cbor_de;
 mod de;
 pub mod json;
 pub(crate) mod json_ud;
