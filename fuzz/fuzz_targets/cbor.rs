@@ -11,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let limits = lapps::lapps_proto::Limits::default();
     let reference = cbor::decode_ciborium_with(data, &limits);
-    assert_eq!(cbor::decode_with(data, &limits), reference, "differs from ciborium");
+    // Error texts differ; the verdict and the value may not.
+    assert_eq!(cbor::decode_with(data, &limits).ok(), reference.ok(), "differs from ciborium");
     let Ok(value) = cbor::decode(data) else {
         assert!(protocol::parse_inbound(data).is_err());
         return;

@@ -287,3 +287,15 @@ fn decoder_agrees_with_ciborium_on_tags_bignums_and_chunks() {
         same_as_ciborium(&hex(h)).unwrap();
     }
 }
+
+#[test]
+fn decoder_agrees_with_ciborium_on_the_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cbor");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        same_as_ciborium(&bytes).unwrap();
+        seen += 1;
+    }
+    assert!(seen > 0);
+}
