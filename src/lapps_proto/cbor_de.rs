@@ -19,22 +19,38 @@ type Result<T> = std::result::Result<T, DecodeError>;
 
 /// Decodes the one item `bytes` hold; bytes after it are an error.
 pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<Value> {
-    let mut d = Decoder {
-        input: bytes,
-        pos: 0,
-        limits: *limits,
-        items: 0,
-        // As ciborium's recursion limit: every container may carry a tag.
-        nest_left: limits.max_depth.saturating_mul(2).saturating_add(2),
-    };
+    let mut d = Decoder::new(bytes, limits, true);
     let v = d.item(0)?;
-    if d.pos != bytes.len() {
-        return Err(DecodeError(format!(
-            "{} bytes after the CBOR item",
-            bytes.len() - d.pos
-        )));
-    }
+    d.end()?;
     Ok(v)
+}
+
+/// Checks that `bytes` hold one acceptable item, building nothing; whether re-encoding its
+/// value gives the same bytes (`cbor::encode` writes definite lengths, shortest heads, 64-bit
+/// floats and no tags).
+pub(crate) fn validate(bytes: &[u8], limits: &Limits) -> Result<bool> {
+    let mut d = Decoder::new(bytes, limits, false);
+    d.item(0)?;
+    d.end()?;
+    Ok(d.canonical)
+}
+
+/// Decodes the item of already validated `bytes` at `pos`, and the offsets of the containers
+/// it holds outside map keys, in the order they start (which is the order a depth-first walk
+/// of the value meets them).
+pub(crate) fn decode_recording(bytes: &[u8], pos: usize) -> Option<(Value, Vec<usize>)> {
+    let mut d = Decoder::new(bytes, &Limits::default(), true);
+    d.pos = pos;
+    d.offsets = Some(Vec::new());
+    let v = d.item(0).ok()?;
+    Some((v, d.offsets.unwrap_or_default()))
+}
+
+/// Decodes the item of already validated `bytes` at `pos`.
+pub(crate) fn decode_at(bytes: &[u8], pos: usize) -> Option<Value> {
+    let mut d = Decoder::new(bytes, &Limits::default(), true);
+    d.pos = pos;
+    d.item(0).ok()
 }
 
 fn err<T>(msg: impl Into<String>) -> Result<T> {
@@ -53,9 +69,42 @@ struct Decoder<'a> {
     items: usize,
     /// Containers and tags that may still be entered.
     nest_left: usize,
+    /// False: only check (every value comes out as null).
+    build: bool,
+    /// Cleared by anything `cbor::encode` would write differently.
+    canonical: bool,
+    /// Where containers outside map keys start, when recorded.
+    offsets: Option<Vec<usize>>,
+    /// Map keys being decoded (containers inside them are not recorded).
+    in_key: usize,
 }
 
 impl<'a> Decoder<'a> {
+    fn new(input: &'a [u8], limits: &Limits, build: bool) -> Decoder<'a> {
+        Decoder {
+            input,
+            pos: 0,
+            limits: *limits,
+            items: 0,
+            // As ciborium's recursion limit: every container may carry a tag.
+            nest_left: limits.max_depth.saturating_mul(2).saturating_add(2),
+            build,
+            canonical: true,
+            offsets: None,
+            in_key: 0,
+        }
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.pos != self.input.len() {
+            return err(format!(
+                "{} bytes after the CBOR item",
+                self.input.len() - self.pos
+            ));
+        }
+        Ok(())
+    }
+
     fn byte(&mut self) -> Result<u8> {
         match self.input.get(self.pos) {
             Some(b) => {
@@ -82,14 +131,18 @@ impl<'a> Decoder<'a> {
 
     /// The argument of a head whose additional information is `info` (< 28).
     fn argument(&mut self, info: u8) -> Result<u64> {
-        Ok(match info {
-            0..=23 => info as u64,
-            24 => self.byte()? as u64,
-            25 => be(self.take(2)?),
-            26 => be(self.take(4)?),
-            27 => be(self.take(8)?),
+        let (v, floor) = match info {
+            0..=23 => return Ok(info as u64),
+            24 => (self.byte()? as u64, 24),
+            25 => (be(self.take(2)?), 0x100),
+            26 => (be(self.take(4)?), 0x1_0000),
+            27 => (be(self.take(8)?), 0x1_0000_0000),
             _ => return err(format!("malformed CBOR at byte {}", self.pos - 1)),
-        })
+        };
+        if v < floor {
+            self.canonical = false;
+        }
+        Ok(v)
     }
 
     fn count_item(&mut self) -> Result<()> {
@@ -125,10 +178,11 @@ impl<'a> Decoder<'a> {
             return self.simple(info, at);
         }
         if info == INDEFINITE {
+            self.canonical = false;
             return match major {
                 2 | 3 => self.chunked(major),
-                4 => self.array(None, depth),
-                5 => self.map(None, depth),
+                4 => self.array(None, depth, at),
+                5 => self.map(None, depth, at),
                 _ => err(format!("malformed CBOR at byte {at}")),
             };
         }
@@ -142,23 +196,34 @@ impl<'a> Decoder<'a> {
                 self.count_item()?;
                 Ok(match i64::try_from(arg) {
                     Ok(n) => Value::Int(-1 - n),
-                    Err(_) => Value::Float((-1i128 - arg as i128) as f64),
+                    Err(_) => {
+                        self.canonical = false;
+                        Value::Float((-1i128 - arg as i128) as f64)
+                    }
                 })
             }
             2 => {
                 let b = self.take(arg)?;
                 self.count_item()?;
-                Ok(Value::Bytes(b.to_vec()))
+                Ok(if self.build {
+                    Value::Bytes(b.to_vec())
+                } else {
+                    Value::Null
+                })
             }
             3 => {
                 let b = self.take(arg)?;
                 let s = std::str::from_utf8(b)
                     .map_err(|_| DecodeError(format!("malformed CBOR at byte {at}")))?;
                 self.count_item()?;
-                Ok(Value::Text(s.to_owned()))
+                Ok(if self.build {
+                    Value::Text(s.to_owned())
+                } else {
+                    Value::Null
+                })
             }
-            4 => self.array(Some(arg), depth),
-            _ => self.map(Some(arg), depth),
+            4 => self.array(Some(arg), depth, at),
+            _ => self.map(Some(arg), depth, at),
         }
     }
 
@@ -180,9 +245,14 @@ impl<'a> Decoder<'a> {
             if major == 3 && std::str::from_utf8(chunk).is_err() {
                 return err(format!("malformed CBOR at byte {at}"));
             }
-            out.extend_from_slice(chunk);
+            if self.build {
+                out.extend_from_slice(chunk);
+            }
         }
         self.count_item()?;
+        if !self.build {
+            return Ok(Value::Null);
+        }
         if major == 2 {
             return Ok(Value::Bytes(out));
         }
@@ -192,7 +262,12 @@ impl<'a> Decoder<'a> {
             .map_err(|_| DecodeError("invalid CBOR: text is not UTF-8".into()))
     }
 
-    fn open(&mut self, depth: usize) -> Result<usize> {
+    fn open(&mut self, depth: usize, at: usize) -> Result<usize> {
+        if self.in_key == 0 {
+            if let Some(o) = &mut self.offsets {
+                o.push(at);
+            }
+        }
         self.count_item()?;
         self.enter()?;
         let inner = depth + 1;
@@ -224,11 +299,17 @@ impl<'a> Decoder<'a> {
         false
     }
 
-    fn array(&mut self, len: Option<u64>, depth: usize) -> Result<Value> {
-        let inner = self.open(depth)?;
+    fn array(&mut self, len: Option<u64>, depth: usize, at: usize) -> Result<Value> {
+        let inner = self.open(depth, at)?;
         // Each element takes at least one byte: no larger capacity can be needed.
         let room = (self.input.len() - self.pos) as u64;
-        let mut out = Vec::with_capacity(len.unwrap_or(0).min(room) as usize);
+        let cap = if self.build {
+            len.unwrap_or(0).min(room)
+        } else {
+            0
+        };
+        let mut out = Vec::with_capacity(cap as usize);
+        let mut count = 0usize;
         let mut n = 0u64;
         loop {
             match len {
@@ -236,18 +317,32 @@ impl<'a> Decoder<'a> {
                 None if self.at_break() => break,
                 _ => {}
             }
-            out.push(self.item(inner)?);
+            let v = self.item(inner)?;
+            if self.build {
+                out.push(v);
+            }
             n += 1;
-            self.check_len(out.len())?;
+            count += 1;
+            self.check_len(count)?;
         }
         self.nest_left += 1;
-        Ok(Value::Array(out))
+        Ok(if self.build {
+            Value::Array(out)
+        } else {
+            Value::Null
+        })
     }
 
-    fn map(&mut self, len: Option<u64>, depth: usize) -> Result<Value> {
-        let inner = self.open(depth)?;
+    fn map(&mut self, len: Option<u64>, depth: usize, at: usize) -> Result<Value> {
+        let inner = self.open(depth, at)?;
         let room = (self.input.len() - self.pos) as u64 / 2;
-        let mut out = Vec::with_capacity(len.unwrap_or(0).min(room) as usize);
+        let cap = if self.build {
+            len.unwrap_or(0).min(room)
+        } else {
+            0
+        };
+        let mut out = Vec::with_capacity(cap as usize);
+        let mut count = 0usize;
         let mut n = 0u64;
         loop {
             match len {
@@ -255,14 +350,24 @@ impl<'a> Decoder<'a> {
                 None if self.at_break() => break,
                 _ => {}
             }
-            let k = self.item(inner)?;
+            self.in_key += 1;
+            let k = self.item(inner);
+            self.in_key -= 1;
+            let k = k?;
             let v = self.item(inner)?;
-            out.push((k, v));
+            if self.build {
+                out.push((k, v));
+            }
             n += 1;
-            self.check_len(out.len())?;
+            count += 1;
+            self.check_len(count)?;
         }
         self.nest_left += 1;
-        Ok(Value::Map(out))
+        Ok(if self.build {
+            Value::Map(out)
+        } else {
+            Value::Null
+        })
     }
 
     /// A tag: dropped, its item kept; bignums (2, 3) of up to 16 definite bytes become numbers.
@@ -271,6 +376,7 @@ impl<'a> Decoder<'a> {
             return err(format!("malformed CBOR at byte {}", self.pos - 1));
         }
         let tag = self.argument(info)?;
+        self.canonical = false;
         if tag == 2 || tag == 3 {
             if let Some(b) = self.peek() {
                 let short = b >> 5 == 2 && b & 0x1f != INDEFINITE;
@@ -308,9 +414,19 @@ impl<'a> Decoder<'a> {
         let v = match info {
             20 => Value::Bool(false),
             21 => Value::Bool(true),
-            22 | 23 => Value::Null,
-            25 => Value::Float(half(be(self.take(2)?) as u16)),
-            26 => Value::Float(f32::from_bits(be(self.take(4)?) as u32) as f64),
+            22 => Value::Null,
+            23 => {
+                self.canonical = false;
+                Value::Null
+            }
+            25 => {
+                self.canonical = false;
+                Value::Float(half(be(self.take(2)?) as u16))
+            }
+            26 => {
+                self.canonical = false;
+                Value::Float(f32::from_bits(be(self.take(4)?) as u32) as f64)
+            }
             27 => Value::Float(f64::from_bits(be(self.take(8)?))),
             _ => return err(format!("invalid CBOR at byte {at}: unknown simple value")),
         };

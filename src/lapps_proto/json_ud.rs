@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use mlua::{ffi, Function, Lua, Value as LuaValue};
 
+use super::lazy::{Handle, Item};
 use super::node::{Key, Node};
 use super::value::Value;
 
@@ -27,7 +28,7 @@ const MT_KEY: &CStr = c"lapps.nljson.value";
 
 /// What the userdata holds; `None` after `__gc` (a finalized value can be seen again by other
 /// finalizers).
-type Slot = Option<Node>;
+type Slot = Option<Handle>;
 
 /// Whether the metatable of this state exists.
 pub(crate) fn has_metatable(lua: &Lua) -> bool {
@@ -85,7 +86,8 @@ pub(crate) fn container_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> 
     unsafe { lua.exec_raw::<LuaValue>((), |l| push_node(l, node)) }
 }
 
-/// The container behind `v`, if `v` is one of our userdata.
+/// The container behind `v`, if `v` is one of our userdata (a message view is turned into its
+/// tree).
 pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Option<Node> {
     let LuaValue::UserData(ud) = v else {
         return None;
@@ -99,7 +101,7 @@ pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Option<Node> {
             ffi::lua_settop(l, 0);
         })
     };
-    r.ok().and(out)
+    r.ok().and(out).and_then(|h| h.resolve())
 }
 
 /// Pushes `node`: scalars as plain Lua values, containers as our userdata.
@@ -112,25 +114,59 @@ pub(crate) unsafe fn push_node(l: *mut ffi::lua_State, node: Node) {
     unsafe {
         match node {
             Node::Scalar(v) => push_scalar(l, &v),
-            container => {
-                ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, MT_KEY.as_ptr());
-                if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
-                    // Not installed: nothing could free the node, so do not make one.
-                    ffi::lua_settop(l, -2);
-                    ffi::lua_pushnil(l);
-                    return;
+            container => push_handle(l, Handle::Tree(container)),
+        }
+    }
+}
+
+/// Pushes a container as our userdata.
+///
+/// # Safety
+/// `l` is a running state with two free stack slots.
+pub(crate) unsafe fn push_handle(l: *mut ffi::lua_State, handle: Handle) {
+    // SAFETY: pushes on the running state; the userdata block is written before anything else
+    // can see it and gets its metatable (with `__gc`) at once.
+    unsafe {
+        ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, MT_KEY.as_ptr());
+        if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
+            // Not installed: nothing could free the handle, so do not make one.
+            ffi::lua_settop(l, -2);
+            ffi::lua_pushnil(l);
+            return;
+        }
+        let p = ffi::lua_newuserdata(l, size_of::<Slot>()) as *mut Slot;
+        if (p as usize) % align_of::<Slot>() != 0 {
+            ffi::lua_settop(l, -3);
+            ffi::lua_pushnil(l);
+            return;
+        }
+        p.write(Some(handle));
+        ffi::lua_pushvalue(l, -2);
+        ffi::lua_setmetatable(l, -2);
+        ffi::lua_remove(l, -2);
+    }
+}
+
+/// Pushes what a lookup found.
+///
+/// # Safety
+/// `l` is a running state with two free stack slots.
+unsafe fn push_item(l: *mut ffi::lua_State, item: Item) {
+    // SAFETY: pushes on the running state; string bytes are copied by Lua while the document
+    // holding them is alive (owned by `item`).
+    unsafe {
+        match item {
+            Item::Node(n) => push_node(l, n),
+            Item::RawContainer(doc, at) => push_handle(l, Handle::Raw(doc, at)),
+            Item::RawScalar(doc, at) => match doc.plain_string(at) {
+                Some(s) => {
+                    ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
                 }
-                let p = ffi::lua_newuserdata(l, size_of::<Slot>()) as *mut Slot;
-                if (p as usize) % align_of::<Slot>() != 0 {
-                    ffi::lua_settop(l, -3);
-                    ffi::lua_pushnil(l);
-                    return;
-                }
-                p.write(Some(container));
-                ffi::lua_pushvalue(l, -2);
-                ffi::lua_setmetatable(l, -2);
-                ffi::lua_remove(l, -2);
-            }
+                None => match doc.scalar(at) {
+                    Some(v) => push_scalar(l, &v),
+                    None => ffi::lua_pushnil(l),
+                },
+            },
         }
     }
 }
@@ -165,7 +201,7 @@ pub(crate) unsafe fn push_scalar(l: *mut ffi::lua_State, v: &Value) {
 ///
 /// # Safety
 /// `l` is a running state with two free stack slots.
-pub(crate) unsafe fn get<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a Node> {
+pub(crate) unsafe fn get<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a Handle> {
     // SAFETY: type and metatable are checked before the block is read as a Slot; the stack is
     // restored before returning.
     unsafe {
@@ -188,7 +224,7 @@ pub(crate) unsafe fn get<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a N
 }
 
 /// [`get`] for the metamethods, whose upvalue 1 is the metatable.
-unsafe fn get_up<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a Node> {
+unsafe fn get_up<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a Handle> {
     // SAFETY: as in `get`, comparing with the upvalue instead of a registry lookup.
     unsafe {
         if ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA || ffi::lua_getmetatable(l, idx) == 0 {
@@ -234,7 +270,7 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
         };
         // `.ok()` drops a panic's payload before anything can raise.
         match catch_unwind(AssertUnwindSafe(|| node.get(key))).ok() {
-            Some(Some(n)) => push_node(l, n),
+            Some(Some(item)) => push_item(l, item),
             Some(None) => ffi::lua_pushnil(l),
             None => return raise(l, c"nljson: internal error"),
         }

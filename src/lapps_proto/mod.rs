@@ -16,6 +16,7 @@ mod cbor_de;
 mod de;
 pub mod json;
 pub(crate) mod json_ud;
+pub(crate) mod lazy;
 pub mod lua;
 pub mod nljson;
 pub(crate) mod node;

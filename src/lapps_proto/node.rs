@@ -42,7 +42,7 @@ pub(crate) fn number_key_text(n: f64) -> String {
 
 /// Whether an object key answers to a Lua key: text or bytes by their bytes; a number to a
 /// numeric key of the same value or to its string form.
-fn key_matches(k: &Value, key: Key<'_>) -> bool {
+pub(crate) fn key_matches(k: &Value, key: Key<'_>) -> bool {
     match (k, key) {
         (Value::Text(s), Key::Str(b)) => s.as_bytes() == b,
         (Value::Bytes(s), Key::Str(b)) => s.as_slice() == b,
@@ -66,7 +66,7 @@ fn stored_key(key: Key<'_>) -> Value {
 }
 
 /// A 1-based Lua index as a 0-based position, if it is a positive integer.
-fn position(n: f64) -> Option<usize> {
+pub(crate) fn position(n: f64) -> Option<usize> {
     if n.fract() == 0.0 && n >= 1.0 && n <= usize::MAX as f64 {
         Some(n as usize - 1)
     } else {

@@ -240,7 +240,14 @@ fn same_as_ciborium(bytes: &[u8]) -> Result<(), TestCaseError> {
     let limits = Limits::default();
     let ours = decode_with(bytes, &limits);
     let theirs = crate::lapps_proto::cbor::decode_ciborium_with(bytes, &limits);
-    prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:02x?}: {:?} vs {:?}", bytes, ours, theirs);
+    prop_assert_eq!(
+        ours.is_ok(),
+        theirs.is_ok(),
+        "{:02x?}: {:?} vs {:?}",
+        bytes,
+        ours,
+        theirs
+    );
     if let (Ok(a), Ok(b)) = (ours, theirs) {
         prop_assert_eq!(a, b);
     }

@@ -9,10 +9,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use super::frame::send_message;
 use super::host::HostCtx;
-use crate::lapps_proto::protocol::{self, encode_response_error, Inbound, ProtocolError};
+use crate::lapps_proto::lazy::Doc;
+use crate::lapps_proto::protocol::{self, encode_response_error, DocInbound, ProtocolError};
+use crate::lapps_proto::Limits;
 use crate::net::handle::ConnId;
 
 /// What the host did with an inbound message that did not reach the app.
@@ -49,9 +52,14 @@ impl LappsState {
         conn: ConnId,
         opcode: u8,
         payload: &[u8],
-    ) -> Result<Inbound, Outcome> {
+    ) -> Result<(Rc<Doc>, DocInbound), Outcome> {
         let inbound = if opcode == 2 {
-            protocol::parse_inbound(payload)
+            Doc::parse(payload, &Limits::default())
+                .map_err(|e| ProtocolError {
+                    code: protocol::PARSE_ERROR,
+                    message: format!("parse error: {e}"),
+                })
+                .and_then(|doc| protocol::check_doc(&doc).map(|i| (doc, i)))
         } else {
             Err(ProtocolError {
                 code: protocol::PARSE_ERROR,

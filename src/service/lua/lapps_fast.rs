@@ -19,8 +19,9 @@ use super::host::HostCtx;
 use super::inbox::{Batch, Event, Kind};
 use super::lapps::{send_cbor, LappsState, Outcome};
 use crate::lapps_proto::json_ud;
+use crate::lapps_proto::lazy::Handle;
 use crate::lapps_proto::node::Node;
-use crate::lapps_proto::protocol;
+use crate::lapps_proto::protocol::{self, DocInbound};
 use crate::lapps_proto::Limits;
 use crate::net::handle::ConnId;
 
@@ -66,12 +67,19 @@ pub(crate) fn call_requests(
                     }
                     Err(Outcome::Answered) => continue,
                 };
-                let (msg_type, method, message) = inbound.into_parts();
+                let (
+                    doc,
+                    DocInbound {
+                        msg_type,
+                        method_at,
+                    },
+                ) = inbound;
+                let root = doc.root();
                 host.reset_budget();
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_pushnumber(l, conn.as_u64() as f64);
                 ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
-                json_ud::push_node(l, Node::from_value(message));
+                json_ud::push_handle(l, Handle::Raw(Rc::clone(&doc), root));
                 match ffi::lua_pcall(l, 3, 1, 1) {
                     0 => {
                         if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
@@ -90,6 +98,8 @@ pub(crate) fn call_requests(
                             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                         }
                         let is_request = !msg_type.is_notification();
+                        // The bytes stay as they came, whatever the app changed.
+                        let method = doc.text(method_at).unwrap_or_default();
                         lapps.failed(host, conn, &method, is_request, &error);
                     }
                 }
@@ -135,13 +145,13 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
     // and is used only before this function returns.
     unsafe {
         if ffi::lua_gettop(l) == 3 && ffi::lua_type(l, 2) == ffi::LUA_TNUMBER {
-            if let Some(node @ Node::Array(_)) = json_ud::get(l, 3) {
+            if let Some(handle) = json_ud::get(l, 3) {
                 let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
                 let conn = handler_of(ffi::lua_tonumber(l, 2)).filter(|c| host.hub.is_live(*c));
                 let Some(conn) = conn else {
                     return fail(l, c"closed");
                 };
-                match catch_unwind(AssertUnwindSafe(|| send_array(host, conn, node))).ok() {
+                match catch_unwind(AssertUnwindSafe(|| send_handle(host, conn, handle))).ok() {
                     Some(true) => {
                         ffi::lua_pushboolean(l, 1);
                         return 1;
@@ -161,17 +171,24 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
     }
 }
 
-/// Encodes `{status = 1, cid = 0, result = array}` and queues it; false when the array cannot
-/// be encoded here (nothing was sent).
-fn send_array(host: &HostCtx, conn: ConnId, array: &Node) -> bool {
-    let Node::Array(items) = array else {
-        return false;
-    };
+/// Encodes `{status = 1, cid = 0, result = array}` and queues it; false when `handle` is not
+/// an array or cannot be encoded here (nothing was sent).
+fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> bool {
     SCRATCH.with(|s| {
         let Ok(mut out) = s.try_borrow_mut() else {
             return false;
         };
         out.clear();
+        if let Some((n, items)) = handle.canonical_array() {
+            // Already the encoder's bytes: copied as they are.
+            protocol::begin_response_ok(&mut out, n as usize);
+            out.extend_from_slice(items);
+            send_cbor(host, conn, &out);
+            return true;
+        }
+        let Some(Node::Array(items)) = handle.resolve() else {
+            return false;
+        };
         let Ok(items) = items.try_borrow() else {
             return false;
         };
