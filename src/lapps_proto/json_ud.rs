@@ -310,3 +310,10 @@ unsafe extern "C-unwind" fn gc(l: *mut ffi::lua_State) -> c_int {
         0
     }
 }
+
+/// A view of a whole validated message as a Lua value (the metatable must exist).
+pub(crate) fn doc_to_lua(lua: &Lua, doc: std::rc::Rc<super::lazy::Doc>) -> mlua::Result<LuaValue> {
+    let root = doc.root();
+    // SAFETY: push_handle pushes exactly one value, which exec_raw returns.
+    unsafe { lua.exec_raw::<LuaValue>((), |l| push_handle(l, Handle::Raw(doc, root))) }
+}
