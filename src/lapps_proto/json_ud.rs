@@ -312,6 +312,7 @@ unsafe extern "C-unwind" fn gc(l: *mut ffi::lua_State) -> c_int {
 }
 
 /// A view of a whole validated message as a Lua value (the metatable must exist).
+#[cfg(test)]
 pub(crate) fn doc_to_lua(lua: &Lua, doc: std::rc::Rc<super::lazy::Doc>) -> mlua::Result<LuaValue> {
     let root = doc.root();
     // SAFETY: push_handle pushes exactly one value, which exec_raw returns.
