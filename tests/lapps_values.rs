@@ -113,7 +113,11 @@ fn every_cbor_type_comes_back_byte_exact_whichever_way_the_app_holds_it() {
     // One at a time too, so that each value is the whole result once.
     for v in params {
         let got = call(&mut ws, request("echo", Value::Array(vec![v.clone()])));
-        assert_eq!(got, protocol::encode_response_ok(std::slice::from_ref(&v)), "{v:?}");
+        assert_eq!(
+            got,
+            protocol::encode_response_ok(std::slice::from_ref(&v)),
+            "{v:?}"
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! on the Lua C API.
 //!
 //! Owns the userdata's layout (an `Option<Node>`, `None` once collected), its metatable (in the
-//! registry under [`MT_KEY`], hidden from apps by `__metatable`) and the metamethods every
+//! registry under the address of [`MT_ANCHOR`], hidden from apps by `__metatable`) and the metamethods every
 //! message uses (`__index`, `__len`, `__gc`), written as C functions. The metamethods that
 //! convert Lua values (`__newindex`, `__tostring`, `__eq`) are mlua functions that `nljson`
 //! hands over. Measured reason (docs/nljson.md, "Cost"): as mlua userdata, creating a value and
@@ -23,8 +23,18 @@ use super::lazy::{Handle, Item};
 use super::node::{Key, Node};
 use super::value::Value;
 
-/// Registry field holding the metatable.
-const MT_KEY: &CStr = c"lapps.nljson.value";
+/// Its address is the registry key of the metatable: a light userdata key is found without
+/// hashing a string (two lookups per message).
+static MT_ANCHOR: u8 = 0;
+
+/// Pushes the metatable (or nil before it is installed).
+unsafe fn push_metatable(l: *mut ffi::lua_State) {
+    // SAFETY: two pushes and a raw get (no metamethods) on the registry.
+    unsafe {
+        ffi::lua_pushlightuserdata(l, &MT_ANCHOR as *const u8 as *mut std::ffi::c_void);
+        ffi::lua_rawget(l, ffi::LUA_REGISTRYINDEX);
+    }
+}
 
 /// What the userdata holds; `None` after `__gc` (a finalized value can be seen again by other
 /// finalizers).
@@ -37,7 +47,7 @@ pub(crate) fn has_metatable(lua: &Lua) -> bool {
     // stack.
     let r = unsafe {
         lua.exec_raw::<()>((), |l| {
-            ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, MT_KEY.as_ptr());
+            push_metatable(l);
             found = ffi::lua_type(l, -1) == ffi::LUA_TTABLE;
             ffi::lua_settop(l, 0);
         })
@@ -74,7 +84,9 @@ pub(crate) fn install_metatable(
             }
             ffi::lua_pushstring(l, c"nljson".as_ptr());
             ffi::lua_setfield(l, 4, c"__metatable".as_ptr());
-            ffi::lua_setfield(l, ffi::LUA_REGISTRYINDEX, MT_KEY.as_ptr());
+            ffi::lua_pushlightuserdata(l, &MT_ANCHOR as *const u8 as *mut std::ffi::c_void);
+            ffi::lua_pushvalue(l, 4);
+            ffi::lua_rawset(l, ffi::LUA_REGISTRYINDEX);
             ffi::lua_settop(l, 0);
         })
     }
@@ -127,7 +139,7 @@ pub(crate) unsafe fn push_handle(l: *mut ffi::lua_State, handle: Handle) {
     // SAFETY: pushes on the running state; the userdata block is written before anything else
     // can see it and gets its metatable (with `__gc`) at once.
     unsafe {
-        ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, MT_KEY.as_ptr());
+        push_metatable(l);
         if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
             // Not installed: nothing could free the handle, so do not make one.
             ffi::lua_settop(l, -2);
@@ -213,7 +225,7 @@ pub(crate) unsafe fn get<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a H
         if ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA || ffi::lua_getmetatable(l, idx) == 0 {
             return None;
         }
-        ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, MT_KEY.as_ptr());
+        push_metatable(l);
         let ours = ffi::lua_rawequal(l, -1, -2) != 0;
         ffi::lua_settop(l, -3);
         if !ours {

@@ -25,9 +25,16 @@ pub(crate) struct Doc {
     bytes: Box<[u8]>,
     /// Re-encoding any part of the value gives the same bytes.
     canonical: bool,
+    /// Where the root's value starts (after its tags).
+    root: usize,
+    /// Key and value offsets of a root map's members, when it has at most [`CACHED`] (every
+    /// request is read member by member several times: check, `method`, `params`).
+    members: Option<([(usize, usize); CACHED], usize)>,
     /// Containers by the offset of their head, in increasing offset order.
     tree: RefCell<Option<Vec<(usize, Node)>>>,
 }
+
+const CACHED: usize = 8;
 
 /// A container: in a tree, or a view into a message not turned into one yet.
 #[derive(Clone)]
@@ -59,9 +66,12 @@ impl Doc {
             return Err("empty input".into());
         }
         let canonical = cbor_de::validate(bytes, limits).map_err(|e| e.0)?;
+        let root = skip_tags(bytes, 0);
         Ok(Rc::new(Doc {
             bytes: bytes.into(),
             canonical,
+            root,
+            members: root_members(bytes, root),
             tree: RefCell::new(None),
         }))
     }
@@ -72,7 +82,7 @@ impl Doc {
 
     /// Where the root item's value starts (after its tags).
     pub(crate) fn root(&self) -> usize {
-        skip_tags(&self.bytes, 0)
+        self.root
     }
 
     fn is_built(&self) -> bool {
@@ -110,6 +120,23 @@ impl Doc {
             _ => None,
         }
     }
+}
+
+/// The members of the map at `at`, when it is one with at most [`CACHED`] members.
+fn root_members(b: &[u8], at: usize) -> Option<([(usize, usize); CACHED], usize)> {
+    let (5, len, mut pos) = head(b, at)? else {
+        return None;
+    };
+    let mut out = [(0, 0); CACHED];
+    let mut n = 0;
+    while !len.map_or(b.get(pos) == Some(&0xff), |l| n as u64 == l) {
+        let slot = out.get_mut(n)?;
+        let value = skip(b, pos)?;
+        *slot = (pos, value);
+        pos = skip(b, value)?;
+        n += 1;
+    }
+    Some((out, n))
 }
 
 /// Moves `value` into nodes, pairing each container with the next recorded offset (the
@@ -196,6 +223,14 @@ impl Handle {
                     pos = skip(b, pos)?;
                     k += 1;
                 }
+            }
+            5 if at == doc.root && doc.members.is_some() => {
+                let (members, n) = doc.members.as_ref()?;
+                let (_, value) = members
+                    .get(..*n)?
+                    .iter()
+                    .find(|(k, _)| raw_key_matches(doc, *k, key))?;
+                *value
             }
             5 => {
                 let mut k = 0u64;
@@ -333,6 +368,20 @@ impl Doc {
         }
     }
 
+    /// The bytes of the item at `at` when it decodes to text (as `Value::as_str` sees it),
+    /// without re-checking UTF-8 on the common path.
+    pub(crate) fn text_bytes(&self, at: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
+        if let Some((3, _, _)) = head(&self.bytes, at) {
+            if let Some(s) = self.plain_string(at) {
+                return Some(std::borrow::Cow::Borrowed(s));
+            }
+        }
+        match self.scalar(at)? {
+            Value::Text(s) => Some(std::borrow::Cow::Owned(s.into_bytes())),
+            _ => None,
+        }
+    }
+
     /// The item at `at` when it decodes to text (as `Value::as_str` sees it).
     pub(crate) fn text(&self, at: usize) -> Option<std::borrow::Cow<'_, str>> {
         if let Some((3, _, _)) = head(&self.bytes, at) {
@@ -349,6 +398,12 @@ impl Doc {
     /// Calls `f` with the offsets of each key and its value of the map at `at` (tags
     /// skipped), in order.
     pub(crate) fn each_member(&self, at: usize, mut f: impl FnMut(usize, usize)) {
+        if let (true, Some((members, n))) = (at == self.root, &self.members) {
+            for (k, v) in members.iter().take(*n) {
+                f(*k, *v);
+            }
+            return;
+        }
         let b = &self.bytes;
         let Some((5, len, mut pos)) = head(b, skip_tags(b, at)) else {
             return;

@@ -242,10 +242,10 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
     // Per name: the first value's offset, and whether the name came again.
     let mut found: [(Option<usize>, bool); 4] = [(None, false); 4];
     doc.each_member(root, |key, value| {
-        let Some(name) = doc.text(key) else {
+        let Some(name) = doc.text_bytes(key) else {
             return;
         };
-        if let Some(i) = NAMES.iter().position(|n| *n == name) {
+        if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == &name[..]) {
             match found[i].0 {
                 Some(_) => found[i].1 = true,
                 None => found[i].0 = Some(value),
