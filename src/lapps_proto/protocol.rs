@@ -220,6 +220,16 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
     })
 }
 
+/// [`parse_inbound`] the way the server reads requests (validated in place, checked without a
+/// tree): the message type, or the same error. For the fuzz target and tests, which compare
+/// the two.
+#[doc(hidden)]
+pub fn parse_inbound_in_place(bytes: &[u8]) -> Result<MsgType, ProtocolError> {
+    let doc = Doc::parse(bytes, &Limits::default())
+        .map_err(|e| ProtocolError::new(PARSE_ERROR, format!("parse error: {e}")))?;
+    check_doc(&doc).map(|i| i.msg_type)
+}
+
 /// A valid inbound message read in place ([`check_doc`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DocInbound {
