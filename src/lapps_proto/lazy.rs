@@ -20,9 +20,43 @@ use super::cbor_de;
 use super::node::{key_matches, number_key_text, position, Key, Node};
 use super::value::{Limits, Value};
 
+/// Messages up to this size live inside their `Doc` (one allocation per message instead of
+/// two: most requests are small).
+const INLINE: usize = 112;
+
+/// A message's bytes, inline when small.
+enum Bytes {
+    Inline([u8; INLINE], usize),
+    Heap(Box<[u8]>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Inline(b, n) => b.get(..*n).unwrap_or(&[]),
+            Bytes::Heap(b) => b,
+        }
+    }
+}
+
+impl Bytes {
+    fn new(bytes: &[u8]) -> Bytes {
+        let mut inline = [0u8; INLINE];
+        match inline.get_mut(..bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Bytes::Inline(inline, bytes.len())
+            }
+            None => Bytes::Heap(bytes.into()),
+        }
+    }
+}
+
 /// One message's bytes, and its tree once built.
 pub(crate) struct Doc {
-    bytes: Box<[u8]>,
+    bytes: Bytes,
     /// Re-encoding any part of the value gives the same bytes.
     canonical: bool,
     /// Where the root's value starts (after its tags).
@@ -68,7 +102,7 @@ impl Doc {
         let canonical = cbor_de::validate(bytes, limits).map_err(|e| e.0)?;
         let root = skip_tags(bytes, 0);
         Ok(Rc::new(Doc {
-            bytes: bytes.into(),
+            bytes: Bytes::new(bytes),
             canonical,
             root,
             members: root_members(bytes, root),
