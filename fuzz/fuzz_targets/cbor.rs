@@ -1,4 +1,6 @@
-//! Fuzzes the CBOR decoder and the LAppS rules on top of it: no input may panic; whatever
+//! Fuzzes the CBOR decoder and the LAppS rules on top of it: no input may panic; the decoder
+//! gives the same answer as the ciborium-based reference, and the in-place request check the
+//! same as the tree check; whatever
 //! decodes re-encodes to bytes that decode to the same value; the protocol check and the
 //! outbound check give an answer (never a panic) on every decoded value, and what the outbound
 //! check accepts is itself a decodable map.
@@ -8,6 +10,16 @@ use lapps::lapps_proto::{cbor, json, protocol};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let limits = lapps::lapps_proto::Limits::default();
+    let reference = cbor::decode_ciborium_with(data, &limits);
+    // Error texts differ; the verdict and the value may not.
+    assert_eq!(cbor::decode_with(data, &limits).ok(), reference.ok(), "differs from ciborium");
+    // The server's in-place reading of a request gives the tree check's answer, texts included.
+    assert_eq!(
+        protocol::parse_inbound_in_place(data),
+        protocol::parse_inbound(data).map(|m| m.msg_type()),
+        "in-place check differs"
+    );
     let Ok(value) = cbor::decode(data) else {
         assert!(protocol::parse_inbound(data).is_err());
         return;

@@ -20,7 +20,6 @@
 
 use mlua::{LightUserData, Lua, Value as LuaValue};
 
-use super::nljson::Json;
 use super::node::Node;
 use super::value::{Limits, Value};
 
@@ -50,7 +49,10 @@ pub fn into_lua(lua: &Lua, value: Value) -> mlua::Result<LuaValue> {
 pub(crate) fn node_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> {
     match node {
         Node::Scalar(v) => scalar_to_lua(lua, &v),
-        container => Ok(LuaValue::UserData(lua.create_userdata(Json(container))?)),
+        container => {
+            super::nljson::ensure_metatable(lua)?;
+            super::json_ud::container_to_lua(lua, container)
+        }
     }
 }
 
@@ -79,13 +81,13 @@ pub(crate) fn number(n: f64) -> Value {
 }
 
 /// A Lua value as a [`Value`] with the default nesting bound.
-pub fn from_lua(v: &LuaValue) -> Result<Value, String> {
-    from_lua_with(v, &Limits::default())
+pub fn from_lua(lua: &Lua, v: &LuaValue) -> Result<Value, String> {
+    from_lua_with(lua, v, &Limits::default())
 }
 
 /// A Lua value as a [`Value`], nesting bounded by `limits.max_depth`.
-pub fn from_lua_with(v: &LuaValue, limits: &Limits) -> Result<Value, String> {
-    convert(v, limits.max_depth)
+pub fn from_lua_with(lua: &Lua, v: &LuaValue, limits: &Limits) -> Result<Value, String> {
+    convert(lua, v, limits.max_depth)
 }
 
 /// A table key while its table's kind is not known yet.
@@ -94,7 +96,7 @@ enum RawKey {
     Text(Value),
 }
 
-fn convert(v: &LuaValue, depth_left: usize) -> Result<Value, String> {
+fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> {
     Ok(match v {
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
@@ -108,14 +110,9 @@ fn convert(v: &LuaValue, depth_left: usize) -> Result<Value, String> {
             }
         }
         v if is_null(v) => Value::Null,
-        LuaValue::UserData(ud) => {
-            let node = ud
-                .borrow::<Json>()
-                .map_err(|_| "a userdata that is not an nljson value has no JSON/CBOR form")?
-                .0
-                .clone();
-            node.to_value(depth_left)?
-        }
+        LuaValue::UserData(_) => super::json_ud::node_of(lua, v)
+            .ok_or("a userdata that is not an nljson value has no JSON/CBOR form")?
+            .to_value(depth_left)?,
         LuaValue::Table(t) => {
             let inner = depth_left
                 .checked_sub(1)
@@ -130,7 +127,7 @@ fn convert(v: &LuaValue, depth_left: usize) -> Result<Value, String> {
                     LuaValue::Number(n) => {
                         RawKey::Text(Value::Text(super::node::number_key_text(*n)))
                     }
-                    LuaValue::String(_) => match convert(&k, 0) {
+                    LuaValue::String(_) => match convert(lua, &k, 0) {
                         Ok(key) => RawKey::Text(key),
                         Err(e) => {
                             failure = Some(e);
@@ -145,7 +142,7 @@ fn convert(v: &LuaValue, depth_left: usize) -> Result<Value, String> {
                         return Err(mlua::Error::runtime("stop"));
                     }
                 };
-                match convert(&v, inner) {
+                match convert(lua, &v, inner) {
                     Ok(v) => {
                         entries.push((key, v));
                         Ok(())

@@ -12,11 +12,14 @@
 //! per message. The Lua host (`service::lua`) calls it.
 
 pub mod cbor;
+mod cbor_de;
 mod de;
 pub mod json;
+pub(crate) mod json_ud;
+pub(crate) mod lazy;
 pub mod lua;
 pub mod nljson;
-mod node;
+pub(crate) mod node;
 pub mod protocol;
 pub mod value;
 

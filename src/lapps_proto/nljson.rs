@@ -9,8 +9,9 @@
 //! This module owns the Lua surface; it must never hold a borrow of a tree while it calls a Lua
 //! function (see `node`).
 
-use mlua::{Function, Lua, MetaMethod, MultiValue, UserData, UserDataMethods, Value as LuaValue};
+use mlua::{Function, Lua, MultiValue, Value as LuaValue};
 
+use super::json_ud;
 use super::lua::{from_lua_with, into_lua, is_null, node_to_lua, null};
 use super::node::{Key, Node};
 use super::value::{Limits, Value};
@@ -60,62 +61,55 @@ fn type_name(node: &Node) -> &'static str {
     }
 }
 
-impl UserData for Json {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(MetaMethod::Index, |lua, this, k: LuaValue| {
-            match key_of(&k).and_then(|k| this.0.get(k.key())) {
-                Some(n) => node_to_lua(lua, n),
-                None => Ok(LuaValue::Nil),
-            }
-        });
-        methods.add_meta_method(
-            MetaMethod::NewIndex,
-            |_, this, (k, v): (LuaValue, LuaValue)| {
-                let key = key_of(&k).ok_or_else(|| {
-                    mlua::Error::runtime(format!(
-                        "nljson: a key of type {} cannot index a {}",
-                        k.type_name(),
-                        type_name(&this.0)
-                    ))
-                })?;
-                let value = match v {
-                    LuaValue::Nil => None,
-                    v => Some(Node::from_value(
-                        from_lua_with(&v, &Limits::default())
-                            .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?,
-                    )),
-                };
-                this.0
-                    .set(key.key(), value)
-                    .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
-            },
-        );
-        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.0.len()));
-        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
-            let style = json::Style {
-                indent: None,
-                lossy: true,
-            };
-            this.0
-                .to_value(Limits::default().max_depth)
-                .and_then(|v| json::encode_with(&v, style))
-                .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
-        });
-        methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (LuaValue, LuaValue)| {
-            Ok(match (as_json(&a), as_json(&b)) {
-                (Some(a), Some(b)) => a.same(&b),
-                _ => false,
-            })
-        });
+/// Creates the metatable of nljson values in this state if it is not there yet (the hot
+/// metamethods are C functions in `json_ud`; these three convert Lua values through mlua).
+pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
+    if json_ud::has_metatable(lua) {
+        return Ok(());
     }
+    let newindex = lua.create_function(|lua, (this, k, v): (LuaValue, LuaValue, LuaValue)| {
+        let node = as_json(lua, &this)
+            .ok_or_else(|| mlua::Error::runtime("nljson: not an nljson value"))?;
+        let key = key_of(&k).ok_or_else(|| {
+            mlua::Error::runtime(format!(
+                "nljson: a key of type {} cannot index a {}",
+                k.type_name(),
+                type_name(&node)
+            ))
+        })?;
+        let value = match v {
+            LuaValue::Nil => None,
+            v => Some(Node::from_value(
+                from_lua_with(lua, &v, &Limits::default())
+                    .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?,
+            )),
+        };
+        node.set(key.key(), value)
+            .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
+    })?;
+    let tostring = lua.create_function(|lua, this: LuaValue| {
+        let node = as_json(lua, &this)
+            .ok_or_else(|| mlua::Error::runtime("nljson: not an nljson value"))?;
+        let style = json::Style {
+            indent: None,
+            lossy: true,
+        };
+        node.to_value(Limits::default().max_depth)
+            .and_then(|v| json::encode_with(&v, style))
+            .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
+    })?;
+    let eq = lua.create_function(|lua, (a, b): (LuaValue, LuaValue)| {
+        Ok(match (as_json(lua, &a), as_json(lua, &b)) {
+            (Some(a), Some(b)) => a.same(&b),
+            _ => false,
+        })
+    })?;
+    json_ud::install_metatable(lua, newindex, tostring, eq)
 }
 
 /// The container behind an nljson value.
-fn as_json(v: &LuaValue) -> Option<Node> {
-    match v {
-        LuaValue::UserData(ud) => ud.borrow::<Json>().ok().map(|j| j.0.clone()),
-        _ => None,
-    }
+fn as_json(lua: &Lua, v: &LuaValue) -> Option<Node> {
+    json_ud::node_of(lua, v)
 }
 
 fn ok(v: LuaValue) -> mlua::Result<MultiValue> {
@@ -144,8 +138,8 @@ fn string_arg(v: &LuaValue, what: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-fn container_arg(v: &LuaValue) -> Result<Node, String> {
-    as_json(v).ok_or_else(|| {
+fn container_arg(lua: &Lua, v: &LuaValue) -> Result<Node, String> {
+    as_json(lua, v).ok_or_else(|| {
         format!(
             "expects an nljson object or array, got {}",
             if is_null(v) { "null" } else { v.type_name() }
@@ -166,6 +160,7 @@ pub fn install_with(lua: &Lua, limits: Limits) -> mlua::Result<()> {
 
 /// Builds the `nljson` table without registering it.
 pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
+    ensure_metatable(lua)?;
     let m = lua.create_table()?;
     m.set("null", null())?;
 
@@ -193,7 +188,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "encode",
         lua.create_function(move |lua, v: LuaValue| {
-            let r = from_lua_with(&v, &limits)
+            let r = from_lua_with(lua, &v, &limits)
                 .and_then(|v| json::encode(&v))
                 .and_then(|s| lua.create_string(s).map_err(|e| e.to_string()))
                 .map(LuaValue::String);
@@ -212,7 +207,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                     indent: (indent > 0.0).then_some(indent as usize),
                     lossy: false,
                 };
-                from_lua_with(&v, &limits)
+                from_lua_with(lua, &v, &limits)
                     .and_then(|v| json::encode_with(&v, style))
                     .and_then(|s| lua.create_string(s).map_err(|e| e.to_string()))
                     .map(LuaValue::String)
@@ -224,7 +219,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "to_cbor",
         lua.create_function(move |lua, v: LuaValue| {
-            let r = from_lua_with(&v, &limits)
+            let r = from_lua_with(lua, &v, &limits)
                 .map(|v| cbor::encode(&v))
                 .and_then(|b| lua.create_string(b).map_err(|e| e.to_string()))
                 .map(LuaValue::String);
@@ -245,7 +240,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "find",
         lua.create_function(|lua, (v, k): (LuaValue, LuaValue)| {
-            let node = match container_arg(&v) {
+            let node = match container_arg(lua, &v) {
                 Ok(n) => n,
                 Err(e) => return fail(lua, format!("nljson.find: {e}")),
             };
@@ -268,7 +263,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "erase",
         lua.create_function(|lua, (v, k): (LuaValue, LuaValue)| {
-            let node = match container_arg(&v) {
+            let node = match container_arg(lua, &v) {
                 Ok(n) => n,
                 Err(e) => return fail(lua, format!("nljson.erase: {e}")),
             };
@@ -284,7 +279,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                 LuaValue::Nil => true,
                 v if is_null(v) => true,
                 LuaValue::Table(t) => t.is_empty(),
-                LuaValue::UserData(_) => match container_arg(&v) {
+                LuaValue::UserData(_) => match container_arg(lua, &v) {
                     Ok(n) => n.len() == 0,
                     Err(e) => return fail(lua, format!("nljson.empty: {e}")),
                 },
@@ -298,8 +293,8 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         "typename",
         lua.create_function(move |lua, v: LuaValue| {
             let name = match &v {
-                LuaValue::UserData(_) => container_arg(&v).map(|n| type_name(&n)),
-                LuaValue::Table(_) => from_lua_with(&v, &limits).map(|v| v.type_name()),
+                LuaValue::UserData(_) => container_arg(lua, &v).map(|n| type_name(&n)),
+                LuaValue::Table(_) => from_lua_with(lua, &v, &limits).map(|v| v.type_name()),
                 LuaValue::Nil => Ok("null"),
                 v if is_null(v) => Ok("null"),
                 LuaValue::Boolean(_) => Ok("boolean"),
@@ -319,7 +314,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "foreach",
         lua.create_function(|lua, (v, f): (LuaValue, LuaValue)| {
-            let node = match container_arg(&v) {
+            let node = match container_arg(lua, &v) {
                 Ok(n) => n,
                 Err(e) => return fail(lua, format!("nljson.foreach: {e}")),
             };
@@ -355,7 +350,9 @@ fn constructor(lua: &Lua, limits: Limits, array: bool) -> mlua::Result<Function>
     lua.create_function(move |lua, t: Option<LuaValue>| {
         let v = match t {
             None | Some(LuaValue::Nil) => Ok(Value::Map(Vec::new())),
-            Some(t @ (LuaValue::Table(_) | LuaValue::UserData(_))) => from_lua_with(&t, &limits),
+            Some(t @ (LuaValue::Table(_) | LuaValue::UserData(_))) => {
+                from_lua_with(lua, &t, &limits)
+            }
             Some(other) => Err(format!("expects a table, got {}", other.type_name())),
         };
         let v = v.and_then(|v| match (v, array) {

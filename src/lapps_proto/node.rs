@@ -42,7 +42,7 @@ pub(crate) fn number_key_text(n: f64) -> String {
 
 /// Whether an object key answers to a Lua key: text or bytes by their bytes; a number to a
 /// numeric key of the same value or to its string form.
-fn key_matches(k: &Value, key: Key<'_>) -> bool {
+pub(crate) fn key_matches(k: &Value, key: Key<'_>) -> bool {
     match (k, key) {
         (Value::Text(s), Key::Str(b)) => s.as_bytes() == b,
         (Value::Bytes(s), Key::Str(b)) => s.as_slice() == b,
@@ -66,7 +66,7 @@ fn stored_key(key: Key<'_>) -> Value {
 }
 
 /// A 1-based Lua index as a 0-based position, if it is a positive integer.
-fn position(n: f64) -> Option<usize> {
+pub(crate) fn position(n: f64) -> Option<usize> {
     if n.fract() == 0.0 && n >= 1.0 && n <= usize::MAX as f64 {
         Some(n as usize - 1)
     } else {
@@ -111,6 +111,33 @@ impl Node {
                 )
             }
         })
+    }
+
+    /// Appends the CBOR encoding, as `cbor::encode_into(&self.to_value(depth_left)?)` would,
+    /// without building the copy.
+    pub(crate) fn encode_cbor(&self, out: &mut Vec<u8>, depth_left: usize) -> Result<(), String> {
+        let inner = |d: usize| d.checked_sub(1).ok_or("nesting too deep to convert");
+        match self {
+            Node::Scalar(v) => super::cbor::encode_into(v, out),
+            Node::Array(a) => {
+                let d = inner(depth_left)?;
+                let a = a.try_borrow().map_err(|_| "array is being modified")?;
+                super::cbor::head(out, 4, a.len() as u64);
+                for n in a.iter() {
+                    n.encode_cbor(out, d)?;
+                }
+            }
+            Node::Object(o) => {
+                let d = inner(depth_left)?;
+                let o = o.try_borrow().map_err(|_| "object is being modified")?;
+                super::cbor::head(out, 5, o.len() as u64);
+                for (k, n) in o.iter() {
+                    super::cbor::encode_into(k, out);
+                    n.encode_cbor(out, d)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Same container (for `==` on userdata).

@@ -26,6 +26,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 
 use super::cbor;
+use super::lazy::Doc;
 use super::value::{Limits, Value};
 
 /// JSON-RPC 2.0 codes used by LAppS.
@@ -118,6 +119,11 @@ impl Inbound {
 
     pub fn into_message(self) -> Value {
         self.message
+    }
+
+    /// Its kind, method and whole map, without copying them.
+    pub fn into_parts(self) -> (MsgType, String, Value) {
+        (self.msg_type, self.method, self.message)
     }
 }
 
@@ -214,6 +220,117 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
     })
 }
 
+/// [`parse_inbound`] the way the server reads requests (validated in place, checked without a
+/// tree): the message type, or the same error. For the fuzz target and tests, which compare
+/// the two.
+#[doc(hidden)]
+pub fn parse_inbound_in_place(bytes: &[u8]) -> Result<MsgType, ProtocolError> {
+    let doc = Doc::parse(bytes, &Limits::default())
+        .map_err(|e| ProtocolError::new(PARSE_ERROR, format!("parse error: {e}")))?;
+    check_doc(&doc).map(|i| i.msg_type)
+}
+
+/// A valid inbound message read in place ([`check_doc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DocInbound {
+    pub msg_type: MsgType,
+    /// Where the `method` text is in the message.
+    pub method_at: usize,
+}
+
+/// [`check_inbound`] on a validated message without decoding it: the same verdicts, codes
+/// and texts (the tests compare the two).
+pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
+    let root = doc.root();
+    if !doc.is_map(root) {
+        return Err(ProtocolError::new(
+            PARSE_ERROR,
+            "parse error: a LAppS message is a CBOR map",
+        ));
+    }
+    const NAMES: [&str; 4] = ["lapps", "method", "params", "cid"];
+    // Per name: the first value's offset, and whether the name came again.
+    let mut found: [(Option<usize>, bool); 4] = [(None, false); 4];
+    doc.each_member(root, |key, value| {
+        let Some(name) = doc.text_bytes(key) else {
+            return;
+        };
+        if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == &name[..]) {
+            match found[i].0 {
+                Some(_) => found[i].1 = true,
+                None => found[i].0 = Some(value),
+            }
+        }
+    });
+    let member = |i: usize| -> Result<Option<usize>, ProtocolError> {
+        match found[i] {
+            (_, true) => Err(ProtocolError::new(
+                INVALID_REQUEST,
+                format!("invalid request: member '{}' appears twice", NAMES[i]),
+            )),
+            (v, false) => Ok(v),
+        }
+    };
+    let invalid =
+        |why: &str| ProtocolError::new(INVALID_REQUEST, format!("invalid request: {why}"));
+
+    match member(0)? {
+        None => return Err(invalid("member 'lapps' is missing")),
+        Some(at) => match doc.scalar(at) {
+            Some(v) if v.as_i64() == Some(1) || v.as_str() == Some("1") => {}
+            _ => return Err(invalid("member 'lapps' must be 1")),
+        },
+    }
+    let method_at = member(1)?.ok_or_else(|| invalid("member 'method' is missing"))?;
+    let method = doc
+        .text(method_at)
+        .ok_or_else(|| invalid("member 'method' must be a string"))?;
+    if method.is_empty() {
+        return Err(invalid("member 'method' is empty"));
+    }
+    if method.contains('.') {
+        return Err(invalid("method names contain no '.'"));
+    }
+    if method.starts_with('_') {
+        return Err(ProtocolError::new(
+            METHOD_NOT_FOUND,
+            format!("method not found: '{method}' (names starting with '_' are reserved)"),
+        ));
+    }
+    let has_params = match member(2)? {
+        None => false,
+        Some(at) => doc
+            .array_non_empty(at)
+            .ok_or_else(|| invalid("member 'params' must be an array"))?,
+    };
+    let has_cid = match member(3)? {
+        None => false,
+        Some(at) => {
+            let cid = match doc.scalar(at) {
+                Some(Value::UInt(u)) => Some(u),
+                Some(v) => v.as_i64().and_then(|i| u64::try_from(i).ok()),
+                None => None,
+            };
+            if cid.and_then(NonZeroU64::new).is_none() {
+                return Err(invalid(
+                    "member 'cid' of a client notification must be a positive integer",
+                ));
+            }
+            true
+        }
+    };
+    let msg_type = match (has_cid, has_params) {
+        (true, false) => MsgType::Notification,
+        (true, true) => MsgType::NotificationWithParams,
+        (false, false) => MsgType::Request,
+        (false, true) => MsgType::RequestWithParams,
+    };
+    Ok(DocInbound {
+        msg_type,
+        method_at,
+    })
+}
+
 fn k(s: &str) -> Value {
     Value::text(s)
 }
@@ -221,17 +338,19 @@ fn k(s: &str) -> Value {
 /// `{"status": 1, "cid": 0, "result": [...]}`.
 pub fn encode_response_ok(result: &[Value]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
-    cbor::head(&mut out, 5, 3);
-    cbor::encode_into(&k("status"), &mut out);
-    cbor::encode_into(&Value::Int(1), &mut out);
-    cbor::encode_into(&k("cid"), &mut out);
-    cbor::encode_into(&Value::Int(0), &mut out);
-    cbor::encode_into(&k("result"), &mut out);
-    cbor::head(&mut out, 4, result.len() as u64);
+    begin_response_ok(&mut out, result.len());
     for v in result {
         cbor::encode_into(v, &mut out);
     }
     out
+}
+
+/// Appends everything of a status 1 response up to its `items` result values, which the
+/// caller appends as CBOR items.
+pub fn begin_response_ok(out: &mut Vec<u8>, items: usize) {
+    // {"status": 1, "cid": 0, "result": [ (map of 3, shortest heads)
+    out.extend_from_slice(b"\xa3\x66status\x01\x63cid\x00\x66result");
+    cbor::head(out, 4, items as u64);
 }
 
 /// `{"status": 0, "cid": 0, "error": {"code": N, "message": "...", "data": ...}}`, `data` only

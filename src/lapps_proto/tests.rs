@@ -4,6 +4,7 @@ mod cbor;
 mod json;
 mod nljson;
 mod protocol;
+mod views;
 
 /// Bytes from hex written as in RFC 8949 appendix A / cbor.me (spaces ignored).
 pub(super) fn hex(s: &str) -> Vec<u8> {

@@ -233,3 +233,76 @@ proptest! {
         }
     }
 }
+
+/// Compares the decoder with the ciborium-based one on `bytes`: the same answer (value, or
+/// refusal) for everything both understand alike.
+fn same_as_ciborium(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let limits = Limits::default();
+    let ours = decode_with(bytes, &limits);
+    let theirs = crate::lapps_proto::cbor::decode_ciborium_with(bytes, &limits);
+    prop_assert_eq!(
+        ours.is_ok(),
+        theirs.is_ok(),
+        "{:02x?}: {:?} vs {:?}",
+        bytes,
+        ours,
+        theirs
+    );
+    if let (Ok(a), Ok(b)) = (ours, theirs) {
+        prop_assert_eq!(a, b);
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn decoder_agrees_with_ciborium_on_arbitrary_bytes(
+        bytes in prop::collection::vec(any::<u8>(), 0..48)
+    ) {
+        same_as_ciborium(&bytes)?;
+    }
+
+    #[test]
+    fn decoder_agrees_with_ciborium_on_damaged_encodings(
+        v in arb_value(), at in any::<prop::sample::Index>(), byte in any::<u8>()
+    ) {
+        let mut bytes = encode(&v);
+        same_as_ciborium(&bytes)?;
+        let i = at.index(bytes.len());
+        bytes[i] = byte;
+        same_as_ciborium(&bytes)?;
+    }
+}
+
+#[test]
+fn decoder_agrees_with_ciborium_on_tags_bignums_and_chunks() {
+    for h in [
+        "c249010000000000000000",
+        "c34100",
+        "c350ffffffffffffffffffffffffffffffff",
+        "c3507fffffffffffffffffffffffffffffff",
+        "c25100000000000000000000000000000001ff",
+        "c2 5f 41 01 ff",
+        "c6c6c6 01",
+        "7f 61 61 62 c3bc ff",
+        "f9 7e01",
+        "f9 fe00",
+        "f9 0001",
+        "f8 20",
+        "d9d9f7 83 01 02 03",
+    ] {
+        same_as_ciborium(&hex(h)).unwrap();
+    }
+}
+
+#[test]
+fn decoder_agrees_with_ciborium_on_the_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cbor");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        same_as_ciborium(&bytes).unwrap();
+        seen += 1;
+    }
+    assert!(seen > 0);
+}

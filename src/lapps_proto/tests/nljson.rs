@@ -197,7 +197,7 @@ fn numbers_beyond_2_pow_53_become_floats() {
     let lua = state();
     let v: mlua::Value = lua.load("return {2^53, 2^53 + 2, -3, 0.5}").eval().unwrap();
     assert_eq!(
-        from_lua(&v).unwrap(),
+        from_lua(&lua, &v).unwrap(),
         Value::Array(vec![
             Value::Int(1 << 53),
             Value::Float(9007199254740994.0),
@@ -236,7 +236,7 @@ fn a_decoded_request_reaches_lua_as_an_nljson_value() {
         .eval()
         .unwrap();
     let out: mlua::Value = f.call(message).unwrap();
-    let out = from_lua(&out).unwrap();
+    let out = from_lua(&lua, &out).unwrap();
     assert_eq!(
         crate::lapps_proto::protocol::validate_outbound(&out),
         Ok(crate::lapps_proto::protocol::encode_response_ok(&[
@@ -255,7 +255,7 @@ fn lua_tables_convert_by_shape() {
         .unwrap();
     let t = Value::text;
     assert_eq!(
-        from_lua(&v).unwrap(),
+        from_lua(&lua, &v).unwrap(),
         Value::Map(vec![
             (t("3"), t("n")),
             (t("a"), Value::Array(vec![Value::Int(1), Value::Int(2)])),

@@ -198,7 +198,7 @@ fn send(
 
 /// A handler from its number form, as `api::handler` does for a `Value` (without `fract`, which
 /// is a libm call on baseline x86-64).
-fn handler_of(n: f64) -> Option<ConnId> {
+pub(crate) fn handler_of(n: f64) -> Option<ConnId> {
     if !(0.0..9_007_199_254_740_992.0).contains(&n) || (n as u64) as f64 != n {
         return None;
     }
@@ -206,7 +206,7 @@ fn handler_of(n: f64) -> Option<ConnId> {
 }
 
 /// Returns `nil, reason`.
-unsafe fn fail(l: *mut ffi::lua_State, reason: &CStr) -> c_int {
+pub(crate) unsafe fn fail(l: *mut ffi::lua_State, reason: &CStr) -> c_int {
     // SAFETY: two pushes on the running state (a C function has LUA_MINSTACK slots).
     unsafe {
         ffi::lua_pushnil(l);
@@ -236,7 +236,7 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
 }
 
 /// The string at `idx` (lossy), for an error message.
-unsafe fn string_at(l: *mut ffi::lua_State, idx: c_int) -> String {
+pub(crate) unsafe fn string_at(l: *mut ffi::lua_State, idx: c_int) -> String {
     // SAFETY: lua_tolstring on a valid index; the bytes are copied before the value can go.
     unsafe {
         let mut len = 0usize;

@@ -9,21 +9,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
-use mlua::{Function, Lua, Value};
-
-use super::api::handler_value;
 use super::frame::send_message;
-use super::host::{one_line, HostCtx};
-use crate::lapps_proto::lua::into_lua;
-use crate::lapps_proto::protocol::{self, encode_response_error, ProtocolError};
+use super::host::HostCtx;
+use crate::lapps_proto::lazy::Doc;
+use crate::lapps_proto::protocol::{self, encode_response_error, DocInbound, ProtocolError};
+use crate::lapps_proto::Limits;
 use crate::net::handle::ConnId;
 
-/// What happened to one inbound message.
+/// What the host did with an inbound message that did not reach the app.
 pub(crate) enum Outcome {
-    /// `onMessage` ran and returned this (`true` keeps the connection).
-    Returned(mlua::Result<Value>),
-    /// The host answered (a protocol error, or -32603 for a failed handler); keep going.
+    /// The host answered a protocol error; keep going.
     Answered,
     /// Close the connection with this code.
     Close(u16),
@@ -47,53 +44,65 @@ impl LappsState {
         self.errors.borrow_mut().remove(&conn);
     }
 
-    pub fn call(
+    /// The checked request in `payload`, or what the host did instead (a protocol error was
+    /// answered, or the connection must close with 1003).
+    pub fn inbound(
         &self,
-        lua: &Lua,
         host: &HostCtx,
-        on_message: &Function,
         conn: ConnId,
         opcode: u8,
         payload: &[u8],
-    ) -> Outcome {
+    ) -> Result<(Rc<Doc>, DocInbound), Outcome> {
         let inbound = if opcode == 2 {
-            protocol::parse_inbound(payload)
+            Doc::parse(payload, &Limits::default())
+                .map_err(|e| ProtocolError {
+                    code: protocol::PARSE_ERROR,
+                    message: format!("parse error: {e}"),
+                })
+                .and_then(|doc| protocol::check_doc(&doc).map(|i| (doc, i)))
         } else {
             Err(ProtocolError {
                 code: protocol::PARSE_ERROR,
                 message: "LAppS messages are CBOR maps in binary frames".into(),
             })
         };
-        let inbound = match inbound {
-            Ok(i) => i,
-            Err(e) => return self.refuse(host, conn, e),
-        };
-        self.errors.borrow_mut().remove(&conn);
-        let is_request = !inbound.msg_type().is_notification();
-        let msg_type = inbound.msg_type() as u8 as i64;
-        let method = inbound.method().to_string();
-        let result = into_lua(lua, inbound.into_message())
-            .and_then(|m| on_message.call::<Value>((handler_value(conn), msg_type, m)));
-        match result {
-            Ok(v) => Outcome::Returned(Ok(v)),
-            Err(err) => {
-                if matches!(err, mlua::Error::MemoryError(_)) {
-                    let _ = lua.gc_collect();
-                    let _ = lua.gc_collect();
+        match inbound {
+            Ok(i) => {
+                let mut errors = self.errors.borrow_mut();
+                if !errors.is_empty() {
+                    errors.remove(&conn);
                 }
-                crate::error!(
-                    "{} onMessage failed for method {method:?} of {:#x}: {}",
-                    host.tag(),
-                    conn.as_u64(),
-                    one_line(&err)
-                );
-                if is_request {
-                    let answer =
-                        encode_response_error(protocol::INTERNAL_ERROR, "internal error", None);
-                    send_cbor(host, conn, &answer);
-                }
-                Outcome::Answered
+                Ok(i)
             }
+            Err(e) => Err(self.refuse(host, conn, e)),
+        }
+    }
+
+    /// The app's handler raised `error` for `method`: logged, and answered with -32603 when
+    /// the message was a request.
+    pub fn failed(
+        &self,
+        host: &HostCtx,
+        conn: ConnId,
+        method: &str,
+        is_request: bool,
+        error: &str,
+    ) {
+        let error = error
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        crate::error!(
+            "{} onMessage failed for method {method:?} of {:#x}: {}",
+            host.tag(),
+            conn.as_u64(),
+            error
+        );
+        if is_request {
+            let answer = encode_response_error(protocol::INTERNAL_ERROR, "internal error", None);
+            send_cbor(host, conn, &answer);
         }
     }
 

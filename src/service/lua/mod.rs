@@ -19,6 +19,7 @@ mod host;
 mod inbox;
 mod instance;
 mod lapps;
+mod lapps_fast;
 mod raw;
 mod sandbox;
 pub mod spec;

@@ -13,6 +13,8 @@ use super::api::handler_value;
 use super::fastpath::{call_messages, Failed};
 use super::host::{one_line, HostCtx};
 use super::inbox::{Batch, Event, Kind};
+use super::lapps::LappsState;
+use super::lapps_fast::call_requests;
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
 
@@ -50,10 +52,7 @@ impl RawApp {
     }
 
     pub fn handle(&self, lua: &Lua, host: &HostCtx, batch: &Batch) {
-        if self.lapps.is_some() {
-            return self.handle_events(lua, host, batch, &batch.events);
-        }
-        // RAW: runs of messages go through the fast path, opens and closes one by one.
+        // Runs of messages go through the fast paths, opens and closes one by one.
         let mut rest = &batch.events[..];
         while !rest.is_empty() {
             let run = rest
@@ -65,8 +64,43 @@ impl RawApp {
                 rest = &rest[1..];
                 continue;
             }
-            self.raw_messages(lua, host, batch, &rest[..run]);
+            match &self.lapps {
+                Some(l) => self.lapps_messages(lua, host, l, batch, &rest[..run]),
+                None => self.raw_messages(lua, host, batch, &rest[..run]),
+            }
             rest = &rest[run..];
+        }
+    }
+
+    fn lapps_messages(
+        &self,
+        lua: &Lua,
+        host: &HostCtx,
+        lapps: &LappsState,
+        batch: &Batch,
+        run: &[Event],
+    ) {
+        let done = call_requests(
+            lua,
+            host,
+            lapps,
+            &self.on_message,
+            &self.traceback,
+            batch,
+            run,
+            close,
+        );
+        if let Err(err) = done {
+            // Only a push that ran out of memory gets here: the rest of the run is abandoned;
+            // close its connections rather than leave their requests unanswered.
+            let _ = lua.gc_collect();
+            let _ = lua.gc_collect();
+            crate::error!("{} onMessage: {}", host.tag(), one_line(&err));
+            for e in run {
+                if !host.closing.borrow().contains(&e.conn) {
+                    close(host, e.conn, 1011);
+                }
+            }
         }
     }
 
@@ -156,17 +190,10 @@ impl RawApp {
 
     fn message(&self, lua: &Lua, host: &HostCtx, conn: ConnId, opcode: u8, payload: &[u8]) {
         host.reset_budget();
-        let result = match &self.lapps {
-            None => lua.create_string(payload).and_then(|msg| {
-                self.on_message
-                    .call::<Value>((handler_value(conn), opcode as i64, msg))
-            }),
-            Some(l) => match l.call(lua, host, &self.on_message, conn, opcode, payload) {
-                super::lapps::Outcome::Returned(r) => r,
-                super::lapps::Outcome::Answered => return,
-                super::lapps::Outcome::Close(code) => return close(host, conn, code),
-            },
-        };
+        let result = lua.create_string(payload).and_then(|msg| {
+            self.on_message
+                .call::<Value>((handler_value(conn), opcode as i64, msg))
+        });
         let code = match result {
             Ok(Value::Boolean(true)) => return,
             Ok(_) => 1000,

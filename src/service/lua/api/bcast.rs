@@ -180,7 +180,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "send",
         lua.create_function(
-            move |_,
+            move |lua,
                   (_this, id, a, b): (Value, Value, Value, Option<mlua::String>)|
                   -> mlua::Result<Ret> {
                 let Some(id) = ChannelId::from_lua(&id) else {
@@ -202,7 +202,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                     }
                     // The LAppS form: bcast:send(id, oon) with `{cid = N, message = {...}}`.
                     (value @ (Value::Table(_) | Value::UserData(_)), None) => {
-                        let cbor = from_lua(&value)
+                        let cbor = from_lua(lua, &value)
                             .and_then(|v| {
                                 oon_only(&v).then_some(v).ok_or_else(|| {
                                     "expected an OON (cid ~= 0 and a message array)".to_string()

@@ -16,10 +16,10 @@ use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::Command;
-use crate::service::lua::fastpath;
 use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
+use crate::service::lua::{fastpath, lapps_fast};
 
 /// Close codes an application may send (RFC 6455 section 7.4).
 pub(crate) fn valid_close_code(code: i64) -> bool {
@@ -30,7 +30,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let t = lua.create_table()?;
     let h = Rc::clone(host);
     let slow_send = lua.create_function(
-        move |_,
+        move |lua,
               (_this, conn, a, b): (Value, Value, Value, Option<mlua::String>)|
               -> mlua::Result<Ret> {
             let Some(conn) = handler(&conn) else {
@@ -44,7 +44,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 Value::Number(n) if n.fract() == 0.0 => n as i64,
                 // The original's LAppS form: ws:send(handler, value).
                 value @ (Value::Table(_) | Value::UserData(_)) => {
-                    return send_value(&h, conn, &value)
+                    return send_value(lua, &h, conn, &value)
                 }
                 _ => return fail("bad opcode"),
             };
@@ -62,27 +62,29 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     // The common shape (number opcode, string message) is served without mlua's conversions.
     t.set("send", fastpath::send_function(lua, host, slow_send)?)?;
     let h = Rc::clone(host);
+    let slow_response = lua.create_function(
+        move |lua, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
+            let Some(conn) = live(&h, &conn) else {
+                return fail("closed");
+            };
+            let result = match array_of(lua, &result) {
+                Ok(r) => r,
+                Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
+            };
+            send_cbor(&h, conn, &protocol::encode_response_ok(&result));
+            ok(Value::Boolean(true))
+        },
+    )?;
+    // An nljson array result is encoded straight from its tree, without mlua's conversions.
     t.set(
         "send_response",
-        lua.create_function(
-            move |_, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
-                let Some(conn) = live(&h, &conn) else {
-                    return fail("closed");
-                };
-                let result = match array_of(&result) {
-                    Ok(r) => r,
-                    Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
-                };
-                send_cbor(&h, conn, &protocol::encode_response_ok(&result));
-                ok(Value::Boolean(true))
-            },
-        )?,
+        lapps_fast::send_response_function(lua, host, slow_response)?,
     )?;
     let h = Rc::clone(host);
     t.set(
         "send_error",
         lua.create_function(
-            move |_,
+            move |lua,
                   (_this, conn, code, message, data): (Value, Value, i64, mlua::String, Value)|
                   -> mlua::Result<Ret> {
                 let Some(conn) = live(&h, &conn) else {
@@ -91,7 +93,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 let data = match data {
                     Value::Nil => None,
                     v => Some(
-                        from_lua(&v)
+                        from_lua(lua, &v)
                             .map_err(|e| mlua::Error::runtime(format!("send_error: {e}")))?,
                     ),
                 };
@@ -109,7 +111,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "send_oon",
         lua.create_function(
-            move |_,
+            move |lua,
                   (_this, conn, cid, message): (Value, Value, u64, Value)|
                   -> mlua::Result<Ret> {
                 let Some(conn) = live(&h, &conn) else {
@@ -120,7 +122,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                         "send_oon: channel 0 is the command channel",
                     ));
                 };
-                let message = array_of(&message)
+                let message = array_of(lua, &message)
                     .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
                 send_cbor(&h, conn, &protocol::encode_oon(cid, &message));
                 ok(Value::Boolean(true))
@@ -162,8 +164,8 @@ fn live(h: &HostCtx, v: &Value) -> Option<ConnId> {
 }
 
 /// A Lua array (table or nljson array) as CBOR values.
-fn array_of(v: &Value) -> Result<Vec<CborValue>, String> {
-    match from_lua(v)? {
+fn array_of(lua: &Lua, v: &Value) -> Result<Vec<CborValue>, String> {
+    match from_lua(lua, v)? {
         CborValue::Array(items) => Ok(items),
         // `{}` converts to an empty object: as a result it means "no values".
         CborValue::Map(m) if m.is_empty() => Ok(Vec::new()),
@@ -172,8 +174,8 @@ fn array_of(v: &Value) -> Result<Vec<CborValue>, String> {
 }
 
 /// `ws:send(handler, value)`: a response or OON checked, CBOR-encoded and sent as one frame.
-fn send_value(h: &HostCtx, conn: ConnId, value: &Value) -> mlua::Result<Ret> {
-    let encoded = from_lua(value).and_then(|v| protocol::validate_outbound(&v));
+fn send_value(lua: &Lua, h: &HostCtx, conn: ConnId, value: &Value) -> mlua::Result<Ret> {
+    let encoded = from_lua(lua, value).and_then(|v| protocol::validate_outbound(&v));
     match encoded {
         Ok(cbor) => {
             send_cbor(h, conn, &cbor);

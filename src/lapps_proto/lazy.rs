@@ -1,0 +1,458 @@
+//! Decoded LAppS messages that stay CBOR until the app needs a tree: what `onMessage` gets as
+//! `message` (and what `message.params` and the like return) is a view into the validated
+//! bytes; `v.key`, `v[i]` and `#v` read the bytes, and `ws:send_response` copies an array's
+//! bytes when they are already what the encoder would write.
+//!
+//! The first use that needs a tree (an assignment, any nljson function, `tostring`, a
+//! conversion) builds the tree of the whole message once; from then on every view of that
+//! message resolves to its node in the tree (found by the offset where the container starts),
+//! so containers stay shared exactly as with a tree from the start: `local p = message.params;
+//! p[1] = 2` changes `message`.
+//!
+//! Owns the views and the reading of validated CBOR. It must never read bytes that
+//! `cbor_de::validate` did not accept, and never panic: a read that does not find what the
+//! validation promised answers as if the member were absent.
+
+use std::cell::{Ref, RefCell};
+use std::rc::Rc;
+
+use super::cbor_de;
+use super::node::{key_matches, number_key_text, position, Key, Node};
+use super::value::{Limits, Value};
+
+/// Messages up to this size live inside their `Doc` (one allocation per message instead of
+/// two: most requests are small).
+const INLINE: usize = 112;
+
+/// A message's bytes, inline when small.
+enum Bytes {
+    Inline([u8; INLINE], usize),
+    Heap(Box<[u8]>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Inline(b, n) => b.get(..*n).unwrap_or(&[]),
+            Bytes::Heap(b) => b,
+        }
+    }
+}
+
+impl Bytes {
+    fn new(bytes: &[u8]) -> Bytes {
+        let mut inline = [0u8; INLINE];
+        match inline.get_mut(..bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Bytes::Inline(inline, bytes.len())
+            }
+            None => Bytes::Heap(bytes.into()),
+        }
+    }
+}
+
+/// One message's bytes, and its tree once built.
+pub(crate) struct Doc {
+    bytes: Bytes,
+    /// Re-encoding any part of the value gives the same bytes.
+    canonical: bool,
+    /// Where the root's value starts (after its tags).
+    root: usize,
+    /// Key and value offsets of a root map's members, when it has at most [`CACHED`] (every
+    /// request is read member by member several times: check, `method`, `params`).
+    members: Option<([(usize, usize); CACHED], usize)>,
+    /// Containers by the offset of their head, in increasing offset order.
+    tree: RefCell<Option<Vec<(usize, Node)>>>,
+}
+
+const CACHED: usize = 8;
+
+/// A container: in a tree, or a view into a message not turned into one yet.
+#[derive(Clone)]
+pub(crate) enum Handle {
+    Tree(Node),
+    Raw(Rc<Doc>, usize),
+}
+
+/// What a lookup found.
+pub(crate) enum Item {
+    /// A scalar in the bytes (at this offset).
+    RawScalar(Rc<Doc>, usize),
+    Node(Node),
+    /// A container not built yet.
+    RawContainer(Rc<Doc>, usize),
+}
+
+impl Doc {
+    /// Validates `bytes` as one CBOR item within `limits` (copying them).
+    pub(crate) fn parse(bytes: &[u8], limits: &Limits) -> Result<Rc<Doc>, String> {
+        if bytes.len() > limits.max_input {
+            return Err(format!(
+                "input of {} bytes exceeds the limit of {}",
+                bytes.len(),
+                limits.max_input
+            ));
+        }
+        if bytes.is_empty() {
+            return Err("empty input".into());
+        }
+        let canonical = cbor_de::validate(bytes, limits).map_err(|e| e.0)?;
+        let root = skip_tags(bytes, 0);
+        Ok(Rc::new(Doc {
+            bytes: Bytes::new(bytes),
+            canonical,
+            root,
+            members: root_members(bytes, root),
+            tree: RefCell::new(None),
+        }))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Where the root item's value starts (after its tags).
+    pub(crate) fn root(&self) -> usize {
+        self.root
+    }
+
+    fn is_built(&self) -> bool {
+        self.tree.try_borrow().map(|t| t.is_some()).unwrap_or(true)
+    }
+
+    /// The tree, built on first use.
+    fn tree(&self) -> Option<Ref<'_, Vec<(usize, Node)>>> {
+        if !self.is_built() {
+            let (value, offsets) = cbor_de::decode_recording(&self.bytes, 0)?;
+            let mut out = Vec::with_capacity(offsets.len());
+            let mut offsets = offsets.into_iter();
+            build(value, &mut offsets, &mut out);
+            *self.tree.try_borrow_mut().ok()? = Some(out);
+        }
+        Ref::filter_map(self.tree.try_borrow().ok()?, |t| t.as_ref()).ok()
+    }
+
+    fn node_at(&self, at: usize) -> Option<Node> {
+        let tree = self.tree()?;
+        let i = tree.binary_search_by_key(&at, |(o, _)| *o).ok()?;
+        tree.get(i).map(|(_, n)| n.clone())
+    }
+
+    /// The scalar at `at` as a value.
+    pub(crate) fn scalar(&self, at: usize) -> Option<Value> {
+        cbor_de::decode_at(&self.bytes, at)
+    }
+
+    /// The bytes of a definite text or byte string at `at` (no tag), which need no copy.
+    pub(crate) fn plain_string(&self, at: usize) -> Option<&[u8]> {
+        let (major, arg, next) = head(&self.bytes, at)?;
+        match (major, arg) {
+            (2 | 3, Some(len)) => self.bytes.get(next..next.checked_add(len as usize)?),
+            _ => None,
+        }
+    }
+}
+
+/// The members of the map at `at`, when it is one with at most [`CACHED`] members.
+fn root_members(b: &[u8], at: usize) -> Option<([(usize, usize); CACHED], usize)> {
+    let (5, len, mut pos) = head(b, at)? else {
+        return None;
+    };
+    let mut out = [(0, 0); CACHED];
+    let mut n = 0;
+    while !len.map_or(b.get(pos) == Some(&0xff), |l| n as u64 == l) {
+        let slot = out.get_mut(n)?;
+        let value = skip(b, pos)?;
+        *slot = (pos, value);
+        pos = skip(b, value)?;
+        n += 1;
+    }
+    Some((out, n))
+}
+
+/// Moves `value` into nodes, pairing each container with the next recorded offset (the
+/// decoder recorded them in the order this walk meets them).
+fn build(
+    value: Value,
+    offsets: &mut impl Iterator<Item = usize>,
+    out: &mut Vec<(usize, Node)>,
+) -> Node {
+    match value {
+        Value::Array(items) => {
+            let at = offsets.next().unwrap_or(usize::MAX);
+            let cell = Rc::new(RefCell::new(Vec::with_capacity(items.len())));
+            let node = Node::Array(Rc::clone(&cell));
+            out.push((at, node.clone()));
+            let built: Vec<Node> = items.into_iter().map(|v| build(v, offsets, out)).collect();
+            *cell.borrow_mut() = built;
+            node
+        }
+        Value::Map(members) => {
+            let at = offsets.next().unwrap_or(usize::MAX);
+            let cell = Rc::new(RefCell::new(Vec::with_capacity(members.len())));
+            let node = Node::Object(Rc::clone(&cell));
+            out.push((at, node.clone()));
+            let built: Vec<(Value, Node)> = members
+                .into_iter()
+                .map(|(k, v)| (k, build(v, offsets, out)))
+                .collect();
+            *cell.borrow_mut() = built;
+            node
+        }
+        scalar => Node::Scalar(scalar),
+    }
+}
+
+impl Handle {
+    /// The node of this container (building the message's tree if needed).
+    pub(crate) fn resolve(&self) -> Option<Node> {
+        match self {
+            Handle::Tree(n) => Some(n.clone()),
+            Handle::Raw(doc, at) => doc.node_at(*at),
+        }
+    }
+
+    /// The array's elements as CBOR items, when they can be copied as they are: `(count,
+    /// bytes)`.
+    pub(crate) fn canonical_array(&self) -> Option<(u64, &[u8])> {
+        let Handle::Raw(doc, at) = self else {
+            return None;
+        };
+        if !doc.canonical || doc.is_built() {
+            return None;
+        }
+        let (major, len, first) = head(&doc.bytes, *at)?;
+        if major != 4 {
+            return None;
+        }
+        let end = skip(&doc.bytes, *at)?;
+        Some((len?, doc.bytes.get(first..end)?))
+    }
+
+    /// `v[key]`.
+    pub(crate) fn get(&self, key: Key<'_>) -> Option<Item> {
+        let (doc, at) = match self {
+            Handle::Raw(doc, at) if !doc.is_built() => (doc, *at),
+            other => return other.resolve()?.get(key).map(Item::Node),
+        };
+        let b = doc.bytes();
+        let (major, len, mut pos) = head(b, at)?;
+        let found = match major {
+            4 => {
+                let Key::Num(n) = key else {
+                    return None;
+                };
+                let i = position(n)?;
+                let mut k = 0usize;
+                loop {
+                    if len.map_or(b.get(pos) == Some(&0xff), |l| k as u64 == l) {
+                        return None;
+                    }
+                    if k == i {
+                        break pos;
+                    }
+                    pos = skip(b, pos)?;
+                    k += 1;
+                }
+            }
+            5 if at == doc.root && doc.members.is_some() => {
+                let (members, n) = doc.members.as_ref()?;
+                let (_, value) = members
+                    .get(..*n)?
+                    .iter()
+                    .find(|(k, _)| raw_key_matches(doc, *k, key))?;
+                *value
+            }
+            5 => {
+                let mut k = 0u64;
+                loop {
+                    if len.map_or(b.get(pos) == Some(&0xff), |l| k == l) {
+                        return None;
+                    }
+                    let value = skip(b, pos)?;
+                    if raw_key_matches(doc, pos, key) {
+                        break value;
+                    }
+                    pos = skip(b, value)?;
+                    k += 1;
+                }
+            }
+            _ => return None,
+        };
+        let inner = skip_tags(b, found);
+        Some(match head(b, inner) {
+            Some((4 | 5, _, _)) => Item::RawContainer(Rc::clone(doc), inner),
+            _ => Item::RawScalar(Rc::clone(doc), found),
+        })
+    }
+
+    /// `#v`.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Handle::Raw(doc, at) if !doc.is_built() => {
+                let b = doc.bytes();
+                match head(b, *at) {
+                    Some((4 | 5, Some(n), _)) => n as usize,
+                    Some((major @ (4 | 5), None, mut pos)) => {
+                        let per = if major == 5 { 2 } else { 1 };
+                        let mut n = 0usize;
+                        while b.get(pos).is_some_and(|x| *x != 0xff) {
+                            let Some(next) = skip(b, pos) else {
+                                return n / per;
+                            };
+                            pos = next;
+                            n += 1;
+                        }
+                        n / per
+                    }
+                    _ => 0,
+                }
+            }
+            other => other.resolve().map_or(0, |n| n.len()),
+        }
+    }
+}
+
+/// Whether the map key at `pos` answers to `key`, as `node::key_matches` decides for a decoded
+/// key.
+fn raw_key_matches(doc: &Doc, pos: usize, key: Key<'_>) -> bool {
+    if let (Some((3, _, _)), Some(s)) = (head(doc.bytes(), pos), doc.plain_string(pos)) {
+        return match key {
+            Key::Str(k) => s == k,
+            Key::Num(n) => s == number_key_text(n).as_bytes(),
+        };
+    }
+    if let (Some((2, _, _)), Some(s), Key::Str(k)) =
+        (head(doc.bytes(), pos), doc.plain_string(pos), key)
+    {
+        return s == k;
+    }
+    doc.scalar(pos).is_some_and(|k| key_matches(&k, key))
+}
+
+/// The head at `pos`: major type, argument (`None` for an indefinite length) and the offset
+/// after the head. Simple values and floats report their additional information as argument.
+fn head(b: &[u8], pos: usize) -> Option<(u8, Option<u64>, usize)> {
+    let initial = *b.get(pos)?;
+    let (major, info) = (initial >> 5, initial & 0x1f);
+    let n = |k: usize| -> Option<u64> {
+        let s = b.get(pos + 1..pos + 1 + k)?;
+        Some(s.iter().fold(0u64, |acc, d| acc << 8 | *d as u64))
+    };
+    Some(match info {
+        0..=23 => (major, Some(info as u64), pos + 1),
+        24 => (major, Some(n(1)?), pos + 2),
+        25 => (major, Some(n(2)?), pos + 3),
+        26 => (major, Some(n(4)?), pos + 5),
+        27 => (major, Some(n(8)?), pos + 9),
+        31 => (major, None, pos + 1),
+        _ => return None,
+    })
+}
+
+/// The offset after the tags at `pos`.
+fn skip_tags(b: &[u8], mut pos: usize) -> usize {
+    while let Some((6, Some(_), next)) = head(b, pos) {
+        pos = next;
+    }
+    pos
+}
+
+/// The offset after the item at `pos`.
+fn skip(b: &[u8], pos: usize) -> Option<usize> {
+    let (major, arg, next) = head(b, pos)?;
+    match (major, arg) {
+        (0 | 1, _) => Some(next),
+        // Simple values and floats: the argument bytes were the value.
+        (7, _) => Some(next),
+        (2 | 3, Some(len)) => next.checked_add(len as usize),
+        (2 | 3, None) | (4 | 5, None) => {
+            let mut p = next;
+            while *b.get(p)? != 0xff {
+                p = skip(b, p)?;
+            }
+            Some(p + 1)
+        }
+        (4, Some(n)) => (0..n).try_fold(next, |p, _| skip(b, p)),
+        (5, Some(n)) => (0..n).try_fold(next, |p, _| skip(b, skip(b, p)?)),
+        (6, _) => skip(b, next),
+        _ => None,
+    }
+}
+
+impl Doc {
+    /// Whether the item at `at` (tags skipped) is a map.
+    pub(crate) fn is_map(&self, at: usize) -> bool {
+        matches!(
+            head(&self.bytes, skip_tags(&self.bytes, at)),
+            Some((5, _, _))
+        )
+    }
+
+    /// `Some(non-empty)` when the item at `at` (tags skipped) is an array.
+    pub(crate) fn array_non_empty(&self, at: usize) -> Option<bool> {
+        let b = &self.bytes;
+        match head(b, skip_tags(b, at))? {
+            (4, Some(n), _) => Some(n > 0),
+            (4, None, next) => Some(b.get(next) != Some(&0xff)),
+            _ => None,
+        }
+    }
+
+    /// The bytes of the item at `at` when it decodes to text (as `Value::as_str` sees it),
+    /// without re-checking UTF-8 on the common path.
+    pub(crate) fn text_bytes(&self, at: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
+        if let Some((3, _, _)) = head(&self.bytes, at) {
+            if let Some(s) = self.plain_string(at) {
+                return Some(std::borrow::Cow::Borrowed(s));
+            }
+        }
+        match self.scalar(at)? {
+            Value::Text(s) => Some(std::borrow::Cow::Owned(s.into_bytes())),
+            _ => None,
+        }
+    }
+
+    /// The item at `at` when it decodes to text (as `Value::as_str` sees it).
+    pub(crate) fn text(&self, at: usize) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some((3, _, _)) = head(&self.bytes, at) {
+            if let Some(s) = self.plain_string(at) {
+                return std::str::from_utf8(s).ok().map(std::borrow::Cow::Borrowed);
+            }
+        }
+        match self.scalar(at)? {
+            Value::Text(s) => Some(std::borrow::Cow::Owned(s)),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` with the offsets of each key and its value of the map at `at` (tags
+    /// skipped), in order.
+    pub(crate) fn each_member(&self, at: usize, mut f: impl FnMut(usize, usize)) {
+        if let (true, Some((members, n))) = (at == self.root, &self.members) {
+            for (k, v) in members.iter().take(*n) {
+                f(*k, *v);
+            }
+            return;
+        }
+        let b = &self.bytes;
+        let Some((5, len, mut pos)) = head(b, skip_tags(b, at)) else {
+            return;
+        };
+        let mut k = 0u64;
+        while !len.map_or(b.get(pos) == Some(&0xff), |l| k == l) {
+            let Some(value) = skip(b, pos) else {
+                break;
+            };
+            f(pos, value);
+            let Some(next) = skip(b, value) else {
+                break;
+            };
+            pos = next;
+            k += 1;
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The per-message crossings of the LAppS protocol on the Lua C API: calling `onMessage` for a
+//! run of LAppS messages, and `ws:send_response(handler, array)` with an nljson array.
+//!
+//! Owns only these two hot paths; the rules (what is a valid request, what is answered) stay in
+//! [`super::lapps`] and `lapps_proto::protocol`. Same reason and error discipline as
+//! [`super::fastpath`]: a message costs its decode, four pushes and one `lua_pcall` with our
+//! traceback handler; Lua errors never unwind through Rust; the Rust parts of
+//! `fast_send_response` run under `catch_unwind` and raise nothing.
+
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+use mlua::{ffi, Function, Lua};
+
+use super::fastpath::{fail, handler_of, string_at};
+use super::host::HostCtx;
+use super::inbox::{Batch, Event, Kind};
+use super::lapps::{send_cbor, LappsState, Outcome};
+use crate::lapps_proto::json_ud;
+use crate::lapps_proto::lazy::Handle;
+use crate::lapps_proto::node::Node;
+use crate::lapps_proto::protocol::{self, DocInbound};
+use crate::lapps_proto::Limits;
+use crate::net::handle::ConnId;
+
+/// Calls `on_message(handler, msg_type, message)` for every valid LAppS message of `events`
+/// (a run without opens or closes), answering protocol errors and failed requests as
+/// [`LappsState`] says. Connections in `host.closing` are skipped; those that must close are
+/// handed to `close` (with 1000 when `onMessage` did not return `true`, 1003 after too many
+/// protocol errors). `traceback` is [`super::fastpath::traceback_function`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn call_requests(
+    lua: &Lua,
+    host: &HostCtx,
+    lapps: &LappsState,
+    on_message: &Function,
+    traceback: &Function,
+    batch: &Batch,
+    events: &[Event],
+    close: impl Fn(&HostCtx, ConnId, u16),
+) -> mlua::Result<()> {
+    crate::lapps_proto::nljson::ensure_metatable(lua)?;
+    // SAFETY: the closure uses the Lua C API on the state mlua hands it, keeps the stack
+    // balanced (settop back to the two arguments after each message) and calls Lua code only
+    // through lua_pcall with our message handler, so Lua errors never unwind through it. A
+    // push that runs out of memory raises, which exec_raw's protected call turns into Err.
+    unsafe {
+        lua.exec_raw::<()>((traceback, on_message), |l| {
+            for e in events {
+                let Kind::Message(opcode) = e.kind else {
+                    continue;
+                };
+                let conn = e.conn;
+                {
+                    let closing = host.closing.borrow();
+                    if !closing.is_empty() && closing.contains(&conn) {
+                        continue;
+                    }
+                }
+                let inbound = match lapps.inbound(host, conn, opcode, batch.payload(e)) {
+                    Ok(i) => i,
+                    Err(Outcome::Close(code)) => {
+                        close(host, conn, code);
+                        continue;
+                    }
+                    Err(Outcome::Answered) => continue,
+                };
+                let (
+                    doc,
+                    DocInbound {
+                        msg_type,
+                        method_at,
+                    },
+                ) = inbound;
+                let root = doc.root();
+                host.reset_budget();
+                ffi::lua_pushvalue(l, 2);
+                ffi::lua_pushnumber(l, conn.as_u64() as f64);
+                ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
+                json_ud::push_handle(l, Handle::Raw(Rc::clone(&doc), root));
+                match ffi::lua_pcall(l, 3, 1, 1) {
+                    0 => {
+                        if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
+                            || ffi::lua_toboolean(l, -1) == 0
+                        {
+                            close(host, conn, 1000);
+                        }
+                    }
+                    status => {
+                        let error = string_at(l, -1);
+                        if status == ffi::LUA_ERRMEM {
+                            // What the failed call built is garbage now; without a full cycle
+                            // the next call would start at the limit and fail as well.
+                            ffi::lua_settop(l, 2);
+                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                        }
+                        let is_request = !msg_type.is_notification();
+                        // The bytes stay as they came, whatever the app changed.
+                        let method = doc.text(method_at).unwrap_or_default();
+                        lapps.failed(host, conn, &method, is_request, &error);
+                    }
+                }
+                ffi::lua_settop(l, 2);
+            }
+        })
+    }
+}
+
+/// The `ws:send_response` function: `fast_send_response` with the host and the general
+/// implementation `slow` as upvalues.
+pub(crate) fn send_response_function(
+    lua: &Lua,
+    host: &Rc<HostCtx>,
+    slow: Function,
+) -> mlua::Result<Function> {
+    let host_ptr = Rc::as_ptr(host) as *mut c_void;
+    // The state keeps the host alive for as long as the closure can run.
+    lua.set_app_data(Rc::clone(host));
+    crate::lapps_proto::nljson::ensure_metatable(lua)?;
+    // SAFETY: pushes a light userdata and a closure over it and `slow`; exec_raw returns the
+    // one value left. The pointer stays valid: the state owns an Rc of the host (above).
+    unsafe {
+        lua.exec_raw(slow, |l| {
+            ffi::lua_pushlightuserdata(l, host_ptr);
+            ffi::lua_insert(l, 1);
+            ffi::lua_pushcclosure(l, fast_send_response, 2);
+        })
+    }
+}
+
+thread_local! {
+    /// The CBOR of the response being sent (framed from here; reused to spare an allocation).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `ws:send_response(handler, result)` with a number handler and an nljson array result,
+/// encoded straight from the tree; any other shape (and a tree too deep to encode) is passed on
+/// to the general function, which also gives the errors.
+unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY (whole function): `l` is the running state; indices are checked with lua_type
+    // before use; the node reference stays valid while the userdata is on the stack (index 3)
+    // and is used only before this function returns.
+    unsafe {
+        if ffi::lua_gettop(l) == 3 && ffi::lua_type(l, 2) == ffi::LUA_TNUMBER {
+            if let Some(handle) = json_ud::get(l, 3) {
+                let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
+                let conn = handler_of(ffi::lua_tonumber(l, 2)).filter(|c| host.hub.is_live(*c));
+                let Some(conn) = conn else {
+                    return fail(l, c"closed");
+                };
+                match catch_unwind(AssertUnwindSafe(|| send_handle(host, conn, handle))).ok() {
+                    Some(true) => {
+                        ffi::lua_pushboolean(l, 1);
+                        return 1;
+                    }
+                    Some(false) => {}
+                    None => return fail(l, c"internal error"),
+                }
+            }
+        }
+        // The general path: a tail call. No Rust value with a destructor is alive here, so its
+        // errors may unwind through us.
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_insert(l, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        ffi::lua_gettop(l)
+    }
+}
+
+/// Encodes `{status = 1, cid = 0, result = array}` and queues it; false when `handle` is not
+/// an array or cannot be encoded here (nothing was sent).
+fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> bool {
+    SCRATCH.with(|s| {
+        let Ok(mut out) = s.try_borrow_mut() else {
+            return false;
+        };
+        out.clear();
+        if let Some((n, items)) = handle.canonical_array() {
+            // Already the encoder's bytes: copied as they are.
+            protocol::begin_response_ok(&mut out, n as usize);
+            out.extend_from_slice(items);
+            send_cbor(host, conn, &out);
+            return true;
+        }
+        let Some(Node::Array(items)) = handle.resolve() else {
+            return false;
+        };
+        let Ok(items) = items.try_borrow() else {
+            return false;
+        };
+        protocol::begin_response_ok(&mut out, items.len());
+        // The result array is the outermost container, as when it is converted to a Value.
+        let depth = Limits::default().max_depth - 1;
+        if items
+            .iter()
+            .any(|n| n.encode_cbor(&mut out, depth).is_err())
+        {
+            return false;
+        }
+        send_cbor(host, conn, &out);
+        true
+    })
+}

@@ -1,0 +1,52 @@
+-- lapps_views: a LAppS-protocol test app (tests/lapps_values.rs) that answers through each way
+-- an app can hold a message: the view it receives, a changed view, a tree copy, plain Lua.
+local app = {}
+
+local methods = {}
+
+-- The params as they came (a view into the request).
+methods.echo = function(handler, message)
+  return ws:send_response(handler, message.params)
+end
+
+-- The first element replaced through one view, answered through another.
+methods.mutate = function(handler, message)
+  local p = message.params
+  p[1] = "changed"
+  return ws:send_response(handler, message.params)
+end
+
+-- A copy that went through CBOR and a fresh tree.
+methods.copy = function(handler, message)
+  return ws:send_response(handler, nljson.from_cbor(nljson.to_cbor(message.params)))
+end
+
+-- What Lua sees of the params.
+methods.shape = function(handler, message)
+  local p = message.params
+  return ws:send_response(handler, { nljson.typename(p), #p, tostring(p) })
+end
+
+-- The whole response as a table for ws:send.
+methods.send = function(handler, message)
+  return ws:send(handler, { cid = 0, status = 1, result = message.params })
+end
+
+methods.fail = function()
+  error("fail was called")
+end
+
+app.onMessage = function(handler, msg_type, message)
+  if msg_type == 1 or msg_type == 2 then
+    return true
+  end
+  local m = methods[message.method]
+  if m == nil then
+    ws:send_error(handler, -32601, "method not found")
+  else
+    m(handler, message)
+  end
+  return true
+end
+
+return app

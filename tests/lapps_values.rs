@@ -1,0 +1,218 @@
+//! LAppS values through the real server, a real Lua app and a real WebSocket client: every
+//! CBOR type comes back byte-exact (integers vs floats, byte vs text strings, arrays vs maps,
+//! null, non-string keys) whichever way the app holds the message (the view it receives, a
+//! changed view, a tree copy, a table for ws:send), and requests in a non-canonical encoding
+//! are answered with the canonical encoding of the same values.
+mod common;
+use common::*;
+use lapps::lapps_proto::{cbor, protocol, Value};
+use tungstenite::Message;
+
+struct App {
+    app: Option<lapps::app::App>,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(a) = self.app.take() {
+            a.shutdown();
+        }
+    }
+}
+
+fn start() -> App {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#;
+    let lapps = format!(
+        r#"{{ "directories": {{ "applications": "{root}/tests/apps", "lib": "{root}/lua/lib" }},
+             "services": {{ "lapps_views": {{ "protocol": "LAppS", "instances": 1 }} }} }}"#
+    );
+    let cfg = lapps::config::Config::from_strs(
+        std::path::Path::new(root),
+        ("ws.json", ws),
+        ("lapps.json", &lapps),
+        std::path::Path::new(root),
+    )
+    .expect("config");
+    let app = lapps::app::App::start(&cfg).expect("app starts");
+    let addr = app.local_addrs()[0];
+    App {
+        app: Some(app),
+        addr,
+    }
+}
+
+fn t(s: &str) -> Value {
+    Value::text(s)
+}
+
+fn request(method: &str, params: Value) -> Vec<u8> {
+    cbor::encode(&Value::Map(vec![
+        (t("lapps"), Value::Int(1)),
+        (t("method"), t(method)),
+        (t("params"), params),
+    ]))
+}
+
+/// Sends `bytes` and returns the next binary message, as bytes.
+fn call(ws: &mut Client, bytes: Vec<u8>) -> Vec<u8> {
+    ws.send(Message::binary(bytes)).unwrap();
+    loop {
+        match ws.read().expect("a message") {
+            Message::Binary(b) => return b.to_vec(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// One of every kind of value the protocol carries.
+fn every_type() -> Vec<Value> {
+    vec![
+        Value::Bytes(vec![0xff, 0x00, 0x80]),
+        Value::Bytes(b"valid UTF-8 bytes".to_vec()),
+        Value::Bytes(vec![]),
+        t("κόσμε"),
+        t(""),
+        Value::Int(0),
+        Value::Int(23),
+        Value::Int(24),
+        Value::Int(-1),
+        Value::Int(i64::MIN),
+        Value::Int(i64::MAX),
+        Value::UInt(u64::MAX),
+        Value::Float(1.0),
+        Value::Float(-0.0),
+        Value::Float(1.5),
+        Value::Float(f64::INFINITY),
+        Value::Bool(true),
+        Value::Bool(false),
+        Value::Null,
+        Value::Map(vec![]),
+        Value::Array(vec![]),
+        Value::Map(vec![
+            (Value::Int(1), t("one")),
+            (Value::Bytes(b"k".to_vec()), Value::Null),
+            (t("s"), Value::Array(vec![Value::Float(2.0), Value::Int(2)])),
+        ]),
+        Value::Array(vec![Value::Array(vec![Value::Array(vec![])])]),
+    ]
+}
+
+#[test]
+fn every_cbor_type_comes_back_byte_exact_whichever_way_the_app_holds_it() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    let params = every_type();
+    let want = protocol::encode_response_ok(&params);
+    for method in ["echo", "copy", "send"] {
+        let got = call(&mut ws, request(method, Value::Array(params.clone())));
+        assert_eq!(got, want, "{method}");
+    }
+    // One at a time too, so that each value is the whole result once.
+    for v in params {
+        let got = call(&mut ws, request("echo", Value::Array(vec![v.clone()])));
+        assert_eq!(
+            got,
+            protocol::encode_response_ok(std::slice::from_ref(&v)),
+            "{v:?}"
+        );
+    }
+}
+
+#[test]
+fn the_bench_request_is_answered_byte_exact() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    let payload: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(37) | 0x80).collect();
+    let mut req = b"\xa3\x65lapps\x01\x66method\x64echo\x66params\x81\x50".to_vec();
+    req.extend_from_slice(&payload);
+    let mut want = b"\xa3\x66status\x01\x63cid\x00\x66result\x81\x50".to_vec();
+    want.extend_from_slice(&payload);
+    assert_eq!(call(&mut ws, req), want);
+}
+
+#[test]
+fn a_change_through_one_view_is_answered_through_another() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    let got = call(
+        &mut ws,
+        request(
+            "mutate",
+            Value::Array(vec![Value::Int(1), Value::Bytes(vec![7])]),
+        ),
+    );
+    assert_eq!(
+        got,
+        protocol::encode_response_ok(&[t("changed"), Value::Bytes(vec![7])])
+    );
+    let got = call(
+        &mut ws,
+        request(
+            "shape",
+            Value::Array(vec![Value::Int(1), Value::Map(vec![])]),
+        ),
+    );
+    assert_eq!(
+        cbor::decode(&got).unwrap(),
+        cbor::decode(&protocol::encode_response_ok(&[
+            t("array"),
+            Value::Int(2),
+            t("[1,{}]")
+        ]))
+        .unwrap()
+    );
+}
+
+#[test]
+fn non_canonical_requests_are_answered_in_the_canonical_encoding() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    // params: indefinite array of [half 1.5, indefinite bytes 01 02, tag 0 "t", 1-byte head
+    // for 5, single float 0.25, undefined].
+    let params = [
+        &[0x9f][..],
+        &[0xf9, 0x3e, 0x00],
+        &[0x5f, 0x41, 0x01, 0x41, 0x02, 0xff],
+        &[0xc0, 0x61, b't'],
+        &[0x18, 0x05],
+        &[0xfa, 0x3e, 0x80, 0x00, 0x00],
+        &[0xf7],
+        &[0xff],
+    ]
+    .concat();
+    let mut req = b"\xa3\x65lapps\x01\x66method\x64echo\x66params".to_vec();
+    req.extend_from_slice(&params);
+    let want = protocol::encode_response_ok(&[
+        Value::Float(1.5),
+        Value::Bytes(vec![1, 2]),
+        t("t"),
+        Value::Int(5),
+        Value::Float(0.25),
+        Value::Null,
+    ]);
+    assert_eq!(call(&mut ws, req.clone()), want);
+    let copy = [
+        &req[..req.len() - params.len() - 12],
+        b"\x64copy\x66params",
+        &params,
+    ]
+    .concat();
+    assert_eq!(call(&mut ws, copy), want);
+}
+
+#[test]
+fn a_failing_handler_is_answered_with_32603_and_the_connection_keeps_serving() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    let got = cbor::decode(&call(&mut ws, request("fail", Value::Array(vec![])))).unwrap();
+    let code = got
+        .get("error")
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_i64);
+    assert_eq!(code, Some(-32603));
+    let got = call(&mut ws, request("echo", Value::Array(vec![Value::Int(3)])));
+    assert_eq!(got, protocol::encode_response_ok(&[Value::Int(3)]));
+}
