@@ -1,9 +1,9 @@
 //! The Lua application host: services whose logic is a Lua app run by LuaJIT instances.
 //!
 //! Owns the hand-off between IOWorkers and instance threads (see docs/threading.md): each
-//! worker gathers the events of one loop iteration in its own per-instance batches (no
-//! contention: only that worker touches them) and `flush` hands each non-empty batch over with
-//! one wake-up. A worker never runs Lua and never waits on an instance: above the high-water
+//! worker gathers the events of one loop iteration in its own per-instance batches (kept in
+//! the worker thread's own storage: only that thread touches them, so the per-message path
+//! takes no lock) and `flush` hands each non-empty batch over with one wake-up. A worker never runs Lua and never waits on an instance: above the high-water
 //! mark `on_message` answers `Flow::Pause`, and the instance posts `Command::Resume` once it
 //! has drained below half of it. Nothing is dropped.
 //!
@@ -25,8 +25,9 @@ mod sandbox;
 pub mod spec;
 mod standalone;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use host::Stop;
@@ -44,12 +45,33 @@ use crate::ws::Opcode;
 /// (the flush keeps the batch and retries) takes more open/close events than a worker sees.
 const BATCHES_PER_WORKER: usize = 8;
 
+/// The batches one worker is filling for one service, one per instance.
+struct Pending {
+    service: u64,
+    worker: usize,
+    /// Dead once the service is dropped: the entry is pruned.
+    alive: Weak<()>,
+    batches: Vec<Batch>,
+}
+
+thread_local! {
+    /// The batches of the worker(s) running on this thread. Only an IOWorker's own thread
+    /// calls `on_open`/`on_message`/`on_close`/`flush` with its index, so thread-local storage
+    /// gives each worker its batches without a lock; the key keeps (service, worker) apart
+    /// even when one thread plays several workers (the in-process tests do).
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Service ids for the thread-local batches.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One running Lua service (network or standalone).
 pub struct LuaService {
     spec: Arc<ServiceSpec>,
     inboxes: Vec<Arc<Inbox>>,
-    /// `pending[worker][instance]`: the batch that worker is filling for that instance.
-    pending: Box<[Mutex<Vec<Batch>>]>,
+    /// Names this service's batches in each worker's [`PENDING`].
+    id: u64,
+    alive: Arc<()>,
     next_instance: AtomicUsize,
     instances: Mutex<Vec<InstanceHandle>>,
     stop: Arc<Stop>,
@@ -82,13 +104,11 @@ impl LuaService {
                 })
                 .collect()
         };
-        let pending = (0..workers)
-            .map(|_| Mutex::new((0..inboxes.len()).map(|_| Batch::default()).collect()))
-            .collect();
         let svc = LuaService {
             spec: Arc::clone(&spec),
             inboxes,
-            pending,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             next_instance: AtomicUsize::new(0),
             instances: Mutex::new(Vec::new()),
             stop: Arc::new(Stop::default()),
@@ -176,13 +196,31 @@ impl LuaService {
     ) -> Option<R> {
         let i = self.instance_of(tag);
         let inbox = self.inboxes.get(i)?;
-        let mut pending = self
-            .pending
-            .get(worker)?
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let batch = pending.get_mut(i)?;
-        Some(f(batch, inbox))
+        self.with_pending(worker, |batches| batches.get_mut(i).map(|b| f(b, inbox)))
+    }
+
+    /// Runs `f` on `worker`'s batches for this service (created on first use).
+    fn with_pending<R>(&self, worker: usize, f: impl FnOnce(&mut Vec<Batch>) -> R) -> R {
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let at = match p
+                .iter()
+                .position(|e| e.service == self.id && e.worker == worker)
+            {
+                Some(at) => at,
+                None => {
+                    p.retain(|e| e.alive.strong_count() > 0);
+                    p.push(Pending {
+                        service: self.id,
+                        worker,
+                        alive: Arc::downgrade(&self.alive),
+                        batches: (0..self.inboxes.len()).map(|_| Batch::default()).collect(),
+                    });
+                    p.len() - 1
+                }
+            };
+            f(&mut p[at].batches)
+        })
     }
 }
 
@@ -241,20 +279,18 @@ impl Service for LuaService {
     }
 
     fn flush(&self, worker: usize) {
-        let Some(pending) = self.pending.get(worker) else {
-            return;
-        };
-        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (batch, inbox) in pending.iter_mut().zip(&self.inboxes) {
-            if batch.is_empty() {
-                continue;
+        self.with_pending(worker, |batches| {
+            for (batch, inbox) in batches.iter_mut().zip(&self.inboxes) {
+                if batch.is_empty() {
+                    continue;
+                }
+                // A full queue gives the batch back; it is retried at the next flush (its
+                // messages already count toward the high-water mark, so readers get paused).
+                if let Err(back) = inbox.push(std::mem::replace(batch, inbox.fresh_batch())) {
+                    *batch = back;
+                }
             }
-            // A full queue gives the batch back; it is retried at the next flush (its
-            // messages already count toward the high-water mark, so readers get paused).
-            if let Err(back) = inbox.push(std::mem::replace(batch, inbox.fresh_batch())) {
-                *batch = back;
-            }
-        }
+        })
     }
 }
 
@@ -262,12 +298,7 @@ impl LuaService {
     /// True when `worker` holds events a flush could not hand over (the instance queue was
     /// full): the worker must call `flush` again soon rather than sleep indefinitely.
     pub fn has_pending(&self, worker: usize) -> bool {
-        self.pending.get(worker).is_some_and(|p| {
-            p.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|b| !b.is_empty())
-        })
+        self.with_pending(worker, |batches| batches.iter().any(|b| !b.is_empty()))
     }
 }
 
