@@ -88,6 +88,30 @@ struct Head {
     header: Header,
 }
 
+/// The input after a head's start, as ciborium-ll's reader: a slice whose `read_exact` skips
+/// the copy for the empty argument of a head below 24 (the common case), which the slice's own
+/// `read_exact` hands to `memcpy`.
+struct Rest<'a>(&'a [u8]);
+
+impl std::io::Read for Rest<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+
+    #[inline]
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        match (buf, self.0) {
+            ([], _) => Ok(()),
+            ([one], [b, rest @ ..]) => {
+                *one = *b;
+                self.0 = rest;
+                Ok(())
+            }
+            (buf, _) => self.0.read_exact(buf),
+        }
+    }
+}
+
 struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
@@ -155,7 +179,7 @@ impl<'a> Decoder<'a> {
             return err("truncated CBOR item");
         };
         let info = initial & 0x1f;
-        let mut heads = ciborium_ll::Decoder::from(rest);
+        let mut heads = ciborium_ll::Decoder::from(Rest(rest));
         let header = match heads.pull() {
             Ok(h) => h,
             // 0xf8 (one-byte simple value) and 0xfc..=0xfe are refused whatever follows.
