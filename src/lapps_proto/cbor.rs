@@ -1,7 +1,9 @@
 //! One CBOR data item (RFC 8949) to a [`Value`] and back.
 //!
-//! Decoding is `cbor_de`'s, in one pass over the slice (ciborium's deserializer with our
-//! limit-checking visitor, `de::Seed`, is kept as the oracle the fuzz target compares it to).
+//! Decoding is ciborium's low-level layer (`ciborium_ll::Decoder` reads every head) driven by
+//! `cbor_de`, which walks the slice once, borrows payloads, and applies the rules and limits
+//! below. ciborium's serde deserializer with our limit-checking visitor (`de::Seed`) is kept
+//! only as the oracle the fuzz target and tests compare it to ([`decode_ciborium_with`]).
 //! Rules:
 //! - exactly one item: bytes after it are an error;
 //! - definite and indefinite lengths are accepted;

@@ -1,16 +1,28 @@
 //! The CBOR decoder (RFC 8949): one item from a byte slice to a [`Value`], in one pass over the
 //! input, enforcing [`Limits`] as it goes.
 //!
-//! Owns the reading of CBOR heads and items; the rules it implements are those listed in
-//! [`super::cbor`] (tags dropped, bignums of up to 16 bytes as numbers, half/single/double
-//! floats, undefined as null, other simple values refused, UTF-8 checked per text chunk).
-//! Measured reason for not going through ciborium and serde (docs/nljson.md, "Cost"): their
-//! per-item dispatch and copies cost more than the rest of a LAppS echo request. ciborium stays
-//! as the fuzzing oracle (`cbor::decode_ciborium_with`).
+//! Layers: ciborium's own low-level decoder, `ciborium_ll::Decoder`, reads every head (major
+//! type, argument, float, simple value, break; reserved and ill-formed heads, truncation).
+//! This module owns what ciborium-ll leaves to its caller: the payloads, the structure, the
+//! rules listed in [`super::cbor`] (tags dropped, bignums of up to 16 bytes as numbers, half/
+//! single/double floats, undefined as null, other simple values refused, UTF-8 checked per
+//! text chunk), the limits, and `canonical`. ciborium's serde layer is not used here: its
+//! per-item dispatch and copies cost more than the rest of a LAppS echo request
+//! (docs/nljson.md, "Cost"); it stays as the fuzzing oracle (`cbor::decode_ciborium_with`).
+//!
+//! Each head is pulled by a `ciborium_ll::Decoder` made over the rest of the slice (a slice
+//! and two words), and the position advanced by its `offset()`: a `Decoder` can only step over
+//! a payload by copying it out, while here definite payloads are borrowed from the input by
+//! offset. Two things a `Header` cannot tell are read from the head's first byte (see
+//! [`Head`]): whether the argument used the shortest form and how wide a float was (both for
+//! `canonical`), and a simple value written with a one-byte extension (refused, as RFC 8949
+//! makes it ill-formed when below 32).
 //!
 //! It must never panic, never recurse deeper than the limits allow (containers and tags both
 //! count), and never size an allocation from a declared length beyond what the remaining input
 //! could hold.
+
+use ciborium_ll::Header;
 
 use super::cbor::DecodeError;
 use super::value::{Limits, Value};
@@ -57,9 +69,48 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(DecodeError(msg.into()))
 }
 
+fn unknown_simple<T>(at: usize) -> Result<T> {
+    err(format!("invalid CBOR at byte {at}: unknown simple value"))
+}
+
 /// The additional information of an indefinite length.
 const INDEFINITE: u8 = 31;
 const BREAK: u8 = 0xff;
+const MAJOR_SIMPLE: u8 = 7;
+
+/// One head as ciborium-ll read it, with what its `Header` does not keep.
+struct Head {
+    /// Where the head starts.
+    at: usize,
+    /// Its additional information (low 5 bits of the first byte): 24..=27 give the width of
+    /// the argument or float that follows, which `Header` folds away.
+    info: u8,
+    header: Header,
+}
+
+/// The input after a head's start, as ciborium-ll's reader: a slice whose `read_exact` skips
+/// the copy for the empty argument of a head below 24 (the common case), which the slice's own
+/// `read_exact` hands to `memcpy`.
+struct Rest<'a>(&'a [u8]);
+
+impl std::io::Read for Rest<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+
+    #[inline]
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        match (buf, self.0) {
+            ([], _) => Ok(()),
+            ([one], [b, rest @ ..]) => {
+                *one = *b;
+                self.0 = rest;
+                Ok(())
+            }
+            (buf, _) => self.0.read_exact(buf),
+        }
+    }
+}
 
 struct Decoder<'a> {
     input: &'a [u8],
@@ -96,53 +147,71 @@ impl<'a> Decoder<'a> {
     }
 
     fn end(&self) -> Result<()> {
-        if self.pos != self.input.len() {
-            return err(format!(
-                "{} bytes after the CBOR item",
-                self.input.len() - self.pos
-            ));
+        let rest = self.input.len().saturating_sub(self.pos);
+        if rest != 0 {
+            return err(format!("{rest} bytes after the CBOR item"));
         }
         Ok(())
     }
 
-    fn byte(&mut self) -> Result<u8> {
-        match self.input.get(self.pos) {
-            Some(b) => {
-                self.pos += 1;
-                Ok(*b)
+    /// The next `n` bytes, borrowed from the input.
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n);
+        match end.and_then(|e| self.input.get(self.pos..e)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
             }
             None => err("truncated CBOR item"),
         }
-    }
-
-    fn take(&mut self, n: u64) -> Result<&'a [u8]> {
-        let rest = self.input.len() - self.pos;
-        if n > rest as u64 {
-            return err("truncated CBOR item");
-        }
-        let s = &self.input[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
     }
 
     fn peek(&self) -> Option<u8> {
         self.input.get(self.pos).copied()
     }
 
-    /// The argument of a head whose additional information is `info` (< 28).
-    fn argument(&mut self, info: u8) -> Result<u64> {
-        let (v, floor) = match info {
-            0..=23 => return Ok(info as u64),
-            24 => (self.byte()? as u64, 24),
-            25 => (be(self.take(2)?), 0x100),
-            26 => (be(self.take(4)?), 0x1_0000),
-            27 => (be(self.take(8)?), 0x1_0000_0000),
-            _ => return err(format!("malformed CBOR at byte {}", self.pos - 1)),
+    /// Pulls the head at `pos` with ciborium-ll and steps over it; clears `canonical` when
+    /// its argument is not in the shortest form.
+    fn head(&mut self) -> Result<Head> {
+        let at = self.pos;
+        let rest = self.input.get(at..).unwrap_or_default();
+        let Some(&initial) = rest.first() else {
+            return err("truncated CBOR item");
         };
-        if v < floor {
+        let info = initial & 0x1f;
+        let mut heads = ciborium_ll::Decoder::from(Rest(rest));
+        let header = match heads.pull() {
+            Ok(h) => h,
+            // 0xf8 (one-byte simple value) and 0xfc..=0xfe are refused whatever follows.
+            Err(_) if initial >> 5 == MAJOR_SIMPLE && matches!(info, 24 | 28..=30) => {
+                return unknown_simple(at)
+            }
+            Err(ciborium_ll::Error::Io(_)) => return err("truncated CBOR item"),
+            Err(ciborium_ll::Error::Syntax(o)) => {
+                return err(format!("malformed CBOR at byte {}", at + o))
+            }
+        };
+        self.pos = at + heads.offset();
+        let arg = match header {
+            Header::Positive(n) | Header::Negative(n) | Header::Tag(n) => n,
+            Header::Bytes(Some(n))
+            | Header::Text(Some(n))
+            | Header::Array(Some(n))
+            | Header::Map(Some(n)) => n as u64,
+            _ => 0,
+        };
+        // The smallest argument each extension width is needed for.
+        let floor = match info {
+            24 => 24,
+            25 => 0x100,
+            26 => 0x1_0000,
+            27 => 0x1_0000_0000,
+            _ => 0,
+        };
+        if initial >> 5 != MAJOR_SIMPLE && arg < floor {
             self.canonical = false;
         }
-        Ok(v)
+        Ok(Head { at, info, header })
     }
 
     fn count_item(&mut self) -> Result<()> {
@@ -168,42 +237,29 @@ impl<'a> Decoder<'a> {
 
     /// One item; `depth` is the number of enclosing containers.
     fn item(&mut self, depth: usize) -> Result<Value> {
-        let at = self.pos;
-        let initial = self.byte()?;
-        let (major, info) = (initial >> 5, initial & 0x1f);
-        if major == 6 {
-            return self.tagged(info, depth);
-        }
-        if major == 7 {
-            return self.simple(info, at);
-        }
-        if info == INDEFINITE {
-            self.canonical = false;
-            return match major {
-                2 | 3 => self.chunked(major),
-                4 => self.array(None, depth, at),
-                5 => self.map(None, depth, at),
-                _ => err(format!("malformed CBOR at byte {at}")),
-            };
-        }
-        let arg = self.argument(info)?;
-        match major {
-            0 => {
+        let h = self.head()?;
+        self.item_from(h, depth)
+    }
+
+    /// The item whose head `h` was just pulled.
+    fn item_from(&mut self, h: Head, depth: usize) -> Result<Value> {
+        match h.header {
+            Header::Positive(n) => {
                 self.count_item()?;
-                Ok(Value::from_u64(arg))
+                Ok(Value::from_u64(n))
             }
-            1 => {
+            Header::Negative(n) => {
                 self.count_item()?;
-                Ok(match i64::try_from(arg) {
+                Ok(match i64::try_from(n) {
                     Ok(n) => Value::Int(-1 - n),
                     Err(_) => {
                         self.canonical = false;
-                        Value::Float((-1i128 - arg as i128) as f64)
+                        Value::Float((-1i128 - n as i128) as f64)
                     }
                 })
             }
-            2 => {
-                let b = self.take(arg)?;
+            Header::Bytes(Some(len)) => {
+                let b = self.take(len)?;
                 self.count_item()?;
                 Ok(if self.build {
                     Value::Bytes(b.to_vec())
@@ -211,10 +267,10 @@ impl<'a> Decoder<'a> {
                     Value::Null
                 })
             }
-            3 => {
-                let b = self.take(arg)?;
+            Header::Text(Some(len)) => {
+                let b = self.take(len)?;
                 let s = std::str::from_utf8(b)
-                    .map_err(|_| DecodeError(format!("malformed CBOR at byte {at}")))?;
+                    .map_err(|_| DecodeError(format!("malformed CBOR at byte {}", h.at)))?;
                 self.count_item()?;
                 Ok(if self.build {
                     Value::Text(s.to_owned())
@@ -222,8 +278,29 @@ impl<'a> Decoder<'a> {
                     Value::Null
                 })
             }
-            4 => self.array(Some(arg), depth, at),
-            _ => self.map(Some(arg), depth, at),
+            Header::Bytes(None) => {
+                self.canonical = false;
+                self.chunked(2)
+            }
+            Header::Text(None) => {
+                self.canonical = false;
+                self.chunked(3)
+            }
+            Header::Array(len) => self.array(len, depth, h.at),
+            Header::Map(len) => self.map(len, depth, h.at),
+            Header::Tag(tag) => self.tagged(tag, depth),
+            Header::Float(f) => {
+                // `cbor::encode` writes every float in 64 bits.
+                if h.info != 27 {
+                    self.canonical = false;
+                }
+                self.count_item()?;
+                Ok(Value::Float(f))
+            }
+            // 0xf8 with its extension byte: ill-formed below 32, unassigned above.
+            Header::Simple(_) if h.info == 24 => unknown_simple(h.at),
+            Header::Simple(s) => self.simple(s, h.at),
+            Header::Break => unknown_simple(h.at),
         }
     }
 
@@ -233,14 +310,21 @@ impl<'a> Decoder<'a> {
         let mut out = Vec::new();
         loop {
             let at = self.pos;
-            let b = self.byte()?;
-            if b == BREAK {
-                break;
+            // A chunk must be a definite string of the same major type: checked on its first
+            // byte so that what follows a wrong one is not read.
+            match self.peek() {
+                None => return err("truncated CBOR item"),
+                Some(BREAK) => {}
+                Some(b) if b >> 5 != major || b & 0x1f == INDEFINITE => {
+                    return err(format!("malformed CBOR at byte {at}"))
+                }
+                Some(_) => {}
             }
-            if b >> 5 != major || b & 0x1f == INDEFINITE {
-                return err(format!("malformed CBOR at byte {at}"));
-            }
-            let len = self.argument(b & 0x1f)?;
+            let len = match self.head()?.header {
+                Header::Break => break,
+                Header::Bytes(Some(n)) | Header::Text(Some(n)) => n,
+                _ => return err(format!("malformed CBOR at byte {at}")),
+            };
             let chunk = self.take(len)?;
             if major == 3 && std::str::from_utf8(chunk).is_err() {
                 return err(format!("malformed CBOR at byte {at}"));
@@ -262,7 +346,10 @@ impl<'a> Decoder<'a> {
             .map_err(|_| DecodeError("invalid CBOR: text is not UTF-8".into()))
     }
 
-    fn open(&mut self, depth: usize, at: usize) -> Result<usize> {
+    fn open(&mut self, len: Option<usize>, depth: usize, at: usize) -> Result<usize> {
+        if len.is_none() {
+            self.canonical = false;
+        }
         if self.in_key == 0 {
             if let Some(o) = &mut self.offsets {
                 o.push(at);
@@ -290,40 +377,37 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    /// Whether the next byte ends an indefinite container (and consumes it).
-    fn at_break(&mut self) -> bool {
-        if self.peek() == Some(BREAK) {
-            self.pos += 1;
-            return true;
+    /// The next element's head, or None at the break ending an indefinite container.
+    fn element(&mut self, len: Option<usize>) -> Result<Option<Head>> {
+        let h = self.head()?;
+        if len.is_none() && h.header == Header::Break {
+            return Ok(None);
         }
-        false
+        Ok(Some(h))
     }
 
-    fn array(&mut self, len: Option<u64>, depth: usize, at: usize) -> Result<Value> {
-        let inner = self.open(depth, at)?;
-        // Each element takes at least one byte: no larger capacity can be needed.
-        let room = (self.input.len() - self.pos) as u64;
-        let cap = if self.build {
-            len.unwrap_or(0).min(room)
-        } else {
-            0
-        };
-        let mut out = Vec::with_capacity(cap as usize);
-        let mut count = 0usize;
-        let mut n = 0u64;
-        loop {
-            match len {
-                Some(l) if n == l => break,
-                None if self.at_break() => break,
-                _ => {}
-            }
-            let v = self.item(inner)?;
+    /// Room for `len` elements of at least `each` bytes in what is left of the input: no
+    /// larger capacity can be needed.
+    fn capacity(&self, len: Option<usize>, each: usize) -> usize {
+        if !self.build {
+            return 0;
+        }
+        let room = self.input.len().saturating_sub(self.pos) / each;
+        len.unwrap_or(0).min(room)
+    }
+
+    fn array(&mut self, len: Option<usize>, depth: usize, at: usize) -> Result<Value> {
+        let inner = self.open(len, depth, at)?;
+        let mut out = Vec::with_capacity(self.capacity(len, 1));
+        let mut n = 0usize;
+        while len != Some(n) {
+            let Some(h) = self.element(len)? else { break };
+            let v = self.item_from(h, inner)?;
             if self.build {
                 out.push(v);
             }
             n += 1;
-            count += 1;
-            self.check_len(count)?;
+            self.check_len(n)?;
         }
         self.nest_left += 1;
         Ok(if self.build {
@@ -333,25 +417,14 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn map(&mut self, len: Option<u64>, depth: usize, at: usize) -> Result<Value> {
-        let inner = self.open(depth, at)?;
-        let room = (self.input.len() - self.pos) as u64 / 2;
-        let cap = if self.build {
-            len.unwrap_or(0).min(room)
-        } else {
-            0
-        };
-        let mut out = Vec::with_capacity(cap as usize);
-        let mut count = 0usize;
-        let mut n = 0u64;
-        loop {
-            match len {
-                Some(l) if n == l => break,
-                None if self.at_break() => break,
-                _ => {}
-            }
+    fn map(&mut self, len: Option<usize>, depth: usize, at: usize) -> Result<Value> {
+        let inner = self.open(len, depth, at)?;
+        let mut out = Vec::with_capacity(self.capacity(len, 2));
+        let mut n = 0usize;
+        while len != Some(n) {
+            let Some(h) = self.element(len)? else { break };
             self.in_key += 1;
-            let k = self.item(inner);
+            let k = self.item_from(h, inner);
             self.in_key -= 1;
             let k = k?;
             let v = self.item(inner)?;
@@ -359,8 +432,7 @@ impl<'a> Decoder<'a> {
                 out.push((k, v));
             }
             n += 1;
-            count += 1;
-            self.check_len(count)?;
+            self.check_len(n)?;
         }
         self.nest_left += 1;
         Ok(if self.build {
@@ -371,38 +443,31 @@ impl<'a> Decoder<'a> {
     }
 
     /// A tag: dropped, its item kept; bignums (2, 3) of up to 16 definite bytes become numbers.
-    fn tagged(&mut self, info: u8, depth: usize) -> Result<Value> {
-        if info >= 28 {
-            return err(format!("malformed CBOR at byte {}", self.pos - 1));
-        }
-        let tag = self.argument(info)?;
+    fn tagged(&mut self, tag: u64, depth: usize) -> Result<Value> {
         self.canonical = false;
-        if tag == 2 || tag == 3 {
-            if let Some(b) = self.peek() {
-                let short = b >> 5 == 2 && b & 0x1f != INDEFINITE;
-                if short {
-                    let save = self.pos;
-                    self.pos += 1;
-                    let len = self.argument(b & 0x1f)?;
-                    if len <= 16 {
-                        let digits = self.take(len)?;
-                        let n = digits.iter().fold(0u128, |acc, d| acc << 8 | *d as u128);
-                        self.count_item()?;
-                        return if tag == 2 {
-                            Ok(match u64::try_from(n) {
-                                Ok(u) => Value::from_u64(u),
-                                Err(_) => Value::Float(n as f64),
-                            })
-                        } else {
-                            match i128::try_from(n) {
-                                Ok(n) => Ok(from_i128(-1 - n)),
-                                Err(_) => err("invalid CBOR: integer too large"),
-                            }
-                        };
+        // Only a definite byte string can be a bignum read as a number: anything else is
+        // decoded below as the tagged item, under the nesting limit.
+        let definite_bytes =
+            matches!(self.peek(), Some(b) if b >> 5 == 2 && b & 0x1f != INDEFINITE);
+        if (tag == 2 || tag == 3) && definite_bytes {
+            let save = self.pos;
+            if let Header::Bytes(Some(len @ 0..=16)) = self.head()?.header {
+                let digits = self.take(len)?;
+                let n = digits.iter().fold(0u128, |acc, d| acc << 8 | *d as u128);
+                self.count_item()?;
+                return if tag == 2 {
+                    Ok(match u64::try_from(n) {
+                        Ok(u) => Value::from_u64(u),
+                        Err(_) => Value::Float(n as f64),
+                    })
+                } else {
+                    match i128::try_from(n) {
+                        Ok(n) => Ok(from_i128(-1 - n)),
+                        Err(_) => err("invalid CBOR: integer too large"),
                     }
-                    self.pos = save;
-                }
+                };
             }
+            self.pos = save;
         }
         self.enter()?;
         let v = self.item(depth)?;
@@ -410,8 +475,9 @@ impl<'a> Decoder<'a> {
         Ok(v)
     }
 
-    fn simple(&mut self, info: u8, at: usize) -> Result<Value> {
-        let v = match info {
+    /// A simple value written in the head itself (`item_from` refused the one-byte extension).
+    fn simple(&mut self, s: u8, at: usize) -> Result<Value> {
+        let v = match s {
             20 => Value::Bool(false),
             21 => Value::Bool(true),
             22 => Value::Null,
@@ -419,24 +485,11 @@ impl<'a> Decoder<'a> {
                 self.canonical = false;
                 Value::Null
             }
-            25 => {
-                self.canonical = false;
-                Value::Float(half(be(self.take(2)?) as u16))
-            }
-            26 => {
-                self.canonical = false;
-                Value::Float(f32::from_bits(be(self.take(4)?) as u32) as f64)
-            }
-            27 => Value::Float(f64::from_bits(be(self.take(8)?))),
-            _ => return err(format!("invalid CBOR at byte {at}: unknown simple value")),
+            _ => return unknown_simple(at),
         };
         self.count_item()?;
         Ok(v)
     }
-}
-
-fn be(b: &[u8]) -> u64 {
-    b.iter().fold(0u64, |acc, d| acc << 8 | *d as u64)
 }
 
 /// As `de::from_i128`: exact when it fits `i64`/`u64`, the nearest float otherwise.
@@ -447,20 +500,5 @@ fn from_i128(v: i128) -> Value {
         Value::UInt(u)
     } else {
         Value::Float(v as f64)
-    }
-}
-
-/// An IEEE 754 half as f64 (NaNs keep sign and payload, quieted, as the `half` crate does).
-fn half(h: u16) -> f64 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = (h >> 10) & 0x1f;
-    let mant = (h & 0x3ff) as u64;
-    match exp {
-        // Subnormal: mant * 2^-24, exact in f64.
-        0 => sign * (mant as f64) * f64::from_bits((1023 - 24) << 52),
-        31 if mant == 0 => sign * f64::INFINITY,
-        31 => f64::from_bits(((h as u64 & 0x8000) << 48) | 0x7ff8_0000_0000_0000 | (mant << 42)),
-        // Normal: (1024 + mant) * 2^(exp - 25).
-        e => sign * ((1024 + mant) as f64) * f64::from_bits(((1023 + e as u64) - 25) << 52),
     }
 }
