@@ -38,10 +38,29 @@ fn echo_spec(budget: Option<u64>) -> ServiceSpec {
 fn drain(hub: &Hub) -> usize {
     let mut n = 0;
     while let Some(batch) = hub.port(0).commands.pop() {
-        n += batch
-            .iter()
-            .filter(|c| matches!(c, Command::Send { .. }))
-            .count();
+        for c in &batch {
+            n += match c {
+                Command::Send { .. } => 1,
+                // Small replies travel framed back to back (runs to one connection merged).
+                Command::SendBatch { buf, .. } => messages_in(buf),
+                _ => 0,
+            };
+        }
+    }
+    n
+}
+
+/// Messages (frames with FIN) in back-to-back unmasked server frames.
+fn messages_in(mut buf: &[u8]) -> usize {
+    let mut n = 0;
+    while buf.len() >= 2 {
+        let (len, at) = match buf[1] & 0x7F {
+            126 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+            l => (l as usize, 2),
+        };
+        n += usize::from(buf[0] & 0x80 != 0);
+        buf = &buf[at + len..];
     }
     n
 }
