@@ -8,39 +8,14 @@ use common::*;
 use lapps::lapps_proto::{cbor, protocol, Value};
 use tungstenite::Message;
 
-struct App {
-    app: Option<lapps::app::App>,
-    addr: std::net::SocketAddr,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if let Some(a) = self.app.take() {
-            a.shutdown();
-        }
-    }
-}
-
-fn start() -> App {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#;
-    let lapps = format!(
-        r#"{{ "directories": {{ "applications": "{root}/tests/apps", "lib": "{root}/lua/lib" }},
-             "services": {{ "lapps_views": {{ "protocol": "LAppS", "instances": 1 }} }} }}"#
-    );
-    let cfg = lapps::config::Config::from_strs(
-        std::path::Path::new(root),
-        ("ws.json", ws),
-        ("lapps.json", &lapps),
-        std::path::Path::new(root),
+fn start() -> TestApp {
+    start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1 } }"#,
+        ),
     )
-    .expect("config");
-    let app = lapps::app::App::start(&cfg).expect("app starts");
-    let addr = app.local_addrs()[0];
-    App {
-        app: Some(app),
-        addr,
-    }
 }
 
 fn t(s: &str) -> Value {

@@ -25,6 +25,7 @@
 use ciborium_ll::Header;
 
 use super::cbor::DecodeError;
+use super::de::from_i128;
 use super::value::{Limits, Value};
 
 type Result<T> = std::result::Result<T, DecodeError>;
@@ -489,16 +490,5 @@ impl<'a> Decoder<'a> {
         };
         self.count_item()?;
         Ok(v)
-    }
-}
-
-/// As `de::from_i128`: exact when it fits `i64`/`u64`, the nearest float otherwise.
-fn from_i128(v: i128) -> Value {
-    if let Ok(i) = i64::try_from(v) {
-        Value::Int(i)
-    } else if let Ok(u) = u64::try_from(v) {
-        Value::UInt(u)
-    } else {
-        Value::Float(v as f64)
     }
 }

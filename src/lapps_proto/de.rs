@@ -89,7 +89,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_> {
 
 /// A big integer (CBOR bignum tag or a negative below `i64::MIN`) that has no exact `Value`
 /// form becomes the nearest float: Lua sees numbers as `f64` anyway.
-fn from_i128(v: i128) -> Value {
+pub(crate) fn from_i128(v: i128) -> Value {
     if let Ok(i) = i64::try_from(v) {
         Value::Int(i)
     } else if let Ok(u) = u64::try_from(v) {

@@ -171,18 +171,7 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
         Some(Value::Text(m)) => m,
         Some(_) => return Err(invalid("member 'method' must be a string")),
     };
-    if method.is_empty() {
-        return Err(invalid("member 'method' is empty"));
-    }
-    if method.contains('.') {
-        return Err(invalid("method names contain no '.'"));
-    }
-    if method.starts_with('_') {
-        return Err(ProtocolError::new(
-            METHOD_NOT_FOUND,
-            format!("method not found: '{method}' (names starting with '_' are reserved)"),
-        ));
-    }
+    check_method_name(method)?;
     let has_params = match member("params")? {
         None => false,
         Some(Value::Array(p)) => !p.is_empty(),
@@ -285,18 +274,7 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
     let method = doc
         .text(method_at)
         .ok_or_else(|| invalid("member 'method' must be a string"))?;
-    if method.is_empty() {
-        return Err(invalid("member 'method' is empty"));
-    }
-    if method.contains('.') {
-        return Err(invalid("method names contain no '.'"));
-    }
-    if method.starts_with('_') {
-        return Err(ProtocolError::new(
-            METHOD_NOT_FOUND,
-            format!("method not found: '{method}' (names starting with '_' are reserved)"),
-        ));
-    }
+    check_method_name(&method)?;
     let has_params = match member(2)? {
         None => false,
         Some(at) => doc
@@ -498,4 +476,23 @@ fn as_array(v: &Value) -> Option<&[Value]> {
         Value::Map(m) if m.is_empty() => Some(&[]),
         _ => None,
     }
+}
+
+/// The rules of SPEC section 4 for a method name: not empty, no `.`, no leading `_`.
+fn check_method_name(method: &str) -> Result<(), ProtocolError> {
+    let invalid =
+        |why: &str| ProtocolError::new(INVALID_REQUEST, format!("invalid request: {why}"));
+    if method.is_empty() {
+        return Err(invalid("member 'method' is empty"));
+    }
+    if method.contains('.') {
+        return Err(invalid("method names contain no '.'"));
+    }
+    if method.starts_with('_') {
+        return Err(ProtocolError::new(
+            METHOD_NOT_FOUND,
+            format!("method not found: '{method}' (names starting with '_' are reserved)"),
+        ));
+    }
+    Ok(())
 }

@@ -114,6 +114,17 @@ pub(crate) fn send_function(
     host: &Rc<HostCtx>,
     slow: Function,
 ) -> mlua::Result<Function> {
+    host_closure(lua, host, slow, fast_send)
+}
+
+/// A C closure `fast` with two upvalues: the host (a light userdata) and `slow`, the general
+/// implementation it passes any other shape of call on to.
+pub(crate) fn host_closure(
+    lua: &Lua,
+    host: &Rc<HostCtx>,
+    slow: Function,
+    fast: ffi::lua_CFunction,
+) -> mlua::Result<Function> {
     let host_ptr = Rc::as_ptr(host) as *mut c_void;
     // The state keeps the host alive for as long as the closure can run.
     lua.set_app_data(Rc::clone(host));
@@ -123,7 +134,7 @@ pub(crate) fn send_function(
         lua.exec_raw(slow, |l| {
             ffi::lua_pushlightuserdata(l, host_ptr);
             ffi::lua_insert(l, 1);
-            ffi::lua_pushcclosure(l, fast_send, 2);
+            ffi::lua_pushcclosure(l, fast, 2);
         })
     }
 }

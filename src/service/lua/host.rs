@@ -191,7 +191,11 @@ impl HostCtx {
 
 /// Collapses a multi-line Lua error (message plus traceback) into one log line.
 pub(crate) fn one_line(e: &mlua::Error) -> String {
-    let s = e.to_string();
+    one_line_str(&e.to_string())
+}
+
+/// [`one_line`] for a message already in text form (an error caught by `lua_pcall`).
+pub(crate) fn one_line_str(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

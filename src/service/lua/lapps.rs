@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::frame::send_message;
-use super::host::HostCtx;
+use super::host::{one_line_str, HostCtx};
 use crate::lapps_proto::lazy::Doc;
 use crate::lapps_proto::protocol::{self, encode_response_error, DocInbound, ProtocolError};
 use crate::lapps_proto::Limits;
@@ -88,12 +88,7 @@ impl LappsState {
         is_request: bool,
         error: &str,
     ) {
-        let error = error
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" | ");
+        let error = one_line_str(error);
         crate::error!(
             "{} onMessage failed for method {method:?} of {:#x}: {}",
             host.tag(),

@@ -8,7 +8,7 @@
 //! `fast_send_response` run under `catch_unwind` and raise nothing.
 
 use std::cell::RefCell;
-use std::ffi::{c_int, c_void};
+use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
@@ -116,19 +116,8 @@ pub(crate) fn send_response_function(
     host: &Rc<HostCtx>,
     slow: Function,
 ) -> mlua::Result<Function> {
-    let host_ptr = Rc::as_ptr(host) as *mut c_void;
-    // The state keeps the host alive for as long as the closure can run.
-    lua.set_app_data(Rc::clone(host));
     crate::lapps_proto::nljson::ensure_metatable(lua)?;
-    // SAFETY: pushes a light userdata and a closure over it and `slow`; exec_raw returns the
-    // one value left. The pointer stays valid: the state owns an Rc of the host (above).
-    unsafe {
-        lua.exec_raw(slow, |l| {
-            ffi::lua_pushlightuserdata(l, host_ptr);
-            ffi::lua_insert(l, 1);
-            ffi::lua_pushcclosure(l, fast_send_response, 2);
-        })
-    }
+    super::fastpath::host_closure(lua, host, slow, fast_send_response)
 }
 
 thread_local! {

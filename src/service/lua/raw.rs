@@ -11,7 +11,7 @@ use mlua::{Function, Lua, Table, Value};
 
 use super::api::handler_value;
 use super::fastpath::{call_messages, Failed};
-use super::host::{one_line, HostCtx};
+use super::host::{one_line, one_line_str, HostCtx};
 use super::inbox::{Batch, Event, Kind};
 use super::lapps::LappsState;
 use super::lapps_fast::call_requests;
@@ -143,12 +143,7 @@ impl RawApp {
                     if host.closing.borrow().contains(&conn) {
                         continue;
                     }
-                    let error = error
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" | ");
+                    let error = one_line_str(&error);
                     crate::error!(
                         "{} onMessage failed, closing {:#x} with 1011: {}",
                         host.tag(),
