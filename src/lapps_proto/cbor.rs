@@ -58,6 +58,26 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> 
     super::cbor_de::decode(bytes, limits)
 }
 
+/// Whether `error` (from [`decode_with`] on `bytes`) is one of the RFC 8949 rules our decoder
+/// enforces and ciborium's serde path does not, so that the two may differ there: an
+/// indefinite-length string whose chunk is itself indefinite (section 3.2.3: chunks are
+/// definite strings), and a simple value below 32 written with the one-byte extension `f8`
+/// (section 3.3: not well-formed). Found by the fuzz target (`7f 7f ff ff`).
+#[doc(hidden)]
+pub fn stricter_than_ciborium(bytes: &[u8], error: &DecodeError) -> bool {
+    let at = error
+        .0
+        .split("at byte ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match at.and_then(|at| bytes.get(at..)) {
+        Some([0x5f | 0x7f, ..]) => true,
+        Some([0xf8, n, ..]) => *n < 32,
+        _ => false,
+    }
+}
+
 /// [`decode_with`] through ciborium: the reference the fuzz target checks the decoder against.
 #[doc(hidden)]
 pub fn decode_ciborium_with(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {

@@ -240,6 +240,11 @@ fn same_as_ciborium(bytes: &[u8]) -> Result<(), TestCaseError> {
     let limits = Limits::default();
     let ours = decode_with(bytes, &limits);
     let theirs = crate::lapps_proto::cbor::decode_ciborium_with(bytes, &limits);
+    if let (Err(e), Ok(_)) = (&ours, &theirs) {
+        if crate::lapps_proto::cbor::stricter_than_ciborium(bytes, e) {
+            return Ok(());
+        }
+    }
     prop_assert_eq!(
         ours.is_ok(),
         theirs.is_ok(),
@@ -305,4 +310,33 @@ fn decoder_agrees_with_ciborium_on_the_fuzz_seeds() {
         seen += 1;
     }
     assert!(seen > 0);
+}
+
+#[test]
+fn nested_indefinite_string_chunks_are_refused_where_ciborium_accepts_them() {
+    // RFC 8949 section 3.2.3: the chunks of an indefinite-length string are definite strings.
+    // The fuzz target's input, and its smallest form.
+    let found = [
+        0xbf, 0x81, 0x82, 0x27, 0x27, 0x27, 0x27, 0x27, 0x27, 0x81, 0x81, 0x7f, 0x7f, 0xff, 0xff,
+        0xff,
+    ];
+    for bytes in [
+        &found[..],
+        &[0x7f, 0x7f, 0xff, 0xff],
+        &[0x5f, 0x5f, 0xff, 0xff],
+    ] {
+        let limits = Limits::default();
+        let e = decode_with(bytes, &limits).expect_err("ill-formed");
+        assert!(crate::lapps_proto::cbor::decode_ciborium_with(bytes, &limits).is_ok());
+        assert!(
+            crate::lapps_proto::cbor::stricter_than_ciborium(bytes, &e),
+            "{e}"
+        );
+    }
+    // A different refusal is not excused.
+    let e = decode_with(&[0x7f, 0x61], &Limits::default()).expect_err("truncated");
+    assert!(!crate::lapps_proto::cbor::stricter_than_ciborium(
+        &[0x7f, 0x61],
+        &e
+    ));
 }
