@@ -22,12 +22,7 @@ fi
 echo "browser: $("$CHROMIUM" --version 2>/dev/null | head -1)"
 
 interop_venv
-if [ -n "${LAPPS_URL:-}" ]; then
-    WS_URL=$LAPPS_URL
-else
-    start_lapps_server
-    WS_URL=ws://127.0.0.1:$LAPPS_PORT/echo_lapps
-fi
+lapps_echo_url
 
 HTTP_PORT=$(free_port)
 python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory clients/js >/dev/null 2>&1 &

@@ -64,3 +64,13 @@ start_lapps_server() {
         return 1
     fi
 }
+
+# Sets WS_URL to the LAppS echo service: $LAPPS_URL when given, else a server started here.
+lapps_echo_url() {
+    if [ -n "${LAPPS_URL:-}" ]; then
+        WS_URL=$LAPPS_URL
+    else
+        start_lapps_server
+        WS_URL=ws://127.0.0.1:$LAPPS_PORT/echo_lapps
+    fi
+}

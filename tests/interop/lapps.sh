@@ -8,12 +8,7 @@ source tests/interop/common.sh
 trap cleanup EXIT
 
 interop_venv
-if [ -n "${LAPPS_URL:-}" ]; then
-    WS_URL=$LAPPS_URL
-else
-    start_lapps_server
-    WS_URL=ws://127.0.0.1:$LAPPS_PORT/echo_lapps
-fi
+lapps_echo_url
 echo "interop: $WS_URL ($("$PY" -c 'import importlib.metadata as m; print("cbor2", m.version("cbor2"), "websockets", m.version("websockets"))'))"
 rc=0
 "$PY" tests/interop/lapps_protocol.py "$WS_URL" --channel "${LAPPS_CHANNEL:-1001}" || rc=$?

@@ -142,7 +142,7 @@ pub(crate) fn host_closure(
 /// `ws:send(handler, opcode, message)` with a number opcode and a string message, framed
 /// straight from the Lua string; any other shape is passed on to the general function.
 unsafe extern "C-unwind" fn fast_send(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY (whole function): `l` is the running state; indices are checked with lua_type
+    // SAFETY: (whole function) `l` is the running state; indices are checked with lua_type
     // before use; the payload pointer stays valid while the string is on the stack (index 4)
     // and is used only before this function returns.
     unsafe {

@@ -129,7 +129,7 @@ thread_local! {
 /// encoded straight from the tree; any other shape (and a tree too deep to encode) is passed on
 /// to the general function, which also gives the errors.
 unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY (whole function): `l` is the running state; indices are checked with lua_type
+    // SAFETY: (whole function) `l` is the running state; indices are checked with lua_type
     // before use; the node reference stays valid while the userdata is on the stack (index 3)
     // and is used only before this function returns.
     unsafe {

@@ -230,7 +230,7 @@ impl<V: Vector> Utf8State<V> {
 pub(crate) unsafe fn validate_utf8<V: Vector>(bytes: &[u8]) -> bool {
     let len = bytes.len();
     let p = bytes.as_ptr();
-    // SAFETY (whole function): the caller guarantees the CPU feature; pointer ranges are
+    // SAFETY: (whole function) the caller guarantees the CPU feature; pointer ranges are
     // checked against `len` before each block.
     unsafe {
         let mut st = Utf8State {
