@@ -43,7 +43,7 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<Value> {
 /// floats and no tags).
 pub(crate) fn validate(bytes: &[u8], limits: &Limits) -> Result<bool> {
     let mut d = Decoder::new(bytes, limits, false);
-    d.item(0)?;
+    d.check_next(0, false)?;
     d.end()?;
     Ok(d.canonical)
 }
@@ -113,6 +113,29 @@ impl std::io::Read for Rest<'_> {
     }
 }
 
+/// The `Header` ciborium-ll reads from a head that is its first byte alone (additional
+/// information below 24), or None for every other head. Built here because ciborium-ll's
+/// `Title` to `Header` conversion is not inlined and returns through memory: for the small
+/// items requests are made of, that was half of validation. `tests/cbor.rs` checks all 256
+/// first bytes against ciborium-ll.
+#[inline]
+pub(crate) fn one_byte_header(initial: u8) -> Option<Header> {
+    let info = initial & 0x1f;
+    if info >= 24 {
+        return None;
+    }
+    Some(match initial >> 5 {
+        0 => Header::Positive(info.into()),
+        1 => Header::Negative(info.into()),
+        2 => Header::Bytes(Some(info.into())),
+        3 => Header::Text(Some(info.into())),
+        4 => Header::Array(Some(info.into())),
+        5 => Header::Map(Some(info.into())),
+        6 => Header::Tag(info.into()),
+        _ => Header::Simple(info),
+    })
+}
+
 struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
@@ -171,9 +194,25 @@ impl<'a> Decoder<'a> {
         self.input.get(self.pos).copied()
     }
 
-    /// Pulls the head at `pos` with ciborium-ll and steps over it; clears `canonical` when
-    /// its argument is not in the shortest form.
+    /// Reads the head at `pos` and steps over it; clears `canonical` when its argument is not
+    /// in the shortest form. Inlined so that the `Head` stays in registers: returned through
+    /// memory, its moves stalled on store forwarding.
+    #[inline(always)]
     fn head(&mut self) -> Result<Head> {
+        let at = self.pos;
+        if let Some(&initial) = self.input.get(at) {
+            if let Some(header) = one_byte_header(initial) {
+                self.pos = at + 1;
+                let info = initial & 0x1f;
+                return Ok(Head { at, info, header });
+            }
+        }
+        self.pulled_head()
+    }
+
+    /// [`Self::head`] for a head that is not one byte, pulled with ciborium-ll.
+    #[inline(never)]
+    fn pulled_head(&mut self) -> Result<Head> {
         let at = self.pos;
         let rest = self.input.get(at..).unwrap_or_default();
         let Some(&initial) = rest.first() else {
@@ -305,6 +344,92 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// [`Self::item_from`] without building, for the next item: the same checks in the same
+    /// order (so the same first error) for the kinds a request is made of; the rest are handed
+    /// to `item_from`, which builds nothing when `build` is off. False at the break that ends
+    /// an indefinite container (`indefinite`: one is open here).
+    ///
+    /// Validation is most of what a small request costs. This walk keeps each head in
+    /// registers: a `Result<Head>` returned through `?` at every level was copied through the
+    /// stack with stalls on store forwarding, which took most of the time.
+    fn check_next(&mut self, depth: usize, indefinite: bool) -> Result<bool> {
+        debug_assert!(!self.build);
+        let at = self.pos;
+        let header = match self.input.get(at).copied().and_then(one_byte_header) {
+            Some(header) => {
+                self.pos = at + 1;
+                header
+            }
+            None => {
+                let h = self.pulled_head()?;
+                match h.header {
+                    Header::Break if indefinite => return Ok(false),
+                    Header::Positive(_)
+                    | Header::Negative(_)
+                    | Header::Bytes(Some(_))
+                    | Header::Text(Some(_))
+                    | Header::Array(_)
+                    | Header::Map(_) => h.header,
+                    _ => return self.item_from(h, depth).map(|_| true),
+                }
+            }
+        };
+        match header {
+            Header::Positive(_) => self.count_item()?,
+            Header::Negative(n) => {
+                if i64::try_from(n).is_err() {
+                    self.canonical = false;
+                }
+                self.count_item()?
+            }
+            Header::Bytes(Some(len)) => {
+                self.take(len)?;
+                self.count_item()?
+            }
+            Header::Text(Some(len)) => {
+                let b = self.take(len)?;
+                if std::str::from_utf8(b).is_err() {
+                    return err(format!("malformed CBOR at byte {at}"));
+                }
+                self.count_item()?
+            }
+            Header::Array(len) => {
+                let inner = self.open(len, depth, at)?;
+                let mut n = 0usize;
+                while len != Some(n) {
+                    if !self.check_next(inner, len.is_none())? {
+                        break;
+                    }
+                    n += 1;
+                    self.check_len(n)?;
+                }
+                self.nest_left += 1;
+            }
+            Header::Map(len) => {
+                let inner = self.open(len, depth, at)?;
+                let mut n = 0usize;
+                while len != Some(n) {
+                    self.in_key += 1;
+                    let key = self.check_next(inner, len.is_none());
+                    self.in_key -= 1;
+                    if !key? {
+                        break;
+                    }
+                    self.check_next(inner, false)?;
+                    n += 1;
+                    self.check_len(n)?;
+                }
+                self.nest_left += 1;
+            }
+            // One-byte tags and simple values.
+            _ => {
+                let info = self.input.get(at).map_or(0, |b| b & 0x1f);
+                self.item_from(Head { at, info, header }, depth)?;
+            }
+        }
+        Ok(true)
+    }
+
     /// An indefinite byte (2) or text (3) string: definite chunks of the same major type up to
     /// a break.
     fn chunked(&mut self, major: u8) -> Result<Value> {
@@ -379,6 +504,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// The next element's head, or None at the break ending an indefinite container.
+    #[inline(always)]
     fn element(&mut self, len: Option<usize>) -> Result<Option<Head>> {
         let h = self.head()?;
         if len.is_none() && h.header == Header::Break {

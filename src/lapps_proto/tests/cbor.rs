@@ -256,7 +256,61 @@ fn same_as_ciborium(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let (Ok(a), Ok(b)) = (ours, theirs) {
         prop_assert_eq!(a, b);
     }
+    validate_agrees(bytes)
+}
+
+/// `cbor_de::validate` (the build-free walk LAppS requests go through) gives the decoder's
+/// verdict on non-empty `bytes`: the same error text, or Ok with `canonical` telling whether
+/// re-encoding gives the same bytes.
+fn validate_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let limits = Limits::default();
+    let checked = crate::lapps_proto::cbor_de::validate(bytes, &limits);
+    match decode_with(bytes, &limits) {
+        Ok(v) => prop_assert_eq!(checked, Ok(encode(&v) == bytes), "{:02x?}", bytes),
+        Err(e) => prop_assert_eq!(checked, Err(e), "{:02x?}", bytes),
+    }
     Ok(())
+}
+
+#[test]
+fn one_byte_heads_read_as_ciborium_reads_them() {
+    for initial in 0..=255u8 {
+        let byte = [initial];
+        let mut pulled = ciborium_ll::Decoder::from(&byte[..]);
+        let theirs = match pulled.pull() {
+            Ok(h) if pulled.offset() == 1 => Some(h),
+            _ => None,
+        };
+        let ours = crate::lapps_proto::cbor_de::one_byte_header(initial);
+        // Every head whose argument is in its first byte (indefinite lengths and the break
+        // are left to ciborium-ll).
+        let expected = theirs.filter(|_| initial & 0x1f < 24);
+        assert_eq!(ours, expected, "{initial:#04x}");
+    }
+}
+
+#[test]
+fn validation_agrees_with_decoding_on_limits() {
+    let deep = [&[0x81u8; 70][..], &[0x01]].concat();
+    let mut wide = vec![0x99, 0x01, 0x00];
+    wide.extend(std::iter::repeat_n(0x00, 256));
+    for bytes in [deep, wide] {
+        for limits in [
+            Limits::default(),
+            Limits {
+                max_container_len: 100,
+                max_total_items: 50,
+                ..Limits::default()
+            },
+        ] {
+            let checked = crate::lapps_proto::cbor_de::validate(&bytes, &limits);
+            let decoded = decode_with(&bytes, &limits).map(|_| true);
+            assert_eq!(checked, decoded);
+        }
+    }
 }
 
 proptest! {
