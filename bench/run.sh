@@ -207,16 +207,19 @@ echo "== medians of $REPEAT runs ($(date -u +%FT%TZ), load average $(cut -d' ' -
         done
     done
     if want fanout; then
-        printf '%-10s %-18s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n' fanout subscribers bcast_ms bc_min loop_ms \
-            lp_min loop/bcast bc_srv_ms lp_srv_ms bc_cli_ms lp_cli_ms
-        printf '%-10s %-18s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n' lapps "$FANOUT_SUBS x $FANOUT_SIZE" \
+        printf '%-10s %-18s %9s %9s %9s %9s %10s %9s %9s %9s %9s %9s %9s\n' fanout subscribers bcast_ms bc_min \
+            loop_ms lp_min loop/bcast bc_srv_ms bc_sys_ms lp_srv_ms lp_sys_ms bc_cli_ms lp_cli_ms
+        printf '%-10s %-18s %9s %9s %9s %9s %10s %9s %9s %9s %9s %9s %9s\n' lapps "$FANOUT_SUBS x $FANOUT_SIZE" \
             "$(med fanout lapps bcast_ms_median)" "$(med fanout lapps bcast_ms_min)" \
             "$(med fanout lapps loop_ms_median)" "$(med fanout lapps loop_ms_min)" \
             "$(med fanout lapps loop_over_bcast)" "$(med fanout lapps bcast_server_cpu_ms)" \
-            "$(med fanout lapps loop_server_cpu_ms)" "$(med fanout lapps bcast_client_cpu_ms)" \
+            "$(med fanout lapps bcast_server_sys_ms)" "$(med fanout lapps loop_server_cpu_ms)" \
+            "$(med fanout lapps loop_server_sys_ms)" "$(med fanout lapps bcast_client_cpu_ms)" \
             "$(med fanout lapps loop_client_cpu_ms)"
         printf '%-10s loop/bcast per run: %s (target >= 3); %s rounds each, times to the last subscriber\n' fanout \
             "$(grep '^fanout lapps ' "$OUT/raw.txt" | field loop_over_bcast | tr '\n' ' ')" "$FANOUT_ROUNDS"
+        printf '%-10s ceiling: loop_ms / bc_sys_ms = %s (loop/bcast if bcast did no work outside the kernel)\n' \
+            fanout "$(ratio "$(med fanout lapps loop_ms_median)" "$(med fanout lapps bcast_server_sys_ms)")"
     fi
     if want idle; then
         printf '%-10s %-18s %14s\n' idle server bytes/conn

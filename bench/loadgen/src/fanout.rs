@@ -85,10 +85,16 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
     let payload = app_payload(a.size);
     let server = a.server_pid.map(|p| p.to_string());
     let cpu = || server.as_deref().and_then(|p| sys::cpu_seconds(p).ok());
+    let kernel = || {
+        server
+            .as_deref()
+            .and_then(|p| sys::cpu_split(p).ok().map(|s| s.1))
+    };
     let me = || sys::cpu_seconds("self").ok();
     // Round 0 warms both paths up (Lua strings, buffers, the first trace) and is not counted.
     let mut times = [Vec::new(), Vec::new()];
     let (mut cpu_s, mut me_s) = ([Some(0.0); 2], [Some(0.0); 2]);
+    let mut sys_s = [Some(0.0); 2];
     for round in 0..=a.rounds {
         let order = if round % 2 == 0 {
             [Mode::Bcast, Mode::Loop]
@@ -96,14 +102,14 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
             [Mode::Loop, Mode::Bcast]
         };
         for mode in order {
-            let (cpu0, me0) = (cpu(), me());
+            let (cpu0, me0, sys0) = (cpu(), me(), kernel());
             let cmd = format!("{} {round}", mode.command());
             let t0 = Instant::now();
             command(&mut trigger, &cmd)?;
             let last = deliver(&ep, &mut subs, frame::OP_BINARY, &payload)
                 .map_err(|e| format!("round {round} ({}): {e}", mode.command()))?;
             expect_text(&mut trigger, &format!("sent {round} {n}"))?;
-            let (cpu1, me1) = (cpu(), me());
+            let (cpu1, me1, sys1) = (cpu(), me(), kernel());
             if round > 0 {
                 let m = mode as usize;
                 times[m].push(last.duration_since(t0).as_secs_f64() * 1e3);
@@ -112,6 +118,7 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
                 };
                 cpu_s[m] = add(cpu_s[m], cpu0, cpu1);
                 me_s[m] = add(me_s[m], me0, me1);
+                sys_s[m] = add(sys_s[m], sys0, sys1);
             }
         }
     }
@@ -128,7 +135,7 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
     if late > 0 {
         return Err("a subscriber received a message after the last round".into());
     }
-    report(a, n, setup_s, &mut times, cpu_s, me_s);
+    report(a, n, setup_s, &mut times, [cpu_s, sys_s, me_s]);
     Ok(())
 }
 
@@ -228,8 +235,7 @@ fn report(
     n: usize,
     setup_s: f64,
     times: &mut [Vec<f64>; 2],
-    cpu_s: [Option<f64>; 2],
-    me_s: [Option<f64>; 2],
+    [cpu_s, sys_s, me_s]: [[Option<f64>; 2]; 3],
 ) {
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -240,6 +246,7 @@ fn report(
     let rounds = a.rounds as f64;
     let cpu_ms = |m: Mode| cpu_s[m as usize].map(|s| s * 1e3 / rounds);
     let me_ms = |m: Mode| me_s[m as usize].map(|s| s * 1e3 / rounds);
+    let sys_ms = |m: Mode| sys_s[m as usize].map(|s| s * 1e3 / rounds);
     let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
     let ratio = l_med / b_med;
     let rate = n as f64 / (b_med / 1e3);
@@ -249,14 +256,16 @@ fn report(
              \"bcast_ms_median\":{b_med:.2},\"bcast_ms_min\":{b_min:.2},\"loop_ms_median\":{l_med:.2},\
              \"loop_ms_min\":{l_min:.2},\"loop_over_bcast\":{ratio:.2},\"bcast_deliveries_per_s\":{rate:.0},\
              \"bcast_server_cpu_ms\":{},\"loop_server_cpu_ms\":{},\"bcast_client_cpu_ms\":{},\
-             \"loop_client_cpu_ms\":{},\"errors\":0}}",
+             \"loop_client_cpu_ms\":{},\"bcast_server_sys_ms\":{},\"loop_server_sys_ms\":{},\"errors\":0}}",
             a.url,
             a.size,
             a.rounds,
             opt(cpu_ms(Mode::Bcast)),
             opt(cpu_ms(Mode::Loop)),
             opt(me_ms(Mode::Bcast)),
-            opt(me_ms(Mode::Loop))
+            opt(me_ms(Mode::Loop)),
+            opt(sys_ms(Mode::Bcast)),
+            opt(sys_ms(Mode::Loop))
         );
     } else {
         println!(
@@ -265,13 +274,16 @@ fn report(
         );
         println!(
             "  bcast:send      median {b_med:.2} ms  min {b_min:.2} ms  ({rate:.0} deliveries/s)  \
-             CPU per round: server {} ms, client {} ms",
+             CPU per round: server {} ms ({} in the kernel), client {} ms",
             opt(cpu_ms(Mode::Bcast)),
+            opt(sys_ms(Mode::Bcast)),
             opt(me_ms(Mode::Bcast))
         );
         println!(
-            "  ws:send loop    median {l_med:.2} ms  min {l_min:.2} ms  CPU per round: server {} ms, client {} ms",
+            "  ws:send loop    median {l_med:.2} ms  min {l_min:.2} ms  CPU per round: server {} ms ({} in \
+             the kernel), client {} ms",
             opt(cpu_ms(Mode::Loop)),
+            opt(sys_ms(Mode::Loop)),
             opt(me_ms(Mode::Loop))
         );
         println!(

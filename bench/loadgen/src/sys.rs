@@ -110,16 +110,21 @@ pub fn raise_nofile(want: u64) -> io::Result<u64> {
 
 /// User + system CPU seconds used so far by process `pid` ("self" for this one), all threads.
 pub fn cpu_seconds(pid: &str) -> io::Result<f64> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// [`cpu_seconds`] as (user, system): the system part is the kernel's work for the process
+/// (for a server under fan-out, mostly the TCP sends).
+pub fn cpu_split(pid: &str) -> io::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may contain spaces and parentheses: fields are counted after the last ')'.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let field = |i: usize| -> u64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks = field(11) + field(12);
     // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Ok(ticks as f64 / hz as f64)
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((field(11) as f64 / hz, field(12) as f64 / hz))
 }
 
 /// Resident set size of process `pid` in KiB (VmRSS).
