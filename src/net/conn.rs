@@ -17,6 +17,10 @@ pub enum Phase {
     Handshake,
     /// WebSocket open: messages flow both ways.
     Open,
+    /// The peer broke the protocol: its input is discarded, the service is answering the
+    /// messages it took before (those replies still go out), then the connection is failed
+    /// with this close code (`Service::on_failing`).
+    Failing(u16),
     /// We sent a Close frame and wait for the peer's (or the close timeout).
     Closing,
     /// Our last bytes are queued; once written, we shut down our side of TCP.

@@ -485,7 +485,7 @@ impl Worker {
         match c.phase {
             Phase::Handshake => self.process_handshake(index, buf),
             Phase::Open | Phase::Closing => self.process_frames(index, buf),
-            Phase::Finishing | Phase::Draining => buf.len(),
+            Phase::Failing(_) | Phase::Finishing | Phase::Draining => buf.len(),
         }
     }
 
@@ -648,7 +648,7 @@ impl Worker {
                     e.reason,
                     e.code
                 );
-                self.fail(index, e.code);
+                self.fail_after_replies(index, e.code);
                 buf.len()
             }
             Ok(consumed) => {

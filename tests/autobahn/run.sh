@@ -4,7 +4,7 @@
 # (/echo_builtin), over ws:// and over wss:// (a second endpoint on PORT+1 with a certificate
 # generated here by the openssl CLI; no key is ever committed). Installs wstest from PyPI on
 # first use (../shared/tools/autobahn/install.sh). AUTOBAHN_SCHEMES="ws wss" picks the runs.
-# Exits non-zero on any FAILED or UNIMPLEMENTED case.
+# Exits non-zero on any FAILED, UNIMPLEMENTED or NON-STRICT case.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -52,7 +52,13 @@ for scheme in ${AUTOBAHN_SCHEMES:-ws wss}; do
     for path in ${AUTOBAHN_PATHS:-/echo /echo_builtin}; do
         url="$scheme://127.0.0.1:$port$path"
         echo "autobahn: $url"
-        AUTOBAHN_AGENT="lapps-$scheme$path" bash "$TOOLS/run.sh" "$url" "$WORK/report-$scheme${path//\//_}" || rc=$?
+        AUTOBAHN_AGENT="lapps-$scheme$path" bash "$TOOLS/run.sh" "$url" "$WORK/report-$scheme${path//\//_}" \
+            | tee "$WORK/summary" || rc=$?
+        # Strict too: a NON-STRICT case means an answer was lost to a close (e.g. 3.2, 5.15).
+        if ! grep -q "NON-STRICT=0 " "$WORK/summary"; then
+            echo "autobahn: $url has NON-STRICT cases" >&2
+            rc=1
+        fi
     done
 done
 if ! kill -0 $PID 2>/dev/null; then

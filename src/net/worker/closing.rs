@@ -48,12 +48,36 @@ impl Worker {
             return;
         };
         // In Closing our Close frame is already out; a second one is not allowed.
-        if c.phase == Phase::Open {
+        if matches!(c.phase, Phase::Open | Phase::Failing(_)) {
             c.out.append_with(&mut self.pool, |b| {
                 codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
             });
         }
         self.finish_after_flush(index);
+    }
+
+    /// [`Self::fail`] on a protocol violation, after the replies to the messages the service
+    /// took before it when the service answers later (`Service::on_failing`): the connection
+    /// waits in `Failing` for the service's `Command::Close` (or the close timeout).
+    pub(super) fn fail_after_replies(&mut self, index: u32, code: u16) {
+        let id = self.conns.generation(index).map(|g| self.conn_id(index, g));
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        let waits = match (&c.service, id) {
+            (Some(s), Some(id)) if c.phase == Phase::Open => s.on_failing(self.id, id, c.tag, code),
+            _ => false,
+        };
+        if !waits {
+            self.fail(index, code);
+            return;
+        }
+        c.phase = Phase::Failing(code);
+        if let Some(s) = c.service.clone() {
+            self.touched_push(&s);
+        }
+        let at = Instant::now() + self.opts.close_timeout;
+        self.set_deadline(index, at);
     }
 
     /// Our last bytes are queued: shut TCP down once they are written (bounded by the close

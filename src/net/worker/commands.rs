@@ -61,7 +61,11 @@ impl Worker {
             }
             Command::Close { conn, code } => {
                 if let Some(i) = self.live_index(conn) {
-                    self.start_close(i, code);
+                    match self.conns.get_mut(i).map(|c| c.phase) {
+                        // The replies that came before are queued: the violation's code wins.
+                        Some(Phase::Failing(failing)) => self.fail(i, failing),
+                        _ => self.start_close(i, code),
+                    }
                 }
             }
             Command::Resume { conn } => {
@@ -85,7 +89,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        if c.phase != Phase::Open {
+        if !matches!(c.phase, Phase::Open | Phase::Failing(_)) {
             return; // after our Close no data frame may follow (RFC 6455 5.5.1)
         }
         push(&mut c.out, &mut self.pool);

@@ -269,6 +269,11 @@ impl Service for LuaService {
         r.unwrap_or(Flow::Close(1011))
     }
 
+    fn on_failing(&self, worker: usize, conn: ConnId, tag: u32, code: u16) -> bool {
+        self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Fail(code)))
+            .is_some()
+    }
+
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32) {
         self.lock_conns().remove(&conn);
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Close));

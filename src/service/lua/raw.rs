@@ -166,6 +166,12 @@ impl RawApp {
                     }
                     self.message(lua, host, e.conn, opcode, batch.payload(e));
                 }
+                // Everything before it is answered (queued ahead of this close).
+                Kind::Fail(code) => {
+                    if !host.closing.borrow().contains(&e.conn) {
+                        close(host, e.conn, code);
+                    }
+                }
                 Kind::Close => {
                     host.closing.borrow_mut().remove(&e.conn);
                     if let Some(l) = &self.lapps {
