@@ -1174,3 +1174,44 @@ fn replies_to_messages_before_a_protocol_violation_go_out_before_the_1002_close(
         );
     }
 }
+
+/// The peer's Close right behind messages the Lua echo has not answered yet: the answers go out
+/// first, then our Close echoing the peer's code, then TCP ends (RFC 6455 5.5.1 lets an
+/// endpoint finish its current messages before it answers a Close).
+#[test]
+fn replies_to_messages_before_the_peers_close_go_out_before_ours() {
+    let app = start_app(&ws_json(1), &example_services());
+    for round in 0..20 {
+        let mut s = raw_upgraded(app.addr, "/echo");
+        let mut bytes = Vec::new();
+        for m in 0..10 {
+            bytes.extend(frame(
+                true,
+                0,
+                0x2,
+                format!("r{round} m{m}").as_bytes(),
+                true,
+            ));
+        }
+        bytes.extend(frame(true, 0, 0x8, &4000u16.to_be_bytes(), true));
+        s.write_all(&bytes).unwrap();
+        for m in 0..10 {
+            let f = read_frame(&mut s).expect("an echo before the close");
+            assert_eq!(
+                (f.opcode, f.payload),
+                (0x2, format!("r{round} m{m}").into_bytes()),
+                "round {round}: echo {m} comes back in order, before the close"
+            );
+        }
+        let close = read_frame(&mut s).expect("the close frame");
+        assert_eq!(
+            (close.opcode, close.payload),
+            (0x8, 4000u16.to_be_bytes().to_vec()),
+            "round {round}: our Close echoes the peer's code"
+        );
+        assert!(
+            closed_by_server(&mut s),
+            "round {round}: TCP ends after the close"
+        );
+    }
+}

@@ -17,10 +17,10 @@ pub enum Phase {
     Handshake,
     /// WebSocket open: messages flow both ways.
     Open,
-    /// The peer broke the protocol: its input is discarded, the service is answering the
-    /// messages it took before (those replies still go out), then the connection is failed
-    /// with this close code (`Service::on_failing`).
-    Failing(u16),
+    /// Ending (the peer broke the protocol, or sent Close) while the service answers the
+    /// messages it took before: input is discarded, those replies still go out, then our Close
+    /// with this code (None: an empty body) and the end of TCP (`Service::on_ending`).
+    Answering(Option<u16>),
     /// We sent a Close frame and wait for the peer's (or the close timeout).
     Closing,
     /// Our last bytes are queued; once written, we shut down our side of TCP.

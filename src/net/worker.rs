@@ -485,7 +485,7 @@ impl Worker {
         match c.phase {
             Phase::Handshake => self.process_handshake(index, buf),
             Phase::Open | Phase::Closing => self.process_frames(index, buf),
-            Phase::Failing(_) | Phase::Finishing | Phase::Draining => buf.len(),
+            Phase::Answering(_) | Phase::Finishing | Phase::Draining => buf.len(),
         }
     }
 

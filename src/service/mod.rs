@@ -61,12 +61,13 @@ pub trait Service: Send + Sync + 'static {
         opcode: Opcode,
         payload: &[u8],
     ) -> Flow;
-    /// The peer broke the protocol on `conn`, which is to be failed with `code`. A service that
-    /// answers later (on its own threads) returns true when it will post `Command::Close` for
-    /// `conn` behind the replies to the messages it has already taken, so that nothing it
-    /// answered is lost; the worker waits for that, bounded by the close timeout. False (the
-    /// default): the worker fails the connection at once.
-    fn on_failing(&self, _worker: usize, _conn: ConnId, _tag: u32, _code: u16) -> bool {
+    /// `conn` is ending: the peer broke the protocol or sent Close, and nothing more is read
+    /// from it. A service that answers later (on its own threads) returns true when it will
+    /// post `Command::Close` for `conn` behind the replies to the messages it has already
+    /// taken, so that none of them is lost: the worker sends its own Close after them (its
+    /// code is the worker's), bounded by the close timeout. False (the default): the worker
+    /// closes at once.
+    fn on_ending(&self, _worker: usize, _conn: ConnId, _tag: u32) -> bool {
         false
     }
     /// `conn` is gone, however it ended. Called exactly once for each `on_open`.

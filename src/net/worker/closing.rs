@@ -12,8 +12,12 @@ use crate::ws::codec::{self, Role};
 use crate::{debug, info};
 
 impl Worker {
-    /// The peer sent Close: echo it (if we had not sent ours) and finish the TCP connection.
+    /// The peer sent Close: echo it (if we had not sent ours; after the replies the service
+    /// still owes) and finish the TCP connection.
     pub(super) fn on_peer_close(&mut self, index: u32, code: Option<u16>) {
+        if self.answer_first(index, code) {
+            return;
+        }
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
@@ -48,7 +52,7 @@ impl Worker {
             return;
         };
         // In Closing our Close frame is already out; a second one is not allowed.
-        if matches!(c.phase, Phase::Open | Phase::Failing(_)) {
+        if matches!(c.phase, Phase::Open | Phase::Answering(_)) {
             c.out.append_with(&mut self.pool, |b| {
                 codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
             });
@@ -56,28 +60,49 @@ impl Worker {
         self.finish_after_flush(index);
     }
 
-    /// [`Self::fail`] on a protocol violation, after the replies to the messages the service
-    /// took before it when the service answers later (`Service::on_failing`): the connection
-    /// waits in `Failing` for the service's `Command::Close` (or the close timeout).
+    /// [`Self::fail`] on a protocol violation, after the replies the service still owes.
     pub(super) fn fail_after_replies(&mut self, index: u32, code: u16) {
+        if !self.answer_first(index, Some(code)) {
+            self.fail(index, code);
+        }
+    }
+
+    /// An open connection is ending: when its service answers later (`Service::on_ending`),
+    /// it waits in `Answering` for the service's `Command::Close` (or the close timeout) and
+    /// then closes with `code`. False: the service answers at once, close now.
+    fn answer_first(&mut self, index: u32, code: Option<u16>) -> bool {
         let id = self.conns.generation(index).map(|g| self.conn_id(index, g));
         let Some(c) = self.conns.get_mut(index) else {
-            return;
+            return false;
         };
         let waits = match (&c.service, id) {
-            (Some(s), Some(id)) if c.phase == Phase::Open => s.on_failing(self.id, id, c.tag, code),
+            (Some(s), Some(id)) if c.phase == Phase::Open => s.on_ending(self.id, id, c.tag),
             _ => false,
         };
         if !waits {
-            self.fail(index, code);
-            return;
+            return false;
         }
-        c.phase = Phase::Failing(code);
+        c.phase = Phase::Answering(code);
         if let Some(s) = c.service.clone() {
             self.touched_push(&s);
         }
         let at = Instant::now() + self.opts.close_timeout;
         self.set_deadline(index, at);
+        true
+    }
+
+    /// The service has answered (or the close timeout passed): our Close, then the end of TCP.
+    pub(super) fn close_answered(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Phase::Answering(code) = c.phase else {
+            return;
+        };
+        c.out.append_with(&mut self.pool, |b| {
+            codec::encode_close(b, Role::Server, code, b"", [0; 4])
+        });
+        self.finish_after_flush(index);
     }
 
     /// Our last bytes are queued: shut TCP down once they are written (bounded by the close

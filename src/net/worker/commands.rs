@@ -62,8 +62,9 @@ impl Worker {
             Command::Close { conn, code } => {
                 if let Some(i) = self.live_index(conn) {
                     match self.conns.get_mut(i).map(|c| c.phase) {
-                        // The replies that came before are queued: the violation's code wins.
-                        Some(Phase::Failing(failing)) => self.fail(i, failing),
+                        // The replies that came before are queued: the close the worker
+                        // decided on goes out now, with its own code.
+                        Some(Phase::Answering(_)) => self.close_answered(i),
                         _ => self.start_close(i, code),
                     }
                 }
@@ -89,7 +90,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        if !matches!(c.phase, Phase::Open | Phase::Failing(_)) {
+        if !matches!(c.phase, Phase::Open | Phase::Answering(_)) {
             return; // after our Close no data frame may follow (RFC 6455 5.5.1)
         }
         push(&mut c.out, &mut self.pool);

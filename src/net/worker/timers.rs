@@ -31,8 +31,8 @@ impl Worker {
                     self.end(index, Ending::Timeout("close"))
                 }
                 Phase::Open => self.idle_check(index, now),
-                // The service did not answer in time: fail without its replies.
-                Phase::Failing(code) => self.fail(index, code),
+                // The service did not answer in time: close without the rest of its replies.
+                Phase::Answering(_) => self.close_answered(index),
             }
         }
     }
@@ -73,7 +73,7 @@ impl Worker {
                     let phase = self.conns.get_mut(index).map(|c| c.phase);
                     match phase {
                         Some(Phase::Open) => self.start_close(index, close::GOING_AWAY),
-                        Some(Phase::Failing(code)) => self.fail(index, code),
+                        Some(Phase::Answering(_)) => self.close_answered(index),
                         Some(Phase::Handshake) => self.end(index, Ending::Shutdown),
                         _ => {}
                     }

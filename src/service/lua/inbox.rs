@@ -23,8 +23,9 @@ pub(crate) enum Kind {
     Open,
     /// A message with this opcode; its payload is `bytes[start..start + len]` of the batch.
     Message(u8),
-    /// The peer broke the protocol: close with this code once the messages before are answered.
-    Fail(u16),
+    /// The connection is ending: close it once the messages before are answered (the worker
+    /// chooses the code).
+    Drain,
     Close,
 }
 

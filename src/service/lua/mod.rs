@@ -269,8 +269,8 @@ impl Service for LuaService {
         r.unwrap_or(Flow::Close(1011))
     }
 
-    fn on_failing(&self, worker: usize, conn: ConnId, tag: u32, code: u16) -> bool {
-        self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Fail(code)))
+    fn on_ending(&self, worker: usize, conn: ConnId, tag: u32) -> bool {
+        self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Drain))
             .is_some()
     }
 

@@ -166,10 +166,11 @@ impl RawApp {
                     }
                     self.message(lua, host, e.conn, opcode, batch.payload(e));
                 }
-                // Everything before it is answered (queued ahead of this close).
-                Kind::Fail(code) => {
+                // Everything before it is answered (queued ahead of this close, whose code the
+                // worker replaces with its own).
+                Kind::Drain => {
                     if !host.closing.borrow().contains(&e.conn) {
-                        close(host, e.conn, code);
+                        close(host, e.conn, 1000);
                     }
                 }
                 Kind::Close => {
