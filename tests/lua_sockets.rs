@@ -1132,12 +1132,10 @@ fn a_slow_broadcast_recipient_is_dropped_with_1008_and_the_others_keep_receiving
     );
 }
 
-/// A protocol violation after messages the Lua echo has taken but not answered yet: the
-/// answers go out first, then the Close with 1002, then TCP ends (Autobahn 3.2, 4.1.3, 5.15:
-/// nothing the service answered is lost to the failure).
-#[test]
-fn replies_to_messages_before_a_protocol_violation_go_out_before_the_1002_close() {
-    let app = start_app(&ws_json(1), &example_services());
+/// On a fresh `/echo` connection, twenty times: ten messages of `opcode` and then `ending`
+/// (frames) in one write; the ten echoes must come back in order, then our Close with
+/// `close_body`, then the end of TCP.
+fn echoes_then_close(app: &TestApp, opcode: u8, ending: &[u8], close_body: &[u8]) {
     for round in 0..20 {
         let mut s = raw_upgraded(app.addr, "/echo");
         let mut bytes = Vec::new();
@@ -1145,34 +1143,44 @@ fn replies_to_messages_before_a_protocol_violation_go_out_before_the_1002_close(
             bytes.extend(frame(
                 true,
                 0,
-                0x1,
+                opcode,
                 format!("r{round} m{m}").as_bytes(),
                 true,
             ));
         }
-        // RSV2 set without an extension that defines it (RFC 6455 5.2), then a Ping.
-        bytes.extend(frame(true, 2, 0x1, b"bad", true));
-        bytes.extend(frame(true, 0, 0x9, b"p", true));
+        bytes.extend_from_slice(ending);
         s.write_all(&bytes).unwrap();
         for m in 0..10 {
             let f = read_frame(&mut s).expect("an echo before the close");
             assert_eq!(
                 (f.opcode, f.payload),
-                (0x1, format!("r{round} m{m}").into_bytes()),
+                (opcode, format!("r{round} m{m}").into_bytes()),
                 "round {round}: echo {m} comes back in order, before the close"
             );
         }
         let close = read_frame(&mut s).expect("the close frame");
         assert_eq!(
-            close.opcode, 0x8,
-            "round {round}: nothing but the close follows"
+            (close.opcode, &close.payload[..]),
+            (0x8, close_body),
+            "round {round}: nothing but our Close follows"
         );
-        assert_eq!(&close.payload[..2], &1002u16.to_be_bytes(), "round {round}");
         assert!(
             closed_by_server(&mut s),
             "round {round}: TCP ends after the close"
         );
     }
+}
+
+/// A protocol violation after messages the Lua echo has taken but not answered yet: the
+/// answers go out first, then the Close with 1002, then TCP ends (Autobahn 3.2, 4.1.3, 5.15:
+/// nothing the service answered is lost to the failure).
+#[test]
+fn replies_to_messages_before_a_protocol_violation_go_out_before_the_1002_close() {
+    let app = start_app(&ws_json(1), &example_services());
+    // RSV2 set without an extension that defines it (RFC 6455 5.2), then a Ping.
+    let mut ending = frame(true, 2, 0x1, b"bad", true);
+    ending.extend(frame(true, 0, 0x9, b"p", true));
+    echoes_then_close(&app, 0x1, &ending, &1002u16.to_be_bytes());
 }
 
 /// The peer's Close right behind messages the Lua echo has not answered yet: the answers go out
@@ -1181,37 +1189,6 @@ fn replies_to_messages_before_a_protocol_violation_go_out_before_the_1002_close(
 #[test]
 fn replies_to_messages_before_the_peers_close_go_out_before_ours() {
     let app = start_app(&ws_json(1), &example_services());
-    for round in 0..20 {
-        let mut s = raw_upgraded(app.addr, "/echo");
-        let mut bytes = Vec::new();
-        for m in 0..10 {
-            bytes.extend(frame(
-                true,
-                0,
-                0x2,
-                format!("r{round} m{m}").as_bytes(),
-                true,
-            ));
-        }
-        bytes.extend(frame(true, 0, 0x8, &4000u16.to_be_bytes(), true));
-        s.write_all(&bytes).unwrap();
-        for m in 0..10 {
-            let f = read_frame(&mut s).expect("an echo before the close");
-            assert_eq!(
-                (f.opcode, f.payload),
-                (0x2, format!("r{round} m{m}").into_bytes()),
-                "round {round}: echo {m} comes back in order, before the close"
-            );
-        }
-        let close = read_frame(&mut s).expect("the close frame");
-        assert_eq!(
-            (close.opcode, close.payload),
-            (0x8, 4000u16.to_be_bytes().to_vec()),
-            "round {round}: our Close echoes the peer's code"
-        );
-        assert!(
-            closed_by_server(&mut s),
-            "round {round}: TCP ends after the close"
-        );
-    }
+    let close = frame(true, 0, 0x8, &4000u16.to_be_bytes(), true);
+    echoes_then_close(&app, 0x2, &close, &4000u16.to_be_bytes());
 }
