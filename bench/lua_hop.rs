@@ -53,17 +53,9 @@ fn drain(hub: &Hub) -> usize {
 /// Messages (frames with FIN) in back-to-back unmasked server frames.
 fn messages_in(mut buf: &[u8]) -> usize {
     let mut n = 0;
-    while buf.len() >= 2 {
-        let (len, at) = match buf[1] & 0x7F {
-            126 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-            127 => (
-                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            l => (l as usize, 2),
-        };
-        n += usize::from(buf[0] & 0x80 != 0);
-        buf = &buf[at + len..];
+    while let Ok(Some((h, at))) = lapps::ws::frame::FrameHeader::parse(buf) {
+        n += usize::from(h.fin);
+        buf = &buf[at + h.payload_len as usize..];
     }
     n
 }

@@ -106,19 +106,14 @@ pub fn unframe(f: &[u8]) -> (u8, Vec<u8>) {
 
 /// Decodes the first unfragmented, unmasked server frame of `f`; also returns its length.
 pub fn unframe_first(f: &[u8]) -> (u8, Vec<u8>, usize) {
-    assert!(f.len() >= 2, "short frame");
-    assert_eq!(f[0] & 0x80, 0x80, "FIN expected");
-    assert_eq!(f[1] & 0x80, 0, "server frames are unmasked");
-    let (len, at) = match f[1] & 0x7F {
-        126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
-        127 => (
-            u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
+    let (h, at) = lapps::ws::frame::FrameHeader::parse(f)
+        .expect("a valid frame header")
+        .expect("short frame");
+    assert!(h.fin, "FIN expected");
+    assert_eq!(h.mask, None, "server frames are unmasked");
+    let len = h.payload_len as usize;
     assert!(f.len() >= at + len, "truncated frame");
-    (f[0] & 0x0F, f[at..at + len].to_vec(), at + len)
+    (h.opcode, f[at..at + len].to_vec(), at + len)
 }
 
 /// Pops every worker's command inbox until `done(all so far)` holds or 20 s pass.
