@@ -61,14 +61,27 @@ pub(crate) struct Doc {
     canonical: bool,
     /// Where the root's value starts (after its tags).
     root: usize,
-    /// Key and value offsets of a root map's members, when it has at most [`CACHED`] (every
+    /// The root map's members with the protocol's names, when it has only text keys (every
     /// request is read member by member several times: check, `method`, `params`).
-    members: Option<([(usize, usize); CACHED], usize)>,
+    named: Option<Named>,
     /// Containers by the offset of their head, in increasing offset order.
     tree: RefCell<Option<Vec<(usize, Node)>>>,
 }
 
-const CACHED: usize = 8;
+/// The member names of the LAppS protocol (SPEC section 4), in the order of [`Named`]'s slots.
+pub(crate) const NAMES: [&str; 4] = ["lapps", "method", "params", "cid"];
+
+/// Where a root map's members named as in [`NAMES`] are, found in one walk of a map whose keys
+/// are all definite text strings (as every client sends them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Named {
+    /// Per name: the offset of its first value.
+    pub at: [Option<usize>; 4],
+    /// Per name: whether it came more than once.
+    pub twice: [bool; 4],
+    /// Whether the map has members with other names.
+    pub others: bool,
+}
 
 /// A container: in a tree, or a view into a message not turned into one yet.
 #[derive(Clone)]
@@ -105,9 +118,28 @@ impl Doc {
             bytes: Bytes::new(bytes),
             canonical,
             root,
-            members: root_members(bytes, root),
+            named: named_members(bytes, root),
             tree: RefCell::new(None),
         }))
+    }
+
+    /// The root map's members with the protocol's names, when all its keys are plain text.
+    pub(crate) fn named(&self) -> Option<&Named> {
+        self.named.as_ref()
+    }
+
+    /// The member `key` of the map at `at` as [`Named`] answers it: `Some(value offset or
+    /// None)`, or `None` when a walk must decide (not the root, no `Named`, a number key, or a
+    /// name not in [`NAMES`] while the map has such members).
+    fn named_lookup(&self, at: usize, key: Key<'_>) -> Option<Option<usize>> {
+        let (true, Some(named), Key::Str(key)) = (at == self.root, self.named.as_ref(), key) else {
+            return None;
+        };
+        match NAMES.iter().position(|name| name.as_bytes() == key) {
+            Some(i) => Some(named.at[i]),
+            None if !named.others => Some(None),
+            None => None,
+        }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -156,21 +188,35 @@ impl Doc {
     }
 }
 
-/// The members of the map at `at`, when it is one with at most [`CACHED`] members.
-fn root_members(b: &[u8], at: usize) -> Option<([(usize, usize); CACHED], usize)> {
+/// [`Named`] for the map at `at`; `None` when it is not a map or has a key that is not a
+/// definite text string.
+fn named_members(b: &[u8], at: usize) -> Option<Named> {
     let (5, len, mut pos) = head(b, at)? else {
         return None;
     };
-    let mut out = [(0, 0); CACHED];
-    let mut n = 0;
-    while !len.map_or(b.get(pos) == Some(&0xff), |l| n as u64 == l) {
-        let slot = out.get_mut(n)?;
-        let value = skip(b, pos)?;
-        *slot = (pos, value);
+    let mut named = Named {
+        at: [None; 4],
+        twice: [false; 4],
+        others: false,
+    };
+    let mut n = 0u64;
+    while !len.map_or(b.get(pos) == Some(&0xff), |l| n == l) {
+        let (3, Some(key_len), key_at) = head(b, pos)? else {
+            return None;
+        };
+        let value = key_at.checked_add(key_len as usize)?;
+        let key = b.get(key_at..value)?;
+        match NAMES.iter().position(|name| name.as_bytes() == key) {
+            Some(i) => match named.at[i] {
+                Some(_) => named.twice[i] = true,
+                None => named.at[i] = Some(value),
+            },
+            None => named.others = true,
+        }
         pos = skip(b, value)?;
         n += 1;
     }
-    Some((out, n))
+    Some(named)
 }
 
 /// Moves `value` into nodes, pairing each container with the next recorded offset (the
@@ -258,28 +304,23 @@ impl Handle {
                     k += 1;
                 }
             }
-            5 if at == doc.root && doc.members.is_some() => {
-                let (members, n) = doc.members.as_ref()?;
-                let (_, value) = members
-                    .get(..*n)?
-                    .iter()
-                    .find(|(k, _)| raw_key_matches(doc, *k, key))?;
-                *value
-            }
-            5 => {
-                let mut k = 0u64;
-                loop {
-                    if len.map_or(b.get(pos) == Some(&0xff), |l| k == l) {
-                        return None;
+            5 => match doc.named_lookup(at, key) {
+                Some(found) => found?,
+                None => {
+                    let mut k = 0u64;
+                    loop {
+                        if len.map_or(b.get(pos) == Some(&0xff), |l| k == l) {
+                            return None;
+                        }
+                        let value = skip(b, pos)?;
+                        if raw_key_matches(doc, pos, key) {
+                            break value;
+                        }
+                        pos = skip(b, value)?;
+                        k += 1;
                     }
-                    let value = skip(b, pos)?;
-                    if raw_key_matches(doc, pos, key) {
-                        break value;
-                    }
-                    pos = skip(b, value)?;
-                    k += 1;
                 }
-            }
+            },
             _ => return None,
         };
         let inner = skip_tags(b, found);
@@ -432,12 +473,6 @@ impl Doc {
     /// Calls `f` with the offsets of each key and its value of the map at `at` (tags
     /// skipped), in order.
     pub(crate) fn each_member(&self, at: usize, mut f: impl FnMut(usize, usize)) {
-        if let (true, Some((members, n))) = (at == self.root, &self.members) {
-            for (k, v) in members.iter().take(*n) {
-                f(*k, *v);
-            }
-            return;
-        }
         let b = &self.bytes;
         let Some((5, len, mut pos)) = head(b, skip_tags(b, at)) else {
             return;

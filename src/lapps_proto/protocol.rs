@@ -26,7 +26,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 
 use super::cbor;
-use super::lazy::Doc;
+use super::lazy::{Doc, NAMES};
 use super::value::{Limits, Value};
 
 /// JSON-RPC 2.0 codes used by LAppS.
@@ -237,20 +237,26 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
             "parse error: a LAppS message is a CBOR map",
         ));
     }
-    const NAMES: [&str; 4] = ["lapps", "method", "params", "cid"];
     // Per name: the first value's offset, and whether the name came again.
     let mut found: [(Option<usize>, bool); 4] = [(None, false); 4];
-    doc.each_member(root, |key, value| {
-        let Some(name) = doc.text_bytes(key) else {
-            return;
-        };
-        if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == &name[..]) {
-            match found[i].0 {
-                Some(_) => found[i].1 = true,
-                None => found[i].0 = Some(value),
+    match doc.named() {
+        Some(named) => {
+            for (i, f) in found.iter_mut().enumerate() {
+                *f = (named.at[i], named.twice[i]);
             }
         }
-    });
+        None => doc.each_member(root, |key, value| {
+            let Some(name) = doc.text_bytes(key) else {
+                return;
+            };
+            if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == &name[..]) {
+                match found[i].0 {
+                    Some(_) => found[i].1 = true,
+                    None => found[i].0 = Some(value),
+                }
+            }
+        }),
+    }
     let member = |i: usize| -> Result<Option<usize>, ProtocolError> {
         match found[i] {
             (_, true) => Err(ProtocolError::new(
@@ -265,6 +271,8 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
 
     match member(0)? {
         None => return Err(invalid("member 'lapps' is missing")),
+        // 0x01: the unsigned integer 1, as every client writes it.
+        Some(at) if doc.bytes().get(at) == Some(&0x01) => {}
         Some(at) => match doc.scalar(at) {
             Some(v) if v.as_i64() == Some(1) || v.as_str() == Some("1") => {}
             _ => return Err(invalid("member 'lapps' must be 1")),

@@ -6,9 +6,10 @@ use proptest::prelude::*;
 
 use super::cbor::arb_value;
 use super::hex;
-use crate::lapps_proto::lazy::{Doc, Handle};
+use crate::lapps_proto::lazy::{Doc, Handle, Item};
 use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::nljson::install;
+use crate::lapps_proto::node::{Key, Node};
 use crate::lapps_proto::protocol::{
     check_doc, check_inbound, parse_inbound, parse_inbound_in_place,
 };
@@ -226,6 +227,29 @@ proptest! {
         let i = at.index(bytes.len());
         bytes[i] = byte;
         same_verdict(&bytes)?;
+    }
+
+    #[test]
+    fn member_lookups_on_a_view_agree_with_the_tree(
+        members in prop::collection::vec(
+            (prop_oneof![arb_member().prop_map(|(k, _)| k), Just(t("other"))], arb_value()),
+            0..6,
+        )
+    ) {
+        // A view reads members in place (with the names of the protocol found in one walk,
+        // when every key is text); a tree built from the same bytes is the reference.
+        let bytes = cbor::encode(&Value::Map(members));
+        let tree = Node::from_value(cbor::decode(&bytes).unwrap());
+        let view = Handle::Raw(doc(&bytes), 0);
+        let keys = ["lapps", "method", "params", "cid", "other", "1", "nope"];
+        for key in keys.map(|k| Key::Str(k.as_bytes())).into_iter().chain([Key::Num(1.0)]) {
+            let found = view.get(key).map(|item| match item {
+                Item::RawScalar(d, at) => d.scalar(at).unwrap(),
+                Item::RawContainer(d, at) => Handle::Raw(d, at).resolve().unwrap().to_value(64).unwrap(),
+                Item::Node(n) => n.to_value(64).unwrap(),
+            });
+            prop_assert_eq!(found, tree.get(key).map(|n| n.to_value(64).unwrap()), "{:?}", key);
+        }
     }
 
     #[test]
