@@ -92,6 +92,12 @@ pub(crate) fn install_metatable(
     }
 }
 
+/// The metatable of this state's containers (it must exist: see `nljson::ensure_metatable`).
+pub(crate) fn metatable(lua: &Lua) -> mlua::Result<mlua::Table> {
+    // SAFETY: one push, which exec_raw returns (converted, so a missing table is an error).
+    unsafe { lua.exec_raw::<mlua::Table>((), |l| push_metatable(l)) }
+}
+
 /// A container as a Lua value (the metatable must exist: see `nljson::ensure_metatable`).
 pub(crate) fn container_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> {
     // SAFETY: push_node pushes exactly one value, which exec_raw returns.
@@ -136,8 +142,8 @@ pub(crate) unsafe fn push_node(l: *mut ffi::lua_State, node: Node) {
 /// # Safety
 /// `l` is a running state with two free stack slots.
 pub(crate) unsafe fn push_handle(l: *mut ffi::lua_State, handle: Handle) {
-    // SAFETY: pushes on the running state; the userdata block is written before anything else
-    // can see it and gets its metatable (with `__gc`) at once.
+    // SAFETY: pushes on the running state; the metatable is checked to be a table before
+    // push_handle_with uses it, and removed afterwards.
     unsafe {
         push_metatable(l);
         if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
@@ -146,30 +152,45 @@ pub(crate) unsafe fn push_handle(l: *mut ffi::lua_State, handle: Handle) {
             ffi::lua_pushnil(l);
             return;
         }
-        let p = ffi::lua_newuserdata(l, size_of::<Slot>()) as *mut Slot;
-        if (p as usize) % align_of::<Slot>() != 0 {
-            ffi::lua_settop(l, -3);
-            ffi::lua_pushnil(l);
-            return;
-        }
-        p.write(Some(handle));
-        ffi::lua_pushvalue(l, -2);
-        ffi::lua_setmetatable(l, -2);
+        push_handle_with(l, handle, ffi::lua_gettop(l));
         ffi::lua_remove(l, -2);
     }
 }
 
-/// Pushes what a lookup found.
+/// [`push_handle`] with the metatable already at `mt` (an absolute or upvalue index): spares
+/// its registry lookup on the per-message paths.
+///
+/// # Safety
+/// `l` is a running state with two free stack slots, and `mt` holds the metatable of this
+/// state.
+pub(crate) unsafe fn push_handle_with(l: *mut ffi::lua_State, handle: Handle, mt: c_int) {
+    // SAFETY: pushes on the running state; the userdata block is written before anything else
+    // can see it and gets its metatable (with `__gc`) at once.
+    unsafe {
+        let p = ffi::lua_newuserdata(l, size_of::<Slot>()) as *mut Slot;
+        if (p as usize) % align_of::<Slot>() != 0 {
+            ffi::lua_settop(l, -2);
+            ffi::lua_pushnil(l);
+            return;
+        }
+        p.write(Some(handle));
+        ffi::lua_pushvalue(l, mt);
+        ffi::lua_setmetatable(l, -2);
+    }
+}
+
+/// Pushes what a lookup found; the metatable is at `mt` (as in [`push_handle_with`]).
 ///
 /// # Safety
 /// `l` is a running state with two free stack slots.
-unsafe fn push_item(l: *mut ffi::lua_State, item: Item) {
+unsafe fn push_item(l: *mut ffi::lua_State, item: Item, mt: c_int) {
     // SAFETY: pushes on the running state; string bytes are copied by Lua while the document
     // holding them is alive (owned by `item`).
     unsafe {
         match item {
-            Item::Node(n) => push_node(l, n),
-            Item::RawContainer(doc, at) => push_handle(l, Handle::Raw(doc, at)),
+            Item::Node(Node::Scalar(v)) => push_scalar(l, &v),
+            Item::Node(n) => push_handle_with(l, Handle::Tree(n), mt),
+            Item::RawContainer(doc, at) => push_handle_with(l, Handle::Raw(doc, at), mt),
             Item::RawScalar(doc, at) => match doc.plain_string(at) {
                 Some(s) => {
                     ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
@@ -237,12 +258,26 @@ pub(crate) unsafe fn get<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a H
 
 /// [`get`] for the metamethods, whose upvalue 1 is the metatable.
 unsafe fn get_up<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a Handle> {
-    // SAFETY: as in `get`, comparing with the upvalue instead of a registry lookup.
+    // SAFETY: the metamethods' upvalue 1 is the metatable.
+    unsafe { get_with(l, idx, ffi::lua_upvalueindex(1)) }
+}
+
+/// [`get`] with the metatable at `mt` (an upvalue index, or an absolute index other than
+/// `idx`), compared instead of looked up in the registry.
+///
+/// # Safety
+/// `l` is a running state with a free stack slot, and `mt` holds the metatable of this state.
+pub(crate) unsafe fn get_with<'a>(
+    l: *mut ffi::lua_State,
+    idx: c_int,
+    mt: c_int,
+) -> Option<&'a Handle> {
+    // SAFETY: as in `get`, comparing with `mt` instead of a registry lookup.
     unsafe {
         if ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA || ffi::lua_getmetatable(l, idx) == 0 {
             return None;
         }
-        let ours = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1)) != 0;
+        let ours = ffi::lua_rawequal(l, -1, mt) != 0;
         ffi::lua_settop(l, -2);
         if !ours {
             return None;
@@ -282,7 +317,7 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
         };
         // `.ok()` drops a panic's payload before anything can raise.
         match catch_unwind(AssertUnwindSafe(|| node.get(key))).ok() {
-            Some(Some(item)) => push_item(l, item),
+            Some(Some(item)) => push_item(l, item, ffi::lua_upvalueindex(1)),
             Some(None) => ffi::lua_pushnil(l),
             None => return raise(l, c"nljson: internal error"),
         }

@@ -16,7 +16,7 @@ use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
-use mlua::{ffi, Function, Lua};
+use mlua::{ffi, Function, IntoLuaMulti, Lua};
 
 use super::frame::{checked_opcode, send_message};
 use super::host::HostCtx;
@@ -117,24 +117,26 @@ pub(crate) fn send_function(
     host_closure(lua, host, slow, fast_send)
 }
 
-/// A C closure `fast` with two upvalues: the host (a light userdata) and `slow`, the general
-/// implementation it passes any other shape of call on to.
+/// A C closure `fast` whose upvalues are the host (a light userdata) and then `upvalues`: first
+/// `slow`, the general implementation it passes any other shape of call on to, then any others
+/// `fast` needs.
 pub(crate) fn host_closure(
     lua: &Lua,
     host: &Rc<HostCtx>,
-    slow: Function,
+    upvalues: impl IntoLuaMulti,
     fast: ffi::lua_CFunction,
 ) -> mlua::Result<Function> {
     let host_ptr = Rc::as_ptr(host) as *mut c_void;
     // The state keeps the host alive for as long as the closure can run.
     lua.set_app_data(Rc::clone(host));
-    // SAFETY: pushes a light userdata and a closure over it and `slow`; exec_raw returns the
-    // one value left. The pointer stays valid: the state owns an Rc of the host (above).
+    // SAFETY: pushes a light userdata and a closure over it and the upvalues; exec_raw returns
+    // the one value left. The pointer stays valid: the state owns an Rc of the host (above).
     unsafe {
-        lua.exec_raw(slow, |l| {
+        lua.exec_raw(upvalues, |l| {
+            let n = ffi::lua_gettop(l);
             ffi::lua_pushlightuserdata(l, host_ptr);
             ffi::lua_insert(l, 1);
-            ffi::lua_pushcclosure(l, fast, 2);
+            ffi::lua_pushcclosure(l, fast, n + 1);
         })
     }
 }

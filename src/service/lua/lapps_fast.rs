@@ -42,12 +42,14 @@ pub(crate) fn call_requests(
     close: impl Fn(&HostCtx, ConnId, u16),
 ) -> mlua::Result<()> {
     crate::lapps_proto::nljson::ensure_metatable(lua)?;
+    let metatable = json_ud::metatable(lua)?;
     // SAFETY: the closure uses the Lua C API on the state mlua hands it, keeps the stack
-    // balanced (settop back to the two arguments after each message) and calls Lua code only
-    // through lua_pcall with our message handler, so Lua errors never unwind through it. A
-    // push that runs out of memory raises, which exec_raw's protected call turns into Err.
+    // balanced (settop back to the three arguments after each message: handler, function and
+    // the views' metatable) and calls Lua code only through lua_pcall with our message
+    // handler, so Lua errors never unwind through it. A push that runs out of memory raises,
+    // which exec_raw's protected call turns into Err.
     unsafe {
-        lua.exec_raw::<()>((traceback, on_message), |l| {
+        lua.exec_raw::<()>((traceback, on_message, metatable), |l| {
             for e in events {
                 let Kind::Message(opcode) = e.kind else {
                     continue;
@@ -79,7 +81,7 @@ pub(crate) fn call_requests(
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_pushnumber(l, conn.as_u64() as f64);
                 ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
-                json_ud::push_handle(l, Handle::Raw(Rc::clone(&doc), root));
+                json_ud::push_handle_with(l, Handle::Raw(Rc::clone(&doc), root), 3);
                 match ffi::lua_pcall(l, 3, 1, 1) {
                     0 => {
                         if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
@@ -93,7 +95,7 @@ pub(crate) fn call_requests(
                         if status == ffi::LUA_ERRMEM {
                             // What the failed call built is garbage now; without a full cycle
                             // the next call would start at the limit and fail as well.
-                            ffi::lua_settop(l, 2);
+                            ffi::lua_settop(l, 3);
                             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                         }
@@ -103,21 +105,22 @@ pub(crate) fn call_requests(
                         lapps.failed(host, conn, &method, is_request, &error);
                     }
                 }
-                ffi::lua_settop(l, 2);
+                ffi::lua_settop(l, 3);
             }
         })
     }
 }
 
-/// The `ws:send_response` function: `fast_send_response` with the host and the general
-/// implementation `slow` as upvalues.
+/// The `ws:send_response` function: `fast_send_response` with the host, the general
+/// implementation `slow` and the nljson metatable as upvalues.
 pub(crate) fn send_response_function(
     lua: &Lua,
     host: &Rc<HostCtx>,
     slow: Function,
 ) -> mlua::Result<Function> {
     crate::lapps_proto::nljson::ensure_metatable(lua)?;
-    super::fastpath::host_closure(lua, host, slow, fast_send_response)
+    let metatable = json_ud::metatable(lua)?;
+    super::fastpath::host_closure(lua, host, (slow, metatable), fast_send_response)
 }
 
 thread_local! {
@@ -134,7 +137,7 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
     // and is used only before this function returns.
     unsafe {
         if ffi::lua_gettop(l) == 3 && ffi::lua_type(l, 2) == ffi::LUA_TNUMBER {
-            if let Some(handle) = json_ud::get(l, 3) {
+            if let Some(handle) = json_ud::get_with(l, 3, ffi::lua_upvalueindex(3)) {
                 let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
                 let conn = handler_of(ffi::lua_tonumber(l, 2)).filter(|c| host.hub.is_live(*c));
                 let Some(conn) = conn else {
