@@ -388,7 +388,7 @@ impl<'a> Decoder<'a> {
             }
             Header::Text(Some(len)) => {
                 let b = self.take(len)?;
-                if std::str::from_utf8(b).is_err() {
+                if !b.is_ascii() && std::str::from_utf8(b).is_err() {
                     return err(format!("malformed CBOR at byte {at}"));
                 }
                 self.count_item()?
