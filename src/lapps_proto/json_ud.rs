@@ -28,7 +28,10 @@ use super::value::Value;
 static MT_ANCHOR: u8 = 0;
 
 /// Pushes the metatable (or nil before it is installed).
-unsafe fn push_metatable(l: *mut ffi::lua_State) {
+///
+/// # Safety
+/// `l` is a running state with a free stack slot.
+pub(crate) unsafe fn push_metatable(l: *mut ffi::lua_State) {
     // SAFETY: two pushes and a raw get (no metamethods) on the registry.
     unsafe {
         ffi::lua_pushlightuserdata(l, &MT_ANCHOR as *const u8 as *mut std::ffi::c_void);

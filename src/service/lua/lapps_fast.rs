@@ -42,14 +42,14 @@ pub(crate) fn call_requests(
     close: impl Fn(&HostCtx, ConnId, u16),
 ) -> mlua::Result<()> {
     crate::lapps_proto::nljson::ensure_metatable(lua)?;
-    let metatable = json_ud::metatable(lua)?;
     // SAFETY: the closure uses the Lua C API on the state mlua hands it, keeps the stack
-    // balanced (settop back to the three arguments after each message: handler, function and
-    // the views' metatable) and calls Lua code only through lua_pcall with our message
-    // handler, so Lua errors never unwind through it. A push that runs out of memory raises,
-    // which exec_raw's protected call turns into Err.
+    // balanced (settop back to slot 3 after each message: handler, function and the views'
+    // metatable, which ensure_metatable installed) and calls Lua code only through lua_pcall
+    // with our message handler, so Lua errors never unwind through it. A push that runs out
+    // of memory raises, which exec_raw's protected call turns into Err.
     unsafe {
-        lua.exec_raw::<()>((traceback, on_message, metatable), |l| {
+        lua.exec_raw::<()>((traceback, on_message), |l| {
+            json_ud::push_metatable(l);
             for e in events {
                 let Kind::Message(opcode) = e.kind else {
                     continue;
