@@ -82,25 +82,42 @@ fn connections_beyond_the_limit_get_503() {
 fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
     let srv = start_echo(|o| o.worker.outbound_high_water = 64 * 1024);
     let mut s = raw_upgraded(srv.addr, "/echo");
-    s.set_nonblocking(true).unwrap();
     let msg = frame(true, 0, 0x2, &vec![0xabu8; 16 * 1024], true);
-    let mut sent_msgs = 0usize;
+    let (sent_msgs, rest) = write_until_throttled(&mut s, &msg, 256 << 20);
+    // Bounded: kernel buffers (a few MiB each way) plus the high-water mark, not unbounded growth.
+    assert!(
+        sent_msgs * 16 * 1024 < 64 << 20,
+        "server kept reading: {sent_msgs} messages"
+    );
+    // Now read everything back: every complete message we sent is echoed, in order.
+    let whole = sent_msgs + usize::from(!rest.is_empty());
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || s.write_all(&rest).unwrap())
+    };
+    for _ in 0..whole {
+        let f = read_frame(&mut s).expect("echo after unblocking");
+        assert_eq!(f.payload.len(), 16 * 1024);
+    }
+    writer.join().unwrap();
+}
+
+/// Writes `unit` over and over without reading until the server stops taking input (our
+/// writes have blocked for 500 ms) or `cap` bytes went out; returns how many whole units left
+/// and the unsent rest of the last one.
+fn write_until_throttled(s: &mut std::net::TcpStream, unit: &[u8], cap: usize) -> (usize, Vec<u8>) {
+    s.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let mut pending: &[u8] = unit;
     let mut blocked_since: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Write without reading until the server stops taking input (our writes block for a while).
-    let mut pending: &[u8] = &msg;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "server never applied back-pressure"
-        );
+    while sent * unit.len() < cap {
         match s.write(pending) {
             Ok(n) => {
                 pending = &pending[n..];
                 blocked_since = None;
                 if pending.is_empty() {
-                    sent_msgs += 1;
-                    pending = &msg;
+                    sent += 1;
+                    pending = unit;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -113,21 +130,39 @@ fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
             Err(e) => panic!("write failed: {e}"),
         }
     }
-    // Bounded: kernel buffers (a few MiB each way) plus the high-water mark, not unbounded growth.
-    assert!(
-        sent_msgs * 16 * 1024 < 64 << 20,
-        "server kept reading: {sent_msgs} messages"
-    );
-    // Now read everything back: every complete message we sent is echoed, in order.
     s.set_nonblocking(false).unwrap();
+    let rest = if pending.len() == unit.len() {
+        Vec::new()
+    } else {
+        pending.to_vec()
+    };
+    (sent, rest)
+}
+
+#[test]
+fn a_client_that_floods_pings_without_reading_is_throttled_and_gets_every_pong() {
+    // The default high-water mark (4 MiB): pongs are small, so the socket fills long before
+    // the queue reaches it.
+    let srv = start_echo(|_| {});
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    let ping = frame(true, 0, 0x9, &[0x5a; 125], true);
+    let cap = 256 << 20;
+    let (sent, rest) = write_until_throttled(&mut s, &ping, cap);
+    // Kernel buffers both ways plus the high-water mark: tens of MiB at most.
+    assert!(
+        sent * ping.len() < 64 << 20,
+        "server kept reading pings it could not answer: {} MiB taken",
+        sent * ping.len() >> 20
+    );
+    // The ping cut short by the throttle is finished now, and answered too.
+    let whole = sent + usize::from(!rest.is_empty());
     let writer = {
         let mut s = s.try_clone().unwrap();
-        let rest = pending.to_vec();
         std::thread::spawn(move || s.write_all(&rest).unwrap())
     };
-    for _ in 0..sent_msgs + 1 {
-        let f = read_frame(&mut s).expect("echo after unblocking");
-        assert_eq!(f.payload.len(), 16 * 1024);
+    for i in 0..whole {
+        let f = read_frame(&mut s).unwrap_or_else(|| panic!("pong {i} of {whole}"));
+        assert_eq!((f.opcode, f.payload.len()), (0xA, 125), "pong {i}");
     }
     writer.join().unwrap();
 }

@@ -576,6 +576,7 @@ impl Worker {
         let id = self.conn_id(index, generation);
         let worker = self.id;
         let fragment = self.opts.auto_fragment;
+        let high = self.opts.outbound_high_water;
         let Some(c) = self.conns.get_mut(index) else {
             return buf.len();
         };
@@ -630,6 +631,12 @@ impl Worker {
             })
         };
         c.decoder = Some(decoder);
+        // Pongs and the built-in services' replies go straight into the queue, not through
+        // `queue_frame`: a peer that sends without reading is throttled here, or a ping flood
+        // would grow its queue with every read once the socket is full.
+        if c.out.bytes() > high {
+            c.out_paused = true;
+        }
         if delivered {
             self.touched_push(&service);
         }
