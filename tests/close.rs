@@ -27,6 +27,40 @@ fn client_close_is_echoed_with_its_code_then_tcp_closes() {
 }
 
 #[test]
+fn a_peer_that_shuts_its_side_after_close_still_gets_the_echo() {
+    let srv = start_echo(|_| {});
+    // Close and FIN arrive together (most runs), or the FIN a little later: either way the
+    // Close echo must go out before the server ends the connection.
+    for i in 0..20 {
+        let mut s = raw_upgraded(srv.addr, "/echo");
+        s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let f = read_frame(&mut s).unwrap_or_else(|| panic!("run {i}: EOF before the echo"));
+        assert_eq!((f.opcode, f.payload.as_slice()), (0x8, &[0x03, 0xe8][..]));
+        assert!(closed_by_server(&mut s), "run {i}");
+    }
+}
+
+#[test]
+fn a_peer_that_shuts_its_side_after_a_bad_request_still_gets_the_answer() {
+    let srv = start_echo(|_| {});
+    for i in 0..20 {
+        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+        assert!(answer.starts_with("HTTP/1.1 404"), "run {i}: {answer:?}");
+    }
+}
+
+#[test]
 fn empty_close_is_answered_with_an_empty_close() {
     let srv = start_echo(|_| {});
     let mut s = raw_upgraded(srv.addr, "/echo");

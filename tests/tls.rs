@@ -182,6 +182,34 @@ fn self_signed_server_certificate_works_for_a_client_that_trusts_it() {
 }
 
 /// Reads until EOF; Ok(bytes) for an orderly close, Err for a reset or a timeout.
+#[test]
+fn a_wss_peer_that_shuts_tcp_after_close_still_gets_the_echo() {
+    let dir = temp_dir("wss-half-close");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    for i in 0..10 {
+        let mut ws = wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, None)).unwrap();
+        ws.close(None).unwrap();
+        ws.flush().unwrap();
+        // A FIN without close_notify, right behind the Close frame.
+        ws.get_ref()
+            .sock
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+        loop {
+            match ws.read() {
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("run {i}: the Close echo was lost: {e}"),
+            }
+        }
+    }
+    app.shutdown();
+}
+
 fn read_until_eof(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;

@@ -141,6 +141,21 @@ impl Worker {
         self.read_some(index);
     }
 
+    /// The peer shut its side of TCP. When our last bytes are queued (an echoed Close, an HTTP
+    /// answer, the replies a service still owes) they still go out, since a peer may well read
+    /// after shutting its side: the connection stays until they are written (bounded by the
+    /// close timeout) and `finish` then reads the same EOF again. Otherwise it ends now.
+    pub(super) fn on_eof(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        match c.phase {
+            Phase::Finishing | Phase::Answering(_) => {}
+            Phase::Draining => self.end(index, Ending::Done),
+            _ => self.end(index, Ending::PeerClosed),
+        }
+    }
+
     /// Removes the connection; calls the service's `on_close` if it was opened.
     pub(super) fn end(&mut self, index: u32, why: Ending) {
         let generation = self.conns.generation(index).unwrap_or(0);

@@ -80,12 +80,7 @@ impl Worker {
             match sys::recv(c.fd.as_raw_fd(), &mut cipher) {
                 Ok(0) => {
                     c.read_pending = false;
-                    let ending = if c.phase == Phase::Draining {
-                        Ending::Done
-                    } else {
-                        Ending::PeerClosed
-                    };
-                    self.end(index, ending);
+                    self.on_eof(index);
                     break;
                 }
                 Ok(n) => {
