@@ -152,7 +152,7 @@ fn a_client_that_floods_pings_without_reading_is_throttled_and_gets_every_pong()
     assert!(
         sent * ping.len() < 64 << 20,
         "server kept reading pings it could not answer: {} MiB taken",
-        sent * ping.len() >> 20
+        (sent * ping.len()) >> 20
     );
     // The ping cut short by the throttle is finished now, and answered too.
     let whole = sent + usize::from(!rest.is_empty());

@@ -1,5 +1,7 @@
 //! wss:// end to end: the real server (config files, Lua echo) with rustls clients.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 #[path = "common/tls.rs"]
 mod tls_common;
@@ -8,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use binary::{spawn_binary, wait_line};
 use common::IO_TIMEOUT;
 use tls_common::*;
 use tungstenite::Message;
@@ -382,70 +385,6 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
 }
 
 /// The binary with `-c dir`, its address from the "listening on" line, and its log lines.
-/// Kills the server if the test fails before it stopped it.
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn spawn_binary(
-    dir: &std::path::Path,
-) -> (
-    Reaper,
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<String>,
-) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
-        .arg("-c")
-        .arg(dir)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn lapps");
-    let stderr = child.stderr.take().unwrap();
-    let child = Reaper(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = wait_line(&rx, "listening on ");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    (child, addr.parse().unwrap(), rx)
-}
-
-/// The first log line containing `what` (bounded wait).
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(what) => return line,
-            Ok(_) => continue,
-            Err(_) => panic!("no log line containing {what:?}"),
-        }
-    }
-}
-
 #[test]
 fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     let dir = temp_dir("sighup-binary");
@@ -453,7 +392,7 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     let one = ca.server("one");
     let (cert, key) = write_pair(&dir, "server", &one);
     write_config(&dir, &tls_json(&cert, &key, None), "");
-    let (mut child, addr, log) = spawn_binary(&dir);
+    let (mut child, addr, log) = spawn_binary(&dir, |_| {});
     let cfg = client_config(&ca.pair.cert_der, None);
     let mut old = wss_connect(addr, "/echo_builtin", cfg.clone()).unwrap();
     assert_eq!(

@@ -25,6 +25,10 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     Ok(l)
 }
 
+/// How long accepting pauses when the process is out of descriptors or memory: the waiting
+/// connection keeps the listening socket readable, so polling again at once would spin.
+const EXHAUSTED_PAUSE_MS: i32 = 100;
+
 /// The accepting loop of one listener thread. Returns when `stop_fd` becomes readable.
 pub fn run(
     listener: Arc<TcpListener>,
@@ -34,36 +38,81 @@ pub fn run(
     stop_fd: RawFd,
 ) {
     let lfd = listener.as_raw_fd();
+    // Since when accepting has failed for lack of resources (one warning per episode).
+    let mut exhausted: Option<std::time::Instant> = None;
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: lfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-        match syscall!(unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) }) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                warn!("listener: poll failed: {e}");
+        if exhausted.is_some() {
+            // Only the stop descriptor: the listening socket stays readable meanwhile.
+            if wait_readable(&[stop_fd], EXHAUSTED_PAUSE_MS) == Some(0) {
                 return;
             }
+        } else {
+            match wait_readable(&[lfd, stop_fd], -1) {
+                Some(1) => return,
+                Some(_) => {}
+                None => continue,
+            }
         }
-        if fds[1].revents != 0 {
-            return;
+        match accept_all(lfd, endpoint, &balancer, acl.as_ref()) {
+            Accepted::Drained => {
+                if let Some(since) = exhausted.take() {
+                    info!(
+                        "listener: accepting again, {} ms after accept first failed",
+                        since.elapsed().as_millis()
+                    );
+                }
+            }
+            Accepted::Exhausted(e) => {
+                if exhausted.is_none() {
+                    warn!(
+                        "listener: accept failed: {e}; retrying every {EXHAUSTED_PAUSE_MS} ms \
+                         (raise LimitNOFILE or lower max_connections)"
+                    );
+                    exhausted = Some(std::time::Instant::now());
+                }
+            }
         }
-        accept_all(lfd, endpoint, &balancer, acl.as_ref());
     }
 }
 
-fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&AclFn>) {
+/// Polls `fds` for input (`timeout_ms` as poll(2) takes it): the index of the first readable
+/// one, `Some(fds.len())` on timeout, `None` when interrupted. Any other poll error is
+/// logged and read as a timeout.
+fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> Option<usize> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `polled` is a valid array of pollfd for the duration of the call.
+    match syscall!(unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as _, timeout_ms) }) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+        Err(e) => {
+            warn!("listener: poll failed: {e}");
+            return Some(fds.len());
+        }
+    }
+    Some(
+        polled
+            .iter()
+            .position(|p| p.revents != 0)
+            .unwrap_or(fds.len()),
+    )
+}
+
+/// How a round of accepting ended.
+enum Accepted {
+    /// Nothing more waiting (or an error that concerned one connection only).
+    Drained,
+    /// Out of descriptors or memory: connections keep waiting in the backlog.
+    Exhausted(io::Error),
+}
+
+fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&AclFn>) -> Accepted {
     loop {
         // SAFETY: sockaddr_storage is plain data; zeroed is valid and large enough for any family.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -80,16 +129,13 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
         let fd = match res {
             Ok(fd) => fd,
             Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) => return,
+                Some(libc::EAGAIN) => return Accepted::Drained,
                 Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                | Some(libc::ENOMEM) => {
-                    warn!("listener: accept failed: {e} (raise LimitNOFILE / max_connections)");
-                    return;
-                }
+                | Some(libc::ENOMEM) => return Accepted::Exhausted(e),
                 _ => {
                     warn!("listener: accept failed: {e}");
-                    return;
+                    return Accepted::Drained;
                 }
             },
         };

@@ -1,0 +1,85 @@
+//! The real `lapps` binary as a child process, for what only a whole process shows (signals,
+//! resource limits): started on a config directory, its log lines on a channel.
+#![allow(dead_code)]
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+const LOG_WAIT: Duration = Duration::from_secs(10);
+
+/// Kills the server if the test fails before it stopped it.
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `lapps -c dir` (`configure` may adjust the command first); returns the process, the
+/// address it logged as listening on, and its stderr lines.
+pub fn spawn_binary(
+    dir: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> (Reaper, SocketAddr, Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lapps"));
+    cmd.arg("-c")
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn lapps");
+    let stderr = child.stderr.take().unwrap();
+    let child = Reaper(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = wait_line(&rx, "listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    (child, addr.parse().unwrap(), rx)
+}
+
+/// The first log line containing `what` (bounded wait).
+pub fn wait_line(rx: &Receiver<String>, what: &str) -> String {
+    lines_until(rx, what).pop().unwrap()
+}
+
+/// Every log line up to and including the first one containing `what` (bounded wait).
+pub fn lines_until(rx: &Receiver<String>, what: &str) -> Vec<String> {
+    let deadline = Instant::now() + LOG_WAIT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(what);
+                lines.push(line);
+                if found {
+                    return lines;
+                }
+            }
+            Err(_) => panic!("no log line containing {what:?}"),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The server out of file descriptors: accepting pauses without spinning, with one warning,
+//! and resumes by itself once descriptors are free again. The real binary runs as a child
+//! process with a low RLIMIT_NOFILE (a limit of this test process would bind its clients too).
+#[path = "common/binary.rs"]
+mod binary;
+mod common;
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use binary::{lines_until, spawn_binary};
+use common::connect;
+use tungstenite::Message;
+
+/// Low enough to reach with a few dozen connections, above what start-up needs.
+const NOFILE: libc::rlim_t = 48;
+
+fn config_dir() -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fd-limit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ws.json"),
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("lapps.json"),
+        r#"{ "services": { "echo": { "builtin": "echo", "request_target": "/echo" } } }"#,
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
+    let dir = config_dir();
+    let (_server, addr, log) = spawn_binary(&dir, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                lim.rlim_cur = NOFILE.min(lim.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    // More connections than descriptors: the rest wait in the backlog.
+    let clients: Vec<TcpStream> = (0..2 * NOFILE)
+        .map(|_| TcpStream::connect(addr).expect("connect (the backlog takes it)"))
+        .collect();
+    let mut lines = lines_until(&log, "accept failed");
+    // Descriptors come free as the server sees these go.
+    drop(clients);
+    let mut ws = connect(addr, "/echo");
+    ws.send(Message::text("back")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("back"));
+    lines.extend(lines_until(&log, "accepting again"));
+    // A spinning listener logs the failure on every turn: thousands of lines by now.
+    let warnings = lines.iter().filter(|l| l.contains("accept failed")).count();
+    assert!(
+        warnings <= 5,
+        "{warnings} accept warnings: the listener must pause, not spin"
+    );
+}
