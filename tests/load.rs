@@ -79,6 +79,43 @@ fn connections_beyond_the_limit_get_503() {
 }
 
 #[test]
+fn refused_connections_beyond_what_a_worker_can_hold_are_closed_at_once() {
+    raise_nofile();
+    let srv = start_echo(|o| {
+        o.workers = 1;
+        o.max_connections = 1;
+        // Refused connections linger (answered, waiting for our EOF) as long as this.
+        o.worker.close_timeout = Duration::from_secs(60);
+    });
+    let _live = connect(srv.addr, "/echo");
+    let refuse = || {
+        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+        s
+    };
+    // As many as the worker may keep beside its live connection: they linger.
+    let max = srv.hub().port(0).max_refused();
+    let lingering: Vec<_> = (0..max).map(|_| refuse()).collect();
+    // One more would take a slot with no place in the liveness table: it is closed at once,
+    // which the peer sees as a reset once it writes.
+    let mut extra = refuse();
+    wait_for(
+        "the extra refused connection to be closed",
+        IO_TIMEOUT,
+        || extra.write_all(b"x").is_err(),
+    );
+    drop(lingering);
+}
+
+#[test]
 fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
     let srv = start_echo(|o| o.worker.outbound_high_water = 64 * 1024);
     let mut s = raw_upgraded(srv.addr, "/echo");

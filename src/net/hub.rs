@@ -138,7 +138,8 @@ impl Port {
             spare: ArrayQueue::new(SPARE_BATCHES),
             wake,
             sleeping: AtomicBool::new(false),
-            // Room for refused (503) connections that briefly hold slab slots too.
+            // Room for refused (503) connections that briefly hold slab slots too, as many as
+            // `max_refused` allows.
             live: zeroed_atomics(max_connections.saturating_mul(2).saturating_add(1024)),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -196,6 +197,12 @@ impl Port {
     /// Worker side: awake again after `epoll_wait` (the eventfd is drained only when it fired).
     pub fn woke_quiet(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// How many refused (503) connections the worker may hold in its slab beside
+    /// `max_connections` live ones: with no more, every slab index has a place in the table.
+    pub fn max_refused(&self) -> usize {
+        self.live.len().saturating_sub(self.max_connections)
     }
 
     /// Worker side: the slot `index` now holds a live connection of this generation.

@@ -122,6 +122,9 @@ pub struct Worker {
     retry_flush: Vec<Arc<dyn Service>>,
     /// Messages a service sent to another connection of this worker during a callback.
     deferred: Vec<(ConnId, Vec<u8>)>,
+    /// Connections refused with 503 still in the slab (answered, lingering until the peer's
+    /// EOF); bounded by [`Port::max_refused`].
+    refused: usize,
     shutdown_since: Option<Instant>,
     handshake_limits: handshake::Limits,
 }
@@ -197,6 +200,7 @@ impl Worker {
             touched: Vec::new(),
             retry_flush: Vec::new(),
             deferred: Vec::new(),
+            refused: 0,
             shutdown_since: None,
             handshake_limits,
             opts,
@@ -317,6 +321,14 @@ impl Worker {
         }
         let now = Instant::now();
         let reject_full = nc.reject_full;
+        if reject_full {
+            if self.refused >= self.hub.port(self.id).max_refused() {
+                // No slot to linger in: answer in passing, as the listener does when even the
+                // accept queues are full, and close at once.
+                let _ = sys::send(fd, &handshake::error_response(503, "server full"));
+                return;
+            }
+        }
         let mut conn = Conn::new(nc.fd, nc.peer, now);
         conn.refused = reject_full;
         if self.opts.tls_endpoints.get(nc.listener).copied() == Some(true) {
@@ -345,6 +357,7 @@ impl Worker {
             return;
         }
         if reject_full {
+            self.refused += 1;
             self.answer_and_finish(index, handshake::error_response(503, "server full"));
             return;
         }

@@ -165,7 +165,9 @@ impl Worker {
         let _ = self.selector.deregister(c.fd.as_raw_fd());
         let port = self.hub.port(self.id);
         port.set_dead(index);
-        if !c.refused {
+        if c.refused {
+            self.refused -= 1;
+        } else {
             port.release_slot();
         }
         c.out.clear(&mut self.pool);
