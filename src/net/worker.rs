@@ -321,13 +321,11 @@ impl Worker {
         }
         let now = Instant::now();
         let reject_full = nc.reject_full;
-        if reject_full {
-            if self.refused >= self.hub.port(self.id).max_refused() {
-                // No slot to linger in: answer in passing, as the listener does when even the
-                // accept queues are full, and close at once.
-                let _ = sys::send(fd, &handshake::error_response(503, "server full"));
-                return;
-            }
+        if reject_full && self.refused >= self.hub.port(self.id).max_refused() {
+            // No slot to linger in: answer in passing, as the listener does when even the
+            // accept queues are full, and close at once.
+            let _ = sys::send(fd, &handshake::error_response(503, "server full"));
+            return;
         }
         let mut conn = Conn::new(nc.fd, nc.peer, now);
         conn.refused = reject_full;
