@@ -134,7 +134,7 @@ pub(crate) unsafe fn push_node(l: *mut ffi::lua_State, node: Node) {
     // can see it and gets its metatable (with `__gc`) at once.
     unsafe {
         match node {
-            Node::Scalar(v) => push_scalar(l, &v),
+            Node::Scalar(ref v) => push_scalar(l, v),
             container => push_handle(l, Handle::Tree(container)),
         }
     }
@@ -191,7 +191,7 @@ unsafe fn push_item(l: *mut ffi::lua_State, item: Item, mt: c_int) {
     // holding them is alive (owned by `item`).
     unsafe {
         match item {
-            Item::Node(Node::Scalar(v)) => push_scalar(l, &v),
+            Item::Node(Node::Scalar(ref v)) => push_scalar(l, v),
             Item::Node(n) => push_handle_with(l, Handle::Tree(n), mt),
             Item::RawContainer(doc, at) => push_handle_with(l, Handle::Raw(doc, at), mt),
             Item::RawScalar(doc, at) => match doc.plain_string(at) {

@@ -48,7 +48,7 @@ pub fn into_lua(lua: &Lua, value: Value) -> mlua::Result<LuaValue> {
 
 pub(crate) fn node_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> {
     match node {
-        Node::Scalar(v) => scalar_to_lua(lua, &v),
+        Node::Scalar(ref v) => scalar_to_lua(lua, v),
         container => {
             super::nljson::ensure_metatable(lua)?;
             super::json_ud::container_to_lua(lua, container)

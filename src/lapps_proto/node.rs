@@ -258,3 +258,34 @@ impl Node {
         }
     }
 }
+
+impl Drop for Node {
+    /// Takes a tree apart without recursion: one built by repeated assignment
+    /// (`c.x = {}; c = c.x` in a loop) can be nested far deeper than the thread's stack
+    /// allows recursive drops, and overflowing it aborts the whole process.
+    fn drop(&mut self) {
+        let mut orphans = Vec::new();
+        take_children(self, &mut orphans);
+        while let Some(mut n) = orphans.pop() {
+            take_children(&mut n, &mut orphans);
+            // `n` drops here with no children left.
+        }
+    }
+}
+
+/// Moves the children of a container we hold the last reference to into `out`.
+fn take_children(n: &mut Node, out: &mut Vec<Node>) {
+    match n {
+        Node::Scalar(_) => {}
+        Node::Array(a) => {
+            if let Some(cell) = Rc::get_mut(a) {
+                out.append(cell.get_mut());
+            }
+        }
+        Node::Object(o) => {
+            if let Some(cell) = Rc::get_mut(o) {
+                out.extend(cell.get_mut().drain(..).map(|(_, n)| n));
+            }
+        }
+    }
+}

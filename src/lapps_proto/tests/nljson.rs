@@ -264,3 +264,25 @@ fn lua_tables_convert_by_shape() {
         ])
     );
 }
+
+#[test]
+fn a_tree_nested_far_beyond_the_stack_is_freed_without_overflowing_it() {
+    // Assignment has no depth limit (a decoder has): freeing such a chain must not recurse
+    // once per level, or the thread's stack overflows and the whole process aborts. Also
+    // the chain cut off in the middle, and the one left for lua_close.
+    run(r#"
+        local function chain(n)
+          local root = nljson.object()
+          local c = root
+          for _ = 1, n do c.x = {}; c = c.x end
+          return root
+        end
+        local r = chain(200000)
+        r = nil
+        collectgarbage(); collectgarbage()
+        local r2 = chain(200000)
+        r2.x.x = nil
+        collectgarbage(); collectgarbage()
+        kept = chain(200000)
+    "#);
+}

@@ -178,7 +178,10 @@ fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> bool {
             send_cbor(host, conn, &out);
             return true;
         }
-        let Some(Node::Array(items)) = handle.resolve() else {
+        let Some(node) = handle.resolve() else {
+            return false;
+        };
+        let Node::Array(items) = &node else {
             return false;
         };
         let Ok(items) = items.try_borrow() else {
