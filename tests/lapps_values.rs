@@ -191,3 +191,29 @@ fn a_failing_handler_is_answered_with_32603_and_the_connection_keeps_serving() {
     let got = call(&mut ws, request("echo", Value::Array(vec![Value::Int(3)])));
     assert_eq!(got, protocol::encode_response_ok(&[Value::Int(3)]));
 }
+
+#[test]
+fn a_handler_that_answers_and_then_fails_gets_no_second_response() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    for how in ["response", "error", "send"] {
+        let got = cbor::decode(&call(
+            &mut ws,
+            request("answer_then_fail", Value::Array(vec![t(how)])),
+        ))
+        .unwrap();
+        assert_eq!(got.get("cid").and_then(Value::as_i64), Some(0), "{how}");
+        let code = got
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64);
+        assert_ne!(
+            code,
+            Some(-32603),
+            "{how}: the app's own answer comes first"
+        );
+        // The next response is the next request's: no -32603 was left in between.
+        let got = call(&mut ws, request("echo", Value::Array(vec![t(how)])));
+        assert_eq!(got, protocol::encode_response_ok(&[t(how)]), "{how}");
+    }
+}

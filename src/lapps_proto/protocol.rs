@@ -331,11 +331,20 @@ pub fn encode_response_ok(result: &[Value]) -> Vec<u8> {
     out
 }
 
+/// How every response this module encodes begins: a map of three, first member "status".
+const RESPONSE_HEAD: &[u8] = b"\xa3\x66status";
+
+/// Whether `cbor` is a response (cid 0) as this module encodes it, not an OON.
+pub fn is_response(cbor: &[u8]) -> bool {
+    cbor.starts_with(RESPONSE_HEAD)
+}
+
 /// Appends everything of a status 1 response up to its `items` result values, which the
 /// caller appends as CBOR items.
 pub fn begin_response_ok(out: &mut Vec<u8>, items: usize) {
     // {"status": 1, "cid": 0, "result": [ (map of 3, shortest heads)
-    out.extend_from_slice(b"\xa3\x66status\x01\x63cid\x00\x66result");
+    out.extend_from_slice(RESPONSE_HEAD);
+    out.extend_from_slice(b"\x01\x63cid\x00\x66result");
     cbor::head(out, 4, items as u64);
 }
 

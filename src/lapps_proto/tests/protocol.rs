@@ -355,3 +355,19 @@ fn committed_fuzz_seeds_mean_what_their_names_say() {
     }
     assert!(seen >= 10);
 }
+
+#[test]
+fn responses_are_told_from_oons_by_their_encoding() {
+    use crate::lapps_proto::protocol::is_response;
+    assert!(is_response(&encode_response_ok(&[])));
+    assert!(is_response(&encode_response_ok(&[t("x")])));
+    assert!(is_response(&encode_response_error(-32000, "e", None)));
+    assert!(is_response(&encode_response_error(
+        -32000,
+        "e",
+        Some(&t("d"))
+    )));
+    let oon = encode_oon(NonZeroU64::new(7).unwrap(), &[t("status")]);
+    assert!(!is_response(&oon));
+    assert!(!is_response(b""));
+}

@@ -95,7 +95,8 @@ impl LappsState {
             conn.as_u64(),
             error
         );
-        if is_request {
+        // A handler may have answered before it failed: one response per request.
+        if is_request && !host.answered() {
             let answer = encode_response_error(protocol::INTERNAL_ERROR, "internal error", None);
             send_cbor(host, conn, &answer);
         }
@@ -123,5 +124,8 @@ impl LappsState {
 
 /// Queues one CBOR message as a binary frame on `conn`.
 pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) {
+    if protocol::is_response(cbor) {
+        host.note_response(conn);
+    }
     send_message(host, conn, crate::ws::Opcode::Binary, cbor);
 }

@@ -78,6 +78,7 @@ pub(crate) fn call_requests(
                 ) = inbound;
                 let root = doc.root();
                 host.reset_budget();
+                host.begin_request((!msg_type.is_notification()).then_some(conn));
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_pushnumber(l, conn.as_u64() as f64);
                 ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
@@ -105,6 +106,7 @@ pub(crate) fn call_requests(
                         lapps.failed(host, conn, &method, is_request, &error);
                     }
                 }
+                host.begin_request(None);
                 ffi::lua_settop(l, 3);
             }
         })

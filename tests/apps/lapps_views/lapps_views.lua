@@ -36,6 +36,19 @@ methods.fail = function()
   error("fail was called")
 end
 
+-- Answers (each way an app can), then fails: the request has had its one response.
+methods.answer_then_fail = function(handler, message)
+  local how = message.params[1]
+  if how == "response" then
+    ws:send_response(handler, { "answered" })
+  elseif how == "error" then
+    ws:send_error(handler, -32000, "answered with an error")
+  else
+    ws:send(handler, { cid = 0, status = 1, result = { "answered" } })
+  end
+  error("failed after answering")
+end
+
 app.onMessage = function(handler, msg_type, message)
   if msg_type == 1 or msg_type == 2 then
     return true
