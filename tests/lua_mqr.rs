@@ -97,6 +97,30 @@ fn a_full_queue_refuses_a_post_and_a_blocking_post_succeeds_once_drained() {
 }
 
 #[test]
+fn a_message_too_big_for_the_receivers_memory_stays_for_its_next_receive() {
+    let q = registry().open("held", 4);
+    let report = registry().open("held.report", 4);
+    let mut big = vec![b'x'; 4 << 20];
+    big[..5].copy_from_slice(b"first");
+    q.try_post(big.into_boxed_slice()).unwrap();
+    q.try_post(b"second".to_vec().into_boxed_slice()).unwrap();
+    let mut app = standalone("mqr_held", 1);
+    app.memory_limit = 8 << 20;
+    let reg = Registry::start(vec![app], hub(1)).unwrap();
+    registry()
+        .open("held.go", 1)
+        .try_post(b"go".to_vec().into_boxed_slice())
+        .unwrap();
+    // The first receive fails for lack of memory; the message is not lost but comes first
+    // once there is room, before the one posted after it.
+    assert_eq!(
+        next(&report),
+        format!("false not enough memory | {} first | second", 4 << 20)
+    );
+    reg.shutdown();
+}
+
+#[test]
 fn shutdown_with_messages_in_flight_loses_none_that_were_accepted() {
     let report = registry().open("sd.report", 64);
     let progress = registry().open("sd.progress", 100_000);

@@ -27,6 +27,9 @@ struct Ctx {
     host: Rc<HostCtx>,
     default_capacity: usize,
     known: RefCell<HashMap<String, Arc<Queue>>>,
+    /// Per queue name: a message this state took but could not make a Lua string of (its
+    /// memory limit); the next receive or poll of that queue here returns it first.
+    held: RefCell<HashMap<String, Box<[u8]>>>,
 }
 
 impl Ctx {
@@ -60,9 +63,26 @@ impl Ctx {
         }
     }
 
+    /// The next message of `q` without waiting: a held one first.
+    fn poll(&self, q: &Queue) -> Option<Box<[u8]>> {
+        self.held.borrow_mut().remove(q.name()).or_else(|| q.poll())
+    }
+
+    /// `m`, taken from `q`, as a Lua string. When the state cannot hold it, the error goes to
+    /// the app and the message is kept for its next receive: an accepted message is never lost.
+    fn deliver(&self, lua: &Lua, q: &Queue, m: Box<[u8]>) -> mlua::Result<Value> {
+        match lua.create_string(&*m) {
+            Ok(s) => Ok(Value::String(s)),
+            Err(e) => {
+                self.held.borrow_mut().insert(q.name().to_string(), m);
+                Err(e)
+            }
+        }
+    }
+
     fn receive(&self, lua: &Lua, q: &Queue, timeout: Option<Duration>) -> mlua::Result<Ret> {
-        if let Some(m) = q.poll() {
-            return ok(Value::String(lua.create_string(&*m)?));
+        if let Some(m) = self.poll(q) {
+            return ok(self.deliver(lua, q, m)?);
         }
         self.host.flush();
         let stop = &self.host.stop;
@@ -70,7 +90,7 @@ impl Ctx {
         let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());
         self.host.reset_budget();
         match r {
-            Ok(m) => ok(Value::String(lua.create_string(&*m)?)),
+            Ok(m) => ok(self.deliver(lua, q, m)?),
             Err(Wait::Timeout) => fail("timeout"),
             Err(Wait::Stopped) => fail("stopped"),
         }
@@ -103,8 +123,8 @@ impl UserData for LuaQueue {
             });
         }
         m.add_method("poll", |lua, this, ()| -> mlua::Result<Value> {
-            match this.queue.poll() {
-                Some(msg) => Ok(Value::String(lua.create_string(&*msg)?)),
+            match this.ctx.poll(&this.queue) {
+                Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
                 None => Ok(Value::Nil),
             }
         });
@@ -169,6 +189,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
         host: Rc::clone(host),
         default_capacity: default_capacity.clamp(1, MAX_CAPACITY),
         known: RefCell::new(HashMap::new()),
+        held: RefCell::new(HashMap::new()),
     });
     let t = lua.create_table()?;
 
@@ -243,8 +264,8 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
                 return fail("bad queue name");
             };
             let q = c.queue(&name, c.default_capacity);
-            match q.poll() {
-                Some(m) => ok(Value::String(lua.create_string(&*m)?)),
+            match c.poll(&q) {
+                Some(m) => ok(c.deliver(lua, &q, m)?),
                 None => ok(Value::Nil),
             }
         })?,
