@@ -168,6 +168,33 @@ return p
 "#;
 
 #[test]
+fn an_event_loop_timeout_beyond_any_clock_is_clamped_not_a_crash() {
+    let app = echo_app();
+    let dir = scratch("huge-wait");
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new(URL, {{}}))
+  -- 2^63 - 1024 seconds: an integer to Lua, far past what the clock can add. The round
+  -- still ends at the first event (the connection becoming writable).
+  local ok, n = pcall(cws.eventLoop, cws, 2^63 - 1024)
+  mqr:post("cws.huge", "returned " .. tostring(ok) .. " " .. type(n))
+  while not must_stop() do cws:eventLoop(0.1) end
+end
+return p
+"#,
+        lua_str(&format!("ws://{}/echo", app.local_addrs()[0]))
+    );
+    let out = registry().open("cws.huge", 4);
+    let reg = Registry::start(vec![app_in(&dir, "huge_wait", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "returned true number");
+    reg.shutdown();
+    app.shutdown();
+}
+
+#[test]
 fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
     let dir = scratch("wss");
     let (addr, pem) = tls_echo_server(&dir);

@@ -28,6 +28,9 @@ const MAX_CLIENTS: usize = 4096;
 const DEFAULT_WAIT: Duration = Duration::from_millis(100);
 /// Longest single poll(2) wait, so that a stopping service is noticed.
 const POLL_SLICE: Duration = Duration::from_millis(100);
+/// Longest `eventLoop` wait, in seconds (as `nap` and `mqr` clamp theirs): beyond it a deadline
+/// would overflow the clock.
+const MAX_WAIT_S: u64 = 1_000_000_000;
 const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
@@ -274,12 +277,11 @@ impl Cws {
                 }
             }
             let start = Instant::now();
-            let mut until = start
-                + if events.is_empty() {
-                    wait
-                } else {
-                    Duration::ZERO
-                };
+            let mut until = if events.is_empty() {
+                start.checked_add(wait).unwrap_or(start + POLL_SLICE)
+            } else {
+                start
+            };
             if let Some(d) = next_deadline {
                 until = until.min(d.max(start));
             }
@@ -425,9 +427,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             let a = skip_self(a);
             let wait = match a.front() {
                 None | Some(Value::Nil) => DEFAULT_WAIT,
-                Some(Value::Integer(i)) if *i >= 0 => Duration::from_secs(*i as u64),
+                Some(Value::Integer(i)) if *i >= 0 => {
+                    Duration::from_secs((*i as u64).min(MAX_WAIT_S))
+                }
                 Some(Value::Number(f)) if f.is_finite() && *f >= 0.0 => {
-                    Duration::from_secs_f64(f.min(1e9))
+                    Duration::from_secs_f64(f.min(MAX_WAIT_S as f64))
                 }
                 Some(_) => return fail("bad timeout"),
             };
