@@ -24,7 +24,8 @@ export class CborError extends Error {}
 
 const MAX_DEPTH = 256; // bounds recursion on hostile input (a stack overflow is not an error message)
 const utf8Encoder = new TextEncoder();
-const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a text string that starts with U+FEFF keeps it (the default would strip it).
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Encodes a value as CBOR. Integers (Number.isSafeInteger or BigInt) become CBOR integers, other
@@ -531,6 +532,9 @@ export class LappsClient {
       reconnectIn = Math.round(base / 2 + (Math.random() * base) / 2);
       this.attempt += 1;
       this.timer = setTimeout(() => this.open(), reconnectIn);
+    } else {
+      // Nothing will open another socket: later calls are rejected, not queued forever.
+      this.stopped = true;
     }
     if (this.onclose) this.onclose({ code: event.code, reason: event.reason ?? "", reconnectIn });
   }

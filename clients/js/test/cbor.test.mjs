@@ -155,6 +155,15 @@ test("malformed input is a CborError, never a crash or a huge allocation", () =>
   assert.throws(() => encode(() => 1), CborError);
 });
 
+test("a text string keeps a leading U+FEFF", () => {
+  for (const s of ["\uFEFFabc", "\uFEFF", "a\uFEFF"]) {
+    assert.equal(decode(encode(s)), s);
+  }
+  // Each chunk of an indefinite-length string too: "\uFEFF" "\uFEFFb".
+  const chunked = new Uint8Array([0x7f, 0x63, 0xef, 0xbb, 0xbf, 0x64, 0xef, 0xbb, 0xbf, 0x62, 0xff]);
+  assert.equal(decode(chunked.buffer), "\uFEFF\uFEFFb");
+});
+
 test("a __proto__ key stays data", () => {
   const obj = decode(hex("a1695f5f70726f746f5f5fa161780a")); // {"__proto__": {"x": 10}}
   assert.equal(Object.getPrototypeOf(obj), Object.prototype);

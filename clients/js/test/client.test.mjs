@@ -137,6 +137,15 @@ test("close() stops reconnecting and rejects queued calls", async () => {
   assert.equal(sockets.length, 1);
 });
 
+test("without reconnection, a call after the connection closed is rejected", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  sockets[0].serverOpen();
+  sockets[0].serverClose(1006);
+  await assert.rejects(client.call("echo"), LappsError);
+  assert.equal(sockets.length, 1);
+});
+
 test("unexpected frames are reported, not thrown", () => {
   const { sockets, WebSocket } = socketFactory();
   const client = connect("ws://x/", { WebSocket, reconnect: false });
