@@ -177,7 +177,19 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec.request_target = sc.request_target.clone();
     spec.max_inbound_message_size = sc.max_inbound_message_size;
     spec.preload = sc.preload.clone();
-    spec.depends = sc.depends.clone();
+    // Built-in services run in the workers and are there from the start: the registry, which
+    // orders the Lua services, must not wait for them.
+    spec.depends = sc
+        .depends
+        .iter()
+        .filter(|d| {
+            cfg.lapps
+                .services
+                .get(*d)
+                .is_some_and(|s| s.builtin.is_none())
+        })
+        .cloned()
+        .collect();
     spec.memory_limit = sc.memory_limit;
     spec.instruction_budget = (sc.instruction_budget > 0).then_some(sc.instruction_budget);
     spec.allow_ffi = sc.allow_ffi;

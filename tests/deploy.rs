@@ -168,3 +168,20 @@ fn services_are_added_and_removed_by_editing_lapps_json() {
     assert_eq!(ask(&mut two, "c"), "two c");
     app.shutdown();
 }
+
+#[test]
+fn a_lua_service_may_depend_on_a_builtin_one() {
+    // --check-config accepts it, so the server must start with it too.
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./lua/apps",
+            r#"{ "echo_builtin": { "builtin": "echo", "request_target": "/echo_builtin" },
+                 "echo": { "protocol": "raw", "request_target": "/echo",
+                           "depends": ["echo_builtin"] } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/echo");
+    ws.send(Message::text("up")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("up"));
+}
