@@ -95,6 +95,11 @@ pub struct LappsConfig {
     pub services: BTreeMap<String, ServiceConfig>,
 }
 
+/// Most instances (threads, Lua states) one service may ask for.
+const MAX_INSTANCES: usize = 1024;
+/// Largest service inbox or MQR queue: both allocate every slot up front.
+const MAX_QUEUE: usize = crate::service::mqr::MAX_CAPACITY;
+
 const KEYS: &[&str] = &["directories", "services"];
 const DIRECTORY_KEYS: &[&str] = &[
     "applications",
@@ -259,7 +264,7 @@ impl ServiceConfig {
         ServiceConfig {
             name: name.to_string(),
             auto_start: s.bool(r, "auto_start", true),
-            instances: s.usize(r, "instances", 1, 1),
+            instances: s.usize_in(r, "instances", 1, 1, MAX_INSTANCES),
             standalone,
             protocol,
             request_target,
@@ -275,8 +280,8 @@ impl ServiceConfig {
             allow_ffi: s.bool(r, "allow_ffi", false),
             allow_debug: s.bool(r, "allow_debug", false),
             allow_os_execute: s.bool(r, "allow_os_execute", false),
-            queue_capacity: s.usize(r, "queue_capacity", 1024, 1),
-            mqr_capacity: s.usize(r, "mqr_capacity", 1024, 1),
+            queue_capacity: s.usize_in(r, "queue_capacity", 1024, 1, MAX_QUEUE),
+            mqr_capacity: s.usize_in(r, "mqr_capacity", 1024, 1, MAX_QUEUE),
             max_protocol_errors: s.uint(r, "max_protocol_errors", 10, 1, u32::MAX as u64) as u32,
             builtin: {
                 let b = s.opt_string(r, "builtin");

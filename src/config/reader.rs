@@ -116,7 +116,20 @@ impl<'v> Obj<'v> {
     }
 
     pub fn usize(&self, r: &mut Reader, key: &str, default: usize, min: usize) -> usize {
-        let n = self.uint(r, key, default as u64, min as u64, usize::MAX as u64);
+        self.usize_in(r, key, default, min, usize::MAX)
+    }
+
+    /// A count or size in `min..=max`: for values that size an allocation or a thread count up
+    /// front, where a typo must be an error rather than an abort at start-up.
+    pub fn usize_in(
+        &self,
+        r: &mut Reader,
+        key: &str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        let n = self.uint(r, key, default as u64, min as u64, max as u64);
         usize::try_from(n).unwrap_or(default)
     }
 

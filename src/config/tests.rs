@@ -236,7 +236,7 @@ fn wrong_types_name_file_path_expected_and_got() {
             r#"ws.json: ip: expected an IPv4 or IPv6 address, got "localhost""#,
             r#"ws.json: tls: expected true or false, got "yes""#,
             "ws.json: workers: expected an object, got 4",
-            "ws.json: listeners: expected a whole number >= 1, got 0",
+            "ws.json: listeners: expected a number 1-1024, got 0",
             "ws.json: connection_weight: expected a number >= 0, got -1",
         ]
     );
@@ -277,7 +277,37 @@ fn syntax_errors_give_file_line_and_column() {
 fn zero_instances_is_an_error() {
     assert_eq!(
         lines(lapps(r#"{"services": {"echo": {"instances": 0}}}"#)),
-        ["lapps.json: services.echo.instances: expected a whole number >= 1, got 0"]
+        ["lapps.json: services.echo.instances: expected a number 1-1024, got 0"]
+    );
+}
+
+#[test]
+fn counts_that_size_threads_or_buffers_up_front_have_a_ceiling() {
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"e": {"instances": 100000, "queue_capacity": 1e12,
+                                   "mqr_capacity": 2000000}}}"#
+        )),
+        [
+            "lapps.json: services.e.instances: expected a number 1-1024, got 100000",
+            "lapps.json: services.e.queue_capacity: expected a number 1-1048576, got 1000000000000.0",
+            "lapps.json: services.e.mqr_capacity: expected a number 1-1048576, got 2000000",
+        ]
+    );
+    assert_eq!(
+        lines(ws(
+            r#"{"listeners": 5000, "max_request_bytes": 1e9, "max_headers": 5000,
+                    "workers": {"workers": 5000, "max_poll_events": 1e9,
+                                "input_buffer_size": 1e10}}"#
+        )),
+        [
+            "ws.json: workers.input_buffer_size: expected a number 1-67108864, got 10000000000.0",
+            "ws.json: workers.workers: expected a number 1-1024, got 5000",
+            "ws.json: workers.max_poll_events: expected a number 1-65536, got 1000000000.0",
+            "ws.json: listeners: expected a number 1-1024, got 5000",
+            "ws.json: max_request_bytes: expected a number 256-1048576, got 1000000000.0",
+            "ws.json: max_headers: expected a number 8-1024, got 5000",
+        ]
     );
 }
 
@@ -398,7 +428,7 @@ fn several_problems_across_both_files_are_reported_together() {
     assert_eq!(
         e.to_string(),
         "ws.json: port: expected a number 0-65535, got -1\n\
-         lapps.json: services.a.instances: expected a whole number >= 1, got \"2\""
+         lapps.json: services.a.instances: expected a number 1-1024, got \"2\""
     );
     assert_eq!(e.problems.len(), 2);
 }

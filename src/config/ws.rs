@@ -127,6 +127,9 @@ const TLS_KEYS: &[&str] = &["cert", "key", "ca"];
 pub const DEFAULT_PORT: u16 = 5083;
 const DEFAULT_INPUT_BUFFER: usize = 2048;
 
+/// Most listener or worker threads a config may ask for.
+const MAX_THREADS: usize = 1024;
+
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -207,7 +210,7 @@ impl WsConfig {
         let cfg = WsConfig {
             ip,
             port,
-            listeners: obj.usize(r, "listeners", 1, 1),
+            listeners: obj.usize_in(r, "listeners", 1, 1, MAX_THREADS),
             connection_weight: obj.float(r, "connection_weight", 1.0, 0.0),
             acl,
             tls,
@@ -217,8 +220,8 @@ impl WsConfig {
             close_timeout_ms: obj.uint(r, "close_timeout_ms", 3000, 1, u64::MAX),
             idle_timeout_ms: obj.uint(r, "idle_timeout_ms", 0, 0, u64::MAX),
             backlog: obj.uint(r, "backlog", 1024, 1, i32::MAX as u64) as u32,
-            max_request_bytes: obj.usize(r, "max_request_bytes", 8192, 256),
-            max_headers: obj.usize(r, "max_headers", 64, 8),
+            max_request_bytes: obj.usize_in(r, "max_request_bytes", 8192, 256, 1 << 20),
+            max_headers: obj.usize_in(r, "max_headers", 64, 8, 1024),
             outbound_high_water: obj.usize(r, "outbound_high_water", 4 << 20, 1),
             endpoints,
         };
@@ -270,7 +273,7 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
         map: &empty,
         path: "workers".to_string(),
     });
-    let input_buffer_size = w.usize(r, "input_buffer_size", DEFAULT_INPUT_BUFFER, 1);
+    let input_buffer_size = w.usize_in(r, "input_buffer_size", DEFAULT_INPUT_BUFFER, 1, 64 << 20);
     let auto_fragment = match w.get("auto_fragment") {
         None | Some(Value::Bool(false)) => None,
         Some(Value::Bool(true)) => Some(input_buffer_size),
@@ -287,12 +290,12 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
         },
     };
     Workers {
-        workers: w.usize(r, "workers", default_workers(), 1),
+        workers: w.usize_in(r, "workers", default_workers(), 1, MAX_THREADS),
         // Handles address at most 2^24 slots per worker (src/net/handle.rs).
         max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 23) as usize,
         auto_fragment,
         input_buffer_size,
-        max_poll_events: w.usize(r, "max_poll_events", 256, 1),
+        max_poll_events: w.usize_in(r, "max_poll_events", 256, 1, 65_536),
         max_poll_wait_ms: w.uint(r, "max_poll_wait_ms", 10, 0, i32::MAX as u64),
         max_inbounds_skip: w.usize(r, "max_inbounds_skip", 50, 1),
     }
