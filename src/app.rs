@@ -299,7 +299,8 @@ impl App {
     /// others keep serving: a new service is started, a service whose configuration or app
     /// file changed is replaced (its clients are closed with 1001 and reconnect to the new
     /// version), a service no longer configured is stopped. A version that fails to load is
-    /// reported and the running one stays. ws.json and builtin services need a restart.
+    /// reported and the running one stays (a standalone one was stopped first: it stays
+    /// stopped, and the next SIGHUP tries again). ws.json and builtin services need a restart.
     pub fn redeploy(&self, cfg: &Config) {
         let order = match cfg.lapps.start_order() {
             Ok(o) => o,
@@ -311,15 +312,41 @@ impl App {
             .map(|n| &cfg.lapps.services[n])
             .filter(|sc| sc.builtin.is_none())
             .collect();
+        // A path the new configuration gives to some service (maybe another one: a rename, a
+        // swap) keeps its route; only paths nobody claims any more are unrouted.
+        let claimed = |path: &str| {
+            cfg.lapps
+                .services
+                .values()
+                .any(|s| s.is_network() && s.request_target == path)
+        };
+        // Removals first, so that a path a removed service leaves is free for its successor.
+        let gone: Vec<String> = deployed_map
+            .keys()
+            .filter(|n| !wanted.iter().any(|sc| &sc.name == *n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(before) = deployed_map.remove(&name) {
+                if before.config.is_network() && !claimed(&before.config.request_target) {
+                    self.router.unset(&before.config.request_target);
+                }
+                let n = self.registry.remove(&name);
+                crate::info!("deploy: stopped service {name} ({n} connection(s) closed)");
+            }
+        }
         for sc in &wanted {
             let now = deployed(cfg, sc);
             let result = match deployed_map.get(&sc.name) {
                 Some(before) if *before == now => continue,
                 Some(before) => {
-                    if before.config.request_target != sc.request_target {
-                        self.router.unset(&before.config.request_target);
-                    }
+                    let left = before.config.request_target.clone();
+                    let moved = before.config.is_network() && left != sc.request_target;
                     self.registry.replace(lua_spec(cfg, sc)).map(|n| {
+                        // Only once the new version runs: a failed replace keeps the old path.
+                        if moved && !claimed(&left) {
+                            self.router.unset(&left);
+                        }
                         format!(
                             "replaced service {} ({n} connection(s) asked to reconnect)",
                             sc.name
@@ -339,21 +366,15 @@ impl App {
                     }
                     deployed_map.insert(sc.name.clone(), now);
                 }
-                Err(e) => crate::error!("deploy: {e}; the running version (if any) keeps serving"),
-            }
-        }
-        let gone: Vec<String> = deployed_map
-            .keys()
-            .filter(|n| !wanted.iter().any(|sc| &sc.name == *n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(before) = deployed_map.remove(&name) {
-                if before.config.is_network() {
-                    self.router.unset(&before.config.request_target);
+                Err(e) if self.registry.running().contains(&sc.name) => {
+                    crate::error!("deploy: {e}; the running version keeps serving")
                 }
-                let n = self.registry.remove(&name);
-                crate::info!("deploy: stopped service {name} ({n} connection(s) closed)");
+                Err(e) => {
+                    // Nothing of it runs (a standalone service is stopped before its new
+                    // version starts): forget it, so that the next SIGHUP starts it again.
+                    deployed_map.remove(&sc.name);
+                    crate::error!("deploy: {e}; service {} is not running", sc.name)
+                }
             }
         }
     }

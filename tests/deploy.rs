@@ -41,13 +41,30 @@ impl Site {
         std::fs::write(f, "local m = {\nreturn m\n").unwrap();
     }
 
-    /// lapps.json with these Lua services (name → path) plus the builtin echo at /echo.
+    /// lapps.json with these Lua services (name → /name) plus the builtin echo at /echo.
     fn services(&self, lua: &[&str]) {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let mut s = String::from(r#""echo": { "builtin": "echo", "request_target": "/echo" }"#);
-        for name in lua {
-            s.push_str(&format!(r#", "{name}": {{ "request_target": "/{name}" }}"#));
+        let paths: Vec<String> = lua.iter().map(|n| format!("/{n}")).collect();
+        let named: Vec<(&str, &str)> = lua
+            .iter()
+            .copied()
+            .zip(paths.iter().map(|p| p.as_str()))
+            .collect();
+        self.services_at(&named);
+    }
+
+    /// lapps.json with these Lua services (name, path) plus the builtin echo at /echo.
+    fn services_at(&self, lua: &[(&str, &str)]) {
+        let mut s = String::new();
+        for (name, path) in lua {
+            s.push_str(&format!(r#", "{name}": {{ "request_target": "{path}" }}"#));
         }
+        self.lapps_json(&s);
+    }
+
+    /// lapps.json with the builtin echo at /echo and `more` (`, "name": {...}` entries).
+    fn lapps_json(&self, more: &str) {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let s = format!(r#""echo": {{ "builtin": "echo", "request_target": "/echo" }}{more}"#);
         std::fs::write(
             self.dir.join("lapps.json"),
             format!(
@@ -184,4 +201,92 @@ fn a_lua_service_may_depend_on_a_builtin_one() {
     let mut ws = connect(app.addr, "/echo");
     ws.send(Message::text("up")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("up"));
+}
+
+#[test]
+fn a_renamed_service_keeps_its_path_and_swapped_paths_both_serve() {
+    let site = Site::new("rename");
+    site.app("one", "one");
+    site.app("two", "two");
+    site.app("three", "three");
+    site.services_at(&[("one", "/x"), ("three", "/y")]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    assert_eq!(ask(&mut connect(addr, "/x"), "a"), "one a");
+
+    // "one" is gone and "two" takes its path: the removal must not unroute it.
+    site.services_at(&[("two", "/x"), ("three", "/y")]);
+    app.reload();
+    assert_eq!(ask(&mut connect(addr, "/x"), "b"), "two b");
+
+    // Two services trade paths.
+    site.services_at(&[("two", "/y"), ("three", "/x")]);
+    app.reload();
+    assert_eq!(ask(&mut connect(addr, "/x"), "c"), "three c");
+    assert_eq!(ask(&mut connect(addr, "/y"), "d"), "two d");
+    app.shutdown();
+}
+
+#[test]
+fn a_move_to_a_new_path_that_fails_to_load_keeps_the_old_path() {
+    let site = Site::new("move-broken");
+    site.app("svc", "v1");
+    site.services_at(&[("svc", "/a")]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    site.broken_app("svc");
+    site.services_at(&[("svc", "/b")]);
+    app.reload();
+    assert_eq!(ask(&mut connect(addr, "/a"), "x"), "v1 x");
+    assert!(status_of(addr, "/b").contains("404"));
+    app.shutdown();
+}
+
+#[test]
+fn a_standalone_service_is_stopped_before_its_new_version_starts() {
+    let site = Site::new("standalone");
+    let events = lapps::service::mqr::registry().open("deploy.standalone", 64);
+    let write = |tag: &str| {
+        let d = site.dir.join("apps").join("worker");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("worker.lua"),
+            format!(
+                r#"local w = {{}}
+w.init = function() assert(mqr:post("deploy.standalone", "init {tag}")) end
+w.run = function()
+  while not must_stop() do nap:new():sleep(0.01) end
+  assert(mqr:post("deploy.standalone", "stopped {tag}"))
+end
+return w
+"#
+            ),
+        )
+        .unwrap();
+    };
+    let next = || {
+        let m = events
+            .receive(std::time::Duration::from_secs(10), &|| false)
+            .expect("an event within 10 s");
+        String::from_utf8(m.into_vec()).unwrap()
+    };
+    write("v1");
+    site.lapps_json(r#", "worker": { "standalone": true, "preload": ["mqr", "nap"] }"#);
+    let app = site.start();
+    assert_eq!(next(), "init v1");
+    write("v2");
+    app.reload();
+    assert_eq!(next(), "stopped v1", "the old version ends first");
+    assert_eq!(next(), "init v2");
+
+    // A new version that fails to load leaves nothing running; fixing it and sending SIGHUP
+    // again starts it (the failed deploy is not remembered as done).
+    site.broken_app("worker");
+    app.reload();
+    assert_eq!(next(), "stopped v2");
+    write("v3");
+    app.reload();
+    assert_eq!(next(), "init v3");
+    app.shutdown();
+    assert_eq!(next(), "stopped v3");
 }

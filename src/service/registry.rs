@@ -257,7 +257,10 @@ impl Registry {
             return self.add(spec).map(|()| 0);
         };
         if spec.standalone {
-            self.remove(&name);
+            // Stopped here, not retired in the background: two copies could fight over queues.
+            if let Some(old) = self.take(&name) {
+                old.shutdown(SHUTDOWN_GRACE);
+            }
             return self.add(spec).map(|()| 0);
         }
         let new = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
@@ -279,17 +282,24 @@ impl Registry {
     /// Stops a running service (a deploy that removed it): unrouted at once, its connections
     /// closed with 1001, its instances stopped when they are gone.
     pub fn remove(&self, name: &str) -> usize {
+        match self.take(name) {
+            Some(old) => self.retire(old),
+            None => 0,
+        }
+    }
+
+    /// Takes a running service out of the running list and the routes.
+    fn take(&self, name: &str) -> Option<Arc<LuaService>> {
         let old = {
             let mut running = self.lock_running();
             let pos = running.iter().position(|s| s.spec().name == name);
             pos.map(|p| running.remove(p))
-        };
-        let Some(old) = old else { return 0 };
+        }?;
         self.routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, s| !Arc::ptr_eq(s, &old));
-        self.retire(old)
+        Some(old)
     }
 
     /// Asks the connections of a replaced or removed service to go away, then stops it in
