@@ -251,6 +251,12 @@ impl App {
             .map(|sc| lua_spec(cfg, sc))
             .collect();
         let registry = Arc::new(Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?);
+        // A replaced version waits for its clients' close handshakes, which the workers end
+        // after close_timeout at the latest.
+        registry.set_retire_grace(
+            Duration::from_millis(cfg.ws.close_timeout_ms).max(Duration::from_secs(4))
+                + Duration::from_secs(1),
+        );
         let router = Arc::new(AppRouter {
             routes: RwLock::new(HashMap::new()),
             registry: Arc::clone(&registry),

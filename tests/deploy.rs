@@ -290,3 +290,39 @@ return w
     app.shutdown();
     assert_eq!(next(), "stopped v3");
 }
+
+#[test]
+fn shutdown_waits_for_a_replaced_version_to_finish_stopping() {
+    let site = Site::new("retiring");
+    let events = lapps::service::mqr::registry().open("deploy.retiring", 64);
+    let write = |tag: &str| {
+        let d = site.dir.join("apps").join("svc");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("svc.lua"),
+            format!(
+                r#"local m = {{}}
+m.onMessage = function(h, op, msg) ws:send(h, 1, "{tag} " .. msg) return true end
+m.onShutdown = function() assert(mqr:post("deploy.retiring", "shutdown {tag}")) end
+return m
+"#
+            ),
+        )
+        .unwrap();
+    };
+    write("v1");
+    site.lapps_json(r#", "svc": { "request_target": "/svc", "preload": ["mqr"] }"#);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    // A client of v1 that never answers the close: v1 retires slowly.
+    let _silent = raw_upgraded(addr, "/svc");
+    write("v2");
+    app.reload();
+    app.shutdown();
+    // Both versions ran onShutdown before shutdown returned, the replaced one included.
+    let mut got: Vec<String> = std::iter::from_fn(|| events.poll())
+        .map(|m| String::from_utf8(m.into_vec()).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["shutdown v1", "shutdown v2"]);
+}

@@ -117,6 +117,10 @@ pub struct Registry {
     running: Mutex<Vec<Arc<LuaService>>>,
     /// Services with `auto_start: false`, startable later with `start_service`.
     idle: Mutex<Vec<ServiceSpec>>,
+    /// Replaced or removed versions stopping in the background; joined by `shutdown`.
+    retiring: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// How long a retiring version waits for its connections to be gone (see `set_retire_grace`).
+    retire_grace: Mutex<Duration>,
 }
 
 impl Registry {
@@ -158,6 +162,8 @@ impl Registry {
             routes: RwLock::new(HashMap::new()),
             running: Mutex::new(Vec::new()),
             idle: Mutex::new(Vec::new()),
+            retiring: Mutex::new(Vec::new()),
+            retire_grace: Mutex::new(SHUTDOWN_GRACE),
         };
         for spec in specs {
             if !spec.auto_start {
@@ -302,6 +308,13 @@ impl Registry {
         Some(old)
     }
 
+    /// How long a replaced or removed version waits for its connections to end before it
+    /// stops (default 5 s). The server sets it above its close timeout, so that every
+    /// connection asked to go has ended, and had its `onDisconnect`, by then.
+    pub fn set_retire_grace(&self, grace: Duration) {
+        *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+    }
+
     /// Asks the connections of a replaced or removed service to go away, then stops it in
     /// the background once they are gone (their `onDisconnect` runs in the old version).
     fn retire(&self, old: Arc<LuaService>) -> usize {
@@ -310,21 +323,33 @@ impl Registry {
         for conn in conns {
             let _ = self.hub.send(Command::Close { conn, code: 1001 });
         }
+        let grace = *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner());
         let spawned = std::thread::Builder::new()
             .name(format!("retire-{}", old.spec().name))
             .spawn({
                 let old = Arc::clone(&old);
                 move || {
-                    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+                    let deadline = std::time::Instant::now() + grace;
+                    let poll = std::time::Duration::from_millis(20);
                     while !old.connections().is_empty() && std::time::Instant::now() < deadline {
                         // Polling interval while the workers finish the close handshakes.
-                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        std::thread::sleep(poll);
                     }
+                    // Gone from the set means its close event is in a worker's batch (on_close
+                    // queues it first), which the worker hands over at the end of that loop
+                    // iteration: one more interval lets it reach the inbox before the
+                    // instances drain it and stop, so that its onDisconnect runs.
+                    std::thread::sleep(poll);
                     old.shutdown(SHUTDOWN_GRACE);
                 }
             });
-        if spawned.is_err() {
-            old.shutdown(SHUTDOWN_GRACE);
+        match spawned {
+            Ok(handle) => {
+                let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+                retiring.retain(|h| !h.is_finished());
+                retiring.push(handle);
+            }
+            Err(_) => old.shutdown(SHUTDOWN_GRACE),
         }
         n
     }
@@ -342,6 +367,12 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // Versions still retiring finish first: their onDisconnect and onShutdown are owed too.
+        let retiring: Vec<_> =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in retiring {
+            let _ = h.join();
+        }
         let running: Vec<_> = self.lock_running().drain(..).collect();
         for svc in running.iter().rev() {
             svc.shutdown(SHUTDOWN_GRACE);

@@ -275,8 +275,10 @@ impl Service for LuaService {
     }
 
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32) {
-        self.lock_conns().remove(&conn);
+        // The event first: a connection gone from the set has its close queued already (what
+        // a retiring version relies on, see Registry::retire).
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Close));
+        self.lock_conns().remove(&conn);
     }
 
     fn has_pending(&self, worker: usize) -> bool {
