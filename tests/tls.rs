@@ -213,6 +213,40 @@ fn a_wss_peer_that_shuts_tcp_after_close_still_gets_the_echo() {
     app.shutdown();
 }
 
+#[test]
+fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
+    let dir = temp_dir("wss-close-notify");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    for i in 0..10 {
+        let mut ws = wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, None)).unwrap();
+        // A message for the Lua echo, our Close and close_notify in one go: the echo and the
+        // server's Close are still owed when it reads the end of the TLS stream, and both must
+        // arrive before its own close_notify (a clean ConnectionClosed).
+        ws.send(Message::text("last")).unwrap();
+        ws.close(None).unwrap();
+        ws.flush().unwrap();
+        let s = ws.get_mut();
+        s.conn.send_close_notify();
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut s.sock).unwrap();
+        }
+        let mut got = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(m) => got.push(m),
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("run {i}: {e} after {got:?}"),
+            }
+        }
+        assert!(got.contains(&Message::text("last")), "run {i}: {got:?}");
+    }
+    app.shutdown();
+}
+
 fn read_until_eof(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;

@@ -11,7 +11,6 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::{Ending, Worker};
-use crate::net::conn::Phase;
 use crate::net::sys;
 use crate::net::tls::TlsSession;
 use crate::{debug, info, warn};
@@ -195,16 +194,10 @@ impl Worker {
             };
             match t.conn.reader().read(&mut scratch[kept..]) {
                 Ok(0) => {
-                    // close_notify: the peer sends nothing more. A reply we queued (our Close
-                    // frame) is still written first; the drain that follows ends it.
-                    match c.phase {
-                        Phase::Finishing => {
-                            c.read_pending = false;
-                            return Step::Stop;
-                        }
-                        Phase::Draining => self.end(index, Ending::Done),
-                        _ => self.end(index, Ending::PeerClosed),
-                    }
+                    // close_notify: the peer sends nothing more. What we still owe it (our
+                    // Close frame, a service's replies) is written first, as after a FIN.
+                    c.read_pending = false;
+                    self.on_eof(index);
                     return Step::Stop;
                 }
                 Ok(n) => {
