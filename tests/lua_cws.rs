@@ -250,28 +250,56 @@ fn read_client_frame(s: &mut std::net::TcpStream) -> (u8, bool, Vec<u8>) {
     (h[0] & 0x0f, masked, p)
 }
 
+/// A scripted WebSocket server's side of one connection: accepts it and answers the upgrade.
+fn accept_upgrade(listener: &TcpListener) -> std::net::TcpStream {
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = common::read_http_head(&mut s);
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    write!(
+        s,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        lapps::ws::handshake::accept_key(&key)
+    )
+    .unwrap();
+    s
+}
+
+/// Drives `c` with poll(2) until `done` holds, collecting its events (20 s guard).
+fn drive(
+    c: &mut lapps::service::cws::Client,
+    keys: &mut lapps::service::cws::KeyPool,
+    events: &mut Vec<String>,
+    mut done: impl FnMut(&lapps::service::cws::Client, &[String]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(c, events) {
+        assert!(Instant::now() < deadline, "events so far: {events:?}");
+        let mut pfd = libc::pollfd {
+            fd: c.fd(),
+            events: c.interest(),
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, exclusively borrowed for the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        c.ready(pfd.revents, keys, &mut |ev| events.push(format!("{ev:?}")));
+        c.tick(Instant::now(), &mut |ev| events.push(format!("{ev:?}")));
+    }
+}
+
 #[test]
 fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
     use lapps::service::cws::{url, Client, KeyPool};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = common::read_http_head(&mut s);
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        write!(
-            s,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            lapps::ws::handshake::accept_key(&key)
-        )
-        .unwrap();
+        let mut s = accept_upgrade(&listener);
         s.write_all(&[0x89, 3, b'a', b'b', b'c']).unwrap();
         let pong = read_client_frame(&mut s);
         s.write_all(&[0x81, 2, b'h', b'i']).unwrap();
@@ -284,26 +312,12 @@ fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake()
     let u = url::parse(&format!("ws://{addr}/x")).unwrap();
     let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
     let mut events: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut replied = false;
-    while !c.is_done() {
-        assert!(Instant::now() < deadline, "events so far: {events:?}");
-        let mut pfd = libc::pollfd {
-            fd: c.fd(),
-            events: c.interest(),
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, exclusively borrowed for the call.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-        c.ready(pfd.revents, &mut keys, &mut |ev| {
-            events.push(format!("{ev:?}"))
-        });
-        if !replied && events.iter().any(|e| e.starts_with("Message")) {
-            c.send(lapps::ws::Opcode::Text, b"yo", &mut keys).unwrap();
-            c.flush().unwrap();
-            replied = true;
-        }
-    }
+    drive(&mut c, &mut keys, &mut events, |_, ev| {
+        ev.iter().any(|e| e.starts_with("Message"))
+    });
+    c.send(lapps::ws::Opcode::Text, b"yo", &mut keys).unwrap();
+    c.flush().unwrap();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
     assert_eq!(
         events,
         ["Open", "Message([104, 105], Text)", "Closed(1000)"]
@@ -312,4 +326,151 @@ fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake()
     assert_eq!(pong, (0xA, true, b"abc".to_vec()));
     assert_eq!(reply, (0x1, true, b"yo".to_vec()));
     assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
+}
+
+/// Reads one client frame of any length; None at EOF.
+fn read_any_client_frame(s: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut mask = [0u8; 4];
+    s.read_exact(&mut mask).ok()?;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    for (i, b) in p.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((h[0] & 0x0f, p))
+}
+
+#[test]
+fn the_close_reply_queued_behind_unsent_data_is_still_written() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // Not reading until the client has more queued than the sockets hold.
+        go_rx.recv().unwrap();
+        s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+        let mut last = None;
+        while let Some((op, _)) = read_any_client_frame(&mut s) {
+            last = Some(op);
+        }
+        last
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
+    assert_eq!(events, ["Open"]);
+    let chunk = vec![7u8; 256 * 1024];
+    for _ in 0..48 {
+        c.send(lapps::ws::Opcode::Binary, &chunk, &mut keys)
+            .unwrap();
+    }
+    c.flush().unwrap();
+    assert!(
+        c.backlog() > 0,
+        "the sockets took all 12 MiB: nothing is queued"
+    );
+    go_tx.send(()).unwrap();
+    // Closed is reported at once; the client then stays until its last bytes are out.
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    assert_eq!(events, ["Open", "Closed(1000)"]);
+    assert_eq!(
+        server.join().unwrap(),
+        Some(0x8),
+        "the last frame is our Close"
+    );
+}
+
+#[test]
+fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_without_bound() {
+    use lapps::service::cws::{url, Client, KeyPool, MAX_BACKLOG};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flood = 48 << 20;
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        let mut ping = vec![0x89, 125];
+        ping.extend_from_slice(&[b'p'; 125]);
+        let pings: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(flood / 127 * 127)
+            .collect();
+        s.write_all(&pings).unwrap();
+        // Then a message: once the client has it, it has read every ping.
+        s.write_all(&[0x81, 3, b'e', b'n', b'd']).unwrap();
+        s
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events = Vec::new();
+    let mut most = 0;
+    drive(&mut c, &mut keys, &mut events, |c, ev| {
+        most = most.max(c.backlog());
+        ev.iter().any(|e| e.starts_with("Message"))
+    });
+    let _server_side = server.join().unwrap();
+    assert!(
+        most <= MAX_BACKLOG + 131,
+        "{most} bytes of pongs queued for a server that does not read"
+    );
+}
+
+#[test]
+fn a_message_that_arrives_with_the_servers_close_is_delivered_before_onclose() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // One write: the last message and the Close reach the client in the same read.
+        s.write_all(&[0x81, 3, b'b', b'y', b'e', 0x88, 2, 0x03, 0xe8])
+            .unwrap();
+        read_any_client_frame(&mut s)
+    });
+    let dir = scratch("goodbye");
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+local function report(s) assert(mqr:post("cws.goodbye", s)) end
+p.run = function()
+  assert(cws:new(URL, {{
+    onopen = function() report("open") end,
+    onmessage = function(_, m) report("message " .. m) end,
+    onclose = function(_, code) report("close " .. code) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&format!("ws://{addr}/"))
+    );
+    let out = registry().open("cws.goodbye", 8);
+    let reg = Registry::start(vec![app_in(&dir, "goodbye", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "open");
+    assert_eq!(next(&out), "message bye");
+    assert_eq!(next(&out), "close 1000");
+    assert_eq!(server.join().unwrap().map(|f| f.0), Some(0x8));
+    reg.shutdown();
 }

@@ -88,6 +88,9 @@ enum Phase {
     },
     Open,
     Closing,
+    /// Closed (reported), but the last bytes (our Close reply, close_notify) are still being
+    /// written, for at most `CLOSE_TIMEOUT`: dropping the socket now would lose them.
+    Flushing,
     Done,
 }
 
@@ -187,6 +190,12 @@ impl Client {
         matches!(self.phase, Phase::Done)
     }
 
+    /// Closed as far as the app is concerned (`Closed` was reported), its last bytes maybe
+    /// still being written.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Flushing | Phase::Done)
+    }
+
     /// Bytes not yet handed to the socket.
     pub fn backlog(&self) -> usize {
         self.out.len() + self.early.len()
@@ -196,7 +205,7 @@ impl Client {
     pub fn interest(&self) -> i16 {
         match self.phase {
             Phase::Done => 0,
-            Phase::Connecting { .. } => libc::POLLOUT,
+            Phase::Connecting { .. } | Phase::Flushing => libc::POLLOUT,
             _ => {
                 let tls_out = self.tls.as_ref().is_some_and(|t| t.wants_write());
                 if tls_out || !self.out.is_empty() {
@@ -223,7 +232,7 @@ impl Client {
         let target = match self.phase {
             Phase::Open => &mut self.out,
             Phase::Connecting { .. } | Phase::Upgrading { .. } => &mut self.early,
-            Phase::Closing | Phase::Done => return Err("closed"),
+            Phase::Closing | Phase::Flushing | Phase::Done => return Err("closed"),
         };
         if target.len() + payload.len() > MAX_BACKLOG {
             return Err("backlog");
@@ -255,19 +264,33 @@ impl Client {
                 sink(Event::Closed(1006));
                 Ok(())
             }
-            Phase::Closing | Phase::Done => Err("closed"),
+            Phase::Closing | Phase::Flushing | Phase::Done => Err("closed"),
         }
     }
 
     /// Ends the connection because of a failure.
     fn fail(&mut self, why: String, code: u16, sink: &mut dyn FnMut(Event<'_>)) {
-        if matches!(self.phase, Phase::Done) {
+        if matches!(self.phase, Phase::Flushing | Phase::Done) {
             return;
         }
-        self.phase = Phase::Done;
-        let _ = self.flush();
+        self.end_after_flush();
         sink(Event::Error(why));
         sink(Event::Closed(code));
+    }
+
+    /// Writes what is queued; what the socket does not take now is written from `Flushing`.
+    fn end_after_flush(&mut self) {
+        if self.flush().is_err() || self.drained() {
+            self.phase = Phase::Done;
+        } else {
+            self.phase = Phase::Flushing;
+            self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        }
+    }
+
+    /// Nothing left for the socket, neither plain bytes nor TLS records.
+    fn drained(&self) -> bool {
+        self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Deadlines: connect/upgrade and close handshake.
@@ -284,12 +307,20 @@ impl Client {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             }
+            // Closed was reported already; the peer did not take our last bytes in time.
+            Phase::Flushing => self.phase = Phase::Done,
             Phase::Open | Phase::Done => self.deadline = None,
         }
     }
 
     /// Handles a readiness report from poll(2).
     pub fn ready(&mut self, revents: i16, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
+        if let Phase::Flushing = self.phase {
+            if self.flush().is_err() || self.drained() {
+                self.phase = Phase::Done;
+            }
+            return;
+        }
         if let Phase::Connecting { accept } = &mut self.phase {
             if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
                 return;
@@ -419,7 +450,10 @@ impl Client {
                 let r = decoder.decode(rest, &mut |ev| match ev {
                     codec::Event::Text(p) if deliver => sink(Event::Message(p, Opcode::Text)),
                     codec::Event::Binary(p) if deliver => sink(Event::Message(p, Opcode::Binary)),
-                    codec::Event::Ping(p) => {
+                    // A server that pings without reading would grow `out` without bound: beyond
+                    // the backlog limit its pings go unanswered (RFC 6455 5.5.3 lets an
+                    // endpoint answer only the latest).
+                    codec::Event::Ping(p) if out.len() < MAX_BACKLOG => {
                         codec::encode_control(out, Role::Client, Opcode::Pong, p, keys.key())
                     }
                     codec::Event::Close { code, .. } => close = Some(code),
@@ -452,8 +486,7 @@ impl Client {
                     if let Some(tls) = &mut self.tls {
                         tls.send_close_notify();
                     }
-                    let _ = self.flush();
-                    self.phase = Phase::Done;
+                    self.end_after_flush();
                     sink(Event::Closed(code.unwrap_or(1005)));
                 }
             }

@@ -8,7 +8,7 @@
 //! and never lets a callback's Lua error escape the round: it is logged and the round goes on.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +61,9 @@ struct Cws {
     configs: RefCell<HashMap<TlsOptions, Arc<ClientConfig>>>,
     /// Events raised outside a round (a close before the upgrade), delivered by the next one.
     deferred: RefCell<Vec<(u64, Rc<Callbacks>, Ev)>>,
+    /// Connections the app closed with `cws:close` whose close is not reported yet: messages
+    /// that were read for them are not delivered any more.
+    closed_by_app: RefCell<HashSet<u64>>,
 }
 
 fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
@@ -226,6 +229,9 @@ impl Cws {
         let Some(e) = conns.get_mut(&id) else {
             return fail("closed");
         };
+        if e.client.is_open() {
+            self.closed_by_app.borrow_mut().insert(id);
+        }
         let mut raised = Vec::new();
         let r = e.client.close(code as u16, &mut keys, &mut |ev| {
             if let Event::Closed(c) = ev {
@@ -319,15 +325,14 @@ impl Cws {
         }
         let mut ran = 0;
         for (id, cb, ev) in events {
-            // Messages for a connection the app closed earlier in this round are not delivered.
-            if matches!(ev, Ev::Message(..))
-                && !self
-                    .conns
-                    .borrow()
-                    .get(&id)
-                    .is_some_and(|e| e.client.is_open())
-            {
-                continue;
+            // Messages for a connection the app has closed are not delivered; those that came
+            // before the server's own Close (or a failure) are.
+            match ev {
+                Ev::Message(..) if self.closed_by_app.borrow().contains(&id) => continue,
+                Ev::Closed(_) => {
+                    self.closed_by_app.borrow_mut().remove(&id);
+                }
+                _ => {}
             }
             let h = Value::Number(id as f64);
             let (name, f, r) = match ev {
@@ -381,6 +386,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         next: Cell::new(1),
         configs: RefCell::new(HashMap::new()),
         deferred: RefCell::new(Vec::new()),
+        closed_by_app: RefCell::new(HashSet::new()),
     });
     let t = lua.create_table()?;
     let c = Rc::clone(&cws);
@@ -443,7 +449,9 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "count",
         lua.create_function(move |_, _: mlua::MultiValue| {
-            Ok(c.conns.try_borrow().map_or(0, |m| m.len()))
+            Ok(c.conns
+                .try_borrow()
+                .map_or(0, |m| m.values().filter(|e| !e.client.is_closed()).count()))
         })?,
     )?;
     lua.globals().set("cws", t)
