@@ -185,6 +185,16 @@ fn endpoints_list_extra_listening_addresses() {
             "ws.json: endpoints[0]: 127.0.0.1:5083 is listed twice",
         ]
     );
+    // An entry left out for its error does not shift the index the others are named by.
+    assert_eq!(
+        lines(ws(
+            r#"{"ip": "127.0.0.1", "endpoints": [{"ip": "x", "port": 1}, {"port": 5083}]}"#
+        )),
+        [
+            "ws.json: endpoints[0].ip: expected an IPv4 or IPv6 address, got \"x\"",
+            "ws.json: endpoints[1]: 127.0.0.1:5083 is listed twice",
+        ]
+    );
 }
 
 #[test]

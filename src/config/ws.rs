@@ -205,7 +205,7 @@ impl WsConfig {
 
         let workers = read_workers(r, &obj);
 
-        let endpoints = read_endpoints(r, &obj, &ip);
+        let (endpoints, entry_of) = read_endpoints(r, &obj, &ip);
 
         let cfg = WsConfig {
             ip,
@@ -225,12 +225,14 @@ impl WsConfig {
             outbound_high_water: obj.usize(r, "outbound_high_water", 4 << 20, 1),
             endpoints,
         };
-        cfg.check(r);
+        cfg.check(r, &entry_of);
         cfg
     }
 
-    /// Checks between keys.
-    fn check(&self, r: &mut Reader) {
+    /// Checks between keys. `entry_of[i]` is the index in the file's `endpoints` array of
+    /// `self.endpoints[i]` (entries with errors were dropped).
+    fn check(&self, r: &mut Reader, entry_of: &[usize]) {
+        let entry = |i: usize| entry_of.get(i).copied().unwrap_or(i);
         if self.tls_certificates.is_none() {
             if self.tls {
                 r.problem(
@@ -242,7 +244,7 @@ impl WsConfig {
             if let Some(i) = self.endpoints.iter().position(|e| e.tls) {
                 r.problem(
                     ProblemKind::Semantic,
-                    &format!("endpoints[{i}].tls"),
+                    &format!("endpoints[{}].tls", entry(i)),
                     "tls is true but tls_certificates (cert, key) is missing",
                 );
             }
@@ -255,7 +257,7 @@ impl WsConfig {
             if clash {
                 r.problem(
                     ProblemKind::Semantic,
-                    &format!("endpoints[{}]", i - 1),
+                    &format!("endpoints[{}]", entry(i - 1)),
                     format!("{} is listed twice", e.socket_addr()),
                 );
             }
@@ -302,15 +304,17 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
 }
 
 /// Extra endpoints; `ip` defaults to the top-level one, `port` is required.
-fn read_endpoints(r: &mut Reader, obj: &Obj<'_>, default_ip: &str) -> Vec<Endpoint> {
+/// With each endpoint, its index in the array (entries with errors are left out).
+fn read_endpoints(r: &mut Reader, obj: &Obj<'_>, default_ip: &str) -> (Vec<Endpoint>, Vec<usize>) {
     let Some(value) = obj.get("endpoints") else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let Some(items) = value.as_array() else {
         r.type_error("endpoints", "an array of {ip, port, tls} objects", value);
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut out = Vec::new();
+    let mut entry_of = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("endpoints[{i}]");
         let Some(e) = r.object(item, &path, ENDPOINT_KEYS) else {
@@ -328,7 +332,10 @@ fn read_endpoints(r: &mut Reader, obj: &Obj<'_>, default_ip: &str) -> Vec<Endpoi
         let port = read_port(r, &e);
         let tls = e.bool(r, "tls", false);
         match ip_text.parse::<IpAddr>() {
-            Ok(ip) => out.push(Endpoint { ip, port, tls }),
+            Ok(ip) => {
+                out.push(Endpoint { ip, port, tls });
+                entry_of.push(i);
+            }
             Err(_) => r.problem(
                 ProblemKind::Type,
                 &e.path_of("ip"),
@@ -336,5 +343,5 @@ fn read_endpoints(r: &mut Reader, obj: &Obj<'_>, default_ip: &str) -> Vec<Endpoi
             ),
         }
     }
-    out
+    (out, entry_of)
 }
