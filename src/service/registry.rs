@@ -318,11 +318,12 @@ impl Registry {
     /// Asks the connections of a replaced or removed service to go away, then stops it in
     /// the background once they are gone (their `onDisconnect` runs in the old version).
     fn retire(&self, old: Arc<LuaService>) -> usize {
-        let conns = old.connections();
-        let n = conns.len();
-        for conn in conns {
+        let mut asked: std::collections::HashSet<_> = old.connections().into_iter().collect();
+        let n = asked.len();
+        for &conn in &asked {
             let _ = self.hub.send(Command::Close { conn, code: 1001 });
         }
+        let hub = Arc::clone(&self.hub);
         let grace = *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner());
         let spawned = std::thread::Builder::new()
             .name(format!("retire-{}", old.spec().name))
@@ -331,7 +332,19 @@ impl Registry {
                 move || {
                     let deadline = std::time::Instant::now() + grace;
                     let poll = std::time::Duration::from_millis(20);
-                    while !old.connections().is_empty() && std::time::Instant::now() < deadline {
+                    loop {
+                        let conns = old.connections();
+                        if conns.is_empty() || std::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        // A handshake routed to the old version just before the swap opens
+                        // after the list above was taken: ask it too (once; a second Close
+                        // would cut short a connection whose service is still answering).
+                        for conn in conns {
+                            if asked.insert(conn) {
+                                let _ = hub.send(Command::Close { conn, code: 1001 });
+                            }
+                        }
                         // Polling interval while the workers finish the close handshakes.
                         std::thread::sleep(poll);
                     }

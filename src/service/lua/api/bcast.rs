@@ -163,7 +163,14 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                         return fail("closed");
                     }
                     let done = if subscribe {
-                        h.bcast.subscribe(&id, conn)
+                        let done = h.bcast.subscribe(&id, conn);
+                        // Ended meanwhile: its owner may have run drop_conn before our insert,
+                        // which would leave the entry behind for good.
+                        if done && !h.hub.is_live(conn) {
+                            h.bcast.unsubscribe(&id, conn);
+                            return fail("closed");
+                        }
+                        done
                     } else {
                         h.bcast.unsubscribe(&id, conn)
                     };
