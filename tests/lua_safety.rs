@@ -48,6 +48,23 @@ fn a_runaway_loop_is_stopped_by_the_instruction_budget() {
 }
 
 #[test]
+fn a_coroutine_does_not_take_the_budget_hook_away() {
+    stopped_with_1011_and_next_message_works("coloop", |s| s.instruction_budget = Some(5_000_000));
+}
+
+#[test]
+fn the_jit_cannot_be_turned_back_on_under_a_budget() {
+    stopped_with_1011_and_next_message_works("jitloop", |s| s.instruction_budget = Some(5_000_000));
+}
+
+#[test]
+fn must_stop_gives_a_network_callback_no_new_budget() {
+    stopped_with_1011_and_next_message_works("mustloop", |s| {
+        s.instruction_budget = Some(5_000_000)
+    });
+}
+
+#[test]
 fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     stopped_with_1011_and_next_message_works("bomb", |s| {
         s.memory_limit = 32 << 20;

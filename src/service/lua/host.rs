@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::api::bcast::Bcast;
+use super::spec::ServiceSpec;
 use crate::net::handle::ConnId;
 use crate::net::hub::{Command, Hub};
 
@@ -79,6 +80,8 @@ pub(crate) struct HostCtx {
     /// Instructions left in the current callback (only used when a budget is set).
     pub budget_left: Cell<u64>,
     pub budget: Option<u64>,
+    /// A standalone service's state: its polling points start new budget slices.
+    standalone: bool,
     /// Connections of this instance it asked to close: their queued messages are skipped.
     pub closing: RefCell<HashSet<ConnId>>,
     /// The connection whose LAppS request `onMessage` is handling, and whether a response
@@ -88,26 +91,27 @@ pub(crate) struct HostCtx {
 }
 
 impl HostCtx {
+    /// The host of instance `instance` of `spec`.
     pub fn new(
-        service: Arc<str>,
+        spec: &ServiceSpec,
         instance: usize,
         hub: Arc<Hub>,
         bcast: Arc<Bcast>,
         stop: Arc<Stop>,
-        auto_fragment: Option<usize>,
-        budget: Option<u64>,
     ) -> HostCtx {
         let workers = hub.workers();
+        let budget = spec.instruction_budget;
         HostCtx {
-            service,
+            service: spec.name.as_str().into(),
             instance,
             hub,
             bcast,
             stop,
-            auto_fragment,
+            auto_fragment: spec.auto_fragment,
             outbox: RefCell::new(Outbox::new(workers)),
             budget_left: Cell::new(budget.unwrap_or(u64::MAX)),
             budget,
+            standalone: spec.standalone,
             closing: RefCell::new(HashSet::new()),
             answering: Cell::new(None),
             answered: Cell::new(false),
@@ -206,6 +210,15 @@ impl HostCtx {
     /// Starts a new budget slice (each callback, and each `must_stop()`/`nap` in `run()`).
     pub fn reset_budget(&self) {
         self.budget_left.set(self.budget.unwrap_or(u64::MAX));
+    }
+
+    /// A polling point (`must_stop()`, `nap:sleep`, a waiting `mqr` call, `cws:eventLoop`):
+    /// a new slice in a standalone `run()`; in a network service's callback the budget stays
+    /// the callback's, or a loop calling one of these could never be stopped.
+    pub fn polling_point(&self) {
+        if self.standalone {
+            self.reset_budget();
+        }
     }
 
     pub fn tag(&self) -> String {

@@ -51,15 +51,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("lua-{}#{index}", spec.name))
         .spawn(move || {
-            let host = Rc::new(HostCtx::new(
-                spec.name.as_str().into(),
-                index,
-                hub,
-                bcast,
-                stop,
-                spec.auto_fragment,
-                spec.instruction_budget,
-            ));
+            let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop));
             match load(&spec, &host) {
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));

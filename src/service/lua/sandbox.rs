@@ -63,8 +63,16 @@ fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
         }
     }
     if spec.instruction_budget.is_some() {
-        // jit.on() would re-enable traces that never run the budget hook.
+        // jit.on() would re-enable traces that never run the budget hook: the global and
+        // every way `require` could hand it out again.
         g.set("jit", Value::Nil)?;
+        let package: mlua::Table = g.get("package")?;
+        let loaded: mlua::Table = package.get("loaded")?;
+        let preload: mlua::Table = package.get("preload")?;
+        for name in ["jit", "jit.opt", "jit.util", "jit.profile"] {
+            loaded.set(name, Value::Nil)?;
+            preload.set(name, Value::Nil)?;
+        }
     }
     Ok(())
 }
@@ -86,22 +94,75 @@ fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()
     lua.load("jit.off() jit.flush()").exec()?;
     let step = (budget / HOOK_SLICES).clamp(1, u32::MAX as u64);
     let host = Rc::clone(host);
-    lua.set_hook(
+    // The hook is global in LuaJIT (one for every thread of the state), so the main state's
+    // pointer changes it wherever it fires. The closure is owned by the state: the pointer is
+    // valid whenever it runs.
+    let main = MainState(main_state(lua)?);
+    // Set once the budget is spent: the hook then fires at every instruction, so the error
+    // is raised again at the first instruction outside the pcall that caught it, and a loop
+    // around pcall cannot keep the callback going.
+    let tight = std::cell::Cell::new(false);
+    lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(step as u32),
         move |_, debug| {
             let left = host.budget_left.get();
-            if left <= step {
-                // Stay exhausted: a pcall that catches this error fails again at the next hook.
-                host.budget_left.set(0);
+            let exceeded = || {
                 let src = debug.source();
                 let at = src.short_src.as_deref().unwrap_or("?");
                 let line = debug.current_line().unwrap_or(0);
-                return Err(mlua::Error::runtime(format!(
+                Err(mlua::Error::runtime(format!(
                     "{at}:{line}: instruction budget of {budget} exceeded"
-                )));
+                )))
+            };
+            if tight.get() {
+                if left == 0 {
+                    return exceeded();
+                }
+                // A new slice began (the callback ended): back to the normal step.
+                main.set_count(step as i32);
+                tight.set(false);
+                return Ok(VmState::Continue);
+            }
+            if left <= step {
+                host.budget_left.set(0);
+                main.set_count(1);
+                tight.set(true);
+                return exceeded();
             }
             host.budget_left.set(left - step);
             Ok(VmState::Continue)
         },
     )
+}
+
+/// The state's main thread, for changing the (global) hook's count from inside the hook.
+struct MainState(*mut mlua::ffi::lua_State);
+
+impl MainState {
+    fn set_count(&self, count: i32) {
+        // SAFETY: the pointer is the state's main thread (see install_budget), alive while the
+        // hook closure that owns this value can run; lua_sethook only rewrites the global
+        // hook fields, keeping the function and mask that mlua installed.
+        unsafe {
+            let l = self.0;
+            let f = mlua::ffi::lua_gethook(l);
+            let mask = mlua::ffi::lua_gethookmask(l);
+            mlua::ffi::lua_sethook(l, f, mask, count);
+        }
+    }
+}
+
+/// The pointer of the state's main thread.
+fn main_state(lua: &Lua) -> mlua::Result<*mut mlua::ffi::lua_State> {
+    let mut p = std::ptr::null_mut();
+    // SAFETY: only reads the state pointer exec_raw hands us, on the main thread (exec_raw
+    // runs its closure on the state's own thread).
+    unsafe {
+        lua.exec_raw::<()>((), |l| {
+            mlua::ffi::lua_pushthread(l);
+            p = mlua::ffi::lua_tothread(l, -1);
+            mlua::ffi::lua_settop(l, -2);
+        })?;
+    }
+    Ok(p)
 }

@@ -3,6 +3,9 @@
 --   "bsend <ch> <text>"        bcast:send; replies "n=<recipients>"
 --   "error"                    raises a Lua error
 --   "loop"                     runs forever
+--   "coloop"                   runs a coroutine past a budget slice, then forever
+--   "jitloop"                  turns the JIT on if it can reach it, then runs forever
+--   "mustloop"                 runs forever, swallowing the budget error and calling must_stop()
 --   "bomb"                     allocates without bound
 --   "close"                    returns false
 --   "stale <handler>"          ws:send to that handler; replies "<value> <err>"
@@ -40,6 +43,18 @@ probe.onMessage = function(handler, opcode, message)
     error("boom")
   elseif cmd == "loop" then
     while true do end
+  elseif cmd == "coloop" then
+    coroutine.wrap(function() for _ = 1, 200000 do end end)()
+    while true do end
+  elseif cmd == "jitloop" then
+    local ok, j = pcall(require, "jit")
+    if ok and type(j) == "table" then j.on() end
+    while true do end
+  elseif cmd == "mustloop" then
+    while true do
+      pcall(function() while true do end end)
+      must_stop()
+    end
   elseif cmd == "bomb" then
     local t = {}
     while true do t[#t + 1] = string.rep("x", 64) .. #t end

@@ -256,7 +256,7 @@ impl Cws {
     fn event_loop(&self, lua: &Lua, wait: Duration) -> mlua::Result<usize> {
         // A polling point of the standalone loop, like must_stop().
         self.host.flush();
-        self.host.reset_budget();
+        self.host.polling_point();
         let mut events: Vec<(u64, Rc<Callbacks>, Ev)> = self.deferred.take();
         {
             let Ok(mut conns) = self.conns.try_borrow_mut() else {

@@ -70,7 +70,7 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
         lua.create_function(move |_, _: MultiValue| {
             // A polling point of a standalone loop: hand over what it sent, new budget slice.
             h.flush();
-            h.reset_budget();
+            h.polling_point();
             Ok(h.stop.is_set())
         })?,
     )?;

@@ -55,7 +55,7 @@ impl Ctx {
         self.host.flush();
         let stop = &self.host.stop;
         let r = q.post(owned, timeout, &|| stop.is_set());
-        self.host.reset_budget();
+        self.host.polling_point();
         match r {
             Ok(()) => (Value::Boolean(true), None),
             Err((_, Wait::Timeout)) => (Value::Nil, Some("full")),
@@ -88,7 +88,7 @@ impl Ctx {
         let stop = &self.host.stop;
         // No timeout: wait until a message comes or the service stops.
         let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());
-        self.host.reset_budget();
+        self.host.polling_point();
         match r {
             Ok(m) => ok(self.deliver(lua, q, m)?),
             Err(Wait::Timeout) => fail("timeout"),

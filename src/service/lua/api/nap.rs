@@ -19,7 +19,7 @@ impl UserData for Nap {
             // Whatever was sent before the nap leaves now, not after it.
             this.0.flush();
             let slept = this.0.stop.sleep(Duration::from_secs_f64(secs.min(1e9)));
-            this.0.reset_budget();
+            this.0.polling_point();
             if slept {
                 ok(Value::Boolean(true))
             } else {
