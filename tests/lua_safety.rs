@@ -158,6 +158,50 @@ fn the_sandbox_leaves_out_what_the_config_does_not_allow() {
     );
 }
 
+/// The ways into ffi, and to bytecode LuaJIT does not verify, of a state without allow_ffi.
+const BACK_DOORS: &str = r#"
+local m = {}
+local function binary(f, ...)
+  local ok, fn, err = pcall(f, ...)
+  return tostring(ok and fn == nil and tostring(err):find("wrong mode", 1, true) ~= nil)
+end
+m.onMessage = function(h, op, msg)
+  -- A 64-bit literal makes LuaJIT load the ffi library on demand.
+  local lit = load("return 1LL")
+  if lit then lit() end
+  local dir = "@DIR@"
+  local f = assert(io.open(dir .. "/bin.lua", "wb"))
+  f:write("\27LJ\2\0")
+  f:close()
+  package.path = dir .. "/?.lua;" .. package.path
+  ws:send(h, 1, string.format(
+    "ffi=%s buffer=%s dump=%s load=%s loadstring=%s loadfile=%s dofile=%s require=%s",
+    tostring(pcall(require, "ffi")), tostring(pcall(require, "string.buffer")),
+    type(string.dump), binary(load, "\27LJ\2\0"), binary(loadstring, "\27LJ\2\0"),
+    binary(loadfile, dir .. "/bin.lua"), binary(function(p) return nil, select(2, pcall(dofile, p)) end, dir .. "/bin.lua"),
+    binary(function(n) return nil, select(2, pcall(require, n)) end, "bin")))
+  return true
+end
+return m
+"#;
+
+#[test]
+fn a_state_without_allow_ffi_has_no_way_into_ffi_or_unverified_bytecode() {
+    let dir = std::env::temp_dir().join(format!("lapps-back-doors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = BACK_DOORS.replace("@DIR@", &dir.display().to_string());
+    let hub = hub(1);
+    let reg = Registry::start(vec![app_in_tmp("doors", &src)], hub.clone()).unwrap();
+    let s = reg.route("/doors").unwrap();
+    let a = open(&hub, &*s, 0, 1, 1);
+    text(&*s, &a, "?");
+    let out = collect_until(&hub, |o| !o.is_empty());
+    assert_eq!(
+        texts_for(&out, a.id),
+        ["ffi=false buffer=false dump=nil load=true loadstring=true loadfile=true dofile=true require=true"]
+    );
+}
+
 #[test]
 fn a_missing_on_message_or_a_bad_module_is_a_start_error() {
     let hub = hub(1);

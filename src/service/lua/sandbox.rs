@@ -44,9 +44,43 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
         install_budget(&lua, host, budget)?;
     }
     strip_globals(&lua, spec)?;
+    if !spec.allow_ffi && !spec.allow_debug {
+        lua.load(CLOSE_BACK_DOORS).set_name("=sandbox").exec()?;
+    }
     set_package_path(&lua, spec)?;
     Ok(lua)
 }
+
+/// Run in every state without `allow_ffi`/`allow_debug`, before the app:
+/// - LuaJIT loads the ffi library on demand (a `1LL` literal, 64-bit constants in bytecode)
+///   and registers it in `package.loaded`, where `require` would find it. Loading it here
+///   once and dropping the registration leaves nothing to find: LuaJIT never loads it again.
+/// - `string.buffer` hands out raw pointers (`reserve`, `ref`): gone.
+/// - LuaJIT does not verify bytecode, and malformed bytecode corrupts memory: `string.dump`
+///   is gone, and every loader reads text only (`load`, `loadstring`, `loadfile`, `dofile`,
+///   and `require`'s Lua searcher, which would otherwise load a binary file from the path).
+const CLOSE_BACK_DOORS: &str = r#"
+local load, loadfile, searchpath = load, loadfile, package.searchpath
+local assert, error, format = assert, error, string.format
+assert(load("return 1LL", "=sandbox", "t"))()
+package.loaded.ffi = nil
+package.loaded["string.buffer"] = nil
+package.preload["string.buffer"] = nil
+string.dump = nil
+_G.load = function(chunk, name, _, env) return load(chunk, name, "t", env) end
+_G.loadstring = function(s, name) return load(s, name, "t") end
+_G.loadfile = function(path, _, env) return loadfile(path, "t", env) end
+_G.dofile = function(path) return assert(loadfile(path, "t"))() end
+package.loaders[2] = function(name)
+  local path, err = searchpath(name, package.path)
+  if not path then return err end
+  local f, lerr = loadfile(path, "t")
+  if not f then
+    error(format("error loading module '%s' from file '%s':\n\t%s", name, path, lerr), 2)
+  end
+  return f
+end
+"#;
 
 fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     let g = lua.globals();
