@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::value::Value;
+use super::value::{Limits, Value};
 
 pub(crate) type ArrayRef = Rc<RefCell<Vec<Node>>>;
 pub(crate) type ObjectRef = Rc<RefCell<Vec<(Value, Node)>>>;
@@ -91,22 +91,36 @@ impl Node {
     }
 
     /// A deep copy as a [`Value`]; fails beyond `depth_left` nested containers (trees built by
-    /// repeated assignment can be deeper than any decoder would accept).
+    /// repeated assignment can be deeper than any decoder would accept) and beyond the
+    /// decoders' limit on values in total: trees live on the Rust heap, outside the Lua memory
+    /// limit, and `a[#a + 1] = a` doubles one with each assignment.
     pub(crate) fn to_value(&self, depth_left: usize) -> Result<Value, String> {
+        let mut values_left = Limits::default().max_total_items;
+        self.to_value_counted(depth_left, &mut values_left)
+    }
+
+    fn to_value_counted(&self, depth_left: usize, values_left: &mut usize) -> Result<Value, String> {
+        *values_left = values_left
+            .checked_sub(1)
+            .ok_or("more values than a decoded document may have (2^21)")?;
         let inner = |d: usize| d.checked_sub(1).ok_or("nesting too deep to convert");
         Ok(match self {
             Node::Scalar(v) => v.clone(),
             Node::Array(a) => {
                 let d = inner(depth_left)?;
                 let a = a.try_borrow().map_err(|_| "array is being modified")?;
-                Value::Array(a.iter().map(|n| n.to_value(d)).collect::<Result<_, _>>()?)
+                Value::Array(
+                    a.iter()
+                        .map(|n| n.to_value_counted(d, values_left))
+                        .collect::<Result<_, _>>()?,
+                )
             }
             Node::Object(o) => {
                 let d = inner(depth_left)?;
                 let o = o.try_borrow().map_err(|_| "object is being modified")?;
                 Value::Map(
                     o.iter()
-                        .map(|(k, n)| Ok((k.clone(), n.to_value(d)?)))
+                        .map(|(k, n)| Ok((k.clone(), n.to_value_counted(d, values_left)?)))
                         .collect::<Result<_, String>>()?,
                 )
             }

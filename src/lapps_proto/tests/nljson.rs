@@ -286,3 +286,17 @@ fn a_tree_nested_far_beyond_the_stack_is_freed_without_overflowing_it() {
         kept = chain(200000)
     "#);
 }
+
+#[test]
+fn a_tree_that_doubles_with_each_assignment_is_stopped_at_the_decoders_limit() {
+    // Trees live outside the Lua memory limit: each copy is bounded like a decoded document.
+    run(r#"
+        local a = nljson.decode("[0]")
+        local stopped
+        for i = 1, 40 do
+          local ok, err = pcall(function() a[#a + 1] = a end)
+          if not ok then stopped = i; assert(tostring(err):find("2^21", 1, true), err) break end
+        end
+        assert(stopped and stopped <= 22, tostring(stopped))
+    "#);
+}
