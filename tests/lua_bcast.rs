@@ -61,6 +61,14 @@ fn a_broadcast_reaches_each_subscriber_exactly_once_and_not_after_unsubscribe_or
         texts_for(&out, conns[0].id),
         ["nil no such channel", "nil no such channel"]
     );
+    // Names are at most 256 bytes (channels are never removed).
+    text(&*svc, &conns[0], &format!("sub {}", "n".repeat(256)));
+    text(&*svc, &conns[0], &format!("sub {}", "n".repeat(257)));
+    let out = collect_until(&hub, |o| o.len() == 2);
+    assert_eq!(
+        texts_for(&out, conns[0].id),
+        ["nil no such channel", "nil bad channel id"]
+    );
 }
 
 #[test]

@@ -36,11 +36,17 @@ impl ChannelId {
             Value::Number(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 9007199254740992.0 => {
                 Some(ChannelId::Num(*f as u64))
             }
-            Value::String(s) => Some(ChannelId::Name(s.to_string_lossy())),
+            // Channels are process-wide and never removed: names are short, as queue names.
+            Value::String(s) if s.as_bytes().len() <= MAX_NAME => {
+                Some(ChannelId::Name(s.to_string_lossy()))
+            }
             _ => None,
         }
     }
 }
+
+/// Longest channel name, in bytes (as for mqr queues).
+const MAX_NAME: usize = 256;
 
 type Channel = Mutex<BTreeSet<ConnId>>;
 
