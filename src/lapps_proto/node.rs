@@ -99,7 +99,11 @@ impl Node {
         self.to_value_counted(depth_left, &mut values_left)
     }
 
-    fn to_value_counted(&self, depth_left: usize, values_left: &mut usize) -> Result<Value, String> {
+    fn to_value_counted(
+        &self,
+        depth_left: usize,
+        values_left: &mut usize,
+    ) -> Result<Value, String> {
         *values_left = values_left
             .checked_sub(1)
             .ok_or("more values than a decoded document may have (2^21)")?;
