@@ -48,11 +48,8 @@ fn a_peer_that_shuts_its_side_after_a_bad_request_still_gets_the_answer() {
     for i in 0..20 {
         let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.write_all(
-            b"GET /nowhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+        s.write_all(upgrade_request(srv.addr, "/nowhere").as_bytes())
+            .unwrap();
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut answer = String::new();
         let _ = std::io::Read::read_to_string(&mut s, &mut answer);

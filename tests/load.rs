@@ -91,11 +91,8 @@ fn refused_connections_beyond_what_a_worker_can_hold_are_closed_at_once() {
     let refuse = || {
         let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.write_all(
-            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+        s.write_all(upgrade_request(srv.addr, "/echo").as_bytes())
+            .unwrap();
         let mut answer = String::new();
         let _ = std::io::Read::read_to_string(&mut s, &mut answer);
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");

@@ -328,34 +328,6 @@ fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake()
     assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
 }
 
-/// Reads one client frame of any length; None at EOF.
-fn read_any_client_frame(s: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
-    use std::io::Read;
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).ok()?;
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).ok()?;
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).ok()?;
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut mask = [0u8; 4];
-    s.read_exact(&mut mask).ok()?;
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).ok()?;
-    for (i, b) in p.iter_mut().enumerate() {
-        *b ^= mask[i % 4];
-    }
-    Some((h[0] & 0x0f, p))
-}
-
 #[test]
 fn the_close_reply_queued_behind_unsent_data_is_still_written() {
     use lapps::service::cws::{url, Client, KeyPool};
@@ -368,8 +340,8 @@ fn the_close_reply_queued_behind_unsent_data_is_still_written() {
         go_rx.recv().unwrap();
         s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
         let mut last = None;
-        while let Some((op, _)) = read_any_client_frame(&mut s) {
-            last = Some(op);
+        while let Some((f, _)) = common::read_any_frame(&mut s) {
+            last = Some(f.opcode);
         }
         last
     });
@@ -446,7 +418,7 @@ fn a_message_that_arrives_with_the_servers_close_is_delivered_before_onclose() {
         // One write: the last message and the Close reach the client in the same read.
         s.write_all(&[0x81, 3, b'b', b'y', b'e', 0x88, 2, 0x03, 0xe8])
             .unwrap();
-        read_any_client_frame(&mut s)
+        common::read_any_frame(&mut s).map(|(f, _)| f.opcode)
     });
     let dir = scratch("goodbye");
     let src = format!(
@@ -471,6 +443,6 @@ return p
     assert_eq!(next(&out), "open");
     assert_eq!(next(&out), "message bye");
     assert_eq!(next(&out), "close 1000");
-    assert_eq!(server.join().unwrap().map(|f| f.0), Some(0x8));
+    assert_eq!(server.join().unwrap(), Some(0x8));
     reg.shutdown();
 }

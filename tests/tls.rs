@@ -184,15 +184,20 @@ fn self_signed_server_certificate_works_for_a_client_that_trusts_it() {
     app.shutdown();
 }
 
-/// Reads until EOF; Ok(bytes) for an orderly close, Err for a reset or a timeout.
-#[test]
-fn a_wss_peer_that_shuts_tcp_after_close_still_gets_the_echo() {
-    let dir = temp_dir("wss-half-close");
+/// A wss:// app (Lua echo at /echo) with a certificate from a fresh CA, for the close tests.
+fn wss_app(name: &str) -> (lapps::app::App, std::net::SocketAddr, Ca) {
+    let dir = temp_dir(name);
     let ca = Ca::new("test CA");
     let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
     write_config(&dir, &tls_json(&cert, &key, None), "");
     let app = start_app(&dir);
     let addr = app.local_addrs()[0];
+    (app, addr, ca)
+}
+
+#[test]
+fn a_wss_peer_that_shuts_tcp_after_close_still_gets_the_echo() {
+    let (app, addr, ca) = wss_app("wss-half-close");
     for i in 0..10 {
         let mut ws = wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, None)).unwrap();
         ws.close(None).unwrap();
@@ -215,12 +220,7 @@ fn a_wss_peer_that_shuts_tcp_after_close_still_gets_the_echo() {
 
 #[test]
 fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
-    let dir = temp_dir("wss-close-notify");
-    let ca = Ca::new("test CA");
-    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
-    write_config(&dir, &tls_json(&cert, &key, None), "");
-    let app = start_app(&dir);
-    let addr = app.local_addrs()[0];
+    let (app, addr, ca) = wss_app("wss-close-notify");
     for i in 0..10 {
         let mut ws = wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, None)).unwrap();
         // A message for the Lua echo, our Close and close_notify in one go: the echo and the
@@ -247,6 +247,7 @@ fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
     app.shutdown();
 }
 
+/// Reads until EOF; Ok(bytes) for an orderly close, Err for a reset or a timeout.
 fn read_until_eof(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;

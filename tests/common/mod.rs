@@ -176,16 +176,20 @@ pub fn connect(addr: SocketAddr, path: &str) -> Client {
     ws
 }
 
+/// A valid upgrade request for `path`.
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// A raw TCP connection that has completed the upgrade handshake by hand.
 pub fn raw_upgraded(addr: SocketAddr, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("tcp connect");
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_nodelay(true).unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(upgrade_request(addr, path).as_bytes()).unwrap();
     let head = read_http_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 101"), "expected 101, got {head}");
     s
@@ -249,9 +253,16 @@ pub struct ServerFrame {
 
 /// Reads one server frame (unmasked), or None at EOF.
 pub fn read_frame(s: &mut TcpStream) -> Option<ServerFrame> {
+    let (f, masked) = read_any_frame(s)?;
+    assert!(!masked, "server frames must not be masked");
+    Some(f)
+}
+
+/// Reads one frame of either role (unmasking a client's), with whether it was masked; None at
+/// EOF.
+pub fn read_any_frame(s: &mut TcpStream) -> Option<(ServerFrame, bool)> {
     let mut h = [0u8; 2];
     s.read_exact(&mut h).ok()?;
-    assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
     let len = match h[1] & 0x7f {
         126 => {
             let mut b = [0u8; 2];
@@ -265,13 +276,22 @@ pub fn read_frame(s: &mut TcpStream) -> Option<ServerFrame> {
         }
         n => n as usize,
     };
+    let masked = h[1] & 0x80 != 0;
+    let mut mask = [0u8; 4];
+    if masked {
+        s.read_exact(&mut mask).ok()?;
+    }
     let mut payload = vec![0u8; len];
     s.read_exact(&mut payload).ok()?;
-    Some(ServerFrame {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    let frame = ServerFrame {
         fin: h[0] & 0x80 != 0,
         opcode: h[0] & 0x0f,
         payload,
-    })
+    };
+    Some((frame, masked))
 }
 
 /// Reads frames until a Close frame; returns its code (None for an empty Close body).
