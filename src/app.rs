@@ -217,7 +217,9 @@ pub fn tls_files(cfg: &Config) -> Option<TlsFiles> {
 
 /// A running server with its services.
 pub struct App {
-    server: Server,
+    /// Taken by `shutdown`, which may run while a reload is still busy on another thread.
+    server: Mutex<Option<Server>>,
+    addrs: Vec<SocketAddr>,
     registry: Arc<Registry>,
     router: Arc<AppRouter>,
     tls: Option<Arc<TlsContext>>,
@@ -282,7 +284,8 @@ impl App {
             }
         };
         Ok(App {
-            server,
+            addrs: server.local_addrs().to_vec(),
+            server: Mutex::new(Some(server)),
             registry,
             router,
             tls,
@@ -399,12 +402,17 @@ impl App {
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        self.server.local_addrs()
+        &self.addrs
     }
 
     /// Graceful stop: no new connections, close 1001 to every connection, services last.
-    pub fn shutdown(self) {
-        self.server.shutdown();
-        self.registry.shutdown();
+    /// Takes `&self` so that a stop never waits for a reload in progress (a new version whose
+    /// `init()` blocks would otherwise hold it forever). Idempotent.
+    pub fn shutdown(&self) {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown();
+            self.registry.shutdown();
+        }
     }
 }

@@ -118,11 +118,13 @@ fn main() -> ExitCode {
         }
     };
     lapps::signals::notify_systemd("READY=1");
+    let app = std::sync::Arc::new(app);
+    let reloads = Reloads::start(std::sync::Arc::clone(&app));
     loop {
         match signals.wait() {
             lapps::signals::Signal::Reload => {
                 info!("SIGHUP received: reloading certificates, redeploying changed services");
-                app.reload();
+                reloads.request();
             }
             lapps::signals::Signal::Stop(name) => {
                 info!("{name} received: shutting down");
@@ -134,4 +136,42 @@ fn main() -> ExitCode {
     app.shutdown();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP reloads run on their own thread, one after another: this thread keeps taking
+/// signals, so a SIGTERM is served even while a new version's `init()` hangs a reload.
+struct Reloads {
+    tx: std::sync::mpsc::Sender<()>,
+    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Reloads {
+    fn start(app: std::sync::Arc<lapps::app::App>) -> Reloads {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&busy);
+        let spawned = std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Signals that came meanwhile ask for the same thing: one reload.
+                    while rx.try_recv().is_ok() {}
+                    flag.store(true, Ordering::SeqCst);
+                    app.reload();
+                    flag.store(false, Ordering::SeqCst);
+                }
+            });
+        if let Err(e) = spawned {
+            error!("cannot start the reload thread ({e}): SIGHUP will be ignored");
+        }
+        Reloads { tx, busy }
+    }
+
+    fn request(&self) {
+        if self.busy.load(std::sync::atomic::Ordering::SeqCst) {
+            lapps::warn!("the previous reload is still running; this one waits for it");
+        }
+        let _ = self.tx.send(());
+    }
 }

@@ -1,0 +1,78 @@
+//! SIGHUP and SIGTERM on the real binary: a reload runs beside the signal loop, so a stop is
+//! served even while a new version's `init()` never returns.
+#[path = "common/binary.rs"]
+mod binary;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use binary::{spawn_binary, wait_line};
+
+fn site() -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("apps/stuck")).unwrap();
+    std::fs::write(
+        dir.join("ws.json"),
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn lapps_json(dir: &std::path::Path, more: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        dir.join("lapps.json"),
+        format!(
+            r#"{{ "directories": {{ "applications": "{}", "lib": "{root}/lua/lib" }},
+                 "services": {{ "echo": {{ "builtin": "echo", "request_target": "/echo" }}{more} }} }}"#,
+            dir.join("apps").display()
+        ),
+    )
+    .unwrap();
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+#[test]
+fn sigterm_stops_the_server_while_a_reload_hangs_in_a_new_init() {
+    let dir = site();
+    lapps_json(&dir, "");
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    // A new standalone service whose init() waits for a message that never comes.
+    std::fs::write(
+        dir.join("apps/stuck/stuck.lua"),
+        r#"local s = {}
+s.init = function() mqr:receive("reload.never") end
+s.run = function() end
+return s
+"#,
+    )
+    .unwrap();
+    lapps_json(
+        &dir,
+        r#", "stuck": { "standalone": true, "preload": ["mqr"] }"#,
+    );
+    let pid = server.0.id();
+    signal(pid, libc::SIGHUP);
+    wait_line(&log, "SIGHUP received");
+    signal(pid, libc::SIGTERM);
+    wait_line(&log, "SIGTERM received");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of the exit wait
+    };
+    assert!(status.success(), "{status}");
+}
