@@ -70,7 +70,7 @@ impl Selector {
 
     /// Waits for events (EINTR is reported as zero events).
     pub fn select(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        let ms = timeout.map_or(-1, wait_ms);
         events.len = 0;
         // SAFETY: `events.buf` has room for `capacity` entries; the kernel writes at most that many.
         match syscall!(unsafe {
@@ -114,5 +114,27 @@ impl Events {
                 hangup: ev & (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) != 0,
             }
         })
+    }
+}
+
+/// A wait in whole milliseconds for epoll_wait, rounded up: rounded down, a timer less than
+/// 1 ms away would make the loop poll with 0 again and again (a busy wait) until it is due.
+fn wait_ms(t: Duration) -> i32 {
+    t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::wait_ms;
+    use std::time::Duration;
+
+    #[test]
+    fn waits_round_up_to_whole_milliseconds() {
+        assert_eq!(wait_ms(Duration::ZERO), 0);
+        assert_eq!(wait_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(wait_ms(Duration::from_micros(999)), 1);
+        assert_eq!(wait_ms(Duration::from_millis(1)), 1);
+        assert_eq!(wait_ms(Duration::from_micros(1001)), 2);
+        assert_eq!(wait_ms(Duration::from_secs(u64::MAX)), i32::MAX);
     }
 }

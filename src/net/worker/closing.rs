@@ -41,6 +41,8 @@ impl Worker {
             codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
         });
         c.phase = Phase::Closing;
+        // Nothing more reaches the service; the peer's Close reply must still be read.
+        c.service_paused = false;
         self.mark_dirty(index);
         let at = Instant::now() + self.opts.close_timeout;
         self.set_deadline(index, at);
@@ -112,6 +114,8 @@ impl Worker {
             return;
         };
         c.phase = Phase::Finishing;
+        // Nothing more reaches the service; the EOF after our last bytes must still be read.
+        c.service_paused = false;
         self.mark_dirty(index);
         let at = Instant::now() + self.opts.close_timeout;
         self.set_deadline(index, at);

@@ -45,7 +45,12 @@ impl Worker {
             return;
         };
         let quiet = now.saturating_duration_since(c.last_activity);
-        if quiet < idle {
+        if c.service_paused {
+            // We stopped reading it because its service is behind: its silence, or a Pong
+            // waiting unread in the socket, says nothing about the peer. Look again later.
+            // (A peer that does not read our data, `out_paused`, is treated as idle.)
+            self.set_deadline(index, now + idle);
+        } else if quiet < idle {
             let at = c.last_activity + idle;
             self.set_deadline(index, at);
         } else if c.ping_outstanding {
