@@ -199,6 +199,26 @@ fn notification_gets_no_response() {
 }
 
 #[test]
+fn a_malformed_notification_gets_no_error_response_either() {
+    let app = start();
+    let mut ws = connect(app.addr, "/echo_lapps");
+    for method in ["_reserved", "a.b"] {
+        let note = cbor(&map(vec![
+            ("lapps", int(1)),
+            ("method", text(method)),
+            ("cid", int(5)),
+        ]));
+        ws.send(Message::binary(note)).unwrap();
+    }
+    let r = call(&mut ws, request("echo", Some(vec![text("after")])));
+    assert_eq!(
+        get(&r, "result"),
+        Some(&Cbor::Array(vec![text("after")])),
+        "an error for a notification would be taken for this call's answer: {r:?}"
+    );
+}
+
+#[test]
 fn every_error_code_is_answered_and_the_connection_keeps_serving() {
     let app = start();
     let mut ws = connect(app.addr, "/echo_lapps");

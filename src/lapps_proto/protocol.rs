@@ -41,6 +41,9 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub struct ProtocolError {
     pub code: i64,
     pub message: String,
+    /// The message carried a valid client-notification `cid`: it gets no response, not even
+    /// an error (a client matches responses to its calls by order).
+    pub notification: bool,
 }
 
 impl ProtocolError {
@@ -48,8 +51,33 @@ impl ProtocolError {
         ProtocolError {
             code,
             message: message.into(),
+            notification: false,
         }
     }
+
+    fn in_notification(mut self, notification: bool) -> ProtocolError {
+        self.notification = notification;
+        self
+    }
+}
+
+/// Whether a map key names the member `name`: as text, or as a byte string with the same
+/// bytes (nljson lookups find members by either, so the checks must too).
+fn names(key: &Value, name: &str) -> bool {
+    match key {
+        Value::Text(s) => s == name,
+        Value::Bytes(b) => b == name.as_bytes(),
+        _ => false,
+    }
+}
+
+/// A `cid` member's value as a client-notification channel.
+fn notification_cid(v: &Value) -> Option<NonZeroU64> {
+    let cid = match v {
+        Value::UInt(u) => Some(*u),
+        v => v.as_i64().and_then(|i| u64::try_from(i).ok()),
+    };
+    cid.and_then(NonZeroU64::new)
 }
 
 impl fmt::Display for ProtocolError {
@@ -147,8 +175,27 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
             "parse error: a LAppS message is a CBOR map",
         ));
     };
+    let mut cids = members.iter().filter(|(k, _)| names(k, "cid"));
+    let notification = match (cids.next(), cids.next()) {
+        (Some((_, v)), None) => notification_cid(v).is_some(),
+        _ => false,
+    };
+    let (msg_type, method, cid) =
+        check_members(members).map_err(|e| e.in_notification(notification))?;
+    Ok(Inbound {
+        msg_type,
+        method,
+        cid,
+        message,
+    })
+}
+
+/// The checks of [`check_inbound`] on the members of its map: kind, method and cid.
+fn check_members(
+    members: &[(Value, Value)],
+) -> Result<(MsgType, String, Option<NonZeroU64>), ProtocolError> {
     let member = |name: &str| -> Result<Option<&Value>, ProtocolError> {
-        let mut found = members.iter().filter(|(k, _)| k.as_str() == Some(name));
+        let mut found = members.iter().filter(|(k, _)| names(k, name));
         let first = found.next().map(|(_, v)| v);
         if found.next().is_some() {
             return Err(ProtocolError::new(
@@ -179,20 +226,14 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
     };
     let cid = match member("cid")? {
         None => None,
-        Some(v) => {
-            let cid = match v {
-                Value::UInt(u) => Some(*u),
-                v => v.as_i64().and_then(|i| u64::try_from(i).ok()),
-            };
-            match cid.and_then(NonZeroU64::new) {
-                Some(c) => Some(c),
-                None => {
-                    return Err(invalid(
-                        "member 'cid' of a client notification must be a positive integer",
-                    ))
-                }
+        Some(v) => match notification_cid(v) {
+            Some(c) => Some(c),
+            None => {
+                return Err(invalid(
+                    "member 'cid' of a client notification must be a positive integer",
+                ))
             }
-        }
+        },
     };
     let msg_type = match (cid.is_some(), has_params) {
         (true, false) => MsgType::Notification,
@@ -200,13 +241,7 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
         (false, false) => MsgType::Request,
         (false, true) => MsgType::RequestWithParams,
     };
-    let method = method.clone();
-    Ok(Inbound {
-        msg_type,
-        method,
-        cid,
-        message,
-    })
+    Ok((msg_type, method.clone(), cid))
 }
 
 /// [`parse_inbound`] the way the server reads requests (validated in place, checked without a
@@ -246,7 +281,12 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
             }
         }
         None => doc.each_member(root, |key, value| {
-            let Some(name) = doc.text_bytes(key) else {
+            // Text keys, and byte-string keys with the same bytes (as `names` reads them).
+            let name = doc.text_bytes(key).or_else(|| match doc.scalar(key) {
+                Some(Value::Bytes(b)) => Some(std::borrow::Cow::Owned(b)),
+                _ => None,
+            });
+            let Some(name) = name else {
                 return;
             };
             if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == &name[..]) {
@@ -257,6 +297,15 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
             }
         }),
     }
+    let notification = match found[3] {
+        (Some(at), false) => doc.scalar(at).as_ref().and_then(notification_cid).is_some(),
+        _ => false,
+    };
+    check_found(doc, &found).map_err(|e| e.in_notification(notification))
+}
+
+/// The checks of [`check_doc`] on the members found: kind and where the method is.
+fn check_found(doc: &Doc, found: &[(Option<usize>, bool); 4]) -> Result<DocInbound, ProtocolError> {
     let member = |i: usize| -> Result<Option<usize>, ProtocolError> {
         match found[i] {
             (_, true) => Err(ProtocolError::new(
@@ -292,12 +341,7 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
     let has_cid = match member(3)? {
         None => false,
         Some(at) => {
-            let cid = match doc.scalar(at) {
-                Some(Value::UInt(u)) => Some(u),
-                Some(v) => v.as_i64().and_then(|i| u64::try_from(i).ok()),
-                None => None,
-            };
-            if cid.and_then(NonZeroU64::new).is_none() {
+            if doc.scalar(at).as_ref().and_then(notification_cid).is_none() {
                 return Err(invalid(
                     "member 'cid' of a client notification must be a positive integer",
                 ));

@@ -371,3 +371,91 @@ fn responses_are_told_from_oons_by_their_encoding() {
     assert!(!is_response(&oon));
     assert!(!is_response(b""));
 }
+
+#[test]
+fn a_member_named_by_a_byte_string_key_is_checked_like_its_text_form() {
+    use crate::lapps_proto::protocol::parse_inbound_in_place;
+    // {"lapps": 1, h'6d6574686f64': "_admin", "method": "echo"}: two members named method.
+    let bytes = encode(&Value::Map(vec![
+        (t("lapps"), Value::Int(1)),
+        (Value::Bytes(b"method".to_vec()), t("_admin")),
+        (t("method"), t("echo")),
+    ]));
+    for e in [
+        parse_inbound(&bytes).unwrap_err(),
+        parse_inbound_in_place(&bytes).unwrap_err(),
+    ] {
+        assert_eq!(e.code, INVALID_REQUEST, "{e}");
+        assert!(e.message.contains("'method' appears twice"), "{e}");
+    }
+    // Alone, the byte-string-keyed method is read, and its reserved name refused.
+    let bytes = encode(&Value::Map(vec![
+        (t("lapps"), Value::Int(1)),
+        (Value::Bytes(b"method".to_vec()), t("_admin")),
+    ]));
+    assert_eq!(parse_inbound(&bytes).unwrap_err().code, METHOD_NOT_FOUND);
+    assert_eq!(
+        parse_inbound_in_place(&bytes).unwrap_err().code,
+        METHOD_NOT_FOUND
+    );
+}
+
+#[test]
+fn errors_in_a_client_notification_are_marked_as_such() {
+    use crate::lapps_proto::protocol::parse_inbound_in_place;
+    let with = |members: Vec<(Value, Value)>| encode(&Value::Map(members));
+    let lapps = || (t("lapps"), Value::Int(1));
+    for (bytes, notification) in [
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("_x")),
+                (t("cid"), Value::Int(5)),
+            ]),
+            true,
+        ),
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("a.b")),
+                (t("cid"), Value::Int(5)),
+            ]),
+            true,
+        ),
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("m")),
+                (t("params"), Value::Int(1)),
+                (t("cid"), Value::Int(5)),
+            ]),
+            true,
+        ),
+        (
+            with(vec![(t("method"), t("m")), (t("cid"), Value::Int(5))]),
+            true,
+        ),
+        (with(vec![lapps(), (t("method"), t("_x"))]), false),
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("_x")),
+                (t("cid"), Value::Int(0)),
+            ]),
+            false,
+        ),
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("_x")),
+                (t("cid"), Value::Int(5)),
+                (t("cid"), Value::Int(6)),
+            ]),
+            false,
+        ),
+    ] {
+        let e = parse_inbound(&bytes).unwrap_err();
+        assert_eq!(e.notification, notification, "{e}");
+        assert_eq!(parse_inbound_in_place(&bytes).unwrap_err(), e);
+    }
+}

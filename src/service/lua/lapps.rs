@@ -58,12 +58,14 @@ impl LappsState {
                 .map_err(|e| ProtocolError {
                     code: protocol::PARSE_ERROR,
                     message: format!("parse error: {e}"),
+                    notification: false,
                 })
                 .and_then(|doc| protocol::check_doc(&doc).map(|i| (doc, i)))
         } else {
             Err(ProtocolError {
                 code: protocol::PARSE_ERROR,
                 message: "LAppS messages are CBOR maps in binary frames".into(),
+                notification: false,
             })
         };
         match inbound {
@@ -103,7 +105,19 @@ impl LappsState {
     }
 
     fn refuse(&self, host: &HostCtx, conn: ConnId, e: ProtocolError) -> Outcome {
-        send_cbor(host, conn, &encode_response_error(e.code, &e.message, None));
+        if e.notification {
+            // A client notification gets no response, not even an error: the client would
+            // take it for the answer to its oldest pending call.
+            crate::info!(
+                "{} dropped a malformed notification from {:#x}: {} ({})",
+                host.tag(),
+                conn.as_u64(),
+                e.message,
+                e.code
+            );
+        } else {
+            send_cbor(host, conn, &encode_response_error(e.code, &e.message, None));
+        }
         let mut errors = self.errors.borrow_mut();
         let n = errors.entry(conn).or_insert(0);
         *n += 1;
