@@ -19,6 +19,17 @@
 // CBOR
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * A channel number as the handlers are keyed: a Number when it is exact as one, else the BigInt
+ * (channels go up to 2^64-1; rounding one to a Number would reach another channel's handlers).
+ */
+function channelKey(c) {
+  if (typeof c === "bigint" && c >= BigInt(Number.MIN_SAFE_INTEGER) && c <= BigInt(Number.MAX_SAFE_INTEGER)) {
+    return Number(c);
+  }
+  return c;
+}
+
 /** Thrown by `decode` on malformed or unsupported input and by `encode` on unencodable values. */
 export class CborError extends Error {}
 
@@ -278,15 +289,22 @@ function decodeItem(r, depth, breakAllowed = false) {
       return items;
     }
     case 5: {
-      const obj = {};
       if (n !== -1) checkLength(r, n, 2);
+      const entries = [];
+      let scalarKeys = true;
       for (let i = 0; n === -1 || i < n; i++) {
         const key = decodeItem(r, depth + 1, n === -1);
         if (key === BREAK) break;
-        if (typeof key === "object" && key !== null) throw new CborError("map keys must be scalars");
+        if (typeof key === "object" && key !== null) scalarKeys = false;
+        entries.push([key, decodeItem(r, depth + 1)]);
+      }
+      // Keys a plain object cannot hold apart (byte strings, arrays, maps): a Map keeps them.
+      if (!scalarKeys) return new Map(entries);
+      const obj = {};
+      for (const [key, value] of entries) {
         // defineProperty: a "__proto__" key is data, not a prototype change.
         Object.defineProperty(obj, String(key), {
-          value: decodeItem(r, depth + 1),
+          value,
           enumerable: true,
           writable: true,
           configurable: true,
@@ -415,7 +433,10 @@ export class LappsClient {
    * @param {...*} params
    */
   notify(cid, method, ...params) {
-    if (!Number.isInteger(cid) || cid === 0) throw new RangeError("a notification needs a cid other than 0");
+    const valid =
+      (Number.isSafeInteger(cid) && cid > 0) ||
+      (typeof cid === "bigint" && cid > 0n && cid < 2n ** 64n);
+    if (!valid) throw new RangeError("a notification needs a cid from 1 to 2^64-1");
     const request = { lapps: 1, method, cid };
     if (params.length > 0) request.params = params;
     this.send(encode(request), null);
@@ -429,6 +450,7 @@ export class LappsClient {
    * @returns {function():void}
    */
   on(channel, handler) {
+    channel = channelKey(channel);
     if (!this.handlers.has(channel)) this.handlers.set(channel, new Set());
     this.handlers.get(channel).add(handler);
     return () => this.handlers.get(channel)?.delete(handler);
@@ -493,7 +515,7 @@ export class LappsClient {
     } else if (msg.cid === 0) {
       this.response(msg);
     } else if (msg.cid !== undefined && Array.isArray(msg.message)) {
-      const channel = Number(msg.cid);
+      const channel = channelKey(msg.cid);
       for (const handler of this.handlers.get(channel) ?? []) {
         try {
           handler(msg.message, channel);

@@ -88,6 +88,42 @@ test("OONs reach the handlers of their channel only; notifications expect no res
   sockets[0].serverSend({ cid: 1000, message: [{ time: 2 }] });
   assert.deepEqual(got, [[1000, [{ time: 1 }]]]);
   assert.throws(() => client.notify(0, "x"), RangeError);
+  // The server would answer these on the command channel, out of turn.
+  assert.throws(() => client.notify(-1, "x"), RangeError);
+  assert.throws(() => client.notify(2 ** 64, "x"), RangeError);
+  assert.throws(() => client.notify(1.5, "x"), RangeError);
+  client.notify(2n ** 64n - 1n, "big");
+  assert.deepEqual(sockets[0].sent.at(-1), { lapps: 1, method: "big", cid: 2n ** 64n - 1n });
+  client.close();
+});
+
+test("OON channels beyond 2^53 reach their own handlers", () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const got = [];
+  client.on(2n ** 53n + 1n, (m, ch) => got.push(["big", ch]));
+  client.on(2 ** 53, () => got.push("rounded"));
+  client.on(7n, (m, ch) => got.push(["seven", ch]));
+  sockets[0].serverOpen();
+  sockets[0].serverSend({ cid: 2n ** 53n + 1n, message: [] });
+  sockets[0].serverSend({ cid: 7, message: [] });
+  assert.deepEqual(got, [["big", 2n ** 53n + 1n], ["seven", 7]]);
+  client.close();
+});
+
+test("a result with a byte-string map key settles its call", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  sockets[0].serverOpen();
+  const a = client.call("echo");
+  const b = client.call("echo");
+  const key = new Uint8Array([1]);
+  sockets[0].serverSend({ status: 1, cid: 0, result: [new Map([[key, 1]])] });
+  sockets[0].serverSend({ status: 1, cid: 0, result: ["second"] });
+  const [m] = await a;
+  assert.ok(m instanceof Map);
+  assert.deepEqual([...m.entries()], [[key, 1]]);
+  assert.deepEqual(await b, ["second"]);
   client.close();
 });
 
