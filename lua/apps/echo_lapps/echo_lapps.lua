@@ -5,8 +5,9 @@
 --   add(a, b)        answers {a + b}; -32602 (invalid params) unless both are numbers
 --   fail()           raises a Lua error: the host answers -32603 (internal error)
 --   anything else    -32601 (method not found)
--- Every client is subscribed, on its first message, to the time_broadcast OON stream: an
--- OON {cid = 1001, message = {<ms since the epoch>}} once a second.
+-- Every client is subscribed, once its first request is answered, to the time_broadcast OON
+-- stream (the protocol has OONs follow the first request/response exchange): an OON
+-- {cid = 1001, message = {<ms since the epoch>}} once a second.
 local echo_lapps = {}
 echo_lapps.__index = echo_lapps
 
@@ -39,10 +40,6 @@ end
 
 -- msg_type: 1/2 client notification (no answer), 3/4 request (exactly one answer).
 echo_lapps.onMessage = function(handler, msg_type, message)
-  if not subscribed[handler] then
-    subscribed[handler] = true
-    bcast:subscribe(echo_lapps.time_channel, handler)
-  end
   if msg_type == 1 or msg_type == 2 then
     return true
   end
@@ -51,6 +48,10 @@ echo_lapps.onMessage = function(handler, msg_type, message)
     ws:send_error(handler, -32601, "method not found: " .. tostring(message.method))
   else
     method(handler, message.params)
+  end
+  if not subscribed[handler] then
+    subscribed[handler] = true
+    bcast:subscribe(echo_lapps.time_channel, handler)
   end
   return true
 end
