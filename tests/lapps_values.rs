@@ -217,3 +217,19 @@ fn a_handler_that_answers_and_then_fails_gets_no_second_response() {
         assert_eq!(got, protocol::encode_response_ok(&[t(how)]), "{how}");
     }
 }
+
+#[test]
+fn a_request_up_to_the_services_message_size_is_taken_beyond_16_mib() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1,
+                                  "max_inbound_message_size": 33554432 } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/lapps_views");
+    let big = Value::Bytes(vec![0x5a; 20 << 20]);
+    let got = call(&mut ws, request("echo", Value::Array(vec![big.clone()])));
+    assert_eq!(got, protocol::encode_response_ok(&[big]));
+}

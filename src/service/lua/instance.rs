@@ -105,8 +105,9 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         app.init(host).map_err(|e| format!("{path}: {e}"))?;
         App::Standalone(app)
     } else {
-        let lapps = (spec.protocol == super::spec::Protocol::LAppS)
-            .then(|| super::lapps::LappsState::new(spec.max_protocol_errors));
+        let lapps = (spec.protocol == super::spec::Protocol::LAppS).then(|| {
+            super::lapps::LappsState::new(spec.max_protocol_errors, spec.max_inbound_message_size)
+        });
         let app = RawApp::new(&lua, &module, lapps).map_err(|e| format!("{path}: {e}"))?;
         if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
             host.reset_budget();

@@ -28,14 +28,21 @@ pub(crate) enum Outcome {
 
 pub(crate) struct LappsState {
     max_errors: u32,
+    /// The decoding limits, with the service's message size as the input limit (the worker
+    /// refused larger messages with 1009 already).
+    limits: Limits,
     /// Consecutive protocol errors per connection (cleared by a valid message).
     errors: RefCell<HashMap<ConnId, u32>>,
 }
 
 impl LappsState {
-    pub fn new(max_errors: u32) -> LappsState {
+    pub fn new(max_errors: u32, max_message_size: usize) -> LappsState {
         LappsState {
             max_errors: max_errors.max(1),
+            limits: Limits {
+                max_input: max_message_size,
+                ..Limits::default()
+            },
             errors: RefCell::new(HashMap::new()),
         }
     }
@@ -54,7 +61,7 @@ impl LappsState {
         payload: &[u8],
     ) -> Result<(Rc<Doc>, DocInbound), Outcome> {
         let inbound = if opcode == 2 {
-            Doc::parse(payload, &Limits::default())
+            Doc::parse(payload, &self.limits)
                 .map_err(|e| ProtocolError {
                     code: protocol::PARSE_ERROR,
                     message: format!("parse error: {e}"),
