@@ -1,9 +1,16 @@
-//! One-line log records on stderr (journald adds its own timestamp under systemd; we add ours
-//! for terminals). Level is set once from `LAPPS_LOG` (error, warn, info, debug); default info.
+//! One-line log records on stderr. On a terminal each line starts with our timestamp and level;
+//! under systemd (stderr connected to the journal, `JOURNAL_STREAM` set) with the `<N>`
+//! priority prefix journald reads instead, so `journalctl -p err` finds our errors. Level is
+//! set once from `LAPPS_LOG` (error, warn, info, debug, any case); default info.
+//!
+//! Lines a remote peer can cause (one per bad request, refused connection, timeout, Lua error)
+//! go through the `*_limited!` macros: at most [`PER_SECOND`] lines a second per call site, the
+//! rest counted and reported by the next line that passes, so a flood of misbehaving clients
+//! cannot flood the journal (whose own rate limit would then drop our real errors too).
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u8)]
@@ -17,15 +24,24 @@ pub enum Level {
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static INIT: OnceLock<()> = OnceLock::new();
 
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+
 fn init() {
     INIT.get_or_init(|| {
-        let level = match std::env::var("LAPPS_LOG").as_deref() {
+        let level = match std::env::var("LAPPS_LOG")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
             Ok("error") => Level::Error,
-            Ok("warn") => Level::Warn,
-            Ok("debug") => Level::Debug,
+            Ok("warn") | Ok("warning") => Level::Warn,
+            Ok("debug") | Ok("trace") => Level::Debug,
             _ => Level::Info,
         };
         LEVEL.store(level as u8, Ordering::Relaxed);
+        JOURNAL.store(
+            std::env::var_os("JOURNAL_STREAM").is_some(),
+            Ordering::Relaxed,
+        );
     });
 }
 
@@ -36,19 +52,99 @@ pub fn enabled(level: Level) -> bool {
 
 #[doc(hidden)]
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
-    let tag = match level {
-        Level::Error => "ERROR",
-        Level::Warn => "WARN",
-        Level::Info => "INFO",
-        Level::Debug => "DEBUG",
+    let (tag, priority) = match level {
+        Level::Error => ("ERROR", 3),
+        Level::Warn => ("WARN", 4),
+        Level::Info => ("INFO", 6),
+        Level::Debug => ("DEBUG", 7),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let line = format!("{} {tag} {args}\n", utc_timestamp(now));
+    let line = if JOURNAL.load(Ordering::Relaxed) {
+        // journald stamps the time itself and reads the level from the prefix.
+        format!("<{priority}>{tag} {args}\n")
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{} {tag} {args}\n", utc_timestamp(now))
+    };
     // One write per record so that lines of different threads never interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
+
+/// A string a peer sent, fit for a log line: quoted and escaped (no line breaks or control
+/// characters can reach the log), and cut to its first 64 characters.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// Most lines a second one `*_limited!` call site writes.
+pub const PER_SECOND: u32 = 10;
+
+/// The state of one `*_limited!` call site: the current second, lines written in it, and lines
+/// suppressed since the last one written.
+pub struct Limiter(Mutex<(u64, u32, u64)>);
+
+impl Limiter {
+    pub const fn new() -> Limiter {
+        Limiter(Mutex::new((0, 0, 0)))
+    }
+
+    /// `Some(suppressed)` when a line may be written now (`suppressed` lines were dropped
+    /// before it), `None` when it is dropped.
+    pub fn admit(&self) -> Option<u64> {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.admit_at(second)
+    }
+
+    fn admit_at(&self, second: u64) -> Option<u64> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0 != second {
+            s.0 = second;
+            s.1 = 0;
+        }
+        if s.1 >= PER_SECOND {
+            s.2 += 1;
+            return None;
+        }
+        s.1 += 1;
+        Some(std::mem::take(&mut s.2))
+    }
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::new()
+    }
+}
+
+#[doc(hidden)]
+pub fn write_limited(level: Level, limiter: &Limiter, args: std::fmt::Arguments<'_>) {
+    match limiter.admit() {
+        None => {}
+        Some(0) => write(level, args),
+        Some(n) => write(level, format_args!("{args} ({n} similar lines suppressed)")),
+    }
+}
+
+#[macro_export]
+macro_rules! log_limited_at {
+    ($lvl:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($lvl) {
+            static LIMITER: $crate::log::Limiter = $crate::log::Limiter::new();
+            $crate::log::write_limited($lvl, &LIMITER, format_args!($($arg)*))
+        }
+    };
+}
+#[macro_export]
+macro_rules! info_limited { ($($arg:tt)*) => { $crate::log_limited_at!($crate::log::Level::Info, $($arg)*) } }
+#[macro_export]
+macro_rules! error_limited { ($($arg:tt)*) => { $crate::log_limited_at!($crate::log::Level::Error, $($arg)*) } }
 
 #[macro_export]
 macro_rules! log_at {
@@ -89,6 +185,29 @@ fn utc_timestamp(since_epoch: std::time::Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_limited_call_site_writes_at_most_per_second_lines_and_counts_the_rest() {
+        let l = super::Limiter::new();
+        let first: Vec<_> = (0..25).map(|_| l.admit_at(7)).collect();
+        assert!(first[..10].iter().all(|a| *a == Some(0)), "{first:?}");
+        assert!(first[10..].iter().all(|a| a.is_none()), "{first:?}");
+        // The next second: the first line written reports the 15 dropped, then the count
+        // starts again.
+        assert_eq!(l.admit_at(8), Some(15));
+        assert_eq!(l.admit_at(8), Some(0));
+    }
+
+    #[test]
+    fn peer_strings_are_quoted_escaped_and_cut() {
+        assert_eq!(super::shown("echo"), "\"echo\"");
+        assert_eq!(super::shown("a\nERROR b"), "\"a\\nERROR b\"");
+        let long = "x".repeat(100);
+        assert_eq!(
+            super::shown(&long),
+            format!("\"{}\"... (100 bytes)", "x".repeat(64))
+        );
+    }
+
     #[test]
     fn formats_utc_timestamps() {
         let t = std::time::Duration::from_millis(1_795_604_417_182);

@@ -552,7 +552,10 @@ fn check_method_name(method: &str) -> Result<(), ProtocolError> {
     if method.starts_with('_') {
         return Err(ProtocolError::new(
             METHOD_NOT_FOUND,
-            format!("method not found: '{method}' (names starting with '_' are reserved)"),
+            format!(
+                "method not found: {} (names starting with '_' are reserved)",
+                crate::log::shown(method)
+            ),
         ));
     }
     Ok(())

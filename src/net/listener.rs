@@ -146,7 +146,7 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
         };
         if let Some(acl) = acl {
             if !acl(peer.ip()) {
-                info!("rejected {peer}: denied by the server ACL");
+                crate::info_limited!("rejected {peer}: denied by the server ACL");
                 continue; // dropping `fd` closes it before anything was read
             }
         }
@@ -157,7 +157,7 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
             reject_full: false,
         };
         if let Err(back) = balancer.dispatch(conn) {
-            info!("rejected {peer}: every worker is at max_connections (HTTP 503)");
+            crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
             if let Err(back) = balancer.reject_full(back) {
                 let _ = sys::send(back.fd.as_raw_fd(), &error_response(503, "server full"));
             }

@@ -35,7 +35,7 @@ use crate::service::{Flow, Service, WorkerCtx};
 use crate::ws::codec::{self, Decoder, Event, Role};
 use crate::ws::handshake::{self, Request};
 use crate::ws::Opcode;
-use crate::{debug, info, warn};
+use crate::{debug, warn};
 
 mod closing;
 mod commands;
@@ -504,7 +504,7 @@ impl Worker {
             Ok(None) => return 0,
             Ok(Some(done)) => done,
             Err(e) => {
-                info!("rejected {peer}: HTTP {} {}", e.status, e.reason);
+                crate::info_limited!("rejected {peer}: HTTP {} {}", e.status, e.reason);
                 self.answer_and_finish(index, e.response());
                 return buf.len();
             }
@@ -516,7 +516,10 @@ impl Worker {
         let service = match self.router.route(&req, peer.ip()) {
             Ok(s) => s,
             Err(status) => {
-                info!("rejected {peer}: HTTP {status} for {}", req.path);
+                crate::info_limited!(
+                    "rejected {peer}: HTTP {status} for {}",
+                    crate::log::shown(&req.path)
+                );
                 let reason = match status {
                     404 => "no service at this path",
                     403 => "forbidden",
@@ -655,7 +658,7 @@ impl Worker {
         match result {
             Err(e) => {
                 let peer = self.conns.get_mut(index).map(|c| c.peer);
-                info!(
+                crate::info_limited!(
                     "closing {}: protocol violation ({}), close code {}",
                     peer.map_or_else(String::new, |p| p.to_string()),
                     e.reason,

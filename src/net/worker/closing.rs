@@ -6,10 +6,10 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::{Ctx, Ending, Worker};
+use crate::debug;
 use crate::net::conn::Phase;
 use crate::net::outq::OutQueue;
 use crate::ws::codec::{self, Role};
-use crate::{debug, info};
 
 impl Worker {
     /// The peer sent Close: echo it (if we had not sent ours; after the replies the service
@@ -191,7 +191,7 @@ impl Worker {
             self.touched_push(&service);
         }
         match why {
-            Ending::Timeout(what) => info!("closed {}: {what} timeout", c.peer),
+            Ending::Timeout(what) => crate::info_limited!("closed {}: {what} timeout", c.peer),
             other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
         }
         // Dropping `c` closes the socket.

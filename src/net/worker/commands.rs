@@ -3,7 +3,6 @@
 
 use super::Worker;
 use super::SLOW_CONSUMER_FACTOR;
-use crate::info;
 use crate::net::conn::Phase;
 use crate::net::handle::ConnId;
 use crate::net::hub::{Chunk, Command};
@@ -106,7 +105,7 @@ impl Worker {
             // A peer that does not read while services keep sending to it (broadcasts, pushes)
             // would grow its queue without bound: it is dropped with 1008, the others never
             // wait for it.
-            info!(
+            crate::info_limited!(
                 "closing {}: slow consumer ({} bytes queued), close code 1008",
                 c.peer,
                 c.out.bytes()

@@ -4,7 +4,6 @@ use std::cmp::Reverse;
 use std::time::Instant;
 
 use super::{Ending, Worker, SHUTDOWN_GRACE};
-use crate::info;
 use crate::net::conn::Phase;
 use crate::ws::codec::{self, Role};
 use crate::ws::{close, Opcode};
@@ -54,7 +53,7 @@ impl Worker {
             let at = c.last_activity + idle;
             self.set_deadline(index, at);
         } else if c.ping_outstanding {
-            info!("closing {}: idle timeout (no answer to ping)", c.peer);
+            crate::info_limited!("closing {}: idle timeout (no answer to ping)", c.peer);
             self.start_close(index, close::GOING_AWAY);
         } else {
             c.ping_outstanding = true;

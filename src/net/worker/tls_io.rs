@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::{Ending, Worker};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
-use crate::{debug, info, warn};
+use crate::{debug, warn};
 
 /// Ciphertext read per `recv`: several full TLS records.
 const CIPHER_READ: usize = 64 * 1024;
@@ -155,7 +155,7 @@ impl Worker {
             }
             .map(|_| ());
             if let Err(e) = result {
-                info!("closing {peer}: TLS error: {e}");
+                crate::info_limited!("closing {peer}: TLS error: {e}");
                 t.failed = true;
                 self.finish_after_flush(index);
                 return Step::Stop;

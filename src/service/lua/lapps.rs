@@ -98,9 +98,10 @@ impl LappsState {
         error: &str,
     ) {
         let error = one_line_str(error);
-        crate::error!(
-            "{} onMessage failed for method {method:?} of {:#x}: {}",
+        crate::error_limited!(
+            "{} onMessage failed for method {} of {:#x}: {}",
             host.tag(),
+            crate::log::shown(method),
             conn.as_u64(),
             error
         );
@@ -115,7 +116,7 @@ impl LappsState {
         if e.notification {
             // A client notification gets no response, not even an error: the client would
             // take it for the answer to its oldest pending call.
-            crate::info!(
+            crate::debug!(
                 "{} dropped a malformed notification from {:#x}: {} ({})",
                 host.tag(),
                 conn.as_u64(),
@@ -129,7 +130,7 @@ impl LappsState {
         let n = errors.entry(conn).or_insert(0);
         *n += 1;
         if *n >= self.max_errors {
-            crate::info!(
+            crate::info_limited!(
                 "{} closing {:#x} with 1003: {} protocol errors in a row (last: {} {})",
                 host.tag(),
                 conn.as_u64(),

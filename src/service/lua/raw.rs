@@ -144,7 +144,7 @@ impl RawApp {
                         continue;
                     }
                     let error = one_line_str(&error);
-                    crate::error!(
+                    crate::error_limited!(
                         "{} onMessage failed, closing {:#x} with 1011: {}",
                         host.tag(),
                         conn.as_u64(),
@@ -206,7 +206,7 @@ impl RawApp {
                     let _ = lua.gc_collect();
                     let _ = lua.gc_collect();
                 }
-                crate::error!(
+                crate::error_limited!(
                     "{} onMessage failed, closing {:#x} with 1011: {}",
                     host.tag(),
                     conn.as_u64(),
