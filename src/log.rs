@@ -38,11 +38,31 @@ fn init() {
             _ => Level::Info,
         };
         LEVEL.store(level as u8, Ordering::Relaxed);
-        JOURNAL.store(
-            std::env::var_os("JOURNAL_STREAM").is_some(),
-            Ordering::Relaxed,
-        );
+        JOURNAL.store(stderr_is_the_journal(), Ordering::Relaxed);
     });
+}
+
+/// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM` names its device
+/// and inode; a redirected stderr keeps the variable but is another file).
+fn stderr_is_the_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat writes into a zeroed stat we own; fd 2 is only inspected.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(2, &mut st) != 0 {
+            return false;
+        }
+        st
+    };
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
 }
 
 pub fn enabled(level: Level) -> bool {

@@ -1,5 +1,5 @@
-//! SIGHUP and SIGTERM on the real binary: a reload runs beside the signal loop, so a stop is
-//! served even while a new version's `init()` never returns.
+//! The real binary's process-level behaviour: a reload runs beside the signal loop, so a stop
+//! is served even while a new version's `init()` never returns; log lines under the journal.
 #[path = "common/binary.rs"]
 mod binary;
 
@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use binary::{spawn_binary, wait_line};
 
-fn site() -> PathBuf {
+fn site(name: &str) -> PathBuf {
     let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("reload-{}", std::process::id()));
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("apps/stuck")).unwrap();
     std::fs::write(
@@ -41,7 +41,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 
 #[test]
 fn sigterm_stops_the_server_while_a_reload_hangs_in_a_new_init() {
-    let dir = site();
+    let dir = site("reload");
     lapps_json(&dir, "");
     let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
     // A new standalone service whose init() waits for a message that never comes.
@@ -75,4 +75,54 @@ return s
         std::thread::sleep(Duration::from_millis(20)); // polling interval of the exit wait
     };
     assert!(status.success(), "{status}");
+}
+
+/// Starts the binary with stderr going to `log` and `JOURNAL_STREAM` set to `journal`, waits
+/// for it to listen, stops it; returns what it logged.
+fn run_logging_to(
+    dir: &std::path::Path,
+    log: &std::path::Path,
+    journal: impl FnOnce(&std::fs::File) -> String,
+) -> String {
+    let file = std::fs::File::create(log).unwrap();
+    let stream = journal(&file);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+        .arg("-c")
+        .arg(dir)
+        .env("JOURNAL_STREAM", stream)
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(log)
+        .unwrap()
+        .contains("listening on")
+    {
+        assert!(Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of the log wait
+    }
+    signal(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(log).unwrap()
+}
+
+#[test]
+fn under_the_journal_each_line_carries_its_syslog_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = site("journal");
+    lapps_json(&dir, "");
+    let journal = run_logging_to(&dir, &dir.join("journal.log"), |f| {
+        let m = f.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    });
+    let first = journal.lines().next().unwrap();
+    assert!(first.starts_with("<6>INFO lapps "), "{first}");
+    // Another file than the one JOURNAL_STREAM names: the terminal format, timestamp first.
+    let plain = run_logging_to(&dir, &dir.join("plain.log"), |_| "1:1".into());
+    let first = plain.lines().next().unwrap();
+    assert!(
+        first.starts_with("20") && first.contains(" INFO lapps "),
+        "{first}"
+    );
 }
