@@ -256,3 +256,58 @@ fn jit_traces_skip_count_hooks_which_is_why_a_budget_turns_the_jit_off() {
     assert!(interpreted > 5000, "interpreter: {interpreted} hook calls");
     assert!(compiled < 10, "JIT: {compiled} hook calls");
 }
+
+fn standalone_in_tmp(name: &str, src: &str) -> lapps::service::lua::ServiceSpec {
+    let mut s = app_in_tmp(name, src);
+    s.standalone = true;
+    s.preload = vec!["mqr".into()];
+    s
+}
+
+#[test]
+fn an_init_that_loops_on_must_stop_is_stopped_by_its_budget() {
+    let mut s = standalone_in_tmp(
+        "initloop",
+        "local s = {}\ns.init = function() while not must_stop() do end end\ns.run = function() end\nreturn s",
+    );
+    s.instruction_budget = Some(5_000_000);
+    let e = Registry::start(vec![s], hub(1))
+        .err()
+        .expect("a start error");
+    assert!(e.message.contains("instruction budget"), "{e}");
+}
+
+#[test]
+fn an_init_that_never_returns_fails_the_start_after_its_timeout() {
+    let mut s = standalone_in_tmp(
+        "initwait",
+        "local s = {}\ns.init = function() mqr:receive(\"safety.never\") end\ns.run = function() end\nreturn s",
+    );
+    s.start_timeout = std::time::Duration::from_secs(1);
+    let e = Registry::start(vec![s], hub(1))
+        .err()
+        .expect("a start error");
+    assert!(e.message.contains("did not finish"), "{e}");
+}
+
+#[test]
+fn a_run_that_returns_early_keeps_on_shutdown_for_the_shutdown() {
+    let s = standalone_in_tmp(
+        "earlyrun",
+        r#"local s = {}
+s.run = function() assert(mqr:post("safety.early", "ran")) end
+s.onShutdown = function() assert(mqr:post("safety.early", "onShutdown, stopping=" .. tostring(must_stop()))) end
+return s"#,
+    );
+    let q = lapps::service::mqr::registry().open("safety.early", 4);
+    let reg = Registry::start(vec![s], hub(1)).unwrap();
+    let next = || {
+        let m = q
+            .receive(std::time::Duration::from_secs(20), &|| false)
+            .expect("a message within 20 s");
+        String::from_utf8(m.into_vec()).unwrap()
+    };
+    assert_eq!(next(), "ran");
+    reg.shutdown();
+    assert_eq!(next(), "onShutdown, stopping=true");
+}

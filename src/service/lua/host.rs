@@ -80,8 +80,10 @@ pub(crate) struct HostCtx {
     /// Instructions left in the current callback (only used when a budget is set).
     pub budget_left: Cell<u64>,
     pub budget: Option<u64>,
-    /// A standalone service's state: its polling points start new budget slices.
+    /// A standalone service's state: its polling points start new budget slices, once `run()`
+    /// has begun (`init()` gets one budget, like any callback).
     standalone: bool,
+    in_run: Cell<bool>,
     /// Connections of this instance it asked to close: their queued messages are skipped.
     pub closing: RefCell<HashSet<ConnId>>,
     /// The connection whose LAppS request `onMessage` is handling, and whether a response
@@ -112,6 +114,7 @@ impl HostCtx {
             budget_left: Cell::new(budget.unwrap_or(u64::MAX)),
             budget,
             standalone: spec.standalone,
+            in_run: Cell::new(false),
             closing: RefCell::new(HashSet::new()),
             answering: Cell::new(None),
             answered: Cell::new(false),
@@ -212,13 +215,18 @@ impl HostCtx {
         self.budget_left.set(self.budget.unwrap_or(u64::MAX));
     }
 
-    /// A polling point (`must_stop()`, `nap:sleep`, a waiting `mqr` call, `cws:eventLoop`):
-    /// a new slice in a standalone `run()`; in a network service's callback the budget stays
-    /// the callback's, or a loop calling one of these could never be stopped.
+    /// A polling point (`must_stop()`, `nap:sleep`, an `mqr` receive, `cws:eventLoop`): a new
+    /// slice in a standalone `run()`; in `init()` and in a network service's callbacks the
+    /// budget stays the callback's, or a loop calling one of these could never be stopped.
     pub fn polling_point(&self) {
-        if self.standalone {
+        if self.standalone && self.in_run.get() {
             self.reset_budget();
         }
+    }
+
+    /// A standalone service's `run()` begins: its polling points start new slices from now on.
+    pub fn begin_run(&self) {
+        self.in_run.set(true);
     }
 
     pub fn tag(&self) -> String {

@@ -48,6 +48,8 @@ pub(crate) fn spawn(
     let hub = Arc::clone(&shared.hub);
     let bcast = Arc::clone(&shared.bcast);
     let stop = Arc::clone(&shared.stop);
+    let stop_on_timeout = Arc::clone(&shared.stop);
+    let spec_timeout = spec.start_timeout;
     let thread = std::thread::Builder::new()
         .name(format!("lua-{}#{index}", spec.name))
         .spawn(move || {
@@ -64,7 +66,16 @@ pub(crate) fn spawn(
             let _ = fin_tx.send(());
         })
         .map_err(|e| format!("cannot spawn the instance thread: {e}"))?;
-    match ready_rx.recv() {
+    let started = ready_rx.recv_timeout(spec_timeout);
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = started {
+        // Left behind: must_stop() turns true and blocked host calls return, so an init that
+        // polls or waits ends; one that never does stays parked until the process exits.
+        stop_on_timeout.set();
+        return Err(format!(
+            "init/onStart did not finish within {spec_timeout:?} (it must return; loops belong in run())"
+        ));
+    }
+    match started.map_err(|_| ()) {
         Ok(Ok(())) => Ok(InstanceHandle {
             thread: Some(thread),
             finished: fin_rx,

@@ -59,6 +59,9 @@ pub struct ServiceSpec {
     pub proto_alias: Option<String>,
     /// LAppS protocol: consecutive malformed messages before the connection is closed (1003).
     pub max_protocol_errors: u32,
+    /// How long loading the app and its `init()`/`onStart` may take before the start fails
+    /// (a start that never ended would hold the server's start-up or a reload for good).
+    pub start_timeout: std::time::Duration,
 }
 
 impl ServiceSpec {
@@ -94,6 +97,7 @@ impl ServiceSpec {
             extra_headers: Vec::new(),
             proto_alias: None,
             max_protocol_errors: 10,
+            start_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

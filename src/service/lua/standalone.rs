@@ -37,11 +37,30 @@ impl StandaloneApp {
         Ok(())
     }
 
+    /// Runs `run()`. If it ends before shutdown (returns or raises), that is logged and the
+    /// instance waits for the shutdown: `onShutdown` runs at shutdown, as for every service.
     pub fn run(&self, host: &HostCtx) {
         host.reset_budget();
-        if let Err(e) = self.run.call::<()>(()) {
-            crate::error!("{} run: {}", host.tag(), one_line(&e));
-        }
+        host.begin_run();
+        let result = self.run.call::<()>(());
         host.flush();
+        if host.stop.is_set() {
+            if let Err(e) = result {
+                crate::error!("{} run: {}", host.tag(), one_line(&e));
+            }
+            return;
+        }
+        match result {
+            Ok(()) => crate::warn!(
+                "{} run() returned before shutdown; the instance idles until then",
+                host.tag()
+            ),
+            Err(e) => crate::error!(
+                "{} run() failed, the instance idles until shutdown: {}",
+                host.tag(),
+                one_line(&e)
+            ),
+        }
+        while host.stop.sleep(std::time::Duration::from_secs(3600)) {}
     }
 }

@@ -60,7 +60,7 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
                 let s: mlua::String = tostring.call(v)?;
                 line.push_str(&s.to_string_lossy());
             }
-            crate::info!("{} {}", h.tag(), line.replace('\n', " | "));
+            crate::info!("{} {}", h.tag(), printable(&line));
             Ok(())
         })?,
     )?;
@@ -76,4 +76,31 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
     )?;
     g.set("instance_id", host.instance as i64)?;
     Ok(())
+}
+
+/// A `print` line as it may enter the log: line breaks become " | ", other control characters
+/// (NUL, CR, ESC: they split or rewrite log lines) are escaped; tabs stay.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.replace("\r\n", "\n").chars() {
+        match c {
+            '\n' => out.push_str(" | "),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn print_lines_carry_no_control_characters() {
+        assert_eq!(super::printable("a\nb\r\nc\td"), "a | b | c\td");
+        assert_eq!(
+            super::printable("x\0<3>ERROR fake\r\u{1b}[2J"),
+            "x\\u{0}<3>ERROR fake\\r\\u{1b}[2J"
+        );
+    }
 }

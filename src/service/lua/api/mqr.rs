@@ -82,6 +82,9 @@ impl Ctx {
 
     fn receive(&self, lua: &Lua, q: &Queue, timeout: Option<Duration>) -> mlua::Result<Ret> {
         if let Some(m) = self.poll(q) {
+            // A receive is a polling point whether or not it had to wait: a loop draining a
+            // busy queue must not run out of budget.
+            self.host.polling_point();
             return ok(self.deliver(lua, q, m)?);
         }
         self.host.flush();
