@@ -20,9 +20,6 @@ use super::spec::ServiceSpec;
 use super::standalone::StandaloneApp;
 use crate::net::hub::{Command, Hub};
 
-/// Host modules this build provides; other names in `preload` are `require`d as Lua modules.
-const NOT_YET: [&str; 1] = ["murmur"];
-
 /// What the starter keeps of a running instance.
 pub(crate) struct InstanceHandle {
     pub thread: Option<JoinHandle<()>>,
@@ -145,10 +142,8 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
             "bcast" => api::bcast::install(lua, host).map_err(lua_err)?,
             "cws" => api::cws::install(lua, host).map_err(lua_err)?,
             "mqr" => api::mqr::install(lua, host, spec.mqr_capacity).map_err(lua_err)?,
+            "murmur" => api::murmur::install(lua).map_err(lua_err)?,
             "ws" | "nljson" => {}
-            n if NOT_YET.contains(&n) => {
-                crate::warn!("{} preload: module {n} is not available yet", host.tag())
-            }
             n => {
                 let m: Value = lua
                     .load(format!("return require({n:?})"))

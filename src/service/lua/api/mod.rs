@@ -7,6 +7,7 @@
 pub mod bcast;
 pub(crate) mod cws;
 pub(crate) mod mqr;
+pub(crate) mod murmur;
 pub(crate) mod nap;
 pub(crate) mod time;
 pub(crate) mod ws;

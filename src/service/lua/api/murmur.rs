@@ -1,0 +1,107 @@
+//! `murmur`: the original's hash module. `murmur.hashstr(v)` gives 16 hex digits,
+//! `murmur.hashnum(v)` a number. A string hashes as libstdc++'s `std::hash<std::string>` does
+//! (MurmurHash2, 64-bit, seed 0xc70f6907), which is what the original called, so hashes stored
+//! or compared across the two servers agree; a number hashes to its integer value, as
+//! `std::hash<size_t>` does.
+
+use mlua::{Lua, Value};
+
+const SEED: u64 = 0xc70f_6907;
+const MUL: u64 = (0xc6a4_a793 << 32) + 0x5bd1_e995;
+
+fn shift_mix(v: u64) -> u64 {
+    v ^ (v >> 47)
+}
+
+/// libstdc++'s `_Hash_bytes` for a 64-bit `size_t`.
+pub(crate) fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
+    let mut hash = seed ^ (bytes.len() as u64).wrapping_mul(MUL);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let data = shift_mix(u64::from_le_bytes(w).wrapping_mul(MUL)).wrapping_mul(MUL);
+        hash ^= data;
+        hash = hash.wrapping_mul(MUL);
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        // The tail's bytes, last one most significant (load_bytes).
+        let data = tail
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        hash ^= data;
+        hash = hash.wrapping_mul(MUL);
+    }
+    shift_mix(shift_mix(hash).wrapping_mul(MUL))
+}
+
+/// The 64-bit hash of a Lua string or number; None for other types.
+fn digest(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => Some(hash_bytes(&s.as_bytes(), SEED)),
+        // size_t conversion of the number, as the original: negative and fractional
+        // numbers saturate and truncate.
+        Value::Integer(i) => Some(*i as u64),
+        Value::Number(n) => Some(*n as u64),
+        _ => None,
+    }
+}
+
+pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    let usage = |f: &str| mlua::Error::runtime(format!("usage: murmur.{f}(number|string)"));
+    t.set(
+        "hashstr",
+        lua.create_function(move |_, v: Value| {
+            digest(&v)
+                .map(|h| format!("{h:016x}"))
+                .ok_or_else(|| usage("hashstr"))
+        })?,
+    )?;
+    t.set(
+        "hashnum",
+        lua.create_function(move |_, v: Value| {
+            digest(&v).map(|h| h as f64).ok_or_else(|| usage("hashnum"))
+        })?,
+    )?;
+    lua.globals().set("murmur", t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hash_bytes, SEED};
+
+    /// `std::hash<std::string>` of libstdc++ (g++ 12, x86_64), printed with "%016zx".
+    #[test]
+    fn strings_hash_as_libstdcxx_std_hash_does() {
+        for (s, want) in [
+            ("", 0x553e_9390_1e46_2a6e_u64),
+            ("a", 0x454d_dee4_88c1_ed6b),
+            ("hello", 0x2655_3298_fdbe_39c8),
+            ("LAppS", 0x99b0_efc9_e064_4d3c),
+            ("0123456789abcdef", 0x934b_0d76_0642_ed86),
+            ("a longer string of 29 bytes!!", 0xfece_3ab1_074d_d5c0),
+        ] {
+            assert_eq!(hash_bytes(s.as_bytes(), SEED), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_lua_functions_take_strings_and_numbers() {
+        let lua = mlua::Lua::new();
+        super::install(&lua).unwrap();
+        let (s, n, k, bad): (String, f64, f64, bool) = lua
+            .load(
+                r#"return murmur.hashstr("hello"), murmur.hashnum(42), murmur.hashnum("a"),
+                          pcall(murmur.hashstr, {})"#,
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(s, "26553298fdbe39c8");
+        assert_eq!(n, 42.0);
+        assert_eq!(k, 0x454d_dee4_88c1_ed6b_u64 as f64);
+        assert!(!bad);
+    }
+}
