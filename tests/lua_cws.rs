@@ -446,3 +446,42 @@ return p
     assert_eq!(server.join().unwrap(), Some(0x8));
     reg.shutdown();
 }
+
+#[test]
+fn the_client_tries_each_resolved_address_until_one_answers() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    // A port nothing listens on any more: connecting to it is refused.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        s.write_all(&[0x81, 2, b'h', b'i']).unwrap();
+        s
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let addrs = vec![refused, refused, addr];
+    let mut c = Client::connect_addrs(addrs, &u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |_, ev| {
+        ev.iter()
+            .any(|e| e.starts_with("Message") || e.starts_with("Closed"))
+    });
+    assert_eq!(events, ["Open", "Message([104, 105], Text)"]);
+    drop(server.join().unwrap());
+
+    // When every address refuses, the error names the last one tried.
+    let mut events: Vec<String> = Vec::new();
+    match Client::connect_addrs(vec![refused, refused], &u, None, &mut keys, 1 << 20) {
+        Err(e) => events.extend([format!("Error({e:?})"), "Closed(1006)".into()]),
+        Ok(mut c) => drive(&mut c, &mut keys, &mut events, |c, _| c.is_done()),
+    }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].contains(&refused.to_string()), "{events:?}");
+    assert!(events[0].contains("refused"), "{events:?}");
+    assert_eq!(events[1], "Closed(1006)");
+}

@@ -19,6 +19,8 @@ use crate::ws::Opcode;
 
 /// Connect + TLS + upgrade must be done within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One address's share of it while other addresses are left to try.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// After our Close, the server has this long to answer before the socket is dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unsent bytes above which `send` refuses more (back-pressure instead of unbounded memory).
@@ -79,9 +81,11 @@ impl KeyPool {
 
 #[derive(Debug)]
 enum Phase {
-    /// The TCP connect is in progress; `out` already holds the upgrade request.
+    /// The TCP connect is in progress; `out` already holds the upgrade request. `rest`: the
+    /// resolved addresses not tried yet, in reverse order (last = next).
     Connecting {
         accept: String,
+        rest: Vec<SocketAddr>,
     },
     Upgrading {
         accept: String,
@@ -105,15 +109,49 @@ pub struct Client {
     early: Vec<u8>,
     decoder: Decoder,
     deadline: Option<Instant>,
+    /// When connecting began: connect, TLS and upgrade share one [`CONNECT_TIMEOUT`].
+    started: Instant,
+    /// The address connected (or being connected) to.
+    addr: SocketAddr,
     close_sent: bool,
 }
 
-fn resolve(url: &Url) -> Result<SocketAddr, String> {
-    (url.host.as_str(), url.port)
+/// Every address of the URL's host, in resolver order.
+fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {}", url.host))
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("cannot resolve {}", url.host));
+    }
+    Ok(addrs)
+}
+
+/// Starts a connect to the next address of `rest` (last = next) that does not fail at once.
+/// `Err` carries the last failure when none is left.
+fn connect_next(
+    rest: &mut Vec<SocketAddr>,
+    mut why: String,
+) -> Result<(TcpStream, bool, SocketAddr), String> {
+    while let Some(addr) = rest.pop() {
+        match start_connect(addr) {
+            Ok((sock, connected)) => return Ok((sock, connected, addr)),
+            Err(e) => why = e,
+        }
+    }
+    Err(why)
+}
+
+/// The deadline of an attempt begun now: [`ATTEMPT_TIMEOUT`] while other addresses are left,
+/// what is left of [`CONNECT_TIMEOUT`] for the last one.
+fn attempt_deadline(started: Instant, rest: &[SocketAddr]) -> Instant {
+    let overall = started + CONNECT_TIMEOUT;
+    if rest.is_empty() {
+        overall
+    } else {
+        overall.min(Instant::now() + ATTEMPT_TIMEOUT)
+    }
 }
 
 /// A non-blocking connect: `Ok((stream, connected_already))`.
@@ -141,14 +179,27 @@ fn start_connect(addr: SocketAddr) -> Result<(TcpStream, bool), String> {
 
 impl Client {
     /// Starts connecting to `url` (`tls` must be given for `wss://`). Fails at once only for
-    /// local reasons (resolution, socket creation, an unreachable address).
+    /// local reasons (resolution, socket creation, no address reachable).
     pub fn connect(
         url: &Url,
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
         max_message_size: usize,
     ) -> Result<Client, String> {
-        let addr = resolve(url)?;
+        let addrs = resolve(url)?;
+        Client::connect_addrs(addrs, url, tls, keys, max_message_size)
+    }
+
+    /// [`Client::connect`] to addresses already resolved: they are tried in order, each one
+    /// that refuses or fails (or does not answer within [`ATTEMPT_TIMEOUT`] while others are
+    /// left) gives way to the next, as a host with an IPv6 and an IPv4 address needs.
+    pub fn connect_addrs(
+        addrs: Vec<SocketAddr>,
+        url: &Url,
+        tls: Option<Arc<ClientConfig>>,
+        keys: &mut KeyPool,
+        max_message_size: usize,
+    ) -> Result<Client, String> {
         let tls = match (url.tls, tls) {
             (false, _) => None,
             (true, None) => return Err("wss:// needs a TLS configuration".into()),
@@ -159,23 +210,49 @@ impl Client {
                 Some(Box::new(conn))
             }
         };
-        let (sock, connected) = start_connect(addr)?;
+        let mut rest: Vec<SocketAddr> = addrs.into_iter().rev().collect();
+        let why = format!("cannot resolve {}", url.host);
+        let (sock, connected, addr) = connect_next(&mut rest, why)?;
         let (request, accept) = upgrade::request(url, &keys.take());
+        let started = Instant::now();
         Ok(Client {
             sock,
             tls,
+            deadline: Some(attempt_deadline(started, &rest)),
+            started,
+            addr,
             phase: if connected {
                 Phase::Upgrading { accept }
             } else {
-                Phase::Connecting { accept }
+                Phase::Connecting { accept, rest }
             },
             input: Vec::new(),
             out: request,
             early: Vec::new(),
             decoder: Decoder::new(Role::Client, max_message_size),
-            deadline: Some(Instant::now() + CONNECT_TIMEOUT),
             close_sent: false,
         })
+    }
+
+    /// The connect failed (`why`): goes on with the next address, or fails for good.
+    fn next_address(&mut self, why: String, sink: &mut dyn FnMut(Event<'_>)) {
+        let Phase::Connecting { rest, .. } = &mut self.phase else {
+            return;
+        };
+        match connect_next(rest, why) {
+            Ok((sock, connected, addr)) => {
+                self.sock = sock;
+                self.addr = addr;
+                self.deadline = Some(attempt_deadline(self.started, rest));
+                if connected {
+                    if let Phase::Connecting { accept, .. } = &mut self.phase {
+                        let accept = std::mem::take(accept);
+                        self.phase = Phase::Upgrading { accept };
+                    }
+                }
+            }
+            Err(why) => self.fail(why, 1006, sink),
+        }
     }
 
     pub fn fd(&self) -> RawFd {
@@ -299,7 +376,13 @@ impl Client {
         if now < d {
             return;
         }
-        match self.phase {
+        match &self.phase {
+            Phase::Connecting { rest, .. }
+                if !rest.is_empty() && now < self.started + CONNECT_TIMEOUT =>
+            {
+                let why = format!("timeout connecting to {}", self.addr);
+                self.next_address(why, sink)
+            }
             Phase::Connecting { .. } | Phase::Upgrading { .. } => {
                 self.fail("timeout while connecting".into(), 1006, sink)
             }
@@ -321,16 +404,22 @@ impl Client {
             }
             return;
         }
-        if let Phase::Connecting { accept } = &mut self.phase {
+        if let Phase::Connecting { .. } = self.phase {
             if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
                 return;
             }
             match self.sock.take_error() {
                 Ok(None) => {
-                    let accept = std::mem::take(accept);
-                    self.phase = Phase::Upgrading { accept };
+                    if let Phase::Connecting { accept, .. } = &mut self.phase {
+                        let accept = std::mem::take(accept);
+                        self.phase = Phase::Upgrading { accept };
+                    }
+                    self.deadline = Some(self.started + CONNECT_TIMEOUT);
                 }
-                Ok(Some(e)) | Err(e) => return self.fail(format!("connect: {e}"), 1006, sink),
+                Ok(Some(e)) | Err(e) => {
+                    let why = format!("connect to {}: {e}", self.addr);
+                    return self.next_address(why, sink);
+                }
             }
         }
         let mut eof = false;
