@@ -104,3 +104,73 @@ fn slowloris_is_cut_by_the_handshake_timeout() {
     );
     assert!(t.elapsed() < IO_TIMEOUT);
 }
+
+/// A server whose built-in echo at `/sub` has `proto_alias` "chat" and one extra header.
+fn start_sub() -> TestApp {
+    start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./lua/apps",
+            r#"{"sub": {"builtin": "echo", "proto_alias": "chat",
+                        "extra_headers": {"X-Served-By": "lapps"}}}"#,
+        ),
+    )
+}
+
+#[test]
+fn proto_alias_is_announced_only_to_a_client_that_offered_it() {
+    let app = start_sub();
+    let upgrade = |offer: &str| {
+        http_exchange_until_head(
+            app.addr,
+            &request(
+                app.addr,
+                "/sub",
+                &format!("Sec-WebSocket-Version: 13\r\n{offer}"),
+            ),
+        )
+    };
+    let offered = upgrade("Sec-WebSocket-Protocol: other, chat\r\n");
+    assert!(offered.starts_with("HTTP/1.1 101"), "{offered}");
+    assert!(
+        offered.contains("\r\nSec-WebSocket-Protocol: chat\r\n"),
+        "{offered}"
+    );
+    assert!(offered.contains("\r\nX-Served-By: lapps\r\n"), "{offered}");
+    for offer in [
+        "",
+        "Sec-WebSocket-Protocol: other\r\n",
+        "Sec-WebSocket-Protocol: Chat\r\n",
+    ] {
+        let resp = upgrade(offer);
+        assert!(resp.starts_with("HTTP/1.1 101"), "{offer:?}: {resp}");
+        assert!(
+            !resp.contains("Sec-WebSocket-Protocol"),
+            "{offer:?}: {resp}"
+        );
+    }
+    // A client that offers no subprotocol (a browser's `new WebSocket(url)`) must fail a 101
+    // naming one; tungstenite does, so this round trip proves the answer is acceptable.
+    let mut ws = connect(app.addr, "/sub");
+    ws.send(tungstenite::Message::text("plain")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("plain"));
+}
+
+#[test]
+fn a_426_names_the_upgrade_it_requires() {
+    let srv = start_echo(|_| {});
+    let plain = format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr);
+    for req in [
+        plain,
+        request(srv.addr, "/echo", "Sec-WebSocket-Version: 8\r\n"),
+    ] {
+        let resp = http_exchange(srv.addr, req.as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 426"), "{resp}");
+        assert!(resp.contains("\r\nUpgrade: websocket\r\n"), "{resp}");
+        assert!(
+            resp.contains("\r\nConnection: Upgrade, close\r\n"),
+            "{resp}"
+        );
+        assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{resp}");
+    }
+}

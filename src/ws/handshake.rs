@@ -437,14 +437,17 @@ pub fn accept_key(key: &str) -> String {
     base64_encode(ctx.finish().as_ref())
 }
 
-/// The `101 Switching Protocols` answer. `protocol` is the subprotocol chosen among
-/// `req.protocols` (none is announced when `None`); `extra_headers` are appended as given and must
+/// The `101 Switching Protocols` answer. `protocol` is the service's subprotocol (its
+/// `proto_alias`): it is announced only when the client offered it, since a client must fail a
+/// connection whose answer names a subprotocol it did not ask for (RFC 6455 section 4.1, item
+/// 6 of the client's checks; section 4.2.2). `extra_headers` are appended as given and must
 /// not contain CR or LF (they come from our configuration, not from the peer).
 pub fn response_101(
     req: &Request,
     protocol: Option<&str>,
     extra_headers: &[(String, String)],
 ) -> Vec<u8> {
+    let protocol = protocol.filter(|p| req.protocols.iter().any(|offered| offered == p));
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
@@ -491,14 +494,20 @@ fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// A complete error response; the connection is to be closed after it. `reason` becomes the
-/// plain-text body. 426 carries `Sec-WebSocket-Version: 13` (RFC 6455 section 4.4) and 405
-/// carries `Allow: GET` (RFC 9110 15.5.6).
+/// plain-text body. 426 carries `Upgrade: websocket` with `upgrade` in `Connection` (RFC 9110
+/// 15.5.22 and 7.8) and `Sec-WebSocket-Version: 13` (RFC 6455 section 4.4); 405 carries
+/// `Allow: GET` (RFC 9110 15.5.6).
 pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
     let phrase = reason_phrase(status);
     let body_len = reason.len() + 1;
     let mut out = Vec::with_capacity(128 + body_len);
     out.extend_from_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
-    out.extend_from_slice(b"Connection: close\r\nContent-Type: text/plain\r\n");
+    if status == 426 {
+        out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade, close\r\n");
+    } else {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"Content-Type: text/plain\r\n");
     out.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
     match status {
         426 => out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n"),
