@@ -124,10 +124,10 @@ impl Router for AppRouter {
 
 fn route_of(sc: &ServiceConfig) -> Route {
     let target = match sc.builtin.as_deref() {
-        Some(_) => Target::Builtin(Arc::new(Echo::new(
-            sc.name.clone(),
-            sc.max_inbound_message_size,
-        ))),
+        Some(_) => Target::Builtin(Arc::new(
+            Echo::new(sc.name.clone(), sc.max_inbound_message_size)
+                .with_handshake(sc.proto_alias.clone(), sc.extra_headers.clone()),
+        )),
         None => Target::Lua,
     };
     Route {

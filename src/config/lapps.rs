@@ -291,6 +291,14 @@ impl ServiceConfig {
                         &s.path_of("builtin"),
                         format!("expected \"echo\" (the only built-in service), got {name:?}"),
                     );
+                } else if b.is_some() && (standalone || protocol == Protocol::LAppS) {
+                    // Keys the built-in echo cannot honour are refused, not silently ignored.
+                    r.problem(
+                        ProblemKind::Semantic,
+                        &s.path_of("builtin"),
+                        "the built-in echo serves connections with the RAW protocol: \
+                         it cannot be standalone or speak LAppS",
+                    );
                 }
                 b
             },

@@ -594,3 +594,21 @@ fn file_names_can_be_overridden_and_missing_files_are_reported() {
         "{line}"
     );
 }
+
+#[test]
+fn a_builtin_service_refuses_keys_it_cannot_honour() {
+    let l = lines(lapps(
+        r#"{"services": {"e": {"builtin": "echo", "standalone": true},
+                         "f": {"builtin": "echo", "protocol": "LAppS"}}}"#,
+    ));
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(
+        l[0].contains("services.e.builtin") && l[0].contains("RAW"),
+        "{l:?}"
+    );
+    assert!(
+        l[1].contains("services.f.builtin") && l[1].contains("LAppS"),
+        "{l:?}"
+    );
+    assert!(lapps(r#"{"services": {"e": {"builtin": "echo", "proto_alias": "x"}}}"#).is_ok());
+}

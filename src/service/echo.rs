@@ -8,6 +8,8 @@ use crate::ws::Opcode;
 pub struct Echo {
     name: String,
     max_message_size: usize,
+    subprotocol: Option<String>,
+    extra_headers: Vec<(String, String)>,
 }
 
 impl Echo {
@@ -15,7 +17,20 @@ impl Echo {
         Echo {
             name: name.into(),
             max_message_size,
+            subprotocol: None,
+            extra_headers: Vec::new(),
         }
+    }
+
+    /// The handshake keys of its configuration (`proto_alias`, `extra_headers`).
+    pub fn with_handshake(
+        mut self,
+        subprotocol: Option<String>,
+        extra_headers: Vec<(String, String)>,
+    ) -> Echo {
+        self.subprotocol = subprotocol;
+        self.extra_headers = extra_headers;
+        self
     }
 }
 
@@ -25,6 +40,12 @@ impl Service for Echo {
     }
     fn max_message_size(&self) -> usize {
         self.max_message_size
+    }
+    fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+    fn extra_headers(&self) -> &[(String, String)] {
+        &self.extra_headers
     }
     fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) -> u32 {
         0
