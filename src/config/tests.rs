@@ -312,7 +312,7 @@ fn counts_that_size_threads_or_buffers_up_front_have_a_ceiling() {
         )),
         [
             "ws.json: workers.input_buffer_size: expected a number 1-67108864, got 10000000000.0",
-            "ws.json: workers.workers: expected a number 1-1024, got 5000",
+            "ws.json: workers.workers: expected a number 1-32, got 5000",
             "ws.json: workers.max_poll_events: expected a number 1-65536, got 1000000000.0",
             "ws.json: listeners: expected a number 1-1024, got 5000",
             "ws.json: max_request_bytes: expected a number 256-1048576, got 1000000000.0",
@@ -611,4 +611,20 @@ fn a_builtin_service_refuses_keys_it_cannot_honour() {
         "{l:?}"
     );
     assert!(lapps(r#"{"services": {"e": {"builtin": "echo", "proto_alias": "x"}}}"#).is_ok());
+}
+
+#[test]
+fn workers_stop_at_what_a_connection_handle_can_name() {
+    assert_eq!(
+        ws(r#"{"workers": {"workers": 32}}"#)
+            .unwrap()
+            .workers
+            .workers,
+        32
+    );
+    assert_eq!(
+        lines(ws(r#"{"workers": {"workers": 33}}"#)),
+        ["ws.json: workers.workers: expected a number 1-32, got 33"]
+    );
+    assert!(ws("{}").unwrap().workers.workers <= crate::net::handle::ConnId::MAX_WORKERS);
 }

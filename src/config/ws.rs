@@ -130,8 +130,14 @@ const DEFAULT_INPUT_BUFFER: usize = 2048;
 /// Most listener or worker threads a config may ask for.
 const MAX_THREADS: usize = 1024;
 
+/// IO workers a connection handle can name (5 bits of it).
+pub const MAX_WORKERS: usize = crate::net::handle::ConnId::MAX_WORKERS;
+
+/// One IO worker per core, up to [`MAX_WORKERS`].
 fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS)
 }
 
 impl Default for WsConfig {
@@ -292,7 +298,7 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
         },
     };
     Workers {
-        workers: w.usize_in(r, "workers", default_workers(), 1, MAX_THREADS),
+        workers: w.usize_in(r, "workers", default_workers(), 1, MAX_WORKERS),
         // Handles address at most 2^24 slots per worker (src/net/handle.rs).
         max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 23) as usize,
         auto_fragment,
