@@ -30,9 +30,11 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 const EXHAUSTED_PAUSE_MS: i32 = 100;
 
 /// The accepting loop of one listener thread. Returns when `stop_fd` becomes readable.
+/// `tls`: the endpoint is wss://, where a plain-text 503 would be garbage to the client.
 pub fn run(
     listener: Arc<TcpListener>,
     endpoint: usize,
+    tls: bool,
     balancer: Arc<Balancer>,
     acl: Option<AclFn>,
     stop_fd: RawFd,
@@ -53,7 +55,7 @@ pub fn run(
                 None => continue,
             }
         }
-        match accept_all(lfd, endpoint, &balancer, acl.as_ref()) {
+        match accept_all(lfd, endpoint, tls, &balancer, acl.as_ref()) {
             Accepted::Drained => {
                 if let Some(since) = exhausted.take() {
                     info!(
@@ -112,7 +114,13 @@ enum Accepted {
     Exhausted(io::Error),
 }
 
-fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&AclFn>) -> Accepted {
+fn accept_all(
+    lfd: RawFd,
+    endpoint: usize,
+    tls: bool,
+    balancer: &Balancer,
+    acl: Option<&AclFn>,
+) -> Accepted {
     loop {
         // SAFETY: sockaddr_storage is plain data; zeroed is valid and large enough for any family.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -159,7 +167,10 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
         if let Err(back) = balancer.dispatch(conn) {
             crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
             if let Err(back) = balancer.reject_full(back) {
-                let _ = sys::send(back.fd.as_raw_fd(), &error_response(503, "server full"));
+                // Answered in passing and closed; over TLS there is no session to answer in.
+                if !tls {
+                    let _ = sys::send(back.fd.as_raw_fd(), &error_response(503, "server full"));
+                }
             }
         }
     }

@@ -321,15 +321,19 @@ impl Worker {
         }
         let now = Instant::now();
         let reject_full = nc.reject_full;
+        let tls = self.opts.tls_endpoints.get(nc.listener).copied() == Some(true);
         if reject_full && self.refused >= self.hub.port(self.id).max_refused() {
             // No slot to linger in: answer in passing, as the listener does when even the
-            // accept queues are full, and close at once.
-            let _ = sys::send(fd, &handshake::error_response(503, "server full"));
+            // accept queues are full, and close at once (over TLS, without a session to
+            // answer in, just close).
+            if !tls {
+                let _ = sys::send(fd, &handshake::error_response(503, "server full"));
+            }
             return;
         }
         let mut conn = Conn::new(nc.fd, nc.peer, now);
         conn.refused = reject_full;
-        if self.opts.tls_endpoints.get(nc.listener).copied() == Some(true) {
+        if tls {
             match self.new_tls_session() {
                 Some(s) => conn.tls = Some(s),
                 None => {
