@@ -58,6 +58,28 @@ fn a_peer_that_shuts_its_side_after_a_bad_request_still_gets_the_answer() {
 }
 
 #[test]
+fn a_peer_that_shuts_its_side_after_its_request_and_a_frame_still_gets_101_and_echo() {
+    let srv = start_echo(|_| {});
+    // `printf '<request><frame>' | nc -N`: the request, one message and the FIN in one go.
+    for i in 0..20 {
+        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut bytes = upgrade_request(srv.addr, "/echo").into_bytes();
+        bytes.extend_from_slice(&frame(true, 0, 0x1, b"hi", true));
+        s.write_all(&bytes).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 101"), "run {i}: {text:?}");
+        assert!(
+            answer.ends_with(&[0x81, 2, b'h', b'i']),
+            "run {i}: {text:?}"
+        );
+    }
+}
+
+#[test]
 fn empty_close_is_answered_with_an_empty_close() {
     let srv = start_echo(|_| {});
     let mut s = raw_upgraded(srv.addr, "/echo");
