@@ -146,9 +146,10 @@ impl Worker {
     }
 
     /// The peer shut its side of TCP. When our last bytes are queued (an echoed Close, an HTTP
-    /// answer, the replies a service still owes) they still go out, since a peer may well read
-    /// after shutting its side: the connection stays until they are written (bounded by the
-    /// close timeout) and `finish` then reads the same EOF again. Otherwise it ends now.
+    /// answer) they still go out, since a peer may well read after shutting its side: the
+    /// connection stays until they are written (bounded by the close timeout) and `finish`
+    /// then reads the same EOF again. Otherwise it ends now, after one write of what it has
+    /// queued.
     pub(super) fn on_eof(&mut self, index: u32) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
@@ -156,7 +157,20 @@ impl Worker {
         match c.phase {
             Phase::Finishing | Phase::Answering(_) => {}
             Phase::Draining => self.end(index, Ending::Done),
-            _ => self.end(index, Ending::PeerClosed),
+            _ => {
+                // The connection ends without a close handshake, but what is queued already
+                // (the 101 to a request that came with the FIN, replies made since) is
+                // written first, as far as the socket takes it at once: the peer may read
+                // after shutting its side.
+                if c.out.bytes() > 0 && !c.write_blocked {
+                    let fd = c.fd.as_raw_fd();
+                    let _ = match c.tls.as_deref_mut() {
+                        None => c.out.flush(fd, &mut self.pool),
+                        Some(t) => t.flush(&mut c.out, fd, &mut self.pool, false),
+                    };
+                }
+                self.end(index, Ending::PeerClosed)
+            }
         }
     }
 
