@@ -13,8 +13,9 @@ use crate::ws::codec::Decoder;
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the HTTP upgrade request.
-    Handshake,
+    /// Reading the HTTP upgrade request; `scanned` bytes of it were parsed already (without
+    /// finding its end), so that they are not scanned again.
+    Handshake { scanned: u32 },
     /// WebSocket open: messages flow both ways.
     Open,
     /// Ending (the peer broke the protocol, or sent Close) while the service answers the
@@ -72,7 +73,7 @@ impl Conn {
         Conn {
             fd,
             peer,
-            phase: Phase::Handshake,
+            phase: Phase::Handshake { scanned: 0 },
             service: None,
             tag: 0,
             decoder: None,

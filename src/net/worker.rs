@@ -493,19 +493,26 @@ impl Worker {
             return buf.len();
         };
         match c.phase {
-            Phase::Handshake => self.process_handshake(index, buf),
+            Phase::Handshake { scanned } => self.process_handshake(index, buf, scanned as usize),
             Phase::Open | Phase::Closing => self.process_frames(index, buf),
             Phase::Answering(_) | Phase::Finishing | Phase::Draining => buf.len(),
         }
     }
 
-    fn process_handshake(&mut self, index: u32, buf: &mut [u8]) -> usize {
+    fn process_handshake(&mut self, index: u32, buf: &mut [u8], scanned: usize) -> usize {
         let peer = match self.conns.get_mut(index) {
             Some(c) => c.peer,
             None => return buf.len(),
         };
-        let (req, head_len) = match handshake::parse(buf, &self.handshake_limits) {
-            Ok(None) => return 0,
+        let (req, head_len) = match handshake::parse_after(buf, scanned, &self.handshake_limits) {
+            Ok(None) => {
+                if let Some(c) = self.conns.get_mut(index) {
+                    // Below max_request_bytes (1 MiB at most), else parse refused it.
+                    let scanned = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                    c.phase = Phase::Handshake { scanned };
+                }
+                return 0;
+            }
             Ok(Some(done)) => done,
             Err(e) => {
                 crate::info_limited!("rejected {peer}: HTTP {} {}", e.status, e.reason);

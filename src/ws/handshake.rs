@@ -110,21 +110,35 @@ fn bad(reason: &'static str) -> HandshakeError {
 /// the same. That is why only checks that stay true as bytes arrive (size, bare LF) are made on an
 /// incomplete head, and why they are made first, over the same bytes, on a complete one.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HandshakeError> {
+    parse_after(buf, 0, limits)
+}
+
+/// [`parse`], told that an earlier call saw the first `scanned` bytes of `buf` (a prefix of
+/// the same stream) and answered `Ok(None)`: those bytes are not scanned again, so a head that
+/// arrives a few bytes at a time costs time linear in its length, not quadratic.
+pub fn parse_after(
+    buf: &[u8],
+    scanned: usize,
+    limits: &Limits,
+) -> Result<Option<(Request, usize)>, HandshakeError> {
     let max = limits.max_request_bytes;
     // A head that fits ends within the first `max` bytes, so never scan past them.
     let window = buf.get(..max).unwrap_or(buf);
-    match memmem::find(window, b"\r\n\r\n") {
-        Some(pos) => {
+    // The terminator may straddle the end of what was seen: back up by three bytes.
+    let from = scanned.min(window.len()).saturating_sub(3);
+    match memmem::find(window.get(from..).unwrap_or_default(), b"\r\n\r\n") {
+        Some(found) => {
+            let pos = from + found;
             let n = pos + 4;
             let head = buf.get(..n).unwrap_or(buf);
-            check_line_ends(head)?;
+            check_line_ends(head, 0)?;
             // Keep the CRLF of the last header line so that every line ends with one.
             let lines = head.get(..pos + 2).unwrap_or(head);
             let req = parse_head(lines, limits)?;
             Ok(Some((req, n)))
         }
         None => {
-            check_line_ends(window)?;
+            check_line_ends(window, from)?;
             if buf.len() > max {
                 Err(HandshakeError::new(431, "request head too large"))
             } else {
@@ -134,10 +148,10 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ha
     }
 }
 
-/// HTTP/1.1 lines end with CRLF; a bare LF is refused rather than tolerated, so that we never parse
-/// a request differently from a proxy in front of us.
-fn check_line_ends(bytes: &[u8]) -> Result<(), HandshakeError> {
-    for i in memchr::memchr_iter(b'\n', bytes) {
+/// Every LF at or after `from` follows a CR (the byte before `from` counts).
+fn check_line_ends(bytes: &[u8], from: usize) -> Result<(), HandshakeError> {
+    for i in memchr::memchr_iter(b'\n', bytes.get(from..).unwrap_or_default()) {
+        let i = from + i;
         if i == 0 || bytes.get(i - 1) != Some(&b'\r') {
             return Err(bad("line not terminated by CRLF"));
         }

@@ -25,7 +25,7 @@ impl Worker {
             }
             c.deadline = None;
             match c.phase {
-                Phase::Handshake => self.end(index, Ending::Timeout("handshake")),
+                Phase::Handshake { .. } => self.end(index, Ending::Timeout("handshake")),
                 Phase::Closing | Phase::Finishing | Phase::Draining => {
                     self.end(index, Ending::Timeout("close"))
                 }
@@ -78,7 +78,7 @@ impl Worker {
                     match phase {
                         Some(Phase::Open) => self.start_close(index, close::GOING_AWAY),
                         Some(Phase::Answering(_)) => self.close_answered(index),
-                        Some(Phase::Handshake) => self.end(index, Ending::Shutdown),
+                        Some(Phase::Handshake { .. }) => self.end(index, Ending::Shutdown),
                         _ => {}
                     }
                 }

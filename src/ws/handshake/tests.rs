@@ -651,6 +651,31 @@ proptest! {
         }
     }
 
+    /// Fed in pieces as the worker feeds it (each call told how much the last one saw), the
+    /// parser answers at every step exactly what one parse of the same prefix answers.
+    #[test]
+    fn parsing_in_pieces_agrees_with_parsing_the_whole_prefix(
+        data in prop_oneof![
+            proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'a')], 0..80),
+            Just(valid()),
+        ],
+        cuts in proptest::collection::vec(1usize..7, 1..200),
+        max_request_bytes in 0usize..300,
+    ) {
+        let limits = Limits { max_request_bytes, max_headers: 64 };
+        let (mut seen, mut end) = (0, 0);
+        for step in cuts {
+            end = (end + step).min(data.len());
+            let whole = parse(&data[..end], &limits);
+            let piece = parse_after(&data[..end], seen, &limits);
+            prop_assert_eq!(&piece, &whole, "prefix of {} after {}", end, seen);
+            if piece != Ok(None) || end == data.len() {
+                break;
+            }
+            seen = end;
+        }
+    }
+
     #[test]
     fn request_like_bytes_never_panic(
         data in "GET /[ -~]{0,10} HTTP/1\\.[01]\r\n([A-Za-z:, \t\r\n-]{0,30}\r\n){0,6}(\r\n)?",
