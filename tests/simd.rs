@@ -120,7 +120,10 @@ fn unmask_kernels_equal_byte_loop_on_long_buffers_at_every_cache_line_alignment(
     let mut src = vec![0u8; 4200];
     rng.fill(&mut src);
     let key = (rng.next() as u32).to_le_bytes();
-    let mut storage = vec![0u8; 4200 + 128];
+    // Guard bytes on both sides of every buffer: the base and alignment take at most 126 of the
+    // 4200 + 128 bytes, so at least 103 guard bytes follow even the longest buffer (4099).
+    const GUARD: u8 = 0xA5;
+    let mut storage = vec![GUARD; 4200 + 128];
     let base = (64 - storage.as_ptr() as usize % 64) % 64;
     for (name, kernel) in unmask_kernels() {
         for len in [255, 256, 257, 300, 511, 512, 513, 1000, 4099] {
@@ -129,12 +132,19 @@ fn unmask_kernels_equal_byte_loop_on_long_buffers_at_every_cache_line_alignment(
                     let mut expected = src[..len].to_vec();
                     kernels::unmask_bytes(&mut expected, key, key_offset);
                     let start = base + align;
+                    storage.fill(GUARD);
                     storage[start..start + len].copy_from_slice(&src[..len]);
                     kernel(&mut storage[start..start + len], key, key_offset);
                     assert_eq!(
                         &storage[start..start + len],
                         &expected[..],
                         "{name}: len {len} align {align} offset {key_offset}"
+                    );
+                    assert!(
+                        storage[..start].iter().all(|b| *b == GUARD)
+                            && storage[start + len..].iter().all(|b| *b == GUARD),
+                        "{name} wrote outside the buffer: len {len} align {align} \
+                         offset {key_offset}"
                     );
                 }
             }
