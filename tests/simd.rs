@@ -334,6 +334,44 @@ fn utf8_kernels_agree_with_std_on_mixed_text_of_every_length_at_every_offset() {
     }
 }
 
+#[test]
+fn utf8_stray_continuation_after_an_ascii_block_that_follows_a_non_ascii_one() {
+    // Regression: a non-ASCII 64-byte block, then an all-ASCII one (the fast path), then a
+    // block that opens with a continuation byte nothing leads. The ASCII block must neither
+    // hide that byte nor make the same layout with a proper lead fail.
+    let e32 = "é".repeat(32);
+    let head = [e32.as_bytes(), &[b'a'; 64]].concat();
+    let mut third = vec![0x80];
+    third.extend_from_slice("é".repeat(31).as_bytes());
+    third.push(b'z');
+    let invalid = [
+        [&head[..], &third].concat(),
+        [&head[..], &[0x80], &[b'a'; 63]].concat(),
+        [&head[..], &[0xA9], &[b'a'; 63], e32.as_bytes()].concat(),
+        [&head[..], &third, e32.as_bytes(), e32.as_bytes()].concat(),
+    ];
+    let valid = [
+        [&head[..], e32.as_bytes()].concat(),
+        [&head[..], e32.as_bytes(), e32.as_bytes()].concat(),
+        [&head[..], "é".repeat(31).as_bytes(), b"zz"].concat(),
+    ];
+    let mut storage = vec![0u8; 64 + 32 + 5 * 64];
+    let base = (64 - storage.as_ptr() as usize % 64) % 64;
+    for (want, cases) in [(false, &invalid[..]), (true, &valid[..])] {
+        for (i, case) in cases.iter().enumerate() {
+            assert_eq!(std::str::from_utf8(case).is_ok(), want, "case {i} itself");
+            for offset in 0..32 {
+                let copy = &mut storage[base + offset..base + offset + case.len()];
+                copy.copy_from_slice(case);
+                for (name, kernel) in utf8_kernels() {
+                    assert_eq!(kernel(copy), want, "{name}: case {i} at offset {offset}");
+                }
+            }
+            assert_eq!(stream_ok(&[case]), want, "stream: case {i}");
+        }
+    }
+}
+
 fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
     // Mostly high bytes, so that random input forms (and breaks) multi-byte sequences often.
     prop::collection::vec(
