@@ -16,6 +16,10 @@ use tungstenite::Message;
 
 const GUARD: Duration = Duration::from_secs(10);
 
+/// `SHUTDOWN_GRACE` of src/net/worker.rs: how long a stopping worker waits for its connections
+/// to close before it drops them.
+const WORKER_SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
 /// The example apps of lua/apps at their usual targets; echo takes 16 MiB messages.
 fn example_services() -> String {
     lapps_json(
@@ -877,7 +881,14 @@ fn a_standalone_service_broadcasts_reach_a_network_client_once_each_in_order() {
     }
     finish_close(ws);
     stopper.join().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Stopped by the grace timeout instead, it could not end before WORKER_SHUTDOWN_GRACE (nor
+    // before the 5 s a Lua instance is given): a prompt stop is anything under it, however
+    // loaded the machine.
+    assert!(
+        t.elapsed() < WORKER_SHUTDOWN_GRACE,
+        "shutdown waited for a grace timeout: {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
