@@ -959,8 +959,10 @@ fn a_stale_handler_never_reaches_the_connection_that_reuses_its_slot() {
 
 #[test]
 fn the_idle_timeout_ends_a_silent_lua_connection_with_one_on_disconnect() {
+    // The timeout applies to the watcher too, which must answer its pings within one period:
+    // 1 s leaves room for a loaded machine.
     let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
-                  "idle_timeout_ms": 300, "close_timeout_ms": 300 }"#;
+                  "idle_timeout_ms": 1000, "close_timeout_ms": 300 }"#;
     let app = start_app(ws, &tally_services(None));
     let mut w = Watcher::new(app.addr);
     // Never answers the ping nor the Close: ping, 1001, then the close timeout.
