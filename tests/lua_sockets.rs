@@ -1078,7 +1078,15 @@ fn pings_are_answered_by_the_worker_while_the_lua_instance_is_busy() {
     );
     let mut busy = raw_upgraded(app.addr, "/tally");
     let mut other = raw_upgraded(app.addr, "/tally");
-    busy.write_all(&frame(true, 0, 0x1, b"loop", true)).unwrap();
+    busy.write_all(&frame(true, 0, 0x1, b"announce loop", true))
+        .unwrap();
+    // "looping" is handed over right before the loop: the ping goes out while the instance is
+    // certainly busy, not before the loop began.
+    let looping = read_frame(&mut busy).expect("the loop's announcement");
+    assert_eq!(
+        (looping.opcode, looping.payload.as_slice()),
+        (0x1, &b"looping"[..])
+    );
     other
         .write_all(&frame(true, 0, 0x9, b"still there?", true))
         .unwrap();
