@@ -6,7 +6,7 @@ mod common;
 #[path = "common/tls.rs"]
 mod tls_common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use common::IO_TIMEOUT;
@@ -21,7 +21,8 @@ fn upgrade_request(path: &str, origin: Option<&str>) -> String {
 }
 
 /// The server's first answer line, or "" when it closed without answering (a refusal at
-/// accept may also show as a reset).
+/// accept may also show as a reset). A server that neither answers nor closes fails the test:
+/// silence until the read timeout is not a refusal at accept.
 fn first_line(addr: SocketAddr, path: &str, origin: Option<&str>) -> String {
     let mut s = TcpStream::connect(addr).expect("the kernel accepts the TCP connection");
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -30,7 +31,12 @@ fn first_line(addr: SocketAddr, path: &str, origin: Option<&str>) -> String {
     let mut b = [0u8; 512];
     loop {
         match s.read(&mut b) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("neither an answer nor a close within {IO_TIMEOUT:?}")
+            }
+            Err(e) => panic!("reading the answer: {e}"),
             Ok(n) => {
                 got.extend_from_slice(&b[..n]);
                 if got.windows(2).any(|w| w == b"\r\n") {

@@ -31,7 +31,9 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
+        // Polling interval of a condition wait, not synchronisation (a spin would take a core
+        // from the services it waits for).
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -6,7 +6,7 @@ mod binary;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use binary::{spawn_binary, wait_line};
+use binary::{spawn_binary, wait_line, Reaper};
 
 fn site(name: &str) -> PathBuf {
     let dir =
@@ -63,17 +63,7 @@ return s
     wait_line(&log, "SIGHUP received");
     signal(pid, libc::SIGTERM);
     wait_line(&log, "SIGTERM received");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running 15 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20)); // polling interval of the exit wait
-    };
+    let status = server.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}");
 }
 
@@ -86,14 +76,16 @@ fn run_logging_to(
 ) -> String {
     let file = std::fs::File::create(log).unwrap();
     let stream = journal(&file);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
-        .arg("-c")
-        .arg(dir)
-        .env("JOURNAL_STREAM", stream)
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let mut child = Reaper(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .arg("-c")
+            .arg(dir)
+            .env("JOURNAL_STREAM", stream)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     while !std::fs::read_to_string(log)
         .unwrap()
@@ -102,8 +94,9 @@ fn run_logging_to(
         assert!(Instant::now() < deadline, "never listened");
         std::thread::sleep(Duration::from_millis(20)); // polling interval of the log wait
     }
-    signal(child.id(), libc::SIGTERM);
-    assert!(child.wait().unwrap().success());
+    signal(child.0.id(), libc::SIGTERM);
+    let status = child.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
     std::fs::read_to_string(log).unwrap()
 }
 

@@ -120,7 +120,10 @@ fn unmask_kernels_equal_byte_loop_on_long_buffers_at_every_cache_line_alignment(
     let mut src = vec![0u8; 4200];
     rng.fill(&mut src);
     let key = (rng.next() as u32).to_le_bytes();
-    let mut storage = vec![0u8; 4200 + 128];
+    // Guard bytes on both sides of every buffer: the base and alignment take at most 126 of the
+    // 4200 + 128 bytes, so at least 103 guard bytes follow even the longest buffer (4099).
+    const GUARD: u8 = 0xA5;
+    let mut storage = vec![GUARD; 4200 + 128];
     let base = (64 - storage.as_ptr() as usize % 64) % 64;
     for (name, kernel) in unmask_kernels() {
         for len in [255, 256, 257, 300, 511, 512, 513, 1000, 4099] {
@@ -129,12 +132,19 @@ fn unmask_kernels_equal_byte_loop_on_long_buffers_at_every_cache_line_alignment(
                     let mut expected = src[..len].to_vec();
                     kernels::unmask_bytes(&mut expected, key, key_offset);
                     let start = base + align;
+                    storage.fill(GUARD);
                     storage[start..start + len].copy_from_slice(&src[..len]);
                     kernel(&mut storage[start..start + len], key, key_offset);
                     assert_eq!(
                         &storage[start..start + len],
                         &expected[..],
                         "{name}: len {len} align {align} offset {key_offset}"
+                    );
+                    assert!(
+                        storage[..start].iter().all(|b| *b == GUARD)
+                            && storage[start + len..].iter().all(|b| *b == GUARD),
+                        "{name} wrote outside the buffer: len {len} align {align} \
+                         offset {key_offset}"
                     );
                 }
             }
@@ -230,6 +240,134 @@ fn utf8_incomplete_code_point_at_a_block_end_is_invalid() {
             buf[total - lead.len()..total].copy_from_slice(lead);
             assert_all_agree(&buf, "cut at block end then ASCII");
             assert_all_agree(&buf[..total], "cut at block end then end");
+        }
+    }
+}
+
+/// Code points of each encoded length (index 0: 1 byte ... 3: 4 bytes), with the edges of each
+/// range: the lowest and highest, and the neighbours of the surrogate gap.
+const CHARS: [&[char]; 4] = [
+    &['\0', ' ', '0', 'a', 'z', '\u{7F}'],
+    &['\u{80}', 'é', 'ж', '\u{7FF}'],
+    &[
+        '\u{800}', '€', '字', '\u{D7FF}', '\u{E000}', '\u{FFFD}', '\u{FFFF}',
+    ],
+    &['\u{10000}', '😀', '𝄞', '\u{10FFFF}'],
+];
+
+/// Valid UTF-8 of exactly `len` bytes mixing 1- to 4-byte code points; the last one is picked
+/// to fit, so a multi-byte sequence may end the text too.
+fn mixed_text(rng: &mut XorShift, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut buf = [0u8; 4];
+    while out.len() < len {
+        let width = ((rng.next() % 4) as usize + 1).min(len - out.len());
+        let pool = CHARS[width - 1];
+        let c = pool[(rng.next() % pool.len() as u64) as usize];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    }
+    out
+}
+
+/// Copies `bytes` to `storage[at..]` and checks every kernel on that copy against std.
+fn agree_at(kernels: &[(&str, Utf8Fn)], storage: &mut [u8], at: usize, bytes: &[u8], what: &str) {
+    let copy = &mut storage[at..at + bytes.len()];
+    copy.copy_from_slice(bytes);
+    let expected = std::str::from_utf8(copy).is_ok();
+    for (name, kernel) in kernels {
+        assert_eq!(kernel(copy), expected, "{name}: {what}: {bytes:02x?}");
+    }
+}
+
+#[test]
+fn utf8_kernels_agree_with_std_on_mixed_text_of_every_length_at_every_offset() {
+    let kernels = utf8_kernels();
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    // A 64-byte-aligned base: the offsets 0..32 put the text at every position relative to the
+    // vector loads. One spare byte for the inserted 0xFF.
+    let mut storage = vec![0u8; 64 + 32 + 257];
+    let base = (64 - storage.as_ptr() as usize % 64) % 64;
+    let mut bad = Vec::with_capacity(257);
+    for len in 0..=256usize {
+        // Where to break the text: both ends, the middle, and both sides of every 16-byte
+        // edge from the start (16, 32 and 64-byte blocks all end at one of them).
+        let positions: Vec<usize> = (0..len)
+            .filter(|p| matches!(p % 16, 0 | 15) || [1, len / 2, len.saturating_sub(2)].contains(p))
+            .collect();
+        for offset in 0..32 {
+            let at = base + offset;
+            let text = mixed_text(&mut rng, len);
+            assert!(std::str::from_utf8(&text).is_ok(), "the generator's text");
+            for (name, kernel) in &kernels {
+                storage[at..at + len].copy_from_slice(&text);
+                assert!(
+                    kernel(&storage[at..at + len]),
+                    "{name} rejected valid text of {len} bytes at offset {offset}: {text:02x?}"
+                );
+            }
+            for &p in &positions {
+                let what = |change: &str| format!("{change} at {p} of {len}, offset {offset}");
+                // A continuation or lead byte replaced by ASCII: its sequence is cut short.
+                if text[p] >= 0x80 {
+                    bad.clear();
+                    bad.extend_from_slice(&text);
+                    bad[p] = b'a';
+                    agree_at(&kernels, &mut storage, at, &bad, &what("'a'"));
+                }
+                // A stray continuation byte (or one that makes an overlong or surrogate).
+                if text[p] != 0x80 {
+                    bad.clear();
+                    bad.extend_from_slice(&text);
+                    bad[p] = 0x80;
+                    agree_at(&kernels, &mut storage, at, &bad, &what("0x80"));
+                }
+                // A byte that never occurs in UTF-8, inserted.
+                bad.clear();
+                bad.extend_from_slice(&text[..p]);
+                bad.push(0xFF);
+                bad.extend_from_slice(&text[p..]);
+                agree_at(&kernels, &mut storage, at, &bad, &what("0xFF inserted"));
+                // The text cut there, maybe inside a code point.
+                agree_at(&kernels, &mut storage, at, &text[..p], &what("cut"));
+            }
+        }
+    }
+}
+
+#[test]
+fn utf8_stray_continuation_after_an_ascii_block_that_follows_a_non_ascii_one() {
+    // Regression: a non-ASCII 64-byte block, then an all-ASCII one (the fast path), then a
+    // block that opens with a continuation byte nothing leads. The ASCII block must neither
+    // hide that byte nor make the same layout with a proper lead fail.
+    let e32 = "é".repeat(32);
+    let head = [e32.as_bytes(), &[b'a'; 64]].concat();
+    let mut third = vec![0x80];
+    third.extend_from_slice("é".repeat(31).as_bytes());
+    third.push(b'z');
+    let invalid = [
+        [&head[..], &third].concat(),
+        [&head[..], &[0x80], &[b'a'; 63]].concat(),
+        [&head[..], &[0xA9], &[b'a'; 63], e32.as_bytes()].concat(),
+        [&head[..], &third, e32.as_bytes(), e32.as_bytes()].concat(),
+    ];
+    let valid = [
+        [&head[..], e32.as_bytes()].concat(),
+        [&head[..], e32.as_bytes(), e32.as_bytes()].concat(),
+        [&head[..], "é".repeat(31).as_bytes(), b"zz"].concat(),
+    ];
+    let mut storage = vec![0u8; 64 + 32 + 5 * 64];
+    let base = (64 - storage.as_ptr() as usize % 64) % 64;
+    for (want, cases) in [(false, &invalid[..]), (true, &valid[..])] {
+        for (i, case) in cases.iter().enumerate() {
+            assert_eq!(std::str::from_utf8(case).is_ok(), want, "case {i} itself");
+            for offset in 0..32 {
+                let copy = &mut storage[base + offset..base + offset + case.len()];
+                copy.copy_from_slice(case);
+                for (name, kernel) in utf8_kernels() {
+                    assert_eq!(kernel(copy), want, "{name}: case {i} at offset {offset}");
+                }
+            }
+            assert_eq!(stream_ok(&[case]), want, "stream: case {i}");
         }
     }
 }

@@ -452,6 +452,6 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     drop((old, new));
     // SAFETY: as above.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let status = child.0.wait().unwrap();
+    let status = child.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }

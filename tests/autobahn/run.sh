@@ -4,8 +4,11 @@
 # (/echo_builtin), over ws:// and over wss:// (a second endpoint on PORT+1 with a certificate
 # generated here by the openssl CLI; no key is ever committed). Installs wstest from PyPI on
 # first use (../shared/tools/autobahn/install.sh). AUTOBAHN_SCHEMES="ws wss" picks the runs.
+# AUTOBAHN_TIMEOUT caps each wstest run (default here 600 s, the tool's own is 1800 s): a hung
+# run fails in minutes instead of half an hour per endpoint.
 # Exits non-zero on any FAILED, UNIMPLEMENTED or NON-STRICT case.
 set -euo pipefail
+export AUTOBAHN_TIMEOUT=${AUTOBAHN_TIMEOUT:-600}
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 SHARED=${LAPPS_SHARED:-$ROOT/../shared}

@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,24 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 
 /// Kills the server if the test fails before it stopped it.
 pub struct Reaper(pub Child);
+
+impl Reaper {
+    /// Waits up to `guard` for the process to exit; past it the test fails (and the drop kills
+    /// the process).
+    pub fn wait_exit(&mut self, guard: Duration) -> ExitStatus {
+        let deadline = Instant::now() + guard;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait on lapps") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lapps still running {guard:?} later"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling interval of the exit wait
+        }
+    }
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -35,9 +53,9 @@ pub fn spawn_binary(
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     configure(&mut cmd);
-    let mut child = cmd.spawn().expect("spawn lapps");
-    let stderr = child.stderr.take().unwrap();
-    let child = Reaper(child);
+    // In the Reaper at once: whatever fails from here on, the process does not outlive the test.
+    let mut child = Reaper(cmd.spawn().expect("spawn lapps"));
+    let stderr = child.0.stderr.take().expect("stderr piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)

@@ -183,7 +183,9 @@ pub fn collect_until(hub: &Hub, mut done: impl FnMut(&[Out]) -> bool) -> Vec<Out
                 "timed out; got so far: {:?}",
                 all.iter().map(short).collect::<Vec<_>>()
             );
-            std::thread::yield_now();
+            // Polling interval of a condition wait (nothing arrived), not synchronisation: a
+            // short pause instead of a spin that would take a core from the instances.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

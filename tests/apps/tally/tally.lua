@@ -13,6 +13,8 @@
 --   "dump <path>"   at onShutdown, write "<h> <messages> <onDisconnect calls>" per handler seen
 --                   to <path> (what happens at shutdown cannot be seen through a socket)
 --   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false
+--   "announce loop" replies "looping" and hands that reply over (must_stop() flushes), then
+--                   runs forever: the client knows the instance is busy from then on
 local tally = {}
 
 local msgs, discs = {}, {}
@@ -56,6 +58,10 @@ tally.onMessage = function(handler, opcode, message)
   elseif cmd == "error" then
     error("tally: asked to fail")
   elseif cmd == "loop" then
+    while true do end
+  elseif cmd == "announce" and rest == "loop" then
+    ws:send(handler, 1, "looping")
+    must_stop()
     while true do end
   elseif cmd == "close" then
     return false
