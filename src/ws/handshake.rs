@@ -139,7 +139,10 @@ pub fn parse_after(
         }
         None => {
             check_line_ends(window, from)?;
-            if buf.len() > max {
+            if buf.len() > max && memchr::memchr(b'\n', window).is_none() {
+                // Not even the request line fits: it is the target that is too long.
+                Err(HandshakeError::new(414, "request target too long"))
+            } else if buf.len() > max {
                 Err(HandshakeError::new(431, "request head too large"))
             } else {
                 Ok(None)
@@ -245,6 +248,10 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
     let host = value_at(&headers, seen.host).ok_or_else(|| bad("missing Host header"))?;
     if host.is_empty() {
         return Err(bad("empty Host header"));
+    }
+    // RFC 9112 3.2: a Host that is not `uri-host [ ":" port ]` gets 400.
+    if !host.bytes().all(is_host_char) {
+        return Err(bad("invalid Host header"));
     }
     // Item 6: "A |Sec-WebSocket-Version| header field, with a value of 13." Section 4.4: otherwise
     // answer with the versions we speak (426 + `Sec-WebSocket-Version: 13`, see error_response).
@@ -380,8 +387,9 @@ fn split_header(line: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
         return Err(bad("invalid header name"));
     }
     let value = trim_ows(line.get(colon + 1..).unwrap_or(&[]));
-    // RFC 9110 5.5: "Field values containing CR, LF, or NUL characters are invalid and dangerous".
-    if value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n')) {
+    // RFC 9110 5.5: "Field values containing CR, LF, or NUL characters are invalid and
+    // dangerous"; other control characters are invalid too (only HTAB is whitespace).
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(bad("invalid character in header value"));
     }
     Ok((name, value))
@@ -407,6 +415,33 @@ fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 fn list_contains(value: &[u8], token: &[u8]) -> bool {
     list_items(value).any(|item| item.eq_ignore_ascii_case(token))
+}
+
+/// The characters of `uri-host [ ":" port ]` (RFC 3986 3.2.2): reg-name (unreserved,
+/// pct-encoded, sub-delims), IP literals in brackets, and the port's colon and digits.
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'['
+                | b']'
+        )
 }
 
 /// `token = 1*tchar` (RFC 9110 5.6.2).
@@ -497,6 +532,7 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        414 => "URI Too Long",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -418,13 +418,62 @@ fn head_over_max_request_bytes_is_431() {
     };
     assert_eq!(parse(&full, &small).unwrap_err().status, 431);
     // Still incomplete, but already over the limit: refuse now rather than buffer more.
-    let endless = [b'a'; 8193];
+    let mut endless = b"GET /chat HTTP/1.1\r\n".to_vec();
+    endless.resize(8193, b'a');
     assert_eq!(parse_default(&endless[..8192]), Ok(None));
     let err = parse_default(&endless).unwrap_err();
     assert_eq!(err.status, 431);
     assert!(String::from_utf8(err.response())
         .unwrap()
         .starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+}
+
+#[test]
+fn a_request_line_over_max_request_bytes_is_414() {
+    let mut long = b"GET /".to_vec();
+    long.resize(8193, b'a');
+    assert_eq!(parse_default(&long[..8192]), Ok(None));
+    let err = parse_default(&long).unwrap_err();
+    assert_eq!(err.status, 414);
+    assert!(String::from_utf8(err.response())
+        .unwrap()
+        .starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+}
+
+#[test]
+fn control_characters_in_header_values_are_400() {
+    for c in [0x01u8, 0x1b, 0x7f] {
+        let v = format!("a{}b", char::from(c));
+        assert_eq!(status(&with(&[("X-Thing", Some(&v))])), 400, "{c:#x}");
+    }
+    // HTAB is whitespace and obs-text is allowed.
+    assert!(parse_default(&with(&[("X-Thing", Some("a\tb"))]))
+        .unwrap()
+        .is_some());
+    let mut obs = with(&[("X-Thing", Some("a?b"))]);
+    let q = obs.iter().position(|&b| b == b'?').unwrap();
+    obs[q] = 0xe9;
+    assert!(parse_default(&obs).unwrap().is_some());
+}
+
+#[test]
+fn a_host_that_is_not_host_and_port_is_400() {
+    for host in ["a b", "a/b", "user@host", "host?x", "h\"x"] {
+        assert_eq!(status(&with(&[("Host", Some(host))])), 400, "{host:?}");
+    }
+    for host in [
+        "example.com",
+        "example.com:8080",
+        "[::1]:5083",
+        "127.0.0.1",
+        "xn--bcher-kva.example",
+    ] {
+        let req = parse_default(&with(&[("Host", Some(host))]))
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(req.host, host);
+    }
 }
 
 #[test]
