@@ -111,7 +111,8 @@ impl Router for AppRouter {
         }
         if let Some(origins) = &route.allowed_origins {
             match &req.origin {
-                Some(o) if origins.iter().any(|a| a == o) => {}
+                // An origin's scheme and host are case-insensitive (RFC 6454 4).
+                Some(o) if origins.iter().any(|a| a.eq_ignore_ascii_case(o)) => {}
                 _ => return Err(403),
             }
         }

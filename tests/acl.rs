@@ -163,6 +163,9 @@ fn allowed_origins_refuse_other_and_missing_origins_with_403() {
     let addr = app.local_addrs()[0];
     let good = first_line(addr, "/browser", Some("https://app.example"));
     assert!(good.starts_with("HTTP/1.1 101"), "{good}");
+    // Scheme and host compare without case (RFC 6454 4).
+    let upper = first_line(addr, "/browser", Some("HTTPS://App.Example"));
+    assert!(upper.starts_with("HTTP/1.1 101"), "{upper}");
     let bad = first_line(addr, "/browser", Some("https://evil.example"));
     assert!(bad.starts_with("HTTP/1.1 403"), "{bad}");
     assert!(first_line(addr, "/browser", None).starts_with("HTTP/1.1 403"));
