@@ -138,7 +138,7 @@ fn route_of(sc: &ServiceConfig) -> Route {
     }
 }
 
-/// What a deploy compares: the service's configuration and its app file's content.
+/// What a deploy compares: the service's configuration and the content of its app directory.
 #[derive(PartialEq)]
 struct Deployed {
     config: ServiceConfig,
@@ -146,15 +146,46 @@ struct Deployed {
 }
 
 fn deployed(cfg: &Config, sc: &ServiceConfig) -> Deployed {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::fs::read(sc.app_file(&cfg.lapps.directories))
-        .ok()
-        .hash(&mut h);
+    let file = sc.app_file(&cfg.lapps.directories);
     Deployed {
         config: sc.clone(),
-        app_hash: h.finish(),
+        app_hash: file.parent().map_or(0, app_dir_hash),
     }
+}
+
+/// Files of an app directory that a deploy looks at, at most; beyond, the rest is not seen.
+const APP_DIR_MAX_FILES: usize = 4096;
+
+/// A hash of every file under `dir` (names and contents, in name order, subdirectories
+/// included), so that a change to any module an app `require`s from its own directory is a
+/// new version, not only a change to `NAME.lua`.
+fn app_dir_hash(dir: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut pending = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            // Symlinks are followed for files (an app may link a shared module), not for
+            // directories, so that a loop cannot keep the walk going.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(path);
+            } else if files < APP_DIR_MAX_FILES {
+                files += 1;
+                path.hash(&mut h);
+                std::fs::read(&path).ok().hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 /// The Lua host's view of one configured service.
@@ -227,6 +258,30 @@ pub struct App {
     dir: std::path::PathBuf,
     /// The Lua services as last deployed (for SIGHUP redeploys).
     deployed: Mutex<HashMap<String, Deployed>>,
+    /// What the process started with and only a restart changes: ws.json and the builtin
+    /// services (a reload that finds them changed says so).
+    restart_only: RestartOnly,
+}
+
+#[derive(PartialEq)]
+struct RestartOnly {
+    ws: crate::config::WsConfig,
+    builtins: Vec<ServiceConfig>,
+}
+
+impl RestartOnly {
+    fn of(cfg: &Config) -> RestartOnly {
+        RestartOnly {
+            ws: cfg.ws.clone(),
+            builtins: cfg
+                .lapps
+                .services
+                .values()
+                .filter(|s| s.builtin.is_some())
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 impl App {
@@ -292,6 +347,7 @@ impl App {
             tls,
             dir: cfg.dir.clone(),
             deployed: Mutex::new(deployed_now),
+            restart_only: RestartOnly::of(cfg),
         })
     }
 
@@ -300,7 +356,22 @@ impl App {
     pub fn reload(&self) {
         self.reload_tls();
         match Config::load(&self.dir) {
-            Ok(cfg) => self.redeploy(&cfg),
+            Ok(cfg) => {
+                let now = RestartOnly::of(&cfg);
+                if now.ws != self.restart_only.ws {
+                    crate::warn!(
+                        "reload: ws.json changed; its changes take effect at the next restart \
+                         (systemctl restart lapps)"
+                    );
+                }
+                if now.builtins != self.restart_only.builtins {
+                    crate::warn!(
+                        "reload: builtin services changed in lapps.json; they change at the \
+                         next restart (systemctl restart lapps)"
+                    );
+                }
+                self.redeploy(&cfg)
+            }
             Err(e) => crate::error!("deploy: configuration invalid, nothing changed:\n{e}"),
         }
     }

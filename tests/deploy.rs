@@ -158,6 +158,37 @@ fn a_changed_app_is_replaced_while_the_others_keep_serving() {
 }
 
 #[test]
+fn a_change_to_a_module_the_app_requires_is_a_new_version() {
+    let site = Site::new("module");
+    let d = site.dir.join("apps").join("svc");
+    std::fs::create_dir_all(d.join("lib")).unwrap();
+    std::fs::write(
+        d.join("svc.lua"),
+        "local tag = require('lib.tag')\nlocal m = {}\nm.onMessage = function(h, op, msg)\n  \
+         ws:send(h, 1, tag .. ' ' .. msg)\n  return true\nend\nreturn m\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("lib").join("tag.lua"), "return 'v1'\n").unwrap();
+    site.services(&["svc"]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut old = connect(addr, "/svc");
+    assert_eq!(ask(&mut old, "hi"), "v1 hi");
+
+    // Only the required module changes, in a subdirectory of the app's.
+    std::fs::write(d.join("lib").join("tag.lua"), "return 'v2'\n").unwrap();
+    app.reload();
+    assert_eq!(close_code(&mut old), Some(1001));
+    let mut new = connect(addr, "/svc");
+    assert_eq!(ask(&mut new, "hi"), "v2 hi");
+
+    // Nothing changed: the running version stays.
+    app.reload();
+    assert_eq!(ask(&mut new, "again"), "v2 again");
+    app.shutdown();
+}
+
+#[test]
 fn services_are_added_and_removed_by_editing_lapps_json() {
     let site = Site::new("add-remove");
     site.app("one", "one");

@@ -119,3 +119,25 @@ fn under_the_journal_each_line_carries_its_syslog_priority() {
         "{first}"
     );
 }
+
+#[test]
+fn a_reload_says_that_ws_json_changes_need_a_restart() {
+    let dir = site("ws-changed");
+    lapps_json(&dir, "");
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    let pid = server.0.id();
+    // Unchanged: the reload says nothing of a restart.
+    signal(pid, libc::SIGHUP);
+    let quiet = binary::lines_until(&log, "nothing to reload");
+    assert!(!quiet.iter().any(|l| l.contains("restart")), "{quiet:?}");
+    std::fs::write(
+        dir.join("ws.json"),
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 1234 }"#,
+    )
+    .unwrap();
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "ws.json changed");
+    assert!(line.contains("next restart"), "{line}");
+    signal(pid, libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+}
