@@ -68,7 +68,7 @@ deb_version() {
 
 # Writes the installed ws.json and lapps.json into $1: the repository's files with every path
 # pointing into the checkout rewritten to the installed layout. ws.json keeps 127.0.0.1 (open
-# it with "ip": "0.0.0.0" in /etc/lapps/ws.json).
+# it with "ip": "0.0.0.0" in /etc/lapps/ws.json) and drops workers.workers (one per core).
 installed_config() {
     python3 - etc/lapps "$1" <<'PY'
 import json, pathlib, sys
@@ -96,6 +96,10 @@ def rewrite(v):
 
 for name in ("ws.json", "lapps.json"):
     data = rewrite(json.loads((src / name).read_text()))
+    if name == "ws.json":
+        # The repository runs 2 IO workers; an installed server takes its default, one per
+        # core (at most 32), instead of being held to 2 on a large host.
+        data.get("workers", {}).pop("workers", None)
     if name == "lapps.json":
         d = data.setdefault("directories", {})
         d.update({

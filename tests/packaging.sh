@@ -98,6 +98,11 @@ import json, sys
 w = json.load(open(sys.argv[1]))
 sys.exit(0 if (w["ip"], w["port"]) == ("127.0.0.1", int(sys.argv[2])) else 1)' \
         "$tmp/x/etc/lapps/ws.json" "$PORT"
+    check "lapps-$v: installed ws.json leaves the IO worker count to the host (one per core)" \
+        python3 -c '
+import json, sys
+sys.exit(0 if "workers" not in json.load(open(sys.argv[1])).get("workers", {}) else 1)' \
+        "$tmp/x/etc/lapps/ws.json"
 done
 
 echo "== CPU check in the avx2 binary (unstripped build output)"
