@@ -30,12 +30,14 @@ pub struct Directories {
     pub applications: PathBuf,
     /// Shared Lua modules on every state's `package.path` (default: `lib` next to `applications`).
     pub lib: PathBuf,
-    /// Per-application configuration files.
+    /// The original's per-application configuration files. Read and checked, not used.
     pub app_conf_dir: PathBuf,
-    /// The server's working directory for state it keeps.
+    /// The original's working directory. Read and checked, not used.
     pub workdir: PathBuf,
+    /// Read and checked, not used.
     pub tmp: PathBuf,
-    /// Where an operator drops services to deploy without a restart (default: `workdir/deploy`).
+    /// Where the original watched for archives to deploy (default: `workdir/deploy`). Read and
+    /// checked, not used: a deploy here is an edit and a SIGHUP (README, "Deploying").
     pub deploy: PathBuf,
 }
 
