@@ -9,9 +9,13 @@
 //! each `v.key` went through mlua's callback machinery and cost more than the LAppS echo itself.
 //!
 //! A userdata is ours only when its metatable is the registry's: apps cannot set the metatable
-//! of a userdata (no `debug` in the sandbox) nor reach ours. This module must never let a Lua
-//! error unwind across a Rust frame that owns a value (errors are raised only after everything
-//! owned is dropped) and never hold a `RefCell` borrow of a tree across a Lua call.
+//! of a userdata (no `debug` in the sandbox) nor reach ours. The errors this module raises
+//! itself are raised only after everything owned is dropped. The one error it cannot order is
+//! Lua's out-of-memory error from `lua_newuserdata` or `lua_pushlstring`, raised while a frame
+//! still owns a handle or an `Rc<Doc>`: it unwinds through those `C-unwind` frames, running
+//! their destructors, because the vendored LuaJIT is built with external unwinding (its
+//! Makefile turns it on when the compiler emits unwind tables, as x86-64 GCC does). It never
+//! holds a `RefCell` borrow of a tree across a Lua call.
 
 use std::ffi::{c_int, CStr};
 use std::mem::{align_of, size_of};
@@ -131,7 +135,8 @@ pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Option<Node> {
 /// `l` is a running state with a free stack slot (two for containers).
 pub(crate) unsafe fn push_node(l: *mut ffi::lua_State, node: Node) {
     // SAFETY: pushes on the running state; the userdata block is written before anything else
-    // can see it and gets its metatable (with `__gc`) at once.
+    // can see it and gets its metatable (with `__gc`) at once. Should the allocation raise
+    // (out of memory), `handle` is dropped by the unwinding (module doc).
     unsafe {
         match node {
             Node::Scalar(ref v) => push_scalar(l, v),
@@ -168,7 +173,8 @@ pub(crate) unsafe fn push_handle(l: *mut ffi::lua_State, handle: Handle) {
 /// state.
 pub(crate) unsafe fn push_handle_with(l: *mut ffi::lua_State, handle: Handle, mt: c_int) {
     // SAFETY: pushes on the running state; the userdata block is written before anything else
-    // can see it and gets its metatable (with `__gc`) at once.
+    // can see it and gets its metatable (with `__gc`) at once. Should the allocation raise
+    // (out of memory), `handle` is dropped by the unwinding (module doc).
     unsafe {
         let p = ffi::lua_newuserdata(l, size_of::<Slot>()) as *mut Slot;
         if (p as usize) % align_of::<Slot>() != 0 {
@@ -188,7 +194,7 @@ pub(crate) unsafe fn push_handle_with(l: *mut ffi::lua_State, handle: Handle, mt
 /// `l` is a running state with two free stack slots.
 unsafe fn push_item(l: *mut ffi::lua_State, item: Item, mt: c_int) {
     // SAFETY: pushes on the running state; string bytes are copied by Lua while the document
-    // holding them is alive (owned by `item`).
+    // holding them is alive (owned by `item`, dropped by the unwinding should a push raise).
     unsafe {
         match item {
             Item::Node(Node::Scalar(ref v)) => push_scalar(l, v),
