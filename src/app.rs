@@ -104,8 +104,10 @@ impl Router for AppRouter {
     fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, u16> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let route = routes.get(&req.path).ok_or(404u16)?;
+        // The worker logs the 403 with the peer and path; these lines say which rule refused.
         if let Some(acl) = &route.acl {
             if !acl.allows(peer) {
+                crate::info_limited!("refusing {peer}: not allowed by the service's acl");
                 return Err(403);
             }
         }
@@ -113,7 +115,17 @@ impl Router for AppRouter {
             match &req.origin {
                 // An origin's scheme and host are case-insensitive (RFC 6454 4).
                 Some(o) if origins.iter().any(|a| a.eq_ignore_ascii_case(o)) => {}
-                _ => return Err(403),
+                Some(o) => {
+                    let o = crate::log::shown(o);
+                    crate::info_limited!("refusing {peer}: Origin {o} not in allowed_origins");
+                    return Err(403);
+                }
+                None => {
+                    crate::info_limited!(
+                        "refusing {peer}: no Origin, allowed_origins requires one"
+                    );
+                    return Err(403);
+                }
             }
         }
         match &route.target {

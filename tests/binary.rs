@@ -99,3 +99,36 @@ fn version_names_the_simd_variant() {
         "{s}"
     );
 }
+
+#[test]
+fn a_403_log_names_the_rule_that_refused() {
+    let dir = temp_dir("why-403");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        r#"{ "directories": { "applications": "./lua/apps" },
+  "services": {
+    "origins": { "builtin": "echo", "request_target": "/o", "allowed_origins": ["https://a.example"] },
+    "acl": { "builtin": "echo", "request_target": "/a", "acl": { "policy": "deny" } } } }"#,
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let refused = |path: &str, extra: &str| {
+        let req = upgrade_request(addr, path).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
+        let resp = http_exchange(addr, req.as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    };
+    refused("/o", "Origin: https://b.example\r\n");
+    let line = binary::wait_line(&log, "refusing ");
+    assert!(
+        line.contains("\"https://b.example\" not in allowed_origins"),
+        "{line}"
+    );
+    refused("/o", "");
+    let line = binary::wait_line(&log, "refusing ");
+    assert!(line.contains("no Origin"), "{line}");
+    refused("/a", "");
+    let line = binary::wait_line(&log, "refusing ");
+    assert!(line.contains("service's acl"), "{line}");
+}
