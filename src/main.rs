@@ -98,6 +98,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // Every Lua app compiles (none of it runs): a syntax error is found before a start
+        // or a SIGHUP does.
+        let broken: Vec<String> = cfg
+            .lapps
+            .services
+            .values()
+            .filter(|s| s.builtin.is_none())
+            .filter_map(|s| {
+                let file = s.app_file(&cfg.lapps.directories);
+                lapps::service::lua::compile_check(&file)
+                    .err()
+                    .map(|e| format!("services.{}: {e}", s.name))
+            })
+            .collect();
+        if !broken.is_empty() {
+            eprintln!(
+                "lapps: configuration in {} is invalid:\n{}",
+                dir.display(),
+                broken.join("\n")
+            );
+            return ExitCode::FAILURE;
+        }
         println!("configuration in {} is valid", dir.display());
         return ExitCode::SUCCESS;
     }

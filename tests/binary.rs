@@ -75,6 +75,53 @@ fn check_config_names_file_and_key_and_fails() {
 }
 
 #[test]
+fn check_config_compiles_the_lua_apps_without_running_them() {
+    let dir = temp_dir("check-lua");
+    for (name, src) in [
+        ("broken", "local m = {\nreturn m\n"),
+        // Compiles; running it would fail, and it is not run.
+        ("fine", "error('this must not run')\nreturn {}\n"),
+    ] {
+        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+        std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
+    }
+    let apps = dir.join("apps");
+    write_config(
+        &dir,
+        r#"{ "port": 0 }"#,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+  "services": {{ "broken": {{}}, "fine": {{}}, "missing": {{}} }} }}"#,
+            apps.display()
+        ),
+    );
+    let out = Command::new(LAPPS)
+        .arg("-c")
+        .arg(&dir)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let broken = format!(
+        "services.broken: {}",
+        apps.join("broken/broken.lua").display()
+    );
+    assert!(
+        err.contains(&format!("{broken}:2: unexpected symbol")),
+        "{err}"
+    );
+    assert!(
+        err.contains("services.missing: ") && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("services.fine") && !err.contains("must not run"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_config_accepts_the_repo_config() {
     let out = Command::new(LAPPS)
         .args(["-c", "etc/lapps", "--check-config"])

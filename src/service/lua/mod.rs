@@ -33,6 +33,24 @@ use std::time::{Duration, Instant};
 pub use host::Stop;
 pub use spec::{Protocol, ServiceSpec};
 
+/// Compiles an app file without running any of it (`--check-config`): a missing or unreadable
+/// file or a syntax error is reported as "path: reason" / "path:line: message".
+pub fn compile_check(app_file: &std::path::Path) -> Result<(), String> {
+    let path = app_file.display().to_string();
+    let source = std::fs::read(app_file).map_err(|e| format!("{path}: {e}"))?;
+    // A bare state: compiling needs no library, and nothing here runs.
+    let lua = mlua::Lua::new();
+    lua.load(source)
+        .set_name(format!("@{path}"))
+        .set_mode(mlua::ChunkMode::Text)
+        .into_function()
+        .map(drop)
+        .map_err(|e| match e {
+            mlua::Error::SyntaxError { message, .. } => message,
+            other => format!("{path}: {other}"),
+        })
+}
+
 use self::inbox::{Batch, Inbox, Kind};
 use self::instance::{InstanceHandle, Shared};
 use super::{Flow, Service, WorkerCtx};
