@@ -1,11 +1,13 @@
 //! Fuzzes `ws::handshake::parse`: no input may panic, and its decisions must be final (a prefix
-//! that already yields a request or an error yields the same as the whole input).
+//! that already yields a request or an error yields the same as the whole input). Parsing the
+//! rest after a prefix that was incomplete (`parse_after`, as the worker does) must answer what
+//! parsing the whole does.
 //!
 //! The input is parsed as is (so the seeds are plain HTTP requests); its last byte also picks
 //! the split point, so appending bytes after the head moves the split without breaking the head.
 #![no_main]
 
-use lapps::ws::handshake::{accept_key, parse, response_101, Limits};
+use lapps::ws::handshake::{accept_key, parse, parse_after, response_101, Limits};
 use libfuzzer_sys::fuzz_target;
 
 // Small enough that the fuzzer reaches both 431 paths within libFuzzer's default input size.
@@ -23,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
     let prefix = parse(&data[..split], &LIMITS);
     if prefix != Ok(None) {
         assert_eq!(prefix, full, "decision on a prefix of {split} bytes changed");
+    } else {
+        let resumed = parse_after(data, split, &LIMITS);
+        assert_eq!(resumed, full, "parsing on after {split} bytes differs");
     }
 
     match &full {
@@ -42,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(resp.ends_with(b"\r\n\r\n"));
         }
         Err(e) => {
-            assert!(matches!(e.status, 400 | 405 | 426 | 431 | 505), "{e:?}");
+            assert!(matches!(e.status, 400 | 405 | 414 | 426 | 431 | 505), "{e:?}");
             let resp = e.response();
             assert!(resp.starts_with(format!("HTTP/1.1 {} ", e.status).as_bytes()));
         }
