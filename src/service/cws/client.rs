@@ -82,10 +82,12 @@ impl KeyPool {
 #[derive(Debug)]
 enum Phase {
     /// The TCP connect is in progress; `out` already holds the upgrade request. `rest`: the
-    /// resolved addresses not tried yet, in reverse order (last = next).
+    /// resolved addresses not tried yet, in reverse order (last = next); `failed`: why each
+    /// address tried so far failed.
     Connecting {
         accept: String,
         rest: Vec<SocketAddr>,
+        failed: Vec<String>,
     },
     Upgrading {
         accept: String,
@@ -128,26 +130,27 @@ fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// Starts a connect to the next address of `rest` (last = next) that does not fail at once.
-/// `Err` carries the last failure when none is left.
+/// Starts a connect to the next address of `rest` (last = next) that does not fail at once,
+/// noting each failure in `failed`. `Err`: none is left; the message names every failure.
 fn connect_next(
     rest: &mut Vec<SocketAddr>,
-    mut why: String,
+    failed: &mut Vec<String>,
 ) -> Result<(TcpStream, bool, SocketAddr), String> {
     while let Some(addr) = rest.pop() {
         match start_connect(addr) {
             Ok((sock, connected)) => return Ok((sock, connected, addr)),
-            Err(e) => why = e,
+            Err(e) => failed.push(e),
         }
     }
-    Err(why)
+    Err(failed.join("; "))
 }
 
-/// The deadline of an attempt begun now: [`ATTEMPT_TIMEOUT`] while other addresses are left,
-/// what is left of [`CONNECT_TIMEOUT`] for the last one.
-fn attempt_deadline(started: Instant, rest: &[SocketAddr]) -> Instant {
+/// The deadline of an attempt begun now: [`ATTEMPT_TIMEOUT`] for its TCP connect while other
+/// addresses are left, else (the last address, or connected already: TLS and the upgrade
+/// follow) what is left of [`CONNECT_TIMEOUT`].
+fn attempt_deadline(started: Instant, rest: &[SocketAddr], connected: bool) -> Instant {
     let overall = started + CONNECT_TIMEOUT;
-    if rest.is_empty() {
+    if rest.is_empty() || connected {
         overall
     } else {
         overall.min(Instant::now() + ATTEMPT_TIMEOUT)
@@ -210,21 +213,28 @@ impl Client {
                 Some(Box::new(conn))
             }
         };
+        if addrs.is_empty() {
+            return Err(format!("cannot resolve {}", url.host));
+        }
         let mut rest: Vec<SocketAddr> = addrs.into_iter().rev().collect();
-        let why = format!("cannot resolve {}", url.host);
-        let (sock, connected, addr) = connect_next(&mut rest, why)?;
+        let mut failed = Vec::new();
+        let (sock, connected, addr) = connect_next(&mut rest, &mut failed)?;
         let (request, accept) = upgrade::request(url, &keys.take());
         let started = Instant::now();
         Ok(Client {
             sock,
             tls,
-            deadline: Some(attempt_deadline(started, &rest)),
+            deadline: Some(attempt_deadline(started, &rest, connected)),
             started,
             addr,
             phase: if connected {
                 Phase::Upgrading { accept }
             } else {
-                Phase::Connecting { accept, rest }
+                Phase::Connecting {
+                    accept,
+                    rest,
+                    failed,
+                }
             },
             input: Vec::new(),
             out: request,
@@ -236,14 +246,15 @@ impl Client {
 
     /// The connect failed (`why`): goes on with the next address, or fails for good.
     fn next_address(&mut self, why: String, sink: &mut dyn FnMut(Event<'_>)) {
-        let Phase::Connecting { rest, .. } = &mut self.phase else {
+        let Phase::Connecting { rest, failed, .. } = &mut self.phase else {
             return;
         };
-        match connect_next(rest, why) {
+        failed.push(why);
+        match connect_next(rest, failed) {
             Ok((sock, connected, addr)) => {
                 self.sock = sock;
                 self.addr = addr;
-                self.deadline = Some(attempt_deadline(self.started, rest));
+                self.deadline = Some(attempt_deadline(self.started, rest, connected));
                 if connected {
                     if let Phase::Connecting { accept, .. } = &mut self.phase {
                         let accept = std::mem::take(accept);
@@ -376,16 +387,20 @@ impl Client {
         if now < d {
             return;
         }
-        match &self.phase {
-            Phase::Connecting { rest, .. }
-                if !rest.is_empty() && now < self.started + CONNECT_TIMEOUT =>
-            {
+        match &mut self.phase {
+            Phase::Connecting { failed, .. } => {
                 let why = format!("timeout connecting to {}", self.addr);
-                self.next_address(why, sink)
+                if now < self.started + CONNECT_TIMEOUT {
+                    // This address's share is spent; others are left (the last one's share
+                    // is the whole rest).
+                    self.next_address(why, sink)
+                } else {
+                    failed.push(why);
+                    let all = failed.join("; ");
+                    self.fail(all, 1006, sink)
+                }
             }
-            Phase::Connecting { .. } | Phase::Upgrading { .. } => {
-                self.fail("timeout while connecting".into(), 1006, sink)
-            }
+            Phase::Upgrading { .. } => self.fail("timeout while connecting".into(), 1006, sink),
             Phase::Closing => {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
