@@ -167,6 +167,8 @@ fn deployed(cfg: &Config, sc: &ServiceConfig) -> Deployed {
 
 /// Files of an app directory that a deploy looks at, at most; beyond, the rest is not seen.
 const APP_DIR_MAX_FILES: usize = 4096;
+/// Files up to this size are compared by content, larger ones by size and modification time.
+const APP_FILE_MAX_READ: u64 = 16 << 20;
 
 /// A hash of every file under `dir` (names and contents, in name order, subdirectories
 /// included), so that a change to any module an app `require`s from its own directory is a
@@ -183,17 +185,29 @@ fn app_dir_hash(dir: &std::path::Path) -> u64 {
         let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         entries.sort();
         for path in entries {
-            // Symlinks are followed for files (an app may link a shared module), not for
-            // directories, so that a loop cannot keep the walk going.
+            // Directory symlinks are not followed, so that a loop cannot keep the walk going.
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
             if meta.is_dir() {
                 pending.push(path);
-            } else if files < APP_DIR_MAX_FILES {
-                files += 1;
-                path.hash(&mut h);
+                continue;
+            }
+            // File symlinks are (an app may link a shared module); only regular files are
+            // read, so a FIFO or a device cannot block or flood the walk.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() || files == APP_DIR_MAX_FILES {
+                continue;
+            }
+            files += 1;
+            path.hash(&mut h);
+            if meta.len() <= APP_FILE_MAX_READ {
                 std::fs::read(&path).ok().hash(&mut h);
+            } else {
+                // A large data file: its size and modification time stand for its content.
+                (meta.len(), meta.modified().ok()).hash(&mut h);
             }
         }
     }
@@ -283,8 +297,13 @@ struct RestartOnly {
 
 impl RestartOnly {
     fn of(cfg: &Config) -> RestartOnly {
+        let mut ws = cfg.ws.clone();
+        if ws.workers.workers_by_default {
+            // One per core: the host's count may change (affinity, a CPU quota), the file not.
+            ws.workers.workers = 0;
+        }
         RestartOnly {
-            ws: cfg.ws.clone(),
+            ws,
             builtins: cfg
                 .lapps
                 .services

@@ -26,6 +26,8 @@ pub struct TlsCertificates {
 pub struct Workers {
     /// IOWorker threads (default: the number of cores).
     pub workers: usize,
+    /// `workers` was taken from the host, not from the file (a reload compares the file).
+    pub workers_by_default: bool,
     /// Connections per worker; beyond, new connections get HTTP 503.
     pub max_connections: usize,
     /// Outbound frame size for splitting large messages (`None`: never split).
@@ -36,7 +38,8 @@ pub struct Workers {
     pub max_poll_events: usize,
     /// `epoll_wait` timeout.
     pub max_poll_wait_ms: u64,
-    /// Inbound messages a worker processes before serving other work.
+    /// Reads from one connection (each maybe holding many messages) per turn before the
+    /// worker serves other work.
     pub max_inbounds_skip: usize,
 }
 
@@ -299,6 +302,7 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
     };
     Workers {
         workers: w.usize_in(r, "workers", default_workers(), 1, MAX_WORKERS),
+        workers_by_default: w.get("workers").is_none(),
         // Handles address at most 2^24 slots per worker (src/net/handle.rs).
         max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 23) as usize,
         auto_fragment,
