@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             .filter(|s| s.builtin.is_none())
             .filter_map(|s| {
                 let file = s.app_file(&cfg.lapps.directories);
-                lapps::service::lua::compile_check(&file)
+                lapps::service::lua::compile_check(&file, s.allow_ffi || s.allow_debug)
                     .err()
                     .map(|e| format!("services.{}: {e}", s.name))
             })

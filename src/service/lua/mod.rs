@@ -34,21 +34,30 @@ pub use host::Stop;
 pub use spec::{Protocol, ServiceSpec};
 
 /// Compiles an app file without running any of it (`--check-config`): a missing or unreadable
-/// file or a syntax error is reported as "path: reason" / "path:line: message".
-pub fn compile_check(app_file: &std::path::Path) -> Result<(), String> {
+/// file or a syntax error is reported as "path: reason" / "path:line: message". `bytecode`: the
+/// service may load a precompiled chunk (as one with `allow_ffi` or `allow_debug` does, its
+/// state being made unsafe); otherwise only source text compiles, as at run time.
+pub fn compile_check(app_file: &std::path::Path, bytecode: bool) -> Result<(), String> {
     let path = app_file.display().to_string();
     let source = std::fs::read(app_file).map_err(|e| format!("{path}: {e}"))?;
     // A bare state: compiling needs no library, and nothing here runs.
-    let lua = mlua::Lua::new();
-    lua.load(source)
-        .set_name(format!("@{path}"))
-        .set_mode(mlua::ChunkMode::Text)
-        .into_function()
-        .map(drop)
-        .map_err(|e| match e {
-            mlua::Error::SyntaxError { message, .. } => message,
-            other => format!("{path}: {other}"),
-        })
+    let lua = if bytecode {
+        // SAFETY: the state only compiles the chunk (no code runs, no library is opened) and
+        // is dropped right after; "unsafe" is what lets mlua accept a binary chunk.
+        unsafe { mlua::Lua::unsafe_new() }
+    } else {
+        mlua::Lua::new()
+    };
+    let chunk = lua.load(source).set_name(format!("@{path}"));
+    let chunk = if bytecode {
+        chunk
+    } else {
+        chunk.set_mode(mlua::ChunkMode::Text)
+    };
+    chunk.into_function().map(drop).map_err(|e| match e {
+        mlua::Error::SyntaxError { message, .. } => message,
+        other => format!("{path}: {other}"),
+    })
 }
 
 use self::inbox::{Batch, Inbox, Kind};
