@@ -68,9 +68,16 @@ impl<T> Slab<T> {
     }
 
     pub fn remove(&mut self, index: u32) -> Option<Box<T>> {
-        let v = self.slots.get_mut(index as usize)?.value.take()?;
+        let slot = self.slots.get_mut(index as usize)?;
+        let v = slot.value.take()?;
         self.len -= 1;
-        self.free.push(index);
+        // A slot that has used its last generation is retired rather than wrapped, so that a
+        // handle names one connection for the life of the process (an app may keep one for
+        // any time). Retiring takes 2^24 connections through one slot; the index space (2^24
+        // slots) lasts for 2^48 connections.
+        if slot.generation < crate::net::handle::ConnId::GEN_MASK {
+            self.free.push(index);
+        }
         Some(v)
     }
 
@@ -97,5 +104,23 @@ mod tests {
         assert!(s.get_gen_mut(i, g).is_none());
         assert_eq!(s.get_gen_mut(j, h).copied(), Some(2));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_slot_at_its_last_generation_is_retired_not_wrapped() {
+        let mut s = Slab::default();
+        let (i, _) = s.insert(1);
+        s.slots[i as usize].generation = crate::net::handle::ConnId::GEN_MASK - 1;
+        assert!(s.remove(i).is_some());
+        let (j, last) = s.insert(2);
+        assert_eq!((j, last), (i, crate::net::handle::ConnId::GEN_MASK));
+        assert!(s.remove(j).is_some());
+        // Reusing the slot would wrap its generation to 0: a handle of its first connection
+        // would name the next one. A new slot is taken instead, and the old handles stay stale.
+        let (k, g) = s.insert(3);
+        assert_ne!(k, i);
+        assert_eq!(g, 0);
+        assert!(s.get_gen_mut(i, 0).is_none() && s.get_gen_mut(i, last).is_none());
+        assert_eq!(s.get_gen_mut(k, 0).copied(), Some(3));
     }
 }
