@@ -1213,3 +1213,41 @@ fn replies_to_messages_before_the_peers_close_go_out_before_ours() {
     let close = frame(true, 0, 0x8, &4000u16.to_be_bytes(), true);
     echoes_then_close(&app, 0x2, &close, &4000u16.to_be_bytes());
 }
+
+#[test]
+fn ws_close_answers_a_bad_code_with_nil_and_sends_the_codes_a_server_may() {
+    let app = start_app(&ws_json(1), &tally_services(None));
+    let mut ws = connect(app.addr, "/tally");
+    // Not a close code a server may send, or not a whole number: nil, "bad close code", and
+    // the connection stays open (no raise, no 1011).
+    for arg in [
+        "nan", "inf", "table", "abc", "1000.5", "1010", "1004", "2999", "5000",
+    ] {
+        assert_eq!(
+            ask(&mut ws, &format!("wsclose {arg}")),
+            "nil bad close code",
+            "{arg}"
+        );
+    }
+    assert_eq!(ask(&mut ws, "still"), "still");
+    finish_close_with(&mut ws, "wsclose 1013", 1013);
+    let mut ws = connect(app.addr, "/tally");
+    finish_close_with(&mut ws, "wsclose nil", 1000);
+    let mut ws = connect(app.addr, "/tally");
+    finish_close_with(&mut ws, "wsclose 4001", 4001);
+}
+
+/// Sends `cmd`, expects the server's Close with `code`, and completes the close.
+fn finish_close_with(ws: &mut Client, cmd: &str, code: u16) {
+    send(ws, cmd);
+    assert_eq!(ws_close_code(ws), code, "{cmd}");
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return
+            }
+            Err(e) => panic!("unexpected error while closing: {e}"),
+        }
+    }
+}

@@ -13,6 +13,8 @@
 --   "dump <path>"   at onShutdown, write "<h> <messages> <onDisconnect calls>" per handler seen
 --                   to <path> (what happens at shutdown cannot be seen through a socket)
 --   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false
+--   "wsclose <arg>" ws:close(this, <arg>): a number, "nan", "inf", "table", "nil" or any other
+--                   text as a string; replies "nil <err>" when it fails
 --   "announce loop" replies "looping" and hands that reply over (must_stop() flushes), then
 --                   runs forever: the client knows the instance is busy from then on
 local tally = {}
@@ -65,6 +67,16 @@ tally.onMessage = function(handler, opcode, message)
     while true do end
   elseif cmd == "close" then
     return false
+  elseif cmd == "wsclose" then
+    local special = { nan = 0 / 0, inf = 1 / 0, table = {} }
+    local arg = special[rest]
+    if arg == nil and rest ~= "nil" then
+      arg = tonumber(rest) or rest
+    end
+    local ok, err = ws:close(handler, arg)
+    if not ok then
+      ws:send(handler, 1, "nil " .. tostring(err))
+    end
   else
     ws:send(handler, opcode, message)
   end

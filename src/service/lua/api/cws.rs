@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mlua::{Function, Lua, Table, Value};
 use rustls::ClientConfig;
 
-use super::ws::valid_close_code;
+use super::ws::{close_code_arg, valid_client_close_code};
 use super::{fail, ok, Ret};
 use crate::service::cws::{client_config, url, Client, Event, KeyPool, TlsOptions};
 use crate::service::lua::host::{one_line, HostCtx};
@@ -212,15 +212,9 @@ impl Cws {
         let Some(id) = a.front().and_then(handler_id) else {
             return fail("bad handler");
         };
-        let code = match a.get(1) {
-            None | Some(Value::Nil) => 1000,
-            Some(Value::Integer(i)) => *i,
-            Some(Value::Number(n)) if n.fract() == 0.0 => *n as i64,
-            Some(_) => return fail("bad close code"),
-        };
-        if !valid_close_code(code) {
+        let Some(code) = close_code_arg(a.get(1)).filter(|&c| valid_client_close_code(c)) else {
             return fail("bad close code");
-        }
+        };
         let (Ok(mut conns), Ok(mut keys)) =
             (self.conns.try_borrow_mut(), self.keys.try_borrow_mut())
         else {

@@ -22,8 +22,26 @@ use crate::service::lua::lapps::send_cbor;
 use crate::service::lua::{fastpath, lapps_fast};
 
 /// Close codes an application may send (RFC 6455 section 7.4).
-pub(crate) fn valid_close_code(code: i64) -> bool {
+/// Close codes a server app may send (RFC 6455 7.4.1, the IANA registry): 1010 is a
+/// client's (the server did not negotiate an extension it expected), 1012-1014 (service
+/// restart, try again later, bad gateway) are a server's.
+pub(crate) fn valid_server_close_code(code: i64) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1009 | 1011..=1014 | 3000..=4999)
+}
+
+/// Close codes a client (`cws`) may send: 1010 yes, the server's 1012-1014 no.
+pub(crate) fn valid_client_close_code(code: i64) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// A close code argument: absent or nil is 1000; a number must be a whole one.
+pub(crate) fn close_code_arg(v: Option<&Value>) -> Option<i64> {
+    match v {
+        None | Some(Value::Nil) => Some(1000),
+        Some(Value::Integer(i)) => Some(*i),
+        Some(Value::Number(n)) if n.fract() == 0.0 && n.abs() < 1e15 => Some(*n as i64),
+        Some(_) => None,
+    }
 }
 
 pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
@@ -133,14 +151,15 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "close",
         lua.create_function(
-            move |_, (_this, conn, code): (Value, Value, Option<i64>)| -> mlua::Result<Ret> {
+            move |_, (_this, conn, code): (Value, Value, Option<Value>)| -> mlua::Result<Ret> {
                 let Some(conn) = handler(&conn) else {
                     return fail("bad handler");
                 };
-                let code = code.unwrap_or(1000);
-                if !valid_close_code(code) {
+                let Some(code) =
+                    close_code_arg(code.as_ref()).filter(|&c| valid_server_close_code(c))
+                else {
                     return fail("bad close code");
-                }
+                };
                 if !h.hub.is_live(conn) {
                     return fail("closed");
                 }
