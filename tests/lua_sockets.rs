@@ -1251,3 +1251,20 @@ fn finish_close_with(ws: &mut Client, cmd: &str, code: u16) {
         }
     }
 }
+
+#[test]
+fn calls_that_wait_answer_nil_in_a_network_service_instead_of_stalling_it() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "blockers": { "preload": ["nap", "mqr", "cws"] } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/blockers");
+    let not_here = "nil,not in a network service (it would block its connections)";
+    assert_eq!(
+        ask(&mut ws, "go"),
+        format!("nap={not_here} receive=nil,would block ready=here cws={not_here}")
+    );
+}

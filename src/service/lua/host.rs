@@ -92,7 +92,17 @@ pub(crate) struct HostCtx {
     answered: Cell<bool>,
 }
 
+/// What a blocking host call answers in a network service, whose callbacks must not wait: a
+/// wait there would stall every connection of the instance.
+pub(crate) const NOT_IN_NETWORK: &str = "not in a network service (it would block its connections)";
+
 impl HostCtx {
+    /// Whether this state may wait in host calls (`nap`, `mqr:receive`, `cws`): a standalone
+    /// service's may, a network service's may not.
+    pub fn may_block(&self) -> bool {
+        self.standalone
+    }
+
     /// The host of instance `instance` of `spec`.
     pub fn new(
         spec: &ServiceSpec,

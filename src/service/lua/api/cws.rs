@@ -387,6 +387,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "new",
         lua.create_function(move |_, a: mlua::MultiValue| {
+            if !c.host.may_block() {
+                // Its connections live in cws:eventLoop, which waits.
+                let why = crate::service::lua::host::NOT_IN_NETWORK;
+                return Ok((Value::Nil, Some(why.to_string())));
+            }
             let a = skip_self(a);
             let url = match a.front() {
                 Some(Value::String(s)) => s.to_string_lossy(),

@@ -87,6 +87,10 @@ impl Ctx {
             self.host.polling_point();
             return ok(self.deliver(lua, q, m)?);
         }
+        if !self.host.may_block() {
+            // An empty queue in a network service: waiting would stall its connections.
+            return fail("would block");
+        }
         self.host.flush();
         let stop = &self.host.stop;
         // No timeout: wait until a message comes or the service stops.

@@ -13,6 +13,9 @@ struct Nap(Rc<HostCtx>);
 impl UserData for Nap {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("sleep", |_, this, secs: f64| -> mlua::Result<Ret> {
+            if !this.0.may_block() {
+                return fail(crate::service::lua::host::NOT_IN_NETWORK);
+            }
             if !secs.is_finite() || secs < 0.0 {
                 return fail("bad duration");
             }
