@@ -178,7 +178,8 @@ fn table_value(mut entries: Vec<(RawKey, Value)>) -> Value {
     let mut members: Vec<(Value, Value)> = entries
         .into_iter()
         .map(|(k, v)| match k {
-            RawKey::Index(i) => (Value::Text(i.to_string()), v),
+            // As Lua writes the number (an integer key comes from a double in LuaJIT).
+            RawKey::Index(i) => (Value::Text(super::node::number_key_text(i as f64)), v),
             RawKey::Text(k) => (k, v),
         })
         .collect();

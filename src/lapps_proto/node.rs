@@ -30,14 +30,22 @@ pub(crate) enum Key<'a> {
     Num(f64),
 }
 
-/// The string form of a number key (`1` -> "1", `1.5` -> "1.5"), as Lua's `tostring` gives for
-/// integers; non-integral numbers use Rust's shortest round-trip form.
+/// The string form of a number key, the one LuaJIT's `tostring` gives (`%.14g`): `1` -> "1",
+/// `1.5` -> "1.5", `0.1 + 0.2` -> "0.3", `1e15` -> "1e+15", `-0.0` -> "-0", so that `v[x]` and
+/// `v[tostring(x)]` name the same member.
 pub(crate) fn number_key_text(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-        format!("{}", n as i64)
-    } else {
-        format!("{n}")
+    if n.is_nan() {
+        // printf's sign of a NaN varies; LuaJIT prints "nan" or "-nan" by its bits as well,
+        // but no JSON or CBOR key written by a client can be told apart by that.
+        return "nan".into();
     }
+    let mut buf = [0u8; 32];
+    // SAFETY: the buffer and its length are passed together; "%.14g" of one double writes at
+    // most 21 bytes plus the NUL ("-1.2345678901234e-308"), and snprintf never writes past the
+    // length given.
+    let len = unsafe { libc::snprintf(buf.as_mut_ptr().cast(), buf.len(), c"%.14g".as_ptr(), n) };
+    let len = usize::try_from(len).unwrap_or(0).min(buf.len() - 1);
+    String::from_utf8_lossy(buf.get(..len).unwrap_or_default()).into_owned()
 }
 
 /// Whether an object key answers to a Lua key: text or bytes by their bytes; a number to a

@@ -123,6 +123,23 @@ fn foreach_visits_in_order_and_can_stop() {
 }
 
 #[test]
+fn a_number_key_is_its_tostring_form() {
+    run(r#"
+        -- Keys as LuaJIT's tostring writes them (%.14g), not as a shortest round trip.
+        local v = nljson.decode('{"1e+15": "big", "0.3": "sum", "-0": "neg", "1.1529215046068e+18": "huge"}')
+        for _, k in ipairs({1e15, 0.1 + 0.2, -0.0, 2^60}) do
+            assert(v[k] ~= nil and v[k] == v[tostring(k)], tostring(k))
+            assert(nljson.find(v, k) == v[tostring(k)], tostring(k))
+        end
+        -- A table with number keys that is not an array becomes an object keyed the same way.
+        local o = nljson.decode(nljson.encode({[2^60] = 1, [0.1 + 0.2] = 2, [5] = 3}))
+        assert(o[tostring(2^60)] == 1 and o["0.3"] == 2 and o["5"] == 3, nljson.encode(o))
+        v[1e15] = "changed"
+        assert(v["1e+15"] == "changed")
+    "#);
+}
+
+#[test]
 fn find_with_numeric_keys_and_erase() {
     run(r#"
         local v = nljson.decode('{"1": "one", "2.5": "x", "k": [5, 6, 7]}')
