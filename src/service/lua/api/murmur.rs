@@ -41,9 +41,10 @@ pub(crate) fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
 fn digest(v: &Value) -> Option<u64> {
     match v {
         Value::String(s) => Some(hash_bytes(&s.as_bytes(), SEED)),
-        // size_t conversion of the number, as the original: negative and fractional
-        // numbers saturate and truncate.
+        // The number's integer value as a 64-bit word: truncated toward zero, a negative one
+        // in two's complement, whether LuaJIT hands it over as an integer (-1) or not (-1.5).
         Value::Integer(i) => Some(*i as u64),
+        Value::Number(n) if *n < 0.0 => Some(*n as i64 as u64),
         Value::Number(n) => Some(*n as u64),
         _ => None,
     }
@@ -103,5 +104,20 @@ mod tests {
         assert_eq!(n, 42.0);
         assert_eq!(k, 0x454d_dee4_88c1_ed6b_u64 as f64);
         assert!(!bad);
+    }
+
+    #[test]
+    fn a_negative_number_hashes_as_its_integer_part_in_twos_complement() {
+        let lua = mlua::Lua::new();
+        super::install(&lua).unwrap();
+        let same: bool = lua
+            .load(
+                "return murmur.hashstr(-1) == murmur.hashstr(-1.5) \
+                 and murmur.hashstr(-1) == 'ffffffffffffffff' \
+                 and murmur.hashstr(2.9) == murmur.hashstr(2)",
+            )
+            .eval()
+            .unwrap();
+        assert!(same);
     }
 }
