@@ -198,8 +198,15 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "encode_pretty",
-        lua.create_function(move |lua, (v, indent): (LuaValue, Option<f64>)| {
-            let indent = indent.unwrap_or(2.0);
+        lua.create_function(move |lua, (v, indent): (LuaValue, LuaValue)| {
+            // Any other type is an answer too (nil, error), not a raise, as for every nljson
+            // function.
+            let indent = match indent {
+                LuaValue::Nil => 2.0,
+                LuaValue::Integer(i) => i as f64,
+                LuaValue::Number(n) => n,
+                _ => f64::NAN,
+            };
             let r = if !(0.0..=64.0).contains(&indent) || indent.fract() != 0.0 {
                 Err("indent must be an integer in 0..64".to_string())
             } else {

@@ -177,6 +177,8 @@ fn bad_input_returns_nil_and_a_message() {
         fails(nljson.encode, t)
         fails(nljson.encode, '\255')      -- binary has no JSON form
         fails(nljson.encode_pretty, {}, -1)
+        fails(nljson.encode_pretty, {}, "x")
+        fails(nljson.encode_pretty, {}, true)
         fails(nljson.typename, print)
         fails(nljson.array, {a = 1})
         assert(nljson.erase(1, 1) == nil)
