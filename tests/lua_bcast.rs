@@ -69,6 +69,12 @@ fn a_broadcast_reaches_each_subscriber_exactly_once_and_not_after_unsubscribe_or
         texts_for(&out, conns[0].id),
         ["nil no such channel", "nil bad channel id"]
     );
+    // Names are text: bytes that are not UTF-8 name no channel (a lossy conversion would make
+    // "\xff" and "\xfe" the same one); "c" in hex is still "c".
+    text(&*svc, &conns[0], "subhex ff");
+    text(&*svc, &conns[0], "subhex 63");
+    let out = collect_until(&hub, |o| o.len() == 2);
+    assert_eq!(texts_for(&out, conns[0].id), ["nil bad channel id", "ok"]);
 }
 
 #[test]

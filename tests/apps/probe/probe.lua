@@ -1,5 +1,6 @@
 -- probe: a RAW test app. Text commands (anything else is echoed):
 --   "sub <ch>" / "unsub <ch>"  (<ch>: a number or a name) bcast (un)subscribe this connection; replies "ok" or "nil <err>"
+--   "subhex <hex>"             bcast:subscribe to the channel named by these bytes; replies as sub
 --   "bsend <ch> <text>"        bcast:send; replies "n=<recipients>"
 --   "error"                    raises a Lua error
 --   "loop"                     runs forever
@@ -34,6 +35,10 @@ probe.onMessage = function(handler, opcode, message)
   local cmd, rest = message:match("^(%S*)%s*(.*)$")
   if cmd == "sub" or cmd == "unsub" then
     local ok, err = bcast[cmd == "sub" and "subscribe" or "unsubscribe"](bcast, tonumber(rest) or rest, handler)
+    reply(handler, ok and "ok" or ("nil " .. err))
+  elseif cmd == "subhex" then
+    local name = rest:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end)
+    local ok, err = bcast:subscribe(name, handler)
     reply(handler, ok and "ok" or ("nil " .. err))
   elseif cmd == "bsend" then
     local ch, text = rest:match("^(%S+)%s(.*)$")

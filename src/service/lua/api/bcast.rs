@@ -36,9 +36,10 @@ impl ChannelId {
             Value::Number(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 9007199254740992.0 => {
                 Some(ChannelId::Num(*f as u64))
             }
-            // Channels are process-wide and never removed: names are short, as queue names.
+            // Channels are process-wide and never removed: names are short, as queue names,
+            // and text (as queue names): a lossy conversion would make "\xff" and "\xfe" one.
             Value::String(s) if s.as_bytes().len() <= MAX_NAME => {
-                Some(ChannelId::Name(s.to_string_lossy()))
+                s.to_str().ok().map(|s| ChannelId::Name(s.to_string()))
             }
             _ => None,
         }
