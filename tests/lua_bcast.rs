@@ -111,6 +111,31 @@ fn chat_members_of_a_room_get_its_messages_and_others_do_not() {
 }
 
 #[test]
+fn a_chat_instance_creates_at_most_max_rooms_channels() {
+    let hub = hub(1);
+    let mut spec = example_app("chat");
+    spec.preload = vec!["bcast".into()];
+    let reg = Registry::start(vec![spec], hub.clone()).unwrap();
+    let svc = reg.route("/chat").unwrap();
+    let c = open(&hub, &*svc, 0, 1, 1);
+    // Channels are never removed: a client must not create them without bound.
+    for i in 0..1000 {
+        text(&*svc, &c, &format!("/join r{i}"));
+    }
+    let out = collect_until(&hub, |o| o.len() == 1000);
+    assert!(texts_for(&out, c.id)
+        .iter()
+        .all(|t| t.starts_with("joined r")));
+    text(&*svc, &c, "/join one_more");
+    text(&*svc, &c, "/join r7");
+    let out = collect_until(&hub, |o| o.len() == 2);
+    assert_eq!(
+        texts_for(&out, c.id),
+        ["error: too many rooms", "joined r7"]
+    );
+}
+
+#[test]
 fn a_standalone_service_broadcasts_until_shutdown_wakes_its_nap() {
     let hub = hub(1);
     let mut sa = test_app("standalone_probe");

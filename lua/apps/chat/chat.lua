@@ -11,11 +11,18 @@
 -- Errors are answered as "error: <reason>". Binary messages are refused with "error: text only".
 --
 -- Each room is a bcast channel named "chat:<room>": a message is framed once and fanned out
--- by the IOWorkers to every member, whichever instance or worker they are on.
+-- by the IOWorkers to every member, whichever instance or worker they are on. bcast channels
+-- are never removed, so an instance creates at most chat.max_rooms of them; a /join beyond
+-- that to a room it has not created is answered "error: too many rooms".
 local words = require("words")
 
 local chat = {}
 chat.__index = chat
+
+chat.max_rooms = 1000
+
+-- The rooms this instance created (channels stay for the life of the process).
+local created, n_created = {}, 0
 
 -- Per-connection state, keyed by handler: a connection always reaches the same instance.
 local members = {}
@@ -39,6 +46,13 @@ local commands = {}
 commands["/join"] = function(handler, m, room)
   if not words.valid_name(room) then
     return reply(handler, "error: bad room name")
+  end
+  if not created[room] then
+    if n_created >= chat.max_rooms then
+      return reply(handler, "error: too many rooms")
+    end
+    created[room] = true
+    n_created = n_created + 1
   end
   leave(handler)
   bcast:create("chat:" .. room)
