@@ -54,6 +54,18 @@ fn sigterm_closes_connections_with_1001_and_exits_within_5_seconds() {
     );
 }
 
+/// Runs `lapps -c DIR --check-config`, which must fail; its stderr.
+fn check_config_fails(dir: &Path) -> String {
+    let out = Command::new(LAPPS)
+        .arg("-c")
+        .arg(dir)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_config_names_file_and_key_and_fails() {
     let dir = temp_dir("check");
@@ -62,14 +74,7 @@ fn check_config_names_file_and_key_and_fails() {
         r#"{ "port": "abc", "workers": { "max_conections": 5 } }"#,
         BUILTIN_ONLY,
     );
-    let out = Command::new(LAPPS)
-        .arg("-c")
-        .arg(&dir)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_fails(&dir);
     assert!(err.contains("ws.json") && err.contains("port"), "{err}");
     assert!(err.contains("max_conections"), "{err}");
 }
@@ -95,14 +100,7 @@ fn check_config_compiles_the_lua_apps_without_running_them() {
             apps.display()
         ),
     );
-    let out = Command::new(LAPPS)
-        .arg("-c")
-        .arg(&dir)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_fails(&dir);
     let broken = format!(
         "services.broken: {}",
         apps.join("broken/broken.lua").display()

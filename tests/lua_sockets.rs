@@ -1230,26 +1230,16 @@ fn ws_close_answers_a_bad_code_with_nil_and_sends_the_codes_a_server_may() {
         );
     }
     assert_eq!(ask(&mut ws, "still"), "still");
-    finish_close_with(&mut ws, "wsclose 1013", 1013);
-    let mut ws = connect(app.addr, "/tally");
-    finish_close_with(&mut ws, "wsclose nil", 1000);
-    let mut ws = connect(app.addr, "/tally");
-    finish_close_with(&mut ws, "wsclose 4001", 4001);
+    finish_close_with(ws, "wsclose 1013", 1013);
+    finish_close_with(connect(app.addr, "/tally"), "wsclose nil", 1000);
+    finish_close_with(connect(app.addr, "/tally"), "wsclose 4001", 4001);
 }
 
 /// Sends `cmd`, expects the server's Close with `code`, and completes the close.
-fn finish_close_with(ws: &mut Client, cmd: &str, code: u16) {
-    send(ws, cmd);
-    assert_eq!(ws_close_code(ws), code, "{cmd}");
-    loop {
-        match ws.read() {
-            Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                return
-            }
-            Err(e) => panic!("unexpected error while closing: {e}"),
-        }
-    }
+fn finish_close_with(mut ws: Client, cmd: &str, code: u16) {
+    send(&mut ws, cmd);
+    assert_eq!(ws_close_code(&mut ws), code, "{cmd}");
+    finish_close(ws);
 }
 
 #[test]
