@@ -186,7 +186,18 @@ assemble() {
         [ -x "$checker" ] || cargo build --locked --release --bin lapps
         echo "== this CPU cannot run the $v binary: checking its configuration with $checker"
     fi
-    "$checker" -c "$root/etc/lapps" --check-config >/dev/null
+    # The installed paths (/usr/share/lapps/...) exist only after installation: check a copy of
+    # the packaged configuration that points into the staged tree, so that --check-config also
+    # compiles the packaged Lua apps.
+    local staged_conf="$OUT/check-conf-$v"
+    rm -rf "$staged_conf"
+    mkdir -p "$staged_conf"
+    for f in ws.json lapps.json; do
+        sed "s#\"/usr/share/lapps/#\"$root/usr/share/lapps/#g; s#\"/etc/lapps/#\"$root/etc/lapps/#g" \
+            "$root/etc/lapps/$f" >"$staged_conf/$f"
+    done
+    "$checker" -c "$staged_conf" --check-config >/dev/null
+    rm -rf "$staged_conf"
 
     for script in postinst prerm postrm; do
         install -m 0755 "debian/$script" "$root/DEBIAN/$script"
