@@ -233,3 +233,16 @@ fn a_request_up_to_the_services_message_size_is_taken_beyond_16_mib() {
     let got = call(&mut ws, request("echo", Value::Array(vec![big.clone()])));
     assert_eq!(got, protocol::encode_response_ok(&[big]));
 }
+
+#[test]
+fn a_code_or_cid_that_is_not_a_whole_number_is_refused_not_truncated() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    // Each call raised (a programming error), so nothing but the one response was sent.
+    let got = call(&mut ws, request("strict", Value::Array(vec![])));
+    let no = t("false");
+    assert_eq!(
+        got,
+        protocol::encode_response_ok(&[no.clone(), no.clone(), no.clone(), no])
+    );
+}

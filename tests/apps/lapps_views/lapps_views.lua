@@ -32,6 +32,17 @@ methods.send = function(handler, message)
   return ws:send(handler, { cid = 0, status = 1, result = message.params })
 end
 
+-- Whether send_error and send_oon take a code/cid that is not a whole number (each answer
+-- "false" means the call raised, as a programming error does).
+methods.strict = function(handler, message)
+  local r = {}
+  r[1] = tostring((pcall(ws.send_error, ws, handler, 1.5, "half")))
+  r[2] = tostring((pcall(ws.send_oon, ws, handler, 2.5, { 1 })))
+  r[3] = tostring((pcall(ws.send_oon, ws, handler, -1, { 1 })))
+  r[4] = tostring((pcall(ws.send_error, ws, handler, "x", "text")))
+  return ws:send_response(handler, r)
+end
+
 methods.fail = function()
   error("fail was called")
 end

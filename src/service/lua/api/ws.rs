@@ -34,6 +34,21 @@ pub(crate) fn valid_client_close_code(code: i64) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
+/// A whole-number argument; anything else (a fraction, NaN, a string) is a programming error.
+fn whole(v: &Value, what: &str) -> mlua::Result<i64> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 => Ok(*n as i64),
+        other => Err(mlua::Error::runtime(format!(
+            "{what} must be a whole number, got {}",
+            match other {
+                Value::Number(n) => n.to_string(),
+                o => o.type_name().to_string(),
+            }
+        ))),
+    }
+}
+
 /// A close code argument: absent or nil is 1000; a number must be a whole one.
 pub(crate) fn close_code_arg(v: Option<&Value>) -> Option<i64> {
     match v {
@@ -103,8 +118,15 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "send_error",
         lua.create_function(
             move |lua,
-                  (_this, conn, code, message, data): (Value, Value, i64, mlua::String, Value)|
+                  (_this, conn, code, message, data): (
+                Value,
+                Value,
+                Value,
+                mlua::String,
+                Value,
+            )|
                   -> mlua::Result<Ret> {
+                let code = whole(&code, "send_error: code")?;
                 let Some(conn) = live(&h, &conn) else {
                     return fail("closed");
                 };
@@ -130,8 +152,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "send_oon",
         lua.create_function(
             move |lua,
-                  (_this, conn, cid, message): (Value, Value, u64, Value)|
+                  (_this, conn, cid, message): (Value, Value, Value, Value)|
                   -> mlua::Result<Ret> {
+                let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
+                    .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
                 let Some(conn) = live(&h, &conn) else {
                     return fail("closed");
                 };
