@@ -180,3 +180,20 @@ fn a_426_names_the_upgrade_it_requires() {
         assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{resp}");
     }
 }
+
+#[test]
+fn an_empty_line_before_the_request_line_is_skipped() {
+    // RFC 9112 section 2.2; the frame sent in the same write must still be the stream's first.
+    use std::io::Write;
+    let srv = start_echo(|_| {});
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut bytes = b"\r\n".to_vec();
+    bytes.extend_from_slice(upgrade_request(srv.addr, "/echo").as_bytes());
+    bytes.extend_from_slice(&frame(true, 0, 1, b"after CRLF", true));
+    s.write_all(&bytes).unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let echoed = read_frame(&mut s).expect("the echo");
+    assert_eq!((echoed.opcode, echoed.payload), (1, b"after CRLF".to_vec()));
+}

@@ -116,7 +116,26 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ha
 /// [`parse`], told that an earlier call saw the first `scanned` bytes of `buf` (a prefix of
 /// the same stream) and answered `Ok(None)`: those bytes are not scanned again, so a head that
 /// arrives a few bytes at a time costs time linear in its length, not quadratic.
+///
+/// One empty line (CRLF) before the request line is skipped, as RFC 9112 section 2.2 asks of a
+/// robust server (some clients send one after an earlier request's body); it counts in `n`.
 pub fn parse_after(
+    buf: &[u8],
+    scanned: usize,
+    limits: &Limits,
+) -> Result<Option<(Request, usize)>, HandshakeError> {
+    match buf.strip_prefix(b"\r\n") {
+        // Only one: a second empty line is where the request line should be.
+        Some(rest) if rest.starts_with(b"\r\n") => Err(bad("empty request")),
+        Some(rest) => Ok(
+            parse_head_of(rest, scanned.saturating_sub(2), limits)?.map(|(req, n)| (req, n + 2))
+        ),
+        None => parse_head_of(buf, scanned, limits),
+    }
+}
+
+/// [`parse_after`] once a leading empty line is skipped.
+fn parse_head_of(
     buf: &[u8],
     scanned: usize,
     limits: &Limits,

@@ -179,6 +179,35 @@ fn request_line_is_three_parts_single_spaces() {
 }
 
 #[test]
+fn one_empty_line_before_the_request_line_is_skipped() {
+    // RFC 9112 section 2.2: a server SHOULD ignore at least one CRLF before the request line.
+    let mut buf = b"\r\n".to_vec();
+    buf.extend_from_slice(&valid());
+    let req = ok(&buf);
+    assert_eq!(req.path, "/chat");
+    // Fed a byte at a time, the same request and the same length, the CRLF counted.
+    let limits = Limits::default();
+    let mut scanned = 0;
+    for end in 1..buf.len() {
+        assert!(
+            matches!(parse_after(&buf[..end], scanned, &limits), Ok(None)),
+            "{end}"
+        );
+        scanned = end;
+    }
+    // Bytes after the head are the WebSocket stream's, not part of it.
+    buf.extend_from_slice(&[0x81, 0x80]);
+    assert_eq!(parse_default(&buf).unwrap().unwrap().1, buf.len() - 2);
+    // A bare LF is still not a line end, and two empty lines are one too many.
+    let mut bare = b"\n".to_vec();
+    bare.extend_from_slice(&valid());
+    assert_eq!(status(&bare), 400);
+    let mut two = b"\r\n\r\n".to_vec();
+    two.extend_from_slice(&valid());
+    assert_eq!(status(&two), 400);
+}
+
+#[test]
 fn request_target_origin_form_splits_query() {
     let req = ok(&request_with("GET /a/b%20c?x=1&y=?2 HTTP/1.1", &[]));
     assert_eq!(req.path, "/a/b%20c");
