@@ -2,7 +2,7 @@
 #[path = "common/binary.rs"]
 mod binary;
 mod common;
-use binary::spawn_binary;
+use binary::{output_within, spawn_binary, ONE_SHOT_GUARD};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,12 +56,10 @@ fn sigterm_closes_connections_with_1001_and_exits_within_5_seconds() {
 
 /// Runs `lapps -c DIR --check-config`, which must fail; its stderr.
 fn check_config_fails(dir: &Path) -> String {
-    let out = Command::new(LAPPS)
-        .arg("-c")
-        .arg(dir)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(LAPPS).arg("-c").arg(dir).arg("--check-config"),
+        ONE_SHOT_GUARD,
+    );
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -121,11 +119,12 @@ fn check_config_compiles_the_lua_apps_without_running_them() {
 
 #[test]
 fn check_config_accepts_the_repo_config() {
-    let out = Command::new(LAPPS)
-        .args(["-c", "etc/lapps", "--check-config"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(LAPPS)
+            .args(["-c", "etc/lapps", "--check-config"])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        ONE_SHOT_GUARD,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -135,7 +134,7 @@ fn check_config_accepts_the_repo_config() {
 
 #[test]
 fn version_names_the_simd_variant() {
-    let out = Command::new(LAPPS).arg("--version").output().unwrap();
+    let out = output_within(Command::new(LAPPS).arg("--version"), ONE_SHOT_GUARD);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(
         s.contains("simd build: auto")

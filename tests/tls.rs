@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use binary::{spawn_binary, wait_line};
+use binary::{output_within, spawn_binary, wait_line, ONE_SHOT_GUARD};
 use common::IO_TIMEOUT;
 use tls_common::*;
 use tungstenite::Message;
@@ -396,21 +396,23 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
 
     // --check-config says the same and fails.
     write_config(&dir, &tls_json(&cert, &other_key, None), "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
-        .args(["--check-config", "-c"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .args(["--check-config", "-c"])
+            .arg(&dir),
+        ONE_SHOT_GUARD,
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("other.key"), "{stderr}");
     // And accepts the matching pair, naming the certificate.
     write_config(&dir, &tls_json(&cert, &key, None), "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
-        .args(["--check-config", "-c"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .args(["--check-config", "-c"])
+            .arg(&dir),
+        ONE_SHOT_GUARD,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -101,3 +101,31 @@ pub fn lines_until(rx: &Receiver<String>, what: &str) -> Vec<String> {
         }
     }
 }
+
+/// How long a command that only checks and exits (`--check-config`, `--version`) may take.
+pub const ONE_SHOT_GUARD: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` to completion like `Command::output`, but fails the test (and kills the process)
+/// if it is still running after `guard`: a hung check must not hang the suite.
+pub fn output_within(cmd: &mut Command, guard: Duration) -> std::process::Output {
+    use std::io::Read;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Reaper(cmd.spawn().expect("spawn lapps"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.0.stdout.take().expect("stdout piped")));
+    let stderr = drain(Box::new(child.0.stderr.take().expect("stderr piped")));
+    let status = child.wait_exit(guard);
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
