@@ -249,3 +249,163 @@ fn idle_connection_that_answers_pings_stays_open() {
         assert_eq!(f.opcode, 0x9, "only pings may come before the echo");
     }
 }
+
+/// A raw client socket with a small receive buffer (set before connecting, so the window the
+/// server sees stays small), upgraded to `/echo`.
+fn small_window_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("test servers listen on IPv4");
+    };
+    // SAFETY: plain socket calls on a descriptor we create and hand to TcpStream, which owns
+    // it from then on; the option and address structs are valid for the calls' duration.
+    let s = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 16 * 1024;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let s = std::net::TcpStream::from_raw_fd(fd);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        s
+    };
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut s = s;
+    s.write_all(upgrade_request(addr, "/echo").as_bytes())
+        .unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let _ = s.read(&mut []);
+    s
+}
+
+/// Reads `n` bytes in 16 KiB steps with a pause after each: a peer that is slow but reading.
+/// The pauses pace the reader; nothing waits on them for an outcome.
+fn read_slowly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::with_capacity(n);
+    let mut chunk = vec![0u8; 16 * 1024];
+    while got.len() < n {
+        let want = chunk.len().min(n - got.len());
+        match s.read(&mut chunk[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&chunk[..k]),
+        }
+        std::thread::sleep(Duration::from_millis(4)); // reader pace, not synchronisation
+    }
+    got
+}
+
+/// The echo of a 6 MiB binary message, as the server frames it.
+fn big_echo_frame() -> (Vec<u8>, Vec<u8>) {
+    let payload: Vec<u8> = (0..6 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut expected = vec![0x82, 127];
+    expected.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    expected.extend_from_slice(&payload);
+    (payload, expected)
+}
+
+#[test]
+fn a_slow_reader_gets_the_whole_backlog_before_the_close_reply() {
+    // The close timeout (300 ms) is far shorter than the ~2 s the reader takes: it counts from
+    // the last bytes the peer took, not from when the Close reply was queued.
+    let srv = start_echo(|o| o.worker.close_timeout = Duration::from_millis(300));
+    let mut s = small_window_client(srv.addr);
+    let (payload, expected) = big_echo_frame();
+    s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    let got = read_slowly(&mut s, expected.len());
+    assert!(
+        got == expected,
+        "the echo was cut at {} of {} bytes",
+        got.len(),
+        expected.len()
+    );
+    assert_eq!(expect_close(&mut s), Some(1000));
+}
+
+#[test]
+fn a_peer_draining_a_backlog_slowly_is_not_idle() {
+    // It sends nothing for ~2 s, ten idle periods, while it reads: that is not silence. (A
+    // Ping may come first, if the scheduler kept the client quiet for a period before it sent.)
+    let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_millis(200)));
+    let mut s = small_window_client(srv.addr);
+    let (payload, expected) = big_echo_frame();
+    s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    const PING: [u8; 2] = [0x89, 0x00];
+    let mut got = Vec::new();
+    let pings = loop {
+        let pings = got.chunks(2).take_while(|c| *c == PING).count();
+        if got.len() >= 2 * pings + expected.len() {
+            break pings;
+        }
+        let more = read_slowly(&mut s, 2 * pings + expected.len() - got.len());
+        assert!(!more.is_empty(), "cut after {} bytes", got.len());
+        got.extend_from_slice(&more);
+    };
+    assert!(
+        got[2 * pings..2 * pings + expected.len()] == expected[..],
+        "not the echo after {pings} ping(s)"
+    );
+    // Still open: it answers.
+    s.write_all(&frame(true, 0, 0x1, b"still here", true))
+        .unwrap();
+    loop {
+        let f = read_frame(&mut s).expect("the echo, not the end");
+        if f.opcode == 0x1 {
+            assert_eq!(f.payload, b"still here");
+            break;
+        }
+        assert_eq!(f.opcode, 0x9, "only pings before the echo");
+    }
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_by_the_idle_timeout() {
+    // It queues a 6 MiB echo and never reads: pinged (behind the backlog), closed with 1001,
+    // and ended by the close timeout; its queued bytes are freed.
+    let srv = start_echo(|o| {
+        o.worker.idle_timeout = Some(Duration::from_millis(200));
+        o.worker.close_timeout = Duration::from_millis(200);
+    });
+    let hub = srv.hub();
+    let s = small_window_client(srv.addr);
+    let (payload, _) = big_echo_frame();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    let queued = || {
+        hub.port(0)
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait_for("the echo queued", IO_TIMEOUT, || queued() > 0);
+    wait_for("the connection ended", IO_TIMEOUT, || {
+        queued() == 0
+            && hub
+                .port(0)
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+    });
+    drop(s);
+}

@@ -1,7 +1,7 @@
 //! One connection as its IOWorker holds it.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,7 +59,10 @@ pub struct Conn {
     /// In the worker's pending-read list.
     pub in_pending: bool,
     pub deadline: Option<Instant>,
+    /// The last time the peer sent us bytes.
     pub last_activity: Instant,
+    /// The bytes the peer had acknowledged when a timer last looked (see [`Conn::took_more`]).
+    pub acked_mark: u64,
     pub ping_outstanding: bool,
     /// Accepted only to be answered 503: holds no connection slot of the worker.
     pub refused: bool,
@@ -88,9 +91,24 @@ impl Conn {
             in_pending: false,
             deadline: None,
             last_activity: now,
+            acked_mark: 0,
             ping_outstanding: false,
             refused: false,
             tls: None,
+        }
+    }
+
+    /// Whether the peer acknowledged more of our bytes since the last call (or since
+    /// `acked_mark` was set): it is taking what we send, however slowly. False when the kernel
+    /// does not tell.
+    pub fn took_more(&mut self) -> bool {
+        match crate::net::sys::bytes_acked(self.fd.as_raw_fd()) {
+            Some(acked) => {
+                let more = acked > self.acked_mark;
+                self.acked_mark = self.acked_mark.max(acked);
+                more
+            }
+            None => false,
         }
     }
 

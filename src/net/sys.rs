@@ -56,6 +56,28 @@ pub fn sendv(fd: RawFd, bufs: &[libc::iovec]) -> io::Result<usize> {
     syscall!(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }).map(|n| n as usize)
 }
 
+/// How many bytes the peer has acknowledged on this TCP connection (`tcpi_bytes_acked` of
+/// TCP_INFO, Linux 4.1+); None when the kernel does not say.
+pub fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data, all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` outlive the call; `len` holds the buffer's size, and the kernel
+    // writes at most that many bytes and stores how many it wrote in `len`.
+    syscall!(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    })
+    .ok()?;
+    let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (len as usize >= end).then_some(info.tcpi_bytes_acked)
+}
+
 /// Reads into `buf`.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid, writable slice for its length.

@@ -81,7 +81,7 @@ impl Default for WorkerOptions {
             max_inbounds_skip: 50,
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(3),
-            idle_timeout: None,
+            idle_timeout: Some(Duration::from_secs(60)),
             max_request_bytes: 8192,
             max_headers: 64,
             outbound_high_water: 4 << 20,
@@ -565,6 +565,11 @@ impl Worker {
         self.touched_push(&service);
         self.mark_dirty(index);
         if let Some(idle) = self.opts.idle_timeout {
+            // What the peer acknowledges of the 101 answer is not activity of its own.
+            if let Some(c) = self.conns.get_mut(index) {
+                c.took_more();
+                c.acked_mark += c.out.bytes() as u64;
+            }
             self.set_deadline(index, Instant::now() + idle);
         }
         debug!("worker {}: {peer} opened {}", self.id, req.path);

@@ -44,8 +44,7 @@ impl Worker {
         // Nothing more reaches the service; the peer's Close reply must still be read.
         c.service_paused = false;
         self.mark_dirty(index);
-        let at = Instant::now() + self.opts.close_timeout;
-        self.set_deadline(index, at);
+        self.arm_close_deadline(index);
     }
 
     /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
@@ -117,6 +116,15 @@ impl Worker {
         // Nothing more reaches the service; the EOF after our last bytes must still be read.
         c.service_paused = false;
         self.mark_dirty(index);
+        self.arm_close_deadline(index);
+    }
+
+    /// The close timeout from now, noting how much of ours the peer has acknowledged: when it
+    /// passes, a peer that took more since gets another one (`run_timers`).
+    pub(super) fn arm_close_deadline(&mut self, index: u32) {
+        if let Some(c) = self.conns.get_mut(index) {
+            c.took_more();
+        }
         let at = Instant::now() + self.opts.close_timeout;
         self.set_deadline(index, at);
     }
@@ -140,8 +148,7 @@ impl Worker {
         unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
         c.phase = Phase::Draining;
         c.read_pending = true;
-        let at = Instant::now() + self.opts.close_timeout;
-        self.set_deadline(index, at);
+        self.arm_close_deadline(index);
         self.read_some(index);
     }
 

@@ -24,8 +24,13 @@ impl Worker {
                 continue;
             }
             c.deadline = None;
+            let closing = matches!(c.phase, Phase::Closing | Phase::Finishing | Phase::Draining);
+            // A peer still taking what we sent before our Close (or before our FIN) gets
+            // another close timeout: the timeout is for a peer that stopped, not a slow one.
+            let slow_reader = closing && c.took_more();
             match c.phase {
                 Phase::Handshake { .. } => self.end(index, Ending::Timeout("handshake")),
+                _ if slow_reader => self.arm_close_deadline(index),
                 Phase::Closing | Phase::Finishing | Phase::Draining => {
                     self.end(index, Ending::Timeout("close"))
                 }
@@ -43,14 +48,20 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        let quiet = now.saturating_duration_since(c.last_activity);
+        // A peer that takes what we send is not idle, even when it sends nothing (and its Pong
+        // may wait unread while `out_paused`).
+        if c.took_more() {
+            c.last_activity = now;
+        }
+        let seen = c.last_activity;
+        let quiet = now.saturating_duration_since(seen);
         if c.service_paused {
             // We stopped reading it because its service is behind: its silence, or a Pong
             // waiting unread in the socket, says nothing about the peer. Look again later.
             // (A peer that does not read our data, `out_paused`, is treated as idle.)
             self.set_deadline(index, now + idle);
         } else if quiet < idle {
-            let at = c.last_activity + idle;
+            let at = seen + idle;
             self.set_deadline(index, at);
         } else if c.ping_outstanding {
             crate::info_limited!("closing {}: idle timeout (no answer to ping)", c.peer);
