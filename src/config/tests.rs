@@ -50,7 +50,7 @@ fn empty_ws_json_gives_every_default() {
     assert_eq!(c.workers.max_inbounds_skip, 50);
     assert_eq!(c.handshake_timeout_ms, 5000);
     assert_eq!(c.close_timeout_ms, 3000);
-    assert_eq!(c.idle_timeout_ms, 0);
+    assert_eq!(c.idle_timeout_ms, 60_000);
     assert_eq!(c.backlog, 1024);
     assert_eq!(c.max_request_bytes, 8192);
     assert_eq!(c.max_headers, 64);

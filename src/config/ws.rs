@@ -227,7 +227,7 @@ impl WsConfig {
             workers,
             handshake_timeout_ms: obj.uint(r, "handshake_timeout_ms", 5000, 1, u64::MAX),
             close_timeout_ms: obj.uint(r, "close_timeout_ms", 3000, 1, u64::MAX),
-            idle_timeout_ms: obj.uint(r, "idle_timeout_ms", 0, 0, u64::MAX),
+            idle_timeout_ms: obj.uint(r, "idle_timeout_ms", 60_000, 0, u64::MAX),
             backlog: obj.uint(r, "backlog", 1024, 1, i32::MAX as u64) as u32,
             max_request_bytes: obj.usize_in(r, "max_request_bytes", 8192, 256, 1 << 20),
             max_headers: obj.usize_in(r, "max_headers", 64, 8, 1024),
