@@ -530,3 +530,59 @@ fn the_client_tries_each_resolved_address_until_one_answers() {
     assert!(events[0].contains("refused"), "{events:?}");
     assert_eq!(events[1], "Closed(1006)");
 }
+
+/// A round must not start inside another one's callbacks: the inner round could deliver newer
+/// events before those the outer round still holds, breaking per-connection order. The nested
+/// call raises; cws:send still works there, and the outer loop goes on.
+#[test]
+fn event_loop_called_from_a_cws_callback_raises_and_the_outer_loop_goes_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        s.write_all(&[0x81, 3, b'o', b'n', b'e']).unwrap();
+        let reply = read_client_frame(&mut s);
+        s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+        let close = read_client_frame(&mut s);
+        (reply, close)
+    });
+    let dir = scratch("nested");
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+local function report(s) assert(mqr:post("cws.nested", s)) end
+local function nested(what)
+  local ok, e = pcall(cws.eventLoop, cws, 0)
+  report(what .. " " .. tostring(ok) .. " " .. tostring(e))
+end
+p.run = function()
+  assert(cws:new(URL, {{
+    onopen = function() nested("open") end,
+    onmessage = function(h, m)
+      nested("message " .. m)
+      assert(cws:send(h, "got " .. m))
+    end,
+    onclose = function(_, code) nested("close " .. code) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&format!("ws://{addr}/"))
+    );
+    let out = registry().open("cws.nested", 8);
+    let reg = Registry::start(vec![app_in(&dir, "nested", &src)], hub(1)).unwrap();
+    for want in ["open", "message one", "close 1000"] {
+        let line = next(&out);
+        let refused = format!("{want} false ");
+        assert!(
+            line.starts_with(&refused) && line.contains("cws:eventLoop called from a cws callback"),
+            "a nested cws:eventLoop in {want:?} was not refused: {line:?}"
+        );
+    }
+    let (reply, close) = server.join().unwrap();
+    assert_eq!(reply, (0x1, true, b"got one".to_vec()));
+    assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
+    reg.shutdown();
+}

@@ -161,3 +161,32 @@ fn shutdown_with_messages_in_flight_loses_none_that_were_accepted() {
     assert!(!registry().leftovers().iter().any(|(n, _)| n == "sd"));
     assert_eq!(sd.receive(Duration::ZERO, &|| true), Err(Wait::Stopped));
 }
+
+/// A network service's callbacks must not wait: a post with a timeout to a full queue answers
+/// `nil, "full"` at once, as one without a timeout does, instead of stalling the instance.
+#[test]
+fn a_post_with_a_timeout_in_a_network_service_does_not_wait_for_room() {
+    let full = registry().open("netpost.full", 1);
+    full.try_post(b"first".to_vec().into()).unwrap();
+    let room = registry().open("netpost.room", 4);
+    let mut app = test_app("mqr_netpost");
+    app.preload = vec!["mqr".into()];
+    let hub = hub(1);
+    let reg = Registry::start(vec![app], hub.clone()).unwrap();
+    let svc = reg.route("/mqr_netpost").expect("routed");
+    let c = open(&hub, &*svc, 0, 1, 1);
+    let t = Instant::now();
+    text(&*svc, &c, "go");
+    let out = collect_until(&hub, |a| !a.is_empty());
+    // Both posts asked to wait up to 5 s each: an answer well before that shows neither did.
+    let took = t.elapsed();
+    assert_eq!(
+        texts_for(&out, c.id),
+        ["full=nil,full qfull=nil,full room=true,nil"]
+    );
+    assert!(took < Duration::from_secs(2), "the posts waited: {took:?}");
+    assert_eq!(&*full.poll().unwrap(), b"first");
+    assert_eq!(full.poll(), None, "a refused post left nothing behind");
+    assert_eq!(&*room.poll().unwrap(), b"here");
+    reg.shutdown();
+}

@@ -378,6 +378,8 @@ export class LappsError extends Error {
  * @param {boolean} [options.reconnect=true] reconnect after the connection closes
  * @param {number} [options.minDelay=250] first reconnection delay in ms
  * @param {number} [options.maxDelay=10000] cap of the exponentially growing delay in ms
+ * @param {number} [options.stableAfter=5000] ms a connection must stay open before the back-off
+ *   starts again from `minDelay` (a successful response to a call resets it at once)
  * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: the global one)
  * @returns {LappsClient}
  */
@@ -385,11 +387,28 @@ export function connect(url, options = {}) {
   return new LappsClient(url, options);
 }
 
+/**
+ * Default of `stableAfter`: how long (ms) a connection must stay open before the reconnection
+ * back-off starts again from `minDelay`. An open alone proves little: a server that accepts and
+ * then closes at once (1008 slow consumer, 1003, a redeploy loop, a proxy) would otherwise get
+ * every client back after a `minDelay` each time, forever.
+ */
+export const STABLE_AFTER = 5000;
+
 export class LappsClient {
   /** @param {string} url @param {object} [options] see `connect` */
-  constructor(url, { reconnect = true, minDelay = 250, maxDelay = 10000, WebSocket: WS = globalThis.WebSocket } = {}) {
+  constructor(
+    url,
+    {
+      reconnect = true,
+      minDelay = 250,
+      maxDelay = 10000,
+      stableAfter = STABLE_AFTER,
+      WebSocket: WS = globalThis.WebSocket,
+    } = {},
+  ) {
     this.url = url;
-    this.options = { reconnect, minDelay, maxDelay };
+    this.options = { reconnect, minDelay, maxDelay, stableAfter };
     this.WS = WS;
     /** @type {?function(LappsClient):void} called after each (re)connection */
     this.onopen = null;
@@ -400,9 +419,10 @@ export class LappsClient {
     this.pending = []; // calls awaiting a response, in the order their requests were sent
     this.outbox = []; // encoded frames waiting for the socket to open (with their calls, if any)
     this.handlers = new Map(); // channel -> Set of OON handlers
-    this.attempt = 0;
+    this.attempt = 0; // reconnections since the last connection that proved to work
     this.stopped = false;
-    this.timer = null;
+    this.timer = null; // the pending reconnection
+    this.stableTimer = null; // resets the back-off once the open connection has lasted
     this.ws = null;
     this.open();
   }
@@ -460,6 +480,7 @@ export class LappsClient {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.clearStableTimer();
     if (this.ws) this.ws.close(1000);
     this.failPending("client closed");
   }
@@ -471,7 +492,14 @@ export class LappsClient {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
-      this.attempt = 0;
+      // Not a reset of the back-off yet: only a connection that lasts, or answers a call, is.
+      this.clearStableTimer();
+      if (this.options.reconnect && !this.stopped) {
+        this.stableTimer = setTimeout(() => {
+          this.stableTimer = null;
+          this.attempt = 0;
+        }, this.options.stableAfter);
+      }
       const queued = this.outbox;
       this.outbox = [];
       for (const { frame, call } of queued) this.transmit(frame, call);
@@ -533,6 +561,10 @@ export class LappsClient {
     if (!call) {
       this.onerror?.(new Error("response without a pending call"));
     } else if (msg.status === 1) {
+      // A call succeeded: the connection works, the back-off starts again from minDelay. (An
+      // error answer does not count: a server may refuse, then close, while overloaded.)
+      this.attempt = 0;
+      this.clearStableTimer();
       call.resolve(Array.isArray(msg.result) ? msg.result : []);
     } else {
       const e = msg.error ?? {};
@@ -544,6 +576,7 @@ export class LappsClient {
   closed(ws, event) {
     if (ws !== this.ws) return; // a socket we already gave up on
     this.ws = null;
+    this.clearStableTimer();
     this.failPending(`connection closed (${event.code})`);
     let reconnectIn = null;
     if (!this.stopped && this.options.reconnect) {
@@ -559,6 +592,11 @@ export class LappsClient {
       this.stopped = true;
     }
     if (this.onclose) this.onclose({ code: event.code, reason: event.reason ?? "", reconnectIn });
+  }
+
+  clearStableTimer() {
+    clearTimeout(this.stableTimer);
+    this.stableTimer = null;
   }
 
   failPending(why) {

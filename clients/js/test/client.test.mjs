@@ -158,9 +158,53 @@ test("a disconnect rejects pending calls, then the client reconnects with growin
   sockets[5].serverSend({ status: 1, cid: 0, result: [2] });
   assert.deepEqual(await next, [2]);
   sockets[5].serverClose(1006);
-  assert.ok(closes.at(-1).reconnectIn <= 10, "a successful open resets the back-off");
+  assert.ok(closes.at(-1).reconnectIn <= 10, "a successful response resets the back-off");
   client.close();
   await assert.rejects(client.call("late"), LappsError);
+});
+
+test("a server that accepts and closes at once gets growing delays, not a reset on each open", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 1000 });
+  client.onclose = (info) => closes.push(info);
+  // Each attempt opens, then the server closes it (1008 slow consumer, a proxy, a redeploy loop).
+  for (let i = 0; i < 5; i++) {
+    await until(() => sockets.length === i + 1, `connection attempt ${i}`);
+    sockets[i].serverOpen();
+    sockets[i].serverClose(1008);
+  }
+  const delays = closes.map((c) => c.reconnectIn);
+  for (let i = 0; i < 5; i++) {
+    const base = 10 * 2 ** i;
+    assert.ok(delays[i] >= base / 2 && delays[i] <= base, `attempt ${i}: delays ${delays}`);
+  }
+  client.close();
+});
+
+test("a connection that stays open for stableAfter ms resets the back-off; an error answer does not", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 1000, stableAfter: 30 });
+  client.onclose = (info) => closes.push(info);
+  for (let i = 0; i < 3; i++) {
+    await until(() => sockets.length === i + 1, `connection attempt ${i}`);
+    sockets[i].serverClose(1006);
+  }
+  await until(() => sockets.length === 4, "the fourth attempt");
+  sockets[3].serverOpen();
+  const refused = client.call("echo");
+  sockets[3].serverSend({ status: 0, cid: 0, error: { code: -32000, message: "overloaded" } });
+  await assert.rejects(refused, LappsError);
+  // Closed before stableAfter, after an error answer only: the back-off keeps growing.
+  sockets[3].serverClose(1008);
+  assert.ok(closes[3].reconnectIn >= 40, `delays ${closes.map((c) => c.reconnectIn)}`);
+  await until(() => sockets.length === 5, "the fifth attempt");
+  sockets[4].serverOpen();
+  await until(() => client.attempt === 0, "the back-off reset after stableAfter ms");
+  sockets[4].serverClose(1006);
+  assert.ok(closes[4].reconnectIn <= 10, `delays ${closes.map((c) => c.reconnectIn)}`);
+  client.close();
 });
 
 test("close() stops reconnecting and rejects queued calls", async () => {

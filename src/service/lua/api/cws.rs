@@ -3,7 +3,8 @@
 //! Owns the instance's client connections (by handler number), their Lua callbacks and the
 //! poll(2) round over their sockets. Everything runs on the instance thread: `eventLoop`
 //! polls, lets each ready connection ([`crate::service::cws::Client`]) turn bytes into events,
-//! and only then calls the callbacks, with no borrow held, so a callback may use `cws` freely.
+//! and only then calls the callbacks, with no borrow held, so a callback may use `cws` freely,
+//! except for starting another round: `eventLoop` raises while a round is running.
 //! It never blocks longer than the timeout it was given (in slices, so that shutdown is seen)
 //! and never lets a callback's Lua error escape the round: it is logged and the round goes on.
 
@@ -64,6 +65,18 @@ struct Cws {
     /// Connections the app closed with `cws:close` whose close is not reported yet: messages
     /// that were read for them are not delivered any more.
     closed_by_app: RefCell<HashSet<u64>>,
+    /// A round (`event_loop`) is running, its callbacks included. A nested round could deliver
+    /// newer events of a connection before the older ones the outer round still holds.
+    in_round: Cell<bool>,
+}
+
+/// Marks a round as running for its lifetime (cleared however the round ends).
+struct RoundGuard<'a>(&'a Cell<bool>);
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
@@ -248,6 +261,12 @@ impl Cws {
     /// One round: poll, turn readiness into events, run the callbacks. Returns the number of
     /// callbacks run.
     fn event_loop(&self, lua: &Lua, wait: Duration) -> mlua::Result<usize> {
+        if self.in_round.replace(true) {
+            return Err(mlua::Error::runtime(
+                "cws:eventLoop called from a cws callback",
+            ));
+        }
+        let _round = RoundGuard(&self.in_round);
         // A polling point of the standalone loop, like must_stop().
         self.host.flush();
         self.host.polling_point();
@@ -381,6 +400,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         configs: RefCell::new(HashMap::new()),
         deferred: RefCell::new(Vec::new()),
         closed_by_app: RefCell::new(HashSet::new()),
+        in_round: Cell::new(false),
     });
     let t = lua.create_table()?;
     let c = Rc::clone(&cws);

@@ -4,7 +4,8 @@
 //! `nil, "message"`. A posted Lua string is copied once into an owned buffer that moves through
 //! the queue; the receiver turns that buffer into its own Lua string (the one copy into the
 //! receiving state). Blocking calls hand over what the instance sent before they wait, never
-//! wait once the service is stopping, and start a new instruction-budget slice afterwards.
+//! wait once the service is stopping or in a network service, and start a new
+//! instruction-budget slice afterwards.
 //! Nothing here drops a message: a post that is not accepted says so.
 
 use std::cell::RefCell;
@@ -46,6 +47,9 @@ impl Ctx {
 
     fn post(&self, q: &Queue, msg: &mlua::String, timeout: Option<Duration>) -> Ret {
         let owned: Box<[u8]> = (*msg.as_bytes()).into();
+        // A network service never waits (as with `receive`): waiting for room would stall every
+        // connection of the instance, so its timeout is not used and the post is tried once.
+        let timeout = timeout.filter(|_| self.host.may_block());
         let Some(timeout) = timeout else {
             return match q.try_post(owned) {
                 Ok(()) => (Value::Boolean(true), None),
