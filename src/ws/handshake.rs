@@ -127,9 +127,15 @@ pub fn parse_after(
     match buf.strip_prefix(b"\r\n") {
         // Only one: a second empty line is where the request line should be.
         Some(rest) if rest.starts_with(b"\r\n") => Err(bad("empty request")),
-        Some(rest) => Ok(
-            parse_head_of(rest, scanned.saturating_sub(2), limits)?.map(|(req, n)| (req, n + 2))
-        ),
+        Some(rest) => {
+            // The empty line counts against the head's size limit like any other.
+            let limits = Limits {
+                max_request_bytes: limits.max_request_bytes.saturating_sub(2),
+                ..*limits
+            };
+            Ok(parse_head_of(rest, scanned.saturating_sub(2), &limits)?
+                .map(|(req, n)| (req, n + 2)))
+        }
         None => parse_head_of(buf, scanned, limits),
     }
 }

@@ -205,6 +205,16 @@ fn one_empty_line_before_the_request_line_is_skipped() {
     let mut two = b"\r\n\r\n".to_vec();
     two.extend_from_slice(&valid());
     assert_eq!(status(&two), 400);
+    // The empty line counts against the size limit (found by the fuzzer: n > max).
+    let tight = Limits {
+        max_request_bytes: valid().len(),
+        ..Limits::default()
+    };
+    assert!(parse(&valid(), &tight).unwrap().is_some());
+    assert_eq!(
+        parse(&buf[..valid().len() + 2], &tight).unwrap_err().status,
+        431
+    );
 }
 
 #[test]
