@@ -151,7 +151,7 @@ impl Doc {
         self.root
     }
 
-    fn is_built(&self) -> bool {
+    pub(crate) fn is_built(&self) -> bool {
         self.tree.try_borrow().map(|t| t.is_some()).unwrap_or(true)
     }
 
@@ -278,7 +278,9 @@ impl Handle {
         Some((len?, doc.bytes.get(first..end)?))
     }
 
-    /// `v[key]`.
+    /// `v[key]`. Reading the bytes costs a walk over the elements before the one asked for: an
+    /// element past the first [`SCAN_LIMIT`] is read from the tree instead, built once, so that
+    /// `for i = 1, #v do ... v[i] ... end` stays linear in the message's size.
     pub(crate) fn get(&self, key: Key<'_>) -> Option<Item> {
         let (doc, at) = match self {
             Handle::Raw(doc, at) if !doc.is_built() => (doc, *at),
@@ -292,6 +294,9 @@ impl Handle {
                     return None;
                 };
                 let i = position(n)?;
+                if i >= SCAN_LIMIT {
+                    return self.resolve()?.get(key).map(Item::Node);
+                }
                 let mut k = 0usize;
                 loop {
                     if len.map_or(b.get(pos) == Some(&0xff), |l| k as u64 == l) {
@@ -337,18 +342,9 @@ impl Handle {
                 let b = doc.bytes();
                 match head(b, *at) {
                     Some((4 | 5, Some(n), _)) => n as usize,
-                    Some((major @ (4 | 5), None, mut pos)) => {
-                        let per = if major == 5 { 2 } else { 1 };
-                        let mut n = 0usize;
-                        while b.get(pos).is_some_and(|x| *x != 0xff) {
-                            let Some(next) = skip(b, pos) else {
-                                return n / per;
-                            };
-                            pos = next;
-                            n += 1;
-                        }
-                        n / per
-                    }
+                    // Indefinite length: counting is a walk, done once by building the tree
+                    // (`while i <= #v` would otherwise walk the whole container per step).
+                    Some((4 | 5, None, _)) => self.resolve().map_or(0, |n| n.len()),
                     _ => 0,
                 }
             }
@@ -356,6 +352,9 @@ impl Handle {
         }
     }
 }
+
+/// How many array elements [`Handle::get`] walks over in the bytes before it builds the tree.
+const SCAN_LIMIT: usize = 32;
 
 /// Whether the map key at `pos` answers to `key`, as `node::key_matches` decides for a decoded
 /// key.

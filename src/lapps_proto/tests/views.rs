@@ -276,3 +276,37 @@ fn tagged_and_indefinite_requests_are_checked_alike() {
         same_verdict(&hex(h)).unwrap();
     }
 }
+
+#[test]
+fn reading_far_into_a_large_array_builds_the_tree_once_and_reads_the_same() {
+    // Walking the bytes for v[i] costs i steps: a loop over a large array would be quadratic
+    // (a DoS with a 1 MiB message), so past the first elements the tree answers.
+    let n = 1000;
+    let items: Vec<Value> = (0..n).map(Value::Int).collect();
+    for bytes in [cbor::encode(&Value::Array(items.clone())), {
+        // The same array with an indefinite length (0x9f ... 0xff).
+        let definite = cbor::encode(&Value::Array(items.clone()));
+        let mut b = vec![0x9f];
+        b.extend_from_slice(&definite[3..]);
+        b.push(0xff);
+        b
+    }] {
+        let d = doc(&bytes);
+        let v = Handle::Raw(d.clone(), d.root());
+        assert_eq!(v.len(), n as usize);
+        for i in 1..=n {
+            let value = match v.get(Key::Num(i as f64)) {
+                Some(Item::RawScalar(d, at)) => d.scalar(at),
+                Some(Item::Node(Node::Scalar(ref value))) => Some(value.clone()),
+                _ => None,
+            };
+            assert_eq!(value, Some(Value::Int(i - 1)), "element {i}");
+        }
+        assert!(d.is_built(), "{:02x?}", &bytes[..4]);
+        let lua = with_view(&bytes);
+        run(
+            &lua,
+            "local s = 0 for i = 1, #m do s = s + m[i] end assert(s == 999 * 1000 / 2, s)",
+        );
+    }
+}
