@@ -77,6 +77,17 @@ pub struct NewConn {
 }
 
 const LIVE: u32 = 1 << 31;
+/// Beside LIVE: the connection speaks the LAppS protocol (set at its upgrade).
+const LAPPS: u32 = 1 << 30;
+
+/// What a live connection speaks, for the sends that only make sense on one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// WebSocket messages as they are (RAW services, built-ins, a connection mid-upgrade).
+    Raw,
+    /// The LAppS protocol: CBOR responses and OONs only.
+    Lapps,
+}
 
 /// Spare reply buffers kept per worker (a few per instance feeding it is plenty).
 const SPARE_BATCHES: usize = 64;
@@ -112,8 +123,12 @@ pub struct Port {
     pub spare: ArrayQueue<SpareBatch>,
     wake: OwnedFd,
     sleeping: AtomicBool,
-    /// `generation | LIVE` per slab slot while a connection is open there, 0 otherwise.
+    /// `generation | LIVE` (`| LAPPS`) per slab slot while a connection is open there, 0
+    /// otherwise. Sized for every index a slab can hand out (slots are retired at their last
+    /// generation and new ones appended); the pages of indices never used cost nothing.
     live: Box<[AtomicU32]>,
+    /// Refused (503) connections the worker may hold beside `max_connections` live ones.
+    refused_room: usize,
     /// Connections handed to this worker and not yet ended: the balancer reserves a slot
     /// (compare-and-swap against `max_connections`) before the hand-off, the worker releases
     /// it when the connection ends, so the limit holds exactly even across listener threads.
@@ -138,9 +153,8 @@ impl Port {
             spare: ArrayQueue::new(SPARE_BATCHES),
             wake,
             sleeping: AtomicBool::new(false),
-            // Room for refused (503) connections that briefly hold slab slots too, as many as
-            // `max_refused` allows.
-            live: zeroed_atomics(max_connections.saturating_mul(2).saturating_add(1024)),
+            live: zeroed_atomics(ConnId::MAX_INDEX as usize + 1),
+            refused_room: max_connections.saturating_add(1024),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             max_connections,
@@ -200,9 +214,9 @@ impl Port {
     }
 
     /// How many refused (503) connections the worker may hold in its slab beside
-    /// `max_connections` live ones: with no more, every slab index has a place in the table.
+    /// `max_connections` live ones.
     pub fn max_refused(&self) -> usize {
-        self.live.len().saturating_sub(self.max_connections)
+        self.refused_room
     }
 
     /// Worker side: the slot `index` now holds a live connection of this generation.
@@ -213,6 +227,21 @@ impl Port {
         }
     }
 
+    /// Worker side: the connection in slot `index` (of this generation) was upgraded to a
+    /// service that speaks `speaks`.
+    pub fn set_speaks(&self, index: u32, generation: u32, speaks: Speaks) {
+        let kind = match speaks {
+            Speaks::Raw => 0,
+            Speaks::Lapps => LAPPS,
+        };
+        if let Some(slot) = self.live.get(index as usize) {
+            slot.store(
+                (generation & ConnId::GEN_MASK) | LIVE | kind,
+                Ordering::Release,
+            );
+        }
+    }
+
     /// Worker side: the slot `index` is free again.
     pub fn set_dead(&self, index: u32) {
         if let Some(slot) = self.live.get(index as usize) {
@@ -220,10 +249,19 @@ impl Port {
         }
     }
 
-    fn is_live(&self, conn: ConnId) -> bool {
-        self.live
-            .get(conn.index() as usize)
-            .is_some_and(|g| g.load(Ordering::Acquire) == (conn.generation() | LIVE))
+    fn speaks(&self, conn: ConnId) -> Option<Speaks> {
+        let g = self
+            .live
+            .get(conn.index() as usize)?
+            .load(Ordering::Acquire);
+        if g & !LAPPS != conn.generation() | LIVE {
+            return None;
+        }
+        Some(if g & LAPPS == 0 {
+            Speaks::Raw
+        } else {
+            Speaks::Lapps
+        })
     }
 }
 
@@ -275,9 +313,12 @@ impl Hub {
 
     /// True while `conn` names an open connection.
     pub fn is_live(&self, conn: ConnId) -> bool {
-        self.ports
-            .get(conn.worker())
-            .is_some_and(|p| p.is_live(conn))
+        self.speaks(conn).is_some()
+    }
+
+    /// What `conn` speaks while it names an open connection, None once it is gone.
+    pub fn speaks(&self, conn: ConnId) -> Option<Speaks> {
+        self.ports.get(conn.worker())?.speaks(conn)
     }
 
     pub fn begin_shutdown(&self) {
@@ -356,3 +397,27 @@ impl Port {
 
 /// Shared ownership of the hub.
 pub type HubRef = Arc<Hub>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slab_index_has_a_liveness_slot_and_a_protocol() {
+        // Slab slots retire at their last generation and new indices are appended, up to
+        // MAX_INDEX, whatever max_connections is: a handle there must still be live.
+        let hub = Hub::new(1, 1).unwrap();
+        let port = hub.port(0);
+        let c = ConnId::new(0, ConnId::MAX_INDEX, 5);
+        assert_eq!(hub.speaks(c), None);
+        port.set_live(c.index(), 5);
+        assert_eq!(hub.speaks(c), Some(Speaks::Raw));
+        port.set_speaks(c.index(), 5, Speaks::Lapps);
+        assert_eq!(hub.speaks(c), Some(Speaks::Lapps));
+        assert!(hub.is_live(c));
+        assert!(!hub.is_live(ConnId::new(0, ConnId::MAX_INDEX, 6)));
+        port.set_dead(c.index());
+        assert_eq!(hub.speaks(c), None);
+        assert_eq!(port.max_refused(), 1 + 1024);
+    }
+}

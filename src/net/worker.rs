@@ -552,6 +552,10 @@ impl Worker {
         c.phase = Phase::Open;
         c.deadline = None;
         c.decoder = Some(Decoder::new(Role::Server, service.max_message_size()));
+        // Before on_open: its service may send to it from then on.
+        self.hub
+            .port(self.id)
+            .set_speaks(index, generation, service.speaks());
         let mut ctx = Ctx {
             worker: self.id,
             current: id,

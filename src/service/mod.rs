@@ -49,6 +49,10 @@ pub trait Service: Send + Sync + 'static {
     fn extra_headers(&self) -> &[(String, String)] {
         &[]
     }
+    /// What its connections speak (which sends they take from other services).
+    fn speaks(&self) -> crate::net::hub::Speaks {
+        crate::net::hub::Speaks::Raw
+    }
     /// The upgrade was accepted and `conn` is open. The returned tag is stored with the
     /// connection and passed back to `on_message`/`on_close` (e.g. the instance it is bound to).
     fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32;

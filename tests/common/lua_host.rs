@@ -57,7 +57,8 @@ pub struct Conn {
 }
 
 pub fn open(hub: &Hub, svc: &dyn Service, w: usize, index: u32, generation: u32) -> Conn {
-    hub.port(w).set_live(index, generation);
+    // As the worker does at the upgrade.
+    hub.port(w).set_speaks(index, generation, svc.speaks());
     let id = ConnId::new(w, index, generation);
     let tag = svc.on_open(&mut Worker(w), id);
     Conn { id, tag }

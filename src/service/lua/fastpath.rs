@@ -22,6 +22,7 @@ use super::frame::{checked_opcode, send_message};
 use super::host::HostCtx;
 use super::inbox::{Batch, Event, Kind};
 use crate::net::handle::ConnId;
+use crate::net::hub::Speaks;
 
 /// How one `onMessage` call ended, when it did not return `true`.
 pub(crate) enum Failed {
@@ -181,6 +182,17 @@ unsafe extern "C-unwind" fn fast_send(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// Why `ws:send(handler, opcode, message)` refuses a LAppS connection: its client takes CBOR
+/// maps only (SPEC section 4), which the host's LAppS helpers guarantee and raw bytes do not.
+pub(crate) const NOT_RAW: &CStr = c"a LAppS connection: use send_response, send_error or send_oon";
+/// Why the LAppS helpers refuse a RAW connection: its client never agreed to CBOR.
+pub(crate) const NOT_LAPPS: &CStr = c"not a LAppS connection";
+
+/// One of the reasons above as the `&str` the mlua-based functions answer with.
+pub(crate) fn reason(why: &'static CStr) -> &'static str {
+    why.to_str().unwrap_or("refused")
+}
+
 fn send(
     host: &HostCtx,
     conn: Option<ConnId>,
@@ -190,8 +202,10 @@ fn send(
     let Some(conn) = conn else {
         return Err(c"bad handler");
     };
-    if !host.hub.is_live(conn) {
-        return Err(c"closed");
+    match host.hub.speaks(conn) {
+        None => return Err(c"closed"),
+        Some(Speaks::Lapps) => return Err(NOT_RAW),
+        Some(Speaks::Raw) => {}
     }
     // 1.0 and 2.0 are the only opcodes; anything else (fractions included) is refused.
     let opcode = if opcode == 1.0 || opcode == 2.0 {

@@ -24,6 +24,7 @@ use crate::lapps_proto::node::Node;
 use crate::lapps_proto::protocol::{self, DocInbound};
 use crate::lapps_proto::Limits;
 use crate::net::handle::ConnId;
+use crate::net::hub::Speaks;
 
 /// Calls `on_message(handler, msg_type, message)` for every valid LAppS message of `events`
 /// (a run without opens or closes), answering protocol errors and failed requests as
@@ -141,10 +142,14 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
         if ffi::lua_gettop(l) == 3 && ffi::lua_type(l, 2) == ffi::LUA_TNUMBER {
             if let Some(handle) = json_ud::get_with(l, 3, ffi::lua_upvalueindex(3)) {
                 let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
-                let conn = handler_of(ffi::lua_tonumber(l, 2)).filter(|c| host.hub.is_live(*c));
-                let Some(conn) = conn else {
+                let Some(conn) = handler_of(ffi::lua_tonumber(l, 2)) else {
                     return fail(l, c"closed");
                 };
+                match host.hub.speaks(conn) {
+                    None => return fail(l, c"closed"),
+                    Some(Speaks::Raw) => return fail(l, super::fastpath::NOT_LAPPS),
+                    Some(Speaks::Lapps) => {}
+                }
                 match catch_unwind(AssertUnwindSafe(|| send_handle(host, conn, handle))).ok() {
                     Some(true) => {
                         ffi::lua_pushboolean(l, 1);

@@ -268,6 +268,13 @@ impl Service for LuaService {
         &self.spec.extra_headers
     }
 
+    fn speaks(&self) -> crate::net::hub::Speaks {
+        match self.spec.protocol {
+            spec::Protocol::LAppS => crate::net::hub::Speaks::Lapps,
+            spec::Protocol::Raw => crate::net::hub::Speaks::Raw,
+        }
+    }
+
     fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32 {
         let n = self.inboxes.len().max(1);
         let tag = (self.next_instance.fetch_add(1, Ordering::Relaxed) % n) as u32;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub enum Protocol {
     /// Messages reach `onMessage` as they are.
     Raw,
-    /// The CBOR request/response protocol (reserved: not served by this host yet).
+    /// The CBOR request/response protocol (`lapps_proto`).
     LAppS,
 }
 

@@ -43,6 +43,40 @@ methods.strict = function(handler, message)
   return ws:send_response(handler, r)
 end
 
+-- This connection's handler.
+methods.whoami = function(handler)
+  return ws:send_response(handler, { handler })
+end
+
+-- Each LAppS send at the handler in params[1] (a RAW connection in the test), then a raw
+-- send at this LAppS connection: what each answered, as "<value> <err>".
+methods.cross = function(handler, message)
+  local h = message.params[1]
+  local r = {}
+  local function try(f, ...)
+    local v, err = f(...)
+    r[#r + 1] = tostring(v) .. " " .. tostring(err)
+  end
+  try(ws.send_response, ws, h, { 1 })
+  try(ws.send_error, ws, h, -32000, "x")
+  try(ws.send_oon, ws, h, 5, { 1 })
+  try(ws.send, ws, h, { cid = 5, message = { 1 } })
+  try(ws.send, ws, handler, 1, "raw text to a LAppS client")
+  return ws:send_response(handler, r)
+end
+
+-- bcast (needs preload = ["bcast"]): subscribe this connection to channel params[1] (made
+-- if needed), or send an OON on it; answers what bcast answered.
+methods.sub = function(handler, message)
+  bcast:create(message.params[1])
+  return ws:send_response(handler, { tostring(bcast:subscribe(message.params[1], handler)) })
+end
+
+methods.oon_bcast = function(handler, message)
+  local ch = message.params[1]
+  return ws:send_response(handler, { bcast:send(ch, { cid = ch, message = { "tick" } }) })
+end
+
 methods.fail = function()
   error("fail was called")
 end

@@ -10,6 +10,7 @@
 --   "bomb"                     allocates without bound
 --   "close"                    returns false
 --   "stale <handler>"          ws:send to that handler; replies "<value> <err>"
+--   "id"                       replies this connection's handler
 --   "stats"                    replies "disc=<onDisconnect calls> dup=<repeated ones>
 --                              late=<messages after onDisconnect> msgs=<messages seen>"
 local probe = {}
@@ -68,6 +69,8 @@ probe.onMessage = function(handler, opcode, message)
   elseif cmd == "stale" then
     local v, err = ws:send(tonumber(rest), 1, "to a stale handler")
     reply(handler, tostring(v) .. " " .. tostring(err))
+  elseif cmd == "id" then
+    reply(handler, tostring(handler))
   elseif cmd == "stats" then
     reply(handler, string.format("disc=%d dup=%d late=%d msgs=%d", total_disc, dup, late, msgs))
   else

@@ -18,7 +18,7 @@ use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
-use crate::net::hub::Command;
+use crate::net::hub::{Command, Speaks};
 use crate::service::lua::frame::{frame, frame_checked};
 use crate::service::lua::host::HostCtx;
 
@@ -121,17 +121,20 @@ impl Bcast {
         }
     }
 
-    /// Live subscribers grouped by worker (`None`: no such channel). Stale ones are pruned.
+    /// Live subscribers that speak `wanted`, grouped by worker (`None`: no such channel).
+    /// Stale ones (`speaks` None) are pruned; those speaking the other protocol stay
+    /// subscribed for the channel's messages of their kind.
     pub fn recipients(
         &self,
         id: &ChannelId,
-        is_live: impl Fn(ConnId) -> bool,
+        speaks: impl Fn(ConnId) -> Option<Speaks>,
+        wanted: Speaks,
     ) -> Option<Vec<Vec<ConnId>>> {
         let ch = self.channel(id)?;
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|c| is_live(*c));
         let mut groups: Vec<Vec<ConnId>> = Vec::new();
-        for c in subs.iter() {
+        subs.retain(|c| speaks(*c).is_some());
+        for c in subs.iter().filter(|c| speaks(**c) == Some(wanted)) {
             match groups.last_mut() {
                 Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
                 _ => groups.push(vec![*c]),
@@ -201,16 +204,17 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                     return fail("bad channel id");
                 };
                 // Encode once, before knowing the recipients: every one gets these bytes.
-                let framed: Vec<u8> = match (a, b) {
+                // Raw messages go to RAW connections, OONs to LAppS ones (SPEC sections 3, 4).
+                let (framed, wanted): (Vec<u8>, Speaks) = match (a, b) {
                     (Value::Integer(op), Some(msg)) => {
                         match frame_checked(op, &msg.as_bytes(), h.auto_fragment) {
-                            Ok(f) => f,
+                            Ok(f) => (f, Speaks::Raw),
                             Err(reason) => return fail(reason),
                         }
                     }
                     (Value::Number(op), Some(msg)) if op.fract() == 0.0 => {
                         match frame_checked(op as i64, &msg.as_bytes(), h.auto_fragment) {
-                            Ok(f) => f,
+                            Ok(f) => (f, Speaks::Raw),
                             Err(reason) => return fail(reason),
                         }
                     }
@@ -224,11 +228,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                             })
                             .and_then(|v| protocol::validate_outbound(&v))
                             .map_err(|e| mlua::Error::runtime(format!("bcast:send: {e}")))?;
-                        frame(2, &cbor, h.auto_fragment)
+                        (frame(2, &cbor, h.auto_fragment), Speaks::Lapps)
                     }
                     _ => return fail("bad message"),
                 };
-                let Some(groups) = h.bcast.recipients(&id, |c| h.hub.is_live(c)) else {
+                let Some(groups) = h.bcast.recipients(&id, |c| h.hub.speaks(c), wanted) else {
                     return fail("no such channel");
                 };
                 let mut n = 0usize;
@@ -281,12 +285,40 @@ mod tests {
         for (w, i) in [(1, 5), (0, 1), (1, 2), (0, 3)] {
             assert!(b.subscribe(&id, ConnId::new(w, i, 1)));
         }
-        let g = b.recipients(&id, |_| true).unwrap();
+        let raw = |_| Some(Speaks::Raw);
+        let g = b.recipients(&id, raw, Speaks::Raw).unwrap();
         assert_eq!(g.len(), 2);
         assert!(g[0].iter().all(|c| c.worker() == 0) && g[0].len() == 2);
         assert!(g[1].iter().all(|c| c.worker() == 1) && g[1].len() == 2);
         b.drop_conn(ConnId::new(1, 5, 1));
-        let g = b.recipients(&id, |c| c.index() != 3).unwrap();
+        let live = |c: ConnId| (c.index() != 3).then_some(Speaks::Raw);
+        let g = b.recipients(&id, live, Speaks::Raw).unwrap();
         assert_eq!(g.concat(), vec![ConnId::new(0, 1, 1), ConnId::new(1, 2, 1)]);
+    }
+
+    #[test]
+    fn a_message_goes_to_the_subscribers_that_speak_its_protocol_only() {
+        let b = Bcast::default();
+        let id = ChannelId::Num(7);
+        assert!(b.create(id.clone()));
+        for i in 1..=4 {
+            assert!(b.subscribe(&id, ConnId::new(0, i, 1)));
+        }
+        // 1 and 3 speak LAppS, 2 RAW, 4 is gone.
+        let speaks = |c: ConnId| match c.index() {
+            1 | 3 => Some(Speaks::Lapps),
+            2 => Some(Speaks::Raw),
+            _ => None,
+        };
+        let lapps = b.recipients(&id, speaks, Speaks::Lapps).unwrap().concat();
+        assert_eq!(lapps, vec![ConnId::new(0, 1, 1), ConnId::new(0, 3, 1)]);
+        let raw = b.recipients(&id, speaks, Speaks::Raw).unwrap().concat();
+        assert_eq!(raw, vec![ConnId::new(0, 2, 1)]);
+        // The gone one was pruned; the others stay subscribed.
+        let all = |c: ConnId| (c.index() != 4).then_some(Speaks::Raw);
+        assert_eq!(
+            b.recipients(&id, all, Speaks::Raw).unwrap().concat().len(),
+            3
+        );
     }
 }

@@ -15,7 +15,8 @@ use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
-use crate::net::hub::Command;
+use crate::net::hub::{Command, Speaks};
+use crate::service::lua::fastpath::{reason, NOT_LAPPS, NOT_RAW};
 use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
@@ -69,16 +70,20 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             let Some(conn) = handler(&conn) else {
                 return fail("bad handler");
             };
-            if !h.hub.is_live(conn) {
+            let Some(speaks) = h.hub.speaks(conn) else {
                 return fail("closed");
-            }
+            };
             let opcode = match a {
-                Value::Integer(i) => i,
-                Value::Number(n) if n.fract() == 0.0 => n as i64,
                 // The original's LAppS form: ws:send(handler, value).
                 value @ (Value::Table(_) | Value::UserData(_)) => {
-                    return send_value(lua, &h, conn, &value)
+                    if speaks != Speaks::Lapps {
+                        return fail(reason(NOT_LAPPS));
+                    }
+                    return send_value(lua, &h, conn, &value);
                 }
+                _ if speaks == Speaks::Lapps => return fail(reason(NOT_RAW)),
+                Value::Integer(i) => i,
+                Value::Number(n) if n.fract() == 0.0 => n as i64,
                 _ => return fail("bad opcode"),
             };
             let Some(msg) = b else {
@@ -97,8 +102,9 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let h = Rc::clone(host);
     let slow_response = lua.create_function(
         move |lua, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
-            let Some(conn) = live(&h, &conn) else {
-                return fail("closed");
+            let conn = match live_lapps(&h, &conn) {
+                Ok(c) => c,
+                Err(reason) => return fail(reason),
             };
             let result = match array_of(lua, &result) {
                 Ok(r) => r,
@@ -127,8 +133,9 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             )|
                   -> mlua::Result<Ret> {
                 let code = whole(&code, "send_error: code")?;
-                let Some(conn) = live(&h, &conn) else {
-                    return fail("closed");
+                let conn = match live_lapps(&h, &conn) {
+                    Ok(c) => c,
+                    Err(reason) => return fail(reason),
                 };
                 let data = match data {
                     Value::Nil => None,
@@ -156,8 +163,9 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                   -> mlua::Result<Ret> {
                 let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
                     .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
-                let Some(conn) = live(&h, &conn) else {
-                    return fail("closed");
+                let conn = match live_lapps(&h, &conn) {
+                    Ok(c) => c,
+                    Err(reason) => return fail(reason),
                 };
                 let Some(cid) = NonZeroU64::new(cid) else {
                     return Err(mlua::Error::runtime(
@@ -201,9 +209,14 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     lua.globals().set("ws", t)
 }
 
-/// The live connection a Lua handler names.
-fn live(h: &HostCtx, v: &Value) -> Option<ConnId> {
-    handler(v).filter(|c| h.hub.is_live(*c))
+/// The live LAppS connection a Lua handler names, or why not.
+fn live_lapps(h: &HostCtx, v: &Value) -> Result<ConnId, &'static str> {
+    let conn = handler(v).ok_or("closed")?;
+    match h.hub.speaks(conn) {
+        None => Err("closed"),
+        Some(Speaks::Raw) => Err(reason(NOT_LAPPS)),
+        Some(Speaks::Lapps) => Ok(conn),
+    }
 }
 
 /// A Lua array (table or nljson array) as CBOR values.
