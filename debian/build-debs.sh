@@ -101,6 +101,11 @@ for name in ("ws.json", "lapps.json"):
         # core (at most 32), instead of being held to 2 on a large host.
         data.get("workers", {}).pop("workers", None)
     if name == "lapps.json":
+        # Demos that only write to the log (a line a second, ~86,400 a day in the journal of
+        # every fresh install): installed, ready to turn on with "auto_start": true.
+        for demo in ("mqr_sender", "mqr_receiver"):
+            if demo in data.get("services", {}):
+                data["services"][demo]["auto_start"] = False
         d = data.setdefault("directories", {})
         d.update({
             "applications": "/usr/share/lapps/apps",

@@ -98,6 +98,12 @@ import json, sys
 w = json.load(open(sys.argv[1]))
 sys.exit(0 if (w["ip"], w["port"]) == ("127.0.0.1", int(sys.argv[2])) else 1)' \
         "$tmp/x/etc/lapps/ws.json" "$PORT"
+    check "lapps-$v: the log-only mqr demos are installed but not started" \
+        python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["services"]
+sys.exit(0 if all(s[d].get("auto_start") is False for d in ("mqr_sender", "mqr_receiver"))
+         and s["echo_lapps"].get("auto_start", True) else 1)' "$tmp/x/etc/lapps/lapps.json"
     check "lapps-$v: installed ws.json leaves the IO worker count to the host (one per core)" \
         python3 -c '
 import json, sys
