@@ -207,3 +207,19 @@ fn tcp_drop_without_close_leaves_the_server_serving() {
     ws.send(tungstenite::Message::text("ok")).unwrap();
     assert_eq!(ws.read().unwrap(), tungstenite::Message::text("ok"));
 }
+
+#[test]
+fn no_pong_follows_our_close() {
+    // Our Close is the last frame we send (RFC 6455 5.5.1): a Ping that arrives while we wait
+    // for the peer's Close is not answered.
+    let srv = start_echo(|o| o.worker.idle_timeout = Some(std::time::Duration::from_millis(100)));
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    // Silent: pinged, then closed with 1001 (the idle ping is not answered either).
+    assert_eq!(expect_close(&mut s), Some(1001));
+    s.write_all(&frame(true, 0, 0x9, b"late ping", true))
+        .unwrap();
+    s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    let after: Vec<u8> = std::iter::from_fn(|| read_frame(&mut s).map(|f| f.opcode)).collect();
+    assert!(after.is_empty(), "frames after our Close: {after:02x?}");
+}

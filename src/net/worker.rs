@@ -652,9 +652,12 @@ impl Worker {
                         Flow::Close(code) => close_with = Some(code),
                     }
                 }
-                Event::Ping(p) => out.append_with(pool, |b| {
-                    codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4])
-                }),
+                // Our Close is the last frame we send (RFC 6455 5.5.1): no Pong after it.
+                Event::Ping(p) if matches!(phase, Phase::Open | Phase::Answering(_)) => out
+                    .append_with(pool, |b| {
+                        codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4])
+                    }),
+                Event::Ping(_) => {}
                 Event::Pong(_) => *ping_outstanding = false,
                 Event::Close { code, .. } => peer_close = Some(code),
             })
