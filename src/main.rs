@@ -148,12 +148,13 @@ fn main() -> ExitCode {
                 info!("SIGHUP received: reloading certificates, redeploying changed services");
                 reloads.request();
             }
-            lapps::signals::Signal::Stop(name) => {
-                info!("{name} received: shutting down");
+            lapps::signals::Signal::Stop(name, _) => {
+                info!("{name} received: shutting down (a second SIGTERM or SIGINT exits at once)");
                 break;
             }
         }
     }
+    signals.exit_on_second_stop();
     lapps::signals::notify_systemd("STOPPING=1");
     app.shutdown();
     info!("stopped");

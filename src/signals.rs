@@ -1,12 +1,22 @@
 //! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, SIGPIPE is ignored (every send uses
 //! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwait` by the
-//! main thread, so no handler ever runs inside a worker.
+//! main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
+//! started the graceful shutdown, [`Signals::exit_on_second_stop`] keeps taking them on a
+//! thread of its own: a second one ends the process at once.
 
 use std::os::unix::net::UnixDatagram;
 
 pub enum Signal {
-    Stop(&'static str),
+    /// SIGTERM or SIGINT: its name and number.
+    Stop(&'static str, libc::c_int),
     Reload,
+}
+
+/// The exit status after a second SIGTERM/SIGINT cut the graceful shutdown short: 128 plus the
+/// signal's number (143 for SIGTERM, 130 for SIGINT), as a shell reports a process that signal
+/// killed, and apart from 0 (clean stop), 1 (bad configuration, failed start) and 2 (usage).
+pub fn second_stop_status(signo: libc::c_int) -> i32 {
+    128 + signo
 }
 
 pub struct Signals {
@@ -42,9 +52,34 @@ impl Signals {
             }
             return match sig {
                 libc::SIGHUP => Signal::Reload,
-                libc::SIGINT => Signal::Stop("SIGINT"),
-                _ => Signal::Stop("SIGTERM"),
+                libc::SIGINT => Signal::Stop("SIGINT", libc::SIGINT),
+                _ => Signal::Stop("SIGTERM", libc::SIGTERM),
             };
+        }
+    }
+
+    /// Called when the first SIGTERM/SIGINT starts the graceful shutdown, which may take
+    /// seconds (close handshakes, every service's `onShutdown`): the signals stay blocked, so
+    /// a thread keeps taking them. A second SIGTERM or SIGINT logs one line and `_exit`s with
+    /// [`second_stop_status`]; a SIGHUP is ignored (there is nothing left to reload).
+    pub fn exit_on_second_stop(self) {
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                match self.wait() {
+                    Signal::Reload => crate::info!("SIGHUP during shutdown: ignored"),
+                    Signal::Stop(name, signo) => {
+                        crate::warn!("second signal: exiting now ({name} during shutdown)");
+                        // SAFETY: `_exit` ends the process without running atexit handlers
+                        // or destructors, which is the point: the graceful shutdown is
+                        // abandoned where it stands. Nothing buffered is lost: log lines are
+                        // written to stderr whole, one write each, and stdout is unused.
+                        unsafe { libc::_exit(second_stop_status(signo)) };
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            crate::error!("cannot start the signal thread ({e}): a second SIGTERM will wait");
         }
     }
 }

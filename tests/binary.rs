@@ -176,3 +176,66 @@ fn a_403_log_names_the_rule_that_refused() {
     let line = binary::wait_line(&log, "refusing ");
     assert!(line.contains("service's acl"), "{line}");
 }
+
+#[test]
+fn a_second_sigterm_during_a_slow_shutdown_exits_at_once_with_143() {
+    let dir = temp_dir("second-signal");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        r#"{ "directories": { "applications": "./tests/apps" },
+  "services": {
+    "echo_builtin": { "builtin": "echo", "request_target": "/echo" },
+    "slow_stop": { "standalone": true, "preload": ["nap", "time"], "instruction_budget": 0 } } }"#,
+    );
+    let (mut child, _addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let pid = child.0.id() as i32;
+    // SAFETY: kill with a valid pid of our own child and a valid signal number.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // The graceful shutdown has begun and reached the service that holds it up for 10 s.
+    let lines = binary::lines_until(&log, "lingering");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("SIGTERM received: shutting down")),
+        "{lines:?}"
+    );
+    let t = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    binary::wait_line(&log, "second signal: exiting now");
+}
+
+#[test]
+fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
+    let dir = temp_dir("run-back-off");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        r#"{ "directories": { "applications": "./tests/apps" },
+  "services": {
+    "echo_builtin": { "builtin": "echo", "request_target": "/echo" },
+    "run_fails": { "standalone": true } } }"#,
+    );
+    let (mut child, _addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    // Each failure is logged with its error and the wait before the next attempt, which
+    // doubles (1 s, 2 s, 4 s): after the third the instance is in a 4 s wait.
+    let line = binary::wait_line(&log, "restarting it in 4 s");
+    assert!(
+        line.contains("[run_fails#0] run() failed") && line.contains("run_fails fails"),
+        "{line}"
+    );
+    let t = Instant::now();
+    // SAFETY: kill with a valid pid of our own child and a valid signal number.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.wait_exit(Duration::from_secs(2));
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}

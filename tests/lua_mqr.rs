@@ -190,3 +190,52 @@ fn a_post_with_a_timeout_in_a_network_service_does_not_wait_for_room() {
     assert_eq!(&*room.poll().unwrap(), b"here");
     reg.shutdown();
 }
+
+/// "pass <n> <ms>" from the run_retry app: n and the Lua-side monotonic time.
+fn pass(line: &str) -> (u32, f64) {
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!((f.len(), f[0]), (3, "pass"), "{line}");
+    (f[1].parse().unwrap(), f[2].parse().unwrap())
+}
+
+#[test]
+fn a_receiver_whose_run_fails_is_restarted_with_a_back_off_and_drains_its_queue() {
+    let passes = registry().open("retry.passes", 16);
+    let out = registry().open("retry.out", 16);
+    let mut s = standalone("run_retry", 1);
+    s.instruction_budget = Some(1_000_000);
+    let reg = Registry::start(vec![s], hub(1)).unwrap();
+    let input = registry().get("retry.in").unwrap();
+    // Senders fill the queue while the receiver is failing.
+    for i in 0..4 {
+        assert!(input.try_post(format!("m{i}").into_bytes().into()).is_ok());
+    }
+
+    let (n1, t1) = pass(&next(&passes));
+    let (n2, t2) = pass(&next(&passes));
+    let (n3, t3) = pass(&next(&passes));
+    assert_eq!((n1, n2, n3), (1, 2, 3));
+    // 1 s after the error, 2 s after the budget abort (the second failure in a row).
+    assert!(
+        t2 - t1 >= 1000.0,
+        "restarted {} ms after the error",
+        t2 - t1
+    );
+    assert!(
+        t3 - t2 >= 2000.0,
+        "restarted {} ms after the abort",
+        t3 - t2
+    );
+    for i in 0..4 {
+        assert_eq!(next(&out), format!("m{i}"));
+    }
+    // It keeps receiving.
+    assert!(input.try_post(b"later".to_vec().into()).is_ok());
+    assert_eq!(next(&out), "later");
+    reg.shutdown();
+    assert_eq!(
+        passes.poll(),
+        None,
+        "run() was started again after it worked"
+    );
+}

@@ -457,3 +457,33 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     let status = child.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_sighup_that_loads_an_expired_certificate_warns_like_the_start_up() {
+    let dir = temp_dir("sighup-expired");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("fresh"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let (mut child, _addr, log) = spawn_binary(&dir, |_| {});
+
+    // A renewal gone wrong puts an expired pair in place.
+    write_pair(&dir, "server", &ca.expired_server("stale"));
+    // SAFETY: kill with our own child's pid and a valid signal number.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    let lines = binary::lines_until(&log, "reload: ");
+    assert!(lines.last().unwrap().contains("stale"), "{lines:?}");
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("expired at"))
+        .unwrap_or_else(|| panic!("no expiry warning with the reload: {lines:?}"));
+    assert!(
+        warning.contains("WARN")
+            && warning.contains(&cert.display().to_string())
+            && warning.contains("2001-01-01 00:00:00 UTC"),
+        "{warning}"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}

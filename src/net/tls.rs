@@ -181,6 +181,18 @@ pub fn check(files: &TlsFiles) -> Result<(CertInfo, Option<String>), TlsError> {
     Ok((info, warning))
 }
 
+/// Logs a warning when the certificate about to be served has expired: at start-up and at
+/// every reload, so a renewal that put an old file in place is seen at once.
+fn warn_if_expired(files: &TlsFiles, info: &CertInfo) {
+    if info.expired_at(now_unix()) {
+        crate::warn!(
+            "tls: {} expired at {}; clients will refuse it",
+            files.cert.display(),
+            info.not_after.as_deref().unwrap_or("?")
+        );
+    }
+}
+
 /// The server's TLS configuration, replaceable while running (SIGHUP). Each accepted
 /// connection takes the configuration current at that moment and keeps it for its life, so a
 /// reload never touches existing connections.
@@ -200,13 +212,7 @@ impl fmt::Debug for TlsContext {
 impl TlsContext {
     pub fn load(files: TlsFiles) -> Result<TlsContext, TlsError> {
         let (config, info) = load(&files)?;
-        if info.expired_at(now_unix()) {
-            crate::warn!(
-                "tls: {} expired at {}; clients will refuse it",
-                files.cert.display(),
-                info.not_after.as_deref().unwrap_or("?")
-            );
-        }
+        warn_if_expired(&files, &info);
         Ok(TlsContext {
             files,
             current: RwLock::new(Loaded { config, info }),
@@ -229,9 +235,11 @@ impl TlsContext {
     }
 
     /// Reads the files again. On success new connections get the new configuration and the
-    /// answer says what changed; on error the old configuration stays in use.
+    /// answer says what changed; on error the old configuration stays in use. An expired
+    /// certificate is served, with the same warning as at start-up.
     pub fn reload(&self) -> Result<String, TlsError> {
         let (config, info) = load(&self.files)?;
+        warn_if_expired(&self.files, &info);
         let mut cur = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

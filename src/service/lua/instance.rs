@@ -168,7 +168,7 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
                 host.flush();
             }
         }
-        (App::Standalone(sa), _) => sa.run(host),
+        (App::Standalone(sa), _) => sa.run(lua, host),
         (App::Raw(_), None) => {}
     }
     if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {

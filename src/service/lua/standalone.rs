@@ -2,11 +2,24 @@
 //!
 //! `run()` is expected to loop until `must_stop()` returns true (set by `Registry::shutdown`).
 //! The instruction budget applies per slice between two polling points (`must_stop()`,
-//! `nap:sleep`), so a well-behaved loop runs forever and a runaway one is stopped.
+//! `nap:sleep`), so a well-behaved loop runs forever and a runaway one is stopped. A `run()`
+//! that fails (a Lua error, the budget or the memory limit) is started again after a back-off,
+//! in the same Lua state (its globals and upvalues kept), as a failed callback of a network
+//! service leaves its instance serving.
 
-use mlua::{Function, Table, Value};
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, Table, Value};
 
 use super::host::{one_line, HostCtx};
+
+/// Wait before `run()` is started again after its first failure in a row.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+/// The wait doubles with every failure in a row, up to this.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A `run()` that lasted at least this long before it failed was working: the back-off starts
+/// over at [`RESTART_FIRST`].
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
 
 pub(crate) struct StandaloneApp {
     init: Option<Function>,
@@ -37,30 +50,54 @@ impl StandaloneApp {
         Ok(())
     }
 
-    /// Runs `run()`. If it ends before shutdown (returns or raises), that is logged and the
-    /// instance waits for the shutdown: `onShutdown` runs at shutdown, as for every service.
-    pub fn run(&self, host: &HostCtx) {
-        host.reset_budget();
+    /// Runs `run()` until shutdown. A failed `run()` is logged with its error and started again
+    /// after a back-off ([`RESTART_FIRST`] doubling up to [`RESTART_MAX`]) that a shutdown ends
+    /// at once. A `run()` that returns before shutdown is done: that is logged and the instance
+    /// waits for the shutdown. `onShutdown` runs at shutdown, as for every service.
+    pub fn run(&self, lua: &Lua, host: &HostCtx) {
         host.begin_run();
-        let result = self.run.call::<()>(());
-        host.flush();
-        if host.stop.is_set() {
-            if let Err(e) = result {
-                crate::error!("{} run: {}", host.tag(), one_line(&e));
+        let mut delay = RESTART_FIRST;
+        loop {
+            host.reset_budget();
+            let started = Instant::now();
+            let result = self.run.call::<()>(());
+            host.flush();
+            if host.stop.is_set() {
+                if let Err(e) = result {
+                    crate::error!("{} run: {}", host.tag(), one_line(&e));
+                }
+                return;
             }
-            return;
-        }
-        match result {
-            Ok(()) => crate::warn!(
-                "{} run() returned before shutdown; the instance idles until then",
-                host.tag()
-            ),
-            Err(e) => crate::error!(
-                "{} run() failed, the instance idles until shutdown: {}",
+            let e = match result {
+                Ok(()) => {
+                    crate::warn!(
+                        "{} run() returned before shutdown; the instance idles until then",
+                        host.tag()
+                    );
+                    while host.stop.sleep(Duration::from_secs(3600)) {}
+                    return;
+                }
+                Err(e) => e,
+            };
+            if matches!(e, mlua::Error::MemoryError(_)) {
+                // What the failed run() built is garbage now; without a full cycle the next
+                // one would start at the limit and fail as well.
+                let _ = lua.gc_collect();
+                let _ = lua.gc_collect();
+            }
+            if started.elapsed() >= RESTART_RESET_AFTER {
+                delay = RESTART_FIRST;
+            }
+            crate::error!(
+                "{} run() failed, restarting it in {} s: {}",
                 host.tag(),
+                delay.as_secs(),
                 one_line(&e)
-            ),
+            );
+            if !host.stop.sleep(delay) {
+                return;
+            }
+            delay = (delay * 2).min(RESTART_MAX);
         }
-        while host.stop.sleep(std::time::Duration::from_secs(3600)) {}
     }
 }
