@@ -101,8 +101,8 @@ fn refused_connections_beyond_what_a_worker_can_hold_are_closed_at_once() {
     // As many as the worker may keep beside its live connection: they linger.
     let max = srv.hub().port(0).max_refused();
     let lingering: Vec<_> = (0..max).map(|_| refuse()).collect();
-    // One more would take a slot with no place in the liveness table: it is closed at once,
-    // which the peer sees as a reset once it writes.
+    // One more is past the room for refused connections (each holds a slab slot and a
+    // descriptor): it is closed at once, which the peer sees as a reset once it writes.
     let mut extra = refuse();
     wait_for(
         "the extra refused connection to be closed",
@@ -310,7 +310,7 @@ fn read_slowly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
             Ok(0) | Err(_) => break,
             Ok(k) => got.extend_from_slice(&chunk[..k]),
         }
-        std::thread::sleep(Duration::from_millis(4)); // reader pace, not synchronisation
+        std::thread::sleep(Duration::from_millis(8)); // reader pace, not synchronisation
     }
     got
 }
@@ -326,9 +326,9 @@ fn big_echo_frame() -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn a_slow_reader_gets_the_whole_backlog_before_the_close_reply() {
-    // The close timeout (300 ms) is far shorter than the ~2 s the reader takes: it counts from
-    // the last bytes the peer took, not from when the Close reply was queued.
-    let srv = start_echo(|o| o.worker.close_timeout = Duration::from_millis(300));
+    // The close timeout (1 s) is far shorter than the ~3 s the reader (~2 MB/s at most) takes
+    // after the Close reply is queued: it counts from the last bytes the peer took.
+    let srv = start_echo(|o| o.worker.close_timeout = Duration::from_secs(1));
     let mut s = small_window_client(srv.addr);
     let (payload, expected) = big_echo_frame();
     s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
@@ -346,9 +346,9 @@ fn a_slow_reader_gets_the_whole_backlog_before_the_close_reply() {
 
 #[test]
 fn a_peer_draining_a_backlog_slowly_is_not_idle() {
-    // It sends nothing for ~2 s, ten idle periods, while it reads: that is not silence. (A
+    // It sends nothing for ~3 s, three idle periods, while it reads: that is not silence. (A
     // Ping may come first, if the scheduler kept the client quiet for a period before it sent.)
-    let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_millis(200)));
+    let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_secs(1)));
     let mut s = small_window_client(srv.addr);
     let (payload, expected) = big_echo_frame();
     s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();

@@ -63,6 +63,8 @@ pub struct Conn {
     pub last_activity: Instant,
     /// The bytes the peer had acknowledged when a timer last looked (see [`Conn::took_more`]).
     pub acked_mark: u64,
+    /// How many times the close timeout was extended for a peer still taking our bytes.
+    pub close_extensions: u32,
     pub ping_outstanding: bool,
     /// Accepted only to be answered 503: holds no connection slot of the worker.
     pub refused: bool,
@@ -92,25 +94,35 @@ impl Conn {
             deadline: None,
             last_activity: now,
             acked_mark: 0,
+            close_extensions: 0,
             ping_outstanding: false,
             refused: false,
             tls: None,
         }
     }
 
-    /// Whether the peer acknowledged more of our bytes since the last call (or since
-    /// `acked_mark` was set): it is taking what we send, however slowly. False when the kernel
+    /// Whether the peer acknowledged at least [`Conn::PROGRESS`] more of our bytes since the
+    /// last call: it is reading what we send, however slowly. The acknowledgement of a Ping, a
+    /// Close frame, an HTTP answer, a FIN or TLS records of our own (all smaller) is not that:
+    /// a peer's kernel acknowledges them while its application hangs. False when the kernel
     /// does not tell.
     pub fn took_more(&mut self) -> bool {
         match crate::net::sys::bytes_acked(self.fd.as_raw_fd()) {
             Some(acked) => {
-                let more = acked > self.acked_mark;
+                let more = acked.saturating_sub(self.acked_mark) >= Self::PROGRESS;
                 self.acked_mark = self.acked_mark.max(acked);
                 more
             }
             None => false,
         }
     }
+
+    /// Bytes a peer must take per timeout period to count as reading (see `took_more`).
+    pub const PROGRESS: u64 = 4096;
+
+    /// Extensions of the close timeout at most: however slowly it reads, a closing peer is
+    /// gone after `MAX_CLOSE_EXTENSIONS + 1` close timeouts (63 s at the default 3 s).
+    pub const MAX_CLOSE_EXTENSIONS: u32 = 20;
 
     pub fn read_paused(&self) -> bool {
         self.service_paused || self.out_paused

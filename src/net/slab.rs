@@ -55,6 +55,15 @@ impl<T> Slab<T> {
     }
 
     /// The value at `index` only if its generation matches.
+    pub fn get_gen(&self, index: u32, generation: u32) -> Option<&T> {
+        let slot = self.slots.get(index as usize)?;
+        if slot.generation != generation {
+            return None;
+        }
+        slot.value.as_deref()
+    }
+
+    /// [`Self::get_gen`], mutable.
     pub fn get_gen_mut(&mut self, index: u32, generation: u32) -> Option<&mut T> {
         let slot = self.slots.get_mut(index as usize)?;
         if slot.generation != generation {

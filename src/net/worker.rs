@@ -569,10 +569,9 @@ impl Worker {
         self.touched_push(&service);
         self.mark_dirty(index);
         if let Some(idle) = self.opts.idle_timeout {
-            // What the peer acknowledges of the 101 answer is not activity of its own.
+            // What was acknowledged before is not activity.
             if let Some(c) = self.conns.get_mut(index) {
                 c.took_more();
-                c.acked_mark += c.out.bytes() as u64;
             }
             self.set_deadline(index, Instant::now() + idle);
         }

@@ -10,6 +10,7 @@ use crate::ws::{close, Opcode};
 
 impl Worker {
     pub(super) fn run_timers(&mut self) {
+        self.compact_timers();
         let now = Instant::now();
         while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
             if at > now {
@@ -26,8 +27,14 @@ impl Worker {
             c.deadline = None;
             let closing = matches!(c.phase, Phase::Closing | Phase::Finishing | Phase::Draining);
             // A peer still taking what we sent before our Close (or before our FIN) gets
-            // another close timeout: the timeout is for a peer that stopped, not a slow one.
-            let slow_reader = closing && c.took_more();
+            // another close timeout, up to a bound: the timeout is for a peer that stopped,
+            // not for a slow one.
+            let slow_reader = closing
+                && c.close_extensions < crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS
+                && c.took_more();
+            if slow_reader {
+                c.close_extensions += 1;
+            }
             match c.phase {
                 Phase::Handshake { .. } => self.end(index, Ending::Timeout("handshake")),
                 _ if slow_reader => self.arm_close_deadline(index),
@@ -39,6 +46,21 @@ impl Worker {
                 Phase::Answering(_) => self.close_answered(index),
             }
         }
+    }
+
+    /// Deadlines are deleted lazily (a connection that ends or moves its deadline leaves its
+    /// old entry until it is due), so with a long idle timeout and many short connections the
+    /// heap would hold mostly dead entries: past twice the live connections, drop them.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.conns.len() + 1024 {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|&Reverse((at, index, generation))| {
+            conns
+                .get_gen(index, generation)
+                .is_some_and(|c| c.deadline == Some(at))
+        });
     }
 
     pub(super) fn idle_check(&mut self, index: u32, now: Instant) {
