@@ -12,7 +12,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::handle::ConnId;
@@ -124,9 +124,9 @@ pub struct Port {
     wake: OwnedFd,
     sleeping: AtomicBool,
     /// `generation | LIVE` (`| LAPPS`) per slab slot while a connection is open there, 0
-    /// otherwise. Sized for every index a slab can hand out (slots are retired at their last
-    /// generation and new ones appended); the pages of indices never used cost nothing.
-    live: Box<[AtomicU32]>,
+    /// otherwise. Covers every index a slab can hand out (slots are retired at their last
+    /// generation and new ones appended).
+    live: LiveTable,
     /// Refused (503) connections the worker may hold beside `max_connections` live ones.
     refused_room: usize,
     /// Connections handed to this worker and not yet ended: the balancer reserves a slot
@@ -153,7 +153,7 @@ impl Port {
             spare: ArrayQueue::new(SPARE_BATCHES),
             wake,
             sleeping: AtomicBool::new(false),
-            live: zeroed_atomics(ConnId::MAX_INDEX as usize + 1),
+            live: LiveTable::new(),
             refused_room: max_connections.saturating_add(1024),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -221,8 +221,7 @@ impl Port {
 
     /// Worker side: the slot `index` now holds a live connection of this generation.
     pub fn set_live(&self, index: u32, generation: u32) {
-        // Slots past the table only hold connections being refused with 503 (never live).
-        if let Some(slot) = self.live.get(index as usize) {
+        if let Some(slot) = self.live.slot(index) {
             slot.store((generation & ConnId::GEN_MASK) | LIVE, Ordering::Release);
         }
     }
@@ -234,7 +233,7 @@ impl Port {
             Speaks::Raw => 0,
             Speaks::Lapps => LAPPS,
         };
-        if let Some(slot) = self.live.get(index as usize) {
+        if let Some(slot) = self.live.slot(index) {
             slot.store(
                 (generation & ConnId::GEN_MASK) | LIVE | kind,
                 Ordering::Release,
@@ -244,16 +243,13 @@ impl Port {
 
     /// Worker side: the slot `index` is free again.
     pub fn set_dead(&self, index: u32) {
-        if let Some(slot) = self.live.get(index as usize) {
+        if let Some(slot) = self.live.get(index) {
             slot.store(0, Ordering::Release);
         }
     }
 
     fn speaks(&self, conn: ConnId) -> Option<Speaks> {
-        let g = self
-            .live
-            .get(conn.index() as usize)?
-            .load(Ordering::Acquire);
+        let g = self.live.get(conn.index())?.load(Ordering::Acquire);
         if g & !LAPPS != conn.generation() | LIVE {
             return None;
         }
@@ -262,6 +258,44 @@ impl Port {
         } else {
             Speaks::Lapps
         })
+    }
+}
+
+/// The liveness words of every slab index (2^24), allocated a chunk of 2^16 at a time when the
+/// worker first writes into it: a worker of a few thousand connections holds one 256 KiB
+/// chunk, not 64 MiB, whatever the allocator or the overcommit policy. Readers (any thread)
+/// never allocate: an index in a chunk not made yet is not live.
+struct LiveTable {
+    chunks: Box<[OnceLock<Box<[AtomicU32]>>]>,
+}
+
+impl LiveTable {
+    const CHUNK_BITS: u32 = 16;
+
+    fn new() -> LiveTable {
+        let n = (ConnId::MAX_INDEX as usize + 1) >> Self::CHUNK_BITS;
+        LiveTable {
+            chunks: (0..n.max(1)).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The word of `index`, if its chunk exists.
+    fn get(&self, index: u32) -> Option<&AtomicU32> {
+        let chunk = self
+            .chunks
+            .get((index >> Self::CHUNK_BITS) as usize)?
+            .get()?;
+        chunk.get((index & ((1 << Self::CHUNK_BITS) - 1)) as usize)
+    }
+
+    /// The word of `index`, making its chunk if needed (the worker, before a connection there
+    /// becomes live).
+    fn slot(&self, index: u32) -> Option<&AtomicU32> {
+        let chunk = self
+            .chunks
+            .get((index >> Self::CHUNK_BITS) as usize)?
+            .get_or_init(|| zeroed_atomics(1 << Self::CHUNK_BITS));
+        chunk.get((index & ((1 << Self::CHUNK_BITS) - 1)) as usize)
     }
 }
 
