@@ -294,6 +294,9 @@ impl Handle {
                     return None;
                 };
                 let i = position(n)?;
+                if len.is_some_and(|l| i as u64 >= l) {
+                    return None;
+                }
                 if i >= SCAN_LIMIT {
                     return self.resolve()?.get(key).map(Item::Node);
                 }

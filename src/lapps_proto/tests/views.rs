@@ -303,6 +303,11 @@ fn reading_far_into_a_large_array_builds_the_tree_once_and_reads_the_same() {
             assert_eq!(value, Some(Value::Int(i - 1)), "element {i}");
         }
         assert!(d.is_built(), "{:02x?}", &bytes[..4]);
+        // Asking past the end of a definite array answers nil without building anything.
+        let short = doc(&cbor::encode(&Value::Array(items[..3].to_vec())));
+        let v = Handle::Raw(short.clone(), short.root());
+        assert!(v.get(Key::Num(100.0)).is_none());
+        assert!(!short.is_built());
         let lua = with_view(&bytes);
         run(
             &lua,
