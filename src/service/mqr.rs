@@ -26,6 +26,11 @@ use crate::sync::mpmc::ArrayQueue;
 /// Largest capacity a queue may have: the ring allocates every slot up front.
 pub const MAX_CAPACITY: usize = 1 << 20;
 
+/// Payload bytes a queue holds at most. A count alone bounds nothing in memory (1024 slots of
+/// 16 MiB strings are 16 GiB): a post that would pass this is refused as for a full queue, and
+/// a message larger than this on its own can never be posted (see [`Queue::fits`]).
+pub const MAX_QUEUE_BYTES: usize = 64 << 20;
+
 /// Why a blocking call ended without a message / without posting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -45,11 +50,21 @@ pub struct Queue {
     not_full: Condvar,
     recv_waiters: AtomicUsize,
     post_waiters: AtomicUsize,
+    /// Payload bytes of the messages in the ring (reserved before a push, released after a
+    /// pop), at most `max_bytes`.
+    bytes: AtomicUsize,
+    max_bytes: usize,
 }
 
 impl Queue {
     fn new(name: Arc<str>, capacity: usize) -> Queue {
+        Queue::with_max_bytes(name, capacity, MAX_QUEUE_BYTES)
+    }
+
+    fn with_max_bytes(name: Arc<str>, capacity: usize, max_bytes: usize) -> Queue {
         Queue {
+            bytes: AtomicUsize::new(0),
+            max_bytes,
             name,
             ring: ArrayQueue::new(capacity.clamp(1, MAX_CAPACITY)),
             lock: Mutex::new(()),
@@ -77,16 +92,53 @@ impl Queue {
         self.ring.is_empty()
     }
 
-    /// Appends `msg`, or hands it back when the queue is full. Never blocks.
+    /// Whether a message of `len` bytes can ever be posted here (an empty queue would take it).
+    pub fn fits(&self, len: usize) -> bool {
+        len <= self.max_bytes
+    }
+
+    /// Into the ring, within both bounds (slots and bytes); handed back otherwise.
+    fn push(&self, msg: Box<[u8]>) -> Result<(), Box<[u8]>> {
+        let n = msg.len();
+        let reserved = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(n).filter(|&t| t <= self.max_bytes)
+            })
+            .is_ok();
+        if !reserved {
+            return Err(msg);
+        }
+        match self.ring.push(msg) {
+            Ok(()) => Ok(()),
+            Err(msg) => {
+                // (A poster refused for these bytes meanwhile waits for the next receive or its
+                // timeout: the ring was full then anyway. No wake-up here: `post` calls this
+                // holding the lock that `wake` takes.)
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                Err(msg)
+            }
+        }
+    }
+
+    /// Out of the ring, releasing its bytes.
+    fn pop(&self) -> Option<Box<[u8]>> {
+        let m = self.ring.pop()?;
+        self.bytes.fetch_sub(m.len(), Ordering::AcqRel);
+        Some(m)
+    }
+
+    /// Appends `msg`, or hands it back when the queue is full (of messages or of bytes).
+    /// Never blocks.
     pub fn try_post(&self, msg: Box<[u8]>) -> Result<(), Box<[u8]>> {
-        self.ring.push(msg)?;
+        self.push(msg)?;
         self.wake(&self.recv_waiters, &self.not_empty);
         Ok(())
     }
 
     /// Takes the oldest message, if any. Never blocks.
     pub fn poll(&self) -> Option<Box<[u8]>> {
-        let m = self.ring.pop()?;
+        let m = self.pop()?;
         self.wake(&self.post_waiters, &self.not_full);
         Some(m)
     }
@@ -109,7 +161,7 @@ impl Queue {
             let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.post_waiters.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            msg = match self.ring.push(msg) {
+            msg = match self.push(msg) {
                 Ok(()) => {
                     self.post_waiters.fetch_sub(1, Ordering::SeqCst);
                     drop(g);
@@ -150,7 +202,7 @@ impl Queue {
             let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.recv_waiters.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if let Some(m) = self.ring.pop() {
+            if let Some(m) = self.pop() {
                 self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
                 drop(g);
                 self.wake(&self.post_waiters, &self.not_full);
@@ -316,6 +368,28 @@ mod tests {
             Err(Wait::Timeout)
         );
         assert!(m.leftovers().is_empty());
+    }
+
+    #[test]
+    fn a_queue_holds_at_most_max_bytes_of_payload() {
+        let q = Queue::with_max_bytes("b".into(), 100, 100);
+        q.try_post(vec![1; 40].into()).unwrap();
+        q.try_post(vec![2; 40].into()).unwrap();
+        // Room for 98 more messages, not for 40 more bytes.
+        assert_eq!(q.try_post(vec![3; 40].into()).unwrap_err().len(), 40);
+        let never = || false;
+        let (_, why) = q
+            .post(vec![3; 40].into(), Duration::from_millis(10), &never)
+            .unwrap_err();
+        assert_eq!(why, Wait::Timeout);
+        q.try_post(vec![4; 20].into()).unwrap();
+        // Taking one frees its bytes.
+        assert_eq!(q.poll().unwrap()[0], 1);
+        q.try_post(vec![5; 40].into()).unwrap();
+        assert!(q.fits(100) && !q.fits(101));
+        let got: Vec<u8> = std::iter::from_fn(|| q.poll()).map(|m| m[0]).collect();
+        assert_eq!(got, vec![2, 4, 5]);
+        q.try_post(vec![6; 100].into()).unwrap();
     }
 
     #[test]

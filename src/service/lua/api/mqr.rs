@@ -46,6 +46,9 @@ impl Ctx {
     }
 
     fn post(&self, q: &Queue, msg: &mlua::String, timeout: Option<Duration>) -> Ret {
+        if !q.fits(msg.as_bytes().len()) {
+            return (Value::Nil, Some("too big"));
+        }
         let owned: Box<[u8]> = (*msg.as_bytes()).into();
         // A network service never waits (as with `receive`): waiting for room would stall every
         // connection of the instance, so its timeout is not used and the post is tried once.
