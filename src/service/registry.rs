@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use crate::net::hub::{Command, Hub};
 
 /// How long `shutdown` waits for each service's instances.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Why a service a reload was starting is refused once the server is shutting down.
+const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// A service could not be started (or the service set is inconsistent).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,9 @@ pub struct Registry {
     retiring: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// How long a retiring version waits for its connections to be gone (see `set_retire_grace`).
     retire_grace: Mutex<Duration>,
+    /// Set by `shutdown` (under the `running` lock): a reload still under way then starts
+    /// nothing that would outlive it.
+    closed: AtomicBool,
 }
 
 impl Registry {
@@ -164,6 +170,7 @@ impl Registry {
             idle: Mutex::new(Vec::new()),
             retiring: Mutex::new(Vec::new()),
             retire_grace: Mutex::new(SHUTDOWN_GRACE),
+            closed: AtomicBool::new(false),
         };
         for spec in specs {
             if !spec.auto_start {
@@ -191,13 +198,19 @@ impl Registry {
         let svc = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
             .map_err(|m| err(&name, m))?;
         let svc = Arc::new(svc);
+        let mut running = self.lock_running();
+        if self.closed.load(Ordering::SeqCst) {
+            drop(running);
+            svc.shutdown(SHUTDOWN_GRACE);
+            return Err(err(&name, SHUTTING_DOWN));
+        }
         if !svc.spec().standalone {
             self.routes
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(svc.spec().request_target.clone(), Arc::clone(&svc));
         }
-        self.lock_running().push(svc);
+        running.push(svc);
         Ok(())
     }
 
@@ -273,12 +286,15 @@ impl Registry {
             .map_err(|m| err(&name, m))?;
         let new = Arc::new(new);
         {
+            let mut running = self.lock_running();
+            if self.closed.load(Ordering::SeqCst) {
+                drop(running);
+                new.shutdown(SHUTDOWN_GRACE);
+                return Err(err(&name, SHUTTING_DOWN));
+            }
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
             routes.retain(|_, s| !Arc::ptr_eq(s, &old));
             routes.insert(new.spec().request_target.clone(), Arc::clone(&new));
-        }
-        {
-            let mut running = self.lock_running();
             running.retain(|s| !Arc::ptr_eq(s, &old));
             running.push(new);
         }
@@ -359,8 +375,14 @@ impl Registry {
         match spawned {
             Ok(handle) => {
                 let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
-                retiring.retain(|h| !h.is_finished());
-                retiring.push(handle);
+                if self.closed.load(Ordering::SeqCst) {
+                    // `shutdown` may have taken the list already: wait for it here.
+                    drop(retiring);
+                    let _ = handle.join();
+                } else {
+                    retiring.retain(|h| !h.is_finished());
+                    retiring.push(handle);
+                }
             }
             Err(_) => old.shutdown(SHUTDOWN_GRACE),
         }
@@ -376,6 +398,11 @@ impl Registry {
     /// Stops every service in reverse start order (`onShutdown` on each instance, threads
     /// joined, `must_stop()` true for standalone ones). Idempotent.
     pub fn shutdown(&self) {
+        // First, so that a reload under way starts nothing after the lists below were taken.
+        {
+            let _running = self.lock_running();
+            self.closed.store(true, Ordering::SeqCst);
+        }
         self.routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
