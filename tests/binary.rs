@@ -177,20 +177,35 @@ fn a_403_log_names_the_rule_that_refused() {
     assert!(line.contains("service's acl"), "{line}");
 }
 
-#[test]
-fn a_second_sigterm_during_a_slow_shutdown_exits_at_once_with_143() {
-    let dir = temp_dir("second-signal");
+/// The binary with the built-in echo and one standalone test app (`service`: its entry in
+/// lapps.json's "services"), run from the repository; its log lines.
+fn spawn_with_standalone(
+    tag: &str,
+    service: &str,
+) -> (binary::Reaper, std::sync::mpsc::Receiver<String>) {
+    let dir = temp_dir(tag);
     write_config(
         &dir,
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-        r#"{ "directories": { "applications": "./tests/apps" },
-  "services": {
-    "echo_builtin": { "builtin": "echo", "request_target": "/echo" },
-    "slow_stop": { "standalone": true, "preload": ["nap", "time"], "instruction_budget": 0 } } }"#,
+        &format!(
+            r#"{{ "directories": {{ "applications": "./tests/apps" }},
+  "services": {{
+    "echo_builtin": {{ "builtin": "echo", "request_target": "/echo" }},
+    {service} }} }}"#
+        ),
     );
-    let (mut child, _addr, log) = spawn_binary(&dir, |cmd| {
+    let (child, _addr, log) = spawn_binary(&dir, |cmd| {
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     });
+    (child, log)
+}
+
+#[test]
+fn a_second_sigterm_during_a_slow_shutdown_exits_at_once_with_143() {
+    let (mut child, log) = spawn_with_standalone(
+        "second-signal",
+        r#""slow_stop": { "standalone": true, "preload": ["nap", "time"], "instruction_budget": 0 }"#,
+    );
     let pid = child.0.id() as i32;
     // SAFETY: kill with a valid pid of our own child and a valid signal number.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -213,18 +228,8 @@ fn a_second_sigterm_during_a_slow_shutdown_exits_at_once_with_143() {
 
 #[test]
 fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
-    let dir = temp_dir("run-back-off");
-    write_config(
-        &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-        r#"{ "directories": { "applications": "./tests/apps" },
-  "services": {
-    "echo_builtin": { "builtin": "echo", "request_target": "/echo" },
-    "run_fails": { "standalone": true } } }"#,
-    );
-    let (mut child, _addr, log) = spawn_binary(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    });
+    let (mut child, log) =
+        spawn_with_standalone("run-back-off", r#""run_fails": { "standalone": true }"#);
     // Each failure is logged with its error and the wait before the next attempt, which
     // doubles (1 s, 2 s, 4 s): after the third the instance is in a 4 s wait.
     let line = binary::wait_line(&log, "restarting it in 4 s");
