@@ -315,13 +315,13 @@ fn read_slowly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
     got
 }
 
-/// The echo of a 6 MiB binary message, as the server frames it.
+/// A 6 MiB binary message as the client sends it (masked), and its echo as the server frames it.
 fn big_echo_frame() -> (Vec<u8>, Vec<u8>) {
     let payload: Vec<u8> = (0..6 << 20).map(|i: u32| (i % 251) as u8).collect();
     let mut expected = vec![0x82, 127];
     expected.extend_from_slice(&(payload.len() as u64).to_be_bytes());
     expected.extend_from_slice(&payload);
-    (payload, expected)
+    (frame(true, 0, 0x2, &payload, true), expected)
 }
 
 #[test]
@@ -329,9 +329,10 @@ fn a_slow_reader_gets_the_whole_backlog_before_the_close_reply() {
     // The close timeout (1 s) is far shorter than the ~3 s the reader (~2 MB/s at most) takes
     // after the Close reply is queued: it counts from the last bytes the peer took.
     let srv = start_echo(|o| o.worker.close_timeout = Duration::from_secs(1));
+    // Built before connecting: in a debug build it takes long enough to count as idle.
+    let (request, expected) = big_echo_frame();
     let mut s = small_window_client(srv.addr);
-    let (payload, expected) = big_echo_frame();
-    s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    s.write_all(&request).unwrap();
     s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
         .unwrap();
     let got = read_slowly(&mut s, expected.len());
@@ -349,9 +350,10 @@ fn a_peer_draining_a_backlog_slowly_is_not_idle() {
     // It sends nothing for ~3 s, three idle periods, while it reads: that is not silence. (A
     // Ping may come first, if the scheduler kept the client quiet for a period before it sent.)
     let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_secs(1)));
+    // Built before connecting: in a debug build it takes long enough to count as idle.
+    let (request, expected) = big_echo_frame();
     let mut s = small_window_client(srv.addr);
-    let (payload, expected) = big_echo_frame();
-    s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    s.write_all(&request).unwrap();
     const PING: [u8; 2] = [0x89, 0x00];
     let mut got = Vec::new();
     let pings = loop {
@@ -389,10 +391,10 @@ fn a_peer_that_stops_reading_is_dropped_by_the_idle_timeout() {
         o.worker.close_timeout = Duration::from_millis(200);
     });
     let hub = srv.hub();
+    let (request, _) = big_echo_frame();
     let s = small_window_client(srv.addr);
-    let (payload, _) = big_echo_frame();
     let mut w = s.try_clone().unwrap();
-    w.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    w.write_all(&request).unwrap();
     let queued = || {
         hub.port(0)
             .queued_bytes
