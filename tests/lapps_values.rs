@@ -246,3 +246,40 @@ fn a_code_or_cid_that_is_not_a_whole_number_is_refused_not_truncated() {
         protocol::encode_response_ok(&[no.clone(), no.clone(), no.clone(), no])
     );
 }
+
+/// `at` request: params `[position, 0, 1, 2, ...]` with `n` elements in all.
+fn at_request(position: i64, n: usize) -> Vec<u8> {
+    let mut items = vec![Value::Int(position)];
+    items.extend((1..n).map(|i| Value::Int((i % 20) as i64)));
+    request("at", Value::Array(items))
+}
+
+#[test]
+fn a_message_tree_is_charged_to_the_services_memory_limit() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1,
+                                  "memory_limit": 8388608 } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/lapps_views");
+    // One million one-byte items: a tree of ~80 MB for 1 MB of CBOR, ten times the limit.
+    let got = cbor::decode(&call(&mut ws, at_request(100, 1_000_000))).unwrap();
+    let error = got
+        .get("error")
+        .expect("an error response, not a tree past the limit");
+    // The app's read raised "not enough memory" (in the log); the client is told no more.
+    assert_eq!(error.get("code").and_then(Value::as_i64), Some(-32603));
+    // Trees within the limit are built, again and again: those of messages gone are given
+    // back (20 of these together would be past it).
+    for round in 0..20 {
+        let got = call(&mut ws, at_request(100, 40_000));
+        assert_eq!(
+            got,
+            protocol::encode_response_ok(&[Value::Int(99 % 20)]),
+            "round {round}"
+        );
+    }
+}

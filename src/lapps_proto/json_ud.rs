@@ -25,6 +25,7 @@ use mlua::{ffi, Function, Lua, Value as LuaValue};
 
 use super::lazy::{Handle, Item};
 use super::node::{Key, Node};
+use super::tree_budget;
 use super::value::Value;
 
 /// Its address is the registry key of the metatable: a light userdata key is found without
@@ -126,7 +127,24 @@ pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Option<Node> {
             ffi::lua_settop(l, 0);
         })
     };
-    r.ok().and(out).and_then(|h| h.resolve())
+    let handle = r.ok().and(out)?;
+    tree_budget::take_refused();
+    if let Some(node) = handle.resolve() {
+        return Some(node);
+    }
+    if !tree_budget::take_refused() {
+        return None;
+    }
+    // As `within_tree_budget`: a full collection gives back the trees of dead messages. A
+    // second refusal stays recorded for the caller (`tree_refused`).
+    let _ = lua.gc_collect();
+    handle.resolve()
+}
+
+/// Whether the last [`node_of`] found a message whose tree is past the tree budget (and
+/// forgets it).
+pub(crate) fn tree_refused() -> bool {
+    tree_budget::take_refused()
 }
 
 /// Pushes `node`: scalars as plain Lua values, containers as our userdata.
@@ -325,13 +343,38 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
             }
         };
         // `.ok()` drops a panic's payload before anything can raise.
-        match catch_unwind(AssertUnwindSafe(|| node.get(key))).ok() {
-            Some(Some(item)) => push_item(l, item, ffi::lua_upvalueindex(1)),
-            Some(None) => ffi::lua_pushnil(l),
-            None => return raise(l, c"nljson: internal error"),
+        match within_tree_budget(l, || catch_unwind(AssertUnwindSafe(|| node.get(key))).ok()) {
+            Some(Some(Some(item))) => push_item(l, item, ffi::lua_upvalueindex(1)),
+            Some(Some(None)) => ffi::lua_pushnil(l),
+            Some(None) => return raise(l, c"nljson: internal error"),
+            None => return raise(l, OUT_OF_MEMORY),
         }
         1
     }
+}
+
+/// What a view answers when its message's tree is past the tree budget: Lua's own words for
+/// running out of memory.
+const OUT_OF_MEMORY: &CStr = c"not enough memory";
+
+/// Runs `f`, which may build a message's tree. When [`tree_budget`] refused a build, a full
+/// collection gives back the trees of messages no longer reachable and `f` runs once more;
+/// `None` when it is refused again.
+///
+/// # Safety
+/// `l` is the running state, and nothing `f` borrows can be collected (its values are on the
+/// stack). The collection may run finalizers, which may raise.
+unsafe fn within_tree_budget<T>(l: *mut ffi::lua_State, mut f: impl FnMut() -> T) -> Option<T> {
+    tree_budget::take_refused();
+    let first = f();
+    if !tree_budget::take_refused() {
+        return Some(first);
+    }
+    drop(first);
+    // SAFETY: a full cycle on the running state, from a C function; see the function's contract.
+    unsafe { ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0) };
+    let again = f();
+    (!tree_budget::take_refused()).then_some(again)
 }
 
 /// `#v`.
@@ -341,9 +384,10 @@ unsafe extern "C-unwind" fn len(l: *mut ffi::lua_State) -> c_int {
         let Some(node) = get_up(l, 1) else {
             return raise(l, c"nljson: not an nljson value");
         };
-        match catch_unwind(AssertUnwindSafe(|| node.len())).ok() {
-            Some(n) => ffi::lua_pushnumber(l, n as f64),
-            None => return raise(l, c"nljson: internal error"),
+        match within_tree_budget(l, || catch_unwind(AssertUnwindSafe(|| node.len())).ok()) {
+            Some(Some(n)) => ffi::lua_pushnumber(l, n as f64),
+            Some(None) => return raise(l, c"nljson: internal error"),
+            None => return raise(l, OUT_OF_MEMORY),
         }
         1
     }

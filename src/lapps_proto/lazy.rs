@@ -13,11 +13,12 @@
 //! `cbor_de::validate` did not accept, and never panic: a read that does not find what the
 //! validation promised answers as if the member were absent.
 
-use std::cell::{Ref, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::rc::Rc;
 
 use super::cbor_de;
 use super::node::{key_matches, number_key_text, position, Key, Node};
+use super::tree_budget;
 use super::value::{Limits, Value};
 
 /// Messages up to this size live inside their `Doc` (one allocation per message instead of
@@ -66,6 +67,14 @@ pub(crate) struct Doc {
     named: Option<Named>,
     /// Containers by the offset of their head, in increasing offset order.
     tree: RefCell<Option<Vec<(usize, Node)>>>,
+    /// What the tree was charged ([`tree_budget`]), given back when the message goes.
+    charged: Cell<usize>,
+}
+
+impl Drop for Doc {
+    fn drop(&mut self) {
+        tree_budget::release(self.charged.get());
+    }
 }
 
 /// The member names of the LAppS protocol (SPEC section 4), in the order of [`Named`]'s slots.
@@ -120,6 +129,7 @@ impl Doc {
             root,
             named: named_members(bytes, root),
             tree: RefCell::new(None),
+            charged: Cell::new(0),
         }))
     }
 
@@ -155,10 +165,18 @@ impl Doc {
         self.tree.try_borrow().map(|t| t.is_some()).unwrap_or(true)
     }
 
-    /// The tree, built on first use.
+    /// The tree, built on first use; `None` when [`tree_budget`] refuses its cost.
     fn tree(&self) -> Option<Ref<'_, Vec<(usize, Node)>>> {
         if !self.is_built() {
-            let (value, offsets) = cbor_de::decode_recording(&self.bytes, 0)?;
+            let cost = tree_cost(&self.bytes)?;
+            if !tree_budget::charge(cost) {
+                return None;
+            }
+            let Some((value, offsets)) = cbor_de::decode_recording(&self.bytes, 0) else {
+                tree_budget::release(cost);
+                return None;
+            };
+            self.charged.set(cost);
             let mut out = Vec::with_capacity(offsets.len());
             let mut offsets = offsets.into_iter();
             build(value, &mut offsets, &mut out);
@@ -396,6 +414,42 @@ fn head(b: &[u8], pos: usize) -> Option<(u8, Option<u64>, usize)> {
     })
 }
 
+/// What the tree of the validated item `b` costs ([`tree_budget::PER_ITEM`] per item, and
+/// [`tree_budget::PER_CONTAINER`] more per container, beside its bytes).
+fn tree_cost(b: &[u8]) -> Option<usize> {
+    let (mut items, mut containers) = (0usize, 0usize);
+    census(b, 0, &mut items, &mut containers)?;
+    items
+        .checked_mul(tree_budget::PER_ITEM)?
+        .checked_add(containers.checked_mul(tree_budget::PER_CONTAINER)?)?
+        .checked_add(b.len())
+}
+
+/// Counts the items and containers of the item at `pos` (a tag with its item is one); the
+/// offset after it. Recursion is bounded by the validated nesting depth.
+fn census(b: &[u8], pos: usize, items: &mut usize, containers: &mut usize) -> Option<usize> {
+    let pos = skip_tags(b, pos);
+    let (major, arg, next) = head(b, pos)?;
+    match major {
+        4 | 5 => {
+            *items += 1;
+            *containers += 1;
+            let per = if major == 5 { 2 } else { 1 };
+            let mut p = next;
+            let mut k = 0u64;
+            while !arg.map_or(b.get(p) == Some(&0xff), |n| k == n.saturating_mul(per)) {
+                p = census(b, p, items, containers)?;
+                k += 1;
+            }
+            Some(if arg.is_none() { p + 1 } else { p })
+        }
+        _ => {
+            *items += 1;
+            skip(b, pos)
+        }
+    }
+}
+
 /// The offset after the tags at `pos`.
 fn skip_tags(b: &[u8], mut pos: usize) -> usize {
     while let Some((6, Some(_), next)) = head(b, pos) {
@@ -491,5 +545,35 @@ impl Doc {
             pos = next;
             k += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::hex;
+    use super::*;
+
+    fn counts(h: &str) -> (usize, usize, usize) {
+        let b = hex(h);
+        let (mut items, mut containers) = (0, 0);
+        let end = census(&b, 0, &mut items, &mut containers).expect("a whole item");
+        (items, containers, end)
+    }
+
+    #[test]
+    fn census_counts_items_and_containers_of_every_shape() {
+        // [1, [2, 3], [4, 5]], definite and then indefinite (RFC 8949 appendix A).
+        assert_eq!(counts("83 01 82 02 03 82 04 05"), (8, 3, 8));
+        assert_eq!(counts("9f 01 82 02 03 9f 04 05 ff ff"), (8, 3, 10));
+        // {"a": 1, "b": [2, 3]}: keys are items too.
+        assert_eq!(counts("a2 61 61 01 61 62 82 02 03"), (7, 2, 9));
+        assert_eq!(counts("bf 61 61 01 ff"), (3, 1, 5));
+        // A tag is not an item of its own; an indefinite string is one item.
+        assert_eq!(counts("c1 1a 51 4b 67 b0"), (1, 0, 6));
+        assert_eq!(counts("82 7f 61 61 61 62 ff c1 80"), (3, 2, 9));
+        assert_eq!(
+            tree_cost(&hex("83 01 82 02 03 82 04 05")),
+            Some(8 * tree_budget::PER_ITEM + 3 * tree_budget::PER_CONTAINER + 8)
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod lua;
 pub mod nljson;
 pub(crate) mod node;
 pub mod protocol;
+pub(crate) mod tree_budget;
 pub mod value;
 
 pub use value::{Limits, Value};

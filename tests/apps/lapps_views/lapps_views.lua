@@ -81,6 +81,13 @@ methods.fail = function()
   error("fail was called")
 end
 
+-- The element of the params at the position params[1] names: past the 32nd, reading it
+-- builds the message's tree.
+methods.at = function(handler, message)
+  local p = message.params
+  return ws:send_response(handler, { p[p[1]] })
+end
+
 -- Answers (each way an app can), then fails: the request has had its one response.
 methods.answer_then_fail = function(handler, message)
   local how = message.params[1]
