@@ -283,3 +283,20 @@ fn a_message_tree_is_charged_to_the_services_memory_limit() {
         );
     }
 }
+
+#[test]
+fn a_request_gets_one_response_however_often_the_app_answers() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    let got = call(&mut ws, request("twice", Value::Array(vec![])));
+    assert_eq!(got, protocol::encode_response_ok(&[t("first")]));
+    // The next response is the next call's, not a second answer to the first.
+    let got = call(&mut ws, request("refusals", Value::Array(vec![])));
+    let refused = t("nil no request awaiting a response");
+    assert_eq!(
+        got,
+        protocol::encode_response_ok(&[refused.clone(), refused.clone(), refused])
+    );
+    let got = call(&mut ws, request("echo", Value::Array(vec![Value::Int(7)])));
+    assert_eq!(got, protocol::encode_response_ok(&[Value::Int(7)]));
+}

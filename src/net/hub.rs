@@ -11,7 +11,7 @@
 //! either the worker sees the item or the sender sees the flag.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -76,9 +76,15 @@ pub struct NewConn {
     pub reject_full: bool,
 }
 
-const LIVE: u32 = 1 << 31;
+// A liveness word: the generation (24 bits), LIVE and LAPPS in the low half; in the high half,
+// how many of a LAppS connection's requests reached its app and are owed a response.
+const LIVE: u64 = 1 << 31;
 /// Beside LIVE: the connection speaks the LAppS protocol (set at its upgrade).
-const LAPPS: u32 = 1 << 30;
+const LAPPS: u64 = 1 << 30;
+/// The low half: who the word is about.
+const WHO: u64 = 0xFFFF_FFFF;
+/// One owed response.
+const OWED: u64 = 1 << 32;
 
 /// What a live connection speaks, for the sends that only make sense on one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +228,10 @@ impl Port {
     /// Worker side: the slot `index` now holds a live connection of this generation.
     pub fn set_live(&self, index: u32, generation: u32) {
         if let Some(slot) = self.live.slot(index) {
-            slot.store((generation & ConnId::GEN_MASK) | LIVE, Ordering::Release);
+            slot.store(
+                (generation & ConnId::GEN_MASK) as u64 | LIVE,
+                Ordering::Release,
+            );
         }
     }
 
@@ -235,7 +244,7 @@ impl Port {
         };
         if let Some(slot) = self.live.slot(index) {
             slot.store(
-                (generation & ConnId::GEN_MASK) | LIVE | kind,
+                (generation & ConnId::GEN_MASK) as u64 | LIVE | kind,
                 Ordering::Release,
             );
         }
@@ -249,8 +258,8 @@ impl Port {
     }
 
     fn speaks(&self, conn: ConnId) -> Option<Speaks> {
-        let g = self.live.get(conn.index())?.load(Ordering::Acquire);
-        if g & !LAPPS != conn.generation() | LIVE {
+        let g = self.live.get(conn.index())?.load(Ordering::Acquire) & WHO;
+        if g & !LAPPS != conn.generation() as u64 | LIVE {
             return None;
         }
         Some(if g & LAPPS == 0 {
@@ -261,12 +270,27 @@ impl Port {
     }
 }
 
+impl Port {
+    /// Changes the word of the live LAppS connection `conn` by `step`, while `ok` holds for
+    /// its count of owed responses; false when it does not, or `conn` is gone.
+    fn owed(&self, conn: ConnId, ok: impl Fn(u64) -> bool, step: impl Fn(u64) -> u64) -> bool {
+        let Some(slot) = self.live.get(conn.index()) else {
+            return false;
+        };
+        let who = conn.generation() as u64 | LIVE | LAPPS;
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w & WHO == who && ok(w >> 32)).then(|| step(w))
+        })
+        .is_ok()
+    }
+}
+
 /// The liveness words of every slab index (2^24), allocated a chunk of 2^16 at a time when the
 /// worker first writes into it: a worker of a few thousand connections holds one 256 KiB
 /// chunk, not 64 MiB, whatever the allocator or the overcommit policy. Readers (any thread)
 /// never allocate: an index in a chunk not made yet is not live.
 struct LiveTable {
-    chunks: Box<[OnceLock<Box<[AtomicU32]>>]>,
+    chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
 }
 
 impl LiveTable {
@@ -280,7 +304,7 @@ impl LiveTable {
     }
 
     /// The word of `index`, if its chunk exists.
-    fn get(&self, index: u32) -> Option<&AtomicU32> {
+    fn get(&self, index: u32) -> Option<&AtomicU64> {
         let chunk = self
             .chunks
             .get((index >> Self::CHUNK_BITS) as usize)?
@@ -290,7 +314,7 @@ impl LiveTable {
 
     /// The word of `index`, making its chunk if needed (the worker, before a connection there
     /// becomes live).
-    fn slot(&self, index: u32) -> Option<&AtomicU32> {
+    fn slot(&self, index: u32) -> Option<&AtomicU64> {
         let chunk = self
             .chunks
             .get((index >> Self::CHUNK_BITS) as usize)?
@@ -301,12 +325,13 @@ impl LiveTable {
 
 /// A zero-initialised table that costs no memory until a slot is first written: `vec![0; n]`
 /// is calloc, whose untouched pages stay unmapped.
-fn zeroed_atomics(n: usize) -> Box<[AtomicU32]> {
-    let v: Box<[u32]> = vec![0u32; n].into_boxed_slice();
+fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
+    let v: Box<[u64]> = vec![0u64; n].into_boxed_slice();
     let len = v.len();
-    let ptr = Box::into_raw(v) as *mut AtomicU32;
-    // SAFETY: AtomicU32 has the same size and alignment as u32 and 0 is a valid value; the
-    // allocation came from a Box<[u32]> of `len` elements and is handed back to one Box.
+    let ptr = Box::into_raw(v) as *mut AtomicU64;
+    // SAFETY: AtomicU64 has the same size and alignment as u64 on the 64-bit targets we build
+    // for (x86-64) and 0 is a valid value; the allocation came from a Box<[u64]> of `len`
+    // elements and is handed back to one Box.
     unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) }
 }
 
@@ -353,6 +378,23 @@ impl Hub {
     /// What `conn` speaks while it names an open connection, None once it is gone.
     pub fn speaks(&self, conn: ConnId) -> Option<Speaks> {
         self.ports.get(conn.worker())?.speaks(conn)
+    }
+
+    /// Instance side: a request of the LAppS connection `conn` reached its app, which owes it
+    /// one response (SPEC section 4). False when `conn` is gone.
+    pub fn expect_response(&self, conn: ConnId) -> bool {
+        self.ports
+            .get(conn.worker())
+            .is_some_and(|p| p.owed(conn, |n| n < u32::MAX as u64, |w| w + OWED))
+    }
+
+    /// Any thread, before a response (cid 0) to `conn` is queued: takes one owed response.
+    /// False when none is owed (every request has had its response: one more would be taken
+    /// by the client for the answer to its next call) or `conn` is gone.
+    pub fn take_response(&self, conn: ConnId) -> bool {
+        self.ports
+            .get(conn.worker())
+            .is_some_and(|p| p.owed(conn, |n| n > 0, |w| w - OWED))
     }
 
     pub fn begin_shutdown(&self) {
@@ -453,5 +495,34 @@ mod tests {
         port.set_dead(c.index());
         assert_eq!(hub.speaks(c), None);
         assert_eq!(port.max_refused(), 1 + 1024);
+    }
+
+    #[test]
+    fn responses_are_owed_per_request_to_the_same_lapps_connection_only() {
+        let hub = Hub::new(1, 16).unwrap();
+        let port = hub.port(0);
+        let c = ConnId::new(0, 3, 9);
+        port.set_live(c.index(), 9);
+        assert!(!hub.expect_response(c), "not a LAppS connection");
+        port.set_speaks(c.index(), 9, Speaks::Lapps);
+        assert!(!hub.take_response(c), "no request yet");
+        assert!(hub.expect_response(c) && hub.expect_response(c));
+        assert_eq!(
+            hub.speaks(c),
+            Some(Speaks::Lapps),
+            "the count leaves the rest alone"
+        );
+        let older = ConnId::new(0, 3, 8);
+        assert!(!hub.take_response(older), "another generation owes nothing");
+        assert!(hub.take_response(c) && hub.take_response(c));
+        assert!(!hub.take_response(c), "two requests, two responses");
+        assert!(hub.expect_response(c));
+        port.set_dead(c.index());
+        port.set_speaks(c.index(), 10, Speaks::Lapps);
+        let next = ConnId::new(0, 3, 10);
+        assert!(
+            !hub.take_response(next),
+            "a new connection starts owing nothing"
+        );
     }
 }

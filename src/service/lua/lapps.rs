@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 
 use super::frame::send_message;
@@ -106,9 +107,10 @@ impl LappsState {
             error
         );
         // A handler may have answered before it failed: one response per request.
+        // (The count of owed responses cannot tell: the app may still owe earlier requests.)
         if is_request && !host.answered() {
             let answer = encode_response_error(protocol::INTERNAL_ERROR, "internal error", None);
-            send_cbor(host, conn, &answer);
+            let _ = send_cbor(host, conn, &answer);
         }
     }
 
@@ -124,7 +126,9 @@ impl LappsState {
                 e.code
             );
         } else {
-            send_cbor(host, conn, &encode_response_error(e.code, &e.message, None));
+            // Never reached the app, so not counted as owed: sent as it is.
+            let answer = encode_response_error(e.code, &e.message, None);
+            send_message(host, conn, crate::ws::Opcode::Binary, &answer);
         }
         let mut errors = self.errors.borrow_mut();
         let n = errors.entry(conn).or_insert(0);
@@ -144,10 +148,23 @@ impl LappsState {
     }
 }
 
-/// Queues one CBOR message as a binary frame on `conn`.
-pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) {
+/// Why a response is not sent: every request of the connection that reached its app has had
+/// its response. One more would be taken by the client for the answer to its next call.
+pub(crate) const NOT_OWED: &CStr = c"no request awaiting a response";
+
+/// Queues one CBOR message as a binary frame on `conn`. A response (cid 0) must be owed (see
+/// `Hub::take_response`): otherwise nothing is sent and the reason is returned.
+pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(), &'static CStr> {
     if protocol::is_response(cbor) {
+        if !host.hub.take_response(conn) {
+            return Err(if host.hub.is_live(conn) {
+                NOT_OWED
+            } else {
+                c"closed"
+            });
+        }
         host.note_response(conn);
     }
     send_message(host, conn, crate::ws::Opcode::Binary, cbor);
+    Ok(())
 }

@@ -8,7 +8,7 @@
 //! `fast_send_response` run under `catch_unwind` and raise nothing.
 
 use std::cell::RefCell;
-use std::ffi::c_int;
+use std::ffi::{c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
@@ -79,7 +79,12 @@ pub(crate) fn call_requests(
                 ) = inbound;
                 let root = doc.root();
                 host.reset_budget();
-                host.begin_request((!msg_type.is_notification()).then_some(conn));
+                let is_request = !msg_type.is_notification();
+                if is_request {
+                    // False when the client is gone: its request is still the app's to see.
+                    host.hub.expect_response(conn);
+                }
+                host.begin_request(is_request.then_some(conn));
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_pushnumber(l, conn.as_u64() as f64);
                 ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
@@ -101,7 +106,6 @@ pub(crate) fn call_requests(
                             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                         }
-                        let is_request = !msg_type.is_notification();
                         // The bytes stay as they came, whatever the app changed.
                         let method = doc.text(method_at).unwrap_or_default();
                         lapps.failed(host, conn, &method, is_request, &error);
@@ -151,11 +155,12 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
                     Some(Speaks::Lapps) => {}
                 }
                 match catch_unwind(AssertUnwindSafe(|| send_handle(host, conn, handle))).ok() {
-                    Some(true) => {
+                    Some(Some(Ok(()))) => {
                         ffi::lua_pushboolean(l, 1);
                         return 1;
                     }
-                    Some(false) => {}
+                    Some(Some(Err(why))) => return fail(l, why),
+                    Some(None) => {}
                     None => return fail(l, c"internal error"),
                 }
             }
@@ -170,30 +175,25 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
     }
 }
 
-/// Encodes `{status = 1, cid = 0, result = array}` and queues it; false when `handle` is not
-/// an array or cannot be encoded here (nothing was sent).
-fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> bool {
+/// Encodes `{status = 1, cid = 0, result = array}` and queues it (what `send_cbor` answered);
+/// `None` when `handle` is not an array or cannot be encoded here (nothing was sent).
+fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> Option<Result<(), &'static CStr>> {
     SCRATCH.with(|s| {
         let Ok(mut out) = s.try_borrow_mut() else {
-            return false;
+            return None;
         };
         out.clear();
         if let Some((n, items)) = handle.canonical_array() {
             // Already the encoder's bytes: copied as they are.
             protocol::begin_response_ok(&mut out, n as usize);
             out.extend_from_slice(items);
-            send_cbor(host, conn, &out);
-            return true;
+            return Some(send_cbor(host, conn, &out));
         }
-        let Some(node) = handle.resolve() else {
-            return false;
-        };
+        let node = handle.resolve()?;
         let Node::Array(items) = &node else {
-            return false;
+            return None;
         };
-        let Ok(items) = items.try_borrow() else {
-            return false;
-        };
+        let items = items.try_borrow().ok()?;
         protocol::begin_response_ok(&mut out, items.len());
         // The result array is the outermost container, as when it is converted to a Value.
         let depth = Limits::default().max_depth - 1;
@@ -201,9 +201,8 @@ fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> bool {
             .iter()
             .any(|n| n.encode_cbor(&mut out, depth).is_err())
         {
-            return false;
+            return None;
         }
-        send_cbor(host, conn, &out);
-        true
+        Some(send_cbor(host, conn, &out))
     })
 }

@@ -88,6 +88,27 @@ methods.at = function(handler, message)
   return ws:send_response(handler, { p[p[1]] })
 end
 
+-- Answers twice, each way an app can: the second answer is refused (what each refusal said
+-- is kept for `refusals`).
+local refusals = {}
+methods.twice = function(handler)
+  ws:send_response(handler, { "first" })
+  local sends = {
+    function() return ws:send_response(handler, { "second" }) end,
+    function() return ws:send_error(handler, -32000, "second") end,
+    function() return ws:send(handler, { cid = 0, status = 1, result = { "second" } }) end,
+  }
+  refusals = {}
+  for i, send in ipairs(sends) do
+    local ok, err = send()
+    refusals[i] = tostring(ok) .. " " .. tostring(err)
+  end
+end
+
+methods.refusals = function(handler)
+  return ws:send_response(handler, refusals)
+end
+
 -- Answers (each way an app can), then fails: the request has had its one response.
 methods.answer_then_fail = function(handler, message)
   local how = message.params[1]

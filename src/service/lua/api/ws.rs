@@ -110,8 +110,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 Ok(r) => r,
                 Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
             };
-            send_cbor(&h, conn, &protocol::encode_response_ok(&result));
-            ok(Value::Boolean(true))
+            sent(send_cbor(&h, conn, &protocol::encode_response_ok(&result)))
         },
     )?;
     // An nljson array result is encoded straight from its tree, without mlua's conversions.
@@ -149,8 +148,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                     &message.to_string_lossy(),
                     data.as_ref(),
                 );
-                send_cbor(&h, conn, &answer);
-                ok(Value::Boolean(true))
+                sent(send_cbor(&h, conn, &answer))
             },
         )?,
     )?;
@@ -174,8 +172,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 };
                 let message = array_of(lua, &message)
                     .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
-                send_cbor(&h, conn, &protocol::encode_oon(cid, &message));
-                ok(Value::Boolean(true))
+                sent(send_cbor(&h, conn, &protocol::encode_oon(cid, &message)))
             },
         )?,
     )?;
@@ -209,6 +206,14 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     lua.globals().set("ws", t)
 }
 
+/// `true`, or `nil, reason` for a CBOR message `send_cbor` did not send.
+fn sent(r: Result<(), &'static std::ffi::CStr>) -> mlua::Result<Ret> {
+    match r {
+        Ok(()) => ok(Value::Boolean(true)),
+        Err(why) => fail(reason(why)),
+    }
+}
+
 /// The live LAppS connection a Lua handler names, or why not.
 fn live_lapps(h: &HostCtx, v: &Value) -> Result<ConnId, &'static str> {
     let conn = handler(v).ok_or("closed")?;
@@ -233,10 +238,7 @@ fn array_of(lua: &Lua, v: &Value) -> Result<Vec<CborValue>, String> {
 fn send_value(lua: &Lua, h: &HostCtx, conn: ConnId, value: &Value) -> mlua::Result<Ret> {
     let encoded = from_lua(lua, value).and_then(|v| protocol::validate_outbound(&v));
     match encoded {
-        Ok(cbor) => {
-            send_cbor(h, conn, &cbor);
-            ok(Value::Boolean(true))
-        }
+        Ok(cbor) => sent(send_cbor(h, conn, &cbor)),
         Err(e) => Err(mlua::Error::runtime(format!("ws:send: {e}"))),
     }
 }
