@@ -1,10 +1,12 @@
 //! The registry's shutdown against a reload under way: what a reload starts while the server
 //! stops is stopped too, never left running past `shutdown` (its `onShutdown` would never run
-//! and the process would exit under it).
+//! and the process would exit under it). And against services that do not stop: `shutdown`
+//! ends within its budget all the same (systemd kills a stop that outlasts TimeoutStopSec).
 #[path = "common/lua_host.rs"]
 mod host;
 
 use host::*;
+use lapps::service::lua::ServiceSpec;
 use lapps::service::registry::Registry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,4 +43,77 @@ fn a_service_a_reload_is_starting_when_shutdown_begins_is_stopped_not_left_runni
         "left running: {:?}",
         reg.running()
     );
+}
+
+/// The stuck_stop tests one at a time: they count the posts on one process-wide queue.
+static STUCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A service running tests/apps/stuck_stop, whose onShutdown posts to "stuck_stop.began",
+/// then blocks for a minute: it holds any grace it is given.
+fn stuck(name: &str) -> ServiceSpec {
+    let mut s = test_app("stuck_stop");
+    s.name = name.to_string();
+    s.request_target = format!("/{name}");
+    s.preload = vec!["mqr".into()];
+    s.allow_ffi = true;
+    s
+}
+
+/// Waits for `n` more stuck_stop onShutdown calls to have begun.
+fn began(n: usize) {
+    let queue = lapps::service::mqr::registry().open("stuck_stop.began", 16);
+    for i in 0..n {
+        queue
+            .receive(Duration::from_secs(10), &|| false)
+            .unwrap_or_else(|_| panic!("onShutdown {} of {n} never began", i + 1));
+    }
+}
+
+#[test]
+fn shutdown_ends_within_its_budget_when_no_service_finishes_stopping() {
+    let _one = STUCK.lock().unwrap_or_else(|e| e.into_inner());
+    let hub = hub(1);
+    let specs = ["stuck_a", "stuck_b", "stuck_c"].map(stuck).to_vec();
+    let reg = Registry::start(specs, hub.clone()).unwrap();
+    // Above the 5 s one service may take, so that the first one takes all of that, the second
+    // what is left and the third nothing. One after the other, each waited for its 5 s: 15 s.
+    let budget = Duration::from_secs(6);
+    reg.set_shutdown_budget(budget);
+    let t = Instant::now();
+    reg.shutdown();
+    let took = t.elapsed();
+    assert!(
+        took < budget + Duration::from_secs(3),
+        "shutdown took {took:?} with a budget of {budget:?}"
+    );
+    assert!(
+        took >= budget,
+        "shutdown took {took:?}: it did not wait for the first services"
+    );
+    // Not waited for is not left running: every one was asked to stop.
+    began(3);
+    assert!(reg.running().is_empty(), "left: {:?}", reg.running());
+}
+
+#[test]
+fn a_retiring_version_that_does_not_stop_is_waited_for_within_the_budget_too() {
+    let _one = STUCK.lock().unwrap_or_else(|e| e.into_inner());
+    let hub = hub(1);
+    let old = stuck("stuck_r");
+    let reg = Registry::start(vec![old.clone()], hub.clone()).unwrap();
+    // The old version retires in the background: its onShutdown begins and blocks there.
+    assert_eq!(reg.replace(old).unwrap(), 0);
+    began(1);
+    let budget = Duration::from_secs(2);
+    reg.set_shutdown_budget(budget);
+    let t = Instant::now();
+    reg.shutdown();
+    let took = t.elapsed();
+    // Joining the retiring version's thread took its 5 s grace, then the new one's 5 s.
+    assert!(
+        took < budget + Duration::from_secs(3),
+        "shutdown took {took:?} with a budget of {budget:?}"
+    );
+    // The new version was asked to stop all the same.
+    began(1);
 }

@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::lua::api::bcast::Bcast;
 use super::lua::{LuaService, ServiceSpec};
@@ -17,6 +19,11 @@ use crate::net::hub::{Command, Hub};
 
 /// How long `shutdown` waits for each service's instances.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits in all (retiring versions and every service together; see
+/// `set_shutdown_budget`). With the workers' 4 s for the close handshakes before it, a stop
+/// stays below systemd/lapps.service's TimeoutStopSec=15, past which systemd kills the
+/// process: better to leave the slowest services behind, with a warning, and exit cleanly.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 /// Why a service a reload was starting is refused once the server is shutting down.
 const SHUTTING_DOWN: &str = "the server is shutting down";
 
@@ -41,6 +48,14 @@ fn err(service: &str, message: impl Into<String>) -> StartError {
         service: service.to_string(),
         message: message.into(),
     }
+}
+
+/// A replaced or removed version stopping in the background (see `Registry::retire`).
+struct Retiring {
+    name: String,
+    thread: JoinHandle<()>,
+    /// Ready (or disconnected) once the thread is about to end: a wait with a deadline.
+    done: Receiver<()>,
 }
 
 /// What `services()` reports for logs.
@@ -121,9 +136,11 @@ pub struct Registry {
     /// Services with `auto_start: false`, startable later with `start_service`.
     idle: Mutex<Vec<ServiceSpec>>,
     /// Replaced or removed versions stopping in the background; joined by `shutdown`.
-    retiring: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    retiring: Mutex<Vec<Retiring>>,
     /// How long a retiring version waits for its connections to be gone (see `set_retire_grace`).
     retire_grace: Mutex<Duration>,
+    /// How long `shutdown` waits in all (see `set_shutdown_budget`).
+    shutdown_budget: Mutex<Duration>,
     /// Set by `shutdown` (under the `running` lock): a reload still under way then starts
     /// nothing that would outlive it.
     closed: AtomicBool,
@@ -170,6 +187,7 @@ impl Registry {
             idle: Mutex::new(Vec::new()),
             retiring: Mutex::new(Vec::new()),
             retire_grace: Mutex::new(SHUTDOWN_GRACE),
+            shutdown_budget: Mutex::new(SHUTDOWN_BUDGET),
             closed: AtomicBool::new(false),
         };
         for spec in specs {
@@ -331,6 +349,14 @@ impl Registry {
         *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
     }
 
+    /// How long `shutdown` waits in all (default 10 s, see [`SHUTDOWN_BUDGET`]).
+    pub fn set_shutdown_budget(&self, budget: Duration) {
+        *self
+            .shutdown_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = budget;
+    }
+
     /// Asks the connections of a replaced or removed service to go away, then stops it in
     /// the background once they are gone (their `onDisconnect` runs in the old version).
     fn retire(&self, old: Arc<LuaService>) -> usize {
@@ -341,6 +367,7 @@ impl Registry {
         }
         let hub = Arc::clone(&self.hub);
         let grace = *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner());
+        let (done_tx, done) = sync_channel::<()>(1);
         let spawned = std::thread::Builder::new()
             .name(format!("retire-{}", old.spec().name))
             .spawn({
@@ -370,18 +397,23 @@ impl Registry {
                     // instances drain it and stop, so that its onDisconnect runs.
                     std::thread::sleep(poll);
                     old.shutdown(SHUTDOWN_GRACE);
+                    let _ = done_tx.send(());
                 }
             });
         match spawned {
-            Ok(handle) => {
+            Ok(thread) => {
                 let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
                 if self.closed.load(Ordering::SeqCst) {
                     // `shutdown` may have taken the list already: wait for it here.
                     drop(retiring);
-                    let _ = handle.join();
+                    let _ = thread.join();
                 } else {
-                    retiring.retain(|h| !h.is_finished());
-                    retiring.push(handle);
+                    retiring.retain(|r| !r.thread.is_finished());
+                    retiring.push(Retiring {
+                        name: old.spec().name.clone(),
+                        thread,
+                        done,
+                    });
                 }
             }
             Err(_) => old.shutdown(SHUTDOWN_GRACE),
@@ -397,6 +429,10 @@ impl Registry {
 
     /// Stops every service in reverse start order (`onShutdown` on each instance, threads
     /// joined, `must_stop()` true for standalone ones). Idempotent.
+    ///
+    /// Waits at most the shutdown budget in all: each service gets what is left of it, at
+    /// most [`SHUTDOWN_GRACE`]. Once it is spent, the services still to stop are asked to, but
+    /// not waited for (one warning names them): the process exits under them.
     pub fn shutdown(&self) {
         // First, so that a reload under way starts nothing after the lists below were taken.
         {
@@ -407,15 +443,42 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        let budget = *self
+            .shutdown_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + budget;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let mut left_behind = Vec::new();
         // Versions still retiring finish first: their onDisconnect and onShutdown are owed too.
+        // A retire thread can take its retire grace plus SHUTDOWN_GRACE: it is waited for
+        // within the budget only.
         let retiring: Vec<_> =
             std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in retiring {
-            let _ = h.join();
+        for r in retiring {
+            match r.done.recv_timeout(left()) {
+                Err(RecvTimeoutError::Timeout) => {
+                    left_behind.push(format!("{} (retiring version)", r.name))
+                }
+                _ => {
+                    let _ = r.thread.join();
+                }
+            }
         }
         let running: Vec<_> = self.lock_running().drain(..).collect();
         for svc in running.iter().rev() {
-            svc.shutdown(SHUTDOWN_GRACE);
+            let grace = left().min(SHUTDOWN_GRACE);
+            if grace.is_zero() {
+                left_behind.push(svc.spec().name.clone());
+            }
+            // A zero grace still sets `must_stop()` and stops the queues; it waits for nothing.
+            svc.shutdown(grace);
+        }
+        if !left_behind.is_empty() {
+            crate::warn!(
+                "shutdown budget of {budget:?} spent: not waiting for {} (asked to stop, may still be running)",
+                left_behind.join(", ")
+            );
         }
         if !running.is_empty() {
             crate::service::mqr::registry().log_leftovers();

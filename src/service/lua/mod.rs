@@ -179,7 +179,8 @@ impl LuaService {
 
     /// `must_stop()` becomes true, naps wake, each network instance drains its queue and runs
     /// `onShutdown`; threads are joined until `grace` has passed (a `run()` that never polls
-    /// `must_stop()` is left behind with a warning). Idempotent.
+    /// `must_stop()` is left behind with a warning). A zero grace waits for no thread that is
+    /// still running and logs nothing: the caller reports it. Idempotent.
     pub fn shutdown(&self, grace: Duration) {
         self.stop.set();
         for inbox in &self.inboxes {
@@ -193,7 +194,7 @@ impl LuaService {
             let left = deadline.saturating_duration_since(Instant::now());
             if h.finished.recv_timeout(left).is_ok() {
                 let _ = thread.join();
-            } else {
+            } else if !grace.is_zero() {
                 crate::warn!(
                     "service {} instance {i} did not stop within {grace:?}",
                     self.spec.name
