@@ -21,7 +21,7 @@ use crate::net::hub::{Command, Hub};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long `shutdown` waits in all (retiring versions and every service together; see
 /// `set_shutdown_budget`). With the workers' 4 s for the close handshakes before it, a stop
-/// stays below systemd/lapps.service's TimeoutStopSec=15, past which systemd kills the
+/// stays below systemd/lapps.service's TimeoutStopSec=20, past which systemd kills the
 /// process: better to leave the slowest services behind, with a warning, and exit cleanly.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 /// Why a service a reload was starting is refused once the server is shutting down.
