@@ -88,9 +88,9 @@ fn the_benchmark_app_reports_a_non_zero_rate_against_the_lua_echo() {
     app.shutdown();
 }
 
-/// A TLS echo server (rustls + tungstenite) with a fresh self-signed certificate for
-/// 127.0.0.1; returns its address and the certificate's PEM file.
-fn tls_echo_server(dir: &Path) -> (SocketAddr, PathBuf) {
+/// A rustls server configuration with a fresh self-signed certificate for 127.0.0.1, and that
+/// certificate's PEM file (in `dir`).
+fn tls_server_config(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let pem = dir.join("ca.pem");
     std::fs::write(&pem, ck.cert.pem()).unwrap();
@@ -102,7 +102,13 @@ fn tls_echo_server(dir: &Path) -> (SocketAddr, PathBuf) {
         .with_no_client_auth()
         .with_single_cert(vec![ck.cert.der().clone()], key)
         .unwrap();
-    let cfg = Arc::new(cfg);
+    (Arc::new(cfg), pem)
+}
+
+/// A TLS echo server (rustls + tungstenite) with a fresh self-signed certificate for
+/// 127.0.0.1; returns its address and the certificate's PEM file.
+fn tls_echo_server(dir: &Path) -> (SocketAddr, PathBuf) {
+    let (cfg, pem) = tls_server_config(dir);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -585,4 +591,103 @@ return p
     assert_eq!(reply, (0x1, true, b"got one".to_vec()));
     assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
     reg.shutdown();
+}
+
+/// A service that stops with connections open must not just drop them (RFC 6455 7.1.1): each
+/// gets Close 1001 "going away", masked, then up to a second (for all of them together) for the
+/// server's Close. Three servers: one answers the Close (then sees the client close TCP), one
+/// never answers (the client gives up after the bound, not at once), and one over TLS.
+#[test]
+fn a_stopping_service_sends_going_away_on_its_open_connections() {
+    let dir = scratch("going-away");
+    let answering = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").unwrap();
+    let urls = [
+        format!("ws://{}/", answering.local_addr().unwrap()),
+        format!("ws://{}/", silent.local_addr().unwrap()),
+        format!("wss://{}/", tls.local_addr().unwrap()),
+    ];
+    let answering = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&answering);
+        let (f, masked) = common::read_any_frame(&mut s).expect("a frame, not EOF");
+        s.write_all(&[0x88, 2, 0x03, 0xe9]).unwrap();
+        (
+            f.opcode,
+            masked,
+            f.payload,
+            common::closed_by_server(&mut s),
+        )
+    });
+    let silent = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&silent);
+        let (f, masked) = common::read_any_frame(&mut s).expect("a frame, not EOF");
+        let at = Instant::now();
+        let eof = common::closed_by_server(&mut s);
+        (f.opcode, masked, f.payload, eof, at.elapsed())
+    });
+    let (cfg, pem) = tls_server_config(&dir);
+    let tls = std::thread::spawn(move || {
+        let (tcp, _) = tls.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(cfg).unwrap();
+        let mut ws = tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).unwrap();
+        // tungstenite refuses unmasked client frames and answers the Close itself (sent by
+        // the next read, which then ends).
+        let mut got = None;
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Close(f)) => got = f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => return format!("close {got:?}"),
+                Err(e) => return format!("close {got:?}, then {e}"),
+            }
+        }
+    });
+    let src = format!(
+        r#"URLS = {{ {}, {}, {} }}
+CA = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  for _, url in ipairs(URLS) do
+    assert(cws:new(url, {{
+      ca_file = CA,
+      onopen = function() assert(mqr:post("cws.away", "open " .. url)) end,
+      onerror = function(_, e) assert(mqr:post("cws.away", "error " .. e)) end,
+    }}))
+  end
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&urls[0]),
+        lua_str(&urls[1]),
+        lua_str(&urls[2]),
+        lua_str(&pem.display().to_string())
+    );
+    let out = registry().open("cws.away", 8);
+    let reg = Registry::start(vec![app_in(&dir, "going_away", &src)], hub(1)).unwrap();
+    let opened: BTreeSet<String> = (0..3).map(|_| next(&out)).collect();
+    let want: BTreeSet<String> = urls.iter().map(|u| format!("open {u}")).collect();
+    assert_eq!(opened, want);
+    let t = Instant::now();
+    reg.shutdown();
+    let took = t.elapsed();
+    let going_away = vec![0x03, 0xe9];
+    let (op, masked, payload, eof) = answering.join().unwrap();
+    assert_eq!((op, masked, payload), (0x8, true, going_away.clone()));
+    assert!(eof, "the client closes TCP once the server's Close came");
+    let (op, masked, payload, eof, after) = silent.join().unwrap();
+    assert_eq!((op, masked, payload), (0x8, true, going_away));
+    assert!(eof, "the client gives up on a server that does not answer");
+    assert!(
+        after >= Duration::from_millis(500),
+        "the client waited only {after:?} for the server's Close"
+    );
+    assert_eq!(tls.join().unwrap(), "close Some(1001)");
+    assert!(
+        took < Duration::from_secs(4),
+        "the shutdown took {took:?}: the wait for Close replies is bounded"
+    );
 }

@@ -7,6 +7,7 @@
 //! except for starting another round: `eventLoop` raises while a round is running.
 //! It never blocks longer than the timeout it was given (in slices, so that shutdown is seen)
 //! and never lets a callback's Lua error escape the round: it is logged and the round goes on.
+//! When the state closes, the connections still open say 1001 "going away" (see `Drop`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +34,9 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 /// would overflow the clock.
 const MAX_WAIT_S: u64 = 1_000_000_000;
 const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// When the instance ends, how long its connections get, all together, to finish the close
+/// handshake (our 1001 "going away", the server's Close) before they are dropped.
+const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Callbacks {
@@ -372,6 +376,46 @@ impl Cws {
             }
         }
         Ok(ran)
+    }
+}
+
+impl Drop for Cws {
+    /// The state is closing (the service stops): rather than cutting the TCP connections, every
+    /// open one sends Close 1001 "going away" and waits for the server's Close (RFC 6455 7.1.1)
+    /// and those already closing finish as they would, all together within [`GOING_AWAY_WAIT`];
+    /// what is left then is dropped. No callback runs: the state is being torn down.
+    fn drop(&mut self) {
+        let conns = self.conns.get_mut();
+        let keys = self.keys.get_mut();
+        let mut ignore = |_: Event<'_>| {};
+        for e in conns.values_mut() {
+            // Err: closing already; a connection not open yet is abandoned (done).
+            let _ = e.client.close(1001, keys, &mut ignore);
+        }
+        conns.retain(|_, e| !e.client.is_done());
+        let until = Instant::now() + GOING_AWAY_WAIT;
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len());
+        while !conns.is_empty() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            fds.clear();
+            fds.extend(conns.values().map(|e| libc::pollfd {
+                fd: e.client.fd(),
+                events: e.client.interest(),
+                revents: 0,
+            }));
+            poll(&mut fds, left);
+            let now = Instant::now();
+            for (pfd, e) in fds.iter().zip(conns.values_mut()) {
+                if pfd.revents != 0 {
+                    e.client.ready(pfd.revents, keys, &mut ignore);
+                }
+                e.client.tick(now, &mut ignore);
+            }
+            conns.retain(|_, e| !e.client.is_done());
+        }
     }
 }
 
