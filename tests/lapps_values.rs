@@ -249,9 +249,20 @@ fn a_code_or_cid_that_is_not_a_whole_number_is_refused_not_truncated() {
 
 /// `at` request: params `[position, 0, 1, 2, ...]` with `n` elements in all.
 fn at_request(position: i64, n: usize) -> Vec<u8> {
+    request_of("at", position, n)
+}
+
+fn request_of(method: &str, position: i64, n: usize) -> Vec<u8> {
     let mut items = vec![Value::Int(position)];
     items.extend((1..n).map(|i| Value::Int((i % 20) as i64)));
-    request("at", Value::Array(items))
+    request(method, Value::Array(items))
+}
+
+fn error_code(response: &[u8]) -> Option<i64> {
+    let got = cbor::decode(response).unwrap();
+    got.get("error")
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_i64)
 }
 
 #[test]
@@ -299,4 +310,30 @@ fn a_request_gets_one_response_however_often_the_app_answers() {
     );
     let got = call(&mut ws, request("echo", Value::Array(vec![Value::Int(7)])));
     assert_eq!(got, protocol::encode_response_ok(&[Value::Int(7)]));
+}
+
+#[test]
+fn parts_of_a_message_tree_an_app_keeps_stay_charged() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1,
+                                  "memory_limit": 8388608 } }"#,
+        ),
+    );
+    let mut ws = connect(app.addr, "/lapps_views");
+    // Each keeps ~2 MB of tree after its message is gone: the limit is reached within a few.
+    let refused_after = (0..10).position(|_| {
+        let got = call(&mut ws, request_of("keep", 100, 40_000));
+        error_code(&got) == Some(-32603)
+    });
+    assert!(
+        matches!(refused_after, Some(1..=5)),
+        "kept parts were not charged: {refused_after:?}"
+    );
+    // Once the app lets them go, their charge is given back.
+    call(&mut ws, request("forget", Value::Array(vec![])));
+    let got = call(&mut ws, at_request(100, 40_000));
+    assert_eq!(got, protocol::encode_response_ok(&[Value::Int(99 % 20)]));
 }

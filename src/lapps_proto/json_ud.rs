@@ -25,7 +25,7 @@ use mlua::{ffi, Function, Lua, Value as LuaValue};
 
 use super::lazy::{Handle, Item};
 use super::node::{Key, Node};
-use super::tree_budget;
+use super::tree_budget::{self, Refusal};
 use super::value::Value;
 
 /// Its address is the registry key of the metatable: a light userdata key is found without
@@ -112,39 +112,56 @@ pub(crate) fn container_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> 
     unsafe { lua.exec_raw::<LuaValue>((), |l| push_node(l, node)) }
 }
 
+/// Why a Lua value has no container behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoNode {
+    /// Not one of our userdata (or one already collected).
+    Foreign,
+    /// A message view whose tree is past the tree budget.
+    OutOfMemory,
+}
+
+impl std::fmt::Display for NoNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoNode::Foreign => "not an nljson value",
+            NoNode::OutOfMemory => "not enough memory",
+        })
+    }
+}
+
 /// The container behind `v`, if `v` is one of our userdata (a message view is turned into its
-/// tree).
-pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Option<Node> {
+/// tree: when the tree budget refuses it, after a full collection and one retry, as
+/// [`on_view`] does).
+pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Result<Node, NoNode> {
     let LuaValue::UserData(ud) = v else {
-        return None;
+        return Err(NoNode::Foreign);
     };
     let mut out = None;
     // SAFETY: the userdata is argument 1; `get` checks its metatable before reading it, and
-    // the clone is taken while it is on the stack.
+    // the clone (which keeps what it needs alive) is taken while it is on the stack.
     let r = unsafe {
         lua.exec_raw::<()>(ud.clone(), |l| {
             out = get(l, 1).cloned();
             ffi::lua_settop(l, 0);
         })
     };
-    let handle = r.ok().and(out)?;
+    let handle = r.ok().and(out).ok_or(NoNode::Foreign)?;
     tree_budget::take_refused();
     if let Some(node) = handle.resolve() {
-        return Some(node);
+        return Ok(node);
     }
-    if !tree_budget::take_refused() {
-        return None;
+    match tree_budget::take_refused() {
+        None => return Err(NoNode::Foreign),
+        Some(Refusal::Never) => return Err(NoNode::OutOfMemory),
+        Some(Refusal::NotNow) => {}
     }
-    // As `within_tree_budget`: a full collection gives back the trees of dead messages. A
-    // second refusal stays recorded for the caller (`tree_refused`).
     let _ = lua.gc_collect();
-    handle.resolve()
-}
-
-/// Whether the last [`node_of`] found a message whose tree is past the tree budget (and
-/// forgets it).
-pub(crate) fn tree_refused() -> bool {
-    tree_budget::take_refused()
+    let node = handle.resolve();
+    match tree_budget::take_refused() {
+        None => node.ok_or(NoNode::Foreign),
+        Some(_) => Err(NoNode::OutOfMemory),
+    }
 }
 
 /// Pushes `node`: scalars as plain Lua values, containers as our userdata.
@@ -328,7 +345,7 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
     // is on the stack; the found node is owned (an Rc clone) before anything is pushed.
     unsafe {
         let Some(node) = get_up(l, 1) else {
-            return raise(l, c"nljson: not an nljson value");
+            return raise(l, NOT_OURS);
         };
         let key = match ffi::lua_type(l, 2) {
             ffi::LUA_TNUMBER => Key::Num(ffi::lua_tonumber(l, 2)),
@@ -342,12 +359,10 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
                 return 1;
             }
         };
-        // `.ok()` drops a panic's payload before anything can raise.
-        match within_tree_budget(l, || catch_unwind(AssertUnwindSafe(|| node.get(key))).ok()) {
-            Some(Some(Some(item))) => push_item(l, item, ffi::lua_upvalueindex(1)),
-            Some(Some(None)) => ffi::lua_pushnil(l),
-            Some(None) => return raise(l, c"nljson: internal error"),
-            None => return raise(l, OUT_OF_MEMORY),
+        match on_view(l, node, |h| h.get(key)) {
+            Ok(Some(item)) => push_item(l, item, ffi::lua_upvalueindex(1)),
+            Ok(None) => ffi::lua_pushnil(l),
+            Err(why) => return raise(l, why),
         }
         1
     }
@@ -356,25 +371,44 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
 /// What a view answers when its message's tree is past the tree budget: Lua's own words for
 /// running out of memory.
 const OUT_OF_MEMORY: &CStr = c"not enough memory";
+const NOT_OURS: &CStr = c"nljson: not an nljson value";
 
-/// Runs `f`, which may build a message's tree. When [`tree_budget`] refused a build, a full
-/// collection gives back the trees of messages no longer reachable and `f` runs once more;
-/// `None` when it is refused again.
+/// Runs `f` on `view`, the view at index 1 (a metamethod's first argument), which may build
+/// its message's tree. When the tree budget refused a build that could fit, a full collection
+/// gives back the trees of what is no longer reachable, and `f` runs once more on the view read
+/// again: the collection runs every pending finalizer, and a finalizer can reach a view that is
+/// itself being finalized, which empties its slot. `Err`: what to raise (nothing of `f`'s is
+/// alive then).
 ///
 /// # Safety
-/// `l` is the running state, and nothing `f` borrows can be collected (its values are on the
-/// stack). The collection may run finalizers, which may raise.
-unsafe fn within_tree_budget<T>(l: *mut ffi::lua_State, mut f: impl FnMut() -> T) -> Option<T> {
+/// `l` is the running state, inside a metamethod whose upvalue 1 is the metatable; `view` was
+/// read from index 1.
+unsafe fn on_view<T>(
+    l: *mut ffi::lua_State,
+    view: &Handle,
+    f: impl Fn(&Handle) -> T,
+) -> Result<T, &'static CStr> {
+    // Err drops a panic's payload before anything can raise.
+    let run =
+        |h: &Handle| catch_unwind(AssertUnwindSafe(|| f(h))).map_err(|_| c"nljson: internal error");
     tree_budget::take_refused();
-    let first = f();
-    if !tree_budget::take_refused() {
-        return Some(first);
+    let first = run(view)?;
+    match tree_budget::take_refused() {
+        None => return Ok(first),
+        Some(Refusal::Never) => return Err(OUT_OF_MEMORY),
+        Some(Refusal::NotNow) => drop(first),
     }
-    drop(first);
-    // SAFETY: a full cycle on the running state, from a C function; see the function's contract.
-    unsafe { ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0) };
-    let again = f();
-    (!tree_budget::take_refused()).then_some(again)
+    // SAFETY: a full cycle on the running state, from a C function; `view` is not used after
+    // it (see above). Finalizer errors do not propagate out of LuaJIT's collector.
+    let view = unsafe {
+        ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+        get_up(l, 1).ok_or(NOT_OURS)?
+    };
+    let again = run(view)?;
+    match tree_budget::take_refused() {
+        None => Ok(again),
+        Some(_) => Err(OUT_OF_MEMORY),
+    }
 }
 
 /// `#v`.
@@ -382,12 +416,11 @@ unsafe extern "C-unwind" fn len(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: the argument is checked before use.
     unsafe {
         let Some(node) = get_up(l, 1) else {
-            return raise(l, c"nljson: not an nljson value");
+            return raise(l, NOT_OURS);
         };
-        match within_tree_budget(l, || catch_unwind(AssertUnwindSafe(|| node.len())).ok()) {
-            Some(Some(n)) => ffi::lua_pushnumber(l, n as f64),
-            Some(None) => return raise(l, c"nljson: internal error"),
-            None => return raise(l, OUT_OF_MEMORY),
+        match on_view(l, node, Handle::len) {
+            Ok(n) => ffi::lua_pushnumber(l, n as f64),
+            Err(why) => return raise(l, why),
         }
         1
     }

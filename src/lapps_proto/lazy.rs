@@ -17,7 +17,7 @@ use std::cell::{Cell, Ref, RefCell};
 use std::rc::Rc;
 
 use super::cbor_de;
-use super::node::{key_matches, number_key_text, position, Key, Node};
+use super::node::{key_matches, number_key_text, position, Items, Key, Node};
 use super::tree_budget;
 use super::value::{Limits, Value};
 
@@ -67,14 +67,8 @@ pub(crate) struct Doc {
     named: Option<Named>,
     /// Containers by the offset of their head, in increasing offset order.
     tree: RefCell<Option<Vec<(usize, Node)>>>,
-    /// What the tree was charged ([`tree_budget`]), given back when the message goes.
-    charged: Cell<usize>,
-}
-
-impl Drop for Doc {
-    fn drop(&mut self) {
-        tree_budget::release(self.charged.get());
-    }
+    /// What building the tree costs ([`tree_cost`]; 0 until asked once).
+    cost: Cell<usize>,
 }
 
 /// The member names of the LAppS protocol (SPEC section 4), in the order of [`Named`]'s slots.
@@ -129,7 +123,7 @@ impl Doc {
             root,
             named: named_members(bytes, root),
             tree: RefCell::new(None),
-            charged: Cell::new(0),
+            cost: Cell::new(0),
         }))
     }
 
@@ -168,15 +162,13 @@ impl Doc {
     /// The tree, built on first use; `None` when [`tree_budget`] refuses its cost.
     fn tree(&self) -> Option<Ref<'_, Vec<(usize, Node)>>> {
         if !self.is_built() {
-            let cost = tree_cost(&self.bytes)?;
-            if !tree_budget::charge(cost) {
+            if self.cost.get() == 0 {
+                self.cost.set(tree_cost(&self.bytes)?);
+            }
+            if !tree_budget::fits(self.cost.get()) {
                 return None;
             }
-            let Some((value, offsets)) = cbor_de::decode_recording(&self.bytes, 0) else {
-                tree_budget::release(cost);
-                return None;
-            };
-            self.charged.set(cost);
+            let (value, offsets) = cbor_de::decode_recording(&self.bytes, 0)?;
             let mut out = Vec::with_capacity(offsets.len());
             let mut offsets = offsets.into_iter();
             build(value, &mut offsets, &mut out);
@@ -247,26 +239,55 @@ fn build(
     match value {
         Value::Array(items) => {
             let at = offsets.next().unwrap_or(usize::MAX);
-            let cell = Rc::new(RefCell::new(Vec::with_capacity(items.len())));
+            let cell = Rc::new(RefCell::new(Items::default()));
             let node = Node::Array(Rc::clone(&cell));
             out.push((at, node.clone()));
             let built: Vec<Node> = items.into_iter().map(|v| build(v, offsets, out)).collect();
-            *cell.borrow_mut() = built;
+            let kept = kept_by(built.len(), built.iter().map(node_text_len).sum());
+            *cell.borrow_mut() = Items::charged(built, kept);
             node
         }
         Value::Map(members) => {
             let at = offsets.next().unwrap_or(usize::MAX);
-            let cell = Rc::new(RefCell::new(Vec::with_capacity(members.len())));
+            let cell = Rc::new(RefCell::new(Items::default()));
             let node = Node::Object(Rc::clone(&cell));
             out.push((at, node.clone()));
             let built: Vec<(Value, Node)> = members
                 .into_iter()
                 .map(|(k, v)| (k, build(v, offsets, out)))
                 .collect();
-            *cell.borrow_mut() = built;
+            let text = built
+                .iter()
+                .map(|(k, v)| value_text_len(k) + node_text_len(v))
+                .sum();
+            let kept = kept_by(2 * built.len(), text);
+            *cell.borrow_mut() = Items::charged(built, kept);
             node
         }
         scalar => Node::Scalar(scalar),
+    }
+}
+
+/// What a container of `items` direct items holding `text` bytes of strings keeps.
+fn kept_by(items: usize, text: usize) -> usize {
+    tree_budget::PER_CONTAINER
+        .saturating_add(items.saturating_mul(tree_budget::KEPT_PER_ITEM))
+        .saturating_add(text)
+}
+
+/// The bytes of a string scalar (0 for anything else).
+fn value_text_len(v: &Value) -> usize {
+    match v {
+        Value::Text(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 0,
+    }
+}
+
+fn node_text_len(n: &Node) -> usize {
+    match n {
+        Node::Scalar(v) => value_text_len(v),
+        _ => 0,
     }
 }
 

@@ -110,15 +110,13 @@ fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> 
             }
         }
         v if is_null(v) => Value::Null,
-        LuaValue::UserData(_) => super::json_ud::node_of(lua, v)
-            .ok_or_else(|| {
-                if super::json_ud::tree_refused() {
-                    "not enough memory"
-                } else {
-                    "a userdata that is not an nljson value has no JSON/CBOR form"
-                }
-            })?
-            .to_value(depth_left)?,
+        LuaValue::UserData(_) => match super::json_ud::node_of(lua, v) {
+            Ok(node) => node.to_value(depth_left)?,
+            Err(super::json_ud::NoNode::Foreign) => {
+                return Err("a userdata that is not an nljson value has no JSON/CBOR form".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        },
         LuaValue::Table(t) => {
             let inner = depth_left
                 .checked_sub(1)

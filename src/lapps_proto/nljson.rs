@@ -11,7 +11,7 @@
 
 use mlua::{Function, Lua, MultiValue, Value as LuaValue};
 
-use super::json_ud;
+use super::json_ud::{self, NoNode};
 use super::lua::{from_lua_with, into_lua, is_null, node_to_lua, null};
 use super::node::{Key, Node};
 use super::value::{Limits, Value};
@@ -68,8 +68,7 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
         return Ok(());
     }
     let newindex = lua.create_function(|lua, (this, k, v): (LuaValue, LuaValue, LuaValue)| {
-        let node = as_json(lua, &this)
-            .ok_or_else(|| mlua::Error::runtime("nljson: not an nljson value"))?;
+        let node = as_json(lua, &this).map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?;
         let key = key_of(&k).ok_or_else(|| {
             mlua::Error::runtime(format!(
                 "nljson: a key of type {} cannot index a {}",
@@ -88,8 +87,7 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
             .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))
     })?;
     let tostring = lua.create_function(|lua, this: LuaValue| {
-        let node = as_json(lua, &this)
-            .ok_or_else(|| mlua::Error::runtime("nljson: not an nljson value"))?;
+        let node = as_json(lua, &this).map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?;
         let style = json::Style {
             indent: None,
             lossy: true,
@@ -100,7 +98,10 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
     })?;
     let eq = lua.create_function(|lua, (a, b): (LuaValue, LuaValue)| {
         Ok(match (as_json(lua, &a), as_json(lua, &b)) {
-            (Some(a), Some(b)) => a.same(&b),
+            (Ok(a), Ok(b)) => a.same(&b),
+            (Err(e @ NoNode::OutOfMemory), _) | (_, Err(e @ NoNode::OutOfMemory)) => {
+                return Err(mlua::Error::runtime(format!("nljson: {e}")))
+            }
             _ => false,
         })
     })?;
@@ -108,7 +109,7 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
 }
 
 /// The container behind an nljson value.
-fn as_json(lua: &Lua, v: &LuaValue) -> Option<Node> {
+fn as_json(lua: &Lua, v: &LuaValue) -> Result<Node, NoNode> {
     json_ud::node_of(lua, v)
 }
 
@@ -139,11 +140,12 @@ fn string_arg(v: &LuaValue, what: &str) -> Result<Vec<u8>, String> {
 }
 
 fn container_arg(lua: &Lua, v: &LuaValue) -> Result<Node, String> {
-    as_json(lua, v).ok_or_else(|| {
-        format!(
+    as_json(lua, v).map_err(|e| match e {
+        NoNode::Foreign => format!(
             "expects an nljson object or array, got {}",
             if is_null(v) { "null" } else { v.type_name() }
-        )
+        ),
+        NoNode::OutOfMemory => e.to_string(),
     })
 }
 

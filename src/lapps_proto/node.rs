@@ -9,10 +9,69 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use super::tree_budget;
 use super::value::{Limits, Value};
 
-pub(crate) type ArrayRef = Rc<RefCell<Vec<Node>>>;
-pub(crate) type ObjectRef = Rc<RefCell<Vec<(Value, Node)>>>;
+pub(crate) type ArrayRef = Rc<RefCell<Items<Node>>>;
+pub(crate) type ObjectRef = Rc<RefCell<Items<(Value, Node)>>>;
+
+/// A container's elements, and what building them from a message charged to the thread's
+/// tree budget ([`tree_budget`]), given back when the container goes: the charge follows the
+/// parts of a message's tree an app keeps, not the message.
+#[derive(Debug)]
+pub(crate) struct Items<T> {
+    items: Vec<T>,
+    charged: usize,
+}
+
+impl<T> Items<T> {
+    /// `items`, charging `bytes` to the tree budget (whose limit the caller checked).
+    pub(crate) fn charged(items: Vec<T>, bytes: usize) -> Items<T> {
+        tree_budget::add(bytes);
+        Items {
+            items,
+            charged: bytes,
+        }
+    }
+}
+
+impl<T> Default for Items<T> {
+    fn default() -> Items<T> {
+        Vec::new().into()
+    }
+}
+
+impl<T> From<Vec<T>> for Items<T> {
+    fn from(items: Vec<T>) -> Items<T> {
+        Items { items, charged: 0 }
+    }
+}
+
+impl<T> FromIterator<T> for Items<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Items<T> {
+        Vec::from_iter(iter).into()
+    }
+}
+
+impl<T> std::ops::Deref for Items<T> {
+    type Target = Vec<T>;
+
+    fn deref(&self) -> &Vec<T> {
+        &self.items
+    }
+}
+
+impl<T> std::ops::DerefMut for Items<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        &mut self.items
+    }
+}
+
+impl<T> Drop for Items<T> {
+    fn drop(&mut self) {
+        tree_budget::release(self.charged);
+    }
+}
 
 /// A value inside a tree: scalars by value, containers shared.
 #[derive(Clone, Debug)]
@@ -280,7 +339,7 @@ impl Node {
                 .enumerate()
                 .map(|(i, n)| (Value::from_u64(i as u64 + 1), n.clone()))
                 .collect(),
-            Node::Object(o) => o.borrow().clone(),
+            Node::Object(o) => o.borrow().to_vec(),
         }
     }
 }

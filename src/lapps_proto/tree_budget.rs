@@ -9,9 +9,11 @@
 //! the limit of the state that thread runs (each instance is one thread with one state); a
 //! build past it is refused, and the caller answers as Lua does when out of memory.
 //!
-//! Owns three thread-local numbers and nothing else; `lazy::Doc` charges and releases, the
-//! view functions (`json_ud`, `node_of`) turn a refusal into a full collection, one retry and
-//! then an error.
+//! Owns three thread-local values and nothing else. `lazy::Doc` asks before it builds a tree;
+//! each container of the tree (`node::Items`) charges what it keeps and gives it back when it
+//! goes, so the parts of a tree an app keeps stay charged after their message is gone. The
+//! view functions (`json_ud`) turn a refusal into a full collection, one retry and then an
+//! error.
 
 use std::cell::Cell;
 use std::mem::size_of;
@@ -20,12 +22,21 @@ use super::node::Node;
 use super::value::Value;
 
 thread_local! {
-    /// Bytes charged by the trees alive on this thread.
+    /// Bytes charged by the containers of message trees alive on this thread.
     static CHARGED: Cell<usize> = const { Cell::new(0) };
     /// What they may take together; 0: no limit.
     static LIMIT: Cell<usize> = const { Cell::new(0) };
-    /// Whether a build was refused since the last [`take_refused`].
-    static REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// The last refusal since the last [`take_refused`].
+    static REFUSED: Cell<Option<Refusal>> = const { Cell::new(None) };
+}
+
+/// Why a tree was not built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It does not fit beside the trees alive now (a collection may free some).
+    NotNow,
+    /// It is larger than the limit on its own.
+    Never,
 }
 
 /// Sets this thread's limit (the memory limit of the state it runs; 0: none).
@@ -33,38 +44,47 @@ pub(crate) fn set_limit(bytes: usize) {
     LIMIT.with(|l| l.set(bytes));
 }
 
-/// What one item of a tree costs beyond its bytes: its decoded value and its node side by
-/// side (the build moves one into the other, so both are alive at the peak) and an allocator's
-/// overhead for a string's copy.
-pub(crate) const PER_ITEM: usize = size_of::<Value>() + size_of::<Node>() + 16;
+/// What one item of a tree costs while it is built beside its bytes: its decoded value and
+/// its node side by side (the build moves one into the other, so both are alive at the peak)
+/// and an allocator's overhead for a string's copy.
+pub(crate) const PER_ITEM: usize = size_of::<Value>() + KEPT_PER_ITEM;
+/// What one item of a built tree keeps: its node and an allocator's overhead.
+pub(crate) const KEPT_PER_ITEM: usize = size_of::<Node>() + 16;
 /// What a container costs on top of being an item: its shared cell and its entry in the
 /// message's index of containers.
 pub(crate) const PER_CONTAINER: usize = size_of::<(usize, Node)>() + 64;
 
-/// Charges `bytes` when they fit under the limit; otherwise records the refusal.
-pub(crate) fn charge(bytes: usize) -> bool {
+/// Whether a tree of `cost` bytes may be built now; otherwise records why not.
+pub(crate) fn fits(cost: usize) -> bool {
     let limit = LIMIT.with(Cell::get);
-    let now = CHARGED.with(Cell::get);
-    match now.checked_add(bytes) {
-        Some(total) if limit == 0 || total <= limit => {
-            CHARGED.with(|c| c.set(total));
-            true
-        }
-        _ => {
-            REFUSED.with(|r| r.set(true));
-            false
-        }
+    let refusal = if limit == 0 {
+        None
+    } else if cost > limit {
+        Some(Refusal::Never)
+    } else if CHARGED.with(Cell::get).saturating_add(cost) > limit {
+        Some(Refusal::NotNow)
+    } else {
+        None
+    };
+    if refusal.is_some() {
+        REFUSED.with(|r| r.set(refusal));
     }
+    refusal.is_none()
 }
 
-/// Gives back what [`charge`] took.
+/// Charges what a container of a tree just built keeps (after [`fits`] said yes).
+pub(crate) fn add(bytes: usize) {
+    CHARGED.with(|c| c.set(c.get().saturating_add(bytes)));
+}
+
+/// Gives back what [`add`] took.
 pub(crate) fn release(bytes: usize) {
     CHARGED.with(|c| c.set(c.get().saturating_sub(bytes)));
 }
 
-/// Whether a build was refused since the last call (and forgets it).
-pub(crate) fn take_refused() -> bool {
-    REFUSED.with(|r| r.replace(false))
+/// The refusal since the last call, if any (and forgets it).
+pub(crate) fn take_refused() -> Option<Refusal> {
+    REFUSED.with(|r| r.take())
 }
 
 /// Bytes charged on this thread now.
@@ -78,20 +98,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn charges_up_to_the_limit_and_records_a_refusal() {
+    fn fits_up_to_the_limit_and_records_why_not() {
         set_limit(1000);
         let before = charged();
-        assert!(charge(600));
-        assert!(!take_refused());
-        assert!(!charge(500), "600 + 500 is past 1000");
-        assert!(take_refused());
-        assert!(!take_refused(), "a refusal is reported once");
+        assert!(fits(600));
+        add(600);
+        assert_eq!(take_refused(), None);
+        assert!(!fits(500), "600 + 500 is past 1000");
+        assert_eq!(take_refused(), Some(Refusal::NotNow));
+        assert_eq!(take_refused(), None, "a refusal is reported once");
+        assert!(!fits(1001));
+        assert_eq!(take_refused(), Some(Refusal::Never));
         release(600);
-        assert!(charge(1000));
-        release(1000);
+        assert!(fits(1000));
         assert_eq!(charged(), before);
         set_limit(0);
-        assert!(charge(usize::MAX / 2), "no limit");
-        release(usize::MAX / 2);
+        assert!(fits(usize::MAX), "no limit");
     }
 }

@@ -130,7 +130,7 @@ pub struct Port {
     wake: OwnedFd,
     sleeping: AtomicBool,
     /// `generation | LIVE` (`| LAPPS`) per slab slot while a connection is open there, 0
-    /// otherwise. Covers every index a slab can hand out (slots are retired at their last
+    /// otherwise; in the high half, the responses a LAppS connection is owed. Covers every index a slab can hand out (slots are retired at their last
     /// generation and new ones appended).
     live: LiveTable,
     /// Refused (503) connections the worker may hold beside `max_connections` live ones.
@@ -286,8 +286,8 @@ impl Port {
 }
 
 /// The liveness words of every slab index (2^24), allocated a chunk of 2^16 at a time when the
-/// worker first writes into it: a worker of a few thousand connections holds one 256 KiB
-/// chunk, not 64 MiB, whatever the allocator or the overcommit policy. Readers (any thread)
+/// worker first writes into it: a worker of a few thousand connections holds one 512 KiB
+/// chunk, not 128 MiB, whatever the allocator or the overcommit policy. Readers (any thread)
 /// never allocate: an index in a chunk not made yet is not live.
 struct LiveTable {
     chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
@@ -326,11 +326,15 @@ impl LiveTable {
 /// A zero-initialised table that costs no memory until a slot is first written: `vec![0; n]`
 /// is calloc, whose untouched pages stay unmapped.
 fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
+    const _: () = assert!(
+        std::mem::align_of::<u64>() == std::mem::align_of::<AtomicU64>()
+            && std::mem::size_of::<u64>() == std::mem::size_of::<AtomicU64>()
+    );
     let v: Box<[u64]> = vec![0u64; n].into_boxed_slice();
     let len = v.len();
     let ptr = Box::into_raw(v) as *mut AtomicU64;
-    // SAFETY: AtomicU64 has the same size and alignment as u64 on the 64-bit targets we build
-    // for (x86-64) and 0 is a valid value; the allocation came from a Box<[u64]> of `len`
+    // SAFETY: AtomicU64 has the same size and alignment as u64 (asserted above) and 0 is a
+    // valid value; the allocation came from a Box<[u64]> of `len`
     // elements and is handed back to one Box.
     unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) }
 }

@@ -88,6 +88,21 @@ methods.at = function(handler, message)
   return ws:send_response(handler, { p[p[1]] })
 end
 
+-- `at`, keeping the params (from the tree `at` built) after the message is gone; `forget`
+-- lets them go.
+local kept = {}
+methods.keep = function(handler, message)
+  local p = message.params
+  local x = p[p[1]]
+  kept[#kept + 1] = message.params
+  return ws:send_response(handler, { x })
+end
+
+methods.forget = function(handler)
+  kept = {}
+  return ws:send_response(handler, {})
+end
+
 -- Answers twice, each way an app can: the second answer is refused (what each refusal said
 -- is kept for `refusals`).
 local refusals = {}
