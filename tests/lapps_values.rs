@@ -9,11 +9,19 @@ use lapps::lapps_proto::{cbor, protocol, Value};
 use tungstenite::Message;
 
 fn start() -> TestApp {
+    start_with("")
+}
+
+/// The `lapps_views` service with `settings` added to its config (`"key": value, ...`).
+fn start_with(settings: &str) -> TestApp {
+    let comma = if settings.is_empty() { "" } else { ", " };
     start_app(
         &ws_json(1),
         &lapps_json(
             "./tests/apps",
-            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1 } }"#,
+            &format!(
+                r#"{{ "lapps_views": {{ "protocol": "LAppS", "instances": 1{comma}{settings} }} }}"#
+            ),
         ),
     )
 }
@@ -220,14 +228,7 @@ fn a_handler_that_answers_and_then_fails_gets_no_second_response() {
 
 #[test]
 fn a_request_up_to_the_services_message_size_is_taken_beyond_16_mib() {
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1,
-                                  "max_inbound_message_size": 33554432 } }"#,
-        ),
-    );
+    let app = start_with(r#""max_inbound_message_size": 33554432"#);
     let mut ws = connect(app.addr, "/lapps_views");
     let big = Value::Bytes(vec![0x5a; 20 << 20]);
     let got = call(&mut ws, request("echo", Value::Array(vec![big.clone()])));
@@ -267,14 +268,7 @@ fn error_code(response: &[u8]) -> Option<i64> {
 
 #[test]
 fn a_message_tree_is_charged_to_the_services_memory_limit() {
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1,
-                                  "memory_limit": 8388608 } }"#,
-        ),
-    );
+    let app = start_with(r#""memory_limit": 8388608"#);
     let mut ws = connect(app.addr, "/lapps_views");
     // One million one-byte items: a tree of ~80 MB for 1 MB of CBOR, ten times the limit.
     let got = cbor::decode(&call(&mut ws, at_request(100, 1_000_000))).unwrap();
@@ -314,14 +308,7 @@ fn a_request_gets_one_response_however_often_the_app_answers() {
 
 #[test]
 fn parts_of_a_message_tree_an_app_keeps_stay_charged() {
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1,
-                                  "memory_limit": 8388608 } }"#,
-        ),
-    );
+    let app = start_with(r#""memory_limit": 8388608"#);
     let mut ws = connect(app.addr, "/lapps_views");
     // Each keeps ~2 MB of tree after its message is gone: the limit is reached within a few.
     let refused_after = (0..10).position(|_| {
