@@ -49,8 +49,10 @@ pub fn run(
                 return;
             }
         } else {
-            match wait_readable(&[lfd, stop_fd], -1) {
-                Some(1) => return,
+            // The stop descriptor first: under a steady stream of connections the listening
+            // socket is always readable too, and the first readable one is what counts.
+            match wait_readable(&[stop_fd, lfd], -1) {
+                Some(0) => return,
                 Some(_) => {}
                 None => continue,
             }
@@ -108,11 +110,16 @@ fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> Option<usize> {
 
 /// How a round of accepting ended.
 enum Accepted {
-    /// Nothing more waiting (or an error that concerned one connection only).
+    /// Nothing more waiting, a whole round taken, or an error that concerned one connection
+    /// only.
     Drained,
     /// Out of descriptors or memory: connections keep waiting in the backlog.
     Exhausted(io::Error),
 }
+
+/// Connections taken in one round before the stop descriptor is looked at again: a backlog
+/// that never empties (a connection flood) must not keep a SIGTERM from stopping the listener.
+const ACCEPT_ROUND: usize = 256;
 
 fn accept_all(
     lfd: RawFd,
@@ -121,7 +128,7 @@ fn accept_all(
     balancer: &Balancer,
     acl: Option<&AclFn>,
 ) -> Accepted {
-    loop {
+    for _ in 0..ACCEPT_ROUND {
         // SAFETY: sockaddr_storage is plain data; zeroed is valid and large enough for any family.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -138,11 +145,25 @@ fn accept_all(
             Ok(fd) => fd,
             Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN) => return Accepted::Drained,
-                Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => continue,
+                // One connection's trouble (accept(2): the pending network errors of TCP/IP,
+                // and a firewall's EPERM): the next one is tried.
+                Some(
+                    libc::EINTR
+                    | libc::ECONNABORTED
+                    | libc::EPROTO
+                    | libc::ENETDOWN
+                    | libc::ENOPROTOOPT
+                    | libc::EHOSTDOWN
+                    | libc::ENONET
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+                    | libc::EPERM,
+                ) => continue,
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                 | Some(libc::ENOMEM) => return Accepted::Exhausted(e),
                 _ => {
-                    warn!("listener: accept failed: {e}");
+                    crate::log_limited_at!(crate::log::Level::Warn, "listener: accept failed: {e}");
                     return Accepted::Drained;
                 }
             },
@@ -174,6 +195,8 @@ fn accept_all(
             }
         }
     }
+    // More may be waiting: the caller's next poll finds the socket readable again.
+    Accepted::Drained
 }
 
 fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -191,5 +214,39 @@ fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
             Some(SocketAddr::new(ip.into(), u16::from_be(a.sin6_port)))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::hub::Hub;
+
+    #[test]
+    fn a_stop_is_seen_before_connections_still_waiting() {
+        // Under a connection flood the listening socket never stops being readable: a stop
+        // must not wait for a backlog that never empties.
+        let hub = Arc::new(Hub::new(1, 1000).unwrap());
+        let balancer = Arc::new(Balancer::new(Arc::clone(&hub), 1.0));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _waiting: Vec<_> = (0..20)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let stop = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(stop >= 0);
+        // SAFETY: `stop` is a fresh descriptor that nothing else owns.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        run(
+            Arc::new(listener),
+            0,
+            false,
+            balancer,
+            None,
+            stop.as_raw_fd(),
+        );
+        assert_eq!(hub.port(0).accepts.len(), 0, "accepted after the stop");
     }
 }
