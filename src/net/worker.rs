@@ -99,6 +99,8 @@ const SLOW_CONSUMER_FACTOR: usize = 4;
 
 /// How long a shutdown may take before the remaining connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
+/// Longest sleep while a service's full queue holds a batch of ours (see `flush_services`).
+const RETRY_FLUSH_WAIT: Duration = Duration::from_millis(1);
 
 pub struct Worker {
     id: usize,
@@ -220,6 +222,10 @@ impl Worker {
                 !self.pending.is_empty() || !self.deferred.is_empty() || !self.touched.is_empty();
             let mut timeout = if busy {
                 Duration::ZERO
+            } else if !self.retry_flush.is_empty() {
+                // A batch a full queue refused: nothing wakes us when that queue drains, so
+                // look again soon whatever max_poll_wait_ms is.
+                self.next_timeout().min(RETRY_FLUSH_WAIT)
             } else {
                 self.next_timeout()
             };
