@@ -14,6 +14,7 @@ mod acl;
 mod error;
 mod lapps;
 mod reader;
+mod unique;
 mod ws;
 
 #[cfg(test)]
@@ -133,23 +134,25 @@ impl LappsConfig {
 }
 
 fn parse(label: &str, text: &str) -> Result<serde_json::Value, ConfigError> {
-    serde_json::from_str(text).map_err(|e| {
-        // serde_json's Display appends " at line L column C"; keep only the reason.
-        let full = e.to_string();
-        let reason = full
-            .rsplit_once(" at line ")
-            .map_or(full.as_str(), |(reason, _)| reason);
-        ConfigError::single(
-            ProblemKind::Syntax,
-            label,
-            "",
-            format!(
-                "invalid JSON at line {}, column {}: {reason}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
+    serde_json::from_str(text)
+        .map(|unique::Unique(v)| v)
+        .map_err(|e| {
+            // serde_json's Display appends " at line L column C"; keep only the reason.
+            let full = e.to_string();
+            let reason = full
+                .rsplit_once(" at line ")
+                .map_or(full.as_str(), |(reason, _)| reason);
+            ConfigError::single(
+                ProblemKind::Syntax,
+                label,
+                "",
+                format!(
+                    "invalid JSON at line {}, column {}: {reason}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
 }
 
 fn file_name(overridden: Option<&OsStr>, default: &str) -> String {

@@ -284,6 +284,23 @@ fn syntax_errors_give_file_line_and_column() {
 }
 
 #[test]
+fn a_key_written_twice_is_an_error_at_its_line() {
+    // A copied service block whose name was not changed: the first service is not lost
+    // without a word.
+    assert_eq!(
+        lines(lapps(
+            "{\"services\": {\n  \"echo\": {\"instances\": 1},\n  \"echo\": {\"instances\": 2}\n}}"
+        )),
+        ["lapps.json: invalid JSON at line 3, column 8: the key \"echo\" is there twice"]
+    );
+    assert!(ws(r#"{"port": 5083, "port": 5084}"#)
+        .unwrap_err()
+        .has(ProblemKind::Syntax));
+    // The same key in different objects is fine.
+    assert!(lapps(r#"{"services": {"a": {"instances": 1}, "b": {"instances": 1}}}"#).is_ok());
+}
+
+#[test]
 fn zero_instances_is_an_error() {
     assert_eq!(
         lines(lapps(r#"{"services": {"echo": {"instances": 0}}}"#)),
