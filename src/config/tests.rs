@@ -198,6 +198,55 @@ fn endpoints_list_extra_listening_addresses() {
 }
 
 #[test]
+fn endpoints_that_can_never_both_listen_are_errors_naming_both() {
+    // A wildcard takes its port on every address of its family (IPv6 listeners are V6ONLY).
+    assert_eq!(
+        lines(ws(
+            r#"{"ip": "0.0.0.0", "endpoints": [{"ip": "127.0.0.1", "port": 5083}]}"#
+        )),
+        [
+            "ws.json: endpoints[0]: 127.0.0.1:5083 overlaps 0.0.0.0:5083 (top-level ip/port): \
+          0.0.0.0 takes port 5083 on every IPv4 address, so only one of them could listen"
+        ]
+    );
+    assert_eq!(
+        lines(ws(r#"{"ip": "127.0.0.1", "port": 0, "endpoints": [
+            {"ip": "::1", "port": 7000}, {"ip": "::", "port": 7000, "tls": false}]}"#)),
+        [
+            "ws.json: endpoints[1]: [::]:7000 overlaps [::1]:7000 (endpoints[0]): \
+          :: takes port 7000 on every IPv6 address, so only one of them could listen"
+        ]
+    );
+    // An IPv4-mapped IPv6 address is IPv4.
+    assert_eq!(
+        lines(ws(
+            r#"{"ip": "127.0.0.1", "endpoints": [{"ip": "::ffff:127.0.0.1", "port": 5083}]}"#
+        )),
+        [
+            "ws.json: endpoints[0]: [::ffff:127.0.0.1]:5083 overlaps 127.0.0.1:5083 \
+          (top-level ip/port): 127.0.0.1 and ::ffff:127.0.0.1 are the same IPv4 address, \
+          so only one of them could listen"
+        ]
+    );
+    // A top-level ip that did not parse is reported alone (its stand-in is not compared).
+    assert_eq!(
+        lines(ws(
+            r#"{"ip": "x", "endpoints": [{"ip": "127.0.0.1", "port": 5083}]}"#
+        )),
+        ["ws.json: ip: expected an IPv4 or IPv6 address, got \"x\""]
+    );
+    // Either family's wildcard beside the other's, distinct addresses, other ports, port 0.
+    let c = ws(
+        r#"{"ip": "0.0.0.0", "endpoints": [{"ip": "::", "port": 5083},
+        {"ip": "::1", "port": 5084}, {"ip": "127.0.0.1", "port": 5084},
+        {"ip": "127.0.0.2", "port": 5084}, {"ip": "0.0.0.0", "port": 5085},
+        {"ip": "127.0.0.1", "port": 0}, {"ip": "0.0.0.0", "port": 0}]}"#,
+    )
+    .unwrap();
+    assert_eq!(c.listen_endpoints().len(), 8);
+}
+
+#[test]
 fn acl_in_ws_json_is_parsed_to_a_matcher() {
     let c = ws(r#"{"acl": {"policy": "deny", "exclude": ["127.0.0.0/8", "::1"]}}"#).unwrap();
     assert!(c.acl.allows("127.0.0.5".parse::<IpAddr>().unwrap()));

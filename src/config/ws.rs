@@ -259,19 +259,65 @@ impl WsConfig {
             }
         }
         let all = self.listen_endpoints();
+        // `all[i]` is `endpoints[entry(i - 1)]` from 1 on; `all[0]` is the top-level ip/port,
+        // a stand-in when its `ip` did not parse (already reported, so not compared).
+        let first_parsed = self.ip.parse::<IpAddr>().is_ok();
+        let name = |i: usize| match i {
+            0 => "top-level ip/port".to_string(),
+            _ => format!("endpoints[{}]", entry(i - 1)),
+        };
         for (i, e) in all.iter().enumerate().skip(1) {
-            let clash = all[..i]
-                .iter()
-                .any(|p| p.port == e.port && p.port != 0 && p.ip == e.ip);
-            if clash {
-                r.problem(
-                    ProblemKind::Semantic,
-                    &format!("endpoints[{}]", entry(i - 1)),
-                    format!("{} is listed twice", e.socket_addr()),
-                );
+            if e.port == 0 {
+                continue; // the kernel picks a free port for each
             }
+            let earlier = || {
+                all[..i]
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, p)| p.port == e.port && (j > 0 || first_parsed))
+            };
+            let why = if earlier().any(|(_, p)| p.ip == e.ip) {
+                format!("{} is listed twice", e.socket_addr())
+            } else if let Some((j, p, reason)) =
+                earlier().find_map(|(j, p)| overlap(p, e).map(|why| (j, p, why)))
+            {
+                format!(
+                    "{} overlaps {} ({}): {reason}, so only one of them could listen",
+                    e.socket_addr(),
+                    p.socket_addr(),
+                    name(j)
+                )
+            } else {
+                continue;
+            };
+            r.problem(ProblemKind::Semantic, &name(i), why);
         }
     }
+}
+
+/// Why two different addresses on one port can never both listen, if they cannot: the same
+/// address family (an IPv4-mapped IPv6 address is IPv4, as the kernel binds it) and either the
+/// same address or one of them the wildcard. IPv6 sockets are V6ONLY (src/net/listener.rs),
+/// so "::" and "0.0.0.0" do not overlap.
+fn overlap(a: &Endpoint, b: &Endpoint) -> Option<String> {
+    let (ca, cb) = (a.ip.to_canonical(), b.ip.to_canonical());
+    if ca.is_ipv4() != cb.is_ipv4() {
+        return None;
+    }
+    let family = if ca.is_ipv4() { "IPv4" } else { "IPv6" };
+    if ca == cb {
+        return Some(format!(
+            "{} and {} are the same {family} address",
+            a.ip, b.ip
+        ));
+    }
+    let wild = [a.ip, b.ip]
+        .into_iter()
+        .find(|ip| ip.to_canonical().is_unspecified())?;
+    Some(format!(
+        "{wild} takes port {} on every {family} address",
+        a.port
+    ))
 }
 
 fn read_port(r: &mut Reader, obj: &Obj<'_>) -> u16 {

@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
 use super::balancer::Balancer;
 use super::hub::NewConn;
 use super::sys;
@@ -15,14 +17,34 @@ use crate::{info, syscall, warn};
 /// Decides at accept time whether a peer may connect at all.
 pub type AclFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
-/// Binds `addr` with the given backlog; the socket is non-blocking and close-on-exec.
+/// Binds `addr` with the given backlog; the socket is non-blocking and close-on-exec, with
+/// SO_REUSEADDR (as std sets it). An IPv6 socket is IPV6_V6ONLY (as nginx does): "::" takes a
+/// port on IPv6 only, so "0.0.0.0" can listen on the same port beside it, whatever the host's
+/// net.ipv6.bindv6only says. An IPv4-mapped address (::ffff:a.b.c.d) is IPv4 traffic only and
+/// the kernel refuses it on a V6ONLY socket, so it stays dual-stack.
 pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    // std sets SO_REUSEADDR and CLOEXEC; listen() again to apply our backlog.
-    let l = TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    // SAFETY: Calling listen() again on a listening socket only changes the backlog (Linux).
-    syscall!(unsafe { libc::listen(l.as_raw_fd(), backlog) })?;
-    Ok(l)
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().to_ipv4_mapped().is_none() {
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        }
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    // nix's listen() refuses a backlog above SOMAXCONN; the kernel caps it at
+    // net.core.somaxconn instead, which is what the config's range relies on.
+    // SAFETY: plain integer arguments on a descriptor `fd` owns; no memory is passed.
+    syscall!(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(TcpListener::from(fd))
 }
 
 /// How long accepting pauses when the process is out of descriptors or memory: the waiting
