@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
 use super::balancer::Balancer;
 use super::hub::NewConn;
@@ -23,16 +23,7 @@ pub type AclFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 /// net.ipv6.bindv6only says. An IPv4-mapped address (::ffff:a.b.c.d) is IPv4 traffic only and
 /// the kernel refuses it on a V6ONLY socket, so it stays dual-stack.
 pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = sys::tcp_socket(addr)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if let SocketAddr::V6(v6) = addr {
         if v6.ip().to_ipv4_mapped().is_none() {

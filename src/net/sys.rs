@@ -17,6 +17,22 @@ macro_rules! syscall {
     }};
 }
 
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family (listeners and the cws
+/// client's connects both start here).
+pub fn tcp_socket(addr: std::net::SocketAddr) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let family = match addr {
+        std::net::SocketAddr::V4(_) => AddressFamily::Inet,
+        std::net::SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
 /// Sets an int socket option.
 pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` outlives the call and its size is passed alongside.

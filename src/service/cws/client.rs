@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{self, SockaddrStorage};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
@@ -159,17 +159,7 @@ fn attempt_deadline(started: Instant, rest: &[SocketAddr], connected: bool) -> I
 
 /// A non-blocking connect: `Ok((stream, connected_already))`.
 fn start_connect(addr: SocketAddr) -> Result<(TcpStream, bool), String> {
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
+    let fd = crate::net::sys::tcp_socket(addr).map_err(|e| format!("socket: {e}"))?;
     let done = match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) => true,
         Err(Errno::EINPROGRESS) | Err(Errno::EINTR) => false,
