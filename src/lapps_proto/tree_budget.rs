@@ -74,12 +74,13 @@ pub(crate) fn fits(cost: usize) -> bool {
 
 /// Charges what a container of a tree just built keeps (after [`fits`] said yes).
 pub(crate) fn add(bytes: usize) {
-    CHARGED.with(|c| c.set(c.get().saturating_add(bytes)));
+    // try_with: a container may be dropped while the thread exits (never a panic in a drop).
+    let _ = CHARGED.try_with(|c| c.set(c.get().saturating_add(bytes)));
 }
 
 /// Gives back what [`add`] took.
 pub(crate) fn release(bytes: usize) {
-    CHARGED.with(|c| c.set(c.get().saturating_sub(bytes)));
+    let _ = CHARGED.try_with(|c| c.set(c.get().saturating_sub(bytes)));
 }
 
 /// The refusal since the last call, if any (and forgets it).
