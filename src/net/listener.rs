@@ -81,9 +81,15 @@ pub fn run(
             }
             Accepted::Exhausted(e) => {
                 if exhausted.is_none() {
+                    let hint = match e.raw_os_error() {
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            " (raise LimitNOFILE or lower max_connections)"
+                        }
+                        // EPERM/EACCES: a seccomp filter or a security module refuses accept4.
+                        _ => " (check the unit's SystemCallFilter and the security modules)",
+                    };
                     warn!(
-                        "listener: accept failed: {e}; retrying every {EXHAUSTED_PAUSE_MS} ms \
-                         (raise LimitNOFILE or lower max_connections)"
+                        "listener: accept failed: {e}; retrying every {EXHAUSTED_PAUSE_MS} ms{hint}"
                     );
                     exhausted = Some(std::time::Instant::now());
                 }
@@ -126,7 +132,9 @@ enum Accepted {
     /// Nothing more waiting, a whole round taken, or an error that concerned one connection
     /// only.
     Drained,
-    /// Out of descriptors or memory: connections keep waiting in the backlog.
+    /// Out of descriptors or memory, or an error that is not one connection's (a seccomp
+    /// filter's or a security module's EPERM): connections keep waiting in the backlog, and
+    /// retrying at once would spin.
     Exhausted(io::Error),
 }
 
@@ -158,8 +166,8 @@ fn accept_all(
             Ok(fd) => fd,
             Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN) => return Accepted::Drained,
-                // One connection's trouble (accept(2): the pending network errors of TCP/IP,
-                // and a firewall's EPERM): the next one is tried.
+                // One connection's trouble, which took it off the queue (accept(2): the
+                // pending network errors of TCP/IP): the next one is tried.
                 Some(
                     libc::EINTR
                     | libc::ECONNABORTED
@@ -170,15 +178,10 @@ fn accept_all(
                     | libc::ENONET
                     | libc::EHOSTUNREACH
                     | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-                    | libc::EPERM,
+                    | libc::ENETUNREACH,
                 ) => continue,
-                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                | Some(libc::ENOMEM) => return Accepted::Exhausted(e),
-                _ => {
-                    crate::log_limited_at!(crate::log::Level::Warn, "listener: accept failed: {e}");
-                    return Accepted::Drained;
-                }
+                // Anything else leaves the connection queued and the socket readable.
+                _ => return Accepted::Exhausted(e),
             },
         };
         // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
