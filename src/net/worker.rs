@@ -99,7 +99,7 @@ const SLOW_CONSUMER_FACTOR: usize = 4;
 
 /// How long a shutdown may take before the remaining connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
-/// Longest sleep while a service's full queue holds a batch of ours (see `flush_services`).
+/// First sleep while a service's full queue holds a batch of ours (see `flush_services`).
 const RETRY_FLUSH_WAIT: Duration = Duration::from_millis(1);
 
 pub struct Worker {
@@ -122,6 +122,8 @@ pub struct Worker {
     touched: Vec<Arc<dyn Service>>,
     /// Services whose last `flush` left a batch behind (their queue was full).
     retry_flush: Vec<Arc<dyn Service>>,
+    /// How long to sleep before retrying `retry_flush` (doubles while it keeps failing).
+    retry_wait: Duration,
     /// Messages a service sent to another connection of this worker during a callback.
     deferred: Vec<(ConnId, Vec<u8>)>,
     /// Connections refused with 503 still in the slab (answered, lingering until the peer's
@@ -201,6 +203,7 @@ impl Worker {
             timers: BinaryHeap::new(),
             touched: Vec::new(),
             retry_flush: Vec::new(),
+            retry_wait: RETRY_FLUSH_WAIT,
             deferred: Vec::new(),
             refused: 0,
             shutdown_since: None,
@@ -224,8 +227,9 @@ impl Worker {
                 Duration::ZERO
             } else if !self.retry_flush.is_empty() {
                 // A batch a full queue refused: nothing wakes us when that queue drains, so
-                // look again soon whatever max_poll_wait_ms is.
-                self.next_timeout().min(RETRY_FLUSH_WAIT)
+                // look again soon whatever max_poll_wait_ms is (sooner the fresher the refusal:
+                // the wait doubles while the queue stays full).
+                self.next_timeout().min(self.retry_wait)
             } else {
                 self.next_timeout()
             };
@@ -591,12 +595,19 @@ impl Worker {
         for s in std::mem::take(&mut self.retry_flush) {
             self.touched_push(&s);
         }
+        let retrying = !self.retry_flush.is_empty();
         for s in std::mem::take(&mut self.touched) {
             s.flush(self.id);
             if s.has_pending(self.id) {
                 self.retry_flush.push(s);
             }
         }
+        self.retry_wait = match (retrying, self.retry_flush.is_empty()) {
+            (_, true) | (false, false) => RETRY_FLUSH_WAIT,
+            (true, false) => {
+                (self.retry_wait * 2).min(self.opts.max_poll_wait.max(RETRY_FLUSH_WAIT))
+            }
+        };
     }
 
     fn touched_push(&mut self, s: &Arc<dyn Service>) {
