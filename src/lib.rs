@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod cpu;
+pub mod fatal;
 pub mod lapps_proto;
 pub mod log;
 pub mod net;

@@ -244,3 +244,48 @@ fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+/// Set in the copy of this test binary that `a_panic_in_an_io_or_listener_thread_aborts_the_process`
+/// runs: the name of the thread to panic in.
+const PANIC_CHILD: &str = "LAPPS_TEST_PANIC_THREAD";
+
+#[test]
+fn a_panic_in_an_io_or_listener_thread_aborts_the_process() {
+    if let Ok(name) = std::env::var(PANIC_CHILD) {
+        lapps::fatal::install();
+        let t = std::thread::Builder::new().name(name);
+        let _ = t.spawn(|| panic!("injected by the test")).unwrap().join();
+        std::process::exit(0); // only when the panic was not fatal
+    }
+    use std::os::unix::process::ExitStatusExt;
+    for (thread, fatal) in [
+        ("lapps-io-0", true),
+        ("lapps-accept-0.1", true),
+        ("lua-echo#0", false),
+    ] {
+        let out = output_within(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "a_panic_in_an_io_or_listener_thread_aborts_the_process",
+                    "--test-threads=1",
+                ])
+                .env(PANIC_CHILD, thread),
+            ONE_SHOT_GUARD,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if fatal {
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGABRT),
+                "{thread}: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("thread {thread} panicked: aborting")),
+                "{stderr}"
+            );
+        } else {
+            assert!(out.status.success(), "{thread}: {:?} {stderr}", out.status);
+        }
+    }
+}
