@@ -392,6 +392,14 @@ impl Hub {
             .is_some_and(|p| p.owed(conn, |n| n < u32::MAX as u64, |w| w + OWED))
     }
 
+    /// The responses the live LAppS connection `conn` is owed (requests that reached its app
+    /// and have not had theirs); None once it is gone (or when it is not a LAppS connection).
+    pub fn owed_responses(&self, conn: ConnId) -> Option<u32> {
+        let port = self.ports.get(conn.worker())?;
+        let w = port.live.get(conn.index())?.load(Ordering::Acquire);
+        (w & WHO == conn.generation() as u64 | LIVE | LAPPS).then_some((w >> 32) as u32)
+    }
+
     /// Any thread, before a response (cid 0) to `conn` is queued: takes one owed response.
     /// False when none is owed (every request has had its response: one more would be taken
     /// by the client for the answer to its next call) or `conn` is gone.

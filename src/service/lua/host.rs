@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::api::bcast::Bcast;
+use super::held::HeldAnswers;
 use super::spec::ServiceSpec;
 use crate::net::handle::ConnId;
 use crate::net::hub::{Command, Hub};
@@ -90,6 +91,8 @@ pub(crate) struct HostCtx {
     /// (cid 0) went to it since: a handler that answers and then fails gets no second one.
     answering: Cell<Option<ConnId>>,
     answered: Cell<bool>,
+    /// The host's LAppS answers waiting behind responses the app still owes.
+    pub held: HeldAnswers,
 }
 
 /// What a blocking host call answers in a network service, whose callbacks must not wait: a
@@ -128,6 +131,7 @@ impl HostCtx {
             closing: RefCell::new(HashSet::new()),
             answering: Cell::new(None),
             answered: Cell::new(false),
+            held: HeldAnswers::default(),
         }
     }
 

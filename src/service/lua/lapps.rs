@@ -107,10 +107,12 @@ impl LappsState {
             error
         );
         // A handler may have answered before it failed: one response per request.
-        // (The count of owed responses cannot tell: the app may still owe earlier requests.)
-        if is_request && !host.answered() {
+        // (The count of owed responses cannot tell: the app may still owe earlier requests,
+        // which is also why the answer may have to wait for theirs.)
+        if is_request && !host.answered() && host.hub.take_response(conn) {
+            host.note_response(conn);
             let answer = encode_response_error(protocol::INTERNAL_ERROR, "internal error", None);
-            let _ = send_cbor(host, conn, &answer);
+            host.held.answer(host, conn, answer, true);
         }
     }
 
@@ -126,9 +128,9 @@ impl LappsState {
                 e.code
             );
         } else {
-            // Never reached the app, so not counted as owed: sent as it is.
+            // Never reached the app, so not counted as owed; after the responses it owes.
             let answer = encode_response_error(e.code, &e.message, None);
-            send_message(host, conn, crate::ws::Opcode::Binary, &answer);
+            host.held.answer(host, conn, answer, false);
         }
         let mut errors = self.errors.borrow_mut();
         let n = errors.entry(conn).or_insert(0);
@@ -154,8 +156,10 @@ pub(crate) const NOT_OWED: &CStr = c"no request awaiting a response";
 
 /// Queues one CBOR message as a binary frame on `conn`. A response (cid 0) must be owed (see
 /// `Hub::take_response`): otherwise nothing is sent and the reason is returned.
+/// Host answers waiting behind it follow it.
 pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(), &'static CStr> {
-    if protocol::is_response(cbor) {
+    let response = protocol::is_response(cbor);
+    if response {
         if !host.hub.take_response(conn) {
             return Err(if host.hub.is_live(conn) {
                 NOT_OWED
@@ -166,5 +170,8 @@ pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(),
         host.note_response(conn);
     }
     send_message(host, conn, crate::ws::Opcode::Binary, cbor);
+    if response && !host.held.is_empty() {
+        host.held.release(host, conn);
+    }
     Ok(())
 }

@@ -83,6 +83,9 @@ pub(crate) fn call_requests(
                 if is_request {
                     // False when the client is gone: its request is still the app's to see.
                     host.hub.expect_response(conn);
+                    if !host.held.is_empty() {
+                        host.held.request_reached_app(conn);
+                    }
                 }
                 host.begin_request(is_request.then_some(conn));
                 ffi::lua_pushvalue(l, 2);

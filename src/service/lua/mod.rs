@@ -15,6 +15,7 @@
 pub mod api;
 mod fastpath;
 mod frame;
+mod held;
 mod host;
 mod inbox;
 mod instance;

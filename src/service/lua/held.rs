@@ -1,0 +1,134 @@
+//! The host's own answers on a LAppS connection, kept in request order behind the app's.
+//!
+//! The host answers some requests itself: a malformed one (-32700, -32600) that never reaches
+//! the app, and one whose handler raised (-32603). Responses carry no id: the client matches
+//! them to its calls by order (SPEC section 4). An app may answer later than it is called (it
+//! keeps the handler and answers from a timer or an `mqr` message), so when the host answers
+//! while the app still owes responses to earlier requests of that connection, the host's
+//! answer waits here until those have left, then follows them.
+//!
+//! Counting, per connection with answers waiting: `base` is the count of owed responses (the
+//! hub's, `Hub::owed_responses`) when the first one was held, `expected` the requests that
+//! reached the app since and `host_taken` those of them the host answered itself (their
+//! handler raised). The app's responses since then are `base + expected - host_taken - owed
+//! now`, and an answer held when `base + expected - host_taken` was `d` leaves once the app has
+//! sent that many: every request before it has had its response. The count covers responses
+//! from any thread, but this instance looks again only when it sends a response itself and
+//! after each batch it handles, so an answer waiting on a response another service sends
+//! leaves at the latter. An answer of a connection that closes is dropped with it.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+
+use super::frame::send_message;
+use super::host::HostCtx;
+use crate::net::handle::ConnId;
+use crate::ws::Opcode;
+
+#[derive(Default)]
+pub(crate) struct HeldAnswers {
+    conns: RefCell<HashMap<ConnId, Waiting>>,
+}
+
+struct Waiting {
+    /// Responses the connection was owed when its first answer here was held.
+    base: u64,
+    /// Requests of the connection that reached the app since.
+    expected: u64,
+    /// Of those, the ones whose response the host took (to answer them itself).
+    host_taken: u64,
+    /// In request order: how many responses the app must send (since `base`) before it, and
+    /// the CBOR answer.
+    answers: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl HeldAnswers {
+    /// True when no connection has an answer waiting (the per-message check).
+    pub fn is_empty(&self) -> bool {
+        self.conns.borrow().is_empty()
+    }
+
+    /// A request of `conn` reached the app (after `Hub::expect_response`).
+    pub fn request_reached_app(&self, conn: ConnId) {
+        if let Some(w) = self.conns.borrow_mut().get_mut(&conn) {
+            w.expected += 1;
+        }
+    }
+
+    /// Sends the host's answer `cbor` to `conn` now, or once the responses the app owes to
+    /// earlier requests have left. `took`: the answer is to a request that reached the app,
+    /// whose owed response the host has just taken (`Hub::take_response`).
+    pub fn answer(&self, host: &HostCtx, conn: ConnId, cbor: Vec<u8>, took: bool) {
+        if took {
+            if let Some(w) = self.conns.borrow_mut().get_mut(&conn) {
+                w.host_taken += 1;
+            }
+        }
+        self.release(host, conn);
+        let Some(owed) = host.hub.owed_responses(conn) else {
+            self.forget(conn);
+            return;
+        };
+        let mut conns = self.conns.borrow_mut();
+        if owed == 0 && !conns.contains_key(&conn) {
+            drop(conns);
+            send_message(host, conn, Opcode::Binary, &cbor);
+            return;
+        }
+        let w = conns.entry(conn).or_insert_with(|| Waiting {
+            base: owed as u64,
+            expected: 0,
+            host_taken: 0,
+            answers: VecDeque::new(),
+        });
+        let due = (w.base + w.expected).saturating_sub(w.host_taken);
+        w.answers.push_back((due, cbor));
+    }
+
+    /// Sends the answers of `conn` whose turn has come (after a response to it left).
+    pub fn release(&self, host: &HostCtx, conn: ConnId) {
+        let due = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(w) = conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(owed) = host.hub.owed_responses(conn) else {
+                conns.remove(&conn);
+                return;
+            };
+            let sent = (w.base + w.expected).saturating_sub(w.host_taken + owed as u64);
+            let mut due = Vec::new();
+            while w.answers.front().is_some_and(|(d, _)| *d <= sent) {
+                if let Some((_, cbor)) = w.answers.pop_front() {
+                    due.push(cbor);
+                }
+            }
+            if w.answers.is_empty() {
+                conns.remove(&conn);
+            }
+            due
+        };
+        for cbor in due {
+            send_message(host, conn, Opcode::Binary, &cbor);
+        }
+    }
+
+    /// [`release`](Self::release) for every connection with answers waiting (after a batch:
+    /// responses sent by other services count too).
+    pub fn release_all(&self, host: &HostCtx) {
+        if self.is_empty() {
+            return;
+        }
+        let conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        for conn in conns {
+            self.release(host, conn);
+        }
+    }
+
+    /// `conn` closed: its answers go with it.
+    pub fn forget(&self, conn: ConnId) {
+        if !self.is_empty() {
+            self.conns.borrow_mut().remove(&conn);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+-- lapps_deferred: a LAppS-protocol test app (tests/lapps_order.rs) that answers some requests
+-- later than it is called, as an app waiting on a timer or an mqr message would.
+--   later(...)  not answered until release is called
+--   release()   answers every kept request in order with its params, then {"released"}
+--   fail()      raises (the host answers -32603)
+--   echo(...)   answers with its params at once
+local app = {}
+
+-- Per handler, the params of the requests kept unanswered, oldest first.
+local kept = {}
+
+local methods = {}
+
+methods.later = function(handler, message)
+  local list = kept[handler] or {}
+  kept[handler] = list
+  list[#list + 1] = message.params
+end
+
+methods.release = function(handler)
+  for _, params in ipairs(kept[handler] or {}) do
+    assert(ws:send_response(handler, params))
+  end
+  kept[handler] = nil
+  assert(ws:send_response(handler, { "released" }))
+end
+
+methods.fail = function()
+  error("fail was called")
+end
+
+methods.echo = function(handler, message)
+  assert(ws:send_response(handler, message.params))
+end
+
+app.onMessage = function(handler, msg_type, message)
+  if msg_type == 3 or msg_type == 4 then
+    methods[message.method](handler, message)
+  end
+  return true
+end
+
+app.onDisconnect = function(handler)
+  kept[handler] = nil
+end
+
+return app

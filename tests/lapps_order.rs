@@ -1,0 +1,125 @@
+//! Responses leave in request order even when the app answers later than it is called: the
+//! host's own answers (-32700, -32600 for malformed requests, -32603 for a handler that
+//! raised) wait behind the responses the app still owes to earlier requests of that
+//! connection, and never hold up another connection. Real server, real Lua app
+//! (`tests/apps/lapps_deferred`), real WebSocket client; responses decoded with ciborium.
+mod common;
+use ciborium::Value as Cbor;
+use common::*;
+use lapps::lapps_proto::{cbor, Value};
+use tungstenite::Message;
+
+fn start() -> TestApp {
+    start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
+        ),
+    )
+}
+
+fn request(method: &str, params: Vec<Value>) -> Message {
+    let t = |s: &str| Value::Text(s.into());
+    Message::binary(cbor::encode(&Value::Map(vec![
+        (t("lapps"), Value::Int(1)),
+        (t("method"), t(method)),
+        (t("params"), Value::Array(params)),
+    ])))
+}
+
+/// The next response as `ok [params]` or `error CODE`.
+fn next(ws: &mut Client) -> String {
+    loop {
+        match ws.read().expect("a response") {
+            Message::Binary(b) => {
+                let v: Cbor = ciborium::from_reader(&b[..]).expect("server sends CBOR");
+                let get = |v: &Cbor, k: &str| {
+                    v.as_map()
+                        .and_then(|m| m.iter().find(|(key, _)| key.as_text() == Some(k)))
+                        .map(|(_, v)| v.clone())
+                };
+                if let Some(r) = get(&v, "result") {
+                    return format!("ok {r:?}");
+                }
+                let code = get(&v, "error")
+                    .and_then(|e| get(&e, "code"))
+                    .and_then(|c| c.as_integer())
+                    .map(i128::from);
+                return format!("error {}", code.expect("a result or an error code"));
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn ok(n: i64) -> String {
+    format!("ok {:?}", Cbor::Array(vec![Cbor::Integer(n.into())]))
+}
+
+fn released() -> String {
+    format!("ok {:?}", Cbor::Array(vec![Cbor::Text("released".into())]))
+}
+
+#[test]
+fn host_answers_wait_behind_responses_the_app_still_owes() {
+    let app = start();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    let mut b = connect(app.addr, "/lapps_deferred");
+    // Pipelined: the app keeps the first and the fifth unanswered until `release`.
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(Message::binary(vec![0xff, 0x00])).unwrap(); // not CBOR: -32700
+    a.send(Message::binary(cbor::encode(&Value::Map(vec![(
+        Value::Text("lapps".into()),
+        Value::Int(1),
+    )]))))
+    .unwrap(); // no method: -32600
+    a.send(request("fail", vec![])).unwrap(); // raises: -32603
+    a.send(request("later", vec![Value::Int(2)])).unwrap();
+
+    // Meanwhile another connection of the same instance is answered at once, errors too.
+    b.send(Message::binary(vec![0xff])).unwrap();
+    assert_eq!(next(&mut b), "error -32700");
+    b.send(request("echo", vec![Value::Int(7)])).unwrap();
+    assert_eq!(next(&mut b), ok(7));
+    b.send(request("fail", vec![])).unwrap();
+    assert_eq!(next(&mut b), "error -32603");
+
+    a.send(request("release", vec![])).unwrap();
+    let got: Vec<String> = (0..6).map(|_| next(&mut a)).collect();
+    assert_eq!(
+        got,
+        [
+            ok(1),
+            "error -32700".into(),
+            "error -32600".into(),
+            "error -32603".into(),
+            ok(2),
+            released(),
+        ]
+    );
+    // Nothing waits any more: an error is answered at once again.
+    a.send(Message::binary(vec![0xff])).unwrap();
+    assert_eq!(next(&mut a), "error -32700");
+    a.send(request("echo", vec![Value::Int(3)])).unwrap();
+    assert_eq!(next(&mut a), ok(3));
+}
+
+#[test]
+fn a_client_that_leaves_with_answers_waiting_takes_them_along() {
+    let app = start();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(Message::binary(vec![0xff])).unwrap();
+    a.send(request("fail", vec![])).unwrap();
+    a.close(None).unwrap();
+    while a.read().is_ok() {}
+    // The instance keeps serving, in order, and nothing of the first client reaches this one.
+    let mut b = connect(app.addr, "/lapps_deferred");
+    b.send(request("later", vec![Value::Int(4)])).unwrap();
+    b.send(Message::binary(vec![0xff])).unwrap();
+    b.send(request("release", vec![])).unwrap();
+    let got: Vec<String> = (0..3).map(|_| next(&mut b)).collect();
+    assert_eq!(got, [ok(4), "error -32700".into(), released()]);
+}
