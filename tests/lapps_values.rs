@@ -324,3 +324,44 @@ fn parts_of_a_message_tree_an_app_keeps_stay_charged() {
     let got = call(&mut ws, at_request(100, 40_000));
     assert_eq!(got, protocol::encode_response_ok(&[Value::Int(99 % 20)]));
 }
+
+/// The response's result, decoded.
+fn result_of(response: &[u8]) -> Vec<Value> {
+    let got = cbor::decode(response).unwrap();
+    match got.get("result") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => panic!("not a result: {got:?}"),
+    }
+}
+
+#[test]
+fn trees_an_app_decodes_or_grows_are_charged_to_its_memory_limit() {
+    let app = start_with(r#""memory_limit": 8388608"#);
+    let mut ws = connect(app.addr, "/lapps_views");
+    let int = |n: i64| Value::Array(vec![Value::Int(n)]);
+    // A 2 MB JSON text of a million zeros: a tree of ~50 MB, six times the limit.
+    let got = result_of(&call(&mut ws, request("decode", int(1_000_000))));
+    assert_eq!(
+        got,
+        [Value::Bool(false), t("nljson.decode: not enough memory")],
+        "the tree was built past the limit"
+    );
+    let got = result_of(&call(&mut ws, request("decode", int(10_000))));
+    assert_eq!(got, [Value::Bool(true), Value::Int(10_000)]);
+    // Grown one assignment at a time, an array stops short of the limit with an error...
+    let got = result_of(&call(&mut ws, request("grow", int(1_000_000))));
+    assert_eq!(got.first(), Some(&Value::Bool(false)), "{got:?}");
+    let error = got.get(1).and_then(Value::as_str).unwrap_or_default();
+    assert!(error.contains("nljson: not enough memory"), "{got:?}");
+    let reached = got.get(2).and_then(Value::as_i64).unwrap_or(0);
+    assert!((10_000..1_000_000).contains(&reached), "{got:?}");
+    // ...and once it is garbage, what it charged is free again, over and over.
+    for round in 0..10 {
+        let got = result_of(&call(&mut ws, request("grow", int(reached * 2 / 3))));
+        assert_eq!(
+            got,
+            [Value::Bool(true), Value::Int(reached * 2 / 3)],
+            "round {round}"
+        );
+    }
+}

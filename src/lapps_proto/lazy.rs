@@ -17,7 +17,10 @@ use std::cell::{Cell, Ref, RefCell};
 use std::rc::Rc;
 
 use super::cbor_de;
-use super::node::{key_matches, number_key_text, position, Items, Key, Node};
+use super::node::{
+    kept_by, key_matches, node_text_len, number_key_text, position, value_text_len, Items, Key,
+    Node,
+};
 use super::tree_budget;
 use super::value::{Limits, Value};
 
@@ -265,29 +268,6 @@ fn build(
             node
         }
         scalar => Node::Scalar(scalar),
-    }
-}
-
-/// What a container of `items` direct items holding `text` bytes of strings keeps.
-fn kept_by(items: usize, text: usize) -> usize {
-    tree_budget::PER_CONTAINER
-        .saturating_add(items.saturating_mul(tree_budget::KEPT_PER_ITEM))
-        .saturating_add(text)
-}
-
-/// The bytes of a string scalar (0 for anything else).
-fn value_text_len(v: &Value) -> usize {
-    match v {
-        Value::Text(s) => s.len(),
-        Value::Bytes(b) => b.len(),
-        _ => 0,
-    }
-}
-
-fn node_text_len(n: &Node) -> usize {
-    match n {
-        Node::Scalar(v) => value_text_len(v),
-        _ => 0,
     }
 }
 

@@ -20,7 +20,8 @@
 
 use mlua::{LightUserData, Lua, Value as LuaValue};
 
-use super::node::Node;
+use super::node::{tree_cost, Node};
+use super::tree_budget::{self, Refusal};
 use super::value::{Limits, Value};
 
 /// Largest integer below which every integer is an exact `f64`.
@@ -41,9 +42,33 @@ pub fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
     into_lua(lua, value.clone())
 }
 
-/// Like [`to_lua`], moving the value (no copy of a decoded message).
+/// Like [`to_lua`], moving the value (no copy of a decoded message). Its tree is charged to
+/// the thread's tree budget: "not enough memory" when it does not fit.
 pub fn into_lua(lua: &Lua, value: Value) -> mlua::Result<LuaValue> {
+    let cost = tree_cost(&value);
+    if cost > 0 {
+        budget_for(lua, cost).map_err(mlua::Error::external)?;
+    }
     node_to_lua(lua, Node::from_value(value))
+}
+
+/// Asks the thread's tree budget ([`tree_budget`]) for `cost` bytes before a tree of that cost
+/// is built; when trees alive now leave no room, a full collection frees those gone out of use
+/// and it asks once more.
+pub(crate) fn budget_for(lua: &Lua, cost: usize) -> Result<(), String> {
+    tree_budget::take_refused();
+    if tree_budget::fits(cost) {
+        return Ok(());
+    }
+    if tree_budget::take_refused() == Some(Refusal::NotNow) {
+        let _ = lua.gc_collect();
+        let fits = tree_budget::fits(cost);
+        tree_budget::take_refused();
+        if fits {
+            return Ok(());
+        }
+    }
+    Err("not enough memory".into())
 }
 
 pub(crate) fn node_to_lua(lua: &Lua, node: Node) -> mlua::Result<LuaValue> {

@@ -12,8 +12,8 @@
 use mlua::{Function, Lua, MultiValue, Value as LuaValue};
 
 use super::json_ud::{self, NoNode};
-use super::lua::{from_lua_with, into_lua, is_null, node_to_lua, null};
-use super::node::{Key, Node};
+use super::lua::{budget_for, from_lua_with, into_lua, is_null, node_to_lua, null};
+use super::node::{slot_cost, tree_cost, value_text_len, Key, Node};
 use super::value::{Limits, Value};
 use super::{cbor, json};
 
@@ -78,10 +78,17 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
         })?;
         let value = match v {
             LuaValue::Nil => None,
-            v => Some(Node::from_value(
-                from_lua_with(lua, &v, &Limits::default())
-                    .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?,
-            )),
+            v => {
+                let v = from_lua_with(lua, &v, &Limits::default())
+                    .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?;
+                let key_text = match &key {
+                    KeyBuf::Str(b) => b.len(),
+                    KeyBuf::Num(_) => 24,
+                };
+                let cost = tree_cost(&v).saturating_add(slot_cost(key_text, value_text_len(&v)));
+                budget_for(lua, cost).map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))?;
+                Some(Node::from_value(v))
+            }
         };
         node.set(key.key(), value)
             .map_err(|e| mlua::Error::runtime(format!("nljson: {e}")))

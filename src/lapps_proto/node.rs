@@ -33,6 +33,73 @@ impl<T> Items<T> {
             charged: bytes,
         }
     }
+
+    /// Charges `bytes` more (an item put in).
+    fn charge(&mut self, bytes: usize) {
+        tree_budget::add(bytes);
+        self.charged = self.charged.saturating_add(bytes);
+    }
+
+    /// Gives back up to `bytes` of what this container charged (an item taken out).
+    fn uncharge(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.charged);
+        tree_budget::release(bytes);
+        self.charged -= bytes;
+    }
+}
+
+/// What a container of `items` direct items holding `text` bytes of strings keeps (a map's
+/// member is two items: its key and its value).
+pub(crate) fn kept_by(items: usize, text: usize) -> usize {
+    tree_budget::PER_CONTAINER
+        .saturating_add(items.saturating_mul(tree_budget::KEPT_PER_ITEM))
+        .saturating_add(text)
+}
+
+/// The bytes of a string scalar (0 for anything else).
+pub(crate) fn value_text_len(v: &Value) -> usize {
+    match v {
+        Value::Text(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// [`value_text_len`] of a node (0 for a container: it charges for itself).
+pub(crate) fn node_text_len(n: &Node) -> usize {
+    match n {
+        Node::Scalar(v) => value_text_len(v),
+        _ => 0,
+    }
+}
+
+/// What [`Node::from_value`] charges for `v`'s containers (0 for a scalar: it becomes a plain
+/// Lua value, which the Lua allocator charges).
+pub(crate) fn tree_cost(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => a.iter().fold(
+            kept_by(a.len(), a.iter().map(value_text_len).sum()),
+            |c, v| c.saturating_add(tree_cost(v)),
+        ),
+        Value::Map(m) => m.iter().fold(
+            kept_by(
+                2 * m.len(),
+                m.iter()
+                    .map(|(k, v)| value_text_len(k) + value_text_len(v))
+                    .sum(),
+            ),
+            |c, (k, v)| c.saturating_add(tree_cost(k)).saturating_add(tree_cost(v)),
+        ),
+        _ => 0,
+    }
+}
+
+/// What a member put into a container costs there beyond its own tree: its slot (a map's:
+/// key and value, the most an assignment takes) and the text of its key and string value.
+pub(crate) fn slot_cost(key_text: usize, value_text: usize) -> usize {
+    (2 * tree_budget::KEPT_PER_ITEM)
+        .saturating_add(key_text)
+        .saturating_add(value_text)
 }
 
 impl<T> Default for Items<T> {
@@ -142,17 +209,27 @@ pub(crate) fn position(n: f64) -> Option<usize> {
 }
 
 impl Node {
-    /// Moves a value into a fresh tree.
+    /// Moves a value into a fresh tree, its containers charged to the thread's tree budget
+    /// ([`tree_cost`] in all; the caller asked [`tree_budget::fits`] first).
     pub(crate) fn from_value(v: Value) -> Node {
         match v {
-            Value::Array(a) => Node::Array(Rc::new(RefCell::new(
-                a.into_iter().map(Node::from_value).collect(),
-            ))),
-            Value::Map(m) => Node::Object(Rc::new(RefCell::new(
-                m.into_iter()
+            Value::Array(a) => {
+                let kept = kept_by(a.len(), a.iter().map(value_text_len).sum());
+                let items = a.into_iter().map(Node::from_value).collect();
+                Node::Array(Rc::new(RefCell::new(Items::charged(items, kept))))
+            }
+            Value::Map(m) => {
+                let text = m
+                    .iter()
+                    .map(|(k, v)| value_text_len(k) + value_text_len(v))
+                    .sum();
+                let kept = kept_by(2 * m.len(), text);
+                let items = m
+                    .into_iter()
                     .map(|(k, v)| (k, Node::from_value(v)))
-                    .collect(),
-            ))),
+                    .collect();
+                Node::Object(Rc::new(RefCell::new(Items::charged(items, kept))))
+            }
             scalar => Node::Scalar(scalar),
         }
     }
@@ -267,9 +344,22 @@ impl Node {
                 };
                 let mut a = a.try_borrow_mut().map_err(|_| "array is in use")?;
                 let len = a.len();
+                let text = value.as_ref().map_or(0, node_text_len);
                 match position(n) {
-                    Some(i) if i < len => a[i] = value.unwrap_or(Node::Scalar(Value::Null)),
-                    Some(i) if i == len => a.extend(value),
+                    Some(i) if i < len => {
+                        let new = value.unwrap_or(Node::Scalar(Value::Null));
+                        let old = std::mem::replace(&mut a[i], new);
+                        a.uncharge(node_text_len(&old));
+                        a.charge(text);
+                        drop(a);
+                        drop(old);
+                    }
+                    Some(i) if i == len => {
+                        if let Some(v) = value {
+                            a.push(v);
+                            a.charge(tree_budget::KEPT_PER_ITEM + text);
+                        }
+                    }
                     _ => {
                         return Err(format!(
                             "array index {} out of range 1..{}",
@@ -284,11 +374,25 @@ impl Node {
                 let mut o = o.try_borrow_mut().map_err(|_| "object is in use")?;
                 let at = o.iter().position(|(k, _)| key_matches(k, key));
                 match (at, value) {
-                    (Some(i), Some(v)) => o[i].1 = v,
-                    (Some(i), None) => {
-                        o.remove(i);
+                    (Some(i), Some(v)) => {
+                        let text = node_text_len(&v);
+                        let old = std::mem::replace(&mut o[i].1, v);
+                        o.uncharge(node_text_len(&old));
+                        o.charge(text);
+                        drop(o);
+                        drop(old);
                     }
-                    (None, Some(v)) => o.push((stored_key(key), v)),
+                    (Some(i), None) => {
+                        let (k, old) = o.remove(i);
+                        o.uncharge(slot_cost(value_text_len(&k), node_text_len(&old)));
+                        drop(o);
+                        drop(old);
+                    }
+                    (None, Some(v)) => {
+                        let k = stored_key(key);
+                        o.charge(slot_cost(value_text_len(&k), node_text_len(&v)));
+                        o.push((k, v));
+                    }
                     (None, None) => {}
                 }
                 Ok(())
@@ -306,7 +410,10 @@ impl Node {
                 };
                 match position(n) {
                     Some(i) if i < a.len() => {
-                        a.remove(i);
+                        let old = a.remove(i);
+                        a.uncharge(tree_budget::KEPT_PER_ITEM + node_text_len(&old));
+                        drop(a);
+                        drop(old);
                         true
                     }
                     _ => false,
@@ -318,7 +425,10 @@ impl Node {
                 };
                 match o.iter().position(|(k, _)| key_matches(k, key)) {
                     Some(i) => {
-                        o.remove(i);
+                        let (k, old) = o.remove(i);
+                        o.uncharge(slot_cost(value_text_len(&k), node_text_len(&old)));
+                        drop(o);
+                        drop(old);
                         true
                     }
                     None => false,

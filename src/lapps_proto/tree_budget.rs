@@ -9,7 +9,8 @@
 //! the limit of the state that thread runs (each instance is one thread with one state); a
 //! build past it is refused, and the caller answers as Lua does when out of memory.
 //!
-//! Owns three thread-local values and nothing else. `lazy::Doc` asks before it builds a tree;
+//! Owns three thread-local values and nothing else. `lazy::Doc` asks before it builds a tree,
+//! as `lua::budget_for` does before a decoded document or an assigned value becomes one;
 //! each container of the tree (`node::Items`) charges what it keeps and gives it back when it
 //! goes, so the parts of a tree an app keeps stay charged after their message is gone. The
 //! view functions (`json_ud`) turn a refusal into a full collection, one retry and then an

@@ -98,6 +98,32 @@ methods.keep = function(handler, message)
   return ws:send_response(handler, { x })
 end
 
+-- Decodes a JSON array of params[1] zeros: {true, #v} or {false, the error}.
+methods.decode = function(handler, message)
+  local n = message.params[1]
+  local v, err = nljson.decode("[" .. string.rep("0,", n - 1) .. "0]")
+  if v == nil then
+    return ws:send_response(handler, { false, err })
+  end
+  return ws:send_response(handler, { true, #v })
+end
+
+-- Appends params[1] numbers to a new array one assignment at a time: {true, #a} or
+-- {false, the error, #a when it was raised}.
+methods.grow = function(handler, message)
+  local n = message.params[1]
+  local a = nljson.array()
+  local ok, err = pcall(function()
+    for i = 1, n do
+      a[i] = i
+    end
+  end)
+  if ok then
+    return ws:send_response(handler, { true, #a })
+  end
+  return ws:send_response(handler, { false, tostring(err), #a })
+end
+
 methods.forget = function(handler)
   kept = {}
   return ws:send_response(handler, {})
