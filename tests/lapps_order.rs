@@ -123,3 +123,40 @@ fn a_client_that_leaves_with_answers_waiting_takes_them_along() {
     let got: Vec<String> = (0..3).map(|_| next(&mut b)).collect();
     assert_eq!(got, [ok(4), "error -32700".into(), released()]);
 }
+
+#[test]
+fn a_handler_that_answers_earlier_requests_and_then_raises_still_gets_its_own_answer() {
+    let app = start();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(request("later", vec![Value::Int(2)])).unwrap();
+    a.send(request("settle", vec![])).unwrap();
+    let got: Vec<String> = (0..3).map(|_| next(&mut a)).collect();
+    assert_eq!(got, [ok(1), ok(2), "error -32603".into()]);
+    a.send(request("echo", vec![Value::Int(3)])).unwrap();
+    assert_eq!(next(&mut a), ok(3));
+}
+
+#[test]
+fn a_client_that_piles_up_host_answers_behind_an_owed_one_is_closed_with_1008() {
+    let app = start();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    // Each raises: the host's -32603 waits behind the first request's answer. 1024 may wait.
+    for _ in 0..1100 {
+        a.send(request("fail", vec![])).unwrap();
+    }
+    let code = loop {
+        match a.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(other) => panic!("nothing may overtake the owed answer: {other:?}"),
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    // Nobody else is affected.
+    let mut b = connect(app.addr, "/lapps_deferred");
+    b.send(request("echo", vec![Value::Int(2)])).unwrap();
+    assert_eq!(next(&mut b), ok(2));
+}

@@ -18,8 +18,7 @@ use std::rc::Rc;
 
 use super::cbor_de;
 use super::node::{
-    kept_by, key_matches, node_text_len, number_key_text, position, value_text_len, Items, Key,
-    Node,
+    kept_by, key_len, key_matches, node_text_len, number_key_text, position, Items, Key, Node,
 };
 use super::tree_budget;
 use super::value::{Limits, Value};
@@ -261,7 +260,7 @@ fn build(
                 .collect();
             let text = built
                 .iter()
-                .map(|(k, v)| value_text_len(k) + node_text_len(v))
+                .map(|(k, v)| key_len(k) + node_text_len(v))
                 .sum();
             let kept = kept_by(2 * built.len(), text);
             *cell.borrow_mut() = Items::charged(built, kept);

@@ -65,6 +65,23 @@ pub(crate) fn value_text_len(v: &Value) -> usize {
     }
 }
 
+/// What a map key keeps beside its slot: a string's bytes, and for a container key (CBOR
+/// allows them; it stays a [`Value`]) its values and their strings.
+pub(crate) fn key_len(k: &Value) -> usize {
+    match k {
+        Value::Array(a) => a.iter().fold(0usize, |c, v| {
+            c.saturating_add(tree_budget::KEPT_PER_ITEM)
+                .saturating_add(key_len(v))
+        }),
+        Value::Map(m) => m.iter().fold(0usize, |c, (k, v)| {
+            c.saturating_add(2 * tree_budget::KEPT_PER_ITEM)
+                .saturating_add(key_len(k))
+                .saturating_add(key_len(v))
+        }),
+        other => value_text_len(other),
+    }
+}
+
 /// [`value_text_len`] of a node (0 for a container: it charges for itself).
 pub(crate) fn node_text_len(n: &Node) -> usize {
     match n {
@@ -84,11 +101,9 @@ pub(crate) fn tree_cost(v: &Value) -> usize {
         Value::Map(m) => m.iter().fold(
             kept_by(
                 2 * m.len(),
-                m.iter()
-                    .map(|(k, v)| value_text_len(k) + value_text_len(v))
-                    .sum(),
+                m.iter().map(|(k, v)| key_len(k) + value_text_len(v)).sum(),
             ),
-            |c, (k, v)| c.saturating_add(tree_cost(k)).saturating_add(tree_cost(v)),
+            |c, (_, v)| c.saturating_add(tree_cost(v)),
         ),
         _ => 0,
     }
@@ -219,10 +234,7 @@ impl Node {
                 Node::Array(Rc::new(RefCell::new(Items::charged(items, kept))))
             }
             Value::Map(m) => {
-                let text = m
-                    .iter()
-                    .map(|(k, v)| value_text_len(k) + value_text_len(v))
-                    .sum();
+                let text = m.iter().map(|(k, v)| key_len(k) + value_text_len(v)).sum();
                 let kept = kept_by(2 * m.len(), text);
                 let items = m
                     .into_iter()
@@ -384,13 +396,13 @@ impl Node {
                     }
                     (Some(i), None) => {
                         let (k, old) = o.remove(i);
-                        o.uncharge(slot_cost(value_text_len(&k), node_text_len(&old)));
+                        o.uncharge(slot_cost(key_len(&k), node_text_len(&old)));
                         drop(o);
                         drop(old);
                     }
                     (None, Some(v)) => {
                         let k = stored_key(key);
-                        o.charge(slot_cost(value_text_len(&k), node_text_len(&v)));
+                        o.charge(slot_cost(key_len(&k), node_text_len(&v)));
                         o.push((k, v));
                     }
                     (None, None) => {}
@@ -426,7 +438,7 @@ impl Node {
                 match o.iter().position(|(k, _)| key_matches(k, key)) {
                     Some(i) => {
                         let (k, old) = o.remove(i);
-                        o.uncharge(slot_cost(value_text_len(&k), node_text_len(&old)));
+                        o.uncharge(slot_cost(key_len(&k), node_text_len(&old)));
                         drop(o);
                         drop(old);
                         true
@@ -482,5 +494,62 @@ fn take_children(n: &mut Node, out: &mut Vec<Node>) {
                 out.extend(cell.get_mut().drain(..).map(|(_, n)| n));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(n: i64) -> Value {
+        Value::Array((0..n).map(Value::Int).collect())
+    }
+
+    #[test]
+    fn a_tree_charges_what_tree_cost_says_and_gives_it_back() {
+        let values = [
+            ints(1000),
+            Value::Map(vec![
+                (Value::text("a"), ints(3)),
+                (Value::text("b"), Value::text("xyz")),
+            ]),
+            // A container key (CBOR allows them) is kept as it is, and charged as well.
+            Value::Map(vec![(ints(10_000), Value::Int(1))]),
+            Value::Int(7),
+        ];
+        for v in values {
+            let before = tree_budget::charged();
+            let node = Node::from_value(v.clone());
+            assert_eq!(tree_budget::charged() - before, tree_cost(&v), "{v:?}");
+            drop(node);
+            assert_eq!(tree_budget::charged(), before, "{v:?}");
+        }
+        let keyed = Value::Map(vec![(ints(10_000), Value::Int(1))]);
+        assert!(tree_cost(&keyed) >= 10_000 * tree_budget::KEPT_PER_ITEM);
+    }
+
+    #[test]
+    fn assignments_charge_what_they_add_and_removals_give_it_back() {
+        let base = tree_budget::charged();
+        let object = Node::from_value(Value::Map(vec![]));
+        let array = Node::from_value(Value::Array(vec![]));
+        let empty = tree_budget::charged();
+        let text = Value::text(&"x".repeat(1000));
+        object
+            .set(Key::Str(b"k"), Some(Node::from_value(text.clone())))
+            .unwrap();
+        array
+            .set(Key::Num(1.0), Some(Node::from_value(ints(100))))
+            .unwrap();
+        array.set(Key::Num(2.0), Some(Node::Scalar(text))).unwrap();
+        assert!(tree_budget::charged() - empty >= 2000 + 100 * tree_budget::KEPT_PER_ITEM);
+        // Replaced by a smaller value, then removed: back to the empty containers' charge.
+        array.set(Key::Num(2.0), None).unwrap();
+        assert!(array.erase(Key::Num(2.0)));
+        assert!(array.erase(Key::Num(1.0)));
+        object.set(Key::Str(b"k"), None).unwrap();
+        assert_eq!(tree_budget::charged(), empty);
+        drop((object, array));
+        assert_eq!(tree_budget::charged(), base);
     }
 }

@@ -15,7 +15,14 @@
 //! sent that many: every request before it has had its response. The count covers responses
 //! from any thread, but this instance looks again only when it sends a response itself and
 //! after each batch it handles, so an answer waiting on a response another service sends
-//! leaves at the latter. An answer of a connection that closes is dropped with it.
+//! leaves at the latter, and may overtake that response when the other service has not handed
+//! it to the worker yet (its outbox is posted at its next polling point): the order is exact
+//! when the app answers from the instance its client is bound to, as SPEC section 7 has it.
+//!
+//! Answers of a connection that closes are dropped with it (so are the responses its app still
+//! owed). At most [`MAX_WAITING`] wait per connection: past that the client is closed with 1008
+//! (it keeps sending requests the host answers while the app owes an earlier one), as the
+//! worker's outbound bound would have stopped it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +31,9 @@ use super::frame::send_message;
 use super::host::HostCtx;
 use crate::net::handle::ConnId;
 use crate::ws::Opcode;
+
+/// Host answers that may wait per connection.
+pub(crate) const MAX_WAITING: usize = 1024;
 
 #[derive(Default)]
 pub(crate) struct HeldAnswers {
@@ -57,8 +67,9 @@ impl HeldAnswers {
 
     /// Sends the host's answer `cbor` to `conn` now, or once the responses the app owes to
     /// earlier requests have left. `took`: the answer is to a request that reached the app,
-    /// whose owed response the host has just taken (`Hub::take_response`).
-    pub fn answer(&self, host: &HostCtx, conn: ConnId, cbor: Vec<u8>, took: bool) {
+    /// whose owed response the host has just taken (`Hub::take_response`). False when
+    /// [`MAX_WAITING`] answers of `conn` wait already (this one is dropped: close it).
+    pub fn answer(&self, host: &HostCtx, conn: ConnId, cbor: Vec<u8>, took: bool) -> bool {
         if took {
             if let Some(w) = self.conns.borrow_mut().get_mut(&conn) {
                 w.host_taken += 1;
@@ -67,13 +78,13 @@ impl HeldAnswers {
         self.release(host, conn);
         let Some(owed) = host.hub.owed_responses(conn) else {
             self.forget(conn);
-            return;
+            return true;
         };
         let mut conns = self.conns.borrow_mut();
         if owed == 0 && !conns.contains_key(&conn) {
             drop(conns);
             send_message(host, conn, Opcode::Binary, &cbor);
-            return;
+            return true;
         }
         let w = conns.entry(conn).or_insert_with(|| Waiting {
             base: owed as u64,
@@ -81,8 +92,12 @@ impl HeldAnswers {
             host_taken: 0,
             answers: VecDeque::new(),
         });
+        if w.answers.len() >= MAX_WAITING {
+            return false;
+        }
         let due = (w.base + w.expected).saturating_sub(w.host_taken);
         w.answers.push_back((due, cbor));
+        true
     }
 
     /// Sends the answers of `conn` whose turn has come (after a response to it left).

@@ -87,10 +87,6 @@ pub(crate) struct HostCtx {
     in_run: Cell<bool>,
     /// Connections of this instance it asked to close: their queued messages are skipped.
     pub closing: RefCell<HashSet<ConnId>>,
-    /// The connection whose LAppS request `onMessage` is handling, and whether a response
-    /// (cid 0) went to it since: a handler that answers and then fails gets no second one.
-    answering: Cell<Option<ConnId>>,
-    answered: Cell<bool>,
     /// The host's LAppS answers waiting behind responses the app still owes.
     pub held: HeldAnswers,
 }
@@ -129,8 +125,6 @@ impl HostCtx {
             standalone: spec.standalone,
             in_run: Cell::new(false),
             closing: RefCell::new(HashSet::new()),
-            answering: Cell::new(None),
-            answered: Cell::new(false),
             held: HeldAnswers::default(),
         }
     }
@@ -204,24 +198,6 @@ impl HostCtx {
         };
         // Err means the server is shutting down: the connections are closing anyway.
         let _ = self.hub.post(w, batch);
-    }
-
-    /// A LAppS request of `conn` is being handled from now on (`None`: none is).
-    pub fn begin_request(&self, conn: Option<ConnId>) {
-        self.answering.set(conn);
-        self.answered.set(false);
-    }
-
-    /// A response (cid 0) is queued for `conn`.
-    pub fn note_response(&self, conn: ConnId) {
-        if self.answering.get() == Some(conn) {
-            self.answered.set(true);
-        }
-    }
-
-    /// Whether the request being handled has had its response.
-    pub fn answered(&self) -> bool {
-        self.answered.get()
     }
 
     /// Starts a new budget slice (each callback, and each `must_stop()`/`nap` in `run()`).

@@ -89,7 +89,8 @@ impl LappsState {
     }
 
     /// The app's handler raised `error` for `method`: logged, and answered with -32603 when
-    /// the message was a request.
+    /// the message was a request the app has not answered. Some close code when the connection
+    /// must close (too many answers waiting, see [`HeldAnswers`](super::held::HeldAnswers)).
     pub fn failed(
         &self,
         host: &HostCtx,
@@ -97,7 +98,7 @@ impl LappsState {
         method: &str,
         is_request: bool,
         error: &str,
-    ) {
+    ) -> Option<u16> {
         let error = one_line_str(error);
         crate::error_limited!(
             "{} onMessage failed for method {} of {:#x}: {}",
@@ -106,14 +107,31 @@ impl LappsState {
             conn.as_u64(),
             error
         );
-        // A handler may have answered before it failed: one response per request.
-        // (The count of owed responses cannot tell: the app may still owe earlier requests,
-        // which is also why the answer may have to wait for theirs.)
-        if is_request && !host.answered() && host.hub.take_response(conn) {
-            host.note_response(conn);
+        // One response per request. Responses answer the oldest requests first, and this is
+        // the newest, so it has had its answer exactly when nothing is owed any more (the
+        // handler may have answered it, or an earlier one, before it raised).
+        let owed = host.hub.owed_responses(conn).unwrap_or(0);
+        if is_request && owed > 0 && host.hub.take_response(conn) {
             let answer = encode_response_error(protocol::INTERNAL_ERROR, "internal error", None);
-            host.held.answer(host, conn, answer, true);
+            return self.answer(host, conn, answer, true).err();
         }
+        None
+    }
+
+    /// A host answer, in order behind the app's (see [`HeldAnswers`](super::held::HeldAnswers));
+    /// Err(1008) when too many wait already: the client keeps sending requests the host must
+    /// answer while the app owes an earlier one.
+    fn answer(&self, host: &HostCtx, conn: ConnId, answer: Vec<u8>, took: bool) -> Result<(), u16> {
+        if host.held.answer(host, conn, answer, took) {
+            return Ok(());
+        }
+        crate::info_limited!(
+            "{} closing {:#x} with 1008: {} host answers wait behind a response its app owes",
+            host.tag(),
+            conn.as_u64(),
+            super::held::MAX_WAITING
+        );
+        Err(1008)
     }
 
     fn refuse(&self, host: &HostCtx, conn: ConnId, e: ProtocolError) -> Outcome {
@@ -130,7 +148,9 @@ impl LappsState {
         } else {
             // Never reached the app, so not counted as owed; after the responses it owes.
             let answer = encode_response_error(e.code, &e.message, None);
-            host.held.answer(host, conn, answer, false);
+            if let Err(code) = self.answer(host, conn, answer, false) {
+                return Outcome::Close(code);
+            }
         }
         let mut errors = self.errors.borrow_mut();
         let n = errors.entry(conn).or_insert(0);
@@ -159,15 +179,12 @@ pub(crate) const NOT_OWED: &CStr = c"no request awaiting a response";
 /// Host answers waiting behind it follow it.
 pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(), &'static CStr> {
     let response = protocol::is_response(cbor);
-    if response {
-        if !host.hub.take_response(conn) {
-            return Err(if host.hub.is_live(conn) {
-                NOT_OWED
-            } else {
-                c"closed"
-            });
-        }
-        host.note_response(conn);
+    if response && !host.hub.take_response(conn) {
+        return Err(if host.hub.is_live(conn) {
+            NOT_OWED
+        } else {
+            c"closed"
+        });
     }
     send_message(host, conn, crate::ws::Opcode::Binary, cbor);
     if response && !host.held.is_empty() {

@@ -87,7 +87,6 @@ pub(crate) fn call_requests(
                         host.held.request_reached_app(conn);
                     }
                 }
-                host.begin_request(is_request.then_some(conn));
                 ffi::lua_pushvalue(l, 2);
                 ffi::lua_pushnumber(l, conn.as_u64() as f64);
                 ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
@@ -111,10 +110,11 @@ pub(crate) fn call_requests(
                         }
                         // The bytes stay as they came, whatever the app changed.
                         let method = doc.text(method_at).unwrap_or_default();
-                        lapps.failed(host, conn, &method, is_request, &error);
+                        if let Some(code) = lapps.failed(host, conn, &method, is_request, &error) {
+                            close(host, conn, code);
+                        }
                     }
                 }
-                host.begin_request(None);
                 ffi::lua_settop(l, 3);
             }
         })

@@ -3,6 +3,7 @@
 --   later(...)  not answered until release is called
 --   release()   answers every kept request in order with its params, then {"released"}
 --   fail()      raises (the host answers -32603)
+--   settle()    answers every kept request in order, then raises (its own answer is -32603)
 --   echo(...)   answers with its params at once
 local app = {}
 
@@ -23,6 +24,14 @@ methods.release = function(handler)
   end
   kept[handler] = nil
   assert(ws:send_response(handler, { "released" }))
+end
+
+methods.settle = function(handler)
+  for _, params in ipairs(kept[handler] or {}) do
+    assert(ws:send_response(handler, params))
+  end
+  kept[handler] = nil
+  error("settled the others, not this one")
 end
 
 methods.fail = function()
