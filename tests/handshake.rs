@@ -197,3 +197,64 @@ fn an_empty_line_before_the_request_line_is_skipped() {
     let echoed = read_frame(&mut s).expect("the echo");
     assert_eq!((echoed.opcode, echoed.payload), (1, b"after CRLF".to_vec()));
 }
+
+#[test]
+fn a_long_head_sent_in_small_pieces_is_upgraded_and_the_frame_after_it_echoed() {
+    use std::io::Write;
+    // Longer than the 1 KiB a leftover is copied around in: the worker appends to it instead.
+    let srv = start_echo(|_| {});
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(3000));
+    let mut bytes = request(
+        srv.addr,
+        "/echo",
+        &format!("Sec-WebSocket-Version: 13\r\n{pad}"),
+    )
+    .into_bytes();
+    bytes.extend(frame(true, 0, 2, b"after the head", true));
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    for piece in bytes.chunks(7) {
+        s.write_all(piece).unwrap();
+    }
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let echo = read_frame(&mut s).expect("the echo");
+    assert_eq!(
+        (echo.opcode, &echo.payload[..]),
+        (2, &b"after the head"[..])
+    );
+}
+
+#[test]
+fn bytes_that_cannot_start_a_request_get_400_at_once() {
+    // A TLS ClientHello's first bytes on a ws:// port, and plain binary: no line end ever
+    // comes, so only the request line's method can tell (not the 5 s handshake timeout).
+    for junk in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\x00\x01\x02\x03",
+    ] {
+        let srv = start_echo(|_| {});
+        let t = std::time::Instant::now();
+        let resp = http_exchange(srv.addr, junk);
+        assert!(resp.starts_with("HTTP/1.1 400 "), "{junk:?}: {resp}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(4),
+            "answered only after {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_request_without_host_gets_400_and_a_head_request_a_405_without_content() {
+    let srv = start_echo(|_| {});
+    let resp = http_exchange(srv.addr, b"GET /echo HTTP/1.1\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    let resp = http_exchange(srv.addr, b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 405 "), "{resp}");
+    assert!(
+        resp.ends_with("\r\n\r\n"),
+        "a HEAD answer with content: {resp:?}"
+    );
+}

@@ -102,6 +102,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
 /// First sleep while a service's full queue holds a batch of ours (see `flush_services`).
 const RETRY_FLUSH_WAIT: Duration = Duration::from_millis(1);
 
+/// A leftover longer than this (a request head arriving in small pieces) stays in the
+/// connection's buffer and each read is appended to it, instead of being copied into the read
+/// buffer before the read and back after it: that costs the leftover's length per read, which
+/// is quadratic in the head's length for a head sent a byte at a time.
+const LONG_LEFTOVER: usize = 1024;
+
+/// Where the next read of a connection with leftover input `inbuf` goes: after a copy of a
+/// short leftover at the start of `scratch`, or, for a long one (which stays where it is, see
+/// [`Worker::process_read`]), at the start. Leftover and read together fit in `scratch` either
+/// way; the caller made sure the leftover is shorter than it.
+fn read_room<'a>(inbuf: &[u8], scratch: &'a mut [u8]) -> &'a mut [u8] {
+    let kept = inbuf.len().min(scratch.len());
+    if kept > LONG_LEFTOVER {
+        let room = scratch.len() - kept;
+        &mut scratch[..room]
+    } else {
+        scratch[..kept].copy_from_slice(&inbuf[..kept]);
+        &mut scratch[kept..]
+    }
+}
+
 pub struct Worker {
     id: usize,
     hub: Arc<Hub>,
@@ -413,6 +434,34 @@ impl Worker {
         }
     }
 
+    /// Processes what a read of `n` bytes into [`read_room`] gave, after the connection's
+    /// leftover input, and keeps what was not consumed as its new leftover.
+    fn process_read(&mut self, index: u32, scratch: &mut [u8], n: usize) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        let mut inbuf = std::mem::take(&mut c.inbuf);
+        let kept = inbuf.len();
+        let total = kept + n;
+        if kept > LONG_LEFTOVER {
+            inbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+            let consumed = self.process(index, &mut inbuf);
+            if let Some(c) = self.conns.get_mut(index) {
+                if consumed < total {
+                    inbuf.drain(..consumed);
+                    c.inbuf = inbuf;
+                }
+            }
+        } else {
+            let consumed = self.process(index, &mut scratch[..total]);
+            if let Some(c) = self.conns.get_mut(index) {
+                if consumed < total {
+                    c.inbuf = scratch[consumed..total].to_vec();
+                }
+            }
+        }
+    }
+
     /// Reads and processes up to `max_inbounds_skip` chunks from one connection.
     fn read_some(&mut self, index: u32) {
         if self.conns.get_mut(index).is_some_and(|c| c.tls.is_some()) {
@@ -433,29 +482,21 @@ impl Worker {
                 self.end(index, Ending::Error);
                 break;
             }
-            scratch[..kept].copy_from_slice(&c.inbuf);
-            match sys::recv(c.fd.as_raw_fd(), &mut scratch[kept..]) {
+            match sys::recv(c.fd.as_raw_fd(), read_room(&c.inbuf, &mut scratch)) {
                 Ok(0) => {
                     c.read_pending = false;
                     self.on_eof(index);
                     break;
                 }
                 Ok(n) => {
-                    c.inbuf = Vec::new();
                     c.last_activity = Instant::now();
-                    let total = kept + n;
                     // A short read drained the socket: anything arriving later is a new edge,
                     // so the extra read that would only return EAGAIN is skipped (as tokio does).
                     // Not after a hang-up: the EOF is already there and no edge will follow.
-                    if total < scratch.len() && !c.peer_hup {
+                    if kept + n < scratch.len() && !c.peer_hup {
                         c.read_pending = false;
                     }
-                    let consumed = self.process(index, &mut scratch[..total]);
-                    if let Some(c) = self.conns.get_mut(index) {
-                        if consumed < total {
-                            c.inbuf = scratch[consumed..total].to_vec();
-                        }
-                    }
+                    self.process_read(index, &mut scratch, n);
                 }
                 Err(e) => {
                     if !self.read_failed(index, e) {

@@ -74,16 +74,22 @@ impl Request {
 pub struct HandshakeError {
     pub status: u16,
     pub reason: &'static str,
+    /// The request was a HEAD: its answer carries no content (RFC 9110 section 9.3.2).
+    pub head: bool,
 }
 
 impl HandshakeError {
     const fn new(status: u16, reason: &'static str) -> Self {
-        HandshakeError { status, reason }
+        HandshakeError {
+            status,
+            reason,
+            head: false,
+        }
     }
 
     /// The full HTTP response to send before closing the connection.
     pub fn response(&self) -> Vec<u8> {
-        error_response(self.status, self.reason)
+        response_with(self.status, self.reason, !self.head)
     }
 }
 
@@ -107,8 +113,9 @@ fn bad(reason: &'static str) -> HandshakeError {
 /// - `Err(e)`: refuse with `e.status` (see [`HandshakeError::response`]).
 ///
 /// A decision is final: once a prefix of a stream yields `Some` or `Err`, every longer prefix yields
-/// the same. That is why only checks that stay true as bytes arrive (size, bare LF) are made on an
-/// incomplete head, and why they are made first, over the same bytes, on a complete one.
+/// the same. That is why only checks that stay true as bytes arrive (the method's bytes, size,
+/// bare LF) are made on an incomplete head, and why they are made first, over the same bytes, in
+/// the same order, on a complete one.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HandshakeError> {
     parse_after(buf, 0, limits)
 }
@@ -156,6 +163,7 @@ fn parse_head_of(
             let pos = from + found;
             let n = pos + 4;
             let head = buf.get(..n).unwrap_or(buf);
+            check_method(head)?;
             check_line_ends(head, 0)?;
             // Keep the CRLF of the last header line so that every line ends with one.
             let lines = head.get(..pos + 2).unwrap_or(head);
@@ -163,6 +171,7 @@ fn parse_head_of(
             Ok(Some((req, n)))
         }
         None => {
+            check_method(window)?;
             check_line_ends(window, from)?;
             if buf.len() > max && memchr::memchr(b'\n', window).is_none() {
                 // Not even the request line fits: it is the target that is too long.
@@ -173,6 +182,29 @@ fn parse_head_of(
                 Ok(None)
             }
         }
+    }
+}
+
+/// The method of the request line, as far as it came, is a token followed by a space (RFC
+/// 9112 section 3): checked on an incomplete head too, so that bytes that can never start a
+/// request (binary, a TLS ClientHello on a ws:// port) are refused at once, not at the
+/// handshake timeout. It reads only the first bytes, which never change, so it comes first: its
+/// verdict is final.
+const MAX_METHOD: usize = 32;
+
+fn check_method(head: &[u8]) -> Result<(), HandshakeError> {
+    // Methods are short (the longest registered has 17 bytes), and only the first bytes are
+    // looked at, so that a head arriving a byte at a time costs no rescans.
+    let first = head.get(..MAX_METHOD + 1).unwrap_or(head);
+    // A line end where the method should be is the line checks' to answer.
+    let end = memchr::memchr3(b' ', b'\r', b'\n', first).unwrap_or(first.len());
+    let method = first.get(..end).unwrap_or_default();
+    let complete = end < first.len() || first.len() <= MAX_METHOD;
+    let empty = end == 0 && first.first() == Some(&b' ');
+    if complete && !empty && method.iter().all(|&b| is_tchar(b)) {
+        Ok(())
+    } else {
+        Err(bad("malformed request method"))
     }
 }
 
@@ -259,6 +291,16 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
         ));
     }
 
+    // Item 2: "A |Host| header field containing the server's authority." RFC 9112 3.2: an
+    // HTTP/1.1 request without one, or with one that is not `uri-host [ ":" port ]`, gets 400,
+    // whatever else it asks (so before the 426 below).
+    let host = value_at(&headers, seen.host).ok_or_else(|| bad("missing Host header"))?;
+    if host.is_empty() {
+        return Err(bad("empty Host header"));
+    }
+    if !host.bytes().all(is_host_char) {
+        return Err(bad("invalid Host header"));
+    }
     if !seen.upgrade {
         // A plain HTTP request to a WebSocket endpoint: tell it which protocol to upgrade to.
         return Err(HandshakeError::new(426, "WebSocket upgrade required"));
@@ -268,15 +310,6 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
     }
     if !seen.connection_upgrade {
         return Err(bad("Connection header does not contain Upgrade"));
-    }
-    // Item 2: "A |Host| header field containing the server's authority."
-    let host = value_at(&headers, seen.host).ok_or_else(|| bad("missing Host header"))?;
-    if host.is_empty() {
-        return Err(bad("empty Host header"));
-    }
-    // RFC 9112 3.2: a Host that is not `uri-host [ ":" port ]` gets 400.
-    if !host.bytes().all(is_host_char) {
-        return Err(bad("invalid Host header"));
     }
     // Item 6: "A |Sec-WebSocket-Version| header field, with a value of 13." Section 4.4: otherwise
     // answer with the versions we speak (426 + `Sec-WebSocket-Version: 13`, see error_response).
@@ -333,7 +366,10 @@ fn parse_request_line(line: &[u8]) -> Result<(String, Option<String>), Handshake
     check_version(version)?;
     // Item 1: "An HTTP/1.1 or higher GET request".
     if method != b"GET" {
-        return Err(HandshakeError::new(405, "method not allowed"));
+        return Err(HandshakeError {
+            head: method == b"HEAD",
+            ..HandshakeError::new(405, "method not allowed")
+        });
     }
     parse_target(target)
 }
@@ -471,27 +507,29 @@ fn is_host_char(b: u8) -> bool {
 
 /// `token = 1*tchar` (RFC 9110 5.6.2).
 fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// `tchar` (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 /// Only called on bytes already checked to be ASCII (tokens, request target).
@@ -573,6 +611,12 @@ fn reason_phrase(status: u16) -> &'static str {
 /// 15.5.22 and 7.8) and `Sec-WebSocket-Version: 13` (RFC 6455 section 4.4); 405 carries
 /// `Allow: GET` (RFC 9110 15.5.6).
 pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    response_with(status, reason, true)
+}
+
+/// [`error_response`], with the content left out when `body` is false (the answer to a HEAD:
+/// the same header fields, Content-Length included, and no content).
+fn response_with(status: u16, reason: &str, body: bool) -> Vec<u8> {
     let phrase = reason_phrase(status);
     let body_len = reason.len() + 1;
     let mut out = Vec::with_capacity(128 + body_len);
@@ -590,8 +634,10 @@ pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(reason.as_bytes());
-    out.push(b'\n');
+    if body {
+        out.extend_from_slice(reason.as_bytes());
+        out.push(b'\n');
+    }
     out
 }
 

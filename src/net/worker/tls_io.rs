@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::{Ending, Worker};
+use super::{read_room, Ending, Worker};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
 use crate::{debug, warn};
@@ -188,11 +188,10 @@ impl Worker {
                 self.end(index, Ending::Error);
                 return Step::Stop;
             }
-            scratch[..kept].copy_from_slice(&c.inbuf);
             let Some(t) = c.tls.as_deref_mut() else {
                 return Step::Stop;
             };
-            match t.conn.reader().read(&mut scratch[kept..]) {
+            match t.conn.reader().read(read_room(&c.inbuf, scratch)) {
                 Ok(0) => {
                     // close_notify: the peer sends nothing more. What we still owe it (our
                     // Close frame, a service's replies) is written first, as after a FIN.
@@ -201,15 +200,8 @@ impl Worker {
                     return Step::Stop;
                 }
                 Ok(n) => {
-                    c.inbuf = Vec::new();
                     c.last_activity = Instant::now();
-                    let total = kept + n;
-                    let consumed = self.process(index, &mut scratch[..total]);
-                    if let Some(c) = self.conns.get_mut(index) {
-                        if consumed < total {
-                            c.inbuf = scratch[consumed..total].to_vec();
-                        }
-                    }
+                    self.process_read(index, scratch, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::More,
                 Err(e) => {

@@ -271,6 +271,33 @@ fn host_present_exactly_once() {
 }
 
 #[test]
+fn a_plain_request_without_a_valid_host_is_400_not_426() {
+    for req in [
+        &b"GET /echo HTTP/1.1\r\n\r\n"[..],
+        b"GET /echo HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nAccept: */*\r\n\r\n",
+    ] {
+        assert_eq!(status(req), 400, "{}", String::from_utf8_lossy(req));
+    }
+}
+
+#[test]
+fn the_405_to_a_head_request_has_no_content() {
+    let err = parse_default(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err();
+    assert_eq!(err.status, 405);
+    let resp = String::from_utf8(err.response()).unwrap();
+    assert!(resp.contains("\r\nAllow: GET\r\n"), "{resp}");
+    assert!(
+        resp.ends_with("\r\n\r\n"),
+        "a HEAD answer with content: {resp:?}"
+    );
+    // Any other method gets the explanation.
+    let err = parse_default(b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err();
+    let resp = String::from_utf8(err.response()).unwrap();
+    assert!(resp.ends_with("\r\n\r\nmethod not allowed\n"), "{resp:?}");
+}
+
+#[test]
 fn upgrade_missing_is_426_with_version() {
     let plain = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
     let err = parse_default(plain).unwrap_err();
@@ -810,4 +837,33 @@ fn fuzz_seeds_match_their_names() {
         count += 1;
     }
     assert!(count >= 4);
+}
+
+#[test]
+fn bytes_that_cannot_start_a_request_are_refused_before_the_head_ends() {
+    let long_method = [b'A'; 33];
+    for junk in [
+        &b"\x00\x01\x02"[..],
+        b"\x16\x03\x01\x02\x00\x01",
+        b" GET",
+        b"GE(T",
+        &long_method[..],
+    ] {
+        assert_eq!(status(junk), 400, "{junk:?}");
+    }
+    let method_so_far = [b'A'; 32];
+    for partial in [
+        &b""[..],
+        b"\r",
+        b"\r\n",
+        b"G",
+        b"GET",
+        b"GET /",
+        &method_so_far[..],
+    ] {
+        assert!(
+            matches!(parse_default(partial), Ok(None)),
+            "{partial:?} may still become a request"
+        );
+    }
 }
