@@ -691,3 +691,190 @@ return p
         "the shutdown took {took:?}: the wait for Close replies is bounded"
     );
 }
+
+#[test]
+fn event_loop_in_a_network_service_answers_at_once_instead_of_waiting() {
+    let dir = scratch("net-loop");
+    std::fs::create_dir_all(dir.join("cws_net")).unwrap();
+    std::fs::write(
+        dir.join("cws_net/cws_net.lua"),
+        r#"local app = {}
+app.onMessage = function(handler, opcode, message)
+  -- 100 s would stall every connection of the instance.
+  local n, err = cws:eventLoop(100)
+  ws:send(handler, 1, tostring(n) .. " " .. tostring(err))
+  return true
+end
+return app
+"#,
+    )
+    .unwrap();
+    let mut s = spec(&dir, "cws_net");
+    s.preload = vec!["cws".into()];
+    let hub = hub(1);
+    let reg = Registry::start(vec![s], hub.clone()).unwrap();
+    let svc = reg.route("/cws_net").unwrap();
+    let a = open(&hub, &*svc, 0, 1, 1);
+    text(&*svc, &a, "go");
+    let out = collect_until(&hub, |o| !texts_for(o, a.id).is_empty());
+    assert_eq!(
+        texts_for(&out, a.id),
+        ["nil not in a network service (it would block its connections)"]
+    );
+    reg.shutdown();
+}
+
+#[test]
+fn over_wss_the_close_reply_reaches_a_closing_server_before_close_notify() {
+    let dir = scratch("wss-close");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("wss://{}/", listener.local_addr().unwrap());
+    let (cfg, pem) = tls_server_config(&dir);
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(cfg).unwrap();
+        let mut ws = tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).unwrap();
+        ws.close(None).unwrap();
+        let mut got = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Close(f)) => {
+                    got.push(format!("close {:?}", f.map(|f| u16::from(f.code))))
+                }
+                Ok(m) => got.push(format!("{m:?}")),
+                Err(tungstenite::Error::ConnectionClosed) => return got.join(", "),
+                Err(e) => {
+                    got.push(format!("then {e}"));
+                    return got.join(", ");
+                }
+            }
+        }
+    });
+    let src = format!(
+        r#"URL = {}
+CA = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new(URL, {{
+    ca_file = CA,
+    onclose = function(_, code) assert(mqr:post("cws.wssclose", "onclose " .. code)) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&url),
+        lua_str(&pem.display().to_string())
+    );
+    let out = registry().open("cws.wssclose", 4);
+    let reg = Registry::start(vec![app_in(&dir, "wss_close", &src)], hub(1)).unwrap();
+    // tungstenite's close(None) sends a Close without a code.
+    assert_eq!(next(&out), "onclose 1005");
+    // The server saw our Close reply (masked, checked by tungstenite) and then the end.
+    assert_eq!(server.join().unwrap(), "close None");
+    reg.shutdown();
+}
+
+/// An unmasked server frame of any length.
+fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= 0xffff => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn every_cws_callback_has_its_own_instruction_budget() {
+    let dir = scratch("cb-budget");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // 100,000 empty text messages in one burst, then Close 1000: one or two rounds of
+        // callbacks, ~100 instructions each, 10 budgets' worth in all.
+        let mut burst = server_frame(1, b"").repeat(100_000);
+        burst.extend(server_frame(8, &[0x03, 0xe8]));
+        s.write_all(&burst).unwrap();
+        read_client_frame(&mut s)
+    });
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  local n = 0
+  assert(cws:new(URL, {{
+    onmessage = function()
+      for _ = 1, 30 do n = n + 0 end
+      n = n + 1
+    end,
+    onclose = function(_, code)
+      assert(mqr:post("cws.budget", "onclose " .. code .. " after " .. n))
+    end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.budget", 4);
+    let mut spec = app_in(&dir, "cb_budget", &src);
+    spec.instruction_budget = Some(1_000_000);
+    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    assert_eq!(next(&out), "onclose 1000 after 100000");
+    assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xe8]));
+    reg.shutdown();
+}
+
+#[test]
+fn a_message_the_state_has_no_memory_for_fails_its_connection_with_1011() {
+    let dir = scratch("no-memory");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // Larger than the state's whole memory limit; then one that would fit.
+        s.write_all(&server_frame(2, &vec![7u8; 6 << 20])).unwrap();
+        s.write_all(&server_frame(1, b"small")).unwrap();
+        read_client_frame(&mut s)
+    });
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new(URL, {{
+    onmessage = function(_, m) assert(mqr:post("cws.nomem", "message " .. #m)) end,
+    onerror = function(_, e) assert(mqr:post("cws.nomem", "onerror " .. e)) end,
+    onclose = function(_, code) assert(mqr:post("cws.nomem", "onclose " .. code)) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.nomem", 8);
+    let mut spec = app_in(&dir, "no_memory", &src);
+    spec.memory_limit = 4 << 20;
+    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    let error = next(&out);
+    assert!(error.starts_with("onerror message dropped: "), "{error}");
+    assert_eq!(next(&out), "onclose 1011");
+    // The server is told why, with a masked Close.
+    assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xf3]));
+    reg.shutdown();
+}

@@ -116,6 +116,9 @@ pub struct Client {
     /// The address connected (or being connected) to.
     addr: SocketAddr,
     close_sent: bool,
+    /// wss://: close_notify goes once `out` (our Close reply) is in TLS records: a peer
+    /// ignores anything after it (RFC 8446 section 6.1).
+    close_notify_due: bool,
 }
 
 /// Every address of the URL's host, in resolver order.
@@ -231,6 +234,7 @@ impl Client {
             early: Vec::new(),
             decoder: Decoder::new(Role::Client, max_message_size),
             close_sent: false,
+            close_notify_due: false,
         })
     }
 
@@ -346,6 +350,22 @@ impl Client {
         }
     }
 
+    /// Ends the connection from our side because of a failure of ours (`why`): Close `code`
+    /// to the server if none went yet, then the failure is reported, as for a protocol error.
+    pub fn abort(
+        &mut self,
+        code: u16,
+        why: String,
+        keys: &mut KeyPool,
+        sink: &mut dyn FnMut(Event<'_>),
+    ) {
+        if matches!(self.phase, Phase::Open | Phase::Closing) && !self.close_sent {
+            codec::encode_close(&mut self.out, Role::Client, Some(code), b"", keys.key());
+            self.close_sent = true;
+        }
+        self.fail(why, code, sink);
+    }
+
     /// Ends the connection because of a failure.
     fn fail(&mut self, why: String, code: u16, sink: &mut dyn FnMut(Event<'_>)) {
         if matches!(self.phase, Phase::Flushing | Phase::Done) {
@@ -368,7 +388,9 @@ impl Client {
 
     /// Nothing left for the socket, neither plain bytes nor TLS records.
     fn drained(&self) -> bool {
-        self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.out.is_empty()
+            && !self.close_notify_due
+            && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Deadlines: connect/upgrade and close handshake.
@@ -568,7 +590,10 @@ impl Client {
         self.input.drain(..consumed.min(self.input.len()));
         match result {
             Err(e) => {
-                codec::encode_close(&mut self.out, Role::Client, Some(e.code), b"", keys.key());
+                if !self.close_sent {
+                    codec::encode_close(&mut self.out, Role::Client, Some(e.code), b"", keys.key());
+                    self.close_sent = true;
+                }
                 self.fail(e.reason.to_string(), e.code, sink);
             }
             Ok(()) => {
@@ -577,9 +602,7 @@ impl Client {
                         codec::encode_close(&mut self.out, Role::Client, code, b"", keys.key());
                         self.close_sent = true;
                     }
-                    if let Some(tls) = &mut self.tls {
-                        tls.send_close_notify();
-                    }
+                    self.close_notify_due = self.tls.is_some();
                     self.end_after_flush();
                     sink(Event::Closed(code.unwrap_or(1005)));
                 }
@@ -614,6 +637,10 @@ impl Client {
                         .write(&self.out)
                         .map_err(|e| format!("tls write: {e}"))?;
                     self.out.drain(..took);
+                }
+                if self.out.is_empty() && self.close_notify_due {
+                    self.close_notify_due = false;
+                    tls.send_close_notify();
                 }
                 let mut blocked = false;
                 while tls.wants_write() {

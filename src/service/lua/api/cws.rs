@@ -10,7 +10,7 @@
 //! When the state closes, the connections still open say 1001 "going away" (see `Drop`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +53,10 @@ struct Entry {
 
 enum Ev {
     Open,
-    Message(mlua::String, Opcode),
+    /// The bytes, made a Lua string only right before its callback: a round may hold many
+    /// messages, and each Lua value held from Rust takes one of the few thousand slots of
+    /// mlua's reference stack (a server sending 8,000 small messages at once ran them out).
+    Message(Vec<u8>, Opcode),
     Error(String),
     Closed(u16),
 }
@@ -262,6 +265,24 @@ impl Cws {
         }
     }
 
+    /// Fails connection `id` from our side with 1011 (`why`); the events that follow (its
+    /// onerror and onclose). None when it is gone or the state is in use.
+    fn abort(&self, id: u64, why: String) -> Vec<Ev> {
+        let (Ok(mut conns), Ok(mut keys)) =
+            (self.conns.try_borrow_mut(), self.keys.try_borrow_mut())
+        else {
+            return Vec::new();
+        };
+        let Some(e) = conns.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        e.client
+            .abort(1011, why, &mut keys, &mut |ev| out.push(owned(ev)));
+        let _ = e.client.flush();
+        out
+    }
+
     /// One round: poll, turn readiness into events, run the callbacks. Returns the number of
     /// callbacks run.
     fn event_loop(&self, lua: &Lua, wait: Duration) -> mlua::Result<usize> {
@@ -321,18 +342,7 @@ impl Cws {
             for (pfd, id) in fds.iter().zip(&ids) {
                 let Some(e) = conns.get_mut(id) else { continue };
                 let cb = &e.cb;
-                let mut sink = |ev: Event<'_>| {
-                    let ev = match ev {
-                        Event::Open => Ev::Open,
-                        Event::Message(p, op) => match lua.create_string(p) {
-                            Ok(s) => Ev::Message(s, op),
-                            Err(err) => Ev::Error(format!("message dropped: {err}")),
-                        },
-                        Event::Error(s) => Ev::Error(s),
-                        Event::Closed(c) => Ev::Closed(c),
-                    };
-                    events.push((*id, Rc::clone(cb), ev));
-                };
+                let mut sink = |ev: Event<'_>| events.push((*id, Rc::clone(cb), owned(ev)));
                 if pfd.revents != 0 {
                     e.client.ready(pfd.revents, &mut keys, &mut sink);
                 }
@@ -341,7 +351,8 @@ impl Cws {
             conns.retain(|_, e| !e.client.is_done());
         }
         let mut ran = 0;
-        for (id, cb, ev) in events {
+        let mut events = VecDeque::from(events);
+        while let Some((id, cb, ev)) = events.pop_front() {
             // Messages for a connection the app has closed are not delivered; those that came
             // before the server's own Close (or a failure) are.
             match ev {
@@ -351,16 +362,41 @@ impl Cws {
                 }
                 _ => {}
             }
+            let ev = match ev {
+                Ev::Message(bytes, op) => match lua.create_string(&bytes) {
+                    Ok(s) => Delivered::Message(s, op),
+                    Err(err) => {
+                        // As a memory error in a network service's callback: the connection
+                        // fails with 1011; nothing more of it is delivered but its onerror
+                        // and onclose, next.
+                        events.retain(|(other, _, _)| *other != id);
+                        for ev in self
+                            .abort(id, format!("message dropped: {err}"))
+                            .into_iter()
+                            .rev()
+                        {
+                            events.push_front((id, Rc::clone(&cb), ev));
+                        }
+                        continue;
+                    }
+                },
+                Ev::Open => Delivered::Open,
+                Ev::Error(s) => Delivered::Error(s),
+                Ev::Closed(c) => Delivered::Closed(c),
+            };
+            // Each callback has its own instruction budget, as a network service's do: how many
+            // run in one round is the servers' doing.
+            self.host.polling_point();
             let h = Value::Number(id as f64);
             let (name, f, r) = match ev {
-                Ev::Open => ("onopen", &cb.onopen, call(&cb.onopen, h)),
-                Ev::Message(s, op) => (
+                Delivered::Open => ("onopen", &cb.onopen, call(&cb.onopen, h)),
+                Delivered::Message(s, op) => (
                     "onmessage",
                     &cb.onmessage,
                     call(&cb.onmessage, (h, s, op as u8)),
                 ),
-                Ev::Error(s) => ("onerror", &cb.onerror, call(&cb.onerror, (h, s))),
-                Ev::Closed(c) => ("onclose", &cb.onclose, call(&cb.onclose, (h, c))),
+                Delivered::Error(s) => ("onerror", &cb.onerror, call(&cb.onerror, (h, s))),
+                Delivered::Closed(c) => ("onclose", &cb.onclose, call(&cb.onclose, (h, c))),
             };
             if f.is_some() {
                 ran += 1;
@@ -417,6 +453,24 @@ impl Drop for Cws {
             conns.retain(|_, e| !e.client.is_done());
         }
     }
+}
+
+/// An event of the client as the round keeps it.
+fn owned(ev: Event<'_>) -> Ev {
+    match ev {
+        Event::Open => Ev::Open,
+        Event::Message(p, op) => Ev::Message(p.to_vec(), op),
+        Event::Error(s) => Ev::Error(s),
+        Event::Closed(c) => Ev::Closed(c),
+    }
+}
+
+/// An event about to reach its callback.
+enum Delivered {
+    Open,
+    Message(mlua::String, Opcode),
+    Error(String),
+    Closed(u16),
 }
 
 fn call(f: &Option<Function>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()> {
@@ -493,6 +547,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "eventLoop",
         lua.create_function(move |lua, a: mlua::MultiValue| -> mlua::Result<Ret> {
+            if !c.host.may_block() {
+                // It waits (and a network service has no connections of its own to wait on).
+                return fail(crate::service::lua::host::NOT_IN_NETWORK);
+            }
             let a = skip_self(a);
             let wait = match a.front() {
                 None | Some(Value::Nil) => DEFAULT_WAIT,
