@@ -26,8 +26,10 @@ pub fn request(url: &Url, nonce: &[u8; 16]) -> (Vec<u8>, String) {
 /// `Ok(None)`: the answer is not complete yet. `Ok(Some(n))`: valid, `n` bytes long (what
 /// follows is WebSocket data). `Err`: the upgrade failed, with a reason for `onerror`.
 pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String> {
-    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        if buf.len() > MAX_RESPONSE {
+    // An answer that fits ends within the first MAX_RESPONSE bytes: no need to look further.
+    let window = buf.get(..MAX_RESPONSE).unwrap_or(buf);
+    let Some(end) = memchr::memmem::find(window, b"\r\n\r\n") else {
+        if buf.len() >= MAX_RESPONSE {
             return Err("upgrade answer too large".into());
         }
         return Ok(None);
@@ -38,26 +40,31 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let status = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") || status != "101" {
+    // 101 is HTTP/1.1's (RFC 6455 section 4.1: the answer is an HTTP/1.1 one).
+    if version != "HTTP/1.1" || status != "101" {
         return Err(format!(
             "upgrade refused: {}",
             status_line.chars().take(80).collect::<String>()
         ));
     }
-    let (mut upgrade, mut connection, mut accepted) = (false, false, false);
+    let (mut upgrade, mut connection) = (false, false);
+    let mut accepted = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err("malformed header in the upgrade answer".into());
         };
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
-            "upgrade" => upgrade = value.eq_ignore_ascii_case("websocket"),
-            "connection" => {
-                connection = value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            // Lists, which may come in several lines (RFC 9110 section 5.3).
+            "upgrade" => upgrade |= has_token(value, "websocket"),
+            "connection" => connection |= has_token(value, "upgrade"),
+            "sec-websocket-accept" => {
+                if accepted.is_some() {
+                    // RFC 6455 section 4.1: it must not appear more than once.
+                    return Err("Sec-WebSocket-Accept appears twice in the upgrade answer".into());
+                }
+                accepted = Some(value == accept);
             }
-            "sec-websocket-accept" => accepted = value == accept,
             "sec-websocket-extensions" => {
                 return Err("the server chose an extension that was not offered".into())
             }
@@ -70,10 +77,17 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     if !upgrade || !connection {
         return Err("the answer lacks Upgrade: websocket / Connection: Upgrade".into());
     }
-    if !accepted {
+    if accepted != Some(true) {
         return Err("wrong Sec-WebSocket-Accept".into());
     }
     Ok(Some(end + 4))
+}
+
+/// Whether the comma-separated list `value` holds `token` (case-insensitively).
+fn has_token(value: &str, token: &str) -> bool {
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -104,5 +118,37 @@ mod tests {
         let ext = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: x\r\n\r\n");
         assert!(check_response(ext.as_bytes(), &accept).is_err());
         assert!(check_response(&vec![b'a'; MAX_RESPONSE + 1], &accept).is_err());
+    }
+
+    #[test]
+    fn a_doubled_accept_an_old_version_or_an_oversized_answer_is_refused() {
+        let url = super::super::url::parse("ws://127.0.0.1:9/p").unwrap();
+        let (_, accept) = request(&url, b"the sample nonce");
+        let good = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        assert!(check_response(good.as_bytes(), &accept).is_ok());
+        // A wrong value first and the right one after: the last one used to win.
+        let twice = good.replace(
+            "Sec-WebSocket-Accept",
+            "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\nSec-WebSocket-Accept",
+        );
+        let e = check_response(twice.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let old = good.replace("HTTP/1.1 101", "HTTP/1.0 101");
+        assert!(check_response(old.as_bytes(), &accept).is_err());
+        // Upgrade and Connection are lists and may be split over lines.
+        let split = good.replace(
+            "Connection: Upgrade",
+            "Connection: keep-alive\r\nConnection: Upgrade",
+        );
+        assert!(check_response(split.as_bytes(), &accept).is_ok());
+        // Complete but past the limit (it came in one read).
+        let big = good.replace(
+            "\r\n\r\n",
+            &format!("\r\nX-Pad: {}\r\n\r\n", "p".repeat(MAX_RESPONSE)),
+        );
+        assert!(check_response(big.as_bytes(), &accept).is_err());
     }
 }
