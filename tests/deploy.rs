@@ -357,3 +357,27 @@ return m
     got.sort();
     assert_eq!(got, ["shutdown v1", "shutdown v2"]);
 }
+
+#[test]
+fn a_network_service_that_becomes_standalone_sends_its_clients_away() {
+    let site = Site::new("to-standalone");
+    site.app("svc", "v1");
+    site.services(&["svc"]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut old = connect(addr, "/svc");
+    assert_eq!(ask(&mut old, "hi"), "v1 hi");
+
+    std::fs::write(
+        site.dir.join("apps/svc/svc.lua"),
+        "local p = {}\np.init = function() end\n\
+         p.run = function()\n  while not must_stop() do nap:sleep(0.05) end\nend\nreturn p\n",
+    )
+    .unwrap();
+    site.lapps_json(r#", "svc": { "standalone": true, "preload": ["nap"] }"#);
+    app.reload();
+    // Not left attached to a service that no longer serves them.
+    assert_eq!(close_code(&mut old), Some(1001));
+    assert!(status_of(addr, "/svc").contains("404"));
+    app.shutdown();
+}

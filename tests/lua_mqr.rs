@@ -123,6 +123,30 @@ fn a_message_too_big_for_the_receivers_memory_stays_for_its_next_receive() {
 }
 
 #[test]
+fn a_message_held_for_want_of_memory_goes_back_to_its_queue_when_the_receiver_stops() {
+    let q = registry().open("held_stop", 4);
+    let report = registry().open("held_stop.report", 4);
+    let mut big = vec![b'x'; 4 << 20];
+    big[..5].copy_from_slice(b"first");
+    q.try_post(big.clone().into_boxed_slice()).unwrap();
+    let mut app = standalone("mqr_held_stop", 1);
+    app.memory_limit = 8 << 20;
+    let reg = Registry::start(vec![app], hub(1)).unwrap();
+    registry()
+        .open("held_stop.go", 1)
+        .try_post(b"go".to_vec().into_boxed_slice())
+        .unwrap();
+    assert_eq!(next(&report), "false not enough memory");
+    assert!(
+        q.poll().is_none(),
+        "taken by the receiver, held in its state"
+    );
+    reg.shutdown();
+    // Accepted, never delivered: back in the queue, whole.
+    assert_eq!(q.poll().as_deref(), Some(&big[..]));
+}
+
+#[test]
 fn shutdown_with_messages_in_flight_loses_none_that_were_accepted() {
     let report = registry().open("sd.report", 64);
     let progress = registry().open("sd.progress", 100_000);

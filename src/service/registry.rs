@@ -294,11 +294,19 @@ impl Registry {
             return self.add(spec).map(|()| 0);
         };
         if spec.standalone {
-            // Stopped here, not retired in the background: two copies could fight over queues.
-            if let Some(old) = self.take(&name) {
+            let Some(old) = self.take(&name) else {
+                return self.add(spec).map(|()| 0);
+            };
+            if old.spec().standalone {
+                // Stopped here, not retired in the background: two copies could fight over
+                // queues.
                 old.shutdown(SHUTDOWN_GRACE);
+                return self.add(spec).map(|()| 0);
             }
-            return self.add(spec).map(|()| 0);
+            // A network version turning standalone: its clients are asked to go (1001) and it
+            // stops once they are gone (their onDisconnect runs in it), as when it is removed.
+            let asked = self.retire(old);
+            return self.add(spec).map(|()| asked);
         }
         let new = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
             .map_err(|m| err(&name, m))?;
@@ -343,8 +351,9 @@ impl Registry {
     }
 
     /// How long a replaced or removed version waits for its connections to end before it
-    /// stops (default 5 s). The server sets it above its close timeout, so that every
-    /// connection asked to go has ended, and had its `onDisconnect`, by then.
+    /// stops (default 5 s). The server sets it to the longest a close handshake can last in
+    /// its workers (close timeout and its extensions), so that every connection asked to go
+    /// has ended, and had its `onDisconnect`, by then.
     pub fn set_retire_grace(&self, grace: Duration) {
         *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
     }

@@ -33,6 +33,25 @@ struct Ctx {
     held: RefCell<HashMap<String, Box<[u8]>>>,
 }
 
+impl Drop for Ctx {
+    /// The state is going (its service stops, or its `run()` failed and restarts): a message
+    /// it took and never delivered goes back to its queue (at the back), so that an accepted
+    /// message is not lost with the state.
+    fn drop(&mut self) {
+        for (name, m) in self.held.get_mut().drain() {
+            let len = m.len();
+            let back = registry().get(&name).map(|q| q.try_post(m));
+            if !matches!(back, Some(Ok(()))) {
+                crate::error!(
+                    "{} mqr: a message of {len} bytes taken from queue {} could not be put back (queue full): lost",
+                    self.host.tag(),
+                    crate::log::shown(&name)
+                );
+            }
+        }
+    }
+}
+
 impl Ctx {
     fn queue(&self, name: &str, capacity: usize) -> Arc<Queue> {
         if let Some(q) = self.known.borrow().get(name) {
