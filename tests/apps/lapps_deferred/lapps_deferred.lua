@@ -18,19 +18,21 @@ methods.later = function(handler, message)
   list[#list + 1] = message.params
 end
 
-methods.release = function(handler)
+-- Answers every request kept for handler, oldest first.
+local function answer_kept(handler)
   for _, params in ipairs(kept[handler] or {}) do
     assert(ws:send_response(handler, params))
   end
   kept[handler] = nil
+end
+
+methods.release = function(handler)
+  answer_kept(handler)
   assert(ws:send_response(handler, { "released" }))
 end
 
 methods.settle = function(handler)
-  for _, params in ipairs(kept[handler] or {}) do
-    assert(ws:send_response(handler, params))
-  end
-  kept[handler] = nil
+  answer_kept(handler)
   error("settled the others, not this one")
 end
 
