@@ -878,3 +878,49 @@ return p
     assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xf3]));
     reg.shutdown();
 }
+
+#[test]
+fn a_message_with_no_memory_for_it_just_before_the_servers_close_still_ends_in_one_onclose() {
+    let dir = scratch("no-memory-close");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // The end of the big message and the Close may come in one read.
+        let mut bytes = server_frame(2, &vec![7u8; 6 << 20]);
+        bytes.extend(server_frame(8, &[0x03, 0xe8]));
+        s.write_all(&bytes).unwrap();
+        read_client_frame(&mut s).0
+    });
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  local closes = 0
+  assert(cws:new(URL, {{
+    onmessage = function(_, m) assert(mqr:post("cws.nomemclose", "message " .. #m)) end,
+    onerror = function(_, e) assert(mqr:post("cws.nomemclose", "onerror " .. e:sub(1, 15))) end,
+    onclose = function(_, code)
+      closes = closes + 1
+      assert(mqr:post("cws.nomemclose", "onclose " .. closes))
+    end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+  assert(mqr:post("cws.nomemclose", "stopped after " .. closes))
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.nomemclose", 8);
+    let mut spec = app_in(&dir, "no_memory_close", &src);
+    spec.memory_limit = 4 << 20;
+    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    assert_eq!(next(&out), "onerror message dropped");
+    assert_eq!(next(&out), "onclose 1");
+    // Our Close (1011, or the reply to the server's): either way, one.
+    assert_eq!(server.join().unwrap(), 8);
+    reg.shutdown();
+    assert_eq!(next(&out), "stopped after 1");
+}

@@ -369,12 +369,17 @@ impl Cws {
                         // As a memory error in a network service's callback: the connection
                         // fails with 1011; nothing more of it is delivered but its onerror
                         // and onclose, next.
-                        events.retain(|(other, _, _)| *other != id);
-                        for ev in self
-                            .abort(id, format!("message dropped: {err}"))
-                            .into_iter()
-                            .rev()
-                        {
+                        let why = format!("message dropped: {err}");
+                        let mut raised = self.abort(id, why.clone());
+                        if raised.is_empty() {
+                            // Ending already (its Close came in the same read): its onclose
+                            // is queued; only the messages before it go.
+                            events.retain(|(o, _, ev)| *o != id || !matches!(ev, Ev::Message(..)));
+                            raised.push(Ev::Error(why));
+                        } else {
+                            events.retain(|(other, _, _)| *other != id);
+                        }
+                        for ev in raised.into_iter().rev() {
                             events.push_front((id, Rc::clone(&cb), ev));
                         }
                         continue;
