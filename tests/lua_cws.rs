@@ -839,38 +839,58 @@ return p
     reg.shutdown();
 }
 
-#[test]
-fn a_message_the_state_has_no_memory_for_fails_its_connection_with_1011() {
-    let dir = scratch("no-memory");
+/// A scripted server that answers the upgrade, writes `bytes` and returns the client's next
+/// frame; its ws:// URL.
+fn scripted_server(bytes: Vec<u8>) -> (String, std::thread::JoinHandle<(u8, bool, Vec<u8>)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let server = std::thread::spawn(move || {
         let mut s = accept_upgrade(&listener);
-        // Larger than the state's whole memory limit; then one that would fit.
-        s.write_all(&server_frame(2, &vec![7u8; 6 << 20])).unwrap();
-        s.write_all(&server_frame(1, b"small")).unwrap();
+        s.write_all(&bytes).unwrap();
         read_client_frame(&mut s)
     });
+    (url, server)
+}
+
+/// A standalone service `name` with a 4 MiB memory limit whose one cws connection to `url`
+/// reports to queue `report`: "message N", "onerror ...", "onclose CODE", and once stopping
+/// "stopped after N" (the number of onclose calls).
+fn reporting_client(dir: &Path, name: &str, url: &str, report: &str) -> (Registry, Arc<Queue>) {
     let src = format!(
-        r#"URL = {}
+        r#"URL, REPORT = {}, {}
 local p = {{}}
 p.init = function() end
 p.run = function()
+  local closes = 0
   assert(cws:new(URL, {{
-    onmessage = function(_, m) assert(mqr:post("cws.nomem", "message " .. #m)) end,
-    onerror = function(_, e) assert(mqr:post("cws.nomem", "onerror " .. e)) end,
-    onclose = function(_, code) assert(mqr:post("cws.nomem", "onclose " .. code)) end,
+    onmessage = function(_, m) assert(mqr:post(REPORT, "message " .. #m)) end,
+    onerror = function(_, e) assert(mqr:post(REPORT, "onerror " .. e)) end,
+    onclose = function(_, code)
+      closes = closes + 1
+      assert(mqr:post(REPORT, "onclose " .. code))
+    end,
   }}))
   while not must_stop() do cws:eventLoop(0.05) end
+  assert(mqr:post(REPORT, "stopped after " .. closes))
 end
 return p
 "#,
-        lua_str(&url)
+        lua_str(url),
+        lua_str(report)
     );
-    let out = registry().open("cws.nomem", 8);
-    let mut spec = app_in(&dir, "no_memory", &src);
+    let out = registry().open(report, 8);
+    let mut spec = app_in(dir, name, &src);
     spec.memory_limit = 4 << 20;
-    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    (Registry::start(vec![spec], hub(1)).unwrap(), out)
+}
+
+#[test]
+fn a_message_the_state_has_no_memory_for_fails_its_connection_with_1011() {
+    // Larger than the state's whole memory limit; then one that would fit.
+    let mut bytes = server_frame(2, &vec![7u8; 6 << 20]);
+    bytes.extend(server_frame(1, b"small"));
+    let (url, server) = scripted_server(bytes);
+    let (reg, out) = reporting_client(&scratch("no-memory"), "no_memory", &url, "cws.nomem");
     let error = next(&out);
     assert!(error.starts_with("onerror message dropped: "), "{error}");
     assert_eq!(next(&out), "onclose 1011");
@@ -881,46 +901,18 @@ return p
 
 #[test]
 fn a_message_with_no_memory_for_it_just_before_the_servers_close_still_ends_in_one_onclose() {
+    // The end of the big message and the Close may come in one read.
+    let mut bytes = server_frame(2, &vec![7u8; 6 << 20]);
+    bytes.extend(server_frame(8, &[0x03, 0xe8]));
+    let (url, server) = scripted_server(bytes);
     let dir = scratch("no-memory-close");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
-    let server = std::thread::spawn(move || {
-        let mut s = accept_upgrade(&listener);
-        // The end of the big message and the Close may come in one read.
-        let mut bytes = server_frame(2, &vec![7u8; 6 << 20]);
-        bytes.extend(server_frame(8, &[0x03, 0xe8]));
-        s.write_all(&bytes).unwrap();
-        read_client_frame(&mut s).0
-    });
-    let src = format!(
-        r#"URL = {}
-local p = {{}}
-p.init = function() end
-p.run = function()
-  local closes = 0
-  assert(cws:new(URL, {{
-    onmessage = function(_, m) assert(mqr:post("cws.nomemclose", "message " .. #m)) end,
-    onerror = function(_, e) assert(mqr:post("cws.nomemclose", "onerror " .. e:sub(1, 15))) end,
-    onclose = function(_, code)
-      closes = closes + 1
-      assert(mqr:post("cws.nomemclose", "onclose " .. closes))
-    end,
-  }}))
-  while not must_stop() do cws:eventLoop(0.05) end
-  assert(mqr:post("cws.nomemclose", "stopped after " .. closes))
-end
-return p
-"#,
-        lua_str(&url)
-    );
-    let out = registry().open("cws.nomemclose", 8);
-    let mut spec = app_in(&dir, "no_memory_close", &src);
-    spec.memory_limit = 4 << 20;
-    let reg = Registry::start(vec![spec], hub(1)).unwrap();
-    assert_eq!(next(&out), "onerror message dropped");
-    assert_eq!(next(&out), "onclose 1");
+    let (reg, out) = reporting_client(&dir, "no_memory_close", &url, "cws.nomemclose");
+    let error = next(&out);
+    assert!(error.starts_with("onerror message dropped: "), "{error}");
     // Our Close (1011, or the reply to the server's): either way, one.
-    assert_eq!(server.join().unwrap(), 8);
+    let close = next(&out);
+    assert!(close.starts_with("onclose "), "{close}");
+    assert_eq!(server.join().unwrap().0, 8);
     reg.shutdown();
     assert_eq!(next(&out), "stopped after 1");
 }
