@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::{Ending, Worker, SHUTDOWN_GRACE};
 use crate::net::conn::Phase;
 use crate::ws::codec::{self, Role};
+use crate::ws::handshake;
 use crate::ws::{close, Opcode};
 
 impl Worker {
@@ -36,7 +37,7 @@ impl Worker {
                 c.close_extensions += 1;
             }
             match c.phase {
-                Phase::Handshake { .. } => self.end(index, Ending::Timeout("handshake")),
+                Phase::Handshake { .. } => self.handshake_timed_out(index),
                 _ if slow_reader => self.arm_close_deadline(index),
                 Phase::Closing | Phase::Finishing | Phase::Draining => {
                     self.end(index, Ending::Timeout("close"))
@@ -46,6 +47,23 @@ impl Worker {
                 Phase::Answering(_) => self.close_answered(index),
             }
         }
+    }
+
+    /// A request that began but did not end in time gets 408 (RFC 9110 15.5.9) and the
+    /// connection is finished after it, bounded by the close timeout; a peer that sent
+    /// nothing (or has not finished its TLS handshake) has no request to answer and is closed.
+    fn handshake_timed_out(&mut self, index: u32) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        if c.inbuf.is_empty() {
+            return self.end(index, Ending::Timeout("handshake"));
+        }
+        crate::info_limited!(
+            "rejected {}: HTTP 408 request incomplete at the handshake timeout",
+            c.peer
+        );
+        self.answer_and_finish(index, handshake::error_response(408, "request timeout"));
     }
 
     /// Deadlines are deleted lazily (a connection that ends or moves its deadline leaves its
