@@ -122,6 +122,27 @@ fn a_message_too_big_for_the_receivers_memory_stays_for_its_next_receive() {
     reg.shutdown();
 }
 
+/// A message larger than the receiver's whole memory limit could never be held there: it is
+/// dropped with `nil, "too big"` instead of failing every receive of that instance for good,
+/// and the messages behind it still arrive.
+#[test]
+fn a_message_larger_than_the_receivers_memory_limit_is_refused_and_the_next_one_arrives() {
+    let q = registry().open("too_big", 4);
+    let report = registry().open("too_big.report", 4);
+    q.try_post(vec![b'x'; 9 << 20].into_boxed_slice()).unwrap();
+    q.try_post(b"second".to_vec().into_boxed_slice()).unwrap();
+    q.try_post(b"third!".to_vec().into_boxed_slice()).unwrap();
+    let mut app = standalone("mqr_too_big", 1);
+    app.memory_limit = 8 << 20;
+    let reg = Registry::start(vec![app], hub(1)).unwrap();
+    registry()
+        .open("too_big.go", 1)
+        .try_post(b"go".to_vec().into_boxed_slice())
+        .unwrap();
+    assert_eq!(next(&report), "nil too big | 6 second | 6 third!");
+    reg.shutdown();
+}
+
 #[test]
 fn a_message_held_for_want_of_memory_goes_back_to_its_queue_when_the_receiver_stops() {
     let q = registry().open("held_stop", 4);

@@ -45,6 +45,11 @@ pub(crate) fn set_limit(bytes: usize) {
     LIMIT.with(|l| l.set(bytes));
 }
 
+/// This thread's limit (0: none).
+pub(crate) fn limit() -> usize {
+    LIMIT.with(Cell::get)
+}
+
 /// What one item of a tree costs while it is built beside its bytes: its decoded value and
 /// its node side by side (the build moves one into the other, so both are alive at the peak)
 /// and an allocator's overhead for a string's copy.

@@ -94,11 +94,29 @@ impl Ctx {
         self.held.borrow_mut().remove(q.name()).or_else(|| q.poll())
     }
 
-    /// `m`, taken from `q`, as a Lua string. When the state cannot hold it, the error goes to
-    /// the app and the message is kept for its next receive: an accepted message is never lost.
-    fn deliver(&self, lua: &Lua, q: &Queue, m: Box<[u8]>) -> mlua::Result<Value> {
-        match lua.create_string(&*m) {
-            Ok(s) => Ok(Value::String(s)),
+    /// `m`, taken from `q`, as a Lua string. When the state cannot hold it even after a full
+    /// collection, the error goes to the app and the message is kept for its next receive: an
+    /// accepted message is not lost for want of memory the app may still free. A message
+    /// larger than the state's whole memory limit can never be held there: it is dropped with
+    /// an error in the log and the app gets `nil, "too big"`, so that the messages behind it
+    /// still reach this instance.
+    fn deliver(&self, lua: &Lua, q: &Queue, m: Box<[u8]>) -> mlua::Result<Ret> {
+        let limit = crate::lapps_proto::tree_budget::limit();
+        if limit != 0 && m.len() >= limit {
+            crate::error!(
+                "{} mqr: a message of {} bytes from queue {} is larger than this service's memory_limit ({limit} bytes): dropped",
+                self.host.tag(),
+                m.len(),
+                crate::log::shown(q.name())
+            );
+            return fail("too big");
+        }
+        let s = lua.create_string(&*m).or_else(|_| {
+            lua.gc_collect()?;
+            lua.create_string(&*m)
+        });
+        match s {
+            Ok(s) => ok(Value::String(s)),
             Err(e) => {
                 self.held.borrow_mut().insert(q.name().to_string(), m);
                 Err(e)
@@ -111,7 +129,7 @@ impl Ctx {
             // A receive is a polling point whether or not it had to wait: a loop draining a
             // busy queue must not run out of budget.
             self.host.polling_point();
-            return ok(self.deliver(lua, q, m)?);
+            return self.deliver(lua, q, m);
         }
         if !self.host.may_block() {
             // An empty queue in a network service: waiting would stall its connections.
@@ -123,7 +141,7 @@ impl Ctx {
         let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());
         self.host.polling_point();
         match r {
-            Ok(m) => ok(self.deliver(lua, q, m)?),
+            Ok(m) => self.deliver(lua, q, m),
             Err(Wait::Timeout) => fail("timeout"),
             Err(Wait::Stopped) => fail("stopped"),
         }
@@ -155,10 +173,10 @@ impl UserData for LuaQueue {
                 this.ctx.receive(lua, &this.queue, timeout)
             });
         }
-        m.add_method("poll", |lua, this, ()| -> mlua::Result<Value> {
+        m.add_method("poll", |lua, this, ()| -> mlua::Result<Ret> {
             match this.ctx.poll(&this.queue) {
                 Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
-                None => Ok(Value::Nil),
+                None => Ok((Value::Nil, None)),
             }
         });
         m.add_method("size", |_, this, ()| Ok(this.queue.len()));
@@ -298,7 +316,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
             };
             let q = c.queue(&name, c.default_capacity);
             match c.poll(&q) {
-                Some(m) => ok(c.deliver(lua, &q, m)?),
+                Some(m) => c.deliver(lua, &q, m),
                 None => ok(Value::Nil),
             }
         })?,
