@@ -136,6 +136,9 @@ pub(crate) fn one_byte_header(initial: u8) -> Option<Header> {
     })
 }
 
+/// The most elements a container reserves room for before they arrive.
+const MAX_PRESIZE: usize = 1024;
+
 struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
@@ -513,14 +516,16 @@ impl<'a> Decoder<'a> {
         Ok(Some(h))
     }
 
-    /// Room for `len` elements of at least `each` bytes in what is left of the input: no
-    /// larger capacity can be needed.
+    /// Room for `len` elements of at least `each` bytes in what is left of the input (no
+    /// larger capacity can be needed), and at most [`MAX_PRESIZE`]: a declared length is the
+    /// peer's word, and every level of a nest of containers reserves before the innermost one
+    /// fails, so a larger container grows as its elements actually arrive.
     fn capacity(&self, len: Option<usize>, each: usize) -> usize {
         if !self.build {
             return 0;
         }
         let room = self.input.len().saturating_sub(self.pos) / each;
-        len.unwrap_or(0).min(room)
+        len.unwrap_or(0).min(room).min(MAX_PRESIZE)
     }
 
     fn array(&mut self, len: Option<usize>, depth: usize, at: usize) -> Result<Value> {

@@ -1,0 +1,72 @@
+//! What decoding CBOR allocates, measured by a counting global allocator (its own test binary,
+//! so the count sees only this test): lengths a peer declares must not size our buffers.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Relaxed) + by;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+// SAFETY: every call is passed on to `System` unchanged; only byte counts are kept aside.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// Eight nested arrays, each declaring 2^32 - 1 elements, around one 4 MiB byte string, and
+/// then the input ends. Every level used to reserve room for as many elements as the rest of
+/// the input could hold (4 Mi x 32 bytes = 128 MiB each, 1 GiB in all, ~34 GiB for 64 levels of
+/// a 16 MiB message: an abort under strict overcommit or a memory rlimit).
+#[test]
+fn declared_lengths_of_nested_containers_do_not_size_the_decoders_buffers() {
+    let payload = 4usize << 20;
+    let mut input = Vec::with_capacity(payload + 128);
+    for _ in 0..8 {
+        input.extend_from_slice(&[0x9b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    }
+    input.extend_from_slice(&[0x5a, 0x00, 0x40, 0x00, 0x00]); // bstr of 4 MiB
+    input.resize(input.len() + payload, 0xab);
+
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let r = lapps::lapps_proto::cbor::decode_with(&input, &Default::default());
+    let peak = PEAK.load(Relaxed) - before;
+    assert!(r.is_err(), "the arrays are not complete: {r:?}");
+    // The byte string's copy (4 MiB) and small change; never a reservation per level.
+    assert!(
+        peak <= 2 * payload,
+        "decoding {} bytes took {peak} bytes at its peak",
+        input.len()
+    );
+}
