@@ -461,6 +461,79 @@ fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_without_bou
 }
 
 #[test]
+fn after_its_close_the_client_answers_no_ping() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        let close = read_client_frame(&mut s);
+        // Pings after the client's Close, then the Close reply: every frame it sends after
+        // its Close breaks RFC 6455 5.5.1.
+        s.write_all(&[0x89, 1, b'1', 0x89, 1, b'2', 0x88, 2, 0x03, 0xe8])
+            .unwrap();
+        let mut after = Vec::new();
+        while let Some((f, _)) = common::read_any_frame(&mut s) {
+            after.push(f.opcode);
+        }
+        (close, after)
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
+    c.close(1000, &mut keys, &mut |ev| events.push(format!("{ev:?}")))
+        .unwrap();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    drop(c);
+    assert_eq!(events, ["Open", "Closed(1000)"]);
+    let (close, after) = server.join().unwrap();
+    assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
+    assert!(
+        after.is_empty(),
+        "frames after the client's Close: {after:?}"
+    );
+}
+
+/// An attempt that timed out while its TCP connect was pending is over for the app: a connect
+/// that completes afterwards must not send the upgrade request.
+#[test]
+fn a_connect_that_completes_after_its_timeout_sends_nothing() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    // The deadline passes before the client has seen its connect complete.
+    c.tick(Instant::now() + Duration::from_secs(3600), &mut |ev| {
+        events.push(format!("{ev:?}"))
+    });
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].starts_with("Error("), "{events:?}");
+    assert_eq!(events[1], "Closed(1006)");
+    assert!(c.is_done(), "nothing of the attempt is left to send");
+    // Now the connect is seen complete; then the client goes.
+    c.ready(libc::POLLOUT, &mut keys, &mut |ev| {
+        events.push(format!("{ev:?}"))
+    });
+    assert_eq!(events.len(), 2, "{events:?}");
+    drop(c);
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(
+        got.is_empty(),
+        "sent after the attempt failed: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
 fn a_message_that_arrives_with_the_servers_close_is_delivered_before_onclose() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -368,10 +368,16 @@ impl Client {
 
     /// Ends the connection because of a failure.
     fn fail(&mut self, why: String, code: u16, sink: &mut dyn FnMut(Event<'_>)) {
-        if matches!(self.phase, Phase::Flushing | Phase::Done) {
-            return;
+        match self.phase {
+            Phase::Flushing | Phase::Done => return,
+            // Nothing of ours has reached the server yet: a connect that completes later must
+            // not send the upgrade (or TLS hello) of an attempt the app was told has failed.
+            Phase::Connecting { .. } => {
+                self.out.clear();
+                self.phase = Phase::Done;
+            }
+            _ => self.end_after_flush(),
         }
-        self.end_after_flush();
         sink(Event::Error(why));
         sink(Event::Closed(code));
     }
@@ -554,6 +560,7 @@ impl Client {
                 decoder,
                 input,
                 out,
+                close_sent,
                 ..
             } = self;
             loop {
@@ -568,8 +575,9 @@ impl Client {
                     codec::Event::Binary(p) if deliver => sink(Event::Message(p, Opcode::Binary)),
                     // A server that pings without reading would grow `out` without bound: beyond
                     // the backlog limit its pings go unanswered (RFC 6455 5.5.3 lets an
-                    // endpoint answer only the latest).
-                    codec::Event::Ping(p) if out.len() < MAX_BACKLOG => {
+                    // endpoint answer only the latest). Our Close is the last frame we send
+                    // (RFC 6455 5.5.1): no Pong after it.
+                    codec::Event::Ping(p) if !*close_sent && out.len() < MAX_BACKLOG => {
                         codec::encode_control(out, Role::Client, Opcode::Pong, p, keys.key())
                     }
                     codec::Event::Close { code, .. } => close = Some(code),
