@@ -793,6 +793,35 @@ fn shutdown_closes_open_lua_connections_with_1001() {
 // ---------------------------------------------------------------------------------------------
 // Shutdown, standalone services, large sends, fragmentation
 
+/// A message the service took before the server began to stop gets its reply, and only then
+/// the Close 1001: the app's work is not thrown away with its answer.
+#[test]
+fn at_shutdown_a_reply_still_owed_goes_out_before_the_close() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
+        ),
+    );
+    let addr = app.addr;
+    let mut ws = connect(addr, "/hold_reply");
+    assert_eq!(ask(&mut ws, "hold"), "holding");
+    // The instance is busy with "hold" now: stop the server.
+    let stopper = std::thread::spawn(move || drop(app));
+    wait_for("the listener to close", GUARD, || {
+        TcpStream::connect(addr).is_err()
+    });
+    lapps::service::mqr::registry()
+        .open("hold_reply.release", 1)
+        .try_post(b"go".to_vec().into_boxed_slice())
+        .unwrap();
+    assert_eq!(text(&mut ws), "released");
+    assert_eq!(ws_close_code(&mut ws), 1001);
+    finish_close(ws);
+    stopper.join().unwrap();
+}
+
 #[test]
 fn on_disconnect_runs_once_for_every_connection_still_open_at_shutdown() {
     let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },

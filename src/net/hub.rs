@@ -129,6 +129,8 @@ pub struct Port {
     pub spare: ArrayQueue<SpareBatch>,
     wake: OwnedFd,
     sleeping: AtomicBool,
+    /// Set when the worker's loop has ended: nothing will take its commands any more.
+    stopped: AtomicBool,
     /// `generation | LIVE` (`| LAPPS`) per slab slot while a connection is open there, 0
     /// otherwise; in the high half, the responses a LAppS connection is owed. Covers every index a slab can hand out (slots are retired at their last
     /// generation and new ones appended).
@@ -159,6 +161,7 @@ impl Port {
             spare: ArrayQueue::new(SPARE_BATCHES),
             wake,
             sleeping: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             live: LiveTable::new(),
             refused_room: max_connections.saturating_add(1024),
             connections: AtomicUsize::new(0),
@@ -180,6 +183,11 @@ impl Port {
             // saturated) means a wake-up is already pending, which is all we need.
             unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
         }
+    }
+
+    /// Worker side: the loop has ended (the worker thread is about to exit).
+    pub fn set_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
     }
 
     /// Worker side: announce sleep; returns false when work arrived meanwhile (do not sleep).
@@ -436,7 +444,9 @@ impl Hub {
                     return Ok(());
                 }
                 Err(back) => {
-                    if self.is_shutting_down() {
+                    // A stopping worker still takes commands (the answers to what its
+                    // connections sent before they close): only a worker gone refuses them.
+                    if port.stopped.load(Ordering::SeqCst) {
                         return Err(HubError::ShuttingDown);
                     }
                     batch = back;

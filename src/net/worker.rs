@@ -297,6 +297,7 @@ impl Worker {
                 break;
             }
         }
+        self.hub.port(self.id).set_stopped();
         debug!("worker {} stopped", self.id);
     }
 

@@ -71,7 +71,7 @@ impl Worker {
     /// An open connection is ending: when its service answers later (`Service::on_ending`),
     /// it waits in `Answering` for the service's `Command::Close` (or the close timeout) and
     /// then closes with `code`. False: the service answers at once, close now.
-    fn answer_first(&mut self, index: u32, code: Option<u16>) -> bool {
+    pub(super) fn answer_first(&mut self, index: u32, code: Option<u16>) -> bool {
         let id = self.conns.generation(index).map(|g| self.conn_id(index, g));
         let Some(c) = self.conns.get_mut(index) else {
             return false;
