@@ -32,26 +32,29 @@ fn request(method: &str, params: Vec<Value>) -> Message {
 fn next(ws: &mut Client) -> String {
     loop {
         match ws.read().expect("a response") {
-            Message::Binary(b) => {
-                let v: Cbor = ciborium::from_reader(&b[..]).expect("server sends CBOR");
-                let get = |v: &Cbor, k: &str| {
-                    v.as_map()
-                        .and_then(|m| m.iter().find(|(key, _)| key.as_text() == Some(k)))
-                        .map(|(_, v)| v.clone())
-                };
-                if let Some(r) = get(&v, "result") {
-                    return format!("ok {r:?}");
-                }
-                let code = get(&v, "error")
-                    .and_then(|e| get(&e, "code"))
-                    .and_then(|c| c.as_integer())
-                    .map(i128::from);
-                return format!("error {}", code.expect("a result or an error code"));
-            }
+            Message::Binary(b) => return shown(&b),
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// A response as `ok [params]` or `error CODE`.
+fn shown(b: &[u8]) -> String {
+    let v: Cbor = ciborium::from_reader(b).expect("server sends CBOR");
+    let get = |v: &Cbor, k: &str| {
+        v.as_map()
+            .and_then(|m| m.iter().find(|(key, _)| key.as_text() == Some(k)))
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(r) = get(&v, "result") {
+        return format!("ok {r:?}");
+    }
+    let code = get(&v, "error")
+        .and_then(|e| get(&e, "code"))
+        .and_then(|c| c.as_integer())
+        .map(i128::from);
+    format!("error {}", code.expect("a result or an error code"))
 }
 
 fn ok(n: i64) -> String {
@@ -159,4 +162,44 @@ fn a_client_that_piles_up_host_answers_behind_an_owed_one_is_closed_with_1008() 
     let mut b = connect(app.addr, "/lapps_deferred");
     b.send(request("echo", vec![Value::Int(2)])).unwrap();
     assert_eq!(next(&mut b), ok(2));
+}
+
+/// A peer's Close waits for the responses its app still owes: a client that sends its calls
+/// and then closes (a page unloading) still gets every answer, then the Close reply.
+#[test]
+fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
+    let app = start();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    let mut b = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(request("later", vec![Value::Int(2)])).unwrap();
+    a.close(None).unwrap();
+    a.flush().unwrap();
+    // Once the server has read all of a (its Close included), the instance has a's calls and
+    // its Close before anything b sends now.
+    let a_end = a.get_ref().local_addr().unwrap();
+    wait_for("the server to read a's Close", IO_TIMEOUT, || {
+        server_unread(app.addr, a_end) == Some(0)
+    });
+    b.send(request("release_all", vec![])).unwrap();
+    assert_eq!(next(&mut b), released());
+    assert_eq!(next_or_close(&mut a), ok(1));
+    assert_eq!(next_or_close(&mut a), ok(2));
+    assert_eq!(
+        next_or_close(&mut a),
+        "close 1005",
+        "the echo of an empty Close"
+    );
+}
+
+/// [`next`], or `close CODE` for the server's Close.
+fn next_or_close(ws: &mut Client) -> String {
+    loop {
+        match ws.read().expect("a response or the Close") {
+            Message::Close(f) => return format!("close {}", f.map_or(1005, |f| u16::from(f.code))),
+            Message::Binary(b) => return shown(&b),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

@@ -19,17 +19,22 @@
 //! it to the worker yet (its outbox is posted at its next polling point): the order is exact
 //! when the app answers from the instance its client is bound to, as SPEC section 7 has it.
 //!
-//! Answers of a connection that closes are dropped with it (so are the responses its app still
-//! owed). At most [`MAX_WAITING`] wait per connection: past that the client is closed with 1008
+//! A connection that is ending (the peer's Close, a protocol error, the server's shutdown)
+//! waits in the worker for the answers to what it sent before (`Kind::Drain`); while its app
+//! still owes responses, or host answers wait here, its close waits too ([`drain`]
+//! (HeldAnswers::drain)) and goes once the last has left, or when the worker's close timeout
+//! passes. Answers of a connection that closes are dropped with it (so are the responses its
+//! app still owed). At most [`MAX_WAITING`] wait per connection: past that the client is closed with 1008
 //! (it keeps sending requests the host answers while the app owes an earlier one), as the
 //! worker's outbound bound would have stopped it.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::frame::send_message;
 use super::host::HostCtx;
 use crate::net::handle::ConnId;
+use crate::net::hub::Command;
 use crate::ws::Opcode;
 
 /// Host answers that may wait per connection.
@@ -38,6 +43,8 @@ pub(crate) const MAX_WAITING: usize = 1024;
 #[derive(Default)]
 pub(crate) struct HeldAnswers {
     conns: RefCell<HashMap<ConnId, Waiting>>,
+    /// Ending connections whose close waits for the responses their app owes.
+    draining: RefCell<HashSet<ConnId>>,
 }
 
 struct Waiting {
@@ -53,9 +60,21 @@ struct Waiting {
 }
 
 impl HeldAnswers {
-    /// True when no connection has an answer waiting (the per-message check).
+    /// True when no connection has an answer or a close waiting (the per-message check).
     pub fn is_empty(&self) -> bool {
-        self.conns.borrow().is_empty()
+        self.conns.borrow().is_empty() && self.draining.borrow().is_empty()
+    }
+
+    /// The worker waits for the answers to what `conn` sent before it ends: true when they are
+    /// all out (close now); otherwise the close goes once they are (see [`release`]
+    /// (Self::release)).
+    pub fn drain(&self, host: &HostCtx, conn: ConnId) -> bool {
+        let owed = host.hub.owed_responses(conn).unwrap_or(0);
+        if owed == 0 && !self.conns.borrow().contains_key(&conn) {
+            return true;
+        }
+        self.draining.borrow_mut().insert(conn);
+        false
     }
 
     /// A request of `conn` reached the app (after `Hub::expect_response`).
@@ -100,41 +119,59 @@ impl HeldAnswers {
         true
     }
 
-    /// Sends the answers of `conn` whose turn has come (after a response to it left).
+    /// Sends the answers of `conn` whose turn has come (after a response to it left), and
+    /// its close when it is ending and nothing more is owed.
     pub fn release(&self, host: &HostCtx, conn: ConnId) {
+        let owed = host.hub.owed_responses(conn);
         let due = {
             let mut conns = self.conns.borrow_mut();
-            let Some(w) = conns.get_mut(&conn) else {
-                return;
-            };
-            let Some(owed) = host.hub.owed_responses(conn) else {
-                conns.remove(&conn);
-                return;
-            };
-            let sent = (w.base + w.expected).saturating_sub(w.host_taken + owed as u64);
-            let mut due = Vec::new();
-            while w.answers.front().is_some_and(|(d, _)| *d <= sent) {
-                if let Some((_, cbor)) = w.answers.pop_front() {
-                    due.push(cbor);
+            match (conns.get_mut(&conn), owed) {
+                (None, _) => Vec::new(),
+                (Some(_), None) => {
+                    conns.remove(&conn);
+                    Vec::new()
+                }
+                (Some(w), Some(owed)) => {
+                    let sent = (w.base + w.expected).saturating_sub(w.host_taken + owed as u64);
+                    let mut due = Vec::new();
+                    while w.answers.front().is_some_and(|(d, _)| *d <= sent) {
+                        if let Some((_, cbor)) = w.answers.pop_front() {
+                            due.push(cbor);
+                        }
+                    }
+                    if w.answers.is_empty() {
+                        conns.remove(&conn);
+                    }
+                    due
                 }
             }
-            if w.answers.is_empty() {
-                conns.remove(&conn);
-            }
-            due
         };
         for cbor in due {
             send_message(host, conn, Opcode::Binary, &cbor);
         }
+        match owed {
+            None => {
+                self.draining.borrow_mut().remove(&conn);
+            }
+            Some(0) if !self.conns.borrow().contains_key(&conn) => {
+                if self.draining.borrow_mut().remove(&conn) {
+                    host.closing.borrow_mut().insert(conn);
+                    // The worker closes with the code it decided on (it waits in `Answering`).
+                    host.push(conn, Command::Close { conn, code: 1000 });
+                }
+            }
+            Some(_) => {}
+        }
     }
 
-    /// [`release`](Self::release) for every connection with answers waiting (after a batch:
-    /// responses sent by other services count too).
+    /// [`release`](Self::release) for every connection with answers or a close waiting
+    /// (after a batch: responses sent by other services count too).
     pub fn release_all(&self, host: &HostCtx) {
         if self.is_empty() {
             return;
         }
-        let conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        let mut conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        conns.extend(self.draining.borrow().iter().copied());
         for conn in conns {
             self.release(host, conn);
         }
@@ -144,6 +181,7 @@ impl HeldAnswers {
     pub fn forget(&self, conn: ConnId) {
         if !self.is_empty() {
             self.conns.borrow_mut().remove(&conn);
+            self.draining.borrow_mut().remove(&conn);
         }
     }
 }

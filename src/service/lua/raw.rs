@@ -168,8 +168,10 @@ impl RawApp {
                 }
                 // Everything before it is answered (queued ahead of this close, whose code the
                 // worker replaces with its own).
+                // On a LAppS connection the close also waits for the responses its app still
+                // owes (it answers later than it is called): see HeldAnswers::drain.
                 Kind::Drain => {
-                    if !host.closing.borrow().contains(&e.conn) {
+                    if !host.closing.borrow().contains(&e.conn) && host.held.drain(host, e.conn) {
                         close(host, e.conn, 1000);
                     }
                 }

@@ -5,6 +5,7 @@
 --   fail()      raises (the host answers -32603)
 --   settle()    answers every kept request in order, then raises (its own answer is -32603)
 --   echo(...)   answers with its params at once
+--   release_all()  answers every kept request of every connection, then {"released"}
 local app = {}
 
 -- Per handler, the params of the requests kept unanswered, oldest first.
@@ -28,6 +29,13 @@ end
 
 methods.release = function(handler)
   answer_kept(handler)
+  assert(ws:send_response(handler, { "released" }))
+end
+
+methods.release_all = function(handler)
+  for h in pairs(kept) do
+    answer_kept(h)
+  end
   assert(ws:send_response(handler, { "released" }))
 end
 
