@@ -793,6 +793,29 @@ fn shutdown_closes_open_lua_connections_with_1001() {
 // ---------------------------------------------------------------------------------------------
 // Shutdown, standalone services, large sends, fragmentation
 
+/// `printf '<request><frame>' | nc -N` against a Lua service: the peer shuts its side right
+/// after its message, but still reads; the app's reply reaches it, then the server's Close.
+#[test]
+fn a_peer_that_shuts_its_side_after_its_message_still_gets_the_lua_reply() {
+    let app = start_app(&ws_json(1), &example_services());
+    for i in 0..50 {
+        let mut s = TcpStream::connect(app.addr).unwrap();
+        s.set_read_timeout(Some(GUARD)).unwrap();
+        let mut bytes = upgrade_request(app.addr, "/echo").into_bytes();
+        bytes.extend_from_slice(&frame(true, 0, 0x1, b"hi", true));
+        s.write_all(&bytes).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 101"), "run {i}: {text:?}");
+        assert!(
+            answer.ends_with(&[0x81, 2, b'h', b'i', 0x88, 0]),
+            "run {i}: the echo, then an empty Close: {text:?}"
+        );
+    }
+}
+
 /// A message the service took before the server began to stop gets its reply, and only then
 /// the Close 1001: the app's work is not thrown away with its answer.
 #[test]

@@ -158,6 +158,16 @@ impl Worker {
     /// then reads the same EOF again. Otherwise it ends now, after one write of what it has
     /// queued.
     pub(super) fn on_eof(&mut self, index: u32) {
+        // The peer may read after shutting its side (`printf ... | nc -N`): what it sent before
+        // gets its answers first, as after its Close, and then our Close.
+        if self
+            .conns
+            .get_mut(index)
+            .is_some_and(|c| c.phase == Phase::Open)
+            && self.answer_first(index, None)
+        {
+            return;
+        }
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
