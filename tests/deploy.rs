@@ -381,3 +381,42 @@ fn a_network_service_that_becomes_standalone_sends_its_clients_away() {
     assert!(status_of(addr, "/svc").contains("404"));
     app.shutdown();
 }
+
+/// A replaced version's connections get 1001 only after the replies its instance still owes:
+/// a message it was handling when the new version came is not left without its answer.
+#[test]
+fn a_retired_version_answers_what_it_took_before_its_clients_get_1001() {
+    let site = Site::new("retire-answers");
+    let d = site.dir.join("apps").join("svc");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("svc.lua"),
+        "local m = {}\nm.onMessage = function(h, op, msg)\n  if msg == 'hold' then\n    \
+         ws:send(h, 1, 'holding')\n    must_stop()\n    \
+         while not mqr:poll('deploy.release') do end\n    ws:send(h, 1, 'v1 released')\n  \
+         else\n    ws:send(h, 1, 'v1 ' .. msg)\n  end\n  return true\nend\nreturn m\n",
+    )
+    .unwrap();
+    site.lapps_json(
+        r#", "svc": { "request_target": "/svc", "preload": ["mqr"], "instruction_budget": 0 }"#,
+    );
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut old = connect(addr, "/svc");
+    // The old version's instance is busy with "hold" while the new one replaces it.
+    assert_eq!(ask(&mut old, "hold"), "holding");
+    site.app("svc", "v2");
+    app.reload();
+    let mut new = connect(addr, "/svc");
+    assert_eq!(ask(&mut new, "hi"), "v2 hi");
+    lapps::service::mqr::registry()
+        .open("deploy.release", 1)
+        .try_post(b"go".to_vec().into_boxed_slice())
+        .unwrap();
+    match old.read() {
+        Ok(Message::Text(t)) => assert_eq!(t.as_str(), "v1 released"),
+        other => panic!("expected the old version's reply before its Close, got {other:?}"),
+    }
+    assert_eq!(close_code(&mut old), Some(1001));
+    app.shutdown();
+}

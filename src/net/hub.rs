@@ -60,6 +60,10 @@ pub enum Command {
     },
     /// Start the close handshake with this code (1000 normal, 1011 internal error, ...).
     Close { conn: ConnId, code: u16 },
+    /// The server asks an open connection to end with this code (1001: its service version
+    /// retires): after the replies its service still owes to what it sent, as after the
+    /// peer's Close; nothing on a connection already ending.
+    GoAway { conn: ConnId, code: u16 },
     /// The service can take more input from this connection again (it was paused).
     Resume { conn: ConnId },
 }
@@ -465,9 +469,10 @@ impl Hub {
     /// Posts one command for the connection's own worker, after checking the handle is live.
     pub fn send(&self, cmd: Command) -> Result<(), HubError> {
         let conn = match &cmd {
-            Command::Send { conn, .. } | Command::Close { conn, .. } | Command::Resume { conn } => {
-                *conn
-            }
+            Command::Send { conn, .. }
+            | Command::Close { conn, .. }
+            | Command::GoAway { conn, .. }
+            | Command::Resume { conn } => *conn,
             Command::SendBatch { sends, .. } => match sends.first() {
                 Some((c, _)) => *c,
                 None => return Ok(()),

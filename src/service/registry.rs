@@ -372,7 +372,7 @@ impl Registry {
         let mut asked: std::collections::HashSet<_> = old.connections().into_iter().collect();
         let n = asked.len();
         for &conn in &asked {
-            let _ = self.hub.send(Command::Close { conn, code: 1001 });
+            let _ = self.hub.send(Command::GoAway { conn, code: 1001 });
         }
         let hub = Arc::clone(&self.hub);
         let grace = *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner());
@@ -390,11 +390,10 @@ impl Registry {
                             break;
                         }
                         // A handshake routed to the old version just before the swap opens
-                        // after the list above was taken: ask it too (once; a second Close
-                        // would cut short a connection whose service is still answering).
+                        // after the list above was taken: ask it too (once is enough).
                         for conn in conns {
                             if asked.insert(conn) {
-                                let _ = hub.send(Command::Close { conn, code: 1001 });
+                                let _ = hub.send(Command::GoAway { conn, code: 1001 });
                             }
                         }
                         // Polling interval while the workers finish the close handshakes.

@@ -172,7 +172,10 @@ pub fn collect_until(hub: &Hub, mut done: impl FnMut(&[Out]) -> bool) -> Vec<Out
                                 });
                             }
                         }
-                        Command::Close { conn, code } => all.push(Out::Close { conn, code }),
+                        // A go-away is a close the worker makes after the owed replies.
+                        Command::Close { conn, code } | Command::GoAway { conn, code } => {
+                            all.push(Out::Close { conn, code })
+                        }
                         Command::Resume { conn } => all.push(Out::Resume { conn }),
                     }
                 }

@@ -47,6 +47,18 @@ impl Worker {
         self.arm_close_deadline(index);
     }
 
+    /// The server ends an open connection (shutdown, a retired service version): the replies
+    /// its service owes to what the peer sent come first, then our Close with `code`.
+    pub(super) fn go_away(&mut self, index: u32, code: u16) {
+        let open = self
+            .conns
+            .get_mut(index)
+            .is_some_and(|c| c.phase == Phase::Open);
+        if open && !self.answer_first(index, Some(code)) {
+            self.start_close(index, code);
+        }
+    }
+
     /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
     pub(super) fn fail(&mut self, index: u32, code: u16) {
         let Some(c) = self.conns.get_mut(index) else {

@@ -68,6 +68,11 @@ impl Worker {
                     }
                 }
             }
+            Command::GoAway { conn, code } => {
+                if let Some(i) = self.live_index(conn) {
+                    self.go_away(i, code);
+                }
+            }
             Command::Resume { conn } => {
                 if let Some(i) = self.live_index(conn) {
                     if let Some(c) = self.conns.get_mut(i) {

@@ -130,9 +130,7 @@ impl Worker {
                         // What the peer sent before is answered first (bounded by the close
                         // timeout), then Close 1001: a request the service took is not left
                         // without its reply. One already waiting for its answers keeps waiting.
-                        Some(Phase::Open) if !self.answer_first(index, Some(close::GOING_AWAY)) => {
-                            self.start_close(index, close::GOING_AWAY)
-                        }
+                        Some(Phase::Open) => self.go_away(index, close::GOING_AWAY),
                         Some(Phase::Handshake { .. }) => self.end(index, Ending::Shutdown),
                         _ => {}
                     }
