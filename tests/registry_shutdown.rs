@@ -115,3 +115,41 @@ fn a_retiring_version_that_does_not_stop_is_waited_for_within_the_budget_too() {
     // The new version was asked to stop all the same.
     began(1);
 }
+
+/// A replaced version stops only once the close events of its connections have reached it:
+/// a worker removes a connection (from the version's set) before it hands over the close
+/// event, which waits in the worker's batch while the instance's queue is full. The version
+/// used to stop 20 ms after its last connection left the set, and such an onDisconnect never
+/// ran.
+#[test]
+fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
+    use lapps::service::mqr::{registry, Wait};
+    let hub = hub(1);
+    let mut spec = test_app("disc_report");
+    spec.preload = vec!["mqr".into()];
+    let reg = Registry::start(vec![spec.clone()], hub.clone()).unwrap();
+    let old = reg.route("/disc_report").expect("routed");
+    let c = open(&hub, &*old, 0, 1, 1);
+    old.flush(0);
+    // This thread plays the worker: the connection ends, its close event is queued in the
+    // worker's batch and not handed over yet.
+    hub.port(0).set_dead(c.id.index());
+    old.on_close(&mut Worker(0), c.id, c.tag);
+    assert_eq!(reg.replace(spec).unwrap(), 0, "no connection left to ask");
+    let events = registry().open("disc_report.events", 16);
+    assert_eq!(
+        events.receive(Duration::from_millis(500), &|| false),
+        Err(Wait::Timeout),
+        "the old version stopped before its close event was handed over"
+    );
+    old.flush(0);
+    let next = || {
+        let m = events
+            .receive(Duration::from_secs(10), &|| false)
+            .expect("an event");
+        String::from_utf8(m.into_vec()).unwrap()
+    };
+    assert_eq!(next(), "disc");
+    assert_eq!(next(), "stopped");
+    reg.shutdown();
+}

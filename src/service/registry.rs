@@ -386,7 +386,11 @@ impl Registry {
                     let poll = std::time::Duration::from_millis(20);
                     loop {
                         let conns = old.connections();
-                        if conns.is_empty() || std::time::Instant::now() >= deadline {
+                        // Every connection gone, and its close event handled by the old
+                        // instances (its onDisconnect has run): the event may still wait in a
+                        // worker's batch (a full queue) after the connection left the set.
+                        let done = conns.is_empty() && old.undisconnected() == 0;
+                        if done || std::time::Instant::now() >= deadline {
                             break;
                         }
                         // A handshake routed to the old version just before the swap opens
@@ -399,11 +403,6 @@ impl Registry {
                         // Polling interval while the workers finish the close handshakes.
                         std::thread::sleep(poll);
                     }
-                    // Gone from the set means its close event is in a worker's batch (on_close
-                    // queues it first), which the worker hands over at the end of that loop
-                    // iteration: one more interval lets it reach the inbox before the
-                    // instances drain it and stop, so that its onDisconnect runs.
-                    std::thread::sleep(poll);
                     old.shutdown(SHUTDOWN_GRACE);
                     let _ = done_tx.send(());
                 }

@@ -118,6 +118,9 @@ pub(crate) struct Inbox {
     high_bytes: usize,
     paused: Mutex<Vec<ConnId>>,
     has_paused: AtomicBool,
+    /// Connections opened on this instance whose close it has not handled yet (a retiring
+    /// version stops only once every `onDisconnect` has run, see `Registry::retire`).
+    open_conns: AtomicUsize,
 }
 
 impl Inbox {
@@ -133,6 +136,7 @@ impl Inbox {
             high_msgs: high_msgs.max(1),
             high_bytes: high_bytes.max(1),
             paused: Mutex::new(Vec::new()),
+            open_conns: AtomicUsize::new(0),
             has_paused: AtomicBool::new(false),
         }
     }
@@ -173,6 +177,28 @@ impl Inbox {
     }
 
     /// Asks the consumer to finish: it drains what is queued, then `next` returns `None`.
+    /// Producer: a connection bound to this instance opened.
+    pub fn opened(&self) {
+        self.open_conns.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Consumer: the close events of `batch` have been handled.
+    pub fn handled_closes(&self, batch: &Batch) {
+        let n = batch
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Close))
+            .count();
+        if n > 0 {
+            self.open_conns.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Connections opened here whose close has not been handled yet.
+    pub fn open_conns(&self) -> usize {
+        self.open_conns.load(Ordering::SeqCst)
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.sleeping.store(false, Ordering::SeqCst);

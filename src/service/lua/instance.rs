@@ -161,6 +161,7 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
         (App::Raw(raw), Some(inbox)) => {
             while let Some(batch) = inbox.next() {
                 raw.handle(lua, host, &batch);
+                inbox.handled_closes(&batch);
                 // Responses other services sent may have let held answers go.
                 host.held.release_all(host);
                 for conn in inbox.done(batch.messages, batch.byte_len()) {

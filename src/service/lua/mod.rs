@@ -209,6 +209,13 @@ impl LuaService {
         self.lock_conns().iter().copied().collect()
     }
 
+    /// Connections opened on this version whose close its instances have not handled yet
+    /// (their `onDisconnect` has not run): the close events may still wait in a worker's
+    /// batch or an instance's queue after the connections themselves are gone.
+    pub fn undisconnected(&self) -> usize {
+        self.inboxes.iter().map(|i| i.open_conns()).sum()
+    }
+
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ConnId>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -281,6 +288,9 @@ impl Service for LuaService {
         let n = self.inboxes.len().max(1);
         let tag = (self.next_instance.fetch_add(1, Ordering::Relaxed) % n) as u32;
         self.lock_conns().insert(conn);
+        if let Some(inbox) = self.inboxes.get(self.instance_of(tag)) {
+            inbox.opened();
+        }
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Open));
         tag
     }
