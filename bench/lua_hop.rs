@@ -68,7 +68,10 @@ fn hop(total: usize, batch: usize, payload: usize, budget: Option<u64>) -> f64 {
         .map(|i| {
             hub.port(0).set_live(i, 1);
             let c = ConnId::new(0, i, 1);
-            (c, svc.on_open(&mut W, c))
+            (
+                c,
+                svc.on_open(&mut W, c).expect("a running service takes it"),
+            )
         })
         .collect();
     let msg = vec![b'x'; payload];

@@ -116,6 +116,22 @@ fn a_retiring_version_that_does_not_stop_is_waited_for_within_the_budget_too() {
     began(1);
 }
 
+/// The disc_report tests one at a time: they read the one process-wide queue its instances
+/// post to.
+static DISC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the disc_report lock and empties its queue (another test's versions post to it when
+/// they stop).
+fn disc_report_events() -> (
+    std::sync::MutexGuard<'static, ()>,
+    Arc<lapps::service::mqr::Queue>,
+) {
+    let one = DISC.lock().unwrap_or_else(|e| e.into_inner());
+    let events = lapps::service::mqr::registry().open("disc_report.events", 16);
+    while events.poll().is_some() {}
+    (one, events)
+}
+
 /// A replaced version stops only once the close events of its connections have reached it:
 /// a worker removes a connection (from the version's set) before it hands over the close
 /// event, which waits in the worker's batch while the instance's queue is full. The version
@@ -123,7 +139,8 @@ fn a_retiring_version_that_does_not_stop_is_waited_for_within_the_budget_too() {
 /// ran.
 #[test]
 fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
-    use lapps::service::mqr::{registry, Wait};
+    use lapps::service::mqr::Wait;
+    let (_one, events) = disc_report_events();
     let hub = hub(1);
     let mut spec = test_app("disc_report");
     spec.preload = vec!["mqr".into()];
@@ -136,7 +153,6 @@ fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
     hub.port(0).set_dead(c.id.index());
     old.on_close(&mut Worker(0), c.id, c.tag);
     assert_eq!(reg.replace(spec).unwrap(), 0, "no connection left to ask");
-    let events = registry().open("disc_report.events", 16);
     assert_eq!(
         events.receive(Duration::from_millis(500), &|| false),
         Err(Wait::Timeout),
@@ -151,5 +167,31 @@ fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
     };
     assert_eq!(next(), "disc");
     assert_eq!(next(), "stopped");
+    reg.shutdown();
+}
+
+/// A handshake routed to a version just before it was replaced may complete after that
+/// version has stopped: it is refused (the worker closes it with 1001, the client reconnects to
+/// the new version) rather than opened on instances that no longer read their queue.
+#[test]
+fn a_retired_version_takes_no_connection_routed_to_it_before_the_swap() {
+    let (_one, events) = disc_report_events();
+    let hub = hub(1);
+    let mut spec = test_app("disc_report");
+    spec.name = "disc_late".into();
+    spec.request_target = "/disc_late".into();
+    spec.preload = vec!["mqr".into()];
+    let reg = Registry::start(vec![spec.clone()], hub.clone()).unwrap();
+    let old = reg.route("/disc_late").expect("routed");
+    assert_eq!(reg.replace(spec).unwrap(), 0);
+    // The old version has stopped (its onShutdown ran) ...
+    let stopped = events
+        .receive(Duration::from_secs(10), &|| false)
+        .expect("the old version stops");
+    assert_eq!(&*stopped, b"stopped");
+    // ... and the connection routed to it before the swap opens now.
+    let id = lapps::net::handle::ConnId::new(0, 1, 1);
+    hub.port(0).set_speaks(1, 1, old.speaks());
+    assert_eq!(old.on_open(&mut Worker(0), id), None);
     reg.shutdown();
 }

@@ -616,7 +616,16 @@ impl Worker {
             fragment: self.opts.auto_fragment,
             deferred: &mut self.deferred,
         };
-        c.tag = service.on_open(&mut ctx, id);
+        let Some(tag) = service.on_open(&mut ctx, id) else {
+            // Routed to a service version that retired meanwhile: the client reconnects.
+            crate::info_limited!(
+                "closing {peer}: {} no longer takes connections (replaced), 1001",
+                service.name()
+            );
+            self.start_close(index, crate::ws::close::GOING_AWAY);
+            return buf.len();
+        };
+        c.tag = tag;
         c.service = Some(service.clone());
         self.touched_push(&service);
         self.mark_dirty(index);

@@ -47,8 +47,8 @@ impl Service for Echo {
     fn extra_headers(&self) -> &[(String, String)] {
         &self.extra_headers
     }
-    fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) -> u32 {
-        0
+    fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) -> Option<u32> {
+        Some(0)
     }
     fn on_message(
         &self,

@@ -55,7 +55,10 @@ pub trait Service: Send + Sync + 'static {
     }
     /// The upgrade was accepted and `conn` is open. The returned tag is stored with the
     /// connection and passed back to `on_message`/`on_close` (e.g. the instance it is bound to).
-    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32;
+    /// None: the service no longer takes connections (a retired version the connection was
+    /// routed to just before it was replaced); the worker closes it with 1001 and calls
+    /// nothing more of the service for it.
+    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> Option<u32>;
     /// One complete text (valid UTF-8) or binary message.
     fn on_message(
         &self,

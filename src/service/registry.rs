@@ -385,14 +385,13 @@ impl Registry {
                     let deadline = std::time::Instant::now() + grace;
                     let poll = std::time::Duration::from_millis(20);
                     loop {
-                        let conns = old.connections();
                         // Every connection gone, and its close event handled by the old
                         // instances (its onDisconnect has run): the event may still wait in a
                         // worker's batch (a full queue) after the connection left the set.
-                        let done = conns.is_empty() && old.undisconnected() == 0;
-                        if done || std::time::Instant::now() >= deadline {
+                        if old.close_doors_if_idle() || std::time::Instant::now() >= deadline {
                             break;
                         }
+                        let conns = old.connections();
                         // A handshake routed to the old version just before the swap opens
                         // after the list above was taken: ask it too (once is enough).
                         for conn in conns {

@@ -60,7 +60,9 @@ pub fn open(hub: &Hub, svc: &dyn Service, w: usize, index: u32, generation: u32)
     // As the worker does at the upgrade.
     hub.port(w).set_speaks(index, generation, svc.speaks());
     let id = ConnId::new(w, index, generation);
-    let tag = svc.on_open(&mut Worker(w), id);
+    let tag = svc
+        .on_open(&mut Worker(w), id)
+        .expect("the service takes the connection");
     Conn { id, tag }
 }
 

@@ -27,7 +27,7 @@ pub mod spec;
 mod standalone;
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,8 @@ pub struct LuaService {
     stop: Arc<Stop>,
     /// Open connections (for a redeploy, which asks them to reconnect to the new version).
     conns: Mutex<std::collections::HashSet<ConnId>>,
+    /// Set (under the `conns` lock) once this version takes no more connections.
+    closed_doors: AtomicBool,
 }
 
 impl LuaService {
@@ -141,6 +143,7 @@ impl LuaService {
             instances: Mutex::new(Vec::new()),
             stop: Arc::new(Stop::default()),
             conns: Mutex::new(std::collections::HashSet::new()),
+            closed_doors: AtomicBool::new(false),
         };
         let shared = Shared {
             hub,
@@ -183,6 +186,11 @@ impl LuaService {
     /// `must_stop()` is left behind with a warning). A zero grace waits for no thread that is
     /// still running and logs nothing: the caller reports it. Idempotent.
     pub fn shutdown(&self, grace: Duration) {
+        {
+            // Under the lock, as `on_open` reads it.
+            let _conns = self.lock_conns();
+            self.closed_doors.store(true, Ordering::SeqCst);
+        }
         self.stop.set();
         for inbox in &self.inboxes {
             inbox.stop();
@@ -207,6 +215,18 @@ impl LuaService {
     /// The connections currently bound to this service.
     pub fn connections(&self) -> Vec<ConnId> {
         self.lock_conns().iter().copied().collect()
+    }
+
+    /// A retiring version: when no connection is open and every `onDisconnect` has run, takes
+    /// no more connections (one routed here just before the swap is refused, see
+    /// [`Service::on_open`]) and answers true: it may stop.
+    pub fn close_doors_if_idle(&self) -> bool {
+        let conns = self.lock_conns();
+        let idle = conns.is_empty() && self.undisconnected() == 0;
+        if idle {
+            self.closed_doors.store(true, Ordering::SeqCst);
+        }
+        idle
     }
 
     /// Connections opened on this version whose close its instances have not handled yet
@@ -284,15 +304,21 @@ impl Service for LuaService {
         }
     }
 
-    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> u32 {
+    fn on_open(&self, ctx: &mut dyn WorkerCtx, conn: ConnId) -> Option<u32> {
         let n = self.inboxes.len().max(1);
         let tag = (self.next_instance.fetch_add(1, Ordering::Relaxed) % n) as u32;
-        self.lock_conns().insert(conn);
-        if let Some(inbox) = self.inboxes.get(self.instance_of(tag)) {
-            inbox.opened();
+        {
+            let mut conns = self.lock_conns();
+            if self.closed_doors.load(Ordering::SeqCst) {
+                return None;
+            }
+            conns.insert(conn);
+            if let Some(inbox) = self.inboxes.get(self.instance_of(tag)) {
+                inbox.opened();
+            }
         }
         self.with_batch(ctx.worker(), tag, |b, _| b.push(conn, Kind::Open));
-        tag
+        Some(tag)
     }
 
     fn on_message(
