@@ -341,12 +341,13 @@ impl App {
             .collect();
         let registry = Arc::new(Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?);
         // A replaced version waits for its clients' close handshakes, which the workers end
-        // after close_timeout, extended while the peer still reads what it is owed, at the
-        // latest (Conn::MAX_CLOSE_EXTENSIONS): only then has every one had its onDisconnect.
+        // after one close_timeout for the replies they are owed (Phase::Answering), then
+        // close_timeout, extended while the peer still reads what it is owed, at the latest
+        // (Conn::MAX_CLOSE_EXTENSIONS): only then has every one had its onDisconnect.
         // It stops as soon as they are gone, which is almost always far sooner.
         let close = Duration::from_millis(cfg.ws.close_timeout_ms).max(Duration::from_secs(4));
         registry.set_retire_grace(
-            close * (crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS + 1) + Duration::from_secs(1),
+            close * (crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS + 2) + Duration::from_secs(1),
         );
         let router = Arc::new(AppRouter {
             routes: RwLock::new(HashMap::new()),

@@ -793,6 +793,47 @@ fn shutdown_closes_open_lua_connections_with_1001() {
 // ---------------------------------------------------------------------------------------------
 // Shutdown, standalone services, large sends, fragmentation
 
+/// The hold_reply tests one at a time: their instances poll one process-wide release queue.
+static HOLD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the hold_reply lock and empties its release queue; the queue.
+fn hold_reply_release() -> (
+    std::sync::MutexGuard<'static, ()>,
+    std::sync::Arc<lapps::service::mqr::Queue>,
+) {
+    let one = HOLD.lock().unwrap_or_else(|e| e.into_inner());
+    let q = lapps::service::mqr::registry().open("hold_reply.release", 1);
+    while q.poll().is_some() {}
+    (one, q)
+}
+
+/// With a close timeout longer than the shutdown's grace, a connection whose service does not
+/// answer in time still gets its Close 1001 (the wait for the answers takes at most half the
+/// grace), not a TCP close without one when the grace runs out.
+#[test]
+fn at_shutdown_a_service_that_does_not_answer_still_lets_the_close_out() {
+    let app = start_app(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "close_timeout_ms": 10000 }"#,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
+        ),
+    );
+    let (_one, release) = hold_reply_release();
+    let mut ws = connect(app.addr, "/hold_reply");
+    assert_eq!(ask(&mut ws, "hold"), "holding");
+    let stopper = std::thread::spawn(move || drop(app));
+    let code = ws.read();
+    // Let the instance go so that the services stop at once.
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    match code {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    stopper.join().unwrap();
+}
+
 /// `printf '<request><frame>' | nc -N` against a Lua service: the peer shuts its side right
 /// after its message, but still reads; the app's reply reaches it, then the server's Close.
 #[test]
@@ -824,21 +865,20 @@ fn at_shutdown_a_reply_still_owed_goes_out_before_the_close() {
         &ws_json(1),
         &lapps_json(
             "./tests/apps",
-            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
+            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 },
+                 "echo": { "builtin": "echo", "request_target": "/echo" } }"#,
         ),
     );
+    let (_one, release) = hold_reply_release();
     let addr = app.addr;
     let mut ws = connect(addr, "/hold_reply");
+    // On the same (only) worker: its Close tells that the worker has begun the shutdown.
+    let mut builtin = connect(addr, "/echo");
     assert_eq!(ask(&mut ws, "hold"), "holding");
     // The instance is busy with "hold" now: stop the server.
     let stopper = std::thread::spawn(move || drop(app));
-    wait_for("the listener to close", GUARD, || {
-        TcpStream::connect(addr).is_err()
-    });
-    lapps::service::mqr::registry()
-        .open("hold_reply.release", 1)
-        .try_post(b"go".to_vec().into_boxed_slice())
-        .unwrap();
+    assert_eq!(ws_close_code(&mut builtin), 1001);
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     assert_eq!(text(&mut ws), "released");
     assert_eq!(ws_close_code(&mut ws), 1001);
     finish_close(ws);

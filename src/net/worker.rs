@@ -187,6 +187,15 @@ impl WorkerCtx for Ctx<'_> {
     }
 }
 
+/// Marks a worker's port stopped when dropped (see `Worker::run`).
+struct StoppedOnExit(Arc<Hub>, usize);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.port(self.1).set_stopped();
+    }
+}
+
 /// Why a connection ends (for the log).
 #[derive(Debug, Clone, Copy)]
 enum Ending {
@@ -240,6 +249,9 @@ impl Worker {
                 warn!("worker {}: could not pin to core {}", self.id, core.id);
             }
         }
+        // However the loop ends (a panic included), services posting to this worker stop
+        // waiting for room in its command queue.
+        let _stopped = StoppedOnExit(Arc::clone(&self.hub), self.id);
         let mut events = Events::with_capacity(self.opts.max_poll_events);
         loop {
             let busy =
@@ -297,7 +309,6 @@ impl Worker {
                 break;
             }
         }
-        self.hub.port(self.id).set_stopped();
         debug!("worker {} stopped", self.id);
     }
 

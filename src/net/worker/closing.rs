@@ -5,7 +5,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::{Ctx, Ending, Worker};
+use super::{Ctx, Ending, Worker, SHUTDOWN_GRACE};
 use crate::debug;
 use crate::net::conn::Phase;
 use crate::net::outq::OutQueue;
@@ -99,9 +99,18 @@ impl Worker {
         if let Some(s) = c.service.clone() {
             self.touched_push(&s);
         }
-        let at = Instant::now() + self.opts.close_timeout;
+        let at = Instant::now() + self.answer_wait();
         self.set_deadline(index, at);
         true
+    }
+
+    /// How long a connection waits for its service's answers: the close timeout, and during a
+    /// shutdown at most half its grace, so that our Close and the peer's reply still fit in it.
+    pub(super) fn answer_wait(&self) -> std::time::Duration {
+        match self.shutdown_since {
+            Some(_) => self.opts.close_timeout.min(SHUTDOWN_GRACE / 2),
+            None => self.opts.close_timeout,
+        }
     }
 
     /// The service has answered (or the close timeout passed): our Close, then the end of TCP.

@@ -131,6 +131,17 @@ impl Worker {
                         // timeout), then Close 1001: a request the service took is not left
                         // without its reply. One already waiting for its answers keeps waiting.
                         Some(Phase::Open) => self.go_away(index, close::GOING_AWAY),
+                        // Already waiting for its answers: within the shutdown's share too.
+                        Some(Phase::Answering(_)) => {
+                            let at = now + self.answer_wait();
+                            let sooner = self
+                                .conns
+                                .get_mut(index)
+                                .is_some_and(|c| c.deadline.is_none_or(|d| at < d));
+                            if sooner {
+                                self.set_deadline(index, at);
+                            }
+                        }
                         Some(Phase::Handshake { .. }) => self.end(index, Ending::Shutdown),
                         _ => {}
                     }
