@@ -878,6 +878,20 @@ fn at_shutdown_a_reply_still_owed_goes_out_before_the_close() {
     // The instance is busy with "hold" now: stop the server.
     let stopper = std::thread::spawn(move || drop(app));
     assert_eq!(ws_close_code(&mut builtin), 1001);
+    finish_close(builtin);
+    // While the worker waits for the instance's answer, the peer is still heard.
+    ws.send(Message::Ping(b"there?".to_vec().into())).unwrap();
+    match ws.read() {
+        Ok(Message::Pong(p)) => assert_eq!(&p[..], b"there?"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    // The client closes meanwhile: the reply it is owed still comes first.
+    ws.close(None).unwrap();
+    ws.flush().unwrap();
+    let client_end = ws.get_ref().local_addr().unwrap();
+    wait_for("the server to read the client's Close", GUARD, || {
+        server_unread(addr, client_end) == Some(0)
+    });
     release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     assert_eq!(text(&mut ws), "released");
     assert_eq!(ws_close_code(&mut ws), 1001);

@@ -557,8 +557,10 @@ impl Worker {
         };
         match c.phase {
             Phase::Handshake { scanned } => self.process_handshake(index, buf, scanned as usize),
-            Phase::Open | Phase::Closing => self.process_frames(index, buf),
-            Phase::Answering(_) | Phase::Finishing | Phase::Draining => buf.len(),
+            // Waiting for the service's answers, the peer is still heard: its pings are
+            // answered, its Close noted, its data dropped.
+            Phase::Open | Phase::Closing | Phase::Answering(_) => self.process_frames(index, buf),
+            Phase::Finishing | Phase::Draining => buf.len(),
         }
     }
 

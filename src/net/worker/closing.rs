@@ -15,6 +15,14 @@ impl Worker {
     /// The peer sent Close: echo it (if we had not sent ours; after the replies the service
     /// still owes) and finish the TCP connection.
     pub(super) fn on_peer_close(&mut self, index: u32, code: Option<u16>) {
+        // Already waiting for the service's answers (we go away, or the peer shut TCP): our
+        // Close follows them, as planned.
+        if matches!(
+            self.conns.get_mut(index).map(|c| c.phase),
+            Some(Phase::Answering(_))
+        ) {
+            return;
+        }
         if self.answer_first(index, code) {
             return;
         }
