@@ -170,8 +170,7 @@ fn a_client_that_piles_up_host_answers_behind_an_owed_one_is_closed_with_1008() 
 fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
     // A close timeout no loaded machine reaches: the wait for the answers must not end first.
     let app = start_app(
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
-             "close_timeout_ms": 60000 }"#,
+        &ws_json_close_timeout(1, 60_000),
         &lapps_json(
             "./tests/apps",
             r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,

@@ -813,8 +813,7 @@ fn hold_reply_release() -> (
 #[test]
 fn at_shutdown_a_service_that_does_not_answer_still_lets_the_close_out() {
     let app = start_app(
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
-             "close_timeout_ms": 10000 }"#,
+        &ws_json_close_timeout(1, 10_000),
         &lapps_json(
             "./tests/apps",
             r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,

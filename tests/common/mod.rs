@@ -149,6 +149,14 @@ pub fn ws_json(workers: usize) -> String {
     format!(r#"{{ "ip": "127.0.0.1", "port": 0, "workers": {{ "workers": {workers} }} }}"#)
 }
 
+/// [`ws_json`] with its own `close_timeout_ms`.
+pub fn ws_json_close_timeout(workers: usize, close_timeout_ms: u64) -> String {
+    format!(
+        r#"{{ "ip": "127.0.0.1", "port": 0, "workers": {{ "workers": {workers} }},
+             "close_timeout_ms": {close_timeout_ms} }}"#
+    )
+}
+
 /// lapps.json with `applications` (relative to the repository root), the shared `lua/lib`,
 /// and `services` (the text of the services object).
 pub fn lapps_json(applications: &str, services: &str) -> String {
