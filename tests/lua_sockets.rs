@@ -807,6 +807,42 @@ fn hold_reply_release() -> (
     (one, q)
 }
 
+/// After a protocol violation nothing more of the peer is read, even while the reply to the
+/// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
+/// and no Pong to a ping sent after the bad frame.
+#[test]
+fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
+        ),
+    );
+    let (_one, release) = hold_reply_release();
+    let mut s = raw_upgraded(app.addr, "/hold_reply");
+    s.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    let holding = read_frame(&mut s).expect("holding");
+    assert_eq!(holding.payload, b"holding");
+    // RSV2 set: a violation, while the instance is still busy with "hold".
+    s.write_all(&frame(true, 2, 0x1, b"bad", true)).unwrap();
+    let client_end = s.local_addr().unwrap();
+    wait_for("the server to read the bad frame", GUARD, || {
+        server_unread(app.addr, client_end) == Some(0)
+    });
+    s.write_all(&frame(true, 0, 0x9, b"ping", true)).unwrap();
+    wait_for("the server to read the ping", GUARD, || {
+        server_unread(app.addr, client_end) == Some(0)
+    });
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    let released = read_frame(&mut s).expect("the reply owed");
+    assert_eq!(
+        (released.opcode, &released.payload[..]),
+        (0x1, &b"released"[..])
+    );
+    assert_eq!(expect_close(&mut s), Some(1002));
+}
+
 /// With a close timeout longer than the shutdown's grace, a connection whose service does not
 /// answer in time still gets its Close 1001 (the wait for the answers takes at most half the
 /// grace), not a TCP close without one when the grace runs out.

@@ -760,7 +760,12 @@ impl Worker {
         }
         match result {
             Err(e) => {
-                let peer = self.conns.get_mut(index).map(|c| c.peer);
+                // Nothing after a violation is read (RFC 6455 7.1.7), even while the replies
+                // to what came before are awaited: without a decoder, input is dropped.
+                let peer = self.conns.get_mut(index).map(|c| {
+                    c.decoder = None;
+                    c.peer
+                });
                 crate::info_limited!(
                     "closing {}: protocol violation ({}), close code {}",
                     peer.map_or_else(String::new, |p| p.to_string()),
