@@ -122,14 +122,17 @@ fn a_message_too_big_for_the_receivers_memory_stays_for_its_next_receive() {
     reg.shutdown();
 }
 
-/// A message larger than the receiver's whole memory limit could never be held there: it is
-/// dropped with `nil, "too big"` instead of failing every receive of that instance for good,
-/// and the messages behind it still arrive.
+/// A message larger than the receiver's memory limit leaves room for (with its app loaded)
+/// could never be held there: it is dropped with `nil, "too big"` instead of failing every
+/// receive of that instance for good, and the messages behind it still arrive.
 #[test]
 fn a_message_larger_than_the_receivers_memory_limit_is_refused_and_the_next_one_arrives() {
     let q = registry().open("too_big", 4);
     let report = registry().open("too_big.report", 4);
+    // Larger than the limit; then smaller than the limit, but not beside the loaded state.
     q.try_post(vec![b'x'; 9 << 20].into_boxed_slice()).unwrap();
+    q.try_post(vec![b'y'; (8 << 20) - (16 << 10)].into_boxed_slice())
+        .unwrap();
     q.try_post(b"second".to_vec().into_boxed_slice()).unwrap();
     q.try_post(b"third!".to_vec().into_boxed_slice()).unwrap();
     let mut app = standalone("mqr_too_big", 1);
@@ -139,7 +142,10 @@ fn a_message_larger_than_the_receivers_memory_limit_is_refused_and_the_next_one_
         .open("too_big.go", 1)
         .try_post(b"go".to_vec().into_boxed_slice())
         .unwrap();
-    assert_eq!(next(&report), "nil too big | 6 second | 6 third!");
+    assert_eq!(
+        next(&report),
+        "nil too big | nil too big | 6 second | 6 third!"
+    );
     reg.shutdown();
 }
 

@@ -27,6 +27,9 @@ thread_local! {
     static CHARGED: Cell<usize> = const { Cell::new(0) };
     /// What they may take together; 0: no limit.
     static LIMIT: Cell<usize> = const { Cell::new(0) };
+    /// What the state of this thread takes at the least: its memory right after its app was
+    /// loaded and collected (see [`set_floor`]).
+    static FLOOR: Cell<usize> = const { Cell::new(0) };
     /// The last refusal since the last [`take_refused`].
     static REFUSED: Cell<Option<Refusal>> = const { Cell::new(None) };
 }
@@ -48,6 +51,18 @@ pub(crate) fn set_limit(bytes: usize) {
 /// This thread's limit (0: none).
 pub(crate) fn limit() -> usize {
     LIMIT.with(Cell::get)
+}
+
+/// Records what the thread's state takes at the least (its memory once its app is loaded).
+pub(crate) fn set_floor(bytes: usize) {
+    FLOOR.with(|f| f.set(bytes));
+}
+
+/// The room this thread's state can ever have for new values: its limit less its floor
+/// (None: no limit).
+pub(crate) fn room_at_most() -> Option<usize> {
+    let limit = limit();
+    (limit != 0).then(|| limit.saturating_sub(FLOOR.with(Cell::get)))
 }
 
 /// What one item of a tree costs while it is built beside its bytes: its decoded value and

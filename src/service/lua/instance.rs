@@ -56,6 +56,9 @@ pub(crate) fn spawn(
                     let _ = ready_tx.send(Err(e));
                 }
                 Ok((lua, module, app)) => {
+                    // What the state takes at the least, without the garbage of its loading.
+                    let _ = lua.gc_collect();
+                    crate::lapps_proto::tree_budget::set_floor(lua.used_memory());
                     let _ = ready_tx.send(Ok(()));
                     serve(&lua, &host, &module, app, inbox.as_deref());
                 }

@@ -1,6 +1,6 @@
--- mqr_too_big (tests/lua_mqr.rs): on "go" from "too_big.go", receives twice from "too_big"
--- (whose first message is larger than this service's memory_limit) and once with `poll`,
--- and reports what each call returned to "too_big.report".
+-- mqr_too_big (tests/lua_mqr.rs): on "go" from "too_big.go", receives three times from
+-- "too_big" (whose first two messages are larger than this service's memory_limit leaves room
+-- for) and once with `poll`, and reports what each call returned to "too_big.report".
 local app = {}
 
 app.init = function() end
@@ -16,8 +16,9 @@ app.run = function()
   mqr:receive("too_big.go")
   local a = shown(mqr:receive("too_big", 1))
   local b = shown(mqr:receive("too_big", 1))
-  local c = shown(mqr:poll("too_big"))
-  mqr:post("too_big.report", a .. " | " .. b .. " | " .. c)
+  local c = shown(mqr:receive("too_big", 1))
+  local d = shown(mqr:poll("too_big"))
+  mqr:post("too_big.report", a .. " | " .. b .. " | " .. c .. " | " .. d)
   while true do
     local _, why = mqr:receive("too_big.never", 0.2)
     if why == "stopped" then

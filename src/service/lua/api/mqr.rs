@@ -97,14 +97,14 @@ impl Ctx {
     /// `m`, taken from `q`, as a Lua string. When the state cannot hold it even after a full
     /// collection, the error goes to the app and the message is kept for its next receive: an
     /// accepted message is not lost for want of memory the app may still free. A message
-    /// larger than the state's whole memory limit can never be held there: it is dropped with
-    /// an error in the log and the app gets `nil, "too big"`, so that the messages behind it
-    /// still reach this instance.
+    /// larger than the state could ever hold (its memory limit less what it took once its app
+    /// was loaded) is dropped with an error in the log and the app gets `nil, "too big"`, so
+    /// that the messages behind it still reach this instance.
     fn deliver(&self, lua: &Lua, q: &Queue, m: Box<[u8]>) -> mlua::Result<Ret> {
-        let limit = crate::lapps_proto::tree_budget::limit();
-        if limit != 0 && m.len() >= limit {
+        let room = crate::lapps_proto::tree_budget::room_at_most();
+        if let Some(room) = room.filter(|&r| m.len() >= r) {
             crate::error!(
-                "{} mqr: a message of {} bytes from queue {} is larger than this service's memory_limit ({limit} bytes): dropped",
+                "{} mqr: a message of {} bytes from queue {} is larger than this service's memory_limit leaves room for ({room} bytes): dropped",
                 self.host.tag(),
                 m.len(),
                 crate::log::shown(q.name())
