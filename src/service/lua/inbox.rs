@@ -44,6 +44,8 @@ pub(crate) struct Batch {
     pub events: Vec<Event>,
     bytes: Vec<u8>,
     pub messages: usize,
+    /// Close events in `events` (what `Inbox::handled_closes` takes off the open count).
+    closes: usize,
     /// Connections the worker stopped reading while this batch was gathered; registered by
     /// [`Inbox::push`] before the batch is published, so its `done` resumes them.
     to_pause: Vec<ConnId>,
@@ -63,6 +65,9 @@ impl Batch {
     }
 
     pub fn push(&mut self, conn: ConnId, kind: Kind) {
+        if matches!(kind, Kind::Close) {
+            self.closes += 1;
+        }
         self.events.push(Event {
             conn,
             kind,
@@ -95,6 +100,7 @@ impl Batch {
         self.events.clear();
         self.bytes.clear();
         self.messages = 0;
+        self.closes = 0;
         self.to_pause.clear();
     }
 }
@@ -184,13 +190,8 @@ impl Inbox {
 
     /// Consumer: the close events of `batch` have been handled.
     pub fn handled_closes(&self, batch: &Batch) {
-        let n = batch
-            .events
-            .iter()
-            .filter(|e| matches!(e.kind, Kind::Close))
-            .count();
-        if n > 0 {
-            self.open_conns.fetch_sub(n, Ordering::SeqCst);
+        if batch.closes > 0 {
+            self.open_conns.fetch_sub(batch.closes, Ordering::SeqCst);
         }
     }
 
