@@ -664,6 +664,46 @@ fn ws_send_to_other_handlers_reaches_them_across_instances_and_workers() {
     });
 }
 
+#[test]
+fn after_ws_close_a_send_to_that_connection_is_refused_not_dropped() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut a = connect(app.addr, "/tally");
+    let mut b = connect(app.addr, "/tally");
+    let b_id = id(&mut b);
+    // The frame would follow our Close, which RFC 6455 5.5.1 forbids: the worker drops it, so
+    // the app must hear "closed" rather than true.
+    send(&mut a, &format!("closethen {b_id}"));
+    assert_eq!(text(&mut b), "send=nil closed close=nil closed");
+    assert_eq!(
+        ws_close_code(&mut a),
+        1000,
+        "the Close, and no data frame before it"
+    );
+}
+
+#[test]
+fn a_send_to_a_connection_the_worker_is_closing_is_refused() {
+    // The idle timeout: a silent peer is pinged, then the worker starts the close (1001) and
+    // waits up to the close timeout for the peer's reply; meanwhile the handle is closing.
+    let app = start_app(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "idle_timeout_ms": 150, "close_timeout_ms": 20000 }"#,
+        &tally_services(None),
+    );
+    let mut silent = raw_upgraded(app.addr, "/tally");
+    silent.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let reply = read_frame(&mut silent).expect("the handler");
+    let silent_id = String::from_utf8(reply.payload).unwrap();
+    assert_eq!(expect_close(&mut silent), Some(1001));
+    // The silent peer never answers the Close: its connection stays open for the close
+    // timeout, but nothing can be sent on it any more.
+    let mut other = connect(app.addr, "/tally");
+    assert_eq!(
+        ask(&mut other, &format!("to {silent_id} late")),
+        "nil closed"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Back-pressure and close ordering through the real workers
 

@@ -80,11 +80,14 @@ pub struct NewConn {
     pub reject_full: bool,
 }
 
-// A liveness word: the generation (24 bits), LIVE and LAPPS in the low half; in the high half,
-// how many of a LAppS connection's requests reached its app and are owed a response.
+// A liveness word: the generation (24 bits), LIVE, LAPPS and ENDING in the low half; in the
+// high half, how many of a LAppS connection's requests reached its app and are owed a response.
 const LIVE: u64 = 1 << 31;
 /// Beside LIVE: the connection speaks the LAppS protocol (set at its upgrade).
 const LAPPS: u64 = 1 << 30;
+/// Beside LIVE: a Close is on its way (RFC 6455 5.5.1: no data frame may follow ours), so the
+/// handle answers as gone: a send is refused now instead of being dropped by the worker.
+const ENDING: u64 = 1 << 29;
 /// The low half: who the word is about.
 const WHO: u64 = 0xFFFF_FFFF;
 /// One owed response.
@@ -262,6 +265,18 @@ impl Port {
         }
     }
 
+    /// Either side: `conn`'s Close is queued or about to be (see [`ENDING`]); from now on the
+    /// handle answers as gone. Nothing when `conn` is gone already.
+    pub fn set_ending(&self, conn: ConnId) {
+        let Some(slot) = self.live.get(conn.index()) else {
+            return;
+        };
+        let gen = conn.generation() as u64;
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w & WHO & !LAPPS == gen | LIVE).then_some(w | ENDING)
+        });
+    }
+
     /// Worker side: the slot `index` is free again.
     pub fn set_dead(&self, index: u32) {
         if let Some(slot) = self.live.get(index) {
@@ -386,7 +401,14 @@ impl Hub {
         &self.ports[worker]
     }
 
-    /// True while `conn` names an open connection.
+    /// `conn` is closing: sends to it are refused from now on ([`Port::set_ending`]).
+    pub fn set_ending(&self, conn: ConnId) {
+        if let Some(port) = self.ports.get(conn.worker()) {
+            port.set_ending(conn);
+        }
+    }
+
+    /// True while `conn` names an open connection (not closing).
     pub fn is_live(&self, conn: ConnId) -> bool {
         self.speaks(conn).is_some()
     }
@@ -550,6 +572,34 @@ mod tests {
         assert!(
             !hub.take_response(next),
             "a new connection starts owing nothing"
+        );
+    }
+
+    #[test]
+    fn a_closing_connection_answers_as_gone_and_its_generation_only() {
+        let hub = Hub::new(1, 16).unwrap();
+        let port = hub.port(0);
+        let c = ConnId::new(0, 4, 7);
+        port.set_speaks(c.index(), 7, Speaks::Lapps);
+        assert!(hub.expect_response(c));
+        hub.set_ending(ConnId::new(0, 4, 6));
+        assert_eq!(
+            hub.speaks(c),
+            Some(Speaks::Lapps),
+            "another generation's close"
+        );
+        hub.set_ending(c);
+        assert_eq!(hub.speaks(c), None);
+        assert!(!hub.is_live(c));
+        assert_eq!(hub.owed_responses(c), None);
+        assert!(!hub.take_response(c) && !hub.expect_response(c));
+        port.set_dead(c.index());
+        let next = ConnId::new(0, 4, 8);
+        port.set_live(next.index(), 8);
+        assert_eq!(
+            hub.speaks(next),
+            Some(Speaks::Raw),
+            "the slot's next connection is open"
         );
     }
 }

@@ -51,6 +51,7 @@ impl Worker {
         c.phase = Phase::Closing;
         // Nothing more reaches the service; the peer's Close reply must still be read.
         c.service_paused = false;
+        self.refuse_sends(index);
         self.mark_dirty(index);
         self.arm_close_deadline(index);
     }
@@ -144,8 +145,17 @@ impl Worker {
         c.phase = Phase::Finishing;
         // Nothing more reaches the service; the EOF after our last bytes must still be read.
         c.service_paused = false;
+        self.refuse_sends(index);
         self.mark_dirty(index);
         self.arm_close_deadline(index);
+    }
+
+    /// Our last frame is queued: services asking to send to the connection are told it is
+    /// closed from now on, instead of hearing yes for a frame `queue_frame` drops.
+    fn refuse_sends(&self, index: u32) {
+        if let Some(g) = self.conns.generation(index) {
+            self.hub.port(self.id).set_ending(self.conn_id(index, g));
+        }
     }
 
     /// The close timeout from now, noting how much of ours the peer has acknowledged: when it

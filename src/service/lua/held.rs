@@ -34,7 +34,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::frame::send_message;
 use super::host::HostCtx;
 use crate::net::handle::ConnId;
-use crate::net::hub::Command;
 use crate::ws::Opcode;
 
 /// Host answers that may wait per connection.
@@ -157,7 +156,7 @@ impl HeldAnswers {
                 if self.draining.borrow_mut().remove(&conn) {
                     host.closing.borrow_mut().insert(conn);
                     // The worker closes with the code it decided on (it waits in `Answering`).
-                    host.push(conn, Command::Close { conn, code: 1000 });
+                    host.close(conn, 1000);
                 }
             }
             Some(_) => {}

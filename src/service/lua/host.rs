@@ -129,6 +129,13 @@ impl HostCtx {
         }
     }
 
+    /// Closes `conn` with `code`: from now on sends to it are refused (by every thread), and
+    /// the Close is queued behind what this state sent it before.
+    pub fn close(&self, conn: ConnId, code: u16) {
+        self.hub.set_ending(conn);
+        self.push(conn, Command::Close { conn, code });
+    }
+
     /// Queues a command for `conn`'s worker; posted by `flush` (or early when many pile up).
     pub fn push(&self, conn: ConnId, cmd: Command) {
         let w = conn.worker();

@@ -16,7 +16,6 @@ use super::inbox::{Batch, Event, Kind};
 use super::lapps::LappsState;
 use super::lapps_fast::call_requests;
 use crate::net::handle::ConnId;
-use crate::net::hub::Command;
 
 pub(crate) struct RawApp {
     on_message: Function,
@@ -225,5 +224,5 @@ impl RawApp {
 /// Closes `conn` with `code`; its messages still queued are skipped from now on.
 fn close(host: &HostCtx, conn: ConnId, code: u16) {
     host.closing.borrow_mut().insert(conn);
-    host.push(conn, Command::Close { conn, code });
+    host.close(conn, code);
 }

@@ -15,6 +15,8 @@
 --   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false
 --   "wsclose <arg>" ws:close(this, <arg>): a number, "nan", "inf", "table", "nil" or any other
 --                   text as a string; replies "nil <err>" when it fails
+--   "closethen <h>" ws:close(this, 1000), then ws:send(this, 1, "after close") and ws:close(this)
+--                   again; replies to <h> "send=<value> <err> close=<value> <err>"
 --   "announce loop" replies "looping" and hands that reply over (must_stop() flushes), then
 --                   runs forever: the client knows the instance is busy from then on
 local tally = {}
@@ -67,6 +69,12 @@ tally.onMessage = function(handler, opcode, message)
     while true do end
   elseif cmd == "close" then
     return false
+  elseif cmd == "closethen" then
+    ws:close(handler, 1000)
+    local sent, serr = ws:send(handler, 1, "after close")
+    local closed, cerr = ws:close(handler)
+    ws:send(tonumber(rest), 1, string.format("send=%s %s close=%s %s",
+      tostring(sent), tostring(serr), tostring(closed), tostring(cerr)))
   elseif cmd == "wsclose" then
     local special = { nan = 0 / 0, inf = 1 / 0, table = {} }
     local arg = special[rest]

@@ -15,7 +15,7 @@ use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
-use crate::net::hub::{Command, Speaks};
+use crate::net::hub::Speaks;
 use crate::service::lua::fastpath::{reason, NOT_LAPPS, NOT_RAW};
 use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
@@ -192,13 +192,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 if !h.hub.is_live(conn) {
                     return fail("closed");
                 }
-                h.push(
-                    conn,
-                    Command::Close {
-                        conn,
-                        code: code as u16,
-                    },
-                );
+                h.close(conn, code as u16);
                 ok(Value::Boolean(true))
             },
         )?,
