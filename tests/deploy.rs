@@ -371,7 +371,7 @@ fn a_network_service_that_becomes_standalone_sends_its_clients_away() {
     std::fs::write(
         site.dir.join("apps/svc/svc.lua"),
         "local p = {}\np.init = function() end\n\
-         p.run = function()\n  while not must_stop() do nap:sleep(0.05) end\nend\nreturn p\n",
+         p.run = function()\n  local n = nap:new()\n  while not must_stop() do n:sleep(0.05) end\nend\nreturn p\n",
     )
     .unwrap();
     site.lapps_json(r#", "svc": { "standalone": true, "preload": ["nap"] }"#);

@@ -665,6 +665,40 @@ fn ws_send_to_other_handlers_reaches_them_across_instances_and_workers() {
 }
 
 #[test]
+fn a_handler_survives_lua_turning_it_into_text_on_every_worker() {
+    // Lua prints numbers with 14 significant digits: a longer handle came back from
+    // tostring() as a neighbouring slot's, stale or someone else's.
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut conns: Vec<Client> = (0..4).map(|_| connect(app.addr, "/tally")).collect();
+    let mut workers = std::collections::HashSet::new();
+    for ws in &mut conns {
+        let h = id(ws);
+        workers.insert(lapps::net::handle::ConnId::from_u64(h).unwrap().worker());
+        assert_eq!(ask(ws, "tostr"), h.to_string());
+        assert_eq!(ask(ws, "self back to me"), "back to me");
+    }
+    assert_eq!(workers.len(), 2, "both workers' handles were tried");
+}
+
+#[test]
+fn module_functions_take_the_dot_form_and_answer_a_bad_message_with_nil() {
+    let app = start_app(&ws_json(1), &tally_services(None));
+    let mut ws = connect(app.addr, "/tally");
+    send(&mut ws, "forms");
+    let mut got: Vec<String> = (0..3).map(|_| text(&mut ws)).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "dot bcast",
+            "dot send",
+            // ws.close(1000): 1000 is no connection's handle (generations start at 1).
+            "true,true,true,1,nil bad message,nil bad message,nil closed",
+        ]
+    );
+}
+
+#[test]
 fn after_ws_close_a_send_to_that_connection_is_refused_not_dropped() {
     let app = start_app(&ws_json(2), &tally_services(None));
     let mut a = connect(app.addr, "/tally");

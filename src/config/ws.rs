@@ -349,8 +349,9 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
     Workers {
         workers: w.usize_in(r, "workers", default_workers(), 1, MAX_WORKERS),
         workers_by_default: w.get("workers").is_none(),
-        // Handles address at most 2^24 slots per worker (src/net/handle.rs).
-        max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 23) as usize,
+        // Handles address 2^22 slots per worker (src/net/handle.rs): live and refused
+        // connections (up to twice this) with room to spare for retired slots.
+        max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 20) as usize,
         auto_fragment,
         input_buffer_size,
         max_poll_events: w.usize_in(r, "max_poll_events", 256, 1, 65_536),

@@ -2,9 +2,15 @@
 //! token 0 being the worker's eventfd); each slot counts generations so that a `ConnId`
 //! kept after its connection closed is recognised as stale.
 
+use crate::net::handle::ConnId;
+
 pub struct Slab<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
+    /// Slots that used their last generation (see [`Slab::remove`]).
+    retired: Vec<u32>,
+    /// Retired slots taken again because every index was in use ([`Slab::insert`]).
+    recycled: u64,
     len: usize,
 }
 
@@ -18,6 +24,8 @@ impl<T> Default for Slab<T> {
         Slab {
             slots: Vec::new(),
             free: Vec::new(),
+            retired: Vec::new(),
+            recycled: 0,
             len: 0,
         }
     }
@@ -32,22 +40,36 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
-    /// Stores `value`; returns its index and generation.
-    pub fn insert(&mut self, value: T) -> (u32, u32) {
-        self.len += 1;
-        if let Some(i) = self.free.pop() {
-            let slot = &mut self.slots[i as usize];
-            slot.generation =
-                slot.generation.wrapping_add(1) & crate::net::handle::ConnId::GEN_MASK;
-            slot.value = Some(Box::new(value));
-            (i, slot.generation)
-        } else {
+    /// Stores `value`; returns its index and generation (1 for a new slot, so that no handle
+    /// is a small integer). `None` when every index is occupied.
+    ///
+    /// When every index has been handed out and some slots are retired, a retired slot starts
+    /// over at generation 1 (counted by [`Slab::recycled`]): after 2^41 connections through one
+    /// worker, a handle kept since its slot's first generation could name a new connection.
+    pub fn insert(&mut self, value: T) -> Option<(u32, u32)> {
+        let (index, generation) = if let Some(i) = self.free.pop() {
+            (i, self.slots.get(i as usize)?.generation + 1)
+        } else if self.slots.len() <= ConnId::MAX_INDEX as usize {
             self.slots.push(Slot {
                 generation: 0,
-                value: Some(Box::new(value)),
+                value: None,
             });
-            ((self.slots.len() - 1) as u32, 0)
-        }
+            ((self.slots.len() - 1) as u32, 1)
+        } else {
+            let i = self.retired.pop()?;
+            self.recycled += 1;
+            (i, 1)
+        };
+        let slot = self.slots.get_mut(index as usize)?;
+        slot.generation = generation;
+        slot.value = Some(Box::new(value));
+        self.len += 1;
+        Some((index, generation))
+    }
+
+    /// How many retired slots were taken again (see [`Slab::insert`]).
+    pub fn recycled(&self) -> u64 {
+        self.recycled
     }
 
     pub fn get_mut(&mut self, index: u32) -> Option<&mut T> {
@@ -81,11 +103,13 @@ impl<T> Slab<T> {
         let v = slot.value.take()?;
         self.len -= 1;
         // A slot that has used its last generation is retired rather than wrapped, so that a
-        // handle names one connection for the life of the process (an app may keep one for
-        // any time). Retiring takes 2^24 connections through one slot; the index space (2^24
-        // slots) lasts for 2^48 connections.
-        if slot.generation < crate::net::handle::ConnId::GEN_MASK {
+        // handle names one connection for as long as possible (an app may keep one for any
+        // time). Retiring takes 2^19 connections through one slot; the index space (2^22
+        // slots) lasts for 2^41 connections before retired slots are taken again.
+        if slot.generation < ConnId::GEN_MASK {
             self.free.push(index);
+        } else {
+            self.retired.push(index);
         }
         Some(v)
     }
@@ -105,11 +129,11 @@ mod tests {
     #[test]
     fn reused_slot_gets_a_new_generation() {
         let mut s = Slab::default();
-        let (i, g) = s.insert(1);
+        let (i, g) = s.insert(1).unwrap();
+        assert_eq!(g, 1, "generations start at 1");
         assert!(s.remove(i).is_some());
-        let (j, h) = s.insert(2);
-        assert_eq!(i, j);
-        assert_ne!(g, h);
+        let (j, h) = s.insert(2).unwrap();
+        assert_eq!((i, h), (j, 2));
         assert!(s.get_gen_mut(i, g).is_none());
         assert_eq!(s.get_gen_mut(j, h).copied(), Some(2));
         assert_eq!(s.len(), 1);
@@ -118,18 +142,36 @@ mod tests {
     #[test]
     fn a_slot_at_its_last_generation_is_retired_not_wrapped() {
         let mut s = Slab::default();
-        let (i, _) = s.insert(1);
-        s.slots[i as usize].generation = crate::net::handle::ConnId::GEN_MASK - 1;
+        let (i, _) = s.insert(1).unwrap();
+        s.slots[i as usize].generation = ConnId::GEN_MASK - 1;
         assert!(s.remove(i).is_some());
-        let (j, last) = s.insert(2);
-        assert_eq!((j, last), (i, crate::net::handle::ConnId::GEN_MASK));
+        let (j, last) = s.insert(2).unwrap();
+        assert_eq!((j, last), (i, ConnId::GEN_MASK));
         assert!(s.remove(j).is_some());
-        // Reusing the slot would wrap its generation to 0: a handle of its first connection
-        // would name the next one. A new slot is taken instead, and the old handles stay stale.
-        let (k, g) = s.insert(3);
+        // Reusing the slot would wrap its generation: a handle of its first connection would
+        // name the next one. A new slot is taken instead, and the old handles stay stale.
+        let (k, g) = s.insert(3).unwrap();
         assert_ne!(k, i);
-        assert_eq!(g, 0);
-        assert!(s.get_gen_mut(i, 0).is_none() && s.get_gen_mut(i, last).is_none());
-        assert_eq!(s.get_gen_mut(k, 0).copied(), Some(3));
+        assert_eq!(g, 1);
+        assert!(s.get_gen_mut(i, 1).is_none() && s.get_gen_mut(i, last).is_none());
+        assert_eq!(s.get_gen_mut(k, 1).copied(), Some(3));
+        assert_eq!(s.recycled(), 0);
+    }
+
+    #[test]
+    fn with_every_index_handed_out_a_retired_slot_starts_over_and_a_full_slab_refuses() {
+        let mut s = Slab::default();
+        let (i, _) = s.insert(0u8).unwrap();
+        // Pretend every other index is in use already (without allocating 4 M slots).
+        s.slots
+            .resize_with(ConnId::MAX_INDEX as usize + 1, || Slot {
+                generation: 1,
+                value: Some(Box::new(9)),
+            });
+        s.slots[i as usize].generation = ConnId::GEN_MASK;
+        assert!(s.remove(i).is_some());
+        assert_eq!(s.insert(1), Some((i, 1)));
+        assert_eq!(s.recycled(), 1);
+        assert_eq!(s.insert(2), None, "no free, new or retired index left");
     }
 }

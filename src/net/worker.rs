@@ -35,7 +35,7 @@ use crate::service::{Flow, Service, WorkerCtx};
 use crate::ws::codec::{self, Decoder, Event, Role};
 use crate::ws::handshake::{self, Request};
 use crate::ws::Opcode;
-use crate::{debug, warn};
+use crate::{debug, error, warn};
 
 mod closing;
 mod commands;
@@ -388,7 +388,25 @@ impl Worker {
                 }
             }
         }
-        let (index, generation) = self.conns.insert(conn);
+        let recycled = self.conns.recycled();
+        let Some((index, generation)) = self.conns.insert(conn) else {
+            // Unreachable within max_connections (src/config/ws.rs); dropping closes it.
+            error!(
+                "worker {}: no connection slot left for {}; closing it",
+                self.id, nc.peer
+            );
+            if !reject_full {
+                self.hub.port(self.id).release_slot();
+            }
+            return;
+        };
+        if recycled == 0 && self.conns.recycled() == 1 {
+            warn!(
+                "worker {}: every connection handle has been used; retired handles are reused \
+                 from now on (an app that kept a handle since then could reach a new connection)",
+                self.id
+            );
+        }
         if let Err(e) = self.selector.register(fd, index as u64 + 1) {
             // A failed registration must not leave a slot behind (monoio does the same).
             warn!(

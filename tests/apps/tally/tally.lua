@@ -15,6 +15,10 @@
 --   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false
 --   "wsclose <arg>" ws:close(this, <arg>): a number, "nan", "inf", "table", "nil" or any other
 --                   text as a string; replies "nil <err>" when it fails
+--   "tostr"         replies tostring(this handler)
+--   "self <text>"   ws:send(tonumber(tostring(this handler)), 1, <text>); "nil <err>" when it fails
+--   "forms"         the dot-call forms ws.send, bcast.create/subscribe/send (sending "dot send"
+--                   and "dot bcast" here), then non-string messages; replies their results
 --   "closethen <h>" ws:close(this, 1000), then ws:send(this, 1, "after close") and ws:close(this)
 --                   again; replies to <h> "send=<value> <err> close=<value> <err>"
 --   "announce loop" replies "looping" and hands that reply over (must_stop() flushes), then
@@ -69,6 +73,22 @@ tally.onMessage = function(handler, opcode, message)
     while true do end
   elseif cmd == "close" then
     return false
+  elseif cmd == "tostr" then
+    ws:send(handler, 1, tostring(handler))
+  elseif cmd == "self" then
+    local ok, err = ws:send(tonumber(tostring(handler)), 1, rest)
+    if not ok then ws:send(handler, 1, "nil " .. tostring(err)) end
+  elseif cmd == "forms" then
+    local r = {}
+    local function note(v, e) r[#r + 1] = tostring(v) .. (e and (" " .. e) or "") end
+    note(ws.send(handler, 1, "dot send"))
+    note(bcast.create("dots"))
+    note(bcast.subscribe("dots", handler))
+    note(bcast.send("dots", 1, "dot bcast"))
+    note(bcast:send("dots", 1, {}))
+    note(ws:send(handler, 1, true))
+    note(ws.close(1000))
+    ws:send(handler, 1, table.concat(r, ","))
   elseif cmd == "closethen" then
     ws:close(handler, 1000)
     local sent, serr = ws:send(handler, 1, "after close")

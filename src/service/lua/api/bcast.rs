@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, RwLock};
 
-use mlua::{Lua, Value};
+use mlua::{Lua, MultiValue, Value};
 
-use super::{fail, handler, ok, Ret};
+use super::{fail, handler, method_args, ok, Ret};
 use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
@@ -149,7 +149,8 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let h = Rc::clone(host);
     t.set(
         "create",
-        lua.create_function(move |_, (_this, id): (Value, Value)| -> mlua::Result<Ret> {
+        lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+            let id: Value = method_args(lua, args)?;
             let Some(id) = ChannelId::from_lua(&id) else {
                 return fail("bad channel id");
             };
@@ -161,100 +162,104 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         let h = Rc::clone(host);
         t.set(
             name,
-            lua.create_function(
-                move |_, (_this, id, conn): (Value, Value, Value)| -> mlua::Result<Ret> {
-                    let Some(id) = ChannelId::from_lua(&id) else {
-                        return fail("bad channel id");
-                    };
-                    let Some(conn) = handler(&conn) else {
-                        return fail("bad handler");
-                    };
-                    if subscribe && !h.hub.is_live(conn) {
+            lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+                let (id, conn): (Value, Value) = method_args(lua, args)?;
+                let Some(id) = ChannelId::from_lua(&id) else {
+                    return fail("bad channel id");
+                };
+                let Some(conn) = handler(&conn) else {
+                    return fail("bad handler");
+                };
+                if subscribe && !h.hub.is_live(conn) {
+                    return fail("closed");
+                }
+                let done = if subscribe {
+                    let done = h.bcast.subscribe(&id, conn);
+                    // Ended meanwhile: its owner may have run drop_conn before our insert,
+                    // which would leave the entry behind for good.
+                    if done && !h.hub.is_live(conn) {
+                        h.bcast.unsubscribe(&id, conn);
                         return fail("closed");
                     }
-                    let done = if subscribe {
-                        let done = h.bcast.subscribe(&id, conn);
-                        // Ended meanwhile: its owner may have run drop_conn before our insert,
-                        // which would leave the entry behind for good.
-                        if done && !h.hub.is_live(conn) {
-                            h.bcast.unsubscribe(&id, conn);
-                            return fail("closed");
-                        }
-                        done
-                    } else {
-                        h.bcast.unsubscribe(&id, conn)
-                    };
-                    if done {
-                        ok(Value::Boolean(true))
-                    } else {
-                        fail("no such channel")
-                    }
-                },
-            )?,
+                    done
+                } else {
+                    h.bcast.unsubscribe(&id, conn)
+                };
+                if done {
+                    ok(Value::Boolean(true))
+                } else {
+                    fail("no such channel")
+                }
+            })?,
         )?;
     }
     let h = Rc::clone(host);
     t.set(
         "send",
-        lua.create_function(
-            move |lua,
-                  (_this, id, a, b): (Value, Value, Value, Option<mlua::String>)|
-                  -> mlua::Result<Ret> {
-                let Some(id) = ChannelId::from_lua(&id) else {
-                    return fail("bad channel id");
-                };
-                // Encode once, before knowing the recipients: every one gets these bytes.
-                // Raw messages go to RAW connections, OONs to LAppS ones (SPEC sections 3, 4).
-                let (framed, wanted): (Vec<u8>, Speaks) = match (a, b) {
-                    (Value::Integer(op), Some(msg)) => {
-                        match frame_checked(op, &msg.as_bytes(), h.auto_fragment) {
-                            Ok(f) => (f, Speaks::Raw),
-                            Err(reason) => return fail(reason),
-                        }
-                    }
-                    (Value::Number(op), Some(msg)) if op.fract() == 0.0 => {
-                        match frame_checked(op as i64, &msg.as_bytes(), h.auto_fragment) {
-                            Ok(f) => (f, Speaks::Raw),
-                            Err(reason) => return fail(reason),
-                        }
-                    }
-                    // The LAppS form: bcast:send(id, oon) with `{cid = N, message = {...}}`.
-                    (value @ (Value::Table(_) | Value::UserData(_)), None) => {
-                        let cbor = from_lua(lua, &value)
-                            .and_then(|v| {
-                                oon_only(&v).then_some(v).ok_or_else(|| {
-                                    "expected an OON (cid ~= 0 and a message array)".to_string()
-                                })
-                            })
-                            .and_then(|v| protocol::validate_outbound(&v))
-                            .map_err(|e| mlua::Error::runtime(format!("bcast:send: {e}")))?;
-                        (frame(2, &cbor, h.auto_fragment), Speaks::Lapps)
-                    }
-                    _ => return fail("bad message"),
-                };
-                let Some(groups) = h.bcast.recipients(&id, |c| h.hub.speaks(c), wanted) else {
-                    return fail("no such channel");
-                };
-                let mut n = 0usize;
-                if !groups.is_empty() {
-                    let framed: Arc<[u8]> = framed.into();
-                    for conns in groups {
-                        n += conns.len();
-                        let Some(&first) = conns.first() else {
-                            continue;
-                        };
-                        h.push(
-                            first,
-                            Command::SendMany {
-                                conns,
-                                frame: Arc::clone(&framed),
-                            },
-                        );
+        lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+            let (id, a, b): (Value, Value, Option<Value>) = method_args(lua, args)?;
+            // A message that is neither a string nor a number is a runtime answer.
+            let b = match b {
+                None | Some(Value::Nil) => None,
+                Some(v @ (Value::String(_) | Value::Integer(_) | Value::Number(_))) => {
+                    lua.coerce_string(v)?
+                }
+                Some(_) => return fail("bad message"),
+            };
+            let Some(id) = ChannelId::from_lua(&id) else {
+                return fail("bad channel id");
+            };
+            // Encode once, before knowing the recipients: every one gets these bytes.
+            // Raw messages go to RAW connections, OONs to LAppS ones (SPEC sections 3, 4).
+            let (framed, wanted): (Vec<u8>, Speaks) = match (a, b) {
+                (Value::Integer(op), Some(msg)) => {
+                    match frame_checked(op, &msg.as_bytes(), h.auto_fragment) {
+                        Ok(f) => (f, Speaks::Raw),
+                        Err(reason) => return fail(reason),
                     }
                 }
-                ok(Value::Number(n as f64))
-            },
-        )?,
+                (Value::Number(op), Some(msg)) if op.fract() == 0.0 => {
+                    match frame_checked(op as i64, &msg.as_bytes(), h.auto_fragment) {
+                        Ok(f) => (f, Speaks::Raw),
+                        Err(reason) => return fail(reason),
+                    }
+                }
+                // The LAppS form: bcast:send(id, oon) with `{cid = N, message = {...}}`.
+                (value @ (Value::Table(_) | Value::UserData(_)), None) => {
+                    let cbor = from_lua(lua, &value)
+                        .and_then(|v| {
+                            oon_only(&v).then_some(v).ok_or_else(|| {
+                                "expected an OON (cid ~= 0 and a message array)".to_string()
+                            })
+                        })
+                        .and_then(|v| protocol::validate_outbound(&v))
+                        .map_err(|e| mlua::Error::runtime(format!("bcast:send: {e}")))?;
+                    (frame(2, &cbor, h.auto_fragment), Speaks::Lapps)
+                }
+                _ => return fail("bad message"),
+            };
+            let Some(groups) = h.bcast.recipients(&id, |c| h.hub.speaks(c), wanted) else {
+                return fail("no such channel");
+            };
+            let mut n = 0usize;
+            if !groups.is_empty() {
+                let framed: Arc<[u8]> = framed.into();
+                for conns in groups {
+                    n += conns.len();
+                    let Some(&first) = conns.first() else {
+                        continue;
+                    };
+                    h.push(
+                        first,
+                        Command::SendMany {
+                            conns,
+                            frame: Arc::clone(&framed),
+                        },
+                    );
+                }
+            }
+            ok(Value::Number(n as f64))
+        })?,
     )?;
     lua.globals().set("bcast", t)
 }

@@ -14,7 +14,7 @@ pub(crate) mod ws;
 
 use std::rc::Rc;
 
-use mlua::{Lua, MultiValue, Value, Variadic};
+use mlua::{FromLuaMulti, Lua, MultiValue, Value, Variadic};
 
 use super::host::HostCtx;
 use crate::net::handle::ConnId;
@@ -28,6 +28,17 @@ pub(crate) fn ok(v: Value) -> mlua::Result<Ret> {
 
 pub(crate) fn fail(msg: &'static str) -> mlua::Result<Ret> {
     Ok((Value::Nil, Some(msg)))
+}
+
+/// The arguments of a module function called either way: `ws:send(h, ...)` (the module
+/// table first, as the docs write it) or `ws.send(h, ...)` (as some of the original's
+/// examples do). No argument of these functions is a table in first place, so a leading
+/// table is the module.
+pub(crate) fn method_args<T: FromLuaMulti>(lua: &Lua, mut a: MultiValue) -> mlua::Result<T> {
+    if matches!(a.front(), Some(Value::Table(_))) {
+        a.pop_front();
+    }
+    T::from_lua_multi(a, lua)
 }
 
 /// A Lua `handler` back to a connection handle (`None` when it cannot name one).

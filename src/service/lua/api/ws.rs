@@ -6,11 +6,11 @@
 
 use std::rc::Rc;
 
-use mlua::{Lua, Value};
+use mlua::{Lua, MultiValue, Value};
 
 use std::num::NonZeroU64;
 
-use super::{fail, handler, ok, Ret};
+use super::{fail, handler, method_args, ok, Ret};
 use crate::lapps_proto::lua::from_lua;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
@@ -63,56 +63,59 @@ pub(crate) fn close_code_arg(v: Option<&Value>) -> Option<i64> {
 pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let t = lua.create_table()?;
     let h = Rc::clone(host);
-    let slow_send = lua.create_function(
-        move |lua,
-              (_this, conn, a, b): (Value, Value, Value, Option<mlua::String>)|
-              -> mlua::Result<Ret> {
-            let Some(conn) = handler(&conn) else {
-                return fail("bad handler");
-            };
-            let Some(speaks) = h.hub.speaks(conn) else {
-                return fail("closed");
-            };
-            let opcode = match a {
-                // The original's LAppS form: ws:send(handler, value).
-                value @ (Value::Table(_) | Value::UserData(_)) => {
-                    if speaks != Speaks::Lapps {
-                        return fail(reason(NOT_LAPPS));
-                    }
-                    return send_value(lua, &h, conn, &value);
+    let slow_send = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+        let (conn, a, b): (Value, Value, Option<Value>) = method_args(lua, args)?;
+        let Some(conn) = handler(&conn) else {
+            return fail("bad handler");
+        };
+        let Some(speaks) = h.hub.speaks(conn) else {
+            return fail("closed");
+        };
+        let opcode = match a {
+            // The original's LAppS form: ws:send(handler, value).
+            value @ (Value::Table(_) | Value::UserData(_)) => {
+                if speaks != Speaks::Lapps {
+                    return fail(reason(NOT_LAPPS));
                 }
-                _ if speaks == Speaks::Lapps => return fail(reason(NOT_RAW)),
-                Value::Integer(i) => i,
-                Value::Number(n) if n.fract() == 0.0 => n as i64,
-                _ => return fail("bad opcode"),
-            };
-            let Some(msg) = b else {
-                return fail("no message");
-            };
-            let bytes = msg.as_bytes();
-            match checked_opcode(opcode, &bytes) {
-                Ok(op) => send_message(&h, conn, op, &bytes),
-                Err(reason) => return fail(reason),
+                return send_value(lua, &h, conn, &value);
             }
-            ok(Value::Boolean(true))
-        },
-    )?;
+            _ if speaks == Speaks::Lapps => return fail(reason(NOT_RAW)),
+            Value::Integer(i) => i,
+            Value::Number(n) if n.fract() == 0.0 => n as i64,
+            _ => return fail("bad opcode"),
+        };
+        let msg = match b {
+            None | Some(Value::Nil) => return fail("no message"),
+            Some(v @ (Value::String(_) | Value::Integer(_) | Value::Number(_))) => {
+                match lua.coerce_string(v)? {
+                    Some(s) => s,
+                    None => return fail("bad message"),
+                }
+            }
+            Some(_) => return fail("bad message"),
+        };
+        let bytes = msg.as_bytes();
+        match checked_opcode(opcode, &bytes) {
+            Ok(op) => send_message(&h, conn, op, &bytes),
+            Err(reason) => return fail(reason),
+        }
+        ok(Value::Boolean(true))
+    })?;
     // The common shape (number opcode, string message) is served without mlua's conversions.
     t.set("send", fastpath::send_function(lua, host, slow_send)?)?;
     let h = Rc::clone(host);
-    let slow_response = lua.create_function(
-        move |lua, (_this, conn, result): (Value, Value, Value)| -> mlua::Result<Ret> {
-            let conn = match live_lapps(&h, &conn) {
-                Ok(c) => c,
-                Err(reason) => return fail(reason),
-            };
-            let result = match array_of(lua, &result) {
-                Ok(r) => r,
-                Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
-            };
-            sent(send_cbor(&h, conn, &protocol::encode_response_ok(&result)))
-        },
-    )?;
+    let slow_response = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+        let (conn, result): (Value, Value) = method_args(lua, args)?;
+        let conn = match live_lapps(&h, &conn) {
+            Ok(c) => c,
+            Err(reason) => return fail(reason),
+        };
+        let result = match array_of(lua, &result) {
+            Ok(r) => r,
+            Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
+        };
+        sent(send_cbor(&h, conn, &protocol::encode_response_ok(&result)))
+    })?;
     // An nljson array result is encoded straight from its tree, without mlua's conversions.
     t.set(
         "send_response",
@@ -121,81 +124,65 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let h = Rc::clone(host);
     t.set(
         "send_error",
-        lua.create_function(
-            move |lua,
-                  (_this, conn, code, message, data): (
-                Value,
-                Value,
-                Value,
-                mlua::String,
-                Value,
-            )|
-                  -> mlua::Result<Ret> {
-                let code = whole(&code, "send_error: code")?;
-                let conn = match live_lapps(&h, &conn) {
-                    Ok(c) => c,
-                    Err(reason) => return fail(reason),
-                };
-                let data = match data {
-                    Value::Nil => None,
-                    v => Some(
-                        from_lua(lua, &v)
-                            .map_err(|e| mlua::Error::runtime(format!("send_error: {e}")))?,
-                    ),
-                };
-                let answer = protocol::encode_response_error(
-                    code,
-                    &message.to_string_lossy(),
-                    data.as_ref(),
-                );
-                sent(send_cbor(&h, conn, &answer))
-            },
-        )?,
+        lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+            let (conn, code, message, data): (Value, Value, mlua::String, Value) =
+                method_args(lua, args)?;
+            let code = whole(&code, "send_error: code")?;
+            let conn = match live_lapps(&h, &conn) {
+                Ok(c) => c,
+                Err(reason) => return fail(reason),
+            };
+            let data = match data {
+                Value::Nil => None,
+                v => Some(
+                    from_lua(lua, &v)
+                        .map_err(|e| mlua::Error::runtime(format!("send_error: {e}")))?,
+                ),
+            };
+            let answer =
+                protocol::encode_response_error(code, &message.to_string_lossy(), data.as_ref());
+            sent(send_cbor(&h, conn, &answer))
+        })?,
     )?;
     let h = Rc::clone(host);
     t.set(
         "send_oon",
-        lua.create_function(
-            move |lua,
-                  (_this, conn, cid, message): (Value, Value, Value, Value)|
-                  -> mlua::Result<Ret> {
-                let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
-                    .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
-                let conn = match live_lapps(&h, &conn) {
-                    Ok(c) => c,
-                    Err(reason) => return fail(reason),
-                };
-                let Some(cid) = NonZeroU64::new(cid) else {
-                    return Err(mlua::Error::runtime(
-                        "send_oon: channel 0 is the command channel",
-                    ));
-                };
-                let message = array_of(lua, &message)
-                    .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
-                sent(send_cbor(&h, conn, &protocol::encode_oon(cid, &message)))
-            },
-        )?,
+        lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+            let (conn, cid, message): (Value, Value, Value) = method_args(lua, args)?;
+            let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
+                .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
+            let conn = match live_lapps(&h, &conn) {
+                Ok(c) => c,
+                Err(reason) => return fail(reason),
+            };
+            let Some(cid) = NonZeroU64::new(cid) else {
+                return Err(mlua::Error::runtime(
+                    "send_oon: channel 0 is the command channel",
+                ));
+            };
+            let message = array_of(lua, &message)
+                .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
+            sent(send_cbor(&h, conn, &protocol::encode_oon(cid, &message)))
+        })?,
     )?;
     let h = Rc::clone(host);
     t.set(
         "close",
-        lua.create_function(
-            move |_, (_this, conn, code): (Value, Value, Option<Value>)| -> mlua::Result<Ret> {
-                let Some(conn) = handler(&conn) else {
-                    return fail("bad handler");
-                };
-                let Some(code) =
-                    close_code_arg(code.as_ref()).filter(|&c| valid_server_close_code(c))
-                else {
-                    return fail("bad close code");
-                };
-                if !h.hub.is_live(conn) {
-                    return fail("closed");
-                }
-                h.close(conn, code as u16);
-                ok(Value::Boolean(true))
-            },
-        )?,
+        lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+            let (conn, code): (Value, Option<Value>) = method_args(lua, args)?;
+            let Some(conn) = handler(&conn) else {
+                return fail("bad handler");
+            };
+            let Some(code) = close_code_arg(code.as_ref()).filter(|&c| valid_server_close_code(c))
+            else {
+                return fail("bad close code");
+            };
+            if !h.hub.is_live(conn) {
+                return fail("closed");
+            }
+            h.close(conn, code as u16);
+            ok(Value::Boolean(true))
+        })?,
     )?;
     lua.globals().set("ws", t)
 }
