@@ -247,6 +247,56 @@ fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
     app.shutdown();
 }
 
+/// Reads the TLS stream to its end: Ok when it ends with the server's close_notify, the
+/// error (UnexpectedEof: "peer closed connection without sending TLS close_notify") when the
+/// server just closed TCP.
+fn read_to_close_notify(s: &mut TlsStream) -> std::io::Result<()> {
+    let mut sink = Vec::new();
+    s.read_to_end(&mut sink).map(|_| ())
+}
+
+#[test]
+fn a_wss_peer_ending_with_close_notify_alone_gets_close_notify_back() {
+    let (app, addr, ca) = wss_app("wss-notify-only");
+    // The built-in echo owes no replies, so the end of the peer's stream ends the connection
+    // at once: without a Close frame, with TLS's own goodbye both ways.
+    let mut ws = wss_connect(
+        addr,
+        "/echo_builtin",
+        client_config(&ca.pair.cert_der, None),
+    )
+    .unwrap();
+    echo_round(&mut ws, b"x".to_vec());
+    let s = ws.get_mut();
+    s.conn.send_close_notify();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut s.sock).unwrap();
+    }
+    read_to_close_notify(s).expect("the server's close_notify before its FIN");
+    app.shutdown();
+}
+
+#[test]
+fn a_wss_peer_that_never_answers_our_close_gets_close_notify_at_the_close_timeout() {
+    let dir = temp_dir("wss-close-timeout");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    // Idle: pinged after 100 ms, closed (1001) 100 ms later; then the close timeout (2 s).
+    let extra = format!("{}, \"idle_timeout_ms\": 100", tls_json(&cert, &key, None));
+    write_config(&dir, &extra, "");
+    let app = start_app(&dir);
+    let mut ws = wss_connect(
+        app.local_addrs()[0],
+        "/echo_builtin",
+        client_config(&ca.pair.cert_der, None),
+    )
+    .unwrap();
+    // Read below TLS's plaintext without answering anything: the ping, the Close, then the
+    // end of the stream, which must be close_notify, not a bare FIN.
+    read_to_close_notify(ws.get_mut()).expect("close_notify when the server gives up");
+    app.shutdown();
+}
+
 /// Reads until EOF; Ok(bytes) for an orderly close, Err for a reset or a timeout.
 fn read_until_eof(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();

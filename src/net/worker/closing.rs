@@ -236,6 +236,20 @@ impl Worker {
         let Some(mut c) = self.conns.remove(index) else {
             return;
         };
+        // A TLS peer is told that the stream ends here (close_notify, RFC 8446 6.1; TLS 1.2
+        // asks it in answer to the peer's, RFC 5246 7.2.1) instead of seeing a truncation:
+        // after the peer's close_notify or FIN, a close timeout, a shutdown. One write, as far
+        // as the socket takes it at once. `Done` sent it before our FIN already.
+        if matches!(
+            why,
+            Ending::PeerClosed | Ending::Timeout(_) | Ending::Shutdown
+        ) {
+            if let Some(t) = c.tls.as_deref_mut() {
+                if !t.failed && !c.write_blocked {
+                    let _ = t.flush(&mut c.out, c.fd.as_raw_fd(), &mut self.pool, true);
+                }
+            }
+        }
         let _ = self.selector.deregister(c.fd.as_raw_fd());
         let port = self.hub.port(self.id);
         port.set_dead(index);
