@@ -6,7 +6,7 @@ mod common;
 mod host;
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -847,6 +847,67 @@ return p
     assert_eq!(next(&out), "onclose 1005");
     // The server saw our Close reply (masked, checked by tungstenite) and then the end.
     assert_eq!(server.join().unwrap(), "close None");
+    reg.shutdown();
+}
+
+#[test]
+fn over_wss_a_client_that_fails_the_connection_ends_tls_with_close_notify() {
+    let dir = scratch("wss-fail");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("wss://{}/", listener.local_addr().unwrap());
+    let (cfg, pem) = tls_server_config(&dir);
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(cfg).unwrap();
+        let mut ws = tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).unwrap();
+        // A reserved opcode: the client must fail the connection with 1002.
+        let s = ws.get_mut();
+        s.write_all(&server_frame(0x3, b"")).unwrap();
+        s.flush().unwrap();
+        let mut rest = Vec::new();
+        // Ok only when the stream ends with the client's close_notify.
+        let end = s
+            .read_to_end(&mut rest)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        (rest, end)
+    });
+    let src = format!(
+        r#"URL = {}
+CA = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new(URL, {{
+    ca_file = CA,
+    onclose = function(_, code) assert(mqr:post("cws.wssfail", "onclose " .. code)) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&url),
+        lua_str(&pem.display().to_string())
+    );
+    let out = registry().open("cws.wssfail", 4);
+    let reg = Registry::start(vec![app_in(&dir, "wss_fail", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "onclose 1002");
+    let (rest, end) = server.join().unwrap();
+    assert_eq!(end, Ok(()), "close_notify after the Close frame");
+    assert_eq!(
+        rest.get(..2),
+        Some(&[0x88, 0x82][..]),
+        "a masked Close with its code"
+    );
+    assert_eq!(
+        rest.get(6..8).map(|c| c
+            .iter()
+            .zip(&rest[2..6])
+            .map(|(b, m)| b ^ m)
+            .collect::<Vec<_>>()),
+        Some(vec![0x03, 0xea])
+    );
     reg.shutdown();
 }
 

@@ -383,13 +383,28 @@ impl Client {
     }
 
     /// Writes what is queued; what the socket does not take now is written from `Flushing`.
+    /// Over TLS, close_notify follows (however the connection ends: the server's Close, a
+    /// failure, `abort`): the server would otherwise see a truncated stream.
     fn end_after_flush(&mut self) {
+        self.close_notify_due = self.tls_established();
         if self.flush().is_err() || self.drained() {
             self.phase = Phase::Done;
         } else {
             self.phase = Phase::Flushing;
             self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
         }
+    }
+
+    /// A TLS session past its handshake (one that can say close_notify).
+    fn tls_established(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
+    }
+
+    /// The connection ends now without waiting for the socket: over TLS, one attempt to
+    /// write close_notify (and whatever is queued before it).
+    fn last_words(&mut self) {
+        self.close_notify_due = self.tls_established();
+        let _ = self.flush();
     }
 
     /// Nothing left for the socket, neither plain bytes nor TLS records.
@@ -420,6 +435,7 @@ impl Client {
             }
             Phase::Upgrading { .. } => self.fail("timeout while connecting".into(), 1006, sink),
             Phase::Closing => {
+                self.last_words();
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             }
@@ -465,6 +481,7 @@ impl Client {
         self.process(keys, sink);
         if eof && !self.is_done() {
             if let Phase::Closing = self.phase {
+                self.last_words();
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             } else {
@@ -610,7 +627,6 @@ impl Client {
                         codec::encode_close(&mut self.out, Role::Client, code, b"", keys.key());
                         self.close_sent = true;
                     }
-                    self.close_notify_due = self.tls.is_some();
                     self.end_after_flush();
                     sink(Event::Closed(code.unwrap_or(1005)));
                 }
