@@ -443,6 +443,25 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
         e.file, other_key,
         "a key that does not match the certificate: {e}"
     );
+    // A PEM key block whose body is no key ring can use: the key file is named.
+    let damaged = dir.join("damaged.key");
+    std::fs::write(
+        &damaged,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = check(&cert, &damaged);
+    assert_eq!(e.file, damaged, "{e}");
+    assert!(e.reason.contains("unusable private key"), "{e}");
+    let encrypted = dir.join("encrypted.key");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = check(&cert, &encrypted);
+    assert_eq!(e.file, encrypted);
+    assert!(e.reason.contains("encrypted"), "{e}");
 
     // --check-config says the same and fails.
     write_config(&dir, &tls_json(&cert, &other_key, None), "");

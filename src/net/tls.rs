@@ -113,10 +113,15 @@ struct Loaded {
 /// exist and parse, the key matches the certificate, the CA file holds usable certificates.
 pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError> {
     let certs = read_certs(&files.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, pem_reason(e)))?;
+    let key = read_key(&files.key)?;
     let info = CertInfo::of(&certs[0]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A key ring cannot use (RSA under 2048 bits, P-521, a damaged body) would otherwise
+    // fail below as "the certificate and key", naming the certificate.
+    provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| err(&files.key, format!("unusable private key: {e}")))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| err(&files.cert, e.to_string()))?;
@@ -155,6 +160,24 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(err(path, "no CERTIFICATE block in the PEM file"));
     }
     Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let encrypted = matches!(e, rustls::pki_types::pem::Error::NoItemsFound)
+            && std::fs::read(path).is_ok_and(|b| {
+                memchr::memmem::find(&b, b"-----BEGIN ENCRYPTED PRIVATE KEY-----").is_some()
+            });
+        if encrypted {
+            err(
+                path,
+                "the private key is encrypted, which LAppS cannot use: decrypt it \
+                 (openssl pkey -in KEY -out PLAIN_KEY) and keep it readable by lapps only",
+            )
+        } else {
+            err(path, pem_reason(e))
+        }
+    })
 }
 
 fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
