@@ -1,5 +1,6 @@
-//! What decoding CBOR allocates, measured by a counting global allocator (its own test binary,
-//! so the count sees only this test): lengths a peer declares must not size our buffers.
+//! What the codecs allocate, measured by a counting global allocator (its own test binary, so
+//! the count sees only these tests): lengths a peer declares must not size our buffers, and a
+//! JSON text stops at the room it is given.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -69,4 +70,28 @@ fn declared_lengths_of_nested_containers_do_not_size_the_decoders_buffers() {
         "decoding {} bytes took {peak} bytes at its peak",
         input.len()
     );
+}
+
+/// A deep tree written with a wide indent: 30 levels of 64 spaces before each of 20,000
+/// numbers make ~40 MB of text from a 40 KB tree. Given 1 MiB, the writer stops near it.
+#[test]
+fn a_json_text_with_a_bound_stops_near_it() {
+    use lapps::lapps_proto::json::{encode_with, Style};
+    use lapps::lapps_proto::Value;
+    let mut v = Value::Array(vec![Value::Int(0); 20_000]);
+    for _ in 0..29 {
+        v = Value::Array(vec![v]);
+    }
+    let bound = 1usize << 20;
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let style = Style {
+        indent: Some(64),
+        max_output: Some(bound),
+        ..Default::default()
+    };
+    let r = encode_with(&v, style);
+    let peak = PEAK.load(Relaxed) - before;
+    assert!(r.is_err(), "the text is far past the bound");
+    assert!(peak <= 4 * bound, "writing took {peak} bytes at its peak");
 }

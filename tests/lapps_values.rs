@@ -325,6 +325,24 @@ fn parts_of_a_message_tree_an_app_keeps_stay_charged() {
     assert_eq!(got, protocol::encode_response_ok(&[Value::Int(99 % 20)]));
 }
 
+#[test]
+fn json_text_past_the_memory_limit_is_refused_before_it_is_written() {
+    let app = start_with(r#""memory_limit": 8388608"#);
+    let mut ws = connect(app.addr, "/lapps_views");
+    let params = |depth: i64, n: i64, indent: i64| {
+        Value::Array(vec![Value::Int(depth), Value::Int(n), Value::Int(indent)])
+    };
+    // 40 KB of JSON whose pretty form (64 spaces per level, 30 levels) is ~80 MB: the text
+    // stops at the room the state has, instead of being written out in full beside it.
+    let got = result_of(&call(&mut ws, request("pretty", params(30, 20_000, 64))));
+    assert_eq!(got.first(), Some(&Value::Bool(false)), "{got:?}");
+    let error = got.get(1).and_then(Value::as_str).unwrap_or_default();
+    assert!(error.contains("bytes this state has room for"), "{got:?}");
+    // A text that fits is written as before.
+    let got = result_of(&call(&mut ws, request("pretty", params(3, 100, 2))));
+    assert_eq!(got.first(), Some(&Value::Bool(true)), "{got:?}");
+}
+
 /// The response's result, decoded.
 fn result_of(response: &[u8]) -> Vec<Value> {
     let got = cbor::decode(response).unwrap();

@@ -44,6 +44,9 @@ pub struct Style {
     pub indent: Option<usize>,
     /// Write byte strings that are not UTF-8 with replacement characters instead of failing.
     pub lossy: bool,
+    /// Stop with an error once the text passes this many bytes (the room a Lua state has
+    /// left: indentation makes the text of a deep tree many times its size).
+    pub max_output: Option<usize>,
 }
 
 /// Compact JSON.
@@ -68,6 +71,13 @@ struct Writer {
 
 impl Writer {
     fn value(&mut self, v: &Value, level: usize) -> Result<(), String> {
+        if let Some(max) = self.style.max_output {
+            if self.out.len() > max {
+                return Err(format!(
+                    "the JSON text would take more than the {max} bytes this state has room for"
+                ));
+            }
+        }
         match v {
             Value::Null => self.out.push_str("null"),
             Value::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),

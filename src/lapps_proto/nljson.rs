@@ -15,7 +15,7 @@ use super::json_ud::{self, NoNode};
 use super::lua::{budget_for, from_lua_with, into_lua, is_null, node_to_lua, null};
 use super::node::{slot_cost, tree_cost, value_text_len, Key, Node};
 use super::value::{Limits, Value};
-use super::{cbor, json};
+use super::{cbor, json, tree_budget};
 
 /// An nljson object or array: a handle on a shared container (never a scalar).
 #[derive(Clone, Debug)]
@@ -98,6 +98,7 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
         let style = json::Style {
             indent: None,
             lossy: true,
+            max_output: tree_budget::room_at_most(),
         };
         node.to_value(Limits::default().max_depth)
             .and_then(|v| json::encode_with(&v, style))
@@ -198,7 +199,13 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         "encode",
         lua.create_function(move |lua, v: LuaValue| {
             let r = from_lua_with(lua, &v, &limits)
-                .and_then(|v| json::encode(&v))
+                .and_then(|v| {
+                    let style = json::Style {
+                        max_output: tree_budget::room_at_most(),
+                        ..Default::default()
+                    };
+                    json::encode_with(&v, style)
+                })
                 .and_then(|s| lua.create_string(s).map_err(|e| e.to_string()))
                 .map(LuaValue::String);
             answer(lua, "encode", r)
@@ -222,6 +229,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                 let style = json::Style {
                     indent: (indent > 0.0).then_some(indent as usize),
                     lossy: false,
+                    max_output: tree_budget::room_at_most(),
                 };
                 from_lua_with(lua, &v, &limits)
                     .and_then(|v| json::encode_with(&v, style))

@@ -70,7 +70,7 @@ fn strings_are_escaped_and_pretty_printing_indents() {
         &v,
         Style {
             indent: Some(2),
-            lossy: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -89,8 +89,8 @@ fn binary_without_utf8_has_no_json_form_unless_lossy() {
     let v = Value::Bytes(vec![0xff, b'a']);
     assert!(encode(&v).is_err());
     let lossy = Style {
-        indent: None,
         lossy: true,
+        ..Default::default()
     };
     assert_eq!(encode_with(&v, lossy).unwrap(), "\"\u{fffd}a\"");
     let container_key = Value::Map(vec![(Value::Array(vec![]), Value::Null)]);

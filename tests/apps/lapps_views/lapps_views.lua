@@ -108,6 +108,19 @@ methods.decode = function(handler, message)
   return ws:send_response(handler, { true, #v })
 end
 
+-- Decodes params[2] zeros nested params[1] arrays deep and encodes them with an indent of
+-- params[3]: {true, #text} or {false, the error}.
+methods.pretty = function(handler, message)
+  local depth, n, indent = message.params[1], message.params[2], message.params[3]
+  local text = string.rep("[", depth) .. string.rep("0,", n - 1) .. "0" .. string.rep("]", depth)
+  local v = assert(nljson.decode(text))
+  local s, err = nljson.encode_pretty(v, indent)
+  if s == nil then
+    return ws:send_response(handler, { false, err })
+  end
+  return ws:send_response(handler, { true, #s })
+end
+
 -- Appends params[1] numbers to a new array one assignment at a time: {true, #a} or
 -- {false, the error, #a when it was raised}.
 methods.grow = function(handler, message)
