@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         json::Style::default(),
         json::Style {
             indent: Some(2),
-            lossy: false,
+            ..Default::default()
         },
     ] {
         let text = json::encode_with(&value, style).expect("a decoded value has an encoding");
