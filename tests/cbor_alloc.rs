@@ -45,12 +45,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static COUNTING: Counting = Counting;
 
+/// The count is process-wide: each test holds this for its whole body, so that no other test
+/// of this binary allocates while it measures.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Eight nested arrays, each declaring 2^32 - 1 elements, around one 4 MiB byte string, and
 /// then the input ends. Every level used to reserve room for as many elements as the rest of
 /// the input could hold (4 Mi x 32 bytes = 128 MiB each, 1 GiB in all, ~34 GiB for 64 levels of
 /// a 16 MiB message: an abort under strict overcommit or a memory rlimit).
 #[test]
 fn declared_lengths_of_nested_containers_do_not_size_the_decoders_buffers() {
+    let _alone = alone();
     let payload = 4usize << 20;
     let mut input = Vec::with_capacity(payload + 128);
     for _ in 0..8 {
@@ -76,6 +85,7 @@ fn declared_lengths_of_nested_containers_do_not_size_the_decoders_buffers() {
 /// numbers make ~40 MB of text from a 40 KB tree. Given 1 MiB, the writer stops near it.
 #[test]
 fn a_json_text_with_a_bound_stops_near_it() {
+    let _alone = alone();
     use lapps::lapps_proto::json::{encode_with, Style};
     use lapps::lapps_proto::Value;
     let mut v = Value::Array(vec![Value::Int(0); 20_000]);
@@ -94,4 +104,25 @@ fn a_json_text_with_a_bound_stops_near_it() {
     let peak = PEAK.load(Relaxed) - before;
     assert!(r.is_err(), "the text is far past the bound");
     assert!(peak <= 4 * bound, "writing took {peak} bytes at its peak");
+}
+
+/// One string of control characters: each is written as `\u0001`, six bytes for one. Given
+/// 1 MiB, the writer refuses the 4 MiB string before writing any of its 24 MiB of text.
+#[test]
+fn a_json_string_past_the_bound_is_refused_before_it_is_escaped() {
+    let _alone = alone();
+    use lapps::lapps_proto::json::{encode_with, Style};
+    use lapps::lapps_proto::Value;
+    let v = Value::Array(vec![Value::Text("\u{1}".repeat(4 << 20))]);
+    let bound = 1usize << 20;
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let style = Style {
+        max_output: Some(bound),
+        ..Default::default()
+    };
+    let r = encode_with(&v, style);
+    let peak = PEAK.load(Relaxed) - before;
+    assert!(r.is_err(), "the text is past the bound");
+    assert!(peak <= bound, "writing took {peak} bytes at its peak");
 }

@@ -70,24 +70,28 @@ struct Writer {
 }
 
 impl Writer {
-    fn value(&mut self, v: &Value, level: usize) -> Result<(), String> {
-        if let Some(max) = self.style.max_output {
-            if self.out.len() > max {
-                return Err(format!(
-                    "the JSON text would take more than the {max} bytes this state has room for"
-                ));
-            }
+    /// Err once the text would pass `max_output` with `more` bytes added.
+    fn room_for(&self, more: usize) -> Result<(), String> {
+        match self.style.max_output {
+            Some(max) if self.out.len().saturating_add(more) > max => Err(format!(
+                "the JSON text would take more than the {max} bytes this state has room for"
+            )),
+            _ => Ok(()),
         }
+    }
+
+    fn value(&mut self, v: &Value, level: usize) -> Result<(), String> {
+        self.room_for(0)?;
         match v {
             Value::Null => self.out.push_str("null"),
             Value::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),
             Value::Int(i) => self.out.push_str(&i.to_string()),
             Value::UInt(u) => self.out.push_str(&u.to_string()),
             Value::Float(f) => self.float(*f),
-            Value::Text(s) => self.string(s),
+            Value::Text(s) => self.string(s)?,
             Value::Bytes(b) => {
                 let s = self.bytes_as_text(b)?;
-                self.string(&s)
+                self.string(&s)?
             }
             Value::Array(a) => {
                 if a.is_empty() {
@@ -140,10 +144,10 @@ impl Writer {
 
     fn key(&mut self, k: &Value) -> Result<(), String> {
         match k {
-            Value::Text(s) => self.string(s),
+            Value::Text(s) => self.string(s)?,
             Value::Bytes(b) => {
                 let s = self.bytes_as_text(b)?;
-                self.string(&s)
+                self.string(&s)?
             }
             Value::Array(_) | Value::Map(_) => {
                 return Err("an object key is an array or object, JSON keys are strings".into())
@@ -155,7 +159,7 @@ impl Writer {
                     style: Style::default(),
                 };
                 inner.value(scalar, 0)?;
-                self.string(&inner.out)
+                self.string(&inner.out)?
             }
         }
         Ok(())
@@ -181,7 +185,15 @@ impl Writer {
         }
     }
 
-    fn string(&mut self, s: &str) {
+    fn string(&mut self, s: &str) -> Result<(), String> {
+        if self.style.max_output.is_some() {
+            // Escapes take up to 6 bytes for 1 (`\u0001`): what the whole string will take.
+            let escaped = s
+                .bytes()
+                .filter(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .count();
+            self.room_for(s.len() + 2 + 5 * escaped)?;
+        }
         self.out.push('"');
         for c in s.chars() {
             match c {
@@ -199,5 +211,6 @@ impl Writer {
             }
         }
         self.out.push('"');
+        Ok(())
     }
 }

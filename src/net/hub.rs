@@ -80,7 +80,7 @@ pub struct NewConn {
     pub reject_full: bool,
 }
 
-// A liveness word: the generation (24 bits), LIVE, LAPPS and ENDING in the low half; in the
+// A liveness word: the generation (19 bits), LIVE, LAPPS and ENDING in the low half; in the
 // high half, how many of a LAppS connection's requests reached its app and are owed a response.
 const LIVE: u64 = 1 << 31;
 /// Beside LIVE: the connection speaks the LAppS protocol (set at its upgrade).
@@ -312,9 +312,9 @@ impl Port {
     }
 }
 
-/// The liveness words of every slab index (2^24), allocated a chunk of 2^16 at a time when the
+/// The liveness words of every slab index (2^22), allocated a chunk of 2^16 at a time when the
 /// worker first writes into it: a worker of a few thousand connections holds one 512 KiB
-/// chunk, not 128 MiB, whatever the allocator or the overcommit policy. Readers (any thread)
+/// chunk, not 32 MiB, whatever the allocator or the overcommit policy. Readers (any thread)
 /// never allocate: an index in a chunk not made yet is not live.
 struct LiveTable {
     chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,

@@ -51,7 +51,7 @@ pub(crate) fn handler(v: &Value) -> Option<ConnId> {
     ConnId::from_u64(n)
 }
 
-/// The Lua form of a handle (exact: handles fit in 53 bits).
+/// The Lua form of a handle (exact, in number and in text: handles are below 10^14).
 pub(crate) fn handler_value(conn: ConnId) -> Value {
     Value::Number(conn.as_u64() as f64)
 }
