@@ -175,7 +175,9 @@ assemble() {
     install -m 0644 systemd/lapps.service "$root/lib/systemd/system/lapps.service"
     install -m 0644 debian/copyright "$root/usr/share/doc/$pkg/copyright"
     gzip -9n <debian/changelog >"$root/usr/share/doc/$pkg/changelog.Debian.gz"
-    gzip -9n <debian/lapps.1 >"$root/usr/share/man/man1/lapps.1.gz"
+    # The page's header names the version being packaged.
+    sed "1s/\"lapps [^\"]*\"/\"lapps ${version%-*}\"/" debian/lapps.1 | gzip -9n \
+        >"$root/usr/share/man/man1/lapps.1.gz"
     install -d "$root/usr/share/lintian/overrides"
     sed "s/^lapps:/$pkg:/" debian/lintian-overrides >"$root/usr/share/lintian/overrides/$pkg"
     find "$root" -path "$root/DEBIAN" -prune -o -type d -exec chmod 0755 {} +

@@ -262,6 +262,17 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec
 }
 
+/// What an operator should hear about the TLS settings that is not an error: certificates
+/// given while no endpoint serves wss:// (a forgotten `"tls": true` serves plain ws://).
+pub fn tls_warning(cfg: &Config) -> Option<String> {
+    let any_tls = cfg.ws.listen_endpoints().iter().any(|e| e.tls);
+    (cfg.ws.tls_certificates.is_some() && !any_tls).then(|| {
+        "ws.json: tls_certificates is set but no endpoint has \"tls\": true, so every \
+         endpoint serves plain ws://"
+            .to_string()
+    })
+}
+
 /// The PEM files of ws.json, when some endpoint serves wss://.
 pub fn tls_files(cfg: &Config) -> Option<TlsFiles> {
     let any_tls = cfg.ws.listen_endpoints().iter().any(|e| e.tls);
@@ -270,6 +281,7 @@ pub fn tls_files(cfg: &Config) -> Option<TlsFiles> {
         cert: t.cert.clone(),
         key: t.key.clone(),
         ca: t.ca.clone(),
+        tls13_only: cfg.ws.tls_server_version == 13,
     })
 }
 
@@ -328,6 +340,9 @@ impl App {
         };
         if let Some(t) = &tls {
             crate::info!("tls: serving {}", t.info());
+        }
+        if let Some(w) = tls_warning(cfg) {
+            crate::warn!("{w}");
         }
         opts.tls = tls.clone();
         let hub =
@@ -498,7 +513,7 @@ impl App {
     /// logs what changed; on error the old ones stay in use.
     pub fn reload_tls(&self) {
         let Some(tls) = &self.tls else {
-            crate::info!("reload: no TLS endpoint, nothing to reload");
+            crate::info!("reload: no TLS endpoint, no certificate to reload");
             return;
         };
         match tls.reload() {

@@ -79,8 +79,9 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
         Level::Debug => ("DEBUG", 7),
     };
     let line = if JOURNAL.load(Ordering::Relaxed) {
-        // journald stamps the time itself and reads the level from the prefix.
-        format!("<{priority}>{tag} {args}\n")
+        // journald stamps the time itself and reads the level from the prefix, line by line:
+        // every line of a record carries it (a config error lists one problem per line).
+        journal_lines(priority, &format!("{tag} {args}"))
     } else {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -89,6 +90,24 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     };
     // One write per record so that lines of different threads never interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `text` with journald's `<priority>` prefix on each of its lines.
+fn journal_lines(priority: u8, text: &str) -> String {
+    text.lines().map(|l| format!("<{priority}>{l}\n")).collect()
+}
+
+/// A failure reported on stderr before (or instead of) logging, e.g. an invalid configuration
+/// at start-up or from `--check-config`: as it is on a terminal, each line at error priority
+/// under the journal (a systemd `ExecStartPre` check's output included).
+pub fn error_text(text: &str) {
+    init();
+    let out = if JOURNAL.load(Ordering::Relaxed) {
+        journal_lines(3, text)
+    } else {
+        format!("{text}\n")
+    };
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
 }
 
 /// A string a peer sent, fit for a log line: quoted and escaped (no line breaks or control

@@ -77,11 +77,17 @@ fn main() -> ExitCode {
     let cfg = match Config::load(&dir) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("lapps: configuration in {} is invalid:\n{e}", dir.display());
+            lapps::log::error_text(&format!(
+                "lapps: configuration in {} is invalid:\n{e}",
+                dir.display()
+            ));
             return ExitCode::FAILURE;
         }
     };
     if args.check {
+        if let Some(w) = lapps::app::tls_warning(&cfg) {
+            println!("warning: {w}");
+        }
         if let Some(files) = lapps::app::tls_files(&cfg) {
             match lapps::net::tls::check(&files) {
                 Ok((info, warning)) => {
@@ -91,10 +97,10 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!(
+                    lapps::log::error_text(&format!(
                         "lapps: configuration in {} is invalid:\nTLS: {e}",
                         dir.display()
-                    );
+                    ));
                     return ExitCode::FAILURE;
                 }
             }
@@ -114,13 +120,21 @@ fn main() -> ExitCode {
             })
             .collect();
         if !broken.is_empty() {
-            eprintln!(
+            lapps::log::error_text(&format!(
                 "lapps: configuration in {} is invalid:\n{}",
                 dir.display(),
                 broken.join("\n")
-            );
+            ));
             return ExitCode::FAILURE;
         }
+        // Relative directories were taken from the working directory, which may not be the
+        // service's (/var/lib/lapps under systemd): say which ones were checked.
+        let d = &cfg.lapps.directories;
+        println!(
+            "applications in {}, lib in {}",
+            d.applications.display(),
+            d.lib.display()
+        );
         println!("configuration in {} is valid", dir.display());
         return ExitCode::SUCCESS;
     }

@@ -118,6 +118,29 @@ fn check_config_compiles_the_lua_apps_without_running_them() {
 }
 
 #[test]
+fn check_config_warns_of_certificates_no_endpoint_uses() {
+    let dir = temp_dir("check-tls-off");
+    write_config(
+        &dir,
+        r#"{ "port": 0, "tls_certificates": { "cert": "/nonexistent.crt", "key": "/nonexistent.key" } }"#,
+        BUILTIN_ONLY,
+    );
+    let out = output_within(
+        Command::new(LAPPS)
+            .arg("-c")
+            .arg(&dir)
+            .arg("--check-config"),
+        ONE_SHOT_GUARD,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a warning, not an error: {stdout}");
+    assert!(
+        stdout.contains("warning: ws.json: tls_certificates is set but no endpoint has"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_config_accepts_the_repo_config() {
     let out = output_within(
         Command::new(LAPPS)

@@ -121,6 +121,39 @@ fn under_the_journal_each_line_carries_its_syslog_priority() {
 }
 
 #[test]
+fn under_the_journal_every_line_of_a_config_error_is_an_error() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = site("journal-config");
+    lapps_json(&dir, "");
+    // Two problems: the error is three lines (what, then one per problem).
+    std::fs::write(
+        dir.join("ws.json"),
+        r#"{ "port": "abc", "workers": { "max_conections": 5 } }"#,
+    )
+    .unwrap();
+    let log = dir.join("journal.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let m = file.metadata().unwrap();
+    let mut child = Reaper(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .arg("-c")
+            .arg(&dir)
+            .arg("--check-config")
+            .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(!child.wait_exit(binary::ONE_SHOT_GUARD).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    assert!(lines.iter().all(|l| l.starts_with("<3>")), "{text}");
+    assert!(text.contains("max_conections"), "{text}");
+}
+
+#[test]
 fn a_reload_says_that_ws_json_changes_need_a_restart() {
     let dir = site("ws-changed");
     lapps_json(&dir, "");
@@ -128,7 +161,7 @@ fn a_reload_says_that_ws_json_changes_need_a_restart() {
     let pid = server.0.id();
     // Unchanged: the reload says nothing of a restart.
     signal(pid, libc::SIGHUP);
-    let quiet = binary::lines_until(&log, "nothing to reload");
+    let quiet = binary::lines_until(&log, "no certificate to reload");
     assert!(!quiet.iter().any(|l| l.contains("restart")), "{quiet:?}");
     std::fs::write(
         dir.join("ws.json"),

@@ -149,6 +149,7 @@ fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
         cert: cert.clone(),
         key: key.clone(),
         ca: None,
+        tls13_only: false,
     };
     let (info, warning) = lapps::net::tls::check(&files).expect("an expired cert still parses");
     assert_eq!(info.subject.as_deref(), Some("old"));
@@ -373,6 +374,39 @@ fn tls_1_0_and_1_1_are_refused_with_a_protocol_version_alert() {
     app.shutdown();
 }
 
+#[test]
+fn the_originals_ws_json_keys_load_and_tls_server_version_13_refuses_tls_1_2() {
+    let dir = temp_dir("tls13only");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    let extra = format!(
+        r#"{}, "tls_server_version": 13, "tls_client_version": 12, "lapps_config_auto_save": true"#,
+        tls_json(&cert, &key, None)
+    );
+    write_config(&dir, &extra, "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let root = ca.pair.cert_der.clone();
+    let with = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        wss_connect(addr, "/echo_builtin", std::sync::Arc::new(cfg))
+    };
+    let mut ws = with(&[&rustls::version::TLS13]).expect("TLS 1.3 is served");
+    echo_round(&mut ws, b"x".to_vec());
+    let Err(err) = with(&[&rustls::version::TLS12]) else {
+        panic!("TLS 1.2 is served");
+    };
+    assert!(err.contains("tls"), "{err}");
+    app.shutdown();
+}
+
 fn peer_fingerprint(ws: &WssClient) -> String {
     let der = ws.get_ref().conn.peer_certificates().unwrap()[0].clone();
     lapps::net::tls::CertInfo::of(&der).fingerprint
@@ -427,6 +461,7 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             ca: None,
+            tls13_only: false,
         })
         .expect_err("refused")
     };
@@ -457,6 +492,17 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     std::fs::write(
         &encrypted,
         "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = check(&cert, &encrypted);
+    assert_eq!(e.file, encrypted);
+    assert!(e.reason.contains("encrypted"), "{e}");
+    // OpenSSL's legacy form: a key block with encryption headers.
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+         DEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n\
+         -----END RSA PRIVATE KEY-----\n",
     )
     .unwrap();
     let e = check(&cert, &encrypted);

@@ -265,7 +265,7 @@ fn unknown_keys_are_errors_naming_their_path() {
     assert_eq!(
         text,
         [
-            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, endpoints)",
+            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, endpoints)",
             "ws.json: workers.max_conections: unknown key (known: workers, max_connections, auto_fragment, input_buffer_size, max_poll_events, max_poll_wait_ms, max_inbounds_skip)",
         ]
     );
@@ -693,4 +693,24 @@ fn workers_stop_at_what_a_connection_handle_can_name() {
         ["ws.json: workers.workers: expected a number 1-32, got 33"]
     );
     assert!(ws("{}").unwrap().workers.workers <= crate::net::handle::ConnId::MAX_WORKERS);
+}
+
+#[test]
+fn the_originals_ws_json_keys_are_read_and_checked() {
+    let c = ws(
+        r#"{ "lapps_config_auto_save": true, "tls_server_version": 13, "tls_client_version": 12 }"#,
+    )
+    .unwrap();
+    assert_eq!(c.tls_server_version, 13);
+    assert_eq!(ws("{}").unwrap().tls_server_version, 12);
+    let errors = lines(ws(
+        r#"{ "tls_server_version": 11, "lapps_config_auto_save": 1 }"#,
+    ));
+    assert_eq!(
+        errors,
+        [
+            "ws.json: lapps_config_auto_save: expected true or false, got 1",
+            "ws.json: tls_server_version: expected a number 12-13, got 11"
+        ]
+    );
 }

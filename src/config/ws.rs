@@ -74,6 +74,9 @@ pub struct WsConfig {
     pub tls: bool,
     /// Required when any endpoint has `tls`.
     pub tls_certificates: Option<TlsCertificates>,
+    /// The original's `tls_server_version`: 13 serves TLS 1.3 only, 12 (the default) TLS 1.2
+    /// and 1.3.
+    pub tls_server_version: u8,
     pub workers: Workers,
     /// A connection that has not completed its HTTP upgrade by then is dropped.
     pub handshake_timeout_ms: u64,
@@ -103,6 +106,11 @@ const KEYS: &[&str] = &[
     "acl",
     "tls",
     "tls_certificates",
+    "tls_server_version",
+    // The original's, read and checked so that its ws.json loads; nothing uses them (the
+    // config is never written back; cws offers TLS 1.2 and 1.3 whatever this says).
+    "lapps_config_auto_save",
+    "tls_client_version",
     "workers",
     "handshake_timeout_ms",
     "close_timeout_ms",
@@ -213,6 +221,8 @@ impl WsConfig {
         });
 
         let workers = read_workers(r, &obj);
+        obj.bool(r, "lapps_config_auto_save", false);
+        obj.uint(r, "tls_client_version", 12, 12, 13);
 
         let (endpoints, entry_of) = read_endpoints(r, &obj, &ip);
 
@@ -224,6 +234,7 @@ impl WsConfig {
             acl,
             tls,
             tls_certificates,
+            tls_server_version: obj.uint(r, "tls_server_version", 12, 12, 13) as u8,
             workers,
             handshake_timeout_ms: obj.uint(r, "handshake_timeout_ms", 5000, 1, u64::MAX),
             close_timeout_ms: obj.uint(r, "close_timeout_ms", 3000, 1, u64::MAX),

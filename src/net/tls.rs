@@ -29,6 +29,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Clients must present a certificate signed by one of these CAs when set.
     pub ca: Option<PathBuf>,
+    /// Serve TLS 1.3 only (ws.json `tls_server_version` 13); otherwise 1.2 and 1.3.
+    pub tls13_only: bool,
 }
 
 /// A certificate or key that cannot be used: which file and why.
@@ -109,6 +111,10 @@ struct Loaded {
     info: CertInfo,
 }
 
+const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+const TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
 /// Reads and checks the PEM files and builds the server configuration. Checks: the files
 /// exist and parse, the key matches the certificate, the CA file holds usable certificates.
 pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError> {
@@ -123,7 +129,11 @@ pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError>
         .load_private_key(key.clone_key())
         .map_err(|e| err(&files.key, format!("unusable private key: {e}")))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(if files.tls13_only {
+            TLS13_ONLY
+        } else {
+            TLS12_AND_13
+        })
         .map_err(|e| err(&files.cert, e.to_string()))?;
     let builder = match &files.ca {
         None => builder.with_no_client_auth(),
@@ -164,9 +174,15 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        let encrypted = matches!(e, rustls::pki_types::pem::Error::NoItemsFound)
+        // PKCS#8's encrypted block, or the legacy OpenSSL one (a key block with headers).
+        let encrypted = !matches!(e, rustls::pki_types::pem::Error::Io(_))
             && std::fs::read(path).is_ok_and(|b| {
-                memchr::memmem::find(&b, b"-----BEGIN ENCRYPTED PRIVATE KEY-----").is_some()
+                [
+                    &b"-----BEGIN ENCRYPTED PRIVATE KEY-----"[..],
+                    b"Proc-Type: 4,ENCRYPTED",
+                ]
+                .iter()
+                .any(|m| memchr::memmem::find(&b, m).is_some())
             });
         if encrypted {
             err(

@@ -15,10 +15,19 @@ cleanup() {
     if [ ${#CLEANUP_DIRS[@]} -gt 0 ]; then rm -rf "${CLEANUP_DIRS[@]}"; fi
 }
 
+# Debian splits venv's ensurepip into python3-venv: installed here (as root) when missing.
+ensure_venv_module() {
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null && [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+}
+
 # Creates (once) target/interop-venv with the two PyPI packages; sets PY to its python.
 interop_venv() {
     local venv=target/interop-venv
     if ! "$venv/bin/python" -c 'import cbor2, websockets.asyncio.client' 2>/dev/null; then
+        ensure_venv_module
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check 'cbor2>=5.6' 'websockets>=13'
     fi

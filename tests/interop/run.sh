@@ -9,6 +9,9 @@ ROOT=$(pwd)
 PORT=${INTEROP_PORT:-5197}
 VENV=$ROOT/target/interop-venv
 if [ ! -x "$VENV/bin/python" ]; then
+    # shellcheck source=tests/interop/common.sh
+    source tests/interop/common.sh
+    ensure_venv_module
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q 'websockets>=13'
 fi
