@@ -797,6 +797,40 @@ return app
     reg.shutdown();
 }
 
+/// A standalone app that connects to `url` trusting `pem` and posts "onclose <code>" to the
+/// mqr queue `queue` when the connection ends.
+fn onclose_reporter(url: &str, pem: &Path, queue: &str) -> String {
+    format!(
+        r#"URL = {}
+CA = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new(URL, {{
+    ca_file = CA,
+    onclose = function(_, code) assert(mqr:post({}, "onclose " .. code)) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(url),
+        lua_str(&pem.display().to_string()),
+        lua_str(queue)
+    )
+}
+
+/// The next connection of `listener`, through TLS and the WebSocket upgrade (test side).
+fn accept_wss(
+    listener: &TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+) -> tungstenite::WebSocket<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>> {
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = rustls::ServerConnection::new(cfg).unwrap();
+    tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).unwrap()
+}
+
 #[test]
 fn over_wss_the_close_reply_reaches_a_closing_server_before_close_notify() {
     let dir = scratch("wss-close");
@@ -804,10 +838,7 @@ fn over_wss_the_close_reply_reaches_a_closing_server_before_close_notify() {
     let url = format!("wss://{}/", listener.local_addr().unwrap());
     let (cfg, pem) = tls_server_config(&dir);
     let server = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let conn = rustls::ServerConnection::new(cfg).unwrap();
-        let mut ws = tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).unwrap();
+        let mut ws = accept_wss(&listener, cfg);
         ws.close(None).unwrap();
         let mut got = Vec::new();
         loop {
@@ -824,23 +855,7 @@ fn over_wss_the_close_reply_reaches_a_closing_server_before_close_notify() {
             }
         }
     });
-    let src = format!(
-        r#"URL = {}
-CA = {}
-local p = {{}}
-p.init = function() end
-p.run = function()
-  assert(cws:new(URL, {{
-    ca_file = CA,
-    onclose = function(_, code) assert(mqr:post("cws.wssclose", "onclose " .. code)) end,
-  }}))
-  while not must_stop() do cws:eventLoop(0.05) end
-end
-return p
-"#,
-        lua_str(&url),
-        lua_str(&pem.display().to_string())
-    );
+    let src = onclose_reporter(&url, &pem, "cws.wssclose");
     let out = registry().open("cws.wssclose", 4);
     let reg = Registry::start(vec![app_in(&dir, "wss_close", &src)], hub(1)).unwrap();
     // tungstenite's close(None) sends a Close without a code.
@@ -857,10 +872,7 @@ fn over_wss_a_client_that_fails_the_connection_ends_tls_with_close_notify() {
     let url = format!("wss://{}/", listener.local_addr().unwrap());
     let (cfg, pem) = tls_server_config(&dir);
     let server = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let conn = rustls::ServerConnection::new(cfg).unwrap();
-        let mut ws = tungstenite::accept(rustls::StreamOwned::new(conn, tcp)).unwrap();
+        let mut ws = accept_wss(&listener, cfg);
         // A reserved opcode: the client must fail the connection with 1002.
         let s = ws.get_mut();
         s.write_all(&server_frame(0x3, b"")).unwrap();
@@ -873,23 +885,7 @@ fn over_wss_a_client_that_fails_the_connection_ends_tls_with_close_notify() {
             .map_err(|e| e.to_string());
         (rest, end)
     });
-    let src = format!(
-        r#"URL = {}
-CA = {}
-local p = {{}}
-p.init = function() end
-p.run = function()
-  assert(cws:new(URL, {{
-    ca_file = CA,
-    onclose = function(_, code) assert(mqr:post("cws.wssfail", "onclose " .. code)) end,
-  }}))
-  while not must_stop() do cws:eventLoop(0.05) end
-end
-return p
-"#,
-        lua_str(&url),
-        lua_str(&pem.display().to_string())
-    );
+    let src = onclose_reporter(&url, &pem, "cws.wssfail");
     let out = registry().open("cws.wssfail", 4);
     let reg = Registry::start(vec![app_in(&dir, "wss_fail", &src)], hub(1)).unwrap();
     assert_eq!(next(&out), "onclose 1002");

@@ -187,10 +187,19 @@ fn self_signed_server_certificate_works_for_a_client_that_trusts_it() {
 
 /// A wss:// app (Lua echo at /echo) with a certificate from a fresh CA, for the close tests.
 fn wss_app(name: &str) -> (lapps::app::App, std::net::SocketAddr, Ca) {
+    wss_app_with(name, "")
+}
+
+/// [`wss_app`] with more ws.json keys (`, "key": value ...`).
+fn wss_app_with(name: &str, ws_extra: &str) -> (lapps::app::App, std::net::SocketAddr, Ca) {
     let dir = temp_dir(name);
     let ca = Ca::new("test CA");
     let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
-    write_config(&dir, &tls_json(&cert, &key, None), "");
+    write_config(
+        &dir,
+        &format!("{}{ws_extra}", tls_json(&cert, &key, None)),
+        "",
+    );
     let app = start_app(&dir);
     let addr = app.local_addrs()[0];
     (app, addr, ca)
@@ -279,15 +288,10 @@ fn a_wss_peer_ending_with_close_notify_alone_gets_close_notify_back() {
 
 #[test]
 fn a_wss_peer_that_never_answers_our_close_gets_close_notify_at_the_close_timeout() {
-    let dir = temp_dir("wss-close-timeout");
-    let ca = Ca::new("test CA");
-    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
     // Idle: pinged after 100 ms, closed (1001) 100 ms later; then the close timeout (2 s).
-    let extra = format!("{}, \"idle_timeout_ms\": 100", tls_json(&cert, &key, None));
-    write_config(&dir, &extra, "");
-    let app = start_app(&dir);
+    let (app, addr, ca) = wss_app_with("wss-close-timeout", r#", "idle_timeout_ms": 100"#);
     let mut ws = wss_connect(
-        app.local_addrs()[0],
+        addr,
         "/echo_builtin",
         client_config(&ca.pair.cert_der, None),
     )
@@ -376,16 +380,10 @@ fn tls_1_0_and_1_1_are_refused_with_a_protocol_version_alert() {
 
 #[test]
 fn the_originals_ws_json_keys_load_and_tls_server_version_13_refuses_tls_1_2() {
-    let dir = temp_dir("tls13only");
-    let ca = Ca::new("test CA");
-    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
-    let extra = format!(
-        r#"{}, "tls_server_version": 13, "tls_client_version": 12, "lapps_config_auto_save": true"#,
-        tls_json(&cert, &key, None)
+    let (app, addr, ca) = wss_app_with(
+        "tls13only",
+        r#", "tls_server_version": 13, "tls_client_version": 12, "lapps_config_auto_save": true"#,
     );
-    write_config(&dir, &extra, "");
-    let app = start_app(&dir);
-    let addr = app.local_addrs()[0];
     let root = ca.pair.cert_der.clone();
     let with = |versions: &[&'static rustls::SupportedProtocolVersion]| {
         let mut roots = rustls::RootCertStore::empty();
