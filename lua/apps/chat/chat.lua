@@ -95,7 +95,7 @@ end
 chat.onMessage = function(handler, opcode, message)
   local m = members[handler]
   if not m then
-    m = { nick = "guest" .. tostring(handler % 100000) }
+    m = { nick = "guest" .. tostring(handler) } -- handlers are unique, and exact as text
     members[handler] = m
   end
   if opcode ~= 1 then
