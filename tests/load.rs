@@ -217,6 +217,26 @@ fn shutdown_sends_1001_to_every_connection_and_finishes_within_5_seconds() {
 }
 
 #[test]
+fn shutdown_ends_at_its_grace_whatever_the_poll_wait_and_the_close_timeout() {
+    let srv = start_echo(|o| {
+        o.workers = 1;
+        o.worker.max_poll_wait = Duration::from_secs(30);
+        o.worker.close_timeout = Duration::from_secs(30);
+    });
+    // A peer that never answers our Close: only the end of the shutdown's grace (4 s) ends
+    // it, and nothing else wakes the worker then.
+    let mut silent = raw_upgraded(srv.addr, "/echo");
+    let took = srv.stop();
+    // The bound the README gives (4 s for the close handshakes), as the test above checks it.
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert_eq!(expect_close(&mut silent), Some(1001));
+    assert!(
+        closed_by_server(&mut silent),
+        "the connection was left open"
+    );
+}
+
+#[test]
 fn idle_connection_is_pinged_then_closed_with_1001() {
     let srv = start_echo(|o| o.worker.idle_timeout = Some(Duration::from_millis(200)));
     let mut s = raw_upgraded(srv.addr, "/echo");

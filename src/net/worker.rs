@@ -332,7 +332,13 @@ impl Worker {
     }
 
     fn next_timeout(&self) -> Duration {
-        let wait = self.opts.max_poll_wait;
+        let mut wait = self.opts.max_poll_wait;
+        if let Some(since) = self.shutdown_since {
+            // The grace's end is a deadline too (`check_shutdown`), however long the poll wait
+            // and the connections' own deadlines are.
+            let end = since + SHUTDOWN_GRACE + Duration::from_millis(1);
+            wait = wait.min(end.saturating_duration_since(Instant::now()));
+        }
         match self.timers.peek() {
             Some(Reverse((t, _, _))) => t.saturating_duration_since(Instant::now()).min(wait),
             None => wait,
