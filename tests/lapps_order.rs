@@ -1,8 +1,9 @@
 //! Responses leave in request order even when the app answers later than it is called: the
 //! host's own answers (-32700, -32600 for malformed requests, -32603 for a handler that
 //! raised) wait behind the responses the app still owes to earlier requests of that
-//! connection, and never hold up another connection. Real server, real Lua app
-//! (`tests/apps/lapps_deferred`), real WebSocket client; responses decoded with ciborium.
+//! connection, and never hold up another connection. OONs follow a connection's first
+//! response (SPEC section 4). Real server, real Lua apps (`tests/apps/lapps_deferred`,
+//! `tests/apps/oon_early`), real WebSocket client; responses decoded with ciborium.
 mod common;
 use ciborium::Value as Cbor;
 use common::*;
@@ -49,6 +50,9 @@ fn shown(b: &[u8]) -> String {
     };
     if let Some(r) = get(&v, "result") {
         return format!("ok {r:?}");
+    }
+    if let Some(m) = get(&v, "message") {
+        return format!("oon {m:?}");
     }
     let code = get(&v, "error")
         .and_then(|e| get(&e, "code"))
@@ -209,4 +213,86 @@ fn next_or_close(ws: &mut Client) -> String {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// `oon_early` with a slow-consumer bound of 4 x 256 KiB + 64 KiB.
+fn start_oon_early() -> TestApp {
+    start_app(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "outbound_high_water": 262144 }"#,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "oon_early": { "protocol": "LAppS", "instances": 1, "preload": ["bcast"],
+                                "max_inbound_message_size": 65536 } }"#,
+        ),
+    )
+}
+
+/// A client notification: `{lapps: 1, method, cid: 5, params}`.
+fn notification(method: &str, params: Vec<Value>) -> Message {
+    let t = |s: &str| Value::Text(s.into());
+    Message::binary(cbor::encode(&Value::Map(vec![
+        (t("lapps"), Value::Int(1)),
+        (t("method"), t(method)),
+        (t("cid"), Value::Int(5)),
+        (t("params"), Value::Array(params)),
+    ])))
+}
+
+fn oon(items: &[Cbor]) -> String {
+    format!("oon {:?}", Cbor::Array(items.to_vec()))
+}
+
+#[test]
+fn oons_sent_before_the_first_response_follow_it_in_order() {
+    let app = start_oon_early();
+    let mut ws = connect(app.addr, "/oon_early");
+    let t = |s: &str| Cbor::Text(s.into());
+    let early = |n: i64| oon(&[t("early"), Cbor::Integer(n.into())]);
+    // Pushed by ws:send_oon, by a broadcast, and inside the first request's handler: none
+    // may reach the client before the answer to its first call.
+    ws.send(notification("push", vec![Value::Int(1)])).unwrap();
+    ws.send(notification("push", vec![Value::Int(2)])).unwrap();
+    ws.send(notification("join", vec![])).unwrap();
+    ws.send(request("first", vec![])).unwrap();
+    let got: Vec<String> = (0..5).map(|_| next(&mut ws)).collect();
+    assert_eq!(
+        got,
+        [
+            format!("ok {:?}", Cbor::Array(vec![t("answer")])),
+            early(1),
+            early(2),
+            oon(&[t("cast")]),
+            oon(&[t("before")]),
+        ]
+    );
+    // After the exchange an OON goes out at once, ahead of a later answer.
+    ws.send(notification("push", vec![Value::Int(3)])).unwrap();
+    ws.send(request("echo", vec![Value::Int(4)])).unwrap();
+    assert_eq!([next(&mut ws), next(&mut ws)], [early(3), ok(4)]);
+}
+
+#[test]
+fn a_peer_that_never_asks_while_oons_pile_up_for_it_is_closed_with_1008() {
+    let app = start_oon_early();
+    let mut quiet = connect(app.addr, "/oon_early");
+    let mut other = connect(app.addr, "/oon_early");
+    other.send(request("echo", vec![Value::Int(1)])).unwrap();
+    assert_eq!(next(&mut other), ok(1));
+    // 100 OONs of 60 KB: more than the slow-consumer bound (1.06 MiB here), all held, since
+    // no request of this peer was answered.
+    quiet
+        .send(notification(
+            "flood",
+            vec![Value::Int(60_000), Value::Int(100)],
+        ))
+        .unwrap();
+    assert_eq!(
+        next_or_close(&mut quiet),
+        "close 1008",
+        "held OONs past the bound end the connection, none of them sent"
+    );
+    // The other connection is untouched.
+    other.send(request("echo", vec![Value::Int(2)])).unwrap();
+    assert_eq!(next(&mut other), ok(2));
 }

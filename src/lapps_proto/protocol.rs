@@ -376,7 +376,8 @@ pub fn encode_response_ok(result: &[Value]) -> Vec<u8> {
 }
 
 /// How every response this module encodes begins: a map of three, first member "status".
-const RESPONSE_HEAD: &[u8] = b"\xa3\x66status";
+/// OONs begin otherwise (a map of two, first member "cid").
+pub const RESPONSE_HEAD: &[u8] = b"\xa3\x66status";
 
 /// Whether `cbor` is a response (cid 0) as this module encodes it, not an OON.
 pub fn is_response(cbor: &[u8]) -> bool {

@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::hub::Chunk;
 use super::outq::OutQueue;
 use super::tls::TlsSession;
 use crate::service::Service;
@@ -71,6 +72,16 @@ pub struct Conn {
     /// The transport: `None` is plaintext TCP (the hot path pays this one check), `Some` a
     /// wss:// connection whose bytes pass through rustls (see `worker/tls.rs`).
     pub tls: Option<Box<TlsSession>>,
+    /// Some for a LAppS connection until its first response is queued: the OONs sent to it
+    /// meanwhile wait there (see `worker/first_exchange.rs`).
+    pub before_exchange: Option<HeldOons>,
+}
+
+/// OONs held back, in the order they came, until the connection's first response.
+#[derive(Default)]
+pub struct HeldOons {
+    pub messages: Vec<Chunk>,
+    pub bytes: usize,
 }
 
 impl Conn {
@@ -98,6 +109,7 @@ impl Conn {
             ping_outstanding: false,
             refused: false,
             tls: None,
+            before_exchange: None,
         }
     }
 

@@ -72,6 +72,10 @@ impl<T> Slab<T> {
         self.recycled
     }
 
+    pub fn get(&self, index: u32) -> Option<&T> {
+        self.slots.get(index as usize)?.value.as_deref()
+    }
+
     pub fn get_mut(&mut self, index: u32) -> Option<&mut T> {
         self.slots.get_mut(index as usize)?.value.as_deref_mut()
     }

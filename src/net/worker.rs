@@ -14,7 +14,8 @@
 //! that has output once (one `send`/`sendmsg` per connection per iteration).
 //!
 //! Submodules extend `Worker`: `closing` (close handshakes, failing, the final removal),
-//! `commands` (what service threads ask for), `timers` (deadlines, shutdown), `tls_io` (wss://).
+//! `commands` (what service threads ask for), `first_exchange` (OONs wait for a LAppS
+//! connection's first response), `timers` (deadlines, shutdown), `tls_io` (wss://).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -39,6 +40,7 @@ use crate::{debug, error, warn};
 
 mod closing;
 mod commands;
+mod first_exchange;
 mod timers;
 mod tls_io;
 
@@ -641,10 +643,12 @@ impl Worker {
         c.phase = Phase::Open;
         c.deadline = None;
         c.decoder = Some(Decoder::new(Role::Server, service.max_message_size()));
+        let speaks = service.speaks();
+        if speaks == super::hub::Speaks::Lapps {
+            c.before_exchange = Some(Default::default());
+        }
         // Before on_open: its service may send to it from then on.
-        self.hub
-            .port(self.id)
-            .set_speaks(index, generation, service.speaks());
+        self.hub.port(self.id).set_speaks(index, generation, speaks);
         let mut ctx = Ctx {
             worker: self.id,
             current: id,

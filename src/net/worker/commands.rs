@@ -1,6 +1,7 @@
 //! What service threads ask of the worker (`Command`s from the hub): queue frames, close,
 //! resume reading; plus slow-consumer detection on the queues those commands fill.
 
+use super::first_exchange::Outbound;
 use super::Worker;
 use super::SLOW_CONSUMER_FACTOR;
 use crate::net::conn::Phase;
@@ -33,7 +34,7 @@ impl Worker {
         match cmd {
             Command::Send { conn, frame } => {
                 if let Some(i) = self.live_index(conn) {
-                    self.queue_frame(i, |q, pool| q.push_chunk(pool, frame));
+                    self.queue_message(i, Outbound::Chunk(frame));
                 }
             }
             Command::SendBatch { buf, sends } => {
@@ -43,9 +44,7 @@ impl Worker {
                     let Some(frame) = buf.get(at..end) else { break };
                     at = end;
                     if let Some(i) = self.live_index(conn) {
-                        self.queue_frame(i, |q, pool| {
-                            q.append_with(pool, |b| b.extend_from_slice(frame))
-                        });
+                        self.queue_message(i, Outbound::Copy(frame));
                     }
                 }
                 self.hub.port(self.id).give_back(buf, sends);
@@ -53,8 +52,7 @@ impl Worker {
             Command::SendMany { conns, frame } => {
                 for conn in conns {
                     if let Some(i) = self.live_index(conn) {
-                        let f = frame.clone();
-                        self.queue_frame(i, |q, pool| q.push_shared(pool, f));
+                        self.queue_message(i, Outbound::Chunk(Chunk::Shared(frame.clone())));
                     }
                 }
             }
@@ -101,34 +99,54 @@ impl Worker {
         if c.out.bytes() > high {
             c.out_paused = true;
         }
-        // One largest message always fits on top, so a big reply alone never trips it.
-        let max_message = c.service.as_ref().map_or(0, |s| s.max_message_size());
-        let limit = high
-            .saturating_mul(SLOW_CONSUMER_FACTOR)
-            .saturating_add(max_message);
-        if c.out.bytes() > limit {
+        let queued = c.out.bytes() + c.before_exchange.as_ref().map_or(0, |h| h.bytes);
+        if queued > self.slow_consumer_limit(index) {
             // A peer that does not read while services keep sending to it (broadcasts, pushes)
             // would grow its queue without bound: it is dropped with 1008, the others never
             // wait for it.
-            crate::info_limited!(
-                "closing {}: slow consumer ({} bytes queued), close code 1008",
-                c.peer,
-                c.out.bytes()
-            );
-            c.out.drop_unstarted(&mut self.pool);
-            c.out.append_with(&mut self.pool, |b| {
-                codec::encode_close(
-                    b,
-                    Role::Server,
-                    Some(close::POLICY),
-                    b"slow consumer",
-                    [0; 4],
-                )
-            });
-            self.finish_after_flush(index);
+            self.drop_slow_consumer(index, queued);
             return;
         }
         self.mark_dirty(index);
+    }
+
+    /// The bytes a connection may have waiting (queued, or held by `first_exchange`) before
+    /// it counts as a slow consumer. One largest message always fits on top, so a big reply
+    /// alone never trips it.
+    pub(super) fn slow_consumer_limit(&self, index: u32) -> usize {
+        let max_message = self
+            .conns
+            .get(index)
+            .and_then(|c| c.service.as_ref())
+            .map_or(0, |s| s.max_message_size());
+        self.opts
+            .outbound_high_water
+            .saturating_mul(SLOW_CONSUMER_FACTOR)
+            .saturating_add(max_message)
+    }
+
+    /// Ends a connection that does not take what is sent to it: what it has not started to
+    /// receive is dropped, our Close 1008 goes out, then the end of TCP.
+    pub(super) fn drop_slow_consumer(&mut self, index: u32, queued: usize) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        crate::info_limited!(
+            "closing {}: slow consumer ({queued} bytes queued), close code 1008",
+            c.peer
+        );
+        c.before_exchange = None;
+        c.out.drop_unstarted(&mut self.pool);
+        c.out.append_with(&mut self.pool, |b| {
+            codec::encode_close(
+                b,
+                Role::Server,
+                Some(close::POLICY),
+                b"slow consumer",
+                [0; 4],
+            )
+        });
+        self.finish_after_flush(index);
     }
 
     pub(super) fn apply_deferred(&mut self) {
