@@ -76,6 +76,32 @@ enum Target {
     Lua,
 }
 
+/// What a redeploy did to the Lua services, for the line that ends a reload.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Redeployed {
+    pub started: usize,
+    pub replaced: usize,
+    pub stopped: usize,
+    pub unchanged: usize,
+    /// Services whose new version did not load (each reported above), or 1 for a
+    /// configuration whose start order cannot be made.
+    pub failed: usize,
+}
+
+impl std::fmt::Display for Redeployed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Lua services: {} started, {} replaced, {} stopped, {} unchanged, {} failed",
+            self.started, self.replaced, self.stopped, self.unchanged, self.failed
+        )?;
+        if self.failed > 0 {
+            write!(f, " (see the errors above)")?;
+        }
+        Ok(())
+    }
+}
+
 /// Routes by exact request-target path (the query string is ignored), then applies the
 /// service's ACL and Origin list: 404 for an unknown path, 403 for a refused peer or origin.
 /// The table changes when services are deployed, replaced or removed (SIGHUP).
@@ -419,9 +445,17 @@ impl App {
                          next restart (systemctl restart lapps)"
                     );
                 }
-                self.redeploy(&cfg)
+                let done = self.redeploy(&cfg);
+                if done.failed > 0 {
+                    crate::error!("reload done: {done}");
+                } else {
+                    crate::info!("reload done: {done}");
+                }
             }
-            Err(e) => crate::error!("deploy: configuration invalid, nothing changed:\n{e}"),
+            Err(e) => {
+                crate::error!("deploy: configuration invalid, nothing changed:\n{e}");
+                crate::error!("reload done: configuration invalid, services unchanged");
+            }
         }
     }
 
@@ -431,10 +465,15 @@ impl App {
     /// version), a service no longer configured is stopped. A version that fails to load is
     /// reported and the running one stays (a standalone one was stopped first: it stays
     /// stopped, and the next SIGHUP tries again). ws.json and builtin services need a restart.
-    pub fn redeploy(&self, cfg: &Config) {
+    pub fn redeploy(&self, cfg: &Config) -> Redeployed {
+        let mut done = Redeployed::default();
         let order = match cfg.lapps.start_order() {
             Ok(o) => o,
-            Err(e) => return crate::error!("deploy: {e}"),
+            Err(e) => {
+                crate::error!("deploy: {e}");
+                done.failed += 1;
+                return done;
+            }
         };
         let mut deployed_map = self.deployed.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: Vec<&ServiceConfig> = order
@@ -463,12 +502,16 @@ impl App {
                 }
                 let n = self.registry.remove(&name);
                 crate::info!("deploy: stopped service {name} ({n} connection(s) closed)");
+                done.stopped += 1;
             }
         }
         for sc in &wanted {
             let now = deployed(cfg, sc);
             let result = match deployed_map.get(&sc.name) {
-                Some(before) if *before == now => continue,
+                Some(before) if *before == now => {
+                    done.unchanged += 1;
+                    continue;
+                }
                 Some(before) => {
                     let left = before.config.request_target.clone();
                     let moved = before.config.is_network() && left != sc.request_target;
@@ -477,16 +520,17 @@ impl App {
                         if moved && !claimed(&left) {
                             self.router.unset(&left);
                         }
+                        done.replaced += 1;
                         format!(
                             "replaced service {} ({n} connection(s) asked to reconnect)",
                             sc.name
                         )
                     })
                 }
-                None => self
-                    .registry
-                    .add(lua_spec(cfg, sc))
-                    .map(|()| format!("started service {}", sc.name)),
+                None => self.registry.add(lua_spec(cfg, sc)).map(|()| {
+                    done.started += 1;
+                    format!("started service {}", sc.name)
+                }),
             };
             match result {
                 Ok(what) => {
@@ -497,16 +541,19 @@ impl App {
                     deployed_map.insert(sc.name.clone(), now);
                 }
                 Err(e) if self.registry.running().contains(&sc.name) => {
+                    done.failed += 1;
                     crate::error!("deploy: {e}; the running version keeps serving")
                 }
                 Err(e) => {
                     // Nothing of it runs (a standalone service is stopped before its new
                     // version starts): forget it, so that the next SIGHUP starts it again.
+                    done.failed += 1;
                     deployed_map.remove(&sc.name);
                     crate::error!("deploy: {e}; service {} is not running", sc.name)
                 }
             }
         }
+        done
     }
 
     /// Re-reads the certificate and key for new connections (existing ones keep theirs) and

@@ -174,3 +174,45 @@ fn a_reload_says_that_ws_json_changes_need_a_restart() {
     signal(pid, libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_reload_ends_with_one_line_that_counts_what_it_did() {
+    let dir = site("summary");
+    lapps_json(&dir, "");
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    let pid = server.0.id();
+    for (name, text) in [
+        (
+            "good",
+            "local a = {}\na.onMessage = function() return true end\nreturn a\n",
+        ),
+        ("bad", "local a = {\nreturn a\n"),
+    ] {
+        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+        std::fs::write(dir.join(format!("apps/{name}/{name}.lua")), text).unwrap();
+    }
+    lapps_json(
+        &dir,
+        r#", "good": { "request_target": "/good" }, "bad": { "request_target": "/bad" }"#,
+    );
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "reload done");
+    assert!(
+        line.contains(" ERROR "),
+        "a failure shows as an error: {line}"
+    );
+    assert!(
+        line.contains("1 started, 0 replaced, 0 stopped, 0 unchanged, 1 failed"),
+        "{line}"
+    );
+    lapps_json(&dir, r#", "good": { "request_target": "/good" }"#);
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "reload done");
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(
+        line.contains("0 started, 0 replaced, 0 stopped, 1 unchanged, 0 failed"),
+        "{line}"
+    );
+    signal(pid, libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+}
