@@ -334,7 +334,9 @@ fn drive(
         // SAFETY: one valid pollfd, exclusively borrowed for the call.
         unsafe { libc::poll(&mut pfd, 1, 100) };
         c.ready(pfd.revents, keys, &mut |ev| events.push(format!("{ev:?}")));
-        c.tick(Instant::now(), &mut |ev| events.push(format!("{ev:?}")));
+        c.tick(Instant::now(), keys, &mut |ev| {
+            events.push(format!("{ev:?}"))
+        });
     }
 }
 
@@ -509,9 +511,11 @@ fn a_connect_that_completes_after_its_timeout_sends_nothing() {
     let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
     let mut events: Vec<String> = Vec::new();
     // The deadline passes before the client has seen its connect complete.
-    c.tick(Instant::now() + Duration::from_secs(3600), &mut |ev| {
-        events.push(format!("{ev:?}"))
-    });
+    c.tick(
+        Instant::now() + Duration::from_secs(3600),
+        &mut keys,
+        &mut |ev| events.push(format!("{ev:?}")),
+    );
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events[0].starts_with("Error("), "{events:?}");
     assert_eq!(events[1], "Closed(1006)");
@@ -986,6 +990,18 @@ fn scripted_server(bytes: Vec<u8>) -> (String, std::thread::JoinHandle<(u8, bool
 /// reports to queue `report`: "message N", "onerror ...", "onclose CODE", and once stopping
 /// "stopped after N" (the number of onclose calls).
 fn reporting_client(dir: &Path, name: &str, url: &str, report: &str) -> (Registry, Arc<Queue>) {
+    reporting_client_with(dir, name, url, report, "")
+}
+
+/// [`reporting_client`] with more `options` for `cws:new` (Lua table fields, each ending
+/// with a comma).
+fn reporting_client_with(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    report: &str,
+    options: &str,
+) -> (Registry, Arc<Queue>) {
     let src = format!(
         r#"URL, REPORT = {}, {}
 local p = {{}}
@@ -999,6 +1015,7 @@ p.run = function()
       closes = closes + 1
       assert(mqr:post(REPORT, "onclose " .. code))
     end,
+    {options}
   }}))
   while not must_stop() do cws:eventLoop(0.05) end
   assert(mqr:post(REPORT, "stopped after " .. closes))
@@ -1045,4 +1062,59 @@ fn a_message_with_no_memory_for_it_just_before_the_servers_close_still_ends_in_o
     assert_eq!(server.join().unwrap().0, 8);
     reg.shutdown();
     assert_eq!(next(&out), "stopped after 1");
+}
+
+#[test]
+fn a_quiet_server_is_pinged_and_one_that_stays_quiet_fails_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // Quiet: pinged. The pong makes it alive again: pinged again after another quiet
+        // period, not failed. Then it stays quiet: the client goes with Close 1001.
+        let first = read_client_frame(&mut s);
+        s.write_all(&[0x8A, 0]).unwrap();
+        let second = read_client_frame(&mut s);
+        let close = read_client_frame(&mut s);
+        [first, second, close]
+    });
+    let dir = scratch("idle");
+    let (reg, out) = reporting_client_with(&dir, "idle", &url, "cws.idle", "idle_timeout = 0.3,");
+    let error = next(&out);
+    assert!(error.starts_with("onerror idle timeout: "), "{error}");
+    assert_eq!(next(&out), "onclose 1001");
+    let ping = (0x9, true, vec![]);
+    assert_eq!(
+        server.join().unwrap(),
+        [ping.clone(), ping, (0x8, true, vec![0x03, 0xe9])]
+    );
+    reg.shutdown();
+    assert_eq!(next(&out), "stopped after 1");
+}
+
+#[test]
+fn idle_timeout_takes_seconds_from_zero_on() {
+    let dir = scratch("idle-option");
+    let src = r#"local p = {}
+p.init = function() end
+p.run = function()
+  local report = {}
+  for _, v in ipairs({ -1, 1e10, 0 / 0 }) do
+    local h, err = cws:new("ws://127.0.0.1:9/", { idle_timeout = v })
+    report[#report + 1] = tostring(h) .. " " .. tostring(err)
+  end
+  local h = cws:new("ws://127.0.0.1:9/", { idle_timeout = 0 })
+  report[#report + 1] = type(h)
+  assert(mqr:post("cws.idleopt", table.concat(report, ", ")))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#;
+    let out = registry().open("cws.idleopt", 8);
+    let reg = Registry::start(vec![app_in(&dir, "idle_option", src)], hub(1)).unwrap();
+    assert_eq!(
+        next(&out),
+        "nil bad idle_timeout, nil bad idle_timeout, nil bad idle_timeout, number"
+    );
+    reg.shutdown();
 }

@@ -119,6 +119,13 @@ pub struct Client {
     /// wss://: close_notify goes once `out` (our Close reply) is in TLS records: a peer
     /// ignores anything after it (RFC 8446 section 6.1).
     close_notify_due: bool,
+    /// Open connections: how long the server may send nothing before it is pinged, and as
+    /// long again before the connection fails (None: never).
+    idle: Option<Duration>,
+    /// When the server last sent us bytes (or the connection opened).
+    last_input: Instant,
+    /// A Ping went for the current quiet spell.
+    ping_sent: bool,
 }
 
 /// Every address of the URL's host, in resolver order.
@@ -235,7 +242,18 @@ impl Client {
             decoder: Decoder::new(Role::Client, max_message_size),
             close_sent: false,
             close_notify_due: false,
+            idle: None,
+            last_input: started,
+            ping_sent: false,
         })
+    }
+
+    /// Once open, a server that sends nothing for `idle` is pinged, and the connection fails
+    /// (Close 1001) when it still sends nothing for as long again: a server that vanished
+    /// without a FIN, or hangs, is noticed. None (the default) never pings.
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Client {
+        self.idle = idle.filter(|d| !d.is_zero());
+        self
     }
 
     /// The connect failed (`why`): goes on with the next address, or fails for good.
@@ -414,8 +432,8 @@ impl Client {
             && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    /// Deadlines: connect/upgrade and close handshake.
-    pub fn tick(&mut self, now: Instant, sink: &mut dyn FnMut(Event<'_>)) {
+    /// Deadlines: connect/upgrade, idle ping and close handshake.
+    pub fn tick(&mut self, now: Instant, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
         let Some(d) = self.deadline else { return };
         if now < d {
             return;
@@ -441,7 +459,34 @@ impl Client {
             }
             // Closed was reported already; the peer did not take our last bytes in time.
             Phase::Flushing => self.phase = Phase::Done,
-            Phase::Open | Phase::Done => self.deadline = None,
+            Phase::Open => self.idle_check(now, keys, sink),
+            Phase::Done => self.deadline = None,
+        }
+    }
+
+    /// The idle deadline of an open connection passed: ping a server quiet for one idle
+    /// period, fail one still quiet a period after the ping.
+    fn idle_check(&mut self, now: Instant, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
+        let Some(idle) = self.idle else {
+            self.deadline = None;
+            return;
+        };
+        let quiet_until = self.last_input + idle;
+        if now < quiet_until {
+            self.deadline = Some(quiet_until);
+        } else if !self.ping_sent {
+            codec::encode_control(&mut self.out, Role::Client, Opcode::Ping, b"", keys.key());
+            self.ping_sent = true;
+            self.deadline = Some(now + idle);
+            if let Err(e) = self.flush() {
+                self.fail(e, 1006, sink);
+            }
+        } else {
+            let why = format!(
+                "idle timeout: the server sent nothing for {:.1} s, not even a pong",
+                (now - self.last_input).as_secs_f64()
+            );
+            self.abort(1001, why, keys, sink);
         }
     }
 
@@ -500,6 +545,16 @@ impl Client {
 
     /// Reads what is available (up to a budget); `Ok(true)` at end of stream.
     fn read_some(&mut self) -> Result<bool, String> {
+        let before = self.input.len();
+        let r = self.read_budget();
+        if self.input.len() > before {
+            self.last_input = Instant::now();
+            self.ping_sent = false;
+        }
+        r
+    }
+
+    fn read_budget(&mut self) -> Result<bool, String> {
         let mut total = 0;
         while total < READ_BUDGET {
             match &mut self.tls {
@@ -559,7 +614,7 @@ impl Client {
                 Ok(Some(n)) => {
                     self.input.drain(..n);
                     self.phase = Phase::Open;
-                    self.deadline = None;
+                    self.deadline = self.idle.map(|d| self.last_input + d);
                     self.out.append(&mut self.early);
                     sink(Event::Open);
                 }

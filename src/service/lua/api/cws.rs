@@ -34,6 +34,9 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 /// would overflow the clock.
 const MAX_WAIT_S: u64 = 1_000_000_000;
 const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// A server quiet this long is pinged; quiet as long again, the connection fails (the
+/// server side's `idle_timeout_ms` default).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// When the instance ends, how long its connections get, all together, to finish the close
 /// handshake (our 1001 "going away", the server's Close) before they are dropped.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
@@ -142,6 +145,7 @@ impl Cws {
         let mut cb = Callbacks::default();
         let mut tls = TlsOptions::default();
         let mut max_message = DEFAULT_MAX_MESSAGE;
+        let mut idle = Some(DEFAULT_IDLE_TIMEOUT);
         if let Some(o) = &opts {
             cb.onopen = callback(o, "onopen")?;
             cb.onmessage = callback(o, "onmessage")?;
@@ -154,6 +158,13 @@ impl Cws {
                     return failed("bad max_message_size");
                 }
                 max_message = n as usize;
+            }
+            if let Some(s) = o.get::<Option<f64>>("idle_timeout")? {
+                // Bounded like eventLoop's wait: a deadline beyond it would overflow the clock.
+                if !(0.0..=MAX_WAIT_S as f64).contains(&s) {
+                    return failed("bad idle_timeout");
+                }
+                idle = (s > 0.0).then(|| Duration::from_secs_f64(s));
             }
         }
         let Ok(mut conns) = self.conns.try_borrow_mut() else {
@@ -174,7 +185,7 @@ impl Cws {
             return failed("busy");
         };
         let client = match Client::connect(&url, config, &mut keys, max_message) {
-            Ok(c) => c,
+            Ok(c) => c.with_idle_timeout(idle),
             Err(e) => return Ok((Value::Nil, Some(e))),
         };
         let id = self.next.get();
@@ -346,7 +357,7 @@ impl Cws {
                 if pfd.revents != 0 {
                     e.client.ready(pfd.revents, &mut keys, &mut sink);
                 }
-                e.client.tick(now, &mut sink);
+                e.client.tick(now, &mut keys, &mut sink);
             }
             conns.retain(|_, e| !e.client.is_done());
         }
@@ -453,7 +464,7 @@ impl Drop for Cws {
                 if pfd.revents != 0 {
                     e.client.ready(pfd.revents, keys, &mut ignore);
                 }
-                e.client.tick(now, &mut ignore);
+                e.client.tick(now, keys, &mut ignore);
             }
             conns.retain(|_, e| !e.client.is_done());
         }
