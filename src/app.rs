@@ -429,7 +429,12 @@ impl App {
     /// SIGHUP: reloads the TLS certificate (see `reload_tls`) and redeploys the Lua services
     /// of lapps.json that changed (see `redeploy`).
     pub fn reload(&self) {
-        self.reload_tls();
+        let tls_ok = self.reload_tls();
+        let certificate = match (&self.tls, tls_ok) {
+            (None, _) => "",
+            (Some(_), true) => "certificate reloaded; ",
+            (Some(_), false) => "certificate NOT reloaded (see above); ",
+        };
         match Config::load(&self.dir) {
             Ok(cfg) => {
                 let now = RestartOnly::of(&cfg);
@@ -446,15 +451,17 @@ impl App {
                     );
                 }
                 let done = self.redeploy(&cfg);
-                if done.failed > 0 {
-                    crate::error!("reload done: {done}");
+                if done.failed > 0 || !tls_ok {
+                    crate::error!("reload done: {certificate}{done}");
                 } else {
-                    crate::info!("reload done: {done}");
+                    crate::info!("reload done: {certificate}{done}");
                 }
             }
             Err(e) => {
                 crate::error!("deploy: configuration invalid, nothing changed:\n{e}");
-                crate::error!("reload done: configuration invalid, services unchanged");
+                crate::error!(
+                    "reload done: {certificate}configuration invalid, services unchanged"
+                );
             }
         }
     }
@@ -557,15 +564,21 @@ impl App {
     }
 
     /// Re-reads the certificate and key for new connections (existing ones keep theirs) and
-    /// logs what changed; on error the old ones stay in use.
-    pub fn reload_tls(&self) {
+    /// logs what changed; on error the old ones stay in use. False when that happened.
+    pub fn reload_tls(&self) -> bool {
         let Some(tls) = &self.tls else {
             crate::info!("reload: no TLS endpoint, no certificate to reload");
-            return;
+            return true;
         };
         match tls.reload() {
-            Ok(change) => crate::info!("reload: {change}"),
-            Err(e) => crate::error!("reload failed, keeping the current certificate: {e}"),
+            Ok(change) => {
+                crate::info!("reload: {change}");
+                true
+            }
+            Err(e) => {
+                crate::error!("reload failed, keeping the current certificate: {e}");
+                false
+            }
         }
     }
 

@@ -565,6 +565,20 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     echo_round(&mut old, b"old connection keeps working".to_vec());
     echo_round(&mut new, b"new connection works".to_vec());
     drop((old, new));
+    let done = wait_line(&log, "reload done: ");
+    assert!(
+        done.contains(" INFO ") && done.contains("certificate reloaded; "),
+        "{done}"
+    );
+    // A key that does not load: the reload's last line says so, as an error.
+    std::fs::write(&key, "not a key").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    let done = wait_line(&log, "reload done: ");
+    assert!(
+        done.contains(" ERROR ") && done.contains("certificate NOT reloaded"),
+        "{done}"
+    );
     // SAFETY: as above.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let status = child.wait_exit(Duration::from_secs(15));
