@@ -514,6 +514,7 @@ impl App {
         }
         for sc in &wanted {
             let now = deployed(cfg, sc);
+            let was_running = deployed_map.contains_key(&sc.name);
             let result = match deployed_map.get(&sc.name) {
                 Some(before) if *before == now => {
                     done.unchanged += 1;
@@ -555,6 +556,9 @@ impl App {
                     // Nothing of it runs (a standalone service is stopped before its new
                     // version starts): forget it, so that the next SIGHUP starts it again.
                     done.failed += 1;
+                    if was_running {
+                        done.stopped += 1; // the old version was taken down first
+                    }
                     deployed_map.remove(&sc.name);
                     crate::error!("deploy: {e}; service {} is not running", sc.name)
                 }

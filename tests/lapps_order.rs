@@ -279,7 +279,7 @@ fn a_peer_that_never_asks_while_oons_pile_up_for_it_is_closed_with_1008() {
     let mut other = connect(app.addr, "/oon_early");
     other.send(request("echo", vec![Value::Int(1)])).unwrap();
     assert_eq!(next(&mut other), ok(1));
-    // 100 OONs of 60 KB: more than the slow-consumer bound (1.06 MiB here), all held, since
+    // 100 OONs of 60 KB: more than held OONs may take (4 x 256 KiB here), all held, since
     // no request of this peer was answered.
     quiet
         .send(notification(

@@ -1118,3 +1118,60 @@ return p
     );
     reg.shutdown();
 }
+
+#[test]
+fn a_server_that_reads_an_upload_slowly_is_not_idle_while_our_ping_waits_behind_it() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A small receive window: the upload stays mostly in the client's own queue.
+    let size: libc::c_int = 8192;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // Reads without a word for 2.5 idle periods of the client, at the pace of a slow
+        // server (the pauses pace the reader; nothing waits on them), then speaks.
+        let start = Instant::now();
+        let mut buf = [0u8; 8192];
+        while start.elapsed() < Duration::from_millis(2500) {
+            assert!(s.read(&mut buf).unwrap() > 0);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.write_all(&[0x81, 5, b'a', b'l', b'i', b'v', b'e'])
+            .unwrap();
+        s
+    });
+    let src = format!(
+        r#"local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new({}, {{
+    idle_timeout = 1,
+    onopen = function(h) assert(cws:send(h, string.rep("x", 8 * 1024 * 1024))) end,
+    onmessage = function(_, m) assert(mqr:post("cws.upload", "message " .. m)) end,
+    onerror = function(_, e) assert(mqr:post("cws.upload", "onerror " .. e)) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.upload", 8);
+    let dir = scratch("upload");
+    let reg = Registry::start(vec![app_in(&dir, "upload", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "message alive");
+    let _server_side = server.join().unwrap();
+    reg.shutdown();
+}

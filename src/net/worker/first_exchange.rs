@@ -5,13 +5,15 @@
 //! call), so until a LAppS connection's first response is queued, the OONs sent to it (by
 //! `ws:send_oon` after a client notification, a broadcast it was subscribed to, another
 //! instance) are held here in order, and follow that response. They count against the
-//! slow-consumer bound like queued bytes: a peer that never makes a request while OONs
-//! keep coming is closed with 1008, as one that does not read.
+//! slow-consumer bound like queued bytes (less the room that bound keeps for one largest
+//! message, which is the first response's): a peer that never makes a request while OONs
+//! keep coming is closed with 1008, as one that does not read. Held OONs of a connection
+//! that ends before its first response are dropped with it.
 //!
 //! The check is made here, where every service's sends meet in one order, and not in the
 //! instances: one instance may queue the first response while another sends an OON.
 
-use super::Worker;
+use super::{Worker, SLOW_CONSUMER_FACTOR};
 use crate::lapps_proto::protocol::RESPONSE_HEAD;
 use crate::net::conn::Phase;
 use crate::net::hub::Chunk;
@@ -59,7 +61,14 @@ impl Worker {
             held.bytes += bytes.len();
             held.messages.push(msg.into_chunk());
             let queued = held.bytes + c.out.bytes();
-            if queued > self.slow_consumer_limit(index) {
+            // The slow-consumer bound less its room for one largest message: that room is
+            // the first response's, which goes out ahead of everything held.
+            if queued
+                > self
+                    .opts
+                    .outbound_high_water
+                    .saturating_mul(SLOW_CONSUMER_FACTOR)
+            {
                 self.drop_slow_consumer(index, queued);
             }
             return;

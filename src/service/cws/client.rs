@@ -124,6 +124,9 @@ pub struct Client {
     idle: Option<Duration>,
     /// When the server last sent us bytes (or the connection opened).
     last_input: Instant,
+    /// When the socket last took bytes of ours: a server that reads what we send is not idle,
+    /// even while it sends nothing (and its Pong waits behind our backlog).
+    last_sent: Instant,
     /// A Ping went for the current quiet spell.
     ping_sent: bool,
 }
@@ -244,6 +247,7 @@ impl Client {
             close_notify_due: false,
             idle: None,
             last_input: started,
+            last_sent: started,
             ping_sent: false,
         })
     }
@@ -471,7 +475,7 @@ impl Client {
             self.deadline = None;
             return;
         };
-        let quiet_until = self.last_input + idle;
+        let quiet_until = self.last_input.max(self.last_sent) + idle;
         if now < quiet_until {
             self.deadline = Some(quiet_until);
         } else if !self.ping_sent {
@@ -483,7 +487,8 @@ impl Client {
             }
         } else {
             let why = format!(
-                "idle timeout: the server sent nothing for {:.1} s, not even a pong",
+                "idle timeout: the server sent nothing for {:.1} s, not even a pong, and \
+                 took nothing of ours",
                 (now - self.last_input).as_secs_f64()
             );
             self.abort(1001, why, keys, sink);
@@ -614,6 +619,7 @@ impl Client {
                 Ok(Some(n)) => {
                     self.input.drain(..n);
                     self.phase = Phase::Open;
+                    self.last_input = Instant::now();
                     self.deadline = self.idle.map(|d| self.last_input + d);
                     self.out.append(&mut self.early);
                     sink(Event::Open);
@@ -694,12 +700,23 @@ impl Client {
         if let Phase::Connecting { .. } = self.phase {
             return Ok(());
         }
+        let mut progressed = false;
+        let r = self.write_out(&mut progressed);
+        if progressed {
+            self.last_sent = Instant::now();
+        }
+        r
+    }
+
+    /// [`Client::flush`]; `progressed` tells whether the socket took any bytes.
+    fn write_out(&mut self, progressed: &mut bool) -> Result<(), String> {
         match &mut self.tls {
             None => {
                 while !self.out.is_empty() {
                     match self.sock.write(&self.out) {
                         Ok(0) => return Err("write: connection closed".into()),
                         Ok(n) => {
+                            *progressed = true;
                             self.out.drain(..n);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -724,7 +741,7 @@ impl Client {
                 let mut blocked = false;
                 while tls.wants_write() {
                     match tls.write_tls(&mut self.sock) {
-                        Ok(_) => {}
+                        Ok(n) => *progressed |= n > 0,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             blocked = true;
                             break;
