@@ -139,7 +139,7 @@ impl Queue {
     /// Takes the oldest message, if any. Never blocks.
     pub fn poll(&self) -> Option<Box<[u8]>> {
         let m = self.pop()?;
-        self.wake(&self.post_waiters, &self.not_full);
+        self.wake_posters();
         Some(m)
     }
 
@@ -205,7 +205,7 @@ impl Queue {
             if let Some(m) = self.pop() {
                 self.recv_waiters.fetch_sub(1, Ordering::SeqCst);
                 drop(g);
-                self.wake(&self.post_waiters, &self.not_full);
+                self.wake_posters();
                 return Ok(m);
             }
             let left = match wait_left(deadline, stopping) {
@@ -224,12 +224,24 @@ impl Queue {
         }
     }
 
-    /// After changing the ring: notify one waiter of the other side, if there is one.
+    /// After a post: notify one waiting receiver, if there is one (any of them can take any
+    /// message).
     fn wake(&self, waiters: &AtomicUsize, cv: &Condvar) {
         fence(Ordering::SeqCst);
         if waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             cv.notify_one();
+        }
+    }
+
+    /// After a receive: notify every waiting poster. Posters are not interchangeable once
+    /// the byte bound applies: the freed room may fit a small message and not a large one, and
+    /// one wake-up given to the large one would leave the small one asleep beside the room.
+    fn wake_posters(&self) {
+        fence(Ordering::SeqCst);
+        if self.post_waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.not_full.notify_all();
         }
     }
 
@@ -344,6 +356,59 @@ mod tests {
 
     fn msg(s: &str) -> Box<[u8]> {
         s.as_bytes().into()
+    }
+
+    #[test]
+    fn a_receive_wakes_the_poster_whose_message_fits_not_only_the_first_one() {
+        let q = Arc::new(Queue::with_max_bytes("bytes".into(), 8, 100));
+        q.try_post(vec![1u8; 60].into()).unwrap();
+        q.try_post(vec![2u8; 40].into()).unwrap();
+        let never = || false;
+        // A poster thread: its thread id, and where its post's result arrives.
+        let poster = |len: usize| {
+            let q = Arc::clone(&q);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let _ = tx.send(Ok(unsafe { libc::gettid() }));
+                let r = q.post(vec![3u8; len].into(), Duration::from_secs(30), &|| false);
+                let _ = tx.send(Err(r.map_err(|(_, why)| why)));
+            });
+            let tid = rx.recv().unwrap().unwrap();
+            (tid, rx)
+        };
+        // Until `tid` sleeps in the queue: counted as a waiting poster (which it becomes
+        // holding the queue's lock) and asleep (holding that lock, it can only sleep on the
+        // condition variable).
+        let asleep = |tid: libc::pid_t, n: usize| {
+            let guard = Instant::now() + Duration::from_secs(10);
+            let state = || {
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"));
+                stat.ok()
+                    .and_then(|s| s.rsplit(") ").next().map(|r| r.starts_with('S')))
+                    .unwrap_or(false)
+            };
+            while q.post_waiters.load(Ordering::SeqCst) < n || !state() {
+                assert!(Instant::now() < guard, "the poster never waited");
+                std::thread::yield_now();
+            }
+        };
+        // The large one waits first (woken first), then the small one.
+        let (tid, large) = poster(80);
+        asleep(tid, 1);
+        let (tid, small) = poster(30);
+        asleep(tid, 2);
+        // 60 bytes out: room for 30 (40 + 30 <= 100), not for 80.
+        assert_eq!(q.receive(Duration::ZERO, &never).unwrap().len(), 60);
+        assert_eq!(
+            small.recv_timeout(Duration::from_secs(10)),
+            Ok(Err(Ok(()))),
+            "the small poster was left asleep beside the room it needed"
+        );
+        assert!(large.try_recv().is_err(), "the large one still waits");
+        assert_eq!(q.poll().unwrap().len(), 40);
+        assert_eq!(q.poll().unwrap().len(), 30);
+        assert_eq!(large.recv_timeout(Duration::from_secs(10)), Ok(Err(Ok(()))));
     }
 
     #[test]
