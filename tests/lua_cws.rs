@@ -1093,7 +1093,7 @@ fn a_quiet_server_is_pinged_and_one_that_stays_quiet_fails_the_connection() {
 }
 
 #[test]
-fn idle_timeout_takes_seconds_from_zero_on() {
+fn idle_timeout_takes_seconds_from_zero_on_and_insecure_only_a_boolean() {
     let dir = scratch("idle-option");
     let src = r#"local p = {}
 p.init = function() end
@@ -1105,6 +1105,11 @@ p.run = function()
   end
   local h = cws:new("ws://127.0.0.1:9/", { idle_timeout = 0 })
   report[#report + 1] = type(h)
+  -- Lua's truth would make "false" and 0 true: only a boolean switches verification off.
+  for _, v in ipairs({ "false", 0 }) do
+    local h2, err = cws:new("wss://127.0.0.1:9/", { insecure = v })
+    report[#report + 1] = tostring(h2) .. " " .. tostring(err)
+  end
   assert(mqr:post("cws.idleopt", table.concat(report, ", ")))
   while not must_stop() do cws:eventLoop(0.05) end
 end
@@ -1114,7 +1119,8 @@ return p
     let reg = Registry::start(vec![app_in(&dir, "idle_option", src)], hub(1)).unwrap();
     assert_eq!(
         next(&out),
-        "nil bad idle_timeout, nil bad idle_timeout, nil bad idle_timeout, number"
+        "nil bad idle_timeout, nil bad idle_timeout, nil bad idle_timeout, number, \
+         nil bad insecure (true or false), nil bad insecure (true or false)"
     );
     reg.shutdown();
 }
@@ -1174,4 +1180,55 @@ return p
     assert_eq!(next(&out), "message alive");
     let _server_side = server.join().unwrap();
     reg.shutdown();
+}
+
+#[test]
+fn the_apps_own_heartbeats_do_not_keep_a_silent_server_alive() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    // Upgrades, then neither reads nor writes: its kernel still acknowledges what comes.
+    let server = std::thread::spawn(move || accept_upgrade(&listener));
+    let src = format!(
+        r#"local p = {{}}
+p.init = function() end
+p.run = function()
+  local h = assert(cws:new({}, {{
+    idle_timeout = 0.5,
+    onerror = function(_, e) assert(mqr:post("cws.beat", "onerror " .. e)) end,
+    onclose = function(_, code) assert(mqr:post("cws.beat", "onclose " .. code)) end,
+  }}))
+  while not must_stop() do
+    cws:send(h, "beat")
+    cws:eventLoop(0.1)
+  end
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.beat", 8);
+    let dir = scratch("beat");
+    let reg = Registry::start(vec![app_in(&dir, "beat", &src)], hub(1)).unwrap();
+    let error = next(&out);
+    assert!(error.starts_with("onerror idle timeout: "), "{error}");
+    assert_eq!(next(&out), "onclose 1001");
+    let _server_side = server.join().unwrap();
+    reg.shutdown();
+}
+
+#[test]
+fn one_message_larger_than_the_backlog_bound_goes_on_an_empty_queue() {
+    use lapps::service::cws::{url, Client, KeyPool, MAX_BACKLOG};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let big = vec![b'x'; MAX_BACKLOG + 1];
+    assert_eq!(c.send(lapps::ws::Opcode::Binary, &big, &mut keys), Ok(()));
+    assert_eq!(
+        c.send(lapps::ws::Opcode::Binary, b"more", &mut keys),
+        Err("backlog"),
+        "behind it, the bound holds"
+    );
 }

@@ -28,6 +28,9 @@ pub const MAX_BACKLOG: usize = 16 * 1024 * 1024;
 /// Bytes read from one socket per readiness report (fairness between connections).
 const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes a server must acknowledge per idle period to count as reading (see `took_more`):
+/// more than a ping or a heartbeat.
+const PROGRESS: u64 = 4096;
 
 /// What a connection reports. `Closed` comes exactly once, last; `Error` (if any) right before.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,9 +127,10 @@ pub struct Client {
     idle: Option<Duration>,
     /// When the server last sent us bytes (or the connection opened).
     last_input: Instant,
-    /// When the socket last took bytes of ours: a server that reads what we send is not idle,
-    /// even while it sends nothing (and its Pong waits behind our backlog).
-    last_sent: Instant,
+    /// The bytes of ours the server's TCP had acknowledged when the idle check last looked:
+    /// a server that takes what we send is not idle, even while it sends nothing (and its
+    /// Pong waits behind our backlog).
+    acked_mark: u64,
     /// A Ping went for the current quiet spell.
     ping_sent: bool,
 }
@@ -247,7 +251,7 @@ impl Client {
             close_notify_due: false,
             idle: None,
             last_input: started,
-            last_sent: started,
+            acked_mark: 0,
             ping_sent: false,
         })
     }
@@ -338,7 +342,9 @@ impl Client {
             Phase::Connecting { .. } | Phase::Upgrading { .. } => &mut self.early,
             Phase::Closing | Phase::Flushing | Phase::Done => return Err("closed"),
         };
-        if target.len() + payload.len() > MAX_BACKLOG {
+        // One message of any size goes on an empty queue (it is in the state's memory
+        // already); behind others, the queue stays within MAX_BACKLOG.
+        if !target.is_empty() && target.len() + payload.len() > MAX_BACKLOG {
             return Err("backlog");
         }
         codec::encode_message_with_keys(target, Role::Client, opcode, payload, None, &mut || {
@@ -436,6 +442,22 @@ impl Client {
             && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// Whether the server's TCP acknowledged at least [`PROGRESS`] more of our bytes since the
+    /// last call: it reads what we send, however slowly. Bytes merely taken by our own
+    /// kernel do not count (a vanished host takes none), nor the acknowledgement of a ping or
+    /// a small heartbeat of the app (a hung server's kernel still acknowledges those). False
+    /// when the kernel does not tell.
+    fn took_more(&mut self) -> bool {
+        match crate::net::sys::bytes_acked(self.sock.as_raw_fd()) {
+            Some(acked) => {
+                let more = acked.saturating_sub(self.acked_mark) >= PROGRESS;
+                self.acked_mark = self.acked_mark.max(acked);
+                more
+            }
+            None => false,
+        }
+    }
+
     /// Deadlines: connect/upgrade, idle ping and close handshake.
     pub fn tick(&mut self, now: Instant, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
         let Some(d) = self.deadline else { return };
@@ -475,9 +497,13 @@ impl Client {
             self.deadline = None;
             return;
         };
-        let quiet_until = self.last_input.max(self.last_sent) + idle;
+        let quiet_until = self.last_input + idle;
         if now < quiet_until {
             self.deadline = Some(quiet_until);
+        } else if self.took_more() {
+            // Silent but reading: a new spell, without a ping.
+            self.ping_sent = false;
+            self.deadline = Some(now + idle);
         } else if !self.ping_sent {
             codec::encode_control(&mut self.out, Role::Client, Opcode::Ping, b"", keys.key());
             self.ping_sent = true;
@@ -674,6 +700,10 @@ impl Client {
             }
         };
         self.input.drain(..consumed.min(self.input.len()));
+        if self.input.is_empty() && self.input.capacity() > READ_CHUNK {
+            // A burst's buffer goes back: an idle connection holds no input heap.
+            self.input = Vec::new();
+        }
         match result {
             Err(e) => {
                 if !self.close_sent {
@@ -700,23 +730,12 @@ impl Client {
         if let Phase::Connecting { .. } = self.phase {
             return Ok(());
         }
-        let mut progressed = false;
-        let r = self.write_out(&mut progressed);
-        if progressed {
-            self.last_sent = Instant::now();
-        }
-        r
-    }
-
-    /// [`Client::flush`]; `progressed` tells whether the socket took any bytes.
-    fn write_out(&mut self, progressed: &mut bool) -> Result<(), String> {
         match &mut self.tls {
             None => {
                 while !self.out.is_empty() {
                     match self.sock.write(&self.out) {
                         Ok(0) => return Err("write: connection closed".into()),
                         Ok(n) => {
-                            *progressed = true;
                             self.out.drain(..n);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -741,7 +760,7 @@ impl Client {
                 let mut blocked = false;
                 while tls.wants_write() {
                     match tls.write_tls(&mut self.sock) {
-                        Ok(n) => *progressed |= n > 0,
+                        Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             blocked = true;
                             break;

@@ -50,13 +50,26 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     let (mut upgrade, mut connection) = (false, false);
     let mut accepted = None;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err("malformed header in the upgrade answer".into());
+        // A field name is a token right before the colon (RFC 9110 5.1, 5.6.2); a line that
+        // begins with white space continues the one before (obs-fold), which a client may
+        // not take as a field of its own.
+        let Some((name, value)) = line.split_once(':').filter(|(n, _)| is_token(n)) else {
+            return Err(format!(
+                "malformed header line in the upgrade answer: {}",
+                line.chars().take(80).collect::<String>()
+            ));
         };
         let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            // Lists, which may come in several lines (RFC 9110 section 5.3).
-            "upgrade" => upgrade |= has_token(value, "websocket"),
+        match name.to_ascii_lowercase().as_str() {
+            // RFC 6455 4.1: a value other than "websocket" fails the connection.
+            "upgrade" if value.eq_ignore_ascii_case("websocket") => upgrade = true,
+            "upgrade" => {
+                return Err(format!(
+                    "the answer upgrades to {:?}, not websocket",
+                    value.chars().take(40).collect::<String>()
+                ))
+            }
+            // A list, which may come in several lines (RFC 9110 section 5.3).
             "connection" => connection |= has_token(value, "upgrade"),
             "sec-websocket-accept" => {
                 if accepted.is_some() {
@@ -81,6 +94,13 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
         return Err("wrong Sec-WebSocket-Accept".into());
     }
     Ok(Some(end + 4))
+}
+
+/// An HTTP token (RFC 9110 5.6.2): one or more tchar.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether the comma-separated list `value` holds `token` (case-insensitively).
@@ -144,6 +164,22 @@ mod tests {
             "Connection: keep-alive\r\nConnection: Upgrade",
         );
         assert!(check_response(split.as_bytes(), &accept).is_ok());
+        // Upgrade is "websocket" and nothing else (RFC 6455 4.1), in every line of it.
+        for other in ["websocket, h2c", "h2c", "websocket2"] {
+            let bad = good.replace("Upgrade: websocket", &format!("Upgrade: {other}"));
+            let e = check_response(bad.as_bytes(), &accept).unwrap_err();
+            assert!(e.contains("not websocket"), "{other}: {e}");
+        }
+        let two = good.replace("Upgrade: websocket", "Upgrade: websocket\r\nUpgrade: h2c");
+        assert!(check_response(two.as_bytes(), &accept).is_err());
+        // A folded line, or a space before the colon, is no field of its own.
+        for bad in [
+            good.replace("Upgrade: websocket", "X-Note: a\r\n Upgrade: websocket"),
+            good.replace("Upgrade: websocket", "Upgrade : websocket"),
+        ] {
+            let e = check_response(bad.as_bytes(), &accept).unwrap_err();
+            assert!(e.contains("malformed header line"), "{e}");
+        }
         // Complete but past the limit (it came in one read).
         let big = good.replace(
             "\r\n\r\n",

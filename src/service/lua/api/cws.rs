@@ -152,7 +152,13 @@ impl Cws {
             cb.onerror = callback(o, "onerror")?;
             cb.onclose = callback(o, "onclose")?;
             tls.ca_file = o.get::<Option<String>>("ca_file")?;
-            tls.insecure = o.get::<Option<bool>>("insecure")?.unwrap_or(false);
+            // Only a real boolean turns verification off: Lua's truth would read
+            // `insecure = "false"` or `insecure = 0` as true.
+            tls.insecure = match o.get::<Value>("insecure")? {
+                Value::Nil | Value::Boolean(false) => false,
+                Value::Boolean(true) => true,
+                _ => return failed("bad insecure (true or false)"),
+            };
             if let Some(n) = o.get::<Option<f64>>("max_message_size")? {
                 if !(n >= 1.0 && n <= usize::MAX as f64) {
                     return failed("bad max_message_size");
@@ -498,7 +504,9 @@ fn call(f: &Option<Function>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()>
 
 /// poll(2) on `fds`; the number of ready entries (0 on timeout or EINTR).
 fn poll(fds: &mut [libc::pollfd], wait: Duration) -> usize {
-    let ms = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // Rounded up: rounded down, the last fraction of a millisecond before a deadline would
+    // be polled with 0 over and over.
+    let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: `fds` is a valid, exclusively borrowed slice of `pollfd` and its length is passed
     // with it; poll(2) writes only the `revents` fields within it.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
