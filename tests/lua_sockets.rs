@@ -693,7 +693,8 @@ fn module_functions_take_the_dot_form_and_answer_a_bad_message_with_nil() {
             "dot bcast",
             "dot send",
             // ws.close(1000): 1000 is no connection's handle (generations start at 1).
-            "true,true,true,1,nil bad message,nil bad message,nil closed",
+            "true,true,true,1,nil bad message,nil bad opcode,nil bad opcode,nil bad message,\
+             nil closed",
         ]
     );
 }

@@ -18,7 +18,8 @@
 --   "tostr"         replies tostring(this handler)
 --   "self <text>"   ws:send(tonumber(tostring(this handler)), 1, <text>); "nil <err>" when it fails
 --   "forms"         the dot-call forms ws.send, bcast.create/subscribe/send (sending "dot send"
---                   and "dot bcast" here), then non-string messages; replies their results
+--                   and "dot bcast" here), then non-string messages and opcodes that are not
+--                   whole numbers; replies their results
 --   "closethen <h>" ws:close(this, 1000), then ws:send(this, 1, "after close") and ws:close(this)
 --                   again; replies to <h> "send=<value> <err> close=<value> <err>"
 --   "announce loop" replies "looping" and hands that reply over (must_stop() flushes), then
@@ -86,6 +87,8 @@ tally.onMessage = function(handler, opcode, message)
     note(bcast.subscribe("dots", handler))
     note(bcast.send("dots", 1, "dot bcast"))
     note(bcast:send("dots", 1, {}))
+    note(bcast:send("dots", 1.5, "x"))
+    note(bcast:send("dots", "1", "x"))
     note(ws:send(handler, 1, true))
     note(ws.close(1000))
     ws:send(handler, 1, table.concat(r, ","))

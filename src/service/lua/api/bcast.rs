@@ -122,8 +122,10 @@ impl Bcast {
     }
 
     /// Live subscribers that speak `wanted`, grouped by worker (`None`: no such channel).
-    /// Stale ones (`speaks` None) are pruned; those speaking the other protocol stay
-    /// subscribed for the channel's messages of their kind.
+    /// Stale ones (`speaks` None) are pruned, here and from `by_conn` (a connection whose
+    /// close no instance of the subscribing service handled, such as one of a retired version
+    /// or of a builtin service, is never given to `drop_conn`); those speaking the other
+    /// protocol stay subscribed for the channel's messages of their kind.
     pub fn recipients(
         &self,
         id: &ChannelId,
@@ -131,13 +133,34 @@ impl Bcast {
         wanted: Speaks,
     ) -> Option<Vec<Vec<ConnId>>> {
         let ch = self.channel(id)?;
-        let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
         let mut groups: Vec<Vec<ConnId>> = Vec::new();
-        subs.retain(|c| speaks(*c).is_some());
-        for c in subs.iter().filter(|c| speaks(**c) == Some(wanted)) {
-            match groups.last_mut() {
-                Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
-                _ => groups.push(vec![*c]),
+        let mut stale = Vec::new();
+        {
+            let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+            subs.retain(|c| {
+                let live = speaks(*c).is_some();
+                if !live {
+                    stale.push(*c);
+                }
+                live
+            });
+            for c in subs.iter().filter(|c| speaks(**c) == Some(wanted)) {
+                match groups.last_mut() {
+                    Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
+                    _ => groups.push(vec![*c]),
+                }
+            }
+        }
+        if !stale.is_empty() {
+            // Not under the channel's lock: `drop_conn` takes these two the other way round.
+            let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+            for c in stale {
+                if let Some(list) = by.get_mut(&c) {
+                    list.retain(|x| x != id);
+                    if list.is_empty() {
+                        by.remove(&c);
+                    }
+                }
             }
         }
         Some(groups)
@@ -236,6 +259,8 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                         .map_err(|e| mlua::Error::runtime(format!("bcast:send: {e}")))?;
                     (frame(2, &cbor, h.auto_fragment), Speaks::Lapps)
                 }
+                // A message with an opcode that is not a whole number (1.5, NaN, "1").
+                (_, Some(_)) => return fail("bad opcode"),
                 _ => return fail("bad message"),
             };
             let Some(groups) = h.bcast.recipients(&id, |c| h.hub.speaks(c), wanted) else {
@@ -299,6 +324,10 @@ mod tests {
         let live = |c: ConnId| (c.index() != 3).then_some(Speaks::Raw);
         let g = b.recipients(&id, live, Speaks::Raw).unwrap();
         assert_eq!(g.concat(), vec![ConnId::new(0, 1, 1), ConnId::new(1, 2, 1)]);
+        // The stale one left the index of subscriptions too (no drop_conn came for it).
+        let by = b.by_conn.lock().unwrap();
+        assert!(!by.contains_key(&ConnId::new(0, 3, 1)), "{:?}", by.keys());
+        assert!(by.contains_key(&ConnId::new(0, 1, 1)));
     }
 
     #[test]
