@@ -446,7 +446,8 @@ impl Client {
     /// last call: it reads what we send, however slowly. Bytes merely taken by our own
     /// kernel do not count (a vanished host takes none), nor the acknowledgement of a ping or
     /// a small heartbeat of the app (a hung server's kernel still acknowledges those). False
-    /// when the kernel does not tell.
+    /// when the kernel does not tell (before Linux 4.1), which errs towards a ping, as the
+    /// server side's `Conn::took_more` does.
     fn took_more(&mut self) -> bool {
         match crate::net::sys::bytes_acked(self.sock.as_raw_fd()) {
             Some(acked) => {
@@ -500,7 +501,14 @@ impl Client {
         let quiet_until = self.last_input + idle;
         if now < quiet_until {
             self.deadline = Some(quiet_until);
-        } else if self.took_more() {
+            return;
+        }
+        if self.input.is_empty() {
+            // Quiet for a whole period: a past burst's read buffer (up to ~512 KiB) goes
+            // back. Not on every read, which would reallocate it each time.
+            self.input = Vec::new();
+        }
+        if self.took_more() {
             // Silent but reading: a new spell, without a ping.
             self.ping_sent = false;
             self.deadline = Some(now + idle);
@@ -646,6 +654,10 @@ impl Client {
                     self.input.drain(..n);
                     self.phase = Phase::Open;
                     self.last_input = Instant::now();
+                    // Progress counts from here: the upgrade request and the TLS handshake
+                    // were not the server taking data.
+                    self.acked_mark =
+                        crate::net::sys::bytes_acked(self.sock.as_raw_fd()).unwrap_or(0);
                     self.deadline = self.idle.map(|d| self.last_input + d);
                     self.out.append(&mut self.early);
                     sink(Event::Open);
@@ -700,10 +712,6 @@ impl Client {
             }
         };
         self.input.drain(..consumed.min(self.input.len()));
-        if self.input.is_empty() && self.input.capacity() > READ_CHUNK {
-            // A burst's buffer goes back: an idle connection holds no input heap.
-            self.input = Vec::new();
-        }
         match result {
             Err(e) => {
                 if !self.close_sent {

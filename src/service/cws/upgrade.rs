@@ -37,6 +37,18 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
+    // RFC 9112 5.2: a line that begins with white space continues the field before it
+    // (obs-fold), which a user agent replaces with a space before reading the value.
+    let mut fields: Vec<String> = Vec::new();
+    for line in lines {
+        match fields.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) => {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+            _ => fields.push(line.to_string()),
+        }
+    }
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let status = parts.next().unwrap_or_default();
@@ -49,10 +61,8 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     }
     let (mut upgrade, mut connection) = (false, false);
     let mut accepted = None;
-    for line in lines {
-        // A field name is a token right before the colon (RFC 9110 5.1, 5.6.2); a line that
-        // begins with white space continues the one before (obs-fold), which a client may
-        // not take as a field of its own.
+    for line in &fields {
+        // A field name is a token right before the colon (RFC 9110 5.1, 5.6.2).
         let Some((name, value)) = line.split_once(':').filter(|(n, _)| is_token(n)) else {
             return Err(format!(
                 "malformed header line in the upgrade answer: {}",
@@ -172,14 +182,19 @@ mod tests {
         }
         let two = good.replace("Upgrade: websocket", "Upgrade: websocket\r\nUpgrade: h2c");
         assert!(check_response(two.as_bytes(), &accept).is_err());
-        // A folded line, or a space before the colon, is no field of its own.
-        for bad in [
-            good.replace("Upgrade: websocket", "X-Note: a\r\n Upgrade: websocket"),
-            good.replace("Upgrade: websocket", "Upgrade : websocket"),
-        ] {
-            let e = check_response(bad.as_bytes(), &accept).unwrap_err();
-            assert!(e.contains("malformed header line"), "{e}");
-        }
+        // A folded line continues the field before it (RFC 9112 5.2), never a field of its
+        // own; a space before the colon makes no field name.
+        let folded = good.replace("Upgrade: websocket", "X-Note: a\r\n Upgrade: websocket");
+        let e = check_response(folded.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("lacks Upgrade"), "{e}");
+        let folded_list = good.replace(
+            "Connection: Upgrade",
+            "Connection: keep-alive,\r\n\tUpgrade",
+        );
+        assert!(check_response(folded_list.as_bytes(), &accept).is_ok());
+        let spaced = good.replace("Upgrade: websocket", "Upgrade : websocket");
+        let e = check_response(spaced.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("malformed header line"), "{e}");
         // Complete but past the limit (it came in one read).
         let big = good.replace(
             "\r\n\r\n",

@@ -122,9 +122,9 @@ impl Bcast {
     }
 
     /// Live subscribers that speak `wanted`, grouped by worker (`None`: no such channel).
-    /// Stale ones (`speaks` None) are pruned, here and from `by_conn` (a connection whose
-    /// close no instance of the subscribing service handled, such as one of a retired version
-    /// or of a builtin service, is never given to `drop_conn`); those speaking the other
+    /// Stale ones (`speaks` None) leave every channel and `by_conn` (a connection whose close
+    /// no instance of the subscribing service handled, such as one of a retired version or of
+    /// a builtin service, is never given to `drop_conn` otherwise); those speaking the other
     /// protocol stay subscribed for the channel's messages of their kind.
     pub fn recipients(
         &self,
@@ -135,33 +135,25 @@ impl Bcast {
         let ch = self.channel(id)?;
         let mut groups: Vec<Vec<ConnId>> = Vec::new();
         let mut stale = Vec::new();
-        {
-            let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
-            subs.retain(|c| {
-                let live = speaks(*c).is_some();
-                if !live {
-                    stale.push(*c);
-                }
-                live
-            });
-            for c in subs.iter().filter(|c| speaks(**c) == Some(wanted)) {
-                match groups.last_mut() {
-                    Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
-                    _ => groups.push(vec![*c]),
-                }
+        let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|c| {
+            let live = speaks(*c).is_some();
+            if !live {
+                stale.push(*c);
+            }
+            live
+        });
+        for c in subs.iter().filter(|c| speaks(**c) == Some(wanted)) {
+            match groups.last_mut() {
+                Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
+                _ => groups.push(vec![*c]),
             }
         }
-        if !stale.is_empty() {
-            // Not under the channel's lock: `drop_conn` takes these two the other way round.
-            let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
-            for c in stale {
-                if let Some(list) = by.get_mut(&c) {
-                    list.retain(|x| x != id);
-                    if list.is_empty() {
-                        by.remove(&c);
-                    }
-                }
-            }
+        drop(subs);
+        // A handle never names a live connection again (generations): it leaves every
+        // channel, not only this one. After the channel's lock, which `drop_conn` takes too.
+        for c in stale {
+            self.drop_conn(c);
         }
         Some(groups)
     }
@@ -328,6 +320,20 @@ mod tests {
         let by = b.by_conn.lock().unwrap();
         assert!(!by.contains_key(&ConnId::new(0, 3, 1)), "{:?}", by.keys());
         assert!(by.contains_key(&ConnId::new(0, 1, 1)));
+        drop(by);
+        // And every other channel it was in, which may never send again.
+        let quiet = ChannelId::Num(9);
+        assert!(b.create(quiet.clone()));
+        let (gone, live) = (ConnId::new(0, 7, 1), ConnId::new(0, 8, 1));
+        for c in [gone, live] {
+            assert!(b.subscribe(&id, c) && b.subscribe(&quiet, c));
+        }
+        let alive = |c: ConnId| (c != gone).then_some(Speaks::Raw);
+        b.recipients(&id, alive, Speaks::Raw).unwrap();
+        assert!(!b.by_conn.lock().unwrap().contains_key(&gone));
+        let everyone = |_| Some(Speaks::Raw);
+        let g = b.recipients(&quiet, everyone, Speaks::Raw).unwrap();
+        assert_eq!(g.concat(), vec![live], "it left the quiet channel too");
     }
 
     #[test]
