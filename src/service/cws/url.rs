@@ -36,12 +36,17 @@ pub fn parse(s: &str) -> Result<Url, &'static str> {
     if authority.contains('@') {
         return Err("user information in the URL is not supported");
     }
-    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    // Raw bytes beyond ASCII have no place in a request target: they are percent-encoded.
+    if target.bytes().any(|b| b <= b' ' || b >= 0x7f) {
         return Err("bad characters in the URL path");
     }
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         let end = r.find(']').ok_or("unterminated [IPv6] host")?;
         let host = &r[..end];
+        // Brackets hold an IPv6 address and nothing else (RFC 3986 3.2.2; no zone IDs).
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("bad [IPv6] host in the URL");
+        }
         let after = &r[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
@@ -51,17 +56,25 @@ pub fn parse(s: &str) -> Result<Url, &'static str> {
         (host, port)
     } else {
         match authority.rsplit_once(':') {
+            // An IPv6 address needs its brackets: "fe80::1:8080" would be read two ways.
+            Some((h, _)) if h.contains(':') => return Err("an IPv6 host needs [brackets]"),
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         }
     };
-    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/') {
+    // A name or IPv4 address, in ASCII (an international name is given in its xn-- form).
+    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'/') {
         return Err("bad host in the URL");
     }
     let default = if tls { 443 } else { 80 };
     let port = match port {
-        None => default,
-        Some(p) => p.parse::<u16>().map_err(|_| "bad port in the URL")?,
+        // An empty port is the default one (RFC 3986 3.2.3).
+        None | Some("") => default,
+        // Digits only: u16's parser would also take "+80".
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u16>().map_err(|_| "bad port in the URL")?
+        }
+        Some(_) => return Err("bad port in the URL"),
     };
     if port == 0 {
         return Err("bad port in the URL");
@@ -108,6 +121,9 @@ mod tests {
         assert_eq!(u.authority, "[::1]");
         let u = parse("ws://localhost?q").unwrap();
         assert_eq!((u.port, u.target.as_str()), (80, "/?q"));
+        let u = parse("ws://[fe80::1]:8080/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("fe80::1", 8080));
+        assert_eq!(parse("ws://h:/").unwrap().port, 80);
         for bad in [
             "http://x/",
             "ws://",
@@ -118,6 +134,13 @@ mod tests {
             "ws://[::1/",
             "ws://h/a b",
             "ws://a:99999/",
+            "ws://a:+80/",
+            "ws://fe80::1:8080/",
+            "ws://::1/",
+            "ws://[example.com]/",
+            "ws://[fe80::1%eth0]/",
+            "ws://h\u{e9}te/",
+            "ws://h/\u{e9}",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
