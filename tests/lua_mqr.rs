@@ -79,6 +79,10 @@ fn a_full_queue_refuses_a_post_and_a_blocking_post_succeeds_once_drained() {
     let report = registry().open("bp.report", 64);
     let reg = Registry::start(vec![standalone("mqr_bp", 1)], hub(1)).unwrap();
     assert_eq!(next(&report), "checks ok");
+    assert!(
+        registry().get("bp.polled-only").is_none(),
+        "polling a queue nobody made created it"
+    );
     assert_eq!(next(&report), "full nil full");
     assert_eq!(next(&report), "timeout nil full");
     let bp = registry().get("bp").unwrap();

@@ -918,6 +918,32 @@ fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read()
     assert_eq!(expect_close(&mut s), Some(1002));
 }
 
+/// A callback that sends large messages and then runs on: what it sent leaves once the
+/// outbox holds EARLY_POST_BYTES, not when the callback ends.
+#[test]
+fn a_large_send_leaves_before_the_callback_that_made_it_returns() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
+        ),
+    );
+    let (_one, release) = hold_reply_release();
+    let mut ws = connect(app.addr, "/hold_reply");
+    ws.send(Message::text("bighold")).unwrap();
+    // Read while the instance still loops (the read timeout is the guard).
+    match ws
+        .read()
+        .expect("the large message before the callback returned")
+    {
+        Message::Binary(b) => assert_eq!(b.len(), 300 * 1024),
+        other => panic!("unexpected {other:?}"),
+    }
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(text(&mut ws), "released");
+}
+
 /// With a close timeout longer than the shutdown's grace, a connection whose service does not
 /// answer in time still gets its Close 1001 (the wait for the answers takes at most half the
 /// grace), not a TCP close without one when the grace runs out.

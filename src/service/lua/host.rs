@@ -19,7 +19,7 @@ use crate::net::hub::{Command, Hub};
 /// Commands per worker after which the outbox posts without waiting for the end of the batch
 /// (keeps memory bounded when one callback sends a lot).
 const EARLY_POST: usize = 1024;
-/// ... or once a batch of small frames holds this many bytes.
+/// ... or once a batch of small frames, or the large frames pushed, hold this many bytes.
 const EARLY_POST_BYTES: usize = 256 * 1024;
 
 /// The stop signal of one service: `must_stop()` reads it, `nap` sleeps on it.
@@ -60,13 +60,28 @@ impl Stop {
 /// Outbound commands of one instance, grouped by destination worker.
 pub(crate) struct Outbox {
     per_worker: Vec<Vec<Command>>,
+    /// Bytes of the frames `push` queued per worker since its last post (large messages
+    /// and broadcasts: a loop of 1 MiB sends reaches EARLY_POST_BYTES long before
+    /// EARLY_POST commands).
+    pushed_bytes: Vec<usize>,
 }
 
 impl Outbox {
     fn new(workers: usize) -> Outbox {
         Outbox {
             per_worker: (0..workers).map(|_| Vec::new()).collect(),
+            pushed_bytes: vec![0; workers],
         }
+    }
+}
+
+/// The frame bytes a command carries.
+fn frame_bytes(cmd: &Command) -> usize {
+    match cmd {
+        Command::Send { frame, .. } => frame.len(),
+        Command::SendMany { frame, .. } => frame.len(),
+        Command::SendBatch { buf, .. } => buf.len(),
+        Command::Close { .. } | Command::GoAway { .. } | Command::Resume { .. } => 0,
     }
 }
 
@@ -141,11 +156,17 @@ impl HostCtx {
         let w = conn.worker();
         let full = {
             let mut ob = self.outbox.borrow_mut();
+            let bytes = frame_bytes(&cmd);
             let Some(list) = ob.per_worker.get_mut(w) else {
                 return;
             };
             list.push(cmd);
-            list.len() >= EARLY_POST
+            let n = list.len();
+            let pushed = ob.pushed_bytes.get_mut(w).map_or(0, |b| {
+                *b += bytes;
+                *b
+            });
+            n >= EARLY_POST || pushed >= EARLY_POST_BYTES
         };
         if full {
             self.post(w);
@@ -199,9 +220,15 @@ impl HostCtx {
     }
 
     fn post(&self, w: usize) {
-        let batch = match self.outbox.borrow_mut().per_worker.get_mut(w) {
-            Some(list) if !list.is_empty() => std::mem::take(list),
-            _ => return,
+        let batch = {
+            let mut ob = self.outbox.borrow_mut();
+            if let Some(b) = ob.pushed_bytes.get_mut(w) {
+                *b = 0;
+            }
+            match ob.per_worker.get_mut(w) {
+                Some(list) if !list.is_empty() => std::mem::take(list),
+                _ => return,
+            }
         };
         // Err means the server is shutting down: the connections are closing anyway.
         let _ = self.hub.post(w, batch);

@@ -14,6 +14,7 @@ t.run = function()
   local ok, err = mqr:post("bp", "x", -1)
   assert(ok == nil and err == "bad timeout", tostring(err))
   assert(mqr:poll("bp.empty") == nil)
+  assert(mqr:poll("bp.polled-only") == nil) -- and does not create it
   assert(mqr:size("bp.never-created") == 0)
   local m, e = mqr:receive("bp.empty", 0.01)
   assert(m == nil and e == "timeout", tostring(e))

@@ -53,6 +53,14 @@ impl Drop for Ctx {
 }
 
 impl Ctx {
+    /// The queue `name` if some service created it.
+    fn existing(&self, name: &str) -> Option<Arc<Queue>> {
+        if let Some(q) = self.known.borrow().get(name) {
+            return Some(Arc::clone(q));
+        }
+        registry().get(name)
+    }
+
     fn queue(&self, name: &str, capacity: usize) -> Arc<Queue> {
         if let Some(q) = self.known.borrow().get(name) {
             return Arc::clone(q);
@@ -314,7 +322,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
             let Some(name) = name_arg(a.front())? else {
                 return fail("bad queue name");
             };
-            let q = c.queue(&name, c.default_capacity);
+            // A queue nobody created is empty: polling it does not create it (queues are
+            // never removed, so a loop polling made-up names would grow the table).
+            let Some(q) = c.existing(&name) else {
+                return ok(Value::Nil);
+            };
             match c.poll(&q) {
                 Some(m) => c.deliver(lua, &q, m),
                 None => ok(Value::Nil),
