@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::hub::Chunk;
 use super::outq::OutQueue;
+use super::sys::AckProgress;
 use super::tls::TlsSession;
 use crate::service::Service;
 use crate::ws::codec::Decoder;
@@ -62,8 +63,8 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     /// The last time the peer sent us bytes.
     pub last_activity: Instant,
-    /// The bytes the peer had acknowledged when a timer last looked (see [`Conn::took_more`]).
-    pub acked_mark: u64,
+    /// Whether the peer takes our bytes, from one timer's look to the next.
+    pub acked: AckProgress,
     /// How many times the close timeout was extended for a peer still taking our bytes.
     pub close_extensions: u32,
     pub ping_outstanding: bool,
@@ -104,7 +105,7 @@ impl Conn {
             in_pending: false,
             deadline: None,
             last_activity: now,
-            acked_mark: 0,
+            acked: AckProgress::default(),
             close_extensions: 0,
             ping_outstanding: false,
             refused: false,
@@ -113,24 +114,11 @@ impl Conn {
         }
     }
 
-    /// Whether the peer acknowledged at least [`Conn::PROGRESS`] more of our bytes since the
-    /// last call: it is reading what we send, however slowly. The acknowledgement of a Ping, a
-    /// Close frame, an HTTP answer, a FIN or TLS records of our own (all smaller) is not that:
-    /// a peer's kernel acknowledges them while its application hangs. False when the kernel
-    /// does not tell.
+    /// Whether the peer acknowledged at least [`AckProgress::PROGRESS`] more of our bytes
+    /// since the last call: it is reading what we send, however slowly.
     pub fn took_more(&mut self) -> bool {
-        match crate::net::sys::bytes_acked(self.fd.as_raw_fd()) {
-            Some(acked) => {
-                let more = acked.saturating_sub(self.acked_mark) >= Self::PROGRESS;
-                self.acked_mark = self.acked_mark.max(acked);
-                more
-            }
-            None => false,
-        }
+        self.acked.took_more(self.fd.as_raw_fd())
     }
-
-    /// Bytes a peer must take per timeout period to count as reading (see `took_more`).
-    pub const PROGRESS: u64 = 4096;
 
     /// Extensions of the close timeout at most: however slowly it reads, a closing peer is
     /// gone after `MAX_CLOSE_EXTENSIONS + 1` close timeouts (63 s at the default 3 s).

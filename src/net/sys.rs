@@ -72,6 +72,40 @@ pub fn sendv(fd: RawFd, bufs: &[libc::iovec]) -> io::Result<usize> {
     syscall!(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }).map(|n| n as usize)
 }
 
+/// Whether a TCP peer takes what we send, from one look to the next: its kernel's
+/// acknowledgements of at least [`AckProgress::PROGRESS`] more bytes. The acknowledgement of a
+/// Ping, a Close frame, an HTTP answer, a FIN, TLS records of our own or a small heartbeat
+/// (all smaller) is not that: a peer's kernel acknowledges them while its application hangs,
+/// or while nothing but its kernel is left. Used by the idle and close timers of the server's
+/// connections and of the cws client's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AckProgress {
+    mark: u64,
+}
+
+impl AckProgress {
+    /// Bytes a peer must take per period to count as reading.
+    pub const PROGRESS: u64 = 4096;
+
+    /// Whether `fd`'s peer acknowledged at least [`Self::PROGRESS`] more bytes since the last
+    /// call (or [`Self::restart`]). False when the kernel does not tell (before Linux 4.1).
+    pub fn took_more(&mut self, fd: RawFd) -> bool {
+        match bytes_acked(fd) {
+            Some(acked) => {
+                let more = acked.saturating_sub(self.mark) >= Self::PROGRESS;
+                self.mark = self.mark.max(acked);
+                more
+            }
+            None => false,
+        }
+    }
+
+    /// Counts from now: what was acknowledged so far is not progress.
+    pub fn restart(&mut self, fd: RawFd) {
+        self.mark = bytes_acked(fd).unwrap_or(0);
+    }
+}
+
 /// How many bytes the peer has acknowledged on this TCP connection (`tcpi_bytes_acked` of
 /// TCP_INFO, Linux 4.1+); None when the kernel does not say.
 pub fn bytes_acked(fd: RawFd) -> Option<u64> {

@@ -14,6 +14,7 @@ use rustls::{ClientConfig, ClientConnection};
 
 use super::upgrade;
 use super::url::Url;
+use crate::net::sys::AckProgress;
 use crate::ws::codec::{self, Decoder, Role};
 use crate::ws::Opcode;
 
@@ -28,9 +29,6 @@ pub const MAX_BACKLOG: usize = 16 * 1024 * 1024;
 /// Bytes read from one socket per readiness report (fairness between connections).
 const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-/// Bytes a server must acknowledge per idle period to count as reading (see `took_more`):
-/// more than a ping or a heartbeat.
-const PROGRESS: u64 = 4096;
 
 /// What a connection reports. `Closed` comes exactly once, last; `Error` (if any) right before.
 #[derive(Debug, PartialEq, Eq)]
@@ -127,10 +125,9 @@ pub struct Client {
     idle: Option<Duration>,
     /// When the server last sent us bytes (or the connection opened).
     last_input: Instant,
-    /// The bytes of ours the server's TCP had acknowledged when the idle check last looked:
-    /// a server that takes what we send is not idle, even while it sends nothing (and its
-    /// Pong waits behind our backlog).
-    acked_mark: u64,
+    /// Whether the server takes what we send, from one idle check to the next: a server that
+    /// does is not idle, even while it sends nothing (and its Pong waits behind our backlog).
+    acked: AckProgress,
     /// A Ping went for the current quiet spell.
     ping_sent: bool,
 }
@@ -251,7 +248,7 @@ impl Client {
             close_notify_due: false,
             idle: None,
             last_input: started,
-            acked_mark: 0,
+            acked: AckProgress::default(),
             ping_sent: false,
         })
     }
@@ -442,23 +439,6 @@ impl Client {
             && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    /// Whether the server's TCP acknowledged at least [`PROGRESS`] more of our bytes since the
-    /// last call: it reads what we send, however slowly. Bytes merely taken by our own
-    /// kernel do not count (a vanished host takes none), nor the acknowledgement of a ping or
-    /// a small heartbeat of the app (a hung server's kernel still acknowledges those). False
-    /// when the kernel does not tell (before Linux 4.1), which errs towards a ping, as the
-    /// server side's `Conn::took_more` does.
-    fn took_more(&mut self) -> bool {
-        match crate::net::sys::bytes_acked(self.sock.as_raw_fd()) {
-            Some(acked) => {
-                let more = acked.saturating_sub(self.acked_mark) >= PROGRESS;
-                self.acked_mark = self.acked_mark.max(acked);
-                more
-            }
-            None => false,
-        }
-    }
-
     /// Deadlines: connect/upgrade, idle ping and close handshake.
     pub fn tick(&mut self, now: Instant, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
         let Some(d) = self.deadline else { return };
@@ -508,7 +488,9 @@ impl Client {
             // back. Not on every read, which would reallocate it each time.
             self.input = Vec::new();
         }
-        if self.took_more() {
+        // A server that takes our bytes (a ping or a heartbeat is too small to count) is
+        // reading; when the kernel does not tell (before Linux 4.1) this errs towards a ping.
+        if self.acked.took_more(self.sock.as_raw_fd()) {
             // Silent but reading: a new spell, without a ping.
             self.ping_sent = false;
             self.deadline = Some(now + idle);
@@ -656,8 +638,7 @@ impl Client {
                     self.last_input = Instant::now();
                     // Progress counts from here: the upgrade request and the TLS handshake
                     // were not the server taking data.
-                    self.acked_mark =
-                        crate::net::sys::bytes_acked(self.sock.as_raw_fd()).unwrap_or(0);
+                    self.acked.restart(self.sock.as_raw_fd());
                     self.deadline = self.idle.map(|d| self.last_input + d);
                     self.out.append(&mut self.early);
                     sink(Event::Open);
