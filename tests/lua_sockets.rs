@@ -871,6 +871,17 @@ fn shutdown_closes_open_lua_connections_with_1001() {
 /// The hold_reply tests one at a time: their instances poll one process-wide release queue.
 static HOLD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The server with the hold_reply app alone, configured by `ws_json`.
+fn hold_reply_app(ws_json: &str) -> TestApp {
+    start_app(
+        ws_json,
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
+        ),
+    )
+}
+
 /// Takes the hold_reply lock and empties its release queue; the queue.
 fn hold_reply_release() -> (
     std::sync::MutexGuard<'static, ()>,
@@ -887,13 +898,7 @@ fn hold_reply_release() -> (
 /// and no Pong to a ping sent after the bad frame.
 #[test]
 fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read() {
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
-        ),
-    );
+    let app = hold_reply_app(&ws_json(1));
     let (_one, release) = hold_reply_release();
     let mut s = raw_upgraded(app.addr, "/hold_reply");
     s.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
@@ -922,13 +927,7 @@ fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read()
 /// outbox holds EARLY_POST_BYTES, not when the callback ends.
 #[test]
 fn a_large_send_leaves_before_the_callback_that_made_it_returns() {
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
-        ),
-    );
+    let app = hold_reply_app(&ws_json(1));
     let (_one, release) = hold_reply_release();
     let mut ws = connect(app.addr, "/hold_reply");
     ws.send(Message::text("bighold")).unwrap();
@@ -949,13 +948,7 @@ fn a_large_send_leaves_before_the_callback_that_made_it_returns() {
 /// grace), not a TCP close without one when the grace runs out.
 #[test]
 fn at_shutdown_a_service_that_does_not_answer_still_lets_the_close_out() {
-    let app = start_app(
-        &ws_json_close_timeout(1, 10_000),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0 } }"#,
-        ),
-    );
+    let app = hold_reply_app(&ws_json_close_timeout(1, 10_000));
     let (_one, release) = hold_reply_release();
     let mut ws = connect(app.addr, "/hold_reply");
     assert_eq!(ask(&mut ws, "hold"), "holding");
