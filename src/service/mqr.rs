@@ -291,10 +291,12 @@ impl Mqr {
         if let Some(q) = self.get(name) {
             return q;
         }
+        // Built before the table is locked: a large ring takes a while to allocate and stamp,
+        // and every other service's lookup would wait for it. If a racing `open` wins, this
+        // one is dropped unused.
+        let fresh = Arc::new(Queue::new(name.into(), capacity));
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        let q = queues
-            .entry(name.into())
-            .or_insert_with(|| Arc::new(Queue::new(name.into(), capacity)));
+        let q = queues.entry(name.into()).or_insert(fresh);
         Arc::clone(q)
     }
 
