@@ -8,6 +8,16 @@ use std::sync::Arc;
 
 use super::hub::{Hub, NewConn};
 
+/// Why [`Balancer::dispatch`] gave a connection back.
+#[derive(Debug)]
+pub enum NotTaken {
+    /// Every worker is at `max_connections`: the connection is to be refused (HTTP 503).
+    Full(NewConn),
+    /// A worker has room, but its inbox is full: a burst of accepts it has not caught up with
+    /// yet. Not a full server; the connection is to be handed over again shortly.
+    Busy(NewConn),
+}
+
 pub struct Balancer {
     hub: Arc<Hub>,
     connection_weight: f64,
@@ -31,13 +41,16 @@ impl Balancer {
         Some(conns as f64 * self.connection_weight + queued)
     }
 
-    /// Hands the connection to a worker and wakes it; gives it back when every worker is full.
-    pub fn dispatch(&self, conn: NewConn) -> Result<usize, NewConn> {
+    /// Hands the connection to a worker and wakes it; gives it back when no worker can take
+    /// it now, saying why.
+    pub fn dispatch(&self, conn: NewConn) -> Result<usize, NotTaken> {
         let mut order: Vec<(f64, usize)> = (0..self.hub.workers())
             .filter_map(|w| self.score(w).map(|s| (s, w)))
             .collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut conn = conn;
+        conn.reject_full = false;
+        let mut busy = false;
         for (_, w) in order {
             let port = self.hub.port(w);
             if !port.reserve_slot() {
@@ -51,14 +64,20 @@ impl Balancer {
                 Err(back) => {
                     port.release_slot();
                     conn = back;
+                    busy = true;
                 }
             }
         }
-        Err(conn)
+        Err(if busy {
+            NotTaken::Busy(conn)
+        } else {
+            NotTaken::Full(conn)
+        })
     }
 
     /// Every worker is full: let the least busy one answer 503 (ignoring the limit for this
-    /// short-lived connection). Gives the connection back if even the inboxes are full.
+    /// short-lived connection). Gives the connection back if the inboxes are full: the
+    /// caller waits for the workers to catch up, as for [`NotTaken::Busy`].
     pub fn reject_full(&self, mut conn: NewConn) -> Result<(), NewConn> {
         conn.reject_full = true;
         let w = (0..self.hub.workers())

@@ -127,6 +127,10 @@ impl Port {
     }
 }
 
+/// Accepted connections at most waiting for a worker to take them; a burst beyond waits in
+/// the kernel's accept queue (see `listener::run`).
+const ACCEPT_INBOX: usize = 4096;
+
 /// One worker's side of the hub.
 pub struct Port {
     pub accepts: ArrayQueue<NewConn>,
@@ -383,9 +387,18 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(workers: usize, max_connections: usize) -> std::io::Result<Hub> {
+        Hub::with_inbox(workers, max_connections, ACCEPT_INBOX)
+    }
+
+    /// As [`Hub::new`], with `inbox` accepted connections at most waiting for each worker.
+    pub fn with_inbox(
+        workers: usize,
+        max_connections: usize,
+        inbox: usize,
+    ) -> std::io::Result<Hub> {
         assert!(workers > 0 && workers <= ConnId::MAX_WORKERS);
         let ports = (0..workers)
-            .map(|_| Port::new(max_connections, 4096))
+            .map(|_| Port::new(max_connections, inbox))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Hub {
             ports,

@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
-use super::balancer::Balancer;
+use super::balancer::{Balancer, NotTaken};
 use super::hub::NewConn;
 use super::sys;
-use crate::ws::handshake::error_response;
 use crate::{info, syscall, warn};
 
 /// Decides at accept time whether a peer may connect at all.
@@ -42,12 +41,15 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 /// connection keeps the listening socket readable, so polling again at once would spin.
 const EXHAUSTED_PAUSE_MS: i32 = 100;
 
+/// How long accepting pauses when the workers' inboxes are full: they empty them on their
+/// next loop, and meanwhile new connections wait in the kernel's accept queue.
+const BUSY_PAUSE_MS: i32 = 1;
+
 /// The accepting loop of one listener thread. Returns when `stop_fd` becomes readable.
-/// `tls`: the endpoint is wss://, where a plain-text 503 would be garbage to the client.
+/// Refusals (HTTP 503) are answered by a worker, which speaks TLS on a wss:// endpoint.
 pub fn run(
     listener: Arc<TcpListener>,
     endpoint: usize,
-    tls: bool,
     balancer: Arc<Balancer>,
     acl: Option<AclFn>,
     stop_fd: RawFd,
@@ -55,10 +57,17 @@ pub fn run(
     let lfd = listener.as_raw_fd();
     // Since when accepting has failed for lack of resources (one warning per episode).
     let mut exhausted: Option<std::time::Instant> = None;
+    // A connection accepted while every inbox was full, with the time that began.
+    let mut waiting: Option<(NewConn, std::time::Instant)> = None;
     loop {
-        if exhausted.is_some() {
+        if exhausted.is_some() || waiting.is_some() {
             // Only the stop descriptor: the listening socket stays readable meanwhile.
-            if wait_readable(&[stop_fd], EXHAUSTED_PAUSE_MS) == Some(0) {
+            let pause = if waiting.is_some() {
+                BUSY_PAUSE_MS
+            } else {
+                EXHAUSTED_PAUSE_MS
+            };
+            if wait_readable(&[stop_fd], pause) == Some(0) {
                 return;
             }
         } else {
@@ -70,7 +79,19 @@ pub fn run(
                 None => continue,
             }
         }
-        match accept_all(lfd, endpoint, tls, &balancer, acl.as_ref()) {
+        if let Some((conn, since)) = waiting.take() {
+            match hand_over(&balancer, conn) {
+                Ok(()) => info!(
+                    "listener: the workers took connections again after {} ms",
+                    since.elapsed().as_millis()
+                ),
+                Err(conn) => {
+                    waiting = Some((conn, since));
+                    continue;
+                }
+            }
+        }
+        match accept_all(lfd, endpoint, &balancer, acl.as_ref()) {
             Accepted::Drained => {
                 if let Some(since) = exhausted.take() {
                     info!(
@@ -78,6 +99,13 @@ pub fn run(
                         since.elapsed().as_millis()
                     );
                 }
+            }
+            Accepted::Busy(conn) => {
+                info!(
+                    "listener: every worker's inbox is full (a burst of connections); \
+                     accepting pauses until they catch up"
+                );
+                waiting = Some((conn, std::time::Instant::now()));
             }
             Accepted::Exhausted(e) => {
                 if exhausted.is_none() {
@@ -94,6 +122,22 @@ pub fn run(
                     exhausted = Some(std::time::Instant::now());
                 }
             }
+        }
+    }
+}
+
+/// Hands `conn` to a worker, or to one that answers 503 when every worker is at
+/// `max_connections`. Gives it back when the workers' inboxes are full: a burst they have not
+/// caught up with yet, not a full server, so the caller keeps it and tries again shortly.
+fn hand_over(balancer: &Balancer, conn: NewConn) -> Result<(), NewConn> {
+    match balancer.dispatch(conn) {
+        Ok(_) => Ok(()),
+        Err(NotTaken::Busy(conn)) => Err(conn),
+        Err(NotTaken::Full(conn)) => {
+            let peer = conn.peer;
+            balancer.reject_full(conn)?;
+            crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
+            Ok(())
         }
     }
 }
@@ -136,19 +180,16 @@ enum Accepted {
     /// filter's or a security module's EPERM): connections keep waiting in the backlog, and
     /// retrying at once would spin.
     Exhausted(io::Error),
+    /// Every worker's inbox is full: this connection waits for room, the next ones in the
+    /// kernel's accept queue.
+    Busy(NewConn),
 }
 
 /// Connections taken in one round before the stop descriptor is looked at again: a backlog
 /// that never empties (a connection flood) must not keep a SIGTERM from stopping the listener.
 const ACCEPT_ROUND: usize = 256;
 
-fn accept_all(
-    lfd: RawFd,
-    endpoint: usize,
-    tls: bool,
-    balancer: &Balancer,
-    acl: Option<&AclFn>,
-) -> Accepted {
+fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&AclFn>) -> Accepted {
     for _ in 0..ACCEPT_ROUND {
         // SAFETY: sockaddr_storage is plain data; zeroed is valid and large enough for any family.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -201,14 +242,8 @@ fn accept_all(
             listener: endpoint,
             reject_full: false,
         };
-        if let Err(back) = balancer.dispatch(conn) {
-            crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
-            if let Err(back) = balancer.reject_full(back) {
-                // Answered in passing and closed; over TLS there is no session to answer in.
-                if !tls {
-                    let _ = sys::send(back.fd.as_raw_fd(), &error_response(503, "server full"));
-                }
-            }
+        if let Err(conn) = hand_over(balancer, conn) {
+            return Accepted::Busy(conn);
         }
     }
     // More may be waiting: the caller's next poll finds the socket readable again.
@@ -255,14 +290,96 @@ mod tests {
         assert!(stop >= 0);
         // SAFETY: `stop` is a fresh descriptor that nothing else owns.
         let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        run(
-            Arc::new(listener),
-            0,
-            false,
-            balancer,
-            None,
-            stop.as_raw_fd(),
-        );
+        run(Arc::new(listener), 0, balancer, None, stop.as_raw_fd());
         assert_eq!(hub.port(0).accepts.len(), 0, "accepted after the stop");
+    }
+
+    /// Connections waiting in the kernel's accept queue of the listening socket `fd`
+    /// (`tcpi_unacked` of a socket in LISTEN state).
+    fn accept_queue(fd: RawFd) -> u32 {
+        // SAFETY: tcp_info is plain data, all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info`/`len` describe a writable buffer of the right size.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                &mut info as *mut libc::tcp_info as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info.tcpi_unacked
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_burst_beyond_the_inboxes_waits_for_the_workers_instead_of_getting_503() {
+        // Inboxes of 2 and far from max_connections: the third connection of a burst must
+        // wait until the worker takes one, not be refused as if the server were full.
+        let hub = Arc::new(Hub::with_inbox(1, 1000, 2).unwrap());
+        let balancer = Arc::new(Balancer::new(Arc::clone(&hub), 1.0));
+        let listener = Arc::new(bind("127.0.0.1:0".parse().unwrap(), 16).unwrap());
+        let addr = listener.local_addr().unwrap();
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(stop >= 0);
+        // SAFETY: `stop` is a fresh descriptor that nothing else owns.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let stop_fd = stop.as_raw_fd();
+        let thread = {
+            let l = Arc::clone(&listener);
+            std::thread::spawn(move || run(l, 0, balancer, None, stop_fd))
+        };
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let port = hub.port(0);
+        wait_for("a full inbox and an empty accept queue", || {
+            port.accepts.len() == 2 && accept_queue(listener.as_raw_fd()) == 0
+        });
+        // The worker takes one: the third connection follows it into the inbox.
+        let first = port.accepts.pop().unwrap();
+        assert!(!first.reject_full);
+        port.release_slot();
+        wait_for("the third connection in the inbox", || {
+            port.accepts.len() == 2
+        });
+        let mut taken = vec![first];
+        while let Some(nc) = port.accepts.pop() {
+            assert!(!nc.reject_full, "{} was to be refused", nc.peer);
+            taken.push(nc);
+        }
+        assert_eq!(taken.len(), 3);
+        // Nobody was answered (and every accepted socket is still open here): each client's
+        // socket has nothing to read.
+        for mut c in clients {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 64];
+            let r = std::io::Read::read(&mut c, &mut b);
+            assert!(
+                matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "a client was answered: {r:?}"
+            );
+        }
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd.
+        let one = 1u64;
+        assert_eq!(
+            unsafe { libc::write(stop_fd, &one as *const u64 as *const libc::c_void, 8) },
+            8
+        );
+        thread.join().unwrap();
     }
 }

@@ -142,11 +142,10 @@ impl Server {
                     opts.acl.clone(),
                     stop_listeners.as_raw_fd(),
                 );
-                let tls = opts.endpoints[endpoint].tls;
                 listener_threads.push(
                     std::thread::Builder::new()
                         .name(format!("lapps-accept-{endpoint}.{n}"))
-                        .spawn(move || listener::run(l, endpoint, tls, b, acl, fd))?,
+                        .spawn(move || listener::run(l, endpoint, b, acl, fd))?,
                 );
             }
         }
