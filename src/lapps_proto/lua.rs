@@ -183,14 +183,16 @@ fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> 
                 }
             })
             .map_err(|e| failure.take().unwrap_or_else(|| e.to_string()))?;
-            table_value(entries)
+            table_value(entries)?
         }
         other => return Err(format!("a {} has no JSON/CBOR form", other.type_name())),
     })
 }
 
-/// Array when the keys are exactly 1..n, object otherwise.
-fn table_value(mut entries: Vec<(RawKey, Value)>) -> Value {
+/// Array when the keys are exactly 1..n, object otherwise. A number key and a string key
+/// that write the same (`[1]` and `["1"]`) would be one key given twice (RFC 8949 5.6): an
+/// error, rather than a map whose receiver keeps either value.
+fn table_value(mut entries: Vec<(RawKey, Value)>) -> Result<Value, String> {
     let n = entries.len() as i64;
     let is_array = n > 0
         && entries
@@ -202,7 +204,7 @@ fn table_value(mut entries: Vec<(RawKey, Value)>) -> Value {
             RawKey::Index(i) => *i,
             RawKey::Text(_) => 0,
         });
-        return Value::Array(entries.into_iter().map(|(_, v)| v).collect());
+        return Ok(Value::Array(entries.into_iter().map(|(_, v)| v).collect()));
     }
     let mut members: Vec<(Value, Value)> = entries
         .into_iter()
@@ -213,7 +215,16 @@ fn table_value(mut entries: Vec<(RawKey, Value)>) -> Value {
         })
         .collect();
     members.sort_by(|(a, _), (b, _)| key_bytes(a).cmp(key_bytes(b)));
-    Value::Map(members)
+    if let Some(twice) = members
+        .windows(2)
+        .find(|w| key_bytes(&w[0].0) == key_bytes(&w[1].0))
+    {
+        return Err(format!(
+            "a table has the key {} both as a number and as a string",
+            crate::log::shown(&String::from_utf8_lossy(key_bytes(&twice[0].0)))
+        ));
+    }
+    Ok(Value::Map(members))
 }
 
 fn key_bytes(k: &Value) -> &[u8] {

@@ -181,6 +181,12 @@ fn bad_input_returns_nil_and_a_message() {
         fails(nljson.encode_pretty, {}, true)
         fails(nljson.typename, print)
         fails(nljson.array, {a = 1})
+        -- a number key and a string key that write the same would be one key given twice
+        local e = fails(nljson.to_cbor, {[1] = "a", ["1"] = "b"})
+        assert(e:find('the key "1" both as a number and as a string', 1, true), e)
+        fails(nljson.encode, {[1.5] = 1, ["1.5"] = 2})
+        fails(nljson.encode, {x = {[2] = 1, ["2"] = 2}})
+        assert(nljson.encode({[1] = "a", ["2"] = "b"}) == '{"1":"a","2":"b"}')
         assert(nljson.erase(1, 1) == nil)
         -- binary survives CBOR and keeps its bytes
         local b = nljson.from_cbor(nljson.to_cbor({bin = '\255\0\1'}))
