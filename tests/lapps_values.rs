@@ -325,6 +325,47 @@ fn parts_of_a_message_tree_an_app_keeps_stay_charged() {
     assert_eq!(got, protocol::encode_response_ok(&[Value::Int(99 % 20)]));
 }
 
+/// A request of `method` whose params are one byte string of `n` bytes.
+fn bytes_request(method: &str, n: usize) -> Vec<u8> {
+    request(method, Value::Array(vec![Value::Bytes(vec![7; n])]))
+}
+
+#[test]
+fn the_bytes_of_messages_an_app_keeps_are_charged_to_its_memory_limit() {
+    let app = start_with(r#""memory_limit": 8388608"#);
+    let mut ws = connect(app.addr, "/lapps_views");
+    // Each kept message keeps its 1 MiB of bytes: the limit is reached within eight, where
+    // nothing bounded them before.
+    let refused_after = (0..20).position(|_| {
+        let got = call(&mut ws, bytes_request("keep_message", 1 << 20));
+        error_code(&got) == Some(-32603)
+    });
+    assert!(
+        matches!(refused_after, Some(5..=8)),
+        "kept messages were not charged: {refused_after:?}"
+    );
+    // Once the app lets them go, their charge is given back.
+    call(&mut ws, request("forget_messages", Value::Array(vec![])));
+    let got = call(&mut ws, bytes_request("keep_message", 1 << 20));
+    assert_eq!(got, protocol::encode_response_ok(&[Value::Int(1)]));
+}
+
+#[test]
+fn the_bytes_of_messages_gone_are_collected_when_they_reach_the_memory_limit() {
+    let app = start_with(r#""memory_limit": 8388608"#);
+    let mut ws = connect(app.addr, "/lapps_views");
+    // Four times the limit in messages nobody keeps: each is answered, the bytes of those
+    // before it given back by a collection instead of waiting for Lua's own pace.
+    for round in 0..32 {
+        let got = call(&mut ws, bytes_request("echo", 1 << 20));
+        assert_eq!(
+            got,
+            protocol::encode_response_ok(&[Value::Bytes(vec![7; 1 << 20])]),
+            "round {round}"
+        );
+    }
+}
+
 #[test]
 fn json_text_past_the_memory_limit_is_refused_before_it_is_written() {
     let app = start_with(r#""memory_limit": 8388608"#);

@@ -71,6 +71,23 @@ pub(crate) struct Doc {
     tree: RefCell<Option<Vec<(usize, Node)>>>,
     /// What building the tree costs ([`tree_cost`]; 0 until asked once).
     cost: Cell<usize>,
+    /// The bytes' own allocation, charged to the thread's tree budget while the Doc lives:
+    /// a view keeps its message's bytes alive, and Lua's collector, seeing a small userdata,
+    /// has no reason to free a large message soon (see [`over_budget`]).
+    charged: usize,
+}
+
+impl Drop for Doc {
+    fn drop(&mut self) {
+        tree_budget::release(self.charged);
+    }
+}
+
+/// Whether the messages and trees alive on this thread take more than its budget
+/// ([`tree_budget`]): the caller collects garbage and, if that does not help, refuses the
+/// message it just parsed.
+pub(crate) fn over_budget() -> bool {
+    tree_budget::over()
 }
 
 /// The member names of the LAppS protocol (SPEC section 4), in the order of [`Named`]'s slots.
@@ -119,13 +136,20 @@ impl Doc {
         }
         let canonical = cbor_de::validate(bytes, limits).map_err(|e| e.0)?;
         let root = skip_tags(bytes, 0);
+        let kept = Bytes::new(bytes);
+        let charged = match kept {
+            Bytes::Inline(..) => 0,
+            Bytes::Heap(_) => bytes.len(),
+        };
+        tree_budget::add(charged);
         Ok(Rc::new(Doc {
-            bytes: Bytes::new(bytes),
+            bytes: kept,
             canonical,
             root,
             named: named_members(bytes, root),
             tree: RefCell::new(None),
             cost: Cell::new(0),
+            charged,
         }))
     }
 

@@ -9,6 +9,11 @@
 //! the limit of the state that thread runs (each instance is one thread with one state); a
 //! build past it is refused, and the caller answers as Lua does when out of memory.
 //!
+//! The bytes of a message larger than a `lazy::Doc` holds inline are charged too, while the
+//! Doc lives (a view keeps them alive): they exist before anyone could ask, so they are charged
+//! without asking, and the instance collects garbage, or refuses the message, when they take
+//! the charge past the limit ([`over`]).
+//!
 //! Owns three thread-local values and nothing else. `lazy::Doc` asks before it builds a tree,
 //! as `lua::budget_for` does before a decoded document or an assigned value becomes one;
 //! each container of the tree (`node::Items`) charges what it keeps and gives it back when it
@@ -91,6 +96,13 @@ pub(crate) fn fits(cost: usize) -> bool {
         REFUSED.with(|r| r.set(refusal));
     }
     refusal.is_none()
+}
+
+/// Whether what is charged now is past this thread's limit (a message's bytes are charged
+/// without asking first: they exist already).
+pub(crate) fn over() -> bool {
+    let limit = LIMIT.with(Cell::get);
+    limit != 0 && CHARGED.with(Cell::get) > limit
 }
 
 /// Charges what a container of a tree just built keeps (after [`fits`] said yes).

@@ -134,6 +134,30 @@ impl LappsState {
         Err(1008)
     }
 
+    /// A valid message of `len` bytes did not fit this instance's memory budget even after a
+    /// full collection (the app keeps that much of earlier messages): dropped with an error in
+    /// the log; a request is answered with -32603 (after the responses its app owes, and not
+    /// counted as the client's protocol error). Some close code as for [`Self::failed`].
+    pub fn no_room(
+        &self,
+        host: &HostCtx,
+        conn: ConnId,
+        is_request: bool,
+        len: usize,
+    ) -> Option<u16> {
+        crate::error_limited!(
+            "{} no room for a message of {len} bytes from {:#x} beside what this instance keeps \
+             (memory_limit): dropped",
+            host.tag(),
+            conn.as_u64()
+        );
+        if !is_request {
+            return None;
+        }
+        let answer = encode_response_error(protocol::INTERNAL_ERROR, "not enough memory", None);
+        self.answer(host, conn, answer, false).err()
+    }
+
     fn refuse(&self, host: &HostCtx, conn: ConnId, e: ProtocolError) -> Outcome {
         if e.notification {
             // A client notification gets no response, not even an error: the client would

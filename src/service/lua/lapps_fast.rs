@@ -19,7 +19,7 @@ use super::host::HostCtx;
 use super::inbox::{Batch, Event, Kind};
 use super::lapps::{send_cbor, LappsState, Outcome};
 use crate::lapps_proto::json_ud;
-use crate::lapps_proto::lazy::Handle;
+use crate::lapps_proto::lazy::{self, Handle};
 use crate::lapps_proto::node::Node;
 use crate::lapps_proto::protocol::{self, DocInbound};
 use crate::lapps_proto::Limits;
@@ -77,9 +77,22 @@ pub(crate) fn call_requests(
                         method_at,
                     },
                 ) = inbound;
+                let is_request = !msg_type.is_notification();
+                if lazy::over_budget() {
+                    // The bytes of messages whose views are garbage now, kept until their
+                    // finalizers run.
+                    ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                    if lazy::over_budget() {
+                        let doc_len = doc.bytes().len();
+                        drop(doc);
+                        if let Some(code) = lapps.no_room(host, conn, is_request, doc_len) {
+                            close(host, conn, code);
+                        }
+                        continue;
+                    }
+                }
                 let root = doc.root();
                 host.reset_budget();
-                let is_request = !msg_type.is_notification();
                 if is_request {
                     // False when the client is gone: its request is still the app's to see.
                     host.hub.expect_response(conn);

@@ -142,6 +142,18 @@ methods.forget = function(handler)
   return ws:send_response(handler, {})
 end
 
+-- Keeps whole messages (their views, so their bytes) until `forget_messages`.
+local kept_messages = {}
+methods.keep_message = function(handler, message)
+  kept_messages[#kept_messages + 1] = message
+  return ws:send_response(handler, { #kept_messages })
+end
+
+methods.forget_messages = function(handler)
+  kept_messages = {}
+  return ws:send_response(handler, {})
+end
+
 -- Answers twice, each way an app can: the second answer is refused (what each refusal said
 -- is kept for `refusals`).
 local refusals = {}
