@@ -131,6 +131,21 @@ pub fn parse_after(
     scanned: usize,
     limits: &Limits,
 ) -> Result<Option<(Request, usize)>, HandshakeError> {
+    parse_skipping_crlf(buf, scanned, limits).map_err(|mut e| {
+        // Whatever is wrong with it, the answer to a HEAD carries no content (RFC 9110
+        // section 9.3.2).
+        let line = buf.strip_prefix(b"\r\n").unwrap_or(buf);
+        e.head |= line.starts_with(b"HEAD ");
+        e
+    })
+}
+
+/// [`parse_after`] but for the HEAD rule.
+fn parse_skipping_crlf(
+    buf: &[u8],
+    scanned: usize,
+    limits: &Limits,
+) -> Result<Option<(Request, usize)>, HandshakeError> {
     match buf.strip_prefix(b"\r\n") {
         // Only one: a second empty line is where the request line should be.
         Some(rest) if rest.starts_with(b"\r\n") => Err(bad("empty request")),
@@ -298,7 +313,7 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
     if host.is_empty() {
         return Err(bad("empty Host header"));
     }
-    if !host.bytes().all(is_host_char) {
+    if !is_host_and_port(host) {
         return Err(bad("invalid Host header"));
     }
     if !seen.upgrade {
@@ -478,31 +493,78 @@ fn list_contains(value: &[u8], token: &[u8]) -> bool {
     list_items(value).any(|item| item.eq_ignore_ascii_case(token))
 }
 
-/// The characters of `uri-host [ ":" port ]` (RFC 3986 3.2.2): reg-name (unreserved,
-/// pct-encoded, sub-delims), IP literals in brackets, and the port's colon and digits.
-fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'%'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-        )
+/// `uri-host [ ":" port ]` (RFC 9112 3.2, RFC 3986 3.2.2-3.2.3): an IP literal in brackets
+/// (IPv6 or IPvFuture) or a reg-name (an IPv4 address is one too), then an optional colon and
+/// digits.
+fn is_host_and_port(host: &str) -> bool {
+    let (name_ok, rest) = match host.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((ip, rest)) => (is_ip_literal(ip), rest),
+            None => return false,
+        },
+        None => {
+            let end = host.find(':').unwrap_or(host.len());
+            let (name, rest) = host.split_at(end);
+            (is_reg_name(name), rest)
+        }
+    };
+    let port_ok = match rest.strip_prefix(':') {
+        Some(port) => port.bytes().all(|b| b.is_ascii_digit()),
+        None => rest.is_empty(),
+    };
+    name_ok && port_ok
+}
+
+/// What stands between the brackets: `IPv6address / IPvFuture`.
+fn is_ip_literal(ip: &str) -> bool {
+    if ip.parse::<std::net::Ipv6Addr>().is_ok() {
+        return true;
+    }
+    // IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+    let Some(future) = ip.strip_prefix(['v', 'V']) else {
+        return false;
+    };
+    let Some((version, address)) = future.split_once('.') else {
+        return false;
+    };
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_hexdigit())
+        && !address.is_empty()
+        && address
+            .bytes()
+            .all(|b| is_unreserved(b) || is_sub_delim(b) || b == b':')
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`, non-empty here (RFC 9112 3.2: a
+/// Host of an http URI has a host).
+fn is_reg_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let hex = |j: usize| b.get(j).is_some_and(|h| h.is_ascii_hexdigit());
+            if !(hex(i + 1) && hex(i + 2)) {
+                return false;
+            }
+            i += 3;
+        } else if is_unreserved(c) || is_sub_delim(c) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    !b.is_empty()
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 /// `token = 1*tchar` (RFC 9110 5.6.2).

@@ -298,6 +298,36 @@ fn the_405_to_a_head_request_has_no_content() {
 }
 
 #[test]
+fn no_answer_to_a_head_request_has_content() {
+    // Refused before its method is looked at: the version, the head's size, a bare LF, a
+    // broken request line; after one leading empty line too.
+    let long_target = format!("HEAD /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+    let large_head = format!("HEAD / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(9000));
+    for (req, want) in [
+        (&b"HEAD / HTTP/1.0\r\nHost: x\r\n\r\n"[..], 400),
+        (b"HEAD / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"HEAD / HTTP/1.1\nHost: x\r\n\r\n", 400),
+        (b"HEAD  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"\r\nHEAD / HTTP/1.0\r\nHost: x\r\n\r\n", 400),
+        (long_target.as_bytes(), 414),
+        (large_head.as_bytes(), 431),
+    ] {
+        let err = parse_default(req).unwrap_err();
+        assert_eq!(err.status, want, "{}", String::from_utf8_lossy(req));
+        let resp = String::from_utf8(err.response()).unwrap();
+        assert!(
+            resp.ends_with("\r\n\r\n"),
+            "a HEAD answer with content: {resp:?}"
+        );
+    }
+    // A GET refused the same way gets the explanation.
+    let err = parse_default(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap_err();
+    assert!(!String::from_utf8(err.response())
+        .unwrap()
+        .ends_with("\r\n\r\n"));
+}
+
+#[test]
 fn upgrade_missing_is_426_with_version() {
     let plain = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
     let err = parse_default(plain).unwrap_err();
@@ -524,7 +554,27 @@ fn control_characters_in_header_values_are_400() {
 
 #[test]
 fn a_host_that_is_not_host_and_port_is_400() {
-    for host in ["a b", "a/b", "user@host", "host?x", "h\"x"] {
+    for host in [
+        "a b",
+        "a/b",
+        "user@host",
+        "host?x",
+        "h\"x",
+        // RFC 9112 3.2: a port is digits, after one colon; brackets hold an IP literal only
+        "a:b",
+        "h:1:2",
+        ":80",
+        "[",
+        "[::1",
+        "a]b",
+        "[example.com]",
+        "[::1]x",
+        "[::1]:8a",
+        "fe80::1",
+        "%zz",
+        "a%4",
+        "[v1.]",
+    ] {
         assert_eq!(status(&with(&[("Host", Some(host))])), 400, "{host:?}");
     }
     for host in [
@@ -533,6 +583,11 @@ fn a_host_that_is_not_host_and_port_is_400() {
         "[::1]:5083",
         "127.0.0.1",
         "xn--bcher-kva.example",
+        "example.com:",
+        "[::ffff:127.0.0.1]",
+        "[v1.fe80::a+en1]:80",
+        "a%41b",
+        "sub_delims!$&'()*+,;=",
     ] {
         let req = parse_default(&with(&[("Host", Some(host))]))
             .unwrap()
