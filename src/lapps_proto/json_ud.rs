@@ -344,9 +344,6 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: arguments are checked by type before use; the key's bytes are read while the key
     // is on the stack; the found node is owned (an Rc clone) before anything is pushed.
     unsafe {
-        let Some(node) = get_up(l, 1) else {
-            return raise(l, NOT_OURS);
-        };
         let key = match ffi::lua_type(l, 2) {
             ffi::LUA_TNUMBER => Key::Num(ffi::lua_tonumber(l, 2)),
             ffi::LUA_TSTRING => {
@@ -359,7 +356,7 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
                 return 1;
             }
         };
-        match on_view(l, node, |h| h.get(key)) {
+        match on_view(l, |h| h.get(key)) {
             Ok(Some(item)) => push_item(l, item, ffi::lua_upvalueindex(1)),
             Ok(None) => ffi::lua_pushnil(l),
             Err(why) => return raise(l, why),
@@ -373,33 +370,31 @@ unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
 const OUT_OF_MEMORY: &CStr = c"not enough memory";
 const NOT_OURS: &CStr = c"nljson: not an nljson value";
 
-/// Runs `f` on `view`, the view at index 1 (a metamethod's first argument), which may build
-/// its message's tree. When the tree budget refused a build that could fit, a full collection
+/// Runs `f` on the view at index 1 (a metamethod's first argument), which may build its
+/// message's tree. When the tree budget refused a build that could fit, a full collection
 /// gives back the trees of what is no longer reachable, and `f` runs once more on the view read
 /// again: the collection runs every pending finalizer, and a finalizer can reach a view that is
-/// itself being finalized, which empties its slot. `Err`: what to raise (nothing of `f`'s is
-/// alive then).
+/// itself being finalized, which empties its slot. That is why the view is read here, each
+/// time, and no reference to it (an argument's would live through the whole call) is held
+/// across the collection. `Err`: what to raise (nothing of `f`'s is alive then).
 ///
 /// # Safety
-/// `l` is the running state, inside a metamethod whose upvalue 1 is the metatable; `view` was
-/// read from index 1.
-unsafe fn on_view<T>(
-    l: *mut ffi::lua_State,
-    view: &Handle,
-    f: impl Fn(&Handle) -> T,
-) -> Result<T, &'static CStr> {
+/// `l` is the running state, inside a metamethod whose upvalue 1 is the metatable.
+unsafe fn on_view<T>(l: *mut ffi::lua_State, f: impl Fn(&Handle) -> T) -> Result<T, &'static CStr> {
     // Err drops a panic's payload before anything can raise.
     let run =
         |h: &Handle| catch_unwind(AssertUnwindSafe(|| f(h))).map_err(|_| c"nljson: internal error");
     tree_budget::take_refused();
+    // SAFETY: the caller's contract; the reference's last use is `run`, before the collection.
+    let view = unsafe { get_up(l, 1) }.ok_or(NOT_OURS)?;
     let first = run(view)?;
     match tree_budget::take_refused() {
         None => return Ok(first),
         Some(Refusal::Never) => return Err(OUT_OF_MEMORY),
         Some(Refusal::NotNow) => drop(first),
     }
-    // SAFETY: a full cycle on the running state, from a C function; `view` is not used after
-    // it (see above). Finalizer errors do not propagate out of LuaJIT's collector.
+    // SAFETY: a full cycle on the running state, from a C function; the first `view` is not
+    // used after it (see above). Finalizer errors do not propagate out of LuaJIT's collector.
     let view = unsafe {
         ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
         get_up(l, 1).ok_or(NOT_OURS)?
@@ -415,10 +410,7 @@ unsafe fn on_view<T>(
 unsafe extern "C-unwind" fn len(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: the argument is checked before use.
     unsafe {
-        let Some(node) = get_up(l, 1) else {
-            return raise(l, NOT_OURS);
-        };
-        match on_view(l, node, Handle::len) {
+        match on_view(l, Handle::len) {
             Ok(n) => ffi::lua_pushnumber(l, n as f64),
             Err(why) => return raise(l, why),
         }
