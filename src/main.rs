@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lapps::config::{self, Config};
-use lapps::{error, info};
+use lapps::{error, info, warn};
 
 const USAGE: &str = "usage: lapps [-c DIR] [--check-config] [--version] [--help]
   -c DIR          configuration directory (ws.json, lapps.json)
@@ -147,6 +147,7 @@ fn main() -> ExitCode {
         lapps::simd::variant(),
         dir.display()
     );
+    check_descriptors(&cfg);
     let app = match lapps::app::App::start(&cfg) {
         Ok(a) => a,
         Err(e) => {
@@ -174,6 +175,28 @@ fn main() -> ExitCode {
     app.shutdown();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Raises the descriptor limit as far as the process may, and warns when it stays below the
+/// connections ws.json allows.
+fn check_descriptors(cfg: &Config) {
+    use lapps::net::nofile;
+    let limit = match nofile::raise() {
+        Ok(r) => {
+            if r.now != r.before {
+                info!("descriptor limit raised from {} to {}", r.before, r.now);
+            }
+            r.now
+        }
+        Err(e) => {
+            warn!("cannot read or raise the descriptor limit (RLIMIT_NOFILE): {e}");
+            return;
+        }
+    };
+    let w = &cfg.ws.workers;
+    if let Some(warning) = nofile::shortfall(limit, w.workers, w.max_connections) {
+        warn!("{warning}");
+    }
 }
 
 /// SIGHUP reloads run on their own thread, one after another: this thread keeps taking

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-use binary::{lines_until, spawn_binary};
+use binary::{lines_until, spawn_binary_logging};
 use common::connect;
 use tungstenite::Message;
 
@@ -34,28 +34,61 @@ fn config_dir() -> PathBuf {
     dir
 }
 
+/// Starts the child with RLIMIT_NOFILE `soft` (at most the hard limit) and `hard` (at most the
+/// current hard limit).
+fn limit(cmd: &mut std::process::Command, soft: libc::rlim_t, hard: libc::rlim_t) {
+    // SAFETY: getrlimit and setrlimit are async-signal-safe and touch only the child being
+    // started.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_max = hard.min(lim.rlim_max);
+            lim.rlim_cur = soft.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `ours` is a valid, writable rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
+        0
+    );
+    let dir = config_dir();
+    let (_server, _addr, _log, start) =
+        spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, libc::RLIM_INFINITY));
+    let raised = format!("descriptor limit raised from {NOFILE} to {}", ours.rlim_max);
+    assert!(start.iter().any(|l| l.contains(&raised)), "{start:#?}");
+}
+
 #[test]
 fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
     let dir = config_dir();
-    let (_server, addr, log) = spawn_binary(&dir, |cmd| {
-        // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut lim = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                lim.rlim_cur = NOFILE.min(lim.rlim_max);
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    // Hard and soft: the server raises a soft limit to the hard one by itself.
+    let (_server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
+    // It said so at start-up, with the numbers.
+    assert!(
+        start.iter().any(|l| l.contains("WARN")
+            && l.contains(&format!(
+                "descriptor limit (RLIMIT_NOFILE) is {NOFILE}, below the 100000 connections"
+            ))),
+        "no warning about the descriptor limit: {start:#?}"
+    );
     // More connections than descriptors: the rest wait in the backlog.
     let clients: Vec<TcpStream> = (0..2 * NOFILE)
         .map(|_| TcpStream::connect(addr).expect("connect (the backlog takes it)"))

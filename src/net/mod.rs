@@ -14,6 +14,7 @@ pub mod epoll;
 pub mod handle;
 pub mod hub;
 pub mod listener;
+pub mod nofile;
 pub mod outq;
 pub mod server;
 pub mod slab;

@@ -47,6 +47,15 @@ pub fn spawn_binary(
     dir: &Path,
     configure: impl FnOnce(&mut Command),
 ) -> (Reaper, SocketAddr, Receiver<String>) {
+    let (child, addr, rx, _) = spawn_binary_logging(dir, configure);
+    (child, addr, rx)
+}
+
+/// [`spawn_binary`], also returning the log lines up to the one saying where it listens.
+pub fn spawn_binary_logging(
+    dir: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> (Reaper, SocketAddr, Receiver<String>, Vec<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lapps"));
     cmd.arg("-c")
         .arg(dir)
@@ -67,15 +76,19 @@ pub fn spawn_binary(
             }
         }
     });
-    let line = wait_line(&rx, "listening on ");
-    let addr = line
+    let start = lines_until(&rx, "listening on ");
+    let addr = start
+        .last()
+        .unwrap()
         .split("listening on ")
         .nth(1)
         .unwrap()
         .split_whitespace()
         .next()
+        .unwrap()
+        .parse()
         .unwrap();
-    (child, addr.parse().unwrap(), rx)
+    (child, addr, rx, start)
 }
 
 /// The first log line containing `what` (bounded wait).

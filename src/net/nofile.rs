@@ -1,0 +1,73 @@
+//! The process's descriptor limit (RLIMIT_NOFILE) against the connections the configuration
+//! promises. Every connection is a descriptor; once they run out, `accept` fails and new
+//! clients wait in the backlog without an answer (not even the 503 of a full server), so an
+//! operator must hear of a limit below the promise at start-up, not at the first rush.
+//!
+//! Owns raising the soft limit to the hard one (what a process may do by itself, as Go's
+//! runtime and many servers do) and the comparison; nothing else.
+
+use std::io;
+
+/// Descriptors the server takes besides its connections: listeners, epoll and eventfds per
+/// worker, the instances' files, `cws` clients, logs.
+pub const RESERVE: u64 = 256;
+
+/// The soft limit after raising it to the hard one, and the limit before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raised {
+    pub before: u64,
+    pub now: u64,
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit.
+pub fn raise() -> io::Result<Raised> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    crate::syscall!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one needs no
+        // privilege.
+        crate::syscall!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(Raised {
+        before,
+        now: lim.rlim_cur,
+    })
+}
+
+/// The warning for a limit of `limit` descriptors when `workers` workers may each hold
+/// `max_connections` connections, or None when the limit covers them.
+pub fn shortfall(limit: u64, workers: usize, max_connections: usize) -> Option<String> {
+    let promised = (workers as u64).saturating_mul(max_connections as u64);
+    let needed = promised.saturating_add(RESERVE);
+    (limit < needed).then(|| {
+        format!(
+            "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {promised} connections \
+             ws.json allows ({workers} workers x max_connections {max_connections}) plus \
+             {RESERVE} for the server itself: past about {} connections, accepting pauses and \
+             new clients wait unanswered (raise LimitNOFILE, or ulimit -n, or lower \
+             max_connections)",
+            limit.saturating_sub(RESERVE)
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_below_the_promise_names_both_numbers() {
+        let w = shortfall(1024, 2, 100_000).expect("a warning");
+        assert!(w.contains("is 1024"), "{w}");
+        assert!(w.contains("200000 connections"), "{w}");
+        assert!(w.contains("about 768 connections"), "{w}");
+        assert_eq!(shortfall(200_256, 2, 100_000), None);
+        assert!(shortfall(200_255, 2, 100_000).is_some());
+    }
+}
