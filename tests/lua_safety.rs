@@ -53,6 +53,16 @@ fn a_coroutine_does_not_take_the_budget_hook_away() {
 }
 
 #[test]
+fn an_xpcall_message_handler_does_not_run_past_the_budget() {
+    stopped_with_1011_and_next_message_works("xploop", |s| s.instruction_budget = Some(5_000_000));
+}
+
+#[test]
+fn an_app_cannot_make_a_finalizer_that_runs_without_a_budget() {
+    stopped_with_1011_and_next_message_works("gcloop", |s| s.instruction_budget = Some(5_000_000));
+}
+
+#[test]
 fn the_jit_cannot_be_turned_back_on_under_a_budget() {
     stopped_with_1011_and_next_message_works("jitloop", |s| s.instruction_budget = Some(5_000_000));
 }

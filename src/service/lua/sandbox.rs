@@ -98,6 +98,10 @@ fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
             io.set("popen", Value::Nil)?;
         }
     }
+    // The one way for app code to get a `__gc` of its own: LuaJIT runs finalizers with hooks
+    // off (no instruction budget) and swallows their errors, also during the collections the
+    // host runs and when the state closes, so a looping finalizer would hang the instance.
+    g.set("newproxy", Value::Nil)?;
     if spec.instruction_budget.is_some() {
         // jit.on() would re-enable traces that never run the budget hook: the global and
         // every way `require` could hand it out again.
@@ -125,9 +129,31 @@ fn set_package_path(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     package.set("path", path)
 }
 
+/// `xpcall` with the budget kept: LuaJIT calls a message handler for an error raised inside
+/// a hook while that hook is still active, and skips every hook meanwhile, so a handler for
+/// the budget's own error would run without any budget. Once the budget is spent the error
+/// passes by the app's handler unchanged (`spent` is the host's check).
+const BUDGETED_XPCALL: &str = r#"
+local spent, xpcall = ...
+_G.xpcall = function(f, handler, ...)
+  return xpcall(f, function(e)
+    if spent() then return e end
+    return handler(e)
+  end, ...)
+end
+"#;
+
 fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()> {
     // Interpreter only: compiled traces never call the count hook (see the module doc).
     lua.load("jit.off() jit.flush()").exec()?;
+    let spent = {
+        let host = Rc::clone(host);
+        lua.create_function(move |_, ()| Ok(host.budget_left.get() == 0))?
+    };
+    let xpcall: mlua::Function = lua.globals().get("xpcall")?;
+    lua.load(BUDGETED_XPCALL)
+        .set_name("=sandbox")
+        .call::<()>((spent, xpcall))?;
     let step = (budget / HOOK_SLICES).clamp(1, u32::MAX as u64);
     let host = Rc::clone(host);
     // The hook is global in LuaJIT (one for every thread of the state), so the main state's

@@ -6,6 +6,8 @@
 --   "loop"                     runs forever
 --   "coloop"                   runs a coroutine past a budget slice, then forever
 --   "jitloop"                  turns the JIT on if it can reach it, then runs forever
+--   "xploop"                   runs forever in xpcall, whose message handler runs forever
+--   "gcloop"                   makes a finalizer that runs forever, if it can
 --   "mustloop"                 runs forever, swallowing the budget error and calling must_stop()
 --   "bomb"                     allocates without bound
 --   "close"                    returns false
@@ -56,6 +58,13 @@ probe.onMessage = function(handler, opcode, message)
     local ok, j = pcall(require, "jit")
     if ok and type(j) == "table" then j.on() end
     while true do end
+  elseif cmd == "xploop" then
+    xpcall(function() while true do end end, function() while true do end end)
+  elseif cmd == "gcloop" then
+    local p = newproxy(true)
+    getmetatable(p).__gc = function() while true do end end
+    p = nil
+    collectgarbage()
   elseif cmd == "mustloop" then
     while true do
       pcall(function() while true do end end)
