@@ -122,11 +122,11 @@ fn a_broken_service_without_auto_start_is_refused_alone() {
     );
 }
 
-fn app_in_tmp(name: &str, src: &str) -> lapps::service::lua::ServiceSpec {
+fn app_in_tmp(name: &str, src: impl AsRef<[u8]>) -> lapps::service::lua::ServiceSpec {
     let dir = std::env::temp_dir().join(format!("lapps-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(dir.join(name)).unwrap();
     let mut f = std::fs::File::create(dir.join(name).join(format!("{name}.lua"))).unwrap();
-    f.write_all(src.as_bytes()).unwrap();
+    f.write_all(src.as_ref()).unwrap();
     spec(&dir, name)
 }
 
@@ -210,6 +210,24 @@ fn a_state_without_allow_ffi_has_no_way_into_ffi_or_unverified_bytecode() {
         texts_for(&out, a.id),
         ["ffi=false buffer=false dump=nil load=true loadstring=true loadfile=true dofile=true require=true"]
     );
+}
+
+#[test]
+fn an_app_file_in_bytecode_runs_only_in_a_state_made_unsafe() {
+    let bytecode = mlua::Lua::new()
+        .load("return { onMessage = function() return true end }")
+        .into_function()
+        .unwrap()
+        .dump(false);
+    let hub = hub(1);
+    let e = Registry::start(vec![app_in_tmp("bytecode", &bytecode)], hub.clone())
+        .err()
+        .expect("bytecode LuaJIT does not verify was loaded");
+    assert!(e.message.contains("attempt to load a binary chunk"), "{e}");
+    // allow_ffi made the state unsafe by design: a precompiled app is the operator's call.
+    let mut s = app_in_tmp("bytecode_ffi", &bytecode);
+    s.allow_ffi = true;
+    assert!(Registry::start(vec![s], hub.clone()).is_ok());
 }
 
 #[test]

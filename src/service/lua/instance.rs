@@ -103,11 +103,15 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     let source = std::fs::read(&spec.app_file).map_err(|e| format!("{path}: {e}"))?;
     host.reset_budget();
     // "@path" names the chunk after its file, so errors read "path:line: message".
-    let module: Value = lua
-        .load(source)
-        .set_name(format!("@{path}"))
-        .eval()
-        .map_err(|e| one_line(&e))?;
+    let chunk = lua.load(source).set_name(format!("@{path}"));
+    // LuaJIT does not verify bytecode, and mlua's safe mode does not refuse it: only a state
+    // the operator made unsafe (allow_ffi, allow_debug) may run a precompiled app.
+    let chunk = if spec.allow_ffi || spec.allow_debug {
+        chunk
+    } else {
+        chunk.set_mode(mlua::ChunkMode::Text)
+    };
+    let module: Value = chunk.eval().map_err(|e| one_line(&e))?;
     let Value::Table(module) = module else {
         return Err(format!("{path}: the app must return its module table"));
     };

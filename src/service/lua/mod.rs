@@ -44,7 +44,7 @@ pub fn compile_check(app_file: &std::path::Path, bytecode: bool) -> Result<(), S
     // A bare state: compiling needs no library, and nothing here runs.
     let lua = if bytecode {
         // SAFETY: the state only compiles the chunk (no code runs, no library is opened) and
-        // is dropped right after; "unsafe" is what lets mlua accept a binary chunk.
+        // is dropped right after, as the service's own state, made unsafe by its settings.
         unsafe { mlua::Lua::unsafe_new() }
     } else {
         mlua::Lua::new()
