@@ -33,6 +33,17 @@ pub(crate) struct Shared {
     pub stop: Arc<Stop>,
 }
 
+/// The instance thread's stack. LuaJIT bounds its own stack (65,500 slots), not the thread's,
+/// and a level of recursion through a C function takes far more of the thread's stack than of
+/// LuaJIT's: `string.gsub` keeps an 8 KiB buffer per level, mlua's callbacks several KiB. With
+/// Rust's default 2 MiB, `local function f() return ("x"):gsub("x", f) end` overflowed the
+/// thread after ~230 levels and aborted the process. gsub's ~7,000 levels take 64-128 MiB;
+/// with twice that, such a recursion ends in Lua's own "stack overflow" error first
+/// (tests/lua_stack.rs). It is address space: pages are only committed as the stack grows
+/// into them. (A recursion that starts a new coroutine every few thousand levels gets a fresh
+/// LuaJIT stack each time and could still reach the end: LuaJIT has no C-stack limit.)
+const STACK_BYTES: usize = 256 << 20;
+
 /// Starts instance `index` and waits until it is serving; `Err` carries the reason.
 pub(crate) fn spawn(
     spec: Arc<ServiceSpec>,
@@ -49,6 +60,7 @@ pub(crate) fn spawn(
     let spec_timeout = spec.start_timeout;
     let thread = std::thread::Builder::new()
         .name(format!("lua-{}#{index}", spec.name))
+        .stack_size(STACK_BYTES)
         .spawn(move || {
             let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop));
             match load(&spec, &host) {
