@@ -71,8 +71,12 @@ pub(crate) fn spawn(
                     // What the state takes at the least, without the garbage of its loading.
                     let _ = lua.gc_collect();
                     crate::lapps_proto::tree_budget::set_floor(lua.used_memory());
-                    let _ = ready_tx.send(Ok(()));
-                    serve(&lua, &host, &module, app, inbox.as_deref());
+                    // Not after the start timed out: the service was reported as failed (the
+                    // receiver is gone, or the stop flag was set as it gave up), so its run()
+                    // or onShutdown must not run now.
+                    if ready_tx.send(Ok(())).is_ok() && !host.stop.is_set() {
+                        serve(&lua, &host, &module, app, inbox.as_deref());
+                    }
                 }
             }
             let _ = fin_tx.send(());
