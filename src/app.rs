@@ -176,18 +176,24 @@ fn route_of(sc: &ServiceConfig) -> Route {
     }
 }
 
-/// What a deploy compares: the service's configuration and the content of its app directory.
+/// What a deploy compares: the service's configuration, the content of its app directory,
+/// and the shared lib directory (its path and content: every Lua service may `require` from
+/// it, so a change there is a new version of each).
 #[derive(PartialEq)]
 struct Deployed {
     config: ServiceConfig,
     app_hash: u64,
+    lib: std::path::PathBuf,
+    lib_hash: u64,
 }
 
-fn deployed(cfg: &Config, sc: &ServiceConfig) -> Deployed {
+fn deployed(cfg: &Config, sc: &ServiceConfig, lib_hash: u64) -> Deployed {
     let file = sc.app_file(&cfg.lapps.directories);
     Deployed {
         config: sc.clone(),
         app_hash: file.parent().map_or(0, app_dir_hash),
+        lib: cfg.lapps.directories.lib.clone(),
+        lib_hash,
     }
 }
 
@@ -396,10 +402,11 @@ impl App {
         });
         let running = registry.running();
         let mut deployed_now = HashMap::new();
+        let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
         for name in order {
             let sc = &cfg.lapps.services[&name];
             if sc.builtin.is_none() && running.contains(&name) {
-                deployed_now.insert(name.clone(), deployed(cfg, sc));
+                deployed_now.insert(name.clone(), deployed(cfg, sc, lib_hash));
             }
             if !sc.is_network() || !sc.auto_start {
                 continue;
@@ -436,7 +443,7 @@ impl App {
             (Some(_), false) => "certificate NOT reloaded (see above); ",
         };
         match Config::load(&self.dir) {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
                 let now = RestartOnly::of(&cfg);
                 if now.ws != self.restart_only.ws {
                     crate::warn!(
@@ -450,6 +457,9 @@ impl App {
                          next restart (systemctl restart lapps)"
                     );
                 }
+                // Until then the services a reload starts frame their sends as the running
+                // workers do (auto_fragment is the one ws.json setting a service takes).
+                cfg.ws.workers.auto_fragment = self.restart_only.ws.workers.auto_fragment;
                 let done = self.redeploy(&cfg);
                 if done.failed > 0 || !tls_ok {
                     crate::error!("reload done: {certificate}{done}");
@@ -512,8 +522,9 @@ impl App {
                 done.stopped += 1;
             }
         }
+        let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
         for sc in &wanted {
-            let now = deployed(cfg, sc);
+            let now = deployed(cfg, sc, lib_hash);
             let was_running = deployed_map.contains_key(&sc.name);
             let result = match deployed_map.get(&sc.name) {
                 Some(before) if *before == now => {

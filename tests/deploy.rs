@@ -189,6 +189,52 @@ fn a_change_to_a_module_the_app_requires_is_a_new_version() {
 }
 
 #[test]
+fn a_change_to_the_shared_lib_directory_is_a_new_version_of_each_service() {
+    let site = Site::new("lib");
+    let d = site.dir.join("apps").join("svc");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("svc.lua"),
+        "local tag = require('tag')\nlocal m = {}\nm.onMessage = function(h, op, msg)\n  \
+         ws:send(h, 1, tag .. ' ' .. msg)\n  return true\nend\nreturn m\n",
+    )
+    .unwrap();
+    let lib = |name: &str, tag: &str| {
+        let dir = site.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tag.lua"), format!("return {tag:?}\n")).unwrap();
+        std::fs::write(
+            site.dir.join("lapps.json"),
+            format!(
+                r#"{{ "directories": {{ "applications": "{}", "lib": "{}" }},
+                     "services": {{ "svc": {{ "request_target": "/svc" }} }} }}"#,
+                site.dir.join("apps").display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    lib("lib1", "v1");
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut ws = connect(addr, "/svc");
+    assert_eq!(ask(&mut ws, "hi"), "v1 hi");
+    // A module of the lib directory changes.
+    lib("lib1", "v2");
+    app.reload();
+    assert_eq!(close_code(&mut ws), Some(1001));
+    let mut ws = connect(addr, "/svc");
+    assert_eq!(ask(&mut ws, "hi"), "v2 hi");
+    // lapps.json names another lib directory.
+    lib("lib2", "v3");
+    app.reload();
+    assert_eq!(close_code(&mut ws), Some(1001));
+    let mut ws = connect(addr, "/svc");
+    assert_eq!(ask(&mut ws, "hi"), "v3 hi");
+    app.shutdown();
+}
+
+#[test]
 fn services_are_added_and_removed_by_editing_lapps_json() {
     let site = Site::new("add-remove");
     site.app("one", "one");
