@@ -18,8 +18,11 @@ pub fn install() {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or_default();
         if FATAL.iter().any(|p| name.starts_with(p)) {
+            // std's message above has no journal priority: this line repeats what and where,
+            // so that `journalctl -p err` shows the cause beside the abort.
             crate::error!(
-                "thread {name} panicked: aborting, so that the service manager restarts lapps"
+                "thread {name} panicked ({}): aborting, so that the service manager restarts lapps",
+                info.to_string().lines().collect::<Vec<_>>().join(" ")
             );
             std::process::abort();
         }

@@ -32,14 +32,29 @@ fn init() {
             .map(|v| v.to_ascii_lowercase())
             .as_deref()
         {
-            Ok("error") => Level::Error,
-            Ok("warn") | Ok("warning") => Level::Warn,
-            Ok("debug") | Ok("trace") => Level::Debug,
-            _ => Level::Info,
+            Ok(v) => level_named(v).unwrap_or(Level::Info),
+            Err(_) => Level::Info,
         };
         LEVEL.store(level as u8, Ordering::Relaxed);
         JOURNAL.store(stderr_is_the_journal(), Ordering::Relaxed);
     });
+}
+
+fn level_named(v: &str) -> Option<Level> {
+    match v {
+        "error" => Some(Level::Error),
+        "warn" | "warning" => Some(Level::Warn),
+        "info" => Some(Level::Info),
+        "debug" | "trace" => Some(Level::Debug),
+        _ => None,
+    }
+}
+
+/// `LAPPS_LOG` when it is set to something that is not a level (logging is then at info): for
+/// a warning at start-up, so that a typo does not pass for the level it meant.
+pub fn unknown_level() -> Option<String> {
+    let v = std::env::var("LAPPS_LOG").ok()?;
+    level_named(&v.to_ascii_lowercase()).is_none().then_some(v)
 }
 
 /// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM` names its device

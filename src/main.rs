@@ -23,13 +23,14 @@ struct Args {
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = std::env::args().skip(1);
+    // args_os: a directory's name need not be UTF-8.
+    let mut args = std::env::args_os().skip(1);
     let mut out = Args {
         dir: None,
         check: false,
     };
     while let Some(a) = args.next() {
-        match a.as_str() {
+        match a.to_str().unwrap_or_default() {
             "-c" | "--config" => {
                 out.dir = Some(args.next().ok_or("-c needs a directory")?.into());
             }
@@ -47,7 +48,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 println!("{USAGE}");
                 return Ok(None);
             }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
         }
     }
     Ok(Some(out))
@@ -148,6 +149,9 @@ fn main() -> ExitCode {
         dir.display()
     );
     check_descriptors(&cfg);
+    if let Some(v) = lapps::log::unknown_level() {
+        warn!("LAPPS_LOG={v:?} is not a level (error, warn, info, debug): logging at info");
+    }
     let app = match lapps::app::App::start(&cfg) {
         Ok(a) => a,
         Err(e) => {

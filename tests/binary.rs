@@ -65,6 +65,63 @@ fn check_config_fails(dir: &Path) -> String {
 }
 
 #[test]
+fn a_config_directory_whose_name_is_not_utf8_is_taken_and_a_bad_argument_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let base = temp_dir("non-utf8");
+    let dir = base.join(std::ffi::OsStr::from_bytes(b"conf-\xe9"));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        BUILTIN_ONLY,
+    );
+    let out = output_within(
+        Command::new(LAPPS)
+            .arg("-c")
+            .arg(&dir)
+            .arg("--check-config")
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        ONE_SHOT_GUARD,
+    );
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = output_within(
+        Command::new(LAPPS).arg(std::ffi::OsStr::from_bytes(b"--\xff")),
+        ONE_SHOT_GUARD,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown argument") && stderr.contains("usage:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_log_level_that_is_not_one_is_warned_about() {
+    let dir = temp_dir("log-level");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        BUILTIN_ONLY,
+    );
+    let (_child, _addr, _log, start) = binary::spawn_binary_logging(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("LAPPS_LOG", "verbose");
+    });
+    assert!(
+        start
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains(r#"LAPPS_LOG="verbose" is not a level"#)),
+        "{start:#?}"
+    );
+}
+
+#[test]
 fn check_config_names_file_and_key_and_fails() {
     let dir = temp_dir("check");
     write_config(
@@ -303,8 +360,11 @@ fn a_panic_in_an_io_or_listener_thread_aborts_the_process() {
                 Some(libc::SIGABRT),
                 "{thread}: {stderr}"
             );
+            // One error line with the cause: std's own message has no journal priority.
             assert!(
-                stderr.contains(&format!("thread {thread} panicked: aborting")),
+                stderr.lines().any(|l| l
+                    .contains(&format!("thread {thread} panicked (panicked at"))
+                    && l.contains("injected by the test): aborting")),
                 "{stderr}"
             );
         } else {
