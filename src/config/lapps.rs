@@ -136,6 +136,21 @@ const SERVICE_KEYS: &[&str] = &[
     "max_protocol_errors",
 ];
 
+/// Settings of a Lua service that a built-in one has nothing to apply to: refused, not
+/// silently ignored.
+const LUA_ONLY_KEYS: &[&str] = &[
+    "instances",
+    "preload",
+    "memory_limit",
+    "instruction_budget",
+    "allow_ffi",
+    "allow_debug",
+    "allow_os_execute",
+    "queue_capacity",
+    "mqr_capacity",
+    "max_protocol_errors",
+];
+
 /// Headers the handshake writes itself; a service may not add a second copy.
 const SERVER_HEADERS: &[&str] = &[
     "upgrade",
@@ -301,6 +316,15 @@ impl ServiceConfig {
                         "the built-in echo serves connections with the RAW protocol: \
                          it cannot be standalone or speak LAppS",
                     );
+                }
+                if b.is_some() {
+                    for key in LUA_ONLY_KEYS.iter().filter(|k| s.get(k).is_some()) {
+                        r.problem(
+                            ProblemKind::Semantic,
+                            &s.path_of(key),
+                            "the built-in echo runs no Lua: this setting does not apply to it",
+                        );
+                    }
                 }
                 b
             },

@@ -677,6 +677,18 @@ fn a_builtin_service_refuses_keys_it_cannot_honour() {
         "{l:?}"
     );
     assert!(lapps(r#"{"services": {"e": {"builtin": "echo", "proto_alias": "x"}}}"#).is_ok());
+    let l = lines(lapps(
+        r#"{"services": {"e": {"builtin": "echo", "instances": 2, "memory_limit": 1,
+                               "preload": ["bcast"], "request_target": "/e"}}}"#,
+    ));
+    assert_eq!(l.len(), 3, "{l:?}");
+    for key in ["instances", "memory_limit", "preload"] {
+        assert!(
+            l.iter()
+                .any(|x| x.contains(&format!("services.e.{key}")) && x.contains("runs no Lua")),
+            "{key}: {l:?}"
+        );
+    }
 }
 
 #[test]
