@@ -209,6 +209,10 @@ assemble() {
     for script in postinst prerm postrm; do
         install -m 0755 "debian/$script" "$root/DEBIAN/$script"
     done
+    local advice="install lapps-ssse3 instead"
+    [ "$v" = ssse3 ] && advice="no lapps package runs on it"
+    sed "s/@VARIANT@/$v/g; s/@FLAG@/$v/g; s/@ADVICE@/$advice/g" debian/preinst >"$root/DEBIAN/preinst"
+    chmod 0755 "$root/DEBIAN/preinst"
     (cd "$root" && find etc -type f | sort | sed 's|^|/|') >"$root/DEBIAN/conffiles"
     (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z |
         xargs -0 md5sum) >"$root/DEBIAN/md5sums"

@@ -133,6 +133,29 @@ check_addr=$(nm "$bin" | awk '$3 == "lapps_cpu_exit_unless_supported" {print $1}
 check "the CPU check is the first .init_array constructor (before std's start-up)" \
     test -n "$first_ctor" -a "$((16#$first_ctor))" = "$((16#${check_addr:-0}))"
 
+echo "== preinst: a CPU without the build's features is refused before anything is installed"
+printf 'processor\t: 0\nflags\t\t: fpu sse2\n' >"$tmp/cpu-sse2"
+printf 'processor\t: 0\nflags\t\t: fpu sse2 ssse3\n' >"$tmp/cpu-ssse3"
+printf 'processor\t: 0\nflags\t\t: fpu sse2 ssse3 avx avx2\n' >"$tmp/cpu-avx2"
+for v in ssse3 avx2; do
+    dpkg-deb -e "$(deb "$v")" "$tmp/control-$v"
+done
+preinst() { # preinst VARIANT CPUINFO [ENV...]: the package's preinst "install", its stderr
+    local v=$1 cpu=$2
+    shift 2
+    env LAPPS_CPUINFO="$tmp/cpu-$cpu" "$@" sh "$tmp/control-$v/preinst" install 2>&1
+}
+refused() { # refused VARIANT CPUINFO TEXT: fails and says TEXT
+    local out
+    if out=$(preinst "$1" "$2"); then return 1; fi
+    grep -qF "$3" <<<"$out"
+}
+check "lapps-avx2 is refused on a CPU without avx2, naming lapps-ssse3"     refused avx2 ssse3 "lapps-avx2: this CPU has no avx2, which this build needs; install lapps-ssse3 instead"
+check "lapps-avx2 installs on a CPU with avx2" preinst avx2 avx2
+check "LAPPS_SKIP_CPU_CHECK=1 installs lapps-avx2 anyway" preinst avx2 ssse3 LAPPS_SKIP_CPU_CHECK=1
+check "lapps-ssse3 is refused on a CPU without ssse3"     refused ssse3 sse2 "lapps-ssse3: this CPU has no ssse3"
+check "lapps-ssse3 installs on a CPU with ssse3" preinst ssse3 ssse3
+
 echo "== lintian"
 command -v lintian >/dev/null || apt_install lintian
 for v in ssse3 avx2; do
