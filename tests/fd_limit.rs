@@ -69,6 +69,11 @@ fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
         0
     );
+    assert!(
+        ours.rlim_max > 4 * NOFILE,
+        "this machine's hard descriptor limit ({}) is too low for these tests",
+        ours.rlim_max
+    );
     let dir = config_dir();
     let (_server, _addr, _log, start) =
         spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, libc::RLIM_INFINITY));

@@ -90,6 +90,12 @@ pub(crate) fn over_budget() -> bool {
     tree_budget::over()
 }
 
+/// Whether `doc`'s bytes alone are more than the thread's budget.
+pub(crate) fn never_fits(doc: &Doc) -> bool {
+    let limit = tree_budget::limit();
+    limit != 0 && doc.charged > limit
+}
+
 /// The member names of the LAppS protocol (SPEC section 4), in the order of [`Named`]'s slots.
 pub(crate) const NAMES: [&str; 4] = ["lapps", "method", "params", "cid"];
 

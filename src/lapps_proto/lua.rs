@@ -189,9 +189,9 @@ fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> 
     })
 }
 
-/// Array when the keys are exactly 1..n, object otherwise. A number key and a string key
-/// that write the same (`[1]` and `["1"]`) would be one key given twice (RFC 8949 5.6): an
-/// error, rather than a map whose receiver keeps either value.
+/// Array when the keys are exactly 1..n, object otherwise. Two keys that write the same (`[1]`
+/// and `["1"]`, or two numbers equal to 14 digits) would be one key given twice (RFC 8949 5.6):
+/// an error, rather than a map whose receiver keeps either value.
 fn table_value(mut entries: Vec<(RawKey, Value)>) -> Result<Value, String> {
     let n = entries.len() as i64;
     let is_array = n > 0
@@ -220,7 +220,8 @@ fn table_value(mut entries: Vec<(RawKey, Value)>) -> Result<Value, String> {
         .find(|w| key_bytes(&w[0].0) == key_bytes(&w[1].0))
     {
         return Err(format!(
-            "a table has the key {} both as a number and as a string",
+            "two keys of a table both write as the key {} (a number key is written as \
+             tostring writes it)",
             crate::log::shown(&String::from_utf8_lossy(key_bytes(&twice[0].0)))
         ));
     }

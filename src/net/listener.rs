@@ -81,7 +81,7 @@ pub fn run(
         }
         if let Some((conn, since)) = waiting.take() {
             match hand_over(&balancer, conn) {
-                Ok(()) => info!(
+                Ok(()) => crate::info_limited!(
                     "listener: the workers took connections again after {} ms",
                     since.elapsed().as_millis()
                 ),
@@ -101,7 +101,8 @@ pub fn run(
                 }
             }
             Accepted::Busy(conn) => {
-                info!(
+                // Under a steady storm this comes every few milliseconds: rate-limited.
+                crate::info_limited!(
                     "listener: every worker's inbox is full (a burst of connections); \
                      accepting pauses until they catch up"
                 );

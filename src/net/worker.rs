@@ -374,9 +374,9 @@ impl Worker {
         let reject_full = nc.reject_full;
         let tls = self.opts.tls_endpoints.get(nc.listener).copied() == Some(true);
         if reject_full && self.refused >= self.hub.port(self.id).max_refused() {
-            // No slot to linger in: answer in passing, as the listener does when even the
-            // accept queues are full, and close at once (over TLS, without a session to
-            // answer in, just close).
+            // No slot to linger in: answer in passing and close at once (over TLS, without
+            // a session to answer in, just close). The answer may be lost to an RST when the
+            // request is already here: a last resort past max_refused.
             if !tls {
                 let _ = sys::send(fd, &handshake::error_response(503, "server full"));
             }

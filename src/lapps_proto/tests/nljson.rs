@@ -183,7 +183,8 @@ fn bad_input_returns_nil_and_a_message() {
         fails(nljson.array, {a = 1})
         -- a number key and a string key that write the same would be one key given twice
         local e = fails(nljson.to_cbor, {[1] = "a", ["1"] = "b"})
-        assert(e:find('the key "1" both as a number and as a string', 1, true), e)
+        assert(e:find('two keys of a table both write as the key "1"', 1, true), e)
+        fails(nljson.encode, {[1] = 1, [1 + 2^-52] = 2, x = 3})
         fails(nljson.encode, {[1.5] = 1, ["1.5"] = 2})
         fails(nljson.encode, {x = {[2] = 1, ["2"] = 2}})
         assert(nljson.encode({[1] = "a", ["2"] = "b"}) == '{"1":"a","2":"b"}')

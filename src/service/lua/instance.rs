@@ -6,6 +6,7 @@
 //! call `onShutdown`. The state never leaves this thread; nothing here touches a socket.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,12 +38,19 @@ pub(crate) struct Shared {
 /// and a level of recursion through a C function takes far more of the thread's stack than of
 /// LuaJIT's: `string.gsub` keeps an 8 KiB buffer per level, mlua's callbacks several KiB. With
 /// Rust's default 2 MiB, `local function f() return ("x"):gsub("x", f) end` overflowed the
-/// thread after ~230 levels and aborted the process. gsub's ~7,000 levels take 64-128 MiB;
-/// with twice that, such a recursion ends in Lua's own "stack overflow" error first
-/// (tests/lua_stack.rs). It is address space: pages are only committed as the stack grows
-/// into them. (A recursion that starts a new coroutine every few thousand levels gets a fresh
-/// LuaJIT stack each time and could still reach the end: LuaJIT has no C-stack limit.)
-const STACK_BYTES: usize = 256 << 20;
+/// thread after ~230 levels and aborted the process. gsub's ~7,000 levels take more than
+/// 64 MiB, and 128 MiB holds them: such a recursion ends in Lua's own "stack overflow" error
+/// first (tests/lua_stack.rs, which fails at 64 MiB). Pages are committed only as the stack
+/// grows into them, but the mapping counts in full against vm.overcommit_memory=2 and
+/// RLIMIT_AS, and pages a deep recursion touched stay with the thread. (A recursion that
+/// starts a new coroutine every few thousand levels gets a fresh LuaJIT stack each time and
+/// could still reach the end: LuaJIT has no C-stack limit.)
+const STACK_BYTES: usize = 128 << 20;
+
+/// How an instance's start ended (see `spawn`).
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const TIMED_OUT: u8 = 2;
 
 /// Starts instance `index` and waits until it is serving; `Err` carries the reason.
 pub(crate) fn spawn(
@@ -58,6 +66,10 @@ pub(crate) fn spawn(
     let stop = Arc::clone(&shared.stop);
     let stop_on_timeout = Arc::clone(&shared.stop);
     let spec_timeout = spec.start_timeout;
+    // Who decides whether the instance started: its thread, ready in time, or this one, once
+    // the timeout passed. One compare-and-swap each, so the two can never both win.
+    let outcome = Arc::new(AtomicU8::new(STARTING));
+    let thread_outcome = Arc::clone(&outcome);
     let thread = std::thread::Builder::new()
         .name(format!("lua-{}#{index}", spec.name))
         .stack_size(STACK_BYTES)
@@ -71,10 +83,13 @@ pub(crate) fn spawn(
                     // What the state takes at the least, without the garbage of its loading.
                     let _ = lua.gc_collect();
                     crate::lapps_proto::tree_budget::set_floor(lua.used_memory());
-                    // Not after the start timed out: the service was reported as failed (the
-                    // receiver is gone, or the stop flag was set as it gave up), so its run()
-                    // or onShutdown must not run now.
-                    if ready_tx.send(Ok(())).is_ok() && !host.stop.is_set() {
+                    // Not after the start timed out: the service was reported as failed, so
+                    // its run() or onShutdown must not run now.
+                    let ready = thread_outcome
+                        .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                    if ready {
+                        let _ = ready_tx.send(Ok(()));
                         serve(&lua, &host, &module, app, inbox.as_deref());
                     }
                 }
@@ -82,14 +97,24 @@ pub(crate) fn spawn(
             let _ = fin_tx.send(());
         })
         .map_err(|e| format!("cannot spawn the instance thread: {e}"))?;
-    let started = ready_rx.recv_timeout(spec_timeout);
+    let mut started = ready_rx.recv_timeout(spec_timeout);
     if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = started {
-        // Left behind: must_stop() turns true and blocked host calls return, so an init that
-        // polls or waits ends; one that never does stays parked until the process exits.
-        stop_on_timeout.set();
-        return Err(format!(
-            "init/onStart did not finish within {spec_timeout:?} (it must return; loops belong in run())"
-        ));
+        let gave_up = outcome
+            .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if gave_up {
+            // Left behind: must_stop() turns true and blocked host calls return, so an init
+            // that polls or waits ends; one that never does stays parked until the process
+            // exits.
+            stop_on_timeout.set();
+            return Err(format!(
+                "init/onStart did not finish within {spec_timeout:?} (it must return; loops belong in run())"
+            ));
+        }
+        // Ready just now (or failed: its error is on the way).
+        started = ready_rx
+            .recv()
+            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected);
     }
     match started.map_err(|_| ()) {
         Ok(Ok(())) => Ok(InstanceHandle {

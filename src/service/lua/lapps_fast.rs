@@ -80,8 +80,11 @@ pub(crate) fn call_requests(
                 let is_request = !msg_type.is_notification();
                 if lazy::over_budget() {
                     // The bytes of messages whose views are garbage now, kept until their
-                    // finalizers run.
-                    ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                    // finalizers run. Not for a message past the limit on its own, which no
+                    // collection makes room for (a client could make every message cost one).
+                    if !lazy::never_fits(&doc) {
+                        ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+                    }
                     if lazy::over_budget() {
                         let doc_len = doc.bytes().len();
                         drop(doc);

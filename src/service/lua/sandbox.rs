@@ -136,6 +136,8 @@ fn set_package_path(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
 const BUDGETED_XPCALL: &str = r#"
 local spent, xpcall = ...
 _G.xpcall = function(f, handler, ...)
+  -- What xpcall itself refuses (a handler that is not a function), it refuses as before.
+  if type(handler) ~= "function" then return xpcall(f, handler, ...) end
   return xpcall(f, function(e)
     if spent() then return e end
     return handler(e)
