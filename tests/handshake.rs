@@ -101,6 +101,17 @@ fn slowloris_gets_408_at_the_handshake_timeout() {
         "a request that never completes must be answered 408: {resp:?}"
     );
     assert!(resp.contains("Connection: close\r\n"), "{resp}");
+    assert!(resp.ends_with("request timeout\n"), "{resp:?}");
+    // The same to a HEAD, without content (RFC 9110 9.3.2).
+    let resp = http_exchange(srv.addr, b"HEAD /echo HTTP/1.1\r\nHost: x\r\n");
+    assert!(
+        resp.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{resp:?}"
+    );
+    assert!(
+        resp.ends_with("\r\n\r\n"),
+        "a HEAD answer with content: {resp:?}"
+    );
     // Well before the 5 s default, so the 300 ms setting is what cut it (and 2.7 s to spare
     // for a loaded machine).
     assert!(

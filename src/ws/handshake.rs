@@ -134,8 +134,7 @@ pub fn parse_after(
     parse_skipping_crlf(buf, scanned, limits).map_err(|mut e| {
         // Whatever is wrong with it, the answer to a HEAD carries no content (RFC 9110
         // section 9.3.2).
-        let line = buf.strip_prefix(b"\r\n").unwrap_or(buf);
-        e.head |= line.starts_with(b"HEAD ");
+        e.head |= is_head(buf);
         e
     })
 }
@@ -674,6 +673,19 @@ fn reason_phrase(status: u16) -> &'static str {
 /// `Allow: GET` (RFC 9110 15.5.6).
 pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
     response_with(status, reason, true)
+}
+
+/// [`error_response`] to a request whose first bytes are `request` (complete or not): without
+/// content when it is a HEAD (RFC 9110 section 9.3.2), as [`HandshakeError::response`] does.
+pub fn error_response_to(request: &[u8], status: u16, reason: &str) -> Vec<u8> {
+    response_with(status, reason, !is_head(request))
+}
+
+/// Whether the request in `buf` (after one optional empty line) is a HEAD.
+fn is_head(buf: &[u8]) -> bool {
+    buf.strip_prefix(b"\r\n")
+        .unwrap_or(buf)
+        .starts_with(b"HEAD ")
 }
 
 /// [`error_response`], with the content left out when `body` is false (the answer to a HEAD:

@@ -63,7 +63,8 @@ impl Worker {
             "rejected {}: HTTP 408 request incomplete at the handshake timeout",
             c.peer
         );
-        self.answer_and_finish(index, handshake::error_response(408, "request timeout"));
+        let answer = handshake::error_response_to(&c.inbuf, 408, "request timeout");
+        self.answer_and_finish(index, answer);
     }
 
     /// Deadlines are deleted lazily (a connection that ends or moves its deadline leaves its
