@@ -51,9 +51,14 @@ pub struct Queue {
     recv_waiters: AtomicUsize,
     post_waiters: AtomicUsize,
     /// Payload bytes of the messages in the ring (reserved before a push, released after a
-    /// pop), at most `max_bytes`.
+    /// pop), at most `max_bytes`, and of the returned ones.
     bytes: AtomicUsize,
     max_bytes: usize,
+    /// Messages a receiver took and gave back undelivered ([`Queue::put_back`]): taken before
+    /// the ring, so that each keeps its place ahead of what its sender posted after it.
+    returned: Mutex<std::collections::VecDeque<Box<[u8]>>>,
+    /// How many are in `returned` (read without its lock on every pop).
+    returned_len: AtomicUsize,
 }
 
 impl Queue {
@@ -72,6 +77,8 @@ impl Queue {
             not_full: Condvar::new(),
             recv_waiters: AtomicUsize::new(0),
             post_waiters: AtomicUsize::new(0),
+            returned: Mutex::new(std::collections::VecDeque::new()),
+            returned_len: AtomicUsize::new(0),
         }
     }
 
@@ -85,11 +92,11 @@ impl Queue {
 
     /// Messages waiting (a snapshot).
     pub fn len(&self) -> usize {
-        self.ring.len()
+        self.ring.len() + self.returned_len.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.len() == 0
     }
 
     /// Whether a message of `len` bytes can ever be posted here (an empty queue would take it).
@@ -121,11 +128,34 @@ impl Queue {
         }
     }
 
-    /// Out of the ring, releasing its bytes.
+    /// A returned message first, else out of the ring; releasing its bytes.
     fn pop(&self) -> Option<Box<[u8]>> {
-        let m = self.ring.pop()?;
+        let m = self.take_returned().or_else(|| self.ring.pop())?;
         self.bytes.fetch_sub(m.len(), Ordering::AcqRel);
         Some(m)
+    }
+
+    fn take_returned(&self) -> Option<Box<[u8]>> {
+        if self.returned_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+        let m = returned.pop_front()?;
+        self.returned_len.store(returned.len(), Ordering::Release);
+        Some(m)
+    }
+
+    /// Gives back a message a receiver took and could not deliver (its Lua state went away):
+    /// the next receive of any receiver gets it, before the ring. It was accepted once, so it
+    /// is taken whatever the bounds say now; never blocks.
+    pub fn put_back(&self, msg: Box<[u8]>) {
+        self.bytes.fetch_add(msg.len(), Ordering::AcqRel);
+        {
+            let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+            returned.push_back(msg);
+            self.returned_len.store(returned.len(), Ordering::Release);
+        }
+        self.wake(&self.recv_waiters, &self.not_empty);
     }
 
     /// Appends `msg`, or hands it back when the queue is full (of messages or of bytes).
@@ -435,6 +465,30 @@ mod tests {
             Err(Wait::Timeout)
         );
         assert!(m.leftovers().is_empty());
+    }
+
+    #[test]
+    fn a_message_given_back_is_received_before_those_posted_after_it() {
+        let q = Queue::with_max_bytes("back".into(), 2, 4);
+        q.try_post(msg("ab")).unwrap();
+        q.try_post(msg("cd")).unwrap();
+        let first = q.poll().unwrap();
+        // Its place taken meanwhile (the ring is full again, in slots and bytes).
+        q.try_post(msg("ef")).unwrap();
+        q.put_back(first);
+        assert_eq!(q.len(), 3);
+        assert_eq!(
+            &*q.poll().unwrap(),
+            b"ab",
+            "it goes first, as it was posted first"
+        );
+        assert_eq!(&*q.poll().unwrap(), b"cd");
+        assert_eq!(&*q.receive(Duration::ZERO, &|| false).unwrap(), b"ef");
+        assert!(q.is_empty());
+        // Its bytes were released with it: the queue takes a full load again.
+        q.try_post(msg("gh")).unwrap();
+        q.try_post(msg("ij")).unwrap();
+        assert!(q.try_post(msg("k")).is_err());
     }
 
     #[test]

@@ -35,18 +35,19 @@ struct Ctx {
 
 impl Drop for Ctx {
     /// The state is going (its service stops, or its `run()` failed and restarts): a message
-    /// it took and never delivered goes back to its queue (at the back), so that an accepted
-    /// message is not lost with the state.
+    /// it took and never delivered goes back to the front of its queue, so that an accepted
+    /// message is neither lost with the state nor overtaken by what its sender posted after it.
     fn drop(&mut self) {
         for (name, m) in self.held.get_mut().drain() {
-            let len = m.len();
-            let back = registry().get(&name).map(|q| q.try_post(m));
-            if !matches!(back, Some(Ok(()))) {
-                crate::error!(
-                    "{} mqr: a message of {len} bytes taken from queue {} could not be put back (queue full): lost",
+            match registry().get(&name) {
+                Some(q) => q.put_back(m),
+                // Queues are never removed: only a queue from another registry could be gone.
+                None => crate::error!(
+                    "{} mqr: a message of {} bytes taken from queue {} has no queue to go back to: lost",
                     self.host.tag(),
+                    m.len(),
                     crate::log::shown(&name)
-                );
+                ),
             }
         }
     }
