@@ -82,6 +82,34 @@ fn a_peer_that_shuts_its_side_after_its_request_and_a_frame_still_gets_101_and_e
 }
 
 #[test]
+fn a_peer_that_shuts_its_side_after_a_large_message_gets_all_of_its_echo() {
+    // More than the outbound high water mark: the echo is still being written when the FIN is
+    // read, and must not be cut short there.
+    let srv = start_echo(|_| {});
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    let payload: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let reader = {
+        let mut r = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut r, &mut got);
+            got
+        })
+    };
+    s.write_all(&frame(true, 0, 0x2, &payload, true)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = reader.join().unwrap();
+    let mut head = vec![0x82, 127];
+    head.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    assert_eq!(
+        got.len(),
+        head.len() + payload.len(),
+        "the echo was cut short"
+    );
+    assert!(got.starts_with(&head) && got[head.len()..] == payload[..]);
+}
+
+#[test]
 fn empty_close_is_answered_with_an_empty_close() {
     let srv = start_echo(|_| {});
     let mut s = raw_upgraded(srv.addr, "/echo");

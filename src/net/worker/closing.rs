@@ -213,11 +213,17 @@ impl Worker {
         match c.phase {
             Phase::Finishing | Phase::Answering(_) => {}
             Phase::Draining => self.end(index, Ending::Done),
+            Phase::Open | Phase::Closing if c.out.bytes() > 0 => {
+                // Frames are queued (the built-in echo's replies, our Close and what came
+                // before it): written whole, however many writes that takes (bounded by the
+                // close timeout), then our side shuts. One write and an end would cut a
+                // frame short, a broken stream for a peer that reads after its FIN.
+                self.finish_after_flush(index)
+            }
             _ => {
                 // The connection ends without a close handshake, but what is queued already
-                // (the 101 to a request that came with the FIN, replies made since) is
-                // written first, as far as the socket takes it at once: the peer may read
-                // after shutting its side.
+                // (the 101 to a request that came with the FIN) is written first, as far as
+                // the socket takes it at once: the peer may read after shutting its side.
                 if c.out.bytes() > 0 && !c.write_blocked {
                     let fd = c.fd.as_raw_fd();
                     let _ = match c.tls.as_deref_mut() {
