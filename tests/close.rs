@@ -109,6 +109,77 @@ fn a_peer_that_shuts_its_side_after_a_large_message_gets_all_of_its_echo() {
     assert!(got.starts_with(&head) && got[head.len()..] == payload[..]);
 }
 
+/// A service version that retired after its connection was routed to it: `on_open` refuses.
+struct Retired;
+
+impl lapps::service::Service for Retired {
+    fn name(&self) -> &str {
+        "retired"
+    }
+    fn max_message_size(&self) -> usize {
+        1 << 20
+    }
+    fn on_open(
+        &self,
+        _: &mut dyn lapps::service::WorkerCtx,
+        _: lapps::net::handle::ConnId,
+    ) -> Option<u32> {
+        None
+    }
+    fn on_message(
+        &self,
+        _: &mut dyn lapps::service::WorkerCtx,
+        _: lapps::net::handle::ConnId,
+        _: u32,
+        _: lapps::ws::Opcode,
+        _: &[u8],
+    ) -> lapps::service::Flow {
+        unreachable!("never opened")
+    }
+    fn on_close(
+        &self,
+        _: &mut dyn lapps::service::WorkerCtx,
+        _: lapps::net::handle::ConnId,
+        _: u32,
+    ) {
+        unreachable!("never opened")
+    }
+}
+
+struct RetiredRouter;
+
+impl lapps::net::worker::Router for RetiredRouter {
+    fn route(
+        &self,
+        _: &lapps::ws::handshake::Request,
+        _: std::net::IpAddr,
+    ) -> Result<std::sync::Arc<dyn lapps::service::Service>, u16> {
+        Ok(std::sync::Arc::new(Retired))
+    }
+}
+
+#[test]
+fn a_connection_to_a_retired_version_ends_at_the_close_exchange_not_the_close_timeout() {
+    let srv = start_with(
+        |o| o.worker.close_timeout = std::time::Duration::from_secs(20),
+        std::sync::Arc::new(RetiredRouter),
+    );
+    let mut s = raw_upgraded(srv.addr, "/any");
+    assert_eq!(expect_close(&mut s), Some(1001));
+    let t = std::time::Instant::now();
+    s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    assert!(
+        closed_by_server(&mut s),
+        "TCP must be closed after the close frames"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "closed after {:?}: the server waited for the 20 s close timeout",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn empty_close_is_answered_with_an_empty_close() {
     let srv = start_echo(|_| {});

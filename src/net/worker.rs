@@ -663,7 +663,19 @@ impl Worker {
                 "closing {peer}: {} no longer takes connections (replaced), 1001",
                 service.name()
             );
-            self.start_close(index, crate::ws::close::GOING_AWAY);
+            // Our Close, then our side of TCP: with no service there is nothing to read the
+            // peer's Close reply with, and waiting for it would hold the connection for the
+            // whole close timeout. Draining reads (and drops) it until the peer's EOF.
+            c.out.append_with(&mut self.pool, |b| {
+                codec::encode_close(
+                    b,
+                    Role::Server,
+                    Some(crate::ws::close::GOING_AWAY),
+                    b"",
+                    [0; 4],
+                )
+            });
+            self.finish_after_flush(index);
             return buf.len();
         };
         c.tag = tag;
