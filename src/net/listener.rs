@@ -298,20 +298,7 @@ mod tests {
     /// Connections waiting in the kernel's accept queue of the listening socket `fd`
     /// (`tcpi_unacked` of a socket in LISTEN state).
     fn accept_queue(fd: RawFd) -> u32 {
-        // SAFETY: tcp_info is plain data, all zeroes is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info`/`len` describe a writable buffer of the right size.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                &mut info as *mut libc::tcp_info as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        let (info, _) = sys::tcp_info(fd).expect("TCP_INFO");
         info.tcpi_unacked
     }
 

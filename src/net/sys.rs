@@ -106,9 +106,9 @@ impl AckProgress {
     }
 }
 
-/// How many bytes the peer has acknowledged on this TCP connection (`tcpi_bytes_acked` of
-/// TCP_INFO, Linux 4.1+); None when the kernel does not say.
-pub fn bytes_acked(fd: RawFd) -> Option<u64> {
+/// TCP_INFO of the socket `fd`, with how many of its bytes the kernel filled in (older
+/// kernels know fewer fields).
+pub fn tcp_info(fd: RawFd) -> io::Result<(libc::tcp_info, usize)> {
     // SAFETY: tcp_info is plain data, all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -122,10 +122,16 @@ pub fn bytes_acked(fd: RawFd) -> Option<u64> {
             &mut info as *mut libc::tcp_info as *mut libc::c_void,
             &mut len,
         )
-    })
-    .ok()?;
+    })?;
+    Ok((info, len as usize))
+}
+
+/// How many bytes the peer has acknowledged on this TCP connection (`tcpi_bytes_acked` of
+/// TCP_INFO, Linux 4.1+); None when the kernel does not say.
+pub fn bytes_acked(fd: RawFd) -> Option<u64> {
+    let (info, len) = tcp_info(fd).ok()?;
     let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
-    (len as usize >= end).then_some(info.tcpi_bytes_acked)
+    (len >= end).then_some(info.tcpi_bytes_acked)
 }
 
 /// Reads into `buf`.
