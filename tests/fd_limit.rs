@@ -16,9 +16,11 @@ use tungstenite::Message;
 /// Low enough to reach with a few dozen connections, above what start-up needs.
 const NOFILE: libc::rlim_t = 48;
 
-fn config_dir() -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fd-limit-{}", std::process::id()));
+/// A configuration directory of its own for the test `name` (the tests run side by side: one
+/// must not remove another's files while its server reads them).
+fn config_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fd-limit-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -74,7 +76,7 @@ fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
         "this machine's hard descriptor limit ({}) is too low for these tests",
         ours.rlim_max
     );
-    let dir = config_dir();
+    let dir = config_dir("raise");
     let (_server, _addr, _log, start) =
         spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, libc::RLIM_INFINITY));
     let raised = format!("descriptor limit raised from {NOFILE} to {}", ours.rlim_max);
@@ -83,7 +85,7 @@ fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
 
 #[test]
 fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
-    let dir = config_dir();
+    let dir = config_dir("exhausted");
     // Hard and soft: the server raises a soft limit to the hard one by itself.
     let (_server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
     // It said so at start-up, with the numbers.
