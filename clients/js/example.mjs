@@ -3,7 +3,9 @@
 import { connect } from "./lapps.mjs";
 
 const query = new URLSearchParams(location.search);
-const url = query.get("ws") ?? `ws://${location.hostname || "127.0.0.1"}:5083/echo_lapps`;
+// A page served over https may only open wss:// (a ws:// socket would be blocked as mixed content).
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const url = query.get("ws") ?? `${scheme}://${location.hostname || "127.0.0.1"}:5083/echo_lapps`;
 const channel = Number(query.get("channel") ?? 1001);
 const KEEP = 100; // OONs kept on the page; older ones scroll away
 

@@ -35,6 +35,10 @@ export class CborError extends Error {}
 
 const MAX_DEPTH = 256; // bounds recursion on hostile input (a stack overflow is not an error message)
 const utf8Encoder = new TextEncoder();
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const isWellFormed = String.prototype.isWellFormed
+  ? (s) => s.isWellFormed()
+  : (s) => !LONE_SURROGATE.test(s);
 // ignoreBOM: a text string that starts with U+FEFF keeps it (the default would strip it).
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
@@ -131,6 +135,8 @@ function encodeItem(out, v, depth) {
       }
       return;
     case "string": {
+      // TextEncoder would turn a lone surrogate into U+FFFD: the peer would get other text.
+      if (!isWellFormed(v)) throw new CborError("string has a lone surrogate (not valid UTF-16)");
       const bytes = utf8Encoder.encode(v);
       writeHead(out, 3, bytes.length);
       writeBytes(out, bytes);
@@ -298,12 +304,15 @@ function decodeItem(r, depth, breakAllowed = false) {
         if (typeof key === "object" && key !== null) scalarKeys = false;
         entries.push([key, decodeItem(r, depth + 1)]);
       }
-      // Keys a plain object cannot hold apart (byte strings, arrays, maps): a Map keeps them.
+      // Keys a plain object cannot hold apart (byte strings, arrays, maps, or scalars that
+      // write as the same property name: 1 and "1", null and "null"): a Map keeps them.
       if (!scalarKeys) return new Map(entries);
+      const names = entries.map(([key]) => String(key));
+      if (new Set(names).size !== names.length) return new Map(entries);
       const obj = {};
-      for (const [key, value] of entries) {
+      for (const [i, [, value]] of entries.entries()) {
         // defineProperty: a "__proto__" key is data, not a prototype change.
-        Object.defineProperty(obj, String(key), {
+        Object.defineProperty(obj, names[i], {
           value,
           enumerable: true,
           writable: true,
@@ -327,10 +336,15 @@ function decodeSimple(r, ai, breakAllowed) {
       return null;
     case 23:
       return undefined;
-    case 24:
+    case 24: {
       need(r, 1);
+      const value = r.view.getUint8(r.pos);
       r.pos += 1;
-      return undefined; // unassigned simple value: nothing in LAppS uses one
+      // RFC 8949 3.3: values below 32 in the one-byte form are not well-formed; the others are
+      // unassigned, and nothing in LAppS uses one (the server refuses them too).
+      if (value < 32) throw new CborError(`simple value ${value} in the one-byte form is not well-formed`);
+      throw new CborError(`unassigned simple value ${value}`);
+    }
     case 25:
       need(r, 2);
       r.pos += 2;
@@ -347,7 +361,7 @@ function decodeSimple(r, ai, breakAllowed) {
       if (!breakAllowed) throw new CborError("unexpected break");
       return BREAK;
     default:
-      if (ai < 20) return undefined; // unassigned simple values 0..19
+      if (ai < 20) throw new CborError(`unassigned simple value ${ai}`);
       throw new CborError(`reserved simple value encoding ${ai}`);
   }
 }
@@ -379,7 +393,7 @@ export class LappsError extends Error {
  * @param {number} [options.minDelay=250] first reconnection delay in ms
  * @param {number} [options.maxDelay=10000] cap of the exponentially growing delay in ms
  * @param {number} [options.stableAfter=5000] ms a connection must stay open before the back-off
- *   starts again from `minDelay` (a successful response to a call resets it at once)
+ *   starts again from `minDelay`
  * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: the global one)
  * @returns {LappsClient}
  */
@@ -389,11 +403,20 @@ export function connect(url, options = {}) {
 
 /**
  * Default of `stableAfter`: how long (ms) a connection must stay open before the reconnection
- * back-off starts again from `minDelay`. An open alone proves little: a server that accepts and
- * then closes at once (1008 slow consumer, 1003, a redeploy loop, a proxy) would otherwise get
- * every client back after a `minDelay` each time, forever.
+ * back-off starts again from `minDelay`. An open alone proves little, and neither does an answered
+ * call: a server that accepts, answers and then closes (1008 slow consumer, 1003, a redeploy
+ * loop, a proxy's idle cut) would otherwise get every client back after a `minDelay` each time,
+ * forever.
  */
 export const STABLE_AFTER = 5000;
+
+/**
+ * Close code the client sends when the server's messages stop making sense (a frame it cannot
+ * decode, a response without a call): responses are matched by order, so after one it cannot
+ * classify, every later answer could settle the wrong call. RFC 6455's 1002 is what this means,
+ * but a browser may only send 1000 or 3000-4999.
+ */
+export const CLOSE_PROTOCOL_ERROR = 4002;
 
 export class LappsClient {
   /** @param {string} url @param {object} [options] see `connect` */
@@ -414,7 +437,10 @@ export class LappsClient {
     this.onopen = null;
     /** @type {?function({code:number, reason:string, reconnectIn:?number}):void} called after each close */
     this.onclose = null;
-    /** @type {?function(Error):void} undecodable or unexpected frames; default: console.warn */
+    /**
+     * @type {?function(Error):void} undecodable or unexpected frames (the connection is then
+     * closed with CLOSE_PROTOCOL_ERROR), errors thrown by OON handlers; default: console.warn
+     */
     this.onerror = (err) => console.warn("lapps:", err.message);
     this.pending = []; // calls awaiting a response, in the order their requests were sent
     this.outbox = []; // encoded frames waiting for the socket to open (with their calls, if any)
@@ -447,7 +473,9 @@ export class LappsClient {
   }
 
   /**
-   * Sends a client notification on channel `cid` (≠ 0); the server does not answer it.
+   * Sends a client notification on channel `cid` (≠ 0); the server does not answer it. While
+   * (re)connecting it is queued, and lost if that attempt fails. Throws a LappsError (code 0)
+   * once the client is closed for good.
    * @param {number} cid
    * @param {string} method
    * @param {...*} params
@@ -457,6 +485,7 @@ export class LappsClient {
       (Number.isSafeInteger(cid) && cid > 0) ||
       (typeof cid === "bigint" && cid > 0n && cid < 2n ** 64n);
     if (!valid) throw new RangeError("a notification needs a cid from 1 to 2^64-1");
+    if (this.stopped) throw new LappsError(0, `${method}: client closed`);
     const request = { lapps: 1, method, cid };
     if (params.length > 0) request.params = params;
     this.send(encode(request), null);
@@ -487,12 +516,24 @@ export class LappsClient {
 
   // --- internals -------------------------------------------------------------------------
 
+  /** A reconnection attempt: a WebSocket constructor that throws counts as a failed attempt. */
+  reopen() {
+    this.timer = null;
+    try {
+      this.open();
+    } catch (err) {
+      this.report(err);
+      this.closed(this.ws, { code: 1006, reason: String(err?.message ?? err) });
+    }
+  }
+
   open() {
+    this.ws = null;
     const ws = new this.WS(this.url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
-      // Not a reset of the back-off yet: only a connection that lasts, or answers a call, is.
+      // Not a reset of the back-off yet: only a connection that lasts is.
       this.clearStableTimer();
       if (this.options.reconnect && !this.stopped) {
         this.stableTimer = setTimeout(() => {
@@ -505,7 +546,9 @@ export class LappsClient {
       for (const { frame, call } of queued) this.transmit(frame, call);
       if (this.onopen) this.onopen(this);
     };
-    ws.onmessage = (event) => this.receive(event.data);
+    ws.onmessage = (event) => {
+      if (ws === this.ws) this.receive(event.data);
+    };
     ws.onclose = (event) => this.closed(ws, event);
     // An error is always followed by a close event; the close carries the useful information.
     ws.onerror = () => {};
@@ -528,49 +571,69 @@ export class LappsClient {
 
   receive(data) {
     if (typeof data === "string") {
-      this.onerror?.(new Error("unexpected text frame from the server"));
+      this.abandon(new Error("unexpected text frame from the server"));
       return;
     }
     let msg;
     try {
       msg = decode(data);
     } catch (err) {
-      this.onerror?.(err);
+      this.abandon(err);
       return;
     }
-    if (typeof msg !== "object" || msg === null || Array.isArray(msg)) {
-      this.onerror?.(new Error("server message is not a CBOR map"));
+    if (typeof msg !== "object" || msg === null || Array.isArray(msg) || msg instanceof Map) {
+      this.abandon(new Error("server message is not a CBOR map with text keys"));
     } else if (msg.cid === 0) {
       this.response(msg);
     } else if (msg.cid !== undefined && Array.isArray(msg.message)) {
       const channel = channelKey(msg.cid);
       for (const handler of this.handlers.get(channel) ?? []) {
         try {
-          handler(msg.message, channel);
+          const result = handler(msg.message, channel);
+          // An async handler's rejection is reported like a throw, not left unhandled.
+          if (typeof result?.then === "function") result.then(undefined, (err) => this.report(err));
         } catch (err) {
-          this.onerror?.(err);
+          this.report(err);
         }
       }
     } else {
-      this.onerror?.(new Error("server message is neither a response nor an OON"));
+      this.abandon(new Error("server message is neither a response nor an OON"));
     }
   }
 
   response(msg) {
     const call = this.pending.shift();
     if (!call) {
-      this.onerror?.(new Error("response without a pending call"));
+      this.abandon(new Error("response without a pending call"));
     } else if (msg.status === 1) {
-      // A call succeeded: the connection works, the back-off starts again from minDelay. (An
-      // error answer does not count: a server may refuse, then close, while overloaded.)
-      this.attempt = 0;
-      this.clearStableTimer();
+      // Not a reset of the back-off: a server may answer, then close (see STABLE_AFTER).
       call.resolve(Array.isArray(msg.result) ? msg.result : []);
     } else {
       const e = msg.error ?? {};
       const text = typeof e.message === "string" ? e.message : "error without a message";
       call.reject(new LappsError(Number(e.code ?? -32603), text, e.data));
     }
+  }
+
+  /** `onerror`, which may itself throw without stopping the caller's loop. */
+  report(err) {
+    try {
+      this.onerror?.(err);
+    } catch (thrown) {
+      console.warn("lapps: onerror threw:", thrown);
+    }
+  }
+
+  /**
+   * The server sent what the client cannot place: the order that matches responses to calls is
+   * lost, so the connection is given up (pending calls rejected, reconnection as after a close).
+   */
+  abandon(err) {
+    this.report(err);
+    const ws = this.ws;
+    const reason = "unreadable server message";
+    this.closed(ws, { code: CLOSE_PROTOCOL_ERROR, reason });
+    ws.close(CLOSE_PROTOCOL_ERROR, reason);
   }
 
   closed(ws, event) {
@@ -586,7 +649,7 @@ export class LappsClient {
       const base = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempt, 30));
       reconnectIn = Math.round(base / 2 + (Math.random() * base) / 2);
       this.attempt += 1;
-      this.timer = setTimeout(() => this.open(), reconnectIn);
+      this.timer = setTimeout(() => this.reopen(), reconnectIn);
     } else {
       // Nothing will open another socket: later calls are rejected, not queued forever.
       this.stopped = true;

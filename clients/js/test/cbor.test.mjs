@@ -161,6 +161,28 @@ test("a map with keys an object cannot hold apart decodes as a Map", () => {
   assert.deepEqual(decode(encode(m)), m);
 });
 
+test("map keys that write as the same property name decode as a Map, none lost", () => {
+  const m = decode(hex("a201616161316162")); // {1: "a", "1": "b"}
+  assert.ok(m instanceof Map);
+  assert.deepEqual([...m.entries()], [[1, "a"], ["1", "b"]]);
+  assert.ok(decode(hex("a2f66161646e756c6c6162")) instanceof Map); // {null: "a", "null": "b"}
+  // Distinct integer keys stay a plain object, as before.
+  assert.deepEqual(decode(hex("a2016161026162")), { 1: "a", 2: "b" });
+});
+
+test("a lone surrogate is refused, not replaced by U+FFFD", () => {
+  for (const s of ["\uD800", "a\uDC00", "\uDC00\uD800", "x\uD83D"]) {
+    assert.throws(() => encode(s), CborError, JSON.stringify(s));
+  }
+  assert.equal(decode(encode("\uD83D\uDE00")), "\uD83D\uDE00"); // a pair is fine
+});
+
+test("simple values: one-byte forms below 32 are malformed, unassigned ones refused", () => {
+  for (const b of ["f800", "f814", "f81f", "f820", "f8ff", "e0", "f3"]) {
+    assert.throws(() => decode(hex(b)), CborError, b);
+  }
+});
+
 test("a text string keeps a leading U+FEFF", () => {
   for (const s of ["\uFEFFabc", "\uFEFF", "a\uFEFF"]) {
     assert.equal(decode(encode(s)), s);

@@ -4,7 +4,7 @@
 // tests/browser/ and tests/interop/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connect, encode, decode, LappsError } from "../lapps.mjs";
+import { connect, encode, decode, LappsError, CLOSE_PROTOCOL_ERROR } from "../lapps.mjs";
 
 /** Records every socket created; the test plays the server side by hand. */
 function socketFactory() {
@@ -158,7 +158,8 @@ test("a disconnect rejects pending calls, then the client reconnects with growin
   sockets[5].serverSend({ status: 1, cid: 0, result: [2] });
   assert.deepEqual(await next, [2]);
   sockets[5].serverClose(1006);
-  assert.ok(closes.at(-1).reconnectIn <= 10, "a successful response resets the back-off");
+  // An answered call is no proof the server will keep the connection (see the next test).
+  assert.ok(closes.at(-1).reconnectIn >= 20, `delays ${closes.map((c) => c.reconnectIn)}`);
   client.close();
   await assert.rejects(client.call("late"), LappsError);
 });
@@ -172,6 +173,27 @@ test("a server that accepts and closes at once gets growing delays, not a reset 
   for (let i = 0; i < 5; i++) {
     await until(() => sockets.length === i + 1, `connection attempt ${i}`);
     sockets[i].serverOpen();
+    sockets[i].serverClose(1008);
+  }
+  const delays = closes.map((c) => c.reconnectIn);
+  for (let i = 0; i < 5; i++) {
+    const base = 10 * 2 ** i;
+    assert.ok(delays[i] >= base / 2 && delays[i] <= base, `attempt ${i}: delays ${delays}`);
+  }
+  client.close();
+});
+
+test("a server that answers a call, then closes, gets growing delays too", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 1000 });
+  client.onclose = (info) => closes.push(info);
+  for (let i = 0; i < 5; i++) {
+    await until(() => sockets.length === i + 1, `connection attempt ${i}`);
+    sockets[i].serverOpen();
+    const answered = client.call("echo", i);
+    sockets[i].serverSend({ status: 1, cid: 0, result: [i] });
+    assert.deepEqual(await answered, [i]);
     sockets[i].serverClose(1008);
   }
   const delays = closes.map((c) => c.reconnectIn);
@@ -226,17 +248,107 @@ test("without reconnection, a call after the connection closed is rejected", asy
   assert.equal(sockets.length, 1);
 });
 
-test("unexpected frames are reported, not thrown", () => {
+test("a server message the client cannot place ends the connection and rejects every pending call", async () => {
+  const unplaceable = {
+    "a text frame": (ws) => ws.onmessage({ data: "text" }),
+    "bytes that are not CBOR": (ws) => ws.onmessage({ data: new Uint8Array([0xff]).buffer }),
+    "invalid UTF-8 in a text string": (ws) => ws.onmessage({ data: new Uint8Array([0x62, 0xc3, 0xff]).buffer }),
+    "an array": (ws) => ws.serverSend([1, 2]),
+    "a map that is neither a response nor an OON": (ws) => ws.serverSend({ cid: 4 }),
+  };
+  for (const [what, send] of Object.entries(unplaceable)) {
+    const { sockets, WebSocket } = socketFactory();
+    const client = connect("ws://x/", { WebSocket, minDelay: 10 });
+    const errors = [];
+    const closes = [];
+    client.onerror = (e) => errors.push(e.message);
+    client.onclose = (info) => closes.push(info);
+    sockets[0].serverOpen();
+    const a = client.call("echo", "for a");
+    const b = client.call("echo", "for b");
+    send(sockets[0]);
+    // Had the frame been a's answer, b's would settle a: both are rejected instead.
+    sockets[0].serverSend({ status: 1, cid: 0, result: ["for b"] });
+    await assert.rejects(a, (e) => e instanceof LappsError && e.code === 0, what);
+    await assert.rejects(b, (e) => e instanceof LappsError && e.code === 0, what);
+    assert.equal(errors.length, 1, `${what}: ${errors.join("; ")}`);
+    assert.equal(sockets[0].readyState, 3, what);
+    assert.equal(closes.length, 1, what);
+    assert.equal(closes[0].code, CLOSE_PROTOCOL_ERROR, what);
+    await until(() => sockets.length === 2, `${what}: the reconnection`);
+    client.close();
+  }
+});
+
+test("a response without a pending call ends the connection", async () => {
   const { sockets, WebSocket } = socketFactory();
   const client = connect("ws://x/", { WebSocket, reconnect: false });
   const errors = [];
   client.onerror = (e) => errors.push(e.message);
   sockets[0].serverOpen();
-  sockets[0].onmessage({ data: "text" });
-  sockets[0].onmessage({ data: new Uint8Array([0xff]).buffer });
-  sockets[0].serverSend([1, 2]);
-  sockets[0].serverSend({ status: 1, cid: 0, result: [] }); // no call pending
-  sockets[0].serverSend({ cid: 4 });
-  assert.equal(errors.length, 5, errors.join("; "));
+  sockets[0].serverSend({ status: 1, cid: 0, result: [] });
+  assert.deepEqual(errors, ["response without a pending call"]);
+  assert.equal(sockets[0].readyState, 3);
+  await assert.rejects(client.call("echo"), LappsError);
+});
+
+test("OON handler failures are reported and do not stop the other handlers", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const errors = [];
+  client.onerror = (e) => {
+    errors.push(e.message);
+    throw new Error("onerror itself throws");
+  };
+  const got = [];
+  client.on(3, () => {
+    throw new Error("sync");
+  });
+  client.on(3, async () => {
+    throw new Error("async");
+  });
+  client.on(3, (message) => got.push(message));
+  sockets[0].serverOpen();
+  sockets[0].serverSend({ cid: 3, message: ["tick"] });
+  assert.deepEqual(got, [["tick"]]);
+  await until(() => errors.length === 2, "the async handler's rejection reported");
+  assert.deepEqual(errors.sort(), ["async", "sync"]);
+  assert.ok(client.connected, "handler errors do not end the connection");
   client.close();
+});
+
+test("a WebSocket constructor that throws on a reconnection counts as a failed attempt", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  let constructions = 0;
+  class Flaky extends WebSocket {
+    constructor(url) {
+      constructions += 1;
+      if (constructions === 2) throw new Error("too many open sockets");
+      super(url);
+    }
+  }
+  const closes = [];
+  const errors = [];
+  const client = connect("ws://x/", { WebSocket: Flaky, minDelay: 5 });
+  client.onclose = (info) => closes.push(info);
+  client.onerror = (e) => errors.push(e.message);
+  sockets[0].serverOpen();
+  sockets[0].serverClose(1006);
+  const queued = client.call("echo"); // queued for the attempt that throws
+  await assert.rejects(queued, (e) => e instanceof LappsError && e.code === 0);
+  assert.deepEqual(errors, ["too many open sockets"]);
+  await until(() => sockets.length === 2, "the attempt after the one that threw");
+  assert.equal(closes.length, 2);
+  sockets[1].serverOpen();
+  const next = client.call("echo", 1);
+  sockets[1].serverSend({ status: 1, cid: 0, result: [1] });
+  assert.deepEqual(await next, [1]);
+  client.close();
+});
+
+test("notify after close() throws instead of dropping the notification", () => {
+  const { WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket });
+  client.close();
+  assert.throws(() => client.notify(5, "x"), LappsError);
 });
