@@ -77,6 +77,7 @@ fn hop(total: usize, batch: usize, payload: usize, budget: Option<u64>) -> f64 {
     let msg = vec![b'x'; payload];
     let (mut sent, mut got) = (0usize, 0usize);
     let t = Instant::now();
+    let mut flushes = 1u64;
     while got < total {
         if sent < total && sent - got < 4096 {
             for _ in 0..batch.min(total - sent) {
@@ -84,7 +85,8 @@ fn hop(total: usize, batch: usize, payload: usize, budget: Option<u64>) -> f64 {
                 svc.on_message(&mut W, c, tag, Opcode::Binary, &msg);
                 sent += 1;
             }
-            svc.flush(0);
+            svc.flush(0, flushes);
+            flushes += 1;
         }
         let n = drain(&hub);
         got += n;

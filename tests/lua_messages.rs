@@ -27,7 +27,7 @@ fn echo_app_returns_text_and_binary_from_0_bytes_to_16_mib() {
             )
         };
         assert_eq!(message(&*svc, &c, opcode, &payload), Flow::Continue);
-        svc.flush(0);
+        svc.flush(0, 1);
         let out = collect_until(&hub, |a| !a.is_empty());
         assert_eq!(
             out,
@@ -69,10 +69,10 @@ fn messages_of_each_connection_stay_in_order_across_instances_and_workers() {
         }
         // Flush every few rounds so that batches hold several messages per connection.
         if round % 5 == 4 {
-            (0..3).for_each(|w| svc.flush(w));
+            (0..3).for_each(|w| svc.flush(w, 1));
         }
     }
-    (0..3).for_each(|w| svc.flush(w));
+    (0..3).for_each(|w| svc.flush(w, 1));
     let out = collect_until(&hub, |a| a.len() == conns.len() * N);
     for c in &conns {
         let got = texts_for(&out, c.id);
@@ -150,7 +150,7 @@ fn a_full_queue_pauses_the_reader_and_resumes_it_after_draining() {
         &[Flow::Pause; 2],
         "paused, but the messages were taken"
     );
-    svc.flush(0);
+    svc.flush(0, 1);
     let out = collect_until(&hub, |o| o.iter().any(|x| matches!(x, Out::Resume { .. })));
     let resume_at = out
         .iter()

@@ -371,6 +371,7 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     for (how, cmd, code) in [
         ("lua error", "error", 1011),
         ("onMessage false", "close", 1000),
+        ("onMessage without a return", "noreturn", 1000),
         ("runaway loop", "loop", 1011),
     ] {
         let mut ws = connect(app.addr, "/tally");
@@ -923,6 +924,59 @@ fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read()
     assert_eq!(expect_close(&mut s), Some(1002));
 }
 
+/// SPEC 8: the original made Close replies wait behind a busy Lua instance. A connection whose
+/// messages are all answered gets its Close reply from the worker while the instance is busy
+/// with another connection's message (the close timeout here is 60 s: a reply that waited for
+/// the instance would come only after the release, past the read guard). One that sent a
+/// message with its Close still gets that message's reply first.
+#[test]
+fn a_close_reply_owed_nothing_does_not_wait_for_a_busy_instance() {
+    let app = hold_reply_app(&ws_json_close_timeout(1, 60_000));
+    let (_one, release) = hold_reply_release();
+    let mut answered = raw_upgraded(app.addr, "/hold_reply");
+    answered
+        .write_all(&frame(true, 0, 0x1, b"before", true))
+        .unwrap();
+    let echo = read_frame(&mut answered).expect("the echo");
+    assert_eq!(echo.payload, b"before");
+    let mut owed = raw_upgraded(app.addr, "/hold_reply");
+    let mut busy = raw_upgraded(app.addr, "/hold_reply");
+    busy.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut busy).expect("holding").payload, b"holding");
+
+    // The instance is busy now (it waits for the release). A message and a Close in one
+    // write: the message is the instance's to answer, so this Close reply waits for it.
+    let mut both = frame(true, 0, 0x1, b"owed", true);
+    both.extend_from_slice(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true));
+    owed.write_all(&both).unwrap();
+    // Everything answered: the Close reply comes now, and the end of TCP after it.
+    answered
+        .write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    assert_eq!(expect_close(&mut answered), Some(1000));
+    assert!(
+        closed_by_server(&mut answered),
+        "the server ends TCP after its Close"
+    );
+    // The other two are still waiting for the instance.
+    owed.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(owed.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the Close after an unanswered message waits for its reply"
+    );
+    owed.set_nonblocking(false).unwrap();
+
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(
+        read_frame(&mut busy).expect("released").payload,
+        b"released"
+    );
+    let reply = read_frame(&mut owed).expect("the owed reply");
+    assert_eq!((reply.opcode, &reply.payload[..]), (0x1, &b"owed"[..]));
+    assert_eq!(expect_close(&mut owed), Some(1000));
+}
+
 /// A callback that sends large messages and then runs on: what it sent leaves once the
 /// outbox holds EARLY_POST_BYTES, not when the callback ends.
 #[test]
@@ -1302,47 +1356,29 @@ fn close_events_still_queued_in_a_worker_at_shutdown_reach_on_disconnect() {
 #[test]
 fn pings_are_answered_by_the_worker_while_the_lua_instance_is_busy() {
     // SPEC 8: the original made pongs wait behind a busy Lua instance. Here the worker answers
-    // control frames itself: a ping to a connection whose only instance is stuck in a loop
-    // gets its pong while that loop is still running (the looping connection has no answer yet).
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "tally": { "instances": 1, "preload": ["bcast"], "instruction_budget": 300000000 } }"#,
-        ),
-    );
-    let mut busy = raw_upgraded(app.addr, "/tally");
-    let mut other = raw_upgraded(app.addr, "/tally");
-    busy.write_all(&frame(true, 0, 0x1, b"announce loop", true))
-        .unwrap();
-    // "looping" is handed over right before the loop: the ping goes out while the instance is
-    // certainly busy, not before the loop began.
-    let looping = read_frame(&mut busy).expect("the loop's announcement");
-    assert_eq!(
-        (looping.opcode, looping.payload.as_slice()),
-        (0x1, &b"looping"[..])
-    );
+    // control frames itself: a ping to a connection whose only instance is busy with another
+    // connection's message (it waits for the release, however long that takes) gets its pong
+    // while the instance is still busy.
+    let app = hold_reply_app(&ws_json(1));
+    let (_one, release) = hold_reply_release();
+    let mut busy = raw_upgraded(app.addr, "/hold_reply");
+    let mut other = raw_upgraded(app.addr, "/hold_reply");
+    busy.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    // "holding" is handed over right before the wait: the ping goes out while the instance is
+    // certainly busy.
+    assert_eq!(read_frame(&mut busy).expect("holding").payload, b"holding");
     other
         .write_all(&frame(true, 0, 0x9, b"still there?", true))
         .unwrap();
-    let pong = read_frame(&mut other).expect("a pong");
+    let pong = read_frame(&mut other).expect("a pong while the instance is busy");
     assert_eq!(
         (pong.opcode, pong.payload.as_slice()),
         (0xA, &b"still there?"[..])
     );
-    busy.set_nonblocking(true).unwrap();
-    let mut b = [0u8; 1];
-    let still_looping =
-        matches!(busy.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-    assert!(
-        still_looping,
-        "the pong should not have waited for the Lua loop to end"
-    );
-    busy.set_nonblocking(false).unwrap();
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     assert_eq!(
-        expect_close(&mut busy),
-        Some(1011),
-        "the loop is stopped by the budget"
+        read_frame(&mut busy).expect("released").payload,
+        b"released"
     );
 }
 

@@ -147,7 +147,7 @@ fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
     let reg = Registry::start(vec![spec.clone()], hub.clone()).unwrap();
     let old = reg.route("/disc_report").expect("routed");
     let c = open(&hub, &*old, 0, 1, 1);
-    old.flush(0);
+    old.flush(0, 1);
     // This thread plays the worker: the connection ends, its close event is queued in the
     // worker's batch and not handed over yet.
     hub.port(0).set_dead(c.id.index());
@@ -158,7 +158,7 @@ fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
         Err(Wait::Timeout),
         "the old version stopped before its close event was handed over"
     );
-    old.flush(0);
+    old.flush(0, 1);
     let next = || {
         let m = events
             .receive(Duration::from_secs(10), &|| false)

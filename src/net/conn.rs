@@ -68,6 +68,9 @@ pub struct Conn {
     /// How many times the close timeout was extended for a peer still taking our bytes.
     pub close_extensions: u32,
     pub ping_outstanding: bool,
+    /// The worker's flush count when it last handed this connection's message to its service
+    /// (see `Service::on_ending`); 0 before the first.
+    pub handed: u64,
     /// Accepted only to be answered 503: holds no connection slot of the worker.
     pub refused: bool,
     /// The transport: `None` is plaintext TCP (the hot path pays this one check), `Some` a
@@ -107,6 +110,7 @@ impl Conn {
             last_activity: now,
             acked: AckProgress::default(),
             close_extensions: 0,
+            handed: 0,
             ping_outstanding: false,
             refused: false,
             tls: None,

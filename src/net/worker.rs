@@ -154,6 +154,11 @@ pub struct Worker {
     refused: usize,
     shutdown_since: Option<Instant>,
     handshake_limits: handshake::Limits,
+    /// Calls of `flush_services` so far, plus one (see `Service::flush`).
+    flushes: u64,
+    /// Ending connections (index, generation) whose service's replies are in the command
+    /// queue already: closed once the commands are taken (see `Owed::InCommands`).
+    close_after_commands: Vec<(u32, u32)>,
 }
 
 /// What a service sees of the worker during a callback.
@@ -240,6 +245,8 @@ impl Worker {
             refused: 0,
             shutdown_since: None,
             handshake_limits,
+            flushes: 1,
+            close_after_commands: Vec::new(),
             opts,
         })
     }
@@ -292,6 +299,7 @@ impl Worker {
             self.run_pending();
             self.take_new_connections();
             self.take_commands();
+            self.close_answered_in_commands();
             self.apply_deferred();
             self.run_timers();
             self.check_shutdown();
@@ -299,6 +307,7 @@ impl Worker {
             // On one core the instance woken by that flush usually runs at once (it preempts
             // us) and has answered by now: send its replies in this iteration, not the next.
             self.take_commands();
+            self.close_answered_in_commands();
             self.flush_dirty();
             self.publish_load();
             // `touched` is not empty when a connection ended after `flush_services` (in
@@ -701,11 +710,12 @@ impl Worker {
         }
         let retrying = !self.retry_flush.is_empty();
         for s in std::mem::take(&mut self.touched) {
-            s.flush(self.id);
+            s.flush(self.id, self.flushes);
             if s.has_pending(self.id) {
                 self.retry_flush.push(s);
             }
         }
+        self.flushes += 1;
         self.retry_wait = match (retrying, self.retry_flush.is_empty()) {
             (_, true) | (false, false) => RETRY_FLUSH_WAIT,
             (true, false) => {
@@ -790,6 +800,7 @@ impl Worker {
             c.out_paused = true;
         }
         if delivered {
+            c.handed = self.flushes;
             self.touched_push(&service);
         }
         self.mark_dirty(index);

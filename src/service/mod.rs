@@ -34,6 +34,21 @@ pub trait WorkerCtx {
     fn send(&mut self, conn: ConnId, opcode: Opcode, payload: &[u8]) -> bool;
 }
 
+/// What the Close of an ending connection waits for (see [`Service::on_ending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    /// Nothing: the worker closes at once.
+    Nothing,
+    /// The replies to everything the connection sent are in the worker's command queue
+    /// already: the worker closes once it has taken its commands (this loop iteration), not
+    /// behind whatever the service is busy with now (SPEC 8: a busy Lua instance must not
+    /// hold a Close reply back).
+    InCommands,
+    /// The service still owes replies: it posts `Command::Close` for the connection behind
+    /// them.
+    Later,
+}
+
 /// A service as the IOWorkers see it. All methods are called on worker threads, must not
 /// block, and must not panic on any input.
 pub trait Service: Send + Sync + 'static {
@@ -69,18 +84,20 @@ pub trait Service: Send + Sync + 'static {
         payload: &[u8],
     ) -> Flow;
     /// `conn` is ending: the peer broke the protocol or sent Close, and nothing more is read
-    /// from it. A service that answers later (on its own threads) returns true when it will
-    /// post `Command::Close` for `conn` behind the replies to the messages it has already
-    /// taken, so that none of them is lost: the worker sends its own Close after them (its
-    /// code is the worker's), bounded by the close timeout. False (the default): the worker
-    /// closes at once.
-    fn on_ending(&self, _worker: usize, _conn: ConnId, _tag: u32) -> bool {
-        false
+    /// from it. `handed` is the worker's flush count (see [`Service::flush`]) when it last
+    /// handed `conn` a message (0: never). A service that answers later (on its own threads)
+    /// says what the worker's Close must wait for, so that no reply to a message it has taken
+    /// is lost; the Close carries the worker's code, and the wait is bounded by the close
+    /// timeout. Default: nothing, the worker closes at once.
+    fn on_ending(&self, _worker: usize, _conn: ConnId, _tag: u32, _handed: u64) -> Owed {
+        Owed::Nothing
     }
     /// `conn` is gone, however it ended. Called exactly once for each `on_open`.
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32);
     /// End of one worker loop iteration: hand over whatever was batched (one wake-up per batch).
-    fn flush(&self, _worker: usize) {}
+    /// `flushes` counts the worker's calls so far: what is handed over now covers every message
+    /// handed to the service while the count was `flushes` or less.
+    fn flush(&self, _worker: usize, _flushes: u64) {}
     /// True when a `flush` left work behind (the service's queue was full): call `flush`
     /// again within the next loop iteration instead of sleeping without a timeout.
     fn has_pending(&self, _worker: usize) -> bool {

@@ -72,14 +72,14 @@ pub fn message(svc: &dyn Service, c: &Conn, opcode: Opcode, payload: &[u8]) -> F
 
 pub fn text(svc: &dyn Service, c: &Conn, s: &str) -> Flow {
     let f = message(svc, c, Opcode::Text, s.as_bytes());
-    svc.flush(c.id.worker());
+    svc.flush(c.id.worker(), 1);
     f
 }
 
 pub fn close(hub: &Hub, svc: &dyn Service, c: &Conn) {
     hub.port(c.id.worker()).set_dead(c.id.index());
     svc.on_close(&mut Worker(c.id.worker()), c.id, c.tag);
-    svc.flush(c.id.worker());
+    svc.flush(c.id.worker(), 1);
 }
 
 /// What reached the workers, flattened: one entry per connection a frame was queued for.

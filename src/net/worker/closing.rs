@@ -9,6 +9,7 @@ use super::{Ctx, Ending, Worker, SHUTDOWN_GRACE};
 use crate::debug;
 use crate::net::conn::Phase;
 use crate::net::outq::OutQueue;
+use crate::service::Owed;
 use crate::ws::codec::{self, Role};
 
 impl Worker {
@@ -97,13 +98,24 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return false;
         };
-        let waits = match (&c.service, id) {
-            (Some(s), Some(id)) if c.phase == Phase::Open => s.on_ending(self.id, id, c.tag),
-            _ => false,
+        let owed = match (&c.service, id) {
+            (Some(s), Some(id)) if c.phase == Phase::Open => {
+                s.on_ending(self.id, id, c.tag, c.handed)
+            }
+            _ => Owed::Nothing,
         };
-        if !waits {
-            return false;
+        match owed {
+            Owed::Nothing => return false,
+            Owed::InCommands => {
+                if let Some(id) = id {
+                    self.close_after_commands.push((index, id.generation()));
+                }
+            }
+            Owed::Later => {}
         }
+        let Some(c) = self.conns.get_mut(index) else {
+            return false;
+        };
         c.phase = Phase::Answering(code);
         if let Some(s) = c.service.clone() {
             self.touched_push(&s);
@@ -111,6 +123,16 @@ impl Worker {
         let at = Instant::now() + self.answer_wait();
         self.set_deadline(index, at);
         true
+    }
+
+    /// The connections whose replies were in the command queue when they began to end: the
+    /// commands are taken now, so their Close follows those replies.
+    pub(super) fn close_answered_in_commands(&mut self) {
+        for (index, generation) in std::mem::take(&mut self.close_after_commands) {
+            if self.conns.get_gen_mut(index, generation).is_some() {
+                self.close_answered(index);
+            }
+        }
     }
 
     /// How long a connection waits for its service's answers: the close timeout, and during a

@@ -10,7 +10,7 @@
 //! unparking only when it was true. Both use SeqCst, so either the consumer sees the batch or
 //! the producer sees the flag; `unpark` before `park` makes `park` return at once.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
@@ -49,6 +49,10 @@ pub(crate) struct Batch {
     /// Connections the worker stopped reading while this batch was gathered; registered by
     /// [`Inbox::push`] before the batch is published, so its `done` resumes them.
     to_pause: Vec<ConnId>,
+    /// The worker that gathered it, and its flush count when it handed the batch over (see
+    /// [`Inbox::completed`]).
+    pub worker: usize,
+    pub flushes: u64,
 }
 
 impl Batch {
@@ -127,10 +131,13 @@ pub(crate) struct Inbox {
     /// Connections opened on this instance whose close it has not handled yet (a retiring
     /// version stops only once every `onDisconnect` has run, see `Registry::retire`).
     open_conns: AtomicUsize,
+    /// Per worker, the `flushes` of the last batch of that worker whose messages the instance
+    /// has handled and whose replies it has posted to the worker's command queue.
+    completed: Box<[AtomicU64]>,
 }
 
 impl Inbox {
-    pub fn new(batches: usize, high_msgs: usize, high_bytes: usize) -> Inbox {
+    pub fn new(workers: usize, batches: usize, high_msgs: usize, high_bytes: usize) -> Inbox {
         Inbox {
             queue: ArrayQueue::new(batches.max(1)),
             spare: ArrayQueue::new(SPARE_BATCHES),
@@ -144,7 +151,25 @@ impl Inbox {
             paused: Mutex::new(Vec::new()),
             open_conns: AtomicUsize::new(0),
             has_paused: AtomicBool::new(false),
+            completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Consumer: every message of `worker`'s batches up to `flushes` is handled and the
+    /// commands it led to are posted (Release: a worker that reads this finds them queued).
+    pub fn set_completed(&self, worker: usize, flushes: u64) {
+        if let Some(c) = self.completed.get(worker) {
+            c.store(flushes, Ordering::Release);
+        }
+    }
+
+    /// Producer: the `flushes` up to which `worker`'s messages are handled and answered (see
+    /// [`Inbox::set_completed`]); a message handed over when the worker's count was `n` is
+    /// among them once this is `n` or more, since a worker's batches are handled in order.
+    pub fn completed(&self, worker: usize) -> u64 {
+        self.completed
+            .get(worker)
+            .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// Producer: would the queue be above its high-water mark with `msgs`/`bytes` more?
@@ -276,7 +301,7 @@ mod tests {
     fn every_message_of_every_producer_arrives_once_without_lost_wake_ups() {
         const PRODUCERS: usize = 3;
         const PER: u32 = 20_000;
-        let inbox = Arc::new(Inbox::new(4, usize::MAX / 2, usize::MAX / 2));
+        let inbox = Arc::new(Inbox::new(3, 4, usize::MAX / 2, usize::MAX / 2));
         let (tx, rx) = channel();
         let consumer = {
             let inbox = Arc::clone(&inbox);
@@ -336,7 +361,7 @@ mod tests {
 
     #[test]
     fn paused_connections_are_resumed_once_below_half_the_mark() {
-        let inbox = Inbox::new(8, 4, 1 << 20);
+        let inbox = Inbox::new(1, 8, 4, 1 << 20);
         let c = ConnId::new(0, 1, 1);
         let mut b = Batch::default();
         for _ in 0..5 {

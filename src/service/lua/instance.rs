@@ -215,8 +215,11 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
                 for conn in inbox.done(batch.messages, batch.byte_len()) {
                     host.push(conn, Command::Resume { conn });
                 }
+                let (worker, flushes) = (batch.worker, batch.flushes);
                 inbox.recycle(batch);
                 host.flush();
+                // After the flush: a worker that sees this finds the replies in its queue.
+                inbox.set_completed(worker, flushes);
             }
         }
         (App::Standalone(sa), _) => sa.run(lua, host),

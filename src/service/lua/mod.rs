@@ -63,7 +63,7 @@ pub fn compile_check(app_file: &std::path::Path, bytecode: bool) -> Result<(), S
 
 use self::inbox::{Batch, Inbox, Kind};
 use self::instance::{InstanceHandle, Shared};
-use super::{Flow, Service, WorkerCtx};
+use super::{Flow, Owed, Service, WorkerCtx};
 use crate::net::handle::ConnId;
 use crate::net::hub::Hub;
 use crate::ws::Opcode;
@@ -107,6 +107,8 @@ pub struct LuaService {
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
     closed_doors: AtomicBool,
+    /// The responses each LAppS connection is owed (see [`Service::on_ending`]).
+    hub: Arc<Hub>,
 }
 
 impl LuaService {
@@ -127,6 +129,7 @@ impl LuaService {
             (0..spec.instances)
                 .map(|_| {
                     Arc::new(Inbox::new(
+                        workers,
                         spec.queue_capacity + workers * BATCHES_PER_WORKER,
                         spec.queue_capacity,
                         spec.queue_bytes,
@@ -144,6 +147,7 @@ impl LuaService {
             stop: Arc::new(Stop::default()),
             conns: Mutex::new(std::collections::HashSet::new()),
             closed_doors: AtomicBool::new(false),
+            hub: Arc::clone(&hub),
         };
         let shared = Shared {
             hub,
@@ -341,9 +345,25 @@ impl Service for LuaService {
         r.unwrap_or(Flow::Close(1011))
     }
 
-    fn on_ending(&self, worker: usize, conn: ConnId, tag: u32) -> bool {
-        self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Drain))
-            .is_some()
+    fn on_ending(&self, worker: usize, conn: ConnId, tag: u32, handed: u64) -> Owed {
+        let Some(inbox) = self.inboxes.get(self.instance_of(tag)) else {
+            return Owed::Nothing;
+        };
+        // Every message of `conn` handled and its replies posted: the Close need not wait
+        // for whatever the instance is busy with now. A LAppS connection must also have had
+        // every response its app owes (an app may answer later than it is called).
+        let answered = inbox.completed(worker) >= handed
+            && match self.spec.protocol {
+                spec::Protocol::Raw => true,
+                spec::Protocol::LAppS => self.hub.owed_responses(conn).unwrap_or(0) == 0,
+            };
+        if answered {
+            return Owed::InCommands;
+        }
+        match self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Drain)) {
+            Some(()) => Owed::Later,
+            None => Owed::Nothing,
+        }
     }
 
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32) {
@@ -357,12 +377,14 @@ impl Service for LuaService {
         LuaService::has_pending(self, worker)
     }
 
-    fn flush(&self, worker: usize) {
+    fn flush(&self, worker: usize, flushes: u64) {
         self.with_pending(worker, |batches| {
             for (batch, inbox) in batches.iter_mut().zip(&self.inboxes) {
                 if batch.is_empty() {
                     continue;
                 }
+                batch.worker = worker;
+                batch.flushes = flushes;
                 // A full queue gives the batch back; it is retried at the next flush (its
                 // messages already count toward the high-water mark, so readers get paused).
                 if let Err(back) = inbox.push(std::mem::replace(batch, inbox.fresh_batch())) {

@@ -12,7 +12,8 @@
 --   "spam <n>"      sends "s1" .. "s<n>" to this connection from one callback, then "spammed"
 --   "dump <path>"   at onShutdown, write "<h> <messages> <onDisconnect calls>" per handler seen
 --                   to <path> (what happens at shutdown cannot be seen through a socket)
---   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false
+--   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false;
+--   "noreturn"      returns nothing
 --   "wsclose <arg>" ws:close(this, <arg>): a number, "nan", "inf", "table", "nil" or any other
 --                   text as a string; replies "nil <err>" when it fails
 --   "tostr"         replies tostring(this handler)
@@ -22,8 +23,6 @@
 --                   whole numbers; replies their results
 --   "closethen <h>" ws:close(this, 1000), then ws:send(this, 1, "after close") and ws:close(this)
 --                   again; replies to <h> "send=<value> <err> close=<value> <err>"
---   "announce loop" replies "looping" and hands that reply over (must_stop() flushes), then
---                   runs forever: the client knows the instance is busy from then on
 local tally = {}
 
 local msgs, discs = {}, {}
@@ -68,12 +67,10 @@ tally.onMessage = function(handler, opcode, message)
     error("tally: asked to fail")
   elseif cmd == "loop" then
     while true do end
-  elseif cmd == "announce" and rest == "loop" then
-    ws:send(handler, 1, "looping")
-    must_stop()
-    while true do end
   elseif cmd == "close" then
     return false
+  elseif cmd == "noreturn" then
+    return -- no value at all: the original stopped the instance for good
   elseif cmd == "tostr" then
     ws:send(handler, 1, tostring(handler))
   elseif cmd == "self" then
