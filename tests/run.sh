@@ -11,7 +11,14 @@ echo "== cargo test"
 cargo test
 
 echo "== loom model of the MPMC queue"
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --lib sync::mpmc
+# The filter must match: a rename that left it matching nothing would pass with 0 tests.
+loom_out=$(RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --lib sync::mpmc 2>&1) ||
+    { echo "$loom_out"; exit 1; }
+echo "$loom_out" | grep -E '^test |^test result'
+if ! grep -qE '^test result: ok\. [1-9][0-9]* passed' <<<"$loom_out"; then
+    echo "the loom model ran no test (does the filter sync::mpmc still match?)" >&2
+    exit 1
+fi
 
 echo "== wss:// interop with Python websockets"
 bash tests/interop/run.sh
