@@ -104,10 +104,7 @@ impl OutQueue {
                     None => break,
                 }
             } else {
-                let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOV];
+                let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
                 let mut n = 0;
                 for (i, c) in self.iter().take(MAX_IOV).enumerate() {
                     let s = if i == 0 {
@@ -115,10 +112,7 @@ impl OutQueue {
                     } else {
                         c.as_slice()
                     };
-                    iov[n] = libc::iovec {
-                        iov_base: s.as_ptr() as *mut libc::c_void,
-                        iov_len: s.len(),
-                    };
+                    iov[n] = io::IoSlice::new(s);
                     n += 1;
                 }
                 sys::sendv(fd, &iov[..n])

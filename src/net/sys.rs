@@ -62,13 +62,16 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     .map(|n| n as usize)
 }
 
-/// Vectored send with MSG_NOSIGNAL (writev has no flags argument, sendmsg does).
-pub fn sendv(fd: RawFd, bufs: &[libc::iovec]) -> io::Result<usize> {
+/// Vectored send with MSG_NOSIGNAL (writev has no flags argument, sendmsg does). Takes
+/// `IoSlice`s, whose borrows keep the buffers alive: safe code cannot hand the kernel a pointer
+/// to memory it does not own.
+pub fn sendv(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control" header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = bufs.len() as _;
-    // SAFETY: `msg` points at `bufs`, whose iovecs point into live buffers owned by the caller.
+    // SAFETY: `msg` points at `bufs`, borrowed for the call, whose slices borrow live buffers.
     syscall!(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }).map(|n| n as usize)
 }
 

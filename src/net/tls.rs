@@ -304,18 +304,7 @@ impl Write for FdWriter {
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         // rustls passes at most 64 chunks per call; more would be written by the next call.
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 64];
-        let n = bufs.len().min(iov.len());
-        for (slot, b) in iov.iter_mut().zip(bufs) {
-            *slot = libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            };
-        }
-        sys::sendv(self.0, &iov[..n])
+        sys::sendv(self.0, &bufs[..bufs.len().min(64)])
     }
 
     fn flush(&mut self) -> io::Result<()> {
