@@ -300,9 +300,11 @@ fn a_second_sigterm_during_a_slow_shutdown_exits_at_once_with_143() {
     let t = Instant::now();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = child.wait_exit(Duration::from_secs(2));
+    // The service holds the graceful shutdown up for 10 s: half of that tells them apart on a
+    // loaded machine.
+    let status = child.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     binary::wait_line(&log, "second signal: exiting now");
 }
 
@@ -320,9 +322,10 @@ fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
     let t = Instant::now();
     // SAFETY: kill with a valid pid of our own child and a valid signal number.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let status = child.wait_exit(Duration::from_secs(2));
+    // Under the 4 s wait the SIGTERM interrupts, with room for a loaded machine.
+    let status = child.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
 /// Set in the copy of this test binary that `a_panic_in_an_io_or_listener_thread_aborts_the_process`

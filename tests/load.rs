@@ -227,8 +227,8 @@ fn shutdown_ends_at_its_grace_whatever_the_poll_wait_and_the_close_timeout() {
     // it, and nothing else wakes the worker then.
     let mut silent = raw_upgraded(srv.addr, "/echo");
     let took = srv.stop();
-    // The bound the README gives (4 s for the close handshakes), as the test above checks it.
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // The grace (4 s), not the 30 s timeouts; the margin is for a loaded CI machine.
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     assert_eq!(expect_close(&mut silent), Some(1001));
     assert!(
         closed_by_server(&mut silent),

@@ -578,11 +578,10 @@ return p
 #[test]
 fn the_client_tries_each_resolved_address_until_one_answers() {
     use lapps::service::cws::{url, Client, KeyPool};
-    // A port nothing listens on any more: connecting to it is refused.
-    let refused = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound but not listening: connecting to it is refused, and (held until the end
+    // of the test) no other test's ephemeral bind can take it meanwhile.
+    let holder = bound_not_listening();
+    let refused = holder.1;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -1231,4 +1230,35 @@ fn one_message_larger_than_the_backlog_bound_goes_on_an_empty_queue() {
         Err("backlog"),
         "behind it, the bound holds"
     );
+}
+
+/// A TCP socket bound to a free port of 127.0.0.1 that does not listen: connections to that
+/// port are refused for as long as the socket is held.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, SocketAddr) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_in is plain data; zeroed is port 0, address 0 before we set them.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `sin` is a valid sockaddr_in of `len` bytes, for bind and getsockname alike.
+    unsafe {
+        assert_eq!(
+            libc::bind(fd, &sin as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::getsockname(fd, &mut sin as *mut _ as *mut libc::sockaddr, &mut len),
+            0
+        );
+    }
+    let port = u16::from_be(sin.sin_port);
+    (owned, SocketAddr::from(([127, 0, 0, 1], port)))
 }
