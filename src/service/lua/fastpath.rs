@@ -9,7 +9,8 @@
 //!
 //! Error discipline: Lua errors are caught by our own `lua_pcall` (never unwind through Rust),
 //! so the only Lua calls outside it are pushes, which can fail only when out of memory; mlua's
-//! `exec_raw` catches that around the whole run. Nothing here panics into Lua: `fast_send`
+//! `exec_raw` catches that around the whole run (the error unwinds through our frames as an
+//! external exception: the vendored LuaJIT's default build, LUAJIT_UNWIND_EXTERNAL). Nothing here panics into Lua: `fast_send`
 //! runs its Rust part under `catch_unwind`.
 
 use std::ffi::{c_int, c_void, CStr};
@@ -49,7 +50,9 @@ pub(crate) fn call_messages(
     // SAFETY: the closure only uses the Lua C API on the state mlua hands it, keeps the stack
     // balanced (settop back to the two arguments after each call) and calls Lua code only
     // through lua_pcall with our message handler, so Lua errors never unwind through it. A
-    // push that runs out of memory raises, which exec_raw's protected call turns into Err.
+    // push that runs out of memory raises, which exec_raw's protected call turns into Err: that
+    // error unwinds through this closure's frames, sound because the vendored LuaJIT is built
+    // with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust destructors).
     unsafe {
         lua.exec_raw::<()>((traceback, on_message), |l| {
             for e in events {

@@ -61,20 +61,34 @@ impl LappsState {
         opcode: u8,
         payload: &[u8],
     ) -> Result<(Rc<Doc>, DocInbound), Outcome> {
-        let inbound = if opcode == 2 {
-            Doc::parse(payload, &self.limits)
-                .map_err(|e| ProtocolError {
+        // The peer's bytes drive this, and it runs inside the fast path's `exec_raw`, where a
+        // panic would unwind into LuaJIT and abort the whole process. Pure Rust (no Lua call
+        // can raise in it), so a panic is caught here and costs only this connection.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if opcode == 2 {
+                Doc::parse(payload, &self.limits)
+                    .map_err(|e| ProtocolError {
+                        code: protocol::PARSE_ERROR,
+                        message: format!("parse error: {e}"),
+                        notification: false,
+                    })
+                    .and_then(|doc| protocol::check_doc(&doc).map(|i| (doc, i)))
+            } else {
+                Err(ProtocolError {
                     code: protocol::PARSE_ERROR,
-                    message: format!("parse error: {e}"),
+                    message: "LAppS messages are CBOR maps in binary frames".into(),
                     notification: false,
                 })
-                .and_then(|doc| protocol::check_doc(&doc).map(|i| (doc, i)))
-        } else {
-            Err(ProtocolError {
-                code: protocol::PARSE_ERROR,
-                message: "LAppS messages are CBOR maps in binary frames".into(),
-                notification: false,
-            })
+            }
+        }));
+        let Ok(inbound) = parsed else {
+            crate::error_limited!(
+                "{} bug: reading a LAppS message of {:#x} panicked ({} bytes); closing it with 1011",
+                host.tag(),
+                conn.as_u64(),
+                payload.len()
+            );
+            return Err(Outcome::Close(1011));
         };
         match inbound {
             Ok(i) => {

@@ -47,7 +47,10 @@ pub(crate) fn call_requests(
     // balanced (settop back to slot 3 after each message: handler, function and the views'
     // metatable, which ensure_metatable installed) and calls Lua code only through lua_pcall
     // with our message handler, so Lua errors never unwind through it. A push that runs out
-    // of memory raises, which exec_raw's protected call turns into Err.
+    // of memory raises, which exec_raw's protected call turns into Err: that error unwinds
+    // through frames owning an `Rc<Doc>`, sound because the vendored LuaJIT is built with
+    // external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust destructors). The
+    // peer's bytes are read under `catch_unwind` (`Lapps::inbound`): no panic unwinds into Lua.
     unsafe {
         lua.exec_raw::<()>((traceback, on_message), |l| {
             json_ud::push_metatable(l);
