@@ -164,15 +164,19 @@ test("a disconnect rejects pending calls, then the client reconnects with growin
   await assert.rejects(client.call("late"), LappsError);
 });
 
-test("a server that accepts and closes at once gets growing delays, not a reset on each open", async () => {
+/**
+ * Five attempts, each opened and then closed by the server with 1008 (slow consumer, a proxy,
+ * a redeploy loop) after `during(socket, i)`: the delays must double each time.
+ */
+async function delaysGrowOver(during) {
   const { sockets, WebSocket } = socketFactory();
   const closes = [];
   const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 1000 });
   client.onclose = (info) => closes.push(info);
-  // Each attempt opens, then the server closes it (1008 slow consumer, a proxy, a redeploy loop).
   for (let i = 0; i < 5; i++) {
     await until(() => sockets.length === i + 1, `connection attempt ${i}`);
     sockets[i].serverOpen();
+    await during(client, sockets[i], i);
     sockets[i].serverClose(1008);
   }
   const delays = closes.map((c) => c.reconnectIn);
@@ -181,27 +185,18 @@ test("a server that accepts and closes at once gets growing delays, not a reset 
     assert.ok(delays[i] >= base / 2 && delays[i] <= base, `attempt ${i}: delays ${delays}`);
   }
   client.close();
+}
+
+test("a server that accepts and closes at once gets growing delays, not a reset on each open", async () => {
+  await delaysGrowOver(async () => {});
 });
 
 test("a server that answers a call, then closes, gets growing delays too", async () => {
-  const { sockets, WebSocket } = socketFactory();
-  const closes = [];
-  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 1000 });
-  client.onclose = (info) => closes.push(info);
-  for (let i = 0; i < 5; i++) {
-    await until(() => sockets.length === i + 1, `connection attempt ${i}`);
-    sockets[i].serverOpen();
+  await delaysGrowOver(async (client, socket, i) => {
     const answered = client.call("echo", i);
-    sockets[i].serverSend({ status: 1, cid: 0, result: [i] });
+    socket.serverSend({ status: 1, cid: 0, result: [i] });
     assert.deepEqual(await answered, [i]);
-    sockets[i].serverClose(1008);
-  }
-  const delays = closes.map((c) => c.reconnectIn);
-  for (let i = 0; i < 5; i++) {
-    const base = 10 * 2 ** i;
-    assert.ok(delays[i] >= base / 2 && delays[i] <= base, `attempt ${i}: delays ${delays}`);
-  }
-  client.close();
+  });
 });
 
 test("a connection that stays open for stableAfter ms resets the back-off; an error answer does not", async () => {
