@@ -107,8 +107,6 @@ pub struct LuaService {
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
     closed_doors: AtomicBool,
-    /// The responses each LAppS connection is owed (see [`Service::on_ending`]).
-    hub: Arc<Hub>,
 }
 
 impl LuaService {
@@ -147,7 +145,6 @@ impl LuaService {
             stop: Arc::new(Stop::default()),
             conns: Mutex::new(std::collections::HashSet::new()),
             closed_doors: AtomicBool::new(false),
-            hub: Arc::clone(&hub),
         };
         let shared = Shared {
             hub,
@@ -349,15 +346,13 @@ impl Service for LuaService {
         let Some(inbox) = self.inboxes.get(self.instance_of(tag)) else {
             return Owed::Nothing;
         };
-        // Every message of `conn` handled and its replies posted: the Close need not wait
-        // for whatever the instance is busy with now. A LAppS connection must also have had
-        // every response its app owes (an app may answer later than it is called).
-        let answered = inbox.completed(worker) >= handed
-            && match self.spec.protocol {
-                spec::Protocol::Raw => true,
-                spec::Protocol::LAppS => self.hub.owed_responses(conn).unwrap_or(0) == 0,
-            };
-        if answered {
+        // RAW: every message of `conn` handled and its replies posted, so the Close need not
+        // wait for whatever the instance is busy with now. Not for LAppS: its app may answer
+        // a request later, from another connection's handler, another instance or service,
+        // and such a response leaves the owed count before it is posted (and a host answer
+        // held behind it leaves only at the instance's next batch), so only the Drain, in
+        // order behind them, knows they are out.
+        if self.spec.protocol == spec::Protocol::Raw && inbox.completed(worker) >= handed {
             return Owed::InCommands;
         }
         match self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Drain)) {
