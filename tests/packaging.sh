@@ -164,7 +164,9 @@ for v in ssse3 avx2; do
     lintian_rc=0
     out=$(lintian --display-info "$(deb "$v")" 2>&1) || lintian_rc=$?
     out=$(grep -v 'running with root privileges' <<<"$out" || true)
-    check "lintian ran on lapps-$v (exit status $lintian_rc)" test "$lintian_rc" -le 1
+    # 1 with no E: line is lintian failing in its own way, not a verdict on the package.
+    lintian_ran() { [ "$lintian_rc" -eq 0 ] || { [ "$lintian_rc" -eq 1 ] && grep -q '^E: ' <<<"$out"; }; }
+    check "lintian ran on lapps-$v (exit status $lintian_rc)" lintian_ran
     echo "lintian $(deb "$v"):"
     echo "${out:-(no output)}" | indent
     no_errors() { ! grep -q '^E: ' <<<"$out"; }

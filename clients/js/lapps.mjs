@@ -35,10 +35,23 @@ export class CborError extends Error {}
 
 const MAX_DEPTH = 256; // bounds recursion on hostile input (a stack overflow is not an error message)
 const utf8Encoder = new TextEncoder();
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+// String.prototype.isWellFormed where there is one; else a scan of the code units (no regex
+// lookbehind: a browser without it could not even parse this module).
 const isWellFormed = String.prototype.isWellFormed
   ? (s) => s.isWellFormed()
-  : (s) => !LONE_SURROGATE.test(s);
+  : (s) => {
+      for (let i = 0; i < s.length; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0xd800 && c <= 0xdbff) {
+          const next = s.charCodeAt(i + 1); // NaN past the end
+          if (!(next >= 0xdc00 && next <= 0xdfff)) return false;
+          i++;
+        } else if (c >= 0xdc00 && c <= 0xdfff) {
+          return false;
+        }
+      }
+      return true;
+    };
 // ignoreBOM: a text string that starts with U+FEFF keeps it (the default would strip it).
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
@@ -654,7 +667,12 @@ export class LappsClient {
       // Nothing will open another socket: later calls are rejected, not queued forever.
       this.stopped = true;
     }
-    if (this.onclose) this.onclose({ code: event.code, reason: event.reason ?? "", reconnectIn });
+    // A throwing onclose must not stop the caller (abandon() closes the socket after this).
+    try {
+      this.onclose?.({ code: event.code, reason: event.reason ?? "", reconnectIn });
+    } catch (err) {
+      this.report(err);
+    }
   }
 
   clearStableTimer() {

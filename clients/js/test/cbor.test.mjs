@@ -198,3 +198,18 @@ test("a __proto__ key stays data", () => {
   assert.equal(obj.x, undefined);
   assert.deepEqual(Object.keys(obj), ["__proto__"]);
 });
+
+test("lone surrogates are refused where String.prototype.isWellFormed is missing too", async () => {
+  const saved = Object.getOwnPropertyDescriptor(String.prototype, "isWellFormed");
+  delete String.prototype.isWellFormed;
+  try {
+    // A fresh instance of the module, which picks its check when it loads.
+    const m = await import("../lapps.mjs?without-isWellFormed");
+    for (const s of ["\uD800", "a\uDC00", "\uDC00\uD800", "x\uD83D"]) {
+      assert.throws(() => m.encode(s), m.CborError, JSON.stringify(s));
+    }
+    assert.equal(m.decode(m.encode("a\uD83D\uDE00b")), "a\uD83D\uDE00b");
+  } finally {
+    if (saved) Object.defineProperty(String.prototype, "isWellFormed", saved);
+  }
+});

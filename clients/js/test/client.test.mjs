@@ -347,3 +347,17 @@ test("notify after close() throws instead of dropping the notification", () => {
   client.close();
   assert.throws(() => client.notify(5, "x"), LappsError);
 });
+
+test("an onclose that throws does not keep an abandoned socket open", () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const errors = [];
+  client.onerror = (e) => errors.push(e.message);
+  client.onclose = () => {
+    throw new Error("onclose throws");
+  };
+  sockets[0].serverOpen();
+  sockets[0].serverSend([1, 2]); // not a map: the connection is given up
+  assert.equal(sockets[0].readyState, 3);
+  assert.deepEqual(errors, ["server message is not a CBOR map with text keys", "onclose throws"]);
+});
