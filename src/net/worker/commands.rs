@@ -99,8 +99,20 @@ impl Worker {
         if c.out.bytes() > high {
             c.out_paused = true;
         }
-        let queued = c.out.bytes() + c.before_exchange.as_ref().map_or(0, |h| h.bytes);
-        if queued > self.slow_consumer_limit(index) {
+        let mut queued = c.out.bytes() + c.before_exchange.as_ref().map_or(0, |h| h.bytes);
+        let write_blocked = c.write_blocked;
+        let limit = self.slow_consumer_limit(index);
+        if queued > limit && !write_blocked {
+            // The limit judges what the peer has not taken, not what a service sent at once:
+            // a burst (one `onMessage` sending megabytes) to a peer that reads goes to the
+            // kernel now, and only what the socket refuses counts against the peer.
+            self.flush_conn(index);
+            let Some(c) = self.conns.get(index) else {
+                return; // the write failed and the connection ended
+            };
+            queued = c.out.bytes() + c.before_exchange.as_ref().map_or(0, |h| h.bytes);
+        }
+        if queued > limit {
             // A peer that does not read while services keep sending to it (broadcasts, pushes)
             // would grow its queue without bound: it is dropped with 1008, the others never
             // wait for it.

@@ -10,6 +10,7 @@
 --   "watch"         subscribes this connection to "tally" (this one message is not reported)
 --   "to <h> <text>" ws:send(<h>, 1, <text>); replies "sent" or "nil <err>"
 --   "spam <n>"      sends "s1" .. "s<n>" to this connection from one callback, then "spammed"
+--   "burst <n> <size>" sends <n> binary messages of <size> bytes from one callback, then "bursted"
 --   "dump <path>"   at onShutdown, write "<h> <messages> <onDisconnect calls>" per handler seen
 --                   to <path> (what happens at shutdown cannot be seen through a socket)
 --   "error"         raises a Lua error;  "loop" runs forever;  "close" returns false;
@@ -60,6 +61,13 @@ tally.onMessage = function(handler, opcode, message)
       ws:send(handler, 1, "s" .. i)
     end
     ws:send(handler, 1, "spammed")
+  elseif cmd == "burst" then
+    local n, size = rest:match("^(%d+)%s+(%d+)$")
+    local block = string.rep("b", tonumber(size))
+    for _ = 1, tonumber(n) do
+      ws:send(handler, 2, block)
+    end
+    ws:send(handler, 1, "bursted")
   elseif cmd == "dump" then
     dump_path = rest
     ws:send(handler, 1, "dumping")
