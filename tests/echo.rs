@@ -98,3 +98,26 @@ fn auto_fragment_splits_outbound_messages() {
     ws.send(Message::binary(vec![9u8; 5000])).unwrap();
     assert_eq!(ws.read().unwrap(), Message::binary(vec![9u8; 5000]));
 }
+
+#[test]
+fn a_server_dropped_without_shutdown_stops_like_a_shutdown() {
+    use lapps::net::server::{Server, ServerOptions};
+    let opts = ServerOptions::default();
+    let hub = Server::new_hub(&opts).expect("hub");
+    let server = Server::start(opts, hub, std::sync::Arc::new(EchoRouter::new(1024)))
+        .expect("server starts");
+    let addr = server.local_addrs()[0];
+    let mut ws = connect(addr, "/echo");
+    let dropping = std::thread::spawn(move || drop(server));
+    // The open connection is closed with 1001 ("going away"), the handshake completed ...
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let _ = ws.flush(); // our Close reply
+    drop(ws); // and our FIN, which the server waits for
+    dropping.join().expect("the drop returns");
+    // ... and nothing listens any more: the listener threads were stopped and joined.
+    let refused = std::net::TcpStream::connect(addr).expect_err("nothing accepts");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}

@@ -111,8 +111,21 @@ impl Server {
             .map(|l| l.local_addr())
             .collect::<io::Result<Vec<_>>>()?;
 
+        // SAFETY: plain integer arguments; no memory is passed.
+        let stop = syscall!(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: a fresh eventfd nothing else owns.
+        let stop_listeners = unsafe { OwnedFd::from_raw_fd(stop) };
+        // From here on a failure (a thread that cannot be spawned) drops `server`, which stops
+        // and joins whatever was started: nothing keeps running behind an error.
+        let mut server = Server {
+            hub,
+            local_addrs,
+            workers: Vec::new(),
+            listeners: Vec::new(),
+            stop_listeners,
+        };
+
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let mut worker_threads = Vec::new();
         for id in 0..workers {
             let mut wopts = opts.worker.clone();
             wopts.tls = opts.tls.clone();
@@ -120,46 +133,37 @@ impl Server {
             if opts.pin_workers && !cores.is_empty() {
                 wopts.core = Some(cores[id % cores.len()]);
             }
-            let w = Worker::new(id, hub.clone(), router.clone(), wopts)?;
-            worker_threads.push(
+            let w = Worker::new(id, server.hub.clone(), router.clone(), wopts)?;
+            server.workers.push(
                 std::thread::Builder::new()
                     .name(format!("lapps-io-{id}"))
                     .spawn(move || w.run())?,
             );
         }
 
-        // SAFETY: plain integer arguments; no memory is passed.
-        let stop = syscall!(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY: a fresh eventfd nothing else owns.
-        let stop_listeners = unsafe { OwnedFd::from_raw_fd(stop) };
-        let balancer = Arc::new(Balancer::new(hub.clone(), opts.connection_weight));
-        let mut listener_threads = Vec::new();
+        let balancer = Arc::new(Balancer::new(server.hub.clone(), opts.connection_weight));
         for (endpoint, l) in bound.iter().enumerate() {
             for n in 0..opts.listeners.max(1) {
+                // The listener polls the raw descriptor: `server` owns it and joins the
+                // listener threads before it is closed (`stop`, then the fields' drop).
                 let (l, b, acl, fd) = (
                     l.clone(),
                     balancer.clone(),
                     opts.acl.clone(),
-                    stop_listeners.as_raw_fd(),
+                    server.stop_listeners.as_raw_fd(),
                 );
-                listener_threads.push(
+                server.listeners.push(
                     std::thread::Builder::new()
                         .name(format!("lapps-accept-{endpoint}.{n}"))
                         .spawn(move || listener::run(l, endpoint, b, acl, fd))?,
                 );
             }
         }
-        for (a, e) in local_addrs.iter().zip(&opts.endpoints) {
+        for (a, e) in server.local_addrs.iter().zip(&opts.endpoints) {
             let scheme = if e.tls { "wss" } else { "ws" };
             info!("listening on {a} ({scheme}, {workers} workers)");
         }
-        Ok(Server {
-            hub,
-            local_addrs,
-            workers: worker_threads,
-            listeners: listener_threads,
-            stop_listeners,
-        })
+        Ok(server)
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -171,7 +175,14 @@ impl Server {
     }
 
     /// Stops accepting, closes every connection with 1001 and waits for the workers (bounded).
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.listeners.is_empty() && self.workers.is_empty() {
+            return; // stopped already (`shutdown`, then the drop)
+        }
         let started = Instant::now();
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
@@ -182,16 +193,24 @@ impl Server {
                 8,
             )
         };
-        for l in self.listeners {
+        for l in std::mem::take(&mut self.listeners) {
             let _ = l.join();
         }
         self.hub.begin_shutdown();
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             let _ = w.join();
         }
         let took = started.elapsed();
         if took > Duration::from_secs(5) {
             warn!("shutdown took {took:?}");
         }
+    }
+}
+
+/// A server dropped without `shutdown` (an embedder's early return, a failed start) stops
+/// the same way: no listener keeps accepting, or polls a closed descriptor, behind it.
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
