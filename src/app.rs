@@ -325,7 +325,8 @@ pub struct App {
     registry: Arc<Registry>,
     router: Arc<AppRouter>,
     tls: Option<Arc<TlsContext>>,
-    dir: std::path::PathBuf,
+    /// Where the configuration was read from: a reload reads the same files.
+    location: crate::config::Location,
     /// The Lua services as last deployed (for SIGHUP redeploys).
     deployed: Mutex<HashMap<String, Deployed>>,
     /// What the process started with and only a restart changes: ws.json and the builtin
@@ -427,7 +428,11 @@ impl App {
             registry,
             router,
             tls,
-            dir: cfg.dir.clone(),
+            location: crate::config::Location {
+                dir: cfg.dir.clone(),
+                ws_file: Some(cfg.ws_file.clone().into()),
+                lapps_file: Some(cfg.lapps_file.clone().into()),
+            },
             deployed: Mutex::new(deployed_now),
             restart_only: RestartOnly::of(cfg),
         })
@@ -442,7 +447,7 @@ impl App {
             (Some(_), true) => "certificate reloaded; ",
             (Some(_), false) => "certificate NOT reloaded (see above); ",
         };
-        match Config::load(&self.dir) {
+        match Config::load(&self.location) {
             Ok(mut cfg) => {
                 let now = RestartOnly::of(&cfg);
                 if now.ws != self.restart_only.ws {

@@ -74,13 +74,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let dir = config::resolve_dir(args.dir.as_deref());
-    let cfg = match Config::load(&dir) {
+    let at = config::locate(args.dir.as_deref());
+    let cfg = match Config::load(&at) {
         Ok(c) => c,
         Err(e) => {
             lapps::log::error_text(&format!(
                 "lapps: configuration in {} is invalid:\n{e}",
-                dir.display()
+                at.dir.display()
             ));
             return ExitCode::FAILURE;
         }
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     lapps::log::error_text(&format!(
                         "lapps: configuration in {} is invalid:\nTLS: {e}",
-                        dir.display()
+                        at.dir.display()
                     ));
                     return ExitCode::FAILURE;
                 }
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         if !broken.is_empty() {
             lapps::log::error_text(&format!(
                 "lapps: configuration in {} is invalid:\n{}",
-                dir.display(),
+                at.dir.display(),
                 broken.join("\n")
             ));
             return ExitCode::FAILURE;
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             d.applications.display(),
             d.lib.display()
         );
-        println!("configuration in {} is valid", dir.display());
+        println!("configuration in {} is valid", at.dir.display());
         return ExitCode::SUCCESS;
     }
     // Signals are taken by sigwait on this thread only: block them before any thread starts.
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         lapps::BUILD_VARIANT,
         lapps::simd::variant(),
-        dir.display()
+        at.dir.display()
     );
     check_descriptors(&cfg);
     if let Some(v) = lapps::log::unknown_level() {

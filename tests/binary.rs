@@ -198,6 +198,51 @@ fn check_config_warns_of_certificates_no_endpoint_uses() {
 }
 
 #[test]
+fn dash_c_wins_over_the_environment_which_names_the_files_without_it() {
+    // SPEC 7: LAPPS_CONF_DIR, WS_CONFIG and LAPPS_CONFIG override, `-c DIR` wins over them.
+    let dir = temp_dir("dash-c-wins");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        BUILTIN_ONLY,
+    );
+    std::fs::write(dir.join("alt-ws.json"), r#"{ "bogus_key": 1 }"#).unwrap();
+    std::fs::write(dir.join("alt-lapps.json"), BUILTIN_ONLY).unwrap();
+    let with_c = output_within(
+        Command::new(LAPPS)
+            .arg("-c")
+            .arg(&dir)
+            .arg("--check-config")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("LAPPS_CONF_DIR", "/nonexistent")
+            .env("WS_CONFIG", "/nonexistent/ws.json")
+            .env("LAPPS_CONFIG", "/nonexistent/lapps.json"),
+        ONE_SHOT_GUARD,
+    );
+    assert!(
+        with_c.status.success(),
+        "-c reads the directory's ws.json and lapps.json: {}",
+        String::from_utf8_lossy(&with_c.stderr)
+    );
+    let without = output_within(
+        Command::new(LAPPS)
+            .arg("--check-config")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("LAPPS_CONF_DIR", &dir)
+            .env("WS_CONFIG", "alt-ws.json")
+            .env("LAPPS_CONFIG", "alt-lapps.json"),
+        ONE_SHOT_GUARD,
+    );
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(!without.status.success(), "the overrides apply: {stderr}");
+    assert!(
+        stderr.contains(&format!("configuration in {} is invalid", dir.display()))
+            && stderr.contains("alt-ws.json: bogus_key: unknown key"),
+        "LAPPS_CONF_DIR and WS_CONFIG are read: {stderr}"
+    );
+}
+
+#[test]
 fn check_config_accepts_the_repo_config() {
     let out = output_within(
         Command::new(LAPPS)

@@ -76,7 +76,8 @@ impl Site {
     }
 
     fn start(&self) -> lapps::app::App {
-        let cfg = lapps::config::Config::load(&self.dir).expect("config");
+        let cfg =
+            lapps::config::Config::load(&lapps::config::locate(Some(&self.dir))).expect("config");
         lapps::app::App::start(&cfg).expect("app starts")
     }
 }

@@ -20,7 +20,7 @@ mod ws;
 #[cfg(test)]
 mod tests;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 pub use acl::{Acl, IpNet, Policy};
@@ -38,21 +38,30 @@ pub const SYSTEM_DIR: &str = "/etc/lapps";
 /// The repository's own configuration, used when running from a checkout.
 pub const REPO_DIR: &str = "./etc/lapps";
 
+/// Where the two files are read from: a directory and, when overridden, the files' names in it
+/// (an absolute name is used as it is).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    pub dir: PathBuf,
+    pub ws_file: Option<OsString>,
+    pub lapps_file: Option<OsString>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The directory both files were read from.
     pub dir: PathBuf,
+    /// The names they were read by (`ws.json`, `lapps.json` unless overridden).
+    pub ws_file: String,
+    pub lapps_file: String,
     pub ws: WsConfig,
     pub lapps: LappsConfig,
 }
 
 impl Config {
-    /// Reads and checks `dir/ws.json` and `dir/lapps.json` (names overridable by the `WS_CONFIG`
-    /// and `LAPPS_CONFIG` environment variables; an absolute override ignores `dir`).
-    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
-        let ws_name = std::env::var_os("WS_CONFIG");
-        let lapps_name = std::env::var_os("LAPPS_CONFIG");
+    /// Reads and checks the two files of `at` ([`locate`] finds them).
+    pub fn load(at: &Location) -> Result<Config, ConfigError> {
         let cwd = std::env::current_dir().map_err(|e| {
             ConfigError::single(
                 ProblemKind::Io,
@@ -61,7 +70,12 @@ impl Config {
                 format!("cannot determine the working directory: {e}"),
             )
         })?;
-        Config::load_from(dir, ws_name.as_deref(), lapps_name.as_deref(), &cwd)
+        Config::load_from(
+            &at.dir,
+            at.ws_file.as_deref(),
+            at.lapps_file.as_deref(),
+            &cwd,
+        )
     }
 
     /// [`Config::load`] with the environment passed in: file-name overrides and the directory
@@ -95,9 +109,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let ws_result = WsConfig::from_json_str(ws.0, ws.1, cwd);
         let lapps_result = LappsConfig::from_json_str(lapps.0, lapps.1, cwd);
+        let (ws_file, lapps_file) = (ws.0.to_string(), lapps.0.to_string());
         match (ws_result, lapps_result) {
             (Ok(ws), Ok(lapps)) => Ok(Config {
                 dir: dir.to_path_buf(),
+                ws_file,
+                lapps_file,
                 ws,
                 lapps,
             }),
@@ -172,11 +189,25 @@ fn read(dir: &Path, name: &str) -> Result<String, Problem> {
     })
 }
 
-/// The configuration directory: `-c DIR` wins, then `LAPPS_CONF_DIR`, then `./etc/lapps` when
-/// it exists (running from the repository), else `/etc/lapps`.
-pub fn resolve_dir(cli: Option<&Path>) -> PathBuf {
-    let env = std::env::var_os("LAPPS_CONF_DIR");
-    resolve_dir_from(cli, env.as_deref(), Path::new(REPO_DIR).is_dir())
+/// Where the configuration is. `-c DIR` wins over the environment (SPEC 7): the operator
+/// named a directory, and its `ws.json` and `lapps.json` are read whatever `LAPPS_CONF_DIR`,
+/// `WS_CONFIG` and `LAPPS_CONFIG` say. Without it, `LAPPS_CONF_DIR` (else `./etc/lapps` when
+/// it exists, running from the repository, else `/etc/lapps`) with the file names of
+/// `WS_CONFIG` and `LAPPS_CONFIG`.
+pub fn locate(cli: Option<&Path>) -> Location {
+    if let Some(dir) = cli {
+        return Location {
+            dir: dir.to_path_buf(),
+            ws_file: None,
+            lapps_file: None,
+        };
+    }
+    let env_dir = std::env::var_os("LAPPS_CONF_DIR");
+    Location {
+        dir: resolve_dir_from(None, env_dir.as_deref(), Path::new(REPO_DIR).is_dir()),
+        ws_file: std::env::var_os("WS_CONFIG"),
+        lapps_file: std::env::var_os("LAPPS_CONFIG"),
+    }
 }
 
 /// [`resolve_dir`] with the environment passed in.

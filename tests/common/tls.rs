@@ -154,7 +154,7 @@ pub fn tls_json(cert: &Path, key: &Path, ca: Option<&Path>) -> String {
 }
 
 pub fn start_app(dir: &Path) -> lapps::app::App {
-    let cfg = lapps::config::Config::load(dir).expect("valid config");
+    let cfg = lapps::config::Config::load(&lapps::config::locate(Some(dir))).expect("valid config");
     lapps::app::App::start(&cfg).expect("server starts")
 }
 
