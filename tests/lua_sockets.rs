@@ -894,6 +894,58 @@ fn hold_reply_release() -> (
     (one, q)
 }
 
+/// A Close the server starts on a connection whose reads are paused (its instance's queue is
+/// full) must read the peer's Close reply: nothing more reaches the service, so the pause no
+/// longer applies, and the handshake ends long before the close timeout.
+#[test]
+fn a_close_started_on_a_paused_connection_reads_the_peers_reply() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+                  "close_timeout_ms": 60000 }"#;
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 16 },
+             "tally": { "preload": ["bcast"] } }"#,
+    );
+    let app = start_app(ws, &services);
+    let (_one, release) = hold_reply_release();
+    let mut a = raw_upgraded(app.addr, "/hold_reply");
+    a.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let handler = String::from_utf8(read_frame(&mut a).expect("id").payload).unwrap();
+    a.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut a).expect("holding").payload, b"holding");
+    // Messages until the server stops reading: its instance is held, its queue fills, the
+    // connection is paused, then the socket buffers fill.
+    let message = frame(true, 0, 0x1, &[b'x'; 1000], true);
+    let mut unsent: Vec<u8> = Vec::new();
+    a.set_nonblocking(true).unwrap();
+    loop {
+        match a.write(&message) {
+            Ok(n) if n == message.len() => continue,
+            Ok(n) => {
+                unsent = message[n..].to_vec();
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("flooding: {e}"),
+        }
+    }
+    a.set_nonblocking(false).unwrap();
+    a.set_write_timeout(Some(GUARD)).unwrap();
+    let mut b = connect(app.addr, "/tally");
+    assert_eq!(ask(&mut b, &format!("closeh {handler}")), "closing");
+    // Our Close reply gets through only if the server reads again (it drops the data before).
+    unsent.extend(frame(true, 0, 0x8, &1000u16.to_be_bytes(), true));
+    a.write_all(&unsent)
+        .expect("the server reads the paused connection again after its Close");
+    let close = read_frame(&mut a).expect("the server's Close");
+    assert_eq!(
+        (close.opcode, close.payload.as_slice()),
+        (0x8, &1000u16.to_be_bytes()[..])
+    );
+    assert!(closed_by_server(&mut a), "TCP ends after the handshake");
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+}
+
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
 /// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
 /// and no Pong to a ping sent after the bad frame.

@@ -50,8 +50,10 @@ impl Worker {
             codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
         });
         c.phase = Phase::Closing;
-        // Nothing more reaches the service; the peer's Close reply must still be read.
+        // Nothing more reaches the service; the peer's Close reply must still be read, and
+        // what waits unread behind the pause gives no new edge.
         c.service_paused = false;
+        self.resume_reading(index);
         self.refuse_sends(index);
         self.mark_dirty(index);
         self.arm_close_deadline(index);
@@ -167,6 +169,7 @@ impl Worker {
         c.phase = Phase::Finishing;
         // Nothing more reaches the service; the EOF after our last bytes must still be read.
         c.service_paused = false;
+        self.resume_reading(index);
         self.refuse_sends(index);
         self.mark_dirty(index);
         self.arm_close_deadline(index);

@@ -3,11 +3,14 @@
 -- waits, busy, until a message comes on the mqr queue "hold_reply.release", and replies
 -- "released". "bighold" sends a 300 KiB binary message first, without handing it over, then
 -- does the same (the outbox must post it early: it passes EARLY_POST_BYTES). Anything else is
--- echoed.
+-- echoed, but "id", which replies with this connection's handler.
 local app = {}
 
 app.onMessage = function(handler, opcode, message)
-  if message == "bighold" then
+  if message == "id" then
+    ws:send(handler, 1, string.format("%.0f", handler))
+    return true
+  elseif message == "bighold" then
     ws:send(handler, 2, string.rep("x", 300 * 1024))
   elseif message ~= "hold" then
     ws:send(handler, opcode, message)

@@ -17,6 +17,7 @@
 --   "noreturn"      returns nothing
 --   "wsclose <arg>" ws:close(this, <arg>): a number, "nan", "inf", "table", "nil" or any other
 --                   text as a string; replies "nil <err>" when it fails
+--   "closeh <h>"    ws:close(<h>, 1000); replies "closing" or "nil <err>"
 --   "tostr"         replies tostring(this handler)
 --   "self <text>"   ws:send(tonumber(tostring(this handler)), 1, <text>); "nil <err>" when it fails
 --   "forms"         the dot-call forms ws.send, bcast.create/subscribe/send (sending "dot send"
@@ -103,6 +104,9 @@ tally.onMessage = function(handler, opcode, message)
     local closed, cerr = ws:close(handler)
     ws:send(tonumber(rest), 1, string.format("send=%s %s close=%s %s",
       tostring(sent), tostring(serr), tostring(closed), tostring(cerr)))
+  elseif cmd == "closeh" then
+    local ok, err = ws:close(tonumber(rest), 1000)
+    ws:send(handler, 1, ok and "closing" or ("nil " .. tostring(err)))
   elseif cmd == "wsclose" then
     local special = { nan = 0 / 0, inf = 1 / 0, table = {} }
     local arg = special[rest]
