@@ -943,7 +943,12 @@ fn a_close_started_on_a_paused_connection_reads_the_peers_reply() {
         (0x8, &1000u16.to_be_bytes()[..])
     );
     assert!(closed_by_server(&mut a), "TCP ends after the handshake");
+    // The instance must take its release before the next hold_reply test may drain the queue.
     release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    wait_for("the instance to take its release", GUARD, || {
+        release.is_empty()
+    });
+    drop(app);
 }
 
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
