@@ -88,6 +88,13 @@ pub struct HeldOons {
     pub bytes: usize,
 }
 
+impl HeldOons {
+    /// The memory held: the messages' bytes and their entries (see `OutQueue::held`).
+    pub fn held(&self) -> usize {
+        self.bytes + self.messages.capacity() * std::mem::size_of::<Chunk>()
+    }
+}
+
 impl Conn {
     pub fn new(fd: OwnedFd, peer: SocketAddr, now: Instant) -> Conn {
         Conn {

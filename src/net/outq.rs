@@ -52,6 +52,14 @@ impl OutQueue {
         self.bytes
     }
 
+    /// The memory the queue holds for this connection: its bytes and the deque's entries. A
+    /// backlog of tiny broadcast frames costs far more in entries (each a `Chunk`) than in
+    /// bytes; the slow-consumer limit counts both. (A shared frame's own allocation is counted
+    /// as its bytes here, although every recipient shares it.)
+    pub fn held(&self) -> usize {
+        self.bytes + self.chunks.capacity() * std::mem::size_of::<Chunk>()
+    }
+
     /// Appends bytes produced by `fill` to the owned tail buffer (taking one from `pool` if needed).
     pub fn append_with(&mut self, pool: &mut BufPool, fill: impl FnOnce(&mut Vec<u8>)) {
         let needs_new = !matches!(self.back(), Some(Chunk::Owned(v)) if v.len() < TAIL_LIMIT);
@@ -361,5 +369,24 @@ mod tests {
         assert_eq!(&got[big.len()..], b"close");
         q.clear(&mut pool);
         assert_eq!(pool.queued_bytes, 0);
+    }
+
+    #[test]
+    fn held_counts_the_entries_of_a_backlog_of_tiny_shared_frames() {
+        let mut pool = BufPool::new(4);
+        let mut q = OutQueue::default();
+        let frame: Arc<[u8]> = Arc::from(&b"\x81\x02hi"[..]);
+        for _ in 0..100_000 {
+            q.push_shared(&mut pool, frame.clone());
+        }
+        assert_eq!(q.bytes(), 400_000);
+        // Each entry is a `Chunk` in the deque: six times the frame's four bytes.
+        assert!(
+            q.held() >= 100_000 * (4 + std::mem::size_of::<Chunk>()),
+            "{}",
+            q.held()
+        );
+        q.clear(&mut pool);
+        assert_eq!(q.held(), 0, "an empty queue holds nothing");
     }
 }
