@@ -195,3 +195,31 @@ fn a_retired_version_takes_no_connection_routed_to_it_before_the_swap() {
     assert_eq!(old.on_open(&mut Worker(0), id), None);
     reg.shutdown();
 }
+
+/// Services stop in reverse dependency order, so that a sender that `depends` on its `mqr`
+/// receiver stops first and the receiver drains what it accepted: also after a redeploy
+/// replaced the receiver (which made it the last service started).
+#[test]
+fn a_replaced_dependency_still_stops_after_the_service_that_depends_on_it() {
+    let order = lapps::service::mqr::registry().open("stop_order", 8);
+    while order.poll().is_some() {}
+    let app = |name: &str| {
+        let mut s = test_app(name);
+        s.preload = vec!["mqr".into(), "nap".into()];
+        s.standalone = true;
+        s
+    };
+    let mut a = app("stop_order_a");
+    a.depends = vec!["stop_order_b".into()];
+    let reg = Registry::start(vec![app("stop_order_b"), a], hub(1)).unwrap();
+    reg.replace(app("stop_order_b")).expect("b redeployed");
+    assert_eq!(
+        std::str::from_utf8(&order.poll().expect("the old b stopped")).unwrap(),
+        "stop_order_b stopped"
+    );
+    reg.shutdown();
+    let stopped: Vec<String> = std::iter::from_fn(|| order.poll())
+        .map(|m| String::from_utf8(m.into_vec()).unwrap())
+        .collect();
+    assert_eq!(stopped, ["stop_order_a stopped", "stop_order_b stopped"]);
+}

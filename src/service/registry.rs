@@ -127,6 +127,47 @@ pub fn start_order(specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, StartErr
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
+/// `items` reordered so that each comes after the items it depends on (stable otherwise).
+/// Unlike [`start_order`] it cannot fail: a dependency not among `items` is ignored, and a
+/// cycle (which the configuration refuses) is broken where it is found.
+fn dependencies_first<T>(items: Vec<T>, spec: impl Fn(&T) -> &ServiceSpec) -> Vec<T> {
+    let index: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (spec(t).name.as_str(), i))
+        .collect();
+    let mut placed = vec![false; items.len()];
+    let mut order = Vec::with_capacity(items.len());
+    // Depth-first, with an explicit stack of (item, next dependency to look at).
+    for root in 0..items.len() {
+        let mut stack = vec![(root, 0usize)];
+        let mut on_path = vec![false; items.len()];
+        while let Some(&mut (i, ref mut next)) = stack.last_mut() {
+            if placed[i] {
+                stack.pop();
+                continue;
+            }
+            on_path[i] = true;
+            let deps = &spec(&items[i]).depends;
+            if let Some(d) = deps.get(*next) {
+                *next += 1;
+                if let Some(&j) = index.get(d.as_str()) {
+                    if !placed[j] && !on_path[j] {
+                        stack.push((j, 0));
+                    }
+                }
+                continue;
+            }
+            placed[i] = true;
+            on_path[i] = false;
+            order.push(i);
+            stack.pop();
+        }
+    }
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
 /// The running services.
 pub struct Registry {
     hub: Arc<Hub>,
@@ -472,6 +513,10 @@ impl Registry {
             }
         }
         let running: Vec<_> = self.lock_running().drain(..).collect();
+        // Dependents first: a sender that `depends` on its `mqr` receiver stops before it, so
+        // the receiver drains what it accepted. The list's order is the start order only until
+        // a redeploy moves a replaced service to its end.
+        let running = dependencies_first(running, |s| s.spec());
         for svc in running.iter().rev() {
             let grace = left().min(SHUTDOWN_GRACE);
             if grace.is_zero() {
@@ -531,6 +576,40 @@ mod tests {
             start_order(vec![spec("a", &["c"]), spec("b", &[]), spec("c", &["b"])]).unwrap();
         let names: Vec<_> = order.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn the_stop_order_puts_dependencies_first_whatever_the_list_order_and_never_fails() {
+        let names = |v: Vec<ServiceSpec>| -> Vec<String> {
+            dependencies_first(v, |s| s)
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        // A redeployed receiver at the end of the list still comes before its sender.
+        assert_eq!(
+            names(vec![
+                spec("sender", &["receiver"]),
+                spec("x", &[]),
+                spec("receiver", &[])
+            ]),
+            ["receiver", "sender", "x"]
+        );
+        assert_eq!(
+            names(vec![spec("a", &["c"]), spec("b", &[]), spec("c", &["b"])]),
+            ["b", "c", "a"]
+        );
+        // A dependency that is not running is ignored; a cycle is broken, nothing is lost.
+        assert_eq!(
+            names(vec![spec("a", &["gone"]), spec("b", &[])]),
+            ["a", "b"]
+        );
+        let cyclic = names(vec![
+            spec("a", &["b"]),
+            spec("b", &["a"]),
+            spec("c", &["c"]),
+        ]);
+        assert_eq!(cyclic, ["b", "a", "c"]);
     }
 
     #[test]
