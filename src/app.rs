@@ -11,7 +11,7 @@ use crate::config::{Acl, Config};
 use crate::config::{Protocol, ServiceConfig};
 use crate::net::server::{Endpoint, Server, ServerOptions};
 use crate::net::tls::{TlsContext, TlsFiles};
-use crate::net::worker::{Router, WorkerOptions};
+use crate::net::worker::{Refusal, Router, WorkerOptions};
 use crate::service::echo::Echo;
 use crate::service::lua::{self, ServiceSpec};
 use crate::service::registry::Registry;
@@ -127,14 +127,14 @@ impl AppRouter {
 }
 
 impl Router for AppRouter {
-    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, u16> {
+    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, Refusal> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        let route = routes.get(&req.path).ok_or(404u16)?;
-        // The worker logs the 403 with the peer and path; these lines say which rule refused.
+        let route = routes.get(&req.path).ok_or(Refusal::from(404))?;
+        // The worker logs the refusal with the peer, the path and the rule given here.
+        let forbidden = |why: String| Refusal { status: 403, why };
         if let Some(acl) = &route.acl {
             if !acl.allows(peer) {
-                crate::info_limited!("refusing {peer}: not allowed by the service's acl");
-                return Err(403);
+                return Err(forbidden("not allowed by the service's acl".into()));
             }
         }
         if let Some(origins) = &route.allowed_origins {
@@ -143,20 +143,16 @@ impl Router for AppRouter {
                 Some(o) if origins.iter().any(|a| a.eq_ignore_ascii_case(o)) => {}
                 Some(o) => {
                     let o = crate::log::shown(o);
-                    crate::info_limited!("refusing {peer}: Origin {o} not in allowed_origins");
-                    return Err(403);
+                    return Err(forbidden(format!("Origin {o} not in allowed_origins")));
                 }
                 None => {
-                    crate::info_limited!(
-                        "refusing {peer}: no Origin, allowed_origins requires one"
-                    );
-                    return Err(403);
+                    return Err(forbidden("no Origin, allowed_origins requires one".into()));
                 }
             }
         }
         match &route.target {
             Target::Builtin(s) => Ok(s.clone()),
-            Target::Lua => self.registry.route(&req.path).ok_or(404),
+            Target::Lua => self.registry.route(&req.path).ok_or(Refusal::from(404)),
         }
     }
 }

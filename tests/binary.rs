@@ -288,18 +288,27 @@ fn a_403_log_names_the_rule_that_refused() {
         let resp = http_exchange(addr, req.as_bytes());
         assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     };
+    // One line per refused connection, with the peer, the path and the rule.
     refused("/o", "Origin: https://b.example\r\n");
-    let line = binary::wait_line(&log, "refusing ");
-    assert!(
-        line.contains("\"https://b.example\" not in allowed_origins"),
-        "{line}"
-    );
     refused("/o", "");
-    let line = binary::wait_line(&log, "refusing ");
-    assert!(line.contains("no Origin"), "{line}");
     refused("/a", "");
-    let line = binary::wait_line(&log, "refusing ");
-    assert!(line.contains("service's acl"), "{line}");
+    let resp = http_exchange(addr, upgrade_request(addr, "/none").as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    let lines = binary::lines_until(&log, "HTTP 404 for \"/none\"");
+    let refusals: Vec<&String> = lines.iter().filter(|l| l.contains("127.0.0.1:")).collect();
+    assert_eq!(refusals.len(), 4, "{lines:#?}");
+    let expected = [
+        r#"HTTP 403 for "/o": Origin "https://b.example" not in allowed_origins"#,
+        r#"HTTP 403 for "/o": no Origin, allowed_origins requires one"#,
+        r#"HTTP 403 for "/a": not allowed by the service's acl"#,
+        r#"HTTP 404 for "/none""#,
+    ];
+    for (line, want) in refusals.iter().zip(expected) {
+        assert!(
+            line.contains("rejected 127.0.0.1:") && line.ends_with(want),
+            "{line}"
+        );
+    }
 }
 
 /// The binary with the built-in echo and one standalone test app (`service`: its entry in
@@ -419,4 +428,53 @@ fn a_panic_in_an_io_or_listener_thread_aborts_the_process() {
             assert!(out.status.success(), "{thread}: {:?} {stderr}", out.status);
         }
     }
+}
+
+#[test]
+fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
+    let dir = temp_dir("bad-notification");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        r#"{ "directories": { "applications": "./lua/apps" },
+  "services": { "echo_lapps": { "protocol": "LAppS", "request_target": "/echo_lapps",
+                                "preload": ["bcast"] } } }"#,
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let mut ws = connect(addr, "/echo_lapps");
+    // {"lapps": 1, "cid": 3}: a notification (cid 3) without its method.
+    let mut cbor = vec![0xa2, 0x65];
+    cbor.extend_from_slice(b"lapps");
+    cbor.extend_from_slice(&[0x01, 0x63]);
+    cbor.extend_from_slice(b"cid");
+    cbor.push(0x03);
+    ws.send(tungstenite::Message::binary(cbor)).unwrap();
+    let line = binary::wait_line(&log, "malformed notification");
+    assert!(line.contains("INFO") && line.contains("method"), "{line}");
+    // No answer for it: the next message is the response to the next request.
+    use ciborium::Value as Cbor;
+    let text = |s: &str| Cbor::Text(s.into());
+    let request = Cbor::Map(vec![
+        (text("lapps"), Cbor::Integer(1.into())),
+        (text("method"), text("echo")),
+        (text("params"), Cbor::Array(vec![Cbor::Integer(7.into())])),
+    ]);
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&request, &mut bytes).unwrap();
+    ws.send(tungstenite::Message::binary(bytes)).unwrap();
+    let answer = match ws.read().expect("the response") {
+        tungstenite::Message::Binary(b) => ciborium::from_reader::<Cbor, _>(&b[..]).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let result = answer
+        .as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k == &text("result")))
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        result,
+        Some(Cbor::Array(vec![Cbor::Integer(7.into())])),
+        "{answer:?}"
+    );
 }

@@ -153,7 +153,7 @@ impl lapps::net::worker::Router for RetiredRouter {
         &self,
         _: &lapps::ws::handshake::Request,
         _: std::net::IpAddr,
-    ) -> Result<std::sync::Arc<dyn lapps::service::Service>, u16> {
+    ) -> Result<std::sync::Arc<dyn lapps::service::Service>, lapps::net::worker::Refusal> {
         Ok(std::sync::Arc::new(Retired))
     }
 }

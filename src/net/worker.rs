@@ -48,7 +48,25 @@ const WAKE_TOKEN: u64 = 0;
 
 /// Decides which service a request goes to, or the HTTP status that refuses it.
 pub trait Router: Send + Sync + 'static {
-    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, u16>;
+    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, Refusal>;
+}
+
+/// Why a request was refused: the HTTP status, and which rule refused it for the log line
+/// the worker writes (one per refused connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// Empty when the status says it all (404).
+    pub why: String,
+}
+
+impl From<u16> for Refusal {
+    fn from(status: u16) -> Refusal {
+        Refusal {
+            status,
+            why: String::new(),
+        }
+    }
 }
 
 /// Settings of one worker (from ws.json).
@@ -626,9 +644,10 @@ impl Worker {
         }
         let service = match self.router.route(&req, peer.ip()) {
             Ok(s) => s,
-            Err(status) => {
+            Err(Refusal { status, why }) => {
+                let sep = if why.is_empty() { "" } else { ": " };
                 crate::info_limited!(
-                    "rejected {peer}: HTTP {status} for {}",
+                    "rejected {peer}: HTTP {status} for {}{sep}{why}",
                     crate::log::shown(&req.path)
                 );
                 let reason = match status {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lapps::app::App;
 use lapps::config::Config;
 use lapps::net::server::{Server, ServerOptions};
-use lapps::net::worker::Router;
+use lapps::net::worker::{Refusal, Router};
 use lapps::service::echo::Echo;
 use lapps::service::Service;
 use lapps::ws::handshake::Request;
@@ -31,11 +31,11 @@ impl EchoRouter {
 }
 
 impl Router for EchoRouter {
-    fn route(&self, req: &Request, _peer: IpAddr) -> Result<Arc<dyn Service>, u16> {
+    fn route(&self, req: &Request, _peer: IpAddr) -> Result<Arc<dyn Service>, Refusal> {
         if req.path == "/echo" {
             Ok(self.echo.clone())
         } else {
-            Err(404)
+            Err(404.into())
         }
     }
 }

@@ -175,8 +175,9 @@ impl LappsState {
     fn refuse(&self, host: &HostCtx, conn: ConnId, e: ProtocolError) -> Outcome {
         if e.notification {
             // A client notification gets no response, not even an error: the client would
-            // take it for the answer to its oldest pending call.
-            crate::debug!(
+            // take it for the answer to its oldest pending call. Its one trace is this line
+            // (rate-limited: a client sending garbage cannot flood the log).
+            crate::info_limited!(
                 "{} dropped a malformed notification from {:#x}: {} ({})",
                 host.tag(),
                 conn.as_u64(),
