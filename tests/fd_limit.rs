@@ -114,3 +114,71 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
         "{warnings} accept warnings: the listener must pause, not spin"
     );
 }
+
+/// With exactly the descriptors the start-up check asks for (no warning), a full server keeps
+/// answering 503: the refused connections lingering after their answer come out of a room the
+/// check counts, and past it a refusal is closed at once. Before, a worker let up to
+/// max_connections + 1024 refusals linger, past the check's reserve: accepting failed with
+/// EMFILE and new clients waited unanswered.
+#[test]
+fn a_full_server_with_the_descriptors_it_asks_for_answers_every_refusal() {
+    const LIVE: usize = 1000;
+    // nofile::shortfall for 1 worker: live + REFUSED_ROOM (1024) + RESERVE (256).
+    const ASKED: libc::rlim_t = (LIVE + 1024 + 256) as libc::rlim_t;
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit; this test's clients need descriptors.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours);
+        ours.rlim_cur = ours.rlim_max.min(65536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &ours);
+    }
+    assert!(
+        ours.rlim_cur > 2 * ASKED + 64,
+        "this test needs {} descriptors",
+        2 * ASKED + 64
+    );
+    let dir = config_dir("full");
+    std::fs::write(
+        dir.join("ws.json"),
+        format!(
+            r#"{{ "ip": "127.0.0.1", "port": 0, "close_timeout_ms": 60000,
+                  "workers": {{ "workers": 1, "max_connections": {LIVE} }} }}"#
+        ),
+    )
+    .unwrap();
+    let (_server, addr, _log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, ASKED, ASKED));
+    assert!(
+        !start.iter().any(|l| l.contains("RLIMIT_NOFILE")),
+        "the limit is what the check asks for: {start:#?}"
+    );
+    let live: Vec<TcpStream> = (0..LIVE)
+        .map(|_| common::raw_upgraded(addr, "/echo"))
+        .collect();
+    // Refused clients that never close: the first ones linger on the server after their 503.
+    let request = common::upgrade_request(addr, "/echo");
+    let mut refused: Vec<TcpStream> = (0..1300)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+            std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    for (i, s) in refused.iter_mut().enumerate() {
+        let mut head = [0u8; 12];
+        match std::io::Read::read(s, &mut head) {
+            Ok(n) => assert!(
+                n == 0 || head[..n].starts_with(b"HTTP/1.1 503"),
+                "client {i}: {:?}",
+                String::from_utf8_lossy(&head[..n])
+            ),
+            // Closed at once past the room, its request unread: the 503 may be lost to the reset.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("client {i} got no answer: {e}"),
+        }
+    }
+    drop(live);
+}

@@ -68,6 +68,12 @@ pub enum Command {
     Resume { conn: ConnId },
 }
 
+/// Refused (503) connections a worker may hold beside its live ones, each lingering (a slab
+/// slot and a descriptor) until the peer's EOF or the close timeout, so that the answer is
+/// not lost to a reset. Fixed, and counted in the descriptors the server needs
+/// (`nofile::shortfall`): past it, a refusal is answered in passing and closed at once.
+pub const REFUSED_ROOM: usize = 1024;
+
 /// A connection accepted by a listener, on its way to a worker.
 #[derive(Debug)]
 pub struct NewConn {
@@ -174,7 +180,7 @@ impl Port {
             sleeping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             live: LiveTable::new(),
-            refused_room: max_connections.saturating_add(1024),
+            refused_room: REFUSED_ROOM,
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             max_connections,
@@ -556,7 +562,7 @@ mod tests {
         assert!(!hub.is_live(ConnId::new(0, ConnId::MAX_INDEX, 6)));
         port.set_dead(c.index());
         assert_eq!(hub.speaks(c), None);
-        assert_eq!(port.max_refused(), 1 + 1024);
+        assert_eq!(port.max_refused(), REFUSED_ROOM);
     }
 
     #[test]

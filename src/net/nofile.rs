@@ -8,6 +8,8 @@
 
 use std::io;
 
+use super::hub::REFUSED_ROOM;
+
 /// Descriptors the server takes besides its connections: listeners, epoll and eventfds per
 /// worker, the instances' files, `cws` clients, logs.
 pub const RESERVE: u64 = 256;
@@ -44,15 +46,17 @@ pub fn raise() -> io::Result<Raised> {
 /// `max_connections` connections, or None when the limit covers them.
 pub fn shortfall(limit: u64, workers: usize, max_connections: usize) -> Option<String> {
     let promised = (workers as u64).saturating_mul(max_connections as u64);
-    let needed = promised.saturating_add(RESERVE);
+    let refusing = (workers as u64).saturating_mul(REFUSED_ROOM as u64);
+    let needed = promised.saturating_add(refusing).saturating_add(RESERVE);
     (limit < needed).then(|| {
         format!(
             "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {promised} connections \
              ws.json allows ({workers} workers x max_connections {max_connections}) plus \
-             {RESERVE} for the server itself: past about {} connections, accepting pauses and \
-             new clients wait unanswered (raise LimitNOFILE, or ulimit -n, or lower \
+             {refusing} refused ones answered 503 ({REFUSED_ROOM} per worker) and {RESERVE} \
+             for the server itself: past about {} connections, accepting pauses and new \
+             clients wait unanswered (raise LimitNOFILE, or ulimit -n, or lower \
              max_connections)",
-            limit.saturating_sub(RESERVE)
+            limit.saturating_sub(refusing + RESERVE)
         )
     })
 }
@@ -63,11 +67,13 @@ mod tests {
 
     #[test]
     fn a_limit_below_the_promise_names_both_numbers() {
-        let w = shortfall(1024, 2, 100_000).expect("a warning");
-        assert!(w.contains("is 1024"), "{w}");
+        let w = shortfall(10_000, 2, 100_000).expect("a warning");
+        assert!(w.contains("is 10000"), "{w}");
         assert!(w.contains("200000 connections"), "{w}");
-        assert!(w.contains("about 768 connections"), "{w}");
-        assert_eq!(shortfall(200_256, 2, 100_000), None);
-        assert!(shortfall(200_255, 2, 100_000).is_some());
+        assert!(w.contains("2048 refused ones"), "{w}");
+        assert!(w.contains("about 7696 connections"), "{w}");
+        // Live connections, the refused ones lingering after their 503, the server's own.
+        assert_eq!(shortfall(200_000 + 2048 + 256, 2, 100_000), None);
+        assert!(shortfall(200_000 + 2048 + 255, 2, 100_000).is_some());
     }
 }
