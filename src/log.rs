@@ -198,6 +198,8 @@ macro_rules! log_limited_at {
 #[macro_export]
 macro_rules! info_limited { ($($arg:tt)*) => { $crate::log_limited_at!($crate::log::Level::Info, $($arg)*) } }
 #[macro_export]
+macro_rules! warn_limited { ($($arg:tt)*) => { $crate::log_limited_at!($crate::log::Level::Warn, $($arg)*) } }
+#[macro_export]
 macro_rules! error_limited { ($($arg:tt)*) => { $crate::log_limited_at!($crate::log::Level::Error, $($arg)*) } }
 
 #[macro_export]

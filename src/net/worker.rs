@@ -380,8 +380,16 @@ impl Worker {
 
     // ---- accepting -------------------------------------------------------------------------
 
+    /// Takes the connections the listeners handed over, at most as many as the inbox holds:
+    /// listeners refilling it as fast as it empties (a flood of refusals) cannot keep the
+    /// worker from its connections; the rest waits for the next turn (the inbox not being
+    /// empty, the worker does not sleep).
     fn take_new_connections(&mut self) {
-        while let Some(nc) = self.hub.port(self.id).accepts.pop() {
+        let port = self.hub.port(self.id);
+        for _ in 0..port.accepts.capacity() {
+            let Some(nc) = self.hub.port(self.id).accepts.pop() else {
+                break;
+            };
             if self.shutdown_since.is_some() {
                 if !nc.reject_full {
                     self.hub.port(self.id).release_slot();
@@ -444,9 +452,11 @@ impl Worker {
         }
         if let Err(e) = self.selector.register(fd, index as u64 + 1) {
             // A failed registration must not leave a slot behind (monoio does the same).
-            warn!(
+            // Rate-limited: at fs.epoll.max_user_watches (ENOSPC) every new connection fails.
+            crate::warn_limited!(
                 "worker {}: cannot register connection from {}: {e}",
-                self.id, nc.peer
+                self.id,
+                nc.peer
             );
             self.conns.remove(index);
             if !reject_full {

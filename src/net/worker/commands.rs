@@ -12,8 +12,14 @@ use crate::ws::close;
 use crate::ws::codec::{self, Role};
 
 impl Worker {
+    /// Applies the batches services posted, at most as many as the queue holds: services
+    /// refilling it as fast as it empties cannot keep the worker from its connections; the
+    /// rest waits for the next turn (the queue not being empty, the worker does not sleep).
     pub(super) fn take_commands(&mut self) {
-        while let Some(batch) = self.hub.port(self.id).commands.pop() {
+        for _ in 0..self.hub.port(self.id).commands.capacity() {
+            let Some(batch) = self.hub.port(self.id).commands.pop() else {
+                break;
+            };
             for cmd in batch {
                 self.apply(cmd);
             }

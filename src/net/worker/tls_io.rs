@@ -39,7 +39,7 @@ impl Worker {
         match TlsSession::new(ctx.config()) {
             Ok(s) => Some(Box::new(s)),
             Err(e) => {
-                warn!("worker {}: cannot start a TLS session: {e}", self.id);
+                crate::warn_limited!("worker {}: cannot start a TLS session: {e}", self.id);
                 None
             }
         }
