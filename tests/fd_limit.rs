@@ -118,13 +118,16 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
 /// With exactly the descriptors the start-up check asks for (no warning), a full server keeps
 /// answering 503: the refused connections lingering after their answer come out of a room the
 /// check counts, and past it a refusal is closed at once. Before, a worker let up to
-/// max_connections + 1024 refusals linger, past the check's reserve: accepting failed with
+/// max_connections + 1024 refusals linger, past what the check counted: accepting failed with
 /// EMFILE and new clients waited unanswered.
 #[test]
 fn a_full_server_with_the_descriptors_it_asks_for_answers_every_refusal() {
-    const LIVE: usize = 1000;
-    // nofile::shortfall for 1 worker: live + REFUSED_ROOM (1024) + RESERVE (256).
-    const ASKED: libc::rlim_t = (LIVE + 1024 + 256) as libc::rlim_t;
+    // Enough that the old room (max_connections + 1024 refused) outgrew the check's figure.
+    const LIVE: usize = 5000;
+    const REFUSALS: usize = 6000;
+    // nofile::shortfall for 1 worker: live + REFUSED_ROOM (1024) + ACCEPT_INBOX (4096) +
+    // RESERVE (256).
+    const ASKED: libc::rlim_t = (LIVE + 1024 + 4096 + 256) as libc::rlim_t;
     let mut ours = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -132,14 +135,11 @@ fn a_full_server_with_the_descriptors_it_asks_for_answers_every_refusal() {
     // SAFETY: getrlimit/setrlimit with a valid rlimit; this test's clients need descriptors.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours);
-        ours.rlim_cur = ours.rlim_max.min(65536);
+        ours.rlim_cur = ours.rlim_cur.max(ours.rlim_max.min(65536));
         libc::setrlimit(libc::RLIMIT_NOFILE, &ours);
     }
-    assert!(
-        ours.rlim_cur > 2 * ASKED + 64,
-        "this test needs {} descriptors",
-        2 * ASKED + 64
-    );
+    let needs = (LIVE + REFUSALS + 64) as libc::rlim_t;
+    assert!(ours.rlim_cur > needs, "this test needs {needs} descriptors");
     let dir = config_dir("full");
     std::fs::write(
         dir.join("ws.json"),
@@ -159,7 +159,7 @@ fn a_full_server_with_the_descriptors_it_asks_for_answers_every_refusal() {
         .collect();
     // Refused clients that never close: the first ones linger on the server after their 503.
     let request = common::upgrade_request(addr, "/echo");
-    let mut refused: Vec<TcpStream> = (0..1300)
+    let mut refused: Vec<TcpStream> = (0..REFUSALS)
         .map(|_| {
             let mut s = TcpStream::connect(addr).expect("connect");
             s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();

@@ -1,7 +1,7 @@
 //! The JSON configuration: `ws.json` (the WebSocket server) and `lapps.json` (directories and
 //! services) in one configuration directory.
 //!
-//! Owns finding the directory ([`resolve_dir`]), reading and validating both files
+//! Owns finding the files ([`locate`]), reading and validating both files
 //! ([`Config::load`], the one call the binary makes) and the typed model with every default.
 //! Every problem is reported with its file, key path, what was expected and what was found;
 //! unknown keys are errors. Must never start anything or touch the files the config points to
@@ -210,7 +210,9 @@ pub fn locate(cli: Option<&Path>) -> Location {
     }
 }
 
-/// [`resolve_dir`] with the environment passed in.
+/// The configuration directory without `-c`: `LAPPS_CONF_DIR` when set, else `./etc/lapps`
+/// when it exists, else `/etc/lapps` (the part of [`locate`] that does not read the
+/// environment).
 pub fn resolve_dir_from(
     cli: Option<&Path>,
     env_dir: Option<&OsStr>,

@@ -135,7 +135,7 @@ impl Port {
 
 /// Accepted connections at most waiting for a worker to take them; a burst beyond waits in
 /// the kernel's accept queue (see `listener::run`).
-const ACCEPT_INBOX: usize = 4096;
+pub const ACCEPT_INBOX: usize = 4096;
 
 /// One worker's side of the hub.
 pub struct Port {
@@ -275,7 +275,7 @@ impl Port {
         }
     }
 
-    /// Either side: `conn`'s Close is queued or about to be (see [`ENDING`]); from now on the
+    /// Either side: `conn`'s Close is queued or about to be (see `ENDING`); from now on the
     /// handle answers as gone. Nothing when `conn` is gone already.
     pub fn set_ending(&self, conn: ConnId) {
         let Some(slot) = self.live.get(conn.index()) else {

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use super::hub::REFUSED_ROOM;
+use super::hub::{ACCEPT_INBOX, REFUSED_ROOM};
 
 /// Descriptors the server takes besides its connections: listeners, epoll and eventfds per
 /// worker, the instances' files, `cws` clients, logs.
@@ -46,17 +46,19 @@ pub fn raise() -> io::Result<Raised> {
 /// `max_connections` connections, or None when the limit covers them.
 pub fn shortfall(limit: u64, workers: usize, max_connections: usize) -> Option<String> {
     let promised = (workers as u64).saturating_mul(max_connections as u64);
-    let refusing = (workers as u64).saturating_mul(REFUSED_ROOM as u64);
-    let needed = promised.saturating_add(refusing).saturating_add(RESERVE);
+    // Per worker, besides its live connections: refused ones lingering after their 503, and
+    // accepted ones waiting in its inbox for their turn.
+    let besides = (workers as u64).saturating_mul((REFUSED_ROOM + ACCEPT_INBOX) as u64);
+    let needed = promised.saturating_add(besides).saturating_add(RESERVE);
     (limit < needed).then(|| {
         format!(
             "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {promised} connections \
              ws.json allows ({workers} workers x max_connections {max_connections}) plus \
-             {refusing} refused ones answered 503 ({REFUSED_ROOM} per worker) and {RESERVE} \
-             for the server itself: past about {} connections, accepting pauses and new \
-             clients wait unanswered (raise LimitNOFILE, or ulimit -n, or lower \
-             max_connections)",
-            limit.saturating_sub(refusing + RESERVE)
+             {besides} the workers may hold besides (refused ones answered 503, accepted ones \
+             waiting for their worker) and {RESERVE} for the server itself: past about {} \
+             connections, accepting pauses and new clients wait unanswered (raise \
+             LimitNOFILE, or ulimit -n, or lower max_connections)",
+            limit.saturating_sub(besides + RESERVE)
         )
     })
 }
@@ -67,13 +69,13 @@ mod tests {
 
     #[test]
     fn a_limit_below_the_promise_names_both_numbers() {
-        let w = shortfall(10_000, 2, 100_000).expect("a warning");
-        assert!(w.contains("is 10000"), "{w}");
+        let w = shortfall(20_000, 2, 100_000).expect("a warning");
+        assert!(w.contains("is 20000"), "{w}");
         assert!(w.contains("200000 connections"), "{w}");
-        assert!(w.contains("2048 refused ones"), "{w}");
-        assert!(w.contains("about 7696 connections"), "{w}");
-        // Live connections, the refused ones lingering after their 503, the server's own.
-        assert_eq!(shortfall(200_000 + 2048 + 256, 2, 100_000), None);
-        assert!(shortfall(200_000 + 2048 + 255, 2, 100_000).is_some());
+        assert!(w.contains("10240 the workers may hold besides"), "{w}");
+        assert!(w.contains("about 9504 connections"), "{w}");
+        // Live connections; per worker 1024 refused and 4096 waiting; the server's own.
+        assert_eq!(shortfall(200_000 + 10_240 + 256, 2, 100_000), None);
+        assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000).is_some());
     }
 }

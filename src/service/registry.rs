@@ -399,7 +399,7 @@ impl Registry {
         *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
     }
 
-    /// How long `shutdown` waits in all (default 10 s, see [`SHUTDOWN_BUDGET`]).
+    /// How long `shutdown` waits in all (default 10 s, see `SHUTDOWN_BUDGET`).
     pub fn set_shutdown_budget(&self, budget: Duration) {
         *self
             .shutdown_budget
@@ -474,11 +474,11 @@ impl Registry {
         routes.get(path).map(|s| Arc::clone(s) as Arc<dyn Service>)
     }
 
-    /// Stops every service in reverse start order (`onShutdown` on each instance, threads
+    /// Stops every service, dependents before what they depend on (`onShutdown` on each instance, threads
     /// joined, `must_stop()` true for standalone ones). Idempotent.
     ///
     /// Waits at most the shutdown budget in all: each service gets what is left of it, at
-    /// most [`SHUTDOWN_GRACE`]. Once it is spent, the services still to stop are asked to, but
+    /// most `SHUTDOWN_GRACE`. Once it is spent, the services still to stop are asked to, but
     /// not waited for (one warning names them): the process exits under them.
     pub fn shutdown(&self) {
         // First, so that a reload under way starts nothing after the lists below were taken.

@@ -198,7 +198,7 @@ impl Client {
     }
 
     /// [`Client::connect`] to addresses already resolved: they are tried in order, each one
-    /// that refuses or fails (or does not answer within [`ATTEMPT_TIMEOUT`] while others are
+    /// that refuses or fails (or does not answer within `ATTEMPT_TIMEOUT` while others are
     /// left) gives way to the next, as a host with an IPv6 and an IPv4 address needs.
     pub fn connect_addrs(
         addrs: Vec<SocketAddr>,
