@@ -619,3 +619,59 @@ fn a_sighup_that_loads_an_expired_certificate_warns_like_the_start_up() {
     let status = child.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }
+
+/// Over wss:// as over ws://: a pause takes effect within the plaintext of one read (the rest
+/// waits, undecoded, in the server), another connection's message is handled long before the
+/// flood's end, and every message of the flood is answered once the queue drains.
+#[test]
+fn a_paused_wss_connection_stops_feeding_its_instance_within_one_read() {
+    const FLOOD: usize = 2000;
+    let dir = temp_dir("wss-pause");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let lapps = format!(
+        r#"{{ "directories": {{ "applications": "{}", "lib": "{}" }},
+             "services": {{ "hold_reply": {{ "protocol": "raw", "request_target": "/hold_reply",
+               "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 4 }} }} }}"#,
+        root.join("tests/apps").display(),
+        root.join("lua/lib").display()
+    );
+    std::fs::write(dir.join("lapps.json"), lapps).unwrap();
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let release = lapps::service::mqr::registry().open("hold_reply.release", 1);
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut a = wss_connect(addr, "/hold_reply", cfg.clone()).unwrap();
+    let mut b = wss_connect(addr, "/hold_reply", cfg).unwrap();
+    a.send(Message::text("hold")).unwrap();
+    assert_eq!(a.read().unwrap(), Message::text("holding"));
+    // The instance is busy. 2000 messages in one flush: 14 KB of plaintext, one TLS record.
+    for _ in 0..FLOOD {
+        a.write(Message::text("x")).unwrap();
+    }
+    a.flush().unwrap();
+    let a_end = a.get_ref().sock.local_addr().unwrap();
+    let guard = Duration::from_secs(10);
+    common::wait_for("the server to read the flood", guard, || {
+        common::server_unread(addr, a_end) == Some(0)
+    });
+    b.send(Message::text("seen")).unwrap();
+    let b_end = b.get_ref().sock.local_addr().unwrap();
+    common::wait_for("the server to read the other message", guard, || {
+        common::server_unread(addr, b_end) == Some(0)
+    });
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    let seen: usize = b.read().unwrap().into_text().unwrap().parse().unwrap();
+    assert!(
+        seen < 50,
+        "the instance took {seen} messages before the other connection's: the pause let \
+         the flood through"
+    );
+    assert_eq!(a.read().unwrap(), Message::text("released"));
+    for i in 0..FLOOD {
+        assert_eq!(a.read().unwrap(), Message::text("x"), "echo {i} of {FLOOD}");
+    }
+    app.shutdown();
+}
