@@ -143,6 +143,12 @@ impl Conn {
         self.service_paused || self.out_paused
     }
 
+    /// The memory of what waits to be sent: the outbound queue and the OONs held for the
+    /// first exchange. The slow-consumer limit judges this.
+    pub fn waiting_bytes(&self) -> usize {
+        self.out.held() + self.before_exchange.as_ref().map_or(0, HeldOons::held)
+    }
+
     /// Input waits (in the socket or undecoded in `inbuf`) and nothing holds reading back.
     pub fn wants_read(&self) -> bool {
         (self.read_pending || self.undecoded) && !self.read_paused()

@@ -105,7 +105,7 @@ impl Worker {
         if c.out.bytes() > high {
             c.out_paused = true;
         }
-        let mut queued = c.out.held() + c.before_exchange.as_ref().map_or(0, |h| h.held());
+        let mut queued = c.waiting_bytes();
         let write_blocked = c.write_blocked;
         let limit = self.slow_consumer_limit(index);
         if queued > limit && !write_blocked {
@@ -116,7 +116,7 @@ impl Worker {
             let Some(c) = self.conns.get(index) else {
                 return; // the write failed and the connection ended
             };
-            queued = c.out.held() + c.before_exchange.as_ref().map_or(0, |h| h.held());
+            queued = c.waiting_bytes();
         }
         if queued > limit {
             // A peer that does not read while services keep sending to it (broadcasts, pushes)

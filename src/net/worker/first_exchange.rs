@@ -60,7 +60,7 @@ impl Worker {
             let held = c.before_exchange.get_or_insert_default();
             held.bytes += bytes.len();
             held.messages.push(msg.into_chunk());
-            let queued = held.held() + c.out.held();
+            let queued = c.waiting_bytes();
             // The slow-consumer bound less its room for one largest message: that room is
             // the first response's, which goes out ahead of everything held.
             if queued
