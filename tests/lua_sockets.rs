@@ -951,66 +951,6 @@ fn a_close_started_on_a_paused_connection_reads_the_peers_reply() {
     drop(app);
 }
 
-/// A pause takes effect at once: a connection that sends many messages in one read gets no
-/// more of them into its instance's queue than the queue's high-water mark lets in; the rest
-/// waits in the server, unread by the service, and is decoded when the queue drains. Another
-/// connection's message queued meanwhile is handled long before the flood's end, and nothing
-/// of the flood is lost.
-#[test]
-fn a_paused_connection_stops_feeding_its_instance_within_one_read() {
-    const FLOOD: usize = 2000;
-    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#;
-    let services = lapps_json(
-        "./tests/apps",
-        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 4 } }"#,
-    );
-    let app = start_app(ws, &services);
-    let (_one, release) = hold_reply_release();
-    let mut a = raw_upgraded(app.addr, "/hold_reply");
-    let mut b = raw_upgraded(app.addr, "/hold_reply");
-    a.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
-    assert_eq!(read_frame(&mut a).expect("holding").payload, b"holding");
-    // The instance is busy. 2000 messages of 7 bytes in one write: one loopback segment, read
-    // by the server at once.
-    let flood: Vec<u8> = (0..FLOOD)
-        .flat_map(|_| frame(true, 0, 0x1, b"x", true))
-        .collect();
-    a.write_all(&flood).unwrap();
-    let a_end = a.local_addr().unwrap();
-    wait_for("the server to read the flood", GUARD, || {
-        server_unread(app.addr, a_end) == Some(0)
-    });
-    b.write_all(&frame(true, 0, 0x1, b"seen", true)).unwrap();
-    let b_end = b.local_addr().unwrap();
-    wait_for("the server to read the other message", GUARD, || {
-        server_unread(app.addr, b_end) == Some(0)
-    });
-    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
-    let seen: usize = String::from_utf8(read_frame(&mut b).expect("seen").payload)
-        .unwrap()
-        .parse()
-        .unwrap();
-    // "hold", then at most a few queue-fulls of the flood (4 each, and one past the mark).
-    assert!(
-        seen < 50,
-        "the instance took {seen} messages before the other connection's: the pause let \
-         the flood through"
-    );
-    assert_eq!(read_frame(&mut a).expect("released").payload, b"released");
-    for i in 0..FLOOD {
-        let f = read_frame(&mut a).unwrap_or_else(|| panic!("echo {i} of {FLOOD}"));
-        assert_eq!(
-            (f.opcode, f.payload.as_slice()),
-            (0x1, &b"x"[..]),
-            "echo {i}"
-        );
-    }
-    wait_for("the instance to take its release", GUARD, || {
-        release.is_empty()
-    });
-    drop(app);
-}
-
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
 /// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
 /// and no Pong to a ping sent after the bad frame.

@@ -50,9 +50,6 @@ pub struct Conn {
     pub out_paused: bool,
     /// Input may be waiting in the socket (edge-triggered: we must come back for it).
     pub read_pending: bool,
-    /// `inbuf` holds input that a service pause stopped decoding: it is decoded again when
-    /// reading resumes, before any new read.
-    pub undecoded: bool,
     /// A readiness event reported the peer's FIN or an error. From then on a short read does
     /// not mean the socket is drained: the EOF came with the same edge as the data before it,
     /// and no later edge will report it.
@@ -108,7 +105,6 @@ impl Conn {
             tag: 0,
             decoder: None,
             inbuf: Vec::new(),
-            undecoded: false,
             out: OutQueue::default(),
             service_paused: false,
             out_paused: false,
@@ -147,10 +143,5 @@ impl Conn {
     /// first exchange. The slow-consumer limit judges this.
     pub fn waiting_bytes(&self) -> usize {
         self.out.held() + self.before_exchange.as_ref().map_or(0, HeldOons::held)
-    }
-
-    /// Input waits (in the socket or undecoded in `inbuf`) and nothing holds reading back.
-    pub fn wants_read(&self) -> bool {
-        (self.read_pending || self.undecoded) && !self.read_paused()
     }
 }

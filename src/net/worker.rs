@@ -502,7 +502,7 @@ impl Worker {
         for index in pending {
             if let Some(c) = self.conns.get_mut(index) {
                 c.in_pending = false;
-                if c.read_pending || c.undecoded {
+                if c.read_pending {
                     self.read_some(index);
                 }
             }
@@ -547,14 +547,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(index) else {
                 break;
             };
-            if c.read_paused() {
-                break;
-            }
-            if c.undecoded {
-                self.decode_leftover(index, &mut scratch);
-                continue;
-            }
-            if !c.read_pending {
+            if !c.read_pending || c.read_paused() {
                 break;
             }
             let kept = c.inbuf.len();
@@ -592,7 +585,7 @@ impl Worker {
             return;
         };
         // Budget spent with input left: come back next iteration, after the others had a turn.
-        if c.wants_read() && !c.in_pending {
+        if c.read_pending && !c.read_paused() && !c.in_pending {
             c.in_pending = true;
             self.pending.push(index);
         }
@@ -601,17 +594,6 @@ impl Worker {
         if !c.out.is_empty() && !c.write_blocked {
             self.flush_conn(index);
         }
-    }
-
-    /// Decodes the input a pause left in `inbuf` (no read: it gets no new edge).
-    pub(super) fn decode_leftover(&mut self, index: u32, scratch: &mut [u8]) {
-        let Some(c) = self.conns.get_mut(index) else {
-            return;
-        };
-        c.undecoded = false;
-        // Copies a short leftover to the front of `scratch`, where `process_read` takes it.
-        let _ = read_room(&c.inbuf, scratch);
-        self.process_read(index, scratch, 0);
     }
 
     /// A failed read (plaintext or TLS): `true` to read again (EINTR); otherwise reading this
@@ -803,14 +785,11 @@ impl Worker {
             let pool = &mut self.pool;
             let deferred = &mut self.deferred;
             let ping_outstanding = &mut c.ping_outstanding;
-            // A service that pauses this connection takes no more of its messages: decoding
-            // stops after the message it paused on, and the rest of the input waits in `inbuf`
-            // for the Resume (see `decode_leftover`).
-            decoder.decode_while(buf, &mut |ev| match ev {
+            decoder.decode(buf, &mut |ev| match ev {
                 Event::Text(p) | Event::Binary(p) => {
                     // After we started closing, data is read and dropped (RFC 6455 5.5.1).
                     if phase != Phase::Open || close_with.is_some() {
-                        return true;
+                        return;
                     }
                     let opcode = if matches!(ev, Event::Text(_)) {
                         Opcode::Text
@@ -827,40 +806,22 @@ impl Worker {
                     };
                     delivered = true;
                     match service.on_message(&mut ctx, id, tag, opcode, p) {
-                        Flow::Continue => true,
-                        Flow::Pause => {
-                            paused = true;
-                            false
-                        }
-                        Flow::Close(code) => {
-                            close_with = Some(code);
-                            true
-                        }
+                        Flow::Continue => {}
+                        Flow::Pause => paused = true,
+                        Flow::Close(code) => close_with = Some(code),
                     }
                 }
                 // Our Close is the last frame we send (RFC 6455 5.5.1): no Pong after it.
-                Event::Ping(p) if matches!(phase, Phase::Open | Phase::Answering(_)) => {
-                    out.append_with(pool, |b| {
+                Event::Ping(p) if matches!(phase, Phase::Open | Phase::Answering(_)) => out
+                    .append_with(pool, |b| {
                         codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4])
-                    });
-                    true
-                }
-                Event::Ping(_) => true,
-                Event::Pong(_) => {
-                    *ping_outstanding = false;
-                    true
-                }
-                Event::Close { code, .. } => {
-                    peer_close = Some(code);
-                    true
-                }
+                    }),
+                Event::Ping(_) => {}
+                Event::Pong(_) => *ping_outstanding = false,
+                Event::Close { code, .. } => peer_close = Some(code),
             })
         };
         c.decoder = Some(decoder);
-        // Input the pause left undecoded gets no new edge: the Resume must come back for it.
-        if paused && result.as_ref().is_ok_and(|&n| n < buf.len()) {
-            c.undecoded = true;
-        }
         // Pongs and the built-in services' replies go straight into the queue, not through
         // `queue_frame`: a peer that sends without reading is throttled here, or a ping flood
         // would grow its queue with every read once the socket is full.
@@ -984,7 +945,7 @@ impl Worker {
 
     fn resume_reading(&mut self, index: u32) {
         if let Some(c) = self.conns.get_mut(index) {
-            if c.wants_read() && !c.in_pending {
+            if c.read_pending && !c.read_paused() && !c.in_pending {
                 c.in_pending = true;
                 self.pending.push(index);
             }

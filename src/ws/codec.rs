@@ -148,20 +148,6 @@ impl Decoder {
         input: &mut [u8],
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<usize, ProtocolError> {
-        self.decode_while(input, &mut |ev| {
-            on_event(ev);
-            true
-        })
-    }
-
-    /// [`decode`](Self::decode), stopping right after an event for which `on_event` returns
-    /// `false`: the count returned then ends with that event's frame, and what follows is the
-    /// caller's to pass again (a reader whose consumer is full stops taking messages there).
-    pub fn decode_while(
-        &mut self,
-        input: &mut [u8],
-        on_event: &mut dyn FnMut(Event<'_>) -> bool,
-    ) -> Result<usize, ProtocolError> {
         match self.state {
             State::Open => {}
             State::Closed => return Ok(input.len()),
@@ -178,7 +164,7 @@ impl Decoder {
     fn decode_open(
         &mut self,
         input: &mut [u8],
-        on_event: &mut dyn FnMut(Event<'_>) -> bool,
+        on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<usize, ProtocolError> {
         let mut pos = 0;
         loop {
@@ -188,8 +174,8 @@ impl Decoder {
                     return Ok(pos); // every available byte was taken; wait for more
                 }
                 self.frame_open = false;
-                if self.frame_fin && !self.complete_message(on_event)? {
-                    return Ok(pos);
+                if self.frame_fin {
+                    self.complete_message(on_event)?;
                 }
                 continue;
             }
@@ -211,7 +197,7 @@ impl Decoder {
                     unmask(payload, key, 0);
                 }
                 pos = payload_start + len;
-                let more = match opcode {
+                match opcode {
                     Opcode::Ping => on_event(Event::Ping(payload)),
                     Opcode::Pong => on_event(Event::Pong(payload)),
                     _ => {
@@ -221,9 +207,6 @@ impl Decoder {
                         on_event(Event::Close { code, reason });
                         return Ok(pos);
                     }
-                };
-                if !more {
-                    return Ok(pos);
                 }
                 continue;
             }
@@ -236,16 +219,13 @@ impl Decoder {
                     unmask(payload, key, 0);
                 }
                 pos = payload_start + len;
-                let more = if opcode == Opcode::Text {
+                if opcode == Opcode::Text {
                     if !validate_utf8(payload) {
                         return Err(INVALID_UTF8_TEXT);
                     }
-                    on_event(Event::Text(payload))
+                    on_event(Event::Text(payload));
                 } else {
-                    on_event(Event::Binary(payload))
-                };
-                if !more {
-                    return Ok(pos);
+                    on_event(Event::Binary(payload));
                 }
                 continue;
             }
@@ -337,11 +317,10 @@ impl Decoder {
         Ok(n)
     }
 
-    /// Hands the assembled message over; returns what `on_event` answered (go on or stop).
     fn complete_message(
         &mut self,
-        on_event: &mut dyn FnMut(Event<'_>) -> bool,
-    ) -> Result<bool, ProtocolError> {
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
         let kind = std::mem::replace(&mut self.assembling, Assembling::None);
         // Taking the buffer leaves Vec::new() behind: no heap held between messages.
         let message = std::mem::take(&mut self.message);
@@ -350,10 +329,11 @@ impl Decoder {
             if self.utf8.finish().is_err() {
                 return Err(INVALID_UTF8_TEXT);
             }
-            Ok(on_event(Event::Text(&message)))
+            on_event(Event::Text(&message));
         } else {
-            Ok(on_event(Event::Binary(&message)))
+            on_event(Event::Binary(&message));
         }
+        Ok(())
     }
 }
 

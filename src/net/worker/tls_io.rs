@@ -113,7 +113,7 @@ impl Worker {
             .tls
             .as_deref()
             .is_some_and(|t| t.conn.wants_write() || !c.out.is_empty());
-        let again = c.wants_read() && !c.in_pending;
+        let again = c.read_pending && !c.read_paused() && !c.in_pending;
         if again {
             c.in_pending = true;
             self.pending.push(index);
@@ -180,10 +180,6 @@ impl Worker {
             if c.read_paused() {
                 c.read_pending = true; // plaintext may still wait inside rustls
                 return Step::Stop;
-            }
-            if c.undecoded {
-                self.decode_leftover(index, scratch);
-                continue;
             }
             let kept = c.inbuf.len();
             if kept >= scratch.len() {

@@ -796,56 +796,6 @@ proptest! {
     }
 
     #[test]
-    fn stopping_after_any_event_loses_and_repeats_nothing(
-        msgs in proptest::collection::vec(msg_strategy(), 1..8),
-        fragment in proptest::option::of(1usize..64),
-        cuts in proptest::collection::vec(0usize..6000, 0..20),
-        stops in proptest::collection::vec(any::<bool>(), 1..8),
-    ) {
-        let mut wire = Vec::new();
-        for m in &msgs {
-            match m {
-                Msg::Text(s) => encode_message(&mut wire, Role::Client, Opcode::Text, s.as_bytes(), fragment, KEY),
-                Msg::Binary(b) => encode_message(&mut wire, Role::Client, Opcode::Binary, b, fragment, KEY),
-                Msg::Ping(p) => encode_control(&mut wire, Role::Client, Opcode::Ping, p, KEY),
-            }
-        }
-        encode_close(&mut wire, Role::Client, Some(NORMAL), b"done", KEY);
-        let (expected, r) = feed(&mut Decoder::new(Role::Server, MAX), &wire, &[]);
-        prop_assert_eq!(r, Ok(()));
-
-        // As the IOWorker does while a service is full: a stop leaves the rest of the input
-        // with the caller, who passes it again (with or without new bytes after it).
-        let mut dec = Decoder::new(Role::Server, MAX);
-        let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(wire.len())).collect();
-        bounds.push(wire.len());
-        bounds.sort_unstable();
-        let (mut pending, mut events, mut start) = (Vec::new(), Vec::new(), 0);
-        for end in bounds {
-            pending.extend_from_slice(&wire[start..end]);
-            start = end;
-            loop {
-                let (mut stopped, mut late) = (false, false);
-                let n = dec
-                    .decode_while(&mut pending, &mut |e| {
-                        late |= stopped;
-                        events.push(Owned::from(e));
-                        stopped = stops[events.len() % stops.len()];
-                        !stopped
-                    })
-                    .unwrap();
-                prop_assert!(!late, "an event after the stop");
-                pending.drain(..n);
-                if !stopped {
-                    break;
-                }
-            }
-        }
-        prop_assert_eq!(events, expected);
-        prop_assert!(dec.is_closed());
-    }
-
-    #[test]
     fn random_bytes_never_panic(
         bytes in proptest::collection::vec(any::<u8>(), 0..400),
         cuts in proptest::collection::vec(0usize..400, 0..8),

@@ -3,18 +3,11 @@
 -- waits, busy, until a message comes on the mqr queue "hold_reply.release", and replies
 -- "released". "bighold" sends a 300 KiB binary message first, without handing it over, then
 -- does the same (the outbox must post it early: it passes EARLY_POST_BYTES). Anything else is
--- echoed, but "id", which replies with this connection's handler, and "seen", which replies
--- how many messages this instance took before it.
+-- echoed, but "id", which replies with this connection's handler.
 local app = {}
 
-local seen = 0
-
 app.onMessage = function(handler, opcode, message)
-  seen = seen + 1
-  if message == "seen" then
-    ws:send(handler, 1, tostring(seen - 1))
-    return true
-  elseif message == "id" then
+  if message == "id" then
     ws:send(handler, 1, string.format("%.0f", handler))
     return true
   elseif message == "bighold" then
