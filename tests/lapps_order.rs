@@ -203,6 +203,138 @@ fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
     );
 }
 
+/// The tests whose instance waits in `hold`: one at a time, as they share its mqr queues.
+static HOLD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Releases a `hold` when dropped during a panic, so that a failed assertion does not leave
+/// the instance spinning for the rest of the test binary.
+struct Release(std::sync::Arc<lapps::service::mqr::Queue>);
+
+impl Release {
+    fn now(&self) {
+        self.0.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.try_post(b"go".to_vec().into_boxed_slice());
+        }
+    }
+}
+
+/// `lapps_deferred` able to `hold`, with a close timeout no loaded machine reaches; the lock,
+/// and the queues `hold` signals "busy" on and waits for its release on (both empty).
+fn start_holding() -> (
+    TestApp,
+    std::sync::MutexGuard<'static, ()>,
+    std::sync::Arc<lapps::service::mqr::Queue>,
+    Release,
+) {
+    let one = HOLD.lock().unwrap_or_else(|e| e.into_inner());
+    let busy = lapps::service::mqr::registry().open("lapps_deferred.busy", 4);
+    let release = lapps::service::mqr::registry().open("lapps_deferred.release", 4);
+    while busy.poll().is_some() || release.poll().is_some() {}
+    let app = start_app(
+        &ws_json_close_timeout(1, 60_000),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1, "preload": ["mqr"],
+                                     "instruction_budget": 0 } }"#,
+        ),
+    );
+    (app, one, busy, Release(release))
+}
+
+/// SPEC 8 for LAppS: a connection whose requests have all had their responses gets its Close
+/// reply from the worker while its instance is busy with another connection's request (the
+/// close timeout is 60 s: a reply that waited for the instance would come after the release,
+/// past the read guard).
+#[test]
+fn a_lapps_close_owed_nothing_does_not_wait_for_a_busy_instance() {
+    let (app, _one, busy, release) = start_holding();
+    let mut c = connect(app.addr, "/lapps_deferred");
+    c.send(request("echo", vec![Value::Int(7)])).unwrap();
+    assert_eq!(next(&mut c), ok(7));
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("hold", vec![])).unwrap();
+    wait_for("the instance to be busy", IO_TIMEOUT, || !busy.is_empty());
+    c.close(None).unwrap();
+    c.flush().unwrap();
+    assert_eq!(
+        next_or_close(&mut c),
+        "close 1005",
+        "the Close reply, while the instance is busy"
+    );
+    release.now();
+    assert_eq!(next(&mut a), released());
+}
+
+/// A client that pipelines more calls into one batch than the hub's unposted count holds (511)
+/// still gets its Close at once afterwards: a run of responses to one connection is counted
+/// once, so the count never saturates into the careful mode.
+#[test]
+fn a_lapps_close_after_a_long_pipelined_run_does_not_wait_for_a_busy_instance() {
+    const RUN: i64 = 600;
+    let (app, _one, busy, release) = start_holding();
+    let mut c = connect(app.addr, "/lapps_deferred");
+    // One write, one read by the server, one batch for the instance.
+    for i in 0..RUN {
+        c.write(request("echo", vec![Value::Int(i)])).unwrap();
+    }
+    c.flush().unwrap();
+    for i in 0..RUN {
+        assert_eq!(next(&mut c), ok(i));
+    }
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("hold", vec![])).unwrap();
+    wait_for("the instance to be busy", IO_TIMEOUT, || !busy.is_empty());
+    c.close(None).unwrap();
+    c.flush().unwrap();
+    assert_eq!(
+        next_or_close(&mut c),
+        "close 1005",
+        "the Close reply, while the instance is busy"
+    );
+    release.now();
+    assert_eq!(next(&mut a), released());
+}
+
+/// The other side of the same rule: a response the app has taken for a connection but not yet
+/// handed to its worker (it answered from another connection's handler, which is still
+/// running) holds that connection's Close back, and arrives before it.
+#[test]
+fn a_lapps_close_waits_for_a_response_taken_but_not_yet_posted() {
+    let (app, _one, busy, release) = start_holding();
+    let mut b = connect(app.addr, "/lapps_deferred");
+    let mut a = connect(app.addr, "/lapps_deferred");
+    b.send(request("later", vec![Value::Int(1)])).unwrap();
+    let b_end = b.get_ref().local_addr().unwrap();
+    wait_for("the server to read b's call", IO_TIMEOUT, || {
+        server_unread(app.addr, b_end) == Some(0)
+    });
+    // One worker, one instance: a's echo is handled after b's call.
+    a.send(request("echo", vec![Value::Int(2)])).unwrap();
+    assert_eq!(next(&mut a), ok(2));
+    // a's handler answers b's call, then keeps the instance busy before its batch is posted.
+    a.send(request("hold", vec![Value::Bool(true)])).unwrap();
+    wait_for("the instance to be busy", IO_TIMEOUT, || !busy.is_empty());
+    b.close(None).unwrap();
+    b.flush().unwrap();
+    wait_for("the server to read b's Close", IO_TIMEOUT, || {
+        server_unread(app.addr, b_end) == Some(0)
+    });
+    release.now();
+    assert_eq!(next(&mut a), released());
+    assert_eq!(
+        next_or_close(&mut b),
+        ok(1),
+        "the response, before the Close"
+    );
+    assert_eq!(next_or_close(&mut b), "close 1005");
+}
+
 /// [`next`], or `close CODE` for the server's Close.
 fn next_or_close(ws: &mut Client) -> String {
     loop {

@@ -86,16 +86,25 @@ pub struct NewConn {
     pub reject_full: bool,
 }
 
-// A liveness word: the generation (19 bits), LIVE, LAPPS and ENDING in the low half; in the
-// high half, how many of a LAppS connection's requests reached its app and are owed a response.
+// A liveness word: the generation (19 bits), UNPOSTED, UNCOUNTED, LIVE, LAPPS and ENDING in
+// the low half; in the high half, how many of a LAppS connection's requests reached its app and
+// are owed a response.
 const LIVE: u64 = 1 << 31;
 /// Beside LIVE: the connection speaks the LAppS protocol (set at its upgrade).
 const LAPPS: u64 = 1 << 30;
 /// Beside LIVE: a Close is on its way (RFC 6455 5.5.1: no data frame may follow ours), so the
 /// handle answers as gone: a send is refused now instead of being dropped by the worker.
 const ENDING: u64 = 1 << 29;
-/// The low half: who the word is about.
-const WHO: u64 = 0xFFFF_FFFF;
+/// Bits 19-27 of a LAppS connection's word: answers to it (responses taken from the owed count,
+/// host answers held in order) that no worker command queue has yet. Its Close may skip the
+/// wait for its instance only when none are (see [`Hub::lapps_settled`]).
+const UNPOSTED: u64 = 0x1FF << 19;
+const ONE_UNPOSTED: u64 = 1 << 19;
+/// Beside LIVE: more answers went unposted at once than UNPOSTED counts. The count is no longer
+/// exact, so the connection's Close always waits for its instance (the careful way).
+const UNCOUNTED: u64 = 1 << 28;
+/// The low half less the unposted count: who the word is about.
+const WHO: u64 = 0xFFFF_FFFF & !(UNPOSTED | UNCOUNTED);
 /// One owed response.
 const OWED: u64 = 1 << 32;
 
@@ -307,6 +316,17 @@ impl Port {
     }
 }
 
+/// `w` with one more unposted answer (or UNCOUNTED, once the count is full).
+fn add_unposted(w: u64) -> u64 {
+    if w & UNCOUNTED != 0 {
+        w
+    } else if w & UNPOSTED == UNPOSTED {
+        w | UNCOUNTED
+    } else {
+        w + ONE_UNPOSTED
+    }
+}
+
 impl Port {
     /// Changes the word of the live LAppS connection `conn` by `step`, while `ok` holds for
     /// its count of owed responses; false when it does not, or `conn` is gone.
@@ -455,11 +475,63 @@ impl Hub {
 
     /// Any thread, before a response (cid 0) to `conn` is queued: takes one owed response.
     /// False when none is owed (every request has had its response: one more would be taken
-    /// by the client for the answer to its next call) or `conn` is gone.
+    /// by the client for the answer to its next call) or `conn` is gone. A response taken
+    /// counts as unposted, in the same step, until [`Hub::posted`] says its command reached
+    /// the worker's queue.
     pub fn take_response(&self, conn: ConnId) -> bool {
         self.ports
             .get(conn.worker())
-            .is_some_and(|p| p.owed(conn, |n| n > 0, |w| w - OWED))
+            .is_some_and(|p| p.owed(conn, |n| n > 0, |w| add_unposted(w - OWED)))
+    }
+
+    /// Instance side: a host answer to `conn` is held behind responses its app owes; it counts
+    /// as unposted until [`Hub::posted`].
+    pub fn hold_answer(&self, conn: ConnId) {
+        self.unposted(conn, add_unposted);
+    }
+
+    /// Any thread, once the command carrying an answer counted by [`Hub::take_response`] or
+    /// [`Hub::hold_answer`] is in the worker's queue (or is dropped): one unposted answer less.
+    pub fn posted(&self, conn: ConnId) {
+        self.unposted(conn, |w| {
+            if w & UNCOUNTED != 0 || w & UNPOSTED == 0 {
+                w
+            } else {
+                w - ONE_UNPOSTED
+            }
+        });
+    }
+
+    /// Changes the unposted count of the LAppS connection `conn` (closing or not); nothing when
+    /// it is gone (a later connection in its slot starts from zero).
+    fn unposted(&self, conn: ConnId, step: impl Fn(u64) -> u64) {
+        let Some(slot) = self
+            .ports
+            .get(conn.worker())
+            .and_then(|p| p.live.get(conn.index()))
+        else {
+            return;
+        };
+        let who = conn.generation() as u64 | LIVE | LAPPS;
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w & WHO & !ENDING == who).then(|| step(w))
+        });
+    }
+
+    /// Worker side, as the LAppS connection `conn` begins to end: true when every request of
+    /// it that reached its app has had its answer, and every answer is in the worker's command
+    /// queue already (none taken and not yet posted, none held). Its messages must all have been
+    /// handled too (the caller checks): then the Close need not wait for the instance.
+    pub fn lapps_settled(&self, conn: ConnId) -> bool {
+        let Some(w) = self
+            .ports
+            .get(conn.worker())
+            .and_then(|p| p.live.get(conn.index()))
+            .map(|s| s.load(Ordering::Acquire))
+        else {
+            return false;
+        };
+        w & 0xFFFF_FFFF == conn.generation() as u64 | LIVE | LAPPS && w >> 32 == 0
     }
 
     pub fn begin_shutdown(&self) {
@@ -592,6 +664,58 @@ mod tests {
             !hub.take_response(next),
             "a new connection starts owing nothing"
         );
+    }
+
+    #[test]
+    fn a_lapps_connection_is_settled_only_with_nothing_owed_and_nothing_unposted() {
+        let hub = Hub::new(1, 16).unwrap();
+        let port = hub.port(0);
+        let c = ConnId::new(0, 5, 3);
+        port.set_speaks(c.index(), 3, Speaks::Lapps);
+        assert!(hub.lapps_settled(c), "nothing asked yet");
+        assert!(hub.expect_response(c));
+        assert!(!hub.lapps_settled(c), "a response is owed");
+        assert!(hub.take_response(c));
+        assert_eq!(hub.owed_responses(c), Some(0));
+        assert!(!hub.lapps_settled(c), "taken, not posted");
+        assert_eq!(
+            hub.speaks(c),
+            Some(Speaks::Lapps),
+            "the count leaves the rest alone"
+        );
+        hub.posted(ConnId::new(0, 5, 2));
+        assert!(!hub.lapps_settled(c), "another generation's post");
+        hub.posted(c);
+        assert!(hub.lapps_settled(c));
+        hub.posted(c);
+        assert!(hub.lapps_settled(c), "never below zero");
+        hub.hold_answer(c);
+        assert!(!hub.lapps_settled(c), "a host answer held");
+        hub.posted(c);
+        assert!(hub.lapps_settled(c));
+
+        // More unposted at once than the count holds: the connection never settles again.
+        for _ in 0..600 {
+            assert!(hub.expect_response(c) && hub.take_response(c));
+        }
+        for _ in 0..600 {
+            hub.posted(c);
+        }
+        assert_eq!(hub.owed_responses(c), Some(0));
+        assert!(
+            !hub.lapps_settled(c),
+            "the count overflowed: careful from now on"
+        );
+
+        hub.set_ending(c);
+        assert!(!hub.lapps_settled(c), "closing");
+        port.set_dead(c.index());
+        port.set_speaks(c.index(), 4, Speaks::Lapps);
+        assert!(
+            hub.lapps_settled(ConnId::new(0, 5, 4)),
+            "a new connection starts afresh"
+        );
+        assert!(!hub.lapps_settled(c), "the old generation is gone");
     }
 
     #[test]

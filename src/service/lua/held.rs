@@ -20,7 +20,9 @@
 //! when the app answers from the instance its client is bound to, as SPEC section 7 has it.
 //!
 //! A connection that is ending (the peer's Close, a protocol error, the server's shutdown)
-//! waits in the worker for the answers to what it sent before (`Kind::Drain`); while its app
+//! waits in the worker for the answers to what it sent before (`Kind::Drain`), unless the hub
+//! shows it owed nothing with nothing unposted (`Hub::lapps_settled`: each answer held here
+//! counts as unposted until it is posted or dropped); while its app
 //! still owes responses, or host answers wait here, its close waits too ([`drain`]
 //! (HeldAnswers::drain)) and goes once the last has left, or when the worker's close timeout
 //! passes. Answers of a connection that closes are dropped with it (so are the responses its
@@ -87,6 +89,9 @@ impl HeldAnswers {
     /// earlier requests have left. `took`: the answer is to a request that reached the app,
     /// whose owed response the host has just taken (`Hub::take_response`). False when
     /// [`MAX_WAITING`] answers of `conn` wait already (this one is dropped: close it).
+    ///
+    /// Every answer held here counts as unposted on `conn` (see `Hub::hold_answer`; a taken one
+    /// counts from `Hub::take_response`) until it is queued and posted, or dropped.
     pub fn answer(&self, host: &HostCtx, conn: ConnId, cbor: Vec<u8>, took: bool) -> bool {
         if took {
             if let Some(w) = self.conns.borrow_mut().get_mut(&conn) {
@@ -95,13 +100,19 @@ impl HeldAnswers {
         }
         self.release(host, conn);
         let Some(owed) = host.hub.owed_responses(conn) else {
-            self.forget(conn);
+            self.forget(host, conn);
+            if took {
+                host.hub.posted(conn); // dropped
+            }
             return true;
         };
         let mut conns = self.conns.borrow_mut();
         if owed == 0 && !conns.contains_key(&conn) {
             drop(conns);
             send_message(host, conn, Opcode::Binary, &cbor);
+            if took {
+                host.queued_counted(conn);
+            }
             return true;
         }
         let w = conns.entry(conn).or_insert_with(|| Waiting {
@@ -111,7 +122,13 @@ impl HeldAnswers {
             answers: VecDeque::new(),
         });
         if w.answers.len() >= MAX_WAITING {
+            if took {
+                host.hub.posted(conn); // dropped: the connection is closed with 1008
+            }
             return false;
+        }
+        if !took {
+            host.hub.hold_answer(conn);
         }
         let due = (w.base + w.expected).saturating_sub(w.host_taken);
         w.answers.push_back((due, cbor));
@@ -122,13 +139,14 @@ impl HeldAnswers {
     /// its close when it is ending and nothing more is owed.
     pub fn release(&self, host: &HostCtx, conn: ConnId) {
         let owed = host.hub.owed_responses(conn);
-        let due = {
+        let (due, dropped) = {
             let mut conns = self.conns.borrow_mut();
             match (conns.get_mut(&conn), owed) {
-                (None, _) => Vec::new(),
+                (None, _) => (Vec::new(), 0),
                 (Some(_), None) => {
-                    conns.remove(&conn);
-                    Vec::new()
+                    // Gone or closing: its answers go with it.
+                    let dropped = conns.remove(&conn).map_or(0, |w| w.answers.len());
+                    (Vec::new(), dropped)
                 }
                 (Some(w), Some(owed)) => {
                     let sent = (w.base + w.expected).saturating_sub(w.host_taken + owed as u64);
@@ -141,12 +159,16 @@ impl HeldAnswers {
                     if w.answers.is_empty() {
                         conns.remove(&conn);
                     }
-                    due
+                    (due, 0)
                 }
             }
         };
         for cbor in due {
             send_message(host, conn, Opcode::Binary, &cbor);
+            host.queued_counted(conn);
+        }
+        for _ in 0..dropped {
+            host.hub.posted(conn);
         }
         match owed {
             None => {
@@ -177,10 +199,17 @@ impl HeldAnswers {
     }
 
     /// `conn` closed: its answers go with it.
-    pub fn forget(&self, conn: ConnId) {
+    pub fn forget(&self, host: &HostCtx, conn: ConnId) {
         if !self.is_empty() {
-            self.conns.borrow_mut().remove(&conn);
+            let dropped = self
+                .conns
+                .borrow_mut()
+                .remove(&conn)
+                .map_or(0, |w| w.answers.len());
             self.draining.borrow_mut().remove(&conn);
+            for _ in 0..dropped {
+                host.hub.posted(conn);
+            }
         }
     }
 }

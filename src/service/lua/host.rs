@@ -64,6 +64,9 @@ pub(crate) struct Outbox {
     /// and broadcasts: a loop of 1 MiB sends reaches EARLY_POST_BYTES long before
     /// EARLY_POST commands).
     pushed_bytes: Vec<usize>,
+    /// Per worker, the LAppS connections with a counted answer (`Hub::take_response`,
+    /// `Hub::hold_answer`) queued here: each is `Hub::posted` once its worker's commands are.
+    counted: Vec<Vec<ConnId>>,
 }
 
 impl Outbox {
@@ -71,6 +74,7 @@ impl Outbox {
         Outbox {
             per_worker: (0..workers).map(|_| Vec::new()).collect(),
             pushed_bytes: vec![0; workers],
+            counted: (0..workers).map(|_| Vec::new()).collect(),
         }
     }
 }
@@ -212,6 +216,30 @@ impl HostCtx {
         }
     }
 
+    /// A counted answer to `conn` (see `Hub::take_response`) was just queued here: it stops
+    /// counting as unposted once this outbox is posted to `conn`'s worker.
+    ///
+    /// A run of answers to one connection (a pipelining client's, all queued before the next
+    /// post) keeps one entry: each answer after the first is uncounted at once, as the entry
+    /// keeps the count above zero until the post that carries them all. So the count stays
+    /// small however many responses one batch holds (it would saturate at 511).
+    pub fn queued_counted(&self, conn: ConnId) {
+        let repeated = {
+            let mut ob = self.outbox.borrow_mut();
+            let Some(list) = ob.counted.get_mut(conn.worker()) else {
+                return;
+            };
+            let repeated = list.last() == Some(&conn);
+            if !repeated {
+                list.push(conn);
+            }
+            repeated
+        };
+        if repeated {
+            self.hub.posted(conn);
+        }
+    }
+
     /// Posts every worker's commands with one wake-up each.
     pub fn flush(&self) {
         for w in 0..self.hub.workers() {
@@ -220,18 +248,37 @@ impl HostCtx {
     }
 
     fn post(&self, w: usize) {
-        let batch = {
+        let (batch, mut counted) = {
             let mut ob = self.outbox.borrow_mut();
             if let Some(b) = ob.pushed_bytes.get_mut(w) {
                 *b = 0;
             }
-            match ob.per_worker.get_mut(w) {
+            let counted = ob
+                .counted
+                .get_mut(w)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let batch = match ob.per_worker.get_mut(w) {
                 Some(list) if !list.is_empty() => std::mem::take(list),
-                _ => return,
-            }
+                _ => Vec::new(),
+            };
+            (batch, counted)
         };
-        // Err means the server is shutting down: the connections are closing anyway.
-        let _ = self.hub.post(w, batch);
+        if !batch.is_empty() {
+            // Err means the server is shutting down: the connections are closing anyway.
+            let _ = self.hub.post(w, batch);
+        }
+        // After the post: a worker that sees the count fall finds the answers in its queue.
+        for &conn in &counted {
+            self.hub.posted(conn);
+        }
+        // The list's buffer goes back for the next batch (no allocation per batch).
+        counted.clear();
+        if let Some(list) = self.outbox.borrow_mut().counted.get_mut(w) {
+            if list.is_empty() {
+                *list = counted;
+            }
+        }
     }
 
     /// Starts a new budget slice (each callback, and each `must_stop()`/`nap` in `run()`).

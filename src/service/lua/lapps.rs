@@ -226,8 +226,11 @@ pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(),
         });
     }
     send_message(host, conn, crate::ws::Opcode::Binary, cbor);
-    if response && !host.held.is_empty() {
-        host.held.release(host, conn);
+    if response {
+        host.queued_counted(conn);
+        if !host.held.is_empty() {
+            host.held.release(host, conn);
+        }
     }
     Ok(())
 }

@@ -107,6 +107,8 @@ pub struct LuaService {
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
     closed_doors: AtomicBool,
+    /// Whether a LAppS connection that ends is owed nothing more (see `on_ending`).
+    hub: Arc<Hub>,
 }
 
 impl LuaService {
@@ -145,6 +147,7 @@ impl LuaService {
             stop: Arc::new(Stop::default()),
             conns: Mutex::new(std::collections::HashSet::new()),
             closed_doors: AtomicBool::new(false),
+            hub: Arc::clone(&hub),
         };
         let shared = Shared {
             hub,
@@ -346,13 +349,15 @@ impl Service for LuaService {
         let Some(inbox) = self.inboxes.get(self.instance_of(tag)) else {
             return Owed::Nothing;
         };
-        // RAW: every message of `conn` handled and its replies posted, so the Close need not
-        // wait for whatever the instance is busy with now. Not for LAppS: its app may answer
-        // a request later, from another connection's handler, another instance or service,
-        // and such a response leaves the owed count before it is posted (and a host answer
-        // held behind it leaves only at the instance's next batch), so only the Drain, in
-        // order behind them, knows they are out.
-        if self.spec.protocol == spec::Protocol::Raw && inbox.completed(worker) >= handed {
+        // Every message of `conn` handled and its replies posted, so the Close need not wait
+        // for whatever the instance is busy with now (SPEC 8). A LAppS app may also answer a
+        // request later, from another connection's handler, another instance or service, and
+        // the host may hold its own answers behind such a response: the hub counts both until
+        // they are posted, and only a connection owed nothing with nothing unposted skips the
+        // Drain.
+        if inbox.completed(worker) >= handed
+            && (self.spec.protocol == spec::Protocol::Raw || self.hub.lapps_settled(conn))
+        {
             return Owed::InCommands;
         }
         match self.with_batch(worker, tag, |b, _| b.push(conn, Kind::Drain)) {

@@ -178,7 +178,7 @@ impl RawApp {
                     host.closing.borrow_mut().remove(&e.conn);
                     if let Some(l) = &self.lapps {
                         l.forget(e.conn);
-                        host.held.forget(e.conn);
+                        host.held.forget(host, e.conn);
                     }
                     host.bcast.drop_conn(e.conn);
                     if let Some(f) = &self.on_disconnect {

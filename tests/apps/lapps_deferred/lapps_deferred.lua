@@ -6,6 +6,13 @@
 --   settle()    answers every kept request in order, then raises (its own answer is -32603)
 --   echo(...)   answers with its params at once
 --   release_all()  answers every kept request of every connection, then {"released"}
+--   hold(all)   keeps the instance busy: posts "busy" on the mqr queue lapps_deferred.busy
+--               (the test creates it), waits for a message on lapps_deferred.release, then
+--               answers {"released"}. With all = true it first answers every kept request of
+--               every connection, so those responses are taken but not posted while it waits.
+--               Needs preload ["mqr"] and "instruction_budget": 0. In a network service
+--               neither mqr:post (without a timeout) nor mqr:poll hands the instance's
+--               outbox over, so what it queued before waits, unposted, until it returns.
 local app = {}
 
 -- Per handler, the params of the requests kept unanswered, oldest first.
@@ -35,6 +42,18 @@ end
 methods.release_all = function(handler)
   for h in pairs(kept) do
     answer_kept(h)
+  end
+  assert(ws:send_response(handler, { "released" }))
+end
+
+methods.hold = function(handler, message)
+  if message.params and message.params[1] == true then
+    for h in pairs(kept) do
+      answer_kept(h)
+    end
+  end
+  assert(mqr:post("lapps_deferred.busy", "busy"))
+  while not mqr:poll("lapps_deferred.release") do
   end
   assert(ws:send_response(handler, { "released" }))
 end
