@@ -232,16 +232,31 @@ fn start_holding() -> (
     std::sync::Arc<lapps::service::mqr::Queue>,
     Release,
 ) {
+    start_holding_in(1)
+}
+
+/// [`start_holding`] with `instances` instances (connections go to them in turn).
+fn start_holding_in(
+    instances: usize,
+) -> (
+    TestApp,
+    std::sync::MutexGuard<'static, ()>,
+    std::sync::Arc<lapps::service::mqr::Queue>,
+    Release,
+) {
     let one = HOLD.lock().unwrap_or_else(|e| e.into_inner());
     let busy = lapps::service::mqr::registry().open("lapps_deferred.busy", 4);
     let release = lapps::service::mqr::registry().open("lapps_deferred.release", 4);
-    while busy.poll().is_some() || release.poll().is_some() {}
+    let handed = lapps::service::mqr::registry().open("lapps_deferred.handed", 4);
+    while busy.poll().is_some() || release.poll().is_some() || handed.poll().is_some() {}
     let app = start_app(
         &ws_json_close_timeout(1, 60_000),
         &lapps_json(
             "./tests/apps",
-            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1, "preload": ["mqr"],
-                                     "instruction_budget": 0 } }"#,
+            &format!(
+                r#"{{ "lapps_deferred": {{ "protocol": "LAppS", "instances": {instances},
+                                         "preload": ["mqr"], "instruction_budget": 0 }} }}"#
+            ),
         ),
     );
     (app, one, busy, Release(release))
@@ -333,6 +348,80 @@ fn a_lapps_close_waits_for_a_response_taken_but_not_yet_posted() {
         "the response, before the Close"
     );
     assert_eq!(next_or_close(&mut b), "close 1005");
+}
+
+/// The same rule across instances: the response is taken by another instance than the one the
+/// connection is bound to (its request was handed over through `mqr`), and that instance is
+/// busy before posting it. The bound instance, idle, owes nothing and holds nothing when the
+/// Close comes; the Close must still wait for the response, and follow it at once when it is
+/// posted (the close timeout is 60 s).
+#[test]
+fn a_lapps_close_waits_for_a_response_another_instance_took_but_not_yet_posted() {
+    let (app, _one, busy, release) = start_holding_in(2);
+    let handed = lapps::service::mqr::registry().open("lapps_deferred.handed", 4);
+    // One worker, two instances taken in turn: b is bound to the first, a to the second.
+    let mut b = connect(app.addr, "/lapps_deferred");
+    let mut a = connect(app.addr, "/lapps_deferred");
+    b.send(request("hand_off", vec![Value::Int(1)])).unwrap();
+    wait_for("b's call to be handed off", IO_TIMEOUT, || {
+        !handed.is_empty()
+    });
+    // a's instance answers b's call, then stays busy before its outbox is posted.
+    a.send(request("hold", vec![Value::Bool(true)])).unwrap();
+    wait_for("the other instance to be busy", IO_TIMEOUT, || {
+        !busy.is_empty()
+    });
+    assert!(handed.is_empty(), "the busy instance took b's call");
+    let b_end = b.get_ref().local_addr().unwrap();
+    b.close(None).unwrap();
+    b.flush().unwrap();
+    wait_for("the server to read b's Close", IO_TIMEOUT, || {
+        server_unread(app.addr, b_end) == Some(0)
+    });
+    // b's own instance is idle: give it the time to do whatever it does with the Close.
+    let mut probe = connect(app.addr, "/lapps_deferred");
+    probe.send(request("echo", vec![Value::Int(3)])).unwrap();
+    assert_eq!(next(&mut probe), ok(3));
+    release.now();
+    assert_eq!(next(&mut a), released());
+    assert_eq!(
+        next_or_close(&mut b),
+        ok(1),
+        "the response, before the Close"
+    );
+    assert_eq!(next_or_close(&mut b), "close 1005");
+}
+
+/// A Close that comes while a response is still owed, and owed by a request handed to another
+/// instance: when that instance sends the response, the Close follows it at once. The bound
+/// instance stays idle meanwhile, so nothing there looks again; the close timeout (60 s) is
+/// past the read guard.
+#[test]
+fn a_lapps_close_follows_at_once_the_response_another_instance_sends_later() {
+    let (app, _one, busy, release) = start_holding_in(2);
+    let handed = lapps::service::mqr::registry().open("lapps_deferred.handed", 4);
+    let mut b = connect(app.addr, "/lapps_deferred");
+    let mut a = connect(app.addr, "/lapps_deferred");
+    b.send(request("hand_off", vec![Value::Int(5)])).unwrap();
+    wait_for("b's call to be handed off", IO_TIMEOUT, || !handed.is_empty());
+    let b_end = b.get_ref().local_addr().unwrap();
+    b.close(None).unwrap();
+    b.flush().unwrap();
+    wait_for("the server to read b's Close", IO_TIMEOUT, || {
+        server_unread(app.addr, b_end) == Some(0)
+    });
+    // b's instance has seen the Close (it handles the probe's echo after it) and owes 5.
+    let mut probe = connect(app.addr, "/lapps_deferred");
+    probe.send(request("echo", vec![Value::Int(3)])).unwrap();
+    assert_eq!(next(&mut probe), ok(3));
+    a.send(request("hold", vec![Value::Bool(true)])).unwrap();
+    wait_for("the other instance to be busy", IO_TIMEOUT, || {
+        !busy.is_empty()
+    });
+    release.now();
+    assert_eq!(next(&mut a), released());
+    assert_eq!(next_or_close(&mut b), ok(5), "the owed response");
+    assert_eq!(next_or_close(&mut b), "close 1005", "at once after it");
 }
 
 /// [`next`], or `close CODE` for the server's Close.

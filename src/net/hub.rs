@@ -88,7 +88,7 @@ pub struct NewConn {
 
 // A liveness word: the generation (19 bits), UNPOSTED, UNCOUNTED, LIVE, LAPPS and ENDING in
 // the low half; in the high half, how many of a LAppS connection's requests reached its app and
-// are owed a response.
+// are owed a response (31 bits), and CLOSE_WHEN_SETTLED.
 const LIVE: u64 = 1 << 31;
 /// Beside LIVE: the connection speaks the LAppS protocol (set at its upgrade).
 const LAPPS: u64 = 1 << 30;
@@ -107,6 +107,22 @@ const UNCOUNTED: u64 = 1 << 28;
 const WHO: u64 = 0xFFFF_FFFF & !(UNPOSTED | UNCOUNTED);
 /// One owed response.
 const OWED: u64 = 1 << 32;
+/// The owed count, shifted down.
+const OWED_MAX: u64 = 0x7FFF_FFFF;
+/// Top bit: the connection is ending and its instance found nothing owed and nothing held, but
+/// answers another thread took were not posted yet: the thread whose post leaves none
+/// unposted queues the Close (see [`Hub::close_when_settled`]).
+const CLOSE_WHEN_SETTLED: u64 = 1 << 63;
+
+/// The owed count of a word.
+fn owed_of(w: u64) -> u64 {
+    (w >> 32) & OWED_MAX
+}
+
+/// Nothing owed and nothing unposted (and the count exact).
+fn settled(w: u64) -> bool {
+    owed_of(w) == 0 && w & (UNPOSTED | UNCOUNTED) == 0
+}
 
 /// What a live connection speaks, for the sends that only make sense on one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,7 +352,7 @@ impl Port {
         };
         let who = conn.generation() as u64 | LIVE | LAPPS;
         slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            (w & WHO == who && ok(w >> 32)).then(|| step(w))
+            (w & WHO == who && ok(owed_of(w))).then(|| step(w))
         })
         .is_ok()
     }
@@ -462,7 +478,7 @@ impl Hub {
     pub fn expect_response(&self, conn: ConnId) -> bool {
         self.ports
             .get(conn.worker())
-            .is_some_and(|p| p.owed(conn, |n| n < u32::MAX as u64, |w| w + OWED))
+            .is_some_and(|p| p.owed(conn, |n| n < OWED_MAX, |w| w + OWED))
     }
 
     /// The responses the live LAppS connection `conn` is owed (requests that reached its app
@@ -470,7 +486,7 @@ impl Hub {
     pub fn owed_responses(&self, conn: ConnId) -> Option<u32> {
         let port = self.ports.get(conn.worker())?;
         let w = port.live.get(conn.index())?.load(Ordering::Acquire);
-        (w & WHO == conn.generation() as u64 | LIVE | LAPPS).then_some((w >> 32) as u32)
+        (w & WHO == conn.generation() as u64 | LIVE | LAPPS).then_some(owed_of(w) as u32)
     }
 
     /// Any thread, before a response (cid 0) to `conn` is queued: takes one owed response.
@@ -487,35 +503,67 @@ impl Hub {
     /// Instance side: a host answer to `conn` is held behind responses its app owes; it counts
     /// as unposted until [`Hub::posted`].
     pub fn hold_answer(&self, conn: ConnId) {
-        self.unposted(conn, add_unposted);
+        let _ = self.unposted(conn, add_unposted);
     }
 
     /// Any thread, once the command carrying an answer counted by [`Hub::take_response`] or
     /// [`Hub::hold_answer`] is in the worker's queue (or is dropped): one unposted answer less.
-    pub fn posted(&self, conn: ConnId) {
-        self.unposted(conn, |w| {
+    ///
+    /// True when this was the last answer an ending connection waited for
+    /// ([`Hub::close_when_settled`]): the caller queues its Close (1000; the worker closes with
+    /// the code it decided on), after the answers it has posted.
+    #[must_use = "a true answer means: queue the connection's Close"]
+    pub fn posted(&self, conn: ConnId) -> bool {
+        let step = |w: u64| {
             if w & UNCOUNTED != 0 || w & UNPOSTED == 0 {
                 w
             } else {
-                w - ONE_UNPOSTED
+                let w = w - ONE_UNPOSTED;
+                if w & CLOSE_WHEN_SETTLED != 0 && settled(w) {
+                    w & !CLOSE_WHEN_SETTLED
+                } else {
+                    w
+                }
             }
-        });
+        };
+        self.unposted(conn, step)
+            .is_some_and(|w| w & CLOSE_WHEN_SETTLED != 0 && step(w) & CLOSE_WHEN_SETTLED == 0)
     }
 
-    /// Changes the unposted count of the LAppS connection `conn` (closing or not); nothing when
-    /// it is gone (a later connection in its slot starts from zero).
-    fn unposted(&self, conn: ConnId, step: impl Fn(u64) -> u64) {
+    /// Instance side, as the ending LAppS connection `conn` holds no answer in this instance:
+    /// true when it is settled (nothing owed, nothing unposted: queue its Close now; also when
+    /// `conn` is gone, or when the count is no longer exact). Otherwise the connection is
+    /// marked, and the [`Hub::posted`] that leaves it settled says so to its caller, who queues
+    /// the Close behind the answers it has just posted. Call it once per ending connection.
+    pub fn close_when_settled(&self, conn: ConnId) -> bool {
         let Some(slot) = self
             .ports
             .get(conn.worker())
             .and_then(|p| p.live.get(conn.index()))
         else {
-            return;
+            return true;
         };
         let who = conn.generation() as u64 | LIVE | LAPPS;
-        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            let waits = w & WHO & !ENDING == who && w & UNCOUNTED == 0 && !settled(w);
+            waits.then_some(w | CLOSE_WHEN_SETTLED)
+        })
+        .is_err()
+    }
+
+    /// Changes the unposted count of the LAppS connection `conn` (closing or not); nothing when
+    /// it is gone (a later connection in its slot starts from zero). The word before, when
+    /// `conn` is there.
+    fn unposted(&self, conn: ConnId, step: impl Fn(u64) -> u64) -> Option<u64> {
+        let slot = self
+            .ports
+            .get(conn.worker())
+            .and_then(|p| p.live.get(conn.index()))?;
+        let who = conn.generation() as u64 | LIVE | LAPPS;
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
             (w & WHO & !ENDING == who).then(|| step(w))
-        });
+        })
+        .ok()
     }
 
     /// Worker side, as the LAppS connection `conn` begins to end: true when every request of
@@ -531,7 +579,7 @@ impl Hub {
         else {
             return false;
         };
-        w & 0xFFFF_FFFF == conn.generation() as u64 | LIVE | LAPPS && w >> 32 == 0
+        w & WHO == conn.generation() as u64 | LIVE | LAPPS && settled(w)
     }
 
     pub fn begin_shutdown(&self) {
@@ -683,15 +731,15 @@ mod tests {
             Some(Speaks::Lapps),
             "the count leaves the rest alone"
         );
-        hub.posted(ConnId::new(0, 5, 2));
+        assert!(!hub.posted(ConnId::new(0, 5, 2)));
         assert!(!hub.lapps_settled(c), "another generation's post");
-        hub.posted(c);
+        assert!(!hub.posted(c), "no close was asked for");
         assert!(hub.lapps_settled(c));
-        hub.posted(c);
+        assert!(!hub.posted(c), "no close was asked for");
         assert!(hub.lapps_settled(c), "never below zero");
         hub.hold_answer(c);
         assert!(!hub.lapps_settled(c), "a host answer held");
-        hub.posted(c);
+        assert!(!hub.posted(c), "no close was asked for");
         assert!(hub.lapps_settled(c));
 
         // More unposted at once than the count holds: the connection never settles again.
@@ -699,7 +747,7 @@ mod tests {
             assert!(hub.expect_response(c) && hub.take_response(c));
         }
         for _ in 0..600 {
-            hub.posted(c);
+            assert!(!hub.posted(c), "no close was asked for");
         }
         assert_eq!(hub.owed_responses(c), Some(0));
         assert!(
@@ -716,6 +764,51 @@ mod tests {
             "a new connection starts afresh"
         );
         assert!(!hub.lapps_settled(c), "the old generation is gone");
+    }
+
+    #[test]
+    fn the_post_that_leaves_nothing_unposted_queues_the_close_it_waited_for() {
+        let hub = Hub::new(1, 16).unwrap();
+        let port = hub.port(0);
+        let c = ConnId::new(0, 6, 2);
+        port.set_speaks(c.index(), 2, Speaks::Lapps);
+        assert!(hub.close_when_settled(c), "settled: close now");
+        assert!(hub.expect_response(c) && hub.expect_response(c));
+        assert!(hub.take_response(c) && hub.take_response(c));
+        assert!(!hub.close_when_settled(c), "two answers not posted yet");
+        assert_eq!(hub.owed_responses(c), Some(0), "the mark leaves the count");
+        assert!(!hub.lapps_settled(c));
+        assert!(
+            !hub.posted(ConnId::new(0, 6, 1)),
+            "another generation's post"
+        );
+        assert!(!hub.posted(c), "one answer still unposted");
+        assert!(hub.posted(c), "the last one: its poster closes");
+        assert!(hub.lapps_settled(c));
+        assert!(!hub.posted(c), "once only");
+
+        // Marked while ending (the worker refuses sends by then): still counted down.
+        assert!(hub.expect_response(c) && hub.take_response(c));
+        assert!(!hub.close_when_settled(c));
+        hub.set_ending(c);
+        assert!(hub.posted(c));
+
+        // The connection is gone, or the count is no longer exact: close now, as before.
+        assert!(hub.close_when_settled(ConnId::new(0, 7, 1)), "gone");
+        let d = ConnId::new(0, 8, 1);
+        port.set_speaks(d.index(), 1, Speaks::Lapps);
+        for _ in 0..600 {
+            assert!(hub.expect_response(d) && hub.take_response(d));
+        }
+        assert!(hub.close_when_settled(d), "uncounted");
+
+        // Marked while a response is still owed: taken, then posted, it closes.
+        let e = ConnId::new(0, 9, 1);
+        port.set_speaks(e.index(), 1, Speaks::Lapps);
+        assert!(hub.expect_response(e));
+        assert!(!hub.close_when_settled(e));
+        assert!(hub.take_response(e));
+        assert!(hub.posted(e));
     }
 
     #[test]

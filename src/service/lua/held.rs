@@ -25,10 +25,14 @@
 //! counts as unposted until it is posted or dropped); while its app
 //! still owes responses, or host answers wait here, its close waits too ([`drain`]
 //! (HeldAnswers::drain)) and goes once the last has left, or when the worker's close timeout
-//! passes. Answers of a connection that closes are dropped with it (so are the responses its
-//! app still owed). At most [`MAX_WAITING`] wait per connection: past that the client is closed with 1008
-//! (it keeps sending requests the host answers while the app owes an earlier one), as the
-//! worker's outbound bound would have stopped it.
+//! passes. With nothing held here, the responses still owed, or taken but not yet posted, are
+//! waited for through the hub (`Hub::close_when_settled`): the thread whose post leaves the
+//! connection settled (this instance, another, or another service's) queues its Close, behind
+//! the last response. Answers of a
+//! connection that closes are dropped with it (so are the responses its app still owed). At
+//! most [`MAX_WAITING`] wait per connection: past that the client is closed with 1008 (it
+//! keeps sending requests the host answers while the app owes an earlier one), as the worker's
+//! outbound bound would have stopped it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -67,12 +71,14 @@ impl HeldAnswers {
     }
 
     /// The worker waits for the answers to what `conn` sent before it ends: true when they are
-    /// all out (close now); otherwise the close goes once they are (see [`release`]
-    /// (Self::release)).
+    /// all out (close now); otherwise the close goes once they are. With host answers held
+    /// here, [`release`](Self::release) queues it after the last; with none, whoever posts the
+    /// last response (this instance or another, or another service) does
+    /// (`Hub::close_when_settled`): no host answer can be held for `conn` from now on, as all
+    /// it sent has been handled.
     pub fn drain(&self, host: &HostCtx, conn: ConnId) -> bool {
-        let owed = host.hub.owed_responses(conn).unwrap_or(0);
-        if owed == 0 && !self.conns.borrow().contains_key(&conn) {
-            return true;
+        if !self.conns.borrow().contains_key(&conn) {
+            return host.hub.close_when_settled(conn);
         }
         self.draining.borrow_mut().insert(conn);
         false
@@ -102,7 +108,7 @@ impl HeldAnswers {
         let Some(owed) = host.hub.owed_responses(conn) else {
             self.forget(host, conn);
             if took {
-                host.hub.posted(conn); // dropped
+                host.posted(conn); // dropped
             }
             return true;
         };
@@ -123,7 +129,7 @@ impl HeldAnswers {
         });
         if w.answers.len() >= MAX_WAITING {
             if took {
-                host.hub.posted(conn); // dropped: the connection is closed with 1008
+                host.posted(conn); // dropped: the connection is closed with 1008
             }
             return false;
         }
@@ -168,14 +174,14 @@ impl HeldAnswers {
             host.queued_counted(conn);
         }
         for _ in 0..dropped {
-            host.hub.posted(conn);
+            host.posted(conn);
         }
         match owed {
             None => {
                 self.draining.borrow_mut().remove(&conn);
             }
             Some(0) if !self.conns.borrow().contains_key(&conn) => {
-                if self.draining.borrow_mut().remove(&conn) {
+                if self.draining.borrow_mut().remove(&conn) && host.hub.close_when_settled(conn) {
                     host.closing.borrow_mut().insert(conn);
                     // The worker closes with the code it decided on (it waits in `Answering`).
                     host.close(conn, 1000);
@@ -208,7 +214,7 @@ impl HeldAnswers {
                 .map_or(0, |w| w.answers.len());
             self.draining.borrow_mut().remove(&conn);
             for _ in 0..dropped {
-                host.hub.posted(conn);
+                host.posted(conn);
             }
         }
     }

@@ -236,7 +236,17 @@ impl HostCtx {
             repeated
         };
         if repeated {
-            self.hub.posted(conn);
+            // The run's first entry still counts: never the last unposted answer.
+            self.posted(conn);
+        }
+    }
+
+    /// One counted answer to `conn` is posted or dropped ([`Hub::posted`]); when it was the
+    /// last an ending connection waited for, its Close is queued here, behind what this
+    /// state sent it.
+    pub fn posted(&self, conn: ConnId) {
+        if self.hub.posted(conn) {
+            self.close(conn, 1000);
         }
     }
 
@@ -268,9 +278,17 @@ impl HostCtx {
             // Err means the server is shutting down: the connections are closing anyway.
             let _ = self.hub.post(w, batch);
         }
-        // After the post: a worker that sees the count fall finds the answers in its queue.
+        // After the post: a worker that sees the count fall finds the answers in its queue, and
+        // a Close queued now (the last answer its connection waited for) follows them.
+        let mut settled = false;
         for &conn in &counted {
-            self.hub.posted(conn);
+            if self.hub.posted(conn) {
+                self.close(conn, 1000);
+                settled = true;
+            }
+        }
+        if settled {
+            self.post(w);
         }
         // The list's buffer goes back for the next batch (no allocation per batch).
         counted.clear();

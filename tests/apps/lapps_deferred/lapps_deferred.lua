@@ -6,10 +6,14 @@
 --   settle()    answers every kept request in order, then raises (its own answer is -32603)
 --   echo(...)   answers with its params at once
 --   release_all()  answers every kept request of every connection, then {"released"}
+--   hand_off(n)    not answered here: posts "<handler> <n>" on the mqr queue
+--                  lapps_deferred.handed (the test creates it), for hold(true) in another
+--                  instance to answer with {n}
 --   hold(all)   keeps the instance busy: posts "busy" on the mqr queue lapps_deferred.busy
 --               (the test creates it), waits for a message on lapps_deferred.release, then
 --               answers {"released"}. With all = true it first answers every kept request of
---               every connection, so those responses are taken but not posted while it waits.
+--               every connection, and every request handed off (hand_off), so those responses
+--               are taken but not posted while it waits.
 --               Needs preload ["mqr"] and "instruction_budget": 0. In a network service
 --               neither mqr:post (without a timeout) nor mqr:poll hands the instance's
 --               outbox over, so what it queued before waits, unposted, until it returns.
@@ -34,6 +38,11 @@ local function answer_kept(handler)
   kept[handler] = nil
 end
 
+methods.hand_off = function(handler, message)
+  local n = message.params[1]
+  assert(mqr:post("lapps_deferred.handed", string.format("%.0f %d", handler, n)))
+end
+
 methods.release = function(handler)
   answer_kept(handler)
   assert(ws:send_response(handler, { "released" }))
@@ -50,6 +59,14 @@ methods.hold = function(handler, message)
   if message.params and message.params[1] == true then
     for h in pairs(kept) do
       answer_kept(h)
+    end
+    while true do
+      local handed = mqr:poll("lapps_deferred.handed")
+      if not handed then
+        break
+      end
+      local h, n = handed:match("^(%d+) (%-?%d+)$")
+      assert(ws:send_response(tonumber(h), { tonumber(n) }))
     end
   end
   assert(mqr:post("lapps_deferred.busy", "busy"))
