@@ -203,6 +203,35 @@ fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
     );
 }
 
+/// A Close that comes while the host's answer to a malformed request waits behind a response
+/// the app still owes: the response, the held answer, then the Close, in that order and at
+/// once (the close timeout is 60 s).
+#[test]
+fn a_close_from_the_peer_waits_for_the_host_answers_held_behind_an_owed_response() {
+    let app = start_app(
+        &ws_json_close_timeout(1, 60_000),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
+        ),
+    );
+    let mut a = connect(app.addr, "/lapps_deferred");
+    let mut b = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(Message::binary(vec![0xff])).unwrap();
+    a.close(None).unwrap();
+    a.flush().unwrap();
+    let a_end = a.get_ref().local_addr().unwrap();
+    wait_for("the server to read a's Close", IO_TIMEOUT, || {
+        server_unread(app.addr, a_end) == Some(0)
+    });
+    b.send(request("release_all", vec![])).unwrap();
+    assert_eq!(next(&mut b), released());
+    assert_eq!(next_or_close(&mut a), ok(1));
+    assert_eq!(next_or_close(&mut a), "error -32700", "held behind it");
+    assert_eq!(next_or_close(&mut a), "close 1005");
+}
+
 /// The tests whose instance waits in `hold`: one at a time, as they share its mqr queues.
 static HOLD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -403,7 +432,9 @@ fn a_lapps_close_follows_at_once_the_response_another_instance_sends_later() {
     let mut b = connect(app.addr, "/lapps_deferred");
     let mut a = connect(app.addr, "/lapps_deferred");
     b.send(request("hand_off", vec![Value::Int(5)])).unwrap();
-    wait_for("b's call to be handed off", IO_TIMEOUT, || !handed.is_empty());
+    wait_for("b's call to be handed off", IO_TIMEOUT, || {
+        !handed.is_empty()
+    });
     let b_end = b.get_ref().local_addr().unwrap();
     b.close(None).unwrap();
     b.flush().unwrap();
