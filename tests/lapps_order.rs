@@ -232,6 +232,49 @@ fn a_close_from_the_peer_waits_for_the_host_answers_held_behind_an_owed_response
     assert_eq!(next_or_close(&mut a), "close 1005");
 }
 
+/// A connection that once had more answers unposted at once than the hub counts (511: here
+/// 600 host answers held behind one owed response) is counted no longer; a Close that comes
+/// while a response is owed must still wait for it.
+#[test]
+fn a_close_waits_for_an_owed_response_after_the_unposted_count_overflowed() {
+    const HELD: usize = 600;
+    let app = start_app(
+        &ws_json_close_timeout(1, 60_000),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
+        ),
+    );
+    let mut a = connect(app.addr, "/lapps_deferred");
+    let mut b = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    for _ in 0..HELD {
+        a.write(request("fail", vec![])).unwrap();
+    }
+    a.flush().unwrap();
+    b.send(request("release_all", vec![])).unwrap();
+    assert_eq!(next(&mut b), released());
+    assert_eq!(next(&mut a), ok(1));
+    for _ in 0..HELD {
+        assert_eq!(next(&mut a), "error -32603");
+    }
+    a.send(request("later", vec![Value::Int(2)])).unwrap();
+    a.close(None).unwrap();
+    a.flush().unwrap();
+    let a_end = a.get_ref().local_addr().unwrap();
+    wait_for("the server to read a's Close", IO_TIMEOUT, || {
+        server_unread(app.addr, a_end) == Some(0)
+    });
+    b.send(request("release_all", vec![])).unwrap();
+    assert_eq!(
+        next(&mut b),
+        released(),
+        "a still open: its response could be sent (else the send fails and b's call raises)"
+    );
+    assert_eq!(next_or_close(&mut a), ok(2), "the owed response");
+    assert_eq!(next_or_close(&mut a), "close 1005");
+}
+
 /// The tests whose instance waits in `hold`: one at a time, as they share its mqr queues.
 static HOLD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

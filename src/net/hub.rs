@@ -124,6 +124,18 @@ fn settled(w: u64) -> bool {
     owed_of(w) == 0 && w & (UNPOSTED | UNCOUNTED) == 0
 }
 
+/// What [`Hub::close_when_settled`] decided for an ending LAppS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Queue its Close now.
+    Now,
+    /// The thread whose post settles it queues the Close.
+    Marked,
+    /// Responses are owed and the unposted count is no longer exact: look again once they
+    /// have been sent (by the instance that holds the connection).
+    Watch,
+}
+
 /// What a live connection speaks, for the sends that only make sense on one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Speaks {
@@ -531,24 +543,33 @@ impl Hub {
     }
 
     /// Instance side, as the ending LAppS connection `conn` holds no answer in this instance:
-    /// true when it is settled (nothing owed, nothing unposted: queue its Close now; also when
-    /// `conn` is gone, or when the count is no longer exact). Otherwise the connection is
-    /// marked, and the [`Hub::posted`] that leaves it settled says so to its caller, who queues
-    /// the Close behind the answers it has just posted. Call it once per ending connection.
-    pub fn close_when_settled(&self, conn: ConnId) -> bool {
+    /// [`Settle::Now`] when it is settled (nothing owed, nothing unposted: queue its Close now;
+    /// also when `conn` is gone, or when the count is no longer exact and nothing is owed).
+    /// [`Settle::Marked`] when it is not: the [`Hub::posted`] that leaves it settled says so
+    /// to its caller, who queues the Close behind the answers it has just posted.
+    /// [`Settle::Watch`] when responses are owed and the count is no longer exact, so no post
+    /// can tell: the instance looks again as they are sent. Call it once per ending connection
+    /// (or again after `Watch`).
+    pub fn close_when_settled(&self, conn: ConnId) -> Settle {
         let Some(slot) = self
             .ports
             .get(conn.worker())
             .and_then(|p| p.live.get(conn.index()))
         else {
-            return true;
+            return Settle::Now;
         };
         let who = conn.generation() as u64 | LIVE | LAPPS;
-        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+        let marked = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
             let waits = w & WHO & !ENDING == who && w & UNCOUNTED == 0 && !settled(w);
             waits.then_some(w | CLOSE_WHEN_SETTLED)
-        })
-        .is_err()
+        });
+        match marked {
+            Ok(_) => Settle::Marked,
+            Err(w) if w & WHO & !ENDING == who && w & UNCOUNTED != 0 && owed_of(w) > 0 => {
+                Settle::Watch
+            }
+            Err(_) => Settle::Now,
+        }
     }
 
     /// Changes the unposted count of the LAppS connection `conn` (closing or not); nothing when
@@ -772,10 +793,14 @@ mod tests {
         let port = hub.port(0);
         let c = ConnId::new(0, 6, 2);
         port.set_speaks(c.index(), 2, Speaks::Lapps);
-        assert!(hub.close_when_settled(c), "settled: close now");
+        assert_eq!(hub.close_when_settled(c), Settle::Now, "settled");
         assert!(hub.expect_response(c) && hub.expect_response(c));
         assert!(hub.take_response(c) && hub.take_response(c));
-        assert!(!hub.close_when_settled(c), "two answers not posted yet");
+        assert_eq!(
+            hub.close_when_settled(c),
+            Settle::Marked,
+            "two answers not posted yet"
+        );
         assert_eq!(hub.owed_responses(c), Some(0), "the mark leaves the count");
         assert!(!hub.lapps_settled(c));
         assert!(
@@ -789,24 +814,40 @@ mod tests {
 
         // Marked while ending (the worker refuses sends by then): still counted down.
         assert!(hub.expect_response(c) && hub.take_response(c));
-        assert!(!hub.close_when_settled(c));
+        assert_eq!(hub.close_when_settled(c), Settle::Marked);
         hub.set_ending(c);
         assert!(hub.posted(c));
 
         // The connection is gone, or the count is no longer exact: close now, as before.
-        assert!(hub.close_when_settled(ConnId::new(0, 7, 1)), "gone");
+        assert_eq!(
+            hub.close_when_settled(ConnId::new(0, 7, 1)),
+            Settle::Now,
+            "gone"
+        );
         let d = ConnId::new(0, 8, 1);
         port.set_speaks(d.index(), 1, Speaks::Lapps);
         for _ in 0..600 {
             assert!(hub.expect_response(d) && hub.take_response(d));
         }
-        assert!(hub.close_when_settled(d), "uncounted");
+        assert_eq!(
+            hub.close_when_settled(d),
+            Settle::Now,
+            "uncounted, nothing owed"
+        );
+        assert!(hub.expect_response(d));
+        assert_eq!(
+            hub.close_when_settled(d),
+            Settle::Watch,
+            "uncounted, one owed: no post can tell when it has left"
+        );
+        assert!(hub.take_response(d) && !hub.posted(d));
+        assert_eq!(hub.close_when_settled(d), Settle::Now);
 
         // Marked while a response is still owed: taken, then posted, it closes.
         let e = ConnId::new(0, 9, 1);
         port.set_speaks(e.index(), 1, Speaks::Lapps);
         assert!(hub.expect_response(e));
-        assert!(!hub.close_when_settled(e));
+        assert_eq!(hub.close_when_settled(e), Settle::Marked);
         assert!(hub.take_response(e));
         assert!(hub.posted(e));
     }

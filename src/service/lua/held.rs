@@ -40,6 +40,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::frame::send_message;
 use super::host::HostCtx;
 use crate::net::handle::ConnId;
+use crate::net::hub::Settle;
 use crate::ws::Opcode;
 
 /// Host answers that may wait per connection.
@@ -75,10 +76,15 @@ impl HeldAnswers {
     /// here, [`release`](Self::release) queues it after the last; with none, whoever posts the
     /// last response (this instance or another, or another service) does
     /// (`Hub::close_when_settled`): no host answer can be held for `conn` from now on, as all
-    /// it sent has been handled.
+    /// it sent has been handled. (When the hub's count of unposted answers overflowed and
+    /// responses are owed, no post can tell: this instance watches, as with held answers.)
     pub fn drain(&self, host: &HostCtx, conn: ConnId) -> bool {
         if !self.conns.borrow().contains_key(&conn) {
-            return host.hub.close_when_settled(conn);
+            match host.hub.close_when_settled(conn) {
+                Settle::Now => return true,
+                Settle::Marked => return false,
+                Settle::Watch => {}
+            }
         }
         self.draining.borrow_mut().insert(conn);
         false
@@ -181,7 +187,10 @@ impl HeldAnswers {
                 self.draining.borrow_mut().remove(&conn);
             }
             Some(0) if !self.conns.borrow().contains_key(&conn) => {
-                if self.draining.borrow_mut().remove(&conn) && host.hub.close_when_settled(conn) {
+                // Nothing owed: never `Watch`.
+                if self.draining.borrow_mut().remove(&conn)
+                    && host.hub.close_when_settled(conn) == Settle::Now
+                {
                     host.closing.borrow_mut().insert(conn);
                     // The worker closes with the code it decided on (it waits in `Answering`).
                     host.close(conn, 1000);
