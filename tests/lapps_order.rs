@@ -10,6 +10,18 @@ use common::*;
 use lapps::lapps_proto::{cbor, Value};
 use tungstenite::Message;
 
+/// `lapps_deferred` with a close timeout no loaded machine reaches: a wait for answers that
+/// should end at once must not be ended by the timeout instead.
+fn start_patient() -> TestApp {
+    start_app(
+        &ws_json_close_timeout(1, 60_000),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
+        ),
+    )
+}
+
 fn start() -> TestApp {
     start_app(
         &ws_json(1),
@@ -172,26 +184,14 @@ fn a_client_that_piles_up_host_answers_behind_an_owed_one_is_closed_with_1008() 
 /// and then closes (a page unloading) still gets every answer, then the Close reply.
 #[test]
 fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
-    // A close timeout no loaded machine reaches: the wait for the answers must not end first.
-    let app = start_app(
-        &ws_json_close_timeout(1, 60_000),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
-        ),
-    );
+    let app = start_patient();
     let mut a = connect(app.addr, "/lapps_deferred");
     let mut b = connect(app.addr, "/lapps_deferred");
     a.send(request("later", vec![Value::Int(1)])).unwrap();
     a.send(request("later", vec![Value::Int(2)])).unwrap();
-    a.close(None).unwrap();
-    a.flush().unwrap();
     // Once the server has read all of a (its Close included), the instance has a's calls and
     // its Close before anything b sends now.
-    let a_end = a.get_ref().local_addr().unwrap();
-    wait_for("the server to read a's Close", IO_TIMEOUT, || {
-        server_unread(app.addr, a_end) == Some(0)
-    });
+    close_and_wait_until_read(app.addr, &mut a);
     b.send(request("release_all", vec![])).unwrap();
     assert_eq!(next(&mut b), released());
     assert_eq!(next_or_close(&mut a), ok(1));
@@ -208,23 +208,12 @@ fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
 /// once (the close timeout is 60 s).
 #[test]
 fn a_close_from_the_peer_waits_for_the_host_answers_held_behind_an_owed_response() {
-    let app = start_app(
-        &ws_json_close_timeout(1, 60_000),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
-        ),
-    );
+    let app = start_patient();
     let mut a = connect(app.addr, "/lapps_deferred");
     let mut b = connect(app.addr, "/lapps_deferred");
     a.send(request("later", vec![Value::Int(1)])).unwrap();
     a.send(Message::binary(vec![0xff])).unwrap();
-    a.close(None).unwrap();
-    a.flush().unwrap();
-    let a_end = a.get_ref().local_addr().unwrap();
-    wait_for("the server to read a's Close", IO_TIMEOUT, || {
-        server_unread(app.addr, a_end) == Some(0)
-    });
+    close_and_wait_until_read(app.addr, &mut a);
     b.send(request("release_all", vec![])).unwrap();
     assert_eq!(next(&mut b), released());
     assert_eq!(next_or_close(&mut a), ok(1));
@@ -238,13 +227,7 @@ fn a_close_from_the_peer_waits_for_the_host_answers_held_behind_an_owed_response
 #[test]
 fn a_close_waits_for_an_owed_response_after_the_unposted_count_overflowed() {
     const HELD: usize = 600;
-    let app = start_app(
-        &ws_json_close_timeout(1, 60_000),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 1 } }"#,
-        ),
-    );
+    let app = start_patient();
     let mut a = connect(app.addr, "/lapps_deferred");
     let mut b = connect(app.addr, "/lapps_deferred");
     a.send(request("later", vec![Value::Int(1)])).unwrap();
@@ -259,12 +242,7 @@ fn a_close_waits_for_an_owed_response_after_the_unposted_count_overflowed() {
         assert_eq!(next(&mut a), "error -32603");
     }
     a.send(request("later", vec![Value::Int(2)])).unwrap();
-    a.close(None).unwrap();
-    a.flush().unwrap();
-    let a_end = a.get_ref().local_addr().unwrap();
-    wait_for("the server to read a's Close", IO_TIMEOUT, || {
-        server_unread(app.addr, a_end) == Some(0)
-    });
+    close_and_wait_until_read(app.addr, &mut a);
     b.send(request("release_all", vec![])).unwrap();
     assert_eq!(
         next(&mut b),
@@ -407,19 +385,8 @@ fn a_lapps_close_waits_for_a_response_taken_but_not_yet_posted() {
     // a's handler answers b's call, then keeps the instance busy before its batch is posted.
     a.send(request("hold", vec![Value::Bool(true)])).unwrap();
     wait_for("the instance to be busy", IO_TIMEOUT, || !busy.is_empty());
-    b.close(None).unwrap();
-    b.flush().unwrap();
-    wait_for("the server to read b's Close", IO_TIMEOUT, || {
-        server_unread(app.addr, b_end) == Some(0)
-    });
-    release.now();
-    assert_eq!(next(&mut a), released());
-    assert_eq!(
-        next_or_close(&mut b),
-        ok(1),
-        "the response, before the Close"
-    );
-    assert_eq!(next_or_close(&mut b), "close 1005");
+    close_and_wait_until_read(app.addr, &mut b);
+    release_then_response_then_close(&release, &mut a, &mut b, 1);
 }
 
 /// The same rule across instances: the response is taken by another instance than the one the
@@ -430,38 +397,17 @@ fn a_lapps_close_waits_for_a_response_taken_but_not_yet_posted() {
 #[test]
 fn a_lapps_close_waits_for_a_response_another_instance_took_but_not_yet_posted() {
     let (app, _one, busy, release) = start_holding_in(2);
-    let handed = lapps::service::mqr::registry().open("lapps_deferred.handed", 4);
-    // One worker, two instances taken in turn: b is bound to the first, a to the second.
-    let mut b = connect(app.addr, "/lapps_deferred");
-    let mut a = connect(app.addr, "/lapps_deferred");
-    b.send(request("hand_off", vec![Value::Int(1)])).unwrap();
-    wait_for("b's call to be handed off", IO_TIMEOUT, || {
-        !handed.is_empty()
-    });
+    let (mut b, mut a, handed) = hand_off(&app, 1);
     // a's instance answers b's call, then stays busy before its outbox is posted.
     a.send(request("hold", vec![Value::Bool(true)])).unwrap();
     wait_for("the other instance to be busy", IO_TIMEOUT, || {
         !busy.is_empty()
     });
     assert!(handed.is_empty(), "the busy instance took b's call");
-    let b_end = b.get_ref().local_addr().unwrap();
-    b.close(None).unwrap();
-    b.flush().unwrap();
-    wait_for("the server to read b's Close", IO_TIMEOUT, || {
-        server_unread(app.addr, b_end) == Some(0)
-    });
+    close_and_wait_until_read(app.addr, &mut b);
     // b's own instance is idle: give it the time to do whatever it does with the Close.
-    let mut probe = connect(app.addr, "/lapps_deferred");
-    probe.send(request("echo", vec![Value::Int(3)])).unwrap();
-    assert_eq!(next(&mut probe), ok(3));
-    release.now();
-    assert_eq!(next(&mut a), released());
-    assert_eq!(
-        next_or_close(&mut b),
-        ok(1),
-        "the response, before the Close"
-    );
-    assert_eq!(next_or_close(&mut b), "close 1005");
+    first_instance_caught_up(&app);
+    release_then_response_then_close(&release, &mut a, &mut b, 1);
 }
 
 /// A Close that comes while a response is still owed, and owed by a request handed to another
@@ -471,31 +417,57 @@ fn a_lapps_close_waits_for_a_response_another_instance_took_but_not_yet_posted()
 #[test]
 fn a_lapps_close_follows_at_once_the_response_another_instance_sends_later() {
     let (app, _one, busy, release) = start_holding_in(2);
-    let handed = lapps::service::mqr::registry().open("lapps_deferred.handed", 4);
-    let mut b = connect(app.addr, "/lapps_deferred");
-    let mut a = connect(app.addr, "/lapps_deferred");
-    b.send(request("hand_off", vec![Value::Int(5)])).unwrap();
-    wait_for("b's call to be handed off", IO_TIMEOUT, || {
-        !handed.is_empty()
-    });
-    let b_end = b.get_ref().local_addr().unwrap();
-    b.close(None).unwrap();
-    b.flush().unwrap();
-    wait_for("the server to read b's Close", IO_TIMEOUT, || {
-        server_unread(app.addr, b_end) == Some(0)
-    });
-    // b's instance has seen the Close (it handles the probe's echo after it) and owes 5.
-    let mut probe = connect(app.addr, "/lapps_deferred");
-    probe.send(request("echo", vec![Value::Int(3)])).unwrap();
-    assert_eq!(next(&mut probe), ok(3));
+    let (mut b, mut a, _handed) = hand_off(&app, 5);
+    close_and_wait_until_read(app.addr, &mut b);
+    // b's instance has seen the Close, and owes 5.
+    first_instance_caught_up(&app);
     a.send(request("hold", vec![Value::Bool(true)])).unwrap();
     wait_for("the other instance to be busy", IO_TIMEOUT, || {
         !busy.is_empty()
     });
+    release_then_response_then_close(&release, &mut a, &mut b, 5);
+}
+
+/// In an app of [`start_holding_in`]`(2)`: b (bound to the first instance) calls
+/// `hand_off(n)`, so that a (bound to the second) can answer it with `hold(true)`. Returns b,
+/// a and the queue the call waits on, once it is there.
+fn hand_off(app: &TestApp, n: i64) -> (Client, Client, std::sync::Arc<lapps::service::mqr::Queue>) {
+    let handed = lapps::service::mqr::registry().open("lapps_deferred.handed", 4);
+    // One worker, two instances taken in turn.
+    let mut b = connect(app.addr, "/lapps_deferred");
+    let a = connect(app.addr, "/lapps_deferred");
+    b.send(request("hand_off", vec![Value::Int(n)])).unwrap();
+    wait_for("b's call to be handed off", IO_TIMEOUT, || {
+        !handed.is_empty()
+    });
+    (b, a, handed)
+}
+
+/// In an app of [`start_holding_in`]`(2)` with two connections made: a third connection's
+/// echo, answered by the first instance after everything queued for it before.
+fn first_instance_caught_up(app: &TestApp) {
+    let mut probe = connect(app.addr, "/lapps_deferred");
+    probe.send(request("echo", vec![Value::Int(3)])).unwrap();
+    assert_eq!(next(&mut probe), ok(3));
+}
+
+/// Ends `a`'s `hold`; then `b` gets the response `ok [n]` first and the Close right after it.
+fn release_then_response_then_close(release: &Release, a: &mut Client, b: &mut Client, n: i64) {
     release.now();
-    assert_eq!(next(&mut a), released());
-    assert_eq!(next_or_close(&mut b), ok(5), "the owed response");
-    assert_eq!(next_or_close(&mut b), "close 1005", "at once after it");
+    assert_eq!(next(a), released());
+    assert_eq!(next_or_close(b), ok(n), "the response, before the Close");
+    assert_eq!(next_or_close(b), "close 1005", "the Close, right after it");
+}
+
+/// Sends a Close on `ws` and waits until the server has read everything `ws` sent: from then
+/// on, the Close is queued for the connection's instance ahead of anything sent afterwards.
+fn close_and_wait_until_read(server: std::net::SocketAddr, ws: &mut Client) {
+    ws.close(None).unwrap();
+    ws.flush().unwrap();
+    let end = ws.get_ref().local_addr().unwrap();
+    wait_for("the server to read the Close", IO_TIMEOUT, || {
+        server_unread(server, end) == Some(0)
+    });
 }
 
 /// [`next`], or `close CODE` for the server's Close.
