@@ -109,9 +109,9 @@ const WHO: u64 = 0xFFFF_FFFF & !(UNPOSTED | UNCOUNTED);
 const OWED: u64 = 1 << 32;
 /// The owed count, shifted down.
 const OWED_MAX: u64 = 0x7FFF_FFFF;
-/// Top bit: the connection is ending and its instance found nothing owed and nothing held, but
-/// answers another thread took were not posted yet: the thread whose post leaves none
-/// unposted queues the Close (see [`Hub::close_when_settled`]).
+/// Top bit: the connection is ending with no answer held in its instance, but responses are
+/// still owed, or taken and not yet posted: the thread whose post leaves it settled queues the
+/// Close (see [`Hub::close_when_settled`]).
 const CLOSE_WHEN_SETTLED: u64 = 1 << 63;
 
 /// The owed count of a word.
@@ -485,6 +485,11 @@ impl Hub {
         self.ports.get(conn.worker())?.speaks(conn)
     }
 
+    /// The liveness word of `conn`'s slot (whichever connection holds it now).
+    fn word(&self, conn: ConnId) -> Option<&AtomicU64> {
+        self.ports.get(conn.worker())?.live.get(conn.index())
+    }
+
     /// Instance side: a request of the LAppS connection `conn` reached its app, which owes it
     /// one response (SPEC section 4). False when `conn` is gone.
     pub fn expect_response(&self, conn: ConnId) -> bool {
@@ -496,8 +501,7 @@ impl Hub {
     /// The responses the live LAppS connection `conn` is owed (requests that reached its app
     /// and have not had theirs); None once it is gone (or when it is not a LAppS connection).
     pub fn owed_responses(&self, conn: ConnId) -> Option<u32> {
-        let port = self.ports.get(conn.worker())?;
-        let w = port.live.get(conn.index())?.load(Ordering::Acquire);
+        let w = self.word(conn)?.load(Ordering::Acquire);
         (w & WHO == conn.generation() as u64 | LIVE | LAPPS).then_some(owed_of(w) as u32)
     }
 
@@ -551,11 +555,7 @@ impl Hub {
     /// can tell: the instance looks again as they are sent. Call it once per ending connection
     /// (or again after `Watch`).
     pub fn close_when_settled(&self, conn: ConnId) -> Settle {
-        let Some(slot) = self
-            .ports
-            .get(conn.worker())
-            .and_then(|p| p.live.get(conn.index()))
-        else {
+        let Some(slot) = self.word(conn) else {
             return Settle::Now;
         };
         let who = conn.generation() as u64 | LIVE | LAPPS;
@@ -576,10 +576,7 @@ impl Hub {
     /// it is gone (a later connection in its slot starts from zero). The word before, when
     /// `conn` is there.
     fn unposted(&self, conn: ConnId, step: impl Fn(u64) -> u64) -> Option<u64> {
-        let slot = self
-            .ports
-            .get(conn.worker())
-            .and_then(|p| p.live.get(conn.index()))?;
+        let slot = self.word(conn)?;
         let who = conn.generation() as u64 | LIVE | LAPPS;
         slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
             (w & WHO & !ENDING == who).then(|| step(w))
@@ -592,12 +589,7 @@ impl Hub {
     /// queue already (none taken and not yet posted, none held). Its messages must all have been
     /// handled too (the caller checks): then the Close need not wait for the instance.
     pub fn lapps_settled(&self, conn: ConnId) -> bool {
-        let Some(w) = self
-            .ports
-            .get(conn.worker())
-            .and_then(|p| p.live.get(conn.index()))
-            .map(|s| s.load(Ordering::Acquire))
-        else {
+        let Some(w) = self.word(conn).map(|s| s.load(Ordering::Acquire)) else {
             return false;
         };
         w & WHO == conn.generation() as u64 | LIVE | LAPPS && settled(w)
