@@ -235,6 +235,8 @@ fn a_close_waits_for_an_owed_response_after_the_unposted_count_overflowed() {
         a.write(request("fail", vec![])).unwrap();
     }
     a.flush().unwrap();
+    // Then a's calls reach the instance before b's.
+    wait_until_read(app.addr, &a);
     b.send(request("release_all", vec![])).unwrap();
     assert_eq!(next(&mut b), released());
     assert_eq!(next(&mut a), ok(1));
@@ -375,10 +377,7 @@ fn a_lapps_close_waits_for_a_response_taken_but_not_yet_posted() {
     let mut b = connect(app.addr, "/lapps_deferred");
     let mut a = connect(app.addr, "/lapps_deferred");
     b.send(request("later", vec![Value::Int(1)])).unwrap();
-    let b_end = b.get_ref().local_addr().unwrap();
-    wait_for("the server to read b's call", IO_TIMEOUT, || {
-        server_unread(app.addr, b_end) == Some(0)
-    });
+    wait_until_read(app.addr, &b);
     // One worker, one instance: a's echo is handled after b's call.
     a.send(request("echo", vec![Value::Int(2)])).unwrap();
     assert_eq!(next(&mut a), ok(2));
@@ -464,8 +463,14 @@ fn release_then_response_then_close(release: &Release, a: &mut Client, b: &mut C
 fn close_and_wait_until_read(server: std::net::SocketAddr, ws: &mut Client) {
     ws.close(None).unwrap();
     ws.flush().unwrap();
+    wait_until_read(server, ws);
+}
+
+/// Waits until the server has read everything `ws` sent: its messages are queued for the
+/// connection's instance ahead of anything any client sends afterwards (one worker).
+fn wait_until_read(server: std::net::SocketAddr, ws: &Client) {
     let end = ws.get_ref().local_addr().unwrap();
-    wait_for("the server to read the Close", IO_TIMEOUT, || {
+    wait_for("the server to read what was sent", IO_TIMEOUT, || {
         server_unread(server, end) == Some(0)
     });
 }
