@@ -406,9 +406,11 @@ fn a_peer_draining_a_backlog_slowly_is_not_idle() {
 fn a_peer_that_stops_reading_is_dropped_by_the_idle_timeout() {
     // It queues a 6 MiB echo and never reads: pinged (behind the backlog), closed with 1001,
     // and ended by the close timeout; its queued bytes are freed.
+    // Long enough periods that the echo stays queued (about 3 s) while this thread, maybe
+    // starved on a busy machine, looks for it.
     let srv = start_echo(|o| {
-        o.worker.idle_timeout = Some(Duration::from_millis(200));
-        o.worker.close_timeout = Duration::from_millis(200);
+        o.worker.idle_timeout = Some(Duration::from_secs(1));
+        o.worker.close_timeout = Duration::from_secs(1);
     });
     let hub = srv.hub();
     let (request, _) = big_echo_frame();

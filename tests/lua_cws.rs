@@ -698,9 +698,8 @@ fn a_stopping_service_sends_going_away_on_its_open_connections() {
     let silent = std::thread::spawn(move || {
         let mut s = accept_upgrade(&silent);
         let (f, masked) = common::read_any_frame(&mut s).expect("a frame, not EOF");
-        let at = Instant::now();
         let eof = common::closed_by_server(&mut s);
-        (f.opcode, masked, f.payload, eof, at.elapsed())
+        (f.opcode, masked, f.payload, eof, Instant::now())
     });
     let (cfg, pem) = tls_server_config(&dir);
     let tls = std::thread::spawn(move || {
@@ -754,7 +753,9 @@ return p
     let (op, masked, payload, eof) = answering.join().unwrap();
     assert_eq!((op, masked, payload), (0x8, true, going_away.clone()));
     assert!(eof, "the client closes TCP once the server's Close came");
-    let (op, masked, payload, eof, after) = silent.join().unwrap();
+    let (op, masked, payload, eof, ended) = silent.join().unwrap();
+    // From before the shutdown, so before the client's Close was sent.
+    let after = ended.duration_since(t);
     assert_eq!((op, masked, payload), (0x8, true, going_away));
     assert!(eof, "the client gives up on a server that does not answer");
     assert!(
@@ -1078,7 +1079,7 @@ fn a_quiet_server_is_pinged_and_one_that_stays_quiet_fails_the_connection() {
         [first, second, close]
     });
     let dir = scratch("idle");
-    let (reg, out) = reporting_client_with(&dir, "idle", &url, "cws.idle", "idle_timeout = 0.3,");
+    let (reg, out) = reporting_client_with(&dir, "idle", &url, "cws.idle", "idle_timeout = 1,");
     let error = next(&out);
     assert!(error.starts_with("onerror idle timeout: "), "{error}");
     assert_eq!(next(&out), "onclose 1001");

@@ -18,11 +18,12 @@ fn a_service_a_reload_is_starting_when_shutdown_begins_is_stopped_not_left_runni
     let mut slow = test_app("slow_start");
     slow.preload = vec!["mqr".into(), "time".into()];
     slow.instruction_budget = None;
+    let go = lapps::service::mqr::registry().open("slow_start.go", 4);
     let adding = std::thread::spawn({
         let reg = Arc::clone(&reg);
         move || reg.add(slow)
     });
-    // Its onStart has begun (and takes a second): now the server stops.
+    // Its onStart has begun (and lasts until told): now the server stops.
     let deadline = Instant::now() + Duration::from_secs(10);
     while lapps::service::mqr::registry()
         .get("slow_start.started")
@@ -35,6 +36,7 @@ fn a_service_a_reload_is_starting_when_shutdown_begins_is_stopped_not_left_runni
         std::thread::sleep(Duration::from_millis(5)); // polling interval of the wait
     }
     reg.shutdown();
+    go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     let added = adding.join().expect("add returns");
     let refused = added.expect_err("a start that ends after shutdown began is refused");
     assert!(refused.to_string().contains("shutting down"), "{refused}");

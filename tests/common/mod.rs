@@ -344,8 +344,10 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// The bytes the server has not read yet from the connection whose client end is `client`
-/// (its socket's receive queue, from /proc/net/tcp; IPv4 loopback only). A test that needs the
-/// server to have read something before it sends on another connection waits for 0.
+/// (IPv4 loopback only): its socket's receive queue, plus what the client's socket still has
+/// unacknowledged (sent, but perhaps not yet in the server's queue), both from /proc/net/tcp.
+/// A test that needs the server to have read something before it sends on another connection
+/// waits for 0. None when the server's end is not there.
 pub fn server_unread(server: SocketAddr, client: SocketAddr) -> Option<u64> {
     let hex = |a: SocketAddr| match a {
         SocketAddr::V4(v4) => format!(
@@ -355,14 +357,23 @@ pub fn server_unread(server: SocketAddr, client: SocketAddr) -> Option<u64> {
         ),
         SocketAddr::V6(_) => panic!("IPv4 only"),
     };
-    let (local, remote) = (hex(server), hex(client));
+    let (server, client) = (hex(server), hex(client));
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
-            return None;
-        }
-        let rx = f.get(4)?.split(':').nth(1)?;
-        u64::from_str_radix(rx, 16).ok()
-    })
+    // Field 4 of a row is `tx_queue:rx_queue`, in hex.
+    let queues = |local: &str, remote: &str| {
+        table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(1) != Some(&local) || f.get(2) != Some(&remote) {
+                return None;
+            }
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some((
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            ))
+        })
+    };
+    let (_, unread) = queues(&server, &client)?;
+    let in_flight = queues(&client, &server).map_or(0, |(tx, _)| tx);
+    Some(unread + in_flight)
 }
