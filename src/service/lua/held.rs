@@ -28,11 +28,10 @@
 //! passes. With nothing held here, the responses still owed, or taken but not yet posted, are
 //! waited for through the hub (`Hub::close_when_settled`): the thread whose post leaves the
 //! connection settled (this instance, another, or another service's) queues its Close, behind
-//! the last response. Answers of a
-//! connection that closes are dropped with it (so are the responses its app still owed). At
-//! most [`MAX_WAITING`] wait per connection: past that the client is closed with 1008 (it
-//! keeps sending requests the host answers while the app owes an earlier one), as the worker's
-//! outbound bound would have stopped it.
+//! the last response. Answers of a connection that closes are dropped with it (so are the
+//! responses its app still owed). At most [`MAX_WAITING`] wait per connection: past that the
+//! client is closed with 1008 (it keeps sending requests the host answers while the app owes
+//! an earlier one), as the worker's outbound bound would have stopped it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
