@@ -336,6 +336,71 @@ mod tests {
         assert_eq!(g.concat(), vec![live], "it left the quiet channel too");
     }
 
+    /// `bcast:send` through a real Lua state and Hub: the message is framed once, and each
+    /// worker gets one command naming its subscribers, all sharing that one frame.
+    #[test]
+    fn a_broadcast_is_framed_once_and_posted_once_per_worker() {
+        use crate::net::hub::Hub;
+        use crate::service::lua::host::Stop;
+        use crate::service::lua::ServiceSpec;
+
+        let hub = Arc::new(Hub::new(3, 64).unwrap());
+        let spec = ServiceSpec::new("t", "t.lua");
+        let host = Rc::new(HostCtx::new(
+            &spec,
+            0,
+            Arc::clone(&hub),
+            Arc::new(Bcast::default()),
+            Arc::new(Stop::default()),
+        ));
+        let lua = Lua::new();
+        install(&lua, &host).unwrap();
+        // Seven subscribers on workers 0 and 2, none on worker 1.
+        let conns: Vec<ConnId> = [(0, 1), (2, 1), (0, 2), (2, 2), (0, 3), (2, 3), (2, 4)]
+            .iter()
+            .map(|&(w, i)| {
+                hub.port(w).set_speaks(i, 1, Speaks::Raw);
+                ConnId::new(w, i, 1)
+            })
+            .collect();
+        let handlers = lua.create_sequence_from(conns.iter().map(|c| c.as_u64() as f64));
+        lua.globals().set("handlers", handlers.unwrap()).unwrap();
+        let n: f64 = lua
+            .load(
+                r#"assert(bcast:create("c"))
+                   for _, h in ipairs(handlers) do assert(bcast:subscribe("c", h)) end
+                   return (assert(bcast:send("c", 1, "hello")))"#,
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(n, 7.0);
+        host.flush();
+        let mut frames: Vec<Arc<[u8]>> = Vec::new();
+        let mut got: Vec<ConnId> = Vec::new();
+        for w in 0..3 {
+            let mut commands = 0;
+            while let Some(batch) = hub.port(w).commands.pop() {
+                for cmd in batch {
+                    commands += 1;
+                    let Command::SendMany { conns, frame } = cmd else {
+                        panic!("worker {w}: not a shared send");
+                    };
+                    assert!(conns.iter().all(|c| c.worker() == w), "worker {w}");
+                    got.extend(conns);
+                    frames.push(frame);
+                }
+            }
+            assert_eq!(commands, usize::from(w != 1), "commands for worker {w}");
+        }
+        got.sort();
+        let mut want = conns.clone();
+        want.sort();
+        assert_eq!(got, want, "every subscriber once");
+        assert_eq!(frames.len(), 2);
+        assert!(Arc::ptr_eq(&frames[0], &frames[1]), "one frame, shared");
+        assert_eq!(&frames[0][..], b"\x81\x05hello");
+    }
+
     #[test]
     fn a_message_goes_to_the_subscribers_that_speak_its_protocol_only() {
         let b = Bcast::default();
