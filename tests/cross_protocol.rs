@@ -38,21 +38,6 @@ fn call(ws: &mut Client, method: &str, params: Vec<Value>) -> (Vec<Value>, Vec<V
     }
 }
 
-fn ask(ws: &mut Client, s: &str) -> String {
-    ws.send(Message::text(s)).unwrap();
-    next_text(ws)
-}
-
-fn next_text(ws: &mut Client) -> String {
-    loop {
-        match ws.read().expect("a message") {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("a RAW client got {other:?}"),
-        }
-    }
-}
-
 #[test]
 fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
     // One worker: frames to different connections leave in the order they were queued.
@@ -102,7 +87,7 @@ fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
     // A raw broadcast reaches the RAW client only: its first frame since is the broadcast (an
     // OON queued for it before would have come first).
     assert_eq!(ask(&mut raw, "bsend 7 hello"), "hello");
-    assert_eq!(next_text(&mut raw), "n=1");
+    assert_eq!(text(&mut raw), "n=1");
     // And the LAppS client's next frame is its next answer, not the text.
     let (oons, _) = call(&mut lapps, "whoami", vec![]);
     assert!(oons.is_empty(), "{oons:?}");

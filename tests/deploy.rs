@@ -88,17 +88,6 @@ impl Drop for Site {
     }
 }
 
-fn ask(ws: &mut Client, s: &str) -> String {
-    ws.send(Message::text(s)).unwrap();
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
 fn close_code(ws: &mut Client) -> Option<u16> {
     loop {
         match ws.read() {

@@ -1,86 +1,102 @@
 //! Safety of the Lua host: errors, runaway loops and memory bombs close only their connection
 //! (1011) and the instance keeps serving; start-up errors name file and line; the sandbox
-//! leaves out what the config did not allow.
+//! leaves out what the config did not allow. What a connection sees goes through the real
+//! server and a real client; start-up errors are asked of the Registry.
+mod common;
 #[path = "common/lua_host.rs"]
 mod host;
 
-use host::*;
+use common::*;
+use host::{example_app, hub, spec, test_app};
 use lapps::service::registry::Registry;
 use std::io::Write;
+use std::path::PathBuf;
 
-fn close_code(out: &[Out], conn: lapps::net::handle::ConnId) -> Option<u16> {
-    out.iter().find_map(|o| match o {
-        Out::Close { conn: c, code } if *c == conn => Some(*code),
-        _ => None,
-    })
+/// The probe test app alone on one instance and one worker, so that the failed callback and
+/// the next ones share a Lua state; `keys` are more of its service keys.
+fn probe_alone(keys: &str) -> TestApp {
+    let services = lapps_json(
+        "./tests/apps",
+        &format!(r#"{{ "probe": {{ "instances": 1, "preload": ["bcast"], {keys} }} }}"#),
+    );
+    start_app(&ws_json(1), &services)
 }
 
-fn stopped_with_1011_and_next_message_works(
-    cmd: &str,
-    tune: impl FnOnce(&mut lapps::service::lua::ServiceSpec),
-) {
-    let hub = hub(1);
-    let mut spec = probe();
-    tune(&mut spec);
-    let reg = Registry::start(vec![spec], hub.clone()).unwrap();
-    let svc = reg.route("/probe").unwrap();
-    let a = open(&hub, &*svc, 0, 1, 1);
-    let b = open(&hub, &*svc, 0, 2, 1);
-    text(&*svc, &a, cmd);
-    let out = collect_until(&hub, |o| !o.is_empty());
-    assert_eq!(close_code(&out, a.id), Some(1011), "{cmd}: {out:?}");
-    // Same instance (one instance), next message and a later one on the same state.
+fn stopped_with_1011_and_others_keep_working(cmd: &str, keys: &str) {
+    let app = probe_alone(keys);
+    let mut other = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut other, "before"), "before");
+    let mut victim = connect(app.addr, "/probe");
+    send(&mut victim, cmd);
+    assert_eq!(ws_close_code(&mut victim), 1011, "{cmd}");
+    finish_close(victim);
+    // The same (only) instance serves the open connection and a new one.
     for i in 0..3 {
-        text(&*svc, &b, &format!("ping {i}"));
-        let out = collect_until(&hub, |o| !o.is_empty());
-        assert_eq!(texts_for(&out, b.id), [format!("ping {i}")], "{cmd}");
+        assert_eq!(ask(&mut other, &format!("after {i}")), format!("after {i}"));
     }
+    let mut next = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut next, "next"), "next");
+    let big = "y".repeat(100_000);
+    assert_eq!(
+        ask(&mut next, &big),
+        big,
+        "{cmd}: the state is usable again"
+    );
 }
+
+/// A budget small enough for a runaway callback to end in well under a second.
+const BUDGET: &str = r#""instruction_budget": 5000000"#;
 
 #[test]
 fn a_lua_error_closes_only_that_connection_with_1011() {
-    stopped_with_1011_and_next_message_works("error", |_| {});
+    stopped_with_1011_and_others_keep_working("error", BUDGET);
 }
 
 #[test]
 fn a_runaway_loop_is_stopped_by_the_instruction_budget() {
-    stopped_with_1011_and_next_message_works("loop", |s| s.instruction_budget = Some(5_000_000));
+    stopped_with_1011_and_others_keep_working("loop", BUDGET);
 }
 
 #[test]
 fn a_coroutine_does_not_take_the_budget_hook_away() {
-    stopped_with_1011_and_next_message_works("coloop", |s| s.instruction_budget = Some(5_000_000));
+    stopped_with_1011_and_others_keep_working("coloop", BUDGET);
 }
 
 #[test]
 fn an_xpcall_message_handler_does_not_run_past_the_budget() {
-    stopped_with_1011_and_next_message_works("xploop", |s| s.instruction_budget = Some(5_000_000));
+    stopped_with_1011_and_others_keep_working("xploop", BUDGET);
 }
 
 #[test]
 fn an_app_cannot_make_a_finalizer_that_runs_without_a_budget() {
-    stopped_with_1011_and_next_message_works("gcloop", |s| s.instruction_budget = Some(5_000_000));
+    stopped_with_1011_and_others_keep_working("gcloop", BUDGET);
 }
 
 #[test]
 fn the_jit_cannot_be_turned_back_on_under_a_budget() {
-    stopped_with_1011_and_next_message_works("jitloop", |s| s.instruction_budget = Some(5_000_000));
+    stopped_with_1011_and_others_keep_working("jitloop", BUDGET);
 }
 
 #[test]
 fn must_stop_gives_a_network_callback_no_new_budget() {
-    stopped_with_1011_and_next_message_works("mustloop", |s| {
-        s.instruction_budget = Some(5_000_000)
-    });
+    stopped_with_1011_and_others_keep_working("mustloop", BUDGET);
 }
 
 #[test]
 fn a_memory_bomb_is_stopped_by_the_memory_limit() {
-    stopped_with_1011_and_next_message_works("bomb", |s| {
-        s.memory_limit = 32 << 20;
-        // No budget: the memory limit alone must stop it, with the JIT on.
-        s.instruction_budget = None;
-    });
+    // No budget: the memory limit alone must stop it, with the JIT on.
+    stopped_with_1011_and_others_keep_working(
+        "bomb",
+        r#""memory_limit": 33554432, "instruction_budget": 0"#,
+    );
+}
+
+#[test]
+fn a_memory_bomb_under_a_budget_is_stopped_too() {
+    stopped_with_1011_and_others_keep_working(
+        "bomb",
+        &format!(r#""memory_limit": 33554432, {BUDGET}"#),
+    );
 }
 
 #[test]
@@ -106,11 +122,7 @@ fn a_broken_service_without_auto_start_is_refused_alone() {
     let e = reg.start_service("broken").unwrap_err();
     assert!(e.message.contains("broken.lua:4:"), "{e}");
     assert!(reg.route("/broken").is_none());
-    let svc = reg.route("/echo").unwrap();
-    let a = open(&hub, &*svc, 0, 1, 1);
-    text(&*svc, &a, "still serving");
-    let out = collect_until(&hub, |o| !o.is_empty());
-    assert_eq!(texts_for(&out, a.id), ["still serving"]);
+    assert!(reg.route("/echo").is_some());
     let names: Vec<(String, bool)> = reg
         .services()
         .into_iter()
@@ -120,6 +132,49 @@ fn a_broken_service_without_auto_start_is_refused_alone() {
         names,
         [("echo".to_string(), true), ("broken".to_string(), false)]
     );
+}
+
+#[test]
+fn a_server_with_a_broken_service_not_auto_started_serves_the_others() {
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "probe": { "preload": ["bcast"] }, "broken": { "auto_start": false } }"#,
+    );
+    let app = start_app(&ws_json(1), &services);
+    let refused = http_exchange(app.addr, upgrade_request(app.addr, "/broken").as_bytes());
+    assert!(refused.starts_with("HTTP/1.1 404"), "{refused}");
+    let mut ws = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut ws, "still serving"), "still serving");
+}
+
+/// A directory of apps under target/, each `name/name.lua` from its source; removed on drop.
+struct AppsDir(PathBuf);
+
+impl AppsDir {
+    fn new(tag: &str, apps: &[(&str, &[u8])]) -> AppsDir {
+        let dir = repo_root()
+            .join("target")
+            .join(format!("lua_safety-{tag}-{}", std::process::id()));
+        for (name, src) in apps {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join(format!("{name}.lua")), src).unwrap();
+        }
+        AppsDir(dir)
+    }
+
+    /// The server on these apps with `services` (the text of lapps.json's services object).
+    fn start(&self, services: &str) -> TestApp {
+        start_app(
+            &ws_json(1),
+            &lapps_json(&self.0.display().to_string(), services),
+        )
+    }
+}
+
+impl Drop for AppsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn app_in_tmp(name: &str, src: impl AsRef<[u8]>) -> lapps::service::lua::ServiceSpec {
@@ -143,28 +198,27 @@ return m
 
 #[test]
 fn the_sandbox_leaves_out_what_the_config_does_not_allow() {
-    let hub = hub(1);
-    let strict = app_in_tmp("strict", SANDBOX_CHECK);
-    let mut open_one = app_in_tmp("lenient", SANDBOX_CHECK);
-    open_one.allow_ffi = true;
-    open_one.allow_debug = true;
-    open_one.allow_os_execute = true;
-    open_one.instruction_budget = None;
-    let reg = Registry::start(vec![strict, open_one], hub.clone()).unwrap();
-    let s = reg.route("/strict").unwrap();
-    let l = reg.route("/lenient").unwrap();
-    let a = open(&hub, &*s, 0, 1, 1);
-    let b = open(&hub, &*l, 0, 2, 1);
-    text(&*s, &a, "?");
-    text(&*l, &b, "?");
-    let out = collect_until(&hub, |o| o.len() == 2);
+    let apps = AppsDir::new(
+        "sandbox",
+        &[
+            ("strict", SANDBOX_CHECK.as_bytes()),
+            ("lenient", SANDBOX_CHECK.as_bytes()),
+        ],
+    );
+    let app = apps.start(
+        r#"{ "strict": {},
+             "lenient": { "allow_ffi": true, "allow_debug": true, "allow_os_execute": true,
+                          "instruction_budget": 0 } }"#,
+    );
+    let mut strict = connect(app.addr, "/strict");
+    let mut lenient = connect(app.addr, "/lenient");
     assert_eq!(
-        texts_for(&out, a.id),
-        ["ffi=false debug=nil execute=nil popen=nil exit=nil jit=nil"]
+        ask(&mut strict, "?"),
+        "ffi=false debug=nil execute=nil popen=nil exit=nil jit=nil"
     );
     assert_eq!(
-        texts_for(&out, b.id),
-        ["ffi=true debug=table execute=function popen=function exit=nil jit=table"]
+        ask(&mut lenient, "?"),
+        "ffi=true debug=table execute=function popen=function exit=nil jit=table"
     );
 }
 
@@ -197,18 +251,15 @@ return m
 
 #[test]
 fn a_state_without_allow_ffi_has_no_way_into_ffi_or_unverified_bytecode() {
-    let dir = std::env::temp_dir().join(format!("lapps-back-doors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = BACK_DOORS.replace("@DIR@", &dir.display().to_string());
-    let hub = hub(1);
-    let reg = Registry::start(vec![app_in_tmp("doors", &src)], hub.clone()).unwrap();
-    let s = reg.route("/doors").unwrap();
-    let a = open(&hub, &*s, 0, 1, 1);
-    text(&*s, &a, "?");
-    let out = collect_until(&hub, |o| !o.is_empty());
+    let scratch = AppsDir::new("back-doors-files", &[]);
+    std::fs::create_dir_all(&scratch.0).unwrap();
+    let src = BACK_DOORS.replace("@DIR@", &scratch.0.display().to_string());
+    let apps = AppsDir::new("back-doors", &[("doors", src.as_bytes())]);
+    let app = apps.start(r#"{ "doors": {} }"#);
+    let mut ws = connect(app.addr, "/doors");
     assert_eq!(
-        texts_for(&out, a.id),
-        ["ffi=false buffer=false dump=nil load=true loadstring=true loadfile=true dofile=true require=true"]
+        ask(&mut ws, "?"),
+        "ffi=false buffer=false dump=nil load=true loadstring=true loadfile=true dofile=true require=true"
     );
 }
 

@@ -1,7 +1,8 @@
 //! The Lua services end to end: `lapps::app::App` started from config text on a free port,
-//! every assertion made through a real client (tungstenite) or a raw socket. What the Hub-level
-//! tests (tests/lua_*.rs) cannot see is covered here: the handshake routing (404, ACL, Origin),
-//! the workers' close paths reaching `onDisconnect`, and the bytes on the wire.
+//! every assertion made through a real client (tungstenite) or a raw socket: echo, order,
+//! bcast, `onDisconnect`, the handshake routing (404, ACL, Origin), the workers' close paths
+//! and the bytes on the wire. The sandbox and the 1011 cases are in tests/lua_safety.rs, more
+//! of bcast and chat in tests/lua_bcast.rs.
 mod common;
 
 use std::collections::HashMap;
@@ -32,15 +33,11 @@ fn example_services() -> String {
     )
 }
 
-/// The probe test app on one instance (so a failed callback and the next ones share a state),
-/// with a small budget and memory limit so the runaway cases end quickly.
+/// The probe test app on `instances` instances, with bcast.
 fn probe_services(instances: usize) -> String {
     lapps_json(
         "./tests/apps",
-        &format!(
-            r#"{{ "probe": {{ "instances": {instances}, "preload": ["bcast"],
-                             "instruction_budget": 5000000, "memory_limit": 33554432 }} }}"#
-        ),
+        &format!(r#"{{ "probe": {{ "instances": {instances}, "preload": ["bcast"] }} }}"#),
     )
 }
 
@@ -59,48 +56,6 @@ fn tally_services(guard: Option<&str>) -> String {
                              "max_inbound_message_size": 1024 }} {guard} }}"#
         ),
     )
-}
-
-/// The next data message, which must be text (pings are answered by tungstenite and skipped).
-fn text(ws: &mut Client) -> String {
-    loop {
-        match ws.read().expect("a message before the guard") {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-fn send(ws: &mut Client, s: &str) {
-    ws.send(Message::text(s)).expect("send");
-}
-
-fn ask(ws: &mut Client, s: &str) -> String {
-    send(ws, s);
-    text(ws)
-}
-
-/// Reads until the server's Close frame and returns its code; data messages before it fail.
-fn ws_close_code(ws: &mut Client) -> u16 {
-    match ws.read() {
-        Ok(Message::Close(Some(f))) => u16::from(f.code),
-        other => panic!("expected a close frame with a code, got {other:?}"),
-    }
-}
-
-/// Answers the server's Close, waits for its TCP FIN, then closes the socket as a real client
-/// does (the server waits, up to its close timeout, for our FIN before the connection ends).
-fn finish_close(mut ws: Client) {
-    loop {
-        match ws.read() {
-            Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                return
-            }
-            Err(e) => panic!("unexpected error while closing: {e}"),
-        }
-    }
 }
 
 /// Status code of an upgrade request for `path` with `extra` header lines.
@@ -437,44 +392,7 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5 and 6. a failing callback closes only its connection with 1011
-
-fn stopped_with_1011_and_others_keep_working(cmd: &str) {
-    let app = start_app(&ws_json(2), &probe_services(1));
-    let mut other = connect(app.addr, "/probe");
-    assert_eq!(ask(&mut other, "before"), "before");
-    let mut victim = connect(app.addr, "/probe");
-    send(&mut victim, cmd);
-    assert_eq!(ws_close_code(&mut victim), 1011, "{cmd}");
-    finish_close(victim);
-    // The same (only) instance serves the open connection and a new one.
-    for i in 0..3 {
-        assert_eq!(ask(&mut other, &format!("after {i}")), format!("after {i}"));
-    }
-    let mut next = connect(app.addr, "/probe");
-    assert_eq!(ask(&mut next, "next"), "next");
-    let big = "y".repeat(100_000);
-    assert_eq!(
-        ask(&mut next, &big),
-        big,
-        "{cmd}: the state is usable again"
-    );
-}
-
-#[test]
-fn a_lua_error_in_on_message_closes_with_1011_and_the_service_keeps_serving() {
-    stopped_with_1011_and_others_keep_working("error");
-}
-
-#[test]
-fn a_runaway_loop_is_stopped_with_1011_and_the_service_keeps_serving() {
-    stopped_with_1011_and_others_keep_working("loop");
-}
-
-#[test]
-fn a_memory_bomb_is_stopped_with_1011_and_the_service_keeps_serving() {
-    stopped_with_1011_and_others_keep_working("bomb");
-}
+// 5 and 6. a failing callback closes only its connection with 1011: tests/lua_safety.rs
 
 // ---------------------------------------------------------------------------------------------
 // 7. a syntax error refuses to start, naming file and line
@@ -780,6 +698,8 @@ fn a_tiny_instance_queue_pauses_readers_without_losing_or_reordering_messages() 
 fn messages_behind_a_closing_callback_never_reach_on_message() {
     let app = start_app(&ws_json(2), &tally_services(None));
     let mut w = Watcher::new(app.addr);
+    // Another connection of the service, open before the close and after it.
+    let mut other = connect(app.addr, "/tally");
     let mut s = raw_upgraded(app.addr, "/tally");
     s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
     let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
@@ -805,6 +725,8 @@ fn messages_behind_a_closing_callback_never_reach_on_message() {
         [0, 0],
         "only \"id\" and \"close\" reach onMessage"
     );
+    // Only that connection was closed.
+    assert_eq!(ask(&mut other, "still open"), "still open");
 }
 
 #[test]

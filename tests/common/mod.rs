@@ -184,6 +184,49 @@ pub fn connect(addr: SocketAddr, path: &str) -> Client {
     ws
 }
 
+/// The next data message, which must be text (pings are answered by tungstenite and skipped).
+pub fn text(ws: &mut Client) -> String {
+    loop {
+        match ws.read().expect("a message before the guard") {
+            tungstenite::Message::Text(t) => return t.to_string(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+pub fn send(ws: &mut Client, s: &str) {
+    ws.send(tungstenite::Message::text(s)).expect("send");
+}
+
+/// Sends `s` and returns the next text message.
+pub fn ask(ws: &mut Client, s: &str) -> String {
+    send(ws, s);
+    text(ws)
+}
+
+/// Reads until the server's Close frame and returns its code; data messages before it fail.
+pub fn ws_close_code(ws: &mut Client) -> u16 {
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => u16::from(f.code),
+        other => panic!("expected a close frame with a code, got {other:?}"),
+    }
+}
+
+/// Answers the server's Close, waits for its TCP FIN, then closes the socket as a real client
+/// does (the server waits, up to its close timeout, for our FIN before the connection ends).
+pub fn finish_close(mut ws: Client) {
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return
+            }
+            Err(e) => panic!("unexpected error while closing: {e}"),
+        }
+    }
+}
+
 /// A valid upgrade request for `path`.
 pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
     format!(
