@@ -786,19 +786,18 @@ return app
 "#,
     )
     .unwrap();
-    let mut s = spec(&dir, "cws_net");
-    s.preload = vec!["cws".into()];
-    let hub = hub(1);
-    let reg = Registry::start(vec![s], hub.clone()).unwrap();
-    let svc = reg.route("/cws_net").unwrap();
-    let a = open(&hub, &*svc, 0, 1, 1);
-    text(&*svc, &a, "go");
-    let out = collect_until(&hub, |o| !texts_for(o, a.id).is_empty());
-    assert_eq!(
-        texts_for(&out, a.id),
-        ["nil not in a network service (it would block its connections)"]
+    let app = common::start_app(
+        &common::ws_json(1),
+        &common::lapps_json(
+            &dir.display().to_string(),
+            r#"{ "cws_net": { "preload": ["cws"] } }"#,
+        ),
     );
-    reg.shutdown();
+    let mut ws = common::connect(app.addr, "/cws_net");
+    assert_eq!(
+        common::ask(&mut ws, "go"),
+        "nil not in a network service (it would block its connections)"
+    );
 }
 
 /// A standalone app that connects to `url` trusting `pem` and posts "onclose <code>" to the

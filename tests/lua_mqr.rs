@@ -1,5 +1,6 @@
 //! mqr through the real host: standalone Lua services post and receive on process-wide queues;
 //! the test reads and writes the same queues through `lapps::service::mqr`.
+mod common;
 #[path = "common/lua_host.rs"]
 mod host;
 
@@ -224,26 +225,23 @@ fn a_post_with_a_timeout_in_a_network_service_does_not_wait_for_room() {
     let full = registry().open("netpost.full", 1);
     full.try_post(b"first".to_vec().into()).unwrap();
     let room = registry().open("netpost.room", 4);
-    let mut app = test_app("mqr_netpost");
-    app.preload = vec!["mqr".into()];
-    let hub = hub(1);
-    let reg = Registry::start(vec![app], hub.clone()).unwrap();
-    let svc = reg.route("/mqr_netpost").expect("routed");
-    let c = open(&hub, &*svc, 0, 1, 1);
+    let app = common::start_app(
+        &common::ws_json(1),
+        &common::lapps_json(
+            "./tests/apps",
+            r#"{ "mqr_netpost": { "preload": ["mqr"] } }"#,
+        ),
+    );
+    let mut ws = common::connect(app.addr, "/mqr_netpost");
     let t = Instant::now();
-    text(&*svc, &c, "go");
-    let out = collect_until(&hub, |a| !a.is_empty());
+    let reply = common::ask(&mut ws, "go");
     // Both posts asked to wait up to 5 s each: an answer well before that shows neither did.
     let took = t.elapsed();
-    assert_eq!(
-        texts_for(&out, c.id),
-        ["full=nil,full qfull=nil,full room=true,nil"]
-    );
+    assert_eq!(reply, "full=nil,full qfull=nil,full room=true,nil");
     assert!(took < Duration::from_secs(2), "the posts waited: {took:?}");
     assert_eq!(&*full.poll().unwrap(), b"first");
     assert_eq!(full.poll(), None, "a refused post left nothing behind");
     assert_eq!(&*room.poll().unwrap(), b"here");
-    reg.shutdown();
 }
 
 /// "pass <n> <ms>" from the run_retry app: n and the Lua-side monotonic time.

@@ -6,10 +6,28 @@
 mod host;
 
 use host::*;
+use lapps::net::handle::ConnId;
 use lapps::service::lua::ServiceSpec;
 use lapps::service::registry::Registry;
+use lapps::service::WorkerCtx;
+use lapps::ws::Opcode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The worker's side of the `Service` interface, played by the test thread in the two
+/// reload tests below: each needs a connection event at a point a real worker passes in
+/// microseconds (a close event not yet handed over; a handshake completing after the swap),
+/// which no client can hold it at. The disc_report app they run sends nothing.
+struct Worker(usize);
+
+impl WorkerCtx for Worker {
+    fn worker(&self) -> usize {
+        self.0
+    }
+    fn send(&mut self, _conn: ConnId, _opcode: Opcode, _payload: &[u8]) -> bool {
+        false
+    }
+}
 
 #[test]
 fn a_service_a_reload_is_starting_when_shutdown_begins_is_stopped_not_left_running() {
@@ -148,12 +166,14 @@ fn a_retiring_version_waits_for_close_events_still_in_a_workers_batch() {
     spec.preload = vec!["mqr".into()];
     let reg = Registry::start(vec![spec.clone()], hub.clone()).unwrap();
     let old = reg.route("/disc_report").expect("routed");
-    let c = open(&hub, &*old, 0, 1, 1);
+    // This thread plays the worker: a connection opens, ends, and its close event is queued
+    // in the worker's batch and not handed over yet.
+    let id = ConnId::new(0, 1, 1);
+    hub.port(0).set_speaks(1, 1, old.speaks());
+    let tag = old.on_open(&mut Worker(0), id).expect("opened");
     old.flush(0, 1);
-    // This thread plays the worker: the connection ends, its close event is queued in the
-    // worker's batch and not handed over yet.
-    hub.port(0).set_dead(c.id.index());
-    old.on_close(&mut Worker(0), c.id, c.tag);
+    hub.port(0).set_dead(id.index());
+    old.on_close(&mut Worker(0), id, tag);
     assert_eq!(reg.replace(spec).unwrap(), 0, "no connection left to ask");
     assert_eq!(
         events.receive(Duration::from_millis(500), &|| false),
@@ -192,7 +212,7 @@ fn a_retired_version_takes_no_connection_routed_to_it_before_the_swap() {
         .expect("the old version stops");
     assert_eq!(&*stopped, b"stopped");
     // ... and the connection routed to it before the swap opens now.
-    let id = lapps::net::handle::ConnId::new(0, 1, 1);
+    let id = ConnId::new(0, 1, 1);
     hub.port(0).set_speaks(1, 1, old.speaks());
     assert_eq!(old.on_open(&mut Worker(0), id), None);
     reg.shutdown();
