@@ -535,8 +535,8 @@ fn is_ip_literal(ip: &str) -> bool {
 }
 
 /// `reg-name = *( unreserved / pct-encoded / sub-delims )`, non-empty here (RFC 9112 3.2: a
-/// Host of an http URI has a host).
-fn is_reg_name(name: &str) -> bool {
+/// Host of an http URI has a host). An IPv4 address is one too.
+pub(crate) fn is_reg_name(name: &str) -> bool {
     let b = name.as_bytes();
     let mut i = 0;
     while let Some(&c) = b.get(i) {

@@ -2,6 +2,8 @@
 //!
 //! Owns only the parsing; it never resolves names. Userinfo and fragments are refused.
 
+use crate::ws::handshake::is_reg_name;
+
 /// A parsed WebSocket URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
@@ -55,17 +57,19 @@ pub fn parse(s: &str) -> Result<Url, &'static str> {
         };
         (host, port)
     } else {
-        match authority.rsplit_once(':') {
+        let (host, port) = match authority.rsplit_once(':') {
             // An IPv6 address needs its brackets: "fe80::1:8080" would be read two ways.
             Some((h, _)) if h.contains(':') => return Err("an IPv6 host needs [brackets]"),
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
+        };
+        // A name or IPv4 address (RFC 3986 reg-name, the Host a server checks), in ASCII: an
+        // international name is given in its xn-- form.
+        if !is_reg_name(host) {
+            return Err("bad host in the URL");
         }
+        (host, port)
     };
-    // A name or IPv4 address, in ASCII (an international name is given in its xn-- form).
-    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'/') {
-        return Err("bad host in the URL");
-    }
     let default = if tls { 443 } else { 80 };
     let port = match port {
         // An empty port is the default one (RFC 3986 3.2.3).
@@ -141,6 +145,12 @@ mod tests {
             "ws://[fe80::1%eth0]/",
             "ws://h\u{e9}te/",
             "ws://h/\u{e9}",
+            // Not a reg-name, so not a Host a server takes (found by the cws_upgrade fuzzer).
+            "wss://]:/",
+            "ws://a]b/",
+            "ws://a<b>/",
+            "ws://a\"b/",
+            "ws://a%zz/",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
