@@ -1,10 +1,11 @@
 //! Fuzz target for the frame decoder (`lapps::ws::codec`).
 //!
-//! Feeds arbitrary bytes to a server-role decoder the way the IOWorker does: cut into chunks at
-//! positions chosen by the input, each call gets what was left unconsumed plus the next chunk.
-//! Checks that decoding never panics, never claims more than it was given, and that the caller
-//! never has to keep more than a partial header or partial control frame. Then checks that the
-//! input, used as a payload, survives encode (client, fragmented) -> decode (server).
+//! Feeds arbitrary bytes to a server-role decoder the way the IOWorker does, and to a
+//! client-role one the way the cws client does: cut into chunks at positions chosen by the
+//! input, each call gets what was left unconsumed plus the next chunk. Checks that decoding
+//! never panics, never claims more than it was given, and that the caller never has to keep
+//! more than a partial header or partial control frame. Then checks that the input, used as a
+//! payload, survives encode (client, fragmented) -> decode (server).
 #![no_main]
 
 use lapps::ws::codec::{encode_message, Decoder, Event, Role};
@@ -20,12 +21,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((&split_seed, bytes)) = data.split_first() else {
         return;
     };
-    decode_in_chunks(bytes, split_seed);
+    decode_in_chunks(bytes, split_seed, Role::Server);
+    // The cws client decodes what a remote server sends (unmasked frames).
+    decode_in_chunks(bytes, split_seed, Role::Client);
     round_trip(bytes, split_seed);
 });
 
-fn decode_in_chunks(bytes: &[u8], split_seed: u8) {
-    let mut dec = Decoder::new(Role::Server, MAX_MESSAGE);
+fn decode_in_chunks(bytes: &[u8], split_seed: u8, role: Role) {
+    let mut dec = Decoder::new(role, MAX_MESSAGE);
     let mut pending: Vec<u8> = Vec::new();
     let mut rest = bytes;
     let mut step = split_seed as usize;

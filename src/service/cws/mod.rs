@@ -10,7 +10,7 @@
 
 mod client;
 mod tls;
-mod upgrade;
+pub mod upgrade;
 pub mod url;
 
 pub use client::{Client, Event, KeyPool, CLOSE_TIMEOUT, CONNECT_TIMEOUT, MAX_BACKLOG};
