@@ -81,6 +81,10 @@ fn released() -> String {
     format!("ok {:?}", Cbor::Array(vec![Cbor::Text("released".into())]))
 }
 
+fn passed() -> String {
+    format!("ok {:?}", Cbor::Array(vec![Cbor::Text("passed".into())]))
+}
+
 #[test]
 fn host_answers_wait_behind_responses_the_app_still_owes() {
     let app = start();
@@ -425,6 +429,46 @@ fn a_lapps_close_follows_at_once_the_response_another_instance_sends_later() {
         !busy.is_empty()
     });
     release_then_response_then_close(&release, &mut a, &mut b, 5);
+}
+
+/// A host answer held behind a response another instance sends (the call was handed over
+/// through `mqr`) follows that response: the bound instance is idle, and no batch of its own
+/// would ever come to look at it again, since the client is waiting for this very answer.
+#[test]
+fn a_host_answer_held_behind_a_response_another_instance_sends_follows_it() {
+    let (app, _one, _busy, _release) = start_holding_in(2);
+    let (mut b, mut a, _handed) = hand_off(&app, 4);
+    // Not CBOR: the host's -32700 is held behind the response b's call is owed.
+    b.send(Message::binary(vec![0xff])).unwrap();
+    wait_until_read(app.addr, &b);
+    first_instance_caught_up(&app);
+    a.send(request("pass_on", vec![])).unwrap();
+    assert_eq!(next(&mut a), passed());
+    assert_eq!(next(&mut b), ok(4), "the response first");
+    assert_eq!(next(&mut b), "error -32700", "then the host's answer");
+}
+
+/// Nor does that host answer overtake the response when the other instance has taken it but not
+/// yet posted it, while the bound instance looks at its held answers (here after a batch of
+/// another connection): taken is not yet sent.
+#[test]
+fn a_host_answer_held_behind_a_response_another_instance_took_does_not_overtake_it() {
+    let (app, _one, busy, release) = start_holding_in(2);
+    let (mut b, mut a, handed) = hand_off(&app, 6);
+    b.send(Message::binary(vec![0xff])).unwrap();
+    wait_until_read(app.addr, &b);
+    // a's instance takes b's response, then stays busy before its outbox is posted.
+    a.send(request("hold", vec![Value::Bool(true)])).unwrap();
+    wait_for("the other instance to be busy", IO_TIMEOUT, || {
+        !busy.is_empty()
+    });
+    assert!(handed.is_empty(), "the busy instance took b's call");
+    // A batch for b's instance (the third connection is bound to it), after b's -32700.
+    first_instance_caught_up(&app);
+    release.now();
+    assert_eq!(next(&mut a), released());
+    assert_eq!(next(&mut b), ok(6), "the response first");
+    assert_eq!(next(&mut b), "error -32700", "then the host's answer");
 }
 
 /// In an app of [`start_holding_in`]`(2)`: b (bound to the first instance) calls

@@ -505,6 +505,16 @@ impl Hub {
         (w & WHO == conn.generation() as u64 | LIVE | LAPPS).then_some(owed_of(w) as u32)
     }
 
+    /// The answers to the live LAppS connection `conn` counted as unposted ([`Hub::take_response`],
+    /// [`Hub::hold_answer`]) and not yet [`Hub::posted`]; None once it is gone, and when the
+    /// count is no longer exact.
+    pub fn unposted_answers(&self, conn: ConnId) -> Option<u32> {
+        let w = self.word(conn)?.load(Ordering::Acquire);
+        let exact =
+            w & WHO & !ENDING == conn.generation() as u64 | LIVE | LAPPS && w & UNCOUNTED == 0;
+        exact.then_some(((w & UNPOSTED) / ONE_UNPOSTED) as u32)
+    }
+
     /// Any thread, before a response (cid 0) to `conn` is queued: takes one owed response.
     /// False when none is owed (every request has had its response: one more would be taken
     /// by the client for the answer to its next call) or `conn` is gone. A response taken

@@ -13,11 +13,12 @@
 //! handler raised). The app's responses since then are `base + expected - host_taken - owed
 //! now`, and an answer held when `base + expected - host_taken` was `d` leaves once the app has
 //! sent that many: every request before it has had its response. The count covers responses
-//! from any thread, but this instance looks again only when it sends a response itself and
-//! after each batch it handles, so an answer waiting on a response another service sends
-//! leaves at the latter, and may overtake that response when the other service has not handed
-//! it to the worker yet (its outbox is posted at its next polling point): the order is exact
-//! when the app answers from the instance its client is bound to, as SPEC section 7 has it.
+//! from any thread. A response another thread (instance or service) has taken is sent only
+//! once that thread posts its outbox (at its next polling point), so while the hub counts more
+//! unposted answers to the connection than this instance holds or has queued, nothing held
+//! leaves: it would overtake. This instance looks again when it sends a response itself, after
+//! each batch it handles, and, while any answer waits, every few milliseconds when no batch
+//! comes (`instance::serve`): the client may be waiting for those very answers.
 //!
 //! A connection that is ending (the peer's Close, a protocol error, the server's shutdown)
 //! waits in the worker for the answers to what it sent before (`Kind::Drain`), unless the hub
@@ -158,6 +159,16 @@ impl HeldAnswers {
                     // Gone or closing: its answers go with it.
                     let dropped = conns.remove(&conn).map_or(0, |w| w.answers.len());
                     (Vec::new(), dropped)
+                }
+                // Answers another thread took for `conn` and has not posted yet: one of them
+                // may be a response an answer here waits for, which is taken but not yet sent
+                // (not known when the count is not exact).
+                (Some(w), Some(_))
+                    if host.hub.unposted_answers(conn).is_some_and(|n| {
+                        n as usize > w.answers.len() + host.counted_here(conn)
+                    }) =>
+                {
+                    (Vec::new(), 0)
                 }
                 (Some(w), Some(owed)) => {
                     let sent = (w.base + w.expected).saturating_sub(w.host_taken + owed as u64);

@@ -241,6 +241,15 @@ impl HostCtx {
         }
     }
 
+    /// The counted answers to `conn` queued here and not yet posted (each entry of a run
+    /// counts one unposted answer, see [`queued_counted`](Self::queued_counted)).
+    pub fn counted_here(&self, conn: ConnId) -> usize {
+        let ob = self.outbox.borrow();
+        ob.counted
+            .get(conn.worker())
+            .map_or(0, |list| list.iter().filter(|&&c| c == conn).count())
+    }
+
     /// One counted answer to `conn` is posted or dropped ([`Hub::posted`]); when it was the
     /// last an ending connection waited for, its Close is queued here, behind what this
     /// state sent it.

@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use crate::net::handle::ConnId;
 use crate::sync::mpmc::ArrayQueue;
@@ -107,6 +108,15 @@ impl Batch {
         self.closes = 0;
         self.to_pause.clear();
     }
+}
+
+/// What [`Inbox::next_within`] found.
+pub(crate) enum Next {
+    Batch(Batch),
+    /// No batch came within the limit.
+    TimedOut,
+    /// Stopped, and every batch handed over has been taken.
+    Stopped,
 }
 
 /// Processed batches kept for the workers to fill again.
@@ -234,21 +244,44 @@ impl Inbox {
     }
 
     /// Consumer: the next batch, parking while there is none; `None` once stopped and drained.
+    #[cfg(test)]
     pub fn next(&self) -> Option<Batch> {
+        match self.next_within(None) {
+            Next::Batch(b) => Some(b),
+            Next::TimedOut | Next::Stopped => None,
+        }
+    }
+
+    /// Consumer: the next batch, parking while there is none but at most `limit` (for ever
+    /// without one); [`Next::Stopped`] once stopped and drained.
+    pub fn next_within(&self, limit: Option<Duration>) -> Next {
         let _ = self.consumer.set(std::thread::current());
+        let deadline = limit.map(|l| Instant::now() + l);
         loop {
             if let Some(b) = self.queue.pop() {
-                return Some(b);
+                return Next::Batch(b);
             }
             if self.stop.load(Ordering::SeqCst) {
-                return self.queue.pop();
+                return self.queue.pop().map_or(Next::Stopped, Next::Batch);
             }
             self.sleeping.store(true, Ordering::SeqCst);
             if !self.queue.is_empty() || self.stop.load(Ordering::SeqCst) {
                 self.sleeping.store(false, Ordering::SeqCst);
                 continue;
             }
-            std::thread::park();
+            match deadline {
+                None => std::thread::park(),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.sleeping.store(false, Ordering::SeqCst);
+                        // A batch pushed meanwhile is taken now, not after the caller's turn.
+                        return self.queue.pop().map_or(Next::TimedOut, Next::Batch);
+                    }
+                    // Wakes at `at`, or earlier (an unpark, or spuriously: looked at again).
+                    std::thread::park_timeout(left);
+                }
+            }
             self.sleeping.store(false, Ordering::SeqCst);
         }
     }
@@ -357,6 +390,35 @@ mod tests {
             .expect("consumer hung");
         consumer.join().unwrap();
         assert_eq!(n, PRODUCERS * PER as usize);
+    }
+
+    #[test]
+    fn a_wait_with_a_limit_ends_with_a_batch_when_one_comes_and_times_out_otherwise() {
+        let inbox = Arc::new(Inbox::new(1, 4, 100, 1 << 20));
+        assert!(matches!(
+            inbox.next_within(Some(Duration::from_millis(1))),
+            Next::TimedOut
+        ));
+        // A batch pushed while the consumer waits ends the wait (an hour's limit: the test
+        // would hang, not pass, if the push did not wake it).
+        let producer = {
+            let inbox = Arc::clone(&inbox);
+            std::thread::spawn(move || {
+                let mut b = Batch::default();
+                b.push_message(ConnId::new(0, 1, 1), 2, b"x");
+                assert!(inbox.push(b).is_ok());
+            })
+        };
+        match inbox.next_within(Some(Duration::from_secs(3600))) {
+            Next::Batch(b) => assert_eq!(b.messages, 1),
+            _ => panic!("no batch"),
+        }
+        producer.join().unwrap();
+        inbox.stop();
+        assert!(matches!(
+            inbox.next_within(Some(Duration::from_secs(3600))),
+            Next::Stopped
+        ));
     }
 
     #[test]

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mlua::{Lua, Table, Value};
 
 use super::api;
 use super::host::{one_line, HostCtx, Stop};
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Next};
 use super::raw::RawApp;
 use super::spec::ServiceSpec;
 use super::standalone::StandaloneApp;
@@ -46,6 +47,12 @@ pub(crate) struct Shared {
 /// starts a new coroutine every few thousand levels gets a fresh LuaJIT stack each time and
 /// could still reach the end: LuaJIT has no C-stack limit.)
 const STACK_BYTES: usize = 128 << 20;
+
+/// How soon an instance with host answers held behind other threads' responses looks at them
+/// again while no batch comes: at first, and at the longest (the wait doubles in between, so
+/// that answers held for minutes cost little).
+const HELD_POLL_FIRST: Duration = Duration::from_millis(1);
+const HELD_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// How an instance's start ended (see `spawn`).
 const STARTING: u8 = 0;
@@ -207,7 +214,23 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
 fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inbox>) {
     match (&app, inbox) {
         (App::Raw(raw), Some(inbox)) => {
-            while let Some(batch) = inbox.next() {
+            let mut held_poll = HELD_POLL_FIRST;
+            loop {
+                // Answers held behind responses another instance or service sends are looked
+                // at again while any wait, not only after the next batch (which may never
+                // come: the client may be waiting for those very answers).
+                let limit = (!host.held.is_empty()).then_some(held_poll);
+                let batch = match inbox.next_within(limit) {
+                    Next::Batch(batch) => batch,
+                    Next::TimedOut => {
+                        host.held.release_all(host);
+                        host.flush();
+                        held_poll = (held_poll * 2).min(HELD_POLL_MAX);
+                        continue;
+                    }
+                    Next::Stopped => break,
+                };
+                held_poll = HELD_POLL_FIRST;
                 raw.handle(lua, host, &batch);
                 inbox.handled_closes(&batch);
                 // Responses other services sent may have let held answers go.

@@ -9,6 +9,8 @@
 --   hand_off(n)    not answered here: posts "<handler> <n>" on the mqr queue
 --                  lapps_deferred.handed (the test creates it), for hold(true) in another
 --                  instance to answer with {n}
+--   pass_on()   answers every request handed off (hand_off) so far with its {n}, then
+--               {"passed"}
 --   hold(all)   keeps the instance busy: posts "busy" on the mqr queue lapps_deferred.busy
 --               (the test creates it), waits for a message on lapps_deferred.release, then
 --               answers {"released"}. With all = true it first answers every kept request of
@@ -43,6 +45,23 @@ methods.hand_off = function(handler, message)
   assert(mqr:post("lapps_deferred.handed", string.format("%.0f %d", handler, n)))
 end
 
+-- Answers every request handed off so far, each with {n}.
+local function answer_handed()
+  while true do
+    local handed = mqr:poll("lapps_deferred.handed")
+    if not handed then
+      break
+    end
+    local h, n = handed:match("^(%d+) (%-?%d+)$")
+    assert(ws:send_response(tonumber(h), { tonumber(n) }))
+  end
+end
+
+methods.pass_on = function(handler)
+  answer_handed()
+  assert(ws:send_response(handler, { "passed" }))
+end
+
 methods.release = function(handler)
   answer_kept(handler)
   assert(ws:send_response(handler, { "released" }))
@@ -60,14 +79,7 @@ methods.hold = function(handler, message)
     for h in pairs(kept) do
       answer_kept(h)
     end
-    while true do
-      local handed = mqr:poll("lapps_deferred.handed")
-      if not handed then
-        break
-      end
-      local h, n = handed:match("^(%d+) (%-?%d+)$")
-      assert(ws:send_response(tonumber(h), { tonumber(n) }))
-    end
+    answer_handed()
   end
   assert(mqr:post("lapps_deferred.busy", "busy"))
   while not mqr:poll("lapps_deferred.release") do
