@@ -375,6 +375,53 @@ fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake()
     assert_eq!(close, (0x8, true, vec![0x03, 0xe8]));
 }
 
+/// A server that sends its last message and its Close and then resets the connection (as one
+/// does that closes with our bytes unread; here SO_LINGER 0): the message and the close code
+/// came before the reset and count, although the read after them fails.
+#[test]
+fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        s.write_all(&[0x81, 3, b'b', b'y', b'e', 0x88, 2, 0x03, 0xf1])
+            .unwrap();
+        let off = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on the socket `s` owns, with a linger struct of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&off as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        // Closed with SO_LINGER 0: an RST right behind the bytes written.
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    // Until the upgrade request is out (waiting for the answer only) ...
+    drive(&mut c, &mut keys, &mut events, |c, _| {
+        c.interest() == libc::POLLIN
+    });
+    // ... and the server has answered, sent its last frames and reset: the client reads all
+    // of it, then the reset, in one turn.
+    server.join().unwrap();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    assert_eq!(
+        events,
+        ["Open", "Message([98, 121, 101], Text)", "Closed(1009)"]
+    );
+}
+
 #[test]
 fn the_close_reply_queued_behind_unsent_data_is_still_written() {
     use lapps::service::cws::{url, Client, KeyPool};

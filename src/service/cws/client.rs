@@ -537,14 +537,20 @@ impl Client {
                 }
             }
         }
-        let mut eof = false;
+        let (mut eof, mut broken) = (false, None);
         if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             match self.read_some() {
                 Ok(e) => eof = e,
-                Err(e) => return self.fail(e, 1006, sink),
+                Err(e) => broken = Some(e),
             }
         }
+        // What was read before a failed read is the server's too: its last messages and its
+        // Close (a server that closes with our bytes unread resets the connection right
+        // after them, RFC 6455 7.1.5: the close code is the one received).
         self.process(keys, sink);
+        if let Some(why) = broken {
+            return self.fail(why, 1006, sink);
+        }
         if eof && !self.is_done() {
             if let Phase::Closing = self.phase {
                 self.last_words();
