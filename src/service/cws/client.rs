@@ -12,6 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
+use super::outbuf::OutBuf;
 use super::upgrade;
 use super::url::Url;
 use crate::net::sys::AckProgress;
@@ -107,7 +108,7 @@ pub struct Client {
     phase: Phase,
     input: Vec<u8>,
     /// Plain bytes waiting for the socket (or for rustls).
-    out: Vec<u8>,
+    out: OutBuf,
     /// Frames sent before the upgrade completed; they follow it.
     early: Vec<u8>,
     decoder: Decoder,
@@ -241,7 +242,7 @@ impl Client {
                 }
             },
             input: Vec::new(),
-            out: request,
+            out: OutBuf::new(request),
             early: Vec::new(),
             decoder: Decoder::new(Role::Client, max_message_size),
             close_sent: false,
@@ -334,14 +335,16 @@ impl Client {
         payload: &[u8],
         keys: &mut KeyPool,
     ) -> Result<(), &'static str> {
-        let target = match self.phase {
-            Phase::Open => &mut self.out,
-            Phase::Connecting { .. } | Phase::Upgrading { .. } => &mut self.early,
+        let (queued, target) = match self.phase {
+            Phase::Open => (self.out.len(), self.out.tail()),
+            Phase::Connecting { .. } | Phase::Upgrading { .. } => {
+                (self.early.len(), &mut self.early)
+            }
             Phase::Closing | Phase::Flushing | Phase::Done => return Err("closed"),
         };
         // One message of any size goes on an empty queue (it is in the state's memory
         // already); behind others, the queue stays within MAX_BACKLOG.
-        if !target.is_empty() && target.len() + payload.len() > MAX_BACKLOG {
+        if queued > 0 && queued + payload.len() > MAX_BACKLOG {
             return Err("backlog");
         }
         codec::encode_message_with_keys(target, Role::Client, opcode, payload, None, &mut || {
@@ -359,7 +362,7 @@ impl Client {
     ) -> Result<(), &'static str> {
         match self.phase {
             Phase::Open => {
-                codec::encode_close(&mut self.out, Role::Client, Some(code), b"", keys.key());
+                codec::encode_close(self.out.tail(), Role::Client, Some(code), b"", keys.key());
                 self.close_sent = true;
                 self.phase = Phase::Closing;
                 self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
@@ -385,7 +388,7 @@ impl Client {
         sink: &mut dyn FnMut(Event<'_>),
     ) {
         if matches!(self.phase, Phase::Open | Phase::Closing) && !self.close_sent {
-            codec::encode_close(&mut self.out, Role::Client, Some(code), b"", keys.key());
+            codec::encode_close(self.out.tail(), Role::Client, Some(code), b"", keys.key());
             self.close_sent = true;
         }
         self.fail(why, code, sink);
@@ -495,7 +498,7 @@ impl Client {
             self.ping_sent = false;
             self.deadline = Some(now + idle);
         } else if !self.ping_sent {
-            codec::encode_control(&mut self.out, Role::Client, Opcode::Ping, b"", keys.key());
+            codec::encode_control(self.out.tail(), Role::Client, Opcode::Ping, b"", keys.key());
             self.ping_sent = true;
             self.deadline = Some(now + idle);
             if let Err(e) = self.flush() {
@@ -646,7 +649,7 @@ impl Client {
                     // were not the server taking data.
                     self.acked.restart(self.sock.as_raw_fd());
                     self.deadline = self.idle.map(|d| self.last_input + d);
-                    self.out.append(&mut self.early);
+                    self.out.tail().append(&mut self.early);
                     sink(Event::Open);
                 }
                 Err(e) => return self.fail(e, 1006, sink),
@@ -681,7 +684,7 @@ impl Client {
                     // endpoint answer only the latest). Our Close is the last frame we send
                     // (RFC 6455 5.5.1): no Pong after it.
                     codec::Event::Ping(p) if !*close_sent && out.len() < MAX_BACKLOG => {
-                        codec::encode_control(out, Role::Client, Opcode::Pong, p, keys.key())
+                        codec::encode_control(out.tail(), Role::Client, Opcode::Pong, p, keys.key())
                     }
                     codec::Event::Close { code, .. } => close = Some(code),
                     _ => {}
@@ -702,7 +705,13 @@ impl Client {
         match result {
             Err(e) => {
                 if !self.close_sent {
-                    codec::encode_close(&mut self.out, Role::Client, Some(e.code), b"", keys.key());
+                    codec::encode_close(
+                        self.out.tail(),
+                        Role::Client,
+                        Some(e.code),
+                        b"",
+                        keys.key(),
+                    );
                     self.close_sent = true;
                 }
                 self.fail(e.reason.to_string(), e.code, sink);
@@ -710,7 +719,7 @@ impl Client {
             Ok(()) => {
                 if let Some(code) = close {
                     if !self.close_sent {
-                        codec::encode_close(&mut self.out, Role::Client, code, b"", keys.key());
+                        codec::encode_close(self.out.tail(), Role::Client, code, b"", keys.key());
                         self.close_sent = true;
                     }
                     self.end_after_flush();
@@ -728,11 +737,9 @@ impl Client {
         match &mut self.tls {
             None => {
                 while !self.out.is_empty() {
-                    match self.sock.write(&self.out) {
+                    match self.sock.write(self.out.pending()) {
                         Ok(0) => return Err("write: connection closed".into()),
-                        Ok(n) => {
-                            self.out.drain(..n);
-                        }
+                        Ok(n) => self.out.consume(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(format!("write: {e}")),
@@ -744,9 +751,9 @@ impl Client {
                 if !self.out.is_empty() {
                     took = tls
                         .writer()
-                        .write(&self.out)
+                        .write(self.out.pending())
                         .map_err(|e| format!("tls write: {e}"))?;
-                    self.out.drain(..took);
+                    self.out.consume(took);
                 }
                 if self.out.is_empty() && self.close_notify_due {
                     self.close_notify_due = false;

@@ -9,6 +9,7 @@
 //! `service::lua::api::cws`.
 
 mod client;
+mod outbuf;
 mod tls;
 pub mod upgrade;
 pub mod url;
