@@ -422,6 +422,49 @@ fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
     );
 }
 
+/// After failing the connection the client sends its Close, shuts its side and reads until the
+/// server ends its own (RFC 6455 7.1.1: the server closes first). Closing the socket at once
+/// instead would answer what the server sends meanwhile with a reset, which can discard the
+/// Close before the server has read it.
+#[test]
+fn a_client_that_fails_the_connection_lets_the_server_close_first() {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        // A reserved opcode: the client fails the connection with 1002.
+        s.write_all(&[0x83, 0]).unwrap();
+        let close = read_client_frame(&mut s);
+        let mut b = [0u8; 8];
+        let after_close = s.read(&mut b).map_err(|e| e.kind());
+        // More from the server, then its end of stream: on loopback a reset answers the
+        // write at once, and the shutdown then finds the connection gone.
+        let ended = s
+            .write_all(&[0x81, 2, b'n', b'o'])
+            .and_then(|()| s.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| e.kind());
+        let at_the_end = s.read(&mut b).map_err(|e| e.kind());
+        (close, after_close, ended, at_the_end)
+    });
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    drop(c);
+    assert_eq!(events.last().map(String::as_str), Some("Closed(1002)"));
+    let (close, after_close, ended, at_the_end) = server.join().unwrap();
+    assert_eq!(close, (0x8, true, 1002u16.to_be_bytes().to_vec()));
+    assert_eq!(after_close, Ok(0), "the client's FIN follows its Close");
+    assert_eq!(
+        ended,
+        Ok(()),
+        "what the server sent after the Close was read, not reset"
+    );
+    assert_eq!(at_the_end, Ok(0));
+}
+
 #[test]
 fn the_close_reply_queued_behind_unsent_data_is_still_written() {
     use lapps::service::cws::{url, Client, KeyPool};

@@ -99,6 +99,11 @@ enum Phase {
     /// Closed (reported), but the last bytes (our Close reply, close_notify) are still being
     /// written, for at most `CLOSE_TIMEOUT`: dropping the socket now would lose them.
     Flushing,
+    /// Closed, our last bytes written and our side shut down (FIN): what the server still
+    /// sends is read and dropped until its end of stream, within the same `CLOSE_TIMEOUT`.
+    /// Closing the socket with its bytes unread would reset the connection, and a reset can
+    /// discard our Close before the server has it (RFC 6455 7.1.1: the server closes first).
+    Lingering,
     Done,
 }
 
@@ -299,7 +304,7 @@ impl Client {
     /// Closed as far as the app is concerned (`Closed` was reported), its last bytes maybe
     /// still being written.
     pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Flushing | Phase::Done)
+        matches!(self.phase, Phase::Flushing | Phase::Lingering | Phase::Done)
     }
 
     /// Bytes not yet handed to the socket.
@@ -312,6 +317,7 @@ impl Client {
         match self.phase {
             Phase::Done => 0,
             Phase::Connecting { .. } | Phase::Flushing => libc::POLLOUT,
+            Phase::Lingering => libc::POLLIN,
             _ => {
                 let tls_out = self.tls.as_ref().is_some_and(|t| t.wants_write());
                 if tls_out || !self.out.is_empty() {
@@ -340,7 +346,9 @@ impl Client {
             Phase::Connecting { .. } | Phase::Upgrading { .. } => {
                 (self.early.len(), &mut self.early)
             }
-            Phase::Closing | Phase::Flushing | Phase::Done => return Err("closed"),
+            Phase::Closing | Phase::Flushing | Phase::Lingering | Phase::Done => {
+                return Err("closed")
+            }
         };
         // One message of any size goes on an empty queue (it is in the state's memory
         // already); behind others, the queue stays within MAX_BACKLOG.
@@ -374,7 +382,7 @@ impl Client {
                 sink(Event::Closed(1006));
                 Ok(())
             }
-            Phase::Closing | Phase::Flushing | Phase::Done => Err("closed"),
+            Phase::Closing | Phase::Flushing | Phase::Lingering | Phase::Done => Err("closed"),
         }
     }
 
@@ -397,7 +405,7 @@ impl Client {
     /// Ends the connection because of a failure.
     fn fail(&mut self, why: String, code: u16, sink: &mut dyn FnMut(Event<'_>)) {
         match self.phase {
-            Phase::Flushing | Phase::Done => return,
+            Phase::Flushing | Phase::Lingering | Phase::Done => return,
             // Nothing of ours has reached the server yet: a connect that completes later must
             // not send the upgrade (or TLS hello) of an attempt the app was told has failed.
             Phase::Connecting { .. } => {
@@ -415,11 +423,57 @@ impl Client {
     /// failure, `abort`): the server would otherwise see a truncated stream.
     fn end_after_flush(&mut self) {
         self.close_notify_due = self.tls_established();
-        if self.flush().is_err() || self.drained() {
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.phase = Phase::Flushing;
+        self.flushed_then_linger();
+    }
+
+    /// In `Flushing`: writes what is left; once all is written, shuts our side and lingers.
+    fn flushed_then_linger(&mut self) {
+        if self.flush().is_err() {
             self.phase = Phase::Done;
-        } else {
-            self.phase = Phase::Flushing;
-            self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        } else if self.drained() {
+            // Err: the socket is gone already; the read that follows finds out.
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            self.phase = Phase::Lingering;
+        }
+    }
+
+    /// In `Lingering`: reads and drops what the server sends (a budget's worth); done at its
+    /// end of stream (or close_notify) or on an error.
+    fn linger(&mut self) {
+        let mut scratch = [0u8; 4096];
+        let mut total = 0;
+        let ended = loop {
+            if total >= READ_BUDGET {
+                break false;
+            }
+            let r = match &mut self.tls {
+                None => self.sock.read(&mut scratch),
+                Some(tls) => match tls.read_tls(&mut self.sock) {
+                    Ok(0) => Ok(0),
+                    Ok(n) => match tls.process_new_packets() {
+                        Err(_) => break true,
+                        Ok(state) if state.peer_has_closed() => break true,
+                        Ok(_) => {
+                            // The plaintext is dropped with the rest.
+                            while matches!(tls.reader().read(&mut scratch), Ok(m) if m > 0) {}
+                            Ok(n)
+                        }
+                    },
+                    Err(e) => Err(e),
+                },
+            };
+            match r {
+                Ok(0) => break true,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if ended {
+            self.phase = Phase::Done;
         }
     }
 
@@ -467,8 +521,9 @@ impl Client {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             }
-            // Closed was reported already; the peer did not take our last bytes in time.
-            Phase::Flushing => self.phase = Phase::Done,
+            // Closed was reported already; the peer did not take our last bytes in time, or
+            // did not end its side.
+            Phase::Flushing | Phase::Lingering => self.phase = Phase::Done,
             Phase::Open => self.idle_check(now, keys, sink),
             Phase::Done => self.deadline = None,
         }
@@ -516,11 +571,10 @@ impl Client {
 
     /// Handles a readiness report from poll(2).
     pub fn ready(&mut self, revents: i16, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
-        if let Phase::Flushing = self.phase {
-            if self.flush().is_err() || self.drained() {
-                self.phase = Phase::Done;
-            }
-            return;
+        match self.phase {
+            Phase::Flushing => return self.flushed_then_linger(),
+            Phase::Lingering => return self.linger(),
+            _ => {}
         }
         if let Phase::Connecting { .. } = self.phase {
             if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
@@ -555,7 +609,10 @@ impl Client {
             return self.fail(why, 1006, sink);
         }
         if eof && !self.is_done() {
-            if let Phase::Closing = self.phase {
+            if let Phase::Lingering = self.phase {
+                // The server's end came with its Close: nothing left to wait for.
+                self.phase = Phase::Done;
+            } else if let Phase::Closing = self.phase {
                 self.last_words();
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
