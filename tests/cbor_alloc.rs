@@ -126,3 +126,31 @@ fn a_json_string_past_the_bound_is_refused_before_it_is_escaped() {
     assert!(r.is_err(), "the text is past the bound");
     assert!(peak <= bound, "writing took {peak} bytes at its peak");
 }
+
+/// A request whose first key is a large array (valid CBOR: a key may be any item, and members
+/// whose names are not text are ignored) is checked the way the server checks requests without
+/// building that key: the check used to decode it into a tree (32 bytes per element) twice,
+/// outside any budget, and the app's reads of `method` and `params` each did it again.
+#[test]
+fn a_container_key_is_skipped_not_decoded_when_a_request_is_checked() {
+    use lapps::lapps_proto::protocol::{parse_inbound_in_place, MsgType};
+    let _alone = alone();
+    let n = 1usize << 19;
+    let mut input = vec![0xa4, 0x9a]; // a map of 4 members; the first key: an array of n ...
+    input.extend_from_slice(&(n as u32).to_be_bytes());
+    input.resize(input.len() + n, 0x00); // ... zeros
+    input.push(0x00); // its value
+    input.extend_from_slice(b"\x65lapps\x01\x66method\x64echo\x66params\x81\x01");
+
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let r = parse_inbound_in_place(&input);
+    let peak = PEAK.load(Relaxed) - before;
+    assert_eq!(r.map_err(|e| e.code), Ok(MsgType::RequestWithParams));
+    // A copy of the message at most; the key as a tree would be 16 MiB.
+    assert!(
+        peak <= 2 * input.len(),
+        "checking {} bytes took {peak} bytes at its peak",
+        input.len()
+    );
+}

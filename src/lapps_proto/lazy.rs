@@ -215,8 +215,13 @@ impl Doc {
         tree.get(i).map(|(_, n)| n.clone())
     }
 
-    /// The scalar at `at` as a value.
+    /// The scalar at `at` as a value; None for an array or a map, which is not decoded: every
+    /// caller wants a scalar (a key, `lapps`, `cid`), and a peer's container there would
+    /// otherwise be built in full, outside the tree budget, at each look.
     pub(crate) fn scalar(&self, at: usize) -> Option<Value> {
+        if let Some((4 | 5, _, _)) = head(&self.bytes, skip_tags(&self.bytes, at)) {
+            return None;
+        }
         cbor_de::decode_at(&self.bytes, at)
     }
 
