@@ -235,6 +235,7 @@ fn check_members(
             }
         },
     };
+    check_not_reserved(method)?;
     let msg_type = match (cid.is_some(), has_params) {
         (true, false) => MsgType::Notification,
         (true, true) => MsgType::NotificationWithParams,
@@ -349,6 +350,7 @@ fn check_found(doc: &Doc, found: &[(Option<usize>, bool); 4]) -> Result<DocInbou
             true
         }
     };
+    check_not_reserved(&method)?;
     let msg_type = match (has_cid, has_params) {
         (true, false) => MsgType::Notification,
         (true, true) => MsgType::NotificationWithParams,
@@ -540,7 +542,7 @@ fn as_array(v: &Value) -> Option<&[Value]> {
     }
 }
 
-/// The rules of SPEC section 4 for a method name: not empty, no `.`, no leading `_`.
+/// The form SPEC section 4 gives a method name: not empty, no `.` (-32600).
 fn check_method_name(method: &str) -> Result<(), ProtocolError> {
     let invalid =
         |why: &str| ProtocolError::new(INVALID_REQUEST, format!("invalid request: {why}"));
@@ -550,6 +552,12 @@ fn check_method_name(method: &str) -> Result<(), ProtocolError> {
     if method.contains('.') {
         return Err(invalid("method names contain no '.'"));
     }
+    Ok(())
+}
+
+/// -32601 for a reserved method name: checked after the members' form, which a request must
+/// have right first (JSON-RPC 2.0: -32601 is for an otherwise valid request).
+fn check_not_reserved(method: &str) -> Result<(), ProtocolError> {
     if method.starts_with('_') {
         return Err(ProtocolError::new(
             METHOD_NOT_FOUND,

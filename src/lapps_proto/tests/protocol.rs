@@ -459,3 +459,43 @@ fn errors_in_a_client_notification_are_marked_as_such() {
         assert_eq!(parse_inbound_in_place(&bytes).unwrap_err(), e);
     }
 }
+
+/// A reserved name (-32601) in a request whose members are malformed is an invalid request
+/// (-32600): JSON-RPC 2.0 answers "method not found" only for an otherwise valid request.
+#[test]
+fn a_malformed_request_with_a_reserved_name_is_an_invalid_request() {
+    use crate::lapps_proto::protocol::parse_inbound_in_place;
+    let bad_params = encode(&map(&[
+        ("lapps", Value::Int(1)),
+        ("method", t("_x")),
+        ("params", Value::Int(5)),
+    ]));
+    let bad_cid = encode(&map(&[
+        ("lapps", Value::Int(1)),
+        ("method", t("_x")),
+        ("cid", t("a")),
+    ]));
+    let params_twice = encode(&map(&[
+        ("lapps", Value::Int(1)),
+        ("method", t("_x")),
+        ("params", Value::Array(vec![])),
+        ("params", Value::Array(vec![])),
+    ]));
+    for bytes in [bad_params, bad_cid, params_twice] {
+        assert_eq!(code_of(&bytes), INVALID_REQUEST);
+        assert_eq!(
+            parse_inbound_in_place(&bytes).unwrap_err().code,
+            INVALID_REQUEST
+        );
+    }
+    let well_formed = encode(&map(&[
+        ("lapps", Value::Int(1)),
+        ("method", t("_x")),
+        ("params", Value::Array(vec![Value::Int(1)])),
+    ]));
+    assert_eq!(code_of(&well_formed), METHOD_NOT_FOUND);
+    assert_eq!(
+        parse_inbound_in_place(&well_formed).unwrap_err().code,
+        METHOD_NOT_FOUND
+    );
+}
