@@ -57,6 +57,9 @@ impl Bytes {
     }
 }
 
+/// What a Doc takes on the heap besides a large message's bytes: itself and its `Rc` counts.
+const DOC_COST: usize = std::mem::size_of::<Doc>() + 2 * std::mem::size_of::<usize>();
+
 /// One message's bytes, and its tree once built.
 pub(crate) struct Doc {
     bytes: Bytes,
@@ -71,9 +74,9 @@ pub(crate) struct Doc {
     tree: RefCell<Option<Vec<(usize, Node)>>>,
     /// What building the tree costs ([`tree_cost`]; 0 until asked once).
     cost: Cell<usize>,
-    /// The bytes' own allocation, charged to the thread's tree budget while the Doc lives:
-    /// a view keeps its message's bytes alive, and Lua's collector, seeing a small userdata,
-    /// has no reason to free a large message soon (see [`over_budget`]).
+    /// The Doc's own allocation and its bytes', charged to the thread's tree budget while the
+    /// Doc lives: a view keeps its message alive, and Lua's collector, seeing a small userdata,
+    /// has no reason to free a large message, or many small ones, soon (see [`over_budget`]).
     charged: usize,
 }
 
@@ -90,7 +93,7 @@ pub(crate) fn over_budget() -> bool {
     tree_budget::over()
 }
 
-/// Whether `doc`'s bytes alone are more than the thread's budget.
+/// Whether `doc` alone is more than the thread's budget.
 pub(crate) fn never_fits(doc: &Doc) -> bool {
     let limit = tree_budget::limit();
     limit != 0 && doc.charged > limit
@@ -143,10 +146,13 @@ impl Doc {
         let canonical = cbor_de::validate(bytes, limits).map_err(|e| e.0)?;
         let root = skip_tags(bytes, 0);
         let kept = Bytes::new(bytes);
-        let charged = match kept {
-            Bytes::Inline(..) => 0,
-            Bytes::Heap(_) => bytes.len(),
-        };
+        // The Doc's own allocation (with its Rc counts), which a view keeps alive as much as
+        // its bytes: an app that keeps many small messages must meet its limit too.
+        let charged = DOC_COST
+            + match kept {
+                Bytes::Inline(..) => 0,
+                Bytes::Heap(_) => bytes.len(),
+            };
         tree_budget::add(charged);
         Ok(Rc::new(Doc {
             bytes: kept,

@@ -9,10 +9,10 @@
 //! the limit of the state that thread runs (each instance is one thread with one state); a
 //! build past it is refused, and the caller answers as Lua does when out of memory.
 //!
-//! The bytes of a message larger than a `lazy::Doc` holds inline are charged too, while the
-//! Doc lives (a view keeps them alive): they exist before anyone could ask, so they are charged
-//! without asking, and the instance collects garbage, or refuses the message, when they take
-//! the charge past the limit ([`over`]).
+//! Each `lazy::Doc` is charged too, while it lives (a view keeps it alive): itself, and the
+//! bytes of a message larger than it holds inline. They exist before anyone could ask, so they
+//! are charged without asking, and the instance collects garbage, or refuses the message, when
+//! they take the charge past the limit ([`over`]).
 //!
 //! Owns three thread-local values and nothing else. `lazy::Doc` asks before it builds a tree,
 //! as `lua::budget_for` does before a decoded document or an assigned value becomes one;

@@ -315,3 +315,19 @@ fn reading_far_into_a_large_array_builds_the_tree_once_and_reads_the_same() {
         );
     }
 }
+
+/// A message is charged to the thread's budget while its Doc lives, a small one too (its
+/// bytes inline, the Doc itself on the heap): an app that keeps many small views meets its
+/// memory limit instead of growing past it.
+#[test]
+fn a_small_message_kept_as_a_view_is_charged_while_it_lives() {
+    use crate::lapps_proto::tree_budget::charged;
+    let before = charged();
+    let small = doc(&hex("a1 6161 01")); // {"a": 1}
+    let one = charged() - before;
+    assert!(one >= std::mem::size_of::<Doc>(), "charged {one}");
+    let large = doc(&cbor::encode(&Value::Bytes(vec![7; 4096])));
+    assert!(charged() - before >= one + 4096);
+    drop((small, large));
+    assert_eq!(charged(), before);
+}
