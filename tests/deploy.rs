@@ -88,16 +88,6 @@ impl Drop for Site {
     }
 }
 
-fn close_code(ws: &mut Client) -> Option<u16> {
-    loop {
-        match ws.read() {
-            Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
-            Ok(_) => continue,
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    }
-}
-
 fn status_of(addr: std::net::SocketAddr, path: &str) -> String {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -24,17 +24,6 @@ fn chat_services(instances: usize) -> String {
     )
 }
 
-/// Reads until the server's Close and returns its code (data messages before it are skipped).
-fn close_code_after_data(ws: &mut Client) -> Option<u16> {
-    loop {
-        match ws.read() {
-            Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
-            Ok(_) => continue,
-            Err(e) => panic!("no Close: {e}"),
-        }
-    }
-}
-
 #[test]
 fn a_broadcast_reaches_each_subscriber_exactly_once_and_not_after_unsubscribe_or_close() {
     // Three workers and two instances: the subscribers are spread over both.
@@ -118,7 +107,7 @@ fn chat_members_of_a_room_get_its_messages_and_others_do_not() {
         "{own}"
     );
     send(&mut carol, "/quit");
-    assert_eq!(close_code_after_data(&mut carol), Some(1000));
+    assert_eq!(close_code(&mut carol), Some(1000));
     finish_close(carol);
 }
 
@@ -140,7 +129,7 @@ fn a_chat_instance_creates_at_most_max_rooms_channels() {
 
 /// Reads until the server's Close at shutdown, which must be 1001.
 fn going_away(ws: &mut Client) {
-    assert_eq!(close_code_after_data(ws), Some(1001));
+    assert_eq!(close_code(ws), Some(1001));
 }
 
 #[test]

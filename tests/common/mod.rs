@@ -213,6 +213,17 @@ pub fn ws_close_code(ws: &mut Client) -> u16 {
     }
 }
 
+/// Reads until the server's Close (data messages before it are skipped) and returns its code.
+pub fn close_code(ws: &mut Client) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
 /// Answers the server's Close, waits for its TCP FIN, then closes the socket as a real client
 /// does (the server waits, up to its close timeout, for our FIN before the connection ends).
 pub fn finish_close(mut ws: Client) {
