@@ -5,6 +5,8 @@ mod common;
 mod host;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use host::*;
@@ -216,6 +218,47 @@ fn shutdown_with_messages_in_flight_loses_none_that_were_accepted() {
     assert!(sd.is_empty());
     assert!(!registry().leftovers().iter().any(|(n, _)| n == "sd"));
     assert_eq!(sd.receive(Duration::ZERO, &|| true), Err(Wait::Stopped));
+}
+
+/// A redeploy replacing a standalone receiver while a sender keeps its queue full: the old
+/// version stops taking messages and ends (its onShutdown has run when `replace` returns)
+/// instead of draining a queue that never empties, and the new version gets the rest: every
+/// message accepted is received once, by one version or the other.
+#[test]
+fn a_redeployed_receiver_hands_its_queue_over_instead_of_draining_it_for_ever() {
+    let q = registry().open("handover.q", 1024);
+    let report = registry().open("handover.report", 4);
+    let reg = Registry::start(vec![standalone("mqr_handover", 1)], hub(1)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = std::thread::spawn({
+        let (q, stop) = (Arc::clone(&q), Arc::clone(&stop));
+        move || {
+            let mut accepted = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let msg = b"m".to_vec().into_boxed_slice();
+                if q.post(msg, Duration::from_millis(50), &|| false).is_ok() {
+                    accepted += 1;
+                }
+            }
+            accepted
+        }
+    });
+    wait_for("a full queue", || q.len() == q.capacity());
+    reg.replace(standalone("mqr_handover", 1)).unwrap();
+    let old = report
+        .poll()
+        .map(|m| String::from_utf8(m.into_vec()).unwrap());
+    assert!(
+        old.as_deref().is_some_and(|r| r.starts_with("received ")),
+        "the old version had not stopped when replace returned: {old:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let accepted = sender.join().unwrap();
+    wait_for("the new version to drain the queue", || q.is_empty());
+    reg.shutdown();
+    let count = |line: &str| -> u64 { line.strip_prefix("received ").unwrap().parse().unwrap() };
+    let received = count(&old.unwrap()) + count(&next(&report));
+    assert_eq!(received, accepted, "each accepted message received once");
 }
 
 /// A network service's callbacks must not wait: a post with a timeout to a full queue answers

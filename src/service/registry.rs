@@ -340,8 +340,9 @@ impl Registry {
             };
             if old.spec().standalone {
                 // Stopped here, not retired in the background: two copies could fight over
-                // queues.
-                old.shutdown(SHUTDOWN_GRACE);
+                // queues. What its queues hold stays for the new version: draining them could
+                // last as long as their senders keep posting.
+                old.hand_over(SHUTDOWN_GRACE);
                 return self.add(spec).map(|()| 0);
             }
             // A network version turning standalone: its clients are asked to go (1001) and it

@@ -28,9 +28,24 @@ pub struct Stop {
     flag: AtomicBool,
     lock: Mutex<()>,
     cv: Condvar,
+    /// The service stops to be replaced by a new version (see [`Stop::set_handover`]).
+    handover: AtomicBool,
 }
 
 impl Stop {
+    /// [`set`](Self::set), for a version a redeploy replaces: its `mqr` queues stay for the
+    /// new version, so its receives and polls take nothing more (they answer as on an empty,
+    /// stopped queue) instead of draining what senders that keep posting keep refilling.
+    pub fn set_handover(&self) {
+        self.handover.store(true, Ordering::SeqCst);
+        self.set();
+    }
+
+    /// Whether the service stops to hand its queues over ([`Stop::set_handover`]).
+    pub fn handing_over(&self) -> bool {
+        self.handover.load(Ordering::SeqCst)
+    }
+
     pub fn is_set(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }

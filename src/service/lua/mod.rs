@@ -216,6 +216,14 @@ impl LuaService {
         }
     }
 
+    /// [`shutdown`](Self::shutdown) for a standalone version a redeploy replaces: it leaves
+    /// what its `mqr` queues hold to the new version instead of draining it (see
+    /// `Stop::set_handover`).
+    pub fn hand_over(&self, grace: Duration) {
+        self.stop.set_handover();
+        self.shutdown(grace);
+    }
+
     /// The connections currently bound to this service.
     pub fn connections(&self) -> Vec<ConnId> {
         self.lock_conns().iter().copied().collect()

@@ -98,8 +98,13 @@ impl Ctx {
         }
     }
 
-    /// The next message of `q` without waiting: a held one first.
+    /// The next message of `q` without waiting: a held one first. None for a version a
+    /// redeploy replaces: it leaves the queue to the new one (a held message goes back when
+    /// its state closes).
     fn poll(&self, q: &Queue) -> Option<Box<[u8]>> {
+        if self.host.stop.handing_over() {
+            return None;
+        }
         self.held.borrow_mut().remove(q.name()).or_else(|| q.poll())
     }
 
@@ -143,6 +148,9 @@ impl Ctx {
         if !self.host.may_block() {
             // An empty queue in a network service: waiting would stall its connections.
             return fail("would block");
+        }
+        if self.host.stop.handing_over() {
+            return fail("stopped");
         }
         self.host.flush();
         let stop = &self.host.stop;
