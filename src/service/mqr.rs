@@ -31,6 +31,15 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 /// a message larger than this on its own can never be posted (see [`Queue::fits`]).
 pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 
+/// Queues the process may have: each holds its name, locks and ring, and none is ever removed.
+pub const MAX_QUEUES: usize = 65_536;
+
+/// Ring slots all queues together may have (each slot is allocated when its queue is created,
+/// 24 bytes, ~192 MiB for these): eight queues of [`MAX_CAPACITY`], or 8192 of the default
+/// 1024. Queues are made on first use by any service; without a bound, one that made them in a
+/// loop (or named a reply queue per request) would take the process's memory.
+pub const MAX_SLOTS: usize = 8 << 20;
+
 /// Why a blocking call ended without a message / without posting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -294,10 +303,22 @@ impl std::fmt::Debug for Queue {
 }
 
 /// The queues of the process, by name.
-#[derive(Default)]
 pub struct Mqr {
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    /// Ring slots of all queues (reserved before a queue is built).
+    slots: AtomicUsize,
+    max_queues: usize,
+    max_slots: usize,
 }
+
+impl Default for Mqr {
+    fn default() -> Mqr {
+        Mqr::with_limits(MAX_QUEUES, MAX_SLOTS)
+    }
+}
+
+/// Why [`Mqr::try_open`] made no queue.
+pub const TOO_MANY_QUEUES: &str = "too many queues";
 
 /// The process-wide table every service shares.
 pub fn registry() -> &'static Mqr {
@@ -315,19 +336,60 @@ impl Mqr {
             .cloned()
     }
 
+    /// A table whose queues may number `max_queues` and have `max_slots` slots together.
+    pub fn with_limits(max_queues: usize, max_slots: usize) -> Mqr {
+        Mqr {
+            queues: RwLock::new(HashMap::new()),
+            slots: AtomicUsize::new(0),
+            max_queues,
+            max_slots,
+        }
+    }
+
     /// The queue `name`, created with `capacity` (clamped to 1..=[`MAX_CAPACITY`]) if it does
-    /// not exist yet. An existing queue keeps its capacity.
-    pub fn open(&self, name: &str, capacity: usize) -> Arc<Queue> {
+    /// not exist yet; an existing queue keeps its capacity. [`TOO_MANY_QUEUES`] when a new one
+    /// would pass the table's limits ([`MAX_QUEUES`], [`MAX_SLOTS`]): the services' way in.
+    pub fn try_open(&self, name: &str, capacity: usize) -> Result<Arc<Queue>, &'static str> {
         if let Some(q) = self.get(name) {
-            return q;
+            return Ok(q);
+        }
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
+        let (max, used) = (self.max_slots, &self.slots);
+        if used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n + capacity <= max).then_some(n + capacity)
+            })
+            .is_err()
+        {
+            return self.get(name).ok_or(TOO_MANY_QUEUES);
         }
         // Built before the table is locked: a large ring takes a while to allocate and stamp,
         // and every other service's lookup would wait for it. If a racing `open` wins, this
-        // one is dropped unused.
+        // one is dropped unused (and its slots given back).
         let fresh = Arc::new(Queue::new(name.into(), capacity));
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        let q = queues.entry(name.into()).or_insert(fresh);
-        Arc::clone(q)
+        if let Some(q) = queues.get(name) {
+            used.fetch_sub(capacity, Ordering::SeqCst);
+            return Ok(Arc::clone(q));
+        }
+        if queues.len() >= self.max_queues {
+            used.fetch_sub(capacity, Ordering::SeqCst);
+            return Err(TOO_MANY_QUEUES);
+        }
+        queues.insert(name.into(), Arc::clone(&fresh));
+        Ok(fresh)
+    }
+
+    /// [`try_open`](Self::try_open) past the limits, for the host and the tests (which open
+    /// a few queues of their own).
+    pub fn open(&self, name: &str, capacity: usize) -> Arc<Queue> {
+        self.try_open(name, capacity).unwrap_or_else(|_| {
+            let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+            let q = queues
+                .entry(name.into())
+                .or_insert_with(|| Arc::new(Queue::new(name.into(), capacity)));
+            Arc::clone(q)
+        })
     }
 
     /// Every non-empty queue with its message count, by name.
@@ -441,6 +503,36 @@ mod tests {
         assert_eq!(q.poll().unwrap().len(), 40);
         assert_eq!(q.poll().unwrap().len(), 30);
         assert_eq!(large.recv_timeout(Duration::from_secs(10)), Ok(Err(Ok(()))));
+    }
+
+    #[test]
+    fn queues_past_the_tables_limits_are_refused_and_existing_ones_still_open() {
+        let m = Mqr::with_limits(3, 100);
+        let a = m.try_open("a", 60).unwrap();
+        assert_eq!(
+            m.try_open("b", 50).err(),
+            Some(TOO_MANY_QUEUES),
+            "110 slots"
+        );
+        let b = m.try_open("b", 40).unwrap();
+        assert!(Arc::ptr_eq(&a, &m.try_open("a", 1_000_000).unwrap()));
+        assert_eq!(m.try_open("c", 1).err(), Some(TOO_MANY_QUEUES), "101 slots");
+        assert_eq!(
+            m.try_open("c", 0).err(),
+            Some(TOO_MANY_QUEUES),
+            "at least 1"
+        );
+        let m = Mqr::with_limits(2, 100);
+        m.try_open("a", 1).unwrap();
+        m.try_open("b", 1).unwrap();
+        assert_eq!(
+            m.try_open("c", 1).err(),
+            Some(TOO_MANY_QUEUES),
+            "third queue"
+        );
+        // The refused one's slots were given back.
+        assert_eq!(m.slots.load(Ordering::SeqCst), 2);
+        drop(b);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
 
 use super::{fail, ok, Ret};
 use crate::service::lua::host::HostCtx;
-use crate::service::mqr::{registry, Queue, Wait, MAX_CAPACITY};
+use crate::service::mqr::{registry, Queue, Wait, MAX_CAPACITY, MAX_QUEUES, MAX_SLOTS};
 
 /// Longest accepted queue name, in bytes.
 const MAX_NAME: usize = 256;
@@ -62,15 +62,26 @@ impl Ctx {
         registry().get(name)
     }
 
-    fn queue(&self, name: &str, capacity: usize) -> Arc<Queue> {
+    /// The queue `name`, created with `capacity` if no service made it yet; `Err` (and a log
+    /// line) when the process's queues are at their limits (`mqr::MAX_QUEUES`, `MAX_SLOTS`).
+    fn queue(&self, name: &str, capacity: usize) -> Result<Arc<Queue>, &'static str> {
         if let Some(q) = self.known.borrow().get(name) {
-            return Arc::clone(q);
+            return Ok(Arc::clone(q));
         }
-        let q = registry().open(name, capacity);
+        let q = registry().try_open(name, capacity).inspect_err(|_| {
+            crate::warn_limited!(
+                "{} mqr: queue {} not created: the process has as many queues as it may \
+                 ({} queues, {} ring slots in all)",
+                self.host.tag(),
+                crate::log::shown(name),
+                MAX_QUEUES,
+                MAX_SLOTS
+            );
+        })?;
         self.known
             .borrow_mut()
             .insert(name.to_string(), Arc::clone(&q));
-        q
+        Ok(q)
     }
 
     fn post(&self, q: &Queue, msg: &mlua::String, timeout: Option<Duration>) -> Ret {
@@ -279,7 +290,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
                 }
                 Some(_) => return fail("bad capacity"),
             };
-            let queue = c.queue(&name, capacity);
+            let queue = match c.queue(&name, capacity) {
+                Ok(q) => q,
+                Err(why) => return fail(why),
+            };
             let obj = LuaQueue {
                 ctx: Rc::clone(&c),
                 queue,
@@ -300,7 +314,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
             let Ok(timeout) = timeout_arg(a.get(2).unwrap_or(&Value::Nil)) else {
                 return fail("bad timeout");
             };
-            let q = c.queue(&name, c.default_capacity);
+            let q = match c.queue(&name, c.default_capacity) {
+                Ok(q) => q,
+                Err(why) => return fail(why),
+            };
             Ok(c.post(&q, &msg, timeout))
         })?,
     )?;
@@ -317,7 +334,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
                 let Ok(timeout) = timeout_arg(a.get(1).unwrap_or(&Value::Nil)) else {
                     return fail("bad timeout");
                 };
-                let q = c.queue(&name, c.default_capacity);
+                let q = match c.queue(&name, c.default_capacity) {
+                    Ok(q) => q,
+                    Err(why) => return fail(why),
+                };
                 c.receive(lua, &q, timeout)
             })?,
         )?;
