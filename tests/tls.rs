@@ -257,6 +257,90 @@ fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
     app.shutdown();
 }
 
+/// A TCP connection to `addr` whose receive buffer and segment size are small, so that little
+/// of what the server sends fits in the kernel while we do not read.
+fn narrow_connect(addr: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: a new socket, owned by the TcpStream below (or closed here on failure); every
+    // setsockopt and connect gets a pointer to a live value of the size it is told.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let set = |level, name, v: libc::c_int| {
+            let rc = libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "setsockopt {name}");
+        };
+        set(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
+        set(libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            libc::close(fd);
+            panic!("connect: {}", std::io::Error::last_os_error());
+        }
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// The built-in echo's replies still go out when a wss peer that has stopped reading shuts
+/// its side: the part rustls holds (the kernel took the rest) counts as queued, as the plain
+/// queue does. Ended at once instead, the connection lost up to 64 KiB of them and its
+/// close_notify. The peer's narrow window keeps what the kernel takes small; the echo sizes
+/// cover the range in which the last bytes are in rustls and none in the queue.
+#[test]
+fn a_wss_peer_that_shuts_its_side_unread_still_gets_all_the_echo_and_close_notify() {
+    let (app, addr, ca) = wss_app("wss-unread-half-close");
+    // The kernel takes ~100 KB here at first (the client's 4 KiB window, the server's send
+    // buffer, which grows): steps of 16 KiB from 48 KiB to 320 KiB put the last bytes of
+    // several echoes in rustls alone wherever that ends up between ~0 and ~300 KB.
+    for size in (48usize << 10..=320 << 10).step_by(16 << 10) {
+        let tcp = narrow_connect(addr);
+        let client = tcp.local_addr().unwrap();
+        let tls = tls_over(tcp, client_config(&ca.pair.cert_der, None)).unwrap();
+        let mut ws = wss_over(tls, "/echo_builtin").unwrap();
+        let payload = pattern(size);
+        ws.send(Message::Binary(payload.clone().into())).unwrap();
+        // The server has read the message and written what the kernel takes of its echo.
+        common::wait_for("the echo to be under way", IO_TIMEOUT, || {
+            common::server_unread(addr, client) == Some(0)
+                && common::socket_queues(client, addr).is_some_and(|(_, rx)| rx > 0)
+        });
+        let s = ws.get_mut();
+        s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        assert!(
+            end.is_ok(),
+            "{size}: {end:?} after {} bytes: no close_notify",
+            got.len()
+        );
+        let header = if size < 65536 { 4 } else { 10 };
+        assert_eq!(got.len(), header + size, "{size}: the whole echo frame");
+        assert!(got[header..] == payload[..], "{size}: the echo as sent");
+    }
+    app.shutdown();
+}
+
 /// Reads the TLS stream to its end: Ok when it ends with the server's close_notify, the
 /// error (UnexpectedEof: "peer closed connection without sending TLS close_notify") when the
 /// server just closed TCP.

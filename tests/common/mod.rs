@@ -403,6 +403,15 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// A test that needs the server to have read something before it sends on another connection
 /// waits for 0. None when the server's end is not there.
 pub fn server_unread(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+    let (_, unread) = socket_queues(server, client)?;
+    let in_flight = socket_queues(client, server).map_or(0, |(tx, _)| tx);
+    Some(unread + in_flight)
+}
+
+/// The send and receive queues (bytes) of the loopback IPv4 socket `local` connected to
+/// `remote`, from /proc/net/tcp: what it has sent and not had acknowledged, and what it has
+/// received and not read. None when there is no such socket.
+pub fn socket_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
     let hex = |a: SocketAddr| match a {
         SocketAddr::V4(v4) => format!(
             "{:08X}:{:04X}",
@@ -411,23 +420,18 @@ pub fn server_unread(server: SocketAddr, client: SocketAddr) -> Option<u64> {
         ),
         SocketAddr::V6(_) => panic!("IPv4 only"),
     };
-    let (server, client) = (hex(server), hex(client));
+    let (local, remote) = (hex(local), hex(remote));
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     // Field 4 of a row is `tx_queue:rx_queue`, in hex.
-    let queues = |local: &str, remote: &str| {
-        table.lines().skip(1).find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.get(1) != Some(&local) || f.get(2) != Some(&remote) {
-                return None;
-            }
-            let (tx, rx) = f.get(4)?.split_once(':')?;
-            Some((
-                u64::from_str_radix(tx, 16).ok()?,
-                u64::from_str_radix(rx, 16).ok()?,
-            ))
-        })
-    };
-    let (_, unread) = queues(&server, &client)?;
-    let in_flight = queues(&client, &server).map_or(0, |(tx, _)| tx);
-    Some(unread + in_flight)
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
 }

@@ -184,7 +184,11 @@ pub type WssClient = tungstenite::WebSocket<TlsStream>;
 
 /// TCP + TLS handshake (completed before returning, so handshake errors show here).
 pub fn tls_connect(addr: SocketAddr, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream> {
-    let tcp = TcpStream::connect(addr)?;
+    tls_over(TcpStream::connect(addr)?, cfg)
+}
+
+/// The TLS handshake over a connected `tcp`.
+pub fn tls_over(tcp: TcpStream, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream> {
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     tcp.set_nodelay(true)?;
@@ -204,6 +208,11 @@ pub fn wss_connect(
     cfg: Arc<ClientConfig>,
 ) -> Result<WssClient, String> {
     let s = tls_connect(addr, cfg).map_err(|e| format!("tls: {e}"))?;
+    wss_over(s, path)
+}
+
+/// The WebSocket upgrade for `path` over an established TLS stream.
+pub fn wss_over(s: TlsStream, path: &str) -> Result<WssClient, String> {
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));

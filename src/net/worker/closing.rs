@@ -235,10 +235,13 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
+        // Over TLS, queued bytes may have gone into rustls already, as records the socket has
+        // not taken yet: those are owed as much as the queue's.
+        let queued = c.out.bytes() > 0 || c.tls.as_ref().is_some_and(|t| t.conn.wants_write());
         match c.phase {
             Phase::Finishing | Phase::Answering(_) => {}
             Phase::Draining => self.end(index, Ending::Done),
-            Phase::Open | Phase::Closing if c.out.bytes() > 0 => {
+            Phase::Open | Phase::Closing if queued => {
                 // Frames are queued (the built-in echo's replies, our Close and what came
                 // before it): written whole, however many writes that takes (bounded by the
                 // close timeout), then our side shuts. One write and an end would cut a
@@ -249,7 +252,7 @@ impl Worker {
                 // The connection ends without a close handshake, but what is queued already
                 // (the 101 to a request that came with the FIN) is written first, as far as
                 // the socket takes it at once: the peer may read after shutting its side.
-                if c.out.bytes() > 0 && !c.write_blocked {
+                if queued && !c.write_blocked {
                     let fd = c.fd.as_raw_fd();
                     let _ = match c.tls.as_deref_mut() {
                         None => c.out.flush(fd, &mut self.pool),
