@@ -478,3 +478,60 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
         "{answer:?}"
     );
 }
+
+/// An app whose onDisconnect fails, and a client that opens and closes connections in a loop:
+/// the error lines are limited to `PER_SECOND` a second (as for onMessage), or one line per
+/// connection would flood the journal, whose own limit then drops the server's real errors.
+#[test]
+fn a_failing_on_disconnect_cannot_flood_the_log() {
+    let dir = temp_dir("disc-flood");
+    std::fs::create_dir_all(dir.join("apps/discfail")).unwrap();
+    std::fs::write(
+        dir.join("apps/discfail/discfail.lua"),
+        r#"local app, n = {}, 0
+app.onMessage = function(h, op, msg)
+  if msg == "count" then print("disconnects " .. n) end
+  ws:send(h, 1, tostring(n))
+  return true
+end
+app.onDisconnect = function()
+  n = n + 1
+  error("state missing for this connection")
+end
+return app
+"#,
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{ "discfail": {{ "instances": 1 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    const CONNECTIONS: usize = 200;
+    let started = Instant::now();
+    for _ in 0..CONNECTIONS {
+        let s = raw_upgraded(addr, "/discfail");
+        s.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let mut ws = connect(addr, "/discfail");
+    wait_for("every onDisconnect to have run", IO_TIMEOUT, || {
+        ask(&mut ws, "n").parse::<usize>().unwrap() == CONNECTIONS
+    });
+    let seconds = started.elapsed().as_secs() + 1;
+    // The instance logs its errors before it handles the next message: all are in by then.
+    ws.send(tungstenite::Message::text("count")).unwrap();
+    let lines = binary::lines_until(&log, &format!("disconnects {CONNECTIONS}"));
+    let errors = lines.iter().filter(|l| l.contains("onDisconnect:")).count();
+    let most = lapps::log::PER_SECOND as usize * (seconds as usize + 1);
+    assert!(
+        errors <= most && errors < CONNECTIONS,
+        "{errors} onDisconnect error lines for {CONNECTIONS} connections in {seconds} s"
+    );
+}

@@ -727,7 +727,13 @@ impl Worker {
             }
             self.set_deadline(index, Instant::now() + idle);
         }
-        debug!("worker {}: {peer} opened {}", self.id, req.path);
+        // The handle names the connection in the services' log lines (and to Lua apps).
+        debug!(
+            "worker {}: {peer} opened {} as handle {:#x}",
+            self.id,
+            req.path,
+            id.as_u64()
+        );
         head_len + self.process_frames(index, &mut buf[head_len..])
     }
 

@@ -94,7 +94,7 @@ impl RawApp {
             // close its connections rather than leave their requests unanswered.
             let _ = lua.gc_collect();
             let _ = lua.gc_collect();
-            crate::error!("{} onMessage: {}", host.tag(), one_line(&err));
+            crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
             for e in run {
                 if !host.closing.borrow().contains(&e.conn) {
                     close(host, e.conn, 1011);
@@ -124,7 +124,7 @@ impl RawApp {
                 // its connections rather than leave their messages unanswered.
                 let _ = lua.gc_collect();
                 let _ = lua.gc_collect();
-                crate::error!("{} onMessage: {}", host.tag(), one_line(&err));
+                crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
                 let mut seen = std::collections::HashSet::new();
                 run.iter()
                     .filter(|e| seen.insert(e.conn))
@@ -184,7 +184,11 @@ impl RawApp {
                     if let Some(f) = &self.on_disconnect {
                         host.reset_budget();
                         if let Err(err) = f.call::<()>(handler_value(e.conn)) {
-                            crate::error!("{} onDisconnect: {}", host.tag(), one_line(&err));
+                            crate::error_limited!(
+                                "{} onDisconnect: {}",
+                                host.tag(),
+                                one_line(&err)
+                            );
                         }
                     }
                 }

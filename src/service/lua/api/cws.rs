@@ -424,7 +424,7 @@ impl Cws {
                 ran += 1;
             }
             if let Err(e) = r {
-                crate::error!("{} cws {name}: {}", self.host.tag(), one_line(&e));
+                crate::error_limited!("{} cws {name}: {}", self.host.tag(), one_line(&e));
             }
         }
         // What the callbacks sent leaves now rather than after the next poll.
