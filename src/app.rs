@@ -290,15 +290,36 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec
 }
 
-/// What an operator should hear about the TLS settings that is not an error: certificates
-/// given while no endpoint serves wss:// (a forgotten `"tls": true` serves plain ws://).
-pub fn tls_warning(cfg: &Config) -> Option<String> {
-    let any_tls = cfg.ws.listen_endpoints().iter().any(|e| e.tls);
-    (cfg.ws.tls_certificates.is_some() && !any_tls).then(|| {
-        "ws.json: tls_certificates is set but no endpoint has \"tls\": true, so every \
-         endpoint serves plain ws://"
-            .to_string()
-    })
+/// What an operator should hear about ws.json that is not an error (at start-up and from
+/// `--check-config`): certificates given while no endpoint serves wss:// (a forgotten `"tls":
+/// true` serves plain ws://); `"::"` without `"0.0.0.0"` on the same port, which IPv4 clients
+/// cannot reach (our IPv6 sockets are IPV6_V6ONLY, unlike the original's and 0.1.0's).
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let endpoints = cfg.ws.listen_endpoints();
+    let any_tls = endpoints.iter().any(|e| e.tls);
+    let mut out = Vec::new();
+    if cfg.ws.tls_certificates.is_some() && !any_tls {
+        out.push(
+            "ws.json: tls_certificates is set but no endpoint has \"tls\": true, so every \
+             endpoint serves plain ws://"
+                .to_string(),
+        );
+    }
+    let any_v4 = |port: u16| {
+        endpoints
+            .iter()
+            .any(|e| e.port == port && e.ip == std::net::IpAddr::from([0, 0, 0, 0]))
+    };
+    for e in &endpoints {
+        if e.ip == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) && !any_v4(e.port) {
+            out.push(format!(
+                "ws.json: \"::\" listens on IPv6 only (port {}): IPv4 clients cannot connect; \
+                 add an endpoint on \"0.0.0.0\" with the same port for them",
+                e.port
+            ));
+        }
+    }
+    out
 }
 
 /// The PEM files of ws.json, when some endpoint serves wss://.
@@ -370,7 +391,7 @@ impl App {
         if let Some(t) = &tls {
             crate::info!("tls: serving {}", t.info());
         }
-        if let Some(w) = tls_warning(cfg) {
+        for w in warnings(cfg) {
             crate::warn!("{w}");
         }
         opts.tls = tls.clone();

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        if let Some(w) = lapps::app::tls_warning(&cfg) {
+        for w in lapps::app::warnings(&cfg) {
             println!("warning: {w}");
         }
         if let Some(files) = lapps::app::tls_files(&cfg) {

@@ -197,6 +197,31 @@ fn check_config_warns_of_certificates_no_endpoint_uses() {
     );
 }
 
+/// `"::"` is IPv6 only here (IPV6_V6ONLY): an operator who carried it over from a dual-stack
+/// setup is told, unless an IPv4 wildcard listens on the same port too.
+#[test]
+fn check_config_warns_that_a_lone_ipv6_wildcard_leaves_ipv4_clients_out() {
+    let dir = temp_dir("check-v6only");
+    let warned = |ws: &str| {
+        write_config(&dir, ws, BUILTIN_ONLY);
+        let out = output_within(
+            Command::new(LAPPS)
+                .arg("-c")
+                .arg(&dir)
+                .arg("--check-config"),
+            ONE_SHOT_GUARD,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "a warning, not an error: {stdout}");
+        stdout.contains("listens on IPv6 only (port 5083)")
+    };
+    assert!(warned(r#"{ "ip": "::", "port": 5083 }"#));
+    assert!(!warned(
+        r#"{ "ip": "::", "port": 5083, "endpoints": [ { "ip": "0.0.0.0", "port": 5083 } ] }"#
+    ));
+    assert!(!warned(r#"{ "ip": "0.0.0.0", "port": 5083 }"#));
+}
+
 #[test]
 fn dash_c_wins_over_the_environment_which_names_the_files_without_it() {
     // SPEC 7: LAPPS_CONF_DIR, WS_CONFIG and LAPPS_CONFIG override, `-c DIR` wins over them.
