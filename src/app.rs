@@ -501,9 +501,10 @@ impl App {
     /// Brings the running Lua services in line with `cfg`, one service at a time, while the
     /// others keep serving: a new service is started, a service whose configuration or app
     /// file changed is replaced (its clients are closed with 1001 and reconnect to the new
-    /// version), a service no longer configured is stopped. A version that fails to load is
-    /// reported and the running one stays (a standalone one was stopped first: it stays
-    /// stopped, and the next SIGHUP tries again). ws.json and builtin services need a restart.
+    /// version), a service no longer configured is stopped (once the service that takes over
+    /// its path runs, when one does). A version that fails to load is reported and the running
+    /// one stays (a standalone one was stopped first: it stays stopped, and the next SIGHUP
+    /// tries again). ws.json and builtin services need a restart.
     pub fn redeploy(&self, cfg: &Config) -> Redeployed {
         let mut done = Redeployed::default();
         let order = match cfg.lapps.start_order() {
@@ -529,20 +530,32 @@ impl App {
                 .any(|s| s.is_network() && s.request_target == path)
         };
         // Removals first, so that a path a removed service leaves is free for its successor.
+        // A network service whose path another service takes over (a rename) stays until
+        // that one runs: if it fails to load, the path keeps being served.
         let gone: Vec<String> = deployed_map
             .keys()
             .filter(|n| !wanted.iter().any(|sc| &sc.name == *n))
             .cloned()
             .collect();
+        let mut handed_on = Vec::new();
         for name in gone {
-            if let Some(before) = deployed_map.remove(&name) {
-                if before.config.is_network() && !claimed(&before.config.request_target) {
-                    self.router.unset(&before.config.request_target);
-                }
-                let n = self.registry.remove(&name);
-                crate::info!("deploy: stopped service {name} ({n} connection(s) closed)");
-                done.stopped += 1;
+            let Some((network, path)) = deployed_map
+                .get(&name)
+                .map(|b| (b.config.is_network(), b.config.request_target.clone()))
+            else {
+                continue;
+            };
+            if network && claimed(&path) {
+                handed_on.push((name, path));
+                continue;
             }
+            deployed_map.remove(&name);
+            if network {
+                self.router.unset(&path);
+            }
+            let n = self.registry.remove(&name);
+            crate::info!("deploy: stopped service {name} ({n} connection(s) closed)");
+            done.stopped += 1;
         }
         let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
         for sc in &wanted {
@@ -595,6 +608,29 @@ impl App {
                     deployed_map.remove(&sc.name);
                     crate::error!("deploy: {e}; service {} is not running", sc.name)
                 }
+            }
+        }
+        for (name, path) in handed_on {
+            // The route is the successor's once it runs (set above); until then it was ours.
+            let successor = cfg.lapps.services.values().find(|s| {
+                s.is_network() && s.request_target == path && deployed_map.contains_key(&s.name)
+            });
+            match successor {
+                Some(s) => {
+                    deployed_map.remove(&name);
+                    let n = self.registry.remove(&name);
+                    crate::info!(
+                        "deploy: stopped service {name} ({n} connection(s) closed); {} serves {} now",
+                        s.name,
+                        crate::log::shown(&path)
+                    );
+                    done.stopped += 1;
+                }
+                None => crate::error!(
+                    "deploy: service {name} keeps serving {}: the service configured there \
+                     did not start",
+                    crate::log::shown(&path)
+                ),
             }
         }
         done

@@ -284,6 +284,35 @@ fn a_renamed_service_keeps_its_path_and_swapped_paths_both_serve() {
     app.shutdown();
 }
 
+/// A rename whose new service fails to load: the old one keeps serving the path (it is stopped
+/// only once its successor runs), instead of the path answering 404 until the next SIGHUP.
+#[test]
+fn a_rename_whose_new_service_fails_to_load_keeps_the_old_one_serving() {
+    let site = Site::new("rename-broken");
+    site.app("one", "one");
+    site.services_at(&[("one", "/x")]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut before = connect(addr, "/x");
+    assert_eq!(ask(&mut before, "a"), "one a");
+    site.app("two", "two");
+    site.broken_app("two");
+    site.services_at(&[("two", "/x")]);
+    app.reload();
+    assert_eq!(
+        ask(&mut before, "b"),
+        "one b",
+        "its clients were not sent away"
+    );
+    assert_eq!(ask(&mut connect(addr, "/x"), "c"), "one c");
+    // Fixed, the rename goes through.
+    site.app("two", "two");
+    app.reload();
+    assert_eq!(close_code(&mut before), Some(1001));
+    assert_eq!(ask(&mut connect(addr, "/x"), "d"), "two d");
+    app.shutdown();
+}
+
 #[test]
 fn a_move_to_a_new_path_that_fails_to_load_keeps_the_old_path() {
     let site = Site::new("move-broken");
