@@ -290,9 +290,10 @@ fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     spec
 }
 
-/// What an operator should hear about ws.json that is not an error (at start-up and from
-/// `--check-config`): certificates given while no endpoint serves wss:// (a forgotten `"tls":
-/// true` serves plain ws://); `"::"` without `"0.0.0.0"` on the same port, which IPv4 clients
+/// What an operator should hear about the configuration that is not an error (at start-up and
+/// from `--check-config`): certificates given while no endpoint serves wss:// (a forgotten
+/// `"tls": true` serves plain ws://); a standalone service given settings only services
+/// clients connect to use; `"::"` without `"0.0.0.0"` on the same port, which IPv4 clients
 /// cannot reach (our IPv6 sockets are IPV6_V6ONLY, unlike the original's and 0.1.0's).
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let endpoints = cfg.ws.listen_endpoints();
@@ -310,6 +311,27 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             .iter()
             .any(|e| e.port == port && e.ip == std::net::IpAddr::from([0, 0, 0, 0]))
     };
+    for s in cfg.lapps.services.values().filter(|s| s.standalone) {
+        let unused: Vec<&str> = [
+            ("request_target", s.request_target != format!("/{}", s.name)),
+            ("protocol", s.protocol == Protocol::LAppS),
+            ("acl", s.acl.is_some()),
+            ("allowed_origins", s.allowed_origins.is_some()),
+            ("proto_alias", s.proto_alias.is_some()),
+            ("extra_headers", !s.extra_headers.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        if !unused.is_empty() {
+            out.push(format!(
+                "lapps.json: services.{}: {} apply only to services clients connect to; \
+                 this one is standalone, so they do nothing",
+                s.name,
+                unused.join(", ")
+            ));
+        }
+    }
     for e in &endpoints {
         if e.ip == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) && !any_v4(e.port) {
             out.push(format!(

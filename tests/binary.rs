@@ -222,6 +222,49 @@ fn check_config_warns_that_a_lone_ipv6_wildcard_leaves_ipv4_clients_out() {
     assert!(!warned(r#"{ "ip": "0.0.0.0", "port": 5083 }"#));
 }
 
+/// Settings for the handshake (path, ACL, origins, protocol) do nothing on a standalone
+/// service: said, not silently accepted.
+#[test]
+fn check_config_warns_of_network_settings_on_a_standalone_service() {
+    let dir = temp_dir("check-standalone-keys");
+    let check = |services: &str| {
+        write_config(
+            &dir,
+            r#"{ "port": 0 }"#,
+            &format!(
+                r#"{{ "directories": {{ "applications": "./lua/apps" }}, "services": {services} }}"#
+            ),
+        );
+        let out = output_within(
+            Command::new(LAPPS)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg("-c")
+                .arg(&dir)
+                .arg("--check-config"),
+            ONE_SHOT_GUARD,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "a warning, not an error: {stdout}");
+        stdout
+    };
+    let warned = check(
+        r#"{ "time_broadcast": { "standalone": true, "preload": ["bcast", "nap", "time"],
+                                 "request_target": "/tb", "protocol": "LAppS",
+                                 "allowed_origins": ["https://example.com"] } }"#,
+    );
+    assert!(
+        warned.contains(
+            "warning: lapps.json: services.time_broadcast: request_target, protocol, \
+             allowed_origins apply only to services clients connect to"
+        ),
+        "{warned}"
+    );
+    let quiet = check(
+        r#"{ "time_broadcast": { "standalone": true, "preload": ["bcast", "nap", "time"] } }"#,
+    );
+    assert!(!quiet.contains("warning"), "{quiet}");
+}
+
 #[test]
 fn dash_c_wins_over_the_environment_which_names_the_files_without_it() {
     // SPEC 7: LAPPS_CONF_DIR, WS_CONFIG and LAPPS_CONFIG override, `-c DIR` wins over them.
