@@ -54,6 +54,22 @@ fn sigterm_closes_connections_with_1001_and_exits_within_5_seconds() {
     );
 }
 
+/// Runs `lapps -c DIR --check-config` from the repository root, which must pass (warnings
+/// are not errors); its stdout.
+fn check_config_passes(dir: &Path) -> String {
+    let out = output_within(
+        Command::new(LAPPS)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-c")
+            .arg(dir)
+            .arg("--check-config"),
+        ONE_SHOT_GUARD,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "a warning, not an error: {stdout}");
+    stdout
+}
+
 /// Runs `lapps -c DIR --check-config`, which must fail; its stderr.
 fn check_config_fails(dir: &Path) -> String {
     let out = output_within(
@@ -182,15 +198,7 @@ fn check_config_warns_of_certificates_no_endpoint_uses() {
         r#"{ "port": 0, "tls_certificates": { "cert": "/nonexistent.crt", "key": "/nonexistent.key" } }"#,
         BUILTIN_ONLY,
     );
-    let out = output_within(
-        Command::new(LAPPS)
-            .arg("-c")
-            .arg(&dir)
-            .arg("--check-config"),
-        ONE_SHOT_GUARD,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "a warning, not an error: {stdout}");
+    let stdout = check_config_passes(&dir);
     assert!(
         stdout.contains("warning: ws.json: tls_certificates is set but no endpoint has"),
         "{stdout}"
@@ -204,16 +212,7 @@ fn check_config_warns_that_a_lone_ipv6_wildcard_leaves_ipv4_clients_out() {
     let dir = temp_dir("check-v6only");
     let warned = |ws: &str| {
         write_config(&dir, ws, BUILTIN_ONLY);
-        let out = output_within(
-            Command::new(LAPPS)
-                .arg("-c")
-                .arg(&dir)
-                .arg("--check-config"),
-            ONE_SHOT_GUARD,
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "a warning, not an error: {stdout}");
-        stdout.contains("listens on IPv6 only (port 5083)")
+        check_config_passes(&dir).contains("listens on IPv6 only (port 5083)")
     };
     assert!(warned(r#"{ "ip": "::", "port": 5083 }"#));
     assert!(!warned(
@@ -235,17 +234,7 @@ fn check_config_warns_of_network_settings_on_a_standalone_service() {
                 r#"{{ "directories": {{ "applications": "./lua/apps" }}, "services": {services} }}"#
             ),
         );
-        let out = output_within(
-            Command::new(LAPPS)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .arg("-c")
-                .arg(&dir)
-                .arg("--check-config"),
-            ONE_SHOT_GUARD,
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "a warning, not an error: {stdout}");
-        stdout
+        check_config_passes(&dir)
     };
     let warned = check(
         r#"{ "time_broadcast": { "standalone": true, "preload": ["bcast", "nap", "time"],
