@@ -316,6 +316,15 @@ fn accept_upgrade(listener: &TcpListener) -> std::net::TcpStream {
     s
 }
 
+/// A cws client connecting to `ws://addr/x` (1 MiB messages), and the key pool it masks with.
+fn client_to(addr: SocketAddr) -> (lapps::service::cws::Client, lapps::service::cws::KeyPool) {
+    use lapps::service::cws::{url, Client, KeyPool};
+    let mut keys = KeyPool::default();
+    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
+    let c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    (c, keys)
+}
+
 /// Drives `c` with poll(2) until `done` holds, collecting its events (20 s guard).
 fn drive(
     c: &mut lapps::service::cws::Client,
@@ -342,7 +351,6 @@ fn drive(
 
 #[test]
 fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
-    use lapps::service::cws::{url, Client, KeyPool};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -355,9 +363,7 @@ fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake()
         let close = read_client_frame(&mut s);
         (pong, reply, close)
     });
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();
     drive(&mut c, &mut keys, &mut events, |_, ev| {
         ev.iter().any(|e| e.starts_with("Message"))
@@ -380,7 +386,6 @@ fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake()
 /// came before the reset and count, although the read after them fails.
 #[test]
 fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
-    use lapps::service::cws::{url, Client, KeyPool};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -404,9 +409,7 @@ fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
         assert_eq!(rc, 0);
         // Closed with SO_LINGER 0: an RST right behind the bytes written.
     });
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();
     // Until the upgrade request is out (waiting for the answer only) ...
     drive(&mut c, &mut keys, &mut events, |c, _| {
@@ -428,7 +431,6 @@ fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
 /// Close before the server has read it.
 #[test]
 fn a_client_that_fails_the_connection_lets_the_server_close_first() {
-    use lapps::service::cws::{url, Client, KeyPool};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -447,9 +449,7 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
         let at_the_end = s.read(&mut b).map_err(|e| e.kind());
         (close, after_close, ended, at_the_end)
     });
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();
     drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
     drop(c);
@@ -467,7 +467,6 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
 
 #[test]
 fn the_close_reply_queued_behind_unsent_data_is_still_written() {
-    use lapps::service::cws::{url, Client, KeyPool};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -482,9 +481,7 @@ fn the_close_reply_queued_behind_unsent_data_is_still_written() {
         }
         last
     });
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events = Vec::new();
     drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
     assert_eq!(events, ["Open"]);
@@ -517,7 +514,7 @@ fn the_close_reply_queued_behind_unsent_data_is_still_written() {
 
 #[test]
 fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_without_bound() {
-    use lapps::service::cws::{url, Client, KeyPool, MAX_BACKLOG};
+    use lapps::service::cws::MAX_BACKLOG;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let flood = 48 << 20;
@@ -536,9 +533,7 @@ fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_without_bou
         s.write_all(&[0x81, 3, b'e', b'n', b'd']).unwrap();
         s
     });
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events = Vec::new();
     let mut most = 0;
     drive(&mut c, &mut keys, &mut events, |c, ev| {
@@ -554,7 +549,6 @@ fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_without_bou
 
 #[test]
 fn after_its_close_the_client_answers_no_ping() {
-    use lapps::service::cws::{url, Client, KeyPool};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -570,9 +564,7 @@ fn after_its_close_the_client_answers_no_ping() {
         }
         (close, after)
     });
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();
     drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
     c.close(1000, &mut keys, &mut |ev| events.push(format!("{ev:?}")))
@@ -592,13 +584,10 @@ fn after_its_close_the_client_answers_no_ping() {
 /// that completes afterwards must not send the upgrade request.
 #[test]
 fn a_connect_that_completes_after_its_timeout_sends_nothing() {
-    use lapps::service::cws::{url, Client, KeyPool};
     use std::io::Read;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();
     // The deadline passes before the client has seen its connect complete.
     c.tick(
@@ -1307,12 +1296,10 @@ return p
 
 #[test]
 fn one_message_larger_than_the_backlog_bound_goes_on_an_empty_queue() {
-    use lapps::service::cws::{url, Client, KeyPool, MAX_BACKLOG};
+    use lapps::service::cws::MAX_BACKLOG;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut keys = KeyPool::default();
-    let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let mut c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let (mut c, mut keys) = client_to(addr);
     let big = vec![b'x'; MAX_BACKLOG + 1];
     assert_eq!(c.send(lapps::ws::Opcode::Binary, &big, &mut keys), Ok(()));
     assert_eq!(
