@@ -68,7 +68,8 @@ deb_version() {
 
 # Writes the installed ws.json and lapps.json into $1: the repository's files with every path
 # pointing into the checkout rewritten to the installed layout. ws.json keeps 127.0.0.1 (open
-# it with "ip": "0.0.0.0" in /etc/lapps/ws.json) and drops workers.workers (one per core).
+# it with "ip": "0.0.0.0" in /etc/lapps/ws.json) and drops workers.workers (one per core) and
+# workers.max_connections (the default, fitted to the descriptor limit).
 installed_config() {
     python3 - etc/lapps "$1" <<'PY'
 import json, pathlib, sys
@@ -100,6 +101,9 @@ for name in ("ws.json", "lapps.json"):
         # The repository runs 2 IO workers; an installed server takes its default, one per
         # core (at most 32), instead of being held to 2 on a large host.
         data.get("workers", {}).pop("workers", None)
+        # Left to its default, max_connections is lowered at start-up to what LimitNOFILE
+        # covers (10 or more cores): no descriptor warning at every start of a large host.
+        data.get("workers", {}).pop("max_connections", None)
     if name == "lapps.json":
         # Demos that only write to the log (a line a second, ~86,400 a day in the journal of
         # every fresh install): installed, ready to turn on with "auto_start": true.

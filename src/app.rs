@@ -386,6 +386,10 @@ impl RestartOnly {
             // One per core: the host's count may change (affinity, a CPU quota), the file not.
             ws.workers.workers = 0;
         }
+        if ws.workers.max_connections_by_default {
+            // Lowered at start-up to what the descriptor limit covers (src/main.rs).
+            ws.workers.max_connections = 0;
+        }
         RestartOnly {
             ws,
             builtins: cfg

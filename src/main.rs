@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         }
     };
     let at = config::locate(args.dir.as_deref());
-    let cfg = match Config::load(&at) {
+    let mut cfg = match Config::load(&at) {
         Ok(c) => c,
         Err(e) => {
             lapps::log::error_text(&format!(
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         lapps::simd::variant(),
         at.dir.display()
     );
-    check_descriptors(&cfg);
+    check_descriptors(&mut cfg);
     if let Some(v) = lapps::log::unknown_level() {
         warn!("LAPPS_LOG={v:?} is not a level (error, warn, info, debug): logging at info");
     }
@@ -181,9 +181,10 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Raises the descriptor limit as far as the process may, and warns when it stays below the
-/// connections ws.json allows.
-fn check_descriptors(cfg: &Config) {
+/// Raises the descriptor limit as far as the process may; lowers a `max_connections` left to
+/// its default to what the limit covers (beyond, clients get a 503 rather than wait unanswered
+/// in the backlog), and warns when the limit stays below a `max_connections` ws.json sets.
+fn check_descriptors(cfg: &mut Config) {
     use lapps::net::nofile;
     let limit = match nofile::raise() {
         Ok(r) => {
@@ -197,7 +198,16 @@ fn check_descriptors(cfg: &Config) {
             return;
         }
     };
-    let w = &cfg.ws.workers;
+    let w = &mut cfg.ws.workers;
+    let covered = nofile::per_worker(limit, w.workers);
+    if w.max_connections_by_default && covered >= 1 && covered < w.max_connections as u64 {
+        info!(
+            "max_connections is not set in ws.json: {covered} per worker, what the descriptor \
+             limit {limit} covers for {} workers (the default {} would need a larger limit)",
+            w.workers, w.max_connections
+        );
+        w.max_connections = covered as usize;
+    }
     if let Some(warning) = nofile::shortfall(limit, w.workers, w.max_connections) {
         warn!("{warning}");
     }

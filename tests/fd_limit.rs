@@ -182,3 +182,47 @@ fn a_full_server_with_the_descriptors_it_asks_for_answers_every_refusal() {
     }
     drop(live);
 }
+
+/// A `max_connections` left to its default is lowered at start-up to what the descriptor limit
+/// covers: one connection past it is answered 503 at once (it does not wait unanswered in the
+/// backlog), nothing warns, and a reload does not take the lowered figure for a ws.json change.
+#[test]
+fn a_default_max_connections_is_lowered_to_what_the_descriptors_cover() {
+    const COVERED: usize = 20;
+    // nofile::per_worker for 1 worker: REFUSED_ROOM (1024) + ACCEPT_INBOX (4096) + RESERVE (256).
+    const LIMIT: libc::rlim_t = (COVERED + 1024 + 4096 + 256) as libc::rlim_t;
+    let dir = config_dir("lowered");
+    let (server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, LIMIT, LIMIT));
+    assert!(
+        start.iter().any(|l| l.contains(&format!(
+            "max_connections is not set in ws.json: {COVERED} per worker, what the descriptor \
+             limit {LIMIT} covers for 1 workers"
+        ))),
+        "{start:#?}"
+    );
+    assert!(
+        !start.iter().any(|l| l.contains("RLIMIT_NOFILE")),
+        "no warning once lowered: {start:#?}"
+    );
+    let live: Vec<TcpStream> = (0..COVERED)
+        .map(|_| common::raw_upgraded(addr, "/echo"))
+        .collect();
+    let mut past = TcpStream::connect(addr).unwrap();
+    past.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let request = common::upgrade_request(addr, "/echo");
+    std::io::Write::write_all(&mut past, request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    let n = std::io::Read::read(&mut past, &mut head).expect("an answer, not a wait");
+    assert_eq!(&head[..n], b"HTTP/1.1 503", "one past {COVERED}");
+    drop(live);
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(
+        unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let reload = lines_until(&log, "reload done");
+    assert!(
+        !reload.iter().any(|l| l.contains("restart")),
+        "ws.json is unchanged: {reload:#?}"
+    );
+}

@@ -104,10 +104,11 @@ import json, sys
 s = json.load(open(sys.argv[1]))["services"]
 sys.exit(0 if all(s[d].get("auto_start") is False for d in ("mqr_sender", "mqr_receiver"))
          and s["echo_lapps"].get("auto_start", True) else 1)' "$tmp/x/etc/lapps/lapps.json"
-    check "lapps-$v: installed ws.json leaves the IO worker count to the host (one per core)" \
+    check "lapps-$v: installed ws.json leaves the IO worker count and max_connections to the host" \
         python3 -c '
 import json, sys
-sys.exit(0 if "workers" not in json.load(open(sys.argv[1])).get("workers", {}) else 1)' \
+w = json.load(open(sys.argv[1])).get("workers", {})
+sys.exit(0 if "workers" not in w and "max_connections" not in w else 1)' \
         "$tmp/x/etc/lapps/ws.json"
 done
 

@@ -30,6 +30,9 @@ pub struct Workers {
     pub workers_by_default: bool,
     /// Connections per worker; beyond, new connections get HTTP 503.
     pub max_connections: usize,
+    /// `max_connections` is the default, not from the file: start-up lowers it to what the
+    /// descriptor limit covers (src/main.rs), and a reload compares the file.
+    pub max_connections_by_default: bool,
     /// Outbound frame size for splitting large messages (`None`: never split).
     pub auto_fragment: Option<usize>,
     /// Read chunk per connection, bytes.
@@ -137,6 +140,8 @@ const TLS_KEYS: &[&str] = &["cert", "key", "ca"];
 
 pub const DEFAULT_PORT: u16 = 5083;
 const DEFAULT_INPUT_BUFFER: usize = 2048;
+/// SPEC 1's default for `workers.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 
 /// Most listener or worker threads a config may ask for.
 const MAX_THREADS: usize = 1024;
@@ -362,7 +367,8 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
         workers_by_default: w.get("workers").is_none(),
         // Handles address 2^22 slots per worker (src/net/handle.rs): live and refused
         // connections (up to twice this) with room to spare for retired slots.
-        max_connections: w.uint(r, "max_connections", 100_000, 1, 1 << 20) as usize,
+        max_connections: w.uint(r, "max_connections", DEFAULT_MAX_CONNECTIONS, 1, 1 << 20) as usize,
+        max_connections_by_default: w.get("max_connections").is_none(),
         auto_fragment,
         input_buffer_size,
         max_poll_events: w.usize_in(r, "max_poll_events", 256, 1, 65_536),

@@ -42,13 +42,23 @@ pub fn raise() -> io::Result<Raised> {
     })
 }
 
+/// Descriptors `workers` workers may hold besides their live connections: refused ones
+/// lingering after their 503, and accepted ones waiting in an inbox for their turn.
+fn besides(workers: usize) -> u64 {
+    (workers as u64).saturating_mul((REFUSED_ROOM + ACCEPT_INBOX) as u64)
+}
+
+/// The live connections per worker that `limit` descriptors cover, what [`shortfall`] checks
+/// for (0 when the limit does not even cover the descriptors besides them).
+pub fn per_worker(limit: u64, workers: usize) -> u64 {
+    limit.saturating_sub(besides(workers).saturating_add(RESERVE)) / (workers.max(1) as u64)
+}
+
 /// The warning for a limit of `limit` descriptors when `workers` workers may each hold
 /// `max_connections` connections, or None when the limit covers them.
 pub fn shortfall(limit: u64, workers: usize, max_connections: usize) -> Option<String> {
     let promised = (workers as u64).saturating_mul(max_connections as u64);
-    // Per worker, besides its live connections: refused ones lingering after their 503, and
-    // accepted ones waiting in its inbox for their turn.
-    let besides = (workers as u64).saturating_mul((REFUSED_ROOM + ACCEPT_INBOX) as u64);
+    let besides = besides(workers);
     let needed = promised.saturating_add(besides).saturating_add(RESERVE);
     (limit < needed).then(|| {
         format!(
@@ -77,5 +87,23 @@ mod tests {
         // Live connections; per worker 1024 refused and 4096 waiting; the server's own.
         assert_eq!(shortfall(200_000 + 10_240 + 256, 2, 100_000), None);
         assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000).is_some());
+    }
+
+    #[test]
+    fn per_worker_is_the_most_the_check_lets_pass() {
+        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (6_000, 1)] {
+            let n = per_worker(limit, workers) as usize;
+            assert!(n >= 1, "{limit} over {workers}");
+            assert_eq!(shortfall(limit, workers, n), None, "{limit} over {workers}");
+            assert!(
+                shortfall(limit, workers, n + 1).is_some(),
+                "{limit} over {workers}"
+            );
+        }
+        // LimitNOFILE of the packaged unit on a 10-core host: just below SPEC's 100000.
+        assert_eq!(per_worker(1_048_576, 10), 99_712);
+        // Not even the descriptors besides the connections.
+        assert_eq!(per_worker(48, 1), 0);
+        assert_eq!(per_worker(0, 4), 0);
     }
 }
