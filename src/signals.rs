@@ -1,10 +1,83 @@
-//! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, SIGPIPE is ignored (every send uses
-//! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwait` by the
-//! main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
+//! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, SIGPIPE does nothing (every send
+//! uses MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwait` by
+//! the main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
 //! started the graceful shutdown, [`Signals::exit_on_second_stop`] keeps taking them on a
 //! thread of its own: a second one ends the process at once.
+//!
+//! A child process inherits the signal mask of the thread that starts it and every ignored
+//! signal, across exec: started as they are, a Lua app's `io.popen` child would shrug off
+//! systemd's SIGTERM until the stop's SIGKILL, and its pipelines would not end on SIGPIPE.
+//! So SIGPIPE gets a handler that does nothing (exec resets a handled signal to its default),
+//! and [`unblocked_for_a_child`] opens the mask while a child is started.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The signals [`Signals::block`] blocks: SIGTERM, SIGINT, SIGHUP.
+fn stop_and_reload() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Stop and reload signals that reached a thread while [`unblocked_for_a_child`] had them
+/// unblocked: one bit per signal number, raised again once they are blocked.
+static CAUGHT: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn catch(signo: libc::c_int) {
+    // Async-signal-safe: a lock-free atomic.
+    CAUGHT.fetch_or(1 << signo, Ordering::SeqCst);
+}
+
+extern "C" fn do_nothing(_: libc::c_int) {}
+
+/// Installs `handler` for `signo`, restarting interrupted calls.
+fn handle(signo: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the handlers only
+    // touch an atomic (`catch`) or nothing (`do_nothing`), which is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signo, &action, std::ptr::null_mut());
+    }
+}
+
+/// Runs `start`, a call that starts a child process (`io.popen`), with SIGTERM, SIGINT and
+/// SIGHUP unblocked in this thread, so that the child starts with nothing blocked. One of them
+/// arriving meanwhile is caught (see [`Signals::block`]) and raised again once they are
+/// blocked: the thread taking signals gets it as usual, a moment later.
+pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
+    struct Reblock(libc::sigset_t);
+    impl Drop for Reblock {
+        fn drop(&mut self) {
+            // SAFETY: `self.0` is the mask `pthread_sigmask` gave back below.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+            let caught = CAUGHT.swap(0, Ordering::SeqCst);
+            for signo in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                if caught & (1 << signo) != 0 {
+                    // SAFETY: kill(2) on this process; blocked in every thread again, the
+                    // signal waits for `sigwait`.
+                    unsafe { libc::kill(libc::getpid(), signo) };
+                }
+            }
+        }
+    }
+    let set = stop_and_reload();
+    // SAFETY: sigset_t is plain data; pthread_sigmask fills `old` before it is read.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is initialised; `old` is a valid out pointer.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, &mut old) };
+    let _reblock = Reblock(old);
+    start()
+}
 
 pub enum Signal {
     /// SIGTERM or SIGINT: its name and number.
@@ -25,20 +98,17 @@ pub struct Signals {
 
 impl Signals {
     /// Blocks SIGTERM, SIGINT and SIGHUP for this thread and every thread it starts later,
-    /// and ignores SIGPIPE.
+    /// with a handler for the moments [`unblocked_for_a_child`] unblocks them; SIGPIPE gets
+    /// a handler that does nothing (where Rust's runtime ignored it).
     pub fn block() -> Signals {
-        // SAFETY: sigset_t is plain data; it is initialised by sigemptyset before use, and the
-        // calls only read/modify this process's signal state.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGHUP);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            Signals { set }
+        let set = stop_and_reload();
+        // SAFETY: `set` is initialised; the call only changes this thread's signal mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        for signo in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            handle(signo, catch);
         }
+        handle(libc::SIGPIPE, do_nothing);
+        Signals { set }
     }
 
     /// Waits for the next signal of the set.

@@ -13,6 +13,7 @@
 //!   the callbacks; `api`: the Lua-facing modules; `frame`: server framing.
 
 pub mod api;
+mod children;
 mod fastpath;
 mod frame;
 mod held;

@@ -87,16 +87,14 @@ end
 fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     let g = lua.globals();
     // os.exit would take the whole server down, whatever the config says.
-    if let Ok(os) = g.get::<mlua::Table>("os") {
-        os.set("exit", Value::Nil)?;
-        if !spec.allow_os_execute {
-            os.set("execute", Value::Nil)?;
-        }
-    }
-    if !spec.allow_os_execute {
-        if let Ok(io) = g.get::<mlua::Table>("io") {
-            io.set("popen", Value::Nil)?;
-        }
+    let os: mlua::Table = g.get("os")?;
+    let io: mlua::Table = g.get("io")?;
+    os.set("exit", Value::Nil)?;
+    if spec.allow_os_execute {
+        super::children::install(lua, &os, &io)?;
+    } else {
+        os.set("execute", Value::Nil)?;
+        io.set("popen", Value::Nil)?;
     }
     // The one way for app code to get a `__gc` of its own: LuaJIT runs finalizers with hooks
     // off (no instruction budget) and swallows their errors, also during the collections the
