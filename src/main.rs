@@ -203,7 +203,7 @@ fn check_descriptors(cfg: &mut Config) {
     if w.max_connections_by_default && covered >= 1 && covered < w.max_connections as u64 {
         info!(
             "max_connections is not set in ws.json: {covered} per worker, what the descriptor \
-             limit {limit} covers for {} workers (the default {} would need a larger limit)",
+             limit {limit} covers (IO workers: {}; the default {} needs a larger limit)",
             w.workers, w.max_connections
         );
         w.max_connections = covered as usize;

@@ -191,12 +191,26 @@ fn a_default_max_connections_is_lowered_to_what_the_descriptors_cover() {
     const COVERED: usize = 20;
     // nofile::per_worker for 1 worker: REFUSED_ROOM (1024) + ACCEPT_INBOX (4096) + RESERVE (256).
     const LIMIT: libc::rlim_t = (COVERED + 1024 + 4096 + 256) as libc::rlim_t;
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `ours` is a valid, writable rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
+        0
+    );
+    assert!(
+        ours.rlim_max >= LIMIT,
+        "this test needs a hard descriptor limit of {LIMIT}, not {}",
+        ours.rlim_max
+    );
     let dir = config_dir("lowered");
     let (server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, LIMIT, LIMIT));
     assert!(
         start.iter().any(|l| l.contains(&format!(
             "max_connections is not set in ws.json: {COVERED} per worker, what the descriptor \
-             limit {LIMIT} covers for 1 workers"
+             limit {LIMIT} covers (IO workers: 1;"
         ))),
         "{start:#?}"
     );
