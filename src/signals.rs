@@ -11,7 +11,7 @@
 //! and [`unblocked_for_a_child`] opens the mask while a child is started.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The signals [`Signals::block`] blocks: SIGTERM, SIGINT, SIGHUP.
 fn stop_and_reload() -> libc::sigset_t {
@@ -28,7 +28,7 @@ fn stop_and_reload() -> libc::sigset_t {
 
 /// Stop and reload signals that reached a thread while [`unblocked_for_a_child`] had them
 /// unblocked: one bit per signal number, raised again once they are blocked.
-static CAUGHT: AtomicU64 = AtomicU64::new(0);
+static CAUGHT: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn catch(signo: libc::c_int) {
     // Async-signal-safe: a lock-free atomic.

@@ -14,6 +14,7 @@ use common::{ask, connect, send, text};
 
 /// Text commands, each answered with one text message:
 /// - `popen <cmd>`: what `<cmd>`, started with `io.popen`, wrote;
+/// - `popenerr`: `pcall(io.popen, {})` as "<ok> <type of the error> <error>";
 /// - `execute <cmd>`: what `os.execute` returns (`execute` alone: called without a command);
 /// - `spawn <file>`: `io.popen` children one after another until `<file>` exists; their count.
 const APP: &str = r#"
@@ -25,6 +26,9 @@ m.onMessage = function(h, op, msg)
     local out = f:read("*a")
     f:close()
     ws:send(h, 1, out)
+  elseif cmd == "popenerr" then
+    local ok, err = pcall(io.popen, {})
+    ws:send(h, 1, tostring(ok) .. " " .. type(err) .. " " .. tostring(err))
   elseif cmd == "execute" then
     if arg == "" then arg = nil end
     ws:send(h, 1, tostring(os.execute(arg)))
@@ -126,22 +130,49 @@ fn os_execute_answers_as_luajits_did() {
         libc::SIGKILL.to_string()
     );
     assert_eq!(ask(&mut ws, "execute"), "1");
+    // `sh -c -- cmd` as glibc runs it: a command, not an option of the shell (not found: 127).
+    assert_eq!(ask(&mut ws, "execute -x"), (127 << 8).to_string());
+}
+
+#[test]
+fn io_popen_raises_its_errors_as_it_did() {
+    let dir = site("popen-error");
+    let (_server, addr, _log) = spawn_binary(&dir, |_| {});
+    let mut ws = connect(addr, "/kids");
+    let answer = ask(&mut ws, "popenerr");
+    assert!(
+        answer.starts_with("false string ") && answer.contains("bad argument #1"),
+        "{answer}"
+    );
+    assert!(!answer.contains("traceback"), "{answer}");
 }
 
 /// A stop or reload signal that reaches the instance thread while it has them unblocked to
-/// start a child is taken as any other: each SIGHUP here is one reload, and the process lives
-/// on (a SIGHUP with its default action would end it).
+/// start a child is served as any other. Each SIGHUP here is sent to the instance thread
+/// itself (tgkill): it waits there, blocked, until the thread's next `io.popen` unblocks it,
+/// and must then be one reload, the process living on (with its default action, a SIGHUP
+/// ends the process).
 #[test]
 fn signals_while_children_start_are_served_as_usual() {
-    const SIGHUPS: usize = 50;
+    const SIGHUPS: usize = 20;
     let dir = site("storm");
     let (mut server, addr, log) = spawn_binary(&dir, |_| {});
     let pid = server.0.id();
+    let instance = thread_named(pid, "lua-kids#0");
     let mut ws = connect(addr, "/kids");
     let stop = dir.join("stop");
     send(&mut ws, &format!("spawn {}", stop.display()));
     for _ in 0..SIGHUPS {
-        signal(pid, libc::SIGHUP);
+        // SAFETY: tgkill(2) on a thread of the child this test started.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                pid as libc::c_long,
+                instance as libc::c_long,
+                libc::SIGHUP as libc::c_long,
+            )
+        };
+        assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
         lines_until(&log, "reload done");
     }
     std::fs::write(&stop, "").unwrap();
@@ -149,4 +180,21 @@ fn signals_while_children_start_are_served_as_usual() {
     assert!(spawned > 0, "no child started");
     signal(pid, libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
+}
+
+/// The id of the thread of process `pid` named `name` (its instance threads are named after
+/// the service, started before the server listens).
+fn thread_named(pid: u32, name: &str) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .unwrap_or_else(|| panic!("no thread {name:?} in {pid}"))
+        .file_name()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
