@@ -2,6 +2,7 @@
 mod common;
 use common::*;
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
@@ -110,6 +111,43 @@ fn refused_connections_beyond_what_a_worker_can_hold_are_closed_at_once() {
         || extra.write_all(b"x").is_err(),
     );
     drop(lingering);
+}
+
+/// With every worker full, refusals linger in every worker's room for refused connections,
+/// one after another, not all in the first worker's (which once took them all, closing them
+/// at once past its own room while the others stayed empty).
+#[test]
+fn refusals_are_spread_over_the_workers() {
+    const REFUSALS: usize = 8;
+    let srv = start_echo(|o| {
+        o.workers = 2;
+        o.max_connections = 1;
+        o.worker.close_timeout = Duration::from_secs(60);
+    });
+    let hub = srv.hub();
+    let _live: Vec<Client> = (0..2).map(|_| connect(srv.addr, "/echo")).collect();
+    wait_for("both workers full", IO_TIMEOUT, || {
+        (0..2).all(|w| hub.port(w).connections.load(Ordering::Relaxed) == 1)
+    });
+    let refused: Vec<std::net::TcpStream> = (0..REFUSALS)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.write_all(upgrade_request(srv.addr, "/echo").as_bytes())
+                .unwrap();
+            let mut answer = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+            s
+        })
+        .collect();
+    let per_worker: Vec<usize> = (0..2).map(|w| hub.port(w).refused()).collect();
+    assert_eq!(
+        per_worker,
+        [REFUSALS / 2; 2],
+        "refused connections per worker"
+    );
+    drop(refused);
 }
 
 #[test]

@@ -75,13 +75,18 @@ impl Balancer {
         })
     }
 
-    /// Every worker is full: let the least busy one answer 503 (ignoring the limit for this
-    /// short-lived connection). Gives the connection back if the inboxes are full: the
-    /// caller waits for the workers to catch up, as for [`NotTaken::Busy`].
+    /// Every worker is full: let the one with the most room for refused connections answer
+    /// 503 (ignoring the limit for this short-lived connection), so that refusals linger in
+    /// every worker's room, not in the first one's while the others stay empty. Gives the
+    /// connection back if the inboxes are full: the caller waits for the workers to catch
+    /// up, as for [`NotTaken::Busy`].
     pub fn reject_full(&self, mut conn: NewConn) -> Result<(), NewConn> {
         conn.reject_full = true;
         let w = (0..self.hub.workers())
-            .min_by_key(|&w| self.hub.port(w).accepts.len())
+            .min_by_key(|&w| {
+                let port = self.hub.port(w);
+                port.refused() + port.accepts.len()
+            })
             .unwrap_or(0);
         let port = self.hub.port(w);
         port.accepts.push(conn)?;

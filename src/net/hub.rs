@@ -191,6 +191,9 @@ pub struct Port {
     live: LiveTable,
     /// Refused (503) connections the worker may hold beside `max_connections` live ones.
     refused_room: usize,
+    /// Refused connections in the worker's slab (answered, lingering until the peer's EOF):
+    /// the worker's count, read by the balancer to spread refusals over the workers' rooms.
+    refused: AtomicUsize,
     /// Connections handed to this worker and not yet ended: the balancer reserves a slot
     /// (compare-and-swap against `max_connections`) before the hand-off, the worker releases
     /// it when the connection ends, so the limit holds exactly even across listener threads.
@@ -218,6 +221,7 @@ impl Port {
             stopped: AtomicBool::new(false),
             live: LiveTable::new(),
             refused_room: REFUSED_ROOM,
+            refused: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             max_connections,
@@ -285,6 +289,26 @@ impl Port {
     /// `max_connections` live ones.
     pub fn max_refused(&self) -> usize {
         self.refused_room
+    }
+
+    /// Refused connections the worker holds now.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Worker side: no room for one more refused connection.
+    pub fn refused_room_is_full(&self) -> bool {
+        self.refused() >= self.refused_room
+    }
+
+    /// Worker side: a refused connection is lingering in its slab.
+    pub fn add_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Worker side: a refused connection has left its slab.
+    pub fn remove_refused(&self) {
+        self.refused.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Worker side: the slot `index` now holds a live connection of this generation.

@@ -167,9 +167,6 @@ pub struct Worker {
     retry_wait: Duration,
     /// Messages a service sent to another connection of this worker during a callback.
     deferred: Vec<(ConnId, Vec<u8>)>,
-    /// Connections refused with 503 still in the slab (answered, lingering until the peer's
-    /// EOF); bounded by [`Port::max_refused`].
-    refused: usize,
     shutdown_since: Option<Instant>,
     handshake_limits: handshake::Limits,
     /// Calls of `flush_services` so far, plus one (see `Service::flush`).
@@ -260,7 +257,6 @@ impl Worker {
             retry_flush: Vec::new(),
             retry_wait: RETRY_FLUSH_WAIT,
             deferred: Vec::new(),
-            refused: 0,
             shutdown_since: None,
             handshake_limits,
             flushes: 1,
@@ -408,7 +404,7 @@ impl Worker {
         let now = Instant::now();
         let reject_full = nc.reject_full;
         let tls = self.opts.tls_endpoints.get(nc.listener).copied() == Some(true);
-        if reject_full && self.refused >= self.hub.port(self.id).max_refused() {
+        if reject_full && self.hub.port(self.id).refused_room_is_full() {
             // No slot to linger in: answer in passing and close at once (over TLS, without
             // a session to answer in, just close). The answer may be lost to an RST when the
             // request is already here: a last resort past max_refused.
@@ -465,7 +461,7 @@ impl Worker {
             return;
         }
         if reject_full {
-            self.refused += 1;
+            self.hub.port(self.id).add_refused();
             self.answer_and_finish(index, handshake::error_response(503, "server full"));
             return;
         }

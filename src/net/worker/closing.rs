@@ -288,7 +288,7 @@ impl Worker {
         let port = self.hub.port(self.id);
         port.set_dead(index);
         if c.refused {
-            self.refused -= 1;
+            port.remove_refused();
         } else {
             port.release_slot();
         }
