@@ -214,10 +214,14 @@ fn check_descriptors(cfg: &mut Config) {
 }
 
 /// SIGHUP reloads run on their own thread, one after another: this thread keeps taking
-/// signals, so a SIGTERM is served even while a new version's `init()` hangs a reload.
+/// signals, so a SIGTERM is served even while a new version's `init()` hangs a reload. A
+/// SIGHUP that finds the previous reload still running reloads the certificate at once (on a
+/// thread of its own) and leaves only the services' part waiting: a renewed certificate must
+/// not wait behind a redeploy that may never end.
 struct Reloads {
     tx: std::sync::mpsc::Sender<()>,
     busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    app: std::sync::Arc<lapps::app::App>,
 }
 
 impl Reloads {
@@ -226,9 +230,11 @@ impl Reloads {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&busy);
+        let reloading = std::sync::Arc::clone(&app);
         let spawned = std::thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
+                let app = reloading;
                 while rx.recv().is_ok() {
                     // Signals that came meanwhile ask for the same thing: one reload.
                     while rx.try_recv().is_ok() {}
@@ -240,12 +246,24 @@ impl Reloads {
         if let Err(e) = spawned {
             error!("cannot start the reload thread ({e}): SIGHUP will be ignored");
         }
-        Reloads { tx, busy }
+        Reloads { tx, busy, app }
     }
 
     fn request(&self) {
         if self.busy.load(std::sync::atomic::Ordering::SeqCst) {
-            lapps::warn!("the previous reload is still running; this one waits for it");
+            lapps::warn!(
+                "the previous reload is still running: the certificate is reloaded now, the \
+                 services once it is done"
+            );
+            let app = std::sync::Arc::clone(&self.app);
+            let spawned = std::thread::Builder::new()
+                .name("reload-tls".into())
+                .spawn(move || {
+                    app.reload_tls();
+                });
+            if let Err(e) = spawned {
+                error!("cannot start a thread to reload the certificate ({e})");
+            }
         }
         let _ = self.tx.send(());
     }

@@ -534,6 +534,34 @@ fn sighup_reload_serves_the_new_certificate_to_new_connections_only() {
     app.shutdown();
 }
 
+/// The reload's line names a new client CA even when the served certificate stays.
+#[test]
+fn a_reload_that_changes_only_the_client_ca_says_so() {
+    let dir = temp_dir("reload-ca");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca.pair.cert_pem).unwrap();
+    let tls = lapps::net::tls::TlsContext::load(lapps::net::tls::TlsFiles {
+        cert,
+        key,
+        ca: Some(ca_file.clone()),
+        tls13_only: false,
+    })
+    .unwrap();
+    let same = tls.reload().unwrap();
+    assert!(
+        same.starts_with("certificate unchanged") && !same.contains("CA"),
+        "{same}"
+    );
+    std::fs::write(&ca_file, &Ca::new("another CA").pair.cert_pem).unwrap();
+    let change = tls.reload().unwrap();
+    assert!(
+        change.starts_with("certificate unchanged") && change.ends_with("; client CA changed"),
+        "{change}"
+    );
+}
+
 #[test]
 fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     let dir = temp_dir("badfiles");
@@ -670,6 +698,66 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     );
     // SAFETY: as above.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+/// A reload stuck in a new service's `init()` does not hold up the next certificate: the
+/// SIGHUP that finds it running reloads the certificate at once (a certbot hook's `systemctl
+/// reload` weeks later must not leave the old one to expire).
+#[test]
+fn a_certificate_reload_does_not_wait_behind_a_stuck_redeploy() {
+    let dir = temp_dir("sighup-stuck");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("one"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let apps = dir.join("apps");
+    std::fs::create_dir_all(apps.join("stuck")).unwrap();
+    // A standalone service whose init() waits for a message that never comes.
+    std::fs::write(
+        apps.join("stuck/stuck.lua"),
+        "local s = {}\ns.init = function() mqr:receive(\"tls.never\") end\n\
+         s.run = function() end\nreturn s\n",
+    )
+    .unwrap();
+    let (mut child, addr, log) = spawn_binary(&dir, |_| {});
+    let lapps_json = std::fs::read_to_string(dir.join("lapps.json")).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/apps");
+    std::fs::write(
+        dir.join("lapps.json"),
+        lapps_json
+            .replace(&root.display().to_string(), &apps.display().to_string())
+            .replace(
+                r#""echo": { "protocol": "raw", "request_target": "/echo", "instances": 2 },"#,
+                r#""stuck": { "standalone": true, "preload": ["mqr"] },"#,
+            ),
+    )
+    .unwrap();
+    let pid = child.0.id() as i32;
+    // SAFETY: kill with our own child's pid and a valid signal number.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    // Its certificate part done, the reload goes on to start "stuck", and stays there.
+    let line = wait_line(&log, "reload: ");
+    assert!(line.contains("certificate unchanged"), "{line}");
+    let two = ca.server("two");
+    write_pair(&dir, "server", &two);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let line = wait_line(&log, "reload: ");
+    assert!(line.contains("now") && line.contains("two"), "{line}");
+    let new = wss_connect(
+        addr,
+        "/echo_builtin",
+        client_config(&ca.pair.cert_der, None),
+    )
+    .unwrap();
+    assert_eq!(
+        peer_fingerprint(&new),
+        lapps::net::tls::CertInfo::of(&two.cert_der).fingerprint
+    );
+    drop(new);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = child.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }

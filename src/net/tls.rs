@@ -109,6 +109,8 @@ fn now_unix() -> i64 {
 struct Loaded {
     config: Arc<ServerConfig>,
     info: CertInfo,
+    /// The fingerprints of the client CA's certificates (`ca`), when clients must present one.
+    client_ca: Option<Vec<String>>,
 }
 
 const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -117,7 +119,7 @@ const TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
 
 /// Reads and checks the PEM files and builds the server configuration. Checks: the files
 /// exist and parse, the key matches the certificate, the CA file holds usable certificates.
-pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError> {
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
     let info = CertInfo::of(&certs[0]);
@@ -135,11 +137,19 @@ pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError>
             TLS12_AND_13
         })
         .map_err(|e| err(&files.cert, e.to_string()))?;
+    let mut client_ca = None;
     let builder = match &files.ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in read_certs(ca)? {
+            let ca_certs = read_certs(ca)?;
+            client_ca = Some(
+                ca_certs
+                    .iter()
+                    .map(|c| CertInfo::of(c).fingerprint)
+                    .collect(),
+            );
+            for c in ca_certs {
                 roots
                     .add(c)
                     .map_err(|e| err(ca, format!("unusable CA certificate: {e}")))?;
@@ -158,7 +168,11 @@ pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, CertInfo), TlsError>
         err(file, format!("cannot use the certificate and key: {e}"))
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((Arc::new(config), info))
+    Ok(Loaded {
+        config: Arc::new(config),
+        info,
+        client_ca,
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -209,7 +223,7 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
 /// An expired certificate is reported in the returned warning, not as an error (a server may
 /// be started to serve it anyway, e.g. while the renewal is on its way).
 pub fn check(files: &TlsFiles) -> Result<(CertInfo, Option<String>), TlsError> {
-    let (_, info) = load(files)?;
+    let info = load(files)?.info;
     let warning = info.expired_at(now_unix()).then(|| {
         format!(
             "{}: the certificate expired at {}",
@@ -250,11 +264,11 @@ impl fmt::Debug for TlsContext {
 
 impl TlsContext {
     pub fn load(files: TlsFiles) -> Result<TlsContext, TlsError> {
-        let (config, info) = load(&files)?;
-        warn_if_expired(&files, &info);
+        let loaded = load(&files)?;
+        warn_if_expired(&files, &loaded.info);
         Ok(TlsContext {
             files,
-            current: RwLock::new(Loaded { config, info }),
+            current: RwLock::new(loaded),
         })
     }
 
@@ -277,18 +291,22 @@ impl TlsContext {
     /// answer says what changed; on error the old configuration stays in use. An expired
     /// certificate is served, with the same warning as at start-up.
     pub fn reload(&self) -> Result<String, TlsError> {
-        let (config, info) = load(&self.files)?;
-        warn_if_expired(&self.files, &info);
+        let new = load(&self.files)?;
+        warn_if_expired(&self.files, &new.info);
         let mut cur = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let change = if cur.info == info {
+        let info = &new.info;
+        let mut change = if cur.info == *info {
             format!("certificate unchanged ({info})")
         } else {
             format!("certificate was {}, now {info}", cur.info)
         };
-        *cur = Loaded { config, info };
+        if cur.client_ca != new.client_ca {
+            change.push_str("; client CA changed");
+        }
+        *cur = new;
         Ok(change)
     }
 }
