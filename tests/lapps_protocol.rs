@@ -210,6 +210,22 @@ fn a_malformed_notification_gets_no_error_response_either() {
         ]));
         ws.send(Message::binary(note)).unwrap();
     }
+    // Well-formed CBOR past the decoder's limits (64 levels, 2^20 items in an array), its cid
+    // after the params: it does not decode, and is still a notification.
+    let mut deep = Cbor::Array(vec![int(1)]);
+    for _ in 0..70 {
+        deep = Cbor::Array(vec![deep]);
+    }
+    let long = Cbor::Array(vec![int(0); (1 << 20) + 1]);
+    for params in [deep, long] {
+        let note = cbor(&map(vec![
+            ("lapps", int(1)),
+            ("method", text("echo")),
+            ("params", params),
+            ("cid", int(5)),
+        ]));
+        ws.send(Message::binary(note)).unwrap();
+    }
     let r = call(&mut ws, request("echo", Some(vec![text("after")])));
     assert_eq!(
         get(&r, "result"),

@@ -437,7 +437,7 @@ fn raw_key_matches(doc: &Doc, pos: usize, key: Key<'_>) -> bool {
 
 /// The head at `pos`: major type, argument (`None` for an indefinite length) and the offset
 /// after the head. Simple values and floats report their additional information as argument.
-fn head(b: &[u8], pos: usize) -> Option<(u8, Option<u64>, usize)> {
+pub(super) fn head(b: &[u8], pos: usize) -> Option<(u8, Option<u64>, usize)> {
     let initial = *b.get(pos)?;
     let (major, info) = (initial >> 5, initial & 0x1f);
     let n = |k: usize| -> Option<u64> {

@@ -13,6 +13,7 @@
 
 pub mod cbor;
 mod cbor_de;
+mod cid_scan;
 mod de;
 pub mod json;
 pub(crate) mod json_ud;

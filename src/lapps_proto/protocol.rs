@@ -71,6 +71,13 @@ fn names(key: &Value, name: &str) -> bool {
     }
 }
 
+/// The error for a message that does not decode: -32700, a client notification all the same
+/// when its one `cid` can be read (so that it gets no answer either, see [`super::cid_scan`]).
+pub(crate) fn undecodable(bytes: &[u8], e: impl fmt::Display) -> ProtocolError {
+    ProtocolError::new(PARSE_ERROR, format!("parse error: {e}"))
+        .in_notification(super::cid_scan::notification_cid(bytes).is_some())
+}
+
 /// A `cid` member's value as a client-notification channel.
 fn notification_cid(v: &Value) -> Option<NonZeroU64> {
     let cid = match v {
@@ -162,8 +169,7 @@ pub fn parse_inbound(bytes: &[u8]) -> Result<Inbound, ProtocolError> {
 
 /// Decodes and checks one inbound binary message within `limits`.
 pub fn parse_inbound_with(bytes: &[u8], limits: &Limits) -> Result<Inbound, ProtocolError> {
-    let message = cbor::decode_with(bytes, limits)
-        .map_err(|e| ProtocolError::new(PARSE_ERROR, format!("parse error: {e}")))?;
+    let message = cbor::decode_with(bytes, limits).map_err(|e| undecodable(bytes, e))?;
     check_inbound(message)
 }
 
@@ -250,8 +256,7 @@ fn check_members(
 /// the two.
 #[doc(hidden)]
 pub fn parse_inbound_in_place(bytes: &[u8]) -> Result<MsgType, ProtocolError> {
-    let doc = Doc::parse(bytes, &Limits::default())
-        .map_err(|e| ProtocolError::new(PARSE_ERROR, format!("parse error: {e}")))?;
+    let doc = Doc::parse(bytes, &Limits::default()).map_err(|e| undecodable(bytes, e))?;
     check_doc(&doc).map(|i| i.msg_type)
 }
 

@@ -67,11 +67,7 @@ impl LappsState {
         let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if opcode == 2 {
                 Doc::parse(payload, &self.limits)
-                    .map_err(|e| ProtocolError {
-                        code: protocol::PARSE_ERROR,
-                        message: format!("parse error: {e}"),
-                        notification: false,
-                    })
+                    .map_err(|e| protocol::undecodable(payload, e))
                     .and_then(|doc| protocol::check_doc(&doc).map(|i| (doc, i)))
             } else {
                 Err(ProtocolError {
