@@ -390,3 +390,48 @@ return s"#,
     reg.shutdown();
     assert_eq!(next(), "onShutdown, stopping=true");
 }
+
+/// Copies into the host (`nljson.encode`, `to_cbor`) of a table small in Lua and huge as a
+/// copy: one 1 MiB string 100 times, or a table built by doubling a reference 40 times (2^40
+/// leaves). Refused as too large once the copy passes what the state has room for or 2^21
+/// values, instead of a copy made on the host's heap without bound (the second would take
+/// hours and more memory than the host has).
+const COPIES: &str = r#"
+local m = {}
+m.onMessage = function(h, op, msg)
+  local t
+  if msg == "strings" then
+    local s = string.rep("x", 1024 * 1024)
+    t = {}
+    for i = 1, 100 do t[i] = s end
+  else
+    t = {"x"}
+    for i = 1, 40 do t = {t, t} end
+  end
+  local a, b = nljson.encode(t)
+  local c, d = nljson.to_cbor(t)
+  ws:send(h, 1, string.format("%s %s | %s %s", tostring(a), tostring(b), tostring(c), tostring(d)))
+  return true
+end
+return m
+"#;
+
+#[test]
+fn a_copy_into_the_host_is_bounded_however_small_the_table_is_in_lua() {
+    let apps = AppsDir::new("copies", &[("copies", COPIES.as_bytes())]);
+    let app = apps.start(r#"{ "copies": { "memory_limit": 33554432 } }"#);
+    let mut ws = connect(app.addr, "/copies");
+    let strings = ask(&mut ws, "strings");
+    assert_eq!(
+        strings.matches("too large to copy: more than the").count(),
+        2,
+        "{strings}"
+    );
+    // 2^21 values of ~40 bytes each pass the room (32 MiB) before their count does.
+    let tables = ask(&mut ws, "tables");
+    assert_eq!(
+        tables.matches("too large to copy: more than").count(),
+        2,
+        "{tables}"
+    );
+}

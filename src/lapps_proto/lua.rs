@@ -20,7 +20,7 @@
 
 use mlua::{LightUserData, Lua, Value as LuaValue};
 
-use super::node::{tree_cost, Node};
+use super::node::{tree_cost, CopyRoom, Node};
 use super::tree_budget::{self, Refusal};
 use super::value::{Limits, Value};
 
@@ -110,10 +110,22 @@ pub fn from_lua(lua: &Lua, v: &LuaValue) -> Result<Value, String> {
     from_lua_with(lua, v, &Limits::default())
 }
 
-/// A Lua value as a [`Value`], nesting bounded by `limits.max_depth`.
+/// A Lua value as a [`Value`], nesting bounded by `limits.max_depth` and the copy by
+/// `limits.max_total_items` values (keys included) and by what the state has room for (its
+/// `memory_limit` less its floor; [`UNLIMITED_COPY_BYTES`] without a limit): a table that
+/// holds one large string or table many times costs little in Lua and much as a copy.
 pub fn from_lua_with(lua: &Lua, v: &LuaValue, limits: &Limits) -> Result<Value, String> {
-    convert(lua, v, limits.max_depth)
+    let bytes = tree_budget::room_at_most().unwrap_or(UNLIMITED_COPY_BYTES);
+    convert(
+        lua,
+        v,
+        limits.max_depth,
+        &mut CopyRoom::new(limits.max_total_items, bytes),
+    )
 }
+
+/// The most bytes one copy from Lua may take in a state without a memory limit.
+pub const UNLIMITED_COPY_BYTES: usize = 1 << 30;
 
 /// A table key while its table's kind is not known yet.
 enum RawKey {
@@ -121,7 +133,26 @@ enum RawKey {
     Text(Value),
 }
 
-fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> {
+fn convert(
+    lua: &Lua,
+    v: &LuaValue,
+    depth_left: usize,
+    room: &mut CopyRoom,
+) -> Result<Value, String> {
+    if let LuaValue::UserData(_) = v {
+        // An nljson value counts its own values as it is copied.
+        return match super::json_ud::node_of(lua, v) {
+            Ok(node) => node.to_value_within(depth_left, room),
+            Err(super::json_ud::NoNode::Foreign) => {
+                Err("a userdata that is not an nljson value has no JSON/CBOR form".into())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    room.take(match v {
+        LuaValue::String(s) => s.as_bytes().len(),
+        _ => 0,
+    })?;
     Ok(match v {
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
@@ -135,13 +166,6 @@ fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> 
             }
         }
         v if is_null(v) => Value::Null,
-        LuaValue::UserData(_) => match super::json_ud::node_of(lua, v) {
-            Ok(node) => node.to_value(depth_left)?,
-            Err(super::json_ud::NoNode::Foreign) => {
-                return Err("a userdata that is not an nljson value has no JSON/CBOR form".into())
-            }
-            Err(e) => return Err(e.to_string()),
-        },
         LuaValue::Table(t) => {
             let inner = depth_left
                 .checked_sub(1)
@@ -156,7 +180,7 @@ fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> 
                     LuaValue::Number(n) => {
                         RawKey::Text(Value::Text(super::node::number_key_text(*n)))
                     }
-                    LuaValue::String(_) => match convert(lua, &k, 0) {
+                    LuaValue::String(_) => match convert(lua, &k, 0, room) {
                         Ok(key) => RawKey::Text(key),
                         Err(e) => {
                             failure = Some(e);
@@ -171,7 +195,7 @@ fn convert(lua: &Lua, v: &LuaValue, depth_left: usize) -> Result<Value, String> 
                         return Err(mlua::Error::runtime("stop"));
                     }
                 };
-                match convert(lua, &v, inner) {
+                match convert(lua, &v, inner, room) {
                     Ok(v) => {
                         entries.push((key, v));
                         Ok(())

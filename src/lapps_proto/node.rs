@@ -155,6 +155,60 @@ impl<T> Drop for Items<T> {
     }
 }
 
+/// What one copy into a [`Value`] may take: values, and bytes (each value's own size and its
+/// strings'). A Lua table that holds one large string or one table many times is small in
+/// Lua and huge as a copy; this bounds the copy, built on the host's heap in one call where
+/// neither the state's memory limit nor its instruction budget sees it.
+#[derive(Debug)]
+pub(crate) struct CopyRoom {
+    values: usize,
+    bytes: usize,
+    max_values: usize,
+    max_bytes: usize,
+}
+
+/// The bytes of a text or byte string; 0 for any other value.
+fn string_len(v: &Value) -> usize {
+    match v {
+        Value::Text(t) => t.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 0,
+    }
+}
+
+impl CopyRoom {
+    pub(crate) fn new(max_values: usize, max_bytes: usize) -> CopyRoom {
+        CopyRoom {
+            values: 0,
+            bytes: 0,
+            max_values,
+            max_bytes,
+        }
+    }
+
+    /// One more value in the copy, with `string_len` bytes of string (a key's or its own).
+    pub(crate) fn take(&mut self, string_len: usize) -> Result<(), String> {
+        self.values += 1;
+        if self.values > self.max_values {
+            return Err(format!(
+                "too large to copy: more than {} values",
+                self.max_values
+            ));
+        }
+        self.bytes = self
+            .bytes
+            .saturating_add(std::mem::size_of::<Value>())
+            .saturating_add(string_len);
+        if self.bytes > self.max_bytes {
+            return Err(format!(
+                "too large to copy: more than the {} bytes this state has room for",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A value inside a tree: scalars by value, containers shared.
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
@@ -251,36 +305,42 @@ impl Node {
     /// decoders' limit on values in total: trees live on the Rust heap, outside the Lua memory
     /// limit, and `a[#a + 1] = a` doubles one with each assignment.
     pub(crate) fn to_value(&self, depth_left: usize) -> Result<Value, String> {
-        let mut values_left = Limits::default().max_total_items;
-        self.to_value_counted(depth_left, &mut values_left)
+        let mut room = CopyRoom::new(Limits::default().max_total_items, usize::MAX);
+        self.to_value_within(depth_left, &mut room)
     }
 
-    fn to_value_counted(
+    /// [`Node::to_value`] as part of a larger copy, which `room` bounds.
+    pub(crate) fn to_value_within(
         &self,
         depth_left: usize,
-        values_left: &mut usize,
+        room: &mut CopyRoom,
     ) -> Result<Value, String> {
-        *values_left = values_left
-            .checked_sub(1)
-            .ok_or("more values than a decoded document may have (2^21)")?;
         let inner = |d: usize| d.checked_sub(1).ok_or("nesting too deep to convert");
         Ok(match self {
-            Node::Scalar(v) => v.clone(),
+            Node::Scalar(v) => {
+                room.take(string_len(v))?;
+                v.clone()
+            }
             Node::Array(a) => {
+                room.take(0)?;
                 let d = inner(depth_left)?;
                 let a = a.try_borrow().map_err(|_| "array is being modified")?;
                 Value::Array(
                     a.iter()
-                        .map(|n| n.to_value_counted(d, values_left))
+                        .map(|n| n.to_value_within(d, room))
                         .collect::<Result<_, _>>()?,
                 )
             }
             Node::Object(o) => {
+                room.take(0)?;
                 let d = inner(depth_left)?;
                 let o = o.try_borrow().map_err(|_| "object is being modified")?;
                 Value::Map(
                     o.iter()
-                        .map(|(k, n)| Ok((k.clone(), n.to_value_counted(d, values_left)?)))
+                        .map(|(k, n)| {
+                            room.take(string_len(k))?;
+                            Ok((k.clone(), n.to_value_within(d, room)?))
+                        })
                         .collect::<Result<_, String>>()?,
                 )
             }

@@ -321,8 +321,24 @@ fn a_tree_that_doubles_with_each_assignment_is_stopped_at_the_decoders_limit() {
         local stopped
         for i = 1, 40 do
           local ok, err = pcall(function() a[#a + 1] = a end)
-          if not ok then stopped = i; assert(tostring(err):find("2^21", 1, true), err) break end
+          if not ok then stopped = i; assert(tostring(err):find("too large to copy: more than 2097152 values", 1, true), err) break end
         end
         assert(stopped and stopped <= 22, tostring(stopped))
+    "#);
+}
+
+#[test]
+fn a_table_that_repeats_one_table_is_copied_within_the_value_bound() {
+    // 2^40 leaves from 41 tables: without a bound on the copy, hours and terabytes.
+    run(r#"
+        local t = {"x"}
+        for i = 1, 40 do t = {t, t} end
+        local s, err = nljson.encode(t)
+        assert(s == nil and err:find("too large to copy: more than 2097152 values", 1, true), err)
+        local v = nljson.decode("[[1, 2, 3]]")
+        local many = {}
+        for i = 1, 1000000 do many[i] = v end
+        s, err = nljson.to_cbor(many)
+        assert(s == nil and err:find("too large to copy", 1, true), err)
     "#);
 }
