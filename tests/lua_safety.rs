@@ -188,9 +188,9 @@ fn app_in_tmp(name: &str, src: impl AsRef<[u8]>) -> lapps::service::lua::Service
 const SANDBOX_CHECK: &str = r#"
 local m = {}
 m.onMessage = function(h, op, msg)
-  ws:send(h, 1, string.format("ffi=%s debug=%s execute=%s popen=%s exit=%s jit=%s",
+  ws:send(h, 1, string.format("ffi=%s debug=%s execute=%s popen=%s exit=%s jit=%s locale=%s/%s",
     tostring(pcall(require, "ffi")), type(debug), type(os.execute), type(io.popen),
-    type(os.exit), type(jit)))
+    type(os.exit), type(jit), tostring(os.setlocale("C")), tostring(os.setlocale())))
   return true
 end
 return m
@@ -214,11 +214,11 @@ fn the_sandbox_leaves_out_what_the_config_does_not_allow() {
     let mut lenient = connect(app.addr, "/lenient");
     assert_eq!(
         ask(&mut strict, "?"),
-        "ffi=false debug=nil execute=nil popen=nil exit=nil jit=nil"
+        "ffi=false debug=nil execute=nil popen=nil exit=nil jit=nil locale=nil/C"
     );
     assert_eq!(
         ask(&mut lenient, "?"),
-        "ffi=true debug=table execute=function popen=function exit=nil jit=table"
+        "ffi=true debug=table execute=function popen=function exit=nil jit=table locale=nil/C"
     );
 }
 

@@ -90,6 +90,17 @@ fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     let os: mlua::Table = g.get("os")?;
     let io: mlua::Table = g.get("io")?;
     os.set("exit", Value::Nil)?;
+    // The locale is the whole process's (every service's number formatting, nljson's number
+    // keys), and setting it while other threads format numbers is not safe: queries only;
+    // setting one answers nil, as for a locale the system cannot honour.
+    let setlocale: mlua::Function = os.get("setlocale")?;
+    os.set(
+        "setlocale",
+        lua.create_function(move |_, (locale, category): (Value, Value)| match locale {
+            Value::Nil => setlocale.call::<Value>((Value::Nil, category)),
+            _ => Ok(Value::Nil),
+        })?,
+    )?;
     if spec.allow_os_execute {
         super::children::install(lua, &os, &io)?;
     } else {
