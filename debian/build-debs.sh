@@ -182,8 +182,6 @@ assemble() {
     # The page's header names the version being packaged.
     sed "1s/\"lapps [^\"]*\"/\"lapps ${version%-*}\"/" debian/lapps.1 | gzip -9n \
         >"$root/usr/share/man/man1/lapps.1.gz"
-    install -d "$root/usr/share/lintian/overrides"
-    sed "s/^lapps:/$pkg:/" debian/lintian-overrides >"$root/usr/share/lintian/overrides/$pkg"
     find "$root" -path "$root/DEBIAN" -prune -o -type d -exec chmod 0755 {} +
     find "$root" -path "$root/DEBIAN" -prune -o -type f ! -path "$root/usr/bin/lapps" \
         -exec chmod 0644 {} +
