@@ -6,7 +6,9 @@ const query = new URLSearchParams(location.search);
 // A page served over https may only open wss:// (a ws:// socket would be blocked as mixed content).
 const scheme = location.protocol === "https:" ? "wss" : "ws";
 const url = query.get("ws") ?? `${scheme}://${location.hostname || "127.0.0.1"}:5083/echo_lapps`;
-const channel = Number(query.get("channel") ?? 1001);
+// Digits only, read as a BigInt so that a channel past 2^53 stays exact (on() takes both).
+const channelParam = query.get("channel") ?? "1001";
+const channel = /^[0-9]+$/.test(channelParam) ? BigInt(channelParam) : null;
 const KEEP = 100; // OONs kept on the page; older ones scroll away
 
 const $ = (id) => document.getElementById(id);
@@ -19,7 +21,7 @@ function setStatus(text) {
 }
 
 $("url").textContent = url;
-$("channel").textContent = channel;
+$("channel").textContent = channelParam;
 
 const client = connect(url);
 
@@ -37,10 +39,15 @@ client.onclose = ({ code, reconnectIn }) => {
   setStatus(reconnectIn === null ? `closed (${code})` : `closed (${code}), retrying in ${reconnectIn} ms`);
 };
 
-client.on(channel, (message) => {
-  const list = $("oon-list");
-  const item = document.createElement("li");
-  item.textContent = show(message);
-  list.append(item);
-  while (list.children.length > KEEP) list.firstElementChild.remove();
-});
+try {
+  if (channel === null) throw new RangeError(`channel=${channelParam} is not a number`);
+  client.on(channel, (message) => {
+    const list = $("oon-list");
+    const item = document.createElement("li");
+    item.textContent = show(message);
+    list.append(item);
+    while (list.children.length > KEEP) list.firstElementChild.remove();
+  });
+} catch (err) {
+  $("channel").textContent = `${channelParam}: ${err.message}`;
+}

@@ -506,16 +506,27 @@ export class LappsClient {
 
   /**
    * Registers a handler for OONs (server pushes) on `channel`; `handler(message, channel)` gets
-   * the OON's `message` array. Returns a function that removes the handler.
-   * @param {number} channel
+   * the OON's `message` array. Returns a function that removes the handler. Channels run from
+   * 1 to 2^64-1; past 2^53 a channel must be given as a BigInt (a Number there is not exact,
+   * and a handler on it could never be called): anything else throws a RangeError.
+   * @param {number|bigint} channel
    * @param {function(Array, number):void} handler
    * @returns {function():void}
    */
   on(channel, handler) {
+    const valid =
+      (Number.isSafeInteger(channel) && channel > 0) ||
+      (typeof channel === "bigint" && channel > 0n && channel < 2n ** 64n);
+    if (!valid) {
+      throw new RangeError("an OON channel is an integer from 1 to 2^64-1 (a BigInt past 2^53)");
+    }
     channel = channelKey(channel);
     if (!this.handlers.has(channel)) this.handlers.set(channel, new Set());
     this.handlers.get(channel).add(handler);
-    return () => this.handlers.get(channel)?.delete(handler);
+    return () => {
+      const set = this.handlers.get(channel);
+      if (set?.delete(handler) && set.size === 0) this.handlers.delete(channel);
+    };
   }
 
   /** Closes the connection for good: no reconnection, pending calls are rejected. */

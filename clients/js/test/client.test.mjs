@@ -85,6 +85,8 @@ test("OONs reach the handlers of their channel only; notifications expect no res
   sockets[0].serverSend({ status: 1, cid: 0, result: [1] });
   assert.deepEqual(await call, [1]); // the notification did not take the call's response
   off();
+  off(); // a second call changes nothing
+  assert.equal(client.handlers.has(1000), false, "the last handler gone, the channel is forgotten");
   sockets[0].serverSend({ cid: 1000, message: [{ time: 2 }] });
   assert.deepEqual(got, [[1000, [{ time: 1 }]]]);
   assert.throws(() => client.notify(0, "x"), RangeError);
@@ -102,7 +104,9 @@ test("OON channels beyond 2^53 reach their own handlers", () => {
   const client = connect("ws://x/", { WebSocket, reconnect: false });
   const got = [];
   client.on(2n ** 53n + 1n, (m, ch) => got.push(["big", ch]));
-  client.on(2 ** 53, () => got.push("rounded"));
+  for (const bad of [2 ** 53, 0, -1, 1.5, 0n, 2n ** 64n, "7"]) {
+    assert.throws(() => client.on(bad, () => got.push("never")), RangeError, String(bad));
+  }
   client.on(7n, (m, ch) => got.push(["seven", ch]));
   sockets[0].serverOpen();
   sockets[0].serverSend({ cid: 2n ** 53n + 1n, message: [] });
