@@ -111,9 +111,10 @@ pub fn from_lua(lua: &Lua, v: &LuaValue) -> Result<Value, String> {
 }
 
 /// A Lua value as a [`Value`], nesting bounded by `limits.max_depth` and the copy by
-/// `limits.max_total_items` values (keys included) and by what the state has room for (its
-/// `memory_limit` less its floor; [`UNLIMITED_COPY_BYTES`] without a limit): a table that
-/// holds one large string or table many times costs little in Lua and much as a copy.
+/// `limits.max_total_items` values (keys included, but for an array's indices) and its
+/// strings by what the state has room for (its `memory_limit` less its floor;
+/// [`UNLIMITED_COPY_BYTES`] without a limit): a table that holds one large string or table
+/// many times costs little in Lua and much as a copy.
 pub fn from_lua_with(lua: &Lua, v: &LuaValue, limits: &Limits) -> Result<Value, String> {
     let bytes = tree_budget::room_at_most().unwrap_or(UNLIMITED_COPY_BYTES);
     convert(
@@ -178,7 +179,12 @@ fn convert(
                 let key = match &k {
                     LuaValue::Integer(i) => RawKey::Index(*i),
                     LuaValue::Number(n) => {
-                        RawKey::Text(Value::Text(super::node::number_key_text(*n)))
+                        let text = super::node::number_key_text(*n);
+                        if let Err(e) = room.take(text.len()) {
+                            failure = Some(e);
+                            return Err(mlua::Error::runtime("stop"));
+                        }
+                        RawKey::Text(Value::Text(text))
                     }
                     LuaValue::String(_) => match convert(lua, &k, 0, room) {
                         Ok(key) => RawKey::Text(key),

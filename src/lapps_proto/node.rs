@@ -155,10 +155,12 @@ impl<T> Drop for Items<T> {
     }
 }
 
-/// What one copy into a [`Value`] may take: values, and bytes (each value's own size and its
-/// strings'). A Lua table that holds one large string or one table many times is small in
-/// Lua and huge as a copy; this bounds the copy, built on the host's heap in one call where
-/// neither the state's memory limit nor its instruction budget sees it.
+/// What one copy into a [`Value`] may take: values (keys included), and bytes of strings. A
+/// Lua table that holds one large string or one table many times is small in Lua and huge as
+/// a copy; this bounds the copy, built on the host's heap in one call where neither the
+/// state's memory limit nor its instruction budget sees it. (The values' own size is bounded
+/// by their count: 2^21 of ~32 bytes. Charging it to the bytes as well would refuse a plain
+/// array of numbers four times smaller in Lua than the room.)
 #[derive(Debug)]
 pub(crate) struct CopyRoom {
     values: usize,
@@ -195,13 +197,10 @@ impl CopyRoom {
                 self.max_values
             ));
         }
-        self.bytes = self
-            .bytes
-            .saturating_add(std::mem::size_of::<Value>())
-            .saturating_add(string_len);
+        self.bytes = self.bytes.saturating_add(string_len);
         if self.bytes > self.max_bytes {
             return Err(format!(
-                "too large to copy: more than the {} bytes this state has room for",
+                "too large to copy: more than the {} bytes of strings this state has room for",
                 self.max_bytes
             ));
         }
