@@ -222,6 +222,15 @@ struct Reloads {
     tx: std::sync::mpsc::Sender<()>,
     busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
     app: std::sync::Arc<lapps::app::App>,
+    /// The certificate reloads of SIGHUPs that found a reload running: one thread at a time,
+    /// which reloads again while more came meanwhile.
+    certificates: std::sync::Arc<CertificateReloads>,
+}
+
+#[derive(Default)]
+struct CertificateReloads {
+    running: std::sync::atomic::AtomicBool,
+    again: std::sync::atomic::AtomicBool,
 }
 
 impl Reloads {
@@ -246,7 +255,12 @@ impl Reloads {
         if let Err(e) = spawned {
             error!("cannot start the reload thread ({e}): SIGHUP will be ignored");
         }
-        Reloads { tx, busy, app }
+        Reloads {
+            tx,
+            busy,
+            app,
+            certificates: Default::default(),
+        }
     }
 
     fn request(&self) {
@@ -255,16 +269,40 @@ impl Reloads {
                 "the previous reload is still running: the certificate is reloaded now, the \
                  services once it is done"
             );
-            let app = std::sync::Arc::clone(&self.app);
-            let spawned = std::thread::Builder::new()
-                .name("reload-tls".into())
-                .spawn(move || {
-                    app.reload_tls();
-                });
-            if let Err(e) = spawned {
-                error!("cannot start a thread to reload the certificate ({e})");
-            }
+            self.reload_certificate();
         }
         let _ = self.tx.send(());
+    }
+
+    /// Reloads the certificate on a thread of its own, or has the one running reload it
+    /// once more (a SIGHUP storm starts one thread, not one per signal).
+    fn reload_certificate(&self) {
+        use std::sync::atomic::Ordering;
+        let c = &self.certificates;
+        c.again.store(true, Ordering::SeqCst);
+        if c.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let app = std::sync::Arc::clone(&self.app);
+        let certificates = std::sync::Arc::clone(c);
+        let spawned = std::thread::Builder::new()
+            .name("reload-tls".into())
+            .spawn(move || loop {
+                while certificates.again.swap(false, Ordering::SeqCst) {
+                    app.reload_tls();
+                }
+                certificates.running.store(false, Ordering::SeqCst);
+                // A request between the last look and the store above: take it, unless
+                // another thread has just started for it.
+                if !certificates.again.load(Ordering::SeqCst)
+                    || certificates.running.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+            });
+        if let Err(e) = spawned {
+            c.running.store(false, Ordering::SeqCst);
+            error!("cannot start a thread to reload the certificate ({e})");
+        }
     }
 }

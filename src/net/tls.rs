@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -252,6 +252,9 @@ fn warn_if_expired(files: &TlsFiles, info: &CertInfo) {
 pub struct TlsContext {
     files: TlsFiles,
     current: RwLock<Loaded>,
+    /// Held by a reload from reading the files to the swap: two reloads at once (a SIGHUP's
+    /// beside a stuck reload's) must not install the older files last.
+    reloading: Mutex<()>,
 }
 
 impl fmt::Debug for TlsContext {
@@ -269,6 +272,7 @@ impl TlsContext {
         Ok(TlsContext {
             files,
             current: RwLock::new(loaded),
+            reloading: Mutex::new(()),
         })
     }
 
@@ -291,6 +295,7 @@ impl TlsContext {
     /// answer says what changed; on error the old configuration stays in use. An expired
     /// certificate is served, with the same warning as at start-up.
     pub fn reload(&self) -> Result<String, TlsError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let new = load(&self.files)?;
         warn_if_expired(&self.files, &new.info);
         let mut cur = match self.current.write() {
