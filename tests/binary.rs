@@ -86,11 +86,7 @@ fn a_config_directory_whose_name_is_not_utf8_is_taken_and_a_bad_argument_is_a_us
     let base = temp_dir("non-utf8");
     let dir = base.join(std::ffi::OsStr::from_bytes(b"conf-\xe9"));
     std::fs::create_dir_all(&dir).unwrap();
-    write_config(
-        &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-        BUILTIN_ONLY,
-    );
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, BUILTIN_ONLY);
     let out = output_within(
         Command::new(LAPPS)
             .arg("-c")
@@ -120,11 +116,7 @@ fn a_config_directory_whose_name_is_not_utf8_is_taken_and_a_bad_argument_is_a_us
 #[test]
 fn a_log_level_that_is_not_one_is_warned_about() {
     let dir = temp_dir("log-level");
-    write_config(
-        &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-        BUILTIN_ONLY,
-    );
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, BUILTIN_ONLY);
     let (_child, _addr, _log, start) = binary::spawn_binary_logging(&dir, |cmd| {
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("LAPPS_LOG", "verbose");
@@ -258,11 +250,7 @@ fn check_config_warns_of_network_settings_on_a_standalone_service() {
 fn dash_c_wins_over_the_environment_which_names_the_files_without_it() {
     // SPEC 7: LAPPS_CONF_DIR, WS_CONFIG and LAPPS_CONFIG override, `-c DIR` wins over them.
     let dir = temp_dir("dash-c-wins");
-    write_config(
-        &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-        BUILTIN_ONLY,
-    );
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, BUILTIN_ONLY);
     std::fs::write(dir.join("alt-ws.json"), r#"{ "bogus_key": 1 }"#).unwrap();
     std::fs::write(dir.join("alt-lapps.json"), BUILTIN_ONLY).unwrap();
     let with_c = output_within(
@@ -331,7 +319,7 @@ fn a_403_log_names_the_rule_that_refused() {
     let dir = temp_dir("why-403");
     write_config(
         &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        binary::ONE_WORKER_WS_JSON,
         r#"{ "directories": { "applications": "./lua/apps" },
   "services": {
     "origins": { "builtin": "echo", "request_target": "/o", "allowed_origins": ["https://a.example"] },
@@ -377,7 +365,7 @@ fn spawn_with_standalone(
     let dir = temp_dir(tag);
     write_config(
         &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        binary::ONE_WORKER_WS_JSON,
         &format!(
             r#"{{ "directories": {{ "applications": "./tests/apps" }},
   "services": {{
@@ -492,7 +480,7 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
     let dir = temp_dir("bad-notification");
     write_config(
         &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        binary::ONE_WORKER_WS_JSON,
         r#"{ "directories": { "applications": "./lua/apps" },
   "services": { "echo_lapps": { "protocol": "LAppS", "request_target": "/echo_lapps",
                                 "preload": ["bcast"] } } }"#,
@@ -561,7 +549,7 @@ return app
     .unwrap();
     write_config(
         &dir,
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        binary::ONE_WORKER_WS_JSON,
         &format!(
             r#"{{ "directories": {{ "applications": "{}" }},
                  "services": {{ "discfail": {{ "instances": 1 }} }} }}"#,

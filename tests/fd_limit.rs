@@ -23,11 +23,7 @@ fn config_dir(name: &str) -> PathBuf {
         .join(format!("fd-limit-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("ws.json"),
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("ws.json"), binary::ONE_WORKER_WS_JSON).unwrap();
     std::fs::write(
         dir.join("lapps.json"),
         r#"{ "services": { "echo": { "builtin": "echo", "request_target": "/echo" } } }"#,
@@ -60,8 +56,8 @@ fn limit(cmd: &mut std::process::Command, soft: libc::rlim_t, hard: libc::rlim_t
     }
 }
 
-#[test]
-fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
+/// This test process's hard RLIMIT_NOFILE.
+fn hard_limit() -> libc::rlim_t {
     let mut ours = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -71,15 +67,20 @@ fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
         0
     );
+    ours.rlim_max
+}
+
+#[test]
+fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let hard = hard_limit();
     assert!(
-        ours.rlim_max > 4 * NOFILE,
-        "this machine's hard descriptor limit ({}) is too low for these tests",
-        ours.rlim_max
+        hard > 4 * NOFILE,
+        "this machine's hard descriptor limit ({hard}) is too low for these tests"
     );
     let dir = config_dir("raise");
     let (_server, _addr, _log, start) =
         spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, libc::RLIM_INFINITY));
-    let raised = format!("descriptor limit raised from {NOFILE} to {}", ours.rlim_max);
+    let raised = format!("descriptor limit raised from {NOFILE} to {hard}");
     assert!(start.iter().any(|l| l.contains(&raised)), "{start:#?}");
 }
 
@@ -191,19 +192,10 @@ fn a_default_max_connections_is_lowered_to_what_the_descriptors_cover() {
     const COVERED: usize = 20;
     // nofile::per_worker for 1 worker: REFUSED_ROOM (1024) + ACCEPT_INBOX (4096) + RESERVE (256).
     const LIMIT: libc::rlim_t = (COVERED + 1024 + 4096 + 256) as libc::rlim_t;
-    let mut ours = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `ours` is a valid, writable rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
-        0
-    );
+    let hard = hard_limit();
     assert!(
-        ours.rlim_max >= LIMIT,
-        "this test needs a hard descriptor limit of {LIMIT}, not {}",
-        ours.rlim_max
+        hard >= LIMIT,
+        "this test needs a hard descriptor limit of {LIMIT}, not {hard}"
     );
     let dir = config_dir("lowered");
     let (server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, LIMIT, LIMIT));

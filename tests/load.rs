@@ -79,6 +79,19 @@ fn connections_beyond_the_limit_get_503() {
     assert_eq!(held[0].read().unwrap(), Message::text("x"));
 }
 
+/// A client that asked a full server to upgrade and read its answer, 503, to the end (the
+/// server's FIN): the connection stays open on our side.
+fn refused_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(upgrade_request(addr, "/echo").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    s
+}
+
 #[test]
 fn refused_connections_beyond_what_a_worker_can_hold_are_closed_at_once() {
     raise_nofile();
@@ -89,16 +102,7 @@ fn refused_connections_beyond_what_a_worker_can_hold_are_closed_at_once() {
         o.worker.close_timeout = Duration::from_secs(60);
     });
     let _live = connect(srv.addr, "/echo");
-    let refuse = || {
-        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.write_all(upgrade_request(srv.addr, "/echo").as_bytes())
-            .unwrap();
-        let mut answer = String::new();
-        let _ = std::io::Read::read_to_string(&mut s, &mut answer);
-        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-        s
-    };
+    let refuse = || refused_client(srv.addr);
     // As many as the worker may keep beside its live connection: they linger.
     let max = srv.hub().port(0).max_refused();
     let lingering: Vec<_> = (0..max).map(|_| refuse()).collect();
@@ -129,18 +133,8 @@ fn refusals_are_spread_over_the_workers() {
     wait_for("both workers full", IO_TIMEOUT, || {
         (0..2).all(|w| hub.port(w).connections.load(Ordering::Relaxed) == 1)
     });
-    let refused: Vec<std::net::TcpStream> = (0..REFUSALS)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
-            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-            s.write_all(upgrade_request(srv.addr, "/echo").as_bytes())
-                .unwrap();
-            let mut answer = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut answer);
-            assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-            s
-        })
-        .collect();
+    let refused: Vec<std::net::TcpStream> =
+        (0..REFUSALS).map(|_| refused_client(srv.addr)).collect();
     let per_worker: Vec<usize> = (0..2).map(|w| hub.port(w).refused()).collect();
     assert_eq!(
         per_worker,

@@ -19,11 +19,7 @@ fn site() -> PathBuf {
         .join(format!("lua-stack-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("ws.json"),
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("ws.json"), binary::ONE_WORKER_WS_JSON).unwrap();
     std::fs::write(
         dir.join("lapps.json"),
         format!(

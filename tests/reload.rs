@@ -13,11 +13,7 @@ fn site(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("apps/stuck")).unwrap();
-    std::fs::write(
-        dir.join("ws.json"),
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("ws.json"), binary::ONE_WORKER_WS_JSON).unwrap();
     dir
 }
 

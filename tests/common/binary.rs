@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
+/// The ws.json of most binary tests: one IO worker on a free loopback port.
+pub const ONE_WORKER_WS_JSON: &str =
+    r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#;
+
 /// Kills the server if the test fails before it stopped it.
 pub struct Reaper(pub Child);
 
