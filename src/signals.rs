@@ -13,15 +13,18 @@
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The signals [`Signals::block`] blocks: SIGTERM, SIGINT, SIGHUP.
+/// The signals [`Signals::block`] blocks.
+const STOP_AND_RELOAD: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// [`STOP_AND_RELOAD`] as a signal set.
 fn stop_and_reload() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
+        for signo in STOP_AND_RELOAD {
+            libc::sigaddset(&mut set, signo);
+        }
         set
     }
 }
@@ -61,7 +64,7 @@ pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
             // SAFETY: `self.0` is the mask `pthread_sigmask` gave back below.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
             let caught = CAUGHT.swap(0, Ordering::SeqCst);
-            for signo in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            for signo in STOP_AND_RELOAD {
                 if caught & (1 << signo) != 0 {
                     // SAFETY: kill(2) on this process; blocked in every thread again, the
                     // signal waits for `sigwait`.
@@ -104,7 +107,7 @@ impl Signals {
         let set = stop_and_reload();
         // SAFETY: `set` is initialised; the call only changes this thread's signal mask.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        for signo in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for signo in STOP_AND_RELOAD {
             handle(signo, catch);
         }
         handle(libc::SIGPIPE, do_nothing);

@@ -5,7 +5,7 @@
 //! Owns a scan that reads any bytes without recursion and in memory bounded by
 //! [`MAX_OPEN_INDEFINITE`]; it never panics.
 
-use super::lazy::head;
+use super::lazy::{head, skip_tags};
 
 /// Indefinite-length items open at once that [`skip`] follows; deeper, it gives up.
 const MAX_OPEN_INDEFINITE: usize = 1024;
@@ -43,13 +43,6 @@ pub(crate) fn notification_cid(b: &[u8]) -> Option<u64> {
         members += 1;
     }
     cid.filter(|&c| c != 0)
-}
-
-fn skip_tags(b: &[u8], mut pos: usize) -> usize {
-    while let Some((6, Some(_), next)) = head(b, pos) {
-        pos = next;
-    }
-    pos
 }
 
 /// The offset after the item at `pos`, for any bytes. The items of definite containers are

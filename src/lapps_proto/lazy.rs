@@ -492,7 +492,7 @@ fn census(b: &[u8], pos: usize, items: &mut usize, containers: &mut usize) -> Op
 }
 
 /// The offset after the tags at `pos`.
-fn skip_tags(b: &[u8], mut pos: usize) -> usize {
+pub(super) fn skip_tags(b: &[u8], mut pos: usize) -> usize {
     while let Some((6, Some(_), next)) = head(b, pos) {
         pos = next;
     }
