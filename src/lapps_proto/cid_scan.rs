@@ -3,16 +3,26 @@
 //! response would be taken by the client for the answer to its oldest pending call (SPEC 4).
 //!
 //! Owns a scan that reads any bytes without recursion and in memory bounded by
-//! [`MAX_OPEN_INDEFINITE`]; it never panics.
+//! [`MAX_OPEN_INDEFINITE`]; it never panics. The keys and the `cid` it finds are read by the
+//! decoder itself and judged by the rules of [`super::protocol`], so a message is taken for
+//! a notification here exactly when it would be one had it decoded.
 
+use super::cbor;
 use super::lazy::{head, skip_tags};
+use super::protocol::{is_named, notification_cid as channel_of};
+use super::value::Value;
 
 /// Indefinite-length items open at once that [`skip`] follows; deeper, it gives up.
 const MAX_OPEN_INDEFINITE: usize = 1024;
 
-/// The channel of the one `cid` member (a text or byte-string key) of the map `b` holds,
-/// when it is a non-zero unsigned integer: the client-notification channel. None when the
-/// map has no such member or two `cid`s, or when its items cannot all be passed over.
+/// The longest key or `cid` item that is decoded to be judged: `"cid"` or a channel number
+/// takes a few bytes however it is written (tagged, in chunks, as a bignum or a float); a
+/// longer item is neither.
+const MAX_JUDGED_ITEM: usize = 64;
+
+/// The channel of the one `cid` member of the map `b` holds, when it is a client-notification
+/// channel (as [`super::protocol`] judges a decoded one). None when the map has no such member
+/// or two `cid`s, or when its items cannot all be passed over.
 pub(crate) fn notification_cid(b: &[u8]) -> Option<u64> {
     let (5, len, mut pos) = head(b, skip_tags(b, 0))? else {
         return None;
@@ -25,24 +35,25 @@ pub(crate) fn notification_cid(b: &[u8]) -> Option<u64> {
             None if *b.get(pos)? == 0xff => break,
             _ => {}
         }
-        let is_cid = match head(b, pos)? {
-            (2 | 3, Some(3), at) => b.get(at..at + 3) == Some(b"cid"),
-            _ => false,
-        };
-        pos = skip(b, pos)?;
+        let value = skip(b, pos)?;
+        let is_cid = small_item(b, pos, value).is_some_and(|k| is_named(&k, "cid"));
+        pos = skip(b, value)?;
         if is_cid {
             if cid.is_some() {
                 return None;
             }
-            cid = Some(match head(b, skip_tags(b, pos))? {
-                (0, Some(v), _) => v,
-                _ => 0,
-            });
+            cid = Some(small_item(b, value, pos).as_ref().and_then(channel_of));
         }
-        pos = skip(b, pos)?;
         members += 1;
     }
-    cid.filter(|&c| c != 0)
+    cid.flatten().map(|c| c.get())
+}
+
+/// The item `b[start..end]` as the decoder reads it, when it is at most [`MAX_JUDGED_ITEM`]
+/// bytes and decodes.
+fn small_item(b: &[u8], start: usize, end: usize) -> Option<Value> {
+    let item = b.get(start..end).filter(|i| i.len() <= MAX_JUDGED_ITEM)?;
+    cbor::decode(item).ok()
 }
 
 /// The offset after the item at `pos`, for any bytes. The items of definite containers are
@@ -122,13 +133,23 @@ mod tests {
         for (message, channel) in [
             ("a1 63636964 00", None),     // cid 0: a response's, not a notification's
             ("a1 63636964 20", None),     // negative
-            ("a1 63636964 f93c00", None), // a float
+            ("a1 63636964 f93e00", None), // a float with a fraction (1.5)
             ("a1 63636964 6131", None),   // text
             ("a2 63636964 01 63636964 02", None), // twice
             ("a1 6170 01", None),         // no cid
             ("81 01", None),              // not a map
             ("a2 63636964 01 6170", None), // ends early
             ("a1 63636964 01 00", Some(1)), // trailing bytes: the map is whole
+            // However the decoder would read a channel: a float without a fraction, a tagged
+            // number, a bignum; a key in chunks or tagged.
+            ("a1 63636964 f94500", Some(5)),
+            ("a1 63636964 c1 07", Some(7)),
+            ("a1 63636964 c2 43 000102", Some(258)),
+            ("a1 63636964 c2 49 010000000000000000", None), // 2^64: no channel
+            ("a1 7f 6163 626964 ff 09", Some(9)),
+            ("a1 5f 43636964 ff 09", Some(9)),
+            ("a1 d818 63636964 0a", Some(10)),
+            ("a1 7f 6163 626964 ff 00", None),
         ] {
             assert_eq!(notification_cid(&hex(message)), channel, "{message}");
         }

@@ -63,7 +63,7 @@ impl ProtocolError {
 
 /// Whether a map key names the member `name`: as text, or as a byte string with the same
 /// bytes (nljson lookups find members by either, so the checks must too).
-fn names(key: &Value, name: &str) -> bool {
+pub(super) fn is_named(key: &Value, name: &str) -> bool {
     match key {
         Value::Text(s) => s == name,
         Value::Bytes(b) => b == name.as_bytes(),
@@ -79,7 +79,7 @@ pub(crate) fn undecodable(bytes: &[u8], e: impl fmt::Display) -> ProtocolError {
 }
 
 /// A `cid` member's value as a client-notification channel.
-fn notification_cid(v: &Value) -> Option<NonZeroU64> {
+pub(super) fn notification_cid(v: &Value) -> Option<NonZeroU64> {
     let cid = match v {
         Value::UInt(u) => Some(*u),
         v => v.as_i64().and_then(|i| u64::try_from(i).ok()),
@@ -181,7 +181,7 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
             "parse error: a LAppS message is a CBOR map",
         ));
     };
-    let mut cids = members.iter().filter(|(k, _)| names(k, "cid"));
+    let mut cids = members.iter().filter(|(k, _)| is_named(k, "cid"));
     let notification = match (cids.next(), cids.next()) {
         (Some((_, v)), None) => notification_cid(v).is_some(),
         _ => false,
@@ -201,7 +201,7 @@ fn check_members(
     members: &[(Value, Value)],
 ) -> Result<(MsgType, String, Option<NonZeroU64>), ProtocolError> {
     let member = |name: &str| -> Result<Option<&Value>, ProtocolError> {
-        let mut found = members.iter().filter(|(k, _)| names(k, name));
+        let mut found = members.iter().filter(|(k, _)| is_named(k, name));
         let first = found.next().map(|(_, v)| v);
         if found.next().is_some() {
             return Err(ProtocolError::new(
