@@ -219,6 +219,27 @@ fn convert(
     })
 }
 
+/// The JSON type a table is copied as (see [`table_value`]), from its keys alone: `"array"`
+/// when they are exactly 1..n, `"object"` otherwise. Nothing is copied, so this answers for
+/// a table of any size and whatever its values hold.
+pub fn table_type_name(t: &mlua::Table) -> &'static str {
+    let (mut count, mut largest) = (0i64, 0i64);
+    let walked = t.for_each(|k: LuaValue, _: LuaValue| match k {
+        LuaValue::Integer(i) if i >= 1 => {
+            count += 1;
+            largest = largest.max(i);
+            Ok(())
+        }
+        _ => Err(mlua::Error::runtime("not an index")),
+    });
+    // Distinct keys, all in 1..: exactly 1..n when the largest is their number.
+    if walked.is_ok() && count > 0 && largest == count {
+        "array"
+    } else {
+        "object"
+    }
+}
+
 /// Array when the keys are exactly 1..n, object otherwise. Two keys that write the same (`[1]`
 /// and `["1"]`, or two numbers equal to 14 digits) would be one key given twice (RFC 8949 5.6):
 /// an error, rather than a map whose receiver keeps either value.

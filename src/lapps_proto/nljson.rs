@@ -318,7 +318,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         lua.create_function(move |lua, v: LuaValue| {
             let name = match &v {
                 LuaValue::UserData(_) => container_arg(lua, &v).map(|n| type_name(&n)),
-                LuaValue::Table(_) => from_lua_with(lua, &v, &limits).map(|v| v.type_name()),
+                LuaValue::Table(t) => Ok(super::lua::table_type_name(t)),
                 LuaValue::Nil => Ok("null"),
                 v if is_null(v) => Ok("null"),
                 LuaValue::Boolean(_) => Ok("boolean"),

@@ -340,5 +340,11 @@ fn a_table_that_repeats_one_table_is_copied_within_the_value_bound() {
         for i = 1, 1000000 do many[i] = v end
         s, err = nljson.to_cbor(many)
         assert(s == nil and err:find("too large to copy", 1, true), err)
+        -- Naming its kind copies nothing: any size, any values.
+        assert(nljson.typename(t) == "array" and nljson.typename(many) == "array")
+        assert(nljson.typename({[1] = 1, [3] = 3}) == "object")
+        assert(nljson.typename({[0] = 1}) == "object" and nljson.typename({}) == "object")
+        assert(nljson.typename({1, 2, x = 3}) == "object")
+        assert(nljson.typename({print}) == "array")
     "#);
 }
