@@ -392,22 +392,7 @@ fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
         let mut s = accept_upgrade(&listener);
         s.write_all(&[0x81, 3, b'b', b'y', b'e', 0x88, 2, 0x03, 0xf1])
             .unwrap();
-        let off = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt on the socket `s` owns, with a linger struct of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&off as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
-        // Closed with SO_LINGER 0: an RST right behind the bytes written.
+        common::close_with_reset(s);
     });
     let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();

@@ -322,6 +322,12 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     ws.get_ref().shutdown(Shutdown::Both).unwrap();
     drop(ws);
 
+    // TCP reset without a Close frame: the worker reads an error, not an end of file.
+    let mut ws = connect(app.addr, "/tally");
+    ended.push(("tcp reset", id(&mut ws)));
+    close_with_reset(ws.get_ref().try_clone().unwrap());
+    drop(ws);
+
     // Server-side closes decided by Lua.
     for (how, cmd, code) in [
         ("lua error", "error", 1011),
@@ -743,7 +749,7 @@ fn a_paused_connection_that_drops_gets_one_on_disconnect_after_its_last_message(
     );
     let mut w = Watcher::new(app.addr);
     let mut victims = Vec::new();
-    for _ in 0..4 {
+    for n in 0..4 {
         let mut s = raw_upgraded(app.addr, "/tally");
         s.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
         let h: u64 = String::from_utf8(read_frame(&mut s).expect("id").payload)
@@ -755,8 +761,13 @@ fn a_paused_connection_that_drops_gets_one_on_disconnect_after_its_last_message(
             burst.extend(frame(true, 0, 0x1, format!("m{i}").as_bytes(), true));
         }
         s.write_all(&burst).unwrap();
-        // Gone without a Close, most of the burst unread by the (paused) server.
-        s.shutdown(Shutdown::Both).unwrap();
+        // Gone without a Close, most of the burst unread by the (paused) server: with a FIN,
+        // or with a reset.
+        if n % 2 == 0 {
+            s.shutdown(Shutdown::Both).unwrap();
+        } else {
+            close_with_reset(s);
+        }
         victims.push(h);
     }
     w.until("an onDisconnect for every dropped connection", |w| {
@@ -903,7 +914,23 @@ fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read()
         (released.opcode, &released.payload[..]),
         (0x1, &b"released"[..])
     );
-    assert_eq!(expect_close(&mut s), Some(1002));
+    // The next frame is the Close: no Pong to the ping before it or after it.
+    let close = read_frame(&mut s).expect("the Close");
+    assert_eq!(
+        (close.opcode, &close.payload[..]),
+        (0x8, &1002u16.to_be_bytes()[..])
+    );
+    // Then the end of TCP (EOF or a reset), no byte before it; the read timeout is the guard.
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the Close: {rest:?}");
+    assert!(
+        end.as_ref().map_or_else(
+            |e| e.kind() == std::io::ErrorKind::ConnectionReset,
+            |_| true
+        ),
+        "{end:?}"
+    );
 }
 
 /// SPEC 8: the original made Close replies wait behind a busy Lua instance. A connection whose

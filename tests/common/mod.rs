@@ -387,6 +387,27 @@ pub fn closed_by_server(s: &mut TcpStream) -> bool {
     false
 }
 
+/// Closes `s` with a reset (SO_LINGER 0: an RST behind whatever was written) rather than a FIN,
+/// as a peer that aborts or vanishes does.
+pub fn close_with_reset(s: TcpStream) {
+    let off = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on the socket `s` owns, with a linger struct of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&off as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(s);
+}
+
 /// Polls `cond` until it holds or the guard expires.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
