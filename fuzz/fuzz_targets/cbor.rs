@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
     // Error texts differ; the verdict and the value may not, except where our decoder applies
     // an RFC 8949 rule ciborium does not (cbor::stricter_than_ciborium).
     let ours = cbor::decode_with(data, &limits);
-    let known = matches!((&ours, &reference), (Err(e), Ok(_)) if cbor::stricter_than_ciborium(data, e));
+    let known =
+        matches!((&ours, &reference), (Err(e), Ok(_)) if cbor::stricter_than_ciborium(data, e));
     if !known {
         assert_eq!(ours.ok(), reference.ok(), "differs from ciborium");
     }
@@ -30,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let again = cbor::decode(&cbor::encode(&value));
-    assert_eq!(again.as_ref(), Ok(&value), "encode/decode changed the value");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&value),
+        "encode/decode changed the value"
+    );
 
     match protocol::check_inbound(value.clone()) {
         Ok(msg) => {
@@ -40,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!((-32768..=-32000).contains(&e.code), "{e:?}"),
     }
     if let Ok(bytes) = protocol::validate_outbound(&value) {
-        assert!(matches!(cbor::decode(&bytes), Ok(lapps::lapps_proto::Value::Map(_))));
+        assert!(matches!(
+            cbor::decode(&bytes),
+            Ok(lapps::lapps_proto::Value::Map(_))
+        ));
     }
     let _ = json::encode(&value);
 });

@@ -33,7 +33,10 @@ fn answer(data: &[u8]) {
         .map_or(0, |&b| usize::from(b) * data.len() / 256);
     let prefix = check_response(&data[..split], &accept);
     if prefix != Ok(None) {
-        assert_eq!(prefix, full, "decision on a prefix of {split} bytes changed");
+        assert_eq!(
+            prefix, full,
+            "decision on a prefix of {split} bytes changed"
+        );
     }
     match &full {
         Ok(None) => assert!(data.len() < MAX_RESPONSE),

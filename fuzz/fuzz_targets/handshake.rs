@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         .map_or(0, |&b| usize::from(b) * data.len() / 256);
     let prefix = parse(&data[..split], &LIMITS);
     if prefix != Ok(None) {
-        assert_eq!(prefix, full, "decision on a prefix of {split} bytes changed");
+        assert_eq!(
+            prefix, full,
+            "decision on a prefix of {split} bytes changed"
+        );
     } else {
         let resumed = parse_after(data, split, &LIMITS);
         assert_eq!(resumed, full, "parsing on after {split} bytes differs");
@@ -36,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
             let n = *n;
             assert!(n >= 4 && n <= data.len() && n <= LIMITS.max_request_bytes);
             assert_eq!(&data[n - 4..n], b"\r\n\r\n");
-            assert_eq!(parse(&data[..n], &LIMITS), full, "bytes after the head matter");
+            assert_eq!(
+                parse(&data[..n], &LIMITS),
+                full,
+                "bytes after the head matter"
+            );
             assert_eq!(parse(&data[..n - 1], &LIMITS), Ok(None));
             assert!(req.path.starts_with('/'));
             assert!(req.headers.len() <= LIMITS.max_headers);
@@ -47,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(resp.ends_with(b"\r\n\r\n"));
         }
         Err(e) => {
-            assert!(matches!(e.status, 400 | 405 | 414 | 426 | 431 | 505), "{e:?}");
+            assert!(
+                matches!(e.status, 400 | 405 | 414 | 426 | 431 | 505),
+                "{e:?}"
+            );
             let resp = e.response();
             assert!(resp.starts_with(format!("HTTP/1.1 {} ", e.status).as_bytes()));
         }
