@@ -62,7 +62,8 @@ pub struct ServiceConfig {
     pub depends: Vec<String>,
     /// `None`: only the server-wide ACL applies.
     pub acl: Option<Acl>,
-    /// Extra header lines in the 101 answer, in file order.
+    /// Extra header lines in the 101 answer: in file order when given as a list of pairs, by
+    /// name when given as an object.
     pub extra_headers: Vec<(String, String)>,
     /// `Sec-WebSocket-Protocol` to answer with; without it none is sent.
     pub proto_alias: Option<String>,
@@ -158,8 +159,10 @@ const SERVER_HEADERS: &[&str] = &[
     "sec-websocket-accept",
     "sec-websocket-protocol",
     "sec-websocket-extensions",
-    "content-length",
 ];
+
+/// Headers a 1xx answer must not carry (RFC 9110 8.6, RFC 9112 6.1).
+const NOT_IN_A_101: &[&str] = &["content-length", "transfer-encoding"];
 
 impl Default for Directories {
     fn default() -> Self {
@@ -244,16 +247,20 @@ impl ServiceConfig {
             },
         };
         let request_target = s.string(r, "request_target", &format!("/{name}"));
+        // As a client sends it: the handshake compares the path byte for byte, never decoded,
+        // and refuses a request line with anything but printable ASCII.
         if !request_target.starts_with('/')
-            || request_target
+            || !request_target
                 .chars()
-                .any(|c| c == '?' || c == '#' || c.is_whitespace() || c.is_control())
+                .all(|c| c.is_ascii_graphic() && c != '?' && c != '#')
         {
             r.problem(
                 ProblemKind::Type,
                 &s.path_of("request_target"),
                 format!(
-                    "expected a path starting with '/' (no query, fragment or spaces), got {request_target:?}"
+                    "expected a path starting with '/' in printable ASCII (no query, fragment or \
+                     spaces; other characters percent-encoded, as clients send them), got \
+                     {request_target:?}"
                 ),
             );
         }
@@ -368,11 +375,19 @@ fn read_extra_headers(r: &mut Reader, s: &Obj<'_>) -> Vec<(String, String)> {
                 &item_path,
                 "set by the server itself (use proto_alias for Sec-WebSocket-Protocol)",
             );
-        } else if text.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+        } else if NOT_IN_A_101.contains(&name.to_ascii_lowercase().as_str()) {
+            r.problem(
+                ProblemKind::Semantic,
+                &item_path,
+                "not allowed in a 101 answer (RFC 9110 8.6, RFC 9112 6.1)",
+            );
+        } else if text.chars().any(|c| c.is_control() && c != '\t') {
+            // RFC 9110 5.5: visible characters, spaces and tabs; what the handshake refuses
+            // from a client, the server does not send.
             r.problem(
                 ProblemKind::Type,
                 &item_path,
-                "header value must not contain CR, LF or NUL",
+                "header value must not contain control characters (CR, LF, NUL, DEL, ...)",
             );
         } else {
             out.push((name, text.to_string()));

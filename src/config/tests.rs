@@ -154,13 +154,24 @@ fn extra_headers_as_map_or_pairs_and_checked() {
     );
     assert_eq!(
         lines(lapps(
-            r#"{"services": {"a": {"extra_headers": {"X-A": "x\r\nSet-Cookie: y", "Bad Name": "v", "Upgrade": "h2c"}}}}"#
+            r#"{"services": {"a": {"extra_headers": {"X-A": "x\r\nSet-Cookie: y", "Bad Name": "v", "Upgrade": "h2c",
+                "Transfer-Encoding": "chunked", "X-B": "a\u0001b", "X-C": "a\u007fb", "X-D": "tab\tok"}}}}"#
         )),
         [
             "lapps.json: services.a.extra_headers.Bad Name: invalid header name",
+            "lapps.json: services.a.extra_headers.Transfer-Encoding: not allowed in a 101 answer (RFC 9110 8.6, RFC 9112 6.1)",
             "lapps.json: services.a.extra_headers.Upgrade: set by the server itself (use proto_alias for Sec-WebSocket-Protocol)",
-            "lapps.json: services.a.extra_headers.X-A: header value must not contain CR, LF or NUL",
+            "lapps.json: services.a.extra_headers.X-A: header value must not contain control characters (CR, LF, NUL, DEL, ...)",
+            "lapps.json: services.a.extra_headers.X-B: header value must not contain control characters (CR, LF, NUL, DEL, ...)",
+            "lapps.json: services.a.extra_headers.X-C: header value must not contain control characters (CR, LF, NUL, DEL, ...)",
         ]
+    );
+    let c = lapps(
+        r#"{"services": {"a": {"extra_headers": {"X-D": "tab\tok", "Content-Length": "0"}}}}"#,
+    );
+    assert_eq!(
+        lines(c),
+        ["lapps.json: services.a.extra_headers.Content-Length: not allowed in a 101 answer (RFC 9110 8.6, RFC 9112 6.1)"]
     );
     assert_eq!(
         lines(lapps(r#"{"services": {"a": {"extra_headers": [["X"]]}}}"#)),
@@ -451,12 +462,17 @@ fn duplicate_request_targets_among_network_services_are_errors() {
         )),
         [r#"lapps.json: services.b.request_target: "/x" is also the request_target of service a"#]
     );
-    assert_eq!(
-        lines(lapps(r#"{"services": {"a": {"request_target": "x?y"}}}"#)),
-        [
-            r#"lapps.json: services.a.request_target: expected a path starting with '/' (no query, fragment or spaces), got "x?y""#
-        ]
-    );
+    for target in ["x?y", "/a?b", "/a#b", "/a b", "/café", "/a\u{7f}"] {
+        let json = serde_json::json!({"services": {"a": {"request_target": target}}});
+        assert_eq!(
+            lines(lapps(&json.to_string())),
+            [format!(
+                "lapps.json: services.a.request_target: expected a path starting with '/' in \
+                 printable ASCII (no query, fragment or spaces; other characters \
+                 percent-encoded, as clients send them), got {target:?}"
+            )]
+        );
+    }
 }
 
 #[test]
