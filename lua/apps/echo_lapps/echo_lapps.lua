@@ -5,8 +5,9 @@
 --   add(a, b)        answers {a + b}; -32602 (invalid params) unless both are numbers
 --   fail()           raises a Lua error: the host answers -32603 (internal error)
 --   anything else    -32601 (method not found)
--- Every client is subscribed, once its first request is answered, to the time_broadcast OON
--- stream (the protocol has OONs follow the first request/response exchange): an OON
+-- Every client is subscribed, once a method of it has answered (a fail() raises before that, so
+-- its -32603 does not count), to the time_broadcast OON stream (the protocol has OONs follow the
+-- first request/response exchange; subscribing first would let a tick overtake that answer): an OON
 -- {cid = 1001, message = {<ms since the epoch>}} once a second.
 local echo_lapps = {}
 echo_lapps.__index = echo_lapps
