@@ -47,4 +47,5 @@ if [ $rc -ne 0 ]; then
     grep -v -i dbus "$PROFILE.log" | tail -20 >&2 || true
     if [ -n "${LAPPS_LOG:-}" ]; then echo "browser: server log:" >&2; tail -20 "$LAPPS_LOG" >&2; fi
 fi
+[ $rc -ne 0 ] || server_survived browser || rc=1
 exit $rc

@@ -66,10 +66,22 @@ start_lapps_server() {
     # Paths in lapps.json are relative to the repository: make them absolute.
     sed "s#\"\\./#\"$PWD/#g" etc/lapps/lapps.json > "$work/etc/lapps.json"
     target/release/lapps -c "$work/etc" > "$LAPPS_LOG" 2>&1 &
-    CLEANUP_PIDS+=($!)
-    if ! wait_port "$LAPPS_PORT" $!; then
+    LAPPS_PID=$!
+    CLEANUP_PIDS+=("$LAPPS_PID")
+    if ! wait_port "$LAPPS_PORT" "$LAPPS_PID"; then
         echo "lapps did not start listening on port $LAPPS_PORT:" >&2
         cat "$LAPPS_LOG" >&2
+        return 1
+    fi
+}
+
+# Fails (with the log's end) when the server started here has died or panicked meanwhile: a
+# client that passed says nothing about a crash on its last close handshake. $1 names the check.
+server_survived() {
+    [ -n "${LAPPS_PID:-}" ] || return 0
+    if ! kill -0 "$LAPPS_PID" 2>/dev/null || grep -q "panicked" "$LAPPS_LOG"; then
+        echo "$1: the server died or panicked during the test:" >&2
+        tail -30 "$LAPPS_LOG" >&2
         return 1
     fi
 }

@@ -16,4 +16,5 @@ if [ $rc -ne 0 ] && [ -n "${LAPPS_LOG:-}" ]; then
     echo "interop: server log (last lines):" >&2
     tail -30 "$LAPPS_LOG" >&2
 fi
+[ $rc -ne 0 ] || server_survived interop || rc=1
 exit $rc

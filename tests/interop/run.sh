@@ -46,3 +46,8 @@ for _ in $(seq 1 300); do
 done
 grep -q "listening on" "$LOG" || { echo "interop: server did not start" >&2; cat "$LOG" >&2; exit 2; }
 "$VENV/bin/python" tests/interop/wss_client.py "$PORT" "$WORK/ca.crt"
+if ! kill -0 $PID 2>/dev/null || grep -q "panicked" "$LOG"; then
+    echo "interop: the server died or panicked during the test:" >&2
+    tail -30 "$LOG" >&2
+    exit 1
+fi
