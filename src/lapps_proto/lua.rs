@@ -222,7 +222,7 @@ fn convert(
 /// The JSON type a table is copied as (see [`table_value`]), from its keys alone: `"array"`
 /// when they are exactly 1..n, `"object"` otherwise. Nothing is copied, so this answers for
 /// a table of any size and whatever its values hold.
-pub fn table_type_name(t: &mlua::Table) -> &'static str {
+pub(crate) fn table_type_name(t: &mlua::Table) -> &'static str {
     let (mut count, mut largest) = (0i64, 0i64);
     let walked = t.for_each(|k: LuaValue, _: LuaValue| match k {
         LuaValue::Integer(i) if i >= 1 => {
