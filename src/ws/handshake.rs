@@ -405,8 +405,8 @@ fn check_version(version: &[u8]) -> Result<(), HandshakeError> {
 }
 
 /// Origin-form (`/path?query`) or absolute-form (`ws://host/path?query`, RFC 6455 item 1 allows
-/// "an absolute HTTP/HTTPS URI"). The authority of an absolute-form target is not compared with
-/// `Host`: routing uses the path only.
+/// "an absolute HTTP/HTTPS URI"). The authority of an absolute-form target is held to the rules
+/// of `Host` (no userinfo: RFC 9110 4.2.4) but not compared with it: routing uses the path only.
 fn parse_target(target: &[u8]) -> Result<(String, Option<String>), HandshakeError> {
     if target.is_empty() || !target.iter().all(|b| b.is_ascii_graphic()) {
         return Err(bad("malformed request target"));
@@ -432,6 +432,11 @@ fn parse_target(target: &[u8]) -> Result<(String, Option<String>), HandshakeErro
             .unwrap_or(after.len());
         if path_start == 0 {
             return Err(bad("missing authority in request target"));
+        }
+        let authority = after.get(..path_start).unwrap_or(&[]);
+        // ASCII (checked above), so always UTF-8.
+        if !std::str::from_utf8(authority).is_ok_and(is_host_and_port) {
+            return Err(bad("malformed authority in request target"));
         }
         after.get(path_start..).unwrap_or(&[])
     };

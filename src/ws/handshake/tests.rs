@@ -238,6 +238,8 @@ fn request_target_absolute_form_takes_the_path() {
     assert_eq!((req.path.as_str(), req.query), ("/", None));
     let req = ok(&request_with("GET http://h?q HTTP/1.1", &[]));
     assert_eq!((req.path.as_str(), req.query.as_deref()), ("/", Some("q")));
+    let req = ok(&request_with("GET wss://[::1]:5083/chat HTTP/1.1", &[]));
+    assert_eq!(req.path, "/chat");
 }
 
 #[test]
@@ -248,6 +250,10 @@ fn request_target_other_forms_rejected() {
         "example.com:80",
         "ftp://example.com/x",
         "http:///x",
+        "http://[::1/chat",
+        "http://h:abc/chat",
+        "http://u@h/chat",
+        "ws://h%zz/chat",
         "/chat#frag",
         "/caf\u{e9}",
     ] {
