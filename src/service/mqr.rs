@@ -13,7 +13,9 @@
 //! the lock). The other side changes the ring first and then reads the waiter count; both
 //! sides put a SeqCst fence between the two steps, so either the waiter's retry sees the
 //! change or the other side sees the waiter and notifies it under the lock (the waiter holds
-//! the lock until it is actually waiting). Shutdown (`wake_all`) notifies every waiter under
+//! the lock until it is actually waiting). A post counts its bytes before it tries the ring;
+//! refused by a full ring, it gives them back and wakes the posters, since a receive meanwhile
+//! may have woken one that found no room for them. Shutdown (`wake_all`) notifies every waiter under
 //! the lock after the stop flag is set, and waiters check their stop flag under the lock.
 
 use std::collections::HashMap;
@@ -39,6 +41,15 @@ pub const MAX_QUEUES: usize = 65_536;
 /// 1024. Queues are made on first use by any service; without a bound, one that made them in a
 /// loop (or named a reply queue per request) would take the process's memory.
 pub const MAX_SLOTS: usize = 8 << 20;
+
+/// Why [`Queue::push`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Its bytes did not fit; nothing was counted.
+    Bytes,
+    /// Its bytes fitted but the ring was full: they were counted, then given back.
+    GaveBack,
+}
 
 /// Why a blocking call ended without a message / without posting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +79,21 @@ pub struct Queue {
     returned: Mutex<std::collections::VecDeque<Box<[u8]>>>,
     /// How many are in `returned` (read without its lock on every pop).
     returned_len: AtomicUsize,
+    /// Posts that found no room under the lock and went to wait (tests watch it).
+    #[cfg(test)]
+    waits: AtomicUsize,
+}
+
+/// What a test runs inside a push (see `BEFORE_GIVE_BACK`).
+#[cfg(test)]
+type Hold = Box<dyn FnOnce(&Queue)>;
+
+#[cfg(test)]
+thread_local! {
+    /// Runs once, in this thread's next push that reserved bytes and then found the ring full,
+    /// before it gives the bytes back: the window tests hold open.
+    static BEFORE_GIVE_BACK: std::cell::Cell<Option<Hold>> =
+        const { std::cell::Cell::new(None) };
 }
 
 impl Queue {
@@ -88,6 +114,8 @@ impl Queue {
             post_waiters: AtomicUsize::new(0),
             returned: Mutex::new(std::collections::VecDeque::new()),
             returned_len: AtomicUsize::new(0),
+            #[cfg(test)]
+            waits: AtomicUsize::new(0),
         }
     }
 
@@ -113,8 +141,11 @@ impl Queue {
         len <= self.max_bytes
     }
 
-    /// Into the ring, within both bounds (slots and bytes); handed back otherwise.
-    fn push(&self, msg: Box<[u8]>) -> Result<(), Box<[u8]>> {
+    /// Into the ring, within both bounds (slots and bytes); handed back otherwise, with
+    /// [`Refused::GaveBack`] when its bytes were counted for a while: a receive meanwhile may
+    /// have woken a poster that then found no room for those bytes and went back to sleep, so
+    /// the caller must wake the posters (`push` cannot: `post` calls it holding the lock).
+    fn push(&self, msg: Box<[u8]>) -> Result<(), (Box<[u8]>, Refused)> {
         let n = msg.len();
         let reserved = self
             .bytes
@@ -123,16 +154,17 @@ impl Queue {
             })
             .is_ok();
         if !reserved {
-            return Err(msg);
+            return Err((msg, Refused::Bytes));
         }
         match self.ring.push(msg) {
             Ok(()) => Ok(()),
             Err(msg) => {
-                // (A poster refused for these bytes meanwhile waits for the next receive or its
-                // timeout: the ring was full then anyway. No wake-up here: `post` calls this
-                // holding the lock that `wake` takes.)
+                #[cfg(test)]
+                if let Some(hold) = BEFORE_GIVE_BACK.take() {
+                    hold(self);
+                }
                 self.bytes.fetch_sub(n, Ordering::AcqRel);
-                Err(msg)
+                Err((msg, Refused::GaveBack))
             }
         }
     }
@@ -170,9 +202,18 @@ impl Queue {
     /// Appends `msg`, or hands it back when the queue is full (of messages or of bytes).
     /// Never blocks.
     pub fn try_post(&self, msg: Box<[u8]>) -> Result<(), Box<[u8]>> {
-        self.push(msg)?;
-        self.wake(&self.recv_waiters, &self.not_empty);
-        Ok(())
+        match self.push(msg) {
+            Ok(()) => {
+                self.wake(&self.recv_waiters, &self.not_empty);
+                Ok(())
+            }
+            Err((msg, refused)) => {
+                if refused == Refused::GaveBack {
+                    self.wake_posters();
+                }
+                Err(msg)
+            }
+        }
     }
 
     /// Takes the oldest message, if any. Never blocks.
@@ -207,8 +248,16 @@ impl Queue {
                     self.wake(&self.recv_waiters, &self.not_empty);
                     return Ok(());
                 }
-                Err(m) => m,
+                Err((m, refused)) => {
+                    if refused == Refused::GaveBack {
+                        // Holding the lock: the other posters are asleep or not yet retrying.
+                        self.not_full.notify_all();
+                    }
+                    m
+                }
             };
+            #[cfg(test)]
+            self.waits.fetch_add(1, Ordering::SeqCst);
             let left = match wait_left(deadline, stopping) {
                 Ok(left) => left,
                 Err(why) => {
@@ -503,6 +552,61 @@ mod tests {
         assert_eq!(q.poll().unwrap().len(), 40);
         assert_eq!(q.poll().unwrap().len(), 30);
         assert_eq!(large.recv_timeout(Duration::from_secs(10)), Ok(Err(Ok(()))));
+    }
+
+    /// A post whose bytes fitted but found the ring full gives its bytes back; a receive in
+    /// between woke a waiting poster that found no room for them (they were still counted)
+    /// and slept again: the give-back must wake it, or it sleeps beside the room until the
+    /// next receive or its timeout.
+    #[test]
+    fn bytes_given_back_by_a_refused_post_wake_the_poster_that_needed_them() {
+        let q = Arc::new(Queue::with_max_bytes("give back".into(), 3, 100));
+        for _ in 0..3 {
+            q.try_post(vec![0u8; 10].into()).unwrap();
+        }
+        // B waits for a slot with 40 bytes.
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                q.post(vec![1u8; 40].into(), Duration::from_secs(30), &|| false)
+                    .map_err(|(_, why)| why)
+            })
+        };
+        let waits = |n: usize| {
+            let guard = Instant::now() + Duration::from_secs(10);
+            while q.waits.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < guard, "the poster never waited");
+                std::thread::yield_now();
+            }
+            // It counted itself holding the lock, which it keeps until it sleeps.
+            drop(q.lock.lock().unwrap());
+        };
+        waits(1);
+        // A: 60 bytes fit (30 + 60), the ring does not. Before A gives them back, a receive
+        // frees a slot and wakes B, which finds 90 + 40 > 100 and waits again.
+        BEFORE_GIVE_BACK.set(Some(Box::new(move |q: &Queue| {
+            assert_eq!(q.poll().unwrap().len(), 10);
+            let guard = Instant::now() + Duration::from_secs(10);
+            while q.waits.load(Ordering::SeqCst) < 2 {
+                assert!(Instant::now() < guard, "the woken poster never retried");
+                std::thread::yield_now();
+            }
+            drop(q.lock.lock().unwrap());
+        })));
+        assert!(
+            q.try_post(vec![2u8; 60].into()).is_err(),
+            "the ring was full"
+        );
+        // 20 bytes and one slot free: B's post goes in, well before its timeout.
+        let done = Instant::now() + Duration::from_secs(10);
+        while !waiter.is_finished() {
+            assert!(
+                Instant::now() < done,
+                "the poster slept beside the room it needed"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(waiter.join().unwrap(), Ok(()));
     }
 
     #[test]
