@@ -355,6 +355,25 @@ fn oons_interleave_with_responses_which_stay_in_order() {
     }
 }
 
+/// echo_lapps subscribes a client before running its first request, so one whose first call
+/// raised (answered -32603 by the host) gets the time_broadcast stream too.
+#[test]
+fn a_client_whose_first_call_failed_still_gets_the_oons() {
+    let app = start();
+    let mut ws = connect(app.addr, "/echo_lapps");
+    let r = call(&mut ws, request("fail", None));
+    assert_eq!(error_code(&r), Some(-32603));
+    // No other request: what comes next is a tick (the read timeout is the guard).
+    let tick = loop {
+        match ws.read().expect("a time_broadcast OON") {
+            Message::Binary(b) => break ciborium::from_reader::<Cbor, _>(&b[..]).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(as_i64(get(&tick, "cid")), Some(1001), "{tick:?}");
+}
+
 #[test]
 fn ten_thousand_pipelined_requests_are_answered_in_order() {
     let app = start();

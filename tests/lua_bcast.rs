@@ -106,6 +106,14 @@ fn chat_members_of_a_room_get_its_messages_and_others_do_not() {
         own.starts_with(r#"{"room":"other","#) && own.ends_with(r#","text":"mine"}"#),
         "{own}"
     );
+    // A line past chat.max_text is refused, not escaped and fanned out.
+    let refused = ask(&mut bob, &"\n".repeat(4097));
+    assert!(
+        refused == "error: message too long (at most 4096 bytes)",
+        "{}...",
+        &refused[..refused.len().min(80)]
+    );
+    assert_eq!(ask(&mut bob, "/leave"), "left lua");
     send(&mut carol, "/quit");
     assert_eq!(close_code(&mut carol), Some(1000));
     finish_close(carol);

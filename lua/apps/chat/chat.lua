@@ -7,7 +7,8 @@
 --   "/time"          also receive the time_broadcast ticks (channel 1000); answer "time on"
 --   "/quit"          the server closes the connection (1000)
 --   anything else    broadcast to everyone in your room (you included) as
---                    {"room":"<room>","from":"<nick>","text":"<message>"}
+--                    {"room":"<room>","from":"<nick>","text":"<message>"}; at most
+--                    chat.max_text bytes ("error: message too long" beyond)
 -- Errors are answered as "error: <reason>". Binary messages are refused with "error: text only".
 --
 -- Each room is a bcast channel named "chat:<room>": a message is framed once and fanned out
@@ -20,6 +21,10 @@ local chat = {}
 chat.__index = chat
 
 chat.max_rooms = 1000
+
+-- The longest chat line, in bytes: a room's members each get a copy, and its JSON escaping
+-- may take six bytes a byte.
+chat.max_text = 4096
 
 -- The rooms this instance created (channels stay for the life of the process).
 local created, n_created = {}, 0
@@ -113,6 +118,10 @@ chat.onMessage = function(handler, opcode, message)
   end
   if not m.room then
     reply(handler, "error: /join a room first")
+    return true
+  end
+  if #message > chat.max_text then
+    reply(handler, "error: message too long (at most " .. chat.max_text .. " bytes)")
     return true
   end
   bcast:send("chat:" .. m.room, 1, string.format('{"room":%s,"from":%s,"text":%s}',

@@ -5,9 +5,10 @@
 --   add(a, b)        answers {a + b}; -32602 (invalid params) unless both are numbers
 --   fail()           raises a Lua error: the host answers -32603 (internal error)
 --   anything else    -32601 (method not found)
--- Every client is subscribed, once a method of it has answered (a fail() raises before that, so
--- its -32603 does not count), to the time_broadcast OON stream (the protocol has OONs follow the
--- first request/response exchange; subscribing first would let a tick overtake that answer): an OON
+-- Every client that makes a request is subscribed, before its first request is run, to the
+-- time_broadcast OON stream (the host holds OONs until a client's first response, as the
+-- protocol has them follow the first request/response exchange; a client that only sends
+-- notifications is not subscribed, so nothing piles up for it): an OON
 -- {cid = 1001, message = {<ms since the epoch>}} once a second.
 local echo_lapps = {}
 echo_lapps.__index = echo_lapps
@@ -44,15 +45,15 @@ echo_lapps.onMessage = function(handler, msg_type, message)
   if msg_type == 1 or msg_type == 2 then
     return true
   end
+  if not subscribed[handler] then
+    subscribed[handler] = true
+    bcast:subscribe(echo_lapps.time_channel, handler)
+  end
   local method = methods[message.method]
   if method == nil then
     ws:send_error(handler, -32601, "method not found: " .. tostring(message.method))
   else
     method(handler, message.params)
-  end
-  if not subscribed[handler] then
-    subscribed[handler] = true
-    bcast:subscribe(echo_lapps.time_channel, handler)
   end
   return true
 end
