@@ -319,6 +319,10 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             ("allowed_origins", s.allowed_origins.is_some()),
             ("proto_alias", s.proto_alias.is_some()),
             ("extra_headers", !s.extra_headers.is_empty()),
+            (
+                "max_inbound_message_size",
+                s.max_inbound_message_size != ServiceConfig::DEFAULT_MAX_INBOUND_MESSAGE_SIZE,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, set)| set.then_some(key))

@@ -231,12 +231,13 @@ fn check_config_warns_of_network_settings_on_a_standalone_service() {
     let warned = check(
         r#"{ "time_broadcast": { "standalone": true, "preload": ["bcast", "nap", "time"],
                                  "request_target": "/tb", "protocol": "LAppS",
-                                 "allowed_origins": ["https://example.com"] } }"#,
+                                 "allowed_origins": ["https://example.com"],
+                                 "max_inbound_message_size": 1024 } }"#,
     );
     assert!(
         warned.contains(
             "warning: lapps.json: services.time_broadcast: request_target, protocol, \
-             allowed_origins apply only to services clients connect to"
+             allowed_origins, max_inbound_message_size apply only to services clients connect to"
         ),
         "{warned}"
     );

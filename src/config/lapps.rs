@@ -215,6 +215,9 @@ impl ServiceConfig {
         !self.standalone
     }
 
+    /// `max_inbound_message_size` when not given: 16 MiB.
+    pub const DEFAULT_MAX_INBOUND_MESSAGE_SIZE: usize = 16 << 20;
+
     /// `applications/NAME/NAME.lua`.
     pub fn app_file(&self, dirs: &Directories) -> PathBuf {
         dirs.applications
@@ -292,7 +295,12 @@ impl ServiceConfig {
             standalone,
             protocol,
             request_target,
-            max_inbound_message_size: s.usize(r, "max_inbound_message_size", 16 << 20, 1),
+            max_inbound_message_size: s.usize(
+                r,
+                "max_inbound_message_size",
+                ServiceConfig::DEFAULT_MAX_INBOUND_MESSAGE_SIZE,
+                1,
+            ),
             preload,
             depends: s.string_list(r, "depends"),
             acl,
