@@ -32,7 +32,10 @@ benchmark.run = function()
     end,
     onmessage = function(handler, message, opcode)
       received = received + 1
-      cws:send(handler, message, opcode)
+      local ok, err = cws:send(handler, message, opcode)
+      if not ok then
+        print("benchmark: send on " .. handler .. " failed: " .. err)
+      end
     end,
     onerror = function(handler, err)
       print("benchmark: connection " .. handler .. ": " .. err)
@@ -40,6 +43,10 @@ benchmark.run = function()
     onclose = function(handler, code)
       if handlers[handler] == "open" then
         open = open - 1
+      end
+      if not must_stop() then
+        -- E.g. 1009: BENCHMARK_SIZE is past the service's max_inbound_message_size.
+        print("benchmark: connection " .. handler .. " closed (" .. tostring(code) .. ")")
       end
       handlers[handler] = nil
     end,

@@ -9,7 +9,8 @@ mqr_receiver.__index = mqr_receiver
 mqr_receiver.queue_name = "testpipe"
 
 mqr_receiver.run = function()
-  local queue = mqr:create(mqr_receiver.queue_name)
+  local queue, err = mqr:create(mqr_receiver.queue_name)
+  assert(queue, "mqr_receiver: no queue " .. mqr_receiver.queue_name .. ": " .. tostring(err))
   local received = 0
   while true do
     local msg, err = queue:receive(1)

@@ -8,7 +8,9 @@ mqr_sender.queue_name = "testpipe"
 
 mqr_sender.init = function()
   -- Creating an existing queue returns it; the capacity comes from mqr_capacity in lapps.json.
-  mqr_sender.queue = mqr:create(mqr_sender.queue_name)
+  local queue, err = mqr:create(mqr_sender.queue_name)
+  -- init's error fails the start with this reason in the log.
+  mqr_sender.queue = assert(queue, "mqr_sender: no queue " .. mqr_sender.queue_name .. ": " .. tostring(err))
 end
 
 mqr_sender.run = function()

@@ -1,7 +1,9 @@
 -- time_broadcast (standalone): once a second, broadcasts the current time
 --   * on bcast channel 1000 as a JSON text frame, for RAW clients (chat's "/time" command);
 --   * on bcast channel 1001 as a LAppS OON {cid = 1001, message = {<ms>}} (echo_lapps clients).
--- Needs preload = ["bcast", "nap", "time"]. Every subscriber receives each tick once.
+-- Needs preload = ["bcast", "nap", "time"]. Every subscriber receives each tick once (one
+-- instance: each instance ticks). Ticks fall on whole seconds of the clock, so they do not
+-- drift by the time each one takes.
 local time_broadcast = {}
 time_broadcast.__index = time_broadcast
 
@@ -19,7 +21,7 @@ time_broadcast.run = function()
     local now = time.now()
     bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', now))
     bcast:send(time_broadcast.oon_channel, { cid = time_broadcast.oon_channel, message = { now } })
-    n:sleep(1)
+    n:sleep((1000 - time.now() % 1000) / 1000)
   end
 end
 
