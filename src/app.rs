@@ -486,8 +486,8 @@ impl App {
     }
 
     /// SIGHUP: reloads the TLS certificate (see `reload_tls`) and redeploys the Lua services
-    /// of lapps.json that changed (see `redeploy`).
-    pub fn reload(&self) {
+    /// of lapps.json that changed (see `redeploy`). False when a part failed (said in the log).
+    pub fn reload(&self) -> bool {
         let tls_ok = self.reload_tls();
         let certificate = match (&self.tls, tls_ok) {
             (None, _) => "",
@@ -515,8 +515,10 @@ impl App {
                 let done = self.redeploy(&cfg);
                 if done.failed > 0 || !tls_ok {
                     crate::error!("reload done: {certificate}{done}");
+                    false
                 } else {
                     crate::info!("reload done: {certificate}{done}");
+                    true
                 }
             }
             Err(e) => {
@@ -524,6 +526,7 @@ impl App {
                 crate::error!(
                     "reload done: {certificate}configuration invalid, services unchanged"
                 );
+                false
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod fatal;
 pub mod lapps_proto;
 pub mod log;
 pub mod net;
+pub mod reload_request;
 pub mod service;
 pub mod signals;
 pub mod simd;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! lapps [-c DIR] [--check-config] [--version] [--help]
+//! lapps --reload PID
 //! ```
 //! The configuration directory is `-c DIR`, else `$LAPPS_CONF_DIR`, else `./etc/lapps` when
 //! run from the repository, else `/etc/lapps`.
@@ -10,16 +11,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lapps::config::{self, Config};
+use lapps::reload_request::Requester;
 use lapps::{error, info, warn};
 
 const USAGE: &str = "usage: lapps [-c DIR] [--check-config] [--version] [--help]
+       lapps --reload PID
   -c DIR          configuration directory (ws.json, lapps.json)
   --check-config  validate the configuration and exit (non-zero on errors)
+  --reload PID    have the lapps server PID reload (as SIGHUP does) and wait until it is done:
+                  exit status 0 when it is, 1 when it failed in part or did not answer
   --version       print the version and the SIMD build variant";
 
 struct Args {
     dir: Option<PathBuf>,
     check: bool,
+    reload: Option<libc::pid_t>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -28,6 +34,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut out = Args {
         dir: None,
         check: false,
+        reload: None,
     };
     while let Some(a) = args.next() {
         match a.to_str().unwrap_or_default() {
@@ -35,6 +42,15 @@ fn parse_args() -> Result<Option<Args>, String> {
                 out.dir = Some(args.next().ok_or("-c needs a directory")?.into());
             }
             "--check-config" => out.check = true,
+            "--reload" => {
+                let pid = args.next().ok_or("--reload needs a process id")?;
+                let pid = pid
+                    .to_str()
+                    .and_then(|p| p.parse::<libc::pid_t>().ok())
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("--reload needs a process id, got {pid:?}"))?;
+                out.reload = Some(pid);
+            }
             "--version" | "-V" => {
                 println!(
                     "lapps {} (simd build: {}, kernels in use: {})",
@@ -74,6 +90,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(pid) = args.reload {
+        use lapps::reload_request::{request, ANSWER_TIMEOUT};
+        return match request(pid, ANSWER_TIMEOUT) {
+            Ok(true) => {
+                println!("lapps: process {pid} reloaded");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                eprintln!(
+                    "lapps: the reload of process {pid} failed in part; its log says what \
+                     (journalctl -u lapps -p err)"
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("lapps: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let at = config::locate(args.dir.as_deref());
     let mut cfg = match Config::load(&at) {
         Ok(c) => c,
@@ -164,9 +200,18 @@ fn main() -> ExitCode {
     let reloads = Reloads::start(std::sync::Arc::clone(&app));
     loop {
         match signals.wait() {
-            lapps::signals::Signal::Reload => {
-                info!("SIGHUP received: reloading certificates, redeploying changed services");
-                reloads.request();
+            lapps::signals::Signal::Reload(requester) => {
+                match &requester {
+                    None => info!(
+                        "SIGHUP received: reloading certificates, redeploying changed services"
+                    ),
+                    Some(r) => info!(
+                        "reload asked for by process {} (lapps --reload): reloading \
+                         certificates, redeploying changed services",
+                        r.pid()
+                    ),
+                }
+                reloads.request(requester);
             }
             lapps::signals::Signal::Stop(name, _) => {
                 info!("{name} received: shutting down (a second SIGTERM or SIGINT exits at once)");
@@ -217,9 +262,10 @@ fn check_descriptors(cfg: &mut Config) {
 /// signals, so a SIGTERM is served even while a new version's `init()` hangs a reload. A
 /// SIGHUP that finds the previous reload still running reloads the certificate at once (on a
 /// thread of its own) and leaves only the services' part waiting: a renewed certificate must
-/// not wait behind a redeploy that may never end.
+/// not wait behind a redeploy that may never end. A requester (`lapps --reload`) is answered
+/// by the first reload that starts after its request.
 struct Reloads {
-    tx: std::sync::mpsc::Sender<()>,
+    tx: std::sync::mpsc::Sender<Option<Requester>>,
     busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
     app: std::sync::Arc<lapps::app::App>,
     /// The certificate reloads of SIGHUPs that found a reload running: one thread at a time,
@@ -236,7 +282,7 @@ struct CertificateReloads {
 impl Reloads {
     fn start(app: std::sync::Arc<lapps::app::App>) -> Reloads {
         use std::sync::atomic::Ordering;
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<Option<Requester>>();
         let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&busy);
         let reloading = std::sync::Arc::clone(&app);
@@ -244,12 +290,19 @@ impl Reloads {
             .name("reload".into())
             .spawn(move || {
                 let app = reloading;
-                while rx.recv().is_ok() {
-                    // Signals that came meanwhile ask for the same thing: one reload.
-                    while rx.try_recv().is_ok() {}
+                while let Ok(first) = rx.recv() {
+                    // Signals that came meanwhile ask for the same thing: one reload, and
+                    // every requester among them gets its answer.
+                    let requesters: Vec<Requester> = std::iter::once(first)
+                        .chain(rx.try_iter())
+                        .flatten()
+                        .collect();
                     flag.store(true, Ordering::SeqCst);
-                    app.reload();
+                    let ok = app.reload();
                     flag.store(false, Ordering::SeqCst);
+                    for r in requesters {
+                        r.answer(ok);
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -263,7 +316,7 @@ impl Reloads {
         }
     }
 
-    fn request(&self) {
+    fn request(&self, requester: Option<Requester>) {
         if self.busy.load(std::sync::atomic::Ordering::SeqCst) {
             lapps::warn!(
                 "the previous reload is still running: the certificate is reloaded now, the \
@@ -271,7 +324,10 @@ impl Reloads {
             );
             self.reload_certificate();
         }
-        let _ = self.tx.send(());
+        if let Err(std::sync::mpsc::SendError(Some(r))) = self.tx.send(requester) {
+            // No reload thread (it could not start): nothing reloads.
+            r.answer(false);
+        }
     }
 
     /// Reloads the certificate on a thread of its own, or has the one running reload it

@@ -1,5 +1,6 @@
-//! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, SIGPIPE does nothing (every send
-//! uses MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwait` by
+//! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, a reload request of `lapps --reload`
+//! reloads and answers (see [`crate::reload_request`]), SIGPIPE does nothing (every send uses
+//! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwait` by
 //! the main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
 //! started the graceful shutdown, [`Signals::exit_on_second_stop`] keeps taking them on a
 //! thread of its own: a second one ends the process at once.
@@ -12,6 +13,8 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::reload_request::{self, Requester};
 
 /// The signals [`Signals::block`] blocks.
 const STOP_AND_RELOAD: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -85,7 +88,8 @@ pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
 pub enum Signal {
     /// SIGTERM or SIGINT: its name and number.
     Stop(&'static str, libc::c_int),
-    Reload,
+    /// SIGHUP, or a reload request whose sender waits for the answer.
+    Reload(Option<Requester>),
 }
 
 /// The exit status after a second SIGTERM/SIGINT cut the graceful shutdown short: 128 plus the
@@ -100,33 +104,43 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Blocks SIGTERM, SIGINT and SIGHUP for this thread and every thread it starts later,
-    /// with a handler for the moments [`unblocked_for_a_child`] unblocks them; SIGPIPE gets
-    /// a handler that does nothing (where Rust's runtime ignored it).
+    /// Blocks SIGTERM, SIGINT, SIGHUP and the reload request for this thread and every thread
+    /// it starts later, with a handler for the moments [`unblocked_for_a_child`] unblocks the
+    /// first three (the request stays blocked: re-raised, it would lose its sender); SIGPIPE
+    /// gets a handler that does nothing (where Rust's runtime ignored it).
     pub fn block() -> Signals {
-        let set = stop_and_reload();
+        let mut set = stop_and_reload();
+        // SAFETY: `set` is initialised; the signal number is valid.
+        unsafe { libc::sigaddset(&mut set, reload_request::request_signal()) };
         // SAFETY: `set` is initialised; the call only changes this thread's signal mask.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         for signo in STOP_AND_RELOAD {
             handle(signo, catch);
         }
         handle(libc::SIGPIPE, do_nothing);
+        // Taken by sigwaitinfo like the others; the handler only makes sure a realtime signal
+        // never ends the process, and tells `lapps --reload` that this one takes requests.
+        handle(reload_request::request_signal(), do_nothing);
         Signals { set }
     }
 
     /// Waits for the next signal of the set.
     pub fn wait(&self) -> Signal {
         loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `self.set` was initialised in `block`; `sig` is a valid out pointer.
-            let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
-            if rc != 0 {
-                continue;
-            }
+            // SAFETY: siginfo_t is plain data that sigwaitinfo fills before it is read.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `self.set` was initialised in `block`; `info` is a valid out pointer.
+            let sig = unsafe { libc::sigwaitinfo(&self.set, &mut info) };
             return match sig {
-                libc::SIGHUP => Signal::Reload,
+                libc::SIGHUP => Signal::Reload(None),
                 libc::SIGINT => Signal::Stop("SIGINT", libc::SIGINT),
-                _ => Signal::Stop("SIGTERM", libc::SIGTERM),
+                libc::SIGTERM => Signal::Stop("SIGTERM", libc::SIGTERM),
+                // SAFETY: for a signal sent with kill(2) or pidfd_send_signal(2) (the
+                // requester's), si_pid is the sender's pid.
+                s if s == reload_request::request_signal() => {
+                    Signal::Reload(Requester::open(unsafe { info.si_pid() }))
+                }
+                _ => continue, // interrupted
             };
         }
     }
@@ -134,13 +148,19 @@ impl Signals {
     /// Called when the first SIGTERM/SIGINT starts the graceful shutdown, which may take
     /// seconds (close handshakes, every service's `onShutdown`): the signals stay blocked, so
     /// a thread keeps taking them. A second SIGTERM or SIGINT logs one line and `_exit`s with
-    /// [`second_stop_status`]; a SIGHUP is ignored (there is nothing left to reload).
+    /// [`second_stop_status`]; a reload is not made (there is nothing left to reload), and a
+    /// requester waiting for one is told it failed.
     pub fn exit_on_second_stop(self) {
         let spawned = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
                 match self.wait() {
-                    Signal::Reload => crate::info!("SIGHUP during shutdown: ignored"),
+                    Signal::Reload(requester) => {
+                        crate::info!("reload asked for during shutdown: ignored");
+                        if let Some(r) = requester {
+                            r.answer(false);
+                        }
+                    }
                     Signal::Stop(name, signo) => {
                         crate::warn!("second signal: exiting now ({name} during shutdown)");
                         // SAFETY: `_exit` ends the process without running atexit handlers

@@ -147,6 +147,14 @@ def main():
         except (Failure, OSError) as e:
             failures.append(f"/echo (Lua echo app) did not answer: {e}")
 
+        # The unit's ExecReload, run as root here: it takes the server's user to be answered.
+        r = subprocess.run(["/usr/bin/lapps", "--reload", str(child.pid)], capture_output=True,
+                           text=True, timeout=90)
+        if r.returncode == 0 and "reloaded" in r.stdout:
+            print(f"ok: lapps --reload {child.pid} answered: {r.stdout.strip()}")
+        else:
+            failures.append(f"lapps --reload: status {r.returncode}: {r.stdout}{r.stderr}")
+
         child.send_signal(signal.SIGTERM)
         stopping = wait_for_state(notify, "STOPPING=1", time.monotonic() + STOP_TIMEOUT, seen)
         try:

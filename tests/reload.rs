@@ -212,3 +212,115 @@ fn a_reload_ends_with_one_line_that_counts_what_it_did() {
     signal(pid, libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 }
+
+/// The server with its log in a file rather than a pipe: a line is in the file once the
+/// server's write(2) returns, which a test can rely on when the server signals afterwards.
+fn spawn_logging_to_file(dir: &std::path::Path) -> (Reaper, PathBuf) {
+    let log = dir.join("lapps.log");
+    let mut server = Reaper(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .arg("-c")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn lapps"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on ")) {
+        assert!(Instant::now() < deadline, "lapps never listened");
+        assert!(server.0.try_wait().unwrap().is_none(), "lapps exited");
+        std::thread::sleep(Duration::from_millis(10)); // polling interval of the start wait
+    }
+    (server, log)
+}
+
+fn lapps_reload(pid: u32) -> std::process::Output {
+    binary::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .arg("--reload")
+            .arg(pid.to_string()),
+        Duration::from_secs(90),
+    )
+}
+
+/// `lapps --reload PID` (the unit's ExecReload) returns once the reload is done, answering how
+/// it went: here the reload takes a second (a new service's init() naps), and the log already
+/// says `reload done` when the requesters exit, two of them at once, both answered.
+#[test]
+fn lapps_reload_returns_when_the_reload_is_done_and_says_how_it_went() {
+    let dir = site("reload-answer");
+    lapps_json(&dir, "");
+    let (mut server, log) = spawn_logging_to_file(&dir);
+    std::fs::create_dir_all(dir.join("apps/slow")).unwrap();
+    std::fs::write(
+        dir.join("apps/slow/slow.lua"),
+        r#"local s = {}
+s.init = function() nap:new():sleep(1) end
+s.run = function() local n = nap:new() while not must_stop() do n:sleep(1) end end
+return s
+"#,
+    )
+    .unwrap();
+    lapps_json(
+        &dir,
+        r#", "slow": { "standalone": true, "preload": ["nap"] }"#,
+    );
+    let pid = server.0.id();
+    let other = std::thread::spawn(move || lapps_reload(pid));
+    let out = lapps_reload(pid);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        out.status.success(),
+        "{out:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("process {pid} reloaded")),
+        "{out:?}"
+    );
+    assert!(
+        logged.contains("reload done: Lua services: 1 started"),
+        "the requester returned before the reload was done:\n{logged}"
+    );
+    assert!(other.join().unwrap().status.success());
+
+    // A reload that fails in part is answered so: status 1.
+    std::fs::create_dir_all(dir.join("apps/bad")).unwrap();
+    std::fs::write(dir.join("apps/bad/bad.lua"), "local a = {\nreturn a\n").unwrap();
+    lapps_json(
+        &dir,
+        r#", "slow": { "standalone": true, "preload": ["nap"] }, "bad": { "request_target": "/bad" }"#,
+    );
+    let out = lapps_reload(pid);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed in part"),
+        "{out:?}"
+    );
+    assert!(std::fs::read_to_string(&log).unwrap().contains("1 failed"));
+    signal(pid, libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+}
+
+/// A realtime signal would end a process that does not expect it: `lapps --reload` sends its
+/// request only to a process that blocks it (a lapps server), and says so otherwise.
+#[test]
+fn lapps_reload_leaves_a_process_that_is_not_a_lapps_server_alone() {
+    let mut sleeper = Reaper(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep"),
+    );
+    let out = lapps_reload(sleeper.0.id());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not take reload requests"),
+        "{out:?}"
+    );
+    assert!(sleeper.0.try_wait().unwrap().is_none(), "sleep was killed");
+    let out = lapps_reload(i32::MAX as u32);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process"));
+}
