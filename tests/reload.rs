@@ -30,6 +30,17 @@ fn lapps_json(dir: &std::path::Path, more: &str) {
     .unwrap();
 }
 
+/// Writes the standalone app `name` (`preload`: the JSON list's items) and a lapps.json with it
+/// beside the echo.
+fn with_standalone(dir: &std::path::Path, name: &str, source: &str, preload: &str) {
+    std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+    std::fs::write(dir.join(format!("apps/{name}/{name}.lua")), source).unwrap();
+    lapps_json(
+        dir,
+        &format!(r#", "{name}": {{ "standalone": true, "preload": [{preload}] }}"#),
+    );
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on the child this test started.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
@@ -41,18 +52,15 @@ fn sigterm_stops_the_server_while_a_reload_hangs_in_a_new_init() {
     lapps_json(&dir, "");
     let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
     // A new standalone service whose init() waits for a message that never comes.
-    std::fs::write(
-        dir.join("apps/stuck/stuck.lua"),
+    with_standalone(
+        &dir,
+        "stuck",
         r#"local s = {}
 s.init = function() mqr:receive("reload.never") end
 s.run = function() end
 return s
 "#,
-    )
-    .unwrap();
-    lapps_json(
-        &dir,
-        r#", "stuck": { "standalone": true, "preload": ["mqr"] }"#,
+        r#""mqr""#,
     );
     let pid = server.0.id();
     signal(pid, libc::SIGHUP);
@@ -252,19 +260,15 @@ fn lapps_reload_returns_when_the_reload_is_done_and_says_how_it_went() {
     let dir = site("reload-answer");
     lapps_json(&dir, "");
     let (mut server, log) = spawn_logging_to_file(&dir);
-    std::fs::create_dir_all(dir.join("apps/slow")).unwrap();
-    std::fs::write(
-        dir.join("apps/slow/slow.lua"),
+    with_standalone(
+        &dir,
+        "slow",
         r#"local s = {}
 s.init = function() nap:new():sleep(1) end
 s.run = function() local n = nap:new() while not must_stop() do n:sleep(1) end end
 return s
 "#,
-    )
-    .unwrap();
-    lapps_json(
-        &dir,
-        r#", "slow": { "standalone": true, "preload": ["nap"] }"#,
+        r#""nap""#,
     );
     let pid = server.0.id();
     let other = std::thread::spawn(move || lapps_reload(pid));
