@@ -14,8 +14,8 @@
 //! sides put a SeqCst fence between the two steps, so either the waiter's retry sees the
 //! change or the other side sees the waiter and notifies it under the lock (the waiter holds
 //! the lock until it is actually waiting). A post counts its bytes before it tries the ring;
-//! refused by a full ring, it gives them back and wakes the posters, since a receive meanwhile
-//! may have woken one that found no room for them. Shutdown (`wake_all`) notifies every waiter under
+//! refused by a full ring, it gives them back, and one made without the lock (`try_post`) then
+//! wakes the posters, since a receive meanwhile may have woken one that found no room for them. Shutdown (`wake_all`) notifies every waiter under
 //! the lock after the stop flag is set, and waiters check their stop flag under the lock.
 
 use std::collections::HashMap;
@@ -144,7 +144,8 @@ impl Queue {
     /// Into the ring, within both bounds (slots and bytes); handed back otherwise, with
     /// [`Refused::GaveBack`] when its bytes were counted for a while: a receive meanwhile may
     /// have woken a poster that then found no room for those bytes and went back to sleep, so
-    /// the caller must wake the posters (`push` cannot: `post` calls it holding the lock).
+    /// a caller that does not hold the lock must wake the posters (`push` cannot: `post` calls
+    /// it holding the lock, and needs not).
     fn push(&self, msg: Box<[u8]>) -> Result<(), (Box<[u8]>, Refused)> {
         let n = msg.len();
         let reserved = self
@@ -248,13 +249,10 @@ impl Queue {
                     self.wake(&self.recv_waiters, &self.not_empty);
                     return Ok(());
                 }
-                Err((m, refused)) => {
-                    if refused == Refused::GaveBack {
-                        // Holding the lock: the other posters are asleep or not yet retrying.
-                        self.not_full.notify_all();
-                    }
-                    m
-                }
+                // No wake-up for bytes given back here: this poster holds the lock until it
+                // waits, so a receive meanwhile notifies (under that lock) only after they are
+                // back. (Notifying here would have waiting posters wake each other for ever.)
+                Err((m, _)) => m,
             };
             #[cfg(test)]
             self.waits.fetch_add(1, Ordering::SeqCst);
@@ -607,6 +605,44 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(waiter.join().unwrap(), Ok(()));
+    }
+
+    /// Posters blocked on a full ring sleep: none wakes the others when it is refused again.
+    #[test]
+    fn posters_waiting_on_a_full_ring_do_not_wake_each_other() {
+        let q = Arc::new(Queue::with_max_bytes("no spin".into(), 1, 100));
+        q.try_post(msg("x")).unwrap();
+        let posters: Vec<_> = (0..2)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                std::thread::spawn(move || {
+                    q.post(msg("y"), Duration::from_secs(30), &|| false)
+                        .map_err(|(_, why)| why)
+                })
+            })
+            .collect();
+        let guard = Instant::now() + Duration::from_secs(10);
+        while q.waits.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < guard, "the posters never waited");
+            std::thread::yield_now();
+        }
+        // A window in which nothing happens to the queue: waking each other, the two would go
+        // back to wait thousands of times in it.
+        std::thread::sleep(Duration::from_millis(200));
+        let waits = q.waits.load(Ordering::SeqCst);
+        assert!(waits <= 4, "waiting posters woke each other {waits} times");
+        assert_eq!(q.poll().unwrap().len(), 1);
+        assert_eq!(
+            q.receive(Duration::from_secs(10), &|| false).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            q.receive(Duration::from_secs(10), &|| false).unwrap().len(),
+            1
+        );
+        for p in posters {
+            assert_eq!(p.join().unwrap(), Ok(()));
+        }
     }
 
     #[test]
