@@ -200,10 +200,10 @@ fn main() -> ExitCode {
     let reloads = Reloads::start(std::sync::Arc::clone(&app));
     loop {
         match signals.wait() {
-            lapps::signals::Signal::Reload(requester) => {
+            lapps::signals::Signal::Reload(name, requester) => {
                 match &requester {
                     None => info!(
-                        "SIGHUP received: reloading certificates, redeploying changed services"
+                        "{name} received: reloading certificates, redeploying changed services"
                     ),
                     Some(r) => info!(
                         "reload asked for by process {} (lapps --reload): reloading \

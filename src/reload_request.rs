@@ -4,18 +4,24 @@
 //! `Type=notify-reload`).
 //!
 //! The requester sends [`request_signal`], a realtime signal: unlike SIGHUP, requests queue
-//! and each carries its sender's pid. The server blocks it with the other signals it takes,
-//! reloads as for SIGHUP, and answers with [`done_signal`] or [`failed_signal`] through a pidfd
-//! opened as the request arrived, so that a pid reused meanwhile never gets the answer. A
-//! realtime signal's default action ends a process: the server gives the request a handler (so
-//! it never does, even should it escape the wait), and the requester sends one only to a
-//! process that has one (its `SigCgt` in /proc/PID/status), that is, a lapps server.
+//! and each carries its sender's pid, and it is queued as sigqueue(3) does (`SI_QUEUE`) with
+//! [`REQUEST_VALUE`]. The server takes it with the other signals it waits for and reloads as
+//! for SIGHUP; it answers [`done_signal`] or [`failed_signal`] only to such a request (a plain
+//! `kill -s RTMIN+1` from a shell, or `systemctl kill` whose sender is PID 1, reloads without
+//! an answer: those answers' default action would end the sender, and systemd reads RTMIN+2 and
+//! +3 as commands), through a pidfd opened as soon as the request is taken. A realtime signal's
+//! default action ends a process: the server gives the request a handler (so it never does,
+//! even should it escape the wait), and the requester sends one only to a process that has one
+//! (its `SigCgt` in /proc/PID/status), that is, a lapps server.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// What a requester waits for at most: below the 90 s systemd gives an `ExecReload=` by default.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(80);
+
+/// The value a request carries ("lapp"): what tells it from the same signal sent by hand.
+pub const REQUEST_VALUE: usize = 0x6c61_7070;
 
 /// Asks for a reload with an answer.
 pub fn request_signal() -> libc::c_int {
@@ -43,15 +49,52 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
-/// Sends `signo` to the process `pidfd` refers to (pidfd_send_signal(2), as kill(2) does).
-fn pidfd_send_signal(pidfd: &OwnedFd, signo: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: a valid pidfd, a signal number, no siginfo (as kill(2)), no flags.
+/// A siginfo as sigqueue(3) fills it, in the 64-bit Linux layout: three ints and padding,
+/// then the `_rt` member of the union (pid, uid, sigval).
+#[repr(C)]
+struct QueuedSiginfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    pid: libc::pid_t,
+    uid: libc::uid_t,
+    value: usize,
+    _rest: [u8; 96],
+}
+
+const _: () =
+    assert!(std::mem::size_of::<QueuedSiginfo>() == std::mem::size_of::<libc::siginfo_t>());
+
+/// Sends `signo` to the process `pidfd` refers to (pidfd_send_signal(2)): as kill(2) does, or
+/// queued with `value` as sigqueue(3) does.
+fn pidfd_send_signal(
+    pidfd: &OwnedFd,
+    signo: libc::c_int,
+    value: Option<usize>,
+) -> std::io::Result<()> {
+    let queued = value.map(|value| QueuedSiginfo {
+        signo,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        pid: std::process::id() as libc::pid_t,
+        // SAFETY: getuid has no preconditions.
+        uid: unsafe { libc::getuid() },
+        value,
+        _rest: [0; 96],
+    });
+    let info = queued.as_ref().map_or(std::ptr::null(), |q| {
+        (q as *const QueuedSiginfo).cast::<libc::siginfo_t>()
+    });
+    // SAFETY: a valid pidfd, a signal number, no siginfo (as kill(2)) or one of siginfo_t's
+    // size (checked above) laid out as the kernel reads an SI_QUEUE one, no flags.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
             signo,
-            std::ptr::null::<libc::siginfo_t>(),
+            info,
             0,
         )
     };
@@ -68,14 +111,26 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// The process that sent a request: None when it is gone already, or when it is this
-    /// process (an answer sent to itself would end the server).
-    pub fn open(pid: libc::pid_t) -> Option<Requester> {
-        if pid <= 0 || pid == std::process::id() as libc::pid_t {
+    /// Who sent the request `info` describes, if it waits for an answer: queued with
+    /// [`REQUEST_VALUE`] (as `lapps --reload` does), by a process other than PID 1 and this one.
+    /// None otherwise: a reload without an answer.
+    pub fn of(info: &libc::siginfo_t) -> Option<Requester> {
+        // SAFETY: an SI_QUEUE siginfo's union holds the `_rt` member: pid, uid, sigval.
+        let (pid, value) = unsafe { (info.si_pid(), info.si_value().sival_ptr as usize) };
+        if info.si_code != libc::SI_QUEUE
+            || value != REQUEST_VALUE
+            || pid <= 1
+            || pid == std::process::id() as libc::pid_t
+        {
             return None;
         }
-        let pidfd = pidfd_open(pid).ok()?;
-        Some(Requester { pid, pidfd })
+        match pidfd_open(pid) {
+            Ok(pidfd) => Some(Requester { pid, pidfd }),
+            Err(e) => {
+                crate::warn!("cannot answer the reload requester {pid} ({e}): it will time out");
+                None
+            }
+        }
     }
 
     /// Its process id.
@@ -86,7 +141,7 @@ impl Requester {
     /// Tells the requester how the reload went.
     pub fn answer(self, ok: bool) {
         let signo = if ok { done_signal() } else { failed_signal() };
-        if let Err(e) = pidfd_send_signal(&self.pidfd, signo) {
+        if let Err(e) = pidfd_send_signal(&self.pidfd, signo, None) {
             crate::debug!(
                 "reload requester {} did not wait for its answer: {e}",
                 self.pid
@@ -119,7 +174,7 @@ pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
         ));
     }
     become_owner_of(&status)?;
-    pidfd_send_signal(&pidfd, request_signal())
+    pidfd_send_signal(&pidfd, request_signal(), Some(REQUEST_VALUE))
         .map_err(|e| format!("cannot signal process {pid}: {e}"))?;
     let deadline = Instant::now() + timeout;
     loop {

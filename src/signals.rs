@@ -57,7 +57,8 @@ fn handle(signo: libc::c_int, handler: extern "C" fn(libc::c_int)) {
 }
 
 /// Runs `start`, a call that starts a child process (`io.popen`), with SIGTERM, SIGINT and
-/// SIGHUP unblocked in this thread, so that the child starts with nothing blocked. One of them
+/// SIGHUP unblocked in this thread, so that the child starts with no standard signal blocked
+/// (the reload request's realtime signal stays blocked: nothing sends it to a child). One of them
 /// arriving meanwhile is caught (see [`Signals::block`]) and raised again once they are
 /// blocked: the thread taking signals gets it as usual, a moment later.
 pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
@@ -88,8 +89,9 @@ pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
 pub enum Signal {
     /// SIGTERM or SIGINT: its name and number.
     Stop(&'static str, libc::c_int),
-    /// SIGHUP, or a reload request whose sender waits for the answer.
-    Reload(Option<Requester>),
+    /// SIGHUP or the reload request's signal (its name), with the requester that waits for
+    /// the answer, if any.
+    Reload(&'static str, Option<Requester>),
 }
 
 /// The exit status after a second SIGTERM/SIGINT cut the graceful shutdown short: 128 plus the
@@ -132,13 +134,11 @@ impl Signals {
             // SAFETY: `self.set` was initialised in `block`; `info` is a valid out pointer.
             let sig = unsafe { libc::sigwaitinfo(&self.set, &mut info) };
             return match sig {
-                libc::SIGHUP => Signal::Reload(None),
+                libc::SIGHUP => Signal::Reload("SIGHUP", None),
                 libc::SIGINT => Signal::Stop("SIGINT", libc::SIGINT),
                 libc::SIGTERM => Signal::Stop("SIGTERM", libc::SIGTERM),
-                // SAFETY: for a signal sent with kill(2) or pidfd_send_signal(2) (the
-                // requester's), si_pid is the sender's pid.
                 s if s == reload_request::request_signal() => {
-                    Signal::Reload(Requester::open(unsafe { info.si_pid() }))
+                    Signal::Reload("SIGRTMIN+1", Requester::of(&info))
                 }
                 _ => continue, // interrupted
             };
@@ -155,7 +155,7 @@ impl Signals {
             .name("signals".into())
             .spawn(move || loop {
                 match self.wait() {
-                    Signal::Reload(requester) => {
+                    Signal::Reload(_, requester) => {
                         crate::info!("reload asked for during shutdown: ignored");
                         if let Some(r) = requester {
                             r.answer(false);

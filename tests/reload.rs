@@ -234,7 +234,7 @@ fn spawn_logging_to_file(dir: &std::path::Path) -> (Reaper, PathBuf) {
             .spawn()
             .expect("spawn lapps"),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on ")) {
         assert!(Instant::now() < deadline, "lapps never listened");
         assert!(server.0.try_wait().unwrap().is_none(), "lapps exited");
@@ -327,4 +327,34 @@ fn lapps_reload_leaves_a_process_that_is_not_a_lapps_server_alone() {
     let out = lapps_reload(i32::MAX as u32);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process"));
+}
+
+/// The request's signal sent by hand (a shell's `kill -s RTMIN+1`, `systemctl kill`) reloads
+/// without an answer: the answer's default action would end the sender, and PID 1 reads
+/// RTMIN+2/+3 as commands. Only `lapps --reload`'s queued request is answered.
+#[test]
+fn a_request_signal_sent_by_hand_reloads_and_leaves_its_sender_alone() {
+    let dir = site("reload-by-hand");
+    lapps_json(&dir, "");
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    let pid = server.0.id();
+    // Sends the signal as kill(2) does, then lives 3 s: an answer would end it by signal.
+    let mut sender = Reaper(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import os, signal, time; os.kill({pid}, signal.SIGRTMIN + 1); time.sleep(3)"
+            ))
+            .spawn()
+            .expect("python3"),
+    );
+    let reload = binary::lines_until(&log, "reload done");
+    let status = sender.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "the sender was answered: {status:?}");
+    assert!(
+        reload.iter().any(|l| l.contains("SIGRTMIN+1 received")),
+        "{reload:?}"
+    );
+    signal(pid, libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
 }

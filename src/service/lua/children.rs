@@ -1,7 +1,8 @@
 //! The child processes of a service with `allow_os_execute`: `os.execute` and `io.popen`
-//! start them with the signal state of a fresh process, not the server's (SIGTERM, SIGINT
-//! and SIGHUP blocked in every thread; see src/signals.rs): each child is started with those
-//! unblocked in the calling thread for the moment that takes. (SIGPIPE needs nothing here:
+//! start them with the standard signals as a fresh process has them, not as the server does
+//! (SIGTERM, SIGINT and SIGHUP blocked in every thread; see src/signals.rs): each child is
+//! started with those unblocked in the calling thread for the moment that takes. (The reload
+//! request's realtime signal stays blocked in children: nothing sends it to them.) (SIGPIPE needs nothing here:
 //! the server handles it, and exec resets a handled signal to its default.) std's `Command`
 //! would not do it for us: it passes the calling thread's mask on (measured: the child's
 //! mask at exec is the server's).
