@@ -5,7 +5,9 @@
 //! Owns a scan that reads any bytes without recursion and in memory bounded by
 //! [`MAX_OPEN_INDEFINITE`]; it never panics. The keys and the `cid` it finds are read by the
 //! decoder itself and judged by the rules of [`super::protocol`], so a message is taken for
-//! a notification here exactly when it would be one had it decoded.
+//! a notification here when it would be one had it decoded; keys and values written in more
+//! than [`MAX_JUDGED_ITEM`] bytes (a `"cid"` in many empty chunks, a bignum padded with zero
+//! bytes) are not judged, which only a client writing its own messages that way can notice.
 
 use super::cbor;
 use super::lazy::{head, skip_tags};
