@@ -186,9 +186,14 @@ pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
                 timeout.as_secs()
             ));
         }
+        if exited(&pidfd) {
+            return Err(format!("process {pid} ended before it answered"));
+        }
+        // In slices, to notice a server that stops meanwhile (its queued requests die with it).
+        let slice = left.min(Duration::from_millis(100));
         let wait = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
-            tv_nsec: left.subsec_nanos() as libc::c_long,
+            tv_sec: slice.as_secs() as libc::time_t,
+            tv_nsec: slice.subsec_nanos() as libc::c_long,
         };
         // SAFETY: siginfo_t is plain data that sigtimedwait fills before it is read.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -201,6 +206,17 @@ pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
         }
         // Timed out (the loop says so), interrupted, or another process's signal: wait on.
     }
+}
+
+/// Whether the process `pidfd` refers to has ended (a pidfd polls readable then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
 }
 
 /// /proc/PID/status.

@@ -65,10 +65,19 @@ return s
     let pid = server.0.id();
     signal(pid, libc::SIGHUP);
     wait_line(&log, "SIGHUP received");
+    // A requester waiting behind the stuck reload hears that the server ended, at once.
+    let requester = std::thread::spawn(move || lapps_reload(pid));
+    wait_line(&log, "reload asked for by process");
     signal(pid, libc::SIGTERM);
     wait_line(&log, "SIGTERM received");
     let status = server.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}");
+    let out = requester.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ended before it answered"),
+        "{out:?}"
+    );
 }
 
 /// Starts the binary with stderr going to `log` and `JOURNAL_STREAM` set to `journal`, waits
