@@ -134,7 +134,11 @@ if [[ ${#SELECTED[@]} -gt 0 ]] || want fanout; then
     for r in $(seq "$REPEAT"); do
         for sc in "${SELECTED[@]}"; do
             IFS='|' read -r name opts _ <<<"$sc"
-            for l in $(labels "$sc"); do
+            # Every other run in the opposite order, so that a drift in background load does
+            # not land on the same server each time (lapps-lapps vs lapps-lua above all).
+            order=$(labels "$sc")
+            (( r % 2 == 0 )) && order=$(tr ' ' '\n' <<<"$order" | tac | tr '\n' ' ')
+            for l in $order; do
                 IFS='=' read -r label server path extra <<<"$(spec "$l")"
                 # shellcheck disable=SC2086
                 line=$("$LOADGEN" --url "ws://127.0.0.1:${PORT[$server]}$path" $opts $extra --duration "$DURATION" \
@@ -220,6 +224,8 @@ echo "== medians of $REPEAT runs ($(date -u +%FT%TZ), load average $(cut -d' ' -
             "$(grep '^fanout lapps ' "$OUT/raw.txt" | field loop_over_bcast | tr '\n' ' ')" "$FANOUT_ROUNDS"
         printf '%-10s ceiling: loop_ms / bc_sys_ms = %s (loop/bcast if bcast did no work outside the kernel)\n' \
             fanout "$(ratio "$(med fanout lapps loop_ms_median)" "$(med fanout lapps bcast_server_sys_ms)")"
+        printf '%-10s client: bc_cli_ms / bcast_ms = %s (near 1: the one-thread client, not the server, sets bcast_ms)\n' \
+            fanout "$(ratio "$(med fanout lapps bcast_client_cpu_ms)" "$(med fanout lapps bcast_ms_median)")"
     fi
     if want idle; then
         printf '%-10s %-18s %14s\n' idle server bytes/conn
