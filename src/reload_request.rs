@@ -10,9 +10,12 @@
 //! `kill -s RTMIN+1` from a shell, or `systemctl kill` whose sender is PID 1, reloads without
 //! an answer: those answers' default action would end the sender, and systemd reads RTMIN+2 and
 //! +3 as commands), through a pidfd opened as soon as the request is taken. A realtime signal's
-//! default action ends a process: the server gives the request a handler (so it never does,
-//! even should it escape the wait), and the requester sends one only to a process that has one
-//! (its `SigCgt` in /proc/PID/status), that is, a lapps server.
+//! default action ends a process: each side gives the signals it waits for a handler that does
+//! nothing (so they never do, even should one escape the wait), and sends only to a process
+//! that has those handlers (its `SigCgt` in /proc/PID/status): the requester to a lapps
+//! server, the server to a requester. (The kernel does not check the pid a queued signal
+//! claims to come from; a process of the server's user could name another one, which is then
+//! answered only if it waits for these signals.)
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -104,10 +107,11 @@ fn pidfd_send_signal(
     Ok(())
 }
 
-/// The sender of a reload request, waiting for its answer.
+/// The sender of a reload request, waiting for its answer; told the reload failed if it is
+/// dropped unanswered (a reload that panicked).
 pub struct Requester {
     pid: libc::pid_t,
-    pidfd: OwnedFd,
+    pidfd: Option<OwnedFd>,
 }
 
 impl Requester {
@@ -124,13 +128,28 @@ impl Requester {
         {
             return None;
         }
-        match pidfd_open(pid) {
-            Ok(pidfd) => Some(Requester { pid, pidfd }),
+        let pidfd = match pidfd_open(pid) {
+            Ok(pidfd) => pidfd,
             Err(e) => {
                 crate::warn!("cannot answer the reload requester {pid} ({e}): it will time out");
-                None
+                return None;
             }
+        };
+        // Only a process that waits for the answers gets one (their default action would end
+        // it): `lapps --reload` handles both.
+        let waits = proc_status(pid)
+            .is_ok_and(|s| catches(&s, done_signal()) && catches(&s, failed_signal()));
+        if !waits {
+            crate::warn!(
+                "reload request naming process {pid}, which does not wait for an answer: \
+                 reloading without one"
+            );
+            return None;
         }
+        Some(Requester {
+            pid,
+            pidfd: Some(pidfd),
+        })
     }
 
     /// Its process id.
@@ -139,14 +158,27 @@ impl Requester {
     }
 
     /// Tells the requester how the reload went.
-    pub fn answer(self, ok: bool) {
+    pub fn answer(mut self, ok: bool) {
+        self.send(ok);
+    }
+
+    fn send(&mut self, ok: bool) {
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
         let signo = if ok { done_signal() } else { failed_signal() };
-        if let Err(e) = pidfd_send_signal(&self.pidfd, signo, None) {
+        if let Err(e) = pidfd_send_signal(&pidfd, signo, None) {
             crate::debug!(
                 "reload requester {} did not wait for its answer: {e}",
                 self.pid
             );
         }
+    }
+}
+
+impl Drop for Requester {
+    fn drop(&mut self) {
+        self.send(false);
     }
 }
 
@@ -165,6 +197,9 @@ pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
     };
     // SAFETY: `answers` is initialised; this changes the calling thread's mask only.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &answers, std::ptr::null_mut()) };
+    // Handled too: the server answers only a process that handles them.
+    crate::signals::handle_with_nothing(done_signal());
+    crate::signals::handle_with_nothing(failed_signal());
     let pidfd = pidfd_open(pid).map_err(|e| format!("no process {pid}: {e}"))?;
     let status = proc_status(pid)?;
     if !catches(&status, request_signal()) {
@@ -186,26 +221,32 @@ pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
                 timeout.as_secs()
             ));
         }
+        // An answer sent just before the end still counts: looked for once more, no wait.
         if exited(&pidfd) {
-            return Err(format!("process {pid} ended before it answered"));
+            return take_answer(&answers, pid, Duration::ZERO)
+                .ok_or_else(|| format!("process {pid} ended before it answered"));
         }
         // In slices, to notice a server that stops meanwhile (its queued requests die with it).
-        let slice = left.min(Duration::from_millis(100));
-        let wait = libc::timespec {
-            tv_sec: slice.as_secs() as libc::time_t,
-            tv_nsec: slice.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: siginfo_t is plain data that sigtimedwait fills before it is read.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid set, out pointer and timeout.
-        let signo = unsafe { libc::sigtimedwait(&answers, &mut info, &wait) };
-        // SAFETY: for a signal sent with kill(2) or pidfd_send_signal(2), the sender's pid is
-        // the siginfo's si_pid.
-        if signo > 0 && unsafe { info.si_pid() } == pid {
-            return Ok(signo == done_signal());
+        if let Some(done) = take_answer(&answers, pid, left.min(Duration::from_millis(100))) {
+            return Ok(done);
         }
-        // Timed out (the loop says so), interrupted, or another process's signal: wait on.
     }
+}
+
+/// Waits up to `wait` for the answer of process `pid` (one of `answers`, blocked): whether the
+/// reload was done; None on a timeout, an interruption or another process's signal.
+fn take_answer(answers: &libc::sigset_t, pid: libc::pid_t, wait: Duration) -> Option<bool> {
+    let wait = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: siginfo_t is plain data that sigtimedwait fills before it is read.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid set, out pointer and timeout.
+    let signo = unsafe { libc::sigtimedwait(answers, &mut info, &wait) };
+    // SAFETY: for a signal sent with kill(2) or pidfd_send_signal(2) without a siginfo, as
+    // the server answers, the kernel sets si_pid to the sender's pid.
+    (signo > 0 && unsafe { info.si_pid() } == pid).then(|| signo == done_signal())
 }
 
 /// Whether the process `pidfd` refers to has ended (a pidfd polls readable then).
@@ -268,5 +309,9 @@ fn become_owner_of(status: &str) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    // A process that changed its user is not dumpable, which hides its /proc entry from a
+    // server under ProtectProc=invisible: the server reads our status before it answers.
+    // SAFETY: prctl(PR_SET_DUMPABLE, 1) has no other effect; nothing secret is held here.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
     Ok(())
 }

@@ -43,6 +43,12 @@ extern "C" fn catch(signo: libc::c_int) {
 
 extern "C" fn do_nothing(_: libc::c_int) {}
 
+/// Gives `signo` a handler that does nothing: a signal whose default action would end the
+/// process, taken by sigwaitinfo/sigtimedwait while it is blocked, can then never end it.
+pub(crate) fn handle_with_nothing(signo: libc::c_int) {
+    handle(signo, do_nothing);
+}
+
 /// Installs `handler` for `signo`, restarting interrupted calls.
 fn handle(signo: libc::c_int, handler: extern "C" fn(libc::c_int)) {
     // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); the handlers only
@@ -122,7 +128,7 @@ impl Signals {
         handle(libc::SIGPIPE, do_nothing);
         // Taken by sigwaitinfo like the others; the handler only makes sure a realtime signal
         // never ends the process, and tells `lapps --reload` that this one takes requests.
-        handle(reload_request::request_signal(), do_nothing);
+        handle_with_nothing(reload_request::request_signal());
         Signals { set }
     }
 

@@ -367,3 +367,72 @@ fn a_request_signal_sent_by_hand_reloads_and_leaves_its_sender_alone() {
     signal(pid, libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 }
+
+/// The kernel does not check the pid a queued signal claims to come from: a request naming
+/// another process (here a `sleep`, which does not handle the answers) gets a reload without an
+/// answer, and the named process lives on.
+#[test]
+fn a_request_naming_a_process_that_does_not_wait_is_not_answered() {
+    let dir = site("reload-forged");
+    lapps_json(&dir, "");
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    let mut bystander = Reaper(
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep"),
+    );
+    /// A siginfo as sigqueue(3) fills it (64-bit Linux layout), naming `pid` as its sender.
+    #[repr(C)]
+    struct Queued {
+        signo: libc::c_int,
+        errno: libc::c_int,
+        code: libc::c_int,
+        _pad: libc::c_int,
+        pid: libc::pid_t,
+        uid: libc::uid_t,
+        value: usize,
+        _rest: [u8; 96],
+    }
+    let signo = libc::SIGRTMIN() + 1;
+    let forged = Queued {
+        signo,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        pid: bystander.0.id() as libc::pid_t,
+        // SAFETY: getuid has no preconditions.
+        uid: unsafe { libc::getuid() },
+        value: 0x6c61_7070,
+        _rest: [0; 96],
+    };
+    // SAFETY: rt_sigqueueinfo to the server this test started, with a siginfo-sized value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigqueueinfo,
+            server.0.id() as libc::pid_t,
+            signo,
+            &forged as *const Queued,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let reload = binary::lines_until(&log, "reload done");
+    assert!(
+        reload
+            .iter()
+            .any(|l| l.contains("which does not wait for an answer")),
+        "{reload:?}"
+    );
+    // Any answer went out before the server's exit; the bystander would die of it soon after.
+    signal(server.0.id(), libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    let watch = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < watch {
+        let status = bystander.0.try_wait().unwrap();
+        assert!(
+            status.is_none(),
+            "the named process was answered: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling interval of the watch
+    }
+}
