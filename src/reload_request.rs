@@ -53,9 +53,10 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
 }
 
 /// A siginfo as sigqueue(3) fills it, in the 64-bit Linux layout: three ints and padding,
-/// then the `_rt` member of the union (pid, uid, sigval).
+/// then the `_rt` member of the union (pid, uid, sigval). Public for the tests, which forge
+/// one with rt_sigqueueinfo(2).
 #[repr(C)]
-struct QueuedSiginfo {
+pub struct QueuedSiginfo {
     signo: libc::c_int,
     errno: libc::c_int,
     code: libc::c_int,
@@ -69,6 +70,23 @@ struct QueuedSiginfo {
 const _: () =
     assert!(std::mem::size_of::<QueuedSiginfo>() == std::mem::size_of::<libc::siginfo_t>());
 
+impl QueuedSiginfo {
+    /// `signo` queued with `value`, claiming to come from process `pid` (and this user).
+    pub fn new(signo: libc::c_int, pid: libc::pid_t, value: usize) -> QueuedSiginfo {
+        QueuedSiginfo {
+            signo,
+            errno: 0,
+            code: libc::SI_QUEUE,
+            _pad: 0,
+            pid,
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            value,
+            _rest: [0; 96],
+        }
+    }
+}
+
 /// Sends `signo` to the process `pidfd` refers to (pidfd_send_signal(2)): as kill(2) does, or
 /// queued with `value` as sigqueue(3) does.
 fn pidfd_send_signal(
@@ -76,17 +94,8 @@ fn pidfd_send_signal(
     signo: libc::c_int,
     value: Option<usize>,
 ) -> std::io::Result<()> {
-    let queued = value.map(|value| QueuedSiginfo {
-        signo,
-        errno: 0,
-        code: libc::SI_QUEUE,
-        _pad: 0,
-        pid: std::process::id() as libc::pid_t,
-        // SAFETY: getuid has no preconditions.
-        uid: unsafe { libc::getuid() },
-        value,
-        _rest: [0; 96],
-    });
+    let queued =
+        value.map(|value| QueuedSiginfo::new(signo, std::process::id() as libc::pid_t, value));
     let info = queued.as_ref().map_or(std::ptr::null(), |q| {
         (q as *const QueuedSiginfo).cast::<libc::siginfo_t>()
     });

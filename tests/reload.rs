@@ -382,37 +382,18 @@ fn a_request_naming_a_process_that_does_not_wait_is_not_answered() {
             .spawn()
             .expect("sleep"),
     );
-    /// A siginfo as sigqueue(3) fills it (64-bit Linux layout), naming `pid` as its sender.
-    #[repr(C)]
-    struct Queued {
-        signo: libc::c_int,
-        errno: libc::c_int,
-        code: libc::c_int,
-        _pad: libc::c_int,
-        pid: libc::pid_t,
-        uid: libc::uid_t,
-        value: usize,
-        _rest: [u8; 96],
-    }
-    let signo = libc::SIGRTMIN() + 1;
-    let forged = Queued {
-        signo,
-        errno: 0,
-        code: libc::SI_QUEUE,
-        _pad: 0,
-        pid: bystander.0.id() as libc::pid_t,
-        // SAFETY: getuid has no preconditions.
-        uid: unsafe { libc::getuid() },
-        value: 0x6c61_7070,
-        _rest: [0; 96],
-    };
+    let forged = lapps::reload_request::QueuedSiginfo::new(
+        libc::SIGRTMIN() + 1,
+        bystander.0.id() as libc::pid_t,
+        lapps::reload_request::REQUEST_VALUE,
+    );
     // SAFETY: rt_sigqueueinfo to the server this test started, with a siginfo-sized value.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_rt_sigqueueinfo,
             server.0.id() as libc::pid_t,
-            signo,
-            &forged as *const Queued,
+            libc::SIGRTMIN() + 1,
+            &forged as *const lapps::reload_request::QueuedSiginfo,
         )
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
