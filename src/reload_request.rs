@@ -128,13 +128,12 @@ impl Requester {
     /// [`REQUEST_VALUE`] (as `lapps --reload` does), by a process other than PID 1 and this one.
     /// None otherwise: a reload without an answer.
     pub fn of(info: &libc::siginfo_t) -> Option<Requester> {
+        if info.si_code != libc::SI_QUEUE {
+            return None;
+        }
         // SAFETY: an SI_QUEUE siginfo's union holds the `_rt` member: pid, uid, sigval.
         let (pid, value) = unsafe { (info.si_pid(), info.si_value().sival_ptr as usize) };
-        if info.si_code != libc::SI_QUEUE
-            || value != REQUEST_VALUE
-            || pid <= 1
-            || pid == std::process::id() as libc::pid_t
-        {
+        if value != REQUEST_VALUE || pid <= 1 || pid == std::process::id() as libc::pid_t {
             return None;
         }
         let pidfd = match pidfd_open(pid) {
