@@ -324,10 +324,9 @@ impl Reloads {
             );
             self.reload_certificate();
         }
-        if let Err(std::sync::mpsc::SendError(Some(r))) = self.tx.send(requester) {
-            // No reload thread (it could not start): nothing reloads.
-            r.answer(false);
-        }
+        // No reload thread (it could not start): nothing reloads, and the requester handed
+        // back is dropped, which answers it "failed".
+        let _ = self.tx.send(requester);
     }
 
     /// Reloads the certificate on a thread of its own, or has the one running reload it
