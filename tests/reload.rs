@@ -1,5 +1,6 @@
-//! The real binary's process-level behaviour: a reload runs beside the signal loop, so a stop
-//! is served even while a new version's `init()` never returns; log lines under the journal.
+//! The real binary's process-level behaviour (reloads and stops): a reload runs beside the
+//! signal loop, so a stop is served even while a new version's `init()` never returns;
+//! `lapps --reload`; a standalone `onShutdown`'s budget; log lines under the journal.
 #[path = "common/binary.rs"]
 mod binary;
 
@@ -416,4 +417,37 @@ fn a_request_naming_a_process_that_does_not_wait_is_not_answered() {
         );
         std::thread::sleep(Duration::from_millis(10)); // polling interval of the watch
     }
+}
+
+/// A standalone service's `onShutdown` gets one instruction budget, as `init()` does: a loop
+/// over polling points there (each `n:sleep` answers "stopping" at once by then) is stopped by
+/// the budget, not left spinning through the service's whole grace.
+#[test]
+fn on_shutdown_of_a_standalone_service_cannot_renew_its_budget() {
+    let dir = site("shutdown-budget");
+    with_standalone(
+        &dir,
+        "spinner",
+        r#"local s = {}
+s.run = function() local n = nap:new() while not must_stop() do n:sleep(1) end end
+s.onShutdown = function() local n = nap:new() while true do n:sleep(0.01) end end
+return s
+"#,
+        r#""nap""#,
+    );
+    // A small budget, so that it runs out at once once it is no longer renewed.
+    lapps_json(
+        &dir,
+        r#", "spinner": { "standalone": true, "preload": ["nap"], "instruction_budget": 100000 }"#,
+    );
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    signal(server.0.id(), libc::SIGTERM);
+    let stop = binary::lines_until(&log, "INFO stopped");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    assert!(
+        stop.iter()
+            .any(|l| l.contains("onShutdown") && l.contains("instruction budget")),
+        "{stop:?}"
+    );
+    assert!(!stop.iter().any(|l| l.contains("did not stop")), "{stop:?}");
 }

@@ -342,6 +342,12 @@ impl HostCtx {
         self.in_run.set(true);
     }
 
+    /// Its `run()` is over: `onShutdown`, like `init()`, gets one budget, which a loop over
+    /// polling points (answering "stopping" at once now) cannot renew.
+    pub fn end_run(&self) {
+        self.in_run.set(false);
+    }
+
     pub fn tag(&self) -> String {
         format!("[{}#{}]", self.service, self.instance)
     }

@@ -249,6 +249,7 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
         (App::Raw(_), None) => {}
     }
     if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
+        host.end_run();
         host.reset_budget();
         if let Err(e) = f.call::<()>(()) {
             crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
