@@ -4,8 +4,10 @@
 //! balancer would keep handing it new connections that nobody reads, and the process would
 //! look healthy, so systemd's `Restart=on-failure` would never act. Aborting (status 134,
 //! SIGABRT) with one error line after std's own panic message lets it restart a whole server.
-//! Other threads keep std's behaviour: the Lua host catches panics at its boundaries and turns
-//! them into errors for the app.
+//! Other threads keep std's behaviour. In a Lua instance, mlua turns a panic in a host function
+//! into a Lua error the app may catch with `pcall`; one the app does not catch resumes the panic
+//! when the error reaches Rust, which ends that instance's thread (the fast paths catch their
+//! own, see `service::lua::fastpath`).
 
 /// Prefixes of the thread names (see `net::server`) whose panic ends the process.
 const FATAL: [&str; 2] = ["lapps-io-", "lapps-accept-"];
