@@ -185,8 +185,7 @@ fn a_reload_says_that_ws_json_changes_need_a_restart() {
     signal(pid, libc::SIGHUP);
     let line = wait_line(&log, "ws.json changed");
     assert!(line.contains("next restart"), "{line}");
-    signal(pid, libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    server.stop();
 }
 
 #[test]
@@ -227,8 +226,7 @@ fn a_reload_ends_with_one_line_that_counts_what_it_did() {
         line.contains("0 started, 0 replaced, 0 stopped, 1 unchanged, 0 failed"),
         "{line}"
     );
-    signal(pid, libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    server.stop();
 }
 
 /// The server with its log in a file rather than a pipe: a line is in the file once the
@@ -313,8 +311,7 @@ return s
         "{out:?}"
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains("1 failed"));
-    signal(pid, libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    server.stop();
 }
 
 /// A realtime signal would end a process that does not expect it: `lapps --reload` sends its
@@ -365,8 +362,7 @@ fn a_request_signal_sent_by_hand_reloads_and_leaves_its_sender_alone() {
         reload.iter().any(|l| l.contains("SIGRTMIN+1 received")),
         "{reload:?}"
     );
-    signal(pid, libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    server.stop();
 }
 
 /// The kernel does not check the pid a queued signal claims to come from: a request naming
@@ -406,8 +402,7 @@ fn a_request_naming_a_process_that_does_not_wait_is_not_answered() {
         "{reload:?}"
     );
     // Any answer went out before the server's exit; the bystander would die of it soon after.
-    signal(server.0.id(), libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    server.stop();
     let watch = Instant::now() + Duration::from_millis(500);
     while Instant::now() < watch {
         let status = bystander.0.try_wait().unwrap();

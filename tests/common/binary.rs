@@ -34,6 +34,17 @@ impl Reaper {
             std::thread::sleep(Duration::from_millis(10)); // polling interval of the exit wait
         }
     }
+
+    /// SIGTERM, then the clean exit (status 0) within 15 s.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on the child this Reaper holds.
+        assert_eq!(
+            unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let status = self.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "lapps stopped with {status:?}");
+    }
 }
 
 impl Drop for Reaper {
