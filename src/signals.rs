@@ -1,6 +1,6 @@
 //! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, a reload request of `lapps --reload`
 //! reloads and answers (see [`crate::reload_request`]), SIGPIPE does nothing (every send uses
-//! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwait` by
+//! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwaitinfo` by
 //! the main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
 //! started the graceful shutdown, [`Signals::exit_on_second_stop`] keeps taking them on a
 //! thread of its own: a second one ends the process at once.
