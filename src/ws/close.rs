@@ -20,6 +20,9 @@ pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 /// 1011: an unexpected condition prevented the server from fulfilling the request.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// 1013 (IANA registry, "Try Again Later"): the server is overloaded for now; here, it holds
+/// as much of partly received messages as it allows over all connections.
+pub const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Whether a peer may send `code` in a Close frame (section 7.4).
 ///

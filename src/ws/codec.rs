@@ -15,7 +15,9 @@
 
 use std::fmt;
 
-use super::close::{is_valid_received_code, INVALID_PAYLOAD, PROTOCOL_ERROR, TOO_BIG};
+use super::close::{
+    is_valid_received_code, INVALID_PAYLOAD, PROTOCOL_ERROR, TOO_BIG, TRY_AGAIN_LATER,
+};
 use super::frame::{encode_header, FrameHeader};
 use super::Opcode;
 use crate::simd::{unmask, validate_utf8, Utf8Stream};
@@ -55,6 +57,12 @@ const INVALID_UTF8_TEXT: ProtocolError = ProtocolError {
     reason: "text message is not valid UTF-8",
 };
 
+/// Not the peer's fault: the caller's allowance for partly received messages is used up.
+pub const OVER_ALLOWANCE: ProtocolError = ProtocolError {
+    code: TRY_AGAIN_LATER,
+    reason: "no room left for messages being received",
+};
+
 /// What the decoder found. Slices borrow the caller's input (zero-copy) or the decoder's
 /// message buffer; they are valid only during the callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +96,9 @@ enum Assembling {
     Text,
     Binary,
 }
+
+/// The first capacity of a message buffer (as `Vec` would start for a first chunk this small).
+const MIN_MESSAGE_BUFFER: usize = 8;
 
 /// The per-connection decoder. Small on purpose (<= 64 bytes): it lives in every connection.
 #[derive(Debug)]
@@ -133,9 +144,14 @@ impl Decoder {
         self.state == State::Closed
     }
 
-    /// Bytes of a partly received message held by the decoder (for load accounting).
+    /// Bytes of a partly received message held by the decoder.
     pub fn buffered(&self) -> usize {
         self.message.len()
+    }
+
+    /// Heap the decoder holds (its message buffer's capacity), for memory accounting.
+    pub fn held(&self) -> usize {
+        self.message.capacity()
     }
 
     /// Decodes as much of `input` as possible, unmasking it in place and calling `on_event` for
@@ -148,12 +164,26 @@ impl Decoder {
         input: &mut [u8],
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<usize, ProtocolError> {
+        self.decode_within(input, usize::MAX, on_event)
+    }
+
+    /// [`Decoder::decode`], with the message buffer never grown past `allowance` bytes of
+    /// capacity: a message being assembled that needs more fails with [`OVER_ALLOWANCE`]
+    /// (1013) before the bytes are copied. Complete unfragmented frames take no buffer, so
+    /// they pass whatever the allowance. The caller's share of a budget shared by many
+    /// decoders (the worker's process-wide cap); the message size limit still applies first.
+    pub fn decode_within(
+        &mut self,
+        input: &mut [u8],
+        allowance: usize,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<usize, ProtocolError> {
         match self.state {
             State::Open => {}
             State::Closed => return Ok(input.len()),
             State::Failed => return Err(protocol("input after a protocol error")),
         }
-        let result = self.decode_open(input, on_event);
+        let result = self.decode_open(input, allowance, on_event);
         if result.is_err() {
             self.state = State::Failed;
             self.message = Vec::new();
@@ -164,12 +194,13 @@ impl Decoder {
     fn decode_open(
         &mut self,
         input: &mut [u8],
+        allowance: usize,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<usize, ProtocolError> {
         let mut pos = 0;
         loop {
             if self.frame_open {
-                pos += self.stream_payload(&mut input[pos..])?;
+                pos += self.stream_payload(&mut input[pos..], allowance)?;
                 if self.frame_remaining > 0 {
                     return Ok(pos); // every available byte was taken; wait for more
                 }
@@ -301,8 +332,13 @@ impl Decoder {
 
     /// Moves the available part of the current frame's payload into `message`, unmasked and
     /// (for text) validated as it arrives. Returns the number of bytes taken.
-    fn stream_payload(&mut self, available: &mut [u8]) -> Result<usize, ProtocolError> {
+    fn stream_payload(
+        &mut self,
+        available: &mut [u8],
+        allowance: usize,
+    ) -> Result<usize, ProtocolError> {
         let n = self.frame_remaining.min(available.len() as u64) as usize;
+        self.make_room(n, allowance)?;
         let chunk = &mut available[..n];
         if let Some(key) = self.frame_mask {
             unmask(chunk, key, self.frame_mask_offset as usize);
@@ -315,6 +351,26 @@ impl Decoder {
         self.frame_remaining -= n as u64;
         self.frame_mask_offset = ((self.frame_mask_offset as usize + n) & 3) as u8;
         Ok(n)
+    }
+
+    /// Makes room for `n` more bytes in `message`: the capacity doubles as `Vec`'s would, but
+    /// never past the message size limit or `allowance` (so a message's buffer holds at most
+    /// `max_message_size` bytes, not twice that).
+    fn make_room(&mut self, n: usize, allowance: usize) -> Result<(), ProtocolError> {
+        let needed = self.message.len() + n; // <= max_message_size: checked by check_header
+        if needed <= self.message.capacity() {
+            return Ok(());
+        }
+        if needed > allowance {
+            return Err(OVER_ALLOWANCE);
+        }
+        let grown = (self.message.capacity() * 2)
+            .max(MIN_MESSAGE_BUFFER)
+            .min(self.max_message_size)
+            .min(allowance)
+            .max(needed);
+        self.message.reserve_exact(grown - self.message.len());
+        Ok(())
     }
 
     fn complete_message(

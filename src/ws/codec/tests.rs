@@ -501,6 +501,97 @@ fn partial_data_frame_is_consumed_and_buffered() {
     );
 }
 
+/// Feeds `pieces` one decode_within call each (the worker's reads), keeping leftovers.
+fn feed_within(
+    dec: &mut Decoder,
+    pieces: &[&[u8]],
+    allowance: usize,
+) -> (Vec<Owned>, Result<(), ProtocolError>) {
+    let mut pending = Vec::new();
+    let mut events = Vec::new();
+    for p in pieces {
+        pending.extend_from_slice(p);
+        match dec.decode_within(&mut pending, allowance, &mut |e| {
+            events.push(Owned::from(e))
+        }) {
+            Ok(n) => drop(pending.drain(..n)),
+            Err(e) => return (events, Err(e)),
+        }
+    }
+    (events, Ok(()))
+}
+
+#[test]
+fn message_buffer_stays_within_the_allowance() {
+    // A fragmented message of 3 x 4000 bytes under an allowance of 10,000: the third
+    // fragment would need 12,000 bytes of buffer, so it fails with 1013 before the copy.
+    let frag = vec![7u8; 4000];
+    let (first, second, third) = (cf(0x02, &frag), cf(0x00, &frag), cf(0x80, &frag));
+    let mut dec = server();
+    let (events, r) = feed_within(&mut dec, &[&first, &second], 10_000);
+    assert_eq!(r, Ok(()));
+    assert!(events.is_empty());
+    assert!(dec.held() <= 10_000, "held {}", dec.held());
+    let (events, r) = feed_within(&mut dec, &[&third], 10_000);
+    assert_eq!(r, Err(OVER_ALLOWANCE));
+    assert_eq!(OVER_ALLOWANCE.code, 1013);
+    assert!(events.is_empty());
+    assert_eq!(dec.held(), 0, "the buffer is released with the failure");
+
+    // The same message within 12,000 is delivered; complete unfragmented frames need no
+    // buffer, so an allowance of 0 lets them through.
+    let mut dec = server();
+    let (events, r) = feed_within(&mut dec, &[&first, &second, &third], 12_000);
+    assert_eq!(r, Ok(()));
+    assert_eq!(events, [Owned::Binary(vec![7u8; 12_000])]);
+    let mut dec = server();
+    let (events, r) = feed_within(&mut dec, &[&cf(0x82, &frag)], 0);
+    assert_eq!(r, Ok(()));
+    assert_eq!(events, [Owned::Binary(frag.clone())]);
+}
+
+#[test]
+fn a_partial_frame_counts_against_the_allowance_as_it_arrives() {
+    // One 70,000-byte frame arriving in pieces: the buffer grows with the bytes that came, so
+    // 40,000 of them fit an allowance of 50,000 and the rest does not.
+    let payload = vec![1u8; 70_000];
+    let wire = cf(0x82, &payload); // 14-byte header
+    let mut dec = server();
+    let (_, r) = feed_within(&mut dec, &[&wire[..14 + 40_000]], 50_000);
+    assert_eq!(r, Ok(()));
+    assert!(
+        (40_000..=50_000).contains(&dec.held()),
+        "held {}",
+        dec.held()
+    );
+    let (_, r) = feed_within(&mut dec, &[&wire[14 + 40_000..]], 50_000);
+    assert_eq!(r, Err(OVER_ALLOWANCE));
+}
+
+#[test]
+fn message_buffer_never_exceeds_the_message_limit() {
+    // Doubling from a small start would pass a limit that is not a power of two; the buffer
+    // stops at the limit itself.
+    let limit = 100_000;
+    let mut dec = Decoder::new(Role::Server, limit);
+    let payload = vec![3u8; limit];
+    let wire = cf(0x82, &payload);
+    let pieces: Vec<&[u8]> = wire.chunks(1000).collect();
+    let mut pending = Vec::new();
+    let mut most = 0;
+    let mut got = Vec::new();
+    for p in pieces {
+        pending.extend_from_slice(p);
+        let n = dec
+            .decode(&mut pending, &mut |e| got.push(Owned::from(e)))
+            .expect("within the limit");
+        pending.drain(..n);
+        most = most.max(dec.held());
+    }
+    assert_eq!(got, [Owned::Binary(payload)]);
+    assert!(most <= limit, "buffer grew to {most}");
+}
+
 #[test]
 fn idle_decoder_is_small_and_holds_no_heap() {
     assert!(
