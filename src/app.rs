@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::config::{Acl, Config};
 use crate::config::{Protocol, ServiceConfig};
+use crate::net::assembly::AssemblyBudget;
 use crate::net::server::{Endpoint, Server, ServerOptions};
 use crate::net::tls::{TlsContext, TlsFiles};
 use crate::net::worker::{Refusal, Router, WorkerOptions};
@@ -56,6 +57,9 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
             core: None,
             tls: None,
             tls_endpoints: Vec::new(),
+            assembly: Arc::new(AssemblyBudget::new(
+                usize::try_from(ws.max_inbound_assembly_bytes).unwrap_or(usize::MAX),
+            )),
         },
         tls: None,
         acl: (!acl.allows_everyone()).then(|| Arc::new(move |ip: IpAddr| acl.allows(ip)) as _),

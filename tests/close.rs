@@ -283,6 +283,77 @@ fn message_over_the_limit_closes_with_1009_before_the_payload_arrives() {
 }
 
 #[test]
+fn messages_being_received_share_the_process_wide_cap_and_the_one_past_it_gets_1013() {
+    use lapps::net::assembly::AssemblyBudget;
+    const CAP: usize = 1 << 20;
+    let budget = std::sync::Arc::new(AssemblyBudget::new(CAP));
+    let srv = start_echo(|o| o.worker.assembly = budget.clone());
+    // A holds 300,000 bytes of a fragmented message (its buffer: 300,000 to 600,000 bytes of
+    // capacity, by how its reads fell); the Pong to a Ping sent after them says the server
+    // has read them.
+    let mut a = raw_upgraded(srv.addr, "/echo");
+    let head = vec![0xa5u8; 300_000];
+    a.write_all(&frame(false, 0, 0x2, &head, true)).unwrap();
+    a.write_all(&frame(true, 0, 0x9, b"read?", true)).unwrap();
+    let f = read_frame(&mut a).unwrap();
+    assert_eq!((f.opcode, f.payload.as_slice()), (0xA, &b"read?"[..]));
+    assert!(budget.held() >= 300_000, "held {}", budget.held());
+
+    // B's 800,000 bytes do not fit beside A's (at most 748,576 are left): Close 1013 (try
+    // again later), and B's part is given back.
+    let mut b = raw_upgraded(srv.addr, "/echo");
+    let _ = b.write_all(&frame(false, 0, 0x2, &vec![0x5au8; 800_000], true));
+    assert_eq!(expect_close(&mut b), Some(1013));
+    assert!(closed_by_server(&mut b));
+    assert!(budget.held() < 600_001, "held {}", budget.held());
+
+    // A is unaffected: its message completes and is echoed whole.
+    a.write_all(&frame(true, 0, 0x0, b"tail", true)).unwrap();
+    let f = read_frame(&mut a).unwrap();
+    let mut whole = head.clone();
+    whole.extend_from_slice(b"tail");
+    assert_eq!((f.opcode, f.fin, f.payload.len()), (0x2, true, whole.len()));
+    assert!(f.payload == whole, "the echo differs from the message");
+    assert_eq!(budget.held(), 0, "a completed message holds nothing");
+
+    // With A's buffer released, the 800,000 bytes fit: C's message goes through.
+    let mut c = raw_upgraded(srv.addr, "/echo");
+    let big = vec![0x3cu8; 800_000];
+    c.write_all(&frame(false, 0, 0x2, &big[..400_000], true))
+        .unwrap();
+    c.write_all(&frame(true, 0, 0x0, &big[400_000..], true))
+        .unwrap();
+    let f = read_frame(&mut c).unwrap();
+    assert_eq!((f.opcode, f.payload.len()), (0x2, big.len()));
+    assert!(f.payload == big);
+    drop((a, c));
+    wait_for(
+        "closed connections give their bytes back",
+        IO_TIMEOUT,
+        || budget.held() == 0,
+    );
+}
+
+#[test]
+fn a_connection_that_ends_mid_message_gives_its_bytes_back() {
+    use lapps::net::assembly::AssemblyBudget;
+    let budget = std::sync::Arc::new(AssemblyBudget::new(1 << 20));
+    let srv = start_echo(|o| o.worker.assembly = budget.clone());
+    let mut a = raw_upgraded(srv.addr, "/echo");
+    a.write_all(&frame(false, 0, 0x1, &[b'x'; 200_000], true))
+        .unwrap();
+    a.write_all(&frame(true, 0, 0x9, b"", true)).unwrap();
+    assert_eq!(read_frame(&mut a).unwrap().opcode, 0xA);
+    assert!(budget.held() >= 200_000, "held {}", budget.held());
+    close_with_reset(a);
+    wait_for(
+        "the reset connection's bytes are given back",
+        IO_TIMEOUT,
+        || budget.held() == 0,
+    );
+}
+
+#[test]
 fn ping_is_answered_with_the_same_payload_and_pong_is_ignored() {
     let srv = start_echo(|_| {});
     let mut s = raw_upgraded(srv.addr, "/echo");

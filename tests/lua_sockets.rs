@@ -116,6 +116,27 @@ fn lua_echo_round_trips_text_and_binary_from_0_b_to_16_mib() {
 // 2. many connections over several instances keep their order
 
 #[test]
+fn ws_json_caps_messages_being_received_for_a_lua_service() {
+    // max_inbound_assembly_bytes from ws.json reaches the workers: with 100,000 bytes over
+    // the process, a 150,000-byte fragmented message to the Lua echo is refused with 1013
+    // (its limit, 16 MiB, would take it), and the connection beside it is served.
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+                  "max_inbound_assembly_bytes": 100000 }"#;
+    let app = start_app(ws, &example_services());
+    let mut other = connect(app.addr, "/echo");
+    let mut s = raw_upgraded(app.addr, "/echo");
+    let _ = s.write_all(&frame(false, 0, 0x2, &[1u8; 150_000], true));
+    assert_eq!(expect_close(&mut s), Some(1013));
+    other
+        .send(Message::Binary(vec![2u8; 90_000].into()))
+        .unwrap();
+    match other.read().unwrap() {
+        Message::Binary(b) => assert!(b.len() == 90_000 && b.iter().all(|&x| x == 2)),
+        m => panic!("expected the echo, got {m:?}"),
+    }
+}
+
+#[test]
 fn two_hundred_pipelining_connections_over_four_instances_keep_their_order() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 50;

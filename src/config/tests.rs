@@ -55,8 +55,24 @@ fn empty_ws_json_gives_every_default() {
     assert_eq!(c.max_request_bytes, 8192);
     assert_eq!(c.max_headers, 64);
     assert_eq!(c.outbound_high_water, 4 << 20);
+    // A quarter of the host's memory: between 16 MiB (a tiny host) and a terabyte.
+    assert!(
+        (16 << 20..=1 << 40).contains(&c.max_inbound_assembly_bytes),
+        "{}",
+        c.max_inbound_assembly_bytes
+    );
     assert!(c.endpoints.is_empty());
     assert_eq!(c, WsConfig::default());
+}
+
+#[test]
+fn inbound_assembly_cap_is_read_and_zero_turns_it_off() {
+    let c = ws(r#"{"max_inbound_assembly_bytes": 1048576}"#).unwrap();
+    assert_eq!(c.max_inbound_assembly_bytes, 1 << 20);
+    let c = ws(r#"{"max_inbound_assembly_bytes": 0}"#).unwrap();
+    assert_eq!(c.max_inbound_assembly_bytes, 0);
+    let e = ws(r#"{"max_inbound_assembly_bytes": -1}"#).unwrap_err();
+    assert!(e.to_string().contains("max_inbound_assembly_bytes"), "{e}");
 }
 
 #[test]
@@ -276,7 +292,7 @@ fn unknown_keys_are_errors_naming_their_path() {
     assert_eq!(
         text,
         [
-            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, endpoints)",
+            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, endpoints)",
             "ws.json: workers.max_conections: unknown key (known: workers, max_connections, auto_fragment, input_buffer_size, max_poll_events, max_poll_wait_ms, max_inbounds_skip)",
         ]
     );

@@ -97,6 +97,9 @@ pub struct WsConfig {
     /// Stop reading a connection whose outbound queue holds more than this many bytes, until
     /// the peer has drained it (back-pressure, not buffering).
     pub outbound_high_water: usize,
+    /// Bytes that inbound messages still being received may hold over all connections
+    /// (0: no cap); past it, the connection whose message needs more is closed with 1013.
+    pub max_inbound_assembly_bytes: u64,
     /// Endpoints beyond the first (the first is `ip`/`port`/`tls`).
     pub endpoints: Vec<Endpoint>,
 }
@@ -122,6 +125,7 @@ const KEYS: &[&str] = &[
     "max_request_bytes",
     "max_headers",
     "outbound_high_water",
+    "max_inbound_assembly_bytes",
     "endpoints",
 ];
 
@@ -154,6 +158,22 @@ fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_WORKERS)
+}
+
+/// `max_inbound_assembly_bytes` left out: a quarter of the host's memory (1 GiB where it
+/// cannot be told), so that partly received messages alone cannot exhaust it.
+fn default_assembly_cap() -> u64 {
+    // SAFETY: sysconf only reads system values; no pointers are involved.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return 1 << 30;
+    }
+    (pages as u64).saturating_mul(page as u64) / 4
 }
 
 impl Default for WsConfig {
@@ -248,6 +268,13 @@ impl WsConfig {
             max_request_bytes: obj.usize_in(r, "max_request_bytes", 8192, 256, 1 << 20),
             max_headers: obj.usize_in(r, "max_headers", 64, 8, 1024),
             outbound_high_water: obj.usize(r, "outbound_high_water", 4 << 20, 1),
+            max_inbound_assembly_bytes: obj.uint(
+                r,
+                "max_inbound_assembly_bytes",
+                default_assembly_cap(),
+                0,
+                u64::MAX,
+            ),
             endpoints,
         };
         cfg.check(r, &entry_of);

@@ -7,7 +7,9 @@
 //! - [`handle`]: `ConnId`, the identity of a connection across threads.
 //! - [`epoll`], [`sys`], [`outq`]: the selector, raw syscalls, outbound queues.
 //! - [`tls`]: wss:// (rustls configuration, reload, a connection's session).
+//! - [`assembly`]: the process-wide cap on partly received messages.
 
+pub mod assembly;
 pub mod balancer;
 pub mod conn;
 pub mod epoll;

@@ -25,6 +25,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::assembly::AssemblyBudget;
 use super::conn::{Conn, Phase};
 use super::epoll::{Events, Selector};
 use super::handle::ConnId;
@@ -89,6 +90,8 @@ pub struct WorkerOptions {
     pub tls: Option<Arc<super::tls::TlsContext>>,
     /// Per listening endpoint (`NewConn::listener`): whether it serves wss://.
     pub tls_endpoints: Vec<bool>,
+    /// The cap on partly received messages, shared by every worker of the process.
+    pub assembly: Arc<AssemblyBudget>,
 }
 
 impl Default for WorkerOptions {
@@ -108,6 +111,7 @@ impl Default for WorkerOptions {
             core: None,
             tls: None,
             tls_endpoints: Vec::new(),
+            assembly: Arc::default(),
         }
     }
 }
@@ -778,6 +782,8 @@ impl Worker {
         };
         let phase = c.phase;
         let tag = c.tag;
+        let held_before = decoder.held();
+        let allowance = self.opts.assembly.allowance(held_before);
         let mut close_with: Option<u16> = None;
         let mut paused = false;
         let mut peer_close: Option<Option<u16>> = None;
@@ -787,7 +793,7 @@ impl Worker {
             let pool = &mut self.pool;
             let deferred = &mut self.deferred;
             let ping_outstanding = &mut c.ping_outstanding;
-            decoder.decode(buf, &mut |ev| match ev {
+            decoder.decode_within(buf, allowance, &mut |ev| match ev {
                 Event::Text(p) | Event::Binary(p) => {
                     // After we started closing, data is read and dropped (RFC 6455 5.5.1).
                     if phase != Phase::Open || close_with.is_some() {
@@ -823,6 +829,7 @@ impl Worker {
                 Event::Close { code, .. } => peer_close = Some(code),
             })
         };
+        self.opts.assembly.update(held_before, decoder.held());
         c.decoder = Some(decoder);
         // Pongs and the built-in services' replies go straight into the queue, not through
         // `queue_frame`: a peer that sends without reading is throttled here, or a ping flood
@@ -848,12 +855,21 @@ impl Worker {
                     c.decoder = None;
                     c.peer
                 });
-                crate::info_limited!(
-                    "closing {}: protocol violation ({}), close code {}",
-                    peer.map_or_else(String::new, |p| p.to_string()),
-                    e.reason,
-                    e.code
-                );
+                let peer = peer.map_or_else(String::new, |p| p.to_string());
+                if e == codec::OVER_ALLOWANCE {
+                    crate::warn_limited!(
+                        "closing {peer}: messages being received hold {} bytes, at or near \
+                         max_inbound_assembly_bytes; close code {}",
+                        self.opts.assembly.held(),
+                        e.code
+                    );
+                } else {
+                    crate::info_limited!(
+                        "closing {peer}: protocol violation ({}), close code {}",
+                        e.reason,
+                        e.code
+                    );
+                }
                 self.fail_after_replies(index, e.code);
                 buf.len()
             }

@@ -284,6 +284,9 @@ impl Worker {
                 }
             }
         }
+        if let Some(d) = c.decoder.as_ref() {
+            self.opts.assembly.update(d.held(), 0);
+        }
         let _ = self.selector.deregister(c.fd.as_raw_fd());
         let port = self.hub.port(self.id);
         port.set_dead(index);
