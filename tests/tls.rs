@@ -257,6 +257,38 @@ fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
     app.shutdown();
 }
 
+#[test]
+fn a_burst_of_tls_handshakes_all_complete_and_the_established_connection_is_served() {
+    // 200 connections, then their 200 ClientHellos at once (100 for each of the two workers):
+    // more than a worker takes on per iteration (1 ms of handshakes; the rest wait in its
+    // pending list, their readiness edge already consumed). None may be left behind, and the connection already
+    // open is served during the burst.
+    // (A debug build signs slowly: the default 5 s to complete an upgrade is lifted.)
+    let (app, addr, ca) = wss_app_with("wss-burst", r#", "handshake_timeout_ms": 60000"#);
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut established = wss_connect(addr, "/echo", cfg.clone()).unwrap();
+    let tcp: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let burst: Vec<TlsStream> = tcp
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| tls_hello(t, cfg.clone()).unwrap_or_else(|e| panic!("hello {i}: {e}")))
+        .collect();
+    echo_round(&mut established, pattern(1000));
+    for (i, mut s) in burst.into_iter().enumerate() {
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+        }
+        let mut ws = wss_over(s, "/echo").unwrap_or_else(|e| panic!("upgrade {i}: {e}"));
+        echo_round(&mut ws, pattern(i + 1));
+    }
+    echo_round(&mut established, pattern(10));
+    app.shutdown();
+}
+
 /// A TCP connection to `addr` whose receive buffer and segment size are small, so that little
 /// of what the server sends fits in the kernel while we do not read.
 fn narrow_connect(addr: std::net::SocketAddr) -> TcpStream {

@@ -121,6 +121,9 @@ impl Default for WorkerOptions {
 /// (reading it already stopped at the high-water mark).
 const SLOW_CONSUMER_FACTOR: usize = 4;
 
+/// New connections a worker takes from its inbox per loop turn (about 1 ms of work).
+const NEW_CONNECTIONS_PER_TURN: usize = 256;
+
 /// How long a shutdown may take before the remaining connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
 /// First sleep while a service's full queue holds a batch of ours (see `flush_services`).
@@ -162,6 +165,9 @@ pub struct Worker {
     dirty: Vec<u32>,
     /// Connections with unread input that are not paused.
     pending: Vec<u32>,
+    /// Time spent this iteration on the input of TLS connections still in their handshake
+    /// (see `TLS_HANDSHAKE_TIME_PER_TURN`).
+    handshake_time: Duration,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Services that received messages this iteration (to `flush`).
     touched: Vec<Arc<dyn Service>>,
@@ -256,6 +262,7 @@ impl Worker {
             pool: BufPool::new(256),
             dirty: Vec::new(),
             pending: Vec::new(),
+            handshake_time: Duration::ZERO,
             timers: BinaryHeap::new(),
             touched: Vec::new(),
             retry_flush: Vec::new(),
@@ -301,6 +308,7 @@ impl Worker {
                 warn!("worker {}: epoll_wait failed: {e}", self.id);
             }
             port.woke_quiet();
+            self.handshake_time = Duration::ZERO;
             for ev in events.iter() {
                 if ev.token == WAKE_TOKEN {
                     self.hub.port(self.id).woke();
@@ -380,13 +388,15 @@ impl Worker {
 
     // ---- accepting -------------------------------------------------------------------------
 
-    /// Takes the connections the listeners handed over, at most as many as the inbox holds:
-    /// listeners refilling it as fast as it empties (a flood of refusals) cannot keep the
-    /// worker from its connections; the rest waits for the next turn (the inbox not being
-    /// empty, the worker does not sleep).
+    /// Takes the connections the listeners handed over, at most [`NEW_CONNECTIONS_PER_TURN`]:
+    /// listeners refilling the inbox as fast as it empties (a flood of refusals) cannot keep
+    /// the worker from its connections, and a burst of thousands (each registered, and over
+    /// TLS given a session) does not hold the established ones for as long. The rest waits for
+    /// the next turn (the inbox not being empty, the worker does not sleep; a full inbox makes
+    /// the listener wait, not refuse).
     fn take_new_connections(&mut self) {
         let port = self.hub.port(self.id);
-        for _ in 0..port.accepts.capacity() {
+        for _ in 0..port.accepts.capacity().min(NEW_CONNECTIONS_PER_TURN) {
             let Some(nc) = self.hub.port(self.id).accepts.pop() else {
                 break;
             };

@@ -201,6 +201,20 @@ pub fn tls_over(tcp: TcpStream, cfg: Arc<ClientConfig>) -> std::io::Result<TlsSt
     Ok(s)
 }
 
+/// `tcp` once it has sent its ClientHello, having read nothing yet: finish it with
+/// `complete_io` (what [`tls_over`] does). For bursts of handshakes.
+pub fn tls_hello(tcp: TcpStream, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream> {
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = ClientConnection::new(cfg, name).map_err(std::io::Error::other)?;
+    while conn.wants_write() {
+        conn.write_tls(&mut &tcp)?;
+    }
+    Ok(StreamOwned::new(conn, tcp))
+}
+
 /// A wss:// client for `path`; errors from TLS or the upgrade come back as text.
 pub fn wss_connect(
     addr: SocketAddr,
