@@ -504,6 +504,11 @@ impl Worker {
         };
         c.read_pending = true;
         c.peer_hup |= hangup;
+        // Already waiting in `pending` (its last turn's budget ran out): its turn comes later
+        // in this iteration (`run_pending`), and reading now as well would give it two.
+        if c.in_pending {
+            return;
+        }
         self.read_some(index);
     }
 
