@@ -60,6 +60,8 @@ pub struct Conn {
     pub dirty: bool,
     /// In the worker's pending-read list.
     pub in_pending: bool,
+    /// In the worker's queue of TLS handshakes waiting for a later iteration.
+    pub handshake_queued: bool,
     pub deadline: Option<Instant>,
     /// The last time the peer sent us bytes.
     pub last_activity: Instant,
@@ -113,6 +115,7 @@ impl Conn {
             write_blocked: false,
             dirty: false,
             in_pending: false,
+            handshake_queued: false,
             deadline: None,
             last_activity: now,
             acked: AckProgress::default(),

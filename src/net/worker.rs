@@ -18,7 +18,7 @@
 //! connection's first response), `timers` (deadlines, shutdown), `tls_io` (wss://).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -168,6 +168,10 @@ pub struct Worker {
     /// Time spent this iteration on the input of TLS connections still in their handshake
     /// (see `TLS_HANDSHAKE_TIME_PER_TURN`).
     handshake_time: Duration,
+    /// TLS connections whose handshake input waits for a later iteration, oldest first.
+    handshake_queue: VecDeque<u32>,
+    /// `run_handshake_queue` is serving the queue: its connections need not queue again.
+    serving_handshake_queue: bool,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Services that received messages this iteration (to `flush`).
     touched: Vec<Arc<dyn Service>>,
@@ -263,6 +267,8 @@ impl Worker {
             dirty: Vec::new(),
             pending: Vec::new(),
             handshake_time: Duration::ZERO,
+            handshake_queue: VecDeque::new(),
+            serving_handshake_queue: false,
             timers: BinaryHeap::new(),
             touched: Vec::new(),
             retry_flush: Vec::new(),
@@ -288,8 +294,10 @@ impl Worker {
         let _stopped = StoppedOnExit(Arc::clone(&self.hub), self.id);
         let mut events = Events::with_capacity(self.opts.max_poll_events);
         loop {
-            let busy =
-                !self.pending.is_empty() || !self.deferred.is_empty() || !self.touched.is_empty();
+            let busy = !self.pending.is_empty()
+                || !self.deferred.is_empty()
+                || !self.touched.is_empty()
+                || !self.handshake_queue.is_empty();
             let mut timeout = if busy {
                 Duration::ZERO
             } else if !self.retry_flush.is_empty() {
@@ -309,6 +317,7 @@ impl Worker {
             }
             port.woke_quiet();
             self.handshake_time = Duration::ZERO;
+            self.run_handshake_queue();
             for ev in events.iter() {
                 if ev.token == WAKE_TOKEN {
                     self.hub.port(self.id).woke();
@@ -872,9 +881,12 @@ impl Worker {
                 });
                 let peer = peer.map_or_else(String::new, |p| p.to_string());
                 if e == codec::OVER_ALLOWANCE {
+                    // Its own buffer was given back already: what is held is the others'.
                     crate::warn_limited!(
-                        "closing {peer}: messages being received hold {} bytes, at or near \
-                         max_inbound_assembly_bytes; close code {}",
+                        "closing {peer}: its message needs more than max_inbound_assembly_bytes \
+                         ({} bytes) leaves beside the messages being received on other \
+                         connections ({} bytes); close code {}",
+                        self.opts.assembly.limit(),
                         self.opts.assembly.held(),
                         e.code
                     );
