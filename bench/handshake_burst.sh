@@ -6,12 +6,11 @@
 #
 # Usage: bench/handshake_burst.sh OLD NEW   (env: ROUNDS=3 BURST=2000 DURATION=5 KEY=ec|rsa)
 # Prints per run and as medians: the ping-pong's p99 and max RTT over the run, and how long the
-# burst took until every ClientHello had its answer.
+# burst took until every one of its handshakes had completed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
 [[ $# -eq 2 ]] || { sed -n '7p' "$0" >&2; exit 2; }
-OLD=$1 NEW=$2
+OLD=$(realpath -e "$1") NEW=$(realpath -e "$2")
+cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 BURST=${BURST:-2000}
 DURATION=${DURATION:-5}
@@ -30,8 +29,8 @@ for p in "$WS_PORT" "$WSS_PORT"; do
 done
 
 WORK=$(mktemp -d /tmp/lapps-burst.XXXXXX)
-PID=
-trap '[[ -n $PID ]] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; true' EXIT
+PID= LG=
+trap 'for p in $LG $PID; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK"; true' EXIT
 case $KEY in
     ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
     rsa) newkey=(-newkey rsa:2048) ;;
@@ -50,7 +49,10 @@ cat >"$WORK/etc/lapps.json" <<JSON
 { "directories": { "applications": "$(pwd)/lua/apps", "lib": "$(pwd)/lua/lib" },
   "services": { "echo_builtin": { "builtin": "echo", "request_target": "/echo_builtin" } } }
 JSON
-ulimit -n "$(ulimit -Hn)"
+hard=$(ulimit -Hn)
+[[ $hard == unlimited ]] && hard=1048576
+ulimit -n "$hard"
+(( hard >= BURST + 100 )) || die "the descriptor limit ($hard) is too low for BURST=$BURST"
 field() { grep -o "\"$1\": *[0-9.]*" | sed 's/.*: *//'; }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
@@ -58,29 +60,32 @@ median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 run() {
     taskset -c "$SERVER_CPU" "$2" -c "$WORK/etc" >>"$WORK/lapps.log" 2>&1 &
     PID=$!
-    local _
+    local _ up=
     for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$WSS_PORT") 2>/dev/null && break
+        if (exec 3<>"/dev/tcp/127.0.0.1/$WSS_PORT") 2>/dev/null; then up=1; break; fi
         kill -0 "$PID" 2>/dev/null || die "$2 exited; see $WORK/lapps.log"
         sleep 0.1
     done
+    [[ -n $up ]] || die "$2 did not listen on $WSS_PORT within 20 s"
     "$LOADGEN" --url "ws://127.0.0.1:$WS_PORT/echo_builtin" --connections 10 --depth 1 --size 16 \
         --duration "$DURATION" --warmup 1 --pin "$CLIENT_CPU" --json >"$WORK/pp.json" &
-    local lg=$!
+    LG=$!
     sleep 2 # into the measured interval (after loadgen's connections and warm-up)
     local burst
     burst=$(taskset -c "$CLIENT_CPU" python3 bench/tls_burst.py 127.0.0.1 "$WSS_PORT" "$BURST") ||
-        die "the burst was not answered in full against $2: $burst"
-    wait "$lg" || die "loadgen failed against $2"
-    kill "$PID"
+        die "the burst's handshakes did not all complete against $2: $burst"
+    wait "$LG" || die "loadgen failed against $2"
+    LG=
+    kill "$PID" 2>/dev/null || die "$2 ended during the run; see $WORK/lapps.log"
     wait "$PID" 2>/dev/null || true
     PID=
     local p99 max took
-    p99=$(field rtt_p99_us <"$WORK/pp.json")
-    max=$(field rtt_max_us <"$WORK/pp.json")
-    took=$(field took_s <<<"$burst")
+    p99=$(field rtt_p99_us <"$WORK/pp.json" || true)
+    max=$(field rtt_max_us <"$WORK/pp.json" || true)
+    took=$(field took_s <<<"$burst" || true)
+    [[ -n $p99 && -n $max && -n $took ]] || die "unreadable results: $(cat "$WORK/pp.json") $burst"
     echo "$p99 $max $took" >>"$WORK/$1"
-    printf '%-4s %-40s p99 %8s us  max %9s us  burst answered in %s s\n' "$1" "$2" "$p99" "$max" "$took"
+    printf '%-4s %-40s p99 %8s us  max %9s us  burst done in %s s\n' "$1" "$2" "$p99" "$max" "$took"
 }
 
 for r in $(seq "$ROUNDS"); do
