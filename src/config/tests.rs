@@ -66,6 +66,22 @@ fn empty_ws_json_gives_every_default() {
 }
 
 #[test]
+fn the_lowest_cgroup_memory_max_on_the_way_up_bounds_the_default_cap() {
+    use std::path::Path;
+    let files = |p: &Path| match p.to_str()? {
+        "/sys/fs/cgroup/system.slice/lapps.service/memory.max" => Some("max\n".to_string()),
+        "/sys/fs/cgroup/system.slice/memory.max" => Some("2147483648\n".to_string()),
+        "/sys/fs/cgroup/memory.max" => None,
+        _ => None,
+    };
+    let own = "0::/system.slice/lapps.service\n";
+    assert_eq!(super::ws::cgroup_memory_max(own, files), Some(2 << 30));
+    // cgroup v1 only, or no limit anywhere: nothing to say.
+    assert_eq!(super::ws::cgroup_memory_max("4:memory:/x\n", files), None);
+    assert_eq!(super::ws::cgroup_memory_max("0::/\n", files), None);
+}
+
+#[test]
 fn inbound_assembly_cap_is_read_and_zero_turns_it_off() {
     let c = ws(r#"{"max_inbound_assembly_bytes": 1048576}"#).unwrap();
     assert_eq!(c.max_inbound_assembly_bytes, 1 << 20);

@@ -160,8 +160,9 @@ fn default_workers() -> usize {
         .min(MAX_WORKERS)
 }
 
-/// `max_inbound_assembly_bytes` left out: a quarter of the host's memory (1 GiB where it
-/// cannot be told), so that partly received messages alone cannot exhaust it.
+/// `max_inbound_assembly_bytes` left out: a quarter of the memory this process may use, the
+/// host's or its cgroup's limit (systemd `MemoryMax=`) when lower (1 GiB where neither can be
+/// told), so that partly received messages alone cannot exhaust it.
 fn default_assembly_cap() -> u64 {
     // SAFETY: sysconf only reads system values; no pointers are involved.
     let (pages, page) = unsafe {
@@ -170,10 +171,31 @@ fn default_assembly_cap() -> u64 {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    if pages <= 0 || page <= 0 {
-        return 1 << 30;
+    let host = (pages > 0 && page > 0).then(|| (pages as u64).saturating_mul(page as u64));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|own| cgroup_memory_max(&own, |p| std::fs::read_to_string(p).ok()));
+    match (host, cgroup) {
+        (None, None) => 1 << 30,
+        (h, c) => h.unwrap_or(u64::MAX).min(c.unwrap_or(u64::MAX)) / 4,
     }
-    (pages as u64).saturating_mul(page as u64) / 4
+}
+
+/// The lowest `memory.max` (cgroup v2) on the way from the process's cgroup (`own`: the text
+/// of /proc/self/cgroup, whose v2 line is `0::/PATH`) up to the root; `read` reads a file.
+pub(super) fn cgroup_memory_max(own: &str, read: impl Fn(&Path) -> Option<String>) -> Option<u64> {
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mut dir = Path::new("/sys/fs/cgroup").join(path.trim().trim_start_matches('/'));
+    let mut lowest: Option<u64> = None;
+    loop {
+        let limit = read(&dir.join("memory.max")).and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(l) = limit {
+            lowest = Some(lowest.map_or(l, |x| x.min(l)));
+        }
+        if dir == Path::new("/sys/fs/cgroup") || !dir.pop() {
+            return lowest;
+        }
+    }
 }
 
 impl Default for WsConfig {

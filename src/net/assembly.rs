@@ -9,8 +9,11 @@
 //!
 //! One atomic word shared by all workers, touched only when a buffer grows or is released
 //! (complete unfragmented frames need no buffer, so the common path never writes it). Checked
-//! per read, not per byte: workers reading at the same moment may together pass the cap by what
-//! one read of each adds, and a buffer's capacity may run ahead of its bytes (doubling).
+//! per read against what the other buffers held when it began: workers reading at the same
+//! moment may each take the room that was left, so together they may pass the cap by up to
+//! that room times the workers but one. A buffer's capacity may run ahead of its bytes
+//! (doubling), and capacity is what counts. Only the server's client connections count: a
+//! `cws` client's decoder is bounded by its own message limit alone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -49,6 +52,11 @@ impl AssemblyBudget {
     /// Bytes held by all buffers now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// The cap (`usize::MAX`: none).
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 }
 
