@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::{Acl, Config};
 use crate::config::{Protocol, ServiceConfig};
 use crate::net::assembly::AssemblyBudget;
+use crate::net::per_address::PerAddress;
 use crate::net::server::{Endpoint, Server, ServerOptions};
 use crate::net::tls::{TlsContext, TlsFiles};
 use crate::net::worker::{Refusal, Router, WorkerOptions};
@@ -63,6 +64,7 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
         },
         tls: None,
         acl: (!acl.allows_everyone()).then(|| Arc::new(move |ip: IpAddr| acl.allows(ip)) as _),
+        per_address: PerAddress::new(ws.max_connections_per_address),
     }
 }
 

@@ -175,3 +175,79 @@ fn allowed_origins_refuse_other_and_missing_origins_with_403() {
     );
     app.shutdown();
 }
+
+/// A TCP connection to `addr` from the local address `from` (any 127.0.0.0/8 address is this
+/// host's on Linux).
+fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let local = nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(from, 0));
+    nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &local).expect("bind");
+    let SocketAddr::V4(to) = addr else {
+        panic!("an IPv4 server address")
+    };
+    let to = nix::sys::socket::SockaddrIn::from(to);
+    nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&sock), &to).expect("connect");
+    // SAFETY: the descriptor is a connected TCP socket that `sock` gives up.
+    let s = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// The upgrade's status line over `s`, with what follows it (the 503's reason is its body).
+fn upgrade_answer(mut s: TcpStream) -> (String, TcpStream) {
+    s.write_all(upgrade_request("/echo", None).as_bytes())
+        .unwrap();
+    let head = common::read_http_head(&mut s);
+    (head, s)
+}
+
+#[test]
+fn max_connections_per_address_refuses_the_next_one_with_503_and_counts_each_address_apart() {
+    let dir = temp_dir("per-address");
+    write_config(&dir, r#", "max_connections_per_address": 2"#, "");
+    let app = start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let one: std::net::Ipv4Addr = "127.0.0.1".parse().unwrap();
+    let two: std::net::Ipv4Addr = "127.0.0.2".parse().unwrap();
+    let (h1, first) = upgrade_answer(connect_from(one, addr));
+    let (h2, _second) = upgrade_answer(connect_from(one, addr));
+    assert!(h1.starts_with("HTTP/1.1 101") && h2.starts_with("HTTP/1.1 101"));
+    // The third from 127.0.0.1 is refused; one from 127.0.0.2 is not.
+    let (h3, mut third) = upgrade_answer(connect_from(one, addr));
+    assert!(h3.starts_with("HTTP/1.1 503"), "{h3}");
+    let mut body = String::new();
+    let _ = third.read_to_string(&mut body);
+    assert!(
+        body.contains("too many connections from this address"),
+        "{body}"
+    );
+    let (h, _other) = upgrade_answer(connect_from(two, addr));
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    // The refused one held no place, and a closed one gives its place back (once the server
+    // has seen it close: until then, 503).
+    drop(first);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let _kept = loop {
+        let (h, s) = upgrade_answer(connect_from(one, addr));
+        if h.starts_with("HTTP/1.1 101") {
+            break s;
+        }
+        assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection's place never came back"
+        );
+        std::thread::yield_now();
+    };
+    // ... and that place is the only one: the next is refused again.
+    let (h, _s) = upgrade_answer(connect_from(one, addr));
+    assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+    app.shutdown();
+}

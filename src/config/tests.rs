@@ -61,6 +61,7 @@ fn empty_ws_json_gives_every_default() {
         "{}",
         c.max_inbound_assembly_bytes
     );
+    assert_eq!(c.max_connections_per_address, 0);
     assert!(c.endpoints.is_empty());
     assert_eq!(c, WsConfig::default());
 }
@@ -308,7 +309,7 @@ fn unknown_keys_are_errors_naming_their_path() {
     assert_eq!(
         text,
         [
-            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, endpoints)",
+            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, max_connections_per_address, endpoints)",
             "ws.json: workers.max_conections: unknown key (known: workers, max_connections, auto_fragment, input_buffer_size, max_poll_events, max_poll_wait_ms, max_inbounds_skip)",
         ]
     );

@@ -100,6 +100,8 @@ pub struct WsConfig {
     /// Bytes that inbound messages still being received may hold over all connections
     /// (0: no cap); past it, the connection whose message needs more is closed with 1013.
     pub max_inbound_assembly_bytes: u64,
+    /// Open connections one peer address may have (0: no limit); past it, HTTP 503.
+    pub max_connections_per_address: u32,
     /// Endpoints beyond the first (the first is `ip`/`port`/`tls`).
     pub endpoints: Vec<Endpoint>,
 }
@@ -126,6 +128,7 @@ const KEYS: &[&str] = &[
     "max_headers",
     "outbound_high_water",
     "max_inbound_assembly_bytes",
+    "max_connections_per_address",
     "endpoints",
 ];
 
@@ -297,6 +300,13 @@ impl WsConfig {
                 0,
                 u64::MAX,
             ),
+            max_connections_per_address: obj.uint(
+                r,
+                "max_connections_per_address",
+                0,
+                0,
+                u64::from(u32::MAX),
+            ) as u32,
             endpoints,
         };
         cfg.check(r, &entry_of);

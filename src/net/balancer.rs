@@ -49,7 +49,6 @@ impl Balancer {
             .collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut conn = conn;
-        conn.reject_full = false;
         let mut busy = false;
         for (_, w) in order {
             let port = self.hub.port(w);
@@ -75,13 +74,14 @@ impl Balancer {
         })
     }
 
-    /// Every worker is full: let the one with the most room for refused connections answer
-    /// 503 (ignoring the limit for this short-lived connection), so that refusals linger in
-    /// every worker's room, not in the first one's while the others stay empty. Gives the
+    /// A refused connection (`conn.refuse` says why: every worker is full, or its address is
+    /// at its limit): let the worker with the most room for refused connections answer 503
+    /// (ignoring the limit for this short-lived connection), so that refusals linger in every
+    /// worker's room, not in the first one's while the others stay empty. Gives the
     /// connection back if the inboxes are full: the caller waits for the workers to catch
     /// up, as for [`NotTaken::Busy`].
-    pub fn reject_full(&self, mut conn: NewConn) -> Result<(), NewConn> {
-        conn.reject_full = true;
+    pub fn refuse(&self, conn: NewConn) -> Result<(), NewConn> {
+        debug_assert!(conn.refuse.is_some());
         let w = (0..self.hub.workers())
             .min_by_key(|&w| {
                 let port = self.hub.port(w);

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::hub::Chunk;
 use super::outq::OutQueue;
+use super::per_address::AddressTicket;
 use super::sys::AckProgress;
 use super::tls::TlsSession;
 use crate::service::Service;
@@ -75,6 +76,9 @@ pub struct Conn {
     pub handed: u64,
     /// Accepted only to be answered 503: holds no connection slot of the worker.
     pub refused: bool,
+    /// Its place under `max_connections_per_address` (given back when the connection is
+    /// dropped); `None` without that limit, and for a refused connection.
+    pub ticket: Option<Box<AddressTicket>>,
     /// The transport: `None` is plaintext TCP (the hot path pays this one check), `Some` a
     /// wss:// connection whose bytes pass through rustls (see `worker/tls.rs`).
     pub tls: Option<Box<TlsSession>>,
@@ -123,6 +127,7 @@ impl Conn {
             handed: 0,
             ping_outstanding: false,
             refused: false,
+            ticket: None,
             tls: None,
             before_exchange: None,
         }

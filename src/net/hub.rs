@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::handle::ConnId;
+use super::per_address::AddressTicket;
 use crate::sync::mpmc::ArrayQueue;
 
 /// Bytes to write, already framed (server frames are unmasked, so one encoding of a broadcast
@@ -81,10 +82,19 @@ pub struct NewConn {
     pub peer: std::net::SocketAddr,
     /// Index of the listening endpoint that accepted it (its TLS and ACL settings).
     pub listener: usize,
-    /// Every worker is at `max_connections`: answer HTTP 503 and close (done by a worker so
-    /// that the answer is written and the close is orderly).
-    pub reject_full: bool,
+    /// Refused, with the reason ([`SERVER_FULL`] or [`ADDRESS_FULL`]): a worker answers HTTP
+    /// 503 and closes, so that the answer is written and the close is orderly. Holds no
+    /// connection slot.
+    pub refuse: Option<&'static str>,
+    /// The peer's place under `max_connections_per_address`, given back when the connection
+    /// ends (dropped with it, wherever that happens).
+    pub ticket: Option<Box<AddressTicket>>,
 }
+
+/// Why a connection is refused: every worker is at `max_connections`.
+pub const SERVER_FULL: &str = "server full";
+/// Why a connection is refused: its address is at `max_connections_per_address`.
+pub const ADDRESS_FULL: &str = "too many connections from this address";
 
 // A liveness word: the generation (19 bits), UNPOSTED, UNCOUNTED, LIVE, LAPPS and ENDING in
 // the low half; in the high half, how many of a LAppS connection's requests reached its app and

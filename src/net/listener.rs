@@ -9,7 +9,8 @@ use std::sync::Arc;
 use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
 use super::balancer::{Balancer, NotTaken};
-use super::hub::NewConn;
+use super::hub::{NewConn, ADDRESS_FULL, SERVER_FULL};
+use super::per_address::PerAddress;
 use super::sys;
 use crate::{info, syscall, warn};
 
@@ -52,6 +53,7 @@ pub fn run(
     endpoint: usize,
     balancer: Arc<Balancer>,
     acl: Option<AclFn>,
+    per_address: Option<Arc<PerAddress>>,
     stop_fd: RawFd,
 ) {
     let lfd = listener.as_raw_fd();
@@ -91,7 +93,7 @@ pub fn run(
                 }
             }
         }
-        match accept_all(lfd, endpoint, &balancer, acl.as_ref()) {
+        match accept_all(lfd, endpoint, &balancer, acl.as_ref(), per_address.as_ref()) {
             Accepted::Drained => {
                 if let Some(since) = exhausted.take() {
                     info!(
@@ -127,16 +129,22 @@ pub fn run(
     }
 }
 
-/// Hands `conn` to a worker, or to one that answers 503 when every worker is at
-/// `max_connections`. Gives it back when the workers' inboxes are full: a burst they have not
-/// caught up with yet, not a full server, so the caller keeps it and tries again shortly.
+/// Hands `conn` to a worker, or to one that answers 503 when it is refused (its address at
+/// its limit) or every worker is at `max_connections`. Gives it back when the workers'
+/// inboxes are full: a burst they have not caught up with yet, not a full server, so the
+/// caller keeps it and tries again shortly.
 fn hand_over(balancer: &Balancer, conn: NewConn) -> Result<(), NewConn> {
+    if conn.refuse.is_some() {
+        return balancer.refuse(conn);
+    }
     match balancer.dispatch(conn) {
         Ok(_) => Ok(()),
         Err(NotTaken::Busy(conn)) => Err(conn),
-        Err(NotTaken::Full(conn)) => {
+        Err(NotTaken::Full(mut conn)) => {
             let peer = conn.peer;
-            balancer.reject_full(conn)?;
+            conn.refuse = Some(SERVER_FULL);
+            conn.ticket = None; // a refused connection holds no place
+            balancer.refuse(conn)?;
             crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
             Ok(())
         }
@@ -190,7 +198,13 @@ enum Accepted {
 /// that never empties (a connection flood) must not keep a SIGTERM from stopping the listener.
 const ACCEPT_ROUND: usize = 256;
 
-fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&AclFn>) -> Accepted {
+fn accept_all(
+    lfd: RawFd,
+    endpoint: usize,
+    balancer: &Balancer,
+    acl: Option<&AclFn>,
+    per_address: Option<&Arc<PerAddress>>,
+) -> Accepted {
     for _ in 0..ACCEPT_ROUND {
         // SAFETY: sockaddr_storage is plain data; zeroed is valid and large enough for any family.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -237,11 +251,26 @@ fn accept_all(lfd: RawFd, endpoint: usize, balancer: &Balancer, acl: Option<&Acl
                 continue; // dropping `fd` closes it before anything was read
             }
         }
+        let (mut ticket, mut refuse) = (None, None);
+        if let Some(p) = per_address {
+            match p.admit(peer.ip()) {
+                Some(t) => ticket = Some(Box::new(t)),
+                None => {
+                    crate::info_limited!(
+                        "rejected {peer}: {} connections from its address are open \
+                         (max_connections_per_address, HTTP 503)",
+                        p.limit()
+                    );
+                    refuse = Some(ADDRESS_FULL);
+                }
+            }
+        }
         let conn = NewConn {
             fd,
             peer,
             listener: endpoint,
-            reject_full: false,
+            refuse,
+            ticket,
         };
         if let Err(conn) = hand_over(balancer, conn) {
             return Accepted::Busy(conn);
@@ -291,7 +320,7 @@ mod tests {
         assert!(stop >= 0);
         // SAFETY: `stop` is a fresh descriptor that nothing else owns.
         let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        run(Arc::new(listener), 0, balancer, None, stop.as_raw_fd());
+        run(Arc::new(listener), 0, balancer, None, None, stop.as_raw_fd());
         assert_eq!(hub.port(0).accepts.len(), 0, "accepted after the stop");
     }
 
@@ -329,7 +358,7 @@ mod tests {
         let stop_fd = stop.as_raw_fd();
         let thread = {
             let l = Arc::clone(&listener);
-            std::thread::spawn(move || run(l, 0, balancer, None, stop_fd))
+            std::thread::spawn(move || run(l, 0, balancer, None, None, stop_fd))
         };
         let clients: Vec<_> = (0..3)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -340,14 +369,14 @@ mod tests {
         });
         // The worker takes one: the third connection follows it into the inbox.
         let first = port.accepts.pop().unwrap();
-        assert!(!first.reject_full);
+        assert!(first.refuse.is_none());
         port.release_slot();
         wait_for("the third connection in the inbox", || {
             port.accepts.len() == 2
         });
         let mut taken = vec![first];
         while let Some(nc) = port.accepts.pop() {
-            assert!(!nc.reject_full, "{} was to be refused", nc.peer);
+            assert!(nc.refuse.is_none(), "{} was to be refused", nc.peer);
             taken.push(nc);
         }
         assert_eq!(taken.len(), 3);

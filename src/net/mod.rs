@@ -8,6 +8,7 @@
 //! - [`epoll`], [`sys`], [`outq`]: the selector, raw syscalls, outbound queues.
 //! - [`tls`]: wss:// (rustls configuration, reload, a connection's session).
 //! - [`assembly`]: the process-wide cap on partly received messages.
+//! - [`per_address`]: the per-address connection limit.
 
 pub mod assembly;
 pub mod balancer;
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod listener;
 pub mod nofile;
 pub mod outq;
+pub mod per_address;
 pub mod server;
 pub mod slab;
 pub mod sys;

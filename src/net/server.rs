@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::balancer::Balancer;
 use super::hub::Hub;
 use super::listener::{self, AclFn};
+use super::per_address::PerAddress;
 use super::tls::TlsContext;
 use super::worker::{Router, Worker, WorkerOptions};
 use crate::{info, syscall, warn};
@@ -36,6 +37,8 @@ pub struct ServerOptions {
     pub pin_workers: bool,
     pub worker: WorkerOptions,
     pub acl: Option<AclFn>,
+    /// `max_connections_per_address` (None: no limit), shared by every listener.
+    pub per_address: Option<Arc<PerAddress>>,
     /// Required when an endpoint has `tls`; shared with the workers (and reloadable).
     pub tls: Option<Arc<TlsContext>>,
 }
@@ -55,6 +58,7 @@ impl Default for ServerOptions {
             pin_workers: false,
             worker: WorkerOptions::default(),
             acl: None,
+            per_address: None,
             tls: None,
         }
     }
@@ -146,16 +150,17 @@ impl Server {
             for n in 0..opts.listeners.max(1) {
                 // The listener polls the raw descriptor: `server` owns it and joins the
                 // listener threads before it is closed (`stop`, then the fields' drop).
-                let (l, b, acl, fd) = (
+                let (l, b, acl, per_address, fd) = (
                     l.clone(),
                     balancer.clone(),
                     opts.acl.clone(),
+                    opts.per_address.clone(),
                     server.stop_listeners.as_raw_fd(),
                 );
                 server.listeners.push(
                     std::thread::Builder::new()
                         .name(format!("lapps-accept-{endpoint}.{n}"))
-                        .spawn(move || listener::run(l, endpoint, b, acl, fd))?,
+                        .spawn(move || listener::run(l, endpoint, b, acl, per_address, fd))?,
                 );
             }
         }

@@ -410,7 +410,7 @@ impl Worker {
                 break;
             };
             if self.shutdown_since.is_some() {
-                if !nc.reject_full {
+                if nc.refuse.is_none() {
                     self.hub.port(self.id).release_slot();
                 }
                 continue; // dropping the fd closes it
@@ -425,25 +425,27 @@ impl Worker {
             debug!("worker {}: TCP_NODELAY on {}: {e}", self.id, nc.peer);
         }
         let now = Instant::now();
-        let reject_full = nc.reject_full;
+        let refuse = nc.refuse;
+        let refused = refuse.is_some();
         let tls = self.opts.tls_endpoints.get(nc.listener).copied() == Some(true);
-        if reject_full && self.hub.port(self.id).refused_room_is_full() {
+        if let Some(why) = refuse.filter(|_| self.hub.port(self.id).refused_room_is_full()) {
             // No slot to linger in: answer in passing and close at once (over TLS, without
             // a session to answer in, just close). The answer may be lost to an RST when the
             // request is already here: a last resort past max_refused.
             if !tls {
-                let _ = sys::send(fd, &handshake::error_response(503, "server full"));
+                let _ = sys::send(fd, &handshake::error_response(503, why));
             }
             return;
         }
         let mut conn = Conn::new(nc.fd, nc.peer, now);
-        conn.refused = reject_full;
+        conn.refused = refused;
+        conn.ticket = nc.ticket;
         if tls {
             match self.new_tls_session() {
                 Some(s) => conn.tls = Some(s),
                 None => {
                     // Logged; dropping `conn` closes the socket.
-                    if !reject_full {
+                    if !refused {
                         self.hub.port(self.id).release_slot();
                     }
                     return;
@@ -457,7 +459,7 @@ impl Worker {
                 "worker {}: no connection slot left for {}; closing it",
                 self.id, nc.peer
             );
-            if !reject_full {
+            if !refused {
                 self.hub.port(self.id).release_slot();
             }
             return;
@@ -478,14 +480,14 @@ impl Worker {
                 nc.peer
             );
             self.conns.remove(index);
-            if !reject_full {
+            if !refused {
                 self.hub.port(self.id).release_slot();
             }
             return;
         }
-        if reject_full {
+        if let Some(why) = refuse {
             self.hub.port(self.id).add_refused();
-            self.answer_and_finish(index, handshake::error_response(503, "server full"));
+            self.answer_and_finish(index, handshake::error_response(503, why));
             return;
         }
         self.hub.port(self.id).set_live(index, generation);
