@@ -344,6 +344,9 @@ pub struct TlsSession {
     /// The session failed (bad record, handshake failure, a plaintext client): only the alert
     /// rustls queued may still go out; input is discarded.
     pub failed: bool,
+    /// The server has answered the ClientHello (its first flight is queued): what is left of
+    /// the handshake is cheap, so it no longer waits in the worker's handshake queue.
+    pub hello_answered: bool,
     close_sent: bool,
 }
 
@@ -353,6 +356,7 @@ impl TlsSession {
             conn: ServerConnection::new(config)?,
             stash: Vec::new(),
             failed: false,
+            hello_answered: false,
             close_sent: false,
         })
     }

@@ -107,6 +107,11 @@ impl Worker {
                     let step = self.tls_feed(index, &cipher[..n], &mut scratch);
                     if let Some(since) = handshake {
                         self.handshake_time += since.elapsed();
+                        if let Some(t) =
+                            self.conns.get_mut(index).and_then(|c| c.tls.as_deref_mut())
+                        {
+                            t.hello_answered |= t.conn.wants_write() || !t.conn.is_handshaking();
+                        }
                     }
                     if step == Step::Stop {
                         break;
@@ -149,7 +154,14 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return false;
         };
-        if !c.tls.as_deref().is_some_and(|t| t.conn.is_handshaking()) {
+        // Only a ClientHello not yet answered waits: the rest of a handshake (the client's
+        // Finished) is cheap, and queued behind every new ClientHello of a burst it would
+        // let no handshake finish before the burst's deadlines.
+        if !c
+            .tls
+            .as_deref()
+            .is_some_and(|t| t.conn.is_handshaking() && !t.hello_answered)
+        {
             return false;
         }
         if c.handshake_queued {
