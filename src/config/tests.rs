@@ -55,9 +55,9 @@ fn empty_ws_json_gives_every_default() {
     assert_eq!(c.max_request_bytes, 8192);
     assert_eq!(c.max_headers, 64);
     assert_eq!(c.outbound_high_water, 4 << 20);
-    // A quarter of the host's memory: between 16 MiB (a tiny host) and a terabyte.
+    // A quarter of the memory (the host's or the cgroup's): some, and below a terabyte.
     assert!(
-        (16 << 20..=1 << 40).contains(&c.max_inbound_assembly_bytes),
+        (1..=1 << 40).contains(&c.max_inbound_assembly_bytes),
         "{}",
         c.max_inbound_assembly_bytes
     );
@@ -72,14 +72,28 @@ fn the_lowest_cgroup_memory_max_on_the_way_up_bounds_the_default_cap() {
     let files = |p: &Path| match p.to_str()? {
         "/sys/fs/cgroup/system.slice/lapps.service/memory.max" => Some("max\n".to_string()),
         "/sys/fs/cgroup/system.slice/memory.max" => Some("2147483648\n".to_string()),
-        "/sys/fs/cgroup/memory.max" => None,
+        "/sys/fs/cgroup/user.slice/u/memory.max" => Some("1073741824\n".to_string()),
+        "/sys/fs/cgroup/user.slice/memory.max" => Some("3221225472\n".to_string()),
+        "/sys/fs/cgroup/memory/system.slice/lapps.service/memory.limit_in_bytes" => {
+            Some("536870912\n".to_string())
+        }
+        "/sys/fs/cgroup/memory/system.slice/memory.limit_in_bytes" => {
+            Some("9223372036854771712\n".to_string())
+        }
         _ => None,
     };
-    let own = "0::/system.slice/lapps.service\n";
-    assert_eq!(super::ws::cgroup_memory_max(own, files), Some(2 << 30));
-    // cgroup v1 only, or no limit anywhere: nothing to say.
-    assert_eq!(super::ws::cgroup_memory_max("4:memory:/x\n", files), None);
-    assert_eq!(super::ws::cgroup_memory_max("0::/\n", files), None);
+    let max = |own: &str| super::ws::cgroup_memory_max(own, files);
+    // v2: "max" is no limit, a parent's limit counts; the lower of two wins, wherever it is.
+    assert_eq!(max("0::/system.slice/lapps.service\n"), Some(2 << 30));
+    assert_eq!(max("0::/user.slice/u\n"), Some(1 << 30));
+    // v1 (or hybrid without a v2 limit): the memory controller's line.
+    assert_eq!(
+        max("5:cpu,cpuacct:/x\n4:memory:/system.slice/lapps.service\n0::/other\n"),
+        Some(512 << 20)
+    );
+    // No limit anywhere, or no cgroup line: nothing to say.
+    assert_eq!(max("0::/\n"), None);
+    assert_eq!(max(""), None);
 }
 
 #[test]

@@ -180,22 +180,53 @@ fn default_assembly_cap() -> u64 {
         .and_then(|own| cgroup_memory_max(&own, |p| std::fs::read_to_string(p).ok()));
     match (host, cgroup) {
         (None, None) => 1 << 30,
-        (h, c) => h.unwrap_or(u64::MAX).min(c.unwrap_or(u64::MAX)) / 4,
+        // At least 1: 0 would mean no cap.
+        (h, c) => (h.unwrap_or(u64::MAX).min(c.unwrap_or(u64::MAX)) / 4).max(1),
     }
 }
 
-/// The lowest `memory.max` (cgroup v2) on the way from the process's cgroup (`own`: the text
-/// of /proc/self/cgroup, whose v2 line is `0::/PATH`) up to the root; `read` reads a file.
+/// The lowest memory limit of the process's cgroup and those above it: `memory.max` under
+/// cgroup v2 (the `0::/PATH` line of `own`, the text of /proc/self/cgroup), else
+/// `memory.limit_in_bytes` of the v1 memory controller (`N:memory:/PATH`, or a line listing
+/// `memory` among other controllers). `read` reads a file.
 pub(super) fn cgroup_memory_max(own: &str, read: impl Fn(&Path) -> Option<String>) -> Option<u64> {
-    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mut dir = Path::new("/sys/fs/cgroup").join(path.trim().trim_start_matches('/'));
+    let v2 = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| lowest_limit(Path::new("/sys/fs/cgroup"), p, "memory.max", &read));
+    v2.or_else(|| {
+        let path = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(path)
+        })?;
+        lowest_limit(
+            Path::new("/sys/fs/cgroup/memory"),
+            path,
+            "memory.limit_in_bytes",
+            &read,
+        )
+    })
+}
+
+/// The lowest number in `file` of `root`/`path` and of its parents up to `root` ("max" and
+/// missing files count as no limit).
+fn lowest_limit(
+    root: &Path,
+    path: &str,
+    file: &str,
+    read: &impl Fn(&Path) -> Option<String>,
+) -> Option<u64> {
+    let mut dir = root.join(path.trim_start_matches('/'));
     let mut lowest: Option<u64> = None;
     loop {
-        let limit = read(&dir.join("memory.max")).and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(l) = limit {
+        if let Some(l) = read(&dir.join(file)).and_then(|v| v.trim().parse::<u64>().ok()) {
             lowest = Some(lowest.map_or(l, |x| x.min(l)));
         }
-        if dir == Path::new("/sys/fs/cgroup") || !dir.pop() {
+        if dir == root || !dir.starts_with(root) || !dir.pop() {
             return lowest;
         }
     }
