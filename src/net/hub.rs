@@ -82,19 +82,34 @@ pub struct NewConn {
     pub peer: std::net::SocketAddr,
     /// Index of the listening endpoint that accepted it (its TLS and ACL settings).
     pub listener: usize,
-    /// Refused, with the reason ([`SERVER_FULL`] or [`ADDRESS_FULL`]): a worker answers HTTP
-    /// 503 and closes, so that the answer is written and the close is orderly. Holds no
-    /// connection slot.
-    pub refuse: Option<&'static str>,
+    /// Refused, and why: a worker answers HTTP 503 and closes, so that the answer is written
+    /// and the close is orderly. Holds no connection slot.
+    pub refuse: Option<Refused>,
     /// The peer's place under `max_connections_per_address`, given back when the connection
     /// ends (dropped with it, wherever that happens).
     pub ticket: Option<Box<AddressTicket>>,
 }
 
-/// Why a connection is refused: every worker is at `max_connections`.
-pub const SERVER_FULL: &str = "server full";
-/// Why a connection is refused: its address is at `max_connections_per_address`.
-pub const ADDRESS_FULL: &str = "too many connections from this address";
+/// Why a connection is refused (HTTP 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every worker is at `max_connections` (when it was accepted: a connection the inboxes
+    /// could not take yet is dispatched again, and may find room then).
+    ServerFull,
+    /// Its address is at `max_connections_per_address`. On a wss:// endpoint it is closed
+    /// without an answer: a TLS handshake (a signature) is not spent on it.
+    AddressFull,
+}
+
+impl Refused {
+    /// The 503's reason text.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::ServerFull => "server full",
+            Refused::AddressFull => "too many connections from this address",
+        }
+    }
+}
 
 // A liveness word: the generation (19 bits), UNPOSTED, UNCOUNTED, LIVE, LAPPS and ENDING in
 // the low half; in the high half, how many of a LAppS connection's requests reached its app and

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
 use super::balancer::{Balancer, NotTaken};
-use super::hub::{NewConn, ADDRESS_FULL, SERVER_FULL};
+use super::hub::{NewConn, Refused};
 use super::per_address::PerAddress;
 use super::sys;
 use crate::{info, syscall, warn};
@@ -133,16 +133,18 @@ pub fn run(
 /// its limit) or every worker is at `max_connections`. Gives it back when the workers'
 /// inboxes are full: a burst they have not caught up with yet, not a full server, so the
 /// caller keeps it and tries again shortly.
-fn hand_over(balancer: &Balancer, conn: NewConn) -> Result<(), NewConn> {
-    if conn.refuse.is_some() {
+fn hand_over(balancer: &Balancer, mut conn: NewConn) -> Result<(), NewConn> {
+    if conn.refuse == Some(Refused::AddressFull) {
         return balancer.refuse(conn);
     }
+    // A connection found the server full and then the inboxes too (it waited): try again.
+    conn.refuse = None;
     match balancer.dispatch(conn) {
         Ok(_) => Ok(()),
         Err(NotTaken::Busy(conn)) => Err(conn),
         Err(NotTaken::Full(mut conn)) => {
             let peer = conn.peer;
-            conn.refuse = Some(SERVER_FULL);
+            conn.refuse = Some(Refused::ServerFull);
             conn.ticket = None; // a refused connection holds no place
             balancer.refuse(conn)?;
             crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
@@ -258,10 +260,10 @@ fn accept_all(
                 None => {
                     crate::info_limited!(
                         "rejected {peer}: {} connections from its address are open \
-                         (max_connections_per_address, HTTP 503)",
+                         (max_connections_per_address)",
                         p.limit()
                     );
-                    refuse = Some(ADDRESS_FULL);
+                    refuse = Some(Refused::AddressFull);
                 }
             }
         }
@@ -320,7 +322,14 @@ mod tests {
         assert!(stop >= 0);
         // SAFETY: `stop` is a fresh descriptor that nothing else owns.
         let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        run(Arc::new(listener), 0, balancer, None, None, stop.as_raw_fd());
+        run(
+            Arc::new(listener),
+            0,
+            balancer,
+            None,
+            None,
+            stop.as_raw_fd(),
+        );
         assert_eq!(hub.port(0).accepts.len(), 0, "accepted after the stop");
     }
 

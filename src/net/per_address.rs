@@ -3,8 +3,9 @@
 //! Owns only the count of open connections per peer address: a listener asks for a ticket at
 //! accept ([`PerAddress::admit`]); the ticket travels with the connection to its worker and
 //! gives its place back when dropped, whichever way the connection ends (closed, refused by a
-//! worker, dropped at shutdown). A peer past the limit is answered 503 by a worker, like a full
-//! server, and holds no ticket.
+//! worker, dropped at shutdown). A peer past the limit holds no ticket and is answered 503 by
+//! a worker, like a full server; on a wss:// endpoint it is closed without an answer, so that
+//! it costs no TLS handshake.
 //!
 //! Addresses are counted whole (an IPv4-mapped IPv6 address as its IPv4 one): many clients
 //! behind one NAT share a count, and one IPv6 host can use many addresses of its /64. One

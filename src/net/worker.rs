@@ -29,7 +29,7 @@ use super::assembly::AssemblyBudget;
 use super::conn::{Conn, Phase};
 use super::epoll::{Events, Selector};
 use super::handle::ConnId;
-use super::hub::{Hub, NewConn};
+use super::hub::{Hub, NewConn, Refused};
 use super::outq::{BufPool, Flushed, OutQueue};
 use super::slab::Slab;
 use super::sys;
@@ -428,12 +428,15 @@ impl Worker {
         let refuse = nc.refuse;
         let refused = refuse.is_some();
         let tls = self.opts.tls_endpoints.get(nc.listener).copied() == Some(true);
+        if tls && refuse == Some(Refused::AddressFull) {
+            return; // no handshake for it: dropping the descriptor closes it
+        }
         if let Some(why) = refuse.filter(|_| self.hub.port(self.id).refused_room_is_full()) {
             // No slot to linger in: answer in passing and close at once (over TLS, without
             // a session to answer in, just close). The answer may be lost to an RST when the
             // request is already here: a last resort past max_refused.
             if !tls {
-                let _ = sys::send(fd, &handshake::error_response(503, why));
+                let _ = sys::send(fd, &handshake::error_response(503, why.reason()));
             }
             return;
         }
@@ -487,7 +490,7 @@ impl Worker {
         }
         if let Some(why) = refuse {
             self.hub.port(self.id).add_refused();
-            self.answer_and_finish(index, handshake::error_response(503, why));
+            self.answer_and_finish(index, handshake::error_response(503, why.reason()));
             return;
         }
         self.hub.port(self.id).set_live(index, generation);
