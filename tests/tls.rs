@@ -289,6 +289,37 @@ fn a_burst_of_tls_handshakes_all_complete_and_the_established_connection_is_serv
     app.shutdown();
 }
 
+#[test]
+fn past_max_connections_per_address_a_wss_client_is_closed_before_any_handshake() {
+    let (app, addr, ca) = wss_app_with("wss-per-address", r#", "max_connections_per_address": 1"#);
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut first = wss_connect(addr, "/echo", cfg.clone()).unwrap();
+    // The second's ClientHello gets no ServerHello: the server closes it unanswered (no
+    // signature spent on it).
+    let mut second = tls_hello(TcpStream::connect(addr).unwrap(), cfg.clone()).unwrap();
+    let mut got = Vec::new();
+    let end = second.sock.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "the server sent {} bytes to a refused client",
+        got.len()
+    );
+    assert!(end.is_ok() || end.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
+    echo_round(&mut first, pattern(100));
+    drop(first);
+    // Its place comes back once the server has seen it close.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut again = loop {
+        if let Ok(ws) = wss_connect(addr, "/echo", cfg.clone()) {
+            break ws;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::yield_now();
+    };
+    echo_round(&mut again, pattern(10));
+    app.shutdown();
+}
+
 /// A TCP connection to `addr` whose receive buffer and segment size are small, so that little
 /// of what the server sends fits in the kernel while we do not read.
 fn narrow_connect(addr: std::net::SocketAddr) -> TcpStream {
