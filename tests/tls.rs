@@ -261,8 +261,8 @@ fn replies_owed_when_a_wss_peer_sends_close_notify_still_go_out() {
 fn a_burst_of_tls_handshakes_all_complete_and_the_established_connection_is_served() {
     // 200 connections, then their 200 ClientHellos at once (100 for each of the two workers):
     // more than a worker takes on per iteration (1 ms of handshakes; the rest wait in its
-    // pending list, their readiness edge already consumed). None may be left behind, and the connection already
-    // open is served during the burst.
+    // handshake queue, their readiness edge already consumed). None may be left behind, and
+    // the connection already open is served during the burst.
     // (A debug build signs slowly: the default 5 s to complete an upgrade is lifted.)
     let (app, addr, ca) = wss_app_with("wss-burst", r#", "handshake_timeout_ms": 60000"#);
     let cfg = client_config(&ca.pair.cert_der, None);
