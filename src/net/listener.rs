@@ -145,8 +145,13 @@ fn hand_over(balancer: &Balancer, mut conn: NewConn) -> Result<(), NewConn> {
         Err(NotTaken::Full(mut conn)) => {
             let peer = conn.peer;
             conn.refuse = Some(Refused::ServerFull);
-            conn.ticket = None; // a refused connection holds no place
-            balancer.refuse(conn)?;
+            // A refused connection holds no place; but one the inboxes cannot take yet comes
+            // back to be dispatched again, and keeps its place for that.
+            let ticket = conn.ticket.take();
+            balancer.refuse(conn).map_err(|mut back| {
+                back.ticket = ticket;
+                back
+            })?;
             crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
             Ok(())
         }
@@ -331,6 +336,46 @@ mod tests {
             stop.as_raw_fd(),
         );
         assert_eq!(hub.port(0).accepts.len(), 0, "accepted after the stop");
+    }
+
+    /// A NewConn over one end of a socket pair, from `peer`.
+    fn new_conn(
+        peer: &str,
+        ticket: Option<Box<super::super::per_address::AddressTicket>>,
+    ) -> NewConn {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        NewConn {
+            fd: a.into(),
+            peer: peer.parse().unwrap(),
+            listener: 0,
+            refuse: None,
+            ticket,
+        }
+    }
+
+    #[test]
+    fn a_connection_back_from_full_workers_and_full_inboxes_keeps_its_address_place() {
+        // One worker with one slot, taken; an inbox of one, full.
+        let hub = Arc::new(Hub::with_inbox(1, 1, 1).unwrap());
+        let balancer = Balancer::new(Arc::clone(&hub), 1.0);
+        let port = hub.port(0);
+        assert!(port.reserve_slot());
+        port.accepts.push(new_conn("192.0.2.9:1", None)).unwrap();
+        let limit = PerAddress::new(1).unwrap();
+        let ip = "192.0.2.1".parse().unwrap();
+        let ticket = limit.admit(ip).map(Box::new);
+        let back = hand_over(&balancer, new_conn("192.0.2.1:2", ticket)).unwrap_err();
+        assert!(back.ticket.is_some(), "it comes back with its place");
+        assert_eq!(limit.count(ip), 1);
+        // Room again: dispatched (not refused), still holding its place.
+        port.accepts.pop().unwrap();
+        port.release_slot();
+        hand_over(&balancer, back).unwrap();
+        let taken = port.accepts.pop().unwrap();
+        assert_eq!(taken.refuse, None);
+        assert!(taken.ticket.is_some());
+        drop(taken);
+        assert_eq!(limit.count(ip), 0);
     }
 
     /// Connections waiting in the kernel's accept queue of the listening socket `fd`
