@@ -344,9 +344,12 @@ pub struct TlsSession {
     /// The session failed (bad record, handshake failure, a plaintext client): only the alert
     /// rustls queued may still go out; input is discarded.
     pub failed: bool,
-    /// The server has answered the ClientHello (its first flight is queued): what is left of
-    /// the handshake is cheap, so it no longer waits in the worker's handshake queue.
+    /// The server has answered the ClientHello (its flight is queued; see
+    /// `Worker::tls_feed_timed`): what is left of the handshake is cheap, so it no longer waits
+    /// in the worker's handshake queue.
     pub hello_answered: bool,
+    /// Handshake reads after which the server had something to send (its flights).
+    pub flights: u8,
     close_sent: bool,
 }
 
@@ -357,6 +360,7 @@ impl TlsSession {
             stash: Vec::new(),
             failed: false,
             hello_answered: false,
+            flights: 0,
             close_sent: false,
         })
     }

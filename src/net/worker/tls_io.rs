@@ -10,6 +10,8 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use rustls::HandshakeKind;
+
 use super::{read_room, Ending, Worker};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
@@ -78,7 +80,7 @@ impl Worker {
             };
             if !t.stash.is_empty() {
                 let stash = std::mem::take(&mut t.stash);
-                if self.tls_feed(index, &stash, &mut scratch) == Step::Stop {
+                if self.tls_feed_timed(index, &stash, &mut scratch) == Step::Stop {
                     break;
                 }
                 continue;
@@ -103,17 +105,7 @@ impl Worker {
                     if t.failed {
                         continue; // only the alert may go out now; input is dropped
                     }
-                    let handshake = t.conn.is_handshaking().then(Instant::now);
-                    let step = self.tls_feed(index, &cipher[..n], &mut scratch);
-                    if let Some(since) = handshake {
-                        self.handshake_time += since.elapsed();
-                        if let Some(t) =
-                            self.conns.get_mut(index).and_then(|c| c.tls.as_deref_mut())
-                        {
-                            t.hello_answered |= t.conn.wants_write() || !t.conn.is_handshaking();
-                        }
-                    }
-                    if step == Step::Stop {
+                    if self.tls_feed_timed(index, &cipher[..n], &mut scratch) == Step::Stop {
                         break;
                     }
                 }
@@ -197,6 +189,32 @@ impl Worker {
             }
         }
         self.serving_handshake_queue = false;
+    }
+
+    /// [`Worker::tls_feed`], adding its time to this iteration's handshake time while the
+    /// connection is in its handshake, and noting when the server has answered its ClientHello:
+    /// its flight is queued (the second one after a HelloRetryRequest, whose ClientHello is
+    /// the one that costs a key exchange and a signature), or the handshake is over.
+    fn tls_feed_timed(&mut self, index: u32, bytes: &[u8], scratch: &mut [u8]) -> Step {
+        let handshaking = self
+            .conns
+            .get_mut(index)
+            .and_then(|c| c.tls.as_deref())
+            .is_some_and(|t| t.conn.is_handshaking());
+        if !handshaking {
+            return self.tls_feed(index, bytes, scratch);
+        }
+        let since = Instant::now();
+        let step = self.tls_feed(index, bytes, scratch);
+        self.handshake_time += since.elapsed();
+        if let Some(t) = self.conns.get_mut(index).and_then(|c| c.tls.as_deref_mut()) {
+            if t.conn.wants_write() {
+                t.flights = t.flights.saturating_add(1);
+            }
+            let retried = t.conn.handshake_kind() == Some(HandshakeKind::FullWithHelloRetryRequest);
+            t.hello_answered |= !t.conn.is_handshaking() || t.flights > u8::from(retried);
+        }
+        step
     }
 
     /// Gives `bytes` (ciphertext) to rustls, processing the plaintext as it comes. What a
