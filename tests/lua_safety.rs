@@ -427,6 +427,11 @@ fn a_copy_into_the_host_is_bounded_however_small_the_table_is_in_lua() {
     let apps = AppsDir::new("copies", &[("copies", COPIES.as_bytes())]);
     let app = apps.start(r#"{ "copies": { "memory_limit": 33554432 } }"#);
     let mut ws = connect(app.addr, "/copies");
+    // Copies of millions of values take seconds in a debug build (4 s here alone): a longer
+    // guard than IO_TIMEOUT, so that a loaded machine does not fail it.
+    ws.get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
     let strings = ask(&mut ws, "strings");
     assert_eq!(
         strings.matches("too large to copy: more than the").count(),
