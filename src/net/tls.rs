@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::{HandshakeKind, RootCertStore, ServerConfig, ServerConnection};
 
 use super::outq::{BufPool, Flushed, OutQueue};
 use super::sys;
@@ -344,11 +344,8 @@ pub struct TlsSession {
     /// The session failed (bad record, handshake failure, a plaintext client): only the alert
     /// rustls queued may still go out; input is discarded.
     pub failed: bool,
-    /// The server has answered the ClientHello (its flight is queued; see
-    /// `Worker::tls_feed_timed`): what is left of the handshake is cheap, so it no longer waits
-    /// in the worker's handshake queue.
-    pub hello_answered: bool,
-    /// Handshake reads after which the server had something to send (its flights).
+    /// Handshake reads after which the server had something to send (its flights; counted
+    /// by `Worker::tls_feed_timed`).
     pub flights: u8,
     close_sent: bool,
 }
@@ -359,10 +356,18 @@ impl TlsSession {
             conn: ServerConnection::new(config)?,
             stash: Vec::new(),
             failed: false,
-            hello_answered: false,
             flights: 0,
             close_sent: false,
         })
+    }
+
+    /// Whether the server has answered the ClientHello: its flight is queued (the second one
+    /// after a HelloRetryRequest, whose ClientHello is the one that costs a key exchange and a
+    /// signature), or the handshake is over. What is left of a handshake then is cheap, so it
+    /// no longer waits in the worker's handshake queue.
+    pub fn hello_answered(&self) -> bool {
+        let retried = self.conn.handshake_kind() == Some(HandshakeKind::FullWithHelloRetryRequest);
+        !self.conn.is_handshaking() || self.flights > u8::from(retried)
     }
 
     /// Encrypts what `out` holds (as much as rustls buffers: its limit is our back-pressure,

@@ -10,8 +10,6 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use rustls::HandshakeKind;
-
 use super::{read_room, Ending, Worker};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
@@ -20,12 +18,13 @@ use crate::{debug, warn};
 /// Ciphertext read per `recv`: several full TLS records.
 const CIPHER_READ: usize = 64 * 1024;
 
-/// Time a worker gives per iteration to the input of connections still in their TLS handshake
-/// (the handshake that passes it is finished); then the others wait, in order, for the next
-/// iterations (`handshake_queue`). A ClientHello costs the server a key exchange and a signature (about 0.1 ms
-/// with a P-256 key, 0.5 ms with RSA 2048 on the bench machine): a burst of thousands (clients
-/// reconnecting after a restart) taken at once held every established connection of the
-/// worker for as long (bench/handshake_burst.sh). The handshakes go on at the same rate.
+/// Time a worker gives per iteration to the input of connections whose ClientHello is not yet
+/// answered (the handshake that passes it is finished); then the others wait, in order, for
+/// the next iterations (`handshake_queue`). A ClientHello costs the server a key exchange and
+/// a signature (about 0.1 ms with a P-256 key, 0.5 ms with RSA 2048 on the bench machine): a
+/// burst of thousands (clients reconnecting after a restart) taken at once held every
+/// established connection of the worker for as long (bench/handshake_burst.sh). The
+/// handshakes go on at the same rate.
 const TLS_HANDSHAKE_TIME_PER_TURN: Duration = Duration::from_millis(1);
 
 /// Whether the caller may go on with this connection.
@@ -149,11 +148,7 @@ impl Worker {
         // Only a ClientHello not yet answered waits: the rest of a handshake (the client's
         // Finished) is cheap, and queued behind every new ClientHello of a burst it would
         // let no handshake finish before the burst's deadlines.
-        if !c
-            .tls
-            .as_deref()
-            .is_some_and(|t| t.conn.is_handshaking() && !t.hello_answered)
-        {
+        if c.tls.as_deref().is_none_or(|t| t.hello_answered()) {
             return false;
         }
         if c.handshake_queued {
@@ -192,9 +187,8 @@ impl Worker {
     }
 
     /// [`Worker::tls_feed`], adding its time to this iteration's handshake time while the
-    /// connection is in its handshake, and noting when the server has answered its ClientHello:
-    /// its flight is queued (the second one after a HelloRetryRequest, whose ClientHello is
-    /// the one that costs a key exchange and a signature), or the handshake is over.
+    /// connection is in its handshake, and counting the server's flights
+    /// ([`TlsSession::hello_answered`]).
     fn tls_feed_timed(&mut self, index: u32, bytes: &[u8], scratch: &mut [u8]) -> Step {
         let handshaking = self
             .conns
@@ -211,8 +205,6 @@ impl Worker {
             if t.conn.wants_write() {
                 t.flights = t.flights.saturating_add(1);
             }
-            let retried = t.conn.handshake_kind() == Some(HandshakeKind::FullWithHelloRetryRequest);
-            t.hello_answered |= !t.conn.is_handshaking() || t.flights > u8::from(retried);
         }
         step
     }
