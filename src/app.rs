@@ -52,6 +52,8 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
             close_timeout: Duration::from_millis(ws.close_timeout_ms),
             idle_timeout: (ws.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(ws.idle_timeout_ms)),
+            message_timeout: (ws.message_timeout_ms > 0)
+                .then(|| Duration::from_millis(ws.message_timeout_ms)),
             max_request_bytes: ws.max_request_bytes,
             max_headers: ws.max_headers,
             outbound_high_water: ws.outbound_high_water,

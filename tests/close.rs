@@ -388,3 +388,70 @@ fn no_pong_follows_our_close() {
     let after: Vec<u8> = std::iter::from_fn(|| read_frame(&mut s).map(|f| f.opcode)).collect();
     assert!(after.is_empty(), "frames after our Close: {after:02x?}");
 }
+
+#[test]
+fn a_message_still_incomplete_at_the_message_timeout_fails_with_1008() {
+    use lapps::net::assembly::AssemblyBudget;
+    use std::time::{Duration, Instant};
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let budget = std::sync::Arc::new(AssemblyBudget::new(1 << 20));
+    let srv = start_echo(|o| {
+        o.worker.assembly = budget.clone();
+        o.worker.message_timeout = Some(TIMEOUT);
+    });
+    let mut other = raw_upgraded(srv.addr, "/echo");
+
+    // Each fragment comes before the idle timeout (60 s), so only the message's own deadline
+    // can end this: a fragment every 50 ms until the server's Close.
+    let mut slow = raw_upgraded(srv.addr, "/echo");
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let began = Instant::now();
+    slow.write_all(&frame(false, 0, 0x2, &[7; 1000], true))
+        .unwrap();
+    let code = loop {
+        assert!(
+            began.elapsed() < IO_TIMEOUT,
+            "no Close while the message trickles"
+        );
+        if let Some(f) = read_frame(&mut slow) {
+            assert_eq!(f.opcode, 0x8, "only a Close is expected");
+            break (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+        }
+        // The server may have shut the connection meanwhile: a failed write is fine.
+        let _ = slow.write_all(&frame(false, 0, 0x0, &[7; 1000], true));
+    };
+    assert_eq!(code, Some(1008));
+    assert!(
+        began.elapsed() >= TIMEOUT,
+        "closed after {:?}, before the timeout",
+        began.elapsed()
+    );
+    slow.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert!(closed_by_server(&mut slow));
+    wait_for(
+        "the slow message's bytes are given back",
+        IO_TIMEOUT,
+        || budget.held() == 0,
+    );
+
+    // The other connection is unaffected, and messages that each end in time are never cut,
+    // however long the connection lives: each begins in one read (the Pong says it was read
+    // alone) and ends in the next, for twice the timeout.
+    let began = Instant::now();
+    let mut sent = 0u32;
+    while began.elapsed() < 2 * TIMEOUT {
+        sent += 1;
+        other
+            .write_all(&frame(false, 0, 0x2, &sent.to_be_bytes(), true))
+            .unwrap();
+        other.write_all(&frame(true, 0, 0x9, b"", true)).unwrap();
+        assert_eq!(read_frame(&mut other).map(|f| f.opcode), Some(0xA));
+        other.write_all(&frame(true, 0, 0x0, b"end", true)).unwrap();
+        let f = read_frame(&mut other).expect("the echo");
+        let mut whole = sent.to_be_bytes().to_vec();
+        whole.extend_from_slice(b"end");
+        assert_eq!((f.opcode, f.payload), (0x2, whole));
+    }
+    assert!(sent > 1);
+}

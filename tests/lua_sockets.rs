@@ -137,6 +137,22 @@ fn ws_json_caps_messages_being_received_for_a_lua_service() {
 }
 
 #[test]
+fn ws_json_times_out_a_message_that_does_not_arrive_whole_for_a_lua_service() {
+    // message_timeout_ms from ws.json reaches the workers: the first half of a message and
+    // nothing more gets 1008 (the idle timeout, 60 s, is far off); the guard is the read
+    // timeout of 10 s. The connection beside it is served.
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+                  "message_timeout_ms": 300 }"#;
+    let app = start_app(ws, &example_services());
+    let mut other = connect(app.addr, "/echo");
+    let mut s = raw_upgraded(app.addr, "/echo");
+    s.write_all(&frame(false, 0, 0x1, b"half of it", true))
+        .unwrap();
+    assert_eq!(expect_close(&mut s), Some(1008));
+    assert_eq!(ask(&mut other, "still served"), "still served");
+}
+
+#[test]
 fn two_hundred_pipelining_connections_over_four_instances_keep_their_order() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 50;

@@ -51,6 +51,7 @@ fn empty_ws_json_gives_every_default() {
     assert_eq!(c.handshake_timeout_ms, 5000);
     assert_eq!(c.close_timeout_ms, 3000);
     assert_eq!(c.idle_timeout_ms, 60_000);
+    assert_eq!(c.message_timeout_ms, 120_000);
     assert_eq!(c.backlog, 1024);
     assert_eq!(c.max_request_bytes, 8192);
     assert_eq!(c.max_headers, 64);
@@ -323,7 +324,7 @@ fn unknown_keys_are_errors_naming_their_path() {
     assert_eq!(
         text,
         [
-            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, max_connections_per_address, endpoints)",
+            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, message_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, max_connections_per_address, endpoints)",
             "ws.json: workers.max_conections: unknown key (known: workers, max_connections, auto_fragment, input_buffer_size, max_poll_events, max_poll_wait_ms, max_inbounds_skip)",
         ]
     );

@@ -88,6 +88,9 @@ pub struct WsConfig {
     /// 0 = off. Otherwise an idle connection is pinged after this long, and closed if it stays
     /// silent for as long again.
     pub idle_timeout_ms: u64,
+    /// 0 = off. Otherwise a data message must arrive whole within this long of its first
+    /// byte; a slower one fails the connection with 1008.
+    pub message_timeout_ms: u64,
     /// `listen(2)` backlog.
     pub backlog: u32,
     /// Largest HTTP upgrade request (request line + headers), bytes; larger gets 431.
@@ -123,6 +126,7 @@ const KEYS: &[&str] = &[
     "handshake_timeout_ms",
     "close_timeout_ms",
     "idle_timeout_ms",
+    "message_timeout_ms",
     "backlog",
     "max_request_bytes",
     "max_headers",
@@ -320,6 +324,7 @@ impl WsConfig {
             handshake_timeout_ms: obj.uint(r, "handshake_timeout_ms", 5000, 1, u64::MAX),
             close_timeout_ms: obj.uint(r, "close_timeout_ms", 3000, 1, u64::MAX),
             idle_timeout_ms: obj.uint(r, "idle_timeout_ms", 60_000, 0, u64::MAX),
+            message_timeout_ms: obj.uint(r, "message_timeout_ms", 120_000, 0, u64::MAX),
             backlog: obj.uint(r, "backlog", 1024, 1, i32::MAX as u64) as u32,
             max_request_bytes: obj.usize_in(r, "max_request_bytes", 8192, 256, 1 << 20),
             max_headers: obj.usize_in(r, "max_headers", 64, 8, 1024),

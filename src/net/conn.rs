@@ -64,6 +64,9 @@ pub struct Conn {
     /// In the worker's queue of TLS handshakes waiting for a later iteration.
     pub handshake_queued: bool,
     pub deadline: Option<Instant>,
+    /// When the data message being received must be complete (`message_timeout` after it
+    /// began); None while no message is partly received.
+    pub message_due: Option<Instant>,
     /// The last time the peer sent us bytes.
     pub last_activity: Instant,
     /// Whether the peer takes our bytes, from one timer's look to the next.
@@ -121,6 +124,7 @@ impl Conn {
             in_pending: false,
             handshake_queued: false,
             deadline: None,
+            message_due: None,
             last_activity: now,
             acked: AckProgress::default(),
             close_extensions: 0,

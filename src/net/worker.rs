@@ -81,6 +81,8 @@ pub struct WorkerOptions {
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    /// How long a data message may take to arrive whole from its first byte (None: no limit).
+    pub message_timeout: Option<Duration>,
     pub max_request_bytes: usize,
     pub max_headers: usize,
     pub outbound_high_water: usize,
@@ -105,6 +107,7 @@ impl Default for WorkerOptions {
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(3),
             idle_timeout: Some(Duration::from_secs(60)),
+            message_timeout: Some(Duration::from_secs(120)),
             max_request_bytes: 8192,
             max_headers: 64,
             outbound_high_water: 4 << 20,
@@ -859,7 +862,20 @@ impl Worker {
             })
         };
         self.opts.assembly.update(held_before, decoder.held());
+        let in_message = decoder.in_message();
         c.decoder = Some(decoder);
+        if !in_message {
+            c.message_due = None;
+        } else if c.message_due.is_none() && phase == Phase::Open {
+            if let Some(timeout) = self.opts.message_timeout {
+                let due = Instant::now() + timeout;
+                c.message_due = Some(due);
+                if c.deadline.is_none_or(|d| due < d) {
+                    c.deadline = Some(due);
+                    self.timers.push(Reverse((due, index, generation)));
+                }
+            }
+        }
         // Pongs and the built-in services' replies go straight into the queue, not through
         // `queue_frame`: a peer that sends without reading is throttled here, or a ping flood
         // would grow its queue with every read once the socket is full.

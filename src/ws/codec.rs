@@ -149,6 +149,12 @@ impl Decoder {
         self.message.len()
     }
 
+    /// True while a data message has begun and not ended (a fragmented message, or one
+    /// frame whose payload has only partly arrived).
+    pub fn in_message(&self) -> bool {
+        self.assembling != Assembling::None
+    }
+
     /// Heap the decoder holds (its message buffer's capacity), for memory accounting.
     pub fn held(&self) -> usize {
         self.message.capacity()

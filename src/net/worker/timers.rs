@@ -42,7 +42,7 @@ impl Worker {
                 Phase::Closing | Phase::Finishing | Phase::Draining => {
                     self.end(index, Ending::Timeout("close"))
                 }
-                Phase::Open => self.idle_check(index, now),
+                Phase::Open => self.open_timer(index, now),
                 // The service did not answer in time: close without the rest of its replies.
                 Phase::Answering(_) => self.close_answered(index),
             }
@@ -80,6 +80,55 @@ impl Worker {
                 .get_gen(index, generation)
                 .is_some_and(|c| c.deadline == Some(at))
         });
+    }
+
+    /// An open connection's deadline: its message's (`message_due`) or the idle check's,
+    /// whichever is first; after the idle check the other stays armed.
+    fn open_timer(&mut self, index: u32, now: Instant) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        if let Some(due) = c.message_due.filter(|&due| due <= now) {
+            if !(c.service_paused || c.out_paused) {
+                return self.message_timed_out(index, due);
+            }
+            // We stopped reading it (its service is behind, or it does not read what we
+            // send): the rest of its message may be waiting in the socket. A new period.
+            c.message_due = self.opts.message_timeout.map(|t| now + t);
+        }
+        self.idle_check(index, now);
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        if let Some(due) = c.message_due {
+            if c.phase == Phase::Open && c.deadline.is_none_or(|d| due < d) {
+                self.set_deadline(index, due);
+            }
+        }
+    }
+
+    /// A message still incomplete `message_timeout` after it began (a peer trickling it to
+    /// hold its buffer): its bytes are given back and the connection is failed with 1008
+    /// after the replies its service owes.
+    fn message_timed_out(&mut self, index: u32, due: Instant) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        c.message_due = None;
+        let (held, buffered) = c
+            .decoder
+            .take()
+            .map_or((0, 0), |d| (d.held(), d.buffered()));
+        self.opts.assembly.update(held, 0);
+        let timeout = self.opts.message_timeout.unwrap_or_default();
+        crate::info_limited!(
+            "closing {}: a message still incomplete {} ms after it began ({buffered} bytes of \
+             it received; message_timeout_ms), close code {}",
+            c.peer,
+            (timeout + Instant::now().saturating_duration_since(due)).as_millis(),
+            close::POLICY
+        );
+        self.fail_after_replies(index, close::POLICY);
     }
 
     pub(super) fn idle_check(&mut self, index: u32, now: Instant) {
