@@ -66,7 +66,7 @@ pub fn server_options(cfg: &Config) -> ServerOptions {
         },
         tls: None,
         acl: (!acl.allows_everyone()).then(|| Arc::new(move |ip: IpAddr| acl.allows(ip)) as _),
-        per_address: PerAddress::new(ws.max_connections_per_address),
+        per_address: PerAddress::new(ws.max_connections_per_address, ws.per_address_ipv6_prefix),
     }
 }
 

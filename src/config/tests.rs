@@ -63,6 +63,7 @@ fn empty_ws_json_gives_every_default() {
         c.max_inbound_assembly_bytes
     );
     assert_eq!(c.max_connections_per_address, 0);
+    assert_eq!(c.per_address_ipv6_prefix, 64);
     assert!(c.endpoints.is_empty());
     assert_eq!(c, WsConfig::default());
 }
@@ -314,6 +315,13 @@ fn acl_in_ws_json_is_parsed_to_a_matcher() {
     assert!(!c.acl.allows("10.0.0.1".parse::<IpAddr>().unwrap()));
 }
 
+#[test]
+fn per_address_ipv6_prefix_is_a_prefix_length() {
+    let c = ws(r#"{"per_address_ipv6_prefix": 56}"#).unwrap();
+    assert_eq!(c.per_address_ipv6_prefix, 56);
+    assert!(ws(r#"{"per_address_ipv6_prefix": 129}"#).is_err());
+}
+
 // ---- error kinds ----
 
 #[test]
@@ -324,7 +332,7 @@ fn unknown_keys_are_errors_naming_their_path() {
     assert_eq!(
         text,
         [
-            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, message_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, max_connections_per_address, endpoints)",
+            "ws.json: prot: unknown key (known: ip, port, listeners, connection_weight, acl, tls, tls_certificates, tls_server_version, lapps_config_auto_save, tls_client_version, workers, handshake_timeout_ms, close_timeout_ms, idle_timeout_ms, message_timeout_ms, backlog, max_request_bytes, max_headers, outbound_high_water, max_inbound_assembly_bytes, max_connections_per_address, per_address_ipv6_prefix, endpoints)",
             "ws.json: workers.max_conections: unknown key (known: workers, max_connections, auto_fragment, input_buffer_size, max_poll_events, max_poll_wait_ms, max_inbounds_skip)",
         ]
     );

@@ -105,6 +105,9 @@ pub struct WsConfig {
     pub max_inbound_assembly_bytes: u64,
     /// Open connections one peer address may have (0: no limit); past it, HTTP 503.
     pub max_connections_per_address: u32,
+    /// IPv6 peers are counted under that limit by network: the first this many bits of
+    /// their address (128: each address whole).
+    pub per_address_ipv6_prefix: u8,
     /// Endpoints beyond the first (the first is `ip`/`port`/`tls`).
     pub endpoints: Vec<Endpoint>,
 }
@@ -133,6 +136,7 @@ const KEYS: &[&str] = &[
     "outbound_high_water",
     "max_inbound_assembly_bytes",
     "max_connections_per_address",
+    "per_address_ipv6_prefix",
     "endpoints",
 ];
 
@@ -343,6 +347,7 @@ impl WsConfig {
                 0,
                 u64::from(u32::MAX),
             ) as u32,
+            per_address_ipv6_prefix: obj.uint(r, "per_address_ipv6_prefix", 64, 0, 128) as u8,
             endpoints,
         };
         cfg.check(r, &entry_of);

@@ -264,9 +264,10 @@ fn accept_all(
                 Some(t) => ticket = Some(Box::new(t)),
                 None => {
                     crate::info_limited!(
-                        "rejected {peer}: {} connections from its address are open \
+                        "rejected {peer}: {} connections from {} are open \
                          (max_connections_per_address)",
-                        p.limit()
+                        p.limit(),
+                        p.describe(peer.ip())
                     );
                     refuse = Some(Refused::AddressFull);
                 }
@@ -361,7 +362,7 @@ mod tests {
         let port = hub.port(0);
         assert!(port.reserve_slot());
         port.accepts.push(new_conn("192.0.2.9:1", None)).unwrap();
-        let limit = PerAddress::new(1).unwrap();
+        let limit = PerAddress::new(1, 64).unwrap();
         let ip = "192.0.2.1".parse().unwrap();
         let ticket = limit.admit(ip).map(Box::new);
         let back = hand_over(&balancer, new_conn("192.0.2.1:2", ticket)).unwrap_err();
