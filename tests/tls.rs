@@ -290,6 +290,60 @@ fn a_burst_of_tls_handshakes_all_complete_and_the_established_connection_is_serv
 }
 
 #[test]
+fn a_burst_of_handshakes_with_a_hello_retry_request_all_complete() {
+    // As above, with every client's first ClientHello carrying a key share the server cannot
+    // use: each is answered with a HelloRetryRequest, and its second ClientHello (the one
+    // that costs the server a key exchange and a signature) waits its turn in the handshake
+    // queue like a first one. None may be left behind; the open connection is served.
+    let (app, addr, ca) = wss_app_with("wss-hrr", r#", "handshake_timeout_ms": 60000"#);
+    let mut established =
+        wss_connect(addr, "/echo", client_config(&ca.pair.cert_der, None)).unwrap();
+    let cfg = hello_retry_client_config(&ca.pair.cert_der);
+    let tcp: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut burst: Vec<TlsStream> = tcp
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| tls_hello(t, cfg.clone()).unwrap_or_else(|e| panic!("hello {i}: {e}")))
+        .collect();
+    // Every client reads its HelloRetryRequest and sends its second ClientHello before any
+    // handshake goes on: the retries arrive as a burst too.
+    for (i, s) in burst.iter_mut().enumerate() {
+        while !s.conn.wants_write() {
+            let n = s.conn.read_tls(&mut s.sock);
+            assert!(
+                n.as_ref().is_ok_and(|&n| n > 0),
+                "client {i}: {n:?} before the retry request"
+            );
+            s.conn
+                .process_new_packets()
+                .unwrap_or_else(|e| panic!("hello retry {i}: {e}"));
+        }
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut s.sock).unwrap();
+        }
+    }
+    echo_round(&mut established, pattern(1000));
+    for (i, mut s) in burst.into_iter().enumerate() {
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+        }
+        assert_eq!(
+            s.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::FullWithHelloRetryRequest),
+            "client {i}"
+        );
+        let mut ws = wss_over(s, "/echo").unwrap_or_else(|e| panic!("upgrade {i}: {e}"));
+        echo_round(&mut ws, pattern(i + 1));
+    }
+    echo_round(&mut established, pattern(10));
+    app.shutdown();
+}
+
+#[test]
 fn past_max_connections_per_address_a_wss_client_is_closed_before_any_handshake() {
     let (app, addr, ca) = wss_app_with("wss-per-address", r#", "max_connections_per_address": 1"#);
     let cfg = client_config(&ca.pair.cert_der, None);

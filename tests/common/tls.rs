@@ -179,6 +179,51 @@ pub fn client_config(root: &CertificateDer<'static>, client: Option<&Pair>) -> A
     Arc::new(cfg)
 }
 
+/// A TLS 1.3 client whose ClientHello offers its key share only for a group no server knows
+/// (`NamedGroup::Unknown(0xfe0a)`), with X25519 listed second: the server must answer with a
+/// HelloRetryRequest for X25519, and the client's second ClientHello carries that share.
+pub fn hello_retry_client_config(root: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    use rustls::crypto::{ActiveKeyExchange, SharedSecret, SupportedKxGroup};
+    use rustls::NamedGroup;
+
+    const UNKNOWN: NamedGroup = NamedGroup::Unknown(0xfe0a);
+    #[derive(Debug)]
+    struct UnknownGroup;
+    struct UnknownShare;
+    impl SupportedKxGroup for UnknownGroup {
+        fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+            Ok(Box::new(UnknownShare))
+        }
+        fn name(&self) -> NamedGroup {
+            UNKNOWN
+        }
+    }
+    impl ActiveKeyExchange for UnknownShare {
+        fn complete(self: Box<Self>, _peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
+            Err(rustls::Error::General(
+                "the unknown group is never chosen".into(),
+            ))
+        }
+        fn pub_key(&self) -> &[u8] {
+            &[0x5a; 32]
+        }
+        fn group(&self) -> NamedGroup {
+            UNKNOWN
+        }
+    }
+
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![&UnknownGroup, rustls::crypto::ring::kx_group::X25519];
+    let cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 pub type WssClient = tungstenite::WebSocket<TlsStream>;
 
