@@ -924,6 +924,70 @@ fn a_close_started_on_a_paused_connection_reads_the_peers_reply() {
     drop(app);
 }
 
+/// The time a connection is not read because its service is behind does not count against
+/// the message it is receiving: its deadline moves by as much when reading resumes.
+#[test]
+fn time_paused_behind_a_busy_service_does_not_count_against_a_message() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+                  "message_timeout_ms": 1000 }"#;
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 16 } }"#,
+    );
+    let app = start_app(ws, &services);
+    let (_one, release) = hold_reply_release();
+    let mut a = raw_upgraded(app.addr, "/hold_reply");
+    a.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut a).expect("holding").payload, b"holding");
+    // In one write: more messages than the held instance's queue takes (the connection is
+    // paused after this read), then the first fragment of a message (its deadline starts).
+    let mut burst = Vec::new();
+    for i in 0..40 {
+        burst.extend(frame(true, 0, 0x1, format!("m{i}").as_bytes(), true));
+    }
+    burst.extend(frame(false, 0, 0x1, b"first half, ", true));
+    a.write_all(&burst).unwrap();
+    let client_end = a.local_addr().unwrap();
+    wait_for("the server to read the burst", GUARD, || {
+        server_unread(app.addr, client_end) == Some(0)
+    });
+    // Twice the timeout passes while the connection is paused: no Close.
+    a.set_read_timeout(Some(2 * TIMEOUT)).unwrap();
+    let mut b = [0u8; 64];
+    match a.read(&mut b) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("nothing is expected while paused, got {other:?}"),
+    }
+    a.set_read_timeout(Some(GUARD)).unwrap();
+    // The instance goes on: its replies, then the queue drains and the connection is read
+    // again, with what is left of its message's time (the second half arrives in time).
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(read_frame(&mut a).expect("released").payload, b"released");
+    for i in 0..40 {
+        assert_eq!(
+            read_frame(&mut a).expect("echo").payload,
+            format!("m{i}").as_bytes()
+        );
+    }
+    a.write_all(&frame(true, 0, 0x0, b"second half", true))
+        .unwrap();
+    let f = read_frame(&mut a).expect("the whole message");
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (0x1, &b"first half, second half"[..])
+    );
+    wait_for("the instance to take its release", GUARD, || {
+        release.is_empty()
+    });
+    drop(a);
+    drop(app);
+}
+
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
 /// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
 /// and no Pong to a ping sent after the bad frame.

@@ -47,6 +47,9 @@ pub struct Conn {
     pub out: OutQueue,
     /// The service asked us to stop reading (its queue is full).
     pub service_paused: bool,
+    /// When `service_paused` was last set: the time until the resume does not count against
+    /// the message being received (`message_due` moves by as much).
+    pub service_paused_at: Instant,
     /// Our outbound queue is above the high-water mark: stop reading until it drains.
     pub out_paused: bool,
     /// Input may be waiting in the socket (edge-triggered: we must come back for it).
@@ -116,6 +119,7 @@ impl Conn {
             inbuf: Vec::new(),
             out: OutQueue::default(),
             service_paused: false,
+            service_paused_at: now,
             out_paused: false,
             read_pending: false,
             peer_hup: false,

@@ -820,6 +820,7 @@ impl Worker {
         let mut paused = false;
         let mut peer_close: Option<Option<u16>> = None;
         let mut delivered = false;
+        let mut ended = false;
         let result = {
             let out = &mut c.out;
             let pool = &mut self.pool;
@@ -827,6 +828,7 @@ impl Worker {
             let ping_outstanding = &mut c.ping_outstanding;
             decoder.decode_within(buf, allowance, &mut |ev| match ev {
                 Event::Text(p) | Event::Binary(p) => {
+                    ended = true;
                     // After we started closing, data is read and dropped (RFC 6455 5.5.1).
                     if phase != Phase::Open || close_with.is_some() {
                         return;
@@ -864,9 +866,11 @@ impl Worker {
         self.opts.assembly.update(held_before, decoder.held());
         let in_message = decoder.in_message();
         c.decoder = Some(decoder);
+        // A message that began in this read (after another ended in it, perhaps) has the
+        // whole timeout from now.
         if !in_message {
             c.message_due = None;
-        } else if c.message_due.is_none() && phase == Phase::Open {
+        } else if (ended || c.message_due.is_none()) && phase == Phase::Open {
             if let Some(timeout) = self.opts.message_timeout {
                 let due = Instant::now() + timeout;
                 c.message_due = Some(due);
@@ -889,6 +893,9 @@ impl Worker {
         self.mark_dirty(index);
         if paused {
             if let Some(c) = self.conns.get_mut(index) {
+                if !c.service_paused {
+                    c.service_paused_at = Instant::now();
+                }
                 c.service_paused = true;
             }
         }

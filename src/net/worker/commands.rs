@@ -80,8 +80,13 @@ impl Worker {
             Command::Resume { conn } => {
                 if let Some(i) = self.live_index(conn) {
                     if let Some(c) = self.conns.get_mut(i) {
+                        if c.service_paused {
+                            let paused = c.service_paused_at.elapsed();
+                            c.message_due = c.message_due.map(|due| due + paused);
+                        }
                         c.service_paused = false;
                     }
+                    self.arm_message_deadline(i);
                     self.resume_reading(i);
                 }
             }

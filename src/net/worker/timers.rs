@@ -1,4 +1,5 @@
-//! Deadlines (handshake, close, idle ping) and the graceful shutdown sweep.
+//! Deadlines (handshake, close, idle ping, a message being received) and the graceful
+//! shutdown sweep.
 
 use std::cmp::Reverse;
 use std::time::Instant;
@@ -88,29 +89,33 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        if let Some(due) = c.message_due.filter(|&due| due <= now) {
-            if !(c.service_paused || c.out_paused) {
-                return self.message_timed_out(index, due);
-            }
-            // We stopped reading it (its service is behind, or it does not read what we
-            // send): the rest of its message may be waiting in the socket. A new period.
-            c.message_due = self.opts.message_timeout.map(|t| now + t);
+        // While its service is behind we do not read it: the resume moves the message's
+        // deadline by the time paused, and arms it again.
+        if c.message_due.is_some_and(|due| due <= now) && !c.service_paused {
+            return self.message_timed_out(index);
         }
         self.idle_check(index, now);
+        self.arm_message_deadline(index);
+    }
+
+    /// Makes the connection's deadline its message's when that comes first (an open
+    /// connection, read: not paused by its service).
+    pub(super) fn arm_message_deadline(&mut self, index: u32) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        if let Some(due) = c.message_due {
-            if c.phase == Phase::Open && c.deadline.is_none_or(|d| due < d) {
-                self.set_deadline(index, due);
-            }
+        let Some(due) = c.message_due else {
+            return;
+        };
+        if c.phase == Phase::Open && !c.service_paused && c.deadline.is_none_or(|d| due < d) {
+            self.set_deadline(index, due);
         }
     }
 
     /// A message still incomplete `message_timeout` after it began (a peer trickling it to
     /// hold its buffer): its bytes are given back and the connection is failed with 1008
     /// after the replies its service owes.
-    fn message_timed_out(&mut self, index: u32, due: Instant) {
+    fn message_timed_out(&mut self, index: u32) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
@@ -122,10 +127,10 @@ impl Worker {
         self.opts.assembly.update(held, 0);
         let timeout = self.opts.message_timeout.unwrap_or_default();
         crate::info_limited!(
-            "closing {}: a message still incomplete {} ms after it began ({buffered} bytes of \
-             it received; message_timeout_ms), close code {}",
+            "closing {}: a message still incomplete after message_timeout_ms ({} ms; {buffered} \
+             bytes of it received), close code {}",
             c.peer,
-            (timeout + Instant::now().saturating_duration_since(due)).as_millis(),
+            timeout.as_millis(),
             close::POLICY
         );
         self.fail_after_replies(index, close::POLICY);
