@@ -100,6 +100,21 @@ fn a_memory_bomb_under_a_budget_is_stopped_too() {
 }
 
 #[test]
+fn after_a_callback_fails_near_the_memory_limit_its_garbage_is_collected() {
+    // A 16 MiB state: a callback builds about 12 MiB of strings and raises an ordinary error
+    // (not a memory error). What it built is garbage, and LuaJIT never collects to make room
+    // for an allocation: unless the failure is followed by a full collection, the next
+    // callback's 3 MiB string (6 MiB while it is built) does not fit.
+    let app = probe_alone(r#""memory_limit": 16777216, "instruction_budget": 0"#);
+    let mut a = connect(app.addr, "/probe");
+    send(&mut a, "garbage 12000");
+    assert_eq!(ws_close_code(&mut a), 1011);
+    finish_close(a);
+    let mut b = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut b, "big 3072"), "3145728");
+}
+
+#[test]
 fn a_syntax_error_refuses_to_start_with_file_and_line() {
     let hub = hub(1);
     let e = Registry::start(vec![example_app("echo"), test_app("broken")], hub.clone())

@@ -81,13 +81,9 @@ pub(crate) fn call_messages(
                             conn: e.conn,
                             error: string_at(l, -1),
                         });
-                        if status == ffi::LUA_ERRMEM {
-                            // What the failed call built is garbage now; without a full cycle
-                            // the next call would start at the limit and fail as well.
-                            ffi::lua_settop(l, 2);
-                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
-                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
-                        }
+                        // What the failed call built is garbage now (see `collect`).
+                        ffi::lua_settop(l, 2);
+                        super::collect::after_failed_call(l, status);
                     }
                 }
                 ffi::lua_settop(l, 2);

@@ -120,13 +120,9 @@ pub(crate) fn call_requests(
                     }
                     status => {
                         let error = string_at(l, -1);
-                        if status == ffi::LUA_ERRMEM {
-                            // What the failed call built is garbage now; without a full cycle
-                            // the next call would start at the limit and fail as well.
-                            ffi::lua_settop(l, 3);
-                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
-                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
-                        }
+                        // What the failed call built is garbage now (see `collect`).
+                        ffi::lua_settop(l, 3);
+                        super::collect::after_failed_call(l, status);
                         // The bytes stay as they came, whatever the app changed.
                         let method = doc.text(method_at).unwrap_or_default();
                         if let Some(code) = lapps.failed(host, conn, &method, is_request, &error) {

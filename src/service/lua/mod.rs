@@ -14,6 +14,7 @@
 
 pub mod api;
 mod children;
+mod collect;
 mod fastpath;
 mod frame;
 mod held;

@@ -184,6 +184,7 @@ impl RawApp {
                     if let Some(f) = &self.on_disconnect {
                         host.reset_budget();
                         if let Err(err) = f.call::<()>(handler_value(e.conn)) {
+                            super::collect::after_failed_callback(lua, &err);
                             crate::error_limited!(
                                 "{} onDisconnect: {}",
                                 host.tag(),
@@ -206,12 +207,8 @@ impl RawApp {
             Ok(Value::Boolean(true)) => return,
             Ok(_) => 1000,
             Err(err) => {
-                if matches!(err, mlua::Error::MemoryError(_)) {
-                    // What the failed callback built is garbage now; without a full cycle the
-                    // next callback would start at the limit and fail as well.
-                    let _ = lua.gc_collect();
-                    let _ = lua.gc_collect();
-                }
+                // What the failed callback built is garbage now (see `collect`).
+                super::collect::after_failed_callback(lua, &err);
                 crate::error_limited!(
                     "{} onMessage failed, closing {:#x} with 1011: {}",
                     host.tag(),

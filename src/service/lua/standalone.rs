@@ -79,12 +79,8 @@ impl StandaloneApp {
                 }
                 Err(e) => e,
             };
-            if matches!(e, mlua::Error::MemoryError(_)) {
-                // What the failed run() built is garbage now; without a full cycle the next
-                // one would start at the limit and fail as well.
-                let _ = lua.gc_collect();
-                let _ = lua.gc_collect();
-            }
+            // What the failed run() built is garbage now (see `collect`).
+            super::collect::after_failed_callback(lua, &e);
             if started.elapsed() >= RESTART_RESET_AFTER {
                 delay = RESTART_FIRST;
             }

@@ -10,6 +10,8 @@
 --   "gcloop"                   makes a finalizer that runs forever, if it can
 --   "mustloop"                 runs forever, swallowing the budget error and calling must_stop()
 --   "bomb"                     allocates without bound
+--   "garbage <kib>"            builds <kib> KiB of strings, then raises a Lua error (no memory error)
+--   "big <kib>"                replies the length of a new string of <kib> KiB
 --   "close"                    returns false
 --   "stale <handler>"          ws:send to that handler; replies "<value> <err>"
 --   "id"                       replies this connection's handler
@@ -73,6 +75,12 @@ probe.onMessage = function(handler, opcode, message)
   elseif cmd == "bomb" then
     local t = {}
     while true do t[#t + 1] = string.rep("x", 64) .. #t end
+  elseif cmd == "garbage" then
+    local t, n = {}, tonumber(rest)
+    for i = 1, n do t[i] = string.rep("g", 1000) .. i end
+    error("garbage left behind")
+  elseif cmd == "big" then
+    reply(handler, tostring(#string.rep("y", tonumber(rest) * 1024)))
   elseif cmd == "close" then
     return false
   elseif cmd == "stale" then
