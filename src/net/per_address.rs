@@ -18,6 +18,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// `64:ff9b::/96`, the NAT64 well-known prefix: an IPv4 address in its last 32 bits.
+const NAT64_WELL_KNOWN: u128 = 0x0064_ff9b_u128 << 96;
+
 #[derive(Debug)]
 pub struct PerAddress {
     limit: u32,
@@ -45,10 +48,14 @@ impl PerAddress {
         })
     }
 
-    /// What `ip` is counted under: its IPv4 address, or its IPv6 network (the address with
-    /// the bits past the prefix cleared).
+    /// What `ip` is counted under: its IPv4 address (also one reached through a NAT64
+    /// gateway of the well-known prefix `64:ff9b::/96`, RFC 6052, which is an IPv4 client),
+    /// or its IPv6 network (the address with the bits past the prefix cleared).
     pub fn key(&self, ip: IpAddr) -> IpAddr {
         match ip.to_canonical() {
+            IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_WELL_KNOWN >> 32 => {
+                IpAddr::V4((u128::from(v6) as u32).into())
+            }
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
                 let kept = u128::MAX
@@ -182,6 +189,25 @@ mod tests {
         assert_eq!(
             p36.key("2001:db8:ffff::1".parse().unwrap()),
             "2001:db8:f000::".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_nat64_address_of_the_well_known_prefix_is_its_ipv4_client() {
+        let p = PerAddress::new(1, 64).expect("a limit");
+        let _t = p.admit("64:ff9b::192.0.2.7".parse().unwrap()).unwrap();
+        assert!(p.admit("192.0.2.7".parse().unwrap()).is_none());
+        let _u = p
+            .admit("64:ff9b::192.0.2.8".parse().unwrap())
+            .expect("another IPv4 client, not the same /64");
+        assert_eq!(
+            p.describe("64:ff9b::c000:207".parse().unwrap()),
+            "192.0.2.7"
+        );
+        // Only that /96: the next addresses are IPv6 ones.
+        assert_eq!(
+            p.describe("64:ff9b:0:0:0:1::1".parse().unwrap()),
+            "64:ff9b::/64"
         );
     }
 
