@@ -471,6 +471,29 @@ fn a_host_answer_held_behind_a_response_another_instance_took_does_not_overtake_
     assert_eq!(next(&mut b), "error -32700", "then the host's answer");
 }
 
+/// The same, the other way round: the other instance has taken the response (nothing is owed
+/// any more) but not posted it when the host answers the malformed message. Taken is not yet
+/// sent: the host's answer waits for that post.
+#[test]
+fn a_host_answer_after_a_response_another_instance_took_but_has_not_posted_follows_it() {
+    let (app, _one, busy, release) = start_holding_in(2);
+    let (mut b, mut a, handed) = hand_off(&app, 7);
+    // a's instance takes b's response, then stays busy before its outbox is posted.
+    a.send(request("hold", vec![Value::Bool(true)])).unwrap();
+    wait_for("the other instance to be busy", IO_TIMEOUT, || {
+        !busy.is_empty()
+    });
+    assert!(handed.is_empty(), "the busy instance took b's call");
+    b.send(Message::binary(vec![0xff])).unwrap();
+    wait_until_read(app.addr, &b);
+    // A batch for b's instance after b's garbage: it has answered it (or held the answer).
+    first_instance_caught_up(&app);
+    release.now();
+    assert_eq!(next(&mut a), released());
+    assert_eq!(next(&mut b), ok(7), "the response first");
+    assert_eq!(next(&mut b), "error -32700", "then the host's answer");
+}
+
 /// In an app of [`start_holding_in`]`(2)`: b (bound to the first instance) calls
 /// `hand_off(n)`, so that a (bound to the second) can answer it with `hold(true)`. Returns b,
 /// a and the queue the call waits on, once it is there.

@@ -16,7 +16,8 @@
 //! from any thread. A response another thread (instance or service) has taken is sent only
 //! once that thread posts its outbox (at its next polling point), so while the hub counts more
 //! unposted answers to the connection than this instance holds or has queued, nothing held
-//! leaves: it would overtake. This instance looks again when it sends a response itself, after
+//! leaves: it would overtake. For the same reason a host answer is held, not sent at once,
+//! when nothing is owed but such a taken response is still unposted. This instance looks again when it sends a response itself, after
 //! each batch it handles, and, while any answer waits, every few milliseconds when no batch
 //! comes (`instance::serve`): the client may be waiting for those very answers.
 //!
@@ -118,8 +119,14 @@ impl HeldAnswers {
             }
             return true;
         };
+        // Nothing owed may still mean a response another thread took and has not posted yet
+        // (see `release`): sent now, this answer could overtake it.
+        let others_unposted = host
+            .hub
+            .unposted_answers(conn)
+            .is_some_and(|n| n as usize > host.counted_here(conn) + usize::from(took));
         let mut conns = self.conns.borrow_mut();
-        if owed == 0 && !conns.contains_key(&conn) {
+        if owed == 0 && !conns.contains_key(&conn) && !others_unposted {
             drop(conns);
             send_message(host, conn, Opcode::Binary, &cbor);
             if took {
