@@ -250,7 +250,7 @@ struct Seen {
 fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> {
     let mut rest = lines;
     let request_line = next_line(&mut rest).ok_or_else(|| bad("empty request"))?;
-    let (path, query) = parse_request_line(request_line)?;
+    let target = parse_request_line(request_line)?;
 
     let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
     let mut protocols = Vec::new();
@@ -315,6 +315,7 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
     if !is_host_and_port(host) {
         return Err(bad("invalid Host header"));
     }
+    let (path, query) = target?;
     if !seen.upgrade {
         // A plain HTTP request to a WebSocket endpoint: tell it which protocol to upgrade to.
         return Err(HandshakeError::new(426, "WebSocket upgrade required"));
@@ -366,8 +367,12 @@ fn next_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 /// `method SP request-target SP HTTP-version`, single spaces (RFC 9112 section 3).
-/// Returns (path, query).
-fn parse_request_line(line: &[u8]) -> Result<(String, Option<String>), HandshakeError> {
+/// Returns (path, query), or for a method other than GET the 405 to answer once the header
+/// fields are checked: a request with a missing or bad Host gets 400 whatever its method (RFC
+/// 9112 3.2), and so does one with a malformed field line.
+fn parse_request_line(
+    line: &[u8],
+) -> Result<Result<(String, Option<String>), HandshakeError>, HandshakeError> {
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -380,12 +385,12 @@ fn parse_request_line(line: &[u8]) -> Result<(String, Option<String>), Handshake
     check_version(version)?;
     // Item 1: "An HTTP/1.1 or higher GET request".
     if method != b"GET" {
-        return Err(HandshakeError {
+        return Ok(Err(HandshakeError {
             head: method == b"HEAD",
             ..HandshakeError::new(405, "method not allowed")
-        });
+        }));
     }
-    parse_target(target)
+    parse_target(target).map(Ok)
 }
 
 /// Item 1 asks for "HTTP/1.1 or higher"; HTTP/1.x with x >= 1 is answered as 1.1 (RFC 9110 2.5).

@@ -142,6 +142,15 @@ fn method_must_be_get() {
     assert_eq!(status(&request_with("get /chat HTTP/1.1", &[])), 405);
     // Not even a token: malformed, not merely another method.
     assert_eq!(status(&request_with("G(T /chat HTTP/1.1", &[])), 400);
+    // RFC 9112 3.2: a missing, repeated or invalid Host is 400 whatever the method; so is a
+    // malformed field line (5.1: no whitespace before the colon).
+    assert_eq!(status(b"POST /chat HTTP/1.1\r\n\r\n"), 400);
+    assert_eq!(
+        status(b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        400
+    );
+    assert_eq!(status(b"PUT / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);
+    assert_eq!(status(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
 }
 
 #[test]
