@@ -306,7 +306,7 @@ impl ServiceConfig {
             acl,
             extra_headers: read_extra_headers(r, s),
             proto_alias,
-            allowed_origins: s.opt_string_list(r, "allowed_origins"),
+            allowed_origins: read_allowed_origins(r, s),
             memory_limit: s.usize(r, "memory_limit", 64 << 20, 0),
             instruction_budget: s.uint(r, "instruction_budget", 100_000_000, 0, u64::MAX),
             allow_ffi: s.bool(r, "allow_ffi", false),
@@ -348,6 +348,70 @@ impl ServiceConfig {
 }
 
 /// `{"Name": "value", ...}` or `[["Name", "value"], ...]`.
+/// `allowed_origins`: each entry as a browser sends its `Origin` (RFC 6454 6.2), or `null`.
+/// A path, a trailing `/` or the scheme's default port could never match (browsers send none
+/// of them): a config error naming the form to write, rather than a silent 403 for everyone.
+fn read_allowed_origins(r: &mut Reader, s: &Obj<'_>) -> Option<Vec<String>> {
+    let origins = s.opt_string_list(r, "allowed_origins")?;
+    let path = s.path_of("allowed_origins");
+    for (i, origin) in origins.iter().enumerate() {
+        if let Err(why) = check_origin(origin) {
+            r.problem(ProblemKind::Semantic, &format!("{path}[{i}]"), why);
+        }
+    }
+    Some(origins)
+}
+
+/// Whether `origin` is `scheme "://" host [":" port]` as browsers serialize it (or `null`).
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "null" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!(
+            "{origin:?} is not an origin (scheme://host[:port], e.g. \"https://example.com\")"
+        ));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(format!("{origin:?}: invalid scheme"));
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let bare = format!("{scheme}://{authority}");
+    if !tail.is_empty() {
+        return Err(format!(
+            "{origin:?}: an origin has no path (browsers send {bare:?})"
+        ));
+    }
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("{origin:?}: an origin is scheme://host[:port]"));
+    }
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => Some("80"),
+        "https" | "wss" => Some("443"),
+        _ => None,
+    };
+    // The port follows the last ':' outside an IPv6 literal's brackets.
+    let host_end = authority.rfind(']').map_or(0, |b| b + 1);
+    if let Some(colon) = authority[host_end..].rfind(':') {
+        let (host, port) = authority.split_at(host_end + colon);
+        let port = &port[1..];
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{origin:?}: invalid port"));
+        }
+        if Some(port) == default_port {
+            return Err(format!(
+                "{origin:?}: browsers leave the default port out (they send \"{scheme}://{host}\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_extra_headers(r: &mut Reader, s: &Obj<'_>) -> Vec<(String, String)> {
     let path = s.path_of("extra_headers");
     let Some(value) = s.get("extra_headers") else {

@@ -183,6 +183,36 @@ fn protocol_is_case_insensitive_and_internal_is_an_alias() {
 }
 
 #[test]
+fn allowed_origins_are_origins_as_browsers_send_them() {
+    let c = lapps(
+        r#"{"services": {"a": {"allowed_origins": ["https://example.com",
+            "http://localhost:8080", "https://[::1]:8443", "null", "HTTPS://Example.COM"]}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.services["a"].allowed_origins.as_ref().map(Vec::len),
+        Some(5)
+    );
+    assert_eq!(
+        lines(lapps(
+            r#"{"services": {"a": {"allowed_origins": ["https://example.com/", "example.com",
+                "https://example.com:443", "http://example.com:80", "https://example.com/app",
+                "https://u@example.com", "https://example.com:x", "https://[::1]:443"]}}}"#
+        )),
+        [
+            r#"lapps.json: services.a.allowed_origins[0]: "https://example.com/": an origin has no path (browsers send "https://example.com")"#,
+            r#"lapps.json: services.a.allowed_origins[1]: "example.com" is not an origin (scheme://host[:port], e.g. "https://example.com")"#,
+            r#"lapps.json: services.a.allowed_origins[2]: "https://example.com:443": browsers leave the default port out (they send "https://example.com")"#,
+            r#"lapps.json: services.a.allowed_origins[3]: "http://example.com:80": browsers leave the default port out (they send "http://example.com")"#,
+            r#"lapps.json: services.a.allowed_origins[4]: "https://example.com/app": an origin has no path (browsers send "https://example.com")"#,
+            r#"lapps.json: services.a.allowed_origins[5]: "https://u@example.com": an origin is scheme://host[:port]"#,
+            r#"lapps.json: services.a.allowed_origins[6]: "https://example.com:x": invalid port"#,
+            r#"lapps.json: services.a.allowed_origins[7]: "https://[::1]:443": browsers leave the default port out (they send "https://[::1]")"#,
+        ]
+    );
+}
+
+#[test]
 fn extra_headers_as_map_or_pairs_and_checked() {
     let c = lapps(
         r#"{"services": {
