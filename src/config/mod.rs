@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use acl::{Acl, IpNet, Policy};
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use lapps::{Directories, LappsConfig, Protocol, ServiceConfig};
-pub use ws::{Endpoint, TlsCertificates, Workers, WsConfig, DEFAULT_PORT};
+pub use ws::{quarter_of_memory, Endpoint, TlsCertificates, Workers, WsConfig, DEFAULT_PORT};
 
 use reader::Reader;
 

@@ -171,10 +171,15 @@ fn default_workers() -> usize {
         .min(MAX_WORKERS)
 }
 
-/// `max_inbound_assembly_bytes` left out: a quarter of the memory this process may use, the
-/// host's or its cgroup's limit (systemd `MemoryMax=`) when lower (1 GiB where neither can be
-/// told), so that partly received messages alone cannot exhaust it.
+/// `max_inbound_assembly_bytes` left out: a quarter of the memory, so that partly received
+/// messages alone cannot exhaust it.
 fn default_assembly_cap() -> u64 {
+    quarter_of_memory()
+}
+
+/// A quarter of the memory this process may use, the host's or its cgroup's limit (systemd
+/// `MemoryMax=`) when lower (1 GiB where neither can be told); at least 1.
+pub fn quarter_of_memory() -> u64 {
     // SAFETY: sysconf only reads system values; no pointers are involved.
     let (pages, page) = unsafe {
         (

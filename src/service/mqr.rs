@@ -42,13 +42,67 @@ pub const MAX_QUEUES: usize = 65_536;
 /// loop (or named a reply queue per request) would take the process's memory.
 pub const MAX_SLOTS: usize = 8 << 20;
 
+/// How long a poster refused for the bound of all queues together sleeps before it looks
+/// again: room made in another queue wakes nobody waiting on this one.
+const TOTAL_RECHECK: Duration = Duration::from_millis(10);
+
 /// Why [`Queue::push`] refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refused {
     /// Its bytes did not fit; nothing was counted.
     Bytes,
+    /// Its bytes fitted the queue but not the bound of all queues ([`Total`]): they were
+    /// counted in the queue for a while, then given back.
+    Total,
     /// Its bytes fitted but the ring was full: they were counted, then given back.
     GaveBack,
+}
+
+/// The payload bytes all queues of one table hold together, and their bound. A queue's own
+/// bound ([`MAX_QUEUE_BYTES`]) times the queues a table may have is far more memory than any
+/// host has: an app that posts to queues nobody receives from (one per client, or a receiver
+/// that stopped) would otherwise take the process's memory, 64 MiB per queue. Past it a post
+/// is refused as by a full queue.
+#[derive(Debug)]
+pub struct Total {
+    bytes: AtomicUsize,
+    max: usize,
+}
+
+impl Total {
+    /// A bound of `max` bytes (0: none).
+    pub fn new(max: usize) -> Total {
+        Total {
+            bytes: AtomicUsize::new(0),
+            max: if max == 0 { usize::MAX } else { max },
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The bound (`usize::MAX`: none).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn reserve(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(n).filter(|&t| t <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 /// Why a blocking call ended without a message / without posting.
@@ -74,6 +128,8 @@ pub struct Queue {
     /// pop), at most `max_bytes`, and of the returned ones.
     bytes: AtomicUsize,
     max_bytes: usize,
+    /// What the queues of its table hold together.
+    total: Arc<Total>,
     /// Messages a receiver took and gave back undelivered ([`Queue::put_back`]): taken before
     /// the ring, so that each keeps its place ahead of what its sender posted after it.
     returned: Mutex<std::collections::VecDeque<Box<[u8]>>>,
@@ -97,14 +153,20 @@ thread_local! {
 }
 
 impl Queue {
-    fn new(name: Arc<str>, capacity: usize) -> Queue {
-        Queue::with_max_bytes(name, capacity, MAX_QUEUE_BYTES)
+    fn new(name: Arc<str>, capacity: usize, total: Arc<Total>) -> Queue {
+        Queue::with_bounds(name, capacity, MAX_QUEUE_BYTES, total)
     }
 
+    #[cfg(test)]
     fn with_max_bytes(name: Arc<str>, capacity: usize, max_bytes: usize) -> Queue {
+        Queue::with_bounds(name, capacity, max_bytes, Arc::new(Total::new(0)))
+    }
+
+    fn with_bounds(name: Arc<str>, capacity: usize, max_bytes: usize, total: Arc<Total>) -> Queue {
         Queue {
             bytes: AtomicUsize::new(0),
             max_bytes,
+            total,
             name,
             ring: ArrayQueue::new(capacity.clamp(1, MAX_CAPACITY)),
             lock: Mutex::new(()),
@@ -157,6 +219,17 @@ impl Queue {
         if !reserved {
             return Err((msg, Refused::Bytes));
         }
+        if !self.total.reserve(n) {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            crate::warn_limited!(
+                "mqr: queue {} refused a message of {n} bytes: all queues together hold {} \
+                 bytes, and may hold {} (a quarter of the memory); is a receiver missing?",
+                self.name,
+                self.total.held(),
+                self.total.max()
+            );
+            return Err((msg, Refused::Total));
+        }
         match self.ring.push(msg) {
             Ok(()) => Ok(()),
             Err(msg) => {
@@ -164,6 +237,7 @@ impl Queue {
                 if let Some(hold) = BEFORE_GIVE_BACK.take() {
                     hold(self);
                 }
+                self.total.release(n);
                 self.bytes.fetch_sub(n, Ordering::AcqRel);
                 Err((msg, Refused::GaveBack))
             }
@@ -174,6 +248,7 @@ impl Queue {
     fn pop(&self) -> Option<Box<[u8]>> {
         let m = self.take_returned().or_else(|| self.ring.pop())?;
         self.bytes.fetch_sub(m.len(), Ordering::AcqRel);
+        self.total.release(m.len());
         Some(m)
     }
 
@@ -192,6 +267,7 @@ impl Queue {
     /// is taken whatever the bounds say now; never blocks.
     pub fn put_back(&self, msg: Box<[u8]>) {
         self.bytes.fetch_add(msg.len(), Ordering::AcqRel);
+        self.total.add(msg.len());
         {
             let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
             returned.push_back(msg);
@@ -209,7 +285,7 @@ impl Queue {
                 Ok(())
             }
             Err((msg, refused)) => {
-                if refused == Refused::GaveBack {
+                if refused != Refused::Bytes {
                     self.wake_posters();
                 }
                 Err(msg)
@@ -238,6 +314,7 @@ impl Queue {
             Ok(()) => return Ok(()),
             Err(m) => m,
         };
+        let mut by_total;
         loop {
             let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.post_waiters.fetch_add(1, Ordering::SeqCst);
@@ -252,7 +329,10 @@ impl Queue {
                 // No wake-up for bytes given back here: this poster holds the lock until it
                 // waits, so a receive meanwhile notifies (under that lock) only after they are
                 // back. (Notifying here would have waiting posters wake each other for ever.)
-                Err((m, _)) => m,
+                Err((m, why)) => {
+                    by_total = why == Refused::Total;
+                    m
+                }
             };
             #[cfg(test)]
             self.waits.fetch_add(1, Ordering::SeqCst);
@@ -262,6 +342,12 @@ impl Queue {
                     self.post_waiters.fetch_sub(1, Ordering::SeqCst);
                     return Err((msg, why));
                 }
+            };
+            // Refused for the bound of all queues: room made elsewhere wakes nobody here.
+            let left = if by_total {
+                left.min(TOTAL_RECHECK)
+            } else {
+                left
             };
             let (g, _) = self
                 .not_full
@@ -356,11 +442,17 @@ pub struct Mqr {
     slots: AtomicUsize,
     max_queues: usize,
     max_slots: usize,
+    /// The payload bytes of all its queues.
+    total: Arc<Total>,
 }
 
 impl Default for Mqr {
+    /// The limits above, and a quarter of the memory (the host's, or its cgroup's limit when
+    /// lower) for what all queues hold together.
     fn default() -> Mqr {
+        let quarter = crate::config::quarter_of_memory();
         Mqr::with_limits(MAX_QUEUES, MAX_SLOTS)
+            .with_total_bytes(usize::try_from(quarter).unwrap_or(usize::MAX))
     }
 }
 
@@ -390,7 +482,19 @@ impl Mqr {
             slots: AtomicUsize::new(0),
             max_queues,
             max_slots,
+            total: Arc::new(Total::new(0)),
         }
+    }
+
+    /// This table with its queues holding at most `max` payload bytes together (0: no bound).
+    pub fn with_total_bytes(mut self, max: usize) -> Mqr {
+        self.total = Arc::new(Total::new(max));
+        self
+    }
+
+    /// What all the queues hold together, and their bound.
+    pub fn total(&self) -> &Total {
+        &self.total
     }
 
     /// The queue `name`, created with `capacity` (clamped to 1..=[`MAX_CAPACITY`]) if it does
@@ -413,7 +517,7 @@ impl Mqr {
         // Built before the table is locked: a large ring takes a while to allocate and stamp,
         // and every other service's lookup would wait for it. If a racing `open` wins, this
         // one is dropped unused (and its slots given back).
-        let fresh = Arc::new(Queue::new(name.into(), capacity));
+        let fresh = Arc::new(Queue::new(name.into(), capacity, Arc::clone(&self.total)));
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = queues.get(name) {
             used.fetch_sub(capacity, Ordering::SeqCst);
@@ -432,9 +536,9 @@ impl Mqr {
     pub fn open(&self, name: &str, capacity: usize) -> Arc<Queue> {
         self.try_open(name, capacity).unwrap_or_else(|_| {
             let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
-            let q = queues
-                .entry(name.into())
-                .or_insert_with(|| Arc::new(Queue::new(name.into(), capacity)));
+            let q = queues.entry(name.into()).or_insert_with(|| {
+                Arc::new(Queue::new(name.into(), capacity, Arc::clone(&self.total)))
+            });
             Arc::clone(q)
         })
     }
@@ -497,6 +601,49 @@ mod tests {
 
     fn msg(s: &str) -> Box<[u8]> {
         s.as_bytes().into()
+    }
+
+    #[test]
+    fn all_queues_of_a_table_share_one_bound_of_bytes() {
+        let t = Mqr::with_limits(16, 1024).with_total_bytes(100);
+        let (a, b) = (t.open("a", 8), t.open("b", 8));
+        a.try_post(vec![1u8; 60].into()).unwrap();
+        // b is empty, but 60 + 60 passes what both may hold together: refused, as if full.
+        assert_eq!(
+            b.try_post(vec![2u8; 60].into()).map_err(|m| m.len()),
+            Err(60)
+        );
+        assert_eq!((t.total().held(), b.len()), (60, 0));
+        b.try_post(vec![2u8; 40].into()).expect("40 fits beside 60");
+        assert_eq!(t.total().held(), 100);
+        // A blocking post to b waits for room anywhere: a receive from a (which wakes nobody
+        // waiting on b) makes it, and the poster finds it when it looks again.
+        let (tx, posted) = std::sync::mpsc::channel();
+        {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                let r = b.post(vec![3u8; 50].into(), Duration::from_secs(60), &|| false);
+                let _ = tx.send(r.map_err(|(_, why)| why));
+            });
+        }
+        let guard = Instant::now() + Duration::from_secs(10);
+        while b.post_waiters.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < guard, "the poster never waited");
+            std::thread::yield_now();
+        }
+        assert_eq!(a.poll().unwrap().len(), 60);
+        // Well before its own timeout: it looked again.
+        assert_eq!(posted.recv_timeout(Duration::from_secs(20)), Ok(Ok(())));
+        assert_eq!(t.total().held(), 90);
+        // Taken out and given back: counted again, whatever the bound.
+        let m = b.poll().unwrap();
+        b.put_back(m);
+        assert_eq!(t.total().held(), 90);
+        while b.poll().is_some() {}
+        assert_eq!(t.total().held(), 0);
+        // The process's table: a quarter of the memory.
+        let quarter = crate::config::quarter_of_memory();
+        assert_eq!(Mqr::default().total().max() as u64, quarter);
     }
 
     #[test]
@@ -747,7 +894,7 @@ mod tests {
 
     #[test]
     fn a_stopping_receiver_drains_first_and_a_blocked_one_wakes_on_stop() {
-        let q = Arc::new(Queue::new("s".into(), 4));
+        let q = Arc::new(Queue::new("s".into(), 4, Arc::new(Total::new(0))));
         q.try_post(msg("x")).unwrap();
         let yes = || true;
         assert_eq!(&*q.receive(Duration::from_secs(60), &yes).unwrap(), b"x");
@@ -771,7 +918,7 @@ mod tests {
 
     #[test]
     fn blocking_post_and_receive_move_every_message_exactly_once() {
-        let q = Arc::new(Queue::new("p".into(), 3));
+        let q = Arc::new(Queue::new("p".into(), 3, Arc::new(Total::new(0))));
         let producers: Vec<_> = (0..4u32)
             .map(|p| {
                 let q = Arc::clone(&q);
