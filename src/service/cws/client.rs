@@ -138,14 +138,52 @@ pub struct Client {
     ping_sent: bool,
 }
 
-/// Every address of the URL's host, in resolver order.
+/// Every address of the URL's host, in resolver order; a name waits for the resolver at most
+/// [`RESOLVE_TIMEOUT`].
 fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
-    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-        .collect();
+    resolve_within(&url.host, url.port, RESOLVE_TIMEOUT, system_lookup)
+}
+
+/// The longest `cws:new` waits for a host name's addresses. The system's resolver has no
+/// deadline of its own (a nameserver that does not answer costs its timeout times its
+/// attempts times the nameservers), and the wait stalls the whole instance.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The addresses of `host` by the system's resolver (`getaddrinfo`).
+fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// `host`'s addresses: an IP address as it is, a name by `lookup` on a thread of its own,
+/// waited for at most `timeout` (past it the lookup ends unseen on its thread).
+fn resolve_within(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("cws-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(lookup(&name, port));
+        })
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let addrs = match rx.recv_timeout(timeout) {
+        Ok(found) => found.map_err(|e| format!("cannot resolve {host}: {e}"))?,
+        Err(_) => {
+            return Err(format!(
+                "cannot resolve {host}: no answer within {} ms",
+                timeout.as_millis()
+            ))
+        }
+    };
     if addrs.is_empty() {
-        return Err(format!("cannot resolve {}", url.host));
+        return Err(format!("cannot resolve {host}"));
     }
     Ok(addrs)
 }
@@ -834,5 +872,35 @@ impl Client {
             },
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver that never answers (a nameserver gone silent).
+    fn silent(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+        loop {
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn a_silent_resolver_is_waited_for_no_longer_than_the_timeout() {
+        let began = Instant::now();
+        let r = resolve_within("slow.example", 80, Duration::from_millis(200), silent);
+        assert_eq!(
+            r,
+            Err("cannot resolve slow.example: no answer within 200 ms".to_string())
+        );
+        assert!(began.elapsed() >= Duration::from_millis(200));
+        // An address asks no resolver; a name the system knows is found.
+        assert_eq!(
+            resolve_within("::1", 8080, Duration::ZERO, silent),
+            Ok(vec!["[::1]:8080".parse().unwrap()])
+        );
+        let local = resolve_within("localhost", 9, Duration::from_secs(10), system_lookup);
+        assert!(local.is_ok_and(|a| !a.is_empty()));
     }
 }
