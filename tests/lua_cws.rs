@@ -410,21 +410,28 @@ fn what_arrived_before_a_reset_is_delivered_with_the_servers_close_code() {
     );
 }
 
-/// After failing the connection the client sends its Close, shuts its side and reads until the
-/// server ends its own (RFC 6455 7.1.1: the server closes first). Closing the socket at once
-/// instead would answer what the server sends meanwhile with a reset, which can discard the
-/// Close before the server has read it.
+/// After failing the connection the client sends its Close and reads until the server ends
+/// the TCP connection: RFC 6455 7.1.1, the server closes first, so that it holds TIME_WAIT
+/// and not the client (whose ports a client making many connections would run out of).
+/// Closing the socket at once instead would answer what the server sends meanwhile with a
+/// reset, which can discard the Close before the server has read it.
 #[test]
 fn a_client_that_fails_the_connection_lets_the_server_close_first() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let mut s = accept_upgrade(&listener);
+        let ends = (s.local_addr().unwrap(), s.peer_addr().unwrap());
         // A reserved opcode: the client fails the connection with 1002.
         s.write_all(&[0x83, 0]).unwrap();
         let close = read_client_frame(&mut s);
+        // Time for a client that would end TCP first to do so (it must not): its FIN would
+        // come within this, right behind its Close.
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut b = [0u8; 8];
-        let after_close = s.read(&mut b).map_err(|e| e.kind());
+        let before_ours = s.read(&mut b).map_err(|e| e.kind());
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // More from the server, then its end of stream: on loopback a reset answers the
         // write at once, and the shutdown then finds the connection gone.
         let ended = s
@@ -432,22 +439,42 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
             .and_then(|()| s.shutdown(std::net::Shutdown::Write))
             .map_err(|e| e.kind());
         let at_the_end = s.read(&mut b).map_err(|e| e.kind());
-        (close, after_close, ended, at_the_end)
+        (close, before_ours, ended, at_the_end, ends)
     });
     let (mut c, mut keys) = client_to(addr);
     let mut events: Vec<String> = Vec::new();
     drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
     drop(c);
     assert_eq!(events.last().map(String::as_str), Some("Closed(1002)"));
-    let (close, after_close, ended, at_the_end) = server.join().unwrap();
+    let (close, before_ours, ended, at_the_end, (server_end, client_end)) = server.join().unwrap();
     assert_eq!(close, (0x8, true, 1002u16.to_be_bytes().to_vec()));
-    assert_eq!(after_close, Ok(0), "the client's FIN follows its Close");
+    assert!(
+        before_ours.is_err_and(|k| matches!(
+            k,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "the client ended TCP before the server: {before_ours:?}"
+    );
     assert_eq!(
         ended,
         Ok(()),
         "what the server sent after the Close was read, not reset"
     );
-    assert_eq!(at_the_end, Ok(0));
+    assert_eq!(
+        at_the_end,
+        Ok(0),
+        "the client ends its side after the server"
+    );
+    // Whoever sends the first FIN holds TIME_WAIT: the server here, never the client.
+    const TIME_WAIT: u8 = 6;
+    assert_ne!(
+        common::socket_state(client_end, server_end),
+        Some(TIME_WAIT)
+    );
+    assert_eq!(
+        common::socket_state(server_end, client_end),
+        Some(TIME_WAIT)
+    );
 }
 
 #[test]

@@ -433,6 +433,24 @@ pub fn server_unread(server: SocketAddr, client: SocketAddr) -> Option<u64> {
 /// `remote`, from /proc/net/tcp: what it has sent and not had acknowledged, and what it has
 /// received and not read. None when there is no such socket.
 pub fn socket_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let f = socket_row(local, remote)?;
+    // Field 4 of a row is `tx_queue:rx_queue`, in hex.
+    let (tx, rx) = f.get(4)?.split_once(':')?;
+    Some((
+        u64::from_str_radix(tx, 16).ok()?,
+        u64::from_str_radix(rx, 16).ok()?,
+    ))
+}
+
+/// The TCP state of the loopback IPv4 socket `local` connected to `remote`, from
+/// /proc/net/tcp (1 ESTABLISHED, 6 TIME_WAIT, 7 CLOSE, ...). None when there is no such socket.
+pub fn socket_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let f = socket_row(local, remote)?;
+    u8::from_str_radix(f.get(3)?, 16).ok()
+}
+
+/// The fields of the /proc/net/tcp row of `local` connected to `remote` (IPv4 only).
+fn socket_row(local: SocketAddr, remote: SocketAddr) -> Option<Vec<String>> {
     let hex = |a: SocketAddr| match a {
         SocketAddr::V4(v4) => format!(
             "{:08X}:{:04X}",
@@ -443,16 +461,8 @@ pub fn socket_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)
     };
     let (local, remote) = (hex(local), hex(remote));
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    // Field 4 of a row is `tx_queue:rx_queue`, in hex.
     table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
-            return None;
-        }
-        let (tx, rx) = f.get(4)?.split_once(':')?;
-        Some((
-            u64::from_str_radix(tx, 16).ok()?,
-            u64::from_str_radix(rx, 16).ok()?,
-        ))
+        let f: Vec<String> = l.split_whitespace().map(String::from).collect();
+        (f.get(1) == Some(&local) && f.get(2) == Some(&remote)).then_some(f)
     })
 }

@@ -99,10 +99,12 @@ enum Phase {
     /// Closed (reported), but the last bytes (our Close reply, close_notify) are still being
     /// written, for at most `CLOSE_TIMEOUT`: dropping the socket now would lose them.
     Flushing,
-    /// Closed, our last bytes written and our side shut down (FIN): what the server still
-    /// sends is read and dropped until its end of stream, within the same `CLOSE_TIMEOUT`.
-    /// Closing the socket with its bytes unread would reset the connection, and a reset can
-    /// discard our Close before the server has it (RFC 6455 7.1.1: the server closes first).
+    /// Closed and our last bytes written: what the server still sends is read and dropped
+    /// until its end of stream, within the same `CLOSE_TIMEOUT`, and only then is the socket
+    /// closed. RFC 6455 7.1.1: the server closes the TCP connection first, so that it, not
+    /// the client, holds TIME_WAIT; and closing the socket with its bytes unread would reset
+    /// the connection, which can discard our Close before the server has it. (Without a
+    /// WebSocket, after a failed upgrade, our side is shut at once.)
     Lingering,
     Done,
 }
@@ -471,8 +473,11 @@ impl Client {
         if self.flush().is_err() {
             self.phase = Phase::Done;
         } else if self.drained() {
-            // Err: the socket is gone already; the read that follows finds out.
-            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            if !self.close_sent {
+                // No closing handshake to let the server end (a failed upgrade). Err: the
+                // socket is gone already; the read that follows finds out.
+                let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            }
             self.phase = Phase::Lingering;
         }
     }
