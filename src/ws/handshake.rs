@@ -8,7 +8,8 @@
 //! controls every byte given to [`parse`]; all access is through checked slicing and iterators.
 //!
 //! Status codes chosen where the RFC leaves the choice to us:
-//! - a method other than `GET` gets `405` with `Allow: GET` (the resource exists, the method not);
+//! - a method of RFC 9110 (or PATCH) other than `GET` gets `405` with `Allow: GET` (the resource
+//!   exists, the method not); a method the server does not know gets `501` (RFC 9110 15.6.2);
 //! - `HTTP/1.0` (or any malformed version) gets `400`; a major version of 2 or more gets `505`;
 //! - a missing `Upgrade` header gets `426` with `Sec-WebSocket-Version: 13`: that is a plain HTTP
 //!   request to a WebSocket endpoint, and 426 tells its sender what to do;
@@ -385,9 +386,19 @@ fn parse_request_line(
     check_version(version)?;
     // Item 1: "An HTTP/1.1 or higher GET request".
     if method != b"GET" {
+        // RFC 9110 9.1: 501 for a method the server does not recognize, 405 for a known one
+        // the resource does not allow. Methods are case-sensitive: `get` is unknown.
+        const KNOWN: &[&[u8]] = &[
+            b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+        ];
+        let refusal = if KNOWN.contains(&method) {
+            HandshakeError::new(405, "method not allowed")
+        } else {
+            HandshakeError::new(501, "method not implemented")
+        };
         return Ok(Err(HandshakeError {
             head: method == b"HEAD",
-            ..HandshakeError::new(405, "method not allowed")
+            ..refusal
         }));
     }
     parse_target(target).map(Ok)
@@ -671,6 +682,7 @@ fn reason_phrase(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Error",

@@ -138,8 +138,27 @@ fn method_must_be_get() {
         "{resp}"
     );
     assert!(resp.contains("\r\nAllow: GET\r\n"), "{resp}");
-    // Methods are case-sensitive.
-    assert_eq!(status(&request_with("get /chat HTTP/1.1", &[])), 405);
+    // Methods are case-sensitive: `get` is a method the server does not know (RFC 9110
+    // 15.6.2: 501), as is any other token.
+    assert_eq!(status(&request_with("get /chat HTTP/1.1", &[])), 501);
+    assert_eq!(status(&request_with("BREW /pot HTTP/1.1", &[])), 501);
+    let resp = String::from_utf8(
+        parse_default(&request_with("BREW /pot HTTP/1.1", &[]))
+            .unwrap_err()
+            .response(),
+    )
+    .unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
+        "{resp}"
+    );
+    assert!(!resp.contains("Allow:"), "{resp}");
+    for known in ["DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "PUT"] {
+        assert_eq!(
+            status(&request_with(&format!("{known} /chat HTTP/1.1"), &[])),
+            405
+        );
+    }
     // Not even a token: malformed, not merely another method.
     assert_eq!(status(&request_with("G(T /chat HTTP/1.1", &[])), 400);
     // RFC 9112 3.2: a missing, repeated or invalid Host is 400 whatever the method; so is a
