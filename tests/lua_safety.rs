@@ -101,13 +101,13 @@ fn a_memory_bomb_under_a_budget_is_stopped_too() {
 
 #[test]
 fn after_a_callback_fails_near_the_memory_limit_its_garbage_is_collected() {
-    // A 16 MiB state: a callback builds about 12 MiB of strings and raises an ordinary error
+    // A 16 MiB state: a callback builds about 13 MiB of strings and raises an ordinary error
     // (not a memory error). What it built is garbage, and LuaJIT never collects to make room
     // for an allocation: unless the failure is followed by a full collection, the next
     // callback's 3 MiB string (6 MiB while it is built) does not fit.
     let app = probe_alone(r#""memory_limit": 16777216, "instruction_budget": 0"#);
     let mut a = connect(app.addr, "/probe");
-    send(&mut a, "garbage 12000");
+    send(&mut a, "garbage 13000");
     assert_eq!(ws_close_code(&mut a), 1011);
     finish_close(a);
     let mut b = connect(app.addr, "/probe");

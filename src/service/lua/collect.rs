@@ -7,21 +7,38 @@
 //! collected after in any case; but a host function that runs out of memory raises an
 //! ordinary error through mlua (a callback error), and an app may raise its own after
 //! building a lot. So after any failed callback, a state at three quarters of its limit or
-//! more is collected in full. Only then: a client that makes a callback fail on purpose must
-//! not make each of its messages cost a full collection of a state far from its limit.
+//! more is collected in full, when it has grown by an eighth of its limit since the last such
+//! collection. Only then: a client that makes callbacks fail on purpose (a LAppS request whose
+//! handler raises is answered and its connection stays open) must not make each of its
+//! messages cost a full collection, whether the state is far from its limit or near it with
+//! live data that no collection frees.
+
+use std::cell::Cell;
 
 use mlua::ffi;
 
+thread_local! {
+    /// What this thread's state used right after its last collection here.
+    static AFTER_LAST: Cell<usize> = const { Cell::new(0) };
+}
+
 /// Whether a state using `used` bytes (of this thread's limit) is collected in full after a
 /// failed callback; never without a limit.
-pub(crate) fn near_limit(used: usize) -> bool {
+fn worth_collecting(used: usize) -> bool {
     let limit = crate::lapps_proto::tree_budget::limit();
-    limit != 0 && used >= limit - limit / 4
+    limit != 0
+        && used >= limit - limit / 4
+        && used >= AFTER_LAST.with(Cell::get).saturating_add(limit / 8)
+}
+
+/// Notes what the state uses after a collection made here.
+fn collected(used: usize) {
+    AFTER_LAST.with(|a| a.set(used));
 }
 
 /// After a callback on `l` failed with `status` (not 0): two full cycles (the second frees
 /// what the finalizers of the first let go) after a memory error, or when the state is near
-/// its limit ([`near_limit`]).
+/// its limit and has grown since the last ([`worth_collecting`]).
 ///
 /// # Safety
 /// `l` is a valid state owned by this thread, with room for no stack slots (a collection
@@ -30,19 +47,45 @@ pub(crate) unsafe fn after_failed_call(l: *mut ffi::lua_State, status: std::ffi:
     // SAFETY: the caller passes a valid state of this thread; LUA_GCCOUNT/LUA_GCCOUNTB read
     // its counters and LUA_GCCOLLECT runs a cycle, none of them raises.
     unsafe {
-        let kib = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0).max(0) as usize;
-        let rest = ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0).max(0) as usize;
-        if status == ffi::LUA_ERRMEM || near_limit(kib * 1024 + rest) {
+        let used = |l| {
+            let kib = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0).max(0) as usize;
+            kib * 1024 + ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0).max(0) as usize
+        };
+        if status == ffi::LUA_ERRMEM || worth_collecting(used(l)) {
             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
+            collected(used(l));
         }
     }
 }
 
 /// [`after_failed_call`] for a callback made through mlua, which failed with `err`.
 pub(crate) fn after_failed_callback(lua: &mlua::Lua, err: &mlua::Error) {
-    if matches!(err, mlua::Error::MemoryError(_)) || near_limit(lua.used_memory()) {
+    if matches!(err, mlua::Error::MemoryError(_)) || worth_collecting(lua.used_memory()) {
         let _ = lua.gc_collect();
         let _ = lua.gc_collect();
+        collected(lua.used_memory());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lapps_proto::tree_budget;
+
+    #[test]
+    fn a_state_near_its_limit_is_collected_again_only_once_it_grew_by_an_eighth() {
+        const MIB: usize = 1 << 20;
+        tree_budget::set_limit(16 * MIB);
+        assert!(!worth_collecting(11 * MIB), "below three quarters");
+        assert!(worth_collecting(13 * MIB));
+        // Live data keeps it near the limit after the collection: the next failures do not
+        // collect again until it has grown by 2 MiB.
+        collected(12 * MIB + MIB / 2);
+        assert!(!worth_collecting(13 * MIB));
+        assert!(!worth_collecting(14 * MIB));
+        assert!(worth_collecting(14 * MIB + MIB / 2));
+        tree_budget::set_limit(0);
+        assert!(!worth_collecting(usize::MAX), "no limit: never");
     }
 }
