@@ -200,7 +200,7 @@ impl Queue {
 
     /// Whether a message of `len` bytes can ever be posted here (an empty queue would take it).
     pub fn fits(&self, len: usize) -> bool {
-        len <= self.max_bytes
+        len <= self.max_bytes.min(self.total.max())
     }
 
     /// Into the ring, within both bounds (slots and bytes); handed back otherwise, with
@@ -616,6 +616,8 @@ mod tests {
         assert_eq!((t.total().held(), b.len()), (60, 0));
         b.try_post(vec![2u8; 40].into()).expect("40 fits beside 60");
         assert_eq!(t.total().held(), 100);
+        // A message past the bound of all queues can never be posted, however empty they are.
+        assert!(b.fits(100) && !b.fits(101));
         // A blocking post to b waits for room anywhere: a receive from a (which wakes nobody
         // waiting on b) makes it, and the poster finds it when it looks again.
         let (tx, posted) = std::sync::mpsc::channel();
@@ -627,7 +629,7 @@ mod tests {
             });
         }
         let guard = Instant::now() + Duration::from_secs(10);
-        while b.post_waiters.load(Ordering::SeqCst) == 0 {
+        while b.waits.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < guard, "the poster never waited");
             std::thread::yield_now();
         }
