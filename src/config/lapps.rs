@@ -387,8 +387,13 @@ fn check_origin(origin: &str) -> Result<(), String> {
             "{origin:?}: an origin has no path (browsers send {bare:?})"
         ));
     }
-    if authority.is_empty() || authority.contains('@') {
+    if authority.contains('@') {
         return Err(format!("{origin:?}: an origin is scheme://host[:port]"));
+    }
+    if !authority.is_ascii() {
+        return Err(format!(
+            "{origin:?}: browsers send a host name in its ASCII (punycode, xn--) form"
+        ));
     }
     let default_port = match scheme.to_ascii_lowercase().as_str() {
         "http" | "ws" => Some("80"),
@@ -396,11 +401,24 @@ fn check_origin(origin: &str) -> Result<(), String> {
         _ => None,
     };
     // The port follows the last ':' outside an IPv6 literal's brackets.
-    let host_end = authority.rfind(']').map_or(0, |b| b + 1);
-    if let Some(colon) = authority[host_end..].rfind(':') {
-        let (host, port) = authority.split_at(host_end + colon);
-        let port = &port[1..];
-        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    let host_end = match (authority.starts_with('['), authority.find(']')) {
+        (true, Some(b)) => b + 1,
+        (false, None) => 0,
+        _ => return Err(format!("{origin:?}: unbalanced brackets")),
+    };
+    let (host, port) = match authority[host_end..].rfind(':') {
+        Some(colon) => {
+            let (host, port) = authority.split_at(host_end + colon);
+            (host, Some(&port[1..]))
+        }
+        None => (authority, None),
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{origin:?}: no host"));
+    }
+    if let Some(port) = port {
+        let number = port.parse::<u16>().ok().filter(|&p| p > 0);
+        if number.is_none() || port.starts_with('0') {
             return Err(format!("{origin:?}: invalid port"));
         }
         if Some(port) == default_port {

@@ -197,7 +197,9 @@ fn allowed_origins_are_origins_as_browsers_send_them() {
         lines(lapps(
             r#"{"services": {"a": {"allowed_origins": ["https://example.com/", "example.com",
                 "https://example.com:443", "http://example.com:80", "https://example.com/app",
-                "https://u@example.com", "https://example.com:x", "https://[::1]:443"]}}}"#
+                "https://u@example.com", "https://example.com:x", "https://[::1]:443",
+                "https://exämple.com", "https://[::1", "https://:8080", "https://a.example:0443",
+                "https://a.example:65536", "https://a.example:0"]}}}"#
         )),
         [
             r#"lapps.json: services.a.allowed_origins[0]: "https://example.com/": an origin has no path (browsers send "https://example.com")"#,
@@ -208,6 +210,12 @@ fn allowed_origins_are_origins_as_browsers_send_them() {
             r#"lapps.json: services.a.allowed_origins[5]: "https://u@example.com": an origin is scheme://host[:port]"#,
             r#"lapps.json: services.a.allowed_origins[6]: "https://example.com:x": invalid port"#,
             r#"lapps.json: services.a.allowed_origins[7]: "https://[::1]:443": browsers leave the default port out (they send "https://[::1]")"#,
+            r#"lapps.json: services.a.allowed_origins[8]: "https://exämple.com": browsers send a host name in its ASCII (punycode, xn--) form"#,
+            r#"lapps.json: services.a.allowed_origins[9]: "https://[::1": unbalanced brackets"#,
+            r#"lapps.json: services.a.allowed_origins[10]: "https://:8080": no host"#,
+            r#"lapps.json: services.a.allowed_origins[11]: "https://a.example:0443": invalid port"#,
+            r#"lapps.json: services.a.allowed_origins[12]: "https://a.example:65536": invalid port"#,
+            r#"lapps.json: services.a.allowed_origins[13]: "https://a.example:0": invalid port"#,
         ]
     );
 }
