@@ -497,7 +497,12 @@ impl Client {
                     Ok(0) => Ok(0),
                     Ok(n) => match tls.process_new_packets() {
                         Err(_) => break true,
-                        Ok(state) if state.peer_has_closed() => break true,
+                        Ok(state) if state.peer_has_closed() => {
+                            // Its close_notify: the server's end of TCP follows, and is read
+                            // as a plain end of stream (so that its FIN comes first).
+                            self.tls = None;
+                            continue;
+                        }
                         Ok(_) => {
                             // The plaintext is dropped with the rest.
                             while matches!(tls.reader().read(&mut scratch), Ok(m) if m > 0) {}
