@@ -80,6 +80,8 @@ fn a_broadcast_reaches_each_subscriber_exactly_once_and_not_after_unsubscribe_or
         ask(ws, &format!("sub {}", "n".repeat(257))),
         "nil bad channel id"
     );
+    // Nor empty (as queue names).
+    assert_eq!(ask(ws, "sub "), "nil bad channel id");
     // Names are text: bytes that are not UTF-8 name no channel (a lossy conversion would make
     // "\xff" and "\xfe" the same one); "c" in hex is still "c".
     assert_eq!(ask(ws, "subhex ff"), "nil bad channel id");

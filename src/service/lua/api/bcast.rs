@@ -38,7 +38,7 @@ impl ChannelId {
             }
             // Channels are process-wide and never removed: names are short, as queue names,
             // and text (as queue names): a lossy conversion would make "\xff" and "\xfe" one.
-            Value::String(s) if s.as_bytes().len() <= MAX_NAME => {
+            Value::String(s) if (1..=MAX_NAME).contains(&s.as_bytes().len()) => {
                 s.to_str().ok().map(|s| ChannelId::Name(s.to_string()))
             }
             _ => None,
@@ -49,16 +49,38 @@ impl ChannelId {
 /// Longest channel name, in bytes (as for mqr queues).
 const MAX_NAME: usize = 256;
 
+/// Channels the process may have (as mqr's queues): none is ever removed, so an app that made
+/// one per client or per request would otherwise grow the table for the life of the process.
+pub const MAX_CHANNELS: usize = 65_536;
+
+/// Why [`Bcast::create`] made no channel.
+pub const TOO_MANY_CHANNELS: &str = "too many channels";
+
 type Channel = Mutex<BTreeSet<ConnId>>;
 
 /// All channels of the process (one per registry).
-#[derive(Default)]
 pub struct Bcast {
     channels: RwLock<HashMap<ChannelId, Arc<Channel>>>,
     by_conn: Mutex<HashMap<ConnId, Vec<ChannelId>>>,
+    max_channels: usize,
+}
+
+impl Default for Bcast {
+    fn default() -> Bcast {
+        Bcast::with_max_channels(MAX_CHANNELS)
+    }
 }
 
 impl Bcast {
+    /// A table of at most `max` channels.
+    pub fn with_max_channels(max: usize) -> Bcast {
+        Bcast {
+            channels: RwLock::default(),
+            by_conn: Mutex::default(),
+            max_channels: max,
+        }
+    }
+
     fn channel(&self, id: &ChannelId) -> Option<Arc<Channel>> {
         self.channels
             .read()
@@ -69,13 +91,17 @@ impl Bcast {
 
     /// Creates the channel; true when it is new (creating an existing one is not an error,
     /// so every instance may create the channels it uses in `onStart`).
-    pub fn create(&self, id: ChannelId) -> bool {
+    /// [`TOO_MANY_CHANNELS`] when the table has as many as it may.
+    pub fn create(&self, id: ChannelId) -> Result<bool, &'static str> {
         let mut ch = self.channels.write().unwrap_or_else(|e| e.into_inner());
         if ch.contains_key(&id) {
-            return false;
+            return Ok(false);
+        }
+        if ch.len() >= self.max_channels {
+            return Err(TOO_MANY_CHANNELS);
         }
         ch.insert(id, Arc::default());
-        true
+        Ok(true)
     }
 
     /// Adds `conn`; false when the channel does not exist.
@@ -169,7 +195,14 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             let Some(id) = ChannelId::from_lua(&id) else {
                 return fail("bad channel id");
             };
-            h.bcast.create(id);
+            if let Err(why) = h.bcast.create(id) {
+                crate::warn_limited!(
+                    "{} bcast:create refused: the process has {MAX_CHANNELS} channels, the \
+                     most it may (channels are never removed: use a fixed set)",
+                    h.tag()
+                );
+                return fail(why);
+            }
             ok(Value::Boolean(true))
         })?,
     )?;
@@ -298,12 +331,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_table_makes_at_most_its_channels_and_an_existing_one_is_always_fine() {
+        let b = Bcast::with_max_channels(2);
+        assert_eq!(b.create(ChannelId::Num(1)), Ok(true));
+        assert_eq!(b.create(ChannelId::Name("a".into())), Ok(true));
+        assert_eq!(b.create(ChannelId::Num(2)), Err(TOO_MANY_CHANNELS));
+        assert_eq!(b.create(ChannelId::Num(1)), Ok(false));
+        assert_eq!(Bcast::default().max_channels, MAX_CHANNELS);
+    }
+
+    #[test]
     fn subscribers_are_grouped_by_worker_and_leave_with_their_connection() {
         let b = Bcast::default();
         let id = ChannelId::Name("room".into());
         assert!(!b.subscribe(&id, ConnId::new(0, 1, 1)));
-        assert!(b.create(id.clone()));
-        assert!(!b.create(id.clone()));
+        assert_eq!(b.create(id.clone()), Ok(true));
+        assert_eq!(b.create(id.clone()), Ok(false));
         for (w, i) in [(1, 5), (0, 1), (1, 2), (0, 3)] {
             assert!(b.subscribe(&id, ConnId::new(w, i, 1)));
         }
@@ -323,7 +366,7 @@ mod tests {
         drop(by);
         // And every other channel it was in, which may never send again.
         let quiet = ChannelId::Num(9);
-        assert!(b.create(quiet.clone()));
+        assert_eq!(b.create(quiet.clone()), Ok(true));
         let (gone, live) = (ConnId::new(0, 7, 1), ConnId::new(0, 8, 1));
         for c in [gone, live] {
             assert!(b.subscribe(&id, c) && b.subscribe(&quiet, c));
@@ -405,7 +448,7 @@ mod tests {
     fn a_message_goes_to_the_subscribers_that_speak_its_protocol_only() {
         let b = Bcast::default();
         let id = ChannelId::Num(7);
-        assert!(b.create(id.clone()));
+        assert_eq!(b.create(id.clone()), Ok(true));
         for i in 1..=4 {
             assert!(b.subscribe(&id, ConnId::new(0, i, 1)));
         }
