@@ -324,6 +324,22 @@ fn a_client_that_keeps_sending_garbage_is_closed_with_1003() {
 }
 
 #[test]
+fn calls_to_reserved_names_are_answered_and_never_close_the_connection() {
+    // Well-formed messages, answered -32601 like an unknown method: not garbage, so not
+    // counted towards the 1003 (max_protocol_errors is 10).
+    let app = start();
+    let mut ws = connect(app.addr, "/echo_lapps");
+    for _ in 0..12 {
+        assert_eq!(
+            error_code(&call(&mut ws, request("_reserved", None))),
+            Some(-32601)
+        );
+    }
+    let r = call(&mut ws, request("echo", Some(vec![int(1)])));
+    assert_eq!(get(&r, "result"), Some(&Cbor::Array(vec![int(1)])));
+}
+
+#[test]
 fn oons_interleave_with_responses_which_stay_in_order() {
     let app = start();
     let mut ws = connect(app.addr, "/echo_lapps");

@@ -187,6 +187,11 @@ impl LappsState {
                 return Outcome::Close(code);
             }
         }
+        // A call to a reserved name is a well-formed message, answered -32601 as an unknown
+        // method would be: not garbage, and not counted towards the 1003.
+        if e.code == protocol::METHOD_NOT_FOUND {
+            return Outcome::Answered;
+        }
         let mut errors = self.errors.borrow_mut();
         let n = errors.entry(conn).or_insert(0);
         *n += 1;
