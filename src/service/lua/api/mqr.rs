@@ -169,6 +169,12 @@ impl Ctx {
         let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());
         self.host.polling_point();
         match r {
+            // A post that came while a redeploy stopped this version, before this receive
+            // saw the stop: the message is the new version's, first in line (as in `poll`).
+            Ok(m) if stop.handing_over() => {
+                q.put_back(m);
+                fail("stopped")
+            }
             Ok(m) => self.deliver(lua, q, m),
             Err(Wait::Timeout) => fail("timeout"),
             Err(Wait::Stopped) => fail("stopped"),
