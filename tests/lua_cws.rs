@@ -350,6 +350,31 @@ fn drive(
 }
 
 #[test]
+fn a_server_that_closes_during_the_upgrade_is_reported_as_such() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        common::read_http_head(&mut s);
+        // Half a response, then the end of the connection.
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n")
+            .unwrap();
+    });
+    let (mut c, mut keys) = client_to(addr);
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    server.join().unwrap();
+    assert_eq!(
+        events,
+        [
+            "Error(\"the server closed the connection before its upgrade response ended\")",
+            "Closed(1006)"
+        ]
+    );
+}
+
+#[test]
 fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -665,11 +665,12 @@ impl Client {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             } else {
-                self.fail(
-                    "the server closed the connection without a close frame".into(),
-                    1006,
-                    sink,
-                );
+                let why = if matches!(self.phase, Phase::Upgrading { .. }) {
+                    "the server closed the connection before its upgrade response ended"
+                } else {
+                    "the server closed the connection without a close frame"
+                };
+                self.fail(why.into(), 1006, sink);
             }
             return;
         }
