@@ -269,7 +269,16 @@ w = json.load(open(p))
 w["backlog"] = 777
 open(p, "w").write(json.dumps(w, indent=2) + "\n")
 PY
+# The lapps user owns /var/lib/lapps: a symlink it puts there must not lead the next configure
+# (run as root) to hand the symlink's target to lapps.
+mkdir -p "$tmp/root-owned" && chmod 0755 "$tmp/root-owned"
+rm -rf /var/lib/lapps/tmp /var/lib/lapps/deploy
+ln -s "$tmp/root-owned" /var/lib/lapps/tmp
+ln -s "$tmp/root-owned" /var/lib/lapps/deploy
 dpkg_locked -i "$(deb ssse3)"
+check "a reinstall leaves a directory the lapps user linked to alone" \
+    test "$(stat -c %U:%G:%a "$tmp/root-owned")" = root:root:755
+rm -f /var/lib/lapps/tmp /var/lib/lapps/deploy
 check "an edit of /etc/lapps/ws.json survives a reinstall" grep -q '"backlog": 777' /etc/lapps/ws.json
 check "the edited configuration is valid" /usr/bin/lapps -c /etc/lapps --check-config
 
