@@ -187,11 +187,17 @@ pub fn check_build_variant() -> Result<(), &'static str> {
 #[export_name = "lapps_cpu_exit_unless_supported"]
 pub extern "C" fn exit_unless_supported() {
     if let Err(line) = check_build_variant() {
-        // SAFETY: `line` is a valid static string of `line.len()` bytes; fd 2 may be closed, in
-        // which case write fails harmlessly and the exit status still tells. `_exit` ends the
-        // process without running any Rust or atexit code, none of which has anything to flush
-        // this early.
+        // SAFETY: `getenv` reads the environment with a NUL-terminated static name (nothing
+        // has changed the environment this early); `line` and the prefix are valid static
+        // strings of the lengths given; fd 2 may be closed, in which case write fails
+        // harmlessly and the exit status still tells. `_exit` ends the process without
+        // running any Rust or atexit code, none of which has anything to flush this early.
         unsafe {
+            // Under systemd stderr is the journal: the error priority, as `log` gives its
+            // error lines, so that `journalctl -p err` shows the refusal.
+            if !libc::getenv(c"JOURNAL_STREAM".as_ptr()).is_null() {
+                libc::write(2, b"<3>".as_ptr().cast(), 3);
+            }
             libc::write(2, line.as_ptr().cast(), line.len());
             libc::_exit(1);
         }
