@@ -16,11 +16,13 @@ use lapps::{error, info, warn};
 
 const USAGE: &str = "usage: lapps [-c DIR] [--check-config] [--version] [--help]
        lapps --reload PID
-  -c DIR          configuration directory (ws.json, lapps.json)
-  --check-config  validate the configuration and exit (non-zero on errors)
-  --reload PID    have the lapps server PID reload (as SIGHUP does) and wait until it is done:
-                  exit status 0 when it is, 1 when it failed in part or did not answer
-  --version       print the version and the SIMD build variant";
+  -c, --config DIR  configuration directory (ws.json, lapps.json)
+  --check-config    validate the configuration and exit (non-zero on errors)
+  --reload PID      have the lapps server PID reload (as SIGHUP does) and wait until it is
+                    done: exit status 0 when it is, 1 when it failed in part or did not answer
+  -V, --version     print the version and the SIMD build variant
+  -h, --help        print this
+A command line lapps cannot use (an unknown argument, a missing value) exits with status 2.";
 
 struct Args {
     dir: Option<PathBuf>,
