@@ -19,6 +19,9 @@ const TAIL_LIMIT: usize = 256 * 1024;
 /// At most this many iovecs per sendmsg.
 const MAX_IOV: usize = 64;
 
+/// Entries below which a drained deque keeps its storage (shrinking it costs a copy).
+const MIN_SHRINK: usize = 64;
+
 #[derive(Default)]
 pub struct OutQueue {
     /// The front chunk; `None` only when the queue is empty.
@@ -231,6 +234,13 @@ impl OutQueue {
     fn pop_front(&mut self) -> Option<Chunk> {
         let front = self.head.take();
         self.head = self.chunks.pop_front();
+        // A backlog that drained leaves its entries' storage behind (and `held` counts it):
+        // halve it once a quarter is in use, so that a peer that caught up but always has a
+        // byte queued is not charged for the backlog it no longer has.
+        let cap = self.chunks.capacity();
+        if cap > MIN_SHRINK && self.chunks.len() < cap / 4 {
+            self.chunks.shrink_to(cap / 2);
+        }
         front
     }
 
@@ -299,6 +309,30 @@ mod tests {
         let mut got = vec![0u8; n];
         b.read_exact(&mut got).unwrap();
         got
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_entries_back_while_bytes_remain() {
+        let mut pool = BufPool::new(4);
+        let mut q = OutQueue::default();
+        let frame: Arc<[u8]> = Arc::from(&b"x"[..]);
+        for _ in 0..100_000 {
+            q.push_shared(&mut pool, Arc::clone(&frame));
+        }
+        let entry = std::mem::size_of::<Chunk>();
+        assert!(q.held() > 100_000 * entry, "{}", q.held());
+        // The peer takes all but the last ten, a thousand at a time.
+        for _ in 0..99 {
+            q.consume_front(1000, &mut pool);
+        }
+        q.consume_front(990, &mut pool);
+        assert_eq!(q.bytes(), 10);
+        assert!(
+            q.held() <= 10 + 4 * MIN_SHRINK * entry,
+            "{} held for {} bytes",
+            q.held(),
+            q.bytes()
+        );
     }
 
     #[test]

@@ -242,10 +242,12 @@ impl Worker {
             Phase::Finishing | Phase::Answering(_) => {}
             Phase::Draining => self.end(index, Ending::Done),
             Phase::Open | Phase::Closing if queued => {
-                // Frames are queued (the built-in echo's replies, our Close and what came
-                // before it): written whole, however many writes that takes (bounded by the
-                // close timeout), then our side shuts. One write and an end would cut a
-                // frame short, a broken stream for a peer that reads after its FIN.
+                // Frames are queued (the built-in echo's replies; in Closing, our Close and
+                // what came before it): written whole, however many writes that takes
+                // (bounded by the close timeout), then our side shuts. One write and an end
+                // would cut a frame short, a broken stream for a peer that reads after its
+                // FIN. (In Open no Close follows them: the peer ended without one, and only
+                // a service that answers later, `answer_first`, closes with one.)
                 self.finish_after_flush(index)
             }
             _ => {
