@@ -502,6 +502,115 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
     );
 }
 
+/// Over wss:// as well: a server whose Close and close_notify come in one read still ends
+/// TCP first (rustls reads nothing past the close_notify; the client then waits for the
+/// end of TCP on the socket itself).
+#[test]
+fn over_tls_the_server_ends_tcp_first_too() {
+    use std::io::Read;
+    let dir = scratch("tls-close-order");
+    let (cfg, pem) = tls_server_config(&dir);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (tcp, client_end) = listener.accept().unwrap();
+        let server_end = tcp.local_addr().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(cfg).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        write!(
+            tls,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            lapps::ws::handshake::accept_key(&key)
+        )
+        .unwrap();
+        tls.flush().unwrap();
+        // Our Close and our close_notify, in one write.
+        tls.conn.writer().write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+        tls.conn.send_close_notify();
+        while tls.conn.wants_write() {
+            tls.conn.write_tls(&mut tls.sock).unwrap();
+        }
+        // The client's Close reply, then its close_notify (a TLS end of stream).
+        let mut reply = [0u8; 8];
+        tls.read_exact(&mut reply).unwrap();
+        let mut rest = Vec::new();
+        let after = tls.read_to_end(&mut rest).map_err(|e| e.kind());
+        // No FIN of the client's within this (it would come right behind its close_notify).
+        tls.sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        let before_ours = tls.sock.read(&mut b).map_err(|e| e.kind());
+        tls.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+        let at_the_end = tls.sock.read(&mut b).map_err(|e| e.kind());
+        (
+            reply,
+            after,
+            before_ours,
+            at_the_end,
+            (server_end, client_end),
+        )
+    });
+    let opts = lapps::service::cws::TlsOptions {
+        ca_file: Some(pem.to_string_lossy().into_owned()),
+        insecure: false,
+    };
+    let tls = lapps::service::cws::client_config(&opts).unwrap();
+    let mut keys = lapps::service::cws::KeyPool::default();
+    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
+    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    drop(c);
+    assert_eq!(events, ["Open", "Closed(1000)"]);
+    let (reply, after, before_ours, at_the_end, (server_end, client_end)) = server.join().unwrap();
+    assert_eq!(
+        (reply[0], &reply[1..2]),
+        (0x88, &[0x82][..]),
+        "a masked Close reply"
+    );
+    assert_eq!(after, Ok(0), "then the client's close_notify");
+    assert!(
+        before_ours.is_err_and(|k| matches!(
+            k,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "the client ended TCP before the server: {before_ours:?}"
+    );
+    assert_eq!(
+        at_the_end,
+        Ok(0),
+        "the client ends its side after the server"
+    );
+    const TIME_WAIT: u8 = 6;
+    assert_ne!(
+        common::socket_state(client_end, server_end),
+        Some(TIME_WAIT)
+    );
+    assert_eq!(
+        common::socket_state(server_end, client_end),
+        Some(TIME_WAIT)
+    );
+}
+
 #[test]
 fn the_close_reply_queued_behind_unsent_data_is_still_written() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -494,12 +494,16 @@ impl Client {
             let r = match &mut self.tls {
                 None => self.sock.read(&mut scratch),
                 Some(tls) => match tls.read_tls(&mut self.sock) {
-                    Ok(0) => Ok(0),
+                    // rustls reads nothing past the server's close_notify (nor past the end of
+                    // the stream): what follows is read as plain bytes, down to the server's
+                    // end of TCP, so that its FIN comes first.
+                    Ok(0) => {
+                        self.tls = None;
+                        continue;
+                    }
                     Ok(n) => match tls.process_new_packets() {
                         Err(_) => break true,
                         Ok(state) if state.peer_has_closed() => {
-                            // Its close_notify: the server's end of TCP follows, and is read
-                            // as a plain end of stream (so that its FIN comes first).
                             self.tls = None;
                             continue;
                         }
@@ -658,8 +662,14 @@ impl Client {
         }
         if eof && !self.is_done() {
             if let Phase::Lingering = self.phase {
-                // The server's end came with its Close: nothing left to wait for.
-                self.phase = Phase::Done;
+                if self.tls.is_some() {
+                    // Its close_notify came with its Close: the end of TCP may not have yet.
+                    self.tls = None;
+                    self.linger();
+                } else {
+                    // The server's end came with its Close: nothing left to wait for.
+                    self.phase = Phase::Done;
+                }
             } else if let Phase::Closing = self.phase {
                 self.last_words();
                 self.phase = Phase::Done;
