@@ -230,6 +230,10 @@ purge_all() {
 }
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 purge_all # a previous interrupted run
+# Purge keeps the lapps user and group (as Debian does with system users): a run after an
+# earlier one removes them, so that the install below makes them again.
+if getent passwd lapps >/dev/null; then deluser --system --quiet lapps 2>/dev/null || true; fi
+if getent group lapps >/dev/null; then delgroup --system --quiet lapps >/dev/null || true; fi
 
 dpkg_locked -i "$(deb avx2)"
 check "lapps-avx2 installed" installed lapps-avx2
