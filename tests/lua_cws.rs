@@ -450,13 +450,8 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
         // A reserved opcode: the client fails the connection with 1002.
         s.write_all(&[0x83, 0]).unwrap();
         let close = read_client_frame(&mut s);
-        // Time for a client that would end TCP first to do so (it must not): its FIN would
-        // come within this, right behind its Close.
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        let before_ours = what_comes_before_our_fin(&mut s);
         let mut b = [0u8; 8];
-        let before_ours = s.read(&mut b).map_err(|e| e.kind());
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // More from the server, then its end of stream: on loopback a reset answers the
         // write at once, and the shutdown then finds the connection gone.
         let ended = s
@@ -473,6 +468,36 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
     assert_eq!(events.last().map(String::as_str), Some("Closed(1002)"));
     let (close, before_ours, ended, at_the_end, (server_end, client_end)) = server.join().unwrap();
     assert_eq!(close, (0x8, true, 1002u16.to_be_bytes().to_vec()));
+    assert_eq!(
+        ended,
+        Ok(()),
+        "what the server sent after the Close was read, not reset"
+    );
+    assert_the_server_closed_first(before_ours, at_the_end, server_end, client_end);
+}
+
+/// A scripted server's read once it has the client's Close (and close_notify), given the time
+/// a client that would end TCP first needs to do so: its FIN would come right behind them.
+/// A client that waits for the server's end gives nothing (a timeout).
+fn what_comes_before_our_fin(s: &mut std::net::TcpStream) -> Result<usize, std::io::ErrorKind> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    let r = s.read(&mut b).map_err(|e| e.kind());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r
+}
+
+/// What a scripted server saw once it had the client's Close: nothing for a while
+/// (`before_ours`: no FIN), then, after its own end of TCP, the client's (`at_the_end`); and
+/// the server's socket, which sent the first FIN, holds TIME_WAIT, the client's not.
+fn assert_the_server_closed_first(
+    before_ours: Result<usize, std::io::ErrorKind>,
+    at_the_end: Result<usize, std::io::ErrorKind>,
+    server_end: SocketAddr,
+    client_end: SocketAddr,
+) {
     assert!(
         before_ours.is_err_and(|k| matches!(
             k,
@@ -481,16 +506,10 @@ fn a_client_that_fails_the_connection_lets_the_server_close_first() {
         "the client ended TCP before the server: {before_ours:?}"
     );
     assert_eq!(
-        ended,
-        Ok(()),
-        "what the server sent after the Close was read, not reset"
-    );
-    assert_eq!(
         at_the_end,
         Ok(0),
         "the client ends its side after the server"
     );
-    // Whoever sends the first FIN holds TIME_WAIT: the server here, never the client.
     const TIME_WAIT: u8 = 6;
     assert_ne!(
         common::socket_state(client_end, server_end),
@@ -550,15 +569,8 @@ fn over_tls_the_server_ends_tcp_first_too() {
         tls.read_exact(&mut reply).unwrap();
         let mut rest = Vec::new();
         let after = tls.read_to_end(&mut rest).map_err(|e| e.kind());
-        // No FIN of the client's within this (it would come right behind its close_notify).
-        tls.sock
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut b = [0u8; 64];
-        let before_ours = tls.sock.read(&mut b).map_err(|e| e.kind());
-        tls.sock
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let before_ours = what_comes_before_our_fin(&mut tls.sock);
+        let mut b = [0u8; 8];
         tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
         let at_the_end = tls.sock.read(&mut b).map_err(|e| e.kind());
         (
@@ -588,27 +600,7 @@ fn over_tls_the_server_ends_tcp_first_too() {
         "a masked Close reply"
     );
     assert_eq!(after, Ok(0), "then the client's close_notify");
-    assert!(
-        before_ours.is_err_and(|k| matches!(
-            k,
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        )),
-        "the client ended TCP before the server: {before_ours:?}"
-    );
-    assert_eq!(
-        at_the_end,
-        Ok(0),
-        "the client ends its side after the server"
-    );
-    const TIME_WAIT: u8 = 6;
-    assert_ne!(
-        common::socket_state(client_end, server_end),
-        Some(TIME_WAIT)
-    );
-    assert_eq!(
-        common::socket_state(server_end, client_end),
-        Some(TIME_WAIT)
-    );
+    assert_the_server_closed_first(before_ours, at_the_end, server_end, client_end);
 }
 
 #[test]

@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert!(
-                matches!(e.status, 400 | 405 | 414 | 426 | 431 | 505),
+                matches!(e.status, 400 | 405 | 414 | 426 | 431 | 501 | 505),
                 "{e:?}"
             );
             let resp = e.response();
