@@ -115,6 +115,15 @@ fn after_a_callback_fails_near_the_memory_limit_its_garbage_is_collected() {
 }
 
 #[test]
+fn coroutines_keep_their_behaviour_under_the_stack_guard() {
+    // coroutine.resume and coroutine.wrap are the sandbox's (they check the thread's stack
+    // first): values in and out, yields, and error values (tables) pass unchanged.
+    let app = probe_alone(BUDGET);
+    let mut ws = connect(app.addr, "/probe");
+    assert_eq!(ask(&mut ws, "co"), "2 20 false 7 false 8 dead");
+}
+
+#[test]
 fn a_syntax_error_refuses_to_start_with_file_and_line() {
     let hub = hub(1);
     let e = Registry::start(vec![example_app("echo"), test_app("broken")], hub.clone())

@@ -36,7 +36,7 @@ fn recursion_through_c_functions_closes_one_connection_not_the_server() {
     let dir = site();
     let (_server, addr, _log) = spawn_binary(&dir, |_| {});
     let mut bystander = connect(addr, "/deep");
-    for how in ["gsub", "sort", "tostring"] {
+    for how in ["gsub", "sort", "tostring", "cogsub"] {
         let mut ws = connect(addr, "/deep");
         ws.send(Message::text(how)).unwrap();
         match ws.read() {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use mlua::{Lua, Table, Value};
 
 use super::api;
+use super::cstack::STACK_BYTES;
 use super::host::{one_line, HostCtx, Stop};
 use super::inbox::{Inbox, Next};
 use super::raw::RawApp;
@@ -34,19 +35,6 @@ pub(crate) struct Shared {
     pub bcast: Arc<api::bcast::Bcast>,
     pub stop: Arc<Stop>,
 }
-
-/// The instance thread's stack. LuaJIT bounds its own stack (65,500 slots), not the thread's,
-/// and a level of recursion through a C function takes far more of the thread's stack than of
-/// LuaJIT's: `string.gsub` keeps an 8 KiB buffer per level, mlua's callbacks several KiB. With
-/// Rust's default 2 MiB, `local function f() return ("x"):gsub("x", f) end` overflowed the
-/// thread after ~230 levels and aborted the process. gsub's ~7,000 levels take more than
-/// 64 MiB, and 128 MiB holds them: such a recursion ends in Lua's own "stack overflow" error
-/// first (tests/lua_stack.rs, which fails at 64 MiB). Pages are committed only as the stack
-/// grows into them, but the mapping counts in full against vm.overcommit_memory=2 and
-/// RLIMIT_AS, and pages a deep recursion touched stay with the thread. (A recursion that
-/// starts a new coroutine every few thousand levels gets a fresh LuaJIT stack each time and
-/// could still reach the end: LuaJIT has no C-stack limit.)
-const STACK_BYTES: usize = 128 << 20;
 
 /// How soon an instance with host answers held behind other threads' responses looks at them
 /// again while no batch comes: at first, and at the longest (the wait doubles in between, so
@@ -81,6 +69,7 @@ pub(crate) fn spawn(
         .name(format!("lua-{}#{index}", spec.name))
         .stack_size(STACK_BYTES)
         .spawn(move || {
+            super::cstack::note_stack_start();
             let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop));
             match load(&spec, &host) {
                 Err(e) => {

@@ -15,6 +15,7 @@
 pub mod api;
 mod children;
 mod collect;
+mod cstack;
 mod fastpath;
 mod frame;
 mod held;

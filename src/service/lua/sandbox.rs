@@ -46,6 +46,8 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
         install_budget(&lua, host, budget)?;
     }
     strip_globals(&lua, spec)?;
+    // Nested coroutines must not take the thread's own stack (see `cstack`).
+    super::cstack::install(&lua)?;
     if !spec.allow_ffi && !spec.allow_debug {
         lua.load(CLOSE_BACK_DOORS).set_name("=sandbox").exec()?;
     }

@@ -3,6 +3,7 @@
 --   "gsub"   string.gsub with a function replacement that calls gsub again
 --   "sort"   table.sort with a comparator that sorts again
 --   "tostring" a __tostring that calls tostring on itself
+--   "cogsub" as gsub, starting a new coroutine (a fresh Lua stack) every 5000 levels
 --   anything else: echoed
 local app = {}
 
@@ -17,6 +18,17 @@ local function sort()
   end)
 end
 
+local levels = 0
+local function cogsub()
+  levels = levels + 1
+  if levels % 5000 == 0 then
+    return coroutine.wrap(function()
+      return (("x"):gsub("x", cogsub))
+    end)()
+  end
+  return (("x"):gsub("x", cogsub))
+end
+
 local looped = setmetatable({}, {})
 getmetatable(looped).__tostring = function(self)
   return tostring(self)
@@ -29,6 +41,9 @@ app.onMessage = function(handler, opcode, message)
     sort()
   elseif message == "tostring" then
     tostring(looped)
+  elseif message == "cogsub" then
+    levels = 0
+    cogsub()
   end
   ws:send(handler, opcode, message)
   return true

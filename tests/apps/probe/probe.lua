@@ -11,6 +11,7 @@
 --   "mustloop"                 runs forever, swallowing the budget error and calling must_stop()
 --   "bomb"                     allocates without bound
 --   "garbage <kib>"            builds <kib> KiB of strings, then raises a Lua error (no memory error)
+--   "co"                       coroutine.wrap/resume round trips: replies "2 20 false 7 false 8 dead"
 --   "big <kib>"                replies the length of a new string of <kib> KiB
 --   "close"                    returns false
 --   "stale <handler>"          ws:send to that handler; replies "<value> <err>"
@@ -79,6 +80,17 @@ probe.onMessage = function(handler, opcode, message)
     local t, n = {}, tonumber(rest)
     for i = 1, n do t[i] = string.rep("g", 1000) .. i end
     error("garbage left behind")
+  elseif cmd == "co" then
+    local gen = coroutine.wrap(function(a)
+      local b = coroutine.yield(a + 1)
+      return b * 2
+    end)
+    local x, y = gen(1), gen(10)
+    local co = coroutine.create(function() error({ code = 7 }) end)
+    local ok, e = coroutine.resume(co)
+    local ok2, e2 = pcall(coroutine.wrap(function() error({ code = 8 }) end))
+    reply(handler, string.format("%d %d %s %d %s %d %s", x, y, tostring(ok), e.code,
+      tostring(ok2), e2.code, coroutine.status(co)))
   elseif cmd == "big" then
     reply(handler, tostring(#string.rep("y", tonumber(rest) * 1024)))
   elseif cmd == "close" then
