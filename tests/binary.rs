@@ -581,3 +581,51 @@ return app
         "{errors} onDisconnect error lines for {CONNECTIONS} connections in {seconds} s"
     );
 }
+
+/// `print` of a client's large message writes at most 8 KiB of it to the log, and says how
+/// much it left out (a 1 MiB message would otherwise be a line of megabytes).
+#[test]
+fn a_print_line_is_cut_at_8_kib_and_says_how_much_more() {
+    let dir = temp_dir("print-cap");
+    std::fs::create_dir_all(dir.join("apps/printer")).unwrap();
+    std::fs::write(
+        dir.join("apps/printer/printer.lua"),
+        r#"local app = {}
+app.onMessage = function(h, op, msg)
+  print("got", msg)
+  ws:send(h, 1, "printed")
+  return true
+end
+return app
+"#,
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{ "printer": {{ "instances": 1 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let mut ws = connect(addr, "/printer");
+    assert_eq!(ask(&mut ws, &"m".repeat(1 << 20)), "printed");
+    let lines = binary::lines_until(&log, "bytes more)");
+    let line = lines.last().unwrap();
+    // "got", a tab, then the message's first 8188 bytes: 8192 in all.
+    let shown = 8192 - "got\t".len();
+    assert!(
+        line.ends_with(&format!(
+            "got\t{} ... ({} bytes more)",
+            "m".repeat(shown),
+            (1 << 20) - shown
+        )),
+        "{} bytes: ...{}",
+        line.len(),
+        &line[line.len().saturating_sub(80)..]
+    );
+}

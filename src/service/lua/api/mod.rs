@@ -65,14 +65,22 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
         "print",
         lua.create_function(move |_, args: Variadic<Value>| {
             let mut line = String::new();
+            let mut more = 0usize;
             for (i, v) in args.into_iter().enumerate() {
                 if i > 0 {
                     line.push('\t');
                 }
                 let s: mlua::String = tostring.call(v)?;
-                line.push_str(&s.to_string_lossy());
+                let bytes = s.as_bytes();
+                let room = MAX_PRINT.saturating_sub(line.len());
+                more += bytes.len().saturating_sub(room);
+                line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
             }
-            crate::info!("{} {}", h.tag(), printable(&line));
+            if more > 0 {
+                crate::info!("{} {} ... ({more} bytes more)", h.tag(), printable(&line));
+            } else {
+                crate::info!("{} {}", h.tag(), printable(&line));
+            }
             Ok(())
         })?,
     )?;
@@ -89,6 +97,10 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
     g.set("instance_id", host.instance as i64)?;
     Ok(())
 }
+
+/// The bytes of a `print` line that reach the log (an app printing a client's 16 MiB message
+/// would otherwise write a line of ~100 MiB, escapes included).
+const MAX_PRINT: usize = 8192;
 
 /// A `print` line as it may enter the log: line breaks become " | ", other control characters
 /// (NUL, CR, ESC: they split or rewrite log lines) are escaped; tabs stay.
