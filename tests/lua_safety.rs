@@ -68,6 +68,11 @@ fn an_xpcall_message_handler_does_not_run_past_the_budget() {
 }
 
 #[test]
+fn a_replaced_global_type_does_not_open_the_xpcall_handler_to_run_past_the_budget() {
+    stopped_with_1011_and_others_keep_working("typeloop", BUDGET);
+}
+
+#[test]
 fn an_app_cannot_make_a_finalizer_that_runs_without_a_budget() {
     stopped_with_1011_and_others_keep_working("gcloop", BUDGET);
 }

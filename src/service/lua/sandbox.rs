@@ -146,6 +146,8 @@ fn set_package_path(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
 /// passes by the app's handler unchanged (`spent` is the host's check).
 const BUDGETED_XPCALL: &str = r#"
 local spent, xpcall = ...
+-- Captured: an app that assigns a global `type` (a missing `local`) must not change this.
+local type = type
 _G.xpcall = function(f, handler, ...)
   -- What xpcall itself refuses (a handler that is not a function), it refuses as before.
   if type(handler) ~= "function" then return xpcall(f, handler, ...) end

@@ -8,6 +8,7 @@
 --   "jitloop"                  turns the JIT on if it can reach it, then runs forever
 --   "xploop"                   runs forever in xpcall, whose message handler runs forever
 --   "gcloop"                   makes a finalizer that runs forever, if it can
+--   "typeloop"                 replaces the global type, then does what xploop does
 --   "mustloop"                 runs forever, swallowing the budget error and calling must_stop()
 --   "bomb"                     allocates without bound
 --   "garbage <kib>"            builds <kib> KiB of strings, then raises a Lua error (no memory error)
@@ -62,6 +63,10 @@ probe.onMessage = function(handler, opcode, message)
     if ok and type(j) == "table" then j.on() end
     while true do end
   elseif cmd == "xploop" then
+    xpcall(function() while true do end end, function() while true do end end)
+  elseif cmd == "typeloop" then
+    -- The global `type` replaced (as a missing `local` would), then the xploop.
+    type = function() return "function?" end
     xpcall(function() while true do end end, function() while true do end end)
   elseif cmd == "gcloop" then
     local p = newproxy(true)
