@@ -525,15 +525,42 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
     );
 }
 
+/// The real binary serving one Lua app, `name` with source `src`, written under a fresh
+/// `temp_dir(dir)`: the child, its address and its log.
+fn one_app_binary(
+    dir: &str,
+    name: &str,
+    src: &str,
+) -> (
+    binary::Reaper,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let dir = temp_dir(dir);
+    std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+    std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{ "{name}": {{ "instances": 1 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    })
+}
+
 /// An app whose onDisconnect fails, and a client that opens and closes connections in a loop:
 /// the error lines are limited to `PER_SECOND` a second (as for onMessage), or one line per
 /// connection would flood the journal, whose own limit then drops the server's real errors.
 #[test]
 fn a_failing_on_disconnect_cannot_flood_the_log() {
-    let dir = temp_dir("disc-flood");
-    std::fs::create_dir_all(dir.join("apps/discfail")).unwrap();
-    std::fs::write(
-        dir.join("apps/discfail/discfail.lua"),
+    let (_child, addr, log) = one_app_binary(
+        "disc-flood",
+        "discfail",
         r#"local app, n = {}, 0
 app.onMessage = function(h, op, msg)
   if msg == "count" then print("disconnects " .. n) end
@@ -546,20 +573,7 @@ app.onDisconnect = function()
 end
 return app
 "#,
-    )
-    .unwrap();
-    write_config(
-        &dir,
-        binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }},
-                 "services": {{ "discfail": {{ "instances": 1 }} }} }}"#,
-            dir.join("apps").display()
-        ),
     );
-    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    });
     const CONNECTIONS: usize = 200;
     let started = Instant::now();
     for _ in 0..CONNECTIONS {
@@ -586,10 +600,9 @@ return app
 /// much it left out (a 1 MiB message would otherwise be a line of megabytes).
 #[test]
 fn a_print_line_is_cut_at_8_kib_and_says_how_much_more() {
-    let dir = temp_dir("print-cap");
-    std::fs::create_dir_all(dir.join("apps/printer")).unwrap();
-    std::fs::write(
-        dir.join("apps/printer/printer.lua"),
+    let (_child, addr, log) = one_app_binary(
+        "print-cap",
+        "printer",
         r#"local app = {}
 app.onMessage = function(h, op, msg)
   print("got", msg)
@@ -598,20 +611,7 @@ app.onMessage = function(h, op, msg)
 end
 return app
 "#,
-    )
-    .unwrap();
-    write_config(
-        &dir,
-        binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }},
-                 "services": {{ "printer": {{ "instances": 1 }} }} }}"#,
-            dir.join("apps").display()
-        ),
     );
-    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    });
     let mut ws = connect(addr, "/printer");
     assert_eq!(ask(&mut ws, &"m".repeat(1 << 20)), "printed");
     let lines = binary::lines_until(&log, "bytes more)");
