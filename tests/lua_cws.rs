@@ -299,7 +299,19 @@ fn read_client_frame(s: &mut std::net::TcpStream) -> (u8, bool, Vec<u8>) {
 fn accept_upgrade(listener: &TcpListener) -> std::net::TcpStream {
     let (mut s, _) = listener.accept().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = common::read_http_head(&mut s);
+    answer_upgrade(&mut s);
+    s
+}
+
+/// Reads a client's upgrade request from `s` (plain or TLS) and answers 101.
+fn answer_upgrade(s: &mut (impl std::io::Read + Write)) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
     let key = head
         .lines()
         .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
@@ -313,7 +325,7 @@ fn accept_upgrade(listener: &TcpListener) -> std::net::TcpStream {
         lapps::ws::handshake::accept_key(&key)
     )
     .unwrap();
-    s
+    s.flush().unwrap();
 }
 
 /// A cws client connecting to `ws://addr/x` (1 MiB messages), and the key pool it masks with.
@@ -537,27 +549,7 @@ fn over_tls_the_server_ends_tcp_first_too() {
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let conn = rustls::ServerConnection::new(cfg).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            tls.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        write!(
-            tls,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            lapps::ws::handshake::accept_key(&key)
-        )
-        .unwrap();
-        tls.flush().unwrap();
+        answer_upgrade(&mut tls);
         // Our Close and our close_notify, in one write.
         tls.conn.writer().write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
         tls.conn.send_close_notify();

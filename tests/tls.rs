@@ -276,17 +276,25 @@ fn a_burst_of_tls_handshakes_all_complete_and_the_established_connection_is_serv
         .map(|(i, t)| tls_hello(t, cfg.clone()).unwrap_or_else(|e| panic!("hello {i}: {e}")))
         .collect();
     echo_round(&mut established, pattern(1000));
-    for (i, mut s) in burst.into_iter().enumerate() {
-        while s.conn.is_handshaking() {
-            s.conn
-                .complete_io(&mut s.sock)
-                .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
-        }
-        let mut ws = wss_over(s, "/echo").unwrap_or_else(|e| panic!("upgrade {i}: {e}"));
-        echo_round(&mut ws, pattern(i + 1));
+    for (i, s) in burst.into_iter().enumerate() {
+        finish_and_echo(i, s);
     }
     echo_round(&mut established, pattern(10));
     app.shutdown();
+}
+
+/// Burst client `i`: its handshake finished, its upgrade to /echo, one echo; the handshake's
+/// kind.
+fn finish_and_echo(i: usize, mut s: TlsStream) -> Option<rustls::HandshakeKind> {
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+    }
+    let kind = s.conn.handshake_kind();
+    let mut ws = wss_over(s, "/echo").unwrap_or_else(|e| panic!("upgrade {i}: {e}"));
+    echo_round(&mut ws, pattern(i + 1));
+    kind
 }
 
 #[test]
@@ -325,19 +333,12 @@ fn a_burst_of_handshakes_with_a_hello_retry_request_all_complete() {
         }
     }
     echo_round(&mut established, pattern(1000));
-    for (i, mut s) in burst.into_iter().enumerate() {
-        while s.conn.is_handshaking() {
-            s.conn
-                .complete_io(&mut s.sock)
-                .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
-        }
+    for (i, s) in burst.into_iter().enumerate() {
         assert_eq!(
-            s.conn.handshake_kind(),
+            finish_and_echo(i, s),
             Some(rustls::HandshakeKind::FullWithHelloRetryRequest),
             "client {i}"
         );
-        let mut ws = wss_over(s, "/echo").unwrap_or_else(|e| panic!("upgrade {i}: {e}"));
-        echo_round(&mut ws, pattern(i + 1));
     }
     echo_round(&mut established, pattern(10));
     app.shutdown();
