@@ -116,9 +116,19 @@ fn journal_lines(priority: u8, text: &str) -> String {
 /// at start-up or from `--check-config`: as it is on a terminal, each line at error priority
 /// under the journal (a systemd `ExecStartPre` check's output included).
 pub fn error_text(text: &str) {
+    text_at(3, text);
+}
+
+/// A warning of `--check-config` on stderr, with the warning priority under the journal, so
+/// that `journalctl -p warning` shows what an `ExecStartPre`/`ExecReload` check found.
+pub fn warning_text(text: &str) {
+    text_at(4, text);
+}
+
+fn text_at(priority: u8, text: &str) {
     init();
     let out = if JOURNAL.load(Ordering::Relaxed) {
-        journal_lines(3, text)
+        journal_lines(priority, text)
     } else {
         format!("{text}\n")
     };

@@ -125,14 +125,14 @@ fn main() -> ExitCode {
     };
     if args.check {
         for w in lapps::app::warnings(&cfg) {
-            println!("warning: {w}");
+            lapps::log::warning_text(&format!("warning: {w}"));
         }
         if let Some(files) = lapps::app::tls_files(&cfg) {
             match lapps::net::tls::check(&files) {
                 Ok((info, warning)) => {
                     println!("tls: {info}");
                     if let Some(w) = warning {
-                        println!("warning: {w}");
+                        lapps::log::warning_text(&format!("warning: {w}"));
                     }
                 }
                 Err(e) => {

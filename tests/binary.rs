@@ -55,7 +55,7 @@ fn sigterm_closes_connections_with_1001_and_exits_within_5_seconds() {
 }
 
 /// Runs `lapps -c DIR --check-config` from the repository root, which must pass (warnings
-/// are not errors); its stdout.
+/// are not errors, and go to stderr as diagnostics do); its stderr.
 fn check_config_passes(dir: &Path) -> String {
     let out = output_within(
         Command::new(LAPPS)
@@ -65,9 +65,18 @@ fn check_config_passes(dir: &Path) -> String {
             .arg("--check-config"),
         ONE_SHOT_GUARD,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "a warning, not an error: {stdout}");
-    stdout
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "a warning, not an error: {stderr}");
+    assert!(
+        stdout.ends_with(&format!("configuration in {} is valid\n", dir.display())),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("warning"),
+        "warnings go to stderr: {stdout}"
+    );
+    stderr
 }
 
 /// Runs `lapps -c DIR --check-config`, which must fail; its stderr.
@@ -190,10 +199,10 @@ fn check_config_warns_of_certificates_no_endpoint_uses() {
         r#"{ "port": 0, "tls_certificates": { "cert": "/nonexistent.crt", "key": "/nonexistent.key" } }"#,
         BUILTIN_ONLY,
     );
-    let stdout = check_config_passes(&dir);
+    let stderr = check_config_passes(&dir);
     assert!(
-        stdout.contains("warning: ws.json: tls_certificates is set but no endpoint has"),
-        "{stdout}"
+        stderr.contains("warning: ws.json: tls_certificates is set but no endpoint has"),
+        "{stderr}"
     );
 }
 
