@@ -465,3 +465,47 @@ fn a_peer_that_stops_reading_is_dropped_by_the_idle_timeout() {
     });
     drop(s);
 }
+
+/// A worker told to stop closes every connection still in its inbox before it ends (it takes
+/// a turn's worth at a time), not when the last holder of the hub drops it: in the server
+/// that is after the services have stopped, and until then those clients hear nothing.
+#[test]
+fn a_stopping_worker_closes_every_connection_left_in_its_inbox() {
+    use lapps::net::hub::{Hub, NewConn};
+    use lapps::net::per_address::PerAddress;
+    use lapps::net::worker::{Worker, WorkerOptions};
+    use std::sync::Arc;
+    const WAITING: usize = 300; // more than a worker takes in one turn (256)
+    let hub = Arc::new(Hub::with_inbox(1, 1000, 512).unwrap());
+    let places = PerAddress::new(1000, 64).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..WAITING {
+        clients.push(std::net::TcpStream::connect(addr).unwrap());
+        let (s, peer) = listener.accept().unwrap();
+        s.set_nonblocking(true).unwrap(); // as the listener's accept4 gives them
+        assert!(hub.port(0).reserve_slot());
+        let nc = NewConn {
+            fd: s.into(),
+            peer,
+            listener: 0,
+            refuse: None,
+            ticket: places.admit(peer.ip()).map(Box::new),
+        };
+        assert!(hub.port(0).accepts.push(nc).is_ok());
+    }
+    let ip = addr.ip();
+    assert_eq!(places.count(ip), WAITING as u32);
+    hub.begin_shutdown();
+    let router = Arc::new(EchoRouter::new(1 << 20));
+    let worker = Worker::new(0, Arc::clone(&hub), router, WorkerOptions::default()).unwrap();
+    std::thread::spawn(move || worker.run()).join().unwrap();
+    // The hub is still held here, as the server holds it while its services stop.
+    assert_eq!(hub.port(0).accepts.len(), 0);
+    assert_eq!(places.count(ip), 0, "every place given back");
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        assert!(closed_by_server(&mut c), "client {i} was not closed");
+    }
+}

@@ -349,10 +349,13 @@ impl Worker {
             self.flush_dirty();
             self.publish_load();
             // `touched` is not empty when a connection ended after `flush_services` (in
-            // `flush_dirty`): its close event still has to reach the service.
+            // `flush_dirty`): its close event still has to reach the service. The inbox may
+            // still hold connections (taken at most a turn's worth at a time): each is closed
+            // now, not when the last holder of the hub drops it (after the services stopped).
             if self.shutdown_since.is_some()
                 && self.conns.is_empty()
                 && self.touched.is_empty()
+                && self.hub.port(self.id).accepts.is_empty()
                 && self.flushed_or_gave_up()
             {
                 break;
