@@ -988,6 +988,65 @@ fn time_paused_behind_a_busy_service_does_not_count_against_a_message() {
     drop(app);
 }
 
+/// A message that does not fit its instance's `memory_limit` fails its own connection with
+/// 1011, as an error in `onMessage` would; the other connections whose messages the instance
+/// handles in the same run are served (they were all closed with 1011 before).
+#[test]
+fn a_message_past_the_memory_limit_fails_its_connection_not_the_others_of_its_batch() {
+    const FILLERS: usize = 16; // more batches than the held instance's queue takes (1 + 8)
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#;
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 1,
+                             "memory_limit": 8388608, "max_inbound_message_size": 16777216 } }"#,
+    );
+    let app = start_app(ws, &services);
+    let (_one, release) = hold_reply_release();
+    // Every connection opens before the instance is held: no open comes between messages.
+    let mut held = raw_upgraded(app.addr, "/hold_reply");
+    let mut big = raw_upgraded(app.addr, "/hold_reply");
+    let mut small = raw_upgraded(app.addr, "/hold_reply");
+    let mut fillers: Vec<_> = (0..FILLERS)
+        .map(|_| raw_upgraded(app.addr, "/hold_reply"))
+        .collect();
+    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
+    let read_all = |s: &std::net::TcpStream| {
+        let client_end = s.local_addr().unwrap();
+        wait_for("the server to read it", GUARD, || {
+            server_unread(app.addr, client_end) == Some(0)
+        });
+    };
+    // A message a worker turn: the queue fills, then the worker keeps adding to the batch it
+    // holds, where the big message and then the small one go.
+    for f in &mut fillers {
+        f.write_all(&frame(true, 0, 0x1, b"x", true)).unwrap();
+        read_all(f);
+    }
+    let whole = frame(true, 0, 0x2, &vec![b'b'; 10 << 20], true);
+    let (head, last) = whole.split_at(whole.len() - 1);
+    big.write_all(head).unwrap();
+    read_all(&big);
+    big.write_all(last).unwrap();
+    read_all(&big);
+    small.write_all(&frame(true, 0, 0x1, b"hi", true)).unwrap();
+    read_all(&small);
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(expect_close(&mut big), Some(1011));
+    assert_eq!(read_frame(&mut small).expect("hi back").payload, b"hi");
+    for (i, f) in fillers.iter_mut().enumerate() {
+        assert_eq!(read_frame(f).expect("x back").payload, b"x", "filler {i}");
+    }
+    assert_eq!(
+        read_frame(&mut held).expect("released").payload,
+        b"released"
+    );
+    wait_for("the instance to take its release", GUARD, || {
+        release.is_empty()
+    });
+    drop(app);
+}
+
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
 /// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
 /// and no Pong to a ping sent after the bad frame.

@@ -9,10 +9,12 @@
 //!
 //! Error discipline: Lua errors are caught by our own `lua_pcall` (never unwind through Rust),
 //! so the only Lua calls outside it are pushes, which can fail only when out of memory; mlua's
-//! `exec_raw` catches that around the whole run (the error unwinds through our frames as an
-//! external exception: the vendored LuaJIT's default build, LUAJIT_UNWIND_EXTERNAL). Nothing here panics into Lua: `fast_send`
-//! runs its Rust part under `catch_unwind`.
+//! `exec_raw` catches that around the run (the error unwinds through our frames as an
+//! external exception: the vendored LuaJIT's default build, LUAJIT_UNWIND_EXTERNAL), and the
+//! run goes on after the message whose push failed. Nothing here panics into Lua:
+//! `fast_send` runs its Rust part under `catch_unwind`.
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -37,6 +39,10 @@ pub(crate) enum Failed {
 /// caller passes a run without opens or closes), skipping connections `skip` names and those
 /// whose call already failed in this run. Returns the calls that did not return `true`, in
 /// order. `traceback` is [`traceback_function`].
+///
+/// A push that runs out of memory (a message that does not fit the state's `memory_limit`
+/// beside what it holds) fails that message's connection only, as an error in its
+/// `onMessage` would: the run goes on after it.
 pub(crate) fn call_messages(
     lua: &Lua,
     host: &HostCtx,
@@ -45,52 +51,90 @@ pub(crate) fn call_messages(
     batch: &Batch,
     events: &[Event],
     skip: impl Fn(ConnId) -> bool,
-) -> mlua::Result<Vec<Failed>> {
+) -> Vec<Failed> {
     let mut failed = Vec::new();
-    // SAFETY: the closure only uses the Lua C API on the state mlua hands it, keeps the stack
-    // balanced (settop back to the two arguments after each call) and calls Lua code only
-    // through lua_pcall with our message handler, so Lua errors never unwind through it. A
-    // push that runs out of memory raises, which exec_raw's protected call turns into Err: that
-    // error unwinds through this closure's frames, sound because the vendored LuaJIT is built
-    // with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust destructors).
-    unsafe {
-        lua.exec_raw::<()>((traceback, on_message), |l| {
-            for e in events {
-                let Kind::Message(opcode) = e.kind else {
-                    continue;
-                };
-                if skip(e.conn) || failed.iter().any(|f: &Failed| f.conn() == e.conn) {
-                    continue;
-                }
-                host.reset_budget();
-                let payload = batch.payload(e);
-                ffi::lua_pushvalue(l, 2);
-                ffi::lua_pushnumber(l, e.conn.as_u64() as f64);
-                ffi::lua_pushinteger(l, opcode as ffi::lua_Integer);
-                ffi::lua_pushlstring(l, payload.as_ptr().cast(), payload.len());
-                match ffi::lua_pcall(l, 3, 1, 1) {
-                    0 => {
-                        if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
-                            || ffi::lua_toboolean(l, -1) == 0
-                        {
-                            failed.push(Failed::Returned(e.conn));
+    let mut next = 0;
+    while next < events.len() {
+        // The event whose pushes and call are under way, for a push that raises.
+        let current: Cell<Option<usize>> = Cell::new(None);
+        // SAFETY: the closure only uses the Lua C API on the state mlua hands it, keeps the
+        // stack balanced (settop back to the two arguments after each call) and calls Lua code
+        // only through lua_pcall with our message handler, so Lua errors never unwind through
+        // it. A push that runs out of memory raises, which exec_raw's protected call turns into
+        // Err: that error unwinds through this closure's frames, sound because the vendored
+        // LuaJIT is built with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust
+        // destructors); exec_raw resets the stack.
+        let done = unsafe {
+            lua.exec_raw::<()>((traceback, on_message), |l| {
+                for (i, e) in events.iter().enumerate().skip(next) {
+                    let Kind::Message(opcode) = e.kind else {
+                        continue;
+                    };
+                    if skip(e.conn) || failed.iter().any(|f: &Failed| f.conn() == e.conn) {
+                        continue;
+                    }
+                    current.set(Some(i));
+                    host.reset_budget();
+                    let payload = batch.payload(e);
+                    ffi::lua_pushvalue(l, 2);
+                    ffi::lua_pushnumber(l, e.conn.as_u64() as f64);
+                    ffi::lua_pushinteger(l, opcode as ffi::lua_Integer);
+                    ffi::lua_pushlstring(l, payload.as_ptr().cast(), payload.len());
+                    match ffi::lua_pcall(l, 3, 1, 1) {
+                        0 => {
+                            if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
+                                || ffi::lua_toboolean(l, -1) == 0
+                            {
+                                failed.push(Failed::Returned(e.conn));
+                            }
+                        }
+                        status => {
+                            failed.push(Failed::Raised {
+                                conn: e.conn,
+                                error: string_at(l, -1),
+                            });
+                            // What the failed call built is garbage now (see `collect`).
+                            ffi::lua_settop(l, 2);
+                            super::collect::after_failed_call(l, status);
                         }
                     }
-                    status => {
+                    ffi::lua_settop(l, 2);
+                    current.set(None);
+                }
+            })
+        };
+        let Err(err) = done else {
+            break;
+        };
+        // What the pushes built is garbage now (see `collect`).
+        super::collect::after_failed_callback(lua, &err);
+        let error = err.to_string();
+        match current.get() {
+            Some(i) => {
+                failed.push(Failed::Raised {
+                    conn: events[i].conn,
+                    error,
+                });
+                next = i + 1;
+            }
+            None => {
+                // Before any message (exec_raw's own pushes): the rest of the run fails.
+                for e in &events[next..] {
+                    if matches!(e.kind, Kind::Message(_))
+                        && !skip(e.conn)
+                        && !failed.iter().any(|f| f.conn() == e.conn)
+                    {
                         failed.push(Failed::Raised {
                             conn: e.conn,
-                            error: string_at(l, -1),
+                            error: error.clone(),
                         });
-                        // What the failed call built is garbage now (see `collect`).
-                        ffi::lua_settop(l, 2);
-                        super::collect::after_failed_call(l, status);
                     }
                 }
-                ffi::lua_settop(l, 2);
+                break;
             }
-        })?;
+        }
     }
-    Ok(failed)
+    failed
 }
 
 impl Failed {

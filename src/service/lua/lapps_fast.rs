@@ -31,6 +31,10 @@ use crate::net::hub::Speaks;
 /// [`LappsState`] says. Connections in `host.closing` are skipped; those that must close are
 /// handed to `close` (with 1000 when `onMessage` did not return `true`, 1003 after too many
 /// protocol errors). `traceback` is [`super::fastpath::traceback_function`].
+///
+/// A push that runs out of memory fails that message only, as an error in its `onMessage`
+/// would (a request gets -32603): the run goes on after it. Err only when the views'
+/// metatable cannot be made (nothing of the run is handled then).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn call_requests(
     lua: &Lua,
@@ -43,97 +47,160 @@ pub(crate) fn call_requests(
     close: impl Fn(&HostCtx, ConnId, u16),
 ) -> mlua::Result<()> {
     crate::lapps_proto::nljson::ensure_metatable(lua)?;
-    // SAFETY: the closure uses the Lua C API on the state mlua hands it, keeps the stack
-    // balanced (settop back to slot 3 after each message: handler, function and the views'
-    // metatable, which ensure_metatable installed) and calls Lua code only through lua_pcall
-    // with our message handler, so Lua errors never unwind through it. A push that runs out
-    // of memory raises, which exec_raw's protected call turns into Err: that error unwinds
-    // through frames owning an `Rc<Doc>`, sound because the vendored LuaJIT is built with
-    // external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust destructors). The
-    // peer's bytes are read under `catch_unwind` (`Lapps::inbound`): no panic unwinds into Lua.
-    unsafe {
-        lua.exec_raw::<()>((traceback, on_message), |l| {
-            json_ud::push_metatable(l);
-            for e in events {
-                let Kind::Message(opcode) = e.kind else {
-                    continue;
-                };
-                let conn = e.conn;
-                {
-                    let closing = host.closing.borrow();
-                    if !closing.is_empty() && closing.contains(&conn) {
+    let mut next = 0;
+    while next < events.len() {
+        // The message under way, for a push that raises: its index, and once the app is to
+        // see it (a request's response expected) its document, method and kind.
+        let current: RefCell<Option<(usize, Option<Calling>)>> = RefCell::new(None);
+        // SAFETY: the closure uses the Lua C API on the state mlua hands it, keeps the stack
+        // balanced (settop back to slot 3 after each message: handler, function and the views'
+        // metatable, which ensure_metatable installed) and calls Lua code only through
+        // lua_pcall with our message handler, so Lua errors never unwind through it. A push
+        // that runs out of memory raises, which exec_raw's protected call turns into Err: that
+        // error unwinds through frames owning an `Rc<Doc>`, sound because the vendored LuaJIT
+        // is built with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust
+        // destructors); exec_raw resets the stack. The peer's bytes are read under
+        // `catch_unwind` (`Lapps::inbound`): no panic unwinds into Lua.
+        let done = unsafe {
+            lua.exec_raw::<()>((traceback, on_message), |l| {
+                json_ud::push_metatable(l);
+                for (i, e) in events.iter().enumerate().skip(next) {
+                    let Kind::Message(opcode) = e.kind else {
                         continue;
+                    };
+                    let conn = e.conn;
+                    *current.borrow_mut() = Some((i, None));
+                    {
+                        let closing = host.closing.borrow();
+                        if !closing.is_empty() && closing.contains(&conn) {
+                            continue;
+                        }
                     }
-                }
-                let inbound = match lapps.inbound(host, conn, opcode, batch.payload(e)) {
-                    Ok(i) => i,
-                    Err(Outcome::Close(code)) => {
-                        close(host, conn, code);
-                        continue;
-                    }
-                    Err(Outcome::Answered) => continue,
-                };
-                let (
-                    doc,
-                    DocInbound {
-                        msg_type,
-                        method_at,
-                    },
-                ) = inbound;
-                let is_request = !msg_type.is_notification();
-                if lazy::over_budget() {
-                    // The bytes of messages whose views are garbage now, kept until their
-                    // finalizers run. Not for a message past the limit on its own, which no
-                    // collection makes room for (a client could make every message cost one).
-                    if !lazy::never_fits(&doc) {
-                        ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
-                    }
+                    let inbound = match lapps.inbound(host, conn, opcode, batch.payload(e)) {
+                        Ok(i) => i,
+                        Err(Outcome::Close(code)) => {
+                            close(host, conn, code);
+                            continue;
+                        }
+                        Err(Outcome::Answered) => continue,
+                    };
+                    let (
+                        doc,
+                        DocInbound {
+                            msg_type,
+                            method_at,
+                        },
+                    ) = inbound;
+                    let is_request = !msg_type.is_notification();
                     if lazy::over_budget() {
-                        let doc_len = doc.bytes().len();
-                        drop(doc);
-                        if let Some(code) = lapps.no_room(host, conn, is_request, doc_len) {
-                            close(host, conn, code);
+                        // The bytes of messages whose views are garbage now, kept until their
+                        // finalizers run. Not for a message past the limit on its own, which no
+                        // collection makes room for (a client could make every message cost one).
+                        if !lazy::never_fits(&doc) {
+                            ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                         }
-                        continue;
-                    }
-                }
-                let root = doc.root();
-                host.reset_budget();
-                if is_request {
-                    // False when the client is gone: its request is still the app's to see.
-                    host.hub.expect_response(conn);
-                    if !host.held.is_empty() {
-                        host.held.request_reached_app(conn);
-                    }
-                }
-                ffi::lua_pushvalue(l, 2);
-                ffi::lua_pushnumber(l, conn.as_u64() as f64);
-                ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
-                json_ud::push_handle_with(l, Handle::Raw(Rc::clone(&doc), root), 3);
-                match ffi::lua_pcall(l, 3, 1, 1) {
-                    0 => {
-                        if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
-                            || ffi::lua_toboolean(l, -1) == 0
-                        {
-                            close(host, conn, 1000);
+                        if lazy::over_budget() {
+                            let doc_len = doc.bytes().len();
+                            drop(doc);
+                            if let Some(code) = lapps.no_room(host, conn, is_request, doc_len) {
+                                close(host, conn, code);
+                            }
+                            continue;
                         }
                     }
-                    status => {
-                        let error = string_at(l, -1);
-                        // What the failed call built is garbage now (see `collect`).
-                        ffi::lua_settop(l, 3);
-                        super::collect::after_failed_call(l, status);
-                        // The bytes stay as they came, whatever the app changed.
-                        let method = doc.text(method_at).unwrap_or_default();
-                        if let Some(code) = lapps.failed(host, conn, &method, is_request, &error) {
-                            close(host, conn, code);
+                    let root = doc.root();
+                    host.reset_budget();
+                    if is_request {
+                        // False when the client is gone: its request is still the app's to see.
+                        host.hub.expect_response(conn);
+                        if !host.held.is_empty() {
+                            host.held.request_reached_app(conn);
                         }
                     }
+                    *current.borrow_mut() = Some((
+                        i,
+                        Some(Calling {
+                            doc: Rc::clone(&doc),
+                            method_at,
+                            is_request,
+                        }),
+                    ));
+                    ffi::lua_pushvalue(l, 2);
+                    ffi::lua_pushnumber(l, conn.as_u64() as f64);
+                    ffi::lua_pushinteger(l, msg_type as u8 as ffi::lua_Integer);
+                    json_ud::push_handle_with(l, Handle::Raw(Rc::clone(&doc), root), 3);
+                    match ffi::lua_pcall(l, 3, 1, 1) {
+                        0 => {
+                            if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
+                                || ffi::lua_toboolean(l, -1) == 0
+                            {
+                                close(host, conn, 1000);
+                            }
+                        }
+                        status => {
+                            let error = string_at(l, -1);
+                            // What the failed call built is garbage now (see `collect`).
+                            ffi::lua_settop(l, 3);
+                            super::collect::after_failed_call(l, status);
+                            // The bytes stay as they came, whatever the app changed.
+                            let method = doc.text(method_at).unwrap_or_default();
+                            if let Some(code) =
+                                lapps.failed(host, conn, &method, is_request, &error)
+                            {
+                                close(host, conn, code);
+                            }
+                        }
+                    }
+                    ffi::lua_settop(l, 3);
+                    *current.borrow_mut() = None;
                 }
-                ffi::lua_settop(l, 3);
+            })
+        };
+        let Err(err) = done else {
+            break;
+        };
+        // What the pushes built is garbage now (see `collect`).
+        super::collect::after_failed_callback(lua, &err);
+        match current.into_inner() {
+            Some((i, calling)) => {
+                let conn = events[i].conn;
+                let code = match calling {
+                    Some(c) => {
+                        let method = c.doc.text(c.method_at).unwrap_or_default();
+                        lapps.failed(host, conn, &method, c.is_request, &err.to_string())
+                    }
+                    None => {
+                        crate::error_limited!("{} onMessage: {}", host.tag(), err);
+                        Some(1011)
+                    }
+                };
+                if let Some(code) = code {
+                    close(host, conn, code);
+                }
+                next = i + 1;
             }
-        })
+            None => {
+                // Before any message (exec_raw's own pushes): the rest of the run fails.
+                crate::error_limited!("{} onMessage: {}", host.tag(), err);
+                for e in &events[next..] {
+                    if matches!(e.kind, Kind::Message(_))
+                        && !host.closing.borrow().contains(&e.conn)
+                    {
+                        close(host, e.conn, 1011);
+                    }
+                }
+                break;
+            }
+        }
     }
+    Ok(())
+}
+
+/// A message on its way into `onMessage` (see [`call_requests`]).
+struct Calling {
+    doc: Rc<lazy::Doc>,
+    method_at: usize,
+    is_request: bool,
 }
 
 /// The `ws:send_response` function: `fast_send_response` with the host, the general

@@ -90,10 +90,9 @@ impl RawApp {
             close,
         );
         if let Err(err) = done {
-            // Only a push that ran out of memory gets here: the rest of the run is abandoned;
+            // The views' metatable could not be made (out of memory): the run is not handled;
             // close its connections rather than leave their requests unanswered.
-            let _ = lua.gc_collect();
-            let _ = lua.gc_collect();
+            super::collect::after_failed_callback(lua, &err);
             crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
             for e in run {
                 if !host.closing.borrow().contains(&e.conn) {
@@ -116,24 +115,6 @@ impl RawApp {
                 run,
                 skip,
             )
-        };
-        let failed = match failed {
-            Ok(f) => f,
-            Err(err) => {
-                // Only a push that ran out of memory gets here: the run is abandoned; close
-                // its connections rather than leave their messages unanswered.
-                let _ = lua.gc_collect();
-                let _ = lua.gc_collect();
-                crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
-                let mut seen = std::collections::HashSet::new();
-                run.iter()
-                    .filter(|e| seen.insert(e.conn))
-                    .map(|e| Failed::Raised {
-                        conn: e.conn,
-                        error: one_line(&err),
-                    })
-                    .collect()
-            }
         };
         for f in failed {
             match f {
