@@ -638,3 +638,81 @@ return app
         &line[line.len().saturating_sub(80)..]
     );
 }
+
+/// Voluntary context switches of the thread of `pid` named `name` (from /proc).
+fn context_switches(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        if std::fs::read_to_string(task.join("comm")).unwrap().trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+            .unwrap();
+        return line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    }
+    panic!("no thread {name} in {pid}");
+}
+
+/// While a service's queue refuses the worker's batch, the worker retries with a wait that
+/// doubles up to max_poll_wait_ms, not every millisecond: a backed-up service must not make
+/// its workers spin.
+#[test]
+fn a_worker_retries_a_full_service_queue_with_a_growing_wait() {
+    use std::io::Write;
+    let dir = temp_dir("retry-backoff");
+    std::fs::create_dir_all(dir.join("apps").join("stuck")).unwrap();
+    std::fs::write(
+        dir.join("apps").join("stuck").join("stuck.lua"),
+        r#"local app = {}
+app.onMessage = function(h, op, msg)
+  if msg == "hold" then
+    ws:send(h, 1, "holding")
+    must_stop() -- hands "holding" over now
+    while true do end
+  end
+  return true
+end
+return app
+"#,
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0,
+             "workers": { "workers": 1, "max_poll_wait_ms": 1000 } }"#,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{ "stuck": {{ "instances": 1, "instruction_budget": 0,
+                                           "queue_capacity": 1 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (child, addr, _log) = spawn_binary(&dir, |_| {});
+    let mut held = raw_upgraded(addr, "/stuck");
+    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
+    // One message a worker turn, more batches than the instance's queue takes (1 + 8): the
+    // worker holds the last one and retries it.
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        let mut c = raw_upgraded(addr, "/stuck");
+        c.write_all(&frame(true, 0, 0x1, b"x", true)).unwrap();
+        let client_end = c.local_addr().unwrap();
+        wait_for("the server to read it", IO_TIMEOUT, || {
+            server_unread(addr, client_end) == Some(0)
+        });
+        fillers.push(c);
+    }
+    // Its wake-ups over a second (a measurement window, not a wait for anything): 1, 2, 4 ...
+    // 512 ms, then 1 s, about 10; every millisecond was 1000.
+    let pid = child.0.id();
+    let before = context_switches(pid, "lapps-io-0");
+    std::thread::sleep(Duration::from_secs(1));
+    let woke = context_switches(pid, "lapps-io-0") - before;
+    assert!(woke < 100, "the worker woke {woke} times in a second");
+    drop(child);
+    drop(fillers);
+}

@@ -775,10 +775,11 @@ impl Worker {
     /// Lets every service that got work this iteration hand its batch over (one wake-up per
     /// batch); those whose queue was full are retried next iteration.
     fn flush_services(&mut self) {
+        // A batch was refused last time: the wait doubles while one still is.
+        let retrying = !self.retry_flush.is_empty();
         for s in std::mem::take(&mut self.retry_flush) {
             self.touched_push(&s);
         }
-        let retrying = !self.retry_flush.is_empty();
         for s in std::mem::take(&mut self.touched) {
             s.flush(self.id, self.flushes);
             if s.has_pending(self.id) {
