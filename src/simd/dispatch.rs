@@ -178,8 +178,10 @@ mod imp {
 
     #[inline]
     pub(super) fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-        // SAFETY: this build is compiled with `target-feature=+avx2` (enforced above), i.e. it
-        // is only correct on AVX2 CPUs as a whole.
+        // SAFETY: this build is compiled with `target-feature=+avx2` (enforced above), so
+        // the compiler may emit AVX2 instructions anywhere in it: the binary refuses to start
+        // on a CPU without them (`crate::cpu::exit_unless_supported`, run before std's start-up
+        // and first thing in `main`), and this call needs no more than the rest of the code.
         unsafe { avx2::unmask(buf, key, offset) }
     }
 
@@ -196,8 +198,10 @@ mod imp {
 
     #[inline]
     pub(super) fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-        // SAFETY: this build is compiled with `target-feature=+ssse3` (enforced above), i.e. it
-        // is only correct on SSSE3 CPUs as a whole.
+        // SAFETY: this build is compiled with `target-feature=+ssse3` (enforced above), so
+        // the compiler may emit SSSE3 instructions anywhere in it: the binary refuses to start
+        // on a CPU without them (`crate::cpu::exit_unless_supported`, run before std's start-up
+        // and first thing in `main`), and this call needs no more than the rest of the code.
         unsafe { ssse3::unmask(buf, key, offset) }
     }
 

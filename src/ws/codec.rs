@@ -240,7 +240,10 @@ impl Decoder {
                     _ => {
                         let (code, reason) = parse_close_payload(payload)?;
                         self.state = State::Closed;
+                        // A message it interrupted is over (nothing more is read).
                         self.message = Vec::new();
+                        self.assembling = Assembling::None;
+                        self.utf8.reset();
                         on_event(Event::Close { code, reason });
                         return Ok(pos);
                     }
@@ -344,15 +347,16 @@ impl Decoder {
         allowance: usize,
     ) -> Result<usize, ProtocolError> {
         let n = self.frame_remaining.min(available.len() as u64) as usize;
-        self.make_room(n, allowance)?;
         let chunk = &mut available[..n];
         if let Some(key) = self.frame_mask {
             unmask(chunk, key, self.frame_mask_offset as usize);
         }
-        // 8.1: fail as soon as the bytes seen so far cannot start valid UTF-8.
+        // 8.1: fail as soon as the bytes seen so far cannot start valid UTF-8 (before asking
+        // for room: invalid text is 1007 whatever the memory cap says).
         if self.assembling == Assembling::Text && self.utf8.feed(chunk).is_err() {
             return Err(INVALID_UTF8_TEXT);
         }
+        self.make_room(n, allowance)?;
         self.message.extend_from_slice(chunk);
         self.frame_remaining -= n as u64;
         self.frame_mask_offset = ((self.frame_mask_offset as usize + n) & 3) as u8;

@@ -382,6 +382,7 @@ fn close_inside_fragmented_message_releases_the_buffer() {
     let (events, _) = decode_once(&mut dec, &wire);
     assert_eq!(events, [Owned::Close(None, vec![])]);
     assert_eq!(dec.message.capacity(), 0);
+    assert!(!dec.in_message(), "the message is over");
 }
 
 // ---- Section 8.1: UTF-8 ----
@@ -548,6 +549,16 @@ fn message_buffer_stays_within_the_allowance() {
     let (events, r) = feed_within(&mut dec, &[&cf(0x82, &frag)], 0);
     assert_eq!(r, Ok(()));
     assert_eq!(events, [Owned::Binary(frag.clone())]);
+}
+
+#[test]
+fn invalid_text_is_1007_even_where_its_bytes_would_not_fit_the_allowance() {
+    let first = cf(0x01, &[b'a'; 4000]);
+    let mut bad = vec![0xFF];
+    bad.extend([b'b'; 3999]);
+    let mut dec = server();
+    let (_, r) = feed_within(&mut dec, &[&first, &cf(0x80, &bad)], 5_000);
+    assert_eq!(r.map_err(|e| e.code), Err(INVALID_PAYLOAD));
 }
 
 #[test]
