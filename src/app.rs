@@ -250,6 +250,12 @@ fn app_dir_hash(dir: &std::path::Path) -> u64 {
     h.finish()
 }
 
+/// `--check-config`'s look at a Lua service's `preload` names
+/// ([`lua::preload_check`]), resolved against its directories as its instances will.
+pub fn preload_check(cfg: &Config, sc: &ServiceConfig) -> Result<(), String> {
+    lua::preload_check(&lua_spec(cfg, sc))
+}
+
 /// The Lua host's view of one configured service.
 fn lua_spec(cfg: &Config, sc: &ServiceConfig) -> ServiceSpec {
     let dirs = &cfg.lapps.directories;

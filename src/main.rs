@@ -154,6 +154,7 @@ fn main() -> ExitCode {
             .filter_map(|s| {
                 let file = s.app_file(&cfg.lapps.directories);
                 lapps::service::lua::compile_check(&file, s.allow_ffi || s.allow_debug)
+                    .and_then(|()| lapps::app::preload_check(&cfg, s))
                     .err()
                     .map(|e| format!("services.{}: {e}", s.name))
             })

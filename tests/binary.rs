@@ -191,6 +191,69 @@ fn check_config_compiles_the_lua_apps_without_running_them() {
     );
 }
 
+/// A `preload` name the service's instances could not load fails the check (it would fail
+/// the service's start, and at boot the server's): a typo, a library file that does not
+/// compile, a library the service is not allowed. Host modules, the state's own libraries and
+/// files in the app's directory or `lib` pass.
+#[test]
+fn check_config_resolves_every_preload_name() {
+    let dir = temp_dir("check-preload");
+    let (apps, lib) = (dir.join("apps"), dir.join("lib"));
+    std::fs::create_dir_all(apps.join("svc").join("own")).unwrap();
+    std::fs::create_dir_all(lib.join("deep")).unwrap();
+    std::fs::write(apps.join("svc").join("svc.lua"), "return {}\n").unwrap();
+    std::fs::write(apps.join("svc").join("own").join("init.lua"), "return {}\n").unwrap();
+    std::fs::write(lib.join("shared.lua"), "return {}\n").unwrap();
+    std::fs::write(lib.join("deep").join("mod.lua"), "return {}\n").unwrap();
+    std::fs::write(lib.join("broken.lua"), "local m = {\nreturn m\n").unwrap();
+    let check = |preload: &str| {
+        write_config(
+            &dir,
+            r#"{ "port": 0 }"#,
+            &format!(
+                r#"{{ "directories": {{ "applications": "{}", "lib": "{}" }},
+                     "services": {{ "svc": {{ "preload": {preload} }} }} }}"#,
+                apps.display(),
+                lib.display()
+            ),
+        );
+        output_within(
+            Command::new(LAPPS).arg("-c").arg(&dir).arg("--check-config"),
+            ONE_SHOT_GUARD,
+        )
+    };
+    let fine = check(r#"["mqr", "bcast", "string", "bit", "own", "shared", "deep.mod"]"#);
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+    let fails = |preload: &str, says: &str| {
+        let out = check(preload);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{preload} passed");
+        assert!(err.contains(says), "{preload}: {err}");
+    };
+    fails(
+        r#"["mqr", "bcats"]"#,
+        &format!(
+            "services.svc: preload bcats: no such module (no file '{}'",
+            apps.join("svc").join("bcats.lua").display()
+        ),
+    );
+    fails(
+        r#"["broken"]"#,
+        &format!(
+            "services.svc: preload broken: {}:2: unexpected symbol",
+            lib.join("broken.lua").display()
+        ),
+    );
+    fails(
+        r#"["ffi"]"#,
+        "services.svc: preload ffi: not available to this service",
+    );
+}
+
 #[test]
 fn check_config_warns_of_certificates_no_endpoint_uses() {
     let dir = temp_dir("check-tls-off");

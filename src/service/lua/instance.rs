@@ -172,6 +172,11 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     Ok((lua, module, app))
 }
 
+/// The `preload` names the host provides itself (`install_modules`); any other is `require`d.
+pub(crate) const HOST_MODULES: [&str; 8] = [
+    "time", "nap", "bcast", "cws", "mqr", "murmur", "ws", "nljson",
+];
+
 fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(), String> {
     let lua_err = |e: mlua::Error| one_line(&e);
     api::install_globals(lua, host).map_err(lua_err)?;
@@ -189,6 +194,7 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
             "murmur" => api::murmur::install(lua).map_err(lua_err)?,
             "ws" | "nljson" => {}
             n => {
+                debug_assert!(!HOST_MODULES.contains(&n));
                 let m: Value = lua
                     .load(format!("return require({n:?})"))
                     .eval()

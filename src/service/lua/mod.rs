@@ -64,6 +64,71 @@ pub fn compile_check(app_file: &std::path::Path, bytecode: bool) -> Result<(), S
     })
 }
 
+/// Resolves a service's `preload` names as its instances will, running none of them
+/// (`--check-config`): each must be a host module, a library its state has, or a Lua file on
+/// its `package.path` (the app's directory, then `lib`), which must compile. A name none of
+/// these gives fails the service's start, and at boot the whole server's.
+pub fn preload_check(spec: &ServiceSpec) -> Result<(), String> {
+    let unsafe_state = spec.allow_ffi || spec.allow_debug;
+    let lua = mlua::Lua::new();
+    sandbox::set_package_path(&lua, spec).map_err(|e| e.to_string())?;
+    let find = lua
+        .load(
+            "local name = ...
+             if package.loaded[name] ~= nil then return true end
+             return package.searchpath(name, package.path)",
+        )
+        .into_function()
+        .map_err(|e| e.to_string())?;
+    for name in &spec.preload {
+        let n = name.as_str();
+        // What the sandbox adds to or takes from the libraries of a plain state.
+        let allowed = match n {
+            _ if instance::HOST_MODULES.contains(&n) => Some(true),
+            "ffi" => Some(spec.allow_ffi),
+            "debug" => Some(spec.allow_debug),
+            "string.buffer" => Some(unsafe_state),
+            "jit" | "jit.opt" | "jit.util" | "jit.profile" => {
+                Some(spec.instruction_budget.is_none())
+            }
+            _ => None,
+        };
+        match allowed {
+            Some(true) => continue,
+            Some(false) => {
+                return Err(format!(
+                    "preload {n}: not available to this service (see allow_ffi, allow_debug, \
+                     instruction_budget)"
+                ))
+            }
+            None => {}
+        }
+        let (found, tried): (mlua::Value, Option<String>) =
+            find.call(n).map_err(|e| format!("preload {n}: {e}"))?;
+        match found {
+            mlua::Value::Boolean(true) => {}
+            mlua::Value::String(path) => {
+                let path = std::path::PathBuf::from(path.to_string_lossy());
+                compile_check(&path, unsafe_state).map_err(|e| format!("preload {n}: {e}"))?;
+            }
+            _ => {
+                let tried: Vec<&str> = tried
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split("\n\t")
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                return Err(format!(
+                    "preload {n}: no such module ({})",
+                    tried.join("; ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 use self::inbox::{Batch, Inbox, Kind};
 use self::instance::{InstanceHandle, Shared};
 use super::{Flow, Owed, Service, WorkerCtx};

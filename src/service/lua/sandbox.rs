@@ -128,7 +128,7 @@ fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     Ok(())
 }
 
-fn set_package_path(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
+pub(crate) fn set_package_path(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     let package: mlua::Table = lua.globals().get("package")?;
     let mut path = String::new();
     for dir in &spec.package_paths {
