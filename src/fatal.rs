@@ -6,8 +6,9 @@
 //! SIGABRT) with one error line after std's own panic message lets it restart a whole server.
 //! Other threads keep std's behaviour. In a Lua instance, mlua turns a panic in a host function
 //! into a Lua error the app may catch with `pcall`; one the app does not catch resumes the panic
-//! when the error reaches Rust, which ends that instance's thread (the fast paths catch their
-//! own, see `service::lua::fastpath`).
+//! when the error reaches Rust, where the instance aborts the process too (its connections
+//! would otherwise wait for ever; see `service::lua::instance`). The fast paths catch their
+//! own (see `service::lua::fastpath`).
 
 /// Prefixes of the thread names (see `net::server`) whose panic ends the process.
 const FATAL: [&str; 2] = ["lapps-io-", "lapps-accept-"];

@@ -86,7 +86,20 @@ pub(crate) fn spawn(
                         .is_ok();
                     if ready {
                         let _ = ready_tx.send(Ok(()));
-                        serve(&lua, &host, &module, app, inbox.as_deref());
+                        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            serve(&lua, &host, &module, app, inbox.as_deref())
+                        }));
+                        if served.is_err() {
+                            // A bug of ours reached the top of the instance (std printed it):
+                            // its connections would wait for ever on a queue nobody reads, and
+                            // the service would look healthy. Ended as an IO worker's is
+                            // (`crate::fatal`), so that the service manager restarts lapps.
+                            crate::error!(
+                                "{} panicked: aborting, so that the service manager restarts lapps",
+                                host.tag()
+                            );
+                            std::process::abort();
+                        }
                     }
                 }
             }
