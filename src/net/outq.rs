@@ -69,12 +69,20 @@ impl OutQueue {
         if needs_new {
             self.push_back(Chunk::Owned(pool.take()));
         }
+        let mut added = 0;
         if let Some(Chunk::Owned(v)) = self.back_mut() {
             let before = v.len();
             fill(v);
-            let added = v.len() - before;
+            added = v.len() - before;
             self.bytes += added;
             pool.queued_bytes += added;
+        }
+        // No empty chunk stays queued: at the front, a TLS flush (which writes from `front`)
+        // would find nothing to write and never get past it.
+        if needs_new && added == 0 {
+            if let Some(Chunk::Owned(v)) = self.pop_back() {
+                pool.give(v);
+            }
         }
     }
 
@@ -309,6 +317,20 @@ mod tests {
         let mut got = vec![0u8; n];
         b.read_exact(&mut got).unwrap();
         got
+    }
+
+    /// A TLS flush writes from `front`: an empty chunk there would stop it for good.
+    #[test]
+    fn nothing_empty_is_queued_in_front_of_a_frame() {
+        let mut pool = BufPool::new(4);
+        let mut q = OutQueue::default();
+        q.append_with(&mut pool, |_| {});
+        q.push_chunk(&mut pool, Chunk::Owned(Vec::new()));
+        q.push_shared(&mut pool, Arc::from(&b"frame"[..]));
+        assert_eq!(q.front(), Some(&b"frame"[..]));
+        q.consume_front(5, &mut pool);
+        assert!(q.is_empty());
+        assert_eq!(q.front(), None);
     }
 
     #[test]
