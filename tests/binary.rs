@@ -218,7 +218,10 @@ fn check_config_resolves_every_preload_name() {
             ),
         );
         output_within(
-            Command::new(LAPPS).arg("-c").arg(&dir).arg("--check-config"),
+            Command::new(LAPPS)
+                .arg("-c")
+                .arg(&dir)
+                .arg("--check-config"),
             ONE_SHOT_GUARD,
         )
     };
