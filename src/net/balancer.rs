@@ -31,23 +31,25 @@ impl Balancer {
         }
     }
 
-    fn score(&self, worker: usize) -> Option<f64> {
+    /// The worker's load, and its connection count: equal loads go to the worker with the
+    /// fewest connections (with a `connection_weight` of 0 every idle worker's load is 0).
+    fn score(&self, worker: usize) -> Option<(f64, usize)> {
         let port = self.hub.port(worker);
         let conns = port.connections.load(Ordering::Relaxed);
         if conns >= port.max_connections {
             return None;
         }
         let queued = port.queued_bytes.load(Ordering::Relaxed) as f64 / 65536.0;
-        Some(conns as f64 * self.connection_weight + queued)
+        Some((conns as f64 * self.connection_weight + queued, conns))
     }
 
     /// Hands the connection to a worker and wakes it; gives it back when no worker can take
     /// it now, saying why.
     pub fn dispatch(&self, conn: NewConn) -> Result<usize, NotTaken> {
-        let mut order: Vec<(f64, usize)> = (0..self.hub.workers())
+        let mut order: Vec<((f64, usize), usize)> = (0..self.hub.workers())
             .filter_map(|w| self.score(w).map(|s| (s, w)))
             .collect();
-        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order.sort_by(|(a, _), (b, _)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut conn = conn;
         let mut busy = false;
         for (_, w) in order {
@@ -92,5 +94,35 @@ impl Balancer {
         port.accepts.push(conn)?;
         port.notify();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_conn() -> NewConn {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        NewConn {
+            fd: a.into(),
+            peer: "192.0.2.1:1".parse().unwrap(),
+            listener: 0,
+            refuse: None,
+            ticket: None,
+        }
+    }
+
+    #[test]
+    fn connections_spread_evenly_whatever_the_connection_weight() {
+        for weight in [0.0, 1.0] {
+            let hub = Arc::new(Hub::with_inbox(4, 1000, 100).unwrap());
+            let balancer = Balancer::new(Arc::clone(&hub), weight);
+            for _ in 0..100 {
+                balancer.dispatch(new_conn()).unwrap();
+            }
+            for w in 0..4 {
+                assert_eq!(hub.port(w).accepts.len(), 25, "worker {w}, weight {weight}");
+            }
+        }
     }
 }
