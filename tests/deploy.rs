@@ -243,6 +243,32 @@ fn services_are_added_and_removed_by_editing_lapps_json() {
     app.shutdown();
 }
 
+/// A service a reload adds does not start while a service it depends on failed to (as at
+/// start-up); it starts with the reload that fixes that one.
+#[test]
+fn a_service_added_beside_a_dependency_that_failed_to_start_waits_for_it() {
+    let site = Site::new("add-depends");
+    site.app("one", "one");
+    site.services(&["one"]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    site.app("base", "base");
+    site.broken_app("base");
+    site.app("user", "user");
+    site.lapps_json(r#", "one": {}, "base": {}, "user": { "depends": ["base"] }"#);
+    app.reload();
+    assert!(status_of(addr, "/base").contains("404"));
+    assert!(
+        status_of(addr, "/user").contains("404"),
+        "user started without base"
+    );
+    site.app("base", "base");
+    app.reload();
+    assert_eq!(ask(&mut connect(addr, "/base"), "a"), "base a");
+    assert_eq!(ask(&mut connect(addr, "/user"), "b"), "user b");
+    app.shutdown();
+}
+
 #[test]
 fn a_lua_service_may_depend_on_a_builtin_one() {
     // --check-config accepts it, so the server must start with it too.

@@ -305,14 +305,18 @@ impl Registry {
             .collect()
     }
 
-    /// Starts a service that is not running yet (a deploy of a new service).
+    /// Starts a service that is not running yet (a deploy of a new service), once the
+    /// services it depends on run (as at start-up).
     pub fn add(&self, spec: ServiceSpec) -> Result<(), StartError> {
-        if self
-            .lock_running()
-            .iter()
-            .any(|s| s.spec().name == spec.name)
-        {
+        let running = self.running();
+        if running.contains(&spec.name) {
             return Err(err(&spec.name, "already running"));
+        }
+        if let Some(d) = spec.depends.iter().find(|d| !running.contains(d)) {
+            return Err(err(
+                &spec.name,
+                format!("depends on {d}, which is not running"),
+            ));
         }
         self.lock_idle().retain(|s| s.name != spec.name);
         self.launch(spec)
