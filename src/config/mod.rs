@@ -111,13 +111,18 @@ impl Config {
         let lapps_result = LappsConfig::from_json_str(lapps.0, lapps.1, cwd);
         let (ws_file, lapps_file) = (ws.0.to_string(), lapps.0.to_string());
         match (ws_result, lapps_result) {
-            (Ok(ws), Ok(lapps)) => Ok(Config {
-                dir: dir.to_path_buf(),
-                ws_file,
-                lapps_file,
-                ws,
-                lapps,
-            }),
+            (Ok(ws), Ok(lapps)) => {
+                if let Some(p) = queues_past_memory(&ws, &lapps, &lapps_file, quarter_of_memory()) {
+                    return Err(ConfigError { problems: vec![p] });
+                }
+                Ok(Config {
+                    dir: dir.to_path_buf(),
+                    ws_file,
+                    lapps_file,
+                    ws,
+                    lapps,
+                })
+            }
             (w, l) => {
                 let problems = [w.err(), l.err()]
                     .into_iter()
@@ -128,6 +133,50 @@ impl Config {
             }
         }
     }
+}
+
+/// The Lua services' inbound queues are allocated whole when they start: `instances` x
+/// ([`crate::service::lua::inbox_bytes`]). Past `bound` (a quarter of the memory) together,
+/// the configuration is refused here, naming the largest, rather than failing or being killed
+/// at start: the ceilings on `instances` and `queue_capacity` alone allow terabytes.
+fn queues_past_memory(
+    ws: &WsConfig,
+    lapps: &LappsConfig,
+    lapps_file: &str,
+    bound: u64,
+) -> Option<Problem> {
+    let per_service = lapps
+        .services
+        .values()
+        .filter(|s| s.builtin.is_none() && !s.standalone)
+        .map(|s| {
+            let one = crate::service::lua::inbox_bytes(s.queue_capacity, ws.workers.workers);
+            (one.saturating_mul(s.instances as u64), s)
+        });
+    let total: u64 = per_service
+        .clone()
+        .map(|(b, _)| b)
+        .fold(0, u64::saturating_add);
+    if total <= bound {
+        return None;
+    }
+    let (largest, s) = per_service.max_by_key(|(b, _)| *b)?;
+    const MIB: u64 = 1 << 20;
+    Some(Problem {
+        kind: ProblemKind::Semantic,
+        file: lapps_file.to_string(),
+        path: format!("services.{}", s.name),
+        message: format!(
+            "the services' inbound queues would take {} MiB when they start, more than a \
+             quarter of the memory ({} MiB); this one's {} instances x queue_capacity {} take \
+             {} MiB: lower instances or queue_capacity",
+            total / MIB,
+            bound / MIB,
+            s.instances,
+            s.queue_capacity,
+            largest / MIB
+        ),
+    })
 }
 
 impl WsConfig {

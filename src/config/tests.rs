@@ -619,6 +619,50 @@ fn several_problems_across_both_files_are_reported_together() {
     assert_eq!(e.problems.len(), 2);
 }
 
+#[test]
+fn services_whose_queues_would_not_fit_the_memory_are_refused() {
+    let w = ws(r#"{ "workers": { "workers": 2 } }"#).unwrap();
+    let l = lapps(
+        r#"{ "services": { "small": {}, "big": { "instances": 64, "queue_capacity": 1048576 } } }"#,
+    )
+    .unwrap();
+    let p = queues_past_memory(&w, &l, "lapps.json", 1 << 30).expect("refused");
+    assert_eq!(
+        (p.file.as_str(), p.path.as_str()),
+        ("lapps.json", "services.big")
+    );
+    assert!(
+        p.message
+            .contains("more than a quarter of the memory (1024 MiB)")
+            && p.message.contains("64 instances x queue_capacity 1048576"),
+        "{}",
+        p.message
+    );
+    // The defaults take little; a standalone service has no inbound queue.
+    let fine = lapps(
+        r#"{ "services": { "small": {}, "alone": { "standalone": true, "instances": 64,
+                                                   "queue_capacity": 1048576 } } }"#,
+    )
+    .unwrap();
+    assert_eq!(queues_past_memory(&w, &fine, "lapps.json", 1 << 30), None);
+    // Loading checks it, against the memory there is: 1024 x 1 Mi slots are over 100 GiB.
+    let e = Config::from_strs(
+        Path::new("/c"),
+        ("ws.json", "{}"),
+        (
+            "lapps.json",
+            r#"{ "services": { "big": { "instances": 1024, "queue_capacity": 1048576 } } }"#,
+        ),
+        Path::new(CWD),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("lapps.json: services.big: the services' inbound queues would take"),
+        "{e}"
+    );
+}
+
 // ---- start order ----
 
 #[test]

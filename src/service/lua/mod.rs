@@ -136,6 +136,14 @@ use crate::net::handle::ConnId;
 use crate::net::hub::Hub;
 use crate::ws::Opcode;
 
+/// The bytes an instance's inbound queue allocates when it starts (see `LuaService::new`): a
+/// slot per message of `queue_capacity` and [`BATCHES_PER_WORKER`] per worker.
+pub fn inbox_bytes(queue_capacity: usize, workers: usize) -> u64 {
+    let slots = queue_capacity.saturating_add(workers.saturating_mul(BATCHES_PER_WORKER));
+    let slot = std::mem::size_of::<Batch>() + std::mem::size_of::<usize>();
+    (slots as u64).saturating_mul(slot as u64)
+}
+
 /// Batch slots per worker on top of one slot per message of the high-water mark: every batch
 /// holds at least one event and messages above the mark pause their reader, so a full queue
 /// (the flush keeps the batch and retries) takes more open/close events than a worker sees.
