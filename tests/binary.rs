@@ -225,7 +225,8 @@ fn check_config_resolves_every_preload_name() {
             ONE_SHOT_GUARD,
         )
     };
-    let fine = check(r#"["mqr", "bcast", "string", "bit", "own", "shared", "deep.mod"]"#);
+    let fine =
+        check(r#"["mqr", "bcast", "string", "bit", "table.new", "own", "shared", "deep.mod"]"#);
     assert!(
         fine.status.success(),
         "{}",

@@ -500,7 +500,14 @@ fn a_stopping_worker_closes_every_connection_left_in_its_inbox() {
     hub.begin_shutdown();
     let router = Arc::new(EchoRouter::new(1 << 20));
     let worker = Worker::new(0, Arc::clone(&hub), router, WorkerOptions::default()).unwrap();
-    std::thread::spawn(move || worker.run()).join().unwrap();
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        worker.run();
+        let _ = done.send(());
+    });
+    stopped
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the worker stops");
     // The hub is still held here, as the server holds it while its services stop.
     assert_eq!(hub.port(0).accepts.len(), 0);
     assert_eq!(places.count(ip), 0, "every place given back");

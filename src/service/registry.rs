@@ -322,7 +322,8 @@ impl Registry {
         self.launch(spec)
     }
 
-    /// Replaces a running service by a new version without touching the others. The new
+    /// Replaces a running service by a new version without touching the others (its
+    /// `depends` are not checked again: the running version already runs without them). The new
     /// version is started first: if it fails to load, the old one keeps serving and the error
     /// is returned. New connections then reach the new version; the old one's connections are
     /// closed with 1001 (going away), so their clients reconnect to it, and the old instances

@@ -65,18 +65,26 @@ pub fn compile_check(app_file: &std::path::Path, bytecode: bool) -> Result<(), S
 }
 
 /// Resolves a service's `preload` names as its instances will, running none of them
-/// (`--check-config`): each must be a host module, a library its state has, or a Lua file on
-/// its `package.path` (the app's directory, then `lib`), which must compile. A name none of
-/// these gives fails the service's start, and at boot the whole server's.
+/// (`--check-config`): each must be a host module, a library its state has (or preloads, as
+/// LuaJIT's `table.new`), a Lua file on its `package.path` (the app's directory, then `lib`),
+/// which must compile, or, where the service may load native code (`allow_ffi`,
+/// `allow_debug`), a C module on `package.cpath`. A name none of these gives fails the
+/// service's start, and at boot the whole server's.
 pub fn preload_check(spec: &ServiceSpec) -> Result<(), String> {
     let unsafe_state = spec.allow_ffi || spec.allow_debug;
     let lua = mlua::Lua::new();
     sandbox::set_package_path(&lua, spec).map_err(|e| e.to_string())?;
     let find = lua
         .load(
-            "local name = ...
-             if package.loaded[name] ~= nil then return true end
-             return package.searchpath(name, package.path)",
+            "local name, c = ...
+             if package.loaded[name] ~= nil or package.preload[name] ~= nil then
+               return true
+             end
+             local path, err = package.searchpath(name, package.path)
+             if path or not c then return path, err end
+             local cpath, cerr = package.searchpath(name, package.cpath)
+             if cpath then return true end
+             return nil, err .. cerr",
         )
         .into_function()
         .map_err(|e| e.to_string())?;
@@ -103,8 +111,10 @@ pub fn preload_check(spec: &ServiceSpec) -> Result<(), String> {
             }
             None => {}
         }
-        let (found, tried): (mlua::Value, Option<String>) =
-            find.call(n).map_err(|e| format!("preload {n}: {e}"))?;
+        // A C module (`package.cpath`) loads only in a state that may load native code.
+        let (found, tried): (mlua::Value, Option<String>) = find
+            .call((n, unsafe_state))
+            .map_err(|e| format!("preload {n}: {e}"))?;
         match found {
             mlua::Value::Boolean(true) => {}
             mlua::Value::String(path) => {
