@@ -147,7 +147,7 @@ use crate::net::hub::Hub;
 use crate::ws::Opcode;
 
 /// The bytes an instance's inbound queue allocates when it starts (see `LuaService::new`): a
-/// slot per message of `queue_capacity` and [`BATCHES_PER_WORKER`] per worker.
+/// slot per message of `queue_capacity` and `BATCHES_PER_WORKER` (8) per worker.
 pub fn inbox_bytes(queue_capacity: usize, workers: usize) -> u64 {
     let slots = queue_capacity.saturating_add(workers.saturating_mul(BATCHES_PER_WORKER));
     let slot = std::mem::size_of::<Batch>() + std::mem::size_of::<usize>();
