@@ -301,7 +301,15 @@ impl Reloads {
                         .flatten()
                         .collect();
                     flag.store(true, Ordering::SeqCst);
-                    let ok = app.reload();
+                    // A panic (a bug; std printed it) fails this reload, not every later one:
+                    // the thread and its flag would be gone, and each SIGHUP would say the
+                    // last reload is still running.
+                    let ok =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.reload()))
+                            .unwrap_or_else(|_| {
+                                error!("reload panicked: it failed; the next SIGHUP tries again");
+                                false
+                            });
                     flag.store(false, Ordering::SeqCst);
                     for r in requesters {
                         r.answer(ok);
