@@ -673,11 +673,26 @@ impl App {
                     );
                     done.stopped += 1;
                 }
-                None => crate::error!(
-                    "deploy: service {name} keeps serving {}: the service configured there \
-                     did not start",
-                    crate::log::shown(&path)
-                ),
+                None => match cfg
+                    .lapps
+                    .services
+                    .values()
+                    .find(|s| s.is_network() && s.request_target == path && s.builtin.is_some())
+                {
+                    // Builtin services change at a restart (warned above): not a failure.
+                    Some(b) => crate::warn!(
+                        "deploy: service {name} keeps serving {} until the restart that starts \
+                         builtin service {}",
+                        crate::log::shown(&path),
+                        b.name
+                    ),
+                    // Its failure to start was counted and logged above.
+                    None => crate::error!(
+                        "deploy: service {name} keeps serving {}: the service configured \
+                         there did not start",
+                        crate::log::shown(&path)
+                    ),
+                },
             }
         }
         done
