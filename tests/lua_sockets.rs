@@ -1047,6 +1047,48 @@ fn a_message_past_the_memory_limit_fails_its_connection_not_the_others_of_its_ba
     drop(app);
 }
 
+/// A connection not read because its service is behind is still ended when its peer resets
+/// it: its slot is free again while the service is busy, not only once it catches up.
+#[test]
+fn a_reset_of_a_connection_paused_behind_its_service_frees_its_slot_at_once() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0,
+                  "workers": { "workers": 1, "max_connections": 2 } }"#;
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 1 } }"#,
+    );
+    let app = start_app(ws, &services);
+    let (_one, release) = hold_reply_release();
+    let mut held = raw_upgraded(app.addr, "/hold_reply");
+    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
+    // Past the held instance's high-water mark (1 message) in one read: paused.
+    let mut paused = raw_upgraded(app.addr, "/hold_reply");
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        burst.extend(frame(true, 0, 0x1, b"x", true));
+    }
+    paused.write_all(&burst).unwrap();
+    let client_end = paused.local_addr().unwrap();
+    wait_for("the server to read the burst", GUARD, || {
+        server_unread(app.addr, client_end) == Some(0)
+    });
+    assert_eq!(upgrade_status(app.addr, "/hold_reply", ""), 503, "full");
+    close_with_reset(paused);
+    wait_for("the reset connection's slot", GUARD, || {
+        upgrade_status(app.addr, "/hold_reply", "") == 101
+    });
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(
+        read_frame(&mut held).expect("released").payload,
+        b"released"
+    );
+    wait_for("the instance to take its release", GUARD, || {
+        release.is_empty()
+    });
+    drop(app);
+}
+
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
 /// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
 /// and no Pong to a ping sent after the bad frame.

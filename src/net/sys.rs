@@ -48,6 +48,24 @@ pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Resul
     .map(|_| ())
 }
 
+/// The socket's pending error (SO_ERROR), taken: `Some` once the peer reset the connection
+/// (or another error ended it), `None` while it is fine.
+pub fn socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` outlive the call, and `len` gives `err`'s size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
+}
+
 /// Sends with MSG_NOSIGNAL: a peer that went away yields EPIPE, never SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid slice for its length.

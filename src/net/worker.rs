@@ -524,6 +524,17 @@ impl Worker {
         };
         c.read_pending = true;
         c.peer_hup |= hangup;
+        // Not read now (its service is behind, or its peer does not read ours): this edge is
+        // the last word on a reset, which would otherwise be seen only once reading resumes,
+        // the connection's descriptor and slot held until then. What it sent and was not read
+        // is lost with the reset anyway; a FIN alone (a half-close) waits for its turn.
+        if hangup && c.read_paused() {
+            if let Some(e) = sys::socket_error(c.fd.as_raw_fd()) {
+                debug!("worker {}: {} while not read: {e}", self.id, c.peer);
+                self.end(index, Ending::Error);
+                return;
+            }
+        }
         // Already waiting in `pending` (its last turn's budget ran out): its turn comes later
         // in this iteration (`run_pending`), and reading now as well would give it two.
         if c.in_pending {
