@@ -783,3 +783,40 @@ return app
     drop(child);
     drop(fillers);
 }
+
+/// Under systemd (Type=notify) every Lua instance's start tells the manager how long it may
+/// take (EXTEND_TIMEOUT_USEC, its start timeout and a margin), before READY=1: instances start
+/// one after another, which may take longer than the unit's TimeoutStartSec.
+#[test]
+fn each_instance_start_extends_systemds_start_timeout_before_ready() {
+    let dir = temp_dir("notify");
+    let socket = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    notify.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        r#"{ "directories": { "applications": "./lua/apps" },
+             "services": { "echo": { "protocol": "raw", "instances": 3 } } }"#,
+    );
+    let (_child, _addr, _log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("NOTIFY_SOCKET", &socket);
+    });
+    let mut states = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !states.iter().any(|s| s == "READY=1") {
+        let n = notify.recv(&mut buf).expect("a state before READY=1");
+        states.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let extends = states
+        .iter()
+        .filter(|s| s.as_str() == "EXTEND_TIMEOUT_USEC=35000000")
+        .count();
+    assert_eq!(extends, 3, "{states:?}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("READY=1"),
+        "{states:?}"
+    );
+}

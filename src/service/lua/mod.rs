@@ -241,6 +241,14 @@ impl LuaService {
             stop: Arc::clone(&svc.stop),
         };
         for i in 0..spec.instances {
+            // Under systemd: each instance may take its start timeout, and they start one
+            // after another, which may go past the unit's TimeoutStartSec; the manager waits
+            // as long as each start says it may take (never less than the unit's own timeout).
+            let may_take = spec.start_timeout + Duration::from_secs(5);
+            crate::signals::notify_systemd(&format!(
+                "EXTEND_TIMEOUT_USEC={}",
+                may_take.as_micros()
+            ));
             let inbox = svc.inboxes.get(i).cloned();
             match instance::spawn(Arc::clone(&spec), i, &shared, inbox) {
                 Ok(h) => svc.lock_instances().push(h),
