@@ -1089,6 +1089,55 @@ fn a_reset_of_a_connection_paused_behind_its_service_frees_its_slot_at_once() {
     drop(app);
 }
 
+/// What such a connection sent before its reset and the server has not read yet still
+/// reaches the app (the kernel hands it over before the error), once its service catches up.
+#[test]
+fn a_reset_connection_paused_behind_its_service_keeps_what_it_sent() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#;
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0, "queue_capacity": 1 } }"#,
+    );
+    let app = start_app(ws, &services);
+    let (_one, release) = hold_reply_release();
+    let notes = lapps::service::mqr::registry().open("hold_reply.notes", 16);
+    while notes.poll().is_some() {}
+    let mut held = raw_upgraded(app.addr, "/hold_reply");
+    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
+    let mut paused = raw_upgraded(app.addr, "/hold_reply");
+    let mut burst = Vec::new();
+    for i in 0..3 {
+        burst.extend(frame(true, 0, 0x1, format!("note {i}").as_bytes(), true));
+    }
+    paused.write_all(&burst).unwrap();
+    let client_end = paused.local_addr().unwrap();
+    wait_for("the server to read the burst", GUARD, || {
+        server_unread(app.addr, client_end) == Some(0)
+    });
+    // Paused now: this one stays in the server's socket, then the peer resets.
+    let tail = frame(true, 0, 0x1, b"note tail", true);
+    paused.write_all(&tail).unwrap();
+    wait_for("the tail in the server's socket", GUARD, || {
+        server_unread(app.addr, client_end) == Some(tail.len() as u64)
+    });
+    close_with_reset(paused);
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(
+        read_frame(&mut held).expect("released").payload,
+        b"released"
+    );
+    let mut seen = Vec::new();
+    wait_for("every note", GUARD, || {
+        while let Some(m) = notes.poll() {
+            seen.push(String::from_utf8_lossy(&m).into_owned());
+        }
+        seen.len() == 4
+    });
+    assert_eq!(seen, ["note 0", "note 1", "note 2", "note tail"]);
+    drop(app);
+}
+
 /// After a protocol violation nothing more of the peer is read, even while the reply to the
 /// message before it is awaited (RFC 6455 7.1.7; Autobahn 3.3): the reply, then Close 1002,
 /// and no Pong to a ping sent after the bad frame.

@@ -21,6 +21,8 @@ pub struct Event {
     pub writable: bool,
     /// Peer hung up or an error is pending: read to find out (EOF or the error).
     pub hangup: bool,
+    /// An error is pending (EPOLLERR: a reset, a timeout), within `hangup`.
+    pub error: bool,
 }
 
 /// The interest set every connection uses: both directions, edge-triggered, peer half-close.
@@ -112,6 +114,7 @@ impl Events {
                 readable: ev & libc::EPOLLIN != 0,
                 writable: ev & libc::EPOLLOUT != 0,
                 hangup: ev & (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) != 0,
+                error: ev & libc::EPOLLERR != 0,
             }
         })
     }

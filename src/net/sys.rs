@@ -66,6 +66,14 @@ pub fn socket_error(fd: RawFd) -> Option<io::Error> {
     (r == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
 }
 
+/// Bytes received and not yet read (FIONREAD); `None` when the socket cannot say.
+pub fn unread_bytes(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
+    (r == 0).then_some(n.max(0) as usize)
+}
+
 /// Sends with MSG_NOSIGNAL: a peer that went away yields EPIPE, never SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid slice for its length.

@@ -331,7 +331,7 @@ impl Worker {
                     self.on_writable(index);
                 }
                 if ev.readable || ev.hangup {
-                    self.on_readable(index, ev.hangup);
+                    self.on_readable(index, ev.hangup, ev.error);
                 }
             }
             self.run_pending();
@@ -503,7 +503,7 @@ impl Worker {
         self.set_deadline(index, now + self.opts.handshake_timeout);
         // The client may have sent its request already: edge-triggered registration reports
         // data that was there before, but reading right away saves a wake-up.
-        self.on_readable(index, false);
+        self.on_readable(index, false, false);
     }
 
     fn set_deadline(&mut self, index: u32, at: Instant) {
@@ -518,7 +518,7 @@ impl Worker {
 
     // ---- reading ---------------------------------------------------------------------------
 
-    fn on_readable(&mut self, index: u32, hangup: bool) {
+    fn on_readable(&mut self, index: u32, hangup: bool, error: bool) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
@@ -526,9 +526,11 @@ impl Worker {
         c.peer_hup |= hangup;
         // Not read now (its service is behind, or its peer does not read ours): this edge is
         // the last word on a reset, which would otherwise be seen only once reading resumes,
-        // the connection's descriptor and slot held until then. What it sent and was not read
-        // is lost with the reset anyway; a FIN alone (a half-close) waits for its turn.
-        if hangup && c.read_paused() {
+        // the connection's descriptor and slot held until then. Ended now when nothing it
+        // sent waits unread (the kernel still hands over what came before a reset: that is
+        // read, and the error seen, when reading resumes); a FIN alone (a half-close) waits
+        // for its turn.
+        if error && c.read_paused() && sys::unread_bytes(c.fd.as_raw_fd()) == Some(0) {
             if let Some(e) = sys::socket_error(c.fd.as_raw_fd()) {
                 debug!("worker {}: {} while not read: {e}", self.id, c.peer);
                 self.end(index, Ending::Error);

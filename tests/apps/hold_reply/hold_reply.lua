@@ -3,11 +3,15 @@
 -- waits, busy, until a message comes on the mqr queue "hold_reply.release", and replies
 -- "released". "bighold" sends a 300 KiB binary message first, without handing it over, then
 -- does the same (the outbox must post it early: it passes EARLY_POST_BYTES). Anything else is
--- echoed, but "id", which replies with this connection's handler.
+-- echoed, but "id", which replies with this connection's handler, and "note ...", which is
+-- posted to the mqr queue "hold_reply.notes" (seen even when its connection is gone).
 local app = {}
 
 app.onMessage = function(handler, opcode, message)
-  if message == "id" then
+  if message:sub(1, 5) == "note " then
+    mqr:post("hold_reply.notes", message)
+    return true
+  elseif message == "id" then
     ws:send(handler, 1, string.format("%.0f", handler))
     return true
   elseif message == "bighold" then
