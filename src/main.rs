@@ -355,7 +355,12 @@ impl Reloads {
             .name("reload-tls".into())
             .spawn(move || loop {
                 while certificates.again.swap(false, Ordering::SeqCst) {
-                    app.reload_tls();
+                    // As for a reload: a panic (a bug) must not leave `running` set for good.
+                    let reloaded =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.reload_tls()));
+                    if reloaded.is_err() {
+                        error!("certificate reload panicked: it failed");
+                    }
                 }
                 certificates.running.store(false, Ordering::SeqCst);
                 // A request between the last look and the store above: take it, unless
