@@ -408,6 +408,10 @@ impl RestartOnly {
             // Lowered at start-up to what the descriptor limit covers (src/main.rs).
             ws.workers.max_connections = 0;
         }
+        if ws.max_inbound_assembly_bytes_by_default {
+            // A quarter of the memory, which may change (systemctl set-property MemoryMax=).
+            ws.max_inbound_assembly_bytes = 0;
+        }
         RestartOnly {
             ws,
             builtins: cfg
@@ -730,5 +734,35 @@ impl App {
             server.shutdown();
             self.registry.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ws: &str) -> Config {
+        Config::from_strs(
+            std::path::Path::new("/c"),
+            ("ws.json", ws),
+            ("lapps.json", "{}"),
+            std::path::Path::new("/srv"),
+        )
+        .unwrap()
+    }
+
+    /// What the host decides when the file is silent (cores, memory, descriptors) is not a
+    /// change of ws.json for a reload; what the file says is.
+    #[test]
+    fn a_reload_compares_what_ws_json_says_not_what_the_host_gave() {
+        let (a, mut b) = (config("{}"), config("{}"));
+        b.ws.workers.workers += 1;
+        b.ws.workers.max_connections /= 2;
+        b.ws.max_inbound_assembly_bytes /= 2;
+        assert!(RestartOnly::of(&a) == RestartOnly::of(&b));
+        let written = r#"{ "max_inbound_assembly_bytes": 1048576 }"#;
+        let (a, mut b) = (config(written), config(written));
+        b.ws.max_inbound_assembly_bytes /= 2;
+        assert!(RestartOnly::of(&a) != RestartOnly::of(&b));
     }
 }

@@ -103,6 +103,9 @@ pub struct WsConfig {
     /// Bytes that inbound messages still being received may hold over all connections
     /// (0: no cap); past it, the connection whose message needs more is closed with 1013.
     pub max_inbound_assembly_bytes: u64,
+    /// `max_inbound_assembly_bytes` was taken from the memory, not from the file (a reload
+    /// compares the file).
+    pub max_inbound_assembly_bytes_by_default: bool,
     /// Open connections one peer address may have (0: no limit); past it, HTTP 503.
     pub max_connections_per_address: u32,
     /// IPv6 peers are counted under that limit by network: the first this many bits of
@@ -345,6 +348,7 @@ impl WsConfig {
                 0,
                 u64::MAX,
             ),
+            max_inbound_assembly_bytes_by_default: obj.get("max_inbound_assembly_bytes").is_none(),
             max_connections_per_address: obj.uint(
                 r,
                 "max_connections_per_address",
