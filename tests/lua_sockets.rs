@@ -1119,7 +1119,7 @@ fn a_reset_connection_paused_behind_its_service_keeps_what_it_sent() {
     let tail = frame(true, 0, 0x1, b"note tail", true);
     paused.write_all(&tail).unwrap();
     wait_for("the tail in the server's socket", GUARD, || {
-        server_unread(app.addr, client_end) == Some(tail.len() as u64)
+        socket_queues(app.addr, client_end).map(|(_, unread)| unread) == Some(tail.len() as u64)
     });
     close_with_reset(paused);
     release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();

@@ -529,8 +529,15 @@ impl Worker {
         // the connection's descriptor and slot held until then. Ended now when nothing it
         // sent waits unread (the kernel still hands over what came before a reset: that is
         // read, and the error seen, when reading resumes); a FIN alone (a half-close) waits
-        // for its turn.
-        if error && c.read_paused() && sys::unread_bytes(c.fd.as_raw_fd()) == Some(0) {
+        // for its turn. Plaintext only: over TLS, records already read may wait in the
+        // connection's stash or in rustls, which the socket's count does not show. (Output
+        // still queued for it is written first, in this same event: that write fails and
+        // ends the connection anyway; TCP promises nothing after a reset.)
+        if error
+            && c.read_paused()
+            && c.tls.is_none()
+            && sys::unread_bytes(c.fd.as_raw_fd()) == Some(0)
+        {
             if let Some(e) = sys::socket_error(c.fd.as_raw_fd()) {
                 debug!("worker {}: {} while not read: {e}", self.id, c.peer);
                 self.end(index, Ending::Error);
