@@ -186,6 +186,16 @@ impl Signals {
 /// Sends a state line to systemd when run as a `Type=notify` service (`NOTIFY_SOCKET`);
 /// does nothing otherwise. Abstract socket names start with '@'.
 pub fn notify_systemd(state: &str) {
+    // Once stopping, a reload still starting instances must not stretch the stop timeout
+    // (systemd applies EXTEND_TIMEOUT_USEC to whichever timeout runs).
+    static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if state == "STOPPING=1" {
+        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    } else if state.starts_with("EXTEND_TIMEOUT_USEC=")
+        && STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return;
+    }
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
