@@ -187,13 +187,13 @@ impl Signals {
 /// does nothing otherwise. Abstract socket names start with '@'.
 pub fn notify_systemd(state: &str) {
     // Once stopping, a reload still starting instances must not stretch the stop timeout
-    // (systemd applies EXTEND_TIMEOUT_USEC to whichever timeout runs).
-    static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // (systemd applies EXTEND_TIMEOUT_USEC to whichever timeout runs). One lock over the
+    // check and the send: no extension can follow STOPPING=1.
+    static STOPPING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut stopping = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
     if state == "STOPPING=1" {
-        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-    } else if state.starts_with("EXTEND_TIMEOUT_USEC=")
-        && STOPPING.load(std::sync::atomic::Ordering::SeqCst)
-    {
+        *stopping = true;
+    } else if *stopping && state.starts_with("EXTEND_TIMEOUT_USEC=") {
         return;
     }
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
