@@ -1047,6 +1047,35 @@ fn a_message_past_the_memory_limit_fails_its_connection_not_the_others_of_its_ba
     drop(app);
 }
 
+/// A hold_reply connection holding its instance ("hold" answered), and another whose
+/// `messages`, sent in one write, the server has read: past the held instance's high-water
+/// mark (1 message with `queue_capacity` 1), so that reading it is paused.
+fn held_and_paused(addr: SocketAddr, messages: &[&[u8]]) -> (TcpStream, TcpStream, SocketAddr) {
+    let mut held = raw_upgraded(addr, "/hold_reply");
+    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
+    let mut paused = raw_upgraded(addr, "/hold_reply");
+    let burst: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| frame(true, 0, 0x1, m, true))
+        .collect();
+    paused.write_all(&burst).unwrap();
+    let client_end = paused.local_addr().unwrap();
+    wait_for("the server to read the burst", GUARD, || {
+        server_unread(addr, client_end) == Some(0)
+    });
+    (held, paused, client_end)
+}
+
+/// Lets the held hold_reply instance go on; it answers `held`, then takes its release.
+fn release_held(release: &lapps::service::mqr::Queue, held: &mut TcpStream) {
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(read_frame(held).expect("released").payload, b"released");
+    wait_for("the instance to take its release", GUARD, || {
+        release.is_empty()
+    });
+}
+
 /// A connection not read because its service is behind is still ended when its peer resets
 /// it: its slot is free again while the service is busy, not only once it catches up.
 #[test]
@@ -1059,33 +1088,13 @@ fn a_reset_of_a_connection_paused_behind_its_service_frees_its_slot_at_once() {
     );
     let app = start_app(ws, &services);
     let (_one, release) = hold_reply_release();
-    let mut held = raw_upgraded(app.addr, "/hold_reply");
-    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
-    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
-    // Past the held instance's high-water mark (1 message) in one read: paused.
-    let mut paused = raw_upgraded(app.addr, "/hold_reply");
-    let mut burst = Vec::new();
-    for _ in 0..3 {
-        burst.extend(frame(true, 0, 0x1, b"x", true));
-    }
-    paused.write_all(&burst).unwrap();
-    let client_end = paused.local_addr().unwrap();
-    wait_for("the server to read the burst", GUARD, || {
-        server_unread(app.addr, client_end) == Some(0)
-    });
+    let (mut held, paused, _) = held_and_paused(app.addr, &[b"x", b"x", b"x"]);
     assert_eq!(upgrade_status(app.addr, "/hold_reply", ""), 503, "full");
     close_with_reset(paused);
     wait_for("the reset connection's slot", GUARD, || {
         upgrade_status(app.addr, "/hold_reply", "") == 101
     });
-    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
-    assert_eq!(
-        read_frame(&mut held).expect("released").payload,
-        b"released"
-    );
-    wait_for("the instance to take its release", GUARD, || {
-        release.is_empty()
-    });
+    release_held(&release, &mut held);
     drop(app);
 }
 
@@ -1102,19 +1111,8 @@ fn a_reset_connection_paused_behind_its_service_keeps_what_it_sent() {
     let (_one, release) = hold_reply_release();
     let notes = lapps::service::mqr::registry().open("hold_reply.notes", 16);
     while notes.poll().is_some() {}
-    let mut held = raw_upgraded(app.addr, "/hold_reply");
-    held.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
-    assert_eq!(read_frame(&mut held).expect("holding").payload, b"holding");
-    let mut paused = raw_upgraded(app.addr, "/hold_reply");
-    let mut burst = Vec::new();
-    for i in 0..3 {
-        burst.extend(frame(true, 0, 0x1, format!("note {i}").as_bytes(), true));
-    }
-    paused.write_all(&burst).unwrap();
-    let client_end = paused.local_addr().unwrap();
-    wait_for("the server to read the burst", GUARD, || {
-        server_unread(app.addr, client_end) == Some(0)
-    });
+    let (mut held, mut paused, client_end) =
+        held_and_paused(app.addr, &[b"note 0", b"note 1", b"note 2"]);
     // Paused now: this one stays in the server's socket, then the peer resets.
     let tail = frame(true, 0, 0x1, b"note tail", true);
     paused.write_all(&tail).unwrap();
@@ -1122,11 +1120,7 @@ fn a_reset_connection_paused_behind_its_service_keeps_what_it_sent() {
         socket_queues(app.addr, client_end).map(|(_, unread)| unread) == Some(tail.len() as u64)
     });
     close_with_reset(paused);
-    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
-    assert_eq!(
-        read_frame(&mut held).expect("released").payload,
-        b"released"
-    );
+    release_held(&release, &mut held);
     let mut seen = Vec::new();
     wait_for("every note", GUARD, || {
         while let Some(m) = notes.poll() {
