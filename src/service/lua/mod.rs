@@ -149,9 +149,13 @@ use crate::ws::Opcode;
 /// The bytes an instance's inbound queue allocates when it starts (see `LuaService::new`): a
 /// slot per message of `queue_capacity` and `BATCHES_PER_WORKER` (8) per worker.
 pub fn inbox_bytes(queue_capacity: usize, workers: usize) -> u64 {
-    let slots = queue_capacity.saturating_add(workers.saturating_mul(BATCHES_PER_WORKER));
     let slot = std::mem::size_of::<Batch>() + std::mem::size_of::<usize>();
-    (slots as u64).saturating_mul(slot as u64)
+    (inbox_slots(queue_capacity, workers) as u64).saturating_mul(slot as u64)
+}
+
+/// The batch slots of an instance's inbound queue.
+fn inbox_slots(queue_capacity: usize, workers: usize) -> usize {
+    queue_capacity.saturating_add(workers.saturating_mul(BATCHES_PER_WORKER))
 }
 
 /// Batch slots per worker on top of one slot per message of the high-water mark: every batch
@@ -216,7 +220,7 @@ impl LuaService {
                 .map(|_| {
                     Arc::new(Inbox::new(
                         workers,
-                        spec.queue_capacity + workers * BATCHES_PER_WORKER,
+                        inbox_slots(spec.queue_capacity, workers),
                         spec.queue_capacity,
                         spec.queue_bytes,
                     ))
