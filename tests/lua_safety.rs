@@ -385,6 +385,52 @@ fn an_init_that_loops_on_must_stop_is_stopped_by_its_budget() {
     assert!(e.message.contains("instruction budget"), "{e}");
 }
 
+/// A service's instances start at once: each init here waits until all four have begun
+/// theirs (one after another, the first would wait for ever for the second).
+#[test]
+fn the_instances_of_a_service_start_at_the_same_time() {
+    let mut s = standalone_in_tmp(
+        "initmeet",
+        r#"local s = {}
+s.init = function()
+  for j = 0, 3 do assert(mqr:post("safety.meet." .. j, tostring(instance_id))) end
+  for k = 1, 4 do
+    local m, e = mqr:receive("safety.meet." .. instance_id, 15)
+    if not m then error("only " .. (k - 1) .. " of 4 instances began their start: " .. e) end
+  end
+end
+s.run = function() end
+return s"#,
+    );
+    s.instances = 4;
+    let reg = Registry::start(vec![s], hub(1)).expect("all four started");
+    reg.shutdown();
+}
+
+/// One instance's failed start is reported as soon as it is known: the others' waits end
+/// (`must_stop()`), rather than running to their start timeout.
+#[test]
+fn a_failed_instance_start_is_reported_before_the_others_time_out() {
+    let mut s = standalone_in_tmp(
+        "initfail",
+        r#"local s = {}
+s.init = function()
+  if instance_id == 1 then error("instance 1 cannot start") end
+  local m, e = mqr:receive("safety.fail.never")
+  assert(e == "stopped", "waited until told to stop")
+end
+s.run = function() end
+return s"#,
+    );
+    s.instances = 2;
+    s.start_timeout = std::time::Duration::from_secs(20);
+    let e = Registry::start(vec![s], hub(1))
+        .err()
+        .expect("a start error");
+    assert!(e.message.contains("instance 1: "), "{e}");
+    assert!(e.message.contains("instance 1 cannot start"), "{e}");
+}
+
 #[test]
 fn an_init_that_never_returns_fails_the_start_after_its_timeout() {
     let mut s = standalone_in_tmp(

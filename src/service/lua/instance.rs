@@ -7,10 +7,10 @@
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value};
 
@@ -25,6 +25,8 @@ use crate::net::hub::{Command, Hub};
 
 /// What the starter keeps of a running instance.
 pub(crate) struct InstanceHandle {
+    /// Its `instance_id`.
+    pub index: usize,
     pub thread: Option<JoinHandle<()>>,
     /// Receives once the thread is about to end (for a shutdown with a deadline).
     pub finished: Receiver<()>,
@@ -42,27 +44,180 @@ pub(crate) struct Shared {
 const HELD_POLL_FIRST: Duration = Duration::from_millis(1);
 const HELD_POLL_MAX: Duration = Duration::from_millis(100);
 
-/// How an instance's start ended (see `spawn`).
+/// How an instance's start ended (see `spawn` and `start_all`).
 const STARTING: u8 = 0;
 const READY: u8 = 1;
 const TIMED_OUT: u8 = 2;
 
-/// Starts instance `index` and waits until it is serving; `Err` carries the reason.
-pub(crate) fn spawn(
+/// How instance N's start ended, as its thread tells `start_all`.
+type Report = (usize, Result<(), String>);
+
+/// An instance thread whose start `start_all` waits for.
+struct Starting {
+    thread: JoinHandle<()>,
+    finished: Receiver<()>,
+    outcome: Arc<AtomicU8>,
+}
+
+/// The starts of one service's instances, as `start_all` learns how they end.
+struct Starts<'a> {
+    /// By index; None once its start has ended (or was given up on).
+    starting: Vec<Option<Starting>>,
+    serving: Vec<InstanceHandle>,
+    failure: Option<String>,
+    stop: &'a Stop,
+}
+
+impl Starts<'_> {
+    fn waiting(&self) -> bool {
+        self.starting.iter().any(Option::is_some)
+    }
+
+    /// Instance `index` reported how its start ended.
+    fn report(&mut self, index: usize, result: Result<(), String>) {
+        // None: given up on at the deadline; its late failure is not news.
+        let Some(s) = self.starting[index].take() else {
+            return;
+        };
+        match result {
+            Ok(()) => self.serving.push(InstanceHandle {
+                index,
+                thread: Some(s.thread),
+                finished: s.finished,
+            }),
+            Err(e) => {
+                let _ = s.thread.join();
+                self.fail(index, e);
+            }
+        }
+    }
+
+    /// The service cannot start: the first reason is kept, and the instances still starting
+    /// see `must_stop()`.
+    fn fail(&mut self, index: usize, why: String) {
+        self.failure
+            .get_or_insert(format!("instance {index}: {why}"));
+        self.stop.set();
+    }
+
+    /// Takes every word already sent.
+    fn take_reports(&mut self, reports: &Receiver<Report>) {
+        while let Ok((index, result)) = reports.try_recv() {
+            self.report(index, result);
+        }
+    }
+
+    /// The start timeout has passed: what has not reported is given up on.
+    fn time_out(&mut self, reports: &Receiver<Report>, timeout: Duration) {
+        // What came in before the deadline is news, not a timeout.
+        self.take_reports(reports);
+        for index in 0..self.starting.len() {
+            let Some(s) = &self.starting[index] else {
+                continue;
+            };
+            if s.thread.is_finished() {
+                // Its word, if it sent one, is in by now.
+                self.take_reports(reports);
+                if self.starting[index].take().is_some() {
+                    self.fail(index, DIED.into());
+                }
+            } else if s
+                .outcome
+                .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // Left behind: must_stop() turns true and blocked host calls return, so an
+                // init that polls or waits ends; one that never does stays parked until the
+                // process exits.
+                self.starting[index] = None;
+                self.fail(
+                    index,
+                    format!(
+                        "init/onStart did not finish within {timeout:?} (it must return; loops belong in run())"
+                    ),
+                );
+            }
+            // Else it became ready just now: its word is on the way.
+        }
+    }
+}
+
+/// Starts every instance of a service at once (each loads its app and runs `onStart` or
+/// `init` on its own thread) and waits until each serves, fails, or passes the start
+/// timeout. Returns the instances that serve and, when any did not start, the first reason
+/// (in the order the starter learnt them). After a failure `must_stop()` turns true for the
+/// others, so that an `init` that polls it or waits in a host call ends its start early; the
+/// caller stops whatever serves.
+pub(crate) fn start_all(
+    spec: &Arc<ServiceSpec>,
+    shared: &Shared,
+    inboxes: &[Arc<Inbox>],
+) -> (Vec<InstanceHandle>, Option<String>) {
+    // Room for every instance's one word: a thread never waits to report.
+    let (ready_tx, ready_rx) = sync_channel::<Report>(spec.instances);
+    let deadline = Instant::now() + spec.start_timeout;
+    let mut starts = Starts {
+        starting: Vec::with_capacity(spec.instances),
+        serving: Vec::with_capacity(spec.instances),
+        failure: None,
+        stop: &shared.stop,
+    };
+    for index in 0..spec.instances {
+        let inbox = inboxes.get(index).cloned();
+        match spawn(Arc::clone(spec), index, shared, inbox, ready_tx.clone()) {
+            Ok(s) => starts.starting.push(Some(s)),
+            Err(e) => {
+                starts.fail(index, e);
+                break;
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut past_deadline = false;
+    while starts.waiting() {
+        let got = if past_deadline {
+            // Only instances that became ready as the time ran out are left.
+            ready_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        };
+        match got {
+            Ok((index, result)) => starts.report(index, result),
+            Err(RecvTimeoutError::Timeout) => {
+                past_deadline = true;
+                starts.time_out(&ready_rx, spec.start_timeout);
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // Every thread has reported or ended: those left ended without a word.
+                for index in 0..starts.starting.len() {
+                    if let Some(s) = starts.starting[index].take() {
+                        let _ = s.thread.join();
+                        starts.fail(index, DIED.into());
+                    }
+                }
+            }
+        }
+    }
+    (starts.serving, starts.failure)
+}
+
+const DIED: &str = "the instance thread died while starting";
+
+/// Starts instance `index`'s thread; it reports on `ready_tx` how its start ended (unless
+/// `start_all` gave up on it first, see `outcome`).
+fn spawn(
     spec: Arc<ServiceSpec>,
     index: usize,
     shared: &Shared,
     inbox: Option<Arc<Inbox>>,
-) -> Result<InstanceHandle, String> {
-    let (ready_tx, ready_rx) = sync_channel::<Result<(), String>>(1);
+    ready_tx: SyncSender<Report>,
+) -> Result<Starting, String> {
     let (fin_tx, fin_rx) = sync_channel::<()>(1);
     let hub = Arc::clone(&shared.hub);
     let bcast = Arc::clone(&shared.bcast);
     let stop = Arc::clone(&shared.stop);
-    let stop_on_timeout = Arc::clone(&shared.stop);
-    let spec_timeout = spec.start_timeout;
-    // Who decides whether the instance started: its thread, ready in time, or this one, once
-    // the timeout passed. One compare-and-swap each, so the two can never both win.
+    // Who decides whether the instance started: its thread, ready in time, or the starter,
+    // once the timeout passed. One compare-and-swap each, so the two can never both win.
     let outcome = Arc::new(AtomicU8::new(STARTING));
     let thread_outcome = Arc::clone(&outcome);
     let thread = std::thread::Builder::new()
@@ -73,7 +228,7 @@ pub(crate) fn spawn(
             let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop));
             match load(&spec, &host) {
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                    let _ = ready_tx.send((index, Err(e)));
                 }
                 Ok((lua, module, app)) => {
                     // What the state takes at the least, without the garbage of its loading.
@@ -85,7 +240,9 @@ pub(crate) fn spawn(
                         .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
                     if ready {
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send((index, Ok(())));
+                        // The starter knows when every thread has reported or ended.
+                        drop(ready_tx);
                         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             serve(&lua, &host, &module, app, inbox.as_deref())
                         }));
@@ -106,39 +263,11 @@ pub(crate) fn spawn(
             let _ = fin_tx.send(());
         })
         .map_err(|e| format!("cannot spawn the instance thread: {e}"))?;
-    let mut started = ready_rx.recv_timeout(spec_timeout);
-    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = started {
-        let gave_up = outcome
-            .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if gave_up {
-            // Left behind: must_stop() turns true and blocked host calls return, so an init
-            // that polls or waits ends; one that never does stays parked until the process
-            // exits.
-            stop_on_timeout.set();
-            return Err(format!(
-                "init/onStart did not finish within {spec_timeout:?} (it must return; loops belong in run())"
-            ));
-        }
-        // Ready just now (or failed: its error is on the way).
-        started = ready_rx
-            .recv()
-            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected);
-    }
-    match started.map_err(|_| ()) {
-        Ok(Ok(())) => Ok(InstanceHandle {
-            thread: Some(thread),
-            finished: fin_rx,
-        }),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err("the instance thread died while starting".into())
-        }
-    }
+    Ok(Starting {
+        thread,
+        finished: fin_rx,
+        outcome,
+    })
 }
 
 enum App {

@@ -244,23 +244,16 @@ impl LuaService {
             bcast,
             stop: Arc::clone(&svc.stop),
         };
-        for i in 0..spec.instances {
-            // Under systemd: each instance may take its start timeout, and they start one
-            // after another, which may go past the unit's TimeoutStartSec; the manager waits
-            // as long as each start says it may take (never less than the unit's own timeout).
-            let may_take = spec.start_timeout + Duration::from_secs(5);
-            crate::signals::notify_systemd(&format!(
-                "EXTEND_TIMEOUT_USEC={}",
-                may_take.as_micros()
-            ));
-            let inbox = svc.inboxes.get(i).cloned();
-            match instance::spawn(Arc::clone(&spec), i, &shared, inbox) {
-                Ok(h) => svc.lock_instances().push(h),
-                Err(e) => {
-                    svc.shutdown(Duration::from_secs(5));
-                    return Err(format!("instance {i}: {e}"));
-                }
-            }
+        // Under systemd: the instances start at once, each within its start timeout, which
+        // may be longer than the unit's TimeoutStartSec; the manager waits as long as the
+        // start says it may take (never less than the unit's own timeout).
+        let may_take = spec.start_timeout + Duration::from_secs(5);
+        crate::signals::notify_systemd(&format!("EXTEND_TIMEOUT_USEC={}", may_take.as_micros()));
+        let (serving, failure) = instance::start_all(&spec, &shared, &svc.inboxes);
+        svc.lock_instances().extend(serving);
+        if let Some(e) = failure {
+            svc.shutdown(Duration::from_secs(5));
+            return Err(e);
         }
         crate::info!(
             "service {} started: {} instance(s){}",
@@ -298,7 +291,7 @@ impl LuaService {
             inbox.stop();
         }
         let deadline = Instant::now() + grace;
-        for (i, h) in self.lock_instances().iter_mut().enumerate() {
+        for h in self.lock_instances().iter_mut() {
             let Some(thread) = h.thread.take() else {
                 continue;
             };
@@ -307,8 +300,9 @@ impl LuaService {
                 let _ = thread.join();
             } else if !grace.is_zero() {
                 crate::warn!(
-                    "service {} instance {i} did not stop within {grace:?}",
-                    self.spec.name
+                    "service {} instance {} did not stop within {grace:?}",
+                    self.spec.name,
+                    h.index
                 );
             }
         }
