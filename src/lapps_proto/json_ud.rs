@@ -394,7 +394,10 @@ unsafe fn on_view<T>(l: *mut ffi::lua_State, f: impl Fn(&Handle) -> T) -> Result
         Some(Refusal::NotNow) => drop(first),
     }
     // SAFETY: a full cycle on the running state, from a C function; the first `view` is not
-    // used after it (see above). Finalizer errors do not propagate out of LuaJIT's collector.
+    // used after it (see above). Finalizer errors do not propagate out of LuaJIT's collector;
+    // the cycle's own out-of-memory error (shrinking the string table allocates) is raised to
+    // the app like one of this lookup's (nothing of ours is owned here but `f`, dropped by
+    // the unwinding).
     let view = unsafe {
         ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
         get_up(l, 1).ok_or(NOT_OURS)?

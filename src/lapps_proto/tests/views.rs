@@ -331,3 +331,39 @@ fn a_small_message_kept_as_a_view_is_charged_while_it_lives() {
     drop((small, large));
     assert_eq!(charged(), before);
 }
+
+/// Lua's out-of-memory error, raised by the allocation of a view while our frame still owns
+/// its handle, unwinds through that frame and drops the handle (json_ud's module doc: the
+/// vendored LuaJIT unwinds externally). Were it a longjmp over the Rust frames, the handle
+/// would leak, and with it the document it holds.
+#[test]
+fn a_view_whose_allocation_runs_out_of_memory_drops_its_handle() {
+    use mlua::ffi;
+    let lua = Lua::new();
+    install(&lua).unwrap();
+    let d = doc(&hex("a1 61 61 01"));
+    // Array slots allocated before the limit: storing a view allocates nothing but the view.
+    let keep = lua.create_table_with_capacity(100_000, 0).unwrap();
+    lua.gc_collect().unwrap();
+    lua.set_memory_limit(lua.used_memory() + 64 * 1024).unwrap();
+    let mut made = 0;
+    // SAFETY: `keep` is at index 1; each round pushes one value and stores it there (the
+    // stack stays at one value), until Lua raises, which exec_raw catches.
+    let r = unsafe {
+        lua.exec_raw::<()>(&keep, |l| {
+            while made < 100_000 {
+                json_ud::push_handle(l, Handle::Raw(std::rc::Rc::clone(&d), d.root()));
+                made += 1;
+                ffi::lua_rawseti(l, 1, made);
+            }
+        })
+    };
+    let e = r.expect_err("the views ran out of memory");
+    assert!(e.to_string().contains("memory"), "{e}");
+    assert!(made > 100, "only {made} views fitted");
+    lua.set_memory_limit(0).unwrap();
+    drop(keep);
+    lua.gc_collect().unwrap();
+    lua.gc_collect().unwrap();
+    assert_eq!(std::rc::Rc::strong_count(&d), 1, "a handle leaked");
+}

@@ -42,10 +42,14 @@ fn collected(used: usize) {
 ///
 /// # Safety
 /// `l` is a valid state owned by this thread, with room for no stack slots (a collection
-/// takes none) and not inside an allocation.
+/// takes none), not inside an allocation, and inside a protected call: a cycle may raise
+/// Lua's out-of-memory error (it shrinks the string table, an allocation, and mlua's
+/// allocator refuses growth past the limit even then), which unwinds through the caller's
+/// frames as any push's does.
 pub(crate) unsafe fn after_failed_call(l: *mut ffi::lua_State, status: std::ffi::c_int) {
-    // SAFETY: the caller passes a valid state of this thread; LUA_GCCOUNT/LUA_GCCOUNTB read
-    // its counters and LUA_GCCOLLECT runs a cycle, none of them raises.
+    // SAFETY: the caller passes a valid state of this thread, inside a protected call;
+    // LUA_GCCOUNT/LUA_GCCOUNTB read its counters and LUA_GCCOLLECT runs a cycle, which raises
+    // only out of memory (see above).
     unsafe {
         let used = |l| {
             let kib = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0).max(0) as usize;

@@ -8,8 +8,9 @@
 //! send reads its arguments in place (the payload is not copied before it is framed).
 //!
 //! Error discipline: Lua errors are caught by our own `lua_pcall` (never unwind through Rust),
-//! so the only Lua calls outside it are pushes, which can fail only when out of memory; mlua's
-//! `exec_raw` catches that around the run (the error unwinds through our frames as an
+//! so the only Lua calls outside it are pushes and the full collection after a failed call
+//! (`collect`), which can fail only when out of memory; mlua's `exec_raw` catches that around
+//! the run (the error unwinds through our frames as an
 //! external exception: the vendored LuaJIT's default build, LUAJIT_UNWIND_EXTERNAL), and the
 //! run goes on after the message whose push failed. Nothing here panics into Lua:
 //! `fast_send` runs its Rust part under `catch_unwind`.

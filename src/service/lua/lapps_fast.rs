@@ -96,6 +96,8 @@ pub(crate) fn call_requests(
                         // The bytes of messages whose views are garbage now, kept until their
                         // finalizers run. Not for a message past the limit on its own, which no
                         // collection makes room for (a client could make every message cost one).
+                        // The cycle itself may run out of memory (it shrinks the string
+                        // table): then this message fails as a push would (1011).
                         if !lazy::never_fits(&doc) {
                             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
                         }
