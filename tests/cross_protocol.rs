@@ -70,7 +70,8 @@ fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
             not_lapps.clone(),
             not_lapps.clone(),
             not_lapps,
-            t(not_raw)
+            t(not_raw),
+            t("false channel 0 is the command channel"),
         ]
     );
     assert_eq!(ask(&mut raw, &format!("stale {lapps_id}")), not_raw);

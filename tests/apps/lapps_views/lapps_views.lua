@@ -62,6 +62,9 @@ methods.cross = function(handler, message)
   try(ws.send_oon, ws, h, 5, { 1 })
   try(ws.send, ws, h, { cid = 5, message = { 1 } })
   try(ws.send, ws, handler, 1, "raw text to a LAppS client")
+  -- Channel 0 is a programming error whatever the handler: it raises.
+  local ok, e = pcall(ws.send_oon, ws, h, 0, { 1 })
+  r[#r + 1] = tostring(ok) .. " " .. (string.match(tostring(e), "channel 0 is the command channel") or tostring(e))
   return ws:send_response(handler, r)
 end
 

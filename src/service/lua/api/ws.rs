@@ -151,14 +151,15 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             let (conn, cid, message): (Value, Value, Value) = method_args(lua, args)?;
             let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
                 .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
-            let conn = match live_lapps(&h, &conn) {
-                Ok(c) => c,
-                Err(reason) => return fail(reason),
-            };
+            // Raised whatever the handler: a programming error, not a closed connection.
             let Some(cid) = NonZeroU64::new(cid) else {
                 return Err(mlua::Error::runtime(
                     "send_oon: channel 0 is the command channel",
                 ));
+            };
+            let conn = match live_lapps(&h, &conn) {
+                Ok(c) => c,
+                Err(reason) => return fail(reason),
             };
             let message = array_of(lua, &message)
                 .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
