@@ -65,7 +65,9 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// The defaults of `lapps.json` for service `name` whose file is `app_file`.
+    /// A spec for service `name` whose file is `app_file`, with defaults for specs built in
+    /// code (tests, embedders): some are roomier than `lapps.json`'s (memory_limit 256 MiB,
+    /// queue_capacity 4096), whose own defaults `Config` applies to every field it fills.
     pub fn new(name: impl Into<String>, app_file: impl Into<PathBuf>) -> ServiceSpec {
         let name = name.into();
         let app_file = app_file.into();
