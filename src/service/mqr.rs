@@ -440,6 +440,9 @@ pub struct Mqr {
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     /// Ring slots of all queues (reserved before a queue is built).
     slots: AtomicUsize,
+    /// Held while a queue is made (not while one is looked up): creators of one name wait
+    /// for the first, rather than find its slots reserved and no queue yet.
+    creating: Mutex<()>,
     max_queues: usize,
     max_slots: usize,
     /// The payload bytes of all its queues.
@@ -480,6 +483,7 @@ impl Mqr {
         Mqr {
             queues: RwLock::new(HashMap::new()),
             slots: AtomicUsize::new(0),
+            creating: Mutex::new(()),
             max_queues,
             max_slots,
             total: Arc::new(Total::new(0)),
@@ -504,6 +508,12 @@ impl Mqr {
         if let Some(q) = self.get(name) {
             return Ok(q);
         }
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        // Made while this one waited (instances that create their queue in `init` start at
+        // once).
+        if let Some(q) = self.get(name) {
+            return Ok(q);
+        }
         let capacity = capacity.clamp(1, MAX_CAPACITY);
         let (max, used) = (self.max_slots, &self.slots);
         if used
@@ -512,11 +522,11 @@ impl Mqr {
             })
             .is_err()
         {
-            return self.get(name).ok_or(TOO_MANY_QUEUES);
+            return Err(TOO_MANY_QUEUES);
         }
         // Built before the table is locked: a large ring takes a while to allocate and stamp,
-        // and every other service's lookup would wait for it. If a racing `open` wins, this
-        // one is dropped unused (and its slots given back).
+        // and every other service's lookup would wait for it. If a racing `open` (past the
+        // limits) wins, this one is dropped unused (and its slots given back).
         let fresh = Arc::new(Queue::new(name.into(), capacity, Arc::clone(&self.total)));
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = queues.get(name) {
@@ -597,6 +607,33 @@ fn wait_left(deadline: Option<Instant>, stopping: &dyn Fn() -> bool) -> Result<D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Instances creating the same large queue at once (as in their `init`) all get it: only
+    /// one could reserve its slots, and the others must not take the queue the first is still
+    /// building for one past the limits.
+    #[test]
+    fn creators_of_one_queue_at_once_all_get_it_though_two_would_not_fit() {
+        let t = Mqr::with_limits(10, 1_500_000);
+        let start = std::sync::Barrier::new(8);
+        let got: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        t.try_open("big", 1_000_000)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let first = got[0].as_ref().expect("opened").clone();
+        for q in &got {
+            let q = q.as_ref().expect("every creator gets the queue");
+            assert!(Arc::ptr_eq(q, &first));
+        }
+        assert_eq!(t.slots.load(Ordering::SeqCst), 1_000_000);
+    }
+
     use std::sync::atomic::AtomicBool;
 
     fn msg(s: &str) -> Box<[u8]> {
