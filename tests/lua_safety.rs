@@ -407,28 +407,44 @@ return s"#,
     reg.shutdown();
 }
 
-/// One instance's failed start is reported as soon as it is known: the others' waits end
-/// (`must_stop()`), rather than running to their start timeout.
+/// One instance's failed start is reported as soon as it is known, not after the others'
+/// start timeout: those still starting are given up on (their `run()` and `onShutdown` never
+/// run) and see `must_stop()`, so that their waits end.
 #[test]
 fn a_failed_instance_start_is_reported_before_the_others_time_out() {
     let mut s = standalone_in_tmp(
         "initfail",
         r#"local s = {}
+local function log(what) assert(mqr:post("safety.fail.log", what)) end
 s.init = function()
   if instance_id == 1 then error("instance 1 cannot start") end
   local m, e = mqr:receive("safety.fail.never")
-  assert(e == "stopped", "waited until told to stop")
+  log("init returned: " .. tostring(e))
 end
-s.run = function() end
+s.run = function() log("run") end
+s.onShutdown = function() log("onShutdown") end
 return s"#,
     );
     s.instances = 2;
     s.start_timeout = std::time::Duration::from_secs(20);
+    let log = lapps::service::mqr::registry().open("safety.fail.log", 16);
     let e = Registry::start(vec![s], hub(1))
         .err()
         .expect("a start error");
     assert!(e.message.contains("instance 1: "), "{e}");
     assert!(e.message.contains("instance 1 cannot start"), "{e}");
+    // Instance 0's thread ends once its init has returned.
+    wait_for("instance 0's thread to end", IO_TIMEOUT, || {
+        !std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "lua-initfail#0")
+        })
+    });
+    let mut logged = Vec::new();
+    while let Some(m) = log.poll() {
+        logged.push(String::from_utf8(m.into_vec()).unwrap());
+    }
+    assert_eq!(logged, ["init returned: stopped"]);
 }
 
 #[test]

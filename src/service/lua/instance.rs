@@ -92,12 +92,23 @@ impl Starts<'_> {
         }
     }
 
-    /// The service cannot start: the first reason is kept, and the instances still starting
-    /// see `must_stop()`.
+    /// The service cannot start: the first reason is kept, the instances still starting are
+    /// given up on (their `run()` and `onShutdown` never run) and see `must_stop()`, so that
+    /// an `init` waiting in a host call returns.
     fn fail(&mut self, index: usize, why: String) {
         self.failure
             .get_or_insert(format!("instance {index}: {why}"));
         self.stop.set();
+        for s in self.starting.iter_mut() {
+            let given_up = s.as_ref().is_some_and(|s| {
+                s.outcome
+                    .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            });
+            if given_up {
+                *s = None;
+            }
+        }
     }
 
     /// Takes every word already sent.
@@ -107,7 +118,7 @@ impl Starts<'_> {
         }
     }
 
-    /// The start timeout has passed: what has not reported is given up on.
+    /// The start deadline has passed: what has not reported is given up on.
     fn time_out(&mut self, reports: &Receiver<Report>, timeout: Duration) {
         // What came in before the deadline is news, not a timeout.
         self.take_reports(reports);
@@ -142,12 +153,21 @@ impl Starts<'_> {
     }
 }
 
+/// How long the instances of `spec` may take to start together: its start timeout, times the
+/// instances each CPU has to run when they outnumber the CPUs (each instance's start may take
+/// the timeout's worth of CPU time, as when they started one after another).
+pub(crate) fn start_deadline(spec: &ServiceSpec) -> Duration {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rounds = spec.instances.div_ceil(cpus).max(1);
+    spec.start_timeout
+        .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX))
+}
+
 /// Starts every instance of a service at once (each loads its app and runs `onStart` or
 /// `init` on its own thread) and waits until each serves, fails, or passes the start
-/// timeout. Returns the instances that serve and, when any did not start, the first reason
-/// (in the order the starter learnt them). After a failure `must_stop()` turns true for the
-/// others, so that an `init` that polls it or waits in a host call ends its start early; the
-/// caller stops whatever serves.
+/// deadline ([`start_deadline`]). Returns the instances that serve and, when any did not
+/// start, the first reason (in the order the starter learnt them): the instances still
+/// starting then are given up on (see `Starts::fail`); the caller stops whatever serves.
 pub(crate) fn start_all(
     spec: &Arc<ServiceSpec>,
     shared: &Shared,
@@ -155,7 +175,8 @@ pub(crate) fn start_all(
 ) -> (Vec<InstanceHandle>, Option<String>) {
     // Room for every instance's one word: a thread never waits to report.
     let (ready_tx, ready_rx) = sync_channel::<Report>(spec.instances);
-    let deadline = Instant::now() + spec.start_timeout;
+    let allowed = start_deadline(spec);
+    let deadline = Instant::now() + allowed;
     let mut starts = Starts {
         starting: Vec::with_capacity(spec.instances),
         serving: Vec::with_capacity(spec.instances),
@@ -185,7 +206,7 @@ pub(crate) fn start_all(
             Ok((index, result)) => starts.report(index, result),
             Err(RecvTimeoutError::Timeout) => {
                 past_deadline = true;
-                starts.time_out(&ready_rx, spec.start_timeout);
+                starts.time_out(&ready_rx, allowed);
             }
             Err(RecvTimeoutError::Disconnected) => {
                 // Every thread has reported or ended: those left ended without a word.
@@ -226,7 +247,11 @@ fn spawn(
         .spawn(move || {
             super::cstack::note_stack_start();
             let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop));
-            match load(&spec, &host) {
+            // A bug of ours while loading (std printed it) fails this start, at once.
+            let loaded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&spec, &host)))
+                    .unwrap_or_else(|_| Err(DIED.into()));
+            match loaded {
                 Err(e) => {
                     let _ = ready_tx.send((index, Err(e)));
                 }
@@ -393,4 +418,24 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
         }
     }
     host.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_that_outnumber_the_cpus_get_a_start_timeout_per_round() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut spec = ServiceSpec::new("s", "s.lua");
+        spec.start_timeout = Duration::from_secs(30);
+        for (instances, rounds) in [(1, 1), (cpus, 1), (cpus + 1, 2), (2 * cpus + 1, 3)] {
+            spec.instances = instances;
+            assert_eq!(
+                start_deadline(&spec),
+                Duration::from_secs(30 * rounds),
+                "{instances} instances on {cpus} CPUs"
+            );
+        }
+    }
 }
