@@ -346,27 +346,38 @@ impl Node {
         })
     }
 
-    /// Appends the CBOR encoding, as `cbor::encode_into(&self.to_value(depth_left)?)` would,
-    /// without building the copy.
-    pub(crate) fn encode_cbor(&self, out: &mut Vec<u8>, depth_left: usize) -> Result<(), String> {
+    /// Appends the CBOR encoding, as `cbor::encode_into(&self.to_value_within(depth_left,
+    /// room)?)` would (within the same bounds), without building the copy.
+    pub(crate) fn encode_cbor(
+        &self,
+        out: &mut Vec<u8>,
+        depth_left: usize,
+        room: &mut CopyRoom,
+    ) -> Result<(), String> {
         let inner = |d: usize| d.checked_sub(1).ok_or("nesting too deep to convert");
         match self {
-            Node::Scalar(v) => super::cbor::encode_into(v, out),
+            Node::Scalar(v) => {
+                room.take(string_len(v))?;
+                super::cbor::encode_into(v, out)
+            }
             Node::Array(a) => {
+                room.take(0)?;
                 let d = inner(depth_left)?;
                 let a = a.try_borrow().map_err(|_| "array is being modified")?;
                 super::cbor::head(out, 4, a.len() as u64);
                 for n in a.iter() {
-                    n.encode_cbor(out, d)?;
+                    n.encode_cbor(out, d, room)?;
                 }
             }
             Node::Object(o) => {
+                room.take(0)?;
                 let d = inner(depth_left)?;
                 let o = o.try_borrow().map_err(|_| "object is being modified")?;
                 super::cbor::head(out, 5, o.len() as u64);
                 for (k, n) in o.iter() {
+                    room.take(string_len(k))?;
                     super::cbor::encode_into(k, out);
-                    n.encode_cbor(out, d)?;
+                    n.encode_cbor(out, d, room)?;
                 }
             }
         }
@@ -562,6 +573,34 @@ mod tests {
 
     fn ints(n: i64) -> Value {
         Value::Array((0..n).map(Value::Int).collect())
+    }
+
+    /// The encoder that skips the copy is bound as the copy is: a tree built by assignments
+    /// may hold more values than any message, and `ws:send_response` must refuse it as
+    /// `ws:send` does.
+    #[test]
+    fn encoding_a_tree_stops_where_copying_it_would() {
+        let tree = Node::from_value(Value::Array(vec![
+            ints(3),
+            Value::Map(vec![(Value::text("key"), Value::text("value"))]),
+        ]));
+        let copy = |values, bytes| tree.to_value_within(64, &mut CopyRoom::new(values, bytes));
+        let encode = |values, bytes| {
+            let mut out = Vec::new();
+            tree.encode_cbor(&mut out, 64, &mut CopyRoom::new(values, bytes))
+                .map(|()| out)
+        };
+        // 8 values (3 containers, 4 scalars, 1 key), 8 bytes of strings.
+        assert_eq!(
+            encode(8, 8).unwrap(),
+            super::super::cbor::encode(&copy(8, 8).unwrap())
+        );
+        for (values, bytes) in [(7, 8), (8, 7)] {
+            assert_eq!(
+                encode(values, bytes),
+                copy(values, bytes).map(|_| Vec::new())
+            );
+        }
     }
 
     #[test]

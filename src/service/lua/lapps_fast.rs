@@ -20,8 +20,10 @@ use super::inbox::{Batch, Event, Kind};
 use super::lapps::{send_cbor, LappsState, Outcome};
 use crate::lapps_proto::json_ud;
 use crate::lapps_proto::lazy::{self, Handle};
-use crate::lapps_proto::node::Node;
+use crate::lapps_proto::lua::UNLIMITED_COPY_BYTES;
+use crate::lapps_proto::node::{CopyRoom, Node};
 use crate::lapps_proto::protocol::{self, DocInbound};
+use crate::lapps_proto::tree_budget;
 use crate::lapps_proto::Limits;
 use crate::net::handle::ConnId;
 use crate::net::hub::Speaks;
@@ -282,11 +284,16 @@ fn send_handle(host: &HostCtx, conn: ConnId, handle: &Handle) -> Option<Result<(
         };
         let items = items.try_borrow().ok()?;
         protocol::begin_response_ok(&mut out, items.len());
-        // The result array is the outermost container, as when it is converted to a Value.
-        let depth = Limits::default().max_depth - 1;
+        // The result array is the outermost container, as when it is converted to a Value,
+        // and the copy's bounds apply (past them the general path raises as it says).
+        let limits = Limits::default();
+        let depth = limits.max_depth - 1;
+        let room_bytes = tree_budget::room_at_most().unwrap_or(UNLIMITED_COPY_BYTES);
+        let mut room = CopyRoom::new(limits.max_total_items, room_bytes);
+        room.take(0).ok()?;
         if items
             .iter()
-            .any(|n| n.encode_cbor(&mut out, depth).is_err())
+            .any(|n| n.encode_cbor(&mut out, depth, &mut room).is_err())
         {
             return None;
         }
