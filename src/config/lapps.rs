@@ -152,14 +152,13 @@ const LUA_ONLY_KEYS: &[&str] = &[
     "max_protocol_errors",
 ];
 
-/// Headers the handshake writes itself; a service may not add a second copy.
-const SERVER_HEADERS: &[&str] = &[
-    "upgrade",
-    "connection",
-    "sec-websocket-accept",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-];
+/// Headers the handshake writes itself, and the rest of RFC 6455's (`Sec-WebSocket-Key`,
+/// `-Version` and any later one are not a server's to send in a 101): a service may add none.
+fn is_handshake_header(lowercase_name: &str) -> bool {
+    lowercase_name == "upgrade"
+        || lowercase_name == "connection"
+        || lowercase_name.starts_with("sec-websocket-")
+}
 
 /// Headers a 1xx answer must not carry (RFC 9110 8.6, RFC 9112 6.1).
 const NOT_IN_A_101: &[&str] = &["content-length", "transfer-encoding"];
@@ -459,11 +458,11 @@ fn read_extra_headers(r: &mut Reader, s: &Obj<'_>) -> Vec<(String, String)> {
         };
         if !is_token(&name) {
             r.problem(ProblemKind::Type, &item_path, "invalid header name");
-        } else if SERVER_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        } else if is_handshake_header(&name.to_ascii_lowercase()) {
             r.problem(
                 ProblemKind::Semantic,
                 &item_path,
-                "set by the server itself (use proto_alias for Sec-WebSocket-Protocol)",
+                "a WebSocket handshake header, which only the server itself writes (use proto_alias for Sec-WebSocket-Protocol)",
             );
         } else if NOT_IN_A_101.contains(&name.to_ascii_lowercase().as_str()) {
             r.problem(

@@ -242,15 +242,16 @@ fn extra_headers_as_map_or_pairs_and_checked() {
     assert_eq!(
         lines(lapps(
             r#"{"services": {"a": {"extra_headers": {"X-A": "x\r\nSet-Cookie: y", "Bad Name": "v", "Upgrade": "h2c",
-                "Transfer-Encoding": "chunked", "X-B": "a\u0001b", "X-C": "a\u007fb", "X-D": "tab\tok"}}}}"#
+                "sec-websocket-version": "13", "Transfer-Encoding": "chunked", "X-B": "a\u0001b", "X-C": "a\u007fb", "X-D": "tab\tok"}}}}"#
         )),
         [
             "lapps.json: services.a.extra_headers.Bad Name: invalid header name",
             "lapps.json: services.a.extra_headers.Transfer-Encoding: not allowed in a 101 answer (RFC 9110 8.6, RFC 9112 6.1)",
-            "lapps.json: services.a.extra_headers.Upgrade: set by the server itself (use proto_alias for Sec-WebSocket-Protocol)",
+            "lapps.json: services.a.extra_headers.Upgrade: a WebSocket handshake header, which only the server itself writes (use proto_alias for Sec-WebSocket-Protocol)",
             "lapps.json: services.a.extra_headers.X-A: header value must not contain control characters (CR, LF, NUL, DEL, ...)",
             "lapps.json: services.a.extra_headers.X-B: header value must not contain control characters (CR, LF, NUL, DEL, ...)",
             "lapps.json: services.a.extra_headers.X-C: header value must not contain control characters (CR, LF, NUL, DEL, ...)",
+            "lapps.json: services.a.extra_headers.sec-websocket-version: a WebSocket handshake header, which only the server itself writes (use proto_alias for Sec-WebSocket-Protocol)",
         ]
     );
     let c = lapps(
