@@ -57,11 +57,13 @@ struct Starting {
     thread: JoinHandle<()>,
     finished: Receiver<()>,
     outcome: Arc<AtomicU8>,
+    /// When it is given up on; None once it is ready and its word on the way.
+    deadline: Option<Instant>,
 }
 
 /// The starts of one service's instances, as `start_all` learns how they end.
 struct Starts<'a> {
-    /// By index; None once its start has ended (or was given up on).
+    /// By index, as far as started; None once its start has ended (or was given up on).
     starting: Vec<Option<Starting>>,
     serving: Vec<InstanceHandle>,
     failure: Option<String>,
@@ -69,14 +71,23 @@ struct Starts<'a> {
 }
 
 impl Starts<'_> {
-    fn waiting(&self) -> bool {
-        self.starting.iter().any(Option::is_some)
+    fn under_way(&self) -> usize {
+        self.starting.iter().flatten().count()
+    }
+
+    /// The earliest deadline of a start under way; None when every one left is ready.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.starting
+            .iter()
+            .flatten()
+            .filter_map(|s| s.deadline)
+            .min()
     }
 
     /// Instance `index` reported how its start ended.
     fn report(&mut self, index: usize, result: Result<(), String>) {
-        // None: given up on at the deadline; its late failure is not news.
-        let Some(s) = self.starting[index].take() else {
+        // None: given up on; its late failure is not news.
+        let Some(s) = self.starting.get_mut(index).and_then(Option::take) else {
             return;
         };
         match result {
@@ -92,25 +103,6 @@ impl Starts<'_> {
         }
     }
 
-    /// The service cannot start: the first reason is kept, the instances still starting are
-    /// given up on (their `run()` and `onShutdown` never run) and see `must_stop()`, so that
-    /// an `init` waiting in a host call returns.
-    fn fail(&mut self, index: usize, why: String) {
-        self.failure
-            .get_or_insert(format!("instance {index}: {why}"));
-        self.stop.set();
-        for s in self.starting.iter_mut() {
-            let given_up = s.as_ref().is_some_and(|s| {
-                s.outcome
-                    .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            });
-            if given_up {
-                *s = None;
-            }
-        }
-    }
-
     /// Takes every word already sent.
     fn take_reports(&mut self, reports: &Receiver<Report>) {
         while let Ok((index, result)) = reports.try_recv() {
@@ -118,56 +110,83 @@ impl Starts<'_> {
         }
     }
 
-    /// The start deadline has passed: what has not reported is given up on.
+    /// The service cannot start: the first reason is kept, the instances still starting are
+    /// given up on (their `run()` and `onShutdown` never run, what they sent is dropped) and
+    /// see `must_stop()`, so that an `init` waiting in a host call returns; `start_all`
+    /// starts no more.
+    fn fail(&mut self, index: usize, why: String) {
+        self.failure
+            .get_or_insert(format!("instance {index}: {why}"));
+        self.stop.set();
+        for slot in self.starting.iter_mut() {
+            if let Some(s) = slot {
+                if give_up(s) {
+                    *slot = None;
+                } else {
+                    s.deadline = None;
+                }
+            }
+        }
+    }
+
+    /// Gives up on the starts whose deadline has passed.
     fn time_out(&mut self, reports: &Receiver<Report>, timeout: Duration) {
         // What came in before the deadline is news, not a timeout.
         self.take_reports(reports);
+        let now = Instant::now();
         for index in 0..self.starting.len() {
             let Some(s) = &self.starting[index] else {
                 continue;
             };
+            if s.deadline.is_none_or(|d| d > now) {
+                continue;
+            }
             if s.thread.is_finished() {
                 // Its word, if it sent one, is in by now.
                 self.take_reports(reports);
                 if self.starting[index].take().is_some() {
                     self.fail(index, DIED.into());
                 }
-            } else if s
-                .outcome
-                .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                // Left behind: must_stop() turns true and blocked host calls return, so an
-                // init that polls or waits ends; one that never does stays parked until the
-                // process exits.
-                self.starting[index] = None;
-                self.fail(
-                    index,
-                    format!(
-                        "init/onStart did not finish within {timeout:?} (it must return; loops belong in run())"
-                    ),
-                );
+            } else if let Some(s) = self.starting[index].as_mut() {
+                if give_up(s) {
+                    // Left behind: must_stop() turns true and blocked host calls return, so
+                    // an init that polls or waits ends; one that never does stays parked
+                    // until the process exits.
+                    self.starting[index] = None;
+                    self.fail(
+                        index,
+                        format!(
+                            "init/onStart did not finish within {timeout:?} (it must return; loops belong in run())"
+                        ),
+                    );
+                } else {
+                    s.deadline = None;
+                }
             }
-            // Else it became ready just now: its word is on the way.
         }
     }
 }
 
-/// How long the instances of `spec` may take to start together: its start timeout, times the
-/// instances each CPU has to run when they outnumber the CPUs (each instance's start may take
-/// the timeout's worth of CPU time, as when they started one after another).
-pub(crate) fn start_deadline(spec: &ServiceSpec) -> Duration {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rounds = spec.instances.div_ceil(cpus).max(1);
-    spec.start_timeout
-        .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX))
+/// Gives up on a start, unless it became ready first (then its word is on the way).
+fn give_up(s: &Starting) -> bool {
+    s.outcome
+        .compare_exchange(STARTING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
-/// Starts every instance of a service at once (each loads its app and runs `onStart` or
-/// `init` on its own thread) and waits until each serves, fails, or passes the start
-/// deadline ([`start_deadline`]). Returns the instances that serve and, when any did not
-/// start, the first reason (in the order the starter learnt them): the instances still
-/// starting then are given up on (see `Starts::fail`); the caller stops whatever serves.
+/// How many instances of a service start at the same time: one per CPU (each may use a CPU
+/// for its whole start timeout), at least one.
+pub(crate) fn start_width(instances: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.min(instances).max(1)
+}
+
+/// Starts the instances of a service, one per CPU at a time (each loads its app and runs
+/// `onStart` or `init` on its own thread, within its own start timeout), and waits until each
+/// serves, fails, or passes its timeout. Returns the instances that serve and, when any did
+/// not start, the first reason (in the order the starter learnt them): the instances still
+/// starting then are given up on and the rest are not started (see `Starts::fail`); the
+/// caller stops whatever serves.
 pub(crate) fn start_all(
     spec: &Arc<ServiceSpec>,
     shared: &Shared,
@@ -175,39 +194,48 @@ pub(crate) fn start_all(
 ) -> (Vec<InstanceHandle>, Option<String>) {
     // Room for every instance's one word: a thread never waits to report.
     let (ready_tx, ready_rx) = sync_channel::<Report>(spec.instances);
-    let allowed = start_deadline(spec);
-    let deadline = Instant::now() + allowed;
+    let mut ready_tx = Some(ready_tx);
+    let width = start_width(spec.instances);
     let mut starts = Starts {
         starting: Vec::with_capacity(spec.instances),
         serving: Vec::with_capacity(spec.instances),
         failure: None,
         stop: &shared.stop,
     };
-    for index in 0..spec.instances {
-        let inbox = inboxes.get(index).cloned();
-        match spawn(Arc::clone(spec), index, shared, inbox, ready_tx.clone()) {
-            Ok(s) => starts.starting.push(Some(s)),
-            Err(e) => {
-                starts.fail(index, e);
+    loop {
+        while let Some(tx) = &ready_tx {
+            let index = starts.starting.len();
+            if starts.failure.is_some() || index == spec.instances {
+                // Nothing more to start: the channel ends once every thread has reported or
+                // ended.
+                ready_tx = None;
                 break;
             }
+            if starts.under_way() == width {
+                break;
+            }
+            let inbox = inboxes.get(index).cloned();
+            match spawn(Arc::clone(spec), index, shared, inbox, tx.clone()) {
+                Ok(s) => starts.starting.push(Some(s)),
+                Err(e) => {
+                    starts.starting.push(None);
+                    starts.fail(index, e);
+                }
+            }
         }
-    }
-    drop(ready_tx);
-    let mut past_deadline = false;
-    while starts.waiting() {
-        let got = if past_deadline {
-            // Only instances that became ready as the time ran out are left.
-            ready_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        if starts.under_way() == 0 && ready_tx.is_none() {
+            break;
+        }
+        let got = match starts.next_deadline() {
+            Some(deadline) => {
+                ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+            // Every start left is ready: its word is on the way.
+            None => ready_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match got {
             Ok((index, result)) => starts.report(index, result),
-            Err(RecvTimeoutError::Timeout) => {
-                past_deadline = true;
-                starts.time_out(&ready_rx, allowed);
-            }
+            Err(RecvTimeoutError::Timeout) => starts.time_out(&ready_rx, spec.start_timeout),
             Err(RecvTimeoutError::Disconnected) => {
                 // Every thread has reported or ended: those left ended without a word.
                 for index in 0..starts.starting.len() {
@@ -234,6 +262,7 @@ fn spawn(
     ready_tx: SyncSender<Report>,
 ) -> Result<Starting, String> {
     let (fin_tx, fin_rx) = sync_channel::<()>(1);
+    let spec_timeout = spec.start_timeout;
     let hub = Arc::clone(&shared.hub);
     let bcast = Arc::clone(&shared.bcast);
     let stop = Arc::clone(&shared.stop);
@@ -265,6 +294,9 @@ fn spawn(
                         .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
                     if ready {
+                        // What onStart/init sent leaves now, not before: a start given up on
+                        // sends nothing.
+                        host.flush();
                         let _ = ready_tx.send((index, Ok(())));
                         // The starter knows when every thread has reported or ended.
                         drop(ready_tx);
@@ -292,6 +324,7 @@ fn spawn(
         thread,
         finished: fin_rx,
         outcome,
+        deadline: Some(Instant::now() + spec_timeout),
     })
 }
 
@@ -333,7 +366,6 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
             f.call::<()>(())
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
-        host.flush();
         App::Raw(app)
     };
     Ok((lua, module, app))
@@ -425,17 +457,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instances_that_outnumber_the_cpus_get_a_start_timeout_per_round() {
+    fn one_instance_per_cpu_starts_at_a_time() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut spec = ServiceSpec::new("s", "s.lua");
-        spec.start_timeout = Duration::from_secs(30);
-        for (instances, rounds) in [(1, 1), (cpus, 1), (cpus + 1, 2), (2 * cpus + 1, 3)] {
-            spec.instances = instances;
-            assert_eq!(
-                start_deadline(&spec),
-                Duration::from_secs(30 * rounds),
-                "{instances} instances on {cpus} CPUs"
-            );
-        }
+        assert_eq!(start_width(1), 1);
+        assert_eq!(start_width(cpus), cpus);
+        assert_eq!(start_width(cpus + 5), cpus);
+        assert_eq!(start_width(0), 1);
     }
 }

@@ -244,10 +244,16 @@ impl LuaService {
             bcast,
             stop: Arc::clone(&svc.stop),
         };
-        // Under systemd: the instances start at once, within their start deadline, which may
-        // be longer than the unit's TimeoutStartSec; the manager waits as long as the start
-        // says it may take (never less than the unit's own timeout).
-        let may_take = instance::start_deadline(&spec) + Duration::from_secs(5);
+        // Under systemd: the instances start one per CPU at a time, each within its start
+        // timeout, which may be longer than the unit's TimeoutStartSec; the manager waits as
+        // long as the start says it may take (never less than the unit's own timeout).
+        let rounds = spec
+            .instances
+            .div_ceil(instance::start_width(spec.instances));
+        let may_take = spec
+            .start_timeout
+            .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX))
+            + Duration::from_secs(5);
         crate::signals::notify_systemd(&format!("EXTEND_TIMEOUT_USEC={}", may_take.as_micros()));
         let (serving, failure) = instance::start_all(&spec, &shared, &svc.inboxes);
         svc.lock_instances().extend(serving);
