@@ -441,7 +441,8 @@ pub struct Mqr {
     /// Ring slots of all queues (reserved before a queue is built).
     slots: AtomicUsize,
     /// Held while a queue is made (not while one is looked up): creators of one name wait
-    /// for the first, rather than find its slots reserved and no queue yet.
+    /// for the first, rather than find its slots reserved and no queue yet. A creation waits
+    /// for the one under way (a ring of the largest capacity takes milliseconds).
     creating: Mutex<()>,
     max_queues: usize,
     max_slots: usize,
@@ -522,10 +523,11 @@ impl Mqr {
             })
             .is_err()
         {
-            return Err(TOO_MANY_QUEUES);
+            // Unless `open` (past the limits) made it meanwhile.
+            return self.get(name).ok_or(TOO_MANY_QUEUES);
         }
         // Built before the table is locked: a large ring takes a while to allocate and stamp,
-        // and every other service's lookup would wait for it. If a racing `open` (past the
+        // and every other service's lookup would wait for it (only other creations do). If a racing `open` (past the
         // limits) wins, this one is dropped unused (and its slots given back).
         let fresh = Arc::new(Queue::new(name.into(), capacity, Arc::clone(&self.total)));
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
