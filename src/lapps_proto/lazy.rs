@@ -589,6 +589,96 @@ impl Doc {
     }
 }
 
+/// For the fuzz target and tests: every read of a view of `bytes` (`#v`, a lookup by each key
+/// its maps hold, by the protocol's names and by each index, the bytes `ws:send_response`
+/// copies as they are) gives what the tree decoded from the same bytes gives, first from the
+/// bytes, then once the message's tree is built. `Err` names the first difference; `Ok` also
+/// for bytes that are not one CBOR item within the default limits.
+#[doc(hidden)]
+pub fn views_agree_with_tree(bytes: &[u8]) -> Result<(), String> {
+    let Ok(doc) = Doc::parse(bytes, &Limits::default()) else {
+        return Ok(());
+    };
+    let value = super::cbor::decode(bytes)
+        .map_err(|e| format!("Doc::parse accepts what the decoder refuses ({e})"))?;
+    let tree = Node::from_value(value);
+    let view = Handle::Raw(Rc::clone(&doc), doc.root());
+    agree(&view, &tree, 0)?;
+    let container = matches!(tree, Node::Array(_) | Node::Object(_));
+    if container && !doc.is_built() {
+        view.resolve().ok_or("the tree was not built")?;
+        agree(&view, &tree, 0)?;
+    }
+    Ok(())
+}
+
+/// [`views_agree_with_tree`] for one container and, a few levels down, what it holds.
+fn agree(view: &Handle, tree: &Node, depth: usize) -> Result<(), String> {
+    let whole = |n: &Node| n.to_value(usize::MAX).unwrap_or(Value::Null);
+    if view.len() != tree.len() {
+        return Err(format!("#v {} but the tree's {}", view.len(), tree.len()));
+    }
+    if let (Some((n, items)), Node::Array(elements)) = (view.canonical_array(), tree) {
+        let mut expected = Vec::new();
+        let mut room = super::node::CopyRoom::new(usize::MAX, usize::MAX);
+        for e in elements.borrow().iter() {
+            e.encode_cbor(&mut expected, usize::MAX, &mut room)?;
+        }
+        if n as usize != tree.len() || items != &expected[..] {
+            return Err("the array's bytes as sent are not its elements' encoding".into());
+        }
+    }
+    let keys: Vec<(Vec<u8>, Option<f64>)> = match tree {
+        Node::Array(a) => (1..=a.borrow().len() + 1)
+            .map(|i| (Vec::new(), Some(i as f64)))
+            .collect(),
+        Node::Object(o) => o
+            .borrow()
+            .iter()
+            .filter_map(|(k, _)| match k {
+                Value::Text(s) => Some((s.as_bytes().to_vec(), None)),
+                Value::Bytes(b) => Some((b.clone(), None)),
+                Value::Int(i) => Some((Vec::new(), Some(*i as f64))),
+                Value::UInt(u) => Some((Vec::new(), Some(*u as f64))),
+                Value::Float(f) => Some((Vec::new(), Some(*f))),
+                _ => None,
+            })
+            .chain(NAMES.iter().map(|n| (n.as_bytes().to_vec(), None)))
+            .chain([(Vec::new(), Some(1.0)), (b"1".to_vec(), None)])
+            .collect(),
+        Node::Scalar(_) => Vec::new(),
+    };
+    for (text, num) in &keys {
+        let key = match num {
+            Some(n) => Key::Num(*n),
+            None => Key::Str(text),
+        };
+        let (found, expected) = (view.get(key), tree.get(key));
+        let same = match (&found, &expected) {
+            (None, None) => true,
+            (Some(Item::RawScalar(d, at)), Some(node)) => d.scalar(*at) == Some(whole(node)),
+            (Some(Item::Node(n)), Some(node)) => whole(n) == whole(node),
+            (Some(Item::RawContainer(d, at)), Some(node)) => {
+                if depth < 4 {
+                    agree(&Handle::Raw(Rc::clone(d), *at), node, depth + 1)?;
+                }
+                Handle::Raw(Rc::clone(d), *at).resolve().map(|n| whole(&n)) == Some(whole(node))
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(format!(
+                "v[{}] differs from the tree's",
+                match num {
+                    Some(n) => n.to_string(),
+                    None => String::from_utf8_lossy(text).into_owned(),
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::hex;
@@ -599,6 +689,28 @@ mod tests {
         let (mut items, mut containers) = (0, 0);
         let end = census(&b, 0, &mut items, &mut containers).expect("a whole item");
         (items, containers, end)
+    }
+
+    /// The fuzz target's check on encodings a well-formed value never gets from our encoder:
+    /// indefinite lengths, tags, heads longer than needed, duplicate and non-text keys, and
+    /// arrays past the scan limit.
+    #[test]
+    fn views_agree_with_the_tree_on_unusual_encodings() {
+        let long: String = std::iter::once("98 28".to_string())
+            .chain((0..40).map(|i| format!("{:02x}", i % 24)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for h in [
+            "bf 65 6c61707073 01 66 6d6574686f64 7f 62 6563 62 686f ff 66 706172616d73 9f 01 80 ff ff",
+            "d9d9f7 a2 63 636964 c1 05 61 61 82 01 02",
+            "b8 02 18 01 61 78 19 0001 61 79",
+            "a3 61 6b 01 61 6b 02 42 6b6b 03",
+            "a2 01 61 61 f9 3c00 61 62",
+            long.as_str(),
+            "9f 9f ff bf ff 80 a0 ff",
+        ] {
+            assert_eq!(views_agree_with_tree(&hex(h)), Ok(()), "{h}");
+        }
     }
 
     #[test]

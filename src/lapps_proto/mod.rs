@@ -25,6 +25,8 @@ pub mod protocol;
 pub(crate) mod tree_budget;
 pub mod value;
 
+#[doc(hidden)]
+pub use lazy::views_agree_with_tree;
 pub use value::{Limits, Value};
 
 #[cfg(test)]
