@@ -459,7 +459,9 @@ return s"#,
     assert!(e.message.contains("instance 1 cannot start"), "{e}");
     // Instance 0's init returns (must_stop()), then its thread ends (its name is set only
     // once it runs: the log line comes first).
-    wait_for("instance 0's init to return", IO_TIMEOUT, || !log.is_empty());
+    wait_for("instance 0's init to return", IO_TIMEOUT, || {
+        !log.is_empty()
+    });
     wait_for("instance 0's thread to end", IO_TIMEOUT, || {
         !std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
             let comm = t.unwrap().path().join("comm");
