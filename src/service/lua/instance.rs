@@ -111,9 +111,8 @@ impl Starts<'_> {
     }
 
     /// The service cannot start: the first reason is kept, the instances still starting are
-    /// given up on (their `run()` and `onShutdown` never run, what they sent is dropped) and
-    /// see `must_stop()`, so that an `init` waiting in a host call returns; `start_all`
-    /// starts no more.
+    /// given up on (their `run()` and `onShutdown` never run) and see `must_stop()`, so that
+    /// an `init` waiting in a host call returns; `start_all` starts no more.
     fn fail(&mut self, index: usize, why: String) {
         self.failure
             .get_or_insert(format!("instance {index}: {why}"));
@@ -294,9 +293,6 @@ fn spawn(
                         .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
                     if ready {
-                        // What onStart/init sent leaves now, not before: a start given up on
-                        // sends nothing.
-                        host.flush();
                         let _ = ready_tx.send((index, Ok(())));
                         // The starter knows when every thread has reported or ended.
                         drop(ready_tx);
@@ -366,6 +362,7 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
             f.call::<()>(())
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
+        host.flush();
         App::Raw(app)
     };
     Ok((lua, module, app))

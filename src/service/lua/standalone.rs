@@ -46,7 +46,7 @@ impl StandaloneApp {
             f.call::<()>(())
                 .map_err(|e| format!("init: {}", one_line(&e)))?;
         }
-        // What init sent leaves once the start is known to count (see instance::spawn).
+        host.flush();
         Ok(())
     }
 
