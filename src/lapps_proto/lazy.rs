@@ -590,10 +590,12 @@ impl Doc {
 }
 
 /// For the fuzz target and tests: every read of a view of `bytes` (`#v`, a lookup by each key
-/// its maps hold, by the protocol's names and by each index, the bytes `ws:send_response`
-/// copies as they are) gives what the tree decoded from the same bytes gives, first from the
-/// bytes, then once the message's tree is built. `Err` names the first difference; `Ok` also
-/// for bytes that are not one CBOR item within the default limits.
+/// its maps hold, by the protocol's names, by each index and a few that are not, the bytes
+/// `ws:send_response` copies as they are) gives what the tree decoded from the same bytes
+/// gives. Each read is made on a view of its own, freshly parsed (a read that builds the
+/// message's tree would make every later one read the tree), then the whole is compared once
+/// the tree is built. `Err` names the first difference; `Ok` also for bytes that are not one
+/// CBOR item within the default limits.
 #[doc(hidden)]
 pub fn views_agree_with_tree(bytes: &[u8]) -> Result<(), String> {
     let Ok(doc) = Doc::parse(bytes, &Limits::default()) else {
@@ -602,22 +604,101 @@ pub fn views_agree_with_tree(bytes: &[u8]) -> Result<(), String> {
     let value = super::cbor::decode(bytes)
         .map_err(|e| format!("Doc::parse accepts what the decoder refuses ({e})"))?;
     let tree = Node::from_value(value);
-    let view = Handle::Raw(Rc::clone(&doc), doc.root());
-    agree(&view, &tree, 0)?;
-    let container = matches!(tree, Node::Array(_) | Node::Object(_));
-    if container && !doc.is_built() {
-        view.resolve().ok_or("the tree was not built")?;
-        agree(&view, &tree, 0)?;
+    if matches!(tree, Node::Scalar(_)) {
+        return Ok(());
+    }
+    agree(bytes, &mut Vec::new(), &tree)?;
+    let built = Handle::Raw(Rc::clone(&doc), doc.root())
+        .resolve()
+        .ok_or("the tree was not built")?;
+    if whole(&built) != whole(&tree) {
+        return Err("the built tree differs from the decoded one".into());
     }
     Ok(())
 }
 
-/// [`views_agree_with_tree`] for one container and, a few levels down, what it holds.
-fn agree(view: &Handle, tree: &Node, depth: usize) -> Result<(), String> {
-    let whole = |n: &Node| n.to_value(usize::MAX).unwrap_or(Value::Null);
-    if view.len() != tree.len() {
-        return Err(format!("#v {} but the tree's {}", view.len(), tree.len()));
+/// A lookup key that owns its text.
+#[derive(Clone, Debug)]
+enum OwnedKey {
+    Str(Vec<u8>),
+    Num(f64),
+}
+
+impl OwnedKey {
+    fn key(&self) -> Key<'_> {
+        match self {
+            OwnedKey::Str(s) => Key::Str(s),
+            OwnedKey::Num(n) => Key::Num(*n),
+        }
     }
+}
+
+fn whole(n: &Node) -> Value {
+    n.to_value(usize::MAX).unwrap_or(Value::Null)
+}
+
+/// A fresh view of the container at `path` (keys from the root), read in place on the way.
+fn fresh_view(bytes: &[u8], path: &[OwnedKey]) -> Result<Handle, String> {
+    let doc = Doc::parse(bytes, &Limits::default())?;
+    let mut view = Handle::Raw(Rc::clone(&doc), doc.root());
+    for k in path {
+        view = match view.get(k.key()) {
+            Some(Item::RawContainer(d, at)) => Handle::Raw(d, at),
+            Some(Item::Node(n @ (Node::Array(_) | Node::Object(_)))) => Handle::Tree(n),
+            _ => return Err(format!("{path:?}: the way to a container is lost")),
+        };
+    }
+    Ok(view)
+}
+
+/// The keys to try on `tree`: its own (and the number a text key reads as), the protocol's
+/// names, every index and past the end, and some no container has.
+fn keys_to_try(tree: &Node) -> Vec<OwnedKey> {
+    let mut keys = vec![
+        OwnedKey::Num(0.0),
+        OwnedKey::Num(-1.0),
+        OwnedKey::Num(1.5),
+        OwnedKey::Num(1.0),
+        OwnedKey::Str(b"1".to_vec()),
+    ];
+    keys.extend(NAMES.iter().map(|n| OwnedKey::Str(n.as_bytes().to_vec())));
+    match tree {
+        Node::Array(a) => {
+            // Each index costs a parse: the first past the scan limit and the last stand for
+            // the rest.
+            let n = a.borrow().len();
+            let indices = (1..=n.min(SCAN_LIMIT + 2)).chain([n, n + 1]);
+            keys.extend(indices.map(|i| OwnedKey::Num(i as f64)));
+        }
+        Node::Object(o) => {
+            for (k, _) in o.borrow().iter().take(SCAN_LIMIT) {
+                match k {
+                    Value::Text(s) => {
+                        keys.push(OwnedKey::Str(s.as_bytes().to_vec()));
+                        if let Ok(n) = s.parse::<f64>() {
+                            keys.push(OwnedKey::Num(n));
+                        }
+                    }
+                    Value::Bytes(b) => keys.push(OwnedKey::Str(b.clone())),
+                    Value::Int(i) => keys.push(OwnedKey::Num(*i as f64)),
+                    Value::UInt(u) => keys.push(OwnedKey::Num(*u as f64)),
+                    Value::Float(f) => keys.push(OwnedKey::Num(*f)),
+                    _ => {}
+                }
+            }
+        }
+        Node::Scalar(_) => {}
+    }
+    keys
+}
+
+/// [`views_agree_with_tree`] for the container at `path` and, a few levels down, what it holds.
+fn agree(bytes: &[u8], path: &mut Vec<OwnedKey>, tree: &Node) -> Result<(), String> {
+    let len = fresh_view(bytes, path)?.len();
+    if len != tree.len() {
+        return Err(format!("{path:?}: #v {len} but the tree's {}", tree.len()));
+    }
+    let view = fresh_view(bytes, path)?;
     if let (Some((n, items)), Node::Array(elements)) = (view.canonical_array(), tree) {
         let mut expected = Vec::new();
         let mut room = super::node::CopyRoom::new(usize::MAX, usize::MAX);
@@ -625,55 +706,31 @@ fn agree(view: &Handle, tree: &Node, depth: usize) -> Result<(), String> {
             e.encode_cbor(&mut expected, usize::MAX, &mut room)?;
         }
         if n as usize != tree.len() || items != &expected[..] {
-            return Err("the array's bytes as sent are not its elements' encoding".into());
+            return Err(format!(
+                "{path:?}: the bytes sent as they are are not the elements'"
+            ));
         }
     }
-    let keys: Vec<(Vec<u8>, Option<f64>)> = match tree {
-        Node::Array(a) => (1..=a.borrow().len() + 1)
-            .map(|i| (Vec::new(), Some(i as f64)))
-            .collect(),
-        Node::Object(o) => o
-            .borrow()
-            .iter()
-            .filter_map(|(k, _)| match k {
-                Value::Text(s) => Some((s.as_bytes().to_vec(), None)),
-                Value::Bytes(b) => Some((b.clone(), None)),
-                Value::Int(i) => Some((Vec::new(), Some(*i as f64))),
-                Value::UInt(u) => Some((Vec::new(), Some(*u as f64))),
-                Value::Float(f) => Some((Vec::new(), Some(*f))),
-                _ => None,
-            })
-            .chain(NAMES.iter().map(|n| (n.as_bytes().to_vec(), None)))
-            .chain([(Vec::new(), Some(1.0)), (b"1".to_vec(), None)])
-            .collect(),
-        Node::Scalar(_) => Vec::new(),
-    };
-    for (text, num) in &keys {
-        let key = match num {
-            Some(n) => Key::Num(*n),
-            None => Key::Str(text),
-        };
-        let (found, expected) = (view.get(key), tree.get(key));
+    for k in keys_to_try(tree) {
+        let view = fresh_view(bytes, path)?;
+        let (found, expected) = (view.get(k.key()), tree.get(k.key()));
         let same = match (&found, &expected) {
             (None, None) => true,
             (Some(Item::RawScalar(d, at)), Some(node)) => d.scalar(*at) == Some(whole(node)),
             (Some(Item::Node(n)), Some(node)) => whole(n) == whole(node),
             (Some(Item::RawContainer(d, at)), Some(node)) => {
-                if depth < 4 {
-                    agree(&Handle::Raw(Rc::clone(d), *at), node, depth + 1)?;
+                let resolved = Handle::Raw(Rc::clone(d), *at).resolve();
+                if path.len() < 4 {
+                    path.push(k.clone());
+                    agree(bytes, path, node)?;
+                    path.pop();
                 }
-                Handle::Raw(Rc::clone(d), *at).resolve().map(|n| whole(&n)) == Some(whole(node))
+                resolved.is_some_and(|n| whole(&n) == whole(node))
             }
             _ => false,
         };
         if !same {
-            return Err(format!(
-                "v[{}] differs from the tree's",
-                match num {
-                    Some(n) => n.to_string(),
-                    None => String::from_utf8_lossy(text).into_owned(),
-                }
-            ));
+            return Err(format!("{path:?}: v[{k:?}] differs from the tree's"));
         }
     }
     Ok(())
