@@ -287,3 +287,35 @@ fn a_request_without_host_gets_400_and_a_head_request_a_405_without_content() {
         "a HEAD answer with content: {resp:?}"
     );
 }
+
+/// SPEC section 5: permessage-deflate is not negotiated. An offer gets a 101 without
+/// `Sec-WebSocket-Extensions`, and a frame then sent compressed (RSV1) is a protocol error
+/// (RFC 6455 5.2: a reserved bit no extension gave a meaning).
+#[test]
+fn a_permessage_deflate_offer_is_declined_and_a_compressed_frame_then_fails_with_1002() {
+    use std::io::Write;
+    let srv = start_echo(|_| {});
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let offer = "Sec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+    s.write_all(request(srv.addr, "/echo", offer).as_bytes())
+        .unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
+    // Uncompressed frames are served as usual.
+    s.write_all(&frame(true, 0, 1, b"plain", true)).unwrap();
+    let echo = read_frame(&mut s).expect("the echo");
+    assert_eq!(echo.payload, b"plain");
+    // "hello" as permessage-deflate would send it, with RSV1 set.
+    let deflated = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    s.write_all(&frame(true, 0b100, 1, &deflated, true))
+        .unwrap();
+    assert_eq!(expect_close(&mut s), Some(1002));
+}

@@ -434,6 +434,134 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     );
 }
 
+/// A LAppS request without params, as CBOR.
+fn lapps_request(method: &str) -> Vec<u8> {
+    use lapps::lapps_proto::{cbor, Value};
+    cbor::encode(&Value::Map(vec![
+        (Value::text("lapps"), Value::Int(1)),
+        (Value::text("method"), Value::text(method)),
+    ]))
+}
+
+/// The handler a tally_lapps connection has (its answer to "id").
+fn lapps_id(answer: &[u8]) -> u64 {
+    use lapps::lapps_proto::{cbor, Value};
+    let Ok(Value::Map(members)) = cbor::decode(answer) else {
+        panic!("not a CBOR map: {answer:02x?}");
+    };
+    let result = members.iter().find(|(k, _)| *k == Value::text("result"));
+    match result {
+        Some((_, Value::Array(items))) => match &items[..] {
+            [Value::Text(h)] => h.parse().expect("a handler number"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("no result: {members:?} {other:?}"),
+    }
+}
+
+fn lapps_client_id(ws: &mut Client) -> u64 {
+    ws.send(Message::binary(lapps_request("id"))).unwrap();
+    match ws.read().expect("the answer to id") {
+        Message::Binary(b) => lapps_id(&b),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The close code, past the answers and errors that come before it.
+fn lapps_close_code(ws: &mut Client) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return f.code.into(),
+            Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
+
+/// Section 4 for a LAppS service, with the closes only LAppS makes (1003 for garbage).
+#[test]
+fn a_lapps_on_disconnect_runs_exactly_once_however_the_connection_ends() {
+    let app = start_app(
+        &ws_json(2),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "tally": { "instances": 2, "preload": ["bcast"] },
+                 "tally_lapps": { "protocol": "LAppS", "instances": 2, "preload": ["bcast"],
+                                  "max_inbound_message_size": 1024, "max_protocol_errors": 3 } }"#,
+        ),
+    );
+    let mut w = Watcher::new(app.addr);
+    let mut ended: Vec<(&str, u64)> = Vec::new();
+
+    let mut ws = connect(app.addr, "/tally_lapps");
+    ended.push(("client close", lapps_client_id(&mut ws)));
+    ws.close(None).unwrap();
+    finish_close(ws);
+
+    let mut ws = connect(app.addr, "/tally_lapps");
+    ended.push(("tcp drop", lapps_client_id(&mut ws)));
+    ws.get_ref().shutdown(Shutdown::Both).unwrap();
+    drop(ws);
+
+    let mut ws = connect(app.addr, "/tally_lapps");
+    ended.push(("tcp reset", lapps_client_id(&mut ws)));
+    close_with_reset(ws.get_ref().try_clone().unwrap());
+    drop(ws);
+
+    let mut ws = connect(app.addr, "/tally_lapps");
+    ended.push(("onMessage false", lapps_client_id(&mut ws)));
+    ws.send(Message::binary(lapps_request("close"))).unwrap();
+    assert_eq!(lapps_close_code(&mut ws), 1000);
+    finish_close(ws);
+
+    // Malformed messages in a row: each answered -32700, then the connection closed.
+    let mut ws = connect(app.addr, "/tally_lapps");
+    ended.push(("garbage", lapps_client_id(&mut ws)));
+    for _ in 0..3 {
+        ws.send(Message::binary(vec![0xff, 0x00])).unwrap();
+    }
+    assert_eq!(lapps_close_code(&mut ws), 1003);
+    finish_close(ws);
+
+    let mut ws = connect(app.addr, "/tally_lapps");
+    ended.push(("too big", lapps_client_id(&mut ws)));
+    ws.send(Message::binary(vec![0u8; 2000])).unwrap();
+    assert_eq!(lapps_close_code(&mut ws), 1009);
+    finish_close(ws);
+
+    let mut s = raw_upgraded(app.addr, "/tally_lapps");
+    s.write_all(&frame(true, 0, 0x2, &lapps_request("id"), true))
+        .unwrap();
+    let answer = read_frame(&mut s).expect("the answer to id");
+    ended.push(("protocol error", lapps_id(&answer.payload)));
+    s.write_all(&frame(true, 0, 0x2, &lapps_request("id"), false))
+        .unwrap();
+    assert_eq!(expect_close(&mut s), Some(1002));
+    drop(s);
+
+    w.until("an onDisconnect for every ended connection", |w| {
+        ended.iter().all(|(_, h)| w.discs.contains_key(h))
+    });
+    // As in the RAW test: once a fresh connection on each instance has been reported, those
+    // instances have said all they had to about the ended ones.
+    let mut fresh: Vec<Client> = (0..2).map(|_| connect(app.addr, "/tally_lapps")).collect();
+    let fresh_ids: Vec<u64> = fresh.iter_mut().map(lapps_client_id).collect();
+    w.until("the fresh connections' messages", |w| {
+        fresh_ids.iter().all(|h| w.msgs.contains_key(h))
+    });
+    for (how, h) in &ended {
+        assert_eq!(w.discs[h], [1], "{how}: onDisconnect calls for {h}");
+        assert!(
+            w.msgs[h].iter().all(|&d| d == 0),
+            "{how}: a message reached onMessage after onDisconnect"
+        );
+    }
+    assert!(
+        fresh_ids.iter().all(|h| !w.discs.contains_key(h)),
+        "open connections got no onDisconnect"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5 and 6. a failing callback closes only its connection with 1011: tests/lua_safety.rs
 
