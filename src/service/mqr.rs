@@ -527,8 +527,9 @@ impl Mqr {
             return self.get(name).ok_or(TOO_MANY_QUEUES);
         }
         // Built before the table is locked: a large ring takes a while to allocate and stamp,
-        // and every other service's lookup would wait for it (only other creations do). If a racing `open` (past the
-        // limits) wins, this one is dropped unused (and its slots given back).
+        // and every other service's lookup would wait for it (only other creations do). If a
+        // racing `open` (past the limits) wins, this one is dropped unused (and its slots
+        // given back).
         let fresh = Arc::new(Queue::new(name.into(), capacity, Arc::clone(&self.total)));
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = queues.get(name) {
