@@ -251,3 +251,27 @@ fn max_connections_per_address_refuses_the_next_one_with_503_and_counts_each_add
     assert!(h.starts_with("HTTP/1.1 503"), "{h}");
     app.shutdown();
 }
+
+/// SPEC section 8: a server-wide refusal happens at accept, before any byte of a request. The
+/// client sends nothing, and the handshake timeout is far longer than the read timeout: only
+/// a close at accept ends the read in time.
+#[test]
+fn a_server_acl_refusal_closes_a_connection_that_has_sent_nothing() {
+    let dir = temp_dir("acl-silent");
+    write_config(
+        &dir,
+        r#", "handshake_timeout_ms": 600000, "acl": { "policy": "deny", "exclude": ["10.0.0.0/8"] }"#,
+        "",
+    );
+    let app = start_app(&dir);
+    let mut s = TcpStream::connect(app.local_addrs()[0]).expect("the kernel accepts it");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("the server sent {n} bytes: {:?}", &b[..n]),
+        Err(e) => panic!("not closed at accept: {e}"),
+    }
+    app.shutdown();
+}
