@@ -438,7 +438,7 @@ s.run = function() end
 return s"#,
     );
     s.instances = cpus + 2;
-    let log = lapps::service::mqr::registry().open("safety.many", 64);
+    let log = lapps::service::mqr::registry().open("safety.many", cpus + 2);
     let reg = Registry::start(vec![s], hub(1)).expect("all started");
     let mut started = Vec::new();
     while let Some(m) = log.poll() {
