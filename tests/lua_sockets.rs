@@ -335,6 +335,36 @@ impl Watcher {
             }
         }
     }
+
+    /// Waits for an onDisconnect of every `ended` connection, then for the messages of fresh
+    /// connections on every instance (`fresh` opens them and gives their handlers): each
+    /// instance reports in order, so by then whatever it had to say about the ended ones has
+    /// been said (late duplicates included). Then checks one onDisconnect each, no message
+    /// after it, and none for the fresh connections.
+    fn each_ended_once(
+        &mut self,
+        ended: &[(&str, u64)],
+        fresh: impl FnOnce() -> (Vec<Client>, Vec<u64>),
+    ) {
+        self.until("an onDisconnect for every ended connection", |w| {
+            ended.iter().all(|(_, h)| w.discs.contains_key(h))
+        });
+        let (_open, fresh_ids) = fresh();
+        self.until("the fresh connections' messages", |w| {
+            fresh_ids.iter().all(|h| w.msgs.contains_key(h))
+        });
+        for (how, h) in ended {
+            assert_eq!(self.discs[h], [1], "{how}: onDisconnect calls for {h}");
+            assert!(
+                self.msgs[h].iter().all(|&d| d == 0),
+                "{how}: a message reached onMessage after onDisconnect"
+            );
+        }
+        assert!(
+            fresh_ids.iter().all(|h| !self.discs.contains_key(h)),
+            "open connections got no onDisconnect"
+        );
+    }
 }
 
 fn id(ws: &mut Client) -> u64 {
@@ -410,28 +440,11 @@ fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
     assert_eq!(expect_close(&mut s), Some(1007));
     drop(s);
 
-    w.until("an onDisconnect for every ended connection", |w| {
-        ended.iter().all(|(_, h)| w.discs.contains_key(h))
+    w.each_ended_once(&ended, || {
+        let mut fresh: Vec<Client> = (0..2).map(|_| connect(app.addr, "/tally")).collect();
+        let ids = fresh.iter_mut().map(id).collect();
+        (fresh, ids)
     });
-    // Late duplicates: each instance reports in order, so once a fresh connection on every
-    // instance (round-robin binding) has been reported, whatever those instances had to say
-    // about the ended connections has been said.
-    let mut fresh: Vec<Client> = (0..2).map(|_| connect(app.addr, "/tally")).collect();
-    let fresh_ids: Vec<u64> = fresh.iter_mut().map(id).collect();
-    w.until("the fresh connections' messages", |w| {
-        fresh_ids.iter().all(|h| w.msgs.contains_key(h))
-    });
-    for (how, h) in &ended {
-        assert_eq!(w.discs[h], [1], "{how}: onDisconnect calls for {h}");
-        assert!(
-            w.msgs[h].iter().all(|&d| d == 0),
-            "{how}: a message reached onMessage after onDisconnect"
-        );
-    }
-    assert!(
-        fresh_ids.iter().all(|h| !w.discs.contains_key(h)),
-        "open connections got no onDisconnect"
-    );
 }
 
 /// A LAppS request without params, as CBOR.
@@ -539,27 +552,11 @@ fn a_lapps_on_disconnect_runs_exactly_once_however_the_connection_ends() {
     assert_eq!(expect_close(&mut s), Some(1002));
     drop(s);
 
-    w.until("an onDisconnect for every ended connection", |w| {
-        ended.iter().all(|(_, h)| w.discs.contains_key(h))
+    w.each_ended_once(&ended, || {
+        let mut fresh: Vec<Client> = (0..2).map(|_| connect(app.addr, "/tally_lapps")).collect();
+        let ids = fresh.iter_mut().map(lapps_client_id).collect();
+        (fresh, ids)
     });
-    // As in the RAW test: once a fresh connection on each instance has been reported, those
-    // instances have said all they had to about the ended ones.
-    let mut fresh: Vec<Client> = (0..2).map(|_| connect(app.addr, "/tally_lapps")).collect();
-    let fresh_ids: Vec<u64> = fresh.iter_mut().map(lapps_client_id).collect();
-    w.until("the fresh connections' messages", |w| {
-        fresh_ids.iter().all(|h| w.msgs.contains_key(h))
-    });
-    for (how, h) in &ended {
-        assert_eq!(w.discs[h], [1], "{how}: onDisconnect calls for {h}");
-        assert!(
-            w.msgs[h].iter().all(|&d| d == 0),
-            "{how}: a message reached onMessage after onDisconnect"
-        );
-    }
-    assert!(
-        fresh_ids.iter().all(|h| !w.discs.contains_key(h)),
-        "open connections got no onDisconnect"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
