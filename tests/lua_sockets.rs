@@ -1825,6 +1825,43 @@ fn a_slow_broadcast_recipient_is_dropped_with_1008_and_the_others_keep_receiving
     );
 }
 
+/// SPEC section 8: `ws:send` is queued with back-pressure. A peer that reads nothing while
+/// another connection has the instance send to it is closed with 1008 once its queue passes
+/// the bound, its later sends answer `nil, "closed"`, and the sender is served throughout.
+#[test]
+fn a_peer_that_does_not_read_what_ws_send_queues_for_it_is_closed_with_1008() {
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 2 },
+                  "outbound_high_water": 65536 }"#;
+    let app = start_app(ws, &tally_services(None));
+    let mut slow = raw_upgraded(app.addr, "/tally");
+    slow.write_all(&frame(true, 0, 0x1, b"id", true)).unwrap();
+    let slow_id = String::from_utf8(read_frame(&mut slow).expect("its id").payload).unwrap();
+    let mut sender = connect(app.addr, "/tally");
+    // Up to 54 MB in 900-byte messages: far past what the socket buffers take.
+    let order = format!("to {slow_id} {}", "x".repeat(900));
+    let mut sent = 0usize;
+    loop {
+        send(&mut sender, &order);
+        match text(&mut sender).as_str() {
+            "sent" => sent += 1,
+            "nil closed" => break,
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert!(sent < 60_000, "never dropped");
+    }
+    let mut data_frames = 0usize;
+    let code = loop {
+        let f = read_frame(&mut slow).expect("frames, then a close frame");
+        match f.opcode {
+            0x8 => break u16::from_be_bytes([f.payload[0], f.payload[1]]),
+            _ => data_frames += 1,
+        }
+    };
+    assert_eq!(code, 1008);
+    assert!(data_frames < sent, "dropped, not fed everything");
+    assert_eq!(ask(&mut sender, "still here"), "still here");
+}
+
 /// On a fresh `/echo` connection, twenty times: ten messages of `opcode` and then `ending`
 /// (frames) in one write; the ten echoes must come back in order, then our Close with
 /// `close_body`, then the end of TCP.
