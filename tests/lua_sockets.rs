@@ -371,29 +371,37 @@ fn id(ws: &mut Client) -> u64 {
     ask(ws, "id").parse().expect("a handler number")
 }
 
-#[test]
-fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
-    let app = start_app(&ws_json(2), &tally_services(None));
-    let mut w = Watcher::new(app.addr);
-    let mut ended: Vec<(&str, u64)> = Vec::new();
-
-    // Client Close handshake.
-    let mut ws = connect(app.addr, "/tally");
+/// Three connections to `path`, ended by the client: a Close handshake, a TCP drop without
+/// a Close frame, and a TCP reset (the worker reads an error, not an end of file). Each with
+/// its handler, as `id` asks it.
+fn ended_by_the_client(
+    addr: SocketAddr,
+    path: &str,
+    id: fn(&mut Client) -> u64,
+) -> Vec<(&'static str, u64)> {
+    let mut ended = Vec::new();
+    let mut ws = connect(addr, path);
     ended.push(("client close", id(&mut ws)));
     ws.close(None).unwrap();
     finish_close(ws);
 
-    // TCP drop without a Close frame.
-    let mut ws = connect(app.addr, "/tally");
+    let mut ws = connect(addr, path);
     ended.push(("tcp drop", id(&mut ws)));
     ws.get_ref().shutdown(Shutdown::Both).unwrap();
     drop(ws);
 
-    // TCP reset without a Close frame: the worker reads an error, not an end of file.
-    let mut ws = connect(app.addr, "/tally");
+    let mut ws = connect(addr, path);
     ended.push(("tcp reset", id(&mut ws)));
     close_with_reset(ws.get_ref().try_clone().unwrap());
     drop(ws);
+    ended
+}
+
+#[test]
+fn on_disconnect_runs_exactly_once_however_the_connection_ends() {
+    let app = start_app(&ws_json(2), &tally_services(None));
+    let mut w = Watcher::new(app.addr);
+    let mut ended = ended_by_the_client(app.addr, "/tally", id);
 
     // Server-side closes decided by Lua.
     for (how, cmd, code) in [
@@ -504,22 +512,7 @@ fn a_lapps_on_disconnect_runs_exactly_once_however_the_connection_ends() {
         ),
     );
     let mut w = Watcher::new(app.addr);
-    let mut ended: Vec<(&str, u64)> = Vec::new();
-
-    let mut ws = connect(app.addr, "/tally_lapps");
-    ended.push(("client close", lapps_client_id(&mut ws)));
-    ws.close(None).unwrap();
-    finish_close(ws);
-
-    let mut ws = connect(app.addr, "/tally_lapps");
-    ended.push(("tcp drop", lapps_client_id(&mut ws)));
-    ws.get_ref().shutdown(Shutdown::Both).unwrap();
-    drop(ws);
-
-    let mut ws = connect(app.addr, "/tally_lapps");
-    ended.push(("tcp reset", lapps_client_id(&mut ws)));
-    close_with_reset(ws.get_ref().try_clone().unwrap());
-    drop(ws);
+    let mut ended = ended_by_the_client(app.addr, "/tally_lapps", lapps_client_id);
 
     let mut ws = connect(app.addr, "/tally_lapps");
     ended.push(("onMessage false", lapps_client_id(&mut ws)));
