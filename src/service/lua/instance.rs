@@ -116,7 +116,6 @@ impl Starts<'_> {
     fn fail(&mut self, index: usize, why: String) {
         self.failure
             .get_or_insert(format!("instance {index}: {why}"));
-        self.stop.set();
         for slot in self.starting.iter_mut() {
             if let Some(s) = slot {
                 if give_up(s) {
@@ -126,6 +125,9 @@ impl Starts<'_> {
                 }
             }
         }
+        // After giving up, not before: an init woken by must_stop() could otherwise finish
+        // and become ready first, then run run() and onShutdown in a service that failed.
+        self.stop.set();
     }
 
     /// Gives up on the starts whose deadline has passed.
