@@ -826,3 +826,137 @@ fn each_service_start_extends_systemds_start_timeout_before_ready() {
         "{states:?}"
     );
 }
+
+/// The repository's own configuration runs its mqr example: every message mqr_sender posts
+/// reaches mqr_receiver, in order, and a SIGTERM loses none (the receiver stops last and
+/// drains). Each `print` line names the service and instance that printed it.
+#[test]
+fn the_repo_configs_mqr_example_delivers_every_message_and_print_names_its_service() {
+    let dir = temp_dir("mqr-example");
+    let lapps = std::fs::read_to_string(repo_root().join("etc/lapps/lapps.json")).unwrap();
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, &lapps);
+    let (mut child, _addr, log, mut lines) = binary::spawn_binary_logging(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    // The sender posts once a second: two messages seen, then stop.
+    if !lines.iter().any(|l| l.contains("mqr_receiver: counter 2 ")) {
+        lines.extend(binary::lines_until(&log, "mqr_receiver: counter 2 "));
+    }
+    child.stop();
+    lines.extend(binary::lines_until(&log, "message(s) received"));
+    let printed = |service: &str| -> Vec<&str> {
+        let prefix = format!("{service}: ");
+        lines
+            .iter()
+            .filter_map(|l| l.split_once(&prefix))
+            .map(|(head, rest)| {
+                assert!(
+                    head.trim_end().ends_with(&format!("[{service}#0]")),
+                    "a print line that does not name its service: {head}{prefix}{rest}"
+                );
+                rest
+            })
+            .collect()
+    };
+    let received = printed("mqr_receiver");
+    let counters: Vec<u64> = received
+        .iter()
+        .filter_map(|l| l.strip_prefix("counter "))
+        .map(|l| {
+            assert!(l.contains(" from sender #0, "), "{l}");
+            l.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let n = counters.len() as u64;
+    assert_eq!(counters, (1..=n).collect::<Vec<_>>(), "{received:#?}");
+    assert_eq!(
+        received.last().copied(),
+        Some(format!("{n} message(s) received").as_str()),
+        "{received:#?}"
+    );
+    let sent = printed("mqr_sender");
+    assert!(
+        sent.iter().all(|l| !l.contains("not accepted")),
+        "{sent:#?}"
+    );
+}
+
+/// A Lua error in a handler is logged on one line with its traceback (the function and the
+/// file:line that raised), the RAW connection is closed with 1011 and a LAppS request is
+/// answered -32603 with the connection kept.
+#[test]
+fn a_handlers_error_is_logged_on_one_line_with_its_traceback() {
+    let dir = temp_dir("traceback");
+    let app = r#"local app = {}
+local function explode(what)
+  error("no thanks: " .. tostring(what))
+end
+app.onMessage = function(h, kind, message)
+  explode(type(message) == "string" and message or message.method)
+  return true
+end
+return app
+"#;
+    for name in ["boom", "boom_lapps"] {
+        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+        std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), app).unwrap();
+    }
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{ "boom": {{ "request_target": "/boom" }},
+                   "boom_lapps": {{ "protocol": "LAppS", "request_target": "/boom_lapps" }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let check = |line: &str, service: &str| {
+        let file = format!("{service}.lua:3: no thanks: ");
+        for part in [
+            format!("[{service}#0] onMessage failed"),
+            file,
+            " | stack traceback: | ".into(),
+            format!("{service}.lua:3: in upvalue 'explode'"),
+            format!("{service}.lua:6: in function"),
+        ] {
+            assert!(line.contains(&part), "{part:?} missing in {line}");
+        }
+    };
+    let mut ws = connect(addr, "/boom");
+    send(&mut ws, "hello");
+    assert_eq!(ws_close_code(&mut ws), 1011);
+    check(&binary::wait_line(&log, "no thanks: hello"), "boom");
+
+    let mut ws = connect(addr, "/boom_lapps");
+    use ciborium::Value as Cbor;
+    let text = |s: &str| Cbor::Text(s.into());
+    let request = Cbor::Map(vec![
+        (text("lapps"), Cbor::Integer(1.into())),
+        (text("method"), text("detonate")),
+    ]);
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&request, &mut bytes).unwrap();
+    for _ in 0..2 {
+        ws.send(tungstenite::Message::binary(bytes.clone()))
+            .unwrap();
+        let answer = match ws.read().expect("the response") {
+            tungstenite::Message::Binary(b) => ciborium::from_reader::<Cbor, _>(&b[..]).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let code = answer
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k == &text("error")))
+            .and_then(|(_, e)| e.as_map())
+            .and_then(|e| e.iter().find(|(k, _)| k == &text("code")))
+            .and_then(|(_, c)| c.as_integer())
+            .map(i128::from);
+        assert_eq!(code, Some(-32603), "{answer:?}");
+    }
+    let line = binary::wait_line(&log, "no thanks: detonate");
+    assert!(line.contains("for method \"detonate\""), "{line}");
+    check(&line, "boom_lapps");
+}
