@@ -612,12 +612,26 @@ fn one_app_binary(
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<String>,
 ) {
+    one_app_binary_with(binary::ONE_WORKER_WS_JSON, dir, name, src)
+}
+
+/// [`one_app_binary`] with `ws` as its ws.json.
+fn one_app_binary_with(
+    ws: &str,
+    dir: &str,
+    name: &str,
+    src: &str,
+) -> (
+    binary::Reaper,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     let dir = temp_dir(dir);
     std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
     std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
     write_config(
         &dir,
-        binary::ONE_WORKER_WS_JSON,
+        ws,
         &format!(
             r#"{{ "directories": {{ "applications": "{}" }},
                  "services": {{ "{name}": {{ "instances": 1 }} }} }}"#,
@@ -959,4 +973,91 @@ return app
     let line = binary::wait_line(&log, "no thanks: detonate");
     assert!(line.contains("for method \"detonate\""), "{line}");
     check(&line, "boom_lapps");
+}
+
+/// A connection with a backlog of input cannot keep the worker from the others: each is read
+/// `workers.max_inbounds_skip` times a turn, then the next ready one has its turn. With the
+/// server stopped (SIGSTOP), one client fills its socket with a backlog (a text message every
+/// KiB, unsolicited Pongs between them: read and ignored, so the backlog never waits for the
+/// app) and another then sends one message; resumed, the worker finds both ready, the backlog
+/// first. The app counts the backlog's messages and tells the second client how many came
+/// before its own: those of the backlog's first read (a read takes up to 64 KiB), not what the
+/// server's socket held (some 110 KiB) or the whole backlog, as when each connection is read
+/// until it runs dry.
+#[test]
+fn a_connection_with_a_backlog_is_read_a_budget_at_a_time() {
+    let (child, addr, _log) = one_app_binary_with(
+        r#"{ "ip": "127.0.0.1", "port": 0,
+             "workers": { "workers": 1, "max_inbounds_skip": 1 } }"#,
+        "inbounds-skip",
+        "tally",
+        r#"local app, n = {}, 0
+app.onMessage = function(h, op, msg)
+  if msg == "count?" then ws:send(h, 1, tostring(n)) else n = n + 1 end
+  return true
+end
+return app
+"#,
+    );
+    use std::io::Write;
+    let pid = child.0.id() as libc::pid_t;
+    let mut backlog = raw_upgraded(addr, "/tally");
+    let mut asker = connect(addr, "/tally");
+    let pong = frame(true, 0, 0xA, b"", true);
+    let mut chunk = frame(true, 0, 0x1, b"x", true);
+    chunk.extend(pong.repeat(1014 / pong.len()));
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    wait_for("every thread of the server stopped", IO_TIMEOUT, || {
+        all_stopped(pid)
+    });
+    backlog.set_nonblocking(true).unwrap();
+    let mut written = 0usize;
+    // Large writes: the backlog fills the server's socket (small ones fill it with overhead).
+    let many = chunk.repeat(256);
+    loop {
+        let at = written % many.len();
+        match backlog.write(&many[at..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    send(&mut asker, "count?");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // The chunk a full socket cut short, finished.
+    backlog.set_nonblocking(false).unwrap();
+    let at = written % chunk.len();
+    if at > 0 {
+        backlog.write_all(&chunk[at..]).unwrap();
+    }
+    let total = written.div_ceil(chunk.len());
+    let before: usize = text(&mut asker).parse().unwrap();
+    const READ: usize = 64 << 10;
+    assert!(
+        written > 4 * READ,
+        "a backlog of {written} bytes only: too small to tell"
+    );
+    assert!(
+        before <= READ / chunk.len() + 1,
+        "{before} of the backlog's {total} messages were read before the other connection's"
+    );
+    // Nothing of the backlog was lost on the way.
+    wait_for("the whole backlog counted", IO_TIMEOUT, || {
+        send(&mut asker, "count?");
+        text(&mut asker).parse::<usize>().unwrap() == total
+    });
+}
+
+/// Whether every thread of process `pid` is stopped (state T in /proc).
+fn all_stopped(pid: libc::pid_t) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.map(|t| t.unwrap().path().join("stat")).all(|stat| {
+        // The state follows the command name's closing parenthesis.
+        std::fs::read_to_string(stat)
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(true)
+    })
 }
