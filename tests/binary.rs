@@ -1061,3 +1061,47 @@ fn all_stopped(pid: libc::pid_t) -> bool {
             .unwrap_or(true)
     })
 }
+
+/// `onStart` and `onShutdown` run once per instance: three instances, three of each, one per
+/// instance_id, each line naming its instance.
+#[test]
+fn on_start_and_on_shutdown_run_once_per_instance() {
+    let dir = temp_dir("once-per-instance");
+    std::fs::create_dir_all(dir.join("apps/thrice")).unwrap();
+    std::fs::write(
+        dir.join("apps/thrice/thrice.lua"),
+        r#"local app = {}
+app.onStart = function() print("onStart of", instance_id) end
+app.onMessage = function(h, op, msg) return true end
+app.onShutdown = function() print("onShutdown of", instance_id) end
+return app
+"#,
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{ "thrice": {{ "instances": 3 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (mut child, _addr, log, mut lines) = binary::spawn_binary_logging(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    child.stop();
+    // The process is gone: the log ends (the reader's channel closes) after its last line.
+    lines.extend(log.iter());
+    for what in ["onStart of", "onShutdown of"] {
+        let mut seen: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split_once(" [thrice#"))
+            .filter(|(_, rest)| rest.contains(what))
+            .map(|(_, rest)| rest)
+            .collect();
+        seen.sort();
+        let want: Vec<String> = (0..3).map(|i| format!("{i}] {what}\t{i}")).collect();
+        assert_eq!(seen, want, "{lines:#?}");
+    }
+}
