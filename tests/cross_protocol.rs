@@ -93,3 +93,33 @@ fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
     let (oons, _) = call(&mut lapps, "whoami", vec![]);
     assert!(oons.is_empty(), "{oons:?}");
 }
+
+/// The LAppS helpers raise for an argument that is wrong whatever the connection (a result or
+/// OON message that is not an array, error data without a CBOR form), at a RAW handler, a
+/// stale one and one that never named a connection alike: a programming error, not something
+/// `nil, "closed"` may hide until the day the connection is open.
+#[test]
+fn the_lapps_helpers_raise_for_a_wrong_argument_whatever_the_handler() {
+    let app = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "probe": { "preload": ["bcast"] },
+                 "lapps_views": { "protocol": "LAppS", "preload": ["bcast"] } }"#,
+        ),
+    );
+    let mut raw = connect(app.addr, "/probe");
+    let raw_id: f64 = ask(&mut raw, "id").parse().unwrap();
+    let mut lapps = connect(app.addr, "/lapps_views");
+    let raised = vec![t("raised"); 5];
+    let misuse = |lapps: &mut Client, h: f64| call(lapps, "misuse", vec![Value::Float(h)]).1;
+    assert_eq!(misuse(&mut lapps, raw_id), raised, "at a RAW handler");
+    raw.close(None).unwrap();
+    finish_close(raw);
+    wait_for("the RAW connection closed", IO_TIMEOUT, || {
+        call(&mut lapps, "cross", vec![Value::Float(raw_id)]).1[0] == t("nil closed")
+    });
+    assert_eq!(misuse(&mut lapps, raw_id), raised, "at a stale handler");
+    assert_eq!(misuse(&mut lapps, 0.0), raised, "at handler 0");
+    assert_eq!(misuse(&mut lapps, 1e15), raised, "at a handler never given");
+}

@@ -235,22 +235,20 @@ unsafe extern "C-unwind" fn fast_send_response(l: *mut ffi::lua_State) -> c_int 
         if ffi::lua_gettop(l) == 3 && ffi::lua_type(l, 2) == ffi::LUA_TNUMBER {
             if let Some(handle) = json_ud::get_with(l, 3, ffi::lua_upvalueindex(3)) {
                 let host = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const HostCtx);
-                let Some(conn) = handler_of(ffi::lua_tonumber(l, 2)) else {
-                    return fail(l, c"closed");
-                };
-                match host.hub.speaks(conn) {
-                    None => return fail(l, c"closed"),
-                    Some(Speaks::Raw) => return fail(l, super::fastpath::NOT_LAPPS),
-                    Some(Speaks::Lapps) => {}
-                }
-                match catch_unwind(AssertUnwindSafe(|| send_handle(host, conn, handle))).ok() {
-                    Some(Some(Ok(()))) => {
-                        ffi::lua_pushboolean(l, 1);
-                        return 1;
+                // Not a live LAppS connection: the general path answers, after checking the
+                // result (a result that is not an array raises whatever the handler).
+                let conn = handler_of(ffi::lua_tonumber(l, 2))
+                    .filter(|&c| host.hub.speaks(c) == Some(Speaks::Lapps));
+                if let Some(conn) = conn {
+                    match catch_unwind(AssertUnwindSafe(|| send_handle(host, conn, handle))).ok() {
+                        Some(Some(Ok(()))) => {
+                            ffi::lua_pushboolean(l, 1);
+                            return 1;
+                        }
+                        Some(Some(Err(why))) => return fail(l, why),
+                        Some(None) => {}
+                        None => return fail(l, c"internal error"),
                     }
-                    Some(Some(Err(why))) => return fail(l, why),
-                    Some(None) => {}
-                    None => return fail(l, c"internal error"),
                 }
             }
         }

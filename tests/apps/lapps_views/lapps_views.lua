@@ -68,6 +68,23 @@ methods.cross = function(handler, message)
   return ws:send_response(handler, r)
 end
 
+-- Programming errors at the handler in params[1] (live, RAW or stale alike): each call must
+-- raise; "raised", or what it returned instead.
+methods.misuse = function(handler, message)
+  local h = message.params[1]
+  local r = {}
+  local function try(f, ...)
+    local ok, v, err = pcall(f, ...)
+    r[#r + 1] = ok and ("returned " .. tostring(v) .. " " .. tostring(err)) or "raised"
+  end
+  try(ws.send_response, ws, h, "not an array")
+  try(ws.send_response, ws, h, nljson.decode('{"a": 1}'))
+  try(ws.send_error, ws, h, -32000, "x", print)
+  try(ws.send_oon, ws, h, 5, "not an array")
+  try(ws.send_oon, ws, h, 5, nljson.decode('{"a": 1}'))
+  return ws:send_response(handler, r)
+end
+
 -- bcast (needs preload = ["bcast"]): subscribe this connection to channel params[1] (made
 -- if needed), or send an OON on it; answers what bcast answered.
 methods.sub = function(handler, message)

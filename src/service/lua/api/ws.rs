@@ -106,13 +106,12 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let h = Rc::clone(host);
     let slow_response = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
         let (conn, result): (Value, Value) = method_args(lua, args)?;
+        // Arguments first: a programming error raises whatever the connection.
+        let result = array_of(lua, &result)
+            .map_err(|e| mlua::Error::runtime(format!("send_response: {e}")))?;
         let conn = match live_lapps(&h, &conn) {
             Ok(c) => c,
             Err(reason) => return fail(reason),
-        };
-        let result = match array_of(lua, &result) {
-            Ok(r) => r,
-            Err(e) => return Err(mlua::Error::runtime(format!("send_response: {e}"))),
         };
         sent(send_cbor(&h, conn, &protocol::encode_response_ok(&result)))
     })?;
@@ -128,16 +127,16 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             let (conn, code, message, data): (Value, Value, mlua::String, Value) =
                 method_args(lua, args)?;
             let code = whole(&code, "send_error: code")?;
-            let conn = match live_lapps(&h, &conn) {
-                Ok(c) => c,
-                Err(reason) => return fail(reason),
-            };
             let data = match data {
                 Value::Nil => None,
                 v => Some(
                     from_lua(lua, &v)
                         .map_err(|e| mlua::Error::runtime(format!("send_error: {e}")))?,
                 ),
+            };
+            let conn = match live_lapps(&h, &conn) {
+                Ok(c) => c,
+                Err(reason) => return fail(reason),
             };
             let answer =
                 protocol::encode_response_error(code, &message.to_string_lossy(), data.as_ref());
@@ -151,18 +150,19 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             let (conn, cid, message): (Value, Value, Value) = method_args(lua, args)?;
             let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
                 .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
-            // Raised whatever the handler: a programming error, not a closed connection.
+            // Raised whatever the handler (as every argument error here): a programming error,
+            // not a closed connection.
             let Some(cid) = NonZeroU64::new(cid) else {
                 return Err(mlua::Error::runtime(
                     "send_oon: channel 0 is the command channel",
                 ));
             };
+            let message = array_of(lua, &message)
+                .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
             let conn = match live_lapps(&h, &conn) {
                 Ok(c) => c,
                 Err(reason) => return fail(reason),
             };
-            let message = array_of(lua, &message)
-                .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
             sent(send_cbor(&h, conn, &protocol::encode_oon(cid, &message)))
         })?,
     )?;
