@@ -375,6 +375,38 @@ fn past_max_connections_per_address_a_wss_client_is_closed_before_any_handshake(
     app.shutdown();
 }
 
+/// The server-wide ACL applies on a wss:// endpoint as on a plain one: a refused client's
+/// ClientHello gets no answer (it is closed at accept, before any TLS work), an admitted one
+/// is served.
+#[test]
+fn a_server_acl_on_a_wss_endpoint_refuses_before_any_handshake() {
+    let (app, addr, ca) = wss_app_with(
+        "wss-acl-refused",
+        r#", "acl": { "policy": "deny", "exclude": ["10.0.0.0/8"] }"#,
+    );
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut refused = tls_hello(TcpStream::connect(addr).unwrap(), cfg.clone()).unwrap();
+    let mut got = Vec::new();
+    let end = refused.sock.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "the server sent {} bytes to a refused client",
+        got.len()
+    );
+    assert!(end.is_ok() || end.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
+    app.shutdown();
+
+    let (app, addr, ca) = wss_app_with(
+        "wss-acl-admitted",
+        r#", "acl": { "policy": "deny", "exclude": ["127.0.0.1"] }"#,
+    );
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let mut admitted = wss_connect(addr, "/echo", cfg).expect("an excluded address is admitted");
+    echo_round(&mut admitted, pattern(100));
+    drop(admitted);
+    app.shutdown();
+}
+
 /// A TCP connection to `addr` whose receive buffer and segment size are small, so that little
 /// of what the server sends fits in the kernel while we do not read.
 fn narrow_connect(addr: std::net::SocketAddr) -> TcpStream {
