@@ -22,6 +22,7 @@ pub mod service;
 pub mod signals;
 pub mod simd;
 pub mod sync;
+pub(crate) mod time_fmt;
 pub mod ws;
 
 /// The SIMD variant this binary was built for (`auto`, `ssse3` or `avx2`), fixed by `build.rs`.

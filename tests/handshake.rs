@@ -209,6 +209,26 @@ fn a_426_names_the_upgrade_it_requires() {
     }
 }
 
+/// A plain GET (no upgrade) gets 426 only at a path a service serves: elsewhere the 404 an
+/// upgrade would get. Every 4xx answer carries a Date (RFC 9110 6.6.1).
+#[test]
+fn a_plain_get_to_an_unknown_path_gets_404_and_every_4xx_a_date() {
+    let srv = start_echo(|_| {});
+    let plain = |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr);
+        http_exchange(srv.addr, req.as_bytes())
+    };
+    for (path, want) in [("/nope", "HTTP/1.1 404 "), ("/echo", "HTTP/1.1 426 ")] {
+        let resp = plain(path);
+        assert!(resp.starts_with(want), "{path}: {resp}");
+        let date = resp
+            .lines()
+            .find_map(|l| l.strip_prefix("Date: "))
+            .unwrap_or_else(|| panic!("no Date: {resp}"));
+        assert!(date.len() == 29 && date.ends_with(" GMT"), "{date}");
+    }
+}
+
 #[test]
 fn an_empty_line_before_the_request_line_is_skipped() {
     // RFC 9112 section 2.2; the frame sent in the same write must still be the stream's first.

@@ -70,6 +70,15 @@ impl From<u16> for Refusal {
     }
 }
 
+/// The text of a router's refusal.
+fn refusal_reason(status: u16) -> &'static str {
+    match status {
+        404 => "no service at this path",
+        403 => "forbidden",
+        _ => "refused",
+    }
+}
+
 /// Settings of one worker (from ws.json).
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -698,6 +707,19 @@ impl Worker {
             }
             Ok(Some(done)) => done,
             Err(e) => {
+                // A plain GET: 426 at a service's path, what its upgrade would get elsewhere
+                // (404, a 403 of the service's rules).
+                let refusal = e.plain.as_deref().and_then(|req| {
+                    let refusal = self.router.route(req, peer.ip()).err()?;
+                    Some((refusal, crate::log::shown(&req.path)))
+                });
+                if let Some((Refusal { status, why }, path)) = refusal {
+                    let sep = if why.is_empty() { "" } else { ": " };
+                    crate::info_limited!("rejected {peer}: HTTP {status} for {path}{sep}{why}");
+                    let answer = handshake::error_response_to(buf, status, refusal_reason(status));
+                    self.answer_and_finish(index, answer);
+                    return buf.len();
+                }
                 crate::info_limited!("rejected {peer}: HTTP {} {}", e.status, e.reason);
                 self.answer_and_finish(index, e.response());
                 return buf.len();
@@ -715,12 +737,8 @@ impl Worker {
                     "rejected {peer}: HTTP {status} for {}{sep}{why}",
                     crate::log::shown(&req.path)
                 );
-                let reason = match status {
-                    404 => "no service at this path",
-                    403 => "forbidden",
-                    _ => "refused",
-                };
-                self.answer_and_finish(index, handshake::error_response(status, reason));
+                let answer = handshake::error_response(status, refusal_reason(status));
+                self.answer_and_finish(index, answer);
                 return buf.len();
             }
         };

@@ -12,11 +12,14 @@
 //!   exists, the method not); a method the server does not know gets `501` (RFC 9110 15.6.2);
 //! - `HTTP/1.0` (or any malformed version) gets `400`; a major version of 2 or more gets `505`;
 //! - a missing `Upgrade` header gets `426` with `Sec-WebSocket-Version: 13`: that is a plain HTTP
-//!   request to a WebSocket endpoint, and 426 tells its sender what to do;
+//!   request to a WebSocket endpoint, and 426 tells its sender what to do (the server answers
+//!   404 instead when no service serves the path: see [`HandshakeError::plain`]);
 //! - a head longer than [`Limits::max_request_bytes`] (detected while still incomplete) or with more
 //!   than [`Limits::max_headers`] header lines gets `431`;
 //! - a request announcing a body (`Content-Length` other than 0, or any `Transfer-Encoding`) gets
 //!   `400`: bytes after the head are WebSocket frames, so a body would be mistaken for frames.
+//!   This and the other faults of a GET as an upgrade (a repeated Key, Version or Origin, a bad
+//!   subprotocol token) come after the method: a POST with a body gets its 405.
 
 use memchr::memmem;
 
@@ -71,12 +74,15 @@ impl Request {
 }
 
 /// Why a handshake is refused, and the status to refuse it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeError {
     pub status: u16,
     pub reason: &'static str,
     /// The request was a HEAD: its answer carries no content (RFC 9110 section 9.3.2).
     pub head: bool,
+    /// A well-formed plain GET (no `Upgrade`, the 426): the request, with an empty `key`.
+    /// A path no service serves gets the router's 404 instead (an upgrade would get it too).
+    pub plain: Option<Box<Request>>,
 }
 
 impl HandshakeError {
@@ -85,6 +91,7 @@ impl HandshakeError {
             status,
             reason,
             head: false,
+            plain: None,
         }
     }
 
@@ -256,6 +263,9 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
     let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
     let mut protocols = Vec::new();
     let mut seen = Seen::default();
+    // What is wrong with the request as an upgrade (a body, a repeated Key): answered after
+    // the Host and the method, which a request that is no GET fails first (405/501).
+    let mut not_an_upgrade: Option<HandshakeError> = None;
     while let Some(line) = next_line(&mut rest) {
         if headers.len() == limits.max_headers {
             return Err(HandshakeError::new(431, "too many header fields"));
@@ -282,23 +292,29 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
             // an ASCII case-insensitive value."
             seen.connection_upgrade |= list_contains(value, b"upgrade");
         } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
-            single(&mut seen.key, "duplicate Sec-WebSocket-Key header")?;
+            if let Err(e) = single(&mut seen.key, "duplicate Sec-WebSocket-Key header") {
+                not_an_upgrade.get_or_insert(e);
+            }
         } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
-            single(&mut seen.version, "duplicate Sec-WebSocket-Version header")?;
+            if let Err(e) = single(&mut seen.version, "duplicate Sec-WebSocket-Version header") {
+                not_an_upgrade.get_or_insert(e);
+            }
         } else if name.eq_ignore_ascii_case(b"origin") {
-            single(&mut seen.origin, "duplicate Origin header")?;
+            if let Err(e) = single(&mut seen.origin, "duplicate Origin header") {
+                not_an_upgrade.get_or_insert(e);
+            }
         } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
             // Item 8: a list of subprotocols in order of preference; several headers are one list.
             for token in list_items(value) {
                 if !is_token(token) {
-                    return Err(bad("invalid Sec-WebSocket-Protocol token"));
+                    not_an_upgrade.get_or_insert(bad("invalid Sec-WebSocket-Protocol token"));
                 }
                 protocols.push(ascii_string(token));
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || (name.eq_ignore_ascii_case(b"content-length") && value != b"0")
         {
-            return Err(bad("request body not allowed"));
+            not_an_upgrade.get_or_insert(bad("request body not allowed"));
         }
         headers.push((
             ascii_string(name),
@@ -317,9 +333,25 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
         return Err(bad("invalid Host header"));
     }
     let (path, query) = target?;
+    if let Some(e) = not_an_upgrade {
+        return Err(e);
+    }
     if !seen.upgrade {
-        // A plain HTTP request to a WebSocket endpoint: tell it which protocol to upgrade to.
-        return Err(HandshakeError::new(426, "WebSocket upgrade required"));
+        // A plain HTTP request: to a WebSocket endpoint, tell it which protocol to upgrade to;
+        // the request goes with the error, for the router to say whether the path is one.
+        let request = Request {
+            path,
+            query,
+            host: host.to_owned(),
+            origin: value_at(&headers, seen.origin).map(str::to_owned),
+            protocols,
+            key: String::new(),
+            headers,
+        };
+        return Err(HandshakeError {
+            plain: Some(Box::new(request)),
+            ..HandshakeError::new(426, "WebSocket upgrade required")
+        });
     }
     if !seen.upgrade_websocket {
         return Err(bad("Upgrade header does not contain websocket"));
@@ -713,10 +745,17 @@ fn is_head(buf: &[u8]) -> bool {
 /// [`error_response`], with the content left out when `body` is false (the answer to a HEAD:
 /// the same header fields, Content-Length included, and no content).
 fn response_with(status: u16, reason: &str, body: bool) -> Vec<u8> {
+    let date = crate::time_fmt::http_date(crate::time_fmt::now());
+    response_dated(status, reason, body, &date)
+}
+
+/// [`response_with`] at the time `date` (an IMF-fixdate): RFC 9110 section 6.6.1 asks a
+/// server with a clock for a `Date` in every 4xx answer (and allows one in a 5xx).
+fn response_dated(status: u16, reason: &str, body: bool, date: &str) -> Vec<u8> {
     let phrase = reason_phrase(status);
     let body_len = reason.len() + 1;
-    let mut out = Vec::with_capacity(128 + body_len);
-    out.extend_from_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
+    let mut out = Vec::with_capacity(160 + body_len);
+    out.extend_from_slice(format!("HTTP/1.1 {status} {phrase}\r\nDate: {date}\r\n").as_bytes());
     if status == 426 {
         out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade, close\r\n");
     } else {

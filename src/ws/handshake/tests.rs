@@ -362,10 +362,65 @@ fn no_answer_to_a_head_request_has_content() {
 }
 
 #[test]
+fn a_method_other_than_get_is_refused_as_such_whatever_its_headers() {
+    // A body or a repeated WebSocket header is a fault of an upgrade: a POST is not one.
+    for (req, want) in [
+        (
+            &b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"[..],
+            405,
+        ),
+        (
+            b"PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            405,
+        ),
+        (
+            b"BREW /pot HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nOrigin: a\r\nOrigin: b\r\n\r\n",
+            405,
+        ),
+        (
+            b"POST /e HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Protocol: a b\r\n\r\n",
+            405,
+        ),
+        // The Host still comes first, and a GET's body is still refused.
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\n\r\n", 400),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n",
+            400,
+        ),
+    ] {
+        assert_eq!(status(req), want, "{}", String::from_utf8_lossy(req));
+    }
+    let mut dup_key = valid();
+    dup_key.truncate(dup_key.len() - 2);
+    dup_key.extend_from_slice(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+    assert_eq!(
+        parse_default(&dup_key).unwrap_err().reason,
+        "duplicate Sec-WebSocket-Key header"
+    );
+}
+
+#[test]
 fn upgrade_missing_is_426_with_version() {
-    let plain = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
+    let plain = b"GET /chat?x=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
     let err = parse_default(plain).unwrap_err();
     assert_eq!(err.status, 426);
+    // The request goes with it, for the router to tell an unknown path (404).
+    let req = err.plain.as_deref().expect("the plain request");
+    assert_eq!(
+        (req.path.as_str(), req.query.as_deref(), req.host.as_str()),
+        ("/chat", Some("x=1"), "example.com")
+    );
+    // Only a well-formed plain GET has one.
+    assert!(
+        parse_default(&with(&[("Sec-WebSocket-Version", Some("8"))]))
+            .unwrap_err()
+            .plain
+            .is_none()
+    );
     let resp = String::from_utf8(err.response()).unwrap();
     assert!(
         resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
@@ -686,11 +741,29 @@ fn request_body_rejected() {
 
 #[test]
 fn error_response_is_complete_http() {
-    let resp = String::from_utf8(error_response(404, "no such service")).unwrap();
+    let resp = String::from_utf8(response_dated(
+        404,
+        "no such service",
+        true,
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+    ))
+    .unwrap();
     assert_eq!(
         resp,
-        "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Type: text/plain\r\n\
-         Content-Length: 16\r\n\r\nno such service\n"
+        "HTTP/1.1 404 Not Found\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\
+         Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nno such service\n"
+    );
+    // Every answer is dated now (RFC 9110 6.6.1: a 4xx MUST carry a Date).
+    let resp = String::from_utf8(error_response(400, "x")).unwrap();
+    let date = resp
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("Date: "))
+        .unwrap_or_else(|| panic!("no Date: {resp}"));
+    let year = crate::time_fmt::utc_timestamp(crate::time_fmt::now())[..4].to_owned();
+    assert!(
+        date.len() == 29 && date.ends_with(" GMT") && date[12..16] == year[..],
+        "{date}"
     );
     let resp = String::from_utf8(error_response(599, "")).unwrap();
     assert!(resp.starts_with("HTTP/1.1 599 Error\r\n"));
