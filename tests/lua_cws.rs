@@ -190,10 +190,14 @@ local p = {{}}
 p.init = function() end
 p.run = function()
   assert(cws:new(URL, {{}}))
+  -- math.huge: the longest wait, capped (it was "bad timeout"). The round ends at the first
+  -- event (the connection becoming writable: the upgrade request goes).
+  local ok1, n1 = pcall(cws.eventLoop, cws, math.huge)
   -- 2^63 - 1024 seconds: an integer to Lua, far past what the clock can add. The round
-  -- still ends at the first event (the connection becoming writable).
+  -- still ends at the next event (the upgrade answer).
   local ok, n = pcall(cws.eventLoop, cws, 2^63 - 1024)
-  mqr:post("cws.huge", "returned " .. tostring(ok) .. " " .. type(n))
+  mqr:post("cws.huge", "returned " .. tostring(ok1) .. " " .. type(n1) .. " "
+    .. tostring(ok) .. " " .. type(n))
   while not must_stop() do cws:eventLoop(0.1) end
 end
 return p
@@ -202,7 +206,7 @@ return p
     );
     let out = registry().open("cws.huge", 4);
     let reg = Registry::start(vec![app_in(&dir, "huge_wait", &src)], hub(1)).unwrap();
-    assert_eq!(next(&out), "returned true number");
+    assert_eq!(next(&out), "returned true number true number");
     reg.shutdown();
     app.shutdown();
 }
@@ -1298,6 +1302,128 @@ fn a_quiet_server_is_pinged_and_one_that_stays_quiet_fails_the_connection() {
     );
     reg.shutdown();
     assert_eq!(next(&out), "stopped after 1");
+}
+
+/// However short, a positive idle_timeout is one: 1e-12 s rounded to no time at all meant
+/// "never" (a zero timeout), and a quiet server was never noticed.
+#[test]
+fn the_shortest_idle_timeout_still_pings_a_quiet_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        [read_client_frame(&mut s), read_client_frame(&mut s)]
+    });
+    let dir = scratch("idle-tiny");
+    let options = "idle_timeout = 1e-12,";
+    let (reg, out) = reporting_client_with(&dir, "idle_tiny", &url, "cws.idletiny", options);
+    let error = next(&out);
+    assert!(error.starts_with("onerror idle timeout: "), "{error}");
+    assert_eq!(next(&out), "onclose 1001");
+    assert_eq!(
+        server.join().unwrap(),
+        [(0x9, true, vec![]), (0x8, true, vec![0x03, 0xe9])]
+    );
+    reg.shutdown();
+}
+
+/// A connection the app closes before it opens is abandoned, and its onclose (1006) runs in
+/// the next round: until then it counts in `cws:count()`, so the usual wait for the count to
+/// reach 0 (the benchmark's) sees it. It counted as gone at once, and the wait ended before
+/// its onclose. And a connection whose upgrade answer arrives in the round in which another
+/// connection's callback closes it gets no onopen: for the app it was never open.
+#[test]
+fn a_connection_closed_before_its_onopen_counts_until_its_onclose_and_never_opens() {
+    // Takes TCP connections (the kernel's backlog) but never answers their upgrade.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = scratch("close-early");
+    let src = format!(
+        r#"SILENT, FIRST, SECOND = {}, {}, {}
+local p = {{}}
+p.init = function() end
+local function report(s) assert(mqr:post("cws.early", s)) end
+p.run = function()
+  local seen = {{}}
+  local function note(s) seen[#seen + 1] = s end
+  local h = assert(cws:new(SILENT, {{
+    onopen = function() note("opened") end,
+    onclose = function(_, c) note("onclose " .. c .. " count " .. cws:count()) end,
+  }}))
+  assert(cws:close(h))
+  local during = cws:count()
+  while cws:count() > 0 and not must_stop() do cws:eventLoop(0.05) end
+  report("count " .. during .. ", " .. table.concat(seen, ", "))
+
+  seen = {{}}
+  local h2
+  local h1 = assert(cws:new(FIRST, {{
+    onopen = function() report("open 1") end,
+    onmessage = function(_, m) note("message " .. m); note("close 2 " .. tostring(cws:close(h2))) end,
+  }}))
+  h2 = assert(cws:new(SECOND, {{
+    onopen = function() note("opened 2") end,
+    onclose = function(_, c) note("onclose 2 " .. c) end,
+  }}))
+  -- Until the first is open and the second's request went out; then no round until the
+  -- message on the first and the answer on the second are both in: one round gets both.
+  while not must_stop() and mqr:recv("cws.early.go", 0) == nil do cws:eventLoop(0.05) end
+  report("waiting")
+  assert(mqr:recv("cws.early.go", 20))
+  cws:eventLoop(10)
+  while cws:count() > 1 and not must_stop() do cws:eventLoop(0.05) end
+  report(table.concat(seen, ", "))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&format!("ws://{}/", silent.local_addr().unwrap())),
+        lua_str(&format!("ws://{}/", first.local_addr().unwrap())),
+        lua_str(&format!("ws://{}/", second.local_addr().unwrap())),
+    );
+    let out = registry().open("cws.early", 8);
+    let go = registry().open("cws.early.go", 1);
+    let reg = Registry::start(vec![app_in(&dir, "close_early", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "count 1, onclose 1006 count 0");
+
+    let mut one = accept_upgrade(&first);
+    assert_eq!(next(&out), "open 1");
+    let (mut two, _) = second.accept().unwrap();
+    two.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = common::read_http_head(&mut two);
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert_eq!(next(&out), "waiting");
+    one.write_all(&server_frame(1, b"hi")).unwrap();
+    write!(
+        two,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        lapps::ws::handshake::accept_key(&key)
+    )
+    .unwrap();
+    // Both in the client's sockets (the server ends' peers) before the round starts.
+    let unread = |s: &std::net::TcpStream| {
+        common::socket_queues(s.peer_addr().unwrap(), s.local_addr().unwrap())
+            .map_or(0, |(_, rx)| rx)
+    };
+    common::wait_for(
+        "both in the client's sockets",
+        Duration::from_secs(10),
+        || unread(&one) > 0 && unread(&two) > 0,
+    );
+    go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    // The second gets our Close 1000 and answers it.
+    assert_eq!(read_client_frame(&mut two), (0x8, true, vec![0x03, 0xe8]));
+    two.write_all(&server_frame(8, &[0x03, 0xe8])).unwrap();
+    assert_eq!(next(&out), "message hi, close 2 true, onclose 2 1000");
+    reg.shutdown();
 }
 
 #[test]

@@ -88,10 +88,12 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
                 }
                 accepted = Some(value == accept);
             }
-            "sec-websocket-extensions" => {
+            // RFC 6455 4.1: fail when it indicates one we did not offer (we offer none); an
+            // empty list indicates none.
+            "sec-websocket-extensions" if names_any(value) => {
                 return Err("the server chose an extension that was not offered".into())
             }
-            "sec-websocket-protocol" => {
+            "sec-websocket-protocol" if names_any(value) => {
                 return Err("the server chose a subprotocol that was not offered".into())
             }
             _ => {}
@@ -104,6 +106,11 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
         return Err("wrong Sec-WebSocket-Accept".into());
     }
     Ok(Some(end + 4))
+}
+
+/// Whether a list field's value (RFC 9110 5.6.1) has an element: `""` and `" , "` have none.
+fn names_any(value: &str) -> bool {
+    value.split(',').any(|item| !item.trim().is_empty())
 }
 
 /// An HTTP token (RFC 9110 5.6.2): one or more tchar.
@@ -147,6 +154,20 @@ mod tests {
         assert!(e.contains("404"), "{e}");
         let ext = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: x\r\n\r\n");
         assert!(check_response(ext.as_bytes(), &accept).is_err());
+        let proto = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: , chat\r\n\r\n");
+        assert!(check_response(proto.as_bytes(), &accept).is_err());
+        // An empty list chooses nothing.
+        for empty in [
+            "Sec-WebSocket-Extensions:\r\n",
+            "Sec-WebSocket-Protocol:  , \r\n",
+        ] {
+            let none = good.replace("\r\n\r\n", &format!("\r\n{empty}\r\n"));
+            assert_eq!(
+                check_response(none.as_bytes(), &accept),
+                Ok(Some(none.len() - 2)),
+                "{empty}"
+            );
+        }
         assert!(check_response(&vec![b'a'; MAX_RESPONSE + 1], &accept).is_err());
     }
 

@@ -78,6 +78,9 @@ struct Cws {
     /// A round (`event_loop`) is running, its callbacks included. A nested round could deliver
     /// newer events of a connection before the older ones the outer round still holds.
     in_round: Cell<bool>,
+    /// Handlers `cws:new` returned whose `onclose` has not been called yet (`cws:count()`):
+    /// a wait for `count() == 0` ends with every `onclose` run, a deferred one included.
+    awaiting_onclose: Cell<usize>,
 }
 
 /// Marks a round as running for its lifetime (cleared however the round ends).
@@ -170,7 +173,8 @@ impl Cws {
                 if !(0.0..=MAX_WAIT_S as f64).contains(&s) {
                     return failed("bad idle_timeout");
                 }
-                idle = (s > 0.0).then(|| Duration::from_secs_f64(s));
+                // However short, a positive timeout is one (a zero Duration means none).
+                idle = (s > 0.0).then(|| Duration::from_secs_f64(s).max(Duration::from_millis(1)));
             }
         }
         let Ok(mut conns) = self.conns.try_borrow_mut() else {
@@ -196,6 +200,7 @@ impl Cws {
         };
         let id = self.next.get();
         self.next.set(id + 1);
+        self.awaiting_onclose.set(self.awaiting_onclose.get() + 1);
         conns.insert(
             id,
             Entry {
@@ -372,10 +377,15 @@ impl Cws {
         while let Some((id, cb, ev)) = events.pop_front() {
             // Messages for a connection the app has closed are not delivered; those that came
             // before the server's own Close (or a failure) are.
+            // So is the opening of one the app closed while its upgrade answer was being read
+            // in this round: for the app it never opened (its close abandoned it).
             match ev {
-                Ev::Message(..) if self.closed_by_app.borrow().contains(&id) => continue,
+                Ev::Message(..) | Ev::Open if self.closed_by_app.borrow().contains(&id) => continue,
                 Ev::Closed(_) => {
                     self.closed_by_app.borrow_mut().remove(&id);
+                    // Counted out before its onclose runs: it is over for the app.
+                    self.awaiting_onclose
+                        .set(self.awaiting_onclose.get().saturating_sub(1));
                 }
                 _ => {}
             }
@@ -523,6 +533,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         deferred: RefCell::new(Vec::new()),
         closed_by_app: RefCell::new(HashSet::new()),
         in_round: Cell::new(false),
+        awaiting_onclose: Cell::new(0),
     });
     let t = lua.create_table()?;
     let c = Rc::clone(&cws);
@@ -581,7 +592,8 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 Some(Value::Integer(i)) if *i >= 0 => {
                     Duration::from_secs((*i as u64).min(MAX_WAIT_S))
                 }
-                Some(Value::Number(f)) if f.is_finite() && *f >= 0.0 => {
+                // math.huge is the longest wait there is: the cap.
+                Some(Value::Number(f)) if *f >= 0.0 => {
                     Duration::from_secs_f64(f.min(MAX_WAIT_S as f64))
                 }
                 Some(_) => return fail("bad timeout"),
@@ -593,11 +605,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let c = Rc::clone(&cws);
     t.set(
         "count",
-        lua.create_function(move |_, _: mlua::MultiValue| {
-            Ok(c.conns
-                .try_borrow()
-                .map_or(0, |m| m.values().filter(|e| !e.client.is_closed()).count()))
-        })?,
+        lua.create_function(move |_, _: mlua::MultiValue| Ok(c.awaiting_onclose.get()))?,
     )?;
     lua.globals().set("cws", t)
 }
