@@ -612,11 +612,12 @@ fn tls_1_0_and_1_1_are_refused_with_a_protocol_version_alert() {
     app.shutdown();
 }
 
+/// The original's own ws.json values (4: TLS 1.3, as its files say) load and mean the same.
 #[test]
-fn the_originals_ws_json_keys_load_and_tls_server_version_13_refuses_tls_1_2() {
+fn the_originals_ws_json_keys_load_and_tls_server_version_4_refuses_tls_1_2() {
     let (app, addr, ca) = wss_app_with(
         "tls13only",
-        r#", "tls_server_version": 13, "tls_client_version": 12, "lapps_config_auto_save": true"#,
+        r#", "tls_server_version": 4, "tls_client_version": 4, "lapps_config_auto_save": true"#,
     );
     let root = ca.pair.cert_der.clone();
     let with = |versions: &[&'static rustls::SupportedProtocolVersion]| {

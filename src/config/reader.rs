@@ -224,7 +224,9 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 }
 
 fn uint_expectation(min: u64, max: u64) -> String {
-    if max >= u32::MAX as u64 {
+    // Only a key with no ceiling of its own says no ceiling (a value past u32::MAX refused
+    // with "a whole number >= 0" would puzzle its reader).
+    if max == u64::MAX {
         format!("a whole number >= {min}")
     } else {
         format!("a number {min}-{max}")

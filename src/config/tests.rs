@@ -863,6 +863,14 @@ fn workers_stop_at_what_a_connection_handle_can_name() {
 }
 
 #[test]
+fn a_range_error_names_the_ceiling_of_a_key_that_has_one() {
+    assert_eq!(
+        lines(ws(r#"{ "max_connections_per_address": 4294967296 }"#)),
+        ["ws.json: max_connections_per_address: expected a number 0-4294967295, got 4294967296"]
+    );
+}
+
+#[test]
 fn the_originals_ws_json_keys_are_read_and_checked() {
     let c = ws(
         r#"{ "lapps_config_auto_save": true, "tls_server_version": 13, "tls_client_version": 12 }"#,
@@ -870,14 +878,20 @@ fn the_originals_ws_json_keys_are_read_and_checked() {
     .unwrap();
     assert_eq!(c.tls_server_version, 13);
     assert_eq!(ws("{}").unwrap().tls_server_version, 12);
+    // The original's own values (its files say 4): 4 is TLS 1.3 only, 3 TLS 1.2 (and 1.3).
+    let original = r#"{ "tls_server_version": 4, "tls_client_version": 4 }"#;
+    assert_eq!(ws(original).unwrap().tls_server_version, 13);
+    let three = r#"{ "tls_server_version": 3, "tls_client_version": 3 }"#;
+    assert_eq!(ws(three).unwrap().tls_server_version, 12);
     let errors = lines(ws(
-        r#"{ "tls_server_version": 11, "lapps_config_auto_save": 1 }"#,
+        r#"{ "tls_server_version": 11, "lapps_config_auto_save": 1, "tls_client_version": 1.5 }"#,
     ));
     assert_eq!(
         errors,
         [
             "ws.json: lapps_config_auto_save: expected true or false, got 1",
-            "ws.json: tls_server_version: expected a number 12-13, got 11"
+            "ws.json: tls_client_version: expected 3 or 12 (TLS 1.2 and 1.3), 4 or 13 (TLS 1.3), got 1.5",
+            "ws.json: tls_server_version: expected 3 or 12 (TLS 1.2 and 1.3), 4 or 13 (TLS 1.3), got 11"
         ]
     );
 }

@@ -77,8 +77,8 @@ pub struct WsConfig {
     pub tls: bool,
     /// Required when any endpoint has `tls`.
     pub tls_certificates: Option<TlsCertificates>,
-    /// The original's `tls_server_version`: 13 serves TLS 1.3 only, 12 (the default) TLS 1.2
-    /// and 1.3.
+    /// The original's `tls_server_version`, as 13 (TLS 1.3 only: the file's 4 or 13) or 12
+    /// (TLS 1.2 and 1.3: its 3 or 12, or none).
     pub tls_server_version: u8,
     pub workers: Workers,
     /// A connection that has not completed its HTTP upgrade by then is dropped.
@@ -158,6 +158,28 @@ const TLS_KEYS: &[&str] = &["cert", "key", "ca"];
 
 pub const DEFAULT_PORT: u16 = 5083;
 const DEFAULT_INPUT_BUFFER: usize = 2048;
+/// `tls_server_version` or `tls_client_version`: whether it asks for TLS 1.3 only. The
+/// original took 3 (TLS 1.2) and 4 (TLS 1.3), and its own files say 4; 12 and 13 say the same.
+/// 3 serves TLS 1.2 and 1.3 (as leaving it out does): every client of the original still
+/// connects, and those that can get 1.3.
+fn tls_version(r: &mut Reader, obj: &Obj, key: &str) -> bool {
+    match obj.get(key) {
+        None => false,
+        Some(v) => match v.as_u64() {
+            Some(3 | 12) => false,
+            Some(4 | 13) => true,
+            _ => {
+                r.type_error(
+                    &obj.path_of(key),
+                    "3 or 12 (TLS 1.2 and 1.3), 4 or 13 (TLS 1.3)",
+                    v,
+                );
+                false
+            }
+        },
+    }
+}
+
 /// SPEC 1's default for `workers.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 
@@ -319,7 +341,7 @@ impl WsConfig {
 
         let workers = read_workers(r, &obj);
         obj.bool(r, "lapps_config_auto_save", false);
-        obj.uint(r, "tls_client_version", 12, 12, 13);
+        tls_version(r, &obj, "tls_client_version");
 
         let (endpoints, entry_of) = read_endpoints(r, &obj, &ip);
 
@@ -331,7 +353,11 @@ impl WsConfig {
             acl,
             tls,
             tls_certificates,
-            tls_server_version: obj.uint(r, "tls_server_version", 12, 12, 13) as u8,
+            tls_server_version: if tls_version(r, &obj, "tls_server_version") {
+                13
+            } else {
+                12
+            },
             workers,
             handshake_timeout_ms: obj.uint(r, "handshake_timeout_ms", 5000, 1, u64::MAX),
             close_timeout_ms: obj.uint(r, "close_timeout_ms", 3000, 1, u64::MAX),
