@@ -572,13 +572,13 @@ impl App {
             .map(|n| &cfg.lapps.services[n])
             .filter(|sc| sc.builtin.is_none())
             .collect();
-        // A path the new configuration gives to some service (maybe another one: a rename, a
-        // swap) keeps its route; only paths nobody claims any more are unrouted.
+        // A path the new configuration gives to some service that runs (maybe another one: a
+        // rename, a swap) keeps its route; only paths nobody claims any more are unrouted. A
+        // service with auto_start false never starts here: it claims nothing.
         let claimed = |path: &str| {
-            cfg.lapps
-                .services
-                .values()
-                .any(|s| s.is_network() && s.request_target == path)
+            cfg.lapps.services.values().any(|s| {
+                s.is_network() && s.request_target == path && (s.auto_start || s.builtin.is_some())
+            })
         };
         // Removals first, so that a path a removed service leaves is free for its successor.
         // A network service whose path another service takes over (a rename) stays until

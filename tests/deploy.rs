@@ -339,6 +339,34 @@ fn a_rename_whose_new_service_fails_to_load_keeps_the_old_one_serving() {
     app.shutdown();
 }
 
+/// A service that is not started (`auto_start: false`) claims no path: a removed service
+/// whose path it has is stopped (its clients get 1001, the path 404) rather than kept
+/// running for a successor that never comes; and a running service switched to
+/// `auto_start: false` is stopped and unrouted too.
+#[test]
+fn a_path_left_to_a_service_that_does_not_start_is_unrouted() {
+    let site = Site::new("disabled-successor");
+    site.app("one", "one");
+    site.app("two", "two");
+    site.services_at(&[("one", "/x")]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut before = connect(addr, "/x");
+    assert_eq!(ask(&mut before, "a"), "one a");
+    site.lapps_json(r#", "two": { "request_target": "/x", "auto_start": false }"#);
+    app.reload();
+    assert_eq!(close_code(&mut before), Some(1001));
+    assert!(status_of(addr, "/x").contains("404"));
+
+    site.services_at(&[("two", "/x")]);
+    app.reload();
+    assert_eq!(ask(&mut connect(addr, "/x"), "b"), "two b");
+    site.lapps_json(r#", "two": { "request_target": "/x", "auto_start": false }"#);
+    app.reload();
+    assert!(status_of(addr, "/x").contains("404"));
+    app.shutdown();
+}
+
 #[test]
 fn a_move_to_a_new_path_that_fails_to_load_keeps_the_old_path() {
     let site = Site::new("move-broken");
