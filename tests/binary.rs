@@ -1105,3 +1105,81 @@ return app
         assert_eq!(seen, want, "{lines:#?}");
     }
 }
+
+/// `math.huge` is the longest wait an mqr receive can ask for, not "bad timeout" (on which a
+/// loop meant to wait for ever spun until its instruction budget ended it): the receiver waits
+/// and gets what comes, a message past its memory_limit's room as `nil, "too big"` with the
+/// room in the log, then the next one. And a queue at its 64 MiB says so in the log.
+#[test]
+fn a_receiver_waiting_with_math_huge_gets_what_comes() {
+    let dir = temp_dir("mqr-room");
+    for (name, src) in [
+        (
+            "poster",
+            r#"local app = {}
+local mib = string.rep("m", 1048576)
+app.onMessage = function(h, op, msg)
+  if msg == "pile" then
+    local taken = 0
+    while mqr:post("pile", mib) do taken = taken + 1 end
+    ws:send(h, 1, tostring(taken))
+  else
+    ws:send(h, 1, tostring(mqr:post("big", string.rep("x", tonumber(msg)))))
+  end
+  return true
+end
+return app
+"#,
+        ),
+        (
+            "taker",
+            r#"local app = {}
+app.run = function()
+  while true do
+    local ok, m, err = pcall(mqr.receive, mqr, "big", math.huge)
+    if not ok then print("taker raised: " .. tostring(m)) return end
+    if m then print("taker took " .. #m) else print("taker: " .. tostring(err)) end
+    if err == "stopped" then return end
+  end
+end
+return app
+"#,
+        ),
+    ] {
+        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+        std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
+    }
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                 "services": {{
+                   "poster": {{ "request_target": "/poster", "preload": ["mqr"] }},
+                   "taker": {{ "standalone": true, "preload": ["mqr"], "memory_limit": 8388608 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let mut ws = connect(addr, "/poster");
+    let taken = |log: &std::sync::mpsc::Receiver<String>| {
+        let line = binary::wait_line(log, "] taker");
+        line.split_once("] taker").unwrap().1.to_string()
+    };
+    assert_eq!(ask(&mut ws, &(16 << 20).to_string()), "true");
+    let line = binary::wait_line(&log, "leaves room for (");
+    assert!(line.contains("from queue \"big\""), "{line}");
+    assert_eq!(taken(&log), ": too big");
+    assert_eq!(ask(&mut ws, "5"), "true");
+    assert_eq!(taken(&log), " took 5");
+    // A queue nobody reads takes 64 MiB, then refuses, with a warning naming it.
+    assert_eq!(ask(&mut ws, "pile"), "64");
+    let line = binary::wait_line(&log, "refused a message of");
+    assert!(
+        line.contains("WARN")
+            && line.contains("mqr: queue pile refused a message of 1048576 bytes"),
+        "{line}"
+    );
+}

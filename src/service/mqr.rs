@@ -217,6 +217,13 @@ impl Queue {
             })
             .is_ok();
         if !reserved {
+            crate::warn_limited!(
+                "mqr: queue {} refused a message of {n} bytes: it holds {} bytes of messages, \
+                 and may hold {}; is its receiver slow or missing?",
+                self.name,
+                self.bytes.load(Ordering::Acquire),
+                self.max_bytes
+            );
             return Err((msg, Refused::Bytes));
         }
         if !self.total.reserve(n) {

@@ -219,7 +219,8 @@ impl UserData for LuaQueue {
     }
 }
 
-/// `nil` (no timeout) or a finite non-negative number of seconds.
+/// `nil` (no timeout) or a non-negative number of seconds, at most 10^9 (`math.huge` too: the
+/// longest wait there is, not an error that a "wait for ever" loop would spin on).
 fn timeout_arg(v: &Value) -> Result<Option<Duration>, ()> {
     let secs = match *v {
         Value::Nil => return Ok(None),
@@ -227,7 +228,7 @@ fn timeout_arg(v: &Value) -> Result<Option<Duration>, ()> {
         Value::Number(f) => f,
         _ => return Err(()),
     };
-    if !secs.is_finite() || secs < 0.0 {
+    if secs.is_nan() || secs < 0.0 {
         return Err(());
     }
     Ok(Some(Duration::from_secs_f64(secs.min(1e9))))
