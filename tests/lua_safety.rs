@@ -539,6 +539,34 @@ return s"#,
     assert_eq!(next(), "onShutdown, stopping=true");
 }
 
+/// `n:sleep(math.huge)` sleeps until the service stops (the longest sleep, 10^9 s), as an
+/// idle loop would ask: it answered "bad duration" at once.
+#[test]
+fn a_sleep_of_math_huge_lasts_until_the_stop() {
+    let mut s = standalone_in_tmp(
+        "hugenap",
+        r#"local s = {}
+s.run = function()
+  assert(mqr:post("safety.hugenap", "sleeping"))
+  local r, e = nap:new():sleep(math.huge)
+  assert(mqr:post("safety.hugenap", tostring(r) .. " " .. tostring(e)))
+end
+return s"#,
+    );
+    s.preload.push("nap".into());
+    let q = lapps::service::mqr::registry().open("safety.hugenap", 4);
+    let reg = Registry::start(vec![s], hub(1)).unwrap();
+    let next = || {
+        let m = q
+            .receive(std::time::Duration::from_secs(20), &|| false)
+            .expect("a message within 20 s");
+        String::from_utf8(m.into_vec()).unwrap()
+    };
+    assert_eq!(next(), "sleeping");
+    reg.shutdown();
+    assert_eq!(next(), "nil stopping");
+}
+
 /// Copies into the host (`nljson.encode`, `to_cbor`) of a table small in Lua and huge as a
 /// copy: one 1 MiB string 100 times, or a table built by doubling a reference 40 times (2^40
 /// leaves). Refused as too large once the copy's strings pass what the state has room for or

@@ -16,7 +16,8 @@ impl UserData for Nap {
             if !this.0.may_block() {
                 return fail(crate::service::lua::host::NOT_IN_NETWORK);
             }
-            if !secs.is_finite() || secs < 0.0 {
+            // math.huge is the longest sleep (10^9 s, until the stop in practice).
+            if secs.is_nan() || secs < 0.0 {
                 return fail("bad duration");
             }
             // Whatever was sent before the nap leaves now, not after it.
