@@ -23,7 +23,14 @@ function setStatus(text) {
 $("url").textContent = url;
 $("channel").textContent = channelParam;
 
-const client = connect(url);
+let client;
+try {
+  client = connect(url);
+} catch (err) {
+  // A URL the browser refuses at once (a bad port, ws:// from an https page): say so.
+  setStatus(`cannot connect: ${err.message}`);
+  throw err;
+}
 
 client.onopen = async () => {
   setStatus("open");

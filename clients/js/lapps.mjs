@@ -57,8 +57,9 @@ const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Encodes a value as CBOR. Integers (Number.isSafeInteger or BigInt) become CBOR integers, other
- * numbers float64; strings text; Uint8Array/ArrayBuffer byte strings; arrays arrays; Map and plain
- * objects maps; true/false/null/undefined their simple values.
+ * numbers float64; strings text; Uint8Array/ArrayBuffer (or any typed array) byte strings; arrays
+ * arrays; Map and plain objects maps; true/false/null/undefined their simple values. Other objects
+ * (a Date, a Set, a class instance) throw a CborError rather than go out as an empty map.
  * @param {*} value
  * @returns {Uint8Array}
  */
@@ -162,8 +163,8 @@ function encodeItem(out, v, depth) {
   }
   if (v === null) {
     writeBytes(out, [0xf6]);
-  } else if (v instanceof Uint8Array || v instanceof ArrayBuffer || ArrayBuffer.isView(v)) {
-    const bytes = v instanceof ArrayBuffer ? new Uint8Array(v) : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  } else if (isBuffer(v) || ArrayBuffer.isView(v)) {
+    const bytes = isBuffer(v) ? new Uint8Array(v) : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
     writeHead(out, 2, bytes.length);
     writeBytes(out, bytes);
   } else if (Array.isArray(v)) {
@@ -176,6 +177,12 @@ function encodeItem(out, v, depth) {
       encodeItem(out, item, depth + 1);
     }
   } else {
+    // A plain object (of any realm); a Date, Set, RegExp or class instance has no map form
+    // its fields would give (a Date has none: it would go out as {}).
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== null && Object.getPrototypeOf(proto) !== null) {
+      throw new CborError(`cannot encode a ${v.constructor?.name ?? "non-plain object"}`);
+    }
     const keys = Object.keys(v);
     writeHead(out, 5, keys.length);
     for (const key of keys) {
@@ -183,6 +190,24 @@ function encodeItem(out, v, depth) {
       encodeItem(out, v[key], depth + 1);
     }
   }
+}
+
+/** An ArrayBuffer or SharedArrayBuffer, of this realm or another (a frame's, a worker's). */
+function isBuffer(v) {
+  const tag = Object.prototype.toString.call(v);
+  return tag === "[object ArrayBuffer]" || tag === "[object SharedArrayBuffer]";
+}
+
+/**
+ * A decoded map as a Map; CBOR keys that a Map cannot hold apart either (1 and 1.0, 0 and -0.0,
+ * two NaNs: one JavaScript number each) would lose an entry, so they are an error instead.
+ */
+function mapOf(entries) {
+  const m = new Map(entries);
+  if (m.size !== entries.length) {
+    throw new CborError("a map has keys JavaScript cannot tell apart (such as 1 and 1.0)");
+  }
+  return m;
 }
 
 /**
@@ -319,9 +344,9 @@ function decodeItem(r, depth, breakAllowed = false) {
       }
       // Keys a plain object cannot hold apart (byte strings, arrays, maps, or scalars that
       // write as the same property name: 1 and "1", null and "null"): a Map keeps them.
-      if (!scalarKeys) return new Map(entries);
+      if (!scalarKeys) return mapOf(entries);
       const names = entries.map(([key]) => String(key));
-      if (new Set(names).size !== names.length) return new Map(entries);
+      if (new Set(names).size !== names.length) return mapOf(entries);
       const obj = {};
       for (const [i, [, value]] of entries.entries()) {
         // defineProperty: a "__proto__" key is data, not a prototype change.
@@ -522,10 +547,13 @@ export class LappsClient {
     }
     channel = channelKey(channel);
     if (!this.handlers.has(channel)) this.handlers.set(channel, new Set());
-    this.handlers.get(channel).add(handler);
+    // One entry per registration: the same function registered twice is called twice, and
+    // each unsubscribe removes its own registration.
+    const entry = { handler };
+    this.handlers.get(channel).add(entry);
     return () => {
       const set = this.handlers.get(channel);
-      if (set?.delete(handler) && set.size === 0) this.handlers.delete(channel);
+      if (set?.delete(entry) && set.size === 0) this.handlers.delete(channel);
     };
   }
 
@@ -611,7 +639,9 @@ export class LappsClient {
       this.response(msg);
     } else if (msg.cid !== undefined && Array.isArray(msg.message)) {
       const channel = channelKey(msg.cid);
-      for (const handler of this.handlers.get(channel) ?? []) {
+      // A copy: a handler that (un)subscribes while this OON is dispatched changes the next
+      // OON's handlers, not this one's (re-adding itself would otherwise loop for ever).
+      for (const { handler } of [...(this.handlers.get(channel) ?? [])]) {
         try {
           const result = handler(msg.message, channel);
           // An async handler's rejection is reported like a throw, not left unhandled.

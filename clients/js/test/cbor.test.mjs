@@ -170,6 +170,27 @@ test("map keys that write as the same property name decode as a Map, none lost",
   assert.deepEqual(decode(hex("a2016161026162")), { 1: "a", 2: "b" });
 });
 
+test("map keys JavaScript cannot tell apart are refused, not one of them dropped", () => {
+  for (const h of [
+    "a20161 61f93c006162", // {1: "a", 1.0: "b"}
+    "a20061 61f980006162", // {0: "a", -0.0: "b"}
+    "a2616101616102", // {"a": 1, "a": 2}
+  ]) {
+    assert.throws(() => decode(hex(h.replace(/ /g, ""))), CborError, h);
+  }
+});
+
+test("objects with no map form are refused, not sent as {}", () => {
+  for (const v of [new Date(0), new Set([1]), /x/, new (class Point { constructor() { this.x = 1; } })()]) {
+    assert.throws(() => encode(v), CborError, String(v));
+    assert.throws(() => encode({ nested: [v] }), CborError);
+  }
+  // Plain objects, with or without a prototype, and buffers of every kind still go.
+  assert.deepEqual(decode(encode(Object.assign(Object.create(null), { a: 1 }))), { a: 1 });
+  assert.deepEqual(decode(encode(new SharedArrayBuffer(2))), new Uint8Array(2));
+  assert.deepEqual(decode(encode(new Uint16Array([1]))), new Uint8Array([1, 0]));
+});
+
 test("a lone surrogate is refused, not replaced by U+FFFD", () => {
   for (const s of ["\uD800", "a\uDC00", "\uDC00\uD800", "x\uD83D"]) {
     assert.throws(() => encode(s), CborError, JSON.stringify(s));

@@ -115,6 +115,35 @@ test("OON channels beyond 2^53 reach their own handlers", () => {
   client.close();
 });
 
+test("each registration is its own; handlers changed during a dispatch count from the next OON", () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const got = [];
+  const h = (m) => got.push(["h", m[0]]);
+  const first = client.on(7, h);
+  client.on(7, h);
+  // Re-subscribes itself on every OON (with another handler on the channel, a dispatch over
+  // the live set met it again at its end, for ever).
+  let off;
+  const again = (m) => {
+    got.push(["again", m[0]]);
+    off();
+    off = client.on(7, again);
+  };
+  off = client.on(7, again);
+  client.on(7, (m) => got.push(["late", m[0]]) && client.on(7, (n) => got.push(["added", n[0]])));
+  sockets[0].serverOpen();
+  sockets[0].serverSend({ cid: 7, message: [1] });
+  assert.deepEqual(got, [["h", 1], ["h", 1], ["again", 1], ["late", 1]]);
+  first();
+  got.length = 0;
+  sockets[0].serverSend({ cid: 7, message: [2] });
+  // One h left; "added" (registered during the first OON) now gets it; the one "late" added
+  // during this dispatch does not yet.
+  assert.deepEqual(got, [["h", 2], ["late", 2], ["again", 2], ["added", 2]]);
+  client.close();
+});
+
 test("a result with a byte-string map key settles its call", async () => {
   const { sockets, WebSocket } = socketFactory();
   const client = connect("ws://x/", { WebSocket, reconnect: false });
