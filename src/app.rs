@@ -574,11 +574,12 @@ impl App {
             .collect();
         // A path the new configuration gives to some service that runs (maybe another one: a
         // rename, a swap) keeps its route; only paths nobody claims any more are unrouted. A
-        // service with auto_start false never starts here: it claims nothing.
+        // service with auto_start false (builtin or Lua) never starts: it claims nothing.
         let claimed = |path: &str| {
-            cfg.lapps.services.values().any(|s| {
-                s.is_network() && s.request_target == path && (s.auto_start || s.builtin.is_some())
-            })
+            cfg.lapps
+                .services
+                .values()
+                .any(|s| s.is_network() && s.request_target == path && s.auto_start)
         };
         // Removals first, so that a path a removed service leaves is free for its successor.
         // A network service whose path another service takes over (a rename) stays until
@@ -677,12 +678,12 @@ impl App {
                     );
                     done.stopped += 1;
                 }
-                None => match cfg
-                    .lapps
-                    .services
-                    .values()
-                    .find(|s| s.is_network() && s.request_target == path && s.builtin.is_some())
-                {
+                None => match cfg.lapps.services.values().find(|s| {
+                    s.is_network()
+                        && s.request_target == path
+                        && s.builtin.is_some()
+                        && s.auto_start
+                }) {
                     // Builtin services change at a restart (warned above): not a failure.
                     Some(b) => crate::warn!(
                         "deploy: service {name} keeps serving {} until the restart that starts \

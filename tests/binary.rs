@@ -1024,6 +1024,12 @@ return app
         }
     }
     send(&mut asker, "count?");
+    // Its frame (12 bytes) in the server's socket before the server resumes: the worker's
+    // first wait then finds both connections ready.
+    let asker_end = asker.get_ref().local_addr().unwrap();
+    wait_for("the message in the server's socket", IO_TIMEOUT, || {
+        socket_queues(addr, asker_end).is_some_and(|(_, unread)| unread >= 12)
+    });
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     // The chunk a full socket cut short, finished.

@@ -364,6 +364,16 @@ fn a_path_left_to_a_service_that_does_not_start_is_unrouted() {
     site.lapps_json(r#", "two": { "request_target": "/x", "auto_start": false }"#);
     app.reload();
     assert!(status_of(addr, "/x").contains("404"));
+
+    // Nor does a builtin service that does not start.
+    site.services_at(&[("one", "/x")]);
+    app.reload();
+    let mut before = connect(addr, "/x");
+    assert_eq!(ask(&mut before, "c"), "one c");
+    site.lapps_json(r#", "e": { "builtin": "echo", "request_target": "/x", "auto_start": false }"#);
+    app.reload();
+    assert_eq!(close_code(&mut before), Some(1001));
+    assert!(status_of(addr, "/x").contains("404"));
     app.shutdown();
 }
 

@@ -1400,15 +1400,15 @@ return p
         .to_string();
     go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     assert_eq!(next(&out), "waiting");
-    one.write_all(&server_frame(1, b"hi")).unwrap();
-    write!(
-        two,
+    let hi = server_frame(1, b"hi");
+    one.write_all(&hi).unwrap();
+    let answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         lapps::ws::handshake::accept_key(&key)
-    )
-    .unwrap();
-    // Both in the client's sockets (the server ends' peers) before the round starts.
+    );
+    two.write_all(answer.as_bytes()).unwrap();
+    // Both whole in the client's sockets (the server ends' peers) before the round starts.
     let unread = |s: &std::net::TcpStream| {
         common::socket_queues(s.peer_addr().unwrap(), s.local_addr().unwrap())
             .map_or(0, |(_, rx)| rx)
@@ -1416,7 +1416,7 @@ return p
     common::wait_for(
         "both in the client's sockets",
         Duration::from_secs(10),
-        || unread(&one) > 0 && unread(&two) > 0,
+        || unread(&one) == hi.len() as u64 && unread(&two) == answer.len() as u64,
     );
     go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     // The second gets our Close 1000 and answers it.

@@ -708,7 +708,12 @@ impl Worker {
             Ok(Some(done)) => done,
             Err(e) => {
                 // A plain GET: 426 at a service's path, what its upgrade would get elsewhere
-                // (404, a 403 of the service's rules).
+                // (404, a 403 of the service's rules), and 503 while stopping as an upgrade.
+                if e.plain.is_some() && self.shutdown_since.is_some() {
+                    let answer = handshake::error_response(503, "shutting down");
+                    self.answer_and_finish(index, answer);
+                    return buf.len();
+                }
                 let refusal = e.plain.as_deref().and_then(|req| {
                     let refusal = self.router.route(req, peer.ip()).err()?;
                     Some((refusal, crate::log::shown(&req.path)))
