@@ -179,6 +179,8 @@ assemble() {
     install -m 0644 systemd/lapps.service "$root/lib/systemd/system/lapps.service"
     install -m 0644 debian/copyright "$root/usr/share/doc/$pkg/copyright"
     gzip -9n <debian/changelog >"$root/usr/share/doc/$pkg/changelog.Debian.gz"
+    # What an upgrade may need the operator to change (apt-listchanges shows it before).
+    gzip -9n <debian/NEWS >"$root/usr/share/doc/$pkg/NEWS.Debian.gz"
     # The page's header names the version being packaged.
     sed "1s/\"lapps [^\"]*\"/\"lapps ${version%-*}\"/" debian/lapps.1 | gzip -9n \
         >"$root/usr/share/man/man1/lapps.1.gz"

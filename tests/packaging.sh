@@ -58,7 +58,8 @@ for v in ssse3 avx2; do
     missing=""
     for path in ./usr/bin/lapps ./etc/lapps/ws.json ./etc/lapps/lapps.json ./etc/lapps/apps/ \
         ./usr/share/lapps/apps/ ./usr/share/lapps/lib/ ./lib/systemd/system/lapps.service \
-        "./usr/share/doc/lapps-$v/changelog.Debian.gz" "./usr/share/doc/lapps-$v/copyright" \
+        "./usr/share/doc/lapps-$v/changelog.Debian.gz" "./usr/share/doc/lapps-$v/NEWS.Debian.gz" \
+        "./usr/share/doc/lapps-$v/copyright" \
         ./usr/share/man/man1/lapps.1.gz; do
         grep -qxF "$path" <<<"$contents" || missing="$missing $path"
     done
@@ -285,6 +286,22 @@ check "a reinstall leaves a directory the lapps user linked to alone" \
 rm -f /var/lib/lapps/tmp /var/lib/lapps/deploy
 check "an edit of /etc/lapps/ws.json survives a reinstall" grep -q '"backlog": 777' /etc/lapps/ws.json
 check "the edited configuration is valid" /usr/bin/lapps -c /etc/lapps --check-config
+
+# An upgrade over a configuration the new version refuses says so, and leaves the running
+# server alone (under systemd it is not restarted into a failed unit).
+cp /etc/lapps/ws.json "$tmp/ws.json.good"
+python3 - <<'PY'
+import json
+p = "/etc/lapps/ws.json"
+w = json.load(open(p))
+w["backlog"] = -1
+open(p, "w").write(json.dumps(w, indent=2) + "\n")
+PY
+refused=$(dpkg_locked -i "$(deb ssse3)" 2>&1 || true)
+check "an upgrade over an invalid configuration names the error and does not restart" \
+    bash -c 'grep -q "backlog" <<<"$1" && grep -q "the running server was not restarted" <<<"$1"' _ "$refused"
+check "the package is configured all the same" installed lapps-ssse3
+cp "$tmp/ws.json.good" /etc/lapps/ws.json
 
 purge_all
 gone=""
