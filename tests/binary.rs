@@ -626,19 +626,39 @@ fn one_app_binary_with(
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<String>,
 ) {
+    let services = format!(r#""{name}": {{ "instances": 1 }}"#);
+    let (child, addr, log, _) = apps_binary(ws, dir, &[(name, src)], &services);
+    (child, addr, log)
+}
+
+/// The real binary serving Lua apps (name, source) written under a fresh `temp_dir(dir)`, with
+/// `services` as the entries of lapps.json's "services" and `ws` as ws.json: the child, its
+/// address, its log and the log's lines up to the one saying where it listens.
+fn apps_binary(
+    ws: &str,
+    dir: &str,
+    apps: &[(&str, &str)],
+    services: &str,
+) -> (
+    binary::Reaper,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+) {
     let dir = temp_dir(dir);
-    std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
-    std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
+    for (name, src) in apps {
+        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+        std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
+    }
     write_config(
         &dir,
         ws,
         &format!(
-            r#"{{ "directories": {{ "applications": "{}" }},
-                 "services": {{ "{name}": {{ "instances": 1 }} }} }}"#,
+            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ {services} }} }}"#,
             dir.join("apps").display()
         ),
     );
-    spawn_binary(&dir, |cmd| {
+    binary::spawn_binary_logging(&dir, |cmd| {
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     })
 }
@@ -900,7 +920,6 @@ fn the_repo_configs_mqr_example_delivers_every_message_and_print_names_its_servi
 /// answered -32603 with the connection kept.
 #[test]
 fn a_handlers_error_is_logged_on_one_line_with_its_traceback() {
-    let dir = temp_dir("traceback");
     let app = r#"local app = {}
 local function explode(what)
   error("no thanks: " .. tostring(what))
@@ -911,23 +930,13 @@ app.onMessage = function(h, kind, message)
 end
 return app
 "#;
-    for name in ["boom", "boom_lapps"] {
-        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
-        std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), app).unwrap();
-    }
-    write_config(
-        &dir,
+    let (_child, addr, log, _) = apps_binary(
         binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }},
-                 "services": {{ "boom": {{ "request_target": "/boom" }},
-                   "boom_lapps": {{ "protocol": "LAppS", "request_target": "/boom_lapps" }} }} }}"#,
-            dir.join("apps").display()
-        ),
+        "traceback",
+        &[("boom", app), ("boom_lapps", app)],
+        r#""boom": { "request_target": "/boom" },
+           "boom_lapps": { "protocol": "LAppS", "request_target": "/boom_lapps" }"#,
     );
-    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    });
     let check = |line: &str, service: &str| {
         let file = format!("{service}.lua:3: no thanks: ");
         for part in [
@@ -1072,30 +1081,18 @@ fn all_stopped(pid: libc::pid_t) -> bool {
 /// instance_id, each line naming its instance.
 #[test]
 fn on_start_and_on_shutdown_run_once_per_instance() {
-    let dir = temp_dir("once-per-instance");
-    std::fs::create_dir_all(dir.join("apps/thrice")).unwrap();
-    std::fs::write(
-        dir.join("apps/thrice/thrice.lua"),
-        r#"local app = {}
+    let app = r#"local app = {}
 app.onStart = function() print("onStart of", instance_id) end
 app.onMessage = function(h, op, msg) return true end
 app.onShutdown = function() print("onShutdown of", instance_id) end
 return app
-"#,
-    )
-    .unwrap();
-    write_config(
-        &dir,
+"#;
+    let (mut child, _addr, log, mut lines) = apps_binary(
         binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }},
-                 "services": {{ "thrice": {{ "instances": 3 }} }} }}"#,
-            dir.join("apps").display()
-        ),
+        "once-per-instance",
+        &[("thrice", app)],
+        r#""thrice": { "instances": 3 }"#,
     );
-    let (mut child, _addr, log, mut lines) = binary::spawn_binary_logging(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    });
     child.stop();
     // The process is gone: the log ends (the reader's channel closes) after its last line.
     lines.extend(log.iter());
@@ -1118,8 +1115,7 @@ return app
 /// room in the log, then the next one. And a queue at its 64 MiB says so in the log.
 #[test]
 fn a_receiver_waiting_with_math_huge_gets_what_comes() {
-    let dir = temp_dir("mqr-room");
-    for (name, src) in [
+    let apps = [
         (
             "poster",
             r#"local app = {}
@@ -1151,24 +1147,14 @@ end
 return app
 "#,
         ),
-    ] {
-        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
-        std::fs::write(dir.join("apps").join(name).join(format!("{name}.lua")), src).unwrap();
-    }
-    write_config(
-        &dir,
+    ];
+    let (_child, addr, log, _) = apps_binary(
         binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }},
-                 "services": {{
-                   "poster": {{ "request_target": "/poster", "preload": ["mqr"] }},
-                   "taker": {{ "standalone": true, "preload": ["mqr"], "memory_limit": 8388608 }} }} }}"#,
-            dir.join("apps").display()
-        ),
+        "mqr-room",
+        &apps,
+        r#""poster": { "request_target": "/poster", "preload": ["mqr"] },
+           "taker": { "standalone": true, "preload": ["mqr"], "memory_limit": 8388608 }"#,
     );
-    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    });
     let mut ws = connect(addr, "/poster");
     let taken = |log: &std::sync::mpsc::Receiver<String>| {
         let line = binary::wait_line(log, "] taker");

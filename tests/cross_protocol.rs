@@ -38,17 +38,22 @@ fn call(ws: &mut Client, method: &str, params: Vec<Value>) -> (Vec<Value>, Vec<V
     }
 }
 
-#[test]
-fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
-    // One worker: frames to different connections leave in the order they were queued.
-    let app = start_app(
+/// The RAW `probe` app at /probe and the LAppS `lapps_views` app at /lapps_views, on one
+/// worker (frames to different connections leave in the order they were queued).
+fn probe_and_lapps_views() -> TestApp {
+    start_app(
         &ws_json(1),
         &lapps_json(
             "./tests/apps",
             r#"{ "probe": { "preload": ["bcast"] },
                  "lapps_views": { "protocol": "LAppS", "preload": ["bcast"] } }"#,
         ),
-    );
+    )
+}
+
+#[test]
+fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
+    let app = probe_and_lapps_views();
     let mut raw = connect(app.addr, "/probe");
     let mut lapps = connect(app.addr, "/lapps_views");
     let raw_id: f64 = ask(&mut raw, "id").parse().unwrap();
@@ -100,14 +105,7 @@ fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
 /// `nil, "closed"` may hide until the day the connection is open.
 #[test]
 fn the_lapps_helpers_raise_for_a_wrong_argument_whatever_the_handler() {
-    let app = start_app(
-        &ws_json(1),
-        &lapps_json(
-            "./tests/apps",
-            r#"{ "probe": { "preload": ["bcast"] },
-                 "lapps_views": { "protocol": "LAppS", "preload": ["bcast"] } }"#,
-        ),
-    );
+    let app = probe_and_lapps_views();
     let mut raw = connect(app.addr, "/probe");
     let raw_id: f64 = ask(&mut raw, "id").parse().unwrap();
     let mut lapps = connect(app.addr, "/lapps_views");

@@ -528,15 +528,18 @@ return s"#,
     );
     let q = lapps::service::mqr::registry().open("safety.early", 4);
     let reg = Registry::start(vec![s], hub(1)).unwrap();
-    let next = || {
-        let m = q
-            .receive(std::time::Duration::from_secs(20), &|| false)
-            .expect("a message within 20 s");
-        String::from_utf8(m.into_vec()).unwrap()
-    };
+    let next = || next_of(&q);
     assert_eq!(next(), "ran");
     reg.shutdown();
     assert_eq!(next(), "onShutdown, stopping=true");
+}
+
+/// The next message of `q` as text (20 s guard).
+fn next_of(q: &lapps::service::mqr::Queue) -> String {
+    let m = q
+        .receive(std::time::Duration::from_secs(20), &|| false)
+        .expect("a message within 20 s");
+    String::from_utf8(m.into_vec()).unwrap()
 }
 
 /// `n:sleep(math.huge)` sleeps until the service stops (the longest sleep, 10^9 s), as an
@@ -556,12 +559,7 @@ return s"#,
     s.preload.push("nap".into());
     let q = lapps::service::mqr::registry().open("safety.hugenap", 4);
     let reg = Registry::start(vec![s], hub(1)).unwrap();
-    let next = || {
-        let m = q
-            .receive(std::time::Duration::from_secs(20), &|| false)
-            .expect("a message within 20 s");
-        String::from_utf8(m.into_vec()).unwrap()
-    };
+    let next = || next_of(&q);
     assert_eq!(next(), "sleeping");
     reg.shutdown();
     assert_eq!(next(), "nil stopping");
