@@ -1018,7 +1018,7 @@ return app
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     wait_for("every thread of the server stopped", IO_TIMEOUT, || {
-        all_stopped(pid)
+        binary::all_stopped(pid)
     });
     backlog.set_nonblocking(true).unwrap();
     let mut written = 0usize;
@@ -1063,18 +1063,6 @@ return app
         send(&mut asker, "count?");
         text(&mut asker).parse::<usize>().unwrap() == total
     });
-}
-
-/// Whether every thread of process `pid` is stopped (state T in /proc).
-fn all_stopped(pid: libc::pid_t) -> bool {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks.map(|t| t.unwrap().path().join("stat")).all(|stat| {
-        // The state follows the command name's closing parenthesis.
-        std::fs::read_to_string(stat)
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-            .unwrap_or(true)
-    })
 }
 
 /// `onStart` and `onShutdown` run once per instance: three instances, three of each, one per

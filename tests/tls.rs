@@ -744,6 +744,12 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
         e.file, other_key,
         "a key that does not match the certificate: {e}"
     );
+    // Both files named: the fault may be the certificate file's order.
+    assert!(
+        e.reason.contains("does not match the first certificate of")
+            && e.reason.contains(&cert.display().to_string()),
+        "{e}"
+    );
     // A PEM key block whose body is no key ring can use: the key file is named.
     let damaged = dir.join("damaged.key");
     std::fs::write(

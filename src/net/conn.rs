@@ -86,7 +86,7 @@ pub struct Conn {
     /// dropped); `None` without that limit, and for a refused connection.
     pub ticket: Option<Box<AddressTicket>>,
     /// The transport: `None` is plaintext TCP (the hot path pays this one check), `Some` a
-    /// wss:// connection whose bytes pass through rustls (see `worker/tls.rs`).
+    /// wss:// connection whose bytes pass through rustls (see `worker/tls_io.rs`).
     pub tls: Option<Box<TlsSession>>,
     /// Some for a LAppS connection until its first response is queued: the OONs sent to it
     /// meanwhile wait there (see `worker/first_exchange.rs`).

@@ -5,7 +5,7 @@
 //! Owns the PEM files' loading and checking (file + reason on every error), the reloadable
 //! holder (read once per accepted connection; a failed reload keeps the old configuration) and
 //! the encrypt-and-write step of a TLS connection. Must never block or read a socket itself:
-//! the worker feeds it ciphertext it has read (see `worker/tls.rs`) and gives it the socket
+//! the worker feeds it ciphertext it has read (see `worker/tls_io.rs`) and gives it the socket
 //! only to write to, non-blocking.
 
 use std::fmt;
@@ -160,12 +160,21 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        let file = match e {
-            rustls::Error::InconsistentKeys(_) => &files.key,
-            _ => &files.cert,
-        };
-        err(file, format!("cannot use the certificate and key: {e}"))
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| match e {
+        // The key, or the certificate file's order: its first certificate must be the
+        // server's own (a chain-only file, or one with the intermediate first, fails here).
+        rustls::Error::InconsistentKeys(_) => err(
+            &files.key,
+            format!(
+                "does not match the first certificate of {} (which must be the server's own, \
+                 before its chain): {e}",
+                files.cert.display()
+            ),
+        ),
+        _ => err(
+            &files.cert,
+            format!("cannot use the certificate and key: {e}"),
+        ),
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Loaded {

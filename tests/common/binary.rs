@@ -157,3 +157,15 @@ pub fn output_within(cmd: &mut Command, guard: Duration) -> std::process::Output
         stderr: stderr.join().expect("stderr reader"),
     }
 }
+
+/// Whether every thread of process `pid` is stopped (state T in /proc).
+pub fn all_stopped(pid: libc::pid_t) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.map(|t| t.unwrap().path().join("stat")).all(|stat| {
+        // The state follows the command name's closing parenthesis.
+        std::fs::read_to_string(stat)
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(true)
+    })
+}

@@ -135,7 +135,8 @@ impl Worker {
         }
     }
 
-    /// Whether a connection still in its handshake must wait for a later iteration: this
+    /// Whether a connection still in its handshake must not be read now: past its handshake
+    /// deadline (the timers end it), or it must wait for a later iteration: this
     /// iteration's [`TLS_HANDSHAKE_TIME_PER_TURN`] is spent, or older handshakes wait already
     /// (first come, first served: a stream of new ClientHellos must not keep the queued ones
     /// waiting until their handshake timeout). It then joins the back of the queue, or keeps
@@ -150,6 +151,15 @@ impl Worker {
         // let no handshake finish before the burst's deadlines.
         if c.tls.as_deref().is_none_or(|t| t.hello_answered()) {
             return false;
+        }
+        // Past its handshake deadline: this iteration's timers end it, and its key exchange
+        // and signature would be spent on nothing (under a flood, on most of the queue).
+        if c.deadline.is_some_and(|d| d <= Instant::now()) {
+            debug!(
+                "worker {}: {}'s ClientHello came past its handshake deadline: not answered",
+                self.id, c.peer
+            );
+            return true;
         }
         if c.handshake_queued {
             return true;
