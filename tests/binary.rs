@@ -601,31 +601,21 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
     );
 }
 
-/// The real binary serving one Lua app, `name` with source `src`, written under a fresh
-/// `temp_dir(dir)`: the child, its address and its log.
-fn one_app_binary(
-    dir: &str,
-    name: &str,
-    src: &str,
-) -> (
+/// A server started for a test: the child, its address and its log.
+type Served = (
     binary::Reaper,
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<String>,
-) {
+);
+
+/// The real binary serving one Lua app, `name` with source `src`, written under a fresh
+/// `temp_dir(dir)`: the child, its address and its log.
+fn one_app_binary(dir: &str, name: &str, src: &str) -> Served {
     one_app_binary_with(binary::ONE_WORKER_WS_JSON, dir, name, src)
 }
 
 /// [`one_app_binary`] with `ws` as its ws.json.
-fn one_app_binary_with(
-    ws: &str,
-    dir: &str,
-    name: &str,
-    src: &str,
-) -> (
-    binary::Reaper,
-    std::net::SocketAddr,
-    std::sync::mpsc::Receiver<String>,
-) {
+fn one_app_binary_with(ws: &str, dir: &str, name: &str, src: &str) -> Served {
     let services = format!(r#""{name}": {{ "instances": 1 }}"#);
     let (child, addr, log, _) = apps_binary(ws, dir, &[(name, src)], &services);
     (child, addr, log)

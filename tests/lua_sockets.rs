@@ -1803,19 +1803,29 @@ fn a_slow_broadcast_recipient_is_dropped_with_1008_and_the_others_keep_receiving
         let got = text(&mut fast);
         assert!(got.contains(&line), "the fast member gets every broadcast");
     }
-    let mut data_frames = 0usize;
-    let code = loop {
-        let f = read_frame(&mut slow).expect("frames, then a close frame");
-        match f.opcode {
-            0x8 => break u16::from_be_bytes([f.payload[0], f.payload[1]]),
-            _ => data_frames += 1,
-        }
-    };
+    let (data_frames, code) = frames_then_close_code(&mut slow);
     assert_eq!(code, 1008);
     assert!(
         data_frames < LINES,
         "the slow member was dropped, not fed everything"
     );
+}
+
+/// Reads a connection's frames up to the server's Close: how many came before it, and its code.
+fn frames_then_close_code(s: &mut std::net::TcpStream) -> (usize, u16) {
+    let mut data_frames = 0usize;
+    loop {
+        let f = read_frame(s).expect("frames, then a close frame");
+        match f.opcode {
+            0x8 => {
+                return (
+                    data_frames,
+                    u16::from_be_bytes([f.payload[0], f.payload[1]]),
+                )
+            }
+            _ => data_frames += 1,
+        }
+    }
 }
 
 /// SPEC section 8: `ws:send` is queued with back-pressure. A peer that reads nothing while
@@ -1842,14 +1852,7 @@ fn a_peer_that_does_not_read_what_ws_send_queues_for_it_is_closed_with_1008() {
         }
         assert!(sent < 60_000, "never dropped");
     }
-    let mut data_frames = 0usize;
-    let code = loop {
-        let f = read_frame(&mut slow).expect("frames, then a close frame");
-        match f.opcode {
-            0x8 => break u16::from_be_bytes([f.payload[0], f.payload[1]]),
-            _ => data_frames += 1,
-        }
-    };
+    let (data_frames, code) = frames_then_close_code(&mut slow);
     assert_eq!(code, 1008);
     assert!(data_frames < sent, "dropped, not fed everything");
     assert_eq!(ask(&mut sender, "still here"), "still here");
