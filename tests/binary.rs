@@ -1055,6 +1055,51 @@ return app
     });
 }
 
+/// A connection refused at accept (every worker full) is answered 503 without waiting for its
+/// request; a HEAD that came with the connection gets the answer without content (RFC 9110
+/// section 9.3.2). With the server stopped the connection waits in the backlog, its HEAD in
+/// the server's socket; resumed, the worker accepts and answers it.
+#[test]
+fn a_head_refused_at_accept_gets_its_503_without_content() {
+    let (child, addr, _log) = one_app_binary_with(
+        r#"{ "ip": "127.0.0.1", "port": 0,
+             "workers": { "workers": 1, "max_connections": 1 } }"#,
+        "head-503",
+        "quiet",
+        "return { onMessage = function() return true end }",
+    );
+    use std::io::{Read, Write};
+    let pid = child.0.id() as libc::pid_t;
+    let _live = connect(addr, "/quiet");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    wait_for("every thread of the server stopped", IO_TIMEOUT, || {
+        binary::all_stopped(pid)
+    });
+    let mut head = std::net::TcpStream::connect(addr).unwrap();
+    let request = b"HEAD /quiet HTTP/1.1\r\nHost: x\r\n\r\n";
+    head.write_all(request).unwrap();
+    let end = head.local_addr().unwrap();
+    wait_for("the HEAD in the server's socket", IO_TIMEOUT, || {
+        socket_queues(addr, end).is_some_and(|(_, unread)| unread >= request.len() as u64)
+    });
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    head.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    head.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    let length = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map(|n| n.parse::<usize>().unwrap());
+    assert!(length.is_some_and(|n| n > 0), "{answer:?}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "content after the head: {answer:?}"
+    );
+}
+
 /// `onStart` and `onShutdown` run once per instance: three instances, three of each, one per
 /// instance_id, each line naming its instance.
 #[test]

@@ -169,3 +169,18 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     syscall!(unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) })
         .map(|n| n as usize)
 }
+
+/// Copies the first received bytes into `buf` without consuming them (MSG_PEEK); 0 when none
+/// have come yet (or the peer closed), as a non-blocking socket cannot tell more in passing.
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> usize {
+    // SAFETY: `buf` is a valid, writable slice for its length.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
+}

@@ -70,6 +70,15 @@ impl From<u16> for Refusal {
     }
 }
 
+/// The 503 for a connection refused at accept (`why`), answered without waiting for its
+/// request: when the request has come already and is a HEAD, without content (RFC 9110 section
+/// 9.3.2); one that comes later gets the answer with its reason text.
+fn refusal(fd: RawFd, why: Refused) -> Vec<u8> {
+    let mut first = [0u8; 8];
+    let n = sys::peek(fd, &mut first);
+    handshake::error_response_to(first.get(..n).unwrap_or_default(), 503, why.reason())
+}
+
 /// The text of a router's refusal.
 fn refusal_reason(status: u16) -> &'static str {
     match status {
@@ -451,7 +460,7 @@ impl Worker {
             // a session to answer in, just close). The answer may be lost to an RST when the
             // request is already here: a last resort past max_refused.
             if !tls {
-                let _ = sys::send(fd, &handshake::error_response(503, why.reason()));
+                let _ = sys::send(fd, &refusal(fd, why));
             }
             return;
         }
@@ -505,7 +514,13 @@ impl Worker {
         }
         if let Some(why) = refuse {
             self.hub.port(self.id).add_refused();
-            self.answer_and_finish(index, handshake::error_response(503, why.reason()));
+            let answer = if tls {
+                // Answered once the TLS handshake is done, before the request is read.
+                handshake::error_response(503, why.reason())
+            } else {
+                refusal(fd, why)
+            };
+            self.answer_and_finish(index, answer);
             return;
         }
         self.hub.port(self.id).set_live(index, generation);

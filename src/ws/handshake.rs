@@ -223,8 +223,13 @@ fn check_method(head: &[u8]) -> Result<(), HandshakeError> {
     let method = first.get(..end).unwrap_or_default();
     let complete = end < first.len() || first.len() <= MAX_METHOD;
     let empty = end == 0 && first.first() == Some(&b' ');
-    if complete && !empty && method.iter().all(|&b| is_tchar(b)) {
+    let token = method.iter().all(|&b| is_tchar(b));
+    if complete && !empty && token {
         Ok(())
+    } else if token && !complete {
+        // RFC 9112 section 3: "A server that receives a method longer than any that it
+        // implements SHOULD respond with a 501 (Not Implemented) status code."
+        Err(HandshakeError::new(501, "method not implemented"))
     } else {
         Err(bad("malformed request method"))
     }
