@@ -205,6 +205,35 @@ fn wss_app_with(name: &str, ws_extra: &str) -> (lapps::app::App, std::net::Socke
     (app, addr, ca)
 }
 
+/// More clients than rustls's default session cache holds (256 entries, two per TLS 1.3
+/// handshake) each come back, with TLS 1.3 and with TLS 1.2: every one resumes its session,
+/// as the server's tickets carry the state (a reconnect burst after a restart of many clients
+/// would otherwise mostly redo full handshakes).
+#[test]
+fn every_client_of_many_resumes_its_session() {
+    const CLIENTS: usize = 300;
+    let (app, addr, ca) = wss_app("wss-resumption");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let configs: Vec<_> = (0..CLIENTS)
+            .map(|_| client_config_for(&ca.pair.cert_der, version))
+            .collect();
+        for cfg in &configs {
+            let mut ws = wss_connect(addr, "/echo", cfg.clone()).unwrap();
+            // The echo reads the TLS 1.3 tickets, sent before it.
+            echo_round(&mut ws, b"first".to_vec());
+        }
+        let resumed = configs
+            .iter()
+            .filter(|cfg| {
+                let s = tls_connect(addr, (*cfg).clone()).unwrap();
+                s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            })
+            .count();
+        assert_eq!(resumed, CLIENTS, "{version:?}");
+    }
+    app.shutdown();
+}
+
 #[test]
 fn a_wss_peer_that_shuts_tcp_after_close_still_gets_the_echo() {
     let (app, addr, ca) = wss_app("wss-half-close");

@@ -177,6 +177,12 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         ),
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption state travels in tickets the server encrypts (keys rotated every 6 hours,
+    // kept in memory: a restart or a certificate reload starts anew), not in rustls's
+    // default cache of 256 sessions, which a few hundred clients coming back at once
+    // overturn: each miss's full handshake evicts two more entries.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| err(&files.cert, format!("cannot make session tickets: {e}")))?;
     Ok(Loaded {
         config: Arc::new(config),
         info,

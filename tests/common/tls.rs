@@ -179,6 +179,22 @@ pub fn client_config(root: &CertificateDer<'static>, client: Option<&Pair>) -> A
     Arc::new(cfg)
 }
 
+/// [`client_config`] speaking only `version`, without a certificate.
+pub fn client_config_for(
+    root: &CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
 /// A TLS 1.3 client whose ClientHello offers its key share only for a group no server knows
 /// (`NamedGroup::Unknown(0xfe0a)`), with X25519 listed second: the server must answer with a
 /// HelloRetryRequest for X25519, and the client's second ClientHello carries that share.
