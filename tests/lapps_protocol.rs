@@ -335,6 +335,21 @@ fn calls_to_reserved_names_are_answered_and_never_close_the_connection() {
             Some(-32601)
         );
     }
+    // Nor are errors "in a row" across one: nine, a reserved name, nine more.
+    for round in 0..2 {
+        for _ in 0..9 {
+            assert_eq!(
+                error_code(&call(&mut ws, b"\xff\xff".to_vec())),
+                Some(-32700)
+            );
+        }
+        if round == 0 {
+            assert_eq!(
+                error_code(&call(&mut ws, request("_reserved", None))),
+                Some(-32601)
+            );
+        }
+    }
     let r = call(&mut ws, request("echo", Some(vec![int(1)])));
     assert_eq!(get(&r, "result"), Some(&Cbor::Array(vec![int(1)])));
 }

@@ -145,6 +145,8 @@ mod tests {
             // However the decoder would read a channel: a float without a fraction, a tagged
             // number, a bignum; a key in chunks or tagged.
             ("a1 63636964 f94500", Some(5)),
+            ("a1 63636964 fb 43e0000000000000", Some(1 << 63)),
+            ("a1 63636964 fb 43f0000000000000", None), // 2^64
             ("a1 63636964 c1 07", Some(7)),
             ("a1 63636964 c2 43 000102", Some(258)),
             ("a1 63636964 c2 49 010000000000000000", None), // 2^64: no channel

@@ -79,9 +79,11 @@ pub(crate) fn undecodable(bytes: &[u8], e: impl fmt::Display) -> ProtocolError {
 }
 
 /// A `cid` member's value as a client-notification channel.
-pub(super) fn notification_cid(v: &Value) -> Option<NonZeroU64> {
+pub(crate) fn notification_cid(v: &Value) -> Option<NonZeroU64> {
     let cid = match v {
         Value::UInt(u) => Some(*u),
+        // Integral floats up to 2^64 (exclusive), as the unsigned channel they stand for.
+        Value::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 2f64.powi(64) => Some(*f as u64),
         v => v.as_i64().and_then(|i| u64::try_from(i).ok()),
     };
     cid.and_then(NonZeroU64::new)
@@ -478,12 +480,12 @@ pub fn validate_outbound(value: &Value) -> Result<Vec<u8>, String> {
     }
     let cid = match cid {
         None => return Err("member 'cid' is missing (0 for a response, N for an OON)".into()),
-        Some(v) => match v {
-            Value::UInt(u) => *u,
-            v => v
-                .as_i64()
-                .and_then(|i| u64::try_from(i).ok())
-                .ok_or("member 'cid' must be a non-negative integer")?,
+        // A channel as a client's notification names one (an integral float too: a Lua
+        // number past 2^53 is one), or 0.
+        Some(v) => match notification_cid(v) {
+            Some(channel) => channel.get(),
+            None if v.as_i64() == Some(0) => 0,
+            None => return Err("member 'cid' must be a non-negative integer".into()),
         },
     };
     if let Some(cid) = NonZeroU64::new(cid) {

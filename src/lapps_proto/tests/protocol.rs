@@ -2,11 +2,12 @@ use std::num::NonZeroU64;
 
 use super::hex;
 use crate::lapps_proto::cbor::encode;
+use crate::lapps_proto::lazy::Doc;
 use crate::lapps_proto::protocol::{
-    encode_oon, encode_response_error, encode_response_ok, parse_inbound, validate_outbound,
-    MsgType, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+    check_doc, encode_oon, encode_response_error, encode_response_ok, parse_inbound,
+    validate_outbound, MsgType, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
-use crate::lapps_proto::Value;
+use crate::lapps_proto::{Limits, Value};
 
 fn t(s: &str) -> Value {
     Value::text(s)
@@ -93,6 +94,30 @@ fn message_types_follow_the_original() {
     ])))
     .unwrap();
     assert_eq!(n.cid(), NonZeroU64::new(u64::MAX));
+    // A channel sent as an integral float is one up to the same ceiling (a JavaScript or Lua
+    // client may hand one over so), parsed by the full check and the in-place one alike.
+    for (f, want) in [
+        (2f64.powi(63), NonZeroU64::new(1 << 63)),
+        (2f64.powi(64) - 2048.0, NonZeroU64::new(u64::MAX - 2047)),
+    ] {
+        let bytes = encode(&map(&[
+            ("lapps", Value::Int(1)),
+            ("method", t("m")),
+            ("cid", Value::Float(f)),
+        ]));
+        assert_eq!(parse_inbound(&bytes).unwrap().cid(), want, "{f}");
+        let doc = Doc::parse(&bytes, &Limits::default()).unwrap();
+        assert!(
+            check_doc(&doc).is_ok_and(|d| d.msg_type.is_notification()),
+            "{f}"
+        );
+    }
+    let past = encode(&map(&[
+        ("lapps", Value::Int(1)),
+        ("method", t("m")),
+        ("cid", Value::Float(2f64.powi(64))),
+    ]));
+    assert_eq!(code_of(&past), INVALID_REQUEST);
 }
 
 #[test]
@@ -266,6 +291,15 @@ fn outbound_shapes_are_checked_and_canonicalised() {
     assert_eq!(
         validate_outbound(&oon),
         Ok(encode_oon(NonZeroU64::new(7).unwrap(), &[t("x")]))
+    );
+    // Past 2^53 a Lua number is a float; up to 2^64 it still names a channel.
+    let far = map(&[
+        ("cid", Value::Float(2f64.powi(63))),
+        ("message", Value::Array(vec![])),
+    ]);
+    assert_eq!(
+        validate_outbound(&far),
+        Ok(encode_oon(NonZeroU64::new(1 << 63).unwrap(), &[]))
     );
 
     let bad = [

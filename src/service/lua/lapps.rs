@@ -188,8 +188,9 @@ impl LappsState {
             }
         }
         // A call to a reserved name is a well-formed message, answered -32601 as an unknown
-        // method would be: not garbage, and not counted towards the 1003.
+        // method would be: not garbage, so it ends a run of errors as any call does.
         if e.code == protocol::METHOD_NOT_FOUND {
+            self.errors.borrow_mut().remove(&conn);
             return Outcome::Answered;
         }
         let mut errors = self.errors.borrow_mut();

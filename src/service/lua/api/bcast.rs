@@ -321,14 +321,39 @@ fn oon_only(v: &CborValue) -> bool {
         return false;
     };
     members.iter().any(|(k, v)| {
-        matches!(k, CborValue::Text(t) if t == "cid")
-            && (matches!(v, CborValue::Int(n) if *n != 0) || matches!(v, CborValue::UInt(_)))
+        matches!(k, CborValue::Text(t) if t == "cid") && protocol::notification_cid(v).is_some()
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oon_is_told_by_its_channel_as_a_clients_notification_would_be() {
+        let with_cid = |v: CborValue| {
+            CborValue::Map(vec![
+                (CborValue::Text("cid".into()), v),
+                (CborValue::Text("message".into()), CborValue::Array(vec![])),
+            ])
+        };
+        // A Lua number past 2^53 arrives as a float.
+        for channel in [
+            CborValue::Int(1),
+            CborValue::UInt(u64::MAX),
+            CborValue::Float(2f64.powi(53) + 2.0),
+        ] {
+            assert!(oon_only(&with_cid(channel.clone())), "{channel:?}");
+        }
+        for not in [
+            CborValue::Int(0),
+            CborValue::Int(-1),
+            CborValue::Float(1.5),
+            CborValue::Float(2f64.powi(64)),
+        ] {
+            assert!(!oon_only(&with_cid(not.clone())), "{not:?}");
+        }
+    }
 
     #[test]
     fn a_table_makes_at_most_its_channels_and_an_existing_one_is_always_fine() {
