@@ -371,6 +371,7 @@ pub fn tls_files(cfg: &Config) -> Option<TlsFiles> {
         key: t.key.clone(),
         ca: t.ca.clone(),
         tls13_only: cfg.ws.tls_server_version == 13,
+        tls12_record_budget: cfg.ws.tls12_record_budget,
     })
 }
 

@@ -150,6 +150,7 @@ fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
         key: key.clone(),
         ca: None,
         tls13_only: false,
+        tls12_record_budget: None,
     };
     let (info, warning) = lapps::net::tls::check(&files).expect("an expired cert still parses");
     assert_eq!(info.subject.as_deref(), Some("old"));
@@ -231,6 +232,63 @@ fn every_client_of_many_resumes_its_session() {
             .count();
         assert_eq!(resumed, CLIENTS, "{version:?}");
     }
+    app.shutdown();
+}
+
+/// A TLS 1.2 session with an AES-GCM suite may send 2^24 records (RFC 8446 5.5), after which
+/// rustls ends it and drops what is written: the server closes it with 1001 before (here
+/// with a budget of 300 records instead of 2^24 less the reserve), every message it took
+/// echoed first. TLS 1.3 (which renews its keys) and ChaCha20 (no such limit) go on.
+#[test]
+fn a_tls12_session_is_closed_with_1001_before_its_cipher_suite_limit() {
+    const BUDGET: u64 = 300;
+    let dir = temp_dir("tls12-records");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let app = start_app_with(&dir, |c| c.ws.tls12_record_budget = Some(BUDGET));
+    let addr = app.local_addrs()[0];
+    let echoes_until_close = |cfg| {
+        let mut ws = wss_connect(addr, "/echo", cfg).unwrap();
+        let suite = ws.get_ref().conn.negotiated_cipher_suite().unwrap().suite();
+        for i in 0..3 * BUDGET {
+            ws.send(Message::Binary(i.to_be_bytes().to_vec().into()))
+                .unwrap();
+            match ws.read().unwrap() {
+                Message::Binary(b) => assert_eq!(b[..], i.to_be_bytes(), "{suite:?}"),
+                Message::Close(Some(f)) => return (suite, i, Some(u16::from(f.code))),
+                other => panic!("{suite:?}: {other:?}"),
+            }
+        }
+        (suite, 3 * BUDGET, None)
+    };
+    let gcm = echoes_until_close(client_config_for(
+        &ca.pair.cert_der,
+        &rustls::version::TLS12,
+    ));
+    // The 101 is the first record: BUDGET - 1 echoes, then the Close.
+    assert_eq!(
+        gcm,
+        (
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            BUDGET - 1,
+            Some(1001)
+        )
+    );
+    let tls13 = echoes_until_close(client_config_for(
+        &ca.pair.cert_der,
+        &rustls::version::TLS13,
+    ));
+    assert_eq!((tls13.1, tls13.2), (3 * BUDGET, None), "{tls13:?}");
+    let mut chacha = rustls::crypto::ring::default_provider();
+    chacha.cipher_suites =
+        vec![rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256];
+    let chacha = echoes_until_close(client_config_with(
+        &ca.pair.cert_der,
+        &rustls::version::TLS12,
+        chacha,
+    ));
+    assert_eq!((chacha.1, chacha.2), (3 * BUDGET, None), "{chacha:?}");
     app.shutdown();
 }
 
@@ -727,6 +785,7 @@ fn a_reload_that_changes_only_the_client_ca_says_so() {
         key,
         ca: Some(ca_file.clone()),
         tls13_only: false,
+        tls12_record_budget: None,
     })
     .unwrap();
     let same = tls.reload().unwrap();
@@ -757,6 +816,7 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
             key: key.to_path_buf(),
             ca: None,
             tls13_only: false,
+            tls12_record_budget: None,
         })
         .expect_err("refused")
     };

@@ -113,6 +113,10 @@ pub struct WsConfig {
     pub per_address_ipv6_prefix: u8,
     /// Endpoints beyond the first (the first is `ip`/`port`/`tls`).
     pub endpoints: Vec<Endpoint>,
+    /// Not a ws.json key: records a TLS 1.2 session whose cipher suite has a confidentiality
+    /// limit (AES-GCM) may send before the server closes it with 1001; `None`, the limit less
+    /// a reserve ([`crate::net::tls::TLS12_RECORD_RESERVE`]). Tests lower it.
+    pub tls12_record_budget: Option<u64>,
 }
 
 const KEYS: &[&str] = &[
@@ -384,6 +388,7 @@ impl WsConfig {
             ) as u32,
             per_address_ipv6_prefix: obj.uint(r, "per_address_ipv6_prefix", 64, 0, 128) as u8,
             endpoints,
+            tls12_record_budget: None,
         };
         cfg.check(r, &entry_of);
         cfg

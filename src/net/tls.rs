@@ -31,7 +31,21 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
     /// Serve TLS 1.3 only (ws.json `tls_server_version` 13); otherwise 1.2 and 1.3.
     pub tls13_only: bool,
+    /// Records a TLS 1.2 session with a limited cipher suite may send before the server ends
+    /// it; `None`: the suite's limit less [`TLS12_RECORD_RESERVE`].
+    pub tls12_record_budget: Option<u64>,
 }
+
+/// Records kept back from a TLS 1.2 cipher suite's confidentiality limit (AES-GCM: 2^24,
+/// RFC 8446 section 5.5, which rustls enforces by ending the session with close_notify and
+/// dropping what is written after it, without a word to the writer): a session that has
+/// sent the rest is closed by the server with 1001 while its replies, the Close and what its
+/// outbound queue holds (bounded by `outbound_high_water`) still fit.
+pub const TLS12_RECORD_RESERVE: u64 = 1 << 20;
+
+/// The plaintext of one TLS record as rustls cuts it (no `max_fragment_size` is set): a
+/// write of n bytes is ceil(n / this) records.
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 
 /// A certificate or key that cannot be used: which file and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,6 +305,13 @@ impl TlsContext {
         })
     }
 
+    /// A session for a connection accepted now, with the configuration current now.
+    pub fn session(&self) -> Result<TlsSession, rustls::Error> {
+        let mut s = TlsSession::new(self.config())?;
+        s.tls12_budget = self.files.tls12_record_budget;
+        Ok(s)
+    }
+
     /// The configuration for a connection accepted now.
     pub fn config(&self) -> Arc<ServerConfig> {
         match self.current.read() {
@@ -363,6 +384,15 @@ pub struct TlsSession {
     /// by `Worker::tls_feed_timed`).
     pub flights: u8,
     close_sent: bool,
+    /// Application-data records written so far (handshake records and alerts are not
+    /// counted: the reserve covers them).
+    records: u64,
+    /// Records this session may send before the server must end it, once its handshake is
+    /// over: set for TLS 1.2 with a cipher suite that has a confidentiality limit.
+    record_budget: Option<u64>,
+    budget_known: bool,
+    /// [`TlsFiles::tls12_record_budget`].
+    tls12_budget: Option<u64>,
 }
 
 impl TlsSession {
@@ -373,7 +403,41 @@ impl TlsSession {
             failed: false,
             flights: 0,
             close_sent: false,
+            records: 0,
+            record_budget: None,
+            budget_known: false,
+            tls12_budget: None,
         })
+    }
+
+    /// Whether the session has written as many records as its cipher suite allows less the
+    /// reserve (TLS 1.2 with AES-GCM only): the server is to close the connection (1001) now,
+    /// so that what it still sends fits in what is left.
+    pub fn records_running_out(&self) -> bool {
+        self.record_budget.is_some_and(|b| self.records >= b)
+    }
+
+    /// The records written so far and the budget, for the log line of the close.
+    pub fn records(&self) -> (u64, Option<u64>) {
+        (self.records, self.record_budget)
+    }
+
+    /// Sets the record budget once the handshake has chosen the version and cipher suite.
+    fn learn_budget(&mut self) {
+        self.budget_known = true;
+        if self.conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_2) {
+            return; // TLS 1.3 renews its keys before their limit
+        }
+        let limit = match self.conn.negotiated_cipher_suite() {
+            Some(rustls::SupportedCipherSuite::Tls12(s)) => s.common.confidentiality_limit,
+            _ => return,
+        };
+        if limit != u64::MAX {
+            self.record_budget = Some(
+                self.tls12_budget
+                    .unwrap_or(limit.saturating_sub(TLS12_RECORD_RESERVE)),
+            );
+        }
     }
 
     /// Whether the server has answered the ClientHello: its flight is queued (the second one
@@ -399,11 +463,15 @@ impl TlsSession {
             if self.failed {
                 out.clear(pool);
             } else if !self.conn.is_handshaking() {
+                if !self.budget_known {
+                    self.learn_budget();
+                }
                 while let Some(front) = out.front() {
                     let n = self.conn.writer().write(front)?;
                     if n == 0 {
                         break;
                     }
+                    self.records += n.div_ceil(MAX_RECORD_PLAINTEXT) as u64;
                     out.consume_front(n, pool);
                 }
                 if finishing && out.is_empty() && !self.close_sent {
@@ -532,6 +600,86 @@ mod der {
         fn truncated_input_is_none() {
             assert!(super::validity_and_subject(&[0x30, 0x82, 0xff]).is_none());
             assert!(super::validity_and_subject(&[]).is_none());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    use rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, SupportedCipherSuite};
+
+    /// `s` and `client` after their handshake, run in memory.
+    fn handshake(s: &mut TlsSession, client: &mut ClientConnection) {
+        while client.is_handshaking() || s.conn.is_handshaking() {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut at = &wire[..];
+            while !at.is_empty() {
+                s.conn.read_tls(&mut at).unwrap();
+            }
+            s.conn.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut wire).unwrap();
+            }
+            let mut at = &wire[..];
+            while !at.is_empty() {
+                client.read_tls(&mut at).unwrap();
+            }
+            client.process_new_packets().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tls12_aes_gcm_session_may_send_its_limit_less_the_reserve() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(TLS12_AND_13)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        let server = Arc::new(server);
+        let cases: [(SupportedCipherSuite, Option<u64>); 3] = [
+            (
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                Some((1 << 24) - (1 << 20)),
+            ),
+            (
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                None,
+            ),
+            (cipher_suite::TLS13_AES_128_GCM_SHA256, None),
+        ];
+        for (suite, budget) in cases {
+            let mut roots = RootCertStore::empty();
+            roots.add(cert.der().clone()).unwrap();
+            let mut provider = default_provider();
+            provider.cipher_suites = vec![suite];
+            let client = ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(TLS12_AND_13)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+            let mut s = TlsSession::new(server.clone()).unwrap();
+            handshake(&mut s, &mut client);
+            assert_eq!(s.conn.negotiated_cipher_suite(), Some(suite));
+            s.learn_budget();
+            assert_eq!(s.record_budget, budget, "{suite:?}");
         }
     }
 }

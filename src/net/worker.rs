@@ -1048,6 +1048,17 @@ impl Worker {
             None => c.out.flush(fd, &mut self.pool),
             Some(t) => t.flush(&mut c.out, fd, &mut self.pool, c.phase == Phase::Finishing),
         };
+        let worn_out = (c.phase == Phase::Open)
+            .then(|| c.tls.as_deref().filter(|t| t.records_running_out()))
+            .flatten()
+            .map(|t| (c.peer, t.records()));
+        if let Some((peer, (sent, budget))) = worn_out {
+            crate::info_limited!(
+                "closing {peer}: its TLS 1.2 session has sent {sent} records, {} of its cipher \
+                 suite's limit less a reserve (1001; TLS 1.3 renews its keys instead)",
+                budget.unwrap_or(sent)
+            );
+        }
         match flushed {
             Ok(Flushed::Waiting) => c.write_blocked = false,
             Ok(Flushed::All) => {
@@ -1075,6 +1086,9 @@ impl Worker {
                 debug!("worker {}: write to {}: {e}", self.id, c.peer);
                 self.end(index, Ending::Error);
             }
+        }
+        if worn_out.is_some() {
+            self.go_away(index, crate::ws::close::GOING_AWAY);
         }
     }
 

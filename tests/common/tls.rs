@@ -154,7 +154,17 @@ pub fn tls_json(cert: &Path, key: &Path, ca: Option<&Path>) -> String {
 }
 
 pub fn start_app(dir: &Path) -> lapps::app::App {
-    let cfg = lapps::config::Config::load(&lapps::config::locate(Some(dir))).expect("valid config");
+    start_app_with(dir, |_| {})
+}
+
+/// [`start_app`] with the configuration read from `dir` changed by `change` first.
+pub fn start_app_with(
+    dir: &Path,
+    change: impl FnOnce(&mut lapps::config::Config),
+) -> lapps::app::App {
+    let mut cfg =
+        lapps::config::Config::load(&lapps::config::locate(Some(dir))).expect("valid config");
+    change(&mut cfg);
     lapps::app::App::start(&cfg).expect("server starts")
 }
 
@@ -184,10 +194,18 @@ pub fn client_config_for(
     root: &CertificateDer<'static>,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> Arc<ClientConfig> {
+    client_config_with(root, version, rustls::crypto::ring::default_provider())
+}
+
+/// [`client_config_for`] offering only the cipher suites of `provider`.
+pub fn client_config_with(
+    root: &CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+    provider: rustls::crypto::CryptoProvider,
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
+    let cfg = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots)

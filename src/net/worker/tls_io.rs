@@ -45,7 +45,7 @@ impl Worker {
             );
             return None;
         };
-        match TlsSession::new(ctx.config()) {
+        match ctx.session() {
             Ok(s) => Some(Box::new(s)),
             Err(e) => {
                 crate::warn_limited!("worker {}: cannot start a TLS session: {e}", self.id);
