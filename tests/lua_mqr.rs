@@ -175,6 +175,15 @@ fn a_message_held_for_want_of_memory_goes_back_to_its_queue_when_the_receiver_st
         q.poll().is_none(),
         "taken by the receiver, held in its state"
     );
+    // Still counted as the queue's: were the receiver left behind at shutdown (stuck past
+    // the stop timeout, its state never closed), the leftovers line would report it.
+    assert!(
+        registry()
+            .leftovers()
+            .contains(&("held_stop".to_string(), 1)),
+        "{:?}",
+        registry().leftovers()
+    );
     reg.shutdown();
     // Accepted, never delivered: back in the queue, whole.
     assert_eq!(q.poll().as_deref(), Some(&big[..]));

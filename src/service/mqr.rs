@@ -135,6 +135,9 @@ pub struct Queue {
     returned: Mutex<std::collections::VecDeque<Box<[u8]>>>,
     /// How many are in `returned` (read without its lock on every pop).
     returned_len: AtomicUsize,
+    /// Messages receivers took and hold for want of memory, to deliver at their next receive
+    /// ([`Queue::hold`]): still this queue's, for the shutdown's count of what is left.
+    held: AtomicUsize,
     /// Posts that found no room under the lock and went to wait (tests watch it).
     #[cfg(test)]
     waits: AtomicUsize,
@@ -176,6 +179,7 @@ impl Queue {
             post_waiters: AtomicUsize::new(0),
             returned: Mutex::new(std::collections::VecDeque::new()),
             returned_len: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             #[cfg(test)]
             waits: AtomicUsize::new(0),
         }
@@ -196,6 +200,19 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A receiver took a message from here and keeps it for its next receive: counted as
+    /// left in the queue until [`Queue::unhold`] (delivered, or given back with `put_back`).
+    pub fn hold(&self) {
+        self.held.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A message counted by [`Queue::hold`] left the receiver's keeping.
+    pub fn unhold(&self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Whether a message of `len` bytes can ever be posted here (an empty queue would take it).
@@ -570,8 +587,13 @@ impl Mqr {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|q| !q.is_empty())
-            .map(|q| (q.name().to_string(), q.len()))
+            .map(|q| {
+                (
+                    q.name().to_string(),
+                    q.len() + q.held.load(Ordering::Acquire),
+                )
+            })
+            .filter(|&(_, n)| n > 0)
             .collect();
         v.sort();
         v

@@ -40,7 +40,10 @@ impl Drop for Ctx {
     fn drop(&mut self) {
         for (name, m) in self.held.get_mut().drain() {
             match registry().get(&name) {
-                Some(q) => q.put_back(m),
+                Some(q) => {
+                    q.put_back(m);
+                    q.unhold();
+                }
                 // Queues are never removed: only a queue from another registry could be gone.
                 None => crate::error!(
                     "{} mqr: a message of {} bytes taken from queue {} has no queue to go back to: lost",
@@ -116,7 +119,13 @@ impl Ctx {
         if self.host.stop.handing_over() {
             return None;
         }
-        self.held.borrow_mut().remove(q.name()).or_else(|| q.poll())
+        match self.held.borrow_mut().remove(q.name()) {
+            Some(m) => {
+                q.unhold();
+                Some(m)
+            }
+            None => q.poll(),
+        }
     }
 
     /// `m`, taken from `q`, as a Lua string. When the state cannot hold it even after a full
@@ -143,6 +152,7 @@ impl Ctx {
         match s {
             Ok(s) => ok(Value::String(s)),
             Err(e) => {
+                q.hold();
                 self.held.borrow_mut().insert(q.name().to_string(), m);
                 Err(e)
             }
