@@ -99,8 +99,9 @@ fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
     assert!(oons.is_empty(), "{oons:?}");
 }
 
-/// The LAppS helpers raise for an argument that is wrong whatever the connection (a result or
-/// OON message that is not an array, error data without a CBOR form), at a RAW handler, a
+/// The LAppS helpers and ws:send's value form raise for an argument that is wrong whatever
+/// the connection (a result or OON message that is not an array, error data without a CBOR
+/// form), at a RAW handler, a
 /// stale one and one that never named a connection alike: a programming error, not something
 /// `nil, "closed"` may hide until the day the connection is open.
 #[test]
@@ -109,7 +110,7 @@ fn the_lapps_helpers_raise_for_a_wrong_argument_whatever_the_handler() {
     let mut raw = connect(app.addr, "/probe");
     let raw_id: f64 = ask(&mut raw, "id").parse().unwrap();
     let mut lapps = connect(app.addr, "/lapps_views");
-    let raised = vec![t("raised"); 5];
+    let raised = vec![t("raised"); 7];
     let misuse = |lapps: &mut Client, h: f64| call(lapps, "misuse", vec![Value::Float(h)]).1;
     assert_eq!(misuse(&mut lapps, raw_id), raised, "at a RAW handler");
     raw.close(None).unwrap();

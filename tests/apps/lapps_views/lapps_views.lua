@@ -82,6 +82,8 @@ methods.misuse = function(handler, message)
   try(ws.send_error, ws, h, -32000, "x", print)
   try(ws.send_oon, ws, h, 5, "not an array")
   try(ws.send_oon, ws, h, 5, nljson.decode('{"a": 1}'))
+  try(ws.send, ws, h, { cid = 0, status = 1, result = "not an array" })
+  try(ws.send, ws, h, { cid = 5, message = "not an array" })
   return ws:send_response(handler, r)
 end
 

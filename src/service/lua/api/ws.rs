@@ -65,6 +65,19 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let h = Rc::clone(host);
     let slow_send = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
         let (conn, a, b): (Value, Value, Option<Value>) = method_args(lua, args)?;
+        // The original's LAppS form: ws:send(handler, value). The value is checked first,
+        // whatever the handler, as send_response and the other helpers check theirs.
+        if let value @ (Value::Table(_) | Value::UserData(_)) = &a {
+            let cbor = encode_value(lua, value)?;
+            let Some(conn) = handler(&conn) else {
+                return fail("bad handler");
+            };
+            return match h.hub.speaks(conn) {
+                None => fail("closed"),
+                Some(Speaks::Lapps) => sent(send_cbor(&h, conn, &cbor)),
+                Some(Speaks::Raw) => fail(reason(NOT_LAPPS)),
+            };
+        }
         let Some(conn) = handler(&conn) else {
             return fail("bad handler");
         };
@@ -72,13 +85,6 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             return fail("closed");
         };
         let opcode = match a {
-            // The original's LAppS form: ws:send(handler, value).
-            value @ (Value::Table(_) | Value::UserData(_)) => {
-                if speaks != Speaks::Lapps {
-                    return fail(reason(NOT_LAPPS));
-                }
-                return send_value(lua, &h, conn, &value);
-            }
             _ if speaks == Speaks::Lapps => return fail(reason(NOT_RAW)),
             Value::Integer(i) => i,
             Value::Number(n) if n.fract() == 0.0 => n as i64,
@@ -217,10 +223,9 @@ fn array_of(lua: &Lua, v: &Value) -> Result<Vec<CborValue>, String> {
 }
 
 /// `ws:send(handler, value)`: a response or OON checked, CBOR-encoded and sent as one frame.
-fn send_value(lua: &Lua, h: &HostCtx, conn: ConnId, value: &Value) -> mlua::Result<Ret> {
-    let encoded = from_lua(lua, value).and_then(|v| protocol::validate_outbound(&v));
-    match encoded {
-        Ok(cbor) => sent(send_cbor(h, conn, &cbor)),
-        Err(e) => Err(mlua::Error::runtime(format!("ws:send: {e}"))),
-    }
+/// The LAppS value form's `value`, checked and CBOR-encoded; a malformed one raises.
+fn encode_value(lua: &Lua, value: &Value) -> mlua::Result<Vec<u8>> {
+    from_lua(lua, value)
+        .and_then(|v| protocol::validate_outbound(&v))
+        .map_err(|e| mlua::Error::runtime(format!("ws:send: {e}")))
 }
