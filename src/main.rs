@@ -180,6 +180,7 @@ fn main() -> ExitCode {
     }
     // Signals are taken by sigwait on this thread only: block them before any thread starts.
     let signals = lapps::signals::Signals::block();
+    let starting = signals.exit_on_stop_during_start();
     info!(
         "lapps {} starting (simd build {}, kernels {}), configuration {}",
         env!("CARGO_PKG_VERSION"),
@@ -191,7 +192,9 @@ fn main() -> ExitCode {
     if let Some(v) = lapps::log::unknown_level() {
         warn!("LAPPS_LOG={v:?} is not a level (error, warn, info, debug): logging at info");
     }
-    let app = match lapps::app::App::start(&cfg) {
+    let app = lapps::app::App::start(&cfg);
+    drop(starting);
+    let app = match app {
         Ok(a) => a,
         Err(e) => {
             error!("start-up failed: {e}");

@@ -151,6 +151,57 @@ impl Signals {
         }
     }
 
+    /// While the services start, which may take minutes (each instance's `init` within its
+    /// start timeout, one batch per CPU), a SIGTERM or SIGINT ends the process at once with
+    /// [`second_stop_status`]: nothing is served yet to close gracefully, and a stop must not
+    /// wait for the start (whose EXTEND_TIMEOUT_USEC lines would stretch systemd's stop
+    /// timeout too). A reload waits for the start to end. Until the returned guard is dropped.
+    pub fn exit_on_stop_during_start(&self) -> StartWatch {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::clone(&done);
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+        let stops = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            set
+        };
+        let spawned = std::thread::Builder::new()
+            .name("start-signals".into())
+            .spawn(move || {
+                // How often the thread looks whether the start is over.
+                let tick = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 100_000_000,
+                };
+                while !seen.load(Ordering::Acquire) {
+                    // SAFETY: `stops` is initialised; a null info pointer is allowed.
+                    let sig = unsafe { libc::sigtimedwait(&stops, std::ptr::null_mut(), &tick) };
+                    let name = match sig {
+                        libc::SIGTERM => "SIGTERM",
+                        libc::SIGINT => "SIGINT",
+                        _ => continue, // the tick, or interrupted
+                    };
+                    crate::warn!("{name} received during start-up: exiting now");
+                    notify_systemd("STOPPING=1");
+                    // SAFETY: as in `exit_on_second_stop`: the start is abandoned where it
+                    // stands, nothing has been served.
+                    unsafe { libc::_exit(second_stop_status(sig)) };
+                }
+            });
+        match spawned {
+            Ok(thread) => StartWatch {
+                done,
+                thread: Some(thread),
+            },
+            Err(e) => {
+                crate::error!("cannot start the signal thread ({e}): a stop waits for the start");
+                StartWatch { done, thread: None }
+            }
+        }
+    }
+
     /// Called when the first SIGTERM/SIGINT starts the graceful shutdown, which may take
     /// seconds (close handshakes, every service's `onShutdown`): the signals stay blocked, so
     /// a thread keeps taking them. A second SIGTERM or SIGINT logs one line and `_exit`s with
@@ -179,6 +230,22 @@ impl Signals {
             });
         if let Err(e) = spawned {
             crate::error!("cannot start the signal thread ({e}): a second SIGTERM will wait");
+        }
+    }
+}
+
+/// The thread of [`Signals::exit_on_stop_during_start`]: dropped when the start is over, it
+/// ends it (within its 100 ms tick); a stop arriving after waits for [`Signals::wait`].
+pub struct StartWatch {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StartWatch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -484,6 +484,49 @@ fn a_second_sigterm_during_a_slow_shutdown_exits_at_once_with_143() {
     binary::wait_line(&log, "second signal: exiting now");
 }
 
+/// A SIGTERM while the services start (here an onStart of 25 s, within its 30 s start
+/// timeout) ends the process at once with 143: a stop does not wait for the start, which
+/// systemd would let stretch its stop timeout.
+#[test]
+fn a_sigterm_during_the_start_exits_at_once_with_143() {
+    let dir = temp_dir("stop-during-start");
+    let app = dir.join("apps").join("slow_init");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("slow_init.lua"),
+        r#"return {
+  onStart = function()
+    print("start begun")
+    -- A busy wait on the clock: a network service's nap does not block.
+    local until_ms = time.monotonic() + 25000
+    while time.monotonic() < until_ms do end
+  end,
+  onMessage = function() return true end,
+}
+"#,
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+                  "services": {{ "slow_init": {{ "preload": ["time"], "instruction_budget": 0 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (mut child, log) = binary::spawn_binary_starting(&dir, |_| {});
+    binary::wait_line(&log, "start begun");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    binary::wait_line(&log, "SIGTERM received during start-up: exiting now");
+}
+
 #[test]
 fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
     let (mut child, log) =
@@ -1098,6 +1141,34 @@ fn a_head_refused_at_accept_gets_its_503_without_content() {
         answer.ends_with("\r\n\r\n"),
         "content after the head: {answer:?}"
     );
+}
+
+/// An app's module may be a proxy (its callbacks found through `__index`, which runs Lua) and
+/// may set its callbacks in `onStart`: the host looks them up after `onStart`, each lookup
+/// with a fresh instruction budget. Here `onDisconnect` is set in `onStart`, and spends the
+/// whole budget of the last callback before the stop: that must not make the lookup of
+/// `onShutdown` fail (it was skipped without a word).
+#[test]
+fn callbacks_set_in_on_start_or_behind_index_are_found() {
+    let app = r#"local impl = {}
+function impl.onStart()
+  impl.onDisconnect = function(h)
+    print("disconnected")
+    while true do end
+  end
+end
+function impl.onMessage(h, op, msg) return true end
+function impl.onShutdown() print("bye") end
+return setmetatable({}, { __index = function(_, k) return impl[k] end })
+"#;
+    let (mut child, addr, log) = one_app_binary("proxied", "proxied", app);
+    let mut ws = connect(addr, "/proxied");
+    ws.close(None).unwrap();
+    binary::wait_line(&log, "disconnected");
+    // Its budget spent: the error is logged, and the instance goes on.
+    binary::wait_line(&log, "onDisconnect");
+    child.stop();
+    binary::wait_line(&log, "bye");
 }
 
 /// `onStart` and `onShutdown` run once per instance: three instances, three of each, one per

@@ -71,6 +71,27 @@ pub fn spawn_binary_logging(
     dir: &Path,
     configure: impl FnOnce(&mut Command),
 ) -> (Reaper, SocketAddr, Receiver<String>, Vec<String>) {
+    let (child, rx) = spawn_binary_starting(dir, configure);
+    let start = lines_until(&rx, "listening on ");
+    let addr = start
+        .last()
+        .unwrap()
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr, rx, start)
+}
+
+/// [`spawn_binary`] without waiting for the start to end: the process and its stderr lines.
+pub fn spawn_binary_starting(
+    dir: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> (Reaper, Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lapps"));
     cmd.arg("-c")
         .arg(dir)
@@ -91,19 +112,7 @@ pub fn spawn_binary_logging(
             }
         }
     });
-    let start = lines_until(&rx, "listening on ");
-    let addr = start
-        .last()
-        .unwrap()
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (child, addr, rx, start)
+    (child, rx)
 }
 
 /// The first log line containing `what` (bounded wait).

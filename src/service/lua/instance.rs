@@ -358,12 +358,18 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         let lapps = (spec.protocol == super::spec::Protocol::LAppS).then(|| {
             super::lapps::LappsState::new(spec.max_protocol_errors, spec.max_inbound_message_size)
         });
-        let app = RawApp::new(&lua, &module, lapps).map_err(|e| format!("{path}: {e}"))?;
-        if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
-            host.reset_budget();
+        // A fresh budget for the lookup too: the module may be a proxy whose __index runs Lua.
+        host.reset_budget();
+        let on_start = module
+            .get::<Value>("onStart")
+            .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
+        if let Value::Function(f) = on_start {
             f.call::<()>(())
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
+        // The callbacks as onStart left them: an app may set them there.
+        host.reset_budget();
+        let app = RawApp::new(&lua, &module, lapps).map_err(|e| format!("{path}: {e}"))?;
         host.flush();
         App::Raw(app)
     };
@@ -441,12 +447,18 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
         (App::Standalone(sa), _) => sa.run(lua, host),
         (App::Raw(_), None) => {}
     }
-    if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
-        host.end_run();
-        host.reset_budget();
-        if let Err(e) = f.call::<()>(()) {
-            crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
+    // A fresh budget before the lookup, which may run Lua (a module proxied by __index): the
+    // last callback may have spent all of its own.
+    host.end_run();
+    host.reset_budget();
+    match module.get::<Value>("onShutdown") {
+        Ok(Value::Function(f)) => {
+            if let Err(e) = f.call::<()>(()) {
+                crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
+            }
         }
+        Ok(_) => {}
+        Err(e) => crate::error!("{} onShutdown: {}", host.tag(), one_line(&e)),
     }
     host.flush();
 }
