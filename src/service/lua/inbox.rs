@@ -131,6 +131,12 @@ pub(crate) struct Inbox {
     consumer: OnceLock<Thread>,
     sleeping: AtomicBool,
     stop: AtomicBool,
+    /// Set by the consumer when, stopped, it found its queue empty and ended: a batch pushed
+    /// after is lost ([`Inbox::take_lost`]).
+    ended: AtomicBool,
+    /// Events and close events of batches pushed after the end, not yet reported.
+    lost_events: AtomicUsize,
+    lost_closes: AtomicUsize,
     /// Messages and payload bytes handed over and not yet processed.
     queued_msgs: AtomicUsize,
     queued_bytes: AtomicUsize,
@@ -154,6 +160,9 @@ impl Inbox {
             consumer: OnceLock::new(),
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            lost_events: AtomicUsize::new(0),
+            lost_closes: AtomicUsize::new(0),
             queued_msgs: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             high_msgs: high_msgs.max(1),
@@ -190,7 +199,13 @@ impl Inbox {
 
     /// Producer: hand a batch over with at most one wake-up; gives it back when the queue is full.
     /// The connections it paused are remembered first: each gets a Resume later.
+    /// A batch pushed after the consumer ended reaches no one: it is dropped and counted
+    /// ([`Inbox::take_lost`]).
     pub fn push(&self, mut batch: Batch) -> Result<(), Batch> {
+        if self.ended.load(Ordering::SeqCst) {
+            self.lose(&batch);
+            return Ok(());
+        }
         if !batch.to_pause.is_empty() {
             let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
             p.append(&mut batch.to_pause);
@@ -205,8 +220,35 @@ impl Inbox {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return Err(back);
         }
+        // Against the consumer's end (`next_within`): its flag, then a last look at the
+        // queue; here the push, then a look at the flag. With a fence between each pair, one
+        // of the two sees the other's: the batch is taken, or found here and counted lost.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.ended.load(Ordering::SeqCst) {
+            while let Some(b) = self.queue.pop() {
+                self.queued_msgs.fetch_sub(b.messages, Ordering::Relaxed);
+                self.queued_bytes.fetch_sub(b.byte_len(), Ordering::Relaxed);
+                self.lose(&b);
+            }
+            return Ok(());
+        }
         self.wake();
         Ok(())
+    }
+
+    fn lose(&self, batch: &Batch) {
+        self.lost_events
+            .fetch_add(batch.events.len(), Ordering::Relaxed);
+        self.lost_closes.fetch_add(batch.closes, Ordering::Relaxed);
+    }
+
+    /// Events and close events (connections whose `onDisconnect` will not run) of batches
+    /// pushed after the consumer ended, since the last call.
+    pub fn take_lost(&self) -> (usize, usize) {
+        (
+            self.lost_events.swap(0, Ordering::Relaxed),
+            self.lost_closes.swap(0, Ordering::Relaxed),
+        )
     }
 
     fn wake(&self) {
@@ -262,6 +304,13 @@ impl Inbox {
                 return Next::Batch(b);
             }
             if self.stop.load(Ordering::SeqCst) {
+                if let Some(b) = self.queue.pop() {
+                    return Next::Batch(b);
+                }
+                // The end: what a producer pushes from now on is its to count lost (see
+                // `push`); one that pushed before sees no flag, so look once more.
+                self.ended.store(true, Ordering::SeqCst);
+                std::sync::atomic::fence(Ordering::SeqCst);
                 return self.queue.pop().map_or(Next::Stopped, Next::Batch);
             }
             self.sleeping.store(true, Ordering::SeqCst);
@@ -419,6 +468,24 @@ mod tests {
             inbox.next_within(Some(Duration::from_secs(3600))),
             Next::Stopped
         ));
+    }
+
+    /// A batch handed over once the consumer has drained its queue and ended (a worker's
+    /// retry after a retiring version was given up on) reaches no one: it is counted as
+    /// lost, for a log line, not left in a queue nobody reads.
+    #[test]
+    fn a_batch_pushed_after_the_consumer_ended_is_counted_lost() {
+        let inbox = Inbox::new(1, 4, 100, 1 << 20);
+        inbox.stop();
+        assert!(matches!(inbox.next_within(None), Next::Stopped));
+        let mut b = Batch::default();
+        b.push_message(ConnId::new(0, 1, 1), 1, b"x");
+        b.push(ConnId::new(0, 1, 1), Kind::Close);
+        assert!(inbox.push(b).is_ok());
+        assert!(inbox.queue.is_empty());
+        assert_eq!(inbox.take_lost(), (2, 1));
+        assert_eq!(inbox.take_lost(), (0, 0), "reported once");
+        assert!(!inbox.over_high_water(100, 0), "not counted as queued");
     }
 
     #[test]

@@ -496,6 +496,14 @@ impl Service for LuaService {
                 if let Err(back) = inbox.push(std::mem::replace(batch, inbox.fresh_batch())) {
                     *batch = back;
                 }
+                let (events, closes) = inbox.take_lost();
+                if events > 0 {
+                    crate::warn_limited!(
+                        "service {}: {events} event(s) came after its instance had stopped \
+                         and were dropped ({closes} connection(s) end without onDisconnect)",
+                        self.spec.name
+                    );
+                }
             }
         })
     }
