@@ -49,9 +49,13 @@ fn besides(workers: usize) -> u64 {
 }
 
 /// The live connections per worker that `limit` descriptors cover, what [`shortfall`] checks
-/// for (0 when the limit does not even cover the descriptors besides them).
+/// for. When the limit does not cover the descriptors besides them (many workers, a low
+/// LimitNOFILE), half of it beyond the server's own: the rest is for refused connections
+/// lingering and accepted ones waiting, so that a full server still answers most refusals.
 pub fn per_worker(limit: u64, workers: usize) -> u64 {
-    limit.saturating_sub(besides(workers).saturating_add(RESERVE)) / (workers.max(1) as u64)
+    let workers = workers.max(1) as u64;
+    let covered = limit.saturating_sub(besides(workers as usize).saturating_add(RESERVE)) / workers;
+    covered.max(limit.saturating_sub(RESERVE) / 2 / workers)
 }
 
 /// The warning for a limit of `limit` descriptors when `workers` workers may each hold
@@ -66,9 +70,9 @@ pub fn shortfall(limit: u64, workers: usize, max_connections: usize) -> Option<S
              ws.json allows ({workers} workers x max_connections {max_connections}) plus \
              {besides} the workers may hold besides (refused ones answered 503, accepted ones \
              waiting for their worker) and {RESERVE} for the server itself: past about {} \
-             connections, accepting pauses and new clients wait unanswered (raise \
-             LimitNOFILE, or ulimit -n, or lower max_connections)",
-            limit.saturating_sub(besides + RESERVE)
+             open connections of any of these kinds, accepting pauses and new clients wait \
+             unanswered (raise LimitNOFILE, or ulimit -n, or lower max_connections)",
+            limit.saturating_sub(RESERVE)
         )
     })
 }
@@ -83,7 +87,7 @@ mod tests {
         assert!(w.contains("is 20000"), "{w}");
         assert!(w.contains("200000 connections"), "{w}");
         assert!(w.contains("10240 the workers may hold besides"), "{w}");
-        assert!(w.contains("about 9504 connections"), "{w}");
+        assert!(w.contains("about 19744 open connections"), "{w}");
         // Live connections; per worker 1024 refused and 4096 waiting; the server's own.
         assert_eq!(shortfall(200_000 + 10_240 + 256, 2, 100_000), None);
         assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000).is_some());
@@ -91,7 +95,7 @@ mod tests {
 
     #[test]
     fn per_worker_is_the_most_the_check_lets_pass() {
-        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (6_000, 1)] {
+        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (12_000, 1)] {
             let n = per_worker(limit, workers) as usize;
             assert!(n >= 1, "{limit} over {workers}");
             assert_eq!(shortfall(limit, workers, n), None, "{limit} over {workers}");
@@ -102,7 +106,12 @@ mod tests {
         }
         // LimitNOFILE of the packaged unit on a 10-core host: just below SPEC's 100000.
         assert_eq!(per_worker(1_048_576, 10), 99_712);
-        // Not even the descriptors besides the connections.
+        // A limit below the rooms besides the connections (16 workers hold 81920 besides
+        // them): half of it is for live connections, not none (which left max_connections
+        // at its default, far past the limit); the check still warns.
+        assert_eq!(per_worker(65_536, 16), 2040);
+        assert!(shortfall(65_536, 16, 2040).is_some());
+        assert_eq!(per_worker(6_000, 1), 2872);
         assert_eq!(per_worker(48, 1), 0);
         assert_eq!(per_worker(0, 4), 0);
     }
