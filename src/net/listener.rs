@@ -113,8 +113,14 @@ pub fn run(
             Accepted::Exhausted(e) => {
                 if exhausted.is_none() {
                     let hint = match e.raw_os_error() {
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                            " (raise LimitNOFILE or lower max_connections)"
+                        Some(libc::EMFILE) => " (raise LimitNOFILE or lower max_connections)",
+                        Some(libc::ENFILE) => {
+                            " (the system's file table is full: raise fs.file-max or lower \
+                             max_connections)"
+                        }
+                        Some(libc::ENOBUFS | libc::ENOMEM) => {
+                            " (the kernel is out of memory for sockets: check the host's \
+                             memory and net.ipv4.tcp_mem, or lower max_connections)"
                         }
                         // EPERM/EACCES: a seccomp filter or a security module refuses accept4.
                         _ => " (check the unit's SystemCallFilter and the security modules)",
