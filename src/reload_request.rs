@@ -20,8 +20,12 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// What a requester waits for at most: below the 90 s systemd gives an `ExecReload=` by default.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(80);
+/// What a requester waits for at most. Under systemd the unit's own reload timeout (90 s by
+/// default) ends it first, unless the server extends it (EXTEND_TIMEOUT_USEC as each changed
+/// service starts: a redeploy of several slow-starting services may legitimately take
+/// minutes, which a fixed 80 s here reported as a failed reload while it went on to succeed);
+/// run by hand, a bound on a server that never answers.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The value a request carries ("lapp"): what tells it from the same signal sent by hand.
 pub const REQUEST_VALUE: usize = 0x6c61_7070;
