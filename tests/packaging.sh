@@ -303,6 +303,24 @@ check "an upgrade over an invalid configuration names the error and does not res
 check "the package is configured all the same" installed lapps-ssse3
 cp "$tmp/ws.json.good" /etc/lapps/ws.json
 
+# A relative path in the files resolves against the unit's WorkingDirectory (/var/lib/lapps):
+# the upgrade's check takes it from there too, not from dpkg's working directory.
+cp /etc/lapps/lapps.json "$tmp/lapps.json.good"
+cp -r /usr/share/lapps/apps /var/lib/lapps/apps-here
+python3 - <<'PY'
+import json
+p = "/etc/lapps/lapps.json"
+c = json.load(open(p))
+c["directories"]["applications"] = "apps-here"
+open(p, "w").write(json.dumps(c, indent=2) + "\n")
+PY
+pkg=$(realpath "$(deb ssse3)")
+relative=$(cd / && dpkg_locked -i "$pkg" 2>&1 || true)
+check "an upgrade checks a relative path from the unit's working directory" \
+    bash -c '! grep -q "not valid for this version" <<<"$1"' _ "$relative"
+cp "$tmp/lapps.json.good" /etc/lapps/lapps.json
+rm -rf /var/lib/lapps/apps-here
+
 purge_all
 gone=""
 for path in /usr/bin/lapps /etc/lapps /usr/share/lapps /lib/systemd/system/lapps.service \
