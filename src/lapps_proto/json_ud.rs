@@ -9,7 +9,8 @@
 //! each `v.key` went through mlua's callback machinery and cost more than the LAppS echo itself.
 //!
 //! A userdata is ours only when its metatable is the registry's: apps cannot set the metatable
-//! of a userdata (no `debug` in the sandbox) nor reach ours. The errors this module raises
+//! of a userdata (no `debug` in the sandbox, unless a service sets `allow_debug`, which gives
+//! up these guarantees as `sandbox.rs` says) nor reach ours. The errors this module raises
 //! itself are raised only after everything owned is dropped. The one error it cannot order is
 //! Lua's out-of-memory error from `lua_newuserdata` or `lua_pushlstring`, raised while a frame
 //! still owns a handle or an `Rc<Doc>`: it unwinds through those `C-unwind` frames, running

@@ -12,8 +12,10 @@
 //! (`collect`), which can fail only when out of memory; mlua's `exec_raw` catches that around
 //! the run (the error unwinds through our frames as an
 //! external exception: the vendored LuaJIT's default build, LUAJIT_UNWIND_EXTERNAL), and the
-//! run goes on after the message whose push failed. Nothing here panics into Lua:
-//! `fast_send` runs its Rust part under `catch_unwind`.
+//! run goes on after the message whose push failed. `fast_send` runs its Rust part under
+//! `catch_unwind`; the loop in [`call_messages`]'s closure has no panicking operation on the
+//! peer's bytes (checked slicing only): a panic there would reach LuaJIT's `lua_pcall`, which
+//! drops a foreign exception, and Rust then aborts the process (the `C-unwind` contract).
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr};
@@ -61,8 +63,10 @@ pub(crate) fn call_messages(
         // SAFETY: the closure only uses the Lua C API on the state mlua hands it, keeps the
         // stack balanced (settop back to the two arguments after each call) and calls Lua code
         // only through lua_pcall with our message handler, so Lua errors never unwind through
-        // it. A push that runs out of memory raises, which exec_raw's protected call turns into
-        // Err: that error unwinds through this closure's frames, sound because the vendored
+        // it. A push that runs out of memory raises (as may the full collection after a failed
+        // call, `collect`; no app finalizer can run in it: `newproxy` is gone and LuaJIT runs
+        // no table `__gc`), which exec_raw's protected call turns into Err: that error unwinds
+        // through this closure's frames, sound because the vendored
         // LuaJIT is built with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust
         // destructors); exec_raw resets the stack.
         let done = unsafe {

@@ -58,7 +58,9 @@ pub(crate) fn call_requests(
         // balanced (settop back to slot 3 after each message: handler, function and the views'
         // metatable, which ensure_metatable installed) and calls Lua code only through
         // lua_pcall with our message handler, so Lua errors never unwind through it. A push
-        // that runs out of memory raises, which exec_raw's protected call turns into Err: that
+        // that runs out of memory raises (as may a full collection, without app finalizers:
+        // `newproxy` is gone, LuaJIT runs no table `__gc`), which exec_raw's protected call
+        // turns into Err: that
         // error unwinds through frames owning an `Rc<Doc>`, sound because the vendored LuaJIT
         // is built with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust
         // destructors); exec_raw resets the stack. The peer's bytes are read under
