@@ -429,6 +429,13 @@ impl RestartOnly {
 impl App {
     /// Starts the services, then the network runtime.
     pub fn start(cfg: &Config) -> Result<App, String> {
+        App::start_then(cfg, || {})
+    }
+
+    /// [`App::start`], calling `services_up` once the services run, before the listeners
+    /// open (what `main` ends its stop-during-start watch with: from then on a stop is a
+    /// graceful one, which closes the connections the listeners take).
+    pub fn start_then(cfg: &Config, services_up: impl FnOnce()) -> Result<App, String> {
         let mut opts = server_options(cfg);
         // Certificates first: a bad file stops the start before any service runs.
         let tls = match tls_files(cfg) {
@@ -454,6 +461,7 @@ impl App {
             .map(|sc| lua_spec(cfg, sc))
             .collect();
         let registry = Arc::new(Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?);
+        services_up();
         // A replaced version waits for its clients' close handshakes, which the workers end
         // after one close_timeout for the replies they are owed (Phase::Answering), then
         // close_timeout, extended while the peer still reads what it is owed, at the latest

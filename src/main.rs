@@ -180,7 +180,7 @@ fn main() -> ExitCode {
     }
     // Signals are taken by sigwait on this thread only: block them before any thread starts.
     let signals = lapps::signals::Signals::block();
-    let starting = signals.exit_on_stop_during_start();
+    let mut starting = Some(signals.exit_on_stop_during_start());
     info!(
         "lapps {} starting (simd build {}, kernels {}), configuration {}",
         env!("CARGO_PKG_VERSION"),
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
     if let Some(v) = lapps::log::unknown_level() {
         warn!("LAPPS_LOG={v:?} is not a level (error, warn, info, debug): logging at info");
     }
-    let app = lapps::app::App::start(&cfg);
+    let app = lapps::app::App::start_then(&cfg, || drop(starting.take()));
     drop(starting);
     let app = match app {
         Ok(a) => a,

@@ -155,7 +155,8 @@ impl Signals {
     /// start timeout, one batch per CPU), a SIGTERM or SIGINT ends the process at once with
     /// [`second_stop_status`]: nothing is served yet to close gracefully, and a stop must not
     /// wait for the start (whose EXTEND_TIMEOUT_USEC lines would stretch systemd's stop
-    /// timeout too). A reload waits for the start to end. Until the returned guard is dropped.
+    /// timeout too). A reload waits for the start to end. Until the returned guard is dropped,
+    /// which `main` does once the services run, before the listeners open.
     pub fn exit_on_stop_during_start(&self) -> StartWatch {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = std::sync::Arc::clone(&done);
