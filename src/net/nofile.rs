@@ -55,7 +55,11 @@ fn besides(workers: usize) -> u64 {
 pub fn per_worker(limit: u64, workers: usize) -> u64 {
     let workers = workers.max(1) as u64;
     let covered = limit.saturating_sub(besides(workers as usize).saturating_add(RESERVE)) / workers;
-    covered.max(limit.saturating_sub(RESERVE) / 2 / workers)
+    if covered > 0 {
+        covered
+    } else {
+        limit.saturating_sub(RESERVE) / 2 / workers
+    }
 }
 
 /// The warning for a limit of `limit` descriptors when `workers` workers may each hold
@@ -95,7 +99,7 @@ mod tests {
 
     #[test]
     fn per_worker_is_the_most_the_check_lets_pass() {
-        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (12_000, 1)] {
+        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (6_000, 1)] {
             let n = per_worker(limit, workers) as usize;
             assert!(n >= 1, "{limit} over {workers}");
             assert_eq!(shortfall(limit, workers, n), None, "{limit} over {workers}");
@@ -111,7 +115,9 @@ mod tests {
         // at its default, far past the limit); the check still warns.
         assert_eq!(per_worker(65_536, 16), 2040);
         assert!(shortfall(65_536, 16, 2040).is_some());
-        assert_eq!(per_worker(6_000, 1), 2872);
+        // One that covers them keeps the rule above: no warning.
+        assert_eq!(per_worker(65_536, 8), 3040);
+        assert_eq!(shortfall(65_536, 8, 3040), None);
         assert_eq!(per_worker(48, 1), 0);
         assert_eq!(per_worker(0, 4), 0);
     }
