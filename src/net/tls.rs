@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ProducesTickets;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{HandshakeKind, RootCertStore, ServerConfig, ServerConnection};
 
@@ -131,9 +132,17 @@ const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS
 const TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// The session ticket keys of a process: in memory, rotated every 6 hours, kept across
+/// certificate reloads (which every reload makes), so that only a restart makes the clients'
+/// tickets useless.
+fn new_ticketer(files: &TlsFiles) -> Result<Arc<dyn ProducesTickets>, TlsError> {
+    rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| err(&files.cert, format!("cannot make session tickets: {e}")))
+}
+
 /// Reads and checks the PEM files and builds the server configuration. Checks: the files
 /// exist and parse, the key matches the certificate, the CA file holds usable certificates.
-fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+fn load(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded, TlsError> {
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
     let info = CertInfo::of(&certs[0]);
@@ -191,12 +200,10 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         ),
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Resumption state travels in tickets the server encrypts (keys rotated every 6 hours,
-    // kept in memory: a restart or a certificate reload starts anew), not in rustls's
-    // default cache of 256 sessions, which a few hundred clients coming back at once
-    // overturn: each miss's full handshake evicts two more entries.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| err(&files.cert, format!("cannot make session tickets: {e}")))?;
+    // Resumption state travels in tickets the server encrypts ([`new_ticketer`]), not in
+    // rustls's default cache of 256 sessions, which a few hundred clients coming back at
+    // once overturn: each miss's full handshake evicts two more entries.
+    config.ticketer = ticketer;
     Ok(Loaded {
         config: Arc::new(config),
         info,
@@ -252,7 +259,7 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
 /// An expired certificate is reported in the returned warning, not as an error (a server may
 /// be started to serve it anyway, e.g. while the renewal is on its way).
 pub fn check(files: &TlsFiles) -> Result<(CertInfo, Option<String>), TlsError> {
-    let info = load(files)?.info;
+    let info = load(files, new_ticketer(files)?)?.info;
     let warning = info.expired_at(now_unix()).then(|| {
         format!(
             "{}: the certificate expired at {}",
@@ -296,7 +303,8 @@ impl fmt::Debug for TlsContext {
 
 impl TlsContext {
     pub fn load(files: TlsFiles) -> Result<TlsContext, TlsError> {
-        let loaded = load(&files)?;
+        let ticketer = new_ticketer(&files)?;
+        let loaded = load(&files, Arc::clone(&ticketer))?;
         warn_if_expired(&files, &loaded.info);
         Ok(TlsContext {
             files,
@@ -332,7 +340,8 @@ impl TlsContext {
     /// certificate is served, with the same warning as at start-up.
     pub fn reload(&self) -> Result<String, TlsError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let new = load(&self.files)?;
+        let ticketer = Arc::clone(&self.config().ticketer);
+        let new = load(&self.files, ticketer)?;
         warn_if_expired(&self.files, &new.info);
         let mut cur = match self.current.write() {
             Ok(g) => g,
@@ -633,6 +642,50 @@ mod tests {
             }
             client.process_new_packets().unwrap();
         }
+    }
+
+    /// Every reload (SIGHUP, `systemctl reload`, for a service redeploy too) reloads the
+    /// certificate: the ticket keys stay, so that the clients' tickets still resume.
+    #[test]
+    fn a_certificate_reload_keeps_the_session_ticket_keys() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("lapps-tls-tickets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let ctx = TlsContext::load(TlsFiles {
+            cert: cert_file,
+            key: key_file,
+            ca: None,
+            tls13_only: false,
+            tls12_record_budget: None,
+        })
+        .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(default_provider()))
+                .with_protocol_versions(TLS12_AND_13)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let connect = || {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut c = ClientConnection::new(Arc::clone(&client), name).unwrap();
+            handshake(&mut ctx.session().unwrap(), &mut c);
+            c.handshake_kind()
+        };
+        assert_eq!(connect(), Some(HandshakeKind::Full));
+        assert_eq!(connect(), Some(HandshakeKind::Resumed));
+        ctx.reload().unwrap();
+        assert_eq!(connect(), Some(HandshakeKind::Resumed), "after a reload");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
