@@ -248,6 +248,28 @@ fn a_code_or_cid_that_is_not_a_whole_number_is_refused_not_truncated() {
     );
 }
 
+/// A channel past 2^53 is a float in Lua: ws:send_oon takes it up to 2^64, as a client's
+/// notification and ws:send's table form do.
+#[test]
+fn send_oon_takes_a_channel_past_2_to_the_53() {
+    let app = start();
+    let mut ws = connect(app.addr, "/lapps_views");
+    let first = call(&mut ws, request("far", Value::Array(vec![])));
+    let second = match ws.read().unwrap() {
+        tungstenite::Message::Binary(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    // An OON may come before or after the response (SPEC section 4).
+    let mut got = [first, second];
+    got.sort();
+    let mut want = [
+        protocol::encode_oon(std::num::NonZeroU64::new(1 << 63).unwrap(), &[t("far")]),
+        protocol::encode_response_ok(&[t("true"), t("nil")]),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+}
+
 /// `at` request: params `[position, 0, 1, 2, ...]` with `n` elements in all.
 fn at_request(position: i64, n: usize) -> Vec<u8> {
     request_of("at", position, n)

@@ -43,6 +43,12 @@ methods.strict = function(handler, message)
   return ws:send_response(handler, r)
 end
 
+-- An OON on channel 2^63 (a Lua float past 2^53, still a channel), then what it answered.
+methods.far = function(handler, message)
+  local ok, err = ws:send_oon(handler, 2^63, { "far" })
+  return ws:send_response(handler, { tostring(ok), tostring(err) })
+end
+
 -- This connection's handler.
 methods.whoami = function(handler)
   return ws:send_response(handler, { handler })

@@ -154,10 +154,16 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "send_oon",
         lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
             let (conn, cid, message): (Value, Value, Value) = method_args(lua, args)?;
-            let cid = u64::try_from(whole(&cid, "send_oon: cid")?)
-                .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?;
             // Raised whatever the handler (as every argument error here): a programming error,
-            // not a closed connection.
+            // not a closed connection. Past 2^53 a Lua number is a float: up to 2^64 it still
+            // names a channel, as a client's notification may.
+            let cid = match cid {
+                Value::Number(n) if n.fract() == 0.0 && n >= 2f64.powi(53) && n < 2f64.powi(64) => {
+                    n as u64
+                }
+                other => u64::try_from(whole(&other, "send_oon: cid")?)
+                    .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?,
+            };
             let Some(cid) = NonZeroU64::new(cid) else {
                 return Err(mlua::Error::runtime(
                     "send_oon: channel 0 is the command channel",
