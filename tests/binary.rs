@@ -1171,6 +1171,28 @@ return setmetatable({}, { __index = function(_, k) return impl[k] end })
     binary::wait_line(&log, "bye");
 }
 
+/// A strict module (its `__index` raises for a name it lacks, a common Lua idiom) without
+/// `onStart` and `onShutdown` starts, serves and stops without an error: a lookup that raises
+/// means no such callback.
+#[test]
+fn a_strict_module_without_optional_callbacks_starts_and_stops_cleanly() {
+    let app = r#"local impl = {}
+function impl.onMessage(h, op, msg) ws:send(h, op, msg) return true end
+return setmetatable({}, { __index = function(_, k)
+  local v = impl[k]
+  if v == nil then error("undefined " .. k) end
+  return v
+end })
+"#;
+    let (mut child, addr, log) = one_app_binary("strict", "strict", app);
+    let mut ws = connect(addr, "/strict");
+    send(&mut ws, "x");
+    assert_eq!(text(&mut ws), "x");
+    child.stop();
+    let lines: Vec<String> = log.iter().collect();
+    assert!(!lines.iter().any(|l| l.contains("undefined")), "{lines:?}");
+}
+
 /// `onStart` and `onShutdown` run once per instance: three instances, three of each, one per
 /// instance_id, each line naming its instance.
 #[test]

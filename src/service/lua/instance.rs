@@ -358,12 +358,10 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         let lapps = (spec.protocol == super::spec::Protocol::LAppS).then(|| {
             super::lapps::LappsState::new(spec.max_protocol_errors, spec.max_inbound_message_size)
         });
-        // A fresh budget for the lookup too: the module may be a proxy whose __index runs Lua.
+        // A fresh budget for the lookup too: the module may be a proxy whose __index runs Lua
+        // (one that raises for a name it lacks means: no such callback, as for onDisconnect).
         host.reset_budget();
-        let on_start = module
-            .get::<Value>("onStart")
-            .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
-        if let Value::Function(f) = on_start {
+        if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
             f.call::<()>(())
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
@@ -451,14 +449,11 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
     // last callback may have spent all of its own.
     host.end_run();
     host.reset_budget();
-    match module.get::<Value>("onShutdown") {
-        Ok(Value::Function(f)) => {
-            if let Err(e) = f.call::<()>(()) {
-                crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
-            }
+    // A lookup that raises (a strict module without it) means: none.
+    if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
+        if let Err(e) = f.call::<()>(()) {
+            crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
         }
-        Ok(_) => {}
-        Err(e) => crate::error!("{} onShutdown: {}", host.tag(), one_line(&e)),
     }
     host.flush();
 }
