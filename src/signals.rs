@@ -184,6 +184,13 @@ impl Signals {
                         libc::SIGINT => "SIGINT",
                         _ => continue, // the tick, or interrupted
                     };
+                    if seen.load(Ordering::Acquire) {
+                        // Taken as the start ended: the services run, so the stop is the
+                        // graceful one. Pending again, blocked everywhere, for `wait`.
+                        // SAFETY: kill(2) on this process with the signal just taken.
+                        unsafe { libc::kill(libc::getpid(), sig) };
+                        return;
+                    }
                     crate::warn!("{name} received during start-up: exiting now");
                     notify_systemd("STOPPING=1");
                     // SAFETY: as in `exit_on_second_stop`: the start is abandoned where it
