@@ -131,9 +131,11 @@ pub(crate) struct Inbox {
     consumer: OnceLock<Thread>,
     sleeping: AtomicBool,
     stop: AtomicBool,
-    /// Set by the consumer when, stopped, it found its queue empty and ended: a batch pushed
-    /// after is lost ([`Inbox::take_lost`]).
+    /// Set by the consumer when, stopped, it found its queue empty and ended for good: a
+    /// batch pushed after is lost ([`Inbox::take_lost`]). Set, and checked after a push
+    /// once stopped, under `ending`.
     ended: AtomicBool,
+    ending: Mutex<()>,
     /// Events and close events of batches pushed after the end, not yet reported.
     lost_events: AtomicUsize,
     lost_closes: AtomicUsize,
@@ -161,6 +163,7 @@ impl Inbox {
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            ending: Mutex::new(()),
             lost_events: AtomicUsize::new(0),
             lost_closes: AtomicUsize::new(0),
             queued_msgs: AtomicUsize::new(0),
@@ -220,17 +223,20 @@ impl Inbox {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return Err(back);
         }
-        // Against the consumer's end (`next_within`): its flag, then a last look at the
-        // queue; here the push, then a look at the flag. With a fence between each pair, one
-        // of the two sees the other's: the batch is taken, or found here and counted lost.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.ended.load(Ordering::SeqCst) {
-            while let Some(b) = self.queue.pop() {
-                self.queued_msgs.fetch_sub(b.messages, Ordering::Relaxed);
-                self.queued_bytes.fetch_sub(b.byte_len(), Ordering::Relaxed);
-                self.lose(&b);
+        // Against the consumer's end (`next_within`), which looks at the queue a last time
+        // and sets `ended` under `ending`: a push it did not see came after that look, so
+        // this finds `ended` set (its lock taken after the consumer's) and the batch lost. A
+        // push before `stop` was set is seen by the consumer's looks, which all follow it.
+        if self.stop.load(Ordering::SeqCst) {
+            let _end = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+            if self.ended.load(Ordering::SeqCst) {
+                while let Some(b) = self.queue.pop() {
+                    self.queued_msgs.fetch_sub(b.messages, Ordering::Relaxed);
+                    self.queued_bytes.fetch_sub(b.byte_len(), Ordering::Relaxed);
+                    self.lose(&b);
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         self.wake();
         Ok(())
@@ -307,11 +313,14 @@ impl Inbox {
                 if let Some(b) = self.queue.pop() {
                     return Next::Batch(b);
                 }
-                // The end: what a producer pushes from now on is its to count lost (see
-                // `push`); one that pushed before sees no flag, so look once more.
+                // The end, for good only when a last look under `ending` finds nothing: what a
+                // producer pushes after is its to count lost (see `push`).
+                let _end = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(b) = self.queue.pop() {
+                    return Next::Batch(b);
+                }
                 self.ended.store(true, Ordering::SeqCst);
-                std::sync::atomic::fence(Ordering::SeqCst);
-                return self.queue.pop().map_or(Next::Stopped, Next::Batch);
+                return Next::Stopped;
             }
             self.sleeping.store(true, Ordering::SeqCst);
             if !self.queue.is_empty() || self.stop.load(Ordering::SeqCst) {
