@@ -620,6 +620,16 @@ mod tests {
     use rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, SupportedCipherSuite};
 
+    /// A key and a self-signed certificate for `localhost`.
+    fn self_signed() -> (rcgen::KeyPair, rcgen::Certificate) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (key, cert)
+    }
+
     /// `s` and `client` after their handshake, run in memory.
     fn handshake(s: &mut TlsSession, client: &mut ClientConnection) {
         while client.is_handshaking() || s.conn.is_handshaking() {
@@ -648,11 +658,7 @@ mod tests {
     /// certificate: the ticket keys stay, so that the clients' tickets still resume.
     #[test]
     fn a_certificate_reload_keeps_the_session_ticket_keys() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (key, cert) = self_signed();
         let dir = std::env::temp_dir().join(format!("lapps-tls-tickets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -690,11 +696,7 @@ mod tests {
 
     #[test]
     fn a_tls12_aes_gcm_session_may_send_its_limit_less_the_reserve() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (key, cert) = self_signed();
         let server = ServerConfig::builder_with_provider(Arc::new(default_provider()))
             .with_protocol_versions(TLS12_AND_13)
             .unwrap()
