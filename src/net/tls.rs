@@ -132,9 +132,9 @@ const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS
 const TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// The session ticket keys of a process: in memory, rotated every 6 hours, kept across
-/// certificate reloads (which every reload makes), so that only a restart makes the clients'
-/// tickets useless.
+/// Session ticket keys: in memory, rotated every 6 hours, kept across a reload that leaves
+/// the certificate and the client CA as they were (every reload reloads them, a service
+/// redeploy's too), new when either changed or the process restarts.
 fn new_ticketer(files: &TlsFiles) -> Result<Arc<dyn ProducesTickets>, TlsError> {
     rustls::crypto::ring::Ticketer::new()
         .map_err(|e| err(&files.cert, format!("cannot make session tickets: {e}")))
@@ -341,12 +341,17 @@ impl TlsContext {
     pub fn reload(&self) -> Result<String, TlsError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let ticketer = Arc::clone(&self.config().ticketer);
-        let new = load(&self.files, ticketer)?;
-        warn_if_expired(&self.files, &new.info);
+        let mut new = load(&self.files, ticketer)?;
         let mut cur = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if cur.info != new.info || cur.client_ca != new.client_ca {
+            // A session resumed from a ticket keeps the certificate and the client check it
+            // began with: new keys, so that every new connection meets the new ones.
+            new = load(&self.files, new_ticketer(&self.files)?)?;
+        }
+        warn_if_expired(&self.files, &new.info);
         let info = &new.info;
         let mut change = if cur.info == *info {
             format!("certificate unchanged ({info})")
@@ -655,10 +660,12 @@ mod tests {
     }
 
     /// Every reload (SIGHUP, `systemctl reload`, for a service redeploy too) reloads the
-    /// certificate: the ticket keys stay, so that the clients' tickets still resume.
+    /// certificate: with the same certificate the ticket keys stay, so that the clients'
+    /// tickets still resume; with a new one they change (a resumed session would go on with
+    /// the old certificate).
     #[test]
-    fn a_certificate_reload_keeps_the_session_ticket_keys() {
-        let (key, cert) = self_signed();
+    fn a_reload_keeps_the_session_ticket_keys_while_the_certificate_stays() {
+        let ((key, cert), (key2, cert2)) = (self_signed(), self_signed());
         let dir = std::env::temp_dir().join(format!("lapps-tls-tickets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -674,6 +681,7 @@ mod tests {
         .unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
+        roots.add(cert2.der().clone()).unwrap();
         let client = Arc::new(
             ClientConfig::builder_with_provider(Arc::new(default_provider()))
                 .with_protocol_versions(TLS12_AND_13)
@@ -691,6 +699,10 @@ mod tests {
         assert_eq!(connect(), Some(HandshakeKind::Resumed));
         ctx.reload().unwrap();
         assert_eq!(connect(), Some(HandshakeKind::Resumed), "after a reload");
+        std::fs::write(dir.join("cert.pem"), cert2.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key2.serialize_pem()).unwrap();
+        ctx.reload().unwrap();
+        assert_eq!(connect(), Some(HandshakeKind::Full), "a new certificate");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
