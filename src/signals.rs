@@ -21,11 +21,16 @@ const STOP_AND_RELOAD: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SI
 
 /// [`STOP_AND_RELOAD`] as a signal set.
 fn stop_and_reload() -> libc::sigset_t {
+    signal_set(&STOP_AND_RELOAD)
+}
+
+/// `signals` as a signal set.
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signo in STOP_AND_RELOAD {
+        for &signo in signals {
             libc::sigaddset(&mut set, signo);
         }
         set
@@ -160,14 +165,7 @@ impl Signals {
     pub fn exit_on_stop_during_start(&self) -> StartWatch {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = std::sync::Arc::clone(&done);
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
-        let stops = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            set
-        };
+        let stops = signal_set(&[libc::SIGTERM, libc::SIGINT]);
         let spawned = std::thread::Builder::new()
             .name("start-signals".into())
             .spawn(move || {

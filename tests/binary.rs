@@ -657,6 +657,11 @@ fn one_app_binary(dir: &str, name: &str, src: &str) -> Served {
     one_app_binary_with(binary::ONE_WORKER_WS_JSON, dir, name, src)
 }
 
+/// A ws.json on 127.0.0.1 (any port) with one IO worker and `workers` keys `extra`.
+fn one_worker_ws(extra: &str) -> String {
+    format!(r#"{{ "ip": "127.0.0.1", "port": 0, "workers": {{ "workers": 1, {extra} }} }}"#)
+}
+
 /// [`one_app_binary`] with `ws` as its ws.json.
 fn one_app_binary_with(ws: &str, dir: &str, name: &str, src: &str) -> Served {
     let services = format!(r#""{name}": {{ "instances": 1 }}"#);
@@ -1029,8 +1034,7 @@ return app
 #[test]
 fn a_connection_with_a_backlog_is_read_a_budget_at_a_time() {
     let (child, addr, _log) = one_app_binary_with(
-        r#"{ "ip": "127.0.0.1", "port": 0,
-             "workers": { "workers": 1, "max_inbounds_skip": 1 } }"#,
+        &one_worker_ws(r#""max_inbounds_skip": 1"#),
         "inbounds-skip",
         "tally",
         r#"local app, n = {}, 0
@@ -1105,8 +1109,7 @@ return app
 #[test]
 fn a_head_refused_at_accept_gets_its_503_without_content() {
     let (child, addr, _log) = one_app_binary_with(
-        r#"{ "ip": "127.0.0.1", "port": 0,
-             "workers": { "workers": 1, "max_connections": 1 } }"#,
+        &one_worker_ws(r#""max_connections": 1"#),
         "head-503",
         "quiet",
         "return { onMessage = function() return true end }",
