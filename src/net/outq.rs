@@ -17,7 +17,7 @@ use super::sys;
 /// Owned tail buffers are not grown past this; a new chunk starts instead.
 const TAIL_LIMIT: usize = 256 * 1024;
 /// At most this many iovecs per sendmsg.
-const MAX_IOV: usize = 64;
+pub const MAX_IOV: usize = 64;
 
 /// Entries below which a drained deque keeps its storage (shrinking it costs a copy).
 const MIN_SHRINK: usize = 64;
@@ -77,8 +77,7 @@ impl OutQueue {
             self.bytes += added;
             pool.queued_bytes += added;
         }
-        // No empty chunk stays queued: at the front, a TLS flush (which writes from `front`)
-        // would find nothing to write and never get past it.
+        // No empty chunk stays queued (an entry and an iovec for nothing).
         if needs_new && added == 0 {
             if let Some(Chunk::Owned(v)) = self.pop_back() {
                 pool.give(v);
@@ -124,16 +123,7 @@ impl OutQueue {
                 }
             } else {
                 let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
-                let mut n = 0;
-                for (i, c) in self.iter().take(MAX_IOV).enumerate() {
-                    let s = if i == 0 {
-                        &c.as_slice()[self.front_written..]
-                    } else {
-                        c.as_slice()
-                    };
-                    iov[n] = io::IoSlice::new(s);
-                    n += 1;
-                }
+                let n = self.slices(&mut iov);
                 sys::sendv(fd, &iov[..n])
             };
             match res {
@@ -146,12 +136,20 @@ impl OutQueue {
         Ok(Flushed::All)
     }
 
-    /// The unwritten part of the front chunk (for a writer that copies, such as TLS).
-    pub fn front(&self) -> Option<&[u8]> {
-        self.head
-            .as_ref()
-            .map(|c| &c.as_slice()[self.front_written..])
-            .filter(|s| !s.is_empty())
+    /// The unwritten bytes as slices, front first, as many chunks as `iov` holds; returns how
+    /// many it filled (0 when the queue is empty).
+    pub fn slices<'a>(&'a self, iov: &mut [io::IoSlice<'a>; MAX_IOV]) -> usize {
+        let mut n = 0;
+        for (i, c) in self.iter().take(MAX_IOV).enumerate() {
+            let s = if i == 0 {
+                &c.as_slice()[self.front_written..]
+            } else {
+                c.as_slice()
+            };
+            iov[n] = io::IoSlice::new(s);
+            n += 1;
+        }
+        n
     }
 
     /// Marks `n` bytes from the front as written (at most `self.bytes()`).
@@ -319,7 +317,7 @@ mod tests {
         got
     }
 
-    /// A TLS flush writes from `front`: an empty chunk there would stop it for good.
+    /// No empty chunk is queued (it would cost an entry and an iovec for nothing).
     #[test]
     fn nothing_empty_is_queued_in_front_of_a_frame() {
         let mut pool = BufPool::new(4);
@@ -327,10 +325,13 @@ mod tests {
         q.append_with(&mut pool, |_| {});
         q.push_chunk(&mut pool, Chunk::Owned(Vec::new()));
         q.push_shared(&mut pool, Arc::from(&b"frame"[..]));
-        assert_eq!(q.front(), Some(&b"frame"[..]));
+        let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+        assert_eq!(q.slices(&mut iov), 1);
+        assert_eq!(&*iov[0], b"frame");
         q.consume_front(5, &mut pool);
         assert!(q.is_empty());
-        assert_eq!(q.front(), None);
+        let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+        assert_eq!(q.slices(&mut iov), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rustls::server::ProducesTickets;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{HandshakeKind, RootCertStore, ServerConfig, ServerConnection};
 
-use super::outq::{BufPool, Flushed, OutQueue};
+use super::outq::{BufPool, Flushed, OutQueue, MAX_IOV};
 use super::sys;
 
 /// Where the PEM files are (ws.json `tls_certificates`).
@@ -45,7 +45,7 @@ pub struct TlsFiles {
 pub const TLS12_RECORD_RESERVE: u64 = 1 << 20;
 
 /// The plaintext of one TLS record as rustls cuts it (no `max_fragment_size` is set): a
-/// write of n bytes is ceil(n / this) records.
+/// write of n bytes, vectored or not, is ceil(n / this) records.
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 
 /// A certificate or key that cannot be used: which file and why.
@@ -480,8 +480,15 @@ impl TlsSession {
                 if !self.budget_known {
                     self.learn_budget();
                 }
-                while let Some(front) = out.front() {
-                    let n = self.conn.writer().write(front)?;
+                while !out.is_empty() {
+                    // All queued chunks at once: rustls cuts records from their concatenation,
+                    // so a burst of small frames (shared broadcast frames are chunks of their
+                    // own) is a few full records, not one record each.
+                    let n = {
+                        let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+                        let k = out.slices(&mut iov);
+                        self.conn.writer().write_vectored(&iov[..k])?
+                    };
                     if n == 0 {
                         break;
                     }
@@ -704,6 +711,70 @@ mod tests {
         ctx.reload().unwrap();
         assert_eq!(connect(), Some(HandshakeKind::Full), "a new certificate");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A burst of small frames, each a chunk of its own (as shared broadcast frames are),
+    /// leaves as one record, not one record per frame (22 more bytes and an encryption each).
+    #[test]
+    fn queued_chunks_are_coalesced_into_full_records() {
+        use crate::net::hub::Chunk;
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+
+        let (key, cert) = self_signed();
+        let server = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(TLS12_AND_13)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(TLS12_AND_13)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = TlsSession::new(Arc::new(server)).unwrap();
+        handshake(&mut s, &mut client);
+
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut pool = BufPool::new(4);
+        let mut out = OutQueue::default();
+        let mut sent = Vec::new();
+        for i in 0..100u8 {
+            let frame = vec![i; 100 + usize::from(i)];
+            sent.extend_from_slice(&frame);
+            if i % 10 == 0 {
+                out.push_chunk(&mut pool, Chunk::Owned(frame));
+            } else {
+                out.push_shared(&mut pool, Arc::from(frame));
+            }
+        }
+        // Past 64 chunks the rest goes in a second vectored write, so a second record.
+        assert_eq!(
+            s.flush(&mut out, ours.as_raw_fd(), &mut pool, false)
+                .unwrap(),
+            Flushed::All
+        );
+        assert_eq!(s.records().0, 2, "{} bytes in 100 chunks", sent.len());
+        drop(ours);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).unwrap();
+        let mut at = &wire[..];
+        while !at.is_empty() {
+            client.read_tls(&mut at).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let mut got = Vec::new();
+        let _ = client.reader().read_to_end(&mut got);
+        assert_eq!(got, sent);
     }
 
     #[test]
