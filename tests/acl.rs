@@ -102,7 +102,7 @@ fn has_ipv6_loopback() -> bool {
 #[test]
 fn server_acl_ipv6_address_and_prefix() {
     if !has_ipv6_loopback() {
-        eprintln!("skipped: this machine has no IPv6 loopback");
+        common::cannot_run("this machine has no IPv6 loopback");
         return;
     }
     let (app, _) = server_acl(

@@ -545,6 +545,17 @@ fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
     let status = child.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The elapsed time alone would pass if the test read the line late and the SIGTERM only
+    // took effect after the wait: run() would have run (and failed) a fourth time then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = Vec::new();
+    while let Ok(line) = log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        after.push(line);
+    }
+    assert!(
+        !after.iter().any(|l| l.contains("run() failed")),
+        "run() ran again after the SIGTERM: {after:#?}"
+    );
 }
 
 /// Set in the copy of this test binary that `a_panic_in_an_io_or_listener_thread_aborts_the_process`

@@ -390,7 +390,7 @@ fn an_init_that_loops_on_must_stop_is_stopped_by_its_budget() {
 fn cpus_for_a_parallel_start() -> Option<usize> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
-        eprintln!("skipped: one CPU starts one instance at a time");
+        cannot_run("one CPU starts one instance at a time");
         return None;
     }
     Some(cpus)

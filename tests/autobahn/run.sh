@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Autobahn TestSuite (cases 1-10, as the original LAppS published) against the real
 # `lapps` binary: once against the Lua echo app (/echo) and once against the built-in Rust echo
-# (/echo_builtin), over ws:// and over wss:// (a second endpoint on PORT+1 with a certificate
+# (/echo_builtin), over ws:// and over wss:// (a second endpoint on another port with a certificate
 # generated here by the openssl CLI; no key is ever committed). Installs wstest from PyPI on
 # first use (../shared/tools/autobahn/install.sh). AUTOBAHN_SCHEMES="ws wss" picks the runs.
 # AUTOBAHN_TIMEOUT caps each wstest run (default here 600 s, the tool's own is 1800 s): a hung
@@ -14,7 +14,12 @@ ROOT=$(pwd)
 SHARED=${LAPPS_SHARED:-$ROOT/../shared}
 TOOLS=$SHARED/tools/autobahn
 PREFIX=${AUTOBAHN_PREFIX:-/opt/autobahn}
-PORT=${AUTOBAHN_PORT:-5099}
+# shellcheck source=tests/interop/common.sh
+source tests/interop/common.sh
+# Free ports, not fixed ones another job on a shared machine may hold.
+PORT=${AUTOBAHN_PORT:-$(free_port)}
+TLS_PORT=$(free_port)
+while [ "$TLS_PORT" = "$PORT" ]; do TLS_PORT=$(free_port); done
 
 if [ ! -d "$TOOLS" ]; then
     echo "autobahn: $TOOLS not found (set LAPPS_SHARED)" >&2
@@ -25,7 +30,6 @@ cargo build --release --bin lapps
 
 WORK=$(mktemp -d /tmp/lapps-autobahn.XXXXXX)
 mkdir -p "$WORK/etc"
-TLS_PORT=$((PORT + 1))
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$WORK/etc/server.key" -out "$WORK/etc/server.crt" 2>/dev/null

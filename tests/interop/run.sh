@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-PORT=${INTEROP_PORT:-5197}
+# shellcheck source=tests/interop/common.sh
+source tests/interop/common.sh
+# A free port, not a fixed one another job on a shared machine may hold.
+PORT=${INTEROP_PORT:-$(free_port)}
 VENV=$ROOT/target/interop-venv
 if [ ! -x "$VENV/bin/python" ]; then
-    # shellcheck source=tests/interop/common.sh
-    source tests/interop/common.sh
     ensure_venv_module
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q 'websockets>=13'
