@@ -206,9 +206,25 @@ pub struct Worker {
     handshake_limits: handshake::Limits,
     /// Calls of `flush_services` so far, plus one (see `Service::flush`).
     flushes: u64,
-    /// Ending connections (index, generation) whose service's replies are in the command
-    /// queue already: closed once the commands are taken (see `Owed::InCommands`).
-    close_after_commands: Vec<(u32, u32)>,
+    /// Ending connections whose service's replies are in the command queue already: closed
+    /// once the commands are taken (see `Owed::InCommands` and `close_answered_in_commands`).
+    close_after_commands: Vec<AfterCommands>,
+    /// Calls of `take_commands` completed so far.
+    takes: u64,
+    /// Whether `take_commands` is running (its commands may make a connection end).
+    taking: bool,
+    /// Whether the last `take_commands` stopped at its share with commands left.
+    last_take_cut: bool,
+}
+
+/// An ending connection waiting for the replies in the command queue (`Owed::InCommands`).
+pub(super) struct AfterCommands {
+    pub index: u32,
+    pub generation: u32,
+    /// `Worker::takes` when it began to end.
+    pub takes: u64,
+    /// Whether it began to end during a `take_commands` (a command made it end).
+    pub during_take: bool,
 }
 
 /// What a service sees of the worker during a callback.
@@ -299,6 +315,9 @@ impl Worker {
             handshake_limits,
             flushes: 1,
             close_after_commands: Vec::new(),
+            takes: 0,
+            taking: false,
+            last_take_cut: false,
             opts,
         })
     }
@@ -315,10 +334,15 @@ impl Worker {
         let _stopped = StoppedOnExit(Arc::clone(&self.hub), self.id);
         let mut events = Events::with_capacity(self.opts.max_poll_events);
         loop {
+            // Work left by the last iteration: a connection marked dirty while `flush_dirty`
+            // ran (its Close queued by a flush that ended it), a Close waiting for the next
+            // `take_commands`.
             let busy = !self.pending.is_empty()
                 || !self.deferred.is_empty()
                 || !self.touched.is_empty()
-                || !self.handshake_queue.is_empty();
+                || !self.handshake_queue.is_empty()
+                || !self.dirty.is_empty()
+                || !self.close_after_commands.is_empty();
             let mut timeout = if busy {
                 Duration::ZERO
             } else if !self.retry_flush.is_empty() {

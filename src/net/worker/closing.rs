@@ -5,7 +5,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::{Ctx, Ending, Worker, SHUTDOWN_GRACE};
+use super::{AfterCommands, Ctx, Ending, Worker, SHUTDOWN_GRACE};
 use crate::debug;
 use crate::net::conn::Phase;
 use crate::net::outq::OutQueue;
@@ -110,7 +110,12 @@ impl Worker {
             Owed::Nothing => return false,
             Owed::InCommands => {
                 if let Some(id) = id {
-                    self.close_after_commands.push((index, id.generation()));
+                    self.close_after_commands.push(AfterCommands {
+                        index,
+                        generation: id.generation(),
+                        takes: self.takes,
+                        during_take: self.taking,
+                    });
                 }
             }
             Owed::Later => {}
@@ -127,14 +132,24 @@ impl Worker {
         true
     }
 
-    /// The connections whose replies were in the command queue when they began to end: the
-    /// commands are taken now, so their Close follows those replies.
+    /// The connections whose replies were in the command queue when they began to end, once
+    /// those commands are taken, so that their Close follows the replies. The queue held at
+    /// most its capacity then, and a `take_commands` takes as much unless the queue runs
+    /// empty: the first one that starts after the connection began to end took the replies.
+    /// One during which it began to end (a GoAway among its commands) took them only if it
+    /// did not stop at its share; otherwise the next one does.
     pub(super) fn close_answered_in_commands(&mut self) {
-        for (index, generation) in std::mem::take(&mut self.close_after_commands) {
-            if self.conns.get_gen_mut(index, generation).is_some() {
-                self.close_answered(index);
+        let mut waiting = std::mem::take(&mut self.close_after_commands);
+        waiting.retain(|w| {
+            let taken = self.takes >= w.takes + 2
+                || (self.takes == w.takes + 1 && !(w.during_take && self.last_take_cut));
+            if taken && self.conns.get_gen_mut(w.index, w.generation).is_some() {
+                self.close_answered(w.index);
             }
-        }
+            !taken
+        });
+        waiting.append(&mut self.close_after_commands);
+        self.close_after_commands = waiting;
     }
 
     /// How long a connection waits for its service's answers: the close timeout, and during a

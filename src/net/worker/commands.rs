@@ -16,14 +16,20 @@ impl Worker {
     /// refilling it as fast as it empties cannot keep the worker from its connections; the
     /// rest waits for the next turn (the queue not being empty, the worker does not sleep).
     pub(super) fn take_commands(&mut self) {
+        self.taking = true;
+        let mut cut = true;
         for _ in 0..self.hub.port(self.id).commands.capacity() {
             let Some(batch) = self.hub.port(self.id).commands.pop() else {
+                cut = false;
                 break;
             };
             for cmd in batch {
                 self.apply(cmd);
             }
         }
+        self.taking = false;
+        self.last_take_cut = cut;
+        self.takes += 1;
     }
 
     /// The live connection for `id` if it is ours and current.
