@@ -145,8 +145,10 @@ fn main() -> ExitCode {
             }
         }
         // Every Lua app compiles (none of it runs): a syntax error is found before a start
-        // or a SIGHUP does.
-        let broken: Vec<String> = cfg
+        // or a SIGHUP does. One with auto_start false does not start, so its errors are
+        // warnings: the unit's ExecStartPre runs this check, and a disabled app must not keep
+        // the server from starting (the reload that enables it runs the check again).
+        let (broken, off): (Vec<_>, Vec<_>) = cfg
             .lapps
             .services
             .values()
@@ -156,9 +158,15 @@ fn main() -> ExitCode {
                 lapps::service::lua::compile_check(&file, s.allow_ffi || s.allow_debug)
                     .and_then(|()| lapps::app::preload_check(&cfg, s))
                     .err()
-                    .map(|e| format!("services.{}: {e}", s.name))
+                    .map(|e| (s.auto_start, format!("services.{}: {e}", s.name)))
             })
-            .collect();
+            .partition(|(auto_start, _)| *auto_start);
+        for (_, e) in off {
+            lapps::log::warning_text(&format!(
+                "warning: {e} (auto_start is false: it would fail when enabled)"
+            ));
+        }
+        let broken: Vec<String> = broken.into_iter().map(|(_, e)| e).collect();
         if !broken.is_empty() {
             lapps::log::error_text(&format!(
                 "lapps: configuration in {} is invalid:\n{}",

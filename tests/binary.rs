@@ -151,6 +151,26 @@ fn check_config_names_file_and_key_and_fails() {
     assert!(err.contains("max_conections"), "{err}");
 }
 
+/// The unit's ExecStartPre runs the check: an app left disabled (auto_start false), broken
+/// or not deployed, is a warning there, not a server that cannot start.
+#[test]
+fn check_config_warns_of_a_disabled_app_that_would_not_compile() {
+    let dir = temp_dir("check-off");
+    write_config(
+        &dir,
+        r#"{ "port": 0 }"#,
+        r#"{ "directories": { "applications": "./lua/apps" },
+  "services": { "echo": {}, "gone": { "auto_start": false } } }"#,
+    );
+    let err = check_config_passes(&dir);
+    assert!(
+        err.contains("warning: services.gone: ")
+            && err.contains("No such file")
+            && err.contains("auto_start is false"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_config_compiles_the_lua_apps_without_running_them() {
     let dir = temp_dir("check-lua");
