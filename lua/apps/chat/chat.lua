@@ -56,11 +56,16 @@ commands["/join"] = function(handler, m, room)
     if n_created >= chat.max_rooms then
       return reply(handler, "error: too many rooms")
     end
+    -- Counted once the channel exists: a refused create ("too many channels" in the
+    -- process) does not use up one of max_rooms.
+    local ok, err = bcast:create("chat:" .. room)
+    if not ok then
+      return reply(handler, "error: " .. err)
+    end
     created[room] = true
     n_created = n_created + 1
   end
   leave(handler)
-  bcast:create("chat:" .. room)
   local ok, err = bcast:subscribe("chat:" .. room, handler)
   if not ok then
     return reply(handler, "error: " .. err)

@@ -37,7 +37,12 @@ methods.fail = function()
 end
 
 echo_lapps.onStart = function()
-  bcast:create(echo_lapps.time_channel)
+  -- A channel that cannot be made ("too many channels" in the process) fails the start,
+  -- rather than leaving every client without its ticks and nothing said.
+  local ok, err = bcast:create(echo_lapps.time_channel)
+  if not ok then
+    error("echo_lapps: bcast channel " .. echo_lapps.time_channel .. ": " .. err)
+  end
 end
 
 -- msg_type: 1/2 client notification (no answer), 3/4 request (exactly one answer).
@@ -46,8 +51,8 @@ echo_lapps.onMessage = function(handler, msg_type, message)
     return true
   end
   if not subscribed[handler] then
-    subscribed[handler] = true
-    bcast:subscribe(echo_lapps.time_channel, handler)
+    -- nil, "closed" when the client has gone meanwhile: nothing to keep then.
+    subscribed[handler] = bcast:subscribe(echo_lapps.time_channel, handler) or nil
   end
   local method = methods[message.method]
   if method == nil then

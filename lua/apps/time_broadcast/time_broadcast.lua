@@ -11,16 +11,30 @@ time_broadcast.channel = 1000
 time_broadcast.oon_channel = 1001
 
 time_broadcast.init = function()
-  bcast:create(time_broadcast.channel)
-  bcast:create(time_broadcast.oon_channel)
+  -- A channel that cannot be made ("too many channels" in the process) fails the start,
+  -- rather than ticking into nothing for ever.
+  for _, channel in ipairs({ time_broadcast.channel, time_broadcast.oon_channel }) do
+    local ok, err = bcast:create(channel)
+    if not ok then
+      error("time_broadcast: bcast channel " .. channel .. ": " .. err)
+    end
+  end
 end
 
 time_broadcast.run = function()
   local n = nap:new()
   while not must_stop() do
     local now = time.now()
-    bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', now))
-    bcast:send(time_broadcast.oon_channel, { cid = time_broadcast.oon_channel, message = { now } })
+    -- The recipients' count, or nil and why; the channels exist (init made them), so an
+    -- error here is a bug worth a line, once a second at most.
+    local sent, err = bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', now))
+    if sent then
+      sent, err = bcast:send(time_broadcast.oon_channel,
+        { cid = time_broadcast.oon_channel, message = { now } })
+    end
+    if not sent then
+      print("time_broadcast: send failed: " .. err)
+    end
     n:sleep((1000 - time.now() % 1000) / 1000)
   end
 end
