@@ -321,6 +321,23 @@ check "an upgrade checks a relative path from the unit's working directory" \
 cp "$tmp/lapps.json.good" /etc/lapps/lapps.json
 rm -rf /var/lib/lapps/apps-here
 
+# The check runs as the unit's user: applications only root may read pass a check run as root
+# (dpkg's user), then the restart's ExecStartPre, as lapps, fails and the server is down.
+install -d -o root -g root -m 0700 /var/lib/lapps/root-only
+cp -r /usr/share/lapps/apps /var/lib/lapps/root-only/
+python3 - <<'PY'
+import json
+p = "/etc/lapps/lapps.json"
+c = json.load(open(p))
+c["directories"]["applications"] = "/var/lib/lapps/root-only/apps"
+open(p, "w").write(json.dumps(c, indent=2) + "\n")
+PY
+unreadable=$(cd / && dpkg_locked -i "$pkg" 2>&1 || true)
+check "an upgrade checks the files as the lapps user (root-only applications are refused)" \
+    bash -c 'grep -q "the running server was not restarted" <<<"$1"' _ "$unreadable"
+cp "$tmp/lapps.json.good" /etc/lapps/lapps.json
+rm -rf /var/lib/lapps/root-only
+
 purge_all
 gone=""
 for path in /usr/bin/lapps /etc/lapps /usr/share/lapps /lib/systemd/system/lapps.service \
