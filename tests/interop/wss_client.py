@@ -50,4 +50,5 @@ async def main(port: int, ca: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    # A server that stops answering fails the run in minutes, not at CI's own time limit.
+    asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), sys.argv[2]), timeout=120))
