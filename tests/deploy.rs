@@ -429,16 +429,98 @@ return w
     assert_eq!(next(), "stopped v1", "the old version ends first");
     assert_eq!(next(), "init v2");
 
-    // A new version that fails to load leaves nothing running; fixing it and sending SIGHUP
-    // again starts it (the failed deploy is not remembered as done).
+    // A new version that does not compile is found out before the old one is stopped: v2
+    // goes on (it stops only when v3 replaces it), and the failed deploy is not remembered as
+    // done, so the fixed app is deployed at the next SIGHUP.
     site.broken_app("worker");
-    app.reload();
-    assert_eq!(next(), "stopped v2");
+    assert!(!app.reload(), "the reload reports the failed deploy");
+    // (A stop is over when the reload returns: "stopped v2" would be queued by now.)
+    assert!(events.is_empty(), "v2 was stopped for a version that does not compile");
     write("v3");
     app.reload();
+    assert_eq!(next(), "stopped v2", "v2 ran until v3 replaced it");
     assert_eq!(next(), "init v3");
-    app.shutdown();
+
+    // One that fails only when it runs (its init raises) leaves nothing running; fixing it
+    // and sending SIGHUP again starts it.
+    let d = site.dir.join("apps").join("worker");
+    std::fs::write(
+        d.join("worker.lua"),
+        "return { init = function() error('v4 cannot start') end, run = function() end }\n",
+    )
+    .unwrap();
+    app.reload();
     assert_eq!(next(), "stopped v3");
+    write("v5");
+    app.reload();
+    assert_eq!(next(), "init v5");
+    app.shutdown();
+    assert_eq!(next(), "stopped v5");
+}
+
+/// A standalone service whose new version depends on a service that is not running (it
+/// failed to start in the same reload) keeps running its old version: it was stopped first,
+/// then refused, and ran no more until the next SIGHUP.
+#[test]
+fn a_standalone_service_whose_dependency_is_down_keeps_its_old_version() {
+    let site = Site::new("standalone-depends");
+    let events = lapps::service::mqr::registry().open("deploy.standalone_depends", 64);
+    let write = |name: &str, body: &str| {
+        let d = site.dir.join("apps").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{name}.lua")), body).unwrap();
+    };
+    let worker = |tag: &str| {
+        format!(
+            r#"local w = {{}}
+w.init = function() assert(mqr:post("deploy.standalone_depends", "init {tag}")) end
+w.run = function()
+  while not must_stop() do nap:new():sleep(0.01) end
+  assert(mqr:post("deploy.standalone_depends", "stopped {tag}"))
+end
+return w
+"#
+        )
+    };
+    let next = || {
+        let m = events
+            .receive(std::time::Duration::from_secs(10), &|| false)
+            .expect("an event within 10 s");
+        String::from_utf8(m.into_vec()).unwrap()
+    };
+    write("base", &worker("base v1"));
+    write("user", &worker("user v1"));
+    site.lapps_json(
+        r#", "base": { "standalone": true, "preload": ["mqr", "nap"] },
+             "user": { "standalone": true, "preload": ["mqr", "nap"], "depends": ["base"] }"#,
+    );
+    let app = site.start();
+    assert_eq!(next(), "init base v1");
+    assert_eq!(next(), "init user v1");
+    // base's new version fails as it starts (base is down after it); user's new version
+    // depends on it.
+    write(
+        "base",
+        "return { init = function() error('base v2 cannot start') end, run = function() end }\n",
+    );
+    write("user", &worker("user v2"));
+    assert!(!app.reload(), "the reload reports the failed deploys");
+    assert_eq!(next(), "stopped base v1");
+    assert!(events.is_empty(), "user v1 was stopped for a version that cannot start");
+    // base fixed: it starts, and user's new version replaces the old one, which ran till now.
+    write("base", &worker("base v3"));
+    app.reload();
+    assert_eq!(next(), "init base v3");
+    assert_eq!(
+        next(),
+        "stopped user v1",
+        "user v1 ran until user v2 could start"
+    );
+    assert_eq!(next(), "init user v2");
+    app.shutdown();
+    let mut last = vec![next(), next()];
+    last.sort();
+    assert_eq!(last, ["stopped base v3", "stopped user v2"]);
 }
 
 #[test]

@@ -328,7 +328,8 @@ impl Registry {
     /// is returned. New connections then reach the new version; the old one's connections are
     /// closed with 1001 (going away), so their clients reconnect to it, and the old instances
     /// stop once those connections are gone (bounded by the shutdown grace). A standalone
-    /// service is stopped before its new version starts (two copies could fight over queues).
+    /// service is stopped before its new version starts (two copies could fight over queues),
+    /// once the new version's app compiles, its preloads are found and its depends run.
     /// Returns how many connections were asked to reconnect.
     pub fn replace(&self, spec: ServiceSpec) -> Result<usize, StartError> {
         let name = spec.name.clone();
@@ -340,6 +341,11 @@ impl Registry {
             return self.add(spec).map(|()| 0);
         };
         if spec.standalone {
+            // The new version starts only once the old one has stopped: what can be known
+            // before stopping it is checked first, so that an app that does not compile, a
+            // preload it cannot find or a dependency that is not running leaves the old
+            // version running (as a network service's failed replace does).
+            Self::check_before_stopping(&spec, &self.running())?;
             let Some(old) = self.take(&name) else {
                 return self.add(spec).map(|()| 0);
             };
@@ -372,6 +378,24 @@ impl Registry {
             running.push(new);
         }
         Ok(self.retire(old))
+    }
+
+    /// What would make `spec` fail to start, short of running it: its app's compilation, its
+    /// preloads, its dependencies (`running`: the services running now).
+    fn check_before_stopping(spec: &ServiceSpec, running: &[String]) -> Result<(), StartError> {
+        if let Some(d) = spec
+            .depends
+            .iter()
+            .find(|d| **d != spec.name && !running.contains(d))
+        {
+            return Err(err(
+                &spec.name,
+                format!("depends on {d}, which is not running"),
+            ));
+        }
+        crate::service::lua::compile_check(&spec.app_file, spec.allow_ffi || spec.allow_debug)
+            .and_then(|()| crate::service::lua::preload_check(spec))
+            .map_err(|m| err(&spec.name, m))
     }
 
     /// Stops a running service (a deploy that removed it): unrouted at once, its connections
