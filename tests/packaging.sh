@@ -334,7 +334,9 @@ open(p, "w").write(json.dumps(c, indent=2) + "\n")
 PY
 unreadable=$(cd / && dpkg_locked -i "$pkg" 2>&1 || true)
 check "an upgrade checks the files as the lapps user (root-only applications are refused)" \
-    bash -c 'grep -q "the running server was not restarted" <<<"$1"' _ "$unreadable"
+    bash -c 'grep -q "root-only/apps/.*Permission denied" <<<"$1" &&
+        grep -q "the running server was not restarted" <<<"$1" &&
+        ! grep -q "could not switch to the lapps user" <<<"$1"' _ "$unreadable"
 cp "$tmp/lapps.json.good" /etc/lapps/lapps.json
 rm -rf /var/lib/lapps/root-only
 
