@@ -91,6 +91,9 @@ fn a_reply_past_the_turns_share_of_commands_still_precedes_the_close() {
     let server = common::start_with(|o| o.workers = 1, Arc::new(Only(service)));
     let hub = server.hub();
     let (mut ws, _) = tungstenite::connect(server.url("/steered")).expect("upgrade");
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+    }
     ws.send(Message::text("m")).unwrap();
     let conn = conn_rx.recv_timeout(WAIT).expect("on_message");
 

@@ -94,7 +94,7 @@ fn oversized_head_gets_431() {
 fn slowloris_gets_408_at_the_handshake_timeout() {
     let srv = start_echo(|o| o.worker.handshake_timeout = std::time::Duration::from_millis(300));
     let t = std::time::Instant::now();
-    // `http_exchange` reads until the server closes (or its 10 s read timeout).
+    // `http_exchange` reads until the server closes (and fails after a 10 s read timeout).
     let resp = http_exchange(srv.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n");
     assert!(
         resp.starts_with("HTTP/1.1 408 Request Timeout\r\n"),

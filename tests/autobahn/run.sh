@@ -16,10 +16,6 @@ TOOLS=$SHARED/tools/autobahn
 PREFIX=${AUTOBAHN_PREFIX:-/opt/autobahn}
 # shellcheck source=tests/interop/common.sh
 source tests/interop/common.sh
-# Free ports, not fixed ones another job on a shared machine may hold.
-PORT=${AUTOBAHN_PORT:-$(free_port)}
-TLS_PORT=$(free_port)
-while [ "$TLS_PORT" = "$PORT" ]; do TLS_PORT=$(free_port); done
 
 if [ ! -d "$TOOLS" ]; then
     echo "autobahn: $TOOLS not found (set LAPPS_SHARED)" >&2
@@ -27,6 +23,11 @@ if [ ! -d "$TOOLS" ]; then
 fi
 bash "$TOOLS/install.sh" "$PREFIX" >/dev/null
 cargo build --release --bin lapps
+# Free ports, not fixed ones another job on a shared machine may hold; taken after the
+# install and the build, so that they are still free when the server binds them.
+PORT=${AUTOBAHN_PORT:-$(free_port)}
+TLS_PORT=$(free_port)
+while [ "$TLS_PORT" = "$PORT" ]; do TLS_PORT=$(free_port); done
 
 WORK=$(mktemp -d /tmp/lapps-autobahn.XXXXXX)
 mkdir -p "$WORK/etc"

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by tests/interop/lapps.sh and tests/browser/run.sh (sourced, from the repository root):
+# Shared by tests/interop/lapps.sh, tests/interop/run.sh, tests/browser/run.sh and
+# tests/autobahn/run.sh (sourced, from the repository root):
 # a Python venv with cbor2 + websockets, free loopback ports, and the real `lapps` server on a
 # temporary copy of etc/lapps with its port changed. Callers set a trap that runs `cleanup`.
 

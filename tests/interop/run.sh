@@ -8,8 +8,6 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 # shellcheck source=tests/interop/common.sh
 source tests/interop/common.sh
-# A free port, not a fixed one another job on a shared machine may hold.
-PORT=${INTEROP_PORT:-$(free_port)}
 VENV=$ROOT/target/interop-venv
 if [ ! -x "$VENV/bin/python" ]; then
     ensure_venv_module
@@ -17,6 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/pip" install -q 'websockets>=13'
 fi
 cargo build --release --bin lapps
+# A free port, not a fixed one another job on a shared machine may hold; taken after the
+# build, so that it is still free when the server binds it.
+PORT=${INTEROP_PORT:-$(free_port)}
 
 WORK=$(mktemp -d /tmp/lapps-interop.XXXXXX)
 LOG=$WORK/lapps.log
