@@ -25,15 +25,13 @@ time_broadcast.run = function()
   local n = nap:new()
   while not must_stop() do
     local now = time.now()
-    -- The recipients' count, or nil and why; the channels exist (init made them), so an
-    -- error here is a bug worth a line, once a second at most.
-    local sent, err = bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', now))
-    if sent then
-      sent, err = bcast:send(time_broadcast.oon_channel,
-        { cid = time_broadcast.oon_channel, message = { now } })
-    end
-    if not sent then
-      print("time_broadcast: send failed: " .. err)
+    -- Each send answers the recipients' count, or nil and why; the channels exist (init
+    -- made them), so an error here is a bug worth a line, once a second at most.
+    local raw, raw_err = bcast:send(time_broadcast.channel, 1, string.format('{"time":%d}', now))
+    local oon, oon_err = bcast:send(time_broadcast.oon_channel,
+      { cid = time_broadcast.oon_channel, message = { now } })
+    if not raw or not oon then
+      print("time_broadcast: send failed: " .. tostring(raw_err or oon_err))
     end
     n:sleep((1000 - time.now() % 1000) / 1000)
   end
