@@ -136,6 +136,34 @@ fn a_retiring_version_that_does_not_stop_is_waited_for_within_the_budget_too() {
     began(1);
 }
 
+/// A retiring version that does not stop takes half the budget at most: the running
+/// services are waited for with the rest (a receiver drains what it accepted, onShutdown
+/// runs). It took the whole budget, and every running service got none.
+#[test]
+fn a_stuck_retiring_version_leaves_the_running_services_half_the_budget() {
+    let _one = STUCK.lock().unwrap_or_else(|e| e.into_inner());
+    let hub = hub(1);
+    let old = stuck("stuck_half");
+    let mut report = test_app("slow_report");
+    report.standalone = true;
+    report.preload = vec!["mqr".into()];
+    report.allow_ffi = true;
+    let done = lapps::service::mqr::registry().open("slow_report.done", 4);
+    while done.poll().is_some() {}
+    let reg = Registry::start(vec![old, report], hub.clone()).unwrap();
+    // Replaced by a version that stops at once; the old one's onShutdown blocks a minute.
+    let mut new = probe();
+    new.name = "stuck_half".into();
+    new.request_target = "/stuck_half".into();
+    assert_eq!(reg.replace(new).unwrap(), 0);
+    began(1);
+    shutdown_within(&reg, Duration::from_secs(4));
+    assert!(
+        !done.is_empty(),
+        "shutdown returned before slow_report's onShutdown (300 ms) was over"
+    );
+}
+
 /// The disc_report tests one at a time: they read the one process-wide queue its instances
 /// post to.
 static DISC: std::sync::Mutex<()> = std::sync::Mutex::new(());

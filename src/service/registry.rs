@@ -507,8 +507,8 @@ impl Registry {
     /// Stops every service, dependents before what they depend on (`onShutdown` on each instance, threads
     /// joined, `must_stop()` true for standalone ones). Idempotent.
     ///
-    /// Waits at most the shutdown budget in all: each service gets what is left of it, at
-    /// most `SHUTDOWN_GRACE`. Once it is spent, the services still to stop are asked to, but
+    /// Waits at most the shutdown budget in all: versions still retiring at most half of it,
+    /// then each running service what is left, at most `SHUTDOWN_GRACE`. Once it is spent, the services still to stop are asked to, but
     /// not waited for (one warning names them): the process exits under them.
     pub fn shutdown(&self) {
         // First, so that a reload under way starts nothing after the lists below were taken.
@@ -529,11 +529,16 @@ impl Registry {
         let mut left_behind = Vec::new();
         // Versions still retiring finish first: their onDisconnect and onShutdown are owed too.
         // A retire thread can take its retire grace plus SHUTDOWN_GRACE: it is waited for
-        // within the budget only.
+        // within half the budget, so that one that does not stop leaves the running services
+        // (receivers draining what they accepted) the other half.
+        let retiring_deadline = Instant::now() + budget / 2;
         let retiring: Vec<_> =
             std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));
         for r in retiring {
-            match r.done.recv_timeout(left()) {
+            match r
+                .done
+                .recv_timeout(retiring_deadline.saturating_duration_since(Instant::now()))
+            {
                 Err(RecvTimeoutError::Timeout) => {
                     left_behind.push(format!("{} (retiring version)", r.name))
                 }
