@@ -460,6 +460,15 @@ impl App {
             .filter(|sc| sc.builtin.is_none())
             .map(|sc| lua_spec(cfg, sc))
             .collect();
+        // What is deployed is what was read before it loaded (as `redeploy` does): an edit
+        // made while the services start is a new version for the next SIGHUP.
+        let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
+        let mut deployed_now: HashMap<String, Deployed> = order
+            .iter()
+            .map(|name| &cfg.lapps.services[name])
+            .filter(|sc| sc.builtin.is_none())
+            .map(|sc| (sc.name.clone(), deployed(cfg, sc, lib_hash)))
+            .collect();
         let registry = Arc::new(Registry::start(specs, hub.clone()).map_err(|e| e.to_string())?);
         services_up();
         // A replaced version waits for its clients' close handshakes, which the workers end
@@ -476,13 +485,9 @@ impl App {
             registry: Arc::clone(&registry),
         });
         let running = registry.running();
-        let mut deployed_now = HashMap::new();
-        let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
+        deployed_now.retain(|name, _| running.contains(name));
         for name in order {
             let sc = &cfg.lapps.services[&name];
-            if sc.builtin.is_none() && running.contains(&name) {
-                deployed_now.insert(name.clone(), deployed(cfg, sc, lib_hash));
-            }
             if !sc.is_network() || !sc.auto_start {
                 continue;
             }

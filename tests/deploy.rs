@@ -435,7 +435,10 @@ return w
     site.broken_app("worker");
     assert!(!app.reload(), "the reload reports the failed deploy");
     // (A stop is over when the reload returns: "stopped v2" would be queued by now.)
-    assert!(events.is_empty(), "v2 was stopped for a version that does not compile");
+    assert!(
+        events.is_empty(),
+        "v2 was stopped for a version that does not compile"
+    );
     write("v3");
     app.reload();
     assert_eq!(next(), "stopped v2", "v2 ran until v3 replaced it");
@@ -456,6 +459,58 @@ return w
     assert_eq!(next(), "init v5");
     app.shutdown();
     assert_eq!(next(), "stopped v5");
+}
+
+/// The version recorded as deployed at start-up is the one that loaded: an app edited while
+/// the services were starting is a new version at the next SIGHUP (it was recorded with the
+/// edit, so the SIGHUP found nothing changed and the old code ran on).
+#[test]
+fn an_app_edited_while_the_services_start_is_deployed_at_the_next_sighup() {
+    let site = Site::new("edited-at-start");
+    let write = |tag: &str| {
+        let d = site.dir.join("apps").join("late");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("late.lua"),
+            format!(
+                r#"local m = {{}}
+m.onStart = function()
+  mqr:create("deploy.late.started")
+  while not mqr:poll("deploy.late.go") do end
+end
+m.onMessage = function(h, op, msg) ws:send(h, 1, "{tag} " .. msg) return true end
+return m
+"#
+            ),
+        )
+        .unwrap();
+    };
+    write("v1");
+    site.lapps_json(
+        r#", "late": { "request_target": "/late", "preload": ["mqr"], "instruction_budget": 0 }"#,
+    );
+    let go = lapps::service::mqr::registry().open("deploy.late.go", 4);
+    let app = std::thread::scope(|s| {
+        let starting = s.spawn(|| site.start());
+        wait_for(
+            "onStart to begin",
+            std::time::Duration::from_secs(30),
+            || {
+                lapps::service::mqr::registry()
+                    .get("deploy.late.started")
+                    .is_some()
+            },
+        );
+        write("v2");
+        go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+        starting.join().expect("start")
+    });
+    let addr = app.local_addrs()[0];
+    assert_eq!(ask(&mut connect(addr, "/late"), "a"), "v1 a");
+    go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    assert!(app.reload());
+    assert_eq!(ask(&mut connect(addr, "/late"), "b"), "v2 b");
+    app.shutdown();
 }
 
 /// A standalone service whose new version depends on a service that is not running (it
@@ -506,7 +561,10 @@ return w
     write("user", &worker("user v2"));
     assert!(!app.reload(), "the reload reports the failed deploys");
     assert_eq!(next(), "stopped base v1");
-    assert!(events.is_empty(), "user v1 was stopped for a version that cannot start");
+    assert!(
+        events.is_empty(),
+        "user v1 was stopped for a version that cannot start"
+    );
     // base fixed: it starts, and user's new version replaces the old one, which ran till now.
     write("base", &worker("base v3"));
     app.reload();
