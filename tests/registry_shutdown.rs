@@ -164,6 +164,45 @@ fn a_stuck_retiring_version_leaves_the_running_services_half_the_budget() {
     );
 }
 
+/// A standalone version a redeploy is stopping (before its new version starts) when the
+/// server stops is waited for as a retiring version is: it was in neither list then, and
+/// the process exited under its onShutdown.
+#[test]
+fn a_shutdown_during_a_standalone_hand_over_waits_for_the_old_version() {
+    let hub = hub(1);
+    let mut spec = test_app("slow_handover");
+    spec.standalone = true;
+    spec.preload = vec!["mqr".into()];
+    spec.allow_ffi = true;
+    let events = lapps::service::mqr::registry().open("slow_handover.events", 8);
+    while events.poll().is_some() {}
+    let reg = Arc::new(Registry::start(vec![spec.clone()], hub.clone()).unwrap());
+    let replacing = std::thread::spawn({
+        let reg = Arc::clone(&reg);
+        move || reg.replace(spec)
+    });
+    let next = || {
+        let m = events
+            .receive(Duration::from_secs(10), &|| false)
+            .expect("an event");
+        String::from_utf8(m.into_vec()).unwrap()
+    };
+    assert_eq!(next(), "stopping", "the hand-over began");
+    reg.shutdown();
+    assert_eq!(
+        events
+            .poll()
+            .map(|m| String::from_utf8(m.into_vec()).unwrap()),
+        Some("stopped".to_string()),
+        "shutdown returned before the old version's onShutdown"
+    );
+    let refused = replacing.join().expect("replace returns");
+    assert!(
+        refused.is_err(),
+        "the new version does not start after shutdown"
+    );
+}
+
 /// The disc_report tests one at a time: they read the one process-wide queue its instances
 /// post to.
 static DISC: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -353,7 +353,7 @@ impl Registry {
                 // Stopped here, not retired in the background: two copies could fight over
                 // queues. What its queues hold stays for the new version: draining them could
                 // last as long as their senders keep posting.
-                old.hand_over(SHUTDOWN_GRACE);
+                self.hand_over(old);
                 return self.add(spec).map(|()| 0);
             }
             // A network version turning standalone: its clients are asked to go (1001) and it
@@ -378,6 +378,40 @@ impl Registry {
             running.push(new);
         }
         Ok(self.retire(old))
+    }
+
+    /// Stops a standalone version for its successor and waits until it has stopped. Meanwhile
+    /// it is in the retiring list, so that a shutdown that begins then waits for it too (in
+    /// neither list, it was left to the process's exit, its onShutdown cut short).
+    fn hand_over(&self, old: Arc<LuaService>) {
+        let (done_tx, done) = sync_channel::<()>(1);
+        let (over_tx, over) = sync_channel::<()>(1);
+        let name = old.spec().name.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("handover-{name}"))
+            .spawn({
+                let old = Arc::clone(&old);
+                move || {
+                    old.hand_over(SHUTDOWN_GRACE);
+                    let _ = done_tx.send(());
+                    let _ = over_tx.send(());
+                }
+            });
+        let Ok(thread) = spawned else {
+            old.hand_over(SHUTDOWN_GRACE);
+            return;
+        };
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            // `shutdown` may have taken the list already: wait for it here.
+            drop(retiring);
+            let _ = thread.join();
+            return;
+        }
+        retiring.retain(|r| !r.thread.is_finished());
+        retiring.push(Retiring { name, thread, done });
+        drop(retiring);
+        let _ = over.recv();
     }
 
     /// What would make `spec` fail to start, short of running it: its app's compilation, its
