@@ -598,11 +598,26 @@ impl App {
         // Removals first, so that a path a removed service leaves is free for its successor.
         // A network service whose path another service takes over (a rename) stays until
         // that one runs: if it fails to load, the path keeps being served.
-        let gone: Vec<String> = deployed_map
+        let mut left: Vec<String> = deployed_map
             .keys()
             .filter(|n| !wanted.iter().any(|sc| &sc.name == *n))
             .cloned()
             .collect();
+        // Dependents first: a receiver removed with its senders waits for them to stop (see
+        // Registry::retire), which it knows of only once they retire.
+        let depends_on = |m: &String, n: &String| {
+            deployed_map
+                .get(m)
+                .is_some_and(|d| d.config.depends.contains(n))
+        };
+        let mut gone = Vec::with_capacity(left.len());
+        while !left.is_empty() {
+            let next = left
+                .iter()
+                .position(|n| !left.iter().any(|m| depends_on(m, n)))
+                .unwrap_or(0);
+            gone.push(left.remove(next));
+        }
         let mut handed_on = Vec::new();
         for name in gone {
             let Some((network, path)) = deployed_map

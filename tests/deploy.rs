@@ -513,6 +513,68 @@ return m
     app.shutdown();
 }
 
+/// A deploy that removes an mqr receiver and a service that `depends` on it stops them in
+/// that order, as a shutdown does: what the sender posts as it ends (an onDisconnect of a
+/// client sent away) reaches the receiver while it drains. The receiver, with no connection
+/// to wait for, stopped at once, and those posts were left in its queue.
+#[test]
+fn a_receiver_removed_with_its_sender_stops_after_it() {
+    let site = Site::new("remove-pair");
+    let events = lapps::service::mqr::registry().open("deploy.pair.report", 8);
+    while events.poll().is_some() {}
+    for (name, body) in [
+        (
+            "pair_receiver",
+            r#"local r = { n = 0 }
+r.init = function() assert(mqr:create("deploy.pair.q", 16)) end
+r.run = function()
+  while true do
+    local m, err = mqr:receive("deploy.pair.q", 0.05)
+    if m then r.n = r.n + 1 elseif err == "stopped" then return end
+  end
+end
+r.onShutdown = function() assert(mqr:post("deploy.pair.report", "received " .. r.n)) end
+return r
+"#,
+        ),
+        (
+            "pair_sender",
+            r#"local s = {}
+s.onMessage = function() return true end
+s.onDisconnect = function() assert(mqr:post("deploy.pair.q", "bye")) end
+return s
+"#,
+        ),
+    ] {
+        let d = site.dir.join("apps").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{name}.lua")), body).unwrap();
+    }
+    site.lapps_json(
+        r#", "pair_receiver": { "standalone": true, "preload": ["mqr"] },
+             "pair_sender": { "request_target": "/pair", "preload": ["mqr"],
+                              "depends": ["pair_receiver"] }"#,
+    );
+    let app = site.start();
+    let mut client = connect(app.local_addrs()[0], "/pair");
+    site.lapps_json("");
+    app.reload();
+    // The sender waits for its client, and the receiver for the sender.
+    assert!(
+        events
+            .receive(std::time::Duration::from_secs(1), &|| false)
+            .is_err(),
+        "the receiver stopped before the sender"
+    );
+    assert_eq!(ws_close_code(&mut client), 1001);
+    finish_close(client);
+    let report = events
+        .receive(std::time::Duration::from_secs(10), &|| false)
+        .expect("the receiver's report");
+    assert_eq!(&*report, b"received 1");
+    app.shutdown();
+}
+
 /// A standalone service whose new version depends on a service that is not running (it
 /// failed to start in the same reload) keeps running its old version: it was stopped first,
 /// then refused, and ran no more until the next SIGHUP.

@@ -53,9 +53,13 @@ fn err(service: &str, message: impl Into<String>) -> StartError {
 /// A replaced or removed version stopping in the background (see `Registry::retire`).
 struct Retiring {
     name: String,
+    /// What the version depended on: those retiring with it wait for it to stop.
+    depends: Vec<String>,
     thread: JoinHandle<()>,
     /// Ready (or disconnected) once the thread is about to end: a wait with a deadline.
     done: Receiver<()>,
+    /// Set once the version has stopped.
+    over: Arc<AtomicBool>,
 }
 
 /// What `services()` reports for logs.
@@ -385,14 +389,17 @@ impl Registry {
     /// neither list, it was left to the process's exit, its onShutdown cut short).
     fn hand_over(&self, old: Arc<LuaService>) {
         let (done_tx, done) = sync_channel::<()>(1);
-        let (over_tx, over) = sync_channel::<()>(1);
+        let (over_tx, over_rx) = sync_channel::<()>(1);
         let name = old.spec().name.clone();
+        let over = Arc::new(AtomicBool::new(false));
         let spawned = std::thread::Builder::new()
             .name(format!("handover-{name}"))
             .spawn({
                 let old = Arc::clone(&old);
+                let over = Arc::clone(&over);
                 move || {
                     old.hand_over(SHUTDOWN_GRACE);
+                    over.store(true, Ordering::SeqCst);
                     let _ = done_tx.send(());
                     let _ = over_tx.send(());
                 }
@@ -409,9 +416,15 @@ impl Registry {
             return;
         }
         retiring.retain(|r| !r.thread.is_finished());
-        retiring.push(Retiring { name, thread, done });
+        retiring.push(Retiring {
+            name,
+            depends: old.spec().depends.clone(),
+            thread,
+            done,
+            over,
+        });
         drop(retiring);
-        let _ = over.recv();
+        let _ = over_rx.recv();
     }
 
     /// What would make `spec` fail to start, short of running it: its app's compilation, its
@@ -482,32 +495,56 @@ impl Registry {
         let hub = Arc::clone(&self.hub);
         let grace = *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner());
         let (done_tx, done) = sync_channel::<()>(1);
+        let name = old.spec().name.clone();
+        // Versions retiring now that depend on this one (a deploy that removes a sender and
+        // its receiver together retires the sender first): this one stops after them, so
+        // that what they still post reaches it while it drains, as at shutdown.
+        let after: Vec<Arc<AtomicBool>> = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.depends.contains(&name))
+            .map(|r| Arc::clone(&r.over))
+            .collect();
+        let over = Arc::new(AtomicBool::new(false));
         let spawned = std::thread::Builder::new()
-            .name(format!("retire-{}", old.spec().name))
+            .name(format!("retire-{name}"))
             .spawn({
                 let old = Arc::clone(&old);
+                let over = Arc::clone(&over);
                 move || {
-                    let deadline = std::time::Instant::now() + grace;
-                    let poll = std::time::Duration::from_millis(20);
+                    let start = Instant::now();
+                    let deadline = start + grace;
+                    // A dependent stops within its own grace and SHUTDOWN_GRACE.
+                    let after_deadline = deadline + SHUTDOWN_GRACE;
+                    let poll = Duration::from_millis(20);
                     loop {
+                        let now = Instant::now();
                         // Every connection gone, and its close event handled by the old
                         // instances (its onDisconnect has run): the event may still wait in a
                         // worker's batch (a full queue) after the connection left the set.
-                        if old.close_doors_if_idle() || std::time::Instant::now() >= deadline {
-                            break;
-                        }
-                        let conns = old.connections();
-                        // A handshake routed to the old version just before the swap opens
-                        // after the list above was taken: ask it too (once is enough).
-                        for conn in conns {
-                            if asked.insert(conn) {
-                                let _ = hub.send(Command::GoAway { conn, code: 1001 });
+                        if old.close_doors_if_idle() || now >= deadline {
+                            if after.iter().all(|a| a.load(Ordering::SeqCst))
+                                || now >= after_deadline
+                            {
+                                break;
+                            }
+                        } else {
+                            // A handshake routed to the old version just before the swap
+                            // opens after the list above was taken: ask it too (once is
+                            // enough).
+                            for conn in old.connections() {
+                                if asked.insert(conn) {
+                                    let _ = hub.send(Command::GoAway { conn, code: 1001 });
+                                }
                             }
                         }
                         // Polling interval while the workers finish the close handshakes.
                         std::thread::sleep(poll);
                     }
                     old.shutdown(SHUTDOWN_GRACE);
+                    over.store(true, Ordering::SeqCst);
                     let _ = done_tx.send(());
                 }
             });
@@ -521,9 +558,11 @@ impl Registry {
                 } else {
                     retiring.retain(|r| !r.thread.is_finished());
                     retiring.push(Retiring {
-                        name: old.spec().name.clone(),
+                        name,
+                        depends: old.spec().depends.clone(),
                         thread,
                         done,
+                        over,
                     });
                 }
             }
