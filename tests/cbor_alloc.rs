@@ -1,6 +1,8 @@
 //! What the codecs allocate, measured by a counting global allocator (its own test binary, so
 //! the count sees only these tests): lengths a peer declares must not size our buffers, and a
 //! JSON text stops at the room it is given.
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -153,4 +155,57 @@ fn a_container_key_is_skipped_not_decoded_when_a_request_is_checked() {
         "checking {} bytes took {peak} bytes at its peak",
         input.len()
     );
+}
+
+/// `nljson.decode` in a state with a memory limit stops parsing at the values the limit could
+/// ever hold: a 2 MB text of a million zeros (a tree of ~50 MB, refused either way) no longer
+/// builds its whole decoded value outside the state before the refusal.
+#[test]
+fn nljson_decode_stops_at_the_values_the_memory_limit_could_hold() {
+    use lapps::lapps_proto::{cbor, Value};
+    use tungstenite::Message;
+    let _alone = alone();
+    let app = common::start_app(
+        &common::ws_json(1),
+        &common::lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_views": { "protocol": "LAppS", "instances": 1, "memory_limit": 8388608 } }"#,
+        ),
+    );
+    let mut ws = common::connect(app.addr, "/lapps_views");
+    let t = |s: &str| Value::text(s);
+    let call = |ws: &mut common::Client, n: i64| -> Value {
+        let request = Value::Map(vec![
+            (t("lapps"), Value::Int(1)),
+            (t("method"), t("decode")),
+            (t("params"), Value::Array(vec![Value::Int(n)])),
+        ]);
+        ws.send(Message::binary(cbor::encode(&request))).unwrap();
+        loop {
+            match ws.read().expect("a message") {
+                Message::Binary(b) => return cbor::decode(&b).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    // Warm: the state, its allocator and the connection's buffers exist before the count.
+    let got = call(&mut ws, 10_000);
+    assert_eq!(
+        got.get("result"),
+        Some(&Value::Array(vec![Value::Bool(true), Value::Int(10_000)]))
+    );
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let got = call(&mut ws, 1_000_000);
+    let peak = PEAK.load(Relaxed) - before;
+    assert_eq!(
+        got.get("result"),
+        Some(&Value::Array(vec![
+            Value::Bool(false),
+            t("nljson.decode: not enough memory")
+        ])),
+    );
+    // The text (2 MB, made in the state) and what the parse stops at (~8 MiB of values).
+    assert!(peak < 20 << 20, "{} MiB at the peak", peak >> 20);
 }

@@ -140,6 +140,41 @@ fn answer(lua: &Lua, name: &str, r: Result<LuaValue, String>) -> mlua::Result<Mu
     }
 }
 
+/// Decoding limits for a tree the state is to hold: no more items than its memory limit
+/// could ever take (each costs at least `PER_ITEM`, see `tree_budget`), so that a text too
+/// large for it is refused while it is parsed, before its tree takes memory outside the
+/// state (~50 MiB for 2^20 values of a 2 MiB text, whatever the limit).
+struct WithinLimit {
+    limits: Limits,
+    /// The item count was lowered to the memory limit's.
+    lowered: bool,
+}
+
+impl WithinLimit {
+    fn of(limits: &Limits) -> WithinLimit {
+        let most = match tree_budget::limit() {
+            0 => usize::MAX,
+            limit => limit / tree_budget::PER_ITEM,
+        };
+        WithinLimit {
+            limits: Limits {
+                max_total_items: limits.max_total_items.min(most),
+                ..*limits
+            },
+            lowered: most < limits.max_total_items,
+        }
+    }
+
+    /// A decoding's result, its refusal for the lowered count told as what it is.
+    fn check(&self, r: Result<Value, String>) -> Result<Value, String> {
+        let count = format!("more than {} values", self.limits.max_total_items);
+        r.map_err(|e| match self.lowered && e.contains(&count) {
+            true => "not enough memory".to_string(),
+            false => e,
+        })
+    }
+}
+
 fn string_arg(v: &LuaValue, what: &str) -> Result<Vec<u8>, String> {
     match v {
         LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
@@ -177,8 +212,9 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "decode",
         lua.create_function(move |lua, s: LuaValue| {
+            let within = WithinLimit::of(&limits);
             let r = string_arg(&s, "a JSON string")
-                .and_then(|b| json::decode_with(&b, &limits))
+                .and_then(|b| within.check(json::decode_with(&b, &within.limits)))
                 .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
             answer(lua, "decode", r)
         })?,
@@ -187,9 +223,10 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "decode_file",
         lua.create_function(move |lua, p: LuaValue| {
+            let within = WithinLimit::of(&limits);
             let r = string_arg(&p, "a file name")
                 .and_then(|p| read_file(&p, &limits))
-                .and_then(|b| json::decode_with(&b, &limits))
+                .and_then(|b| within.check(json::decode_with(&b, &within.limits)))
                 .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
             answer(lua, "decode_file", r)
         })?,
@@ -254,8 +291,11 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
     m.set(
         "from_cbor",
         lua.create_function(move |lua, s: LuaValue| {
+            let within = WithinLimit::of(&limits);
             let r = string_arg(&s, "a string of CBOR bytes")
-                .and_then(|b| cbor::decode_with(&b, &limits).map_err(|e| e.to_string()))
+                .and_then(|b| {
+                    within.check(cbor::decode_with(&b, &within.limits).map_err(|e| e.to_string()))
+                })
                 .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
             answer(lua, "from_cbor", r)
         })?,
