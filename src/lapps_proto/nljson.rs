@@ -141,9 +141,10 @@ fn answer(lua: &Lua, name: &str, r: Result<LuaValue, String>) -> mlua::Result<Mu
 }
 
 /// Decoding limits for a tree the state is to hold: no more items than its memory limit
-/// could ever take (each costs at least `PER_ITEM`, see `tree_budget`), so that a text too
-/// large for it is refused while it is parsed, before its tree takes memory outside the
-/// state (~50 MiB for 2^20 values of a 2 MiB text, whatever the limit).
+/// could ever take (every item but the root is charged at least `KEPT_PER_ITEM`, see
+/// `node::tree_cost`), so that a text too large for it is refused while it is parsed, before
+/// its tree takes memory outside the state (~40 MiB for 2^20 values of a 2 MiB text, whatever
+/// the limit).
 struct WithinLimit {
     limits: Limits,
     /// The item count was lowered to the memory limit's.
@@ -154,7 +155,7 @@ impl WithinLimit {
     fn of(limits: &Limits) -> WithinLimit {
         let most = match tree_budget::limit() {
             0 => usize::MAX,
-            limit => limit / tree_budget::PER_ITEM,
+            limit => limit / tree_budget::KEPT_PER_ITEM + 1,
         };
         WithinLimit {
             limits: Limits {

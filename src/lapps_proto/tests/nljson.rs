@@ -348,3 +348,45 @@ fn a_table_that_repeats_one_table_is_copied_within_the_value_bound() {
         assert(nljson.typename({print}) == "array")
     "#);
 }
+
+/// The item count decoding stops at under a memory limit refuses nothing the tree allowance
+/// would take: an array just under what the limit holds at `KEPT_PER_ITEM` per item decodes,
+/// from JSON and from CBOR, and one past the limit is "not enough memory" either way.
+#[test]
+fn decoding_under_a_memory_limit_stops_only_where_the_allowance_would() {
+    use crate::lapps_proto::tree_budget::{self, KEPT_PER_ITEM};
+    const LIMIT: usize = 1 << 20;
+    tree_budget::set_limit(LIMIT);
+    let lua = state();
+    let fits = (LIMIT - 4096) / KEPT_PER_ITEM;
+    let decode = |n: usize| -> (bool, String) {
+        let json = format!("[{}0]", "0,".repeat(n - 1));
+        let cbor = cbor::encode(&Value::Array(vec![Value::Int(0); n]));
+        let f: mlua::Function = lua
+            .load(
+                r#"local json, cbor = ...
+                   local a, e1 = nljson.decode(json)
+                   local ok = a ~= nil
+                   a = nil
+                   collectgarbage()
+                   local b, e2 = nljson.from_cbor(cbor)
+                   ok = ok and b ~= nil
+                   b = nil
+                   collectgarbage()
+                   return ok, tostring(e1) .. " | " .. tostring(e2)"#,
+            )
+            .into_function()
+            .unwrap();
+        f.call((lua.create_string(json).unwrap(), lua.create_string(cbor).unwrap()))
+            .unwrap()
+    };
+    let (ok, why) = decode(fits);
+    assert!(ok, "{fits} values: {why}");
+    let (ok, why) = decode(2 * LIMIT / KEPT_PER_ITEM);
+    assert!(!ok);
+    assert_eq!(
+        why,
+        "nljson.decode: not enough memory | nljson.from_cbor: not enough memory"
+    );
+    tree_budget::set_limit(0);
+}
