@@ -642,6 +642,19 @@ mod tests {
         (key, cert)
     }
 
+    /// A TLS 1.2 and 1.3 server configuration with this key and certificate.
+    fn server_config(key: &rcgen::KeyPair, cert: &rcgen::Certificate) -> ServerConfig {
+        ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(TLS12_AND_13)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap()
+    }
+
     /// `s` and `client` after their handshake, run in memory.
     fn handshake(s: &mut TlsSession, client: &mut ClientConnection) {
         while client.is_handshaking() || s.conn.is_handshaking() {
@@ -723,15 +736,7 @@ mod tests {
         use std::os::fd::AsRawFd;
 
         let (key, cert) = self_signed();
-        let server = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-            .with_protocol_versions(TLS12_AND_13)
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-            )
-            .unwrap();
+        let server = server_config(&key, &cert);
         let mut roots = RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
         let client = ClientConfig::builder_with_provider(Arc::new(default_provider()))
@@ -789,15 +794,7 @@ mod tests {
     #[test]
     fn a_tls12_aes_gcm_session_may_send_its_limit_less_the_reserve() {
         let (key, cert) = self_signed();
-        let server = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-            .with_protocol_versions(TLS12_AND_13)
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-            )
-            .unwrap();
+        let server = server_config(&key, &cert);
         let server = Arc::new(server);
         let cases: [(SupportedCipherSuite, Option<u64>); 3] = [
             (

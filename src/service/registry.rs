@@ -62,6 +62,16 @@ struct Retiring {
     over: Arc<AtomicBool>,
 }
 
+/// What `Registry::spawn_retiring` did with the stop it was given.
+enum Spawn {
+    /// It runs on a thread in the retiring list.
+    Listed,
+    /// The registry is shutting down: the caller runs it.
+    Closed(Box<dyn FnOnce() + Send>),
+    /// No thread could be made (the stop is dropped with it).
+    Failed,
+}
+
 /// What `services()` reports for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -358,6 +368,9 @@ impl Registry {
                 // queues. What its queues hold stays for the new version: draining them could
                 // last as long as their senders keep posting.
                 self.hand_over(old);
+                if self.closed.load(Ordering::SeqCst) {
+                    return Err(err(&name, SHUTTING_DOWN));
+                }
                 return self.add(spec).map(|()| 0);
             }
             // A network version turning standalone: its clients are asked to go (1001) and it
@@ -388,53 +401,67 @@ impl Registry {
     /// it is in the retiring list, so that a shutdown that begins then waits for it too (in
     /// neither list, it was left to the process's exit, its onShutdown cut short).
     fn hand_over(&self, old: Arc<LuaService>) {
-        let (done_tx, done) = sync_channel::<()>(1);
         let (over_tx, over_rx) = sync_channel::<()>(1);
-        let name = old.spec().name.clone();
+        let body = {
+            let old = Arc::clone(&old);
+            move || {
+                old.hand_over(SHUTDOWN_GRACE);
+                let _ = over_tx.send(());
+            }
+        };
+        match self.spawn_retiring(old.spec(), "handover", Box::new(body)) {
+            Spawn::Listed => {
+                let _ = over_rx.recv();
+            }
+            Spawn::Closed(body) => body(),
+            Spawn::Failed => old.hand_over(SHUTDOWN_GRACE),
+        }
+    }
+
+    /// Runs `body` (the stop of a retiring version) on a thread listed as retiring, for
+    /// `shutdown` to wait for. Spawned and listed under the list's lock: a shutdown that takes
+    /// the list sees it, or began before and closed the registry, and then `body` is given
+    /// back for the caller to run.
+    fn spawn_retiring(
+        &self,
+        spec: &ServiceSpec,
+        kind: &str,
+        body: Box<dyn FnOnce() + Send>,
+    ) -> Spawn {
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Spawn::Closed(body);
+        }
+        let (done_tx, done) = sync_channel::<()>(1);
         let over = Arc::new(AtomicBool::new(false));
         let spawned = std::thread::Builder::new()
-            .name(format!("handover-{name}"))
+            .name(format!("{kind}-{}", spec.name))
             .spawn({
-                let old = Arc::clone(&old);
                 let over = Arc::clone(&over);
                 move || {
-                    old.hand_over(SHUTDOWN_GRACE);
+                    body();
                     over.store(true, Ordering::SeqCst);
                     let _ = done_tx.send(());
-                    let _ = over_tx.send(());
                 }
             });
         let Ok(thread) = spawned else {
-            old.hand_over(SHUTDOWN_GRACE);
-            return;
+            return Spawn::Failed;
         };
-        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
-        if self.closed.load(Ordering::SeqCst) {
-            // `shutdown` may have taken the list already: wait for it here.
-            drop(retiring);
-            let _ = thread.join();
-            return;
-        }
         retiring.retain(|r| !r.thread.is_finished());
         retiring.push(Retiring {
-            name,
-            depends: old.spec().depends.clone(),
+            name: spec.name.clone(),
+            depends: spec.depends.clone(),
             thread,
             done,
             over,
         });
-        drop(retiring);
-        let _ = over_rx.recv();
+        Spawn::Listed
     }
 
     /// What would make `spec` fail to start, short of running it: its app's compilation, its
     /// preloads, its dependencies (`running`: the services running now).
     fn check_before_stopping(spec: &ServiceSpec, running: &[String]) -> Result<(), StartError> {
-        if let Some(d) = spec
-            .depends
-            .iter()
-            .find(|d| **d != spec.name && !running.contains(d))
-        {
+        if let Some(d) = spec.depends.iter().find(|d| !running.contains(d)) {
             return Err(err(
                 &spec.name,
                 format!("depends on {d}, which is not running"),
@@ -494,7 +521,6 @@ impl Registry {
         }
         let hub = Arc::clone(&self.hub);
         let grace = *self.retire_grace.lock().unwrap_or_else(|e| e.into_inner());
-        let (done_tx, done) = sync_channel::<()>(1);
         let name = old.spec().name.clone();
         // Versions retiring now that depend on this one (a deploy that removes a sender and
         // its receiver together retires the sender first): this one stops after them, so
@@ -507,66 +533,42 @@ impl Registry {
             .filter(|r| r.depends.contains(&name))
             .map(|r| Arc::clone(&r.over))
             .collect();
-        let over = Arc::new(AtomicBool::new(false));
-        let spawned = std::thread::Builder::new()
-            .name(format!("retire-{name}"))
-            .spawn({
-                let old = Arc::clone(&old);
-                let over = Arc::clone(&over);
-                move || {
-                    let start = Instant::now();
-                    let deadline = start + grace;
-                    // A dependent stops within its own grace and SHUTDOWN_GRACE.
-                    let after_deadline = deadline + SHUTDOWN_GRACE;
-                    let poll = Duration::from_millis(20);
-                    loop {
-                        let now = Instant::now();
-                        // Every connection gone, and its close event handled by the old
-                        // instances (its onDisconnect has run): the event may still wait in a
-                        // worker's batch (a full queue) after the connection left the set.
-                        if old.close_doors_if_idle() || now >= deadline {
-                            if after.iter().all(|a| a.load(Ordering::SeqCst))
-                                || now >= after_deadline
-                            {
-                                break;
-                            }
-                        } else {
-                            // A handshake routed to the old version just before the swap
-                            // opens after the list above was taken: ask it too (once is
-                            // enough).
-                            for conn in old.connections() {
-                                if asked.insert(conn) {
-                                    let _ = hub.send(Command::GoAway { conn, code: 1001 });
-                                }
+        let body = {
+            let old = Arc::clone(&old);
+            move || {
+                let deadline = Instant::now() + grace;
+                // A dependent stops within its own grace and SHUTDOWN_GRACE.
+                let after_deadline = deadline + SHUTDOWN_GRACE;
+                let poll = Duration::from_millis(20);
+                loop {
+                    let now = Instant::now();
+                    // Every connection gone, and its close event handled by the old
+                    // instances (its onDisconnect has run): the event may still wait in a
+                    // worker's batch (a full queue) after the connection left the set.
+                    if old.close_doors_if_idle() || now >= deadline {
+                        if after.iter().all(|a| a.load(Ordering::SeqCst)) || now >= after_deadline {
+                            break;
+                        }
+                    } else {
+                        // A handshake routed to the old version just before the swap opens
+                        // after the list above was taken: ask it too (once is enough).
+                        for conn in old.connections() {
+                            if asked.insert(conn) {
+                                let _ = hub.send(Command::GoAway { conn, code: 1001 });
                             }
                         }
-                        // Polling interval while the workers finish the close handshakes.
-                        std::thread::sleep(poll);
                     }
-                    old.shutdown(SHUTDOWN_GRACE);
-                    over.store(true, Ordering::SeqCst);
-                    let _ = done_tx.send(());
+                    // Polling interval while the workers finish the close handshakes.
+                    std::thread::sleep(poll);
                 }
-            });
-        match spawned {
-            Ok(thread) => {
-                let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
-                if self.closed.load(Ordering::SeqCst) {
-                    // `shutdown` may have taken the list already: wait for it here.
-                    drop(retiring);
-                    let _ = thread.join();
-                } else {
-                    retiring.retain(|r| !r.thread.is_finished());
-                    retiring.push(Retiring {
-                        name,
-                        depends: old.spec().depends.clone(),
-                        thread,
-                        done,
-                        over,
-                    });
-                }
+                old.shutdown(SHUTDOWN_GRACE);
             }
-            Err(_) => old.shutdown(SHUTDOWN_GRACE),
+        };
+        match self.spawn_retiring(old.spec(), "retire", Box::new(body)) {
+            Spawn::Listed => {}
+            // The shutdown has begun (its connections are ending anyway): wait here.
+            Spawn::Closed(body) => body(),
+            Spawn::Failed => old.shutdown(SHUTDOWN_GRACE),
         }
         n
     }
