@@ -655,6 +655,22 @@ mod tests {
             .unwrap()
     }
 
+    /// A client of `localhost` that trusts `cert`, with `provider`'s cipher suites.
+    fn client_of(
+        cert: &rcgen::Certificate,
+        provider: rustls::crypto::CryptoProvider,
+    ) -> ClientConnection {
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(TLS12_AND_13)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        ClientConnection::new(Arc::new(config), name).unwrap()
+    }
+
     /// `s` and `client` after their handshake, run in memory.
     fn handshake(s: &mut TlsSession, client: &mut ClientConnection) {
         while client.is_handshaking() || s.conn.is_handshaking() {
@@ -737,15 +753,7 @@ mod tests {
 
         let (key, cert) = self_signed();
         let server = server_config(&key, &cert);
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        let client = ClientConfig::builder_with_provider(Arc::new(default_provider()))
-            .with_protocol_versions(TLS12_AND_13)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut client = client_of(&cert, default_provider());
         let mut s = TlsSession::new(Arc::new(server)).unwrap();
         handshake(&mut s, &mut client);
 
@@ -808,17 +816,9 @@ mod tests {
             (cipher_suite::TLS13_AES_128_GCM_SHA256, None),
         ];
         for (suite, budget) in cases {
-            let mut roots = RootCertStore::empty();
-            roots.add(cert.der().clone()).unwrap();
             let mut provider = default_provider();
             provider.cipher_suites = vec![suite];
-            let client = ClientConfig::builder_with_provider(Arc::new(provider))
-                .with_protocol_versions(TLS12_AND_13)
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+            let mut client = client_of(&cert, provider);
             let mut s = TlsSession::new(server.clone()).unwrap();
             handshake(&mut s, &mut client);
             assert_eq!(s.conn.negotiated_cipher_suite(), Some(suite));

@@ -377,8 +377,11 @@ fn decoding_under_a_memory_limit_stops_only_where_the_allowance_would() {
             )
             .into_function()
             .unwrap();
-        f.call((lua.create_string(json).unwrap(), lua.create_string(cbor).unwrap()))
-            .unwrap()
+        f.call((
+            lua.create_string(json).unwrap(),
+            lua.create_string(cbor).unwrap(),
+        ))
+        .unwrap()
     };
     let (ok, why) = decode(fits);
     assert!(ok, "{fits} values: {why}");
