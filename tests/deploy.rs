@@ -88,6 +88,29 @@ impl Drop for Site {
     }
 }
 
+/// A standalone app that posts "init TAG" to mqr queue `queue` in its init and "stopped TAG"
+/// once run() sees must_stop() (needs preload ["mqr", "nap"]).
+fn standalone_worker(queue: &str, tag: &str) -> String {
+    format!(
+        r#"local w = {{}}
+w.init = function() assert(mqr:post("{queue}", "init {tag}")) end
+w.run = function()
+  while not must_stop() do nap:new():sleep(0.01) end
+  assert(mqr:post("{queue}", "stopped {tag}"))
+end
+return w
+"#
+    )
+}
+
+/// The next message on `queue`, as text (within 10 s).
+fn next_event(queue: &lapps::service::mqr::Queue) -> String {
+    let m = queue
+        .receive(std::time::Duration::from_secs(10), &|| false)
+        .expect("an event within 10 s");
+    String::from_utf8(m.into_vec()).unwrap()
+}
+
 fn status_of(addr: std::net::SocketAddr, path: &str) -> String {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -401,25 +424,11 @@ fn a_standalone_service_is_stopped_before_its_new_version_starts() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
             d.join("worker.lua"),
-            format!(
-                r#"local w = {{}}
-w.init = function() assert(mqr:post("deploy.standalone", "init {tag}")) end
-w.run = function()
-  while not must_stop() do nap:new():sleep(0.01) end
-  assert(mqr:post("deploy.standalone", "stopped {tag}"))
-end
-return w
-"#
-            ),
+            standalone_worker("deploy.standalone", tag),
         )
         .unwrap();
     };
-    let next = || {
-        let m = events
-            .receive(std::time::Duration::from_secs(10), &|| false)
-            .expect("an event within 10 s");
-        String::from_utf8(m.into_vec()).unwrap()
-    };
+    let next = || next_event(&events);
     write("v1");
     site.lapps_json(r#", "worker": { "standalone": true, "preload": ["mqr", "nap"] }"#);
     let app = site.start();
@@ -587,24 +596,8 @@ fn a_standalone_service_whose_dependency_is_down_keeps_its_old_version() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(format!("{name}.lua")), body).unwrap();
     };
-    let worker = |tag: &str| {
-        format!(
-            r#"local w = {{}}
-w.init = function() assert(mqr:post("deploy.standalone_depends", "init {tag}")) end
-w.run = function()
-  while not must_stop() do nap:new():sleep(0.01) end
-  assert(mqr:post("deploy.standalone_depends", "stopped {tag}"))
-end
-return w
-"#
-        )
-    };
-    let next = || {
-        let m = events
-            .receive(std::time::Duration::from_secs(10), &|| false)
-            .expect("an event within 10 s");
-        String::from_utf8(m.into_vec()).unwrap()
-    };
+    let worker = |tag: &str| standalone_worker("deploy.standalone_depends", tag);
+    let next = || next_event(&events);
     write("base", &worker("base v1"));
     write("user", &worker("user v1"));
     site.lapps_json(

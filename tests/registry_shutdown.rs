@@ -79,6 +79,22 @@ fn stuck(name: &str) -> ServiceSpec {
     s
 }
 
+/// A standalone service running test app `app` with mqr and the ffi.
+fn standalone_with_ffi(app: &str) -> ServiceSpec {
+    let mut s = test_app(app);
+    s.standalone = true;
+    s.preload = vec!["mqr".into()];
+    s.allow_ffi = true;
+    s
+}
+
+/// The mqr queue `name`, emptied of what an earlier test left.
+fn emptied(name: &str) -> Arc<lapps::service::mqr::Queue> {
+    let queue = lapps::service::mqr::registry().open(name, 8);
+    while queue.poll().is_some() {}
+    queue
+}
+
 /// Waits for `n` more stuck_stop onShutdown calls to have begun.
 fn began(n: usize) {
     let queue = lapps::service::mqr::registry().open("stuck_stop.began", 16);
@@ -144,12 +160,8 @@ fn a_stuck_retiring_version_leaves_the_running_services_half_the_budget() {
     let _one = STUCK.lock().unwrap_or_else(|e| e.into_inner());
     let hub = hub(1);
     let old = stuck("stuck_half");
-    let mut report = test_app("slow_report");
-    report.standalone = true;
-    report.preload = vec!["mqr".into()];
-    report.allow_ffi = true;
-    let done = lapps::service::mqr::registry().open("slow_report.done", 4);
-    while done.poll().is_some() {}
+    let report = standalone_with_ffi("slow_report");
+    let done = emptied("slow_report.done");
     let reg = Registry::start(vec![old, report], hub.clone()).unwrap();
     // Replaced by a version that stops at once; the old one's onShutdown blocks a minute.
     let mut new = probe();
@@ -170,12 +182,8 @@ fn a_stuck_retiring_version_leaves_the_running_services_half_the_budget() {
 #[test]
 fn a_shutdown_during_a_standalone_hand_over_waits_for_the_old_version() {
     let hub = hub(1);
-    let mut spec = test_app("slow_handover");
-    spec.standalone = true;
-    spec.preload = vec!["mqr".into()];
-    spec.allow_ffi = true;
-    let events = lapps::service::mqr::registry().open("slow_handover.events", 8);
-    while events.poll().is_some() {}
+    let spec = standalone_with_ffi("slow_handover");
+    let events = emptied("slow_handover.events");
     let reg = Arc::new(Registry::start(vec![spec.clone()], hub.clone()).unwrap());
     let replacing = std::thread::spawn({
         let reg = Arc::clone(&reg);
