@@ -391,8 +391,13 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
             };
             // A snapshot: the callback may change the container while we walk it.
             for (k, n) in node.entries() {
-                let k = into_lua(lua, k)?;
-                let v = node_to_lua(lua, n)?;
+                // A key or value the state has no room for is an answer, as for every nljson
+                // function, not a raise.
+                let kv = into_lua(lua, k).and_then(|k| Ok((k, node_to_lua(lua, n)?)));
+                let (k, v) = match kv {
+                    Ok(kv) => kv,
+                    Err(e) => return fail(lua, format!("nljson.foreach: {e}")),
+                };
                 match f.call::<LuaValue>((k, v)) {
                     Ok(LuaValue::Boolean(false)) => break,
                     Ok(_) => {}

@@ -393,3 +393,28 @@ fn decoding_under_a_memory_limit_stops_only_where_the_allowance_would() {
     );
     tree_budget::set_limit(0);
 }
+
+/// A key foreach cannot copy into the state (a container key past the tree allowance) is a
+/// `nil, err` answer, as for every nljson function, not a raise.
+#[test]
+fn foreach_answers_nil_err_for_a_key_the_state_has_no_room_for() {
+    use crate::lapps_proto::tree_budget::{self, KEPT_PER_ITEM, PER_CONTAINER};
+    let key = Value::Array(vec![Value::Int(0); 100]);
+    let bytes = cbor::encode(&Value::Map(vec![(key, Value::Int(1))]));
+    // Room for the tree (103 items, 2 containers) and half its key again, not a copy of it.
+    tree_budget::set_limit(153 * KEPT_PER_ITEM + 2 * PER_CONTAINER);
+    let lua = state();
+    let f: mlua::Function = lua
+        .load(
+            r#"local v = assert(nljson.from_cbor(...))
+               local ok, err = nljson.foreach(v, function() end)
+               return ok, err"#,
+        )
+        .into_function()
+        .unwrap();
+    let got = f.call::<(Option<bool>, Option<String>)>(lua.create_string(&bytes).unwrap());
+    tree_budget::set_limit(0);
+    let (ok, err) = got.expect("an answer, not a raise");
+    assert_eq!(ok, None);
+    assert_eq!(err.as_deref(), Some("nljson.foreach: not enough memory"));
+}
