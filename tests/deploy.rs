@@ -36,6 +36,13 @@ impl Site {
         .unwrap();
     }
 
+    /// Writes app `name` with this source.
+    fn write_app(&self, name: &str, body: &str) {
+        let d = self.dir.join("apps").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{name}.lua")), body).unwrap();
+    }
+
     fn broken_app(&self, name: &str) {
         let f = self.dir.join("apps").join(name).join(format!("{name}.lua"));
         std::fs::write(f, "local m = {\nreturn m\n").unwrap();
@@ -419,15 +426,7 @@ fn a_move_to_a_new_path_that_fails_to_load_keeps_the_old_path() {
 fn a_standalone_service_is_stopped_before_its_new_version_starts() {
     let site = Site::new("standalone");
     let events = lapps::service::mqr::registry().open("deploy.standalone", 64);
-    let write = |tag: &str| {
-        let d = site.dir.join("apps").join("worker");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(
-            d.join("worker.lua"),
-            standalone_worker("deploy.standalone", tag),
-        )
-        .unwrap();
-    };
+    let write = |tag: &str| site.write_app("worker", &standalone_worker("deploy.standalone", tag));
     let next = || next_event(&events);
     write("v1");
     site.lapps_json(r#", "worker": { "standalone": true, "preload": ["mqr", "nap"] }"#);
@@ -455,12 +454,10 @@ fn a_standalone_service_is_stopped_before_its_new_version_starts() {
 
     // One that fails only when it runs (its init raises) leaves nothing running; fixing it
     // and sending SIGHUP again starts it.
-    let d = site.dir.join("apps").join("worker");
-    std::fs::write(
-        d.join("worker.lua"),
+    site.write_app(
+        "worker",
         "return { init = function() error('v4 cannot start') end, run = function() end }\n",
-    )
-    .unwrap();
+    );
     app.reload();
     assert_eq!(next(), "stopped v3");
     write("v5");
@@ -477,11 +474,9 @@ fn a_standalone_service_is_stopped_before_its_new_version_starts() {
 fn an_app_edited_while_the_services_start_is_deployed_at_the_next_sighup() {
     let site = Site::new("edited-at-start");
     let write = |tag: &str| {
-        let d = site.dir.join("apps").join("late");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(
-            d.join("late.lua"),
-            format!(
+        site.write_app(
+            "late",
+            &format!(
                 r#"local m = {{}}
 m.onStart = function()
   mqr:create("deploy.late.started")
@@ -491,8 +486,7 @@ m.onMessage = function(h, op, msg) ws:send(h, 1, "{tag} " .. msg) return true en
 return m
 "#
             ),
-        )
-        .unwrap();
+        );
     };
     write("v1");
     site.lapps_json(
@@ -555,9 +549,7 @@ return s
 "#,
         ),
     ] {
-        let d = site.dir.join("apps").join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(format!("{name}.lua")), body).unwrap();
+        site.write_app(name, body);
     }
     site.lapps_json(
         r#", "pair_receiver": { "standalone": true, "preload": ["mqr"] },
@@ -591,11 +583,7 @@ return s
 fn a_standalone_service_whose_dependency_is_down_keeps_its_old_version() {
     let site = Site::new("standalone-depends");
     let events = lapps::service::mqr::registry().open("deploy.standalone_depends", 64);
-    let write = |name: &str, body: &str| {
-        let d = site.dir.join("apps").join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(format!("{name}.lua")), body).unwrap();
-    };
+    let write = |name: &str, body: &str| site.write_app(name, body);
     let worker = |tag: &str| standalone_worker("deploy.standalone_depends", tag);
     let next = || next_event(&events);
     write("base", &worker("base v1"));
@@ -641,19 +629,16 @@ fn shutdown_waits_for_a_replaced_version_to_finish_stopping() {
     let site = Site::new("retiring");
     let events = lapps::service::mqr::registry().open("deploy.retiring", 64);
     let write = |tag: &str| {
-        let d = site.dir.join("apps").join("svc");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(
-            d.join("svc.lua"),
-            format!(
+        site.write_app(
+            "svc",
+            &format!(
                 r#"local m = {{}}
 m.onMessage = function(h, op, msg) ws:send(h, 1, "{tag} " .. msg) return true end
 m.onShutdown = function() assert(mqr:post("deploy.retiring", "shutdown {tag}")) end
 return m
 "#
             ),
-        )
-        .unwrap();
+        );
     };
     write("v1");
     site.lapps_json(r#", "svc": { "request_target": "/svc", "preload": ["mqr"] }"#);
