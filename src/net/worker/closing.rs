@@ -139,6 +139,9 @@ impl Worker {
     /// One during which it began to end (a GoAway among its commands) took them only if it
     /// did not stop at its share; otherwise the next one does.
     pub(super) fn close_answered_in_commands(&mut self) {
+        if self.close_after_commands.is_empty() {
+            return; // the common case, twice per loop iteration
+        }
         let mut waiting = std::mem::take(&mut self.close_after_commands);
         waiting.retain(|w| {
             let taken = self.takes >= w.takes + 2
