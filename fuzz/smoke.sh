@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-"handshake frame cbor views json cws_upgrade simd"}
+TARGETS=${FUZZ_TARGETS:-"handshake frame cbor views json cws_upgrade simd config"}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz/smoke.sh: installing cargo-fuzz"

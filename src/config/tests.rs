@@ -388,6 +388,26 @@ fn unknown_keys_are_errors_naming_their_path() {
 }
 
 #[test]
+fn a_key_with_control_characters_prints_escaped_on_its_own_line() {
+    let e = ws("{\"po\\nrt\": 1, \"x\\u007f\": 2}").unwrap_err();
+    let text: Vec<String> = e.to_string().lines().map(String::from).collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(
+        text[0].starts_with("ws.json: po\\nrt: unknown key"),
+        "{text:?}"
+    );
+    assert!(
+        text[1].starts_with("ws.json: x\\u{7f}: unknown key"),
+        "{text:?}"
+    );
+    let bad_name = lapps("{\"services\": {\"a\\tb\": {}}}");
+    assert!(
+        lines(bad_name)[0].starts_with("lapps.json: services.a\\tb: invalid service name"),
+        "a service name is a key too"
+    );
+}
+
+#[test]
 fn wrong_types_name_file_path_expected_and_got() {
     assert_eq!(
         lines(ws(r#"{"port": "abc"}"#)),
