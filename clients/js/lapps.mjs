@@ -599,7 +599,9 @@ export class LappsClient {
       if (this.onopen) this.onopen(this);
     };
     ws.onmessage = (event) => {
-      if (ws === this.ws) this.receive(event.data);
+      // After close(), a closing socket may still deliver (Node's `ws` does, browsers do not):
+      // the calls it could answer were rejected already.
+      if (ws === this.ws && !this.stopped) this.receive(event.data);
     };
     ws.onclose = (event) => this.closed(ws, event);
     // An error is always followed by a close event; the close carries the useful information.

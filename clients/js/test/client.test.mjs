@@ -267,6 +267,31 @@ test("close() stops reconnecting and rejects queued calls", async () => {
   assert.equal(sockets.length, 1);
 });
 
+test("messages still delivered by a closing socket after close() are not handled", async () => {
+  // Browsers drop them; Node's `ws` package (options.WebSocket) delivers them while closing.
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  const errors = [];
+  const closes = [];
+  const oons = [];
+  client.onerror = (e) => errors.push(e.message);
+  client.onclose = (info) => closes.push(info);
+  client.on(5, (message) => oons.push(message));
+  sockets[0].serverOpen();
+  sockets[0].close = function () {
+    this.readyState = 2; // closing: the server's Close has not come yet
+  };
+  const slow = client.call("slow");
+  client.close();
+  await assert.rejects(slow, LappsError);
+  sockets[0].serverSend({ status: 1, cid: 0, result: ["late"] });
+  sockets[0].serverSend({ cid: 5, message: ["late"] });
+  sockets[0].serverClose(1000);
+  assert.deepEqual(errors, []);
+  assert.deepEqual(oons, []);
+  assert.deepEqual(closes.map((c) => c.code), [1000]);
+});
+
 test("without reconnection, a call after the connection closed is rejected", async () => {
   const { sockets, WebSocket } = socketFactory();
   const client = connect("ws://x/", { WebSocket, reconnect: false });
