@@ -1245,8 +1245,9 @@ return p
 
 #[test]
 fn a_message_the_state_has_no_memory_for_fails_its_connection_with_1011() {
-    // Larger than the state's whole memory limit; then one that would fit.
-    let mut bytes = server_frame(2, &vec![7u8; 6 << 20]);
+    // Just within the state's memory limit, so it can be received (see the next test), but
+    // the state has its own values too; then one that would fit.
+    let mut bytes = server_frame(2, &vec![7u8; (4 << 20) - 64]);
     bytes.extend(server_frame(1, b"small"));
     let (url, server) = scripted_server(bytes);
     let (reg, out) = reporting_client(&scratch("no-memory"), "no_memory", &url, "cws.nomem");
@@ -1259,9 +1260,37 @@ fn a_message_the_state_has_no_memory_for_fails_its_connection_with_1011() {
 }
 
 #[test]
+fn messages_being_received_may_hold_no_more_than_the_states_memory_limit() {
+    // An 8 MiB message in 1 MiB fragments, within max_message_size but twice the 4 MiB
+    // memory limit: it is refused while it arrives, not once it is whole.
+    let mut bytes = Vec::new();
+    for i in 0..8u8 {
+        let mut f = server_frame(if i == 0 { 2 } else { 0 }, &vec![i; 1 << 20]);
+        if i < 7 {
+            f[0] &= 0x7f; // not the last fragment
+        }
+        bytes.extend(f);
+    }
+    let (url, server) = scripted_server(bytes);
+    let dir = scratch("assembly-cap");
+    let options = "max_message_size = 64 * 1024 * 1024,";
+    let (reg, out) = reporting_client_with(&dir, "assembly_cap", &url, "cws.asmcap", options);
+    let error = next(&out);
+    assert!(
+        error.starts_with("onerror no room for the message being received"),
+        "{error}"
+    );
+    assert_eq!(next(&out), "onclose 1013");
+    // The server is told, with a masked Close 1013 (try again later).
+    assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xf5]));
+    reg.shutdown();
+    assert_eq!(next(&out), "stopped after 1");
+}
+
+#[test]
 fn a_message_with_no_memory_for_it_just_before_the_servers_close_still_ends_in_one_onclose() {
     // The end of the big message and the Close may come in one read.
-    let mut bytes = server_frame(2, &vec![7u8; 6 << 20]);
+    let mut bytes = server_frame(2, &vec![7u8; (4 << 20) - 64]);
     bytes.extend(server_frame(8, &[0x03, 0xe8]));
     let (url, server) = scripted_server(bytes);
     let dir = scratch("no-memory-close");

@@ -12,8 +12,8 @@
 //! per read against what the other buffers held when it began: workers reading at the same
 //! moment may each take the room that was left, so together they may pass the cap by up to
 //! that room times the workers but one. A buffer's capacity may run ahead of its bytes
-//! (doubling), and capacity is what counts. Only the server's client connections count: a
-//! `cws` client's decoder is bounded by its own message limit alone.
+//! (doubling), and capacity is what counts. Only the server's client connections count here;
+//! each instance's `cws` connections share a budget of their own, the state's memory limit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -15,6 +15,7 @@ use rustls::{ClientConfig, ClientConnection};
 use super::outbuf::OutBuf;
 use super::upgrade;
 use super::url::Url;
+use crate::net::assembly::AssemblyBudget;
 use crate::net::sys::AckProgress;
 use crate::ws::codec::{self, Decoder, Role};
 use crate::ws::Opcode;
@@ -138,6 +139,9 @@ pub struct Client {
     acked: AckProgress,
     /// A Ping went for the current quiet spell.
     ping_sent: bool,
+    /// What the messages being received of every connection of this client's instance may
+    /// hold together (its state's memory limit): charged with `decoder`'s buffer.
+    assembly: Option<Arc<AssemblyBudget>>,
 }
 
 /// Every address of the URL's host, in resolver order; a name waits for the resolver at most
@@ -296,6 +300,7 @@ impl Client {
             last_input: started,
             acked: AckProgress::default(),
             ping_sent: false,
+            assembly: None,
         })
     }
 
@@ -304,6 +309,14 @@ impl Client {
     /// without a FIN, or hangs, is noticed. None (the default) never pings.
     pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Client {
         self.idle = idle.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The message being received is charged to `budget`, shared with other connections: one
+    /// that needs more than they leave fails the connection (Close 1013). Without it, a
+    /// message is bounded by the message size limit alone.
+    pub fn with_assembly_budget(mut self, budget: Arc<AssemblyBudget>) -> Client {
+        self.assembly = Some(budget);
         self
     }
 
@@ -777,6 +790,11 @@ impl Client {
         let deliver = matches!(self.phase, Phase::Open);
         let mut close: Option<Option<u16>> = None;
         let mut consumed = 0;
+        let held_before = self.decoder.held();
+        let allowance = self
+            .assembly
+            .as_ref()
+            .map_or(usize::MAX, |b| b.allowance(held_before));
         let result = {
             let Client {
                 decoder,
@@ -792,7 +810,7 @@ impl Client {
                 if rest.is_empty() {
                     break Ok(());
                 }
-                let r = decoder.decode(rest, &mut |ev| match ev {
+                let r = decoder.decode_within(rest, allowance, &mut |ev| match ev {
                     codec::Event::Text(p) if deliver => sink(Event::Message(p, Opcode::Text)),
                     codec::Event::Binary(p) if deliver => sink(Event::Message(p, Opcode::Binary)),
                     // A server that pings without reading would grow `out` without bound: beyond
@@ -818,20 +836,23 @@ impl Client {
             }
         };
         self.input.drain(..consumed.min(self.input.len()));
+        if let Some(budget) = &self.assembly {
+            budget.update(held_before, self.decoder.held());
+        }
         match result {
-            Err(e) => {
-                if !self.close_sent {
-                    codec::encode_close(
-                        self.out.tail(),
-                        Role::Client,
-                        Some(e.code),
-                        b"",
-                        keys.key(),
-                    );
-                    self.close_sent = true;
-                }
-                self.fail(e.reason.to_string(), e.code, sink);
+            Err(e) if e == codec::OVER_ALLOWANCE => {
+                let why = match &self.assembly {
+                    Some(b) => format!(
+                        "no room for the message being received: the instance's connections \
+                         hold {} of the {} bytes of its memory_limit in messages",
+                        b.held(),
+                        b.limit()
+                    ),
+                    None => e.reason.to_string(),
+                };
+                self.fail_protocol(e, why, keys, sink);
             }
+            Err(e) => self.fail_protocol(e, e.reason.to_string(), keys, sink),
             Ok(()) => {
                 if let Some(code) = close {
                     if !self.close_sent {
@@ -843,6 +864,22 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The server's bytes break `e` (a protocol error, or no room for its message): our
+    /// Close with its code, then the failure as `why`.
+    fn fail_protocol(
+        &mut self,
+        e: codec::ProtocolError,
+        why: String,
+        keys: &mut KeyPool,
+        sink: &mut dyn FnMut(Event<'_>),
+    ) {
+        if !self.close_sent {
+            codec::encode_close(self.out.tail(), Role::Client, Some(e.code), b"", keys.key());
+            self.close_sent = true;
+        }
+        self.fail(why, e.code, sink);
     }
 
     /// Writes what the socket takes now. Never waits.
@@ -893,6 +930,14 @@ impl Client {
             },
         }
         Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.assembly {
+            budget.update(self.decoder.held(), 0);
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use rustls::ClientConfig;
 
 use super::ws::{close_code_arg, valid_client_close_code};
 use super::{fail, ok, Ret};
+use crate::net::assembly::AssemblyBudget;
 use crate::service::cws::{client_config, url, Client, Event, KeyPool, TlsOptions};
 use crate::service::lua::host::{one_line, HostCtx};
 use crate::ws::Opcode;
@@ -78,6 +79,9 @@ struct Cws {
     /// A round (`event_loop`) is running, its callbacks included. A nested round could deliver
     /// newer events of a connection before the older ones the outer round still holds.
     in_round: Cell<bool>,
+    /// What the messages being received on all these connections may hold together: the
+    /// state's memory limit (which they would otherwise not count against), none without one.
+    assembly: Arc<AssemblyBudget>,
     /// Handlers `cws:new` returned whose `onclose` has not been called yet (`cws:count()`):
     /// a wait for `count() == 0` ends with every `onclose` run, a deferred one included.
     awaiting_onclose: Cell<usize>,
@@ -195,7 +199,9 @@ impl Cws {
             return failed("busy");
         };
         let client = match Client::connect(&url, config, &mut keys, max_message) {
-            Ok(c) => c.with_idle_timeout(idle),
+            Ok(c) => c
+                .with_idle_timeout(idle)
+                .with_assembly_budget(Arc::clone(&self.assembly)),
             Err(e) => return Ok((Value::Nil, Some(e))),
         };
         let id = self.next.get();
@@ -534,6 +540,8 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         closed_by_app: RefCell::new(HashSet::new()),
         in_round: Cell::new(false),
         awaiting_onclose: Cell::new(0),
+        // Set for this thread before any module is installed (`sandbox`).
+        assembly: Arc::new(AssemblyBudget::new(crate::lapps_proto::tree_budget::limit())),
     });
     let t = lua.create_table()?;
     let c = Rc::clone(&cws);
