@@ -105,13 +105,17 @@ impl Bcast {
     }
 
     /// Adds `conn`; false when the channel does not exist.
+    ///
+    /// The channel and `by_conn` change under `by_conn`'s lock (taken first, the channel's
+    /// inside it; nothing takes them the other way round): apart, a subscribe and an
+    /// unsubscribe of the same pair could interleave so that the channel keeps the connection
+    /// and `by_conn` forgets it, and its close would not take it out.
     pub fn subscribe(&self, id: &ChannelId, conn: ConnId) -> bool {
         let Some(ch) = self.channel(id) else {
             return false;
         };
-        let new = ch.lock().unwrap_or_else(|e| e.into_inner()).insert(conn);
-        if new {
-            let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+        if ch.lock().unwrap_or_else(|e| e.into_inner()).insert(conn) {
             by.entry(conn).or_default().push(id.clone());
         }
         true
@@ -122,8 +126,8 @@ impl Bcast {
         let Some(ch) = self.channel(id) else {
             return false;
         };
-        ch.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
         let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+        ch.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
         if let Some(list) = by.get_mut(&conn) {
             list.retain(|c| c != id);
             if list.is_empty() {
