@@ -784,7 +784,7 @@ fn a_print_line_is_cut_at_8_kib_and_says_how_much_more() {
         "printer",
         r#"local app = {}
 app.onMessage = function(h, op, msg)
-  print("got", msg)
+  if op == 2 then print("bin", msg, "end") else print("got", msg) end
   ws:send(h, 1, "printed")
   return true
 end
@@ -803,6 +803,19 @@ return app
             "m".repeat(shown),
             (1 << 20) - shown
         )),
+        "{} bytes: ...{}",
+        line.len(),
+        &line[line.len().saturating_sub(80)..]
+    );
+    // Bytes that are not UTF-8 count as the bytes printed, not as their U+FFFD in the log:
+    // 3,000 of them leave room for what follows.
+    ws.send(tungstenite::Message::binary(vec![0xffu8; 3000]))
+        .unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("printed"));
+    let lines = binary::lines_until(&log, "bin\t");
+    let line = lines.last().unwrap();
+    assert!(
+        line.ends_with(&format!("bin\t{}\tend", "\u{fffd}".repeat(3000))),
         "{} bytes: ...{}",
         line.len(),
         &line[line.len().saturating_sub(80)..]

@@ -64,18 +64,20 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
     g.set(
         "print",
         lua.create_function(move |_, args: Variadic<Value>| {
-            let mut line = String::new();
+            // The cut counts the bytes printed, not what they become in the log (an invalid
+            // byte is 3 bytes of U+FFFD there, a control character an escape).
+            let mut bytes: Vec<u8> = Vec::new();
             let mut more = 0usize;
             for (i, v) in args.into_iter().enumerate() {
-                if i > 0 {
-                    line.push('\t');
-                }
                 let s: mlua::String = tostring.call(v)?;
-                let bytes = s.as_bytes();
-                let room = MAX_PRINT.saturating_sub(line.len());
-                more += bytes.len().saturating_sub(room);
-                line.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+                let tab: &[u8] = if i > 0 { b"\t" } else { b"" };
+                for part in [tab, &s.as_bytes()[..]] {
+                    let room = MAX_PRINT.saturating_sub(bytes.len());
+                    more += part.len().saturating_sub(room);
+                    bytes.extend_from_slice(&part[..part.len().min(room)]);
+                }
             }
+            let line = String::from_utf8_lossy(&bytes);
             if more > 0 {
                 crate::info!("{} {} ... ({more} bytes more)", h.tag(), printable(&line));
             } else {
