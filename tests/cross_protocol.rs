@@ -80,6 +80,9 @@ fn sends_and_broadcasts_reach_only_connections_of_their_protocol() {
         ]
     );
     assert_eq!(ask(&mut raw, &format!("stale {lapps_id}")), not_raw);
+    // A value that can name no connection is a bad handler to them, as to ws:send.
+    let (_, answers) = call(&mut lapps, "cross", vec![Value::Float(-1.0)]);
+    assert_eq!(answers[..4], vec![t("nil bad handler"); 4], "{answers:?}");
 
     // Both subscribed to channel 7 (the LAppS app makes it); an OON reaches the LAppS client only.
     assert_eq!(

@@ -201,9 +201,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             };
             if let Err(why) = h.bcast.create(id) {
                 crate::warn_limited!(
-                    "{} bcast:create refused: the process has {MAX_CHANNELS} channels, the \
-                     most it may (channels are never removed: use a fixed set)",
-                    h.tag()
+                    "{} bcast:create refused: the process has {} channels, the most it may \
+                     (channels are never removed: use a fixed set)",
+                    h.tag(),
+                    h.bcast.max_channels
                 );
                 return fail(why);
             }

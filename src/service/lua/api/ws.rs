@@ -161,6 +161,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 Value::Number(n) if n.fract() == 0.0 && n >= 2f64.powi(53) && n < 2f64.powi(64) => {
                     n as u64
                 }
+                Value::Number(n) if n.fract() == 0.0 && n >= 2f64.powi(64) => {
+                    return Err(mlua::Error::runtime(format!(
+                        "send_oon: cid must be below 2^64, got {n}"
+                    )))
+                }
                 other => u64::try_from(whole(&other, "send_oon: cid")?)
                     .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?,
             };
@@ -210,7 +215,8 @@ fn sent(r: Result<(), &'static std::ffi::CStr>) -> mlua::Result<Ret> {
 
 /// The live LAppS connection a Lua handler names, or why not.
 fn live_lapps(h: &HostCtx, v: &Value) -> Result<ConnId, &'static str> {
-    let conn = handler(v).ok_or("closed")?;
+    // As ws:send answers: a value that can name no connection is not a closed one.
+    let conn = handler(v).ok_or("bad handler")?;
     match h.hub.speaks(conn) {
         None => Err("closed"),
         Some(Speaks::Raw) => Err(reason(NOT_LAPPS)),
