@@ -123,7 +123,11 @@ pub fn run(
                              memory and net.ipv4.tcp_mem, or lower max_connections)"
                         }
                         // EPERM/EACCES: a seccomp filter or a security module refuses accept4.
-                        _ => " (check the unit's SystemCallFilter and the security modules)",
+                        Some(libc::EPERM | libc::EACCES) => {
+                            " (check the unit's SystemCallFilter and the security modules)"
+                        }
+                        // Anything else (EINVAL, EBADF) is not the host's: a bug to report.
+                        _ => " (unexpected: please report it with this line)",
                     };
                     warn!(
                         "listener: accept failed: {e}; retrying every {EXHAUSTED_PAUSE_MS} ms{hint}"
