@@ -280,6 +280,58 @@ fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
     reg.shutdown();
 }
 
+/// A CA file replaced on disk is read again: the next connection trusts the new certificates
+/// (a rotated CA without a restart), and no longer the old ones.
+#[test]
+fn a_ca_file_rotated_on_disk_is_read_again_for_the_next_connection() {
+    let dir = scratch("wss-rotate");
+    let (addr, pem) = tls_echo_server(&dir);
+    let trusted = std::fs::read(&pem).unwrap();
+    let ca = dir.join("rotating.pem");
+    std::fs::write(&ca, &trusted).unwrap();
+    let src = format!(
+        r#"URL, CA = {}, {}
+local p = {{}}
+p.run = function()
+  local function connect()
+    local done
+    assert(cws:new(URL, {{
+      ca_file = CA,
+      onopen = function(h) done = "open"; cws:close(h) end,
+      onerror = function(_, e) done = done or ("refused: " .. e) end,
+    }}))
+    while not done and not must_stop() do cws:eventLoop(0.05) end
+    assert(mqr:post("cws.rotate", done))
+  end
+  connect()
+  mqr:receive("cws.rotate.go")
+  connect()
+  while not must_stop() do cws:eventLoop(0.1) end
+end
+return p
+"#,
+        lua_str(&format!("wss://{addr}/")),
+        lua_str(&ca.display().to_string())
+    );
+    let out = registry().open("cws.rotate", 4);
+    let go = registry().open("cws.rotate.go", 4);
+    let reg = Registry::start(vec![app_in(&dir, "wss_rotate", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "open");
+    // Another CA now: the server's certificate no longer leads to a trusted root.
+    let (_, other_pem) = tls_server_config(&scratch("wss-rotate-other"));
+    std::fs::write(&ca, std::fs::read(other_pem).unwrap()).unwrap();
+    go.post(b"go".to_vec().into(), Duration::ZERO, &|| false)
+        .unwrap();
+    let second = next(&out);
+    assert!(
+        // Another self-signed certificate of the same subject: the chain is refused for its
+        // signature.
+        second.starts_with("refused: ") && second.contains("invalid peer certificate"),
+        "{second}"
+    );
+    reg.shutdown();
+}
+
 /// One frame from the client: (opcode, masked, unmasked payload).
 fn read_client_frame(s: &mut std::net::TcpStream) -> (u8, bool, Vec<u8>) {
     use std::io::Read;

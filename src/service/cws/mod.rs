@@ -15,4 +15,4 @@ pub mod upgrade;
 pub mod url;
 
 pub use client::{Client, Event, KeyPool, CLOSE_TIMEOUT, CONNECT_TIMEOUT, MAX_BACKLOG};
-pub use tls::{client_config, TlsOptions};
+pub use tls::{client_config, trust_stamp, TlsOptions, TrustStamp};

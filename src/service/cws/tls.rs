@@ -1,12 +1,15 @@
 //! TLS client settings for `wss://`: which certificates are trusted.
 //!
 //! Owns building a rustls `ClientConfig` (ring provider) from the options a Lua app gives:
-//! a PEM bundle (`ca_file`), the system bundle when none is given, or `insecure`, which skips
+//! a PEM bundle (`ca_file`), the system bundle when none is given (the file `SSL_CERT_FILE`
+//! names, as OpenSSL reads it, else the distribution's), or `insecure`, which skips
 //! certificate verification entirely and exists for tests only (signatures are still checked,
 //! so the handshake itself stays sound, but anyone can impersonate the server).
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -33,28 +36,56 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The file of certificates `opts` trusts (none for `insecure`).
+fn trust_file(opts: &TlsOptions) -> Option<Result<String, String>> {
+    if opts.insecure {
+        return None;
+    }
+    Some(match &opts.ca_file {
+        Some(p) => Ok(p.clone()),
+        None => system_bundle(std::env::var_os("SSL_CERT_FILE"), |p| Path::new(p).exists())
+            .ok_or_else(|| "tls: no CA bundle found on this system; give ca_file".to_string()),
+    })
+}
+
+/// The system's bundle: `SSL_CERT_FILE` when set (not empty), else the first of
+/// [`SYSTEM_BUNDLES`] that `exists`.
+fn system_bundle(env: Option<OsString>, exists: impl Fn(&str) -> bool) -> Option<String> {
+    match env.filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.to_string_lossy().into_owned()),
+        None => SYSTEM_BUNDLES
+            .iter()
+            .find(|p| exists(p))
+            .map(|p| p.to_string()),
+    }
+}
+
+/// What tells whether a file of certificates changed: its modification time and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustStamp(SystemTime, u64);
+
+/// The stamp of the file `opts` trusts, to tell whether it changed since a config was built
+/// from it (None: no file, or it cannot be read; a config is then built again each time, and
+/// fails as the file does).
+pub fn trust_stamp(opts: &TlsOptions) -> Option<TrustStamp> {
+    let path = trust_file(opts)?.ok()?;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(TrustStamp(meta.modified().ok()?, meta.len()))
+}
+
 pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
-    let config = if opts.insecure {
-        builder
+    let config = match trust_file(opts) {
+        None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth()
-    } else {
-        let path = match &opts.ca_file {
-            Some(p) => p.clone(),
-            None => SYSTEM_BUNDLES
-                .iter()
-                .find(|p| Path::new(p).exists())
-                .map(|p| p.to_string())
-                .ok_or("tls: no CA bundle found on this system; give ca_file")?,
-        };
-        builder
-            .with_root_certificates(roots(&path)?)
-            .with_no_client_auth()
+            .with_no_client_auth(),
+        Some(path) => builder
+            .with_root_certificates(roots(&path?)?)
+            .with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }
@@ -119,5 +150,25 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssl_cert_file_names_the_system_bundle_before_the_distributions_paths() {
+        let only_pki = |p: &str| p == "/etc/pki/tls/certs/ca-bundle.crt";
+        assert_eq!(
+            system_bundle(Some("/opt/roots.pem".into()), only_pki).as_deref(),
+            Some("/opt/roots.pem")
+        );
+        assert_eq!(
+            system_bundle(Some("".into()), only_pki).as_deref(),
+            Some("/etc/pki/tls/certs/ca-bundle.crt"),
+            "an empty SSL_CERT_FILE is not set"
+        );
+        assert_eq!(system_bundle(None, |_| false), None);
     }
 }

@@ -21,12 +21,16 @@ use rustls::ClientConfig;
 use super::ws::{close_code_arg, valid_client_close_code};
 use super::{fail, ok, Ret};
 use crate::net::assembly::AssemblyBudget;
-use crate::service::cws::{client_config, url, Client, Event, KeyPool, TlsOptions};
+use crate::service::cws::{
+    client_config, trust_stamp, url, Client, Event, KeyPool, TlsOptions, TrustStamp,
+};
 use crate::service::lua::host::{one_line, HostCtx};
 use crate::ws::Opcode;
 
 /// Client connections one instance may hold.
 const MAX_CLIENTS: usize = 4096;
+/// TLS configs one instance keeps (each holds a parsed CA bundle).
+const MAX_TLS_CONFIGS: usize = 16;
 /// `eventLoop` without a timeout waits at most this long.
 const DEFAULT_WAIT: Duration = Duration::from_millis(100);
 /// Longest single poll(2) wait, so that a stopping service is noticed.
@@ -65,12 +69,16 @@ enum Ev {
     Closed(u16),
 }
 
+/// A TLS config and the stamp of the file it was built from.
+type Built = (Option<TrustStamp>, Arc<ClientConfig>);
+
 struct Cws {
     host: Rc<HostCtx>,
     conns: RefCell<BTreeMap<u64, Entry>>,
     keys: RefCell<KeyPool>,
     next: Cell<u64>,
-    configs: RefCell<HashMap<TlsOptions, Arc<ClientConfig>>>,
+    /// TLS configs by what they trust, with the stamp of its file (see `tls_config`).
+    configs: RefCell<HashMap<TlsOptions, Built>>,
     /// Events raised outside a round (a close before the upgrade), delivered by the next one.
     deferred: RefCell<Vec<(u64, Rc<Callbacks>, Ev)>>,
     /// Connections the app closed with `cws:close` whose close is not reported yet: messages
@@ -133,14 +141,23 @@ fn skip_self(mut a: mlua::MultiValue) -> mlua::MultiValue {
 }
 
 impl Cws {
+    /// The TLS config for `opts`, built once (parsing a CA bundle takes milliseconds) and
+    /// again when its file changed: certificates rotated on disk are trusted from the next
+    /// connection on, without a restart. At most [`MAX_TLS_CONFIGS`] are kept (an app may
+    /// name a new `ca_file` per connection).
     fn tls_config(&self, opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
-        if let Some(c) = self.configs.borrow().get(opts) {
-            return Ok(Arc::clone(c));
+        let stamp = trust_stamp(opts);
+        if let Some((built_from, c)) = self.configs.borrow().get(opts) {
+            if stamp.is_some() && *built_from == stamp || opts.insecure {
+                return Ok(Arc::clone(c));
+            }
         }
         let c = client_config(opts)?;
-        self.configs
-            .borrow_mut()
-            .insert(opts.clone(), Arc::clone(&c));
+        let mut configs = self.configs.borrow_mut();
+        if configs.len() >= MAX_TLS_CONFIGS && !configs.contains_key(opts) {
+            configs.clear();
+        }
+        configs.insert(opts.clone(), (stamp, Arc::clone(&c)));
         Ok(c)
     }
 
