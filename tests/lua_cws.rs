@@ -651,6 +651,62 @@ fn over_tls_the_server_ends_tcp_first_too() {
     assert_the_server_closed_first(before_ours, at_the_end, server_end, client_end);
 }
 
+/// Sets `fd`'s socket buffer `opt` (SO_SNDBUF, SO_RCVBUF) to `bytes`: small buffers keep the
+/// kernels from holding megabytes a slow reader has not read.
+fn small_buffer(fd: std::os::fd::RawFd, opt: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: `bytes` is a live c_int and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// Our Close waits behind an upload the server reads slowly (~1.3 MB/s: longer than the 5 s
+/// close timeout): while the server keeps taking our bytes the close is not given up, and
+/// ends with the server's Close, not 1006.
+#[test]
+fn a_close_behind_an_upload_a_server_reads_slowly_waits_while_it_reads() {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    small_buffer(listener.as_raw_fd(), libc::SO_RCVBUF, 64 * 1024); // inherited by accept
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        let mut frames = 0;
+        while let Some((f, _)) = common::read_any_frame(&mut s) {
+            if f.opcode == 8 {
+                s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+                return (frames, f.payload);
+            }
+            frames += 1;
+            // A slow reader, not a synchronisation: each frame of 64 KiB takes it 50 ms.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no Close after {frames} frames");
+    });
+    let (mut c, mut keys) = client_to(addr);
+    small_buffer(c.fd(), libc::SO_SNDBUF, 64 * 1024);
+    let mut events = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
+    assert_eq!(events, ["Open"]);
+    let chunk = vec![7u8; 64 * 1024];
+    for _ in 0..128 {
+        c.send(lapps::ws::Opcode::Binary, &chunk, &mut keys)
+            .unwrap();
+    }
+    c.close(1000, &mut keys, &mut |ev| events.push(format!("{ev:?}")))
+        .unwrap();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    assert_eq!(events, ["Open", "Closed(1000)"]);
+    assert_eq!(server.join().unwrap(), (128, vec![0x03, 0xe8]));
+}
+
 #[test]
 fn the_close_reply_queued_behind_unsent_data_is_still_written() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

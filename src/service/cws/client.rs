@@ -98,7 +98,8 @@ enum Phase {
     Open,
     Closing,
     /// Closed (reported), but the last bytes (our Close reply, close_notify) are still being
-    /// written, for at most `CLOSE_TIMEOUT`: dropping the socket now would lose them.
+    /// written, for `CLOSE_TIMEOUT` (again while the server keeps taking our bytes): dropping
+    /// the socket now would lose them.
     Flushing,
     /// Closed and our last bytes written: what the server still sends is read and dropped
     /// until its end of stream, within the same `CLOSE_TIMEOUT`, and only then is the socket
@@ -427,6 +428,7 @@ impl Client {
                 self.close_sent = true;
                 self.phase = Phase::Closing;
                 self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                self.acked.restart(self.sock.as_raw_fd());
                 let _ = self.flush();
                 Ok(())
             }
@@ -477,6 +479,7 @@ impl Client {
     fn end_after_flush(&mut self) {
         self.close_notify_due = self.tls_established();
         self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        self.acked.restart(self.sock.as_raw_fd());
         self.phase = Phase::Flushing;
         self.flushed_then_linger();
     }
@@ -581,6 +584,12 @@ impl Client {
                 }
             }
             Phase::Upgrading { .. } => self.fail("timeout while connecting".into(), 1006, sink),
+            // Our Close (or our reply to the server's) may wait behind an upload the server
+            // reads slowly: while it keeps taking our bytes it is not gone, and the close
+            // gets another period.
+            Phase::Closing | Phase::Flushing if self.acked.took_more(self.sock.as_raw_fd()) => {
+                self.deadline = Some(now + CLOSE_TIMEOUT);
+            }
             Phase::Closing => {
                 self.last_words();
                 self.phase = Phase::Done;
