@@ -631,25 +631,6 @@ impl Hub {
         }
     }
 
-    /// Instance side, for an ending connection [`Hub::close_when_settled`] marked: whether the
-    /// mark still stands. More answers may be taken after the mark than the unposted count
-    /// holds; from then on no post can tell when it is settled, so the mark is taken off and
-    /// [`Settle::Watch`] answered: the instance looks again as responses are sent, as when
-    /// the count had overflowed before the mark. `Some(Settle::Marked)`: a post will still
-    /// tell. None: a post told already (its poster queued the Close), or `conn` is gone.
-    pub fn recheck_mark(&self, conn: ConnId) -> Option<Settle> {
-        let slot = self.word(conn)?;
-        let who = conn.generation() as u64 | LIVE | LAPPS;
-        let ours = |w: u64| w & WHO & !ENDING == who && w & CLOSE_WHEN_SETTLED != 0;
-        match slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            (ours(w) && w & UNCOUNTED != 0).then_some(w & !CLOSE_WHEN_SETTLED)
-        }) {
-            Ok(_) => Some(Settle::Watch),
-            Err(w) if ours(w) => Some(Settle::Marked),
-            Err(_) => None,
-        }
-    }
-
     /// Changes the unposted count of the LAppS connection `conn` (closing or not); nothing when
     /// it is gone (a later connection in its slot starts from zero). The word before, when
     /// `conn` is there.
@@ -920,44 +901,6 @@ mod tests {
         assert_eq!(hub.close_when_settled(e), Settle::Marked);
         assert!(hub.take_response(e));
         assert!(hub.posted(e));
-    }
-
-    #[test]
-    fn a_mark_overtaken_by_more_unposted_answers_than_the_count_holds_is_handed_back() {
-        let hub = Hub::new(1, 16).unwrap();
-        let port = hub.port(0);
-        let c = ConnId::new(0, 10, 1);
-        port.set_speaks(c.index(), 1, Speaks::Lapps);
-        for _ in 0..600 {
-            assert!(hub.expect_response(c));
-        }
-        assert_eq!(hub.close_when_settled(c), Settle::Marked);
-        assert_eq!(
-            hub.recheck_mark(c),
-            Some(Settle::Marked),
-            "a post will tell"
-        );
-        for _ in 0..600 {
-            assert!(hub.take_response(c));
-        }
-        // 600 taken before any post: the count overflowed, no post can tell any more.
-        assert_eq!((0..600).filter(|_| hub.posted(c)).count(), 0);
-        assert_eq!(
-            hub.recheck_mark(c),
-            Some(Settle::Watch),
-            "the instance watches"
-        );
-        assert_eq!(hub.recheck_mark(c), None, "handed back once");
-        assert_eq!(hub.close_when_settled(c), Settle::Now, "nothing owed now");
-
-        // A mark a post cleared (its poster queued the Close) is over; so is a gone one.
-        let d = ConnId::new(0, 11, 1);
-        port.set_speaks(d.index(), 1, Speaks::Lapps);
-        assert!(hub.expect_response(d));
-        assert_eq!(hub.close_when_settled(d), Settle::Marked);
-        assert!(hub.take_response(d) && hub.posted(d));
-        assert_eq!(hub.recheck_mark(d), None);
-        assert_eq!(hub.recheck_mark(ConnId::new(0, 12, 1)), None);
     }
 
     #[test]

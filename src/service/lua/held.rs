@@ -52,9 +52,6 @@ pub(crate) struct HeldAnswers {
     conns: RefCell<HashMap<ConnId, Waiting>>,
     /// Ending connections whose close waits for the responses their app owes.
     draining: RefCell<HashSet<ConnId>>,
-    /// Ending connections the hub marked (`Hub::close_when_settled`): a post closes them,
-    /// unless more answers are taken than its count holds (`Hub::recheck_mark`).
-    marked: RefCell<HashSet<ConnId>>,
 }
 
 struct Waiting {
@@ -72,9 +69,7 @@ struct Waiting {
 impl HeldAnswers {
     /// True when no connection has an answer or a close waiting (the per-message check).
     pub fn is_empty(&self) -> bool {
-        self.conns.borrow().is_empty()
-            && self.draining.borrow().is_empty()
-            && self.marked.borrow().is_empty()
+        self.conns.borrow().is_empty() && self.draining.borrow().is_empty()
     }
 
     /// The worker waits for the answers to what `conn` sent before it ends: true when they are
@@ -83,17 +78,12 @@ impl HeldAnswers {
     /// last response (this instance or another, or another service) does
     /// (`Hub::close_when_settled`): no host answer can be held for `conn` from now on, as all
     /// it sent has been handled. (When the hub's count of unposted answers overflowed and
-    /// responses are owed, no post can tell: this instance watches, as with held answers; it
-    /// looks at a mark again in [`release_all`](Self::release_all), as the count may overflow
-    /// after it.)
+    /// responses are owed, no post can tell: this instance watches, as with held answers.)
     pub fn drain(&self, host: &HostCtx, conn: ConnId) -> bool {
         if !self.conns.borrow().contains_key(&conn) {
             match host.hub.close_when_settled(conn) {
                 Settle::Now => return true,
-                Settle::Marked => {
-                    self.marked.borrow_mut().insert(conn);
-                    return false;
-                }
+                Settle::Marked => return false,
                 Settle::Watch => {}
             }
         }
@@ -233,19 +223,6 @@ impl HeldAnswers {
         if self.is_empty() {
             return;
         }
-        let marked: Vec<ConnId> = self.marked.borrow().iter().copied().collect();
-        for conn in marked {
-            match host.hub.recheck_mark(conn) {
-                Some(Settle::Marked) => {}
-                Some(_) => {
-                    self.marked.borrow_mut().remove(&conn);
-                    self.draining.borrow_mut().insert(conn);
-                }
-                None => {
-                    self.marked.borrow_mut().remove(&conn);
-                }
-            }
-        }
         let mut conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
         conns.extend(self.draining.borrow().iter().copied());
         for conn in conns {
@@ -262,56 +239,9 @@ impl HeldAnswers {
                 .remove(&conn)
                 .map_or(0, |w| w.answers.len());
             self.draining.borrow_mut().remove(&conn);
-            self.marked.borrow_mut().remove(&conn);
             for _ in 0..dropped {
                 host.posted(conn);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::hub::{Hub, Speaks};
-    use crate::service::lua::api::bcast::Bcast;
-    use crate::service::lua::host::Stop;
-    use crate::service::lua::ServiceSpec;
-    use std::sync::Arc;
-
-    /// The peer's Close came with 600 responses owed, none held here: the hub marks the
-    /// connection for the post that settles it. Then another thread (a standalone service the
-    /// app handed the requests to) takes all 600 before posting: more than the hub's unposted
-    /// count holds, so no post can tell any more. The instance must take the close back.
-    #[test]
-    fn a_close_marked_for_a_post_is_watched_again_once_no_post_can_tell() {
-        let hub = Arc::new(Hub::new(1, 16).unwrap());
-        let spec = ServiceSpec::new("t", "t.lua");
-        let host = HostCtx::new(
-            &spec,
-            0,
-            Arc::clone(&hub),
-            Arc::new(Bcast::default()),
-            Arc::new(Stop::default()),
-        );
-        let c = ConnId::new(0, 3, 1);
-        hub.port(0).set_speaks(c.index(), 1, Speaks::Lapps);
-        for _ in 0..600 {
-            assert!(hub.expect_response(c));
-        }
-        assert!(!host.held.drain(&host, c), "responses are owed");
-        assert!(!host.held.is_empty(), "the instance keeps looking");
-        host.held.release_all(&host);
-        assert!(hub.is_live(c), "still marked: a post will tell");
-        for _ in 0..600 {
-            assert!(hub.take_response(c));
-        }
-        for _ in 0..600 {
-            assert!(!hub.posted(c), "the count overflowed: no post tells");
-        }
-        host.held.release_all(&host);
-        assert!(host.closing.borrow().contains(&c), "the instance closed it");
-        assert!(!hub.is_live(c));
-        assert!(host.held.is_empty());
     }
 }
