@@ -21,6 +21,10 @@ use crate::net::hub::{Command, Hub};
 const EARLY_POST: usize = 1024;
 /// ... or once a batch of small frames, or the large frames pushed, hold this many bytes.
 const EARLY_POST_BYTES: usize = 256 * 1024;
+/// Unposted answers to one connection (the hub's count, every thread's) at which an answer
+/// queued here posts its worker's commands at once: far enough below the count's 511 that a
+/// few threads doing so at the same time keep it exact.
+const POST_UNPOSTED_AT: u32 = 128;
 
 /// The stop signal of one service: `must_stop()` reads it, `nap` sleeps on it.
 #[derive(Default)]
@@ -253,6 +257,16 @@ impl HostCtx {
         if repeated {
             // The run's first entry still counts: never the last unposted answer.
             self.posted(conn);
+        } else if self
+            .hub
+            .unposted_answers(conn)
+            .is_some_and(|n| n >= POST_UNPOSTED_AT)
+        {
+            // Many runs to `conn` between answers to others: posted now, before the hub's
+            // count of them (at most 511) overflows. Past that no post can tell when an
+            // ending connection has had its last answer, and its Close waits for the
+            // worker's close timeout.
+            self.post(conn.worker());
         }
     }
 
@@ -365,4 +379,46 @@ pub(crate) fn one_line_str(s: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::hub::{Settle, Speaks};
+
+    /// The peer's Close came with 600 responses owed, none held by the host: the hub marks the
+    /// connection for the post that settles it. A thread then answers all 600 before its next
+    /// polling point, each between answers to another client (so each is a run of its own).
+    /// The count of unposted answers must stay exact, so that the last post queues the Close.
+    #[test]
+    fn many_runs_to_one_connection_post_early_and_the_last_post_closes_it() {
+        let hub = Arc::new(Hub::new(1, 4096).unwrap());
+        let spec = ServiceSpec::new("t", "t.lua");
+        let host = HostCtx::new(
+            &spec,
+            0,
+            Arc::clone(&hub),
+            Arc::new(Bcast::default()),
+            Arc::new(Stop::default()),
+        );
+        let (ending, other) = (ConnId::new(0, 3, 1), ConnId::new(0, 4, 1));
+        for c in [ending, other] {
+            hub.port(0).set_speaks(c.index(), 1, Speaks::Lapps);
+        }
+        for _ in 0..600 {
+            assert!(hub.expect_response(ending) && hub.expect_response(other));
+        }
+        assert_eq!(hub.close_when_settled(ending), Settle::Marked);
+        for _ in 0..600 {
+            for c in [ending, other] {
+                assert!(hub.take_response(c));
+                super::super::frame::send_message(&host, c, crate::ws::Opcode::Binary, b"r");
+                host.queued_counted(c);
+            }
+        }
+        assert!(hub.is_live(ending), "answers are still queued here");
+        host.flush();
+        assert!(!hub.is_live(ending), "the last post queued the Close");
+        assert!(hub.is_live(other));
+    }
 }
