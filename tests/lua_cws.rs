@@ -1367,6 +1367,86 @@ fn a_message_the_state_has_no_memory_for_fails_its_connection_with_1011() {
     reg.shutdown();
 }
 
+/// `n` bytes of a binary message in 1 MiB fragments, the last with FIN when `fin`.
+fn fragments(n: usize, fin: bool) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let pieces = n.div_ceil(1 << 20);
+    for i in 0..pieces {
+        let len = (n - i * (1 << 20)).min(1 << 20);
+        let mut f = server_frame(if i == 0 { 2 } else { 0 }, &vec![7u8; len]);
+        if i + 1 < pieces || !fin {
+            f[0] &= 0x7f;
+        }
+        bytes.extend(f);
+    }
+    bytes
+}
+
+/// A connection that fails halfway through a message gives its room back at once, not
+/// when it is gone (it may linger up to 5 s for a server that does not end TCP): another
+/// connection's message that fits only without it is received.
+#[test]
+fn a_failed_connection_gives_back_the_room_of_its_half_received_message() {
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    let urls = [&first, &second].map(|l| format!("ws://{}/", l.local_addr().unwrap()));
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel::<()>();
+    let one = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&first);
+        // 3 MiB of a message, then silence: the client pings, then fails the connection
+        // (1001, its idle timeout) with the message half received.
+        s.write_all(&fragments(3 << 20, false)).unwrap();
+        let (opcode, code) = loop {
+            let (opcode, _, payload) = read_client_frame(&mut s);
+            if opcode != 9 {
+                break (opcode, payload);
+            }
+        };
+        failed_tx.send(()).unwrap();
+        // Holding the connection open: the client lingers, waiting for our end of TCP.
+        let _ = common::read_any_frame(&mut s);
+        (opcode, code)
+    });
+    let two = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&second);
+        failed_rx.recv().unwrap();
+        s.write_all(&fragments(3 << 20, true)).unwrap();
+        read_client_frame(&mut s)
+    });
+    let src = format!(
+        r#"URLS = {{ {}, {} }}
+local p = {{}}
+p.run = function()
+  for i, url in ipairs(URLS) do
+    assert(cws:new(url, {{
+      max_message_size = 64 * 1024 * 1024,
+      idle_timeout = i == 1 and 0.2 or 60,
+      onmessage = function(h, m)
+        assert(mqr:post("cws.giveback", i .. " message " .. #m))
+        cws:close(h)
+      end,
+      onerror = function(_, e) assert(mqr:post("cws.giveback", i .. " onerror " .. e)) end,
+    }}))
+  end
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&urls[0]),
+        lua_str(&urls[1])
+    );
+    let out = registry().open("cws.giveback", 8);
+    let mut spec = app_in(&scratch("giveback"), "giveback", &src);
+    spec.memory_limit = 4 << 20;
+    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    let first_report = next(&out);
+    assert!(first_report.starts_with("1 onerror "), "{first_report}");
+    assert_eq!(next(&out), format!("2 message {}", 3 << 20));
+    assert_eq!(one.join().unwrap(), (8, vec![0x03, 0xe9]));
+    assert_eq!(two.join().unwrap(), (8, true, vec![0x03, 0xe8]));
+    reg.shutdown();
+}
+
 #[test]
 fn messages_being_received_may_hold_no_more_than_the_states_memory_limit() {
     // An 8 MiB message in 1 MiB fragments, within max_message_size but twice the 4 MiB

@@ -74,6 +74,15 @@ pub fn unread_bytes(fd: RawFd) -> Option<usize> {
     (r == 0).then_some(n.max(0) as usize)
 }
 
+/// Bytes written to the socket that its peer has not acknowledged yet (TIOCOUTQ: unsent or
+/// in flight); `None` when the socket cannot say.
+pub fn unacked_bytes(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int into `n`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    (r == 0).then_some(n.max(0) as usize)
+}
+
 /// Sends with MSG_NOSIGNAL: a peer that went away yields EPIPE, never SIGPIPE.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid slice for its length.

@@ -26,6 +26,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// After our Close, the server has this long to answer before the socket is dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// While the server is still taking what we sent before our Close, each `CLOSE_TIMEOUT`
+/// begins again, up to this long in all.
+pub const MAX_CLOSE_WAIT: Duration = Duration::from_secs(60);
 /// Unsent bytes above which `send` refuses more (back-pressure instead of unbounded memory).
 pub const MAX_BACKLOG: usize = 16 * 1024 * 1024;
 /// Bytes read from one socket per readiness report (fairness between connections).
@@ -140,6 +143,8 @@ pub struct Client {
     acked: AckProgress,
     /// A Ping went for the current quiet spell.
     ping_sent: bool,
+    /// When our side began to close (Closing or Flushing).
+    close_began: Instant,
     /// What the messages being received of every connection of this client's instance may
     /// hold together (its state's memory limit): charged with `decoder`'s buffer.
     assembly: Option<Arc<AssemblyBudget>>,
@@ -301,6 +306,7 @@ impl Client {
             last_input: started,
             acked: AckProgress::default(),
             ping_sent: false,
+            close_began: started,
             assembly: None,
         })
     }
@@ -427,8 +433,7 @@ impl Client {
                 codec::encode_close(self.out.tail(), Role::Client, Some(code), b"", keys.key());
                 self.close_sent = true;
                 self.phase = Phase::Closing;
-                self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-                self.acked.restart(self.sock.as_raw_fd());
+                self.began_closing();
                 let _ = self.flush();
                 Ok(())
             }
@@ -459,6 +464,12 @@ impl Client {
 
     /// Ends the connection because of a failure.
     fn fail(&mut self, why: String, code: u16, sink: &mut dyn FnMut(Event<'_>)) {
+        // Nothing more is decoded: a message partly received goes now, not with the client
+        // (which may take a while to flush), and its room goes back to the other connections.
+        if let Some(b) = &self.assembly {
+            b.update(self.decoder.held(), 0);
+        }
+        self.decoder = Decoder::new(Role::Client, 0);
         match self.phase {
             Phase::Flushing | Phase::Lingering | Phase::Done => return,
             // Nothing of ours has reached the server yet: a connect that completes later must
@@ -478,8 +489,7 @@ impl Client {
     /// failure, `abort`): the server would otherwise see a truncated stream.
     fn end_after_flush(&mut self) {
         self.close_notify_due = self.tls_established();
-        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-        self.acked.restart(self.sock.as_raw_fd());
+        self.began_closing();
         self.phase = Phase::Flushing;
         self.flushed_then_linger();
     }
@@ -570,6 +580,8 @@ impl Client {
         if now < d {
             return;
         }
+        let taking =
+            matches!(self.phase, Phase::Closing | Phase::Flushing) && self.still_taking(now);
         match &mut self.phase {
             Phase::Connecting { failed, .. } => {
                 let why = format!("timeout connecting to {}", self.addr);
@@ -587,7 +599,7 @@ impl Client {
             // Our Close (or our reply to the server's) may wait behind an upload the server
             // reads slowly: while it keeps taking our bytes it is not gone, and the close
             // gets another period.
-            Phase::Closing | Phase::Flushing if self.acked.took_more(self.sock.as_raw_fd()) => {
+            Phase::Closing | Phase::Flushing if taking => {
                 self.deadline = Some(now + CLOSE_TIMEOUT);
             }
             Phase::Closing => {
@@ -601,6 +613,26 @@ impl Client {
             Phase::Open => self.idle_check(now, keys, sink),
             Phase::Done => self.deadline = None,
         }
+    }
+
+    /// Our side begins to close: the server has `CLOSE_TIMEOUT` (see `still_taking`).
+    fn began_closing(&mut self) {
+        let now = Instant::now();
+        self.close_began = now;
+        self.deadline = Some(now + CLOSE_TIMEOUT);
+        self.acked.restart(self.sock.as_raw_fd());
+    }
+
+    /// At a close deadline: whether the server is still taking what we sent before our last
+    /// frame (a large upload it reads slowly), so that it has not had that frame yet: some of
+    /// our bytes are unsent or unacknowledged, and it acknowledged more since the last look.
+    /// Not past `MAX_CLOSE_WAIT` since the close began.
+    fn still_taking(&mut self, now: Instant) -> bool {
+        let fd = self.sock.as_raw_fd();
+        let ours_left = !self.out.is_empty()
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
+            || crate::net::sys::unacked_bytes(fd).is_some_and(|n| n > 0);
+        now < self.close_began + MAX_CLOSE_WAIT && ours_left && self.acked.took_more(fd)
     }
 
     /// The idle deadline of an open connection passed: ping a server quiet for one idle
@@ -852,10 +884,11 @@ impl Client {
             Err(e) if e == codec::OVER_ALLOWANCE => {
                 let why = match &self.assembly {
                     Some(b) => format!(
-                        "no room for the message being received: the instance's connections \
-                         hold {} of the {} bytes of its memory_limit in messages",
-                        b.held(),
-                        b.limit()
+                        "no room for the message being received: messages being received \
+                         on the instance's connections may hold {} bytes together (its \
+                         memory_limit), and the others hold {}",
+                        b.limit(),
+                        b.held()
                     ),
                     None => e.reason.to_string(),
                 };
