@@ -9,7 +9,6 @@
 use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -60,17 +59,31 @@ fn system_bundle(env: Option<OsString>, exists: impl Fn(&str) -> bool) -> Option
     }
 }
 
-/// What tells whether a file of certificates changed: its modification time and length.
+/// What tells whether a file of certificates changed: which file it is (device, inode: a
+/// new file renamed over it is another) and its change time (ctime: every write moves it,
+/// and unlike the modification time no copy that keeps times, `cp -p` or `rsync -t`, can
+/// set it back), with its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustStamp(SystemTime, u64);
+pub struct TrustStamp {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+    len: u64,
+}
 
 /// The stamp of the file `opts` trusts, to tell whether it changed since a config was built
 /// from it (None: no file, or it cannot be read; a config is then built again each time, and
 /// fails as the file does).
 pub fn trust_stamp(opts: &TlsOptions) -> Option<TrustStamp> {
+    use std::os::unix::fs::MetadataExt;
     let path = trust_file(opts)?.ok()?;
     let meta = std::fs::metadata(path).ok()?;
-    Some(TrustStamp(meta.modified().ok()?, meta.len()))
+    Some(TrustStamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+        len: meta.len(),
+    })
 }
 
 pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
