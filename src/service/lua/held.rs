@@ -45,7 +45,8 @@ use crate::net::hub::Settle;
 use crate::ws::Opcode;
 
 /// Host answers that may wait per connection.
-pub(crate) const MAX_WAITING: usize = 1024;
+/// Each counts as unposted on the hub (at most 511 exactly, with the other threads' answers).
+pub(crate) const MAX_WAITING: usize = 128;
 
 #[derive(Default)]
 pub(crate) struct HeldAnswers {
@@ -77,15 +78,11 @@ impl HeldAnswers {
     /// here, [`release`](Self::release) queues it after the last; with none, whoever posts the
     /// last response (this instance or another, or another service) does
     /// (`Hub::close_when_settled`): no host answer can be held for `conn` from now on, as all
-    /// it sent has been handled. (When the hub's count of unposted answers overflowed and
-    /// responses are owed, no post can tell: this instance watches, as with held answers.)
+    /// it sent has been handled. (When the hub's count of unposted answers overflowed, no post
+    /// can tell, nor can this instance: the worker's close timeout ends the connection.)
     pub fn drain(&self, host: &HostCtx, conn: ConnId) -> bool {
         if !self.conns.borrow().contains_key(&conn) {
-            match host.hub.close_when_settled(conn) {
-                Settle::Now => return true,
-                Settle::Marked => return false,
-                Settle::Watch => {}
-            }
+            return host.hub.close_when_settled(conn) == Settle::Now;
         }
         self.draining.borrow_mut().insert(conn);
         false
@@ -204,7 +201,7 @@ impl HeldAnswers {
                 self.draining.borrow_mut().remove(&conn);
             }
             Some(0) if !self.conns.borrow().contains_key(&conn) => {
-                // Nothing owed: never `Watch`.
+                // Marked or Untold: the last post, or the worker's close timeout, closes it.
                 if self.draining.borrow_mut().remove(&conn)
                     && host.hub.close_when_settled(conn) == Settle::Now
                 {

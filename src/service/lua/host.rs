@@ -25,6 +25,8 @@ const EARLY_POST_BYTES: usize = 256 * 1024;
 /// queued here posts its worker's commands at once: far enough below the count's 511 that a
 /// few threads doing so at the same time keep it exact.
 const POST_UNPOSTED_AT: u32 = 128;
+/// Of those, the runs queued here that make a post worth it.
+const POST_OWN_RUNS: usize = 16;
 
 /// The stop signal of one service: `must_stop()` reads it, `nap` sleeps on it.
 #[derive(Default)]
@@ -261,11 +263,13 @@ impl HostCtx {
             .hub
             .unposted_answers(conn)
             .is_some_and(|n| n >= POST_UNPOSTED_AT)
+            && self.counted_here(conn) >= POST_OWN_RUNS
         {
             // Many runs to `conn` between answers to others: posted now, before the hub's
             // count of them (at most 511) overflows. Past that no post can tell when an
             // ending connection has had its last answer, and its Close waits for the
-            // worker's close timeout.
+            // worker's close timeout. (Only when enough of them are this thread's: the count
+            // includes answers held elsewhere, which a post here does not lower.)
             self.post(conn.worker());
         }
     }
