@@ -143,8 +143,8 @@ pub struct Client {
     acked: AckProgress,
     /// A Ping went for the current quiet spell.
     ping_sent: bool,
-    /// When our side began to close (Closing or Flushing).
-    close_began: Instant,
+    /// When our side began to close (Closing, then perhaps Flushing: the first of them).
+    close_began: Option<Instant>,
     /// What the messages being received of every connection of this client's instance may
     /// hold together (its state's memory limit): charged with `decoder`'s buffer.
     assembly: Option<Arc<AssemblyBudget>>,
@@ -306,7 +306,7 @@ impl Client {
             last_input: started,
             acked: AckProgress::default(),
             ping_sent: false,
-            close_began: started,
+            close_began: None,
             assembly: None,
         })
     }
@@ -618,7 +618,7 @@ impl Client {
     /// Our side begins to close: the server has `CLOSE_TIMEOUT` (see `still_taking`).
     fn began_closing(&mut self) {
         let now = Instant::now();
-        self.close_began = now;
+        self.close_began.get_or_insert(now);
         self.deadline = Some(now + CLOSE_TIMEOUT);
         self.acked.restart(self.sock.as_raw_fd());
     }
@@ -626,13 +626,14 @@ impl Client {
     /// At a close deadline: whether the server is still taking what we sent before our last
     /// frame (a large upload it reads slowly), so that it has not had that frame yet: some of
     /// our bytes are unsent or unacknowledged, and it acknowledged more since the last look.
-    /// Not past `MAX_CLOSE_WAIT` since the close began.
+    /// Another period must end within `MAX_CLOSE_WAIT` of when the close began.
     fn still_taking(&mut self, now: Instant) -> bool {
         let fd = self.sock.as_raw_fd();
         let ours_left = !self.out.is_empty()
             || self.tls.as_ref().is_some_and(|t| t.wants_write())
             || crate::net::sys::unacked_bytes(fd).is_some_and(|n| n > 0);
-        now < self.close_began + MAX_CLOSE_WAIT && ours_left && self.acked.took_more(fd)
+        let began = self.close_began.unwrap_or(now);
+        now + CLOSE_TIMEOUT <= began + MAX_CLOSE_WAIT && ours_left && self.acked.took_more(fd)
     }
 
     /// The idle deadline of an open connection passed: ping a server quiet for one idle
