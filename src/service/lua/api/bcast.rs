@@ -106,16 +106,18 @@ impl Bcast {
 
     /// Adds `conn`; false when the channel does not exist.
     ///
-    /// The channel and `by_conn` change under `by_conn`'s lock (taken first, the channel's
-    /// inside it; nothing takes them the other way round): apart, a subscribe and an
+    /// `by_conn` changes under the channel's lock (taken first; `by_conn`'s inside it, held
+    /// briefly; nothing holds `by_conn` while taking a channel's): apart, a subscribe and an
     /// unsubscribe of the same pair could interleave so that the channel keeps the connection
-    /// and `by_conn` forgets it, and its close would not take it out.
+    /// and `by_conn` forgets it, and its close would not take it out. (In this order a
+    /// subscribe waits only for its own channel, as a send to it scans it, not for others.)
     pub fn subscribe(&self, id: &ChannelId, conn: ConnId) -> bool {
         let Some(ch) = self.channel(id) else {
             return false;
         };
-        let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
-        if ch.lock().unwrap_or_else(|e| e.into_inner()).insert(conn) {
+        let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.insert(conn) {
+            let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
             by.entry(conn).or_default().push(id.clone());
         }
         true
@@ -126,12 +128,14 @@ impl Bcast {
         let Some(ch) = self.channel(id) else {
             return false;
         };
-        let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
-        ch.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
-        if let Some(list) = by.get_mut(&conn) {
-            list.retain(|c| c != id);
-            if list.is_empty() {
-                by.remove(&conn);
+        let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.remove(&conn) {
+            let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(list) = by.get_mut(&conn) {
+                list.retain(|c| c != id);
+                if list.is_empty() {
+                    by.remove(&conn);
+                }
             }
         }
         true
