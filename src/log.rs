@@ -5,8 +5,10 @@
 //!
 //! Lines a remote peer can cause (one per bad request, refused connection, timeout, Lua error)
 //! go through the `*_limited!` macros: at most [`PER_SECOND`] lines a second per call site, the
-//! rest counted and reported by the next line that passes, so a flood of misbehaving clients
-//! cannot flood the journal (whose own rate limit would then drop our real errors too).
+//! rest counted and reported by the next line that passes (or, when none comes, by
+//! [`flush_suppressed`] a second or two later, naming the last line written), so a flood of
+//! misbehaving clients cannot flood the journal (whose own rate limit would then drop our real
+//! errors too).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -147,35 +149,128 @@ pub fn shown(s: &str) -> String {
 pub const PER_SECOND: u32 = 10;
 
 /// The state of one `*_limited!` call site: the current second, lines written in it, and lines
-/// suppressed since the last one written.
-pub struct Limiter(Mutex<(u64, u32, u64)>);
+/// suppressed since the last one written, with the last line written (its level and start) for
+/// [`flush_suppressed`].
+pub struct Limiter(Mutex<Site>);
+
+struct Site {
+    second: u64,
+    written: u32,
+    suppressed: u64,
+    last: Option<(Level, String)>,
+}
+
+/// Call sites that suppressed lines no later line of theirs has reported yet.
+static PENDING: Mutex<Vec<&'static Limiter>> = Mutex::new(Vec::new());
+
+/// How much of its last line a late report of suppressed lines quotes.
+const QUOTED: usize = 100;
 
 impl Limiter {
     pub const fn new() -> Limiter {
-        Limiter(Mutex::new((0, 0, 0)))
+        Limiter(Mutex::new(Site {
+            second: 0,
+            written: 0,
+            suppressed: 0,
+            last: None,
+        }))
     }
 
     /// `Some(suppressed)` when a line may be written now (`suppressed` lines were dropped
     /// before it), `None` when it is dropped.
-    pub fn admit(&self) -> Option<u64> {
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.admit_at(second)
+    pub fn admit(&'static self) -> Option<u64> {
+        self.admit_at_with(unix_second(), || {
+            PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(self)
+        })
     }
 
+    #[cfg(test)]
     fn admit_at(&self, second: u64) -> Option<u64> {
+        self.admit_at_with(second, || {})
+    }
+
+    /// [`admit_at`](Self::admit_at); `first_suppressed` runs when a line is suppressed and
+    /// none was since the last one written (to list the site in [`PENDING`]).
+    fn admit_at_with(&self, second: u64, first_suppressed: impl FnOnce()) -> Option<u64> {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if s.0 != second {
-            s.0 = second;
-            s.1 = 0;
+        if s.second != second {
+            s.second = second;
+            s.written = 0;
         }
-        if s.1 >= PER_SECOND {
-            s.2 += 1;
+        if s.written >= PER_SECOND {
+            s.suppressed += 1;
+            if s.suppressed == 1 {
+                drop(s);
+                first_suppressed();
+            }
             return None;
         }
-        s.1 += 1;
-        Some(std::mem::take(&mut s.2))
+        s.written += 1;
+        Some(std::mem::take(&mut s.suppressed))
+    }
+
+    fn remember(&self, level: Level, line: &str) {
+        let cut = line
+            .char_indices()
+            .nth(QUOTED)
+            .map_or(line.len(), |(i, _)| i);
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut s.last {
+            Some((l, text)) => {
+                *l = level;
+                text.clear();
+                text.push_str(&line[..cut]);
+            }
+            None => s.last = Some((level, line[..cut].to_string())),
+        }
+    }
+
+    /// The suppressed count and last line, when its flood is over (`second` is past it);
+    /// the count starts again.
+    fn take_ended(&self, second: u64) -> Option<(u64, Option<(Level, String)>)> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.suppressed == 0 || s.second >= second {
+            return None;
+        }
+        let n = std::mem::take(&mut s.suppressed);
+        Some((n, s.last.clone()))
+    }
+}
+
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reports the lines call sites suppressed when no later line of theirs has (a flood that
+/// stopped): one line per site, at the level of its last line, quoting it. Called about once
+/// a second by the main thread while it waits for signals.
+pub fn flush_suppressed() {
+    let now = unix_second();
+    let sites: Vec<&'static Limiter> = {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = Vec::new();
+        pending.retain(|l| {
+            // Still in its flood's second: looked at again next time.
+            let over = l.0.lock().map_or(true, |s| s.second < now);
+            if over {
+                ended.push(*l);
+            }
+            !over
+        });
+        ended
+    };
+    for site in sites {
+        if let Some((n, last)) = site.take_ended(now) {
+            let (level, text) = last.unwrap_or((Level::Warn, String::new()));
+            if enabled(level) {
+                write(
+                    level,
+                    format_args!("({n} similar lines suppressed; the last one written: {text})"),
+                );
+            }
+        }
     }
 }
 
@@ -186,11 +281,16 @@ impl Default for Limiter {
 }
 
 #[doc(hidden)]
-pub fn write_limited(level: Level, limiter: &Limiter, args: std::fmt::Arguments<'_>) {
-    match limiter.admit() {
-        None => {}
-        Some(0) => write(level, args),
-        Some(n) => write(level, format_args!("{args} ({n} similar lines suppressed)")),
+pub fn write_limited(level: Level, limiter: &'static Limiter, args: std::fmt::Arguments<'_>) {
+    let Some(n) = limiter.admit() else {
+        return;
+    };
+    let text = args.to_string();
+    limiter.remember(level, &text);
+    if n == 0 {
+        write(level, format_args!("{text}"));
+    } else {
+        write(level, format_args!("{text} ({n} similar lines suppressed)"));
     }
 }
 
@@ -237,6 +337,29 @@ mod tests {
         // starts again.
         assert_eq!(l.admit_at(8), Some(15));
         assert_eq!(l.admit_at(8), Some(0));
+    }
+
+    #[test]
+    fn lines_suppressed_at_the_end_of_a_flood_are_reported_once_it_is_over() {
+        use super::Level;
+        let l = super::Limiter::new();
+        let mut listed = 0;
+        for i in 0..25 {
+            if l.admit_at_with(7, || listed += 1).is_some() {
+                l.remember(Level::Warn, &format!("line {i} {}", "x".repeat(200)));
+            }
+        }
+        assert_eq!(listed, 1, "listed once for the flush");
+        assert_eq!(l.take_ended(7), None, "its second is not over");
+        let (n, last) = l.take_ended(8).unwrap();
+        assert_eq!(n, 15);
+        let (level, text) = last.unwrap();
+        assert_eq!(level, Level::Warn);
+        assert!(
+            text.starts_with("line 9 x") && text.len() == super::QUOTED,
+            "{text}"
+        );
+        assert_eq!(l.take_ended(9), None, "reported once");
     }
 
     #[test]

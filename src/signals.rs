@@ -137,13 +137,23 @@ impl Signals {
         Signals { set }
     }
 
-    /// Waits for the next signal of the set.
+    /// Waits for the next signal of the set. Meanwhile, once a second, reports the log lines
+    /// a flood suppressed that no later line has ([`crate::log::flush_suppressed`]).
     pub fn wait(&self) -> Signal {
+        let second = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
         loop {
-            // SAFETY: siginfo_t is plain data that sigwaitinfo fills before it is read.
+            // SAFETY: siginfo_t is plain data that sigtimedwait fills before it is read.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: `self.set` was initialised in `block`; `info` is a valid out pointer.
-            let sig = unsafe { libc::sigwaitinfo(&self.set, &mut info) };
+            // SAFETY: `self.set` was initialised in `block`; `info` and `second` are valid
+            // pointers for the call.
+            let sig = unsafe { libc::sigtimedwait(&self.set, &mut info, &second) };
+            if sig < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                crate::log::flush_suppressed();
+                continue;
+            }
             return match sig {
                 libc::SIGHUP => Signal::Reload("SIGHUP", None),
                 libc::SIGINT => Signal::Stop("SIGINT", libc::SIGINT),

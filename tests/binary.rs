@@ -822,6 +822,42 @@ return app
     );
 }
 
+/// A flood of refusals past the per-second limit that then stops: the lines suppressed at its
+/// end are still reported (by the main thread, a second or so later), quoting the last line
+/// written, though no later refusal comes to carry the count.
+#[test]
+fn the_lines_a_flood_suppressed_at_its_end_are_reported_when_it_stops() {
+    let (_child, addr, log) = one_app_binary(
+        "suppressed",
+        "quiet",
+        "return { onMessage = function() return true end }",
+    );
+    let report = "similar lines suppressed; the last one written: rejected";
+    // 30 refusals take a few milliseconds; should a second begin just before the last few
+    // (those of the second before are then reported inline), another burst settles it.
+    let mut found = None;
+    for _ in 0..3 {
+        for _ in 0..30 {
+            let answer = http_exchange(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(line) =
+            log.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if line.contains(report) {
+                found = Some(line);
+                break;
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let line = found.expect("no report of the suppressed lines");
+    assert!(line.contains("HTTP 404 for \"/nope\""), "{line}");
+}
+
 /// Voluntary context switches of the thread of `pid` named `name` (from /proc).
 fn context_switches(pid: u32, name: &str) -> u64 {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
