@@ -393,6 +393,21 @@ fn client_to(addr: SocketAddr) -> (lapps::service::cws::Client, lapps::service::
     (c, keys)
 }
 
+/// [`client_to`], driven until it is open: the client, its keys and its events so far.
+fn open_client(
+    addr: SocketAddr,
+) -> (
+    lapps::service::cws::Client,
+    lapps::service::cws::KeyPool,
+    Vec<String>,
+) {
+    let (mut c, mut keys) = client_to(addr);
+    let mut events = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
+    assert_eq!(events, ["Open"]);
+    (c, keys, events)
+}
+
 /// Drives `c` with poll(2) until `done` holds, collecting its events (20 s guard).
 fn drive(
     c: &mut lapps::service::cws::Client,
@@ -690,11 +705,8 @@ fn a_close_behind_an_upload_a_server_reads_slowly_waits_while_it_reads() {
         }
         panic!("no Close after {frames} frames");
     });
-    let (mut c, mut keys) = client_to(addr);
+    let (mut c, mut keys, mut events) = open_client(addr);
     small_buffer(c.fd(), libc::SO_SNDBUF, 64 * 1024);
-    let mut events = Vec::new();
-    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
-    assert_eq!(events, ["Open"]);
     let chunk = vec![7u8; 64 * 1024];
     for _ in 0..128 {
         c.send(lapps::ws::Opcode::Binary, &chunk, &mut keys)
@@ -723,10 +735,7 @@ fn the_close_reply_queued_behind_unsent_data_is_still_written() {
         }
         last
     });
-    let (mut c, mut keys) = client_to(addr);
-    let mut events = Vec::new();
-    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
-    assert_eq!(events, ["Open"]);
+    let (mut c, mut keys, mut events) = open_client(addr);
     // Until the sockets (however large the host's buffers) hold no more: something is queued.
     let chunk = vec![7u8; 256 * 1024];
     for _ in 0..60 {
@@ -806,9 +815,7 @@ fn after_its_close_the_client_answers_no_ping() {
         }
         (close, after)
     });
-    let (mut c, mut keys) = client_to(addr);
-    let mut events: Vec<String> = Vec::new();
-    drive(&mut c, &mut keys, &mut events, |_, ev| !ev.is_empty());
+    let (mut c, mut keys, mut events) = open_client(addr);
     c.close(1000, &mut keys, &mut |ev| events.push(format!("{ev:?}")))
         .unwrap();
     drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
