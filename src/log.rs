@@ -158,6 +158,8 @@ struct Site {
     written: u32,
     suppressed: u64,
     last: Option<(Level, String)>,
+    /// In [`PENDING`] (once, however long its flood lasts).
+    listed: bool,
 }
 
 /// Call sites that suppressed lines no later line of theirs has reported yet.
@@ -173,13 +175,14 @@ impl Limiter {
             written: 0,
             suppressed: 0,
             last: None,
+            listed: false,
         }))
     }
 
     /// `Some(suppressed)` when a line may be written now (`suppressed` lines were dropped
     /// before it), `None` when it is dropped.
     pub fn admit(&'static self) -> Option<u64> {
-        self.admit_at_with(unix_second(), || {
+        self.admit_at_with(limiter_second(), || {
             PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(self)
         })
     }
@@ -199,7 +202,8 @@ impl Limiter {
         }
         if s.written >= PER_SECOND {
             s.suppressed += 1;
-            if s.suppressed == 1 {
+            if !s.listed {
+                s.listed = true;
                 drop(s);
                 first_suppressed();
             }
@@ -237,24 +241,31 @@ impl Limiter {
     }
 }
 
-fn unix_second() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Seconds since the first call, on the monotonic clock: a wall clock stepped back would keep
+/// a flood's second from ever being over.
+fn limiter_second() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1
 }
 
 /// Reports the lines call sites suppressed when no later line of theirs has (a flood that
 /// stopped): one line per site, at the level of its last line, quoting it. Called about once
 /// a second by the main thread while it waits for signals.
 pub fn flush_suppressed() {
-    let now = unix_second();
+    let now = limiter_second();
     let sites: Vec<&'static Limiter> = {
         let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = Vec::new();
         pending.retain(|l| {
             // Still in its flood's second: looked at again next time.
-            let over = l.0.lock().map_or(true, |s| s.second < now);
+            let mut s = l.0.lock().unwrap_or_else(|e| e.into_inner());
+            let over = s.second < now;
             if over {
+                s.listed = false;
                 ended.push(*l);
             }
             !over
@@ -360,6 +371,16 @@ mod tests {
             "{text}"
         );
         assert_eq!(l.take_ended(9), None, "reported once");
+
+        // A flood that goes on for seconds before a flush looks: listed once, not each second.
+        let l = super::Limiter::new();
+        let mut listed = 0;
+        for second in 1..=5 {
+            for _ in 0..25 {
+                let _ = l.admit_at_with(second, || listed += 1);
+            }
+        }
+        assert_eq!(listed, 1);
     }
 
     #[test]
