@@ -618,8 +618,8 @@ impl Client {
     /// Our side begins to close: the server has `CLOSE_TIMEOUT` (see `still_taking`).
     fn began_closing(&mut self) {
         let now = Instant::now();
-        self.close_began.get_or_insert(now);
-        self.deadline = Some(now + CLOSE_TIMEOUT);
+        let began = *self.close_began.get_or_insert(now);
+        self.deadline = Some((now + CLOSE_TIMEOUT).min(began + MAX_CLOSE_WAIT));
         self.acked.restart(self.sock.as_raw_fd());
     }
 
