@@ -30,7 +30,9 @@
 //! passes. With nothing held here, the responses still owed, or taken but not yet posted, are
 //! waited for through the hub (`Hub::close_when_settled`): the thread whose post leaves the
 //! connection settled (this instance, another, or another service's) queues its Close, behind
-//! the last response. Answers of a connection that closes are dropped with it (so are the
+//! the last response (unless the hub's count of unposted answers overflowed, which the
+//! threads that queue answers post early to avoid: then no post can tell, and the worker's
+//! close timeout ends it). Answers of a connection that closes are dropped with it (so are the
 //! responses its app still owed). At most [`MAX_WAITING`] wait per connection: past that the
 //! client is closed with 1008 (it keeps sending requests the host answers while the app owes
 //! an earlier one), as the worker's outbound bound would have stopped it.
