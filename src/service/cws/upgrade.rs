@@ -28,7 +28,15 @@ pub fn request(url: &Url, nonce: &[u8; 16]) -> (Vec<u8>, String) {
 pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String> {
     // An answer that fits ends within the first MAX_RESPONSE bytes: no need to look further.
     let window = buf.get(..MAX_RESPONSE).unwrap_or(buf);
-    let Some(end) = memchr::memmem::find(window, b"\r\n\r\n") else {
+    let end = memchr::memmem::find(window, b"\r\n\r\n");
+    // A head ended by an empty line of a bare LF (RFC 9112 2.2 lets a recipient take it, we
+    // do not): refused at once, rather than waited on until the connect timeout.
+    if let Some(lf) = memchr::memmem::find(window, b"\n\n") {
+        if end.is_none_or(|crlf| lf < crlf) {
+            return Err("the upgrade answer's lines end in a bare LF, not CRLF".into());
+        }
+    }
+    let Some(end) = end else {
         if buf.len() >= MAX_RESPONSE {
             return Err("upgrade answer too large".into());
         }
@@ -216,6 +224,12 @@ mod tests {
         let spaced = good.replace("Upgrade: websocket", "Upgrade : websocket");
         let e = check_response(spaced.as_bytes(), &accept).unwrap_err();
         assert!(e.contains("malformed header line"), "{e}");
+        // Bare LF line endings: refused as soon as the empty line shows, not waited on.
+        let lf = good.replace("\r\n", "\n");
+        let e = check_response(lf.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("bare LF"), "{e}");
+        let e = check_response(&lf.as_bytes()[..lf.find("\n\n").unwrap() + 2], &accept);
+        assert!(e.unwrap_err().contains("bare LF"));
         // Complete but past the limit (it came in one read).
         let big = good.replace(
             "\r\n\r\n",
