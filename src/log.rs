@@ -218,15 +218,8 @@ impl Limiter {
             .char_indices()
             .nth(QUOTED)
             .map_or(line.len(), |(i, _)| i);
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut s.last {
-            Some((l, text)) => {
-                *l = level;
-                text.clear();
-                text.push_str(&line[..cut]);
-            }
-            None => s.last = Some((level, line[..cut].to_string())),
-        }
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).last =
+            Some((level, line[..cut].to_string()));
     }
 
     /// The suppressed count and last line, when its flood is over (`second` is past it);
@@ -249,7 +242,6 @@ fn limiter_second() -> u64 {
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_secs()
-        + 1
 }
 
 /// Reports the lines call sites suppressed when no later line of theirs has (a flood that

@@ -68,18 +68,20 @@ pub fn socket_error(fd: RawFd) -> Option<io::Error> {
 
 /// Bytes received and not yet read (FIONREAD); `None` when the socket cannot say.
 pub fn unread_bytes(fd: RawFd) -> Option<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int into `n`, which outlives the call.
-    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
-    (r == 0).then_some(n.max(0) as usize)
+    byte_count(fd, libc::FIONREAD)
 }
 
 /// Bytes written to the socket that its peer has not acknowledged yet (TIOCOUTQ: unsent or
 /// in flight); `None` when the socket cannot say.
 pub fn unacked_bytes(fd: RawFd) -> Option<usize> {
+    byte_count(fd, libc::TIOCOUTQ)
+}
+
+/// The count an ioctl `request` that writes one int (FIONREAD, TIOCOUTQ) gives for `fd`.
+fn byte_count(fd: RawFd, request: libc::Ioctl) -> Option<usize> {
     let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ writes one int into `n`, which outlives the call.
-    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    // SAFETY: both requests write one int into `n`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd, request, &mut n as *mut libc::c_int) };
     (r == 0).then_some(n.max(0) as usize)
 }
 
