@@ -1,0 +1,909 @@
+//! Random peers: seeded scripts of client frames (messages whole and fragmented, control frames
+//! between fragments, and every way RFC 6455 lets a frame be wrong) written in random cuts over
+//! real sockets, many connections at once, to the built-in echo and to the Lua echo app. A
+//! model of RFC 6455's receiving rules, written here from the RFC and independent of the
+//! server's codec, says what each connection must get back: the echo of every message it
+//! completed, in order; a Pong per Ping, in order; then one Close with the code its first
+//! violation earns (or the code of its own Close, echoed), then EOF. Every connection is checked,
+//! so one peer's garbage must leave the others' exchanges exact.
+//!
+//! A failure names the seed; `RANDOM_PEERS_SEED=n` runs that one script alone, and
+//! `RANDOM_PEERS_SCRIPTS=n` runs n scripts per service instead of 2,000.
+
+mod common;
+#[path = "common/tls.rs"]
+mod tls;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+
+use common::*;
+
+/// The message size limit of the services under test: small, so that 1009 is reachable with
+/// 16-bit lengths and by fragments adding up.
+const MAX_MESSAGE: usize = 4096;
+
+/// `max_protocol_errors` of the LAppS service: garbage messages answered before a 1003.
+const MAX_PROTOCOL_ERRORS: usize = 10;
+
+/// What the service answers to a message.
+#[derive(Clone, Copy, PartialEq)]
+enum Answers {
+    /// The message itself, opcode and payload.
+    Echo,
+    /// An error response (LAppS: no script message is a request), a binary CBOR map that the
+    /// outcome records as `(2, [])`; the `MAX_PROTOCOL_ERRORS`th is followed by Close 1003.
+    LappsErrors,
+}
+
+/// Scripts per service, and how many run at once.
+const SCRIPTS: u64 = 2000;
+const AT_ONCE: usize = 64;
+
+/// [`SCRIPTS`], or `RANDOM_PEERS_SCRIPTS` for a longer hunt by hand.
+fn scripts() -> u64 {
+    std::env::var("RANDOM_PEERS_SCRIPTS").map_or(SCRIPTS, |n| {
+        n.parse().expect("RANDOM_PEERS_SCRIPTS is a number")
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small deterministic generator (splitmix64): the scripts are reproducible from their seed.
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True with probability `pct` percent.
+    fn chance(&mut self, pct: usize) -> bool {
+        self.below(100) < pct
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    /// A payload size: mostly short, sometimes around the 7/16-bit length boundaries.
+    fn size(&mut self) -> usize {
+        match self.below(10) {
+            0..=5 => self.below(40),
+            6 | 7 => 100 + self.below(60),
+            8 => 126 + self.below(8),
+            _ => self.below(1500),
+        }
+    }
+
+    /// Valid UTF-8 of about `n` bytes, mixing 1- to 4-byte characters.
+    fn text(&mut self, n: usize) -> Vec<u8> {
+        const CHARS: [char; 10] = [
+            'a',
+            'Z',
+            ' ',
+            '~',
+            '\u{e9}',
+            '\u{7ff}',
+            '\u{20ac}',
+            '\u{ffff}',
+            '\u{1f600}',
+            '\u{10ffff}',
+        ];
+        let mut s = String::new();
+        while s.len() < n {
+            s.push(CHARS[self.below(CHARS.len())]);
+        }
+        s.into_bytes()
+    }
+
+    /// Text that is not UTF-8: valid text with one bad sequence somewhere in it.
+    fn bad_text(&mut self, n: usize) -> Vec<u8> {
+        const BAD: [&[u8]; 8] = [
+            b"\x80",             // a lone continuation byte
+            b"\xc0\x80",         // an overlong encoding
+            b"\xed\xa0\x80",     // a surrogate
+            b"\xf4\x90\x80\x80", // past U+10FFFF
+            b"\xff",             // never in UTF-8
+            b"\xe2\x82",         // cut short (at the end: the message ends inside a character)
+            b"\xf0\x9f\x98",     // cut short
+            b"\xc3",             // cut short
+        ];
+        let mut t = self.text(n);
+        // After a whole character: `text` is all characters, so any char boundary will do.
+        let cut = {
+            let s = std::str::from_utf8(&t).expect("valid");
+            let at = self.below(s.len() + 1);
+            (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+        };
+        let bad = BAD[self.below(BAD.len())];
+        t.splice(cut..cut, bad.iter().copied());
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client frames as the script writes them, faults included.
+
+/// How the payload length goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Length {
+    /// The minimal encoding (RFC 6455 5.2), the only one allowed.
+    Minimal,
+    /// A 16-bit length for a payload under 126 bytes.
+    Wide16,
+    /// A 64-bit length for a payload under 65,536 bytes.
+    Wide64,
+    /// A 64-bit length with its most significant bit set (and no payload after it).
+    HighBit,
+    /// A declared length of `n` with no payload after it (a message too big to be sent).
+    Declared(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Frame {
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    masked: bool,
+    length: Length,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn new(fin: bool, opcode: u8, payload: Vec<u8>) -> Frame {
+        Frame {
+            fin,
+            rsv: 0,
+            opcode,
+            masked: true,
+            length: Length::Minimal,
+            payload,
+        }
+    }
+
+    /// The length the header declares.
+    fn declared(&self) -> u64 {
+        match self.length {
+            Length::Declared(n) => n,
+            Length::HighBit => 1 << 63,
+            _ => self.payload.len() as u64,
+        }
+    }
+
+    fn wire(&self, rng: &mut Rng) -> Vec<u8> {
+        let mut f = vec![(u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode];
+        let m = if self.masked { 0x80 } else { 0 };
+        let n = self.declared();
+        match self.length {
+            Length::Minimal | Length::Declared(_) if n < 126 => f.push(m | n as u8),
+            Length::Minimal | Length::Declared(_) | Length::Wide16 if n <= 0xFFFF => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        if self.masked {
+            let key = rng.next().to_le_bytes();
+            let key = [key[0], key[1], key[2], key[3]];
+            f.extend_from_slice(&key);
+            f.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(&self.payload);
+        }
+        f
+    }
+}
+
+/// A script: frames, each maybe with a fault; after the first one that ends the connection
+/// (a fault, a Close, a too-big header) only a few more, which the server must ignore.
+fn script(rng: &mut Rng) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let steps = 1 + rng.below(40);
+    for _ in 0..steps {
+        match rng.below(1000) {
+            // A whole message.
+            0..=399 => {
+                let text = rng.chance(50);
+                let n = rng.size();
+                let payload = if text { rng.text(n) } else { rng.bytes(n) };
+                frames.push(Frame::new(true, if text { 1 } else { 2 }, payload));
+            }
+            // A fragmented message, control frames between its fragments.
+            400..=649 => {
+                let text = rng.chance(50);
+                let n = rng.size();
+                let whole = if text { rng.text(n) } else { rng.bytes(n) };
+                let n = whole.len(); // text ends on a whole character
+                let parts = 2 + rng.below(4);
+                let mut cuts: Vec<usize> = (0..parts - 1).map(|_| rng.below(n + 1)).collect();
+                cuts.sort_unstable();
+                cuts.push(n);
+                let mut from = 0;
+                for (i, &to) in cuts.iter().enumerate() {
+                    let opcode = match (i, text) {
+                        (0, true) => 1,
+                        (0, false) => 2,
+                        _ => 0,
+                    };
+                    frames.push(Frame::new(i == parts - 1, opcode, whole[from..to].to_vec()));
+                    from = to;
+                    if rng.chance(25) {
+                        let n = rng.below(126);
+                        frames.push(Frame::new(true, 9 + rng.below(2) as u8, rng.bytes(n)));
+                    }
+                }
+            }
+            650..=799 => {
+                let n = rng.below(126);
+                frames.push(Frame::new(true, 9, rng.bytes(n)));
+            }
+            800..=869 => {
+                let n = rng.below(126);
+                frames.push(Frame::new(true, 10, rng.bytes(n)));
+            }
+            // The peer closes, validly or not.
+            870..=894 => frames.push(close_frame(rng)),
+            // Text that is not UTF-8, whole or in fragments.
+            895..=924 => {
+                let n = rng.size();
+                let bad = rng.bad_text(n);
+                if rng.chance(50) {
+                    frames.push(Frame::new(true, 1, bad));
+                } else {
+                    let cut = rng.below(bad.len() + 1);
+                    frames.push(Frame::new(false, 1, bad[..cut].to_vec()));
+                    frames.push(Frame::new(true, 0, bad[cut..].to_vec()));
+                }
+            }
+            // A message that outgrows the limit: one header, or fragments adding up.
+            925..=944 => {
+                if rng.chance(50) {
+                    let mut f = Frame::new(true, 1 + rng.below(2) as u8, Vec::new());
+                    let over = MAX_MESSAGE as u64 + 1 + rng.below(1 << 20) as u64;
+                    f.length = Length::Declared(over);
+                    frames.push(f);
+                } else {
+                    let piece = MAX_MESSAGE / 3 + 1;
+                    frames.push(Frame::new(false, 2, rng.bytes(piece)));
+                    for _ in 0..3 {
+                        frames.push(Frame::new(false, 0, rng.bytes(piece)));
+                    }
+                }
+            }
+            // The first fragment of a message the script may never finish: what follows is
+            // inside it (a continuation finishes it; a new message is a violation).
+            945..=964 => {
+                let text = rng.chance(50);
+                let n = rng.size();
+                let payload = if text { rng.text(n) } else { rng.bytes(n) };
+                frames.push(Frame::new(false, if text { 1 } else { 2 }, payload));
+            }
+            // One fault in an otherwise good frame.
+            _ => frames.push(faulty_frame(rng)),
+        }
+    }
+    frames
+}
+
+fn close_frame(rng: &mut Rng) -> Frame {
+    const GOOD: [u16; 12] = [
+        1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4999,
+    ];
+    const BAD: [u16; 10] = [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000];
+    let payload = match rng.below(10) {
+        0 => Vec::new(),
+        1 => vec![0x03],
+        2 => BAD[rng.below(BAD.len())].to_be_bytes().to_vec(),
+        3 => {
+            let mut p = GOOD[rng.below(GOOD.len())].to_be_bytes().to_vec();
+            p.extend_from_slice(b"bye \xff");
+            p
+        }
+        _ => {
+            let mut p = GOOD[rng.below(GOOD.len())].to_be_bytes().to_vec();
+            let n = rng.below(60);
+            p.extend(rng.text(n));
+            p.truncate(125);
+            if std::str::from_utf8(&p[2..]).is_err() {
+                p.truncate(2); // the cut split a character
+            }
+            p
+        }
+    };
+    Frame::new(true, 8, payload)
+}
+
+fn faulty_frame(rng: &mut Rng) -> Frame {
+    let opcode = [1u8, 2, 9, 10][rng.below(4)];
+    let n = if opcode >= 8 {
+        rng.below(126)
+    } else {
+        rng.size()
+    };
+    let payload = if opcode == 1 {
+        rng.text(n)
+    } else {
+        rng.bytes(n)
+    };
+    let mut f = Frame::new(true, opcode, payload);
+    match rng.below(9) {
+        0 => f.rsv = 1 + rng.below(7) as u8,
+        1 => f.opcode = [3u8, 4, 5, 6, 7, 11, 12, 13, 14, 15][rng.below(10)],
+        2 => f.masked = false,
+        3 => {
+            // A control frame over 125 bytes.
+            f.opcode = 9 + rng.below(2) as u8;
+            let n = 126 + rng.below(100);
+            f.payload = rng.bytes(n);
+        }
+        4 => {
+            f.opcode = 8 + rng.below(3) as u8;
+            f.payload.truncate(125);
+            f.fin = false; // a fragmented control frame
+        }
+        5 => f.opcode = 0, // a continuation with no message (unless one is open)
+        6 => {
+            f.length = Length::Wide16;
+            f.payload.truncate(125);
+        }
+        7 => {
+            f.length = Length::Wide64;
+            f.payload.truncate(0xFFFF);
+        }
+        _ => {
+            f.length = Length::HighBit;
+            f.payload.clear();
+        }
+    }
+    f
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: RFC 6455's rules for a server receiving these frames.
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Outcome {
+    /// Echoed messages: (opcode, payload).
+    messages: Vec<(u8, Vec<u8>)>,
+    pongs: Vec<Vec<u8>>,
+    /// The server's Close: `Some(code)`, or `None` for a Close without a body.
+    close: Option<Option<u16>>,
+}
+
+/// Whether `b` can still become UTF-8 (valid so far, maybe cut inside its last character).
+fn utf8_prefix(b: &[u8]) -> bool {
+    match std::str::from_utf8(b) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    }
+}
+
+fn close_code_valid(code: u16) -> bool {
+    // 7.4.1 and the IANA registry: 1000-1003 and 1007-1014 are defined for use, 1004-1006 and
+    // 1015 must not be sent, 3000-4999 are for libraries and applications.
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// What the server must answer to a script.
+#[derive(Debug)]
+struct Expected {
+    /// The answer. Its Close is `None` while the script leaves the connection open: the caller
+    /// then appends a Close 1000.
+    want: Outcome,
+    /// How many frames the server reads (the rest come after the end).
+    read: usize,
+    /// LAppS: the service decides on the 1003 on its own thread while the IO worker reads on,
+    /// so the frames after the tenth error may still be heard first, Pings answered and a
+    /// Close of theirs (the peer's, or a violation's) sent instead of the 1003 (RFC 6455 lets
+    /// either side close first). The answer when all of them are heard: no more error answers.
+    or_heard_on: Option<Outcome>,
+}
+
+fn expect(frames: &[Frame], answers: Answers) -> Expected {
+    let mut decided = None;
+    let (out, read) = hear(frames, answers, &mut decided);
+    match decided {
+        None => Expected {
+            want: out,
+            read,
+            or_heard_on: None,
+        },
+        Some(want) => Expected {
+            want,
+            read,
+            or_heard_on: Some(out),
+        },
+    }
+}
+
+/// The server's answer to `frames` and how many it reads; `decided` is what the answer is at
+/// the LAppS service's 1003, when it comes to one.
+fn hear(frames: &[Frame], answers: Answers, decided: &mut Option<Outcome>) -> (Outcome, usize) {
+    let mut out = Outcome::default();
+    // The message being assembled: its opcode and bytes.
+    let mut open: Option<(u8, Vec<u8>)> = None;
+    for (i, f) in frames.iter().enumerate() {
+        let fail = |out: &mut Outcome, code| {
+            out.close = Some(Some(code));
+            (std::mem::take(out), i + 1)
+        };
+        // 5.2: the length's encoding is read first.
+        let minimal = match f.length {
+            Length::Minimal | Length::Declared(_) => true,
+            Length::Wide16 => f.payload.len() >= 126,
+            Length::Wide64 => f.payload.len() > 0xFFFF,
+            Length::HighBit => false,
+        };
+        if !minimal {
+            return fail(&mut out, 1002);
+        }
+        let control = f.opcode >= 8;
+        let known = matches!(f.opcode, 0 | 1 | 2 | 8 | 9 | 10);
+        if f.rsv != 0 || !known || !f.masked {
+            return fail(&mut out, 1002);
+        }
+        if control {
+            if f.declared() > 125 || !f.fin {
+                return fail(&mut out, 1002);
+            }
+            match f.opcode {
+                9 => out.pongs.push(f.payload.clone()),
+                10 => {}
+                _ => {
+                    return match f.payload.as_slice() {
+                        [] => {
+                            out.close = Some(None);
+                            (out, i + 1)
+                        }
+                        [_] => fail(&mut out, 1002),
+                        [hi, lo, reason @ ..] => {
+                            let code = u16::from_be_bytes([*hi, *lo]);
+                            if !close_code_valid(code) {
+                                fail(&mut out, 1002)
+                            } else if std::str::from_utf8(reason).is_err() {
+                                fail(&mut out, 1007)
+                            } else {
+                                out.close = Some(Some(code));
+                                (out, i + 1)
+                            }
+                        }
+                    };
+                }
+            }
+            continue;
+        }
+        // 5.4: continuations continue an open message; a new one may not start inside it.
+        match (f.opcode, &open) {
+            (0, None) | (1 | 2, Some(_)) => return fail(&mut out, 1002),
+            _ => {}
+        }
+        let so_far = open.as_ref().map_or(0, |(_, m)| m.len()) as u64;
+        if so_far + f.declared() > MAX_MESSAGE as u64 {
+            return fail(&mut out, 1009);
+        }
+        let (opcode, mut message) = open
+            .take()
+            .unwrap_or_else(|| (f.opcode, Vec::with_capacity(f.payload.len())));
+        message.extend_from_slice(&f.payload);
+        // 8.1: text fails as soon as its bytes cannot be UTF-8 any more, and at its end
+        // unless they are.
+        if opcode == 1 && !utf8_prefix(&message) {
+            return fail(&mut out, 1007);
+        }
+        if !f.fin {
+            open = Some((opcode, message));
+            continue;
+        }
+        if opcode == 1 && std::str::from_utf8(&message).is_err() {
+            return fail(&mut out, 1007);
+        }
+        if answers == Answers::Echo {
+            out.messages.push((opcode, message));
+            continue;
+        }
+        if decided.is_none() {
+            out.messages.push((2, Vec::new()));
+            if out.messages.len() == MAX_PROTOCOL_ERRORS {
+                let mut at_decision = out.clone();
+                at_decision.close = Some(Some(1003));
+                *decided = Some(at_decision);
+            }
+        }
+    }
+    (out, frames.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running scripts over real sockets.
+
+/// One server frame: (fin, opcode, payload); the error says what was wrong.
+fn next_frame(s: &mut impl Read) -> Result<(bool, u8, Vec<u8>), String> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).map_err(|e| e.to_string())?;
+    if h[1] & 0x80 != 0 {
+        return Err("a masked server frame".into());
+    }
+    if h[0] & 0x70 != 0 {
+        return Err("RSV bits in a server frame".into());
+    }
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).map_err(|e| e.to_string())?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).map_err(|e| e.to_string())?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    if len > 1 << 20 {
+        return Err(format!("a frame of {len} bytes"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).map_err(|e| e.to_string())?;
+    Ok((h[0] & 0x80 != 0, h[0] & 0x0f, payload))
+}
+
+/// What one connection got back: messages (reassembled), pongs and the Close, then whether
+/// EOF followed the Close.
+fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
+    let mut got = Outcome::default();
+    let mut open: Option<(u8, Vec<u8>)> = None;
+    loop {
+        let (fin, opcode, payload) = next_frame(&mut s)
+            .map_err(|e| format!("{e} before a Close, after {}", summary(&got)))?;
+        match opcode {
+            8 => {
+                got.close = Some(
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                );
+                break;
+            }
+            9 => return Err("the server sent a Ping".into()),
+            10 => got.pongs.push(payload),
+            0 => {
+                let (_, m) = open.as_mut().ok_or("a continuation with no message")?;
+                m.extend_from_slice(&payload);
+            }
+            1 | 2 => {
+                if open.is_some() {
+                    return Err("a new message inside a fragmented one".into());
+                }
+                open = Some((opcode, payload));
+            }
+            op => return Err(format!("opcode {op} from the server")),
+        }
+        if fin && matches!(opcode, 0..=2) {
+            let (opcode, m) = open.take().expect("open");
+            if answers == Answers::Echo {
+                got.messages.push((opcode, m));
+            } else if opcode == 2 && m.first().is_some_and(|b| b >> 5 == 5) {
+                got.messages.push((2, Vec::new()));
+            } else {
+                return Err(format!("not a LAppS answer: {opcode}, {m:02x?}"));
+            }
+        }
+    }
+    if open.is_some() {
+        return Err("a Close inside a fragmented message".into());
+    }
+    // After its Close the server sends nothing, and ends TCP.
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => Ok(got),
+        Ok(n) => Err(format!("{n} bytes after the Close")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(got),
+        Err(e) => Err(format!("no EOF after the Close: {e}")),
+    }
+}
+
+/// Script `seed` on the wire, what the server must answer, and the generator for the cuts.
+fn prepare(seed: u64, answers: Answers) -> (Vec<u8>, Expected, Rng) {
+    let mut rng = Rng(seed);
+    let mut frames = script(&mut rng);
+    let mut e = expect(&frames, answers);
+    let last = e.or_heard_on.as_mut().unwrap_or(&mut e.want);
+    if last.close.is_none() {
+        let mut bye = Frame::new(true, 8, 1000u16.to_be_bytes().to_vec());
+        if rng.chance(30) {
+            bye.payload.extend_from_slice(b"done");
+        }
+        frames.push(bye);
+        last.close = Some(Some(1000));
+    } else {
+        // What follows the end is not read: at most a few frames of it are sent.
+        frames.truncate(e.read + rng.below(3));
+    }
+    let mut wire = Vec::new();
+    for f in &frames {
+        wire.extend(f.wire(&mut rng));
+    }
+    (wire, e, rng)
+}
+
+/// Random cuts: the server sees the frames split anywhere, headers included.
+fn cuts(len: usize, rng: &mut Rng) -> Vec<std::ops::Range<usize>> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < len {
+        let n = (1 + rng.below(300)).min(len - at);
+        out.push(at..at + n);
+        at += n;
+    }
+    out
+}
+
+fn check(got: Outcome, e: &Expected) -> Result<(), String> {
+    if got == e.want {
+        return Ok(());
+    }
+    let Some(heard) = &e.or_heard_on else {
+        return Err(format!("got {}, want {}", summary(&got), summary(&e.want)));
+    };
+    // The 1003 after some of the later Pings were answered, or the later frames' own Close
+    // after all of them were.
+    let pongs_between =
+        got.pongs.len() >= e.want.pongs.len() && heard.pongs.starts_with(&got.pongs);
+    let fits = got.messages == e.want.messages
+        && ((got.close == e.want.close && pongs_between)
+            || (got.close == heard.close && got.pongs == heard.pongs));
+    if !fits {
+        return Err(format!(
+            "got {}, want {} or, with the frames after the tenth error heard, {}",
+            summary(&got),
+            summary(&e.want),
+            summary(heard)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs script `seed` on a new connection to `path` and checks the answer against the model.
+fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<(), String> {
+    let (wire, want, mut rng) = prepare(seed, answers);
+    let mut s = raw_upgraded(addr, path);
+    let reader = s.try_clone().map_err(|e| e.to_string())?;
+    let answers = std::thread::spawn(move || read_answers(reader, answers));
+    for cut in cuts(wire.len(), &mut rng) {
+        // The server may end the connection before the last bytes: writes may then fail.
+        if s.write_all(&wire[cut]).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    check(answers.join().map_err(|_| "reader panicked")??, &want)
+}
+
+/// [`run_one`] over TLS: each cut is a TLS record of its own. All of the script is written
+/// before the answers are read (small scripts: they fit in the socket buffers).
+fn run_one_tls(
+    addr: SocketAddr,
+    path: &str,
+    seed: u64,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
+    let (wire, want, mut rng) = prepare(seed, Answers::Echo);
+    let mut s = tls::tls_connect(addr, cfg).map_err(|e| format!("tls: {e}"))?;
+    s.write_all(upgrade_request(addr, path).as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).map_err(|e| format!("upgrade: {e}"))?;
+        head.push(b[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(format!("upgrade: {}", String::from_utf8_lossy(&head)));
+    }
+    for cut in cuts(wire.len(), &mut rng) {
+        if s.write_all(&wire[cut]).is_err() {
+            break;
+        }
+    }
+    check(read_answers(s, Answers::Echo)?, &want)
+}
+
+fn summary(o: &Outcome) -> String {
+    let sizes: Vec<String> = o
+        .messages
+        .iter()
+        .map(|(op, m)| format!("{op}:{}", m.len()))
+        .collect();
+    format!(
+        "messages [{}], {} pongs, close {:?}",
+        sizes.join(" "),
+        o.pongs.len(),
+        o.close
+    )
+}
+
+/// Runs [`SCRIPTS`] seeds (or the one of `RANDOM_PEERS_SEED`), [`AT_ONCE`] connections at a
+/// time, against `path`.
+fn run_scripts(
+    path: &'static str,
+    base: u64,
+    answers: Answers,
+    run: impl Fn(u64) -> Result<(), String> + Sync,
+) {
+    let seeds: Vec<u64> = match std::env::var("RANDOM_PEERS_SEED") {
+        Ok(s) => vec![s.parse().expect("RANDOM_PEERS_SEED is a number")],
+        Err(_) => (base..base + scripts()).collect(),
+    };
+    let run = &run;
+    let failures: Vec<String> = seeds
+        .chunks(AT_ONCE)
+        .flat_map(|batch| {
+            std::thread::scope(|scope| {
+                let runs: Vec<_> = batch
+                    .iter()
+                    .map(|&seed| scope.spawn(move || (seed, run(seed))))
+                    .collect();
+                runs.into_iter()
+                    .map(|r| r.join().expect("script thread"))
+                    .filter_map(|(seed, r)| r.err().map(|e| format!("seed {seed}: {e}")))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // The scripts reach every ending the model knows, or this test checks less than it says.
+    if seeds.len() >= SCRIPTS as usize {
+        let mut endings = std::collections::BTreeMap::new();
+        let mut messages = 0;
+        for &seed in &seeds {
+            let o = expect(&script(&mut Rng(seed)), answers).want;
+            messages += o.messages.len();
+            *endings.entry(o.close).or_insert(0) += 1;
+        }
+        eprintln!("{path}: {messages} messages before the ends; endings {endings:?}");
+        for code in [
+            None,
+            Some(None),
+            Some(Some(1002)),
+            Some(Some(1007)),
+            Some(Some(1009)),
+        ] {
+            assert!(endings.contains_key(&code), "no script ends with {code:?}");
+        }
+        assert!(messages > SCRIPTS as usize, "too few messages: {messages}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scripts on {path} went wrong:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_model_knows_the_rules() {
+    // A few scripts by hand, so that the model itself is checked against the RFC.
+    let f = |fin, op: u8, p: &[u8]| Frame::new(fin, op, p.to_vec());
+    let echo = |frames: &[Frame]| {
+        let e = expect(frames, Answers::Echo);
+        assert!(e.or_heard_on.is_none());
+        (e.want, e.read)
+    };
+    let (o, n) = echo(&[f(false, 1, b"h\xc3"), f(true, 0, b"\xa9!")]);
+    assert_eq!(o.messages, vec![(1, "h\u{e9}!".as_bytes().to_vec())]);
+    assert_eq!((o.close, n), (None, 2));
+    let (o, _) = echo(&[f(true, 1, b"a\xc3")]);
+    assert_eq!(o.close, Some(Some(1007)), "text ending inside a character");
+    let (o, n) = echo(&[f(true, 9, b"p"), f(true, 0, b"x"), f(true, 9, b"q")]);
+    assert_eq!(
+        (o.pongs, o.close, n),
+        (vec![b"p".to_vec()], Some(Some(1002)), 2)
+    );
+    let (o, _) = echo(&[f(true, 8, &[0x03, 0xed])]);
+    assert_eq!(
+        o.close,
+        Some(Some(1002)),
+        "close code 1005 may not be received"
+    );
+    let (o, _) = echo(&[f(true, 8, b"\x03\xe8\xff")]);
+    assert_eq!(o.close, Some(Some(1007)), "close reason not UTF-8");
+    let mut big = f(true, 2, b"");
+    big.length = Length::Declared(MAX_MESSAGE as u64 + 1);
+    assert_eq!(echo(&[big]).0.close, Some(Some(1009)));
+    let mut wide = f(true, 2, b"x");
+    wide.length = Length::Wide16;
+    wide.rsv = 1;
+    assert_eq!(echo(&[wide]).0.close, Some(Some(1002)));
+    // LAppS: the tenth error answer decides a 1003; what follows may be heard before it.
+    let mut frames = vec![f(true, 2, b"x"); MAX_PROTOCOL_ERRORS + 2];
+    frames.insert(MAX_PROTOCOL_ERRORS, f(true, 9, b"p"));
+    frames.push(f(true, 8, b""));
+    let e = expect(&frames, Answers::LappsErrors);
+    let answers = vec![(2, Vec::new()); MAX_PROTOCOL_ERRORS];
+    assert_eq!(
+        (&e.want.messages, e.want.pongs.len(), e.want.close),
+        (&answers, 0, Some(Some(1003)))
+    );
+    let heard = e.or_heard_on.expect("frames after the decision");
+    assert_eq!(
+        (&heard.messages, heard.pongs.len(), heard.close, e.read),
+        (&answers, 1, Some(None), frames.len())
+    );
+}
+
+#[test]
+fn random_peers_get_exactly_what_rfc_6455_says_from_the_builtin_echo() {
+    let srv = start_with(
+        |o| {
+            o.workers = 2;
+            // The echoes leave in fragments of 700 bytes: the reader reassembles them.
+            o.worker.auto_fragment = Some(700);
+        },
+        Arc::new(EchoRouter::new(MAX_MESSAGE)),
+    );
+    let addr = srv.addr;
+    run_scripts("/echo", 0, Answers::Echo, |seed| {
+        run_one(addr, "/echo", seed, Answers::Echo)
+    });
+}
+
+#[test]
+fn random_peers_get_exactly_what_rfc_6455_says_from_the_lua_echo() {
+    let services = format!(
+        r#"{{ "echo": {{ "request_target": "/echo", "instances": 2,
+                       "max_inbound_message_size": {MAX_MESSAGE} }} }}"#
+    );
+    let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
+    let addr = app.addr;
+    run_scripts("/echo", 1_000_000, Answers::Echo, |seed| {
+        run_one(addr, "/echo", seed, Answers::Echo)
+    });
+}
+
+#[test]
+fn random_peers_get_exactly_what_rfc_6455_says_from_a_lapps_service() {
+    // No script message is a LAppS request: each gets an error answer from the host, and the
+    // tenth in a row a Close 1003, unless the frames end the connection first.
+    let services = format!(
+        r#"{{ "echo_lapps": {{ "protocol": "LAppS", "request_target": "/echo_lapps",
+                             "instances": 2, "preload": ["bcast"],
+                             "max_protocol_errors": {MAX_PROTOCOL_ERRORS},
+                             "max_inbound_message_size": {MAX_MESSAGE} }} }}"#
+    );
+    let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
+    let addr = app.addr;
+    run_scripts("/echo_lapps", 3_000_000, Answers::LappsErrors, |seed| {
+        run_one(addr, "/echo_lapps", seed, Answers::LappsErrors)
+    });
+}
+
+#[test]
+fn random_peers_over_tls_get_exactly_what_rfc_6455_says() {
+    let dir = tls::temp_dir("random-peers");
+    let pair = tls::self_signed_server("localhost");
+    let (cert, key) = tls::write_pair(&dir, "server", &pair);
+    let small = format!(
+        r#", "echo_small": {{ "builtin": "echo", "request_target": "/echo_small",
+                             "max_inbound_message_size": {MAX_MESSAGE} }}"#
+    );
+    tls::write_config(&dir, &tls::tls_json(&cert, &key, None), &small);
+    let app = tls::start_app(&dir);
+    let addr = app.local_addrs()[0];
+    let cfg = tls::client_config(&pair.cert_der, None);
+    run_scripts("/echo_small", 2_000_000, Answers::Echo, |seed| {
+        run_one_tls(addr, "/echo_small", seed, cfg.clone())
+    });
+    app.shutdown();
+}
