@@ -15,10 +15,11 @@ mod common;
 mod tls;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
 use common::*;
+use lapps::ws::Opcode;
 
 /// The message size limit of the services under test: small, so that 1009 is reachable with
 /// 16-bit lengths and by fragments adding up.
@@ -155,7 +156,8 @@ struct Frame {
     fin: bool,
     rsv: u8,
     opcode: u8,
-    masked: bool,
+    /// Masked as its sender must (clients mask, servers do not), or, a fault, the other way.
+    masked_right: bool,
     length: Length,
     payload: Vec<u8>,
 }
@@ -166,7 +168,7 @@ impl Frame {
             fin,
             rsv: 0,
             opcode,
-            masked: true,
+            masked_right: true,
             length: Length::Minimal,
             payload,
         }
@@ -181,9 +183,11 @@ impl Frame {
         }
     }
 
-    fn wire(&self, rng: &mut Rng) -> Vec<u8> {
+    /// The frame's bytes, as a client sends it (`from_client`) or as a server does.
+    fn wire(&self, rng: &mut Rng, from_client: bool) -> Vec<u8> {
         let mut f = vec![(u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode];
-        let m = if self.masked { 0x80 } else { 0 };
+        let masked = self.masked_right == from_client;
+        let m = if masked { 0x80 } else { 0 };
         let n = self.declared();
         match self.length {
             Length::Minimal | Length::Declared(_) if n < 126 => f.push(m | n as u8),
@@ -196,7 +200,7 @@ impl Frame {
                 f.extend_from_slice(&n.to_be_bytes());
             }
         }
-        if self.masked {
+        if masked {
             let key = rng.next().to_le_bytes();
             let key = [key[0], key[1], key[2], key[3]];
             f.extend_from_slice(&key);
@@ -343,7 +347,7 @@ fn faulty_frame(rng: &mut Rng) -> Frame {
     match rng.below(9) {
         0 => f.rsv = 1 + rng.below(7) as u8,
         1 => f.opcode = [3u8, 4, 5, 6, 7, 11, 12, 13, 14, 15][rng.below(10)],
-        2 => f.masked = false,
+        2 => f.masked_right = false,
         3 => {
             // A control frame over 125 bytes.
             f.opcode = 9 + rng.below(2) as u8;
@@ -406,6 +410,8 @@ struct Expected {
     want: Outcome,
     /// How many frames the server reads (the rest come after the end).
     read: usize,
+    /// The receiver fails the connection (its Close is not the echo of the peer's).
+    failed: bool,
     /// LAppS: the service decides on the 1003 on its own thread while the IO worker reads on,
     /// so the frames after the tenth error may still be heard first, Pings answered and a
     /// Close of theirs (the peer's, or a violation's) sent instead of the 1003 (RFC 6455 lets
@@ -415,31 +421,38 @@ struct Expected {
 
 fn expect(frames: &[Frame], answers: Answers) -> Expected {
     let mut decided = None;
-    let (out, read) = hear(frames, answers, &mut decided);
+    let (out, read, failed) = hear(frames, answers, &mut decided);
     match decided {
         None => Expected {
             want: out,
             read,
+            failed,
             or_heard_on: None,
         },
         Some(want) => Expected {
             want,
             read,
+            failed,
             or_heard_on: Some(out),
         },
     }
 }
 
-/// The server's answer to `frames` and how many it reads; `decided` is what the answer is at
-/// the LAppS service's 1003, when it comes to one.
-fn hear(frames: &[Frame], answers: Answers, decided: &mut Option<Outcome>) -> (Outcome, usize) {
+/// The server's answer to `frames`, how many it reads and whether it failed the connection
+/// (its Close is not the echo of the peer's); `decided` is what the answer is at the LAppS
+/// service's 1003, when it comes to one.
+fn hear(
+    frames: &[Frame],
+    answers: Answers,
+    decided: &mut Option<Outcome>,
+) -> (Outcome, usize, bool) {
     let mut out = Outcome::default();
     // The message being assembled: its opcode and bytes.
     let mut open: Option<(u8, Vec<u8>)> = None;
     for (i, f) in frames.iter().enumerate() {
         let fail = |out: &mut Outcome, code| {
             out.close = Some(Some(code));
-            (std::mem::take(out), i + 1)
+            (std::mem::take(out), i + 1, true)
         };
         // 5.2: the length's encoding is read first.
         let minimal = match f.length {
@@ -453,7 +466,7 @@ fn hear(frames: &[Frame], answers: Answers, decided: &mut Option<Outcome>) -> (O
         }
         let control = f.opcode >= 8;
         let known = matches!(f.opcode, 0 | 1 | 2 | 8 | 9 | 10);
-        if f.rsv != 0 || !known || !f.masked {
+        if f.rsv != 0 || !known || !f.masked_right {
             return fail(&mut out, 1002);
         }
         if control {
@@ -467,7 +480,7 @@ fn hear(frames: &[Frame], answers: Answers, decided: &mut Option<Outcome>) -> (O
                     return match f.payload.as_slice() {
                         [] => {
                             out.close = Some(None);
-                            (out, i + 1)
+                            (out, i + 1, false)
                         }
                         [_] => fail(&mut out, 1002),
                         [hi, lo, reason @ ..] => {
@@ -478,7 +491,7 @@ fn hear(frames: &[Frame], answers: Answers, decided: &mut Option<Outcome>) -> (O
                                 fail(&mut out, 1007)
                             } else {
                                 out.close = Some(Some(code));
-                                (out, i + 1)
+                                (out, i + 1, false)
                             }
                         }
                     };
@@ -524,21 +537,22 @@ fn hear(frames: &[Frame], answers: Answers, decided: &mut Option<Outcome>) -> (O
             }
         }
     }
-    (out, frames.len())
+    (out, frames.len(), false)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Running scripts over real sockets.
 
-/// One server frame: (fin, opcode, payload); the error says what was wrong.
-fn next_frame(s: &mut impl Read) -> Result<(bool, u8, Vec<u8>), String> {
+/// One frame of the peer under test, a client's (`from_client`: masked, unmasked here) or a
+/// server's: (fin, opcode, payload); the error says what was wrong.
+fn next_frame(s: &mut impl Read, from_client: bool) -> Result<(bool, u8, Vec<u8>), String> {
     let mut h = [0u8; 2];
     s.read_exact(&mut h).map_err(|e| e.to_string())?;
-    if h[1] & 0x80 != 0 {
-        return Err("a masked server frame".into());
+    if (h[1] & 0x80 != 0) != from_client {
+        return Err("a frame masked the wrong way for its sender".into());
     }
     if h[0] & 0x70 != 0 {
-        return Err("RSV bits in a server frame".into());
+        return Err("RSV bits set".into());
     }
     let len = match h[1] & 0x7f {
         126 => {
@@ -556,8 +570,15 @@ fn next_frame(s: &mut impl Read) -> Result<(bool, u8, Vec<u8>), String> {
     if len > 1 << 20 {
         return Err(format!("a frame of {len} bytes"));
     }
+    let mut key = [0u8; 4];
+    if from_client {
+        s.read_exact(&mut key).map_err(|e| e.to_string())?;
+    }
     let mut payload = vec![0u8; len as usize];
     s.read_exact(&mut payload).map_err(|e| e.to_string())?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
     Ok((h[0] & 0x80 != 0, h[0] & 0x0f, payload))
 }
 
@@ -567,7 +588,7 @@ fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
     let mut got = Outcome::default();
     let mut open: Option<(u8, Vec<u8>)> = None;
     loop {
-        let (fin, opcode, payload) = next_frame(&mut s)
+        let (fin, opcode, payload) = next_frame(&mut s, false)
             .map_err(|e| format!("{e} before a Close, after {}", summary(&got)))?;
         match opcode {
             8 => {
@@ -615,7 +636,7 @@ fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
 }
 
 /// Script `seed` on the wire, what the server must answer, and the generator for the cuts.
-fn prepare(seed: u64, answers: Answers) -> (Vec<u8>, Expected, Rng) {
+fn prepare(seed: u64, answers: Answers, from_client: bool) -> (Vec<u8>, Expected, Rng) {
     let mut rng = Rng(seed);
     let mut frames = script(&mut rng);
     let mut e = expect(&frames, answers);
@@ -633,7 +654,7 @@ fn prepare(seed: u64, answers: Answers) -> (Vec<u8>, Expected, Rng) {
     }
     let mut wire = Vec::new();
     for f in &frames {
-        wire.extend(f.wire(&mut rng));
+        wire.extend(f.wire(&mut rng, from_client));
     }
     (wire, e, rng)
 }
@@ -677,7 +698,7 @@ fn check(got: Outcome, e: &Expected) -> Result<(), String> {
 
 /// Runs script `seed` on a new connection to `path` and checks the answer against the model.
 fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<(), String> {
-    let (wire, want, mut rng) = prepare(seed, answers);
+    let (wire, want, mut rng) = prepare(seed, answers, true);
     let mut s = raw_upgraded(addr, path);
     let reader = s.try_clone().map_err(|e| e.to_string())?;
     let answers = std::thread::spawn(move || read_answers(reader, answers));
@@ -699,7 +720,7 @@ fn run_one_tls(
     seed: u64,
     cfg: Arc<rustls::ClientConfig>,
 ) -> Result<(), String> {
-    let (wire, want, mut rng) = prepare(seed, Answers::Echo);
+    let (wire, want, mut rng) = prepare(seed, Answers::Echo, true);
     let mut s = tls::tls_connect(addr, cfg).map_err(|e| format!("tls: {e}"))?;
     s.write_all(upgrade_request(addr, path).as_bytes())
         .map_err(|e| e.to_string())?;
@@ -718,6 +739,146 @@ fn run_one_tls(
         }
     }
     check(read_answers(s, Answers::Echo)?, &want)
+}
+
+/// The scripted server of the cws client tests: one listener for all of them (each script
+/// of its own would leave a port in TIME_WAIT, and a long hunt runs out of ports). A
+/// connection's upgrade names its script's seed in the path; its server side plays that
+/// script, reads the client's Pongs and Close, ends TCP, and reports what the client sent.
+fn script_server() -> SocketAddr {
+    static ADDR: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let addr = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                std::thread::spawn(move || play_to_client(s));
+            }
+        });
+        addr
+    })
+}
+
+/// Where a script's server side reports, by seed.
+type Reports = std::sync::Mutex<
+    std::collections::HashMap<u64, std::sync::mpsc::Sender<Result<Outcome, String>>>,
+>;
+
+fn reports() -> &'static Reports {
+    static REPORTS: std::sync::OnceLock<Reports> = std::sync::OnceLock::new();
+    REPORTS.get_or_init(Default::default)
+}
+
+fn play_to_client(mut s: TcpStream) {
+    let head = read_http_head(&mut s);
+    let Some(seed) = head
+        .strip_prefix("GET /")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+    else {
+        return;
+    };
+    let result = play(s, &head, seed);
+    if let Some(to) = reports().lock().unwrap().remove(&seed) {
+        let _ = to.send(result);
+    }
+}
+
+fn play(mut s: TcpStream, head: &str, seed: u64) -> Result<Outcome, String> {
+    let (wire, _, mut rng) = prepare(seed, Answers::Echo, false);
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .ok_or("no key in the upgrade request")?;
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        lapps::ws::handshake::accept_key(key.trim())
+    );
+    s.write_all(answer.as_bytes()).map_err(|e| e.to_string())?;
+    for cut in cuts(wire.len(), &mut rng) {
+        s.write_all(&wire[cut]).map_err(|e| e.to_string())?;
+    }
+    // The client's Pongs, then its Close; dropping `s` ends TCP then.
+    let mut sent = Outcome::default();
+    loop {
+        let (_, opcode, payload) = next_frame(&mut s, true)
+            .map_err(|e| format!("{e} before the client's Close, after {}", summary(&sent)))?;
+        match (opcode, payload.as_slice()) {
+            (10, _) => sent.pongs.push(payload),
+            (8, [hi, lo, ..]) => {
+                sent.close = Some(Some(u16::from_be_bytes([*hi, *lo])));
+                return Ok(sent);
+            }
+            (8, _) => {
+                sent.close = Some(None);
+                return Ok(sent);
+            }
+            (op, _) => return Err(format!("opcode {op} from the client")),
+        }
+    }
+}
+
+/// The cws client's side of script `seed`, played by [`script_server`]: what the client
+/// reports (its messages and `onclose` code) and sends (Pongs, its Close) must be what the
+/// model says, and the client waits for the server to end TCP (RFC 6455 7.1.1).
+fn run_one_client(seed: u64) -> Result<(), String> {
+    use lapps::service::cws::{url, Client, Event, KeyPool};
+    let e = prepare(seed, Answers::Echo, false).1;
+    let (to, report) = std::sync::mpsc::channel();
+    reports().lock().unwrap().insert(seed, to);
+    let u = url::parse(&format!("ws://{}/{seed}", script_server())).map_err(|e| e.to_string())?;
+    let mut keys = KeyPool::default();
+    let mut c = Client::connect(&u, None, &mut keys, MAX_MESSAGE)?;
+    let mut events = Vec::new();
+    let mut on = |ev: Event<'_>| {
+        events.push(match ev {
+            Event::Open => "open".to_string(),
+            Event::Message(m, op) => format!("{op:?} {m:02x?}"),
+            Event::Error(_) => "error".to_string(),
+            Event::Closed(code) => format!("closed {code}"),
+        })
+    };
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !c.is_done() {
+        if std::time::Instant::now() > deadline {
+            return Err("the client is not done within the guard".into());
+        }
+        let mut pfd = libc::pollfd {
+            fd: c.fd(),
+            events: c.interest(),
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, exclusively borrowed for the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        c.ready(pfd.revents, &mut keys, &mut on);
+        c.tick(std::time::Instant::now(), &mut keys, &mut on);
+    }
+    let mut sent = report
+        .recv_timeout(IO_TIMEOUT)
+        .map_err(|_| "no report from the script's server side")??;
+    // What the client reported: the model's messages, then its close code.
+    let mut want_events = vec!["open".to_string()];
+    for (op, m) in &e.want.messages {
+        let op = if *op == 1 {
+            Opcode::Text
+        } else {
+            Opcode::Binary
+        };
+        want_events.push(format!("{op:?} {m:02x?}"));
+    }
+    if e.failed {
+        want_events.push("error".into());
+    }
+    let code = e.want.close.expect("every script ends").unwrap_or(1005);
+    want_events.push(format!("closed {code}"));
+    if events != want_events {
+        return Err(format!("events {events:?}, want {want_events:?}"));
+    }
+    sent.messages = e.want.messages.clone();
+    check(sent, &e)
 }
 
 fn summary(o: &Outcome) -> String {
@@ -887,6 +1048,11 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_a_lapps_service() {
     run_scripts("/echo_lapps", 3_000_000, Answers::LappsErrors, |seed| {
         run_one(addr, "/echo_lapps", seed, Answers::LappsErrors)
     });
+}
+
+#[test]
+fn a_random_server_gets_from_the_cws_client_exactly_what_rfc_6455_says() {
+    run_scripts("(cws client)", 4_000_000, Answers::Echo, run_one_client);
 }
 
 #[test]
