@@ -1,14 +1,16 @@
-//! Random peers: seeded scripts of client frames (messages whole and fragmented, control frames
-//! between fragments, and every way RFC 6455 lets a frame be wrong) written in random cuts over
-//! real sockets, many connections at once, to the built-in echo and to the Lua echo app. A
-//! model of RFC 6455's receiving rules, written here from the RFC and independent of the
-//! server's codec, says what each connection must get back: the echo of every message it
-//! completed, in order; a Pong per Ping, in order; then one Close with the code its first
-//! violation earns (or the code of its own Close, echoed), then EOF. Every connection is checked,
-//! so one peer's garbage must leave the others' exchanges exact.
+//! Random peers: seeded scripts of frames (messages whole and fragmented, control frames between
+//! fragments, unfinished messages, and every way RFC 6455 lets a frame be wrong) written in
+//! random cuts over real sockets, many connections at once: as a client's frames to the
+//! built-in echo (plain and over TLS), the Lua echo and a LAppS service, and as a server's
+//! frames to the cws client. A model of RFC 6455's receiving rules, written here from the RFC
+//! and independent of the codec, says what the receiver must answer: the echo of every message
+//! completed, in order (LAppS: an error answer each, and a 1003 after the tenth); a Pong per
+//! Ping, in order; then one Close with the code its first violation earns, or the peer's code
+//! echoed; then the server ends TCP. Every connection is checked, so one peer's garbage must
+//! leave the others' exchanges exact.
 //!
 //! A failure names the seed; `RANDOM_PEERS_SEED=n` runs that one script alone, and
-//! `RANDOM_PEERS_SCRIPTS=n` runs n scripts per service instead of 2,000.
+//! `RANDOM_PEERS_SCRIPTS=n` runs n scripts per receiver instead of 2,000.
 
 mod common;
 #[path = "common/tls.rs"]
