@@ -171,6 +171,21 @@ fn read_room<'a>(inbuf: &[u8], scratch: &'a mut [u8]) -> &'a mut [u8] {
     }
 }
 
+/// What a connection keeps of a long leftover `inbuf` of which `consumed` bytes were
+/// processed: the rest in place while it is long, else in a buffer of its own size (the long
+/// one's capacity, up to `max_request_bytes` after a head that came in pieces, would stay
+/// with an idle connection until its next read).
+fn keep_rest(mut inbuf: Vec<u8>, consumed: usize) -> Vec<u8> {
+    match inbuf.get(consumed..) {
+        Some(rest) if rest.len() > LONG_LEFTOVER => {
+            inbuf.drain(..consumed);
+            inbuf
+        }
+        Some(rest) => rest.to_vec(),
+        None => Vec::new(),
+    }
+}
+
 pub struct Worker {
     id: usize,
     hub: Arc<Hub>,
@@ -626,8 +641,7 @@ impl Worker {
             let consumed = self.process(index, &mut inbuf);
             if let Some(c) = self.conns.get_mut(index) {
                 if consumed < total {
-                    inbuf.drain(..consumed);
-                    c.inbuf = inbuf;
+                    c.inbuf = keep_rest(inbuf, consumed);
                 }
             }
         } else {
@@ -1123,5 +1137,30 @@ impl Worker {
                 self.pending.push(index);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_rest_of_a_long_leftover_is_kept_in_a_buffer_of_its_size() {
+        let mut head = Vec::with_capacity(8192);
+        head.extend(std::iter::repeat_n(b'x', 8000));
+        let rest = keep_rest(head, 7990);
+        assert_eq!(rest.len(), 10);
+        assert!(
+            rest.capacity() < LONG_LEFTOVER,
+            "capacity {}",
+            rest.capacity()
+        );
+        // A rest still long stays where it is (no copy per read while a head grows).
+        let mut head = Vec::with_capacity(8192);
+        head.extend((0..8000).map(|i| i as u8));
+        let rest = keep_rest(head, 100);
+        assert_eq!(rest.len(), 7900);
+        assert_eq!(rest.first(), Some(&100));
+        assert!(keep_rest(vec![1, 2], 2).is_empty());
     }
 }
