@@ -1013,6 +1013,9 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_the_builtin_echo() {
             o.workers = 2;
             // The echoes leave in fragments of 700 bytes: the reader reassembles them.
             o.worker.auto_fragment = Some(700);
+            // Small reads, one per connection per turn: frames cut across reads and turns.
+            o.worker.read_buffer = 4096;
+            o.worker.max_inbounds_skip = 1;
         },
         Arc::new(EchoRouter::new(MAX_MESSAGE)),
     );
