@@ -2,6 +2,8 @@
 //! and build raw frames for the protocol-violation tests.
 #![allow(dead_code)]
 
+pub mod rng;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
