@@ -755,6 +755,12 @@ impl App {
         &self.addrs
     }
 
+    /// The runtime's hub while it runs (None after `shutdown`): the workers' counters.
+    pub fn hub(&self) -> Option<Arc<crate::net::hub::Hub>> {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        server.as_ref().map(|s| s.hub().clone())
+    }
+
     /// Graceful stop: no new connections, close 1001 to every connection, services last.
     /// Takes `&self` so that a stop never waits for a reload in progress (a new version whose
     /// `init()` blocks would otherwise hold it forever). Idempotent.

@@ -118,6 +118,11 @@ impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
+
+    pub fn hub(&self) -> Arc<lapps::net::hub::Hub> {
+        let app = self.app.as_ref().expect("running");
+        app.hub().expect("running")
+    }
 }
 
 impl Drop for TestApp {
@@ -427,6 +432,30 @@ pub fn close_with_reset(s: TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
     drop(s);
+}
+
+/// Waits until no connection is left on any worker and their outbound accounts are back to
+/// zero: what a test's connections held is all given back once they ended.
+pub fn wait_all_ended(hub: &lapps::net::hub::Hub) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let left = || {
+        (0..hub.workers())
+            .map(|w| {
+                let p = hub.port(w);
+                (p.connections.load(Relaxed), p.queued_bytes.load(Relaxed))
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while left().iter().any(|&l| l != (0, 0)) {
+        assert!(
+            Instant::now() < deadline,
+            "connections and queued bytes per worker still {:?}",
+            left()
+        );
+        // Polling interval of a condition wait, not a synchronisation sleep.
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Polls `cond` until it holds or the guard expires.
