@@ -355,6 +355,8 @@ fn random_lapps_sessions_get_what_the_protocol_says() {
             })
         })
         .collect();
+    // Every connection ended, and the workers hold nothing of theirs.
+    wait_all_ended(&app.hub());
     assert!(
         failures.is_empty(),
         "{} of {} sessions went wrong ({closing} end with 1003):\n{}",
