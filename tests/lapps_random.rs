@@ -355,8 +355,6 @@ fn random_lapps_sessions_get_what_the_protocol_says() {
             })
         })
         .collect();
-    // Every connection ended, and the workers hold nothing of theirs.
-    wait_all_ended(&app.hub());
     assert!(
         failures.is_empty(),
         "{} of {} sessions went wrong ({closing} end with 1003):\n{}",
@@ -364,4 +362,6 @@ fn random_lapps_sessions_get_what_the_protocol_says() {
         seeds.len(),
         failures.join("\n")
     );
+    // Every connection ended, and the workers hold nothing of theirs.
+    wait_all_ended(&app.hub());
 }
