@@ -1,13 +1,14 @@
 //! Random peers: seeded scripts of frames (messages whole and fragmented, control frames between
 //! fragments, unfinished messages, and every way RFC 6455 lets a frame be wrong) written in
 //! random cuts over real sockets, many connections at once: as a client's frames to the
-//! built-in echo (plain and over TLS), the Lua echo and a LAppS service, and as a server's
-//! frames to the cws client. A model of RFC 6455's receiving rules, written here from the RFC
-//! and independent of the codec, says what the receiver must answer: the echo of every message
-//! completed, in order (LAppS: an error answer each, and a 1003 after the tenth); a Pong per
-//! Ping, in order; then one Close with the code its first violation earns, or the peer's code
-//! echoed; then the server ends TCP. Every connection is checked, so one peer's garbage must
-//! leave the others' exchanges exact.
+//! built-in echo (plain and over TLS), the Lua echo, an app that closes among them and a LAppS
+//! service, and as a server's frames to the cws client. A model of RFC 6455's receiving rules,
+//! written here from the RFC and independent of the codec, says what the receiver must answer:
+//! the echo of every message completed, in order (LAppS: an error answer each, and a 1003 after
+//! the tenth); a Pong per Ping, in order; then one Close with the code its first violation
+//! earns, the app's, or the peer's code echoed; then the server ends TCP, and sends nothing
+//! after its Close. Every connection is checked, so one peer's garbage must leave the others'
+//! exchanges exact.
 //!
 //! A failure names the seed; `RANDOM_PEERS_SEED=n` runs that one script alone, and
 //! `RANDOM_PEERS_SCRIPTS=n` runs n scripts per receiver instead of 2,000.
@@ -39,7 +40,13 @@ enum Answers {
     /// An error response (LAppS: no script message is a request), a binary CBOR map that the
     /// outcome records as `(2, [])`; the `MAX_PROTOCOL_ERRORS`th is followed by Close 1003.
     LappsErrors,
+    /// The message itself, except a binary `close:` with a 2-byte code, for which the app
+    /// (tests/apps/echo_closer) closes the connection with that code instead.
+    EchoCloser,
 }
+
+/// The codes the echo_closer app closes with (codes `ws:close` accepts).
+const APP_CLOSE_CODES: [u16; 7] = [1000, 1001, 1008, 1011, 3000, 4000, 4999];
 
 /// Scripts per service, and how many run at once.
 const SCRIPTS: u64 = 2000;
@@ -450,7 +457,18 @@ fn hear(
         if opcode == 1 && std::str::from_utf8(&message).is_err() {
             return fail(&mut out, 1007);
         }
-        if answers == Answers::Echo {
+        if answers != Answers::LappsErrors {
+            if decided.is_some() {
+                continue; // the app closed: nothing after is echoed
+            }
+            if answers == Answers::EchoCloser && opcode == 2 && message.len() == 8 {
+                if let Some(code) = message.strip_prefix(b"close:") {
+                    let mut at_decision = out.clone();
+                    at_decision.close = Some(Some(u16::from_be_bytes([code[0], code[1]])));
+                    *decided = Some(at_decision);
+                    continue;
+                }
+            }
             out.messages.push((opcode, message));
             continue;
         }
@@ -553,7 +571,7 @@ fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
         }
         if fin && matches!(opcode, 0..=2) {
             let (opcode, m) = open.take().expect("open");
-            if answers == Answers::Echo {
+            if answers != Answers::LappsErrors {
                 got.messages.push((opcode, m));
             } else if opcode == 2 && m.first().is_some_and(|b| b >> 5 == 5) {
                 got.messages.push((2, Vec::new()));
@@ -579,6 +597,15 @@ fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
 fn prepare(seed: u64, answers: Answers, from_client: bool) -> (Vec<u8>, Expected, Rng) {
     let mut rng = Rng(seed);
     let mut frames = script(&mut rng);
+    if answers == Answers::EchoCloser && rng.chance(60) {
+        // The app is asked to close somewhere in the script (inside a fragmented message,
+        // the request itself is the violation).
+        let code = APP_CLOSE_CODES[rng.below(APP_CLOSE_CODES.len())];
+        let mut ask = b"close:".to_vec();
+        ask.extend_from_slice(&code.to_be_bytes());
+        let at = rng.below(frames.len() + 1);
+        frames.insert(at, Frame::new(true, 2, ask));
+    }
     let mut e = expect(&frames, answers);
     // Sometimes a peer that leaves the connection open just ends TCP instead of closing
     // (servers only: the cws client's scripted server always closes).
@@ -856,7 +883,7 @@ fn summary(o: &Outcome) -> String {
 fn run_scripts(
     path: &'static str,
     base: u64,
-    answers: Answers,
+    (answers, from_client): (Answers, bool),
     run: impl Fn(u64) -> Result<(), String> + Sync,
 ) {
     let seeds: Vec<u64> = match std::env::var("RANDOM_PEERS_SEED") {
@@ -884,18 +911,22 @@ fn run_scripts(
         let mut endings = std::collections::BTreeMap::new();
         let mut messages = 0;
         for &seed in &seeds {
-            let o = expect(&script(&mut Rng(seed)), answers).want;
+            let o = prepare(seed, answers, from_client).1.want;
             messages += o.messages.len();
             *endings.entry(o.close).or_insert(0) += 1;
         }
         eprintln!("{path}: {messages} messages before the ends; endings {endings:?}");
+        // (None: the peer ends TCP without a Close, which only the servers' scripts do.)
+        let vanish = from_client.then_some(None);
         for code in [
-            None,
             Some(None),
             Some(Some(1002)),
             Some(Some(1007)),
             Some(Some(1009)),
-        ] {
+        ]
+        .into_iter()
+        .chain(vanish)
+        {
             assert!(endings.contains_key(&code), "no script ends with {code:?}");
         }
         assert!(messages > SCRIPTS as usize, "too few messages: {messages}");
@@ -976,7 +1007,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_the_builtin_echo() {
         Arc::new(EchoRouter::new(MAX_MESSAGE)),
     );
     let addr = srv.addr;
-    run_scripts("/echo", 0, Answers::Echo, |seed| {
+    run_scripts("/echo", 0, (Answers::Echo, true), |seed| {
         run_one(addr, "/echo", seed, Answers::Echo)
     });
     // Every connection ended, and what it held is given back: the partly received messages
@@ -993,7 +1024,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_the_lua_echo() {
     );
     let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
     let addr = app.addr;
-    run_scripts("/echo", 1_000_000, Answers::Echo, |seed| {
+    run_scripts("/echo", 1_000_000, (Answers::Echo, true), |seed| {
         run_one(addr, "/echo", seed, Answers::Echo)
     });
     wait_all_ended(&app.hub());
@@ -1011,15 +1042,42 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_a_lapps_service() {
     );
     let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
     let addr = app.addr;
-    run_scripts("/echo_lapps", 3_000_000, Answers::LappsErrors, |seed| {
-        run_one(addr, "/echo_lapps", seed, Answers::LappsErrors)
-    });
+    run_scripts(
+        "/echo_lapps",
+        3_000_000,
+        (Answers::LappsErrors, true),
+        |seed| run_one(addr, "/echo_lapps", seed, Answers::LappsErrors),
+    );
+    wait_all_ended(&app.hub());
+}
+
+#[test]
+fn random_peers_get_exactly_what_rfc_6455_says_from_an_app_that_closes_among_their_frames() {
+    // The app's Close is decided on its instance's thread while the IO worker reads on: the
+    // frames after the request may still be heard first (as for the LAppS 1003).
+    let services = format!(
+        r#"{{ "echo_closer": {{ "request_target": "/echo_closer", "instances": 2,
+                              "max_inbound_message_size": {MAX_MESSAGE} }} }}"#
+    );
+    let app = start_app(&ws_json(2), &lapps_json("./tests/apps", &services));
+    let addr = app.addr;
+    run_scripts(
+        "/echo_closer",
+        5_000_000,
+        (Answers::EchoCloser, true),
+        |seed| run_one(addr, "/echo_closer", seed, Answers::EchoCloser),
+    );
     wait_all_ended(&app.hub());
 }
 
 #[test]
 fn a_random_server_gets_from_the_cws_client_exactly_what_rfc_6455_says() {
-    run_scripts("(cws client)", 4_000_000, Answers::Echo, run_one_client);
+    run_scripts(
+        "(cws client)",
+        4_000_000,
+        (Answers::Echo, false),
+        run_one_client,
+    );
 }
 
 #[test]
@@ -1035,7 +1093,7 @@ fn random_peers_over_tls_get_exactly_what_rfc_6455_says() {
     let app = tls::start_app(&dir);
     let addr = app.local_addrs()[0];
     let cfg = tls::client_config(&pair.cert_der, None);
-    run_scripts("/echo_small", 2_000_000, Answers::Echo, |seed| {
+    run_scripts("/echo_small", 2_000_000, (Answers::Echo, true), |seed| {
         run_one_tls(addr, "/echo_small", seed, cfg.clone())
     });
     wait_all_ended(&app.hub().expect("running"));
