@@ -45,6 +45,12 @@ enum Answers {
     EchoCloser,
 }
 
+/// ws.json for the Lua receivers: a close timeout (how long a connection that ends waits for
+/// the answers its service owes) far above what a busy CI machine can delay an instance.
+fn lua_ws_json() -> String {
+    ws_json_close_timeout(2, 10_000)
+}
+
 /// The codes the echo_closer app closes with (codes `ws:close` accepts).
 const APP_CLOSE_CODES: [u16; 7] = [1000, 1001, 1008, 1011, 3000, 4000, 4999];
 
@@ -153,7 +159,7 @@ fn script(rng: &mut Rng) -> Vec<Frame> {
                 frames.push(Frame::new(true, if text { 1 } else { 2 }, payload));
             }
             // A fragmented message, control frames between its fragments.
-            400..=649 => {
+            400..=639 => {
                 let text = rng.chance(50);
                 let n = rng.size();
                 let whole = if text { rng.text(n) } else { rng.bytes(n) };
@@ -175,6 +181,18 @@ fn script(rng: &mut Rng) -> Vec<Frame> {
                         let n = rng.below(126);
                         frames.push(Frame::new(true, 9 + rng.below(2) as u8, rng.bytes(n)));
                     }
+                }
+            }
+            // A message of the limit's size, one byte under or one over, whole or in two.
+            640..=649 => {
+                let n = MAX_MESSAGE - 1 + rng.below(3);
+                let whole = rng.bytes(n);
+                if rng.chance(50) {
+                    frames.push(Frame::new(true, 2, whole));
+                } else {
+                    let cut = rng.below(n + 1);
+                    frames.push(Frame::new(false, 2, whole[..cut].to_vec()));
+                    frames.push(Frame::new(true, 0, whole[cut..].to_vec()));
                 }
             }
             650..=799 => {
@@ -258,7 +276,8 @@ fn close_frame(rng: &mut Rng) -> Frame {
 }
 
 fn faulty_frame(rng: &mut Rng) -> Frame {
-    let opcode = [1u8, 2, 9, 10][rng.below(4)];
+    // The fault goes on a frame of any kind, continuations and Closes included.
+    let opcode = [1u8, 2, 9, 10, 0, 8][rng.below(6)];
     let n = if opcode >= 8 {
         rng.below(126)
     } else {
@@ -489,13 +508,12 @@ fn hear(
 
 /// One frame of the peer under test, a client's (`from_client`: masked, unmasked here) or a
 /// server's: (fin, opcode, payload); the error says what was wrong.
-/// None at the end of the stream between frames (a TLS stream cut without close_notify too).
+/// None at the end of the stream between frames (over TLS: after close_notify).
 fn next_frame(s: &mut impl Read, from_client: bool) -> Result<Option<(bool, u8, Vec<u8>)>, String> {
     let mut h = [0u8; 2];
     match s.read(&mut h[..1]) {
         Ok(0) => return Ok(None),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.to_string()),
     }
     s.read_exact(&mut h[1..]).map_err(|e| e.to_string())?;
@@ -521,6 +539,10 @@ fn next_frame(s: &mut impl Read, from_client: bool) -> Result<Option<(bool, u8, 
     if len > 1 << 20 {
         return Err(format!("a frame of {len} bytes"));
     }
+    // 5.5: control frames are never fragmented and carry at most 125 bytes.
+    if h[0] & 0x08 != 0 && (h[0] & 0x80 == 0 || len > 125) {
+        return Err(format!("a control frame of {len} bytes, FIN {}", h[0] >> 7));
+    }
     let mut key = [0u8; 4];
     if from_client {
         s.read_exact(&mut key).map_err(|e| e.to_string())?;
@@ -531,6 +553,33 @@ fn next_frame(s: &mut impl Read, from_client: bool) -> Result<Option<(bool, u8, 
         *b ^= key[i % 4];
     }
     Ok(Some((h[0] & 0x80 != 0, h[0] & 0x0f, payload)))
+}
+
+/// The code of a LAppS error response (status 0, cid 0), if `m` is one.
+fn lapps_error_code(m: &[u8]) -> Option<i64> {
+    use ciborium::Value;
+    let v: Value = ciborium::from_reader(m).ok()?;
+    let get = |v: &Value, key: &str| -> Option<Value> {
+        let (_, v) = v.as_map()?.iter().find(|(k, _)| k.as_text() == Some(key))?;
+        Some(v.clone())
+    };
+    let int = |v: Option<Value>| v?.as_integer().and_then(|i| i64::try_from(i).ok());
+    if int(get(&v, "status")) != Some(0) || int(get(&v, "cid")) != Some(0) {
+        return None;
+    }
+    int(get(&get(&v, "error")?, "code"))
+}
+
+/// A Close frame's code (None: no body), if its body is one a peer may send (5.5.1, 7.4.1).
+fn close_body(payload: &[u8]) -> Result<Option<u16>, String> {
+    match payload {
+        [] => Ok(None),
+        [hi, lo, reason @ ..] if close_code_valid(u16::from_be_bytes([*hi, *lo])) => {
+            std::str::from_utf8(reason).map_err(|_| "a Close reason that is not UTF-8")?;
+            Ok(Some(u16::from_be_bytes([*hi, *lo])))
+        }
+        _ => Err(format!("a Close body that may not be sent: {payload:02x?}")),
+    }
 }
 
 /// What one connection got back: messages (reassembled), pongs and the Close, then whether
@@ -550,9 +599,7 @@ fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
         };
         match opcode {
             8 => {
-                got.close = Some(
-                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-                );
+                got.close = Some(close_body(&payload)?);
                 break;
             }
             9 => return Err("the server sent a Ping".into()),
@@ -573,10 +620,12 @@ fn read_answers(mut s: impl Read, answers: Answers) -> Result<Outcome, String> {
             let (opcode, m) = open.take().expect("open");
             if answers != Answers::LappsErrors {
                 got.messages.push((opcode, m));
-            } else if opcode == 2 && m.first().is_some_and(|b| b >> 5 == 5) {
+            } else if opcode == 2
+                && lapps_error_code(&m).is_some_and(|c| matches!(c, -32700 | -32600))
+            {
                 got.messages.push((2, Vec::new()));
             } else {
-                return Err(format!("not a LAppS answer: {opcode}, {m:02x?}"));
+                return Err(format!("not a LAppS error answer: {opcode}, {m:02x?}"));
             }
         }
     }
@@ -610,9 +659,17 @@ fn prepare(seed: u64, answers: Answers, from_client: bool) -> (Vec<u8>, Expected
     // Sometimes a peer that leaves the connection open just ends TCP instead of closing
     // (servers only: the cws client's scripted server always closes).
     e.vanish = from_client && e.or_heard_on.is_none() && e.want.close.is_none() && rng.chance(20);
+    // Half the time its FIN comes inside its last frame, which the server then never has.
+    let cut_last = e.vanish && !frames.is_empty() && rng.chance(50);
+    if cut_last {
+        e = Expected {
+            vanish: true,
+            ..expect(&frames[..frames.len() - 1], answers)
+        };
+    }
     let last = e.or_heard_on.as_mut().unwrap_or(&mut e.want);
     if e.vanish {
-        // Its FIN follows the last frame, whole or not (the caller shuts its side).
+        // Its FIN follows (the caller shuts its side).
     } else if last.close.is_none() {
         let mut bye = Frame::new(true, 8, 1000u16.to_be_bytes().to_vec());
         if rng.chance(30) {
@@ -625,8 +682,14 @@ fn prepare(seed: u64, answers: Answers, from_client: bool) -> (Vec<u8>, Expected
         frames.truncate(e.read + rng.below(3));
     }
     let mut wire = Vec::new();
+    let mut last_start = 0;
     for f in &frames {
+        last_start = wire.len();
         wire.extend(f.wire(&mut rng, from_client));
+    }
+    if cut_last {
+        let keep = last_start + rng.below(wire.len() - last_start);
+        wire.truncate(keep);
     }
     (wire, e, rng)
 }
@@ -678,10 +741,29 @@ fn check(got: Outcome, e: &Expected) -> Result<(), String> {
 /// Runs script `seed` on a new connection to `path` and checks the answer against the model.
 fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<(), String> {
     let (wire, want, mut rng) = prepare(seed, answers, true);
-    let mut s = raw_upgraded(addr, path);
-    let reader = s.try_clone().map_err(|e| e.to_string())?;
-    let answers = std::thread::spawn(move || read_answers(reader, answers));
-    for cut in cuts(wire.len(), &mut rng) {
+    let io = |e: std::io::Error| e.to_string();
+    let mut s = TcpStream::connect(addr).map_err(io)?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    s.set_nodelay(true).map_err(io)?;
+    let mut cuts = cuts(wire.len(), &mut rng).into_iter().peekable();
+    // Now and then the first frames come with the upgrade request, in the same write.
+    let mut request = upgrade_request(addr, path).into_bytes();
+    if rng.chance(20) {
+        if let Some(first) = cuts.next() {
+            request.extend_from_slice(&wire[first]);
+        }
+    }
+    s.write_all(&request).map_err(io)?;
+    let mut reader = s.try_clone().map_err(io)?;
+    let answers = std::thread::spawn(move || {
+        let head = read_http_head(&mut reader);
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(format!("upgrade: {head:?}"));
+        }
+        read_answers(reader, answers)
+    });
+    for cut in cuts {
         // The server may end the connection before the last bytes: writes may then fail.
         if s.write_all(&wire[cut]).is_err() {
             break;
@@ -783,25 +865,38 @@ fn play(mut s: TcpStream, head: &str, seed: u64) -> Result<Outcome, String> {
     for cut in cuts(wire.len(), &mut rng) {
         s.write_all(&wire[cut]).map_err(|e| e.to_string())?;
     }
-    // The client's Pongs, then its Close; dropping `s` ends TCP then.
+    // The client's Pongs, then its Close.
     let mut sent = Outcome::default();
     loop {
         let (_, opcode, payload) = next_frame(&mut s, true)
             .map_err(|e| format!("{e} before the client's Close, after {}", summary(&sent)))?
             .ok_or_else(|| format!("EOF before the client's Close, after {}", summary(&sent)))?;
-        match (opcode, payload.as_slice()) {
-            (10, _) => sent.pongs.push(payload),
-            (8, [hi, lo, ..]) => {
-                sent.close = Some(Some(u16::from_be_bytes([*hi, *lo])));
-                return Ok(sent);
+        match opcode {
+            10 => sent.pongs.push(payload),
+            8 => {
+                sent.close = Some(close_body(&payload)?);
+                break;
             }
-            (8, _) => {
-                sent.close = Some(None);
-                return Ok(sent);
-            }
-            (op, _) => return Err(format!("opcode {op} from the client")),
+            op => return Err(format!("opcode {op} from the client")),
         }
     }
+    // The server ends TCP first (7.1.1); the client sends nothing after its Close, and ends
+    // its side once it has our FIN.
+    shut().lock().unwrap().insert(seed);
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => Ok(sent),
+        Ok(n) => Err(format!("{n} bytes from the client after its Close")),
+        Err(e) => Err(format!("no EOF from the client after its Close: {e}")),
+    }
+}
+
+/// The scripts whose server side has ended TCP: a client must not be done before.
+fn shut() -> &'static std::sync::Mutex<std::collections::HashSet<u64>> {
+    static SHUT: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u64>>> =
+        std::sync::OnceLock::new();
+    SHUT.get_or_init(Default::default)
 }
 
 /// The cws client's side of script `seed`, played by [`script_server`]: what the client
@@ -839,6 +934,10 @@ fn run_one_client(seed: u64) -> Result<(), String> {
         c.ready(pfd.revents, &mut keys, &mut on);
         c.tick(std::time::Instant::now(), &mut keys, &mut on);
     }
+    if !shut().lock().unwrap().contains(&seed) {
+        return Err("the client was done before the server ended TCP".into());
+    }
+    drop(c); // its socket: the server side reads its end
     let mut sent = report
         .recv_timeout(IO_TIMEOUT)
         .map_err(|_| "no report from the script's server side")??;
@@ -1022,7 +1121,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_the_lua_echo() {
         r#"{{ "echo": {{ "request_target": "/echo", "instances": 2,
                        "max_inbound_message_size": {MAX_MESSAGE} }} }}"#
     );
-    let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
+    let app = start_app(&lua_ws_json(), &lapps_json("./lua/apps", &services));
     let addr = app.addr;
     run_scripts("/echo", 1_000_000, (Answers::Echo, true), |seed| {
         run_one(addr, "/echo", seed, Answers::Echo)
@@ -1040,7 +1139,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_a_lapps_service() {
                              "max_protocol_errors": {MAX_PROTOCOL_ERRORS},
                              "max_inbound_message_size": {MAX_MESSAGE} }} }}"#
     );
-    let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
+    let app = start_app(&lua_ws_json(), &lapps_json("./lua/apps", &services));
     let addr = app.addr;
     run_scripts(
         "/echo_lapps",
@@ -1059,7 +1158,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_an_app_that_closes_among_the
         r#"{{ "echo_closer": {{ "request_target": "/echo_closer", "instances": 2,
                               "max_inbound_message_size": {MAX_MESSAGE} }} }}"#
     );
-    let app = start_app(&ws_json(2), &lapps_json("./tests/apps", &services));
+    let app = start_app(&lua_ws_json(), &lapps_json("./tests/apps", &services));
     let addr = app.addr;
     run_scripts(
         "/echo_closer",
