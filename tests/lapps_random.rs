@@ -1,19 +1,21 @@
-//! Random LAppS sessions: seeded sequences of messages (calls with random params, calls to an
-//! unknown and to a reserved method, calls whose handler raises, notifications, malformed
-//! requests and notifications, payloads that are not CBOR maps, text frames) pipelined over
-//! one connection in random cuts, many connections at once, to the real `echo_lapps` app. A
-//! model of the protocol's rules (docs/lua-api.md) says what comes back: one answer per request
-//! in call order (the params echoed, or the error code each fault earns), nothing for a
-//! notification, and a Close 1003 after `max_protocol_errors` errors in a row, a well-formed
-//! message of any kind (a malformed notification is not one) ending a row.
+//! Random LAppS sessions: seeded sequences of messages (calls with random params of every kind
+//! CBOR and Lua share, written the usual way or with `lapps: "1"` or indefinite-length params;
+//! calls to an unknown and to a reserved method, calls whose handler raises, notifications with
+//! every form of cid, malformed requests and notifications, requests with a cid that is none,
+//! payloads that are not CBOR maps, text frames, Pings) pipelined over one connection in random
+//! cuts, many connections at once, to the real `echo_lapps` app. A model of the protocol's
+//! rules (docs/lua-api.md) says what comes back: one answer per request in call order (the
+//! params echoed, or the error code each fault earns), nothing for a notification, a Pong per
+//! Ping, and a Close 1003 after `max_protocol_errors` errors in a row, a well-formed message of
+//! any kind (a malformed notification is not one) ending a row; nothing after the Close.
 //!
 //! A failure names the seed; `LAPPS_RANDOM_SEED=n` runs that one session alone, and
 //! `LAPPS_RANDOM_SESSIONS=n` runs n sessions instead of 1,000.
 
 mod common;
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 
 use ciborium::Value as Cbor;
 use common::rng::Rng;
@@ -58,7 +60,7 @@ fn map(pairs: Vec<(&str, Cbor)>) -> Cbor {
 /// A random value the Lua round trip must keep as it is: integers of the whole 64-bit range
 /// and floats stay apart, text and byte strings too, arrays nest.
 fn value(rng: &mut Rng, depth: usize) -> Cbor {
-    match rng.below(if depth < 2 { 7 } else { 6 }) {
+    match rng.below(if depth < 2 { 10 } else { 8 }) {
         0 => Cbor::Integer((rng.next() as i64 >> rng.below(64)).into()),
         1 => Cbor::Float(rng.below(1 << 20) as f64 + 0.25),
         2 => {
@@ -71,6 +73,17 @@ fn value(rng: &mut Rng, depth: usize) -> Cbor {
         }
         4 => Cbor::Bool(rng.chance(50)),
         5 => Cbor::Integer(rng.below(24).into()),
+        6 => Cbor::Null,
+        // An integral float stays a float.
+        7 => Cbor::Float(rng.below(100) as f64),
+        8 => {
+            let n = rng.below(4);
+            Cbor::Map(
+                (0..n)
+                    .map(|i| (text(&format!("k{i}")), value(rng, depth + 1)))
+                    .collect(),
+            )
+        }
         _ => {
             let n = rng.below(4);
             Cbor::Array((0..n).map(|_| value(rng, depth + 1)).collect())
@@ -83,15 +96,40 @@ fn params(rng: &mut Rng) -> Vec<Cbor> {
     (0..n).map(|_| value(rng, 0)).collect()
 }
 
-fn request(method: &str, params: Option<Vec<Cbor>>, cid: Option<i64>) -> Vec<u8> {
+fn request(method: &str, params: Option<Vec<Cbor>>, cid: Option<Cbor>) -> Vec<u8> {
     let mut m = vec![("lapps", Cbor::Integer(1.into())), ("method", text(method))];
     if let Some(p) = params {
         m.push(("params", Cbor::Array(p)));
     }
     if let Some(cid) = cid {
-        m.push(("cid", Cbor::Integer(cid.into())));
+        m.push(("cid", cid));
     }
     cbor(&map(m))
+}
+
+/// A call to `echo` written another way the protocol allows: `lapps` as the text "1", or
+/// params as an indefinite-length array.
+fn echo_request_variant(rng: &mut Rng, p: &[Cbor]) -> Vec<u8> {
+    if rng.chance(50) {
+        let m = vec![
+            ("lapps", text("1")),
+            ("method", text("echo")),
+            ("params", Cbor::Array(p.to_vec())),
+        ];
+        return cbor(&map(m));
+    }
+    let mut out = vec![0xa3]; // a map of three members
+    out.extend(cbor(&text("lapps")));
+    out.extend(cbor(&Cbor::Integer(1.into())));
+    out.extend(cbor(&text("method")));
+    out.extend(cbor(&text("echo")));
+    out.extend(cbor(&text("params")));
+    out.push(0x9f);
+    for v in p {
+        out.extend(cbor(v));
+    }
+    out.push(0xff);
+    out
 }
 
 fn msg(payload: Vec<u8>, answer: Option<Answer>, counted: bool) -> Msg {
@@ -104,12 +142,22 @@ fn msg(payload: Vec<u8>, answer: Option<Answer>, counted: bool) -> Msg {
 }
 
 fn message(rng: &mut Rng) -> Msg {
-    let cid = 1 + rng.below(1000) as i64;
+    // Any positive integer up to 2^64 - 1 is a cid, an integral float too.
+    let cid = match rng.below(4) {
+        0 => Cbor::Integer(u64::MAX.into()),
+        1 => Cbor::Float(7.0),
+        _ => Cbor::Integer((1 + rng.below(1000)).into()),
+    };
     match rng.below(100) {
-        0..=44 => {
+        0..=39 => {
             let p = params(rng);
             let answer = Answer::Result(Cbor::Array(p.clone()));
             msg(request("echo", Some(p), None), Some(answer), false)
+        }
+        40..=44 => {
+            let p = params(rng);
+            let answer = Answer::Result(Cbor::Array(p.clone()));
+            msg(echo_request_variant(rng, &p), Some(answer), false)
         }
         // Notifications: no answer (echo's send_response finds nothing owed).
         45..=54 => msg(request("echo", Some(params(rng)), Some(cid)), None, false),
@@ -151,8 +199,22 @@ fn message(rng: &mut Rng) -> Msg {
             };
             if rng.chance(30) {
                 let mut note = bad;
-                note.push(("cid", Cbor::Integer(cid.into())));
+                note.push(("cid", cid));
                 msg(cbor(&map(note)), None, true)
+            } else if rng.chance(20) {
+                // A cid that is none (not a positive integer): a malformed request.
+                let bad_cid = [
+                    Cbor::Integer(0.into()),
+                    Cbor::Integer((-1).into()),
+                    Cbor::Float(1.5),
+                    text("5"),
+                ];
+                let m = vec![
+                    ("lapps", Cbor::Integer(1.into())),
+                    ("method", text("echo")),
+                    ("cid", bad_cid[rng.below(bad_cid.len())].clone()),
+                ];
+                msg(cbor(&map(m)), Some(Answer::Error(-32600)), true)
             } else {
                 msg(cbor(&map(bad)), Some(Answer::Error(-32600)), true)
             }
@@ -167,6 +229,16 @@ fn message(rng: &mut Rng) -> Msg {
             };
             msg(payload, Some(Answer::Error(-32700)), true)
         }
+        // A Ping: its Pong, and no bearing on a run of errors.
+        92..=95 => {
+            let n = rng.below(126);
+            Msg {
+                opcode: 9,
+                payload: rng.bytes(n),
+                answer: None,
+                counted: false,
+            }
+        }
         // A text frame: -32700, counted.
         _ => Msg {
             opcode: 1,
@@ -180,9 +252,9 @@ fn message(rng: &mut Rng) -> Msg {
     }
 }
 
-/// A session's messages, the answers due, and whether it ends with the 1003 (after which the
-/// session's remaining messages, sent anyway, must go unanswered).
-fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, bool) {
+/// A session's messages, the answers due, and the message after which the host closes with
+/// 1003, if it does (the remaining messages, sent anyway, must go unanswered).
+fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
     // Runs of garbage, so that 1003 is reached often enough.
     let garbage_bias = rng.chance(40);
     let n = 1 + rng.below(60);
@@ -198,14 +270,17 @@ fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, bool) {
     }
     let mut answers = Vec::new();
     let mut row = 0;
-    for m in &msgs {
+    for (i, m) in msgs.iter().enumerate() {
+        if m.opcode == 9 {
+            continue; // a Ping is no message of the protocol
+        }
         answers.extend(m.answer.clone());
         row = if m.counted { row + 1 } else { 0 };
         if row == MAX_PROTOCOL_ERRORS {
-            return (msgs, answers, true);
+            return (msgs, answers, Some(i));
         }
     }
-    (msgs, answers, false)
+    (msgs, answers, None)
 }
 
 fn frame_of(m: &Msg, rng: &mut Rng) -> Vec<u8> {
@@ -258,42 +333,82 @@ fn answer_of(payload: &[u8]) -> Result<Answer, String> {
 
 fn run_session(addr: SocketAddr, seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed);
-    let (msgs, want, closes) = session(&mut rng);
+    let (msgs, want, closes_at) = session(&mut rng);
+    let closes = closes_at.is_some();
+    // The Pongs: every Ping's, or, with the 1003, those of the Pings before the message that
+    // decided it and maybe some after (the decision is the instance's, while the IO worker
+    // reads on), never any after the Close.
+    let pings: Vec<&[u8]> = msgs
+        .iter()
+        .filter(|m| m.opcode == 9)
+        .map(|m| m.payload.as_slice())
+        .collect();
+    let pings_before = msgs[..closes_at.map_or(msgs.len(), |i| i + 1)]
+        .iter()
+        .filter(|m| m.opcode == 9)
+        .count();
     let mut wire = Vec::new();
     for m in &msgs {
         wire.extend(frame_of(m, &mut rng));
     }
-    let mut s = raw_upgraded(addr, "/echo_lapps");
-    let mut reader = s.try_clone().map_err(|e| e.to_string())?;
-    let answers = std::thread::spawn(move || -> Result<(Vec<Answer>, Option<u16>), String> {
-        let mut got = Vec::new();
+    let io = |e: std::io::Error| e.to_string();
+    let mut s = TcpStream::connect(addr).map_err(io)?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    s.write_all(upgrade_request(addr, "/echo_lapps").as_bytes())
+        .map_err(io)?;
+    let head = read_http_head(&mut s);
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(format!("upgrade: {head:?}"));
+    }
+    let mut reader = s.try_clone().map_err(io)?;
+    type Got = (Vec<Answer>, Vec<Vec<u8>>, Option<u16>);
+    let answers = std::thread::spawn(move || -> Result<Got, String> {
+        let (mut got, mut pongs) = (Vec::new(), Vec::new());
         loop {
             let f = read_frame(&mut reader)
                 .ok_or_else(|| format!("EOF before a Close, after {} answers", got.len()))?;
             match f.opcode {
                 2 => got.push(answer_of(&f.payload)?),
+                10 => pongs.push(f.payload),
                 8 => {
                     let code = (f.payload.len() >= 2)
                         .then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
-                    return Ok((got, code));
+                    return Ok((got, pongs, code));
                 }
                 op => return Err(format!("opcode {op} from the server")),
             }
         }
     });
+    // After the 1003 the server may end the connection before the last bytes: writes may
+    // then fail (the answers say whether that was right).
     let mut at = 0;
     while at < wire.len() {
         let n = (1 + rng.below(400)).min(wire.len() - at);
-        s.write_all(&wire[at..at + n]).map_err(|e| e.to_string())?;
+        if s.write_all(&wire[at..at + n]).is_err() {
+            break;
+        }
         at += n;
     }
     if !closes {
         // Our Close once everything is written: its echo follows the last answer.
         s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
-            .map_err(|e| e.to_string())?;
+            .map_err(io)?;
     }
-    let (got, code) = answers.join().map_err(|_| "reader panicked")??;
+    let (got, pongs, code) = answers.join().map_err(|_| "reader panicked")??;
     let want_code = if closes { 1003 } else { 1000 };
+    let pongs_fit = if closes {
+        pongs.len() >= pings_before && pongs.len() <= pings.len()
+    } else {
+        pongs.len() == pings.len()
+    } && pongs.iter().zip(&pings).all(|(p, q)| p == q);
+    if !pongs_fit {
+        return Err(format!(
+            "{} Pongs, want those of the {} Pings ({pings_before} before the 1003), in order",
+            pongs.len(),
+            pings.len()
+        ));
+    }
     if got != want || code != Some(want_code) {
         return Err(format!(
             "got {} answers and close {code:?}, want {} and {want_code}; first difference at \
@@ -303,13 +418,17 @@ fn run_session(addr: SocketAddr, seed: u64) -> Result<(), String> {
             got.iter().zip(&want).position(|(g, w)| g != w)
         ));
     }
-    // The server ends TCP after its Close (and, for its own Close, our reply).
+    // The server ends TCP after its Close (and, for its own Close, our reply), and sends
+    // nothing after its Close.
     if closes {
-        s.write_all(&frame(true, 0, 0x8, &1003u16.to_be_bytes(), true))
-            .map_err(|e| e.to_string())?;
+        let _ = s.write_all(&frame(true, 0, 0x8, &1003u16.to_be_bytes(), true));
     }
-    if !closed_by_server(&mut s) {
-        return Err("the server did not end TCP after its Close".into());
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Ok(n) => return Err(format!("{n} bytes after the server's Close")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => return Err(format!("no end of TCP after the Close: {e}")),
     }
     let _ = s.shutdown(Shutdown::Both);
     Ok(())
@@ -332,7 +451,10 @@ fn random_lapps_sessions_get_what_the_protocol_says() {
             .collect(),
     };
     // The sessions reach both endings, and carry every kind of message.
-    let closing = seeds.iter().filter(|&&s| session(&mut Rng(s)).2).count();
+    let closing = seeds
+        .iter()
+        .filter(|&&s| session(&mut Rng(s)).2.is_some())
+        .count();
     if seeds.len() >= SESSIONS as usize {
         assert!(
             closing > 50 && closing < seeds.len() - 50,
