@@ -357,10 +357,10 @@ struct Expected {
     read: usize,
     /// The receiver fails the connection (its Close is not the echo of the peer's).
     failed: bool,
-    /// The peer ends TCP without a Close, after the script: the server answers what it
+    /// The peer ends TCP without a Close, after the script: a server answers what it
     /// received and ends TCP too, with no Close, or an empty one behind answers a service
-    /// owed when the FIN came (RFC 6455 7.1.5: the closure was abnormal, 1006, a code no
-    /// frame may carry).
+    /// owed when the FIN came; the cws client reports an error and 1006 and sends no Close
+    /// (RFC 6455 7.1.5: the closure was abnormal, 1006, a code no frame may carry).
     vanish: bool,
     /// LAppS: the service decides on the 1003 on its own thread while the IO worker reads on,
     /// so the frames after the tenth error may still be heard first, Pings answered and a
@@ -656,9 +656,8 @@ fn prepare(seed: u64, answers: Answers, from_client: bool) -> (Vec<u8>, Expected
         frames.insert(at, Frame::new(true, 2, ask));
     }
     let mut e = expect(&frames, answers);
-    // Sometimes a peer that leaves the connection open just ends TCP instead of closing
-    // (servers only: the cws client's scripted server always closes).
-    e.vanish = from_client && e.or_heard_on.is_none() && e.want.close.is_none() && rng.chance(20);
+    // Sometimes a peer that leaves the connection open just ends TCP instead of closing.
+    e.vanish = e.or_heard_on.is_none() && e.want.close.is_none() && rng.chance(20);
     // Half the time its FIN comes inside its last frame, which the server then never has.
     let cut_last = e.vanish && !frames.is_empty() && rng.chance(50);
     if cut_last {
@@ -849,7 +848,7 @@ fn play_to_client(mut s: TcpStream) {
 }
 
 fn play(mut s: TcpStream, head: &str, seed: u64) -> Result<Outcome, String> {
-    let (wire, _, mut rng) = prepare(seed, Answers::Echo, false);
+    let (wire, e, mut rng) = prepare(seed, Answers::Echo, false);
     s.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let key = head
@@ -865,8 +864,23 @@ fn play(mut s: TcpStream, head: &str, seed: u64) -> Result<Outcome, String> {
     for cut in cuts(wire.len(), &mut rng) {
         s.write_all(&wire[cut]).map_err(|e| e.to_string())?;
     }
-    // The client's Pongs, then its Close.
     let mut sent = Outcome::default();
+    if e.vanish {
+        // We end TCP without a Close: the client's Pongs, then its end, and no Close (the
+        // connection is closed, abnormally: 1006, 7.1.5).
+        shut().lock().unwrap().insert(seed);
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        while let Some((_, opcode, payload)) = next_frame(&mut s, true)
+            .map_err(|e| format!("{e} after our FIN, after {}", summary(&sent)))?
+        {
+            match opcode {
+                10 => sent.pongs.push(payload),
+                op => return Err(format!("opcode {op} from the client after our FIN")),
+            }
+        }
+        return Ok(sent);
+    }
+    // The client's Pongs, then its Close.
     loop {
         let (_, opcode, payload) = next_frame(&mut s, true)
             .map_err(|e| format!("{e} before the client's Close, after {}", summary(&sent)))?
@@ -951,10 +965,13 @@ fn run_one_client(seed: u64) -> Result<(), String> {
         };
         want_events.push(format!("{op:?} {m:02x?}"));
     }
-    if e.failed {
+    if e.failed || e.vanish {
         want_events.push("error".into());
     }
-    let code = e.want.close.expect("every script ends").unwrap_or(1005);
+    let code = match e.want.close {
+        Some(code) => code.unwrap_or(1005),
+        None => 1006, // e.vanish
+    };
     want_events.push(format!("closed {code}"));
     if events != want_events {
         return Err(format!("events {events:?}, want {want_events:?}"));
@@ -1015,17 +1032,14 @@ fn run_scripts(
             *endings.entry(o.close).or_insert(0) += 1;
         }
         eprintln!("{path}: {messages} messages before the ends; endings {endings:?}");
-        // (None: the peer ends TCP without a Close, which only the servers' scripts do.)
-        let vanish = from_client.then_some(None);
+        // (None: the peer ends TCP without a Close.)
         for code in [
+            None,
             Some(None),
             Some(Some(1002)),
             Some(Some(1007)),
             Some(Some(1009)),
-        ]
-        .into_iter()
-        .chain(vanish)
-        {
+        ] {
             assert!(endings.contains_key(&code), "no script ends with {code:?}");
         }
         assert!(messages > SCRIPTS as usize, "too few messages: {messages}");
