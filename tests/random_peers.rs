@@ -772,8 +772,8 @@ fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<
     check(answers.join().map_err(|_| "reader panicked")??, &want)
 }
 
-/// [`run_one`] over TLS: each cut is a TLS record of its own. All of the script is written
-/// before the answers are read (small scripts: they fit in the socket buffers).
+/// [`run_one`] over TLS. All of the script is written before the answers are read (small
+/// scripts: they fit in the socket buffers).
 fn run_one_tls(
     addr: SocketAddr,
     path: &str,
@@ -793,8 +793,27 @@ fn run_one_tls(
     if !head.starts_with(b"HTTP/1.1 101") {
         return Err(format!("upgrade: {}", String::from_utf8_lossy(&head)));
     }
+    // Each cut of the script is a TLS record of its own, and the records go out in cuts of
+    // their own: the server's reads end inside records as well as between them.
+    let mut records = Vec::new();
     for cut in cuts(wire.len(), &mut rng) {
-        if s.write_all(&wire[cut]).is_err() {
+        s.conn
+            .writer()
+            .write_all(&wire[cut])
+            .map_err(|e| e.to_string())?;
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut records).map_err(|e| e.to_string())?;
+        }
+    }
+    if want.vanish && rng.chance(50) {
+        // A peer that goes away politely as far as TLS goes.
+        s.conn.send_close_notify();
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut records).map_err(|e| e.to_string())?;
+        }
+    }
+    for cut in cuts(records.len(), &mut rng) {
+        if s.sock.write_all(&records[cut]).is_err() {
             break;
         }
     }
