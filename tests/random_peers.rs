@@ -754,6 +754,17 @@ fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<
         }
     }
     s.write_all(&request).map_err(io)?;
+    if rng.chance(5) {
+        // A peer that aborts: its frames, then a reset. Nothing to check on this connection;
+        // what it held must still be given back (the callers' wait_all_ended).
+        for cut in cuts {
+            if s.write_all(&wire[cut]).is_err() {
+                break;
+            }
+        }
+        close_with_reset(s);
+        return Ok(());
+    }
     let mut reader = s.try_clone().map_err(io)?;
     let answers = std::thread::spawn(move || {
         let head = read_http_head(&mut reader);
