@@ -8,6 +8,8 @@
 //! params echoed, or the error code each fault earns), nothing for a notification, a Pong per
 //! Ping, and a Close 1003 after `max_protocol_errors` errors in a row, a well-formed message of
 //! any kind (a malformed notification is not one) ending a row; nothing after the Close.
+//! A second app (tests/apps/lapps_deferred) answers some calls later than others: the answers
+//! must still leave in call order, the host's own ones waiting behind those the app owes.
 //!
 //! A failure names the seed; `LAPPS_RANDOM_SEED=n` runs that one session alone, and
 //! `LAPPS_RANDOM_SESSIONS=n` runs n sessions instead of 1,000.
@@ -283,6 +285,95 @@ fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
     (msgs, answers, None)
 }
 
+/// A session with the `lapps_deferred` app: calls it answers at once (`echo`), later
+/// (`later`, whose params the next `release` or `settle` sends), or not (`fail`, an unknown
+/// method, `settle` after sending the kept ones: -32603 from the host), and the host's own
+/// answers to reserved names, malformed requests and garbage (never ten in a row). A
+/// `release` ends every session, so that nothing is owed at its Close.
+///
+/// The rule the model follows (docs/lua-api.md): each request has its place in call order;
+/// what the app sends fills the oldest place still owed, whichever request it was meant for;
+/// the host's answers hold their requests' own places (to messages that never reached the
+/// app, and the -32603 for a handler that raised with its own place still owed), each sent
+/// once every place before it is filled.
+fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
+    let n = 1 + rng.below(60);
+    let mut msgs = Vec::new();
+    let mut places: Vec<Option<Answer>> = Vec::new();
+    let mut owed = std::collections::VecDeque::new();
+    let mut kept: Vec<Answer> = Vec::new();
+    let mut row = 0;
+    let released = Answer::Result(Cbor::Array(vec![text("released")]));
+    for i in 0..=n {
+        let pick = if i == n { 55 } else { rng.below(100) };
+        let garbage = pick >= 85 && row + 1 < MAX_PROTOCOL_ERRORS;
+        if garbage {
+            row += 1;
+            let (payload, code) = if pick < 93 {
+                (cbor(&map(vec![("method", text("echo"))])), -32600)
+            } else {
+                (vec![0xff], -32700)
+            };
+            msgs.push(msg(payload, None, true));
+            places.push(Some(Answer::Error(code)));
+            continue;
+        }
+        row = 0;
+        if (80..85).contains(&pick) {
+            msgs.push(msg(request("_x", None, None), None, false));
+            places.push(Some(Answer::Error(-32601)));
+            continue;
+        }
+        // The app's own place, and what it sends.
+        owed.push_back(places.len());
+        places.push(None);
+        let (payload, sends) = match pick {
+            0..=29 => {
+                let p = params(rng);
+                let a = Answer::Result(Cbor::Array(p.clone()));
+                (request("echo", Some(p), None), vec![a])
+            }
+            30..=54 => {
+                let p = params(rng);
+                kept.push(Answer::Result(Cbor::Array(p.clone())));
+                (request("later", Some(p), None), Vec::new())
+            }
+            55..=64 => {
+                let mut sends = std::mem::take(&mut kept);
+                sends.push(released.clone());
+                (request("release", None, None), sends)
+            }
+            65..=69 => (request("settle", None, None), std::mem::take(&mut kept)),
+            70..=74 => (request("fail", None, None), Vec::new()),
+            // (85 and up: garbage that would make ten errors in a row; a call instead.)
+            75..=79 | 85.. => (request("nope", None, None), Vec::new()),
+            _ => unreachable!("reserved names are handled above"),
+        };
+        for a in sends {
+            let at = owed
+                .pop_front()
+                .expect("the app never sends more than it owes");
+            places[at] = Some(a);
+        }
+        // A handler that raised: the host's -32603 takes the request's own place, if still
+        // owed (the host answers the newest request, after the ones owed before it).
+        if pick >= 65 {
+            let own = places.len() - 1;
+            if let Some(at) = owed.iter().position(|&p| p == own) {
+                owed.remove(at);
+                places[own] = Some(Answer::Error(-32603));
+            }
+        }
+        msgs.push(msg(payload, None, false));
+    }
+    assert!(
+        owed.is_empty() && kept.is_empty(),
+        "the last release answers all"
+    );
+    let answers = places.into_iter().map(|a| a.expect("filled")).collect();
+    (msgs, answers, None)
+}
+
 fn frame_of(m: &Msg, rng: &mut Rng) -> Vec<u8> {
     let mut f = vec![0x80 | m.opcode];
     let n = m.payload.len();
@@ -331,7 +422,7 @@ fn answer_of(payload: &[u8]) -> Result<Answer, String> {
     }
 }
 
-fn run_session(addr: SocketAddr, seed: u64) -> Result<(), String> {
+fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Result<(), String> {
     let mut rng = Rng(seed);
     let (msgs, want, closes_at) = session(&mut rng);
     let closes = closes_at.is_some();
@@ -355,7 +446,7 @@ fn run_session(addr: SocketAddr, seed: u64) -> Result<(), String> {
     let mut s = TcpStream::connect(addr).map_err(io)?;
     s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    s.write_all(upgrade_request(addr, "/echo_lapps").as_bytes())
+    s.write_all(upgrade_request(addr, path).as_bytes())
         .map_err(io)?;
     let head = read_http_head(&mut s);
     if !head.starts_with("HTTP/1.1 101") {
@@ -415,7 +506,10 @@ fn run_session(addr: SocketAddr, seed: u64) -> Result<(), String> {
              {:?}",
             got.len(),
             want.len(),
-            got.iter().zip(&want).position(|(g, w)| g != w)
+            got.iter()
+                .zip(&want)
+                .position(|(g, w)| g != w)
+                .map(|i| (i, &got[i], &want[i]))
         ));
     }
     // The server ends TCP after its Close (and, for its own Close, our reply), and sends
@@ -434,41 +528,34 @@ fn run_session(addr: SocketAddr, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn random_lapps_sessions_get_what_the_protocol_says() {
-    let services = format!(
-        r#"{{ "echo_lapps": {{ "protocol": "LAppS", "request_target": "/echo_lapps",
-                             "instances": 2, "preload": ["bcast"],
-                             "max_protocol_errors": {MAX_PROTOCOL_ERRORS} }} }}"#
-    );
-    let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
+/// A session generator: messages, the answers due, where a 1003 is decided.
+type Session = fn(&mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>);
+
+/// Runs the sessions (`LAPPS_RANDOM_SEED`, or [`SESSIONS`] from `base`, or
+/// `LAPPS_RANDOM_SESSIONS` of them) against `path`, [`AT_ONCE`] at a time.
+fn run_sessions(app: &TestApp, path: &'static str, base: u64, session: Session) {
     let addr = app.addr;
     let seeds: Vec<u64> = match std::env::var("LAPPS_RANDOM_SEED") {
         Ok(s) => vec![s.parse().expect("LAPPS_RANDOM_SEED is a number")],
-        Err(_) => (0..std::env::var("LAPPS_RANDOM_SESSIONS").map_or(SESSIONS, |n| {
-            n.parse().expect("LAPPS_RANDOM_SESSIONS is a number")
-        }))
+        Err(_) => (base..base
+            + std::env::var("LAPPS_RANDOM_SESSIONS").map_or(SESSIONS, |n| {
+                n.parse().expect("LAPPS_RANDOM_SESSIONS is a number")
+            }))
             .collect(),
     };
-    // The sessions reach both endings, and carry every kind of message.
     let closing = seeds
         .iter()
         .filter(|&&s| session(&mut Rng(s)).2.is_some())
         .count();
-    if seeds.len() >= SESSIONS as usize {
-        assert!(
-            closing > 50 && closing < seeds.len() - 50,
-            "{closing} of {} sessions end with 1003",
-            seeds.len()
-        );
-    }
     let failures: Vec<String> = seeds
         .chunks(AT_ONCE)
         .flat_map(|batch| {
             std::thread::scope(|scope| {
                 let runs: Vec<_> = batch
                     .iter()
-                    .map(|&seed| scope.spawn(move || (seed, run_session(addr, seed))))
+                    .map(|&seed| {
+                        scope.spawn(move || (seed, run_session(addr, path, seed, session)))
+                    })
                     .collect();
                 runs.into_iter()
                     .map(|r| r.join().expect("session thread"))
@@ -479,11 +566,45 @@ fn random_lapps_sessions_get_what_the_protocol_says() {
         .collect();
     assert!(
         failures.is_empty(),
-        "{} of {} sessions went wrong ({closing} end with 1003):\n{}",
+        "{} of {} sessions on {path} went wrong ({closing} end with 1003):\n{}",
         failures.len(),
         seeds.len(),
         failures.join("\n")
     );
     // Every connection ended, and the workers hold nothing of theirs.
     wait_all_ended(&app.hub());
+}
+
+#[test]
+fn random_lapps_sessions_get_what_the_protocol_says() {
+    let services = format!(
+        r#"{{ "echo_lapps": {{ "protocol": "LAppS", "request_target": "/echo_lapps",
+                             "instances": 2, "preload": ["bcast"],
+                             "max_protocol_errors": {MAX_PROTOCOL_ERRORS} }} }}"#
+    );
+    let app = start_app(&ws_json(2), &lapps_json("./lua/apps", &services));
+    // The sessions reach both endings.
+    let closing = (0..SESSIONS)
+        .filter(|&s| session(&mut Rng(s)).2.is_some())
+        .count() as u64;
+    assert!(
+        closing > 50 && closing < SESSIONS - 50,
+        "{closing} of {SESSIONS} sessions end with 1003"
+    );
+    run_sessions(&app, "/echo_lapps", 0, session);
+}
+
+#[test]
+fn random_sessions_get_their_answers_in_call_order_when_the_app_answers_some_later() {
+    // tests/apps/lapps_deferred: `later` keeps its params unanswered, `release` answers what
+    // this connection has kept, then itself; the host's error answers meanwhile wait their
+    // turn behind the responses the app owes.
+    let app = start_app(
+        &ws_json(2),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 2, "preload": ["mqr"] } }"#,
+        ),
+    );
+    run_sessions(&app, "/lapps_deferred", 1_000_000, deferred_session);
 }
