@@ -903,15 +903,17 @@ fn play(mut s: TcpStream, head: &str, seed: u64) -> Result<Outcome, String> {
     }
     let mut sent = Outcome::default();
     if e.vanish {
-        // We end TCP without a Close: the client's Pongs, then its end, and no Close (the
-        // connection is closed, abnormally: 1006, 7.1.5).
+        // We end TCP without a Close: the client's Pongs, then its end, and no Close of its
+        // own unless its app closed before our FIN reached it (the connection is closed,
+        // abnormally: 1006, 7.1.5).
         shut().lock().unwrap().insert(seed);
         s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
         while let Some((_, opcode, payload)) = next_frame(&mut s, true)
             .map_err(|e| format!("{e} after our FIN, after {}", summary(&sent)))?
         {
             match opcode {
-                10 => sent.pongs.push(payload),
+                10 if sent.close.is_none() => sent.pongs.push(payload),
+                8 if sent.close.is_none() => sent.close = Some(close_body(&payload)?),
                 op => return Err(format!("opcode {op} from the client after our FIN")),
             }
         }
@@ -961,11 +963,24 @@ fn run_one_client(seed: u64) -> Result<(), String> {
     let u = url::parse(&format!("ws://{}/{seed}", script_server())).map_err(|e| e.to_string())?;
     let mut keys = KeyPool::default();
     let mut c = Client::connect(&u, None, &mut keys, MAX_MESSAGE)?;
+    // Half the time the app closes the connection itself, once it has had `close_after`
+    // messages (or more: a round may deliver several), if the server has not closed first.
+    let mut choice = Rng(seed ^ 0x5eed);
+    let app_close = choice.chance(50).then(|| {
+        let after = choice.below(e.want.messages.len() + 1);
+        (after, APP_CLOSE_CODES[choice.below(APP_CLOSE_CODES.len())])
+    });
+    // The messages delivered when the app closed (none may follow).
+    let mut app_closed = None;
+    let delivered = std::cell::Cell::new(0);
     let mut events = Vec::new();
     let mut on = |ev: Event<'_>| {
         events.push(match ev {
             Event::Open => "open".to_string(),
-            Event::Message(m, op) => format!("{op:?} {m:02x?}"),
+            Event::Message(m, op) => {
+                delivered.set(delivered.get() + 1);
+                format!("{op:?} {m:02x?}")
+            }
             Event::Error(_) => "error".to_string(),
             Event::Closed(code) => format!("closed {code}"),
         })
@@ -984,6 +999,12 @@ fn run_one_client(seed: u64) -> Result<(), String> {
         unsafe { libc::poll(&mut pfd, 1, 100) };
         c.ready(pfd.revents, &mut keys, &mut on);
         c.tick(std::time::Instant::now(), &mut keys, &mut on);
+        if let Some((after, code)) = app_close {
+            if app_closed.is_none() && c.is_open() && delivered.get() >= after {
+                let before = delivered.get();
+                app_closed = c.close(code, &mut keys, &mut on).is_ok().then_some(before);
+            }
+        }
     }
     if !shut().lock().unwrap().contains(&seed) {
         return Err("the client was done before the server ended TCP".into());
@@ -992,9 +1013,11 @@ fn run_one_client(seed: u64) -> Result<(), String> {
     let mut sent = report
         .recv_timeout(IO_TIMEOUT)
         .map_err(|_| "no report from the script's server side")??;
-    // What the client reported: the model's messages, then its close code.
+    // What the client reported: the model's messages (those before its app closed), then
+    // its close code.
     let mut want_events = vec!["open".to_string()];
-    for (op, m) in &e.want.messages {
+    let shown = app_closed.unwrap_or(e.want.messages.len());
+    for (op, m) in e.want.messages.iter().take(shown) {
         let op = if *op == 1 {
             Opcode::Text
         } else {
@@ -1002,7 +1025,8 @@ fn run_one_client(seed: u64) -> Result<(), String> {
         };
         want_events.push(format!("{op:?} {m:02x?}"));
     }
-    if e.failed || e.vanish {
+    // (An end of TCP where a Close was due is a failure only while the connection is open.)
+    if e.failed || (e.vanish && app_closed.is_none()) {
         want_events.push("error".into());
     }
     let code = match e.want.close {
@@ -1012,6 +1036,19 @@ fn run_one_client(seed: u64) -> Result<(), String> {
     want_events.push(format!("closed {code}"));
     if events != want_events {
         return Err(format!("events {events:?}, want {want_events:?}"));
+    }
+    if app_closed.is_some() {
+        // Its own Close, Pongs only before it.
+        let (_, code) = app_close.expect("closed by the app");
+        if sent.close != Some(Some(code)) || !e.want.pongs.starts_with(&sent.pongs) {
+            return Err(format!(
+                "the app closed with {code}: the client sent {}, want its Close and a \
+                 prefix of the {} Pongs",
+                summary(&sent),
+                e.want.pongs.len()
+            ));
+        }
+        return Ok(());
     }
     sent.messages = e.want.messages.clone();
     check(sent, &e)
