@@ -325,11 +325,12 @@ fn faulty_frame(rng: &mut Rng) -> Frame {
 // The model: RFC 6455's rules for an endpoint receiving these frames.
 //
 // Where the RFC leaves the receiver a choice, the model takes the one this server documents:
-// every Ping is answered (5.5.2 allows answering only the latest), text fails as soon as its
+// every Ping is answered (5.5.3 allows answering only the latest), text fails as soon as its
 // bytes cannot become UTF-8 (8.1 allows waiting for the message's end; Autobahn's fail-fast
-// cases expect this), and a length that is not minimally encoded is refused with 1002 (5.2's
-// MUST binds the sender; refusing is allowed). The close codes a peer may send are those of
-// 7.4.1 and the IANA registry: 1000-1003, 1007-1014, 3000-4999.
+// cases expect this), a length that is not minimally encoded is refused with 1002 (5.2's
+// MUST binds the sender; refusing is allowed), and so is a Close with a code nobody has
+// assigned (0-999, 1004-1006, 1015-2999, 5000 and up: 7.4.2 reserves them; 7.4.1 and the IANA
+// registry leave 1000-1003, 1007-1014 and 3000-4999 to be sent).
 
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Outcome {
@@ -1050,6 +1051,15 @@ fn run_one_client(seed: u64) -> Result<(), String> {
         }
         return Ok(());
     }
+    // A server's FIN without its Close: the client sends no Close of its own (no empty one
+    // either, which `check` allows a server behind answers it owed).
+    if e.vanish && sent.close.is_some() {
+        return Err(format!(
+            "the client sent a Close after our FIN: {}",
+            summary(&sent)
+        ));
+    }
+    // (The messages were checked in the events: what the client sent holds none.)
     sent.messages = e.want.messages.clone();
     check(sent, &e)
 }

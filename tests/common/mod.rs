@@ -446,7 +446,8 @@ pub fn wait_all_ended(hub: &lapps::net::hub::Hub) {
             })
             .collect::<Vec<_>>()
     };
-    let deadline = Instant::now() + IO_TIMEOUT;
+    // Twice the guard of one exchange: a connection may wait out a 10 s close timeout.
+    let deadline = Instant::now() + 2 * IO_TIMEOUT;
     while left().iter().any(|&l| l != (0, 0)) {
         assert!(
             Instant::now() < deadline,
