@@ -557,23 +557,9 @@ fn run_sessions(app: &TestApp, path: &'static str, base: u64, session: Session) 
         .iter()
         .filter(|&&s| session(&mut Rng(s)).2.is_some())
         .count();
-    let failures: Vec<String> = seeds
-        .chunks(AT_ONCE)
-        .flat_map(|batch| {
-            std::thread::scope(|scope| {
-                let runs: Vec<_> = batch
-                    .iter()
-                    .map(|&seed| {
-                        scope.spawn(move || (seed, run_session(addr, path, seed, session)))
-                    })
-                    .collect();
-                runs.into_iter()
-                    .map(|r| r.join().expect("session thread"))
-                    .filter_map(|(seed, r)| r.err().map(|e| format!("seed {seed}: {e}")))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
+    let failures = run_seeds(&seeds, AT_ONCE, |seed| {
+        run_session(addr, path, seed, session)
+    });
     assert!(
         failures.is_empty(),
         "{} of {} sessions on {path} went wrong ({closing} end with 1003):\n{}",

@@ -1090,22 +1090,7 @@ fn run_scripts(
         Ok(s) => vec![s.parse().expect("RANDOM_PEERS_SEED is a number")],
         Err(_) => (base..base + scripts()).collect(),
     };
-    let run = &run;
-    let failures: Vec<String> = seeds
-        .chunks(AT_ONCE)
-        .flat_map(|batch| {
-            std::thread::scope(|scope| {
-                let runs: Vec<_> = batch
-                    .iter()
-                    .map(|&seed| scope.spawn(move || (seed, run(seed))))
-                    .collect();
-                runs.into_iter()
-                    .map(|r| r.join().expect("script thread"))
-                    .filter_map(|(seed, r)| r.err().map(|e| format!("seed {seed}: {e}")))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
+    let failures = run_seeds(&seeds, AT_ONCE, run);
     // The scripts reach every ending the model knows, or this test checks less than it says.
     if seeds.len() >= SCRIPTS as usize {
         let mut endings = std::collections::BTreeMap::new();

@@ -434,6 +434,31 @@ pub fn close_with_reset(s: TcpStream) {
     drop(s);
 }
 
+/// Runs `run` for each seed, `at_once` of them at a time on threads of their own; the failures,
+/// each named by its seed.
+pub fn run_seeds(
+    seeds: &[u64],
+    at_once: usize,
+    run: impl Fn(u64) -> Result<(), String> + Sync,
+) -> Vec<String> {
+    let run = &run;
+    seeds
+        .chunks(at_once)
+        .flat_map(|batch| {
+            std::thread::scope(|scope| {
+                let runs: Vec<_> = batch
+                    .iter()
+                    .map(|&seed| scope.spawn(move || (seed, run(seed))))
+                    .collect();
+                runs.into_iter()
+                    .map(|r| r.join().expect("a seed's thread"))
+                    .filter_map(|(seed, r)| r.err().map(|e| format!("seed {seed}: {e}")))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect()
+}
+
 /// Waits until no connection is left on any worker and their outbound accounts are back to
 /// zero: what a test's connections held is all given back once they ended.
 pub fn wait_all_ended(hub: &lapps::net::hub::Hub) {
