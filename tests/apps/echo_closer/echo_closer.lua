@@ -1,4 +1,4 @@
--- echo_closer: a RAW test app for tests/random_peers.rs. Echoes every message, except a
+-- echo_closer: a RAW test app for tests/random_peers/. Echoes every message, except a
 -- binary one of 8 bytes "close:" .. <code, 2 bytes big-endian>, for which it calls
 -- ws:close(handler, code) instead: the server then starts the close handshake with that code
 -- while the peer's frames keep coming.
