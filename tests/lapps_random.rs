@@ -287,7 +287,8 @@ fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
 
 /// A session with the `lapps_deferred` app: calls it answers at once (`echo`), later
 /// (`later`, whose params the next `release` or `settle` sends), or not (`fail`, an unknown
-/// method, `settle` after sending the kept ones: -32603 from the host), and the host's own
+/// method, `settle` after sending the kept ones: -32603 from the host), `answer_fail` (sends a
+/// response, then raises), and the host's own
 /// answers to reserved names, malformed requests and garbage (never ten in a row). A
 /// `release` ends every session, so that nothing is owed at its Close.
 ///
@@ -345,6 +346,14 @@ fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
             }
             65..=69 => (request("settle", None, None), std::mem::take(&mut kept)),
             70..=74 => (request("fail", None, None), Vec::new()),
+            // Only with nothing owed before it: its response then answers its own call, and
+            // the host sends no -32603 (had it filled an earlier place, the params kept for
+            // that one would be one too many for the next `release`).
+            78..=79 if kept.is_empty() => {
+                let p = params(rng);
+                let a = Answer::Result(Cbor::Array(p.clone()));
+                (request("answer_fail", Some(p), None), vec![a])
+            }
             // (85 and up: garbage that would make ten errors in a row; a call instead.)
             75..=79 | 85.. => (request("nope", None, None), Vec::new()),
             _ => unreachable!("reserved names are handled above"),
@@ -356,17 +365,14 @@ fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
             places[at] = Some(a);
         }
         // A handler that raised: the host's -32603 takes the request's own place, after the
-        // ones owed before it. (This app's handlers never answer their own call before they
-        // raise, so that place is always still owed: the host's exception for a request that
-        // had its answer is not reached here.)
+        // ones owed before it, unless that place is filled already (`answer_fail` with
+        // nothing owed before it answers its own call: then no -32603).
         if pick >= 65 {
             let own = places.len() - 1;
-            let at = owed
-                .iter()
-                .position(|&p| p == own)
-                .expect("a raising handler's own place is still owed");
-            owed.remove(at);
-            places[own] = Some(Answer::Error(-32603));
+            if let Some(at) = owed.iter().position(|&p| p == own) {
+                owed.remove(at);
+                places[own] = Some(Answer::Error(-32603));
+            }
         }
         msgs.push(msg(payload, None, false));
     }

@@ -4,6 +4,8 @@
 --   release()   answers every kept request in order with its params, then {"released"}
 --   fail()      raises (the host answers -32603)
 --   settle()    answers every kept request in order, then raises (its own answer is -32603)
+--   answer_fail(...)  sends a response with its params (the oldest request owed takes it),
+--               then raises: -32603 for it only if it is still owed (tests/lapps_random.rs)
 --   echo(...)   answers with its params at once
 --   release_all()  answers every kept request of every connection, then {"released"}
 --   hand_off(n)    not answered here: posts "<handler> <n>" on the mqr queue
@@ -94,6 +96,11 @@ end
 
 methods.fail = function()
   error("fail was called")
+end
+
+methods.answer_fail = function(handler, message)
+  assert(ws:send_response(handler, message.params))
+  error("answered, then failed")
 end
 
 methods.echo = function(handler, message)
