@@ -17,7 +17,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 
 use ciborium::Value as Cbor;
 use common::rng::Rng;
@@ -453,15 +453,8 @@ fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Res
         wire.extend(frame_of(m, &mut rng));
     }
     let io = |e: std::io::Error| e.to_string();
-    let mut s = TcpStream::connect(addr).map_err(io)?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    let mut s = try_raw_upgraded(addr, path)?;
     s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    s.write_all(upgrade_request(addr, path).as_bytes())
-        .map_err(io)?;
-    let head = read_http_head(&mut s);
-    if !head.starts_with("HTTP/1.1 101") {
-        return Err(format!("upgrade: {head:?}"));
-    }
     let mut reader = s.try_clone().map_err(io)?;
     type Got = (Vec<Answer>, Vec<Vec<u8>>, Option<u16>);
     let answers = std::thread::spawn(move || -> Result<Got, String> {

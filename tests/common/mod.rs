@@ -266,13 +266,23 @@ pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
 
 /// A raw TCP connection that has completed the upgrade handshake by hand.
 pub fn raw_upgraded(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("tcp connect");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.write_all(upgrade_request(addr, path).as_bytes()).unwrap();
+    try_raw_upgraded(addr, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`raw_upgraded`] that says what went wrong instead of panicking (for tests running many
+/// connections on threads of their own, whose failures name their seed).
+pub fn try_raw_upgraded(addr: SocketAddr, path: &str) -> Result<TcpStream, String> {
+    let io = |e: std::io::Error| format!("upgrade of {path}: {e}");
+    let mut s = TcpStream::connect(addr).map_err(io)?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    s.set_nodelay(true).map_err(io)?;
+    s.write_all(upgrade_request(addr, path).as_bytes())
+        .map_err(io)?;
     let head = read_http_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 101"), "expected 101, got {head}");
-    s
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(format!("expected 101, got {head}"));
+    }
+    Ok(s)
 }
 
 /// Sends a raw HTTP request and returns the whole response (until the server closes).
