@@ -93,10 +93,17 @@ fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<
     }
     s.write_all(&request).map_err(io)?;
     if rng.chance(5) {
-        // A peer that aborts: its frames, then a reset. Nothing to check on this connection;
-        // what it held must still be given back (the callers' wait_all_ended).
+        // A peer that aborts: its frames, then a reset, half the time somewhere inside them
+        // (a frame's head or payload cut short). Nothing to check on this connection; what it
+        // held must still be given back (the callers' wait_all_ended).
+        let stop = if rng.chance(50) {
+            rng.below(wire.len() + 1)
+        } else {
+            wire.len()
+        };
         for cut in cuts {
-            if s.write_all(&wire[cut]).is_err() {
+            let end = cut.end.min(stop);
+            if cut.start >= end || s.write_all(&wire[cut.start..end]).is_err() {
                 break;
             }
         }
