@@ -9,7 +9,8 @@
 //! Ping, and a Close 1003 after `max_protocol_errors` errors in a row, a well-formed message of
 //! any kind (a malformed notification is not one) ending a row; nothing after the Close.
 //! A second app (tests/apps/lapps_deferred) answers some calls later than others: the answers
-//! must still leave in call order, the host's own ones waiting behind those the app owes.
+//! must still leave in call order, the host's own ones waiting behind those the app owes, at
+//! most 128 of them (the next closes the connection with 1008).
 //!
 //! A failure names the seed; `LAPPS_RANDOM_SEED=n` runs that one session alone, and
 //! `LAPPS_RANDOM_SESSIONS=n` runs n sessions instead of 1,000.
@@ -24,6 +25,8 @@ use common::rng::Rng;
 use common::*;
 
 const MAX_PROTOCOL_ERRORS: usize = 10;
+/// Host answers that may wait behind a response the app owes (docs/lua-api.md).
+const MAX_HELD_ANSWERS: usize = 128;
 const SESSIONS: u64 = 1000;
 const AT_ONCE: usize = 32;
 
@@ -254,9 +257,8 @@ fn message(rng: &mut Rng) -> Msg {
     }
 }
 
-/// A session's messages, the answers due, and the message after which the host closes with
-/// 1003, if it does (the remaining messages, sent anyway, must go unanswered).
-fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
+/// A session's messages, the answers due, and where the host closes with 1003, if it does.
+fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<Closes>) {
     // Runs of garbage, so that 1003 is reached often enough.
     let garbage_bias = rng.chance(40);
     let n = 1 + rng.below(60);
@@ -279,7 +281,7 @@ fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
         answers.extend(m.answer.clone());
         row = if m.counted { row + 1 } else { 0 };
         if row == MAX_PROTOCOL_ERRORS {
-            return (msgs, answers, Some(i));
+            return (msgs, answers, Some(Closes { at: i, code: 1003 }));
         }
     }
     (msgs, answers, None)
@@ -297,16 +299,45 @@ fn session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
 /// the host's answers hold their requests' own places (to messages that never reached the
 /// app, and the -32603 for a handler that raised with its own place still owed), each sent
 /// once every place before it is filled.
-fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
-    let n = 1 + rng.below(60);
+///
+/// One session in ten is a flood of host answers (reserved names, handlers that raise): at
+/// most 128 may wait behind a place the app owes; the next closes the connection with 1008,
+/// after the answers before that place, the waiting ones dropped.
+fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<Closes>) {
+    let flood = rng.chance(10);
+    let n = if flood {
+        100 + rng.below(100)
+    } else {
+        1 + rng.below(60)
+    };
     let mut msgs = Vec::new();
     let mut places: Vec<Option<Answer>> = Vec::new();
     let mut owed = std::collections::VecDeque::new();
     let mut kept: Vec<Answer> = Vec::new();
     let mut row = 0;
     let released = Answer::Result(Cbor::Array(vec![text("released")]));
+    // A host answer for the next place: false when it would be one more than may wait (then
+    // the connection closes with 1008).
+    let room = |places: &[Option<Answer>], owed: &std::collections::VecDeque<usize>| {
+        owed.front().is_none_or(|&first| {
+            places[first + 1..].iter().filter(|p| p.is_some()).count() < MAX_HELD_ANSWERS
+        })
+    };
+    let closed =
+        |msgs: Vec<Msg>, places: Vec<Option<Answer>>, owed: &std::collections::VecDeque<usize>| {
+            let at = msgs.len() - 1;
+            let sent = places[..owed[0]].iter().map(|a| a.clone().expect("filled"));
+            (msgs, sent.collect(), Some(Closes { at, code: 1008 }))
+        };
     for i in 0..=n {
-        let pick = if i == n { 55 } else { rng.below(100) };
+        let pick = match i {
+            _ if i == n => 55,
+            // A reserved name, or a handler that raises; else `later` (an `echo` would fill
+            // the oldest place owed).
+            _ if flood && rng.chance(90) => [80, 70][rng.below(2)],
+            _ if flood => 30,
+            _ => rng.below(100),
+        };
         let garbage = pick >= 85 && row + 1 < MAX_PROTOCOL_ERRORS;
         if garbage {
             row += 1;
@@ -316,12 +347,18 @@ fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
                 (vec![0xff], -32700)
             };
             msgs.push(msg(payload, None, true));
+            if !room(&places, &owed) {
+                return closed(msgs, places, &owed);
+            }
             places.push(Some(Answer::Error(code)));
             continue;
         }
         row = 0;
         if (80..85).contains(&pick) {
             msgs.push(msg(request("_x", None, None), None, false));
+            if !room(&places, &owed) {
+                return closed(msgs, places, &owed);
+            }
             places.push(Some(Answer::Error(-32601)));
             continue;
         }
@@ -367,14 +404,17 @@ fn deferred_session(rng: &mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>) {
         // A handler that raised: the host's -32603 takes the request's own place, after the
         // ones owed before it, unless that place is filled already (`answer_fail` with
         // nothing owed before it answers its own call: then no -32603).
+        msgs.push(msg(payload, None, false));
         if pick >= 65 {
             let own = places.len() - 1;
             if let Some(at) = owed.iter().position(|&p| p == own) {
                 owed.remove(at);
+                if !room(&places, &owed) {
+                    return closed(msgs, places, &owed);
+                }
                 places[own] = Some(Answer::Error(-32603));
             }
         }
-        msgs.push(msg(payload, None, false));
     }
     assert!(
         owed.is_empty() && kept.is_empty(),
@@ -434,9 +474,8 @@ fn answer_of(payload: &[u8]) -> Result<Answer, String> {
 
 fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Result<(), String> {
     let mut rng = Rng(seed);
-    let (msgs, want, closes_at) = session(&mut rng);
-    let closes = closes_at.is_some();
-    // The Pongs: every Ping's, or, with the 1003, those of the Pings before the message that
+    let (msgs, want, closes) = session(&mut rng);
+    // The Pongs: every Ping's, or, with the host's Close, those of the Pings before the message that
     // decided it and maybe some after (the decision is the instance's, while the IO worker
     // reads on), never any after the Close.
     let pings: Vec<&[u8]> = msgs
@@ -444,7 +483,7 @@ fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Res
         .filter(|m| m.opcode == 9)
         .map(|m| m.payload.as_slice())
         .collect();
-    let pings_before = msgs[..closes_at.map_or(msgs.len(), |i| i + 1)]
+    let pings_before = msgs[..closes.map_or(msgs.len(), |c| c.at + 1)]
         .iter()
         .filter(|m| m.opcode == 9)
         .count();
@@ -474,7 +513,7 @@ fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Res
             }
         }
     });
-    // After the 1003 the server may end the connection before the last bytes: writes may
+    // After its Close the server may end the connection before the last bytes: writes may
     // then fail (the answers say whether that was right).
     let mut at = 0;
     while at < wire.len() {
@@ -484,21 +523,21 @@ fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Res
         }
         at += n;
     }
-    if !closes {
+    if closes.is_none() {
         // Our Close once everything is written: its echo follows the last answer.
         s.write_all(&frame(true, 0, 0x8, &1000u16.to_be_bytes(), true))
             .map_err(io)?;
     }
     let (got, pongs, code) = answers.join().map_err(|_| "reader panicked")??;
-    let want_code = if closes { 1003 } else { 1000 };
-    let pongs_fit = if closes {
+    let want_code = closes.map_or(1000, |c| c.code);
+    let pongs_fit = if closes.is_some() {
         pongs.len() >= pings_before && pongs.len() <= pings.len()
     } else {
         pongs.len() == pings.len()
     } && pongs.iter().zip(&pings).all(|(p, q)| p == q);
     if !pongs_fit {
         return Err(format!(
-            "{} Pongs, want those of the {} Pings ({pings_before} before the 1003), in order",
+            "{} Pongs, want those of the {} Pings ({pings_before} before the Close was decided), in order",
             pongs.len(),
             pings.len()
         ));
@@ -517,8 +556,8 @@ fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Res
     }
     // The server ends TCP after its Close (and, for its own Close, our reply), and sends
     // nothing after its Close.
-    if closes {
-        let _ = s.write_all(&frame(true, 0, 0x8, &1003u16.to_be_bytes(), true));
+    if closes.is_some() {
+        let _ = s.write_all(&frame(true, 0, 0x8, &want_code.to_be_bytes(), true));
     }
     let mut rest = [0u8; 64];
     match s.read(&mut rest) {
@@ -537,8 +576,16 @@ fn lua_ws_json() -> String {
     ws_json_close_timeout(2, 10_000)
 }
 
-/// A session generator: messages, the answers due, where a 1003 is decided.
-type Session = fn(&mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<usize>);
+/// Where the host closes a session, if it does: after `msgs[at]`, with `code` (the remaining
+/// messages, sent anyway, must go unanswered).
+#[derive(Clone, Copy)]
+struct Closes {
+    at: usize,
+    code: u16,
+}
+
+/// A session generator: messages, the answers due, where the host closes.
+type Session = fn(&mut Rng) -> (Vec<Msg>, Vec<Answer>, Option<Closes>);
 
 /// Runs the sessions (`LAPPS_RANDOM_SEED`, or [`SESSIONS`] from `base`, or
 /// `LAPPS_RANDOM_SESSIONS` of them) against `path`, [`AT_ONCE`] at a time.
@@ -561,7 +608,7 @@ fn run_sessions(app: &TestApp, path: &'static str, base: u64, session: Session) 
     });
     assert!(
         failures.is_empty(),
-        "{} of {} sessions on {path} went wrong ({closing} end with 1003):\n{}",
+        "{} of {} sessions on {path} went wrong ({closing} end with the host's Close):\n{}",
         failures.len(),
         seeds.len(),
         failures.join("\n")
@@ -600,6 +647,14 @@ fn random_sessions_get_their_answers_in_call_order_when_the_app_answers_some_lat
             "./tests/apps",
             r#"{ "lapps_deferred": { "protocol": "LAppS", "instances": 2, "preload": ["mqr"] } }"#,
         ),
+    );
+    // Some sessions end with the 1008 of too many held answers.
+    let closing = (1_000_000..1_000_000 + SESSIONS)
+        .filter(|&s| deferred_session(&mut Rng(s)).2.is_some())
+        .count() as u64;
+    assert!(
+        closing > 20 && closing < SESSIONS / 5,
+        "{closing} of {SESSIONS} sessions end with 1008"
     );
     run_sessions(&app, "/lapps_deferred", 1_000_000, deferred_session);
 }
