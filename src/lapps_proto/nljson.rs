@@ -176,9 +176,15 @@ impl WithinLimit {
     }
 }
 
-fn string_arg(v: &LuaValue, what: &str) -> Result<Vec<u8>, String> {
+/// `f` of the bytes of the string `v` (borrowed from the Lua state: a string to decode is
+/// measured against the input limit, and parsed, without being copied first).
+fn with_string_arg<T>(
+    v: &LuaValue,
+    what: &str,
+    f: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, String> {
     match v {
-        LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
+        LuaValue::String(s) => f(&s.as_bytes()),
         other => Err(format!("expects {what}, got {}", other.type_name())),
     }
 }
@@ -214,9 +220,10 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         "decode",
         lua.create_function(move |lua, s: LuaValue| {
             let within = WithinLimit::of(&limits);
-            let r = string_arg(&s, "a JSON string")
-                .and_then(|b| within.check(json::decode_with(&b, &within.limits)))
-                .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
+            let r = with_string_arg(&s, "a JSON string", |b| {
+                within.check(json::decode_with(b, &within.limits))
+            })
+            .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
             answer(lua, "decode", r)
         })?,
     )?;
@@ -225,8 +232,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         "decode_file",
         lua.create_function(move |lua, p: LuaValue| {
             let within = WithinLimit::of(&limits);
-            let r = string_arg(&p, "a file name")
-                .and_then(|p| read_file(&p, &limits))
+            let r = with_string_arg(&p, "a file name", |p| read_file(p, &limits))
                 .and_then(|b| within.check(json::decode_with(&b, &within.limits)))
                 .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
             answer(lua, "decode_file", r)
@@ -293,11 +299,10 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         "from_cbor",
         lua.create_function(move |lua, s: LuaValue| {
             let within = WithinLimit::of(&limits);
-            let r = string_arg(&s, "a string of CBOR bytes")
-                .and_then(|b| {
-                    within.check(cbor::decode_with(&b, &within.limits).map_err(|e| e.to_string()))
-                })
-                .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
+            let r = with_string_arg(&s, "a string of CBOR bytes", |b| {
+                within.check(cbor::decode_with(b, &within.limits).map_err(|e| e.to_string()))
+            })
+            .and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
             answer(lua, "from_cbor", r)
         })?,
     )?;

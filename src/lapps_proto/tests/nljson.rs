@@ -418,3 +418,43 @@ fn foreach_answers_nil_err_for_a_key_the_state_has_no_room_for() {
     assert_eq!(ok, None);
     assert_eq!(err.as_deref(), Some("nljson.foreach: not enough memory"));
 }
+
+/// decode, from_cbor and decode_file refuse an input over the limit with nil and a message
+/// that says so; one at the limit decodes.
+#[test]
+fn an_input_over_the_limit_is_refused_and_one_at_it_decodes() {
+    let lua = Lua::new();
+    let limits = crate::lapps_proto::Limits {
+        max_input: 16,
+        ..Default::default()
+    };
+    crate::lapps_proto::nljson::install_with(&lua, limits).unwrap();
+    let dir = std::env::temp_dir().join(format!("nljson-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (at, over) = (dir.join("at.json"), dir.join("over.json"));
+    std::fs::write(&at, br#"["0123456789ab"]"#).unwrap();
+    std::fs::write(&over, br#"["0123456789abc"]"#).unwrap();
+    lua.globals().set("at", at.to_str().unwrap()).unwrap();
+    lua.globals().set("over", over.to_str().unwrap()).unwrap();
+    let r = lua
+        .load(
+            r#"
+        local function refused(e, says)
+            assert(type(e) == "string" and e:find(says, 1, true), tostring(e))
+        end
+        assert(nljson.decode('["0123456789ab"]')[1] == "0123456789ab")
+        local v, e = nljson.decode('["0123456789abc"]')
+        assert(v == nil); refused(e, "input of 17 bytes exceeds the limit of 16")
+        local cbor = nljson.to_cbor({"0123456789abc"})        -- 15 bytes
+        assert(nljson.from_cbor(cbor)[1] == "0123456789abc")
+        v, e = nljson.from_cbor(cbor .. "\0\0")
+        assert(v == nil); refused(e, "input of 17 bytes exceeds the limit of 16")
+        assert(nljson.decode_file(at)[1] == "0123456789ab")
+        v, e = nljson.decode_file(over)
+        assert(v == nil); refused(e, "larger than the limit of 16 bytes")
+    "#,
+        )
+        .exec();
+    std::fs::remove_dir_all(&dir).unwrap();
+    r.unwrap();
+}
