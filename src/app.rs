@@ -761,6 +761,11 @@ impl App {
         server.as_ref().map(|s| s.hub().clone())
     }
 
+    /// What the Lua services still hold for connections (tests check it returns to 0).
+    pub fn connection_state(&self) -> crate::service::registry::ConnectionState {
+        self.registry.connection_state()
+    }
+
     /// Graceful stop: no new connections, close 1001 to every connection, services last.
     /// Takes `&self` so that a stop never waits for a reload in progress (a new version whose
     /// `init()` blocks would otherwise hold it forever). Idempotent.

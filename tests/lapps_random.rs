@@ -613,8 +613,10 @@ fn run_sessions(app: &TestApp, path: &'static str, base: u64, session: Session) 
         seeds.len(),
         failures.join("\n")
     );
-    // Every connection ended, and the workers hold nothing of theirs.
+    // Every connection ended, the workers hold nothing of theirs, and the services nothing
+    // either (onDisconnect run for each, bcast subscriptions gone).
     wait_all_ended(&app.hub());
+    app.wait_services_forgot_every_connection();
 }
 
 #[test]

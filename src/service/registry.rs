@@ -182,6 +182,21 @@ fn dependencies_first<T>(items: Vec<T>, spec: impl Fn(&T) -> &ServiceSpec) -> Ve
     order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
+/// What the running services hold for connections; all 0 once every connection they were
+/// given has ended and its close was handled (its `onDisconnect` run, its per-connection state
+/// and bcast subscriptions dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionState {
+    /// Connections bound to a service and not yet ended.
+    pub open: usize,
+    /// Connections whose close an instance has not handled yet.
+    pub undisconnected: usize,
+    /// Memberships of bcast channels.
+    pub subscribed: usize,
+    /// Entries of bcast's per-connection index of those memberships.
+    pub indexed: usize,
+}
+
 /// The running services.
 pub struct Registry {
     hub: Arc<Hub>,
@@ -312,6 +327,18 @@ impl Registry {
     }
 
     /// Names of the running services.
+    /// What the running services still hold for connections (see [`ConnectionState`]).
+    pub fn connection_state(&self) -> ConnectionState {
+        let running = self.lock_running();
+        let (subscribed, indexed) = self.bcast.subscriptions();
+        ConnectionState {
+            open: running.iter().map(|s| s.connections().len()).sum(),
+            undisconnected: running.iter().map(|s| s.undisconnected()).sum(),
+            subscribed,
+            indexed,
+        }
+    }
+
     pub fn running(&self) -> Vec<String> {
         self.lock_running()
             .iter()

@@ -123,6 +123,23 @@ impl TestApp {
         let app = self.app.as_ref().expect("running");
         app.hub().expect("running")
     }
+
+    /// Waits until the services hold nothing for any connection: every close handled, no
+    /// bcast subscription left (after [`wait_all_ended`]: the closes reach the instances after
+    /// the connections end).
+    pub fn wait_services_forgot_every_connection(&self) {
+        let app = self.app.as_ref().expect("running");
+        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        loop {
+            let s = app.connection_state();
+            if (s.open, s.undisconnected, s.subscribed, s.indexed) == (0, 0, 0, 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "services still hold {s:?}");
+            // Polling interval of a condition wait, not a synchronisation sleep.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for TestApp {

@@ -311,6 +311,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_the_lua_echo() {
         run_one(addr, "/echo", seed, Answers::Echo)
     });
     wait_all_ended(&app.hub());
+    app.wait_services_forgot_every_connection();
 }
 
 #[test]
@@ -332,6 +333,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_a_lapps_service() {
         |seed| run_one(addr, "/echo_lapps", seed, Answers::LappsErrors),
     );
     wait_all_ended(&app.hub());
+    app.wait_services_forgot_every_connection();
 }
 
 #[test]
@@ -351,6 +353,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_an_app_that_closes_among_the
         |seed| run_one(addr, "/echo_closer", seed, Answers::EchoCloser),
     );
     wait_all_ended(&app.hub());
+    app.wait_services_forgot_every_connection();
 }
 
 #[test]

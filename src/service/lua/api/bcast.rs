@@ -155,6 +155,27 @@ impl Bcast {
         }
     }
 
+    /// Subscriptions held: (channel members, entries of the per-connection index). Equal, and
+    /// 0 once every subscribed connection's close was handled (what tests check after many
+    /// connections came and went).
+    pub fn subscriptions(&self) -> (usize, usize) {
+        let members = self
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|ch| ch.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        let indexed = self
+            .by_conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum();
+        (members, indexed)
+    }
+
     /// Live subscribers that speak `wanted`, grouped by worker (`None`: no such channel).
     /// Stale ones (`speaks` None) leave every channel and `by_conn` (a connection whose close
     /// no instance of the subscribing service handled, such as one of a retired version or of
