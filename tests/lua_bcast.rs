@@ -86,6 +86,13 @@ fn a_broadcast_reaches_each_subscriber_exactly_once_and_not_after_unsubscribe_or
     // "\xff" and "\xfe" the same one); "c" in hex is still "c".
     assert_eq!(ask(ws, "subhex ff"), "nil bad channel id");
     assert_eq!(ask(ws, "subhex 63"), "ok");
+
+    // Every subscription ends with its connection.
+    for mut ws in c.into_iter().chain([unsubscribed]) {
+        ws.close(None).unwrap();
+        finish_close(ws);
+    }
+    app.wait_services_forgot_every_connection();
 }
 
 #[test]
@@ -119,6 +126,12 @@ fn chat_members_of_a_room_get_its_messages_and_others_do_not() {
     send(&mut carol, "/quit");
     assert_eq!(close_code(&mut carol), Some(1000));
     finish_close(carol);
+    // The rooms' members leave them with their connections.
+    for mut ws in [alice, bob] {
+        ws.close(None).unwrap();
+        finish_close(ws);
+    }
+    app.wait_services_forgot_every_connection();
 }
 
 #[test]
