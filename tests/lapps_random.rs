@@ -475,9 +475,9 @@ fn answer_of(payload: &[u8]) -> Result<Answer, String> {
 fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Result<(), String> {
     let mut rng = Rng(seed);
     let (msgs, want, closes) = session(&mut rng);
-    // The Pongs: every Ping's, or, with the host's Close, those of the Pings before the message that
-    // decided it and maybe some after (the decision is the instance's, while the IO worker
-    // reads on), never any after the Close.
+    // The Pongs: every Ping's, or, with the host's Close, those of the Pings before the
+    // message that decided it and maybe some after (the decision is the instance's, while the
+    // IO worker reads on), never any after the Close.
     let pings: Vec<&[u8]> = msgs
         .iter()
         .filter(|m| m.opcode == 9)
@@ -537,7 +537,8 @@ fn run_session(addr: SocketAddr, path: &str, seed: u64, session: Session) -> Res
     } && pongs.iter().zip(&pings).all(|(p, q)| p == q);
     if !pongs_fit {
         return Err(format!(
-            "{} Pongs, want those of the {} Pings ({pings_before} before the Close was decided), in order",
+            "{} Pongs, want those of the {} Pings ({pings_before} before the Close was \
+             decided), in order",
             pongs.len(),
             pings.len()
         ));

@@ -326,11 +326,10 @@ impl Registry {
             .inspect_err(|_| self.lock_idle().push(keep))
     }
 
-    /// Names of the running services.
     /// What the running services still hold for connections (see [`ConnectionState`]).
     pub fn connection_state(&self) -> ConnectionState {
-        let running = self.lock_running();
         let (subscribed, indexed) = self.bcast.subscriptions();
+        let running = self.lock_running();
         ConnectionState {
             open: running.iter().map(|s| s.connections().len()).sum(),
             undisconnected: running.iter().map(|s| s.undisconnected()).sum(),
@@ -339,6 +338,7 @@ impl Registry {
         }
     }
 
+    /// Names of the running services.
     pub fn running(&self) -> Vec<String> {
         self.lock_running()
             .iter()

@@ -445,9 +445,9 @@ fn an_input_over_the_limit_is_refused_and_one_at_it_decodes() {
         assert(nljson.decode('["0123456789ab"]')[1] == "0123456789ab")
         local v, e = nljson.decode('["0123456789abc"]')
         assert(v == nil); refused(e, "input of 17 bytes exceeds the limit of 16")
-        local cbor = nljson.to_cbor({"0123456789abc"})        -- 15 bytes
-        assert(nljson.from_cbor(cbor)[1] == "0123456789abc")
-        v, e = nljson.from_cbor(cbor .. "\0\0")
+        local cbor = nljson.to_cbor({"0123456789abcd"})       -- 16 bytes
+        assert(#cbor == 16 and nljson.from_cbor(cbor)[1] == "0123456789abcd")
+        v, e = nljson.from_cbor(cbor .. "\0")
         assert(v == nil); refused(e, "input of 17 bytes exceeds the limit of 16")
         assert(nljson.decode_file(at)[1] == "0123456789ab")
         v, e = nljson.decode_file(over)
