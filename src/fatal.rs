@@ -27,6 +27,7 @@ pub fn install() {
                 "thread {name} panicked ({}): aborting, so that the service manager restarts lapps",
                 info.to_string().lines().collect::<Vec<_>>().join(" ")
             );
+            crate::log_writer::flush(std::time::Duration::from_secs(1));
             std::process::abort();
         }
     }));

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod fatal;
 pub mod lapps_proto;
 pub mod log;
+pub mod log_writer;
 pub mod net;
 pub mod reload_request;
 pub mod service;

@@ -1,4 +1,5 @@
-//! One-line log records on stderr. On a terminal each line starts with our timestamp and level;
+//! One-line log records on stderr (through the writer thread of [`crate::log_writer`] once the
+//! server runs: no thread waits for a stalled stderr). On a terminal each line starts with our timestamp and level;
 //! under systemd (stderr connected to the journal, `JOURNAL_STREAM` set) with the `<N>`
 //! priority prefix journald reads instead, so `journalctl -p err` finds our errors. Level is
 //! set once from `LAPPS_LOG` (error, warn, info, debug, any case); default info.
@@ -10,7 +11,6 @@
 //! misbehaving clients cannot flood the journal (whose own rate limit would then drop our real
 //! errors too).
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -89,22 +89,25 @@ pub fn enabled(level: Level) -> bool {
 
 #[doc(hidden)]
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
+    crate::log_writer::emit(record(level, args).as_bytes());
+}
+
+/// A log record as it goes to stderr: its lines, newline-terminated.
+pub(crate) fn record(level: Level, args: std::fmt::Arguments<'_>) -> String {
     let (tag, priority) = match level {
         Level::Error => ("ERROR", 3),
         Level::Warn => ("WARN", 4),
         Level::Info => ("INFO", 6),
         Level::Debug => ("DEBUG", 7),
     };
-    let line = if JOURNAL.load(Ordering::Relaxed) {
+    if JOURNAL.load(Ordering::Relaxed) {
         // journald stamps the time itself and reads the level from the prefix, line by line:
         // every line of a record carries it (a config error lists one problem per line).
         journal_lines(priority, &format!("{tag} {args}"))
     } else {
         let now = crate::time_fmt::utc_timestamp(crate::time_fmt::now());
         format!("{now} {tag} {args}\n")
-    };
-    // One write per record so that lines of different threads never interleave.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 /// `text` with journald's `<priority>` prefix on each of its lines.
@@ -132,7 +135,7 @@ fn text_at(priority: u8, text: &str) {
     } else {
         format!("{text}\n")
     };
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    crate::log_writer::emit(out.as_bytes());
 }
 
 /// A string a peer sent, fit for a log line: quoted and escaped (no line breaks or control

@@ -188,6 +188,8 @@ fn main() -> ExitCode {
     }
     // Signals are taken by sigwait on this thread only: block them before any thread starts.
     let signals = lapps::signals::Signals::block();
+    // From here on no thread waits for stderr (a stalled journal): the log has its own thread.
+    lapps::log_writer::start();
     let mut starting = Some(signals.exit_on_stop_during_start());
     info!(
         "lapps {} starting (simd build {}, kernels {}), configuration {}",
@@ -206,6 +208,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             error!("start-up failed: {e}");
+            lapps::log_writer::flush(LOG_DRAIN);
             return ExitCode::FAILURE;
         }
     };
@@ -237,8 +240,12 @@ fn main() -> ExitCode {
     lapps::signals::notify_systemd("STOPPING=1");
     app.shutdown();
     info!("stopped");
+    lapps::log_writer::flush(LOG_DRAIN);
     ExitCode::SUCCESS
 }
+
+/// How long the exit waits for the log's last records to reach stderr.
+const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Raises the descriptor limit as far as the process may; lowers a `max_connections` left to
 /// its default to what the limit covers (beyond, clients get a 503 rather than wait unanswered

@@ -19,6 +19,9 @@ use crate::reload_request::{self, Requester};
 /// The signals [`Signals::block`] blocks.
 const STOP_AND_RELOAD: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
+/// How long an exit "at once" still waits for the log's last records to reach stderr.
+const EXIT_LOG_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// [`STOP_AND_RELOAD`] as a signal set.
 fn stop_and_reload() -> libc::sigset_t {
     signal_set(&STOP_AND_RELOAD)
@@ -201,6 +204,7 @@ impl Signals {
                     }
                     crate::warn!("{name} received during start-up: exiting now");
                     notify_systemd("STOPPING=1");
+                    crate::log_writer::flush(EXIT_LOG_DRAIN);
                     // SAFETY: as in `exit_on_second_stop`: the start is abandoned where it
                     // stands, nothing has been served.
                     unsafe { libc::_exit(second_stop_status(sig)) };
@@ -236,10 +240,11 @@ impl Signals {
                     }
                     Signal::Stop(name, signo) => {
                         crate::warn!("second signal: exiting now ({name} during shutdown)");
+                        // The log's queue first (stdout is unused), for a bounded time.
+                        crate::log_writer::flush(EXIT_LOG_DRAIN);
                         // SAFETY: `_exit` ends the process without running atexit handlers
                         // or destructors, which is the point: the graceful shutdown is
-                        // abandoned where it stands. Nothing buffered is lost: log lines are
-                        // written to stderr whole, one write each, and stdout is unused.
+                        // abandoned where it stands.
                         unsafe { libc::_exit(second_stop_status(signo)) };
                     }
                 }

@@ -1374,3 +1374,102 @@ return app
         "{line}"
     );
 }
+
+/// A stderr that stops taking the log (a journald that hangs) stops no thread: an app that
+/// prints far more than the pipe and the log's queue hold goes on and answers, and the IO
+/// worker answers a refusal it logs. Once stderr is read again, every record is either there
+/// or counted in a warning, and the server stops cleanly.
+#[test]
+fn a_stalled_stderr_stops_no_thread_and_the_records_it_missed_are_counted() {
+    use std::io::{BufRead, Write};
+    const LINE: usize = 8000;
+    let dir = temp_dir("stalled-stderr");
+    let apps = dir.join("apps");
+    std::fs::create_dir_all(apps.join("flood")).unwrap();
+    std::fs::write(
+        apps.join("flood").join("flood.lua"),
+        format!(
+            r#"local app = {{}}
+app.onMessage = function(h, op, msg)
+  local line = string.rep("x", {LINE})
+  for _ = 1, tonumber(msg) do print(line) end
+  ws:send(h, 1, "done")
+  return true
+end
+return app
+"#
+        ),
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ "flood": {{}} }} }}"#,
+            apps.display()
+        ),
+    );
+    let mut cmd = Command::new(LAPPS);
+    cmd.arg("-c")
+        .arg(&dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = binary::Reaper(cmd.spawn().expect("spawn lapps"));
+    let mut log = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr: std::net::SocketAddr = loop {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "no listening line");
+        if let Some(at) = line.split("listening on ").nth(1) {
+            break at.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Nobody reads stderr from here on: the pipe fills, then the queue.
+    let prints = lapps::log_writer::QUEUE_BYTES / LINE + 200;
+    let mut ws = connect(addr, "/flood");
+    assert_eq!(ask(&mut ws, &prints.to_string()), "done", "the app went on");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(upgrade_request(addr, "/nope").as_bytes())
+        .unwrap();
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head:?}");
+
+    // Read again: the prints written plus those counted as dropped are all of them.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in log.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut written, mut dropped) = (0, 0);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while written + dropped < prints {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{written} prints written, {dropped} counted dropped"));
+        if l.ends_with(&"x".repeat(LINE)) {
+            written += 1;
+        } else if let Some(n) = l.split(" log records dropped").next().and_then(|h| {
+            l.contains(" log records dropped")
+                .then(|| h.rsplit('(').next()?.parse::<usize>().ok())?
+        }) {
+            dropped += n;
+        }
+    }
+    assert!(
+        dropped > 0 && written > 0,
+        "{written} written, {dropped} dropped"
+    );
+    ws.close(None).unwrap();
+    finish_close(ws);
+    child.stop();
+    assert!(
+        rx.iter().any(|l| l.ends_with(" stopped")),
+        "the last record is written before the exit"
+    );
+}

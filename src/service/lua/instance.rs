@@ -310,6 +310,7 @@ fn spawn(
                                 "{} panicked: aborting, so that the service manager restarts lapps",
                                 host.tag()
                             );
+                            crate::log_writer::flush(std::time::Duration::from_secs(1));
                             std::process::abort();
                         }
                     }
