@@ -17,12 +17,31 @@ const FATAL: [&str; 2] = ["lapps-io-", "lapps-accept-"];
 pub fn install() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        default(info);
         let thread = std::thread::current();
-        let name = thread.name().unwrap_or_default();
+        let name = thread.name().unwrap_or("<unnamed>");
+        if crate::log_writer::running() {
+            // std's message would go straight to stderr: ahead of records queued before it,
+            // and, on a stalled stderr, never (nor would the abort below). It goes through
+            // the log's queue instead, with the backtrace RUST_BACKTRACE asks for.
+            let trace = std::backtrace::Backtrace::capture();
+            let trace = match trace.status() {
+                std::backtrace::BacktraceStatus::Captured => format!("\nstack backtrace:\n{trace}"),
+                _ => String::new(),
+            };
+            crate::log_writer::emit(
+                crate::log::record(
+                    crate::log::Level::Error,
+                    format_args!("thread '{name}' {info}{trace}"),
+                )
+                .as_bytes(),
+            );
+        } else {
+            default(info);
+        }
         if FATAL.iter().any(|p| name.starts_with(p)) {
-            // std's message above has no journal priority: this line repeats what and where,
-            // so that `journalctl -p err` shows the cause beside the abort.
+            // Before the library's writer runs, std's message above has no journal priority:
+            // this line repeats what and where, so that `journalctl -p err` shows the cause
+            // beside the abort.
             crate::error!(
                 "thread {name} panicked ({}): aborting, so that the service manager restarts lapps",
                 info.to_string().lines().collect::<Vec<_>>().join(" ")
@@ -30,5 +49,8 @@ pub fn install() {
             crate::log_writer::flush(std::time::Duration::from_secs(1));
             std::process::abort();
         }
+        // Any other thread: what it logged is out before a panic of main's ends the process
+        // (one of another thread is caught, or ends only that thread).
+        crate::log_writer::flush(std::time::Duration::from_secs(1));
     }));
 }

@@ -4,14 +4,17 @@
 //! is restarting, or stuck on a slow disk) would otherwise stop every thread at its next log
 //! line: an IO worker with all its connections, a Lua instance with all its clients. Once
 //! [`start`] has run (the server does, at start-up), a log record is appended to a queue of at
-//! most [`QUEUE_BYTES`] and this thread writes it out; a record that finds the queue full is
-//! dropped and counted, and the count is logged (a warning) once the queue has room again, so
-//! a gap in the log is always said. Records keep their order; each leaves in one piece.
+//! most [`QUEUE_BYTES`] (besides what this thread is writing) and this thread writes it out; a
+//! record that finds the queue full is dropped and counted, and so is every record after it
+//! until this thread takes the queue, which then writes the count (a warning) right after the
+//! records queued before the drops: a gap in the log is always said, where it is. Records keep
+//! their order; each leaves in one piece.
 //! Before [`start`] (a `--check-config` run, the library in tests) records are written at once,
 //! as the thread that makes them waits.
 //!
-//! Every way out of the process gives the queue a bounded time to drain first ([`flush`]): the
-//! end of `main`, the `_exit` of a second SIGTERM, the abort after a worker's panic.
+//! Every way out of the process gives the records queued so far a bounded time to leave first
+//! ([`flush`]): the end of `main`, the `_exit` of a SIGTERM during the start or a second one
+//! during the shutdown, a panic (its message goes through the queue too, see `crate::fatal`).
 //!
 //! Owns: the queue, its writer thread and the count of records dropped.
 
@@ -20,17 +23,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Most bytes of records that may wait for stderr (a few seconds of the busiest logging,
-/// minutes of a normal one).
+/// Most bytes of records that may wait for stderr besides those being written (a few seconds
+/// of the busiest logging, minutes of a normal one).
 pub const QUEUE_BYTES: usize = 4 << 20;
+
+std::thread_local! {
+    /// Set on the writer's own thread (which must never wait for itself).
+    static WRITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 struct Queue {
     /// Whole records, one after the other, in the order they were made.
     bytes: Vec<u8>,
-    /// Records dropped since the last report of them.
+    /// Records dropped since the last report of them (while not 0, every record is dropped:
+    /// the report must be where the gap is).
     dropped: u64,
-    /// The writer is writing what it took (the queue may be empty and stderr still busy).
-    writing: bool,
+    /// Bytes ever queued, and of those the ones written (or given up on by a failed write).
+    queued: u64,
+    written: u64,
+    /// Reports of dropped records written.
+    reports: u64,
     /// The writer waits for records: a new one must wake it.
     sleeping: bool,
 }
@@ -38,14 +50,16 @@ struct Queue {
 static QUEUE: Mutex<Queue> = Mutex::new(Queue {
     bytes: Vec::new(),
     dropped: 0,
-    writing: false,
+    queued: 0,
+    written: 0,
+    reports: 0,
     sleeping: false,
 });
 /// A record came (for the writer).
 static CAME: Condvar = Condvar::new();
-/// The queue is empty and nothing is being written (for [`flush`]).
-static DRAINED: Condvar = Condvar::new();
-/// Set once the writer runs: records go through the queue from then on.
+/// The writer wrote what it took (for [`flush`]).
+static WROTE: Condvar = Condvar::new();
+/// Set while the writer runs: records go through the queue.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
 fn lock() -> MutexGuard<'static, Queue> {
@@ -59,7 +73,14 @@ pub fn start() -> bool {
     *STARTED.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("lapps-log".into())
-            .spawn(write_out);
+            .spawn(|| {
+                WRITER.with(|w| w.set(true));
+                // A panic here (a bug) must not leave records queued for nobody: from then on
+                // they are written where they are made again.
+                let _ = std::panic::catch_unwind(write_out);
+                RUNNING.store(false, Ordering::SeqCst);
+                WROTE.notify_all();
+            });
         if spawned.is_ok() {
             RUNNING.store(true, Ordering::SeqCst);
         }
@@ -67,19 +88,25 @@ pub fn start() -> bool {
     })
 }
 
+/// Whether records go through the queue (the writer runs and this is not its thread).
+pub fn running() -> bool {
+    RUNNING.load(Ordering::Acquire) && !WRITER.with(|w| w.get())
+}
+
 /// One whole record (its lines, newline-terminated): queued, or dropped and counted when the
 /// queue is full; written at once before [`start`].
 pub(crate) fn emit(record: &[u8]) {
-    if !RUNNING.load(Ordering::Acquire) {
+    if !running() {
         // One write per record so that records of different threads never interleave.
         let _ = std::io::stderr().lock().write_all(record);
         return;
     }
     let mut q = lock();
-    if q.bytes.len() + record.len() > QUEUE_BYTES {
+    if q.dropped > 0 || q.bytes.len() + record.len() > QUEUE_BYTES {
         q.dropped += 1;
     } else {
         q.bytes.extend_from_slice(record);
+        q.queued += record.len() as u64;
     }
     // (A record larger than the whole queue finds it empty: its count must be written too.)
     if q.sleeping {
@@ -88,34 +115,30 @@ pub(crate) fn emit(record: &[u8]) {
     }
 }
 
-/// The writer thread: takes what is queued, writes it in one go, then says how many records
-/// were dropped meanwhile, if any.
+/// The writer thread: takes what is queued, writes it in one go, the report of the records
+/// dropped after it (if any) at its end.
 fn write_out() {
     let mut spare = Vec::new();
     loop {
-        let (mut out, dropped) = {
+        let (mut out, dropped, upto) = {
             let mut q = lock();
             while q.bytes.is_empty() && q.dropped == 0 {
                 q.sleeping = true;
                 q = CAME.wait(q).unwrap_or_else(|e| e.into_inner());
             }
-            q.writing = true;
             let dropped = std::mem::take(&mut q.dropped);
-            (std::mem::replace(&mut q.bytes, spare), dropped)
+            let upto = q.queued;
+            (std::mem::replace(&mut q.bytes, spare), dropped, upto)
         };
         if dropped > 0 {
-            // After the records queued before the drops: the gap is where they were.
-            out.extend_from_slice(
-                crate::log::record(
-                    crate::log::Level::Warn,
-                    format_args!(
-                        "({dropped} log records dropped: stderr did not take them as fast as \
-                         they came, and {} bytes waited already)",
-                        QUEUE_BYTES
-                    ),
-                )
-                .as_bytes(),
+            let report = crate::log::record(
+                crate::log::Level::Warn,
+                format_args!(
+                    "({dropped} log records dropped: stderr did not take the log as fast as it \
+                     came)"
+                ),
             );
+            out.extend_from_slice(report.as_bytes());
         }
         let _ = std::io::stderr().lock().write_all(&out);
         out.clear();
@@ -125,27 +148,31 @@ fn write_out() {
         }
         spare = out;
         let mut q = lock();
-        q.writing = false;
-        if q.bytes.is_empty() && q.dropped == 0 {
-            DRAINED.notify_all();
+        q.written = upto;
+        if dropped > 0 {
+            q.reports += 1;
         }
+        WROTE.notify_all();
     }
 }
 
-/// Waits until every record queued so far is written, at most `timeout` (stderr may not take
-/// them at all); true when they are. Immediate before [`start`].
+/// Waits until the records queued before this call are written, and the report of any
+/// dropped before it, at most `timeout` (stderr may not take them at all); true when they
+/// are. Immediate before [`start`], and on the writer's own thread.
 pub fn flush(timeout: Duration) -> bool {
-    if !RUNNING.load(Ordering::Acquire) {
+    if !running() {
         return true;
     }
     let deadline = Instant::now() + timeout;
     let mut q = lock();
-    while !q.bytes.is_empty() || q.dropped > 0 || q.writing {
+    let target = q.queued;
+    let report = (q.dropped > 0).then_some(q.reports + 1);
+    while q.written < target || report.is_some_and(|r| q.reports < r) {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || !RUNNING.load(Ordering::Acquire) {
             return false;
         }
-        q = DRAINED
+        q = WROTE
             .wait_timeout(q, left)
             .unwrap_or_else(|e| e.into_inner())
             .0;

@@ -329,6 +329,9 @@ impl Reloads {
                                 false
                             });
                     flag.store(false, Ordering::SeqCst);
+                    // The reload's log (its last line says how it ended) is out before the
+                    // requester is told: it may read the log next.
+                    lapps::log_writer::flush(LOG_DRAIN);
                     for r in requesters {
                         r.answer(ok);
                     }

@@ -581,32 +581,52 @@ fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
 /// Set in the copy of this test binary that `a_panic_in_an_io_or_listener_thread_aborts_the_process`
 /// runs: the name of the thread to panic in.
 const PANIC_CHILD: &str = "LAPPS_TEST_PANIC_THREAD";
+/// Set beside it: the child starts the log's writer thread first, as the server does.
+const PANIC_CHILD_WRITER: &str = "LAPPS_TEST_PANIC_WITH_WRITER";
 
 #[test]
 fn a_panic_in_an_io_or_listener_thread_aborts_the_process() {
     if let Ok(name) = std::env::var(PANIC_CHILD) {
+        if std::env::var_os(PANIC_CHILD_WRITER).is_some() {
+            lapps::log_writer::start();
+        }
         lapps::fatal::install();
         let t = std::thread::Builder::new().name(name);
         let _ = t.spawn(|| panic!("injected by the test")).unwrap().join();
         std::process::exit(0); // only when the panic was not fatal
     }
     use std::os::unix::process::ExitStatusExt;
-    for (thread, fatal) in [
-        ("lapps-io-0", true),
-        ("lapps-accept-0.1", true),
-        ("lua-echo#0", false),
-    ] {
-        let out = output_within(
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "a_panic_in_an_io_or_listener_thread_aborts_the_process",
-                    "--test-threads=1",
-                ])
-                .env(PANIC_CHILD, thread),
-            ONE_SHOT_GUARD,
-        );
+    // As the library runs in tests (records written where they are made), and as the server
+    // runs (through the log's writer thread, std's message too).
+    for (writer, (thread, fatal)) in [false, true].into_iter().flat_map(|w| {
+        [
+            ("lapps-io-0", true),
+            ("lapps-accept-0.1", true),
+            ("lua-echo#0", false),
+        ]
+        .map(|t| (w, t))
+    }) {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "a_panic_in_an_io_or_listener_thread_aborts_the_process",
+            "--test-threads=1",
+        ])
+        .env(PANIC_CHILD, thread);
+        if writer {
+            cmd.env(PANIC_CHILD_WRITER, "1");
+        }
+        let out = output_within(&mut cmd, ONE_SHOT_GUARD);
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // With the writer, the panic's own message (ours then, not std's, which libtest
+        // captures here) is out before the end.
+        assert!(
+            !writer
+                || stderr.lines().any(|l| l.contains(&format!(
+                    "ERROR thread '{thread}' panicked at tests/binary.rs"
+                ))) && stderr.contains("injected by the test\n"),
+            "{thread} (writer: {writer}): {stderr}"
+        );
         if fatal {
             assert_eq!(
                 out.status.signal(),
@@ -1425,8 +1445,9 @@ return app
             break at.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
-    // Nobody reads stderr from here on: the pipe fills, then the queue.
-    let prints = lapps::log_writer::QUEUE_BYTES / LINE + 200;
+    // Nobody reads stderr from here on: the pipe fills, then the queue (the writer may hold
+    // as much again, taken before it blocked).
+    let prints = 2 * lapps::log_writer::QUEUE_BYTES / LINE + 300;
     let mut ws = connect(addr, "/flood");
     assert_eq!(ask(&mut ws, &prints.to_string()), "done", "the app went on");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
