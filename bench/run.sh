@@ -199,6 +199,9 @@ echo "== medians of $REPEAT runs ($(date -u +%FT%TZ), load average $(cut -d' ' -
             printf '%-10s lapps-lapps/lapps-lua: msgs/s %s (target >= 0.5), us/msg %s\n' "$n" \
                 "$(ratio "$(med "$n" lapps-lapps msgs_per_s)" "$(med "$n" lapps-lua msgs_per_s)")" \
                 "$(ratio "$(med "$n" lapps-lapps server_us_per_msg)" "$(med "$n" lapps-lua server_us_per_msg)")"
+            printf '%-10s server CPU per message, Lua instance + IO worker: lapps-lapps %s + %s us, lapps-lua %s + %s us\n' \
+                "$n" "$(med "$n" lapps-lapps server_lua_us_per_msg)" "$(med "$n" lapps-lapps server_io_us_per_msg)" \
+                "$(med "$n" lapps-lua server_lua_us_per_msg)" "$(med "$n" lapps-lua server_io_us_per_msg)"
             continue
         fi
         for l in $(labels "$sc"); do

@@ -86,8 +86,13 @@ fn throughput(a: &args::Args) -> Result<(), String> {
     };
     let server = a.server_pid.map(|p| p.to_string());
     let cpu = |pid: &Option<String>| pid.as_deref().and_then(|p| sys::cpu_seconds(p).ok());
+    let threads = |pid: &Option<String>| {
+        pid.as_deref()
+            .and_then(|p| sys::thread_cpu_seconds(p).ok())
+            .unwrap_or_default()
+    };
     let me = Some("self".to_string());
-    let (stats, cpu0, cpu1) = std::thread::scope(|scope| {
+    let (stats, cpu0, cpu1, threads0, threads1) = std::thread::scope(|scope| {
         let workers: Vec<_> = shares
             .into_iter()
             .enumerate()
@@ -98,12 +103,13 @@ fn throughput(a: &args::Args) -> Result<(), String> {
             })
             .collect();
         std::thread::sleep(plan.warm_end.saturating_duration_since(Instant::now()));
-        let cpu0 = (cpu(&server), cpu(&me));
+        let (cpu0, threads0) = ((cpu(&server), cpu(&me)), threads(&server));
         std::thread::sleep(plan.end.saturating_duration_since(Instant::now()));
-        let cpu1 = (cpu(&server), cpu(&me));
+        let (cpu1, threads1) = ((cpu(&server), cpu(&me)), threads(&server));
         let stats: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
-        (stats, cpu0, cpu1)
+        (stats, cpu0, cpu1, threads0, threads1)
     });
+    let split = ThreadSplit::between(&threads0, &threads1);
     let mut total = driver::Stats::default();
     for s in stats {
         let s = s.map_err(|_| "a client thread panicked".to_string())?;
@@ -111,7 +117,7 @@ fn throughput(a: &args::Args) -> Result<(), String> {
         total.hist.merge(&s.hist);
         total.errors.extend(s.errors);
     }
-    report(a, &total, cpu0, cpu1);
+    report(a, &total, cpu0, cpu1, split);
     if !total.errors.is_empty() {
         for e in total.errors.iter().take(5) {
             eprintln!("error: {e}");
@@ -123,7 +129,35 @@ fn throughput(a: &args::Args) -> Result<(), String> {
 
 type CpuSample = (Option<f64>, Option<f64>);
 
-fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
+/// The server's CPU seconds over the measured interval in its lapps IO workers (threads named
+/// `lapps-io-*`) and in its Lua instances (`lua-*`); None for a server without such threads
+/// (the peers).
+#[derive(Clone, Copy, Default)]
+struct ThreadSplit {
+    io: Option<f64>,
+    lua: Option<f64>,
+}
+
+impl ThreadSplit {
+    fn between(before: &[(String, String, f64)], after: &[(String, String, f64)]) -> ThreadSplit {
+        let used = |prefix: &str| {
+            let mut found = false;
+            let mut sum = 0.0;
+            for (tid, name, secs) in after.iter().filter(|t| t.1.starts_with(prefix)) {
+                found = true;
+                let was = before.iter().find(|b| &b.0 == tid && &b.1 == name);
+                sum += secs - was.map_or(0.0, |b| b.2);
+            }
+            found.then_some(sum)
+        };
+        ThreadSplit {
+            io: used("lapps-io-"),
+            lua: used("lua-"),
+        }
+    }
+}
+
+fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample, split: ThreadSplit) {
     let rate = t.msgs as f64 / a.duration;
     let mbps = rate * a.size as f64 / 1e6;
     let pct = |b: Option<f64>, e: Option<f64>| b.zip(e).map(|(b, e)| (e - b) / a.duration * 100.0);
@@ -138,15 +172,19 @@ fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
     // CPU time per echo: unlike msgs/s, it barely moves when other processes share the core.
     let cost = |pct: Option<f64>| pct.filter(|_| t.msgs > 0).map(|p| p / 100.0 / rate * 1e6);
     let opt3 = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
+    // The server's CPU per echo in its IO workers and in its Lua instances.
+    let per_msg = |secs: Option<f64>| secs.filter(|_| t.msgs > 0).map(|s| s / t.msgs as f64 * 1e6);
+    let (io_us, lua_us) = (per_msg(split.io), per_msg(split.lua));
     let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.1}"));
     if a.json {
         println!(
             "{{\"url\":\"{}\",\"lapps\":{},\"connections\":{},\"size\":{},\"depth\":{},\"binary\":{},\"duration_s\":{},\
              \"msgs\":{},\"msgs_per_s\":{rate:.0},\"mb_per_s\":{mbps:.3},\"rtt_mean_us\":{mean:.1},\"rtt_p50_us\":{p50:.1},\
              \"rtt_p99_us\":{p99:.1},\"rtt_max_us\":{max:.1},\"server_cpu_pct\":{},\"client_cpu_pct\":{},\
-             \"server_us_per_msg\":{},\"client_us_per_msg\":{},\"errors\":{}}}",
+             \"server_us_per_msg\":{},\"client_us_per_msg\":{},\"server_io_us_per_msg\":{},\
+             \"server_lua_us_per_msg\":{},\"errors\":{}}}",
             a.url, a.lapps, a.connections, a.size, a.depth, a.binary, a.duration, t.msgs, opt(srv), opt(cli),
-            opt3(cost(srv)), opt3(cost(cli)), t.errors.len()
+            opt3(cost(srv)), opt3(cost(cli)), opt3(io_us), opt3(lua_us), t.errors.len()
         );
     } else {
         println!(
@@ -170,5 +208,12 @@ fn report(a: &args::Args, t: &driver::Stats, cpu0: CpuSample, cpu1: CpuSample) {
             opt3(cost(cli)),
             t.errors.len()
         );
+        if io_us.is_some() || lua_us.is_some() {
+            println!(
+                "  server threads: IO workers {} us/msg, Lua instances {} us/msg",
+                opt3(io_us),
+                opt3(lua_us)
+            );
+        }
     }
 }

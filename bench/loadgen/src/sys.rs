@@ -127,6 +127,24 @@ pub fn cpu_split(pid: &str) -> io::Result<(f64, f64)> {
     Ok((field(11) as f64 / hz, field(12) as f64 / hz))
 }
 
+/// CPU seconds (user + system) used so far by each thread of process `pid`: (thread id,
+/// thread name, seconds). Threads that end meanwhile are simply missing.
+pub fn thread_cpu_seconds(pid: &str) -> io::Result<Vec<(String, String, f64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = entry?.file_name().to_string_lossy().into_owned();
+        let task = format!("{pid}/task/{tid}");
+        let (Ok(name), Ok(secs)) = (
+            std::fs::read_to_string(format!("/proc/{task}/comm")),
+            cpu_seconds(&task),
+        ) else {
+            continue;
+        };
+        out.push((tid, name.trim_end().to_string(), secs));
+    }
+    Ok(out)
+}
+
 /// Resident set size of process `pid` in KiB (VmRSS).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
