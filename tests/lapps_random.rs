@@ -616,8 +616,7 @@ fn run_sessions(app: &TestApp, path: &'static str, base: u64, session: Session) 
     );
     // Every connection ended, the workers hold nothing of theirs, and the services nothing
     // either (onDisconnect run for each, bcast subscriptions gone).
-    wait_all_ended(&app.hub());
-    app.wait_services_forgot_every_connection();
+    app.wait_every_connection_forgotten();
 }
 
 #[test]

@@ -92,7 +92,7 @@ fn a_broadcast_reaches_each_subscriber_exactly_once_and_not_after_unsubscribe_or
         ws.close(None).unwrap();
         finish_close(ws);
     }
-    app.wait_services_forgot_every_connection();
+    app.wait_every_connection_forgotten();
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn chat_members_of_a_room_get_its_messages_and_others_do_not() {
         ws.close(None).unwrap();
         finish_close(ws);
     }
-    app.wait_services_forgot_every_connection();
+    app.wait_every_connection_forgotten();
 }
 
 #[test]

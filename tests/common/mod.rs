@@ -124,10 +124,11 @@ impl TestApp {
         app.hub().expect("running")
     }
 
-    /// Waits until the services hold nothing for any connection: every close handled, no
-    /// bcast subscription left (after [`wait_all_ended`]: the closes reach the instances after
-    /// the connections end).
-    pub fn wait_services_forgot_every_connection(&self) {
+    /// Waits until every connection has ended and nothing holds anything of it: the workers
+    /// ([`wait_all_ended`]), then the services (every close handled, no bcast subscription
+    /// left: the closes reach the instances after the connections end).
+    pub fn wait_every_connection_forgotten(&self) {
+        wait_all_ended(&self.hub());
         let app = self.app.as_ref().expect("running");
         let deadline = Instant::now() + 2 * IO_TIMEOUT;
         loop {

@@ -95,7 +95,7 @@ fn run_one(addr: SocketAddr, path: &str, seed: u64, answers: Answers) -> Result<
     if rng.chance(5) {
         // A peer that aborts: its frames, then a reset, half the time somewhere inside them
         // (a frame's head or payload cut short). Nothing to check on this connection; what it
-        // held must still be given back (the callers' wait_all_ended).
+        // held must still be given back (what the callers wait for: wait_all_ended).
         let stop = if rng.chance(50) {
             rng.below(wire.len() + 1)
         } else {
@@ -310,8 +310,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_the_lua_echo() {
     run_scripts("/echo", 1_000_000, (Answers::Echo, true), |seed| {
         run_one(addr, "/echo", seed, Answers::Echo)
     });
-    wait_all_ended(&app.hub());
-    app.wait_services_forgot_every_connection();
+    app.wait_every_connection_forgotten();
 }
 
 #[test]
@@ -332,8 +331,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_a_lapps_service() {
         (Answers::LappsErrors, true),
         |seed| run_one(addr, "/echo_lapps", seed, Answers::LappsErrors),
     );
-    wait_all_ended(&app.hub());
-    app.wait_services_forgot_every_connection();
+    app.wait_every_connection_forgotten();
 }
 
 #[test]
@@ -352,8 +350,7 @@ fn random_peers_get_exactly_what_rfc_6455_says_from_an_app_that_closes_among_the
         (Answers::EchoCloser, true),
         |seed| run_one(addr, "/echo_closer", seed, Answers::EchoCloser),
     );
-    wait_all_ended(&app.hub());
-    app.wait_services_forgot_every_connection();
+    app.wait_every_connection_forgotten();
 }
 
 #[test]
