@@ -323,8 +323,11 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                     ),
                 );
             };
-            match node.get(key.key()) {
-                Some(n) => ok(node_to_lua(lua, n)?),
+            match node.get(key.key()).map(|n| node_to_lua(lua, n)) {
+                Some(Ok(v)) => ok(v),
+                // No room in the state for the value found: an answer, as for every nljson
+                // function, not a raise.
+                Some(Err(e)) => fail(lua, format!("nljson.find: {e}")),
                 None => ok(LuaValue::Nil),
             }
         })?,

@@ -458,3 +458,29 @@ fn an_input_over_the_limit_is_refused_and_one_at_it_decodes() {
     std::fs::remove_dir_all(&dir).unwrap();
     r.unwrap();
 }
+
+/// A value find cannot copy into the state (past its memory limit) is a `nil, err` answer, as
+/// for every nljson function, not a raise.
+#[test]
+fn find_answers_nil_err_for_a_value_the_state_has_no_room_for() {
+    let lua = state();
+    let f: mlua::Function = lua
+        .load(
+            r#"local v = assert(nljson.decode('{"k": "' .. string.rep("x", 1048576) .. '"}'))
+               collectgarbage()
+               return function() return nljson.find(v, "k") end"#,
+        )
+        .eval()
+        .unwrap();
+    lua.set_memory_limit(lua.used_memory() + (64 << 10))
+        .unwrap();
+    let got = f.call::<(Option<String>, Option<String>)>(());
+    lua.set_memory_limit(0).unwrap();
+    let (v, err) = got.expect("an answer, not a raise");
+    assert_eq!(v, None);
+    let err = err.unwrap();
+    assert!(
+        err.starts_with("nljson.find: ") && err.contains("memory"),
+        "{err}"
+    );
+}
