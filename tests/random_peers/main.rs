@@ -168,6 +168,19 @@ fn run_one_tls(
             s.conn.write_tls(&mut records).map_err(|e| e.to_string())?;
         }
     }
+    if rng.chance(5) {
+        // A peer that aborts: its records up to a random byte (inside a record or between
+        // two), then a reset. Nothing to check on this connection; what it held must still
+        // be given back (what the caller waits for: wait_all_ended).
+        let stop = rng.below(records.len() + 1);
+        for cut in cuts(stop, &mut rng) {
+            if s.sock.write_all(&records[cut]).is_err() {
+                break;
+            }
+        }
+        close_with_reset(s.sock);
+        return Ok(());
+    }
     for cut in cuts(records.len(), &mut rng) {
         if s.sock.write_all(&records[cut]).is_err() {
             break;
