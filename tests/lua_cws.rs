@@ -1819,3 +1819,39 @@ fn bound_not_listening() -> (std::os::fd::OwnedFd, SocketAddr) {
     let port = u16::from_be(sin.sin_port);
     (owned, SocketAddr::from(([127, 0, 0, 1], port)))
 }
+
+/// A host name is resolved in the background: `cws:new` answers a handler at once and the
+/// connection opens when the name's addresses come. (localhost may give ::1 first: the echo
+/// listens on 127.0.0.1 only, so that address is refused and the next one taken.) A message
+/// sent before it opens follows the upgrade.
+#[test]
+fn a_connection_to_a_host_name_opens_once_it_is_resolved() {
+    let app = echo_app();
+    let port = app.local_addrs()[0].port();
+    let dir = scratch("byname");
+    let src = format!(
+        r#"URL = {}
+local out = "cws.byname"
+local function report(s) assert(mqr:post(out, s)) end
+return {{ run = function()
+  local h, err = cws:new(URL, {{
+    onopen = function(h) report("open") end,
+    onmessage = function(h, m) report("message " .. m); assert(cws:close(h, 1000)) end,
+    onerror = function(h, e) report("error " .. e) end,
+    onclose = function(h, code) report("close " .. code) end,
+  }})
+  if not h then report("new failed " .. err) return end
+  assert(cws:send(h, "sent before it opened"))
+  while not must_stop() do cws:eventLoop(0.05) end
+end }}
+"#,
+        lua_str(&format!("ws://localhost:{port}/echo"))
+    );
+    let out = registry().open("cws.byname", 64);
+    let reg = Registry::start(vec![app_in(&dir, "byname", &src)], hub(1)).unwrap();
+    for want in ["open", "message sent before it opened", "close 1000"] {
+        assert_eq!(next(&out), want);
+    }
+    reg.shutdown();
+    app.shutdown();
+}

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,12 @@ impl KeyPool {
 
 #[derive(Debug)]
 enum Phase {
+    /// The host name is being resolved on a thread of its own ([`Lookup`]); `out` already
+    /// holds the upgrade request. The connect starts when the addresses come.
+    Resolving {
+        accept: String,
+        lookup: Lookup,
+    },
     /// The TCP connect is in progress; `out` already holds the upgrade request. `rest`: the
     /// resolved addresses not tried yet, in reverse order (last = next); `failed`: why each
     /// address tried so far failed.
@@ -150,15 +156,9 @@ pub struct Client {
     assembly: Option<Arc<AssemblyBudget>>,
 }
 
-/// Every address of the URL's host, in resolver order; a name waits for the resolver at most
-/// [`RESOLVE_TIMEOUT`].
-fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
-    resolve_within(&url.host, url.port, RESOLVE_TIMEOUT, system_lookup)
-}
-
-/// The longest `cws:new` waits for a host name's addresses. The system's resolver has no
-/// deadline of its own (a nameserver that does not answer costs its timeout times its
-/// attempts times the nameservers), and the wait stalls the whole instance.
+/// The longest a connection waits for its host name's addresses. The system's resolver has
+/// no deadline of its own (a nameserver that does not answer costs its timeout times its
+/// attempts times the nameservers).
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The addresses of `host` by the system's resolver (`getaddrinfo`).
@@ -166,38 +166,93 @@ fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok((host, port).to_socket_addrs()?.collect())
 }
 
-/// `host`'s addresses: an IP address as it is, a name by `lookup` on a thread of its own,
-/// waited for at most `timeout` (past it the lookup ends unseen on its thread).
-fn resolve_within(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-    lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
-) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    let name = host.to_string();
-    std::thread::Builder::new()
-        .name("cws-resolve".into())
-        .spawn(move || {
-            let _ = tx.send(lookup(&name, port));
-        })
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    let addrs = match rx.recv_timeout(timeout) {
-        Ok(found) => found.map_err(|e| format!("cannot resolve {host}: {e}"))?,
-        Err(_) => {
+/// A host name's lookup by the system's resolver, which blocks, on a thread of its own: the
+/// instance's other connections go on meanwhile. The answer comes on `rx`, and the thread
+/// then signals `wake` (an eventfd), which the event loop polls as this connection's
+/// descriptor. A lookup that outlives its connection ends unseen on its thread.
+#[derive(Debug)]
+struct Lookup {
+    host: String,
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<SocketAddr>>>,
+    wake: Arc<OwnedFd>,
+}
+
+/// Lookups the process may run at once (each a thread in the resolver): a service opening
+/// thousands of connections to names does not start thousands of threads, and one whose
+/// nameserver is silent finds out at once rather than piling up threads.
+pub const MAX_LOOKUPS: usize = 64;
+
+/// Lookups running now (see [`MAX_LOOKUPS`]), counted until their thread ends.
+static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Lookup {
+    fn start(
+        host: &str,
+        port: u16,
+        lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+    ) -> Result<Lookup, String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let cannot = |e: io::Error| format!("cannot resolve {host}: {e}");
+        if LOOKUPS.fetch_add(1, SeqCst) >= MAX_LOOKUPS {
+            LOOKUPS.fetch_sub(1, SeqCst);
             return Err(format!(
-                "cannot resolve {host}: no answer within {} ms",
-                timeout.as_millis()
-            ))
+                "cannot resolve {host}: {MAX_LOOKUPS} lookups are running already"
+            ));
         }
-    };
-    if addrs.is_empty() {
-        return Err(format!("cannot resolve {host}"));
+        let started = Lookup::spawn(host, port, lookup).map_err(cannot);
+        if started.is_err() {
+            LOOKUPS.fetch_sub(1, SeqCst);
+        }
+        started
     }
-    Ok(addrs)
+
+    /// The thread and its eventfd; the thread gives its place in [`LOOKUPS`] back when done.
+    fn spawn(
+        host: &str,
+        port: u16,
+        lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+    ) -> io::Result<Lookup> {
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (name, signal) = (host.to_string(), Arc::clone(&wake));
+        std::thread::Builder::new()
+            .name("cws-resolve".into())
+            .spawn(move || {
+                let _ = tx.send(lookup(&name, port));
+                let one: u64 = 1;
+                // SAFETY: writes the 8 bytes of `one` to the eventfd `signal` keeps open
+                // (shared with the connection, closed when both are done with it).
+                unsafe { libc::write(signal.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            })?;
+        Ok(Lookup {
+            host: host.to_string(),
+            rx,
+            wake,
+        })
+    }
+
+    /// The addresses, once the lookup has answered: `None` while it has not.
+    fn answer(&self) -> Option<Result<Vec<SocketAddr>, String>> {
+        let found = match self.rx.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Some(Err(format!("cannot resolve {}", self.host)))
+            }
+            Ok(found) => found,
+        };
+        Some(match found {
+            Err(e) => Err(format!("cannot resolve {}: {e}", self.host)),
+            Ok(addrs) if addrs.is_empty() => Err(format!("cannot resolve {}", self.host)),
+            Ok(addrs) => Ok(addrs),
+        })
+    }
 }
 
 /// Starts a connect to the next address of `rest` (last = next) that does not fail at once,
@@ -242,15 +297,42 @@ fn start_connect(addr: SocketAddr) -> Result<(TcpStream, bool), String> {
 
 impl Client {
     /// Starts connecting to `url` (`tls` must be given for `wss://`). Fails at once only for
-    /// local reasons (resolution, socket creation, no address reachable).
+    /// local reasons (socket creation, no address reachable, the TLS settings); a host name is
+    /// resolved in the background, and a name that does not resolve fails the connection
+    /// later (`Error`, then `Closed(1006)`), as a connect that fails does.
     pub fn connect(
         url: &Url,
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
         max_message_size: usize,
     ) -> Result<Client, String> {
-        let addrs = resolve(url)?;
-        Client::connect_addrs(addrs, url, tls, keys, max_message_size)
+        Client::connect_with(url, tls, keys, max_message_size, system_lookup)
+    }
+
+    /// [`Client::connect`] with `lookup` as the resolver.
+    fn connect_with(
+        url: &Url,
+        tls: Option<Arc<ClientConfig>>,
+        keys: &mut KeyPool,
+        max_message_size: usize,
+        lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+    ) -> Result<Client, String> {
+        if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
+            let addrs = vec![SocketAddr::new(ip, url.port)];
+            return Client::connect_addrs(addrs, url, tls, keys, max_message_size);
+        }
+        let lookup = Lookup::start(&url.host, url.port, lookup)?;
+        // A stand-in socket until the addresses come (never used: the lookup's eventfd is the
+        // connection's descriptor meanwhile); the connect makes the real one.
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        let sock = crate::net::sys::tcp_socket(nowhere)
+            .map(TcpStream::from)
+            .map_err(|e| format!("socket: {e}"))?;
+        let (mut client, accept) =
+            Client::unconnected(url, tls, keys, max_message_size, sock, nowhere)?;
+        client.deadline = Some(client.started + RESOLVE_TIMEOUT);
+        client.phase = Phase::Resolving { accept, lookup };
+        Ok(client)
     }
 
     /// [`Client::connect`] to addresses already resolved: they are tried in order, each one
@@ -263,6 +345,29 @@ impl Client {
         keys: &mut KeyPool,
         max_message_size: usize,
     ) -> Result<Client, String> {
+        if addrs.is_empty() {
+            return Err(format!("cannot resolve {}", url.host));
+        }
+        let mut rest: Vec<SocketAddr> = addrs.into_iter().rev().collect();
+        let mut failed = Vec::new();
+        let (sock, connected, addr) = connect_next(&mut rest, &mut failed)?;
+        let (mut client, accept) =
+            Client::unconnected(url, tls, keys, max_message_size, sock, addr)?;
+        client.connecting(accept, rest, failed, connected);
+        Ok(client)
+    }
+
+    /// A connection to `url` over `sock` (to `addr`) with its TLS session and upgrade request
+    /// made, in no phase yet (`Done`, no deadline): the caller sets them. The upgrade's
+    /// expected `Sec-WebSocket-Accept` comes with it.
+    fn unconnected(
+        url: &Url,
+        tls: Option<Arc<ClientConfig>>,
+        keys: &mut KeyPool,
+        max_message_size: usize,
+        sock: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<(Client, String), String> {
         let tls = match (url.tls, tls) {
             (false, _) => None,
             (true, None) => return Err("wss:// needs a TLS configuration".into()),
@@ -273,29 +378,15 @@ impl Client {
                 Some(Box::new(conn))
             }
         };
-        if addrs.is_empty() {
-            return Err(format!("cannot resolve {}", url.host));
-        }
-        let mut rest: Vec<SocketAddr> = addrs.into_iter().rev().collect();
-        let mut failed = Vec::new();
-        let (sock, connected, addr) = connect_next(&mut rest, &mut failed)?;
         let (request, accept) = upgrade::request(url, &keys.take());
         let started = Instant::now();
-        Ok(Client {
+        let client = Client {
             sock,
             tls,
-            deadline: Some(attempt_deadline(started, &rest, connected)),
+            deadline: None,
             started,
             addr,
-            phase: if connected {
-                Phase::Upgrading { accept }
-            } else {
-                Phase::Connecting {
-                    accept,
-                    rest,
-                    failed,
-                }
-            },
+            phase: Phase::Done,
             input: Vec::new(),
             out: OutBuf::new(request),
             early: Vec::new(),
@@ -308,7 +399,58 @@ impl Client {
             ping_sent: false,
             close_began: None,
             assembly: None,
-        })
+        };
+        Ok((client, accept))
+    }
+
+    /// The TCP connect to `self.addr` has begun (or is done: `connected`); `rest` and
+    /// `failed` as in `Phase::Connecting`. The connect's time starts now.
+    fn connecting(
+        &mut self,
+        accept: String,
+        rest: Vec<SocketAddr>,
+        failed: Vec<String>,
+        connected: bool,
+    ) {
+        self.started = Instant::now();
+        self.last_input = self.started;
+        self.deadline = Some(attempt_deadline(self.started, &rest, connected));
+        self.phase = if connected {
+            Phase::Upgrading { accept }
+        } else {
+            Phase::Connecting {
+                accept,
+                rest,
+                failed,
+            }
+        };
+    }
+
+    /// The lookup of a `Resolving` connection has answered: the connect begins, or the
+    /// connection fails.
+    fn resolved(&mut self, sink: &mut dyn FnMut(Event<'_>)) {
+        let Phase::Resolving { accept, lookup } = &mut self.phase else {
+            return;
+        };
+        let Some(answer) = lookup.answer() else {
+            return; // not yet (the wake-up was spurious)
+        };
+        let accept = std::mem::take(accept);
+        let mut failed = Vec::new();
+        let started = answer.and_then(|addrs| {
+            let mut rest: Vec<SocketAddr> = addrs.into_iter().rev().collect();
+            let (sock, connected, addr) = connect_next(&mut rest, &mut failed)?;
+            Ok((sock, connected, addr, rest))
+        });
+        match started {
+            Ok((sock, connected, addr, rest)) => {
+                self.sock = sock;
+                self.addr = addr;
+                self.connecting(accept, rest, failed, connected);
+            }
+            // As for a connect that fails: nothing of ours goes out.
+            Err(why) => self.fail(why, 1006, sink),
+        }
     }
 
     /// Once open, a server that sends nothing for `idle` is pinged, and the connection fails
@@ -350,7 +492,10 @@ impl Client {
     }
 
     pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        match &self.phase {
+            Phase::Resolving { lookup, .. } => lookup.wake.as_raw_fd(),
+            _ => self.sock.as_raw_fd(),
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -376,6 +521,7 @@ impl Client {
     pub fn interest(&self) -> i16 {
         match self.phase {
             Phase::Done => 0,
+            Phase::Resolving { .. } => libc::POLLIN,
             Phase::Connecting { .. } | Phase::Flushing => libc::POLLOUT,
             Phase::Lingering => libc::POLLIN,
             _ => {
@@ -403,7 +549,7 @@ impl Client {
     ) -> Result<(), &'static str> {
         let (queued, target) = match self.phase {
             Phase::Open => (self.out.len(), self.out.tail()),
-            Phase::Connecting { .. } | Phase::Upgrading { .. } => {
+            Phase::Resolving { .. } | Phase::Connecting { .. } | Phase::Upgrading { .. } => {
                 (self.early.len(), &mut self.early)
             }
             Phase::Closing | Phase::Flushing | Phase::Lingering | Phase::Done => {
@@ -437,7 +583,7 @@ impl Client {
                 let _ = self.flush();
                 Ok(())
             }
-            Phase::Connecting { .. } | Phase::Upgrading { .. } => {
+            Phase::Resolving { .. } | Phase::Connecting { .. } | Phase::Upgrading { .. } => {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
                 Ok(())
@@ -474,7 +620,7 @@ impl Client {
             Phase::Flushing | Phase::Lingering | Phase::Done => return,
             // Nothing of ours has reached the server yet: a connect that completes later must
             // not send the upgrade (or TLS hello) of an attempt the app was told has failed.
-            Phase::Connecting { .. } => {
+            Phase::Resolving { .. } | Phase::Connecting { .. } => {
                 self.out.clear();
                 self.phase = Phase::Done;
             }
@@ -583,6 +729,14 @@ impl Client {
         let taking =
             matches!(self.phase, Phase::Closing | Phase::Flushing) && self.still_taking(now);
         match &mut self.phase {
+            Phase::Resolving { lookup, .. } => {
+                let why = format!(
+                    "cannot resolve {}: no answer within {} ms",
+                    lookup.host,
+                    RESOLVE_TIMEOUT.as_millis()
+                );
+                self.fail(why, 1006, sink)
+            }
             Phase::Connecting { failed, .. } => {
                 let why = format!("timeout connecting to {}", self.addr);
                 if now < self.started + CONNECT_TIMEOUT {
@@ -681,6 +835,8 @@ impl Client {
         match self.phase {
             Phase::Flushing => return self.flushed_then_linger(),
             Phase::Lingering => return self.linger(),
+            // The connect that may begin waits for its socket's own readiness.
+            Phase::Resolving { .. } => return self.resolved(sink),
             _ => {}
         }
         if let Phase::Connecting { .. } = self.phase {
@@ -927,7 +1083,7 @@ impl Client {
 
     /// Writes what the socket takes now. Never waits.
     pub fn flush(&mut self) -> Result<(), String> {
-        if let Phase::Connecting { .. } = self.phase {
+        if let Phase::Resolving { .. } | Phase::Connecting { .. } = self.phase {
             return Ok(());
         }
         match &mut self.tls {
@@ -995,21 +1151,184 @@ mod tests {
         }
     }
 
+    fn refused(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+        Err(io::Error::other("no such host"))
+    }
+
+    /// The port of the listener of [`local`]'s test (a resolver is a plain fn).
+    static LOCAL_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+    fn local(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+        let port = LOCAL_PORT.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+    }
+
+    /// The tests that start lookups, one at a time: they share the process's cap on them.
+    static LOOKUP_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        LOOKUP_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn client(url: &str, lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>) -> Client {
+        let url = super::super::url::parse(url).unwrap();
+        Client::connect_with(&url, None, &mut KeyPool::default(), 1 << 20, lookup).unwrap()
+    }
+
+    /// Waits (bounded) until `c`'s descriptor reports one of `events`.
+    fn wait_for(c: &Client, events: i16) -> i16 {
+        let mut pfd = libc::pollfd {
+            fd: c.fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, its count passed with it.
+        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(n, 1, "no readiness within 10 s");
+        pfd.revents
+    }
+
+    fn events_of(f: impl FnOnce(&mut dyn FnMut(Event<'_>))) -> Vec<String> {
+        let mut got = Vec::new();
+        f(&mut |e| got.push(format!("{e:?}")));
+        got
+    }
+
+    /// A silent resolver holds up nothing: the connection is made at once, waits for the
+    /// addresses without a socket, and fails at the resolver's deadline as a connect does.
     #[test]
-    fn a_silent_resolver_is_waited_for_no_longer_than_the_timeout() {
+    fn a_silent_resolver_fails_the_connection_at_its_deadline_without_holding_anything_up() {
+        let _one = one_at_a_time();
         let began = Instant::now();
-        let r = resolve_within("slow.example", 80, Duration::from_millis(200), silent);
+        let mut c = client("ws://slow.example/x", silent);
+        assert!(began.elapsed() < Duration::from_secs(5), "waited for it");
+        assert_eq!(c.interest(), libc::POLLIN);
+        assert!(c
+            .send(Opcode::Text, b"early", &mut KeyPool::default())
+            .is_ok());
+        let now = Instant::now();
+        let got = events_of(|sink| c.tick(now, &mut KeyPool::default(), sink));
+        assert!(got.is_empty(), "{got:?}");
+        let later = c.deadline().unwrap();
+        assert!(later >= began + RESOLVE_TIMEOUT);
+        let got = events_of(|sink| c.tick(later, &mut KeyPool::default(), sink));
         assert_eq!(
-            r,
-            Err("cannot resolve slow.example: no answer within 200 ms".to_string())
+            got,
+            [
+                "Error(\"cannot resolve slow.example: no answer within 10000 ms\")",
+                "Closed(1006)"
+            ]
         );
-        assert!(began.elapsed() >= Duration::from_millis(200));
-        // An address asks no resolver; a name the system knows is found.
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_fails_the_connection_once_the_resolver_says_so() {
+        let _one = one_at_a_time();
+        let mut c = client("ws://nowhere.example/", refused);
+        let revents = wait_for(&c, libc::POLLIN);
+        let got = events_of(|sink| c.ready(revents, &mut KeyPool::default(), sink));
         assert_eq!(
-            resolve_within("::1", 8080, Duration::ZERO, silent),
-            Ok(vec!["[::1]:8080".parse().unwrap()])
+            got,
+            [
+                "Error(\"cannot resolve nowhere.example: no such host\")",
+                "Closed(1006)"
+            ]
         );
-        let local = resolve_within("localhost", 9, Duration::from_secs(10), system_lookup);
-        assert!(local.is_ok_and(|a| !a.is_empty()));
+        assert!(c.is_done());
+    }
+
+    /// Once the addresses come, the connect begins and the upgrade request goes out, the
+    /// message sent meanwhile kept for after the upgrade.
+    #[test]
+    fn the_connect_begins_when_the_addresses_come() {
+        let _one = one_at_a_time();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        LOCAL_PORT.store(
+            listener.local_addr().unwrap().port(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let mut keys = KeyPool::default();
+        let mut c = client("ws://somewhere.example/path", local);
+        c.send(Opcode::Text, b"early", &mut keys).unwrap();
+        let lookup_fd = c.fd();
+        let revents = wait_for(&c, libc::POLLIN);
+        let got = events_of(|sink| c.ready(revents, &mut keys, sink));
+        assert!(got.is_empty(), "{got:?}");
+        assert_ne!(c.fd(), lookup_fd, "the socket's descriptor now");
+        let (mut server, _) = listener.accept().unwrap();
+        while matches!(c.phase, Phase::Connecting { .. }) {
+            let revents = wait_for(&c, libc::POLLOUT);
+            let got = events_of(|sink| c.ready(revents, &mut keys, sink));
+            assert!(got.is_empty(), "{got:?}");
+        }
+        c.flush().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = server.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("GET /path HTTP/1.1\r\n"), "{head}");
+        assert_eq!(
+            c.backlog(),
+            2 + 4 + b"early".len(), // its frame: a 2-byte head, the masking key, the text
+            "kept for after the upgrade"
+        );
+    }
+
+    /// Released by the lookup-cap test: its resolvers hold their places until then.
+    static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn held(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+        while !RELEASE.load(std::sync::atomic::Ordering::SeqCst) {
+            // The resolver's own polling interval, in a test resolver thread.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(io::Error::other("released"))
+    }
+
+    /// At most MAX_LOOKUPS run at once (other tests' lookups count too, so the refusal may
+    /// come sooner); one more is refused at once with a message, and a place given back is
+    /// taken again.
+    #[test]
+    fn lookups_past_the_cap_are_refused_at_once() {
+        let _one = one_at_a_time();
+        let url = super::super::url::parse("ws://many.example/").unwrap();
+        let mut keys = KeyPool::default();
+        let mut running = Vec::new();
+        let why = loop {
+            match Client::connect_with(&url, None, &mut keys, 1 << 20, held) {
+                Ok(c) => running.push(c),
+                Err(e) => break e,
+            }
+            assert!(running.len() <= MAX_LOOKUPS, "no cap");
+        };
+        assert_eq!(
+            why,
+            format!("cannot resolve many.example: {MAX_LOOKUPS} lookups are running already")
+        );
+        RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in &running {
+            wait_for(c, libc::POLLIN);
+        }
+        // Their threads end right after answering: a new lookup finds a place (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Client::connect_with(&url, None, &mut keys, 1 << 20, refused).is_err() {
+            assert!(Instant::now() < deadline, "no place given back");
+            std::thread::sleep(Duration::from_millis(5)); // polling interval of the wait
+        }
+    }
+
+    /// An address asks no resolver.
+    #[test]
+    fn an_address_is_connected_to_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let c = client(&format!("ws://127.0.0.1:{port}/"), silent);
+        assert!(matches!(
+            c.phase,
+            Phase::Connecting { .. } | Phase::Upgrading { .. }
+        ));
     }
 }
