@@ -1,8 +1,12 @@
 //! One client connection: state machine, socket I/O, framing.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,7 +95,7 @@ enum Phase {
     /// holds the upgrade request. The connect starts when the addresses come.
     Resolving {
         accept: String,
-        lookup: Lookup,
+        lookup: Rc<Lookup>,
     },
     /// The TCP connect is in progress; `out` already holds the upgrade request. `rest`: the
     /// resolved addresses not tried yet, in reverse order (last = next); `failed`: why each
@@ -168,49 +172,92 @@ fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 
 /// A host name's lookup by the system's resolver, which blocks, on a thread of its own: the
 /// instance's other connections go on meanwhile. The answer comes on `rx`, and the thread
-/// then signals `wake` (an eventfd), which the event loop polls as this connection's
-/// descriptor. A lookup that outlives its connection ends unseen on its thread.
+/// then signals `wake` (an eventfd), which the event loop polls as the descriptor of every
+/// connection waiting for it: connections of one instance to the same host and port started
+/// while it runs share it ([`Lookup::start`]). A lookup that outlives its connections ends
+/// unseen on its thread.
 #[derive(Debug)]
 struct Lookup {
     host: String,
     rx: std::sync::mpsc::Receiver<io::Result<Vec<SocketAddr>>>,
+    /// What came on `rx`, for the other connections sharing the lookup.
+    answer: RefCell<Option<Result<Vec<SocketAddr>, String>>>,
     wake: Arc<OwnedFd>,
 }
 
-/// Lookups the process may run at once (each a thread in the resolver): a service opening
-/// thousands of connections to names does not start thousands of threads, and one whose
-/// nameserver is silent finds out at once rather than piling up threads.
+/// Lookups an instance may run at once (each a thread in the system's resolver, which may
+/// keep a lookup for half a minute when its nameservers do not answer): one whose nameserver
+/// is silent and that keeps opening connections to new names finds out at once, rather than
+/// piling up threads.
 pub const MAX_LOOKUPS: usize = 64;
 
-/// Lookups running now (see [`MAX_LOOKUPS`]), counted until their thread ends.
-static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The resolver function a lookup runs (the system's, or a test's).
+type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
+/// One thread's (instance's) lookups.
+#[derive(Default)]
+struct Lookups {
+    /// How many run, counted until their thread ends.
+    running: Arc<AtomicUsize>,
+    /// The ones connections wait for, by host and port.
+    waited: RefCell<HashMap<(String, u16), Weak<Lookup>>>,
+}
+
+std::thread_local! {
+    static LOOKUPS: Lookups = Lookups::default();
+}
+
+/// Ends a lookup's thread, however it ends (a resolver that panics too): its place is given
+/// back, then the connections waiting are woken (so that one that reconnects from its
+/// callback finds the place free).
+struct LookupDone {
+    running: Arc<AtomicUsize>,
+    wake: Arc<OwnedFd>,
+}
+
+impl Drop for LookupDone {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one` to the eventfd `wake` keeps open (shared with
+        // the connections, closed when all are done with it).
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
 
 impl Lookup {
-    fn start(
-        host: &str,
-        port: u16,
-        lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
-    ) -> Result<Lookup, String> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let cannot = |e: io::Error| format!("cannot resolve {host}: {e}");
-        if LOOKUPS.fetch_add(1, SeqCst) >= MAX_LOOKUPS {
-            LOOKUPS.fetch_sub(1, SeqCst);
-            return Err(format!(
-                "cannot resolve {host}: {MAX_LOOKUPS} lookups are running already"
-            ));
-        }
-        let started = Lookup::spawn(host, port, lookup).map_err(cannot);
-        if started.is_err() {
-            LOOKUPS.fetch_sub(1, SeqCst);
-        }
-        started
+    /// The lookup of `host`:`port` for a connection of this thread: the one running already
+    /// for another connection, or a new one; refused past [`MAX_LOOKUPS`].
+    fn start(host: &str, port: u16, resolver: Resolver) -> Result<Rc<Lookup>, String> {
+        LOOKUPS.with(|Lookups { running, waited }| {
+            let mut waited = waited.borrow_mut();
+            waited.retain(|_, l| l.strong_count() > 0);
+            let key = (host.to_string(), port);
+            if let Some(l) = waited.get(&key).and_then(Weak::upgrade) {
+                return Ok(l);
+            }
+            if running.fetch_add(1, SeqCst) >= MAX_LOOKUPS {
+                running.fetch_sub(1, SeqCst);
+                return Err(format!(
+                    "cannot resolve {host}: {MAX_LOOKUPS} lookups are running already"
+                ));
+            }
+            let l = Lookup::spawn(host, port, resolver, Arc::clone(running)).map_err(|e| {
+                running.fetch_sub(1, SeqCst);
+                format!("cannot resolve {host}: {e}")
+            })?;
+            let l = Rc::new(l);
+            waited.insert(key, Rc::downgrade(&l));
+            Ok(l)
+        })
     }
 
-    /// The thread and its eventfd; the thread gives its place in [`LOOKUPS`] back when done.
+    /// The thread and its eventfd; the thread gives its place in `running` back when done.
     fn spawn(
         host: &str,
         port: u16,
-        lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+        resolver: Resolver,
+        running: Arc<AtomicUsize>,
     ) -> io::Result<Lookup> {
         // SAFETY: eventfd has no memory preconditions; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -220,38 +267,41 @@ impl Lookup {
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let (tx, rx) = std::sync::mpsc::channel();
-        let (name, signal) = (host.to_string(), Arc::clone(&wake));
+        let name = host.to_string();
+        let done = LookupDone {
+            running,
+            wake: Arc::clone(&wake),
+        };
         std::thread::Builder::new()
             .name("cws-resolve".into())
             .spawn(move || {
-                let _ = tx.send(lookup(&name, port));
-                let one: u64 = 1;
-                // SAFETY: writes the 8 bytes of `one` to the eventfd `signal` keeps open
-                // (shared with the connection, closed when both are done with it).
-                unsafe { libc::write(signal.as_raw_fd(), (&one as *const u64).cast(), 8) };
-                LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                let _done = done;
+                let _ = tx.send(resolver(&name, port));
             })?;
         Ok(Lookup {
             host: host.to_string(),
             rx,
+            answer: RefCell::new(None),
             wake,
         })
     }
 
     /// The addresses, once the lookup has answered: `None` while it has not.
     fn answer(&self) -> Option<Result<Vec<SocketAddr>, String>> {
-        let found = match self.rx.try_recv() {
-            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                return Some(Err(format!("cannot resolve {}", self.host)))
-            }
-            Ok(found) => found,
-        };
-        Some(match found {
-            Err(e) => Err(format!("cannot resolve {}: {e}", self.host)),
-            Ok(addrs) if addrs.is_empty() => Err(format!("cannot resolve {}", self.host)),
-            Ok(addrs) => Ok(addrs),
-        })
+        let mut answer = self.answer.borrow_mut();
+        if answer.is_none() {
+            *answer = Some(match self.rx.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                // The resolver panicked (a bug).
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err(format!("cannot resolve {}", self.host))
+                }
+                Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", self.host)),
+                Ok(Ok(addrs)) if addrs.is_empty() => Err(format!("cannot resolve {}", self.host)),
+                Ok(Ok(addrs)) => Ok(addrs),
+            });
+        }
+        answer.clone()
     }
 }
 
@@ -309,19 +359,18 @@ impl Client {
         Client::connect_with(url, tls, keys, max_message_size, system_lookup)
     }
 
-    /// [`Client::connect`] with `lookup` as the resolver.
+    /// [`Client::connect`] with `resolver` for host names.
     fn connect_with(
         url: &Url,
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
         max_message_size: usize,
-        lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+        resolver: Resolver,
     ) -> Result<Client, String> {
         if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
             let addrs = vec![SocketAddr::new(ip, url.port)];
             return Client::connect_addrs(addrs, url, tls, keys, max_message_size);
         }
-        let lookup = Lookup::start(&url.host, url.port, lookup)?;
         // A stand-in socket until the addresses come (never used: the lookup's eventfd is the
         // connection's descriptor meanwhile); the connect makes the real one.
         let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -330,6 +379,8 @@ impl Client {
             .map_err(|e| format!("socket: {e}"))?;
         let (mut client, accept) =
             Client::unconnected(url, tls, keys, max_message_size, sock, nowhere)?;
+        // Last: nothing after it may fail and leave the lookup running for nobody.
+        let lookup = Lookup::start(&url.host, url.port, resolver)?;
         client.deadline = Some(client.started + RESOLVE_TIMEOUT);
         client.phase = Phase::Resolving { accept, lookup };
         Ok(client)
@@ -1155,24 +1206,14 @@ mod tests {
         Err(io::Error::other("no such host"))
     }
 
-    /// The port of the listener of [`local`]'s test (a resolver is a plain fn).
-    static LOCAL_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-
-    fn local(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
-        let port = LOCAL_PORT.load(std::sync::atomic::Ordering::SeqCst);
+    /// Every name is 127.0.0.1 (at the URL's port).
+    fn local(_: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
     }
 
-    /// The tests that start lookups, one at a time: they share the process's cap on them.
-    static LOOKUP_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-        LOOKUP_TESTS.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn client(url: &str, lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>) -> Client {
+    fn client(url: &str, resolver: Resolver) -> Client {
         let url = super::super::url::parse(url).unwrap();
-        Client::connect_with(&url, None, &mut KeyPool::default(), 1 << 20, lookup).unwrap()
+        Client::connect_with(&url, None, &mut KeyPool::default(), 1 << 20, resolver).unwrap()
     }
 
     /// Waits (bounded) until `c`'s descriptor reports one of `events`.
@@ -1198,7 +1239,6 @@ mod tests {
     /// addresses without a socket, and fails at the resolver's deadline as a connect does.
     #[test]
     fn a_silent_resolver_fails_the_connection_at_its_deadline_without_holding_anything_up() {
-        let _one = one_at_a_time();
         let began = Instant::now();
         let mut c = client("ws://slow.example/x", silent);
         assert!(began.elapsed() < Duration::from_secs(5), "waited for it");
@@ -1224,7 +1264,6 @@ mod tests {
 
     #[test]
     fn a_name_that_does_not_resolve_fails_the_connection_once_the_resolver_says_so() {
-        let _one = one_at_a_time();
         let mut c = client("ws://nowhere.example/", refused);
         let revents = wait_for(&c, libc::POLLIN);
         let got = events_of(|sink| c.ready(revents, &mut KeyPool::default(), sink));
@@ -1242,14 +1281,10 @@ mod tests {
     /// message sent meanwhile kept for after the upgrade.
     #[test]
     fn the_connect_begins_when_the_addresses_come() {
-        let _one = one_at_a_time();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        LOCAL_PORT.store(
-            listener.local_addr().unwrap().port(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        let port = listener.local_addr().unwrap().port();
         let mut keys = KeyPool::default();
-        let mut c = client("ws://somewhere.example/path", local);
+        let mut c = client(&format!("ws://somewhere.example:{port}/path"), local);
         c.send(Opcode::Text, b"early", &mut keys).unwrap();
         let lookup_fd = c.fd();
         let revents = wait_for(&c, libc::POLLIN);
@@ -1277,7 +1312,8 @@ mod tests {
         );
     }
 
-    /// Released by the lookup-cap test: its resolvers hold their places until then.
+    /// Released by the lookup-cap test (a drop guard, also when it fails): its resolvers hold
+    /// their places until then.
     static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
     fn held(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
@@ -1288,36 +1324,75 @@ mod tests {
         Err(io::Error::other("released"))
     }
 
-    /// At most MAX_LOOKUPS run at once (other tests' lookups count too, so the refusal may
-    /// come sooner); one more is refused at once with a message, and a place given back is
-    /// taken again.
+    /// At most MAX_LOOKUPS run at once on a thread (an instance); one more is refused at once
+    /// with a message, and a place given back is taken again. (The count is the test thread's
+    /// own: other tests do not share it.)
     #[test]
     fn lookups_past_the_cap_are_refused_at_once() {
-        let _one = one_at_a_time();
-        let url = super::super::url::parse("ws://many.example/").unwrap();
-        let mut keys = KeyPool::default();
-        let mut running = Vec::new();
-        let why = loop {
-            match Client::connect_with(&url, None, &mut keys, 1 << 20, held) {
-                Ok(c) => running.push(c),
-                Err(e) => break e,
+        struct Release;
+        impl Drop for Release {
+            fn drop(&mut self) {
+                RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            assert!(running.len() <= MAX_LOOKUPS, "no cap");
-        };
+        }
+        let release = Release;
+        let mut keys = KeyPool::default();
+        let url = |i: usize| super::super::url::parse(&format!("ws://many{i}.example/")).unwrap();
+        let running: Vec<Client> = (0..MAX_LOOKUPS)
+            .map(|i| Client::connect_with(&url(i), None, &mut keys, 1 << 20, held).unwrap())
+            .collect();
+        let refused = Client::connect_with(&url(MAX_LOOKUPS), None, &mut keys, 1 << 20, held);
         assert_eq!(
-            why,
-            format!("cannot resolve many.example: {MAX_LOOKUPS} lookups are running already")
+            refused.err().as_deref(),
+            Some(
+                format!(
+                    "cannot resolve many{MAX_LOOKUPS}.example: {MAX_LOOKUPS} lookups are \
+                     running already"
+                )
+                .as_str()
+            )
         );
-        RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(release);
+        // Each lookup gives its place back before it wakes its connection.
         for c in &running {
             wait_for(c, libc::POLLIN);
         }
-        // Their threads end right after answering: a new lookup finds a place (bounded).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Client::connect_with(&url, None, &mut keys, 1 << 20, refused).is_err() {
-            assert!(Instant::now() < deadline, "no place given back");
-            std::thread::sleep(Duration::from_millis(5)); // polling interval of the wait
+        let another = url(MAX_LOOKUPS + 1);
+        assert!(Client::connect_with(&another, None, &mut keys, 1 << 20, refused_now).is_ok());
+    }
+
+    fn refused_now(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        refused(host, port)
+    }
+
+    static ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn counted_local(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        local(host, port)
+    }
+
+    /// Connections of one instance to one name, started while its lookup runs, wait for that
+    /// one lookup (a hundred connections to a name are not a hundred threads).
+    #[test]
+    fn connections_to_one_name_share_its_lookup() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "ws://shared.example:{}/",
+            listener.local_addr().unwrap().port()
+        );
+        let mut keys = KeyPool::default();
+        let mut a = client(&url, counted_local);
+        let mut b = client(&url, counted_local);
+        assert_eq!(a.fd(), b.fd(), "one lookup's descriptor");
+        for c in [&mut a, &mut b] {
+            let revents = wait_for(c, libc::POLLIN);
+            let got = events_of(|sink| c.ready(revents, &mut keys, sink));
+            assert!(got.is_empty(), "{got:?}");
+            assert!(!matches!(c.phase, Phase::Resolving { .. }));
         }
+        assert_eq!(ASKED.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_ne!(a.fd(), b.fd(), "a socket each");
     }
 
     /// An address asks no resolver.

@@ -4,8 +4,8 @@
 //! the HTTP upgrade with a random key checked against `Sec-WebSocket-Accept`, and RFC 6455
 //! framing through the shared protocol core in the client role (every frame masked with a
 //! fresh random key, pings answered, the close handshake). It reports what happened as
-//! [`Event`]s and never calls Lua, never blocks (except name resolution of a host name) and
-//! never panics on peer input. The poll loop and the callbacks live in
+//! [`Event`]s and never calls Lua, never blocks (a host name is resolved on a thread of its
+//! own) and never panics on peer input. The poll loop and the callbacks live in
 //! `service::lua::api::cws`.
 
 mod client;
