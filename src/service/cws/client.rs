@@ -124,6 +124,8 @@ enum Phase {
     Done,
 }
 
+/// One client connection. Not `Send`: it stays on the thread (the instance) that made it,
+/// which keeps the host-name lookups its connections share.
 pub struct Client {
     sock: TcpStream,
     tls: Option<Box<ClientConnection>>,
@@ -174,8 +176,8 @@ fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 /// instance's other connections go on meanwhile. The answer comes on `rx`, and the thread
 /// then signals `wake` (an eventfd), which the event loop polls as the descriptor of every
 /// connection waiting for it: connections of one instance to the same host and port started
-/// while it runs share it ([`Lookup::start`]). A lookup that outlives its connections ends
-/// unseen on its thread.
+/// while it runs (before its answer) share it ([`Lookup::start`]). A lookup that outlives its
+/// connections ends unseen on its thread.
 #[derive(Debug)]
 struct Lookup {
     host: String,
@@ -233,7 +235,13 @@ impl Lookup {
             let mut waited = waited.borrow_mut();
             waited.retain(|_, l| l.strong_count() > 0);
             let key = (host.to_string(), port);
-            if let Some(l) = waited.get(&key).and_then(Weak::upgrade) {
+            // Only while it runs: an answer kept for its sharers (an error, say) is not one
+            // for a connection started later (an app reconnecting after that error).
+            if let Some(l) = waited
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .filter(|l| l.answer().is_none())
+            {
                 return Ok(l);
             }
             if running.fetch_add(1, SeqCst) >= MAX_LOOKUPS {
@@ -242,17 +250,17 @@ impl Lookup {
                     "cannot resolve {host}: {MAX_LOOKUPS} lookups are running already"
                 ));
             }
-            let l = Lookup::spawn(host, port, resolver, Arc::clone(running)).map_err(|e| {
-                running.fetch_sub(1, SeqCst);
-                format!("cannot resolve {host}: {e}")
-            })?;
+            // (A failed start has given the place back.)
+            let l = Lookup::spawn(host, port, resolver, Arc::clone(running))
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?;
             let l = Rc::new(l);
             waited.insert(key, Rc::downgrade(&l));
             Ok(l)
         })
     }
 
-    /// The thread and its eventfd; the thread gives its place in `running` back when done.
+    /// The thread and its eventfd; the thread gives its place in `running` back when done,
+    /// and a start that fails gives it back at once.
     fn spawn(
         host: &str,
         port: u16,
@@ -262,12 +270,15 @@ impl Lookup {
         // SAFETY: eventfd has no memory preconditions; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
+            running.fetch_sub(1, SeqCst);
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let (tx, rx) = std::sync::mpsc::channel();
         let name = host.to_string();
+        // From here the guard gives the place back: when the thread ends, or with the closure
+        // if the thread cannot be started.
         let done = LookupDone {
             running,
             wake: Arc::clone(&wake),
@@ -276,6 +287,9 @@ impl Lookup {
             .name("cws-resolve".into())
             .spawn(move || {
                 let _done = done;
+                // Dropped before the guard wakes the connections, also on a panic: the wake
+                // finds the answer, or the channel closed, never an empty one.
+                let tx = tx;
                 let _ = tx.send(resolver(&name, port));
             })?;
         Ok(Lookup {
@@ -1341,9 +1355,9 @@ mod tests {
         let running: Vec<Client> = (0..MAX_LOOKUPS)
             .map(|i| Client::connect_with(&url(i), None, &mut keys, 1 << 20, held).unwrap())
             .collect();
-        let refused = Client::connect_with(&url(MAX_LOOKUPS), None, &mut keys, 1 << 20, held);
+        let over = Client::connect_with(&url(MAX_LOOKUPS), None, &mut keys, 1 << 20, held);
         assert_eq!(
-            refused.err().as_deref(),
+            over.err().as_deref(),
             Some(
                 format!(
                     "cannot resolve many{MAX_LOOKUPS}.example: {MAX_LOOKUPS} lookups are \
@@ -1358,17 +1372,20 @@ mod tests {
             wait_for(c, libc::POLLIN);
         }
         let another = url(MAX_LOOKUPS + 1);
-        assert!(Client::connect_with(&another, None, &mut keys, 1 << 20, refused_now).is_ok());
-    }
-
-    fn refused_now(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        refused(host, port)
+        assert!(Client::connect_with(&another, None, &mut keys, 1 << 20, refused).is_ok());
     }
 
     static ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+    /// Set by the sharing test once its connections are made: its lookup answers then.
+    static ANSWER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     fn counted_local(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while !ANSWER.load(std::sync::atomic::Ordering::SeqCst) {
+            // The resolver's own polling interval, in a test resolver thread.
+            std::thread::sleep(Duration::from_millis(5));
+        }
         local(host, port)
     }
 
@@ -1385,6 +1402,7 @@ mod tests {
         let mut a = client(&url, counted_local);
         let mut b = client(&url, counted_local);
         assert_eq!(a.fd(), b.fd(), "one lookup's descriptor");
+        ANSWER.store(true, std::sync::atomic::Ordering::SeqCst);
         for c in [&mut a, &mut b] {
             let revents = wait_for(c, libc::POLLIN);
             let got = events_of(|sink| c.ready(revents, &mut keys, sink));
@@ -1393,6 +1411,14 @@ mod tests {
         }
         assert_eq!(ASKED.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_ne!(a.fd(), b.fd(), "a socket each");
+        // Once answered (its connection not yet told), a lookup is not shared with a
+        // connection started then: that one has a lookup of its own.
+        let c = client(&url, counted_local);
+        wait_for(&c, libc::POLLIN);
+        let d = client(&url, counted_local);
+        assert_ne!(c.fd(), d.fd());
+        wait_for(&d, libc::POLLIN);
+        assert_eq!(ASKED.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// An address asks no resolver.
