@@ -6,8 +6,9 @@
 #  3. lintian: no errors (output printed);
 #  4. systemd-analyze verify prints nothing; systemd-analyze security --offline=yes <= 2.5;
 #  5. as root only: dpkg -i avx2, run it as the lapps user with a test NOTIFY_SOCKET and
-#     WebSocket echoes (tests/packaging_smoke.py), dpkg -i ssse3 over it, a conffile edit
-#     survives a reinstall, dpkg -P removes everything.
+#     WebSocket echoes (tests/packaging_smoke.py), a conffile edit, dpkg -i ssse3 over it
+#     (the edit stays; purging the replaced avx2 leaves ssse3's files alone), the edit survives
+#     a reinstall, dpkg -P removes everything.
 # Installs lintian (and systemd) with apt-get when missing. Cleans up after itself; safe to run
 # again. Closing line: "packaging: N passed, N failed".
 # shellcheck disable=SC2317 # functions are called through check "..." CMD, which it cannot see
@@ -258,6 +259,15 @@ fi
 check "installed lapps: READY=1, echo over WebSocket, SIGTERM -> STOPPING=1" \
     "${smoke[@]}" python3 tests/packaging_smoke.py "$PORT"
 
+# An operator's edit made before switching variants (new hardware, say) stays: both packages
+# ship the same conffiles, and the new one takes them over as they are.
+python3 - <<'PY'
+import json
+p = "/etc/lapps/ws.json"
+w = json.load(open(p))
+w["backlog"] = 777
+open(p, "w").write(json.dumps(w, indent=2) + "\n")
+PY
 dpkg_locked -i "$(deb ssse3)"
 replaced() { installed lapps-ssse3 && ! installed lapps-avx2; }
 check "lapps-ssse3 replaced lapps-avx2" replaced
@@ -266,14 +276,21 @@ check "/usr/bin/lapps is now the ssse3 build" \
 check "configuration and user kept across the replacement" \
     bash -c 'test -f /etc/lapps/ws.json && test -f /etc/lapps/lapps.json &&
         getent passwd lapps >/dev/null'
+check "an edit of /etc/lapps/ws.json survives the switch to the other variant" \
+    grep -q '"backlog": 777' /etc/lapps/ws.json
+# dpkg keeps the replaced variant as "config-files", listing the conffiles it gave up as
+# obsolete; an operator tidying up purges it. Its postrm must see the other variant and leave
+# the shared configuration, state directory and unit enablement alone.
+check "the replaced lapps-avx2 is left as config-files" \
+    test "$(dpkg-query -W -f='${db:Status-Status}' lapps-avx2 2>/dev/null)" = config-files
+dpkg_locked -P lapps-avx2
+wants=/etc/systemd/system/multi-user.target.wants/lapps.service
+check "purging the replaced variant keeps the installed one's configuration, state and unit" \
+    bash -c 'grep -q "\"backlog\": 777" /etc/lapps/ws.json && test -f /etc/lapps/lapps.json &&
+        test "$(stat -c %U:%G /var/lib/lapps)" = lapps:lapps && test -L "$1" &&
+        ! test -e /etc/systemd/system/lapps.service' _ "$wants"
+check "lapps-ssse3 is still installed" installed lapps-ssse3
 
-python3 - <<'PY'
-import json
-p = "/etc/lapps/ws.json"
-w = json.load(open(p))
-w["backlog"] = 777
-open(p, "w").write(json.dumps(w, indent=2) + "\n")
-PY
 # The lapps user owns /var/lib/lapps: a symlink it puts there must not lead the next configure
 # (run as root) to hand the symlink's target to lapps.
 mkdir -p "$tmp/root-owned" && chmod 0755 "$tmp/root-owned"
