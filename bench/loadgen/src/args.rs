@@ -19,6 +19,9 @@ usage: loadgen --url ws://HOST:PORT/PATH | wss://HOST:PORT/PATH [options]
   --idle N --hold SECS   open N idle connections, hold them, report server RSS per connection
   --fanout N --rounds R  N subscribers to bench/apps/fanout (the URL's service): per round,
                     time one bcast:send and one ws:send loop of a --size message to all of them
+  --churn           for --duration seconds, each of --threads threads opens a connection, makes
+                    one echo (a call with --lapps) and ends it (a clean close, a reset or a FIN,
+                    in turn), again and again; any refused or wrong cycle is an error
   --json            print one JSON line instead of text
   --ca FILE         wss://: trust this PEM CA (the server name checked is \"localhost\")
   --tls-insecure    wss://: accept any server certificate (benchmarks on loopback only)";
@@ -41,6 +44,7 @@ pub struct Args {
     pub hold: f64,
     pub json: bool,
     pub lapps: bool,
+    pub churn: bool,
     pub fanout: Option<usize>,
     pub rounds: usize,
     pub url: String,
@@ -67,6 +71,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         hold: 5.0,
         json: false,
         lapps: false,
+        churn: false,
         fanout: None,
         rounds: 10,
         url: String::new(),
@@ -91,6 +96,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--fanout" => a.fanout = Some(num(&opt, &val()?)?),
             "--rounds" => a.rounds = num(&opt, &val()?)?,
             "--lapps" => a.lapps = true,
+            "--churn" => a.churn = true,
             "--pin" => {
                 a.pin = val()?
                     .split(',')

@@ -3,6 +3,7 @@
 //! threads; the main thread only samples CPU time at the edges of the measured interval.
 
 mod args;
+mod churn;
 mod driver;
 mod fanout;
 mod frame;
@@ -24,6 +25,7 @@ fn main() {
         }
     };
     let outcome = match (a.idle, a.fanout) {
+        _ if a.churn => churn::run(&a),
         (Some(n), _) => idle::run(&a, n),
         (None, Some(n)) => fanout::run(&a, n),
         (None, None) => throughput(&a),
