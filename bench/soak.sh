@@ -17,7 +17,7 @@
 # Usage: bench/soak.sh   (env: DURATION (600), SAMPLE (10), WS_PORT, WSS_PORT, ONLY: some of
 #        echo,lapps,wss-builtin,wss-lapps (all four))
 # Prints one row per sample, each half's clients, then the figures; fails when a client saw an
-# error or the descriptors did not come back to the idle count after a half.
+# error, or the descriptors or threads did not come back to the idle count after a half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-600}
@@ -29,6 +29,12 @@ WORK=$(mktemp -d /tmp/lapps-soak.XXXXXX)
 PID=
 pids=()
 cleanup() {
+    local status=$?
+    if [ "$status" -ne 0 ] && [ -s "$WORK/lapps.log" ]; then
+        echo "soak: failed (status $status); the server's log ends:" >&2
+        grep -v -e '^Arena' -e '^system bytes' -e '^in use bytes' -e '^Total' -e '^max mmap' \
+            "$WORK/lapps.log" | tail -n 30 | sed 's/^/   /' >&2
+    fi
     kill ${PID:+"$PID"} "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
     [ -n "${KEEP:-}" ] || rm -rf "$WORK"
@@ -61,13 +67,16 @@ ulimit -n "$(ulimit -Hn)"
 
 target/release/lapps -c "$WORK/etc" >>"$WORK/lapps.log" 2>&1 &
 PID=$!
+ready=
 for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$WSS_PORT") 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || { cat "$WORK/lapps.log" >&2; exit 1; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$WSS_PORT") 2>/dev/null && { ready=1; break; }
+    kill -0 "$PID" 2>/dev/null || { echo "soak: lapps exited at start-up" >&2; exit 1; }
     sleep 0.1
 done
+[ -n "$ready" ] || { echo "soak: lapps does not listen on $WSS_PORT after 20 s" >&2; exit 1; }
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$PID/status"; }
 fds() { find "/proc/$PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+threads() { find "/proc/$PID/task" -mindepth 1 -maxdepth 1 | wc -l; }
 # The fewest over a second: the start-up probe's connection may not be ended yet.
 fds_before=$(fds)
 for _ in $(seq 10); do
@@ -75,6 +84,8 @@ for _ in $(seq 10); do
     n=$(fds)
     [ "$n" -lt "$fds_before" ] && fds_before=$n
 done
+threads_before=$(threads)
+ls -l "/proc/$PID/fd" >"$WORK/fds.idle" 2>/dev/null || true
 rss_before=$(rss)
 
 all_clients=(
@@ -97,10 +108,12 @@ heap() { # heap MARK (a command substitution runs it in a subshell: no counter s
     local mark=$1
     echo "soak heap mark $mark" >>"$WORK/lapps.log"
     if command -v gdb >/dev/null &&
-        gdb -p "$PID" -batch -ex 'call (void)malloc_stats()' >/dev/null 2>&1; then
-        awk -v m="soak heap mark $mark" '
+        timeout 60 gdb -p "$PID" -batch -ex 'call (void)malloc_stats()' >/dev/null 2>&1; then
+        local bytes
+        bytes=$(awk -v m="soak heap mark $mark" '
             $0 == m { on = 1 } on && /^Total/ { t = 1 } t && /in use bytes/ { print $NF; exit }
-        ' "$WORK/lapps.log"
+        ' "$WORK/lapps.log")
+        echo "${bytes:-n/a}"
     else
         echo n/a
     fi
@@ -128,7 +141,7 @@ run_half() {
         sleep "$SAMPLE"
         local t=$((SECONDS - t0)) r
         r=$(rss)
-        printf '%8s %10s %6s %8s\n' "$t" "$r" "$(fds)" "$(find "/proc/$PID/task" -mindepth 1 -maxdepth 1 | wc -l)"
+        printf '%8s %10s %6s %8s\n' "$t" "$r" "$(fds)" "$(threads)"
         echo "$t $r" >>"$WORK/samples"
     done
     for p in "${pids[@]}"; do
@@ -149,15 +162,21 @@ run_half() {
         sleep 0.1
         fds_now=$(fds)
     done
+    threads_now=$(threads)
+    if [ "$fds_now" -gt "$fds_before" ]; then
+        echo "   descriptors idle / now:"
+        diff <(awk '{print $NF}' "$WORK/fds.idle" | sort) \
+            <(ls -l "/proc/$PID/fd" 2>/dev/null | awk '{print $NF}' | sort) | sed 's/^/   /' || true
+    fi
 }
 
 : >"$WORK/samples"
 run_half
-made1=$made fds1=$fds_now rss1=$(rss) heap1=$(heap 1)
+made1=$made fds1=$fds_now threads1=$threads_now rss1=$(rss) heap1=$(heap 1)
 echo "   after the first half: RSS $rss1 KiB, heap in use $heap1 bytes, $fds1 descriptors"
 second=$SECONDS
 run_half
-made2=$made fds2=$fds_now rss2=$(rss) heap2=$(heap 2)
+made2=$made fds2=$fds_now threads2=$threads_now rss2=$(rss) heap2=$(heap 2)
 echo "   after the second half: RSS $rss2 KiB, heap in use $heap2 bytes, $fds2 descriptors"
 
 # What the second half added, per million of its connections: the first half warmed every
@@ -176,12 +195,16 @@ if [ "$heap1" != n/a ] && [ "$heap2" != n/a ] && [ "$made2" -gt 0 ]; then
 else
     heap_delta=n/a
 fi
-echo "soak: $((made1 + made2)) connections in 2 x ${half} s; RSS ${rss_before} KiB idle, $rss1 KiB after the first half, $rss2 KiB after the second; second half: RSS slope ${slope} KiB and heap in use ${heap_delta} bytes per million connections; descriptors $fds_before idle, $fds1 and $fds2 after each half"
+echo "soak: $((made1 + made2)) connections in 2 x ${half} s; RSS ${rss_before} KiB idle, $rss1 KiB after the first half, $rss2 KiB after the second; second half: RSS slope ${slope} KiB and heap in use ${heap_delta} bytes per million connections; descriptors $fds_before idle, $fds1 and $fds2 after each half; threads $threads_before, $threads1, $threads2"
 if [ "$failed" -ne 0 ]; then
     echo "soak: a client failed (errors above)" >&2
     exit 1
 fi
 if [ "$fds2" -gt "$fds_before" ] || [ "$fds1" -gt "$fds_before" ]; then
     echo "soak: descriptors not given back after the churn" >&2
+    exit 1
+fi
+if [ "$threads1" -ne "$threads_before" ] || [ "$threads2" -ne "$threads_before" ]; then
+    echo "soak: threads $threads_before idle, $threads1 and $threads2 after each half" >&2
     exit 1
 fi

@@ -283,7 +283,7 @@ check "an edit of /etc/lapps/ws.json survives the switch to the other variant" \
 # the shared configuration, state directory and unit enablement alone.
 check "the replaced lapps-avx2 is left as config-files" \
     test "$(dpkg-query -W -f='${db:Status-Status}' lapps-avx2 2>/dev/null)" = config-files
-dpkg_locked -P lapps-avx2
+check "the replaced lapps-avx2 purges" dpkg_locked -P lapps-avx2
 wants=/etc/systemd/system/multi-user.target.wants/lapps.service
 check "purging the replaced variant keeps the installed one's configuration, state and unit" \
     bash -c 'grep -q "\"backlog\": 777" /etc/lapps/ws.json && test -f /etc/lapps/lapps.json &&

@@ -4,7 +4,8 @@
 //! - a clean close: our Close 1000, the server's Close back and its end of TCP (RFC 6455 7.1.1:
 //!   the server closes TCP first);
 //! - a reset (SO_LINGER 0): the connection vanishes without a word;
-//! - a FIN without a Close frame: the client just goes.
+//! - a FIN without a Close frame: the client shuts its side and reads until the server ends
+//!   the connection in turn.
 //!
 //! The server must take every cycle: a refused upgrade, a wrong echo or a missing close answer
 //! is an error. What the server holds meanwhile (memory, descriptors) is sampled from outside
@@ -67,7 +68,14 @@ pub fn run(a: &Args) -> Result<(), String> {
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_default())
+            .map(|t| {
+                // A thread that panicked made cycles nobody counted: the run fails.
+                t.join().unwrap_or_else(|_| Tally {
+                    errors: 1,
+                    first_errors: vec!["a client thread panicked".into()],
+                    ..Tally::default()
+                })
+            })
             .collect()
     });
     let secs = started.elapsed().as_secs_f64();
@@ -202,9 +210,24 @@ fn cycle(a: &Args, plan: &Plan, how: usize) -> Result<(), String> {
                 return Err(format!("SO_LINGER: {}", io::Error::last_os_error()));
             }
         }
-        _ => s
-            .shutdown(std::net::Shutdown::Write)
-            .map_err(|e| format!("FIN: {e}"))?,
+        _ => {
+            s.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| format!("FIN: {e}"))?;
+            // Read what still comes (an OON perhaps) until the server ends the connection in
+            // turn: closing with bytes unread would reset it instead of ending it by FIN.
+            let mut got = 0usize;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(format!("after our FIN: {e}")),
+                }
+                if got > 1 << 20 {
+                    return Err("after our FIN: over 1 MiB and no end".into());
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// The longest a connection waits for its host name's addresses. The system's resolver has
 /// no deadline of its own (a nameserver that does not answer costs its timeout times its
 /// attempts times the nameservers).
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The addresses of `host` by the system's resolver (`getaddrinfo`).
 pub(super) fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
@@ -40,7 +40,7 @@ pub(super) struct Lookup {
 /// keep a lookup for half a minute when its nameservers do not answer): one whose nameserver
 /// is silent and that keeps opening connections to new names finds out at once, rather than
 /// piling up threads.
-pub const MAX_LOOKUPS: usize = 64;
+pub(super) const MAX_LOOKUPS: usize = 64;
 
 /// The resolver function a lookup runs (the system's, or a test's).
 pub(super) type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
