@@ -390,6 +390,8 @@ pub struct App {
     /// What the process started with and only a restart changes: ws.json and the builtin
     /// services (a reload that finds them changed says so).
     restart_only: RestartOnly,
+    /// When the server started serving (the status report's uptime).
+    started: std::time::Instant,
 }
 
 #[derive(PartialEq)]
@@ -514,6 +516,7 @@ impl App {
             },
             deployed: Mutex::new(deployed_now),
             restart_only: RestartOnly::of(cfg),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -759,6 +762,32 @@ impl App {
     pub fn hub(&self) -> Option<Arc<crate::net::hub::Hub>> {
         let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
         server.as_ref().map(|s| s.hub().clone())
+    }
+
+    /// Logs the status report (SIGUSR1): the process (uptime, memory, threads, descriptors),
+    /// the IO workers' connections, each running Lua service, the broadcast channels and the
+    /// mqr queues; one `status:` line each. Reads counters only: nothing waits for a worker
+    /// or an instance.
+    pub fn log_status(&self) {
+        let proc_status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |key: &str| {
+            proc_status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map_or_else(|| "?".to_string(), |v| v.trim().to_string())
+        };
+        // The directory's own descriptor is among those it lists.
+        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1));
+        let limit = crate::net::nofile::current().map_or_else(|_| "?".into(), |l| l.to_string());
+        crate::info!(
+            "status: up {}, RSS {}, {} threads, {fds} descriptors (limit {limit})",
+            crate::time_fmt::uptime(self.started.elapsed()),
+            field("VmRSS:"),
+            field("Threads:")
+        );
+        for line in self.registry.status() {
+            crate::info!("status: {line}");
+        }
     }
 
     /// What the Lua services still hold for connections (tests check it returns to 0).

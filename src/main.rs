@@ -230,6 +230,7 @@ fn main() -> ExitCode {
                 }
                 reloads.request(requester);
             }
+            lapps::signals::Signal::Status => app.log_status(),
             lapps::signals::Signal::Stop(name, _) => {
                 info!("{name} received: shutting down (a second SIGTERM or SIGINT exits at once)");
                 break;

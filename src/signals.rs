@@ -1,5 +1,6 @@
 //! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, a reload request of `lapps --reload`
-//! reloads and answers (see [`crate::reload_request`]), SIGPIPE does nothing (every send uses
+//! reloads and answers (see [`crate::reload_request`]), SIGUSR1 logs the server's status,
+//! SIGPIPE does nothing (every send uses
 //! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwaitinfo` by
 //! the main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
 //! started the graceful shutdown, [`Signals::exit_on_second_stop`] keeps taking them on a
@@ -16,15 +17,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::reload_request::{self, Requester};
 
-/// The signals [`Signals::block`] blocks.
-const STOP_AND_RELOAD: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+/// The signals [`Signals::block`] blocks (besides the reload request's).
+const TAKEN: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// How long an exit "at once" still waits for the log's last records to reach stderr.
 const EXIT_LOG_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// [`STOP_AND_RELOAD`] as a signal set.
-fn stop_and_reload() -> libc::sigset_t {
-    signal_set(&STOP_AND_RELOAD)
+/// [`TAKEN`] as a signal set.
+fn taken_set() -> libc::sigset_t {
+    signal_set(&TAKEN)
 }
 
 /// `signals` as a signal set.
@@ -40,7 +41,7 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
-/// Stop and reload signals that reached a thread while [`unblocked_for_a_child`] had them
+/// Signals of [`TAKEN`] that reached a thread while [`unblocked_for_a_child`] had them
 /// unblocked: one bit per signal number, raised again once they are blocked.
 static CAUGHT: AtomicU32 = AtomicU32::new(0);
 
@@ -70,8 +71,8 @@ fn handle(signo: libc::c_int, handler: extern "C" fn(libc::c_int)) {
     }
 }
 
-/// Runs `start`, a call that starts a child process (`io.popen`), with SIGTERM, SIGINT and
-/// SIGHUP unblocked in this thread, so that the child starts with no standard signal blocked
+/// Runs `start`, a call that starts a child process (`io.popen`), with SIGTERM, SIGINT, SIGHUP
+/// and SIGUSR1 unblocked in this thread, so that the child starts with no standard signal blocked
 /// (the reload request's realtime signal stays blocked: nothing sends it to a child). One of them
 /// arriving meanwhile is caught (see [`Signals::block`]) and raised again once they are
 /// blocked: the thread taking signals gets it as usual, a moment later.
@@ -82,7 +83,7 @@ pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
             // SAFETY: `self.0` is the mask `pthread_sigmask` gave back below.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
             let caught = CAUGHT.swap(0, Ordering::SeqCst);
-            for signo in STOP_AND_RELOAD {
+            for signo in TAKEN {
                 if caught & (1 << signo) != 0 {
                     // SAFETY: kill(2) on this process; blocked in every thread again, the
                     // signal waits for `sigwait`.
@@ -91,7 +92,7 @@ pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
             }
         }
     }
-    let set = stop_and_reload();
+    let set = taken_set();
     // SAFETY: sigset_t is plain data; pthread_sigmask fills `old` before it is read.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is initialised; `old` is a valid out pointer.
@@ -106,6 +107,8 @@ pub enum Signal {
     /// SIGHUP or the reload request's signal (its name), with the requester that waits for
     /// the answer, if any.
     Reload(&'static str, Option<Requester>),
+    /// SIGUSR1: log the server's status.
+    Status,
 }
 
 /// The exit status after a second SIGTERM/SIGINT cut the graceful shutdown short: 128 plus the
@@ -120,17 +123,17 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Blocks SIGTERM, SIGINT, SIGHUP and the reload request for this thread and every thread
-    /// it starts later, with a handler for the moments [`unblocked_for_a_child`] unblocks the
-    /// first three (the request stays blocked: re-raised, it would lose its sender); SIGPIPE
+    /// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 and the reload request for this thread and every
+    /// thread it starts later, with a handler for the moments [`unblocked_for_a_child`] unblocks
+    /// the first four (the request stays blocked: re-raised, it would lose its sender); SIGPIPE
     /// gets a handler that does nothing (where Rust's runtime ignored it).
     pub fn block() -> Signals {
-        let mut set = stop_and_reload();
+        let mut set = taken_set();
         // SAFETY: `set` is initialised; the signal number is valid.
         unsafe { libc::sigaddset(&mut set, reload_request::request_signal()) };
         // SAFETY: `set` is initialised; the call only changes this thread's signal mask.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        for signo in STOP_AND_RELOAD {
+        for signo in TAKEN {
             handle(signo, catch);
         }
         handle(libc::SIGPIPE, do_nothing);
@@ -161,6 +164,7 @@ impl Signals {
                 libc::SIGHUP => Signal::Reload("SIGHUP", None),
                 libc::SIGINT => Signal::Stop("SIGINT", libc::SIGINT),
                 libc::SIGTERM => Signal::Stop("SIGTERM", libc::SIGTERM),
+                libc::SIGUSR1 => Signal::Status,
                 s if s == reload_request::request_signal() => {
                     Signal::Reload("SIGRTMIN+1", Requester::of(&info))
                 }
@@ -232,6 +236,7 @@ impl Signals {
             .name("signals".into())
             .spawn(move || loop {
                 match self.wait() {
+                    Signal::Status => crate::info!("status asked for during shutdown: ignored"),
                     Signal::Reload(_, requester) => {
                         crate::info!("reload asked for during shutdown: ignored");
                         if let Some(r) = requester {

@@ -52,6 +52,18 @@ pub(crate) fn http_date(since_epoch: Duration) -> String {
 }
 
 /// Now, as a duration since the Unix epoch (zero for a clock set before 1970).
+/// A duration as the status report gives an uptime: `3d 4h 5m 6s`, leading zero units left out.
+pub(crate) fn uptime(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (days, hours, mins) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, _) => format!("{mins}m {secs}s"),
+        (0, _, _) => format!("{hours}h {mins}m {secs}s"),
+        _ => format!("{days}d {hours}h {mins}m {secs}s"),
+    }
+}
+
 pub(crate) fn now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -60,6 +72,7 @@ pub(crate) fn now() -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use super::uptime;
     use std::time::Duration;
 
     #[test]
@@ -70,6 +83,16 @@ mod tests {
             super::utc_timestamp(Duration::ZERO),
             "1970-01-01T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn formats_uptimes() {
+        let s = Duration::from_secs;
+        assert_eq!(uptime(s(0)), "0s");
+        assert_eq!(uptime(s(59)), "59s");
+        assert_eq!(uptime(s(60)), "1m 0s");
+        assert_eq!(uptime(s(3600 + 61)), "1h 1m 1s");
+        assert_eq!(uptime(s(86_400 + 3)), "1d 0h 0m 3s");
     }
 
     #[test]

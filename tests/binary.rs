@@ -1498,3 +1498,82 @@ return app
         "the last record is written before the exit"
     );
 }
+
+/// SIGUSR1 logs the status report, one `status:` line each: the process, the IO workers'
+/// connections, each Lua service with the connections it holds, the bcast channels and the
+/// mqr queues. The server goes on serving.
+#[test]
+fn sigusr1_logs_the_connections_services_channels_and_queues() {
+    let echo = r#"local app = {}
+app.onMessage = function(h, op, msg) ws:send(h, op, msg) return true end
+return app
+"#;
+    let keeper = r#"local app = {}
+app.init = function()
+  assert(bcast:create(5))
+  local q = assert(mqr:create("status_q"))
+  assert(q:post("one"))
+  assert(q:post("two"))
+end
+app.run = function()
+  local n = nap:new()
+  while not must_stop() do n:sleep(0.05) end
+end
+return app
+"#;
+    let (child, addr, log, _) = apps_binary(
+        &one_worker_ws(r#""max_connections": 100"#),
+        "status",
+        &[("statusecho", echo), ("statuskeep", keeper)],
+        r#""statusecho": { "instances": 2 },
+           "statuskeep": { "standalone": true, "preload": ["bcast", "mqr", "nap"] }"#,
+    );
+    // Each connection answered once: its open has reached the service.
+    let mut clients: Vec<_> = (0..3).map(|_| connect(addr, "/statusecho")).collect();
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_eq!(ask(ws, &format!("m{i}")), format!("m{i}"));
+    }
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+        0
+    );
+    let lines = binary::lines_until(&log, "status: bcast");
+    let status: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once("status: ").map(|(_, s)| s))
+        .collect();
+    assert!(
+        status[0].starts_with("up ") && status[0].contains(" descriptors (limit "),
+        "{status:?}"
+    );
+    assert!(
+        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) being answered; 0 bytes queued to send"),
+        "{status:?}"
+    );
+    assert!(
+        status.contains(&"service statusecho: 2 instance(s), Raw at /statusecho: 3 connection(s), onDisconnect still to run for 3, 0 message(s) (0 bytes) waiting for its instances"),
+        "{status:?}"
+    );
+    assert!(
+        status.contains(&"service statuskeep: 1 instance(s), standalone"),
+        "{status:?}"
+    );
+    assert!(
+        status.contains(&"bcast: 1 channel(s), 0 subscription(s); mqr: 1 queue(s) holding 2 message(s) (6 bytes)"),
+        "{status:?}"
+    );
+    // Still serving, and the report follows what changed.
+    drop(clients.pop());
+    assert_eq!(ask(&mut clients[0], "again"), "again");
+    wait_for("the closed connection to be gone", IO_TIMEOUT, || {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+            0
+        );
+        binary::lines_until(&log, "status: service statusecho")
+            .last()
+            .is_some_and(|l| l.contains(": 2 connection(s)"))
+    });
+}

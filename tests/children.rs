@@ -1,7 +1,7 @@
 //! The child processes of a Lua app allowed `os.execute` and `io.popen`: they start with the
-//! signal state of a fresh process, not the server's (which blocks SIGTERM, SIGINT and SIGHUP
-//! in every thread and does not let SIGPIPE kill it). Only the real binary sets that state up,
-//! so it runs as a child process here.
+//! signal state of a fresh process, not the server's (which blocks SIGTERM, SIGINT, SIGHUP and
+//! SIGUSR1 in every thread and does not let SIGPIPE kill it). Only the real binary sets that
+//! state up, so it runs as a child process here.
 #[path = "common/binary.rs"]
 mod binary;
 mod common;

@@ -42,6 +42,17 @@ pub fn raise() -> io::Result<Raised> {
     })
 }
 
+/// The soft RLIMIT_NOFILE now.
+pub fn current() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    crate::syscall!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
 /// Descriptors `workers` workers may hold besides their live connections: refused ones
 /// lingering after their 503, and accepted ones waiting in an inbox for their turn.
 fn besides(workers: usize) -> u64 {

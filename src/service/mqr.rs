@@ -580,6 +580,16 @@ impl Mqr {
         })
     }
 
+    /// Queues made, and the messages all of them hold (given back ones too).
+    pub fn usage(&self) -> (usize, usize) {
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        let held = queues
+            .values()
+            .map(|q| q.len() + q.held.load(Ordering::Acquire))
+            .sum();
+        (queues.len(), held)
+    }
+
     /// Every non-empty queue with its message count, by name.
     pub fn leftovers(&self) -> Vec<(String, usize)> {
         let mut v: Vec<(String, usize)> = self

@@ -338,6 +338,43 @@ impl Registry {
         }
     }
 
+    /// The status report's lines (SIGUSR1) for the IO workers, the running services, the
+    /// broadcast channels and the mqr queues.
+    pub fn status(&self) -> Vec<String> {
+        let ports: Vec<_> = (0..self.hub.workers()).map(|w| self.hub.port(w)).collect();
+        let per_worker: Vec<usize> = ports
+            .iter()
+            .map(|p| p.connections.load(Ordering::Relaxed))
+            .collect();
+        let refused: usize = ports.iter().map(|p| p.refused()).sum();
+        let queued: usize = ports
+            .iter()
+            .map(|p| p.queued_bytes.load(Ordering::Relaxed))
+            .sum();
+        let mut lines = vec![format!(
+            "{} connection(s) on {} IO worker(s) ({}); {refused} refused one(s) being \
+             answered; {queued} bytes queued to send",
+            per_worker.iter().sum::<usize>(),
+            per_worker.len(),
+            per_worker
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+        lines.extend(self.lock_running().iter().map(|s| s.status()));
+        let (members, _) = self.bcast.subscriptions();
+        let mqr = crate::service::mqr::registry();
+        let (queues, messages) = mqr.usage();
+        lines.push(format!(
+            "bcast: {} channel(s), {members} subscription(s); mqr: {queues} queue(s) holding \
+             {messages} message(s) ({} bytes)",
+            self.bcast.channels(),
+            mqr.total().held()
+        ));
+        lines
+    }
+
     /// Names of the running services.
     pub fn running(&self) -> Vec<String> {
         self.lock_running()

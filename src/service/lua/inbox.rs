@@ -194,6 +194,14 @@ impl Inbox {
             .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
+    /// Messages and payload bytes handed over and not yet processed (for the status report).
+    pub fn queued(&self) -> (usize, usize) {
+        (
+            self.queued_msgs.load(Ordering::Relaxed),
+            self.queued_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Producer: would the queue be above its high-water mark with `msgs`/`bytes` more?
     pub fn over_high_water(&self, msgs: usize, bytes: usize) -> bool {
         self.queued_msgs.load(Ordering::Relaxed) + msgs > self.high_msgs

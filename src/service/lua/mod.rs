@@ -322,6 +322,32 @@ impl LuaService {
         self.shutdown(grace);
     }
 
+    /// The service's line of the status report (SIGUSR1).
+    pub fn status(&self) -> String {
+        let spec = &self.spec;
+        if spec.standalone {
+            return format!(
+                "service {}: {} instance(s), standalone",
+                spec.name, spec.instances
+            );
+        }
+        let (msgs, bytes) = self
+            .inboxes
+            .iter()
+            .map(|i| i.queued())
+            .fold((0, 0), |(m, b), (mi, bi)| (m + mi, b + bi));
+        format!(
+            "service {}: {} instance(s), {:?} at {}: {} connection(s), onDisconnect still to \
+             run for {}, {msgs} message(s) ({bytes} bytes) waiting for its instances",
+            spec.name,
+            spec.instances,
+            spec.protocol,
+            spec.request_target,
+            self.lock_conns().len(),
+            self.undisconnected()
+        )
+    }
+
     /// The connections currently bound to this service.
     pub fn connections(&self) -> Vec<ConnId> {
         self.lock_conns().iter().copied().collect()

@@ -155,6 +155,14 @@ impl Bcast {
         }
     }
 
+    /// Channels made.
+    pub fn channels(&self) -> usize {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Subscriptions held: (channel members, entries of the per-connection index). Equal, and
     /// 0 once every subscribed connection's close was handled (what tests check after many
     /// connections came and went).
