@@ -764,10 +764,12 @@ impl App {
         server.as_ref().map(|s| s.hub().clone())
     }
 
-    /// Logs the status report (SIGUSR1): the process (uptime, memory, threads, descriptors),
-    /// the IO workers' connections, each running Lua service, the broadcast channels and the
-    /// mqr queues; one `status:` line each. Reads counters only: nothing waits for a worker
-    /// or an instance.
+    /// Logs the status report (SIGUSR1): the process (time serving, memory, threads,
+    /// descriptors), the IO workers' connections, each running Lua service, the broadcast
+    /// channels and the mqr queues; one `status:` line each, at info whatever `LAPPS_LOG` says
+    /// (it was asked for). Reads counters and takes the services' and channels' locks one at
+    /// a time, briefly: nothing waits for a worker or an instance. Listing the descriptors
+    /// takes a while with many connections: `main` runs this on a thread of its own.
     pub fn log_status(&self) {
         let proc_status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |key: &str| {
@@ -779,14 +781,15 @@ impl App {
         // The directory's own descriptor is among those it lists.
         let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1));
         let limit = crate::net::nofile::current().map_or_else(|_| "?".into(), |l| l.to_string());
-        crate::info!(
-            "status: up {}, RSS {}, {} threads, {fds} descriptors (limit {limit})",
+        let line = |args: std::fmt::Arguments<'_>| crate::log::write(crate::log::Level::Info, args);
+        line(format_args!(
+            "status: serving for {}, RSS {}, {} threads, {fds} descriptors (limit {limit})",
             crate::time_fmt::uptime(self.started.elapsed()),
             field("VmRSS:"),
             field("Threads:")
-        );
-        for line in self.registry.status() {
-            crate::info!("status: {line}");
+        ));
+        for l in self.registry.status() {
+            line(format_args!("status: {l}"));
         }
     }
 

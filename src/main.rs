@@ -215,6 +215,7 @@ fn main() -> ExitCode {
     lapps::signals::notify_systemd("READY=1");
     let app = std::sync::Arc::new(app);
     let reloads = Reloads::start(std::sync::Arc::clone(&app));
+    let status = StatusReports::default();
     loop {
         match signals.wait() {
             lapps::signals::Signal::Reload(name, requester) => {
@@ -230,7 +231,7 @@ fn main() -> ExitCode {
                 }
                 reloads.request(requester);
             }
-            lapps::signals::Signal::Status => app.log_status(),
+            lapps::signals::Signal::Status => status.report(&app),
             lapps::signals::Signal::Stop(name, _) => {
                 info!("{name} received: shutting down (a second SIGTERM or SIGINT exits at once)");
                 break;
@@ -243,6 +244,47 @@ fn main() -> ExitCode {
     info!("stopped");
     lapps::log_writer::flush(LOG_DRAIN);
     ExitCode::SUCCESS
+}
+
+/// Status reports (SIGUSR1) on a thread of their own: listing a million descriptors takes a
+/// while, and the main thread must stay free for a SIGTERM. One at a time: SIGUSR1s that come
+/// while a report is being written get one more report, begun after them.
+#[derive(Default)]
+struct StatusReports {
+    /// (a report is being written, another is due after it)
+    state: std::sync::Arc<std::sync::Mutex<(bool, bool)>>,
+}
+
+impl StatusReports {
+    fn report(&self, app: &std::sync::Arc<lapps::app::App>) {
+        {
+            let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if g.0 {
+                g.1 = true;
+                return;
+            }
+            *g = (true, false);
+        }
+        let (app, state) = (
+            std::sync::Arc::clone(app),
+            std::sync::Arc::clone(&self.state),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("status".into())
+            .spawn(move || loop {
+                app.log_status();
+                let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
+                if !g.1 {
+                    *g = (false, false);
+                    return;
+                }
+                g.1 = false;
+            });
+        if let Err(e) = spawned {
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (false, false);
+            warn!("cannot start the status thread ({e}): no status report");
+        }
+    }
 }
 
 /// How long the exit waits for the log's last records to reach stderr.

@@ -51,7 +51,6 @@ pub(crate) fn http_date(since_epoch: Duration) -> String {
     format!("{weekday}, {day:02} {month} {year:04} {h:02}:{m:02}:{s:02} GMT")
 }
 
-/// Now, as a duration since the Unix epoch (zero for a clock set before 1970).
 /// A duration as the status report gives an uptime: `3d 4h 5m 6s`, leading zero units left out.
 pub(crate) fn uptime(d: Duration) -> String {
     let s = d.as_secs();
@@ -64,6 +63,7 @@ pub(crate) fn uptime(d: Duration) -> String {
     }
 }
 
+/// Now, as a duration since the Unix epoch (zero for a clock set before 1970).
 pub(crate) fn now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

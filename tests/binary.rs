@@ -1544,15 +1544,15 @@ return app
         .filter_map(|l| l.split_once("status: ").map(|(_, s)| s))
         .collect();
     assert!(
-        status[0].starts_with("up ") && status[0].contains(" descriptors (limit "),
+        status[0].starts_with("serving for ") && status[0].contains(" descriptors (limit "),
         "{status:?}"
     );
     assert!(
-        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) being answered; 0 bytes queued to send"),
+        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) lingering after their answer; 0 bytes queued to send"),
         "{status:?}"
     );
     assert!(
-        status.contains(&"service statusecho: 2 instance(s), Raw at /statusecho: 3 connection(s), onDisconnect still to run for 3, 0 message(s) (0 bytes) waiting for its instances"),
+        status.contains(&"service statusecho: 2 instance(s), Raw at /statusecho: 3 connection(s), 0 close(s) not yet handled, 0 message(s) (0 bytes) waiting for its instances"),
         "{status:?}"
     );
     assert!(
@@ -1560,7 +1560,7 @@ return app
         "{status:?}"
     );
     assert!(
-        status.contains(&"bcast: 1 channel(s), 0 subscription(s); mqr: 1 queue(s) holding 2 message(s) (6 bytes)"),
+        status.contains(&"bcast: 1 channel(s), 0 subscription(s); mqr: 1 queue(s), 2 message(s) not yet received, 6 bytes in the queues"),
         "{status:?}"
     );
     // Still serving, and the report follows what changed.

@@ -339,7 +339,8 @@ impl Registry {
     }
 
     /// The status report's lines (SIGUSR1) for the IO workers, the running services, the
-    /// broadcast channels and the mqr queues.
+    /// broadcast channels and the mqr queues. A worker's connections are every one it holds:
+    /// those not yet upgraded, the builtin services' and a retiring version's too.
     pub fn status(&self) -> Vec<String> {
         let ports: Vec<_> = (0..self.hub.workers()).map(|w| self.hub.port(w)).collect();
         let per_worker: Vec<usize> = ports
@@ -352,8 +353,8 @@ impl Registry {
             .map(|p| p.queued_bytes.load(Ordering::Relaxed))
             .sum();
         let mut lines = vec![format!(
-            "{} connection(s) on {} IO worker(s) ({}); {refused} refused one(s) being \
-             answered; {queued} bytes queued to send",
+            "{} connection(s) on {} IO worker(s) ({}); {refused} refused one(s) lingering \
+             after their answer; {queued} bytes queued to send",
             per_worker.iter().sum::<usize>(),
             per_worker.len(),
             per_worker
@@ -363,13 +364,12 @@ impl Registry {
                 .join(", ")
         )];
         lines.extend(self.lock_running().iter().map(|s| s.status()));
-        let (members, _) = self.bcast.subscriptions();
+        let (channels, members) = self.bcast.usage();
         let mqr = crate::service::mqr::registry();
         let (queues, messages) = mqr.usage();
         lines.push(format!(
-            "bcast: {} channel(s), {members} subscription(s); mqr: {queues} queue(s) holding \
-             {messages} message(s) ({} bytes)",
-            self.bcast.channels(),
+            "bcast: {channels} channel(s), {members} subscription(s); mqr: {queues} queue(s), \
+             {messages} message(s) not yet received, {} bytes in the queues",
             mqr.total().held()
         ));
         lines

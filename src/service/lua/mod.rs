@@ -336,15 +336,14 @@ impl LuaService {
             .iter()
             .map(|i| i.queued())
             .fold((0, 0), |(m, b), (mi, bi)| (m + mi, b + bi));
+        let open = self.lock_conns().len();
+        // Opened and not yet told of their close, less those still open: the closes on their
+        // way to the instances (a close leaves the set before its instance handles it).
+        let closing = self.undisconnected().saturating_sub(open);
         format!(
-            "service {}: {} instance(s), {:?} at {}: {} connection(s), onDisconnect still to \
-             run for {}, {msgs} message(s) ({bytes} bytes) waiting for its instances",
-            spec.name,
-            spec.instances,
-            spec.protocol,
-            spec.request_target,
-            self.lock_conns().len(),
-            self.undisconnected()
+            "service {}: {} instance(s), {:?} at {}: {open} connection(s), {closing} close(s) \
+             not yet handled, {msgs} message(s) ({bytes} bytes) waiting for its instances",
+            spec.name, spec.instances, spec.protocol, spec.request_target,
         )
     }
 

@@ -155,12 +155,21 @@ impl Bcast {
         }
     }
 
-    /// Channels made.
-    pub fn channels(&self) -> usize {
-        self.channels
+    /// Channels made, and their members together (for the status report: each channel's
+    /// lock is taken alone, after the table's, so that no send waits for the count).
+    pub fn usage(&self) -> (usize, usize) {
+        let channels: Vec<Arc<Channel>> = self
+            .channels
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .len()
+            .values()
+            .cloned()
+            .collect();
+        let members = channels
+            .iter()
+            .map(|ch| ch.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        (channels.len(), members)
     }
 
     /// Subscriptions held: (channel members, entries of the per-connection index). Equal, and
