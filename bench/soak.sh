@@ -41,16 +41,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build -q --release --manifest-path bench/loadgen/Cargo.toml
-cargo build -q --release --bin lapps
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
-    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-mkdir -p "$WORK/etc"
-cat >"$WORK/etc/ws.json" <<JSON
-{ "ip": "127.0.0.1", "port": $WS_PORT, "workers": { "workers": 2 },
-  "endpoints": [ { "ip": "127.0.0.1", "port": $WSS_PORT, "tls": true } ],
-  "tls_certificates": { "cert": "$WORK/cert.pem", "key": "$WORK/key.pem" } }
-JSON
+# shellcheck source=bench/wss_config.sh
+. bench/wss_config.sh
+wss_config "$WORK" "$WS_PORT" "$WSS_PORT" 2
 # The repository's services (etc/lapps/lapps.json), with its directories made absolute.
 python3 - "$WORK" <<'PY'
 import json, os, sys

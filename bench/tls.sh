@@ -20,16 +20,9 @@ PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-cargo build -q --release --manifest-path bench/loadgen/Cargo.toml
-cargo build -q --release --bin lapps
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
-    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-mkdir -p "$WORK/etc"
-cat >"$WORK/etc/ws.json" <<JSON
-{ "ip": "127.0.0.1", "port": $WS_PORT, "workers": { "workers": 1 },
-  "endpoints": [ { "ip": "127.0.0.1", "port": $WSS_PORT, "tls": true } ],
-  "tls_certificates": { "cert": "$WORK/cert.pem", "key": "$WORK/key.pem" } }
-JSON
+# shellcheck source=bench/wss_config.sh
+. bench/wss_config.sh
+wss_config "$WORK" "$WS_PORT" "$WSS_PORT" 1
 cat >"$WORK/etc/lapps.json" <<JSON
 { "directories": { "applications": "$(pwd)/lua/apps", "lib": "$(pwd)/lua/lib" },
   "services": { "echo": { "request_target": "/echo" },

@@ -52,6 +52,17 @@ pub struct Args {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
+impl Args {
+    /// The frame opcode of the messages sent (`--binary` / `--text`).
+    pub fn opcode(&self) -> u8 {
+        if self.binary {
+            crate::frame::OP_BINARY
+        } else {
+            crate::frame::OP_TEXT
+        }
+    }
+}
+
 pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut url = None;
     let mut a = Args {

@@ -39,11 +39,7 @@ struct Plan {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let opcode = if a.binary {
-        frame::OP_BINARY
-    } else {
-        frame::OP_TEXT
-    };
+    let opcode = a.opcode();
     let body = payload(a.size, a.binary);
     let (msg, expected) = if a.lapps {
         (lapps::echo_request(&body), lapps::echo_response(&body))

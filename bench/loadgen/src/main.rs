@@ -60,11 +60,7 @@ fn throughput(a: &args::Args) -> Result<(), String> {
         let s = handshake::open(a).map_err(|e| format!("connection {i}: {e}"))?;
         shares[i % a.threads].push(s);
     }
-    let opcode = if a.binary {
-        frame::OP_BINARY
-    } else {
-        frame::OP_TEXT
-    };
+    let opcode = a.opcode();
     let payload = payload(a.size, a.binary);
     // --lapps: the frame carries the CBOR request, and what must come back is the response.
     let (one, expected) = if a.lapps {
