@@ -251,19 +251,30 @@ fn main() -> ExitCode {
 /// while a report is being written get one more report, begun after them.
 #[derive(Default)]
 struct StatusReports {
-    /// (a report is being written, another is due after it)
-    state: std::sync::Arc<std::sync::Mutex<(bool, bool)>>,
+    state: std::sync::Arc<std::sync::Mutex<Reporting>>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Reporting {
+    #[default]
+    Idle,
+    Writing,
+    /// Writing, and asked again meanwhile.
+    WritingThenAgain,
 }
 
 impl StatusReports {
     fn report(&self, app: &std::sync::Arc<lapps::app::App>) {
+        fn lock(s: &std::sync::Mutex<Reporting>) -> std::sync::MutexGuard<'_, Reporting> {
+            s.lock().unwrap_or_else(|e| e.into_inner())
+        }
         {
-            let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if g.0 {
-                g.1 = true;
+            let mut state = lock(&self.state);
+            if *state != Reporting::Idle {
+                *state = Reporting::WritingThenAgain;
                 return;
             }
-            *g = (true, false);
+            *state = Reporting::Writing;
         }
         let (app, state) = (
             std::sync::Arc::clone(app),
@@ -273,15 +284,15 @@ impl StatusReports {
             .name("status".into())
             .spawn(move || loop {
                 app.log_status();
-                let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
-                if !g.1 {
-                    *g = (false, false);
+                let mut state = lock(&state);
+                if *state == Reporting::Writing {
+                    *state = Reporting::Idle;
                     return;
                 }
-                g.1 = false;
+                *state = Reporting::Writing;
             });
         if let Err(e) = spawned {
-            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (false, false);
+            *lock(&self.state) = Reporting::Idle;
             warn!("cannot start the status thread ({e}): no status report");
         }
     }

@@ -1,10 +1,10 @@
 //! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, a reload request of `lapps --reload`
 //! reloads and answers (see [`crate::reload_request`]), SIGUSR1 logs the server's status,
-//! SIGPIPE does nothing (every send uses
-//! MSG_NOSIGNAL anyway). Signals are blocked in all threads and taken with `sigwaitinfo` by
-//! the main thread, so no handler ever runs inside a worker. Once the first SIGTERM/SIGINT has
-//! started the graceful shutdown, [`Signals::exit_on_second_stop`] keeps taking them on a
-//! thread of its own: a second one ends the process at once.
+//! SIGPIPE does nothing (every send uses MSG_NOSIGNAL anyway). Signals are blocked in all
+//! threads and taken with `sigwaitinfo` by the main thread, so no handler ever runs inside a
+//! worker. Once the first SIGTERM/SIGINT has started the graceful shutdown,
+//! [`Signals::exit_on_second_stop`] keeps taking them on a thread of its own: a second one
+//! ends the process at once.
 //!
 //! A child process inherits the signal mask of the thread that starts it and every ignored
 //! signal, across exec: started as they are, a Lua app's `io.popen` child would shrug off
@@ -72,10 +72,10 @@ fn handle(signo: libc::c_int, handler: extern "C" fn(libc::c_int)) {
 }
 
 /// Runs `start`, a call that starts a child process (`io.popen`), with SIGTERM, SIGINT, SIGHUP
-/// and SIGUSR1 unblocked in this thread, so that the child starts with no standard signal blocked
-/// (the reload request's realtime signal stays blocked: nothing sends it to a child). One of them
-/// arriving meanwhile is caught (see [`Signals::block`]) and raised again once they are
-/// blocked: the thread taking signals gets it as usual, a moment later.
+/// and SIGUSR1 unblocked in this thread, so that the child starts with no standard signal
+/// blocked (the reload request's realtime signal stays blocked: nothing sends it to a child).
+/// One of them arriving meanwhile is caught (see [`Signals::block`]) and raised again once
+/// they are blocked: the thread taking signals gets it as usual, a moment later.
 pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
     struct Reblock(libc::sigset_t);
     impl Drop for Reblock {
