@@ -1577,3 +1577,59 @@ return app
             .is_some_and(|l| l.contains(": 2 connection(s)"))
     });
 }
+
+/// Whether the process's main thread has SIGUSR1 blocked (`SigBlk` of /proc/PID/status).
+fn sigusr1_blocked(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask >> (libc::SIGUSR1 - 1) & 1 == 1)
+}
+
+/// The status report is written whatever `LAPPS_LOG` says: it was asked for. At warn the
+/// info lines ("listening on") are left out; the report is not.
+#[test]
+fn sigusr1_reports_at_the_warn_level_too() {
+    let dir = temp_dir("status-warn");
+    std::fs::create_dir_all(dir.join("apps/quiet")).unwrap();
+    std::fs::write(
+        dir.join("apps/quiet/quiet.lua"),
+        "return { onMessage = function() return true end }\n",
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ "quiet": {{}} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (child, log) = binary::spawn_binary_starting(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("LAPPS_LOG", "warn");
+    });
+    let pid = child.0.id();
+    // Until the main thread blocks it, SIGUSR1's default action would end the process. Once
+    // blocked it waits, pending, for the main loop, which runs once the services do.
+    wait_for("SIGUSR1 to be blocked", IO_TIMEOUT, || sigusr1_blocked(pid));
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) }, 0);
+    let lines = binary::lines_until(&log, "status: bcast");
+    assert!(
+        lines.iter().any(|l| l.contains("status: serving for ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("status: service quiet: 1 instance(s)")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("listening on")),
+        "the server did not log at warn: {lines:?}"
+    );
+}
