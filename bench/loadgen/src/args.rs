@@ -17,6 +17,10 @@ usage: loadgen --url ws://HOST:PORT/PATH | wss://HOST:PORT/PATH [options]
                     params:[<S bytes>]}, each reply must be {status:1, cid:0, result:[<same>]}
                     (OONs in between are skipped); --size is the byte string's length
   --idle N --hold SECS   open N idle connections, hold them, report server RSS per connection
+                    (opened by --threads threads at once); with --echo-all, then one --size
+                    message on every connection, whose echo must come back
+  --sources K       connect from K loopback addresses, 127.0.0.1 to 127.0.0.K (each has its
+                    own ephemeral ports: one address has ~28,000 towards one server port)
   --fanout N --rounds R  N subscribers to bench/apps/fanout (the URL's service): per round,
                     time one bcast:send and one ws:send loop of a --size message to all of them
   --churn           for --duration seconds, each of --threads threads opens a connection, makes
@@ -45,6 +49,8 @@ pub struct Args {
     pub json: bool,
     pub lapps: bool,
     pub churn: bool,
+    pub echo_all: bool,
+    pub sources: u8,
     pub fanout: Option<usize>,
     pub rounds: usize,
     pub url: String,
@@ -83,6 +89,8 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         json: false,
         lapps: false,
         churn: false,
+        echo_all: false,
+        sources: 1,
         fanout: None,
         rounds: 10,
         url: String::new(),
@@ -108,6 +116,8 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--rounds" => a.rounds = num(&opt, &val()?)?,
             "--lapps" => a.lapps = true,
             "--churn" => a.churn = true,
+            "--echo-all" => a.echo_all = true,
+            "--sources" => a.sources = num(&opt, &val()?)?,
             "--pin" => {
                 a.pin = val()?
                     .split(',')
@@ -151,6 +161,12 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     a.url = url;
     if a.connections == 0 || a.depth == 0 || a.threads == 0 || a.rounds == 0 {
         return Err("--connections, --depth, --threads and --rounds must be at least 1".into());
+    }
+    if a.sources == 0 || (a.sources > 1 && !a.addr.is_ipv4()) {
+        return Err("--sources must be 1-255, and more than 1 needs an IPv4 server".into());
+    }
+    if a.echo_all && a.idle.is_none() {
+        return Err("--echo-all goes with --idle".into());
     }
     if a.fanout == Some(0) {
         return Err("--fanout needs at least 1 subscriber".into());

@@ -3,8 +3,9 @@
 
 use crate::args::Args;
 use crate::stream::Stream;
+use crate::sys;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 // RFC 6455's sample key and its accept value: a fixed key is fine for a benchmark client and
@@ -14,7 +15,22 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn open(a: &Args) -> io::Result<Stream> {
-    let tcp = TcpStream::connect_timeout(&a.addr, TIMEOUT)?;
+    upgrade(a, TcpStream::connect_timeout(&a.addr, TIMEOUT)?)
+}
+
+/// The `i`-th connection of a run, from the (i mod `--sources`)-th loopback address.
+pub fn open_nth(a: &Args, i: usize) -> io::Result<Stream> {
+    if a.sources <= 1 {
+        return open(a);
+    }
+    let SocketAddr::V4(to) = a.addr else {
+        return Err(io::Error::other("--sources needs an IPv4 server"));
+    };
+    let from = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(a.sources)) as u8);
+    upgrade(a, sys::connect_from(from, to, TIMEOUT)?)
+}
+
+fn upgrade(a: &Args, tcp: TcpStream) -> io::Result<Stream> {
     tcp.set_nodelay(true)?;
     tcp.set_read_timeout(Some(TIMEOUT))?;
     tcp.set_write_timeout(Some(TIMEOUT))?;

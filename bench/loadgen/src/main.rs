@@ -57,7 +57,7 @@ fn throughput(a: &args::Args) -> Result<(), String> {
     sys::raise_nofile(a.connections as u64 + 64).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let mut shares: Vec<Vec<_>> = (0..a.threads).map(|_| Vec::new()).collect();
     for i in 0..a.connections {
-        let s = handshake::open(a).map_err(|e| format!("connection {i}: {e}"))?;
+        let s = handshake::open_nth(a, i).map_err(|e| format!("connection {i}: {e}"))?;
         shares[i % a.threads].push(s);
     }
     let opcode = a.opcode();

@@ -1,8 +1,11 @@
 //! The few Linux facilities the load generator needs beyond std: epoll, CPU pinning, the
-//! descriptor limit, and reading another process's CPU time and RSS from /proc.
+//! descriptor limit, connecting from a chosen source address, and reading another process's
+//! CPU time and RSS from /proc.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::time::Duration;
 
 pub struct Epoll(RawFd);
 
@@ -154,4 +157,70 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| io::Error::other("no VmRSS"))
+}
+
+/// A TCP connection to `to` from the address `from` (blocking, at most `timeout`). The port is
+/// chosen at connect time (IP_BIND_ADDRESS_NO_PORT), per address and destination, so each
+/// source address has the whole ephemeral range towards one server port.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns; the stream closes it on every path.
+    let tcp = unsafe { TcpStream::from_raw_fd(fd) };
+    // A blocking connect on Linux gives up after SO_SNDTIMEO.
+    tcp.set_write_timeout(Some(timeout))?;
+    let one: libc::c_int = 1;
+    // SAFETY: sets an int option on our socket from a live, properly sized value.
+    let r = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (src, dst) = (sockaddr(SocketAddrV4::new(from, 0)), sockaddr(to));
+    // SAFETY: `src` is a valid sockaddr_in of `len` bytes, read by the kernel.
+    if unsafe {
+        libc::bind(
+            tcp.as_raw_fd(),
+            (&src as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as for bind, with the destination.
+    let r = unsafe {
+        libc::connect(
+            tcp.as_raw_fd(),
+            (&dst as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    if r == 0 {
+        return Ok(tcp);
+    }
+    let e = io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EINPROGRESS) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        _ => e,
+    })
 }
