@@ -5,7 +5,8 @@
 //! handle, whose top bits are the worker, so grouping is one pass). Each subscriber live at
 //! the time of `bcast:send` gets the message exactly once; sends of one instance arrive in the
 //! order they were made. Subscriptions die with their connection (`drop_conn` on close); a
-//! handle that went stale in between is skipped by the liveness check and pruned.
+//! handle that went stale in between is skipped by the liveness check and pruned, at a send
+//! to the channel or, for a channel that never sends, as it grows (see [`Members`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -56,7 +57,25 @@ pub const MAX_CHANNELS: usize = 65_536;
 /// Why [`Bcast::create`] made no channel.
 pub const TOO_MANY_CHANNELS: &str = "too many channels";
 
-type Channel = Mutex<BTreeSet<ConnId>>;
+/// A channel's subscribers.
+///
+/// A connection whose close no instance of the subscribing service handles (one of a version
+/// retired past its deadline, or of a builtin service) is never given to `drop_conn`: its
+/// subscriptions go when a send to the channel finds the handle stale. On a channel that never
+/// sends they would pile up for the life of the process; so a subscribe that finds the set
+/// twice as large as after the last sweep (and at least [`SWEEP_FLOOR`]) sweeps it. Each sweep
+/// is paid for by the subscribes since the last, and stale members never outnumber the live
+/// ones a channel had at its last sweep (or the floor).
+#[derive(Default)]
+struct Members {
+    conns: BTreeSet<ConnId>,
+    swept_at: usize,
+}
+
+type Channel = Mutex<Members>;
+
+/// The size below which a channel is not swept at subscribe.
+const SWEEP_FLOOR: usize = 64;
 
 /// All channels of the process (one per registry).
 pub struct Bcast {
@@ -104,21 +123,39 @@ impl Bcast {
         Ok(true)
     }
 
-    /// Adds `conn`; false when the channel does not exist.
+    /// Adds `conn`; false when the channel does not exist. `live` tells a handle that still
+    /// names its connection, for the sweep (see [`Members`]).
     ///
     /// `by_conn` changes under the channel's lock (taken first; `by_conn`'s inside it, held
     /// briefly; nothing holds `by_conn` while taking a channel's): apart, a subscribe and an
     /// unsubscribe of the same pair could interleave so that the channel keeps the connection
     /// and `by_conn` forgets it, and its close would not take it out. (In this order a
     /// subscribe waits only for its own channel, as a send to it scans it, not for others.)
-    pub fn subscribe(&self, id: &ChannelId, conn: ConnId) -> bool {
+    pub fn subscribe(&self, id: &ChannelId, conn: ConnId, live: impl Fn(ConnId) -> bool) -> bool {
         let Some(ch) = self.channel(id) else {
             return false;
         };
+        let mut stale = Vec::new();
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
-        if subs.insert(conn) {
+        if subs.conns.insert(conn) {
             let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
             by.entry(conn).or_default().push(id.clone());
+            drop(by);
+            if subs.conns.len() >= subs.swept_at.saturating_mul(2).max(SWEEP_FLOOR) {
+                subs.conns.retain(|c| {
+                    let keep = live(*c);
+                    if !keep {
+                        stale.push(*c);
+                    }
+                    keep
+                });
+                subs.swept_at = subs.conns.len();
+            }
+        }
+        drop(subs);
+        // Out of every channel, after this one's lock (as in `recipients`).
+        for c in stale {
+            self.drop_conn(c);
         }
         true
     }
@@ -129,7 +166,7 @@ impl Bcast {
             return false;
         };
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
-        if subs.remove(&conn) {
+        if subs.conns.remove(&conn) {
             let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(list) = by.get_mut(&conn) {
                 list.retain(|c| c != id);
@@ -150,7 +187,10 @@ impl Bcast {
             .remove(&conn);
         for id in ids.into_iter().flatten() {
             if let Some(ch) = self.channel(&id) {
-                ch.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
+                ch.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .conns
+                    .remove(&conn);
             }
         }
     }
@@ -167,7 +207,7 @@ impl Bcast {
             .collect();
         let members = channels
             .iter()
-            .map(|ch| ch.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|ch| ch.lock().unwrap_or_else(|e| e.into_inner()).conns.len())
             .sum();
         (channels.len(), members)
     }
@@ -181,7 +221,7 @@ impl Bcast {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|ch| ch.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|ch| ch.lock().unwrap_or_else(|e| e.into_inner()).conns.len())
             .sum();
         let indexed = self
             .by_conn
@@ -208,14 +248,15 @@ impl Bcast {
         let mut groups: Vec<Vec<ConnId>> = Vec::new();
         let mut stale = Vec::new();
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|c| {
+        subs.conns.retain(|c| {
             let live = speaks(*c).is_some();
             if !live {
                 stale.push(*c);
             }
             live
         });
-        for c in subs.iter().filter(|c| speaks(**c) == Some(wanted)) {
+        subs.swept_at = subs.conns.len();
+        for c in subs.conns.iter().filter(|c| speaks(**c) == Some(wanted)) {
             match groups.last_mut() {
                 Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
                 _ => groups.push(vec![*c]),
@@ -269,7 +310,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                     return fail("closed");
                 }
                 let done = if subscribe {
-                    let done = h.bcast.subscribe(&id, conn);
+                    let done = h.bcast.subscribe(&id, conn, |c| h.hub.is_live(c));
                     // Ended meanwhile: its owner may have run drop_conn before our insert,
                     // which would leave the entry behind for good.
                     if done && !h.hub.is_live(conn) {
@@ -416,11 +457,11 @@ mod tests {
     fn subscribers_are_grouped_by_worker_and_leave_with_their_connection() {
         let b = Bcast::default();
         let id = ChannelId::Name("room".into());
-        assert!(!b.subscribe(&id, ConnId::new(0, 1, 1)));
+        assert!(!b.subscribe(&id, ConnId::new(0, 1, 1), |_| true));
         assert_eq!(b.create(id.clone()), Ok(true));
         assert_eq!(b.create(id.clone()), Ok(false));
         for (w, i) in [(1, 5), (0, 1), (1, 2), (0, 3)] {
-            assert!(b.subscribe(&id, ConnId::new(w, i, 1)));
+            assert!(b.subscribe(&id, ConnId::new(w, i, 1), |_| true));
         }
         let raw = |_| Some(Speaks::Raw);
         let g = b.recipients(&id, raw, Speaks::Raw).unwrap();
@@ -441,7 +482,7 @@ mod tests {
         assert_eq!(b.create(quiet.clone()), Ok(true));
         let (gone, live) = (ConnId::new(0, 7, 1), ConnId::new(0, 8, 1));
         for c in [gone, live] {
-            assert!(b.subscribe(&id, c) && b.subscribe(&quiet, c));
+            assert!(b.subscribe(&id, c, |_| true) && b.subscribe(&quiet, c, |_| true));
         }
         let alive = |c: ConnId| (c != gone).then_some(Speaks::Raw);
         b.recipients(&id, alive, Speaks::Raw).unwrap();
@@ -449,6 +490,55 @@ mod tests {
         let everyone = |_| Some(Speaks::Raw);
         let g = b.recipients(&quiet, everyone, Speaks::Raw).unwrap();
         assert_eq!(g.concat(), vec![live], "it left the quiet channel too");
+    }
+
+    /// A channel nobody sends to still loses the stale handles of connections whose close
+    /// never reached `drop_conn`: a subscribe that finds the set doubled sweeps it, and the
+    /// stale ones leave their other channels and the index too.
+    #[test]
+    fn a_channel_that_never_sends_is_swept_as_it_grows() {
+        use std::cell::RefCell;
+        let b = Bcast::default();
+        let (quiet, other) = (ChannelId::Name("quiet".into()), ChannelId::Num(2));
+        assert_eq!(b.create(quiet.clone()), Ok(true));
+        assert_eq!(b.create(other.clone()), Ok(true));
+        let gone = RefCell::new(BTreeSet::new());
+        let live = |c: ConnId| !gone.borrow().contains(&c);
+        // 100 connections subscribe to both, then all end without a close handled.
+        for i in 0..100 {
+            let c = ConnId::new(0, i, 1);
+            assert!(b.subscribe(&quiet, c, live) && b.subscribe(&other, c, live));
+        }
+        gone.borrow_mut()
+            .extend((0..100).map(|i| ConnId::new(0, i, 1)));
+        assert_eq!(b.subscriptions(), (200, 200));
+        // 1,000 more come and go the same way, one at a time (sweeping the pile each time
+        // it doubles); 100 live ones stay.
+        for i in 100..1100 {
+            let c = ConnId::new(0, i, 1);
+            assert!(b.subscribe(&quiet, c, live));
+            if i < 1000 {
+                gone.borrow_mut().insert(c);
+            }
+        }
+        let (members, indexed) = b.subscriptions();
+        assert_eq!(members, indexed);
+        // Without sweeping: 1,200 (the 100 first ones on both channels, 1,000 more on one).
+        // With it, the quiet channel holds its 100 live members and at most as many stale
+        // ones again (or the floor), and the first 100 left the other channel as well.
+        assert!(
+            members <= 100 + 100.max(SWEEP_FLOOR),
+            "{members} subscriptions kept"
+        );
+        let quiet_ch = b.channel(&quiet).unwrap();
+        let held = quiet_ch.lock().unwrap().conns.clone();
+        assert!((1000..1100).all(|i| held.contains(&ConnId::new(0, i, 1))));
+        assert!(b.channel(&other).unwrap().lock().unwrap().conns.is_empty());
+        // A send still finds exactly the live ones.
+        let speaks = |c: ConnId| live(c).then_some(Speaks::Raw);
+        let g = b.recipients(&quiet, speaks, Speaks::Raw).unwrap();
+        assert_eq!(g.concat().len(), 100);
+        assert_eq!(b.subscriptions(), (100, 100));
     }
 
     /// `bcast:send` through a real Lua state and Hub: the message is framed once, and each
@@ -522,7 +612,7 @@ mod tests {
         let id = ChannelId::Num(7);
         assert_eq!(b.create(id.clone()), Ok(true));
         for i in 1..=4 {
-            assert!(b.subscribe(&id, ConnId::new(0, i, 1)));
+            assert!(b.subscribe(&id, ConnId::new(0, i, 1), |_| true));
         }
         // 1 and 3 speak LAppS, 2 RAW, 4 is gone.
         let speaks = |c: ConnId| match c.index() {
