@@ -541,6 +541,64 @@ mod tests {
         assert_eq!(b.subscriptions(), (100, 100));
     }
 
+    /// Instances subscribing and unsubscribing the same connection at once (two threads):
+    /// whenever the channel's lock is held, the connection is in the channel exactly when the
+    /// index says so (a third thread looks, holding that lock, as long as they run), and after
+    /// them too, so that its close takes every subscription it has.
+    #[test]
+    fn subscribes_and_unsubscribes_at_once_leave_the_index_exact() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let b = Bcast::default();
+        let id = ChannelId::Num(1);
+        assert_eq!(b.create(id.clone()), Ok(true));
+        let c = ConnId::new(0, 1, 1);
+        let agree = |subs: &Members| {
+            let listed = b
+                .by_conn
+                .lock()
+                .unwrap()
+                .get(&c)
+                .is_some_and(|l| l == std::slice::from_ref(&id));
+            subs.conns.contains(&c) == listed
+        };
+        let ch = b.channel(&id).unwrap();
+        let running = AtomicBool::new(true);
+        let (mut looks, mut disagreed) = (0u64, 0u64);
+        std::thread::scope(|s| {
+            let callers: Vec<_> = [true, false]
+                .into_iter()
+                .map(|subscribing| {
+                    let (b, id) = (&b, &id);
+                    s.spawn(move || {
+                        for _ in 0..1_000_000 {
+                            if subscribing {
+                                b.subscribe(id, c, |_| true);
+                            } else {
+                                b.unsubscribe(id, c);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let running = &running;
+            s.spawn(move || {
+                for t in callers {
+                    t.join().unwrap();
+                }
+                running.store(false, Ordering::Release);
+            });
+            while running.load(Ordering::Acquire) {
+                let subs = ch.lock().unwrap();
+                looks += 1;
+                disagreed += u64::from(!agree(&subs));
+            }
+        });
+        assert_eq!(disagreed, 0, "{disagreed} of {looks} looks");
+        assert!(agree(&ch.lock().unwrap()));
+        b.drop_conn(c);
+        assert_eq!(b.subscriptions(), (0, 0));
+    }
+
     /// `bcast:send` through a real Lua state and Hub: the message is framed once, and each
     /// worker gets one command naming its subscribers, all sharing that one frame.
     #[test]
