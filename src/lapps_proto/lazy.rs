@@ -339,7 +339,10 @@ impl Handle {
 
     /// `v[key]`. Reading the bytes costs a walk over the elements before the one asked for: an
     /// element past the first [`SCAN_LIMIT`] is read from the tree instead, built once, so that
-    /// `for i = 1, #v do ... v[i] ... end` stays linear in the message's size.
+    /// `for i = 1, #v do ... v[i] ... end` stays linear in the message's size. So is a member
+    /// not among a map's first [`SCAN_LIMIT`]: the tree's objects find their members by an
+    /// index, so that looking up each of many keys in a large map is linear too. (When the
+    /// tree budget refuses the tree, the walk goes on.)
     pub(crate) fn get(&self, key: Key<'_>) -> Option<Item> {
         let (doc, at) = match self {
             Handle::Raw(doc, at) if !doc.is_built() => (doc, *at),
@@ -378,6 +381,11 @@ impl Handle {
                     loop {
                         if len.map_or(b.get(pos) == Some(&0xff), |l| k == l) {
                             return None;
+                        }
+                        if k == SCAN_LIMIT as u64 {
+                            if let Some(tree) = self.resolve() {
+                                return tree.get(key).map(Item::Node);
+                            }
                         }
                         let value = skip(b, pos)?;
                         if raw_key_matches(doc, pos, key) {
@@ -421,6 +429,8 @@ const SCAN_LIMIT: usize = 32;
 /// Whether the map key at `pos` answers to `key`, as `node::key_matches` decides for a decoded
 /// key.
 fn raw_key_matches(doc: &Doc, pos: usize, key: Key<'_>) -> bool {
+    #[cfg(test)]
+    super::key_index::count_compared();
     if let (Some((3, _, _)), Some(s)) = (head(doc.bytes(), pos), doc.plain_string(pos)) {
         return match key {
             Key::Str(k) => s == k,

@@ -17,6 +17,7 @@ mod cid_scan;
 mod de;
 pub mod json;
 pub(crate) mod json_ud;
+mod key_index;
 pub(crate) mod lazy;
 pub mod lua;
 pub mod nljson;

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use super::key_index::KeyIndex;
 use super::tree_budget;
 use super::value::{Limits, Value};
 
@@ -17,11 +18,14 @@ pub(crate) type ObjectRef = Rc<RefCell<Items<(Value, Node)>>>;
 
 /// A container's elements, and what building them from a message charged to the thread's
 /// tree budget ([`tree_budget`]), given back when the container goes: the charge follows the
-/// parts of a message's tree an app keeps, not the message.
+/// parts of a message's tree an app keeps, not the message. An object's members also have an
+/// index by key ([`KeyIndex`]; unused for arrays), which [`Node::set`] and [`Node::erase`]
+/// keep up to date: nothing else changes an object's members in place.
 #[derive(Debug)]
 pub(crate) struct Items<T> {
     items: Vec<T>,
     charged: usize,
+    index: RefCell<KeyIndex>,
 }
 
 impl<T> Items<T> {
@@ -31,6 +35,7 @@ impl<T> Items<T> {
         Items {
             items,
             charged: bytes,
+            index: RefCell::default(),
         }
     }
 
@@ -125,7 +130,11 @@ impl<T> Default for Items<T> {
 
 impl<T> From<Vec<T>> for Items<T> {
     fn from(items: Vec<T>) -> Items<T> {
-        Items { items, charged: 0 }
+        Items {
+            items,
+            charged: 0,
+            index: RefCell::default(),
+        }
     }
 }
 
@@ -245,6 +254,8 @@ pub(crate) fn number_key_text(n: f64) -> String {
 /// Whether an object key answers to a Lua key: text or bytes by their bytes; a number to a
 /// numeric key of the same value or to its string form.
 pub(crate) fn key_matches(k: &Value, key: Key<'_>) -> bool {
+    #[cfg(test)]
+    super::key_index::count_compared();
     match (k, key) {
         (Value::Text(s), Key::Str(b)) => s.as_bytes() == b,
         (Value::Bytes(s), Key::Str(b)) => s.as_slice() == b,
@@ -406,11 +417,10 @@ impl Node {
     pub(crate) fn get(&self, key: Key<'_>) -> Option<Node> {
         match (self, key) {
             (Node::Array(a), Key::Num(n)) => position(n).and_then(|i| a.borrow().get(i).cloned()),
-            (Node::Object(o), key) => o
-                .borrow()
-                .iter()
-                .find(|(k, _)| key_matches(k, key))
-                .map(|(_, n)| n.clone()),
+            (Node::Object(o), key) => {
+                let o = o.borrow();
+                KeyIndex::find(&o.index, &o.items, key).map(|i| o.items[i].1.clone())
+            }
             _ => None,
         }
     }
@@ -454,7 +464,7 @@ impl Node {
             }
             Node::Object(o) => {
                 let mut o = o.try_borrow_mut().map_err(|_| "object is in use")?;
-                let at = o.iter().position(|(k, _)| key_matches(k, key));
+                let at = KeyIndex::find(&o.index, &o.items, key);
                 match (at, value) {
                     (Some(i), Some(v)) => {
                         let text = node_text_len(&v);
@@ -466,6 +476,7 @@ impl Node {
                     }
                     (Some(i), None) => {
                         let (k, old) = o.remove(i);
+                        o.index.get_mut().removed();
                         o.uncharge(slot_cost(key_len(&k), node_text_len(&old)));
                         drop(o);
                         drop(old);
@@ -474,6 +485,10 @@ impl Node {
                         let k = stored_key(key);
                         o.charge(slot_cost(key_len(&k), node_text_len(&v)));
                         o.push((k, v));
+                        let Items { items, index, .. } = &mut *o;
+                        if let Some(((k, _), at)) = items.last().zip(items.len().checked_sub(1)) {
+                            index.get_mut().appended(k, at);
+                        }
                     }
                     (None, None) => {}
                 }
@@ -505,9 +520,10 @@ impl Node {
                 let Ok(mut o) = o.try_borrow_mut() else {
                     return false;
                 };
-                match o.iter().position(|(k, _)| key_matches(k, key)) {
+                match KeyIndex::find(&o.index, &o.items, key) {
                     Some(i) => {
                         let (k, old) = o.remove(i);
+                        o.index.get_mut().removed();
                         o.uncharge(slot_cost(key_len(&k), node_text_len(&old)));
                         drop(o);
                         drop(old);
