@@ -22,7 +22,8 @@ readonly PORT=5083
 passed=0
 failed=0
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+made_run_systemd= # set while a stand-in /run/systemd/system made by this script exists
+trap 'rm -rf "$tmp"; [ -z "$made_run_systemd" ] || rmdir /run/systemd/system' EXIT
 
 pass() { echo "ok: $*"; passed=$((passed + 1)); }
 indent() { sed 's/^/    /'; }
@@ -206,6 +207,17 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 echo "== install, run, replace, reinstall, purge (root)"
+# What follows purges any lapps package and deletes the lapps user and group, which a real
+# installation would lose with its /var/lib/lapps and any file given to the group (a TLS
+# key): on a machine that has them, only when asked.
+if [ "${CI:-}" != true ] && [ "${LAPPS_PACKAGING_WIPE:-}" != 1 ] &&
+    { dpkg-query -W lapps-ssse3 >/dev/null 2>&1 || dpkg-query -W lapps-avx2 >/dev/null 2>&1 ||
+        getent passwd lapps >/dev/null; }; then
+    echo "packaging.sh: this machine has a lapps package or the lapps user; the install tests" \
+        "would purge the package (and /var/lib/lapps) and delete the user and group." \
+        "Run them on a scratch machine or container, or set LAPPS_PACKAGING_WIPE=1." >&2
+    exit 1
+fi
 # dpkg has no lock timeout of its own; another apt/dpkg run on the machine holds the lock for a
 # while at most. Retries only that error, for up to 5 minutes.
 dpkg_locked() { # dpkg_locked ARGS...: dpkg ARGS, waiting for the dpkg lock
@@ -222,10 +234,11 @@ dpkg_locked() { # dpkg_locked ARGS...: dpkg ARGS, waiting for the dpkg lock
         sleep 2
     done
 }
-purge_all() {
-    local p
+purge_all() { # every lapps package dpkg knows, half-installed or half-configured ones too
+    local p status
     for p in lapps-ssse3 lapps-avx2; do
-        if dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^[a-z][a-z]'; then
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+        if [ -n "$status" ] && [ "$status" != not-installed ]; then
             dpkg_locked -P "$p" >/dev/null
         fi
     done
@@ -357,6 +370,54 @@ check "an upgrade checks the files as the lapps user (root-only applications are
 cp "$tmp/lapps.json.good" /etc/lapps/lapps.json
 rm -rf /var/lib/lapps/root-only
 
+# Under a running systemd, with the server active. A stand-in: /run/systemd/system made for the
+# time being, and a systemctl and deb-systemd-invoke that log what they are asked (is-active
+# answers yes). A variant switch leaves the server serving until the new package's postinst has
+# checked /etc/lapps with the new binary and restarts it; over files the new binary refuses it
+# leaves it serving, as an upgrade does. A removal stops it.
+echo "-- under a stand-in systemd"
+fake=$tmp/fake-systemd
+mkdir -p "$fake"
+printf '#!/bin/sh\necho "systemctl $*" >>"%s"\ncase " $* " in *" is-active "*) exit 0 ;; esac\n' \
+    "$tmp/systemd.log" >"$fake/systemctl"
+printf '#!/bin/sh\necho "deb-systemd-invoke $*" >>"%s"\n' "$tmp/systemd.log" >"$fake/deb-systemd-invoke"
+chmod +x "$fake/systemctl" "$fake/deb-systemd-invoke"
+if [ ! -d /run/systemd/system ]; then
+    mkdir /run/systemd/system
+    made_run_systemd=1
+fi
+under_systemd() { (export PATH="$fake:$PATH" && "$@"); }
+: >"$tmp/systemd.log"
+under_systemd dpkg_locked -i "$(deb avx2)"
+check "lapps-avx2 replaced lapps-ssse3 (under systemd)" \
+    bash -c 'dpkg-query -W -f="\${Status}" lapps-avx2 | grep -q "ok installed$"'
+check "a variant switch checks and restarts the running server, never stopping it first" \
+    bash -c '! grep -q "invoke stop" "$1" && grep -qx "deb-systemd-invoke restart lapps.service" "$1"' \
+    _ "$tmp/systemd.log"
+# The replaced ssse3 purged first, so that installing it again is a fresh install as the
+# first switch was (dpkg tells a package it left as config-files its old version).
+dpkg_locked -P lapps-ssse3
+python3 - <<'PY'
+import json
+p = "/etc/lapps/ws.json"
+w = json.load(open(p))
+w["backlog"] = -1
+open(p, "w").write(json.dumps(w, indent=2) + "\n")
+PY
+: >"$tmp/systemd.log"
+refused=$(under_systemd dpkg_locked -i "$(deb ssse3)" 2>&1 || true)
+check "a variant switch over files the new binary refuses leaves the running server alone" \
+    bash -c 'grep -q "backlog" <<<"$1" && grep -q "the running server was not restarted" <<<"$1" &&
+        ! grep -qE "invoke (stop|start|restart)" "$2"' _ "$refused" "$tmp/systemd.log"
+cp "$tmp/ws.json.good" /etc/lapps/ws.json
+: >"$tmp/systemd.log"
+under_systemd dpkg_locked -r lapps-ssse3
+check "dpkg -r stops the server" grep -qx "deb-systemd-invoke stop lapps.service" "$tmp/systemd.log"
+if [ -n "$made_run_systemd" ]; then
+    rmdir /run/systemd/system
+    made_run_systemd=
+fi
+
 purge_all
 gone=""
 for path in /usr/bin/lapps /etc/lapps /usr/share/lapps /lib/systemd/system/lapps.service \
@@ -369,5 +430,15 @@ check "dpkg -P keeps the lapps user and group (files may still be theirs)" \
     bash -c 'getent passwd lapps >/dev/null && getent group lapps >/dev/null'
 check "dpkg no longer knows either package" \
     bash -c '! dpkg-query -W lapps-ssse3 lapps-avx2 >/dev/null 2>&1'
+
+# A lapps user that exists without the lapps group (made by hand, or by a directory service):
+# the install makes the group and goes on.
+usermod -g nogroup lapps
+delgroup --system --quiet lapps >/dev/null
+dpkg_locked -i "$(deb avx2)" || true
+check "an install with the lapps user but no lapps group makes the group and succeeds" \
+    bash -c 'dpkg-query -W -f="\${Status}" lapps-avx2 | grep -q "ok installed$" &&
+        getent group lapps >/dev/null && test "$(stat -c %U:%G /var/lib/lapps)" = lapps:lapps'
+purge_all
 
 finish
