@@ -93,16 +93,20 @@ fn main() -> ExitCode {
         }
     };
     if let Some(pid) = args.reload {
-        use lapps::reload_request::{request, ANSWER_TIMEOUT};
+        use lapps::reload_request::{logs_to_journal, request, ANSWER_TIMEOUT};
         return match request(pid, ANSWER_TIMEOUT) {
             Ok(true) => {
                 println!("lapps: process {pid} reloaded");
                 ExitCode::SUCCESS
             }
             Ok(false) => {
+                let hint = if logs_to_journal(pid) {
+                    " (journalctl -u lapps -p err)"
+                } else {
+                    ""
+                };
                 eprintln!(
-                    "lapps: the reload of process {pid} failed in part; its log says what \
-                     (journalctl -u lapps -p err)"
+                    "lapps: the reload of process {pid} failed in part; its log says what{hint}"
                 );
                 ExitCode::FAILURE
             }

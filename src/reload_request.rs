@@ -197,6 +197,16 @@ impl Drop for Requester {
 /// Asks the lapps server `pid` for a reload and waits up to `timeout` for its answer: `Ok(true)`
 /// when it is done, `Ok(false)` when it failed in part (the server's log says how); `Err` when
 /// no request could be made or no answer came.
+/// Whether process `pid` logs to the journal (systemd set `JOURNAL_STREAM` in its
+/// environment), for the hint where to read why a reload failed. False when its environment
+/// cannot be read.
+pub fn logs_to_journal(pid: libc::pid_t) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|var| var.starts_with(b"JOURNAL_STREAM="))
+    })
+}
+
 pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
     // Blocked before anything is sent, so that no answer is lost: sigtimedwait takes it.
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -326,4 +336,37 @@ fn become_owner_of(status: &str) -> Result<(), String> {
     // SAFETY: prctl(PR_SET_DUMPABLE, 1) has no other effect; nothing secret is held here.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_started_by_systemd_for_the_journal_is_told_from_one_that_was_not() {
+        let spawn = |journal: bool| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("30").env_remove("JOURNAL_STREAM");
+            if journal {
+                c.env("JOURNAL_STREAM", "8:12345");
+            }
+            c.spawn().unwrap()
+        };
+        for journal in [true, false] {
+            let mut child = spawn(journal);
+            let pid = child.id() as libc::pid_t;
+            // Until it has exec'd, the child shows our environment.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"sleep\0"))
+            {
+                assert!(Instant::now() < deadline, "sleep did not start");
+                std::thread::yield_now();
+            }
+            assert_eq!(logs_to_journal(pid), journal);
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        assert!(!logs_to_journal(-1), "no such process");
+    }
 }
