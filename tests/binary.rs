@@ -1328,6 +1328,62 @@ return app
     }
 }
 
+/// After a redeploy, what the replaced version's instances still log is tagged
+/// `[name#i retiring]`, told from the new version's lines under the same name.
+#[test]
+fn a_replaced_versions_last_lines_are_tagged_retiring() {
+    let app = |v: &str| {
+        format!(
+            r#"local app = {{}}
+app.onStart = function() print("onStart {v}") end
+app.onMessage = function(h, op, msg) return true end
+app.onShutdown = function() print("onShutdown {v}") end
+return app
+"#
+        )
+    };
+    let (mut child, _addr, log, _) = apps_binary(
+        binary::ONE_WORKER_WS_JSON,
+        "retiring-tag",
+        &[("ver", &app("v1"))],
+        r#""ver": { "instances": 1 }"#,
+    );
+    let dir = std::env::temp_dir().join(format!("lapps-test-retiring-tag-{}", std::process::id()));
+    let file = dir.join("apps/ver/ver.lua");
+    assert!(file.exists(), "{file:?}");
+    std::fs::write(&file, app("v2")).unwrap();
+    // SAFETY: kill with the pid of our own child and a valid signal number.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let mut lines = binary::lines_until(&log, "onShutdown v1");
+    child.stop();
+    lines.extend(log.iter());
+    let tagged = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.ends_with(what))
+            .and_then(|l| l.split_once(" [ver#"))
+            .map(|(_, rest)| rest.to_string())
+    };
+    assert_eq!(
+        tagged("onShutdown v1").as_deref(),
+        Some("0 retiring] onShutdown v1"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        tagged("onStart v2").as_deref(),
+        Some("0] onStart v2"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        tagged("onShutdown v2").as_deref(),
+        Some("0] onShutdown v2"),
+        "{lines:#?}"
+    );
+}
+
 /// `math.huge` is the longest wait an mqr receive can ask for, not "bad timeout" (on which a
 /// loop meant to wait for ever spun until its instruction budget ended it): the receiver waits
 /// and gets what comes, a message past its memory_limit's room as `nil, "too big"` with the

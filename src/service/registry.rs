@@ -465,6 +465,7 @@ impl Registry {
     /// it is in the retiring list, so that a shutdown that begins then waits for it too (in
     /// neither list, it was left to the process's exit, its onShutdown cut short).
     fn hand_over(&self, old: Arc<LuaService>) {
+        old.mark_retiring();
         let (over_tx, over_rx) = sync_channel::<()>(1);
         let body = {
             let old = Arc::clone(&old);
@@ -578,6 +579,7 @@ impl Registry {
     /// Asks the connections of a replaced or removed service to go away, then stops it in
     /// the background once they are gone (their `onDisconnect` runs in the old version).
     fn retire(&self, old: Arc<LuaService>) -> usize {
+        old.mark_retiring();
         let mut asked: std::collections::HashSet<_> = old.connections().into_iter().collect();
         let n = asked.len();
         for &conn in &asked {

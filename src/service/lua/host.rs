@@ -36,6 +36,8 @@ pub struct Stop {
     cv: Condvar,
     /// The service stops to be replaced by a new version (see [`Stop::set_handover`]).
     handover: AtomicBool,
+    /// A redeploy replaced or removed this version ([`Stop::set_retiring`]).
+    retiring: AtomicBool,
 }
 
 impl Stop {
@@ -45,6 +47,12 @@ impl Stop {
     pub fn set_handover(&self) {
         self.handover.store(true, Ordering::SeqCst);
         self.set();
+    }
+
+    /// A redeploy replaced or removed this version: what its instances still log (closes,
+    /// `onShutdown`) is tagged so, apart from the new version's lines under the same name.
+    pub fn set_retiring(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
     }
 
     /// Whether the service stops to hand its queues over ([`Stop::set_handover`]).
@@ -366,8 +374,14 @@ impl HostCtx {
         self.in_run.set(false);
     }
 
+    /// What the instance's log lines begin with: `[service#instance]`, and `[service#instance
+    /// retiring]` once a redeploy replaced or removed its version.
     pub fn tag(&self) -> String {
-        format!("[{}#{}]", self.service, self.instance)
+        if self.stop.retiring.load(Ordering::SeqCst) {
+            format!("[{}#{} retiring]", self.service, self.instance)
+        } else {
+            format!("[{}#{}]", self.service, self.instance)
+        }
     }
 }
 

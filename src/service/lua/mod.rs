@@ -314,6 +314,11 @@ impl LuaService {
         }
     }
 
+    /// A redeploy replaced or removed this version: its log lines say so from now on.
+    pub fn mark_retiring(&self) {
+        self.stop.set_retiring();
+    }
+
     /// [`shutdown`](Self::shutdown) for a standalone version a redeploy replaces: it leaves
     /// what its `mqr` queues hold to the new version instead of draining it (see
     /// `Stop::set_handover`).
