@@ -6,7 +6,7 @@
 //! the time of `bcast:send` gets the message exactly once; sends of one instance arrive in the
 //! order they were made. Subscriptions die with their connection (`drop_conn` on close); a
 //! handle that went stale in between is skipped by the liveness check and pruned, at a send
-//! to the channel or, for a channel that never sends, as it grows (see [`Members`]).
+//! to the channel or, for a channel that never sends, as it grows (see `Members`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -124,7 +124,7 @@ impl Bcast {
     }
 
     /// Adds `conn`; false when the channel does not exist. `live` tells a handle that still
-    /// names its connection, for the sweep (see [`Members`]).
+    /// names its connection, for the sweep (see `Members`).
     ///
     /// `by_conn` changes under the channel's lock (taken first; `by_conn`'s inside it, held
     /// briefly; nothing holds `by_conn` while taking a channel's): apart, a subscribe and an
