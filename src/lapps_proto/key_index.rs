@@ -10,9 +10,12 @@
 //! candidate, and answers the first of them, as a walk in member order would. A hit that is
 //! another key (a 64-bit collision) makes the lookup walk.
 //!
-//! Built at an object's second lookup once it has more than [`INDEX_FROM`] members. Appending
-//! keeps it; a removal drops it (positions shift) until the second lookup after. About 16 bytes
-//! per member, beside the 2 x `KEPT_PER_ITEM` a member is charged to the tree budget.
+//! An object of more than [`INDEX_FROM`] members is indexed once lookups have walked twice its
+//! members since it was made or last lost a member: a few lookups in a large object, or a loop
+//! that removes members as it goes (each removal moves the rest, so the index is dropped),
+//! walk as before and build nothing. Appending keeps the index. It takes 20 to 40 bytes per
+//! member, charged to the thread's tree budget while it lives; when the budget has no room for
+//! it, lookups walk.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,17 +23,31 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 
 use super::node::{key_matches, number_key_text, Key, Node};
+use super::tree_budget;
 use super::value::Value;
 
 /// Objects of more members than this are indexed: below it a walk costs as little.
 pub(crate) const INDEX_FROM: usize = 32;
 
+/// The index of one object's members, made at its first lookup once it is large (arrays and
+/// small objects hold only the empty cell).
 #[derive(Debug, Default)]
-pub(crate) struct KeyIndex {
+pub(crate) struct ByKey(RefCell<Option<Box<KeyIndex>>>);
+
+#[derive(Debug, Default)]
+struct KeyIndex {
     /// Hash of a member's key to the first position with that hash; None until built.
     first: Option<HashMap<u64, usize>>,
-    /// Lookups that walked since the object was made or a member was removed.
-    walks: u8,
+    /// Members walked by lookups since the object was made or lost a member.
+    walked: usize,
+    /// What the built map charged to the tree budget.
+    charged: usize,
+}
+
+impl Drop for KeyIndex {
+    fn drop(&mut self) {
+        tree_budget::release(self.charged);
+    }
 }
 
 /// A member key as the Lua keys that can name it compare it.
@@ -70,35 +87,52 @@ impl<'a> Named<'a> {
     }
 }
 
-impl KeyIndex {
+impl ByKey {
     /// The position of the first member `key` names: what
     /// `members.iter().position(|(k, _)| key_matches(k, key))` answers.
-    pub(crate) fn find(
-        cell: &RefCell<KeyIndex>,
-        members: &[(Value, Node)],
-        key: Key<'_>,
-    ) -> Option<usize> {
-        if members.len() > INDEX_FROM {
-            if let Some(found) = cell
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut ix| ix.indexed(members, key))
-            {
+    pub(crate) fn find(&self, members: &[(Value, Node)], key: Key<'_>) -> Option<usize> {
+        if members.len() <= INDEX_FROM {
+            return walk(members, key);
+        }
+        let Ok(mut cell) = self.0.try_borrow_mut() else {
+            return walk(members, key);
+        };
+        let ix = cell.get_or_insert_with(Box::default);
+        if ix.first.is_some() {
+            if let Some(found) = ix.lookup(members, key) {
                 return found;
             }
+            return walk(members, key); // another key with the same hash
         }
-        walk(members, key)
+        let found = walk(members, key);
+        ix.walked = ix
+            .walked
+            .saturating_add(found.map_or(members.len(), |at| at + 1));
+        if ix.walked >= members.len().saturating_mul(2) {
+            ix.build(members);
+        }
+        found
     }
 
-    /// The index's answer (built here at the second lookup), or None when a walk must give it.
-    fn indexed(&mut self, members: &[(Value, Node)], key: Key<'_>) -> Option<Option<usize>> {
-        if self.first.is_none() {
-            if self.walks == 0 {
-                self.walks = 1;
-                return None;
-            }
-            self.build(members);
+    /// A member with key `key` was appended at `at`.
+    pub(crate) fn appended(&mut self, key: &Value, at: usize) {
+        let Some(ix) = self.0.get_mut() else {
+            return;
+        };
+        if let (Some(first), Some(n)) = (&mut ix.first, Named::of(key)) {
+            first.entry(n.hash()).or_insert(at);
         }
+    }
+
+    /// A member was removed: the positions after it moved.
+    pub(crate) fn removed(&mut self) {
+        *self.0.get_mut() = None;
+    }
+}
+
+impl KeyIndex {
+    /// The index's answer, or None when a walk must give it (a hash shared with another key).
+    fn lookup(&self, members: &[(Value, Node)], key: Key<'_>) -> Option<Option<usize>> {
         let first = self.first.as_ref()?;
         let text;
         let candidates = match key {
@@ -114,34 +148,39 @@ impl KeyIndex {
                 continue;
             };
             if members.get(at).and_then(|(k, _)| Named::of(k)) != Some(c) {
-                return None; // another key with the same hash: walk
+                return None;
             }
             found = Some(found.map_or(at, |f| f.min(at)));
         }
         Some(found)
     }
 
+    /// Builds the map, when the tree budget has room for it (else lookups go on walking).
     fn build(&mut self, members: &[(Value, Node)]) {
+        let cost = map_cost(members.len());
+        if !tree_budget::has_room(cost) {
+            return;
+        }
         let mut first = HashMap::with_capacity(members.len());
         for (at, (k, _)) in members.iter().enumerate() {
             if let Some(n) = Named::of(k) {
                 first.entry(n.hash()).or_insert(at);
             }
         }
+        self.charged = map_cost(first.capacity());
+        tree_budget::add(self.charged);
         self.first = Some(first);
     }
+}
 
-    /// A member with key `key` was appended at `at`.
-    pub(crate) fn appended(&mut self, key: &Value, at: usize) {
-        if let (Some(first), Some(n)) = (&mut self.first, Named::of(key)) {
-            first.entry(n.hash()).or_insert(at);
-        }
-    }
-
-    /// A member was removed: the positions after it moved.
-    pub(crate) fn removed(&mut self) {
-        *self = KeyIndex::default();
-    }
+/// What a map of `entries` takes: buckets of a key and a position with a control byte each, at
+/// most 7/8 full (so up to twice that after rounding to a power of two), and its header.
+fn map_cost(entries: usize) -> usize {
+    entries
+        .saturating_mul(8)
+        .div_ceil(7)
+        .saturating_mul(std::mem::size_of::<(u64, usize)>() + 1)
+        .saturating_add(64)
 }
 
 fn walk(members: &[(Value, Node)], key: Key<'_>) -> Option<usize> {
@@ -293,10 +332,10 @@ mod tests {
         }
     }
 
-    /// Looking up each key of a large object walks it about once, not once per key (what an
+    /// Looking up each key of a large object walks it a few times, not once per key (what an
     /// app does that looks up each of one part of a message's keys in another).
     #[test]
-    fn looking_up_each_key_of_a_large_object_walks_it_about_once() {
+    fn looking_up_each_key_of_a_large_object_walks_it_a_few_times() {
         const N: usize = 20_000;
         let object = Node::from_value(text_keyed(N));
         let before = compared();
@@ -310,7 +349,7 @@ mod tests {
             assert!(object.get(Key::Num(i as f64)).is_none());
         }
         assert!(
-            compared() - before <= N as u64,
+            compared() - before <= 3 * N as u64,
             "{} keys compared",
             compared() - before
         );
@@ -335,7 +374,8 @@ mod tests {
             "{} keys compared",
             compared() - before
         );
-        // A removal drops it; it comes back at the second lookup after.
+        // A removal drops it; it comes back once lookups have walked the object (now 2N - 1
+        // members) twice.
         assert!(object.erase(Key::Str(b"k0")));
         let before = compared();
         for i in 1..N {
@@ -346,16 +386,45 @@ mod tests {
             );
         }
         assert!(
-            compared() - before <= 2 * N as u64,
+            compared() - before <= 6 * N as u64,
             "{} keys compared",
             compared() - before
         );
     }
 
-    /// The same through a view of a message's bytes: members past the first few are found in
-    /// the tree, built once.
+    /// The index is charged to the tree budget while it lives, and refused (lookups walk) when
+    /// the budget has no room for it.
     #[test]
-    fn a_view_finds_each_key_of_a_large_map_walking_it_about_once() {
+    fn the_index_is_charged_and_given_back() {
+        let base = tree_budget::charged();
+        let object = Node::from_value(text_keyed(1000));
+        let tree = tree_budget::charged();
+        for _ in 0..2 {
+            assert!(object.get(Key::Str(b"absent")).is_none());
+        }
+        assert!(
+            tree_budget::charged() >= tree + 1000 * 17,
+            "the index is charged"
+        );
+        assert!(object.erase(Key::Str(b"k0")));
+        assert!(tree_budget::charged() < tree, "dropped with the removal");
+        drop(object);
+        assert_eq!(tree_budget::charged(), base);
+        // No room: lookups go on walking and answer all the same.
+        let object = Node::from_value(text_keyed(1000));
+        tree_budget::set_limit(tree_budget::charged() + 100);
+        let before = compared();
+        for _ in 0..4 {
+            assert_eq!(value(object.get(Key::Str(b"k999"))), Some(Value::Int(999)));
+        }
+        assert_eq!(compared() - before, 4000, "every lookup walked");
+        tree_budget::set_limit(0);
+    }
+
+    /// The same through a view of a message's bytes: once lookups have walked as many members as
+    /// the message has bytes, the rest are found in the tree, built once.
+    #[test]
+    fn a_view_finds_each_key_of_a_large_map_walking_it_a_few_times() {
         const N: usize = 20_000;
         let bytes = cbor::encode(&text_keyed(N));
         let doc = Doc::parse(&bytes, &Limits::default()).unwrap();
@@ -372,7 +441,7 @@ mod tests {
         }
         assert!(doc.is_built());
         assert!(
-            compared() - before <= 2 * N as u64,
+            compared() - before <= (bytes.len() + 5 * N) as u64,
             "{} keys compared",
             compared() - before
         );

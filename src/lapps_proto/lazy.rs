@@ -74,6 +74,8 @@ pub(crate) struct Doc {
     tree: RefCell<Option<Vec<(usize, Node)>>>,
     /// What building the tree costs ([`tree_cost`]; 0 until asked once).
     cost: Cell<usize>,
+    /// Map members walked over by lookups past their first [`SCAN_LIMIT`] (see `Handle::get`).
+    walked: Cell<usize>,
     /// The Doc's own allocation and its bytes', charged to the thread's tree budget while the
     /// Doc lives: a view keeps its message alive, and Lua's collector, seeing a small userdata,
     /// has no reason to free a large message, or many small ones, soon (see [`over_budget`]).
@@ -161,6 +163,7 @@ impl Doc {
             named: named_members(bytes, root),
             tree: RefCell::new(None),
             cost: Cell::new(0),
+            walked: Cell::new(0),
             charged,
         }))
     }
@@ -339,10 +342,11 @@ impl Handle {
 
     /// `v[key]`. Reading the bytes costs a walk over the elements before the one asked for: an
     /// element past the first [`SCAN_LIMIT`] is read from the tree instead, built once, so that
-    /// `for i = 1, #v do ... v[i] ... end` stays linear in the message's size. So is a member
-    /// not among a map's first [`SCAN_LIMIT`]: the tree's objects find their members by an
-    /// index, so that looking up each of many keys in a large map is linear too. (When the
-    /// tree budget refuses the tree, the walk goes on.)
+    /// `for i = 1, #v do ... v[i] ... end` stays linear in the message's size. Maps are read
+    /// from the tree (whose objects find members by an index) once lookups have walked over
+    /// more members past the first [`SCAN_LIMIT`] of their maps than the message has bytes:
+    /// a few lookups keep the bytes as they are, many stay linear. When the tree budget
+    /// refuses the tree, the walk goes on (and the refusal is not the caller's to answer).
     pub(crate) fn get(&self, key: Key<'_>) -> Option<Item> {
         let (doc, at) = match self {
             Handle::Raw(doc, at) if !doc.is_built() => (doc, *at),
@@ -382,9 +386,14 @@ impl Handle {
                         if len.map_or(b.get(pos) == Some(&0xff), |l| k == l) {
                             return None;
                         }
-                        if k == SCAN_LIMIT as u64 {
-                            if let Some(tree) = self.resolve() {
-                                return tree.get(key).map(Item::Node);
+                        if k >= SCAN_LIMIT as u64 {
+                            let walked = doc.walked.get().saturating_add(1);
+                            doc.walked.set(walked);
+                            if walked == b.len().saturating_add(1) {
+                                if let Some(tree) = self.resolve() {
+                                    return tree.get(key).map(Item::Node);
+                                }
+                                tree_budget::take_refused();
                             }
                         }
                         let value = skip(b, pos)?;

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::key_index::KeyIndex;
+use super::key_index::ByKey;
 use super::tree_budget;
 use super::value::{Limits, Value};
 
@@ -19,13 +19,13 @@ pub(crate) type ObjectRef = Rc<RefCell<Items<(Value, Node)>>>;
 /// A container's elements, and what building them from a message charged to the thread's
 /// tree budget ([`tree_budget`]), given back when the container goes: the charge follows the
 /// parts of a message's tree an app keeps, not the message. An object's members also have an
-/// index by key ([`KeyIndex`]; unused for arrays), which [`Node::set`] and [`Node::erase`]
+/// index by key ([`ByKey`]; unused for arrays), which [`Node::set`] and [`Node::erase`]
 /// keep up to date: nothing else changes an object's members in place.
 #[derive(Debug)]
 pub(crate) struct Items<T> {
     items: Vec<T>,
     charged: usize,
-    index: RefCell<KeyIndex>,
+    index: ByKey,
 }
 
 impl<T> Items<T> {
@@ -35,7 +35,7 @@ impl<T> Items<T> {
         Items {
             items,
             charged: bytes,
-            index: RefCell::default(),
+            index: ByKey::default(),
         }
     }
 
@@ -133,7 +133,7 @@ impl<T> From<Vec<T>> for Items<T> {
         Items {
             items,
             charged: 0,
-            index: RefCell::default(),
+            index: ByKey::default(),
         }
     }
 }
@@ -419,7 +419,7 @@ impl Node {
             (Node::Array(a), Key::Num(n)) => position(n).and_then(|i| a.borrow().get(i).cloned()),
             (Node::Object(o), key) => {
                 let o = o.borrow();
-                KeyIndex::find(&o.index, &o.items, key).map(|i| o.items[i].1.clone())
+                o.index.find(&o.items, key).map(|i| o.items[i].1.clone())
             }
             _ => None,
         }
@@ -464,7 +464,7 @@ impl Node {
             }
             Node::Object(o) => {
                 let mut o = o.try_borrow_mut().map_err(|_| "object is in use")?;
-                let at = KeyIndex::find(&o.index, &o.items, key);
+                let at = o.index.find(&o.items, key);
                 match (at, value) {
                     (Some(i), Some(v)) => {
                         let text = node_text_len(&v);
@@ -476,7 +476,7 @@ impl Node {
                     }
                     (Some(i), None) => {
                         let (k, old) = o.remove(i);
-                        o.index.get_mut().removed();
+                        o.index.removed();
                         o.uncharge(slot_cost(key_len(&k), node_text_len(&old)));
                         drop(o);
                         drop(old);
@@ -487,7 +487,7 @@ impl Node {
                         o.push((k, v));
                         let Items { items, index, .. } = &mut *o;
                         if let Some(((k, _), at)) = items.last().zip(items.len().checked_sub(1)) {
-                            index.get_mut().appended(k, at);
+                            index.appended(k, at);
                         }
                     }
                     (None, None) => {}
@@ -520,10 +520,10 @@ impl Node {
                 let Ok(mut o) = o.try_borrow_mut() else {
                     return false;
                 };
-                match KeyIndex::find(&o.index, &o.items, key) {
+                match o.index.find(&o.items, key) {
                     Some(i) => {
                         let (k, old) = o.remove(i);
-                        o.index.get_mut().removed();
+                        o.index.removed();
                         o.uncharge(slot_cost(key_len(&k), node_text_len(&old)));
                         drop(o);
                         drop(old);

@@ -98,6 +98,13 @@ pub(crate) fn fits(cost: usize) -> bool {
     refusal.is_none()
 }
 
+/// Whether `bytes` more fit beside what is charged now, without recording a refusal (for
+/// what is only worth building when there is room: an object's key index).
+pub(crate) fn has_room(bytes: usize) -> bool {
+    let limit = LIMIT.with(Cell::get);
+    limit == 0 || CHARGED.with(Cell::get).saturating_add(bytes) <= limit
+}
+
 /// Whether what is charged now is past this thread's limit (a message's bytes are charged
 /// without asking first: they exist already).
 pub(crate) fn over() -> bool {

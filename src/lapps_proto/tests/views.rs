@@ -367,3 +367,21 @@ fn a_view_whose_allocation_runs_out_of_memory_drops_its_handle() {
     lua.gc_collect().unwrap();
     assert_eq!(std::rc::Rc::strong_count(&d), 1, "a handle leaked");
 }
+
+/// A map whose tree the thread's budget can never hold is read from its bytes however many
+/// lookups walk it (many lookups would otherwise switch to the tree): the refusal is not an
+/// error of the lookup, which the view would raise as "not enough memory".
+#[test]
+fn a_map_too_large_for_its_tree_is_still_read_from_its_bytes() {
+    let members: Vec<(Value, Value)> = (0..2000)
+        .map(|i| (t(&format!("k{i}")), Value::Int(i)))
+        .collect();
+    let bytes = cbor::encode(&Value::Map(members));
+    crate::lapps_proto::tree_budget::set_limit(bytes.len() * 4);
+    let lua = with_view(&bytes);
+    run(
+        &lua,
+        "for i = 1999, 0, -1 do assert(m['k' .. i] == i, i) end assert(m.nope == nil)",
+    );
+    crate::lapps_proto::tree_budget::set_limit(0);
+}
