@@ -13,17 +13,24 @@
 # (run as root: the script raises it, up to fs.nr_open, 1048576 by default), and about 9 GB of
 # free memory (the kernel's part: two sockets per connection on loopback). Not part of CI.
 #
-# Usage: sudo bench/million.sh   (env: CONNS (1000000), HOLD (20 s), THREADS (4: client threads
+# Usage: sudo bench/million.sh   (env: CONNS (1000000), HOLD (5 s held after the report), THREADS (4: client threads
 #        opening connections), PORT (5099), KEEP=1 keeps the work directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-1000000}
-HOLD=${HOLD:-20}
+HOLD=${HOLD:-5}
 THREADS=${THREADS:-4}
 PORT=${PORT:-5099}
 WORKERS=2
 LOADGEN=bench/loadgen/target/release/loadgen
-die() { echo "million: $*" >&2; exit 1; }
+die() {
+    echo "million: $*" >&2
+    if [ -s "${WORK:-}/client.out" ]; then
+        echo "million: the client's output ends:" >&2
+        tail -n 5 "$WORK/client.out" | sed 's/^/   /' >&2
+    fi
+    exit 1
+}
 
 # Each worker may hold its half and some room: the balancer gives each new connection to the
 # least loaded worker, so they differ by a few at most.
@@ -89,13 +96,17 @@ slab() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$PID/status"; }
 fds() { find "/proc/$PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 threads() { find "/proc/$PID/task" -mindepth 1 -maxdepth 1 | wc -l; }
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s until it succeeds.
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s until it succeeds; dies when the
+# server, or the client while it runs, has exited meanwhile.
 wait_for() {
     local secs=$1 what=$2 began=$SECONDS
     shift 2
     until "$@"; do
         [ $((SECONDS - began)) -lt "$secs" ] || die "$what: not within $secs s"
         kill -0 "$PID" 2>/dev/null || die "lapps exited (log: $WORK/lapps.log)"
+        if [ -n "$CLIENT" ] && ! kill -0 "$CLIENT" 2>/dev/null; then
+            die "the client exited before $what"
+        fi
         sleep 0.2
     done
 }
@@ -108,13 +119,19 @@ echo "== million: $CONNS connections to ws://127.0.0.1:$PORT/echo from $sources 
     "lapps pid $PID ($WORKERS workers x max_connections $per_worker; RSS $rss_idle KiB," \
     "$fds_idle descriptors, $threads_idle threads idle)"
 
-"$LOADGEN" --url "ws://127.0.0.1:$PORT/echo" --idle "$CONNS" --hold "$HOLD" --threads "$THREADS" \
-    --sources "$sources" --echo-all --server-pid "$PID" >"$WORK/client.out" 2>&1 &
+# The client says "opened N" once every connection is open and holds them until it reads a
+# line on stdin (a FIFO here): the figures and the status report below are taken meanwhile.
+mkfifo "$WORK/go"
+"$LOADGEN" --url "ws://127.0.0.1:$PORT/echo" --idle "$CONNS" --hold-stdin --threads "$THREADS" \
+    --sources "$sources" --echo-all --server-pid "$PID" <"$WORK/go" >"$WORK/client.out" 2>&1 &
 CLIENT=$!
+exec 3>"$WORK/go"
 began=$SECONDS
-all_open() { [ "$(fds)" -ge $((fds_idle + CONNS)) ]; }
-wait_for 600 "$CONNS connections open" all_open
+opened() { grep -q '^opened ' "$WORK/client.out"; }
+wait_for 900 "$CONNS connections open" opened
 opened_s=$((SECONDS - began))
+all_open() { [ "$(fds)" -ge $((fds_idle + CONNS)) ]; }
+wait_for 10 "the server holding all $CONNS connections" all_open
 rss_full=$(rss) slab_full=$(slab)
 echo "   all open after ~$opened_s s: RSS $rss_full KiB, kernel slab +$(((slab_full - slab_idle) / 1024)) MiB"
 reports=$(grep -c 'status: bcast' "$WORK/lapps.log" || true)
@@ -122,6 +139,10 @@ kill -USR1 "$PID"
 reported() { [ "$(grep -c 'status: bcast' "$WORK/lapps.log" || true)" -gt "$reports" ]; }
 wait_for 30 "the status report" reported
 grep 'status: ' "$WORK/lapps.log" | sed 's/^/   /'
+# HOLD seconds more with all of them open, then the client checks them and echoes on each.
+sleep "$HOLD"
+echo go >&3
+exec 3>&-
 
 wait "$CLIENT" || { sed 's/^/   /' "$WORK/client.out"; die "the client failed"; }
 CLIENT=

@@ -18,7 +18,9 @@ usage: loadgen --url ws://HOST:PORT/PATH | wss://HOST:PORT/PATH [options]
                     (OONs in between are skipped); --size is the byte string's length
   --idle N --hold SECS   open N idle connections, hold them, report server RSS per connection
                     (opened by --threads threads at once); with --echo-all, then one --size
-                    message on every connection, whose echo must come back
+                    message on every connection, whose echo must come back; with
+                    --hold-stdin, prints \"opened N\" once all are open and holds them until
+                    a line (or the end) comes on stdin, instead of --hold seconds
   --sources K       connect from K loopback addresses, 127.0.0.1 to 127.0.0.K (each has its
                     own ephemeral ports: one address has ~28,000 towards one server port)
   --fanout N --rounds R  N subscribers to bench/apps/fanout (the URL's service): per round,
@@ -50,6 +52,7 @@ pub struct Args {
     pub lapps: bool,
     pub churn: bool,
     pub echo_all: bool,
+    pub hold_stdin: bool,
     pub sources: u8,
     pub fanout: Option<usize>,
     pub rounds: usize,
@@ -90,6 +93,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         lapps: false,
         churn: false,
         echo_all: false,
+        hold_stdin: false,
         sources: 1,
         fanout: None,
         rounds: 10,
@@ -117,6 +121,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--lapps" => a.lapps = true,
             "--churn" => a.churn = true,
             "--echo-all" => a.echo_all = true,
+            "--hold-stdin" => a.hold_stdin = true,
             "--sources" => a.sources = num(&opt, &val()?)?,
             "--pin" => {
                 a.pin = val()?
@@ -165,8 +170,8 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     if a.sources == 0 || (a.sources > 1 && !a.addr.is_ipv4()) {
         return Err("--sources must be 1-255, and more than 1 needs an IPv4 server".into());
     }
-    if a.echo_all && a.idle.is_none() {
-        return Err("--echo-all goes with --idle".into());
+    if (a.echo_all || a.hold_stdin) && a.idle.is_none() {
+        return Err("--echo-all and --hold-stdin go with --idle".into());
     }
     if a.fanout == Some(0) {
         return Err("--fanout needs at least 1 subscriber".into());

@@ -26,7 +26,18 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
     let t0 = Instant::now();
     let mut shares = open_all(a, n)?;
     let opened_in = t0.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs_f64(a.hold));
+    if a.hold_stdin {
+        println!("opened {n}");
+        std::io::stdout()
+            .flush()
+            .map_err(|e| format!("stdout: {e}"))?;
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("stdin: {e}"))?;
+    } else {
+        std::thread::sleep(Duration::from_secs_f64(a.hold));
+    }
     let mut lost = 0;
     for c in shares.iter_mut().flatten() {
         let alive = c.set_nonblocking(true).is_ok()
@@ -58,11 +69,15 @@ pub fn run(a: &Args, n: usize) -> Result<(), String> {
             opt(echoed_in, 3)
         );
     } else {
+        let held = if a.hold_stdin {
+            "until told".to_string()
+        } else {
+            format!("{} s", a.hold)
+        };
         println!(
-            "{}  {n} idle connections opened in {opened_in:.2} s ({:.0}/s), held {} s",
+            "{}  {n} idle connections opened in {opened_in:.2} s ({:.0}/s), held {held}",
             a.url,
             n as f64 / opened_in,
-            a.hold
         );
         println!(
             "server RSS before {} KiB, after {} KiB: {} bytes per connection; {lost} lost",

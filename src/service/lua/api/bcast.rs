@@ -64,8 +64,8 @@ pub const TOO_MANY_CHANNELS: &str = "too many channels";
 /// subscriptions go when a send to the channel finds the handle stale. On a channel that never
 /// sends they would pile up for the life of the process; so a subscribe that finds the set
 /// twice as large as after the last sweep (and at least [`SWEEP_FLOOR`]) sweeps it. Each sweep
-/// is paid for by the subscribes since the last, and stale members never outnumber the live
-/// ones a channel had at its last sweep (or the floor).
+/// is paid for by the subscribes since the last, and stale members stay fewer than twice the
+/// members the channel kept at its last sweep (or than the floor).
 #[derive(Default)]
 struct Members {
     conns: BTreeSet<ConnId>,
