@@ -410,6 +410,14 @@ check "a variant switch over files the new binary refuses leaves the running ser
     bash -c 'grep -q "backlog" <<<"$1" && grep -q "the running server was not restarted" <<<"$1" &&
         ! grep -qE "invoke (stop|start|restart)" "$2"' _ "$refused" "$tmp/systemd.log"
 cp "$tmp/ws.json.good" /etc/lapps/ws.json
+# An install its preinst refuses (lapps-avx2 on a CPU without AVX2), after dpkg asked the
+# installed variant's prerm to make way for it: dpkg puts that package back (its postinst
+# abort-remove), and the server it never stopped is neither stopped nor restarted.
+: >"$tmp/systemd.log"
+(export LAPPS_CPUINFO="$tmp/cpu-ssse3" && under_systemd dpkg_locked -i "$(deb avx2)") || true
+check "an install the preinst refuses leaves the installed variant and its server alone" \
+    bash -c 'dpkg-query -W -f="\${Status}" lapps-ssse3 | grep -q "ok installed$" &&
+        ! grep -qE "invoke (stop|restart)" "$1"' _ "$tmp/systemd.log"
 : >"$tmp/systemd.log"
 under_systemd dpkg_locked -r lapps-ssse3
 check "dpkg -r stops the server" grep -qx "deb-systemd-invoke stop lapps.service" "$tmp/systemd.log"
