@@ -114,13 +114,28 @@ impl ByKey {
         found
     }
 
-    /// A member with key `key` was appended at `at`.
+    /// A member with key `key` was appended at `at`. When the map grows, what it takes more is
+    /// charged; without room for that, the index goes (lookups walk until there is).
     pub(crate) fn appended(&mut self, key: &Value, at: usize) {
-        let Some(ix) = self.0.get_mut() else {
+        let slot = self.0.get_mut();
+        let Some(ix) = slot.as_deref_mut() else {
             return;
         };
-        if let (Some(first), Some(n)) = (&mut ix.first, Named::of(key)) {
-            first.entry(n.hash()).or_insert(at);
+        let (Some(first), Some(n)) = (&mut ix.first, Named::of(key)) else {
+            return;
+        };
+        let before = first.capacity();
+        first.entry(n.hash()).or_insert(at);
+        if first.capacity() == before {
+            return;
+        }
+        let cost = map_cost(first.capacity());
+        let more = cost.saturating_sub(ix.charged);
+        if tree_budget::has_room(more) {
+            tree_budget::add(more);
+            ix.charged = cost;
+        } else {
+            *slot = None;
         }
     }
 
@@ -157,11 +172,11 @@ impl KeyIndex {
 
     /// Builds the map, when the tree budget has room for it (else lookups go on walking).
     fn build(&mut self, members: &[(Value, Node)]) {
-        let cost = map_cost(members.len());
+        let mut first = HashMap::with_capacity(members.len());
+        let cost = map_cost(first.capacity());
         if !tree_budget::has_room(cost) {
             return;
         }
-        let mut first = HashMap::with_capacity(members.len());
         for (at, (k, _)) in members.iter().enumerate() {
             if let Some(n) = Named::of(k) {
                 first.entry(n.hash()).or_insert(at);
@@ -173,12 +188,13 @@ impl KeyIndex {
     }
 }
 
-/// What a map of `entries` takes: buckets of a key and a position with a control byte each, at
-/// most 7/8 full (so up to twice that after rounding to a power of two), and its header.
-fn map_cost(entries: usize) -> usize {
-    entries
+/// What a map with room for `capacity` entries takes: its buckets (a key and a position with a
+/// control byte each, at most 7/8 of them used, their count a power of two) and its header.
+fn map_cost(capacity: usize) -> usize {
+    capacity
         .saturating_mul(8)
         .div_ceil(7)
+        .next_power_of_two()
         .saturating_mul(std::mem::size_of::<(u64, usize)>() + 1)
         .saturating_add(64)
 }
@@ -402,12 +418,29 @@ mod tests {
         for _ in 0..2 {
             assert!(object.get(Key::Str(b"absent")).is_none());
         }
+        let indexed = tree_budget::charged();
+        assert!(indexed >= tree + 1000 * 17, "the index is charged");
+        // It grows with the members added, and so does its charge.
+        for i in 1000..3000 {
+            let k = format!("k{i}");
+            let v = Some(Node::Scalar(Value::Int(i)));
+            object.set(Key::Str(k.as_bytes()), v).unwrap();
+        }
+        let members = 2000 * 2 * tree_budget::KEPT_PER_ITEM;
+        let grown = tree_budget::charged();
         assert!(
-            tree_budget::charged() >= tree + 1000 * 17,
-            "the index is charged"
+            grown >= indexed + members + 2000 * 17,
+            "the index's growth is charged"
+        );
+        assert_eq!(
+            value(object.get(Key::Str(b"k2999"))),
+            Some(Value::Int(2999))
         );
         assert!(object.erase(Key::Str(b"k0")));
-        assert!(tree_budget::charged() < tree, "dropped with the removal");
+        assert!(
+            tree_budget::charged() + 2000 * 17 < grown,
+            "dropped with the removal"
+        );
         drop(object);
         assert_eq!(tree_budget::charged(), base);
         // No room: lookups go on walking and answer all the same.

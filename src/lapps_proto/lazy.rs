@@ -20,7 +20,7 @@ use super::cbor_de;
 use super::node::{
     kept_by, key_len, key_matches, node_text_len, number_key_text, position, Items, Key, Node,
 };
-use super::tree_budget;
+use super::tree_budget::{self, Refusal};
 use super::value::{Limits, Value};
 
 /// Messages up to this size live inside their `Doc` (one allocation per message instead of
@@ -393,7 +393,12 @@ impl Handle {
                                 if let Some(tree) = self.resolve() {
                                     return tree.get(key).map(Item::Node);
                                 }
-                                tree_budget::take_refused();
+                                // Refused: never (too large for the budget on its own) is
+                                // final; not now (garbage not yet collected fills the budget)
+                                // is tried again after as many members more.
+                                if tree_budget::take_refused() == Some(Refusal::NotNow) {
+                                    doc.walked.set(0);
+                                }
                             }
                         }
                         let value = skip(b, pos)?;

@@ -385,3 +385,35 @@ fn a_map_too_large_for_its_tree_is_still_read_from_its_bytes() {
     );
     crate::lapps_proto::tree_budget::set_limit(0);
 }
+
+/// A map whose tree did not fit only because the budget was full at the time (garbage not yet
+/// collected) gets its tree once there is room, so that many lookups stay linear.
+#[test]
+fn a_map_whose_tree_did_not_fit_yet_gets_it_once_there_is_room() {
+    use crate::lapps_proto::tree_budget;
+    let members: Vec<(Value, Value)> = (0..2000)
+        .map(|i| (t(&format!("k{i}")), Value::Int(i)))
+        .collect();
+    let bytes = cbor::encode(&Value::Map(members));
+    let d = doc(&bytes);
+    let view = Handle::Raw(d.clone(), d.root());
+    let full = 10 << 20;
+    tree_budget::set_limit(tree_budget::charged() + full);
+    tree_budget::add(full);
+    let look = |n: usize| {
+        for _ in 0..n {
+            let found = match view.get(Key::Str(b"k1999")) {
+                Some(Item::RawScalar(d, at)) => d.scalar(at),
+                Some(Item::Node(Node::Scalar(ref v))) => Some(v.clone()),
+                _ => None,
+            };
+            assert_eq!(found, Some(Value::Int(1999)));
+        }
+    };
+    look(20);
+    assert!(!d.is_built(), "no room yet");
+    tree_budget::release(full);
+    look(20);
+    assert!(d.is_built(), "built once there was room");
+    tree_budget::set_limit(0);
+}
