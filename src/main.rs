@@ -94,13 +94,16 @@ fn main() -> ExitCode {
     };
     if let Some(pid) = args.reload {
         use lapps::reload_request::{logs_to_journal, request, ANSWER_TIMEOUT};
+        // Read before the request, which gives up root (a root caller may read the server's
+        // /proc files, the server's own user may not when the unit gave it a capability).
+        let journal = logs_to_journal(pid);
         return match request(pid, ANSWER_TIMEOUT) {
             Ok(true) => {
                 println!("lapps: process {pid} reloaded");
                 ExitCode::SUCCESS
             }
             Ok(false) => {
-                let hint = if logs_to_journal(pid) {
+                let hint = if journal {
                     " (journalctl -u lapps -p err)"
                 } else {
                     ""

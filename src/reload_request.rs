@@ -194,19 +194,36 @@ impl Drop for Requester {
     }
 }
 
+/// Whether process `pid` writes its stderr to the journal: systemd put `JOURNAL_STREAM`
+/// (the device and inode of the stream it connected) in its environment, and its descriptor
+/// 2 is still that stream (a shell started under systemd passes the variable on to a server
+/// whose stderr it redirects to a file). For the hint where to read why a reload failed;
+/// false when the process's environment or descriptors cannot be read (call it before
+/// [`request`], which gives up root).
+pub fn logs_to_journal(pid: libc::pid_t) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let Some(stream) = env
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"JOURNAL_STREAM="))
+    else {
+        return false;
+    };
+    let Some((dev, ino)) = std::str::from_utf8(stream)
+        .ok()
+        .and_then(|s| s.split_once(':'))
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+    else {
+        return false;
+    };
+    std::fs::metadata(format!("/proc/{pid}/fd/2")).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
 /// Asks the lapps server `pid` for a reload and waits up to `timeout` for its answer: `Ok(true)`
 /// when it is done, `Ok(false)` when it failed in part (the server's log says how); `Err` when
 /// no request could be made or no answer came.
-/// Whether process `pid` logs to the journal (systemd set `JOURNAL_STREAM` in its
-/// environment), for the hint where to read why a reload failed. False when its environment
-/// cannot be read.
-pub fn logs_to_journal(pid: libc::pid_t) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-        env.split(|&b| b == 0)
-            .any(|var| var.starts_with(b"JOURNAL_STREAM="))
-    })
-}
-
 pub fn request(pid: libc::pid_t, timeout: Duration) -> Result<bool, String> {
     // Blocked before anything is sent, so that no answer is lost: sigtimedwait takes it.
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -342,18 +359,33 @@ fn become_owner_of(status: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A child whose stderr is a file stands for a server under systemd when `JOURNAL_STREAM`
+    /// names that file's device and inode; not when the variable names another stream (its
+    /// stderr was redirected) or is missing.
     #[test]
     fn a_process_started_by_systemd_for_the_journal_is_told_from_one_that_was_not() {
-        let spawn = |journal: bool| {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir().join(format!("lapps-journal-test-{}", std::process::id()));
+        let stderr = std::fs::File::create(&path).unwrap();
+        let m = stderr.metadata().unwrap();
+        let same = format!("{}:{}", m.dev(), m.ino());
+        let other = format!("{}:{}", m.dev(), m.ino() + 1);
+        let spawn = |stream: Option<&str>| {
             let mut c = std::process::Command::new("sleep");
-            c.arg("30").env_remove("JOURNAL_STREAM");
-            if journal {
-                c.env("JOURNAL_STREAM", "8:12345");
+            c.arg("30")
+                .env_remove("JOURNAL_STREAM")
+                .stderr(stderr.try_clone().unwrap());
+            if let Some(v) = stream {
+                c.env("JOURNAL_STREAM", v);
             }
             c.spawn().unwrap()
         };
-        for journal in [true, false] {
-            let mut child = spawn(journal);
+        for (stream, journal) in [
+            (Some(same.as_str()), true),
+            (Some(&other), false),
+            (None, false),
+        ] {
+            let mut child = spawn(stream);
             let pid = child.id() as libc::pid_t;
             // Until it has exec'd, the child shows our environment.
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -368,5 +400,6 @@ mod tests {
             child.wait().unwrap();
         }
         assert!(!logs_to_journal(-1), "no such process");
+        let _ = std::fs::remove_file(&path);
     }
 }
