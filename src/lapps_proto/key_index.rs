@@ -172,11 +172,11 @@ impl KeyIndex {
 
     /// Builds the map, when the tree budget has room for it (else lookups go on walking).
     fn build(&mut self, members: &[(Value, Node)]) {
-        let mut first = HashMap::with_capacity(members.len());
-        let cost = map_cost(first.capacity());
-        if !tree_budget::has_room(cost) {
+        // Asked before allocating: without room, every lookup comes here again.
+        if !tree_budget::has_room(map_cost(members.len())) {
             return;
         }
+        let mut first = HashMap::with_capacity(members.len());
         for (at, (k, _)) in members.iter().enumerate() {
             if let Some(n) = Named::of(k) {
                 first.entry(n.hash()).or_insert(at);

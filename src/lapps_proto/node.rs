@@ -486,7 +486,7 @@ impl Node {
                         o.charge(slot_cost(key_len(&k), node_text_len(&v)));
                         o.push((k, v));
                         let Items { items, index, .. } = &mut *o;
-                        if let Some(((k, _), at)) = items.last().zip(items.len().checked_sub(1)) {
+                        if let Some((at, (k, _))) = items.iter().enumerate().next_back() {
                             index.appended(k, at);
                         }
                     }
