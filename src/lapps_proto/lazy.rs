@@ -74,8 +74,9 @@ pub(crate) struct Doc {
     tree: RefCell<Option<Vec<(usize, Node)>>>,
     /// What building the tree costs ([`tree_cost`]; 0 until asked once).
     cost: Cell<usize>,
-    /// Map members walked over by lookups past their first [`SCAN_LIMIT`] (see `Handle::get`).
-    walked: Cell<usize>,
+    /// Map members walked over by lookups past their first [`SCAN_LIMIT`] (see `Handle::get`;
+    /// 32 bits, so that the Doc stays as large as it was: it is allocated per message).
+    walked: Cell<u32>,
     /// The Doc's own allocation and its bytes', charged to the thread's tree budget while the
     /// Doc lives: a view keeps its message alive, and Lua's collector, seeing a small userdata,
     /// has no reason to free a large message, or many small ones, soon (see [`over_budget`]).
@@ -387,18 +388,8 @@ impl Handle {
                             return None;
                         }
                         if k >= SCAN_LIMIT as u64 {
-                            let walked = doc.walked.get().saturating_add(1);
-                            doc.walked.set(walked);
-                            if walked == b.len().saturating_add(1) {
-                                if let Some(tree) = self.resolve() {
-                                    return tree.get(key).map(Item::Node);
-                                }
-                                // Refused: never (too large for the budget on its own) is
-                                // final; not now (garbage not yet collected fills the budget)
-                                // is tried again after as many members more.
-                                if tree_budget::take_refused() == Some(Refusal::NotNow) {
-                                    doc.walked.set(0);
-                                }
+                            if let Some(tree) = self.walked_past_scan_limit(doc) {
+                                return tree.get(key).map(Item::Node);
                             }
                         }
                         let value = skip(b, pos)?;
@@ -417,6 +408,26 @@ impl Handle {
             Some((4 | 5, _, _)) => Item::RawContainer(Rc::clone(doc), inner),
             _ => Item::RawScalar(Rc::clone(doc), found),
         })
+    }
+
+    /// One more map member walked past its map's first [`SCAN_LIMIT`]: the tree, when the walks
+    /// have now passed as many members as the message has bytes and the budget allows it.
+    /// Out of line: `get` is on every request's path (`message.method`), this is not.
+    #[cold]
+    #[inline(never)]
+    fn walked_past_scan_limit(&self, doc: &Doc) -> Option<Node> {
+        let walked = doc.walked.get().saturating_add(1);
+        doc.walked.set(walked);
+        if walked as usize != doc.bytes().len().saturating_add(1) {
+            return None;
+        }
+        let tree = self.resolve();
+        // Refused: never (too large for the budget on its own) is final; not now (garbage
+        // not yet collected fills the budget) is tried again after as many members more.
+        if tree.is_none() && tree_budget::take_refused() == Some(Refusal::NotNow) {
+            doc.walked.set(0);
+        }
+        tree
     }
 
     /// `#v`.
