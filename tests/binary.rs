@@ -1329,7 +1329,9 @@ return app
 }
 
 /// After a redeploy, what the replaced version's instances still log is tagged
-/// `[name#i retiring]`, told from the new version's lines under the same name.
+/// `[name#i retiring]`, told from the new version's lines under the same name: for a network
+/// service (retired in the background) and a standalone one (handed over before its new
+/// version starts).
 #[test]
 fn a_replaced_versions_last_lines_are_tagged_retiring() {
     let app = |v: &str| {
@@ -1342,46 +1344,60 @@ return app
 "#
         )
     };
+    let solo = |v: &str| {
+        format!(
+            r#"local s = {{}}
+s.init = function() print("onStart {v}") end
+s.run = function() local n = nap:new() while not must_stop() do n:sleep(0.05) end end
+s.onShutdown = function() print("onShutdown {v}") end
+return s
+"#
+        )
+    };
     let (mut child, _addr, log, _) = apps_binary(
         binary::ONE_WORKER_WS_JSON,
         "retiring-tag",
-        &[("ver", &app("v1"))],
-        r#""ver": { "instances": 1 }"#,
+        &[("ver", &app("v1")), ("solo", &solo("v1"))],
+        r#""ver": { "instances": 1 }, "solo": { "standalone": true, "preload": ["nap"] }"#,
     );
     let dir = std::env::temp_dir().join(format!("lapps-test-retiring-tag-{}", std::process::id()));
-    let file = dir.join("apps/ver/ver.lua");
-    assert!(file.exists(), "{file:?}");
-    std::fs::write(&file, app("v2")).unwrap();
+    for (name, src) in [("ver", app("v2")), ("solo", solo("v2"))] {
+        let file = dir.join(format!("apps/{name}/{name}.lua"));
+        assert!(file.exists(), "{file:?}");
+        std::fs::write(&file, src).unwrap();
+    }
     // SAFETY: kill with the pid of our own child and a valid signal number.
     assert_eq!(
         unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGHUP) },
         0
     );
-    let mut lines = binary::lines_until(&log, "onShutdown v1");
+    let mut lines = binary::lines_until(&log, "reload done");
     child.stop();
     lines.extend(log.iter());
-    let tagged = |what: &str| {
+    let tagged = |service: &str, what: &str| {
         lines
             .iter()
-            .find(|l| l.ends_with(what))
-            .and_then(|l| l.split_once(" [ver#"))
+            .find(|l| l.contains(&format!(" [{service}#")) && l.ends_with(what))
+            .and_then(|l| l.split_once(&format!(" [{service}#")))
             .map(|(_, rest)| rest.to_string())
     };
-    assert_eq!(
-        tagged("onShutdown v1").as_deref(),
-        Some("0 retiring] onShutdown v1"),
-        "{lines:#?}"
-    );
-    assert_eq!(
-        tagged("onStart v2").as_deref(),
-        Some("0] onStart v2"),
-        "{lines:#?}"
-    );
-    assert_eq!(
-        tagged("onShutdown v2").as_deref(),
-        Some("0] onShutdown v2"),
-        "{lines:#?}"
-    );
+    for service in ["ver", "solo"] {
+        assert_eq!(
+            tagged(service, "onShutdown v1").as_deref(),
+            Some("0 retiring] onShutdown v1"),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            tagged(service, "onStart v2").as_deref(),
+            Some("0] onStart v2"),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            tagged(service, "onShutdown v2").as_deref(),
+            Some("0] onShutdown v2"),
+            "{lines:#?}"
+        );
+    }
 }
 
 /// `math.huge` is the longest wait an mqr receive can ask for, not "bad timeout" (on which a
