@@ -15,7 +15,6 @@ use crate::args::Args;
 use crate::frame::{self, EchoChecker};
 use crate::{handshake, lapps, payload};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// The longest one step of a cycle may take before it counts as an error.
@@ -191,20 +190,8 @@ fn cycle(a: &Args, plan: &Plan, how: usize) -> Result<(), String> {
                 l_onoff: 1,
                 l_linger: 0,
             };
-            // SAFETY: sets SO_LINGER on the stream's own open socket from a properly sized,
-            // initialised `linger`; the kernel copies it.
-            let r = unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            if r != 0 {
-                return Err(format!("SO_LINGER: {}", io::Error::last_os_error()));
-            }
+            crate::sys::set_option(&s, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+                .map_err(|e| format!("SO_LINGER: {e}"))?;
         }
         _ => {
             s.shutdown(std::net::Shutdown::Write)

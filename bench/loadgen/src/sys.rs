@@ -181,20 +181,12 @@ pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> io::
     let tcp = unsafe { TcpStream::from_raw_fd(fd) };
     // A blocking connect on Linux gives up after SO_SNDTIMEO.
     tcp.set_write_timeout(Some(timeout))?;
-    let one: libc::c_int = 1;
-    // SAFETY: sets an int option on our socket from a live, properly sized value.
-    let r = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    set_option(
+        &tcp,
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        &(1 as libc::c_int),
+    )?;
     let (src, dst) = (sockaddr(SocketAddrV4::new(from, 0)), sockaddr(to));
     // SAFETY: `src` is a valid sockaddr_in of `len` bytes, read by the kernel.
     if unsafe {
@@ -223,4 +215,29 @@ pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> io::
         Some(libc::EINPROGRESS) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         _ => e,
     })
+}
+
+/// setsockopt(2) of `value` (an option's plain C value: an int, a `linger`) on `sock`.
+pub fn set_option<T: Copy>(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live, initialised `T` of the size given; the kernel copies it, and
+    // `sock` is an open socket its owner keeps for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
