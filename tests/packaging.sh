@@ -379,8 +379,8 @@ rm -rf /var/lib/lapps/root-only
 echo "-- under a stand-in systemd"
 fake=$tmp/fake-systemd
 mkdir -p "$fake"
-printf '#!/bin/sh\necho "systemctl $*" >>"%s"\ncase " $* " in *" is-active "*) exit 0 ;; esac\n' \
-    "$tmp/systemd.log" >"$fake/systemctl"
+printf '#!/bin/sh\necho "systemctl $*" >>"%s"\ncase " $* " in *" is-active "*) test ! -e "%s" ;; esac\n' \
+    "$tmp/systemd.log" "$tmp/stopped" >"$fake/systemctl"
 printf '#!/bin/sh\necho "deb-systemd-invoke $*" >>"%s"\n' "$tmp/systemd.log" >"$fake/deb-systemd-invoke"
 chmod +x "$fake/systemctl" "$fake/deb-systemd-invoke"
 if [ ! -d /run/systemd/system ]; then
@@ -422,6 +422,33 @@ check "an install the preinst refuses leaves the installed variant and its serve
 : >"$tmp/systemd.log"
 under_systemd dpkg_locked -r lapps-ssse3
 check "dpkg -r stops the server" grep -qx "deb-systemd-invoke stop lapps.service" "$tmp/systemd.log"
+# Installed again over the files the removal left, with the server stopped: files its binary
+# refuses are named, and the server is not started (a unit that fails at once, and again
+# every 2 s, tells the operator less than the install does).
+touch "$tmp/stopped"
+cp /etc/lapps/ws.json "$tmp/ws.json.kept"
+python3 - <<'PY'
+import json
+p = "/etc/lapps/ws.json"
+w = json.load(open(p))
+w["backlog"] = -1
+open(p, "w").write(json.dumps(w, indent=2) + "\n")
+PY
+: >"$tmp/systemd.log"
+refused=$(under_systemd dpkg_locked -i "$(deb ssse3)" 2>&1 || true)
+check "an install over left files its binary refuses says so and starts nothing" \
+    bash -c 'grep -q "backlog" <<<"$1" && grep -q "the server was not started" <<<"$1" &&
+        ! grep -qE "invoke (start|restart)" "$2" &&
+        dpkg-query -W -f="\${Status}" lapps-ssse3 | grep -q "ok installed$"' \
+    _ "$refused" "$tmp/systemd.log"
+cp "$tmp/ws.json.kept" /etc/lapps/ws.json
+: >"$tmp/systemd.log"
+under_systemd dpkg_locked -i "$(deb ssse3)"
+check "a reinstall over valid files, with the server stopped, starts it" \
+    grep -qE "deb-systemd-invoke (start|restart) lapps.service" "$tmp/systemd.log"
+rm "$tmp/stopped"
+: >"$tmp/systemd.log"
+under_systemd dpkg_locked -r lapps-ssse3
 if [ -n "$made_run_systemd" ]; then
     rmdir /run/systemd/system
     made_run_systemd=
