@@ -624,6 +624,53 @@ fn a_standalone_service_whose_dependency_is_down_keeps_its_old_version() {
     assert_eq!(last, ["stopped base v3", "stopped user v2"]);
 }
 
+/// A network service's new version whose dependency is down (a standalone one that failed
+/// its own redeploy) is refused as a new service would be, and the running version keeps
+/// serving its clients until a reload finds the dependency running again.
+#[test]
+fn a_network_service_whose_dependency_is_down_keeps_its_old_version() {
+    let site = Site::new("network-depends");
+    let events = lapps::service::mqr::registry().open("deploy.network_depends", 64);
+    let next = || next_event(&events);
+    site.write_app(
+        "base",
+        &standalone_worker("deploy.network_depends", "base v1"),
+    );
+    site.app("user", "user v1");
+    let services = r#", "base": { "standalone": true, "preload": ["mqr", "nap"] },
+        "user": { "request_target": "/user", "depends": ["base"] }"#;
+    site.lapps_json(services);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    assert_eq!(next(), "init base v1");
+    let mut client = connect(addr, "/user");
+    assert_eq!(ask(&mut client, "a"), "user v1 a");
+    site.write_app(
+        "base",
+        "return { init = function() error('base v2 cannot start') end, run = function() end }\n",
+    );
+    assert!(!app.reload(), "the reload reports base's failure");
+    assert_eq!(next(), "stopped base v1");
+    site.app("user", "user v2");
+    assert!(!app.reload(), "the reload reports user's refusal");
+    assert_eq!(
+        ask(&mut client, "b"),
+        "user v1 b",
+        "user v1 was replaced while base is down"
+    );
+    assert_eq!(ask(&mut connect(addr, "/user"), "c"), "user v1 c");
+    site.write_app(
+        "base",
+        &standalone_worker("deploy.network_depends", "base v3"),
+    );
+    assert!(app.reload());
+    assert_eq!(next(), "init base v3");
+    assert_eq!(close_code(&mut client), Some(1001));
+    assert_eq!(ask(&mut connect(addr, "/user"), "d"), "user v2 d");
+    app.shutdown();
+    assert_eq!(next(), "stopped base v3");
+}
+
 #[test]
 fn shutdown_waits_for_a_replaced_version_to_finish_stopping() {
     let site = Site::new("retiring");

@@ -50,6 +50,17 @@ fn err(service: &str, message: impl Into<String>) -> StartError {
     }
 }
 
+/// `Ok` when every service `spec` depends on is among `running` (the running services' names).
+fn dependencies_run(spec: &ServiceSpec, running: &[String]) -> Result<(), StartError> {
+    match spec.depends.iter().find(|d| !running.contains(d)) {
+        Some(d) => Err(err(
+            &spec.name,
+            format!("depends on {d}, which is not running"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A replaced or removed version stopping in the background (see `Registry::retire`).
 struct Retiring {
     name: String,
@@ -316,8 +327,7 @@ impl Registry {
             .iter()
             .map(|s| s.spec().name.clone())
             .collect();
-        if let Some(d) = spec.depends.iter().find(|d| !running.contains(d)) {
-            let e = err(name, format!("depends on {d}, which is not running"));
+        if let Err(e) = dependencies_run(&spec, &running) {
             self.lock_idle().push(spec);
             return Err(e);
         }
@@ -390,20 +400,16 @@ impl Registry {
         if running.contains(&spec.name) {
             return Err(err(&spec.name, "already running"));
         }
-        if let Some(d) = spec.depends.iter().find(|d| !running.contains(d)) {
-            return Err(err(
-                &spec.name,
-                format!("depends on {d}, which is not running"),
-            ));
-        }
+        dependencies_run(&spec, &running)?;
         self.lock_idle().retain(|s| s.name != spec.name);
         self.launch(spec)
     }
 
-    /// Replaces a running service by a new version without touching the others (its
-    /// `depends` are not checked again: the running version already runs without them). The new
-    /// version is started first: if it fails to load, the old one keeps serving and the error
-    /// is returned. New connections then reach the new version; the old one's connections are
+    /// Replaces a running service by a new version without touching the others. The new
+    /// version's `depends` must run (as for a new service: its `onStart` may count on them; a
+    /// dependency may have failed its own redeploy), or the old one keeps serving and the error
+    /// is returned. The new version is started first: if it fails to load, the old one keeps
+    /// serving and the error is returned. New connections then reach the new version; the old one's connections are
     /// closed with 1001 (going away), so their clients reconnect to it, and the old instances
     /// stop once those connections are gone (bounded by the shutdown grace). A standalone
     /// service is stopped before its new version starts (two copies could fight over queues),
@@ -442,6 +448,7 @@ impl Registry {
             let asked = self.retire(old);
             return self.add(spec).map(|()| asked);
         }
+        dependencies_run(&spec, &self.running())?;
         let new = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
             .map_err(|m| err(&name, m))?;
         let new = Arc::new(new);
@@ -526,12 +533,7 @@ impl Registry {
     /// What would make `spec` fail to start, short of running it: its app's compilation, its
     /// preloads, its dependencies (`running`: the services running now).
     fn check_before_stopping(spec: &ServiceSpec, running: &[String]) -> Result<(), StartError> {
-        if let Some(d) = spec.depends.iter().find(|d| !running.contains(d)) {
-            return Err(err(
-                &spec.name,
-                format!("depends on {d}, which is not running"),
-            ));
-        }
+        dependencies_run(spec, running)?;
         crate::service::lua::compile_check(&spec.app_file, spec.allow_ffi || spec.allow_debug)
             .and_then(|()| crate::service::lua::preload_check(spec))
             .map_err(|m| err(&spec.name, m))
