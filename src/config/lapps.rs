@@ -216,6 +216,10 @@ impl ServiceConfig {
 
     /// `max_inbound_message_size` when not given: 16 MiB.
     pub const DEFAULT_MAX_INBOUND_MESSAGE_SIZE: usize = 16 << 20;
+    /// `memory_limit` when not set: 64 MiB per Lua state.
+    pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+    /// The smallest `memory_limit` other than 0.
+    pub const MIN_MEMORY_LIMIT: usize = 1 << 20;
 
     /// `applications/NAME/NAME.lua`.
     pub fn app_file(&self, dirs: &Directories) -> PathBuf {
@@ -306,7 +310,7 @@ impl ServiceConfig {
             extra_headers: read_extra_headers(r, s),
             proto_alias,
             allowed_origins: read_allowed_origins(r, s),
-            memory_limit: s.usize(r, "memory_limit", 64 << 20, 0),
+            memory_limit: read_memory_limit(r, s),
             instruction_budget: s.uint(r, "instruction_budget", 100_000_000, 0, u64::MAX),
             allow_ffi: s.bool(r, "allow_ffi", false),
             allow_debug: s.bool(r, "allow_debug", false),
@@ -427,6 +431,29 @@ fn check_origin(origin: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `memory_limit`: 0 (no limit) or at least [`ServiceConfig::MIN_MEMORY_LIMIT`] bytes. A
+/// smaller one passed the check and then failed the start with a bare "not enough memory"
+/// (`64`, meant as MiB, is the likely slip).
+fn read_memory_limit(r: &mut Reader, s: &Obj<'_>) -> usize {
+    let default = ServiceConfig::DEFAULT_MEMORY_LIMIT;
+    let n = s.usize(r, "memory_limit", default, 0);
+    if n != 0 && n < ServiceConfig::MIN_MEMORY_LIMIT {
+        if let Some(v) = s.get("memory_limit") {
+            r.type_error(
+                &s.path_of("memory_limit"),
+                &format!(
+                    "0 (no limit) or a number of bytes >= {} (1 MiB; a Lua state takes about \
+                     100 KB before its app is loaded)",
+                    ServiceConfig::MIN_MEMORY_LIMIT
+                ),
+                v,
+            );
+        }
+        return default;
+    }
+    n
 }
 
 fn read_extra_headers(r: &mut Reader, s: &Obj<'_>) -> Vec<(String, String)> {

@@ -853,7 +853,7 @@ fn a_builtin_service_refuses_keys_it_cannot_honour() {
     );
     assert!(lapps(r#"{"services": {"e": {"builtin": "echo", "proto_alias": "x"}}}"#).is_ok());
     let l = lines(lapps(
-        r#"{"services": {"e": {"builtin": "echo", "instances": 2, "memory_limit": 1,
+        r#"{"services": {"e": {"builtin": "echo", "instances": 2, "memory_limit": 8388608,
                                "preload": ["bcast"], "request_target": "/e"}}}"#,
     ));
     assert_eq!(l.len(), 3, "{l:?}");
@@ -914,4 +914,27 @@ fn the_originals_ws_json_keys_are_read_and_checked() {
             "ws.json: tls_server_version: expected 3 or 12 (TLS 1.2 and 1.3), 4 or 13 (TLS 1.3), got 11"
         ]
     );
+}
+
+#[test]
+fn a_memory_limit_below_one_mib_is_refused_naming_the_unit() {
+    for small in ["1", "64", "65536", "1048575"] {
+        let l = lines(lapps(&format!(
+            r#"{{"services": {{"e": {{"memory_limit": {small}}}}}}}"#
+        )));
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert!(
+            l[0].contains("services.e.memory_limit")
+                && l[0].contains("0 (no limit) or a number of bytes >= 1048576")
+                && l[0].ends_with(&format!("got {small}")),
+            "{l:?}"
+        );
+    }
+    for fine in [0, 1 << 20, 64 << 20] {
+        let c = lapps(&format!(
+            r#"{{"services": {{"e": {{"memory_limit": {fine}}}}}}}"#
+        ))
+        .expect("accepted");
+        assert_eq!(c.services["e"].memory_limit, fine);
+    }
 }
