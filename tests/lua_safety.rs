@@ -625,3 +625,21 @@ fn a_copy_into_the_host_is_bounded_however_small_the_table_is_in_lua() {
     let numbers = ask(&mut ws, "numbers");
     assert!(numbers.starts_with("1500000 numbers in "), "{numbers}");
 }
+
+#[test]
+fn a_start_out_of_memory_names_the_memory_limit() {
+    let hub = hub(1);
+    let mut s = app_in_tmp(
+        "hungry",
+        "local big = string.rep('x', 4 * 1024 * 1024)\nreturn { onMessage = function() return true end }",
+    );
+    s.memory_limit = 1 << 20;
+    let e = Registry::start(vec![s], hub.clone())
+        .err()
+        .expect("a start error");
+    assert!(
+        e.message
+            .contains("not enough memory (the service's memory_limit is 1048576 bytes)"),
+        "{e}"
+    );
+}

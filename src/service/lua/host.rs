@@ -391,12 +391,21 @@ pub(crate) fn one_line(e: &mlua::Error) -> String {
 }
 
 /// [`one_line`] for a message already in text form (an error caught by `lua_pcall`).
+///
+/// On an instance's thread, Lua's bare "not enough memory" is followed by the service's
+/// `memory_limit`, the setting an operator would change (it is this thread's tree budget).
 pub(crate) fn one_line_str(s: &str) -> String {
-    s.lines()
+    let line = s
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join(" | ")
+        .join(" | ");
+    let limit = crate::lapps_proto::tree_budget::limit();
+    if limit == 0 || !line.contains("not enough memory") || line.contains("memory_limit") {
+        return line;
+    }
+    format!("{line} (the service's memory_limit is {limit} bytes)")
 }
 
 #[cfg(test)]

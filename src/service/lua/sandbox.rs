@@ -37,11 +37,11 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
     } else {
         Lua::new_with(libs, LuaOptions::default())?
     };
+    // The trees of this thread's messages get the same limit (the state never leaves it).
+    crate::lapps_proto::tree_budget::set_limit(spec.memory_limit);
     if spec.memory_limit > 0 {
         lua.set_memory_limit(spec.memory_limit)?;
     }
-    // The trees of this thread's messages get the same limit (the state never leaves it).
-    crate::lapps_proto::tree_budget::set_limit(spec.memory_limit);
     if let Some(budget) = spec.instruction_budget {
         install_budget(&lua, host, budget)?;
     }
