@@ -643,3 +643,19 @@ fn a_start_out_of_memory_names_the_memory_limit() {
         "{e}"
     );
 }
+
+#[test]
+fn an_app_that_only_raises_names_its_file_and_line() {
+    let hub = hub(1);
+    for src in ["error('boom at load')", "\n\nerror('boom at load')\n"] {
+        let e = Registry::start(vec![app_in_tmp("raiser", src)], hub.clone())
+            .err()
+            .expect("a start error");
+        let line = if src.starts_with('\n') { 3 } else { 1 };
+        assert!(
+            e.message
+                .contains(&format!("raiser.lua:{line}: boom at load")),
+            "{e}"
+        );
+    }
+}

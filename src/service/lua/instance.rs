@@ -347,7 +347,10 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     } else {
         chunk.set_mode(mlua::ChunkMode::Text)
     };
-    let module: Value = chunk.eval().map_err(|e| one_line(&e))?;
+    // Run as the block it is, not `eval`: that tries the file as `return <expression>` first,
+    // which turns an app made of one call, `error("...")`, into a tail call whose error then
+    // names no file and no line.
+    let module: Value = chunk.call(()).map_err(|e| one_line(&e))?;
     let Value::Table(module) = module else {
         return Err(format!("{path}: the app must return its module table"));
     };
