@@ -695,6 +695,55 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
     );
 }
 
+/// A message over the service's limit and a Lua state out of memory: each log line names the
+/// lapps.json setting an operator would change, and its value.
+#[test]
+fn a_limit_hit_is_logged_with_the_setting_that_set_it() {
+    let dir = temp_dir("limit-lines");
+    std::fs::create_dir_all(dir.join("apps/hungry")).unwrap();
+    std::fs::write(
+        dir.join("apps/hungry/hungry.lua"),
+        "return { onMessage = function(h, op, msg)\n  local t = {}\n  \
+         for i = 1, 1e7 do t[i] = msg .. i end\n  return true\nend }\n",
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+  "services": {{
+    "small": {{ "builtin": "echo", "request_target": "/small", "max_inbound_message_size": 100 }},
+    "hungry": {{ "request_target": "/hungry", "memory_limit": 2097152, "instruction_budget": 0 }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let (_child, addr, log) = spawn_binary(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let mut small = connect(addr, "/small");
+    small
+        .send(tungstenite::Message::binary(vec![7u8; 101]))
+        .unwrap();
+    assert_eq!(ws_close_code(&mut small), 1009);
+    let line = binary::wait_line(&log, "max_inbound_message_size");
+    assert!(
+        line.ends_with(
+            "message larger than service small's max_inbound_message_size (100 bytes), \
+             close code 1009"
+        ),
+        "{line}"
+    );
+    let mut hungry = connect(addr, "/hungry");
+    send(&mut hungry, "x");
+    assert_eq!(ws_close_code(&mut hungry), 1011);
+    let line = binary::wait_line(&log, "onMessage failed");
+    assert!(
+        line.ends_with("not enough memory (the service's memory_limit is 2097152 bytes)"),
+        "{line}"
+    );
+}
+
 /// A server started for a test: the child, its address and its log.
 type Served = (
     binary::Reaper,

@@ -1005,10 +1005,21 @@ impl Worker {
                 // to what came before are awaited: without a decoder, input is dropped.
                 let peer = self.conns.get_mut(index).map(|c| {
                     c.decoder = None;
-                    c.peer
+                    (c.peer, c.service.clone())
                 });
+                let (peer, service) = peer.unzip();
+                let service = service.flatten();
                 let peer = peer.map_or_else(String::new, |p| p.to_string());
-                if e == codec::OVER_ALLOWANCE {
+                if let (true, Some(s)) = (e == codec::TOO_LARGE, &service) {
+                    // The setting to raise, by its lapps.json name, and the service it is of.
+                    crate::info_limited!(
+                        "closing {peer}: message larger than service {}'s \
+                         max_inbound_message_size ({} bytes), close code {}",
+                        s.name(),
+                        s.max_message_size(),
+                        e.code
+                    );
+                } else if e == codec::OVER_ALLOWANCE {
                     // Its own buffer was given back already: what is held is the others'.
                     crate::warn_limited!(
                         "closing {peer}: its message needs more than max_inbound_assembly_bytes \

@@ -63,6 +63,13 @@ pub const OVER_ALLOWANCE: ProtocolError = ProtocolError {
     reason: "no room left for messages being received",
 };
 
+/// The message (its frames so far plus this one's declared length) is larger than the
+/// decoder's `max_message_size`.
+pub const TOO_LARGE: ProtocolError = ProtocolError {
+    code: TOO_BIG,
+    reason: "message larger than max_message_size",
+};
+
 /// What the decoder found. Slices borrow the caller's input (zero-copy) or the decoder's
 /// message buffer; they are valid only during the callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,10 +338,7 @@ impl Decoder {
         // Checked from the header, before any byte of the payload is buffered. No overflow:
         // both terms are below 2^63.
         if self.message.len() as u64 + h.payload_len > self.max_message_size as u64 {
-            return Err(ProtocolError {
-                code: TOO_BIG,
-                reason: "message larger than max_message_size",
-            });
+            return Err(TOO_LARGE);
         }
         Ok(opcode)
     }
