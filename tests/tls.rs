@@ -833,10 +833,24 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
         e.file, other_key,
         "a key that does not match the certificate: {e}"
     );
-    // Both files named: the fault may be the certificate file's order.
+    // Both files named: the fault may be the certificate file's order. No rustls debug text.
     assert!(
         e.reason.contains("does not match the first certificate of")
-            && e.reason.contains(&cert.display().to_string()),
+            && e.reason.contains(&cert.display().to_string())
+            && !e.reason.contains("KeyMismatch"),
+        "{e}"
+    );
+    // A v1 certificate (what `openssl x509 -req` makes without -extfile): named as one.
+    let pair = ca.server("server");
+    let v1 = dir.join("v1.crt");
+    std::fs::write(&v1, pem_certificate(&without_version(&pair.cert_der))).unwrap();
+    let v1_key = dir.join("v1.key");
+    std::fs::write(&v1_key, &pair.key_pem).unwrap();
+    let e = check(&v1, &v1_key);
+    assert_eq!(e.file, v1);
+    assert!(
+        e.reason
+            .starts_with("an X.509 v1 certificate, which TLS cannot use: it must be v3"),
         "{e}"
     );
     // A PEM key block whose body is no key ring can use: the key file is named.
@@ -1036,4 +1050,80 @@ fn a_sighup_that_loads_an_expired_certificate_warns_like_the_start_up() {
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let status = child.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
+}
+
+/// One DER element of `b`: (its tag, its header's length, its whole length).
+fn der_element(b: &[u8]) -> (u8, usize, usize) {
+    let first = b[1];
+    let (header, len) = if first < 0x80 {
+        (2, usize::from(first))
+    } else {
+        let n = usize::from(first & 0x7f);
+        let len = b[2..2 + n]
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        (2 + n, len)
+    };
+    (b[0], header, header + len)
+}
+
+/// `tag` and `content` as one DER element.
+fn der_wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The certificate `der` as X.509 v1: its TBSCertificate without the version field (the
+/// signature no longer matches, which loading a server's own certificate does not check).
+fn without_version(der: &[u8]) -> Vec<u8> {
+    let (_, h, _) = der_element(der);
+    let body = &der[h..];
+    let (_, th, tlen) = der_element(body);
+    let tbs = &body[th..tlen];
+    let (tag, _, vlen) = der_element(tbs);
+    assert_eq!(tag, 0xa0, "rcgen writes the version");
+    let mut cert = der_wrap(0x30, &tbs[vlen..]);
+    cert.extend_from_slice(&body[tlen..]);
+    der_wrap(0x30, &cert)
+}
+
+/// `der` in a PEM CERTIFICATE block.
+fn pem_certificate(der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                text.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
 }

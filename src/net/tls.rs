@@ -183,15 +183,31 @@ fn load(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded, 
             builder.with_client_cert_verifier(verifier)
         }
     };
+    let version = der::version(&certs[0]);
     let mut config = builder.with_single_cert(certs, key).map_err(|e| match e {
         // The key, or the certificate file's order: its first certificate must be the
         // server's own (a chain-only file, or one with the intermediate first, fails here).
-        rustls::Error::InconsistentKeys(_) => err(
+        rustls::Error::InconsistentKeys(why) => err(
             &files.key,
             format!(
                 "does not match the first certificate of {} (which must be the server's own, \
-                 before its chain): {e}",
-                files.cert.display()
+                 before its chain){}",
+                files.cert.display(),
+                match why {
+                    rustls::InconsistentKeys::KeyMismatch => "",
+                    _ => ": their public keys could not be compared",
+                }
+            ),
+        ),
+        // `openssl x509 -req` without `-extfile` makes one: rustls's words for it speak of
+        // a "peer".
+        _ if version.is_some_and(|v| v < 3) => err(
+            &files.cert,
+            format!(
+                "an X.509 v{} certificate, which TLS cannot use: it must be v3 (the version \
+                 with extensions, such as subjectAltName); issue it again, e.g. with \
+                 openssl x509 -req ... -extfile holding subjectAltName=DNS:<host>",
+                version.unwrap_or(1)
             ),
         ),
         _ => err(
@@ -540,6 +556,20 @@ mod der {
     }
 
     type Validity = Option<(i64, String)>;
+
+    /// The certificate's X.509 version (1, 2 or 3): a v1 one has no version field.
+    pub fn version(cert: &[u8]) -> Option<u8> {
+        let (_, cert, _) = tlv(cert)?;
+        let (_, tbs, _) = tlv(cert)?;
+        let (tag, explicit, _) = tlv(tbs)?;
+        if tag != 0xa0 {
+            return Some(1);
+        }
+        match tlv(explicit)? {
+            (0x02, [n @ 0..=2], _) => Some(n + 1),
+            _ => None,
+        }
+    }
 
     pub fn validity_and_subject(cert: &[u8]) -> Option<(Validity, Option<String>)> {
         let (_, cert, _) = tlv(cert)?;
