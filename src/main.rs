@@ -335,7 +335,12 @@ fn check_descriptors(cfg: &mut Config) {
         );
         w.max_connections = covered as usize;
     }
-    if let Some(warning) = nofile::shortfall(limit, w.workers, w.max_connections) {
+    if let Some(warning) = nofile::shortfall(
+        limit,
+        w.workers,
+        w.max_connections,
+        w.max_connections_by_default,
+    ) {
         warn!("{warning}");
     }
 }

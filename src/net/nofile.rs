@@ -74,19 +74,38 @@ pub fn per_worker(limit: u64, workers: usize) -> u64 {
 }
 
 /// The warning for a limit of `limit` descriptors when `workers` workers may each hold
-/// `max_connections` connections, or None when the limit covers them.
-pub fn shortfall(limit: u64, workers: usize, max_connections: usize) -> Option<String> {
+/// `max_connections` connections, or None when the limit covers them. `chosen`: ws.json does
+/// not set max_connections, and the server chose it for this limit ([`per_worker`]).
+pub fn shortfall(
+    limit: u64,
+    workers: usize,
+    max_connections: usize,
+    chosen: bool,
+) -> Option<String> {
     let promised = (workers as u64).saturating_mul(max_connections as u64);
     let besides = besides(workers);
     let needed = promised.saturating_add(besides).saturating_add(RESERVE);
+    let (allowed, remedy) = if chosen {
+        (
+            format!(
+                "the server allows (ws.json sets no max_connections, so it took \
+                 {max_connections} per worker x {workers} workers)"
+            ),
+            "raise LimitNOFILE, or ulimit -n, or run fewer IO workers",
+        )
+    } else {
+        (
+            format!("ws.json allows ({workers} workers x max_connections {max_connections})"),
+            "raise LimitNOFILE, or ulimit -n, or lower max_connections",
+        )
+    };
     (limit < needed).then(|| {
         format!(
             "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {promised} connections \
-             ws.json allows ({workers} workers x max_connections {max_connections}) plus \
-             {besides} the workers may hold besides (refused ones answered 503, accepted ones \
+             {allowed} plus {besides} the workers may hold besides (refused ones answered 503, accepted ones \
              waiting for their worker) and {RESERVE} for the server itself: past about {} \
              open connections of any of these kinds, accepting pauses and new clients wait \
-             unanswered (raise LimitNOFILE, or ulimit -n, or lower max_connections)",
+             unanswered ({remedy})",
             limit.saturating_sub(RESERVE)
         )
     })
@@ -98,14 +117,33 @@ mod tests {
 
     #[test]
     fn a_limit_below_the_promise_names_both_numbers() {
-        let w = shortfall(20_000, 2, 100_000).expect("a warning");
+        let w = shortfall(20_000, 2, 100_000, false).expect("a warning");
         assert!(w.contains("is 20000"), "{w}");
         assert!(w.contains("200000 connections"), "{w}");
         assert!(w.contains("10240 the workers may hold besides"), "{w}");
         assert!(w.contains("about 19744 open connections"), "{w}");
         // Live connections; per worker 1024 refused and 4096 waiting; the server's own.
-        assert_eq!(shortfall(200_000 + 10_240 + 256, 2, 100_000), None);
-        assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000).is_some());
+        assert_eq!(shortfall(200_000 + 10_240 + 256, 2, 100_000, false), None);
+        assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000, false).is_some());
+    }
+
+    #[test]
+    fn a_max_connections_the_server_chose_is_not_blamed_on_ws_json() {
+        let w = shortfall(3_000, 2, 686, true).expect("a warning");
+        assert!(
+            w.contains(
+                "below the 1372 connections the server allows (ws.json sets no \
+                 max_connections, so it took 686 per worker x 2 workers)"
+            ) && w.ends_with("(raise LimitNOFILE, or ulimit -n, or run fewer IO workers)"),
+            "{w}"
+        );
+        let w = shortfall(3_000, 2, 686, false).expect("a warning");
+        assert!(
+            w.contains(
+                "below the 1372 connections ws.json allows (2 workers x max_connections 686)"
+            ) && w.ends_with("or lower max_connections)"),
+            "{w}"
+        );
     }
 
     #[test]
@@ -113,9 +151,13 @@ mod tests {
         for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (6_000, 1)] {
             let n = per_worker(limit, workers) as usize;
             assert!(n >= 1, "{limit} over {workers}");
-            assert_eq!(shortfall(limit, workers, n), None, "{limit} over {workers}");
+            assert_eq!(
+                shortfall(limit, workers, n, false),
+                None,
+                "{limit} over {workers}"
+            );
             assert!(
-                shortfall(limit, workers, n + 1).is_some(),
+                shortfall(limit, workers, n + 1, false).is_some(),
                 "{limit} over {workers}"
             );
         }
@@ -125,10 +167,10 @@ mod tests {
         // them): half of it is for live connections, not none (which left max_connections
         // at its default, far past the limit); the check still warns.
         assert_eq!(per_worker(65_536, 16), 2040);
-        assert!(shortfall(65_536, 16, 2040).is_some());
+        assert!(shortfall(65_536, 16, 2040, false).is_some());
         // One that covers them keeps the rule above: no warning.
         assert_eq!(per_worker(65_536, 8), 3040);
-        assert_eq!(shortfall(65_536, 8, 3040), None);
+        assert_eq!(shortfall(65_536, 8, 3040, false), None);
         assert_eq!(per_worker(48, 1), 0);
         assert_eq!(per_worker(0, 4), 0);
     }
