@@ -201,6 +201,21 @@ fn deployed(cfg: &Config, sc: &ServiceConfig, lib_hash: u64) -> Deployed {
     }
 }
 
+/// What makes `now` a new version of `before`, for the deploy's log line.
+fn what_changed(before: &Deployed, now: &Deployed) -> String {
+    let mut what = Vec::new();
+    if before.config != now.config {
+        what.push("its lapps.json entry changed");
+    }
+    if before.app_hash != now.app_hash {
+        what.push("its app directory changed");
+    }
+    if before.lib != now.lib || before.lib_hash != now.lib_hash {
+        what.push("the shared lib directory changed");
+    }
+    what.join(", ")
+}
+
 /// Files of an app directory that a deploy looks at, at most; beyond, the rest is not seen.
 const APP_DIR_MAX_FILES: usize = 4096;
 /// Files up to this size are compared by content, larger ones by size and modification time.
@@ -392,6 +407,19 @@ pub struct App {
     restart_only: RestartOnly,
     /// When the server started serving (the status report's uptime).
     started: std::time::Instant,
+    /// The Lua services of the last lapps.json applied (name, auto_start): the status report
+    /// names those that are not running.
+    configured: Mutex<Vec<(String, bool)>>,
+}
+
+/// The Lua services of `cfg`, with their `auto_start`, by name.
+fn lua_services(cfg: &Config) -> Vec<(String, bool)> {
+    cfg.lapps
+        .services
+        .values()
+        .filter(|sc| sc.builtin.is_none())
+        .map(|sc| (sc.name.clone(), sc.auto_start))
+        .collect()
 }
 
 #[derive(PartialEq)]
@@ -486,6 +514,7 @@ impl App {
             routes: RwLock::new(HashMap::new()),
             registry: Arc::clone(&registry),
         });
+        let configured = Mutex::new(lua_services(cfg));
         let running = registry.running();
         deployed_now.retain(|name, _| running.contains(name));
         for name in order {
@@ -493,7 +522,10 @@ impl App {
             if !sc.is_network() || !sc.auto_start {
                 continue;
             }
-            crate::info!("service {name} at {}", sc.request_target);
+            // A Lua service said where it serves as it started; a builtin has no start.
+            if sc.builtin.is_some() {
+                crate::info!("service {name} (builtin echo) at {}", sc.request_target);
+            }
             router.set(sc.request_target.clone(), route_of(sc));
         }
         let server = match Server::start(opts, hub, router.clone()) {
@@ -517,6 +549,7 @@ impl App {
             deployed: Mutex::new(deployed_now),
             restart_only: RestartOnly::of(cfg),
             started: std::time::Instant::now(),
+            configured,
         })
     }
 
@@ -583,6 +616,7 @@ impl App {
                 return done;
             }
         };
+        *self.configured.lock().unwrap_or_else(|e| e.into_inner()) = lua_services(cfg);
         let mut deployed_map = self.deployed.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: Vec<&ServiceConfig> = order
             .iter()
@@ -653,16 +687,23 @@ impl App {
                 Some(before) => {
                     let left = before.config.request_target.clone();
                     let moved = before.config.is_network() && left != sc.request_target;
+                    let why = what_changed(before, &now);
+                    let was_network = before.config.is_network();
                     self.registry.replace(lua_spec(cfg, sc)).map(|n| {
                         // Only once the new version runs: a failed replace keeps the old path.
                         if moved && !claimed(&left) {
                             self.router.unset(&left);
                         }
                         done.replaced += 1;
-                        format!(
-                            "replaced service {} ({n} connection(s) asked to reconnect)",
-                            sc.name
-                        )
+                        if was_network {
+                            format!(
+                                "replaced service {} ({why}; {n} connection(s) asked to \
+                                 reconnect)",
+                                sc.name
+                            )
+                        } else {
+                            format!("replaced service {} ({why})", sc.name)
+                        }
                     })
                 }
                 None => self.registry.add(lua_spec(cfg, sc)).map(|()| {
@@ -788,7 +829,30 @@ impl App {
             field("VmRSS:"),
             field("Threads:")
         ));
-        for l in self.registry.status() {
+        let mut lines = self.registry.status();
+        // The services not running go after those that are, before the channels' line.
+        let channels = lines.pop();
+        for l in lines {
+            line(format_args!("status: {l}"));
+        }
+        let running = self.registry.running();
+        let configured = self
+            .configured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (name, auto_start) in configured {
+            if running.contains(&name) {
+                continue;
+            }
+            let why = if auto_start {
+                "its last start failed (see the deploy: lines); the next SIGHUP tries again"
+            } else {
+                "auto_start is false"
+            };
+            line(format_args!("status: service {name}: not running, {why}"));
+        }
+        if let Some(l) = channels {
             line(format_args!("status: {l}"));
         }
     }

@@ -1645,9 +1645,14 @@ return app
     let (child, addr, log, _) = apps_binary(
         &one_worker_ws(r#""max_connections": 100"#),
         "status",
-        &[("statusecho", echo), ("statuskeep", keeper)],
+        &[
+            ("statusecho", echo),
+            ("statuskeep", keeper),
+            ("statusidle", echo),
+        ],
         r#""statusecho": { "instances": 2 },
-           "statuskeep": { "standalone": true, "preload": ["bcast", "mqr", "nap"] }"#,
+           "statuskeep": { "standalone": true, "preload": ["bcast", "mqr", "nap"] },
+           "statusidle": { "auto_start": false }"#,
     );
     // Each connection answered once: its open has reached the service.
     let mut clients: Vec<_> = (0..3).map(|_| connect(addr, "/statusecho")).collect();
@@ -1678,6 +1683,11 @@ return app
     );
     assert!(
         status.contains(&"service statuskeep: 1 instance(s), standalone"),
+        "{status:?}"
+    );
+    // A configured service that does not run is named too.
+    assert!(
+        status.contains(&"service statusidle: not running, auto_start is false"),
         "{status:?}"
     );
     assert!(

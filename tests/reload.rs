@@ -226,6 +226,27 @@ fn a_reload_ends_with_one_line_that_counts_what_it_did() {
         line.contains("0 started, 0 replaced, 0 stopped, 1 unchanged, 0 failed"),
         "{line}"
     );
+    // A replacement says what made it a new version.
+    std::fs::write(
+        dir.join("apps/good/good.lua"),
+        "local a = {}\na.onMessage = function() return false end\nreturn a\n",
+    )
+    .unwrap();
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "replaced service good");
+    assert!(
+        line.ends_with(
+            "replaced service good (its app directory changed; 0 connection(s) asked to reconnect)"
+        ),
+        "{line}"
+    );
+    lapps_json(
+        &dir,
+        r#", "good": { "request_target": "/good", "instances": 2 }"#,
+    );
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "replaced service good");
+    assert!(line.contains("(its lapps.json entry changed; "), "{line}");
     server.stop();
 }
 
@@ -446,4 +467,36 @@ return s
         "{stop:?}"
     );
     assert!(!stop.iter().any(|l| l.contains("did not stop")), "{stop:?}");
+}
+
+/// A standalone service whose new version fails its `init()` is down until a later SIGHUP:
+/// the status report (SIGUSR1) names it as not running, and why.
+#[test]
+fn the_status_report_names_a_service_a_failed_reload_left_down() {
+    let dir = site("status-down");
+    let worker = r#"local s = {}
+s.run = function() local n = nap:new() while not must_stop() do n:sleep(0.05) end end
+return s
+"#;
+    with_standalone(&dir, "flaky", worker, r#""nap""#);
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    let pid = server.0.id();
+    std::fs::write(
+        dir.join("apps/flaky/flaky.lua"),
+        "return { init = function() error('cannot start') end, run = function() end }\n",
+    )
+    .unwrap();
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "reload done");
+    assert!(line.contains("1 failed"), "{line}");
+    signal(pid, libc::SIGUSR1);
+    let status = binary::lines_until(&log, "status: bcast");
+    assert!(
+        status.iter().any(|l| l.ends_with(
+            "status: service flaky: not running, its last start failed (see the deploy: lines); \
+             the next SIGHUP tries again"
+        )),
+        "{status:#?}"
+    );
+    server.stop();
 }

@@ -166,7 +166,8 @@ impl Server {
         }
         for (a, e) in server.local_addrs.iter().zip(&opts.endpoints) {
             let scheme = if e.tls { "wss" } else { "ws" };
-            info!("listening on {a} ({scheme}, {workers} workers)");
+            let plural = if workers == 1 { "" } else { "s" };
+            info!("listening on {a} ({scheme}, {workers} IO worker{plural})");
         }
         Ok(server)
     }
