@@ -357,9 +357,14 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         .filter_map(|(key, set)| set.then_some(key))
         .collect();
         if !unused.is_empty() {
+            let (verb, they) = if unused.len() == 1 {
+                ("applies", "it does")
+            } else {
+                ("apply", "they do")
+            };
             out.push(format!(
-                "lapps.json: services.{}: {} apply only to services clients connect to; \
-                 this one is standalone, so they do nothing",
+                "lapps.json: services.{}: {} {verb} only to services clients connect to; \
+                 this one is standalone, so {they} nothing",
                 s.name,
                 unused.join(", ")
             ));

@@ -337,6 +337,17 @@ fn check_config_warns_of_network_settings_on_a_standalone_service() {
         ),
         "{warned}"
     );
+    let one = check(
+        r#"{ "time_broadcast": { "standalone": true, "preload": ["bcast", "nap", "time"],
+                                 "request_target": "/tb" } }"#,
+    );
+    assert!(
+        one.contains(
+            "services.time_broadcast: request_target applies only to services clients connect \
+             to; this one is standalone, so it does nothing"
+        ),
+        "{one}"
+    );
     let quiet = check(
         r#"{ "time_broadcast": { "standalone": true, "preload": ["bcast", "nap", "time"] } }"#,
     );

@@ -229,7 +229,7 @@ fn uint_expectation(min: u64, max: u64) -> String {
     if max == u64::MAX {
         format!("a whole number >= {min}")
     } else {
-        format!("a number {min}-{max}")
+        format!("a whole number {min}-{max}")
     }
 }
 
@@ -278,9 +278,9 @@ mod tests {
         assert_eq!(
             text,
             [
-                "t.json: a: expected a number 0-65535, got -1",
-                "t.json: b: expected a number 0-65535, got 1.5",
-                "t.json: c: expected a number 0-65535, got 70000",
+                "t.json: a: expected a whole number 0-65535, got -1",
+                "t.json: b: expected a whole number 0-65535, got 1.5",
+                "t.json: c: expected a whole number 0-65535, got 70000",
             ]
         );
     }

@@ -411,7 +411,7 @@ fn a_key_with_control_characters_prints_escaped_on_its_own_line() {
 fn wrong_types_name_file_path_expected_and_got() {
     assert_eq!(
         lines(ws(r#"{"port": "abc"}"#)),
-        [r#"ws.json: port: expected a number 0-65535, got "abc""#]
+        [r#"ws.json: port: expected a whole number 0-65535, got "abc""#]
     );
     assert_eq!(
         lines(ws(
@@ -421,7 +421,7 @@ fn wrong_types_name_file_path_expected_and_got() {
             r#"ws.json: ip: expected an IPv4 or IPv6 address, got "localhost""#,
             r#"ws.json: tls: expected true or false, got "yes""#,
             "ws.json: workers: expected an object, got 4",
-            "ws.json: listeners: expected a number 1-1024, got 0",
+            "ws.json: listeners: expected a whole number 1-1024, got 0",
             "ws.json: connection_weight: expected a number >= 0, got -1",
         ]
     );
@@ -479,7 +479,7 @@ fn a_key_written_twice_is_an_error_at_its_line() {
 fn zero_instances_is_an_error() {
     assert_eq!(
         lines(lapps(r#"{"services": {"echo": {"instances": 0}}}"#)),
-        ["lapps.json: services.echo.instances: expected a number 1-1024, got 0"]
+        ["lapps.json: services.echo.instances: expected a whole number 1-1024, got 0"]
     );
 }
 
@@ -491,9 +491,9 @@ fn counts_that_size_threads_or_buffers_up_front_have_a_ceiling() {
                                    "mqr_capacity": 2000000}}}"#
         )),
         [
-            "lapps.json: services.e.instances: expected a number 1-1024, got 100000",
-            "lapps.json: services.e.queue_capacity: expected a number 1-1048576, got 1000000000000.0",
-            "lapps.json: services.e.mqr_capacity: expected a number 1-1048576, got 2000000",
+            "lapps.json: services.e.instances: expected a whole number 1-1024, got 100000",
+            "lapps.json: services.e.queue_capacity: expected a whole number 1-1048576, got 1000000000000.0",
+            "lapps.json: services.e.mqr_capacity: expected a whole number 1-1048576, got 2000000",
         ]
     );
     assert_eq!(
@@ -503,12 +503,12 @@ fn counts_that_size_threads_or_buffers_up_front_have_a_ceiling() {
                                 "input_buffer_size": 1e10}}"#
         )),
         [
-            "ws.json: workers.input_buffer_size: expected a number 1-67108864, got 10000000000.0",
-            "ws.json: workers.workers: expected a number 1-32, got 5000",
-            "ws.json: workers.max_poll_events: expected a number 1-65536, got 1000000000.0",
-            "ws.json: listeners: expected a number 1-1024, got 5000",
-            "ws.json: max_request_bytes: expected a number 256-1048576, got 1000000000.0",
-            "ws.json: max_headers: expected a number 8-1024, got 5000",
+            "ws.json: workers.input_buffer_size: expected a whole number 1-67108864, got 10000000000.0",
+            "ws.json: workers.workers: expected a whole number 1-32, got 5000",
+            "ws.json: workers.max_poll_events: expected a whole number 1-65536, got 1000000000.0",
+            "ws.json: listeners: expected a whole number 1-1024, got 5000",
+            "ws.json: max_request_bytes: expected a whole number 256-1048576, got 1000000000.0",
+            "ws.json: max_headers: expected a whole number 8-1024, got 5000",
         ]
     );
 }
@@ -634,8 +634,8 @@ fn several_problems_across_both_files_are_reported_together() {
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "ws.json: port: expected a number 0-65535, got -1\n\
-         lapps.json: services.a.instances: expected a number 1-1024, got \"2\""
+        "ws.json: port: expected a whole number 0-65535, got -1\n\
+         lapps.json: services.a.instances: expected a whole number 1-1024, got \"2\""
     );
     assert_eq!(e.problems.len(), 2);
 }
@@ -877,7 +877,7 @@ fn workers_stop_at_what_a_connection_handle_can_name() {
     );
     assert_eq!(
         lines(ws(r#"{"workers": {"workers": 33}}"#)),
-        ["ws.json: workers.workers: expected a number 1-32, got 33"]
+        ["ws.json: workers.workers: expected a whole number 1-32, got 33"]
     );
     assert!(ws("{}").unwrap().workers.workers <= crate::net::handle::ConnId::MAX_WORKERS);
 }
@@ -886,7 +886,7 @@ fn workers_stop_at_what_a_connection_handle_can_name() {
 fn a_range_error_names_the_ceiling_of_a_key_that_has_one() {
     assert_eq!(
         lines(ws(r#"{ "max_connections_per_address": 4294967296 }"#)),
-        ["ws.json: max_connections_per_address: expected a number 0-4294967295, got 4294967296"]
+        ["ws.json: max_connections_per_address: expected a whole number 0-4294967295, got 4294967296"]
     );
 }
 
