@@ -427,6 +427,19 @@ fn lua_services(cfg: &Config) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The names of the builtin services added, removed or edited from `before` to `now`.
+fn changed_builtins<'a>(before: &'a [ServiceConfig], now: &'a [ServiceConfig]) -> Vec<&'a str> {
+    let mut names: Vec<&str> = before
+        .iter()
+        .filter(|b| !now.contains(b))
+        .chain(now.iter().filter(|n| !before.contains(n)))
+        .map(|s| s.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 #[derive(PartialEq)]
 struct RestartOnly {
     ws: crate::config::WsConfig,
@@ -576,10 +589,12 @@ impl App {
                          (systemctl restart lapps)"
                     );
                 }
-                if now.builtins != self.restart_only.builtins {
+                let changed = changed_builtins(&self.restart_only.builtins, &now.builtins);
+                if !changed.is_empty() {
                     crate::warn!(
-                        "reload: builtin services changed in lapps.json; they change at the \
-                         next restart (systemctl restart lapps)"
+                        "reload: builtin service(s) {} changed in lapps.json; they change at \
+                         the next restart (systemctl restart lapps)",
+                        changed.join(", ")
                     );
                 }
                 // Until then the services a reload starts frame their sends as the running
@@ -681,9 +696,37 @@ impl App {
             done.stopped += 1;
         }
         let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
+        // The paths the running builtin services serve until the restart (they do not change
+        // at a reload): a Lua service given one of them waits for that restart, or it would
+        // hide the builtin (and the builtin's new path serves nothing until then).
+        let builtin_paths: HashMap<&str, &str> = self
+            .restart_only
+            .builtins
+            .iter()
+            .filter(|b| b.auto_start && b.is_network())
+            .map(|b| (b.request_target.as_str(), b.name.as_str()))
+            .collect();
         for sc in &wanted {
             let now = deployed(cfg, sc, lib_hash);
             let was_running = deployed_map.contains_key(&sc.name);
+            let held_by = builtin_paths
+                .get(sc.request_target.as_str())
+                .filter(|_| sc.is_network() && deployed_map.get(&sc.name) != Some(&now));
+            if let Some(builtin) = held_by {
+                // Not a failure: the builtin's change is one that waits for the restart.
+                crate::warn!(
+                    "deploy: service {} waits for the restart: builtin service {builtin} serves \
+                     {} until then{}",
+                    sc.name,
+                    crate::log::shown(&sc.request_target),
+                    if was_running {
+                        "; its running version keeps serving"
+                    } else {
+                        ""
+                    }
+                );
+                continue;
+            }
             let result = match deployed_map.get(&sc.name) {
                 Some(before) if *before == now => {
                     done.unchanged += 1;

@@ -671,6 +671,36 @@ fn a_network_service_whose_dependency_is_down_keeps_its_old_version() {
     assert_eq!(next(), "stopped base v3");
 }
 
+/// A builtin service moved away from its path keeps it until the restart (builtins change
+/// only then): a Lua service given that path waits for the restart too, rather than hide the
+/// builtin, which its new path does not serve yet. Not a failed reload.
+#[test]
+fn a_lua_service_given_a_running_builtins_path_waits_for_the_restart() {
+    let site = Site::new("builtin-path");
+    site.app("svc", "svc");
+    site.services(&[]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        site.dir.join("lapps.json"),
+        format!(
+            r#"{{ "directories": {{ "applications": "{}", "lib": "{root}/lua/lib" }},
+                 "services": {{ "echo": {{ "builtin": "echo", "request_target": "/echo2" }},
+                                "svc": {{ "request_target": "/echo" }} }} }}"#,
+            site.dir.join("apps").display()
+        ),
+    )
+    .unwrap();
+    assert!(app.reload(), "waiting for the restart is not a failure");
+    assert_eq!(
+        ask(&mut connect(addr, "/echo"), "still the builtin"),
+        "still the builtin"
+    );
+    assert!(status_of(addr, "/echo2").contains("404"));
+    app.shutdown();
+}
+
 #[test]
 fn shutdown_waits_for_a_replaced_version_to_finish_stopping() {
     let site = Site::new("retiring");
