@@ -335,6 +335,28 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
+    // An ACL that excludes no one from a deny policy refuses everybody: legal (a way to
+    // close a service for a while), but rarely meant.
+    let shuts_out = |acl: &crate::config::Acl| {
+        acl.policy == crate::config::Policy::Deny && acl.exclude.is_empty()
+    };
+    if shuts_out(&cfg.ws.acl) {
+        out.push(
+            "ws.json: acl denies every client (policy \"deny\" with nothing in \"exclude\"): \
+             every connection is closed as it is accepted"
+                .to_string(),
+        );
+    }
+    for s in cfg.lapps.services.values().filter(|s| !s.standalone) {
+        if s.acl.as_ref().is_some_and(shuts_out) {
+            out.push(format!(
+                "lapps.json: services.{}.acl denies every client (policy \"deny\" with nothing \
+                 in \"exclude\"): every request for {} is answered 403",
+                s.name,
+                crate::log::shown(&s.request_target)
+            ));
+        }
+    }
     let any_v4 = |port: u16| {
         endpoints
             .iter()

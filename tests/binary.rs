@@ -293,6 +293,34 @@ fn check_config_warns_of_certificates_no_endpoint_uses() {
     );
 }
 
+/// An ACL that denies everybody (a deny policy excluding no one) is legal but rarely meant:
+/// the check says so, for the server's and for a service's, and not for one that excludes.
+#[test]
+fn check_config_warns_of_an_acl_that_denies_every_client() {
+    let dir = temp_dir("check-acl-all");
+    write_config(
+        &dir,
+        r#"{ "port": 0, "acl": { "policy": "deny", "exclude": [] } }"#,
+        r#"{ "services": { "e": { "builtin": "echo", "request_target": "/e",
+                                 "acl": { "policy": "deny" } },
+                          "f": { "builtin": "echo", "request_target": "/f",
+                                 "acl": { "policy": "deny", "exclude": ["127.0.0.1"] } } } }"#,
+    );
+    let stderr = check_config_passes(&dir);
+    assert!(
+        stderr.contains("warning: ws.json: acl denies every client"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "warning: lapps.json: services.e.acl denies every client (policy \"deny\" with \
+             nothing in \"exclude\"): every request for \"/e\" is answered 403"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("services.f.acl"), "{stderr}");
+}
+
 /// `"::"` is IPv6 only here (IPV6_V6ONLY): an operator who carried it over from a dual-stack
 /// setup is told, unless an IPv4 wildcard listens on the same port too.
 #[test]
