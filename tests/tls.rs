@@ -840,6 +840,14 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
             && !e.reason.contains("KeyMismatch"),
         "{e}"
     );
+    // Which setting named the file, in what the operator reads.
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{} (tls_certificates.key): does not match",
+            other_key.display()
+        )),
+        "{e}"
+    );
     // A v1 certificate (what `openssl x509 -req` makes without -extfile): named as one.
     let pair = ca.server("server");
     let v1 = dir.join("v1.crt");

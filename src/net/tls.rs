@@ -53,11 +53,35 @@ const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 pub struct TlsError {
     pub file: PathBuf,
     pub reason: String,
+    /// The `tls_certificates` keys that name `file` (`cert`, `key`, `ca`), joined by " and ".
+    pub setting: Option<String>,
 }
 
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.reason)
+        match &self.setting {
+            Some(s) => write!(f, "{} ({s}): {}", self.file.display(), self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+impl TlsError {
+    /// Names the setting(s) of `files` the failing file came from.
+    fn named(mut self, files: &TlsFiles) -> TlsError {
+        let names: Vec<&str> = [
+            ("cert", Some(&files.cert)),
+            ("key", Some(&files.key)),
+            ("ca", files.ca.as_ref()),
+        ]
+        .into_iter()
+        .filter(|(_, p)| p.is_some_and(|p| *p == self.file))
+        .map(|(n, _)| n)
+        .collect();
+        if !names.is_empty() {
+            self.setting = Some(format!("tls_certificates.{}", names.join(" and ")));
+        }
+        self
     }
 }
 
@@ -67,6 +91,7 @@ fn err(file: &Path, reason: impl Into<String>) -> TlsError {
     TlsError {
         file: file.to_path_buf(),
         reason: reason.into(),
+        setting: None,
     }
 }
 
@@ -143,6 +168,11 @@ fn new_ticketer(files: &TlsFiles) -> Result<Arc<dyn ProducesTickets>, TlsError> 
 /// Reads and checks the PEM files and builds the server configuration. Checks: the files
 /// exist and parse, the key matches the certificate, the CA file holds usable certificates.
 fn load(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded, TlsError> {
+    build(files, ticketer).map_err(|e| e.named(files))
+}
+
+/// [`load`]'s work; its errors name the file, `load` adds the setting.
+fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded, TlsError> {
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
     let info = CertInfo::of(&certs[0]);
