@@ -137,3 +137,117 @@ fn a_reply_past_the_turns_share_of_commands_still_precedes_the_close() {
         other => panic!("expected Close 1001, got {other:?}"),
     }
 }
+
+/// What the fairness test steers: "hold" keeps the worker in the callback until the test says
+/// go; "probe" reports how many batches the worker's command queue still holds; any other
+/// message tells the test its connection.
+struct Probing {
+    hub: std::sync::OnceLock<Arc<lapps::net::hub::Hub>>,
+    conns: Mutex<Sender<ConnId>>,
+    held: Mutex<Sender<()>>,
+    go: Mutex<Receiver<()>>,
+    queued: Mutex<Sender<usize>>,
+}
+
+impl Service for Probing {
+    fn name(&self) -> &str {
+        "probing"
+    }
+
+    fn max_message_size(&self) -> usize {
+        1 << 20
+    }
+
+    fn on_open(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId) -> Option<u32> {
+        Some(0)
+    }
+
+    fn on_message(
+        &self,
+        _ctx: &mut dyn WorkerCtx,
+        conn: ConnId,
+        _tag: u32,
+        _opcode: Opcode,
+        payload: &[u8],
+    ) -> Flow {
+        match payload {
+            b"hold" => {
+                self.held.lock().unwrap().send(()).unwrap();
+                self.go.lock().unwrap().recv_timeout(WAIT).unwrap();
+            }
+            b"probe" => {
+                let hub = self.hub.get().expect("the hub");
+                let _ = self.queued.lock().unwrap().send(hub.port(0).commands.len());
+            }
+            _ => {
+                let _ = self.conns.lock().unwrap().send(conn);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_close(&self, _ctx: &mut dyn WorkerCtx, _conn: ConnId, _tag: u32) {}
+}
+
+/// A worker with a queue full of heavy sends (a flood of large broadcasts) serves its other
+/// connections between them: a turn takes about a megabyte of deliveries, not the whole queue
+/// (seconds of sending at once on a real flood, while every other connection of the worker
+/// waited). Shown without timing: the worker is held in a callback while 100 batches of
+/// 256 KiB sends are queued and a probe's message arrives; the probe is read in the next
+/// turn, and the queue is looked at right then, on the worker's thread.
+#[test]
+fn a_queue_of_heavy_sends_leaves_the_worker_turns_for_its_other_connections() {
+    let (conn_tx, conn_rx) = channel();
+    let (held_tx, held_rx) = channel();
+    let (go_tx, go_rx) = channel();
+    let (queued_tx, queued_rx) = channel();
+    let service = Arc::new(Probing {
+        hub: std::sync::OnceLock::new(),
+        conns: Mutex::new(conn_tx),
+        held: Mutex::new(held_tx),
+        go: Mutex::new(go_rx),
+        queued: Mutex::new(queued_tx),
+    });
+    // Room for the whole flood in the sink's queue: it never reads, and is no slow consumer.
+    let server = common::start_with(
+        |o| {
+            o.workers = 1;
+            o.worker.outbound_high_water = 64 << 20;
+        },
+        Arc::new(Only(service.clone())),
+    );
+    let hub = server.hub();
+    let _ = service.hub.set(hub.clone());
+    let (mut sink, _) = tungstenite::connect(server.url("/sink")).expect("upgrade");
+    sink.send(Message::text("sink")).unwrap();
+    let sink_conn = conn_rx.recv_timeout(WAIT).expect("the sink's message");
+    let (mut holder, _) = tungstenite::connect(server.url("/holder")).expect("upgrade");
+    let (mut probe, _) = tungstenite::connect(server.url("/probe")).expect("upgrade");
+    holder.send(Message::text("hold")).unwrap();
+    held_rx.recv_timeout(WAIT).expect("the worker held");
+
+    const BATCHES: usize = 100;
+    const FRAME: usize = 256 << 10;
+    let mut frame = vec![0x82u8, 127];
+    frame.extend_from_slice(&(FRAME as u64).to_be_bytes());
+    frame.resize(frame.len() + FRAME, 7);
+    let frame: Arc<[u8]> = frame.into();
+    let commands = &hub.port(0).commands;
+    for _ in 0..BATCHES {
+        commands
+            .push(vec![Command::SendMany {
+                conns: vec![sink_conn],
+                frame: Arc::clone(&frame),
+            }])
+            .unwrap();
+    }
+    probe.send(Message::text("probe")).unwrap();
+    go_tx.send(()).unwrap();
+    let left = queued_rx.recv_timeout(WAIT).expect("the probe read");
+    // The held turn's two takes, about 1 MiB each: 8 batches of 256 KiB.
+    assert!(
+        left >= BATCHES - 8,
+        "the probe was read once {} of the {BATCHES} batches were taken",
+        BATCHES - left
+    );
+}

@@ -69,6 +69,19 @@ pub enum Command {
     Resume { conn: ConnId },
 }
 
+impl Command {
+    /// The bytes this command asks the worker to deliver, over all its connections (a
+    /// broadcast's frame once per recipient): what sending it costs.
+    pub fn delivered_bytes(&self) -> usize {
+        match self {
+            Command::Send { frame, .. } => frame.len(),
+            Command::SendBatch { buf, .. } => buf.len(),
+            Command::SendMany { conns, frame } => frame.len().saturating_mul(conns.len()),
+            Command::Close { .. } | Command::GoAway { .. } | Command::Resume { .. } => 0,
+        }
+    }
+}
+
 /// Refused (503) connections a worker may hold beside its live ones, each lingering (a slab
 /// slot and a descriptor) until the peer's EOF or the close timeout, so that the answer is
 /// not lost to a reset. Fixed, and counted in the descriptors the server needs

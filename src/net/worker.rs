@@ -224,22 +224,16 @@ pub struct Worker {
     /// Ending connections whose service's replies are in the command queue already: closed
     /// once the commands are taken (see `Owed::InCommands` and `close_answered_in_commands`).
     close_after_commands: Vec<AfterCommands>,
-    /// Calls of `take_commands` completed so far.
-    takes: u64,
-    /// Whether `take_commands` is running (its commands may make a connection end).
-    taking: bool,
-    /// Whether the last `take_commands` stopped at its share with commands left.
-    last_take_cut: bool,
+    /// Command batches taken from the queue so far (each is applied whole once taken).
+    popped: u64,
 }
 
 /// An ending connection waiting for the replies in the command queue (`Owed::InCommands`).
 pub(super) struct AfterCommands {
     pub index: u32,
     pub generation: u32,
-    /// `Worker::takes` when it began to end.
-    pub takes: u64,
-    /// Whether it began to end during a `take_commands` (a command made it end).
-    pub during_take: bool,
+    /// `Worker::popped` once every batch in the queue when it began to end is taken.
+    pub until: u64,
 }
 
 /// What a service sees of the worker during a callback.
@@ -330,9 +324,7 @@ impl Worker {
             handshake_limits,
             flushes: 1,
             close_after_commands: Vec::new(),
-            takes: 0,
-            taking: false,
-            last_take_cut: false,
+            popped: 0,
             opts,
         })
     }

@@ -110,11 +110,13 @@ impl Worker {
             Owed::Nothing => return false,
             Owed::InCommands => {
                 if let Some(id) = id {
+                    // The replies are in the queue now (or in the batch being applied, which
+                    // is counted as popped and applied whole before the close is looked at).
+                    let queued = self.hub.port(self.id).commands.len() as u64;
                     self.close_after_commands.push(AfterCommands {
                         index,
                         generation: id.generation(),
-                        takes: self.takes,
-                        during_take: self.taking,
+                        until: self.popped + queued,
                     });
                 }
             }
@@ -133,19 +135,16 @@ impl Worker {
     }
 
     /// The connections whose replies were in the command queue when they began to end, once
-    /// those commands are taken, so that their Close follows the replies. The queue held at
-    /// most its capacity then, and a `take_commands` takes as much unless the queue runs
-    /// empty: the first one that starts after the connection began to end took the replies.
-    /// One during which it began to end (a GoAway among its commands) took them only if it
-    /// did not stop at its share; otherwise the next one does.
+    /// those commands are taken, so that their Close follows the replies: the queue is FIFO
+    /// and this worker its one consumer, so once as many batches as it held then are taken
+    /// (a `take_commands` may stop at its share, see `TAKE_BYTES`), the replies were.
     pub(super) fn close_answered_in_commands(&mut self) {
         if self.close_after_commands.is_empty() {
             return; // the common case, twice per loop iteration
         }
         let mut waiting = std::mem::take(&mut self.close_after_commands);
         waiting.retain(|w| {
-            let taken = self.takes >= w.takes + 2
-                || (self.takes == w.takes + 1 && !(w.during_take && self.last_take_cut));
+            let taken = self.popped >= w.until;
             if taken && self.conns.get_gen_mut(w.index, w.generation).is_some() {
                 self.close_answered(w.index);
             }

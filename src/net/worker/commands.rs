@@ -11,25 +11,34 @@ use crate::net::outq::{BufPool, OutQueue};
 use crate::ws::close;
 use crate::ws::codec::{self, Role};
 
+/// What the commands one `take_commands` applies may ask to deliver, past their first batch:
+/// about a millisecond of sending on loopback, where a turn of the worker's other connections
+/// then comes.
+const TAKE_BYTES: usize = 1 << 20;
+
 impl Worker {
-    /// Applies the batches services posted, at most as many as the queue holds: services
-    /// refilling it as fast as it empties cannot keep the worker from its connections; the
-    /// rest waits for the next turn (the queue not being empty, the worker does not sleep).
+    /// Applies the batches services posted, at most as many as the queue holds and, past the
+    /// first, only while what they ask to deliver stays under [`TAKE_BYTES`]: services
+    /// refilling the queue as fast as it empties, or one broadcast of large messages to many
+    /// connections after another (hundreds of megabytes per batch), cannot keep the worker
+    /// from its other connections for longer than that much sending takes. The rest waits for
+    /// the next turn (the queue not being empty, the worker does not sleep); a full queue
+    /// makes the services wait, and their full inboxes pause the connections feeding them.
     pub(super) fn take_commands(&mut self) {
-        self.taking = true;
-        let mut cut = true;
+        let mut bytes = 0usize;
         for _ in 0..self.hub.port(self.id).commands.capacity() {
+            if bytes >= TAKE_BYTES {
+                break;
+            }
             let Some(batch) = self.hub.port(self.id).commands.pop() else {
-                cut = false;
                 break;
             };
+            self.popped += 1;
             for cmd in batch {
+                bytes = bytes.saturating_add(cmd.delivered_bytes());
                 self.apply(cmd);
             }
         }
-        self.taking = false;
-        self.last_take_cut = cut;
-        self.takes += 1;
     }
 
     /// The live connection for `id` if it is ours and current.

@@ -19,7 +19,9 @@ use crate::net::hub::{Command, Hub};
 /// Commands per worker after which the outbox posts without waiting for the end of the batch
 /// (keeps memory bounded when one callback sends a lot).
 const EARLY_POST: usize = 1024;
-/// ... or once a batch of small frames, or the large frames pushed, hold this many bytes.
+/// ... or once the commands pushed ask to deliver this many bytes (a broadcast's frame counted
+/// once per recipient): a worker applies a batch whole, so this bounds the sending one batch
+/// asks of it in one go (a single broadcast larger than that is a batch of its own).
 const EARLY_POST_BYTES: usize = 256 * 1024;
 /// Unposted answers to one connection (the hub's count, every thread's) at which an answer
 /// queued here posts its worker's commands at once: far enough below the count's 511 that a
@@ -89,9 +91,9 @@ impl Stop {
 /// Outbound commands of one instance, grouped by destination worker.
 pub(crate) struct Outbox {
     per_worker: Vec<Vec<Command>>,
-    /// Bytes of the frames `push` queued per worker since its last post (large messages
-    /// and broadcasts: a loop of 1 MiB sends reaches EARLY_POST_BYTES long before
-    /// EARLY_POST commands).
+    /// Bytes the commands `push` queued per worker since its last post ask to deliver
+    /// (large messages and broadcasts: a loop of 1 MiB sends, or a few broadcasts to many
+    /// connections, reach EARLY_POST_BYTES long before EARLY_POST commands).
     pushed_bytes: Vec<usize>,
     /// Per worker, the LAppS connections with a counted answer (`Hub::take_response`,
     /// `Hub::hold_answer`) queued here: each is `Hub::posted` once its worker's commands are.
@@ -105,16 +107,6 @@ impl Outbox {
             pushed_bytes: vec![0; workers],
             counted: (0..workers).map(|_| Vec::new()).collect(),
         }
-    }
-}
-
-/// The frame bytes a command carries.
-fn frame_bytes(cmd: &Command) -> usize {
-    match cmd {
-        Command::Send { frame, .. } => frame.len(),
-        Command::SendMany { frame, .. } => frame.len(),
-        Command::SendBatch { buf, .. } => buf.len(),
-        Command::Close { .. } | Command::GoAway { .. } | Command::Resume { .. } => 0,
     }
 }
 
@@ -189,7 +181,7 @@ impl HostCtx {
         let w = conn.worker();
         let full = {
             let mut ob = self.outbox.borrow_mut();
-            let bytes = frame_bytes(&cmd);
+            let bytes = cmd.delivered_bytes();
             let Some(list) = ob.per_worker.get_mut(w) else {
                 return;
             };
