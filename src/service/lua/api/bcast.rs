@@ -6,7 +6,8 @@
 //! the time of `bcast:send` gets the message exactly once; sends of one instance arrive in the
 //! order they were made. Subscriptions die with their connection (`drop_conn` on close); a
 //! handle that went stale in between is skipped by the liveness check and pruned, at a send
-//! to the channel or, for a channel that never sends, as it grows (see `Members`).
+//! to the channel or, for a channel that never sends, as it grows (see `Members`). A channel
+//! goes only when an app removes it while it has no live member ([`Bcast::remove`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -37,7 +38,7 @@ impl ChannelId {
             Value::Number(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 9007199254740992.0 => {
                 Some(ChannelId::Num(*f as u64))
             }
-            // Channels are process-wide and never removed: names are short, as queue names,
+            // Channels are process-wide and live until an app removes them: names are short,
             // and text (as queue names): a lossy conversion would make "\xff" and "\xfe" one.
             Value::String(s) if (1..=MAX_NAME).contains(&s.as_bytes().len()) => {
                 s.to_str().ok().map(|s| ChannelId::Name(s.to_string()))
@@ -50,12 +51,17 @@ impl ChannelId {
 /// Longest channel name, in bytes (as for mqr queues).
 const MAX_NAME: usize = 256;
 
-/// Channels the process may have (as mqr's queues): none is ever removed, so an app that made
-/// one per client or per request would otherwise grow the table for the life of the process.
+/// Channels the process may have (as mqr's queues): a channel stays until an app removes it
+/// (empty), so an app that made one per client or per request and never removed them would
+/// otherwise grow the table for the life of the process.
 pub const MAX_CHANNELS: usize = 65_536;
 
 /// Why [`Bcast::create`] made no channel.
 pub const TOO_MANY_CHANNELS: &str = "too many channels";
+/// Why [`Bcast::remove`] left a channel: it has live members.
+pub const NOT_EMPTY: &str = "not empty";
+/// Why [`Bcast::remove`] removed nothing: there is no such channel.
+pub const NO_SUCH_CHANNEL: &str = "no such channel";
 
 /// A channel's subscribers.
 ///
@@ -70,6 +76,9 @@ pub const TOO_MANY_CHANNELS: &str = "too many channels";
 struct Members {
     conns: BTreeSet<ConnId>,
     swept_at: usize,
+    /// Taken out of the table by [`Bcast::remove`]: whoever still holds it (a subscribe that
+    /// looked it up just before) finds no channel, as a lookup after would.
+    removed: bool,
 }
 
 type Channel = Mutex<Members>;
@@ -135,8 +144,23 @@ impl Bcast {
         let Some(ch) = self.channel(id) else {
             return false;
         };
+        self.subscribe_to(&ch, id, conn, live)
+    }
+
+    /// [`Bcast::subscribe`] to the channel `id` named when it was looked up (`ch`), which may
+    /// have been removed since: false then, as if the lookup had come after.
+    fn subscribe_to(
+        &self,
+        ch: &Channel,
+        id: &ChannelId,
+        conn: ConnId,
+        live: impl Fn(ConnId) -> bool,
+    ) -> bool {
         let mut stale = Vec::new();
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.removed {
+            return false;
+        }
         if subs.conns.insert(conn) {
             let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
             by.entry(conn).or_default().push(id.clone());
@@ -166,6 +190,9 @@ impl Bcast {
             return false;
         };
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.removed {
+            return false;
+        }
         if subs.conns.remove(&conn) {
             let mut by = self.by_conn.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(list) = by.get_mut(&conn) {
@@ -176,6 +203,49 @@ impl Bcast {
             }
         }
         true
+    }
+
+    /// Removes the channel if it has no live member (`live`: a handle that still names its
+    /// connection; stale ones are pruned first, as a send would). [`NOT_EMPTY`] leaves it;
+    /// [`NO_SUCH_CHANNEL`] when there is none. Once removed, a subscribe or a send to its id
+    /// finds no channel until one is created again, and the table has room for another.
+    ///
+    /// Locks: the table's (write), then the channel's, as `subscriptions` nests them; the
+    /// channel is taken out of the table under both, so that a subscribe that looked it up
+    /// before finds it marked removed and fails as a later lookup would.
+    pub fn remove(
+        &self,
+        id: &ChannelId,
+        live: impl Fn(ConnId) -> bool,
+    ) -> Result<(), &'static str> {
+        let mut stale = Vec::new();
+        let result = {
+            let mut table = self.channels.write().unwrap_or_else(|e| e.into_inner());
+            let Some(ch) = table.get(id).cloned() else {
+                return Err(NO_SUCH_CHANNEL);
+            };
+            let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+            subs.conns.retain(|c| {
+                let keep = live(*c);
+                if !keep {
+                    stale.push(*c);
+                }
+                keep
+            });
+            subs.swept_at = subs.conns.len();
+            if subs.conns.is_empty() {
+                subs.removed = true;
+                table.remove(id);
+                Ok(())
+            } else {
+                Err(NOT_EMPTY)
+            }
+        };
+        // Out of every channel (and the index), after the locks, as in `recipients`.
+        for c in stale {
+            self.drop_conn(c);
+        }
+        result
     }
 
     /// The connection is gone: it leaves every channel.
@@ -248,6 +318,9 @@ impl Bcast {
         let mut groups: Vec<Vec<ConnId>> = Vec::new();
         let mut stale = Vec::new();
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.removed {
+            return None;
+        }
         subs.conns.retain(|c| {
             let live = speaks(*c).is_some();
             if !live {
@@ -285,13 +358,27 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             if let Err(why) = h.bcast.create(id) {
                 crate::warn_limited!(
                     "{} bcast:create refused: the process has {} channels, the most it may \
-                     (channels are never removed: use a fixed set)",
+                     (use a fixed set, or bcast:remove the ones left empty)",
                     h.tag(),
                     h.bcast.max_channels
                 );
                 return fail(why);
             }
             ok(Value::Boolean(true))
+        })?,
+    )?;
+    let h = Rc::clone(host);
+    t.set(
+        "remove",
+        lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
+            let id: Value = method_args(lua, args)?;
+            let Some(id) = ChannelId::from_lua(&id) else {
+                return fail("bad channel id");
+            };
+            match h.bcast.remove(&id, |c| h.hub.is_live(c)) {
+                Ok(()) => ok(Value::Boolean(true)),
+                Err(why) => fail(why),
+            }
         })?,
     )?;
     for (name, subscribe) in [("subscribe", true), ("unsubscribe", false)] {
@@ -451,6 +538,63 @@ mod tests {
         assert_eq!(b.create(ChannelId::Num(2)), Err(TOO_MANY_CHANNELS));
         assert_eq!(b.create(ChannelId::Num(1)), Ok(false));
         assert_eq!(Bcast::default().max_channels, MAX_CHANNELS);
+    }
+
+    #[test]
+    fn an_empty_channel_is_removed_and_its_room_in_the_table_comes_back() {
+        let b = Bcast::with_max_channels(1);
+        let room = ChannelId::Name("room".into());
+        let live = |_: ConnId| true;
+        assert_eq!(b.remove(&room, live), Err(NO_SUCH_CHANNEL));
+        assert_eq!(b.create(room.clone()), Ok(true));
+        let c = ConnId::new(0, 1, 1);
+        assert!(b.subscribe(&room, c, live));
+        assert_eq!(
+            b.remove(&room, live),
+            Err(NOT_EMPTY),
+            "a live member keeps it"
+        );
+        assert!(b.unsubscribe(&room, c));
+        assert_eq!(b.remove(&room, live), Ok(()));
+        assert!(!b.subscribe(&room, c, live), "no such channel any more");
+        assert!(b
+            .recipients(&room, |_| Some(Speaks::Raw), Speaks::Raw)
+            .is_none());
+        assert_eq!(b.subscriptions(), (0, 0));
+        // The table has room again (it holds one channel at most).
+        assert_eq!(b.create(ChannelId::Num(7)), Ok(true));
+        assert_eq!(b.remove(&ChannelId::Num(7), live), Ok(()));
+        assert_eq!(b.create(room.clone()), Ok(true));
+        assert!(b.subscribe(&room, c, live));
+    }
+
+    #[test]
+    fn a_channel_whose_members_are_all_stale_is_removed_and_they_leave_the_index() {
+        let b = Bcast::default();
+        let (one, two) = (ChannelId::Num(1), ChannelId::Num(2));
+        b.create(one.clone()).unwrap();
+        b.create(two.clone()).unwrap();
+        let gone = ConnId::new(1, 5, 2);
+        assert!(b.subscribe(&one, gone, |_| true));
+        assert!(b.subscribe(&two, gone, |_| true));
+        assert_eq!(b.remove(&one, |c| c != gone), Ok(()));
+        // The stale handle left the other channel and the index too, as a send would do.
+        assert_eq!(b.subscriptions(), (0, 0));
+    }
+
+    /// A subscribe that looked the channel up just before it was removed finds it removed
+    /// (false, as for no channel), never a member of a channel no one can reach.
+    #[test]
+    fn a_subscribe_that_found_the_channel_before_its_removal_does_not_join_it() {
+        let b = Bcast::default();
+        let id = ChannelId::Num(1);
+        b.create(id.clone()).unwrap();
+        let looked_up = b.channel(&id).expect("the channel");
+        assert_eq!(b.remove(&id, |_| true), Ok(()));
+        let conn = ConnId::new(0, 1, 1);
+        assert!(!b.subscribe_to(&looked_up, &id, conn, |_| true));
+        assert_eq!(b.subscriptions(), (0, 0));
+        assert!(!b.unsubscribe(&id, conn));
     }
 
     #[test]
