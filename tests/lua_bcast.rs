@@ -134,20 +134,51 @@ fn chat_members_of_a_room_get_its_messages_and_others_do_not() {
     app.wait_every_connection_forgotten();
 }
 
+/// A room goes with its last member: a client that joins room after room (a hostile one
+/// made 1005 and left) uses up nothing, and another client can still create one.
 #[test]
-fn a_chat_instance_creates_at_most_max_rooms_channels() {
+fn a_room_goes_with_its_last_member_so_one_client_cannot_use_up_the_rooms() {
     let app = start_app(&ws_json(1), &chat_services(1));
     let mut ws = connect(app.addr, "/chat");
-    // Channels are never removed: a client must not create them without bound.
-    for i in 0..1000 {
+    for i in 0..1500 {
         ws.write(Message::text(format!("/join r{i}"))).unwrap();
     }
     ws.flush().unwrap();
-    for i in 0..1000 {
+    for i in 0..1500 {
         assert_eq!(text(&mut ws), format!("joined r{i}"));
     }
-    assert_eq!(ask(&mut ws, "/join one_more"), "error: too many rooms");
-    assert_eq!(ask(&mut ws, "/join r7"), "joined r7", "an existing room");
+    ws.close(None).unwrap();
+    finish_close(ws);
+    let mut other = connect(app.addr, "/chat");
+    assert_eq!(ask(&mut other, "/join brandnew"), "joined brandnew");
+    other.close(None).unwrap();
+    finish_close(other);
+    app.wait_every_connection_forgotten();
+}
+
+/// Rooms in use are still capped per instance (chat.max_rooms, 1000): each of 1000 clients
+/// sits in a room of its own, and the next new room is refused while an existing one is not.
+#[test]
+fn a_chat_instance_has_at_most_max_rooms_rooms_in_use() {
+    let app = start_app(&ws_json(1), &chat_services(1));
+    let mut members: Vec<Client> = (0..1000).map(|_| connect(app.addr, "/chat")).collect();
+    for (i, ws) in members.iter_mut().enumerate() {
+        ws.send(Message::text(format!("/join r{i}"))).unwrap();
+    }
+    for (i, ws) in members.iter_mut().enumerate() {
+        assert_eq!(text(ws), format!("joined r{i}"));
+    }
+    let mut late = connect(app.addr, "/chat");
+    assert_eq!(ask(&mut late, "/join one_more"), "error: too many rooms");
+    assert_eq!(ask(&mut late, "/join r7"), "joined r7", "an existing room");
+    // One room emptied: there is room for a new one.
+    let first = members.remove(0);
+    drop(first);
+    let mut tries = 0;
+    wait_for("room r0 to go", std::time::Duration::from_secs(10), || {
+        tries += 1;
+        ask(&mut late, &format!("/join new{tries}")) != "error: too many rooms"
+    });
 }
 
 /// Reads until the server's Close at shutdown, which must be 1001.

@@ -12,9 +12,10 @@
 -- Errors are answered as "error: <reason>". Binary messages are refused with "error: text only".
 --
 -- Each room is a bcast channel named "chat:<room>": a message is framed once and fanned out
--- by the IOWorkers to every member, whichever instance or worker they are on. bcast channels
--- are never removed, so an instance creates at most chat.max_rooms of them; a /join beyond
--- that to a room it has not created is answered "error: too many rooms".
+-- by the IOWorkers to every member, whichever instance or worker they are on. A room whose
+-- last member leaves (or disconnects) is removed, so rooms are at most as many as the
+-- members in them; an instance has at most chat.max_rooms rooms it created and has not
+-- removed, and a /join that would create one more is answered "error: too many rooms".
 local words = require("words")
 
 local chat = {}
@@ -26,7 +27,8 @@ chat.max_rooms = 1000
 -- may take six bytes a byte.
 chat.max_text = 4096
 
--- The rooms this instance created (channels stay for the life of the process).
+-- The rooms this instance created and has not removed (a room another instance removed is
+-- forgotten here when a /join finds it gone, or when this instance removes it again).
 local created, n_created = {}, 0
 
 -- Per-connection state, keyed by handler: a connection always reaches the same instance.
@@ -36,14 +38,47 @@ local function reply(handler, text)
   return ws:send(handler, 1, text)
 end
 
+-- Removes the room if no one is in it any more (members of every instance count).
+local function remove_if_empty(room)
+  if bcast:remove("chat:" .. room) and created[room] then
+    created[room] = nil
+    n_created = n_created - 1
+  end
+end
+
 local function leave(handler)
   local m = members[handler]
   if m and m.room then
     bcast:unsubscribe("chat:" .. m.room, handler)
     local room = m.room
     m.room = nil
+    remove_if_empty(room)
     return room
   end
+end
+
+-- Subscribes to the room's channel, creating it when there is none.
+local function enter(handler, room)
+  local id = "chat:" .. room
+  local ok, err = bcast:subscribe(id, handler)
+  if ok or err ~= "no such channel" then
+    return ok, err
+  end
+  if not created[room] and n_created >= chat.max_rooms then
+    return nil, "too many rooms"
+  end
+  -- Counted once the channel exists: a refused create ("too many channels" in the process)
+  -- does not use up one of max_rooms.
+  local made, cerr = bcast:create(id)
+  if not made then
+    return nil, cerr
+  end
+  if not created[room] then
+    created[room] = true
+    n_created = n_created + 1
+  end
+  -- Another instance may remove it in between if it is empty: then it is "no such channel".
+  return bcast:subscribe(id, handler)
 end
 
 local commands = {}
@@ -52,24 +87,15 @@ commands["/join"] = function(handler, m, room)
   if not words.valid_name(room) then
     return reply(handler, "error: bad room name")
   end
-  if not created[room] then
-    if n_created >= chat.max_rooms then
-      return reply(handler, "error: too many rooms")
-    end
-    -- Counted once the channel exists: a refused create ("too many channels" in the
-    -- process) does not use up one of max_rooms.
-    local ok, err = bcast:create("chat:" .. room)
-    if not ok then
-      return reply(handler, "error: " .. err)
-    end
-    created[room] = true
-    n_created = n_created + 1
+  if m.room == room then
+    return reply(handler, "joined " .. room)
   end
-  leave(handler)
-  local ok, err = bcast:subscribe("chat:" .. room, handler)
+  -- The new room first: a refused /join leaves the member where it was.
+  local ok, err = enter(handler, room)
   if not ok then
     return reply(handler, "error: " .. err)
   end
+  leave(handler)
   m.room = room
   return reply(handler, "joined " .. room)
 end
@@ -135,8 +161,13 @@ chat.onMessage = function(handler, opcode, message)
 end
 
 chat.onDisconnect = function(handler)
-  -- The host already dropped the bcast subscriptions of a closed connection.
+  -- The host already dropped the bcast subscriptions of a closed connection: its room goes
+  -- if it was the last one in it.
+  local m = members[handler]
   members[handler] = nil
+  if m and m.room then
+    remove_if_empty(m.room)
+  end
 end
 
 chat.onShutdown = function()
