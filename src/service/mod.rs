@@ -40,9 +40,10 @@ pub enum Owed {
     /// Nothing: the worker closes at once.
     Nothing,
     /// The replies to everything the connection sent are in the worker's command queue
-    /// already: the worker closes once it has taken its commands (this loop iteration), not
-    /// behind whatever the service is busy with now (SPEC 8: a busy Lua instance must not
-    /// hold a Close reply back).
+    /// already: the worker closes once it has taken the batches that were queued then (this
+    /// loop iteration, or a few later behind a flood of heavy sends; the answer timeout waits
+    /// for them), not behind whatever the service is busy with now (SPEC 8: a busy Lua
+    /// instance must not hold a Close reply back).
     InCommands,
     /// The service still owes replies: it posts `Command::Close` for the connection behind
     /// them.

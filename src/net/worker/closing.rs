@@ -154,6 +154,14 @@ impl Worker {
         self.close_after_commands = waiting;
     }
 
+    /// Whether `index` waits for replies still in the command queue (`Owed::InCommands`).
+    pub(super) fn replies_queued(&self, index: u32) -> bool {
+        let generation = self.conns.generation(index);
+        self.close_after_commands
+            .iter()
+            .any(|w| w.index == index && Some(w.generation) == generation && w.until > self.popped)
+    }
+
     /// How long a connection waits for its service's answers: the close timeout, and during a
     /// shutdown at most half its grace, so that our Close and the peer's reply still fit in it.
     pub(super) fn answer_wait(&self) -> std::time::Duration {

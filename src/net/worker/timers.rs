@@ -37,13 +37,20 @@ impl Worker {
             if slow_reader {
                 c.close_extensions += 1;
             }
-            match c.phase {
+            let phase = c.phase;
+            match phase {
                 Phase::Handshake { .. } => self.handshake_timed_out(index),
                 _ if slow_reader => self.arm_close_deadline(index),
                 Phase::Closing | Phase::Finishing | Phase::Draining => {
                     self.end(index, Ending::Timeout("close"))
                 }
                 Phase::Open => self.open_timer(index, now),
+                // Its replies are in the command queue, behind batches a turn takes only part
+                // of (`TAKE_BYTES`): they are on their way, wait for them.
+                Phase::Answering(_) if self.replies_queued(index) => {
+                    let at = now + self.answer_wait();
+                    self.set_deadline(index, at);
+                }
                 // The service did not answer in time: close without the rest of its replies.
                 Phase::Answering(_) => self.close_answered(index),
             }

@@ -20,8 +20,10 @@ use crate::net::hub::{Command, Hub};
 /// (keeps memory bounded when one callback sends a lot).
 const EARLY_POST: usize = 1024;
 /// ... or once the commands pushed ask to deliver this many bytes (a broadcast's frame counted
-/// once per recipient): a worker applies a batch whole, so this bounds the sending one batch
-/// asks of it in one go (a single broadcast larger than that is a batch of its own).
+/// once per recipient): a worker applies a batch whole, so this keeps the sending one batch
+/// asks of it in one go near this size (the command that crosses it is in the batch, so one
+/// large broadcast makes a large batch; a batch's small replies, `send_small`, are bounded
+/// the same way on their own).
 const EARLY_POST_BYTES: usize = 256 * 1024;
 /// Unposted answers to one connection (the hub's count, every thread's) at which an answer
 /// queued here posts its worker's commands at once: far enough below the count's 511 that a
