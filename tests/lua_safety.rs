@@ -644,10 +644,28 @@ fn a_start_out_of_memory_names_the_memory_limit() {
     );
 }
 
+/// An app file may be one expression that gives the module (it delegates to a module of its
+/// directory), as a file that returns it.
+#[test]
+fn an_app_file_that_is_one_expression_gives_its_value() {
+    let hub = hub(1);
+    let s = app_in_tmp("delegate", "require \"delegate_impl\" -- the whole app\n");
+    std::fs::write(
+        s.app_file.parent().unwrap().join("delegate_impl.lua"),
+        "return { onMessage = function() return true end }\n",
+    )
+    .unwrap();
+    assert!(Registry::start(vec![s], hub.clone()).is_ok());
+}
+
 #[test]
 fn an_app_that_only_raises_names_its_file_and_line() {
     let hub = hub(1);
-    for src in ["error('boom at load')", "\n\nerror('boom at load')\n"] {
+    for src in [
+        "error('boom at load')",
+        "\n\nerror('boom at load')\n",
+        "\n\nerror('boom at load') -- a comment on the last line",
+    ] {
         let e = Registry::start(vec![app_in_tmp("raiser", src)], hub.clone())
             .err()
             .expect("a start error");

@@ -338,19 +338,30 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     let path = spec.app_file.display().to_string();
     let source = std::fs::read(&spec.app_file).map_err(|e| format!("{path}: {e}"))?;
     host.reset_budget();
-    // "@path" names the chunk after its file, so errors read "path:line: message".
-    let chunk = lua.load(source).set_name(format!("@{path}"));
-    // LuaJIT does not verify bytecode, and mlua's safe mode does not refuse it: only a state
-    // the operator made unsafe (allow_ffi, allow_debug) may run a precompiled app.
-    let chunk = if spec.allow_ffi || spec.allow_debug {
-        chunk
-    } else {
-        chunk.set_mode(mlua::ChunkMode::Text)
+    // An app file that is one expression (`require "impl"`) gives its value, as a block that
+    // returns it: tried first, as mlua's `eval` does, but parenthesised, so that a call stays
+    // a frame of the chunk (a tail call, `return error("...")`, would take the file and line
+    // from the error it raises). On the same line as the file's first, so lines keep their
+    // numbers; the newline ends a comment on its last line.
+    let mut expression = b"return (".to_vec();
+    expression.extend_from_slice(&source);
+    expression.extend_from_slice(b"\n)");
+    let load = |code: Vec<u8>| {
+        // "@path" names the chunk after its file, so errors read "path:line: message".
+        let chunk = lua.load(code).set_name(format!("@{path}"));
+        // LuaJIT does not verify bytecode, and mlua's safe mode does not refuse it: only a
+        // state the operator made unsafe (allow_ffi, allow_debug) may run a precompiled app.
+        if spec.allow_ffi || spec.allow_debug {
+            chunk
+        } else {
+            chunk.set_mode(mlua::ChunkMode::Text)
+        }
     };
-    // Run as the block it is, not `eval`: that tries the file as `return <expression>` first,
-    // which turns an app made of one call, `error("...")`, into a tail call whose error then
-    // names no file and no line.
-    let module: Value = chunk.call(()).map_err(|e| one_line(&e))?;
+    let main = match load(expression).into_function() {
+        Ok(f) => f,
+        Err(_) => load(source).into_function().map_err(|e| one_line(&e))?,
+    };
+    let module: Value = main.call(()).map_err(|e| one_line(&e))?;
     let Value::Table(module) = module else {
         return Err(format!("{path}: the app must return its module table"));
     };
