@@ -327,7 +327,9 @@ fn check_descriptors(cfg: &mut Config) {
     };
     let w = &mut cfg.ws.workers;
     let covered = nofile::per_worker(limit, w.workers);
-    if w.max_connections_by_default && covered >= 1 && covered < w.max_connections as u64 {
+    let lowered =
+        w.max_connections_by_default && covered >= 1 && covered < w.max_connections as u64;
+    if lowered {
         info!(
             "max_connections is not set in ws.json: {covered} per worker, what the descriptor \
              limit {limit} covers (IO workers: {}; the default {} needs a larger limit)",
@@ -335,12 +337,7 @@ fn check_descriptors(cfg: &mut Config) {
         );
         w.max_connections = covered as usize;
     }
-    if let Some(warning) = nofile::shortfall(
-        limit,
-        w.workers,
-        w.max_connections,
-        w.max_connections_by_default,
-    ) {
+    if let Some(warning) = nofile::shortfall(limit, w.workers, w.max_connections, lowered) {
         warn!("{warning}");
     }
 }

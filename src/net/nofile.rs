@@ -75,7 +75,8 @@ pub fn per_worker(limit: u64, workers: usize) -> u64 {
 
 /// The warning for a limit of `limit` descriptors when `workers` workers may each hold
 /// `max_connections` connections, or None when the limit covers them. `chosen`: ws.json does
-/// not set max_connections, and the server chose it for this limit ([`per_worker`]).
+/// not set max_connections, and the server lowered it to what this limit covers
+/// ([`per_worker`]).
 pub fn shortfall(
     limit: u64,
     workers: usize,
