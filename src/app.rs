@@ -1,7 +1,7 @@
 //! The composition root: turns the configuration into server options and a router, starts
 //! the services and the runtime, and stops them in order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
@@ -94,6 +94,9 @@ pub struct Redeployed {
     /// Services whose new version did not load (each reported above), or 1 for a
     /// configuration whose start order cannot be made.
     pub failed: usize,
+    /// Services whose change waits for the restart: their path is one a builtin service (or
+    /// a service that itself waits) serves until then (each reported above, a warning).
+    pub waiting: usize,
 }
 
 impl std::fmt::Display for Redeployed {
@@ -103,6 +106,9 @@ impl std::fmt::Display for Redeployed {
             "Lua services: {} started, {} replaced, {} stopped, {} unchanged, {} failed",
             self.started, self.replaced, self.stopped, self.unchanged, self.failed
         )?;
+        if self.waiting > 0 {
+            write!(f, ", {} waiting for the restart", self.waiting)?;
+        }
         if self.failed > 0 {
             write!(f, " (see the errors above)")?;
         }
@@ -434,18 +440,22 @@ pub struct App {
     restart_only: RestartOnly,
     /// When the server started serving (the status report's uptime).
     started: std::time::Instant,
-    /// The Lua services of the last lapps.json applied (name, auto_start): the status report
-    /// names those that are not running.
-    configured: Mutex<Vec<(String, bool)>>,
+    /// Configured Lua services that may not run, and why (the status report names those that
+    /// do not): `auto_start` false, a start a reload could not make, a change that waits for
+    /// the restart. Kept by `redeploy` as it learns each service's outcome.
+    down: Mutex<BTreeMap<String, String>>,
 }
 
-/// The Lua services of `cfg`, with their `auto_start`, by name.
-fn lua_services(cfg: &Config) -> Vec<(String, bool)> {
+/// Why a service with `auto_start` false does not run.
+const NOT_AUTO_STARTED: &str = "auto_start is false";
+
+/// The Lua services of `cfg` with `auto_start` false, as `App::down` lists them.
+fn not_auto_started(cfg: &Config) -> BTreeMap<String, String> {
     cfg.lapps
         .services
         .values()
-        .filter(|sc| sc.builtin.is_none())
-        .map(|sc| (sc.name.clone(), sc.auto_start))
+        .filter(|sc| sc.builtin.is_none() && !sc.auto_start)
+        .map(|sc| (sc.name.clone(), NOT_AUTO_STARTED.to_string()))
         .collect()
 }
 
@@ -554,7 +564,7 @@ impl App {
             routes: RwLock::new(HashMap::new()),
             registry: Arc::clone(&registry),
         });
-        let configured = Mutex::new(lua_services(cfg));
+        let down = Mutex::new(not_auto_started(cfg));
         let running = registry.running();
         deployed_now.retain(|name, _| running.contains(name));
         for name in order {
@@ -589,7 +599,7 @@ impl App {
             deployed: Mutex::new(deployed_now),
             restart_only: RestartOnly::of(cfg),
             started: std::time::Instant::now(),
-            configured,
+            down,
         })
     }
 
@@ -658,7 +668,25 @@ impl App {
                 return done;
             }
         };
-        *self.configured.lock().unwrap_or_else(|e| e.into_inner()) = lua_services(cfg);
+        {
+            // Services no longer configured go; each other one's outcome is set below.
+            let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            down.retain(|name, why| {
+                cfg.lapps
+                    .services
+                    .get(name)
+                    .is_some_and(|sc| sc.builtin.is_none())
+                    && why != NOT_AUTO_STARTED
+            });
+            down.extend(not_auto_started(cfg));
+        }
+        let set_down = |name: &str, why: Option<String>| {
+            let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            match why {
+                Some(why) => down.insert(name.to_string(), why),
+                None => down.remove(name),
+            };
+        };
         let mut deployed_map = self.deployed.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: Vec<&ServiceConfig> = order
             .iter()
@@ -718,27 +746,21 @@ impl App {
             done.stopped += 1;
         }
         let lib_hash = app_dir_hash(&cfg.lapps.directories.lib);
-        // The paths the running builtin services serve until the restart (they do not change
-        // at a reload): a Lua service given one of them waits for that restart, or it would
-        // hide the builtin (and the builtin's new path serves nothing until then).
-        let builtin_paths: HashMap<&str, &str> = self
-            .restart_only
-            .builtins
+        let mut nows: HashMap<String, Deployed> = wanted
             .iter()
-            .filter(|b| b.auto_start && b.is_network())
-            .map(|b| (b.request_target.as_str(), b.name.as_str()))
+            .map(|sc| (sc.name.clone(), deployed(cfg, sc, lib_hash)))
             .collect();
+        let waiting = self.waiting_for_restart(&wanted, &deployed_map, &nows);
         for sc in &wanted {
-            let now = deployed(cfg, sc, lib_hash);
+            let Some(now) = nows.remove(&sc.name) else {
+                continue;
+            };
             let was_running = deployed_map.contains_key(&sc.name);
-            let held_by = builtin_paths
-                .get(sc.request_target.as_str())
-                .filter(|_| sc.is_network() && deployed_map.get(&sc.name) != Some(&now));
-            if let Some(builtin) = held_by {
+            if let Some(holder) = waiting.get(&sc.name) {
                 // Not a failure: the builtin's change is one that waits for the restart.
+                done.waiting += 1;
                 crate::warn!(
-                    "deploy: service {} waits for the restart: builtin service {builtin} serves \
-                     {} until then{}",
+                    "deploy: service {} waits for the restart: {holder} serves {} until then{}",
                     sc.name,
                     crate::log::shown(&sc.request_target),
                     if was_running {
@@ -747,11 +769,21 @@ impl App {
                         ""
                     }
                 );
+                set_down(
+                    &sc.name,
+                    (!was_running).then(|| {
+                        format!(
+                            "it waits for the restart ({holder} serves {} until then)",
+                            crate::log::shown(&sc.request_target)
+                        )
+                    }),
+                );
                 continue;
             }
             let result = match deployed_map.get(&sc.name) {
                 Some(before) if *before == now => {
                     done.unchanged += 1;
+                    set_down(&sc.name, None);
                     continue;
                 }
                 Some(before) => {
@@ -783,6 +815,7 @@ impl App {
             };
             match result {
                 Ok(what) => {
+                    set_down(&sc.name, None);
                     crate::info!("deploy: {what}");
                     if sc.is_network() {
                         self.router.set(sc.request_target.clone(), route_of(sc));
@@ -790,12 +823,21 @@ impl App {
                     deployed_map.insert(sc.name.clone(), now);
                 }
                 Err(e) if self.registry.running().contains(&sc.name) => {
+                    set_down(&sc.name, None);
                     done.failed += 1;
                     crate::error!("deploy: {e}; the running version keeps serving")
                 }
                 Err(e) => {
                     // Nothing of it runs (a standalone service is stopped before its new
                     // version starts): forget it, so that the next SIGHUP starts it again.
+                    set_down(
+                        &sc.name,
+                        Some(
+                            "its last start failed (see the deploy: lines); the next SIGHUP \
+                             tries again"
+                                .to_string(),
+                        ),
+                    );
                     done.failed += 1;
                     if was_running {
                         done.stopped += 1; // the old version was taken down first
@@ -875,6 +917,60 @@ impl App {
         server.as_ref().map(|s| s.hub().clone())
     }
 
+    /// The Lua services of `wanted` whose change waits for the restart, with who holds their
+    /// path until then. Builtin services change only at a restart, so the paths the running
+    /// ones serve stay theirs: a changed Lua service given one waits (routed there, it would
+    /// hide the builtin, whose new path serves nothing yet). One that waits keeps its running
+    /// version at the path it serves now, which holds that path in turn: another service
+    /// given it waits too, or it would hide the running version the log says keeps serving.
+    fn waiting_for_restart(
+        &self,
+        wanted: &[&ServiceConfig],
+        deployed_map: &HashMap<String, Deployed>,
+        nows: &HashMap<String, Deployed>,
+    ) -> HashMap<String, String> {
+        // Path -> (the service holding it, for the log).
+        let mut holders: HashMap<String, (Option<String>, String)> = self
+            .restart_only
+            .builtins
+            .iter()
+            .filter(|b| b.auto_start && b.is_network())
+            .map(|b| {
+                (
+                    b.request_target.clone(),
+                    (None, format!("builtin service {}", b.name)),
+                )
+            })
+            .collect();
+        let mut waiting = HashMap::new();
+        loop {
+            let mut more = false;
+            for sc in wanted.iter().filter(|sc| sc.is_network()) {
+                let before = deployed_map.get(&sc.name);
+                if waiting.contains_key(&sc.name) || before == nows.get(&sc.name) {
+                    continue; // waits already, or unchanged (it keeps its path)
+                }
+                let Some((holder, what)) = holders.get(&sc.request_target) else {
+                    continue;
+                };
+                if holder.as_deref() == Some(sc.name.as_str()) {
+                    continue;
+                }
+                waiting.insert(sc.name.clone(), what.clone());
+                if let Some(b) = before.filter(|b| b.config.is_network()) {
+                    holders.entry(b.config.request_target.clone()).or_insert((
+                        Some(sc.name.clone()),
+                        format!("the running version of service {}", sc.name),
+                    ));
+                }
+                more = true;
+            }
+            if !more {
+                return waiting;
+            }
+        }
+    }
+
     /// Logs the status report (SIGUSR1): the process (time serving, memory, threads,
     /// descriptors), the IO workers' connections, each running Lua service, the broadcast
     /// channels and the mqr queues; one `status:` line each, at info whatever `LAPPS_LOG` says
@@ -906,21 +1002,11 @@ impl App {
             line(format_args!("status: {l}"));
         }
         let running = self.registry.running();
-        let configured = self
-            .configured
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for (name, auto_start) in configured {
-            if running.contains(&name) {
-                continue;
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, why) in down {
+            if !running.contains(&name) {
+                line(format_args!("status: service {name}: not running, {why}"));
             }
-            let why = if auto_start {
-                "its last start failed (see the deploy: lines); the next SIGHUP tries again"
-            } else {
-                "auto_start is false"
-            };
-            line(format_args!("status: service {name}: not running, {why}"));
         }
         if let Some(l) = channels {
             line(format_args!("status: {l}"));

@@ -701,6 +701,41 @@ fn a_lua_service_given_a_running_builtins_path_waits_for_the_restart() {
     app.shutdown();
 }
 
+/// A running service that waits for the restart (moved to a builtin's path) keeps serving
+/// where it is, and that path stays its own: another service given it waits as well.
+#[test]
+fn the_path_of_a_service_waiting_for_the_restart_stays_its_own() {
+    let site = Site::new("waiting-path");
+    site.app("one", "one");
+    site.app("two", "two");
+    site.services_at(&[("one", "/a")]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut client = connect(addr, "/a");
+    assert_eq!(ask(&mut client, "x"), "one x");
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        site.dir.join("lapps.json"),
+        format!(
+            r#"{{ "directories": {{ "applications": "{}", "lib": "{root}/lua/lib" }},
+                 "services": {{ "echo": {{ "builtin": "echo", "request_target": "/e2" }},
+                                "one": {{ "request_target": "/echo" }},
+                                "two": {{ "request_target": "/a" }} }} }}"#,
+            site.dir.join("apps").display()
+        ),
+    )
+    .unwrap();
+    assert!(app.reload(), "waiting for the restart is not a failure");
+    assert_eq!(ask(&mut client, "y"), "one y", "one's client stays");
+    assert_eq!(
+        ask(&mut connect(addr, "/a"), "z"),
+        "one z",
+        "/a is still one's"
+    );
+    assert_eq!(ask(&mut connect(addr, "/echo"), "e"), "e", "the builtin's");
+    app.shutdown();
+}
+
 #[test]
 fn shutdown_waits_for_a_replaced_version_to_finish_stopping() {
     let site = Site::new("retiring");

@@ -500,3 +500,49 @@ return s
     );
     server.stop();
 }
+
+/// A Lua service given the path a builtin serves until the restart waits for it: the reload
+/// counts it as waiting (not failed), and the status report says why it does not run.
+#[test]
+fn a_service_waiting_for_the_restart_is_counted_and_reported() {
+    let dir = site("status-waiting");
+    lapps_json(&dir, "");
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    let pid = server.0.id();
+    std::fs::create_dir_all(dir.join("apps/svc")).unwrap();
+    std::fs::write(
+        dir.join("apps/svc/svc.lua"),
+        "return { onMessage = function() return true end }\n",
+    )
+    .unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        dir.join("lapps.json"),
+        format!(
+            r#"{{ "directories": {{ "applications": "{}", "lib": "{root}/lua/lib" }},
+                 "services": {{ "echo": {{ "builtin": "echo", "request_target": "/e2" }},
+                                "svc": {{ "request_target": "/echo" }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    )
+    .unwrap();
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "reload done");
+    assert!(
+        line.contains(" INFO ")
+            && line.ends_with(
+                "0 started, 0 replaced, 0 stopped, 0 unchanged, 0 failed, 1 waiting for the restart"
+            ),
+        "{line}"
+    );
+    signal(pid, libc::SIGUSR1);
+    let status = binary::lines_until(&log, "status: bcast");
+    assert!(
+        status.iter().any(|l| l.ends_with(
+            "status: service svc: not running, it waits for the restart (builtin service echo \
+             serves \"/echo\" until then)"
+        )),
+        "{status:#?}"
+    );
+    server.stop();
+}
