@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""One /chat client floods a room of MEMBERS with 4000-byte lines (each a broadcast of
+MEMBERS x 4 KB) for SECONDS, while a separate process measures ping-pong on /echo_builtin
+every 20 ms: how long the rest of the server waits behind a fan-out flood. Prints one line:
+probe round trips, worst, p99 and median RTT in ms, and the flood's lines sent.
+Usage: fanout_flood.py PORT [MEMBERS] [SECONDS]   (bench/fanout_flood.sh runs it)"""
+import base64, os, selectors, socket, struct, subprocess, sys, threading, time
+
+HOST = "127.0.0.1"
+
+
+def upgraded(port, path):
+    s = socket.create_connection((HOST, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit(f"{path}: closed during the upgrade")
+        head += chunk
+    if b" 101 " not in head.split(b"\r\n")[0]:
+        raise SystemExit(f"{path}: {head.splitlines()[0]!r}")
+    return s
+
+
+def text(payload):
+    """A masked text frame (zero mask key)."""
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + struct.pack(">H", n))
+    return head + b"\0\0\0\0" + payload
+
+
+def probe(port, seconds):
+    s = upgraded(port, "/echo_builtin")
+    rtts, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.monotonic()
+        s.sendall(text(b"probe"))
+        got = b""
+        while len(got) < 7:
+            chunk = s.recv(64)
+            if not chunk:
+                raise SystemExit("probe: closed")
+            got += chunk
+        rtts.append(time.monotonic() - t)
+        time.sleep(0.02)  # the probe's pace, not a synchronisation
+    rtts.sort()
+    ms = lambda x: f"{x * 1000:.1f}"
+    print(f"{len(rtts)} {ms(rtts[-1])} {ms(rtts[int(len(rtts) * 0.99)])} {ms(rtts[len(rtts) // 2])}")
+
+
+def main():
+    port = int(sys.argv[1])
+    if sys.argv[2:3] == ["probe"]:
+        return probe(port, float(sys.argv[3]))
+    members = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 5
+    socks = [upgraded(port, "/chat") for _ in range(members)]
+    for s in socks:
+        s.sendall(text(b"/join flood"))
+    attacker = upgraded(port, "/chat")
+    attacker.sendall(text(b"/join flood"))
+
+    def drain(conns):
+        sel = selectors.DefaultSelector()
+        for c in conns:
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select(1):
+                try:
+                    if not key.fileobj.recv(1 << 20):
+                        sel.unregister(key.fileobj)
+                except OSError:
+                    sel.unregister(key.fileobj)
+
+    threading.Thread(target=drain, args=(socks + [attacker],), daemon=True).start()
+    prober = subprocess.Popen([sys.executable, __file__, str(port), "probe", str(seconds + 2)],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(1)  # the probe's first second without the flood
+    line, sent, end = text(b"z" * 4000), 0, time.monotonic() + seconds
+    attacker.setblocking(True)
+    while time.monotonic() < end:
+        attacker.sendall(line)
+        sent += 1
+    out = prober.communicate()[0].split()
+    print(f"probe {out[0]} round trips, worst {out[1]} ms, p99 {out[2]} ms, median {out[3]} ms; "
+          f"flood {sent} lines")
+
+
+if __name__ == "__main__":
+    main()
