@@ -531,9 +531,12 @@ impl App {
             crate::warn!("{w}");
         }
         opts.tls = tls.clone();
+        let order = cfg.lapps.start_order().map_err(|e| e.to_string())?;
+        // Bound before any service starts: a port another process holds fails the start
+        // before an onStart or init() ran (connections made meanwhile wait in the backlog).
+        let bound = Server::bind(&opts).map_err(|e| e.to_string())?;
         let hub =
             Server::new_hub(&opts).map_err(|e| format!("cannot create the worker hub: {e}"))?;
-        let order = cfg.lapps.start_order().map_err(|e| e.to_string())?;
         let specs: Vec<ServiceSpec> = order
             .iter()
             .map(|name| &cfg.lapps.services[name])
@@ -578,7 +581,7 @@ impl App {
             }
             router.set(sc.request_target.clone(), route_of(sc));
         }
-        let server = match Server::start(opts, hub, router.clone()) {
+        let server = match Server::start_bound(opts, hub, router.clone(), bound) {
             Ok(s) => s,
             Err(e) => {
                 registry.shutdown();

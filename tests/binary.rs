@@ -734,6 +734,46 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
     );
 }
 
+/// A port another process holds fails the start before any service ran (its onStart would
+/// otherwise have run, and a standalone init() have done its work, for nothing).
+#[test]
+fn a_port_in_use_fails_the_start_before_any_service_starts() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = temp_dir("port-in-use");
+    std::fs::create_dir_all(dir.join("apps/starter")).unwrap();
+    std::fs::write(
+        dir.join("apps/starter/starter.lua"),
+        "return { onStart = function() print('starter onStart ran') end,\n\
+         onMessage = function() return true end }\n",
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        &format!(r#"{{ "ip": "127.0.0.1", "port": {port}, "workers": {{ "workers": 1 }} }}"#),
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }},
+  "services": {{ "starter": {{ "request_target": "/s" }} }} }}"#,
+            dir.join("apps").display()
+        ),
+    );
+    let out = output_within(
+        Command::new(LAPPS)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-c")
+            .arg(&dir),
+        ONE_SHOT_GUARD,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("starter onStart ran"), "{stderr}");
+    drop(held);
+}
+
 /// A message over the service's limit and a Lua state out of memory: each log line names the
 /// lapps.json setting an operator would change, and its value.
 #[test]

@@ -87,6 +87,31 @@ impl Server {
         hub: Arc<Hub>,
         router: Arc<dyn Router>,
     ) -> io::Result<Server> {
+        let bound = Server::bind(&opts)?;
+        Server::start_bound(opts, hub, router, bound)
+    }
+
+    /// Binds every endpoint (listening: the kernel queues connections until the listeners
+    /// start accepting). Separate from the start so that the application binds before its
+    /// services start: a port another process holds fails the start before any service ran.
+    pub fn bind(opts: &ServerOptions) -> io::Result<Vec<TcpListener>> {
+        opts.endpoints
+            .iter()
+            .map(|e| {
+                listener::bind(e.addr, opts.backlog).map_err(|err| {
+                    io::Error::new(err.kind(), format!("cannot listen on {}: {err}", e.addr))
+                })
+            })
+            .collect()
+    }
+
+    /// [`Server::start`] on endpoints [`Server::bind`] bound, in `opts.endpoints`' order.
+    pub fn start_bound(
+        opts: ServerOptions,
+        hub: Arc<Hub>,
+        router: Arc<dyn Router>,
+        bound: Vec<TcpListener>,
+    ) -> io::Result<Server> {
         let workers = hub.workers();
         if opts.tls.is_none() {
             if let Some(e) = opts.endpoints.iter().find(|e| e.tls) {
@@ -99,17 +124,7 @@ impl Server {
                 ));
             }
         }
-        let bound: Vec<Arc<TcpListener>> = opts
-            .endpoints
-            .iter()
-            .map(|e| {
-                listener::bind(e.addr, opts.backlog)
-                    .map(Arc::new)
-                    .map_err(|err| {
-                        io::Error::new(err.kind(), format!("cannot listen on {}: {err}", e.addr))
-                    })
-            })
-            .collect::<io::Result<_>>()?;
+        let bound: Vec<Arc<TcpListener>> = bound.into_iter().map(Arc::new).collect();
         let local_addrs = bound
             .iter()
             .map(|l| l.local_addr())
