@@ -156,10 +156,31 @@ fn a_room_goes_with_its_last_member_so_one_client_cannot_use_up_the_rooms() {
     app.wait_every_connection_forgotten();
 }
 
+/// Two instances (a fresh service hands connections to its instances in turn): a on one
+/// creates each room, b on the other follows it there and removes the room a left. Each
+/// instance counts the rooms its own members are in, so nothing piles up on either side
+/// (counting the rooms an instance created, a's instance ran out after 1000 steps).
+#[test]
+fn rooms_removed_by_another_instance_are_not_counted_against_the_first() {
+    let app = start_app(&ws_json(1), &chat_services(2));
+    let mut a = connect(app.addr, "/chat");
+    let mut b = connect(app.addr, "/chat");
+    for i in 0..1100 {
+        assert_eq!(ask(&mut a, &format!("/join r{i}")), format!("joined r{i}"));
+        assert_eq!(ask(&mut b, &format!("/join r{i}")), format!("joined r{i}"));
+    }
+    for mut ws in [a, b] {
+        ws.close(None).unwrap();
+        finish_close(ws);
+    }
+    app.wait_every_connection_forgotten();
+}
+
 /// Rooms in use are still capped per instance (chat.max_rooms, 1000): each of 1000 clients
 /// sits in a room of its own, and the next new room is refused while an existing one is not.
 #[test]
 fn a_chat_instance_has_at_most_max_rooms_rooms_in_use() {
+    raise_nofile(); // 1001 connections, both ends here
     let app = start_app(&ws_json(1), &chat_services(1));
     let mut members: Vec<Client> = (0..1000).map(|_| connect(app.addr, "/chat")).collect();
     for (i, ws) in members.iter_mut().enumerate() {

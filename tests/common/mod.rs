@@ -570,3 +570,18 @@ fn socket_row(local: SocketAddr, remote: SocketAddr) -> Option<Vec<String>> {
         (f.get(1) == Some(&local) && f.get(2) == Some(&remote)).then_some(f)
     })
 }
+
+/// Raises this process's soft descriptor limit to its hard one (at most 65536): for tests that
+/// hold a thousand or more connections, both ends in this process.
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(65536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}

@@ -14,8 +14,8 @@
 -- Each room is a bcast channel named "chat:<room>": a message is framed once and fanned out
 -- by the IOWorkers to every member, whichever instance or worker they are on. A room whose
 -- last member leaves (or disconnects) is removed, so rooms are at most as many as the
--- members in them; an instance has at most chat.max_rooms rooms it created and has not
--- removed, and a /join that would create one more is answered "error: too many rooms".
+-- members in them; the members of an instance are in at most chat.max_rooms rooms, and a
+-- /join that would make one more is answered "error: too many rooms".
 local words = require("words")
 
 local chat = {}
@@ -27,9 +27,9 @@ chat.max_rooms = 1000
 -- may take six bytes a byte.
 chat.max_text = 4096
 
--- The rooms this instance created and has not removed (a room another instance removed is
--- forgotten here when a /join finds it gone, or when this instance removes it again).
-local created, n_created = {}, 0
+-- This instance's members per room, and the rooms they are in (its own count: which
+-- instance created a room, or removes it, does not matter).
+local here, n_rooms = {}, 0
 
 -- Per-connection state, keyed by handler: a connection always reaches the same instance.
 local members = {}
@@ -38,47 +38,57 @@ local function reply(handler, text)
   return ws:send(handler, 1, text)
 end
 
--- Removes the room if no one is in it any more (members of every instance count).
-local function remove_if_empty(room)
-  if bcast:remove("chat:" .. room) and created[room] then
-    created[room] = nil
-    n_created = n_created - 1
+-- One member of this instance more (+1) or fewer (-1) in the room.
+local function count(room, by)
+  local n = (here[room] or 0) + by
+  if n == 0 then
+    here[room], n_rooms = nil, n_rooms - 1
+  else
+    if not here[room] then
+      n_rooms = n_rooms + 1
+    end
+    here[room] = n
   end
 end
 
+-- Leaves the member's room (the channel goes once no member of any instance is in it).
 local function leave(handler)
   local m = members[handler]
   if m and m.room then
-    bcast:unsubscribe("chat:" .. m.room, handler)
     local room = m.room
+    bcast:unsubscribe("chat:" .. room, handler)
     m.room = nil
-    remove_if_empty(room)
+    count(room, -1)
+    bcast:remove("chat:" .. room)
     return room
   end
 end
 
--- Subscribes to the room's channel, creating it when there is none.
+-- Subscribes to the room's channel, creating it when there is none. Another instance may
+-- remove a channel it finds empty between our create and our subscribe: tried again, a few
+-- times. A channel made here that could not be joined goes again if it is empty.
 local function enter(handler, room)
-  local id = "chat:" .. room
-  local ok, err = bcast:subscribe(id, handler)
-  if ok or err ~= "no such channel" then
-    return ok, err
-  end
-  if not created[room] and n_created >= chat.max_rooms then
+  if not here[room] and n_rooms >= chat.max_rooms then
     return nil, "too many rooms"
   end
-  -- Counted once the channel exists: a refused create ("too many channels" in the process)
-  -- does not use up one of max_rooms.
-  local made, cerr = bcast:create(id)
-  if not made then
-    return nil, cerr
+  local id = "chat:" .. room
+  local ok, err = bcast:subscribe(id, handler)
+  for _ = 1, 3 do
+    if ok or err ~= "no such channel" then
+      break
+    end
+    local made, cerr = bcast:create(id)
+    if not made then
+      return nil, cerr
+    end
+    ok, err = bcast:subscribe(id, handler)
   end
-  if not created[room] then
-    created[room] = true
-    n_created = n_created + 1
+  if not ok then
+    bcast:remove(id)
+    return nil, err
   end
-  -- Another instance may remove it in between if it is empty: then it is "no such channel".
-  return bcast:subscribe(id, handler)
+  count(room, 1)
+  return true
 end
 
 local commands = {}
@@ -166,7 +176,8 @@ chat.onDisconnect = function(handler)
   local m = members[handler]
   members[handler] = nil
   if m and m.room then
-    remove_if_empty(m.room)
+    count(m.room, -1)
+    bcast:remove("chat:" .. m.room)
   end
 end
 
