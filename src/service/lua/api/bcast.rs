@@ -210,14 +210,26 @@ impl Bcast {
     /// [`NO_SUCH_CHANNEL`] when there is none. Once removed, a subscribe or a send to its id
     /// finds no channel until one is created again, and the table has room for another.
     ///
-    /// Locks: the table's (write), then the channel's, as `subscriptions` nests them; the
-    /// channel is taken out of the table under both, so that a subscribe that looked it up
-    /// before finds it marked removed and fails as a later lookup would.
+    /// Locks: a look under the channel's alone first (a live member: it stays); then the
+    /// table's (write) and the channel's, as `subscriptions` nests them, to check again and
+    /// take it out under both, so that a subscribe that looked it up before finds it marked
+    /// removed and fails as a later lookup would.
     pub fn remove(
         &self,
         id: &ChannelId,
         live: impl Fn(ConnId) -> bool,
     ) -> Result<(), &'static str> {
+        // The common answer first, without the table's write lock (which every lookup in the
+        // process waits for): a channel with a live member stays. Most often its first.
+        {
+            let Some(ch) = self.channel(id) else {
+                return Err(NO_SUCH_CHANNEL);
+            };
+            let subs = ch.lock().unwrap_or_else(|e| e.into_inner());
+            if subs.conns.iter().any(|c| live(*c)) {
+                return Err(NOT_EMPTY);
+            }
+        }
         let mut stale = Vec::new();
         let result = {
             let mut table = self.channels.write().unwrap_or_else(|e| e.into_inner());
