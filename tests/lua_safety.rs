@@ -649,13 +649,18 @@ fn a_start_out_of_memory_names_the_memory_limit() {
 #[test]
 fn an_app_file_that_is_one_expression_gives_its_value() {
     let hub = hub(1);
-    let s = app_in_tmp("delegate", "require \"delegate_impl\" -- the whole app\n");
-    std::fs::write(
-        s.app_file.parent().unwrap().join("delegate_impl.lua"),
-        "return { onMessage = function() return true end }\n",
-    )
-    .unwrap();
-    assert!(Registry::start(vec![s], hub.clone()).is_ok());
+    for src in [
+        "require \"delegate_impl\" -- the whole app\n",
+        "require \"delegate_impl\";\n\n",
+    ] {
+        let s = app_in_tmp("delegate", src);
+        std::fs::write(
+            s.app_file.parent().unwrap().join("delegate_impl.lua"),
+            "return { onMessage = function() return true end }\n",
+        )
+        .unwrap();
+        assert!(Registry::start(vec![s], hub.clone()).is_ok(), "{src:?}");
+    }
 }
 
 #[test]

@@ -343,8 +343,13 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     // a frame of the chunk (a tail call, `return error("...")`, would take the file and line
     // from the error it raises). On the same line as the file's first, so lines keep their
     // numbers; the newline ends a comment on its last line.
+    // A statement's optional `;` ends the expression, and stays outside the parentheses.
+    let end = source
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(0, |i| i + 1);
     let mut expression = b"return (".to_vec();
-    expression.extend_from_slice(&source);
+    expression.extend_from_slice(&source[..end]);
     expression.extend_from_slice(b"\n)");
     let load = |code: Vec<u8>| {
         // "@path" names the chunk after its file, so errors read "path:line: message".
