@@ -337,7 +337,12 @@ fn check_descriptors(cfg: &mut Config) {
         );
         w.max_connections = covered as usize;
     }
-    if let Some(warning) = nofile::shortfall(limit, w.workers, w.max_connections, lowered) {
+    let origin = match (w.max_connections_by_default, lowered) {
+        (false, _) => nofile::MaxConnections::Set,
+        (true, true) => nofile::MaxConnections::Lowered,
+        (true, false) => nofile::MaxConnections::Default,
+    };
+    if let Some(warning) = nofile::shortfall(limit, w.workers, w.max_connections, origin) {
         warn!("{warning}");
     }
 }

@@ -73,32 +73,47 @@ pub fn per_worker(limit: u64, workers: usize) -> u64 {
     }
 }
 
+/// Where a `max_connections` came from, for the words of [`shortfall`]'s warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxConnections {
+    /// ws.json sets it.
+    Set,
+    /// ws.json does not: the server lowered the default to what the limit covers.
+    Lowered,
+    /// ws.json does not, and the limit covers too little to lower it to: the default.
+    Default,
+}
+
 /// The warning for a limit of `limit` descriptors when `workers` workers may each hold
-/// `max_connections` connections, or None when the limit covers them. `chosen`: ws.json does
-/// not set max_connections, and the server lowered it to what this limit covers
-/// ([`per_worker`]).
+/// `max_connections` connections, or None when the limit covers them.
 pub fn shortfall(
     limit: u64,
     workers: usize,
     max_connections: usize,
-    chosen: bool,
+    origin: MaxConnections,
 ) -> Option<String> {
     let promised = (workers as u64).saturating_mul(max_connections as u64);
     let besides = besides(workers);
     let needed = promised.saturating_add(besides).saturating_add(RESERVE);
-    let (allowed, remedy) = if chosen {
-        (
+    let (allowed, remedy) = match origin {
+        MaxConnections::Set => (
+            format!("ws.json allows ({workers} workers x max_connections {max_connections})"),
+            "raise LimitNOFILE, or ulimit -n, or lower max_connections",
+        ),
+        MaxConnections::Lowered => (
             format!(
                 "the server allows (ws.json sets no max_connections, so it took \
                  {max_connections} per worker x {workers} workers)"
             ),
             "raise LimitNOFILE, or ulimit -n, or run fewer IO workers",
-        )
-    } else {
-        (
-            format!("ws.json allows ({workers} workers x max_connections {max_connections})"),
-            "raise LimitNOFILE, or ulimit -n, or lower max_connections",
-        )
+        ),
+        MaxConnections::Default => (
+            format!(
+                "the server allows (ws.json sets no max_connections: the default \
+                 {max_connections} per worker x {workers} workers)"
+            ),
+            "raise LimitNOFILE, or ulimit -n, or set a small max_connections in ws.json",
+        ),
     };
     (limit < needed).then(|| {
         format!(
@@ -118,19 +133,22 @@ mod tests {
 
     #[test]
     fn a_limit_below_the_promise_names_both_numbers() {
-        let w = shortfall(20_000, 2, 100_000, false).expect("a warning");
+        let w = shortfall(20_000, 2, 100_000, MaxConnections::Set).expect("a warning");
         assert!(w.contains("is 20000"), "{w}");
         assert!(w.contains("200000 connections"), "{w}");
         assert!(w.contains("10240 the workers may hold besides"), "{w}");
         assert!(w.contains("about 19744 open connections"), "{w}");
         // Live connections; per worker 1024 refused and 4096 waiting; the server's own.
-        assert_eq!(shortfall(200_000 + 10_240 + 256, 2, 100_000, false), None);
-        assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000, false).is_some());
+        assert_eq!(
+            shortfall(200_000 + 10_240 + 256, 2, 100_000, MaxConnections::Set),
+            None
+        );
+        assert!(shortfall(200_000 + 10_240 + 255, 2, 100_000, MaxConnections::Set).is_some());
     }
 
     #[test]
     fn a_max_connections_the_server_chose_is_not_blamed_on_ws_json() {
-        let w = shortfall(3_000, 2, 686, true).expect("a warning");
+        let w = shortfall(3_000, 2, 686, MaxConnections::Lowered).expect("a warning");
         assert!(
             w.contains(
                 "below the 1372 connections the server allows (ws.json sets no \
@@ -138,7 +156,13 @@ mod tests {
             ) && w.ends_with("(raise LimitNOFILE, or ulimit -n, or run fewer IO workers)"),
             "{w}"
         );
-        let w = shortfall(3_000, 2, 686, false).expect("a warning");
+        let w = shortfall(300, 2, 1 << 20, MaxConnections::Default).expect("a warning");
+        assert!(
+            w.contains("(ws.json sets no max_connections: the default 1048576 per worker")
+                && w.ends_with("or set a small max_connections in ws.json)"),
+            "{w}"
+        );
+        let w = shortfall(3_000, 2, 686, MaxConnections::Set).expect("a warning");
         assert!(
             w.contains(
                 "below the 1372 connections ws.json allows (2 workers x max_connections 686)"
@@ -153,12 +177,12 @@ mod tests {
             let n = per_worker(limit, workers) as usize;
             assert!(n >= 1, "{limit} over {workers}");
             assert_eq!(
-                shortfall(limit, workers, n, false),
+                shortfall(limit, workers, n, MaxConnections::Set),
                 None,
                 "{limit} over {workers}"
             );
             assert!(
-                shortfall(limit, workers, n + 1, false).is_some(),
+                shortfall(limit, workers, n + 1, MaxConnections::Set).is_some(),
                 "{limit} over {workers}"
             );
         }
@@ -168,10 +192,10 @@ mod tests {
         // them): half of it is for live connections, not none (which left max_connections
         // at its default, far past the limit); the check still warns.
         assert_eq!(per_worker(65_536, 16), 2040);
-        assert!(shortfall(65_536, 16, 2040, false).is_some());
+        assert!(shortfall(65_536, 16, 2040, MaxConnections::Set).is_some());
         // One that covers them keeps the rule above: no warning.
         assert_eq!(per_worker(65_536, 8), 3040);
-        assert_eq!(shortfall(65_536, 8, 3040, false), None);
+        assert_eq!(shortfall(65_536, 8, 3040, MaxConnections::Set), None);
         assert_eq!(per_worker(48, 1), 0);
         assert_eq!(per_worker(0, 4), 0);
     }
