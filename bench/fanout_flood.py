@@ -46,6 +46,8 @@ def probe(port, seconds):
             got += chunk
         rtts.append(time.monotonic() - t)
         time.sleep(0.02)  # the probe's pace, not a synchronisation
+    if not rtts:
+        raise SystemExit("probe: no round trip")
     rtts.sort()
     ms = lambda x: f"{x * 1000:.1f}"
     print(f"{len(rtts)} {ms(rtts[-1])} {ms(rtts[int(len(rtts) * 0.99)])} {ms(rtts[len(rtts) // 2])}")
@@ -76,16 +78,24 @@ def main():
                 except OSError:
                     sel.unregister(key.fileobj)
 
-    threading.Thread(target=drain, args=(socks + [attacker],), daemon=True).start()
+    # The flooder's replies are drained too, on a socket of its own (the drain thread makes
+    # its sockets non-blocking; the flooder's sends block).
+    def drain_flooder():
+        while attacker.recv(1 << 20):
+            pass
+
+    threading.Thread(target=drain, args=(socks,), daemon=True).start()
+    threading.Thread(target=drain_flooder, daemon=True).start()
     prober = subprocess.Popen([sys.executable, __file__, str(port), "probe", str(seconds + 2)],
                               stdout=subprocess.PIPE, text=True)
     time.sleep(1)  # the probe's first second without the flood
     line, sent, end = text(b"z" * 4000), 0, time.monotonic() + seconds
-    attacker.setblocking(True)
     while time.monotonic() < end:
         attacker.sendall(line)
         sent += 1
     out = prober.communicate()[0].split()
+    if prober.returncode != 0 or len(out) != 4:
+        raise SystemExit(f"the probe failed (status {prober.returncode}): {out}")
     print(f"probe {out[0]} round trips, worst {out[1]} ms, p99 {out[2]} ms, median {out[3]} ms; "
           f"flood {sent} lines")
 

@@ -8,7 +8,8 @@
 # Usage: bench/fanout_flood.sh OLD NEW   (env: ROUNDS=5 MEMBERS=500 FLOOD_SECONDS=5 PORT=5097)
 set -euo pipefail
 [[ $# -eq 2 ]] || { sed -n '8p' "$0" >&2; exit 2; }
-OLD=$(realpath -e "$1") NEW=$(realpath -e "$2")
+OLD=$(realpath -e "$1")
+NEW=$(realpath -e "$2")
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 MEMBERS=${MEMBERS:-500}
