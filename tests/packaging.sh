@@ -317,17 +317,23 @@ rm -f /var/lib/lapps/tmp /var/lib/lapps/deploy
 check "an edit of /etc/lapps/ws.json survives a reinstall" grep -q '"backlog": 777' /etc/lapps/ws.json
 check "the edited configuration is valid" /usr/bin/lapps -c /etc/lapps --check-config
 
-# An upgrade over a configuration the new version refuses says so, and leaves the running
-# server alone (under systemd it is not restarted into a failed unit; without it, the message
-# says to fix the files before starting lapps again).
-cp /etc/lapps/ws.json "$tmp/ws.json.good"
-python3 - <<'PY'
+# Makes /etc/lapps/ws.json one the binary refuses (a negative backlog), the install tests'
+# stand-in for an operator's mistake.
+refuse_ws_json() {
+    python3 - <<'PY'
 import json
 p = "/etc/lapps/ws.json"
 w = json.load(open(p))
 w["backlog"] = -1
 open(p, "w").write(json.dumps(w, indent=2) + "\n")
 PY
+}
+
+# An upgrade over a configuration the new version refuses says so, and leaves the running
+# server alone (under systemd it is not restarted into a failed unit; without it, the message
+# says to fix the files before starting lapps again).
+cp /etc/lapps/ws.json "$tmp/ws.json.good"
+refuse_ws_json
 refused=$(dpkg_locked -i "$(deb ssse3)" 2>&1 || true)
 check "an upgrade over an invalid configuration names the error and does not restart" \
     bash -c 'grep -q "backlog" <<<"$1" && grep -q "fix the files above before starting lapps again" <<<"$1"' _ "$refused"
@@ -398,13 +404,7 @@ check "a variant switch checks and restarts the running server, never stopping i
 # The replaced ssse3 purged first, so that installing it again is a fresh install as the
 # first switch was (dpkg tells a package it left as config-files its old version).
 dpkg_locked -P lapps-ssse3
-python3 - <<'PY'
-import json
-p = "/etc/lapps/ws.json"
-w = json.load(open(p))
-w["backlog"] = -1
-open(p, "w").write(json.dumps(w, indent=2) + "\n")
-PY
+refuse_ws_json
 : >"$tmp/systemd.log"
 refused=$(under_systemd dpkg_locked -i "$(deb ssse3)" 2>&1 || true)
 check "a variant switch over files the new binary refuses leaves the running server alone" \
@@ -427,13 +427,7 @@ check "dpkg -r stops the server" grep -qx "deb-systemd-invoke stop lapps.service
 # every 2 s, tells the operator less than the install does).
 touch "$tmp/stopped"
 cp /etc/lapps/ws.json "$tmp/ws.json.kept"
-python3 - <<'PY'
-import json
-p = "/etc/lapps/ws.json"
-w = json.load(open(p))
-w["backlog"] = -1
-open(p, "w").write(json.dumps(w, indent=2) + "\n")
-PY
+refuse_ws_json
 : >"$tmp/systemd.log"
 refused=$(under_systemd dpkg_locked -i "$(deb ssse3)" 2>&1 || true)
 check "an install over left files its binary refuses says so and starts nothing" \

@@ -81,6 +81,23 @@ struct Members {
     removed: bool,
 }
 
+impl Members {
+    /// Keeps the members `live` says still name their connection; the others, for the
+    /// caller to take out of every channel once the lock is released.
+    fn sweep(&mut self, live: impl Fn(ConnId) -> bool) -> Vec<ConnId> {
+        let mut stale = Vec::new();
+        self.conns.retain(|c| {
+            let keep = live(*c);
+            if !keep {
+                stale.push(*c);
+            }
+            keep
+        });
+        self.swept_at = self.conns.len();
+        stale
+    }
+}
+
 type Channel = Mutex<Members>;
 
 /// The size below which a channel is not swept at subscribe.
@@ -166,14 +183,7 @@ impl Bcast {
             by.entry(conn).or_default().push(id.clone());
             drop(by);
             if subs.conns.len() >= subs.swept_at.saturating_mul(2).max(SWEEP_FLOOR) {
-                subs.conns.retain(|c| {
-                    let keep = live(*c);
-                    if !keep {
-                        stale.push(*c);
-                    }
-                    keep
-                });
-                subs.swept_at = subs.conns.len();
+                stale = subs.sweep(live);
             }
         }
         drop(subs);
@@ -230,27 +240,19 @@ impl Bcast {
                 return Err(NOT_EMPTY);
             }
         }
-        let mut stale = Vec::new();
-        let result = {
+        let (result, stale) = {
             let mut table = self.channels.write().unwrap_or_else(|e| e.into_inner());
             let Some(ch) = table.get(id).cloned() else {
                 return Err(NO_SUCH_CHANNEL);
             };
             let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
-            subs.conns.retain(|c| {
-                let keep = live(*c);
-                if !keep {
-                    stale.push(*c);
-                }
-                keep
-            });
-            subs.swept_at = subs.conns.len();
+            let stale = subs.sweep(&live);
             if subs.conns.is_empty() {
                 subs.removed = true;
                 table.remove(id);
-                Ok(())
+                (Ok(()), stale)
             } else {
-                Err(NOT_EMPTY)
+                (Err(NOT_EMPTY), stale)
             }
         };
         // Out of every channel (and the index), after the locks, as in `recipients`.
@@ -328,19 +330,11 @@ impl Bcast {
     ) -> Option<Vec<Vec<ConnId>>> {
         let ch = self.channel(id)?;
         let mut groups: Vec<Vec<ConnId>> = Vec::new();
-        let mut stale = Vec::new();
         let mut subs = ch.lock().unwrap_or_else(|e| e.into_inner());
         if subs.removed {
             return None;
         }
-        subs.conns.retain(|c| {
-            let live = speaks(*c).is_some();
-            if !live {
-                stale.push(*c);
-            }
-            live
-        });
-        subs.swept_at = subs.conns.len();
+        let stale = subs.sweep(|c| speaks(c).is_some());
         for c in subs.conns.iter().filter(|c| speaks(**c) == Some(wanted)) {
             match groups.last_mut() {
                 Some(g) if g.first().map(|f| f.worker()) == Some(c.worker()) => g.push(*c),
