@@ -226,6 +226,16 @@ fn a_malformed_notification_gets_no_error_response_either() {
         ]));
         ws.send(Message::binary(note)).unwrap();
     }
+    // Its cid given twice (the second 0, or the same): a notification all the same.
+    for second in [int(0), int(5)] {
+        let note = cbor(&map(vec![
+            ("lapps", int(1)),
+            ("method", text("echo")),
+            ("cid", int(5)),
+            ("cid", second),
+        ]));
+        ws.send(Message::binary(note)).unwrap();
+    }
     let r = call(&mut ws, request("echo", Some(vec![text("after")])));
     assert_eq!(
         get(&r, "result"),

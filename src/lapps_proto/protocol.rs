@@ -183,11 +183,12 @@ pub fn check_inbound(message: Value) -> Result<Inbound, ProtocolError> {
             "parse error: a LAppS message is a CBOR map",
         ));
     };
-    let mut cids = members.iter().filter(|(k, _)| is_named(k, "cid"));
-    let notification = match (cids.next(), cids.next()) {
-        (Some((_, v)), None) => notification_cid(v).is_some(),
-        _ => false,
-    };
+    // A notification, malformed or not, is never answered: the client counts no answer for
+    // it (an error response would be taken for the answer to its oldest call). Any `cid`
+    // member with a channel makes one, given twice too.
+    let notification = members
+        .iter()
+        .any(|(k, v)| is_named(k, "cid") && notification_cid(v).is_some());
     let (msg_type, method, cid) =
         check_members(members).map_err(|e| e.in_notification(notification))?;
     Ok(Inbound {
@@ -289,12 +290,7 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
             }
         }
         None => doc.each_member(root, |key, value| {
-            // Text keys, and byte-string keys with the same bytes (as `names` reads them).
-            let name = doc.text_bytes(key).or_else(|| match doc.scalar(key) {
-                Some(Value::Bytes(b)) => Some(std::borrow::Cow::Owned(b)),
-                _ => None,
-            });
-            let Some(name) = name else {
+            let Some(name) = member_name(doc, key) else {
                 return;
             };
             if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == &name[..]) {
@@ -305,11 +301,31 @@ pub(crate) fn check_doc(doc: &Doc) -> Result<DocInbound, ProtocolError> {
             }
         }),
     }
+    let is_channel = |at: usize| doc.scalar(at).as_ref().and_then(notification_cid).is_some();
     let notification = match found[3] {
-        (Some(at), false) => doc.scalar(at).as_ref().and_then(notification_cid).is_some(),
-        _ => false,
+        (Some(at), false) => is_channel(at),
+        // Given twice: any of them (as `check_inbound`), looked for only in this rare case.
+        (Some(_), true) => {
+            let mut any = false;
+            doc.each_member(root, |key, value| {
+                if member_name(doc, key).is_some_and(|n| &n[..] == b"cid") && is_channel(value) {
+                    any = true;
+                }
+            });
+            any
+        }
+        (None, _) => false,
     };
     check_found(doc, &found).map_err(|e| e.in_notification(notification))
+}
+
+/// The name of the member whose key is at `key`: a text key, or a byte-string key with the
+/// same bytes (as `names` reads them); None for other keys.
+fn member_name<'d>(doc: &'d Doc, key: usize) -> Option<std::borrow::Cow<'d, [u8]>> {
+    doc.text_bytes(key).or_else(|| match doc.scalar(key) {
+        Some(Value::Bytes(b)) => Some(std::borrow::Cow::Owned(b)),
+        _ => None,
+    })
 }
 
 /// The checks of [`check_doc`] on the members found: kind and where the method is.

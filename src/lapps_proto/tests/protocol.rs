@@ -478,12 +478,36 @@ fn errors_in_a_client_notification_are_marked_as_such() {
             ]),
             false,
         ),
+        // A cid given twice: still a notification when either names a channel (the client
+        // counts no answer for it), as a byte-string key too; not when neither does.
         (
             with(vec![
                 lapps(),
                 (t("method"), t("_x")),
                 (t("cid"), Value::Int(5)),
                 (t("cid"), Value::Int(6)),
+            ]),
+            true,
+        ),
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("m")),
+                (t("cid"), Value::Int(0)),
+                (Value::Bytes(b"cid".to_vec()), Value::Int(6)),
+            ]),
+            true,
+        ),
+        (
+            with(vec![(t("cid"), Value::Int(5)), (t("cid"), Value::Int(5))]),
+            true,
+        ),
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("m")),
+                (t("cid"), Value::Int(0)),
+                (t("cid"), t("x")),
             ]),
             false,
         ),
