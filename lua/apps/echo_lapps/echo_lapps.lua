@@ -1,7 +1,7 @@
 -- echo_lapps (LAppS protocol, /echo_lapps). Needs preload = ["bcast"].
 --
 -- Methods (requests are CBOR maps {lapps = 1, method = ..., params = [...]}):
---   echo(...)        answers with its params, as they came
+--   echo(...)        answers with its params (as nljson keeps them: docs/nljson.md, "Limits")
 --   add(a, b)        answers {a + b}; -32602 (invalid params) unless both are numbers
 --   fail()           raises a Lua error: the host answers -32603 (internal error)
 --   anything else    -32601 (method not found)
