@@ -584,7 +584,9 @@ export class LappsClient {
     const ws = new this.WS(this.url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       // Not a reset of the back-off yet: only a connection that lasts is.
       this.clearStableTimer();
       if (this.options.reconnect && !this.stopped) {
@@ -604,8 +606,13 @@ export class LappsClient {
       if (ws === this.ws && !this.stopped) this.receive(event.data);
     };
     ws.onclose = (event) => this.closed(ws, event);
-    // An error is always followed by a close event; the close carries the useful information.
-    ws.onerror = () => {};
+    // Browsers follow an error with a close event, which carries the useful information. Node's
+    // built-in WebSocket does not after a connect that failed (a server not up yet): without
+    // a close the client would never try again, so such an error ends the socket itself (once:
+    // `closed` ignores a socket already given up on, and the close that may follow).
+    ws.onerror = () => {
+      if (!opened) this.closed(ws, { code: 1006, reason: "" });
+    };
   }
 
   send(frame, call) {

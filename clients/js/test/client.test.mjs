@@ -160,6 +160,29 @@ test("a result with a byte-string map key settles its call", async () => {
   client.close();
 });
 
+test("a connect that fails with an error and no close event is tried again", async () => {
+  // Node's built-in WebSocket: a refused connect fires "error" and never "close".
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 40 });
+  client.onclose = (info) => closes.push(info);
+  const lost = client.call("echo", 0);
+  sockets[0].onerror?.({});
+  await assert.rejects(lost, (e) => e instanceof LappsError && e.code === 0);
+  await until(() => sockets.length === 2, "a second attempt");
+  assert.equal(closes.length, 1);
+  assert.equal(closes[0].code, 1006);
+  const queued = client.call("echo", 1); // made while connecting: sent once open
+  // A browser's close after the error changes nothing: the socket was given up on.
+  sockets[0].serverClose(1006);
+  assert.equal(closes.length, 1);
+  sockets[1].serverOpen();
+  assert.deepEqual(sockets[1].sent, [{ lapps: 1, method: "echo", params: [1] }]);
+  sockets[1].serverSend({ status: 1, cid: 0, result: [1] });
+  assert.deepEqual(await queued, [1]);
+  client.close();
+});
+
 test("a disconnect rejects pending calls, then the client reconnects with growing delays", async () => {
   const { sockets, WebSocket } = socketFactory();
   const closes = [];
