@@ -217,7 +217,7 @@ fn a_malformed_notification_gets_no_error_response_either() {
         deep = Cbor::Array(vec![deep]);
     }
     let long = Cbor::Array(vec![int(0); (1 << 20) + 1]);
-    for params in [deep, long] {
+    for params in [deep.clone(), long] {
         let note = cbor(&map(vec![
             ("lapps", int(1)),
             ("method", text("echo")),
@@ -226,6 +226,15 @@ fn a_malformed_notification_gets_no_error_response_either() {
         ]));
         ws.send(Message::binary(note)).unwrap();
     }
+    // One that does not decode, its cid given twice (the first no channel).
+    let note = cbor(&map(vec![
+        ("lapps", int(1)),
+        ("method", text("echo")),
+        ("cid", int(0)),
+        ("params", deep),
+        ("cid", int(5)),
+    ]));
+    ws.send(Message::binary(note)).unwrap();
     // Its cid given twice (the second 0, or the same): a notification all the same.
     for second in [int(0), int(5)] {
         let note = cbor(&map(vec![

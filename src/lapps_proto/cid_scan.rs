@@ -22,14 +22,15 @@ const MAX_OPEN_INDEFINITE: usize = 1024;
 /// longer item is neither.
 const MAX_JUDGED_ITEM: usize = 64;
 
-/// The channel of the one `cid` member of the map `b` holds, when it is a client-notification
-/// channel (as [`super::protocol`] judges a decoded one). None when the map has no such member
-/// or two `cid`s, or when its items cannot all be passed over.
+/// The channel of the first `cid` member of the map `b` holds that names a client-notification
+/// channel (as [`super::protocol`] judges a decoded one: any such `cid` makes a notification,
+/// given twice too). None when the map has no such member, or when its items cannot all be
+/// passed over.
 pub(crate) fn notification_cid(b: &[u8]) -> Option<u64> {
     let (5, len, mut pos) = head(b, skip_tags(b, 0))? else {
         return None;
     };
-    let mut cid = None;
+    let mut channel = None;
     let mut members = 0u64;
     loop {
         match len {
@@ -40,15 +41,12 @@ pub(crate) fn notification_cid(b: &[u8]) -> Option<u64> {
         let value = skip(b, pos)?;
         let is_cid = small_item(b, pos, value).is_some_and(|k| is_named(&k, "cid"));
         pos = skip(b, value)?;
-        if is_cid {
-            if cid.is_some() {
-                return None;
-            }
-            cid = Some(small_item(b, value, pos).as_ref().and_then(channel_of));
+        if is_cid && channel.is_none() {
+            channel = small_item(b, value, pos).as_ref().and_then(channel_of);
         }
         members += 1;
     }
-    cid.flatten().map(|c| c.get())
+    channel.map(|c| c.get())
 }
 
 /// The item `b[start..end]` as the decoder reads it, when it is at most [`MAX_JUDGED_ITEM`]
@@ -137,7 +135,8 @@ mod tests {
             ("a1 63636964 20", None),     // negative
             ("a1 63636964 f93e00", None), // a float with a fraction (1.5)
             ("a1 63636964 6131", None),   // text
-            ("a2 63636964 01 63636964 02", None), // twice
+            ("a2 63636964 01 63636964 02", Some(1)), // twice: the first channel
+            ("a2 63636964 00 63636964 02", Some(2)), // twice, the first no channel
             ("a1 6170 01", None),         // no cid
             ("81 01", None),              // not a map
             ("a2 63636964 01 6170", None), // ends early

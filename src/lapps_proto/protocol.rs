@@ -72,7 +72,8 @@ pub(super) fn is_named(key: &Value, name: &str) -> bool {
 }
 
 /// The error for a message that does not decode: -32700, a client notification all the same
-/// when its one `cid` can be read (so that it gets no answer either, see [`super::cid_scan`]).
+/// when a `cid` naming a channel can be read in it (so that it gets no answer either, see
+/// [`super::cid_scan`]).
 pub(crate) fn undecodable(bytes: &[u8], e: impl fmt::Display) -> ProtocolError {
     ProtocolError::new(PARSE_ERROR, format!("parse error: {e}"))
         .in_notification(super::cid_scan::notification_cid(bytes).is_some())

@@ -502,6 +502,16 @@ fn errors_in_a_client_notification_are_marked_as_such() {
             with(vec![(t("cid"), Value::Int(5)), (t("cid"), Value::Int(5))]),
             true,
         ),
+        // Text keys only (the in-place check's fast path): the channel second.
+        (
+            with(vec![
+                lapps(),
+                (t("method"), t("m")),
+                (t("cid"), Value::Int(0)),
+                (t("cid"), Value::Int(6)),
+            ]),
+            true,
+        ),
         (
             with(vec![
                 lapps(),

@@ -184,6 +184,7 @@ fn arb_member() -> impl Strategy<Value = (Value, Value)> {
         Just(t("params")),
         Just(t("cid")),
         Just(Value::Bytes(b"method".to_vec())),
+        Just(Value::Bytes(b"cid".to_vec())),
         Just(Value::Int(1)),
     ];
     let value = prop_oneof![
