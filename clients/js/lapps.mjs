@@ -586,6 +586,11 @@ export class LappsClient {
     this.ws = ws;
     let opened = false;
     ws.onopen = () => {
+      // A socket given up on after an error (below) that opens all the same is closed.
+      if (ws !== this.ws) {
+        ws.close();
+        return;
+      }
       opened = true;
       // Not a reset of the back-off yet: only a connection that lasts is.
       this.clearStableTimer();
@@ -611,7 +616,13 @@ export class LappsClient {
     // a close the client would never try again, so such an error ends the socket itself (once:
     // `closed` ignores a socket already given up on, and the close that may follow).
     ws.onerror = () => {
-      if (!opened) this.closed(ws, { code: 1006, reason: "" });
+      if (opened || ws !== this.ws) return;
+      this.closed(ws, { code: 1006, reason: "" });
+      try {
+        ws.close();
+      } catch {
+        // a socket that cannot be closed any more is closed already
+      }
     };
   }
 
