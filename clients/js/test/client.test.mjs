@@ -183,6 +183,70 @@ test("a connect that fails with an error and no close event is tried again", asy
   client.close();
 });
 
+test("an error after open leaves the connection to its close event", async () => {
+  // Browsers fire "error" before "close" on a connection that fails once open: the close,
+  // not the error, ends it (pending calls stay pending until then).
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 10, maxDelay: 40 });
+  client.onclose = (info) => closes.push(info);
+  sockets[0].serverOpen();
+  let settled = false;
+  const pending = client.call("echo", 0);
+  pending.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  sockets[0].onerror?.({});
+  await new Promise((r) => setImmediate(r)); // let a wrongly settled call run its handlers
+  assert.equal(settled, false, "an error alone settled a pending call");
+  assert.equal(closes.length, 0);
+  assert.equal(sockets.length, 1);
+  assert.equal(client.connected, true);
+  sockets[0].serverClose(1011);
+  await assert.rejects(pending, (e) => e instanceof LappsError && e.code === 0);
+  assert.deepEqual(closes.map((c) => c.code), [1011]);
+  await until(() => sockets.length === 2, "a reconnection after the close");
+  client.close();
+});
+
+test("close() between a failed connect's error and its reconnection opens nothing more", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 5, maxDelay: 10 });
+  client.onclose = (info) => closes.push(info);
+  sockets[0].close = function () {
+    this.readyState = 2; // closing: its close event comes later
+  };
+  sockets[0].onerror?.({}); // the connect failed: the client gives the socket up
+  assert.equal(closes.length, 1);
+  client.close();
+  sockets[0].serverClose(1006); // the close event that follows the error
+  assert.equal(closes.length, 1, "the socket given up on was reported closed twice");
+  await new Promise((r) => setTimeout(r, 40)); // past maxDelay: nothing may happen here
+  assert.equal(sockets.length, 1, "a reconnection after close()");
+  await assert.rejects(client.call("echo"), LappsError);
+});
+
+test("close() on an open socket, then an error and the close event: one onclose, no reconnection", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const closes = [];
+  const client = connect("ws://x/", { WebSocket, minDelay: 5, maxDelay: 10 });
+  client.onclose = (info) => closes.push(info);
+  sockets[0].serverOpen();
+  sockets[0].close = function () {
+    this.readyState = 2;
+  };
+  const pending = client.call("echo");
+  client.close();
+  await assert.rejects(pending, LappsError);
+  sockets[0].onerror?.({});
+  sockets[0].serverClose(1006);
+  assert.deepEqual(closes.map((c) => c.code), [1006]);
+  await new Promise((r) => setTimeout(r, 40)); // past maxDelay: nothing may happen here
+  assert.equal(sockets.length, 1, "a reconnection after close()");
+});
+
 test("a disconnect rejects pending calls, then the client reconnects with growing delays", async () => {
   const { sockets, WebSocket } = socketFactory();
   const closes = [];
