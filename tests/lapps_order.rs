@@ -207,6 +207,33 @@ fn a_close_from_the_peer_waits_for_the_responses_its_app_still_owes() {
     );
 }
 
+/// An `onMessage` that does not return `true` closes its connection with 1000 after the
+/// answers it is owed (docs/lua-api.md), here sent later from another connection's handler:
+/// they still go out, then the Close, at once (the close timeout is 60 s). A request sent
+/// after it no longer reaches the app.
+#[test]
+fn an_app_that_lets_a_connection_go_waits_for_the_answers_it_owes() {
+    let app = start_patient();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    let mut b = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(request("later", vec![Value::Int(2)])).unwrap();
+    a.send(notification("bye", vec![])).unwrap();
+    a.send(request("echo", vec![Value::Int(9)])).unwrap();
+    a.flush().unwrap();
+    // From now on, a's messages are queued for the instance ahead of b's.
+    wait_until_read(app.addr, &a);
+    b.send(request("release_all", vec![])).unwrap();
+    assert_eq!(next(&mut b), released());
+    assert_eq!(next_or_close(&mut a), ok(1));
+    assert_eq!(next_or_close(&mut a), ok(2));
+    assert_eq!(
+        next_or_close(&mut a),
+        "close 1000",
+        "no answer to the later echo"
+    );
+}
+
 /// A Close that comes while the host's answer to a malformed request waits behind a response
 /// the app still owes: the response, the held answer, then the Close, in that order and at
 /// once (the close timeout is 60 s).

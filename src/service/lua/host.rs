@@ -129,6 +129,10 @@ pub(crate) struct HostCtx {
     in_run: Cell<bool>,
     /// Connections of this instance it asked to close: their queued messages are skipped.
     pub closing: RefCell<HashSet<ConnId>>,
+    /// LAppS connections of this instance whose app returned other than `true` from
+    /// `onMessage`: their queued messages are skipped, and the worker closes them once the
+    /// answers they are owed have left ([`go_away`](Self::go_away)).
+    pub leaving: RefCell<HashSet<ConnId>>,
     /// The host's LAppS answers waiting behind responses the app still owes.
     pub held: HeldAnswers,
 }
@@ -167,6 +171,7 @@ impl HostCtx {
             standalone: spec.standalone,
             in_run: Cell::new(false),
             closing: RefCell::new(HashSet::new()),
+            leaving: RefCell::new(HashSet::new()),
             held: HeldAnswers::default(),
         }
     }
@@ -176,6 +181,24 @@ impl HostCtx {
     pub fn close(&self, conn: ConnId, code: u16) {
         self.hub.set_ending(conn);
         self.push(conn, Command::Close { conn, code });
+    }
+
+    /// Ends the LAppS connection `conn` with `code` after the answers it is owed, whichever
+    /// thread sends them (within the close timeout, as for a peer's Close): unlike
+    /// [`close`](Self::close), answers and other sends to it are taken until its Close is
+    /// queued. Its messages still queued here are skipped.
+    pub fn go_away(&self, conn: ConnId, code: u16) {
+        self.leaving.borrow_mut().insert(conn);
+        self.push(conn, Command::GoAway { conn, code });
+    }
+
+    /// Whether `conn` is closed or going away by this instance's doing: its queued messages
+    /// are skipped.
+    pub fn skips(&self, conn: ConnId) -> bool {
+        let closing = self.closing.borrow();
+        let leaving = self.leaving.borrow();
+        (!closing.is_empty() && closing.contains(&conn))
+            || (!leaving.is_empty() && leaving.contains(&conn))
     }
 
     /// Queues a command for `conn`'s worker; posted by `flush` (or early when many pile up).

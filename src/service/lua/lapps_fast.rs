@@ -30,9 +30,10 @@ use crate::net::hub::Speaks;
 
 /// Calls `on_message(handler, msg_type, message)` for every valid LAppS message of `events`
 /// (a run without opens or closes), answering protocol errors and failed requests as
-/// [`LappsState`] says. Connections in `host.closing` are skipped; those that must close are
-/// handed to `close` (with 1000 when `onMessage` did not return `true`, 1003 after too many
-/// protocol errors). `traceback` is [`super::fastpath::traceback_function`].
+/// [`LappsState`] says. Connections this instance closes or lets go are skipped
+/// ([`HostCtx::skips`]); those that must close are handed to `close` (1003 after too many
+/// protocol errors), except that one whose `onMessage` did not return `true` goes away
+/// (1000) after the answers it is owed ([`HostCtx::go_away`]). `traceback` is [`super::fastpath::traceback_function`].
 ///
 /// A push that runs out of memory fails that message only, as an error in its `onMessage`
 /// would (a request gets -32603): the run goes on after it. Err only when the views'
@@ -74,11 +75,8 @@ pub(crate) fn call_requests(
                     };
                     let conn = e.conn;
                     *current.borrow_mut() = Some((i, None));
-                    {
-                        let closing = host.closing.borrow();
-                        if !closing.is_empty() && closing.contains(&conn) {
-                            continue;
-                        }
+                    if host.skips(conn) {
+                        continue;
                     }
                     let inbound = match lapps.inbound(host, conn, opcode, batch.payload(e)) {
                         Ok(i) => i,
@@ -140,7 +138,9 @@ pub(crate) fn call_requests(
                             if ffi::lua_type(l, -1) != ffi::LUA_TBOOLEAN
                                 || ffi::lua_toboolean(l, -1) == 0
                             {
-                                close(host, conn, 1000);
+                                // After the answers it is owed (some may come from
+                                // another thread later): not a Close that refuses them.
+                                host.go_away(conn, 1000);
                             }
                         }
                         status => {
@@ -189,9 +189,7 @@ pub(crate) fn call_requests(
                 // Before any message (exec_raw's own pushes): the rest of the run fails.
                 crate::error_limited!("{} onMessage: {}", host.tag(), err);
                 for e in &events[next..] {
-                    if matches!(e.kind, Kind::Message(_))
-                        && !host.closing.borrow().contains(&e.conn)
-                    {
+                    if matches!(e.kind, Kind::Message(_)) && !host.skips(e.conn) {
                         close(host, e.conn, 1011);
                     }
                 }

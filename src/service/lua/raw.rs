@@ -157,6 +157,7 @@ impl RawApp {
                 }
                 Kind::Close => {
                     host.closing.borrow_mut().remove(&e.conn);
+                    host.leaving.borrow_mut().remove(&e.conn);
                     if let Some(l) = &self.lapps {
                         l.forget(e.conn);
                         host.held.forget(host, e.conn);

@@ -4,6 +4,8 @@
 --   release()   answers every kept request in order with its params, then {"released"}
 --   fail()      raises (the host answers -32603)
 --   settle()    answers every kept request in order, then raises (its own answer is -32603)
+--   bye         a notification: onMessage returns false (the connection is to close after
+--               the answers it is owed)
 --   answer_fail(...)  sends a response with its params (the oldest request owed takes it),
 --               then raises: -32603 for it only if it is still owed (tests/lapps_random.rs)
 --   echo(...)   answers with its params at once
@@ -110,6 +112,8 @@ end
 app.onMessage = function(handler, msg_type, message)
   if msg_type == 3 or msg_type == 4 then
     methods[message.method](handler, message)
+  elseif message.method == "bye" then
+    return false
   end
   return true
 end
