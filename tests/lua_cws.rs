@@ -91,16 +91,24 @@ fn the_benchmark_app_reports_a_non_zero_rate_against_the_lua_echo() {
 /// A rustls server configuration with a fresh self-signed certificate for 127.0.0.1, and that
 /// certificate's PEM file (in `dir`).
 fn tls_server_config(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    tls_server_config_as(dir, rcgen::IsCa::NoCa)
+}
+
+/// [`tls_server_config`] with a self-signed certificate that is a CA or not (`is_ca`).
+fn tls_server_config_as(dir: &Path, is_ca: rcgen::IsCa) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = is_ca;
+    let signing_key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&signing_key).unwrap();
     let pem = dir.join("ca.pem");
-    std::fs::write(&pem, ck.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    std::fs::write(&pem, cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .with_single_cert(vec![cert.der().clone()], key)
         .unwrap();
     (Arc::new(cfg), pem)
 }
@@ -108,7 +116,12 @@ fn tls_server_config(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
 /// A TLS echo server (rustls + tungstenite) with a fresh self-signed certificate for
 /// 127.0.0.1; returns its address and the certificate's PEM file.
 fn tls_echo_server(dir: &Path) -> (SocketAddr, PathBuf) {
-    let (cfg, pem) = tls_server_config(dir);
+    tls_echo_server_as(dir, rcgen::IsCa::NoCa)
+}
+
+/// [`tls_echo_server`] with a certificate that is a CA or not (`is_ca`).
+fn tls_echo_server_as(dir: &Path, is_ca: rcgen::IsCa) -> (SocketAddr, PathBuf) {
+    let (cfg, pem) = tls_server_config_as(dir, is_ca);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -277,6 +290,45 @@ fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
         );
         got.insert(line);
     }
+    reg.shutdown();
+}
+
+/// A server whose own certificate is a CA certificate (what `openssl req -x509` makes by
+/// default), given as `ca_file`: refused, and `onerror` says why in words rather than with
+/// webpki's variant name.
+#[test]
+fn a_server_certificate_that_is_a_ca_is_refused_in_words() {
+    let dir = scratch("wss-ca-as-server");
+    let is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let (addr, pem) = tls_echo_server_as(&dir, is_ca);
+    let src = format!(
+        r#"local out = "cws.ca_as_server"
+local p = {{}}
+p.run = function()
+  local h, err = cws:new({}, {{
+    ca_file = {},
+    onopen = function() mqr:post(out, "open") end,
+    onerror = function(_, e) mqr:post(out, "error " .. e) end,
+    onclose = function(_, code) mqr:post(out, "close " .. code) end,
+  }})
+  if not h then mqr:post(out, "new failed " .. err) end
+  while not must_stop() do cws:eventLoop(0.1) end
+end
+return p
+"#,
+        lua_str(&format!("wss://{addr}/")),
+        lua_str(&pem.display().to_string())
+    );
+    let out = registry().open("cws.ca_as_server", 4);
+    let reg = Registry::start(vec![app_in(&dir, "ca_as_server", &src)], hub(1)).unwrap();
+    assert_eq!(
+        next(&out),
+        "error tls: invalid peer certificate: the server's certificate is a CA certificate, \
+         which a server may not use as its own (a self-signed one made with `openssl req -x509` \
+         is a CA unless made with `-addext basicConstraints=critical,CA:FALSE`; see ca_file in \
+         docs/lua-api.md)"
+    );
+    assert_eq!(next(&out), "close 1006");
     reg.shutdown();
 }
 

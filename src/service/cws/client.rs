@@ -847,7 +847,7 @@ impl Client {
                     if let Err(e) = tls.process_new_packets() {
                         // Send the alert rustls prepared, then give up.
                         let _ = tls.write_tls(&mut self.sock);
-                        return Err(format!("tls: {e}"));
+                        return Err(super::tls::error_text(&e));
                     }
                     loop {
                         let len = self.input.len();

@@ -117,6 +117,27 @@ fn roots(path: &str) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
+/// `onerror`'s text for a TLS session that failed: rustls's, except for a server whose own
+/// certificate is a CA certificate, which rustls names only by webpki's variant
+/// (`CaUsedAsEndEntity`, reachable solely through its Debug text). A self-signed certificate
+/// made with `openssl req -x509` is one (a CA is its default), so this is what a first try
+/// with `ca_file` meets.
+pub fn error_text(e: &rustls::Error) -> String {
+    let text = e.to_string();
+    if matches!(
+        e,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(_))
+    ) && text.contains("CaUsedAsEndEntity")
+    {
+        return "tls: invalid peer certificate: the server's certificate is a CA certificate, \
+                which a server may not use as its own (a self-signed one made with `openssl req \
+                -x509` is a CA unless made with `-addext basicConstraints=critical,CA:FALSE`; \
+                see ca_file in docs/lua-api.md)"
+            .to_string();
+    }
+    format!("tls: {text}")
+}
+
 /// `insecure = true`: accepts any certificate chain for any name.
 #[derive(Debug)]
 struct NoVerification(Arc<CryptoProvider>);
