@@ -432,7 +432,8 @@ export class LappsError extends Error {
  * @param {number} [options.maxDelay=10000] cap of the exponentially growing delay in ms
  * @param {number} [options.stableAfter=5000] ms a connection must stay open before the back-off
  *   starts again from `minDelay`
- * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: the global one)
+ * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: the global one;
+ *   without either, `connect` throws a TypeError)
  * @returns {LappsClient}
  */
 export function connect(url, options = {}) {
@@ -470,6 +471,13 @@ export class LappsClient {
   ) {
     this.url = url;
     this.options = { reconnect, minDelay, maxDelay, stableAfter };
+    if (typeof WS !== "function") {
+      // Node 20 has no global WebSocket unless run with --experimental-websocket.
+      throw new TypeError(
+        "no WebSocket in this runtime: pass connect(url, { WebSocket }) (for Node 20, the `ws` " +
+          "package's, or run node with --experimental-websocket)",
+      );
+    }
     this.WS = WS;
     /** @type {?function(LappsClient):void} called after each (re)connection */
     this.onopen = null;

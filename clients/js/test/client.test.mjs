@@ -486,6 +486,13 @@ test("a WebSocket constructor that throws on a reconnection counts as a failed a
   client.close();
 });
 
+test("a runtime without a WebSocket gets a TypeError that says what to pass", () => {
+  assert.throws(
+    () => connect("ws://x/", { WebSocket: undefined, reconnect: false }),
+    (e) => e instanceof TypeError && /pass connect\(url, \{ WebSocket \}\)/.test(e.message),
+  );
+});
+
 test("notify after close() throws instead of dropping the notification", () => {
   const { WebSocket } = socketFactory();
   const client = connect("ws://x/", { WebSocket });
