@@ -1250,6 +1250,31 @@ return app
     check(&line, "boom_lapps");
 }
 
+/// An error raised by a host function (mqr:post given a table) carries mlua's traceback
+/// already: the log line has it once, not that one and the handler's after it.
+#[test]
+fn a_host_functions_error_is_logged_with_one_traceback() {
+    let app = r#"local app = {}
+app.onMessage = function(h, kind, message)
+  mqr:post("q", {})
+  return true
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        binary::ONE_WORKER_WS_JSON,
+        "host-error",
+        &[("host_error", app)],
+        r#""host_error": { "request_target": "/host_error", "preload": ["mqr"] }"#,
+    );
+    let mut ws = connect(addr, "/host_error");
+    send(&mut ws, "hello");
+    assert_eq!(ws_close_code(&mut ws), 1011);
+    let line = binary::wait_line(&log, "message must be a string, got table");
+    assert!(line.contains("host_error.lua:3:"), "{line}");
+    assert_eq!(line.matches("stack traceback:").count(), 1, "{line}");
+}
+
 /// A connection with a backlog of input cannot keep the worker from the others: each is read
 /// `workers.max_inbounds_skip` times a turn, then the next ready one has its turn. With the
 /// server stopped (SIGSTOP), one client fills its socket with a backlog (a text message every

@@ -291,10 +291,13 @@ pub(crate) unsafe fn fail(l: *mut ffi::lua_State, reason: &CStr) -> c_int {
 }
 
 /// Message handler of [`call_messages`]: the error (a string, or anything with `__tostring`,
-/// such as mlua's wrapped errors) followed by the Lua traceback.
+/// such as mlua's wrapped errors) followed by the Lua traceback, unless it carries one already
+/// (mlua's error from a Rust function, `mqr:post` given a table, does: twice would make the
+/// log line twice as long for nothing).
 unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: the handler gets the error object at index 1; luaL_traceback copies `msg`
-    // before anything it points into could be collected (the string stays on the stack).
+    // SAFETY: the handler gets the error object at index 1; luaL_traceback and lua_pushstring
+    // copy `msg` before anything it points into could be collected (the string stays on the
+    // stack, and CStr::from_ptr reads it there, NUL-terminated as lua_tostring returns it).
     unsafe {
         let msg = if ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
             ffi::lua_tostring(l, 1)
@@ -305,7 +308,11 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
         } else {
             c"(error object is not a string)".as_ptr()
         };
-        ffi::luaL_traceback(l, l, msg, 1);
+        if memchr::memmem::find(CStr::from_ptr(msg).to_bytes(), b"\nstack traceback:").is_some() {
+            ffi::lua_pushstring(l, msg);
+        } else {
+            ffi::luaL_traceback(l, l, msg, 1);
+        }
     }
     1
 }
