@@ -1842,14 +1842,23 @@ fn sigusr1_reports_at_the_warn_level_too() {
             dir.join("apps").display()
         ),
     );
-    let (child, log) = binary::spawn_binary_starting(&dir, |cmd| {
+    let (mut child, log) = binary::spawn_binary_starting(&dir, |cmd| {
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("LAPPS_LOG", "warn");
     });
     let pid = child.0.id();
     // Until the main thread blocks it, SIGUSR1's default action would end the process. Once
     // blocked it waits, pending, for the main loop, which runs once the services do.
-    wait_for("SIGUSR1 to be blocked", IO_TIMEOUT, || sigusr1_blocked(pid));
+    wait_for("SIGUSR1 to be blocked", IO_TIMEOUT, || {
+        // A process that ended never blocks it: say how it ended, with what it logged.
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "lapps ended ({status}) before blocking SIGUSR1: {:?}",
+                log.try_iter().collect::<Vec<_>>()
+            );
+        }
+        sigusr1_blocked(pid)
+    });
     // SAFETY: kill(2) on our own child process.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) }, 0);
     let lines = binary::lines_until(&log, "status: bcast");
