@@ -60,17 +60,18 @@ fn besides(workers: usize) -> u64 {
 }
 
 /// The live connections per worker that `limit` descriptors cover, what [`shortfall`] checks
-/// for. When the limit does not cover the descriptors besides them (many workers, a low
-/// LimitNOFILE), half of it beyond the server's own: the rest is for refused connections
-/// lingering and accepted ones waiting, so that a full server still answers most refusals.
+/// for. When that is less than half the descriptors a worker may hold besides them (many
+/// workers, a low LimitNOFILE), half of what the limit leaves beyond the server's own, up to
+/// that half: the rest is for refused connections lingering and accepted ones waiting, so
+/// that a full server still answers most refusals ([`shortfall`] warns then). The count never
+/// falls as the limit rises: a limit just past the descriptors besides the connections used
+/// to give a handful (10,498 over 2 workers: 1 each) where one just below gave 2,536.
 pub fn per_worker(limit: u64, workers: usize) -> u64 {
     let workers = workers.max(1) as u64;
-    let covered = limit.saturating_sub(besides(workers as usize).saturating_add(RESERVE)) / workers;
-    if covered > 0 {
-        covered
-    } else {
-        limit.saturating_sub(RESERVE) / 2 / workers
-    }
+    let besides = besides(workers as usize);
+    let covered = limit.saturating_sub(besides.saturating_add(RESERVE)) / workers;
+    let half = (limit.saturating_sub(RESERVE) / 2 / workers).min(besides / 2 / workers);
+    covered.max(half)
 }
 
 /// Where a `max_connections` came from, for the words of [`shortfall`]'s warning.
@@ -173,7 +174,7 @@ mod tests {
 
     #[test]
     fn per_worker_is_the_most_the_check_lets_pass() {
-        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (6_000, 1)] {
+        for (limit, workers) in [(1_048_576, 10), (1_048_576, 32), (524_288, 3), (8_000, 1)] {
             let n = per_worker(limit, workers) as usize;
             assert!(n >= 1, "{limit} over {workers}");
             assert_eq!(
@@ -196,7 +197,23 @@ mod tests {
         // One that covers them keeps the rule above: no warning.
         assert_eq!(per_worker(65_536, 8), 3040);
         assert_eq!(shortfall(65_536, 8, 3040, MaxConnections::Set), None);
+        // Just past the descriptors besides the connections (2 x 5120 + 256), and just below.
+        assert_eq!(per_worker(10_400, 2), 2536);
+        assert_eq!(per_worker(10_498, 2), 2560);
+        assert!(shortfall(10_498, 2, 2560, MaxConnections::Lowered).is_some());
         assert_eq!(per_worker(48, 1), 0);
         assert_eq!(per_worker(0, 4), 0);
+    }
+
+    #[test]
+    fn raising_the_limit_never_lowers_the_connections_per_worker() {
+        for workers in [1, 2, 3, 16] {
+            let mut before = 0;
+            for limit in (0..200_000).step_by(7) {
+                let n = per_worker(limit, workers);
+                assert!(n >= before, "{limit} over {workers}: {n} after {before}");
+                before = n;
+            }
+        }
     }
 }
