@@ -111,9 +111,10 @@ fn shutdown_ends_within_its_budget_when_no_service_finishes_stopping() {
     let hub = hub(1);
     let specs = ["stuck_a", "stuck_b", "stuck_c"].map(stuck).to_vec();
     let reg = Registry::start(specs, hub.clone()).unwrap();
-    // Above the 5 s one service may take, so that the first one takes all of that, the second
-    // what is left and the third nothing. One after the other, each waited for its 5 s: 15 s.
-    let budget = Duration::from_secs(6);
+    // Below the 5 s one service may take: the three stop at the same time (none depends on
+    // another), and each is waited for until the budget is spent. One after the other,
+    // each waited for its 5 s: 15 s.
+    let budget = Duration::from_secs(4);
     let took = shutdown_within(&reg, budget);
     assert!(
         took >= budget,
@@ -122,6 +123,27 @@ fn shutdown_ends_within_its_budget_when_no_service_finishes_stopping() {
     // Not waited for is not left running: every one was asked to stop.
     began(3);
     assert!(reg.running().is_empty(), "left: {:?}", reg.running());
+}
+
+/// A service that does not stop holds up no service that does not depend on it: each is
+/// asked to stop at once and waited for on its own. They stopped one after another, so a
+/// stuck one took the budget and a receiver behind it in the list was asked to stop only
+/// when the budget was spent (not waited for: what it had accepted was lost).
+#[test]
+fn a_stuck_service_does_not_hold_up_the_stop_of_another() {
+    let _one = STUCK.lock().unwrap_or_else(|e| e.into_inner());
+    let hub = hub(1);
+    let report = standalone_with_ffi("slow_report");
+    let done = emptied("slow_report.done");
+    // Started last, stopped first by the old order: it held the whole budget.
+    let reg = Registry::start(vec![report, stuck("stuck_other")], hub.clone()).unwrap();
+    let budget = Duration::from_secs(3);
+    shutdown_within(&reg, budget);
+    began(1);
+    assert!(
+        !done.is_empty(),
+        "slow_report's onShutdown (300 ms) had not run when the shutdown returned"
+    );
 }
 
 /// Shuts `reg` down with `budget`, asserting it ends within the budget and 3 s; how long it took.

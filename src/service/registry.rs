@@ -152,47 +152,6 @@ pub fn start_order(specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, StartErr
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
-/// `items` reordered so that each comes after the items it depends on (stable otherwise).
-/// Unlike [`start_order`] it cannot fail: a dependency not among `items` is ignored, and a
-/// cycle (which the configuration refuses) is broken where it is found.
-fn dependencies_first<T>(items: Vec<T>, spec: impl Fn(&T) -> &ServiceSpec) -> Vec<T> {
-    let index: HashMap<&str, usize> = items
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (spec(t).name.as_str(), i))
-        .collect();
-    let mut placed = vec![false; items.len()];
-    let mut order = Vec::with_capacity(items.len());
-    // Depth-first, with an explicit stack of (item, next dependency to look at).
-    for root in 0..items.len() {
-        let mut stack = vec![(root, 0usize)];
-        let mut on_path = vec![false; items.len()];
-        while let Some(&mut (i, ref mut next)) = stack.last_mut() {
-            if placed[i] {
-                stack.pop();
-                continue;
-            }
-            on_path[i] = true;
-            let deps = &spec(&items[i]).depends;
-            if let Some(d) = deps.get(*next) {
-                *next += 1;
-                if let Some(&j) = index.get(d.as_str()) {
-                    if !placed[j] && !on_path[j] {
-                        stack.push((j, 0));
-                    }
-                }
-                continue;
-            }
-            placed[i] = true;
-            on_path[i] = false;
-            order.push(i);
-            stack.pop();
-        }
-    }
-    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| slots[i].take()).collect()
-}
-
 /// What the running services hold for connections; all 0 once every connection they were
 /// given has ended and its close was handled (its `onDisconnect` run, its per-connection state
 /// and bcast subscriptions dropped).
@@ -691,18 +650,7 @@ impl Registry {
             }
         }
         let running: Vec<_> = self.lock_running().drain(..).collect();
-        // Dependents first: a sender that `depends` on its `mqr` receiver stops before it, so
-        // the receiver drains what it accepted. The list's order is the start order only until
-        // a redeploy moves a replaced service to its end.
-        let running = dependencies_first(running, |s| s.spec());
-        for svc in running.iter().rev() {
-            let grace = left().min(SHUTDOWN_GRACE);
-            if grace.is_zero() {
-                left_behind.push(svc.spec().name.clone());
-            }
-            // A zero grace still sets `must_stop()` and stops the queues; it waits for nothing.
-            svc.shutdown(grace);
-        }
+        left_behind.extend(stop_dependents_first(&running, left));
         if !left_behind.is_empty() {
             crate::warn!(
                 "shutdown budget of {budget:?} spent: not waiting for {} (asked to stop, may still be running)",
@@ -732,6 +680,77 @@ impl Registry {
     }
 }
 
+/// Stops `running`, each service once every service that `depends` on it has stopped (or its
+/// grace ran out), so that a sender stops before its `mqr` receiver, which then drains what it
+/// accepted. Services that do not depend on one another stop at the same time, each on a
+/// thread of its own: a stuck one holds up only what it depends on, not every service after
+/// it in the list, which used to wait behind its 5 s without even being asked to stop (and a
+/// receiver asked only once the budget was spent lost what it had accepted). Each is waited
+/// for at most `SHUTDOWN_GRACE` within what `left` says remains of the budget; the names of
+/// those that got no time at all.
+fn stop_dependents_first(
+    running: &[Arc<LuaService>],
+    left: impl Fn() -> Duration + Sync,
+) -> Vec<String> {
+    let names: HashMap<&str, usize> = running
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.spec().name.as_str(), i))
+        .collect();
+    // For each service, the services that depend on it (each at most once).
+    let mut dependents = vec![Vec::new(); running.len()];
+    for (i, svc) in running.iter().enumerate() {
+        for d in &svc.spec().depends {
+            if let Some(&j) = names.get(d.as_str()) {
+                if j != i && !dependents[j].contains(&i) {
+                    dependents[j].push(i);
+                }
+            }
+        }
+    }
+    let stopped = Mutex::new(vec![false; running.len()]);
+    let changed = std::sync::Condvar::new();
+    let left_behind = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for (i, svc) in running.iter().enumerate() {
+            let (stopped, changed, left_behind, left) = (&stopped, &changed, &left_behind, &left);
+            let dependents = &dependents[i];
+            let run = move || {
+                // A dependency cycle (refused by the config check) or a dependent that never
+                // returns cannot hold this past the budget.
+                let mut done = stopped.lock().unwrap_or_else(|e| e.into_inner());
+                while !dependents.iter().all(|&j| done[j]) && !left().is_zero() {
+                    done = changed
+                        .wait_timeout(done, left())
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                drop(done);
+                let grace = left().min(SHUTDOWN_GRACE);
+                if grace.is_zero() {
+                    left_behind
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(svc.spec().name.clone());
+                }
+                // A zero grace still sets `must_stop()` and stops the queues; it waits for
+                // nothing.
+                svc.shutdown(grace);
+                stopped.lock().unwrap_or_else(|e| e.into_inner())[i] = true;
+                changed.notify_all();
+            };
+            let spawned = std::thread::Builder::new()
+                .name("lapps-stop".into())
+                .spawn_scoped(scope, run);
+            if spawned.is_err() {
+                // No thread to be had: stop it here, after the ones started so far.
+                run();
+            }
+        }
+    });
+    left_behind.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         self.shutdown();
@@ -754,40 +773,6 @@ mod tests {
             start_order(vec![spec("a", &["c"]), spec("b", &[]), spec("c", &["b"])]).unwrap();
         let names: Vec<_> = order.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["b", "c", "a"]);
-    }
-
-    #[test]
-    fn the_stop_order_puts_dependencies_first_whatever_the_list_order_and_never_fails() {
-        let names = |v: Vec<ServiceSpec>| -> Vec<String> {
-            dependencies_first(v, |s| s)
-                .into_iter()
-                .map(|s| s.name)
-                .collect()
-        };
-        // A redeployed receiver at the end of the list still comes before its sender.
-        assert_eq!(
-            names(vec![
-                spec("sender", &["receiver"]),
-                spec("x", &[]),
-                spec("receiver", &[])
-            ]),
-            ["receiver", "sender", "x"]
-        );
-        assert_eq!(
-            names(vec![spec("a", &["c"]), spec("b", &[]), spec("c", &["b"])]),
-            ["b", "c", "a"]
-        );
-        // A dependency that is not running is ignored; a cycle is broken, nothing is lost.
-        assert_eq!(
-            names(vec![spec("a", &["gone"]), spec("b", &[])]),
-            ["a", "b"]
-        );
-        let cyclic = names(vec![
-            spec("a", &["b"]),
-            spec("b", &["a"]),
-            spec("c", &["c"]),
-        ]);
-        assert_eq!(cyclic, ["b", "a", "c"]);
     }
 
     #[test]
