@@ -988,8 +988,13 @@ impl App {
                 .find_map(|l| l.strip_prefix(key))
                 .map_or_else(|| "?".to_string(), |v| v.trim().to_string())
         };
-        // The directory's own descriptor is among those it lists.
-        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1));
+        let fds = match std::fs::read_dir("/proc/self/fd") {
+            // The directory's own descriptor is among those it lists.
+            Ok(d) => d.count().saturating_sub(1).to_string(),
+            // Listing them takes one: none free means all are taken.
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => "all".to_string(),
+            Err(_) => "?".to_string(),
+        };
         let limit = crate::net::nofile::current().map_or_else(|_| "?".into(), |l| l.to_string());
         let line = |args: std::fmt::Arguments<'_>| crate::log::write(crate::log::Level::Info, args);
         line(format_args!(
