@@ -517,6 +517,35 @@ fn an_init_that_never_returns_fails_the_start_after_its_timeout() {
     assert!(e.message.contains("did not finish"), "{e}");
 }
 
+/// An init that never returns (blocked in a C call, which nothing can cut short) fails its
+/// start, and its thread runs on: the status report names it rather than leave the service
+/// looking stopped while the thread holds on (or spins a core).
+#[test]
+fn a_start_given_up_on_leaves_its_thread_in_the_status_report() {
+    let reg = Registry::start(vec![], hub(1)).unwrap();
+    let mut s = standalone_in_tmp(
+        "initblocked",
+        r#"local ffi = require("ffi")
+ffi.cdef[[ int poll(void *fds, unsigned long nfds, int timeout); ]]
+local s = {}
+s.init = function() ffi.C.poll(nil, 0, 60000) end
+s.run = function() end
+return s"#,
+    );
+    s.allow_ffi = true;
+    s.start_timeout = std::time::Duration::from_millis(300);
+    let e = reg.add(s).expect_err("a start error");
+    assert!(e.message.contains("did not finish"), "{e}");
+    let status = reg.status();
+    assert!(
+        status.iter().any(|l| l
+            .starts_with("service initblocked instance 0: its thread still runs, ")
+            && l.contains(" after its start timed out")),
+        "{status:#?}"
+    );
+    reg.shutdown();
+}
+
 #[test]
 fn a_run_that_returns_early_keeps_on_shutdown_for_the_shutdown() {
     let s = standalone_in_tmp(

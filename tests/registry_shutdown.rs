@@ -123,6 +123,17 @@ fn shutdown_ends_within_its_budget_when_no_service_finishes_stopping() {
     // Not waited for is not left running: every one was asked to stop.
     began(3);
     assert!(reg.running().is_empty(), "left: {:?}", reg.running());
+    // Their threads still run (blocked in onShutdown): the status report says so.
+    let status = reg.status();
+    for name in ["stuck_a", "stuck_b", "stuck_c"] {
+        let line = format!("service {name} instance 0: its thread still runs, ");
+        assert!(
+            status
+                .iter()
+                .any(|l| l.starts_with(&line) && l.contains(" after it was asked to stop")),
+            "{line:?} missing in {status:#?}"
+        );
+    }
 }
 
 /// A service that does not stop holds up no service that does not depend on it: each is

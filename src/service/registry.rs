@@ -333,6 +333,7 @@ impl Registry {
                 .join(", ")
         )];
         lines.extend(self.lock_running().iter().map(|s| s.status()));
+        lines.extend(super::lua::left_behind::status());
         let (channels, members) = self.bcast.usage();
         let mqr = crate::service::mqr::registry();
         let (queues, messages) = mqr.usage();

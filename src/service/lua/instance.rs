@@ -68,6 +68,8 @@ struct Starts<'a> {
     serving: Vec<InstanceHandle>,
     failure: Option<String>,
     stop: &'a Stop,
+    /// The service's name, for the threads given up on (see `left_behind`).
+    service: &'a str,
 }
 
 impl Starts<'_> {
@@ -116,13 +118,13 @@ impl Starts<'_> {
     fn fail(&mut self, index: usize, why: String) {
         self.failure
             .get_or_insert(format!("instance {index}: {why}"));
-        for slot in self.starting.iter_mut() {
-            if let Some(s) = slot {
-                if give_up(s) {
-                    *slot = None;
-                } else {
-                    s.deadline = None;
+        for (i, slot) in self.starting.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(give_up) {
+                if let Some(s) = slot.take() {
+                    super::left_behind::note(self.service, i, "its start was given up", s.thread);
                 }
+            } else if let Some(s) = slot {
+                s.deadline = None;
             }
         }
         // After giving up, not before: an init woken by must_stop() could otherwise finish
@@ -153,7 +155,14 @@ impl Starts<'_> {
                     // Left behind: must_stop() turns true and blocked host calls return, so
                     // an init that polls or waits ends; one that never does stays parked
                     // until the process exits.
-                    self.starting[index] = None;
+                    if let Some(s) = self.starting[index].take() {
+                        super::left_behind::note(
+                            self.service,
+                            index,
+                            "its start timed out",
+                            s.thread,
+                        );
+                    }
                     self.fail(
                         index,
                         format!(
@@ -202,6 +211,7 @@ pub(crate) fn start_all(
         serving: Vec::with_capacity(spec.instances),
         failure: None,
         stop: &shared.stop,
+        service: &spec.name,
     };
     loop {
         while let Some(tx) = &ready_tx {

@@ -24,6 +24,7 @@ mod inbox;
 mod instance;
 mod lapps;
 mod lapps_fast;
+pub mod left_behind;
 mod raw;
 mod sandbox;
 pub mod spec;
@@ -304,12 +305,15 @@ impl LuaService {
             let left = deadline.saturating_duration_since(Instant::now());
             if h.finished.recv_timeout(left).is_ok() {
                 let _ = thread.join();
-            } else if !grace.is_zero() {
-                crate::warn!(
-                    "service {} instance {} did not stop within {grace:?}",
-                    self.spec.name,
-                    h.index
-                );
+            } else {
+                if !grace.is_zero() {
+                    crate::warn!(
+                        "service {} instance {} did not stop within {grace:?}",
+                        self.spec.name,
+                        h.index
+                    );
+                }
+                left_behind::note(&self.spec.name, h.index, "it was asked to stop", thread);
             }
         }
     }

@@ -1,0 +1,52 @@
+//! Instance threads the server gave up waiting for: a start past its timeout, a stop past its
+//! grace. Nothing can end a thread from outside; a callback that never returns keeps its thread,
+//! and a core while it spins, until the process exits. They are listed here so that the status
+//! report (SIGUSR1) names them until they end, instead of the service looking stopped.
+//!
+//! Owns the process-wide list; entries whose thread has ended are dropped as it is read.
+
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+struct Left {
+    service: String,
+    index: usize,
+    /// What was given up: "its start timed out", "it was asked to stop".
+    what: &'static str,
+    since: Instant,
+    thread: JoinHandle<()>,
+}
+
+static LEFT: Mutex<Vec<Left>> = Mutex::new(Vec::new());
+
+/// Instance `index` of `service` is no longer waited for (`what` says why); `thread` runs on.
+pub(crate) fn note(service: &str, index: usize, what: &'static str, thread: JoinHandle<()>) {
+    let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
+    left.retain(|l| !l.thread.is_finished());
+    left.push(Left {
+        service: service.to_string(),
+        index,
+        what,
+        since: Instant::now(),
+        thread,
+    });
+}
+
+/// One status line for each such thread still running.
+pub fn status() -> Vec<String> {
+    let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
+    left.retain(|l| !l.thread.is_finished());
+    left.iter()
+        .map(|l| {
+            format!(
+                "service {} instance {}: its thread still runs, {} after {} (a callback that \
+                 does not return keeps it, and a core while it spins, until the process exits)",
+                l.service,
+                l.index,
+                crate::time_fmt::uptime(l.since.elapsed()),
+                l.what
+            )
+        })
+        .collect()
+}
