@@ -709,11 +709,36 @@ fn stop_dependents_first(
             }
         }
     }
+    // Each service after the services that depend on it: a stop run here, for want of a
+    // thread, then waits only for stops already under way. A cycle is broken where found.
+    let mut order = Vec::with_capacity(running.len());
+    let mut state = vec![0u8; running.len()]; // 0: not seen, 1: on the path, 2: placed
+    for root in 0..running.len() {
+        let mut stack = vec![(root, 0usize)];
+        while let Some(&mut (i, ref mut next)) = stack.last_mut() {
+            if state[i] == 2 {
+                stack.pop();
+                continue;
+            }
+            state[i] = 1;
+            if let Some(&j) = dependents[i].get(*next) {
+                *next += 1;
+                if state[j] == 0 {
+                    stack.push((j, 0));
+                }
+                continue;
+            }
+            state[i] = 2;
+            order.push(i);
+            stack.pop();
+        }
+    }
     let stopped = Mutex::new(vec![false; running.len()]);
     let changed = std::sync::Condvar::new();
     let left_behind = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for (i, svc) in running.iter().enumerate() {
+        for &i in &order {
+            let svc = &running[i];
             let (stopped, changed, left_behind, left) = (&stopped, &changed, &left_behind, &left);
             let dependents = &dependents[i];
             let run = move || {
@@ -744,7 +769,8 @@ fn stop_dependents_first(
                 .name("lapps-stop".into())
                 .spawn_scoped(scope, run);
             if spawned.is_err() {
-                // No thread to be had: stop it here, after the ones started so far.
+                // No thread to be had: stop it here, after the ones started so far (those
+                // that depend on it among them).
                 run();
             }
         }
