@@ -121,7 +121,7 @@ impl Starts<'_> {
         for (i, slot) in self.starting.iter_mut().enumerate() {
             if slot.as_ref().is_some_and(give_up) {
                 if let Some(s) = slot.take() {
-                    super::left_behind::note(self.service, i, "its start was given up", s.thread);
+                    super::left_behind::note(self.service, i, "its start was given up", s.finished);
                 }
             } else if let Some(s) = slot {
                 s.deadline = None;
@@ -160,7 +160,7 @@ impl Starts<'_> {
                             self.service,
                             index,
                             "its start timed out",
-                            s.thread,
+                            s.finished,
                         );
                     }
                     self.fail(

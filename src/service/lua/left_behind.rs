@@ -5,8 +5,8 @@
 //!
 //! Owns the process-wide list; entries whose thread has ended are dropped as it is read.
 
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 struct Left {
@@ -15,28 +15,37 @@ struct Left {
     /// What was given up: "its start timed out", "it was asked to stop".
     what: &'static str,
     since: Instant,
-    thread: JoinHandle<()>,
+    /// The instance's word that its thread is about to end (dropped with the thread).
+    finished: Receiver<()>,
+}
+
+impl Left {
+    fn runs(&self) -> bool {
+        matches!(self.finished.try_recv(), Err(TryRecvError::Empty))
+    }
 }
 
 static LEFT: Mutex<Vec<Left>> = Mutex::new(Vec::new());
 
-/// Instance `index` of `service` is no longer waited for (`what` says why); `thread` runs on.
-pub(crate) fn note(service: &str, index: usize, what: &'static str, thread: JoinHandle<()>) {
+/// Instance `index` of `service` is no longer waited for (`what` says why); its thread runs
+/// on, and `finished` hears when it ends. The caller drops the thread's handle (detaching it:
+/// its stack is unmapped as it exits, not kept for a join that never comes).
+pub(crate) fn note(service: &str, index: usize, what: &'static str, finished: Receiver<()>) {
     let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
-    left.retain(|l| !l.thread.is_finished());
+    left.retain(Left::runs);
     left.push(Left {
         service: service.to_string(),
         index,
         what,
         since: Instant::now(),
-        thread,
+        finished,
     });
 }
 
 /// One status line for each such thread still running.
 pub fn status() -> Vec<String> {
     let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
-    left.retain(|l| !l.thread.is_finished());
+    left.retain(Left::runs);
     left.iter()
         .map(|l| {
             format!(

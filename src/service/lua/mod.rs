@@ -313,7 +313,10 @@ impl LuaService {
                         h.index
                     );
                 }
-                left_behind::note(&self.spec.name, h.index, "it was asked to stop", thread);
+                drop(thread);
+                let (_, ended) = std::sync::mpsc::sync_channel(0);
+                let finished = std::mem::replace(&mut h.finished, ended);
+                left_behind::note(&self.spec.name, h.index, "it was asked to stop", finished);
             }
         }
     }
