@@ -220,6 +220,8 @@ fn a_default_max_connections_is_lowered_to_what_the_descriptors_cover() {
         hard >= LIMIT,
         "this test needs a hard descriptor limit of {LIMIT}, not {hard}"
     );
+    // The test holds COVERED clients itself.
+    common::raise_nofile();
     let dir = config_dir("lowered");
     let (server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, LIMIT, LIMIT));
     assert!(

@@ -234,6 +234,28 @@ fn an_app_that_lets_a_connection_go_waits_for_the_answers_it_owes() {
     );
 }
 
+/// Let go with nothing owed, a connection gets its Close at once (the close timeout is 60 s).
+#[test]
+fn an_app_that_lets_a_connection_go_owing_nothing_closes_it_at_once() {
+    let app = start_patient();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("echo", vec![Value::Int(3)])).unwrap();
+    a.send(notification("bye", vec![])).unwrap();
+    assert_eq!(next_or_close(&mut a), ok(3));
+    assert_eq!(next_or_close(&mut a), "close 1000");
+}
+
+/// Let go while owing an answer the app never sends, a connection still gets its Close: once
+/// the close timeout has passed (the answer is not sent after it).
+#[test]
+fn an_app_that_lets_a_connection_go_owing_an_answer_it_never_sends_closes_it_in_time() {
+    let app = start();
+    let mut a = connect(app.addr, "/lapps_deferred");
+    a.send(request("later", vec![Value::Int(1)])).unwrap();
+    a.send(notification("bye", vec![])).unwrap();
+    assert_eq!(next_or_close(&mut a), "close 1000");
+}
+
 /// A Close that comes while the host's answer to a malformed request waits behind a response
 /// the app still owes: the response, the held answer, then the Close, in that order and at
 /// once (the close timeout is 60 s).

@@ -95,7 +95,7 @@ impl RawApp {
             super::collect::after_failed_callback(lua, &err);
             crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
             for e in run {
-                if !host.closing.borrow().contains(&e.conn) {
+                if !host.skips(e.conn) {
                     close(host, e.conn, 1011);
                 }
             }
