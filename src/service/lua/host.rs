@@ -127,11 +127,12 @@ pub(crate) struct HostCtx {
     /// has begun (`init()` gets one budget, like any callback).
     standalone: bool,
     in_run: Cell<bool>,
-    /// Connections of this instance it asked to close: their queued messages are skipped.
+    /// Connections of this instance it asked to close or let go: their queued messages are
+    /// skipped (one set, read once per message).
     pub closing: RefCell<HashSet<ConnId>>,
-    /// LAppS connections of this instance whose app returned other than `true` from
-    /// `onMessage`: their queued messages are skipped, and the worker closes them once the
-    /// answers they are owed have left ([`go_away`](Self::go_away)).
+    /// Those of `closing` that were let go ([`go_away`](Self::go_away)): LAppS connections
+    /// whose app returned other than `true` from `onMessage`, which the worker closes once
+    /// the answers they are owed have left. Their Close is not queued yet.
     pub leaving: RefCell<HashSet<ConnId>>,
     /// The host's LAppS answers waiting behind responses the app still owes.
     pub held: HeldAnswers,
@@ -188,17 +189,14 @@ impl HostCtx {
     /// [`close`](Self::close), answers and other sends to it are taken until its Close is
     /// queued. Its messages still queued here are skipped.
     pub fn go_away(&self, conn: ConnId, code: u16) {
+        self.closing.borrow_mut().insert(conn);
         self.leaving.borrow_mut().insert(conn);
         self.push(conn, Command::GoAway { conn, code });
     }
 
-    /// Whether `conn` is closed or going away by this instance's doing: its queued messages
-    /// are skipped.
-    pub fn skips(&self, conn: ConnId) -> bool {
-        let closing = self.closing.borrow();
-        let leaving = self.leaving.borrow();
-        (!closing.is_empty() && closing.contains(&conn))
-            || (!leaving.is_empty() && leaving.contains(&conn))
+    /// Whether this instance queued `conn`'s Close (it is in `closing`, not merely let go).
+    pub fn closed_here(&self, conn: ConnId) -> bool {
+        self.closing.borrow().contains(&conn) && !self.leaving.borrow().contains(&conn)
     }
 
     /// Queues a command for `conn`'s worker; posted by `flush` (or early when many pile up).

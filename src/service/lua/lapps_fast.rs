@@ -30,8 +30,8 @@ use crate::net::hub::Speaks;
 
 /// Calls `on_message(handler, msg_type, message)` for every valid LAppS message of `events`
 /// (a run without opens or closes), answering protocol errors and failed requests as
-/// [`LappsState`] says. Connections this instance closes or lets go are skipped
-/// ([`HostCtx::skips`]); those that must close are handed to `close` (1003 after too many
+/// [`LappsState`] says. Connections this instance closes or lets go (`host.closing`) are
+/// skipped; those that must close are handed to `close` (1003 after too many
 /// protocol errors), except that one whose `onMessage` did not return `true` goes away
 /// (1000) after the answers it is owed ([`HostCtx::go_away`]). `traceback` is [`super::fastpath::traceback_function`].
 ///
@@ -75,8 +75,11 @@ pub(crate) fn call_requests(
                     };
                     let conn = e.conn;
                     *current.borrow_mut() = Some((i, None));
-                    if host.skips(conn) {
-                        continue;
+                    {
+                        let closing = host.closing.borrow();
+                        if !closing.is_empty() && closing.contains(&conn) {
+                            continue;
+                        }
                     }
                     let inbound = match lapps.inbound(host, conn, opcode, batch.payload(e)) {
                         Ok(i) => i,
@@ -189,7 +192,9 @@ pub(crate) fn call_requests(
                 // Before any message (exec_raw's own pushes): the rest of the run fails.
                 crate::error_limited!("{} onMessage: {}", host.tag(), err);
                 for e in &events[next..] {
-                    if matches!(e.kind, Kind::Message(_)) && !host.skips(e.conn) {
+                    if matches!(e.kind, Kind::Message(_))
+                        && !host.closing.borrow().contains(&e.conn)
+                    {
                         close(host, e.conn, 1011);
                     }
                 }

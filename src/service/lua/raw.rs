@@ -95,7 +95,7 @@ impl RawApp {
             super::collect::after_failed_callback(lua, &err);
             crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
             for e in run {
-                if !host.skips(e.conn) {
+                if !host.closing.borrow().contains(&e.conn) {
                     close(host, e.conn, 1011);
                 }
             }
@@ -150,8 +150,10 @@ impl RawApp {
                 // worker replaces with its own).
                 // On a LAppS connection the close also waits for the responses its app still
                 // owes (it answers later than it is called): see HeldAnswers::drain.
+                // A connection this instance let go (`HostCtx::go_away`) waits for them as well;
+                // one whose Close it queued itself does not.
                 Kind::Drain => {
-                    if !host.closing.borrow().contains(&e.conn) && host.held.drain(host, e.conn) {
+                    if !host.closed_here(e.conn) && host.held.drain(host, e.conn) {
                         close(host, e.conn, 1000);
                     }
                 }
