@@ -31,9 +31,10 @@ use crate::net::hub::Speaks;
 /// Calls `on_message(handler, msg_type, message)` for every valid LAppS message of `events`
 /// (a run without opens or closes), answering protocol errors and failed requests as
 /// [`LappsState`] says. Connections this instance closes or lets go (`host.closing`) are
-/// skipped; those that must close are handed to `close` (1003 after too many
-/// protocol errors), except that one whose `onMessage` did not return `true` goes away
-/// (1000) after the answers it is owed ([`HostCtx::go_away`]). `traceback` is [`super::fastpath::traceback_function`].
+/// skipped; those that must close are handed to `close` (1003 after too many protocol
+/// errors), except that one whose `onMessage` did not return `true` goes away (1000) after
+/// the answers it is owed ([`HostCtx::go_away`]). `traceback` is
+/// [`super::fastpath::traceback_function`].
 ///
 /// A push that runs out of memory fails that message only, as an error in its `onMessage`
 /// would (a request gets -32603): the run goes on after it. Err only when the views'

@@ -24,7 +24,7 @@ mod inbox;
 mod instance;
 mod lapps;
 mod lapps_fast;
-pub mod left_behind;
+pub(crate) mod left_behind;
 mod raw;
 mod sandbox;
 pub mod spec;
