@@ -1,6 +1,6 @@
-//! One-line log records on stderr (through the writer thread of [`crate::log_writer`] once the
-//! server runs: no thread waits for a stalled stderr). On a terminal each line starts with our
-//! timestamp and level; under systemd (stderr connected to the journal, `JOURNAL_STREAM` set)
+//! Log records on stderr (through the writer thread of [`crate::log_writer`] once the
+//! server runs: no thread waits for a stalled stderr), one line each but for the few that list
+//! several problems. On a terminal every line starts with our timestamp and level; under systemd (stderr connected to the journal, `JOURNAL_STREAM` set)
 //! with the `<N>` priority prefix journald reads instead, so `journalctl -p err` finds our
 //! errors. Level is set once from `LAPPS_LOG` (error, warn, info, debug, any case); default
 //! info.
@@ -107,8 +107,21 @@ pub(crate) fn record(level: Level, args: std::fmt::Arguments<'_>) -> String {
         journal_lines(priority, &format!("{tag} {args}"))
     } else {
         let now = crate::time_fmt::utc_timestamp(crate::time_fmt::now());
-        format!("{now} {tag} {args}\n")
+        stamped_lines(&now, tag, &args.to_string())
     }
+}
+
+/// `text` as log lines each starting with `now` and `tag`, so that a tool reading the log line
+/// by line (grep, a log shipper) finds the time and level on every line of a record that
+/// lists several problems (an invalid configuration on reload); lines after the first are
+/// indented to show they continue it.
+fn stamped_lines(now: &str, tag: &str, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + now.len() + tag.len() + 3);
+    for (i, line) in text.split('\n').enumerate() {
+        let indent = if i == 0 { "" } else { "  " };
+        out.push_str(&format!("{now} {tag} {indent}{line}\n"));
+    }
+    out
 }
 
 /// `text` with journald's `<priority>` prefix on each of its lines.
@@ -334,6 +347,18 @@ macro_rules! debug { ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Debu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_line_of_a_record_carries_the_time_and_level() {
+        assert_eq!(
+            super::stamped_lines("T", "ERROR", "one line"),
+            "T ERROR one line\n"
+        );
+        assert_eq!(
+            super::stamped_lines("T", "ERROR", "invalid:\nws.json: a\nws.json: b"),
+            "T ERROR invalid:\nT ERROR   ws.json: a\nT ERROR   ws.json: b\n"
+        );
+    }
+
     #[test]
     fn a_limited_call_site_writes_at_most_per_second_lines_and_counts_the_rest() {
         let l = super::Limiter::new();

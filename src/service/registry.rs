@@ -653,9 +653,12 @@ impl Registry {
         let running: Vec<_> = self.lock_running().drain(..).collect();
         left_behind.extend(stop_dependents_first(&running, left));
         if !left_behind.is_empty() {
+            // Not "the budget is spent": a stuck retiring version is given up on at half of it.
             crate::warn!(
-                "shutdown budget of {budget:?} spent: not waiting for {} (asked to stop, may still be running)",
-                left_behind.join(", ")
+                "shutdown: not waiting any longer for {} (asked to stop, may still be running; \
+                 waited {:.1?} of the {budget:?} shutdown budget)",
+                left_behind.join(", "),
+                budget.saturating_sub(left()),
             );
         }
         if !running.is_empty() {
