@@ -460,7 +460,7 @@ pub fn encode_oon(cid: NonZeroU64, message: &[Value]) -> Vec<u8> {
 /// order. Accepted shapes:
 /// - `{cid = 0, status = 1, result = {...}}`;
 /// - `{cid = 0, status = 0, error = {code = N, message = "...", data = any?}}`;
-/// - `{cid = N ~= 0, message = {...}}`.
+/// - `{cid = N ~= 0, message = {...}}`, with or without the original's `status = 1` (not sent).
 ///
 /// `result` and `message` must be arrays (an empty Lua table counts as one here); `cid`,
 /// `status` and `code` integers (integral floats accepted); `lapps` is tolerated and dropped
@@ -506,7 +506,12 @@ pub fn validate_outbound(value: &Value) -> Result<Vec<u8>, String> {
         },
     };
     if let Some(cid) = NonZeroU64::new(cid) {
-        if status.is_some() || result.is_some() || error.is_some() {
+        // The original required `status = 1` on an OON as well (its apps' OONs carry it): it
+        // is accepted and left out, as SPEC section 4's OON has no `status`.
+        if status.is_some_and(|s| s.as_i64() != Some(1)) {
+            return Err("an OON (cid ~= 0) has no 'status' (1 is accepted and left out)".into());
+        }
+        if result.is_some() || error.is_some() {
             return Err("an OON (cid ~= 0) carries only 'cid' and 'message'".into());
         }
         let message = message.ok_or("member 'message' of an OON is missing")?;

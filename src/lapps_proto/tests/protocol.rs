@@ -292,6 +292,16 @@ fn outbound_shapes_are_checked_and_canonicalised() {
         validate_outbound(&oon),
         Ok(encode_oon(NonZeroU64::new(7).unwrap(), &[t("x")]))
     );
+    // The original's OON form, with `status = 1`: the same bytes, without it.
+    let original = map(&[
+        ("status", Value::Int(1)),
+        ("cid", Value::Int(7)),
+        ("message", Value::Array(vec![t("x")])),
+    ]);
+    assert_eq!(
+        validate_outbound(&original),
+        Ok(encode_oon(NonZeroU64::new(7).unwrap(), &[t("x")]))
+    );
     // Past 2^53 a Lua number is a float; up to 2^64 it still names a channel.
     let far = map(&[
         ("cid", Value::Float(2f64.powi(63))),
@@ -340,7 +350,13 @@ fn outbound_shapes_are_checked_and_canonicalised() {
         ]),
         map(&[
             ("cid", Value::Int(3)),
+            ("status", Value::Int(0)),
+            ("message", Value::Array(vec![])),
+        ]),
+        map(&[
+            ("cid", Value::Int(3)),
             ("status", Value::Int(1)),
+            ("result", Value::Array(vec![])),
             ("message", Value::Array(vec![])),
         ]),
         map(&[

@@ -416,15 +416,17 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
     crate::lapps_proto::nljson::install(lua).map_err(lua_err)?;
     // `ws` is always there: any service may send to a handler it was given.
     api::ws::install(lua, host).map_err(lua_err)?;
+    // So is `bcast`: the original gave it to every standalone and LAppS service without a
+    // `preload` entry (its example configs list none), and a channel costs nothing until made.
+    api::bcast::install(lua, host).map_err(lua_err)?;
     for name in &spec.preload {
         match name.as_str() {
             "time" => api::time::install(lua).map_err(lua_err)?,
             "nap" => api::nap::install(lua, host).map_err(lua_err)?,
-            "bcast" => api::bcast::install(lua, host).map_err(lua_err)?,
             "cws" => api::cws::install(lua, host).map_err(lua_err)?,
             "mqr" => api::mqr::install(lua, host, spec.mqr_capacity).map_err(lua_err)?,
             "murmur" => api::murmur::install(lua).map_err(lua_err)?,
-            "ws" | "nljson" => {}
+            "ws" | "nljson" | "bcast" => {}
             n => {
                 debug_assert!(!HOST_MODULES.contains(&n));
                 let m: Value = lua
