@@ -372,7 +372,7 @@ return p
     // Another CA now: the server's certificate no longer leads to a trusted root.
     let (_, other_pem) = tls_server_config(&scratch("wss-rotate-other"));
     std::fs::write(&ca, std::fs::read(other_pem).unwrap()).unwrap();
-    go.post(b"go".to_vec().into(), Duration::ZERO, &|| false)
+    go.post(b"go".to_vec().into_boxed_slice(), Duration::ZERO, &|| false)
         .unwrap();
     let second = next(&out);
     assert!(

@@ -93,7 +93,8 @@ fn a_full_queue_refuses_a_post_and_a_blocking_post_succeeds_once_drained() {
     assert_eq!((bp.len(), bp.capacity()), (2, 2));
     assert!(report.is_empty());
     assert_eq!(
-        bp.try_post(b"from rust".to_vec().into()).map_err(|_| ()),
+        bp.try_post(b"from rust".to_vec().into_boxed_slice())
+            .map_err(|_| ()),
         Err(())
     );
 
@@ -102,6 +103,22 @@ fn a_full_queue_refuses_a_post_and_a_blocking_post_succeeds_once_drained() {
     assert_eq!(&*bp.poll().unwrap(), b"b");
     assert_eq!(&*bp.poll().unwrap(), b"c");
     assert_eq!(bp.poll(), None);
+    reg.shutdown();
+}
+
+/// The original's mqr carried nljson values only (`queue:post(nljson_value)`, and `recv`
+/// gave one back): such a post arrives as an nljson value equal to the one posted, next to
+/// strings, which stay strings.
+#[test]
+fn an_nljson_value_posted_arrives_as_an_nljson_value_and_a_string_as_a_string() {
+    let report = registry().open("nljson.report", 16);
+    let mut sender = standalone("mqr_nljson_sender", 1);
+    sender.depends = vec!["mqr_nljson_receiver".into()];
+    let reg = Registry::start(vec![sender, standalone("mqr_nljson_receiver", 1)], hub(1)).unwrap();
+    assert_eq!(next(&report), "userdata object string");
+    assert_eq!(next(&report), "true Hello World 2.5");
+    assert_eq!(next(&report), "changed object");
+    assert_eq!(next(&report), r#"array [1,"two"]"#);
     reg.shutdown();
 }
 
@@ -202,7 +219,7 @@ fn shutdown_with_messages_in_flight_loses_none_that_were_accepted() {
     wait_for("a full queue", || sd.len() == sd.capacity());
     let go = registry().open("sd.go", 8);
     for _ in 0..4 {
-        go.try_post(b"go".to_vec().into()).unwrap();
+        go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     }
     // Receivers and senders now run together; stop in the middle of it.
     assert_eq!(next(&progress), "progress");
@@ -275,7 +292,7 @@ fn a_redeployed_receiver_hands_its_queue_over_instead_of_draining_it_for_ever() 
 #[test]
 fn a_post_with_a_timeout_in_a_network_service_does_not_wait_for_room() {
     let full = registry().open("netpost.full", 1);
-    full.try_post(b"first".to_vec().into()).unwrap();
+    full.try_post(b"first".to_vec().into_boxed_slice()).unwrap();
     let room = registry().open("netpost.room", 4);
     let app = common::start_app(
         &common::ws_json(1),
@@ -313,7 +330,9 @@ fn a_receiver_whose_run_fails_is_restarted_with_a_back_off_and_drains_its_queue(
     let input = registry().get("retry.in").unwrap();
     // Senders fill the queue while the receiver is failing.
     for i in 0..4 {
-        assert!(input.try_post(format!("m{i}").into_bytes().into()).is_ok());
+        assert!(input
+            .try_post(format!("m{i}").into_bytes().into_boxed_slice())
+            .is_ok());
     }
 
     let (n1, t1) = pass(&next(&passes));
@@ -335,7 +354,7 @@ fn a_receiver_whose_run_fails_is_restarted_with_a_back_off_and_drains_its_queue(
         assert_eq!(next(&out), format!("m{i}"));
     }
     // It keeps receiving.
-    assert!(input.try_post(b"later".to_vec().into()).is_ok());
+    assert!(input.try_post(b"later".to_vec().into_boxed_slice()).is_ok());
     assert_eq!(next(&out), "later");
     reg.shutdown();
     assert_eq!(

@@ -2,7 +2,7 @@
 //!
 //! Owns the process-wide table of queues (created on first use, never removed, so a service
 //! restarted in place finds its queue and what was left in it) and the blocking protocol of
-//! each queue. A message is an owned `Box<[u8]>`: posting moves it into the ring and receiving
+//! each queue. A message is an owned [`Message`]: posting moves it into the ring and receiving
 //! moves it out, so the payload is never copied between the two Lua states except into the
 //! receiving state's own string. It must never grow a queue past its capacity, drop or
 //! duplicate a message, or spin while waiting: a full queue is reported to the poster and
@@ -37,7 +37,7 @@ pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub const MAX_QUEUES: usize = 65_536;
 
 /// Ring slots all queues together may have (each slot is allocated when its queue is created,
-/// 24 bytes, ~192 MiB for these): eight queues of [`MAX_CAPACITY`], or 8192 of the default
+/// 32 bytes, 256 MiB for these): eight queues of [`MAX_CAPACITY`], or 8192 of the default
 /// 1024. Queues are made on first use by any service; without a bound, one that made them in a
 /// loop (or named a reply queue per request) would take the process's memory.
 pub const MAX_SLOTS: usize = 8 << 20;
@@ -114,11 +114,57 @@ pub enum Wait {
     Stopped,
 }
 
+/// A queued message: its bytes, owned, and what they were posted as.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    bytes: Box<[u8]>,
+    kind: Kind,
+}
+
+/// What a [`Message`]'s bytes are, so that the receiver gets back what was posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A string (or anything posted as bytes from Rust).
+    Bytes,
+    /// An nljson value, as CBOR (the original's `mqr` carried nljson values).
+    Nljson,
+}
+
+impl Message {
+    pub fn new(bytes: Box<[u8]>, kind: Kind) -> Self {
+        Message { bytes, kind }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn into_vec(self) -> Vec<u8> {
+        self.bytes.into_vec()
+    }
+}
+
+// A slot is its stamp and a message: 32 bytes, as MAX_SLOTS and docs/lua-api.md count them.
+const _: () = assert!(std::mem::size_of::<Message>() == 24);
+
+impl std::ops::Deref for Message {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl From<Box<[u8]>> for Message {
+    fn from(bytes: Box<[u8]>) -> Self {
+        Message::new(bytes, Kind::Bytes)
+    }
+}
+
 /// One named queue. Many posters and many receivers; each message is received exactly once,
 /// and the messages of one poster are received in the order it posted them.
 pub struct Queue {
     name: Arc<str>,
-    ring: ArrayQueue<Box<[u8]>>,
+    ring: ArrayQueue<Message>,
     lock: Mutex<()>,
     not_empty: Condvar,
     not_full: Condvar,
@@ -132,7 +178,7 @@ pub struct Queue {
     total: Arc<Total>,
     /// Messages a receiver took and gave back undelivered ([`Queue::put_back`]): taken before
     /// the ring, so that each keeps its place ahead of what its sender posted after it.
-    returned: Mutex<std::collections::VecDeque<Box<[u8]>>>,
+    returned: Mutex<std::collections::VecDeque<Message>>,
     /// How many are in `returned` (read without its lock on every pop).
     returned_len: AtomicUsize,
     /// Messages receivers took and hold for want of memory, to deliver at their next receive
@@ -225,7 +271,7 @@ impl Queue {
     /// have woken a poster that then found no room for those bytes and went back to sleep, so
     /// a caller that does not hold the lock must wake the posters (`push` cannot: `post` calls
     /// it holding the lock, and needs not).
-    fn push(&self, msg: Box<[u8]>) -> Result<(), (Box<[u8]>, Refused)> {
+    fn push(&self, msg: Message) -> Result<(), (Message, Refused)> {
         let n = msg.len();
         let reserved = self
             .bytes
@@ -269,14 +315,14 @@ impl Queue {
     }
 
     /// A returned message first, else out of the ring; releasing its bytes.
-    fn pop(&self) -> Option<Box<[u8]>> {
+    fn pop(&self) -> Option<Message> {
         let m = self.take_returned().or_else(|| self.ring.pop())?;
         self.bytes.fetch_sub(m.len(), Ordering::AcqRel);
         self.total.release(m.len());
         Some(m)
     }
 
-    fn take_returned(&self) -> Option<Box<[u8]>> {
+    fn take_returned(&self) -> Option<Message> {
         if self.returned_len.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -289,7 +335,7 @@ impl Queue {
     /// Gives back a message a receiver took and could not deliver (its Lua state went away):
     /// the next receive of any receiver gets it, before the ring. It was accepted once, so it
     /// is taken whatever the bounds say now; never blocks.
-    pub fn put_back(&self, msg: Box<[u8]>) {
+    pub fn put_back(&self, msg: Message) {
         self.bytes.fetch_add(msg.len(), Ordering::AcqRel);
         self.total.add(msg.len());
         {
@@ -302,8 +348,8 @@ impl Queue {
 
     /// Appends `msg`, or hands it back when the queue is full (of messages or of bytes).
     /// Never blocks.
-    pub fn try_post(&self, msg: Box<[u8]>) -> Result<(), Box<[u8]>> {
-        match self.push(msg) {
+    pub fn try_post(&self, msg: impl Into<Message>) -> Result<(), Message> {
+        match self.push(msg.into()) {
             Ok(()) => {
                 self.wake(&self.recv_waiters, &self.not_empty);
                 Ok(())
@@ -318,7 +364,7 @@ impl Queue {
     }
 
     /// Takes the oldest message, if any. Never blocks.
-    pub fn poll(&self) -> Option<Box<[u8]>> {
+    pub fn poll(&self) -> Option<Message> {
         let m = self.pop()?;
         self.wake_posters();
         Some(m)
@@ -329,10 +375,10 @@ impl Queue {
     /// handed back: it was not accepted.
     pub fn post(
         &self,
-        msg: Box<[u8]>,
+        msg: impl Into<Message>,
         timeout: Duration,
         stopping: &dyn Fn() -> bool,
-    ) -> Result<(), (Box<[u8]>, Wait)> {
+    ) -> Result<(), (Message, Wait)> {
         let deadline = Instant::now().checked_add(timeout);
         let mut msg = match self.try_post(msg) {
             Ok(()) => return Ok(()),
@@ -385,11 +431,7 @@ impl Queue {
     /// Takes the oldest message, waiting up to `timeout` for one. A stopping caller still
     /// gets what is queued (so it can drain) but never waits: `Err(Stopped)` means stopping
     /// *and* empty.
-    pub fn receive(
-        &self,
-        timeout: Duration,
-        stopping: &dyn Fn() -> bool,
-    ) -> Result<Box<[u8]>, Wait> {
+    pub fn receive(&self, timeout: Duration, stopping: &dyn Fn() -> bool) -> Result<Message, Wait> {
         let deadline = Instant::now().checked_add(timeout);
         if let Some(m) = self.poll() {
             return Ok(m);
@@ -686,14 +728,16 @@ mod tests {
     fn all_queues_of_a_table_share_one_bound_of_bytes() {
         let t = Mqr::with_limits(16, 1024).with_total_bytes(100);
         let (a, b) = (t.open("a", 8), t.open("b", 8));
-        a.try_post(vec![1u8; 60].into()).unwrap();
+        a.try_post(vec![1u8; 60].into_boxed_slice()).unwrap();
         // b is empty, but 60 + 60 passes what both may hold together: refused, as if full.
         assert_eq!(
-            b.try_post(vec![2u8; 60].into()).map_err(|m| m.len()),
+            b.try_post(vec![2u8; 60].into_boxed_slice())
+                .map_err(|m| m.len()),
             Err(60)
         );
         assert_eq!((t.total().held(), b.len()), (60, 0));
-        b.try_post(vec![2u8; 40].into()).expect("40 fits beside 60");
+        b.try_post(vec![2u8; 40].into_boxed_slice())
+            .expect("40 fits beside 60");
         assert_eq!(t.total().held(), 100);
         // A message past the bound of all queues can never be posted, however empty they are.
         assert!(b.fits(100) && !b.fits(101));
@@ -703,7 +747,7 @@ mod tests {
         {
             let b = Arc::clone(&b);
             std::thread::spawn(move || {
-                let r = b.post(vec![3u8; 50].into(), Duration::from_secs(60), &|| false);
+                let r = b.post(vec![3u8; 50].into_boxed_slice(), Duration::from_secs(60), &|| false);
                 let _ = tx.send(r.map_err(|(_, why)| why));
             });
         }
@@ -730,8 +774,8 @@ mod tests {
     #[test]
     fn a_receive_wakes_the_poster_whose_message_fits_not_only_the_first_one() {
         let q = Arc::new(Queue::with_max_bytes("bytes".into(), 8, 100));
-        q.try_post(vec![1u8; 60].into()).unwrap();
-        q.try_post(vec![2u8; 40].into()).unwrap();
+        q.try_post(vec![1u8; 60].into_boxed_slice()).unwrap();
+        q.try_post(vec![2u8; 40].into_boxed_slice()).unwrap();
         let never = || false;
         // A poster thread: its thread id, and where its post's result arrives.
         let poster = |len: usize| {
@@ -740,7 +784,7 @@ mod tests {
             std::thread::spawn(move || {
                 // SAFETY: gettid has no preconditions.
                 let _ = tx.send(Ok(unsafe { libc::gettid() }));
-                let r = q.post(vec![3u8; len].into(), Duration::from_secs(30), &|| false);
+                let r = q.post(vec![3u8; len].into_boxed_slice(), Duration::from_secs(30), &|| false);
                 let _ = tx.send(Err(r.map_err(|(_, why)| why)));
             });
             let tid = rx.recv().unwrap().unwrap();
@@ -788,13 +832,13 @@ mod tests {
     fn bytes_given_back_by_a_refused_post_wake_the_poster_that_needed_them() {
         let q = Arc::new(Queue::with_max_bytes("give back".into(), 3, 100));
         for _ in 0..3 {
-            q.try_post(vec![0u8; 10].into()).unwrap();
+            q.try_post(vec![0u8; 10].into_boxed_slice()).unwrap();
         }
         // B waits for a slot with 40 bytes.
         let waiter = {
             let q = Arc::clone(&q);
             std::thread::spawn(move || {
-                q.post(vec![1u8; 40].into(), Duration::from_secs(30), &|| false)
+                q.post(vec![1u8; 40].into_boxed_slice(), Duration::from_secs(30), &|| false)
                     .map_err(|(_, why)| why)
             })
         };
@@ -820,7 +864,7 @@ mod tests {
             drop(q.lock.lock().unwrap());
         })));
         assert!(
-            q.try_post(vec![2u8; 60].into()).is_err(),
+            q.try_post(vec![2u8; 60].into_boxed_slice()).is_err(),
             "the ring was full"
         );
         // 20 bytes and one slot free: B's post goes in, well before its timeout.
@@ -954,23 +998,28 @@ mod tests {
     #[test]
     fn a_queue_holds_at_most_max_bytes_of_payload() {
         let q = Queue::with_max_bytes("b".into(), 100, 100);
-        q.try_post(vec![1; 40].into()).unwrap();
-        q.try_post(vec![2; 40].into()).unwrap();
+        q.try_post(vec![1; 40].into_boxed_slice()).unwrap();
+        q.try_post(vec![2; 40].into_boxed_slice()).unwrap();
         // Room for 98 more messages, not for 40 more bytes.
-        assert_eq!(q.try_post(vec![3; 40].into()).unwrap_err().len(), 40);
+        assert_eq!(
+            q.try_post(vec![3; 40].into_boxed_slice())
+                .unwrap_err()
+                .len(),
+            40
+        );
         let never = || false;
         let (_, why) = q
-            .post(vec![3; 40].into(), Duration::from_millis(10), &never)
+            .post(vec![3; 40].into_boxed_slice(), Duration::from_millis(10), &never)
             .unwrap_err();
         assert_eq!(why, Wait::Timeout);
-        q.try_post(vec![4; 20].into()).unwrap();
+        q.try_post(vec![4; 20].into_boxed_slice()).unwrap();
         // Taking one frees its bytes.
         assert_eq!(q.poll().unwrap()[0], 1);
-        q.try_post(vec![5; 40].into()).unwrap();
+        q.try_post(vec![5; 40].into_boxed_slice()).unwrap();
         assert!(q.fits(100) && !q.fits(101));
         let got: Vec<u8> = std::iter::from_fn(|| q.poll()).map(|m| m[0]).collect();
         assert_eq!(got, vec![2, 4, 5]);
-        q.try_post(vec![6; 100].into()).unwrap();
+        q.try_post(vec![6; 100].into_boxed_slice()).unwrap();
     }
 
     #[test]

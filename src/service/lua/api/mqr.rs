@@ -3,7 +3,8 @@
 //! Owns argument checking and the translation of queue outcomes into `value` or
 //! `nil, "message"`. A posted Lua string is copied once into an owned buffer that moves through
 //! the queue; the receiver turns that buffer into its own Lua string (the one copy into the
-//! receiving state). Blocking calls hand over what the instance sent before they wait, never
+//! receiving state). An nljson value (the original's only form of message) is encoded once, as
+//! CBOR, and the receiver gets an nljson value back. Blocking calls hand over what the instance sent before they wait, never
 //! wait once the service is stopping or in a network service, and start a new
 //! instruction-budget slice afterwards.
 //! Nothing here drops a message: a post that is not accepted says so.
@@ -17,8 +18,13 @@ use std::time::Duration;
 use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
 
 use super::{fail, ok, Ret};
+use crate::lapps_proto::json_ud::{self, NoNode};
+use crate::lapps_proto::value::Limits;
+use crate::lapps_proto::{cbor, lua as lapps_lua};
 use crate::service::lua::host::HostCtx;
-use crate::service::mqr::{registry, Queue, Wait, MAX_CAPACITY, MAX_QUEUES, MAX_SLOTS};
+use crate::service::mqr::{
+    registry, Kind, Message, Queue, Wait, MAX_CAPACITY, MAX_QUEUES, MAX_SLOTS,
+};
 
 /// Longest accepted queue name, in bytes.
 const MAX_NAME: usize = 256;
@@ -30,7 +36,7 @@ struct Ctx {
     known: RefCell<HashMap<String, Arc<Queue>>>,
     /// Per queue name: a message this state took but could not make a Lua string of (its
     /// memory limit); the next receive or poll of that queue here returns it first.
-    held: RefCell<HashMap<String, Box<[u8]>>>,
+    held: RefCell<HashMap<String, Message>>,
 }
 
 impl Drop for Ctx {
@@ -87,11 +93,11 @@ impl Ctx {
         Ok(q)
     }
 
-    fn post(&self, q: &Queue, msg: &mlua::String, timeout: Option<Duration>) -> Ret {
-        if !q.fits(msg.as_bytes().len()) {
+    fn post(&self, q: &Queue, msg: Posted, timeout: Option<Duration>) -> Ret {
+        if !q.fits(msg.len()) {
             return (Value::Nil, Some("too big"));
         }
-        let owned: Box<[u8]> = (*msg.as_bytes()).into();
+        let owned = msg.into_message();
         // A network service never waits (as with `receive`): waiting for room would stall every
         // connection of the instance, so its timeout is not used and the post is tried once.
         let timeout = timeout.filter(|_| self.host.may_block());
@@ -115,7 +121,7 @@ impl Ctx {
     /// The next message of `q` without waiting: a held one first. None for a version a
     /// redeploy replaces: it leaves the queue to the new one (a held message goes back when
     /// its state closes).
-    fn poll(&self, q: &Queue) -> Option<Box<[u8]>> {
+    fn poll(&self, q: &Queue) -> Option<Message> {
         if self.host.stop.handing_over() {
             return None;
         }
@@ -134,7 +140,7 @@ impl Ctx {
     /// larger than the state could ever hold (its memory limit less what it took once its app
     /// was loaded) is dropped with an error in the log and the app gets `nil, "too big"`, so
     /// that the messages behind it still reach this instance.
-    fn deliver(&self, lua: &Lua, q: &Queue, m: Box<[u8]>) -> mlua::Result<Ret> {
+    fn deliver(&self, lua: &Lua, q: &Queue, m: Message) -> mlua::Result<Ret> {
         let room = crate::lapps_proto::tree_budget::room_at_most();
         if let Some(room) = room.filter(|&r| m.len() >= r) {
             crate::error!(
@@ -145,12 +151,16 @@ impl Ctx {
             );
             return fail("too big");
         }
-        let s = lua.create_string(&*m).or_else(|_| {
+        let make = || match m.kind() {
+            Kind::Bytes => lua.create_string(&*m).map(Value::String),
+            Kind::Nljson => nljson_of(lua, &m),
+        };
+        let v = make().or_else(|_| {
             lua.gc_collect()?;
-            lua.create_string(&*m)
+            make()
         });
-        match s {
-            Ok(s) => ok(Value::String(s)),
+        match v {
+            Ok(v) => ok(v),
             Err(e) => {
                 q.hold();
                 self.held.borrow_mut().insert(q.name().to_string(), m);
@@ -202,11 +212,12 @@ impl UserData for LuaQueue {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method(
             "post",
-            |_, this, (msg, timeout): (mlua::String, Value)| -> mlua::Result<Ret> {
+            |lua, this, (msg, timeout): (Value, Value)| -> mlua::Result<Ret> {
+                let msg = message_arg(lua, Some(&msg))?;
                 let Ok(timeout) = timeout_arg(&timeout) else {
                     return fail("bad timeout");
                 };
-                Ok(this.ctx.post(&this.queue, &msg, timeout))
+                Ok(this.ctx.post(&this.queue, msg, timeout))
             },
         );
         for name in ["receive", "recv"] {
@@ -217,12 +228,15 @@ impl UserData for LuaQueue {
                 this.ctx.receive(lua, &this.queue, timeout)
             });
         }
-        m.add_method("poll", |lua, this, ()| -> mlua::Result<Ret> {
-            match this.ctx.poll(&this.queue) {
-                Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
-                None => Ok((Value::Nil, None)),
-            }
-        });
+        // `try_recv` is the original's name.
+        for name in ["poll", "try_recv"] {
+            m.add_method(name, |lua, this, ()| -> mlua::Result<Ret> {
+                match this.ctx.poll(&this.queue) {
+                    Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
+                    None => Ok((Value::Nil, None)),
+                }
+            });
+        }
         m.add_method("size", |_, this, ()| Ok(this.queue.len()));
         m.add_method("capacity", |_, this, ()| Ok(this.queue.capacity()));
         m.add_method("name", |_, this, ()| Ok(this.queue.name().to_string()));
@@ -267,17 +281,68 @@ fn name_arg(v: Option<&Value>) -> mlua::Result<Option<String>> {
     }
 }
 
-fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<mlua::String> {
+/// A message as posted: a Lua string (copied into the queue only once it may fit) or an
+/// nljson value, already encoded.
+enum Posted {
+    Text(mlua::String),
+    Nljson(Vec<u8>),
+}
+
+impl Posted {
+    fn len(&self) -> usize {
+        match self {
+            Posted::Text(s) => s.as_bytes().len(),
+            Posted::Nljson(b) => b.len(),
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Posted::Text(s) => Message::new((*s.as_bytes()).into(), Kind::Bytes),
+            Posted::Nljson(b) => Message::new(b.into_boxed_slice(), Kind::Nljson),
+        }
+    }
+}
+
+fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<Posted> {
+    let wrong = |v: Option<&Value>| {
+        mlua::Error::runtime(format!(
+            "bad argument: message must be a string or an nljson value, got {}",
+            v.map_or("no value", Value::type_name)
+        ))
+    };
     match v {
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => Ok(Posted::Text(s.clone())),
         Some(n @ (Value::Integer(_) | Value::Number(_))) => lua
             .coerce_string(n.clone())?
+            .map(Posted::Text)
             .ok_or_else(|| mlua::Error::runtime("bad argument: message")),
-        other => Err(mlua::Error::runtime(format!(
-            "bad argument: message must be a string, got {}",
-            other.map_or("no value", Value::type_name)
-        ))),
+        Some(u @ Value::UserData(_)) => match json_ud::node_of(lua, u) {
+            Ok(node) => {
+                let value = node
+                    .to_value(Limits::default().max_depth)
+                    .map_err(|e| mlua::Error::runtime(format!("bad argument: message: {e}")))?;
+                Ok(Posted::Nljson(cbor::encode(&value)))
+            }
+            Err(NoNode::OutOfMemory) => Err(mlua::Error::MemoryError("not enough memory".into())),
+            Err(NoNode::Foreign) => Err(wrong(v)),
+        },
+        other => Err(wrong(other)),
     }
+}
+
+/// An nljson value from a message posted as one. The bytes are this process's own encoding of
+/// a value the sender held, so only its nesting is bounded (as the encoding was); its tree is
+/// charged to this state's tree budget.
+fn nljson_of(lua: &Lua, m: &Message) -> mlua::Result<Value> {
+    let limits = Limits {
+        max_container_len: usize::MAX,
+        max_total_items: usize::MAX,
+        max_input: usize::MAX,
+        ..Limits::default()
+    };
+    let value = cbor::decode_with(m, &limits).map_err(mlua::Error::external)?;
+    lapps_lua::into_lua(lua, value)
 }
 
 pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) -> mlua::Result<()> {
@@ -335,7 +400,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
                 Ok(q) => q,
                 Err(why) => return fail(why),
             };
-            Ok(c.post(&q, &msg, timeout))
+            Ok(c.post(&q, msg, timeout))
         })?,
     )?;
 

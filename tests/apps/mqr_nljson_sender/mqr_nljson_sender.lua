@@ -1,0 +1,17 @@
+-- mqr_nljson_sender: posts as the original's mqr_sender does (an nljson value, its only form
+-- of message there), then the same value's JSON text as a string, then an nljson array
+-- through the module function; a plain Lua table is still refused (encode it first).
+local t = {}
+
+t.run = function()
+  local q = mqr.create("nljson.pipe")
+  local v = nljson.decode([[{"message": ["Hello World", 7, 2.5, null, {}, [], {"k": [1, 2]}],
+    "flag": true, "bytes": "\u00e9"}]])
+  assert(q:post(v) == true)
+  assert(q:post(tostring(v)) == true)
+  assert(mqr:post("nljson.pipe", nljson.decode('[1, "two"]')) == true)
+  local ok, err = pcall(q.post, q, { 1, 2 })
+  assert(not ok and tostring(err):find("string or an nljson value"), tostring(err))
+end
+
+return t
