@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 const LAPPS: &str = env!("CARGO_BIN_EXE_lapps");
 
+fn temp_dir_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("lapps-test-{name}-{}", std::process::id()))
+}
+
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lapps-test-{name}-{}", std::process::id()));
+    let d = temp_dir_path(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -968,6 +972,30 @@ return app
         line.len(),
         &line[line.len().saturating_sub(80)..]
     );
+}
+
+/// The original set `LAPPS_APPS_DIR` to the applications directory, and its apps read it
+/// (its console app: `os.getenv("LAPPS_APPS_DIR") .. "/console"`).
+#[test]
+fn apps_find_the_applications_directory_in_lapps_apps_dir() {
+    let (_child, addr, _log) = one_app_binary(
+        "apps-dir",
+        "where",
+        r#"local app = {}
+app.onMessage = function(h, op, msg)
+  local dir = os.getenv("LAPPS_APPS_DIR")
+  local f = dir and io.open(dir .. "/where/where.lua")
+  ws:send(h, 1, tostring(dir) .. " " .. tostring(f ~= nil))
+  if f then f:close() end
+  return true
+end
+return app
+"#,
+    );
+    let mut ws = connect(addr, "/where");
+    let answer = ask(&mut ws, "?");
+    let want = temp_dir_path("apps-dir").join("apps");
+    assert_eq!(answer, format!("{} true", want.display()));
 }
 
 /// A flood of refusals past the per-second limit that then stops: the lines suppressed at its
