@@ -747,7 +747,11 @@ mod tests {
         {
             let b = Arc::clone(&b);
             std::thread::spawn(move || {
-                let r = b.post(vec![3u8; 50].into_boxed_slice(), Duration::from_secs(60), &|| false);
+                let r = b.post(
+                    vec![3u8; 50].into_boxed_slice(),
+                    Duration::from_secs(60),
+                    &|| false,
+                );
                 let _ = tx.send(r.map_err(|(_, why)| why));
             });
         }
@@ -784,7 +788,11 @@ mod tests {
             std::thread::spawn(move || {
                 // SAFETY: gettid has no preconditions.
                 let _ = tx.send(Ok(unsafe { libc::gettid() }));
-                let r = q.post(vec![3u8; len].into_boxed_slice(), Duration::from_secs(30), &|| false);
+                let r = q.post(
+                    vec![3u8; len].into_boxed_slice(),
+                    Duration::from_secs(30),
+                    &|| false,
+                );
                 let _ = tx.send(Err(r.map_err(|(_, why)| why)));
             });
             let tid = rx.recv().unwrap().unwrap();
@@ -838,8 +846,12 @@ mod tests {
         let waiter = {
             let q = Arc::clone(&q);
             std::thread::spawn(move || {
-                q.post(vec![1u8; 40].into_boxed_slice(), Duration::from_secs(30), &|| false)
-                    .map_err(|(_, why)| why)
+                q.post(
+                    vec![1u8; 40].into_boxed_slice(),
+                    Duration::from_secs(30),
+                    &|| false,
+                )
+                .map_err(|(_, why)| why)
             })
         };
         let waits = |n: usize| {
@@ -1009,7 +1021,11 @@ mod tests {
         );
         let never = || false;
         let (_, why) = q
-            .post(vec![3; 40].into_boxed_slice(), Duration::from_millis(10), &never)
+            .post(
+                vec![3; 40].into_boxed_slice(),
+                Duration::from_millis(10),
+                &never,
+            )
             .unwrap_err();
         assert_eq!(why, Wait::Timeout);
         q.try_post(vec![4; 20].into_boxed_slice()).unwrap();
