@@ -1940,6 +1940,41 @@ fn ws_close_answers_a_bad_code_with_nil_and_sends_the_codes_a_server_may() {
     finish_close_with(connect(app.addr, "/tally"), "wsclose 4001", 4001);
 }
 
+/// The original's `ws:close(handler, code, reason)`: the reason goes out in the Close frame
+/// (UTF-8, at most 123 bytes: RFC 6455 5.5 and 5.5.1); one that cannot is refused with nil
+/// and the connection stays open.
+#[test]
+fn ws_close_sends_its_reason_in_the_close_frame() {
+    let app = start_app(&ws_json(1), &tally_services(None));
+    let mut ws = connect(app.addr, "/tally");
+    for (why, err) in [
+        ("long", "nil close reason too long (at most 123 bytes)"),
+        ("bad", "nil invalid UTF-8"),
+        ("table", "nil bad close reason"),
+    ] {
+        assert_eq!(ask(&mut ws, &format!("closewhy 4002 {why}")), err, "{why}");
+    }
+    assert_eq!(ask(&mut ws, "still"), "still");
+    send(&mut ws, "closewhy 4003 max");
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 4003);
+            assert_eq!(f.reason.as_str(), format!("{}x", "\u{e9}".repeat(61)));
+        }
+        other => panic!("expected a Close with a reason, got {other:?}"),
+    }
+    finish_close(ws);
+    let mut ws = connect(app.addr, "/tally");
+    send(&mut ws, "closewhy 1000 see you");
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (1000, "see you"));
+        }
+        other => panic!("expected a Close with a reason, got {other:?}"),
+    }
+    finish_close(ws);
+}
+
 /// Sends `cmd`, expects the server's Close with `code`, and completes the close.
 fn finish_close_with(mut ws: Client, cmd: &str, code: u16) {
     send(&mut ws, cmd);

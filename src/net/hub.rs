@@ -59,8 +59,13 @@ pub enum Command {
         conns: Vec<ConnId>,
         frame: Arc<[u8]>,
     },
-    /// Start the close handshake with this code (1000 normal, 1011 internal error, ...).
-    Close { conn: ConnId, code: u16 },
+    /// Start the close handshake with this code (1000 normal, 1011 internal error, ...) and
+    /// reason (UTF-8, at most [`crate::ws::close::MAX_REASON`] bytes; checked by the sender).
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: Option<Box<str>>,
+    },
     /// The server asks an open connection to end with this code (1001: its service version
     /// retires): after the replies its service still owes to what it sent, as after the
     /// peer's Close; nothing on a connection already ending.

@@ -24,6 +24,10 @@ pub const INTERNAL_ERROR: u16 = 1011;
 /// as much of partly received messages as it allows over all connections.
 pub const TRY_AGAIN_LATER: u16 = 1013;
 
+/// The longest reason a Close frame can carry: a control frame's payload is at most 125
+/// bytes (RFC 6455 5.5), two of which are the code.
+pub const MAX_REASON: usize = 123;
+
 /// Whether a peer may send `code` in a Close frame (section 7.4).
 ///
 /// 1004 is reserved, and 1005, 1006 and 1015 "MUST NOT be set as a status code in a Close

@@ -40,6 +40,11 @@ impl Worker {
 
     /// We start the close handshake (service request, idle timeout, shutdown).
     pub(super) fn start_close(&mut self, index: u32, code: u16) {
+        self.start_close_with(index, code, "");
+    }
+
+    /// [`Self::start_close`] with a reason in our Close (an app's `ws:close`).
+    pub(super) fn start_close_with(&mut self, index: u32, code: u16, reason: &str) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
@@ -47,7 +52,7 @@ impl Worker {
             return;
         }
         c.out.append_with(&mut self.pool, |b| {
-            codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
+            codec::encode_close(b, Role::Server, Some(code), reason.as_bytes(), [0; 4])
         });
         c.phase = Phase::Closing;
         // Nothing more reaches the service; the peer's Close reply must still be read, and

@@ -77,13 +77,13 @@ impl Worker {
                     }
                 }
             }
-            Command::Close { conn, code } => {
+            Command::Close { conn, code, reason } => {
                 if let Some(i) = self.live_index(conn) {
                     match self.conns.get_mut(i).map(|c| c.phase) {
                         // The replies that came before are queued: the close the worker
                         // decided on goes out now, with its own code.
                         Some(Phase::Answering(_)) => self.close_answered(i),
-                        _ => self.start_close(i, code),
+                        _ => self.start_close_with(i, code, reason.as_deref().unwrap_or("")),
                     }
                 }
             }

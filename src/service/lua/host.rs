@@ -180,8 +180,14 @@ impl HostCtx {
     /// Closes `conn` with `code`: from now on sends to it are refused (by every thread), and
     /// the Close is queued behind what this state sent it before.
     pub fn close(&self, conn: ConnId, code: u16) {
+        self.close_with(conn, code, None);
+    }
+
+    /// [`close`](Self::close) with a reason in the Close frame (UTF-8, at most
+    /// [`crate::ws::close::MAX_REASON`] bytes).
+    pub fn close_with(&self, conn: ConnId, code: u16, reason: Option<Box<str>>) {
         self.hub.set_ending(conn);
-        self.push(conn, Command::Close { conn, code });
+        self.push(conn, Command::Close { conn, code, reason });
     }
 
     /// Ends the LAppS connection `conn` with `code` after the answers it is owed, whichever

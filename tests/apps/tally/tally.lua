@@ -17,6 +17,9 @@
 --   "noreturn"      returns nothing
 --   "wsclose <arg>" ws:close(this, <arg>): a number, "nan", "inf", "table", "nil" or any other
 --                   text as a string; replies "nil <err>" when it fails
+--   "closewhy <code> <reason>" ws:close(this, <code>, <reason>), where <reason> "long" is 124
+--                   bytes, "max" 123 bytes of UTF-8, "bad" not UTF-8, "table" a table, else the
+--                   text itself; replies "nil <err>" when it fails
 --   "closeh <h>"    ws:close(<h>, 1000); replies "closing" or "nil <err>"
 --   "tostr"         replies tostring(this handler)
 --   "self <text>"   ws:send(tonumber(tostring(this handler)), 1, <text>); "nil <err>" when it fails
@@ -114,6 +117,22 @@ tally.onMessage = function(handler, opcode, message)
       arg = tonumber(rest) or rest
     end
     local ok, err = ws:close(handler, arg)
+    if not ok then
+      ws:send(handler, 1, "nil " .. tostring(err))
+    end
+  elseif cmd == "closewhy" then
+    local code, why = rest:match("^(%d+) (.*)$")
+    local special = {
+      long = string.rep("x", 124),
+      max = string.rep("\195\169", 61) .. "x", -- 61 times "é" (2 bytes) and one byte
+      bad = "\255",
+      table = {},
+    }
+    local reason = special[why]
+    if reason == nil then
+      reason = why
+    end
+    local ok, err = ws:close(handler, tonumber(code), reason)
     if not ok then
       ws:send(handler, 1, "nil " .. tostring(err))
     end

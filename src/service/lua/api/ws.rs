@@ -21,6 +21,7 @@ use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
 use crate::service::lua::lapps::send_cbor;
 use crate::service::lua::{fastpath, lapps_fast};
+use crate::ws::close::MAX_REASON;
 
 /// Close codes an application may send (RFC 6455 section 7.4).
 /// Close codes a server app may send (RFC 6455 7.4.1, the IANA registry): 1010 is a
@@ -187,7 +188,8 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "close",
         lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
-            let (conn, code): (Value, Option<Value>) = method_args(lua, args)?;
+            let (conn, code, reason): (Value, Option<Value>, Option<Value>) =
+                method_args(lua, args)?;
             let Some(conn) = handler(&conn) else {
                 return fail("bad handler");
             };
@@ -195,10 +197,21 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             else {
                 return fail("bad close code");
             };
+            // The original's third argument: a reason the Close frame carries (RFC 6455 5.5.1:
+            // UTF-8, within the control frame's 125 bytes).
+            let reason = match reason {
+                None | Some(Value::Nil) => None,
+                Some(Value::String(s)) => match std::str::from_utf8(&s.as_bytes()) {
+                    Ok(r) if r.len() <= MAX_REASON => Some(Box::from(r)),
+                    Ok(_) => return fail("close reason too long (at most 123 bytes)"),
+                    Err(_) => return fail("invalid UTF-8"),
+                },
+                Some(_) => return fail("bad close reason"),
+            };
             if !h.hub.is_live(conn) {
                 return fail("closed");
             }
-            h.close(conn, code as u16);
+            h.close_with(conn, code as u16, reason);
             ok(Value::Boolean(true))
         })?,
     )?;
