@@ -17,15 +17,9 @@ t.run = function()
   -- The received value is a value of this state: it takes assignment like any other.
   v.message[1] = "changed"
   report(v.message[1] .. " " .. tostring(nljson.typename(v.message[5])))
-  local a
-  local nap = nap:new()
-  for _ = 1, 20000 do
-    a = q:try_recv()
-    if a ~= nil or must_stop() then
-      break
-    end
-    nap:sleep(0.001) -- polling interval, bounded by the loop count
-  end
+  -- The sender has posted the third message once it says so.
+  assert(mqr:receive("nljson.third", 20))
+  local a = q:try_recv()
   report(nljson.typename(a) .. " " .. tostring(a))
 end
 

@@ -19,7 +19,8 @@ use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
 
 use super::{fail, ok, Ret};
 use crate::lapps_proto::json_ud::{self, NoNode};
-use crate::lapps_proto::value::Limits;
+use crate::lapps_proto::node::tree_cost;
+use crate::lapps_proto::value::{Limits, Value as CborValue};
 use crate::lapps_proto::{cbor, lua as lapps_lua};
 use crate::service::lua::host::HostCtx;
 use crate::service::mqr::{
@@ -34,7 +35,7 @@ struct Ctx {
     host: Rc<HostCtx>,
     default_capacity: usize,
     known: RefCell<HashMap<String, Arc<Queue>>>,
-    /// Per queue name: a message this state took but could not make a Lua string of (its
+    /// Per queue name: a message this state took but could not make a Lua value of (its
     /// memory limit); the next receive or poll of that queue here returns it first.
     held: RefCell<HashMap<String, Message>>,
 }
@@ -97,7 +98,9 @@ impl Ctx {
         if !q.fits(msg.len()) {
             return (Value::Nil, Some("too big"));
         }
-        let owned = msg.into_message();
+        let Some(owned) = msg.into_message() else {
+            return (Value::Nil, Some("too big"));
+        };
         // A network service never waits (as with `receive`): waiting for room would stall every
         // connection of the instance, so its timeout is not used and the post is tried once.
         let timeout = timeout.filter(|_| self.host.may_block());
@@ -134,26 +137,46 @@ impl Ctx {
         }
     }
 
-    /// `m`, taken from `q`, as a Lua string. When the state cannot hold it even after a full
-    /// collection, the error goes to the app and the message is kept for its next receive: an
-    /// accepted message is not lost for want of memory the app may still free. A message
-    /// larger than the state could ever hold (its memory limit less what it took once its app
-    /// was loaded) is dropped with an error in the log and the app gets `nil, "too big"`, so
-    /// that the messages behind it still reach this instance.
+    /// `m`, taken from `q`, as a Lua string (or nljson value). When the state cannot hold it
+    /// even after a full collection, the error goes to the app and the message is kept for its
+    /// next receive: an accepted message is not lost for want of memory the app may still
+    /// free. A message larger than the state could ever hold (its memory limit less what it
+    /// took once its app was loaded; for an nljson value, what its tree takes) is dropped with
+    /// an error in the log and the app gets `nil, "too big"`, so that the messages behind it
+    /// still reach this instance.
     fn deliver(&self, lua: &Lua, q: &Queue, m: Message) -> mlua::Result<Ret> {
         let room = crate::lapps_proto::tree_budget::room_at_most();
-        if let Some(room) = room.filter(|&r| m.len() >= r) {
+        let (size, what) = match m.kind() {
+            Kind::Bytes => (m.len(), "bytes"),
+            // Its bytes are compact; its tree in the state is what must fit.
+            Kind::Nljson => match decode_nljson(&m) {
+                Ok(v) => (tree_cost(&v), "bytes as an nljson value"),
+                // Not a value this state can hold (it is this process's own encoding, so
+                // this is not expected): dropped, as a message too big is.
+                Err(e) => {
+                    crate::error!(
+                        "{} mqr: an nljson message of {} bytes from queue {} cannot be decoded ({e}): dropped",
+                        self.host.tag(),
+                        m.len(),
+                        crate::log::shown(q.name())
+                    );
+                    return fail("too big");
+                }
+            },
+        };
+        if let Some(room) = room.filter(|&r| size >= r) {
             crate::error!(
-                "{} mqr: a message of {} bytes from queue {} is larger than this service's memory_limit leaves room for ({room} bytes): dropped",
+                "{} mqr: a message of {size} {what} from queue {} is larger than this service's memory_limit leaves room for ({room} bytes): dropped",
                 self.host.tag(),
-                m.len(),
                 crate::log::shown(q.name())
             );
             return fail("too big");
         }
         let make = || match m.kind() {
             Kind::Bytes => lua.create_string(&*m).map(Value::String),
-            Kind::Nljson => nljson_of(lua, &m),
+            Kind::Nljson => decode_nljson(&m)
+                .map_err(mlua::Error::external)
+                .and_then(|v| lapps_lua::into_lua(lua, v)),
         };
         let v = make().or_else(|_| {
             lua.gc_collect()?;
@@ -286,6 +309,9 @@ fn name_arg(v: Option<&Value>) -> mlua::Result<Option<String>> {
 enum Posted {
     Text(mlua::String),
     Nljson(Vec<u8>),
+    /// An nljson value with more values, or deeper, than one copy may take
+    /// (`Limits::default()`): answered `nil, "too big"`.
+    TooBig,
 }
 
 impl Posted {
@@ -293,13 +319,16 @@ impl Posted {
         match self {
             Posted::Text(s) => s.as_bytes().len(),
             Posted::Nljson(b) => b.len(),
+            Posted::TooBig => usize::MAX,
         }
     }
 
-    fn into_message(self) -> Message {
+    /// The message to queue (`None` for [`Posted::TooBig`]).
+    fn into_message(self) -> Option<Message> {
         match self {
-            Posted::Text(s) => Message::new((*s.as_bytes()).into(), Kind::Bytes),
-            Posted::Nljson(b) => Message::new(b.into_boxed_slice(), Kind::Nljson),
+            Posted::Text(s) => Some(Message::new((*s.as_bytes()).into(), Kind::Bytes)),
+            Posted::Nljson(b) => Some(Message::new(b.into_boxed_slice(), Kind::Nljson)),
+            Posted::TooBig => None,
         }
     }
 }
@@ -318,12 +347,9 @@ fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<Posted> {
             .map(Posted::Text)
             .ok_or_else(|| mlua::Error::runtime("bad argument: message")),
         Some(u @ Value::UserData(_)) => match json_ud::node_of(lua, u) {
-            Ok(node) => {
-                let value = node
-                    .to_value(Limits::default().max_depth)
-                    .map_err(|e| mlua::Error::runtime(format!("bad argument: message: {e}")))?;
-                Ok(Posted::Nljson(cbor::encode(&value)))
-            }
+            Ok(node) => Ok(node
+                .to_value(Limits::default().max_depth)
+                .map_or(Posted::TooBig, |v| Posted::Nljson(cbor::encode(&v)))),
             Err(NoNode::OutOfMemory) => Err(mlua::Error::MemoryError("not enough memory".into())),
             Err(NoNode::Foreign) => Err(wrong(v)),
         },
@@ -331,18 +357,16 @@ fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<Posted> {
     }
 }
 
-/// An nljson value from a message posted as one. The bytes are this process's own encoding of
-/// a value the sender held, so only its nesting is bounded (as the encoding was); its tree is
-/// charged to this state's tree budget.
-fn nljson_of(lua: &Lua, m: &Message) -> mlua::Result<Value> {
+/// The value of a message posted as an nljson value. The bytes are this process's own
+/// encoding of a value the sender could copy (at most `Limits::default()`'s values and
+/// nesting), so the input size and container length are not bounded again here.
+fn decode_nljson(m: &Message) -> Result<CborValue, cbor::DecodeError> {
     let limits = Limits {
         max_container_len: usize::MAX,
-        max_total_items: usize::MAX,
         max_input: usize::MAX,
         ..Limits::default()
     };
-    let value = cbor::decode_with(m, &limits).map_err(mlua::Error::external)?;
-    lapps_lua::into_lua(lua, value)
+    cbor::decode_with(m, &limits)
 }
 
 pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) -> mlua::Result<()> {
