@@ -508,8 +508,16 @@ pub fn validate_outbound(value: &Value) -> Result<Vec<u8>, String> {
     if let Some(cid) = NonZeroU64::new(cid) {
         // The original required `status = 1` on an OON as well (its apps' OONs carry it): it
         // is accepted and left out, as SPEC section 4's OON has no `status`.
-        if status.is_some_and(|s| s.as_i64() != Some(1)) {
-            return Err("an OON (cid ~= 0) has no 'status' (1 is accepted and left out)".into());
+        match status.map(Value::as_i64) {
+            None | Some(Some(1)) => {}
+            Some(Some(0)) => {
+                return Err(format!(
+                    "status 0 is an error response, which goes on cid 0, not cid {cid}"
+                ))
+            }
+            Some(_) => {
+                return Err("member 'status' of an OON (cid ~= 0) may only be 1, or absent".into())
+            }
         }
         if result.is_some() || error.is_some() {
             return Err("an OON (cid ~= 0) carries only 'cid' and 'message'".into());

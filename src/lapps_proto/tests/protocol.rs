@@ -312,6 +312,18 @@ fn outbound_shapes_are_checked_and_canonicalised() {
         Ok(encode_oon(NonZeroU64::new(1 << 63).unwrap(), &[]))
     );
 
+    let e = validate_outbound(&map(&[
+        ("cid", Value::Int(3)),
+        ("status", Value::Int(0)),
+        (
+            "error",
+            map(&[("code", Value::Int(1)), ("message", t("m"))]),
+        ),
+    ]));
+    assert_eq!(
+        e,
+        Err("status 0 is an error response, which goes on cid 0, not cid 3".into())
+    );
     let bad = [
         Value::Array(vec![]),
         map(&[("status", Value::Int(1)), ("result", Value::Array(vec![]))]),
