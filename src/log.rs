@@ -117,9 +117,12 @@ pub(crate) fn record(level: Level, args: std::fmt::Arguments<'_>) -> String {
 /// indented to show they continue it.
 fn stamped_lines(now: &str, tag: &str, text: &str) -> String {
     let mut out = String::with_capacity(text.len() + now.len() + tag.len() + 3);
-    for (i, line) in text.split('\n').enumerate() {
+    for (i, line) in text.lines().enumerate() {
         let indent = if i == 0 { "" } else { "  " };
         out.push_str(&format!("{now} {tag} {indent}{line}\n"));
+    }
+    if out.is_empty() {
+        out = format!("{now} {tag} \n");
     }
     out
 }
@@ -356,6 +359,11 @@ mod tests {
         assert_eq!(
             super::stamped_lines("T", "ERROR", "invalid:\nws.json: a\nws.json: b"),
             "T ERROR invalid:\nT ERROR   ws.json: a\nT ERROR   ws.json: b\n"
+        );
+        // A text that ends its last line (a panic's backtrace) gets no empty line after it.
+        assert_eq!(
+            super::stamped_lines("T", "ERROR", "a\nb\n"),
+            "T ERROR a\nT ERROR   b\n"
         );
     }
 

@@ -1298,7 +1298,10 @@ return app
     let mut ws = connect(addr, "/host_error");
     send(&mut ws, "hello");
     assert_eq!(ws_close_code(&mut ws), 1011);
-    let line = binary::wait_line(&log, "message must be a string, got table");
+    let line = binary::wait_line(
+        &log,
+        "message must be a string or an nljson value, got table",
+    );
     assert!(line.contains("host_error.lua:3:"), "{line}");
     assert_eq!(line.matches("stack traceback:").count(), 1, "{line}");
 }
