@@ -143,18 +143,7 @@ fn an_nljson_message_whose_tree_can_never_fit_the_receiver_is_refused_and_the_ne
         q.try_post(m.as_bytes().to_vec().into_boxed_slice())
             .unwrap();
     }
-    let mut app = standalone("mqr_too_big", 1);
-    app.memory_limit = 8 << 20;
-    let reg = Registry::start(vec![app], hub(1)).unwrap();
-    registry()
-        .open("too_big.go", 1)
-        .try_post(b"go".to_vec().into_boxed_slice())
-        .unwrap();
-    assert_eq!(
-        next(&report),
-        "nil too big | 6 second | 6 third! | 6 fourth"
-    );
-    reg.shutdown();
+    too_big_reports(&report, "nil too big | 6 second | 6 third! | 6 fourth");
 }
 
 #[test]
@@ -198,6 +187,11 @@ fn a_message_larger_than_the_receivers_memory_limit_is_refused_and_the_next_one_
         .unwrap();
     q.try_post(b"second".to_vec().into_boxed_slice()).unwrap();
     q.try_post(b"third!".to_vec().into_boxed_slice()).unwrap();
+    too_big_reports(&report, "nil too big | nil too big | 6 second | 6 third!");
+}
+
+/// Runs mqr_too_big (8 MiB memory limit) on what the caller queued and checks its report.
+fn too_big_reports(report: &Queue, expected: &str) {
     let mut app = standalone("mqr_too_big", 1);
     app.memory_limit = 8 << 20;
     let reg = Registry::start(vec![app], hub(1)).unwrap();
@@ -205,10 +199,7 @@ fn a_message_larger_than_the_receivers_memory_limit_is_refused_and_the_next_one_
         .open("too_big.go", 1)
         .try_post(b"go".to_vec().into_boxed_slice())
         .unwrap();
-    assert_eq!(
-        next(&report),
-        "nil too big | nil too big | 6 second | 6 third!"
-    );
+    assert_eq!(next(report), expected);
     reg.shutdown();
 }
 
