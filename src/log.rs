@@ -1,9 +1,9 @@
-//! Log records on stderr (through the writer thread of [`crate::log_writer`] once the
-//! server runs: no thread waits for a stalled stderr), one line each but for the few that list
-//! several problems. On a terminal every line starts with our timestamp and level; under systemd (stderr connected to the journal, `JOURNAL_STREAM` set)
-//! with the `<N>` priority prefix journald reads instead, so `journalctl -p err` finds our
-//! errors. Level is set once from `LAPPS_LOG` (error, warn, info, debug, any case); default
-//! info.
+//! Log records on stderr (through the writer thread of [`crate::log_writer`] once the server
+//! runs: no thread waits for a stalled stderr), one line each but for the few that list several
+//! problems. On a terminal every line starts with our timestamp and level; under systemd
+//! (stderr connected to the journal, `JOURNAL_STREAM` set) with the `<N>` priority prefix
+//! journald reads instead, so `journalctl -p err` finds our errors. Level is set once from
+//! `LAPPS_LOG` (error, warn, info, debug, any case); default info.
 //!
 //! Lines a remote peer can cause (one per bad request, refused connection, timeout, Lua error)
 //! go through the `*_limited!` macros: at most [`PER_SECOND`] lines a second per call site, the

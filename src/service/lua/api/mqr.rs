@@ -4,9 +4,9 @@
 //! `nil, "message"`. A posted Lua string is copied once into an owned buffer that moves through
 //! the queue; the receiver turns that buffer into its own Lua string (the one copy into the
 //! receiving state). An nljson value (the original's only form of message) is encoded once, as
-//! CBOR, and the receiver gets an nljson value back. Blocking calls hand over what the instance sent before they wait, never
-//! wait once the service is stopping or in a network service, and start a new
-//! instruction-budget slice afterwards.
+//! CBOR, and the receiver gets an nljson value back. Blocking calls hand over what the instance
+//! sent before they wait, never wait once the service is stopping or in a network service, and
+//! start a new instruction-budget slice afterwards.
 //! Nothing here drops a message: a post that is not accepted says so.
 
 use std::cell::RefCell;
@@ -19,7 +19,7 @@ use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
 
 use super::{fail, ok, Ret};
 use crate::lapps_proto::json_ud::{self, NoNode};
-use crate::lapps_proto::node::tree_cost;
+use crate::lapps_proto::node::{tree_cost, CopyRoom};
 use crate::lapps_proto::value::{Limits, Value as CborValue};
 use crate::lapps_proto::{cbor, lua as lapps_lua};
 use crate::service::lua::host::HostCtx;
@@ -146,11 +146,10 @@ impl Ctx {
     /// still reach this instance.
     fn deliver(&self, lua: &Lua, q: &Queue, m: Message) -> mlua::Result<Ret> {
         let room = crate::lapps_proto::tree_budget::room_at_most();
-        let (size, what) = match m.kind() {
-            Kind::Bytes => (m.len(), "bytes"),
-            // Its bytes are compact; its tree in the state is what must fit.
+        let decoded = match m.kind() {
+            Kind::Bytes => None,
             Kind::Nljson => match decode_nljson(&m) {
-                Ok(v) => (tree_cost(&v), "bytes as an nljson value"),
+                Ok(v) => Some(v),
                 // Not a value this state can hold (it is this process's own encoding, so
                 // this is not expected): dropped, as a message too big is.
                 Err(e) => {
@@ -164,6 +163,11 @@ impl Ctx {
                 }
             },
         };
+        // An nljson message's bytes are compact; its tree in the state is what must fit.
+        let (size, what) = match &decoded {
+            None => (m.len(), "bytes"),
+            Some(v) => (tree_cost(v), "bytes as an nljson value"),
+        };
         if let Some(room) = room.filter(|&r| size >= r) {
             crate::error!(
                 "{} mqr: a message of {size} {what} from queue {} is larger than this service's memory_limit leaves room for ({room} bytes): dropped",
@@ -172,15 +176,18 @@ impl Ctx {
             );
             return fail("too big");
         }
-        let make = || match m.kind() {
-            Kind::Bytes => lua.create_string(&*m).map(Value::String),
-            Kind::Nljson => decode_nljson(&m)
-                .map_err(mlua::Error::external)
-                .and_then(|v| lapps_lua::into_lua(lua, v)),
+        let make = |decoded: Option<CborValue>| match decoded {
+            None => lua.create_string(&*m).map(Value::String),
+            Some(v) => lapps_lua::into_lua(lua, v),
         };
-        let v = make().or_else(|_| {
+        let v = make(decoded).or_else(|_| {
             lua.gc_collect()?;
-            make()
+            // Decoded again only for this second try: into_lua took the first value.
+            let again = match m.kind() {
+                Kind::Bytes => None,
+                Kind::Nljson => Some(decode_nljson(&m).map_err(mlua::Error::external)?),
+            };
+            make(again)
         });
         match v {
             Ok(v) => ok(v),
@@ -347,9 +354,19 @@ fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<Posted> {
             .map(Posted::Text)
             .ok_or_else(|| mlua::Error::runtime("bad argument: message")),
         Some(u @ Value::UserData(_)) => match json_ud::node_of(lua, u) {
-            Ok(node) => Ok(node
-                .to_value(Limits::default().max_depth)
-                .map_or(Posted::TooBig, |v| Posted::Nljson(cbor::encode(&v)))),
+            Ok(node) => {
+                // Within the bounds of one copy of a value (as `ws:send` takes one), straight
+                // from the tree to CBOR.
+                let mut out = Vec::new();
+                let limits = Limits::default();
+                let mut room = CopyRoom::new(limits.max_total_items, usize::MAX);
+                Ok(
+                    match node.encode_cbor(&mut out, limits.max_depth, &mut room) {
+                        Ok(()) => Posted::Nljson(out),
+                        Err(_) => Posted::TooBig,
+                    },
+                )
+            }
             Err(NoNode::OutOfMemory) => Err(mlua::Error::MemoryError("not enough memory".into())),
             Err(NoNode::Foreign) => Err(wrong(v)),
         },
