@@ -60,9 +60,12 @@ ulimit -n "$(ulimit -Hn)"
 
 target/release/lapps -c "$WORK/etc" >>"$WORK/lapps.log" 2>&1 &
 PID=$!
+# Started once it logs where it listens: that line comes after its IO workers made their
+# descriptors. (A connect succeeds as soon as the port is bound, before the workers exist:
+# an idle count taken then was 3 short, and the churn seemed to keep 3 descriptors.)
 ready=
 for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$WSS_PORT") 2>/dev/null && { ready=1; break; }
+    grep -q "listening on 127.0.0.1:$WSS_PORT " "$WORK/lapps.log" && { ready=1; break; }
     kill -0 "$PID" 2>/dev/null || { echo "soak: lapps exited at start-up" >&2; exit 1; }
     sleep 0.1
 done
@@ -70,12 +73,14 @@ done
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$PID/status"; }
 fds() { find "/proc/$PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 threads() { find "/proc/$PID/task" -mindepth 1 -maxdepth 1 | wc -l; }
-# The fewest over a second: the start-up probe's connection may not be ended yet.
+# The idle count: the same for a second (ten readings in a row), within 20 s.
 fds_before=$(fds)
-for _ in $(seq 10); do
+same=0
+for _ in $(seq 200); do
     sleep 0.1
     n=$(fds)
-    [ "$n" -lt "$fds_before" ] && fds_before=$n
+    if [ "$n" -eq "$fds_before" ]; then same=$((same + 1)); else fds_before=$n; same=0; fi
+    [ "$same" -ge 10 ] && break
 done
 threads_before=$(threads)
 ls -l "/proc/$PID/fd" >"$WORK/fds.idle" 2>/dev/null || true
