@@ -247,6 +247,28 @@ fn an_empty_line_before_the_request_line_is_skipped() {
 }
 
 #[test]
+fn expect_100_continue_gets_a_100_before_the_101() {
+    // RFC 9110 7.8: "the server MUST send a 100 (Continue) response before sending a 101".
+    use std::io::Write;
+    let srv = start_echo(|_| {});
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut bytes = request(
+        srv.addr,
+        "/echo",
+        "Sec-WebSocket-Version: 13\r\nExpect: 100-Continue\r\n",
+    )
+    .into_bytes();
+    bytes.extend(frame(true, 0, 1, b"after the 100", true));
+    s.write_all(&bytes).unwrap();
+    assert_eq!(read_http_head(&mut s), "HTTP/1.1 100 Continue\r\n\r\n");
+    let head = read_http_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let echo = read_frame(&mut s).expect("the echo");
+    assert_eq!((echo.opcode, echo.payload), (1, b"after the 100".to_vec()));
+}
+
+#[test]
 fn a_long_head_sent_in_small_pieces_is_upgraded_and_the_frame_after_it_echoed() {
     use std::io::Write;
     // Longer than the 1 KiB a leftover is copied around in: the worker appends to it instead.

@@ -61,6 +61,9 @@ pub struct Request {
     pub key: String,
     /// Every header in order, names as sent, values without surrounding whitespace.
     pub headers: Vec<(String, String)>,
+    /// The client sent `Expect: 100-continue`: RFC 9110 7.8 has the server send a `100
+    /// (Continue)` before the `101` (see [`response_101`]).
+    pub expect_continue: bool,
 }
 
 impl Request {
@@ -256,6 +259,7 @@ struct Seen {
     upgrade: bool,
     upgrade_websocket: bool,
     connection_upgrade: bool,
+    expect_continue: bool,
 }
 
 /// `lines`: the head up to and including the CRLF of its last line (every line ends in CRLF, no
@@ -317,9 +321,13 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
                 protocols.push(ascii_string(token));
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || (name.eq_ignore_ascii_case(b"content-length") && value != b"0")
+            || (name.eq_ignore_ascii_case(b"content-length") && !is_zero_length(value))
         {
             not_an_upgrade.get_or_insert(bad("request body not allowed"));
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            // RFC 9110 10.1.1: the expectation is case-insensitive. Another expectation is
+            // not one we can meet, and the RFC leaves answering it 417 to us (MAY): ignored.
+            seen.expect_continue |= list_contains(value, b"100-continue");
         }
         headers.push((
             ascii_string(name),
@@ -352,6 +360,7 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
             protocols,
             key: String::new(),
             headers,
+            expect_continue: seen.expect_continue,
         };
         return Err(HandshakeError {
             plain: Some(Box::new(request)),
@@ -388,7 +397,15 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
         protocols,
         key: key.to_owned(),
         headers,
+        expect_continue: seen.expect_continue,
     })
+}
+
+/// A `Content-Length` that announces no content: `1*DIGIT` of value 0 (RFC 9110 8.6), so
+/// `00` as well as `0`. Anything else (a length, a list, a malformed value) is a body, or a
+/// request RFC 9112 6.3 has us refuse with 400 all the same.
+fn is_zero_length(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|&b| b == b'0')
 }
 
 fn value_at(headers: &[(String, String)], index: Option<usize>) -> Option<&str> {
@@ -672,7 +689,9 @@ pub fn accept_key(key: &str) -> String {
 /// `proto_alias`): it is announced only when the client offered it, since a client must fail a
 /// connection whose answer names a subprotocol it did not ask for (RFC 6455 section 4.1, item
 /// 6 of the client's checks; section 4.2.2). `extra_headers` are appended as given and must
-/// not contain CR or LF (they come from our configuration, not from the peer).
+/// not contain CR or LF (they come from our configuration, not from the peer). A request that
+/// sent `Expect: 100-continue` gets a `100 Continue` first: RFC 9110 7.8, "the server MUST
+/// send a 100 (Continue) response before sending a 101 (Switching Protocols) response".
 pub fn response_101(
     req: &Request,
     protocol: Option<&str>,
@@ -680,6 +699,9 @@ pub fn response_101(
 ) -> Vec<u8> {
     let protocol = protocol.filter(|p| req.protocols.iter().any(|offered| offered == p));
     let mut out = Vec::with_capacity(160);
+    if req.expect_continue {
+        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
     );

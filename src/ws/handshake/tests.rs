@@ -753,6 +753,33 @@ fn request_body_rejected() {
         400
     );
     ok(&with(&[("Content-Length", Some("0"))]));
+    // RFC 9110 8.6: `Content-Length = 1*DIGIT`; "00" is no content either.
+    ok(&with(&[("Content-Length", Some("00"))]));
+    for value in ["", "0x0", "-0", "0 0", "1", "01"] {
+        assert_eq!(
+            status(&with(&[("Content-Length", Some(value))])),
+            400,
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_101() {
+    let plain = ok(&valid());
+    assert!(!plain.expect_continue);
+    assert!(response_101(&plain, None, &[]).starts_with(b"HTTP/1.1 101 "));
+    for value in ["100-continue", "100-CONTINUE", "foo, 100-continue"] {
+        let req = ok(&with(&[("Expect", Some(value))]));
+        assert!(req.expect_continue, "{value}");
+        let resp = String::from_utf8(response_101(&req, None, &[])).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n"),
+            "{resp}"
+        );
+    }
+    // Another expectation is not met, and not refused either (RFC 9110 10.1.1: 417 is a MAY).
+    assert!(!ok(&with(&[("Expect", Some("200-ok"))])).expect_continue);
 }
 
 #[test]
