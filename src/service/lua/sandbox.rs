@@ -42,6 +42,9 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
     if spec.memory_limit > 0 {
         lua.set_memory_limit(spec.memory_limit)?;
     }
+    // Host errors reach the app as strings (see `error_values`); first, so that the budget's
+    // `xpcall` and the stack guard's `coroutine.resume` are built on these.
+    super::error_values::install(&lua)?;
     if let Some(budget) = spec.instruction_budget {
         install_budget(&lua, host, budget)?;
     }

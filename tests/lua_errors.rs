@@ -1,0 +1,96 @@
+//! What app code catches of the errors host functions raise: a string that names the call and
+//! what was wrong, as Lua's own functions raise, never mlua's error userdata with its
+//! traceback. Each case is a chunk the `errors` test app runs as its own code.
+mod common;
+use common::*;
+
+fn errors_app() -> TestApp {
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "errors": { "instances": 1, "preload": ["nap", "mqr", "cws"] } }"#,
+    );
+    start_app(&ws_json(1), &services)
+}
+
+/// Runs each chunk and compares its reply.
+fn replies(cases: &[(&str, &str)]) {
+    let app = errors_app();
+    let mut ws = connect(app.addr, "/errors");
+    for (chunk, want) in cases {
+        assert_eq!(ask(&mut ws, chunk), *want, "{chunk}");
+    }
+}
+
+#[test]
+fn pcall_xpcall_and_resume_give_host_errors_as_strings() {
+    replies(&[
+        (
+            r#"local ok, e = pcall(nap:new().sleep, nap:new(), "abc")
+               return type(e) .. "|" .. e"#,
+            "string|bad argument #1 to 'n:sleep' (number expected, got string)",
+        ),
+        (
+            // What used to raise again inside the app's error handling.
+            r#"local ok, e = pcall(function() return nap:new():usleep({}) end)
+               return "failed: " .. e:gsub("^bad argument", "bad arg")"#,
+            "failed: bad arg #1 to 'n:usleep' (number expected, got table)",
+        ),
+        (
+            r#"return select(2, xpcall(function() nap:new():nsleep(true) end,
+                                       function(e) return type(e) .. "|" .. e end))"#,
+            "string|bad argument #1 to 'n:nsleep' (number expected, got boolean)",
+        ),
+        (
+            r#"local co = coroutine.create(function() nap:new():sleep() end)
+               local ok, e = coroutine.resume(co)
+               return tostring(ok) .. "|" .. type(e) .. "|" .. e"#,
+            "false|string|bad argument #1 to 'n:sleep' (number expected, got nil)",
+        ),
+        (
+            r#"local q = mqr:create("errors_q")
+               local ok, e = pcall(q.size)
+               return type(e) .. "|" .. e"#,
+            "string|q:size: call it with a colon, q:size(...)",
+        ),
+        (
+            // An error raised through coroutine.wrap, then caught.
+            r#"local ok, e = pcall(coroutine.wrap(function() nap:new():sleep("x") end))
+               return type(e) .. "|" .. e"#,
+            "string|bad argument #1 to 'n:sleep' (number expected, got string)",
+        ),
+    ]);
+}
+
+#[test]
+fn the_apps_own_error_values_pass_unchanged() {
+    replies(&[
+        (
+            r#"local t = {code = 7}
+               local ok, e = pcall(error, t)
+               return tostring(rawequal(e, t))"#,
+            "true",
+        ),
+        (
+            r#"local ok, e = pcall(error, "plain", 0) return e"#,
+            "plain",
+        ),
+        (
+            r#"return select(2, xpcall(error, function(e) return e.code end, {code = 9}))"#,
+            "9",
+        ),
+        (
+            r#"local ok, e = coroutine.resume(coroutine.create(function() error({1}) end))
+               return type(e)"#,
+            "table",
+        ),
+        (
+            // pcall and xpcall still return every value of a call that succeeds.
+            r##"local n = select("#", pcall(function() return 1, nil, 3, nil end))
+               local a, b, c, d = pcall(function() return 1, nil, 3 end)
+               local e, f, g = xpcall(function(...) return ... end, print, "x", "y")
+               return table.concat({n, tostring(a), tostring(b), tostring(c), tostring(d),
+                                    tostring(e), f, g}, ",")"##,
+            "5,true,1,nil,3,true,x,y",
+        ),
+    ]);
+}
