@@ -194,6 +194,50 @@ return p
 "#;
 
 #[test]
+fn a_misspelt_or_mistyped_option_raises_and_names_it() {
+    let dir = scratch("options");
+    // Nothing listens at port 1: no option error may wait for a connection.
+    let src = r#"
+local p = {}
+p.init = function() end
+p.run = function()
+  local url = "ws://127.0.0.1:1/x"
+  local out = {}
+  for _, opts in ipairs({
+    {onOpen = function() end},
+    {max_message_size = "abc"},
+    {idle_timeout = {}},
+    {ca_file = true},
+    {[1] = "x"},
+  }) do
+    out[#out + 1] = select(2, pcall(cws.new, cws, url, opts))
+  end
+  out[#out + 1] = select(2, pcall(cws.new, cws, 7))
+  mqr:post("cws.options", table.concat(out, "\n"))
+  while not must_stop() do nap:new():sleep(0.05) end
+end
+return p
+"#;
+    let out = registry().open("cws.options", 4);
+    let reg = Registry::start(vec![app_in(&dir, "options", src)], hub(1)).unwrap();
+    let known = "(the options are onopen, onmessage, onerror, onclose, ca_file, insecure, \
+                 max_message_size, idle_timeout)";
+    assert_eq!(
+        next(&out),
+        [
+            format!("cws:new: unknown option 'onOpen' {known}"),
+            "cws:new: option max_message_size must be a number, got the string \"abc\"".into(),
+            "cws:new: option idle_timeout must be a number, got table".into(),
+            "cws:new: option ca_file must be a string, got boolean".into(),
+            format!("cws:new: unknown option key of type number {known}"),
+            "cws:new: url must be a string, got number".into(),
+        ]
+        .join("\n")
+    );
+    reg.shutdown();
+}
+
+#[test]
 fn an_event_loop_timeout_beyond_any_clock_is_clamped_not_a_crash() {
     let app = echo_app();
     let dir = scratch("huge-wait");

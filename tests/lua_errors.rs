@@ -62,6 +62,62 @@ fn pcall_xpcall_and_resume_give_host_errors_as_strings() {
 }
 
 #[test]
+fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
+    replies(&[
+        (
+            r#"return select(2, pcall(mqr.create, mqr, {}))"#,
+            "bad argument #1 to 'mqr:create' (queue name expected, got table)",
+        ),
+        (
+            r#"return select(2, pcall(mqr.post, mqr, "errors_q", {}))"#,
+            "bad argument #2 to 'mqr:post' (string or nljson value expected, got table)",
+        ),
+        (
+            r#"local q = mqr:create("errors_q")
+               return select(2, pcall(q.post, q, true))"#,
+            "bad argument #1 to 'q:post' (string or nljson value expected, got boolean)",
+        ),
+        (
+            // A whole number is a number in Lua, never mlua's "integer".
+            r#"return select(2, pcall(mqr.size, mqr, 7))"#,
+            "bad argument #1 to 'mqr:size' (queue name expected, got number)",
+        ),
+        (
+            r#"return select(2, pcall(ws.send_error, ws, 1, -1, {}))"#,
+            "bad argument #3 to 'ws:send_error' (string expected, got table)",
+        ),
+        (
+            r#"return select(2, pcall(ws.send_error, ws, 1, 2^63, "m"))"#,
+            "ws:send_error: code must be a whole number between -2^53 and 2^53, \
+             got 9.2233720368548e+18",
+        ),
+        (
+            r#"return select(2, pcall(ws.send_oon, ws, 1, 0, {}))"#,
+            "ws:send_oon: channel 0 is the command channel",
+        ),
+        (
+            r#"return select(2, pcall(ws.send, ws, 1, nljson.array()))"#,
+            "ws:send: a LAppS message is a table of named members (cid, ...), not an array",
+        ),
+        (
+            r#"local v = setmetatable({}, {__tostring = function() return {} end})
+               return select(2, pcall(print, v))"#,
+            "'tostring' must return a string to 'print'",
+        ),
+        (
+            r#"return select(2, nljson.decode(5))"#,
+            "nljson.decode: expects a JSON string, got number",
+        ),
+        (
+            // nljson's functions take the colon form too (they answered wrongly with it).
+            r#"return nljson:typename(nljson:array()) .. " " .. nljson:encode({a = 1})
+                   .. " " .. tostring(nljson:empty(nljson.decode("[1]")))"#,
+            r#"array {"a":1} false"#,
+        ),
+    ]);
+}
+
+#[test]
 fn the_apps_own_error_values_pass_unchanged() {
     replies(&[
         (

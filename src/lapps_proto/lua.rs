@@ -37,6 +37,17 @@ pub fn is_null(v: &LuaValue) -> bool {
     matches!(v, LuaValue::LightUserData(p) if p.0.is_null())
 }
 
+/// The type of `v` as an error message names it: what Lua's `type()` says (LuaJIT has no
+/// integer type, so none of mlua's "integer"), and "null" for `nljson.null`.
+pub fn lua_type(v: &LuaValue) -> &'static str {
+    match v {
+        LuaValue::Integer(_) | LuaValue::Number(_) => "number",
+        v if is_null(v) => "null",
+        LuaValue::LightUserData(_) | LuaValue::Error(_) => "userdata",
+        other => other.type_name(),
+    }
+}
+
 /// A Lua value for `value`: scalars as plain Lua values, containers as nljson values.
 pub fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
     into_lua(lua, value.clone())
@@ -196,7 +207,7 @@ fn convert(
                     other => {
                         failure = Some(format!(
                             "a table key of type {} has no JSON/CBOR form",
-                            other.type_name()
+                            lua_type(other)
                         ));
                         return Err(mlua::Error::runtime("stop"));
                     }
@@ -215,7 +226,7 @@ fn convert(
             .map_err(|e| failure.take().unwrap_or_else(|| e.to_string()))?;
             table_value(entries)?
         }
-        other => return Err(format!("a {} has no JSON/CBOR form", other.type_name())),
+        other => return Err(format!("a {} has no JSON/CBOR form", lua_type(other))),
     })
 }
 

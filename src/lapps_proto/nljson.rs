@@ -12,7 +12,7 @@
 use mlua::{Function, Lua, MultiValue, Value as LuaValue};
 
 use super::json_ud::{self, NoNode};
-use super::lua::{budget_for, from_lua_with, into_lua, is_null, node_to_lua, null};
+use super::lua::{budget_for, from_lua_with, into_lua, is_null, lua_type, node_to_lua, null};
 use super::node::{slot_cost, tree_cost, value_text_len, Key, Node};
 use super::value::{Limits, Value};
 use super::{cbor, json, tree_budget};
@@ -72,7 +72,7 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
         let key = key_of(&k).ok_or_else(|| {
             mlua::Error::runtime(format!(
                 "nljson: a key of type {} cannot index a {}",
-                k.type_name(),
+                lua_type(&k),
                 type_name(&node)
             ))
         })?;
@@ -185,17 +185,32 @@ fn with_string_arg<T>(
 ) -> Result<T, String> {
     match v {
         LuaValue::String(s) => f(&s.as_bytes()),
-        other => Err(format!("expects {what}, got {}", other.type_name())),
+        other => Err(format!("expects {what}, got {}", lua_type(other))),
     }
 }
 
 fn container_arg(lua: &Lua, v: &LuaValue) -> Result<Node, String> {
     as_json(lua, v).map_err(|e| match e {
-        NoNode::Foreign => format!(
-            "expects an nljson object or array, got {}",
-            if is_null(v) { "null" } else { v.type_name() }
-        ),
+        NoNode::Foreign => format!("expects an nljson object or array, got {}", lua_type(v)),
         NoNode::OutOfMemory => e.to_string(),
+    })
+}
+
+/// A function of the `nljson` table `module`, called either way: `nljson.f(v)`, as the
+/// original's apps do, or `nljson:f(v)` (the module itself is no value any function takes:
+/// it holds functions, which have no JSON form).
+fn module_fn<A, R, F>(lua: &Lua, module: &mlua::Table, f: F) -> mlua::Result<Function>
+where
+    A: mlua::FromLuaMulti,
+    R: mlua::IntoLuaMulti,
+    F: Fn(&Lua, A) -> mlua::Result<R> + 'static,
+{
+    let module = module.clone();
+    lua.create_function(move |lua, mut a: MultiValue| {
+        if matches!(a.front(), Some(LuaValue::Table(t)) if *t == module) {
+            a.pop_front();
+        }
+        f(lua, A::from_lua_multi(a, lua)?)
     })
 }
 
@@ -218,7 +233,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "decode",
-        lua.create_function(move |lua, s: LuaValue| {
+        module_fn(lua, &m, move |lua, s: LuaValue| {
             let within = WithinLimit::of(&limits);
             let r = with_string_arg(&s, "a JSON string", |b| {
                 within.check(json::decode_with(b, &within.limits))
@@ -230,7 +245,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "decode_file",
-        lua.create_function(move |lua, p: LuaValue| {
+        module_fn(lua, &m, move |lua, p: LuaValue| {
             let within = WithinLimit::of(&limits);
             let r = with_string_arg(&p, "a file name", |p| read_file(p, &limits))
                 .and_then(|b| within.check(json::decode_with(&b, &within.limits)))
@@ -241,7 +256,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "encode",
-        lua.create_function(move |lua, v: LuaValue| {
+        module_fn(lua, &m, move |lua, v: LuaValue| {
             let r = from_lua_with(lua, &v, &limits)
                 .and_then(|v| {
                     let style = json::Style {
@@ -258,7 +273,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "encode_pretty",
-        lua.create_function(move |lua, (v, indent): (LuaValue, LuaValue)| {
+        module_fn(lua, &m, move |lua, (v, indent): (LuaValue, LuaValue)| {
             // Any other type is an answer too (nil, error), not a raise, as for every nljson
             // function.
             let indent = match indent {
@@ -286,7 +301,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "to_cbor",
-        lua.create_function(move |lua, v: LuaValue| {
+        module_fn(lua, &m, move |lua, v: LuaValue| {
             let r = from_lua_with(lua, &v, &limits)
                 .map(|v| cbor::encode(&v))
                 .and_then(|b| lua.create_string(b).map_err(|e| e.to_string()))
@@ -297,7 +312,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "from_cbor",
-        lua.create_function(move |lua, s: LuaValue| {
+        module_fn(lua, &m, move |lua, s: LuaValue| {
             let within = WithinLimit::of(&limits);
             let r = with_string_arg(&s, "a string of CBOR bytes", |b| {
                 within.check(cbor::decode_with(b, &within.limits).map_err(|e| e.to_string()))
@@ -309,7 +324,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "find",
-        lua.create_function(|lua, (v, k): (LuaValue, LuaValue)| {
+        module_fn(lua, &m, |lua, (v, k): (LuaValue, LuaValue)| {
             let node = match container_arg(lua, &v) {
                 Ok(n) => n,
                 Err(e) => return fail(lua, format!("nljson.find: {e}")),
@@ -319,7 +334,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                     lua,
                     format!(
                         "nljson.find: a key is a string or number, got {}",
-                        k.type_name()
+                        lua_type(&k)
                     ),
                 );
             };
@@ -335,7 +350,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "erase",
-        lua.create_function(|lua, (v, k): (LuaValue, LuaValue)| {
+        module_fn(lua, &m, |lua, (v, k): (LuaValue, LuaValue)| {
             let node = match container_arg(lua, &v) {
                 Ok(n) => n,
                 Err(e) => return fail(lua, format!("nljson.erase: {e}")),
@@ -347,7 +362,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "empty",
-        lua.create_function(|lua, v: LuaValue| {
+        module_fn(lua, &m, |lua, v: LuaValue| {
             let empty = match &v {
                 LuaValue::Nil => true,
                 v if is_null(v) => true,
@@ -364,7 +379,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "typename",
-        lua.create_function(move |lua, v: LuaValue| {
+        module_fn(lua, &m, move |lua, v: LuaValue| {
             let name = match &v {
                 LuaValue::UserData(_) => container_arg(lua, &v).map(|n| type_name(&n)),
                 LuaValue::Table(t) => Ok(super::lua::table_type_name(t)),
@@ -373,7 +388,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                 LuaValue::Boolean(_) => Ok("boolean"),
                 LuaValue::Integer(_) | LuaValue::Number(_) => Ok("number"),
                 LuaValue::String(_) => Ok("string"),
-                other => Err(format!("a {} has no JSON type", other.type_name())),
+                other => Err(format!("a {} has no JSON type", lua_type(other))),
             };
             let r = name.and_then(|n| {
                 lua.create_string(n)
@@ -386,7 +401,7 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
 
     m.set(
         "foreach",
-        lua.create_function(|lua, (v, f): (LuaValue, LuaValue)| {
+        module_fn(lua, &m, |lua, (v, f): (LuaValue, LuaValue)| {
             let node = match container_arg(lua, &v) {
                 Ok(n) => n,
                 Err(e) => return fail(lua, format!("nljson.foreach: {e}")),
@@ -409,29 +424,37 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
                 match f.call::<LuaValue>((k, v)) {
                     Ok(LuaValue::Boolean(false)) => break,
                     Ok(_) => {}
-                    Err(e) => return fail(lua, format!("nljson.foreach: callback failed: {e}")),
+                    Err(e) => {
+                        let e = crate::service::lua::error_values::text(&e);
+                        return fail(lua, format!("nljson.foreach: callback failed: {e}"));
+                    }
                 }
             }
             ok(LuaValue::Boolean(true))
         })?,
     )?;
 
-    m.set("array", constructor(lua, limits, true)?)?;
-    m.set("object", constructor(lua, limits, false)?)?;
+    m.set("array", constructor(lua, &m, limits, true)?)?;
+    m.set("object", constructor(lua, &m, limits, false)?)?;
     Ok(m)
 }
 
 /// `nljson.array([t])` / `nljson.object([t])`: an empty container of that kind, or `t`
 /// converted and forced to that kind (an empty table or `{}`-shaped input).
-fn constructor(lua: &Lua, limits: Limits, array: bool) -> mlua::Result<Function> {
+fn constructor(
+    lua: &Lua,
+    module: &mlua::Table,
+    limits: Limits,
+    array: bool,
+) -> mlua::Result<Function> {
     let name = if array { "array" } else { "object" };
-    lua.create_function(move |lua, t: Option<LuaValue>| {
+    module_fn(lua, module, move |lua, t: Option<LuaValue>| {
         let v = match t {
             None | Some(LuaValue::Nil) => Ok(Value::Map(Vec::new())),
             Some(t @ (LuaValue::Table(_) | LuaValue::UserData(_))) => {
                 from_lua_with(lua, &t, &limits)
             }
-            Some(other) => Err(format!("expects a table, got {}", other.type_name())),
+            Some(other) => Err(format!("expects a table, got {}", lua_type(&other))),
         };
         let v = v.and_then(|v| match (v, array) {
             (Value::Map(m), true) if m.is_empty() => Ok(Value::Array(Vec::new())),

@@ -467,9 +467,14 @@ pub fn encode_oon(cid: NonZeroU64, message: &[Value]) -> Vec<u8> {
 /// (responses do not carry it); any other member is an error, so a typo does not go unnoticed.
 pub fn validate_outbound(value: &Value) -> Result<Vec<u8>, String> {
     let Value::Map(members) = value else {
+        let got = value.type_name();
+        let article = if got.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
         return Err(format!(
-            "a LAppS message is a table, not a {}",
-            value.type_name()
+            "a LAppS message is a table of named members (cid, ...), not {article} {got}"
         ));
     };
     let mut cid = None;

@@ -16,7 +16,7 @@ pub mod api;
 mod children;
 mod collect;
 mod cstack;
-mod error_values;
+pub(crate) mod error_values;
 mod fastpath;
 mod frame;
 mod held;

@@ -20,6 +20,7 @@ use rustls::ClientConfig;
 
 use super::ws::{close_code_arg, valid_client_close_code};
 use super::{fail, ok, Ret};
+use crate::lapps_proto::lua as lapps_lua;
 use crate::net::assembly::AssemblyBudget;
 use crate::service::cws::{
     client_config, trust_stamp, url, Client, Event, KeyPool, TlsOptions, TrustStamp,
@@ -104,13 +105,84 @@ impl Drop for RoundGuard<'_> {
     }
 }
 
+/// The options `cws:new` knows.
+const OPTIONS: [&str; 8] = [
+    "onopen",
+    "onmessage",
+    "onerror",
+    "onclose",
+    "ca_file",
+    "insecure",
+    "max_message_size",
+    "idle_timeout",
+];
+
+/// Raises for an option `cws:new` does not know: a misspelt callback (`onOpen`) would
+/// otherwise never run, and nothing would say why.
+fn check_option_names(opts: &Table) -> mlua::Result<()> {
+    for pair in opts.pairs::<Value, Value>() {
+        let (key, _) = pair?;
+        let known = match &key {
+            Value::String(k) => OPTIONS
+                .iter()
+                .any(|o| k.as_bytes().as_ref() == o.as_bytes()),
+            _ => false,
+        };
+        if !known {
+            let name = match &key {
+                Value::String(k) => format!("'{}'", k.to_string_lossy()),
+                other => format!("key of type {}", lapps_lua::lua_type(other)),
+            };
+            return Err(mlua::Error::runtime(format!(
+                "cws:new: unknown option {name} (the options are {})",
+                OPTIONS.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A number option: a number, or a string that reads as one.
+fn number_option(opts: &Table, name: &str) -> mlua::Result<Option<f64>> {
+    match opts.get::<Value>(name)? {
+        Value::Nil => Ok(None),
+        Value::Integer(i) => Ok(Some(i as f64)),
+        Value::Number(n) => Ok(Some(n)),
+        Value::String(s) => match s.to_str().ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+            Some(n) => Ok(Some(n)),
+            None => Err(mlua::Error::runtime(format!(
+                "cws:new: option {name} must be a number, got the string {:?}",
+                s.to_string_lossy()
+            ))),
+        },
+        other => Err(mlua::Error::runtime(format!(
+            "cws:new: option {name} must be a number, got {}",
+            lapps_lua::lua_type(&other)
+        ))),
+    }
+}
+
+/// A string option: a string, or a number taken as its text.
+fn string_option(opts: &Table, name: &str) -> mlua::Result<Option<String>> {
+    match opts.get::<Value>(name)? {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_string_lossy())),
+        Value::Integer(i) => Ok(Some(i.to_string())),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        other => Err(mlua::Error::runtime(format!(
+            "cws:new: option {name} must be a string, got {}",
+            lapps_lua::lua_type(&other)
+        ))),
+    }
+}
+
 fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
     match opts.get::<Value>(name)? {
         Value::Nil => Ok(None),
         Value::Function(f) => Ok(Some(f)),
         other => Err(mlua::Error::runtime(format!(
             "cws:new: {name} must be a function, got {}",
-            other.type_name()
+            lapps_lua::lua_type(&other)
         ))),
     }
 }
@@ -171,11 +243,12 @@ impl Cws {
         let mut max_message = DEFAULT_MAX_MESSAGE;
         let mut idle = Some(DEFAULT_IDLE_TIMEOUT);
         if let Some(o) = &opts {
+            check_option_names(o)?;
             cb.onopen = callback(o, "onopen")?;
             cb.onmessage = callback(o, "onmessage")?;
             cb.onerror = callback(o, "onerror")?;
             cb.onclose = callback(o, "onclose")?;
-            tls.ca_file = o.get::<Option<String>>("ca_file")?;
+            tls.ca_file = string_option(o, "ca_file")?;
             // Only a real boolean turns verification off: Lua's truth would read
             // `insecure = "false"` or `insecure = 0` as true.
             tls.insecure = match o.get::<Value>("insecure")? {
@@ -183,13 +256,13 @@ impl Cws {
                 Value::Boolean(true) => true,
                 _ => return failed("bad insecure (true or false)"),
             };
-            if let Some(n) = o.get::<Option<f64>>("max_message_size")? {
+            if let Some(n) = number_option(o, "max_message_size")? {
                 if !(n >= 1.0 && n <= usize::MAX as f64) {
                     return failed("bad max_message_size");
                 }
                 max_message = n as usize;
             }
-            if let Some(s) = o.get::<Option<f64>>("idle_timeout")? {
+            if let Some(s) = number_option(o, "idle_timeout")? {
                 // Bounded like eventLoop's wait: a deadline beyond it would overflow the clock.
                 if !(0.0..=MAX_WAIT_S as f64).contains(&s) {
                     return failed("bad idle_timeout");
@@ -243,7 +316,7 @@ impl Cws {
             other => {
                 return Err(mlua::Error::runtime(format!(
                     "cws:send: message must be a string, got {}",
-                    other.map_or("no value", Value::type_name)
+                    other.map_or("no value", lapps_lua::lua_type)
                 )))
             }
         };
@@ -576,7 +649,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 other => {
                     return Err(mlua::Error::runtime(format!(
                         "cws:new: url must be a string, got {}",
-                        other.map_or("no value", Value::type_name)
+                        other.map_or("no value", lapps_lua::lua_type)
                     )))
                 }
             };
@@ -586,7 +659,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 Some(other) => {
                     return Err(mlua::Error::runtime(format!(
                         "cws:new: options must be a table, got {}",
-                        other.type_name()
+                        lapps_lua::lua_type(other)
                     )))
                 }
             };

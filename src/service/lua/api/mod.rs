@@ -63,13 +63,24 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
     let tostring: mlua::Function = g.get("tostring")?;
     g.set(
         "print",
-        lua.create_function(move |_, args: Variadic<Value>| {
+        lua.create_function(move |lua, args: Variadic<Value>| {
             // The cut counts the bytes printed, not what they become in the log (an invalid
             // byte is 3 bytes of U+FFFD there, a control character an escape).
             let mut bytes: Vec<u8> = Vec::new();
             let mut more = 0usize;
             for (i, v) in args.into_iter().enumerate() {
-                let s: mlua::String = tostring.call(v)?;
+                // Lua's own print says the same of a __tostring that returns no string.
+                let s = match tostring.call::<Value>(v)? {
+                    Value::String(s) => s,
+                    n @ (Value::Integer(_) | Value::Number(_)) => lua
+                        .coerce_string(n)?
+                        .ok_or_else(|| mlua::Error::runtime("print: a number"))?,
+                    _ => {
+                        return Err(mlua::Error::runtime(
+                            "'tostring' must return a string to 'print'",
+                        ))
+                    }
+                };
                 let tab: &[u8] = if i > 0 { b"\t" } else { b"" };
                 for part in [tab, &s.as_bytes()[..]] {
                     let room = MAX_PRINT.saturating_sub(bytes.len());

@@ -243,7 +243,7 @@ impl UserData for LuaQueue {
         m.add_method(
             "post",
             |lua, this, (msg, timeout): (Value, Value)| -> mlua::Result<Ret> {
-                let msg = message_arg(lua, Some(&msg))?;
+                let msg = message_arg(lua, "q:post", 1, Some(&msg))?;
                 let Ok(timeout) = timeout_arg(&timeout) else {
                     return fail("bad timeout");
                 };
@@ -296,7 +296,8 @@ fn args(mut a: MultiValue) -> MultiValue {
     a
 }
 
-fn name_arg(v: Option<&Value>) -> mlua::Result<Option<String>> {
+/// The queue name argument of `function` (named in the error a wrong type raises).
+fn name_arg(function: &str, v: Option<&Value>) -> mlua::Result<Option<String>> {
     match v {
         Some(Value::String(s)) => {
             let Ok(s) = s.to_str() else {
@@ -305,8 +306,8 @@ fn name_arg(v: Option<&Value>) -> mlua::Result<Option<String>> {
             Ok((!s.is_empty() && s.len() <= MAX_NAME).then(|| s.to_string()))
         }
         other => Err(mlua::Error::runtime(format!(
-            "bad argument: queue name expected, got {}",
-            other.map_or("no value", Value::type_name)
+            "bad argument #1 to '{function}' (queue name expected, got {})",
+            other.map_or("no value", lapps_lua::lua_type)
         ))),
     }
 }
@@ -340,11 +341,12 @@ impl Posted {
     }
 }
 
-fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<Posted> {
+/// The message argument of `function`, its argument number `pos`.
+fn message_arg(lua: &Lua, function: &str, pos: u8, v: Option<&Value>) -> mlua::Result<Posted> {
     let wrong = |v: Option<&Value>| {
         mlua::Error::runtime(format!(
-            "bad argument: message must be a string or an nljson value, got {}",
-            v.map_or("no value", Value::type_name)
+            "bad argument #{pos} to '{function}' (string or nljson value expected, got {})",
+            v.map_or("no value", lapps_lua::lua_type)
         ))
     };
     match v {
@@ -352,7 +354,7 @@ fn message_arg(lua: &Lua, v: Option<&Value>) -> mlua::Result<Posted> {
         Some(n @ (Value::Integer(_) | Value::Number(_))) => lua
             .coerce_string(n.clone())?
             .map(Posted::Text)
-            .ok_or_else(|| mlua::Error::runtime("bad argument: message")),
+            .ok_or_else(|| wrong(v)),
         Some(u @ Value::UserData(_)) => match json_ud::node_of(lua, u) {
             Ok(node) => {
                 // Within the bounds of one copy of a value (as `ws:send` takes one), straight
@@ -400,7 +402,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
         "create",
         lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
             let a = args(a);
-            let Some(name) = name_arg(a.front())? else {
+            let Some(name) = name_arg("mqr:create", a.front())? else {
                 return fail("bad queue name");
             };
             let capacity = match a.get(1) {
@@ -430,10 +432,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
         "post",
         lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
             let a = args(a);
-            let Some(name) = name_arg(a.front())? else {
+            let Some(name) = name_arg("mqr:post", a.front())? else {
                 return fail("bad queue name");
             };
-            let msg = message_arg(lua, a.get(1))?;
+            let msg = message_arg(lua, "mqr:post", 2, a.get(1))?;
             let Ok(timeout) = timeout_arg(a.get(2).unwrap_or(&Value::Nil)) else {
                 return fail("bad timeout");
             };
@@ -451,7 +453,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
             fname,
             lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
                 let a = args(a);
-                let Some(name) = name_arg(a.front())? else {
+                let Some(name) = name_arg(&format!("mqr:{fname}"), a.front())? else {
                     return fail("bad queue name");
                 };
                 let Ok(timeout) = timeout_arg(a.get(1).unwrap_or(&Value::Nil)) else {
@@ -471,7 +473,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
         "poll",
         lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
             let a = args(a);
-            let Some(name) = name_arg(a.front())? else {
+            let Some(name) = name_arg("mqr:poll", a.front())? else {
                 return fail("bad queue name");
             };
             // A queue nobody created is empty: polling it does not create it (queues are
@@ -491,7 +493,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
         "size",
         lua.create_function(move |_, a: MultiValue| -> mlua::Result<Ret> {
             let a = args(a);
-            let Some(name) = name_arg(a.front())? else {
+            let Some(name) = name_arg("mqr:size", a.front())? else {
                 return fail("bad queue name");
             };
             // Asking does not create: an unknown queue is empty.

@@ -12,6 +12,7 @@ use std::num::NonZeroU64;
 
 use super::{fail, handler, method_args, ok, Ret};
 use crate::lapps_proto::lua::from_lua;
+use crate::lapps_proto::node::number_key_text;
 use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
@@ -36,16 +37,20 @@ pub(crate) fn valid_client_close_code(code: i64) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
-/// A whole-number argument; anything else (a fraction, NaN, a string) is a programming error.
+/// A whole-number argument, below 2^53 in size (where a Lua number still counts in ones);
+/// anything else (a fraction, NaN, a string) is a programming error.
 fn whole(v: &Value, what: &str) -> mlua::Result<i64> {
+    const EXACT: f64 = 9.007_199_254_740_992e15;
     match v {
-        Value::Integer(i) => Ok(*i),
-        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 => Ok(*n as i64),
+        Value::Integer(i) if (i.unsigned_abs() as f64) < EXACT => Ok(*i),
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < EXACT => Ok(*n as i64),
         other => Err(mlua::Error::runtime(format!(
-            "{what} must be a whole number, got {}",
+            "{what} must be a whole number between -2^53 and 2^53, got {}",
             match other {
-                Value::Number(n) => n.to_string(),
-                o => o.type_name().to_string(),
+                Value::Integer(i) => i.to_string(),
+                // As Lua would print it.
+                Value::Number(n) => number_key_text(*n),
+                o => crate::lapps_proto::lua::lua_type(o).to_string(),
             }
         ))),
     }
@@ -131,14 +136,26 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     t.set(
         "send_error",
         lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
-            let (conn, code, message, data): (Value, Value, mlua::String, Value) =
-                method_args(lua, args)?;
-            let code = whole(&code, "send_error: code")?;
+            let (conn, code, message, data): (Value, Value, Value, Value) = method_args(lua, args)?;
+            let code = whole(&code, "ws:send_error: code")?;
+            // A number is taken as its text, as Lua's own string functions take one.
+            let message = match message {
+                Value::String(s) => s,
+                n @ (Value::Integer(_) | Value::Number(_)) => lua
+                    .coerce_string(n)?
+                    .ok_or_else(|| mlua::Error::runtime("ws:send_error: message"))?,
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "bad argument #3 to 'ws:send_error' (string expected, got {})",
+                        crate::lapps_proto::lua::lua_type(&other)
+                    )))
+                }
+            };
             let data = match data {
                 Value::Nil => None,
                 v => Some(
                     from_lua(lua, &v)
-                        .map_err(|e| mlua::Error::runtime(format!("send_error: {e}")))?,
+                        .map_err(|e| mlua::Error::runtime(format!("ws:send_error: data: {e}")))?,
                 ),
             };
             let conn = match live_lapps(&h, &conn) {
@@ -164,19 +181,20 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 }
                 Value::Number(n) if n.fract() == 0.0 && n >= 2f64.powi(64) => {
                     return Err(mlua::Error::runtime(format!(
-                        "send_oon: cid must be below 2^64, got {n}"
+                        "ws:send_oon: cid must be below 2^64, got {}",
+                        number_key_text(n)
                     )))
                 }
-                other => u64::try_from(whole(&other, "send_oon: cid")?)
-                    .map_err(|_| mlua::Error::runtime("send_oon: cid must not be negative"))?,
+                other => u64::try_from(whole(&other, "ws:send_oon: cid")?)
+                    .map_err(|_| mlua::Error::runtime("ws:send_oon: cid must not be negative"))?,
             };
             let Some(cid) = NonZeroU64::new(cid) else {
                 return Err(mlua::Error::runtime(
-                    "send_oon: channel 0 is the command channel",
+                    "ws:send_oon: channel 0 is the command channel",
                 ));
             };
             let message = array_of(lua, &message)
-                .map_err(|e| mlua::Error::runtime(format!("send_oon: {e}")))?;
+                .map_err(|e| mlua::Error::runtime(format!("ws:send_oon: message: {e}")))?;
             let conn = match live_lapps(&h, &conn) {
                 Ok(c) => c,
                 Err(reason) => return fail(reason),
