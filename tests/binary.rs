@@ -1300,10 +1300,40 @@ return app
     assert_eq!(ws_close_code(&mut ws), 1011);
     let line = binary::wait_line(
         &log,
-        "message must be a string or an nljson value, got table",
+        "bad argument #2 to 'mqr:post' (string or nljson value expected, got table)",
     );
     assert!(line.contains("host_error.lua:3:"), "{line}");
     assert_eq!(line.matches("stack traceback:").count(), 1, "{line}");
+}
+
+/// A runaway loop inside the app's `pcall`: once the budget is spent, the error is raised
+/// again outside that pcall, in the sandbox's wrapper of it; the log line names the app's line
+/// that called pcall, not the wrapper's.
+#[test]
+fn a_budget_spent_inside_pcall_is_reported_at_the_apps_line() {
+    let app = r#"local app = {}
+app.onMessage = function(h, kind, message)
+  local ok = pcall(function()
+    while true do end
+  end)
+  return true
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        binary::ONE_WORKER_WS_JSON,
+        "budget-in-pcall",
+        &[("budget_pcall", app)],
+        r#""budget_pcall": { "request_target": "/budget_pcall", "instruction_budget": 1000000 }"#,
+    );
+    let mut ws = connect(addr, "/budget_pcall");
+    send(&mut ws, "hello");
+    assert_eq!(ws_close_code(&mut ws), 1011);
+    let line = binary::wait_line(&log, "instruction budget of 1000000 exceeded");
+    assert!(
+        line.contains("budget_pcall.lua:3: instruction budget"),
+        "{line}"
+    );
 }
 
 /// A connection with a backlog of input cannot keep the worker from the others: each is read

@@ -88,8 +88,20 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
         ),
         (
             r#"return select(2, pcall(ws.send_error, ws, 1, 2^63, "m"))"#,
-            "ws:send_error: code must be a whole number between -2^53 and 2^53, \
-             got 9.2233720368548e+18",
+            "ws:send_error: code must fit in 64 bits (-2^63 to 2^63 - 1), got 9.2233720368548e+18",
+        ),
+        (
+            r#"return select(2, pcall(ws.send_error, ws, 1, 1.5, "m"))"#,
+            "ws:send_error: code must be a whole number, got 1.5",
+        ),
+        (
+            // Whole numbers past 2^53 (mlua's integers up to 2^63) are codes and channels
+            // still: refused for the handler (never issued) only.
+            r#"local a = {pcall(ws.send_error, ws, 1, 2^60, "m")}
+               local b = {pcall(ws.send_oon, ws, 1, 2^60, {})}
+               return table.concat({tostring(a[1]), tostring(a[3]), tostring(b[1]),
+                                    tostring(b[3])}, " ")"#,
+            "true closed true closed",
         ),
         (
             r#"return select(2, pcall(ws.send_oon, ws, 1, 0, {}))"#,

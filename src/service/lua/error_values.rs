@@ -8,48 +8,69 @@
 //! alone, without prefix or traceback. Any other error value passes unchanged, a table given
 //! to `error()` included.
 //!
-//! An error nobody catches still reaches the host as it was, and is logged with its traceback.
-//! The text is made only when an error is caught, so a call that raises nothing pays one
-//! Lua function call more per `pcall`.
+//! An error nobody catches still reaches the host as it was, and is logged with its traceback
+//! (`coroutine.wrap` passes errors on unchanged, for that). The text is made only when an
+//! error is caught, so a call that raises nothing pays two Lua function calls more per
+//! `pcall`. Should making the text fail (no memory left for it; a Rust panic, which mlua
+//! raises again when the value is read), the app gets the error value as it was.
 
 use mlua::{Error, Lua, Value};
 
-/// `pcall`, `xpcall` and `coroutine.resume` that hand the app host errors as text. Run before
-/// the budget's `xpcall` and the stack guard's `coroutine.resume` wrap these in turn.
+/// `pcall` and `xpcall` that hand the app host errors as text. Run before the budget's
+/// `xpcall` wraps this one in turn.
 const STRING_ERRORS: &str = r#"
-local text, pcall, xpcall, resume = ...
+local text, pcall, xpcall = ...
 -- Captured: an app that assigns a global `type` (a missing `local`) must not change this.
 local type = type
+local function as_text(e)
+  if type(e) ~= "userdata" then return e end
+  local ok, t = pcall(text, e)
+  if ok then return t end
+  return e
+end
 local function settle(ok, ...)
-  if ok or type((...)) ~= "userdata" then return ok, ... end
-  return false, text((...))
+  if ok then return true, ... end
+  return false, as_text((...))
 end
 _G.pcall = function(f, ...) return settle(pcall(f, ...)) end
 _G.xpcall = function(f, handler, ...)
   -- What xpcall itself refuses (a handler that is not a function), it refuses as before.
   if type(handler) ~= "function" then return xpcall(f, handler, ...) end
-  return xpcall(f, function(e)
-    if type(e) == "userdata" then e = text(e) end
-    return handler(e)
-  end, ...)
+  return xpcall(f, function(e) return handler(as_text(e)) end, ...)
 end
+return settle
+"#;
+
+/// `coroutine.resume` that hands the app host errors as text. Run after the stack guard
+/// (`cstack`) has built its `resume` and, on it, `wrap`: `wrap` passes errors on as they
+/// were raised.
+const STRING_RESUME: &str = r#"
+local settle, resume = ...
 coroutine.resume = function(co, ...) return settle(resume(co, ...)) end
 "#;
 
-/// Installs the `pcall`, `xpcall` and `coroutine.resume` of the module doc in `lua`.
-pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+/// Installs the `pcall` and `xpcall` of the module doc in `lua`; returns what
+/// [`install_resume`] needs.
+pub(crate) fn install(lua: &Lua) -> mlua::Result<mlua::Function> {
     let g = lua.globals();
-    let coroutine: mlua::Table = g.get("coroutine")?;
     let text = lua.create_function(|lua, v: Value| match v {
         Value::Error(e) => Ok(Value::String(lua.create_string(text(&e))?)),
         other => Ok(other),
     })?;
-    lua.load(STRING_ERRORS).set_name("=sandbox").call::<()>((
+    lua.load(STRING_ERRORS).set_name("=sandbox").call((
         text,
         g.get::<mlua::Function>("pcall")?,
         g.get::<mlua::Function>("xpcall")?,
-        coroutine.get::<mlua::Function>("resume")?,
     ))
+}
+
+/// Installs the `coroutine.resume` of the module doc in `lua`; `settle` is what [`install`]
+/// returned.
+pub(crate) fn install_resume(lua: &Lua, settle: mlua::Function) -> mlua::Result<()> {
+    let coroutine: mlua::Table = lua.globals().get("coroutine")?;
+    lua.load(STRING_RESUME)
+        .set_name("=sandbox")
+        .call::<()>((settle, coroutine.get::<mlua::Function>("resume")?))
 }
 
 /// What an app is told of `e`: the message of the error at its root, in Lua's words.
@@ -64,7 +85,9 @@ pub(crate) fn text(e: &Error) -> String {
             name,
             cause,
         } => bad_argument(to.as_deref(), *pos, name.as_deref(), cause),
-        Error::FromLuaConversionError { from, to, .. } => conversion(from, to),
+        Error::FromLuaConversionError { from, to, message } => {
+            conversion(from, to, message.as_deref())
+        }
         Error::UserDataTypeMismatch => "wrong kind of userdata".to_owned(),
         Error::UserDataDestructed => "use of an object already destroyed".to_owned(),
         other => other.to_string(),
@@ -80,8 +103,17 @@ fn bad_argument(to: Option<&str>, pos: usize, name: Option<&str>, cause: &Error)
     match to.split_once('.') {
         Some((ty, method)) => {
             let object = object_name(ty);
+            let wrong_self = matches!(
+                cause,
+                Error::UserDataTypeMismatch | Error::FromLuaConversionError { .. }
+            );
             if name == Some("self") {
-                return format!("{object}:{method}: call it with a colon, {object}:{method}(...)");
+                if wrong_self {
+                    return format!(
+                        "{object}:{method}: call it with a colon, {object}:{method}(...)"
+                    );
+                }
+                return format!("{object}:{method}: bad self ({})", text(cause));
             }
             let pos = pos.saturating_sub(1);
             format!(
@@ -95,20 +127,29 @@ fn bad_argument(to: Option<&str>, pos: usize, name: Option<&str>, cause: &Error)
 
 fn cause_text(cause: &Error) -> String {
     match cause {
-        Error::FromLuaConversionError { from, to, .. } => conversion(from, to),
+        Error::FromLuaConversionError { from, to, message } => {
+            conversion(from, to, message.as_deref())
+        }
         other => text(other),
     }
 }
 
 /// A value of Lua type `from` where a Rust `to` was wanted, as Lua's own functions say it
-/// (LuaJIT has no integer type: mlua's "integer" is a number).
-fn conversion(from: &str, to: &str) -> String {
+/// (LuaJIT has no integer type: mlua's "integer" is a number), with mlua's `message` when it
+/// says more than what was expected (a number out of range).
+fn conversion(from: &str, to: &str, message: Option<&str>) -> String {
     let from = match from {
         "integer" => "number",
         "missing argument" => "no value",
+        "lightuserdata" => "userdata",
+        "other" => "cdata",
         other => other,
     };
-    format!("{} expected, got {from}", lua_type_of(to))
+    let expected = lua_type_of(to);
+    match message.filter(|m| !m.starts_with("expected")) {
+        Some(m) => format!("{expected} expected, got {from}: {m}"),
+        None => format!("{expected} expected, got {from}"),
+    }
 }
 
 /// The name the docs give an object of a userdata type (`q` for a queue, `n` for a nap).
@@ -180,5 +221,35 @@ mod tests {
             cause: Arc::new(Error::UserDataTypeMismatch),
         });
         assert_eq!(text(&e), "q:size: call it with a colon, q:size(...)");
+        // A self of the right kind that cannot be used is not a call with a dot.
+        let e = callback(Error::BadArgument {
+            to: Some("LuaQueue.size".into()),
+            pos: 1,
+            name: Some("self".into()),
+            cause: Arc::new(Error::UserDataDestructed),
+        });
+        assert_eq!(
+            text(&e),
+            "q:size: bad self (use of an object already destroyed)"
+        );
+    }
+
+    #[test]
+    fn a_conversion_keeps_what_mlua_says_beyond_the_expected_type() {
+        let out_of_range = Error::FromLuaConversionError {
+            from: "integer",
+            to: "u8".into(),
+            message: Some("out of range".into()),
+        };
+        assert_eq!(
+            text(&out_of_range),
+            "number expected, got number: out of range"
+        );
+        let coercible = Error::FromLuaConversionError {
+            from: "lightuserdata",
+            to: "f64".into(),
+            message: Some("expected number or string coercible to number".into()),
+        };
+        assert_eq!(text(&coercible), "number expected, got userdata");
     }
 }

@@ -44,13 +44,14 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
     }
     // Host errors reach the app as strings (see `error_values`); first, so that the budget's
     // `xpcall` and the stack guard's `coroutine.resume` are built on these.
-    super::error_values::install(&lua)?;
+    let settle = super::error_values::install(&lua)?;
     if let Some(budget) = spec.instruction_budget {
         install_budget(&lua, host, budget)?;
     }
     strip_globals(&lua, spec)?;
     // Nested coroutines must not take the thread's own stack (see `cstack`).
     super::cstack::install(&lua)?;
+    super::error_values::install_resume(&lua, settle)?;
     if !spec.allow_ffi && !spec.allow_debug {
         lua.load(CLOSE_BACK_DOORS).set_name("=sandbox").exec()?;
     }
@@ -184,14 +185,12 @@ fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()
     let tight = std::cell::Cell::new(false);
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(step as u32),
-        move |_, debug| {
+        move |lua, debug| {
             let left = host.budget_left.get();
             let exceeded = || {
-                let src = debug.source();
-                let at = src.short_src.as_deref().unwrap_or("?");
-                let line = debug.current_line().unwrap_or(0);
+                let at = app_position(lua, debug);
                 Err(mlua::Error::runtime(format!(
-                    "{at}:{line}: instruction budget of {budget} exceeded"
+                    "{at}: instruction budget of {budget} exceeded"
                 )))
             };
             if tight.get() {
@@ -213,6 +212,27 @@ fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()
             Ok(VmState::Continue)
         },
     )
+}
+
+/// `file:line` of the app's code where the hook found the budget spent. Once it is spent the
+/// hook fires at every instruction, so it may fire in one of the sandbox's own wrappers
+/// (`pcall`, `xpcall`, `coroutine.resume`, `load`): the line named is then the app's that
+/// called the wrapper.
+fn app_position(lua: &Lua, debug: &mlua::Debug) -> String {
+    let of = |d: &mlua::Debug| {
+        let at = d.source().short_src.as_deref().unwrap_or("?").to_owned();
+        (at, d.current_line().unwrap_or(0))
+    };
+    let mut pos = of(debug);
+    let mut level = 1;
+    while pos.0 == "sandbox" || pos.0 == "[C]" {
+        match lua.inspect_stack(level, of) {
+            Some(p) => pos = p,
+            None => break,
+        }
+        level += 1;
+    }
+    format!("{}:{}", pos.0, pos.1)
 }
 
 /// The state's main thread, for changing the (global) hook's count from inside the hook.

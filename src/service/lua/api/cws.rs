@@ -148,7 +148,7 @@ fn number_option(opts: &Table, name: &str) -> mlua::Result<Option<f64>> {
         Value::Nil => Ok(None),
         Value::Integer(i) => Ok(Some(i as f64)),
         Value::Number(n) => Ok(Some(n)),
-        Value::String(s) => match s.to_str().ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+        Value::String(s) => match s.to_str().ok().and_then(|t| number_text(&t)) {
             Some(n) => Ok(Some(n)),
             None => Err(mlua::Error::runtime(format!(
                 "cws:new: option {name} must be a number, got the string {:?}",
@@ -159,6 +159,16 @@ fn number_option(opts: &Table, name: &str) -> mlua::Result<Option<f64>> {
             "cws:new: option {name} must be a number, got {}",
             lapps_lua::lua_type(&other)
         ))),
+    }
+}
+
+/// The number a string reads as, as Lua converts one: decimal or `0x` hexadecimal, with
+/// spaces around it.
+fn number_text(t: &str) -> Option<f64> {
+    let t = t.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok().map(|n| n as f64),
+        None => t.parse::<f64>().ok(),
     }
 }
 

@@ -37,18 +37,22 @@ pub(crate) fn valid_client_close_code(code: i64) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
-/// A whole-number argument, below 2^53 in size (where a Lua number still counts in ones);
-/// anything else (a fraction, NaN, a string) is a programming error.
+/// A whole-number argument within 64 bits; anything else (a fraction, NaN, a string) is a
+/// programming error.
 fn whole(v: &Value, what: &str) -> mlua::Result<i64> {
-    const EXACT: f64 = 9.007_199_254_740_992e15;
+    // 2^63: a whole number below it in size fits an i64 (mlua hands most over as Integer).
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
     match v {
-        Value::Integer(i) if (i.unsigned_abs() as f64) < EXACT => Ok(*i),
-        Value::Number(n) if n.fract() == 0.0 && n.abs() < EXACT => Ok(*n as i64),
+        Value::Integer(i) => Ok(*i),
+        Value::Number(n) if n.fract() == 0.0 && (-LIMIT..LIMIT).contains(n) => Ok(*n as i64),
+        // As Lua would print it.
+        Value::Number(n) if n.fract() == 0.0 => Err(mlua::Error::runtime(format!(
+            "{what} must fit in 64 bits (-2^63 to 2^63 - 1), got {}",
+            number_key_text(*n)
+        ))),
         other => Err(mlua::Error::runtime(format!(
-            "{what} must be a whole number between -2^53 and 2^53, got {}",
+            "{what} must be a whole number, got {}",
             match other {
-                Value::Integer(i) => i.to_string(),
-                // As Lua would print it.
                 Value::Number(n) => number_key_text(*n),
                 o => crate::lapps_proto::lua::lua_type(o).to_string(),
             }
