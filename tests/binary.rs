@@ -1306,32 +1306,34 @@ return app
     assert_eq!(line.matches("stack traceback:").count(), 1, "{line}");
 }
 
-/// A runaway loop inside the app's `pcall`: once the budget is spent, the error is raised
-/// again outside that pcall, in the sandbox's wrapper of it; the log line names the app's line
-/// that called pcall, not the wrapper's.
+/// A runaway loop inside a generator of `coroutine.wrap`: once the budget is spent, the error
+/// is raised again at every instruction, the first of them in the sandbox's `wrap` (Lua
+/// code of its own, see `cstack`); the log line names the app's line that called the
+/// generator, not the sandbox's.
 #[test]
-fn a_budget_spent_inside_pcall_is_reported_at_the_apps_line() {
+fn a_budget_spent_inside_a_coroutine_is_reported_at_the_apps_line() {
     let app = r#"local app = {}
 app.onMessage = function(h, kind, message)
-  local ok = pcall(function()
+  local gen = coroutine.wrap(function()
     while true do end
   end)
+  gen()
   return true
 end
 return app
 "#;
     let (_child, addr, log, _) = apps_binary(
         binary::ONE_WORKER_WS_JSON,
-        "budget-in-pcall",
-        &[("budget_pcall", app)],
-        r#""budget_pcall": { "request_target": "/budget_pcall", "instruction_budget": 1000000 }"#,
+        "budget-in-coroutine",
+        &[("budget_co", app)],
+        r#""budget_co": { "request_target": "/budget_co", "instruction_budget": 1000000 }"#,
     );
-    let mut ws = connect(addr, "/budget_pcall");
+    let mut ws = connect(addr, "/budget_co");
     send(&mut ws, "hello");
     assert_eq!(ws_close_code(&mut ws), 1011);
     let line = binary::wait_line(&log, "instruction budget of 1000000 exceeded");
     assert!(
-        line.contains("budget_pcall.lua:3: instruction budget"),
+        line.contains("budget_co.lua:6: instruction budget"),
         "{line}"
     );
 }

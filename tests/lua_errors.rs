@@ -44,7 +44,7 @@ fn pcall_xpcall_and_resume_give_host_errors_as_strings() {
             r#"local co = coroutine.create(function() nap:new():sleep() end)
                local ok, e = coroutine.resume(co)
                return tostring(ok) .. "|" .. type(e) .. "|" .. e"#,
-            "false|string|bad argument #1 to 'n:sleep' (number expected, got nil)",
+            "false|string|bad argument #1 to 'n:sleep' (number expected, got no value)",
         ),
         (
             r#"local q = mqr:create("errors_q")
@@ -125,6 +125,41 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
             r#"return nljson:typename(nljson:array()) .. " " .. nljson:encode({a = 1})
                    .. " " .. tostring(nljson:empty(nljson.decode("[1]")))"#,
             r#"array {"a":1} false"#,
+        ),
+    ]);
+}
+
+/// The strings are made at the host functions, so Lua's own pcall stays as it is: as deep,
+/// with the positions of its errors, and yields across it.
+#[test]
+fn lua_s_own_pcall_is_left_as_it_is() {
+    replies(&[
+        (
+            // As deep as LuaJIT's own pcall goes (a Lua wrapper of it went ~4,700 deep).
+            r#"local function nest(k)
+                 if k == 0 then return nap:new():sleep("x") end
+                 local ok, e = pcall(nest, k - 1)
+                 if ok then return e end
+                 error(e, 0)
+               end
+               local ok, e = pcall(nest, 8000)
+               return tostring(ok) .. "|" .. e"#,
+            "false|bad argument #1 to 'n:sleep' (number expected, got string)",
+        ),
+        (
+            r#"local function mid() error("x", 2) end
+               local function outer() mid() end
+               return select(2, pcall(outer))"#,
+            "probe:2: x",
+        ),
+        (r#"return tostring(pcall)"#, "function: builtin#20"),
+        (
+            r#"local co = coroutine.wrap(function()
+                 local ok, v = pcall(function() return coroutine.yield(1) + 1 end)
+                 return v
+               end)
+               return co() .. "," .. co(41)"#,
+            "1,42",
         ),
     ]);
 }

@@ -113,7 +113,9 @@ pub(crate) fn ensure_metatable(lua: &Lua) -> mlua::Result<()> {
             _ => false,
         })
     })?;
-    json_ud::install_metatable(lua, newindex, tostring, eq)
+    // Their errors reach the app as strings, as every host function's do.
+    let strings = |f| crate::service::lua::error_values::raising_strings(lua, f);
+    json_ud::install_metatable(lua, strings(newindex)?, strings(tostring)?, strings(eq)?)
 }
 
 /// The container behind an nljson value.

@@ -3,81 +3,90 @@
 //! mlua raises the error a Rust function returns as a userdata (its `WrappedFailure`) with a
 //! `__tostring` that prints a "runtime error: " prefix and a stack traceback. Lua code expects
 //! a string, as Lua's own functions raise: `"failed: " .. err` or `err:match(...)` on it raised
-//! a second error inside the app's error handling. So `pcall`, `xpcall` (the error its handler
-//! gets) and `coroutine.resume` hand the app [`text`] of such an error instead: the message
-//! alone, without prefix or traceback. Any other error value passes unchanged, a table given
-//! to `error()` included.
+//! a second error inside the app's error handling. So each host function the app can call is
+//! made through [`raising_strings`]: a C closure that calls the mlua function in protected mode
+//! and raises [`text`] of its error instead, the message alone, without prefix or traceback.
+//! Lua's own `pcall`, `xpcall` and coroutines stay as they are (their stack use, their error
+//! positions, yields across `pcall`); an error value of the app's own passes unchanged.
 //!
-//! An error nobody catches still reaches the host as it was, and is logged with its traceback
-//! (`coroutine.wrap` passes errors on unchanged, for that). The text is made only when an
-//! error is caught, so a call that raises nothing pays two Lua function calls more per
-//! `pcall`. Should making the text fail (no memory left for it; a Rust panic, which mlua
-//! raises again when the value is read), the app gets the error value as it was.
+//! The cost is one protected call per host call. The two per-message crossings (`ws:send`
+//! and `ws:send_response`) keep their C fast paths and wrap only the general function they
+//! fall back to; `time` and `must_stop`, which cannot fail, are not wrapped.
 
-use mlua::{Error, Lua, Value};
+use std::ffi::c_int;
 
-/// `pcall` and `xpcall` that hand the app host errors as text. Run before the budget's
-/// `xpcall` wraps this one in turn.
-const STRING_ERRORS: &str = r#"
-local text, pcall, xpcall = ...
--- Captured: an app that assigns a global `type` (a missing `local`) must not change this.
-local type = type
-local function as_text(e)
-  if type(e) ~= "userdata" then return e end
-  local ok, t = pcall(text, e)
-  if ok then return t end
-  return e
-end
-local function settle(ok, ...)
-  if ok then return true, ... end
-  return false, as_text((...))
-end
-_G.pcall = function(f, ...) return settle(pcall(f, ...)) end
-_G.xpcall = function(f, handler, ...)
-  -- What xpcall itself refuses (a handler that is not a function), it refuses as before.
-  if type(handler) ~= "function" then return xpcall(f, handler, ...) end
-  return xpcall(f, function(e) return handler(as_text(e)) end, ...)
-end
-return settle
-"#;
+use mlua::{ffi, Error, Function, Lua, Value};
 
-/// `coroutine.resume` that hands the app host errors as text. Run after the stack guard
-/// (`cstack`) has built its `resume` and, on it, `wrap`: `wrap` passes errors on as they
-/// were raised.
-const STRING_RESUME: &str = r#"
-local settle, resume = ...
-coroutine.resume = function(co, ...) return settle(resume(co, ...)) end
-"#;
-
-/// Installs the `pcall` and `xpcall` of the module doc in `lua`; returns what
-/// [`install_resume`] needs.
-pub(crate) fn install(lua: &Lua) -> mlua::Result<mlua::Function> {
-    let g = lua.globals();
+/// `f` as the app calls it: the same results, and any error it raises as [`text`] (a
+/// string). Should making the text fail (no memory left for it; a Rust panic, which mlua
+/// raises again when the value is read), that failure is raised instead.
+pub(crate) fn raising_strings(lua: &Lua, f: Function) -> mlua::Result<Function> {
     let text = lua.create_function(|lua, v: Value| match v {
         Value::Error(e) => Ok(Value::String(lua.create_string(text(&e))?)),
         other => Ok(other),
     })?;
-    lua.load(STRING_ERRORS).set_name("=sandbox").call((
-        text,
-        g.get::<mlua::Function>("pcall")?,
-        g.get::<mlua::Function>("xpcall")?,
-    ))
+    // SAFETY: pushes a C closure over the two functions; exec_raw returns the one value left.
+    unsafe {
+        lua.exec_raw((f, text), |l| {
+            ffi::lua_pushcclosure(l, raise_strings, 2);
+        })
+    }
 }
 
-/// Installs the `coroutine.resume` of the module doc in `lua`; `settle` is what [`install`]
-/// returned.
-pub(crate) fn install_resume(lua: &Lua, settle: mlua::Function) -> mlua::Result<()> {
-    let coroutine: mlua::Table = lua.globals().get("coroutine")?;
-    lua.load(STRING_RESUME)
-        .set_name("=sandbox")
-        .call::<()>((settle, coroutine.get::<mlua::Function>("resume")?))
+/// Every function of the global table `module`, but those named in `except`, made with
+/// [`raising_strings`].
+pub(crate) fn wrap_module(lua: &Lua, module: &str, except: &[&str]) -> mlua::Result<()> {
+    let Ok(t) = lua.globals().get::<mlua::Table>(module) else {
+        return Ok(());
+    };
+    let mut functions = Vec::new();
+    for pair in t.pairs::<String, Value>() {
+        if let (name, Value::Function(f)) = pair? {
+            if !except.contains(&name.as_str()) {
+                functions.push((name, f));
+            }
+        }
+    }
+    for (name, f) in functions {
+        t.raw_set(name, raising_strings(lua, f)?)?;
+    }
+    Ok(())
+}
+
+/// The closure of [`raising_strings`]: upvalue 1 the function, upvalue 2 the text maker.
+unsafe extern "C-unwind" fn raise_strings(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: (whole function) `l` is the running state; every index used is pushed here or
+    // an upvalue this closure was made with. No Rust value with a destructor is alive, so the
+    // error raised at the end may unwind through this frame (as mlua's own raise does).
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(l, 1);
+        if ffi::lua_pcall(l, n, ffi::LUA_MULTRET, 0) == 0 {
+            return ffi::lua_gettop(l);
+        }
+        if ffi::lua_type(l, -1) == ffi::LUA_TUSERDATA {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+            ffi::lua_insert(l, -2);
+            // The text, or what making it raised: raised in either case.
+            ffi::lua_pcall(l, 1, 1, 0);
+        }
+        ffi::lua_error(l)
+    }
 }
 
 /// What an app is told of `e`: the message of the error at its root, in Lua's words.
 pub(crate) fn text(e: &Error) -> String {
     match e {
         Error::CallbackError { cause, .. } => text(cause),
-        Error::RuntimeError(msg) | Error::MemoryError(msg) => msg.clone(),
+        // A Lua error from code a host function ran (a `__tostring` that `print` called)
+        // carries the traceback mlua added: the message alone.
+        Error::RuntimeError(msg) | Error::MemoryError(msg) => {
+            match msg.find("\nstack traceback:") {
+                Some(at) => msg[..at].to_owned(),
+                None => msg.clone(),
+            }
+        }
         Error::WithContext { context, cause } => format!("{context}: {}", text(cause)),
         Error::BadArgument {
             to,

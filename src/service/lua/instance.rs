@@ -411,21 +411,39 @@ pub(crate) const HOST_MODULES: [&str; 8] = [
 
 fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(), String> {
     let lua_err = |e: mlua::Error| one_line(&e);
+    // The errors of a host module's functions reach the app as strings (`error_values`).
+    let strings = |name: &str, except: &[&str]| {
+        super::error_values::wrap_module(lua, name, except).map_err(lua_err)
+    };
     api::install_globals(lua, host).map_err(lua_err)?;
     // Every state gets nljson, as in the original, so that its apps keep working.
     crate::lapps_proto::nljson::install(lua).map_err(lua_err)?;
-    // `ws` is always there: any service may send to a handler it was given.
+    strings("nljson", &[])?;
+    // `ws` is always there: any service may send to a handler it was given. Its two fast
+    // paths wrap the general functions they fall back to themselves.
     api::ws::install(lua, host).map_err(lua_err)?;
+    strings("ws", &["send", "send_response"])?;
     // So is `bcast`: the original gave it to every standalone and LAppS service without a
     // `preload` entry (its example configs list none), and a channel costs nothing until made.
     api::bcast::install(lua, host).map_err(lua_err)?;
+    strings("bcast", &[])?;
     for name in &spec.preload {
         match name.as_str() {
+            // Nothing in `time` can fail.
             "time" => api::time::install(lua).map_err(lua_err)?,
             "nap" => api::nap::install(lua, host).map_err(lua_err)?,
-            "cws" => api::cws::install(lua, host).map_err(lua_err)?,
-            "mqr" => api::mqr::install(lua, host, spec.mqr_capacity).map_err(lua_err)?,
-            "murmur" => api::murmur::install(lua).map_err(lua_err)?,
+            "cws" => {
+                api::cws::install(lua, host).map_err(lua_err)?;
+                strings("cws", &[])?;
+            }
+            "mqr" => {
+                api::mqr::install(lua, host, spec.mqr_capacity).map_err(lua_err)?;
+                strings("mqr", &[])?;
+            }
+            "murmur" => {
+                api::murmur::install(lua).map_err(lua_err)?;
+                strings("murmur", &[])?;
+            }
             "ws" | "nljson" | "bcast" => {}
             n => {
                 debug_assert!(!HOST_MODULES.contains(&n));

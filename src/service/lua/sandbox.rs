@@ -42,16 +42,12 @@ pub(crate) fn new_state(spec: &ServiceSpec, host: &Rc<HostCtx>) -> mlua::Result<
     if spec.memory_limit > 0 {
         lua.set_memory_limit(spec.memory_limit)?;
     }
-    // Host errors reach the app as strings (see `error_values`); first, so that the budget's
-    // `xpcall` and the stack guard's `coroutine.resume` are built on these.
-    let settle = super::error_values::install(&lua)?;
     if let Some(budget) = spec.instruction_budget {
         install_budget(&lua, host, budget)?;
     }
     strip_globals(&lua, spec)?;
     // Nested coroutines must not take the thread's own stack (see `cstack`).
     super::cstack::install(&lua)?;
-    super::error_values::install_resume(&lua, settle)?;
     if !spec.allow_ffi && !spec.allow_debug {
         lua.load(CLOSE_BACK_DOORS).set_name("=sandbox").exec()?;
     }
@@ -215,9 +211,9 @@ fn install_budget(lua: &Lua, host: &Rc<HostCtx>, budget: u64) -> mlua::Result<()
 }
 
 /// `file:line` of the app's code where the hook found the budget spent. Once it is spent the
-/// hook fires at every instruction, so it may fire in one of the sandbox's own wrappers
-/// (`pcall`, `xpcall`, `coroutine.resume`, `load`): the line named is then the app's that
-/// called the wrapper.
+/// hook fires at every instruction, so it may fire in one of the sandbox's own Lua wrappers
+/// (`xpcall`, `coroutine.wrap`, `load`), which named "sandbox:24" before: the line named is
+/// then the app's that called the wrapper.
 fn app_position(lua: &Lua, debug: &mlua::Debug) -> String {
     let of = |d: &mlua::Debug| {
         let at = d.source().short_src.as_deref().unwrap_or("?").to_owned();

@@ -41,6 +41,38 @@ pub(crate) fn method_args<T: FromLuaMulti>(lua: &Lua, mut a: MultiValue) -> mlua
     T::from_lua_multi(a, lua)
 }
 
+/// The object a method was called on, `object:method(...)`; a call with a dot (no object
+/// first) raises saying so.
+pub(crate) fn this<T: 'static>(
+    a: &MultiValue,
+    object: &str,
+    method: &str,
+) -> mlua::Result<mlua::UserDataRef<T>> {
+    match a.front() {
+        Some(Value::UserData(ud)) => ud.borrow::<T>().map_err(|_| colon(object, method)),
+        _ => Err(colon(object, method)),
+    }
+}
+
+fn colon(object: &str, method: &str) -> mlua::Error {
+    mlua::Error::runtime(format!(
+        "{object}:{method}: call it with a colon, {object}:{method}(...)"
+    ))
+}
+
+/// The methods of a userdata type: a table for its `__index`, each function made with
+/// `raising_strings` (mlua's own methods would raise its error userdata).
+pub(crate) fn method_table(
+    lua: &Lua,
+    methods: Vec<(&str, mlua::Function)>,
+) -> mlua::Result<mlua::Table> {
+    let t = lua.create_table()?;
+    for (name, f) in methods {
+        t.set(name, super::error_values::raising_strings(lua, f)?)?;
+    }
+    Ok(t)
+}
+
 /// A Lua `handler` back to a connection handle (`None` when it cannot name one).
 pub(crate) fn handler(v: &Value) -> Option<ConnId> {
     let n = match *v {
@@ -97,6 +129,9 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
             Ok(())
         })?,
     )?;
+    // print raises for a __tostring that does: as a string, as every host function does.
+    let print: mlua::Function = g.get("print")?;
+    g.raw_set("print", super::error_values::raising_strings(lua, print)?)?;
     let h = Rc::clone(host);
     g.set(
         "must_stop",

@@ -15,9 +15,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
+use mlua::{Lua, MultiValue, UserData, UserDataFields, Value};
 
-use super::{fail, ok, Ret};
+use super::{fail, method_table, ok, this, Ret};
 use crate::lapps_proto::json_ud::{self, NoNode};
 use crate::lapps_proto::node::{tree_cost, CopyRoom};
 use crate::lapps_proto::value::{Limits, Value as CborValue};
@@ -239,37 +239,50 @@ struct LuaQueue {
 }
 
 impl UserData for LuaQueue {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method(
-            "post",
-            |lua, this, (msg, timeout): (Value, Value)| -> mlua::Result<Ret> {
-                let msg = message_arg(lua, "q:post", 1, Some(&msg))?;
-                let Ok(timeout) = timeout_arg(&timeout) else {
+    fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
+        f.add_meta_field_with("__index", |lua| {
+            let post = lua.create_function(|lua, a: MultiValue| -> mlua::Result<Ret> {
+                let this = this::<LuaQueue>(&a, "q", "post")?;
+                let msg = message_arg(lua, "q:post", 1, a.get(1))?;
+                let Ok(timeout) = timeout_arg(a.get(2).unwrap_or(&Value::Nil)) else {
                     return fail("bad timeout");
                 };
                 Ok(this.ctx.post(&this.queue, msg, timeout))
-            },
-        );
-        for name in ["receive", "recv"] {
-            m.add_method(name, |lua, this, timeout: Value| -> mlua::Result<Ret> {
-                let Ok(timeout) = timeout_arg(&timeout) else {
-                    return fail("bad timeout");
-                };
-                this.ctx.receive(lua, &this.queue, timeout)
-            });
-        }
-        // `try_recv` is the original's name.
-        for name in ["poll", "try_recv"] {
-            m.add_method(name, |lua, this, ()| -> mlua::Result<Ret> {
-                match this.ctx.poll(&this.queue) {
-                    Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
-                    None => Ok((Value::Nil, None)),
-                }
-            });
-        }
-        m.add_method("size", |_, this, ()| Ok(this.queue.len()));
-        m.add_method("capacity", |_, this, ()| Ok(this.queue.capacity()));
-        m.add_method("name", |_, this, ()| Ok(this.queue.name().to_string()));
+            })?;
+            let mut methods = vec![("post", post)];
+            for name in ["receive", "recv"] {
+                let m = lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
+                    let this = this::<LuaQueue>(&a, "q", name)?;
+                    let Ok(timeout) = timeout_arg(a.get(1).unwrap_or(&Value::Nil)) else {
+                        return fail("bad timeout");
+                    };
+                    this.ctx.receive(lua, &this.queue, timeout)
+                })?;
+                methods.push((name, m));
+            }
+            // `try_recv` is the original's name.
+            for name in ["poll", "try_recv"] {
+                let m = lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
+                    let this = this::<LuaQueue>(&a, "q", name)?;
+                    match this.ctx.poll(&this.queue) {
+                        Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
+                        None => Ok((Value::Nil, None)),
+                    }
+                })?;
+                methods.push((name, m));
+            }
+            let size = lua.create_function(|_, a: MultiValue| {
+                Ok(this::<LuaQueue>(&a, "q", "size")?.queue.len())
+            })?;
+            let capacity = lua.create_function(|_, a: MultiValue| {
+                Ok(this::<LuaQueue>(&a, "q", "capacity")?.queue.capacity())
+            })?;
+            let name = lua.create_function(|_, a: MultiValue| {
+                Ok(this::<LuaQueue>(&a, "q", "name")?.queue.name().to_string())
+            })?;
+            methods.extend([("size", size), ("capacity", capacity), ("name", name)]);
+            method_table(lua, methods)
+        });
     }
 }
 

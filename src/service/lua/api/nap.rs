@@ -3,20 +3,45 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Lua, UserData, UserDataMethods, Value};
+use mlua::{Lua, MultiValue, UserData, UserDataFields, Value};
 
-use super::{fail, ok, Ret};
+use super::{fail, method_table, ok, this, Ret};
 use crate::service::lua::host::HostCtx;
 
 struct Nap(Rc<HostCtx>);
 
 impl UserData for Nap {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+    fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
         // `sleep` in seconds; the original's `usleep` and `nsleep` in micro- and nanoseconds
         // (its examples use `usleep`). Fractions are kept.
-        for (name, per_second) in [("sleep", 1.0), ("usleep", 1e6), ("nsleep", 1e9)] {
-            m.add_method(name, move |_, this, n: f64| this.sleep(n / per_second));
-        }
+        f.add_meta_field_with("__index", |lua| {
+            let mut methods = Vec::new();
+            for (name, per_second) in [("sleep", 1.0), ("usleep", 1e6), ("nsleep", 1e9)] {
+                let m = lua.create_function(move |lua, a: MultiValue| {
+                    let nap = this::<Nap>(&a, "n", name)?;
+                    let n = duration_arg(lua, a.get(1)).ok_or_else(|| {
+                        mlua::Error::runtime(format!(
+                            "bad argument #1 to 'n:{name}' (number expected, got {})",
+                            a.get(1)
+                                .map_or("no value", crate::lapps_proto::lua::lua_type)
+                        ))
+                    })?;
+                    nap.sleep(n / per_second)
+                })?;
+                methods.push((name, m));
+            }
+            method_table(lua, methods)
+        });
+    }
+}
+
+/// A number, or a string that reads as one (as Lua's arithmetic takes it).
+fn duration_arg(lua: &Lua, v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Number(n) => Some(*n),
+        s @ Value::String(_) => lua.coerce_number(s.clone()).ok().flatten(),
+        _ => None,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::lapps_proto::protocol;
 use crate::lapps_proto::value::Value as CborValue;
 use crate::net::handle::ConnId;
 use crate::net::hub::Speaks;
+use crate::service::lua::error_values::raising_strings;
 use crate::service::lua::fastpath::{reason, NOT_LAPPS, NOT_RAW};
 use crate::service::lua::frame::{checked_opcode, send_message};
 use crate::service::lua::host::HostCtx;
@@ -118,6 +119,10 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         ok(Value::Boolean(true))
     })?;
     // The common shape (number opcode, string message) is served without mlua's conversions.
+    // The fast path passes any other call on to the general function: its errors reach the
+    // app as strings, as every host function's do (the module's others are wrapped by the
+    // caller).
+    let slow_send = raising_strings(lua, slow_send)?;
     t.set("send", fastpath::send_function(lua, host, slow_send)?)?;
     let h = Rc::clone(host);
     let slow_response = lua.create_function(move |lua, args: MultiValue| -> mlua::Result<Ret> {
@@ -134,7 +139,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     // An nljson array result is encoded straight from its tree, without mlua's conversions.
     t.set(
         "send_response",
-        lapps_fast::send_response_function(lua, host, slow_response)?,
+        lapps_fast::send_response_function(lua, host, raising_strings(lua, slow_response)?)?,
     )?;
     let h = Rc::clone(host);
     t.set(
