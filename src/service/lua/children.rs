@@ -25,9 +25,10 @@ const SHELL: &str = "/bin/sh";
 
 /// Replaces `os.execute` and wraps `io.popen` in `lua` (which has both).
 pub(crate) fn install(lua: &Lua, os: &Table, io: &Table) -> mlua::Result<()> {
+    let execute = lua.create_function(|_, cmd: Option<mlua::String>| Ok(execute(cmd)))?;
     os.set(
         "execute",
-        lua.create_function(|_, cmd: Option<mlua::String>| Ok(execute(cmd)))?,
+        super::error_values::raising_strings(lua, execute)?,
     )?;
     let popen: Function = io.get("popen")?;
     let pcall: Function = lua.globals().get("pcall")?;

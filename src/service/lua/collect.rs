@@ -46,7 +46,7 @@ fn collected(used: usize) {
 /// Lua's out-of-memory error (it shrinks the string table, an allocation, and mlua's
 /// allocator refuses growth past the limit even then), which unwinds through the caller's
 /// frames as any push's does.
-pub(crate) unsafe fn after_failed_call(l: *mut ffi::lua_State, status: std::ffi::c_int) {
+pub(crate) unsafe fn after_failed_call(l: *mut ffi::lua_State, out_of_memory: bool) {
     // SAFETY: the caller passes a valid state of this thread, inside a protected call;
     // LUA_GCCOUNT/LUA_GCCOUNTB read its counters and LUA_GCCOLLECT runs a cycle, which raises
     // only out of memory (see above).
@@ -55,7 +55,7 @@ pub(crate) unsafe fn after_failed_call(l: *mut ffi::lua_State, status: std::ffi:
             let kib = ffi::lua_gc(l, ffi::LUA_GCCOUNT, 0).max(0) as usize;
             kib * 1024 + ffi::lua_gc(l, ffi::LUA_GCCOUNTB, 0).max(0) as usize
         };
-        if status == ffi::LUA_ERRMEM || worth_collecting(used(l)) {
+        if out_of_memory || worth_collecting(used(l)) {
             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
             ffi::lua_gc(l, ffi::LUA_GCCOLLECT, 0);
             collected(used(l));
@@ -63,9 +63,22 @@ pub(crate) unsafe fn after_failed_call(l: *mut ffi::lua_State, status: std::ffi:
     }
 }
 
+/// Whether a call that ended with `status` and the error text `error` ran out of memory:
+/// Lua's own status, or the text a host function raised (every host error reaches Lua as a
+/// runtime error with its text, see `error_values`), or a message handler that could not
+/// run for want of memory.
+pub(crate) fn ran_out_of_memory(status: std::ffi::c_int, error: &str) -> bool {
+    status == ffi::LUA_ERRMEM || status == ffi::LUA_ERRERR || error.starts_with(NO_MEMORY)
+}
+
+/// Lua's message for an allocation refused.
+const NO_MEMORY: &str = "not enough memory";
+
 /// [`after_failed_call`] for a callback made through mlua, which failed with `err`.
 pub(crate) fn after_failed_callback(lua: &mlua::Lua, err: &mlua::Error) {
-    if matches!(err, mlua::Error::MemoryError(_)) || worth_collecting(lua.used_memory()) {
+    let out_of_memory = matches!(err, mlua::Error::MemoryError(_))
+        || super::error_values::text(err).starts_with(NO_MEMORY);
+    if out_of_memory || worth_collecting(lua.used_memory()) {
         let _ = lua.gc_collect();
         let _ = lua.gc_collect();
         collected(lua.used_memory());

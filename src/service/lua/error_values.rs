@@ -21,10 +21,19 @@ use mlua::{ffi, Error, Function, Lua, Value};
 /// string). Should making the text fail (no memory left for it; a Rust panic, which mlua
 /// raises again when the value is read), that failure is raised instead.
 pub(crate) fn raising_strings(lua: &Lua, f: Function) -> mlua::Result<Function> {
-    let text = lua.create_function(|lua, v: Value| match v {
-        Value::Error(e) => Ok(Value::String(lua.create_string(text(&e))?)),
-        other => Ok(other),
-    })?;
+    // One text maker per state, shared by every closure.
+    const TEXT: &str = "lapps.error_text";
+    let text = match lua.named_registry_value::<Option<Function>>(TEXT)? {
+        Some(t) => t,
+        None => {
+            let t = lua.create_function(|lua, v: Value| match v {
+                Value::Error(e) => Ok(Value::String(lua.create_string(text(&e))?)),
+                other => Ok(other),
+            })?;
+            lua.set_named_registry_value(TEXT, &t)?;
+            t
+        }
+    };
     // SAFETY: pushes a C closure over the two functions; exec_raw returns the one value left.
     unsafe {
         lua.exec_raw((f, text), |l| {
@@ -88,12 +97,7 @@ pub(crate) fn text(e: &Error) -> String {
             }
         }
         Error::WithContext { context, cause } => format!("{context}: {}", text(cause)),
-        Error::BadArgument {
-            to,
-            pos,
-            name,
-            cause,
-        } => bad_argument(to.as_deref(), *pos, name.as_deref(), cause),
+        Error::BadArgument { to, pos, cause, .. } => bad_argument(to.as_deref(), *pos, cause),
         Error::FromLuaConversionError { from, to, message } => {
             conversion(from, to, message.as_deref())
         }
@@ -103,34 +107,11 @@ pub(crate) fn text(e: &Error) -> String {
     }
 }
 
-/// mlua's "bad argument" for a function or method (`to` is `Type.method` for a method of a
-/// userdata, whose `self` mlua counts as argument 1), as Lua words it for its own.
-fn bad_argument(to: Option<&str>, pos: usize, name: Option<&str>, cause: &Error) -> String {
-    let Some(to) = to else {
-        return format!("bad argument #{pos} ({})", text(cause));
-    };
-    match to.split_once('.') {
-        Some((ty, method)) => {
-            let object = object_name(ty);
-            let wrong_self = matches!(
-                cause,
-                Error::UserDataTypeMismatch | Error::FromLuaConversionError { .. }
-            );
-            if name == Some("self") {
-                if wrong_self {
-                    return format!(
-                        "{object}:{method}: call it with a colon, {object}:{method}(...)"
-                    );
-                }
-                return format!("{object}:{method}: bad self ({})", text(cause));
-            }
-            let pos = pos.saturating_sub(1);
-            format!(
-                "bad argument #{pos} to '{object}:{method}' ({})",
-                cause_text(cause)
-            )
-        }
-        None => format!("bad argument #{pos} to '{to}' ({})", cause_text(cause)),
+/// mlua's "bad argument" (for an argument it converted), as Lua words it for its own.
+fn bad_argument(to: Option<&str>, pos: usize, cause: &Error) -> String {
+    match to {
+        Some(to) => format!("bad argument #{pos} to '{to}' ({})", cause_text(cause)),
+        None => format!("bad argument #{pos} ({})", cause_text(cause)),
     }
 }
 
@@ -161,15 +142,6 @@ fn conversion(from: &str, to: &str, message: Option<&str>) -> String {
     }
 }
 
-/// The name the docs give an object of a userdata type (`q` for a queue, `n` for a nap).
-fn object_name(ty: &str) -> &str {
-    match ty {
-        "LuaQueue" => "q",
-        "Nap" => "n",
-        other => other,
-    }
-}
-
 /// The Lua type a Rust type name stands for in a conversion error.
 fn lua_type_of(rust: &str) -> &str {
     match rust {
@@ -177,8 +149,6 @@ fn lua_type_of(rust: &str) -> &str {
         | "u64" | "u128" | "usize" | "integer" => "number",
         "String" | "str" | "string" | "BString" | "CString" | "OsString" | "PathBuf" => "string",
         "bool" => "boolean",
-        "LuaQueue" => "queue",
-        "Nap" => "nap",
         other => other,
     }
 }
@@ -208,38 +178,20 @@ mod tests {
     }
 
     #[test]
-    fn a_method_argument_is_counted_and_named_as_the_app_wrote_it() {
+    fn a_bad_argument_is_worded_as_lua_words_its_own() {
         let e = callback(Error::BadArgument {
-            to: Some("Nap.sleep".into()),
-            pos: 2,
+            to: Some("os.execute".into()),
+            pos: 1,
             name: None,
             cause: Arc::new(Error::FromLuaConversionError {
-                from: "string",
-                to: "f64".into(),
-                message: Some("expected number or string coercible to number".into()),
+                from: "table",
+                to: "String".into(),
+                message: Some("expected string or number".into()),
             }),
         });
         assert_eq!(
             text(&e),
-            "bad argument #1 to 'n:sleep' (number expected, got string)"
-        );
-        let e = callback(Error::BadArgument {
-            to: Some("LuaQueue.size".into()),
-            pos: 1,
-            name: Some("self".into()),
-            cause: Arc::new(Error::UserDataTypeMismatch),
-        });
-        assert_eq!(text(&e), "q:size: call it with a colon, q:size(...)");
-        // A self of the right kind that cannot be used is not a call with a dot.
-        let e = callback(Error::BadArgument {
-            to: Some("LuaQueue.size".into()),
-            pos: 1,
-            name: Some("self".into()),
-            cause: Arc::new(Error::UserDataDestructed),
-        });
-        assert_eq!(
-            text(&e),
-            "q:size: bad self (use of an object already destroyed)"
+            "bad argument #1 to 'os.execute' (string expected, got table)"
         );
     }
 

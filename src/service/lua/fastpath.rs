@@ -94,13 +94,15 @@ pub(crate) fn call_messages(
                             }
                         }
                         status => {
+                            let error = string_at(l, -1);
+                            let out_of_memory = super::collect::ran_out_of_memory(status, &error);
                             failed.push(Failed::Raised {
                                 conn: e.conn,
-                                error: string_at(l, -1),
+                                error,
                             });
                             // What the failed call built is garbage now (see `collect`).
                             ffi::lua_settop(l, 2);
-                            super::collect::after_failed_call(l, status);
+                            super::collect::after_failed_call(l, out_of_memory);
                         }
                     }
                     ffi::lua_settop(l, 2);

@@ -431,7 +431,10 @@ fn install_modules(lua: &Lua, spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<
         match name.as_str() {
             // Nothing in `time` can fail.
             "time" => api::time::install(lua).map_err(lua_err)?,
-            "nap" => api::nap::install(lua, host).map_err(lua_err)?,
+            "nap" => {
+                api::nap::install(lua, host).map_err(lua_err)?;
+                strings("nap", &[])?;
+            }
             "cws" => {
                 api::cws::install(lua, host).map_err(lua_err)?;
                 strings("cws", &[])?;

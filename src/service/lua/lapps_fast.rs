@@ -149,9 +149,10 @@ pub(crate) fn call_requests(
                         }
                         status => {
                             let error = string_at(l, -1);
+                            let out_of_memory = super::collect::ran_out_of_memory(status, &error);
                             // What the failed call built is garbage now (see `collect`).
                             ffi::lua_settop(l, 3);
-                            super::collect::after_failed_call(l, status);
+                            super::collect::after_failed_call(l, out_of_memory);
                             // The bytes stay as they came, whatever the app changed.
                             let method = doc.text(method_at).unwrap_or_default();
                             if let Some(code) =

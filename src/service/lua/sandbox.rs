@@ -96,12 +96,13 @@ fn strip_globals(lua: &Lua, spec: &ServiceSpec) -> mlua::Result<()> {
     // keys), and setting it while other threads format numbers is not safe: queries only;
     // setting one answers nil, as for a locale the system cannot honour.
     let setlocale: mlua::Function = os.get("setlocale")?;
+    let query = lua.create_function(move |_, (locale, category): (Value, Value)| match locale {
+        Value::Nil => setlocale.call::<Value>((Value::Nil, category)),
+        _ => Ok(Value::Nil),
+    })?;
     os.set(
         "setlocale",
-        lua.create_function(move |_, (locale, category): (Value, Value)| match locale {
-            Value::Nil => setlocale.call::<Value>((Value::Nil, category)),
-            _ => Ok(Value::Nil),
-        })?,
+        super::error_values::raising_strings(lua, query)?,
     )?;
     if spec.allow_os_execute {
         super::children::install(lua, &os, &io)?;
