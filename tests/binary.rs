@@ -1278,8 +1278,23 @@ return app
     check(&line, "boom_lapps");
 }
 
-/// An error raised by a host function (mqr:post given a table) carries mlua's traceback
-/// already: the log line has it once, not that one and the handler's after it.
+/// The log line of the failed onMessage of app `name` (a service at `/name` with the further
+/// service keys `keys`), made to fail by one message: the connection closes with 1011.
+fn failed_on_message_line(dir: &str, name: &str, app: &str, keys: &str, wanted: &str) -> String {
+    let (_child, addr, log, _) = apps_binary(
+        binary::ONE_WORKER_WS_JSON,
+        dir,
+        &[(name, app)],
+        &format!(r#""{name}": {{ "request_target": "/{name}", {keys} }}"#),
+    );
+    let mut ws = connect(addr, &format!("/{name}"));
+    send(&mut ws, "hello");
+    assert_eq!(ws_close_code(&mut ws), 1011);
+    binary::wait_line(&log, wanted)
+}
+
+/// An error raised by a host function (mqr:post given a table) is logged with one traceback,
+/// the message handler's, which names the app's line.
 #[test]
 fn a_host_functions_error_is_logged_with_one_traceback() {
     let app = r#"local app = {}
@@ -1289,17 +1304,11 @@ app.onMessage = function(h, kind, message)
 end
 return app
 "#;
-    let (_child, addr, log, _) = apps_binary(
-        binary::ONE_WORKER_WS_JSON,
+    let line = failed_on_message_line(
         "host-error",
-        &[("host_error", app)],
-        r#""host_error": { "request_target": "/host_error", "preload": ["mqr"] }"#,
-    );
-    let mut ws = connect(addr, "/host_error");
-    send(&mut ws, "hello");
-    assert_eq!(ws_close_code(&mut ws), 1011);
-    let line = binary::wait_line(
-        &log,
+        "host_error",
+        app,
+        r#""preload": ["mqr"]"#,
         "bad argument #2 to 'mqr:post' (string or nljson value expected, got table)",
     );
     assert!(line.contains("host_error.lua:3:"), "{line}");
@@ -1322,16 +1331,13 @@ app.onMessage = function(h, kind, message)
 end
 return app
 "#;
-    let (_child, addr, log, _) = apps_binary(
-        binary::ONE_WORKER_WS_JSON,
+    let line = failed_on_message_line(
         "budget-in-coroutine",
-        &[("budget_co", app)],
-        r#""budget_co": { "request_target": "/budget_co", "instruction_budget": 1000000 }"#,
+        "budget_co",
+        app,
+        r#""instruction_budget": 1000000"#,
+        "instruction budget of 1000000 exceeded",
     );
-    let mut ws = connect(addr, "/budget_co");
-    send(&mut ws, "hello");
-    assert_eq!(ws_close_code(&mut ws), 1011);
-    let line = binary::wait_line(&log, "instruction budget of 1000000 exceeded");
     assert!(
         line.contains("budget_co.lua:6: instruction budget"),
         "{line}"
