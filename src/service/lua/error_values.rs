@@ -110,17 +110,8 @@ pub(crate) fn text(e: &Error) -> String {
 /// mlua's "bad argument" (for an argument it converted), as Lua words it for its own.
 fn bad_argument(to: Option<&str>, pos: usize, cause: &Error) -> String {
     match to {
-        Some(to) => format!("bad argument #{pos} to '{to}' ({})", cause_text(cause)),
-        None => format!("bad argument #{pos} ({})", cause_text(cause)),
-    }
-}
-
-fn cause_text(cause: &Error) -> String {
-    match cause {
-        Error::FromLuaConversionError { from, to, message } => {
-            conversion(from, to, message.as_deref())
-        }
-        other => text(other),
+        Some(to) => format!("bad argument #{pos} to '{to}' ({})", text(cause)),
+        None => format!("bad argument #{pos} ({})", text(cause)),
     }
 }
 

@@ -93,45 +93,41 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
     let g = lua.globals();
     let h = Rc::clone(host);
     let tostring: mlua::Function = g.get("tostring")?;
-    g.set(
-        "print",
-        lua.create_function(move |lua, args: Variadic<Value>| {
-            // The cut counts the bytes printed, not what they become in the log (an invalid
-            // byte is 3 bytes of U+FFFD there, a control character an escape).
-            let mut bytes: Vec<u8> = Vec::new();
-            let mut more = 0usize;
-            for (i, v) in args.into_iter().enumerate() {
-                // Lua's own print says the same of a __tostring that returns no string.
-                let s = match tostring.call::<Value>(v)? {
-                    Value::String(s) => s,
-                    n @ (Value::Integer(_) | Value::Number(_)) => lua
-                        .coerce_string(n)?
-                        .ok_or_else(|| mlua::Error::runtime("print: a number"))?,
-                    _ => {
-                        return Err(mlua::Error::runtime(
-                            "'tostring' must return a string to 'print'",
-                        ))
-                    }
-                };
-                let tab: &[u8] = if i > 0 { b"\t" } else { b"" };
-                for part in [tab, &s.as_bytes()[..]] {
-                    let room = MAX_PRINT.saturating_sub(bytes.len());
-                    more += part.len().saturating_sub(room);
-                    bytes.extend_from_slice(&part[..part.len().min(room)]);
+    let print = lua.create_function(move |lua, args: Variadic<Value>| {
+        // The cut counts the bytes printed, not what they become in the log (an invalid
+        // byte is 3 bytes of U+FFFD there, a control character an escape).
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut more = 0usize;
+        for (i, v) in args.into_iter().enumerate() {
+            // Lua's own print says the same of a __tostring that returns no string.
+            let s = match tostring.call::<Value>(v)? {
+                Value::String(s) => s,
+                n @ (Value::Integer(_) | Value::Number(_)) => lua
+                    .coerce_string(n)?
+                    .ok_or_else(|| mlua::Error::runtime("print: a number"))?,
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "'tostring' must return a string to 'print'",
+                    ))
                 }
+            };
+            let tab: &[u8] = if i > 0 { b"\t" } else { b"" };
+            for part in [tab, &s.as_bytes()[..]] {
+                let room = MAX_PRINT.saturating_sub(bytes.len());
+                more += part.len().saturating_sub(room);
+                bytes.extend_from_slice(&part[..part.len().min(room)]);
             }
-            let line = String::from_utf8_lossy(&bytes);
-            if more > 0 {
-                crate::info!("{} {} ... ({more} bytes more)", h.tag(), printable(&line));
-            } else {
-                crate::info!("{} {}", h.tag(), printable(&line));
-            }
-            Ok(())
-        })?,
-    )?;
+        }
+        let line = String::from_utf8_lossy(&bytes);
+        if more > 0 {
+            crate::info!("{} {} ... ({more} bytes more)", h.tag(), printable(&line));
+        } else {
+            crate::info!("{} {}", h.tag(), printable(&line));
+        }
+        Ok(())
+    })?;
     // print raises for a __tostring that does: as a string, as every host function does.
-    let print: mlua::Function = g.get("print")?;
-    g.raw_set("print", super::error_values::raising_strings(lua, print)?)?;
+    g.set("print", super::error_values::raising_strings(lua, print)?)?;
     let h = Rc::clone(host);
     g.set(
         "must_stop",
