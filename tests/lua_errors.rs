@@ -7,7 +7,7 @@ use common::*;
 fn errors_app() -> TestApp {
     let services = lapps_json(
         "./tests/apps",
-        r#"{ "errors": { "instances": 1, "preload": ["nap", "mqr", "cws"] } }"#,
+        r#"{ "errors": { "instances": 1, "preload": ["nap", "mqr", "cws", "murmur"] } }"#,
     );
     start_app(&ws_json(1), &services)
 }
@@ -115,6 +115,23 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
             r#"local v = setmetatable({}, {__tostring = function() return {} end})
                return select(2, pcall(print, v))"#,
             "'tostring' must return a string to 'print'",
+        ),
+        (
+            r#"return select(2, pcall(ws.send_response, ws, 1, "x"))"#,
+            "ws:send_response: result: an array expected, got string",
+        ),
+        (
+            r#"return select(2, pcall(ws.send_oon, ws, 1, 5, {a = 1}))"#,
+            "ws:send_oon: message: an array expected, got an object (a table with named keys)",
+        ),
+        (
+            r#"return select(2, pcall(murmur.hashstr, {1}))"#,
+            "bad argument #1 to 'murmur.hashstr' (number or string expected, got table)",
+        ),
+        (
+            r#"return tostring(murmur:hashstr("abc") == murmur.hashstr("abc"))
+                   .. " " .. tostring(murmur:hashnum(7) == murmur.hashnum(7))"#,
+            "true true",
         ),
         (
             // The sandbox's own replacements raise strings too.

@@ -4,7 +4,7 @@
 //! or compared across the two servers agree; a number hashes to its integer value, as
 //! `std::hash<size_t>` does.
 
-use mlua::{Lua, Value};
+use mlua::{Lua, MultiValue, Value};
 
 const SEED: u64 = 0xc70f_6907;
 const MUL: u64 = (0xc6a4_a793 << 32) + 0x5bd1_e995;
@@ -52,20 +52,29 @@ fn digest(v: &Value) -> Option<u64> {
 
 pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    let usage = |f: &str| mlua::Error::runtime(format!("usage: murmur.{f}(number|string)"));
+    // Called `murmur.f(v)` or `murmur:f(v)`: a table first with a value after it is the
+    // module (no value hashed is a table).
+    let arg = |f: &str, mut a: MultiValue| -> mlua::Result<u64> {
+        if a.len() > 1 && matches!(a.front(), Some(Value::Table(_))) {
+            a.pop_front();
+        }
+        let v = a.pop_front().unwrap_or(Value::Nil);
+        digest(&v).ok_or_else(|| {
+            mlua::Error::runtime(format!(
+                "bad argument #1 to 'murmur.{f}' (number or string expected, got {})",
+                crate::lapps_proto::lua::lua_type(&v)
+            ))
+        })
+    };
     t.set(
         "hashstr",
-        lua.create_function(move |_, v: Value| {
-            digest(&v)
-                .map(|h| format!("{h:016x}"))
-                .ok_or_else(|| usage("hashstr"))
+        lua.create_function(move |_, a: MultiValue| {
+            arg("hashstr", a).map(|h| format!("{h:016x}"))
         })?,
     )?;
     t.set(
         "hashnum",
-        lua.create_function(move |_, v: Value| {
-            digest(&v).map(|h| h as f64).ok_or_else(|| usage("hashnum"))
-        })?,
+        lua.create_function(move |_, a: MultiValue| arg("hashnum", a).map(|h| h as f64))?,
     )?;
     lua.globals().set("murmur", t)
 }

@@ -129,7 +129,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         let (conn, result): (Value, Value) = method_args(lua, args)?;
         // Arguments first: a programming error raises whatever the connection.
         let result = array_of(lua, &result)
-            .map_err(|e| mlua::Error::runtime(format!("send_response: {e}")))?;
+            .map_err(|e| mlua::Error::runtime(format!("ws:send_response: result: {e}")))?;
         let conn = match live_lapps(&h, &conn) {
             Ok(c) => c,
             Err(reason) => return fail(reason),
@@ -270,7 +270,13 @@ fn array_of(lua: &Lua, v: &Value) -> Result<Vec<CborValue>, String> {
         CborValue::Array(items) => Ok(items),
         // `{}` converts to an empty object: as a result it means "no values".
         CborValue::Map(m) if m.is_empty() => Ok(Vec::new()),
-        _ => Err("expected an array".into()),
+        CborValue::Map(_) => {
+            Err("an array expected, got an object (a table with named keys)".into())
+        }
+        _ => Err(format!(
+            "an array expected, got {}",
+            crate::lapps_proto::lua::lua_type(v)
+        )),
     }
 }
 
