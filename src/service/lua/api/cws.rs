@@ -143,12 +143,12 @@ fn check_option_names(opts: &Table) -> mlua::Result<()> {
 }
 
 /// A number option: a number, or a string that reads as one.
-fn number_option(opts: &Table, name: &str) -> mlua::Result<Option<f64>> {
+fn number_option(lua: &Lua, opts: &Table, name: &str) -> mlua::Result<Option<f64>> {
     match opts.get::<Value>(name)? {
         Value::Nil => Ok(None),
         Value::Integer(i) => Ok(Some(i as f64)),
         Value::Number(n) => Ok(Some(n)),
-        Value::String(s) => match s.to_str().ok().and_then(|t| number_text(&t)) {
+        Value::String(s) => match lua.coerce_number(Value::String(s.clone()))? {
             Some(n) => Ok(Some(n)),
             None => Err(mlua::Error::runtime(format!(
                 "cws:new: option {name} must be a number, got the string {:?}",
@@ -159,16 +159,6 @@ fn number_option(opts: &Table, name: &str) -> mlua::Result<Option<f64>> {
             "cws:new: option {name} must be a number, got {}",
             lapps_lua::lua_type(&other)
         ))),
-    }
-}
-
-/// The number a string reads as, as Lua converts one: decimal or `0x` hexadecimal, with
-/// spaces around it.
-fn number_text(t: &str) -> Option<f64> {
-    let t = t.trim();
-    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok().map(|n| n as f64),
-        None => t.parse::<f64>().ok(),
     }
 }
 
@@ -243,7 +233,7 @@ impl Cws {
         Ok(c)
     }
 
-    fn new_client(&self, url_text: &str, opts: Option<Table>) -> mlua::Result<RetS> {
+    fn new_client(&self, lua: &Lua, url_text: &str, opts: Option<Table>) -> mlua::Result<RetS> {
         let url = match url::parse(url_text) {
             Ok(u) => u,
             Err(e) => return Ok((Value::Nil, Some(e.to_string()))),
@@ -266,13 +256,13 @@ impl Cws {
                 Value::Boolean(true) => true,
                 _ => return failed("bad insecure (true or false)"),
             };
-            if let Some(n) = number_option(o, "max_message_size")? {
+            if let Some(n) = number_option(lua, o, "max_message_size")? {
                 if !(n >= 1.0 && n <= usize::MAX as f64) {
                     return failed("bad max_message_size");
                 }
                 max_message = n as usize;
             }
-            if let Some(s) = number_option(o, "idle_timeout")? {
+            if let Some(s) = number_option(lua, o, "idle_timeout")? {
                 // Bounded like eventLoop's wait: a deadline beyond it would overflow the clock.
                 if !(0.0..=MAX_WAIT_S as f64).contains(&s) {
                     return failed("bad idle_timeout");
@@ -647,7 +637,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let c = Rc::clone(&cws);
     t.set(
         "new",
-        lua.create_function(move |_, a: mlua::MultiValue| {
+        lua.create_function(move |lua, a: mlua::MultiValue| {
             if !c.host.may_block() {
                 // Its connections live in cws:eventLoop, which waits.
                 let why = crate::service::lua::host::NOT_IN_NETWORK;
@@ -673,7 +663,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                     )))
                 }
             };
-            c.new_client(&url, opts)
+            c.new_client(lua, &url, opts)
         })?,
     )?;
     let c = Rc::clone(&cws);
