@@ -165,7 +165,8 @@ assemble() {
 
     install -d "$root/DEBIAN" "$root/usr/bin" "$root/etc/lapps/apps" \
         "$root/usr/share/lapps/apps" "$root/usr/share/lapps/lib" "$root/lib/systemd/system" \
-        "$root/usr/share/doc/$pkg" "$root/usr/share/man/man1"
+        "$root/usr/share/doc/$pkg/docs" "$root/usr/share/man/man1" \
+        "$root/usr/share/lapps/clients/js"
     install -m 0755 "$bin" "$root/usr/bin/lapps"
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/lapps"
 
@@ -178,6 +179,19 @@ assemble() {
     [ -d lua/lib ] && cp -R lua/lib/. "$root/usr/share/lapps/lib/"
     install -m 0644 systemd/lapps.service "$root/lib/systemd/system/lapps.service"
     install -m 0644 debian/copyright "$root/usr/share/doc/$pkg/copyright"
+    # The references an operator and an app developer work from, laid out as in the tree
+    # (README.md links docs/...), compressed as Debian policy 12.3 asks of docs over 4 KiB.
+    gzip -9n <README.md >"$root/usr/share/doc/$pkg/README.md.gz"
+    local doc
+    for doc in docs/*.md; do
+        gzip -9n <"$doc" >"$root/usr/share/doc/$pkg/$doc.gz"
+    done
+    # The browser client is served, not read: as it is, beside its example page; its README
+    # with the other docs.
+    install -m 0644 clients/js/lapps.mjs clients/js/example.html clients/js/example.mjs \
+        "$root/usr/share/lapps/clients/js/"
+    install -d "$root/usr/share/doc/$pkg/clients/js"
+    gzip -9n <clients/js/README.md >"$root/usr/share/doc/$pkg/clients/js/README.md.gz"
     gzip -9n <debian/changelog >"$root/usr/share/doc/$pkg/changelog.Debian.gz"
     # What an upgrade may need the operator to change (apt-listchanges shows it before).
     gzip -9n <debian/NEWS >"$root/usr/share/doc/$pkg/NEWS.Debian.gz"

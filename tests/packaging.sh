@@ -61,7 +61,11 @@ for v in ssse3 avx2; do
     for path in ./usr/bin/lapps ./etc/lapps/ws.json ./etc/lapps/lapps.json ./etc/lapps/apps/ \
         ./usr/share/lapps/apps/ ./usr/share/lapps/lib/ ./lib/systemd/system/lapps.service \
         "./usr/share/doc/lapps-$v/changelog.Debian.gz" "./usr/share/doc/lapps-$v/NEWS.Debian.gz" \
-        "./usr/share/doc/lapps-$v/copyright" \
+        "./usr/share/doc/lapps-$v/copyright" "./usr/share/doc/lapps-$v/README.md.gz" \
+        "./usr/share/doc/lapps-$v/docs/lua-api.md.gz" "./usr/share/doc/lapps-$v/docs/nljson.md.gz" \
+        "./usr/share/doc/lapps-$v/docs/threading.md.gz" ./usr/share/lapps/clients/js/lapps.mjs \
+        ./usr/share/lapps/clients/js/example.html ./usr/share/lapps/clients/js/example.mjs \
+        "./usr/share/doc/lapps-$v/clients/js/README.md.gz" \
         ./usr/share/man/man1/lapps.1.gz; do
         grep -qxF "$path" <<<"$contents" || missing="$missing $path"
     done
