@@ -3,7 +3,9 @@
 MEMBERS x 4 KB) for SECONDS, while a separate process measures ping-pong on /echo_builtin
 every 20 ms: how long the rest of the server waits behind a fan-out flood. Prints one line:
 probe round trips, worst, p99 and median RTT in ms, and the flood's lines sent.
-Usage: fanout_flood.py PORT [MEMBERS] [SECONDS]   (bench/fanout_flood.sh runs it)"""
+KIND "pong": instead, MEMBERS connections to /echo each send empty Pongs as fast as they can
+(input that asks for nothing back, so no back-pressure slows it); the flood's count is frames.
+Usage: fanout_flood.py PORT [MEMBERS] [SECONDS] [KIND]   (bench/fanout_flood.sh runs it)"""
 import base64, os, selectors, socket, struct, subprocess, sys, threading, time
 
 HOST = "127.0.0.1"
@@ -53,12 +55,51 @@ def probe(port, seconds):
     print(f"{len(rtts)} {ms(rtts[-1])} {ms(rtts[int(len(rtts) * 0.99)])} {ms(rtts[len(rtts) // 2])}")
 
 
+def start_probe(port, seconds):
+    prober = subprocess.Popen([sys.executable, __file__, str(port), "probe", str(seconds + 2)],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(1)  # the probe's first second without the flood
+    return prober
+
+
+def probe_result(prober):
+    out = prober.communicate()[0].split()
+    if prober.returncode != 0 or len(out) != 4:
+        raise SystemExit(f"the probe failed (status {prober.returncode}): {out}")
+    return f"probe {out[0]} round trips, worst {out[1]} ms, p99 {out[2]} ms, median {out[3]} ms"
+
+
+def pong_flood(port, flooders, seconds):
+    """flooders connections send 64 KiB batches of empty masked Pongs (6 bytes each)."""
+    frame = b"\x8a\x80\0\0\0\0"
+    batch = frame * (65536 // len(frame))
+    socks = [upgraded(port, "/echo") for _ in range(flooders)]
+    sent = [0] * flooders
+    prober = start_probe(port, seconds)
+    end = time.monotonic() + seconds
+
+    def flood(i):
+        while time.monotonic() < end:
+            socks[i].sendall(batch)
+            sent[i] += 1
+
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(flooders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    frames = sum(sent) * (len(batch) // len(frame))
+    print(f"{probe_result(prober)}; flood {frames} frames")
+
+
 def main():
     port = int(sys.argv[1])
     if sys.argv[2:3] == ["probe"]:
         return probe(port, float(sys.argv[3]))
     members = int(sys.argv[2]) if len(sys.argv) > 2 else 500
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 5
+    if sys.argv[4:5] == ["pong"]:
+        return pong_flood(port, members, seconds)
     socks = [upgraded(port, "/chat") for _ in range(members)]
     for s in socks:
         s.sendall(text(b"/join flood"))
@@ -86,18 +127,12 @@ def main():
 
     threading.Thread(target=drain, args=(socks,), daemon=True).start()
     threading.Thread(target=drain_flooder, daemon=True).start()
-    prober = subprocess.Popen([sys.executable, __file__, str(port), "probe", str(seconds + 2)],
-                              stdout=subprocess.PIPE, text=True)
-    time.sleep(1)  # the probe's first second without the flood
+    prober = start_probe(port, seconds)
     line, sent, end = text(b"z" * 4000), 0, time.monotonic() + seconds
     while time.monotonic() < end:
         attacker.sendall(line)
         sent += 1
-    out = prober.communicate()[0].split()
-    if prober.returncode != 0 or len(out) != 4:
-        raise SystemExit(f"the probe failed (status {prober.returncode}): {out}")
-    print(f"probe {out[0]} round trips, worst {out[1]} ms, p99 {out[2]} ms, median {out[3]} ms; "
-          f"flood {sent} lines")
+    print(f"{probe_result(prober)}; flood {sent} lines")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 # probe pings /echo_builtin every 20 ms (bench/fanout_flood.py). The repository's etc/lapps
 # services on PORT, server pinned to SERVER_CPU (its workers share it), clients to
 # CLIENT_CPU. What it shows: how long the rest of the server waits behind a flood.
+# KIND=pong: MEMBERS connections to /echo flood empty Pongs instead (fanout_flood.py).
 #
-# Usage: bench/fanout_flood.sh OLD NEW   (env: ROUNDS=5 MEMBERS=500 FLOOD_SECONDS=5 PORT=5097)
+# Usage: bench/fanout_flood.sh OLD NEW   (env: ROUNDS=5 MEMBERS=500 FLOOD_SECONDS=5 PORT=5097 KIND=chat)
 set -euo pipefail
 [[ $# -eq 2 ]] || { sed -n '8p' "$0" >&2; exit 2; }
 OLD=$(realpath -e "$1")
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 MEMBERS=${MEMBERS:-500}
 FLOOD_SECONDS=${FLOOD_SECONDS:-5}
+KIND=${KIND:-chat}
 PORT=${PORT:-5097}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -42,7 +44,7 @@ run() { # run BINARY LABEL ROUND
     done
     grep -q "listening on" "$WORK/lapps.log" || die "$2 did not listen"
     local out
-    out=$(taskset -c "$CLIENT_CPU" python3 bench/fanout_flood.py "$PORT" "$MEMBERS" "$FLOOD_SECONDS")
+    out=$(taskset -c "$CLIENT_CPU" python3 bench/fanout_flood.py "$PORT" "$MEMBERS" "$FLOOD_SECONDS" "$KIND")
     kill -INT "$PID"
     wait "$PID" || true
     PID=
@@ -58,10 +60,11 @@ import re, statistics, sys
 rows = {"old": [], "new": []}
 for line in open(sys.argv[1]):
     m = re.search(r"round \d+ (\w+) probe (\d+) round trips, worst ([\d.]+) ms, p99 ([\d.]+) ms, "
-                  r"median ([\d.]+) ms; flood (\d+) lines", line)
-    rows[m[1]].append([float(x) for x in m.groups()[1:]])
+                  r"median ([\d.]+) ms; flood (\d+) (lines|frames)", line)
+    rows[m[1]].append([float(x) for x in m.groups()[1:6]])
+    unit = m[7]
 for who, r in rows.items():
     med = [statistics.median(c) for c in zip(*r)]
     print(f"median {who}: {med[0]:.0f} round trips, worst {med[1]:.1f} ms, p99 {med[2]:.1f} ms, "
-          f"median {med[3]:.1f} ms; flood {med[4]:.0f} lines")
+          f"median {med[3]:.1f} ms; flood {med[4]:.0f} {unit}")
 PY

@@ -155,6 +155,11 @@ impl Conn {
         self.service_paused || self.out_paused
     }
 
+    /// The decoder's count of frames so far (wrapping; 0 before the upgrade).
+    pub fn frames_decoded(&self) -> u32 {
+        self.decoder.as_ref().map_or(0, Decoder::frames)
+    }
+
     /// The memory of what waits to be sent: the outbound queue and the OONs held for the
     /// first exchange. The slow-consumer limit judges this.
     pub fn waiting_bytes(&self) -> usize {

@@ -4,7 +4,8 @@
 //! [`Service`] trait and answer later through the worker's [`Port`](super::hub::Port).
 //!
 //! Edge-triggered rule: after a readiness event a socket is read until `WouldBlock` (or the
-//! per-connection read budget `max_inbounds_skip` is spent, in which case the connection goes
+//! per-connection read budget `max_inbounds_skip`, or the frame budget `FRAMES_PER_TURN`, is
+//! spent, in which case the connection goes
 //! on the pending list and is read again next iteration without waiting for a new event), and
 //! written until `WouldBlock` (then we wait for EPOLLOUT). Forgetting either loses the socket.
 //!
@@ -144,6 +145,13 @@ const SLOW_CONSUMER_FACTOR: usize = 4;
 
 /// New connections a worker takes from its inbox per loop turn (about 1 ms of work).
 const NEW_CONNECTIONS_PER_TURN: usize = 256;
+
+/// Frames one connection may have decoded in a turn before its turn ends (after the read in
+/// progress): `max_inbounds_skip` counts reads, and a read of tiny frames (empty Pongs or
+/// continuations, which ask for nothing back and so meet no back-pressure) is thousands of
+/// them. Without it, one peer flooding such frames took 50 reads' worth, ~550,000 frames,
+/// per turn, and every other connection of its worker waited milliseconds for each turn.
+const FRAMES_PER_TURN: u32 = 1024;
 
 /// How long a shutdown may take before the remaining connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4000);
@@ -652,11 +660,15 @@ impl Worker {
             return self.read_some_tls(index);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
+        let frames_before = self.conns.get_mut(index).map_or(0, |c| c.frames_decoded());
         for _ in 0..self.opts.max_inbounds_skip.max(1) {
             let Some(c) = self.conns.get_mut(index) else {
                 break;
             };
             if !c.read_pending || c.read_paused() {
+                break;
+            }
+            if c.frames_decoded().wrapping_sub(frames_before) >= FRAMES_PER_TURN {
                 break;
             }
             let kept = c.inbuf.len();

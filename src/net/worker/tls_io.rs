@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::{read_room, Ending, Worker};
+use super::{read_room, Ending, Worker, FRAMES_PER_TURN};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
 use crate::{debug, warn};
@@ -65,6 +65,7 @@ impl Worker {
             cipher = vec![0; CIPHER_READ];
         }
         let budget = self.opts.max_inbounds_skip.max(1);
+        let frames_before = self.conns.get_mut(index).map_or(0, |c| c.frames_decoded());
         let mut reads = 0;
         loop {
             // Plaintext rustls already holds goes first (left there by a pause).
@@ -84,7 +85,13 @@ impl Worker {
                 }
                 continue;
             }
-            if !c.read_pending || reads == budget {
+            let turn_spent = reads == budget
+                || c.decoder
+                    .as_ref()
+                    .map_or(0, |d| d.frames())
+                    .wrapping_sub(frames_before)
+                    >= FRAMES_PER_TURN;
+            if !c.read_pending || turn_spent {
                 break;
             }
             reads += 1;

@@ -603,6 +603,27 @@ fn message_buffer_never_exceeds_the_message_limit() {
     assert!(most <= limit, "buffer grew to {most}");
 }
 
+/// The worker's per-turn fairness counts frames: empty ones, control ones and each fragment
+/// count alike, and a frame cut across reads counts once.
+#[test]
+fn frames_counts_every_frame_header_once() {
+    let mut dec = server();
+    assert_eq!(dec.frames(), 0);
+    let mut wire = Vec::new();
+    for _ in 0..3 {
+        wire.extend(cf(0x8A, b"")); // unsolicited empty Pongs
+    }
+    wire.extend(cf(0x02, b"ab")); // a message in three fragments, a Ping between them
+    wire.extend(cf(0x89, b"p"));
+    wire.extend(cf(0x00, b""));
+    wire.extend(cf(0x80, b"cd"));
+    wire.extend(cf(0x82, &[7; 300])); // one whole frame
+    let (events, r) = feed(&mut dec, &wire, &[1, 7, 8, 20, 31, 40]);
+    r.expect("valid input");
+    assert_eq!(events.len(), 6, "{events:?}"); // 3 Pongs, the Ping, two messages
+    assert_eq!(dec.frames(), 8);
+}
+
 #[test]
 fn idle_decoder_is_small_and_holds_no_heap() {
     assert!(
