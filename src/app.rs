@@ -444,6 +444,8 @@ pub struct App {
     /// do not): `auto_start` false, a start a reload could not make, a change that waits for
     /// the restart. Kept by `redeploy` as it learns each service's outcome.
     down: Mutex<BTreeMap<String, String>>,
+    /// The workers' count of bytes held by messages being received.
+    assembly: Arc<AssemblyBudget>,
 }
 
 /// Why a service with `auto_start` false does not run.
@@ -581,6 +583,7 @@ impl App {
             }
             router.set(sc.request_target.clone(), route_of(sc));
         }
+        let assembly = Arc::clone(&opts.worker.assembly);
         let server = match Server::start_bound(opts, hub, router.clone(), bound) {
             Ok(s) => s,
             Err(e) => {
@@ -603,7 +606,14 @@ impl App {
             restart_only: RestartOnly::of(cfg),
             started: std::time::Instant::now(),
             down,
+            assembly,
         })
+    }
+
+    /// Bytes the server's buffers hold now: messages being received and bytes queued to send
+    /// (as each IO worker last published them). What resident memory they explain.
+    pub fn buffered_bytes(&self) -> usize {
+        self.assembly.held() + self.registry.queued_bytes()
     }
 
     /// SIGHUP: reloads the TLS certificate (see `reload_tls`) and redeploys the Lua services

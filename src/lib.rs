@@ -17,6 +17,7 @@ pub mod fatal;
 pub mod lapps_proto;
 pub mod log;
 pub mod log_writer;
+pub mod memory_trim;
 pub mod net;
 pub mod reload_request;
 pub mod service;

@@ -227,8 +227,10 @@ fn main() -> ExitCode {
     let app = std::sync::Arc::new(app);
     let reloads = Reloads::start(std::sync::Arc::clone(&app));
     let status = StatusReports::default();
+    let mut trimmer = lapps::memory_trim::Trimmer::default();
+    let mut memory_tick = || give_back_memory(&app, &mut trimmer);
     loop {
-        match signals.wait() {
+        match signals.wait_ticking(&mut memory_tick) {
             lapps::signals::Signal::Reload(name, requester) => {
                 match &requester {
                     None => info!(
@@ -255,6 +257,31 @@ fn main() -> ExitCode {
     info!("stopped");
     lapps::log_writer::flush(LOG_DRAIN);
     ExitCode::SUCCESS
+}
+
+/// Once a second: when resident memory has grown well past what the server's buffers hold
+/// (a burst of large messages came and went, and the allocator kept their memory), gives the
+/// allocator's free memory back to the system, with one line saying how much.
+fn give_back_memory(app: &lapps::app::App, trimmer: &mut lapps::memory_trim::Trimmer) {
+    use lapps::memory_trim::{resident_bytes, trim};
+    let Some(before) = resident_bytes() else {
+        return;
+    };
+    if !trimmer.due(before, app.buffered_bytes()) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    trim();
+    let after = resident_bytes().unwrap_or(before);
+    trimmer.trimmed(after, app.buffered_bytes());
+    info!(
+        "memory: gave {} MiB that freed buffers held back to the system in {} ms (resident \
+         {} -> {} MiB)",
+        before.saturating_sub(after) >> 20,
+        started.elapsed().as_millis(),
+        before >> 20,
+        after >> 20
+    );
 }
 
 /// Status reports (SIGUSR1) on a thread of their own: listing a million descriptors takes a

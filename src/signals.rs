@@ -146,6 +146,11 @@ impl Signals {
     /// Waits for the next signal of the set. Meanwhile, once a second, reports the log lines
     /// a flood suppressed that no later line has ([`crate::log::flush_suppressed`]).
     pub fn wait(&self) -> Signal {
+        self.wait_ticking(&mut || {})
+    }
+
+    /// [`Signals::wait`], running `tick` too once a second while no signal comes.
+    pub fn wait_ticking(&self, tick: &mut dyn FnMut()) -> Signal {
         let second = libc::timespec {
             tv_sec: 1,
             tv_nsec: 0,
@@ -158,6 +163,7 @@ impl Signals {
             let sig = unsafe { libc::sigtimedwait(&self.set, &mut info, &second) };
             if sig < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
                 crate::log::flush_suppressed();
+                tick();
                 continue;
             }
             return match sig {

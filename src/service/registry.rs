@@ -307,6 +307,13 @@ impl Registry {
         }
     }
 
+    /// Bytes queued to send on every IO worker (as each last published it).
+    pub fn queued_bytes(&self) -> usize {
+        (0..self.hub.workers())
+            .map(|w| self.hub.port(w).queued_bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The status report's lines (SIGUSR1) for the IO workers, the running services, the
     /// broadcast channels and the mqr queues. A worker's connections are every one it holds:
     /// those not yet upgraded, the builtin services' and a retiring version's too.
@@ -317,10 +324,7 @@ impl Registry {
             .map(|p| p.connections.load(Ordering::Relaxed))
             .collect();
         let refused: usize = ports.iter().map(|p| p.refused()).sum();
-        let queued: usize = ports
-            .iter()
-            .map(|p| p.queued_bytes.load(Ordering::Relaxed))
-            .sum();
+        let queued = self.queued_bytes();
         let mut lines = vec![format!(
             "{} connection(s) on {} IO worker(s) ({}); {refused} refused one(s) lingering \
              after their answer; {queued} bytes queued to send",
