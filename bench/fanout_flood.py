@@ -98,7 +98,10 @@ def main():
         return probe(port, float(sys.argv[3]))
     members = int(sys.argv[2]) if len(sys.argv) > 2 else 500
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 5
-    if sys.argv[4:5] == ["pong"]:
+    kind = sys.argv[4] if len(sys.argv) > 4 else "chat"
+    if kind not in ("chat", "pong"):
+        raise SystemExit(f"KIND is chat or pong, not {kind!r}")
+    if kind == "pong":
         return pong_flood(port, members, seconds)
     socks = [upgraded(port, "/chat") for _ in range(members)]
     for s in socks:

@@ -8,7 +8,7 @@
 #
 # Usage: bench/fanout_flood.sh OLD NEW   (env: ROUNDS=5 MEMBERS=500 FLOOD_SECONDS=5 PORT=5097 KIND=chat)
 set -euo pipefail
-[[ $# -eq 2 ]] || { sed -n '8p' "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '/^# Usage:/p' "$0" >&2; exit 2; }
 OLD=$(realpath -e "$1")
 NEW=$(realpath -e "$2")
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ ROUNDS=${ROUNDS:-5}
 MEMBERS=${MEMBERS:-500}
 FLOOD_SECONDS=${FLOOD_SECONDS:-5}
 KIND=${KIND:-chat}
+[[ $KIND == chat || $KIND == pong ]] || { echo "fanout_flood.sh: KIND is chat or pong" >&2; exit 2; }
 PORT=${PORT:-5097}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}

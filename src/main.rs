@@ -261,27 +261,32 @@ fn main() -> ExitCode {
 
 /// Once a second: when resident memory has grown well past what the server's buffers hold
 /// (a burst of large messages came and went, and the allocator kept their memory), gives the
-/// allocator's free memory back to the system, with one line saying how much.
+/// allocator's free memory back to the system, with one line saying how much (at debug when
+/// it was little: see `Trimmer`).
 fn give_back_memory(app: &lapps::app::App, trimmer: &mut lapps::memory_trim::Trimmer) {
     use lapps::memory_trim::{resident_bytes, trim};
     let Some(before) = resident_bytes() else {
         return;
     };
-    if !trimmer.due(before, app.buffered_bytes()) {
+    if !trimmer.look(before, app.buffered_bytes()) {
         return;
     }
     let started = std::time::Instant::now();
     trim();
+    let took = started.elapsed().as_millis();
     let after = resident_bytes().unwrap_or(before);
-    trimmer.trimmed(after, app.buffered_bytes());
-    info!(
-        "memory: gave {} MiB that freed buffers held back to the system in {} ms (resident \
-         {} -> {} MiB)",
+    let line = format!(
+        "memory: gave {} MiB that freed buffers held back to the system in {took} ms \
+         (resident {} -> {} MiB)",
         before.saturating_sub(after) >> 20,
-        started.elapsed().as_millis(),
         before >> 20,
         after >> 20
     );
+    if trimmer.trimmed(before, after, app.buffered_bytes()) {
+        info!("{line}");
+    } else {
+        lapps::debug!("{line}; the next trim waits");
+    }
 }
 
 /// Status reports (SIGUSR1) on a thread of their own: listing a million descriptors takes a

@@ -10,38 +10,67 @@
 //! what they hold free (`malloc_trim`) when the process's resident memory has grown well past
 //! what the server's buffers explain.
 
-/// Resident memory that buffers do not explain, beyond what it was after the last trim, that
-/// makes a trim worth it.
+/// Resident memory that buffers do not explain, beyond the least it has been since the last
+/// trim, that makes a trim worth trying.
 pub const TRIM_SLACK: usize = 64 << 20;
 
+/// What a trim must give back to count as useful: one that gives less (the memory is in use,
+/// by Lua states or connections, which are not counted as buffers) holds the next one back.
+const USEFUL_TRIM: usize = TRIM_SLACK / 4;
+
+/// Looks skipped after a trim that gave little back: 30 (about 30 s) after the first, doubling
+/// after each further one, at most about an hour.
+const FIRST_HOLD: u32 = 30;
+const MAX_HOLD: u32 = 3600;
+
 /// Watches resident memory against the server's buffers, once a second (the main thread's
-/// tick), and trims the allocator's free memory when the difference has grown by
-/// [`TRIM_SLACK`]: a burst of large messages has come and gone, and glibc kept its memory.
+/// tick), and asks for a trim of the allocator's free memory when the difference has grown by
+/// [`TRIM_SLACK`] above the least it has been since the last trim: a burst of large messages
+/// has come and gone, and glibc kept their memory. The buffers' count is what the workers
+/// last published, and a broadcast frame queued for many connections counts once for each
+/// of them: a trim that such a count misleads into gives little back, and such trims are
+/// held back, 30 s after the first, twice as long after each next one (up to an hour),
+/// until one gives back [`TRIM_SLACK`] / 4 again.
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    /// Resident bytes less buffered ones, after the last trim (or at the first look).
+    /// The least resident memory less buffers seen since the last trim (or the first look).
     base: Option<usize>,
+    /// Looks left to skip, and the hold the next useless trim doubles.
+    hold: u32,
+    backoff: u32,
 }
 
 impl Trimmer {
-    /// `resident`: the process's resident bytes now; `buffered`: what the server's buffers
-    /// hold now (messages being received, bytes queued to send). True when a trim is due; the
-    /// caller trims and reports the resident bytes after it with [`Trimmer::trimmed`].
-    pub fn due(&mut self, resident: usize, buffered: usize) -> bool {
+    /// Records a look: `resident`, the process's resident bytes now; `buffered`, what the
+    /// server's buffers hold now (messages being received, bytes queued to send). True when
+    /// a trim is due: the caller trims and reports with [`Trimmer::trimmed`].
+    pub fn look(&mut self, resident: usize, buffered: usize) -> bool {
         let unexplained = resident.saturating_sub(buffered);
-        match self.base {
-            None => {
-                self.base = Some(unexplained);
-                false
-            }
-            Some(base) => unexplained > base.saturating_add(TRIM_SLACK),
+        let Some(base) = self.base else {
+            self.base = Some(unexplained);
+            return false;
+        };
+        if self.hold == 0 && unexplained > base.saturating_add(TRIM_SLACK) {
+            return true;
         }
+        self.hold = self.hold.saturating_sub(1);
+        self.base = Some(base.min(unexplained));
+        false
     }
 
-    /// After a trim: what is unexplained now is the new base (memory that a trim could not
-    /// give back, Lua states that grew, is not trimmed for again).
-    pub fn trimmed(&mut self, resident: usize, buffered: usize) {
-        self.base = Some(resident.saturating_sub(buffered));
+    /// After a trim that took resident memory from `before` to `after`, with `buffered`
+    /// bytes in the buffers: true when it gave back enough to be useful (worth a line at info).
+    pub fn trimmed(&mut self, before: usize, after: usize, buffered: usize) -> bool {
+        self.base = Some(after.saturating_sub(buffered));
+        if before.saturating_sub(after) >= USEFUL_TRIM {
+            self.backoff = 0;
+            self.hold = 0;
+            true
+        } else {
+            self.backoff = (self.backoff.saturating_mul(2)).clamp(FIRST_HOLD, MAX_HOLD);
+            self.hold = self.backoff;
+            false
+        }
     }
 }
 
@@ -78,54 +107,65 @@ mod tests {
     #[test]
     fn memory_buffers_explain_is_never_trimmed_for() {
         let mut t = Trimmer::default();
-        assert!(!t.due(20 * MB, 0), "the first look only sets the base");
+        assert!(!t.look(20 * MB, 0), "the first look only sets the base");
         // Buffers fill: resident memory follows them.
-        assert!(!t.due(520 * MB, 500 * MB));
-        assert!(!t.due(20 * MB + 2 * TRIM_SLACK, 2 * TRIM_SLACK));
+        assert!(!t.look(520 * MB, 500 * MB));
+        assert!(!t.look(20 * MB + 2 * TRIM_SLACK, 2 * TRIM_SLACK));
         // A little more than the buffers, within the slack.
-        assert!(!t.due(20 * MB + TRIM_SLACK, 0));
+        assert!(!t.look(20 * MB + TRIM_SLACK, 0));
     }
 
     #[test]
-    fn memory_kept_after_the_buffers_are_gone_is_trimmed_for_once() {
+    fn memory_kept_after_the_buffers_are_gone_is_trimmed_for() {
         let mut t = Trimmer::default();
-        assert!(!t.due(20 * MB, 0));
-        assert!(!t.due(1000 * MB, 980 * MB));
+        assert!(!t.look(20 * MB, 0));
+        assert!(!t.look(1000 * MB, 980 * MB));
         // The burst is over, glibc kept most of it.
-        assert!(t.due(700 * MB, 0));
+        assert!(t.look(700 * MB, 0));
         // The trim gave back all but 100 MB: that rest is the new base.
-        t.trimmed(120 * MB, 0);
+        assert!(t.trimmed(700 * MB, 120 * MB, 0));
         assert!(
-            !t.due(120 * MB, 0),
+            !t.look(120 * MB, 0),
             "not again for what a trim cannot give back"
         );
-        assert!(!t.due(120 * MB + TRIM_SLACK, 0));
-        assert!(t.due(121 * MB + TRIM_SLACK, 0), "another burst kept");
+        assert!(!t.look(120 * MB + TRIM_SLACK, 0));
+        assert!(t.look(121 * MB + TRIM_SLACK, 0), "another burst kept");
+    }
+
+    /// The base is the least seen since the last trim: a base taken high (a reconnect storm
+    /// when the first look came) does not keep later bursts from being trimmed.
+    #[test]
+    fn the_base_follows_memory_down() {
+        let mut t = Trimmer::default();
+        assert!(!t.look(900 * MB, 0));
+        assert!(!t.look(100 * MB, 0));
+        assert!(t.look(101 * MB + TRIM_SLACK, 0));
+    }
+
+    /// Trims that give little back (the memory is in use, or a broadcast's frames counted
+    /// once per recipient made the buffers look larger than they are) are held back, ever
+    /// longer, until one is useful again.
+    #[test]
+    fn useless_trims_are_held_back_ever_longer() {
+        let mut t = Trimmer::default();
+        assert!(!t.look(20 * MB, 0));
+        let looks_until_due = |t: &mut Trimmer| (1..10_000).find(|_| t.look(200 * MB, 0));
+        assert_eq!(looks_until_due(&mut t), Some(1));
+        assert!(!t.trimmed(200 * MB, 199 * MB, 0));
+        // Each next look sees the same 200 MB, which the base now is: memory must grow again.
+        t.base = Some(20 * MB);
+        assert_eq!(looks_until_due(&mut t), Some(FIRST_HOLD as usize + 1));
+        assert!(!t.trimmed(200 * MB, 199 * MB, 0));
+        t.base = Some(20 * MB);
+        assert_eq!(looks_until_due(&mut t), Some(2 * FIRST_HOLD as usize + 1));
+        // A useful trim ends the hold.
+        assert!(t.trimmed(200 * MB, 20 * MB, 0));
+        assert!(t.look(200 * MB, 0));
     }
 
     #[test]
     fn resident_bytes_are_read() {
         let r = resident_bytes().expect("/proc/self/statm");
         assert!(r > MB, "{r}");
-    }
-
-    /// What the trimmer relies on: glibc gives back free memory inside its arenas (freed
-    /// blocks between blocks still in use, which free() itself never returns).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn a_trim_gives_back_freed_blocks_between_live_ones() {
-        // SAFETY: mallinfo2 only reads the allocator's counters (under its locks).
-        let free_in_arenas = || unsafe { libc::mallinfo2() }.fordblks;
-        // Blocks below any mmap threshold, every other one freed: 32 MB free in the middle.
-        let mut blocks: Vec<Vec<u8>> = (0..1024).map(|i| vec![i as u8; 64 * 1024]).collect();
-        let kept: Vec<Vec<u8>> = blocks
-            .drain(..)
-            .enumerate()
-            .filter_map(|(i, b)| (i % 2 == 0).then_some(b))
-            .collect();
-        let before = free_in_arenas();
-        assert!(before >= 32 * MB, "free in the arenas: {before}");
-        assert!(trim(), "nothing was given back");
-        drop(kept);
     }
 }

@@ -120,6 +120,8 @@ pub fn second_stop_status(signo: libc::c_int) -> i32 {
 
 pub struct Signals {
     set: libc::sigset_t,
+    /// When [`Signals::wait_ticking`] last ran its tick.
+    last_tick: std::cell::Cell<std::time::Instant>,
 }
 
 impl Signals {
@@ -140,7 +142,10 @@ impl Signals {
         // Taken by sigwaitinfo like the others; the handler only makes sure a realtime signal
         // never ends the process, and tells `lapps --reload` that this one takes requests.
         handle_with_nothing(reload_request::request_signal());
-        Signals { set }
+        Signals {
+            set,
+            last_tick: std::cell::Cell::new(std::time::Instant::now()),
+        }
     }
 
     /// Waits for the next signal of the set. Meanwhile, once a second, reports the log lines
@@ -149,8 +154,14 @@ impl Signals {
         self.wait_ticking(&mut || {})
     }
 
-    /// [`Signals::wait`], running `tick` too once a second while no signal comes.
+    /// [`Signals::wait`], running `tick` too about once a second, however often signals come.
     pub fn wait_ticking(&self, tick: &mut dyn FnMut()) -> Signal {
+        let tick_if_due = |tick: &mut dyn FnMut()| {
+            if self.last_tick.get().elapsed() >= std::time::Duration::from_secs(1) {
+                self.last_tick.set(std::time::Instant::now());
+                tick();
+            }
+        };
         let second = libc::timespec {
             tv_sec: 1,
             tv_nsec: 0,
@@ -163,9 +174,10 @@ impl Signals {
             let sig = unsafe { libc::sigtimedwait(&self.set, &mut info, &second) };
             if sig < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
                 crate::log::flush_suppressed();
-                tick();
+                tick_if_due(tick);
                 continue;
             }
+            tick_if_due(tick);
             return match sig {
                 libc::SIGHUP => Signal::Reload("SIGHUP", None),
                 libc::SIGINT => Signal::Stop("SIGINT", libc::SIGINT),

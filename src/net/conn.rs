@@ -155,9 +155,11 @@ impl Conn {
         self.service_paused || self.out_paused
     }
 
-    /// The decoder's count of frames so far (wrapping; 0 before the upgrade).
+    /// The decoder's count of frames so far (wrapping; 0 before the upgrade, and after a
+    /// protocol error drops the decoder: a turn that saw that ends early, which is harmless,
+    /// as the connection is ending).
     pub fn frames_decoded(&self) -> u32 {
-        self.decoder.as_ref().map_or(0, Decoder::frames)
+        self.decoder.as_ref().map_or(0, Decoder::frames_decoded)
     }
 
     /// The memory of what waits to be sent: the outbound queue and the OONs held for the

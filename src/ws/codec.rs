@@ -125,7 +125,7 @@ pub struct Decoder {
     frame_fin: bool,
     /// Position in the masking key of the next payload byte of the current frame (0..4).
     frame_mask_offset: u8,
-    /// Frame headers decoded so far, wrapping (see [`Decoder::frames`]).
+    /// Frame headers decoded so far, wrapping (see [`Decoder::frames_decoded`]).
     frames: u32,
 }
 
@@ -152,7 +152,7 @@ impl Decoder {
     /// Frame headers decoded so far, wrapping. What input costs to decode follows its frames
     /// as much as its bytes (64 KiB of empty frames are 10,922 of them): the worker bounds
     /// the frames it decodes per connection per turn with it.
-    pub fn frames(&self) -> u32 {
+    pub fn frames_decoded(&self) -> u32 {
         self.frames
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::{read_room, Ending, Worker, FRAMES_PER_TURN};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
+use crate::ws::codec::Decoder;
 use crate::{debug, warn};
 
 /// Ciphertext read per `recv`: several full TLS records.
@@ -88,7 +89,7 @@ impl Worker {
             let turn_spent = reads == budget
                 || c.decoder
                     .as_ref()
-                    .map_or(0, |d| d.frames())
+                    .map_or(0, Decoder::frames_decoded)
                     .wrapping_sub(frames_before)
                     >= FRAMES_PER_TURN;
             if !c.read_pending || turn_spent {

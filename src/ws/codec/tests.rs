@@ -608,7 +608,7 @@ fn message_buffer_never_exceeds_the_message_limit() {
 #[test]
 fn frames_counts_every_frame_header_once() {
     let mut dec = server();
-    assert_eq!(dec.frames(), 0);
+    assert_eq!(dec.frames_decoded(), 0);
     let mut wire = Vec::new();
     for _ in 0..3 {
         wire.extend(cf(0x8A, b"")); // unsolicited empty Pongs
@@ -621,7 +621,7 @@ fn frames_counts_every_frame_header_once() {
     let (events, r) = feed(&mut dec, &wire, &[1, 7, 8, 20, 31, 40]);
     r.expect("valid input");
     assert_eq!(events.len(), 6, "{events:?}"); // 3 Pongs, the Ping, two messages
-    assert_eq!(dec.frames(), 8);
+    assert_eq!(dec.frames_decoded(), 8);
 }
 
 #[test]
