@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use super::{read_room, Ending, Worker, FRAMES_PER_TURN};
 use crate::net::sys;
 use crate::net::tls::TlsSession;
-use crate::ws::codec::Decoder;
 use crate::{debug, warn};
 
 /// Ciphertext read per `recv`: several full TLS records.
@@ -76,6 +75,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(index) else {
                 break;
             };
+            let frames = c.frames_decoded().wrapping_sub(frames_before);
             let Some(t) = c.tls.as_deref_mut() else {
                 break;
             };
@@ -86,13 +86,7 @@ impl Worker {
                 }
                 continue;
             }
-            let turn_spent = reads == budget
-                || c.decoder
-                    .as_ref()
-                    .map_or(0, Decoder::frames_decoded)
-                    .wrapping_sub(frames_before)
-                    >= FRAMES_PER_TURN;
-            if !c.read_pending || turn_spent {
+            if !c.read_pending || reads == budget || frames >= FRAMES_PER_TURN {
                 break;
             }
             reads += 1;
