@@ -91,6 +91,34 @@ fn oversized_head_gets_431() {
 }
 
 #[test]
+fn a_head_that_never_ends_with_too_many_fields_gets_431_at_once() {
+    // A timeout far beyond the read's (IO_TIMEOUT): a 408 would come too late to be read.
+    let srv = start_echo(|o| {
+        o.worker.max_headers = 8;
+        o.worker.handshake_timeout = std::time::Duration::from_secs(600);
+    });
+    let fields: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+    let resp = http_exchange(
+        srv.addr,
+        format!("GET /echo HTTP/1.1\r\n{fields}").as_bytes(),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{resp:?}"
+    );
+}
+
+#[test]
+fn a_head_with_cr_cr_lf_line_ends_gets_400_at_once() {
+    // Its CRLFCRLF never comes: without the bare CR check this would wait for a 408.
+    let srv = start_echo(|o| o.worker.handshake_timeout = std::time::Duration::from_secs(600));
+    let req = request(srv.addr, "/echo", "Sec-WebSocket-Version: 13\r\n").replace("\r\n", "\r\r\n");
+    let resp = http_exchange(srv.addr, req.as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{resp:?}");
+    assert!(resp.ends_with("bare CR in request head\n"), "{resp:?}");
+}
+
+#[test]
 fn slowloris_gets_408_at_the_handshake_timeout() {
     let srv = start_echo(|o| o.worker.handshake_timeout = std::time::Duration::from_millis(300));
     let t = std::time::Instant::now();

@@ -14,8 +14,8 @@
 //! - a missing `Upgrade` header gets `426` with `Sec-WebSocket-Version: 13`: that is a plain HTTP
 //!   request to a WebSocket endpoint, and 426 tells its sender what to do (the server answers
 //!   404 instead when no service serves the path: see [`HandshakeError::plain`]);
-//! - a head longer than [`Limits::max_request_bytes`] (detected while still incomplete) or with more
-//!   than [`Limits::max_headers`] header lines gets `431`;
+//! - a head longer than [`Limits::max_request_bytes`] or with more than [`Limits::max_headers`]
+//!   header lines gets `431`, as soon as that is seen (a head that never ends gets it too);
 //! - a request announcing a body (`Content-Length` other than 0, or any `Transfer-Encoding`) gets
 //!   `400`: bytes after the head are WebSocket frames, so a body would be mistaken for frames.
 //!   This and the other faults of a GET as an upgrade (a repeated Key, Version or Origin, a bad
@@ -125,8 +125,8 @@ fn bad(reason: &'static str) -> HandshakeError {
 ///
 /// A decision is final: once a prefix of a stream yields `Some` or `Err`, every longer prefix yields
 /// the same. That is why only checks that stay true as bytes arrive (the method's bytes, size,
-/// bare LF) are made on an incomplete head, and why they are made first, over the same bytes, in
-/// the same order, on a complete one.
+/// bare CR or LF, the number of lines) are made on an incomplete head, and why they are made
+/// first, over the same bytes, in the same order, on a complete one.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HandshakeError> {
     parse_after(buf, 0, limits)
 }
@@ -189,15 +189,15 @@ fn parse_head_of(
             let n = pos + 4;
             let head = buf.get(..n).unwrap_or(buf);
             check_method(head)?;
-            check_line_ends(head, 0)?;
+            check_lines(head, 0, true, limits)?;
             // Keep the CRLF of the last header line so that every line ends with one.
             let lines = head.get(..pos + 2).unwrap_or(head);
-            let req = parse_head(lines, limits)?;
+            let req = parse_head(lines)?;
             Ok(Some((req, n)))
         }
         None => {
             check_method(window)?;
-            check_line_ends(window, from)?;
+            check_lines(window, from, false, limits)?;
             if buf.len() > max && memchr::memchr(b'\n', window).is_none() {
                 // Not even the request line fits: it is the target that is too long.
                 Err(HandshakeError::new(414, "request target too long"))
@@ -238,12 +238,46 @@ fn check_method(head: &[u8]) -> Result<(), HandshakeError> {
     }
 }
 
-/// Every LF at or after `from` follows a CR (the byte before `from` counts).
-fn check_line_ends(bytes: &[u8], from: usize) -> Result<(), HandshakeError> {
-    for i in memchr::memchr_iter(b'\n', bytes.get(from..).unwrap_or_default()) {
+/// The line ends of `bytes` (a whole head if `complete`, else what came of one), in order: each
+/// LF follows a CR and each CR is followed by an LF (RFC 9112 section 2.2: a bare CR or LF is
+/// invalid; 400), and no more than [`Limits::max_headers`] field lines end (431). So a head
+/// whose lines end wrongly, or that never ends but already has too many lines, is answered at
+/// once, not with a 408 at the handshake timeout. The first fault in the bytes decides, so that
+/// the verdict on a prefix stays the verdict on the whole; both come before what the lines say,
+/// for the same reason.
+///
+/// The bytes before `from` were checked by an earlier call, but for a CR that was the last byte;
+/// the LFs among them are counted again only when a line may have ended since, and a count over
+/// the limit ends the head, so a head arriving a byte at a time costs at most the limit's
+/// rescans.
+fn check_lines(
+    bytes: &[u8],
+    from: usize,
+    complete: bool,
+    limits: &Limits,
+) -> Result<(), HandshakeError> {
+    let new = bytes.get(from..).unwrap_or_default();
+    if memchr::memchr2(b'\r', b'\n', new).is_none() {
+        return Ok(());
+    }
+    // The request line's LF is the first; the last LF of a complete head ends its empty line.
+    let mut lines = memchr::memchr_iter(b'\n', bytes.get(..from).unwrap_or_default()).count();
+    for i in memchr::memchr2_iter(b'\r', b'\n', new) {
         let i = from + i;
+        if bytes.get(i) == Some(&b'\r') {
+            // A CR as the last byte so far is decided by the next one.
+            if bytes.get(i + 1).is_some_and(|&b| b != b'\n') {
+                return Err(bad("bare CR in request head"));
+            }
+            continue;
+        }
         if i == 0 || bytes.get(i - 1) != Some(&b'\r') {
             return Err(bad("line not terminated by CRLF"));
+        }
+        lines += 1;
+        let ends_head = complete && i + 1 == bytes.len();
+        if lines > limits.max_headers + 1 && !ends_head {
+            return Err(HandshakeError::new(431, "too many header fields"));
         }
     }
     Ok(())
@@ -264,7 +298,8 @@ struct Seen {
 
 /// `lines`: the head up to and including the CRLF of its last line (every line ends in CRLF, no
 /// bare LF anywhere).
-fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> {
+/// Their line ends and number are checked already ([`check_lines`]).
+fn parse_head(lines: &[u8]) -> Result<Request, HandshakeError> {
     let mut rest = lines;
     let request_line = next_line(&mut rest).ok_or_else(|| bad("empty request"))?;
     let target = parse_request_line(request_line)?;
@@ -276,9 +311,6 @@ fn parse_head(lines: &[u8], limits: &Limits) -> Result<Request, HandshakeError> 
     // the Host and the method, which a request that is no GET fails first (405/501).
     let mut not_an_upgrade: Option<HandshakeError> = None;
     while let Some(line) = next_line(&mut rest) {
-        if headers.len() == limits.max_headers {
-            return Err(HandshakeError::new(431, "too many header fields"));
-        }
         let (name, value) = split_header(line)?;
         let index = headers.len();
         // RFC 6455 4.2.1: each of these MUST be present (at most) once to be meaningful.
@@ -417,7 +449,7 @@ fn next_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let lf = memchr::memchr(b'\n', rest)?;
     let (line, after) = rest.split_at(lf);
     *rest = after.get(1..).unwrap_or(&[]);
-    // check_line_ends guarantees the CR; strip it only if present, so a broken caller cannot panic.
+    // check_lines guarantees the CR; strip it only if present, so a broken caller cannot panic.
     Some(line.strip_suffix(b"\r").unwrap_or(line))
 }
 

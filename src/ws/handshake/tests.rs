@@ -542,15 +542,41 @@ fn obsolete_line_folding_rejected() {
 
 #[test]
 fn nul_cr_lf_inside_values_rejected() {
-    for v in ["a\0b", "a\rb", "\0"] {
+    for v in ["a\0b", "\0"] {
         let buf = with(&[("X-A", Some(v))]);
         assert_eq!(reason(&buf), "invalid character in header value", "{v:?}");
     }
+    // A CR not followed by LF is refused as soon as the byte after it arrives.
+    let buf = with(&[("X-A", Some("a\rb"))]);
+    assert_eq!(reason(&buf), "bare CR in request head");
+    let cr = buf.windows(3).position(|w| w == b"a\rb").unwrap() + 1;
+    assert_eq!(parse_default(&buf[..cr + 1]), Ok(None));
+    assert_eq!(
+        parse_default(&buf[..cr + 2]).unwrap_err().reason,
+        "bare CR in request head"
+    );
     // A LF inside a value is a bare LF, which ends the line early.
     assert_eq!(status(&with(&[("X-A", Some("a\nb"))])), 400);
     // Other bytes (obs-text, tabs inside) are kept; non-UTF-8 is replaced, not refused.
     let req = ok(&with(&[("X-A", Some("a\tb \u{e9}"))]));
     assert_eq!(req.header("x-a"), Some("a\tb \u{e9}"));
+}
+
+#[test]
+fn cr_cr_lf_line_ends_rejected_at_once() {
+    // No CRLFCRLF ever comes: without this the peer would wait for the handshake timeout.
+    let crcrlf = String::from_utf8(valid())
+        .unwrap()
+        .replace("\r\n", "\r\r\n");
+    let first_line = crcrlf.find('\r').unwrap();
+    let err = parse_default(&crcrlf.as_bytes()[..first_line + 2]).unwrap_err();
+    assert_eq!((err.status, err.reason), (400, "bare CR in request head"));
+    assert_eq!(parse_default(crcrlf.as_bytes()), Err(err.clone()));
+    // The same in a request line that never ends.
+    let mut endless = b"GET /chat HTTP/1.1\r".to_vec();
+    assert_eq!(parse_default(&endless), Ok(None));
+    endless.extend_from_slice(&[b'x'; 100]);
+    assert_eq!(parse_default(&endless), Err(err));
 }
 
 #[test]
@@ -719,6 +745,32 @@ fn more_than_max_headers_is_431() {
         (0..60).map(|i| (format!("X-{i}"), Some("v"))).collect();
     let extra: Vec<(&str, Option<&str>)> = extra.iter().map(|(n, v)| (n.as_str(), *v)).collect();
     assert_eq!(status(&with(&extra)), 431); // 67 > 64
+}
+
+#[test]
+fn too_many_fields_are_431_before_the_head_ends() {
+    let eight = Limits {
+        max_headers: 8,
+        ..Limits::default()
+    };
+    let mut head = b"GET /chat HTTP/1.1\r\n".to_vec();
+    for i in 0..8 {
+        head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    // Eight complete field lines and the start of a ninth: still possibly a request.
+    head.extend_from_slice(b"X-8: v\r");
+    assert_eq!(parse(&head, &eight), Ok(None));
+    head.push(b'\n');
+    let err = parse(&head, &eight).unwrap_err();
+    assert_eq!((err.status, err.reason), (431, "too many header fields"));
+    // Resumed parsing sees it as well.
+    assert_eq!(parse_after(&head, head.len() - 1, &eight), Err(err.clone()));
+    // The count comes before what the lines say, so that the head's end cannot change it.
+    let mut broken = b"GET /chat HTTP/1.0\r\nno colon\r\n".to_vec();
+    broken.extend_from_slice(&head[b"GET /chat HTTP/1.1\r\nX-0: v\r\n".len()..]);
+    assert_eq!(parse(&broken, &eight), Err(err.clone()));
+    broken.extend_from_slice(b"\r\n");
+    assert_eq!(parse(&broken, &eight), Err(err));
 }
 
 #[test]
