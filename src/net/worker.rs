@@ -292,7 +292,11 @@ enum Ending {
     PeerClosed,
     Error,
     Done,
+    /// A deadline passed; what was missing, for the log.
     Timeout(&'static str),
+    /// The close was complete but the peer kept its end of TCP open until the close timeout:
+    /// nothing lost, logged at debug only.
+    PeerKeptOpen,
     Shutdown,
 }
 

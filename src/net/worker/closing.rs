@@ -344,7 +344,7 @@ impl Worker {
             self.touched_push(&service);
         }
         match why {
-            Ending::Timeout(what) => crate::info_limited!("closed {}: {what} timeout", c.peer),
+            Ending::Timeout(what) => crate::info_limited!("closed {}: {what}", c.peer),
             other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
         }
         // Dropping `c` closes the socket.

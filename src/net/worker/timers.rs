@@ -41,9 +41,16 @@ impl Worker {
             match phase {
                 Phase::Handshake { .. } => self.handshake_timed_out(index),
                 _ if slow_reader => self.arm_close_deadline(index),
-                Phase::Closing | Phase::Finishing | Phase::Draining => {
-                    self.end(index, Ending::Timeout("close"))
-                }
+                Phase::Closing => self.end(
+                    index,
+                    Ending::Timeout("no Close from the peer within close_timeout_ms"),
+                ),
+                Phase::Finishing => self.end(
+                    index,
+                    Ending::Timeout("the peer did not take our last bytes within close_timeout_ms"),
+                ),
+                // Everything was said: only the peer's end of TCP is missing.
+                Phase::Draining => self.end(index, Ending::PeerKeptOpen),
                 Phase::Open => self.open_timer(index, now),
                 // Its replies are in the command queue, behind batches a turn takes only part
                 // of (`TAKE_BYTES`): they are on their way, wait for them.
@@ -65,7 +72,10 @@ impl Worker {
             return;
         };
         if c.inbuf.is_empty() {
-            return self.end(index, Ending::Timeout("handshake"));
+            return self.end(
+                index,
+                Ending::Timeout("nothing received within handshake_timeout_ms"),
+            );
         }
         crate::info_limited!(
             "rejected {}: HTTP 408 request incomplete at the handshake timeout",
