@@ -455,7 +455,7 @@ fn version_names_the_simd_variant() {
 }
 
 #[test]
-fn a_403_log_names_the_rule_that_refused() {
+fn a_refusal_log_names_the_rule_or_the_request_that_refused() {
     let dir = temp_dir("why-403");
     write_config(
         &dir,
@@ -477,15 +477,20 @@ fn a_403_log_names_the_rule_that_refused() {
     refused("/o", "Origin: https://b.example\r\n");
     refused("/o", "");
     refused("/a", "");
+    // A request refused before routing: its request line says what it asked.
+    let post = upgrade_request(addr, "/o").replacen("GET", "POST", 1);
+    let resp = http_exchange(addr, post.as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
     let resp = http_exchange(addr, upgrade_request(addr, "/none").as_bytes());
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     let lines = binary::lines_until(&log, "HTTP 404 for \"/none\"");
     let refusals: Vec<&String> = lines.iter().filter(|l| l.contains("127.0.0.1:")).collect();
-    assert_eq!(refusals.len(), 4, "{lines:#?}");
+    assert_eq!(refusals.len(), 5, "{lines:#?}");
     let expected = [
         r#"HTTP 403 for "/o": Origin "https://b.example" not in allowed_origins"#,
         r#"HTTP 403 for "/o": no Origin, allowed_origins requires one"#,
         r#"HTTP 403 for "/a": not allowed by the service's acl"#,
+        r#"HTTP 405 method not allowed: "POST /o HTTP/1.1""#,
         r#"HTTP 404 for "/none""#,
     ];
     for (line, want) in refusals.iter().zip(expected) {

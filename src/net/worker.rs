@@ -786,7 +786,12 @@ impl Worker {
                     self.answer_and_finish(index, answer);
                     return buf.len();
                 }
-                crate::info_limited!("rejected {peer}: HTTP {} {}", e.status, e.reason);
+                crate::info_limited!(
+                    "rejected {peer}: HTTP {} {}: {}",
+                    e.status,
+                    e.reason,
+                    crate::log::shown(&handshake::request_line(buf))
+                );
                 self.answer_and_finish(index, e.response());
                 return buf.len();
             }

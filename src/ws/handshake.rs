@@ -794,6 +794,16 @@ pub fn error_response_to(request: &[u8], status: u16, reason: &str) -> Vec<u8> {
     response_with(status, reason, !is_head(request))
 }
 
+/// The request line of the request in `buf` (after one optional empty line), as far as it came,
+/// for a log line: what a refused request asked is what an operator wants to see. Cut at the
+/// first CR or LF, and short (the log cuts it shorter still, see `crate::log::shown`).
+pub fn request_line(buf: &[u8]) -> String {
+    let rest = buf.strip_prefix(b"\r\n").unwrap_or(buf);
+    let rest = rest.get(..256).unwrap_or(rest);
+    let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+    String::from_utf8_lossy(rest.get(..end).unwrap_or_default()).into_owned()
+}
+
 /// Whether the request in `buf` (after one optional empty line) is a HEAD.
 fn is_head(buf: &[u8]) -> bool {
     buf.strip_prefix(b"\r\n")

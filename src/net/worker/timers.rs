@@ -78,8 +78,9 @@ impl Worker {
             );
         }
         crate::info_limited!(
-            "rejected {}: HTTP 408 request incomplete at the handshake timeout",
-            c.peer
+            "rejected {}: HTTP 408 request incomplete at the handshake timeout: {}",
+            c.peer,
+            crate::log::shown(&handshake::request_line(&c.inbuf))
         );
         let answer = handshake::error_response_to(&c.inbuf, 408, "request timeout");
         self.answer_and_finish(index, answer);

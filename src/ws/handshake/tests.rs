@@ -1127,3 +1127,20 @@ fn bytes_that_cannot_start_a_request_are_refused_before_the_head_ends() {
         );
     }
 }
+
+#[test]
+fn request_line_for_the_log() {
+    assert_eq!(
+        request_line(b"POST /echo HTTP/1.1\r\nHost: x\r\n"),
+        "POST /echo HTTP/1.1"
+    );
+    assert_eq!(request_line(b"\r\nGET /a HTTP/1.1\r\n"), "GET /a HTTP/1.1");
+    assert_eq!(request_line(b"GET /unfinished"), "GET /unfinished");
+    assert_eq!(request_line(b"GET /a\rb"), "GET /a");
+    assert_eq!(
+        request_line(b"\x16\x03\x01\xff"),
+        "\u{16}\u{3}\u{1}\u{fffd}"
+    );
+    assert_eq!(request_line(&[b'a'; 1000]).len(), 256);
+    assert_eq!(request_line(b""), "");
+}
