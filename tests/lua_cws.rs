@@ -457,6 +457,11 @@ fn accept_upgrade(listener: &TcpListener) -> std::net::TcpStream {
 
 /// Reads a client's upgrade request from `s` (plain or TLS) and answers 101.
 fn answer_upgrade(s: &mut (impl std::io::Read + Write)) {
+    answer_upgrade_after(s, "");
+}
+
+/// [`answer_upgrade`], with `interim` (whole HTTP heads) written before the 101.
+fn answer_upgrade_after(s: &mut (impl std::io::Read + Write), interim: &str) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -472,7 +477,7 @@ fn answer_upgrade(s: &mut (impl std::io::Read + Write)) {
         .to_string();
     write!(
         s,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        "{interim}HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         lapps::ws::handshake::accept_key(&key)
     )
@@ -551,6 +556,32 @@ fn a_server_that_closes_during_the_upgrade_is_reported_as_such() {
             "Closed(1006)"
         ]
     );
+}
+
+#[test]
+fn interim_answers_before_the_101_are_skipped() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // RFC 9110 15.2: a client parses 1xx answers it did not ask for.
+        answer_upgrade_after(
+            &mut s,
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        );
+        s.write_all(&server_frame(1, b"after the 101")).unwrap();
+        read_client_frame(&mut s)
+    });
+    let (mut c, mut keys) = client_to(addr);
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |_, ev| ev.len() >= 2);
+    let message = format!("{:?}", b"after the 101".as_slice());
+    assert_eq!(events, ["Open".into(), format!("Message({message}, Text)")]);
+    c.close(1000, &mut keys, &mut |ev| events.push(format!("{ev:?}")))
+        .unwrap();
+    let (opcode, masked, payload) = server.join().unwrap();
+    assert_eq!((opcode, masked, payload), (8, true, vec![0x03, 0xe8]));
 }
 
 #[test]

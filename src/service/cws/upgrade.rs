@@ -25,24 +25,57 @@ pub fn request(url: &Url, nonce: &[u8; 16]) -> (Vec<u8>, String) {
 
 /// `Ok(None)`: the answer is not complete yet. `Ok(Some(n))`: valid, `n` bytes long (what
 /// follows is WebSocket data). `Err`: the upgrade failed, with a reason for `onerror`.
+///
+/// Interim answers (1xx other than 101, such as a `100 Continue`) before the 101 are skipped:
+/// RFC 9110 section 15.2 has a client parse them even when it did not ask for one. They count
+/// against `MAX_RESPONSE` with the answer.
 pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String> {
     // An answer that fits ends within the first MAX_RESPONSE bytes: no need to look further.
     let window = buf.get(..MAX_RESPONSE).unwrap_or(buf);
-    let end = memchr::memmem::find(window, b"\r\n\r\n");
-    // A head ended by an empty line of a bare LF (RFC 9112 2.2 lets a recipient take it, we
-    // do not): refused at once, rather than waited on until the connect timeout.
-    if let Some(lf) = memchr::memmem::find(window, b"\n\n") {
-        if end.is_none_or(|crlf| lf < crlf) {
-            return Err("the upgrade answer's lines end in a bare LF, not CRLF".into());
+    let mut start = 0;
+    loop {
+        let rest = window.get(start..).unwrap_or_default();
+        let end = memchr::memmem::find(rest, b"\r\n\r\n");
+        // A head ended by an empty line of a bare LF (RFC 9112 2.2 lets a recipient take it,
+        // we do not): refused at once, rather than waited on until the connect timeout.
+        if let Some(lf) = memchr::memmem::find(rest, b"\n\n") {
+            if end.is_none_or(|crlf| lf < crlf) {
+                return Err("the upgrade answer's lines end in a bare LF, not CRLF".into());
+            }
         }
+        let Some(end) = end else {
+            if buf.len() >= MAX_RESPONSE {
+                return Err("upgrade answer too large".into());
+            }
+            return Ok(None);
+        };
+        let head = String::from_utf8_lossy(rest.get(..end).unwrap_or_default());
+        if is_interim(&head) {
+            start += end + 4;
+            continue;
+        }
+        return check_head(&head, accept).map(|()| Some(start + end + 4));
     }
-    let Some(end) = end else {
-        if buf.len() >= MAX_RESPONSE {
-            return Err("upgrade answer too large".into());
-        }
-        return Ok(None);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]);
+}
+
+/// Whether `head` is an interim answer: `HTTP/1.1 1xx` but not the 101 (RFC 9110 15.2).
+fn is_interim(head: &str) -> bool {
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .unwrap_or_default();
+    status.len() == 3
+        && status.starts_with('1')
+        && status.bytes().all(|b| b.is_ascii_digit())
+        && status != "101"
+        && head
+            .as_bytes()
+            .get(12)
+            .is_none_or(|&b| b == b' ' || b == b'\r')
+}
+
+/// Checks the head of the final answer (without its empty line).
+fn check_head(head: &str, accept: &str) -> Result<(), String> {
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     // RFC 9112 5.2: a line that begins with white space continues the field before it
@@ -113,7 +146,7 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     if accepted != Some(true) {
         return Err("wrong Sec-WebSocket-Accept".into());
     }
-    Ok(Some(end + 4))
+    Ok(())
 }
 
 /// Whether a list field's value (RFC 9110 5.6.1) has an element: `""` and `" , "` have none.
@@ -236,5 +269,36 @@ mod tests {
             &format!("\r\nX-Pad: {}\r\n\r\n", "p".repeat(MAX_RESPONSE)),
         );
         assert!(check_response(big.as_bytes(), &accept).is_err());
+    }
+
+    #[test]
+    fn interim_answers_before_the_101_are_skipped() {
+        let url = super::super::url::parse("ws://127.0.0.1:9/p").unwrap();
+        let (_, accept) = request(&url, b"the sample nonce");
+        let good = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+        let both = format!("{interim}{good}XY");
+        let n = both.len() - 2;
+        assert_eq!(check_response(both.as_bytes(), &accept), Ok(Some(n)));
+        // Not decided while only interim answers came.
+        assert_eq!(check_response(interim.as_bytes(), &accept), Ok(None));
+        assert_eq!(check_response(&both.as_bytes()[..n - 1], &accept), Ok(None));
+        // What follows them is checked as any answer is.
+        let refused = format!("{interim}HTTP/1.1 403 Forbidden\r\n\r\n");
+        let e = check_response(refused.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("403"), "{e}");
+        // Only 1xx of HTTP/1.1, three digits; a 1xx status in another form is a refusal.
+        for not_interim in ["HTTP/1.0 100 Continue", "HTTP/1.1 1000 X", "HTTP/1.1 10 X"] {
+            let odd = format!("{not_interim}\r\n\r\n{good}");
+            let e = check_response(odd.as_bytes(), &accept).unwrap_err();
+            assert!(e.contains("refused"), "{not_interim}: {e}");
+        }
+        // They count against the limit with the answer.
+        let many = format!("{}{good}", interim.repeat(MAX_RESPONSE / interim.len() + 1));
+        let e = check_response(many.as_bytes(), &accept).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
     }
 }
