@@ -585,6 +585,41 @@ fn interim_answers_before_the_101_are_skipped() {
 }
 
 #[test]
+fn a_server_that_closes_during_the_tls_handshake_is_reported_as_such() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The ClientHello (all of it: unread bytes would make the end a reset), then the end
+        // of the connection, without an alert.
+        let mut head = [0u8; 5];
+        std::io::Read::read_exact(&mut s, &mut head).unwrap();
+        let mut hello = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
+        std::io::Read::read_exact(&mut s, &mut hello).unwrap();
+        (head[0], hello[0])
+    });
+    let opts = lapps::service::cws::TlsOptions {
+        ca_file: None,
+        insecure: true,
+    };
+    let tls = lapps::service::cws::client_config(&opts).unwrap();
+    let mut keys = lapps::service::cws::KeyPool::default();
+    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
+    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    assert_eq!(server.join().unwrap(), (0x16, 1), "a TLS ClientHello");
+    assert_eq!(
+        events,
+        [
+            "Error(\"the server closed the connection during the TLS handshake\")",
+            "Closed(1006)"
+        ]
+    );
+}
+
+#[test]
 fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

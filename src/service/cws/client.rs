@@ -792,7 +792,11 @@ impl Client {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             } else {
-                let why = if matches!(self.phase, Phase::Upgrading { .. }) {
+                let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+                let why = if matches!(self.phase, Phase::Upgrading { .. }) && handshaking {
+                    // Without an alert: a server that wants a client certificate may end so.
+                    "the server closed the connection during the TLS handshake"
+                } else if matches!(self.phase, Phase::Upgrading { .. }) {
                     "the server closed the connection before its upgrade response ended"
                 } else {
                     "the server closed the connection without a close frame"
