@@ -95,10 +95,7 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
     let status = parts.next().unwrap_or_default();
     // 101 is HTTP/1.1's (RFC 6455 section 4.1: the answer is an HTTP/1.1 one).
     if version != "HTTP/1.1" || status != "101" {
-        return Err(format!(
-            "upgrade refused: {}",
-            status_line.chars().take(80).collect::<String>()
-        ));
+        return Err(format!("upgrade refused: {}", peer_text(status_line, 80)));
     }
     let (mut upgrade, mut connection) = (false, false);
     let mut accepted = None;
@@ -107,7 +104,7 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
         let Some((name, value)) = line.split_once(':').filter(|(n, _)| is_token(n)) else {
             return Err(format!(
                 "malformed header line in the upgrade answer: {}",
-                line.chars().take(80).collect::<String>()
+                peer_text(line, 80)
             ));
         };
         let value = value.trim();
@@ -117,7 +114,7 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
             "upgrade" => {
                 return Err(format!(
                     "the answer upgrades to {:?}, not websocket",
-                    value.chars().take(40).collect::<String>()
+                    peer_text(value, 40)
                 ))
             }
             // A list, which may come in several lines (RFC 9110 section 5.3).
@@ -147,6 +144,22 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
         return Err("wrong Sec-WebSocket-Accept".into());
     }
     Ok(())
+}
+
+/// The first `max` characters of `s`, a server's text, for an `onerror` message: control
+/// characters (a server's ESC or CR) are escaped, so that an app may write the message
+/// anywhere.
+fn peer_text(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Whether a list field's value (RFC 9110 5.6.1) has an element: `""` and `" , "` have none.
@@ -269,6 +282,15 @@ mod tests {
             &format!("\r\nX-Pad: {}\r\n\r\n", "p".repeat(MAX_RESPONSE)),
         );
         assert!(check_response(big.as_bytes(), &accept).is_err());
+    }
+
+    #[test]
+    fn a_servers_text_in_an_error_has_its_control_characters_escaped() {
+        let e = check_response(b"HTTP/1.1 400 \x1b[31mred\x07\r\n\r\n", "x").unwrap_err();
+        assert_eq!(e, "upgrade refused: HTTP/1.1 400 \\u{1b}[31mred\\u{7}");
+        let long = format!("HTTP/1.1 400 {}\r\n\r\n", "é".repeat(100));
+        let e = check_response(long.as_bytes(), "x").unwrap_err();
+        assert_eq!(e.chars().count(), "upgrade refused: ".len() + 80);
     }
 
     #[test]
