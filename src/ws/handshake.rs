@@ -197,7 +197,13 @@ fn parse_head_of(
         }
         None => {
             check_method(window)?;
-            check_lines(window, from, false, limits)?;
+            // What an earlier call saw is decided, but for a CR that was its last byte.
+            let seen = scanned.min(window.len());
+            let undecided = match seen.checked_sub(1) {
+                Some(last) if window.get(last) == Some(&b'\r') => last,
+                _ => seen,
+            };
+            check_lines(window, undecided, false, limits)?;
             if buf.len() > max && memchr::memchr(b'\n', window).is_none() {
                 // Not even the request line fits: it is the target that is too long.
                 Err(HandshakeError::new(414, "request target too long"))
@@ -246,10 +252,9 @@ fn check_method(head: &[u8]) -> Result<(), HandshakeError> {
 /// the verdict on a prefix stays the verdict on the whole; both come before what the lines say,
 /// for the same reason.
 ///
-/// The bytes before `from` were checked by an earlier call, but for a CR that was the last byte;
-/// the LFs among them are counted again only when a line may have ended since, and a count over
-/// the limit ends the head, so a head arriving a byte at a time costs at most the limit's
-/// rescans.
+/// The bytes before `from` were checked by an earlier call (which left a CR as its last byte
+/// to this one). The LFs before the first new one are counted once, and a count over the
+/// limit ends the head, so a head arriving a byte at a time costs about `max_headers` scans.
 fn check_lines(
     bytes: &[u8],
     from: usize,
@@ -257,11 +262,8 @@ fn check_lines(
     limits: &Limits,
 ) -> Result<(), HandshakeError> {
     let new = bytes.get(from..).unwrap_or_default();
-    if memchr::memchr2(b'\r', b'\n', new).is_none() {
-        return Ok(());
-    }
     // The request line's LF is the first; the last LF of a complete head ends its empty line.
-    let mut lines = memchr::memchr_iter(b'\n', bytes.get(..from).unwrap_or_default()).count();
+    let mut lines: Option<usize> = None;
     for i in memchr::memchr2_iter(b'\r', b'\n', new) {
         let i = from + i;
         if bytes.get(i) == Some(&b'\r') {
@@ -274,9 +276,13 @@ fn check_lines(
         if i == 0 || bytes.get(i - 1) != Some(&b'\r') {
             return Err(bad("line not terminated by CRLF"));
         }
-        lines += 1;
+        let lines = lines.get_or_insert_with(|| {
+            memchr::memchr_iter(b'\n', bytes.get(..i).unwrap_or_default()).count()
+        });
+        *lines += 1;
         let ends_head = complete && i + 1 == bytes.len();
-        if lines > limits.max_headers + 1 && !ends_head {
+        // The request line is not a field line.
+        if *lines - 1 > limits.max_headers && !ends_head {
             return Err(HandshakeError::new(431, "too many header fields"));
         }
     }
@@ -797,11 +803,24 @@ pub fn error_response_to(request: &[u8], status: u16, reason: &str) -> Vec<u8> {
 /// The request line of the request in `buf` (after one optional empty line), as far as it came,
 /// for a log line: what a refused request asked is what an operator wants to see. Cut at the
 /// first CR or LF, and short (the log cuts it shorter still, see `crate::log::shown`).
+///
+/// The query is left out (`?...`): clients that cannot set headers (browsers) carry tokens
+/// there, and the log must not keep them.
 pub fn request_line(buf: &[u8]) -> String {
     let rest = buf.strip_prefix(b"\r\n").unwrap_or(buf);
     let rest = rest.get(..256).unwrap_or(rest);
     let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-    String::from_utf8_lossy(rest.get(..end).unwrap_or_default()).into_owned()
+    let line = rest.get(..end).unwrap_or_default();
+    let line = match memchr::memchr(b'?', line) {
+        Some(q) => {
+            // Keep the version after the target, if it came.
+            let after = line.get(q..).unwrap_or_default();
+            let version = memchr::memrchr(b' ', after).map_or(&b""[..], |sp| &after[sp..]);
+            [line.get(..q).unwrap_or_default(), b"?...", version].concat()
+        }
+        None => line.to_vec(),
+    };
+    String::from_utf8_lossy(&line).into_owned()
 }
 
 /// Whether the request in `buf` (after one optional empty line) is a HEAD.

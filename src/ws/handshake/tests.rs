@@ -1143,4 +1143,10 @@ fn request_line_for_the_log() {
     );
     assert_eq!(request_line(&[b'a'; 1000]).len(), 256);
     assert_eq!(request_line(b""), "");
+    // Tokens in the query stay out of the log.
+    assert_eq!(
+        request_line(b"GET /ws?access_token=secret HTTP/1.1\r\n"),
+        "GET /ws?... HTTP/1.1"
+    );
+    assert_eq!(request_line(b"GET /ws?access_tok"), "GET /ws?...");
 }
