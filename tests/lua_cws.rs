@@ -620,6 +620,49 @@ fn a_server_that_closes_during_the_tls_handshake_is_reported_as_such() {
 }
 
 #[test]
+fn a_tls_server_that_ends_without_answering_the_upgrade_is_reported_as_such() {
+    let dir = scratch("tls-no-answer");
+    let (cfg, pem) = tls_server_config(&dir);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(cfg).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // The whole request (unread bytes would make the end a reset), then the end of TCP
+        // without an answer, an alert or close_notify.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            std::io::Read::read_exact(&mut tls, &mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        drop(tls);
+        String::from_utf8(head).unwrap()
+    });
+    let opts = lapps::service::cws::TlsOptions {
+        ca_file: Some(pem.to_string_lossy().into_owned()),
+        insecure: false,
+    };
+    let tls = lapps::service::cws::client_config(&opts).unwrap();
+    let mut keys = lapps::service::cws::KeyPool::default();
+    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
+    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    assert!(server.join().unwrap().starts_with("GET /x HTTP/1.1\r\n"));
+    assert_eq!(
+        events,
+        [
+            "Error(\"the server closed the TLS connection without answering the upgrade \
+             (as a server that wants a client certificate does)\")",
+            "Closed(1006)"
+        ]
+    );
+}
+
+#[test]
 fn the_client_masks_its_frames_answers_pings_and_completes_the_close_handshake() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

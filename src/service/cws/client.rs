@@ -792,11 +792,16 @@ impl Client {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006));
             } else {
+                let upgrading = matches!(self.phase, Phase::Upgrading { .. });
                 let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
-                let why = if matches!(self.phase, Phase::Upgrading { .. }) && handshaking {
-                    // Without an alert: a server that wants a client certificate may end so.
+                // Without an alert, a server that wants a client certificate ends so: during
+                // a TLS 1.2 handshake, or under TLS 1.3 once ours is done, before any answer.
+                let why = if upgrading && handshaking {
                     "the server closed the connection during the TLS handshake"
-                } else if matches!(self.phase, Phase::Upgrading { .. }) {
+                } else if upgrading && self.tls.is_some() && self.input.is_empty() {
+                    "the server closed the TLS connection without answering the upgrade \
+                     (as a server that wants a client certificate does)"
+                } else if upgrading {
                     "the server closed the connection before its upgrade response ended"
                 } else {
                     "the server closed the connection without a close frame"

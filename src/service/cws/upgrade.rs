@@ -38,10 +38,10 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
         let end = memchr::memmem::find(rest, b"\r\n\r\n");
         // A head ended by an empty line of a bare LF (RFC 9112 2.2 lets a recipient take it,
         // we do not): refused at once, rather than waited on until the connect timeout.
-        if let Some(lf) = memchr::memmem::find(rest, b"\n\n") {
-            if end.is_none_or(|crlf| lf < crlf) {
-                return Err("the upgrade answer's lines end in a bare LF, not CRLF".into());
-            }
+        // Only up to the CRLFCRLF: interim answers must not make each call rescan the rest.
+        let before_end = end.map_or(rest, |crlf| rest.get(..crlf + 1).unwrap_or(rest));
+        if memchr::memmem::find(before_end, b"\n\n").is_some() {
+            return Err("the upgrade answer's lines end in a bare LF, not CRLF".into());
         }
         let Some(end) = end else {
             if buf.len() >= MAX_RESPONSE {
@@ -113,7 +113,7 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
             "upgrade" if value.eq_ignore_ascii_case("websocket") => upgrade = true,
             "upgrade" => {
                 return Err(format!(
-                    "the answer upgrades to {:?}, not websocket",
+                    "the answer upgrades to \"{}\", not websocket",
                     peer_text(value, 40)
                 ))
             }
@@ -146,20 +146,12 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The first `max` characters of `s`, a server's text, for an `onerror` message: control
-/// characters (a server's ESC or CR) are escaped, so that an app may write the message
-/// anywhere.
+/// The first `max` characters of `s`, a server's text, for an `onerror` message, escaped as
+/// Rust's `{:?}` does (control and format characters such as a server's ESC or a bidi
+/// override, quotes, backslashes), so that an app may write the message anywhere and an
+/// escape in it is always ours.
 fn peer_text(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    s.chars().take(max).flat_map(char::escape_debug).collect()
 }
 
 /// Whether a list field's value (RFC 9110 5.6.1) has an element: `""` and `" , "` have none.
@@ -291,6 +283,12 @@ mod tests {
         let long = format!("HTTP/1.1 400 {}\r\n\r\n", "é".repeat(100));
         let e = check_response(long.as_bytes(), "x").unwrap_err();
         assert_eq!(e.chars().count(), "upgrade refused: ".len() + 80);
+        // A backslash of the server's cannot pass for an escape; a bidi override is escaped.
+        let e = check_response("HTTP/1.1 400 \\u{1b} \u{202e}x\r\n\r\n".as_bytes(), "x");
+        assert_eq!(
+            e.unwrap_err(),
+            "upgrade refused: HTTP/1.1 400 \\\\u{1b} \\u{202e}x"
+        );
     }
 
     #[test]
