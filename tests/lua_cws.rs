@@ -1505,6 +1505,43 @@ return p
     reg.shutdown();
 }
 
+#[test]
+fn a_callback_that_spends_its_budget_leaves_run_a_budget_of_its_own() {
+    let dir = scratch("cb-spent");
+    let (url, server) = scripted_server(server_frame(1, b"spin"));
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  local told = false
+  assert(cws:new(URL, {{ onmessage = function() while true do end end }}))
+  while not must_stop() do
+    local n = cws:eventLoop(0.05)
+    if n > 0 and not told then
+      told = true
+      assert(mqr:post("cws.spent", "run goes on after " .. n))
+    end
+  end
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.spent", 4);
+    let mut spec = app_in(&dir, "cb_spent", &src);
+    spec.instruction_budget = Some(100_000);
+    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    // The callback's raise is logged; what run() does after eventLoop has a budget again.
+    assert_eq!(next(&out), "run goes on after 1");
+    reg.shutdown();
+    assert_eq!(
+        server.join().unwrap().0,
+        8,
+        "the client's Close at the shutdown"
+    );
+}
+
 /// A scripted server that answers the upgrade, writes `bytes` and returns the client's next
 /// frame; its ws:// URL.
 fn scripted_server(bytes: Vec<u8>) -> (String, std::thread::JoinHandle<(u8, bool, Vec<u8>)>) {

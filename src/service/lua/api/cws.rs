@@ -533,6 +533,11 @@ impl Cws {
                 crate::error_limited!("{} cws {name}: {}", self.host.tag(), one_line(&e));
             }
         }
+        // What runs after eventLoop returns gets a budget of its own too, not what the last
+        // callback left of its.
+        if ran > 0 {
+            self.host.polling_point();
+        }
         // What the callbacks sent leaves now rather than after the next poll.
         if let Ok(mut conns) = self.conns.try_borrow_mut() {
             for e in conns.values_mut() {
