@@ -72,10 +72,15 @@ impl Worker {
             return;
         };
         if c.inbuf.is_empty() {
-            return self.end(
-                index,
-                Ending::Timeout("nothing received within handshake_timeout_ms"),
-            );
+            // Over TLS, `inbuf` holds what was decrypted: the peer may have sent records.
+            let why = match c.tls.as_deref() {
+                None => "nothing received within handshake_timeout_ms",
+                Some(t) if t.conn.is_handshaking() => {
+                    "TLS handshake not finished within handshake_timeout_ms"
+                }
+                Some(_) => "no request after the TLS handshake within handshake_timeout_ms",
+            };
+            return self.end(index, Ending::Timeout(why));
         }
         crate::info_limited!(
             "rejected {}: HTTP 408 request incomplete at the handshake timeout: {}",
