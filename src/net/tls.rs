@@ -443,6 +443,9 @@ pub struct TlsSession {
     /// Handshake reads after which the server had something to send (its flights; counted
     /// by `Worker::tls_feed_timed`).
     pub flights: u8,
+    /// rustls has taken bytes of this session: a first record that fails is the first bytes
+    /// of the connection (a plain HTTP request shows there, for the log line).
+    pub started: bool,
     close_sent: bool,
     /// Application-data records written so far (handshake records and alerts are not
     /// counted: the reserve covers them).
@@ -462,6 +465,7 @@ impl TlsSession {
             stash: Vec::new(),
             failed: false,
             flights: 0,
+            started: false,
             close_sent: false,
             records: 0,
             record_budget: None,

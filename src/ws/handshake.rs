@@ -224,6 +224,11 @@ fn parse_head_of(
 const MAX_METHOD: usize = 32;
 
 fn check_method(head: &[u8]) -> Result<(), HandshakeError> {
+    // A TLS record of the handshake (a ClientHello): a wss:// client at a ws:// port. Its
+    // first byte is no tchar, so this is the verdict below, in words an operator can use.
+    if head.first() == Some(&0x16) {
+        return Err(bad("TLS handshake on a plain ws:// listener"));
+    }
     // Methods are short (the longest registered has 17 bytes), and only the first bytes are
     // looked at, so that a head arriving a byte at a time costs no rescans.
     let first = head.get(..MAX_METHOD + 1).unwrap_or(head);

@@ -242,6 +242,8 @@ impl Worker {
                 c.read_pending = true; // come back for the stash on resume
                 return Step::Stop;
             }
+            let first = !t.started;
+            t.started = true;
             let mut rest = &bytes[pos..];
             let result = match t.conn.read_tls(&mut rest) {
                 Ok(0) => Err("rustls took no bytes".to_string()),
@@ -253,7 +255,16 @@ impl Worker {
             }
             .map(|_| ());
             if let Err(e) = result {
-                crate::info_limited!("closing {peer}: TLS error: {e}");
+                // A record begins with its content type (20-23), never with a letter: these
+                // are the first bytes of a plain HTTP request, say that in words.
+                if first && bytes.first().is_some_and(u8::is_ascii_uppercase) {
+                    crate::info_limited!(
+                        "closing {peer}: plain HTTP on a TLS listener (use https:// or wss://): {}",
+                        crate::log::shown(&crate::ws::handshake::request_line(bytes))
+                    );
+                } else {
+                    crate::info_limited!("closing {peer}: TLS error: {e}");
+                }
                 t.failed = true;
                 self.finish_after_flush(index);
                 return Step::Stop;

@@ -1150,3 +1150,17 @@ fn request_line_for_the_log() {
     );
     assert_eq!(request_line(b"GET /ws?access_tok"), "GET /ws?...");
 }
+
+#[test]
+fn a_tls_client_hello_is_named_as_such() {
+    let hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    for n in 1..=hello.len() {
+        let err = parse_default(&hello[..n]).unwrap_err();
+        assert_eq!(
+            (err.status, err.reason),
+            (400, "TLS handshake on a plain ws:// listener")
+        );
+    }
+}
