@@ -871,6 +871,11 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     let e = check(&cert, &damaged);
     assert_eq!(e.file, damaged, "{e}");
     assert!(e.reason.contains("unusable private key"), "{e}");
+    assert!(
+        e.reason
+            .ends_with("(usable: RSA of 2048 to 8192 bits, ECDSA on P-256 or P-384, Ed25519)"),
+        "{e}"
+    );
     let encrypted = dir.join("encrypted.key");
     std::fs::write(
         &encrypted,
@@ -891,6 +896,42 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     let e = check(&cert, &encrypted);
     assert_eq!(e.file, encrypted);
     assert!(e.reason.contains("encrypted"), "{e}");
+    // A damaged block says what is damaged, not the parser's debug form.
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let cut = dir.join("cut.crt");
+    std::fs::write(&cut, &pem[..pem.len() / 2]).unwrap();
+    let e = check(&cut, &key);
+    assert_eq!(e.file, cut);
+    assert_eq!(
+        e.reason,
+        "not valid PEM: its \"CERTIFICATE\" block has no END line (is the file cut short?)"
+    );
+    // DER, where PEM is expected: named, with the command that converts it.
+    let der = dir.join("server.der");
+    std::fs::write(&der, &ca.server("der").cert_der).unwrap();
+    let e = check(&der, &key);
+    assert!(
+        e.reason
+            .starts_with("no CERTIFICATE block in the PEM file (it looks like DER"),
+        "{e}"
+    );
+    // A byte order mark before the first BEGIN line does not hide the certificate.
+    let bom = dir.join("bom.crt");
+    std::fs::write(&bom, format!("\u{feff}{pem}")).unwrap();
+    let bom_key = dir.join("bom.key");
+    std::fs::write(
+        &bom_key,
+        format!("\u{feff}{}", std::fs::read_to_string(&key).unwrap()),
+    )
+    .unwrap();
+    lapps::net::tls::check(&lapps::net::tls::TlsFiles {
+        cert: bom,
+        key: bom_key,
+        ca: None,
+        tls13_only: false,
+        tls12_record_budget: None,
+    })
+    .expect("a certificate and key after a byte order mark");
 
     // --check-config says the same and fails.
     write_config(&dir, &tls_json(&cert, &other_key, None), "");

@@ -182,7 +182,15 @@ fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded,
     provider
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|e| err(&files.key, format!("unusable private key: {e}")))?;
+        .map_err(|e| {
+            err(
+                &files.key,
+                format!(
+                    "unusable private key: {e} (usable: RSA of 2048 to 8192 bits, ECDSA on \
+                     P-256 or P-384, Ed25519)"
+                ),
+            )
+        })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(if files.tls13_only {
             TLS13_ONLY
@@ -257,34 +265,65 @@ fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded,
     })
 }
 
+/// The bytes of a PEM file, without a leading UTF-8 byte order mark (which editors on some
+/// systems add, and which would hide the first BEGIN line).
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let mut bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
+    Ok(bytes)
+}
+
+/// What to add when a file holds no PEM block: DER (binary) begins with a SEQUENCE.
+fn der_hint(bytes: &[u8], convert: &str) -> String {
+    if bytes.first() == Some(&0x30) {
+        format!(" (it looks like DER, binary: convert it with openssl {convert} -inform der -in FILE -out FILE.pem)")
+    } else {
+        String::new()
+    }
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(path, pem_reason(e)))?
+    let bytes = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(path, pem_reason(e)))?;
     if certs.is_empty() {
-        return Err(err(path, "no CERTIFICATE block in the PEM file"));
+        return Err(err(
+            path,
+            format!(
+                "no CERTIFICATE block in the PEM file{}",
+                der_hint(&bytes, "x509")
+            ),
+        ));
     }
     Ok(certs)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+    let bytes = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         // PKCS#8's encrypted block, or the legacy OpenSSL one (a key block with headers).
-        let encrypted = !matches!(e, rustls::pki_types::pem::Error::Io(_))
-            && std::fs::read(path).is_ok_and(|b| {
-                [
-                    &b"-----BEGIN ENCRYPTED PRIVATE KEY-----"[..],
-                    b"Proc-Type: 4,ENCRYPTED",
-                ]
-                .iter()
-                .any(|m| memchr::memmem::find(&b, m).is_some())
-            });
+        let encrypted = [
+            &b"-----BEGIN ENCRYPTED PRIVATE KEY-----"[..],
+            b"Proc-Type: 4,ENCRYPTED",
+        ]
+        .iter()
+        .any(|m| memchr::memmem::find(&bytes, m).is_some());
         if encrypted {
             err(
                 path,
                 "the private key is encrypted, which LAppS cannot use: decrypt it \
                  (openssl pkey -in KEY -out PLAIN_KEY) and keep it readable by lapps only",
+            )
+        } else if matches!(e, rustls::pki_types::pem::Error::NoItemsFound) {
+            err(
+                path,
+                format!(
+                    "no usable PEM block (expected a private key){}",
+                    der_hint(&bytes, "pkey")
+                ),
             )
         } else {
             err(path, pem_reason(e))
@@ -297,7 +336,16 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
     match e {
         E::Io(io) => format!("cannot read: {io}"),
         E::NoItemsFound => "no usable PEM block (expected a private key)".to_string(),
-        other => format!("not valid PEM: {other:?}"),
+        E::MissingSectionEnd { end_marker } => format!(
+            "not valid PEM: its {} block has no END line (is the file cut short?)",
+            crate::log::shown(String::from_utf8_lossy(&end_marker).trim())
+        ),
+        E::IllegalSectionStart { line } => format!(
+            "not valid PEM: malformed BEGIN line {}",
+            crate::log::shown(String::from_utf8_lossy(&line).trim())
+        ),
+        E::Base64Decode(why) => format!("not valid PEM: a block's base64 is damaged ({why})"),
+        other => format!("not valid PEM: {other}"),
     }
 }
 
