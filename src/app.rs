@@ -474,6 +474,43 @@ fn changed_builtins<'a>(before: &'a [ServiceConfig], now: &'a [ServiceConfig]) -
     names
 }
 
+/// The ws.json keys whose values differ between `a` and `b`, for the reload's warning.
+fn changed_ws_keys(a: &crate::config::WsConfig, b: &crate::config::WsConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    macro_rules! compare {
+        ($($key:ident),*) => {
+            $(if a.$key != b.$key { keys.push(stringify!($key)); })*
+        };
+    }
+    compare!(
+        ip,
+        port,
+        listeners,
+        connection_weight,
+        acl,
+        tls,
+        tls_certificates,
+        tls_server_version,
+        workers,
+        handshake_timeout_ms,
+        close_timeout_ms,
+        idle_timeout_ms,
+        message_timeout_ms,
+        backlog,
+        max_request_bytes,
+        max_headers,
+        outbound_high_water,
+        max_inbound_assembly_bytes,
+        max_connections_per_address,
+        per_address_ipv6_prefix,
+        endpoints
+    );
+    if keys.is_empty() {
+        keys.push("settings");
+    }
+    keys
+}
+
 #[derive(PartialEq)]
 struct RestartOnly {
     ws: crate::config::WsConfig,
@@ -630,9 +667,21 @@ impl App {
                 let now = RestartOnly::of(&cfg);
                 if now.ws != self.restart_only.ws {
                     crate::warn!(
-                        "reload: ws.json changed; its changes take effect at the next restart \
-                         (systemctl restart lapps)"
+                        "reload: ws.json changed ({}); its changes take effect at the next \
+                         restart (systemctl restart lapps)",
+                        changed_ws_keys(&self.restart_only.ws, &now.ws).join(", ")
                     );
+                    if let (Some(old), true) = (
+                        &self.restart_only.ws.tls_certificates,
+                        now.ws.tls_certificates != self.restart_only.ws.tls_certificates,
+                    ) {
+                        crate::warn!(
+                            "reload: the certificate was read again from the files the server \
+                             started with ({}, {}), not from the new tls_certificates",
+                            old.cert.display(),
+                            old.key.display()
+                        );
+                    }
                 }
                 let changed = changed_builtins(&self.restart_only.builtins, &now.builtins);
                 if !changed.is_empty() {

@@ -184,7 +184,13 @@ fn a_reload_says_that_ws_json_changes_need_a_restart() {
     .unwrap();
     signal(pid, libc::SIGHUP);
     let line = wait_line(&log, "ws.json changed");
-    assert!(line.contains("next restart"), "{line}");
+    assert!(
+        line.ends_with(
+            "ws.json changed (close_timeout_ms); its changes take effect at the next restart \
+             (systemctl restart lapps)"
+        ),
+        "{line}"
+    );
     server.stop();
 }
 

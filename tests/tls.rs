@@ -996,6 +996,32 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
         done.contains(" INFO ") && done.contains("certificate reloaded; "),
         "{done}"
     );
+    // New paths in ws.json: a restart's business; the reload says which files it read.
+    let (cert3, key3) = write_pair(&dir, "three", &ca.server("three"));
+    write_config(&dir, &tls_json(&cert3, &key3, None), "");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    let lines = binary::lines_until(&log, "reload done: ");
+    let named = format!(
+        "the certificate was read again from the files the server started with ({}, {}), \
+         not from the new tls_certificates",
+        cert.display(),
+        key.display()
+    );
+    assert!(lines.iter().any(|l| l.ends_with(&named)), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ws.json changed (tls_certificates)")),
+        "{lines:#?}"
+    );
+    let cfg = client_config(&ca.pair.cert_der, None);
+    let still = wss_connect(addr, "/echo_builtin", cfg).unwrap();
+    assert_eq!(
+        peer_fingerprint(&still),
+        lapps::net::tls::CertInfo::of(&two.cert_der).fingerprint
+    );
+    drop(still);
     // A key that does not load: the reload's last line says so, as an error.
     std::fs::write(&key, "not a key").unwrap();
     // SAFETY: as above.
