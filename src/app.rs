@@ -474,12 +474,39 @@ fn changed_builtins<'a>(before: &'a [ServiceConfig], now: &'a [ServiceConfig]) -
     names
 }
 
-/// The ws.json keys whose values differ between `a` and `b`, for the reload's warning.
+/// The ws.json keys whose values differ between `a` and `b`, for the reload's warning. The
+/// destructuring lists every field, so that a new one does not compile until it is here.
 fn changed_ws_keys(a: &crate::config::WsConfig, b: &crate::config::WsConfig) -> Vec<&'static str> {
+    let crate::config::WsConfig {
+        ip,
+        port,
+        listeners,
+        connection_weight,
+        acl,
+        tls,
+        tls_certificates,
+        tls_server_version,
+        workers,
+        handshake_timeout_ms,
+        close_timeout_ms,
+        idle_timeout_ms,
+        message_timeout_ms,
+        backlog,
+        max_request_bytes,
+        max_headers,
+        outbound_high_water,
+        max_inbound_assembly_bytes,
+        max_inbound_assembly_bytes_by_default,
+        max_connections_per_address,
+        per_address_ipv6_prefix,
+        endpoints,
+        // Not a ws.json key (tests set it).
+        tls12_record_budget: _,
+    } = a;
     let mut keys = Vec::new();
     macro_rules! compare {
         ($($key:ident),*) => {
-            $(if a.$key != b.$key { keys.push(stringify!($key)); })*
+            $(if *$key != b.$key { keys.push(stringify!($key)); })*
         };
     }
     compare!(
@@ -499,8 +526,15 @@ fn changed_ws_keys(a: &crate::config::WsConfig, b: &crate::config::WsConfig) -> 
         backlog,
         max_request_bytes,
         max_headers,
-        outbound_high_water,
-        max_inbound_assembly_bytes,
+        outbound_high_water
+    );
+    // Left out of the file or set in it: the same key.
+    if *max_inbound_assembly_bytes != b.max_inbound_assembly_bytes
+        || *max_inbound_assembly_bytes_by_default != b.max_inbound_assembly_bytes_by_default
+    {
+        keys.push("max_inbound_assembly_bytes");
+    }
+    compare!(
         max_connections_per_address,
         per_address_ipv6_prefix,
         endpoints
@@ -671,13 +705,20 @@ impl App {
                          restart (systemctl restart lapps)",
                         changed_ws_keys(&self.restart_only.ws, &now.ws).join(", ")
                     );
-                    if let (Some(old), true) = (
-                        &self.restart_only.ws.tls_certificates,
+                    let old = &self.restart_only.ws.tls_certificates;
+                    if let (Some(old), true, true) = (
+                        old.as_ref().filter(|_| self.tls.is_some()),
                         now.ws.tls_certificates != self.restart_only.ws.tls_certificates,
+                        tls_ok,
                     ) {
+                        let ca = old
+                            .ca
+                            .as_ref()
+                            .map(|ca| format!(", {}", ca.display()))
+                            .unwrap_or_default();
                         crate::warn!(
                             "reload: the certificate was read again from the files the server \
-                             started with ({}, {}), not from the new tls_certificates",
+                             started with ({}, {}{ca}), not from the new tls_certificates",
                             old.cert.display(),
                             old.key.display()
                         );

@@ -873,7 +873,7 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     assert!(e.reason.contains("unusable private key"), "{e}");
     assert!(
         e.reason
-            .ends_with("(usable: RSA of 2048 to 8192 bits, ECDSA on P-256 or P-384, Ed25519)"),
+            .ends_with("(usable: RSA of 2048 to 4096 bits, ECDSA on P-256 or P-384, Ed25519)"),
         "{e}"
     );
     let encrypted = dir.join("encrypted.key");
@@ -958,6 +958,30 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("CN=server"));
+}
+
+#[test]
+fn a_plain_http_client_at_the_tls_port_is_named_in_the_log() {
+    let dir = temp_dir("plain-http-log");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let (mut child, addr, log) = spawn_binary(&dir, |_| {});
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"GET /echo?token=secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_until_eof(&mut s).expect("an orderly close");
+    let line = wait_line(&log, "closing 127.0.0.1:");
+    assert!(
+        line.ends_with(
+            ": plain HTTP on a TLS listener (use https:// or wss://): \"GET /echo?... HTTP/1.1\""
+        ),
+        "{line}"
+    );
+    // SAFETY: kill with our own child's pid and a valid signal number.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.wait_exit(Duration::from_secs(15)).success());
 }
 
 /// The binary with `-c dir`, its address from the "listening on" line, and its log lines.

@@ -186,7 +186,7 @@ fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded,
             err(
                 &files.key,
                 format!(
-                    "unusable private key: {e} (usable: RSA of 2048 to 8192 bits, ECDSA on \
+                    "unusable private key: {e} (usable: RSA of 2048 to 4096 bits, ECDSA on \
                      P-256 or P-384, Ed25519)"
                 ),
             )
@@ -265,19 +265,28 @@ fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded,
     })
 }
 
-/// The bytes of a PEM file, without a leading UTF-8 byte order mark (which editors on some
-/// systems add, and which would hide the first BEGIN line).
+/// The bytes of a PEM file, without the UTF-8 byte order marks that begin its lines (editors
+/// on some systems add one to a file, and `cat` of such files puts one before each block),
+/// which would hide their BEGIN lines.
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let mut bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    if bytes.starts_with(b"\xef\xbb\xbf") {
-        bytes.drain(..3);
-    }
-    Ok(bytes)
+    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    Ok(without_line_boms(&bytes))
 }
 
-/// What to add when a file holds no PEM block: DER (binary) begins with a SEQUENCE.
+/// `bytes` without a byte order mark at the start of any line.
+pub(crate) fn without_line_boms(bytes: &[u8]) -> Vec<u8> {
+    const BOM: &[u8] = b"\xef\xbb\xbf";
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(BOM).unwrap_or(line));
+    }
+    out
+}
+
+/// What to add when a file holds no PEM block: DER (binary) begins with a SEQUENCE whose
+/// length takes 1 to 4 more bytes.
 fn der_hint(bytes: &[u8], convert: &str) -> String {
-    if bytes.first() == Some(&0x30) {
+    if bytes.first() == Some(&0x30) && bytes.get(1).is_some_and(|b| (0x81..=0x84).contains(b)) {
         format!(" (it looks like DER, binary: convert it with openssl {convert} -inform der -in FILE -out FILE.pem)")
     } else {
         String::new()
@@ -743,6 +752,22 @@ mod tests {
     use rustls::crypto::ring::{cipher_suite, default_provider};
     use rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, SupportedCipherSuite};
+
+    #[test]
+    fn byte_order_marks_hide_no_block_of_a_concatenated_chain() {
+        let (_, one) = self_signed();
+        let (_, two) = self_signed();
+        let chain = format!("\u{feff}{}\u{feff}{}", one.pem(), two.pem());
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&without_line_boms(chain.as_bytes()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(certs, [one.der().clone(), two.der().clone()]);
+        // A mark inside a line is left alone.
+        assert_eq!(
+            without_line_boms("a\u{feff}b\n".as_bytes()),
+            "a\u{feff}b\n".as_bytes()
+        );
+    }
 
     /// A key and a self-signed certificate for `localhost`.
     fn self_signed() -> (rcgen::KeyPair, rcgen::Certificate) {

@@ -75,6 +75,7 @@ impl Worker {
             // Over TLS, `inbuf` holds what was decrypted: the peer may have sent records.
             let why = match c.tls.as_deref() {
                 None => "nothing received within handshake_timeout_ms",
+                Some(t) if !t.started => "nothing received within handshake_timeout_ms",
                 Some(t) if t.conn.is_handshaking() => {
                     "TLS handshake not finished within handshake_timeout_ms"
                 }

@@ -105,8 +105,9 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
 
 fn roots(path: &str) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("tls: {path}: {e}"))?;
-    for cert in certs {
+    let bytes = std::fs::read(path).map_err(|e| format!("tls: {path}: {e}"))?;
+    let bytes = crate::net::tls::without_line_boms(&bytes);
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
         let cert = cert.map_err(|e| format!("tls: {path}: {e}"))?;
         // A bundle may hold certificates webpki cannot use as anchors; skip those.
         let _ = store.add(cert);
