@@ -655,8 +655,8 @@ fn a_tls_server_that_ends_without_answering_the_upgrade_is_reported_as_such() {
     assert_eq!(
         events,
         [
-            "Error(\"the server closed the TLS connection without answering the upgrade \
-             (as a server that wants a client certificate does)\")",
+            "Error(\"the server closed the TLS connection without answering the upgrade, \
+             perhaps because it wants a client certificate\")",
             "Closed(1006)"
         ]
     );

@@ -48,6 +48,9 @@ pub enum Event<'a> {
     Closed(u16),
 }
 
+/// What [`Client::unanswered_tls13`] suggests to the developer.
+const CLIENT_CERT_HINT: &str = ", perhaps because it wants a client certificate";
+
 /// Random bytes for masking keys and handshake nonces, fetched from the OS in blocks.
 pub struct KeyPool {
     rng: SystemRandom,
@@ -607,6 +610,18 @@ impl Client {
         }
     }
 
+    /// Upgrading over TLS 1.3, our handshake done and no byte of an answer: under TLS 1.3
+    /// the server judges our (missing) client certificate only after that, so a server that
+    /// wants one and sends no alert ends the connection here.
+    fn unanswered_tls13(&self) -> bool {
+        matches!(self.phase, Phase::Upgrading { .. })
+            && self.input.is_empty()
+            && self.tls.as_ref().is_some_and(|t| {
+                !t.is_handshaking()
+                    && t.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            })
+    }
+
     /// A TLS session past its handshake (one that can say close_notify).
     fn tls_established(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
@@ -775,6 +790,14 @@ impl Client {
         // after them, RFC 6455 7.1.5: the close code is the one received).
         self.process(keys, sink);
         if let Some(why) = broken {
+            // A server that ends with our request unread resets the connection.
+            let why = match self.unanswered_tls13() {
+                true => format!(
+                    "{why}: the server ended the TLS connection without answering the \
+                     upgrade{CLIENT_CERT_HINT}"
+                ),
+                false => why,
+            };
             return self.fail(why, 1006, sink);
         }
         if eof && !self.is_done() {
@@ -794,19 +817,23 @@ impl Client {
             } else {
                 let upgrading = matches!(self.phase, Phase::Upgrading { .. });
                 let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
-                // Without an alert, a server that wants a client certificate ends so: during
-                // a TLS 1.2 handshake, or under TLS 1.3 once ours is done, before any answer.
                 let why = if upgrading && handshaking {
-                    "the server closed the connection during the TLS handshake"
+                    "the server closed the connection during the TLS handshake".to_string()
                 } else if upgrading && self.tls.is_some() && self.input.is_empty() {
-                    "the server closed the TLS connection without answering the upgrade \
-                     (as a server that wants a client certificate does)"
+                    let hint = if self.unanswered_tls13() {
+                        CLIENT_CERT_HINT
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "the server closed the TLS connection without answering the upgrade{hint}"
+                    )
                 } else if upgrading {
-                    "the server closed the connection before its upgrade response ended"
+                    "the server closed the connection before its upgrade response ended".into()
                 } else {
-                    "the server closed the connection without a close frame"
+                    "the server closed the connection without a close frame".into()
                 };
-                self.fail(why.into(), 1006, sink);
+                self.fail(why, 1006, sink);
             }
             return;
         }

@@ -146,8 +146,8 @@ fn check_head(head: &str, accept: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The first `max` characters of `s`, a server's text, for an `onerror` message, escaped as
-/// Rust's `{:?}` does (control and format characters such as a server's ESC or a bidi
+/// The first `max` characters of `s`, a server's text, for an `onerror` message, each escaped
+/// as `{:?}` escapes a `char` (control and format characters such as a server's ESC or a bidi
 /// override, quotes, backslashes), so that an app may write the message anywhere and an
 /// escape in it is always ours.
 fn peer_text(s: &str, max: usize) -> String {
