@@ -485,6 +485,29 @@ fn answer_upgrade_after(s: &mut (impl std::io::Read + Write), interim: &str) {
     s.flush().unwrap();
 }
 
+/// A cws client connecting to `wss://addr/x` (trusting `ca`, or any certificate when None),
+/// driven until it is done: the client, its keys and its events.
+fn wss_client_until_done(
+    addr: SocketAddr,
+    ca: Option<&Path>,
+) -> (
+    lapps::service::cws::Client,
+    lapps::service::cws::KeyPool,
+    Vec<String>,
+) {
+    let opts = lapps::service::cws::TlsOptions {
+        ca_file: ca.map(|p| p.to_string_lossy().into_owned()),
+        insecure: ca.is_none(),
+    };
+    let tls = lapps::service::cws::client_config(&opts).unwrap();
+    let mut keys = lapps::service::cws::KeyPool::default();
+    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
+    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
+    let mut events: Vec<String> = Vec::new();
+    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    (c, keys, events)
+}
+
 /// A cws client connecting to `ws://addr/x` (1 MiB messages), and the key pool it masks with.
 fn client_to(addr: SocketAddr) -> (lapps::service::cws::Client, lapps::service::cws::KeyPool) {
     use lapps::service::cws::{url, Client, KeyPool};
@@ -599,16 +622,7 @@ fn a_server_that_closes_during_the_tls_handshake_is_reported_as_such() {
         std::io::Read::read_exact(&mut s, &mut hello).unwrap();
         (head[0], hello[0])
     });
-    let opts = lapps::service::cws::TlsOptions {
-        ca_file: None,
-        insecure: true,
-    };
-    let tls = lapps::service::cws::client_config(&opts).unwrap();
-    let mut keys = lapps::service::cws::KeyPool::default();
-    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
-    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
-    let mut events: Vec<String> = Vec::new();
-    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    let (_, _, events) = wss_client_until_done(addr, None);
     assert_eq!(server.join().unwrap(), (0x16, 1), "a TLS ClientHello");
     assert_eq!(
         events,
@@ -641,16 +655,7 @@ fn a_tls_server_that_ends_without_answering_the_upgrade_is_reported_as_such() {
         drop(tls);
         String::from_utf8(head).unwrap()
     });
-    let opts = lapps::service::cws::TlsOptions {
-        ca_file: Some(pem.to_string_lossy().into_owned()),
-        insecure: false,
-    };
-    let tls = lapps::service::cws::client_config(&opts).unwrap();
-    let mut keys = lapps::service::cws::KeyPool::default();
-    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
-    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
-    let mut events: Vec<String> = Vec::new();
-    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    let (_, _, events) = wss_client_until_done(addr, Some(&pem));
     assert!(server.join().unwrap().starts_with("GET /x HTTP/1.1\r\n"));
     assert_eq!(
         events,
@@ -849,16 +854,7 @@ fn over_tls_the_server_ends_tcp_first_too() {
             (server_end, client_end),
         )
     });
-    let opts = lapps::service::cws::TlsOptions {
-        ca_file: Some(pem.to_string_lossy().into_owned()),
-        insecure: false,
-    };
-    let tls = lapps::service::cws::client_config(&opts).unwrap();
-    let mut keys = lapps::service::cws::KeyPool::default();
-    let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
-    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
-    let mut events: Vec<String> = Vec::new();
-    drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
+    let (c, _, events) = wss_client_until_done(addr, Some(&pem));
     drop(c);
     assert_eq!(events, ["Open", "Closed(1000)"]);
     let (reply, after, before_ours, at_the_end, (server_end, client_end)) = server.join().unwrap();

@@ -217,14 +217,20 @@ mod tests {
         assert!(check_response(&vec![b'a'; MAX_RESPONSE + 1], &accept).is_err());
     }
 
-    #[test]
-    fn a_doubled_accept_an_old_version_or_an_oversized_answer_is_refused() {
+    /// The accept value for a request with the sample nonce, and a valid 101 carrying it.
+    fn accept_and_answer() -> (String, String) {
         let url = super::super::url::parse("ws://127.0.0.1:9/p").unwrap();
         let (_, accept) = request(&url, b"the sample nonce");
         let good = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         );
+        (accept, good)
+    }
+
+    #[test]
+    fn a_doubled_accept_an_old_version_or_an_oversized_answer_is_refused() {
+        let (accept, good) = accept_and_answer();
         assert!(check_response(good.as_bytes(), &accept).is_ok());
         // A wrong value first and the right one after: the last one used to win.
         let twice = good.replace(
@@ -293,12 +299,7 @@ mod tests {
 
     #[test]
     fn interim_answers_before_the_101_are_skipped() {
-        let url = super::super::url::parse("ws://127.0.0.1:9/p").unwrap();
-        let (_, accept) = request(&url, b"the sample nonce");
-        let good = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
+        let (accept, good) = accept_and_answer();
         let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
         let both = format!("{interim}{good}XY");
         let n = both.len() - 2;
