@@ -818,9 +818,12 @@ pub fn request_line(buf: &[u8]) -> String {
     let line = rest.get(..end).unwrap_or_default();
     let line = match memchr::memchr(b'?', line) {
         Some(q) => {
-            // Keep the version after the target, if it came.
+            // Keep the version after the target, if it came (and nothing else of the query).
             let after = line.get(q..).unwrap_or_default();
-            let version = memchr::memrchr(b' ', after).map_or(&b""[..], |sp| &after[sp..]);
+            let version = memchr::memrchr(b' ', after)
+                .and_then(|sp| after.get(sp..))
+                .filter(|v| v.starts_with(b" HTTP/"))
+                .unwrap_or_default();
             [line.get(..q).unwrap_or_default(), b"?...", version].concat()
         }
         None => line.to_vec(),

@@ -1149,6 +1149,7 @@ fn request_line_for_the_log() {
         "GET /ws?... HTTP/1.1"
     );
     assert_eq!(request_line(b"GET /ws?access_tok"), "GET /ws?...");
+    assert_eq!(request_line(b"GET /ws?a=secret one two"), "GET /ws?...");
 }
 
 #[test]
