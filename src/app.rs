@@ -653,7 +653,7 @@ impl App {
         let tls_ok = self.reload_tls();
         let certificate = match (&self.tls, tls_ok) {
             (None, _) => "",
-            (Some(_), true) => "certificate reloaded; ",
+            (Some(_), true) => "certificate read again; ",
             (Some(_), false) => "certificate NOT reloaded (see above); ",
         };
         match Config::load(&self.location) {

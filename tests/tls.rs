@@ -872,8 +872,9 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     assert_eq!(e.file, damaged, "{e}");
     assert!(e.reason.contains("unusable private key"), "{e}");
     assert!(
-        e.reason
-            .ends_with("(usable: RSA of 2048 to 4096 bits, ECDSA on P-256 or P-384, Ed25519)"),
+        e.reason.ends_with(
+            "(usable: RSA of 2048 to 4096 bits, not RSA-PSS; ECDSA on P-256 or P-384; Ed25519)"
+        ),
         "{e}"
     );
     let encrypted = dir.join("encrypted.key");
@@ -912,7 +913,7 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
     let e = check(&der, &key);
     assert!(
         e.reason
-            .starts_with("no CERTIFICATE block in the PEM file (it looks like DER"),
+            .starts_with("no CERTIFICATE block in the PEM file; it looks like DER (binary)"),
         "{e}"
     );
     // A byte order mark before the first BEGIN line does not hide the certificate.
@@ -1017,7 +1018,7 @@ fn a_real_sighup_reloads_the_certificate_of_the_running_binary() {
     drop((old, new));
     let done = wait_line(&log, "reload done: ");
     assert!(
-        done.contains(" INFO ") && done.contains("certificate reloaded; "),
+        done.contains(" INFO ") && done.contains("certificate read again; "),
         "{done}"
     );
     // New paths in ws.json: a restart's business; the reload says which files it read.

@@ -186,8 +186,8 @@ fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded,
             err(
                 &files.key,
                 format!(
-                    "unusable private key: {e} (usable: RSA of 2048 to 4096 bits, ECDSA on \
-                     P-256 or P-384, Ed25519)"
+                    "unusable private key: {e} (usable: RSA of 2048 to 4096 bits, not \
+                     RSA-PSS; ECDSA on P-256 or P-384; Ed25519)"
                 ),
             )
         })?;
@@ -287,7 +287,10 @@ pub(crate) fn without_line_boms(bytes: &[u8]) -> Vec<u8> {
 /// length takes 1 to 4 more bytes.
 fn der_hint(bytes: &[u8], convert: &str) -> String {
     if bytes.first() == Some(&0x30) && bytes.get(1).is_some_and(|b| (0x81..=0x84).contains(b)) {
-        format!(" (it looks like DER, binary: convert it with openssl {convert} -inform der -in FILE -out FILE.pem)")
+        format!(
+            "; it looks like DER (binary): convert it with openssl {convert} -inform der -in \
+             FILE -out FILE.pem"
+        )
     } else {
         String::new()
     }

@@ -286,6 +286,15 @@ impl Drop for StoppedOnExit {
     }
 }
 
+/// `: "the request line"` for a log line, or nothing when none came (see
+/// [`handshake::request_line`]).
+fn quoted_request_line(buf: &[u8]) -> String {
+    match handshake::request_line(buf) {
+        line if line.is_empty() => String::new(),
+        line => format!(": {}", crate::log::shown(&line)),
+    }
+}
+
 /// Why a connection ends (for the log).
 #[derive(Debug, Clone, Copy)]
 enum Ending {
@@ -787,10 +796,10 @@ impl Worker {
                     return buf.len();
                 }
                 crate::info_limited!(
-                    "rejected {peer}: HTTP {} {}: {}",
+                    "rejected {peer}: HTTP {} {}{}",
                     e.status,
                     e.reason,
-                    crate::log::shown(&handshake::request_line(buf))
+                    quoted_request_line(buf)
                 );
                 self.answer_and_finish(index, e.response());
                 return buf.len();

@@ -224,10 +224,13 @@ fn parse_head_of(
 const MAX_METHOD: usize = 32;
 
 fn check_method(head: &[u8]) -> Result<(), HandshakeError> {
-    // A TLS record of the handshake (a ClientHello): a wss:// client at a ws:// port. Its
-    // first byte is no tchar, so this is the verdict below, in words an operator can use.
+    // A TLS record of the handshake (a ClientHello): most likely a wss:// client at a ws://
+    // port. Its first byte is no tchar, so this is the verdict below, in words an operator
+    // can use.
     if head.first() == Some(&0x16) {
-        return Err(bad("TLS handshake on a plain ws:// listener"));
+        return Err(bad(
+            "a TLS handshake where the HTTP request should be (wss:// to a ws:// port?)",
+        ));
     }
     // Methods are short (the longest registered has 17 bytes), and only the first bytes are
     // looked at, so that a head arriving a byte at a time costs no rescans.
@@ -807,16 +810,21 @@ pub fn error_response_to(request: &[u8], status: u16, reason: &str) -> Vec<u8> {
 
 /// The request line of the request in `buf` (after one optional empty line), as far as it came,
 /// for a log line: what a refused request asked is what an operator wants to see. Cut at the
-/// first CR or LF, and short (the log cuts it shorter still, see `crate::log::shown`).
+/// first control character (its CR, or the binary of what was no HTTP request, such as a
+/// ClientHello: then it is empty), and short (the log cuts it shorter still, see
+/// `crate::log::shown`).
 ///
-/// The query is left out (`?...`): clients that cannot set headers (browsers) carry tokens
-/// there, and the log must not keep them.
+/// The query and a fragment are left out (`?...`): clients that cannot set headers (browsers)
+/// carry tokens there, and the log must not keep them.
 pub fn request_line(buf: &[u8]) -> String {
     let rest = buf.strip_prefix(b"\r\n").unwrap_or(buf);
     let rest = rest.get(..256).unwrap_or(rest);
-    let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|b| b.is_ascii_control())
+        .unwrap_or(rest.len());
     let line = rest.get(..end).unwrap_or_default();
-    let line = match memchr::memchr(b'?', line) {
+    let line = match memchr::memchr2(b'?', b'#', line) {
         Some(q) => {
             // Keep the version after the target, if it came (and nothing else of the query).
             let after = line.get(q..).unwrap_or_default();

@@ -84,9 +84,9 @@ impl Worker {
             return self.end(index, Ending::Timeout(why));
         }
         crate::info_limited!(
-            "rejected {}: HTTP 408 request incomplete at the handshake timeout: {}",
+            "rejected {}: HTTP 408 request incomplete at the handshake timeout{}",
             c.peer,
-            crate::log::shown(&handshake::request_line(&c.inbuf))
+            super::quoted_request_line(&c.inbuf)
         );
         let answer = handshake::error_response_to(&c.inbuf, 408, "request timeout");
         self.answer_and_finish(index, answer);

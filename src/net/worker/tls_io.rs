@@ -259,8 +259,8 @@ impl Worker {
                 // are the first bytes of a plain HTTP request, say that in words.
                 if first && bytes.first().is_some_and(u8::is_ascii_uppercase) {
                     crate::info_limited!(
-                        "closing {peer}: plain HTTP on a TLS listener (use https:// or wss://): {}",
-                        crate::log::shown(&crate::ws::handshake::request_line(bytes))
+                        "closing {peer}: plain HTTP on a TLS listener (use https:// or wss://){}",
+                        super::quoted_request_line(bytes)
                     );
                 } else {
                     crate::info_limited!("closing {peer}: TLS error: {e}");

@@ -1137,9 +1137,16 @@ fn request_line_for_the_log() {
     assert_eq!(request_line(b"\r\nGET /a HTTP/1.1\r\n"), "GET /a HTTP/1.1");
     assert_eq!(request_line(b"GET /unfinished"), "GET /unfinished");
     assert_eq!(request_line(b"GET /a\rb"), "GET /a");
+    // What is no request line (a ClientHello) is not quoted as one.
+    assert_eq!(request_line(b"\x16\x03\x01\xff"), "");
+    assert_eq!(request_line(b"GET /a\x1bb HTTP/1.1"), "GET /a");
     assert_eq!(
-        request_line(b"\x16\x03\x01\xff"),
-        "\u{16}\u{3}\u{1}\u{fffd}"
+        request_line(b"GET /\xe9 HTTP/1.1"),
+        "GET /\u{fffd} HTTP/1.1"
+    );
+    assert_eq!(
+        request_line(b"GET /a#secret HTTP/1.1"),
+        "GET /a?... HTTP/1.1"
     );
     assert_eq!(request_line(&[b'a'; 1000]).len(), 256);
     assert_eq!(request_line(b""), "");
@@ -1161,7 +1168,10 @@ fn a_tls_client_hello_is_named_as_such() {
         let err = parse_default(&hello[..n]).unwrap_err();
         assert_eq!(
             (err.status, err.reason),
-            (400, "TLS handshake on a plain ws:// listener")
+            (
+                400,
+                "a TLS handshake where the HTTP request should be (wss:// to a ws:// port?)"
+            )
         );
     }
 }
