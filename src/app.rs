@@ -641,6 +641,11 @@ impl App {
         })
     }
 
+    /// What the TLS endpoints serve now, when there are any.
+    pub fn certificate(&self) -> Option<crate::net::tls::CertInfo> {
+        self.tls.as_ref().map(|t| t.info())
+    }
+
     /// Bytes the server's buffers hold now: messages being received and bytes queued to send
     /// (as each IO worker last published them). What resident memory they explain.
     pub fn buffered_bytes(&self) -> usize {

@@ -11,6 +11,7 @@
 //! - [`cpu`]: the start-up check that the CPU runs this build's SIMD variant.
 
 pub mod app;
+pub mod cert_expiry;
 pub mod config;
 pub mod cpu;
 pub mod fatal;

@@ -228,9 +228,20 @@ fn main() -> ExitCode {
     let reloads = Reloads::start(std::sync::Arc::clone(&app));
     let status = StatusReports::default();
     let mut trimmer = lapps::memory_trim::Trimmer::default();
-    let mut memory_tick = || give_back_memory(&app, &mut trimmer);
+    let mut expiry = lapps::cert_expiry::ExpiryWatch::new(
+        std::time::Instant::now(),
+        lapps::net::tls::now_unix(),
+        app.certificate().as_ref(),
+    );
+    let mut tick = || {
+        give_back_memory(&app, &mut trimmer);
+        let (now, unix) = (std::time::Instant::now(), lapps::net::tls::now_unix());
+        if let Some(line) = expiry.look(now, unix, || app.certificate()) {
+            lapps::warn!("{line}");
+        }
+    };
     loop {
-        match signals.wait_ticking(&mut memory_tick) {
+        match signals.wait_ticking(&mut tick) {
             lapps::signals::Signal::Reload(name, requester) => {
                 match &requester {
                     None => info!(

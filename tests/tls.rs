@@ -156,6 +156,30 @@ fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
     assert_eq!(info.subject.as_deref(), Some("old"));
     assert_eq!(info.not_after.as_deref(), Some("2001-01-01 00:00:00 UTC"));
     assert!(warning.expect("a warning").contains("expired"));
+    // One that ends within 14 days: told to renew it, with the days left.
+    let (soon, soon_key) = write_pair(&dir, "soon", &ca.server_ending_in("soon", 6));
+    let soon_files = lapps::net::tls::TlsFiles {
+        cert: soon.clone(),
+        key: soon_key,
+        ..files.clone()
+    };
+    let warning = lapps::net::tls::check(&soon_files)
+        .unwrap()
+        .1
+        .expect("a warning");
+    assert!(
+        warning.starts_with(&format!("{}: the certificate expires at ", soon.display()))
+            && warning.contains(", in 5 days: renew it (a reload reads the renewed files)"),
+        "{warning}"
+    );
+    // Three weeks: nothing to say.
+    let (later, later_key) = write_pair(&dir, "later", &ca.server_ending_in("later", 21));
+    let later_files = lapps::net::tls::TlsFiles {
+        cert: later,
+        key: later_key,
+        ..files.clone()
+    };
+    assert_eq!(lapps::net::tls::check(&later_files).unwrap().1, None);
 
     write_config(&dir, &tls_json(&cert, &key, None), "");
     let app = start_app(&dir);

@@ -125,7 +125,32 @@ impl CertInfo {
     pub fn expired_at(&self, now: i64) -> bool {
         self.not_after_unix.is_some_and(|t| t < now)
     }
+
+    /// What an operator must hear of the certificate at `now` (seconds since the epoch): that
+    /// it expired, or that it expires within [`EXPIRY_NOTICE_SECS`]; None before then.
+    pub fn expiry_notice(&self, now: i64) -> Option<String> {
+        let end = self.not_after_unix?;
+        let at = self.not_after.as_deref().unwrap_or("?");
+        let left = end.saturating_sub(now);
+        if end < now {
+            Some(format!("expired at {at}; clients will refuse it"))
+        } else if left < EXPIRY_NOTICE_SECS {
+            let left = match left / 86_400 {
+                0 => format!("{} hours", left / 3600),
+                days => format!("{days} days"),
+            };
+            Some(format!(
+                "expires at {at}, in {left}: renew it (a reload reads the renewed files)"
+            ))
+        } else {
+            None
+        }
+    }
 }
+
+/// How long before its end a certificate is said to expire soon: at start-up, at each reload,
+/// and once a day while the server runs (`crate::cert_expiry`).
+pub const EXPIRY_NOTICE_SECS: i64 = 14 * 86_400;
 
 impl fmt::Display for CertInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,7 +164,7 @@ impl fmt::Display for CertInfo {
     }
 }
 
-fn now_unix() -> i64 {
+pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -366,25 +391,17 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
 /// be started to serve it anyway, e.g. while the renewal is on its way).
 pub fn check(files: &TlsFiles) -> Result<(CertInfo, Option<String>), TlsError> {
     let info = load(files, new_ticketer(files)?)?.info;
-    let warning = info.expired_at(now_unix()).then(|| {
-        format!(
-            "{}: the certificate expired at {}",
-            files.cert.display(),
-            info.not_after.as_deref().unwrap_or("?")
-        )
-    });
+    let warning = info
+        .expiry_notice(now_unix())
+        .map(|notice| format!("{}: the certificate {notice}", files.cert.display()));
     Ok((info, warning))
 }
 
-/// Logs a warning when the certificate about to be served has expired: at start-up and at
-/// every reload, so a renewal that put an old file in place is seen at once.
+/// Logs a warning when the certificate about to be served has expired or expires soon: at
+/// start-up and at every reload, so a renewal that put an old file in place is seen at once.
 fn warn_if_expired(files: &TlsFiles, info: &CertInfo) {
-    if info.expired_at(now_unix()) {
-        crate::warn!(
-            "tls: {} expired at {}; clients will refuse it",
-            files.cert.display(),
-            info.not_after.as_deref().unwrap_or("?")
-        );
+    if let Some(notice) = info.expiry_notice(now_unix()) {
+        crate::warn!("tls: {} {notice}", files.cert.display());
     }
 }
 
