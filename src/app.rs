@@ -641,9 +641,10 @@ impl App {
         })
     }
 
-    /// What the TLS endpoints serve now, when there are any.
-    pub fn certificate(&self) -> Option<crate::net::tls::CertInfo> {
-        self.tls.as_ref().map(|t| t.info())
+    /// The hourly look at the served certificate: a warning to log when its end is near or
+    /// passed (see `crate::cert_expiry`).
+    pub fn certificate_reminder(&self) -> Option<String> {
+        self.tls.as_ref()?.expiry_reminder()
     }
 
     /// Bytes the server's buffers hold now: messages being received and bytes queued to send

@@ -1,66 +1,54 @@
-//! Reminders of the served certificate's end while the server runs.
+//! When to remind the operator of the served certificate's end.
 //!
-//! Owns: when to say that the certificate expired or expires soon. Start-up and every reload
-//! say it already (`net::tls`); a server that runs for months between reloads would otherwise
-//! say nothing when a renewal fails and its certificate runs out. The main thread looks once
-//! an hour and logs a warning at most once a day per certificate, and at once when the
-//! certificate changed or crossed its end.
+//! Owns: the rule. Start-up and every reload tell of an expired certificate, or of one within
+//! [`EXPIRY_NOTICE_SECS`] of its end (`net::tls`), and record it here. A server that runs for
+//! months between reloads would otherwise say nothing when a renewal fails and its certificate
+//! runs out, so the main thread looks every [`LOOK_EVERY`] and tells again when [`Reminders::due`]
+//! says so: once a day while the notice holds, and at the look after the certificate changed
+//! or its end passed.
 //!
-//! Must never: read files or block: it looks at what the TLS context already holds.
+//! Must never: read files, block or log: the caller does that with what this answers.
 
 use std::time::{Duration, Instant};
 
 use crate::net::tls::CertInfo;
 
-/// How often the served certificate is looked at.
+/// How long before its end a certificate is said to expire soon.
+pub const EXPIRY_NOTICE_SECS: i64 = 14 * 86_400;
+
+/// How often the main thread looks at the served certificate.
 pub const LOOK_EVERY: Duration = Duration::from_secs(3600);
 
-/// How often the same notice is repeated while it holds.
+/// How often the same notice is told again while it holds.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// What the last notice was about.
+#[derive(Debug)]
 struct Told {
     fingerprint: String,
     expired: bool,
     at: Instant,
 }
 
-/// See the module documentation.
-pub struct ExpiryWatch {
-    next_look: Instant,
+/// The notices told so far (see the module documentation).
+#[derive(Debug, Default)]
+pub struct Reminders {
     last: Option<Told>,
 }
 
-impl ExpiryWatch {
-    /// A watch begun at `now`, the start-up having said what it said of `served` (the
-    /// certificate at `unix`, seconds since the epoch): that counts as the first notice.
-    pub fn new(now: Instant, unix: i64, served: Option<&CertInfo>) -> ExpiryWatch {
-        let last = served
-            .filter(|info| info.expiry_notice(unix).is_some())
-            .map(|info| Told {
-                fingerprint: info.fingerprint.clone(),
-                expired: info.expired_at(unix),
-                at: now,
-            });
-        ExpiryWatch {
-            next_look: now + LOOK_EVERY,
-            last,
-        }
+impl Reminders {
+    /// The certificate `info` was just told of at `now` (start-up, a reload), `unix` the same
+    /// moment as seconds since the epoch; or it had nothing to tell, which forgets the past.
+    pub fn told(&mut self, info: &CertInfo, unix: i64, now: Instant) {
+        self.last = info.expiry_notice(unix).map(|_| Told {
+            fingerprint: info.fingerprint.clone(),
+            expired: info.expired_at(unix),
+            at: now,
+        });
     }
 
-    /// The warning to log at `now` (`unix` the same moment as seconds since the epoch) for the
-    /// certificate served then (asked of `served` only when a look is due), if one is due.
-    pub fn look(
-        &mut self,
-        now: Instant,
-        unix: i64,
-        served: impl FnOnce() -> Option<CertInfo>,
-    ) -> Option<String> {
-        if now < self.next_look {
-            return None;
-        }
-        self.next_look = now + LOOK_EVERY;
-        let info = &served()?;
+    /// At a look: the notice to tell of `info` now, if one is due (and then it counts as told).
+    pub fn due(&mut self, info: &CertInfo, unix: i64, now: Instant) -> Option<String> {
         let Some(notice) = info.expiry_notice(unix) else {
             self.last = None;
             return None;
@@ -69,20 +57,12 @@ impl ExpiryWatch {
         let due = self.last.as_ref().is_none_or(|told| {
             told.fingerprint != info.fingerprint
                 || told.expired != expired
-                || now.duration_since(told.at) >= REPEAT_EVERY
+                || now.saturating_duration_since(told.at) >= REPEAT_EVERY
         });
-        if !due {
-            return None;
+        if due {
+            self.told(info, unix, now);
         }
-        self.last = Some(Told {
-            fingerprint: info.fingerprint.clone(),
-            expired,
-            at: now,
-        });
-        Some(format!(
-            "tls: the served certificate (CN={}) {notice}",
-            info.subject.as_deref().unwrap_or("-")
-        ))
+        due.then_some(notice)
     }
 }
 
@@ -102,79 +82,91 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_far_from_its_end_is_never_mentioned() {
-        let t0 = Instant::now();
-        let c = cert("a", 100 * DAY);
-        let mut w = ExpiryWatch::new(t0, 0, Some(&c));
-        for hour in 1..=48 {
-            let later = t0 + LOOK_EVERY * hour;
+    fn notices_say_how_long_is_left_in_words() {
+        let c = cert("a", 20 * DAY);
+        assert_eq!(c.expiry_notice(0), None);
+        assert_eq!(c.expiry_notice(6 * DAY), None);
+        let at = "expires at 2027-01-01 00:00:00 UTC, in";
+        let renew = "renew it (a reload reads the renewed files)";
+        for (now, left) in [
+            (6 * DAY + 1, "13 days"),
+            (19 * DAY, "1 day"),
+            (19 * DAY + 1, "23 hours"),
+            (20 * DAY - 3600, "1 hour"),
+            (20 * DAY - 3599, "less than an hour"),
+            (20 * DAY, "less than an hour"),
+        ] {
             assert_eq!(
-                w.look(later, i64::from(hour) * 3600, || Some(c.clone())),
-                None
+                c.expiry_notice(now),
+                Some(format!("{at} {left}: {renew}")),
+                "{now}"
             );
         }
-        assert_eq!(w.look(t0 + LOOK_EVERY, 0, || None), None);
+        assert_eq!(
+            c.expiry_notice(20 * DAY + 1).unwrap(),
+            "expired at 2027-01-01 00:00:00 UTC; clients will refuse it"
+        );
     }
 
     #[test]
-    fn an_end_near_is_told_once_a_day_and_its_passing_at_the_next_look() {
+    fn a_certificate_far_from_its_end_is_never_due() {
         let t0 = Instant::now();
-        // Twenty days to go at the start: nothing said then.
+        let mut r = Reminders::default();
+        let c = cert("a", 100 * DAY);
+        r.told(&c, 0, t0);
+        for hour in 1..=48u32 {
+            let now = t0 + LOOK_EVERY * hour;
+            assert_eq!(r.due(&c, i64::from(hour) * 3600, now), None);
+        }
+    }
+
+    #[test]
+    fn a_notice_is_due_once_a_day_and_at_once_when_the_end_passes_or_the_certificate_changes() {
+        let t0 = Instant::now();
+        let mut r = Reminders::default();
         let c = cert("a", 20 * DAY);
-        let mut w = ExpiryWatch::new(t0, 0, Some(&c));
-        // Not before the first look is due.
+        let at = |hours: u32| (i64::from(hours) * 3600, t0 + LOOK_EVERY * hours);
+        // Twenty days to go at the start: nothing told then.
+        r.told(&c, 0, t0);
+        assert_eq!(r.due(&c, at(1).0, at(1).1), None);
+        // Fourteen days left: due at the first look, then not within the day...
+        let first = 6 * 24 + 1;
+        assert!(r.due(&c, at(first).0, at(first).1).is_some());
+        for h in first + 1..first + 24 {
+            assert_eq!(r.due(&c, at(h).0, at(h).1), None, "hour {h}");
+        }
+        // ...but a day later.
+        assert!(r.due(&c, at(first + 24).0, at(first + 24).1).is_some());
+        // Its end passing is due at the next look, whatever was told an hour before.
+        let end = 20 * 24;
+        assert!(r.due(&c, at(end - 1).0, at(end - 1).1).is_some()); // a day after the last
+
+        let told = r
+            .due(&c, at(end + 1).0, at(end + 1).1)
+            .expect("the end passed");
+        assert!(told.starts_with("expired at"), "{told}");
+        // A renewed certificate far from its end: quiet; a new near one is due at once.
         assert_eq!(
-            w.look(t0 + LOOK_EVERY / 2, 7 * DAY, || Some(c.clone())),
+            r.due(&cert("b", 100 * DAY), at(end + 2).0, at(end + 2).1),
             None
         );
-        let at = |days: u32, hours: u32| {
-            (
-                t0 + Duration::from_secs(u64::from(days) * 86_400 + u64::from(hours) * 3600),
-                i64::from(days) * DAY + i64::from(hours) * 3600,
-            )
-        };
-        // Six days later (fourteen left): told, with the days left.
-        let (now, unix) = at(6, 1);
-        let told = w
-            .look(now, unix, || Some(c.clone()))
-            .expect("the first notice");
-        assert!(told.starts_with("tls: the served certificate (CN=example.org) expires at 2027-01-01 00:00:00 UTC, in 13 days"), "{told}");
-        // Not again within the day...
-        for hour in 2..=24 {
-            let (now, unix) = at(6, hour);
-            assert_eq!(w.look(now, unix, || Some(c.clone())), None, "hour {hour}");
-        }
-        // ...but the next day.
-        let (now, unix) = at(7, 1);
-        assert!(w.look(now, unix, || Some(c.clone())).is_some());
-        // Its end passing is told at the next look, whatever was said an hour before.
-        let (now, unix) = at(20, 0);
-        assert!(w.look(now, unix, || Some(c.clone())).is_some());
-        let (now, unix) = at(20, 1);
-        let told = w
-            .look(now, unix, || Some(c.clone()))
-            .expect("the end passed");
-        assert!(
-            told.contains("expired at 2027-01-01 00:00:00 UTC; clients will refuse it"),
-            "{told}"
-        );
-        // A renewed certificate far from its end: quiet again; a new near one is told at once.
-        let (now, unix) = at(20, 2);
-        assert_eq!(w.look(now, unix, || Some(cert("b", 100 * DAY))), None);
-        let (now, unix) = at(20, 3);
-        assert!(w.look(now, unix, || Some(cert("c", 21 * DAY))).is_some());
+        let near = cert("c", 21 * DAY);
+        assert!(r.due(&near, at(end + 3).0, at(end + 3).1).is_some());
     }
 
     #[test]
-    fn what_the_start_up_said_is_not_said_again_within_the_day() {
+    fn what_a_start_up_or_a_reload_told_is_not_due_again_within_the_day() {
         let t0 = Instant::now();
+        let mut r = Reminders::default();
         let c = cert("a", -DAY);
-        let mut w = ExpiryWatch::new(t0, 0, Some(&c));
-        for hour in 1..=23 {
-            assert_eq!(w.look(t0 + LOOK_EVERY * hour, 0, || Some(c.clone())), None);
+        r.told(&c, 0, t0);
+        for hour in 1..24u32 {
+            assert_eq!(r.due(&c, 0, t0 + LOOK_EVERY * hour), None);
         }
-        assert!(w
-            .look(t0 + LOOK_EVERY * 24, 0, || Some(c.clone()))
-            .is_some());
+        assert!(r.due(&c, 0, t0 + LOOK_EVERY * 24).is_some());
+        // A reload that told of a new certificate: that one is not due at the next look.
+        let d = cert("d", DAY);
+        r.told(&d, 0, t0 + LOOK_EVERY * 25);
+        assert_eq!(r.due(&d, 0, t0 + LOOK_EVERY * 26), None);
     }
 }

@@ -228,16 +228,15 @@ fn main() -> ExitCode {
     let reloads = Reloads::start(std::sync::Arc::clone(&app));
     let status = StatusReports::default();
     let mut trimmer = lapps::memory_trim::Trimmer::default();
-    let mut expiry = lapps::cert_expiry::ExpiryWatch::new(
-        std::time::Instant::now(),
-        lapps::net::tls::now_unix(),
-        app.certificate().as_ref(),
-    );
+    let mut next_certificate_look = std::time::Instant::now() + lapps::cert_expiry::LOOK_EVERY;
     let mut tick = || {
         give_back_memory(&app, &mut trimmer);
-        let (now, unix) = (std::time::Instant::now(), lapps::net::tls::now_unix());
-        if let Some(line) = expiry.look(now, unix, || app.certificate()) {
-            lapps::warn!("{line}");
+        let now = std::time::Instant::now();
+        if now >= next_certificate_look {
+            next_certificate_look = now + lapps::cert_expiry::LOOK_EVERY;
+            if let Some(line) = app.certificate_reminder() {
+                lapps::warn!("{line}");
+            }
         }
     };
     loop {

@@ -157,7 +157,7 @@ fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
     assert_eq!(info.not_after.as_deref(), Some("2001-01-01 00:00:00 UTC"));
     assert!(warning.expect("a warning").contains("expired"));
     // One that ends within 14 days: told to renew it, with the days left.
-    let (soon, soon_key) = write_pair(&dir, "soon", &ca.server_ending_in("soon", 6));
+    let (soon, soon_key) = write_pair(&dir, "soon", &ca.server_ending_in("soon", 5));
     let soon_files = lapps::net::tls::TlsFiles {
         cert: soon.clone(),
         key: soon_key,

@@ -13,6 +13,9 @@ use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::cert_expiry::{Reminders, EXPIRY_NOTICE_SECS};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -133,24 +136,25 @@ impl CertInfo {
         let at = self.not_after.as_deref().unwrap_or("?");
         let left = end.saturating_sub(now);
         if end < now {
-            Some(format!("expired at {at}; clients will refuse it"))
-        } else if left < EXPIRY_NOTICE_SECS {
-            let left = match left / 86_400 {
-                0 => format!("{} hours", left / 3600),
-                days => format!("{days} days"),
-            };
-            Some(format!(
-                "expires at {at}, in {left}: renew it (a reload reads the renewed files)"
-            ))
-        } else {
-            None
+            return Some(format!("expired at {at}; clients will refuse it"));
         }
+        if left >= EXPIRY_NOTICE_SECS {
+            return None;
+        }
+        let plural = |n: i64, unit: &str| match n {
+            1 => format!("1 {unit}"),
+            n => format!("{n} {unit}s"),
+        };
+        let left = match (left / 86_400, left / 3600) {
+            (0, 0) => "less than an hour".to_string(),
+            (0, hours) => plural(hours, "hour"),
+            (days, _) => plural(days, "day"),
+        };
+        Some(format!(
+            "expires at {at}, in {left}: renew it (a reload reads the renewed files)"
+        ))
     }
 }
-
-/// How long before its end a certificate is said to expire soon: at start-up, at each reload,
-/// and once a day while the server runs (`crate::cert_expiry`).
-pub const EXPIRY_NOTICE_SECS: i64 = 14 * 86_400;
 
 impl fmt::Display for CertInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -164,7 +168,7 @@ impl fmt::Display for CertInfo {
     }
 }
 
-pub fn now_unix() -> i64 {
+fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -399,10 +403,17 @@ pub fn check(files: &TlsFiles) -> Result<(CertInfo, Option<String>), TlsError> {
 
 /// Logs a warning when the certificate about to be served has expired or expires soon: at
 /// start-up and at every reload, so a renewal that put an old file in place is seen at once.
-fn warn_if_expired(files: &TlsFiles, info: &CertInfo) {
-    if let Some(notice) = info.expiry_notice(now_unix()) {
+/// The reminders count it as told.
+fn warn_if_expired(files: &TlsFiles, info: &CertInfo, reminders: &Mutex<Reminders>) {
+    let unix = now_unix();
+    if let Some(notice) = info.expiry_notice(unix) {
         crate::warn!("tls: {} {notice}", files.cert.display());
     }
+    lock(reminders).told(info, unix, Instant::now());
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The server's TLS configuration, replaceable while running (SIGHUP). Each accepted
@@ -414,6 +425,8 @@ pub struct TlsContext {
     /// Held by a reload from reading the files to the swap: two reloads at once (a SIGHUP's
     /// beside a stuck reload's) must not install the older files last.
     reloading: Mutex<()>,
+    /// What was told of the certificate's end (`crate::cert_expiry`).
+    reminders: Mutex<Reminders>,
 }
 
 impl fmt::Debug for TlsContext {
@@ -428,11 +441,13 @@ impl TlsContext {
     pub fn load(files: TlsFiles) -> Result<TlsContext, TlsError> {
         let ticketer = new_ticketer(&files)?;
         let loaded = load(&files, Arc::clone(&ticketer))?;
-        warn_if_expired(&files, &loaded.info);
+        let reminders = Mutex::new(Reminders::default());
+        warn_if_expired(&files, &loaded.info, &reminders);
         Ok(TlsContext {
             files,
             current: RwLock::new(loaded),
             reloading: Mutex::new(()),
+            reminders,
         })
     }
 
@@ -458,6 +473,14 @@ impl TlsContext {
         }
     }
 
+    /// The hourly look at the served certificate (`crate::cert_expiry`): the warning to log,
+    /// when one is due.
+    pub fn expiry_reminder(&self) -> Option<String> {
+        let info = self.info();
+        let notice = lock(&self.reminders).due(&info, now_unix(), Instant::now())?;
+        Some(format!("tls: {} {notice}", self.files.cert.display()))
+    }
+
     /// Reads the files again. On success new connections get the new configuration and the
     /// answer says what changed; on error the old configuration stays in use. An expired
     /// certificate is served, with the same warning as at start-up.
@@ -465,16 +488,22 @@ impl TlsContext {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let ticketer = Arc::clone(&self.config().ticketer);
         let mut new = load(&self.files, ticketer)?;
-        let mut cur = match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
+        // Only reloads write `current`, one at a time: what it holds now stays until the swap,
+        // and readers (new connections, the hourly look) wait for no file read.
+        let changed = {
+            let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+            cur.info != new.info || cur.client_ca != new.client_ca
         };
-        if cur.info != new.info || cur.client_ca != new.client_ca {
+        if changed {
             // A session resumed from a ticket keeps the certificate and the client check it
             // began with: new keys, so that every new connection meets the new ones.
             new = load(&self.files, new_ticketer(&self.files)?)?;
         }
-        warn_if_expired(&self.files, &new.info);
+        warn_if_expired(&self.files, &new.info, &self.reminders);
+        let mut cur = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let info = &new.info;
         let mut change = if cur.info == *info {
             format!("certificate unchanged ({info})")
