@@ -830,7 +830,10 @@ pub fn request_line(buf: &[u8]) -> String {
             let after = line.get(q..).unwrap_or_default();
             let version = memchr::memrchr(b' ', after)
                 .and_then(|sp| after.get(sp..))
-                .filter(|v| v.starts_with(b" HTTP/"))
+                .filter(|v| {
+                    matches!(v, [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+                        if major.is_ascii_digit() && minor.is_ascii_digit())
+                })
                 .unwrap_or_default();
             [line.get(..q).unwrap_or_default(), b"?...", version].concat()
         }

@@ -1157,6 +1157,7 @@ fn request_line_for_the_log() {
     );
     assert_eq!(request_line(b"GET /ws?access_tok"), "GET /ws?...");
     assert_eq!(request_line(b"GET /ws?a=secret one two"), "GET /ws?...");
+    assert_eq!(request_line(b"GET /ws?t=x HTTP/SECRET"), "GET /ws?...");
 }
 
 #[test]
