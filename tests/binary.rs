@@ -463,7 +463,8 @@ fn a_refusal_log_names_the_rule_or_the_request_that_refused() {
         r#"{ "directories": { "applications": "./lua/apps" },
   "services": {
     "origins": { "builtin": "echo", "request_target": "/o", "allowed_origins": ["https://a.example"] },
-    "acl": { "builtin": "echo", "request_target": "/a", "acl": { "policy": "deny" } } } }"#,
+    "acl": { "builtin": "echo", "request_target": "/a", "acl": { "policy": "deny" } },
+    "open": { "builtin": "echo", "request_target": "/o2" } } }"#,
     );
     let (_child, addr, log) = spawn_binary(&dir, |cmd| {
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -486,6 +487,20 @@ fn a_refusal_log_names_the_rule_or_the_request_that_refused() {
     let lines = binary::lines_until(&log, "HTTP 404 for \"/none\"");
     let refusals: Vec<&String> = lines.iter().filter(|l| l.contains("127.0.0.1:")).collect();
     assert_eq!(refusals.len(), 5, "{lines:#?}");
+    // A protocol violation names what the peer sent where that was the fault.
+    use std::io::Write;
+    let mut s = raw_upgraded(addr, "/o2");
+    s.write_all(&frame(true, 0, 0x8, &999u16.to_be_bytes(), true))
+        .unwrap();
+    assert_eq!(expect_close(&mut s), Some(1002));
+    let lines = binary::lines_until(&log, "protocol violation");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .ends_with("protocol violation (invalid close code 999), close code 1002"),
+        "{lines:#?}"
+    );
     let expected = [
         r#"HTTP 403 for "/o": Origin "https://b.example" not in allowed_origins"#,
         r#"HTTP 403 for "/o": no Origin, allowed_origins requires one"#,

@@ -1054,7 +1054,7 @@ impl Worker {
                 } else {
                     crate::info_limited!(
                         "closing {peer}: protocol violation ({}), close code {}",
-                        e.reason,
+                        e.described(),
                         e.code
                     );
                 }

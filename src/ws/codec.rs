@@ -30,16 +30,34 @@ pub enum Role {
 }
 
 /// A protocol violation by the peer: `code` is the close code to send (section 7.4.1) and
-/// `reason` a short static explanation for logs (and, optionally, the close reason).
+/// `reason` a short static explanation for logs (and, optionally, the close reason);
+/// `peer_code` is the close code the peer sent, when that was the fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProtocolError {
     pub code: u16,
     pub reason: &'static str,
+    pub peer_code: Option<u16>,
+}
+
+impl ProtocolError {
+    /// The reason for a log line, with the peer's close code where that was the fault
+    /// ("invalid close code 999").
+    pub fn described(&self) -> String {
+        match self.peer_code {
+            Some(c) => format!("{} {c}", self.reason),
+            None => self.reason.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "websocket protocol error {}: {}", self.code, self.reason)
+        write!(
+            f,
+            "websocket protocol error {}: {}",
+            self.code,
+            self.described()
+        )
     }
 }
 
@@ -49,18 +67,21 @@ const fn protocol(reason: &'static str) -> ProtocolError {
     ProtocolError {
         code: PROTOCOL_ERROR,
         reason,
+        peer_code: None,
     }
 }
 
 const INVALID_UTF8_TEXT: ProtocolError = ProtocolError {
     code: INVALID_PAYLOAD,
     reason: "text message is not valid UTF-8",
+    peer_code: None,
 };
 
 /// Not the peer's fault: the caller's allowance for partly received messages is used up.
 pub const OVER_ALLOWANCE: ProtocolError = ProtocolError {
     code: TRY_AGAIN_LATER,
     reason: "no room left for messages being received",
+    peer_code: None,
 };
 
 /// The message (its frames so far plus this one's declared length) is larger than the
@@ -68,6 +89,7 @@ pub const OVER_ALLOWANCE: ProtocolError = ProtocolError {
 pub const TOO_LARGE: ProtocolError = ProtocolError {
     code: TOO_BIG,
     reason: "message larger than max_message_size",
+    peer_code: None,
 };
 
 /// What the decoder found. Slices borrow the caller's input (zero-copy) or the decoder's
@@ -428,13 +450,17 @@ fn parse_close_payload(payload: &[u8]) -> Result<(Option<u16>, &[u8]), ProtocolE
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
             if !is_valid_received_code(code) {
-                return Err(protocol("invalid close code"));
+                return Err(ProtocolError {
+                    peer_code: Some(code),
+                    ..protocol("invalid close code")
+                });
             }
             // 5.5.1: the rest of the body is UTF-8 text.
             if !validate_utf8(reason) {
                 return Err(ProtocolError {
                     code: INVALID_PAYLOAD,
                     reason: "close reason is not valid UTF-8",
+                    peer_code: None,
                 });
             }
             Ok((Some(code), reason))

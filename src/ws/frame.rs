@@ -26,6 +26,7 @@ pub struct FrameHeader {
 const NON_MINIMAL_LEN: ProtocolError = ProtocolError {
     code: PROTOCOL_ERROR,
     reason: "payload length not minimally encoded",
+    peer_code: None,
 };
 
 impl FrameHeader {
@@ -64,6 +65,7 @@ impl FrameHeader {
                     return Err(ProtocolError {
                         code: PROTOCOL_ERROR,
                         reason: "64-bit payload length has its most significant bit set",
+                        peer_code: None,
                     });
                 }
                 if len <= u16::MAX as u64 {

@@ -993,7 +993,7 @@ impl Client {
                 };
                 self.fail_protocol(e, why, keys, sink);
             }
-            Err(e) => self.fail_protocol(e, e.reason.to_string(), keys, sink),
+            Err(e) => self.fail_protocol(e, e.described(), keys, sink),
             Ok(()) => {
                 if let Some(code) = close {
                     if !self.close_sent {

@@ -322,6 +322,7 @@ fn close_with_invalid_code_is_protocol_error() {
     for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
         let err = expect_err(&cf(0x88, &code.to_be_bytes()), PROTOCOL_ERROR);
         assert_eq!(err.reason, "invalid close code", "code {code}");
+        assert_eq!(err.described(), format!("invalid close code {code}"));
     }
 }
 
