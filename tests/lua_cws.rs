@@ -177,7 +177,7 @@ p.run = function()
   local h2, err2 = cws:new(URL, {
     ca_file = OTHER_CA,
     onerror = function(_, e) report("untrusted refused: " .. e) end,
-    onclose = function(_, code) report("untrusted close " .. code) end,
+    onclose = function(_, code, reason) report("untrusted close " .. code .. " " .. string.format("%q", reason)) end,
   })
   if not h2 then report("untrusted new failed: " .. err2) end
   -- No ca_file: the system bundle, which does not hold our certificate either (or no bundle).
@@ -299,7 +299,7 @@ fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
         "close 1000",
         "after close nil closed",
         "untrusted refused",
-        "untrusted close 1006",
+        "untrusted close 1006 \"\"",
         "default refused",
         "default close 1006",
         "bad url nil the URL must start with ws:// or wss://",
@@ -1072,8 +1072,9 @@ fn a_message_that_arrives_with_the_servers_close_is_delivered_before_onclose() {
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let mut s = accept_upgrade(&listener);
-        // One write: the last message and the Close reach the client in the same read.
-        s.write_all(&[0x81, 3, b'b', b'y', b'e', 0x88, 2, 0x03, 0xe8])
+        // One write: the last message and the Close (with its reason) reach the client in the
+        // same read.
+        s.write_all(b"\x81\x03bye\x88\x0f\x0f\xa1token expired")
             .unwrap();
         common::read_any_frame(&mut s).map(|(f, _)| f.opcode)
     });
@@ -1087,7 +1088,7 @@ p.run = function()
   assert(cws:new(URL, {{
     onopen = function() report("open") end,
     onmessage = function(_, m) report("message " .. m) end,
-    onclose = function(_, code) report("close " .. code) end,
+    onclose = function(_, code, reason) report("close " .. code .. " " .. reason) end,
   }}))
   while not must_stop() do cws:eventLoop(0.05) end
 end
@@ -1099,7 +1100,7 @@ return p
     let reg = Registry::start(vec![app_in(&dir, "goodbye", &src)], hub(1)).unwrap();
     assert_eq!(next(&out), "open");
     assert_eq!(next(&out), "message bye");
-    assert_eq!(next(&out), "close 1000");
+    assert_eq!(next(&out), "close 4001 token expired");
     assert_eq!(server.join().unwrap(), Some(0x8));
     reg.shutdown();
 }

@@ -143,7 +143,7 @@ pub fn run_one_client(seed: u64) -> Result<(), String> {
                 format!("{op:?} {m:02x?}")
             }
             Event::Error(_) => "error".to_string(),
-            Event::Closed(code) => format!("closed {code}"),
+            Event::Closed(code, _) => format!("closed {code}"),
         })
     };
     let deadline = std::time::Instant::now() + IO_TIMEOUT;

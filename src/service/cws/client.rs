@@ -1,5 +1,6 @@
 //! One client connection: state machine, socket I/O, framing.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -38,14 +39,33 @@ const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// What a connection reports. `Closed` comes exactly once, last; `Error` (if any) right before.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Event<'a> {
     Open,
     Message(&'a [u8], Opcode),
     Error(String),
     /// The close code received (1005 when the Close had none), the code of the protocol
-    /// error we closed with, or 1006 when the connection ended without a close handshake.
-    Closed(u16),
+    /// error we closed with, or 1006 when the connection ended without a close handshake;
+    /// then the reason the server's Close gave (UTF-8, empty when it had none or there was
+    /// no Close).
+    Closed(u16, &'a [u8]),
+}
+
+/// As derived, but a Close reason shows as text, and not at all when there is none.
+impl fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Open => f.write_str("Open"),
+            Event::Message(p, op) => f.debug_tuple("Message").field(p).field(op).finish(),
+            Event::Error(s) => f.debug_tuple("Error").field(s).finish(),
+            Event::Closed(c, []) => f.debug_tuple("Closed").field(c).finish(),
+            Event::Closed(c, reason) => f
+                .debug_tuple("Closed")
+                .field(c)
+                .field(&String::from_utf8_lossy(reason))
+                .finish(),
+        }
+    }
 }
 
 /// What [`Client::unanswered_tls13`] suggests to the developer.
@@ -494,7 +514,7 @@ impl Client {
             }
             Phase::Resolving { .. } | Phase::Connecting { .. } | Phase::Upgrading { .. } => {
                 self.phase = Phase::Done;
-                sink(Event::Closed(1006));
+                sink(Event::Closed(1006, b""));
                 Ok(())
             }
             Phase::Closing | Phase::Flushing | Phase::Lingering | Phase::Done => Err("closed"),
@@ -536,7 +556,7 @@ impl Client {
             _ => self.end_after_flush(),
         }
         sink(Event::Error(why));
-        sink(Event::Closed(code));
+        sink(Event::Closed(code, b""));
     }
 
     /// Writes what is queued; what the socket does not take now is written from `Flushing`.
@@ -680,7 +700,7 @@ impl Client {
             Phase::Closing => {
                 self.last_words();
                 self.phase = Phase::Done;
-                sink(Event::Closed(1006));
+                sink(Event::Closed(1006, b""));
             }
             // Closed was reported already; the peer did not take our last bytes in time, or
             // did not end its side.
@@ -813,7 +833,7 @@ impl Client {
             } else if let Phase::Closing = self.phase {
                 self.last_words();
                 self.phase = Phase::Done;
-                sink(Event::Closed(1006));
+                sink(Event::Closed(1006, b""));
             } else {
                 let upgrading = matches!(self.phase, Phase::Upgrading { .. });
                 let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
@@ -929,6 +949,7 @@ impl Client {
         }
         let deliver = matches!(self.phase, Phase::Open);
         let mut close: Option<Option<u16>> = None;
+        let mut close_reason = Vec::new();
         let mut consumed = 0;
         let held_before = self.decoder.held();
         let allowance = self
@@ -960,7 +981,10 @@ impl Client {
                     codec::Event::Ping(p) if !*close_sent && out.len() < MAX_BACKLOG => {
                         codec::encode_control(out.tail(), Role::Client, Opcode::Pong, p, keys.key())
                     }
-                    codec::Event::Close { code, .. } => close = Some(code),
+                    codec::Event::Close { code, reason } => {
+                        close = Some(code);
+                        close_reason = reason.to_vec();
+                    }
                     _ => {}
                 });
                 match r {
@@ -1001,7 +1025,7 @@ impl Client {
                         self.close_sent = true;
                     }
                     self.end_after_flush();
-                    sink(Event::Closed(code.unwrap_or(1005)));
+                    sink(Event::Closed(code.unwrap_or(1005), &close_reason));
                 }
             }
         }

@@ -67,7 +67,8 @@ enum Ev {
     /// mlua's reference stack (a server sending 8,000 small messages at once ran them out).
     Message(Vec<u8>, Opcode),
     Error(String),
-    Closed(u16),
+    /// The code and the server's reason.
+    Closed(u16, Vec<u8>),
 }
 
 /// A TLS config and the stamp of the file it was built from.
@@ -366,8 +367,8 @@ impl Cws {
         }
         let mut raised = Vec::new();
         let r = e.client.close(code as u16, &mut keys, &mut |ev| {
-            if let Event::Closed(c) = ev {
-                raised.push(Ev::Closed(c));
+            if let Event::Closed(c, reason) = ev {
+                raised.push(Ev::Closed(c, reason.to_vec()));
             }
         });
         let cb = Rc::clone(&e.cb);
@@ -477,7 +478,7 @@ impl Cws {
             // in this round: for the app it never opened (its close abandoned it).
             match ev {
                 Ev::Message(..) | Ev::Open if self.closed_by_app.borrow().contains(&id) => continue,
-                Ev::Closed(_) => {
+                Ev::Closed(..) => {
                     self.closed_by_app.borrow_mut().remove(&id);
                     // Counted out before its onclose runs: it is over for the app.
                     self.awaiting_onclose
@@ -510,7 +511,7 @@ impl Cws {
                 },
                 Ev::Open => Delivered::Open,
                 Ev::Error(s) => Delivered::Error(s),
-                Ev::Closed(c) => Delivered::Closed(c),
+                Ev::Closed(c, reason) => Delivered::Closed(c, reason),
             };
             // Each callback has its own instruction budget, as a network service's do: how many
             // run in one round is the servers' doing.
@@ -524,7 +525,12 @@ impl Cws {
                     call(&cb.onmessage, (h, s, op as u8)),
                 ),
                 Delivered::Error(s) => ("onerror", &cb.onerror, call(&cb.onerror, (h, s))),
-                Delivered::Closed(c) => ("onclose", &cb.onclose, call(&cb.onclose, (h, c))),
+                Delivered::Closed(c, reason) => {
+                    // At most 123 bytes (RFC 6455 5.5): a string the state cannot make is
+                    // left out rather than the onclose every connection is owed.
+                    let reason = lua.create_string(&reason).ok();
+                    ("onclose", &cb.onclose, call(&cb.onclose, (h, c, reason)))
+                }
             };
             if f.is_some() {
                 ran += 1;
@@ -594,7 +600,7 @@ fn owned(ev: Event<'_>) -> Ev {
         Event::Open => Ev::Open,
         Event::Message(p, op) => Ev::Message(p.to_vec(), op),
         Event::Error(s) => Ev::Error(s),
-        Event::Closed(c) => Ev::Closed(c),
+        Event::Closed(c, reason) => Ev::Closed(c, reason.to_vec()),
     }
 }
 
@@ -603,7 +609,8 @@ enum Delivered {
     Open,
     Message(mlua::String, Opcode),
     Error(String),
-    Closed(u16),
+    /// The code and the server's reason.
+    Closed(u16, Vec<u8>),
 }
 
 fn call(f: &Option<Function>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()> {
