@@ -221,7 +221,7 @@ return p
     let out = registry().open("cws.options", 4);
     let reg = Registry::start(vec![app_in(&dir, "options", src)], hub(1)).unwrap();
     let known = "(the options are onopen, onmessage, onerror, onclose, ca_file, insecure, \
-                 max_message_size, idle_timeout)";
+                 max_message_size, idle_timeout, protocols, headers)";
     assert_eq!(
         next(&out),
         [
@@ -1106,6 +1106,94 @@ return p
 }
 
 #[test]
+fn the_upgrade_offers_the_apps_subprotocols_and_header_fields_and_onopen_gets_the_choice() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Protocol: chat\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            lapps::ws::handshake::accept_key(&key)
+        )
+        .unwrap();
+        s.write_all(&[0x88, 2, 0x03, 0xe8]).unwrap();
+        let _ = common::read_any_frame(&mut s);
+        head
+    });
+    let dir = scratch("offer");
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+local function report(s) assert(mqr:post("cws.offer", s)) end
+p.run = function()
+  assert(cws:new(URL, {{
+    protocols = {{ "v2.chat", "chat" }},
+    headers = {{ Authorization = "Bearer t0ken", ["X-Trace"] = 7 }},
+    onopen = function(_, protocol) report("open " .. tostring(protocol)) end,
+    onclose = function(_, code) report("close " .. code) end,
+  }}))
+  -- What the request could not carry: refused at once, nothing sent.
+  report(table.concat({{
+    select(2, cws:new(URL, {{ protocols = "a b" }})),
+    select(2, cws:new(URL, {{ protocols = {{ "chat", "chat" }} }})),
+    select(2, cws:new(URL, {{ headers = {{ Host = "elsewhere" }} }})),
+    select(2, cws:new(URL, {{ headers = {{ ["X-A"] = "1\r\nX-Injected: 1" }} }})),
+    select(2, pcall(cws.new, cws, URL, {{ protocols = 7 }})),
+    select(2, pcall(cws.new, cws, URL, {{ headers = {{ "v" }} }})),
+  }}, "\n"))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&format!("ws://{addr}/"))
+    );
+    let out = registry().open("cws.offer", 8);
+    let reg = Registry::start(vec![app_in(&dir, "offer", &src)], hub(1)).unwrap();
+    assert_eq!(
+        next(&out),
+        [
+            "bad protocols: \"a b\" is not a subprotocol name (a token: letters, digits and \
+             !#$%&'*+-.^_`|~)",
+            "bad protocols: \"chat\" is offered twice",
+            "bad headers: Host is set by the client itself",
+            "bad headers: the value of X-A has a control character (CR, LF, NUL or the like)",
+            "cws:new: option protocols must be a string or an array of strings, got number",
+            "cws:new: the keys of option headers must be strings, got number",
+        ]
+        .join("\n")
+    );
+    assert_eq!(next(&out), "open chat");
+    assert_eq!(next(&out), "close 1000");
+    let head = server.join().unwrap();
+    assert!(
+        head.contains(
+            "Sec-WebSocket-Protocol: v2.chat, chat\r\nAuthorization: Bearer t0ken\r\n\
+             X-Trace: 7\r\nUser-Agent: lapps-cws\r\n\r\n"
+        ),
+        "{head}"
+    );
+    reg.shutdown();
+}
+
+#[test]
 fn the_client_tries_each_resolved_address_until_one_answers() {
     use lapps::service::cws::{url, Client, KeyPool};
     // A port bound but not listening: connecting to it is refused, and (held until the end
@@ -1122,7 +1210,8 @@ fn the_client_tries_each_resolved_address_until_one_answers() {
     let mut keys = KeyPool::default();
     let u = url::parse(&format!("ws://{addr}/x")).unwrap();
     let addrs = vec![refused, refused, addr];
-    let mut c = Client::connect_addrs(addrs, &u, None, &mut keys, 1 << 20).unwrap();
+    let mut c =
+        Client::connect_addrs(addrs, &u, None, &mut keys, 1 << 20, &Default::default()).unwrap();
     let mut events: Vec<String> = Vec::new();
     drive(&mut c, &mut keys, &mut events, |_, ev| {
         ev.iter()
@@ -1133,7 +1222,14 @@ fn the_client_tries_each_resolved_address_until_one_answers() {
 
     // When every address refuses, the error names the last one tried.
     let mut events: Vec<String> = Vec::new();
-    match Client::connect_addrs(vec![refused, refused], &u, None, &mut keys, 1 << 20) {
+    match Client::connect_addrs(
+        vec![refused, refused],
+        &u,
+        None,
+        &mut keys,
+        1 << 20,
+        &Default::default(),
+    ) {
         Err(e) => events.extend([format!("Error({e:?})"), "Closed(1006)".into()]),
         Ok(mut c) => drive(&mut c, &mut keys, &mut events, |c, _| c.is_done()),
     }

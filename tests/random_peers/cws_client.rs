@@ -137,7 +137,7 @@ pub fn run_one_client(seed: u64) -> Result<(), String> {
     let mut events = Vec::new();
     let mut on = |ev: Event<'_>| {
         events.push(match ev {
-            Event::Open => "open".to_string(),
+            Event::Open(_) => "open".to_string(),
             Event::Message(m, op) => {
                 delivered.set(delivered.get() + 1);
                 format!("{op:?} {m:02x?}")

@@ -16,7 +16,7 @@ use rustls::{ClientConfig, ClientConnection};
 
 use super::lookup::{system_lookup, Lookup, Resolver, RESOLVE_TIMEOUT};
 use super::outbuf::OutBuf;
-use super::upgrade;
+use super::upgrade::{self, Offer};
 use super::url::Url;
 use crate::net::assembly::AssemblyBudget;
 use crate::net::sys::AckProgress;
@@ -41,7 +41,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// What a connection reports. `Closed` comes exactly once, last; `Error` (if any) right before.
 #[derive(PartialEq, Eq)]
 pub enum Event<'a> {
-    Open,
+    /// The upgrade succeeded; the subprotocol the server chose of those offered.
+    Open(Option<&'a str>),
     Message(&'a [u8], Opcode),
     Error(String),
     /// The close code received (1005 when the Close had none), the code of the protocol
@@ -55,7 +56,8 @@ pub enum Event<'a> {
 impl fmt::Debug for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Open => f.write_str("Open"),
+            Event::Open(None) => f.write_str("Open"),
+            Event::Open(Some(p)) => f.debug_tuple("Open").field(p).finish(),
             Event::Message(p, op) => f.debug_tuple("Message").field(p).field(op).finish(),
             Event::Error(s) => f.debug_tuple("Error").field(s).finish(),
             Event::Closed(c, []) => f.debug_tuple("Closed").field(c).finish(),
@@ -181,6 +183,8 @@ pub struct Client {
     /// What the messages being received of every connection of this client's instance may
     /// hold together (its state's memory limit): charged with `decoder`'s buffer.
     assembly: Option<Arc<AssemblyBudget>>,
+    /// The subprotocols the upgrade request offered: the answer may choose one of them.
+    offered: Vec<String>,
 }
 
 /// Starts a connect to the next address of `rest` (last = next) that does not fail at once,
@@ -234,20 +238,33 @@ impl Client {
         keys: &mut KeyPool,
         max_message_size: usize,
     ) -> Result<Client, String> {
-        Client::connect_with(url, tls, keys, max_message_size, system_lookup)
+        let offer = Offer::default();
+        Client::connect_with(url, tls, keys, max_message_size, &offer, system_lookup)
     }
 
-    /// [`Client::connect`] with `resolver` for host names.
+    /// [`Client::connect`] whose upgrade request carries `offer`.
+    pub fn connect_offering(
+        url: &Url,
+        tls: Option<Arc<ClientConfig>>,
+        keys: &mut KeyPool,
+        max_message_size: usize,
+        offer: &Offer,
+    ) -> Result<Client, String> {
+        Client::connect_with(url, tls, keys, max_message_size, offer, system_lookup)
+    }
+
+    /// [`Client::connect_offering`] with `resolver` for host names.
     fn connect_with(
         url: &Url,
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
         max_message_size: usize,
+        offer: &Offer,
         resolver: Resolver,
     ) -> Result<Client, String> {
         if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
             let addrs = vec![SocketAddr::new(ip, url.port)];
-            return Client::connect_addrs(addrs, url, tls, keys, max_message_size);
+            return Client::connect_addrs(addrs, url, tls, keys, max_message_size, offer);
         }
         // A stand-in socket until the addresses come (never used: the lookup's eventfd is the
         // connection's descriptor meanwhile); the connect makes the real one.
@@ -256,7 +273,7 @@ impl Client {
             .map(TcpStream::from)
             .map_err(|e| format!("socket: {e}"))?;
         let (mut client, accept) =
-            Client::unconnected(url, tls, keys, max_message_size, sock, nowhere)?;
+            Client::unconnected(url, tls, keys, max_message_size, offer, sock, nowhere)?;
         // Last: nothing after it may fail and leave the lookup running for nobody.
         let lookup = Lookup::start(&url.host, url.port, resolver)?;
         client.deadline = Some(client.started + RESOLVE_TIMEOUT);
@@ -273,6 +290,7 @@ impl Client {
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
         max_message_size: usize,
+        offer: &Offer,
     ) -> Result<Client, String> {
         if addrs.is_empty() {
             return Err(format!("cannot resolve {}", url.host));
@@ -281,7 +299,7 @@ impl Client {
         let mut failed = Vec::new();
         let (sock, connected, addr) = connect_next(&mut rest, &mut failed)?;
         let (mut client, accept) =
-            Client::unconnected(url, tls, keys, max_message_size, sock, addr)?;
+            Client::unconnected(url, tls, keys, max_message_size, offer, sock, addr)?;
         client.connecting(accept, rest, failed, connected);
         Ok(client)
     }
@@ -294,6 +312,7 @@ impl Client {
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
         max_message_size: usize,
+        offer: &Offer,
         sock: TcpStream,
         addr: SocketAddr,
     ) -> Result<(Client, String), String> {
@@ -307,7 +326,7 @@ impl Client {
                 Some(Box::new(conn))
             }
         };
-        let (request, accept) = upgrade::request(url, &keys.take());
+        let (request, accept) = upgrade::request(url, &keys.take(), offer);
         let started = Instant::now();
         let client = Client {
             sock,
@@ -328,6 +347,7 @@ impl Client {
             ping_sent: false,
             close_began: None,
             assembly: None,
+            offered: offer.protocols().to_vec(),
         };
         Ok((client, accept))
     }
@@ -928,10 +948,10 @@ impl Client {
     /// Upgrade answer, then frames.
     fn process(&mut self, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
         if let Phase::Upgrading { accept } = &self.phase {
-            match upgrade::check_response(&self.input, accept) {
+            match upgrade::check_response(&self.input, accept, &self.offered) {
                 Ok(None) => return,
-                Ok(Some(n)) => {
-                    self.input.drain(..n);
+                Ok(Some(answer)) => {
+                    self.input.drain(..answer.len);
                     self.phase = Phase::Open;
                     self.last_input = Instant::now();
                     // Progress counts from here: the upgrade request and the TLS handshake
@@ -939,7 +959,7 @@ impl Client {
                     self.acked.restart(self.sock.as_raw_fd());
                     self.deadline = self.idle.map(|d| self.last_input + d);
                     self.out.tail().append(&mut self.early);
-                    sink(Event::Open);
+                    sink(Event::Open(answer.protocol.as_deref()));
                 }
                 Err(e) => return self.fail(e, 1006, sink),
             }
@@ -1129,7 +1149,15 @@ mod tests {
 
     fn client(url: &str, resolver: Resolver) -> Client {
         let url = super::super::url::parse(url).unwrap();
-        Client::connect_with(&url, None, &mut KeyPool::default(), 1 << 20, resolver).unwrap()
+        Client::connect_with(
+            &url,
+            None,
+            &mut KeyPool::default(),
+            1 << 20,
+            &Offer::default(),
+            resolver,
+        )
+        .unwrap()
     }
 
     /// Waits (bounded) until `c`'s descriptor reports one of `events`.
@@ -1255,9 +1283,19 @@ mod tests {
         let mut keys = KeyPool::default();
         let url = |i: usize| super::super::url::parse(&format!("ws://many{i}.example/")).unwrap();
         let running: Vec<Client> = (0..MAX_LOOKUPS)
-            .map(|i| Client::connect_with(&url(i), None, &mut keys, 1 << 20, held).unwrap())
+            .map(|i| {
+                Client::connect_with(&url(i), None, &mut keys, 1 << 20, &Offer::default(), held)
+                    .unwrap()
+            })
             .collect();
-        let over = Client::connect_with(&url(MAX_LOOKUPS), None, &mut keys, 1 << 20, held);
+        let over = Client::connect_with(
+            &url(MAX_LOOKUPS),
+            None,
+            &mut keys,
+            1 << 20,
+            &Offer::default(),
+            held,
+        );
         assert_eq!(
             over.err().as_deref(),
             Some(
@@ -1274,7 +1312,15 @@ mod tests {
             wait_for(c, libc::POLLIN);
         }
         let another = url(MAX_LOOKUPS + 1);
-        assert!(Client::connect_with(&another, None, &mut keys, 1 << 20, refused).is_ok());
+        assert!(Client::connect_with(
+            &another,
+            None,
+            &mut keys,
+            1 << 20,
+            &Offer::default(),
+            refused
+        )
+        .is_ok());
     }
 
     static ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -23,7 +23,7 @@ use super::{fail, ok, Ret};
 use crate::lapps_proto::lua as lapps_lua;
 use crate::net::assembly::AssemblyBudget;
 use crate::service::cws::{
-    client_config, trust_stamp, url, Client, Event, KeyPool, TlsOptions, TrustStamp,
+    client_config, trust_stamp, upgrade::Offer, url, Client, Event, KeyPool, TlsOptions, TrustStamp,
 };
 use crate::service::lua::host::{one_line, HostCtx};
 use crate::ws::Opcode;
@@ -61,7 +61,8 @@ struct Entry {
 }
 
 enum Ev {
-    Open,
+    /// With the subprotocol the server chose.
+    Open(Option<String>),
     /// The bytes, made a Lua string only right before its callback: a round may hold many
     /// messages, and each Lua value held from Rust takes one of the few thousand slots of
     /// mlua's reference stack (a server sending 8,000 small messages at once ran them out).
@@ -107,7 +108,7 @@ impl Drop for RoundGuard<'_> {
 }
 
 /// The options `cws:new` knows.
-const OPTIONS: [&str; 8] = [
+const OPTIONS: [&str; 10] = [
     "onopen",
     "onmessage",
     "onerror",
@@ -116,6 +117,8 @@ const OPTIONS: [&str; 8] = [
     "insecure",
     "max_message_size",
     "idle_timeout",
+    "protocols",
+    "headers",
 ];
 
 /// Raises for an option `cws:new` does not know: a misspelt callback (`onOpen`) would
@@ -175,6 +178,89 @@ fn string_option(opts: &Table, name: &str) -> mlua::Result<Option<String>> {
             lapps_lua::lua_type(&other)
         ))),
     }
+}
+
+/// The `protocols` and `headers` options as the upgrade request's [`Offer`]. A value of the
+/// wrong type raises, as for the other options; one the request cannot carry is `Err` with
+/// the reason for `nil, "bad ...: reason"`.
+fn offer_option(opts: &Table) -> mlua::Result<Result<Offer, String>> {
+    let mut offer = Offer::default();
+    let not_a = |what: &str, v: &Value| {
+        mlua::Error::runtime(format!("cws:new: {what}, got {}", lapps_lua::lua_type(v)))
+    };
+    match opts.get::<Value>("protocols")? {
+        Value::Nil => {}
+        Value::String(p) => {
+            if let Err(e) = offer.add_protocol(&p.to_string_lossy()) {
+                return Ok(Err(format!("bad protocols: {e}")));
+            }
+        }
+        Value::Table(t) => {
+            let n = t.raw_len();
+            if t.clone().pairs::<Value, Value>().count() != n {
+                return Err(mlua::Error::runtime(
+                    "cws:new: option protocols must be a string or an array of strings \
+                     (a table with other keys than 1..n)",
+                ));
+            }
+            for i in 1..=n {
+                let Value::String(p) = t.raw_get::<Value>(i)? else {
+                    return Err(not_a(
+                        &format!("protocols[{i}] must be a string"),
+                        &t.raw_get::<Value>(i)?,
+                    ));
+                };
+                if let Err(e) = offer.add_protocol(&p.to_string_lossy()) {
+                    return Ok(Err(format!("bad protocols: {e}")));
+                }
+            }
+        }
+        other => {
+            return Err(not_a(
+                "option protocols must be a string or an array of strings",
+                &other,
+            ))
+        }
+    }
+    match opts.get::<Value>("headers")? {
+        Value::Nil => {}
+        Value::Table(t) => {
+            let mut fields = Vec::new();
+            for pair in t.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                let Value::String(name) = k else {
+                    return Err(not_a("the keys of option headers must be strings", &k));
+                };
+                let name = name.to_string_lossy();
+                let value = match v {
+                    Value::String(s) => s.to_string_lossy(),
+                    Value::Integer(i) => i.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(not_a(
+                            &format!("headers[{name:?}] must be a string"),
+                            &other,
+                        ))
+                    }
+                };
+                fields.push((name, value));
+            }
+            // Lua's table order is no order: the request is the same for the same table.
+            fields.sort();
+            for (name, value) in fields {
+                if let Err(e) = offer.add_header(&name, &value) {
+                    return Ok(Err(format!("bad headers: {e}")));
+                }
+            }
+        }
+        other => {
+            return Err(not_a(
+                "option headers must be a table of header field names and values",
+                &other,
+            ))
+        }
+    }
+    Ok(Ok(offer))
 }
 
 fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
@@ -243,6 +329,7 @@ impl Cws {
         let mut tls = TlsOptions::default();
         let mut max_message = DEFAULT_MAX_MESSAGE;
         let mut idle = Some(DEFAULT_IDLE_TIMEOUT);
+        let mut offer = Offer::default();
         if let Some(o) = &opts {
             check_option_names(o)?;
             cb.onopen = callback(o, "onopen")?;
@@ -271,6 +358,10 @@ impl Cws {
                 // However short, a positive timeout is one (a zero Duration means none).
                 idle = (s > 0.0).then(|| Duration::from_secs_f64(s).max(Duration::from_millis(1)));
             }
+            match offer_option(o)? {
+                Ok(o) => offer = o,
+                Err(why) => return failed(&why),
+            }
         }
         let Ok(mut conns) = self.conns.try_borrow_mut() else {
             return failed("busy");
@@ -289,7 +380,7 @@ impl Cws {
         let Ok(mut keys) = self.keys.try_borrow_mut() else {
             return failed("busy");
         };
-        let client = match Client::connect(&url, config, &mut keys, max_message) {
+        let client = match Client::connect_offering(&url, config, &mut keys, max_message, &offer) {
             Ok(c) => c
                 .with_idle_timeout(idle)
                 .with_assembly_budget(Arc::clone(&self.assembly)),
@@ -477,7 +568,9 @@ impl Cws {
             // So is the opening of one the app closed while its upgrade answer was being read
             // in this round: for the app it never opened (its close abandoned it).
             match ev {
-                Ev::Message(..) | Ev::Open if self.closed_by_app.borrow().contains(&id) => continue,
+                Ev::Message(..) | Ev::Open(_) if self.closed_by_app.borrow().contains(&id) => {
+                    continue
+                }
                 Ev::Closed(..) => {
                     self.closed_by_app.borrow_mut().remove(&id);
                     // Counted out before its onclose runs: it is over for the app.
@@ -509,7 +602,7 @@ impl Cws {
                         continue;
                     }
                 },
-                Ev::Open => Delivered::Open,
+                Ev::Open(p) => Delivered::Open(p),
                 Ev::Error(s) => Delivered::Error(s),
                 Ev::Closed(c, reason) => Delivered::Closed(c, reason),
             };
@@ -518,7 +611,7 @@ impl Cws {
             self.host.polling_point();
             let h = Value::Number(id as f64);
             let (name, f, r) = match ev {
-                Delivered::Open => ("onopen", &cb.onopen, call(&cb.onopen, h)),
+                Delivered::Open(p) => ("onopen", &cb.onopen, call(&cb.onopen, (h, p))),
                 Delivered::Message(s, op) => (
                     "onmessage",
                     &cb.onmessage,
@@ -597,7 +690,7 @@ impl Drop for Cws {
 /// An event of the client as the round keeps it.
 fn owned(ev: Event<'_>) -> Ev {
     match ev {
-        Event::Open => Ev::Open,
+        Event::Open(p) => Ev::Open(p.map(str::to_string)),
         Event::Message(p, op) => Ev::Message(p.to_vec(), op),
         Event::Error(s) => Ev::Error(s),
         Event::Closed(c, reason) => Ev::Closed(c, reason.to_vec()),
@@ -606,7 +699,7 @@ fn owned(ev: Event<'_>) -> Ev {
 
 /// An event about to reach its callback.
 enum Delivered {
-    Open,
+    Open(Option<String>),
     Message(mlua::String, Opcode),
     Error(String),
     /// The code and the server's reason.
