@@ -4,8 +4,9 @@
 //! [`EXPIRY_NOTICE_SECS`] of its end (`net::tls`), and record it here. A server that runs for
 //! months between reloads would otherwise say nothing when a renewal fails and its certificate
 //! runs out, so the main thread looks every [`LOOK_EVERY`] and tells again when [`Reminders::due`]
-//! says so: once a day while the notice holds, and at the look after the certificate changed
-//! or its end passed.
+//! says so: once a day while the notice holds, and at the look after the certificate changed,
+//! its start came or its end passed. (A certificate not valid yet is told of too: one put in
+//! place early, or a host clock that is behind.)
 //!
 //! Must never: read files, block or log: the caller does that with what this answers.
 
@@ -22,11 +23,31 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(3600);
 /// How often the same notice is told again while it holds.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(24 * 3600);
 
+/// Where a certificate stands at a moment, as far as notices go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    NotValidYet,
+    Valid,
+    Expired,
+}
+
+impl Standing {
+    fn of(info: &CertInfo, unix: i64) -> Standing {
+        if info.not_before_unix.is_some_and(|start| unix < start) {
+            Standing::NotValidYet
+        } else if info.expired_at(unix) {
+            Standing::Expired
+        } else {
+            Standing::Valid
+        }
+    }
+}
+
 /// What the last notice was about.
 #[derive(Debug)]
 struct Told {
     fingerprint: String,
-    expired: bool,
+    standing: Standing,
     at: Instant,
 }
 
@@ -42,7 +63,7 @@ impl Reminders {
     pub fn told(&mut self, info: &CertInfo, unix: i64, now: Instant) {
         self.last = info.expiry_notice(unix).map(|_| Told {
             fingerprint: info.fingerprint.clone(),
-            expired: info.expired_at(unix),
+            standing: Standing::of(info, unix),
             at: now,
         });
     }
@@ -53,10 +74,10 @@ impl Reminders {
             self.last = None;
             return None;
         };
-        let expired = info.expired_at(unix);
+        let standing = Standing::of(info, unix);
         let due = self.last.as_ref().is_none_or(|told| {
             told.fingerprint != info.fingerprint
-                || told.expired != expired
+                || told.standing != standing
                 || now.saturating_duration_since(told.at) >= REPEAT_EVERY
         });
         if due {
@@ -78,6 +99,8 @@ mod tests {
             fingerprint: fingerprint.into(),
             not_after: Some("2027-01-01 00:00:00 UTC".into()),
             not_after_unix: Some(not_after_unix),
+            not_before: Some("2026-01-01 00:00:00 UTC".into()),
+            not_before_unix: Some(0),
         }
     }
 
@@ -106,6 +129,33 @@ mod tests {
             c.expiry_notice(20 * DAY + 1).unwrap(),
             "expired at 2027-01-01 00:00:00 UTC; clients will refuse it"
         );
+    }
+
+    #[test]
+    fn a_certificate_not_valid_yet_is_told_of_and_again_when_its_end_comes_near_at_once() {
+        let t0 = Instant::now();
+        let mut r = Reminders::default();
+        // Valid from day 10 to day 20 (a short-lived certificate put in place early).
+        let c = CertInfo {
+            not_before_unix: Some(10 * DAY),
+            ..cert("a", 20 * DAY)
+        };
+        assert_eq!(
+            c.expiry_notice(8 * DAY - 1).unwrap(),
+            "is not valid before 2026-01-01 00:00:00 UTC, in 2 days: clients refuse it until \
+             then (is this host's clock right?)"
+        );
+        assert!(c
+            .expiry_notice(10 * DAY - 1)
+            .unwrap()
+            .contains("in less than an hour"));
+        r.told(&c, 8 * DAY, t0);
+        assert_eq!(r.due(&c, 8 * DAY + 3600, t0 + LOOK_EVERY), None);
+        // Its start comes within 14 days of its end: that is told at the next look.
+        let told = r
+            .due(&c, 10 * DAY, t0 + LOOK_EVERY * 48)
+            .expect("valid now, and near its end");
+        assert!(told.starts_with("expires at"), "{told}");
     }
 
     #[test]

@@ -172,6 +172,25 @@ fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
             && warning.contains(", in 5 days: renew it (a reload reads the renewed files)"),
         "{warning}"
     );
+    // One not valid yet (put in place early, or a clock behind): said so, with the wait.
+    let (early, early_key) = write_pair(&dir, "early", &ca.server_starting_in("early", 2));
+    let early_files = lapps::net::tls::TlsFiles {
+        cert: early.clone(),
+        key: early_key,
+        ..files.clone()
+    };
+    let warning = lapps::net::tls::check(&early_files)
+        .unwrap()
+        .1
+        .expect("a warning");
+    assert!(
+        warning.starts_with(&format!(
+            "{}: the certificate is not valid before ",
+            early.display()
+        )) && warning
+            .ends_with(", in 2 days: clients refuse it until then (is this host's clock right?)"),
+        "{warning}"
+    );
     // Three weeks: nothing to say.
     let (later, later_key) = write_pair(&dir, "later", &ca.server_ending_in("later", 21));
     let later_files = lapps::net::tls::TlsFiles {

@@ -109,18 +109,25 @@ pub struct CertInfo {
     pub not_after: Option<String>,
     /// Validity end as seconds since the epoch (for the "expired" warning).
     pub not_after_unix: Option<i64>,
+    /// Validity start, as `not_after`.
+    pub not_before: Option<String>,
+    /// Validity start as seconds since the epoch (for the "not valid yet" warning).
+    pub not_before_unix: Option<i64>,
 }
 
 impl CertInfo {
     pub fn of(der: &[u8]) -> CertInfo {
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let fingerprint = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let (validity, subject) = der::validity_and_subject(der).unwrap_or((None, None));
+        let ((start, end), subject) =
+            der::validity_and_subject(der).unwrap_or(((None, None), None));
         CertInfo {
             subject,
             fingerprint,
-            not_after_unix: validity.as_ref().map(|v| v.0),
-            not_after: validity.map(|(_, text)| text),
+            not_after_unix: end.as_ref().map(|v| v.0),
+            not_after: end.map(|(_, text)| text),
+            not_before_unix: start.as_ref().map(|v| v.0),
+            not_before: start.map(|(_, text)| text),
         }
     }
 
@@ -130,8 +137,18 @@ impl CertInfo {
     }
 
     /// What an operator must hear of the certificate at `now` (seconds since the epoch): that
-    /// it expired, or that it expires within [`EXPIRY_NOTICE_SECS`]; None before then.
+    /// it is not valid yet (a certificate put in place early, or a host clock that is
+    /// behind), that it expired, or that it expires within [`EXPIRY_NOTICE_SECS`]; None
+    /// otherwise.
     pub fn expiry_notice(&self, now: i64) -> Option<String> {
+        if let Some(start) = self.not_before_unix.filter(|&start| now < start) {
+            let at = self.not_before.as_deref().unwrap_or("?");
+            let left = in_words(start.saturating_sub(now));
+            return Some(format!(
+                "is not valid before {at}, in {left}: clients refuse it until then (is this \
+                 host's clock right?)"
+            ));
+        }
         let end = self.not_after_unix?;
         let at = self.not_after.as_deref().unwrap_or("?");
         let left = end.saturating_sub(now);
@@ -141,18 +158,23 @@ impl CertInfo {
         if left >= EXPIRY_NOTICE_SECS {
             return None;
         }
-        let plural = |n: i64, unit: &str| match n {
-            1 => format!("1 {unit}"),
-            n => format!("{n} {unit}s"),
-        };
-        let left = match (left / 86_400, left / 3600) {
-            (0, 0) => "less than an hour".to_string(),
-            (0, hours) => plural(hours, "hour"),
-            (days, _) => plural(days, "day"),
-        };
+        let left = in_words(left);
         Some(format!(
             "expires at {at}, in {left}: renew it (a reload reads the renewed files)"
         ))
+    }
+}
+
+/// `secs` (not negative) as a notice says it: "N days", "N hours" or "less than an hour".
+fn in_words(secs: i64) -> String {
+    let plural = |n: i64, unit: &str| match n {
+        1 => format!("1 {unit}"),
+        n => format!("{n} {unit}s"),
+    };
+    match (secs / 86_400, secs / 3600) {
+        (0, 0) => "less than an hour".to_string(),
+        (0, hours) => plural(hours, "hour"),
+        (days, _) => plural(days, "day"),
     }
 }
 
@@ -711,7 +733,8 @@ mod der {
         }
     }
 
-    pub fn validity_and_subject(cert: &[u8]) -> Option<(Validity, Option<String>)> {
+    /// The validity's start and end, and the subject's common name.
+    pub fn validity_and_subject(cert: &[u8]) -> Option<((Validity, Validity), Option<String>)> {
         let (_, cert, _) = tlv(cert)?;
         let (_, tbs, _) = tlv(cert)?;
         let mut rest = tbs;
@@ -724,9 +747,12 @@ mod der {
         let (_, _, r) = tlv(r)?; // issuer
         let (_, validity, r) = tlv(r)?;
         let (_, subject, _) = tlv(r)?;
-        let (_, _, v) = tlv(validity)?; // not before
+        let (start_tag, not_before, v) = tlv(validity)?;
         let (tag, not_after, _) = tlv(v)?;
-        Some((time(tag, not_after), common_name(subject)))
+        Some((
+            (time(start_tag, not_before), time(tag, not_after)),
+            common_name(subject),
+        ))
     }
 
     fn common_name(mut name: &[u8]) -> Option<String> {

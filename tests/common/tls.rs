@@ -85,6 +85,20 @@ impl Ca {
         self.sign(p)
     }
 
+    /// A server certificate whose validity starts `days` and a half days from now, for a
+    /// year.
+    pub fn server_starting_in(&self, cn: &str, days: u64) -> Pair {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let start = since_epoch + std::time::Duration::from_secs(days * 86_400 + 43_200);
+        let mut p = server_params(cn);
+        p.not_before = rcgen::date_time_ymd(1970, 1, 1) + start;
+        p.not_after =
+            rcgen::date_time_ymd(1970, 1, 1) + start + std::time::Duration::from_secs(365 * 86_400);
+        self.sign(p)
+    }
+
     pub fn client(&self, cn: &str, expired: bool) -> Pair {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
