@@ -62,7 +62,7 @@ impl Offer {
     }
 
     /// Adds a header field: its name a token and not one the client sets
-    /// ([`OWN_HEADERS`], `Sec-WebSocket-*`), its value visible ASCII, spaces, tabs and
+    /// (`OWN_HEADERS`, `Sec-WebSocket-*`), its value visible ASCII, spaces, tabs and
     /// non-ASCII bytes (RFC 9110 5.5: no CR, LF or NUL), not beginning or ending in white
     /// space. A `User-Agent` replaces the client's own.
     pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), String> {
