@@ -432,6 +432,8 @@ export class LappsError extends Error {
  * @param {number} [options.maxDelay=10000] cap of the exponentially growing delay in ms
  * @param {number} [options.stableAfter=5000] ms a connection must stay open before the back-off
  *   starts again from `minDelay`
+ * @param {number} [options.callTimeout=0] ms a call waits for its answer (from `call`, time in
+ *   the queue included) before it is rejected (code 0); 0: no limit
  * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: the global one;
  *   without either, `connect` throws a TypeError)
  * @returns {LappsClient}
@@ -466,11 +468,15 @@ export class LappsClient {
       minDelay = 250,
       maxDelay = 10000,
       stableAfter = STABLE_AFTER,
+      callTimeout = 0,
       WebSocket: WS = globalThis.WebSocket,
     } = {},
   ) {
     this.url = url;
-    this.options = { reconnect, minDelay, maxDelay, stableAfter };
+    if (!(typeof callTimeout === "number" && callTimeout >= 0 && callTimeout <= 2 ** 31 - 1)) {
+      throw new RangeError("callTimeout is a number of ms from 0 (no limit) to 2^31-1");
+    }
+    this.options = { reconnect, minDelay, maxDelay, stableAfter, callTimeout };
     if (typeof WS !== "function") {
       // Node 20 has no global WebSocket unless run with --experimental-websocket.
       throw new TypeError(
@@ -479,13 +485,20 @@ export class LappsClient {
       );
     }
     this.WS = WS;
-    /** @type {?function(LappsClient):void} called after each (re)connection */
+    /**
+     * @type {?function(LappsClient):void} called after each (re)connection; a throw (or an async
+     * one's rejection) goes to `onerror`
+     */
     this.onopen = null;
-    /** @type {?function({code:number, reason:string, reconnectIn:?number}):void} called after each close */
+    /**
+     * @type {?function({code:number, reason:string, reconnectIn:?number}):void} called after each
+     * close, and after each failed reconnection attempt; a throw goes to `onerror`
+     */
     this.onclose = null;
     /**
      * @type {?function(Error):void} undecodable or unexpected frames (the connection is then
-     * closed with CLOSE_PROTOCOL_ERROR), errors thrown by OON handlers; default: console.warn
+     * closed with CLOSE_PROTOCOL_ERROR), errors thrown by `onopen`, `onclose` and OON handlers;
+     * default: console.warn
      */
     this.onerror = (err) => console.warn("lapps:", err.message);
     this.pending = []; // calls awaiting a response, in the order their requests were sent
@@ -493,6 +506,7 @@ export class LappsClient {
     this.handlers = new Map(); // channel -> Set of OON handlers
     this.attempt = 0; // reconnections since the last connection that proved to work
     this.stopped = false;
+    this.stopReason = "client closed"; // what calls made once stopped are told
     this.timer = null; // the pending reconnection
     this.stableTimer = null; // resets the back-off once the open connection has lasted
     this.ws = null;
@@ -515,7 +529,28 @@ export class LappsClient {
   call(method, ...params) {
     const request = { lapps: 1, method };
     if (params.length > 0) request.params = params;
-    return new Promise((resolve, reject) => this.send(encode(request), { resolve, reject, method }));
+    return new Promise((resolve, reject) => {
+      const frame = encode(request); // a CborError rejects the call
+      const call = { resolve, reject, method, timedOut: false };
+      const ms = this.options.callTimeout;
+      if (ms > 0) {
+        // Settled now, but left in its place: its answer, should it come, is the next one in
+        // order and is dropped (a queued call is not sent at all).
+        const timer = setTimeout(() => {
+          call.timedOut = true;
+          reject(new LappsError(0, `${method}: no answer within ${ms} ms`));
+        }, ms);
+        call.resolve = (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        };
+        call.reject = (e) => {
+          clearTimeout(timer);
+          reject(e);
+        };
+      }
+      this.send(frame, call);
+    });
   }
 
   /**
@@ -531,7 +566,7 @@ export class LappsClient {
       (Number.isSafeInteger(cid) && cid > 0) ||
       (typeof cid === "bigint" && cid > 0n && cid < 2n ** 64n);
     if (!valid) throw new RangeError("a notification needs a cid from 1 to 2^64-1");
-    if (this.stopped) throw new LappsError(0, `${method}: client closed`);
+    if (this.stopped) throw new LappsError(0, `${method}: ${this.stopReason}`);
     const request = { lapps: 1, method, cid };
     if (params.length > 0) request.params = params;
     this.send(encode(request), null);
@@ -553,6 +588,7 @@ export class LappsClient {
     if (!valid) {
       throw new RangeError("an OON channel is an integer from 1 to 2^64-1 (a BigInt past 2^53)");
     }
+    if (typeof handler !== "function") throw new TypeError("an OON handler must be a function");
     channel = channelKey(channel);
     if (!this.handlers.has(channel)) this.handlers.set(channel, new Set());
     // One entry per registration: the same function registered twice is called twice, and
@@ -568,6 +604,7 @@ export class LappsClient {
   /** Closes the connection for good: no reconnection, pending calls are rejected. */
   close() {
     this.stopped = true;
+    this.stopReason = "client closed";
     clearTimeout(this.timer);
     this.clearStableTimer();
     if (this.ws) this.ws.close(1000);
@@ -610,8 +647,10 @@ export class LappsClient {
       }
       const queued = this.outbox;
       this.outbox = [];
-      for (const { frame, call } of queued) this.transmit(frame, call);
-      if (this.onopen) this.onopen(this);
+      for (const { frame, call } of queued) {
+        if (!call?.timedOut) this.transmit(frame, call);
+      }
+      this.guarded(() => this.onopen?.(this));
     };
     ws.onmessage = (event) => {
       // After close(), a closing socket may still deliver (Node's `ws` does, browsers do not):
@@ -636,7 +675,7 @@ export class LappsClient {
 
   send(frame, call) {
     if (this.stopped) {
-      if (call) call.reject(new LappsError(0, "client closed"));
+      if (call) call.reject(new LappsError(0, `${call.method}: ${this.stopReason}`));
       return;
     }
     if (this.connected) this.transmit(frame, call);
@@ -670,13 +709,7 @@ export class LappsClient {
       // A copy: a handler that (un)subscribes while this OON is dispatched changes the next
       // OON's handlers, not this one's (re-adding itself would otherwise loop for ever).
       for (const { handler } of [...(this.handlers.get(channel) ?? [])]) {
-        try {
-          const result = handler(msg.message, channel);
-          // An async handler's rejection is reported like a throw, not left unhandled.
-          if (typeof result?.then === "function") result.then(undefined, (err) => this.report(err));
-        } catch (err) {
-          this.report(err);
-        }
+        this.guarded(() => handler(msg.message, channel));
       }
     } else {
       this.abandon(new Error("server message is neither a response nor an OON"));
@@ -687,6 +720,8 @@ export class LappsClient {
     const call = this.pending.shift();
     if (!call) {
       this.abandon(new Error("response without a pending call"));
+    } else if (call.timedOut) {
+      // Its caller was told already (callTimeout): the late answer goes nowhere.
     } else if (msg.status === 1) {
       // Not a reset of the back-off: a server may answer, then close (see STABLE_AFTER).
       call.resolve(Array.isArray(msg.result) ? msg.result : []);
@@ -694,6 +729,19 @@ export class LappsClient {
       const e = msg.error ?? {};
       const text = typeof e.message === "string" ? e.message : "error without a message";
       call.reject(new LappsError(Number(e.code ?? -32603), text, e.data));
+    }
+  }
+
+  /**
+   * Runs an app's callback: a throw, or an async callback's rejection, goes to `onerror` (not
+   * up into the client's loop, nor left as an unhandled rejection that ends a Node process).
+   */
+  guarded(fn) {
+    try {
+      const result = fn();
+      if (typeof result?.then === "function") result.then(undefined, (err) => this.report(err));
+    } catch (err) {
+      this.report(err);
     }
   }
 
@@ -734,14 +782,11 @@ export class LappsClient {
       this.timer = setTimeout(() => this.reopen(), reconnectIn);
     } else {
       // Nothing will open another socket: later calls are rejected, not queued forever.
+      if (!this.stopped) this.stopReason = `connection closed (${event.code}); reconnect is off`;
       this.stopped = true;
     }
     // A throwing onclose must not stop the caller (abandon() closes the socket after this).
-    try {
-      this.onclose?.({ code: event.code, reason: event.reason ?? "", reconnectIn });
-    } catch (err) {
-      this.report(err);
-    }
+    this.guarded(() => this.onclose?.({ code: event.code, reason: event.reason ?? "", reconnectIn }));
   }
 
   clearStableTimer() {

@@ -513,3 +513,60 @@ test("an onclose that throws does not keep an abandoned socket open", () => {
   assert.equal(sockets[0].readyState, 3);
   assert.deepEqual(errors, ["server message is not a CBOR map with text keys", "onclose throws"]);
 });
+
+test("an onopen that throws or rejects is reported to onerror, not left to end the process", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, minDelay: 1 });
+  const errors = [];
+  client.onerror = (e) => errors.push(e.message);
+  client.onopen = () => {
+    throw new Error("sync onopen");
+  };
+  sockets[0].serverOpen();
+  assert.deepEqual(errors, ["sync onopen"]);
+  // The README's shape: an async onopen awaiting a call the disconnect rejects.
+  client.onopen = async () => console.log(await client.call("echo"));
+  sockets[0].serverClose(1006);
+  await until(() => sockets.length === 2, "the reconnection");
+  sockets[1].serverOpen();
+  sockets[1].serverClose(1006);
+  await until(() => errors.length === 2, "the async rejection reported");
+  assert.equal(errors[1], "echo: connection closed (1006)");
+  client.close();
+});
+
+test("a call past callTimeout is rejected; its late answer is dropped and a queued one never sent", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  assert.throws(() => connect("ws://x/", { WebSocket, callTimeout: -1 }), RangeError);
+  const client = connect("ws://x/", { WebSocket, reconnect: false, callTimeout: 30 });
+  const queued = client.call("queued");
+  await assert.rejects(queued, (e) => e instanceof LappsError && e.code === 0 && e.message === "queued: no answer within 30 ms");
+  sockets[0].serverOpen();
+  assert.deepEqual(sockets[0].sent, [], "a call its caller gave up on is not run");
+  const slow = client.call("slow");
+  await assert.rejects(slow, (e) => e.message === "slow: no answer within 30 ms");
+  const next = client.call("next");
+  sockets[0].serverSend({ status: 1, cid: 0, result: ["late, for slow"] });
+  sockets[0].serverSend({ status: 1, cid: 0, result: ["for next"] });
+  assert.deepEqual(await next, ["for next"]);
+  assert.equal(client.connected, true, "a late answer is not a protocol error");
+  client.close();
+});
+
+test("a call after the end says why: the app's close() or a server close without reconnection", async () => {
+  const { sockets, WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  sockets[0].serverOpen();
+  sockets[0].serverClose(1001);
+  await assert.rejects(client.call("echo"), (e) => e.message === "echo: connection closed (1001); reconnect is off");
+  assert.throws(() => client.notify(1, "log"), (e) => e.message === "log: connection closed (1001); reconnect is off");
+  client.close();
+  await assert.rejects(client.call("echo"), (e) => e.message === "echo: client closed");
+});
+
+test("on() with something other than a function throws at once", () => {
+  const { WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket, reconnect: false });
+  assert.throws(() => client.on(1001, "not a function"), TypeError);
+  client.close();
+});
