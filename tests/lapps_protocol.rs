@@ -331,6 +331,29 @@ fn every_error_code_is_answered_and_the_connection_keeps_serving() {
 }
 
 #[test]
+fn well_formed_cbor_past_a_limit_is_named_as_such_not_as_invalid() {
+    let app = start();
+    let mut ws = connect(app.addr, "/echo_lapps");
+    let mut deep = Cbor::Array(vec![int(1)]);
+    for _ in 0..70 {
+        deep = Cbor::Array(vec![deep]);
+    }
+    let long = Cbor::Array(vec![int(0); (1 << 20) + 1]);
+    for (params, why) in [
+        (deep, "nesting deeper than 64"),
+        (long, "a container with more than 1048576 elements"),
+    ] {
+        let r = call(&mut ws, request("echo", Some(vec![params])));
+        assert_eq!(error_code(&r), Some(-32700), "{why}");
+        let message = get(get(&r, "error").unwrap(), "message");
+        assert_eq!(
+            message.and_then(Cbor::as_text),
+            Some(format!("parse error: CBOR past a limit: {why}").as_str())
+        );
+    }
+}
+
+#[test]
 fn a_client_that_keeps_sending_garbage_is_closed_with_1003() {
     let app = start();
     let mut s = raw_upgraded(app.addr, "/echo_lapps");
@@ -339,7 +362,10 @@ fn a_client_that_keeps_sending_garbage_is_closed_with_1003() {
         s.write_all(&frame(true, 0, 0x2, b"\xff\xff", true))
             .unwrap();
     }
-    assert_eq!(expect_close(&mut s), Some(1003));
+    assert_eq!(
+        expect_close_reason(&mut s),
+        (Some(1003), "too many malformed messages in a row".into())
+    );
 }
 
 #[test]

@@ -261,7 +261,7 @@ impl<'a> Decoder<'a> {
         self.items += 1;
         if self.items > self.limits.max_total_items {
             return err(format!(
-                "invalid CBOR: more than {} values in total",
+                "CBOR past a limit: more than {} values in total",
                 self.limits.max_total_items
             ));
         }
@@ -489,7 +489,7 @@ impl<'a> Decoder<'a> {
         let inner = depth + 1;
         if inner > self.limits.max_depth {
             return err(format!(
-                "invalid CBOR: nesting deeper than {}",
+                "CBOR past a limit: nesting deeper than {}",
                 self.limits.max_depth
             ));
         }
@@ -499,7 +499,7 @@ impl<'a> Decoder<'a> {
     fn check_len(&self, n: usize) -> Result<()> {
         if n > self.limits.max_container_len {
             return err(format!(
-                "invalid CBOR: a container with more than {} elements",
+                "CBOR past a limit: a container with more than {} elements",
                 self.limits.max_container_len
             ));
         }
