@@ -266,6 +266,29 @@ fn invalid_close_code_closes_with_1002() {
 }
 
 #[test]
+fn a_violation_is_closed_with_a_reason_for_the_peers_developer() {
+    let srv = start_with(|_| {}, std::sync::Arc::new(EchoRouter::new(1000)));
+    let big = frame(true, 0, 0x2, &vec![0u8; 2000], true);
+    for (bytes, code, reason) in [
+        (
+            frame(true, 0, 0x1, &[0xce, 0xba, 0xff], true),
+            1007,
+            "text message is not valid UTF-8",
+        ),
+        (
+            frame(true, 0, 0x8, &999u16.to_be_bytes(), true),
+            1002,
+            "invalid close code",
+        ),
+        (big[..8].to_vec(), 1009, "message too big for this service"),
+    ] {
+        let mut s = raw_upgraded(srv.addr, "/echo");
+        s.write_all(&bytes).unwrap();
+        assert_eq!(expect_close_reason(&mut s), (Some(code), reason.into()));
+    }
+}
+
+#[test]
 fn invalid_utf8_close_reason_closes_with_1007() {
     let mut body = 1000u16.to_be_bytes().to_vec();
     body.extend_from_slice(&[0xff, 0xfe]);

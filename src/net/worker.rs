@@ -1058,7 +1058,13 @@ impl Worker {
                         e.code
                     );
                 }
-                self.fail_after_replies(index, e.code);
+                // The peer's developer reads the reason; the settings are the operator's.
+                let reason = if e == codec::TOO_LARGE {
+                    "message too big for this service"
+                } else {
+                    e.reason
+                };
+                self.fail_after_replies(index, e.code, reason);
                 buf.len()
             }
             Ok(consumed) => {

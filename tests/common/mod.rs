@@ -412,11 +412,22 @@ pub fn read_any_frame(s: &mut TcpStream) -> Option<(ServerFrame, bool)> {
 
 /// Reads frames until a Close frame; returns its code (None for an empty Close body).
 pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
+    expect_close_reason(s).0
+}
+
+/// [`expect_close`] with the Close's reason ("" when it has none).
+#[allow(dead_code)]
+pub fn expect_close_reason(s: &mut TcpStream) -> (Option<u16>, String) {
     loop {
         let f = read_frame(s).expect("a close frame before EOF");
         if f.opcode == 0x8 {
-            return (f.payload.len() >= 2)
-                .then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+            let code =
+                (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+            let reason = f.payload.get(2..).unwrap_or_default();
+            return (
+                code,
+                String::from_utf8(reason.to_vec()).expect("a UTF-8 reason"),
+            );
         }
     }
 }

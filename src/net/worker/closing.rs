@@ -76,24 +76,26 @@ impl Worker {
         }
     }
 
-    /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code`, then finish TCP.
-    pub(super) fn fail(&mut self, index: u32, code: u16) {
+    /// Fail the WebSocket connection (RFC 6455 7.1.7): send Close with `code` and `reason` (for
+    /// the peer's developer: what was wrong, at most 123 bytes), then finish TCP.
+    pub(super) fn fail(&mut self, index: u32, code: u16, reason: &str) {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
         // In Closing our Close frame is already out; a second one is not allowed.
         if matches!(c.phase, Phase::Open | Phase::Answering(_)) {
             c.out.append_with(&mut self.pool, |b| {
-                codec::encode_close(b, Role::Server, Some(code), b"", [0; 4])
+                codec::encode_close(b, Role::Server, Some(code), reason.as_bytes(), [0; 4])
             });
         }
         self.finish_after_flush(index);
     }
 
-    /// [`Self::fail`] on a protocol violation, after the replies the service still owes.
-    pub(super) fn fail_after_replies(&mut self, index: u32, code: u16) {
+    /// [`Self::fail`] on a protocol violation, after the replies the service still owes (then
+    /// without the reason: the Close waits in `Answering`, which keeps the code only).
+    pub(super) fn fail_after_replies(&mut self, index: u32, code: u16, reason: &str) {
         if !self.answer_first(index, Some(code)) {
-            self.fail(index, code);
+            self.fail(index, code, reason);
         }
     }
 

@@ -157,7 +157,7 @@ impl Worker {
             timeout.as_millis(),
             close::POLICY
         );
-        self.fail_after_replies(index, close::POLICY);
+        self.fail_after_replies(index, close::POLICY, "message not complete in time");
     }
 
     pub(super) fn idle_check(&mut self, index: u32, now: Instant) {

@@ -23,8 +23,9 @@ use crate::net::handle::ConnId;
 pub(crate) enum Outcome {
     /// The host answered a protocol error; keep going.
     Answered,
-    /// Close the connection with this code.
-    Close(u16),
+    /// Close the connection with this code, and this reason in the Close frame (none when
+    /// empty).
+    Close(u16, &'static str),
 }
 
 pub(crate) struct LappsState {
@@ -84,7 +85,7 @@ impl LappsState {
                 conn.as_u64(),
                 payload.len()
             );
-            return Err(Outcome::Close(1011));
+            return Err(Outcome::Close(1011, ""));
         };
         match inbound {
             Ok(i) => {
@@ -184,7 +185,7 @@ impl LappsState {
             // Never reached the app, so not counted as owed; after the responses it owes.
             let answer = encode_response_error(e.code, &e.message, None);
             if let Err(code) = self.answer(host, conn, answer, false) {
-                return Outcome::Close(code);
+                return Outcome::Close(code, "");
             }
         }
         // A call to a reserved name is a well-formed message, answered -32601 as an unknown
@@ -205,7 +206,7 @@ impl LappsState {
                 e.code,
                 e.message
             );
-            return Outcome::Close(1003);
+            return Outcome::Close(1003, "too many malformed messages in a row");
         }
         Outcome::Answered
     }

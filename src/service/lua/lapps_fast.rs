@@ -48,7 +48,7 @@ pub(crate) fn call_requests(
     traceback: &Function,
     batch: &Batch,
     events: &[Event],
-    close: impl Fn(&HostCtx, ConnId, u16),
+    close: impl Fn(&HostCtx, ConnId, u16, &str),
 ) -> mlua::Result<()> {
     crate::lapps_proto::nljson::ensure_metatable(lua)?;
     let mut next = 0;
@@ -84,8 +84,8 @@ pub(crate) fn call_requests(
                     }
                     let inbound = match lapps.inbound(host, conn, opcode, batch.payload(e)) {
                         Ok(i) => i,
-                        Err(Outcome::Close(code)) => {
-                            close(host, conn, code);
+                        Err(Outcome::Close(code, reason)) => {
+                            close(host, conn, code, reason);
                             continue;
                         }
                         Err(Outcome::Answered) => continue,
@@ -111,7 +111,7 @@ pub(crate) fn call_requests(
                             let doc_len = doc.bytes().len();
                             drop(doc);
                             if let Some(code) = lapps.no_room(host, conn, is_request, doc_len) {
-                                close(host, conn, code);
+                                close(host, conn, code, "");
                             }
                             continue;
                         }
@@ -158,7 +158,7 @@ pub(crate) fn call_requests(
                             if let Some(code) =
                                 lapps.failed(host, conn, &method, is_request, &error)
                             {
-                                close(host, conn, code);
+                                close(host, conn, code, "");
                             }
                         }
                     }
@@ -186,7 +186,7 @@ pub(crate) fn call_requests(
                     }
                 };
                 if let Some(code) = code {
-                    close(host, conn, code);
+                    close(host, conn, code, "");
                 }
                 next = i + 1;
             }
@@ -197,7 +197,7 @@ pub(crate) fn call_requests(
                     if matches!(e.kind, Kind::Message(_))
                         && !host.closing.borrow().contains(&e.conn)
                     {
-                        close(host, e.conn, 1011);
+                        close(host, e.conn, 1011, "");
                     }
                 }
                 break;

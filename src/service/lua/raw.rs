@@ -87,7 +87,7 @@ impl RawApp {
             &self.traceback,
             batch,
             run,
-            close,
+            close_because,
         );
         if let Err(err) = done {
             // The views' metatable could not be made (out of memory): the run is not handled;
@@ -208,6 +208,11 @@ impl RawApp {
 
 /// Closes `conn` with `code`; its messages still queued are skipped from now on.
 fn close(host: &HostCtx, conn: ConnId, code: u16) {
+    close_because(host, conn, code, "");
+}
+
+/// [`close`] with `reason` in the Close frame (none when empty).
+fn close_because(host: &HostCtx, conn: ConnId, code: u16, reason: &str) {
     host.closing.borrow_mut().insert(conn);
-    host.close(conn, code);
+    host.close_with(conn, code, (!reason.is_empty()).then(|| reason.into()));
 }
