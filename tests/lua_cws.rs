@@ -460,8 +460,8 @@ fn answer_upgrade(s: &mut (impl std::io::Read + Write)) {
     answer_upgrade_after(s, "");
 }
 
-/// [`answer_upgrade`], with `interim` (whole HTTP heads) written before the 101.
-fn answer_upgrade_after(s: &mut (impl std::io::Read + Write), interim: &str) {
+/// Reads a client's upgrade request from `s`: its head and its key.
+fn read_upgrade_request(s: &mut impl std::io::Read) -> (String, String) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -475,6 +475,12 @@ fn answer_upgrade_after(s: &mut (impl std::io::Read + Write), interim: &str) {
         .unwrap()
         .trim()
         .to_string();
+    (head, key)
+}
+
+/// [`answer_upgrade`], with `interim` (whole HTTP heads) written before the 101.
+fn answer_upgrade_after(s: &mut (impl std::io::Read + Write), interim: &str) {
+    let (_, key) = read_upgrade_request(s);
     write!(
         s,
         "{interim}HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
@@ -502,7 +508,14 @@ fn wss_client_until_done(
     let tls = lapps::service::cws::client_config(&opts).unwrap();
     let mut keys = lapps::service::cws::KeyPool::default();
     let u = lapps::service::cws::url::parse(&format!("wss://{addr}/x")).unwrap();
-    let mut c = lapps::service::cws::Client::connect(&u, Some(tls), &mut keys, 1 << 20).unwrap();
+    let mut c = lapps::service::cws::Client::connect(
+        &u,
+        Some(tls),
+        &mut keys,
+        1 << 20,
+        &Default::default(),
+    )
+    .unwrap();
     let mut events: Vec<String> = Vec::new();
     drive(&mut c, &mut keys, &mut events, |c, _| c.is_done());
     (c, keys, events)
@@ -513,7 +526,7 @@ fn client_to(addr: SocketAddr) -> (lapps::service::cws::Client, lapps::service::
     use lapps::service::cws::{url, Client, KeyPool};
     let mut keys = KeyPool::default();
     let u = url::parse(&format!("ws://{addr}/x")).unwrap();
-    let c = Client::connect(&u, None, &mut keys, 1 << 20).unwrap();
+    let c = Client::connect(&u, None, &mut keys, 1 << 20, &Default::default()).unwrap();
     (c, keys)
 }
 
@@ -1112,19 +1125,7 @@ fn the_upgrade_offers_the_apps_subprotocols_and_header_fields_and_onopen_gets_th
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap()
-            .trim()
-            .to_string();
+        let (head, key) = read_upgrade_request(&mut s);
         write!(
             s,
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\

@@ -123,7 +123,7 @@ pub fn run_one_client(seed: u64) -> Result<(), String> {
     reports().lock().unwrap().insert(seed, to);
     let u = url::parse(&format!("ws://{}/{seed}", script_server())).map_err(|e| e.to_string())?;
     let mut keys = KeyPool::default();
-    let mut c = Client::connect(&u, None, &mut keys, MAX_MESSAGE)?;
+    let mut c = Client::connect(&u, None, &mut keys, MAX_MESSAGE, &Default::default())?;
     // Half the time the app closes the connection itself, once it has had `close_after`
     // messages (or more: a round may deliver several), if the server has not closed first.
     let mut choice = Rng(seed ^ 0x5eed);

@@ -228,22 +228,12 @@ fn start_connect(addr: SocketAddr) -> Result<(TcpStream, bool), String> {
 }
 
 impl Client {
-    /// Starts connecting to `url` (`tls` must be given for `wss://`). Fails at once only for
+    /// Starts connecting to `url` (`tls` must be given for `wss://`), its upgrade request
+    /// carrying `offer`. Fails at once only for
     /// local reasons (socket creation, no address reachable, the TLS settings); a host name is
     /// resolved in the background, and a name that does not resolve fails the connection
     /// later (`Error`, then `Closed(1006)`), as a connect that fails does.
     pub fn connect(
-        url: &Url,
-        tls: Option<Arc<ClientConfig>>,
-        keys: &mut KeyPool,
-        max_message_size: usize,
-    ) -> Result<Client, String> {
-        let offer = Offer::default();
-        Client::connect_with(url, tls, keys, max_message_size, &offer, system_lookup)
-    }
-
-    /// [`Client::connect`] whose upgrade request carries `offer`.
-    pub fn connect_offering(
         url: &Url,
         tls: Option<Arc<ClientConfig>>,
         keys: &mut KeyPool,
@@ -253,7 +243,7 @@ impl Client {
         Client::connect_with(url, tls, keys, max_message_size, offer, system_lookup)
     }
 
-    /// [`Client::connect_offering`] with `resolver` for host names.
+    /// [`Client::connect`] with `resolver` for host names.
     fn connect_with(
         url: &Url,
         tls: Option<Arc<ClientConfig>>,

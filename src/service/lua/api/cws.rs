@@ -380,7 +380,7 @@ impl Cws {
         let Ok(mut keys) = self.keys.try_borrow_mut() else {
             return failed("busy");
         };
-        let client = match Client::connect_offering(&url, config, &mut keys, max_message, &offer) {
+        let client = match Client::connect(&url, config, &mut keys, max_message, &offer) {
             Ok(c) => c
                 .with_idle_timeout(idle)
                 .with_assembly_budget(Arc::clone(&self.assembly)),
