@@ -70,8 +70,25 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(DecodeError(msg.into()))
 }
 
-fn unknown_simple<T>(at: usize) -> Result<T> {
-    err(format!("invalid CBOR at byte {at}: unknown simple value"))
+/// A simple value that is well-formed but has no meaning (RFC 8949 3.3, 5.3.1).
+fn unassigned_simple<T>(at: usize, value: u8) -> Result<T> {
+    err(format!(
+        "invalid CBOR at byte {at}: unassigned simple value {value}"
+    ))
+}
+
+/// Input that is not well-formed CBOR (RFC 8949 Appendix F), with what is wrong.
+fn malformed<T>(at: usize, what: &str) -> Result<T> {
+    err(format!("malformed CBOR at byte {at}: {what}"))
+}
+
+/// The head `0xf8 value`: a simple value in two bytes, not well-formed below 32.
+fn two_byte_simple<T>(at: usize, value: Option<u8>) -> Result<T> {
+    match value {
+        None => err("truncated CBOR item"),
+        Some(v) if v < 32 => malformed(at, "a simple value below 32 written in two bytes"),
+        Some(v) => unassigned_simple(at, v),
+    }
 }
 
 /// The additional information of an indefinite length.
@@ -226,8 +243,14 @@ impl<'a> Decoder<'a> {
         let header = match heads.pull() {
             Ok(h) => h,
             // 0xf8 (one-byte simple value) and 0xfc..=0xfe are refused whatever follows.
-            Err(_) if initial >> 5 == MAJOR_SIMPLE && matches!(info, 24 | 28..=30) => {
-                return unknown_simple(at)
+            Err(_) if initial >> 5 == MAJOR_SIMPLE && info == 24 => {
+                return two_byte_simple(at, rest.get(1).copied())
+            }
+            Err(_) if matches!(info, 28..=30) => {
+                return malformed(at, &format!("reserved additional information {info}"))
+            }
+            Err(_) if info == INDEFINITE && matches!(initial >> 5, 0 | 1 | 6) => {
+                return malformed(at, "an indefinite length on an integer or a tag")
             }
             Err(ciborium_ll::Error::Io(_)) => return err("truncated CBOR item"),
             Err(ciborium_ll::Error::Syntax(o)) => {
@@ -274,7 +297,8 @@ impl<'a> Decoder<'a> {
                 self.nest_left = n;
                 Ok(())
             }
-            None => err("CBOR nesting too deep"),
+            // Containers meet their own limit first: this is tags around tags.
+            None => err("CBOR past a limit: tags nested too deep"),
         }
     }
 
@@ -341,9 +365,9 @@ impl<'a> Decoder<'a> {
                 Ok(Value::Float(f))
             }
             // 0xf8 with its extension byte: ill-formed below 32, unassigned above.
-            Header::Simple(_) if h.info == 24 => unknown_simple(h.at),
+            Header::Simple(s) if h.info == 24 => two_byte_simple(h.at, Some(s)),
             Header::Simple(s) => self.simple(s, h.at),
-            Header::Break => unknown_simple(h.at),
+            Header::Break => malformed(h.at, "a break (0xff) where an item must be"),
         }
     }
 
@@ -577,6 +601,15 @@ impl<'a> Decoder<'a> {
     /// A tag: dropped, its item kept; bignums (2, 3) of up to 16 definite bytes become numbers.
     fn tagged(&mut self, tag: u64, depth: usize) -> Result<Value> {
         self.canonical = false;
+        // A bignum's content is a byte string (RFC 8949 3.4.3); a decoder that reads the tag
+        // checks its content's type (5.3.2).
+        if (tag == 2 || tag == 3) && self.peek().is_some_and(|b| b >> 5 != 2) {
+            return err(format!(
+                "invalid CBOR at byte {}: tag {tag} (a bignum) on something other than a byte \
+                 string",
+                self.pos
+            ));
+        }
         // Only a definite byte string can be a bignum read as a number: anything else is
         // decoded below as the tagged item, under the nesting limit.
         let definite_bytes =
@@ -595,7 +628,7 @@ impl<'a> Decoder<'a> {
                 } else {
                     match i128::try_from(n) {
                         Ok(n) => Ok(from_i128(-1 - n)),
-                        Err(_) => err("invalid CBOR: integer too large"),
+                        Err(_) => err("CBOR past a limit: a negative bignum below -2^127"),
                     }
                 };
             }
@@ -617,7 +650,7 @@ impl<'a> Decoder<'a> {
                 self.canonical = false;
                 Value::Null
             }
-            _ => return unknown_simple(at),
+            _ => return unassigned_simple(at, s),
         };
         self.count_item()?;
         Ok(v)

@@ -115,6 +115,65 @@ fn malformed_inputs_are_errors() {
 }
 
 #[test]
+fn errors_say_malformed_invalid_or_past_a_limit_as_rfc_8949_tells_them_apart() {
+    let why = |h: &str| decode(&hex(h)).unwrap_err().to_string();
+    for (h, said) in [
+        (
+            "82ff01",
+            "malformed CBOR at byte 1: a break (0xff) where an item must be",
+        ),
+        (
+            "bf6161ff",
+            "malformed CBOR at byte 3: a break (0xff) where an item must be",
+        ),
+        (
+            "c1ff",
+            "malformed CBOR at byte 1: a break (0xff) where an item must be",
+        ),
+        (
+            "fc",
+            "malformed CBOR at byte 0: reserved additional information 28",
+        ),
+        (
+            "7c",
+            "malformed CBOR at byte 0: reserved additional information 28",
+        ),
+        (
+            "1f",
+            "malformed CBOR at byte 0: an indefinite length on an integer or a tag",
+        ),
+        (
+            "f818",
+            "malformed CBOR at byte 0: a simple value below 32 written in two bytes",
+        ),
+        (
+            "f8ff",
+            "invalid CBOR at byte 0: unassigned simple value 255",
+        ),
+        ("f0", "invalid CBOR at byte 0: unassigned simple value 16"),
+        (
+            "c26161",
+            "invalid CBOR at byte 1: tag 2 (a bignum) on something other than a byte string",
+        ),
+        (
+            "d80301",
+            "invalid CBOR at byte 2: tag 3 (a bignum) on something other than a byte string",
+        ),
+        (
+            "c350ffffffffffffffffffffffffffffffff",
+            "CBOR past a limit: a negative bignum below -2^127",
+        ),
+    ] {
+        assert_eq!(why(h), said, "{h}");
+        // The build-free walk of LAppS requests says the same.
+        let walked = crate::lapps_proto::cbor_de::validate(&hex(h), &Limits::default());
+        assert_eq!(walked.unwrap_err().to_string(), said, "{h} walked");
+    }
+    let tags = "c1".repeat(200) + "01";
+    assert_eq!(why(&tags), "CBOR past a limit: tags nested too deep");
+}
+
+#[test]
 fn nesting_beyond_the_limit_is_refused() {
     let limits = Limits::default();
     let mut ok = vec![0x81u8; limits.max_depth - 1];
