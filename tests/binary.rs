@@ -720,9 +720,24 @@ fn a_malformed_lapps_notification_gets_no_answer_and_one_log_line() {
                                 "preload": ["bcast"] } } }"#,
     );
     let (_child, addr, log) = spawn_binary(&dir, |cmd| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("LAPPS_LOG", "debug");
     });
     let mut ws = connect(addr, "/echo_lapps");
+    // {"lapps": 2, "method": "echo"}: a request the host answers (-32600), at debug.
+    let mut bad = vec![0xa2, 0x65];
+    bad.extend_from_slice(b"lapps");
+    bad.extend_from_slice(&[0x02, 0x66]);
+    bad.extend_from_slice(b"method");
+    bad.push(0x64);
+    bad.extend_from_slice(b"echo");
+    ws.send(tungstenite::Message::binary(bad)).unwrap();
+    let line = binary::wait_line(&log, "answered a malformed request");
+    assert!(
+        line.contains("DEBUG") && line.contains("(-32600)"),
+        "{line}"
+    );
+    ws.read().expect("the error response");
     // {"lapps": 1, "cid": 3}: a notification (cid 3) without its method.
     let mut cbor = vec![0xa2, 0x65];
     cbor.extend_from_slice(b"lapps");

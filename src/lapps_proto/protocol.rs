@@ -240,7 +240,7 @@ fn check_members(
             Some(c) => Some(c),
             None => {
                 return Err(invalid(
-                    "member 'cid' of a client notification must be a positive integer",
+                    "member 'cid' must be a positive integer (a notification's channel; 0 is for responses)",
                 ))
             }
         },
@@ -368,7 +368,7 @@ fn check_found(doc: &Doc, found: &[(Option<usize>, bool); 4]) -> Result<DocInbou
         Some(at) => {
             if doc.scalar(at).as_ref().and_then(notification_cid).is_none() {
                 return Err(invalid(
-                    "member 'cid' of a client notification must be a positive integer",
+                    "member 'cid' must be a positive integer (a notification's channel; 0 is for responses)",
                 ));
             }
             true

@@ -182,6 +182,15 @@ impl LappsState {
                 e.code
             );
         } else {
+            // The client hears why in the answer; the operator, at debug (a line each would
+            // let one client fill the log with its own mistakes).
+            crate::debug!(
+                "{} answered a malformed request from {:#x}: {} ({})",
+                host.tag(),
+                conn.as_u64(),
+                e.message,
+                e.code
+            );
             // Never reached the app, so not counted as owed; after the responses it owes.
             let answer = encode_response_error(e.code, &e.message, None);
             if let Err(code) = self.answer(host, conn, answer, false) {
