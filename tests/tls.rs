@@ -1005,6 +1005,25 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
 }
 
 #[test]
+fn a_client_that_does_not_trust_the_certificate_is_named_as_such_in_the_log() {
+    let dir = temp_dir("untrusted-log");
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
+    write_config(&dir, &tls_json(&cert, &key, None), "");
+    let (mut child, addr, log) = spawn_binary(&dir, |_| {});
+    let stranger = Ca::new("another CA");
+    assert!(wss_connect(addr, "/echo", client_config(&stranger.pair.cert_der, None)).is_err());
+    let line = wait_line(&log, "closing 127.0.0.1:");
+    assert!(
+        line.contains("TLS error: received fatal alert: UnknownCA (the client does not trust"),
+        "{line}"
+    );
+    // SAFETY: kill with our own child's pid and a valid signal number.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
 fn a_plain_http_client_at_the_tls_port_is_named_in_the_log() {
     let dir = temp_dir("plain-http-log");
     let ca = Ca::new("test CA");

@@ -6,7 +6,8 @@
 //! - [`hub`]: how other threads (service instances) reach a worker's connections.
 //! - [`handle`]: `ConnId`, the identity of a connection across threads.
 //! - [`epoll`], [`sys`], [`outq`]: the selector, raw syscalls, outbound queues.
-//! - [`tls`]: wss:// (rustls configuration, reload, a connection's session).
+//! - [`tls`]: wss:// (rustls configuration, reload, a connection's session); [`tls_failure`]:
+//!   a failed handshake in words.
 //! - [`assembly`]: the process-wide cap on partly received messages.
 //! - [`per_address`]: the per-address connection limit.
 
@@ -24,4 +25,5 @@ pub mod server;
 pub mod slab;
 pub mod sys;
 pub mod tls;
+pub mod tls_failure;
 pub mod worker;

@@ -249,7 +249,9 @@ impl Worker {
                 Ok(0) => Err("rustls took no bytes".to_string()),
                 Ok(k) => {
                     pos += k;
-                    t.conn.process_new_packets().map_err(|e| e.to_string())
+                    t.conn
+                        .process_new_packets()
+                        .map_err(|e| crate::net::tls_failure::described(&e))
                 }
                 Err(e) => Err(e.to_string()),
             }
