@@ -268,6 +268,21 @@ fn invalid_close_code_closes_with_1002() {
 #[test]
 fn a_violation_is_closed_with_a_reason_for_the_peers_developer() {
     let srv = start_with(|_| {}, std::sync::Arc::new(EchoRouter::new(1000)));
+    closed_with_reasons(srv.addr);
+    // A Lua service's Close waits for the replies it may owe, and keeps its reason meanwhile.
+    let lua = start_app(
+        &ws_json(1),
+        &lapps_json(
+            "./lua/apps",
+            r#"{ "echo": { "request_target": "/echo", "max_inbound_message_size": 1000 } }"#,
+        ),
+    );
+    closed_with_reasons(lua.addr);
+}
+
+/// Three violations at `/echo` of `addr` (whose messages may be 1000 bytes at most), each
+/// on a connection of its own: the Close of each carries its reason.
+fn closed_with_reasons(addr: std::net::SocketAddr) {
     let big = frame(true, 0, 0x2, &vec![0u8; 2000], true);
     for (bytes, code, reason) in [
         (
@@ -282,7 +297,7 @@ fn a_violation_is_closed_with_a_reason_for_the_peers_developer() {
         ),
         (big[..8].to_vec(), 1009, "message too big for this service"),
     ] {
-        let mut s = raw_upgraded(srv.addr, "/echo");
+        let mut s = raw_upgraded(addr, "/echo");
         s.write_all(&bytes).unwrap();
         assert_eq!(expect_close_reason(&mut s), (Some(code), reason.into()));
     }

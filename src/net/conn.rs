@@ -11,6 +11,7 @@ use super::per_address::AddressTicket;
 use super::sys::AckProgress;
 use super::tls::TlsSession;
 use crate::service::Service;
+use crate::ws::close::ReasonId;
 use crate::ws::codec::Decoder;
 
 /// Where a connection is in its life.
@@ -23,8 +24,9 @@ pub enum Phase {
     Open,
     /// Ending (the peer broke the protocol, or sent Close) while the service answers the
     /// messages it took before: input is discarded, those replies still go out, then our Close
-    /// with this code (None: an empty body) and the end of TCP (`Service::on_ending`).
-    Answering(Option<u16>),
+    /// with this code (None: an empty body) and reason, and the end of TCP
+    /// (`Service::on_ending`).
+    Answering(Option<u16>, ReasonId),
     /// We sent a Close frame and wait for the peer's (or the close timeout).
     Closing,
     /// Our last bytes are queued; once written, we shut down our side of TCP.

@@ -756,7 +756,7 @@ impl Worker {
             Phase::Handshake { scanned } => self.process_handshake(index, buf, scanned as usize),
             // Waiting for the service's answers, the peer is still heard: its pings are
             // answered, its Close noted, its data dropped.
-            Phase::Open | Phase::Closing | Phase::Answering(_) => self.process_frames(index, buf),
+            Phase::Open | Phase::Closing | Phase::Answering(..) => self.process_frames(index, buf),
             Phase::Finishing | Phase::Draining => buf.len(),
         }
     }
@@ -976,7 +976,7 @@ impl Worker {
                     }
                 }
                 // Our Close is the last frame we send (RFC 6455 5.5.1): no Pong after it.
-                Event::Ping(p) if matches!(phase, Phase::Open | Phase::Answering(_)) => out
+                Event::Ping(p) if matches!(phase, Phase::Open | Phase::Answering(..)) => out
                     .append_with(pool, |b| {
                         codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4])
                     }),

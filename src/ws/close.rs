@@ -28,6 +28,43 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 /// bytes (RFC 6455 5.5), two of which are the code.
 pub const MAX_REASON: usize = 123;
 
+/// A reason of the server's own (one of the few `&'static str` it fails connections with) as
+/// one byte: a connection that must remember the reason of a Close it sends later keeps this
+/// instead of a 16-byte `&str`, which would grow every connection's state. 0 is no reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReasonId(u8);
+
+/// The reasons given ids so far, in id order less one; a few dozen at most, since they are
+/// the literals of the code (past 255 a reason gets id 0 and the Close goes without it).
+static REASONS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+impl ReasonId {
+    pub const NONE: ReasonId = ReasonId(0);
+
+    pub fn of(reason: &'static str) -> ReasonId {
+        if reason.is_empty() {
+            return ReasonId::NONE;
+        }
+        let mut known = REASONS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = known.iter().position(|r| *r == reason) {
+            return ReasonId(i as u8 + 1);
+        }
+        if known.len() == usize::from(u8::MAX) {
+            return ReasonId::NONE;
+        }
+        known.push(reason);
+        ReasonId(known.len() as u8)
+    }
+
+    pub fn text(self) -> &'static str {
+        let Some(i) = usize::from(self.0).checked_sub(1) else {
+            return "";
+        };
+        let known = REASONS.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(i).copied().unwrap_or("")
+    }
+}
+
 /// Whether a peer may send `code` in a Close frame (section 7.4).
 ///
 /// 1004 is reserved, and 1005, 1006 and 1015 "MUST NOT be set as a status code in a Close
@@ -43,6 +80,20 @@ pub fn is_valid_received_code(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_id_gives_its_reason_back_and_the_same_reason_the_same_id() {
+        assert_eq!(ReasonId::of(""), ReasonId::NONE);
+        assert_eq!(ReasonId::NONE.text(), "");
+        let a = ReasonId::of("reason a for the test");
+        let b = ReasonId::of("reason b for the test");
+        assert_ne!(a, b);
+        assert_eq!(ReasonId::of("reason a for the test"), a);
+        assert_eq!(
+            (a.text(), b.text()),
+            ("reason a for the test", "reason b for the test")
+        );
+    }
 
     #[test]
     fn defined_codes_are_accepted() {

@@ -10,6 +10,7 @@ use crate::debug;
 use crate::net::conn::Phase;
 use crate::net::outq::OutQueue;
 use crate::service::Owed;
+use crate::ws::close::ReasonId;
 use crate::ws::codec::{self, Role};
 
 impl Worker {
@@ -20,11 +21,11 @@ impl Worker {
         // Close follows them, as planned.
         if matches!(
             self.conns.get_mut(index).map(|c| c.phase),
-            Some(Phase::Answering(_))
+            Some(Phase::Answering(..))
         ) {
             return;
         }
-        if self.answer_first(index, code) {
+        if self.answer_first(index, code, "") {
             return;
         }
         let Some(c) = self.conns.get_mut(index) else {
@@ -71,7 +72,7 @@ impl Worker {
             .conns
             .get_mut(index)
             .is_some_and(|c| c.phase == Phase::Open);
-        if open && !self.answer_first(index, Some(code)) {
+        if open && !self.answer_first(index, Some(code), "") {
             self.start_close(index, code);
         }
     }
@@ -83,7 +84,7 @@ impl Worker {
             return;
         };
         // In Closing our Close frame is already out; a second one is not allowed.
-        if matches!(c.phase, Phase::Open | Phase::Answering(_)) {
+        if matches!(c.phase, Phase::Open | Phase::Answering(..)) {
             c.out.append_with(&mut self.pool, |b| {
                 codec::encode_close(b, Role::Server, Some(code), reason.as_bytes(), [0; 4])
             });
@@ -91,18 +92,23 @@ impl Worker {
         self.finish_after_flush(index);
     }
 
-    /// [`Self::fail`] on a protocol violation, after the replies the service still owes (then
-    /// without the reason: the Close waits in `Answering`, which keeps the code only).
-    pub(super) fn fail_after_replies(&mut self, index: u32, code: u16, reason: &str) {
-        if !self.answer_first(index, Some(code)) {
+    /// [`Self::fail`] on a protocol violation, after the replies the service still owes.
+    pub(super) fn fail_after_replies(&mut self, index: u32, code: u16, reason: &'static str) {
+        if !self.answer_first(index, Some(code), reason) {
             self.fail(index, code, reason);
         }
     }
 
     /// An open connection is ending: when its service answers later (`Service::on_ending`),
     /// it waits in `Answering` for the service's `Command::Close` (or the close timeout) and
-    /// then closes with `code`. False: the service answers at once, close now.
-    pub(super) fn answer_first(&mut self, index: u32, code: Option<u16>) -> bool {
+    /// then closes with `code` and `reason` (ignored without a code). False: the service
+    /// answers at once, close now.
+    pub(super) fn answer_first(
+        &mut self,
+        index: u32,
+        code: Option<u16>,
+        reason: &'static str,
+    ) -> bool {
         let id = self.conns.generation(index).map(|g| self.conn_id(index, g));
         let Some(c) = self.conns.get_mut(index) else {
             return false;
@@ -132,7 +138,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return false;
         };
-        c.phase = Phase::Answering(code);
+        c.phase = Phase::Answering(code, ReasonId::of(reason));
         if let Some(s) = c.service.clone() {
             self.touched_push(&s);
         }
@@ -183,11 +189,12 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        let Phase::Answering(code) = c.phase else {
+        let Phase::Answering(code, reason) = c.phase else {
             return;
         };
+        let reason = if code.is_some() { reason.text() } else { "" };
         c.out.append_with(&mut self.pool, |b| {
-            codec::encode_close(b, Role::Server, code, b"", [0; 4])
+            codec::encode_close(b, Role::Server, code, reason.as_bytes(), [0; 4])
         });
         self.finish_after_flush(index);
     }
@@ -260,7 +267,7 @@ impl Worker {
             .conns
             .get_mut(index)
             .is_some_and(|c| c.phase == Phase::Open)
-            && self.answer_first(index, None)
+            && self.answer_first(index, None, "")
         {
             return;
         }
@@ -271,7 +278,7 @@ impl Worker {
         // not taken yet: those are owed as much as the queue's.
         let queued = c.out.bytes() > 0 || c.tls.as_ref().is_some_and(|t| t.conn.wants_write());
         match c.phase {
-            Phase::Finishing | Phase::Answering(_) => {}
+            Phase::Finishing | Phase::Answering(..) => {}
             Phase::Draining => self.end(index, Ending::Done),
             Phase::Open | Phase::Closing if queued => {
                 // Frames are queued (the built-in echo's replies; in Closing, our Close and

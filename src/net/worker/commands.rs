@@ -82,7 +82,7 @@ impl Worker {
                     match self.conns.get_mut(i).map(|c| c.phase) {
                         // The replies that came before are queued: the close the worker
                         // decided on goes out now, with its own code.
-                        Some(Phase::Answering(_)) => self.close_answered(i),
+                        Some(Phase::Answering(..)) => self.close_answered(i),
                         _ => self.start_close_with(i, code, reason.as_deref().unwrap_or("")),
                     }
                 }
@@ -118,7 +118,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
-        if !matches!(c.phase, Phase::Open | Phase::Answering(_)) {
+        if !matches!(c.phase, Phase::Open | Phase::Answering(..)) {
             return; // after our Close no data frame may follow (RFC 6455 5.5.1)
         }
         push(&mut c.out, &mut self.pool);

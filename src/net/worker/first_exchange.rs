@@ -52,7 +52,7 @@ impl Worker {
         if c.before_exchange.is_none() {
             return self.queue_outbound(index, msg);
         }
-        if !matches!(c.phase, Phase::Open | Phase::Answering(_)) {
+        if !matches!(c.phase, Phase::Open | Phase::Answering(..)) {
             return; // nothing follows our Close (RFC 6455 5.5.1)
         }
         let bytes = msg.bytes();

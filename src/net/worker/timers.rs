@@ -54,12 +54,12 @@ impl Worker {
                 Phase::Open => self.open_timer(index, now),
                 // Its replies are in the command queue, behind batches a turn takes only part
                 // of (`TAKE_BYTES`): they are on their way, wait for them.
-                Phase::Answering(_) if self.replies_queued(index) => {
+                Phase::Answering(..) if self.replies_queued(index) => {
                     let at = now + self.answer_wait();
                     self.set_deadline(index, at);
                 }
                 // The service did not answer in time: close without the rest of its replies.
-                Phase::Answering(_) => self.close_answered(index),
+                Phase::Answering(..) => self.close_answered(index),
             }
         }
     }
@@ -211,7 +211,7 @@ impl Worker {
                         // without its reply. One already waiting for its answers keeps waiting.
                         Some(Phase::Open) => self.go_away(index, close::GOING_AWAY),
                         // Already waiting for its answers: within the shutdown's share too.
-                        Some(Phase::Answering(_)) => {
+                        Some(Phase::Answering(..)) => {
                             let at = now + self.answer_wait();
                             let sooner = self
                                 .conns
