@@ -1157,6 +1157,7 @@ p.run = function()
     select(2, cws:new(URL, {{ protocols = {{ "chat", "chat" }} }})),
     select(2, cws:new(URL, {{ headers = {{ Host = "elsewhere" }} }})),
     select(2, cws:new(URL, {{ headers = {{ ["X-A"] = "1\r\nX-Injected: 1" }} }})),
+    select(2, cws:new(URL, {{ headers = {{ ["X-B"] = "caf\233" }} }})),
     select(2, pcall(cws.new, cws, URL, {{ protocols = 7 }})),
     select(2, pcall(cws.new, cws, URL, {{ headers = {{ "v" }} }})),
   }}, "\n"))
@@ -1176,6 +1177,7 @@ return p
             "bad protocols: \"chat\" is offered twice",
             "bad headers: Host is set by the client itself",
             "bad headers: the value of X-A has a control character (CR, LF, NUL or the like)",
+            "bad headers: the value of X-B is not UTF-8",
             "cws:new: option protocols must be a string or an array of strings, got number",
             "cws:new: the keys of option headers must be strings, got number",
         ]

@@ -15,8 +15,10 @@ pub const MAX_RESPONSE: usize = 16 * 1024;
 /// Most subprotocols one request offers.
 pub const MAX_PROTOCOLS: usize = 32;
 
-/// Most bytes the app's header fields may take in the request (names and values together).
-pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Most bytes the app's offer may take in the request: its header names and values and its
+/// subprotocols together. With the URL and the client's own fields the head stays within the
+/// 8 KiB that servers commonly take (lapps's own `max_request_bytes` default among them).
+pub const MAX_OFFER_BYTES: usize = 6 * 1024;
 
 /// Header fields the client writes itself, or that would make the request something else
 /// than an upgrade (a body, another host); the app may not set them.
@@ -39,7 +41,8 @@ const OWN_HEADERS: [&str; 8] = [
 pub struct Offer {
     protocols: Vec<String>,
     headers: Vec<(String, String)>,
-    header_bytes: usize,
+    /// What the offer adds to the request, as counted against [`MAX_OFFER_BYTES`].
+    bytes: usize,
 }
 
 impl Offer {
@@ -57,6 +60,7 @@ impl Offer {
         if self.protocols.len() == MAX_PROTOCOLS {
             return Err(format!("more than {MAX_PROTOCOLS} subprotocols"));
         }
+        self.count(name.len())?;
         self.protocols.push(name.to_string());
         Ok(())
     }
@@ -92,13 +96,19 @@ impl Offer {
                 "the value of {name} begins or ends with white space"
             ));
         }
-        self.header_bytes += name.len() + value.len();
-        if self.header_bytes > MAX_HEADER_BYTES {
+        self.count(name.len() + value.len())?;
+        self.headers.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    /// Counts `n` more bytes of the offer, refusing what would pass [`MAX_OFFER_BYTES`].
+    fn count(&mut self, n: usize) -> Result<(), String> {
+        if self.bytes + n > MAX_OFFER_BYTES {
             return Err(format!(
-                "the header fields take more than {MAX_HEADER_BYTES} bytes"
+                "the header fields and subprotocols take more than {MAX_OFFER_BYTES} bytes"
             ));
         }
-        self.headers.push((name.to_string(), value.to_string()));
+        self.bytes += n;
         Ok(())
     }
 
@@ -270,7 +280,10 @@ fn check_head(head: &str, accept: &str, offered: &[String]) -> Result<Option<Str
             // RFC 6455 4.2.2 item 5.4: the server selects one of the offered subprotocols
             // (one value, in one field line).
             "sec-websocket-protocol" if names_any(value) => {
-                if protocol.is_some() || !offered.iter().any(|p| p == value) {
+                if protocol.is_some() {
+                    return Err("the server chose more than one subprotocol".into());
+                }
+                if !offered.iter().any(|p| p == value) {
                     return Err(format!(
                         "the server chose a subprotocol that was not offered: \"{}\"",
                         peer_text(value, 40)
@@ -559,11 +572,16 @@ mod tests {
             .add_header("x-empty", "")
             .unwrap_err()
             .contains("twice"));
-        let big = "v".repeat(MAX_HEADER_BYTES);
+        let big = "v".repeat(MAX_OFFER_BYTES);
         assert!(offer
             .add_header("X-Big", &big)
             .unwrap_err()
             .contains("more than"));
+        // Subprotocols count against the same bound.
+        let mut long = Offer::default();
+        long.add_protocol(&"p".repeat(MAX_OFFER_BYTES - 1)).unwrap();
+        assert!(long.add_protocol("pq").unwrap_err().contains("more than"));
+        assert!(long.add_header("X", "").is_ok(), "one byte was left");
     }
 
     #[test]
@@ -588,11 +606,13 @@ mod tests {
             "Sec-WebSocket-Protocol: superchat",
             "Sec-WebSocket-Protocol: Chat",
             "Sec-WebSocket-Protocol: chat, v2.chat",
-            "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat",
         ] {
             let bad = with(not_offered);
             let e = check_response(bad.as_bytes(), &accept, &offered).unwrap_err();
             assert!(e.contains("not offered"), "{not_offered}: {e}");
         }
+        let twice = with("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat");
+        let e = check_response(twice.as_bytes(), &accept, &offered).unwrap_err();
+        assert_eq!(e, "the server chose more than one subprotocol");
     }
 }

@@ -233,7 +233,15 @@ fn offer_option(opts: &Table) -> mlua::Result<Result<Offer, String>> {
                 };
                 let name = name.to_string_lossy();
                 let value = match v {
-                    Value::String(s) => s.to_string_lossy(),
+                    // Sent as given or not at all: a lossy conversion would send other bytes.
+                    Value::String(s) => match s.to_str() {
+                        Ok(s) => s.to_string(),
+                        Err(_) => {
+                            return Ok(Err(format!(
+                                "bad headers: the value of {name} is not UTF-8"
+                            )))
+                        }
+                    },
                     Value::Integer(i) => i.to_string(),
                     Value::Number(n) => n.to_string(),
                     other => {
