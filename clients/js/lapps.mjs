@@ -459,23 +459,39 @@ export const STABLE_AFTER = 5000;
  */
 export const CLOSE_PROTOCOL_ERROR = 4002;
 
+/** The options `connect` takes. */
+const OPTIONS = ["reconnect", "minDelay", "maxDelay", "stableAfter", "callTimeout", "WebSocket"];
+
 export class LappsClient {
   /** @param {string} url @param {object} [options] see `connect` */
-  constructor(
-    url,
-    {
+  constructor(url, options = {}) {
+    // A misspelt option would otherwise be its default without a word.
+    for (const key of Object.keys(options)) {
+      if (!OPTIONS.includes(key)) {
+        throw new TypeError(`unknown option ${key} (the options are ${OPTIONS.join(", ")})`);
+      }
+    }
+    const {
       reconnect = true,
       minDelay = 250,
       maxDelay = 10000,
       stableAfter = STABLE_AFTER,
       callTimeout = 0,
       WebSocket: WS = globalThis.WebSocket,
-    } = {},
-  ) {
+    } = options;
     this.url = url;
-    if (!(typeof callTimeout === "number" && callTimeout >= 0 && callTimeout <= 2 ** 31 - 1)) {
-      throw new RangeError("callTimeout is a number of ms from 0 (no limit) to 2^31-1");
-    }
+    // setTimeout takes ms up to 2^31-1 and reads anything else (NaN, "x", a negative) as 0:
+    // a reconnection loop with such a delay would try hundreds of times a second.
+    const ms = (name, value, min) => {
+      if (!(typeof value === "number" && value >= min && value <= 2 ** 31 - 1)) {
+        throw new RangeError(`${name} is a number of ms from ${min} to 2^31-1`);
+      }
+    };
+    ms("minDelay", minDelay, 1);
+    ms("maxDelay", maxDelay, minDelay);
+    ms("stableAfter", stableAfter, 0);
+    ms("callTimeout", callTimeout, 0);
+    if (typeof reconnect !== "boolean") throw new TypeError("reconnect is true or false");
     this.options = { reconnect, minDelay, maxDelay, stableAfter, callTimeout };
     if (typeof WS !== "function") {
       // Node 20 has no global WebSocket unless run with --experimental-websocket.
@@ -607,8 +623,10 @@ export class LappsClient {
     this.stopReason = "client closed";
     clearTimeout(this.timer);
     this.clearStableTimer();
-    if (this.ws) this.ws.close(1000);
+    // Before the socket's close, which may report its own end at once (a socket still
+    // connecting, in some runtimes): the calls were given up by the app, not lost to it.
     this.failPending("client closed");
+    if (this.ws) this.ws.close(1000);
   }
 
   // --- internals -------------------------------------------------------------------------

@@ -570,3 +570,20 @@ test("on() with something other than a function throws at once", () => {
   assert.throws(() => client.on(1001, "not a function"), TypeError);
   client.close();
 });
+
+test("options are checked: a misspelt key or a delay setTimeout would read as 0 throws", () => {
+  const { WebSocket } = socketFactory();
+  assert.throws(() => connect("ws://x/", { WebSocket, minDelai: 5 }), /unknown option minDelai/);
+  for (const bad of [{ minDelay: 0 }, { minDelay: "fast" }, { minDelay: -5 }, { maxDelay: "x" }, { minDelay: 500, maxDelay: 100 }, { stableAfter: NaN }]) {
+    assert.throws(() => connect("ws://x/", { WebSocket, ...bad }), RangeError, JSON.stringify(bad));
+  }
+  assert.throws(() => connect("ws://x/", { WebSocket, reconnect: "no" }), TypeError);
+});
+
+test("close() while connecting rejects the queued calls as closed by the client", async () => {
+  const { WebSocket } = socketFactory();
+  const client = connect("ws://x/", { WebSocket });
+  const early = client.call("early");
+  client.close(); // the scripted socket reports its close (1000) at once, as some runtimes do
+  await assert.rejects(early, (e) => e.message === "early: client closed");
+});
