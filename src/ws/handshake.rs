@@ -811,14 +811,13 @@ pub fn error_response_to(request: &[u8], status: u16, reason: &str) -> Vec<u8> {
 /// The request line of the request in `buf` (after one optional empty line), as far as it came,
 /// for a log line: what a refused request asked is what an operator wants to see. Cut at the
 /// first control character (its CR, or the binary of what was no HTTP request, such as a
-/// ClientHello: then it is empty), and short (the log cuts it shorter still, see
-/// `crate::log::shown`).
+/// ClientHello: then it is empty), and whole otherwise: the log shows its start and its length
+/// (`crate::log::shown`), which for a 414 is what the operator asks about.
 ///
 /// The query and a fragment are left out (`?...`): clients that cannot set headers (browsers)
 /// carry tokens there, and the log must not keep them.
 pub fn request_line(buf: &[u8]) -> String {
     let rest = buf.strip_prefix(b"\r\n").unwrap_or(buf);
-    let rest = rest.get(..256).unwrap_or(rest);
     let end = rest
         .iter()
         .position(|b| b.is_ascii_control())
