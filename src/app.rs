@@ -398,6 +398,17 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             ));
         }
     }
+    // listen(2) takes any backlog and silently uses at most this host's somaxconn.
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(max) = somaxconn.filter(|&max| cfg.ws.backlog > max) {
+        out.push(format!(
+            "ws.json: backlog {} is above this host's net.core.somaxconn ({max}): the kernel \
+             queues at most {max} connections per listener; raise the sysctl to use more",
+            cfg.ws.backlog
+        ));
+    }
     for e in &endpoints {
         if e.ip == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) && !any_v4(e.port) {
             out.push(format!(

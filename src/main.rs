@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         Err(e) => {
             lapps::log::error_text(&format!(
                 "lapps: configuration in {} is invalid:\n{e}",
-                at.dir.display()
+                at.describe()
             ));
             return ExitCode::FAILURE;
         }
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     lapps::log::error_text(&format!(
                         "lapps: configuration in {} is invalid:\nTLS: {e}",
-                        at.dir.display()
+                        at.describe()
                     ));
                     return ExitCode::FAILURE;
                 }
@@ -165,7 +165,10 @@ fn main() -> ExitCode {
                 lapps::service::lua::compile_check(&file, s.allow_ffi || s.allow_debug)
                     .and_then(|()| lapps::app::preload_check(&cfg, s))
                     .err()
-                    .map(|e| (s.auto_start, format!("services.{}: {e}", s.name)))
+                    .map(|e| {
+                        let at = format!("{}: services.{}", cfg.lapps_file, s.name);
+                        (s.auto_start, format!("{at}: {e}"))
+                    })
             })
             .partition(|(auto_start, _)| *auto_start);
         for (_, e) in off {
@@ -173,11 +176,23 @@ fn main() -> ExitCode {
                 "warning: {e} (auto_start is false: it would fail when enabled)"
             ));
         }
-        let broken: Vec<String> = broken.into_iter().map(|(_, e)| e).collect();
+        let mut broken: Vec<String> = broken.into_iter().map(|(_, e)| e).collect();
+        // Every app's file is missing when the directory is: say that once, first.
+        let apps = &cfg.lapps.directories.applications;
+        if !broken.is_empty() && !apps.is_dir() {
+            broken.insert(
+                0,
+                format!(
+                    "{}: directories.applications: {} is not a directory",
+                    cfg.lapps_file,
+                    apps.display()
+                ),
+            );
+        }
         if !broken.is_empty() {
             lapps::log::error_text(&format!(
                 "lapps: configuration in {} is invalid:\n{}",
-                at.dir.display(),
+                at.describe(),
                 broken.join("\n")
             ));
             return ExitCode::FAILURE;
@@ -190,7 +205,7 @@ fn main() -> ExitCode {
             d.applications.display(),
             d.lib.display()
         );
-        println!("configuration in {} is valid", at.dir.display());
+        println!("configuration in {} is valid", at.describe());
         return ExitCode::SUCCESS;
     }
     // The original set LAPPS_APPS_DIR for its apps (`os.getenv("LAPPS_APPS_DIR")`, as its
@@ -207,7 +222,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         lapps::BUILD_VARIANT,
         lapps::simd::variant(),
-        at.dir.display()
+        at.describe()
     );
     check_descriptors(&mut cfg);
     if let Some(v) = lapps::log::unknown_level() {

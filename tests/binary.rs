@@ -168,7 +168,7 @@ fn check_config_warns_of_a_disabled_app_that_would_not_compile() {
     );
     let err = check_config_passes(&dir);
     assert!(
-        err.contains("warning: services.gone: ")
+        err.contains("warning: lapps.json: services.gone: ")
             && err.contains("No such file")
             && err.contains("auto_start is false"),
         "{err}"
@@ -198,7 +198,7 @@ fn check_config_compiles_the_lua_apps_without_running_them() {
     );
     let err = check_config_fails(&dir);
     let broken = format!(
-        "services.broken: {}",
+        "lapps.json: services.broken: {}",
         apps.join("broken/broken.lua").display()
     );
     assert!(
@@ -211,6 +211,20 @@ fn check_config_compiles_the_lua_apps_without_running_them() {
     );
     assert!(
         !err.contains("services.fine") && !err.contains("must not run"),
+        "{err}"
+    );
+    // Every app missing because the directory is: named once, first.
+    write_config(
+        &dir,
+        r#"{ "port": 0 }"#,
+        r#"{ "directories": { "applications": "/nonexistent-apps" }, "services": { "a": {} } }"#,
+    );
+    let err = check_config_fails(&dir);
+    assert!(
+        err.contains(
+            "invalid:\nlapps.json: directories.applications: /nonexistent-apps is not a directory\n\
+             lapps.json: services.a: /nonexistent-apps/a/a.lua"
+        ),
         "{err}"
     );
 }
@@ -295,6 +309,35 @@ fn check_config_warns_of_certificates_no_endpoint_uses() {
         stderr.contains("warning: ws.json: tls_certificates is set but no endpoint has"),
         "{stderr}"
     );
+}
+
+#[test]
+fn check_config_warns_of_a_backlog_the_kernel_caps() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("a Linux host")
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = temp_dir("check-backlog");
+    write_config(
+        &dir,
+        &format!(r#"{{ "port": 0, "backlog": {} }}"#, somaxconn + 1),
+        BUILTIN_ONLY,
+    );
+    let stderr = check_config_passes(&dir);
+    assert!(
+        stderr.contains(&format!(
+            "warning: ws.json: backlog {} is above this host's net.core.somaxconn ({somaxconn})",
+            somaxconn + 1
+        )),
+        "{stderr}"
+    );
+    write_config(
+        &dir,
+        &format!(r#"{{ "port": 0, "backlog": {somaxconn} }}"#),
+        BUILTIN_ONLY,
+    );
+    assert!(!check_config_passes(&dir).contains("somaxconn"));
 }
 
 /// An ACL that denies everybody (a deny policy excluding no one) is legal but rarely meant:

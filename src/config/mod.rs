@@ -47,6 +47,26 @@ pub struct Location {
     pub lapps_file: Option<OsString>,
 }
 
+impl Location {
+    /// The directory, and the files read instead of its ws.json and lapps.json when the
+    /// environment names others: what "configuration in ..." must say for an operator to look
+    /// at the right files.
+    pub fn describe(&self) -> String {
+        let mut out = self.dir.display().to_string();
+        let named: Vec<String> = [(WS_FILE, &self.ws_file), (LAPPS_FILE, &self.lapps_file)]
+            .into_iter()
+            .filter_map(|(default, given)| {
+                let given = given.as_ref()?;
+                Some(format!("{default} from {}", self.dir.join(given).display()))
+            })
+            .collect();
+        if !named.is_empty() {
+            out.push_str(&format!(" ({})", named.join(", ")));
+        }
+        out
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -105,7 +105,7 @@ impl<'v> Obj<'v> {
     pub fn uint(&self, r: &mut Reader, key: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.get(key) {
             None => default,
-            Some(v) => match v.as_u64().filter(|n| (min..=max).contains(n)) {
+            Some(v) => match whole(v).filter(|n| (min..=max).contains(n)) {
                 Some(n) => n,
                 None => {
                     r.type_error(&self.path_of(key), &uint_expectation(min, max), v);
@@ -223,6 +223,16 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// `v` as a whole number >= 0: an integer, or a number written with a fraction of zero
+/// (`6800.0` is the whole number its reader sees), exact up to 2^53.
+pub fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
 fn uint_expectation(min: u64, max: u64) -> String {
     // Only a key with no ceiling of its own says no ceiling (a value past u32::MAX refused
     // with "a whole number >= 0" would puzzle its reader).
@@ -267,13 +277,16 @@ mod tests {
 
     #[test]
     fn uint_rejects_negative_fractional_and_out_of_range_numbers() {
-        let v = json!({"a": -1, "b": 1.5, "c": 70000, "d": 80});
+        let v = json!({"a": -1, "b": 1.5, "c": 70000, "d": 80, "e": 6800.0, "f": 1e300});
         let mut r = Reader::new("t.json");
-        let o = r.object(&v, "", &["a", "b", "c", "d"]).unwrap();
+        let o = r.object(&v, "", &["a", "b", "c", "d", "e", "f"]).unwrap();
         assert_eq!(o.uint(&mut r, "a", 7, 0, 65535), 7);
         assert_eq!(o.uint(&mut r, "b", 7, 0, 65535), 7);
         assert_eq!(o.uint(&mut r, "c", 7, 0, 65535), 7);
         assert_eq!(o.uint(&mut r, "d", 7, 0, 65535), 80);
+        // A whole number written with ".0" is one.
+        assert_eq!(o.uint(&mut r, "e", 7, 0, 65535), 6800);
+        assert_eq!(o.uint(&mut r, "f", 7, 0, u64::MAX), 7);
         let text: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             text,
@@ -281,6 +294,7 @@ mod tests {
                 "t.json: a: expected a whole number 0-65535, got -1",
                 "t.json: b: expected a whole number 0-65535, got 1.5",
                 "t.json: c: expected a whole number 0-65535, got 70000",
+                "t.json: f: expected a whole number >= 0, got 1e+300",
             ]
         );
     }

@@ -938,3 +938,19 @@ fn a_memory_limit_below_one_mib_is_refused_naming_the_unit() {
         assert_eq!(c.services["e"].memory_limit, fine);
     }
 }
+
+#[test]
+fn a_location_names_the_files_the_environment_put_elsewhere() {
+    let mut at = Location {
+        dir: "/etc/lapps".into(),
+        ws_file: None,
+        lapps_file: None,
+    };
+    assert_eq!(at.describe(), "/etc/lapps");
+    at.ws_file = Some("/srv/b/ws.json".into());
+    at.lapps_file = Some("other.json".into());
+    assert_eq!(
+        at.describe(),
+        "/etc/lapps (ws.json from /srv/b/ws.json, lapps.json from /etc/lapps/other.json)"
+    );
+}

@@ -169,7 +169,7 @@ const DEFAULT_INPUT_BUFFER: usize = 2048;
 fn tls_version(r: &mut Reader, obj: &Obj, key: &str) -> bool {
     match obj.get(key) {
         None => false,
-        Some(v) => match v.as_u64() {
+        Some(v) => match super::reader::whole(v) {
             Some(3 | 12) => false,
             Some(4 | 13) => true,
             _ => {
@@ -490,7 +490,7 @@ fn read_workers(r: &mut Reader, obj: &Obj<'_>) -> Workers {
     let auto_fragment = match w.get("auto_fragment") {
         None | Some(Value::Bool(false)) => None,
         Some(Value::Bool(true)) => Some(input_buffer_size),
-        Some(v) => match v.as_u64().filter(|n| *n >= 1) {
+        Some(v) => match super::reader::whole(v).filter(|n| *n >= 1) {
             Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
             None => {
                 r.type_error(

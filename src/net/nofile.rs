@@ -121,8 +121,9 @@ pub fn shortfall(
             "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {promised} connections \
              {allowed} plus {besides} the workers may hold besides (refused ones answered 503, accepted ones \
              waiting for their worker) and {RESERVE} for the server itself: past about {} \
-             open connections of any of these kinds, accepting pauses and new clients wait \
-             unanswered ({remedy})",
+             open connections of any of these kinds they take what was kept for the server \
+             (its files, the services' own sockets and files may then fail), and at the limit \
+             accepting pauses and new clients wait unanswered ({remedy})",
             limit.saturating_sub(RESERVE)
         )
     })
@@ -138,6 +139,11 @@ mod tests {
         assert!(w.contains("is 20000"), "{w}");
         assert!(w.contains("200000 connections"), "{w}");
         assert!(w.contains("10240 the workers may hold besides"), "{w}");
+        assert!(
+            w.contains("past about 19744 open connections of any of these kinds they take what")
+                && w.contains("at the limit accepting pauses"),
+            "{w}"
+        );
         assert!(w.contains("about 19744 open connections"), "{w}");
         // Live connections; per worker 1024 refused and 4096 waiting; the server's own.
         assert_eq!(
