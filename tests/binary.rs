@@ -464,8 +464,12 @@ fn dash_c_wins_over_the_environment_which_names_the_files_without_it() {
     let stderr = String::from_utf8_lossy(&without.stderr);
     assert!(!without.status.success(), "the overrides apply: {stderr}");
     assert!(
-        stderr.contains(&format!("configuration in {} is invalid", dir.display()))
-            && stderr.contains("alt-ws.json: bogus_key: unknown key"),
+        stderr.contains(&format!(
+            "configuration in {} (ws.json from {}, lapps.json from {}) is invalid",
+            dir.display(),
+            dir.join("alt-ws.json").display(),
+            dir.join("alt-lapps.json").display()
+        )) && stderr.contains("alt-ws.json: bogus_key: unknown key"),
         "LAPPS_CONF_DIR and WS_CONFIG are read: {stderr}"
     );
 }

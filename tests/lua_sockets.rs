@@ -1279,10 +1279,12 @@ fn after_a_protocol_violation_the_reply_owed_goes_out_and_nothing_more_is_read()
     );
     // The next frame is the Close: no Pong to the ping before it or after it.
     let close = read_frame(&mut s).expect("the Close");
-    assert_eq!(
-        (close.opcode, &close.payload[..]),
-        (0x8, &1002u16.to_be_bytes()[..])
-    );
+    let body = [
+        &1002u16.to_be_bytes()[..],
+        b"reserved bits set without a negotiated extension",
+    ]
+    .concat();
+    assert_eq!((close.opcode, &close.payload[..]), (0x8, &body[..]));
     // Then the end of TCP (EOF or a reset), no byte before it; the read timeout is the guard.
     let mut rest = Vec::new();
     let end = s.read_to_end(&mut rest);
@@ -1906,7 +1908,12 @@ fn replies_to_messages_before_a_protocol_violation_go_out_before_the_1002_close(
     // RSV2 set without an extension that defines it (RFC 6455 5.2), then a Ping.
     let mut ending = frame(true, 2, 0x1, b"bad", true);
     ending.extend(frame(true, 0, 0x9, b"p", true));
-    echoes_then_close(&app, 0x1, &ending, &1002u16.to_be_bytes());
+    let close_body = [
+        &1002u16.to_be_bytes()[..],
+        b"reserved bits set without a negotiated extension",
+    ]
+    .concat();
+    echoes_then_close(&app, 0x1, &ending, &close_body);
 }
 
 /// The peer's Close right behind messages the Lua echo has not answered yet: the answers go out
