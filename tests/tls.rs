@@ -156,49 +156,40 @@ fn expired_server_certificate_loads_with_a_warning_and_clients_refuse_it() {
     assert_eq!(info.subject.as_deref(), Some("old"));
     assert_eq!(info.not_after.as_deref(), Some("2001-01-01 00:00:00 UTC"));
     assert!(warning.expect("a warning").contains("expired"));
-    // One that ends within 14 days: told to renew it, with the days left.
-    let (soon, soon_key) = write_pair(&dir, "soon", &ca.server_ending_in("soon", 5));
-    let soon_files = lapps::net::tls::TlsFiles {
-        cert: soon.clone(),
-        key: soon_key,
-        ..files.clone()
+    // What --check-config warns of a certificate `pair` (written as NAME.crt/.key).
+    let warning_for = |name: &str, pair: &Pair| {
+        let (cert, key) = write_pair(&dir, name, pair);
+        let files = lapps::net::tls::TlsFiles {
+            cert: cert.clone(),
+            key,
+            ..files.clone()
+        };
+        let warning = lapps::net::tls::check(&files).unwrap().1;
+        (cert.display().to_string(), warning)
     };
-    let warning = lapps::net::tls::check(&soon_files)
-        .unwrap()
-        .1
-        .expect("a warning");
+    // One that ends within 14 days: told to renew it, with the days left.
+    let (soon, warning) = warning_for("soon", &ca.server_ending_in("soon", 5));
+    let warning = warning.expect("a warning");
     assert!(
-        warning.starts_with(&format!("{}: the certificate expires at ", soon.display()))
+        warning.starts_with(&format!("{soon}: the certificate expires at "))
             && warning.contains(", in 5 days: renew it (a reload reads the renewed files)"),
         "{warning}"
     );
     // One not valid yet (put in place early, or a clock behind): said so, with the wait.
-    let (early, early_key) = write_pair(&dir, "early", &ca.server_starting_in("early", 2));
-    let early_files = lapps::net::tls::TlsFiles {
-        cert: early.clone(),
-        key: early_key,
-        ..files.clone()
-    };
-    let warning = lapps::net::tls::check(&early_files)
-        .unwrap()
-        .1
-        .expect("a warning");
+    let (early, warning) = warning_for("early", &ca.server_starting_in("early", 2));
+    let warning = warning.expect("a warning");
     assert!(
-        warning.starts_with(&format!(
-            "{}: the certificate is not valid before ",
-            early.display()
-        )) && warning
-            .ends_with(", in 2 days: clients refuse it until then (is this host's clock right?)"),
+        warning.starts_with(&format!("{early}: the certificate is not valid before "))
+            && warning.ends_with(
+                ", in 2 days: clients refuse it until then (is this host's clock right?)"
+            ),
         "{warning}"
     );
     // Three weeks: nothing to say.
-    let (later, later_key) = write_pair(&dir, "later", &ca.server_ending_in("later", 21));
-    let later_files = lapps::net::tls::TlsFiles {
-        cert: later,
-        key: later_key,
-        ..files.clone()
-    };
-    assert_eq!(lapps::net::tls::check(&later_files).unwrap().1, None);
+    assert_eq!(
+        warning_for("later", &ca.server_ending_in("later", 21)).1,
+        None
+    );
 
     write_config(&dir, &tls_json(&cert, &key, None), "");
     let app = start_app(&dir);
@@ -1005,26 +996,7 @@ fn bad_certificate_files_are_reported_with_the_file_and_the_reason() {
 }
 
 #[test]
-fn a_client_that_does_not_trust_the_certificate_is_named_as_such_in_the_log() {
-    let dir = temp_dir("untrusted-log");
-    let ca = Ca::new("test CA");
-    let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
-    write_config(&dir, &tls_json(&cert, &key, None), "");
-    let (mut child, addr, log) = spawn_binary(&dir, |_| {});
-    let stranger = Ca::new("another CA");
-    assert!(wss_connect(addr, "/echo", client_config(&stranger.pair.cert_der, None)).is_err());
-    let line = wait_line(&log, "closing 127.0.0.1:");
-    assert!(
-        line.contains("TLS error: received fatal alert: UnknownCA (the client does not trust"),
-        "{line}"
-    );
-    // SAFETY: kill with our own child's pid and a valid signal number.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    assert!(child.wait_exit(Duration::from_secs(15)).success());
-}
-
-#[test]
-fn a_plain_http_client_at_the_tls_port_is_named_in_the_log() {
+fn a_plain_http_client_and_one_that_distrusts_the_certificate_are_named_in_the_log() {
     let dir = temp_dir("plain-http-log");
     let ca = Ca::new("test CA");
     let (cert, key) = write_pair(&dir, "server", &ca.server("server"));
@@ -1040,6 +1012,14 @@ fn a_plain_http_client_at_the_tls_port_is_named_in_the_log() {
         line.ends_with(
             ": plain HTTP on a TLS listener (use https:// or wss://): \"GET /echo?... HTTP/1.1\""
         ),
+        "{line}"
+    );
+    // A client that does not trust the certificate: rustls's alert name, and what it means.
+    let stranger = Ca::new("another CA");
+    assert!(wss_connect(addr, "/echo", client_config(&stranger.pair.cert_der, None)).is_err());
+    let line = wait_line(&log, "closing 127.0.0.1:");
+    assert!(
+        line.contains("TLS error: received fatal alert: UnknownCA (the client does not trust"),
         "{line}"
     );
     // SAFETY: kill with our own child's pid and a valid signal number.
