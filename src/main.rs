@@ -307,7 +307,7 @@ fn give_back_memory(app: &lapps::app::App, trimmer: &mut lapps::memory_trim::Tri
         before >> 20,
         after >> 20
     );
-    if trimmer.trimmed(before, after, app.buffered_bytes()) {
+    if trimmer.trimmed(before, after) {
         info!("{line}");
     } else {
         lapps::debug!("{line}; the next trim waits");
