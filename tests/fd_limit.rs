@@ -93,7 +93,8 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
     assert!(
         start.iter().any(|l| l.contains("WARN")
             && l.contains(&format!(
-                "descriptor limit (RLIMIT_NOFILE) is {NOFILE}, below the 100000 connections"
+                "descriptor limit (RLIMIT_NOFILE) is {NOFILE}, below the 105376 needed for the \
+                 100000 connections"
             ))),
         "no warning about the descriptor limit: {start:#?}"
     );

@@ -118,9 +118,10 @@ pub fn shortfall(
     };
     (limit < needed).then(|| {
         format!(
-            "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {promised} connections \
-             {allowed} plus {besides} the workers may hold besides (refused ones answered 503, accepted ones \
-             waiting for their worker) and {RESERVE} for the server itself: past about {} \
+            "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {needed} needed for the \
+             {promised} connections {allowed}, {besides} the workers may hold besides (refused \
+             ones answered 503, accepted ones waiting for their worker) and {RESERVE} for the \
+             server itself: past about {} \
              open connections of any of these kinds they take what was kept for the server \
              (its files, the services' own sockets and files may then fail), and at the limit \
              accepting pauses and new clients wait unanswered ({remedy})",
@@ -158,8 +159,8 @@ mod tests {
         let w = shortfall(3_000, 2, 686, MaxConnections::Lowered).expect("a warning");
         assert!(
             w.contains(
-                "below the 1372 connections the server allows (ws.json sets no \
-                 max_connections, so it took 686 per worker x 2 workers)"
+                "below the 11868 needed for the 1372 connections the server allows (ws.json \
+                 sets no max_connections, so it took 686 per worker x 2 workers)"
             ) && w.ends_with("(raise LimitNOFILE, or ulimit -n, or run fewer IO workers)"),
             "{w}"
         );
@@ -172,7 +173,7 @@ mod tests {
         let w = shortfall(3_000, 2, 686, MaxConnections::Set).expect("a warning");
         assert!(
             w.contains(
-                "below the 1372 connections ws.json allows (2 workers x max_connections 686)"
+                "needed for the 1372 connections ws.json allows (2 workers x max_connections 686)"
             ) && w.ends_with("or lower max_connections)"),
             "{w}"
         );
