@@ -280,7 +280,7 @@ fn check_head(head: &str, accept: &str, offered: &[String]) -> Result<Option<Str
             // RFC 6455 4.2.2 item 5.4: the server selects one of the offered subprotocols
             // (one value, in one field line).
             "sec-websocket-protocol" if names_any(value) => {
-                if protocol.is_some() {
+                if protocol.is_some() || value.contains(',') {
                     return Err("the server chose more than one subprotocol".into());
                 }
                 if !offered.iter().any(|p| p == value) {
@@ -605,14 +605,17 @@ mod tests {
         for not_offered in [
             "Sec-WebSocket-Protocol: superchat",
             "Sec-WebSocket-Protocol: Chat",
-            "Sec-WebSocket-Protocol: chat, v2.chat",
         ] {
             let bad = with(not_offered);
             let e = check_response(bad.as_bytes(), &accept, &offered).unwrap_err();
             assert!(e.contains("not offered"), "{not_offered}: {e}");
         }
-        let twice = with("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat");
-        let e = check_response(twice.as_bytes(), &accept, &offered).unwrap_err();
-        assert_eq!(e, "the server chose more than one subprotocol");
+        for twice in [
+            "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat",
+            "Sec-WebSocket-Protocol: chat, v2.chat",
+        ] {
+            let e = check_response(with(twice).as_bytes(), &accept, &offered).unwrap_err();
+            assert_eq!(e, "the server chose more than one subprotocol", "{twice}");
+        }
     }
 }
