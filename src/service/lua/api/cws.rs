@@ -185,16 +185,32 @@ fn string_option(opts: &Table, name: &str) -> mlua::Result<Option<String>> {
 /// the reason for `nil, "bad ...: reason"`.
 fn offer_option(opts: &Table) -> mlua::Result<Result<Offer, String>> {
     let mut offer = Offer::default();
-    let not_a = |what: &str, v: &Value| {
-        mlua::Error::runtime(format!("cws:new: {what}, got {}", lapps_lua::lua_type(v)))
-    };
-    match opts.get::<Value>("protocols")? {
-        Value::Nil => {}
-        Value::String(p) => {
-            if let Err(e) = offer.add_protocol(&p.to_string_lossy()) {
-                return Ok(Err(format!("bad protocols: {e}")));
-            }
+    for p in protocols_option(opts)? {
+        if let Err(e) = offer.add_protocol(&p) {
+            return Ok(Err(format!("bad protocols: {e}")));
         }
+    }
+    let fields = match headers_option(opts)? {
+        Ok(fields) => fields,
+        Err(why) => return Ok(Err(format!("bad headers: {why}"))),
+    };
+    for (name, value) in fields {
+        if let Err(e) = offer.add_header(&name, &value) {
+            return Ok(Err(format!("bad headers: {e}")));
+        }
+    }
+    Ok(Ok(offer))
+}
+
+fn type_error(what: &str, v: &Value) -> mlua::Error {
+    mlua::Error::runtime(format!("cws:new: {what}, got {}", lapps_lua::lua_type(v)))
+}
+
+/// `protocols`: one string or an array of strings (none: empty).
+fn protocols_option(opts: &Table) -> mlua::Result<Vec<String>> {
+    match opts.get::<Value>("protocols")? {
+        Value::Nil => Ok(Vec::new()),
+        Value::String(p) => Ok(vec![p.to_string_lossy()]),
         Value::Table(t) => {
             let n = t.raw_len();
             if t.clone().pairs::<Value, Value>().count() != n {
@@ -203,72 +219,62 @@ fn offer_option(opts: &Table) -> mlua::Result<Result<Offer, String>> {
                      (a table with other keys than 1..n)",
                 ));
             }
-            for i in 1..=n {
-                let Value::String(p) = t.raw_get::<Value>(i)? else {
-                    return Err(not_a(
+            (1..=n)
+                .map(|i| match t.raw_get::<Value>(i)? {
+                    Value::String(p) => Ok(p.to_string_lossy()),
+                    other => Err(type_error(
                         &format!("protocols[{i}] must be a string"),
-                        &t.raw_get::<Value>(i)?,
-                    ));
-                };
-                if let Err(e) = offer.add_protocol(&p.to_string_lossy()) {
-                    return Ok(Err(format!("bad protocols: {e}")));
-                }
-            }
+                        &other,
+                    )),
+                })
+                .collect()
         }
-        other => {
-            return Err(not_a(
-                "option protocols must be a string or an array of strings",
-                &other,
-            ))
-        }
+        other => Err(type_error(
+            "option protocols must be a string or an array of strings",
+            &other,
+        )),
     }
-    match opts.get::<Value>("headers")? {
-        Value::Nil => {}
-        Value::Table(t) => {
-            let mut fields = Vec::new();
-            for pair in t.pairs::<Value, Value>() {
-                let (k, v) = pair?;
-                let Value::String(name) = k else {
-                    return Err(not_a("the keys of option headers must be strings", &k));
-                };
-                let name = name.to_string_lossy();
-                let value = match v {
-                    // Sent as given or not at all: a lossy conversion would send other bytes.
-                    Value::String(s) => match s.to_str() {
-                        Ok(s) => s.to_string(),
-                        Err(_) => {
-                            return Ok(Err(format!(
-                                "bad headers: the value of {name} is not UTF-8"
-                            )))
-                        }
-                    },
-                    Value::Integer(i) => i.to_string(),
-                    Value::Number(n) => n.to_string(),
-                    other => {
-                        return Err(not_a(
-                            &format!("headers[{name:?}] must be a string"),
-                            &other,
-                        ))
-                    }
-                };
-                fields.push((name, value));
-            }
-            // Lua's table order is no order: the request is the same for the same table.
-            fields.sort();
-            for (name, value) in fields {
-                if let Err(e) = offer.add_header(&name, &value) {
-                    return Ok(Err(format!("bad headers: {e}")));
-                }
-            }
-        }
+}
+
+/// `headers`: names and values, sorted by name (Lua's table order is no order: the request is
+/// the same for the same table). `Err`: a value that is not UTF-8, which is sent as given or
+/// not at all (a lossy conversion would send other bytes).
+fn headers_option(opts: &Table) -> mlua::Result<Result<Vec<(String, String)>, String>> {
+    let t = match opts.get::<Value>("headers")? {
+        Value::Nil => return Ok(Ok(Vec::new())),
+        Value::Table(t) => t,
         other => {
-            return Err(not_a(
+            return Err(type_error(
                 "option headers must be a table of header field names and values",
                 &other,
             ))
         }
+    };
+    let mut fields = Vec::new();
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let Value::String(name) = k else {
+            return Err(type_error("the keys of option headers must be strings", &k));
+        };
+        let name = name.to_string_lossy();
+        let value = match v {
+            Value::String(s) => match s.to_str() {
+                Ok(s) => s.to_string(),
+                Err(_) => return Ok(Err(format!("the value of {name} is not UTF-8"))),
+            },
+            Value::Integer(i) => i.to_string(),
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(type_error(
+                    &format!("headers[{name:?}] must be a string"),
+                    &other,
+                ))
+            }
+        };
+        fields.push((name, value));
     }
-    Ok(Ok(offer))
+    fields.sort();
+    Ok(Ok(fields))
 }
 
 fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
