@@ -16,12 +16,12 @@
 //!
 //! Submodules extend `Worker`: `closing` (close handshakes, failing, the final removal),
 //! `commands` (what service threads ask for), `first_exchange` (OONs wait for a LAppS
-//! connection's first response), `timers` (deadlines, shutdown), `tls_io` (wss://).
+//! connection's first response), `frames` (an open connection's input), `timers` (deadlines,
+//! shutdown), `tls_io` (wss://), `upgrade` (the opening handshake, routing).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,42 +34,24 @@ use super::hub::{Hub, NewConn, Refused};
 use super::outq::{BufPool, Flushed, OutQueue};
 use super::slab::Slab;
 use super::sys;
-use crate::service::{Flow, Service, WorkerCtx};
-use crate::ws::codec::{self, Decoder, Event, Role};
-use crate::ws::handshake::{self, Request};
+use crate::service::{Service, WorkerCtx};
+use crate::ws::codec::{self, Role};
+use crate::ws::handshake;
 use crate::ws::Opcode;
 use crate::{debug, error, warn};
 
 mod closing;
 mod commands;
 mod first_exchange;
+mod frames;
 mod timers;
 mod tls_io;
+mod upgrade;
+
+use upgrade::quoted_request_line;
+pub use upgrade::{Refusal, Router};
 
 const WAKE_TOKEN: u64 = 0;
-
-/// Decides which service a request goes to, or the HTTP status that refuses it.
-pub trait Router: Send + Sync + 'static {
-    fn route(&self, req: &Request, peer: IpAddr) -> Result<Arc<dyn Service>, Refusal>;
-}
-
-/// Why a request was refused: the HTTP status, and which rule refused it for the log line
-/// the worker writes (one per refused connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    /// Empty when the status says it all (404).
-    pub why: String,
-}
-
-impl From<u16> for Refusal {
-    fn from(status: u16) -> Refusal {
-        Refusal {
-            status,
-            why: String::new(),
-        }
-    }
-}
 
 /// The 503 for a connection refused at accept (`why`), answered without waiting for its
 /// request: when the request has come already and is a HEAD, without content (RFC 9110 section
@@ -78,15 +60,6 @@ fn refusal(fd: RawFd, why: Refused) -> Vec<u8> {
     let mut first = [0u8; 8];
     let n = sys::peek(fd, &mut first);
     handshake::error_response_to(first.get(..n).unwrap_or_default(), 503, why.reason())
-}
-
-/// The text of a router's refusal.
-fn refusal_reason(status: u16) -> &'static str {
-    match status {
-        404 => "no service at this path",
-        403 => "forbidden",
-        _ => "refused",
-    }
 }
 
 /// Settings of one worker (from ws.json).
@@ -283,15 +256,6 @@ struct StoppedOnExit(Arc<Hub>, usize);
 impl Drop for StoppedOnExit {
     fn drop(&mut self) {
         self.0.port(self.1).set_stopped();
-    }
-}
-
-/// `: "the request line"` for a log line, or nothing when none came (see
-/// [`handshake::request_line`]).
-fn quoted_request_line(buf: &[u8]) -> String {
-    match handshake::request_line(buf) {
-        line if line.is_empty() => String::new(),
-        line => format!(": {}", crate::log::shown(&line)),
     }
 }
 
@@ -761,135 +725,6 @@ impl Worker {
         }
     }
 
-    fn process_handshake(&mut self, index: u32, buf: &mut [u8], scanned: usize) -> usize {
-        let peer = match self.conns.get_mut(index) {
-            Some(c) => c.peer,
-            None => return buf.len(),
-        };
-        let (req, head_len) = match handshake::parse_after(buf, scanned, &self.handshake_limits) {
-            Ok(None) => {
-                if let Some(c) = self.conns.get_mut(index) {
-                    // Below max_request_bytes (1 MiB at most), else parse refused it.
-                    let scanned = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-                    c.phase = Phase::Handshake { scanned };
-                }
-                return 0;
-            }
-            Ok(Some(done)) => done,
-            Err(e) => {
-                // A plain GET: 426 at a service's path, what its upgrade would get elsewhere
-                // (404, a 403 of the service's rules), and 503 while stopping as an upgrade.
-                if e.plain.is_some() && self.shutdown_since.is_some() {
-                    let answer = handshake::error_response(503, "shutting down");
-                    self.answer_and_finish(index, answer);
-                    return buf.len();
-                }
-                let refusal = e.plain.as_deref().and_then(|req| {
-                    let refusal = self.router.route(req, peer.ip()).err()?;
-                    Some((refusal, crate::log::shown(&req.path)))
-                });
-                if let Some((Refusal { status, why }, path)) = refusal {
-                    let sep = if why.is_empty() { "" } else { ": " };
-                    crate::info_limited!("rejected {peer}: HTTP {status} for {path}{sep}{why}");
-                    let answer = handshake::error_response_to(buf, status, refusal_reason(status));
-                    self.answer_and_finish(index, answer);
-                    return buf.len();
-                }
-                crate::info_limited!(
-                    "rejected {peer}: HTTP {} {}{}",
-                    e.status,
-                    e.reason,
-                    quoted_request_line(buf)
-                );
-                self.answer_and_finish(index, e.response());
-                return buf.len();
-            }
-        };
-        if self.shutdown_since.is_some() {
-            self.answer_and_finish(index, handshake::error_response(503, "shutting down"));
-            return buf.len();
-        }
-        let service = match self.router.route(&req, peer.ip()) {
-            Ok(s) => s,
-            Err(Refusal { status, why }) => {
-                let sep = if why.is_empty() { "" } else { ": " };
-                crate::info_limited!(
-                    "rejected {peer}: HTTP {status} for {}{sep}{why}",
-                    crate::log::shown(&req.path)
-                );
-                let answer = handshake::error_response(status, refusal_reason(status));
-                self.answer_and_finish(index, answer);
-                return buf.len();
-            }
-        };
-        let response =
-            handshake::response_101(&req, service.subprotocol(), service.extra_headers());
-        let generation = self.conns.generation(index).unwrap_or(0);
-        let id = self.conn_id(index, generation);
-        let Some(c) = self.conns.get_mut(index) else {
-            return buf.len();
-        };
-        c.out
-            .append_with(&mut self.pool, |b| b.extend_from_slice(&response));
-        c.phase = Phase::Open;
-        c.deadline = None;
-        c.decoder = Some(Decoder::new(Role::Server, service.max_message_size()));
-        let speaks = service.speaks();
-        if speaks == super::hub::Speaks::Lapps {
-            c.before_exchange = Some(Default::default());
-        }
-        // Before on_open: its service may send to it from then on.
-        self.hub.port(self.id).set_speaks(index, generation, speaks);
-        let mut ctx = Ctx {
-            worker: self.id,
-            current: id,
-            out: &mut c.out,
-            pool: &mut self.pool,
-            fragment: self.opts.auto_fragment,
-            deferred: &mut self.deferred,
-        };
-        let Some(tag) = service.on_open(&mut ctx, id) else {
-            // Routed to a service version that retired meanwhile: the client reconnects.
-            crate::info_limited!(
-                "closing {peer}: {} no longer takes connections (replaced), 1001",
-                service.name()
-            );
-            // Our Close, then our side of TCP: with no service there is nothing to read the
-            // peer's Close reply with, and waiting for it would hold the connection for the
-            // whole close timeout. Draining reads (and drops) it until the peer's EOF.
-            c.out.append_with(&mut self.pool, |b| {
-                codec::encode_close(
-                    b,
-                    Role::Server,
-                    Some(crate::ws::close::GOING_AWAY),
-                    b"",
-                    [0; 4],
-                )
-            });
-            self.finish_after_flush(index);
-            return buf.len();
-        };
-        c.tag = tag;
-        c.service = Some(service.clone());
-        self.touched_push(&service);
-        self.mark_dirty(index);
-        if let Some(idle) = self.opts.idle_timeout {
-            // What was acknowledged before is not activity.
-            if let Some(c) = self.conns.get_mut(index) {
-                c.took_more();
-            }
-            self.set_deadline(index, Instant::now() + idle);
-        }
-        // The handle names the connection in the services' log lines (and to Lua apps).
-        debug!(
-            "worker {}: {peer} opened {} as handle {:#x}",
-            self.id,
-            req.path,
-            id.as_u64()
-        );
-        head_len + self.process_frames(index, &mut buf[head_len..])
-    }
-
     /// Lets every service that got work this iteration hand its batch over (one wake-up per
     /// batch); those whose queue was full are retried next iteration.
     fn flush_services(&mut self) {
@@ -916,167 +751,6 @@ impl Worker {
     fn touched_push(&mut self, s: &Arc<dyn Service>) {
         if !self.touched.iter().any(|t| Arc::ptr_eq(t, s)) {
             self.touched.push(s.clone());
-        }
-    }
-
-    fn process_frames(&mut self, index: u32, buf: &mut [u8]) -> usize {
-        let generation = self.conns.generation(index).unwrap_or(0);
-        let id = self.conn_id(index, generation);
-        let worker = self.id;
-        let fragment = self.opts.auto_fragment;
-        let high = self.opts.outbound_high_water;
-        let Some(c) = self.conns.get_mut(index) else {
-            return buf.len();
-        };
-        let Some(service) = c.service.clone() else {
-            return buf.len();
-        };
-        let Some(mut decoder) = c.decoder.take() else {
-            return buf.len();
-        };
-        let phase = c.phase;
-        let tag = c.tag;
-        let held_before = decoder.held();
-        let allowance = self.opts.assembly.allowance(held_before);
-        let mut close_with: Option<u16> = None;
-        let mut paused = false;
-        let mut peer_close: Option<Option<u16>> = None;
-        let mut delivered = false;
-        let mut ended = false;
-        let result = {
-            let out = &mut c.out;
-            let pool = &mut self.pool;
-            let deferred = &mut self.deferred;
-            let ping_outstanding = &mut c.ping_outstanding;
-            decoder.decode_within(buf, allowance, &mut |ev| match ev {
-                Event::Text(p) | Event::Binary(p) => {
-                    ended = true;
-                    // After we started closing, data is read and dropped (RFC 6455 5.5.1).
-                    if phase != Phase::Open || close_with.is_some() {
-                        return;
-                    }
-                    let opcode = if matches!(ev, Event::Text(_)) {
-                        Opcode::Text
-                    } else {
-                        Opcode::Binary
-                    };
-                    let mut ctx = Ctx {
-                        worker,
-                        current: id,
-                        out,
-                        pool,
-                        fragment,
-                        deferred,
-                    };
-                    delivered = true;
-                    match service.on_message(&mut ctx, id, tag, opcode, p) {
-                        Flow::Continue => {}
-                        Flow::Pause => paused = true,
-                        Flow::Close(code) => close_with = Some(code),
-                    }
-                }
-                // Our Close is the last frame we send (RFC 6455 5.5.1): no Pong after it.
-                Event::Ping(p) if matches!(phase, Phase::Open | Phase::Answering(..)) => out
-                    .append_with(pool, |b| {
-                        codec::encode_control(b, Role::Server, Opcode::Pong, p, [0; 4])
-                    }),
-                Event::Ping(_) => {}
-                Event::Pong(_) => *ping_outstanding = false,
-                Event::Close { code, .. } => peer_close = Some(code),
-            })
-        };
-        self.opts.assembly.update(held_before, decoder.held());
-        let in_message = decoder.in_message();
-        c.decoder = Some(decoder);
-        // A message that began in this read (after another ended in it, perhaps) has the
-        // whole timeout from now.
-        if !in_message {
-            c.message_due = None;
-        } else if (ended || c.message_due.is_none()) && phase == Phase::Open {
-            if let Some(timeout) = self.opts.message_timeout {
-                let due = Instant::now() + timeout;
-                c.message_due = Some(due);
-                if c.deadline.is_none_or(|d| due < d) {
-                    c.deadline = Some(due);
-                    self.timers.push(Reverse((due, index, generation)));
-                }
-            }
-        }
-        // Pongs and the built-in services' replies go straight into the queue, not through
-        // `queue_frame`: a peer that sends without reading is throttled here, or a ping flood
-        // would grow its queue with every read once the socket is full.
-        if c.out.bytes() > high {
-            c.out_paused = true;
-        }
-        if delivered {
-            c.handed = self.flushes;
-            self.touched_push(&service);
-        }
-        self.mark_dirty(index);
-        if paused {
-            if let Some(c) = self.conns.get_mut(index) {
-                if !c.service_paused {
-                    c.service_paused_at = Instant::now();
-                }
-                c.service_paused = true;
-            }
-        }
-        match result {
-            Err(e) => {
-                // Nothing after a violation is read (RFC 6455 7.1.7), even while the replies
-                // to what came before are awaited: without a decoder, input is dropped.
-                let peer = self.conns.get_mut(index).map(|c| {
-                    c.decoder = None;
-                    (c.peer, c.service.clone())
-                });
-                let (peer, service) = peer.unzip();
-                let service = service.flatten();
-                let peer = peer.map_or_else(String::new, |p| p.to_string());
-                if let (true, Some(s)) = (e == codec::TOO_LARGE, &service) {
-                    // The setting to raise, by its lapps.json name, and the service it is of.
-                    crate::info_limited!(
-                        "closing {peer}: message larger than service {}'s \
-                         max_inbound_message_size ({} bytes), close code {}",
-                        s.name(),
-                        s.max_message_size(),
-                        e.code
-                    );
-                } else if e == codec::OVER_ALLOWANCE {
-                    // Its own buffer was given back already: what is held is the others'.
-                    crate::warn_limited!(
-                        "closing {peer}: its message needs more than max_inbound_assembly_bytes \
-                         ({} bytes) leaves beside the messages being received on other \
-                         connections ({} bytes); close code {}",
-                        self.opts.assembly.limit(),
-                        self.opts.assembly.held(),
-                        e.code
-                    );
-                } else {
-                    crate::info_limited!(
-                        "closing {peer}: protocol violation ({}), close code {}",
-                        e.described(),
-                        e.code
-                    );
-                }
-                // The peer's developer reads the reason; the settings are the operator's.
-                let reason = if e == codec::TOO_LARGE {
-                    "message too big for this service"
-                } else {
-                    e.reason
-                };
-                self.fail_after_replies(index, e.code, reason);
-                buf.len()
-            }
-            Ok(consumed) => {
-                if let Some(code) = peer_close {
-                    self.on_peer_close(index, code);
-                    return buf.len();
-                }
-                if let Some(code) = close_with {
-                    self.start_close(index, code);
-                }
-                consumed
-            }
         }
     }
 
