@@ -288,6 +288,12 @@ impl App {
         self.tls.as_ref()?.expiry_reminder()
     }
 
+    /// Once a second: warns of a Lua instance busy with one batch of messages for a while (a
+    /// callback that does not return holds the connections bound to it).
+    pub fn warn_of_busy_instances(&self) {
+        self.registry.warn_of_busy_instances();
+    }
+
     /// Bytes the server's buffers hold now: messages being received and bytes queued to send
     /// (as each IO worker last published them). What resident memory they explain.
     pub fn buffered_bytes(&self) -> usize {

@@ -246,6 +246,7 @@ fn main() -> ExitCode {
     let mut next_certificate_look = std::time::Instant::now() + lapps::cert_expiry::LOOK_EVERY;
     let mut tick = || {
         give_back_memory(&app, &mut trimmer);
+        app.warn_of_busy_instances();
         let now = std::time::Instant::now();
         if now >= next_certificate_look {
             next_certificate_look = now + lapps::cert_expiry::LOOK_EVERY;

@@ -1974,6 +1974,78 @@ fn sigusr1_blocked(pid: u32) -> bool {
         .is_some_and(|mask| mask >> (libc::SIGUSR1 - 1) & 1 == 1)
 }
 
+/// A callback that does not return (a loop with `"instruction_budget": 0`) holds its instance
+/// and spins a core: the status report names the instance busy with one batch, the server's
+/// once-a-second watch warns of it at 10 s (with the budget's hint), and the instance says when
+/// the batch is done. A version a reload replaces meanwhile is in the report as retiring, where
+/// nothing named it before (the trial saw a core spin for 30 s without a word).
+#[test]
+fn an_instance_busy_with_one_batch_is_reported_warned_of_and_its_end_told() {
+    let spin = |v: &str| {
+        format!(
+            r#"local app = {{}}
+app.onMessage = function(h, op, msg)
+  local till = time.monotonic() + tonumber(msg)
+  while time.monotonic() < till do end
+  ws:send(h, op, "{v}")
+  return true
+end
+return app
+"#
+        )
+    };
+    let (child, addr, log, _) = apps_binary(
+        binary::ONE_WORKER_WS_JSON,
+        "busy",
+        &[("spin", &spin("v1"))],
+        r#""spin": { "instances": 1, "instruction_budget": 0, "preload": ["time"] }"#,
+    );
+    let pid = child.0.id() as libc::pid_t;
+    let mut ws = connect(addr, "/spin");
+    ws.send(tungstenite::Message::text("12000")).unwrap();
+    ws.flush().unwrap();
+    let status_with = |what: &str| {
+        let mut report = Vec::new();
+        wait_for(&format!("a status line with {what:?}"), IO_TIMEOUT, || {
+            // SAFETY: kill(2) on our own child process.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+            report = binary::lines_until(&log, "status: bcast");
+            report.iter().any(|l| l.contains(what))
+        });
+        report
+    };
+    status_with("service spin: 1 instance(s), Raw at /spin: 1 connection(s), 0 close(s) not yet handled, 1 message(s) (5 bytes) waiting for its instances; instance 0 busy with one batch for ");
+    let dir = std::env::temp_dir().join(format!("lapps-test-busy-{}", std::process::id()));
+    std::fs::write(dir.join("apps/spin/spin.lua"), spin("v2")).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    binary::wait_line(&log, "reload done");
+    let report = status_with("service spin (retiring version): 1 instance(s), Raw at /spin: ");
+    let retiring = report
+        .iter()
+        .find(|l| l.contains("(retiring version)"))
+        .unwrap();
+    assert!(
+        retiring.contains("; instance 0 busy with one batch for "),
+        "{report:#?}"
+    );
+    let warned = binary::wait_line(&log, "busy with one batch of messages for");
+    assert!(
+        warned.contains("[spin#0 retiring] busy with one batch of messages for 1")
+            && warned.contains(
+                "(a callback that does not return? nothing stops one: its instruction_budget is 0)"
+            ),
+        "{warned}"
+    );
+    let done = binary::wait_line(&log, "busy no longer");
+    assert!(
+        done.contains(
+            "[spin#0 retiring] busy no longer: the batch of messages that held it is done after 1"
+        ),
+        "{done}"
+    );
+}
+
 /// The status report is written whatever `LAPPS_LOG` says: it was asked for. At warn the
 /// info lines ("listening on") are left out; the report is not.
 #[test]

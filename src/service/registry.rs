@@ -64,6 +64,8 @@ fn dependencies_run(spec: &ServiceSpec, running: &[String]) -> Result<(), StartE
 /// A replaced or removed version stopping in the background (see `Registry::retire`).
 struct Retiring {
     name: String,
+    /// The version itself, for the status report and the watch of busy instances.
+    service: Arc<LuaService>,
     /// What the version depended on: those retiring with it wait for it to stop.
     depends: Vec<String>,
     thread: JoinHandle<()>,
@@ -314,8 +316,29 @@ impl Registry {
             .sum()
     }
 
-    /// The status report's lines (SIGUSR1) for the IO workers, the running services, the
-    /// broadcast channels and the mqr queues. A worker's connections are every one it holds:
+    /// Replaced or removed versions still stopping (waiting for their connections to end, or
+    /// for their instances).
+    fn retiring_versions(&self) -> Vec<Arc<LuaService>> {
+        let retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        retiring
+            .iter()
+            .filter(|r| !r.thread.is_finished())
+            .map(|r| Arc::clone(&r.service))
+            .collect()
+    }
+
+    /// The server's once-a-second watch: warns of an instance of a running or retiring
+    /// version that has been busy with one batch of messages for a while (see
+    /// `LuaService::warn_of_busy_instances`).
+    pub fn warn_of_busy_instances(&self) {
+        let running: Vec<_> = self.lock_running().iter().map(Arc::clone).collect();
+        for s in running.iter().chain(self.retiring_versions().iter()) {
+            s.warn_of_busy_instances();
+        }
+    }
+
+    /// The status report's lines (SIGUSR1) for the IO workers, the running services and the
+    /// versions still retiring, the broadcast channels and the mqr queues. A worker's connections are every one it holds:
     /// those not yet upgraded, the builtin services' and a retiring version's too.
     pub fn status(&self) -> Vec<String> {
         let ports: Vec<_> = (0..self.hub.workers()).map(|w| self.hub.port(w)).collect();
@@ -337,6 +360,7 @@ impl Registry {
                 .join(", ")
         )];
         lines.extend(self.lock_running().iter().map(|s| s.status()));
+        lines.extend(self.retiring_versions().iter().map(|s| s.status()));
         lines.extend(super::lua::left_behind::status());
         let (channels, members) = self.bcast.usage();
         let mqr = crate::service::mqr::registry();
@@ -445,7 +469,7 @@ impl Registry {
                 let _ = over_tx.send(());
             }
         };
-        match self.spawn_retiring(old.spec(), "handover", Box::new(body)) {
+        match self.spawn_retiring(&old, "handover", Box::new(body)) {
             Spawn::Listed => {
                 let _ = over_rx.recv();
             }
@@ -460,7 +484,7 @@ impl Registry {
     /// back for the caller to run.
     fn spawn_retiring(
         &self,
-        spec: &ServiceSpec,
+        old: &Arc<LuaService>,
         kind: &str,
         body: Box<dyn FnOnce() + Send>,
     ) -> Spawn {
@@ -468,6 +492,7 @@ impl Registry {
         if self.closed.load(Ordering::SeqCst) {
             return Spawn::Closed(body);
         }
+        let spec = old.spec();
         let (done_tx, done) = sync_channel::<()>(1);
         let over = Arc::new(AtomicBool::new(false));
         let spawned = std::thread::Builder::new()
@@ -486,6 +511,7 @@ impl Registry {
         retiring.retain(|r| !r.thread.is_finished());
         retiring.push(Retiring {
             name: spec.name.clone(),
+            service: Arc::clone(old),
             depends: spec.depends.clone(),
             thread,
             done,
@@ -596,7 +622,7 @@ impl Registry {
                 old.shutdown(SHUTDOWN_GRACE);
             }
         };
-        match self.spawn_retiring(old.spec(), "retire", Box::new(body)) {
+        match self.spawn_retiring(&old, "retire", Box::new(body)) {
             Spawn::Listed => {}
             // The shutdown has begun (its connections are ending anyway): wait here.
             Spawn::Closed(body) => body(),

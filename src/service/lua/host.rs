@@ -59,6 +59,11 @@ impl Stop {
         self.retiring.store(true, Ordering::SeqCst);
     }
 
+    /// Whether a redeploy replaced or removed this version ([`Stop::set_retiring`]).
+    pub fn retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
+    }
+
     /// Whether the service stops to hand its queues over ([`Stop::set_handover`]).
     pub fn handing_over(&self) -> bool {
         self.handover.load(Ordering::SeqCst)

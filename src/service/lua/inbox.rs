@@ -15,6 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::busy::Busy;
 use crate::net::handle::ConnId;
 use crate::sync::mpmc::ArrayQueue;
 
@@ -152,6 +153,8 @@ pub(crate) struct Inbox {
     /// Per worker, the `flushes` of the last batch of that worker whose messages the instance
     /// has handled and whose replies it has posted to the worker's command queue.
     completed: Box<[AtomicU64]>,
+    /// How long the instance has been busy with the batch it handles.
+    busy: Busy,
 }
 
 impl Inbox {
@@ -174,6 +177,7 @@ impl Inbox {
             open_conns: AtomicUsize::new(0),
             has_paused: AtomicBool::new(false),
             completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            busy: Busy::default(),
         }
     }
 
@@ -192,6 +196,11 @@ impl Inbox {
         self.completed
             .get(worker)
             .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// The consumer's time with its current batch.
+    pub fn busy(&self) -> &Busy {
+        &self.busy
     }
 
     /// Messages and payload bytes handed over and not yet processed (for the status report).

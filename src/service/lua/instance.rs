@@ -482,7 +482,15 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
                     Next::Stopped => break,
                 };
                 held_poll = HELD_POLL_FIRST;
+                inbox.busy().begin();
                 raw.handle(lua, host, &batch);
+                if let Some(took) = inbox.busy().end() {
+                    crate::info!(
+                        "{} busy no longer: the batch of messages that held it is done after {}",
+                        host.tag(),
+                        crate::time_fmt::uptime(took)
+                    );
+                }
                 inbox.handled_closes(&batch);
                 // Responses other services sent may have let held answers go.
                 host.held.release_all(host);

@@ -13,6 +13,7 @@
 //!   the callbacks; `api`: the Lua-facing modules; `frame`: server framing.
 
 pub mod api;
+mod busy;
 mod children;
 mod collect;
 mod cstack;
@@ -338,11 +339,13 @@ impl LuaService {
     /// The service's line of the status report (SIGUSR1).
     pub fn status(&self) -> String {
         let spec = &self.spec;
+        let name = if self.stop.retiring() {
+            format!("{} (retiring version)", spec.name)
+        } else {
+            spec.name.clone()
+        };
         if spec.standalone {
-            return format!(
-                "service {}: {} instance(s), standalone",
-                spec.name, spec.instances
-            );
+            return format!("service {name}: {} instance(s), standalone", spec.instances);
         }
         let (msgs, bytes) = self
             .inboxes
@@ -353,11 +356,45 @@ impl LuaService {
         // Opened and not yet told of their close, less those still open: the closes on their
         // way to the instances (a close leaves the set before its instance handles it).
         let closing = self.undisconnected().saturating_sub(open);
-        format!(
-            "service {}: {} instance(s), {:?} at {}: {open} connection(s), {closing} close(s) \
+        let mut line = format!(
+            "service {name}: {} instance(s), {:?} at {}: {open} connection(s), {closing} close(s) \
              not yet handled, {msgs} message(s) ({bytes} bytes) waiting for its instances",
-            spec.name, spec.instances, spec.protocol, spec.request_target,
-        )
+            spec.instances, spec.protocol, spec.request_target,
+        );
+        for (i, inbox) in self.inboxes.iter().enumerate() {
+            if let Some(d) = inbox.busy().busy_for().filter(|d| *d >= busy::REPORT_AFTER) {
+                let d = crate::time_fmt::uptime(d);
+                line.push_str(&format!("; instance {i} busy with one batch for {d}"));
+            }
+        }
+        line
+    }
+
+    /// The server's once-a-second watch: warns of each instance busy with one batch of
+    /// messages for [`busy::WARN_AFTER`], once per batch (the instance says when it is done).
+    pub fn warn_of_busy_instances(&self) {
+        for (i, inbox) in self.inboxes.iter().enumerate() {
+            let Some(took) = inbox.busy().warn_once(busy::WARN_AFTER) else {
+                continue;
+            };
+            let why = if self.spec.instruction_budget.is_none() {
+                "a callback that does not return? nothing stops one: its instruction_budget is 0"
+            } else {
+                "a callback waiting in a C function, which the instruction budget does not \
+                 count, or many slow callbacks"
+            };
+            let retiring = if self.stop.retiring() {
+                " retiring"
+            } else {
+                ""
+            };
+            crate::warn!(
+                "[{}#{i}{retiring}] busy with one batch of messages for {}: the connections \
+                 bound to this instance wait meanwhile ({why})",
+                self.spec.name,
+                crate::time_fmt::uptime(took)
+            );
+        }
     }
 
     /// The connections currently bound to this service.
