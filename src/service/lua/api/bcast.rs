@@ -35,7 +35,9 @@ impl ChannelId {
     fn from_lua(v: &Value) -> Option<ChannelId> {
         match v {
             Value::Integer(i) => u64::try_from(*i).ok().map(ChannelId::Num),
-            Value::Number(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 9007199254740992.0 => {
+            // Past 2^63 a Lua number is no Integer for mlua; up to 2^64 it names a channel
+            // still, as it names an OON's cid (`ws:send_oon`).
+            Value::Number(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 18446744073709551616.0 => {
                 Some(ChannelId::Num(*f as u64))
             }
             // Channels are process-wide and live until an app removes them: names are short,
@@ -509,6 +511,23 @@ fn oon_only(v: &CborValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Channel ids go up to 2^64 as OON cids do: past 2^63 a Lua number reaches us as a
+    /// float, which was refused (a trial's `bcast:create(2^63)` said "bad channel id").
+    #[test]
+    fn a_channel_id_is_any_whole_number_below_2_pow_64() {
+        let lua = Lua::new();
+        let id = |src: &str| ChannelId::from_lua(&lua.load(src).eval::<Value>().unwrap());
+        assert_eq!(id("0"), Some(ChannelId::Num(0)));
+        assert_eq!(id("2^53 + 2"), Some(ChannelId::Num((1 << 53) + 2)));
+        assert_eq!(id("2^63 - 1024"), Some(ChannelId::Num((1 << 63) - 1024)));
+        assert_eq!(id("2^63"), Some(ChannelId::Num(1 << 63)));
+        assert_eq!(id("2^64 - 2048"), Some(ChannelId::Num(u64::MAX - 2047)));
+        for not in ["2^64", "-1", "1.5", "0/0", "math.huge", "''", "true"] {
+            assert_eq!(id(not), None, "{not}");
+        }
+        assert_eq!(id("'room'"), Some(ChannelId::Name("room".into())));
+    }
 
     #[test]
     fn an_oon_is_told_by_its_channel_as_a_clients_notification_would_be() {
