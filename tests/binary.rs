@@ -1391,10 +1391,43 @@ return app
         "host_error",
         app,
         r#""preload": ["mqr"]"#,
-        "bad argument #2 to 'mqr:post' (string or nljson value expected, got table)",
+        "bad argument #2 to 'mqr:post' (string or nljson object or array expected, got table)",
     );
     assert!(line.contains("host_error.lua:3:"), "{line}");
     assert_eq!(line.matches("stack traceback:").count(), 1, "{line}");
+}
+
+/// An error value that is neither a string nor has `__tostring` (`error({code = 42})`) is logged
+/// by its type, as Lua's own interpreter words it (a trial found "(error object is not a
+/// string)" said nothing of what was raised); a number stays the text `error` made of it.
+#[test]
+fn a_handlers_error_that_is_not_a_string_is_logged_by_its_type() {
+    let app = r#"local app = {}
+app.onMessage = function(h, kind, message)
+  if message == "table" then error({code = 42}) end
+  error(42)
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        binary::ONE_WORKER_WS_JSON,
+        "error-object",
+        &[("errobj", app)],
+        r#""errobj": { "request_target": "/errobj" }"#,
+    );
+    for (message, wanted) in [
+        (
+            "table",
+            "with 1011: (error object is a table value) | stack traceback:",
+        ),
+        ("number", "errobj.lua:4: 42 | stack traceback:"),
+    ] {
+        let mut ws = connect(addr, "/errobj");
+        send(&mut ws, message);
+        assert_eq!(ws_close_code(&mut ws), 1011);
+        let line = binary::wait_line(&log, "onMessage failed");
+        assert!(line.contains(wanted), "{wanted:?} missing in {line}");
+    }
 }
 
 /// A runaway loop inside a generator of `coroutine.wrap`: once the budget is spent, the error

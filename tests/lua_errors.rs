@@ -70,12 +70,12 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
         ),
         (
             r#"return select(2, pcall(mqr.post, mqr, "errors_q", {}))"#,
-            "bad argument #2 to 'mqr:post' (string or nljson value expected, got table)",
+            "bad argument #2 to 'mqr:post' (string or nljson object or array expected, got table)",
         ),
         (
             r#"local q = mqr:create("errors_q")
                return select(2, pcall(q.post, q, true))"#,
-            "bad argument #1 to 'q:post' (string or nljson value expected, got boolean)",
+            "bad argument #1 to 'q:post' (string or nljson object or array expected, got boolean)",
         ),
         (
             // A whole number is a number in Lua, never mlua's "integer".
@@ -123,6 +123,17 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
         (
             r#"return select(2, pcall(ws.send_oon, ws, 1, 5, {a = 1}))"#,
             "ws:send_oon: message: an array expected, got an object (a table with named keys)",
+        ),
+        (
+            // A nil in a list makes it an object (keys not exactly 1..n): the error says where.
+            r#"return select(2, pcall(ws.send_response, ws, 1, {1, nil, 3}))"#,
+            "ws:send_response: result: an array expected, got a table without element 2 (an \
+             array's keys are exactly 1..n: store nljson.null for a missing element)",
+        ),
+        (
+            r#"return select(2, nljson.array({[2] = "b", [3] = "c"}))"#,
+            "nljson.array: a table without element 1 is not an array (an array's keys are \
+             exactly 1..n: store nljson.null for a missing element)",
         ),
         (
             r#"return select(2, pcall(murmur.hashstr, {1}))"#,

@@ -251,6 +251,30 @@ pub(crate) fn table_type_name(t: &mlua::Table) -> &'static str {
     }
 }
 
+/// For a table whose keys are all positive whole numbers but not exactly 1..n (`{1, nil, 3}`,
+/// an object by the rule above): the first index it lacks, for an error that says so rather
+/// than "named keys". None for any other value.
+pub(crate) fn array_hole(v: &LuaValue) -> Option<i64> {
+    let LuaValue::Table(t) = v else {
+        return None;
+    };
+    let mut keys = Vec::new();
+    t.for_each(|k: LuaValue, _: LuaValue| match k {
+        LuaValue::Integer(i) if i >= 1 => {
+            keys.push(i);
+            Ok(())
+        }
+        _ => Err(mlua::Error::runtime("not an index")),
+    })
+    .ok()?;
+    keys.sort_unstable();
+    let hole = (1..)
+        .zip(&keys)
+        .find(|(want, &k)| *want != k)
+        .map(|(want, _)| want)?;
+    Some(hole)
+}
+
 /// Array when the keys are exactly 1..n, object otherwise. Two keys that write the same (`[1]`
 /// and `["1"]`, or two numbers equal to 14 digits) would be one key given twice (RFC 8949 5.6):
 /// an error, rather than a map whose receiver keeps either value.

@@ -12,7 +12,9 @@
 use mlua::{Function, Lua, MultiValue, Value as LuaValue};
 
 use super::json_ud::{self, NoNode};
-use super::lua::{budget_for, from_lua_with, into_lua, is_null, lua_type, node_to_lua, null};
+use super::lua::{
+    array_hole, budget_for, from_lua_with, into_lua, is_null, lua_type, node_to_lua, null,
+};
 use super::node::{slot_cost, tree_cost, value_text_len, Key, Node};
 use super::value::{Limits, Value};
 use super::{cbor, json, tree_budget};
@@ -451,21 +453,24 @@ fn constructor(
 ) -> mlua::Result<Function> {
     let name = if array { "array" } else { "object" };
     module_fn(lua, module, move |lua, t: Option<LuaValue>| {
-        let v = match t {
+        let v = match &t {
             None | Some(LuaValue::Nil) => Ok(Value::Map(Vec::new())),
             Some(t @ (LuaValue::Table(_) | LuaValue::UserData(_))) => {
-                from_lua_with(lua, &t, &limits)
+                from_lua_with(lua, t, &limits)
             }
-            Some(other) => Err(format!("expects a table, got {}", lua_type(&other))),
+            Some(other) => Err(format!("expects a table, got {}", lua_type(other))),
         };
         let v = v.and_then(|v| match (v, array) {
             (Value::Map(m), true) if m.is_empty() => Ok(Value::Array(Vec::new())),
             (Value::Array(a), false) if a.is_empty() => Ok(Value::Map(Vec::new())),
             (v @ Value::Array(_), true) | (v @ Value::Map(_), false) => Ok(v),
-            (v, _) => Err(format!(
-                "a table shaped as an {} is not an {name}",
-                v.type_name()
-            )),
+            (v, _) => Err(match (array, t.as_ref().and_then(array_hole)) {
+                (true, Some(i)) => format!(
+                    "a table without element {i} is not an array (an array's keys are exactly \
+                     1..n: store nljson.null for a missing element)"
+                ),
+                _ => format!("a table shaped as an {} is not an {name}", v.type_name()),
+            }),
         });
         let r = v.and_then(|v| into_lua(lua, v).map_err(|e| e.to_string()));
         answer(lua, name, r)

@@ -292,8 +292,8 @@ pub(crate) unsafe fn fail(l: *mut ffi::lua_State, reason: &CStr) -> c_int {
     2
 }
 
-/// Message handler of [`call_messages`]: the error (a string, or anything with `__tostring`,
-/// such as mlua's wrapped errors) followed by the Lua traceback, unless it carries one already
+/// Message handler of [`call_messages`]: the error (a string or a number, or anything with
+/// `__tostring`, such as mlua's wrapped errors; else its type) followed by the Lua traceback, unless it carries one already
 /// (mlua's error from a Rust function, `mqr:post` given a table, does: twice would make the
 /// log line twice as long for nothing).
 unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
@@ -301,14 +301,17 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
     // copy `msg` before anything it points into could be collected (the string stays on the
     // stack, and CStr::from_ptr reads it there, NUL-terminated as lua_tostring returns it).
     unsafe {
-        let msg = if ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
+        let msg = if ffi::lua_isstring(l, 1) != 0 {
+            // A string, or a number (`error(42)`), as Lua's own interpreter prints one.
             ffi::lua_tostring(l, 1)
         } else if ffi::luaL_callmeta(l, 1, c"__tostring".as_ptr()) != 0
             && ffi::lua_isstring(l, -1) != 0
         {
             ffi::lua_tostring(l, -1)
         } else {
-            c"(error object is not a string)".as_ptr()
+            // As lua.c words it: `error({code = 42})` and `error()` say what they raised.
+            let kind = ffi::lua_typename(l, ffi::lua_type(l, 1));
+            ffi::lua_pushfstring(l, c"(error object is a %s value)".as_ptr(), kind)
         };
         if memchr::memmem::find(CStr::from_ptr(msg).to_bytes(), b"\nstack traceback:").is_some() {
             ffi::lua_pushstring(l, msg);

@@ -14,7 +14,7 @@ t.run = function()
   assert(mqr:post("nljson.pipe", nljson.decode('[1, "two"]')) == true)
   assert(mqr:post("nljson.third", "posted")) -- the receiver's try_recv waits for this
   local ok, err = pcall(q.post, q, { 1, 2 })
-  assert(not ok and err:find("string or nljson value expected, got table", 1, true), tostring(err))
+  assert(not ok and err:find("string or nljson object or array expected, got table", 1, true), tostring(err))
   local deep = nljson.decode("[]")
   local cur = deep
   for _ = 1, 70 do

@@ -358,7 +358,8 @@ impl Posted {
 fn message_arg(lua: &Lua, function: &str, pos: u8, v: Option<&Value>) -> mlua::Result<Posted> {
     let wrong = |v: Option<&Value>| {
         mlua::Error::runtime(format!(
-            "bad argument #{pos} to '{function}' (string or nljson value expected, got {})",
+            "bad argument #{pos} to '{function}' (string or nljson object or array expected, \
+             got {})",
             v.map_or("no value", lapps_lua::lua_type)
         ))
     };

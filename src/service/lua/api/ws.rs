@@ -270,9 +270,13 @@ fn array_of(lua: &Lua, v: &Value) -> Result<Vec<CborValue>, String> {
         CborValue::Array(items) => Ok(items),
         // `{}` converts to an empty object: as a result it means "no values".
         CborValue::Map(m) if m.is_empty() => Ok(Vec::new()),
-        CborValue::Map(_) => {
-            Err("an array expected, got an object (a table with named keys)".into())
-        }
+        CborValue::Map(_) => Err(match crate::lapps_proto::lua::array_hole(v) {
+            Some(i) => format!(
+                "an array expected, got a table without element {i} (an array's keys are \
+                 exactly 1..n: store nljson.null for a missing element)"
+            ),
+            None => "an array expected, got an object (a table with named keys)".into(),
+        }),
         _ => Err(format!(
             "an array expected, got {}",
             crate::lapps_proto::lua::lua_type(v)
