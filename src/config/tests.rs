@@ -172,7 +172,7 @@ fn protocol_is_case_insensitive_and_internal_is_an_alias() {
     assert!(c.services["b"].standalone);
     assert_eq!(
         lines(lapps(r#"{"services": {"a": {"protocol": "rpc"}}}"#)),
-        [r#"lapps.json: services.a.protocol: expected "raw" or "LAppS", got "rpc""#]
+        [r#"lapps.json: services.a.protocol: expected "raw" or "LAppS" (in any case), got "rpc""#]
     );
     assert_eq!(
         lines(lapps(
