@@ -150,6 +150,14 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
             "string",
         ),
         (
+            // Success is one value, as for Lua's own functions (a trial saw `true, nil`).
+            r#"local q = mqr:create("one_value")
+               return table.concat({select('#', mqr:size("one_value")),
+                                    select('#', q:post("x")), select('#', mqr:poll("one_value")),
+                                    select('#', q:post("x", "bad"))}, " ")"#,
+            "1 1 1 2",
+        ),
+        (
             r#"return select(2, nljson.decode(5))"#,
             "nljson.decode: expects a JSON string, got number",
         ),

@@ -299,10 +299,10 @@ fn handler_id(v: &Value) -> Option<u64> {
 }
 
 /// `cws:new` reports dynamic reasons (the address, the OS error).
-type RetS = (Value, Option<String>);
+type RetS = Ret<String>;
 
 fn failed(why: &str) -> mlua::Result<RetS> {
-    Ok((Value::Nil, Some(why.to_string())))
+    Ok(Ret(Value::Nil, Some(why.to_string())))
 }
 
 /// Drops the `cws` table of `cws:f(...)`.
@@ -337,7 +337,7 @@ impl Cws {
     fn new_client(&self, lua: &Lua, url_text: &str, opts: Option<Table>) -> mlua::Result<RetS> {
         let url = match url::parse(url_text) {
             Ok(u) => u,
-            Err(e) => return Ok((Value::Nil, Some(e.to_string()))),
+            Err(e) => return Ok(Ret(Value::Nil, Some(e.to_string()))),
         };
         let mut cb = Callbacks::default();
         let mut tls = TlsOptions::default();
@@ -386,7 +386,7 @@ impl Cws {
         let config = if url.tls {
             match self.tls_config(&tls) {
                 Ok(c) => Some(c),
-                Err(e) => return Ok((Value::Nil, Some(e))),
+                Err(e) => return Ok(Ret(Value::Nil, Some(e))),
             }
         } else {
             None
@@ -398,7 +398,7 @@ impl Cws {
             Ok(c) => c
                 .with_idle_timeout(idle)
                 .with_assembly_budget(Arc::clone(&self.assembly)),
-            Err(e) => return Ok((Value::Nil, Some(e))),
+            Err(e) => return Ok(Ret(Value::Nil, Some(e))),
         };
         let id = self.next.get();
         self.next.set(id + 1);
@@ -410,7 +410,7 @@ impl Cws {
                 cb: Rc::new(cb),
             },
         );
-        Ok((Value::Number(id as f64), None))
+        Ok(Ret(Value::Number(id as f64), None))
     }
 
     fn send(&self, a: mlua::MultiValue) -> mlua::Result<Ret> {
@@ -760,7 +760,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
             if !c.host.may_block() {
                 // Its connections live in cws:eventLoop, which waits.
                 let why = crate::service::lua::host::NOT_IN_NETWORK;
-                return Ok((Value::Nil, Some(why.to_string())));
+                return Ok(Ret(Value::Nil, Some(why.to_string())));
             }
             let a = skip_self(a);
             let url = match a.front() {

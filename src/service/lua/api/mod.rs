@@ -14,20 +14,30 @@ pub(crate) mod ws;
 
 use std::rc::Rc;
 
-use mlua::{FromLuaMulti, Lua, MultiValue, Value, Variadic};
+use mlua::{FromLuaMulti, IntoLua, IntoLuaMulti, Lua, MultiValue, Value, Variadic};
 
 use super::host::HostCtx;
 use crate::net::handle::ConnId;
 
-/// `value` on success, `nil, "message"` on a runtime failure.
-pub(crate) type Ret = (Value, Option<&'static str>);
+/// `value` on success, `nil, "message"` on a runtime failure. Success is the one value, as
+/// for Lua's own functions: no trailing nil for `select('#', ...)` or `table.pack` to see.
+pub(crate) struct Ret<R = &'static str>(pub Value, pub Option<R>);
+
+impl<R: IntoLua> IntoLuaMulti for Ret<R> {
+    fn into_lua_multi(self, lua: &Lua) -> mlua::Result<MultiValue> {
+        match self.1 {
+            None => self.0.into_lua_multi(lua),
+            Some(why) => (self.0, why).into_lua_multi(lua),
+        }
+    }
+}
 
 pub(crate) fn ok(v: Value) -> mlua::Result<Ret> {
-    Ok((v, None))
+    Ok(Ret(v, None))
 }
 
 pub(crate) fn fail(msg: &'static str) -> mlua::Result<Ret> {
-    Ok((Value::Nil, Some(msg)))
+    Ok(Ret(Value::Nil, Some(msg)))
 }
 
 /// The arguments of a module function called either way: `ws:send(h, ...)` (the module

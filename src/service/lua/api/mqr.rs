@@ -96,18 +96,18 @@ impl Ctx {
 
     fn post(&self, q: &Queue, msg: Posted, timeout: Option<Duration>) -> Ret {
         if !q.fits(msg.len()) {
-            return (Value::Nil, Some("too big"));
+            return Ret(Value::Nil, Some("too big"));
         }
         let Some(owned) = msg.into_message() else {
-            return (Value::Nil, Some("too big"));
+            return Ret(Value::Nil, Some("too big"));
         };
         // A network service never waits (as with `receive`): waiting for room would stall every
         // connection of the instance, so its timeout is not used and the post is tried once.
         let timeout = timeout.filter(|_| self.host.may_block());
         let Some(timeout) = timeout else {
             return match q.try_post(owned) {
-                Ok(()) => (Value::Boolean(true), None),
-                Err(_) => (Value::Nil, Some("full")),
+                Ok(()) => Ret(Value::Boolean(true), None),
+                Err(_) => Ret(Value::Nil, Some("full")),
             };
         };
         self.host.flush();
@@ -115,9 +115,9 @@ impl Ctx {
         let r = q.post(owned, timeout, &|| stop.is_set());
         self.host.polling_point();
         match r {
-            Ok(()) => (Value::Boolean(true), None),
-            Err((_, Wait::Timeout)) => (Value::Nil, Some("full")),
-            Err((_, Wait::Stopped)) => (Value::Nil, Some("stopped")),
+            Ok(()) => Ret(Value::Boolean(true), None),
+            Err((_, Wait::Timeout)) => Ret(Value::Nil, Some("full")),
+            Err((_, Wait::Stopped)) => Ret(Value::Nil, Some("stopped")),
         }
     }
 
@@ -266,7 +266,7 @@ impl UserData for LuaQueue {
                     let this = this::<LuaQueue>(&a, "q", name)?;
                     match this.ctx.poll(&this.queue) {
                         Some(msg) => this.ctx.deliver(lua, &this.queue, msg),
-                        None => Ok((Value::Nil, None)),
+                        None => Ok(Ret(Value::Nil, None)),
                     }
                 })?;
                 methods.push((name, m));
