@@ -22,6 +22,7 @@ const USAGE: &str = "usage: lapps [-c DIR] [--check-config] [--version] [--help]
                     done: exit status 0 when it is, 1 when it failed in part or did not answer
   -V, --version     print the version and the SIMD build variant
   -h, --help        print this
+--config=DIR and --reload=PID work too.
 A command line lapps cannot use (an unknown argument, a missing value) exits with status 2.";
 
 struct Args {
@@ -39,20 +40,35 @@ fn parse_args() -> Result<Option<Args>, String> {
         reload: None,
     };
     while let Some(a) = args.next() {
-        match a.to_str().unwrap_or_default() {
+        let (name, mut inline) = split_long(a);
+        let mut value = |missing: &str| {
+            inline
+                .take()
+                .or_else(|| args.next())
+                .ok_or(missing.to_string())
+        };
+        match name.to_str().unwrap_or_default() {
             "-c" | "--config" => {
-                out.dir = Some(args.next().ok_or("-c needs a directory")?.into());
+                out.dir = Some(value("-c needs a directory")?.into());
+                continue;
             }
-            "--check-config" => out.check = true,
             "--reload" => {
-                let pid = args.next().ok_or("--reload needs a process id")?;
+                let pid = value("--reload needs a process id")?;
                 let pid = pid
                     .to_str()
                     .and_then(|p| p.parse::<libc::pid_t>().ok())
                     .filter(|&p| p > 0)
                     .ok_or_else(|| format!("--reload needs a process id, got {pid:?}"))?;
                 out.reload = Some(pid);
+                continue;
             }
+            _ => {}
+        }
+        if inline.is_some() {
+            return Err(format!("{name:?} takes no value\n{USAGE}"));
+        }
+        match name.to_str().unwrap_or_default() {
+            "--check-config" => out.check = true,
             "--version" | "-V" => {
                 println!(
                     "lapps {} (simd build: {}, kernels in use: {})",
@@ -66,10 +82,28 @@ fn parse_args() -> Result<Option<Args>, String> {
                 println!("{USAGE}");
                 return Ok(None);
             }
-            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
+            _ => return Err(format!("unknown argument {name:?}\n{USAGE}")),
         }
     }
     Ok(Some(out))
+}
+
+/// `--name=value` as `--name` and `value` (GNU style); any other argument as it is.
+fn split_long(a: std::ffi::OsString) -> (std::ffi::OsString, Option<std::ffi::OsString>) {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = a.as_bytes();
+    match bytes.iter().position(|&b| b == b'=') {
+        Some(eq) if bytes.starts_with(b"--") => {
+            let mut name = a.into_vec();
+            let value = name.split_off(eq + 1);
+            name.pop(); // the '='
+            (
+                std::ffi::OsString::from_vec(name),
+                Some(std::ffi::OsString::from_vec(value)),
+            )
+        }
+        _ => (a, None),
+    }
 }
 
 /// Runs the CPU check before std's start-up code, which fat LTO compiles with the build's

@@ -126,6 +126,32 @@ fn a_config_directory_whose_name_is_not_utf8_is_taken_and_a_bad_argument_is_a_us
     );
 }
 
+/// `--config=DIR` is `--config DIR` (GNU style; a trial's `--config=DIR` was an unknown
+/// argument), and a flag given a value is a usage error.
+#[test]
+fn long_options_take_their_value_after_an_equals_sign() {
+    let dir = temp_dir("equals");
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, BUILTIN_ONLY);
+    let mut arg = std::ffi::OsString::from("--config=");
+    arg.push(&dir);
+    let out = output_within(
+        Command::new(LAPPS).arg(&arg).arg("--check-config"),
+        ONE_SHOT_GUARD,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+    let out = output_within(
+        Command::new(LAPPS).arg("--check-config=yes"),
+        ONE_SHOT_GUARD,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"--check-config\" takes no value"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_log_level_that_is_not_one_is_warned_about() {
     let dir = temp_dir("log-level");
