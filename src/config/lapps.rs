@@ -247,7 +247,11 @@ impl ServiceConfig {
                 Some("raw") => Protocol::Raw,
                 Some("lapps") => Protocol::LAppS,
                 _ => {
-                    r.type_error(&s.path_of("protocol"), "\"raw\" or \"LAppS\" (in any case)", v);
+                    r.type_error(
+                        &s.path_of("protocol"),
+                        "\"raw\" or \"LAppS\" (in any case)",
+                        v,
+                    );
                     Protocol::Raw
                 }
             },
