@@ -69,6 +69,12 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
             "bad argument #1 to 'mqr:create' (queue name expected, got table)",
         ),
         (
+            // The dot form given a table: only the mqr table itself is taken for the colon
+            // form's `self` (any table was, and the error said "got no value").
+            r#"return select(2, pcall(mqr.create, {}))"#,
+            "bad argument #1 to 'mqr:create' (queue name expected, got table)",
+        ),
+        (
             r#"return select(2, pcall(mqr.post, mqr, "errors_q", {}))"#,
             "bad argument #2 to 'mqr:post' (string or nljson object or array expected, got table)",
         ),
@@ -156,6 +162,11 @@ fn argument_errors_name_the_call_the_argument_and_the_lua_types() {
                                     select('#', q:post("x")), select('#', mqr:poll("one_value")),
                                     select('#', q:post("x", "bad"))}, " ")"#,
             "1 1 1 2",
+        ),
+        (
+            // typename takes any value: one it cannot name is not said to be a non-container.
+            r#"return select(2, nljson.typename(nap:new()))"#,
+            "nljson.typename: a userdata of another module has no JSON type",
         ),
         (
             r#"return select(2, nljson.decode(5))"#,

@@ -385,7 +385,14 @@ pub fn create(lua: &Lua, limits: Limits) -> mlua::Result<mlua::Table> {
         "typename",
         module_fn(lua, &m, move |lua, v: LuaValue| {
             let name = match &v {
-                LuaValue::UserData(_) => container_arg(lua, &v).map(|n| type_name(&n)),
+                // Another module's userdata (a queue, a nap) is no nljson value at all.
+                LuaValue::UserData(_) => match as_json(lua, &v) {
+                    Ok(n) => Ok(type_name(&n)),
+                    Err(NoNode::Foreign) => {
+                        Err("a userdata of another module has no JSON type".into())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 LuaValue::Table(t) => Ok(super::lua::table_type_name(t)),
                 LuaValue::Nil => Ok("null"),
                 v if is_null(v) => Ok("null"),

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlua::{Lua, MultiValue, UserData, UserDataFields, Value};
+use mlua::{Lua, MultiValue, Table, UserData, UserDataFields, Value};
 
 use super::{fail, method_table, ok, this, Ret};
 use crate::lapps_proto::json_ud::{self, NoNode};
@@ -301,9 +301,10 @@ fn timeout_arg(v: &Value) -> Result<Option<Duration>, ()> {
     Ok(Some(Duration::from_secs_f64(secs.min(1e9))))
 }
 
-/// Accepts both `mqr:f(...)` and `mqr.f(...)` (the original's examples use the dot form).
-fn args(mut a: MultiValue) -> MultiValue {
-    if matches!(a.front(), Some(Value::Table(_))) {
+/// Accepts both `mqr:f(...)` and `mqr.f(...)` (the original's examples use the dot form): the
+/// `mqr` table itself first is dropped; any other table stays, for the error that names it.
+fn args(module: &Table, mut a: MultiValue) -> MultiValue {
+    if matches!(a.front(), Some(Value::Table(t)) if t == module) {
         a.pop_front();
     }
     a
@@ -412,10 +413,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
     let t = lua.create_table()?;
 
     let c = Rc::clone(&ctx);
+    let module = t.clone();
     t.set(
         "create",
         lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
-            let a = args(a);
+            let a = args(&module, a);
             let Some(name) = name_arg("mqr:create", a.front())? else {
                 return fail("bad queue name");
             };
@@ -442,10 +444,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
     )?;
 
     let c = Rc::clone(&ctx);
+    let module = t.clone();
     t.set(
         "post",
         lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
-            let a = args(a);
+            let a = args(&module, a);
             let Some(name) = name_arg("mqr:post", a.front())? else {
                 return fail("bad queue name");
             };
@@ -463,10 +466,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
 
     for fname in ["receive", "recv"] {
         let c = Rc::clone(&ctx);
+        let module = t.clone();
         t.set(
             fname,
             lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
-                let a = args(a);
+                let a = args(&module, a);
                 let Some(name) = name_arg(&format!("mqr:{fname}"), a.front())? else {
                     return fail("bad queue name");
                 };
@@ -483,10 +487,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
     }
 
     let c = Rc::clone(&ctx);
+    let module = t.clone();
     t.set(
         "poll",
         lua.create_function(move |lua, a: MultiValue| -> mlua::Result<Ret> {
-            let a = args(a);
+            let a = args(&module, a);
             let Some(name) = name_arg("mqr:poll", a.front())? else {
                 return fail("bad queue name");
             };
@@ -503,10 +508,11 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
     )?;
 
     let c = Rc::clone(&ctx);
+    let module = t.clone();
     t.set(
         "size",
         lua.create_function(move |_, a: MultiValue| -> mlua::Result<Ret> {
-            let a = args(a);
+            let a = args(&module, a);
             let Some(name) = name_arg("mqr:size", a.front())? else {
                 return fail("bad queue name");
             };
