@@ -371,7 +371,7 @@ impl LuaService {
     }
 
     /// The server's once-a-second watch: warns of each instance busy with one batch of
-    /// messages for [`busy::WARN_AFTER`], once per batch (the instance says when it is done).
+    /// messages for `busy::WARN_AFTER` (10 s), once per batch (the instance says when it is done).
     pub fn warn_of_busy_instances(&self) {
         for (i, inbox) in self.inboxes.iter().enumerate() {
             let Some(took) = inbox.busy().warn_once(busy::WARN_AFTER) else {
