@@ -351,12 +351,16 @@ impl App {
             Err(_) => "?".to_string(),
         };
         let limit = crate::net::nofile::current().map_or_else(|_| "?".into(), |l| l.to_string());
+        // The thread writing this report lives for the report only (`main` starts it): left
+        // out, the count is what /proc shows between reports (a soak trial saw one more).
+        let threads = field("Threads:")
+            .parse::<usize>()
+            .map_or_else(|_| "?".to_string(), |n| n.saturating_sub(1).to_string());
         let line = |args: std::fmt::Arguments<'_>| crate::log::write(crate::log::Level::Info, args);
         line(format_args!(
-            "status: serving for {}, RSS {}, {} threads, {fds} descriptors (limit {limit})",
+            "status: serving for {}, RSS {}, {threads} threads, {fds} descriptors (limit {limit})",
             crate::time_fmt::uptime(self.started.elapsed()),
             field("VmRSS:"),
-            field("Threads:")
         ));
         let mut lines = self.registry.status();
         // The services not running go after those that are, before the channels' line.
