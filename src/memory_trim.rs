@@ -10,8 +10,8 @@
 //! what they hold free (`malloc_trim`) when the process's resident memory has grown well past
 //! what the server's buffers explain.
 
-/// Resident memory that buffers do not explain, beyond the least it has been since the last
-/// trim, that makes a trim worth trying.
+/// Resident memory that buffers do not explain, beyond the least it has ever been, that makes
+/// a trim worth trying at once.
 pub const TRIM_SLACK: usize = 64 << 20;
 
 /// What a trim must give back to count as useful: one that gives less (the memory is in use,
@@ -19,15 +19,27 @@ pub const TRIM_SLACK: usize = 64 << 20;
 /// longer.
 const USEFUL_TRIM: usize = TRIM_SLACK / 4;
 
+/// A quiet server (its memory within [`QUIET_BAND`] for [`QUIET_LOOKS`] looks) trims what it
+/// holds beyond its least and this, once per quiet spell: below [`TRIM_SLACK`], what a busy
+/// hour left would otherwise stay for good (a soak trial's server idled at 73 MiB, its least
+/// 11, with no connection left).
+const QUIET_SLACK: usize = USEFUL_TRIM;
+const QUIET_BAND: usize = 2 << 20;
+const QUIET_LOOKS: u32 = 30;
+
 /// Looks skipped after a trim: 30 (about 30 s) after a useful one or the first useless one,
-/// doubling after each further useless one, at most about an hour.
+/// doubling after each further useless one, at most about an hour; after a trim of memory
+/// that came straight back (steady load: it was in use again), doubling up to ten minutes.
 const FIRST_HOLD: u32 = 30;
 const MAX_HOLD: u32 = 3600;
+const MAX_CHURN_HOLD: u32 = 600;
+/// A trim due within this many looks of its hold's end follows the previous one at once.
+const CHURN_GRACE: u32 = 5;
 
 /// Watches resident memory against the server's buffers, once a second (the main thread's
 /// tick), and asks for a trim of the allocator's free memory when the difference stands
-/// [`TRIM_SLACK`] above the least it has ever been: a burst of large messages has come and
-/// gone, and glibc kept their memory.
+/// [`TRIM_SLACK`] above the least it has ever been (a burst of large messages has come and
+/// gone, and glibc kept their memory), or [`QUIET_SLACK`] above it while it stays put.
 ///
 /// The least is never raised, not even by a trim. Memory in use while a trim runs (messages a
 /// Lua service has taken, which the buffers do not count; Lua garbage not yet collected) is
@@ -35,9 +47,12 @@ const MAX_HOLD: u32 = 3600;
 /// first design) kept an operator trial's server at 103-206 MiB with no connection left,
 /// while the idle server took 8. What keeps trims from repeating for memory that stays in use
 /// is the hold: after each trim the next waits 30 looks, and after each that gives back less
-/// than [`TRIM_SLACK`] / 4 twice as long as before (up to an hour). The buffers' count is what
-/// the workers last published, and a broadcast frame queued for many connections counts once
-/// for each of them: a trim such a count misleads into is one of those held back.
+/// than [`TRIM_SLACK`] / 4 twice as long as before (up to an hour). A trim of memory that came
+/// back as soon as the hold ended (the previous trim's memory was in use again: the soak
+/// trial's steady load had a 20 MiB trim every 31 s) doubles the hold too, up to ten minutes,
+/// and is not worth a line at info. The buffers' count is what the workers last published,
+/// and a broadcast frame queued for many connections counts once for each of them: a trim
+/// such a count misleads into is one of those held back.
 #[derive(Debug, Default)]
 pub struct Trimmer {
     /// The least resident memory less buffers seen (from the first look).
@@ -45,6 +60,16 @@ pub struct Trimmer {
     /// Looks left to skip, and the hold the next useless trim doubles.
     hold: u32,
     backoff: u32,
+    /// Looks since the last trim, and that trim's hold.
+    since_trim: u32,
+    held_for: u32,
+    /// Memory (less buffers) before the last trim when it was useful, and at the trim due now.
+    last_before: Option<usize>,
+    due_at: usize,
+    /// The level the current quiet spell began at, its looks, and whether it had its trim.
+    spell_level: usize,
+    spell_looks: u32,
+    spell_trimmed: bool,
 }
 
 impl Trimmer {
@@ -55,24 +80,46 @@ impl Trimmer {
         let unexplained = resident.saturating_sub(buffered);
         let base = self.base.map_or(unexplained, |b| b.min(unexplained));
         self.base = Some(base);
+        self.since_trim = self.since_trim.saturating_add(1);
+        if unexplained.abs_diff(self.spell_level) > QUIET_BAND {
+            (self.spell_level, self.spell_looks, self.spell_trimmed) = (unexplained, 0, false);
+        } else {
+            self.spell_looks = self.spell_looks.saturating_add(1);
+        }
         if self.hold > 0 {
             self.hold -= 1;
             return false;
         }
-        unexplained > base.saturating_add(TRIM_SLACK)
+        let quiet = self.spell_looks >= QUIET_LOOKS && !self.spell_trimmed;
+        let due = unexplained > base.saturating_add(TRIM_SLACK)
+            || (quiet && unexplained > base.saturating_add(QUIET_SLACK));
+        if due {
+            self.spell_trimmed = true;
+            self.due_at = unexplained;
+        }
+        due
     }
 
     /// After a trim that took resident memory from `before` to `after`: true when it gave
-    /// back enough to be useful (worth a line at info). Either way the next trim waits.
+    /// back enough to be useful, and memory that had not come straight back since the
+    /// previous trim (worth a line at info). Either way the next trim waits.
     pub fn trimmed(&mut self, before: usize, after: usize) -> bool {
         let useful = before.saturating_sub(after) >= USEFUL_TRIM;
-        self.backoff = if useful {
-            0
-        } else {
-            (self.backoff.saturating_mul(2)).clamp(FIRST_HOLD, MAX_HOLD)
+        let came_back = self.since_trim <= self.held_for.saturating_add(CHURN_GRACE)
+            && self
+                .last_before
+                .is_some_and(|b| self.due_at.saturating_add(USEFUL_TRIM) >= b);
+        self.backoff = match (useful, came_back) {
+            (true, false) => 0,
+            (true, true) => (self.backoff.saturating_mul(2)).clamp(FIRST_HOLD, MAX_CHURN_HOLD),
+            (false, _) => (self.backoff.saturating_mul(2)).clamp(FIRST_HOLD, MAX_HOLD),
         };
         self.hold = self.backoff.max(FIRST_HOLD);
-        useful
+        self.held_for = self.hold;
+        self.since_trim = 0;
+        // Only memory a trim gave back can come back.
+        self.last_before = useful.then_some(self.due_at);
+        useful && !came_back
     }
 }
 
@@ -176,6 +223,65 @@ mod tests {
             let due = (1..100).find(|_| t.look(206 * MB, 0));
             assert_eq!(due, Some(FIRST_HOLD as usize + 1), "gave back {gave_back}");
         }
+    }
+
+    /// Below the slack, a quiet server gives back what it holds beyond its least and a little:
+    /// once per quiet spell, not while its memory moves, and not again while it stays put. The
+    /// soak trial: 73 MiB at idle, its least 11, and no trim.
+    #[test]
+    fn a_quiet_server_trims_once_per_spell() {
+        let mut t = Trimmer::default();
+        assert!(!t.look(11 * MB, 0));
+        // Busy: memory moves by more than the band every look.
+        for i in 0..100 {
+            assert!(!t.look((60 + (i % 2) * 6) * MB, 0), "look {i}");
+        }
+        // Quiet at 73 MiB: due once the spell is QUIET_LOOKS long.
+        let due = (1..100).find(|_| t.look(73 * MB, 0));
+        assert_eq!(due, Some(QUIET_LOOKS as usize + 1));
+        assert!(t.trimmed(73 * MB, 30 * MB));
+        // Quiet again, at 30: 19 above the least, a trim that may give back little.
+        let due = (1..100).find(|_| t.look(30 * MB, 0));
+        assert_eq!(due, Some(QUIET_LOOKS as usize + 1));
+        assert!(!t.trimmed(30 * MB, 29 * MB));
+        // It gave nothing: the spell goes on, with no further trim however long.
+        assert_eq!((1..10_000).find(|_| t.look(29 * MB, 0)), None);
+        // A quiet level within the slack of the least is left alone.
+        let mut t = Trimmer::default();
+        assert!(!t.look(11 * MB, 0));
+        assert_eq!((1..1000).find(|_| t.look(11 * MB + QUIET_SLACK, 0)), None);
+    }
+
+    /// Steady load: the memory a trim gives back is in use again as soon as the hold ends. Each
+    /// such trim doubles the hold (up to ten minutes) and is not reported at info; a trim
+    /// whose memory stays given back, or a burst long after, is again.
+    #[test]
+    fn memory_that_comes_straight_back_holds_trims_back_longer() {
+        let mut t = Trimmer::default();
+        assert!(!t.look(10 * MB, 0));
+        let mut waits = Vec::new();
+        let mut reported = Vec::new();
+        for _ in 0..8 {
+            let due = (1..10_000).find(|_| t.look(95 * MB, 0)).unwrap();
+            waits.push(due);
+            reported.push(t.trimmed(95 * MB, 72 * MB));
+        }
+        assert_eq!(waits, [1, 31, 31, 61, 121, 241, 481, 601]);
+        assert_eq!(
+            reported,
+            [true, false, false, false, false, false, false, false]
+        );
+        // The load ends: the next trim gives back what it kept, and stays down.
+        let due = (1..10_000).find(|_| t.look(95 * MB, 0)).unwrap();
+        assert_eq!(due, 601);
+        assert!(!t.trimmed(95 * MB, 20 * MB), "came back before this one");
+        assert_eq!((1..100).find(|_| t.look(20 * MB, 0)), None);
+        // A burst long after is no churn.
+        for _ in 0..1000 {
+            t.look(20 * MB, 0);
+        }
+        assert!(t.look(200 * MB, 0));
+        assert!(t.trimmed(200 * MB, 20 * MB));
     }
 
     #[test]
