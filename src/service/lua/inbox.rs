@@ -123,7 +123,7 @@ pub(crate) enum Next {
 /// Processed batches kept for the workers to fill again.
 const SPARE_BATCHES: usize = 16;
 /// A batch whose arena grew beyond this is freed rather than kept.
-const SPARE_MAX_BYTES: usize = 1 << 20;
+const SPARE_MAX_BYTES: usize = 256 << 10;
 
 pub(crate) struct Inbox {
     queue: ArrayQueue<Batch>,
