@@ -510,3 +510,47 @@ fn a_message_still_incomplete_at_the_message_timeout_fails_with_1008() {
         sent += 1;
     }
 }
+
+/// A peer given up on while it does not read (our bytes still in the kernel) is reset: a FIN
+/// would wait behind its zero window, and the kernel keep those bytes and the connection for
+/// minutes after the server let it go (a re-trial's client was still connected 60 s later).
+#[test]
+fn a_peer_given_up_on_with_our_bytes_untaken_is_reset() {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+    let srv = start_echo(|o| {
+        o.worker.idle_timeout = Some(Duration::from_millis(100));
+        o.worker.close_timeout = Duration::from_millis(200);
+    });
+    let mut s = raw_upgraded(srv.addr, "/echo");
+    // Its echo is far more than the two kernels' buffers hold; nothing of it is ever read.
+    s.write_all(&frame(true, 0, 0x2, &vec![7u8; 8 << 20], true))
+        .unwrap();
+    let fd = s.as_raw_fd();
+    wait_for("the server's reset", IO_TIMEOUT, || {
+        tcp_state(fd) == Some(TCP_CLOSE)
+    });
+    // The connection is gone from the server too.
+    wait_all_ended(&srv.hub());
+}
+
+/// `tcpi_state` of a closed connection (linux/tcp_states.h; 1 is established).
+const TCP_CLOSE: u8 = 7;
+
+/// `fd`'s TCP state (`tcpi_state` of TCP_INFO).
+fn tcp_state(fd: std::os::fd::RawFd) -> Option<u8> {
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: as above; `info` and `len` outlive the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info.tcpi_state)
+}

@@ -77,6 +77,28 @@ pub fn unacked_bytes(fd: RawFd) -> Option<usize> {
     byte_count(fd, libc::TIOCOUTQ)
 }
 
+/// Makes closing `fd` abortive (SO_LINGER 0): a reset, and what the kernel still holds to send
+/// is dropped. For a peer given up on while it does not read: a FIN would wait behind its
+/// zero window, and the kernel keep our bytes and the connection for minutes after the
+/// server let it go.
+pub fn reset_on_close(fd: RawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid `linger` and its size; the call only sets an option of `fd`.
+    syscall!(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
 /// The count an ioctl `request` that writes one int (FIONREAD, TIOCOUTQ) gives for `fd`.
 fn byte_count(fd: RawFd, request: libc::Ioctl) -> Option<usize> {
     let mut n: libc::c_int = 0;

@@ -9,6 +9,7 @@ use super::{AfterCommands, Ctx, Ending, Worker, SHUTDOWN_GRACE};
 use crate::debug;
 use crate::net::conn::Phase;
 use crate::net::outq::OutQueue;
+use crate::net::sys;
 use crate::service::Owed;
 use crate::ws::close::ReasonId;
 use crate::ws::codec::{self, Role};
@@ -353,7 +354,20 @@ impl Worker {
             self.touched_push(&service);
         }
         match why {
-            Ending::Timeout(what) => crate::info_limited!("closed {}: {what}", c.peer),
+            Ending::Timeout(what) => {
+                // Given up on with bytes of ours it has not taken (it stopped reading): reset,
+                // rather than a FIN queued behind them that a zero window holds back while the
+                // kernel keeps them (a re-trial's client was still connected 60 s later).
+                let fd = c.fd.as_raw_fd();
+                let reset = sys::unacked_bytes(fd).is_some_and(|n| n > 0)
+                    && sys::reset_on_close(fd).is_ok();
+                let how = if reset {
+                    " (reset: it took none of our last bytes)"
+                } else {
+                    ""
+                };
+                crate::info_limited!("closed {}: {what}{how}", c.peer)
+            }
             other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
         }
         // Dropping `c` closes the socket.
