@@ -41,19 +41,21 @@ fn parse_args() -> Result<Option<Args>, String> {
     };
     while let Some(a) = args.next() {
         let (name, mut inline) = split_long(a);
-        let mut value = |missing: &str| {
+        // The option as given names it in the error: `--config=` (empty) or a last `--config`.
+        let mut value = |what: &str| {
             inline
                 .take()
                 .or_else(|| args.next())
-                .ok_or(missing.to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or(format!("{name:?} needs {what}\n{USAGE}"))
         };
         match name.to_str().unwrap_or_default() {
             "-c" | "--config" => {
-                out.dir = Some(value("-c needs a directory")?.into());
+                out.dir = Some(value("a directory")?.into());
                 continue;
             }
             "--reload" => {
-                let pid = value("--reload needs a process id")?;
+                let pid = value("a process id")?;
                 let pid = pid
                     .to_str()
                     .and_then(|p| p.parse::<libc::pid_t>().ok())
@@ -252,7 +254,7 @@ fn main() -> ExitCode {
     lapps::log_writer::start();
     let mut starting = Some(signals.exit_on_stop_during_start());
     info!(
-        "lapps {} starting (simd build {}, kernels {}), configuration {}",
+        "lapps {} starting (simd build: {}, kernels in use: {}), configuration {}",
         env!("CARGO_PKG_VERSION"),
         lapps::BUILD_VARIANT,
         lapps::simd::variant(),

@@ -150,6 +150,17 @@ fn long_options_take_their_value_after_an_equals_sign() {
         stderr.contains("\"--check-config\" takes no value"),
         "{stderr}"
     );
+    // A missing or empty value is named by the option as given.
+    for (args, wanted) in [
+        (&["--config="][..], "\"--config\" needs a directory"),
+        (&["-c"][..], "\"-c\" needs a directory"),
+        (&["--reload"][..], "\"--reload\" needs a process id"),
+    ] {
+        let out = output_within(Command::new(LAPPS).args(args), ONE_SHOT_GUARD);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
