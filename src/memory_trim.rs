@@ -39,7 +39,7 @@ const CHURN_GRACE: u32 = 5;
 /// Watches resident memory against the server's buffers, once a second (the main thread's
 /// tick), and asks for a trim of the allocator's free memory when the difference stands
 /// [`TRIM_SLACK`] above the least it has ever been (a burst of large messages has come and
-/// gone, and glibc kept their memory), or [`QUIET_SLACK`] above it while it stays put.
+/// gone, and glibc kept their memory), or `QUIET_SLACK` (16 MiB) above it while it stays put.
 ///
 /// The least is never raised, not even by a trim. Memory in use while a trim runs (messages a
 /// Lua service has taken, which the buffers do not count; Lua garbage not yet collected) is
