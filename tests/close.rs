@@ -539,18 +539,7 @@ const TCP_CLOSE: u8 = 7;
 
 /// `fd`'s TCP state (`tcpi_state` of TCP_INFO).
 fn tcp_state(fd: std::os::fd::RawFd) -> Option<u8> {
-    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: as above; `info` and `len` outlive the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut libc::tcp_info as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    (r == 0).then_some(info.tcpi_state)
+    lapps::net::sys::tcp_info(fd)
+        .ok()
+        .map(|(info, _)| info.tcpi_state)
 }
