@@ -518,15 +518,19 @@ fn a_message_still_incomplete_at_the_message_timeout_fails_with_1008() {
 fn a_peer_given_up_on_with_our_bytes_untaken_is_reset() {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
+    // Timeouts short for the test, long beside the client's write of its message.
     let srv = start_echo(|o| {
-        o.worker.idle_timeout = Some(Duration::from_millis(100));
-        o.worker.close_timeout = Duration::from_millis(200);
+        o.worker.idle_timeout = Some(Duration::from_millis(400));
+        o.worker.close_timeout = Duration::from_millis(400);
     });
     let mut s = raw_upgraded(srv.addr, "/echo");
-    // Its echo is far more than the two kernels' buffers hold; nothing of it is ever read.
-    s.write_all(&frame(true, 0, 0x2, &vec![7u8; 8 << 20], true))
-        .unwrap();
     let fd = s.as_raw_fd();
+    // A small receive buffer: the server's own socket keeps most of the echo unacknowledged
+    // (the kernels' buffers could otherwise take all of it, and a FIN would get through).
+    lapps::net::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 16 << 10).unwrap();
+    // Nothing of its echo is ever read.
+    s.write_all(&frame(true, 0, 0x2, &vec![7u8; 8 << 20], true))
+        .expect("the message written");
     wait_for("the server's reset", IO_TIMEOUT, || {
         tcp_state(fd) == Some(TCP_CLOSE)
     });
