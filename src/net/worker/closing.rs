@@ -362,7 +362,7 @@ impl Worker {
                 let reset = sys::unacked_bytes(fd).is_some_and(|n| n > 0)
                     && sys::reset_on_close(fd).is_ok();
                 let how = if reset {
-                    " (reset: it took none of our last bytes)"
+                    " (reset: bytes of ours still unacknowledged)"
                 } else {
                     ""
                 };
