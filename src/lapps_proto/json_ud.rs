@@ -168,7 +168,7 @@ pub(crate) fn node_of(lua: &Lua, v: &LuaValue) -> Result<Node, NoNode> {
 /// Pushes `node`: scalars as plain Lua values, containers as our userdata.
 ///
 /// # Safety
-/// `l` is a running state with a free stack slot (two for containers).
+/// `l` is a running state with a free stack slot (three for containers).
 pub(crate) unsafe fn push_node(l: *mut ffi::lua_State, node: Node) {
     // SAFETY: pushes on the running state; the userdata block is written before anything else
     // can see it and gets its metatable (with `__gc`) at once. Should the allocation raise
@@ -184,7 +184,9 @@ pub(crate) unsafe fn push_node(l: *mut ffi::lua_State, node: Node) {
 /// Pushes a container as our userdata.
 ///
 /// # Safety
-/// `l` is a running state with two free stack slots.
+/// `l` is a running state with three free stack slots (the metatable, the userdata, the
+/// metatable again for `lua_setmetatable`). Every caller runs in a C function, which has
+/// `LUA_MINSTACK` (20).
 pub(crate) unsafe fn push_handle(l: *mut ffi::lua_State, handle: Handle) {
     // SAFETY: pushes on the running state; the metatable is checked to be a table before
     // push_handle_with uses it, and removed afterwards.

@@ -181,7 +181,10 @@ pub(crate) fn host_closure(
     // The state keeps the host alive for as long as the closure can run.
     lua.set_app_data(Rc::clone(host));
     // SAFETY: pushes a light userdata and a closure over it and the upvalues; exec_raw returns
-    // the one value left. The pointer stays valid: the state owns an Rc of the host (above).
+    // the one value left. The pointer stays valid: the state owns an Rc of the host (above),
+    // and it is the state's one host (`set_app_data` keeps one value per type: each instance
+    // makes one HostCtx, instance.rs, so none replaces it). Only the `debug` library
+    // (`allow_debug`, which gives up memory safety: sandbox.rs) could swap the upvalue.
     unsafe {
         lua.exec_raw(upvalues, |l| {
             let n = ffi::lua_gettop(l);

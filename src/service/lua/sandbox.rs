@@ -249,11 +249,14 @@ impl MainState {
     }
 }
 
-/// The pointer of the state's main thread.
+/// The pointer of the state's main thread. Called only while the state is made, before any
+/// Lua code runs: exec_raw runs its closure on the Lua thread that is current, the main one
+/// then. From a callback running in a coroutine it would be the coroutine's, which the
+/// collector may free while a hook keeps the pointer.
 fn main_state(lua: &Lua) -> mlua::Result<*mut mlua::ffi::lua_State> {
     let mut p = std::ptr::null_mut();
-    // SAFETY: only reads the state pointer exec_raw hands us, on the main thread (exec_raw
-    // runs its closure on the state's own thread).
+    // SAFETY: only reads the pointer of the Lua thread exec_raw runs on (the main one: see
+    // above).
     unsafe {
         lua.exec_raw::<()>((), |l| {
             mlua::ffi::lua_pushthread(l);
