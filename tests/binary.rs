@@ -1946,8 +1946,8 @@ return app
 }
 
 /// SIGUSR1 logs the status report, one `status:` line each: the process, the IO workers'
-/// connections, each Lua service with the connections it holds, the bcast channels and the
-/// mqr queues. The server goes on serving.
+/// connections, each Lua service with the connections it holds and what its Lua states take,
+/// the bcast channels and the mqr queues. The server goes on serving.
 #[test]
 fn sigusr1_logs_the_connections_services_channels_and_queues() {
     let echo = r#"local app = {}
@@ -1960,8 +1960,11 @@ app.init = function()
   local q = assert(mqr:create("status_q"))
   assert(q:post("one"))
   assert(q:post("two"))
+  kept = string.rep("i", 4 * 1024 * 1024)
 end
 app.run = function()
+  -- Taken after the start's figure: seen at the next polling point.
+  grown = string.rep("r", 3 * 1024 * 1024)
   local n = nap:new()
   while not must_stop() do n:sleep(0.05) end
 end
@@ -1975,7 +1978,7 @@ return app
             ("statuskeep", keeper),
             ("statusidle", echo),
         ],
-        r#""statusecho": { "instances": 2 },
+        r#""statusecho": { "instances": 2, "memory_limit": 8388608 },
            "statuskeep": { "standalone": true, "preload": ["bcast", "mqr", "nap"] },
            "statusidle": { "auto_start": false }"#,
     );
@@ -2002,14 +2005,37 @@ return app
         status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) lingering after their answer; 0 bytes queued to send"),
         "{status:?}"
     );
+    // What the two states take: each a plain state with a small app, under a megabyte.
+    let echo_line = status
+        .iter()
+        .find(|l| l.starts_with("service statusecho"))
+        .unwrap_or_else(|| panic!("{status:?}"));
+    let memory = echo_line
+        .strip_prefix("service statusecho: 2 instance(s), Raw at /statusecho: 3 connection(s), 0 close(s) not yet handled, 0 message(s) (0 bytes) waiting for its instances; Lua memory ")
+        .and_then(|m| m.strip_suffix(" MiB in one instance (memory_limit 8.0 MiB)"))
+        .and_then(|m| m.split_once(" MiB, at most "))
+        .unwrap_or_else(|| panic!("{echo_line}"));
+    let (total, most) = (mib(memory.0), mib(memory.1));
     assert!(
-        status.contains(&"service statusecho: 2 instance(s), Raw at /statusecho: 3 connection(s), 0 close(s) not yet handled, 0 message(s) (0 bytes) waiting for its instances"),
-        "{status:?}"
+        0.0 < most && most < 1.0 && most <= total && total <= 2.0 * most,
+        "{echo_line}"
     );
-    assert!(
-        status.contains(&"service statuskeep: 1 instance(s), standalone"),
-        "{status:?}"
-    );
+    // The standalone state: 4 MiB kept by init(), 3 more by run(), seen at a polling point.
+    wait_for("run()'s memory in the report", IO_TIMEOUT, || {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+            0
+        );
+        let line = binary::lines_until(&log, "status: service statuskeep");
+        let line = line.last().map_or("", String::as_str);
+        let m = line
+            .split_once("status: service statuskeep: 1 instance(s), standalone; Lua memory ")
+            .and_then(|(_, m)| m.strip_suffix(" MiB (memory_limit 64.0 MiB)"))
+            .map_or_else(|| panic!("{line}"), mib);
+        assert!((4.0..16.0).contains(&m), "{line}");
+        m >= 7.0
+    });
     // A configured service that does not run is named too.
     assert!(
         status.contains(&"service statusidle: not running, auto_start is false"),
@@ -2032,6 +2058,13 @@ return app
             .last()
             .is_some_and(|l| l.contains(": 2 connection(s)"))
     });
+}
+
+/// A status report's figure in MiB (`1.5` of `1.5 MiB`).
+fn mib(figure: &str) -> f64 {
+    figure
+        .parse()
+        .unwrap_or_else(|_| panic!("not a figure: {figure:?}"))
 }
 
 /// Whether the process's main thread has SIGUSR1 blocked (`SigBlk` of /proc/PID/status).

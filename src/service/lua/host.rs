@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::api::bcast::Bcast;
 use super::held::HeldAnswers;
+use super::lua_memory::LuaMemory;
 use super::spec::ServiceSpec;
 use crate::net::handle::ConnId;
 use crate::net::hub::{Command, Hub};
@@ -123,6 +124,8 @@ pub(crate) struct HostCtx {
     pub hub: Arc<Hub>,
     pub bcast: Arc<Bcast>,
     pub stop: Arc<Stop>,
+    /// Where this instance notes what its state takes, for the status report.
+    memory: Arc<LuaMemory>,
     pub auto_fragment: Option<usize>,
     outbox: RefCell<Outbox>,
     /// Instructions left in the current callback (only used when a budget is set).
@@ -161,6 +164,7 @@ impl HostCtx {
         hub: Arc<Hub>,
         bcast: Arc<Bcast>,
         stop: Arc<Stop>,
+        memory: Arc<LuaMemory>,
     ) -> HostCtx {
         let workers = hub.workers();
         let budget = spec.instruction_budget;
@@ -170,6 +174,7 @@ impl HostCtx {
             hub,
             bcast,
             stop,
+            memory,
             auto_fragment: spec.auto_fragment,
             outbox: RefCell::new(Outbox::new(workers)),
             budget_left: Cell::new(budget.unwrap_or(u64::MAX)),
@@ -383,10 +388,18 @@ impl HostCtx {
     /// A polling point (`must_stop()`, `nap:sleep`, an `mqr` receive, `cws:eventLoop`): a new
     /// slice in a standalone `run()`; in `init()` and in a network service's callbacks the
     /// budget stays the callback's, or a loop calling one of these could never be stopped.
-    pub fn polling_point(&self) {
+    /// What the state takes is noted for the status report.
+    pub fn polling_point(&self, lua: &mlua::Lua) {
         if self.standalone && self.in_run.get() {
             self.reset_budget();
         }
+        self.note_memory(lua.used_memory());
+    }
+
+    /// Notes what this instance's state takes now (`Lua::used_memory`), for the status
+    /// report.
+    pub fn note_memory(&self, bytes: usize) {
+        self.memory.note(self.instance, bytes);
     }
 
     /// A standalone service's `run()` begins: its polling points start new slices from now on.
@@ -453,6 +466,7 @@ mod tests {
             Arc::clone(&hub),
             Arc::new(Bcast::default()),
             Arc::new(Stop::default()),
+            Arc::new(LuaMemory::new(1)),
         );
         let (ending, other) = (ConnId::new(0, 3, 1), ConnId::new(0, 4, 1));
         for c in [ending, other] {

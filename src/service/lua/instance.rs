@@ -36,6 +36,7 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     pub bcast: Arc<api::bcast::Bcast>,
     pub stop: Arc<Stop>,
+    pub memory: Arc<super::lua_memory::LuaMemory>,
 }
 
 /// How soon an instance with host answers held behind other threads' responses looks at them
@@ -277,6 +278,7 @@ fn spawn(
     let hub = Arc::clone(&shared.hub);
     let bcast = Arc::clone(&shared.bcast);
     let stop = Arc::clone(&shared.stop);
+    let memory = Arc::clone(&shared.memory);
     // Who decides whether the instance started: its thread, ready in time, or the starter,
     // once the timeout passed. One compare-and-swap each, so the two can never both win.
     let outcome = Arc::new(AtomicU8::new(STARTING));
@@ -286,7 +288,7 @@ fn spawn(
         .stack_size(STACK_BYTES)
         .spawn(move || {
             super::cstack::note_stack_start();
-            let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop));
+            let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop, memory));
             // A bug of ours while loading (std printed it) fails this start, at once.
             let loaded =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&spec, &host)))
@@ -299,6 +301,7 @@ fn spawn(
                     // What the state takes at the least, without the garbage of its loading.
                     let _ = lua.gc_collect();
                     crate::lapps_proto::tree_budget::set_floor(lua.used_memory());
+                    host.note_memory(lua.used_memory());
                     // Not after the start timed out: the service was reported as failed, so
                     // its run() or onShutdown must not run now.
                     let ready = thread_outcome
@@ -533,11 +536,13 @@ const IDLE_GC_GROWTH: usize = 16 << 20;
 /// counted from its least.
 fn collect_when_idle(lua: &Lua, host: &HostCtx, inbox: &Inbox, collected_at: &mut usize) {
     let used = lua.used_memory();
+    host.note_memory(used);
     *collected_at = (*collected_at).min(used);
     if used > collected_at.saturating_add(IDLE_GC_GROWTH) && inbox.queued().0 == 0 {
         // A finalizer's error is the app's, and changes nothing here.
         let _ = lua.gc_collect();
         *collected_at = lua.used_memory();
+        host.note_memory(*collected_at);
         crate::debug!(
             "{} idle: collected {} MiB of Lua garbage ({} MiB in use)",
             host.tag(),

@@ -27,6 +27,7 @@ mod instance;
 mod lapps;
 mod lapps_fast;
 pub(crate) mod left_behind;
+mod lua_memory;
 mod raw;
 mod sandbox;
 pub mod spec;
@@ -196,6 +197,8 @@ pub struct LuaService {
     next_instance: AtomicUsize,
     instances: Mutex<Vec<InstanceHandle>>,
     stop: Arc<Stop>,
+    /// What each instance's state takes (the status report).
+    memory: Arc<lua_memory::LuaMemory>,
     /// Open connections (for a redeploy, which asks them to reconnect to the new version).
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
@@ -238,6 +241,7 @@ impl LuaService {
             next_instance: AtomicUsize::new(0),
             instances: Mutex::new(Vec::new()),
             stop: Arc::new(Stop::default()),
+            memory: Arc::new(lua_memory::LuaMemory::new(spec.instances)),
             conns: Mutex::new(std::collections::HashSet::new()),
             closed_doors: AtomicBool::new(false),
             hub: Arc::clone(&hub),
@@ -246,6 +250,7 @@ impl LuaService {
             hub,
             bcast,
             stop: Arc::clone(&svc.stop),
+            memory: Arc::clone(&svc.memory),
         };
         // Under systemd: the instances start one per CPU at a time, each within its start
         // timeout, which may be longer than the unit's TimeoutStartSec; the manager waits as
@@ -344,8 +349,13 @@ impl LuaService {
         } else {
             spec.name.clone()
         };
+        let memory = self.memory.summary(spec.memory_limit);
+        let memory = memory.map(|m| format!("; {m}")).unwrap_or_default();
         if spec.standalone {
-            return format!("service {name}: {} instance(s), standalone", spec.instances);
+            return format!(
+                "service {name}: {} instance(s), standalone{memory}",
+                spec.instances
+            );
         }
         let (msgs, bytes) = self
             .inboxes
@@ -367,6 +377,7 @@ impl LuaService {
                 line.push_str(&format!("; instance {i} busy with one batch for {d}"));
             }
         }
+        line.push_str(&memory);
         line
     }
 

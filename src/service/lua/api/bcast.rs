@@ -784,6 +784,7 @@ mod tests {
             Arc::clone(&hub),
             Arc::new(Bcast::default()),
             Arc::new(Stop::default()),
+            Arc::new(crate::service::lua::lua_memory::LuaMemory::new(1)),
         ));
         let lua = Lua::new();
         install(&lua, &host).unwrap();

@@ -518,7 +518,7 @@ impl Cws {
         let _round = RoundGuard(&self.in_round);
         // A polling point of the standalone loop, like must_stop().
         self.host.flush();
-        self.host.polling_point();
+        self.host.polling_point(lua);
         let mut events: Vec<(u64, Rc<Callbacks>, Ev)> = self.deferred.take();
         {
             let Ok(mut conns) = self.conns.try_borrow_mut() else {
@@ -622,7 +622,7 @@ impl Cws {
             };
             // Each callback has its own instruction budget, as a network service's do: how many
             // run in one round is the servers' doing.
-            self.host.polling_point();
+            self.host.polling_point(lua);
             let h = Value::Number(id as f64);
             let (name, f, r) = match ev {
                 Delivered::Open(p) => ("onopen", &cb.onopen, call(&cb.onopen, (h, p))),
@@ -649,7 +649,7 @@ impl Cws {
         // What runs after eventLoop returns gets a budget of its own too, not what the last
         // callback left of its.
         if ran > 0 {
-            self.host.polling_point();
+            self.host.polling_point(lua);
         }
         // What the callbacks sent leaves now rather than after the next poll.
         if let Ok(mut conns) = self.conns.try_borrow_mut() {

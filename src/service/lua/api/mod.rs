@@ -141,10 +141,10 @@ pub(crate) fn install_globals(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()>
     let h = Rc::clone(host);
     g.set(
         "must_stop",
-        lua.create_function(move |_, _: MultiValue| {
+        lua.create_function(move |lua, _: MultiValue| {
             // A polling point of a standalone loop: hand over what it sent, new budget slice.
             h.flush();
-            h.polling_point();
+            h.polling_point(lua);
             Ok(h.stop.is_set())
         })?,
     )?;

@@ -94,7 +94,7 @@ impl Ctx {
         Ok(q)
     }
 
-    fn post(&self, q: &Queue, msg: Posted, timeout: Option<Duration>) -> Ret {
+    fn post(&self, lua: &Lua, q: &Queue, msg: Posted, timeout: Option<Duration>) -> Ret {
         if !q.fits(msg.len()) {
             return Ret(Value::Nil, Some("too big"));
         }
@@ -113,7 +113,7 @@ impl Ctx {
         self.host.flush();
         let stop = &self.host.stop;
         let r = q.post(owned, timeout, &|| stop.is_set());
-        self.host.polling_point();
+        self.host.polling_point(lua);
         match r {
             Ok(()) => Ret(Value::Boolean(true), None),
             Err((_, Wait::Timeout)) => Ret(Value::Nil, Some("full")),
@@ -203,7 +203,7 @@ impl Ctx {
         if let Some(m) = self.poll(q) {
             // A receive is a polling point whether or not it had to wait: a loop draining a
             // busy queue must not run out of budget.
-            self.host.polling_point();
+            self.host.polling_point(lua);
             return self.deliver(lua, q, m);
         }
         if !self.host.may_block() {
@@ -217,7 +217,7 @@ impl Ctx {
         let stop = &self.host.stop;
         // No timeout: wait until a message comes or the service stops.
         let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());
-        self.host.polling_point();
+        self.host.polling_point(lua);
         match r {
             // A post that came while a redeploy stopped this version, before this receive
             // saw the stop: the message is the new version's, first in line (as in `poll`).
@@ -247,7 +247,7 @@ impl UserData for LuaQueue {
                 let Ok(timeout) = timeout_arg(a.get(2).unwrap_or(&Value::Nil)) else {
                     return fail("bad timeout");
                 };
-                Ok(this.ctx.post(&this.queue, msg, timeout))
+                Ok(this.ctx.post(lua, &this.queue, msg, timeout))
             })?;
             let mut methods = vec![("post", post)];
             for name in ["receive", "recv"] {
@@ -460,7 +460,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>, default_capacity: usize) ->
                 Ok(q) => q,
                 Err(why) => return fail(why),
             };
-            Ok(c.post(&q, msg, timeout))
+            Ok(c.post(lua, &q, msg, timeout))
         })?,
     )?;
 

@@ -26,7 +26,7 @@ impl UserData for Nap {
                                 .map_or("no value", crate::lapps_proto::lua::lua_type)
                         ))
                     })?;
-                    nap.sleep(n / per_second)
+                    nap.sleep(lua, n / per_second)
                 })?;
                 methods.push((name, m));
             }
@@ -46,7 +46,7 @@ fn duration_arg(lua: &Lua, v: Option<&Value>) -> Option<f64> {
 }
 
 impl Nap {
-    fn sleep(&self, secs: f64) -> mlua::Result<Ret> {
+    fn sleep(&self, lua: &Lua, secs: f64) -> mlua::Result<Ret> {
         if !self.0.may_block() {
             return fail(crate::service::lua::host::NOT_IN_NETWORK);
         }
@@ -57,7 +57,7 @@ impl Nap {
         // Whatever was sent before the nap leaves now, not after it.
         self.0.flush();
         let slept = self.0.stop.sleep(Duration::from_secs_f64(secs.min(1e9)));
-        self.0.polling_point();
+        self.0.polling_point(lua);
         if slept {
             ok(Value::Boolean(true))
         } else {
