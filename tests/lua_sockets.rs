@@ -1042,6 +1042,76 @@ fn a_close_started_on_a_paused_connection_reads_the_peers_reply() {
     drop(app);
 }
 
+/// A peer that reads, pipelining large messages to a Lua echo, gets every reply: the worker
+/// stops reading it while what it handed over and has not had handled, with what waits to be
+/// sent to it, passes `outbound_high_water`. (The fairness trial's client, 1 MiB messages with
+/// 200 in flight, was closed 1008 as a slow consumer: its instance's queue had taken up to
+/// 64 MiB of them, and their replies passed the limit however fast it read.) Here the
+/// instance is held while the peer writes until the socket refuses more; released, its
+/// replies would pass the limit (4 x 16 KiB + one 64 KiB message) many times over.
+#[test]
+fn a_reading_peer_pipelining_large_messages_to_a_lua_echo_gets_every_reply() {
+    const SIZE: usize = 32 * 1024;
+    let ws = r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+                  "outbound_high_water": 16384 }"#;
+    let services = lapps_json(
+        "./tests/apps",
+        r#"{ "hold_reply": { "preload": ["mqr"], "instruction_budget": 0,
+                             "max_inbound_message_size": 65536 } }"#,
+    );
+    let app = start_app(ws, &services);
+    let (_one, release) = hold_reply_release();
+    let mut a = raw_upgraded(app.addr, "/hold_reply");
+    a.write_all(&frame(true, 0, 0x1, b"hold", true)).unwrap();
+    assert_eq!(read_frame(&mut a).expect("holding").payload, b"holding");
+    let message = |i: usize| frame(true, 0, 0x2, &[(i % 251) as u8; SIZE], true);
+    // Messages until the socket refuses more (the server has stopped reading), at most 64 MiB.
+    let mut sent = 0;
+    let mut unsent: Vec<u8> = Vec::new();
+    a.set_nonblocking(true).unwrap();
+    while sent < 2048 {
+        let m = message(sent);
+        match a.write(&m) {
+            Ok(n) => {
+                sent += 1;
+                if n < m.len() {
+                    unsent = m[n..].to_vec();
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("pipelining: {e}"),
+        }
+    }
+    a.set_nonblocking(false).unwrap();
+    // The rest of the last message and a question, written while this thread reads.
+    let mut writer = a.try_clone().unwrap();
+    writer.set_write_timeout(Some(GUARD)).unwrap();
+    let written = std::thread::spawn(move || {
+        unsent.extend(frame(true, 0, 0x1, b"id", true));
+        writer.write_all(&unsent)
+    });
+    release.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
+    a.set_read_timeout(Some(GUARD)).unwrap();
+    assert_eq!(read_frame(&mut a).expect("released").payload, b"released");
+    for i in 0..sent {
+        let f = read_frame(&mut a).unwrap_or_else(|| panic!("reply {i} of {sent}: EOF"));
+        assert_eq!(
+            (f.opcode, f.payload.len(), f.payload.first()),
+            (0x2, SIZE, Some(&((i % 251) as u8))),
+            "reply {i} of {sent} (a Close 0x8 with 1008: closed as a slow consumer)"
+        );
+    }
+    let id = read_frame(&mut a).expect("the answer to id");
+    assert!(
+        id.opcode == 0x1 && id.payload.iter().all(u8::is_ascii_digit),
+        "{:?}",
+        String::from_utf8_lossy(&id.payload)
+    );
+    written.join().unwrap().expect("the server read everything");
+    drop(app);
+}
+
 /// The time a connection is not read because its service is behind does not count against
 /// the message it is receiving: its deadline moves by as much when reading resumes.
 #[test]

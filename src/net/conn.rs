@@ -82,6 +82,10 @@ pub struct Conn {
     /// The worker's flush count when it last handed this connection's message to its service
     /// (see `Service::on_ending`); 0 before the first.
     pub handed: u64,
+    /// Payload bytes handed to the service since it last had handled every message of this
+    /// connection (`Service::handled`): with the outbound queue, what the replies to come may
+    /// add to it. Reading stops past the outbound high-water mark.
+    pub in_flight: usize,
     /// Accepted only to be answered 503: holds no connection slot of the worker.
     pub refused: bool,
     /// Its place under `max_connections_per_address` (given back when the connection is
@@ -135,6 +139,7 @@ impl Conn {
             acked: AckProgress::default(),
             close_extensions: 0,
             handed: 0,
+            in_flight: 0,
             ping_outstanding: false,
             refused: false,
             ticket: None,

@@ -93,6 +93,20 @@ pub trait Service: Send + Sync + 'static {
     fn on_ending(&self, _worker: usize, _conn: ConnId, _tag: u32, _handed: u64) -> Owed {
         Owed::Nothing
     }
+    /// Whether every message of a connection that this worker handed over by its flush
+    /// `handed` has been handled (see [`Service::resume_when_handled`]). Default: yes (the
+    /// built-in services answer at once).
+    fn handled(&self, _worker: usize, _tag: u32, _handed: u64) -> bool {
+        true
+    }
+    /// The worker stops reading `conn` because what it has handed over and not yet had handled,
+    /// with what waits to be sent to it, passed the outbound high-water mark: the replies to
+    /// come would otherwise pile up past the slow-consumer limit while the peer reads. True
+    /// when the service sends `Command::Resume` once the messages handed so far are handled
+    /// (the Lua host); false keeps reading (the default: nothing waits in a queue).
+    fn resume_when_handled(&self, _worker: usize, _conn: ConnId, _tag: u32) -> bool {
+        false
+    }
     /// `conn` is gone, however it ended. Called exactly once for each `on_open`.
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32);
     /// End of one worker loop iteration: hand over whatever was batched (one wake-up per batch).

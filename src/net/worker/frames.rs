@@ -28,6 +28,9 @@ impl Worker {
         };
         let phase = c.phase;
         let tag = c.tag;
+        if c.in_flight > 0 && service.handled(worker, tag, c.handed) {
+            c.in_flight = 0;
+        }
         let held_before = decoder.held();
         let allowance = self.opts.assembly.allowance(held_before);
         let mut close_with: Option<u16> = None;
@@ -40,6 +43,7 @@ impl Worker {
             let pool = &mut self.pool;
             let deferred = &mut self.deferred;
             let ping_outstanding = &mut c.ping_outstanding;
+            let in_flight = &mut c.in_flight;
             decoder.decode_within(buf, allowance, &mut |ev| match ev {
                 Event::Text(p) | Event::Binary(p) => {
                     ended = true;
@@ -61,6 +65,7 @@ impl Worker {
                         deferred,
                     };
                     delivered = true;
+                    *in_flight = in_flight.saturating_add(p.len());
                     match service.on_message(&mut ctx, id, tag, opcode, p) {
                         Flow::Continue => {}
                         Flow::Pause => paused = true,
@@ -99,6 +104,18 @@ impl Worker {
         // would grow its queue with every read once the socket is full.
         if c.out.bytes() > high {
             c.out_paused = true;
+        }
+        // The replies to what the service has not handled yet will join the queue: reading
+        // stops until it has (a peer that reads, pipelining large messages to a Lua echo,
+        // was closed as a slow consumer by the replies to the 64 MiB its instance's queue
+        // had taken meanwhile).
+        if delivered
+            && !paused
+            && close_with.is_none()
+            && c.out.bytes().saturating_add(c.in_flight) > high
+            && service.resume_when_handled(worker, id, tag)
+        {
+            paused = true;
         }
         if delivered {
             c.handed = self.flushes;

@@ -51,6 +51,10 @@ pub(crate) struct Batch {
     /// Connections the worker stopped reading while this batch was gathered; registered by
     /// [`Inbox::push`] before the batch is published, so its `done` resumes them.
     to_pause: Vec<ConnId>,
+    /// Connections the worker stopped reading for what they handed over themselves
+    /// (`Service::resume_when_handled`): the consumer resumes them once this batch, which
+    /// holds the last message of each, is handled.
+    pub resume_after: Vec<ConnId>,
     /// The worker that gathered it, and its flush count when it handed the batch over (see
     /// [`Inbox::completed`]).
     pub worker: usize,
@@ -89,6 +93,13 @@ impl Batch {
         }
     }
 
+    /// Producer: resume `conn` once this batch is handled.
+    pub fn resume_after(&mut self, conn: ConnId) {
+        if self.resume_after.last() != Some(&conn) {
+            self.resume_after.push(conn);
+        }
+    }
+
     pub fn payload(&self, e: &Event) -> &[u8] {
         self.bytes.get(e.start..e.start + e.len).unwrap_or(&[])
     }
@@ -108,6 +119,7 @@ impl Batch {
         self.messages = 0;
         self.closes = 0;
         self.to_pause.clear();
+        self.resume_after.clear();
     }
 }
 
@@ -221,6 +233,9 @@ impl Inbox {
     /// The connections it paused are remembered first: each gets a Resume later.
     /// A batch pushed after the consumer ended reaches no one: it is dropped and counted
     /// ([`Inbox::take_lost`]).
+    // The batch comes back by value for the retry: boxing it would cost an allocation per
+    // hand-off to save a copy of a few words when the queue is full.
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, mut batch: Batch) -> Result<(), Batch> {
         if self.ended.load(Ordering::SeqCst) {
             self.lose(&batch);

@@ -500,6 +500,9 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
                 for conn in inbox.done(batch.messages, batch.byte_len()) {
                     host.push(conn, Command::Resume { conn });
                 }
+                for &conn in &batch.resume_after {
+                    host.push(conn, Command::Resume { conn });
+                }
                 let (worker, flushes) = (batch.worker, batch.flushes);
                 inbox.recycle(batch);
                 host.flush();

@@ -558,6 +558,19 @@ impl Service for LuaService {
         }
     }
 
+    fn handled(&self, worker: usize, tag: u32, handed: u64) -> bool {
+        self.inboxes
+            .get(self.instance_of(tag))
+            .is_none_or(|inbox| inbox.completed(worker) >= handed)
+    }
+
+    fn resume_when_handled(&self, worker: usize, conn: ConnId, tag: u32) -> bool {
+        // The batch being gathered holds the connection's last message: once it is handled,
+        // so are all its messages before it.
+        self.with_batch(worker, tag, |b, _| b.resume_after(conn))
+            .is_some()
+    }
+
     fn on_close(&self, ctx: &mut dyn WorkerCtx, conn: ConnId, tag: u32) {
         // The event first: a connection gone from the set has its close queued already (what
         // a retiring version relies on, see Registry::retire).
