@@ -425,8 +425,7 @@ fn check_descriptors(cfg: &mut Config) {
     };
     let w = &mut cfg.ws.workers;
     let covered = nofile::per_worker(limit, w.workers);
-    let lowered =
-        w.max_connections_by_default && covered >= 1 && covered < w.max_connections as u64;
+    let lowered = w.max_connections_by_default && covered < w.max_connections as u64;
     if lowered {
         info!(
             "max_connections is not set in ws.json: {covered} per worker, what the descriptor \

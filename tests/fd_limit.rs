@@ -87,6 +87,12 @@ fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
 #[test]
 fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
     let dir = config_dir("exhausted");
+    // Set in ws.json: left to its default, the count would be lowered to 1 (the next test).
+    std::fs::write(
+        dir.join("ws.json"),
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1, "max_connections": 100000 } }"#,
+    )
+    .unwrap();
     // Hard and soft: the server raises a soft limit to the hard one by itself.
     let (server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
     // It said so at start-up, with the numbers.
@@ -127,6 +133,32 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
         warnings <= 5,
         "{warnings} accept warnings: the listener must pause, not spin"
     );
+}
+
+/// A limit within the server's own reserve of 256 covers no connection: a `max_connections`
+/// left to its default is lowered to one per worker, so that the next client is answered 503
+/// rather than left waiting in the backlog (an operator trial at `ulimit -n 64`: the default
+/// of 100000 was kept, and 46 of 100 clients got no answer at all).
+#[test]
+fn a_limit_within_the_servers_reserve_still_lowers_a_default_max_connections() {
+    let dir = config_dir("reserve");
+    let (_server, addr, _log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
+    assert!(
+        start.iter().any(|l| l.contains(&format!(
+            "max_connections is not set in ws.json: 1 per worker, what the descriptor limit \
+             {NOFILE} covers"
+        ))),
+        "{start:#?}"
+    );
+    let live = common::raw_upgraded(addr, "/echo");
+    let mut past = TcpStream::connect(addr).unwrap();
+    past.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let request = common::upgrade_request(addr, "/echo");
+    std::io::Write::write_all(&mut past, request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    let n = std::io::Read::read(&mut past, &mut head).expect("an answer, not a wait");
+    assert_eq!(&head[..n], b"HTTP/1.1 503", "one past the one");
+    drop(live);
 }
 
 /// With exactly the descriptors the start-up check asks for (no warning), a full server keeps

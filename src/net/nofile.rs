@@ -65,13 +65,16 @@ fn besides(workers: usize) -> u64 {
 /// that half: the rest is for refused connections lingering and accepted ones waiting, so
 /// that a full server still answers most refusals ([`shortfall`] warns then). The count never
 /// falls as the limit rises: a limit just past the descriptors besides the connections used
-/// to give a handful (10,498 over 2 workers: 1 each) where one just below gave 2,536.
+/// to give a handful (10,498 over 2 workers: 1 each) where one just below gave 2,536. One at
+/// the least: a limit within the server's own reserve (`ulimit -n 64`) covers no connection,
+/// and the count it gives must still be a count (0 used to keep the default of 100,000, and
+/// clients past the limit waited unanswered instead of getting a 503).
 pub fn per_worker(limit: u64, workers: usize) -> u64 {
     let workers = workers.max(1) as u64;
     let besides = besides(workers as usize);
     let covered = limit.saturating_sub(besides.saturating_add(RESERVE)) / workers;
     let half = (limit.saturating_sub(RESERVE) / 2 / workers).min(besides / 2 / workers);
-    covered.max(half)
+    covered.max(half).max(1)
 }
 
 /// Where a `max_connections` came from, for the words of [`shortfall`]'s warning.
@@ -208,14 +211,17 @@ mod tests {
         assert_eq!(per_worker(10_400, 2), 2536);
         assert_eq!(per_worker(10_498, 2), 2560);
         assert!(shortfall(10_498, 2, 2560, MaxConnections::Lowered).is_some());
-        assert_eq!(per_worker(48, 1), 0);
-        assert_eq!(per_worker(0, 4), 0);
+        // Within the server's reserve: one each, not none (which left the default).
+        assert_eq!(per_worker(48, 1), 1);
+        assert_eq!(per_worker(0, 4), 1);
+        assert_eq!(per_worker(259, 2), 1);
+        assert_eq!(per_worker(260, 2), 1);
     }
 
     #[test]
     fn raising_the_limit_never_lowers_the_connections_per_worker() {
         for workers in [1, 2, 3, 16] {
-            let mut before = 0;
+            let mut before = 1;
             for limit in (0..200_000).step_by(7) {
                 let n = per_worker(limit, workers);
                 assert!(n >= before, "{limit} over {workers}: {n} after {before}");
