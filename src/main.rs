@@ -25,16 +25,37 @@ const USAGE: &str = "usage: lapps [-c DIR] [--check-config] [--version] [--help]
 --config=DIR and --reload=PID work too.
 A command line lapps cannot use (an unknown argument, a missing value) exits with status 2.";
 
-struct Args {
+struct Options {
     dir: Option<PathBuf>,
     check: bool,
     reload: Option<libc::pid_t>,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
+/// What the command line asks for.
+enum Args {
+    Run(Options),
+    /// Only some output (`--version`, `--help`), done: whether stdout took it.
+    Said(bool),
+}
+
+/// Writes one line to stdout; false when it cannot take it (a closed pipe: `lapps --version |
+/// true`, a full disk). `println!` panics then, and exits with status 101.
+fn say(line: impl std::fmt::Display) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
+/// Writes one line to stderr, if it can (a closed one is no reason to panic).
+fn complain(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn parse_args() -> Result<Args, String> {
     // args_os: a directory's name need not be UTF-8.
     let mut args = std::env::args_os().skip(1);
-    let mut out = Args {
+    let mut out = Options {
         dir: None,
         check: false,
         reload: None,
@@ -72,22 +93,18 @@ fn parse_args() -> Result<Option<Args>, String> {
         match name.to_str().unwrap_or_default() {
             "--check-config" => out.check = true,
             "--version" | "-V" => {
-                println!(
+                return Ok(Args::Said(say(format_args!(
                     "lapps {} (simd build: {}, kernels in use: {})",
                     env!("CARGO_PKG_VERSION"),
                     lapps::BUILD_VARIANT,
                     lapps::simd::variant()
-                );
-                return Ok(None);
+                ))));
             }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
+            "--help" | "-h" => return Ok(Args::Said(say(USAGE))),
             _ => return Err(format!("unknown argument {name:?}\n{USAGE}")),
         }
     }
-    Ok(Some(out))
+    Ok(Args::Run(out))
 }
 
 /// `--name=value` as `--name` and `value` (GNU style); any other argument as it is.
@@ -121,10 +138,12 @@ fn main() -> ExitCode {
     lapps::cpu::exit_unless_supported();
     lapps::fatal::install();
     let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
+        Ok(Args::Run(a)) => a,
+        // What was asked for was the output: one that could not be written failed.
+        Ok(Args::Said(true)) => return ExitCode::SUCCESS,
+        Ok(Args::Said(false)) => return ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("lapps: {e}");
+            complain(format_args!("lapps: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -134,8 +153,9 @@ fn main() -> ExitCode {
         // /proc files, the server's own user may not when the unit gave it a capability).
         let journal = logs_to_journal(pid);
         return match request(pid, ANSWER_TIMEOUT) {
+            // Reloaded, whether or not stdout takes the line: the status says so.
             Ok(true) => {
-                println!("lapps: process {pid} reloaded");
+                say(format_args!("lapps: process {pid} reloaded"));
                 ExitCode::SUCCESS
             }
             Ok(false) => {
@@ -144,13 +164,13 @@ fn main() -> ExitCode {
                 } else {
                     ""
                 };
-                eprintln!(
+                complain(format_args!(
                     "lapps: the reload of process {pid} failed in part; its log says what{hint}"
-                );
+                ));
                 ExitCode::FAILURE
             }
             Err(e) => {
-                eprintln!("lapps: {e}");
+                complain(format_args!("lapps: {e}"));
                 ExitCode::FAILURE
             }
         };
@@ -173,7 +193,7 @@ fn main() -> ExitCode {
         if let Some(files) = lapps::app::tls_files(&cfg) {
             match lapps::net::tls::check(&files) {
                 Ok((info, warning)) => {
-                    println!("tls: {info}");
+                    say(format_args!("tls: {info}"));
                     if let Some(w) = warning {
                         lapps::log::warning_text(&format!("warning: {w}"));
                     }
@@ -236,12 +256,13 @@ fn main() -> ExitCode {
         // Relative directories were taken from the working directory, which may not be the
         // service's (/var/lib/lapps under systemd): say which ones were checked.
         let d = &cfg.lapps.directories;
-        println!(
+        // The status is the verdict: a stdout that cannot take these lines does not change it.
+        say(format_args!(
             "applications in {}, lib in {}",
             d.applications.display(),
             d.lib.display()
-        );
-        println!("configuration in {} is valid", at.describe());
+        ));
+        say(format_args!("configuration in {} is valid", at.describe()));
         return ExitCode::SUCCESS;
     }
     // The original set LAPPS_APPS_DIR for its apps (`os.getenv("LAPPS_APPS_DIR")`, as its

@@ -5,7 +5,7 @@ mod common;
 use binary::{output_within, spawn_binary, ONE_SHOT_GUARD};
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LAPPS: &str = env!("CARGO_BIN_EXE_lapps");
@@ -536,6 +536,34 @@ fn version_names_the_simd_variant() {
             || s.contains("simd build: ssse3"),
         "{s}"
     );
+}
+
+/// A stdout that cannot take the output (`lapps --version | true`, /dev/full) is no panic (the
+/// trial saw status 101 and "failed printing to stdout"): a command whose product is the output
+/// fails with 1, one whose product is its verdict keeps it.
+#[test]
+fn a_stdout_that_cannot_take_the_output_is_no_panic() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(LAPPS)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(full())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        (out.status.code(), stderr)
+    };
+    assert_eq!(run(&["--version"]).0, Some(1));
+    assert_eq!(run(&["--help"]).0, Some(1));
+    assert_eq!(run(&["--check-config", "-c", "etc/lapps"]).0, Some(0));
+    assert_eq!(run(&["--check-config", "-c", "/nonexistent/lapps"]).0, Some(1));
+    let (code, stderr) = run(&["--bogus"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown argument \"--bogus\""), "{stderr}");
 }
 
 #[test]
