@@ -282,6 +282,8 @@ fn main() -> ExitCode {
         at.describe()
     );
     check_descriptors(&mut cfg);
+    // Room to answer `lapps --reload` when clients take every other descriptor.
+    lapps::reload_request::keep_spare_descriptors();
     if let Some(v) = lapps::log::unknown_level() {
         warn!("LAPPS_LOG={v:?} is not a level (error, warn, info, debug): logging at info");
     }

@@ -45,6 +45,45 @@ pub fn failed_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3
 }
 
+/// Descriptors kept open (on /dev/null) for answering a requester when every other one is
+/// taken: its pidfd and the read of its /proc status need two. Without them, a `lapps
+/// --reload` while a server had no descriptor free (clients filling the limit) waited out its
+/// whole timeout: 30 minutes, or the unit's reload timeout.
+static SPARES: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+const SPARE_COUNT: usize = 2;
+
+/// Opens the spare descriptors, as many as are missing and can be opened (the server calls it
+/// at start-up; taken back after each answer).
+pub fn keep_spare_descriptors() {
+    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    while spares.len() < SPARE_COUNT {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => spares.push(f.into()),
+            Err(_) => break,
+        }
+    }
+}
+
+/// A pidfd for the requester `pid`, and its /proc status. With no descriptor free, the spares
+/// are given up for it (another thread may take them first: then it fails as before).
+fn open_requester(pid: libc::pid_t) -> std::io::Result<(OwnedFd, String)> {
+    let open = || -> std::io::Result<(OwnedFd, String)> {
+        let pidfd = pidfd_open(pid)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok((pidfd, status))
+    };
+    let opened = open().or_else(|e| {
+        if e.raw_os_error() != Some(libc::EMFILE) {
+            return Err(e);
+        }
+        SPARES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        open()
+    });
+    // What is free again (the status's descriptor; the pidfd's once the answer is sent).
+    keep_spare_descriptors();
+    opened
+}
+
 /// A pidfd for `pid` (pidfd_open(2)).
 fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -140,8 +179,8 @@ impl Requester {
         if value != REQUEST_VALUE || pid <= 1 || pid == std::process::id() as libc::pid_t {
             return None;
         }
-        let pidfd = match pidfd_open(pid) {
-            Ok(pidfd) => pidfd,
+        let (pidfd, status) = match open_requester(pid) {
+            Ok(opened) => opened,
             Err(e) => {
                 crate::warn!("cannot answer the reload requester {pid} ({e}): it will time out");
                 return None;
@@ -149,8 +188,7 @@ impl Requester {
         };
         // Only a process that waits for the answers gets one (their default action would end
         // it): `lapps --reload` handles both.
-        let waits = proc_status(pid)
-            .is_ok_and(|s| catches(&s, done_signal()) && catches(&s, failed_signal()));
+        let waits = catches(&status, done_signal()) && catches(&status, failed_signal());
         if !waits {
             crate::warn!(
                 "reload request naming process {pid}, which does not wait for an answer: \
@@ -185,6 +223,8 @@ impl Requester {
                 self.pid
             );
         }
+        drop(pidfd);
+        keep_spare_descriptors();
     }
 }
 

@@ -135,6 +135,48 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
     );
 }
 
+/// `lapps --reload` while clients take every descriptor the server has is answered: the server
+/// keeps two spare descriptors for the requester's pidfd and /proc status. (An operator trial:
+/// the server logged "cannot answer the reload requester ... it will time out", and the
+/// requester, the unit's ExecReload, waited for its 30 minutes.) The reload itself cannot read
+/// the configuration then and fails: the answer says so.
+#[test]
+fn a_reload_requester_is_answered_when_every_descriptor_is_taken() {
+    let dir = config_dir("reload-exhausted");
+    std::fs::write(
+        dir.join("ws.json"),
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1, "max_connections": 100000 } }"#,
+    )
+    .unwrap();
+    let (server, addr, log, _) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
+    let clients: Vec<TcpStream> = (0..2 * NOFILE)
+        .map(|_| TcpStream::connect(addr).expect("connect (the backlog takes it)"))
+        .collect();
+    lines_until(&log, "accept failed");
+    let out = binary::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
+            .arg("--reload")
+            .arg(server.0.id().to_string()),
+        std::time::Duration::from_secs(20),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(said.contains("failed in part"), "{said}");
+    let lines = lines_until(&log, "reload done");
+    assert!(
+        !lines.iter().any(|l| l.contains("cannot answer")),
+        "{lines:#?}"
+    );
+    // Not "invalid": nothing is wrong with the files.
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("configuration unreadable, services unchanged")),
+        "{lines:#?}"
+    );
+    drop(clients);
+}
+
 /// A limit within the server's own reserve of 256 covers no connection: a `max_connections`
 /// left to its default is lowered to one per worker, so that the next client is answered 503
 /// rather than left waiting in the backlog (an operator trial at `ulimit -n 64`: the default

@@ -263,10 +263,19 @@ impl App {
                 }
             }
             Err(e) => {
-                crate::error!("deploy: configuration invalid, nothing changed:\n{e}");
-                crate::error!(
-                    "reload done: {certificate}configuration invalid, services unchanged"
-                );
+                // A file that could not be read (every descriptor taken, a permission) is not
+                // an invalid one: the operator must not go looking for a mistake in it.
+                let what = if e
+                    .problems
+                    .iter()
+                    .all(|p| p.kind == crate::config::ProblemKind::Io)
+                {
+                    "unreadable"
+                } else {
+                    "invalid"
+                };
+                crate::error!("deploy: configuration {what}, nothing changed:\n{e}");
+                crate::error!("reload done: {certificate}configuration {what}, services unchanged");
                 false
             }
         }
