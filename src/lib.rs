@@ -15,6 +15,7 @@ pub mod cert_expiry;
 pub mod config;
 pub mod cpu;
 pub mod fatal;
+pub mod file_read;
 pub mod lapps_proto;
 pub mod log;
 pub mod log_writer;

@@ -93,6 +93,47 @@ fn check_config_fails(dir: &Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A FIFO in an app file's place (or a configuration file's) is refused at once, named: the
+/// operator trial's `--check-config` waited for a writer for ever, a reload for good.
+#[test]
+fn a_fifo_in_a_files_place_is_refused_at_once() {
+    let fifo = |path: &Path| {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    let dir = temp_dir("fifo-app");
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        r#"{ "directories": { "applications": "apps" },
+             "services": { "pipe": { "request_target": "/pipe" } } }"#,
+    );
+    std::fs::create_dir_all(dir.join("apps/pipe")).unwrap();
+    fifo(&dir.join("apps/pipe/pipe.lua"));
+    let out = output_within(
+        Command::new(LAPPS)
+            .current_dir(&dir)
+            .arg("-c")
+            .arg(&dir)
+            .arg("--check-config"),
+        ONE_SHOT_GUARD,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pipe.lua: not a regular file"),
+        "{stderr}"
+    );
+    std::fs::remove_file(dir.join("lapps.json")).unwrap();
+    fifo(&dir.join("lapps.json"));
+    let stderr = check_config_fails(&dir);
+    assert!(
+        stderr.contains("lapps.json: not a regular file"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_config_directory_whose_name_is_not_utf8_is_taken_and_a_bad_argument_is_a_usage_error() {
     use std::os::unix::ffi::OsStrExt;
@@ -543,7 +584,12 @@ fn version_names_the_simd_variant() {
 /// fails with 1, one whose product is its verdict keeps it.
 #[test]
 fn a_stdout_that_cannot_take_the_output_is_no_panic() {
-    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
     let run = |args: &[&str]| {
         let out = Command::new(LAPPS)
             .args(args)
@@ -560,7 +606,10 @@ fn a_stdout_that_cannot_take_the_output_is_no_panic() {
     assert_eq!(run(&["--version"]).0, Some(1));
     assert_eq!(run(&["--help"]).0, Some(1));
     assert_eq!(run(&["--check-config", "-c", "etc/lapps"]).0, Some(0));
-    assert_eq!(run(&["--check-config", "-c", "/nonexistent/lapps"]).0, Some(1));
+    assert_eq!(
+        run(&["--check-config", "-c", "/nonexistent/lapps"]).0,
+        Some(1)
+    );
     let (code, stderr) = run(&["--bogus"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("unknown argument \"--bogus\""), "{stderr}");

@@ -250,7 +250,7 @@ fn file_name(overridden: Option<&OsStr>, default: &str) -> String {
 
 fn read(dir: &Path, name: &str) -> Result<String, Problem> {
     let path = dir.join(name);
-    std::fs::read_to_string(&path).map_err(|e| Problem {
+    crate::file_read::read_regular_text(&path, crate::file_read::CONFIG_MAX).map_err(|e| Problem {
         kind: ProblemKind::Io,
         file: name.to_string(),
         path: String::new(),

@@ -320,7 +320,8 @@ fn build(files: &TlsFiles, ticketer: Arc<dyn ProducesTickets>) -> Result<Loaded,
 /// on some systems add one to a file, and `cat` of such files puts one before each block),
 /// which would hide their BEGIN lines.
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let bytes = crate::file_read::read_regular(path, crate::file_read::CONFIG_MAX)
+        .map_err(|e| err(path, format!("cannot read: {e}")))?;
     Ok(without_line_boms(&bytes))
 }
 

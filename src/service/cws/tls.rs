@@ -105,7 +105,8 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
 
 fn roots(path: &str) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    let bytes = std::fs::read(path).map_err(|e| format!("tls: {path}: {e}"))?;
+    let bytes = crate::file_read::read_regular(path.as_ref(), crate::file_read::CONFIG_MAX)
+        .map_err(|e| format!("tls: {path}: {e}"))?;
     let bytes = crate::net::tls::without_line_boms(&bytes);
     for cert in CertificateDer::pem_slice_iter(&bytes) {
         let cert = cert.map_err(|e| format!("tls: {path}: {e}"))?;

@@ -349,7 +349,8 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
     let lua = super::sandbox::new_state(spec, host).map_err(|e| one_line(&e))?;
     install_modules(&lua, spec, host)?;
     let path = spec.app_file.display().to_string();
-    let source = std::fs::read(&spec.app_file).map_err(|e| format!("{path}: {e}"))?;
+    let source = crate::file_read::read_regular(&spec.app_file, crate::file_read::SOURCE_MAX)
+        .map_err(|e| format!("{path}: {e}"))?;
     host.reset_budget();
     // An app file that is one expression (`require "impl"`) gives its value, as a block that
     // returns it: tried first, as mlua's `eval` does, but parenthesised, so that a call stays

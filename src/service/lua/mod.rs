@@ -47,7 +47,8 @@ pub use spec::{Protocol, ServiceSpec};
 /// state being made unsafe); otherwise only source text compiles, as at run time.
 pub fn compile_check(app_file: &std::path::Path, bytecode: bool) -> Result<(), String> {
     let path = app_file.display().to_string();
-    let source = std::fs::read(app_file).map_err(|e| format!("{path}: {e}"))?;
+    let source = crate::file_read::read_regular(app_file, crate::file_read::SOURCE_MAX)
+        .map_err(|e| format!("{path}: {e}"))?;
     // A bare state: compiling needs no library, and nothing here runs.
     let lua = if bytecode {
         // SAFETY: the state only compiles the chunk (no code runs, no library is opened) and
