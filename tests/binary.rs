@@ -121,10 +121,7 @@ fn a_fifo_in_a_files_place_is_refused_at_once() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("pipe.lua: not a regular file"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("pipe.lua: not a regular file"), "{stderr}");
     std::fs::remove_file(dir.join("lapps.json")).unwrap();
     fifo(&dir.join("lapps.json"));
     let stderr = check_config_fails(&dir);
