@@ -84,17 +84,36 @@ fn a_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert!(start.iter().any(|l| l.contains(&raised)), "{start:#?}");
 }
 
-#[test]
-fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
-    let dir = config_dir("exhausted");
-    // Set in ws.json: left to its default, the count would be lowered to 1 (the next test).
+/// A server at RLIMIT_NOFILE [`NOFILE`] (hard and soft: it raises a soft limit to the hard one
+/// by itself) whose ws.json sets max_connections (left to its default, the count would be
+/// lowered to 1: see below), with twice as many clients as descriptors (the rest wait in the
+/// backlog), once accepting has failed. The server, its address, log and start-up lines, and
+/// the clients.
+fn flooded(
+    name: &str,
+) -> (
+    binary::Reaper,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+    Vec<TcpStream>,
+) {
+    let dir = config_dir(name);
     std::fs::write(
         dir.join("ws.json"),
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1, "max_connections": 100000 } }"#,
     )
     .unwrap();
-    // Hard and soft: the server raises a soft limit to the hard one by itself.
     let (server, addr, log, start) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
+    let clients: Vec<TcpStream> = (0..2 * NOFILE)
+        .map(|_| TcpStream::connect(addr).expect("connect (the backlog takes it)"))
+        .collect();
+    (server, addr, log, start, clients)
+}
+
+#[test]
+fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
+    let (server, addr, log, start, clients) = flooded("exhausted");
     // It said so at start-up, with the numbers.
     assert!(
         start.iter().any(|l| l.contains("WARN")
@@ -104,10 +123,6 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
             ))),
         "no warning about the descriptor limit: {start:#?}"
     );
-    // More connections than descriptors: the rest wait in the backlog.
-    let clients: Vec<TcpStream> = (0..2 * NOFILE)
-        .map(|_| TcpStream::connect(addr).expect("connect (the backlog takes it)"))
-        .collect();
     let mut lines = lines_until(&log, "accept failed");
     // The status report counts descriptors by listing /proc/self/fd, which takes one: with
     // none free it says they are all taken (it said 0).
@@ -142,16 +157,7 @@ fn out_of_descriptors_the_listener_pauses_with_one_warning_and_recovers() {
 /// the configuration then and fails: the answer says so.
 #[test]
 fn a_reload_requester_is_answered_when_every_descriptor_is_taken() {
-    let dir = config_dir("reload-exhausted");
-    std::fs::write(
-        dir.join("ws.json"),
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1, "max_connections": 100000 } }"#,
-    )
-    .unwrap();
-    let (server, addr, log, _) = spawn_binary_logging(&dir, |cmd| limit(cmd, NOFILE, NOFILE));
-    let clients: Vec<TcpStream> = (0..2 * NOFILE)
-        .map(|_| TcpStream::connect(addr).expect("connect (the backlog takes it)"))
-        .collect();
+    let (server, _, log, _, clients) = flooded("reload-exhausted");
     lines_until(&log, "accept failed");
     let out = binary::output_within(
         std::process::Command::new(env!("CARGO_BIN_EXE_lapps"))
@@ -193,14 +199,20 @@ fn a_limit_within_the_servers_reserve_still_lowers_a_default_max_connections() {
         "{start:#?}"
     );
     let live = common::raw_upgraded(addr, "/echo");
+    assert_eq!(answer_head(addr), b"HTTP/1.1 503", "one past the one");
+    drop(live);
+}
+
+/// The first 12 bytes of the answer to an upgrade request to `/echo` (`HTTP/1.1 503` for a
+/// full server): it must come, not wait in the backlog.
+fn answer_head(addr: std::net::SocketAddr) -> Vec<u8> {
     let mut past = TcpStream::connect(addr).unwrap();
     past.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
     let request = common::upgrade_request(addr, "/echo");
     std::io::Write::write_all(&mut past, request.as_bytes()).unwrap();
     let mut head = [0u8; 12];
     let n = std::io::Read::read(&mut past, &mut head).expect("an answer, not a wait");
-    assert_eq!(&head[..n], b"HTTP/1.1 503", "one past the one");
-    drop(live);
+    head[..n].to_vec()
 }
 
 /// With exactly the descriptors the start-up check asks for (no warning), a full server keeps
@@ -313,13 +325,7 @@ fn a_default_max_connections_is_lowered_to_what_the_descriptors_cover() {
     let live: Vec<TcpStream> = (0..COVERED)
         .map(|_| common::raw_upgraded(addr, "/echo"))
         .collect();
-    let mut past = TcpStream::connect(addr).unwrap();
-    past.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
-    let request = common::upgrade_request(addr, "/echo");
-    std::io::Write::write_all(&mut past, request.as_bytes()).unwrap();
-    let mut head = [0u8; 12];
-    let n = std::io::Read::read(&mut past, &mut head).expect("an answer, not a wait");
-    assert_eq!(&head[..n], b"HTTP/1.1 503", "one past {COVERED}");
+    assert_eq!(answer_head(addr), b"HTTP/1.1 503", "one past {COVERED}");
     drop(live);
     // SAFETY: kill(2) on the child this test started.
     assert_eq!(
