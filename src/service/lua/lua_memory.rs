@@ -4,7 +4,8 @@
 //!
 //! Owns one atomic per instance. The instance writes its state's figure when it is ready, after
 //! each batch of messages (a network service) and at each polling point of its `run()` (a
-//! standalone one: `must_stop()`, `nap`, `mqr`, `cws:eventLoop`); the report reads the figures.
+//! standalone one: `must_stop()`, `cws:eventLoop`, the start and the end of a wait in `nap` or
+//! `mqr`); the report reads the figures.
 //! No lock, and only a load and a store on the instance's path.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -110,7 +110,7 @@ impl Ctx {
                 Err(_) => Ret(Value::Nil, Some("full")),
             };
         };
-        self.host.flush();
+        self.host.before_wait(lua);
         let stop = &self.host.stop;
         let r = q.post(owned, timeout, &|| stop.is_set());
         self.host.polling_point(lua);
@@ -213,7 +213,7 @@ impl Ctx {
         if self.host.stop.handing_over() {
             return fail("stopped");
         }
-        self.host.flush();
+        self.host.before_wait(lua);
         let stop = &self.host.stop;
         // No timeout: wait until a message comes or the service stops.
         let r = q.receive(timeout.unwrap_or(Duration::MAX), &|| stop.is_set());

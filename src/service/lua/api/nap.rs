@@ -55,7 +55,7 @@ impl Nap {
             return fail("bad duration");
         }
         // Whatever was sent before the nap leaves now, not after it.
-        self.0.flush();
+        self.0.before_wait(lua);
         let slept = self.0.stop.sleep(Duration::from_secs_f64(secs.min(1e9)));
         self.0.polling_point(lua);
         if slept {
