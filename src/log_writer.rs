@@ -12,6 +12,11 @@
 //! Before [`start`] (a `--check-config` run, the library in tests) records are written at once,
 //! as the thread that makes them waits.
 //!
+//! A write that stderr refuses (a log file on a full disk) loses what it did not take; the next
+//! write that goes through first ends the line it stopped in, then says how many lines were
+//! lost (a warning), so that a torn record never runs into the next one and a gap is said
+//! where it is.
+//!
 //! Every way out of the process gives the records queued so far a bounded time to leave first
 //! ([`flush`]): the end of `main`, the `_exit` of a SIGTERM during the start or a second one
 //! during the shutdown, a panic (its message goes through the queue too, see `crate::fatal`).
@@ -119,6 +124,7 @@ pub(crate) fn emit(record: &[u8]) {
 /// dropped after it (if any) at its end.
 fn write_out() {
     let mut spare = Vec::new();
+    let mut stderr = Refusals::default();
     loop {
         let (mut out, dropped, upto) = {
             let mut q = lock();
@@ -140,7 +146,7 @@ fn write_out() {
             );
             out.extend_from_slice(report.as_bytes());
         }
-        let _ = std::io::stderr().lock().write_all(&out);
+        stderr.write(&out);
         out.clear();
         // A burst's buffer is not kept for good.
         if out.capacity() > 64 << 10 {
@@ -154,6 +160,77 @@ fn write_out() {
         }
         WROTE.notify_all();
     }
+}
+
+/// What the writer knows of stderr's refusals: the lines lost since the last report of them,
+/// and whether the last byte that went through ends a line.
+#[derive(Default)]
+struct Refusals {
+    lost_lines: u64,
+    last_error: Option<std::io::Error>,
+    mid_line: bool,
+}
+
+impl Refusals {
+    /// Writes `bytes` (whole lines), after the report of the lines lost before them, if any;
+    /// what stderr refuses is counted for the next report.
+    fn write(&mut self, bytes: &[u8]) {
+        if self.lost_lines > 0 {
+            let mut head = Vec::new();
+            if self.mid_line {
+                head.push(b'\n');
+            }
+            let error = self
+                .last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(": {e}"));
+            let report = crate::log::record(
+                crate::log::Level::Warn,
+                format_args!(
+                    "({} log lines lost: stderr refused them{error})",
+                    self.lost_lines
+                ),
+            );
+            head.extend_from_slice(report.as_bytes());
+            if !self.write_through(&head) {
+                // The report stays before the records that came after the gap.
+                self.lost_lines += lines(bytes);
+                return;
+            }
+            self.lost_lines = 0;
+            self.last_error = None;
+        }
+        self.write_through(bytes);
+    }
+
+    /// True when all of `bytes` went through; otherwise the lines of the rest are counted.
+    fn write_through(&mut self, bytes: &[u8]) -> bool {
+        let mut out = std::io::stderr().lock();
+        let mut at = 0;
+        while at < bytes.len() {
+            match out.write(&bytes[at..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    at += n;
+                    self.mid_line = bytes[at - 1] != b'\n';
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.last_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let rest = &bytes[at..];
+        self.lost_lines += lines(rest);
+        rest.is_empty()
+    }
+}
+
+/// The lines that `bytes` holds or begins.
+fn lines(bytes: &[u8]) -> u64 {
+    let ends = memchr::memchr_iter(b'\n', bytes).count();
+    (ends + usize::from(bytes.last().is_some_and(|&b| b != b'\n'))) as u64
 }
 
 /// Waits until the records queued before this call are written, and the report of any

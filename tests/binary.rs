@@ -1915,6 +1915,165 @@ return app
     );
 }
 
+/// A log file that stops taking records (its disk is full) loses what it refuses; once it
+/// takes them again, the line a refused write stopped in is ended and a warning counts the
+/// lines lost, before the next record. A file size limit plays the full disk: writes past it
+/// fail (EFBIG, with SIGXFSZ ignored) until the limit is raised.
+#[test]
+fn a_log_file_that_refuses_records_gets_their_count_and_no_torn_line() {
+    use std::os::unix::process::CommandExt;
+    const LINE: usize = 1000;
+    const PRINTS: usize = 200;
+    const LIMIT: libc::rlim_t = 64 << 10;
+    let dir = temp_dir("full-log");
+    let apps = dir.join("apps");
+    std::fs::create_dir_all(apps.join("flood")).unwrap();
+    std::fs::write(
+        apps.join("flood").join("flood.lua"),
+        format!(
+            r#"local app = {{}}
+app.onMessage = function(h, op, msg)
+  if msg == "mark" then
+    print("after the gap")
+  else
+    for _ = 1, tonumber(msg) do print(string.rep("x", {LINE})) end
+  end
+  ws:send(h, 1, "done")
+  return true
+end
+return app
+"#
+        ),
+    )
+    .unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ "flood": {{}} }} }}"#,
+            apps.display()
+        ),
+    );
+    let log_path = dir.join("lapps.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let mut cmd = Command::new(LAPPS);
+    cmd.arg("-c")
+        .arg(&dir)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: signal, getrlimit and setrlimit are async-signal-safe and touch only the child
+    // being started.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = LIMIT.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = binary::Reaper(cmd.spawn().expect("spawn lapps"));
+    let file_lines = || -> Vec<String> {
+        let bytes = std::fs::read(&log_path).unwrap();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let until = |what: &str| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = file_lines();
+            if lines.iter().any(|l| l.contains(what)) {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {what:?}: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling interval of the file
+        }
+    };
+    let start = until("listening on ");
+    let addr: std::net::SocketAddr = start
+        .iter()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|at| at.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let mut ws = connect(addr, "/flood");
+    assert_eq!(ask(&mut ws, &PRINTS.to_string()), "done");
+    let full = std::fs::read(&log_path).unwrap();
+    assert_eq!(full.len() as u64, LIMIT, "the file is at its limit");
+    let stopped_mid_line = full.last() != Some(&b'\n');
+    // The disk has room again.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let pid = child.0.id() as libc::pid_t;
+    // SAFETY: prlimit on the child this test started, with valid rlimit pointers.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut lim),
+            0
+        );
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()),
+            0
+        );
+    }
+    assert_eq!(ask(&mut ws, "mark"), "done");
+    let lines = until("after the gap");
+    let full_line = "x".repeat(LINE);
+    let written = lines.iter().filter(|l| l.ends_with(&full_line)).count();
+    let report = lines
+        .iter()
+        .position(|l| l.contains(" log lines lost: stderr refused them"))
+        .unwrap_or_else(|| {
+            let tails: Vec<_> = lines
+                .iter()
+                .rev()
+                .take(3)
+                .map(|l| &l[l.len().saturating_sub(80)..])
+                .collect();
+            panic!("no count of the lines lost; the last lines end: {tails:?}")
+        });
+    let lost: usize = lines[report]
+        .split(" log lines lost")
+        .next()
+        .and_then(|h| h.rsplit('(').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        written < PRINTS && written + lost >= PRINTS,
+        "{written} prints written, {lost} lines counted lost of {PRINTS}"
+    );
+    // Whole lines from the gap on: the torn one ended where it stopped, the report, the mark.
+    let before = &lines[report - 1];
+    assert!(
+        before.contains('x') && before.ends_with(&full_line) != stopped_mid_line,
+        "the line before the report is the torn print ({stopped_mid_line}): {before:?}"
+    );
+    assert!(lines[report].contains("WARN"), "{}", lines[report]);
+    assert!(lines[report + 1].ends_with("after the gap"), "{lines:?}");
+    ws.close(None).unwrap();
+    finish_close(ws);
+    child.stop();
+}
+
 /// A stderr that stops taking the log (a journald that hangs) stops no thread: an app that
 /// prints far more than the pipe and the log's queue hold goes on and answers, and the IO
 /// worker answers a refusal it logs. Once stderr is read again, every record is either there
