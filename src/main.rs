@@ -316,19 +316,7 @@ fn main() -> ExitCode {
     };
     loop {
         match signals.wait_ticking(&mut tick) {
-            lapps::signals::Signal::Reload(name, requester) => {
-                match &requester {
-                    None => info!(
-                        "{name} received: reloading certificates, redeploying changed services"
-                    ),
-                    Some(r) => info!(
-                        "reload asked for by process {} (lapps --reload): reloading \
-                         certificates, redeploying changed services",
-                        r.pid()
-                    ),
-                }
-                reloads.request(requester);
-            }
+            lapps::signals::Signal::Reload(name, requester) => reloads.request(name, requester),
             lapps::signals::Signal::Status => status.report(&app),
             lapps::signals::Signal::Stop(name, _) => {
                 info!("{name} received: shutting down (a second SIGTERM or SIGINT exits at once)");
@@ -475,6 +463,8 @@ fn check_descriptors(cfg: &mut Config) {
 /// by the first reload that starts after its request.
 struct Reloads {
     tx: std::sync::mpsc::Sender<Option<Requester>>,
+    /// The reload thread started (else each request is refused, saying so).
+    running: bool,
     busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
     app: std::sync::Arc<lapps::app::App>,
     /// The certificate reloads of SIGHUPs that found a reload running: one thread at a time,
@@ -525,18 +515,30 @@ impl Reloads {
                     }
                 }
             });
-        if let Err(e) = spawned {
+        if let Err(e) = &spawned {
             error!("cannot start the reload thread ({e}): SIGHUP will be ignored");
         }
         Reloads {
             tx,
+            running: spawned.is_ok(),
             busy,
             app,
             certificates: Default::default(),
         }
     }
 
-    fn request(&self, requester: Option<Requester>) {
+    /// A reload asked for by signal `name`, or by the requester's process: logged, then run.
+    fn request(&self, name: &str, requester: Option<Requester>) {
+        let asked = match &requester {
+            None => format!("{name} received"),
+            Some(r) => format!("reload asked for by process {} (lapps --reload)", r.pid()),
+        };
+        if !self.running {
+            // The requester dropped here is answered "failed".
+            lapps::warn!("{asked}: ignored, the reload thread could not start");
+            return;
+        }
+        info!("{asked}: reloading certificates, redeploying changed services");
         if self.busy.load(std::sync::atomic::Ordering::SeqCst) {
             lapps::warn!(
                 "the previous reload is still running: the certificate is reloaded now, the \
@@ -544,8 +546,6 @@ impl Reloads {
             );
             self.reload_certificate();
         }
-        // No reload thread (it could not start): nothing reloads, and the requester handed
-        // back is dropped, which answers it "failed".
         let _ = self.tx.send(requester);
     }
 
