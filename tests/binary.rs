@@ -1508,11 +1508,13 @@ return app
     assert_eq!(line.matches("stack traceback:").count(), 1, "{line}");
 }
 
-/// An error value that is neither a string nor has `__tostring` (`error({code = 42})`) is logged
-/// by its type, as Lua's own interpreter words it (a trial found "(error object is not a
-/// string)" said nothing of what was raised); a number stays the text `error` made of it.
+/// An error value that is neither a string nor has `__tostring` is logged by its type, as Lua's
+/// own interpreter words it (a trial found "(error object is not a string)" said nothing of
+/// what was raised), and a table (`error({code = 42})`, structured errors) with its first
+/// fields; a number stays the text `error` made of it. A standalone `run()` raising a table
+/// is logged the same way (it was `table: 0x...`).
 #[test]
-fn a_handlers_error_that_is_not_a_string_is_logged_by_its_type() {
+fn a_handlers_error_that_is_not_a_string_is_logged_by_its_type_and_a_tables_fields() {
     let app = r#"local app = {}
 app.onMessage = function(h, kind, message)
   if message == "table" then error({code = 42}) end
@@ -1520,16 +1522,20 @@ app.onMessage = function(h, kind, message)
 end
 return app
 "#;
-    let (_child, addr, log, _) = apps_binary(
+    let run = r#"local app = {}
+app.run = function() error({code = 43, why = "run"}) end
+return app
+"#;
+    let (_child, addr, log, start) = apps_binary(
         binary::ONE_WORKER_WS_JSON,
         "error-object",
-        &[("errobj", app)],
-        r#""errobj": { "request_target": "/errobj" }"#,
+        &[("errobj", app), ("errrun", run)],
+        r#""errobj": { "request_target": "/errobj" }, "errrun": { "standalone": true }"#,
     );
     for (message, wanted) in [
         (
             "table",
-            "with 1011: (error object is a table value) | stack traceback:",
+            "with 1011: (error object is a table value: {code = 42}) | stack traceback:",
         ),
         ("number", "errobj.lua:4: 42 | stack traceback:"),
     ] {
@@ -1539,6 +1545,18 @@ return app
         let line = binary::wait_line(&log, "onMessage failed");
         assert!(line.contains(wanted), "{wanted:?} missing in {line}");
     }
+    // It fails again after each back-off: a line the waits above passed over comes again.
+    let line = match start.iter().find(|l| l.contains("run() failed")) {
+        Some(l) => l.clone(),
+        None => binary::wait_line(&log, "run() failed"),
+    };
+    let fields = ["code = 43", "why = \"run\""];
+    assert!(
+        line.contains("(error object is a table value: {")
+            && fields.iter().all(|f| line.contains(f))
+            && line.contains("errrun.lua:2:"),
+        "{line}"
+    );
 }
 
 /// A runaway loop inside a generator of `coroutine.wrap`: once the budget is spent, the error

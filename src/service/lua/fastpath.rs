@@ -152,6 +152,33 @@ impl Failed {
     }
 }
 
+/// Calls `f()` as `onMessage` is called: in protected mode under [`traceback_function`]'s
+/// handler, so that its error reads the same in the log (a table's fields, one traceback).
+/// The error comes back as mlua's: `MemoryError` when Lua ran out of memory, else
+/// `RuntimeError` with the handler's text.
+pub(crate) fn call_traced(lua: &Lua, traceback: &Function, f: &Function) -> mlua::Result<()> {
+    let failed: Cell<Option<(c_int, String)>> = Cell::new(None);
+    // SAFETY: the closure calls Lua code only through lua_pcall with our message handler (at
+    // index 1, `f` at 2), so Lua errors never unwind through it; string_at copies the error
+    // before exec_raw resets the stack.
+    unsafe {
+        lua.exec_raw::<()>((traceback, f), |l| {
+            let status = ffi::lua_pcall(l, 0, 0, 1);
+            if status != 0 {
+                failed.set(Some((status, string_at(l, -1))));
+            }
+            ffi::lua_settop(l, 1);
+        })?;
+    }
+    match failed.take() {
+        None => Ok(()),
+        Some((status, text)) if super::collect::ran_out_of_memory(status, &text) => {
+            Err(mlua::Error::MemoryError(text))
+        }
+        Some((_, text)) => Err(mlua::Error::RuntimeError(text)),
+    }
+}
+
 /// The message handler [`call_messages`] needs, created once per state.
 pub(crate) fn traceback_function(lua: &Lua) -> mlua::Result<Function> {
     // SAFETY: `traceback` follows the lua_CFunction contract (see its body).
@@ -296,7 +323,8 @@ pub(crate) unsafe fn fail(l: *mut ffi::lua_State, reason: &CStr) -> c_int {
 }
 
 /// Message handler of [`call_messages`]: the error (a string or a number, or anything with
-/// `__tostring`, such as mlua's wrapped errors; else its type) followed by the Lua traceback, unless it carries one already
+/// `__tostring`, such as mlua's wrapped errors; else its type, and a table's first fields)
+/// followed by the Lua traceback, unless it carries one already
 /// (mlua's error from a Rust function, `mqr:post` given a table, does: twice would make the
 /// log line twice as long for nothing).
 unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
@@ -311,8 +339,13 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
             && ffi::lua_isstring(l, -1) != 0
         {
             ffi::lua_tostring(l, -1)
+        } else if ffi::lua_type(l, 1) == ffi::LUA_TTABLE {
+            // `error({code = 42})`, the idiom of structured errors: what it holds.
+            let text = format!("(error object is a table value: {})", table_fields(l, 1));
+            ffi::lua_pushlstring(l, text.as_ptr().cast(), text.len());
+            ffi::lua_tostring(l, -1)
         } else {
-            // As lua.c words it: `error({code = 42})` and `error()` say what they raised.
+            // As lua.c words it: `error()` says what it raised.
             let kind = ffi::lua_typename(l, ffi::lua_type(l, 1));
             ffi::lua_pushfstring(l, c"(error object is a %s value)".as_ptr(), kind)
         };
@@ -323,6 +356,88 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
         }
     }
     1
+}
+
+/// The table at `idx` in Lua's constructor syntax, for an error message: its first
+/// [`FIELDS_SHOWN`] fields in `next`'s order (raw: no metamethod runs), strings quoted and cut
+/// at [`STRING_SHOWN`] bytes, nested tables and other values by their type.
+unsafe fn table_fields(l: *mut ffi::lua_State, idx: c_int) -> String {
+    // SAFETY: `idx` is an absolute index of a table; lua_next gets its own key back untouched
+    // (each key is converted from a copy), and the stack is where it was at the end. A push
+    // that runs out of memory raises through this frame (LUAJIT_UNWIND_EXTERNAL, see the
+    // module's notes), dropping `out`.
+    unsafe {
+        let mut out = String::from("{");
+        let mut shown = 0;
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, idx) != 0 {
+            if shown == FIELDS_SHOWN {
+                out.push_str(", ...");
+                ffi::lua_settop(l, -3);
+                break;
+            }
+            if shown > 0 {
+                out.push_str(", ");
+            }
+            shown += 1;
+            let key = ffi::lua_gettop(l) - 1;
+            match (ffi::lua_type(l, key) == ffi::LUA_TSTRING).then(|| string_at(l, key)) {
+                Some(k) if is_name(&k) => out.push_str(&k),
+                _ => {
+                    out.push('[');
+                    out.push_str(&shown_value(l, key));
+                    out.push(']');
+                }
+            }
+            out.push_str(" = ");
+            out.push_str(&shown_value(l, key + 1));
+            ffi::lua_settop(l, -2);
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Fields of an error table that its log line shows.
+const FIELDS_SHOWN: usize = 8;
+/// Bytes of a string field shown.
+const STRING_SHOWN: usize = 100;
+
+/// A Lua name (an identifier), which a table constructor writes without brackets.
+fn is_name(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The value at `idx` as a field of [`table_fields`]: a string quoted (and cut), a number or a
+/// boolean as Lua prints it, anything else by its type.
+unsafe fn shown_value(l: *mut ffi::lua_State, idx: c_int) -> String {
+    // SAFETY: `idx` is a valid index; a number is converted from a copy (lua_tolstring would
+    // turn a key in place into a string), popped after.
+    unsafe {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TSTRING => {
+                let s = string_at(l, idx);
+                let mut end = s.len().min(STRING_SHOWN);
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let more = if end < s.len() { "..." } else { "" };
+                format!("{:?}{more}", &s[..end])
+            }
+            ffi::LUA_TNUMBER => {
+                ffi::lua_pushvalue(l, idx);
+                let s = string_at(l, -1);
+                ffi::lua_settop(l, -2);
+                s
+            }
+            ffi::LUA_TBOOLEAN => (ffi::lua_toboolean(l, idx) != 0).to_string(),
+            t => {
+                let name = CStr::from_ptr(ffi::lua_typename(l, t));
+                format!("<{}>", name.to_string_lossy())
+            }
+        }
+    }
 }
 
 /// The string at `idx` (lossy), for an error message.

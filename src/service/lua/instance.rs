@@ -385,8 +385,8 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         return Err(format!("{path}: the app must return its module table"));
     };
     let app = if spec.standalone {
-        let app = StandaloneApp::new(&module).map_err(|e| format!("{path}: {e}"))?;
-        app.init(host).map_err(|e| format!("{path}: {e}"))?;
+        let app = StandaloneApp::new(&lua, &module).map_err(|e| format!("{path}: {e}"))?;
+        app.init(&lua, host).map_err(|e| format!("{path}: {e}"))?;
         App::Standalone(app)
     } else {
         let lapps = (spec.protocol == super::spec::Protocol::LAppS).then(|| {
@@ -396,7 +396,8 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         // (one that raises for a name it lacks means: no such callback, as for onDisconnect).
         host.reset_budget();
         if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
-            f.call::<()>(())
+            let traceback = super::fastpath::traceback_function(&lua).map_err(|e| one_line(&e))?;
+            super::fastpath::call_traced(&lua, &traceback, &f)
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
         // The callbacks as onStart left them: an app may set them there.
@@ -521,7 +522,9 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
     host.reset_budget();
     // A lookup that raises (a strict module without it) means: none.
     if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
-        if let Err(e) = f.call::<()>(()) {
+        let called = super::fastpath::traceback_function(lua)
+            .and_then(|traceback| super::fastpath::call_traced(lua, &traceback, &f));
+        if let Err(e) = called {
             crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
         }
     }

@@ -24,10 +24,12 @@ const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
 pub(crate) struct StandaloneApp {
     init: Option<Function>,
     run: Function,
+    /// The message handler `init` and `run` are called under (`fastpath::call_traced`).
+    traceback: Function,
 }
 
 impl StandaloneApp {
-    pub fn new(module: &Table) -> Result<StandaloneApp, String> {
+    pub fn new(lua: &Lua, module: &Table) -> Result<StandaloneApp, String> {
         let init = match module.get::<Value>("init") {
             Ok(Value::Function(f)) => Some(f),
             _ => None,
@@ -36,14 +38,19 @@ impl StandaloneApp {
             Ok(Value::Function(f)) => f,
             _ => return Err("the module has no run function".into()),
         };
-        Ok(StandaloneApp { init, run })
+        let traceback = super::fastpath::traceback_function(lua).map_err(|e| one_line(&e))?;
+        Ok(StandaloneApp {
+            init,
+            run,
+            traceback,
+        })
     }
 
     /// Runs `init()`; its error is a start-up error.
-    pub fn init(&self, host: &HostCtx) -> Result<(), String> {
+    pub fn init(&self, lua: &Lua, host: &HostCtx) -> Result<(), String> {
         host.reset_budget();
         if let Some(f) = &self.init {
-            f.call::<()>(())
+            super::fastpath::call_traced(lua, &self.traceback, f)
                 .map_err(|e| format!("init: {}", one_line(&e)))?;
         }
         host.flush();
@@ -60,7 +67,7 @@ impl StandaloneApp {
         loop {
             host.reset_budget();
             let started = Instant::now();
-            let result = self.run.call::<()>(());
+            let result = super::fastpath::call_traced(lua, &self.traceback, &self.run);
             host.flush();
             if host.stop.is_set() {
                 if let Err(e) = result {
