@@ -115,10 +115,13 @@ pub enum Wait {
 }
 
 /// A queued message: its bytes, owned, and what they were posted as.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Message {
     bytes: Box<[u8]>,
     kind: Kind,
+    /// Its place among the queue's posts (wrapping; set by the push), for
+    /// [`Queue::put_back`]: one poster's messages have increasing numbers.
+    seq: u32,
 }
 
 /// What a [`Message`]'s bytes are, so that the receiver gets back what was posted.
@@ -132,7 +135,11 @@ pub enum Kind {
 
 impl Message {
     pub fn new(bytes: Box<[u8]>, kind: Kind) -> Self {
-        Message { bytes, kind }
+        Message {
+            bytes,
+            kind,
+            seq: 0,
+        }
     }
 
     pub fn kind(&self) -> Kind {
@@ -144,8 +151,23 @@ impl Message {
     }
 }
 
+/// Whether `a` was posted before `b`, for the messages a queue holds at once (far fewer than
+/// 2^31: [`MAX_SLOTS`]).
+fn posted_before(a: &Message, b: &Message) -> bool {
+    (a.seq.wrapping_sub(b.seq) as i32) < 0
+}
+
 // A slot is its stamp and a message: 32 bytes, as MAX_SLOTS and docs/lua-api.md count them.
 const _: () = assert!(std::mem::size_of::<Message>() == 24);
+
+/// Equal when they carry the same bytes as the same kind (wherever they were posted).
+impl PartialEq for Message {
+    fn eq(&self, other: &Message) -> bool {
+        self.bytes == other.bytes && self.kind == other.kind
+    }
+}
+
+impl Eq for Message {}
 
 impl std::ops::Deref for Message {
     type Target = [u8];
@@ -181,6 +203,8 @@ pub struct Queue {
     returned: Mutex<std::collections::VecDeque<Message>>,
     /// How many are in `returned` (read without its lock on every pop).
     returned_len: AtomicUsize,
+    /// The number the next push gives its message.
+    next_seq: std::sync::atomic::AtomicU32,
     /// Messages receivers took and hold for want of memory, to deliver at their next receive
     /// ([`Queue::hold`]): still this queue's, for the shutdown's count of what is left.
     held: AtomicUsize,
@@ -225,6 +249,7 @@ impl Queue {
             post_waiters: AtomicUsize::new(0),
             returned: Mutex::new(std::collections::VecDeque::new()),
             returned_len: AtomicUsize::new(0),
+            next_seq: std::sync::atomic::AtomicU32::new(0),
             held: AtomicUsize::new(0),
             #[cfg(test)]
             waits: AtomicUsize::new(0),
@@ -271,7 +296,7 @@ impl Queue {
     /// have woken a poster that then found no room for those bytes and went back to sleep, so
     /// a caller that does not hold the lock must wake the posters (`push` cannot: `post` calls
     /// it holding the lock, and needs not).
-    fn push(&self, msg: Message) -> Result<(), (Message, Refused)> {
+    fn push(&self, mut msg: Message) -> Result<(), (Message, Refused)> {
         let n = msg.len();
         let reserved = self
             .bytes
@@ -300,6 +325,7 @@ impl Queue {
             );
             return Err((msg, Refused::Total));
         }
+        msg.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         match self.ring.push(msg) {
             Ok(()) => Ok(()),
             Err(msg) => {
@@ -334,13 +360,19 @@ impl Queue {
 
     /// Gives back a message a receiver took and could not deliver (its Lua state went away):
     /// the next receive of any receiver gets it, before the ring. It was accepted once, so it
-    /// is taken whatever the bounds say now; never blocks.
+    /// is taken whatever the bounds say now; never blocks. Messages given back keep the order
+    /// they were posted in, whatever order their receivers give them back in (two receivers
+    /// of a version being replaced, each with one).
     pub fn put_back(&self, msg: Message) {
         self.bytes.fetch_add(msg.len(), Ordering::AcqRel);
         self.total.add(msg.len());
         {
             let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
-            returned.push_back(msg);
+            let at = returned
+                .iter()
+                .rposition(|m| posted_before(m, &msg))
+                .map_or(0, |i| i + 1);
+            returned.insert(at, msg);
             self.returned_len.store(returned.len(), Ordering::Release);
         }
         self.wake(&self.recv_waiters, &self.not_empty);
@@ -1005,6 +1037,32 @@ mod tests {
         q.try_post(msg("gh")).unwrap();
         q.try_post(msg("ij")).unwrap();
         assert!(q.try_post(msg("k")).is_err());
+    }
+
+    /// Two receivers of a version being replaced each took a message and give it back, the
+    /// later one first: the new version still receives them in the order they were posted.
+    #[test]
+    fn messages_given_back_out_of_order_are_received_in_the_order_posted() {
+        let q = Queue::with_max_bytes("back".into(), 8, 64);
+        for m in ["m1", "m2", "m3"] {
+            q.try_post(msg(m)).unwrap();
+        }
+        let (m1, m2) = (q.poll().unwrap(), q.poll().unwrap());
+        q.put_back(m2);
+        q.put_back(m1);
+        for m in ["m1", "m2", "m3"] {
+            assert_eq!(&*q.poll().unwrap(), m.as_bytes());
+        }
+        // Numbers wrap: the order holds across the wrap.
+        q.next_seq.store(u32::MAX, Ordering::Relaxed);
+        for m in ["w1", "w2"] {
+            q.try_post(msg(m)).unwrap();
+        }
+        let (w1, w2) = (q.poll().unwrap(), q.poll().unwrap());
+        q.put_back(w2);
+        q.put_back(w1);
+        assert_eq!(&*q.poll().unwrap(), b"w1");
+        assert_eq!(&*q.poll().unwrap(), b"w2");
     }
 
     #[test]
