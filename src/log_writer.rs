@@ -83,6 +83,9 @@ pub fn start() -> bool {
                 // A panic here (a bug) must not leave records queued for nobody: from then on
                 // they are written where they are made again.
                 let _ = std::panic::catch_unwind(write_out);
+                // Under the lock: a flush between its look at RUNNING and its wait would
+                // otherwise miss this and wait out its whole timeout.
+                let _q = lock();
                 RUNNING.store(false, Ordering::SeqCst);
                 WROTE.notify_all();
             });

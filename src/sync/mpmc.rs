@@ -206,7 +206,9 @@ impl<T> ArrayQueue<T> {
                 if head.wrapping_add(self.one_lap) == tail {
                     return Err(value);
                 }
-                backoff.spin();
+                // A consumer claimed the slot and has not freed it yet: a wait on another
+                // thread, which may be descheduled on this very core (a pinned worker).
+                backoff.snooze();
                 tail = self.tail.load(Ordering::Relaxed);
             } else {
                 // Another producer claimed this slot and has not published yet, or our `tail` is
@@ -258,7 +260,8 @@ impl<T> ArrayQueue<T> {
                 if tail == head {
                     return None;
                 }
-                backoff.spin();
+                // A producer claimed the slot and has not published it yet (as below).
+                backoff.snooze();
                 head = self.head.load(Ordering::Relaxed);
             } else {
                 // A producer claimed the slot and has not published yet, or `head` is stale.

@@ -594,7 +594,9 @@ impl Service for LuaService {
                 // A full queue gives the batch back; it is retried at the next flush (its
                 // messages already count toward the high-water mark, so readers get paused).
                 if let Err(back) = inbox.push(std::mem::replace(batch, inbox.fresh_batch())) {
-                    *batch = back;
+                    // The spare taken for it goes back: a queue full for a while would
+                    // otherwise allocate and free one at every flush.
+                    inbox.recycle(std::mem::replace(batch, back));
                 }
                 let (events, closes) = inbox.take_lost();
                 if events > 0 {
