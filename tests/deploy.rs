@@ -198,6 +198,41 @@ fn a_change_to_a_module_the_app_requires_is_a_new_version() {
     app.shutdown();
 }
 
+/// The module directory is a symlink to a checkout outside the app's directory (a trial's
+/// deploy, which reported success and kept the old code): a change in it is a new version.
+/// A link back up the tree (a loop) does not keep the walk going.
+#[test]
+fn a_change_in_a_symlinked_module_directory_is_a_new_version() {
+    let site = Site::new("linked-module");
+    let d = site.dir.join("apps").join("svc");
+    let shared = site.dir.join("shared-lib");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::os::unix::fs::symlink(&shared, d.join("lib")).unwrap();
+    std::os::unix::fs::symlink(&d, shared.join("loop")).unwrap();
+    std::fs::write(
+        d.join("svc.lua"),
+        "local tag = require('lib.tag')\nlocal m = {}\nm.onMessage = function(h, op, msg)\n  \
+         ws:send(h, 1, tag .. ' ' .. msg)\n  return true\nend\nreturn m\n",
+    )
+    .unwrap();
+    std::fs::write(shared.join("tag.lua"), "return 'v1'\n").unwrap();
+    site.services(&["svc"]);
+    let app = site.start();
+    let addr = app.local_addrs()[0];
+    let mut old = connect(addr, "/svc");
+    assert_eq!(ask(&mut old, "hi"), "v1 hi");
+
+    std::fs::write(shared.join("tag.lua"), "return 'v2'\n").unwrap();
+    app.reload();
+    assert_eq!(close_code(&mut old), Some(1001));
+    let mut new = connect(addr, "/svc");
+    assert_eq!(ask(&mut new, "hi"), "v2 hi");
+    app.reload();
+    assert_eq!(ask(&mut new, "again"), "v2 again");
+    app.shutdown();
+}
+
 #[test]
 fn a_change_to_the_shared_lib_directory_is_a_new_version_of_each_service() {
     let site = Site::new("lib");

@@ -82,34 +82,42 @@ const APP_DIR_MAX_FILES: usize = 4096;
 /// Files up to this size are compared by content, larger ones by size and modification time.
 const APP_FILE_MAX_READ: u64 = 16 << 20;
 
+/// Directories of an app that a deploy walks, at most.
+const APP_DIR_MAX_DIRS: usize = 4096;
+
 /// A hash of every file under `dir` (names and contents, in name order, subdirectories
 /// included), so that a change to any module an app `require`s from its own directory is a
-/// new version, not only a change to `NAME.lua`.
+/// new version, not only a change to `NAME.lua`. Symlinks are followed, to files and to
+/// directories (a module directory linked in from a shared checkout is the app's as much as
+/// Lua's `require` sees it); each directory is walked once, so a link loop ends the walk.
 pub(super) fn app_dir_hash(dir: &std::path::Path) -> u64 {
     use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut pending = vec![dir.to_path_buf()];
+    let mut walked = std::collections::HashSet::new();
     let mut files = 0;
     while let Some(d) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&d) else {
+            continue;
+        };
+        if walked.len() == APP_DIR_MAX_DIRS || !walked.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
         let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         entries.sort();
         for path in entries {
-            // Directory symlinks are not followed, so that a loop cannot keep the walk going.
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
             if meta.is_dir() {
                 pending.push(path);
                 continue;
             }
-            // File symlinks are (an app may link a shared module); only regular files are
-            // read, so a FIFO or a device cannot block or flood the walk.
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
+            // Only regular files are read, so a FIFO or a device cannot block or flood the walk.
             if !meta.is_file() || files == APP_DIR_MAX_FILES {
                 continue;
             }
