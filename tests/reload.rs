@@ -253,6 +253,37 @@ fn a_reload_ends_with_one_line_that_counts_what_it_did() {
     signal(pid, libc::SIGHUP);
     let line = wait_line(&log, "replaced service good");
     assert!(line.contains("(its lapps.json entry changed; "), "{line}");
+    wait_line(&log, "reload done");
+    // A standalone service's old version stops before its new one starts: a new one that
+    // fails is counted once, as failed, and said not to run (it was counted as stopped too).
+    std::fs::create_dir_all(dir.join("apps/solo")).unwrap();
+    std::fs::write(
+        dir.join("apps/solo/solo.lua"),
+        "local a = {}\na.run = function() end\nreturn a\n",
+    )
+    .unwrap();
+    let services = r#", "good": { "request_target": "/good", "instances": 2 },
+                      "solo": { "standalone": true }"#;
+    lapps_json(&dir, services);
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "reload done");
+    assert!(
+        line.contains("1 started, 0 replaced, 0 stopped, 1 unchanged, 0 failed"),
+        "{line}"
+    );
+    std::fs::write(
+        dir.join("apps/solo/solo.lua"),
+        "local a = {}\na.init = function() error('no') end\na.run = function() end\nreturn a\n",
+    )
+    .unwrap();
+    signal(pid, libc::SIGHUP);
+    let line = wait_line(&log, "reload done");
+    assert!(
+        line.contains(
+            "0 started, 0 replaced, 0 stopped, 1 unchanged, 1 failed (1 of them not running now)"
+        ),
+        "{line}"
+    );
     server.stop();
 }
 

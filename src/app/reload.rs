@@ -18,6 +18,9 @@ pub struct Redeployed {
     /// Services whose new version did not load (each reported above), or 1 for a
     /// configuration whose start order cannot be made.
     pub failed: usize,
+    /// Of the failed ones, those not running now (a standalone service's old version stops
+    /// before its new one starts).
+    pub failed_down: usize,
     /// Services whose change waits for the restart: their path is one a builtin service (or
     /// a service that itself waits) serves until then (each reported above, a warning).
     pub waiting: usize,
@@ -30,6 +33,9 @@ impl std::fmt::Display for Redeployed {
             "Lua services: {} started, {} replaced, {} stopped, {} unchanged, {} failed",
             self.started, self.replaced, self.stopped, self.unchanged, self.failed
         )?;
+        if self.failed_down > 0 {
+            write!(f, " ({} of them not running now)", self.failed_down)?;
+        }
         if self.waiting > 0 {
             write!(f, ", {} waiting for the restart", self.waiting)?;
         }
@@ -478,7 +484,7 @@ impl App {
                     );
                     done.failed += 1;
                     if was_running {
-                        done.stopped += 1; // the old version was taken down first
+                        done.failed_down += 1; // the old version was taken down first
                     }
                     deployed_map.remove(&sc.name);
                     crate::error!("deploy: {e}; service {} is not running", sc.name)
