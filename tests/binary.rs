@@ -2196,6 +2196,46 @@ return app
     );
 }
 
+/// A connection that ends while its service is still busy with what it sent waits for the
+/// replies at most `close_timeout_ms`; past it, the log says the rest are dropped (a trial's
+/// redeploy cut replies off without a word, even at debug).
+#[test]
+fn replies_dropped_at_the_close_timeout_are_logged() {
+    let app = r#"local app = {}
+app.onMessage = function(h, kind, message)
+  local until_ms = time.monotonic() + 300
+  while time.monotonic() < until_ms do end
+  ws:send(h, kind, message)
+  return true
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 200 }"#,
+        "dropped-replies",
+        &[("slow", app)],
+        r#""slow": { "request_target": "/slow", "preload": ["time"], "instruction_budget": 0 }"#,
+    );
+    let mut ws = connect(addr, "/slow");
+    // Its first reply says the service runs; the Close then comes while it is busy with the
+    // next four (1.2 s, its replies posted once they are all handled).
+    assert_eq!(ask(&mut ws, "0"), "0");
+    for i in 1..5 {
+        send(&mut ws, &i.to_string());
+    }
+    ws.close(None).unwrap();
+    let line = binary::wait_line(&log, "had not handled all it sent");
+    assert!(
+        line.contains(" INFO ")
+            && line.contains("with a Close: ")
+            && line.contains(
+                "service slow had not handled all it sent within 200 ms (close_timeout_ms); \
+                 the replies it sends from now on are dropped"
+            ),
+        "{line}"
+    );
+}
+
 /// SIGUSR1 logs the status report, one `status:` line each: the process, the IO workers'
 /// connections, each Lua service with the connections it holds and what its Lua states take,
 /// the bcast channels and the mqr queues. The server goes on serving.

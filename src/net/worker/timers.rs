@@ -59,9 +59,29 @@ impl Worker {
                     self.set_deadline(index, at);
                 }
                 // The service did not answer in time: close without the rest of its replies.
-                Phase::Answering(..) => self.close_answered(index),
+                Phase::Answering(code, _) => {
+                    self.log_unanswered(index, generation, code);
+                    self.close_answered(index)
+                }
             }
         }
+    }
+
+    /// The line that says a connection is closed before its service answered everything it
+    /// sent: the replies it owes and sends later are dropped (the app sees `nil, "closed"`).
+    fn log_unanswered(&mut self, index: u32, generation: u32, code: Option<u16>) {
+        let Some(c) = self.conns.get_mut(index) else {
+            return;
+        };
+        let name = c.service.as_ref().map_or("", |s| s.name()).to_owned();
+        let peer = c.peer;
+        let handle = self.conn_id(index, generation).as_u64();
+        let code = code.map_or_else(|| "a Close".to_owned(), |c| format!("Close {c}"));
+        crate::info_limited!(
+            "closing {peer} ({handle:#x}) with {code}: service {name} had not handled all it \
+             sent within {} ms (close_timeout_ms); the replies it sends from now on are dropped",
+            self.answer_wait().as_millis()
+        );
     }
 
     /// A request that began but did not end in time gets 408 (RFC 9110 15.5.9) and the
