@@ -511,6 +511,35 @@ fn a_message_still_incomplete_at_the_message_timeout_fails_with_1008() {
     }
 }
 
+/// A frame's first bytes count as its beginning: one byte of a header, or a header without
+/// its last length bytes, and then nothing, is closed 1008 at the message timeout (a trial's
+/// peer doing so was never timed out with idle pings off).
+#[test]
+fn a_frame_header_left_unfinished_fails_with_1008_at_the_message_timeout() {
+    use std::time::{Duration, Instant};
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let srv = start_echo(|o| {
+        o.worker.message_timeout = Some(TIMEOUT);
+        o.worker.idle_timeout = None;
+    });
+    let whole = frame(true, 0, 0x2, &[7; 300], true);
+    // One byte; and a 64-bit length cut short (the header needs 2 + 8 + 4 bytes).
+    for part in [&whole[..1], &frame(true, 0, 0x2, &[7; 70_000], true)[..5]] {
+        let mut s = raw_upgraded(srv.addr, "/echo");
+        let began = Instant::now();
+        s.write_all(part).unwrap();
+        let f = read_frame(&mut s).expect("a Close at the message timeout");
+        assert_eq!(f.opcode, 0x8);
+        assert_eq!(f.payload.get(..2), Some(&1008u16.to_be_bytes()[..]));
+        assert!(
+            began.elapsed() >= TIMEOUT,
+            "closed after {:?}",
+            began.elapsed()
+        );
+        assert!(closed_by_server(&mut s));
+    }
+}
+
 /// A peer given up on while it does not read (our bytes still in the kernel) is reset: a FIN
 /// would wait behind its zero window, and the kernel keep those bytes and the connection for
 /// minutes after the server let it go (a re-trial's client was still connected 60 s later).

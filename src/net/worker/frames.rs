@@ -83,7 +83,12 @@ impl Worker {
             })
         };
         self.opts.assembly.update(held_before, decoder.held());
-        let in_message = decoder.in_message();
+        // A frame has begun: a message being assembled, or the first bytes of a frame whose
+        // header (or control frame) is not whole yet, which the caller keeps for the next
+        // read. Either must end within the message timeout of its first bytes (a peer sending
+        // one byte of a header and nothing more was never timed out with idle pings off).
+        let in_message =
+            decoder.in_message() || matches!(result, Ok(consumed) if consumed < buf.len());
         c.decoder = Some(decoder);
         // A message that began in this read (after another ended in it, perhaps) has the
         // whole timeout from now.
