@@ -317,6 +317,40 @@ pub fn write_limited(level: Level, limiter: &'static Limiter, args: std::fmt::Ar
     }
 }
 
+/// Kinds of line [`write_limited_kind`] keeps a limiter for; later kinds share one.
+const KINDS_MAX: usize = 64;
+
+/// [`write_limited`] for a call site whose lines say different things (why a connection was
+/// closed): each `kind` (static texts the line is made of) has a limiter of its own, so that a
+/// flood of one kind neither hides the others nor is counted as theirs.
+pub fn write_limited_kind(
+    level: Level,
+    kind: (&'static str, &'static str),
+    args: std::fmt::Arguments<'_>,
+) {
+    if enabled(level) {
+        write_limited(level, limiter_of(kind), args)
+    }
+}
+
+/// The limiter of one kind of line (see [`write_limited_kind`]).
+fn limiter_of(kind: (&'static str, &'static str)) -> &'static Limiter {
+    type Kinds = Vec<((&'static str, &'static str), &'static Limiter)>;
+    static KINDS: Mutex<Kinds> = Mutex::new(Vec::new());
+    static OTHERS: Limiter = Limiter::new();
+    let mut kinds = KINDS.lock().unwrap_or_else(|e| e.into_inner());
+    match kinds.iter().find(|(k, _)| *k == kind) {
+        Some(&(_, l)) => l,
+        None if kinds.len() < KINDS_MAX => {
+            // Once per kind, and kinds are few: the limiter lives as long as the process.
+            let l: &'static Limiter = Box::leak(Box::new(Limiter::new()));
+            kinds.push((kind, l));
+            l
+        }
+        None => &OTHERS,
+    }
+}
+
 #[macro_export]
 macro_rules! log_limited_at {
     ($lvl:expr, $($arg:tt)*) => {
@@ -350,6 +384,30 @@ macro_rules! debug { ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Debu
 
 #[cfg(test)]
 mod tests {
+    /// Why connections were closed, from one call site: a flood of handshake timeouts used up
+    /// the site's budget, and the one "no Close from the peer" line was suppressed and counted
+    /// as one of them.
+    #[test]
+    fn each_kind_of_line_has_its_own_limit() {
+        let silent = super::limiter_of(("test: nothing received", ""));
+        let no_close = super::limiter_of(("test: no Close", ""));
+        let reset = super::limiter_of(("test: no Close", " (reset)"));
+        assert!(std::ptr::eq(
+            silent,
+            super::limiter_of(("test: nothing received", ""))
+        ));
+        for _ in 0..super::PER_SECOND {
+            assert_eq!(silent.admit_at(7), Some(0));
+        }
+        assert_eq!(silent.admit_at(7), None, "its own budget is spent");
+        assert_eq!(
+            no_close.admit_at(7),
+            Some(0),
+            "another kind still has its own"
+        );
+        assert_eq!(reset.admit_at(7), Some(0));
+    }
+
     #[test]
     fn every_line_of_a_record_carries_the_time_and_level() {
         assert_eq!(

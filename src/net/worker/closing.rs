@@ -366,7 +366,11 @@ impl Worker {
                 } else {
                     ""
                 };
-                crate::info_limited!("closed {}: {what}{how}", c.peer)
+                crate::log::write_limited_kind(
+                    crate::log::Level::Info,
+                    (what, how),
+                    format_args!("closed {}: {what}{how}", c.peer),
+                )
             }
             other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
         }
