@@ -232,6 +232,9 @@ fn main() -> ExitCode {
                 "warning: {e} (auto_start is false: it would fail when enabled)"
             ));
         }
+        for w in cfg.ws.short_timeouts() {
+            lapps::log::warning_text(&format!("warning: {w}"));
+        }
         let mut broken: Vec<String> = broken.into_iter().map(|(_, e)| e).collect();
         // Every app's file is missing when the directory is: say that once, first.
         let apps = &cfg.lapps.directories.applications;
@@ -281,6 +284,9 @@ fn main() -> ExitCode {
         lapps::simd::variant(),
         at.describe()
     );
+    for w in cfg.ws.short_timeouts() {
+        warn!("{w}");
+    }
     check_descriptors(&mut cfg);
     // Room to answer `lapps --reload` when clients take every other descriptor.
     lapps::reload_request::keep_spare_descriptors();

@@ -83,6 +83,37 @@ fn check_config_passes(dir: &Path) -> String {
     stderr
 }
 
+/// A timeout under a second (seconds written for milliseconds: a trial's `"idle_timeout_ms":
+/// 1` was taken without a word) is used as written, with a warning at `--check-config` and
+/// at the start; 0 (off) and a second or more are not warned of.
+#[test]
+fn a_timeout_under_a_second_is_warned_of() {
+    let dir = temp_dir("short-timeouts");
+    write_config(
+        &dir,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "idle_timeout_ms": 60, "message_timeout_ms": 0, "close_timeout_ms": 1000 }"#,
+        BUILTIN_ONLY,
+    );
+    let wanted = "ws.json: idle_timeout_ms is 60, in milliseconds: under a second, used as \
+                  written (for 60 seconds, write 60000)";
+    let stderr = check_config_passes(&dir);
+    assert!(stderr.contains(&format!("warning: {wanted}")), "{stderr}");
+    assert_eq!(stderr.matches("in milliseconds").count(), 1, "{stderr}");
+    let (mut child, _addr, _log, start) = binary::spawn_binary_logging(&dir, |cmd| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    });
+    let warned: Vec<_> = start
+        .iter()
+        .filter(|l| l.contains("in milliseconds"))
+        .collect();
+    assert!(
+        warned.len() == 1 && warned[0].contains(" WARN ") && warned[0].ends_with(wanted),
+        "{start:#?}"
+    );
+    child.stop();
+}
+
 /// Runs `lapps -c DIR --check-config`, which must fail; its stderr.
 fn check_config_fails(dir: &Path) -> String {
     let out = output_within(

@@ -290,6 +290,28 @@ impl Default for Workers {
 }
 
 impl WsConfig {
+    /// A warning for each timeout set below a second but not 0: seconds written where
+    /// milliseconds are meant (`"idle_timeout_ms": 60` pings every client after 60 ms of
+    /// silence and closes those whose round trip is longer). The value is used as written.
+    pub fn short_timeouts(&self) -> Vec<String> {
+        [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("close_timeout_ms", self.close_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("message_timeout_ms", self.message_timeout_ms),
+        ]
+        .into_iter()
+        .filter(|&(_, ms)| ms > 0 && ms < 1000)
+        .map(|(key, ms)| {
+            format!(
+                "ws.json: {key} is {ms}, in milliseconds: under a second, used as written (for \
+                 {ms} seconds, write {})",
+                ms * 1000
+            )
+        })
+        .collect()
+    }
+
     /// Every listening endpoint, the top-level one first.
     pub fn listen_endpoints(&self) -> Vec<Endpoint> {
         let first = Endpoint {
