@@ -10,6 +10,9 @@ use crate::ws::codec::{self, Role};
 use crate::ws::handshake;
 use crate::ws::{close, Opcode};
 
+// The lines of a close given up on after every extension count them.
+const _: () = assert!(crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS == 20);
+
 impl Worker {
     pub(super) fn run_timers(&mut self) {
         self.compact_timers();
@@ -37,13 +40,29 @@ impl Worker {
             if slow_reader {
                 c.close_extensions += 1;
             }
+            // Given up on while it still reads, slowly: the log says why the wait ended then.
+            let extended = c.close_extensions == crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS;
             let phase = c.phase;
             match phase {
                 Phase::Handshake { .. } => self.handshake_timed_out(index),
                 _ if slow_reader => self.arm_close_deadline(index),
+                Phase::Closing if extended => self.end(
+                    index,
+                    Ending::Timeout(
+                        "no Close from the peer within 21 close timeouts (close_timeout_ms, \
+                         extended 20 times as it read our bytes slowly)",
+                    ),
+                ),
                 Phase::Closing => self.end(
                     index,
                     Ending::Timeout("no Close from the peer within close_timeout_ms"),
+                ),
+                Phase::Finishing if extended => self.end(
+                    index,
+                    Ending::Timeout(
+                        "the peer did not take our last bytes within 21 close timeouts \
+                         (close_timeout_ms, extended 20 times as it read them slowly)",
+                    ),
                 ),
                 Phase::Finishing => self.end(
                     index,
