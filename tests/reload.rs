@@ -583,3 +583,52 @@ fn a_service_waiting_for_the_restart_is_counted_and_reported() {
     );
     server.stop();
 }
+
+/// A new version that does not start (one of its instances fails) keeps the running one: what
+/// its instances that had started still log (their `onShutdown`) is tagged `failed start`, so
+/// that it is not read as the running version's (a trial saw `[vecho#0]` on both).
+#[test]
+fn what_a_version_that_did_not_start_logs_is_tagged_so() {
+    let dir = site("failed-start-tag");
+    std::fs::create_dir_all(dir.join("apps/two")).unwrap();
+    let ready = dir.join("ready0");
+    std::fs::write(
+        dir.join("apps/two/two.lua"),
+        "local a = {}\na.onMessage = function() return true end\nreturn a\n",
+    )
+    .unwrap();
+    let service = r#", "two": { "request_target": "/two", "instances": 2, "preload": ["time"],
+                      "instruction_budget": 0 }"#;
+    lapps_json(&dir, service);
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    // Instance 1 fails once instance 0 has started (it leaves a file, then returns).
+    std::fs::write(
+        dir.join("apps/two/two.lua"),
+        format!(
+            r#"local ready = {ready:?}
+local a = {{}}
+a.onStart = function()
+  if instance_id == 0 then
+    io.open(ready, "w"):close()
+    return
+  end
+  local give_up = time.monotonic() + 10000
+  while not io.open(ready) and time.monotonic() < give_up do end
+  local settle = time.monotonic() + 500
+  while time.monotonic() < settle do end
+  error("instance 1 does not start")
+end
+a.onShutdown = function() print("shutting down v2") end
+a.onMessage = function() return true end
+return a
+"#
+        ),
+    )
+    .unwrap();
+    signal(server.0.id(), libc::SIGHUP);
+    let line = wait_line(&log, "shutting down v2");
+    assert!(line.contains(" [two#0 failed start] "), "{line}");
+    let line = wait_line(&log, "reload done");
+    assert!(line.contains("1 failed"), "{line}");
+    server.stop();
+}

@@ -43,6 +43,8 @@ pub struct Stop {
     handover: AtomicBool,
     /// A redeploy replaced or removed this version ([`Stop::set_retiring`]).
     retiring: AtomicBool,
+    /// This version did not start ([`Stop::set_start_failed`]).
+    start_failed: AtomicBool,
 }
 
 impl Stop {
@@ -58,6 +60,13 @@ impl Stop {
     /// `onShutdown`) is tagged so, apart from the new version's lines under the same name.
     pub fn set_retiring(&self) {
         self.retiring.store(true, Ordering::SeqCst);
+    }
+
+    /// This version's start failed or was given up on: what its threads still log (an
+    /// `init` that ends late, the `onShutdown` of instances that had started) is tagged so,
+    /// apart from the running version's lines under the same name.
+    pub fn set_start_failed(&self) {
+        self.start_failed.store(true, Ordering::SeqCst);
     }
 
     /// Whether a redeploy replaced or removed this version ([`Stop::set_retiring`]).
@@ -421,10 +430,13 @@ impl HostCtx {
         self.in_run.set(false);
     }
 
-    /// What the instance's log lines begin with: `[service#instance]`, and `[service#instance
-    /// retiring]` once a redeploy replaced or removed its version.
+    /// What the instance's log lines begin with: `[service#instance]`, `[service#instance
+    /// retiring]` once a redeploy replaced or removed its version, `[service#instance failed
+    /// start]` when its version did not start.
     pub fn tag(&self) -> String {
-        if self.stop.retiring.load(Ordering::SeqCst) {
+        if self.stop.start_failed.load(Ordering::SeqCst) {
+            format!("[{}#{} failed start]", self.service, self.instance)
+        } else if self.stop.retiring.load(Ordering::SeqCst) {
             format!("[{}#{} retiring]", self.service, self.instance)
         } else {
             format!("[{}#{}]", self.service, self.instance)

@@ -130,6 +130,7 @@ impl Starts<'_> {
         }
         // After giving up, not before: an init woken by must_stop() could otherwise finish
         // and become ready first, then run run() and onShutdown in a service that failed.
+        self.stop.set_start_failed();
         self.stop.set();
     }
 
