@@ -632,3 +632,50 @@ return a
     assert!(line.contains("1 failed"), "{line}");
     server.stop();
 }
+
+/// A dependency whose new version fails leaves the services that depend on it running without
+/// it: the deploy warns, naming both (a trial's echo_lapps lost its time broadcast unsaid).
+#[test]
+fn a_service_left_without_its_dependency_is_warned_of() {
+    let dir = site("missing-dependency");
+    for name in ["base", "user"] {
+        std::fs::create_dir_all(dir.join("apps").join(name)).unwrap();
+    }
+    std::fs::write(
+        dir.join("apps/base/base.lua"),
+        "local a = {}\na.run = function() end\nreturn a\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("apps/user/user.lua"),
+        "local a = {}\na.onMessage = function() return true end\nreturn a\n",
+    )
+    .unwrap();
+    lapps_json(
+        &dir,
+        r#", "base": { "standalone": true },
+             "user": { "request_target": "/user", "depends": ["base", "echo"] }"#,
+    );
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    std::fs::write(
+        dir.join("apps/base/base.lua"),
+        "local a = {}\na.init = function() error('no') end\na.run = function() end\nreturn a\n",
+    )
+    .unwrap();
+    signal(server.0.id(), libc::SIGHUP);
+    let lines = binary::lines_until(&log, "reload done");
+    let warned: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("runs without"))
+        .collect();
+    assert!(
+        warned.len() == 1
+            && warned[0].contains(" WARN ")
+            && warned[0].ends_with(
+                "deploy: service user runs without base, which it depends on and which is not \
+                 running"
+            ),
+        "{lines:#?}"
+    );
+    server.stop();
+}

@@ -529,7 +529,42 @@ impl App {
                 },
             }
         }
+        self.warn_of_missing_dependencies(cfg);
         done
+    }
+
+    /// A running service whose dependency this deploy left not running (its new version
+    /// failed) keeps serving without it: a warning names both, so that the operator knows
+    /// which clients miss what (a trial's echo_lapps went on with its time broadcast gone).
+    fn warn_of_missing_dependencies(&self, cfg: &Config) {
+        let running = self.registry.running();
+        let up = |name: &String| {
+            running.contains(name)
+                || self
+                    .restart_only
+                    .builtins
+                    .iter()
+                    .any(|b| &b.name == name && b.auto_start)
+        };
+        for sc in cfg.lapps.services.values() {
+            if !running.contains(&sc.name) {
+                continue;
+            }
+            let down: Vec<&str> = sc
+                .depends
+                .iter()
+                .filter(|d| !up(d))
+                .map(String::as_str)
+                .collect();
+            if !down.is_empty() {
+                crate::warn!(
+                    "deploy: service {} runs without {}, which it depends on and which is not \
+                     running",
+                    sc.name,
+                    down.join(", ")
+                );
+            }
+        }
     }
 
     /// The Lua services of `wanted` whose change waits for the restart, with who holds their
