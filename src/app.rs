@@ -166,6 +166,10 @@ pub struct App {
     /// do not): `auto_start` false, a start a reload could not make, a change that waits for
     /// the restart. Kept by `redeploy` as it learns each service's outcome.
     down: Mutex<BTreeMap<String, String>>,
+    /// The versions whose start a deploy gave up at its timeout, by service: the same
+    /// version is not started again while that start still runs (each try would leave one
+    /// more thread, and a core while it spins, and hold the reload for the whole timeout).
+    stuck: Mutex<HashMap<String, Deployed>>,
     /// The workers' count of bytes held by messages being received.
     assembly: Arc<AssemblyBudget>,
 }
@@ -278,6 +282,7 @@ impl App {
             restart_only: RestartOnly::of(cfg),
             started: std::time::Instant::now(),
             down,
+            stuck: Mutex::new(HashMap::new()),
             assembly,
         })
     }

@@ -3,6 +3,8 @@
 //! `lapps --reload`; a standalone `onShutdown`'s budget; log lines under the journal.
 #[path = "common/binary.rs"]
 mod binary;
+mod common;
+use common::{ask, connect};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -677,5 +679,72 @@ fn a_service_left_without_its_dependency_is_warned_of() {
             ),
         "{lines:#?}"
     );
+    server.stop();
+}
+
+/// A version whose start timed out while its init/onStart still runs (a loop that never
+/// returns) is not started again by the next reload until it changes: each try held the
+/// reload for the whole start timeout (30 s) and left one more spinning thread (a trial's
+/// queued reload waited twice). The running version keeps serving throughout.
+#[test]
+fn a_version_whose_start_timed_out_is_not_started_again_while_it_runs() {
+    const STUCK_GUARD: Duration = Duration::from_secs(60);
+    let dir = site("stuck-again");
+    std::fs::create_dir_all(dir.join("apps/spin")).unwrap();
+    let echo = |tag: &str| {
+        format!(
+            "local a = {{}}\na.onMessage = function(h, op, m) ws:send(h, 1, '{tag} ' .. m) \
+             return true end\nreturn a\n"
+        )
+    };
+    std::fs::write(dir.join("apps/spin/spin.lua"), echo("v1")).unwrap();
+    lapps_json(
+        &dir,
+        r#", "spin": { "request_target": "/spin", "instruction_budget": 0 }"#,
+    );
+    let (mut server, addr, log) = spawn_binary(&dir, |_| {});
+    let mut ws = connect(addr, "/spin");
+    assert_eq!(ask(&mut ws, "hi"), "v1 hi");
+    std::fs::write(
+        dir.join("apps/spin/spin.lua"),
+        "local a = {}\na.onStart = function() while true do end end\n\
+         a.onMessage = function() return true end\nreturn a\n",
+    )
+    .unwrap();
+    signal(server.0.id(), libc::SIGHUP);
+    let deadline = Instant::now() + STUCK_GUARD;
+    let mut first = Vec::new();
+    while !first
+        .last()
+        .is_some_and(|l: &String| l.contains("reload done"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        first.push(log.recv_timeout(left).expect("the stuck reload ends"));
+    }
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains("did not finish within 30s")),
+        "{first:#?}"
+    );
+    // Nothing changed: this version is not tried again while its start still runs.
+    signal(server.0.id(), libc::SIGHUP);
+    let again = binary::lines_until(&log, "reload done");
+    assert!(
+        again.iter().any(|l| l.contains(
+            "deploy: service spin: this version is not started again: its last start timed \
+             out and its init/onStart still runs (change the app, or restart the server); the \
+             running version keeps serving"
+        )) && again.last().unwrap().contains("1 failed"),
+        "{again:#?}"
+    );
+    assert_eq!(ask(&mut ws, "still"), "v1 still");
+    // A change is a new version: tried at once.
+    std::fs::write(dir.join("apps/spin/spin.lua"), echo("v3")).unwrap();
+    signal(server.0.id(), libc::SIGHUP);
+    let fixed = binary::lines_until(&log, "reload done");
+    assert!(fixed.last().unwrap().contains("1 replaced"), "{fixed:#?}");
+    let mut ws = connect(addr, "/spin");
+    assert_eq!(ask(&mut ws, "hi"), "v3 hi");
     server.stop();
 }

@@ -424,6 +424,22 @@ impl App {
                 );
                 continue;
             }
+            if self.still_stuck(&sc.name, &now) {
+                done.failed += 1;
+                let running = self.registry.running().contains(&sc.name);
+                crate::error!(
+                    "deploy: service {}: this version is not started again: its last start \
+                     timed out and its init/onStart still runs (change the app, or restart \
+                     the server){}",
+                    sc.name,
+                    if running {
+                        "; the running version keeps serving"
+                    } else {
+                        ""
+                    }
+                );
+                continue;
+            }
             let result = match deployed_map.get(&sc.name) {
                 Some(before) if *before == now => {
                     done.unchanged += 1;
@@ -469,9 +485,11 @@ impl App {
                 Err(e) if self.registry.running().contains(&sc.name) => {
                     set_down(&sc.name, None);
                     done.failed += 1;
+                    self.note_if_stuck(&sc.name, now, &e.to_string());
                     crate::error!("deploy: {e}; the running version keeps serving")
                 }
                 Err(e) => {
+                    self.note_if_stuck(&sc.name, now, &e.to_string());
                     // Nothing of it runs (a standalone service is stopped before its new
                     // version starts): forget it, so that the next SIGHUP starts it again.
                     set_down(
@@ -531,6 +549,31 @@ impl App {
         }
         self.warn_of_missing_dependencies(cfg);
         done
+    }
+
+    /// Whether `now` is the version of `name` whose start timed out and still runs (see
+    /// `App::stuck`); a version stuck no longer is forgotten.
+    fn still_stuck(&self, name: &str, now: &Deployed) -> bool {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        match stuck.get(name) {
+            Some(s) if s == now && crate::service::lua::left_behind::start_still_runs(name) => true,
+            Some(_) => {
+                stuck.remove(name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// After a failed start of `name`'s version `now` (`error`): remembered when it timed out
+    /// and its start still runs.
+    fn note_if_stuck(&self, name: &str, now: Deployed, error: &str) {
+        if error.contains(crate::service::lua::left_behind::START_TIMEOUT_TEXT)
+            && crate::service::lua::left_behind::start_still_runs(name)
+        {
+            let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+            stuck.insert(name.to_string(), now);
+        }
     }
 
     /// A running service whose dependency this deploy left not running (its new version

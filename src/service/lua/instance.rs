@@ -161,14 +161,15 @@ impl Starts<'_> {
                         super::left_behind::note(
                             self.service,
                             index,
-                            "its start timed out",
+                            super::left_behind::START_TIMED_OUT,
                             s.finished,
                         );
                     }
                     self.fail(
                         index,
                         format!(
-                            "init/onStart did not finish within {timeout:?} (it must return; loops belong in run())"
+                            "{} {timeout:?} (it must return; loops belong in run())",
+                            super::left_behind::START_TIMEOUT_TEXT
                         ),
                     );
                 } else {

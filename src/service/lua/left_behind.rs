@@ -42,6 +42,21 @@ pub(crate) fn note(service: &str, index: usize, what: &'static str, finished: Re
     });
 }
 
+/// What the error of a start given up at its timeout begins with.
+pub(crate) const START_TIMEOUT_TEXT: &str = "init/onStart did not finish within";
+
+/// What [`note`] is told of a start given up at its timeout.
+pub(crate) const START_TIMED_OUT: &str = "its start timed out";
+
+/// Whether a start of `service` given up at its timeout still runs (its `init` or `onStart`
+/// has not returned yet).
+pub(crate) fn start_still_runs(service: &str) -> bool {
+    let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
+    left.retain(Left::runs);
+    left.iter()
+        .any(|l| l.service == service && l.what == START_TIMED_OUT)
+}
+
 /// One status line for each such thread still running.
 pub fn status() -> Vec<String> {
     let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
