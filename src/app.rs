@@ -294,9 +294,12 @@ impl App {
     }
 
     /// Once a second: warns of a Lua instance busy with one batch of messages for a while (a
-    /// callback that does not return holds the connections bound to it).
+    /// callback that does not return holds the connections bound to it), and says which
+    /// instance threads given up on have ended since.
     pub fn warn_of_busy_instances(&self) {
         self.registry.warn_of_busy_instances();
+        // And of the instance threads given up on that have ended since.
+        crate::service::lua::left_behind::sweep();
     }
 
     /// Bytes the server's buffers hold now: messages being received and bytes queued to send

@@ -748,3 +748,58 @@ fn a_version_whose_start_timed_out_is_not_started_again_while_it_runs() {
     assert_eq!(ask(&mut ws, "hi"), "v3 hi");
     server.stop();
 }
+
+/// An instance thread given up on (a `run()` that goes on past the stop's grace) is named by
+/// the status report while it runs; once it ends, a line says so (a trial's operator saw it
+/// drop from the report unsaid).
+#[test]
+fn a_thread_given_up_on_is_logged_when_it_ends() {
+    const GUARD: Duration = Duration::from_secs(20);
+    let dir = site("left-behind-ends");
+    with_standalone(
+        &dir,
+        "late",
+        r#"local a = {}
+a.run = function()
+  while not must_stop() do end
+  local done = time.monotonic() + 6000
+  while time.monotonic() < done do end
+end
+return a
+"#,
+        r#""time""#,
+    );
+    let lapps = std::fs::read_to_string(dir.join("lapps.json")).unwrap();
+    std::fs::write(
+        dir.join("lapps.json"),
+        lapps.replace(
+            r#""standalone": true"#,
+            r#""standalone": true, "instruction_budget": 0"#,
+        ),
+    )
+    .unwrap();
+    let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
+    lapps_json(&dir, "");
+    signal(server.0.id(), libc::SIGHUP);
+    let deadline = Instant::now() + GUARD;
+    let mut lines = Vec::new();
+    while !lines
+        .last()
+        .is_some_and(|l: &String| l.contains("its thread has ended"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        lines.push(log.recv_timeout(left).expect("the thread's end is logged"));
+    }
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("service late instance 0: its thread has ended, ")
+            && lines
+                .last()
+                .unwrap()
+                .ends_with(" after it was asked to stop"),
+        "{lines:#?}"
+    );
+    server.stop();
+}

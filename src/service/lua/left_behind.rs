@@ -32,7 +32,7 @@ static LEFT: Mutex<Vec<Left>> = Mutex::new(Vec::new());
 /// its stack is unmapped as it exits, not kept for a join that never comes).
 pub(crate) fn note(service: &str, index: usize, what: &'static str, finished: Receiver<()>) {
     let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
-    left.retain(Left::runs);
+    sweep_ended(&mut left);
     left.push(Left {
         service: service.to_string(),
         index,
@@ -52,7 +52,7 @@ pub(crate) const START_TIMED_OUT: &str = "its start timed out";
 /// has not returned yet).
 pub(crate) fn start_still_runs(service: &str) -> bool {
     let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
-    left.retain(Left::runs);
+    sweep_ended(&mut left);
     left.iter()
         .any(|l| l.service == service && l.what == START_TIMED_OUT)
 }
@@ -60,7 +60,7 @@ pub(crate) fn start_still_runs(service: &str) -> bool {
 /// One status line for each such thread still running.
 pub fn status() -> Vec<String> {
     let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
-    left.retain(Left::runs);
+    sweep_ended(&mut left);
     left.iter()
         .map(|l| {
             format!(
@@ -73,4 +73,26 @@ pub fn status() -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Drops the threads that have ended, each with a line saying so (the status report named it
+/// until now; the operator waiting for it learns when it is gone). Called once a second too.
+pub(crate) fn sweep() {
+    sweep_ended(&mut LEFT.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+fn sweep_ended(left: &mut Vec<Left>) {
+    left.retain(|l| {
+        let runs = l.runs();
+        if !runs {
+            crate::info!(
+                "service {} instance {}: its thread has ended, {} after {}",
+                l.service,
+                l.index,
+                crate::time_fmt::uptime(l.since.elapsed()),
+                l.what
+            );
+        }
+        runs
+    });
 }
