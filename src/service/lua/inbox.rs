@@ -241,18 +241,31 @@ impl Inbox {
             self.lose(&batch);
             return Ok(());
         }
+        let mut paused_here = Vec::new();
         if !batch.to_pause.is_empty() {
             let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-            p.append(&mut batch.to_pause);
+            p.extend_from_slice(&batch.to_pause);
+            paused_here = std::mem::take(&mut batch.to_pause);
             self.has_paused.store(true, Ordering::SeqCst);
         }
         let (msgs, bytes) = (batch.messages, batch.byte_len());
         // Count before publishing so that the consumer's decrement can never come first.
         self.queued_msgs.fetch_add(msgs, Ordering::Relaxed);
         self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Err(back) = self.queue.push(batch) {
+        if let Err(mut back) = self.queue.push(batch) {
             self.queued_msgs.fetch_sub(msgs, Ordering::Relaxed);
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            // Its pauses go back with it: left here, the `done` of an earlier batch would
+            // resume them while their messages still wait in the producer's hands. (One that
+            // did so already resumed early: its next read pauses it again.)
+            if !paused_here.is_empty() {
+                let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+                let before = p.len();
+                p.retain(|c| !paused_here.contains(c));
+                if p.len() < before {
+                    back.to_pause = paused_here;
+                }
+            }
             return Err(back);
         }
         // Against the consumer's end (`next_within`), which looks at the queue a last time
@@ -544,5 +557,34 @@ mod tests {
         let got = inbox.next().unwrap();
         assert_eq!(inbox.done(got.messages, got.byte_len()), vec![c]);
         assert!(inbox.done(0, 0).is_empty(), "resumed once");
+    }
+
+    /// A batch the full queue refuses takes its pauses back: the `done` of a batch ahead of it
+    /// must not resume a connection whose messages have not reached the queue yet.
+    #[test]
+    fn a_refused_batch_keeps_its_pauses() {
+        let inbox = Inbox::new(1, 1, 4, 1 << 20);
+        let (a, c) = (ConnId::new(0, 1, 1), ConnId::new(0, 2, 1));
+        let mut first = Batch::default();
+        first.push_message(a, 1, b"x");
+        assert!(inbox.push(first).is_ok());
+        let mut second = Batch::default();
+        for _ in 0..5 {
+            second.push_message(c, 1, b"y");
+        }
+        second.pause(c);
+        let mut second = inbox.push(second).expect_err("the queue is full");
+        let got = inbox.next().unwrap();
+        assert!(
+            inbox.done(got.messages, got.byte_len()).is_empty(),
+            "not resumed before its messages are queued"
+        );
+        second = match inbox.push(second) {
+            Ok(()) => Batch::default(),
+            Err(b) => b,
+        };
+        assert_eq!(second.messages, 0, "queued now");
+        let got = inbox.next().unwrap();
+        assert_eq!(inbox.done(got.messages, got.byte_len()), vec![c]);
     }
 }
