@@ -1,6 +1,7 @@
 //! Process signals: SIGTERM/SIGINT stop, SIGHUP reloads, a reload request of `lapps --reload`
 //! reloads and answers (see [`crate::reload_request`]), SIGUSR1 logs the server's status,
-//! SIGPIPE does nothing (every send uses MSG_NOSIGNAL anyway). Signals are blocked in all
+//! SIGPIPE does nothing (every send uses MSG_NOSIGNAL anyway), nor does SIGXFSZ (a log file at
+//! its size limit: the write fails and the log counts what it lost). Signals are blocked in all
 //! threads and taken with `sigwaitinfo` by the main thread, so no handler ever runs inside a
 //! worker. Once the first SIGTERM/SIGINT has started the graceful shutdown,
 //! [`Signals::exit_on_second_stop`] keeps taking them on a thread of its own: a second one
@@ -9,7 +10,7 @@
 //! A child process inherits the signal mask of the thread that starts it and every ignored
 //! signal, across exec: started as they are, a Lua app's `io.popen` child would shrug off
 //! systemd's SIGTERM until the stop's SIGKILL, and its pipelines would not end on SIGPIPE.
-//! So SIGPIPE gets a handler that does nothing (exec resets a handled signal to its default),
+//! So SIGPIPE (and SIGXFSZ) gets a handler that does nothing (exec resets a handled signal to its default),
 //! and [`unblocked_for_a_child`] opens the mask while a child is started.
 
 use std::os::unix::net::UnixDatagram;
@@ -139,6 +140,9 @@ impl Signals {
             handle(signo, catch);
         }
         handle(libc::SIGPIPE, do_nothing);
+        // A file size limit (LimitFSIZE, `ulimit -f`) reached by the log file: its writes fail
+        // with EFBIG (the log counts the lines lost) instead of the signal ending the server.
+        handle(libc::SIGXFSZ, do_nothing);
         // Taken by sigwaitinfo like the others; the handler only makes sure a realtime signal
         // never ends the process, and tells `lapps --reload` that this one takes requests.
         handle_with_nothing(reload_request::request_signal());
