@@ -1549,6 +1549,9 @@ fn a_handlers_error_that_is_not_a_string_is_logged_by_its_type_and_a_tables_fiel
     let app = r#"local app = {}
 app.onMessage = function(h, kind, message)
   if message == "table" then error({code = 42}) end
+  if message == "bad tostring" then
+    error(setmetatable({code = 44}, {__tostring = function() error("nope") end}))
+  end
   error(42)
 end
 return app
@@ -1568,7 +1571,11 @@ return app
             "table",
             "with 1011: (error object is a table value: {code = 42}) | stack traceback:",
         ),
-        ("number", "errobj.lua:4: 42 | stack traceback:"),
+        (
+            "bad tostring",
+            "with 1011: (error object is a table value: {code = 44}) | stack traceback:",
+        ),
+        ("number", "errobj.lua:7: 42 | stack traceback:"),
     ] {
         let mut ws = connect(addr, "/errobj");
         send(&mut ws, message);

@@ -130,7 +130,7 @@ fn shutdown_ends_within_its_budget_when_no_service_finishes_stopping() {
         assert!(
             status
                 .iter()
-                .any(|l| l.starts_with(&line) && l.contains(" after it was asked to stop")),
+                .any(|l| l.starts_with(&line) && l.contains(" after it did not stop in time")),
             "{line:?} missing in {status:#?}"
         );
     }

@@ -223,7 +223,9 @@ fn a_reload_ends_with_one_line_that_counts_what_it_did() {
         "a failure shows as an error: {line}"
     );
     assert!(
-        line.contains("1 started, 0 replaced, 0 stopped, 0 unchanged, 1 failed"),
+        line.contains(
+            "1 started, 0 replaced, 0 stopped, 0 unchanged, 1 failed (1 of them not running now)"
+        ),
         "{line}"
     );
     lapps_json(&dir, r#", "good": { "request_target": "/good" }"#);
@@ -798,7 +800,7 @@ return a
             && lines
                 .last()
                 .unwrap()
-                .ends_with(" after it was asked to stop"),
+                .ends_with(" after it did not stop in time"),
         "{lines:#?}"
     );
     server.stop();

@@ -427,6 +427,7 @@ impl App {
             if self.still_stuck(&sc.name, &now) {
                 done.failed += 1;
                 let running = self.registry.running().contains(&sc.name);
+                done.failed_down += usize::from(!running);
                 crate::error!(
                     "deploy: service {}: this version is not started again: its last start \
                      timed out and its init/onStart still runs (change the app, or restart \
@@ -500,10 +501,9 @@ impl App {
                                 .to_string(),
                         ),
                     );
+                    // Not running now: its old version was taken down first, or there was none.
                     done.failed += 1;
-                    if was_running {
-                        done.failed_down += 1; // the old version was taken down first
-                    }
+                    done.failed_down += 1;
                     deployed_map.remove(&sc.name);
                     crate::error!("deploy: {e}; service {} is not running", sc.name)
                 }

@@ -303,9 +303,10 @@ impl WsConfig {
         .into_iter()
         .filter(|&(_, ms)| ms > 0 && ms < 1000)
         .map(|(key, ms)| {
+            let unit = if ms == 1 { "second" } else { "seconds" };
             format!(
                 "ws.json: {key} is {ms}, in milliseconds: under a second, used as written (for \
-                 {ms} seconds, write {})",
+                 {ms} {unit}, write {})",
                 ms * 1000
             )
         })

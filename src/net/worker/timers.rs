@@ -96,9 +96,14 @@ impl Worker {
         let peer = c.peer;
         let handle = self.conn_id(index, generation).as_u64();
         let code = code.map_or_else(|| "a Close".to_owned(), |c| format!("Close {c}"));
+        let setting = if self.shutdown_since.is_some() {
+            "close_timeout_ms, 2 s at most during a shutdown"
+        } else {
+            "close_timeout_ms"
+        };
         crate::info_limited!(
             "closing {peer} ({handle:#x}) with {code}: service {name} had not handled all it \
-             sent within {} ms (close_timeout_ms); the replies it sends from now on are dropped",
+             sent within {} ms ({setting}); the replies it sends from now on are dropped",
             self.answer_wait().as_millis()
         );
     }
@@ -187,6 +192,9 @@ impl Worker {
             .decoder
             .take()
             .map_or((0, 0), |d| (d.held(), d.buffered()));
+        // And the bytes of a frame not decoded yet (a header not whole: a re-trial's line said
+        // "0 bytes of it received" of a connection that had sent some).
+        let buffered = buffered + c.inbuf.len();
         self.opts.assembly.update(held, 0);
         let timeout = self.opts.message_timeout.unwrap_or_default();
         crate::info_limited!(

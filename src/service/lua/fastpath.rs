@@ -335,10 +335,8 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
         let msg = if ffi::lua_isstring(l, 1) != 0 {
             // A string, or a number (`error(42)`), as Lua's own interpreter prints one.
             ffi::lua_tostring(l, 1)
-        } else if ffi::luaL_callmeta(l, 1, c"__tostring".as_ptr()) != 0
-            && ffi::lua_isstring(l, -1) != 0
-        {
-            ffi::lua_tostring(l, -1)
+        } else if let Some(text) = tostring_metamethod(l) {
+            text
         } else if ffi::lua_type(l, 1) == ffi::LUA_TTABLE {
             // `error({code = 42})`, the idiom of structured errors: what it holds.
             let text = format!("(error object is a table value: {})", table_fields(l, 1));
@@ -356,6 +354,25 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
         }
     }
     1
+}
+
+/// The error object's `__tostring`, called in protected mode: one that raises (or runs out of
+/// budget) leaves the error to be described by its type and fields, instead of failing the
+/// message handler itself ("error in error handling", without a traceback: a re-trial's).
+unsafe fn tostring_metamethod(l: *mut ffi::lua_State) -> Option<*const std::ffi::c_char> {
+    // SAFETY: index 1 is the error object; the stack is back at 1 when None is returned, and
+    // the string returned stays on the stack for the caller.
+    unsafe {
+        if ffi::luaL_getmetafield(l, 1, c"__tostring".as_ptr()) == 0 {
+            return None;
+        }
+        ffi::lua_pushvalue(l, 1);
+        if ffi::lua_pcall(l, 1, 1, 0) == 0 && ffi::lua_isstring(l, -1) != 0 {
+            return Some(ffi::lua_tostring(l, -1));
+        }
+        ffi::lua_settop(l, 1);
+        None
+    }
 }
 
 /// The table at `idx` in Lua's constructor syntax, for an error message: its first

@@ -12,7 +12,7 @@ use std::time::Instant;
 struct Left {
     service: String,
     index: usize,
-    /// What was given up: "its start timed out", "it was asked to stop".
+    /// What was given up: "its start timed out", "it did not stop in time".
     what: &'static str,
     since: Instant,
     /// The instance's word that its thread is about to end (dropped with the thread).

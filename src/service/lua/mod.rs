@@ -324,7 +324,12 @@ impl LuaService {
                 drop(thread);
                 let (_, ended) = std::sync::mpsc::sync_channel(0);
                 let finished = std::mem::replace(&mut h.finished, ended);
-                left_behind::note(&self.spec.name, h.index, "it was asked to stop", finished);
+                left_behind::note(
+                    &self.spec.name,
+                    h.index,
+                    "it did not stop in time",
+                    finished,
+                );
             }
         }
     }
