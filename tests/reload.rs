@@ -589,8 +589,9 @@ fn a_service_waiting_for_the_restart_is_counted_and_reported() {
 }
 
 /// A new version that does not start (one of its instances fails) keeps the running one: what
-/// its instances that had started still log (their `onShutdown`) is tagged `failed start`, so
-/// that it is not read as the running version's (a trial saw `[vecho#0]` on both).
+/// its instances log while they start is tagged `new version`, and what those that had
+/// started still log (their `onShutdown`) `failed start`, so that neither is read as the
+/// running version's (a trial saw `[vecho#0]` on both).
 #[test]
 fn what_a_version_that_did_not_start_logs_is_tagged_so() {
     let dir = site("failed-start-tag");
@@ -613,6 +614,7 @@ fn what_a_version_that_did_not_start_logs_is_tagged_so() {
 local a = {{}}
 a.onStart = function()
   if instance_id == 0 then
+    print("starting v2")
     io.open(ready, "w"):close()
     return
   end
@@ -630,6 +632,9 @@ return a
     )
     .unwrap();
     signal(server.0.id(), libc::SIGHUP);
+    // While it starts beside the running version, its lines are told apart too.
+    let line = wait_line(&log, "starting v2");
+    assert!(line.contains(" [two#0 new version] "), "{line}");
     let line = wait_line(&log, "shutting down v2");
     assert!(line.contains(" [two#0 failed start] "), "{line}");
     let line = wait_line(&log, "reload done");

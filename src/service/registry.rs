@@ -437,6 +437,10 @@ impl Registry {
             return self.add(spec).map(|()| asked);
         }
         dependencies_run(&spec, &self.running())?;
+        let spec = ServiceSpec {
+            replacing: true,
+            ..spec
+        };
         let new = LuaService::start(spec, Arc::clone(&self.hub), Arc::clone(&self.bcast))
             .map_err(|m| err(&name, m))?;
         let new = Arc::new(new);
@@ -451,6 +455,7 @@ impl Registry {
             routes.retain(|_, s| !Arc::ptr_eq(s, &old));
             routes.insert(new.spec().request_target.clone(), Arc::clone(&new));
             running.retain(|s| !Arc::ptr_eq(s, &old));
+            new.mark_serving();
             running.push(new);
         }
         Ok(self.retire(old))

@@ -45,6 +45,8 @@ pub struct Stop {
     retiring: AtomicBool,
     /// This version did not start ([`Stop::set_start_failed`]).
     start_failed: AtomicBool,
+    /// This version starts beside the running one it is to replace ([`Stop::set_new_version`]).
+    new_version: AtomicBool,
 }
 
 impl Stop {
@@ -67,6 +69,13 @@ impl Stop {
     /// apart from the running version's lines under the same name.
     pub fn set_start_failed(&self) {
         self.start_failed.store(true, Ordering::SeqCst);
+    }
+
+    /// While this version starts beside the running one it replaces (`on`), what its
+    /// instances log is tagged so, apart from the running version's lines under the same
+    /// name; off once it serves.
+    pub fn set_new_version(&self, on: bool) {
+        self.new_version.store(on, Ordering::SeqCst);
     }
 
     /// Whether a redeploy replaced or removed this version ([`Stop::set_retiring`]).
@@ -432,10 +441,13 @@ impl HostCtx {
 
     /// What the instance's log lines begin with: `[service#instance]`, `[service#instance
     /// retiring]` once a redeploy replaced or removed its version, `[service#instance failed
-    /// start]` when its version did not start.
+    /// start]` when its version did not start, `[service#instance new version]` while it
+    /// starts beside the version it is to replace.
     pub fn tag(&self) -> String {
         if self.stop.start_failed.load(Ordering::SeqCst) {
             format!("[{}#{} failed start]", self.service, self.instance)
+        } else if self.stop.new_version.load(Ordering::SeqCst) {
+            format!("[{}#{} new version]", self.service, self.instance)
         } else if self.stop.retiring.load(Ordering::SeqCst) {
             format!("[{}#{} retiring]", self.service, self.instance)
         } else {

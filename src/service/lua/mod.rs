@@ -247,6 +247,7 @@ impl LuaService {
             closed_doors: AtomicBool::new(false),
             hub: Arc::clone(&hub),
         };
+        svc.stop.set_new_version(spec.replacing);
         let shared = Shared {
             hub,
             bcast,
@@ -335,6 +336,12 @@ impl LuaService {
     }
 
     /// A redeploy replaced or removed this version: its log lines say so from now on.
+    /// It serves now (a replacement routed in place of its predecessor): its lines lose the
+    /// `new version` tag.
+    pub fn mark_serving(&self) {
+        self.stop.set_new_version(false);
+    }
+
     pub fn mark_retiring(&self) {
         self.stop.set_retiring();
     }

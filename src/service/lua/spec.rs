@@ -62,6 +62,9 @@ pub struct ServiceSpec {
     /// How long loading the app and its `init()`/`onStart` may take before the start fails
     /// (a start that never ended would hold the server's start-up or a reload for good).
     pub start_timeout: std::time::Duration,
+    /// Started beside a running version it is to replace (a redeploy): its instances' log
+    /// lines are tagged `new version` until it serves.
+    pub replacing: bool,
 }
 
 impl ServiceSpec {
@@ -100,6 +103,7 @@ impl ServiceSpec {
             proto_alias: None,
             max_protocol_errors: 10,
             start_timeout: std::time::Duration::from_secs(30),
+            replacing: false,
         }
     }
 }
