@@ -502,10 +502,16 @@ return s
     signal(server.0.id(), libc::SIGTERM);
     let stop = binary::lines_until(&log, "INFO stopped");
     assert!(server.wait_exit(Duration::from_secs(15)).success());
+    let line = stop
+        .iter()
+        .find(|l| l.contains("onShutdown") && l.contains("instruction budget"))
+        .unwrap_or_else(|| panic!("{stop:?}"));
+    // Said once, with the app's line and a traceback (the budget's error is an mlua error
+    // object, whose text has the prefix already).
+    assert_eq!(line.matches("runtime error").count(), 1, "{line}");
     assert!(
-        stop.iter()
-            .any(|l| l.contains("onShutdown") && l.contains("instruction budget")),
-        "{stop:?}"
+        line.contains("spinner.lua:3:") && line.contains("stack traceback"),
+        "{line}"
     );
     assert!(!stop.iter().any(|l| l.contains("did not stop")), "{stop:?}");
 }

@@ -152,23 +152,44 @@ impl Failed {
     }
 }
 
-/// Calls `f()` as `onMessage` is called: in protected mode under [`traceback_function`]'s
-/// handler, so that its error reads the same in the log (a table's fields, one traceback).
-/// The error comes back as mlua's: `MemoryError` when Lua ran out of memory, else
-/// `RuntimeError` with the handler's text.
-pub(crate) fn call_traced(lua: &Lua, traceback: &Function, f: &Function) -> mlua::Result<()> {
+/// Calls `f()` as `onMessage` is called: in protected mode under [`callback_handler`]'s
+/// message handler, so that its error reads the same in the log (a table's fields, one
+/// traceback). The error comes back as mlua's: `MemoryError` when Lua ran out of memory, else
+/// `RuntimeError` with the message and its traceback. An error mlua raised (a Rust function's,
+/// the instruction budget's, a panic) is handed back to mlua: a panic resumes (the instance
+/// ends the process, see `crate::fatal`), any other comes back as its message and the
+/// traceback taken where it was raised.
+pub(crate) fn call_traced(lua: &Lua, handler: &Function, f: &Function) -> mlua::Result<()> {
     let failed: Cell<Option<(c_int, String)>> = Cell::new(None);
+    FAILURE_TRACE.with(|t| t.take());
     // SAFETY: the closure calls Lua code only through lua_pcall with our message handler (at
-    // index 1, `f` at 2), so Lua errors never unwind through it; string_at copies the error
-    // before exec_raw resets the stack.
-    unsafe {
-        lua.exec_raw::<()>((traceback, f), |l| {
+    // index 1, `f` at 2), so Lua errors never unwind through it but the one it raises itself:
+    // mlua's own error object, raised again for exec_raw's protected call to take (no Rust
+    // value with a destructor is alive then, and the vendored LuaJIT unwinds externally, see
+    // the module's notes). string_at copies the error before exec_raw resets the stack.
+    let done = unsafe {
+        lua.exec_raw::<()>((handler, f), |l| {
             let status = ffi::lua_pcall(l, 0, 0, 1);
+            if status != 0 && ffi::lua_type(l, -1) == ffi::LUA_TUSERDATA {
+                ffi::lua_error(l);
+            }
             if status != 0 {
                 failed.set(Some((status, string_at(l, -1))));
             }
             ffi::lua_settop(l, 1);
-        })?;
+        })
+    };
+    if let Err(e) = done {
+        return Err(match FAILURE_TRACE.with(|t| t.take()) {
+            Some(trace) => {
+                let text = format!("{}\n{trace}", super::error_values::text(&e));
+                match e {
+                    mlua::Error::MemoryError(_) => mlua::Error::MemoryError(text),
+                    _ => mlua::Error::RuntimeError(text),
+                }
+            }
+            None => e,
+        });
     }
     match failed.take() {
         None => Ok(()),
@@ -177,6 +198,35 @@ pub(crate) fn call_traced(lua: &Lua, traceback: &Function, f: &Function) -> mlua
         }
         Some((_, text)) => Err(mlua::Error::RuntimeError(text)),
     }
+}
+
+std::thread_local! {
+    /// The traceback [`callback_handler`] took for an mlua error object it left as it was.
+    static FAILURE_TRACE: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// The message handler of [`call_traced`], created once per state where it is used.
+pub(crate) fn callback_handler(lua: &Lua) -> mlua::Result<Function> {
+    // SAFETY: `traceback_keeping_failures` follows the lua_CFunction contract (see its body).
+    unsafe { lua.create_c_function(traceback_keeping_failures) }
+}
+
+/// [`traceback`], but for a userdata error object (mlua's: an error a Rust function or the
+/// budget's hook raised, or a panic): the object stays as it is, for mlua to read (a panic
+/// must resume), and its traceback goes to [`FAILURE_TRACE`].
+unsafe extern "C-unwind" fn traceback_keeping_failures(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: the error object is at index 1; luaL_traceback pushes one string, copied by
+    // string_at before it is popped.
+    unsafe {
+        if ffi::lua_type(l, 1) != ffi::LUA_TUSERDATA {
+            return traceback(l);
+        }
+        ffi::luaL_traceback(l, l, std::ptr::null(), 1);
+        let trace = string_at(l, -1);
+        FAILURE_TRACE.with(|t| t.set(Some(trace)));
+        ffi::lua_settop(l, 1);
+    }
+    1
 }
 
 /// The message handler [`call_messages`] needs, created once per state.

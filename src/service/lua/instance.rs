@@ -398,7 +398,7 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         // (one that raises for a name it lacks means: no such callback, as for onDisconnect).
         host.reset_budget();
         if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
-            let traceback = super::fastpath::traceback_function(&lua).map_err(|e| one_line(&e))?;
+            let traceback = super::fastpath::callback_handler(&lua).map_err(|e| one_line(&e))?;
             super::fastpath::call_traced(&lua, &traceback, &f)
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
@@ -524,7 +524,7 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
     host.reset_budget();
     // A lookup that raises (a strict module without it) means: none.
     if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
-        let called = super::fastpath::traceback_function(lua)
+        let called = super::fastpath::callback_handler(lua)
             .and_then(|traceback| super::fastpath::call_traced(lua, &traceback, &f));
         if let Err(e) = called {
             crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));

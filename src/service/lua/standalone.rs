@@ -38,7 +38,7 @@ impl StandaloneApp {
             Ok(Value::Function(f)) => f,
             _ => return Err("the module has no run function".into()),
         };
-        let traceback = super::fastpath::traceback_function(lua).map_err(|e| one_line(&e))?;
+        let traceback = super::fastpath::callback_handler(lua).map_err(|e| one_line(&e))?;
         Ok(StandaloneApp {
             init,
             run,
