@@ -149,7 +149,12 @@ fn write_out() {
             );
             out.extend_from_slice(report.as_bytes());
         }
-        stderr.write(&out);
+        let written = stderr.write(&out);
+        if dropped > 0 && written < out.len() {
+            // The report of the records dropped did not go through (it is last): those
+            // records are lost, not its one line, which was counted as lost in their place.
+            stderr.lost_lines += dropped - 1;
+        }
         out.clear();
         // A burst's buffer is not kept for good.
         if out.capacity() > 64 << 10 {
@@ -176,8 +181,9 @@ struct Refusals {
 
 impl Refusals {
     /// Writes `bytes` (whole lines), after the report of the lines lost before them, if any;
-    /// what stderr refuses is counted for the next report.
-    fn write(&mut self, bytes: &[u8]) {
+    /// what stderr refuses is counted for the next report. Returns how many of `bytes` went
+    /// through.
+    fn write(&mut self, bytes: &[u8]) -> usize {
         if self.lost_lines > 0 {
             let mut head = Vec::new();
             if self.mid_line {
@@ -196,23 +202,23 @@ impl Refusals {
             );
             head.extend_from_slice(report.as_bytes());
             let lost = self.lost_lines;
-            let through = self.write_through(&head);
+            let through = self.write_through(&head) == head.len();
             // The report's own line is not a record lost (counted, one more line per failed
             // write: a re-trial's 171 lines lost one by one were reported as about 340).
             self.lost_lines = lost;
             if !through {
                 // The report stays before the records that came after the gap.
                 self.lost_lines += lines(bytes);
-                return;
+                return 0;
             }
             self.lost_lines = 0;
             self.last_error = None;
         }
-        self.write_through(bytes);
+        self.write_through(bytes)
     }
 
-    /// True when all of `bytes` went through; otherwise the lines of the rest are counted.
-    fn write_through(&mut self, bytes: &[u8]) -> bool {
+    /// How many of `bytes` went through; the lines of the rest are counted.
+    fn write_through(&mut self, bytes: &[u8]) -> usize {
         let mut out = std::io::stderr().lock();
         let mut at = 0;
         while at < bytes.len() {
@@ -229,9 +235,8 @@ impl Refusals {
                 }
             }
         }
-        let rest = &bytes[at..];
-        self.lost_lines += lines(rest);
-        rest.is_empty()
+        self.lost_lines += lines(&bytes[at..]);
+        at
     }
 }
 

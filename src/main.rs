@@ -136,6 +136,7 @@ fn main() -> ExitCode {
     // Refuse cleanly (status 1) on a CPU without the build's SIMD features; the constructor
     // above already did on Linux, before std's start-up (see src/cpu.rs).
     lapps::cpu::exit_unless_supported();
+    lapps::signals::survive_file_size_limit();
     lapps::fatal::install();
     let args = match parse_args() {
         Ok(Args::Run(a)) => a,

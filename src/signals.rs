@@ -125,6 +125,13 @@ pub struct Signals {
     last_tick: std::cell::Cell<std::time::Instant>,
 }
 
+/// A file size limit (LimitFSIZE, `ulimit -f`) reached by the log file: its writes fail with
+/// EFBIG (the log counts the lines lost) instead of SIGXFSZ ending the server. First thing in
+/// `main`, before anything is logged; a child still gets the default at exec.
+pub fn survive_file_size_limit() {
+    handle(libc::SIGXFSZ, do_nothing);
+}
+
 impl Signals {
     /// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 and the reload request for this thread and every
     /// thread it starts later, with a handler for the moments [`unblocked_for_a_child`] unblocks
@@ -140,9 +147,6 @@ impl Signals {
             handle(signo, catch);
         }
         handle(libc::SIGPIPE, do_nothing);
-        // A file size limit (LimitFSIZE, `ulimit -f`) reached by the log file: its writes fail
-        // with EFBIG (the log counts the lines lost) instead of the signal ending the server.
-        handle(libc::SIGXFSZ, do_nothing);
         // Taken by sigwaitinfo like the others; the handler only makes sure a realtime signal
         // never ends the process, and tells `lapps --reload` that this one takes requests.
         handle_with_nothing(reload_request::request_signal());

@@ -103,11 +103,16 @@ pub(super) fn app_dir_hash(dir: &std::path::Path) -> u64 {
     let mut pending = vec![dir.to_path_buf()];
     let mut walked = std::collections::HashSet::new();
     let mut files = 0;
+    let mut capped = false;
     while let Some(d) = pending.pop() {
         let Ok(meta) = std::fs::metadata(&d) else {
             continue;
         };
-        if walked.len() == APP_DIR_MAX_DIRS || !walked.insert((meta.dev(), meta.ino())) {
+        if walked.len() == APP_DIR_MAX_DIRS {
+            capped = true;
+            continue;
+        }
+        if !walked.insert((meta.dev(), meta.ino())) {
             continue;
         }
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -124,18 +129,33 @@ pub(super) fn app_dir_hash(dir: &std::path::Path) -> u64 {
                 continue;
             }
             // Only regular files are read, so a FIFO or a device cannot block or flood the walk.
-            if !meta.is_file() || files == APP_DIR_MAX_FILES {
+            if !meta.is_file() {
+                continue;
+            }
+            if files == APP_DIR_MAX_FILES {
+                capped = true;
                 continue;
             }
             files += 1;
             path.hash(&mut h);
             if meta.len() <= APP_FILE_MAX_READ {
-                std::fs::read(&path).ok().hash(&mut h);
+                // Opened once, without blocking, checked regular as opened and read within the
+                // bound: a link into /proc or a file swapped for a FIFO cannot hold the reload.
+                crate::file_read::read_regular(&path, APP_FILE_MAX_READ)
+                    .ok()
+                    .hash(&mut h);
             } else {
                 // A large data file: its size and modification time stand for its content.
                 (meta.len(), meta.modified().ok()).hash(&mut h);
             }
         }
+    }
+    if capped {
+        crate::warn!(
+            "deploy: {} holds more than {APP_DIR_MAX_FILES} files or {APP_DIR_MAX_DIRS} \
+             directories (links followed): a change past those is not seen by a reload",
+            dir.display()
+        );
     }
     h.finish()
 }
@@ -428,6 +448,14 @@ impl App {
                 done.failed += 1;
                 let running = self.registry.running().contains(&sc.name);
                 done.failed_down += usize::from(!running);
+                set_down(
+                    &sc.name,
+                    (!running).then(|| {
+                        "its last start timed out and its init/onStart still runs (change the \
+                         app, or restart the server)"
+                            .to_string()
+                    }),
+                );
                 crate::error!(
                     "deploy: service {}: this version is not started again: its last start \
                      timed out and its init/onStart still runs (change the app, or restart \
@@ -555,14 +583,16 @@ impl App {
     /// `App::stuck`); a version stuck no longer is forgotten.
     fn still_stuck(&self, name: &str, now: &Deployed) -> bool {
         let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
-        match stuck.get(name) {
-            Some(s) if s == now && crate::service::lua::left_behind::start_still_runs(name) => true,
-            Some(_) => {
-                stuck.remove(name);
-                false
-            }
-            None => false,
+        let Some(s) = stuck.get(name) else {
+            return false;
+        };
+        // Kept while that start runs, whatever version comes meanwhile: going back to it is
+        // trying it again.
+        if !crate::service::lua::left_behind::start_still_runs(name) {
+            stuck.remove(name);
+            return false;
         }
+        s == now
     }
 
     /// After a failed start of `name`'s version `now` (`error`): remembered when it timed out

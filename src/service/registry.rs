@@ -453,9 +453,9 @@ impl Registry {
             }
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
             routes.retain(|_, s| !Arc::ptr_eq(s, &old));
+            new.mark_serving();
             routes.insert(new.spec().request_target.clone(), Arc::clone(&new));
             running.retain(|s| !Arc::ptr_eq(s, &old));
-            new.mark_serving();
             running.push(new);
         }
         Ok(self.retire(old))

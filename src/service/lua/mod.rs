@@ -335,13 +335,13 @@ impl LuaService {
         }
     }
 
-    /// A redeploy replaced or removed this version: its log lines say so from now on.
     /// It serves now (a replacement routed in place of its predecessor): its lines lose the
     /// `new version` tag.
     pub fn mark_serving(&self) {
         self.stop.set_new_version(false);
     }
 
+    /// A redeploy replaced or removed this version: its log lines say so from now on.
     pub fn mark_retiring(&self) {
         self.stop.set_retiring();
     }
