@@ -1891,9 +1891,16 @@ return s
             Some("0 retiring] onShutdown v1"),
             "{lines:#?}"
         );
+        // A network service's new version starts beside the running one: told apart while
+        // it does; a standalone one starts once the old one has stopped.
+        let starting = if service == "ver" {
+            "0 new version] onStart v2"
+        } else {
+            "0] onStart v2"
+        };
         assert_eq!(
             tagged(service, "onStart v2").as_deref(),
-            Some("0] onStart v2"),
+            Some(starting),
             "{lines:#?}"
         );
         assert_eq!(
