@@ -1978,6 +1978,23 @@ return app
     );
 }
 
+/// A configuration directory whose one service, `flood`, runs `source` (the log tests' app).
+fn flood_site(name: &str, source: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let apps = dir.join("apps");
+    std::fs::create_dir_all(apps.join("flood")).unwrap();
+    std::fs::write(apps.join("flood").join("flood.lua"), source).unwrap();
+    write_config(
+        &dir,
+        binary::ONE_WORKER_WS_JSON,
+        &format!(
+            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ "flood": {{}} }} }}"#,
+            apps.display()
+        ),
+    );
+    dir
+}
+
 /// A log file that stops taking records (its disk is full) loses what it refuses; once it
 /// takes them again, the line a refused write stopped in is ended and a warning counts the
 /// lines lost, before the next record. A file size limit plays the full disk: writes past it
@@ -1989,12 +2006,9 @@ fn a_log_file_that_refuses_records_gets_their_count_and_no_torn_line() {
     const LINE: usize = 1000;
     const PRINTS: usize = 200;
     const LIMIT: libc::rlim_t = 64 << 10;
-    let dir = temp_dir("full-log");
-    let apps = dir.join("apps");
-    std::fs::create_dir_all(apps.join("flood")).unwrap();
-    std::fs::write(
-        apps.join("flood").join("flood.lua"),
-        format!(
+    let dir = flood_site(
+        "full-log",
+        &format!(
             r#"local app = {{}}
 app.onMessage = function(h, op, msg)
   if msg == "mark" then
@@ -2009,15 +2023,6 @@ app.onMessage = function(h, op, msg)
 end
 return app
 "#
-        ),
-    )
-    .unwrap();
-    write_config(
-        &dir,
-        binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ "flood": {{}} }} }}"#,
-            apps.display()
         ),
     );
     let log_path = dir.join("lapps.log");
@@ -2153,12 +2158,9 @@ fn a_stalled_stderr_stops_no_thread_and_the_records_it_missed_are_counted() {
     use std::io::{BufRead, Write};
     const LINE: usize = 8000;
     const FLOOD_GUARD: Duration = Duration::from_secs(30);
-    let dir = temp_dir("stalled-stderr");
-    let apps = dir.join("apps");
-    std::fs::create_dir_all(apps.join("flood")).unwrap();
-    std::fs::write(
-        apps.join("flood").join("flood.lua"),
-        format!(
+    let dir = flood_site(
+        "stalled-stderr",
+        &format!(
             r#"local app = {{}}
 app.onMessage = function(h, op, msg)
   local line = string.rep("x", {LINE})
@@ -2168,15 +2170,6 @@ app.onMessage = function(h, op, msg)
 end
 return app
 "#
-        ),
-    )
-    .unwrap();
-    write_config(
-        &dir,
-        binary::ONE_WORKER_WS_JSON,
-        &format!(
-            r#"{{ "directories": {{ "applications": "{}" }}, "services": {{ "flood": {{}} }} }}"#,
-            apps.display()
         ),
     );
     let mut cmd = Command::new(LAPPS);

@@ -167,26 +167,24 @@ fn a_changed_app_is_replaced_while_the_others_keep_serving() {
     app.shutdown();
 }
 
-#[test]
-fn a_change_to_a_module_the_app_requires_is_a_new_version() {
-    let site = Site::new("module");
-    let d = site.dir.join("apps").join("svc");
-    std::fs::create_dir_all(d.join("lib")).unwrap();
+/// Serves app `svc`, which answers with its `lib/tag.lua` module (`lib` is where that file
+/// lives: the caller made it reachable as `apps/svc/lib`): "v1", then "v2" once only the
+/// module changed and a reload replaced the service; a reload with nothing changed keeps it.
+fn a_module_edit_is_a_new_version(site: &Site, lib: &std::path::Path) {
     std::fs::write(
-        d.join("svc.lua"),
+        site.dir.join("apps/svc/svc.lua"),
         "local tag = require('lib.tag')\nlocal m = {}\nm.onMessage = function(h, op, msg)\n  \
          ws:send(h, 1, tag .. ' ' .. msg)\n  return true\nend\nreturn m\n",
     )
     .unwrap();
-    std::fs::write(d.join("lib").join("tag.lua"), "return 'v1'\n").unwrap();
+    std::fs::write(lib.join("tag.lua"), "return 'v1'\n").unwrap();
     site.services(&["svc"]);
     let app = site.start();
     let addr = app.local_addrs()[0];
     let mut old = connect(addr, "/svc");
     assert_eq!(ask(&mut old, "hi"), "v1 hi");
 
-    // Only the required module changes, in a subdirectory of the app's.
-    std::fs::write(d.join("lib").join("tag.lua"), "return 'v2'\n").unwrap();
+    std::fs::write(lib.join("tag.lua"), "return 'v2'\n").unwrap();
     app.reload();
     assert_eq!(close_code(&mut old), Some(1001));
     let mut new = connect(addr, "/svc");
@@ -196,6 +194,15 @@ fn a_change_to_a_module_the_app_requires_is_a_new_version() {
     app.reload();
     assert_eq!(ask(&mut new, "again"), "v2 again");
     app.shutdown();
+}
+
+/// Only a module the app requires changes, in a subdirectory of the app's.
+#[test]
+fn a_change_to_a_module_the_app_requires_is_a_new_version() {
+    let site = Site::new("module");
+    let lib = site.dir.join("apps/svc/lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    a_module_edit_is_a_new_version(&site, &lib);
 }
 
 /// The module directory is a symlink to a checkout outside the app's directory (a trial's
@@ -210,27 +217,7 @@ fn a_change_in_a_symlinked_module_directory_is_a_new_version() {
     std::fs::create_dir_all(&shared).unwrap();
     std::os::unix::fs::symlink(&shared, d.join("lib")).unwrap();
     std::os::unix::fs::symlink(&d, shared.join("loop")).unwrap();
-    std::fs::write(
-        d.join("svc.lua"),
-        "local tag = require('lib.tag')\nlocal m = {}\nm.onMessage = function(h, op, msg)\n  \
-         ws:send(h, 1, tag .. ' ' .. msg)\n  return true\nend\nreturn m\n",
-    )
-    .unwrap();
-    std::fs::write(shared.join("tag.lua"), "return 'v1'\n").unwrap();
-    site.services(&["svc"]);
-    let app = site.start();
-    let addr = app.local_addrs()[0];
-    let mut old = connect(addr, "/svc");
-    assert_eq!(ask(&mut old, "hi"), "v1 hi");
-
-    std::fs::write(shared.join("tag.lua"), "return 'v2'\n").unwrap();
-    app.reload();
-    assert_eq!(close_code(&mut old), Some(1001));
-    let mut new = connect(addr, "/svc");
-    assert_eq!(ask(&mut new, "hi"), "v2 hi");
-    app.reload();
-    assert_eq!(ask(&mut new, "again"), "v2 again");
-    app.shutdown();
+    a_module_edit_is_a_new_version(&site, &shared);
 }
 
 #[test]
