@@ -1552,6 +1552,7 @@ app.onMessage = function(h, kind, message)
   if message == "bad tostring" then
     error(setmetatable({code = 44}, {__tostring = function() error("nope") end}))
   end
+  if message == "long field" then error({["end"] = string.rep("y", 1000000)}) end
   error(42)
 end
 return app
@@ -1575,7 +1576,15 @@ return app
             "bad tostring",
             "with 1011: (error object is a table value: {code = 44}) | stack traceback:",
         ),
-        ("number", "errobj.lua:7: 42 | stack traceback:"),
+        (
+            "long field",
+            &format!(
+                "with 1011: (error object is a table value: {{[\"end\"] = \"{}\"...}}) | stack \
+                 traceback:",
+                "y".repeat(100)
+            ),
+        ),
+        ("number", "errobj.lua:8: 42 | stack traceback:"),
     ] {
         let mut ws = connect(addr, "/errobj");
         send(&mut ws, message);

@@ -448,8 +448,11 @@ unsafe fn table_fields(l: *mut ffi::lua_State, idx: c_int) -> String {
             }
             shown += 1;
             let key = ffi::lua_gettop(l) - 1;
-            match (ffi::lua_type(l, key) == ffi::LUA_TSTRING).then(|| string_at(l, key)) {
-                Some(k) if is_name(&k) => out.push_str(&k),
+            let name = (ffi::lua_type(l, key) == ffi::LUA_TSTRING)
+                .then(|| string_prefix_at(l, key, STRING_SHOWN))
+                .filter(|(k, cut)| !cut && is_name(k));
+            match name {
+                Some((k, _)) => out.push_str(&k),
                 _ => {
                     out.push('[');
                     out.push_str(&shown_value(l, key));
@@ -470,10 +473,32 @@ const FIELDS_SHOWN: usize = 8;
 /// Bytes of a string field shown.
 const STRING_SHOWN: usize = 100;
 
-/// A Lua name (an identifier), which a table constructor writes without brackets.
+/// A Lua name (an identifier, not a keyword), which a table constructor writes without
+/// brackets.
 fn is_name(s: &str) -> bool {
+    const KEYWORDS: [&str; 22] = [
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if",
+        "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+    ];
     s.bytes().next().is_some_and(|b| !b.is_ascii_digit())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !KEYWORDS.contains(&s)
+}
+
+/// The first `max` bytes of the string at `idx` (lossy), and whether it is longer: a field of
+/// an error table may be megabytes, which the message handler must not copy whole.
+unsafe fn string_prefix_at(l: *mut ffi::lua_State, idx: c_int, max: usize) -> (String, bool) {
+    // SAFETY: lua_tolstring on a valid index holding a string (no conversion in place); the
+    // bytes are copied before the value can go.
+    unsafe {
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(l, idx, &mut len);
+        if p.is_null() {
+            return (String::new(), false);
+        }
+        let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len.min(max));
+        (String::from_utf8_lossy(bytes).into_owned(), len > max)
+    }
 }
 
 /// The value at `idx` as a field of [`table_fields`]: a string quoted (and cut), a number or a
@@ -484,13 +509,9 @@ unsafe fn shown_value(l: *mut ffi::lua_State, idx: c_int) -> String {
     unsafe {
         match ffi::lua_type(l, idx) {
             ffi::LUA_TSTRING => {
-                let s = string_at(l, idx);
-                let mut end = s.len().min(STRING_SHOWN);
-                while !s.is_char_boundary(end) {
-                    end -= 1;
-                }
-                let more = if end < s.len() { "..." } else { "" };
-                format!("{:?}{more}", &s[..end])
+                let (s, cut) = string_prefix_at(l, idx, STRING_SHOWN);
+                let more = if cut { "..." } else { "" };
+                format!("{s:?}{more}")
             }
             ffi::LUA_TNUMBER => {
                 ffi::lua_pushvalue(l, idx);
@@ -517,5 +538,19 @@ pub(crate) unsafe fn string_at(l: *mut ffi::lua_State, idx: c_int) -> String {
             return "(error object is not a string)".into();
         }
         String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len)).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Keys an error table's line writes bare are those Lua's constructor takes bare.
+    #[test]
+    fn only_names_that_are_not_keywords_are_written_bare() {
+        for bare in ["code", "msg", "_x1", "endpoint"] {
+            assert!(super::is_name(bare), "{bare}");
+        }
+        for bracketed in ["end", "while", "nil", "1a", "two words", "", "é"] {
+            assert!(!super::is_name(bracketed), "{bracketed}");
+        }
     }
 }
