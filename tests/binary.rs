@@ -2011,7 +2011,6 @@ fn flood_site(name: &str, source: &str) -> PathBuf {
 /// re-trial's `prlimit --fsize` killed it as its log reached the limit).
 #[test]
 fn a_log_file_that_refuses_records_gets_their_count_and_no_torn_line() {
-    use std::os::unix::process::CommandExt;
     const LINE: usize = 1000;
     const PRINTS: usize = 200;
     const LIMIT: libc::rlim_t = 64 << 10;
@@ -2046,24 +2045,7 @@ return app
         .env_remove("JOURNAL_STREAM")
         .stdout(Stdio::null())
         .stderr(log);
-    // SAFETY: getrlimit and setrlimit are async-signal-safe and touch only the child being
-    // started.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            lim.rlim_cur = LIMIT.min(lim.rlim_max);
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    binary::limit_child(&mut cmd, libc::RLIMIT_FSIZE, LIMIT, libc::RLIM_INFINITY);
     let mut child = binary::Reaper(cmd.spawn().expect("spawn lapps"));
     let file_lines = || -> Vec<String> {
         let bytes = std::fs::read(&log_path).unwrap();

@@ -6,7 +6,6 @@ mod binary;
 mod common;
 
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use binary::{lines_until, spawn_binary_logging};
@@ -32,28 +31,9 @@ fn config_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Starts the child with RLIMIT_NOFILE `soft` (at most the hard limit) and `hard` (at most the
-/// current hard limit).
+/// Starts the child with RLIMIT_NOFILE `soft` and `hard` (each at most the current hard limit).
 fn limit(cmd: &mut std::process::Command, soft: libc::rlim_t, hard: libc::rlim_t) {
-    // SAFETY: getrlimit and setrlimit are async-signal-safe and touch only the child being
-    // started.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            lim.rlim_max = hard.min(lim.rlim_max);
-            lim.rlim_cur = soft.min(lim.rlim_max);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    binary::limit_child(cmd, libc::RLIMIT_NOFILE, soft, hard);
 }
 
 /// This test process's hard RLIMIT_NOFILE.

@@ -178,3 +178,33 @@ pub fn all_stopped(pid: libc::pid_t) -> bool {
             .unwrap_or(true)
     })
 }
+
+/// Starts the child with `resource` (an `RLIMIT_*`) at `soft` and `hard`, each at most the
+/// current hard limit (a child may lower its hard limit, never raise it).
+pub fn limit_child(
+    cmd: &mut Command,
+    resource: libc::__rlimit_resource_t,
+    soft: libc::rlim_t,
+    hard: libc::rlim_t,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getrlimit and setrlimit are async-signal-safe and touch only the child being
+    // started.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(resource, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_max = hard.min(lim.rlim_max);
+            lim.rlim_cur = soft.min(lim.rlim_max);
+            if libc::setrlimit(resource, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
