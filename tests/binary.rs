@@ -2272,6 +2272,51 @@ return app
     );
 }
 
+/// A peer that takes our last bytes slowly gets more close timeouts; when it stops taking
+/// them, the line that says it was given up on counts the timeouts it was given (it said
+/// only `close_timeout_ms`, as if one had passed, after several).
+#[test]
+fn a_close_given_up_on_after_extensions_counts_them() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let echo = r#"local app = {}
+app.onMessage = function(h, op, msg) ws:send(h, op, msg) return true end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 1000 }"#,
+        "close-extensions",
+        &[("echo", echo)],
+        r#""echo": { "request_target": "/echo" }"#,
+    );
+    let mut s = raw_upgraded(addr, "/echo");
+    // A small window: most of the echo stays on the server's side until it is read.
+    lapps::net::sys::setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 16 << 10)
+        .unwrap();
+    let mut bytes = frame(true, 0, 0x2, &vec![7u8; 2 << 20], true);
+    bytes.extend(frame(true, 0, 0x8, &1000u16.to_be_bytes(), true));
+    s.write_all(&bytes).unwrap();
+    // The stimulus: 64 KiB every 250 ms (a quarter of a close timeout) for three seconds, then
+    // nothing: the server extends its wait while this reads, not after.
+    let mut chunk = vec![0u8; 64 << 10];
+    for _ in 0..12 {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the echo is still coming");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let line = binary::wait_line(&log, "the peer did not take our last bytes");
+    let times: u32 = line
+        .split("(extended ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(" times while it took our bytes slowly) (reset: bytes of ours still unacknowledged)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of extensions: {line}"));
+    assert!(
+        (1..20).contains(&times) && line.contains("within close_timeout_ms (extended "),
+        "{line}"
+    );
+}
+
 /// SIGUSR1 logs the status report, one `status:` line each: the process, the IO workers'
 /// connections, each Lua service with the connections it holds and what its Lua states take,
 /// the bcast channels and the mqr queues. The server goes on serving.

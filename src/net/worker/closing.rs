@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{AfterCommands, Ctx, Ending, Worker, SHUTDOWN_GRACE};
 use crate::debug;
-use crate::net::conn::Phase;
+use crate::net::conn::{Conn, Phase};
 use crate::net::outq::OutQueue;
 use crate::net::sys;
 use crate::service::Owed;
@@ -366,10 +366,18 @@ impl Worker {
                 } else {
                     ""
                 };
+                // The waits it was given as it took our bytes slowly, unless `what` counts
+                // them already (all of them were used).
+                let n = c.close_extensions;
+                let extended = if n > 0 && n < Conn::MAX_CLOSE_EXTENSIONS {
+                    format!(" (extended {n} times while it took our bytes slowly)")
+                } else {
+                    String::new()
+                };
                 crate::log::write_limited_kind(
                     crate::log::Level::Info,
                     (what, how),
-                    format_args!("closed {}: {what}{how}", c.peer),
+                    format_args!("closed {}: {what}{extended}{how}", c.peer),
                 )
             }
             other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),

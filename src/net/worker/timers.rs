@@ -2,10 +2,12 @@
 //! shutdown sweep.
 
 use std::cmp::Reverse;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::{Ending, Worker, SHUTDOWN_GRACE};
 use crate::net::conn::Phase;
+use crate::net::sys;
 use crate::ws::codec::{self, Role};
 use crate::ws::handshake;
 use crate::ws::{close, Opcode};
@@ -42,7 +44,12 @@ impl Worker {
             }
             // Given up on while it still reads, slowly: the log says why the wait ended then.
             let extended = c.close_extensions == crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS;
-            let phase = c.phase;
+            // Our side is shut but the peer has not acknowledged all we wrote (our FIN waits
+            // behind it): still finishing, and given up on as such (a reset, and a line), not
+            // as a peer that only kept its end open.
+            let untaken = c.phase == Phase::Draining
+                && sys::unacked_bytes(c.fd.as_raw_fd()).is_some_and(|n| n > 0);
+            let phase = if untaken { Phase::Finishing } else { c.phase };
             match phase {
                 Phase::Handshake { .. } => self.handshake_timed_out(index),
                 _ if slow_reader => self.arm_close_deadline(index),
