@@ -1,6 +1,7 @@
 //! LAppS: a Lua Application Server over WebSockets.
 //!
-//! Layers, bottom-up (see ARCHITECTURE in the README):
+//! The layers, bottom-up (see "What it is" and "Layout" in the README; the modules not listed
+//! here serve the binary: start-up, logging, signals, reloads):
 //! - [`simd`]: unmasking and UTF-8 validation kernels (scalar, SSSE3, AVX2) behind one dispatch.
 //! - [`ws`]: RFC 6455, sans-IO: handshake parsing, frame parsing, message assembly, close rules.
 //! - [`sync`]: the Vyukov bounded MPMC queue used for hand-offs between threads.

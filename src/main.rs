@@ -273,7 +273,7 @@ fn main() -> ExitCode {
     // console app reads it). Set here, while this is the only thread: setenv is not safe
     // beside threads that read the environment.
     std::env::set_var("LAPPS_APPS_DIR", &cfg.lapps.directories.applications);
-    // Signals are taken by sigwait on this thread only: block them before any thread starts.
+    // Signals are taken by sigtimedwait on this thread only: block them before any thread starts.
     let signals = lapps::signals::Signals::block();
     // From here on no thread waits for stderr (a stalled journal): the log has its own thread.
     lapps::log_writer::start();

@@ -2,7 +2,7 @@
 //! reloads and answers (see [`crate::reload_request`]), SIGUSR1 logs the server's status,
 //! SIGPIPE does nothing (every send uses MSG_NOSIGNAL anyway), nor does SIGXFSZ (a log file at
 //! its size limit: the write fails and the log counts what it lost). Signals are blocked in all
-//! threads and taken with `sigwaitinfo` by the main thread, so no handler ever runs inside a
+//! threads and taken with `sigtimedwait` (a 1 s tick) by the main thread, so no handler ever runs inside a
 //! worker. Once the first SIGTERM/SIGINT has started the graceful shutdown,
 //! [`Signals::exit_on_second_stop`] keeps taking them on a thread of its own: a second one
 //! ends the process at once.
@@ -87,7 +87,7 @@ pub fn unblocked_for_a_child<R>(start: impl FnOnce() -> R) -> R {
             for signo in TAKEN {
                 if caught & (1 << signo) != 0 {
                     // SAFETY: kill(2) on this process; blocked in every thread again, the
-                    // signal waits for `sigwait`.
+                    // signal waits for `sigtimedwait`.
                     unsafe { libc::kill(libc::getpid(), signo) };
                 }
             }
@@ -147,7 +147,7 @@ impl Signals {
             handle(signo, catch);
         }
         handle(libc::SIGPIPE, do_nothing);
-        // Taken by sigwaitinfo like the others; the handler only makes sure a realtime signal
+        // Taken by sigtimedwait like the others; the handler only makes sure a realtime signal
         // never ends the process, and tells `lapps --reload` that this one takes requests.
         handle_with_nothing(reload_request::request_signal());
         Signals {

@@ -24,7 +24,7 @@ pub struct TlsCertificates {
 /// The IOWorker settings (`workers` object).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workers {
-    /// IOWorker threads (default: the number of cores).
+    /// IOWorker threads (default: one per core, at most `MAX_WORKERS`, 32).
     pub workers: usize,
     /// `workers` was taken from the host, not from the file (a reload compares the file).
     pub workers_by_default: bool,
@@ -35,7 +35,8 @@ pub struct Workers {
     pub max_connections_by_default: bool,
     /// Outbound frame size for splitting large messages (`None`: never split).
     pub auto_fragment: Option<usize>,
-    /// Read chunk per connection, bytes.
+    /// Size of each worker's one read buffer when above 64 KiB (below, 64 KiB is used); also
+    /// the fragment size of `"auto_fragment": true`.
     pub input_buffer_size: usize,
     /// `epoll_wait` batch.
     pub max_poll_events: usize,
@@ -187,7 +188,7 @@ fn tls_version(r: &mut Reader, obj: &Obj, key: &str) -> bool {
 /// SPEC 1's default for `workers.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 
-/// Most listener or worker threads a config may ask for.
+/// Most accepting threads (`listeners`) a config may ask for per endpoint.
 const MAX_THREADS: usize = 1024;
 
 /// IO workers a connection handle can name (5 bits of it).

@@ -47,7 +47,9 @@ pub struct Conn {
     /// Unconsumed input (a partial header, control frame or HTTP request); empty when idle.
     pub inbuf: Vec<u8>,
     pub out: OutQueue,
-    /// The service asked us to stop reading (its queue is full).
+    /// Not read until it is resumed: its service's queue is above its high-water mark, or
+    /// what this connection handed over and has not had handled, with its outbound queue,
+    /// passed `outbound_high_water`.
     pub service_paused: bool,
     /// When `service_paused` was last set: the time until the resume does not count against
     /// the message being received (`message_due` moves by as much).

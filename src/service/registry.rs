@@ -397,9 +397,10 @@ impl Registry {
     /// version's `depends` must run (as for a new service: its `onStart` may count on them; a
     /// dependency may have failed its own redeploy), or the old one keeps serving and the error
     /// is returned. The new version is started first: if it fails to load, the old one keeps
-    /// serving and the error is returned. New connections then reach the new version; the old one's connections are
-    /// closed with 1001 (going away), so their clients reconnect to it, and the old instances
-    /// stop once those connections are gone (bounded by the shutdown grace). A standalone
+    /// serving and the error is returned. New connections then reach the new version; the old
+    /// one's connections are closed with 1001 (going away), so their clients reconnect to it,
+    /// and the old instances stop once those connections are gone (bounded by the retire
+    /// grace, see `set_retire_grace`, then by the shutdown grace for the stop itself). A standalone
     /// service is stopped before its new version starts (two copies could fight over queues),
     /// once the new version's app compiles, its preloads are found and its depends run.
     /// Returns how many connections were asked to reconnect.

@@ -14,7 +14,8 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// 1007: data inconsistent with the message type (text that is not UTF-8).
 pub const INVALID_PAYLOAD: u16 = 1007;
-/// 1008: a policy was violated (ACL).
+/// 1008: a policy was violated (a slow consumer, a message not complete in time, too many host
+/// answers waiting).
 pub const POLICY: u16 = 1008;
 /// 1009: a message too big to process.
 pub const TOO_BIG: u16 = 1009;

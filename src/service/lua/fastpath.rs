@@ -1,7 +1,9 @@
-//! The two per-message crossings between Rust and Lua, written against the Lua C API: calling
-//! `onMessage` for a run of RAW messages, and `ws:send(handler, opcode, string)`.
+//! The crossings between Rust and Lua written against the Lua C API: the two per-message ones,
+//! calling `onMessage` for a run of RAW messages and `ws:send(handler, opcode, string)`; and
+//! the protected call with its message handler that every other callback (`init`, `run`,
+//! `onStart`, `onShutdown`) goes through, which also renders error values for the log.
 //!
-//! Owns nothing but these two hot paths; everything else goes through mlua. Measured reason
+//! Everything else goes through mlua. Measured reason
 //! (docs/threading.md): through mlua each crossing converts every argument into a `Value`
 //! (a registry reference each), pushes a fresh traceback closure and checks the stack, which
 //! cost more than the echo itself. Here a message costs four pushes and one `lua_pcall`, and a

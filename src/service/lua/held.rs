@@ -25,8 +25,8 @@
 //! waits in the worker for the answers to what it sent before (`Kind::Drain`), unless the hub
 //! shows it owed nothing with nothing unposted (`Hub::lapps_settled`: each answer held here
 //! counts as unposted until it is posted or dropped); while its app
-//! still owes responses, or host answers wait here, its close waits too ([`drain`]
-//! (HeldAnswers::drain)) and goes once the last has left, or when the worker's close timeout
+//! still owes responses, or host answers wait here, its close waits too
+//! ([`drain`](HeldAnswers::drain)) and goes once the last has left, or when the worker's close timeout
 //! passes. With nothing held here, the responses still owed, or taken but not yet posted, are
 //! waited for through the hub (`Hub::close_when_settled`): the thread whose post leaves the
 //! connection settled (this instance, another, or another service's) queues its Close, behind

@@ -310,7 +310,6 @@ impl Inbox {
         }
     }
 
-    /// Asks the consumer to finish: it drains what is queued, then `next` returns `None`.
     /// Producer: a connection bound to this instance opened.
     pub fn opened(&self) {
         self.open_conns.fetch_add(1, Ordering::SeqCst);
@@ -328,6 +327,8 @@ impl Inbox {
         self.open_conns.load(Ordering::SeqCst)
     }
 
+    /// Asks the consumer to finish: it drains what is queued, then `next_within` returns
+    /// `Next::Stopped`.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.sleeping.store(false, Ordering::SeqCst);

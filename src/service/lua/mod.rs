@@ -204,7 +204,7 @@ pub struct LuaService {
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
     closed_doors: AtomicBool,
-    /// Whether a LAppS connection that ends is owed nothing more (see `on_ending`).
+    /// The hub: tells `on_ending` whether a LAppS connection that ends is owed nothing more.
     hub: Arc<Hub>,
 }
 
