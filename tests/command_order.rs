@@ -91,9 +91,10 @@ fn a_reply_past_the_turns_share_of_commands_still_precedes_the_close() {
     let server = common::start_with(|o| o.workers = 1, Arc::new(Only(service)));
     let hub = server.hub();
     let (mut ws, _) = tungstenite::connect(server.url("/steered")).expect("upgrade");
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(WAIT)).unwrap();
-    }
+    let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() else {
+        panic!("a ws:// connection is plain TCP");
+    };
+    s.set_read_timeout(Some(WAIT)).unwrap();
     ws.send(Message::text("m")).unwrap();
     let conn = conn_rx.recv_timeout(WAIT).expect("on_message");
 
@@ -287,9 +288,10 @@ fn a_reply_behind_a_long_drain_outlives_the_answer_timeout() {
     let sink_conn = conn_rx.recv_timeout(WAIT).expect("the sink's message");
     message_go.send(()).unwrap();
     let (mut ws, _) = tungstenite::connect(server.url("/steered")).expect("upgrade");
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(WAIT)).unwrap();
-    }
+    let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() else {
+        panic!("a ws:// connection is plain TCP");
+    };
+    s.set_read_timeout(Some(WAIT)).unwrap();
     ws.send(Message::text("m")).unwrap();
     let conn = conn_rx.recv_timeout(WAIT).expect("on_message");
 

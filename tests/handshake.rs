@@ -140,10 +140,10 @@ fn slowloris_gets_408_at_the_handshake_timeout() {
         resp.ends_with("\r\n\r\n"),
         "a HEAD answer with content: {resp:?}"
     );
-    // Well before the 5 s default, so the 300 ms setting is what cut it (and 2.7 s to spare
-    // for a loaded machine).
+    // Before the 5 s default, so the 300 ms setting is what cut it (and 3.7 s to spare for a
+    // loaded machine).
     assert!(
-        t.elapsed() < std::time::Duration::from_secs(3),
+        t.elapsed() < std::time::Duration::from_secs(4),
         "closed after {:?}: the 300 ms handshake timeout was not applied",
         t.elapsed()
     );
@@ -160,8 +160,9 @@ fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
     s.read_to_end(&mut got)
         .expect("the server closes an idle connection at the handshake timeout");
     assert!(got.is_empty(), "no request, no answer: {got:?}");
+    // Before the 5 s default (see above).
     assert!(
-        t.elapsed() < std::time::Duration::from_secs(3),
+        t.elapsed() < std::time::Duration::from_secs(4),
         "closed after {:?}: the 300 ms handshake timeout was not applied",
         t.elapsed()
     );

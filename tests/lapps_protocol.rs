@@ -371,7 +371,7 @@ fn a_client_that_keeps_sending_garbage_is_closed_with_1003() {
 #[test]
 fn calls_to_reserved_names_are_answered_and_never_close_the_connection() {
     // Well-formed messages, answered -32601 like an unknown method: not garbage, so not
-    // counted towards the 1003 (max_protocol_errors is 10).
+    // counted towards the 1003 (max_protocol_errors is 12 here).
     let app = start();
     let mut ws = connect(app.addr, "/echo_lapps");
     for _ in 0..12 {

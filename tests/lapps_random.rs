@@ -596,7 +596,9 @@ fn run_sessions(app: &TestApp, path: &'static str, base: u64, session: Session) 
         Ok(s) => vec![s.parse().expect("LAPPS_RANDOM_SEED is a number")],
         Err(_) => (base..base
             + std::env::var("LAPPS_RANDOM_SESSIONS").map_or(SESSIONS, |n| {
-                n.parse().expect("LAPPS_RANDOM_SESSIONS is a number")
+                let n = n.parse().expect("LAPPS_RANDOM_SESSIONS is a number");
+                assert!(n > 0, "LAPPS_RANDOM_SESSIONS=0 would test nothing");
+                n
             }))
             .collect(),
     };

@@ -135,8 +135,8 @@ fn refusals_are_spread_over_the_workers() {
 fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
     let srv = start_echo(|o| o.worker.outbound_high_water = 64 * 1024);
     let mut s = raw_upgraded(srv.addr, "/echo");
-    let msg = frame(true, 0, 0x2, &vec![0xabu8; 16 * 1024], true);
-    let (sent_msgs, rest) = write_until_throttled(&mut s, &msg, 256 << 20);
+    let msg = |i: usize| frame(true, 0, 0x2, &numbered(i, 16 * 1024), true);
+    let (sent_msgs, rest) = write_until_throttled(&mut s, msg, 256 << 20);
     // Bounded: kernel buffers (a few MiB each way) plus the high-water mark, not unbounded growth.
     assert!(
         sent_msgs * 16 * 1024 < 64 << 20,
@@ -148,34 +148,50 @@ fn a_client_that_stops_reading_is_throttled_and_loses_nothing() {
         let mut s = s.try_clone().unwrap();
         std::thread::spawn(move || s.write_all(&rest).unwrap())
     };
-    for _ in 0..whole {
+    for i in 0..whole {
         let f = read_frame(&mut s).expect("echo after unblocking");
-        assert_eq!(f.payload.len(), 16 * 1024);
+        assert!(f.payload == numbered(i, 16 * 1024), "echo {i} of {whole}");
     }
     writer.join().unwrap();
 }
 
-/// Writes `unit` over and over without reading until the server stops taking input (our
-/// writes have blocked for 500 ms) or `cap` bytes went out; returns how many whole units left
-/// and the unsent rest of the last one.
-fn write_until_throttled(s: &mut std::net::TcpStream, unit: &[u8], cap: usize) -> (usize, Vec<u8>) {
+/// A payload of `len` bytes that says it is the `i`th: its number, then filler.
+fn numbered(i: usize, len: usize) -> Vec<u8> {
+    let mut p = vec![0xab; len];
+    p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    p
+}
+
+/// Writes `unit(0)`, `unit(1)`, ... without reading until the server stops taking input (our
+/// writes have blocked for 2 s: long beside a loaded machine's scheduling delays, which would
+/// otherwise pass for a server that stopped reading) or `cap` bytes went out; returns how many
+/// whole units left and the unsent rest of the last one.
+fn write_until_throttled(
+    s: &mut std::net::TcpStream,
+    unit: impl Fn(usize) -> Vec<u8>,
+    cap: usize,
+) -> (usize, Vec<u8>) {
     s.set_nonblocking(true).unwrap();
     let mut sent = 0usize;
-    let mut pending: &[u8] = unit;
+    let mut bytes = 0usize;
+    let mut current = unit(0);
+    let mut at = 0;
     let mut blocked_since: Option<Instant> = None;
-    while sent * unit.len() < cap {
-        match s.write(pending) {
+    while bytes < cap {
+        match s.write(&current[at..]) {
             Ok(n) => {
-                pending = &pending[n..];
+                at += n;
+                bytes += n;
                 blocked_since = None;
-                if pending.is_empty() {
+                if at == current.len() {
                     sent += 1;
-                    pending = unit;
+                    current = unit(sent);
+                    at = 0;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let since = *blocked_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_millis(500) {
+                if since.elapsed() > Duration::from_secs(2) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10)); // polling interval
@@ -184,10 +200,10 @@ fn write_until_throttled(s: &mut std::net::TcpStream, unit: &[u8], cap: usize) -
         }
     }
     s.set_nonblocking(false).unwrap();
-    let rest = if pending.len() == unit.len() {
+    let rest = if at == 0 {
         Vec::new()
     } else {
-        pending.to_vec()
+        current[at..].to_vec()
     };
     (sent, rest)
 }
@@ -198,14 +214,15 @@ fn a_client_that_floods_pings_without_reading_is_throttled_and_gets_every_pong()
     // the queue reaches it.
     let srv = start_echo(|_| {});
     let mut s = raw_upgraded(srv.addr, "/echo");
-    let ping = frame(true, 0, 0x9, &[0x5a; 125], true);
+    let ping = |i: usize| frame(true, 0, 0x9, &numbered(i, 125), true);
     let cap = 256 << 20;
-    let (sent, rest) = write_until_throttled(&mut s, &ping, cap);
+    let (sent, rest) = write_until_throttled(&mut s, ping, cap);
     // Kernel buffers both ways plus the high-water mark: tens of MiB at most.
+    let frame_len = ping(0).len();
     assert!(
-        sent * ping.len() < 64 << 20,
+        sent * frame_len < 64 << 20,
         "server kept reading pings it could not answer: {} MiB taken",
-        (sent * ping.len()) >> 20
+        (sent * frame_len) >> 20
     );
     // The ping cut short by the throttle is finished now, and answered too.
     let whole = sent + usize::from(!rest.is_empty());
@@ -215,7 +232,10 @@ fn a_client_that_floods_pings_without_reading_is_throttled_and_gets_every_pong()
     };
     for i in 0..whole {
         let f = read_frame(&mut s).unwrap_or_else(|| panic!("pong {i} of {whole}"));
-        assert_eq!((f.opcode, f.payload.len()), (0xA, 125), "pong {i}");
+        assert!(
+            f.opcode == 0xA && f.payload == numbered(i, 125),
+            "pong {i} of {whole}"
+        );
     }
     writer.join().unwrap();
 }

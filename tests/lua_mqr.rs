@@ -334,10 +334,11 @@ fn a_post_with_a_timeout_in_a_network_service_does_not_wait_for_room() {
     let mut ws = common::connect(app.addr, "/mqr_netpost");
     let t = Instant::now();
     let reply = common::ask(&mut ws, "go");
-    // Both posts asked to wait up to 5 s each: an answer well before that shows neither did.
+    // Both posts asked to wait up to 5 s each: an answer before that shows neither did (a
+    // second to spare for a loaded machine).
     let took = t.elapsed();
     assert_eq!(reply, "full=nil,full qfull=nil,full room=true,nil");
-    assert!(took < Duration::from_secs(2), "the posts waited: {took:?}");
+    assert!(took < Duration::from_secs(4), "the posts waited: {took:?}");
     assert_eq!(&*full.poll().unwrap(), b"first");
     assert_eq!(full.poll(), None, "a refused post left nothing behind");
     assert_eq!(&*room.poll().unwrap(), b"here");

@@ -799,10 +799,11 @@ fn after_ws_close_a_send_to_that_connection_is_refused_not_dropped() {
 #[test]
 fn a_send_to_a_connection_the_worker_is_closing_is_refused() {
     // The idle timeout: a silent peer is pinged, then the worker starts the close (1001) and
-    // waits up to the close timeout for the peer's reply; meanwhile the handle is closing.
+    // waits up to the close timeout for the peer's reply; meanwhile the handle is closing. (An
+    // idle timeout of a second: the handler's reply must come before it, on a loaded machine.)
     let app = start_app(
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
-             "idle_timeout_ms": 150, "close_timeout_ms": 20000 }"#,
+             "idle_timeout_ms": 1000, "close_timeout_ms": 20000 }"#,
         &tally_services(None),
     );
     let mut silent = raw_upgraded(app.addr, "/tally");
@@ -1402,7 +1403,13 @@ fn a_close_reply_owed_nothing_does_not_wait_for_a_busy_instance() {
         closed_by_server(&mut answered),
         "the server ends TCP after its Close"
     );
-    // The other two are still waiting for the instance.
+    // The other two are still waiting for the instance. The worker has read `owed`'s message
+    // and Close, and is done with them: it has since taken a new connection's upgrade.
+    let owed_at = owed.local_addr().unwrap();
+    wait_for("the server reads owed's bytes", IO_TIMEOUT, || {
+        server_unread(app.addr, owed_at) == Some(0)
+    });
+    drop(raw_upgraded(app.addr, "/hold_reply"));
     owed.set_nonblocking(true).unwrap();
     let mut b = [0u8; 1];
     assert!(

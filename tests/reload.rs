@@ -408,40 +408,50 @@ fn a_request_signal_sent_by_hand_reloads_and_leaves_its_sender_alone() {
     lapps_json(&dir, "");
     let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
     let pid = server.0.id();
-    // Sends the signal as kill(2) does, then lives 3 s: an answer would end it by signal.
-    let mut sender = Reaper(
-        std::process::Command::new("python3")
-            .arg("-c")
-            .arg(format!(
-                "import os, signal, time; os.kill({pid}, signal.SIGRTMIN + 1); time.sleep(3)"
-            ))
-            .spawn()
-            .expect("python3"),
-    );
+    // Sends the signal as kill(2) does.
+    let sender = until_stdin_ends(&format!(
+        "import os, signal; os.kill({pid}, signal.SIGRTMIN + 1)"
+    ));
     let reload = binary::lines_until(&log, "reload done");
-    let status = sender.wait_exit(Duration::from_secs(15));
-    assert!(status.success(), "the sender was answered: {status:?}");
     assert!(
         reload.iter().any(|l| l.contains("SIGRTMIN+1 received")),
         "{reload:?}"
     );
     server.stop();
+    let status = end_stdin(sender);
+    assert!(status.success(), "the sender was answered: {status:?}");
+}
+
+/// A Python process that runs `script`, then waits for the end of its stdin (which
+/// [`end_stdin`] gives it). It handles no signal: an answer to a reload request, sent any
+/// time before the test ends its stdin, ends it by that signal.
+fn until_stdin_ends(script: &str) -> Reaper {
+    Reaper(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!("{script}\nimport sys; sys.stdin.read()"))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    )
+}
+
+/// Ends the stdin of an [`until_stdin_ends`] process and returns how it exited: a signal
+/// queued to it before is taken first (it is pending as its read returns).
+fn end_stdin(mut waiter: Reaper) -> std::process::ExitStatus {
+    drop(waiter.0.stdin.take());
+    waiter.wait_exit(Duration::from_secs(15))
 }
 
 /// The kernel does not check the pid a queued signal claims to come from: a request naming
-/// another process (here a `sleep`, which does not handle the answers) gets a reload without an
+/// another process (here a Python process, which does not handle the answers) gets a reload without an
 /// answer, and the named process lives on.
 #[test]
 fn a_request_naming_a_process_that_does_not_wait_is_not_answered() {
     let dir = site("reload-forged");
     lapps_json(&dir, "");
     let (mut server, _addr, log) = spawn_binary(&dir, |_| {});
-    let mut bystander = Reaper(
-        std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("sleep"),
-    );
+    let bystander = until_stdin_ends("pass");
     let forged = lapps::reload_request::QueuedSiginfo::new(
         libc::SIGRTMIN() + 1,
         bystander.0.id() as libc::pid_t,
@@ -464,17 +474,13 @@ fn a_request_naming_a_process_that_does_not_wait_is_not_answered() {
             .any(|l| l.contains("which does not wait for an answer")),
         "{reload:?}"
     );
-    // Any answer went out before the server's exit; the bystander would die of it soon after.
+    // Any answer went out before the server's exit.
     server.stop();
-    let watch = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < watch {
-        let status = bystander.0.try_wait().unwrap();
-        assert!(
-            status.is_none(),
-            "the named process was answered: {status:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10)); // polling interval of the watch
-    }
+    let status = end_stdin(bystander);
+    assert!(
+        status.success(),
+        "the named process was answered: {status:?}"
+    );
 }
 
 /// A standalone service's `onShutdown` gets one instruction budget, as `init()` does: a loop

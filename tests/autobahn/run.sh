@@ -23,11 +23,10 @@ if [ ! -d "$TOOLS" ]; then
 fi
 bash "$TOOLS/install.sh" "$PREFIX" >/dev/null
 cargo build --release --bin lapps
-# Free ports, not fixed ones another job on a shared machine may hold; taken after the
-# install and the build, so that they are still free when the server binds them.
-PORT=${AUTOBAHN_PORT:-$(free_port)}
-TLS_PORT=$(free_port)
-while [ "$TLS_PORT" = "$PORT" ]; do TLS_PORT=$(free_port); done
+# Port 0 for both endpoints: the server binds ports of its own, read from its log (not fixed
+# ones another job on a shared machine may hold). AUTOBAHN_PORT chooses the plain one.
+PORT=${AUTOBAHN_PORT:-0}
+TLS_PORT=0
 
 WORK=$(mktemp -d /tmp/lapps-autobahn.XXXXXX)
 mkdir -p "$WORK/etc"
@@ -45,13 +44,12 @@ target/release/lapps -c "$WORK/etc" >"$LOG" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# Wait for the listening socket (bounded), not a fixed sleep.
-for _ in $(seq 1 300); do
-    if grep -q "listening on" "$LOG"; then break; fi
-    if ! kill -0 $PID 2>/dev/null; then cat "$LOG" >&2; exit 2; fi
-    sleep 0.1
-done
-grep -q "listening on" "$LOG" || { echo "autobahn: server did not start" >&2; cat "$LOG" >&2; exit 2; }
+# Wait for both listening sockets (bounded), not a fixed sleep.
+if ! PORT=$(listening_port "$LOG" "$PID" ws) || ! TLS_PORT=$(listening_port "$LOG" "$PID" wss); then
+    echo "autobahn: server did not start" >&2
+    cat "$LOG" >&2
+    exit 2
+fi
 
 rc=0
 for scheme in ${AUTOBAHN_SCHEMES:-ws wss}; do

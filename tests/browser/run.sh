@@ -26,13 +26,24 @@ echo "browser: $("$CHROMIUM" --version 2>/dev/null | head -1)"
 interop_venv
 lapps_echo_url
 
-HTTP_PORT=$(free_port)
-python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory clients/js >/dev/null 2>&1 &
-CLEANUP_PIDS+=($!)
-wait_port "$HTTP_PORT" $! || { echo "browser: the static http server did not start" >&2; exit 2; }
-
 PROFILE=$(mktemp -d /tmp/lapps-chromium.XXXXXX)
 CLEANUP_DIRS+=("$PROFILE")
+
+# Port 0: the static server binds a port of its own and says which ("Serving HTTP on
+# 127.0.0.1 port N"; unbuffered, -u, so that the line is in the file at once).
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory clients/js >"$PROFILE.http" 2>&1 &
+HTTP_PID=$!
+CLEANUP_PIDS+=("$HTTP_PID")
+CLEANUP_DIRS+=("$PROFILE.http")
+HTTP_PORT=
+for _ in $(seq 1 300); do
+    HTTP_PORT=$(sed -n 's/^Serving HTTP on [0-9.]* port \([0-9]*\) .*/\1/p' "$PROFILE.http")
+    [ -n "$HTTP_PORT" ] && break
+    kill -0 "$HTTP_PID" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$HTTP_PORT" ] || { echo "browser: the static http server did not start" >&2; cat "$PROFILE.http" >&2; exit 2; }
+
 PAGE="http://127.0.0.1:$HTTP_PORT/example.html?ws=$WS_URL&channel=${LAPPS_CHANNEL:-1001}"
 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run \
     --user-data-dir="$PROFILE" --remote-debugging-port=0 "$PAGE" >"$PROFILE.log" 2>&1 &

@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Shared by tests/interop/lapps.sh, tests/interop/run.sh, tests/browser/run.sh and
 # tests/autobahn/run.sh (sourced, from the repository root):
-# a Python venv with cbor2 + websockets, free loopback ports, and the real `lapps` server on a
-# temporary copy of etc/lapps with its port changed. Callers set a trap that runs `cleanup`.
+# a Python venv with cbor2 + websockets, the port a server bound (from its log), and the real
+# `lapps` server on a temporary copy of etc/lapps with port 0. Callers set a trap that runs `cleanup`.
 
 CLEANUP_PIDS=()
 CLEANUP_DIRS=()
@@ -36,16 +36,16 @@ interop_venv() {
     PY=$PWD/$venv/bin/python
 }
 
-# Prints a TCP port that was free on 127.0.0.1 a moment ago.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Waits (bounded) until something accepts TCP connections on 127.0.0.1:$1; $2 = pid to watch.
-wait_port() {
-    local port=$1 pid=$2 _
+# Waits (bounded) for the "listening on 127.0.0.1:PORT (SCHEME, ..." line of the server whose
+# log is $1 and pid $2, SCHEME $3 (ws by default), and prints PORT: the port the server itself
+# bound (port 0 in its config), so no other process can hold it, and nothing else can pass for
+# the server.
+listening_port() {
+    local log=$1 pid=$2 scheme=${3:-ws} _ port
     for _ in $(seq 1 300); do
-        if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2).close()" 2>/dev/null; then
+        port=$(sed -n "s/.*listening on [0-9.]*:\([0-9]*\) ($scheme, .*/\1/p" "$log" | head -1)
+        if [ -n "$port" ]; then
+            echo "$port"
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
@@ -54,23 +54,22 @@ wait_port() {
     return 1
 }
 
-# Builds and starts target/release/lapps on a free port; sets LAPPS_PORT and LAPPS_LOG.
+# Builds and starts target/release/lapps on a port of its own; sets LAPPS_PORT and LAPPS_LOG.
 start_lapps_server() {
     cargo build --release --bin lapps
     local work
     work=$(mktemp -d /tmp/lapps-interop.XXXXXX)
     CLEANUP_DIRS+=("$work")
     mkdir -p "$work/etc"
-    LAPPS_PORT=$(free_port)
     LAPPS_LOG=$work/lapps.log
-    sed "s/\"port\": *[0-9]*/\"port\": $LAPPS_PORT/" etc/lapps/ws.json > "$work/etc/ws.json"
+    sed "s/\"port\": *[0-9]*/\"port\": 0/" etc/lapps/ws.json > "$work/etc/ws.json"
     # Paths in lapps.json are relative to the repository: make them absolute.
     sed "s#\"\\./#\"$PWD/#g" etc/lapps/lapps.json > "$work/etc/lapps.json"
     target/release/lapps -c "$work/etc" > "$LAPPS_LOG" 2>&1 &
     LAPPS_PID=$!
     CLEANUP_PIDS+=("$LAPPS_PID")
-    if ! wait_port "$LAPPS_PORT" "$LAPPS_PID"; then
-        echo "lapps did not start listening on port $LAPPS_PORT:" >&2
+    if ! LAPPS_PORT=$(listening_port "$LAPPS_LOG" "$LAPPS_PID"); then
+        echo "lapps did not start listening:" >&2
         cat "$LAPPS_LOG" >&2
         return 1
     fi

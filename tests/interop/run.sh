@@ -15,9 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/pip" install -q 'websockets>=13'
 fi
 cargo build --release --bin lapps
-# A free port, not a fixed one another job on a shared machine may hold; taken after the
-# build, so that it is still free when the server binds it.
-PORT=${INTEROP_PORT:-$(free_port)}
+# Port 0: the server binds a port of its own, read from its log (INTEROP_PORT to choose one).
+PORT=${INTEROP_PORT:-0}
 
 WORK=$(mktemp -d /tmp/lapps-interop.XXXXXX)
 LOG=$WORK/lapps.log
@@ -41,12 +40,11 @@ cat > "$WORK/lapps.json" <<JSON
 JSON
 target/release/lapps -c "$WORK" >"$LOG" 2>&1 &
 PID=$!
-for _ in $(seq 1 300); do
-    grep -q "listening on" "$LOG" && break
-    kill -0 $PID 2>/dev/null || { cat "$LOG" >&2; exit 2; }
-    sleep 0.1
-done
-grep -q "listening on" "$LOG" || { echo "interop: server did not start" >&2; cat "$LOG" >&2; exit 2; }
+if ! PORT=$(listening_port "$LOG" "$PID" wss); then
+    echo "interop: server did not start" >&2
+    cat "$LOG" >&2
+    exit 2
+fi
 "$VENV/bin/python" tests/interop/wss_client.py "$PORT" "$WORK/ca.crt"
 if ! kill -0 $PID 2>/dev/null || grep -q "panicked" "$LOG"; then
     echo "interop: the server died or panicked during the test:" >&2

@@ -71,7 +71,9 @@ const AT_ONCE: usize = 64;
 /// [`SCRIPTS`], or `RANDOM_PEERS_SCRIPTS` for a longer hunt by hand.
 fn scripts() -> u64 {
     std::env::var("RANDOM_PEERS_SCRIPTS").map_or(SCRIPTS, |n| {
-        n.parse().expect("RANDOM_PEERS_SCRIPTS is a number")
+        let n = n.parse().expect("RANDOM_PEERS_SCRIPTS is a number");
+        assert!(n > 0, "RANDOM_PEERS_SCRIPTS=0 would test nothing");
+        n
     })
 }
 
