@@ -351,6 +351,41 @@ fn limiter_of(kind: (&'static str, &'static str)) -> &'static Limiter {
     }
 }
 
+/// Services [`limiter_of_service`] keeps a limiter for; later ones share one.
+const SERVICES_MAX: usize = 256;
+
+/// The limiter of the lines about one Lua service (its errors, its refusals): a flood of one
+/// service's lines neither hides another's nor is counted as theirs (a trial's failing
+/// service, 20 clients in a loop, left none of another service's memory errors in the log, and
+/// gave the one that got through its own count of suppressed lines).
+pub fn limiter_of_service(name: &str) -> &'static Limiter {
+    type Services = Vec<(Box<str>, &'static Limiter)>;
+    static SERVICES: Mutex<Services> = Mutex::new(Vec::new());
+    static OTHERS: Limiter = Limiter::new();
+    let mut services = SERVICES.lock().unwrap_or_else(|e| e.into_inner());
+    match services.iter().find(|(s, _)| &**s == name) {
+        Some(&(_, l)) => l,
+        None if services.len() < SERVICES_MAX => {
+            // Once per service name, kept across its versions: few, and as long as the process.
+            let l: &'static Limiter = Box::leak(Box::new(Limiter::new()));
+            services.push((name.into(), l));
+            l
+        }
+        None => &OTHERS,
+    }
+}
+
+/// A line about a Lua service, limited with the other lines of that service (see
+/// [`limiter_of_service`]): `$host` is its instance's host (`HostCtx`).
+#[macro_export]
+macro_rules! service_log {
+    ($host:expr, $lvl:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($lvl) {
+            $crate::log::write_limited($lvl, $host.limiter, format_args!($($arg)*))
+        }
+    };
+}
+
 #[macro_export]
 macro_rules! log_limited_at {
     ($lvl:expr, $($arg:tt)*) => {

@@ -1172,6 +1172,56 @@ return app
     );
 }
 
+/// Each service's lines have a limit of their own: one service's flood of errors neither
+/// hides another's error nor lends it its count of suppressed lines (a trial's memory error
+/// of one service was missing from the log while another failed in a loop, and once it got
+/// through it carried the other's count).
+#[test]
+fn one_services_flood_of_errors_does_not_hide_anothers() {
+    let noisy = r#"local app = {}
+app.onMessage = function() error("noisy fails") end
+return app
+"#;
+    let quiet = r#"local app = {}
+app.onMessage = function() error("quiet fails once") end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        "flood-per-service",
+        &[("noisy", noisy), ("quiet", quiet)],
+        r#""noisy": { "request_target": "/noisy" }, "quiet": { "request_target": "/quiet" }"#,
+    );
+    // Connections that each send a message, in a loop: an error line each for noisy (the
+    // same line as quiet's), until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut s = raw_upgraded(addr, "/noisy");
+                std::io::Write::write_all(&mut s, &frame(true, 0, 0x1, b"fail", true)).unwrap();
+            }
+        })
+    };
+    // The flood is past the limit: its lines are being suppressed. The line that says so is
+    // the first of a second; once the rest of that second's lines are written, every other
+    // line of the second is suppressed (under one limit for both services, quiet's too).
+    binary::wait_line(&log, "similar lines suppressed");
+    for _ in 1..lapps::log::PER_SECOND {
+        binary::wait_line(&log, "[noisy#0] onMessage failed");
+    }
+    let mut ws = connect(addr, "/quiet");
+    ws.send(tungstenite::Message::text("fail")).unwrap();
+    let line = binary::wait_line(&log, "[quiet#0] onMessage failed");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(
+        line.contains("quiet fails once") && !line.contains("suppressed"),
+        "{line}"
+    );
+}
+
 /// `print` of a client's large message writes at most 8 KiB of it to the log, and says how
 /// much it left out (a 1 MiB message would otherwise be a line of megabytes).
 #[test]

@@ -79,7 +79,8 @@ impl LappsState {
             }
         }));
         let Ok(inbound) = parsed else {
-            crate::error_limited!(
+            crate::service_log!(
+host, crate::log::Level::Error,
                 "{} bug: reading a LAppS message of {:#x} panicked ({} bytes); closing it with 1011",
                 host.tag(),
                 conn.as_u64(),
@@ -111,7 +112,9 @@ impl LappsState {
         error: &str,
     ) -> Option<u16> {
         let error = one_line_str(error);
-        crate::error_limited!(
+        crate::service_log!(
+            host,
+            crate::log::Level::Error,
             "{} onMessage failed for method {} of {:#x}: {}",
             host.tag(),
             crate::log::shown(method),
@@ -136,7 +139,9 @@ impl LappsState {
         if host.held.answer(host, conn, answer, took) {
             return Ok(());
         }
-        crate::info_limited!(
+        crate::service_log!(
+            host,
+            crate::log::Level::Info,
             "{} closing {:#x} with 1008: {} host answers wait behind a response its app owes",
             host.tag(),
             conn.as_u64(),
@@ -156,7 +161,9 @@ impl LappsState {
         is_request: bool,
         len: usize,
     ) -> Option<u16> {
-        crate::error_limited!(
+        crate::service_log!(
+            host,
+            crate::log::Level::Error,
             "{} no room for a message of {len} bytes from {:#x} beside what this instance keeps \
              (memory_limit): dropped",
             host.tag(),
@@ -174,7 +181,9 @@ impl LappsState {
             // A client notification gets no response, not even an error: the client would
             // take it for the answer to its oldest pending call. Its one trace is this line
             // (rate-limited: a client sending garbage cannot flood the log).
-            crate::info_limited!(
+            crate::service_log!(
+                host,
+                crate::log::Level::Info,
                 "{} dropped a malformed notification from {:#x}: {} ({})",
                 host.tag(),
                 conn.as_u64(),
@@ -207,7 +216,9 @@ impl LappsState {
         let n = errors.entry(conn).or_insert(0);
         *n += 1;
         if *n >= self.max_errors {
-            crate::info_limited!(
+            crate::service_log!(
+                host,
+                crate::log::Level::Info,
                 "{} closing {:#x} with 1003: {} protocol errors in a row (last: {} {})",
                 host.tag(),
                 conn.as_u64(),

@@ -181,7 +181,13 @@ pub(crate) fn call_requests(
                         lapps.failed(host, conn, &method, c.is_request, &err.to_string())
                     }
                     None => {
-                        crate::error_limited!("{} onMessage: {}", host.tag(), err);
+                        crate::service_log!(
+                            host,
+                            crate::log::Level::Error,
+                            "{} onMessage: {}",
+                            host.tag(),
+                            err
+                        );
                         Some(1011)
                     }
                 };
@@ -192,7 +198,13 @@ pub(crate) fn call_requests(
             }
             None => {
                 // Before any message (exec_raw's own pushes): the rest of the run fails.
-                crate::error_limited!("{} onMessage: {}", host.tag(), err);
+                crate::service_log!(
+                    host,
+                    crate::log::Level::Error,
+                    "{} onMessage: {}",
+                    host.tag(),
+                    err
+                );
                 for e in &events[next..] {
                     if matches!(e.kind, Kind::Message(_))
                         && !host.closing.borrow().contains(&e.conn)

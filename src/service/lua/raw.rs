@@ -93,7 +93,13 @@ impl RawApp {
             // The views' metatable could not be made (out of memory): the run is not handled;
             // close its connections rather than leave their requests unanswered.
             super::collect::after_failed_callback(lua, &err);
-            crate::error_limited!("{} onMessage: {}", host.tag(), one_line(&err));
+            crate::service_log!(
+                host,
+                crate::log::Level::Error,
+                "{} onMessage: {}",
+                host.tag(),
+                one_line(&err)
+            );
             for e in run {
                 if !host.closing.borrow().contains(&e.conn) {
                     close(host, e.conn, 1011);
@@ -124,7 +130,9 @@ impl RawApp {
                         continue;
                     }
                     let error = one_line_str(&error);
-                    crate::error_limited!(
+                    crate::service_log!(
+                        host,
+                        crate::log::Level::Error,
                         "{} onMessage failed, closing {:#x} with 1011: {}",
                         host.tag(),
                         conn.as_u64(),
@@ -169,7 +177,9 @@ impl RawApp {
                         host.reset_budget();
                         if let Err(err) = f.call::<()>(handler_value(e.conn)) {
                             super::collect::after_failed_callback(lua, &err);
-                            crate::error_limited!(
+                            crate::service_log!(
+                                host,
+                                crate::log::Level::Error,
                                 "{} onDisconnect: {}",
                                 host.tag(),
                                 one_line(&err)
@@ -193,7 +203,9 @@ impl RawApp {
             Err(err) => {
                 // What the failed callback built is garbage now (see `collect`).
                 super::collect::after_failed_callback(lua, &err);
-                crate::error_limited!(
+                crate::service_log!(
+                    host,
+                    crate::log::Level::Error,
                     "{} onMessage failed, closing {:#x} with 1011: {}",
                     host.tag(),
                     conn.as_u64(),

@@ -364,7 +364,9 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
                 return fail("bad channel id");
             };
             if let Err(why) = h.bcast.create(id) {
-                crate::warn_limited!(
+                crate::service_log!(
+                    h,
+                    crate::log::Level::Warn,
                     "{} bcast:create refused: the process has {} channels, the most it may \
                      (use a fixed set, or bcast:remove the ones left empty)",
                     h.tag(),

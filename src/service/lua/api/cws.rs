@@ -643,7 +643,13 @@ impl Cws {
                 ran += 1;
             }
             if let Err(e) = r {
-                crate::error_limited!("{} cws {name}: {}", self.host.tag(), one_line(&e));
+                crate::service_log!(
+                    self.host,
+                    crate::log::Level::Error,
+                    "{} cws {name}: {}",
+                    self.host.tag(),
+                    one_line(&e)
+                );
             }
         }
         // What runs after eventLoop returns gets a budget of its own too, not what the last

@@ -79,7 +79,9 @@ impl Ctx {
             return Ok(Arc::clone(q));
         }
         let q = registry().try_open(name, capacity).inspect_err(|_| {
-            crate::warn_limited!(
+            crate::service_log!(
+                self.host,
+                crate::log::Level::Warn,
                 "{} mqr: queue {} not created: the process has as many queues as it may \
                  ({} queues, {} ring slots in all)",
                 self.host.tag(),
