@@ -1172,6 +1172,48 @@ return app
     );
 }
 
+/// A client that does not read what it is sent is not read either (above
+/// `outbound_high_water`): a message it was sending when reading stopped stays incomplete, and
+/// the line of its message timeout says why (a trial's line blamed a slow sender that had sent
+/// hundreds of whole messages).
+#[test]
+fn a_message_timeout_of_a_client_that_does_not_read_says_so() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let pusher = r#"local app = {}
+app.onMessage = function(h, op, msg)
+  if msg == "push" then
+    local chunk = string.rep("p", 1024 * 1024)
+    for _ = 1, 8 do ws:send(h, 2, chunk) end
+  end
+  return true
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "message_timeout_ms": 1000, "outbound_high_water": 65536 }"#,
+        "timeout-not-read",
+        &[("pusher", pusher)],
+        r#""pusher": { "request_target": "/pusher" }"#,
+    );
+    let mut s = raw_upgraded(addr, "/pusher");
+    lapps::net::sys::setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 16 << 10)
+        .unwrap();
+    // In one write, read in one go: the request for 8 MiB, then the first 1000 bytes of a
+    // message of 100,000. The 8 MiB are never read.
+    let mut bytes = frame(true, 0, 0x1, b"push", true);
+    let next = frame(true, 0, 0x2, &vec![1u8; 100_000], true);
+    bytes.extend_from_slice(&next[..1000]);
+    s.write_all(&bytes).unwrap();
+    let line = binary::wait_line(&log, "a message still incomplete");
+    assert!(
+        line.contains("as it was not read: it does not read what we send (")
+            && line.contains(" bytes queued for it, above outbound_high_water), close code 1008"),
+        "{line}"
+    );
+}
+
 /// Each service's lines have a limit of their own: one service's flood of errors neither
 /// hides another's error nor lends it its count of suppressed lines (a trial's memory error
 /// of one service was missing from the log while another failed in a loop, and once it got

@@ -203,14 +203,26 @@ impl Worker {
         // "0 bytes of it received" of a connection that had sent some).
         let buffered = buffered + c.inbuf.len();
         self.opts.assembly.update(held, 0);
-        let timeout = self.opts.message_timeout.unwrap_or_default();
-        crate::info_limited!(
-            "closing {}: a message still incomplete after message_timeout_ms ({} ms; {buffered} \
-             bytes of it received), close code {}",
-            c.peer,
-            timeout.as_millis(),
-            close::POLICY
-        );
+        let timeout = self.opts.message_timeout.unwrap_or_default().as_millis();
+        if c.out_paused {
+            // Not a slow sender: we stopped reading it, as it does not read what we send (a
+            // trial's line blamed a client that had sent hundreds of whole messages).
+            crate::info_limited!(
+                "closing {}: a message still incomplete after message_timeout_ms ({timeout} ms; \
+                 {buffered} bytes of it received), as it was not read: it does not read what \
+                 we send ({} bytes queued for it, above outbound_high_water), close code {}",
+                c.peer,
+                c.out.bytes(),
+                close::POLICY
+            );
+        } else {
+            crate::info_limited!(
+                "closing {}: a message still incomplete after message_timeout_ms ({timeout} ms; \
+                 {buffered} bytes of it received), close code {}",
+                c.peer,
+                close::POLICY
+            );
+        }
         self.fail_after_replies(index, close::POLICY, "message not complete in time");
     }
 
