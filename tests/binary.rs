@@ -1214,6 +1214,46 @@ return app
     );
 }
 
+/// A client closed as a slow consumer is named with its handle and the service whose sends
+/// overran it (a trial's operator could not tell which feed it was).
+#[test]
+fn the_slow_consumer_line_names_the_handle_and_the_service() {
+    use std::os::fd::AsRawFd;
+    let pusher = r#"local app = {}
+app.onMessage = function(h, op, msg)
+  local chunk = string.rep("p", 64 * 1024)
+  for _ = 1, 256 do ws:send(h, 2, chunk) end
+  return true
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "outbound_high_water": 65536 }"#,
+        "slow-consumer-line",
+        &[("feed", pusher)],
+        r#""feed": { "request_target": "/feed", "max_inbound_message_size": 1024 }"#,
+    );
+    let mut s = connect(addr, "/feed");
+    lapps::net::sys::setsockopt_int(
+        s.get_ref().as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUF,
+        4096,
+    )
+    .unwrap();
+    // 16 MiB for a client that reads none of it: past what the kernel's buffers take, four
+    // high-water marks and one message.
+    send(&mut s, "go");
+    let line = binary::wait_line(&log, "slow consumer");
+    assert!(
+        line.contains(") of service feed: slow consumer (")
+            && line.contains(" bytes queued for it), close code 1008")
+            && line.contains(" (0x"),
+        "{line}"
+    );
+}
+
 /// Each service's lines have a limit of their own: one service's flood of errors neither
 /// hides another's error nor lends it its count of suppressed lines (a trial's memory error
 /// of one service was missing from the log while another failed in a loop, and once it got

@@ -166,11 +166,18 @@ impl Worker {
     /// Ends a connection that does not take what is sent to it: what it has not started to
     /// receive is dropped, our Close 1008 goes out, then the end of TCP.
     pub(super) fn drop_slow_consumer(&mut self, index: u32, queued: usize) {
+        let Some(generation) = self.conns.generation(index) else {
+            return;
+        };
+        let handle = self.conn_id(index, generation).as_u64();
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
+        // Which service's sends overran it: the operator's first question.
+        let name = c.service.as_ref().map_or("", |s| s.name());
         crate::info_limited!(
-            "closing {}: slow consumer ({queued} bytes queued), close code 1008",
+            "closing {} ({handle:#x}) of service {name}: slow consumer ({queued} bytes queued \
+             for it), close code 1008",
             c.peer
         );
         c.before_exchange = None;
