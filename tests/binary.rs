@@ -1874,7 +1874,7 @@ return app
 /// the server's socket; resumed, the worker accepts and answers it.
 #[test]
 fn a_head_refused_at_accept_gets_its_503_without_content() {
-    let (child, addr, _log) = one_app_binary_with(
+    let (child, addr, log) = one_app_binary_with(
         &one_worker_ws(r#""max_connections": 1"#),
         "head-503",
         "quiet",
@@ -1909,6 +1909,12 @@ fn a_head_refused_at_accept_gets_its_503_without_content() {
     assert!(
         answer.ends_with("\r\n\r\n"),
         "content after the head: {answer:?}"
+    );
+    // The line says what the limit is (start-up may have lowered it).
+    let line = binary::wait_line(&log, "every worker is at max_connections");
+    assert!(
+        line.contains("max_connections (1 each, HTTP 503)"),
+        "{line}"
     );
 }
 

@@ -31,6 +31,12 @@ impl Balancer {
         }
     }
 
+    /// Each worker's `max_connections` (the same for all), for the log: it may have been
+    /// lowered at start to what the descriptor limit covers.
+    pub fn max_connections(&self) -> usize {
+        self.hub.port(0).max_connections
+    }
+
     /// The worker's load, and its connection count: equal loads go to the worker with the
     /// fewest connections (with a `connection_weight` of 0 every idle worker's load is 0).
     fn score(&self, worker: usize) -> Option<(f64, usize)> {

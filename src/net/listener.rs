@@ -162,7 +162,10 @@ fn hand_over(balancer: &Balancer, mut conn: NewConn) -> Result<(), NewConn> {
                 back.ticket = ticket;
                 back
             })?;
-            crate::info_limited!("rejected {peer}: every worker is at max_connections (HTTP 503)");
+            crate::info_limited!(
+                "rejected {peer}: every worker is at max_connections ({} each, HTTP 503)",
+                balancer.max_connections()
+            );
             Ok(())
         }
     }

@@ -119,16 +119,23 @@ pub fn shortfall(
             "raise LimitNOFILE, or ulimit -n, or set a small max_connections in ws.json",
         ),
     };
+    // A limit below the reserve itself (`ulimit -n 100`) has no "past about 0".
+    let from = if limit > RESERVE {
+        format!(
+            "past about {} open connections of any of these kinds",
+            limit - RESERVE
+        )
+    } else {
+        "from the first open connection on (the limit is below even that reserve)".to_owned()
+    };
     (limit < needed).then(|| {
         format!(
             "the descriptor limit (RLIMIT_NOFILE) is {limit}, below the {needed} needed for the \
              {promised} connections {allowed}, {besides} the workers may hold besides (refused \
              ones answered 503, accepted ones waiting for their worker) and {RESERVE} for the \
-             server itself: past about {} \
-             open connections of any of these kinds they take what was kept for the server \
-             (its files, the services' own sockets and files may then fail), and at the limit \
-             accepting pauses and new clients wait unanswered ({remedy})",
-            limit.saturating_sub(RESERVE)
+             server itself: {from} they take what was kept for the server (its files, the \
+             services' own sockets and files may then fail), and at the limit accepting pauses \
+             and new clients wait unanswered ({remedy})"
         )
     })
 }
@@ -136,6 +143,18 @@ pub fn shortfall(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_below_the_reserve_says_so_not_past_about_0() {
+        let w = shortfall(100, 2, 100_000, MaxConnections::Set).expect("a warning");
+        assert!(
+            w.contains(
+                "server itself: from the first open connection on (the limit is below \
+                        even that reserve) they take what was kept"
+            ) && !w.contains("past about"),
+            "{w}"
+        );
+    }
 
     #[test]
     fn a_limit_below_the_promise_names_both_numbers() {
