@@ -371,8 +371,13 @@ impl App {
             field("VmRSS:"),
         ));
         let mut lines = self.registry.status();
-        // The services not running go after those that are, before the channels' line.
-        let channels = lines.pop();
+        // The services not running go after those that are, before the channels' and queues'
+        // lines.
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("bcast: "))
+            .unwrap_or(lines.len());
+        let channels = lines.split_off(at);
         for l in lines {
             line(format_args!("status: {l}"));
         }
@@ -383,7 +388,7 @@ impl App {
                 line(format_args!("status: service {name}: not running, {why}"));
             }
         }
-        if let Some(l) = channels {
+        for l in channels {
             line(format_args!("status: {l}"));
         }
     }

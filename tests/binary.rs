@@ -2488,9 +2488,10 @@ return app
     let keeper = r#"local app = {}
 app.init = function()
   assert(bcast:create(5))
-  local q = assert(mqr:create("status_q"))
+  local q = assert(mqr:create("status_q", 2))
   assert(q:post("one"))
   assert(q:post("two"))
+  assert(q:post("three") == nil)
   kept = string.rep("i", 4 * 1024 * 1024)
 end
 app.run = function()
@@ -2528,6 +2529,15 @@ return app
         .iter()
         .filter_map(|l| l.split_once("status: ").map(|(_, s)| s))
         .collect();
+    // After the totals, a line for each queue that holds messages or refused a post.
+    let queue = binary::wait_line(&log, "status: mqr");
+    assert!(
+        queue.ends_with(
+            "status: mqr queue status_q: 2 message(s) of 2 slot(s), 6 bytes; 1 post(s) refused \
+             as full so far"
+        ),
+        "{queue}"
+    );
     assert!(
         status[0].starts_with("serving for ") && status[0].contains(" descriptors (limit "),
         "{status:?}"

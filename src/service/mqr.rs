@@ -208,6 +208,9 @@ pub struct Queue {
     /// Messages receivers took and hold for want of memory, to deliver at their next receive
     /// ([`Queue::hold`]): still this queue's, for the shutdown's count of what is left.
     held: AtomicUsize,
+    /// Posts a caller was told were refused for want of room ([`Queue::count_refused`]), for
+    /// the status report.
+    refused: std::sync::atomic::AtomicU64,
     /// Posts that found no room under the lock and went to wait (tests watch it).
     #[cfg(test)]
     waits: AtomicUsize,
@@ -251,6 +254,7 @@ impl Queue {
             returned_len: AtomicUsize::new(0),
             next_seq: std::sync::atomic::AtomicU32::new(0),
             held: AtomicUsize::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             waits: AtomicUsize::new(0),
         }
@@ -271,6 +275,11 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A post its caller was told was refused, the queue being full (of messages or bytes).
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A receiver took a message from here and keeps it for its next receive: counted as
@@ -662,6 +671,47 @@ impl Mqr {
             .map(|q| q.len() + q.held.load(Ordering::Acquire))
             .sum();
         (queues.len(), held)
+    }
+
+    /// The status report's line for each queue that holds messages or has refused a post,
+    /// fullest first, at most `most` of them (and a line counting the others).
+    pub fn queue_status(&self, most: usize) -> Vec<String> {
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        let mut busy: Vec<(usize, u64, &Arc<Queue>)> = queues
+            .values()
+            .map(|q| {
+                let n = q.len() + q.held.load(Ordering::Acquire);
+                (n, q.refused.load(Ordering::Relaxed), q)
+            })
+            .filter(|&(n, refused, _)| n > 0 || refused > 0)
+            .collect();
+        // Fullest first (by the share of its slots taken), then by name.
+        busy.sort_by(|a, b| {
+            let share = |(n, _, q): &(usize, u64, &Arc<Queue>)| *n as f64 / q.capacity() as f64;
+            share(b)
+                .total_cmp(&share(a))
+                .then_with(|| a.2.name().cmp(b.2.name()))
+        });
+        let others = busy.len().saturating_sub(most);
+        let mut lines: Vec<String> = busy
+            .iter()
+            .take(most)
+            .map(|(n, refused, q)| {
+                format!(
+                    "mqr queue {}: {n} message(s) of {} slot(s), {} bytes; {refused} post(s) \
+                     refused as full so far",
+                    q.name(),
+                    q.capacity(),
+                    q.bytes.load(Ordering::Relaxed)
+                )
+            })
+            .collect();
+        if others > 0 {
+            lines.push(format!(
+                "mqr: {others} more queue(s) hold messages or have refused posts"
+            ));
+        }
+        lines
     }
 
     /// Every non-empty queue with its message count, by name.

@@ -26,6 +26,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 /// Why a service a reload was starting is refused once the server is shutting down.
 const SHUTTING_DOWN: &str = "the server is shutting down";
+/// The mqr queues the status report gives a line each (the fullest ones).
+const STATUS_QUEUES: usize = 16;
 
 /// A service could not be started (or the service set is inconsistent).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,6 +372,7 @@ impl Registry {
              {messages} message(s) not yet received, {} bytes in the queues",
             mqr.total().held()
         ));
+        lines.extend(mqr.queue_status(STATUS_QUEUES));
         lines
     }
 

@@ -109,7 +109,10 @@ impl Ctx {
         let Some(timeout) = timeout else {
             return match q.try_post(owned) {
                 Ok(()) => Ret(Value::Boolean(true), None),
-                Err(_) => Ret(Value::Nil, Some("full")),
+                Err(_) => {
+                    q.count_refused();
+                    Ret(Value::Nil, Some("full"))
+                }
             };
         };
         self.host.before_wait(lua);
@@ -118,7 +121,10 @@ impl Ctx {
         self.host.polling_point(lua);
         match r {
             Ok(()) => Ret(Value::Boolean(true), None),
-            Err((_, Wait::Timeout)) => Ret(Value::Nil, Some("full")),
+            Err((_, Wait::Timeout)) => {
+                q.count_refused();
+                Ret(Value::Nil, Some("full"))
+            }
             Err((_, Wait::Stopped)) => Ret(Value::Nil, Some("stopped")),
         }
     }
