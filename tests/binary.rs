@@ -799,6 +799,30 @@ fn a_sigterm_during_the_start_exits_at_once_with_143() {
     binary::wait_line(&log, "SIGTERM received during start-up: exiting now");
 }
 
+/// A standalone service whose `run()` keeps failing says so in the status report (a trial's
+/// failing receiver looked healthy there: "1 instance(s), standalone").
+#[test]
+fn the_status_of_a_failing_run_counts_its_failures() {
+    let (child, log) = spawn_with_standalone(
+        "run-failing-status",
+        r#""run_fails": { "standalone": true }"#,
+    );
+    binary::wait_line(&log, "restarting it in 4 s");
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+        0
+    );
+    let line = binary::wait_line(&log, "status: service run_fails");
+    // Three failures by now, or more on a machine slow enough to pass the 4 s wait.
+    let failed = line
+        .split_once("standalone; run() failed ")
+        .and_then(|(_, rest)| rest.split_once(" time(s) in a row in instance 0, "))
+        .and_then(|(n, _)| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(failed >= 3, "{line}");
+}
+
 #[test]
 fn a_sigterm_ends_the_restart_back_off_of_a_failing_run_at_once() {
     let (mut child, log) =

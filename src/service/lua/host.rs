@@ -144,6 +144,8 @@ pub(crate) struct HostCtx {
     pub stop: Arc<Stop>,
     /// Where this instance notes what its state takes, for the status report.
     memory: Arc<LuaMemory>,
+    /// Where a standalone instance notes its `run()` failures, for the status report.
+    pub run_failures: Arc<super::run_failures::RunFailures>,
     pub auto_fragment: Option<usize>,
     outbox: RefCell<Outbox>,
     /// Instructions left in the current callback (only used when a budget is set).
@@ -185,6 +187,7 @@ impl HostCtx {
         bcast: Arc<Bcast>,
         stop: Arc<Stop>,
         memory: Arc<LuaMemory>,
+        run_failures: Arc<super::run_failures::RunFailures>,
     ) -> HostCtx {
         let workers = hub.workers();
         let budget = spec.instruction_budget;
@@ -195,6 +198,7 @@ impl HostCtx {
             bcast,
             stop,
             memory,
+            run_failures,
             auto_fragment: spec.auto_fragment,
             outbox: RefCell::new(Outbox::new(workers)),
             budget_left: Cell::new(budget.unwrap_or(u64::MAX)),
@@ -502,6 +506,7 @@ mod tests {
             Arc::new(Bcast::default()),
             Arc::new(Stop::default()),
             Arc::new(LuaMemory::new(1)),
+            Arc::new(crate::service::lua::run_failures::RunFailures::new(1)),
         );
         let (ending, other) = (ConnId::new(0, 3, 1), ConnId::new(0, 4, 1));
         for c in [ending, other] {

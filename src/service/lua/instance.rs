@@ -37,6 +37,7 @@ pub(crate) struct Shared {
     pub bcast: Arc<api::bcast::Bcast>,
     pub stop: Arc<Stop>,
     pub memory: Arc<super::lua_memory::LuaMemory>,
+    pub run_failures: Arc<super::run_failures::RunFailures>,
 }
 
 /// How soon an instance with host answers held behind other threads' responses looks at them
@@ -281,6 +282,7 @@ fn spawn(
     let bcast = Arc::clone(&shared.bcast);
     let stop = Arc::clone(&shared.stop);
     let memory = Arc::clone(&shared.memory);
+    let run_failures = Arc::clone(&shared.run_failures);
     // Who decides whether the instance started: its thread, ready in time, or the starter,
     // once the timeout passed. One compare-and-swap each, so the two can never both win.
     let outcome = Arc::new(AtomicU8::new(STARTING));
@@ -290,7 +292,15 @@ fn spawn(
         .stack_size(STACK_BYTES)
         .spawn(move || {
             super::cstack::note_stack_start();
-            let host = Rc::new(HostCtx::new(&spec, index, hub, bcast, stop, memory));
+            let host = Rc::new(HostCtx::new(
+                &spec,
+                index,
+                hub,
+                bcast,
+                stop,
+                memory,
+                run_failures,
+            ));
             // A bug of ours while loading (std printed it) fails this start, at once.
             let loaded =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&spec, &host)))

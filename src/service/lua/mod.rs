@@ -29,6 +29,7 @@ mod lapps_fast;
 pub(crate) mod left_behind;
 mod lua_memory;
 mod raw;
+mod run_failures;
 mod sandbox;
 pub mod spec;
 mod standalone;
@@ -200,6 +201,8 @@ pub struct LuaService {
     stop: Arc<Stop>,
     /// What each instance's state takes (the status report).
     memory: Arc<lua_memory::LuaMemory>,
+    /// A standalone service's `run()` failures, for the status report.
+    run_failures: Arc<run_failures::RunFailures>,
     /// Open connections (for a redeploy, which asks them to reconnect to the new version).
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
@@ -243,6 +246,7 @@ impl LuaService {
             instances: Mutex::new(Vec::new()),
             stop: Arc::new(Stop::default()),
             memory: Arc::new(lua_memory::LuaMemory::new(spec.instances)),
+            run_failures: Arc::new(run_failures::RunFailures::new(spec.instances)),
             conns: Mutex::new(std::collections::HashSet::new()),
             closed_doors: AtomicBool::new(false),
             hub: Arc::clone(&hub),
@@ -253,6 +257,7 @@ impl LuaService {
             bcast,
             stop: Arc::clone(&svc.stop),
             memory: Arc::clone(&svc.memory),
+            run_failures: Arc::clone(&svc.run_failures),
         };
         // Under systemd: the instances start one per CPU at a time, each within its start
         // timeout, which may be longer than the unit's TimeoutStartSec; the manager waits as
@@ -365,8 +370,10 @@ impl LuaService {
         let memory = self.memory.summary(spec.memory_limit);
         let memory = memory.map(|m| format!("; {m}")).unwrap_or_default();
         if spec.standalone {
+            let failing = self.run_failures.summary();
+            let failing = failing.map(|f| format!("; {f}")).unwrap_or_default();
             return format!(
-                "service {name}: {} instance(s), standalone{memory}",
+                "service {name}: {} instance(s), standalone{failing}{memory}",
                 spec.instances
             );
         }

@@ -88,9 +88,12 @@ impl StandaloneApp {
             };
             // What the failed run() built is garbage now (see `collect`).
             super::collect::after_failed_callback(lua, &e);
-            if started.elapsed() >= RESTART_RESET_AFTER {
+            let first = started.elapsed() >= RESTART_RESET_AFTER;
+            if first {
                 delay = RESTART_FIRST;
             }
+            host.run_failures
+                .failed(host.instance, delay, first || delay == RESTART_FIRST);
             crate::error!(
                 "{} run() failed, restarting it in {} s: {}",
                 host.tag(),
