@@ -340,8 +340,10 @@ impl Registry {
     }
 
     /// The status report's lines (SIGUSR1) for the IO workers, the running services and the
-    /// versions still retiring, the broadcast channels and the mqr queues. A worker's connections are every one it holds:
-    /// those not yet upgraded, the builtin services' and a retiring version's too.
+    /// versions still retiring, the broadcast channels and the mqr queues (the totals' line,
+    /// then one per queue that holds messages or refused a post). A worker's connections are
+    /// every one it holds: those not yet upgraded, the builtin services' and a retiring
+    /// version's too.
     pub fn status(&self) -> Vec<String> {
         let ports: Vec<_> = (0..self.hub.workers()).map(|w| self.hub.port(w)).collect();
         let per_worker: Vec<usize> = ports

@@ -2,10 +2,11 @@
 //!
 //! `run()` is expected to loop until `must_stop()` returns true (set at shutdown, or when a
 //! redeploy replaces or removes the service). The instruction budget applies per slice between
-//! two polling points (`must_stop()`, `nap` sleeps, `mqr` waits, `cws:eventLoop`), so a well-behaved loop runs forever and a runaway one is stopped. A `run()`
-//! that fails (a Lua error, the budget or the memory limit) is started again after a back-off,
-//! in the same Lua state (its globals and upvalues kept), as a failed callback of a network
-//! service leaves its instance serving.
+//! two polling points (`must_stop()`, `nap` sleeps, `mqr` waits, `cws:eventLoop`), so a
+//! well-behaved loop runs forever and a runaway one is stopped. A `run()` that fails (a Lua
+//! error, the budget or the memory limit) is started again after a back-off, in the same Lua
+//! state (its globals and upvalues kept), as a failed callback of a network service leaves its
+//! instance serving.
 
 use std::time::{Duration, Instant};
 
