@@ -213,8 +213,8 @@ impl Limiter {
     }
 
     /// Admits a line in `second` (see [`admit`](Self::admit)); `first_suppressed` runs when a
-    /// line is suppressed and
-    /// none was since the last one written (to list the site in [`PENDING`]).
+    /// line is suppressed and none was since the last one written (to list the site in
+    /// [`PENDING`]).
     fn admit_at_with(&self, second: u64, first_suppressed: impl FnOnce()) -> Option<u64> {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if s.second != second {
