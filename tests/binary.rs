@@ -1238,6 +1238,44 @@ return app
     );
 }
 
+/// An instance whose queue stays above its high-water mark (its connections not read) is warned
+/// of, and says when it has caught up (a trial's operator saw only the queue grow in the status
+/// report).
+#[test]
+fn an_instance_that_stays_behind_is_warned_of_and_says_when_it_caught_up() {
+    use std::io::Write;
+    let slow = r#"local app = {}
+app.onMessage = function(h, kind, message)
+  local until_ms = time.monotonic() + 150
+  while time.monotonic() < until_ms do end
+  return true
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        "behind",
+        &[("slowq", slow)],
+        r#""slowq": { "request_target": "/slowq", "preload": ["time"], "queue_capacity": 10,
+                      "instruction_budget": 0 }"#,
+    );
+    let mut s = raw_upgraded(addr, "/slowq");
+    // 60 messages of 150 ms each: 9 s of work, more than 10 of them waiting for over 7 s.
+    let bytes: Vec<u8> = (0..60)
+        .flat_map(|i: u32| frame(true, 0, 0x1, i.to_string().as_bytes(), true))
+        .collect();
+    s.write_all(&bytes).unwrap();
+    let warned = binary::wait_line(&log, "[slowq#0] behind for ");
+    assert!(
+        warned.contains(" WARN ")
+            && warned.contains("above its queue's high-water mark (queue_capacity 10, ")
+            && warned.contains("the connections that send to it are not read meanwhile"),
+        "{warned}"
+    );
+    let caught_up = binary::wait_line(&log, "[slowq#0] caught up");
+    assert!(caught_up.contains(" INFO "), "{caught_up}");
+}
+
 /// A client closed as a slow consumer is named with its handle and the service whose sends
 /// overran it (a trial's operator could not tell which feed it was).
 #[test]

@@ -15,6 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::behind::Behind;
 use super::busy::Busy;
 use crate::net::handle::ConnId;
 use crate::sync::mpmc::ArrayQueue;
@@ -167,6 +168,8 @@ pub(crate) struct Inbox {
     completed: Box<[AtomicU64]>,
     /// How long the instance has been busy with the batch it handles.
     busy: Busy,
+    /// The watch's view of the queue staying above its high-water mark.
+    behind: Behind,
 }
 
 impl Inbox {
@@ -190,6 +193,7 @@ impl Inbox {
             has_paused: AtomicBool::new(false),
             completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             busy: Busy::default(),
+            behind: Behind::default(),
         }
     }
 
@@ -213,6 +217,12 @@ impl Inbox {
     /// The consumer's time with its current batch.
     pub fn busy(&self) -> &Busy {
         &self.busy
+    }
+
+    /// Whether connections are paused until this queue drains (it went above its high-water
+    /// mark), and the watch's view of that.
+    pub fn behind(&self) -> (bool, &Behind) {
+        (self.has_paused.load(Ordering::SeqCst), &self.behind)
     }
 
     /// Messages and payload bytes handed over and not yet processed (for the status report).

@@ -13,6 +13,7 @@
 //!   the callbacks; `api`: the Lua-facing modules; `frame`: server framing.
 
 pub mod api;
+mod behind;
 mod busy;
 mod children;
 mod collect;
@@ -404,7 +405,14 @@ impl LuaService {
     /// The server's once-a-second watch: warns of each instance busy with one batch of
     /// messages for `busy::WARN_AFTER` (10 s), once per batch (the instance says when it is done).
     pub fn warn_of_busy_instances(&self) {
+        let retiring = if self.stop.retiring() {
+            " retiring"
+        } else {
+            ""
+        };
+        let now = std::time::Instant::now();
         for (i, inbox) in self.inboxes.iter().enumerate() {
+            self.watch_behind(i, inbox, retiring, now);
             let Some(took) = inbox.busy().warn_once(busy::WARN_AFTER) else {
                 continue;
             };
@@ -414,17 +422,40 @@ impl LuaService {
                 "a callback waiting in a C function, which the instruction budget does not \
                  count, or many slow callbacks"
             };
-            let retiring = if self.stop.retiring() {
-                " retiring"
-            } else {
-                ""
-            };
             crate::warn!(
                 "[{}#{i}{retiring}] busy with one batch of messages for {}: the connections \
                  bound to this instance wait meanwhile ({why})",
                 self.spec.name,
                 crate::time_fmt::uptime(took)
             );
+        }
+    }
+
+    /// The watch's look at instance `i` staying behind (see `behind`): a warning once it has
+    /// been for `behind::WARN_AFTER`, a line when it has caught up.
+    fn watch_behind(&self, i: usize, inbox: &Inbox, retiring: &str, now: std::time::Instant) {
+        let (paused, behind) = inbox.behind();
+        match behind.look(paused, now) {
+            behind::News::Nothing => {}
+            behind::News::Behind(d) => {
+                let (msgs, bytes) = inbox.queued();
+                crate::warn!(
+                    "[{}#{i}{retiring}] behind for {}: {msgs} message(s) ({bytes} bytes) wait for \
+                     it, above its queue's high-water mark (queue_capacity {}, queue_bytes {}), \
+                     so the connections that send to it are not read meanwhile (its callbacks \
+                     take longer than the messages come: more instances, or quicker callbacks)",
+                    self.spec.name,
+                    crate::time_fmt::uptime(d),
+                    self.spec.queue_capacity,
+                    self.spec.queue_bytes
+                );
+            }
+            behind::News::CaughtUp(d) => crate::info!(
+                "[{}#{i}{retiring}] caught up: its queue is below its high-water mark again, \
+                 after {}",
+                self.spec.name,
+                crate::time_fmt::uptime(d)
+            ),
         }
     }
 
