@@ -1276,6 +1276,50 @@ return app
     assert!(caught_up.contains(" INFO "), "{caught_up}");
 }
 
+/// An instance that does not stop in the shutdown's grace is named with what held it: a
+/// network instance drains its queue first (a trial's line gave no reason, and the instance
+/// had 389 messages of closed clients to handle).
+#[test]
+fn an_instance_that_does_not_stop_in_time_says_what_held_it() {
+    use std::io::Write;
+    let slow = r#"local app = {}
+app.onMessage = function(h, kind, message)
+  local until_ms = time.monotonic() + 150
+  while time.monotonic() < until_ms do end
+  return true
+end
+return app
+"#;
+    let (mut child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        "not-stopped",
+        &[("slowstop", slow)],
+        r#""slowstop": { "request_target": "/slowstop", "preload": ["time"],
+                         "instruction_budget": 0 }"#,
+    );
+    let mut s = raw_upgraded(addr, "/slowstop");
+    // 100 messages of 150 ms each: 15 s of work, past the 5 s grace.
+    let bytes: Vec<u8> = (0..100)
+        .flat_map(|i: u32| frame(true, 0, 0x1, i.to_string().as_bytes(), true))
+        .collect();
+    s.write_all(&bytes).unwrap();
+    wait_for("the server to read them", IO_TIMEOUT, || {
+        server_unread(addr, s.local_addr().unwrap()) == Some(0)
+    });
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let line = binary::wait_line(&log, "service slowstop instance 0 did not stop within");
+    assert!(
+        line.contains(" (busy with one batch of messages for ")
+            && line.contains(" message(s) handed to it and not yet done, that batch's included)"),
+        "{line}"
+    );
+    child.wait_exit(Duration::from_secs(30));
+}
+
 /// A client closed as a slow consumer is named with its handle and the service whose sends
 /// overran it (a trial's operator could not tell which feed it was).
 #[test]

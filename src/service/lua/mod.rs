@@ -323,9 +323,10 @@ impl LuaService {
             } else {
                 if !grace.is_zero() {
                     crate::warn!(
-                        "service {} instance {} did not stop within {grace:?}",
+                        "service {} instance {} did not stop within {grace:?} ({})",
                         self.spec.name,
-                        h.index
+                        h.index,
+                        self.why_not_stopped(h.index)
                     );
                 }
                 drop(thread);
@@ -337,6 +338,26 @@ impl LuaService {
                     "it did not stop in time",
                     finished,
                 );
+            }
+        }
+    }
+
+    /// What instance `index` was doing when it did not stop in time, for the warning: a
+    /// network instance drains its queue before `onShutdown`, a standalone one must return
+    /// from `run()`.
+    fn why_not_stopped(&self, index: usize) -> String {
+        let Some(inbox) = self.inboxes.get(index) else {
+            return "its run() had not returned: does it look at must_stop()?".to_owned();
+        };
+        let (msgs, _) = inbox.queued();
+        match inbox.busy().busy_for() {
+            Some(d) => format!(
+                "busy with one batch of messages for {}; {msgs} message(s) handed to it and \
+                 not yet done, that batch's included",
+                crate::time_fmt::uptime(d)
+            ),
+            None => {
+                format!("{msgs} message(s) handed to it and not yet done, or in its onShutdown")
             }
         }
     }
