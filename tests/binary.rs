@@ -2649,7 +2649,7 @@ return app
         "{status:?}"
     );
     assert!(
-        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) lingering after their answer; 0 bytes queued to send"),
+        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) lingering after their answer; 0 bytes queued to send; 0 ended without a close handshake since the start (a reset, an error, an end of TCP with no Close)"),
         "{status:?}"
     );
     // What the two states take: each a plain state with a small app, under a megabyte.
@@ -2701,9 +2701,30 @@ return app
             unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
             0
         );
-        binary::lines_until(&log, "status: service statusecho")
+        let report = binary::lines_until(&log, "status: service statusecho");
+        let gone = report
             .last()
-            .is_some_and(|l| l.contains(": 2 connection(s)"))
+            .is_some_and(|l| l.contains(": 2 connection(s)"));
+        // Dropped without a Close: counted as such once it is gone.
+        gone && report.iter().any(|l| {
+            l.contains("status: 2 connection(s) on 1 IO worker(s) (2); ")
+                && l.contains("; 1 ended without a close handshake since the start")
+        })
+    });
+    // A reset is counted too.
+    let mut reset = raw_upgraded(addr, "/statusecho");
+    std::io::Write::write_all(&mut reset, &frame(true, 0, 0x1, b"r", true)).unwrap();
+    assert_eq!(read_frame(&mut reset).expect("the echo").payload, b"r");
+    close_with_reset(reset);
+    wait_for("the reset to be counted", IO_TIMEOUT, || {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+            0
+        );
+        binary::lines_until(&log, "status: service statusecho")
+            .iter()
+            .any(|l| l.contains("; 2 ended without a close handshake since the start"))
     });
 }
 

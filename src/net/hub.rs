@@ -244,6 +244,9 @@ pub struct Port {
     pub connections: AtomicUsize,
     /// Bytes waiting in outbound queues (published by the worker for the balancer).
     pub queued_bytes: AtomicUsize,
+    /// Connections that ended without a close handshake (a reset, a read or write error, an
+    /// end of TCP with no Close), since the start: for the status report.
+    abrupt_ends: std::sync::atomic::AtomicU64,
     pub max_connections: usize,
 }
 
@@ -268,6 +271,7 @@ impl Port {
             refused: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
+            abrupt_ends: std::sync::atomic::AtomicU64::new(0),
             max_connections,
         })
     }
@@ -353,6 +357,16 @@ impl Port {
     /// Worker side: a refused connection has left its slab.
     pub fn remove_refused(&self) {
         self.refused.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Worker side: a connection ended without a close handshake.
+    pub fn note_abrupt_end(&self) {
+        self.abrupt_ends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections of this worker that ended without a close handshake since the start.
+    pub fn abrupt_ends(&self) -> u64 {
+        self.abrupt_ends.load(Ordering::Relaxed)
     }
 
     /// Worker side: the slot `index` now holds a live connection of this generation.

@@ -351,10 +351,12 @@ impl Registry {
             .map(|p| p.connections.load(Ordering::Relaxed))
             .collect();
         let refused: usize = ports.iter().map(|p| p.refused()).sum();
+        let abrupt: u64 = ports.iter().map(|p| p.abrupt_ends()).sum();
         let queued = self.queued_bytes();
         let mut lines = vec![format!(
             "{} connection(s) on {} IO worker(s) ({}); {refused} refused one(s) lingering \
-             after their answer; {queued} bytes queued to send",
+             after their answer; {queued} bytes queued to send; {abrupt} ended without a close \
+             handshake since the start (a reset, an error, an end of TCP with no Close)",
             per_worker.iter().sum::<usize>(),
             per_worker.len(),
             per_worker

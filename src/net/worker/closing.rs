@@ -262,6 +262,14 @@ impl Worker {
     /// then reads the same EOF again. Otherwise it ends now, after one write of what it has
     /// queued.
     pub(super) fn on_eof(&mut self, index: u32) {
+        // The peer ended TCP before a Close, ours or its own: counted for the status report.
+        if self
+            .conns
+            .get(index)
+            .is_some_and(|c| !c.refused && matches!(c.phase, Phase::Open | Phase::Handshake { .. }))
+        {
+            self.hub.port(self.id).note_abrupt_end();
+        }
         // The peer may read after shutting its side (`printf ... | nc -N`): what it sent before
         // gets its answers first, as after its Close, and then our Close.
         if self
@@ -336,6 +344,12 @@ impl Worker {
             port.remove_refused();
         } else {
             port.release_slot();
+            // Not logged at info (a client's network may cut it any time), but counted: the
+            // status report shows how many clients go this way (an end of TCP before a Close
+            // is counted where it is read, `on_eof`).
+            if matches!(why, Ending::Error) {
+                port.note_abrupt_end();
+            }
         }
         c.out.clear(&mut self.pool);
         if let Some(service) = c.service.take() {
