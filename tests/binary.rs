@@ -1320,6 +1320,35 @@ return app
     child.wait_exit(Duration::from_secs(30));
 }
 
+/// A client that ends TCP in the middle of its upgrade request gets a line, as a refused one
+/// does (a trial's got none); one that sent nothing (a health check) gets none.
+#[test]
+fn an_upgrade_request_ended_unfinished_is_logged() {
+    use std::io::Write;
+    let (_child, addr, log) = one_app_binary(
+        "unfinished-request",
+        "quiet",
+        "return { onMessage = function() return true end }",
+    );
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    silent.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /quiet HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let lines = binary::lines_until(&log, "with its upgrade request unfinished");
+    let line = lines.last().unwrap();
+    assert!(
+        line.contains(&format!("closed {}: ", s.local_addr().unwrap()))
+            && line.ends_with("(30 bytes of it received)"),
+        "{line}"
+    );
+    let silent_end = silent.local_addr().unwrap().to_string();
+    assert!(
+        !lines.iter().any(|l| l.contains(&silent_end)),
+        "a connection that sent nothing is not logged: {lines:#?}"
+    );
+}
+
 /// A client closed as a slow consumer is named with its handle and the service whose sends
 /// overran it (a trial's operator could not tell which feed it was).
 #[test]

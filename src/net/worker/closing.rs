@@ -299,6 +299,17 @@ impl Worker {
                 self.finish_after_flush(index)
             }
             _ => {
+                // Part of a request, then the end: not refused, abandoned, but worth its line
+                // as a refusal is (a trial's got none; a connection that sent nothing is a
+                // health check, and still gets none).
+                if matches!(c.phase, Phase::Handshake { .. }) && !c.inbuf.is_empty() {
+                    crate::info_limited!(
+                        "closed {}: it ended TCP with its upgrade request unfinished ({} bytes of \
+                         it received)",
+                        c.peer,
+                        c.inbuf.len()
+                    );
+                }
                 // The connection ends without a close handshake, but what is queued already
                 // (the 101 to a request that came with the FIN) is written first, as far as
                 // the socket takes it at once: the peer may read after shutting its side.
