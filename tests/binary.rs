@@ -1196,6 +1196,26 @@ return app
     );
 }
 
+/// An app whose `onMessage` spins for `ms` milliseconds (it needs `time` preloaded and
+/// `"instruction_budget": 0`), then echoes the message when `echo`.
+fn spinning_app(ms: u32, echo: bool) -> String {
+    let send = if echo {
+        "  ws:send(h, kind, message)\n"
+    } else {
+        ""
+    };
+    format!(
+        "local app = {{}}\n\
+         app.onMessage = function(h, kind, message)\n\
+         \x20 local until_ms = time.monotonic() + {ms}\n\
+         \x20 while time.monotonic() < until_ms do end\n\
+         {send}\
+         \x20 return true\n\
+         end\n\
+         return app\n"
+    )
+}
+
 /// A client that does not read what it is sent is not read either (above
 /// `outbound_high_water`): a message it was sending when reading stopped stays incomplete, and
 /// the line of its message timeout says why (a trial's line blamed a slow sender that had sent
@@ -1244,18 +1264,11 @@ return app
 #[test]
 fn an_instance_that_stays_behind_is_warned_of_and_says_when_it_caught_up() {
     use std::io::Write;
-    let slow = r#"local app = {}
-app.onMessage = function(h, kind, message)
-  local until_ms = time.monotonic() + 150
-  while time.monotonic() < until_ms do end
-  return true
-end
-return app
-"#;
+    let slow = spinning_app(150, false);
     let (_child, addr, log, _) = apps_binary(
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
         "behind",
-        &[("slowq", slow)],
+        &[("slowq", &slow)],
         r#""slowq": { "request_target": "/slowq", "preload": ["time"], "queue_capacity": 10,
                       "instruction_budget": 0 }"#,
     );
@@ -1282,18 +1295,11 @@ return app
 #[test]
 fn an_instance_that_does_not_stop_in_time_says_what_held_it() {
     use std::io::Write;
-    let slow = r#"local app = {}
-app.onMessage = function(h, kind, message)
-  local until_ms = time.monotonic() + 150
-  while time.monotonic() < until_ms do end
-  return true
-end
-return app
-"#;
+    let slow = spinning_app(150, false);
     let (mut child, addr, log, _) = apps_binary(
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
         "not-stopped",
-        &[("slowstop", slow)],
+        &[("slowstop", &slow)],
         r#""slowstop": { "request_target": "/slowstop", "preload": ["time"],
                          "instruction_budget": 0 }"#,
     );
@@ -2531,19 +2537,11 @@ return app
 /// redeploy cut replies off without a word, even at debug).
 #[test]
 fn replies_dropped_at_the_close_timeout_are_logged() {
-    let app = r#"local app = {}
-app.onMessage = function(h, kind, message)
-  local until_ms = time.monotonic() + 300
-  while time.monotonic() < until_ms do end
-  ws:send(h, kind, message)
-  return true
-end
-return app
-"#;
+    let app = spinning_app(300, true);
     let (_child, addr, log, _) = apps_binary(
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 200 }"#,
         "dropped-replies",
-        &[("slow", app)],
+        &[("slow", &app)],
         r#""slow": { "request_target": "/slow", "preload": ["time"], "instruction_budget": 0 }"#,
     );
     let mut ws = connect(addr, "/slow");
