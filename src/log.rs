@@ -6,8 +6,9 @@
 //! `LAPPS_LOG` (error, warn, info, debug, any case); default info.
 //!
 //! Lines a remote peer can cause (one per bad request, refused connection, timeout, Lua error)
-//! go through the `*_limited!` macros: at most [`PER_SECOND`] lines a second per call site, the
-//! rest counted and reported by the next line that passes (or, when none comes, by
+//! go through the `*_limited!` macros: at most [`PER_SECOND`] lines a second per call site
+//! ([`write_limited_kind`]: per kind of line of a call site; [`service_log!`](crate::service_log):
+//! per Lua service and call site), the rest counted and reported by the next line that passes (or, when none comes, by
 //! [`flush_suppressed`] a second or two later, naming the last line written), so a flood of
 //! misbehaving clients cannot flood the journal (whose own rate limit would then drop our real
 //! errors too).
@@ -352,37 +353,56 @@ fn limiter_of(kind: (&'static str, &'static str)) -> &'static Limiter {
     }
 }
 
-/// Services [`limiter_of_service`] keeps a limiter for; later ones share one.
-const SERVICES_MAX: usize = 256;
+/// Call sites of services [`limiter_of_service`] keeps a limiter for; later ones share one.
+const SERVICE_SITES_MAX: usize = 4096;
 
-/// The limiter of the lines about one Lua service (its errors, its refusals): a flood of one
-/// service's lines neither hides another's nor is counted as theirs (a trial's failing
-/// service, 20 clients in a loop, left none of another service's memory errors in the log, and
-/// gave the one that got through its own count of suppressed lines).
-pub fn limiter_of_service(name: &str) -> &'static Limiter {
-    type Services = Vec<(Box<str>, &'static Limiter)>;
-    static SERVICES: Mutex<Services> = Mutex::new(Vec::new());
+/// The limiter of one call site's lines about one Lua service (`site` names the call site):
+/// a flood of one service's lines neither hides another's nor is counted as theirs (a trial's
+/// failing service, 20 clients in a loop, left none of another service's memory errors in the
+/// log, and gave the one that got through its own count of suppressed lines), and within a
+/// service, a flood of one kind (a client's malformed notifications, at info) hides no line
+/// of another kind (its errors).
+pub fn limiter_of_service(name: &str, site: &'static str) -> &'static Limiter {
+    /// By call site, then by service: the services of a site are few.
+    type Sites = std::collections::HashMap<&'static str, Vec<(Box<str>, &'static Limiter)>>;
+    static SITES: Mutex<(Option<Sites>, usize)> = Mutex::new((None, 0));
     static OTHERS: Limiter = Limiter::new();
-    let mut services = SERVICES.lock().unwrap_or_else(|e| e.into_inner());
-    match services.iter().find(|(s, _)| &**s == name) {
-        Some(&(_, l)) => l,
-        None if services.len() < SERVICES_MAX => {
-            // Once per service name, kept across its versions: few, and as long as the process.
-            let l: &'static Limiter = Box::leak(Box::new(Limiter::new()));
-            services.push((name.into(), l));
-            l
-        }
-        None => &OTHERS,
+    let mut guard = SITES.lock().unwrap_or_else(|e| e.into_inner());
+    let (sites, count) = &mut *guard;
+    let services = sites
+        .get_or_insert_with(Sites::new)
+        .entry(site)
+        .or_default();
+    if let Some(&(_, l)) = services.iter().find(|(s, _)| &**s == name) {
+        return l;
     }
+    if *count >= SERVICE_SITES_MAX {
+        return &OTHERS;
+    }
+    // Once per service name and site, kept across its versions: as long as the process.
+    let l: &'static Limiter = Box::leak(Box::new(Limiter::new()));
+    services.push((name.into(), l));
+    *count += 1;
+    l
 }
 
-/// A line about a Lua service, limited with the other lines of that service (see
-/// [`limiter_of_service`]): `$host` is its instance's host (`HostCtx`).
+/// A line about a Lua service, limited with the other lines of that service from the same
+/// call site (see [`limiter_of_service`]): `$host` is its instance's host (`HostCtx`), or
+/// `name: $name` gives the service's name.
 #[macro_export]
 macro_rules! service_log {
+    (name: $name:expr, $lvl:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($lvl) {
+            let site = concat!(file!(), ":", line!(), ":", column!());
+            let limiter = $crate::log::limiter_of_service(&$name, site);
+            $crate::log::write_limited($lvl, limiter, format_args!($($arg)*))
+        }
+    };
     ($host:expr, $lvl:expr, $($arg:tt)*) => {
         if $crate::log::enabled($lvl) {
-            $crate::log::write_limited($lvl, $host.limiter, format_args!($($arg)*))
+            let site = concat!(file!(), ":", line!(), ":", column!());
+            let limiter = $crate::log::limiter_of_service(&$host.service, site);
+            $crate::log::write_limited($lvl, limiter, format_args!($($arg)*))
         }
     };
 }

@@ -1445,6 +1445,51 @@ return app
     );
 }
 
+/// Within one service too, a flood of one kind of line hides no other kind: a client that
+/// makes `onDisconnect` fail in a loop hides no `onMessage` error of the same service (a
+/// review found one limit per service let a client's flood of info lines hide its errors).
+#[test]
+fn one_kind_of_a_services_lines_does_not_hide_another() {
+    let mixed = r#"local app = {}
+app.onMessage = function(h, op, msg)
+  if msg == "fail" then error("mixed fails once") end
+  return true
+end
+app.onDisconnect = function() error("disconnect fails") end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        "flood-per-kind",
+        &[("mixed", mixed)],
+        r#""mixed": { "request_target": "/mixed" }"#,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = raw_upgraded(addr, "/mixed");
+                s.shutdown(std::net::Shutdown::Both).unwrap();
+            }
+        })
+    };
+    // As above: the rest of this second's onDisconnect lines are suppressed from here on.
+    binary::wait_line(&log, "similar lines suppressed");
+    for _ in 1..lapps::log::PER_SECOND {
+        binary::wait_line(&log, "[mixed#0] onDisconnect");
+    }
+    let mut ws = connect(addr, "/mixed");
+    ws.send(tungstenite::Message::text("fail")).unwrap();
+    let line = binary::wait_line(&log, "[mixed#0] onMessage failed");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(
+        line.contains("mixed fails once") && !line.contains("suppressed"),
+        "{line}"
+    );
+}
+
 /// `print` of a client's large message writes at most 8 KiB of it to the log, and says how
 /// much it left out (a 1 MiB message would otherwise be a line of megabytes).
 #[test]

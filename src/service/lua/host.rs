@@ -164,8 +164,6 @@ pub(crate) struct HostCtx {
     pub leaving: RefCell<HashSet<ConnId>>,
     /// The host's LAppS answers waiting behind responses the app still owes.
     pub held: HeldAnswers,
-    /// Limits the log lines about this service ([`crate::service_log`]), for all its instances.
-    pub limiter: &'static crate::log::Limiter,
 }
 
 /// What a blocking host call answers in a network service, whose callbacks must not wait: a
@@ -208,7 +206,6 @@ impl HostCtx {
             closing: RefCell::new(HashSet::new()),
             leaving: RefCell::new(HashSet::new()),
             held: HeldAnswers::default(),
-            limiter: crate::log::limiter_of_service(&spec.name),
         }
     }
 

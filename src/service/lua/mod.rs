@@ -671,7 +671,9 @@ impl Service for LuaService {
                 }
                 let (events, closes) = inbox.take_lost();
                 if events > 0 {
-                    crate::warn_limited!(
+                    crate::service_log!(
+                        name: self.spec.name,
+                        crate::log::Level::Warn,
                         "service {}: {events} event(s) came after its instance had stopped \
                          and were dropped ({closes} connection(s) end without onDisconnect)",
                         self.spec.name
