@@ -2721,7 +2721,7 @@ return app
         "{status:?}"
     );
     assert!(
-        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) lingering after their answer; 0 bytes queued to send; 0 ended without a close handshake since the start (a reset, an error, an end of TCP with no Close)"),
+        status.contains(&"3 connection(s) on 1 IO worker(s) (3); 0 refused one(s) lingering after their answer; 0 bytes queued to send; 0 WebSocket connection(s) ended without a close handshake since the start (a reset, an error or an end of TCP while open)"),
         "{status:?}"
     );
     // What the two states take: each a plain state with a small app, under a megabyte.
@@ -2780,7 +2780,9 @@ return app
         // Dropped without a Close: counted as such once it is gone.
         gone && report.iter().any(|l| {
             l.contains("status: 2 connection(s) on 1 IO worker(s) (2); ")
-                && l.contains("; 1 ended without a close handshake since the start")
+                && l.contains(
+                    "; 1 WebSocket connection(s) ended without a close handshake since the start",
+                )
         })
     });
     // A reset is counted too.
@@ -2796,8 +2798,43 @@ return app
         );
         binary::lines_until(&log, "status: service statusecho")
             .iter()
-            .any(|l| l.contains("; 2 ended without a close handshake since the start"))
+            .any(|l| {
+                l.contains(
+                    "; 2 WebSocket connection(s) ended without a close handshake since the start",
+                )
+            })
     });
+    // Not a connection never upgraded (a TCP health check); and once only one that ends TCP
+    // after a message, is answered, and then resets.
+    drop(std::net::TcpStream::connect(addr).unwrap());
+    let mut half = raw_upgraded(addr, "/statusecho");
+    std::io::Write::write_all(&mut half, &frame(true, 0, 0x1, b"h", true)).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_frame(&mut half).expect("the echo").payload, b"h");
+    close_with_reset(half);
+    let mut settled = String::new();
+    wait_for("both to be gone", IO_TIMEOUT, || {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+            0
+        );
+        let report = binary::lines_until(&log, "status: service statusecho");
+        match report
+            .iter()
+            .find(|l| l.contains("status: 2 connection(s) on 1 IO worker(s) (2); "))
+        {
+            Some(l) => {
+                settled = l.clone();
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(
+        settled.contains("; 3 WebSocket connection(s) ended without a close handshake"),
+        "{settled}"
+    );
 }
 
 /// A status report's figure in MiB (`1.5` of `1.5 MiB`).

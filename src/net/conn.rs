@@ -90,6 +90,9 @@ pub struct Conn {
     pub in_flight: usize,
     /// Accepted only to be answered 503: holds no connection slot of the worker.
     pub refused: bool,
+    /// The peer ended TCP while the connection was open, before any Close: counted as ended
+    /// without a close handshake when it ends (see `Port::note_abrupt_end`).
+    pub ended_early: bool,
     /// Its place under `max_connections_per_address` (given back when the connection is
     /// dropped); `None` without that limit, and for a refused connection.
     pub ticket: Option<Box<AddressTicket>>,
@@ -144,6 +147,7 @@ impl Conn {
             in_flight: 0,
             ping_outstanding: false,
             refused: false,
+            ended_early: false,
             ticket: None,
             tls: None,
             before_exchange: None,

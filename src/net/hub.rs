@@ -244,8 +244,8 @@ pub struct Port {
     pub connections: AtomicUsize,
     /// Bytes waiting in outbound queues (published by the worker for the balancer).
     pub queued_bytes: AtomicUsize,
-    /// Connections that ended without a close handshake (a reset, a read or write error, an
-    /// end of TCP with no Close), since the start: for the status report.
+    /// WebSocket connections that ended without a close handshake (a reset, a read or write
+    /// error, or an end of TCP while open), since the start: for the status report.
     abrupt_ends: std::sync::atomic::AtomicU64,
     pub max_connections: usize,
 }

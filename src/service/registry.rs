@@ -355,8 +355,9 @@ impl Registry {
         let queued = self.queued_bytes();
         let mut lines = vec![format!(
             "{} connection(s) on {} IO worker(s) ({}); {refused} refused one(s) lingering \
-             after their answer; {queued} bytes queued to send; {abrupt} ended without a close \
-             handshake since the start (a reset, an error, an end of TCP with no Close)",
+             after their answer; {queued} bytes queued to send; {abrupt} WebSocket connection(s) \
+             ended without a close handshake since the start (a reset, an error or an end of TCP \
+             while open)",
             per_worker.iter().sum::<usize>(),
             per_worker.len(),
             per_worker

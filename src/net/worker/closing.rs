@@ -262,13 +262,12 @@ impl Worker {
     /// then reads the same EOF again. Otherwise it ends now, after one write of what it has
     /// queued.
     pub(super) fn on_eof(&mut self, index: u32) {
-        // The peer ended TCP before a Close, ours or its own: counted for the status report.
-        if self
-            .conns
-            .get(index)
-            .is_some_and(|c| !c.refused && matches!(c.phase, Phase::Open | Phase::Handshake { .. }))
-        {
-            self.hub.port(self.id).note_abrupt_end();
+        // The peer ended TCP before a Close, ours or its own: counted when it ends (once,
+        // whatever comes after), for the status report.
+        if let Some(c) = self.conns.get_mut(index) {
+            if c.phase == Phase::Open {
+                c.ended_early = true;
+            }
         }
         // The peer may read after shutting its side (`printf ... | nc -N`): what it sent before
         // gets its answers first, as after its Close, and then our Close.
@@ -356,9 +355,10 @@ impl Worker {
         } else {
             port.release_slot();
             // Not logged at info (a client's network may cut it any time), but counted: the
-            // status report shows how many clients go this way (an end of TCP before a Close
-            // is counted where it is read, `on_eof`).
-            if matches!(why, Ending::Error) {
+            // status report shows how many WebSocket clients go this way. Not one whose close
+            // handshake had begun, nor one not upgraded (a TCP health check).
+            let error_while_open = matches!(why, Ending::Error) && c.phase == Phase::Open;
+            if c.service.is_some() && (c.ended_early || error_while_open) {
                 port.note_abrupt_end();
             }
         }
