@@ -1355,6 +1355,62 @@ fn an_upgrade_request_ended_unfinished_is_logged() {
     );
 }
 
+/// A standalone instance that does not stop in time is named with what held it: its `run()`,
+/// or, once that has returned, its `onShutdown` (a review found both blamed on `run()`).
+#[test]
+fn a_standalone_instance_that_does_not_stop_says_whether_run_or_on_shutdown_held_it() {
+    let in_run = r#"local s = {}
+s.run = function()
+  local n = nap:new()
+  while not must_stop() do n:sleep(1) end
+  local until_ms = time.monotonic() + 8000
+  while time.monotonic() < until_ms do end
+end
+return s
+"#;
+    let in_shutdown = r#"local s = {}
+s.run = function()
+  local n = nap:new()
+  while not must_stop() do n:sleep(1) end
+end
+s.onShutdown = function()
+  local until_ms = time.monotonic() + 8000
+  while time.monotonic() < until_ms do end
+end
+return s
+"#;
+    let standalone =
+        r#"{ "standalone": true, "preload": ["nap", "time"], "instruction_budget": 0 }"#;
+    let (mut child, _addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        "not-stopped-standalone",
+        &[("inrun", in_run), ("inshutdown", in_shutdown)],
+        &format!(r#""inrun": {standalone}, "inshutdown": {standalone}"#),
+    );
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let mut lines = binary::lines_until(&log, "did not stop within");
+    lines.extend(binary::lines_until(&log, "did not stop within"));
+    let line_of = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("service {name} instance 0 did not stop within")))
+            .unwrap_or_else(|| panic!("{name}: {lines:#?}"))
+            .clone()
+    };
+    let run = line_of("inrun");
+    assert!(
+        run.ends_with("(its run() had not returned: does it look at must_stop()?)"),
+        "{run}"
+    );
+    let shutdown = line_of("inshutdown");
+    assert!(shutdown.ends_with("(in its onShutdown)"), "{shutdown}");
+    child.wait_exit(Duration::from_secs(30));
+}
+
 /// A client closed as a slow consumer is named with its handle and the service whose sends
 /// overran it (a trial's operator could not tell which feed it was).
 #[test]

@@ -145,7 +145,7 @@ pub(crate) struct HostCtx {
     /// Where this instance notes what its state takes, for the status report.
     memory: Arc<LuaMemory>,
     /// Where a standalone instance notes its `run()` failures, for the status report.
-    pub run_failures: Arc<super::run_failures::RunFailures>,
+    pub run_state: Arc<super::run_state::RunState>,
     pub auto_fragment: Option<usize>,
     outbox: RefCell<Outbox>,
     /// Instructions left in the current callback (only used when a budget is set).
@@ -185,7 +185,7 @@ impl HostCtx {
         bcast: Arc<Bcast>,
         stop: Arc<Stop>,
         memory: Arc<LuaMemory>,
-        run_failures: Arc<super::run_failures::RunFailures>,
+        run_state: Arc<super::run_state::RunState>,
     ) -> HostCtx {
         let workers = hub.workers();
         let budget = spec.instruction_budget;
@@ -196,7 +196,7 @@ impl HostCtx {
             bcast,
             stop,
             memory,
-            run_failures,
+            run_state,
             auto_fragment: spec.auto_fragment,
             outbox: RefCell::new(Outbox::new(workers)),
             budget_left: Cell::new(budget.unwrap_or(u64::MAX)),
@@ -503,7 +503,7 @@ mod tests {
             Arc::new(Bcast::default()),
             Arc::new(Stop::default()),
             Arc::new(LuaMemory::new(1)),
-            Arc::new(crate::service::lua::run_failures::RunFailures::new(1)),
+            Arc::new(crate::service::lua::run_state::RunState::new(1)),
         );
         let (ending, other) = (ConnId::new(0, 3, 1), ConnId::new(0, 4, 1));
         for c in [ending, other] {

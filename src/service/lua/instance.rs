@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     pub bcast: Arc<api::bcast::Bcast>,
     pub stop: Arc<Stop>,
     pub memory: Arc<super::lua_memory::LuaMemory>,
-    pub run_failures: Arc<super::run_failures::RunFailures>,
+    pub run_state: Arc<super::run_state::RunState>,
 }
 
 /// How soon an instance with host answers held behind other threads' responses looks at them
@@ -282,7 +282,7 @@ fn spawn(
     let bcast = Arc::clone(&shared.bcast);
     let stop = Arc::clone(&shared.stop);
     let memory = Arc::clone(&shared.memory);
-    let run_failures = Arc::clone(&shared.run_failures);
+    let run_state = Arc::clone(&shared.run_state);
     // Who decides whether the instance started: its thread, ready in time, or the starter,
     // once the timeout passed. One compare-and-swap each, so the two can never both win.
     let outcome = Arc::new(AtomicU8::new(STARTING));
@@ -293,13 +293,7 @@ fn spawn(
         .spawn(move || {
             super::cstack::note_stack_start();
             let host = Rc::new(HostCtx::new(
-                &spec,
-                index,
-                hub,
-                bcast,
-                stop,
-                memory,
-                run_failures,
+                &spec, index, hub, bcast, stop, memory, run_state,
             ));
             // A bug of ours while loading (std printed it) fails this start, at once.
             let loaded =
@@ -525,7 +519,11 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
                 collect_when_idle(lua, host, inbox, &mut collected_at);
             }
         }
-        (App::Standalone(sa), _) => sa.run(lua, host),
+        (App::Standalone(sa), _) => {
+            sa.run(lua, host);
+            // From here on a stop that takes too long is onShutdown's (see `why_not_stopped`).
+            host.run_state.returned(host.instance);
+        }
         (App::Raw(_), None) => {}
     }
     // A fresh budget before the lookup, which may run Lua (a module proxied by __index): the

@@ -30,7 +30,7 @@ mod lapps_fast;
 pub(crate) mod left_behind;
 mod lua_memory;
 mod raw;
-mod run_failures;
+mod run_state;
 mod sandbox;
 pub mod spec;
 mod standalone;
@@ -203,7 +203,7 @@ pub struct LuaService {
     /// What each instance's state takes (the status report).
     memory: Arc<lua_memory::LuaMemory>,
     /// A standalone service's `run()` failures, for the status report.
-    run_failures: Arc<run_failures::RunFailures>,
+    run_state: Arc<run_state::RunState>,
     /// Open connections (for a redeploy, which asks them to reconnect to the new version).
     conns: Mutex<std::collections::HashSet<ConnId>>,
     /// Set (under the `conns` lock) once this version takes no more connections.
@@ -247,7 +247,7 @@ impl LuaService {
             instances: Mutex::new(Vec::new()),
             stop: Arc::new(Stop::default()),
             memory: Arc::new(lua_memory::LuaMemory::new(spec.instances)),
-            run_failures: Arc::new(run_failures::RunFailures::new(spec.instances)),
+            run_state: Arc::new(run_state::RunState::new(spec.instances)),
             conns: Mutex::new(std::collections::HashSet::new()),
             closed_doors: AtomicBool::new(false),
             hub: Arc::clone(&hub),
@@ -258,7 +258,7 @@ impl LuaService {
             bcast,
             stop: Arc::clone(&svc.stop),
             memory: Arc::clone(&svc.memory),
-            run_failures: Arc::clone(&svc.run_failures),
+            run_state: Arc::clone(&svc.run_state),
         };
         // Under systemd: the instances start one per CPU at a time, each within its start
         // timeout, which may be longer than the unit's TimeoutStartSec; the manager waits as
@@ -347,7 +347,11 @@ impl LuaService {
     /// from `run()`.
     fn why_not_stopped(&self, index: usize) -> String {
         let Some(inbox) = self.inboxes.get(index) else {
-            return "its run() had not returned: does it look at must_stop()?".to_owned();
+            return if self.run_state.has_returned(index) {
+                "in its onShutdown".to_owned()
+            } else {
+                "its run() had not returned: does it look at must_stop()?".to_owned()
+            };
         };
         let (msgs, _) = inbox.queued();
         match inbox.busy().busy_for() {
@@ -392,7 +396,7 @@ impl LuaService {
         let memory = self.memory.summary(spec.memory_limit);
         let memory = memory.map(|m| format!("; {m}")).unwrap_or_default();
         if spec.standalone {
-            let failing = self.run_failures.summary();
+            let failing = self.run_state.summary();
             let failing = failing.map(|f| format!("; {f}")).unwrap_or_default();
             return format!(
                 "service {name}: {} instance(s), standalone{failing}{memory}",

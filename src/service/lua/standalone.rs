@@ -20,7 +20,7 @@ const RESTART_FIRST: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A `run()` that lasted at least this long before it failed was working: the back-off starts
 /// over at [`RESTART_FIRST`].
-const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+const RESTART_RESET_AFTER: Duration = super::run_state::WORKING_AFTER;
 
 pub(crate) struct StandaloneApp {
     init: Option<Function>,
@@ -78,6 +78,7 @@ impl StandaloneApp {
             }
             let e = match result {
                 Ok(()) => {
+                    host.run_state.returned(host.instance);
                     crate::warn!(
                         "{} run() returned before shutdown; the instance idles until then",
                         host.tag()
@@ -93,7 +94,7 @@ impl StandaloneApp {
             if first {
                 delay = RESTART_FIRST;
             }
-            host.run_failures
+            host.run_state
                 .failed(host.instance, delay, first || delay == RESTART_FIRST);
             crate::error!(
                 "{} run() failed, restarting it in {} s: {}",

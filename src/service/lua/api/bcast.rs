@@ -787,7 +787,7 @@ mod tests {
             Arc::new(Bcast::default()),
             Arc::new(Stop::default()),
             Arc::new(crate::service::lua::lua_memory::LuaMemory::new(1)),
-            Arc::new(crate::service::lua::run_failures::RunFailures::new(1)),
+            Arc::new(crate::service::lua::run_state::RunState::new(1)),
         ));
         let lua = Lua::new();
         install(&lua, &host).unwrap();
