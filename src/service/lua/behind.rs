@@ -1,5 +1,7 @@
-//! A network instance that stays behind: its queue above its high-water mark, so the
-//! connections that send to it are not read (back-pressure), for [`WARN_AFTER`] or more. The
+//! A network instance that stays behind: its queue went above its high-water mark, so the
+//! connections that send to it are not read (back-pressure) until it drains to half the
+//! mark, and has not for [`WARN_AFTER`] or more (the watch looks once a second, and counts a
+//! pause since its last look as still behind). The
 //! server's once-a-second watch warns of it once, and says when it has caught up: an
 //! operator saw only a queue growing in the status report, and no line at any level (a
 //! trial's service took 50-200 ms per message while clients sent 50 a second).

@@ -170,6 +170,10 @@ pub(crate) struct Inbox {
     busy: Busy,
     /// The watch's view of the queue staying above its high-water mark.
     behind: Behind,
+    /// Connections were paused since the watch's last look: `has_paused` alone goes false
+    /// for the moment between a drain below half the mark and the next pause, which a look
+    /// once a second may land in.
+    paused_lately: AtomicBool,
 }
 
 impl Inbox {
@@ -194,6 +198,7 @@ impl Inbox {
             completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             busy: Busy::default(),
             behind: Behind::default(),
+            paused_lately: AtomicBool::new(false),
         }
     }
 
@@ -219,10 +224,14 @@ impl Inbox {
         &self.busy
     }
 
-    /// Whether connections are paused until this queue drains (it went above its high-water
-    /// mark), and the watch's view of that.
+    /// For the watch, once a second: whether connections are paused until this queue drains
+    /// (it went above its high-water mark), now or since its last look; and its view of that.
     pub fn behind(&self) -> (bool, &Behind) {
-        (self.has_paused.load(Ordering::SeqCst), &self.behind)
+        let lately = self.paused_lately.swap(false, Ordering::SeqCst);
+        (
+            lately || self.has_paused.load(Ordering::SeqCst),
+            &self.behind,
+        )
     }
 
     /// Messages and payload bytes handed over and not yet processed (for the status report).
@@ -257,6 +266,7 @@ impl Inbox {
             p.extend_from_slice(&batch.to_pause);
             paused_here = std::mem::take(&mut batch.to_pause);
             self.has_paused.store(true, Ordering::SeqCst);
+            self.paused_lately.store(true, Ordering::SeqCst);
         }
         let (msgs, bytes) = (batch.messages, batch.byte_len());
         // Count before publishing so that the consumer's decrement can never come first.

@@ -476,8 +476,8 @@ impl LuaService {
                 );
             }
             behind::News::CaughtUp(d) => crate::info!(
-                "[{}#{i}{retiring}] caught up: its queue is below its high-water mark again, \
-                 after {}",
+                "[{}#{i}{retiring}] caught up: its queue is down to half its high-water mark \
+                 and its connections are read again, after {}",
                 self.spec.name,
                 crate::time_fmt::uptime(d)
             ),
