@@ -46,9 +46,10 @@ impl Worker {
             let extended = c.close_extensions == crate::net::conn::Conn::MAX_CLOSE_EXTENSIONS;
             // Our side is shut but the peer has not acknowledged all we wrote (our FIN waits
             // behind it): still finishing, and given up on as such (a reset, and a line), not
-            // as a peer that only kept its end open.
+            // as a peer that only kept its end open. The count includes the FIN itself: only
+            // our FIN unacknowledged (a peer gone after taking every byte) is not such a case.
             let untaken = c.phase == Phase::Draining
-                && sys::unacked_bytes(c.fd.as_raw_fd()).is_some_and(|n| n > 0);
+                && sys::unacked_bytes(c.fd.as_raw_fd()).is_some_and(|n| n > 1);
             let phase = if untaken { Phase::Finishing } else { c.phase };
             match phase {
                 Phase::Handshake { .. } => self.handshake_timed_out(index),
