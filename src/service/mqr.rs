@@ -685,11 +685,18 @@ impl Mqr {
             })
             .filter(|&(n, refused, _)| n > 0 || refused > 0)
             .collect();
-        // Fullest first (by the share of its slots taken), then by name.
+        // Fullest first (by the share of its slots or of its bytes taken, whichever is more),
+        // then those that refused most, then by name: a queue full by bytes, or one emptied
+        // since it refused thousands of posts, is not cut for nearly empty ones.
         busy.sort_by(|a, b| {
-            let share = |(n, _, q): &(usize, u64, &Arc<Queue>)| *n as f64 / q.capacity() as f64;
+            let share = |(n, _, q): &(usize, u64, &Arc<Queue>)| {
+                let slots = *n as f64 / q.capacity() as f64;
+                let bytes = q.bytes.load(Ordering::Relaxed) as f64 / q.max_bytes.max(1) as f64;
+                slots.max(bytes)
+            };
             share(b)
                 .total_cmp(&share(a))
+                .then_with(|| b.1.cmp(&a.1))
                 .then_with(|| a.2.name().cmp(b.2.name()))
         });
         let others = busy.len().saturating_sub(most);
