@@ -1331,7 +1331,7 @@ fn an_instance_that_does_not_stop_in_time_says_what_held_it() {
 #[test]
 fn an_upgrade_request_ended_unfinished_is_logged() {
     use std::io::Write;
-    let (_child, addr, log) = one_app_binary(
+    let (child, addr, log) = one_app_binary(
         "unfinished-request",
         "quiet",
         "return { onMessage = function() return true end }",
@@ -1341,8 +1341,22 @@ fn an_upgrade_request_ended_unfinished_is_logged() {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /quiet HTTP/1.1\r\nHost: x\r\n").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
-    let lines = binary::lines_until(&log, "with its upgrade request unfinished");
-    let line = lines.last().unwrap();
+    let mut lines = binary::lines_until(&log, "with its upgrade request unfinished");
+    let line = lines.last().unwrap().clone();
+    // A marker after both ends: a status report, asked for once both are gone.
+    wait_for("both connections to end", IO_TIMEOUT, || {
+        // SAFETY: kill(2) on our own child process.
+        assert_eq!(
+            unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGUSR1) },
+            0
+        );
+        let report = binary::lines_until(&log, "status: bcast");
+        let gone = report
+            .iter()
+            .any(|l| l.contains("status: 0 connection(s) on "));
+        lines.extend(report);
+        gone
+    });
     assert!(
         line.contains(&format!("closed {}: ", s.local_addr().unwrap()))
             && line.ends_with("(30 bytes of it received)"),
@@ -2677,7 +2691,7 @@ app.onMessage = function(h, op, msg) ws:send(h, op, msg) return true end
 return app
 "#;
     let (_child, addr, log, _) = apps_binary(
-        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 1000 }"#,
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 2000 }"#,
         "close-extensions",
         &[("echo", echo)],
         r#""echo": { "request_target": "/echo" }"#,
@@ -2689,8 +2703,9 @@ return app
     let mut bytes = frame(true, 0, 0x2, &vec![7u8; 2 << 20], true);
     bytes.extend(frame(true, 0, 0x8, &1000u16.to_be_bytes(), true));
     s.write_all(&bytes).unwrap();
-    // The stimulus: 64 KiB every 250 ms (a quarter of a close timeout) for three seconds, then
-    // nothing: the server extends its wait while this reads, not after.
+    // The stimulus: a read (of what the 16 KiB buffer has) every 250 ms, an eighth of a close
+    // timeout, for three seconds, then nothing: the server extends its wait while this reads,
+    // not after (a stall of this thread under 1.75 s still leaves it taking bytes in time).
     let mut chunk = vec![0u8; 64 << 10];
     for _ in 0..12 {
         let n = s.read(&mut chunk).unwrap();

@@ -158,8 +158,8 @@ fn a_stuck_service_does_not_hold_up_the_stop_of_another() {
 }
 
 /// Each service is waited for at most 5 s, also when the budget has more left: three that do
-/// not stop, side by side, take 5 s of a budget of 20 s, neither all of it nor 15 s (5 s each,
-/// one after another). The margin is the loaded machine's.
+/// not stop, side by side, take 5 s of a budget of 20 s, neither all of it nor 10 s or 15 s
+/// (5 s each for two or three, one after another). The margin is the loaded machine's.
 #[test]
 fn a_service_that_does_not_stop_is_waited_for_at_most_5_s() {
     let _one = STUCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,7 +167,7 @@ fn a_service_that_does_not_stop_is_waited_for_at_most_5_s() {
     let reg = Registry::start(specs, hub(1)).unwrap();
     let took = shutdown_within(&reg, Duration::from_secs(20));
     assert!(
-        took >= Duration::from_secs(5) && took < Duration::from_secs(14),
+        took >= Duration::from_secs(5) && took < Duration::from_secs(9),
         "shutdown took {took:?}: each service's wait is 5 s"
     );
     began(3);

@@ -40,7 +40,7 @@ sed -e "s/\"port\": *[0-9]*/\"port\": $PORT/" \
 sed "s#\"applications\": *\"[^\"]*\"#\"applications\": \"$ROOT/lua/apps\"#" tests/autobahn/etc/lapps.json > "$WORK/etc/lapps.json"
 
 LOG=$WORK/lapps.log
-target/release/lapps -c "$WORK/etc" >"$LOG" 2>&1 &
+LAPPS_LOG=info target/release/lapps -c "$WORK/etc" >"$LOG" 2>&1 &   # its ports are read from the log
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 

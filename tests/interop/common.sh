@@ -65,7 +65,8 @@ start_lapps_server() {
     sed "s/\"port\": *[0-9]*/\"port\": 0/" etc/lapps/ws.json > "$work/etc/ws.json"
     # Paths in lapps.json are relative to the repository: make them absolute.
     sed "s#\"\\./#\"$PWD/#g" etc/lapps/lapps.json > "$work/etc/lapps.json"
-    target/release/lapps -c "$work/etc" > "$LAPPS_LOG" 2>&1 &
+    # At info at least: the port is read from the "listening on" line.
+    LAPPS_LOG=info target/release/lapps -c "$work/etc" > "$LAPPS_LOG" 2>&1 &
     LAPPS_PID=$!
     CLEANUP_PIDS+=("$LAPPS_PID")
     if ! LAPPS_PORT=$(listening_port "$LAPPS_LOG" "$LAPPS_PID"); then

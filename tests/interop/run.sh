@@ -38,7 +38,7 @@ cat > "$WORK/lapps.json" <<JSON
 { "directories": { "applications": "$ROOT/lua/apps", "lib": "$ROOT/lua/lib" },
   "services": { "echo": { "protocol": "raw", "request_target": "/echo" } } }
 JSON
-target/release/lapps -c "$WORK" >"$LOG" 2>&1 &
+LAPPS_LOG=info target/release/lapps -c "$WORK" >"$LOG" 2>&1 &   # its port is read from the log
 PID=$!
 if ! PORT=$(listening_port "$LOG" "$PID" wss); then
     echo "interop: server did not start" >&2
