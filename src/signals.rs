@@ -2,16 +2,16 @@
 //! reloads and answers (see [`crate::reload_request`]), SIGUSR1 logs the server's status,
 //! SIGPIPE does nothing (every send uses MSG_NOSIGNAL anyway), nor does SIGXFSZ (a log file at
 //! its size limit: the write fails and the log counts what it lost). Signals are blocked in all
-//! threads and taken with `sigtimedwait` (a 1 s tick) by the main thread, so no handler ever runs inside a
-//! worker. Once the first SIGTERM/SIGINT has started the graceful shutdown,
+//! threads and taken with `sigtimedwait` (a 1 s tick) by the main thread, so no handler ever
+//! runs inside a worker. Once the first SIGTERM/SIGINT has started the graceful shutdown,
 //! [`Signals::exit_on_second_stop`] keeps taking them on a thread of its own: a second one
 //! ends the process at once.
 //!
 //! A child process inherits the signal mask of the thread that starts it and every ignored
 //! signal, across exec: started as they are, a Lua app's `io.popen` child would shrug off
 //! systemd's SIGTERM until the stop's SIGKILL, and its pipelines would not end on SIGPIPE.
-//! So SIGPIPE (and SIGXFSZ) gets a handler that does nothing (exec resets a handled signal to its default),
-//! and [`unblocked_for_a_child`] opens the mask while a child is started.
+//! So SIGPIPE (and SIGXFSZ) gets a handler that does nothing (exec resets a handled signal to
+//! its default), and [`unblocked_for_a_child`] opens the mask while a child is started.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -651,12 +651,13 @@ impl Registry {
         routes.get(path).map(|s| Arc::clone(s) as Arc<dyn Service>)
     }
 
-    /// Stops every service, dependents before what they depend on (`onShutdown` on each instance, threads
-    /// joined, `must_stop()` true for standalone ones). Idempotent.
+    /// Stops every service, dependents before what they depend on (`onShutdown` on each
+    /// instance, threads joined, `must_stop()` true for standalone ones). Idempotent.
     ///
-    /// Waits at most the shutdown budget in all: versions still retiring at most half of it,
-    /// then each running service what is left, at most `SHUTDOWN_GRACE`. Once it is spent, the services still to stop are asked to, but
-    /// not waited for (one warning names them): the process exits under them.
+    /// Waits at most the shutdown budget in all: versions still retiring at most half of it, then
+    /// each running service what is left, at most `SHUTDOWN_GRACE`. Once it is spent, the services
+    /// still to stop are asked to, but not waited for (one warning names them): the process exits
+    /// under them.
     pub fn shutdown(&self) {
         // First, so that a reload under way starts nothing after the lists below were taken.
         {

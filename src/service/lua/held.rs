@@ -7,35 +7,34 @@
 //! while the app still owes responses to earlier requests of that connection, the host's
 //! answer waits here until those have left, then follows them.
 //!
-//! Counting, per connection with answers waiting: `base` is the count of owed responses (the
-//! hub's, `Hub::owed_responses`) when the first one was held, `expected` the requests that
-//! reached the app since and `host_taken` those of them the host answered itself (their
-//! handler raised). The app's responses since then are `base + expected - host_taken - owed
-//! now`, and an answer held when `base + expected - host_taken` was `d` leaves once the app has
-//! sent that many: every request before it has had its response. The count covers responses
-//! from any thread. A response another thread (instance or service) has taken is sent only
-//! once that thread posts its outbox (at its next polling point), so while the hub counts more
-//! unposted answers to the connection than this instance holds or has queued, nothing held
-//! leaves: it would overtake. For the same reason a host answer is held, not sent at once,
-//! when nothing is owed but such a taken response is still unposted. This instance looks again when it sends a response itself, after
-//! each batch it handles, and, while any answer waits, every few milliseconds when no batch
-//! comes (`instance::serve`): the client may be waiting for those very answers.
+//! Counting, per connection with answers waiting: `base` is the count of owed responses (the hub's,
+//! `Hub::owed_responses`) when the first one was held, `expected` the requests that reached the app
+//! since and `host_taken` those of them the host answered itself (their handler raised). The app's
+//! responses since then are `base + expected - host_taken - owed now`, and an answer held when
+//! `base + expected - host_taken` was `d` leaves once the app has sent that many: every request
+//! before it has had its response. The count covers responses from any thread. A response another
+//! thread (instance or service) has taken is sent only once that thread posts its outbox (at its
+//! next polling point), so while the hub counts more unposted answers to the connection than this
+//! instance holds or has queued, nothing held leaves: it would overtake. For the same reason a host
+//! answer is held, not sent at once, when nothing is owed but such a taken response is still
+//! unposted. This instance looks again when it sends a response itself, after each batch it
+//! handles, and, while any answer waits, every few milliseconds when no batch comes
+//! (`instance::serve`): the client may be waiting for those very answers.
 //!
-//! A connection that is ending (the peer's Close, a protocol error, the server's shutdown)
-//! waits in the worker for the answers to what it sent before (`Kind::Drain`), unless the hub
-//! shows it owed nothing with nothing unposted (`Hub::lapps_settled`: each answer held here
-//! counts as unposted until it is posted or dropped); while its app
-//! still owes responses, or host answers wait here, its close waits too
-//! ([`drain`](HeldAnswers::drain)) and goes once the last has left, or when the worker's close timeout
-//! passes. With nothing held here, the responses still owed, or taken but not yet posted, are
-//! waited for through the hub (`Hub::close_when_settled`): the thread whose post leaves the
-//! connection settled (this instance, another, or another service's) queues its Close, behind
-//! the last response (unless the hub's count of unposted answers overflowed, which the
-//! threads that queue answers post early to avoid: then no post can tell, and the worker's
+//! A connection that is ending (the peer's Close, a protocol error, the server's shutdown) waits in
+//! the worker for the answers to what it sent before (`Kind::Drain`), unless the hub shows it owed
+//! nothing with nothing unposted (`Hub::lapps_settled`: each answer held here counts as unposted
+//! until it is posted or dropped); while its app still owes responses, or host answers wait here,
+//! its close waits too ([`drain`](HeldAnswers::drain)) and goes once the last has left, or when the
+//! worker's close timeout passes. With nothing held here, the responses still owed, or taken but
+//! not yet posted, are waited for through the hub (`Hub::close_when_settled`): the thread whose
+//! post leaves the connection settled (this instance, another, or another service's) queues its
+//! Close, behind the last response (unless the hub's count of unposted answers overflowed, which
+//! the threads that queue answers post early to avoid: then no post can tell, and the worker's
 //! close timeout ends it). Answers of a connection that closes are dropped with it (so are the
-//! responses its app still owed). At most [`MAX_WAITING`] wait per connection: past that the
-//! client is closed with 1008 (it keeps sending requests the host answers while the app owes
-//! an earlier one), as the worker's outbound bound would have stopped it.
+//! responses its app still owed). At most [`MAX_WAITING`] wait per connection: past that the client
+//! is closed with 1008 (it keeps sending requests the host answers while the app owes an earlier
+//! one), as the worker's outbound bound would have stopped it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};

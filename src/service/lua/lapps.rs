@@ -80,8 +80,10 @@ impl LappsState {
         }));
         let Ok(inbound) = parsed else {
             crate::service_log!(
-host, crate::log::Level::Error,
-                "{} bug: reading a LAppS message of {:#x} panicked ({} bytes); closing it with 1011",
+                host,
+                crate::log::Level::Error,
+                "{} bug: reading a LAppS message of {:#x} panicked ({} bytes); closing it with \
+                 1011",
                 host.tag(),
                 conn.as_u64(),
                 payload.len()
