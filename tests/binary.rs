@@ -1359,7 +1359,23 @@ fn an_upgrade_request_ended_unfinished_is_logged() {
     });
     assert!(
         line.contains(&format!("closed {}: ", s.local_addr().unwrap()))
-            && line.ends_with("(30 bytes of it received)"),
+            && line.ends_with("(30 byte(s) of it received)"),
+        "{line}"
+    );
+    // A reset in the middle of its request gets its line too.
+    let mut reset = std::net::TcpStream::connect(addr).unwrap();
+    reset.write_all(b"GET /quiet HTTP/1.1\r\n").unwrap();
+    let reset_end = reset.local_addr().unwrap();
+    wait_for("the server to read it", IO_TIMEOUT, || {
+        server_unread(addr, reset_end) == Some(0)
+    });
+    close_with_reset(reset);
+    let line = binary::wait_line(&log, "with its upgrade request unfinished");
+    assert!(
+        line.contains(&format!(
+            "closed {reset_end}: its connection failed (a reset?) with its upgrade request \
+             unfinished (21 byte(s) of it received)"
+        )),
         "{line}"
     );
     let silent_end = silent.local_addr().unwrap().to_string();
@@ -1423,6 +1439,43 @@ return s
     let shutdown = line_of("inshutdown");
     assert!(shutdown.ends_with("(in its onShutdown)"), "{shutdown}");
     child.wait_exit(Duration::from_secs(30));
+}
+
+/// A close timeout that passes while our Close still waits behind bytes the peer has not read
+/// says so, not that the peer did not answer a Close it could not have seen (a re-trial).
+#[test]
+fn a_close_timeout_before_our_close_reached_the_peer_says_so() {
+    use std::os::fd::AsRawFd;
+    let pusher = r#"local app = {}
+app.onMessage = function(h, op, msg)
+  local chunk = string.rep("p", 1024 * 1024)
+  for _ = 1, 16 do ws:send(h, 2, chunk) end
+  return false
+end
+return app
+"#;
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "close_timeout_ms": 500 }"#,
+        "close-unsent",
+        &[("pushclose", pusher)],
+        r#""pushclose": { "request_target": "/pushclose" }"#,
+    );
+    let mut s = connect(addr, "/pushclose");
+    lapps::net::sys::setsockopt_int(
+        s.get_ref().as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUF,
+        4096,
+    )
+    .unwrap();
+    // 16 MiB, then the Close: more than the kernels' buffers take, and none of it read.
+    send(&mut s, "go");
+    let line = binary::wait_line(&log, "before our Close reached it");
+    assert!(
+        line.contains("the peer stopped reading before our Close reached it (close_timeout_ms)"),
+        "{line}"
+    );
 }
 
 /// A client closed as a slow consumer is named with its handle and the service whose sends
@@ -2716,8 +2769,15 @@ return app
     let times: u32 = line
         .split("(extended ")
         .nth(1)
-        .and_then(|rest| rest.strip_suffix(" times while it took our bytes slowly) (reset: bytes of ours still unacknowledged)"))
-        .and_then(|n| n.parse().ok())
+        .and_then(|rest| {
+            rest.strip_suffix(
+                " while it took our bytes slowly) (reset: bytes of ours still unacknowledged)",
+            )
+        })
+        .and_then(|n| match n {
+            "once" => Some(1),
+            n => n.strip_suffix(" times")?.parse().ok(),
+        })
         .unwrap_or_else(|| panic!("no count of extensions: {line}"));
     assert!(
         (1..20).contains(&times) && line.contains("within close_timeout_ms (extended "),

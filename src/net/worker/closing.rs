@@ -303,8 +303,8 @@ impl Worker {
                 // health check, and still gets none).
                 if matches!(c.phase, Phase::Handshake { .. }) && !c.inbuf.is_empty() {
                     crate::info_limited!(
-                        "closed {}: it ended TCP with its upgrade request unfinished ({} bytes of \
-                         it received)",
+                        "closed {}: it ended TCP with its upgrade request unfinished ({} byte(s) \
+                         of it received)",
                         c.peer,
                         c.inbuf.len()
                     );
@@ -394,16 +394,28 @@ impl Worker {
                 // The waits it was given as it took our bytes slowly, unless `what` counts
                 // them already (all of them were used).
                 let n = c.close_extensions;
-                let extended = if n > 0 && n < Conn::MAX_CLOSE_EXTENSIONS {
-                    format!(" (extended {n} times while it took our bytes slowly)")
-                } else {
-                    String::new()
+                let extended = match n {
+                    1 => " (extended once while it took our bytes slowly)".to_owned(),
+                    n if n > 1 && n < Conn::MAX_CLOSE_EXTENSIONS => {
+                        format!(" (extended {n} times while it took our bytes slowly)")
+                    }
+                    _ => String::new(),
                 };
                 crate::log::write_limited_kind(
                     crate::log::Level::Info,
                     (what, how),
                     format_args!("closed {}: {what}{extended}{how}", c.peer),
                 )
+            }
+            // A reset (or a failed socket) in the middle of an upgrade request: the line its
+            // end of TCP gets (a re-trial's reset got none).
+            Ending::Error if matches!(c.phase, Phase::Handshake { .. }) && !c.inbuf.is_empty() => {
+                crate::info_limited!(
+                    "closed {}: its connection failed (a reset?) with its upgrade request \
+                     unfinished ({} byte(s) of it received)",
+                    c.peer,
+                    c.inbuf.len()
+                );
             }
             other => debug!("worker {}: {} ended: {other:?}", self.id, c.peer),
         }

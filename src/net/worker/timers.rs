@@ -51,6 +51,8 @@ impl Worker {
             let untaken = c.phase == Phase::Draining
                 && sys::unacked_bytes(c.fd.as_raw_fd()).is_some_and(|n| n > 1);
             let phase = if untaken { Phase::Finishing } else { c.phase };
+            // Our Close still queued behind what the peer has not read: it could not answer.
+            let close_unsent = c.out.bytes() > 0;
             match phase {
                 Phase::Handshake { .. } => self.handshake_timed_out(index),
                 _ if slow_reader => self.arm_close_deadline(index),
@@ -59,6 +61,12 @@ impl Worker {
                     Ending::Timeout(
                         "no Close from the peer within 21 close timeouts (close_timeout_ms, \
                          extended 20 times as it read our bytes slowly)",
+                    ),
+                ),
+                Phase::Closing if close_unsent => self.end(
+                    index,
+                    Ending::Timeout(
+                        "the peer stopped reading before our Close reached it (close_timeout_ms)",
                     ),
                 ),
                 Phase::Closing => self.end(
