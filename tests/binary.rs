@@ -1539,29 +1539,12 @@ return app
         r#""noisy": { "request_target": "/noisy" }, "quiet": { "request_target": "/quiet" }"#,
     );
     // Connections that each send a message, in a loop: an error line each for noisy (the
-    // same line as quiet's), until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut s = raw_upgraded(addr, "/noisy");
-                std::io::Write::write_all(&mut s, &frame(true, 0, 0x1, b"fail", true)).unwrap();
-            }
-        })
+    // same line as quiet's).
+    let flood = |addr| {
+        let mut s = raw_upgraded(addr, "/noisy");
+        std::io::Write::write_all(&mut s, &frame(true, 0, 0x1, b"fail", true)).unwrap();
     };
-    // The flood is past the limit: its lines are being suppressed. The line that says so is
-    // the first of a second; once the rest of that second's lines are written, every other
-    // line of the second is suppressed (under one limit for both services, quiet's too).
-    binary::wait_line(&log, "similar lines suppressed");
-    for _ in 1..lapps::log::PER_SECOND {
-        binary::wait_line(&log, "[noisy#0] onMessage failed");
-    }
-    let mut ws = connect(addr, "/quiet");
-    ws.send(tungstenite::Message::text("fail")).unwrap();
-    let line = binary::wait_line(&log, "[quiet#0] onMessage failed");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    flood.join().unwrap();
+    let line = line_during_a_flood(addr, &log, flood, "[noisy#0] onMessage failed", "/quiet");
     assert!(
         line.contains("quiet fails once") && !line.contains("suppressed"),
         "{line}"
@@ -1587,30 +1570,50 @@ return app
         &[("mixed", mixed)],
         r#""mixed": { "request_target": "/mixed" }"#,
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let s = raw_upgraded(addr, "/mixed");
-                s.shutdown(std::net::Shutdown::Both).unwrap();
-            }
-        })
+    // Connections opened and closed in a loop: an onDisconnect error line each.
+    let flood = |addr| {
+        let s = raw_upgraded(addr, "/mixed");
+        s.shutdown(std::net::Shutdown::Both).unwrap();
     };
-    // As above: the rest of this second's onDisconnect lines are suppressed from here on.
-    binary::wait_line(&log, "similar lines suppressed");
-    for _ in 1..lapps::log::PER_SECOND {
-        binary::wait_line(&log, "[mixed#0] onDisconnect");
-    }
-    let mut ws = connect(addr, "/mixed");
-    ws.send(tungstenite::Message::text("fail")).unwrap();
-    let line = binary::wait_line(&log, "[mixed#0] onMessage failed");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    flood.join().unwrap();
+    let line = line_during_a_flood(addr, &log, flood, "[mixed#0] onDisconnect", "/mixed");
     assert!(
         line.contains("mixed fails once") && !line.contains("suppressed"),
         "{line}"
     );
+}
+
+/// Runs `flood` on a thread, over and over, until the lines containing `flooded` it causes
+/// are being suppressed for the rest of a second; then sends "fail" on a connection to `path`
+/// (whose app raises for it) and returns the line of that failure, once the flood has stopped.
+fn line_during_a_flood(
+    addr: std::net::SocketAddr,
+    log: &std::sync::mpsc::Receiver<String>,
+    flood: fn(std::net::SocketAddr),
+    flooded: &str,
+    path: &str,
+) -> String {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                flood(addr);
+            }
+        })
+    };
+    // The line that says lines are suppressed is the first of a second; once the rest of that
+    // second's lines are written, every other line of its limiter is suppressed this second.
+    binary::wait_line(log, "similar lines suppressed");
+    for _ in 1..lapps::log::PER_SECOND {
+        binary::wait_line(log, flooded);
+    }
+    let mut ws = connect(addr, path);
+    ws.send(tungstenite::Message::text("fail")).unwrap();
+    let service = path.trim_start_matches('/');
+    let line = binary::wait_line(log, &format!("[{service}#0] onMessage failed"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooding.join().unwrap();
+    line
 }
 
 /// `print` of a client's large message writes at most 8 KiB of it to the log, and says how
