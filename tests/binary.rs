@@ -1441,11 +1441,25 @@ return s
     child.wait_exit(Duration::from_secs(30));
 }
 
+/// A WebSocket client of `path` with a receive buffer of 4 KiB, for tests of a client that
+/// reads nothing: the server's bytes pile up on the server's side.
+fn connect_small_window(addr: std::net::SocketAddr, path: &str) -> Client {
+    use std::os::fd::AsRawFd;
+    let ws = connect(addr, path);
+    lapps::net::sys::setsockopt_int(
+        ws.get_ref().as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUF,
+        4096,
+    )
+    .unwrap();
+    ws
+}
+
 /// A close timeout that passes while our Close still waits behind bytes the peer has not read
 /// says so, not that the peer did not answer a Close it could not have seen (a re-trial).
 #[test]
 fn a_close_timeout_before_our_close_reached_the_peer_says_so() {
-    use std::os::fd::AsRawFd;
     let pusher = r#"local app = {}
 app.onMessage = function(h, op, msg)
   local chunk = string.rep("p", 1024 * 1024)
@@ -1461,14 +1475,7 @@ return app
         &[("pushclose", pusher)],
         r#""pushclose": { "request_target": "/pushclose" }"#,
     );
-    let mut s = connect(addr, "/pushclose");
-    lapps::net::sys::setsockopt_int(
-        s.get_ref().as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUF,
-        4096,
-    )
-    .unwrap();
+    let mut s = connect_small_window(addr, "/pushclose");
     // 16 MiB, then the Close: more than the kernels' buffers take, and none of it read.
     send(&mut s, "go");
     let line = binary::wait_line(&log, "before our Close reached it");
@@ -1482,7 +1489,6 @@ return app
 /// overran it (a trial's operator could not tell which feed it was).
 #[test]
 fn the_slow_consumer_line_names_the_handle_and_the_service() {
-    use std::os::fd::AsRawFd;
     let pusher = r#"local app = {}
 app.onMessage = function(h, op, msg)
   local chunk = string.rep("p", 64 * 1024)
@@ -1498,14 +1504,7 @@ return app
         &[("feed", pusher)],
         r#""feed": { "request_target": "/feed", "max_inbound_message_size": 1024 }"#,
     );
-    let mut s = connect(addr, "/feed");
-    lapps::net::sys::setsockopt_int(
-        s.get_ref().as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUF,
-        4096,
-    )
-    .unwrap();
+    let mut s = connect_small_window(addr, "/feed");
     // 16 MiB for a client that reads none of it: past what the kernel's buffers take, four
     // high-water marks and one message.
     send(&mut s, "go");
