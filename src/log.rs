@@ -398,12 +398,9 @@ macro_rules! service_log {
             $crate::log::write_limited($lvl, limiter, format_args!($($arg)*))
         }
     };
+    // `line!()` and `column!()` are those of the first macro invocation: the caller's.
     ($host:expr, $lvl:expr, $($arg:tt)*) => {
-        if $crate::log::enabled($lvl) {
-            let site = concat!(file!(), ":", line!(), ":", column!());
-            let limiter = $crate::log::limiter_of_service(&$host.service, site);
-            $crate::log::write_limited($lvl, limiter, format_args!($($arg)*))
-        }
+        $crate::service_log!(name: $host.service, $lvl, $($arg)*)
     };
 }
 

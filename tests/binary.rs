@@ -1441,6 +1441,20 @@ return s
     child.wait_exit(Duration::from_secs(30));
 }
 
+/// An app that answers any message with `times` binary messages of `kib` KiB, then keeps the
+/// connection open or, with `stays_open` false, closes it (returns false).
+fn pushing_app(kib: usize, times: usize, stays_open: bool) -> String {
+    format!(
+        "local app = {{}}\n\
+         app.onMessage = function(h, op, msg)\n\
+         \x20 local chunk = string.rep(\"p\", {kib} * 1024)\n\
+         \x20 for _ = 1, {times} do ws:send(h, 2, chunk) end\n\
+         \x20 return {stays_open}\n\
+         end\n\
+         return app\n"
+    )
+}
+
 /// A WebSocket client of `path` with a receive buffer of 4 KiB, for tests of a client that
 /// reads nothing: the server's bytes pile up on the server's side.
 fn connect_small_window(addr: std::net::SocketAddr, path: &str) -> Client {
@@ -1460,19 +1474,12 @@ fn connect_small_window(addr: std::net::SocketAddr, path: &str) -> Client {
 /// says so, not that the peer did not answer a Close it could not have seen (a re-trial).
 #[test]
 fn a_close_timeout_before_our_close_reached_the_peer_says_so() {
-    let pusher = r#"local app = {}
-app.onMessage = function(h, op, msg)
-  local chunk = string.rep("p", 1024 * 1024)
-  for _ = 1, 16 do ws:send(h, 2, chunk) end
-  return false
-end
-return app
-"#;
+    let pusher = pushing_app(1024, 16, false);
     let (_child, addr, log, _) = apps_binary(
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
              "close_timeout_ms": 500 }"#,
         "close-unsent",
-        &[("pushclose", pusher)],
+        &[("pushclose", &pusher)],
         r#""pushclose": { "request_target": "/pushclose" }"#,
     );
     let mut s = connect_small_window(addr, "/pushclose");
@@ -1489,19 +1496,12 @@ return app
 /// overran it (a trial's operator could not tell which feed it was).
 #[test]
 fn the_slow_consumer_line_names_the_handle_and_the_service() {
-    let pusher = r#"local app = {}
-app.onMessage = function(h, op, msg)
-  local chunk = string.rep("p", 64 * 1024)
-  for _ = 1, 256 do ws:send(h, 2, chunk) end
-  return true
-end
-return app
-"#;
+    let pusher = pushing_app(64, 256, true);
     let (_child, addr, log, _) = apps_binary(
         r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
              "outbound_high_water": 65536 }"#,
         "slow-consumer-line",
-        &[("feed", pusher)],
+        &[("feed", &pusher)],
         r#""feed": { "request_target": "/feed", "max_inbound_message_size": 1024 }"#,
     );
     let mut s = connect_small_window(addr, "/feed");

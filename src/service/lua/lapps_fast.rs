@@ -181,13 +181,7 @@ pub(crate) fn call_requests(
                         lapps.failed(host, conn, &method, c.is_request, &err.to_string())
                     }
                     None => {
-                        crate::service_log!(
-                            host,
-                            crate::log::Level::Error,
-                            "{} onMessage: {}",
-                            host.tag(),
-                            err
-                        );
+                        log_failed_run(host, &err);
                         Some(1011)
                     }
                 };
@@ -198,13 +192,7 @@ pub(crate) fn call_requests(
             }
             None => {
                 // Before any message (exec_raw's own pushes): the rest of the run fails.
-                crate::service_log!(
-                    host,
-                    crate::log::Level::Error,
-                    "{} onMessage: {}",
-                    host.tag(),
-                    err
-                );
+                log_failed_run(host, &err);
                 for e in &events[next..] {
                     if matches!(e.kind, Kind::Message(_))
                         && !host.closing.borrow().contains(&e.conn)
@@ -224,6 +212,17 @@ struct Calling {
     doc: Rc<lazy::Doc>,
     method_at: usize,
     is_request: bool,
+}
+
+/// The line of a run of requests whose `onMessage` call failed outside any one request.
+fn log_failed_run(host: &HostCtx, err: &mlua::Error) {
+    crate::service_log!(
+        host,
+        crate::log::Level::Error,
+        "{} onMessage: {}",
+        host.tag(),
+        err
+    );
 }
 
 /// The `ws:send_response` function: `fast_send_response` with the host, the general
