@@ -2546,6 +2546,11 @@ return app
         .unwrap();
     let mut ws = connect(addr, "/flood");
     assert_eq!(ask(&mut ws, &PRINTS.to_string()), "done");
+    // The log writer thread writes the prints after the reply may have left (a loaded CI
+    // machine saw 40 KiB of the 64 when it looked at once).
+    wait_for("the file at its limit", IO_TIMEOUT, || {
+        std::fs::metadata(&log_path).unwrap().len() >= LIMIT
+    });
     let full = std::fs::read(&log_path).unwrap();
     assert_eq!(full.len() as u64, LIMIT, "the file is at its limit");
     let stopped_mid_line = full.last() != Some(&b'\n');
