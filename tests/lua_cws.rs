@@ -563,6 +563,8 @@ fn drive(
         // SAFETY: one valid pollfd, exclusively borrowed for the call.
         unsafe { libc::poll(&mut pfd, 1, 100) };
         c.ready(pfd.revents, keys, &mut |ev| events.push(format!("{ev:?}")));
+        // No callbacks to wait for here: a violation behind messages fails at once.
+        c.settle(keys, &mut |ev| events.push(format!("{ev:?}")));
         c.tick(Instant::now(), keys, &mut |ev| {
             events.push(format!("{ev:?}"))
         });
@@ -2192,4 +2194,48 @@ end }}
     }
     reg.shutdown();
     app.shutdown();
+}
+
+#[test]
+fn what_a_callback_sends_for_a_message_before_a_violation_goes_before_our_close() {
+    // A message, then a frame with a reserved bit set, in one write (Autobahn case 3.2): the
+    // echo of the message must reach the server before the Close 1002 that the violation earns.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        let mut bytes = server_frame(1, b"hello");
+        bytes.extend([0xc1, 0x00]);
+        s.write_all(&bytes).unwrap();
+        (read_client_frame(&mut s), read_client_frame(&mut s))
+    });
+    let src = format!(
+        r#"URL = {}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  assert(cws:new(URL, {{
+    onmessage = function(h, m, op)
+      assert(mqr:post("cws.strict", "message " .. m))
+      assert(cws:send(h, m, op))
+    end,
+    onerror = function(_, e) assert(mqr:post("cws.strict", "onerror " .. e)) end,
+    onclose = function(_, code) assert(mqr:post("cws.strict", "onclose " .. code)) end,
+  }}))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#,
+        lua_str(&url)
+    );
+    let out = registry().open("cws.strict", 8);
+    let reg = Registry::start(vec![app_in(&scratch("strict"), "strict", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "message hello");
+    let error = next(&out);
+    assert!(error.starts_with("onerror "), "{error}");
+    assert_eq!(next(&out), "onclose 1002");
+    let (echo, close) = server.join().unwrap();
+    assert_eq!(echo, (1, true, b"hello".to_vec()), "the echo first");
+    assert_eq!(close, (8, true, vec![0x03, 0xea]), "then Close 1002");
+    reg.shutdown();
 }

@@ -159,6 +159,8 @@ pub fn run_one_client(seed: u64) -> Result<(), String> {
         // SAFETY: one valid pollfd, exclusively borrowed for the call.
         unsafe { libc::poll(&mut pfd, 1, 100) };
         c.ready(pfd.revents, &mut keys, &mut on);
+        // No callbacks to wait for here: a violation behind messages fails at once.
+        c.settle(&mut keys, &mut on);
         c.tick(std::time::Instant::now(), &mut keys, &mut on);
         if let Some((after, code)) = app_close {
             if app_closed.is_none() && c.is_open() && delivered.get() >= after {

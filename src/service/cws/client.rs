@@ -189,6 +189,11 @@ pub struct Client {
     assembly: Option<Arc<AssemblyBudget>>,
     /// The subprotocols the upgrade request offered: the answer may choose one of them.
     offered: Vec<String>,
+    /// A protocol violation read behind messages delivered in the same read: the connection
+    /// fails once their callbacks have run ([`Client::settle`]), so that what they send (an
+    /// echo, an answer) goes before our Close, as the server side does (RFC 6455 7.1.7 asks
+    /// that nothing *after* the violation be processed, not that what came before be lost).
+    violation: Option<(codec::ProtocolError, String)>,
 }
 
 impl Client {
@@ -296,7 +301,10 @@ impl Client {
             })
     }
 
-    /// Handles a readiness report from poll(2).
+    /// Handles a readiness report from poll(2). A protocol violation read behind messages
+    /// delivered to `sink` here fails the connection only at [`Client::settle`], which the
+    /// caller makes once it has acted on those messages (a call it must make after each
+    /// `ready`).
     pub fn ready(&mut self, revents: i16, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
         match self.phase {
             Phase::Flushing => return self.flushed_then_linger(),
@@ -334,6 +342,10 @@ impl Client {
         // Close (a server that closes with our bytes unread resets the connection right
         // after them, RFC 6455 7.1.5: the close code is the one received).
         self.process(keys, sink);
+        if self.violation.is_some() {
+            // It decides how the connection ends (`settle`); what came after it is not read.
+            return;
+        }
         if let Some(why) = broken {
             // A server that ends with our request unread resets the connection.
             let why = match self.unanswered_tls13() {
@@ -472,7 +484,11 @@ impl Client {
         if !matches!(self.phase, Phase::Open | Phase::Closing) {
             return;
         }
+        if self.violation.is_some() {
+            return;
+        }
         let deliver = matches!(self.phase, Phase::Open);
+        let mut delivered = false;
         let mut close: Option<Option<u16>> = None;
         let mut close_reason = Vec::new();
         let mut consumed = 0;
@@ -497,8 +513,14 @@ impl Client {
                     break Ok(());
                 }
                 let r = decoder.decode_within(rest, allowance, &mut |ev| match ev {
-                    codec::Event::Text(p) if deliver => sink(Event::Message(p, Opcode::Text)),
-                    codec::Event::Binary(p) if deliver => sink(Event::Message(p, Opcode::Binary)),
+                    codec::Event::Text(p) if deliver => {
+                        delivered = true;
+                        sink(Event::Message(p, Opcode::Text))
+                    }
+                    codec::Event::Binary(p) if deliver => {
+                        delivered = true;
+                        sink(Event::Message(p, Opcode::Binary))
+                    }
                     // A server that pings without reading would grow `out` without bound: beyond
                     // the backlog limit its pings go unanswered (RFC 6455 5.5.3 lets an
                     // endpoint answer only the latest). Our Close is the last frame we send
@@ -540,9 +562,9 @@ impl Client {
                     ),
                     None => e.reason.to_string(),
                 };
-                self.fail_protocol(e, why, keys, sink);
+                self.fail_protocol_after(delivered, e, why, keys, sink);
             }
-            Err(e) => self.fail_protocol(e, e.described(), keys, sink),
+            Err(e) => self.fail_protocol_after(delivered, e, e.described(), keys, sink),
             Ok(()) => {
                 if let Some(code) = close {
                     if !self.close_sent {
@@ -552,6 +574,35 @@ impl Client {
                     self.end_after_flush();
                     sink(Event::Closed(code.unwrap_or(1005), &close_reason));
                 }
+            }
+        }
+    }
+
+    /// As [`Client::fail_protocol`], but after the callbacks of the messages just `delivered`
+    /// (when there were some): the failure waits in `violation` for [`Client::settle`].
+    fn fail_protocol_after(
+        &mut self,
+        delivered: bool,
+        e: codec::ProtocolError,
+        why: String,
+        keys: &mut KeyPool,
+        sink: &mut dyn FnMut(Event<'_>),
+    ) {
+        if delivered {
+            self.violation = Some((e, why));
+        } else {
+            self.fail_protocol(e, why, keys, sink);
+        }
+    }
+
+    /// Fails the connection for a violation read behind messages, once the callbacks of those
+    /// messages have run (their sends are queued before our Close). Nothing when there is
+    /// none, or when the app closed the connection meanwhile (its Close went first; the
+    /// violation is read again, and reported, as the close handshake goes on).
+    pub fn settle(&mut self, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
+        if let Some((e, why)) = self.violation.take() {
+            if matches!(self.phase, Phase::Open) {
+                self.fail_protocol(e, why, keys, sink);
             }
         }
     }

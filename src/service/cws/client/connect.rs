@@ -162,6 +162,7 @@ impl Client {
             out: OutBuf::new(request),
             early: Vec::new(),
             decoder: Decoder::new(Role::Client, max_message_size),
+            violation: None,
             close_sent: false,
             close_notify_due: false,
             idle: None,

@@ -657,11 +657,21 @@ impl Cws {
         if ran > 0 {
             self.host.polling_point(lua);
         }
+        // A violation read behind messages fails its connection now that their callbacks have
+        // run (what they sent goes before our Close); its onerror and onclose come next round.
         // What the callbacks sent leaves now rather than after the next poll.
-        if let Ok(mut conns) = self.conns.try_borrow_mut() {
-            for e in conns.values_mut() {
+        if let (Ok(mut conns), Ok(mut keys)) =
+            (self.conns.try_borrow_mut(), self.keys.try_borrow_mut())
+        {
+            let mut raised = Vec::new();
+            for (id, e) in conns.iter_mut() {
+                let cb = &e.cb;
+                e.client.settle(&mut keys, &mut |ev| {
+                    raised.push((*id, Rc::clone(cb), owned(ev)))
+                });
                 let _ = e.client.flush();
             }
+            self.deferred.borrow_mut().extend(raised);
         }
         Ok(ran)
     }
@@ -699,6 +709,7 @@ impl Drop for Cws {
             for (pfd, e) in fds.iter().zip(conns.values_mut()) {
                 if pfd.revents != 0 {
                     e.client.ready(pfd.revents, keys, &mut ignore);
+                    e.client.settle(keys, &mut ignore);
                 }
                 e.client.tick(now, keys, &mut ignore);
             }
