@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests, the loom model of the MPMC queue, wss://
-# interop, the Autobahn TestSuite against the real server, the JS client's unit tests (node), the
-# LAppS protocol from Python and from headless Chromium. Installs what it needs (Autobahn, a Python
-# venv, chromium) itself.
+# interop, the Autobahn TestSuite against the real server and against its cws client, the JS
+# client's unit tests (node), the LAppS protocol from Python and from headless Chromium. Installs
+# what it needs (Autobahn, a Python venv, chromium) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -25,6 +25,9 @@ bash tests/interop/run.sh
 
 echo "== Autobahn TestSuite (ws:// and wss://)"
 bash tests/autobahn/run.sh
+
+echo "== Autobahn TestSuite's fuzzing server against the cws client (ws:// and wss://)"
+bash tests/autobahn/client.sh
 
 echo "== JS client unit tests (node --test)"
 if ! command -v node >/dev/null && [ "$(id -u)" -eq 0 ]; then

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Shared by tests/interop/lapps.sh, tests/interop/run.sh, tests/browser/run.sh and
-# tests/autobahn/run.sh (sourced, from the repository root):
+# Shared by tests/interop/lapps.sh, tests/interop/run.sh, tests/browser/run.sh,
+# tests/autobahn/run.sh and tests/autobahn/client.sh (sourced, from the repository root):
 # a Python venv with cbor2 + websockets, the port a server bound (from its log), and the real
 # `lapps` server on a temporary copy of etc/lapps with port 0. Callers set a trap that runs `cleanup`.
 
