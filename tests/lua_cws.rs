@@ -317,6 +317,7 @@ fn wss_round_trip_with_a_trusted_certificate_and_refusal_without_one() {
                 why.contains("invalid peer certificate") && why.contains("UnknownIssuer"),
                 "refused for another reason than the certificate: {why:?}"
             );
+            assert!(why.contains("give it as ca_file"), "no hint: {why:?}");
             "untrusted refused".to_string()
         } else if let Some(why) = line.strip_prefix("default refused: ") {
             assert!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::ClientConnection;
 
+use super::gate::{Gate, Ticket};
 use super::lookup::Lookup;
 use super::outbuf::OutBuf;
 use super::upgrade;
@@ -77,11 +78,14 @@ impl fmt::Debug for Event<'_> {
 /// What [`Client::unanswered_tls13`] suggests to the developer.
 const CLIENT_CERT_HINT: &str = ", perhaps because it wants a client certificate";
 
-/// Random bytes for masking keys and handshake nonces, fetched from the OS in blocks.
+/// What the connections of one instance share: random bytes for masking keys and handshake
+/// nonces, fetched from the OS in blocks, and the gate (`cws::gate`) that has them connect
+/// to one address one at a time.
 pub struct KeyPool {
     rng: SystemRandom,
     buf: [u8; 256],
     pos: usize,
+    gate: Rc<Gate>,
 }
 
 impl Default for KeyPool {
@@ -90,6 +94,7 @@ impl Default for KeyPool {
             rng: SystemRandom::new(),
             buf: [0; 256],
             pos: 256,
+            gate: Rc::default(),
         }
     }
 }
@@ -131,9 +136,22 @@ enum Phase {
         accept: String,
         rest: Vec<SocketAddr>,
         failed: Vec<String>,
+        ticket: Ticket,
+    },
+    /// Waiting for its turn to connect to the last address of `rest` (another connection of
+    /// the instance is connecting to it: [`Gate`]); `rest` and `failed` as in `Connecting`.
+    /// No socket yet, nothing polled, no deadline: the connect's time starts with its turn.
+    Queued {
+        accept: String,
+        rest: Vec<SocketAddr>,
+        failed: Vec<String>,
     },
     Upgrading {
         accept: String,
+        /// Held, never read: the address is free for the next connection once this phase
+        /// ends (open or failed).
+        #[expect(dead_code, reason = "held for its Drop")]
+        ticket: Ticket,
     },
     Open,
     Closing,
@@ -189,6 +207,8 @@ pub struct Client {
     assembly: Option<Arc<AssemblyBudget>>,
     /// The subprotocols the upgrade request offered: the answer may choose one of them.
     offered: Vec<String>,
+    /// The instance's: one connection at a time connects to an address.
+    gate: Rc<Gate>,
     /// A protocol violation read behind messages delivered in the same read: the connection
     /// fails once their callbacks have run ([`Client::settle`]), so that what they send (an
     /// echo, an answer) goes before our Close, as the server side does (RFC 6455 7.1.7 asks
@@ -216,6 +236,8 @@ impl Client {
     pub fn fd(&self) -> RawFd {
         match &self.phase {
             Phase::Resolving { lookup, .. } => lookup.fd(),
+            // No socket of its own yet: poll(2) skips a negative descriptor.
+            Phase::Queued { .. } => -1,
             _ => self.sock.as_raw_fd(),
         }
     }
@@ -242,7 +264,7 @@ impl Client {
     /// The poll(2) events this connection waits for.
     pub fn interest(&self) -> i16 {
         match self.phase {
-            Phase::Done => 0,
+            Phase::Done | Phase::Queued { .. } => 0,
             Phase::Resolving { .. } => libc::POLLIN,
             Phase::Connecting { .. } | Phase::Flushing => libc::POLLOUT,
             Phase::Lingering => libc::POLLIN,
@@ -271,9 +293,10 @@ impl Client {
     ) -> Result<(), &'static str> {
         let (queued, target) = match self.phase {
             Phase::Open => (self.out.len(), self.out.tail()),
-            Phase::Resolving { .. } | Phase::Connecting { .. } | Phase::Upgrading { .. } => {
-                (self.early.len(), &mut self.early)
-            }
+            Phase::Resolving { .. }
+            | Phase::Queued { .. }
+            | Phase::Connecting { .. }
+            | Phase::Upgrading { .. } => (self.early.len(), &mut self.early),
             Phase::Closing | Phase::Flushing | Phase::Lingering | Phase::Done => {
                 return Err("closed")
             }
@@ -311,6 +334,7 @@ impl Client {
             Phase::Lingering => return self.linger(),
             // The connect that may begin waits for its socket's own readiness.
             Phase::Resolving { .. } => return self.resolved(sink),
+            Phase::Queued { .. } => return,
             _ => {}
         }
         if let Phase::Connecting { .. } = self.phase {
@@ -319,9 +343,10 @@ impl Client {
             }
             match self.sock.take_error() {
                 Ok(None) => {
-                    if let Phase::Connecting { accept, .. } = &mut self.phase {
-                        let accept = std::mem::take(accept);
-                        self.phase = Phase::Upgrading { accept };
+                    if let Phase::Connecting { accept, ticket, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Done)
+                    {
+                        self.phase = Phase::Upgrading { accept, ticket };
                     }
                     self.deadline = Some(self.started + CONNECT_TIMEOUT);
                 }
@@ -464,7 +489,7 @@ impl Client {
 
     /// Upgrade answer, then frames.
     fn process(&mut self, keys: &mut KeyPool, sink: &mut dyn FnMut(Event<'_>)) {
-        if let Phase::Upgrading { accept } = &self.phase {
+        if let Phase::Upgrading { accept, .. } = &self.phase {
             match upgrade::check_response(&self.input, accept, &self.offered) {
                 Ok(None) => return,
                 Ok(Some(answer)) => {
@@ -625,7 +650,9 @@ impl Client {
 
     /// Writes what the socket takes now. Never waits.
     pub fn flush(&mut self) -> Result<(), String> {
-        if let Phase::Resolving { .. } | Phase::Connecting { .. } = self.phase {
+        if let Phase::Resolving { .. } | Phase::Queued { .. } | Phase::Connecting { .. } =
+            self.phase
+        {
             return Ok(());
         }
         match &mut self.tls {

@@ -9,6 +9,7 @@
 //! `service::lua::api::cws`.
 
 mod client;
+mod gate;
 mod lookup;
 mod outbuf;
 mod tls;

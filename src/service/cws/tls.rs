@@ -123,7 +123,8 @@ fn roots(path: &str) -> Result<RootCertStore, String> {
 /// certificate is a CA certificate, which rustls names only by webpki's variant
 /// (`CaUsedAsEndEntity`, reachable solely through its Debug text). A self-signed certificate
 /// made with `openssl req -x509` is one (a CA is its default), so this is what a first try
-/// with `ca_file` meets.
+/// with `ca_file` meets. A certificate no trusted CA signed (a private CA's, a self-signed
+/// one: the first try without `ca_file`) gets a hint at `ca_file` too.
 pub fn error_text(e: &rustls::Error) -> String {
     let text = e.to_string();
     if matches!(
@@ -136,6 +137,12 @@ pub fn error_text(e: &rustls::Error) -> String {
                 -x509` is a CA unless made with `-addext basicConstraints=critical,CA:FALSE`; \
                 see ca_file in docs/lua-api.md)"
             .to_string();
+    }
+    if let rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) = e {
+        return format!(
+            "tls: {text} (no certificate this client trusts signed the server's: for a private \
+             CA or a self-signed certificate, give it as ca_file; see docs/lua-api.md)"
+        );
     }
     format!("tls: {text}")
 }

@@ -25,7 +25,10 @@ impl Client {
                 let _ = self.flush();
                 Ok(())
             }
-            Phase::Resolving { .. } | Phase::Connecting { .. } | Phase::Upgrading { .. } => {
+            Phase::Resolving { .. }
+            | Phase::Queued { .. }
+            | Phase::Connecting { .. }
+            | Phase::Upgrading { .. } => {
                 self.phase = Phase::Done;
                 sink(Event::Closed(1006, b""));
                 Ok(())
@@ -62,7 +65,7 @@ impl Client {
             Phase::Flushing | Phase::Lingering | Phase::Done => return,
             // Nothing of ours has reached the server yet: a connect that completes later must
             // not send the upgrade (or TLS hello) of an attempt the app was told has failed.
-            Phase::Resolving { .. } | Phase::Connecting { .. } => {
+            Phase::Resolving { .. } | Phase::Queued { .. } | Phase::Connecting { .. } => {
                 self.out.clear();
                 self.phase = Phase::Done;
             }

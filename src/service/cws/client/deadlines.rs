@@ -38,7 +38,24 @@ impl Client {
                     self.fail(all, 1006, sink)
                 }
             }
-            Phase::Upgrading { .. } => self.fail("timeout while connecting".into(), 1006, sink),
+            Phase::Upgrading { .. } => {
+                // Connected: what is missing is the server's (or its application's) doing,
+                // not the network's.
+                let secs = CONNECT_TIMEOUT.as_secs();
+                let why = if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                    format!(
+                        "timeout: the TLS handshake with {} did not complete within {secs} s",
+                        self.addr
+                    )
+                } else {
+                    format!(
+                        "timeout: {} took the connection but did not answer the upgrade request \
+                         within {secs} s",
+                        self.addr
+                    )
+                };
+                self.fail(why, 1006, sink)
+            }
             // Our Close (or our reply to the server's) may wait behind an upload the server
             // reads slowly: while it keeps taking our bytes it is not gone, and the close
             // gets another period.
@@ -54,7 +71,7 @@ impl Client {
             // did not end its side.
             Phase::Flushing | Phase::Lingering => self.phase = Phase::Done,
             Phase::Open => self.idle_check(now, keys, sink),
-            Phase::Done => self.deadline = None,
+            Phase::Done | Phase::Queued { .. } => self.deadline = None,
         }
     }
 

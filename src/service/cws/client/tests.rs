@@ -251,3 +251,64 @@ fn an_address_is_connected_to_at_once() {
         Phase::Connecting { .. } | Phase::Upgrading { .. }
     ));
 }
+
+/// Two names for one address: the second connection waits (no socket polled, no deadline)
+/// while the first is connecting, and connects once the first has failed, here at its upgrade
+/// deadline, which names what is missing: the server's answer, not the network.
+#[test]
+fn names_for_one_address_connect_one_at_a_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let mut keys = KeyPool::default();
+    let open = |name: &str, keys: &mut KeyPool| {
+        let url = super::super::url::parse(&format!("ws://{name}:{port}/")).unwrap();
+        Client::connect_with(&url, None, keys, 1 << 20, &Offer::default(), local).unwrap()
+    };
+    let mut first = open("a.example", &mut keys);
+    let mut second = open("b.example", &mut keys);
+    for c in [&mut first, &mut second] {
+        let revents = wait_for(c, libc::POLLIN);
+        let got = events_of(|sink| c.ready(revents, &mut keys, sink));
+        assert!(got.is_empty(), "{got:?}");
+    }
+    assert!(matches!(
+        first.phase,
+        Phase::Connecting { .. } | Phase::Upgrading { .. }
+    ));
+    assert!(
+        matches!(second.phase, Phase::Queued { .. }),
+        "{:?}",
+        second.phase
+    );
+    assert_eq!(
+        (second.fd(), second.interest(), second.deadline()),
+        (-1, 0, None)
+    );
+    let got = events_of(|sink| second.dequeue(sink));
+    assert!(got.is_empty() && matches!(second.phase, Phase::Queued { .. }));
+    while matches!(first.phase, Phase::Connecting { .. }) {
+        let revents = wait_for(&first, libc::POLLOUT);
+        let got = events_of(|sink| first.ready(revents, &mut keys, sink));
+        assert!(got.is_empty(), "{got:?}");
+    }
+    let past = first.deadline().unwrap() + Duration::from_secs(1);
+    let got = events_of(|sink| first.tick(past, &mut keys, sink));
+    assert_eq!(
+        got,
+        [
+            format!(
+                "Error(\"timeout: {addr} took the connection but did not answer the upgrade \
+                 request within 10 s\")"
+            ),
+            "Closed(1006)".to_string()
+        ]
+    );
+    let got = events_of(|sink| second.dequeue(sink));
+    assert!(got.is_empty(), "{got:?}");
+    assert!(matches!(
+        second.phase,
+        Phase::Connecting { .. } | Phase::Upgrading { .. }
+    ));
+    assert_ne!(second.fd(), -1);
+}

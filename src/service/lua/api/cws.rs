@@ -531,6 +531,11 @@ impl Cws {
             let mut ids: Vec<u64> = Vec::with_capacity(conns.len());
             let mut next_deadline: Option<Instant> = None;
             for (id, e) in conns.iter_mut() {
+                // Its turn may have come as the callbacks of the last round closed another
+                // connection to its address (RFC 6455 4.1: one at a time in CONNECTING).
+                let cb = &e.cb;
+                e.client
+                    .dequeue(&mut |ev| events.push((*id, Rc::clone(cb), owned(ev))));
                 if let Err(why) = e.client.flush() {
                     crate::debug!("cws {id}: {why}");
                 }
@@ -571,6 +576,12 @@ impl Cws {
                     e.client.ready(pfd.revents, &mut keys, &mut sink);
                 }
                 e.client.tick(now, &mut keys, &mut sink);
+            }
+            // Those that opened or failed in this round leave their address to the next.
+            for (id, e) in conns.iter_mut() {
+                let cb = &e.cb;
+                e.client
+                    .dequeue(&mut |ev| events.push((*id, Rc::clone(cb), owned(ev))));
             }
             conns.retain(|_, e| !e.client.is_done());
         }

@@ -1,0 +1,134 @@
+//! cws connections of one instance: made to one address one at a time (RFC 6455 4.1, step 2:
+//! no more than one in the CONNECTING state).
+#[path = "common/mod.rs"]
+mod common;
+#[path = "common/lua_host.rs"]
+mod host;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use host::*;
+use lapps::service::lua::ServiceSpec;
+use lapps::service::mqr::{registry, Queue};
+use lapps::service::registry::Registry;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lapps-cwsc-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A standalone service `name` whose app file is `src`, with cws and mqr.
+fn app_in(dir: &Path, name: &str, src: &str) -> ServiceSpec {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    std::fs::write(dir.join(name).join(format!("{name}.lua")), src).unwrap();
+    let mut s = spec(dir, name);
+    s.standalone = true;
+    s.preload = vec!["cws".into(), "mqr".into()];
+    s
+}
+
+fn next(q: &Queue) -> String {
+    match q.receive(Duration::from_secs(20), &|| false) {
+        Ok(m) => String::from_utf8(m.into_vec()).unwrap(),
+        Err(w) => panic!("queue {}: nothing within 20 s ({w:?})", q.name()),
+    }
+}
+
+/// Reads the upgrade request on `s` and answers 101.
+fn answer_upgrade(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap()
+        .trim();
+    write!(
+        s,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        lapps::ws::handshake::accept_key(key)
+    )
+    .unwrap();
+}
+
+/// Whether a connection waits to be accepted on `listener` (its TCP handshake is done by the
+/// kernel as soon as the client connects: a connect made is in the accept queue).
+fn waiting(listener: &TcpListener) -> bool {
+    listener.set_nonblocking(true).unwrap();
+    let r = listener.accept();
+    listener.set_nonblocking(false).unwrap();
+    match r {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+/// An app that opens `n` connections to `url` at once, each with all four callbacks, posts
+/// "made N" to `queue`, then "open I" as each opens (I: the order of its cws:new).
+fn opener(url: &str, n: usize, queue: &str) -> String {
+    format!(
+        r#"local url, n, queue = {url:?}, {n}, {queue:?}
+local p = {{}}
+p.init = function() end
+p.run = function()
+  local order = {{}}
+  for i = 1, n do
+    local h = assert(cws:new(url, {{
+      onopen = function(h) assert(mqr:post(queue, "open " .. order[h])) end,
+      onmessage = function() end,
+      onerror = function(h, e) assert(mqr:post(queue, "onerror " .. order[h] .. " " .. e)) end,
+      onclose = function() end,
+    }}))
+    order[h] = i
+  end
+  assert(mqr:post(queue, "made " .. cws:count()))
+  while not must_stop() do cws:eventLoop(0.05) end
+end
+return p
+"#
+    )
+}
+
+#[test]
+fn connections_to_one_address_connect_one_at_a_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let out = registry().open("cwsc.serial", 16);
+    let src = opener(&url, 3, "cwsc.serial");
+    let reg = Registry::start(vec![app_in(&scratch("serial"), "serial", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "made 3");
+    // The first is connecting (its upgrade unanswered): the others have not connected at all.
+    let (mut first, _) = listener.accept().unwrap();
+    assert!(
+        !waiting(&listener),
+        "a second connect while the first is CONNECTING"
+    );
+    answer_upgrade(&mut first);
+    assert_eq!(next(&out), "open 1");
+    // Its turn came: the second connects, the third still waits.
+    let (second, _) = listener.accept().unwrap();
+    assert!(
+        !waiting(&listener),
+        "a third connect while the second is CONNECTING"
+    );
+    // One that fails frees the address as one that opens does.
+    second.shutdown(std::net::Shutdown::Both).unwrap();
+    let error = next(&out);
+    assert!(error.starts_with("onerror 2 "), "{error}");
+    let (mut third, _) = listener.accept().unwrap();
+    answer_upgrade(&mut third);
+    assert_eq!(next(&out), "open 3");
+    reg.shutdown();
+}
