@@ -1,5 +1,6 @@
 //! cws connections of one instance: made to one address one at a time (RFC 6455 4.1, step 2:
-//! no more than one in the CONNECTING state).
+//! no more than one in the CONNECTING state), and thousands of them held at once, each with
+//! its callbacks, without running mlua's reference stack out.
 #[path = "common/mod.rs"]
 mod common;
 #[path = "common/lua_host.rs"]
@@ -130,5 +131,23 @@ fn connections_to_one_address_connect_one_at_a_time() {
     let (mut third, _) = listener.accept().unwrap();
     answer_upgrade(&mut third);
     assert_eq!(next(&out), "open 3");
+    reg.shutdown();
+}
+
+#[test]
+fn thousands_of_connections_with_their_callbacks_are_held_without_running_out_of_references() {
+    // 4 callbacks on each of 2,500 connections: 10,000 functions, more than the ~8,000 slots
+    // of mlua's reference stack, which held them before (and aborted the server once full).
+    common::raise_nofile();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let out = registry().open("cwsc.many", 16);
+    let src = opener(&url, 2500, "cwsc.many");
+    let reg = Registry::start(vec![app_in(&scratch("many"), "many", &src)], hub(1)).unwrap();
+    assert_eq!(next(&out), "made 2500");
+    // And their callbacks still run: the first opens.
+    let (mut first, _) = listener.accept().unwrap();
+    answer_upgrade(&mut first);
+    assert_eq!(next(&out), "open 1");
     reg.shutdown();
 }

@@ -2240,3 +2240,38 @@ return p
     assert_eq!(close, (8, true, vec![0x03, 0xea]), "then Close 1002");
     reg.shutdown();
 }
+
+#[test]
+fn messages_the_app_keeps_nothing_of_are_not_dropped_for_the_garbage_of_the_ones_before() {
+    // Ten messages of 1.8 MiB into a state of 4 MiB whose app keeps none of them, one at a
+    // time (each acknowledged before the next is sent): the garbage of the ones before, which
+    // the incremental collector has not reached, is collected when the room for the next is
+    // refused, rather than that message being dropped (1011). The app stops the incremental
+    // collector, so that it reaches none (as it may not, with large messages, in time).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut s = accept_upgrade(&listener);
+        for i in 0..10 {
+            // Each unlike the others: LuaJIT interns strings, equal ones are one object.
+            s.write_all(&server_frame(2, &vec![i; 1800 << 10])).unwrap();
+            assert_eq!(read_client_frame(&mut s), (1, true, b"ack".to_vec()));
+        }
+        s.write_all(&server_frame(8, &[0x03, 0xe8])).unwrap();
+        read_client_frame(&mut s)
+    });
+    let (reg, out) = reporting_client_with(
+        &scratch("garbage"),
+        "garbage",
+        &url,
+        "cws.garbage",
+        "onopen = function() collectgarbage('stop') end, onmessage = function(h, m) \
+         assert(mqr:post(REPORT, 'message ' .. #m)); assert(cws:send(h, 'ack')) end,",
+    );
+    for _ in 0..10 {
+        assert_eq!(next(&out), format!("message {}", 1800 << 10));
+    }
+    assert_eq!(next(&out), "onclose 1000");
+    assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xe8]));
+    reg.shutdown();
+}

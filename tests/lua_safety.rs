@@ -120,6 +120,33 @@ fn after_a_callback_fails_near_the_memory_limit_its_garbage_is_collected() {
 }
 
 #[test]
+fn a_message_is_not_refused_for_garbage_a_collection_would_free() {
+    // Ten messages of 1.8 MiB, each unlike the others (LuaJIT interns equal strings), into a
+    // 4 MiB state whose app keeps none of them and has stopped the incremental collector (as
+    // it may not reach large strings in time): when the push of a message is refused, a full
+    // collection frees the ones before and the push is made again, rather than the message
+    // failing its connection with 1011.
+    let apps = AppsDir::new(
+        "garbage",
+        &[(
+            "garbage",
+            b"collectgarbage('stop')
+local m = {}
+m.onMessage = function(h, op, msg) ws:send(h, 1, 'got ' .. #msg) return true end
+return m
+",
+        )],
+    );
+    let app = apps.start(r#"{ "garbage": { "instances": 1, "memory_limit": 4194304 } }"#);
+    let mut ws = connect(app.addr, "/garbage");
+    let size = 1800 << 10;
+    for i in 0..10 {
+        let message = format!("{i}{}", "x".repeat(size - 1));
+        assert_eq!(ask(&mut ws, &message), format!("got {size}"), "message {i}");
+    }
+}
+
+#[test]
 fn coroutines_keep_their_behaviour_under_the_stack_guard() {
     // coroutine.resume and coroutine.wrap are the sandbox's (they check the thread's stack
     // first): values in and out, yields, and error values (tables) pass unchanged.

@@ -74,11 +74,23 @@ pub(crate) fn ran_out_of_memory(status: std::ffi::c_int, error: &str) -> bool {
 /// Lua's message for an allocation refused.
 const NO_MEMORY: &str = "not enough memory";
 
+/// Two full cycles after an allocation from Rust (a message made a Lua string) was refused:
+/// what garbage there is goes before the allocation is tried once more.
+pub(crate) fn after_refused_allocation(lua: &mlua::Lua) {
+    let _ = lua.gc_collect();
+    let _ = lua.gc_collect();
+    collected(lua.used_memory());
+}
+
+/// Whether `err`, of a call made through mlua, is the state running out of memory.
+pub(crate) fn is_out_of_memory(err: &mlua::Error) -> bool {
+    matches!(err, mlua::Error::MemoryError(_))
+        || super::error_values::text(err).starts_with(NO_MEMORY)
+}
+
 /// [`after_failed_call`] for a callback made through mlua, which failed with `err`.
 pub(crate) fn after_failed_callback(lua: &mlua::Lua, err: &mlua::Error) {
-    let out_of_memory = matches!(err, mlua::Error::MemoryError(_))
-        || super::error_values::text(err).starts_with(NO_MEMORY);
-    if out_of_memory || worth_collecting(lua.used_memory()) {
+    if is_out_of_memory(err) || worth_collecting(lua.used_memory()) {
         let _ = lua.gc_collect();
         let _ = lua.gc_collect();
         collected(lua.used_memory());

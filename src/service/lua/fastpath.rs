@@ -45,9 +45,12 @@ pub(crate) enum Failed {
 /// whose call already failed in this run. Returns the calls that did not return `true`, in
 /// order. `traceback` is [`traceback_function`].
 ///
-/// A push that runs out of memory (a message that does not fit the state's `memory_limit`
-/// beside what it holds) fails that message's connection only, as an error in its
-/// `onMessage` would: the run goes on after it.
+/// A push that runs out of memory is made once more after the full collection that follows
+/// (LuaJIT has no emergency collection: the garbage of the messages before, which the
+/// incremental collector may not have reached, would otherwise cost this one). Refused again
+/// (a message that does not fit the state's `memory_limit` beside what it holds), it fails
+/// that message's connection only, as an error in its `onMessage` would: the run goes on
+/// after it.
 pub(crate) fn call_messages(
     lua: &Lua,
     host: &HostCtx,
@@ -59,6 +62,8 @@ pub(crate) fn call_messages(
 ) -> Vec<Failed> {
     let mut failed = Vec::new();
     let mut next = 0;
+    // The event whose push was refused once already.
+    let mut retried = None;
     while next < events.len() {
         // The event whose pushes and call are under way, for a push that raises.
         let current: Cell<Option<usize>> = Cell::new(None);
@@ -119,6 +124,10 @@ pub(crate) fn call_messages(
         super::collect::after_failed_callback(lua, &err);
         let error = err.to_string();
         match current.get() {
+            Some(i) if retried != Some(i) && super::collect::is_out_of_memory(&err) => {
+                retried = Some(i);
+                next = i;
+            }
             Some(i) => {
                 failed.push(Failed::Raised {
                     conn: events[i].conn,

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{Function, Lua, Table, Value};
+use mlua::{Function, Lua, RegistryKey, Table, Value};
 use rustls::ClientConfig;
 
 use super::ws::{close_code_arg, valid_client_close_code};
@@ -47,12 +47,16 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// handshake (our 1001 "going away", the server's Close) before they are dropped.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
 
+/// A connection's callbacks, kept in the Lua registry: a `Function` held from Rust takes one
+/// of the ~8,000 slots of mlua's reference stack, which 4 callbacks on each of 2,000
+/// connections ran out of (mlua then panics, and a panic aborts the server). The registry
+/// has no such bound; a callback is a `Function` only while it runs.
 #[derive(Default)]
 struct Callbacks {
-    onopen: Option<Function>,
-    onmessage: Option<Function>,
-    onerror: Option<Function>,
-    onclose: Option<Function>,
+    onopen: Option<RegistryKey>,
+    onmessage: Option<RegistryKey>,
+    onerror: Option<RegistryKey>,
+    onclose: Option<RegistryKey>,
 }
 
 struct Entry {
@@ -277,10 +281,10 @@ fn headers_option(opts: &Table) -> mlua::Result<Result<Vec<(String, String)>, St
     Ok(Ok(fields))
 }
 
-fn callback(opts: &Table, name: &str) -> mlua::Result<Option<Function>> {
+fn callback(lua: &Lua, opts: &Table, name: &str) -> mlua::Result<Option<RegistryKey>> {
     match opts.get::<Value>(name)? {
         Value::Nil => Ok(None),
-        Value::Function(f) => Ok(Some(f)),
+        Value::Function(f) => lua.create_registry_value(f).map(Some),
         other => Err(mlua::Error::runtime(format!(
             "cws:new: {name} must be a function, got {}",
             lapps_lua::lua_type(&other)
@@ -346,10 +350,10 @@ impl Cws {
         let mut offer = Offer::default();
         if let Some(o) = &opts {
             check_option_names(o)?;
-            cb.onopen = callback(o, "onopen")?;
-            cb.onmessage = callback(o, "onmessage")?;
-            cb.onerror = callback(o, "onerror")?;
-            cb.onclose = callback(o, "onclose")?;
+            cb.onopen = callback(lua, o, "onopen")?;
+            cb.onmessage = callback(lua, o, "onmessage")?;
+            cb.onerror = callback(lua, o, "onerror")?;
+            cb.onclose = callback(lua, o, "onclose")?;
             tls.ca_file = string_option(o, "ca_file")?;
             // Only a real boolean turns verification off: Lua's truth would read
             // `insecure = "false"` or `insecure = 0` as true.
@@ -605,13 +609,25 @@ impl Cws {
                 _ => {}
             }
             let ev = match ev {
-                Ev::Message(bytes, op) => match lua.create_string(&bytes) {
+                Ev::Message(bytes, op) => match make_string(lua, &bytes) {
                     Ok(s) => Delivered::Message(s, op),
                     Err(err) => {
                         // As a memory error in a network service's callback: the connection
                         // fails with 1011; nothing more of it is delivered but its onerror
                         // and onclose, next.
-                        let why = format!("message dropped: {err}");
+                        let why = format!(
+                            "message dropped: no room for a message of {} bytes in the state \
+                             (memory_limit {} bytes, {} in use after a full collection): {err}",
+                            bytes.len(),
+                            crate::lapps_proto::tree_budget::limit(),
+                            lua.used_memory()
+                        );
+                        crate::service_log!(
+                            self.host,
+                            crate::log::Level::Warn,
+                            "{} cws connection {id}: {why}; failing it with 1011",
+                            self.host.tag()
+                        );
                         let mut raised = self.abort(id, why.clone());
                         if raised.is_empty() {
                             // Ending already (its Close came in the same read): its onclose
@@ -636,18 +652,22 @@ impl Cws {
             self.host.polling_point(lua);
             let h = Value::Number(id as f64);
             let (name, f, r) = match ev {
-                Delivered::Open(p) => ("onopen", &cb.onopen, call(&cb.onopen, (h, p))),
+                Delivered::Open(p) => ("onopen", &cb.onopen, call(lua, &cb.onopen, (h, p))),
                 Delivered::Message(s, op) => (
                     "onmessage",
                     &cb.onmessage,
-                    call(&cb.onmessage, (h, s, op as u8)),
+                    call(lua, &cb.onmessage, (h, s, op as u8)),
                 ),
-                Delivered::Error(s) => ("onerror", &cb.onerror, call(&cb.onerror, (h, s))),
+                Delivered::Error(s) => ("onerror", &cb.onerror, call(lua, &cb.onerror, (h, s))),
                 Delivered::Closed(c, reason) => {
                     // At most 123 bytes (RFC 6455 5.5): a string the state cannot make is
                     // left out rather than the onclose every connection is owed.
                     let reason = lua.create_string(&reason).ok();
-                    ("onclose", &cb.onclose, call(&cb.onclose, (h, c, reason)))
+                    (
+                        "onclose",
+                        &cb.onclose,
+                        call(lua, &cb.onclose, (h, c, reason)),
+                    )
                 }
             };
             if f.is_some() {
@@ -748,9 +768,19 @@ enum Delivered {
     Closed(u16, Vec<u8>),
 }
 
-fn call(f: &Option<Function>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()> {
+/// A message as a Lua string; when the state refuses the room, once more after a full
+/// collection (LuaJIT has no emergency collection: the garbage of the messages before, which
+/// the incremental collector had not reached yet, would otherwise cost this one).
+fn make_string(lua: &Lua, bytes: &[u8]) -> mlua::Result<mlua::String> {
+    lua.create_string(bytes).or_else(|_| {
+        crate::service::lua::collect::after_refused_allocation(lua);
+        lua.create_string(bytes)
+    })
+}
+
+fn call(lua: &Lua, f: &Option<RegistryKey>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()> {
     match f {
-        Some(f) => f.call::<()>(args),
+        Some(k) => lua.registry_value::<Function>(k)?.call::<()>(args),
         None => Ok(()),
     }
 }
