@@ -1,6 +1,7 @@
 //! cws connections of one instance: made to one address one at a time (RFC 6455 4.1, step 2:
-//! no more than one in the CONNECTING state), and thousands of them held at once, each with
-//! its callbacks, without running mlua's reference stack out.
+//! no more than one in the CONNECTING state), thousands of them held at once, each with its
+//! callbacks, without running mlua's reference stack out (and counted in the status report),
+//! and made again by the docs' reconnect example.
 #[path = "common/mod.rs"]
 mod common;
 #[path = "common/lua_host.rs"]
@@ -131,6 +132,16 @@ fn connections_to_one_address_connect_one_at_a_time() {
     let (mut third, _) = listener.accept().unwrap();
     answer_upgrade(&mut third);
     assert_eq!(next(&out), "open 3");
+    // The failed one is gone from the count once dropped (within its round).
+    let mut status = reg.status().join("\n");
+    for _ in 0..200 {
+        if status.contains("; 2 cws connection(s)") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        status = reg.status().join("\n");
+    }
+    assert!(status.contains("; 2 cws connection(s)"), "{status}");
     reg.shutdown();
 }
 
@@ -145,9 +156,69 @@ fn thousands_of_connections_with_their_callbacks_are_held_without_running_out_of
     let src = opener(&url, 2500, "cwsc.many");
     let reg = Registry::start(vec![app_in(&scratch("many"), "many", &src)], hub(1)).unwrap();
     assert_eq!(next(&out), "made 2500");
+    // The status report places their descriptors.
+    let status = reg.status().join("\n");
+    assert!(
+        status.contains("service many: 1 instance(s), standalone; 2500 cws connection(s)"),
+        "{status}"
+    );
     // And their callbacks still run: the first opens.
     let (mut first, _) = listener.accept().unwrap();
     answer_upgrade(&mut first);
     assert_eq!(next(&out), "open 1");
+    reg.shutdown();
+}
+
+/// The next connection on `listener`, waited for at most 20 s.
+fn accept_within(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                listener.set_nonblocking(false).unwrap();
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no connection in 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// The reconnect example of docs/lua-api.md, run as written (its URL made this test's): a
+/// server that closes is connected to again, each time.
+#[test]
+fn the_reconnect_example_of_the_docs_reconnects() {
+    let doc = std::fs::read_to_string(root().join("docs/lua-api.md")).unwrap();
+    let from = doc
+        .find("backing off from\n0.5 s to 30 s")
+        .expect("the example's lead-in");
+    let code = &doc[from..];
+    let code = &code[code.find("```lua\n").unwrap() + 7..];
+    let code = &code[..code.find("```").unwrap()];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let src = code.replace("wss://feed.example.org/stream", &url);
+    assert_ne!(src, code, "the example's URL");
+    let mut spec = app_in(&scratch("reconnect"), "reconnect", &src);
+    spec.preload = vec!["cws".into(), "time".into()];
+    let reg = Registry::start(vec![spec], hub(1)).unwrap();
+    for round in 0..3 {
+        let mut s = accept_within(&listener);
+        answer_upgrade(&mut s);
+        // Close 1000, then the end of TCP once the client's Close reply has come.
+        s.write_all(&[0x88, 0x02, 0x03, 0xe8]).unwrap();
+        let mut reply = [0u8; 8];
+        s.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(reply[0], 0x88, "round {round}: the client's Close");
+    }
     reg.shutdown();
 }

@@ -1411,7 +1411,11 @@ fn event_loop_in_a_network_service_answers_at_once_instead_of_waiting() {
 app.onMessage = function(handler, opcode, message)
   -- 100 s would stall every connection of the instance.
   local n, err = cws:eventLoop(100)
-  ws:send(handler, 1, tostring(n) .. " " .. tostring(err))
+  -- No handler can be one of ours here: send and close say why, as new does.
+  local s, serr = cws:send(1, "x")
+  local c, cerr = cws:close(1)
+  ws:send(handler, 1, table.concat({tostring(n), tostring(err), tostring(s), tostring(serr),
+    tostring(c), tostring(cerr)}, "|"))
   return true
 end
 return app
@@ -1426,9 +1430,10 @@ return app
         ),
     );
     let mut ws = common::connect(app.addr, "/cws_net");
+    let why = "not in a network service (it would block its connections)";
     assert_eq!(
         common::ask(&mut ws, "go"),
-        "nil not in a network service (it would block its connections)"
+        format!("nil|{why}|nil|{why}|nil|{why}")
     );
 }
 
@@ -2273,5 +2278,24 @@ fn messages_the_app_keeps_nothing_of_are_not_dropped_for_the_garbage_of_the_ones
     }
     assert_eq!(next(&out), "onclose 1000");
     assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xe8]));
+    reg.shutdown();
+}
+
+#[test]
+fn a_message_past_max_message_size_fails_with_1009_naming_the_limit() {
+    let (url, server) = scripted_server(server_frame(2, &[1u8; 2000]));
+    let (reg, out) = reporting_client_with(
+        &scratch("too-large"),
+        "too_large",
+        &url,
+        "cws.toolarge",
+        "max_message_size = 1000,",
+    );
+    assert_eq!(
+        next(&out),
+        "onerror message larger than max_message_size (1000 bytes)"
+    );
+    assert_eq!(next(&out), "onclose 1009");
+    assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xf1]));
     reg.shutdown();
 }

@@ -194,6 +194,11 @@ impl Decoder {
         self.assembling != Assembling::None
     }
 
+    /// The bound of a whole message it was made with.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
     /// Heap the decoder holds (its message buffer's capacity), for memory accounting.
     pub fn held(&self) -> usize {
         self.message.capacity()

@@ -20,7 +20,7 @@ end
 
 benchmark.run = function()
   local payload = string.rep("x", benchmark.size)
-  local open, received = 0, 0
+  local open, received, going_away = 0, 0, 0
   local handlers = {}
   local callbacks = {
     onopen = function(handler)
@@ -33,7 +33,8 @@ benchmark.run = function()
     onmessage = function(handler, message, opcode)
       received = received + 1
       local ok, err = cws:send(handler, message, opcode)
-      if not ok then
+      -- "closed": the server's Close came in the same read (its onclose is next).
+      if not ok and err ~= "closed" then
         print("benchmark: send on " .. handler .. " failed: " .. err)
       end
     end,
@@ -44,7 +45,11 @@ benchmark.run = function()
       if handlers[handler] == "open" then
         open = open - 1
       end
-      if not must_stop() then
+      if code == 1001 then
+        -- The server is going away (stopping, or this benchmark's own server stopping
+        -- before this service): one line for all of them, below.
+        going_away = going_away + 1
+      elseif not must_stop() then
         -- E.g. 1009: BENCHMARK_SIZE is past the service's max_inbound_message_size.
         print("benchmark: connection " .. handler .. " closed (" .. tostring(code) .. ")")
       end
@@ -74,6 +79,10 @@ benchmark.run = function()
     if now - last >= 1000 then
       local rate = received * 1000 / (now - last)
       print(string.format("benchmark: %d connection(s) open, %.0f messages/s", open, rate))
+      if going_away > 0 then
+        print("benchmark: " .. going_away .. " connection(s) closed by the server going away (1001)")
+        going_away = 0
+      end
       if report then
         report:post(conf.report_queue, string.format("%.0f", rate))
       end

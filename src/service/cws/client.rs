@@ -589,6 +589,11 @@ impl Client {
                 };
                 self.fail_protocol_after(delivered, e, why, keys, sink);
             }
+            Err(e) if e == codec::TOO_LARGE => {
+                // The option to raise, with its value.
+                let why = format!("{} ({} bytes)", e.reason, self.decoder.max_message_size());
+                self.fail_protocol_after(delivered, e, why, keys, sink)
+            }
             Err(e) => self.fail_protocol_after(delivered, e, e.described(), keys, sink),
             Ok(()) => {
                 if let Some(code) = close {

@@ -398,8 +398,10 @@ impl LuaService {
         if spec.standalone {
             let failing = self.run_state.summary();
             let failing = failing.map(|f| format!("; {f}")).unwrap_or_default();
+            let cws = self.run_state.cws_summary();
+            let cws = cws.map(|c| format!("; {c}")).unwrap_or_default();
             return format!(
-                "service {name}: {} instance(s), standalone{failing}{memory}",
+                "service {name}: {} instance(s), standalone{failing}{cws}{memory}",
                 spec.instances
             );
         }

@@ -2,12 +2,13 @@
 //! stop's warning: its failures in a row (a service whose `run()` failed in a loop looked
 //! healthy in the report: a trial's receiver logged one error per back-off while its status
 //! line said only "standalone"), and whether it has returned (an instance that does not stop
-//! in time is held by its `run()` or by its `onShutdown`).
+//! in time is held by its `run()` or by its `onShutdown`), and the `cws` connections its
+//! instances hold (each one a descriptor, which the report's total alone did not place).
 //!
-//! Owns three atomics per instance, written by the instance's thread and read by the report.
-//! No lock.
+//! Owns three atomics per instance, written by the instance's thread and read by the report,
+//! and one count for the service. No lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub(crate) const WORKING_AFTER: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(crate) struct RunState {
     per_instance: Box<[Instance]>,
+    /// `cws` connections of all its instances, from `cws:new` until each is dropped.
+    cws: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +43,25 @@ impl RunState {
     pub fn new(instances: usize) -> RunState {
         RunState {
             per_instance: (0..instances).map(|_| Instance::default()).collect(),
+            cws: AtomicUsize::new(0),
+        }
+    }
+
+    /// A `cws` connection was made.
+    pub fn cws_made(&self) {
+        self.cws.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `cws` connection was dropped (its socket closed).
+    pub fn cws_dropped(&self) {
+        self.cws.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The report's words for the `cws` connections held, or None without any.
+    pub fn cws_summary(&self) -> Option<String> {
+        match self.cws.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(format!("{n} cws connection(s)")),
         }
     }
 

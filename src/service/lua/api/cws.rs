@@ -62,6 +62,23 @@ struct Callbacks {
 struct Entry {
     client: Client,
     cb: Rc<Callbacks>,
+    _counted: Counted,
+}
+
+/// Counts a connection in the service's status line while it exists.
+struct Counted(Arc<crate::service::lua::run_state::RunState>);
+
+impl Counted {
+    fn new(run_state: &Arc<crate::service::lua::run_state::RunState>) -> Counted {
+        run_state.cws_made();
+        Counted(Arc::clone(run_state))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.cws_dropped();
+    }
 }
 
 enum Ev {
@@ -412,6 +429,7 @@ impl Cws {
             Entry {
                 client,
                 cb: Rc::new(cb),
+                _counted: Counted::new(&self.host.run_state),
             },
         );
         Ok(Ret(Value::Number(id as f64), None))
@@ -846,12 +864,24 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
     let c = Rc::clone(&cws);
     t.set(
         "send",
-        lua.create_function(move |_, a: mlua::MultiValue| c.send(skip_self(a)))?,
+        lua.create_function(move |_, a: mlua::MultiValue| {
+            if !c.host.may_block() {
+                // As cws:new says there: a handler here is never one of ours ("closed" would
+                // send the app looking for a connection that closed).
+                return fail(crate::service::lua::host::NOT_IN_NETWORK);
+            }
+            c.send(skip_self(a))
+        })?,
     )?;
     let c = Rc::clone(&cws);
     t.set(
         "close",
-        lua.create_function(move |_, a: mlua::MultiValue| c.close(skip_self(a)))?,
+        lua.create_function(move |_, a: mlua::MultiValue| {
+            if !c.host.may_block() {
+                return fail(crate::service::lua::host::NOT_IN_NETWORK);
+            }
+            c.close(skip_self(a))
+        })?,
     )?;
     let c = Rc::clone(&cws);
     t.set(
