@@ -9,59 +9,25 @@ mod host;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use host::*;
+use host::{hub, next_text as next, root, write_app};
 use lapps::service::lua::ServiceSpec;
-use lapps::service::mqr::{registry, Queue};
+use lapps::service::mqr::registry;
 use lapps::service::registry::Registry;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lapps-cwsc-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A standalone service `name` whose app file is `src`, with cws and mqr.
-fn app_in(dir: &Path, name: &str, src: &str) -> ServiceSpec {
-    std::fs::create_dir_all(dir.join(name)).unwrap();
-    std::fs::write(dir.join(name).join(format!("{name}.lua")), src).unwrap();
-    let mut s = spec(dir, name);
+fn app_in(name: &str, src: &str) -> ServiceSpec {
+    let mut s = write_app(&host::scratch("cwsc", name), name, src);
     s.standalone = true;
     s.preload = vec!["cws".into(), "mqr".into()];
     s
 }
 
-fn next(q: &Queue) -> String {
-    match q.receive(Duration::from_secs(20), &|| false) {
-        Ok(m) => String::from_utf8(m.into_vec()).unwrap(),
-        Err(w) => panic!("queue {}: nothing within 20 s ({w:?})", q.name()),
-    }
-}
-
-/// Reads the upgrade request on `s` and answers 101.
+/// Reads the upgrade request on `s` (10 s guard) and answers 101.
 fn answer_upgrade(s: &mut TcpStream) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let key = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-        .unwrap()
-        .trim();
-    write!(
-        s,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        lapps::ws::handshake::accept_key(key)
-    )
-    .unwrap();
+    host::answer_upgrade(s);
 }
 
 /// Whether a connection waits to be accepted on `listener` (its TCP handshake is done by the
@@ -109,7 +75,7 @@ fn connections_to_one_address_connect_one_at_a_time() {
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let out = registry().open("cwsc.serial", 16);
     let src = opener(&url, 3, "cwsc.serial");
-    let reg = Registry::start(vec![app_in(&scratch("serial"), "serial", &src)], hub(1)).unwrap();
+    let reg = Registry::start(vec![app_in("serial", &src)], hub(1)).unwrap();
     assert_eq!(next(&out), "made 3");
     // The first is connecting (its upgrade unanswered): the others have not connected at all.
     let (mut first, _) = listener.accept().unwrap();
@@ -154,7 +120,7 @@ fn thousands_of_connections_with_their_callbacks_are_held_without_running_out_of
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let out = registry().open("cwsc.many", 16);
     let src = opener(&url, 2500, "cwsc.many");
-    let reg = Registry::start(vec![app_in(&scratch("many"), "many", &src)], hub(1)).unwrap();
+    let reg = Registry::start(vec![app_in("many", &src)], hub(1)).unwrap();
     assert_eq!(next(&out), "made 2500");
     // The status report places their descriptors.
     let status = reg.status().join("\n");
@@ -207,7 +173,7 @@ fn the_reconnect_example_of_the_docs_reconnects() {
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let src = code.replace("wss://feed.example.org/stream", &url);
     assert_ne!(src, code, "the example's URL");
-    let mut spec = app_in(&scratch("reconnect"), "reconnect", &src);
+    let mut spec = app_in("reconnect", &src);
     spec.preload = vec!["cws".into(), "time".into()];
     let reg = Registry::start(vec![spec], hub(1)).unwrap();
     for round in 0..3 {

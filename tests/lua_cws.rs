@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use host::*;
+use host::{next_text as next, *};
 use lapps::app::App;
 use lapps::config::Config;
 use lapps::service::lua::ServiceSpec;
@@ -20,17 +20,12 @@ use lapps::service::mqr::{registry, Queue};
 use lapps::service::registry::Registry;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lapps-cws-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    host::scratch("cws", name)
 }
 
 /// A standalone service `name` whose app file is `src`, with cws, mqr, nap and time.
 fn app_in(dir: &Path, name: &str, src: &str) -> ServiceSpec {
-    std::fs::create_dir_all(dir.join(name)).unwrap();
-    let mut f = std::fs::File::create(dir.join(name).join(format!("{name}.lua"))).unwrap();
-    f.write_all(src.as_bytes()).unwrap();
-    let mut s = spec(dir, name);
+    let mut s = write_app(dir, name, src);
     s.standalone = true;
     s.preload = vec!["cws".into(), "mqr".into(), "nap".into(), "time".into()];
     s
@@ -52,13 +47,6 @@ fn echo_app() -> App {
     );
     let cfg = Config::from_strs(&r, ("ws.json", ws), ("lapps.json", &lapps), &r).unwrap();
     App::start(&cfg).unwrap()
-}
-
-fn next(q: &Queue) -> String {
-    match q.receive(Duration::from_secs(20), &|| false) {
-        Ok(m) => String::from_utf8(m.into_vec()).unwrap(),
-        Err(w) => panic!("queue {}: nothing within 20 s ({w:?})", q.name()),
-    }
 }
 
 #[test]
@@ -454,42 +442,6 @@ fn accept_upgrade(listener: &TcpListener) -> std::net::TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     answer_upgrade(&mut s);
     s
-}
-
-/// Reads a client's upgrade request from `s` (plain or TLS) and answers 101.
-fn answer_upgrade(s: &mut (impl std::io::Read + Write)) {
-    answer_upgrade_after(s, "");
-}
-
-/// Reads a client's upgrade request from `s`: its head and its key.
-fn read_upgrade_request(s: &mut impl std::io::Read) -> (String, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let key = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    (head, key)
-}
-
-/// [`answer_upgrade`], with `interim` (whole HTTP heads) written before the 101.
-fn answer_upgrade_after(s: &mut (impl std::io::Read + Write), interim: &str) {
-    let (_, key) = read_upgrade_request(s);
-    write!(
-        s,
-        "{interim}HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        lapps::ws::handshake::accept_key(&key)
-    )
-    .unwrap();
-    s.flush().unwrap();
 }
 
 /// A cws client connecting to `wss://addr/x` (trusting `ca`, or any certificate when None),
@@ -1961,13 +1913,7 @@ return p
     assert_eq!(next(&out), "open 1");
     let (mut two, _) = second.accept().unwrap();
     two.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = common::read_http_head(&mut two);
-    let key = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (_, key) = read_upgrade_request(&mut two);
     go.try_post(b"go".to_vec().into_boxed_slice()).unwrap();
     assert_eq!(next(&out), "waiting");
     let hi = server_frame(1, b"hi");

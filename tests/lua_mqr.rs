@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use host::*;
+use host::{next_text as next, *};
 use lapps::service::lua::ServiceSpec;
 use lapps::service::mqr::{registry, Kind, Message, Queue, Wait};
 use lapps::service::registry::Registry;
@@ -20,14 +20,6 @@ fn standalone(name: &str, instances: usize) -> ServiceSpec {
     s.instances = instances;
     s.preload = vec!["mqr".into(), "nap".into(), "time".into()];
     s
-}
-
-/// The next message of `q` as text, failing the test after 20 s.
-fn next(q: &Queue) -> String {
-    match q.receive(Duration::from_secs(20), &|| false) {
-        Ok(m) => String::from_utf8(m.into_vec()).unwrap(),
-        Err(w) => panic!("queue {}: nothing within 20 s ({w:?})", q.name()),
-    }
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

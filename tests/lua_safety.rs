@@ -7,9 +7,8 @@ mod common;
 mod host;
 
 use common::*;
-use host::{example_app, hub, spec, test_app};
+use host::{example_app, hub, next_text as next_of, test_app, write_app};
 use lapps::service::registry::Registry;
-use std::io::Write;
 use std::path::PathBuf;
 
 /// The probe test app alone on one instance and one worker, so that the failed callback and
@@ -234,11 +233,7 @@ impl Drop for AppsDir {
 }
 
 fn app_in_tmp(name: &str, src: impl AsRef<[u8]>) -> lapps::service::lua::ServiceSpec {
-    let dir = std::env::temp_dir().join(format!("lapps-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(dir.join(name)).unwrap();
-    let mut f = std::fs::File::create(dir.join(name).join(format!("{name}.lua"))).unwrap();
-    f.write_all(src.as_ref()).unwrap();
-    spec(&dir, name)
+    write_app(&host::scratch("test", name), name, src)
 }
 
 const SANDBOX_CHECK: &str = r#"
@@ -588,14 +583,6 @@ return s"#,
     assert_eq!(next(), "ran");
     reg.shutdown();
     assert_eq!(next(), "onShutdown, stopping=true");
-}
-
-/// The next message of `q` as text (20 s guard).
-fn next_of(q: &lapps::service::mqr::Queue) -> String {
-    let m = q
-        .receive(std::time::Duration::from_secs(20), &|| false)
-        .expect("a message within 20 s");
-    String::from_utf8(m.into_vec()).unwrap()
 }
 
 /// `n:sleep(math.huge)` sleeps until the service stops (the longest sleep, 10^9 s), as an
