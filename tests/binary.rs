@@ -3118,3 +3118,29 @@ fn sigusr1_reports_at_the_warn_level_too() {
         "the server did not log at warn: {lines:?}"
     );
 }
+
+/// A message that does not fit in a RAW service's state even after a full collection closes
+/// its connection with 1011, and the line says so, with its size: not "onMessage failed" (a
+/// trial's operator read that as an app bug), since the message never reached onMessage.
+#[test]
+fn a_message_too_big_for_the_state_is_logged_as_such() {
+    use std::io::Write;
+    let app = "local app = {}\n\
+               app.onMessage = function(h, op, msg) ws:send(h, op, 'got ' .. #msg) return true end\n\
+               return app\n";
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 } }"#,
+        "no-room",
+        &[("roomy", app)],
+        r#""roomy": { "request_target": "/roomy", "memory_limit": 2097152 }"#,
+    );
+    let mut s = raw_upgraded(addr, "/roomy");
+    s.write_all(&frame(true, 0, 0x2, &vec![5u8; 3_000_000], true))
+        .unwrap();
+    let line = binary::wait_line(&log, "closing 0x");
+    assert!(
+        line.contains("with 1011: its message of 3000000 bytes does not fit in the state")
+            && line.contains("memory_limit 2097152 bytes); onMessage did not run"),
+        "{line}"
+    );
+}

@@ -6,6 +6,9 @@
 -- (BENCHMARK_URL, BENCHMARK_CONNECTIONS, BENCHMARK_SIZE), else the defaults below.
 -- `benchmark_config.report_queue` names an mqr queue that gets each per-second rate
 -- (needs "mqr" in preload); `insecure`/`ca_file` are passed to cws:new for wss:// URLs.
+-- One instance holds at most 4096 cws connections, and its connections to one server connect
+-- one at a time (RFC 6455 4.1): many take a while to open. How connections ended is printed
+-- once a second, one line per kind.
 local conf = rawget(_G, "benchmark_config") or {}
 
 local benchmark = {}
@@ -20,7 +23,17 @@ end
 
 benchmark.run = function()
   local payload = string.rep("x", benchmark.size)
-  local open, received, going_away = 0, 0, 0
+  local open, received = 0, 0
+  -- How connections ended since the last report, by what was said: a server that stops or
+  -- crashes ends hundreds at once, which would be as many lines each.
+  local ended, ended_order = {}, {}
+  local function note_end(what)
+    if not ended[what] then
+      ended[what] = 0
+      ended_order[#ended_order + 1] = what
+    end
+    ended[what] = ended[what] + 1
+  end
   local handlers = {}
   local callbacks = {
     onopen = function(handler)
@@ -38,8 +51,8 @@ benchmark.run = function()
         print("benchmark: send on " .. handler .. " failed: " .. err)
       end
     end,
-    onerror = function(handler, err)
-      print("benchmark: connection " .. handler .. ": " .. err)
+    onerror = function(_, err)
+      note_end("failed: " .. err)
     end,
     onclose = function(handler, code)
       if handlers[handler] == "open" then
@@ -47,11 +60,11 @@ benchmark.run = function()
       end
       if code == 1001 then
         -- The server is going away (stopping, or this benchmark's own server stopping
-        -- before this service): one line for all of them, below.
-        going_away = going_away + 1
+        -- before this service).
+        note_end("closed by the server going away (1001)")
       elseif not must_stop() then
         -- E.g. 1009: BENCHMARK_SIZE is past the service's max_inbound_message_size.
-        print("benchmark: connection " .. handler .. " closed (" .. tostring(code) .. ")")
+        note_end("closed (" .. tostring(code) .. ")")
       end
       handlers[handler] = nil
     end,
@@ -63,13 +76,18 @@ benchmark.run = function()
     handlers[handler] = "open"
     onopen(handler)
   end
+  local refused = {}
   for _ = 1, benchmark.connections do
     local handler, err = cws:new(benchmark.url, callbacks)
     if handler then
       handlers[handler] = "connecting"
     else
-      print("benchmark: cannot connect to " .. benchmark.url .. ": " .. err)
+      -- E.g. "too many connections": an instance holds at most 4096.
+      refused[err] = (refused[err] or 0) + 1
     end
+  end
+  for err, n in pairs(refused) do
+    print("benchmark: cannot connect to " .. benchmark.url .. " (" .. n .. " time(s)): " .. err)
   end
   local report = conf.report_queue and rawget(_G, "mqr")
   local last = time.monotonic()
@@ -79,10 +97,10 @@ benchmark.run = function()
     if now - last >= 1000 then
       local rate = received * 1000 / (now - last)
       print(string.format("benchmark: %d connection(s) open, %.0f messages/s", open, rate))
-      if going_away > 0 then
-        print("benchmark: " .. going_away .. " connection(s) closed by the server going away (1001)")
-        going_away = 0
+      for _, what in ipairs(ended_order) do
+        print("benchmark: " .. ended[what] .. " connection(s) " .. what)
       end
+      ended, ended_order = {}, {}
       if report then
         report:post(conf.report_queue, string.format("%.0f", rate))
       end

@@ -38,6 +38,9 @@ pub(crate) enum Failed {
     Returned(ConnId),
     /// Raised: the message with its traceback.
     Raised { conn: ConnId, error: String },
+    /// Its message (`bytes` long) did not fit in the state even after a full collection: it
+    /// never reached `onMessage`.
+    NoRoom { conn: ConnId, bytes: usize },
 }
 
 /// Calls `on_message(handler, opcode, payload)` for every `Message` event of `events` (the
@@ -128,6 +131,13 @@ pub(crate) fn call_messages(
                 retried = Some(i);
                 next = i;
             }
+            Some(i) if retried == Some(i) && super::collect::is_out_of_memory(&err) => {
+                failed.push(Failed::NoRoom {
+                    conn: events[i].conn,
+                    bytes: batch.payload(&events[i]).len(),
+                });
+                next = i + 1;
+            }
             Some(i) => {
                 failed.push(Failed::Raised {
                     conn: events[i].conn,
@@ -158,7 +168,9 @@ pub(crate) fn call_messages(
 impl Failed {
     fn conn(&self) -> ConnId {
         match self {
-            Failed::Returned(c) | Failed::Raised { conn: c, .. } => *c,
+            Failed::Returned(c)
+            | Failed::Raised { conn: c, .. }
+            | Failed::NoRoom { conn: c, .. } => *c,
         }
     }
 }

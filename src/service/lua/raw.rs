@@ -140,6 +140,24 @@ impl RawApp {
                     );
                     close(host, conn, 1011);
                 }
+                Failed::NoRoom { conn, bytes } => {
+                    if host.closing.borrow().contains(&conn) {
+                        continue;
+                    }
+                    // Not the app's error: the message never reached it.
+                    crate::service_log!(
+                        host,
+                        crate::log::Level::Error,
+                        "{} closing {:#x} with 1011: its message of {bytes} bytes does not fit \
+                         in the state beside what it holds ({} bytes in use after a full \
+                         collection, memory_limit {} bytes); onMessage did not run",
+                        host.tag(),
+                        conn.as_u64(),
+                        lua.used_memory(),
+                        crate::lapps_proto::tree_budget::limit()
+                    );
+                    close(host, conn, 1011);
+                }
             }
         }
     }

@@ -46,6 +46,9 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// When the instance ends, how long its connections get, all together, to finish the close
 /// handshake (our 1001 "going away", the server's Close) before they are dropped.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
+/// What `cws:send` and `cws:close` answer in a network service, where `cws:new` makes none.
+const NONE_IN_NETWORK: &str =
+    "not in a network service (cws connections are a standalone service's)";
 
 /// A connection's callbacks, kept in the Lua registry: a `Function` held from Rust takes one
 /// of the ~8,000 slots of mlua's reference stack, which 4 callbacks on each of 2,000
@@ -866,9 +869,9 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "send",
         lua.create_function(move |_, a: mlua::MultiValue| {
             if !c.host.may_block() {
-                // As cws:new says there: a handler here is never one of ours ("closed" would
-                // send the app looking for a connection that closed).
-                return fail(crate::service::lua::host::NOT_IN_NETWORK);
+                // A handler here is never one of ours ("closed" would send the app looking
+                // for a connection that closed).
+                return fail(NONE_IN_NETWORK);
             }
             c.send(skip_self(a))
         })?,
@@ -878,7 +881,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         "close",
         lua.create_function(move |_, a: mlua::MultiValue| {
             if !c.host.may_block() {
-                return fail(crate::service::lua::host::NOT_IN_NETWORK);
+                return fail(NONE_IN_NETWORK);
             }
             c.close(skip_self(a))
         })?,
