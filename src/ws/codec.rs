@@ -407,7 +407,9 @@ impl Decoder {
 
     /// Makes room for `n` more bytes in `message`: the capacity doubles as `Vec`'s would, but
     /// never past the message size limit or `allowance` (so a message's buffer holds at most
-    /// `max_message_size` bytes, not twice that).
+    /// `max_message_size` bytes, not twice that), nor, in the message's last frame, past the
+    /// message's own size (a 20 MB message held 32 MB, and the overshoot counted against the
+    /// allowance other connections share).
     fn make_room(&mut self, n: usize, allowance: usize) -> Result<(), ProtocolError> {
         let needed = self.message.len() + n; // <= max_message_size: checked by check_header
         if needed <= self.message.capacity() {
@@ -416,10 +418,17 @@ impl Decoder {
         if needed > allowance {
             return Err(OVER_ALLOWANCE);
         }
+        // In the last frame the whole size is known: what is held plus what the frame still
+        // brings (n is part of it). Within max_message_size, which check_header enforced.
+        let whole = match self.frame_fin {
+            true => self.message.len() + self.frame_remaining as usize,
+            false => usize::MAX,
+        };
         let grown = (self.message.capacity() * 2)
             .max(MIN_MESSAGE_BUFFER)
             .min(self.max_message_size)
             .min(allowance)
+            .min(whole)
             .max(needed);
         self.message.reserve_exact(grown - self.message.len());
         Ok(())

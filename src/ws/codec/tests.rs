@@ -604,6 +604,44 @@ fn message_buffer_never_exceeds_the_message_limit() {
     assert!(most <= limit, "buffer grew to {most}");
 }
 
+/// A message's last frame says how much is left: the buffer grows no larger than the whole
+/// message (doubling alone took a 300,000-byte message past 500,000 bytes), fragmented or not.
+#[test]
+fn the_buffer_of_a_message_stops_at_its_size() {
+    for fragments in [1, 3] {
+        let size = 300_000;
+        let mut dec = Decoder::new(Role::Server, 1 << 20);
+        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        let per = size / fragments;
+        for f in 0..fragments {
+            let b0 = match (f == 0, f == fragments - 1) {
+                (true, true) => 0x82,
+                (true, false) => 0x02,
+                (false, true) => 0x80,
+                (false, false) => 0x00,
+            };
+            wire.extend(cf(b0, &payload[f * per..(f + 1) * per]));
+        }
+        let mut pending = Vec::new();
+        let mut most = 0;
+        let mut got = Vec::new();
+        for p in wire.chunks(1000) {
+            pending.extend_from_slice(p);
+            let n = dec
+                .decode(&mut pending, &mut |e| got.push(Owned::from(e)))
+                .expect("within the limit");
+            pending.drain(..n);
+            most = most.max(dec.held());
+        }
+        assert_eq!(got, [Owned::Binary(payload)]);
+        assert!(
+            most <= size,
+            "{fragments} fragment(s): buffer grew to {most}"
+        );
+    }
+}
+
 /// The worker's per-turn fairness counts frames: empty ones, control ones and each fragment
 /// count alike, and a frame cut across reads counts once.
 #[test]
