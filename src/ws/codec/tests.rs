@@ -587,12 +587,18 @@ fn message_buffer_never_exceeds_the_message_limit() {
     let limit = 100_000;
     let mut dec = Decoder::new(Role::Server, limit);
     let payload = vec![3u8; limit];
-    let wire = cf(0x82, &payload);
-    let pieces: Vec<&[u8]> = wire.chunks(1000).collect();
+    let (got, most) = feed_by_1000(&mut dec, &cf(0x82, &payload));
+    assert_eq!(got, [Owned::Binary(payload)]);
+    assert!(most <= limit, "buffer grew to {most}");
+}
+
+/// Feeds `wire` 1000 bytes at a time (none may fail): the events, and the most the decoder
+/// held at any point.
+fn feed_by_1000(dec: &mut Decoder, wire: &[u8]) -> (Vec<Owned>, usize) {
     let mut pending = Vec::new();
     let mut most = 0;
     let mut got = Vec::new();
-    for p in pieces {
+    for p in wire.chunks(1000) {
         pending.extend_from_slice(p);
         let n = dec
             .decode(&mut pending, &mut |e| got.push(Owned::from(e)))
@@ -600,8 +606,7 @@ fn message_buffer_never_exceeds_the_message_limit() {
         pending.drain(..n);
         most = most.max(dec.held());
     }
-    assert_eq!(got, [Owned::Binary(payload)]);
-    assert!(most <= limit, "buffer grew to {most}");
+    (got, most)
 }
 
 /// A message's last frame says how much is left: the buffer grows no larger than the whole
@@ -623,17 +628,7 @@ fn the_buffer_of_a_message_stops_at_its_size() {
             };
             wire.extend(cf(b0, &payload[f * per..(f + 1) * per]));
         }
-        let mut pending = Vec::new();
-        let mut most = 0;
-        let mut got = Vec::new();
-        for p in wire.chunks(1000) {
-            pending.extend_from_slice(p);
-            let n = dec
-                .decode(&mut pending, &mut |e| got.push(Owned::from(e)))
-                .expect("within the limit");
-            pending.drain(..n);
-            most = most.max(dec.held());
-        }
+        let (got, most) = feed_by_1000(&mut dec, &wire);
         assert_eq!(got, [Owned::Binary(payload)]);
         assert!(
             most <= size,
