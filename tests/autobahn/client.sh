@@ -10,20 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-SHARED=${LAPPS_SHARED:-$ROOT/../shared}
-TOOLS=$SHARED/tools/autobahn
-PREFIX=${AUTOBAHN_PREFIX:-/opt/autobahn}
-WSTEST=$PREFIX/bin/wstest
 TIMEOUT=${AUTOBAHN_TIMEOUT:-600}
 # shellcheck source=tests/interop/common.sh
 source tests/interop/common.sh
-
-if [ ! -d "$TOOLS" ]; then
-    echo "autobahn client: $TOOLS not found (set LAPPS_SHARED)" >&2
-    exit 2
-fi
-bash "$TOOLS/install.sh" "$PREFIX" >/dev/null
-cargo build --release --bin lapps
+autobahn_setup "autobahn client"
 
 WORK=$(mktemp -d /tmp/lapps-autobahn-client.XXXXXX)
 CLEANUP_DIRS+=("$WORK")

@@ -11,18 +11,9 @@ set -euo pipefail
 export AUTOBAHN_TIMEOUT=${AUTOBAHN_TIMEOUT:-600}
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-SHARED=${LAPPS_SHARED:-$ROOT/../shared}
-TOOLS=$SHARED/tools/autobahn
-PREFIX=${AUTOBAHN_PREFIX:-/opt/autobahn}
 # shellcheck source=tests/interop/common.sh
 source tests/interop/common.sh
-
-if [ ! -d "$TOOLS" ]; then
-    echo "autobahn: $TOOLS not found (set LAPPS_SHARED)" >&2
-    exit 2
-fi
-bash "$TOOLS/install.sh" "$PREFIX" >/dev/null
-cargo build --release --bin lapps
+autobahn_setup autobahn
 # Port 0 for both endpoints: the server binds ports of its own, read from its log (not fixed
 # ones another job on a shared machine may hold). AUTOBAHN_PORT chooses the plain one.
 PORT=${AUTOBAHN_PORT:-0}

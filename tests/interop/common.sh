@@ -16,6 +16,21 @@ cleanup() {
     if [ ${#CLEANUP_DIRS[@]} -gt 0 ]; then rm -rf "${CLEANUP_DIRS[@]}"; fi
 }
 
+# Autobahn's wstest under $PREFIX (installed on first use by ../shared/tools/autobahn/install.sh)
+# and the release `lapps`; sets TOOLS (the shared scripts) and WSTEST. $1 names the run in the
+# error when ../shared is missing.
+autobahn_setup() {
+    TOOLS=${LAPPS_SHARED:-$(pwd)/../shared}/tools/autobahn
+    PREFIX=${AUTOBAHN_PREFIX:-/opt/autobahn}
+    WSTEST=$PREFIX/bin/wstest
+    if [ ! -d "$TOOLS" ]; then
+        echo "$1: $TOOLS not found (set LAPPS_SHARED)" >&2
+        exit 2
+    fi
+    bash "$TOOLS/install.sh" "$PREFIX" >/dev/null
+    cargo build --release --bin lapps
+}
+
 # Debian splits venv's ensurepip into python3-venv: installed here (as root) when missing.
 ensure_venv_module() {
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null && [ "$(id -u)" -eq 0 ]; then
