@@ -3144,3 +3144,33 @@ fn a_message_too_big_for_the_state_is_logged_as_such() {
         "{line}"
     );
 }
+
+/// A message refused for max_inbound_assembly_bytes: the line gives its size beside the
+/// limit (its last frame had begun, so the size is the whole message's), the code 1013.
+#[test]
+fn a_message_over_the_assembly_allowance_is_logged_with_its_size() {
+    use std::io::Write;
+    let app = "local app = {}\n\
+               app.onMessage = function(h, op, msg) return true end\n\
+               return app\n";
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 },
+             "max_inbound_assembly_bytes": 100000 }"#,
+        "over-assembly",
+        &[("quiet", app)],
+        r#""quiet": { "request_target": "/quiet" }"#,
+    );
+    let mut s = raw_upgraded(addr, "/quiet");
+    s.write_all(&frame(false, 0, 0x2, &[1u8; 60_000], true))
+        .unwrap();
+    s.write_all(&frame(true, 0, 0x0, &[2u8; 90_000], true))
+        .unwrap();
+    let line = binary::wait_line(&log, "closing ");
+    assert!(
+        line.contains(
+            "its message (150000 bytes at least) needs more than \
+                       max_inbound_assembly_bytes (100000 bytes)"
+        ) && line.ends_with("close code 1013"),
+        "{line}"
+    );
+}

@@ -1771,9 +1771,16 @@ fn messages_being_received_may_hold_no_more_than_the_states_memory_limit() {
     let (reg, out) = reporting_client_with(&dir, "assembly_cap", &url, "cws.asmcap", options);
     let error = next(&out);
     assert!(
-        error.starts_with("onerror no room for the message being received"),
+        error.starts_with("onerror no room for the message being received ("),
         "{error}"
     );
+    // The size it had reached, the bytes that found no room included: past the limit.
+    let size: usize = error["onerror no room for the message being received (".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {error}"));
+    assert!(size > 4 << 20 && size <= 8 << 20, "{error}");
     assert_eq!(next(&out), "onclose 1013");
     // The server is told, with a masked Close 1013 (try again later).
     assert_eq!(server.join().unwrap(), (8, true, vec![0x03, 0xf5]));

@@ -149,6 +149,10 @@ pub struct Decoder {
     frame_mask_offset: u8,
     /// Frame headers decoded so far, wrapping (see [`Decoder::frames_decoded`]).
     frames: u32,
+    /// The size the message being assembled had reached, with the bytes that did not fit,
+    /// when it failed with [`OVER_ALLOWANCE`] (see [`Decoder::refused_size`]).
+    /// u32 (saturating) keeps the decoder within 64 bytes.
+    refused_size: u32,
 }
 
 impl Decoder {
@@ -168,6 +172,7 @@ impl Decoder {
             frame_fin: false,
             frame_mask_offset: 0,
             frames: 0,
+            refused_size: 0,
         }
     }
 
@@ -197,6 +202,13 @@ impl Decoder {
     /// The bound of a whole message it was made with.
     pub fn max_message_size(&self) -> usize {
         self.max_message_size
+    }
+
+    /// After [`OVER_ALLOWANCE`]: the size the refused message had reached, counting the bytes
+    /// that found no room (its whole size when its last frame had begun). The error lines say
+    /// it beside the allowance.
+    pub fn refused_size(&self) -> usize {
+        self.refused_size as usize
     }
 
     /// Heap the decoder holds (its message buffer's capacity), for memory accounting.
@@ -416,6 +428,11 @@ impl Decoder {
             return Ok(());
         }
         if needed > allowance {
+            let size = match self.frame_fin {
+                true => self.message.len() + self.frame_remaining as usize,
+                false => needed,
+            };
+            self.refused_size = u32::try_from(size).unwrap_or(u32::MAX);
             return Err(OVER_ALLOWANCE);
         }
         // In the last frame the whole size is known: what is held plus what the frame still

@@ -139,8 +139,9 @@ impl Worker {
             Err(e) => {
                 // Nothing after a violation is read (RFC 6455 7.1.7), even while the replies
                 // to what came before are awaited: without a decoder, input is dropped.
+                let mut refused_size = 0;
                 let peer = self.conns.get_mut(index).map(|c| {
-                    c.decoder = None;
+                    refused_size = c.decoder.take().map_or(0, |d| d.refused_size());
                     (c.peer, c.service.clone())
                 });
                 let (peer, service) = peer.unzip();
@@ -158,9 +159,9 @@ impl Worker {
                 } else if e == codec::OVER_ALLOWANCE {
                     // Its own buffer was given back already: what is held is the others'.
                     crate::warn_limited!(
-                        "closing {peer}: its message needs more than max_inbound_assembly_bytes \
-                         ({} bytes) leaves beside the messages being received on other \
-                         connections ({} bytes); close code {}",
+                        "closing {peer}: its message ({refused_size} bytes at least) needs \
+                         more than max_inbound_assembly_bytes ({} bytes) leaves beside the \
+                         messages being received on other connections ({} bytes); close code {}",
                         self.opts.assembly.limit(),
                         self.opts.assembly.held(),
                         e.code

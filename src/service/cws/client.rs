@@ -579,9 +579,10 @@ impl Client {
             Err(e) if e == codec::OVER_ALLOWANCE => {
                 let why = match &self.assembly {
                     Some(b) => format!(
-                        "no room for the message being received: messages being received \
-                         on the instance's connections may hold {} bytes together (its \
-                         memory_limit), and the others hold {}",
+                        "no room for the message being received ({} bytes at least): \
+                         messages being received on the instance's connections may hold {} \
+                         bytes together (its memory_limit), and the others hold {}",
+                        self.decoder.refused_size(),
                         b.limit(),
                         b.held()
                     ),

@@ -537,8 +537,18 @@ fn message_buffer_stays_within_the_allowance() {
     let (events, r) = feed_within(&mut dec, &[&third], 10_000);
     assert_eq!(r, Err(OVER_ALLOWANCE));
     assert_eq!(OVER_ALLOWANCE.code, 1013);
+    assert_eq!(
+        dec.refused_size(),
+        12_000,
+        "its last frame tells its whole size"
+    );
     assert!(events.is_empty());
     assert_eq!(dec.held(), 0, "the buffer is released with the failure");
+    // Refused before its last frame: the size it had reached, the bytes that found no room
+    // included.
+    let mut dec = server();
+    let (_, r) = feed_within(&mut dec, &[&first, &second], 6_000);
+    assert_eq!((r, dec.refused_size()), (Err(OVER_ALLOWANCE), 8_000));
 
     // The same message within 12,000 is delivered; complete unfragmented frames need no
     // buffer, so an allowance of 0 lets them through.
@@ -578,6 +588,7 @@ fn a_partial_frame_counts_against_the_allowance_as_it_arrives() {
     );
     let (_, r) = feed_within(&mut dec, &[&wire[14 + 40_000..]], 50_000);
     assert_eq!(r, Err(OVER_ALLOWANCE));
+    assert_eq!(dec.refused_size(), 70_000);
 }
 
 #[test]
