@@ -682,13 +682,18 @@ fn a_refusal_log_names_the_rule_or_the_request_that_refused() {
     s.write_all(&frame(true, 0, 0x8, &999u16.to_be_bytes(), true))
         .unwrap();
     assert_eq!(expect_close(&mut s), Some(1002));
+    // With the handle the app knows the connection by, and its service.
     let lines = binary::lines_until(&log, "protocol violation");
+    let line = lines.last().unwrap();
+    let (_, handle) = line.split_once(" (0x").unwrap_or_else(|| panic!("{line}"));
     assert!(
-        lines
-            .last()
-            .unwrap()
-            .ends_with("protocol violation (invalid close code 999), close code 1002"),
-        "{lines:#?}"
+        handle.split_once(')').is_some_and(|(h, rest)| {
+            u64::from_str_radix(h, 16).is_ok()
+                && rest
+                    == " of service open: protocol violation (invalid close code 999), \
+                             close code 1002"
+        }),
+        "{line}"
     );
     let expected = [
         r#"HTTP 403 for "/o": Origin "https://b.example" not in allowed_origins"#,
@@ -1080,9 +1085,9 @@ fn a_limit_hit_is_logged_with_the_setting_that_set_it() {
     assert_eq!(ws_close_code(&mut small), 1009);
     let line = binary::wait_line(&log, "max_inbound_message_size");
     assert!(
-        line.ends_with(
-            "message larger than service small's max_inbound_message_size (100 bytes), \
-             close code 1009"
+        line.contains(
+            ") of service small: message larger than its service's \
+                       max_inbound_message_size (100 bytes), close code 1009"
         ),
         "{line}"
     );

@@ -435,6 +435,24 @@ impl Worker {
         ConnId::new(self.id, index, generation)
     }
 
+    /// A connection as its log lines name it: the peer, and once it is a service's, the
+    /// handle the app knows it by and the service ("127.0.0.1:5000 (0x10000002a) of service
+    /// echo"), so an operator can find it in the app's own lines.
+    fn who(&self, index: u32) -> String {
+        let Some(c) = self.conns.get(index) else {
+            return String::new();
+        };
+        match (&c.service, self.conns.generation(index)) {
+            (Some(s), Some(generation)) => format!(
+                "{} ({:#x}) of service {}",
+                c.peer,
+                self.conn_id(index, generation).as_u64(),
+                s.name()
+            ),
+            _ => c.peer.to_string(),
+        }
+    }
+
     // ---- accepting -------------------------------------------------------------------------
 
     /// Takes the connections the listeners handed over, at most [`NEW_CONNECTIONS_PER_TURN`]:

@@ -139,20 +139,17 @@ impl Worker {
             Err(e) => {
                 // Nothing after a violation is read (RFC 6455 7.1.7), even while the replies
                 // to what came before are awaited: without a decoder, input is dropped.
+                let peer = self.who(index);
                 let mut refused_size = 0;
-                let peer = self.conns.get_mut(index).map(|c| {
+                let service = self.conns.get_mut(index).and_then(|c| {
                     refused_size = c.decoder.take().map_or(0, |d| d.refused_size());
-                    (c.peer, c.service.clone())
+                    c.service.clone()
                 });
-                let (peer, service) = peer.unzip();
-                let service = service.flatten();
-                let peer = peer.map_or_else(String::new, |p| p.to_string());
                 if let (true, Some(s)) = (e == codec::TOO_LARGE, &service) {
-                    // The setting to raise, by its lapps.json name, and the service it is of.
+                    // The setting to raise, by its lapps.json name (`peer` names the service).
                     crate::info_limited!(
-                        "closing {peer}: message larger than service {}'s \
+                        "closing {peer}: message larger than its service's \
                          max_inbound_message_size ({} bytes), close code {}",
-                        s.name(),
                         s.max_message_size(),
                         e.code
                     );

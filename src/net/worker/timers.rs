@@ -200,6 +200,7 @@ impl Worker {
     /// hold its buffer): its bytes are given back and the connection is failed with 1008
     /// after the replies its service owes.
     fn message_timed_out(&mut self, index: u32) {
+        let who = self.who(index);
         let Some(c) = self.conns.get_mut(index) else {
             return;
         };
@@ -217,18 +218,16 @@ impl Worker {
             // Not a slow sender: we stopped reading it, as it does not read what we send (a
             // trial's line blamed a client that had sent hundreds of whole messages).
             crate::info_limited!(
-                "closing {}: a message still incomplete after message_timeout_ms ({timeout} ms; \
-                 {buffered} bytes of it received), as it was not read: it does not read what \
-                 we send ({} bytes queued for it, above outbound_high_water), close code {}",
-                c.peer,
+                "closing {who}: a message still incomplete after message_timeout_ms ({timeout} \
+                 ms; {buffered} bytes of it received), as it was not read: it does not read \
+                 what we send ({} bytes queued for it, above outbound_high_water), close code {}",
                 c.out.bytes(),
                 close::POLICY
             );
         } else {
             crate::info_limited!(
-                "closing {}: a message still incomplete after message_timeout_ms ({timeout} ms; \
-                 {buffered} bytes of it received), close code {}",
-                c.peer,
+                "closing {who}: a message still incomplete after message_timeout_ms ({timeout} \
+                 ms; {buffered} bytes of it received), close code {}",
                 close::POLICY
             );
         }
@@ -258,7 +257,8 @@ impl Worker {
             let at = seen + idle;
             self.set_deadline(index, at);
         } else if c.ping_outstanding {
-            crate::info_limited!("closing {}: idle timeout (no answer to ping)", c.peer);
+            let who = self.who(index);
+            crate::info_limited!("closing {who}: idle timeout (no answer to ping)");
             self.start_close(index, close::GOING_AWAY);
         } else {
             c.ping_outstanding = true;

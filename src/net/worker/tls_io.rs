@@ -264,10 +264,12 @@ impl Worker {
                         "closing {peer}: plain HTTP on a TLS listener (use https:// or wss://){}",
                         super::quoted_request_line(bytes)
                     );
+                    t.failed = true;
                 } else {
-                    crate::info_limited!("closing {peer}: TLS error: {e}");
+                    t.failed = true;
+                    // Past the upgrade, the handle and service too.
+                    crate::info_limited!("closing {}: TLS error: {e}", self.who(index));
                 }
-                t.failed = true;
                 self.finish_after_flush(index);
                 return Step::Stop;
             }
