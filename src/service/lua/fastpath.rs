@@ -24,13 +24,35 @@ use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
-use mlua::{ffi, Function, IntoLuaMulti, Lua};
+use mlua::{ffi, FromLuaMulti, Function, IntoLuaMulti, Lua};
 
 use super::frame::{checked_opcode, send_message};
 use super::host::HostCtx;
 use super::inbox::{Batch, Event, Kind};
 use crate::net::handle::ConnId;
 use crate::net::hub::Speaks;
+
+/// LuaJIT's own `luaL_traceback` (lj_debug.c), which mlua-sys does not bind for LuaJIT: its
+/// `ffi::luaL_traceback` there is a port of Lua 5.3's, which names each level's function by
+/// searching `_G` and every table in it. An app holding a 200,000-entry global table paid
+/// ~12 ms per traceback for it, so a client sending requests that raise held an instance to
+/// ~80 calls/s. LuaJIT's names functions from the calling code alone.
+mod luajit {
+    use std::ffi::{c_char, c_int};
+
+    use mlua::ffi::lua_State;
+
+    extern "C-unwind" {
+        /// Pushes `msg` (when not null) and the traceback of `l1` from `level` on, as one
+        /// string, onto `l`. Raises only out of memory.
+        pub fn luaL_traceback(
+            l: *mut lua_State,
+            l1: *mut lua_State,
+            msg: *const c_char,
+            level: c_int,
+        );
+    }
+}
 
 /// How one `onMessage` call ended, when it did not return `true`.
 pub(crate) enum Failed {
@@ -175,52 +197,62 @@ impl Failed {
     }
 }
 
-/// Calls `f()` as `onMessage` is called: in protected mode under [`callback_handler`]'s
+/// Calls `f(args)` as `onMessage` is called: in protected mode under [`callback_handler`]'s
 /// message handler, so that its error reads the same in the log (a table's fields, one
-/// traceback). The error comes back as mlua's: `MemoryError` when Lua ran out of memory, else
-/// `RuntimeError` with the message and its traceback. An error mlua raised (a Rust function's,
-/// the instruction budget's, a panic) is handed back to mlua: a panic resumes (the instance
-/// ends the process, see `crate::fatal`), any other comes back as its message and the
-/// traceback taken where it was raised.
-pub(crate) fn call_traced(lua: &Lua, handler: &Function, f: &Function) -> mlua::Result<()> {
+/// traceback, LuaJIT's). Every app callback goes through here or the per-message paths:
+/// mlua's `Function::call` takes its traceback with mlua-sys's, which searches `_G` at every
+/// level ([`luajit`]). The error comes back as mlua's: `MemoryError` when Lua ran out of
+/// memory, else `RuntimeError` with the message and its traceback. An error mlua raised (a
+/// Rust function's, the instruction budget's, a panic) is handed back to mlua: a panic
+/// resumes (the instance ends the process, see `crate::fatal`), any other comes back as its
+/// message and the traceback taken where it was raised.
+pub(crate) fn call_traced<R: FromLuaMulti>(
+    lua: &Lua,
+    handler: &Function,
+    f: &Function,
+    args: impl IntoLuaMulti,
+) -> mlua::Result<R> {
     let failed: Cell<Option<(c_int, String)>> = Cell::new(None);
     FAILURE_TRACE.with(|t| t.take());
+    let mut pushed = args.into_lua_multi(lua)?;
+    pushed.push_front(mlua::Value::Function(f.clone()));
+    pushed.push_front(mlua::Value::Function(handler.clone()));
     // SAFETY: the closure calls Lua code only through lua_pcall with our message handler (at
-    // index 1, `f` at 2), so Lua errors never unwind through it but the one it raises itself:
-    // mlua's own error object, raised again for exec_raw's protected call to take (no Rust
-    // value with a destructor is alive then, and the vendored LuaJIT unwinds externally, see
-    // the module's notes). string_at copies the error before exec_raw resets the stack.
+    // index 1, `f` at 2, its arguments above), so Lua errors never unwind through it but the
+    // one it raises itself: mlua's own error object, raised again for exec_raw's protected
+    // call to take (no Rust value with a destructor is alive then, and the vendored LuaJIT
+    // unwinds externally, see the module's notes). string_at copies the error before the
+    // stack is emptied; on success only `f`'s results are left, for exec_raw to convert.
     let done = unsafe {
-        lua.exec_raw::<()>((handler, f), |l| {
-            let status = ffi::lua_pcall(l, 0, 0, 1);
+        lua.exec_raw::<R>(pushed, |l| {
+            let status = ffi::lua_pcall(l, ffi::lua_gettop(l) - 2, ffi::LUA_MULTRET, 1);
             if status != 0 && ffi::lua_type(l, -1) == ffi::LUA_TUSERDATA {
                 ffi::lua_error(l);
             }
             if status != 0 {
                 failed.set(Some((status, string_at(l, -1))));
+                ffi::lua_settop(l, 0);
+            } else {
+                ffi::lua_remove(l, 1);
             }
-            ffi::lua_settop(l, 1);
         })
     };
-    if let Err(e) = done {
-        return Err(match FAILURE_TRACE.with(|t| t.take()) {
-            Some(trace) => {
-                let text = format!("{}\n{trace}", super::error_values::text(&e));
-                match e {
-                    mlua::Error::MemoryError(_) => mlua::Error::MemoryError(text),
-                    _ => mlua::Error::RuntimeError(text),
-                }
-            }
-            None => e,
+    if let Some((status, text)) = failed.take() {
+        return Err(match super::collect::ran_out_of_memory(status, &text) {
+            true => mlua::Error::MemoryError(text),
+            false => mlua::Error::RuntimeError(text),
         });
     }
-    match failed.take() {
-        None => Ok(()),
-        Some((status, text)) if super::collect::ran_out_of_memory(status, &text) => {
-            Err(mlua::Error::MemoryError(text))
+    done.map_err(|e| match FAILURE_TRACE.with(|t| t.take()) {
+        Some(trace) => {
+            let text = format!("{}\n{trace}", super::error_values::text(&e));
+            match e {
+                mlua::Error::MemoryError(_) => mlua::Error::MemoryError(text),
+                _ => mlua::Error::RuntimeError(text),
+            }
         }
-        Some((_, text)) => Err(mlua::Error::RuntimeError(text)),
-    }
+        None => e,
+    })
 }
 
 std::thread_local! {
@@ -244,7 +276,7 @@ unsafe extern "C-unwind" fn traceback_keeping_failures(l: *mut ffi::lua_State) -
         if ffi::lua_type(l, 1) != ffi::LUA_TUSERDATA {
             return traceback(l);
         }
-        ffi::luaL_traceback(l, l, std::ptr::null(), 1);
+        luajit::luaL_traceback(l, l, std::ptr::null(), 1);
         let trace = string_at(l, -1);
         FAILURE_TRACE.with(|t| t.set(Some(trace)));
         ffi::lua_settop(l, 1);
@@ -423,7 +455,7 @@ unsafe extern "C-unwind" fn traceback(l: *mut ffi::lua_State) -> c_int {
         if memchr::memmem::find(CStr::from_ptr(msg).to_bytes(), b"\nstack traceback:").is_some() {
             ffi::lua_pushstring(l, msg);
         } else {
-            ffi::luaL_traceback(l, l, msg, 1);
+            luajit::luaL_traceback(l, l, msg, 1);
         }
     }
     1

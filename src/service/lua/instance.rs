@@ -403,7 +403,7 @@ fn load(spec: &ServiceSpec, host: &Rc<HostCtx>) -> Result<(Lua, Table, App), Str
         host.reset_budget();
         if let Ok(Value::Function(f)) = module.get::<Value>("onStart") {
             let traceback = super::fastpath::callback_handler(&lua).map_err(|e| one_line(&e))?;
-            super::fastpath::call_traced(&lua, &traceback, &f)
+            super::fastpath::call_traced::<()>(&lua, &traceback, &f, ())
                 .map_err(|e| format!("{path}: onStart: {}", one_line(&e)))?;
         }
         // The callbacks as onStart left them: an app may set them there.
@@ -533,7 +533,7 @@ fn serve(lua: &Lua, host: &HostCtx, module: &Table, app: App, inbox: Option<&Inb
     // A lookup that raises (a strict module without it) means: none.
     if let Ok(Value::Function(f)) = module.get::<Value>("onShutdown") {
         let called = super::fastpath::callback_handler(lua)
-            .and_then(|traceback| super::fastpath::call_traced(lua, &traceback, &f));
+            .and_then(|traceback| super::fastpath::call_traced::<()>(lua, &traceback, &f, ()));
         if let Err(e) = called {
             crate::error!("{} onShutdown: {}", host.tag(), one_line(&e));
         }

@@ -22,6 +22,8 @@ pub(crate) struct RawApp {
     on_disconnect: Option<Function>,
     /// The message handler of the RAW fast path (see [`super::fastpath`]).
     traceback: Function,
+    /// The message handler `onDisconnect` is called under (`fastpath::call_traced`).
+    handler: Function,
     /// Set for LAppS-protocol services.
     lapps: Option<super::lapps::LappsState>,
 }
@@ -42,10 +44,12 @@ impl RawApp {
             _ => None,
         };
         let traceback = super::fastpath::traceback_function(lua).map_err(|e| e.to_string())?;
+        let handler = super::fastpath::callback_handler(lua).map_err(|e| e.to_string())?;
         Ok(RawApp {
             on_message,
             on_disconnect,
             traceback,
+            handler,
             lapps,
         })
     }
@@ -59,7 +63,7 @@ impl RawApp {
                 .position(|e| !matches!(e.kind, Kind::Message(_)))
                 .unwrap_or(rest.len());
             if run == 0 {
-                self.handle_events(lua, host, batch, &rest[..1]);
+                self.handle_event(lua, host, &rest[0]);
                 rest = &rest[1..];
                 continue;
             }
@@ -110,8 +114,12 @@ impl RawApp {
 
     fn raw_messages(&self, lua: &Lua, host: &HostCtx, batch: &Batch, run: &[Event]) {
         let failed = {
-            let closing = host.closing.borrow();
-            let skip = |c: ConnId| !closing.is_empty() && closing.contains(&c);
+            // Borrowed per message, not across the calls: a host function onMessage reaches
+            // may add to it (as LAppS apps' do), and a borrow held would make that panic.
+            let skip = |c: ConnId| {
+                let closing = host.closing.borrow();
+                !closing.is_empty() && closing.contains(&c)
+            };
             call_messages(
                 lua,
                 host,
@@ -162,77 +170,50 @@ impl RawApp {
         }
     }
 
-    fn handle_events(&self, lua: &Lua, host: &HostCtx, batch: &Batch, events: &[Event]) {
-        for e in events {
-            match e.kind {
-                Kind::Open => {}
-                Kind::Message(opcode) => {
-                    if host.closing.borrow().contains(&e.conn) {
-                        continue;
-                    }
-                    self.message(lua, host, e.conn, opcode, batch.payload(e));
+    /// An event other than a message (runs of messages go through the fast paths, `handle`).
+    fn handle_event(&self, lua: &Lua, host: &HostCtx, e: &Event) {
+        match e.kind {
+            Kind::Open | Kind::Message(_) => {}
+            // Everything before it is answered (queued ahead of this close, whose code the
+            // worker replaces with its own).
+            // On a LAppS connection the close also waits for the responses its app still
+            // owes (it answers later than it is called): see HeldAnswers::drain.
+            // A connection this instance let go (`HostCtx::go_away`) waits for them as well;
+            // one whose Close it queued itself does not.
+            Kind::Drain => {
+                if !host.closed_here(e.conn) && host.held.drain(host, e.conn) {
+                    close(host, e.conn, 1000);
                 }
-                // Everything before it is answered (queued ahead of this close, whose code the
-                // worker replaces with its own).
-                // On a LAppS connection the close also waits for the responses its app still
-                // owes (it answers later than it is called): see HeldAnswers::drain.
-                // A connection this instance let go (`HostCtx::go_away`) waits for them as well;
-                // one whose Close it queued itself does not.
-                Kind::Drain => {
-                    if !host.closed_here(e.conn) && host.held.drain(host, e.conn) {
-                        close(host, e.conn, 1000);
-                    }
+            }
+            Kind::Close => {
+                host.closing.borrow_mut().remove(&e.conn);
+                host.leaving.borrow_mut().remove(&e.conn);
+                if let Some(l) = &self.lapps {
+                    l.forget(e.conn);
+                    host.held.forget(host, e.conn);
                 }
-                Kind::Close => {
-                    host.closing.borrow_mut().remove(&e.conn);
-                    host.leaving.borrow_mut().remove(&e.conn);
-                    if let Some(l) = &self.lapps {
-                        l.forget(e.conn);
-                        host.held.forget(host, e.conn);
-                    }
-                    host.bcast.drop_conn(e.conn);
-                    if let Some(f) = &self.on_disconnect {
-                        host.reset_budget();
-                        if let Err(err) = f.call::<()>(handler_value(e.conn)) {
-                            super::collect::after_failed_callback(lua, &err);
-                            crate::service_log!(
-                                host,
-                                crate::log::Level::Error,
-                                "{} onDisconnect: {}",
-                                host.tag(),
-                                one_line(&err)
-                            );
-                        }
+                host.bcast.drop_conn(e.conn);
+                if let Some(f) = &self.on_disconnect {
+                    host.reset_budget();
+                    let called = super::fastpath::call_traced::<()>(
+                        lua,
+                        &self.handler,
+                        f,
+                        handler_value(e.conn),
+                    );
+                    if let Err(err) = called {
+                        super::collect::after_failed_callback(lua, &err);
+                        crate::service_log!(
+                            host,
+                            crate::log::Level::Error,
+                            "{} onDisconnect: {}",
+                            host.tag(),
+                            one_line(&err)
+                        );
                     }
                 }
             }
         }
-    }
-
-    fn message(&self, lua: &Lua, host: &HostCtx, conn: ConnId, opcode: u8, payload: &[u8]) {
-        host.reset_budget();
-        let result = lua.create_string(payload).and_then(|msg| {
-            self.on_message
-                .call::<Value>((handler_value(conn), opcode as i64, msg))
-        });
-        let code = match result {
-            Ok(Value::Boolean(true)) => return,
-            Ok(_) => 1000,
-            Err(err) => {
-                // What the failed callback built is garbage now (see `collect`).
-                super::collect::after_failed_callback(lua, &err);
-                crate::service_log!(
-                    host,
-                    crate::log::Level::Error,
-                    "{} onMessage failed, closing {:#x} with 1011: {}",
-                    host.tag(),
-                    conn.as_u64(),
-                    one_line(&err)
-                );
-                1011
-            }
-        };
-        close(host, conn, code);
     }
 }
 

@@ -51,7 +51,7 @@ impl StandaloneApp {
     pub fn init(&self, lua: &Lua, host: &HostCtx) -> Result<(), String> {
         host.reset_budget();
         if let Some(f) = &self.init {
-            super::fastpath::call_traced(lua, &self.traceback, f)
+            super::fastpath::call_traced::<()>(lua, &self.traceback, f, ())
                 .map_err(|e| format!("init: {}", one_line(&e)))?;
         }
         host.flush();
@@ -68,7 +68,7 @@ impl StandaloneApp {
         loop {
             host.reset_budget();
             let started = Instant::now();
-            let result = super::fastpath::call_traced(lua, &self.traceback, &self.run);
+            let result = super::fastpath::call_traced::<()>(lua, &self.traceback, &self.run, ());
             host.flush();
             if host.stop.is_set() {
                 if let Err(e) = result {

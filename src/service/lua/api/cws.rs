@@ -120,6 +120,8 @@ struct Cws {
     /// Handlers `cws:new` returned whose `onclose` has not been called yet (`cws:count()`):
     /// a wait for `count() == 0` ends with every `onclose` run, a deferred one included.
     awaiting_onclose: Cell<usize>,
+    /// The message handler the callbacks are called under (`fastpath::call_traced`).
+    handler: Function,
 }
 
 /// Marks a round as running for its lifetime (cleared however the round ends).
@@ -673,13 +675,21 @@ impl Cws {
             self.host.polling_point(lua);
             let h = Value::Number(id as f64);
             let (name, f, r) = match ev {
-                Delivered::Open(p) => ("onopen", &cb.onopen, call(lua, &cb.onopen, (h, p))),
+                Delivered::Open(p) => (
+                    "onopen",
+                    &cb.onopen,
+                    call(lua, &self.handler, &cb.onopen, (h, p)),
+                ),
                 Delivered::Message(s, op) => (
                     "onmessage",
                     &cb.onmessage,
-                    call(lua, &cb.onmessage, (h, s, op as u8)),
+                    call(lua, &self.handler, &cb.onmessage, (h, s, op as u8)),
                 ),
-                Delivered::Error(s) => ("onerror", &cb.onerror, call(lua, &cb.onerror, (h, s))),
+                Delivered::Error(s) => (
+                    "onerror",
+                    &cb.onerror,
+                    call(lua, &self.handler, &cb.onerror, (h, s)),
+                ),
                 Delivered::Closed(c, reason) => {
                     // At most 123 bytes (RFC 6455 5.5): a string the state cannot make is
                     // left out rather than the onclose every connection is owed.
@@ -687,7 +697,7 @@ impl Cws {
                     (
                         "onclose",
                         &cb.onclose,
-                        call(lua, &cb.onclose, (h, c, reason)),
+                        call(lua, &self.handler, &cb.onclose, (h, c, reason)),
                     )
                 }
             };
@@ -799,9 +809,18 @@ fn make_string(lua: &Lua, bytes: &[u8]) -> mlua::Result<mlua::String> {
     })
 }
 
-fn call(lua: &Lua, f: &Option<RegistryKey>, args: impl mlua::IntoLuaMulti) -> mlua::Result<()> {
+/// Calls callback `f`, when the app gave one, as the other app callbacks are called.
+fn call(
+    lua: &Lua,
+    handler: &Function,
+    f: &Option<RegistryKey>,
+    args: impl mlua::IntoLuaMulti,
+) -> mlua::Result<()> {
     match f {
-        Some(k) => lua.registry_value::<Function>(k)?.call::<()>(args),
+        Some(k) => {
+            let f = lua.registry_value::<Function>(k)?;
+            crate::service::lua::fastpath::call_traced(lua, handler, &f, args)
+        }
         None => Ok(()),
     }
 }
@@ -830,6 +849,7 @@ pub(crate) fn install(lua: &Lua, host: &Rc<HostCtx>) -> mlua::Result<()> {
         awaiting_onclose: Cell::new(0),
         // Set for this thread before any module is installed (`sandbox`).
         assembly: Arc::new(AssemblyBudget::new(crate::lapps_proto::tree_budget::limit())),
+        handler: crate::service::lua::fastpath::callback_handler(lua)?,
     });
     let t = lua.create_table()?;
     let c = Rc::clone(&cws);
