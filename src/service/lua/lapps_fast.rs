@@ -4,7 +4,8 @@
 //! Owns only these two hot paths; the rules (what is a valid request, what is answered) stay in
 //! [`super::lapps`] and `lapps_proto::protocol`. Same reason and error discipline as
 //! [`super::fastpath`]: a message costs its decode, four pushes and one `lua_pcall` with our
-//! traceback handler; Lua errors never unwind through Rust; the Rust parts of
+//! traceback handler; the app's errors never unwind through Rust (Lua's out-of-memory error
+//! does, running our destructors: see `fastpath`'s module doc); the Rust parts of
 //! `fast_send_response` run under `catch_unwind` and raise nothing.
 
 use std::cell::RefCell;
@@ -59,10 +60,10 @@ pub(crate) fn call_requests(
         // SAFETY: the closure uses the Lua C API on the state mlua hands it, keeps the stack
         // balanced (settop back to slot 3 after each message: handler, function and the views'
         // metatable, which ensure_metatable installed) and calls Lua code only through
-        // lua_pcall with our message handler, so Lua errors never unwind through it. A push
-        // that runs out of memory raises (as may a full collection, without app finalizers:
-        // `newproxy` is gone, LuaJIT runs no table `__gc`), which exec_raw's protected call
-        // turns into Err: that
+        // lua_pcall with our message handler, so the app's errors never unwind through it. A
+        // push that runs out of memory raises (as may a full collection, nothing else: LuaJIT
+        // drops the errors of finalizers, `fastpath`'s module doc), which exec_raw's protected
+        // call turns into Err: that
         // error unwinds through frames owning an `Rc<Doc>`, sound because the vendored LuaJIT
         // is built with external unwinding (LUAJIT_UNWIND_EXTERNAL: its errors run Rust
         // destructors); exec_raw resets the stack. The peer's bytes are read under

@@ -249,9 +249,9 @@ impl MainState {
     }
 }
 
-/// The pointer of the state's main thread. Called only while the state is made, before any
-/// Lua code runs: exec_raw runs its closure on the Lua thread that is current, the main one
-/// then. From a callback running in a coroutine it would be the coroutine's, which the
+/// The pointer of the state's main thread. Called only while the state is made, from its
+/// top level (no coroutine running: the sandbox's own setup chunks have run and returned):
+/// exec_raw runs its closure on the Lua thread that is current, the main one then. From a callback running in a coroutine it would be the coroutine's, which the
 /// collector may free while a hook keeps the pointer.
 fn main_state(lua: &Lua) -> mlua::Result<*mut mlua::ffi::lua_State> {
     let mut p = std::ptr::null_mut();
