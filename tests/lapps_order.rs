@@ -684,3 +684,71 @@ fn a_peer_that_never_asks_while_oons_pile_up_for_it_is_closed_with_1008() {
     other.send(request("echo", vec![Value::Int(2)])).unwrap();
     assert_eq!(next(&mut other), ok(2));
 }
+
+/// `forward_calls`, which hands every request to the standalone `answer_calls` (the docs' way
+/// to answer in call order from one place), with a close timeout no loaded machine reaches.
+fn start_forwarding() -> (TestApp, std::sync::MutexGuard<'static, ()>) {
+    let one = HOLD.lock().unwrap_or_else(|e| e.into_inner());
+    let calls = lapps::service::mqr::registry().open("forward_calls.calls", 64);
+    let sent = lapps::service::mqr::registry().open("forward_calls.sent", 4);
+    while calls.poll().is_some() || sent.poll().is_some() {}
+    let app = start_app(
+        &ws_json_close_timeout(1, 60_000),
+        &lapps_json(
+            "./tests/apps",
+            r#"{ "forward_calls": { "protocol": "LAppS", "preload": ["mqr"],
+                                   "instruction_budget": 0, "depends": ["answer_calls"] },
+                 "answer_calls": { "standalone": true, "preload": ["mqr"] } }"#,
+        ),
+    );
+    (app, one)
+}
+
+fn answered(method: &str) -> String {
+    format!("ok {:?}", Cbor::Array(vec![Cbor::Text(method.into())]))
+}
+
+/// A host answer held behind a response another thread owes, when that thread sends it and
+/// the response to the next request in one post: the answer goes between them (a trial got
+/// `[ok, ok, -32700]` for `[call, garbage, call]`: the client takes the second call's answer
+/// for the error's and the error for the second call's).
+#[test]
+fn a_host_answer_goes_between_two_responses_another_thread_posts_at_once() {
+    let (app, _one) = start_forwarding();
+    let mut ws = connect(app.addr, "/forward_calls");
+    for round in 0..3 {
+        ws.send(request("pair", vec![])).unwrap();
+        match round {
+            0 => ws.send(Message::binary(vec![0xff])).unwrap(), // not CBOR: -32700
+            _ => ws
+                .send(Message::binary(cbor::encode(&Value::Map(vec![(
+                    Value::Text("lapps".into()),
+                    Value::Int(1),
+                )]))))
+                .unwrap(), // no method: -32600
+        }
+        ws.send(request("pair", vec![])).unwrap();
+        let code = if round == 0 { "-32700" } else { "-32600" };
+        let got: Vec<String> = (0..3).map(|_| next(&mut ws)).collect();
+        assert_eq!(
+            got,
+            [answered("pair"), format!("error {code}"), answered("pair")],
+            "round {round}"
+        );
+    }
+}
+
+/// A host answer owed nothing is sent at once, and reaches the client before the response
+/// another thread sends to the next request, however long the instance then takes to finish
+/// its batch (here: until that response is posted).
+#[test]
+fn a_host_answer_sent_at_once_is_not_overtaken_by_the_next_response_from_another_thread() {
+    let (app, _one) = start_forwarding();
+    let mut ws = connect(app.addr, "/forward_calls");
+    // In one write, so that the instance gets both in one batch.
+    ws.write(Message::binary(vec![0xff])).unwrap();
+    ws.write(request("wait", vec![])).unwrap();
+    ws.flush().unwrap();
+    assert_eq!(next(&mut ws), "error -32700");
+    assert_eq!(next(&mut ws), answered("wait"));
+}

@@ -445,7 +445,9 @@ impl Port {
             return false;
         };
         let who = conn.generation() as u64 | LIVE | LAPPS;
-        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+        // SeqCst: a response taken here and the host answers waiting for it are ordered with
+        // `owed_responses` (see `shared_answers`); on x86-64 the same locked instruction.
+        slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
             (w & WHO == who && ok(owed_of(w))).then(|| step(w))
         })
         .is_ok()
@@ -519,6 +521,8 @@ pub enum HubError {
 pub struct Hub {
     ports: Vec<Port>,
     shutting_down: AtomicBool,
+    /// Host answers waiting their turn on LAppS connections, for any responder to send.
+    answers: super::shared_answers::SharedAnswers,
 }
 
 impl Hub {
@@ -539,11 +543,17 @@ impl Hub {
         Ok(Hub {
             ports,
             shutting_down: AtomicBool::new(false),
+            answers: Default::default(),
         })
     }
 
     pub fn workers(&self) -> usize {
         self.ports.len()
+    }
+
+    /// Host answers waiting their turn behind responses (see `shared_answers`).
+    pub fn answers(&self) -> &super::shared_answers::SharedAnswers {
+        &self.answers
     }
 
     pub fn port(&self, worker: usize) -> &Port {
@@ -583,7 +593,8 @@ impl Hub {
     /// The responses the live LAppS connection `conn` is owed (requests that reached its app
     /// and have not had theirs); None once it is gone (or when it is not a LAppS connection).
     pub fn owed_responses(&self, conn: ConnId) -> Option<u32> {
-        let w = self.word(conn)?.load(Ordering::Acquire);
+        // SeqCst: see `Port::owed` (a plain load on x86-64).
+        let w = self.word(conn)?.load(Ordering::SeqCst);
         (w & WHO == conn.generation() as u64 | LIVE | LAPPS).then_some(owed_of(w) as u32)
     }
 

@@ -22,6 +22,7 @@ pub mod nofile;
 pub mod outq;
 pub mod per_address;
 pub mod server;
+pub mod shared_answers;
 pub mod slab;
 pub mod sys;
 pub mod tls;

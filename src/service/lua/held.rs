@@ -5,7 +5,12 @@
 //! them to its calls by order (SPEC section 4). An app may answer later than it is called (it
 //! keeps the handler and answers from a timer or an `mqr` message), so when the host answers
 //! while the app still owes responses to earlier requests of that connection, the host's
-//! answer waits here until those have left, then follows them.
+//! answer waits here until those have left, then follows them. It waits in the hub too
+//! (`net::shared_answers`): when another thread sends the responses it waits for, that thread
+//! queues it right behind the last of them, in its own outbox, ahead of any response it sends
+//! to a later request (looking again here after that thread's post, this instance would come
+//! too late for those). Whichever finds its turn first takes it from the hub and sends it; the
+//! instance posts at once what it sends itself, before the requests after it reach the app.
 //!
 //! Counting, per connection with answers waiting: `base` is the count of owed responses (the hub's,
 //! `Hub::owed_responses`) when the first one was held, `expected` the requests that reached the app
@@ -52,6 +57,8 @@ pub(crate) const MAX_WAITING: usize = 128;
 #[derive(Default)]
 pub(crate) struct HeldAnswers {
     conns: RefCell<HashMap<ConnId, Waiting>>,
+    /// The id of the next answer held (its name in the hub's `SharedAnswers`).
+    next_id: std::cell::Cell<u64>,
     /// Ending connections whose close waits for the responses their app owes.
     draining: RefCell<HashSet<ConnId>>,
 }
@@ -64,8 +71,10 @@ struct Waiting {
     /// Of those, the ones whose response the host took (to answer them itself).
     host_taken: u64,
     /// In request order: how many responses the app must send (since `base`) before it, and
-    /// the CBOR answer.
-    answers: VecDeque<(u64, Vec<u8>)>,
+    /// its id in the hub's `SharedAnswers`, which holds the CBOR answer: whichever thread
+    /// finds its turn come first (this instance, or one sending the response it waits for)
+    /// takes it from there and sends it.
+    answers: VecDeque<(u64, u64)>,
 }
 
 impl HeldAnswers {
@@ -130,6 +139,9 @@ impl HeldAnswers {
             if took {
                 host.queued_counted(conn);
             }
+            // Posted before the requests after it reach the app: another thread answering
+            // one of those (a standalone it hands them to) would post that response first.
+            host.post_now(conn);
             return true;
         }
         let w = conns.entry(conn).or_insert_with(|| Waiting {
@@ -148,7 +160,13 @@ impl HeldAnswers {
             host.hub.hold_answer(conn);
         }
         let due = (w.base + w.expected).saturating_sub(w.host_taken);
-        w.answers.push_back((due, cbor));
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let hub = &host.hub;
+        hub.answers().share(conn, id, cbor, || {
+            hub.owed_responses(conn).map_or(0, u64::from)
+        });
+        w.answers.push_back((due, id));
         true
     }
 
@@ -162,7 +180,9 @@ impl HeldAnswers {
                 (None, _) => (Vec::new(), 0),
                 (Some(_), None) => {
                     // Gone or closing: its answers go with it.
-                    let dropped = conns.remove(&conn).map_or(0, |w| w.answers.len());
+                    let dropped = conns
+                        .remove(&conn)
+                        .map_or(0, |w| taken_back(host, conn, &w.answers));
                     (Vec::new(), dropped)
                 }
                 // Answers another thread took for `conn` and has not posted yet: one of them
@@ -179,8 +199,8 @@ impl HeldAnswers {
                     let sent = (w.base + w.expected).saturating_sub(w.host_taken + owed as u64);
                     let mut due = Vec::new();
                     while w.answers.front().is_some_and(|(d, _)| *d <= sent) {
-                        if let Some((_, cbor)) = w.answers.pop_front() {
-                            due.push(cbor);
+                        if let Some((_, id)) = w.answers.pop_front() {
+                            due.push(id);
                         }
                     }
                     if w.answers.is_empty() {
@@ -190,9 +210,15 @@ impl HeldAnswers {
                 }
             }
         };
-        for cbor in due {
-            send_message(host, conn, Opcode::Binary, &cbor);
-            host.queued_counted(conn);
+        if !due.is_empty() {
+            // Those the thread that sent the response they waited for has not sent already.
+            host.hub.answers().send_own(conn, &due, |answers| {
+                for cbor in answers {
+                    send_message(host, conn, Opcode::Binary, &cbor);
+                    host.queued_counted(conn);
+                }
+                host.post_now(conn);
+            });
         }
         for _ in 0..dropped {
             host.posted(conn);
@@ -235,11 +261,20 @@ impl HeldAnswers {
                 .conns
                 .borrow_mut()
                 .remove(&conn)
-                .map_or(0, |w| w.answers.len());
+                .map_or(0, |w| taken_back(host, conn, &w.answers));
             self.draining.borrow_mut().remove(&conn);
             for _ in 0..dropped {
                 host.posted(conn);
             }
         }
     }
+}
+
+/// Takes `answers` of `conn` back from the hub to drop them: how many were still there (the
+/// others were sent, and are counted until their sender posts them).
+fn taken_back(host: &HostCtx, conn: ConnId, answers: &VecDeque<(u64, u64)>) -> usize {
+    answers
+        .iter()
+        .filter(|&&(_, id)| host.hub.answers().take(conn, id).is_some())
+        .count()
 }

@@ -353,6 +353,12 @@ impl HostCtx {
         }
     }
 
+    /// Posts the commands for `conn`'s worker now: a host answer must reach the worker before a
+    /// response another thread sends to a later request (`held`).
+    pub fn post_now(&self, conn: ConnId) {
+        self.post(conn.worker());
+    }
+
     /// Posts every worker's commands with one wake-up each.
     pub fn flush(&self) {
         for w in 0..self.hub.workers() {

@@ -240,7 +240,8 @@ pub(crate) const NOT_OWED: &CStr = c"no request awaiting a response";
 
 /// Queues one CBOR message as a binary frame on `conn`. A response (cid 0) must be owed (see
 /// `Hub::take_response`): otherwise nothing is sent and the reason is returned.
-/// Host answers waiting behind it follow it.
+/// Host answers waiting behind it follow it: those of any instance, from this thread's outbox
+/// (`shared_answers`; then this instance's own, which `release` finds sent or due).
 pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(), &'static CStr> {
     let response = protocol::is_response(cbor);
     if response && !host.hub.take_response(conn) {
@@ -250,12 +251,29 @@ pub(crate) fn send_cbor(host: &HostCtx, conn: ConnId, cbor: &[u8]) -> Result<(),
             c"closed"
         });
     }
+    let answers = host.hub.answers();
+    let shared = response && answers.any_waiting();
+    if shared {
+        send_host_answers(host, conn, answers.due_before_response(conn));
+    }
     send_message(host, conn, crate::ws::Opcode::Binary, cbor);
     if response {
         host.queued_counted(conn);
+        if shared {
+            send_host_answers(host, conn, answers.due_after_response(conn));
+        }
         if !host.held.is_empty() {
             host.held.release(host, conn);
         }
     }
     Ok(())
+}
+
+/// Queues host answers another instance held (each counted as unposted by `Hub::hold_answer`
+/// until this thread posts it).
+fn send_host_answers(host: &HostCtx, conn: ConnId, answers: Vec<Vec<u8>>) {
+    for cbor in answers {
+        send_message(host, conn, crate::ws::Opcode::Binary, &cbor);
+        host.queued_counted(conn);
+    }
 }
