@@ -233,7 +233,7 @@ fn main() -> ExitCode {
                 "warning: {e} (auto_start is false: it would fail when enabled)"
             ));
         }
-        for w in cfg.ws.short_timeouts() {
+        for w in config_warnings(&cfg) {
             lapps::log::warning_text(&format!("warning: {w}"));
         }
         let mut broken: Vec<String> = broken.into_iter().map(|(_, e)| e).collect();
@@ -285,7 +285,7 @@ fn main() -> ExitCode {
         lapps::simd::variant(),
         at.describe()
     );
-    for w in cfg.ws.short_timeouts() {
+    for w in config_warnings(&cfg) {
         warn!("{w}");
     }
     check_descriptors(&mut cfg);
@@ -592,4 +592,17 @@ impl Reloads {
             error!("cannot start a thread to reload the certificate ({e})");
         }
     }
+}
+
+/// What a configuration that loads may still have wrong: timeouts written in seconds, and no
+/// service at all (a trial's `"services": {}` started without a word; every upgrade is 404).
+fn config_warnings(cfg: &lapps::config::Config) -> Vec<String> {
+    let mut warnings = cfg.ws.short_timeouts();
+    if cfg.lapps.services.is_empty() {
+        warnings.push(
+            "lapps.json: no services: every WebSocket upgrade request will be answered 404"
+                .to_owned(),
+        );
+    }
+    warnings
 }

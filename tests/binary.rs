@@ -83,6 +83,22 @@ fn check_config_passes(dir: &Path) -> String {
     stderr
 }
 
+/// A configuration without a service is valid, and warned of (a trial's `"services": {}`
+/// started without a word, answering every upgrade 404); one with a service is not.
+#[test]
+fn a_configuration_without_services_is_warned_of() {
+    let dir = temp_dir("no-services");
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, r#"{ "services": {} }"#);
+    let stderr = check_config_passes(&dir);
+    assert!(
+        stderr.contains("warning: lapps.json: no services: every WebSocket upgrade request"),
+        "{stderr}"
+    );
+    write_config(&dir, binary::ONE_WORKER_WS_JSON, BUILTIN_ONLY);
+    let stderr = check_config_passes(&dir);
+    assert!(!stderr.contains("no services"), "{stderr}");
+}
+
 /// A timeout under a second (seconds written for milliseconds: a trial's `"idle_timeout_ms":
 /// 1` was taken without a word) is used as written, with a warning at `--check-config` and
 /// at the start; 0 (off) and a second or more are not warned of.
@@ -385,7 +401,8 @@ fn check_config_resolves_every_preload_name() {
     fails(
         r#"["mqr", "bcats"]"#,
         &format!(
-            "services.svc: preload bcats: no such module (no file '{}'",
+            "services.svc: preload bcats: no such module (the host's own are time, nap, \
+             bcast, cws, mqr, murmur, ws, nljson; no file '{}'",
             apps.join("svc").join("bcats.lua").display()
         ),
     );
@@ -1453,7 +1470,7 @@ return s
     };
     let run = line_of("inrun");
     assert!(
-        run.ends_with("(its run() had not returned: does it look at must_stop()?)"),
+        run.contains("(its run() had not returned: it does not look at must_stop()"),
         "{run}"
     );
     let shutdown = line_of("inshutdown");
@@ -2757,6 +2774,41 @@ fn replies_dropped_at_the_close_timeout_are_logged() {
                 "service slow had not handled all it sent within 200 ms (close_timeout_ms); \
                  the replies it sends from now on are dropped"
             ),
+        "{line}"
+    );
+}
+
+/// The same for a LAppS connection whose app never sends a response it owes: the line says
+/// responses were owed, which may be another service's to send (a trial's service had handled
+/// everything; the standalone it handed the requests to had not answered).
+#[test]
+fn owed_responses_dropped_at_the_close_timeout_are_logged_as_such() {
+    let app = "return { onMessage = function(h, kind, message) return true end }\n";
+    let (_child, addr, log, _) = apps_binary(
+        r#"{ "ip": "127.0.0.1", "port": 0, "workers": { "workers": 1 }, "close_timeout_ms": 200 }"#,
+        "dropped-responses",
+        &[("keeps", app)],
+        r#""keeps": { "request_target": "/keeps", "protocol": "LAppS" }"#,
+    );
+    let mut ws = connect(addr, "/keeps");
+    let call = lapps::lapps_proto::cbor::encode(&lapps::lapps_proto::Value::Map(vec![
+        (
+            lapps::lapps_proto::Value::Text("lapps".into()),
+            lapps::lapps_proto::Value::Int(1),
+        ),
+        (
+            lapps::lapps_proto::Value::Text("method".into()),
+            lapps::lapps_proto::Value::Text("never".into()),
+        ),
+    ]));
+    ws.send(tungstenite::Message::binary(call)).unwrap();
+    ws.close(None).unwrap();
+    let line = binary::wait_line(&log, "had not handled all it sent");
+    assert!(
+        line.contains(
+            "service keeps had not handled all it sent, or the responses it is owed were not \
+             all sent (by it or a service it hands requests to), within 200 ms"
+        ),
         "{line}"
     );
 }

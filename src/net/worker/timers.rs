@@ -109,6 +109,19 @@ impl Worker {
             return;
         };
         let name = c.service.as_ref().map_or("", |s| s.name()).to_owned();
+        // A LAppS app may hand requests to another service, which owes the responses then (a
+        // trial's service had handled everything; its standalone had not answered).
+        let lapps = c
+            .service
+            .as_ref()
+            .is_some_and(|s| s.speaks() == crate::net::hub::Speaks::Lapps);
+        let what = match lapps {
+            true => {
+                "handled all it sent, or the responses it is owed were not all sent (by it \
+                     or a service it hands requests to),"
+            }
+            false => "handled all it sent",
+        };
         let peer = c.peer;
         let handle = self.conn_id(index, generation).as_u64();
         let code = code.map_or_else(|| "a Close".to_owned(), |c| format!("Close {c}"));
@@ -118,8 +131,8 @@ impl Worker {
             "close_timeout_ms"
         };
         crate::info_limited!(
-            "closing {peer} ({handle:#x}) with {code}: service {name} had not handled all it \
-             sent within {} ms ({setting}); the replies it sends from now on are dropped",
+            "closing {peer} ({handle:#x}) with {code}: service {name} had not {what} within {} \
+             ms ({setting}); the replies it sends from now on are dropped",
             self.answer_wait().as_millis()
         );
     }

@@ -136,8 +136,11 @@ pub fn preload_check(spec: &ServiceSpec) -> Result<(), String> {
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
                     .collect();
+                // A misspelt host module reads as a missing file: name the host's first (a
+                // trial's `tiem` got only the paths searched).
                 return Err(format!(
-                    "preload {n}: no such module ({})",
+                    "preload {n}: no such module (the host's own are {}; {})",
+                    instance::HOST_MODULES.join(", "),
                     tried.join("; ")
                 ));
             }
@@ -350,7 +353,12 @@ impl LuaService {
             return if self.run_state.has_returned(index) {
                 "in its onShutdown".to_owned()
             } else {
-                "its run() had not returned: does it look at must_stop()?".to_owned()
+                // A trial's run() drained its queue, as the docs show, for longer than the
+                // time given: the line must not send it looking for a missing check.
+                "its run() had not returned: it does not look at must_stop() (nor stop on \
+                 mqr's \"stopped\"), or what it still had to do, such as draining a queue, \
+                 took longer"
+                    .to_owned()
             };
         };
         let (msgs, _) = inbox.queued();
