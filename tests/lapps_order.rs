@@ -738,6 +738,22 @@ fn a_host_answer_goes_between_two_responses_another_thread_posts_at_once() {
     }
 }
 
+/// A handler that raises (the docs' way to answer a request that cannot be handed off) gets
+/// its -32603 in its turn between the responses another thread sends at once.
+#[test]
+fn a_raising_handlers_answer_goes_between_two_responses_another_thread_posts_at_once() {
+    let (app, _one) = start_forwarding();
+    let mut ws = connect(app.addr, "/forward_calls");
+    ws.send(request("pair", vec![])).unwrap();
+    ws.send(request("refuse", vec![])).unwrap();
+    ws.send(request("pair", vec![])).unwrap();
+    let got: Vec<String> = (0..3).map(|_| next(&mut ws)).collect();
+    assert_eq!(
+        got,
+        [answered("pair"), "error -32603".into(), answered("pair")]
+    );
+}
+
 /// A host answer owed nothing is sent at once, and reaches the client before the response
 /// another thread sends to the next request, however long the instance then takes to finish
 /// its batch (here: until that response is posted).
